@@ -1,0 +1,37 @@
+// y[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight: one workgroup per row.
+// Prelude: WG (power of two), RED_N (= 1).
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+
+@compute @workgroup_size(WG)
+fn rmsnorm(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = linear_workgroup(wid, nwg);
+    let base = row * p.cols;
+    red_in[0] = 0.0;
+    if (row < p.rows) {
+        for (var c = li; c < p.cols; c += WG) {
+            let v = x[base + c];
+            red_in[0] = fma(v, v, red_in[0]);
+        }
+    }
+    var total = workgroup_reduce(li);
+    if (row < p.rows) {
+        let scale = 1.0 / sqrt(total[0] / f32(p.cols) + p.eps);
+        for (var c = li; c < p.cols; c += WG) {
+            y[base + c] = x[base + c] * scale * weight[c];
+        }
+    }
+}

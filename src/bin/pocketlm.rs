@@ -1,0 +1,78 @@
+//! The PocketLM command-line tool.
+
+#[cfg(not(target_arch = "wasm32"))]
+mod cli {
+    use std::process::ExitCode;
+
+    use clap::{Parser, Subcommand};
+    use pocketlm::gpu::{GpuContext, ProfileRequest};
+    use pocketlm::selfcheck;
+
+    #[derive(Parser)]
+    #[command(name = "pocketlm", version, about = "Small language models on WebGPU")]
+    struct Cli {
+        /// Device profile: auto (everything the adapter offers), full (f16 + subgroups, or fail),
+        /// or baseline (WebGPU defaults, no f16, no subgroups).
+        #[arg(long, global = true, default_value = "auto")]
+        profile: String,
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    #[derive(Subcommand)]
+    enum Command {
+        /// Print the GPU adapter, the device profile, features and limits.
+        Device,
+        /// Print the device report, then run every kernel against its CPU reference.
+        Selfcheck,
+    }
+
+    pub fn main() -> ExitCode {
+        let cli = Cli::parse();
+        match pollster::block_on(run(cli)) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    async fn run(cli: Cli) -> pocketlm::Result<ExitCode> {
+        let request: ProfileRequest = cli.profile.parse()?;
+        let ctx = GpuContext::new(request).await?;
+        println!("{}", ctx.report());
+        match cli.command {
+            Command::Device => Ok(ExitCode::SUCCESS),
+            Command::Selfcheck => {
+                println!();
+                let outcomes = selfcheck::run_standard(&ctx).await?;
+                let failed = outcomes.iter().filter(|o| !o.passed()).count();
+                for o in &outcomes {
+                    println!("{o}");
+                }
+                println!(
+                    "\nself-check on {} ({} profile): {} passed, {} failed",
+                    ctx.adapter_info().name,
+                    ctx.profile(),
+                    outcomes.len() - failed,
+                    failed
+                );
+                Ok(if failed == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() -> std::process::ExitCode {
+    cli::main()
+}
+
+// The CLI is native-only; the wasm build of the crate is the library.
+#[cfg(target_arch = "wasm32")]
+fn main() {}

@@ -1,0 +1,13 @@
+//! The GPU layer: device negotiation, compiled kernels, typed tensors, and recording work.
+
+mod context;
+mod pipeline;
+mod recorder;
+mod tensor;
+
+pub use context::{
+    baseline_limits, Capabilities, DeviceReport, GpuContext, GpuStats, Profile, ProfileRequest,
+};
+pub use pipeline::{kernel_source, Kernel, PipelineCache, Specialization};
+pub use recorder::{Dispatch, ReadSlot, Readback, Recorder};
+pub use tensor::{DType, GpuTensor};

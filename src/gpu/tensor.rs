@@ -1,0 +1,247 @@
+//! Typed GPU tensors: a buffer plus the shape and element type the kernels check before use.
+
+use std::fmt;
+
+use half::f16;
+
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+
+/// Element types a tensor can hold on the GPU.
+///
+/// `F16` data is stored as packed pairs in `u32` words (read with `unpack2x16float`), so that it
+/// works without the `shader-f16` feature; each row is padded to an even length so every row
+/// starts on a word boundary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+}
+
+impl DType {
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+        }
+    }
+
+    /// Elements per row as stored: rows of packed types are padded to whole words.
+    pub fn padded_row_len(self, cols: usize) -> usize {
+        match self {
+            DType::F32 => cols,
+            DType::F16 => cols.div_ceil(2) * 2,
+        }
+    }
+
+    pub fn bytes_per_element(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 => 2,
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A tensor resident in GPU memory. Cloning shares the buffer.
+#[derive(Clone, Debug)]
+pub struct GpuTensor {
+    pub(crate) buffer: wgpu::Buffer,
+    name: String,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl GpuTensor {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The innermost dimension (1 for a scalar).
+    pub fn cols(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1)
+    }
+
+    /// Product of all but the innermost dimension.
+    pub fn rows(&self) -> usize {
+        self.numel() / self.cols().max(1)
+    }
+
+    /// Elements between the starts of consecutive rows in the buffer.
+    pub fn row_stride(&self) -> usize {
+        self.dtype.padded_row_len(self.cols())
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.buffer.size()
+    }
+}
+
+/// Bytes a tensor of this shape and dtype occupies, padded to a whole number of `u32` words.
+fn storage_bytes(shape: &[usize], dtype: DType) -> Option<u64> {
+    let cols = shape.last().copied().unwrap_or(1);
+    let rows = shape[..shape.len().saturating_sub(1)]
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))?;
+    let elems = rows.checked_mul(dtype.padded_row_len(cols))?;
+    let bytes = (elems as u64).checked_mul(dtype.bytes_per_element() as u64)?;
+    // wgpu needs sizes that are non-zero multiples of 4.
+    Some(bytes.div_ceil(4).max(1) * 4)
+}
+
+impl GpuContext {
+    fn tensor_buffer(&self, name: &str, shape: &[usize], dtype: DType) -> Result<wgpu::Buffer> {
+        let bytes = storage_bytes(shape, dtype).ok_or_else(|| Error::InvalidTensor {
+            tensor: name.to_string(),
+            detail: format!("shape {shape:?} overflows the address space"),
+        })?;
+        let caps = self.capabilities();
+        let limit = caps.max_storage_binding_bytes.min(caps.max_buffer_bytes);
+        if bytes > limit {
+            return Err(Error::TooLarge {
+                tensor: name.to_string(),
+                bytes,
+                limit,
+            });
+        }
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(name),
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A new tensor with every element zero.
+    pub fn zeros(&self, name: &str, shape: &[usize], dtype: DType) -> Result<GpuTensor> {
+        let buffer = self.tensor_buffer(name, shape, dtype)?;
+        Ok(GpuTensor {
+            buffer,
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            dtype,
+        })
+    }
+
+    /// Uploads row-major `f32` data.
+    pub fn upload_f32(&self, name: &str, shape: &[usize], data: &[f32]) -> Result<GpuTensor> {
+        check_len(name, shape, data.len())?;
+        let tensor = self.zeros(name, shape, DType::F32)?;
+        if !data.is_empty() {
+            self.queue
+                .write_buffer(&tensor.buffer, 0, bytemuck::cast_slice(data));
+        }
+        Ok(tensor)
+    }
+
+    /// Uploads row-major `f16` data, repacked into word-aligned rows.
+    pub fn upload_f16(&self, name: &str, shape: &[usize], data: &[f16]) -> Result<GpuTensor> {
+        check_len(name, shape, data.len())?;
+        let tensor = self.zeros(name, shape, DType::F16)?;
+        let cols = tensor.cols();
+        let stride = tensor.row_stride();
+        let mut packed: Vec<f16> = Vec::with_capacity(tensor.rows() * stride);
+        if cols > 0 {
+            for row in data.chunks(cols) {
+                packed.extend_from_slice(row);
+                packed.resize(packed.len() + stride - cols, f16::ZERO);
+            }
+        }
+        if packed.len() % 2 == 1 {
+            packed.push(f16::ZERO);
+        }
+        if !packed.is_empty() {
+            self.queue
+                .write_buffer(&tensor.buffer, 0, bytemuck::cast_slice(&packed));
+        }
+        Ok(tensor)
+    }
+
+    /// Copies a tensor back to the host as `f32` (converting from its storage dtype).
+    pub async fn read_f32(&self, tensor: &GpuTensor) -> Result<Vec<f32>> {
+        let mut rec = self.recorder();
+        let slot = rec.read(tensor);
+        let results = rec.submit_and_read().await?;
+        Ok(results.f32(slot))
+    }
+}
+
+fn check_len(name: &str, shape: &[usize], len: usize) -> Result<()> {
+    let expected: usize = shape.iter().product();
+    if expected != len {
+        return Err(Error::InvalidTensor {
+            tensor: name.to_string(),
+            detail: format!("shape {shape:?} holds {expected} elements but {len} were given"),
+        });
+    }
+    Ok(())
+}
+
+/// Decodes tensor bytes as stored on the GPU into row-major `f32`, dropping row padding.
+pub(crate) fn decode_f32(words: &[u32], shape: &[usize], dtype: DType) -> Vec<f32> {
+    let numel: usize = shape.iter().product();
+    let cols = shape.last().copied().unwrap_or(1);
+    match dtype {
+        DType::F32 => words[..numel].iter().map(|&w| f32::from_bits(w)).collect(),
+        DType::F16 => {
+            let halves: &[f16] = bytemuck::cast_slice(words);
+            let stride = dtype.padded_row_len(cols);
+            let mut out = Vec::with_capacity(numel);
+            if let Some(rows) = numel.checked_div(cols) {
+                for row in halves.chunks(stride).take(rows) {
+                    out.extend(row[..cols].iter().map(|h| h.to_f32()));
+                }
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_is_word_padded_per_row() {
+        assert_eq!(storage_bytes(&[3, 5], DType::F32), Some(60));
+        // f16 rows of 5 are stored as 6 halves: 3 rows × 12 bytes.
+        assert_eq!(storage_bytes(&[3, 5], DType::F16), Some(36));
+        assert_eq!(storage_bytes(&[1], DType::F16), Some(4));
+        assert_eq!(storage_bytes(&[0, 7], DType::F32), Some(4));
+        assert_eq!(storage_bytes(&[usize::MAX, 2], DType::F32), None);
+    }
+
+    #[test]
+    fn decode_drops_row_padding() {
+        let halves: Vec<f16> = [1.0, 2.0, 3.0, 0.0, 4.0, 5.0, 6.0, 0.0]
+            .iter()
+            .map(|&v| f16::from_f32(v))
+            .collect();
+        let words: Vec<u32> = bytemuck::cast_slice(&halves).to_vec();
+        assert_eq!(
+            decode_f32(&words, &[2, 3], DType::F16),
+            vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+        );
+        let words: Vec<u32> = [1.5f32, -2.0].iter().map(|v| v.to_bits()).collect();
+        assert_eq!(decode_f32(&words, &[2], DType::F32), vec![1.5, -2.0]);
+    }
+}

@@ -1,0 +1,136 @@
+//! Host side of the WGSL kernels: each function checks its tensors (shapes, dtypes, limits) and
+//! returns a ready [`Dispatch`], so nothing a caller passes can reach wgpu validation.
+
+mod activation;
+mod linear;
+mod norm;
+
+pub use activation::swiglu;
+pub use linear::{linear, matmul, matvec, MATVEC_MAX_ROWS};
+pub use norm::rmsnorm;
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Kernel, Specialization};
+
+/// Invocations per workgroup of the one-dimensional kernels: within the baseline profile's 256,
+/// and a power of two as the tree reduction needs.
+pub(crate) const WG: u32 = 256;
+
+/// The specialization of a kernel that reduces `red_n` values per invocation with the profile's
+/// reduction.
+pub(crate) fn reduce_spec(ctx: &GpuContext, red_n: u32) -> Specialization {
+    Specialization {
+        subgroups: ctx.capabilities().subgroups,
+        ..Default::default()
+    }
+    .with("WG", WG)
+    .with("RED_N", red_n)
+}
+
+/// Splits `groups` workgroups over x and y so that neither exceeds the per-dimension limit.
+pub(crate) fn grid(ctx: &GpuContext, kernel: &'static str, groups: u64) -> Result<[u32; 3]> {
+    let max = u64::from(ctx.capabilities().max_workgroups_per_dimension.max(1));
+    let x = groups.clamp(1, max);
+    let y = groups.div_ceil(x).max(1);
+    if y > max {
+        return Err(Error::ShapeMismatch {
+            kernel,
+            detail: format!("{groups} workgroups exceed this device's {max}x{max} grid"),
+        });
+    }
+    Ok([x as u32, y as u32, 1])
+}
+
+/// Builds a dispatch whose binding 0 is a uniform holding `params` and bindings 1.. are `tensors`
+/// in order (inputs first, output last, as every kernel file declares them).
+pub(crate) async fn build<P: bytemuck::Pod>(
+    ctx: &GpuContext,
+    kernel: &Kernel,
+    spec: &Specialization,
+    params: &P,
+    tensors: &[&GpuTensor],
+    workgroups: [u32; 3],
+) -> Result<Dispatch> {
+    let pipeline = ctx.pipeline(kernel, spec).await?;
+    // Uniform buffers are sized in 16-byte units.
+    let mut bytes = bytemuck::bytes_of(params).to_vec();
+    bytes.resize(bytes.len().div_ceil(16) * 16, 0);
+    let uniform = ctx
+        .device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(kernel.name),
+            contents: &bytes,
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+    let mut entries = vec![wgpu::BindGroupEntry {
+        binding: 0,
+        resource: uniform.as_entire_binding(),
+    }];
+    for (i, t) in tensors.iter().enumerate() {
+        entries.push(wgpu::BindGroupEntry {
+            binding: i as u32 + 1,
+            resource: t.buffer.as_entire_binding(),
+        });
+    }
+    let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(kernel.name),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    });
+    Ok(Dispatch {
+        label: kernel.name,
+        pipeline,
+        bind_group,
+        workgroups,
+    })
+}
+
+pub(crate) fn expect_dtype(
+    kernel: &'static str,
+    t: &GpuTensor,
+    allowed: &[DType],
+    expected: &'static str,
+) -> Result<()> {
+    if allowed.contains(&t.dtype()) {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedDType {
+            kernel,
+            tensor: t.name().to_string(),
+            dtype: t.dtype(),
+            expected,
+        })
+    }
+}
+
+/// A kernel's output must not share a buffer with any of its inputs.
+pub(crate) fn expect_distinct(
+    kernel: &'static str,
+    output: &GpuTensor,
+    inputs: &[&GpuTensor],
+) -> Result<()> {
+    for i in inputs {
+        if i.buffer == output.buffer {
+            return Err(Error::ShapeMismatch {
+                kernel,
+                detail: format!(
+                    "output '{}' shares its buffer with input '{}'; in-place is not supported",
+                    output.name(),
+                    i.name()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn mismatch(kernel: &'static str, detail: String) -> Error {
+    Error::ShapeMismatch { kernel, detail }
+}
+
+/// A dimension as the `u32` the shaders index with.
+pub(crate) fn dim(kernel: &'static str, what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| mismatch(kernel, format!("{what} = {v} does not fit in 32 bits")))
+}

@@ -1,0 +1,16 @@
+//! PocketLM: small language models on WebGPU, in the browser and natively.
+//!
+//! The layers, bottom up: [`gpu`] (device negotiation, compiled kernels, tensors, recording work),
+//! [`kernels`] (the WGSL kernels' host side), [`reference`] (CPU references the kernels are checked
+//! against) and [`selfcheck`]. `web` holds the JavaScript bindings.
+
+pub mod error;
+pub mod gpu;
+pub mod kernels;
+pub mod reference;
+pub mod selfcheck;
+
+#[cfg(target_arch = "wasm32")]
+pub mod web;
+
+pub use error::{Error, Result};

@@ -1,0 +1,175 @@
+//! Plain-Rust CPU references for the GPU kernels, computed in f64, and the error bound each
+//! kernel's f32 result must meet. The bounds follow from WGSL's stated accuracies: `+`, `-`, `*`
+//! are correctly rounded (error ≤ u = 2⁻²⁴ relative), `/` is within 2.5 ULP, `sqrt` within
+//! 2.5 ULP (inherited from 1/inverseSqrt), `exp(x)` within 3 + 2·|x| ULP, where one ULP of a
+//! value is at most 2u of it.
+
+/// Unit roundoff of f32.
+pub const U: f64 = 1.0 / (1u64 << 24) as f64;
+
+/// Absolute slack for values that flush to zero: GPUs may flush f32 subnormals (< 2⁻¹²⁶).
+const SUBNORMAL: f64 = 1.2e-38;
+
+/// Higham's γₙ = n·u / (1 − n·u): the relative bound on n successive f32 roundings.
+pub fn gamma(n: usize) -> f64 {
+    let nu = n as f64 * U;
+    nu / (1.0 - nu)
+}
+
+/// `y[i, j] = Σₖ x[i, k] · w[j, k]` for w [n, k] and x [m, k]; returns the values and, per output,
+/// Σₖ |x[i, k] · w[j, k]| (what the error bound scales with).
+pub fn linear(w: &[f32], n: usize, k: usize, x: &[f32], m: usize) -> (Vec<f64>, Vec<f64>) {
+    assert_eq!(w.len(), n * k);
+    assert_eq!(x.len(), m * k);
+    let mut values = Vec::with_capacity(m * n);
+    let mut magnitudes = Vec::with_capacity(m * n);
+    for xi in x.chunks(k.max(1)).take(m) {
+        for wj in w.chunks(k.max(1)).take(n) {
+            let (mut s, mut a) = (0.0f64, 0.0f64);
+            for (&xv, &wv) in xi.iter().zip(wj) {
+                let p = f64::from(xv) * f64::from(wv);
+                s += p;
+                a += p.abs();
+            }
+            values.push(s);
+            magnitudes.push(a);
+        }
+    }
+    (values, magnitudes)
+}
+
+/// Error bound of an f32 dot product of length k, in any summation order, with or without fused
+/// multiply-adds: every product and partial sum is rounded at most k + 1 times, so
+/// |ŷ − y| ≤ γ_{k+1} · Σ|xᵢwᵢ| (Higham, Accuracy and Stability, §3.1), plus subnormal flushes.
+pub fn linear_tolerance(k: usize, magnitude: f64) -> f64 {
+    gamma(k + 1) * magnitude + (k as f64 + 1.0) * SUBNORMAL
+}
+
+/// RMSNorm over rows of `cols`: `x / sqrt(mean(x²) + eps) * weight`.
+pub fn rmsnorm(x: &[f32], cols: usize, weight: &[f32], eps: f32) -> Vec<f64> {
+    assert_eq!(weight.len(), cols);
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks(cols.max(1)) {
+        let ss: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        let scale = 1.0 / (ss / cols as f64 + f64::from(eps)).sqrt();
+        out.extend(
+            row.iter()
+                .zip(weight)
+                .map(|(&v, &g)| f64::from(v) * scale * f64::from(g)),
+        );
+    }
+    out
+}
+
+/// Error bound of one RMSNorm output. The sum of squares has only non-negative terms, so its
+/// relative error is ≤ γ_cols; the square root halves that. Then: the mean's division (u), the
+/// eps add (u), sqrt (2.5 ULP = 5u), the reciprocal (5u) and the two products (2u): 13u in all,
+/// bounded by 16u.
+pub fn rmsnorm_tolerance(cols: usize, reference: f64) -> f64 {
+    reference.abs() * (gamma(cols) / 2.0 + 16.0 * U) + SUBNORMAL
+}
+
+/// SwiGLU: `silu(gate) * up` with silu(g) = g / (1 + e⁻ᵍ).
+pub fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f64> {
+    assert_eq!(gate.len(), up.len());
+    gate.iter()
+        .zip(up)
+        .map(|(&g, &u)| {
+            let g = f64::from(g);
+            g / (1.0 + (-g).exp()) * f64::from(u)
+        })
+        .collect()
+}
+
+/// Error bound of one SwiGLU output: exp(−g) within (3 + 2|g|) ULP = (6 + 4|g|)u relative, which
+/// 1 + e⁻ᵍ passes on at most undiminished, plus its own rounding (u); the division (5u) and the
+/// product (u): (13 + 4|g|)u, bounded by (16 + 4|g|)u.
+pub fn swiglu_tolerance(gate: f32, reference: f64) -> f64 {
+    reference.abs() * (16.0 + 4.0 * f64::from(gate).abs()) * U + SUBNORMAL
+}
+
+/// A small deterministic generator (SplitMix64) for test data, identical natively and in wasm.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform f32 in [lo, hi).
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * self.unit() as f32
+    }
+
+    /// Uniform integer in [lo, hi].
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
+    }
+
+    pub fn vec(&mut self, len: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..len).map(|_| self.uniform(lo, hi)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_by_hand() {
+        // W = [[1, 2], [3, -4]], x = [[1, 1], [2, 0.5]].
+        let (y, mag) = linear(&[1.0, 2.0, 3.0, -4.0], 2, 2, &[1.0, 1.0, 2.0, 0.5], 2);
+        assert_eq!(y, vec![3.0, -1.0, 3.0, 4.0]);
+        assert_eq!(mag, vec![3.0, 7.0, 3.0, 8.0]);
+    }
+
+    #[test]
+    fn rmsnorm_by_hand() {
+        // mean(3², 4²) = 12.5; 3 / sqrt(12.5) = 0.848528...
+        let y = rmsnorm(&[3.0, 4.0], 2, &[1.0, 2.0], 0.0);
+        assert!((y[0] - 3.0 / 12.5f64.sqrt()).abs() < 1e-15);
+        assert!((y[1] - 8.0 / 12.5f64.sqrt()).abs() < 1e-15);
+    }
+
+    #[test]
+    fn swiglu_limits() {
+        let y = swiglu(&[0.0, 50.0, -50.0], &[1.0, 2.0, 3.0]);
+        assert_eq!(y[0], 0.0);
+        assert!((y[1] - 100.0).abs() < 1e-12);
+        assert!(y[2].abs() < 1e-15);
+    }
+
+    #[test]
+    fn gamma_grows_linearly_for_small_n() {
+        assert!((gamma(1000) / (1000.0 * U) - 1.0).abs() < 1e-4);
+        assert!(linear_tolerance(10, 1.0) > linear_tolerance(1, 1.0));
+    }
+
+    #[test]
+    fn rng_is_deterministic_and_in_range() {
+        let (mut a, mut b) = (Rng::new(42), Rng::new(42));
+        for _ in 0..1000 {
+            let v = a.uniform(-2.0, 3.0);
+            assert_eq!(v, b.uniform(-2.0, 3.0));
+            assert!((-2.0..3.0).contains(&v));
+            let r = a.range(5, 9);
+            assert_eq!(r, b.range(5, 9));
+            assert!((5..=9).contains(&r));
+        }
+        assert_ne!(Rng::new(1).next_u64(), Rng::new(2).next_u64());
+    }
+}

@@ -1,0 +1,385 @@
+//! GPU kernels against their CPU references, on a real WebGPU implementation.
+//!
+//! `make test` runs this file twice: on lavapipe with the full profile and on SwiftShader with the
+//! baseline profile. Two variables say what to expect:
+//! - `POCKETLM_TEST_PROFILE`: `auto` (default), `full` or `baseline` — the profile to request;
+//! - `POCKETLM_TEST_ADAPTER`: a substring the adapter's name must contain (e.g. `llvmpipe`,
+//!   `SwiftShader`), so a run never silently lands on another driver.
+//!
+//! No adapter is a failure, never a skip.
+//!
+//! Tolerances: every comparison uses the per-element bound of `pocketlm::reference`, derived from
+//! WGSL's stated f32 accuracy (see that module): for a linear layer of depth k,
+//! |gpu − exact| ≤ γ_{k+1}·Σ|xᵢwᵢ| (γₙ = n·2⁻²⁴ / (1 − n·2⁻²⁴)); for RMSNorm over c columns,
+//! |gpu − exact| ≤ |exact|·(γ_c/2 + 16·2⁻²⁴); for SwiGLU, |gpu − exact| ≤ |exact|·(16 + 4|g|)·2⁻²⁴.
+//! A case passes when the worst element is within its bound.
+
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::sync::OnceLock;
+
+use half::f16;
+use pocketlm::gpu::{DType, GpuContext, Kernel, Profile, ProfileRequest, Specialization};
+use pocketlm::kernels;
+use pocketlm::reference::{self, Rng};
+use pocketlm::selfcheck::{run_case, Case, LinearKernel, Outcome};
+use pocketlm::Error;
+use proptest::prelude::*;
+
+fn ctx() -> &'static GpuContext {
+    static CTX: OnceLock<GpuContext> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let request: ProfileRequest = std::env::var("POCKETLM_TEST_PROFILE")
+            .unwrap_or_default()
+            .parse()
+            .expect("POCKETLM_TEST_PROFILE");
+        let ctx = pollster::block_on(GpuContext::new(request))
+            .unwrap_or_else(|e| panic!("GPU tests need a WebGPU adapter: {e}"));
+        let name = &ctx.adapter_info().name;
+        if let Ok(want) = std::env::var("POCKETLM_TEST_ADAPTER") {
+            assert!(
+                name.to_lowercase().contains(&want.to_lowercase()),
+                "expected an adapter named like '{want}' but got '{name}'; check VK_ICD_FILENAMES \
+                 and that scripts/setup.sh installed the driver"
+            );
+        }
+        eprintln!("GPU tests run on:\n{}\n", ctx.report());
+        ctx
+    })
+}
+
+fn run(case: Case, seed: u64) -> Outcome {
+    pollster::block_on(run_case(ctx(), case, seed)).unwrap_or_else(|e| panic!("{case}: {e}"))
+}
+
+fn assert_passes(case: Case, seed: u64) {
+    let o = run(case, seed);
+    assert!(o.passed(), "{o} (seed {seed:#x})");
+}
+
+fn dtype() -> impl Strategy<Value = DType> {
+    prop_oneof![Just(DType::F32), Just(DType::F16)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn matvec_matches_reference(m in 1usize..=4, n in 1usize..=300, k in 1usize..=700,
+                                weights in dtype(), seed in any::<u64>()) {
+        assert_passes(Case::Linear { kernel: LinearKernel::Matvec, m, n, k, weights }, seed);
+    }
+
+    #[test]
+    fn matmul_matches_reference(m in 1usize..=150, n in 1usize..=200, k in 1usize..=300,
+                                weights in dtype(), seed in any::<u64>()) {
+        assert_passes(Case::Linear { kernel: LinearKernel::Matmul, m, n, k, weights }, seed);
+    }
+
+    #[test]
+    fn rmsnorm_matches_reference(rows in 1usize..=20, cols in 1usize..=2000,
+                                 eps in prop_oneof![Just(1e-6f32), Just(1e-5f32)], seed in any::<u64>()) {
+        assert_passes(Case::RmsNorm { rows, cols, eps }, seed);
+    }
+
+    #[test]
+    fn swiglu_matches_reference(len in 1usize..=10_000, seed in any::<u64>()) {
+        assert_passes(Case::SwiGlu { len }, seed);
+    }
+}
+
+/// Sizes on and around the tile edges (64×64 output tiles, k steps of 16, 4 rows per matvec
+/// workgroup, 256 invocations), where off-by-one errors live.
+#[test]
+fn linear_kernels_at_tile_edges() {
+    for weights in [DType::F32, DType::F16] {
+        for (m, n, k) in [
+            (64, 64, 16),
+            (65, 63, 17),
+            (63, 65, 15),
+            (128, 128, 64),
+            (1, 4, 256),
+            (2, 5, 257),
+            (4, 3, 255),
+            (1, 1, 2),
+            (3, 2, 3),
+        ] {
+            for kernel in [LinearKernel::Matvec, LinearKernel::Matmul] {
+                assert_passes(
+                    Case::Linear {
+                        kernel,
+                        m,
+                        n,
+                        k,
+                        weights,
+                    },
+                    (m * 1_000_000 + n * 1000 + k) as u64,
+                );
+            }
+        }
+    }
+}
+
+/// More workgroups than one grid dimension holds (65535): the kernels see a 2-D grid.
+#[test]
+fn kernels_span_a_two_dimensional_grid() {
+    assert_passes(
+        Case::Linear {
+            kernel: LinearKernel::Matvec,
+            m: 4,
+            n: 70_001,
+            k: 9,
+            weights: DType::F16,
+        },
+        1,
+    );
+    assert_passes(
+        Case::RmsNorm {
+            rows: 70_000,
+            cols: 3,
+            eps: 1e-6,
+        },
+        2,
+    );
+    // 256 elements per workgroup: 65536 workgroups and one more element.
+    assert_passes(
+        Case::SwiGlu {
+            len: 65_536 * 256 + 1,
+        },
+        3,
+    );
+}
+
+/// The standard self-check set (`pocketlm selfcheck`, `make demo`) passes.
+#[test]
+fn standard_selfcheck_passes() {
+    let outcomes = pollster::block_on(pocketlm::selfcheck::run_standard(ctx())).unwrap();
+    for o in &outcomes {
+        assert!(o.passed(), "{o}");
+    }
+}
+
+/// Several kernels recorded into one command buffer run in order (each sees its predecessor's
+/// output) with one submit: a Llama MLP block, norm → gate/up projections → SwiGLU → down.
+#[test]
+fn chained_dispatches_in_one_submit() {
+    let ctx = ctx();
+    let (hidden, ffn, eps) = (96usize, 160usize, 1e-5f32);
+    let mut rng = Rng::new(7);
+    let x = rng.vec(hidden, -2.0, 2.0);
+    let g = rng.vec(hidden, 0.5, 1.5);
+    let w_gate = rng.vec(ffn * hidden, -0.2, 0.2);
+    let w_up = rng.vec(ffn * hidden, -0.2, 0.2);
+    let w_down_h: Vec<f16> = rng
+        .vec(hidden * ffn, -0.2, 0.2)
+        .into_iter()
+        .map(f16::from_f32)
+        .collect();
+    let w_down: Vec<f32> = w_down_h.iter().map(|h| h.to_f32()).collect();
+
+    let xt = ctx.upload_f32("x", &[1, hidden], &x).unwrap();
+    let gt = ctx.upload_f32("norm", &[hidden], &g).unwrap();
+    let wg = ctx.upload_f32("w_gate", &[ffn, hidden], &w_gate).unwrap();
+    let wu = ctx.upload_f32("w_up", &[ffn, hidden], &w_up).unwrap();
+    let wd = ctx.upload_f16("w_down", &[hidden, ffn], &w_down_h).unwrap();
+    let normed = ctx.zeros("normed", &[1, hidden], DType::F32).unwrap();
+    let gate = ctx.zeros("gate", &[1, ffn], DType::F32).unwrap();
+    let up = ctx.zeros("up", &[1, ffn], DType::F32).unwrap();
+    let act = ctx.zeros("act", &[1, ffn], DType::F32).unwrap();
+    let out = ctx.zeros("out", &[1, hidden], DType::F32).unwrap();
+
+    let dispatches = pollster::block_on(async {
+        Ok::<_, Error>(vec![
+            kernels::rmsnorm(ctx, &xt, &gt, eps, &normed).await?,
+            kernels::linear(ctx, &wg, &normed, &gate).await?,
+            kernels::linear(ctx, &wu, &normed, &up).await?,
+            kernels::swiglu(ctx, &gate, &up, &act).await?,
+            kernels::linear(ctx, &wd, &act, &out).await?,
+        ])
+    })
+    .unwrap();
+
+    let (submits0, dispatches0, _) = ctx.stats.snapshot();
+    let mut rec = ctx.recorder();
+    rec.dispatch_all(&dispatches);
+    let slot = rec.read(&out);
+    let gpu = pollster::block_on(rec.submit_and_read()).unwrap().f32(slot);
+    let (submits1, dispatches1, _) = ctx.stats.snapshot();
+    // Other tests share the context and may submit concurrently, so only lower bounds hold.
+    assert!(submits1 > submits0 && dispatches1 >= dispatches0 + 5);
+
+    // CPU chain in f64. Each stage's f32 rounding propagates; the budget below is the sum of the
+    // stages' bounds scaled by the magnitudes involved, which is far above what f32 achieves but
+    // far below what any indexing or ordering mistake produces.
+    let n = reference::rmsnorm(&x, hidden, &g, eps);
+    let n32: Vec<f32> = n.iter().map(|&v| v as f32).collect();
+    let (ga, _) = reference::linear(&w_gate, ffn, hidden, &n32, 1);
+    let (ua, _) = reference::linear(&w_up, ffn, hidden, &n32, 1);
+    let ga32: Vec<f32> = ga.iter().map(|&v| v as f32).collect();
+    let ua32: Vec<f32> = ua.iter().map(|&v| v as f32).collect();
+    let a = reference::swiglu(&ga32, &ua32);
+    let a32: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+    let (want, mag) = reference::linear(&w_down, hidden, ffn, &a32, 1);
+    for i in 0..hidden {
+        let tol = 64.0 * reference::linear_tolerance(ffn + hidden, mag[i]);
+        let err = (f64::from(gpu[i]) - want[i]).abs();
+        assert!(
+            err <= tol,
+            "out[{i}]: gpu {} vs {} (|err| {err:e} > {tol:e})",
+            gpu[i],
+            want[i]
+        );
+    }
+}
+
+/// The requested profile is what the device got: the baseline profile really is restricted.
+#[test]
+fn device_profile_is_as_requested() {
+    let ctx = ctx();
+    let caps = ctx.capabilities();
+    let request: ProfileRequest = std::env::var("POCKETLM_TEST_PROFILE")
+        .unwrap_or_default()
+        .parse()
+        .unwrap();
+    match request {
+        ProfileRequest::Baseline => {
+            assert_eq!(ctx.profile(), Profile::Baseline);
+            assert!(!caps.f16 && !caps.subgroups, "{caps:?}");
+            assert_eq!(caps.max_invocations_per_workgroup, 256);
+            assert!(caps.max_storage_buffers_per_stage <= 8, "{caps:?}");
+            assert_eq!(caps.max_storage_binding_bytes, 128 << 20);
+        }
+        ProfileRequest::Full => {
+            assert_eq!(ctx.profile(), Profile::Full);
+            assert!(caps.f16 && caps.subgroups, "{caps:?}");
+        }
+        ProfileRequest::Auto => {
+            assert_eq!(ctx.profile() == Profile::Full, caps.f16 && caps.subgroups);
+        }
+    }
+}
+
+fn expect_err<T: std::fmt::Debug>(r: pocketlm::Result<T>, code: &str, needle: &str) {
+    match r {
+        Ok(v) => panic!("expected a {code} error, got Ok({v:?})"),
+        Err(e) => {
+            assert_eq!(e.code(), code, "{e}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(needle),
+                "message '{msg}' should mention '{needle}'"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_and_dtypes_are_typed_errors() {
+    let ctx = ctx();
+    let w = ctx.zeros("w", &[8, 16], DType::F32).unwrap();
+    let w3 = ctx.zeros("w3", &[2, 8, 16], DType::F32).unwrap();
+    let x = ctx.zeros("x", &[1, 16], DType::F32).unwrap();
+    let x_bad = ctx.zeros("x_bad", &[1, 15], DType::F32).unwrap();
+    let x_f16 = ctx.zeros("x_f16", &[1, 16], DType::F16).unwrap();
+    let y = ctx.zeros("y", &[1, 8], DType::F32).unwrap();
+    let y_bad = ctx.zeros("y_bad", &[2, 8], DType::F32).unwrap();
+
+    expect_err(
+        pollster::block_on(kernels::matvec(ctx, &w, &x_bad, &y)),
+        "shape_mismatch",
+        "x_bad",
+    );
+    expect_err(
+        pollster::block_on(kernels::matmul(ctx, &w, &x, &y_bad)),
+        "shape_mismatch",
+        "y_bad",
+    );
+    expect_err(
+        pollster::block_on(kernels::linear(ctx, &w3, &x, &y)),
+        "shape_mismatch",
+        "2-D",
+    );
+    expect_err(
+        pollster::block_on(kernels::matvec(ctx, &w, &x_f16, &y)),
+        "unsupported_dtype",
+        "x_f16",
+    );
+    expect_err(
+        pollster::block_on(kernels::matvec(ctx, &w, &x, &x)),
+        "shape_mismatch",
+        "shares its buffer",
+    );
+
+    let g = ctx.zeros("g", &[15], DType::F32).unwrap();
+    let h = ctx.zeros("h", &[1, 16], DType::F32).unwrap();
+    expect_err(
+        pollster::block_on(kernels::rmsnorm(ctx, &x, &g, 1e-5, &h)),
+        "shape_mismatch",
+        "weight 'g'",
+    );
+    let g16 = ctx.zeros("g16", &[16], DType::F32).unwrap();
+    expect_err(
+        pollster::block_on(kernels::rmsnorm(ctx, &x, &g16, f32::NAN, &h)),
+        "shape_mismatch",
+        "eps",
+    );
+    expect_err(
+        pollster::block_on(kernels::swiglu(ctx, &x, &y, &h)),
+        "shape_mismatch",
+        "one shape",
+    );
+
+    expect_err(
+        ctx.upload_f32("short", &[4, 4], &[0.0; 15]),
+        "invalid_tensor",
+        "15 were given",
+    );
+    // Refused before anything is allocated.
+    expect_err(
+        ctx.zeros("huge", &[1 << 20, 1 << 20], DType::F32),
+        "too_large",
+        "huge",
+    );
+    expect_err(
+        ctx.zeros("overflow", &[usize::MAX, 4], DType::F32),
+        "invalid_tensor",
+        "overflow",
+    );
+    expect_err(
+        "turbo".parse::<ProfileRequest>(),
+        "unknown_profile",
+        "turbo",
+    );
+    ctx.check_health()
+        .expect("no GPU error was raised by any of the above");
+}
+
+/// A kernel that does not compile comes back as an error (through an error scope), not a panic.
+#[test]
+fn shader_compile_errors_are_typed() {
+    let broken = Kernel {
+        name: "broken",
+        source: "@compute @workgroup_size(1) fn main() { let x: u32 = undefined_thing; }",
+        entry: "main",
+        uses_reduce: false,
+    };
+    let r = pollster::block_on(ctx().pipeline(&broken, &Specialization::default()));
+    expect_err(r, "shader_compile", "undefined_thing");
+    ctx()
+        .check_health()
+        .expect("the error was caught by its scope");
+}
+
+/// f16 storage round-trips, including odd row lengths (rows padded to whole words).
+#[test]
+fn f16_tensors_round_trip_with_odd_rows() {
+    let ctx = ctx();
+    let data: Vec<f16> = (0..35)
+        .map(|i| f16::from_f32(i as f32 * 0.25 - 3.0))
+        .collect();
+    let t = ctx.upload_f16("odd", &[5, 7], &data).unwrap();
+    assert_eq!(t.row_stride(), 8);
+    let back = pollster::block_on(ctx.read_f32(&t)).unwrap();
+    let want: Vec<f32> = data.iter().map(|h| h.to_f32()).collect();
+    assert_eq!(back, want);
+}
