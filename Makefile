@@ -33,13 +33,13 @@ test-gpu-full:
 	@echo "== GPU kernels on lavapipe, full profile (f16 + subgroups) =="
 	$(GPU_ENV) VK_ICD_FILENAMES=$$(scripts/vulkan-icd.sh lavapipe) \
 	  POCKETLM_TEST_PROFILE=full POCKETLM_TEST_ADAPTER=llvmpipe \
-	  cargo test --test gpu_kernels -- --nocapture
+	  cargo test --test 'gpu_*' -- --nocapture
 
 test-gpu-baseline:
 	@echo "== GPU kernels on SwiftShader, baseline profile (no f16, no subgroups, 256 invocations) =="
 	$(GPU_ENV) VK_ICD_FILENAMES=$$(scripts/vulkan-icd.sh swiftshader) \
 	  POCKETLM_TEST_PROFILE=baseline POCKETLM_TEST_ADAPTER=swiftshader \
-	  cargo test --test gpu_kernels -- --nocapture
+	  cargo test --test 'gpu_*' -- --nocapture
 
 test-wasm:
 	@echo "== wasm tests in headless Chromium (WebGPU) =="

@@ -7,6 +7,7 @@
 pub mod error;
 pub mod gpu;
 pub mod kernels;
+pub mod quant;
 pub mod reference;
 pub mod selfcheck;
 

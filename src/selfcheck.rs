@@ -153,6 +153,14 @@ pub async fn run_case(ctx: &GpuContext, case: Case, seed: u64) -> Result<Outcome
                     w = h.iter().map(|v| v.to_f32()).collect();
                     ctx.upload_f16("w", &[n, k], &h)?
                 }
+                other => {
+                    return Err(crate::Error::UnsupportedDType {
+                        kernel: "selfcheck",
+                        tensor: "w".into(),
+                        dtype: other,
+                        expected: "f32 or f16",
+                    })
+                }
             };
             let xt = ctx.upload_f32("x", &[m, k], &x)?;
             let yt = ctx.zeros("y", &[m, n], DType::F32)?;
@@ -163,7 +171,7 @@ pub async fn run_case(ctx: &GpuContext, case: Case, seed: u64) -> Result<Outcome
             let mut rec = ctx.recorder();
             rec.dispatch(&d);
             let slot = rec.read(&yt);
-            let gpu = rec.submit_and_read().await?.f32(slot);
+            let gpu = rec.submit_and_read().await?.f32(slot)?;
             let (want, mag) = reference::linear(&w, n, k, &x, m);
             Ok(compare(case, &gpu, &want, |i| {
                 reference::linear_tolerance(k, mag[i])
@@ -184,7 +192,7 @@ pub async fn run_case(ctx: &GpuContext, case: Case, seed: u64) -> Result<Outcome
             let mut rec = ctx.recorder();
             rec.dispatch(&d);
             let slot = rec.read(&yt);
-            let gpu = rec.submit_and_read().await?.f32(slot);
+            let gpu = rec.submit_and_read().await?.f32(slot)?;
             let want = reference::rmsnorm(&x, cols, &g, eps);
             Ok(compare(case, &gpu, &want, |i| {
                 reference::rmsnorm_tolerance(cols, want[i])
@@ -200,7 +208,7 @@ pub async fn run_case(ctx: &GpuContext, case: Case, seed: u64) -> Result<Outcome
             let mut rec = ctx.recorder();
             rec.dispatch(&d);
             let slot = rec.read(&ot);
-            let gpu = rec.submit_and_read().await?.f32(slot);
+            let gpu = rec.submit_and_read().await?.f32(slot)?;
             let want = reference::swiglu(&gate, &up);
             Ok(compare(case, &gpu, &want, |i| {
                 reference::swiglu_tolerance(gate[i], want[i])

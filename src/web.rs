@@ -106,7 +106,7 @@ impl Gpu {
             let mut rec = ctx.recorder();
             rec.dispatch(&d);
             let slot = rec.read(&y);
-            let out = rec.submit_and_read().await?.f32(slot);
+            let out = rec.submit_and_read().await?.f32(slot)?;
             Ok(Float32Array::from(out.as_slice()).into())
         })
     }

@@ -16,37 +16,16 @@
 
 #![cfg(not(target_arch = "wasm32"))]
 
-use std::sync::OnceLock;
-
 use half::f16;
-use pocketlm::gpu::{DType, GpuContext, Kernel, Profile, ProfileRequest, Specialization};
+use pocketlm::gpu::{DType, Kernel, Profile, ProfileRequest, Specialization};
 use pocketlm::kernels;
 use pocketlm::reference::{self, Rng};
 use pocketlm::selfcheck::{run_case, Case, LinearKernel, Outcome};
 use pocketlm::Error;
 use proptest::prelude::*;
 
-fn ctx() -> &'static GpuContext {
-    static CTX: OnceLock<GpuContext> = OnceLock::new();
-    CTX.get_or_init(|| {
-        let request: ProfileRequest = std::env::var("POCKETLM_TEST_PROFILE")
-            .unwrap_or_default()
-            .parse()
-            .expect("POCKETLM_TEST_PROFILE");
-        let ctx = pollster::block_on(GpuContext::new(request))
-            .unwrap_or_else(|e| panic!("GPU tests need a WebGPU adapter: {e}"));
-        let name = &ctx.adapter_info().name;
-        if let Ok(want) = std::env::var("POCKETLM_TEST_ADAPTER") {
-            assert!(
-                name.to_lowercase().contains(&want.to_lowercase()),
-                "expected an adapter named like '{want}' but got '{name}'; check VK_ICD_FILENAMES \
-                 and that scripts/setup.sh installed the driver"
-            );
-        }
-        eprintln!("GPU tests run on:\n{}\n", ctx.report());
-        ctx
-    })
-}
+mod common;
+use common::{ctx, expect_err};
 
 fn run(case: Case, seed: u64) -> Outcome {
     pollster::block_on(run_case(ctx(), case, seed)).unwrap_or_else(|e| panic!("{case}: {e}"))
@@ -203,7 +182,10 @@ fn chained_dispatches_in_one_submit() {
     let mut rec = ctx.recorder();
     rec.dispatch_all(&dispatches);
     let slot = rec.read(&out);
-    let gpu = pollster::block_on(rec.submit_and_read()).unwrap().f32(slot);
+    let gpu = pollster::block_on(rec.submit_and_read())
+        .unwrap()
+        .f32(slot)
+        .unwrap();
     let (submits1, dispatches1, _) = ctx.stats.snapshot();
     // Other tests share the context and may submit concurrently, so only lower bounds hold.
     assert!(submits1 > submits0 && dispatches1 >= dispatches0 + 5);
@@ -255,20 +237,6 @@ fn device_profile_is_as_requested() {
         }
         ProfileRequest::Auto => {
             assert_eq!(ctx.profile() == Profile::Full, caps.f16 && caps.subgroups);
-        }
-    }
-}
-
-fn expect_err<T: std::fmt::Debug>(r: pocketlm::Result<T>, code: &str, needle: &str) {
-    match r {
-        Ok(v) => panic!("expected a {code} error, got Ok({v:?})"),
-        Err(e) => {
-            assert_eq!(e.code(), code, "{e}");
-            let msg = e.to_string();
-            assert!(
-                msg.contains(needle),
-                "message '{msg}' should mention '{needle}'"
-            );
         }
     }
 }

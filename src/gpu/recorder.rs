@@ -60,10 +60,15 @@ impl Readback {
         &self.words[slot.0]
     }
 
-    /// The tensor's values as row-major `f32`.
-    pub fn f32(&self, slot: ReadSlot) -> Vec<f32> {
+    /// The tensor's values as row-major `f32`; an error for quantized tensors.
+    pub fn f32(&self, slot: ReadSlot) -> Result<Vec<f32>> {
         let (shape, dtype) = &self.shapes[slot.0];
-        decode_f32(&self.words[slot.0], shape, *dtype)
+        decode_f32(&self.words[slot.0], shape, *dtype).ok_or_else(|| Error::UnsupportedDType {
+            kernel: "readback",
+            tensor: format!("#{}", slot.0),
+            dtype: *dtype,
+            expected: "f32, f16 or bf16 (quantized tensors are not read back as floats)",
+        })
     }
 }
 

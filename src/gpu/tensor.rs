@@ -1,52 +1,10 @@
 //! Typed GPU tensors: a buffer plus the shape and element type the kernels check before use.
 
-use std::fmt;
-
 use half::f16;
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-
-/// Element types a tensor can hold on the GPU.
-///
-/// `F16` data is stored as packed pairs in `u32` words (read with `unpack2x16float`), so that it
-/// works without the `shader-f16` feature; each row is padded to an even length so every row
-/// starts on a word boundary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DType {
-    F32,
-    F16,
-}
-
-impl DType {
-    pub fn name(self) -> &'static str {
-        match self {
-            DType::F32 => "f32",
-            DType::F16 => "f16",
-        }
-    }
-
-    /// Elements per row as stored: rows of packed types are padded to whole words.
-    pub fn padded_row_len(self, cols: usize) -> usize {
-        match self {
-            DType::F32 => cols,
-            DType::F16 => cols.div_ceil(2) * 2,
-        }
-    }
-
-    pub fn bytes_per_element(self) -> usize {
-        match self {
-            DType::F32 => 4,
-            DType::F16 => 2,
-        }
-    }
-}
-
-impl fmt::Display for DType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use crate::quant::DType;
 
 /// A tensor resident in GPU memory. Cloning shares the buffer.
 #[derive(Clone, Debug)]
@@ -94,20 +52,30 @@ impl GpuTensor {
     }
 }
 
-/// Bytes a tensor of this shape and dtype occupies, padded to a whole number of `u32` words.
+/// Bytes a tensor of this shape and dtype occupies on the GPU (see [`crate::quant`] for the
+/// layout); `None` on overflow or when a row is not a whole number of blocks.
 fn storage_bytes(shape: &[usize], dtype: DType) -> Option<u64> {
     let cols = shape.last().copied().unwrap_or(1);
     let rows = shape[..shape.len().saturating_sub(1)]
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))?;
-    let elems = rows.checked_mul(dtype.padded_row_len(cols))?;
-    let bytes = (elems as u64).checked_mul(dtype.bytes_per_element() as u64)?;
+    let words = dtype.gpu_words(rows, cols)? as u64;
     // wgpu needs sizes that are non-zero multiples of 4.
-    Some(bytes.div_ceil(4).max(1) * 4)
+    Some(words.checked_mul(4)?.max(4))
 }
 
 impl GpuContext {
     fn tensor_buffer(&self, name: &str, shape: &[usize], dtype: DType) -> Result<wgpu::Buffer> {
+        let cols = shape.last().copied().unwrap_or(1);
+        if !cols.is_multiple_of(dtype.block_size()) {
+            return Err(Error::InvalidTensor {
+                tensor: name.to_string(),
+                detail: format!(
+                    "rows of {cols} elements are not a whole number of {dtype} blocks of {}",
+                    dtype.block_size()
+                ),
+            });
+        }
         let bytes = storage_bytes(shape, dtype).ok_or_else(|| Error::InvalidTensor {
             tensor: name.to_string(),
             detail: format!("shape {shape:?} overflows the address space"),
@@ -180,8 +148,7 @@ impl GpuContext {
     pub async fn read_f32(&self, tensor: &GpuTensor) -> Result<Vec<f32>> {
         let mut rec = self.recorder();
         let slot = rec.read(tensor);
-        let results = rec.submit_and_read().await?;
-        Ok(results.f32(slot))
+        rec.submit_and_read().await?.f32(slot)
     }
 }
 
@@ -196,23 +163,29 @@ fn check_len(name: &str, shape: &[usize], len: usize) -> Result<()> {
     Ok(())
 }
 
-/// Decodes tensor bytes as stored on the GPU into row-major `f32`, dropping row padding.
-pub(crate) fn decode_f32(words: &[u32], shape: &[usize], dtype: DType) -> Vec<f32> {
+/// Decodes a plain-float tensor as stored on the GPU into row-major `f32`, dropping row padding;
+/// `None` for quantized formats.
+pub(crate) fn decode_f32(words: &[u32], shape: &[usize], dtype: DType) -> Option<Vec<f32>> {
     let numel: usize = shape.iter().product();
     let cols = shape.last().copied().unwrap_or(1);
+    let half = |h: u16| match dtype {
+        DType::BF16 => f32::from_bits(u32::from(h) << 16),
+        _ => f16::from_bits(h).to_f32(),
+    };
     match dtype {
-        DType::F32 => words[..numel].iter().map(|&w| f32::from_bits(w)).collect(),
-        DType::F16 => {
-            let halves: &[f16] = bytemuck::cast_slice(words);
+        DType::F32 => Some(words[..numel].iter().map(|&w| f32::from_bits(w)).collect()),
+        DType::F16 | DType::BF16 => {
+            let halves: &[u16] = bytemuck::cast_slice(words);
             let stride = dtype.padded_row_len(cols);
             let mut out = Vec::with_capacity(numel);
             if let Some(rows) = numel.checked_div(cols) {
                 for row in halves.chunks(stride).take(rows) {
-                    out.extend(row[..cols].iter().map(|h| h.to_f32()));
+                    out.extend(row[..cols].iter().map(|&h| half(h)));
                 }
             }
-            out
+            Some(out)
         }
+        _ => None,
     }
 }
 
@@ -239,9 +212,12 @@ mod tests {
         let words: Vec<u32> = bytemuck::cast_slice(&halves).to_vec();
         assert_eq!(
             decode_f32(&words, &[2, 3], DType::F16),
-            vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+            Some(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
         );
         let words: Vec<u32> = [1.5f32, -2.0].iter().map(|v| v.to_bits()).collect();
-        assert_eq!(decode_f32(&words, &[2], DType::F32), vec![1.5, -2.0]);
+        assert_eq!(decode_f32(&words, &[2], DType::F32), Some(vec![1.5, -2.0]));
+        let bf: Vec<u32> = vec![(0x3FC0u32 << 16) | 0xC000];
+        assert_eq!(decode_f32(&bf, &[2], DType::BF16), Some(vec![-2.0, 1.5]));
+        assert_eq!(decode_f32(&words, &[32], DType::Q8_0), None);
     }
 }
