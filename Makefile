@@ -45,7 +45,7 @@ test-wasm:
 	@echo "== wasm tests in headless Chromium (WebGPU) =="
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 	  CHROMEDRIVER=$$(command -v chromedriver) WASM_BINDGEN_TEST_TIMEOUT=600 \
-	  cargo test $(WASM_CARGO_FLAGS) --test web -- --nocapture
+	  cargo test $(WASM_CARGO_FLAGS) --test 'web*' -- --nocapture
 
 test-browser: wasm
 	@echo "== the wasm package in headless Chromium (Playwright) =="
