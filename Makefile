@@ -27,7 +27,7 @@ test: setup
 	@echo "make test: all suites passed"
 
 test-unit:
-	cargo test --lib
+	cargo test --lib --test 'quant_*'
 
 test-gpu-full:
 	@echo "== GPU kernels on lavapipe, full profile (f16 + subgroups) =="

@@ -1,21 +1,9 @@
-// Y[m, n] = sum_k X[m, k] * W[n, k]: a linear layer over many activation rows (prefill).
-// Each workgroup computes a 64x64 tile of Y; its 16x16 invocations each own a 4x4 sub-tile,
-// strided by 16 so that neighbouring invocations read neighbouring workgroup-memory words.
-// K is walked in steps of 16 through workgroup-memory tiles of X and W (zero-filled past the
-// edges, so any m, n, k works). Prelude: W_F16 (0: W is f32; 1: W is packed f16 pairs).
-
-struct Params {
-    n: u32,
-    k: u32,
-    m: u32,
-    w_stride: u32, // elements between the starts of consecutive rows of W as stored
-    tiles_n: u32,  // ceil(n / 64)
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<u32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+// Y[m, n] = Σₖ X[m, k] · W[n, k] (+ bias, + Y): a linear layer over many activation rows
+// (prefill). Each workgroup computes a 64×64 tile of Y; its 16×16 invocations each own a 4×4
+// sub-tile, strided by 16 so that neighbouring invocations read neighbouring workgroup-memory
+// words. K is walked in steps of 16 through workgroup-memory tiles of X and W (zero-filled past
+// the edges, so any m, n, k works; block formats have k a multiple of their block).
+// Prelude: linear_common.wgsl's (and quant.wgsl for block formats).
 
 const BM: u32 = 64u;
 const BN: u32 = 64u;
@@ -24,14 +12,6 @@ const BK: u32 = 16u;
 var<workgroup> xs: array<f32, 1024>; // [BK][BM]
 var<workgroup> ws: array<f32, 1024>; // [BK][BN]
 
-fn load_w(n: u32, k: u32) -> f32 {
-    let i = n * p.w_stride + k;
-    if (W_F16 == 1u) {
-        return unpack2x16float(w[i / 2u])[i & 1u];
-    }
-    return bitcast<f32>(w[i]);
-}
-
 @compute @workgroup_size(256)
 fn matmul(
     @builtin(local_invocation_index) li: u32,
@@ -39,8 +19,8 @@ fn matmul(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let g = linear_workgroup(wid, nwg);
-    let m0 = (g / p.tiles_n) * BM;
-    let n0 = (g % p.tiles_n) * BN;
+    let m0 = (g / p.blocks) * BM;
+    let n0 = (g % p.blocks) * BN;
     let tx = li % 16u;
     let ty = li / 16u;
     var acc: array<f32, 16>;
@@ -54,11 +34,29 @@ fn matmul(
                 xv = x[(m0 + row) * p.k + gk];
             }
             xs[kk * BM + row] = xv;
-            var wv = 0.0;
-            if (n0 + row < p.n && gk < p.k) {
-                wv = load_w(n0 + row, gk);
+            if (QK == 1u) {
+                var wv = 0.0;
+                if (n0 + row < p.n && gk < p.k) {
+                    wv = float_at((n0 + row) * p.w_stride + gk);
+                }
+                ws[kk * BN + row] = wv;
             }
-            ws[kk * BN + row] = wv;
+        }
+        if (QK > 1u) {
+            // 64 rows × 2 groups of 8: the first 128 invocations decode one group each.
+            if (li < BN * 2u) {
+                let row = li / 2u;
+                let half = li % 2u;
+                var wv: array<f32, 8>;
+                if (n0 + row < p.n) {
+                    let gi = k0 / 8u + half;
+                    let gpb = max(QK / 8u, 1u);
+                    wv = decode8((n0 + row) * (p.k / QK) + gi / gpb, gi % gpb, p.scale_base);
+                }
+                for (var i = 0u; i < 8u; i++) {
+                    ws[(8u * half + i) * BN + row] = wv[i];
+                }
+            }
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
@@ -81,7 +79,7 @@ fn matmul(
             let gm = m0 + ty + 16u * i;
             let gn = n0 + tx + 16u * j;
             if (gm < p.m && gn < p.n) {
-                y[gm * p.n + gn] = acc[i * 4u + j];
+                finish(gm, gn, acc[i * 4u + j]);
             }
         }
     }

@@ -1,26 +1,13 @@
-// y[m, n] = sum_k W[n, k] * x[m, k]: a linear layer applied to one (or a few) activation rows,
+// y[m, n] = Σₖ W[n, k] · x[m, k] (+ bias, + y): a linear layer on one or a few activation rows,
 // the shape of every decode step. Bound by reading W, so W is read exactly once and x once per
-// workgroup: each workgroup computes ROWS consecutive outputs of one activation row, every
+// workgroup: each workgroup computes ROWS consecutive outputs of one activation row; every
 // invocation walks k with stride WG keeping ROWS partial sums, then one workgroup_reduce.
-// Prelude: WG (power of two), ROWS, RED_N (= ROWS).
-
-struct Params {
-    n: u32,        // outputs (rows of W)
-    k: u32,        // inputs (columns of W)
-    m: u32,        // activation rows
-    w_stride: u32, // elements between the starts of consecutive rows of W as stored
-    blocks: u32,   // ceil(n / ROWS)
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<u32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+// Prelude: WG (power of two), ROWS, RED_N (= ROWS), and linear_common.wgsl's.
 
 fn store_rows(li: u32, m: u32, n0: u32) {
     var total = workgroup_reduce(li);
     if (m < p.m && n0 + li < p.n && li < ROWS) {
-        y[m * p.n + n0 + li] = total[li];
+        finish(m, n0 + li, total[li]);
     }
 }
 
@@ -49,9 +36,9 @@ fn matvec_f32(
     store_rows(li, m, n0);
 }
 
-// W holds f16 pairs packed in u32 words; rows are padded to an even length.
+// f16 or bf16 weights, two per word; rows are padded to an even length.
 @compute @workgroup_size(WG)
-fn matvec_f16(
+fn matvec_half(
     @builtin(local_invocation_index) li: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -70,7 +57,7 @@ fn matvec_f16(
         for (var j = li; j < pairs; j += WG) {
             let xv = vec2<f32>(x[xb + 2u * j], x[xb + 2u * j + 1u]);
             for (var r = 0u; r < rows; r++) {
-                let wv = unpack2x16float(w[(n0 + r) * row_words + j]);
+                let wv = unpack_half2(w[(n0 + r) * row_words + j]);
                 red_in[r] = fma(wv.x, xv.x, fma(wv.y, xv.y, red_in[r]));
             }
         }
@@ -78,8 +65,49 @@ fn matvec_f16(
         if ((p.k & 1u) == 1u && li == WG - 1u) {
             let xv = x[xb + p.k - 1u];
             for (var r = 0u; r < rows; r++) {
-                let wv = unpack2x16float(w[(n0 + r) * row_words + pairs]);
+                let wv = unpack_half2(w[(n0 + r) * row_words + pairs]);
                 red_in[r] = fma(wv.x, xv, red_in[r]);
+            }
+        }
+    }
+    store_rows(li, m, n0);
+}
+
+// Block-quantized weights (quant.wgsl): each invocation takes groups of 8 elements, so k is a
+// multiple of the block size (32 or 256) and of 8.
+@compute @workgroup_size(WG)
+fn matvec_quant(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let g = linear_workgroup(wid, nwg);
+    let m = g / p.blocks;
+    let n0 = (g % p.blocks) * ROWS;
+    for (var r = 0u; r < ROWS; r++) {
+        red_in[r] = 0.0;
+    }
+    if (m < p.m) {
+        let rows = min(ROWS, p.n - n0);
+        let xb = m * p.k;
+        let nb = p.k / QK;
+        // (QK < 8 only for float formats, which never reach this entry point.)
+        let groups_per_block = max(QK / 8u, 1u);
+        for (var gi = li; gi < p.k / 8u; gi += WG) {
+            let xo = xb + 8u * gi;
+            var xv: array<f32, 8>;
+            for (var i = 0u; i < 8u; i++) {
+                xv[i] = x[xo + i];
+            }
+            let bi = gi / groups_per_block;
+            let gg = gi % groups_per_block;
+            for (var r = 0u; r < rows; r++) {
+                let wv = decode8((n0 + r) * nb + bi, gg, p.scale_base);
+                var s = red_in[r];
+                for (var i = 0u; i < 8u; i++) {
+                    s = fma(wv[i], xv[i], s);
+                }
+                red_in[r] = s;
             }
         }
     }

@@ -3,24 +3,25 @@
 
 use std::fmt;
 
-use half::f16;
-
 use crate::error::Result;
 use crate::gpu::{DType, GpuContext};
-use crate::kernels;
+pub use crate::kernels::LinearKernel;
+use crate::kernels::{self, Linear};
+use crate::quant::{dequantize_to_vec, random_gguf_bytes};
 use crate::reference::{self, Rng};
-
-/// Which linear-layer kernel to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LinearKernel {
-    Matvec,
-    Matmul,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Case {
     /// y [m, n] = x [m, k] · Wᵀ, W [n, k] stored as `weights`.
     Linear {
+        kernel: LinearKernel,
+        m: usize,
+        n: usize,
+        k: usize,
+        weights: DType,
+    },
+    /// The same with both epilogues: y = y + (x · Wᵀ + bias).
+    LinearFused {
         kernel: LinearKernel,
         m: usize,
         n: usize,
@@ -46,12 +47,28 @@ impl fmt::Display for Case {
                 n,
                 k,
                 weights,
+            }
+            | Case::LinearFused {
+                kernel,
+                m,
+                n,
+                k,
+                weights,
             } => {
                 let name = match kernel {
+                    LinearKernel::Auto => "linear",
                     LinearKernel::Matvec => "matvec",
                     LinearKernel::Matmul => "matmul",
                 };
-                write!(f, "{name} {weights} weights, x[{m}×{k}] · W[{n}×{k}]ᵀ")
+                let fused = if matches!(self, Case::LinearFused { .. }) {
+                    " + bias + residual"
+                } else {
+                    ""
+                };
+                write!(
+                    f,
+                    "{name} {weights} weights, x[{m}×{k}] · W[{n}×{k}]ᵀ{fused}"
+                )
             }
             Case::RmsNorm { rows, cols, eps } => write!(f, "rmsnorm [{rows}×{cols}] eps {eps:e}"),
             Case::SwiGlu { len } => write!(f, "swiglu [{len}]"),
@@ -142,41 +159,14 @@ pub async fn run_case(ctx: &GpuContext, case: Case, seed: u64) -> Result<Outcome
             n,
             k,
             weights,
-        } => {
-            let mut w = rng.vec(n * k, -1.0, 1.0);
-            let x = rng.vec(m * k, -1.0, 1.0);
-            let wt = match weights {
-                DType::F32 => ctx.upload_f32("w", &[n, k], &w)?,
-                DType::F16 => {
-                    let h: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
-                    // The reference sees exactly the weights the GPU sees.
-                    w = h.iter().map(|v| v.to_f32()).collect();
-                    ctx.upload_f16("w", &[n, k], &h)?
-                }
-                other => {
-                    return Err(crate::Error::UnsupportedDType {
-                        kernel: "selfcheck",
-                        tensor: "w".into(),
-                        dtype: other,
-                        expected: "f32 or f16",
-                    })
-                }
-            };
-            let xt = ctx.upload_f32("x", &[m, k], &x)?;
-            let yt = ctx.zeros("y", &[m, n], DType::F32)?;
-            let d = match kernel {
-                LinearKernel::Matvec => kernels::matvec(ctx, &wt, &xt, &yt).await?,
-                LinearKernel::Matmul => kernels::matmul(ctx, &wt, &xt, &yt).await?,
-            };
-            let mut rec = ctx.recorder();
-            rec.dispatch(&d);
-            let slot = rec.read(&yt);
-            let gpu = rec.submit_and_read().await?.f32(slot)?;
-            let (want, mag) = reference::linear(&w, n, k, &x, m);
-            Ok(compare(case, &gpu, &want, |i| {
-                reference::linear_tolerance(k, mag[i])
-            }))
-        }
+        } => run_linear(ctx, case, kernel, [m, n, k], weights, false, &mut rng).await,
+        Case::LinearFused {
+            kernel,
+            m,
+            n,
+            k,
+            weights,
+        } => run_linear(ctx, case, kernel, [m, n, k], weights, true, &mut rng).await,
         Case::RmsNorm { rows, cols, eps } => {
             // Rows of different scales, so the normalisation has something to do.
             let mut x = Vec::with_capacity(rows * cols);
@@ -217,6 +207,56 @@ pub async fn run_case(ctx: &GpuContext, case: Case, seed: u64) -> Result<Outcome
     }
 }
 
+async fn run_linear(
+    ctx: &GpuContext,
+    case: Case,
+    kernel: LinearKernel,
+    [m, n, k]: [usize; 3],
+    weights: DType,
+    fused: bool,
+    rng: &mut Rng,
+) -> Result<Outcome> {
+    let bytes = random_gguf_bytes(weights, n * k, rng);
+    // The reference sees exactly the weights the GPU sees.
+    let w = dequantize_to_vec(weights, &bytes)?;
+    let x = rng.vec(m * k, -1.0, 1.0);
+    let bias = rng.vec(n, -1.0, 1.0);
+    let residual = rng.vec(m * n, -4.0, 4.0);
+    let wt = ctx.upload_gguf("w", &[n, k], weights, &bytes)?;
+    let xt = ctx.upload_f32("x", &[m, k], &x)?;
+    let (yt, bt) = if fused {
+        (
+            ctx.upload_f32("y", &[m, n], &residual)?,
+            Some(ctx.upload_f32("bias", &[n], &bias)?),
+        )
+    } else {
+        (ctx.zeros("y", &[m, n], DType::F32)?, None)
+    };
+    let opts = Linear {
+        kernel,
+        bias: bt.as_ref(),
+        accumulate: fused,
+    };
+    let d = kernels::linear_with(ctx, &wt, &xt, &yt, &opts).await?;
+    let mut rec = ctx.recorder();
+    rec.dispatch(&d);
+    let slot = rec.read(&yt);
+    let gpu = rec.submit_and_read().await?.f32(slot)?;
+    let (mut want, mut mag) = reference::linear(&w, n, k, &x, m);
+    if fused {
+        // Bias and residual are two more terms of the sum.
+        for (i, (v, a)) in want.iter_mut().zip(&mut mag).enumerate() {
+            let extra = [f64::from(bias[i % n]), f64::from(residual[i])];
+            *v += extra[0] + extra[1];
+            *a += extra[0].abs() + extra[1].abs();
+        }
+    }
+    let terms = if fused { k + 2 } else { k };
+    Ok(compare(case, &gpu, &want, |i| {
+        reference::linear_tolerance(terms, mag[i])
+    }))
+}
+
 /// Model-sized shapes (SmolLM2-135M: hidden 576, MLP 1536) and awkward ones (odd, prime, smaller
 /// than one tile).
 pub fn standard_cases() -> Vec<Case> {
@@ -246,6 +286,52 @@ pub fn standard_cases() -> Vec<Case> {
                 weights,
             });
         }
+    }
+    for weights in [
+        DType::BF16,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q8_0,
+    ] {
+        for (kernel, m, n, k) in [
+            (LinearKernel::Matvec, 2, 37, 576),
+            (LinearKernel::Matmul, 70, 65, 96),
+        ] {
+            cases.push(Case::Linear {
+                kernel,
+                m,
+                n,
+                k,
+                weights,
+            });
+        }
+    }
+    for weights in [DType::Q4_K, DType::Q6_K] {
+        for (kernel, m, n, k) in [
+            (LinearKernel::Matvec, 1, 37, 768),
+            (LinearKernel::Matmul, 70, 65, 512),
+        ] {
+            cases.push(Case::Linear {
+                kernel,
+                m,
+                n,
+                k,
+                weights,
+            });
+        }
+    }
+    for (kernel, m, weights) in [
+        (LinearKernel::Matvec, 1, DType::Q8_0),
+        (LinearKernel::Matmul, 9, DType::F16),
+    ] {
+        cases.push(Case::LinearFused {
+            kernel,
+            m,
+            n: 96,
+            k: 256,
+            weights,
+        });
     }
     cases.push(Case::RmsNorm {
         rows: 7,

@@ -13,6 +13,9 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
 
+#[path = "common/quant_fixtures.rs"]
+mod quant_fixtures;
+
 wasm_bindgen_test_configure!(run_in_browser);
 
 async fn context() -> GpuContext {
@@ -35,21 +38,29 @@ async fn standard_kernels_match_reference_in_browser() {
 async fn random_shapes_match_reference_in_browser() {
     let ctx = context().await;
     let mut rng = Rng::new(0xB20_55E2);
-    for i in 0..24u64 {
-        let weights = if i % 2 == 0 { DType::F32 } else { DType::F16 };
+    for i in 0..36u64 {
+        let weights = DType::WEIGHTS[(i as usize / 4) % DType::WEIGHTS.len()];
+        let kq = |rng: &mut Rng, max: usize| {
+            let q = weights.block_size().max(1);
+            if q == 1 {
+                rng.range(1, max)
+            } else {
+                q * rng.range(1, (max / q).max(1))
+            }
+        };
         let case = match i % 4 {
             0 => Case::Linear {
                 kernel: LinearKernel::Matvec,
                 m: rng.range(1, 4),
                 n: rng.range(1, 300),
-                k: rng.range(1, 700),
+                k: kq(&mut rng, 700),
                 weights,
             },
             1 => Case::Linear {
                 kernel: LinearKernel::Matmul,
                 m: rng.range(1, 130),
                 n: rng.range(1, 150),
-                k: rng.range(1, 200),
+                k: kq(&mut rng, 300),
                 weights,
             },
             2 => Case::RmsNorm {
@@ -114,4 +125,29 @@ async fn js_binding_rejects_with_typed_errors() {
         Reflect::get(&err, &"code".into()).unwrap(),
         "unknown_profile"
     );
+}
+
+/// Dequantization in the browser's WebGPU is bit-exact against the Python gguf package.
+#[wasm_bindgen_test]
+async fn dequantization_matches_gguf_py_in_browser() {
+    let ctx = context().await;
+    for f in quant_fixtures::load() {
+        let table = ctx
+            .upload_gguf(f.dtype.name(), &[f.rows, f.cols], f.dtype, &f.bytes)
+            .unwrap();
+        let ids: Vec<i32> = (0..f.rows as i32).collect();
+        let idt = ctx.upload_i32("ids", &[f.rows], &ids).unwrap();
+        let out = ctx.zeros("rows", &[f.rows, f.cols], DType::F32).unwrap();
+        let d = pocketlm::kernels::embed(&ctx, &table, &idt, &out)
+            .await
+            .unwrap();
+        let mut rec = ctx.recorder();
+        rec.dispatch(&d);
+        let slot = rec.read(&out);
+        let got = rec.submit_and_read().await.unwrap().f32(slot).unwrap();
+        if let Some(diff) = quant_fixtures::first_bit_difference(f.dtype, f.cols, &got, &f.expected)
+        {
+            panic!("GPU vs gguf-py: {diff}");
+        }
+    }
 }

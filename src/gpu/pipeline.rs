@@ -31,11 +31,19 @@ pub struct Specialization {
     pub subgroups: bool,
     /// The kernel uses the `f16` type.
     pub f16: bool,
+    /// WGSL pieces placed between the shared helpers and the kernel's own source, in order
+    /// (bindings or functions that only some variants of a kernel have).
+    pub snippets: Vec<&'static str>,
 }
 
 impl Specialization {
     pub fn with(mut self, name: &'static str, value: u32) -> Self {
         self.consts.push((name, value));
+        self
+    }
+
+    pub fn snippet(mut self, source: &'static str) -> Self {
+        self.snippets.push(source);
         self
     }
 }
@@ -65,6 +73,9 @@ pub fn kernel_source(kernel: &Kernel, spec: &Specialization) -> String {
         } else {
             REDUCE_WORKGROUP
         });
+    }
+    for snippet in &spec.snippets {
+        s.push_str(snippet);
     }
     s.push_str(kernel.source);
     s

@@ -121,6 +121,17 @@ impl GpuContext {
         Ok(tensor)
     }
 
+    /// Uploads `i32` data (token ids, indices).
+    pub fn upload_i32(&self, name: &str, shape: &[usize], data: &[i32]) -> Result<GpuTensor> {
+        check_len(name, shape, data.len())?;
+        let tensor = self.zeros(name, shape, DType::I32)?;
+        if !data.is_empty() {
+            self.queue
+                .write_buffer(&tensor.buffer, 0, bytemuck::cast_slice(data));
+        }
+        Ok(tensor)
+    }
+
     /// Uploads row-major `f16` data, repacked into word-aligned rows.
     pub fn upload_f16(&self, name: &str, shape: &[usize], data: &[f16]) -> Result<GpuTensor> {
         check_len(name, shape, data.len())?;
@@ -140,6 +151,31 @@ impl GpuContext {
         if !packed.is_empty() {
             self.queue
                 .write_buffer(&tensor.buffer, 0, bytemuck::cast_slice(&packed));
+        }
+        Ok(tensor)
+    }
+
+    /// Uploads a tensor of any format from its bytes as GGUF (and safetensors, for the float
+    /// formats) stores them: little-endian, row-major, blocks as in ggml.
+    pub fn upload_gguf(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        bytes: &[u8],
+    ) -> Result<GpuTensor> {
+        let tensor = self.zeros(name, shape, dtype)?;
+        let words = crate::quant::repack_tensor(dtype, tensor.rows(), tensor.cols(), bytes)
+            .map_err(|e| match e {
+                Error::InvalidTensor { detail, .. } => Error::InvalidTensor {
+                    tensor: name.to_string(),
+                    detail,
+                },
+                other => other,
+            })?;
+        if !words.is_empty() {
+            self.queue
+                .write_buffer(&tensor.buffer, 0, bytemuck::cast_slice(&words));
         }
         Ok(tensor)
     }

@@ -1,18 +1,49 @@
-//! Linear layers: `y = x · Wᵀ` with W of shape [n, k] (out, in), x [m, k], y [m, n].
+//! Linear layers: `y = x · Wᵀ (+ bias) (+ y)` with W of shape [n, k] (out, in) in any supported
+//! format (f32, f16, bf16, or a GGML block format dequantized inside the inner loop), x [m, k],
+//! y [m, n].
 
 use crate::error::Result;
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Kernel, Specialization};
 use crate::kernels::{build, dim, expect_distinct, expect_dtype, grid, mismatch, reduce_spec};
 
+const LINEAR_COMMON: &str = include_str!("../../shaders/linear_common.wgsl");
+const QUANT: &str = include_str!("../../shaders/quant.wgsl");
 const MATVEC_SRC: &str = include_str!("../../shaders/matvec.wgsl");
 const MATMUL_SRC: &str = include_str!("../../shaders/matmul.wgsl");
+const BIAS: &str = "@group(0) @binding(4) var<storage, read> bias: array<f32>;\n\
+                    fn bias_at(n: u32) -> f32 { return bias[n]; }\n";
+const NO_BIAS: &str = "fn bias_at(n: u32) -> f32 { return 0.0; }\n";
 
 /// Outputs per matvec workgroup: the x values an invocation loads serve this many rows of W.
 const MATVEC_ROWS: u32 = 4;
+/// Output tile edge of the matmul kernel.
+const TILE: u32 = 64;
 
-/// Up to this many activation rows, [`linear`] uses the matrix-vector kernel; beyond, the tiled
-/// matrix-matrix kernel, which reuses each W tile across 64 rows.
+/// Up to this many activation rows, [`LinearKernel::Auto`] uses the matrix-vector kernel; beyond,
+/// the tiled matrix-matrix kernel, which reuses each W tile across 64 rows.
 pub const MATVEC_MAX_ROWS: usize = 4;
+
+/// Which kernel computes a linear layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LinearKernel {
+    /// By the number of activation rows (see [`MATVEC_MAX_ROWS`]).
+    #[default]
+    Auto,
+    /// Matrix × vector: the decode-step kernel.
+    Matvec,
+    /// Tiled matrix × matrix: the prefill kernel.
+    Matmul,
+}
+
+/// Options of a linear layer: the kernel, and the epilogue fused into its output write.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Linear<'a> {
+    pub kernel: LinearKernel,
+    /// Added to every output row: f32 [n].
+    pub bias: Option<&'a GpuTensor>,
+    /// Add the result to what y holds (the residual stream) instead of overwriting it.
+    pub accumulate: bool,
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -22,25 +53,22 @@ struct Params {
     m: u32,
     w_stride: u32,
     blocks: u32,
+    scale_base: u32,
 }
 
-struct Dims {
-    n: u32,
-    k: u32,
-    m: u32,
-    w_stride: u32,
-}
-
-fn check(kernel: &'static str, w: &GpuTensor, x: &GpuTensor, y: &GpuTensor) -> Result<Dims> {
-    expect_dtype(
-        kernel,
-        w,
-        &[DType::F32, DType::F16],
-        "weights in f32 or f16",
-    )?;
+fn check(
+    kernel: &'static str,
+    w: &GpuTensor,
+    x: &GpuTensor,
+    y: &GpuTensor,
+    opts: &Linear,
+) -> Result<Params> {
+    expect_dtype(kernel, w, &DType::WEIGHTS, "weights of a supported format")?;
     expect_dtype(kernel, x, &[DType::F32], "f32 activations")?;
     expect_dtype(kernel, y, &[DType::F32], "an f32 output")?;
-    expect_distinct(kernel, y, &[x, w])?;
+    let mut inputs = vec![x, w];
+    inputs.extend(opts.bias);
+    expect_distinct(kernel, y, &inputs)?;
     let [n, k] = *w.shape() else {
         return Err(mismatch(
             kernel,
@@ -79,76 +107,39 @@ fn check(kernel: &'static str, w: &GpuTensor, x: &GpuTensor, y: &GpuTensor) -> R
             ),
         ));
     }
-    Ok(Dims {
+    if let Some(b) = opts.bias {
+        expect_dtype(kernel, b, &[DType::F32], "an f32 bias")?;
+        if b.shape() != [n] {
+            return Err(mismatch(
+                kernel,
+                format!("bias '{}' is {:?}, expected [{n}]", b.name(), b.shape()),
+            ));
+        }
+    }
+    // Block formats: the scales follow the quants of all n · k / QK blocks.
+    let blocks = n * (k / w.dtype().block_size());
+    Ok(Params {
         n: dim(kernel, "out features", n)?,
         k: dim(kernel, "in features", k)?,
         m: dim(kernel, "rows", x.rows())?,
         w_stride: dim(kernel, "row stride", w.row_stride())?,
+        blocks: 0,
+        scale_base: dim(kernel, "weight words", blocks * w.dtype().quant_words())?,
     })
 }
 
-/// Matrix × vector (one or a few activation rows): the decode-step kernel.
-pub async fn matvec(
-    ctx: &GpuContext,
-    w: &GpuTensor,
-    x: &GpuTensor,
-    y: &GpuTensor,
-) -> Result<Dispatch> {
-    const NAME: &str = "matvec";
-    let d = check(NAME, w, x, y)?;
-    let entry = match w.dtype() {
-        DType::F32 => "matvec_f32",
-        // `check` admits only the two float formats.
-        _ => "matvec_f16",
+fn spec(ctx: &GpuContext, matvec: bool, w: &GpuTensor, opts: &Linear) -> Specialization {
+    let base = if matvec {
+        reduce_spec(ctx, MATVEC_ROWS).with("ROWS", MATVEC_ROWS)
+    } else {
+        Specialization::default()
     };
-    let kernel = Kernel {
-        name: NAME,
-        source: MATVEC_SRC,
-        entry,
-        uses_reduce: true,
-    };
-    let spec = reduce_spec(ctx, MATVEC_ROWS).with("ROWS", MATVEC_ROWS);
-    let blocks = d.n.div_ceil(MATVEC_ROWS);
-    let params = Params {
-        n: d.n,
-        k: d.k,
-        m: d.m,
-        w_stride: d.w_stride,
-        blocks,
-    };
-    let groups = u64::from(blocks) * u64::from(d.m);
-    let wg = grid(ctx, NAME, groups)?;
-    build(ctx, &kernel, &spec, &params, &[x, w, y], wg).await
-}
-
-/// Tiled matrix × matrix: the prefill kernel.
-pub async fn matmul(
-    ctx: &GpuContext,
-    w: &GpuTensor,
-    x: &GpuTensor,
-    y: &GpuTensor,
-) -> Result<Dispatch> {
-    const NAME: &str = "matmul";
-    const TILE: u32 = 64;
-    let d = check(NAME, w, x, y)?;
-    let kernel = Kernel {
-        name: NAME,
-        source: MATMUL_SRC,
-        entry: "matmul",
-        uses_reduce: false,
-    };
-    let spec = Specialization::default().with("W_F16", u32::from(w.dtype() == DType::F16));
-    let tiles_n = d.n.div_ceil(TILE);
-    let params = Params {
-        n: d.n,
-        k: d.k,
-        m: d.m,
-        w_stride: d.w_stride,
-        blocks: tiles_n,
-    };
-    let groups = u64::from(tiles_n) * u64::from(d.m.div_ceil(TILE));
-    let wg = grid(ctx, NAME, groups)?;
-    build(ctx, &kernel, &spec, &params, &[x, w, y], wg).await
+    base.with("W_FORMAT", w.dtype().ggml_id())
+        .with("QK", w.dtype().block_size() as u32)
+        .with("ACCUMULATE", u32::from(opts.accumulate))
+        .snippet(if opts.bias.is_some() { BIAS } else { NO_BIAS })
+        .snippet(LINEAR_COMMON)
+        .snippet(QUANT)
 }
 
 /// `y = x · Wᵀ`, with the kernel chosen by the number of activation rows.
@@ -158,9 +149,84 @@ pub async fn linear(
     x: &GpuTensor,
     y: &GpuTensor,
 ) -> Result<Dispatch> {
-    if x.rows() <= MATVEC_MAX_ROWS {
-        matvec(ctx, w, x, y).await
+    linear_with(ctx, w, x, y, &Linear::default()).await
+}
+
+/// Matrix × vector (one or a few activation rows): the decode-step kernel.
+pub async fn matvec(
+    ctx: &GpuContext,
+    w: &GpuTensor,
+    x: &GpuTensor,
+    y: &GpuTensor,
+) -> Result<Dispatch> {
+    let opts = Linear {
+        kernel: LinearKernel::Matvec,
+        ..Default::default()
+    };
+    linear_with(ctx, w, x, y, &opts).await
+}
+
+/// Tiled matrix × matrix: the prefill kernel.
+pub async fn matmul(
+    ctx: &GpuContext,
+    w: &GpuTensor,
+    x: &GpuTensor,
+    y: &GpuTensor,
+) -> Result<Dispatch> {
+    let opts = Linear {
+        kernel: LinearKernel::Matmul,
+        ..Default::default()
+    };
+    linear_with(ctx, w, x, y, &opts).await
+}
+
+/// `y = x · Wᵀ (+ bias) (+ y)` with explicit options.
+pub async fn linear_with(
+    ctx: &GpuContext,
+    w: &GpuTensor,
+    x: &GpuTensor,
+    y: &GpuTensor,
+    opts: &Linear<'_>,
+) -> Result<Dispatch> {
+    let use_matvec = match opts.kernel {
+        LinearKernel::Auto => x.rows() <= MATVEC_MAX_ROWS,
+        LinearKernel::Matvec => true,
+        LinearKernel::Matmul => false,
+    };
+    let name = if use_matvec { "matvec" } else { "matmul" };
+    let mut params = check(name, w, x, y, opts)?;
+    let mut tensors = vec![x, w, y];
+    tensors.extend(opts.bias);
+    let spec = spec(ctx, use_matvec, w, opts);
+    if use_matvec {
+        let entry = match w.dtype() {
+            DType::F32 => "matvec_f32",
+            DType::F16 | DType::BF16 => "matvec_half",
+            // Block formats (`check` admits no other).
+            _ => "matvec_quant",
+        };
+        let kernel = Kernel {
+            name,
+            source: MATVEC_SRC,
+            entry,
+            uses_reduce: true,
+        };
+        params.blocks = params.n.div_ceil(MATVEC_ROWS);
+        let wg = grid(ctx, name, u64::from(params.blocks) * u64::from(params.m))?;
+        build(ctx, &kernel, &spec, &params, &tensors, wg).await
     } else {
-        matmul(ctx, w, x, y).await
+        let kernel = Kernel {
+            name,
+            source: MATMUL_SRC,
+            entry: "matmul",
+            uses_reduce: false,
+        };
+        params.blocks = params.n.div_ceil(TILE);
+        let wg = grid(
+            ctx,
+            name,
+            u64::from(params.blocks) * u64::from(params.m.div_ceil(TILE)),
+        )?;
+        build(ctx, &kernel, &spec, &params, &tensors, wg).await
     }
 }

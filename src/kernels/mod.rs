@@ -2,11 +2,13 @@
 //! returns a ready [`Dispatch`], so nothing a caller passes can reach wgpu validation.
 
 mod activation;
+mod embed;
 mod linear;
 mod norm;
 
 pub use activation::swiglu;
-pub use linear::{linear, matmul, matvec, MATVEC_MAX_ROWS};
+pub use embed::embed;
+pub use linear::{linear, linear_with, matmul, matvec, Linear, LinearKernel, MATVEC_MAX_ROWS};
 pub use norm::rmsnorm;
 
 use wgpu::util::DeviceExt;

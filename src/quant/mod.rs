@@ -22,6 +22,14 @@
 
 use std::fmt;
 
+mod dequant;
+pub use dequant::{dequantize, dequantize_to_vec};
+
+mod random;
+mod repack;
+pub use random::random_gguf_bytes;
+pub use repack::{quant_offset, repack_blocks, repack_tensor, scale_offset, Packed};
+
 /// The element format of a tensor, on disk and on the GPU. Numbering follows `ggml_type`.
 #[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -35,10 +43,26 @@ pub enum DType {
     Q8_0,
     Q4_K,
     Q6_K,
+    /// 32-bit integers (token ids, indices); not a weight format.
+    I32,
 }
 
 impl DType {
-    pub const ALL: [DType; 9] = [
+    pub const ALL: [DType; 10] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q8_0,
+        DType::Q4_K,
+        DType::Q6_K,
+        DType::I32,
+    ];
+
+    /// The formats weights can have.
+    pub const WEIGHTS: [DType; 9] = [
         DType::F32,
         DType::F16,
         DType::BF16,
@@ -71,6 +95,7 @@ impl DType {
             DType::Q8_0 => "q8_0",
             DType::Q4_K => "q4_k",
             DType::Q6_K => "q6_k",
+            DType::I32 => "i32",
         }
     }
 
@@ -85,6 +110,7 @@ impl DType {
             DType::Q8_0 => 8,
             DType::Q4_K => 12,
             DType::Q6_K => 14,
+            DType::I32 => 26,
             DType::BF16 => 30,
         }
     }
@@ -101,7 +127,7 @@ impl DType {
     /// Elements per block (1 for plain floats).
     pub fn block_size(self) -> usize {
         match self {
-            DType::F32 | DType::F16 | DType::BF16 => 1,
+            DType::F32 | DType::F16 | DType::BF16 | DType::I32 => 1,
             DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q8_0 => 32,
             DType::Q4_K | DType::Q6_K => 256,
         }
@@ -110,7 +136,7 @@ impl DType {
     /// Bytes per block as stored in GGUF (per element for plain floats).
     pub fn block_bytes(self) -> usize {
         match self {
-            DType::F32 => 4,
+            DType::F32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
             DType::Q4_0 => 18,
             DType::Q4_1 => 20,
@@ -133,7 +159,7 @@ impl DType {
     /// [`DType::padded_row_len`]).
     pub fn quant_words(self) -> usize {
         match self {
-            DType::F32 | DType::F16 | DType::BF16 => 0,
+            DType::F32 | DType::F16 | DType::BF16 | DType::I32 => 0,
             DType::Q4_0 | DType::Q4_1 => 4,
             DType::Q5_0 => 5,
             DType::Q8_0 => 8,
@@ -145,7 +171,7 @@ impl DType {
     /// Words of scales for `blocks` blocks in the GPU layout.
     pub fn scale_words(self, blocks: usize) -> usize {
         match self {
-            DType::F32 | DType::F16 | DType::BF16 => 0,
+            DType::F32 | DType::F16 | DType::BF16 | DType::I32 => 0,
             DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => blocks.div_ceil(2),
             DType::Q4_1 => blocks,
             DType::Q4_K => 4 * blocks,
@@ -165,7 +191,7 @@ impl DType {
     /// not a whole number of blocks.
     pub fn gpu_words(self, rows: usize, cols: usize) -> Option<usize> {
         match self {
-            DType::F32 => rows.checked_mul(cols),
+            DType::F32 | DType::I32 => rows.checked_mul(cols),
             DType::F16 | DType::BF16 => rows.checked_mul(self.padded_row_len(cols) / 2),
             _ => {
                 if !cols.is_multiple_of(self.block_size()) {

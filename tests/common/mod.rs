@@ -2,6 +2,8 @@
 //! environment (see tests/gpu_kernels.rs), and error assertions.
 #![allow(dead_code)]
 
+pub mod quant_fixtures;
+
 use std::sync::OnceLock;
 
 use pocketlm::gpu::{GpuContext, ProfileRequest};

@@ -1,0 +1,62 @@
+// out[i, :] = W[ids[i], :]: embedding lookup straight from a table in any format (quant.wgsl
+// decodes it, bit for bit as ggml). An id outside [0, vocab) gives a row of zeros; the host
+// checks ids before they get here. Prelude: WG, W_FORMAT, QK.
+
+struct Params {
+    n: u32,          // ids
+    cols: u32,       // row length
+    vocab: u32,      // rows of W
+    w_stride: u32,   // float formats: elements between row starts
+    scale_base: u32, // block formats: the word where the scales begin
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> ids: array<i32>;
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+// Block formats: one invocation per group of 8 outputs.
+@compute @workgroup_size(WG)
+fn embed_quant(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let t = linear_workgroup(wid, nwg) * WG + li;
+    let groups = p.cols / 8u;
+    let i = t / groups;
+    let gi = t % groups;
+    if (i >= p.n) {
+        return;
+    }
+    let id = ids[i];
+    var v: array<f32, 8>;
+    if (id >= 0 && u32(id) < p.vocab) {
+        let gpb = max(QK / 8u, 1u);
+        v = decode8(u32(id) * (p.cols / QK) + gi / gpb, gi % gpb, p.scale_base);
+    }
+    for (var j = 0u; j < 8u; j++) {
+        out[i * p.cols + 8u * gi + j] = v[j];
+    }
+}
+
+// Float formats: one invocation per output.
+@compute @workgroup_size(WG)
+fn embed_float(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let t = linear_workgroup(wid, nwg) * WG + li;
+    let i = t / p.cols;
+    let c = t % p.cols;
+    if (i >= p.n) {
+        return;
+    }
+    let id = ids[i];
+    var v = 0.0;
+    if (id >= 0 && u32(id) < p.vocab) {
+        v = float_at(u32(id) * p.w_stride + c);
+    }
+    out[i * p.cols + c] = v;
+}

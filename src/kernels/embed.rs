@@ -1,0 +1,96 @@
+//! Embedding lookup from a table in any weight format, dequantized on the GPU.
+
+use crate::error::Result;
+use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Kernel, Specialization};
+use crate::kernels::{build, dim, expect_distinct, expect_dtype, grid, mismatch, WG};
+
+const EMBED_SRC: &str = include_str!("../../shaders/embed.wgsl");
+const QUANT: &str = include_str!("../../shaders/quant.wgsl");
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    cols: u32,
+    vocab: u32,
+    w_stride: u32,
+    scale_base: u32,
+}
+
+/// `out[i, :] = table[ids[i], :]` as f32, for `table` [vocab, dim] in any weight format, `ids`
+/// i32 of any shape (n ids in all) and `out` [n, dim]. Ids outside [0, vocab) give zero rows:
+/// callers validate token ids (the tokenizer and sampler only make valid ones).
+pub async fn embed(
+    ctx: &GpuContext,
+    table: &GpuTensor,
+    ids: &GpuTensor,
+    out: &GpuTensor,
+) -> Result<Dispatch> {
+    const NAME: &str = "embed";
+    expect_dtype(
+        NAME,
+        table,
+        &DType::WEIGHTS,
+        "a table of a supported weight format",
+    )?;
+    expect_dtype(NAME, ids, &[DType::I32], "i32 token ids")?;
+    expect_dtype(NAME, out, &[DType::F32], "an f32 output")?;
+    expect_distinct(NAME, out, &[table, ids])?;
+    let [vocab, cols] = *table.shape() else {
+        return Err(mismatch(
+            NAME,
+            format!(
+                "table '{}' must be 2-D [vocab, dim], got {:?}",
+                table.name(),
+                table.shape()
+            ),
+        ));
+    };
+    if out.cols() != cols || out.rows() != ids.numel() {
+        return Err(mismatch(
+            NAME,
+            format!(
+                "output '{}' is {:?}, expected {} rows of {cols} ({} ids in '{}', table '{}' {:?})",
+                out.name(),
+                out.shape(),
+                ids.numel(),
+                ids.numel(),
+                ids.name(),
+                table.name(),
+                table.shape()
+            ),
+        ));
+    }
+    let dtype = table.dtype();
+    let quantized = dtype.is_quantized();
+    let params = Params {
+        n: dim(NAME, "ids", ids.numel())?,
+        cols: dim(NAME, "dim", cols)?,
+        vocab: dim(NAME, "vocab", vocab)?,
+        w_stride: dim(NAME, "row stride", table.row_stride())?,
+        scale_base: dim(
+            NAME,
+            "table words",
+            vocab * (cols / dtype.block_size()) * dtype.quant_words(),
+        )?,
+    };
+    let kernel = Kernel {
+        name: NAME,
+        source: EMBED_SRC,
+        entry: if quantized {
+            "embed_quant"
+        } else {
+            "embed_float"
+        },
+        uses_reduce: false,
+    };
+    let spec = Specialization::default()
+        .with("WG", WG)
+        .with("W_FORMAT", dtype.ggml_id())
+        .with("QK", dtype.block_size() as u32)
+        .snippet(QUANT);
+    let per_invocation = if quantized { 8 } else { 1 };
+    let invocations = (ids.numel() as u64) * (cols as u64 / per_invocation);
+    let wg = grid(ctx, NAME, invocations.div_ceil(u64::from(WG)))?;
+    build(ctx, &kernel, &spec, &params, &[ids, table, out], wg).await
+}

@@ -1,0 +1,361 @@
+//! Dequantization of tensor bytes exactly as stored in GGUF into f32, on the CPU.
+//!
+//! Each format follows ggml's `dequantize_row_*` (ggml-quants.c) with the same f32 operations in
+//! the same order, so the results are bit-identical to ggml's reference and to the `gguf` Python
+//! package (`tests/quant_fixtures.rs` checks this against its output). Every product here is exact
+//! in f32 (an f16 significand of 11 bits times integers of at most 13 bits: Q6_K's `sc * q` is at
+//! most 128 · 32), so only Q4_1's `+ m` and Q4_K's `- m1` round, once each: the values do not
+//! depend on the order of the multiplications or on fused multiply-adds, and a GPU kernel that
+//! computes them in f32 can match them exactly too.
+//!
+//! Block layouts (little-endian, packed):
+//! - `block_q4_0 { half d; u8 qs[16] }`: `(q - 8) * d`, low nibbles first.
+//! - `block_q4_1 { half d, m; u8 qs[16] }`: `q * d + m`.
+//! - `block_q5_0 { half d; u8 qh[4]; u8 qs[16] }`: `(q - 16) * d`, fifth bit of element j in bit j of qh.
+//! - `block_q8_0 { half d; i8 qs[32] }`: `q * d`.
+//! - `block_q4_K { half d, dmin; u8 scales[12]; u8 qs[128] }`: `(d * sc) * q - dmin * m` per 32.
+//! - `block_q6_K { u8 ql[128]; u8 qh[64]; i8 scales[16]; half d }`: `d * sc * (q - 32)` per 16.
+
+use half::f16;
+
+use crate::quant::DType;
+use crate::{Error, Result};
+
+/// Converts `gguf_bytes`, elements of `dtype` laid out as in a GGUF file, into `out`.
+///
+/// `gguf_bytes` must be a whole number of blocks (of elements, for plain floats) and `out` exactly
+/// as long as the elements they hold; otherwise this is [`Error::InvalidTensor`].
+pub fn dequantize(dtype: DType, gguf_bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    let elements = element_count(dtype, gguf_bytes.len())?;
+    if out.len() != elements {
+        return Err(invalid(
+            dtype,
+            format!(
+                "{} bytes of {dtype} hold {elements} values, but the output has room for {}",
+                gguf_bytes.len(),
+                out.len()
+            ),
+        ));
+    }
+    let blocks = gguf_bytes
+        .chunks_exact(dtype.block_bytes())
+        .zip(out.chunks_exact_mut(dtype.block_size()));
+    match dtype {
+        DType::F32 => blocks.for_each(|(b, y)| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        DType::F16 => blocks.for_each(|(b, y)| y[0] = half(b, 0)),
+        // BF16 is the high half of an f32: widen the bits (as ggml and gguf-py do) rather than
+        // convert, so NaN payloads pass through unchanged.
+        DType::BF16 => blocks.for_each(|(b, y)| {
+            y[0] = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)
+        }),
+        DType::Q4_0 => blocks.for_each(|(b, y)| block_q4_0(b, y)),
+        DType::Q4_1 => blocks.for_each(|(b, y)| block_q4_1(b, y)),
+        DType::Q5_0 => blocks.for_each(|(b, y)| block_q5_0(b, y)),
+        DType::Q8_0 => blocks.for_each(|(b, y)| block_q8_0(b, y)),
+        DType::Q4_K => blocks.for_each(|(b, y)| block_q4_k(b, y)),
+        DType::Q6_K => blocks.for_each(|(b, y)| block_q6_k(b, y)),
+        // Not a weight format: integers (token ids, indices) to the nearest f32.
+        DType::I32 => {
+            blocks.for_each(|(b, y)| y[0] = i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32)
+        }
+    }
+    Ok(())
+}
+
+/// [`dequantize`] into a new vector of the right length.
+pub fn dequantize_to_vec(dtype: DType, gguf_bytes: &[u8]) -> Result<Vec<f32>> {
+    let mut out = vec![0.0; element_count(dtype, gguf_bytes.len())?];
+    dequantize(dtype, gguf_bytes, &mut out)?;
+    Ok(out)
+}
+
+/// The number of values `bytes` bytes of `dtype` hold, or an error when they are not whole blocks.
+fn element_count(dtype: DType, bytes: usize) -> Result<usize> {
+    let (block_bytes, block_size) = (dtype.block_bytes(), dtype.block_size());
+    if !bytes.is_multiple_of(block_bytes) {
+        let unit = if dtype.is_quantized() {
+            "block"
+        } else {
+            "value"
+        };
+        return Err(invalid(
+            dtype,
+            format!(
+                "{bytes} bytes is not a whole number of {dtype} {unit}s ({block_bytes} bytes each, \
+                 {block_size} values per {unit}): the data is truncated or has the wrong dtype"
+            ),
+        ));
+    }
+    (bytes / block_bytes)
+        .checked_mul(block_size)
+        .ok_or_else(|| {
+            invalid(
+                dtype,
+                format!("{bytes} bytes of {dtype} hold more values than fit in memory"),
+            )
+        })
+}
+
+fn invalid(dtype: DType, detail: String) -> Error {
+    // The caller knows the tensor's name; this layer only knows what it was handed.
+    Error::InvalidTensor {
+        tensor: format!("<{dtype} data>"),
+        detail,
+    }
+}
+
+/// The little-endian f16 at `b[at..at + 2]`, as f32 (exact).
+///
+/// NaNs keep their payload bit for bit, signalling ones included, as in gguf-py (numpy's
+/// conversion); `half` (like x86's F16C, and so ggml on most x86 builds) sets the quiet bit.
+fn half(b: &[u8], at: usize) -> f32 {
+    let x = f16::from_le_bytes([b[at], b[at + 1]]);
+    if x.is_nan() {
+        let bits = u32::from(x.to_bits());
+        f32::from_bits(((bits & 0x8000) << 16) | 0x7F80_0000 | ((bits & 0x03FF) << 13))
+    } else {
+        x.to_f32()
+    }
+}
+
+fn block_q4_0(b: &[u8], y: &mut [f32]) {
+    let d = half(b, 0);
+    let qs = &b[2..18];
+    for (j, &q) in qs.iter().enumerate() {
+        y[j] = (i32::from(q & 0x0F) - 8) as f32 * d;
+        y[j + 16] = (i32::from(q >> 4) - 8) as f32 * d;
+    }
+}
+
+fn block_q4_1(b: &[u8], y: &mut [f32]) {
+    let (d, m) = (half(b, 0), half(b, 2));
+    let qs = &b[4..20];
+    for (j, &q) in qs.iter().enumerate() {
+        y[j] = f32::from(q & 0x0F) * d + m;
+        y[j + 16] = f32::from(q >> 4) * d + m;
+    }
+}
+
+fn block_q5_0(b: &[u8], y: &mut [f32]) {
+    let d = half(b, 0);
+    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    let qs = &b[6..22];
+    for (j, &q) in qs.iter().enumerate() {
+        let h0 = ((qh >> j) << 4) & 0x10;
+        let h1 = (qh >> (j + 12)) & 0x10;
+        y[j] = ((u32::from(q & 0x0F) | h0) as i32 - 16) as f32 * d;
+        y[j + 16] = ((u32::from(q >> 4) | h1) as i32 - 16) as f32 * d;
+    }
+}
+
+fn block_q8_0(b: &[u8], y: &mut [f32]) {
+    let d = half(b, 0);
+    for (y, &q) in y.iter_mut().zip(&b[2..34]) {
+        *y = f32::from(q as i8) * d;
+    }
+}
+
+/// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` (0..8) of a Q4_K block.
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+fn block_q4_k(b: &[u8], y: &mut [f32]) {
+    let (d, dmin) = (half(b, 0), half(b, 2));
+    let scales = &b[4..16];
+    let qs = &b[16..144];
+    // Four groups of 64 values: 32 low nibbles, then the same 32 bytes' high nibbles.
+    for (g, (q, y)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
+        let (sc, m) = scale_min_k4(2 * g, scales);
+        let (d1, m1) = (d * f32::from(sc), dmin * f32::from(m));
+        let (sc, m) = scale_min_k4(2 * g + 1, scales);
+        let (d2, m2) = (d * f32::from(sc), dmin * f32::from(m));
+        for l in 0..32 {
+            y[l] = d1 * f32::from(q[l] & 0x0F) - m1;
+            y[l + 32] = d2 * f32::from(q[l] >> 4) - m2;
+        }
+    }
+}
+
+fn block_q6_k(b: &[u8], y: &mut [f32]) {
+    let d = half(b, 208);
+    // Two halves of 128 values, each from 64 bytes of ql, 32 of qh and 8 scales.
+    for n in 0..2 {
+        let ql = &b[64 * n..64 * n + 64];
+        let qh = &b[128 + 32 * n..128 + 32 * n + 32];
+        let sc = &b[192 + 8 * n..192 + 8 * n + 8];
+        let y = &mut y[128 * n..128 * n + 128];
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = i32::from((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) - 32;
+            let q2 = i32::from((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) - 32;
+            let q3 = i32::from((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+            let q4 = i32::from((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+            let scale = |k: usize| d * f32::from(sc[is + k] as i8);
+            y[l] = scale(0) * q1 as f32;
+            y[l + 32] = scale(2) * q2 as f32;
+            y[l + 64] = scale(4) * q3 as f32;
+            y[l + 96] = scale(6) * q4 as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::Rng;
+
+    fn h(x: f32) -> [u8; 2] {
+        f16::from_f32(x).to_le_bytes()
+    }
+
+    #[test]
+    fn q4_0_block() {
+        let mut b = h(0.5).to_vec();
+        b.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let y = dequantize_to_vec(DType::Q4_0, &b).unwrap();
+        assert_eq!(y.len(), 32);
+        assert_eq!(y[0], -4.0); // (0 - 8) * 0.5
+        assert_eq!(y[15], 3.5); // (15 - 8) * 0.5
+        assert_eq!(y[16], 3.5); // high nibble of byte 0 is 15
+        assert_eq!(y[31], -4.0);
+    }
+
+    #[test]
+    fn q4_1_block() {
+        let mut b = [h(0.25), h(-1.0)].concat();
+        b.extend((0..16u8).map(|j| j | (3 << 4)));
+        let y = dequantize_to_vec(DType::Q4_1, &b).unwrap();
+        assert_eq!(y[0], -1.0);
+        assert_eq!(y[15], 15.0 * 0.25 - 1.0);
+        assert!(y[16..].iter().all(|&v| v == -0.25));
+    }
+
+    #[test]
+    fn q5_0_block() {
+        let mut b = h(2.0).to_vec();
+        // Fifth bits set for element 0 and element 17 (bit 17 of qh).
+        b.extend((1u32 | (1 << 17)).to_le_bytes());
+        b.extend([0x0Fu8; 16]);
+        let y = dequantize_to_vec(DType::Q5_0, &b).unwrap();
+        assert_eq!(y[0], (31 - 16) as f32 * 2.0);
+        assert_eq!(y[1], (15 - 16) as f32 * 2.0);
+        assert_eq!(y[16], -16.0 * 2.0);
+        assert_eq!(y[17], 0.0); // 0 | 16 − 16
+    }
+
+    #[test]
+    fn q8_0_block() {
+        let mut b = h(0.125).to_vec();
+        b.extend((0..32).map(|j: i32| ((j - 16) * 8) as i8 as u8));
+        let y = dequantize_to_vec(DType::Q8_0, &b).unwrap();
+        assert_eq!(y[0], -128.0 * 0.125);
+        assert_eq!(y[16], 0.0);
+        assert_eq!(y[31], 120.0 * 0.125);
+    }
+
+    #[test]
+    fn q4_k_block() {
+        let mut b = [h(0.5), h(0.25)].concat();
+        // Sub-block 0: scale 3, min 5. Sub-block 5: scale 0b11_0010 = 50 (low 4 bits from
+        // scales[9], top 2 from scales[1] >> 6), min 0b10_0001 = 33 (scales[9] >> 4, scales[5] >> 6).
+        let mut scales = [0u8; 12];
+        scales[0] = 3;
+        scales[4] = 5;
+        scales[1] = 0b1100_0000;
+        scales[5] = 0b1000_0000;
+        scales[9] = 0x12;
+        b.extend(scales);
+        b.extend([0x7Au8; 128]); // low nibble 10, high nibble 7
+        let y = dequantize_to_vec(DType::Q4_K, &b).unwrap();
+        assert_eq!(y.len(), 256);
+        assert_eq!(y[0], 0.5 * 3.0 * 10.0 - 0.25 * 5.0);
+        // Sub-block 5 is the high nibbles of the third group of 32 bytes: values 160..192.
+        assert_eq!(y[160], 0.5 * 50.0 * 7.0 - 0.25 * 33.0);
+        assert_eq!(y[191], y[160]);
+    }
+
+    #[test]
+    fn q6_k_block() {
+        let mut b = vec![0u8; 210];
+        b[0] = 0x21; // ql[0]: element 0 low bits 1, element 64 low bits 2
+        b[128] = 0b11_10_01_00; // qh[0]: high bits 0, 1, 2, 3 for elements 0, 32, 64, 96
+        b[192] = 2; // scale of values 0..16
+        b[192 + 4] = (-3i8) as u8; // scale of values 64..80
+        b[192 + 6] = 1; // scale of values 96..112
+        b[208..210].copy_from_slice(&h(0.5));
+        let y = dequantize_to_vec(DType::Q6_K, &b).unwrap();
+        assert_eq!(y[0], 0.5 * 2.0 * (1 - 32) as f32);
+        assert_eq!(y[64], 0.5 * -3.0 * (2 + 32 - 32) as f32);
+        assert_eq!(y[96], 0.5 * 1.0 * (48 - 32) as f32);
+        assert_eq!(y[1], 0.5 * 2.0 * -32.0);
+        assert_eq!(y[128], 0.0); // scale 0 for the second half
+    }
+
+    #[test]
+    fn plain_floats() {
+        let f32s: Vec<u8> = [1.5f32, -0.0, f32::INFINITY]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let y = dequantize_to_vec(DType::F32, &f32s).unwrap();
+        assert_eq!(y[0], 1.5);
+        assert_eq!(y[1].to_bits(), (-0.0f32).to_bits());
+        assert_eq!(y[2], f32::INFINITY);
+        let y = dequantize_to_vec(DType::F16, &[0x00, 0x3C, 0x01, 0x00]).unwrap();
+        assert_eq!(y, [1.0, 2f32.powi(-24)]);
+        // f16 NaNs keep sign and payload, signalling ones too, as in gguf-py.
+        let y = dequantize_to_vec(DType::F16, &[0x01, 0x7C, 0x00, 0xFE]).unwrap();
+        assert_eq!(y[0].to_bits(), 0x7F80_2000);
+        assert_eq!(y[1].to_bits(), 0xFFC0_0000);
+        // bf16 NaN payloads are kept, like ggml's shift (half's conversion would quiet them).
+        let y = dequantize_to_vec(DType::BF16, &[0x80, 0x3F, 0x81, 0x7F]).unwrap();
+        assert_eq!(y[0], 1.0);
+        assert_eq!(y[1].to_bits(), 0x7F81_0000);
+    }
+
+    #[test]
+    fn wrong_lengths_are_errors() {
+        let e = dequantize_to_vec(DType::Q4_K, &[0u8; 145]).unwrap_err();
+        assert_eq!(e.code(), "invalid_tensor");
+        assert!(e.to_string().contains("145 bytes"), "{e}");
+        let mut out = vec![0.0; 31];
+        let e = dequantize(DType::Q8_0, &[0u8; 34], &mut out).unwrap_err();
+        assert!(e.to_string().contains("32 values"), "{e}");
+        assert!(dequantize(DType::F32, &[0u8; 8], &mut []).is_err());
+        assert!(dequantize_to_vec(DType::F16, &[0u8; 3]).is_err());
+        assert_eq!(
+            dequantize_to_vec(DType::Q6_K, &[]).unwrap(),
+            Vec::<f32>::new()
+        );
+    }
+
+    #[test]
+    fn random_bytes_of_every_length_never_panic() {
+        let mut rng = Rng::new(7);
+        for dtype in DType::ALL {
+            for len in 0..=3 * dtype.block_bytes() + 1 {
+                let bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+                let whole = len.is_multiple_of(dtype.block_bytes());
+                let n = len / dtype.block_bytes() * dtype.block_size();
+                assert_eq!(
+                    dequantize_to_vec(dtype, &bytes).is_ok(),
+                    whole,
+                    "{dtype} {len}"
+                );
+                for out_len in [n.saturating_sub(1), n, n + 1] {
+                    let mut out = vec![0.0; out_len];
+                    let ok = dequantize(dtype, &bytes, &mut out).is_ok();
+                    assert_eq!(ok, whole && out_len == n, "{dtype} {len} {out_len}");
+                }
+            }
+        }
+    }
+}
