@@ -4,6 +4,8 @@
 //! [`kernels`] (the WGSL kernels' host side), [`reference`] (CPU references the kernels are checked
 //! against) and [`selfcheck`]. `web` holds the JavaScript bindings.
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
 pub mod error;
 pub mod gpu;
 pub mod kernels;

@@ -6,7 +6,7 @@ mod cli {
 
     use clap::{Parser, Subcommand};
     use pocketlm::gpu::{GpuContext, ProfileRequest};
-    use pocketlm::selfcheck;
+    use pocketlm::{bench, selfcheck};
 
     #[derive(Parser)]
     #[command(name = "pocketlm", version, about = "Small language models on WebGPU")]
@@ -25,6 +25,15 @@ mod cli {
         Device,
         /// Print the device report, then run every kernel against its CPU reference.
         Selfcheck,
+        /// Time matvec for every weight format against a plain copy kernel on this device.
+        KernelBench {
+            /// The matrix is SIZE × SIZE (a multiple of 256).
+            #[arg(long, default_value_t = 4096)]
+            size: usize,
+            /// Calls per timed command buffer.
+            #[arg(long, default_value_t = 10)]
+            calls: usize,
+        },
     }
 
     pub fn main() -> ExitCode {
@@ -63,6 +72,34 @@ mod cli {
                 } else {
                     ExitCode::FAILURE
                 })
+            }
+            Command::KernelBench { size, calls } => {
+                if size == 0 || size % 256 != 0 || calls == 0 {
+                    eprintln!(
+                        "error: --size must be a positive multiple of 256 and --calls positive"
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+                let rows = bench::kernel_bench(&ctx, size, calls).await?;
+                let copy = rows[0].gb_per_s();
+                println!(
+                    "\nmatvec on a {size}×{size} matrix, {calls} calls per submit (best of 3):\n"
+                );
+                println!(
+                    "{:<22} {:>12} {:>12} {:>10} {:>9}",
+                    "kernel", "bytes", "µs/call", "GB/s", "× copy"
+                );
+                for r in &rows {
+                    println!(
+                        "{:<22} {:>12} {:>12.1} {:>10.2} {:>9.2}",
+                        r.name,
+                        r.bytes,
+                        r.per_call.as_secs_f64() * 1e6,
+                        r.gb_per_s(),
+                        r.gb_per_s() / copy
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
             }
         }
     }

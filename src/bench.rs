@@ -1,0 +1,104 @@
+//! Kernel benchmarks (`pocketlm kernel-bench`, `make bench`): each linear-layer format on a
+//! model-sized matrix, reported as time per call and effective bandwidth of the weight bytes read,
+//! next to a plain copy kernel on the same device. The ratio to the copy is the figure that
+//! matters: how close a decode-step matvec gets to what the memory system delivers.
+
+use std::time::{Duration, Instant};
+
+use crate::error::Result;
+use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Kernel, Specialization};
+use crate::kernels::{self, build, grid, WG};
+use crate::quant::random_gguf_bytes;
+use crate::reference::Rng;
+
+const COPY_SRC: &str = include_str!("../shaders/copy.wgsl");
+
+/// One benchmarked kernel.
+#[derive(Clone, Debug)]
+pub struct BenchRow {
+    pub name: String,
+    /// Bytes the kernel must move per call (weights read for a matvec; read + written for copy).
+    pub bytes: u64,
+    pub per_call: Duration,
+}
+
+impl BenchRow {
+    pub fn gb_per_s(&self) -> f64 {
+        self.bytes as f64 / self.per_call.as_secs_f64() / 1e9
+    }
+}
+
+/// A dispatch that copies `src` to `dst` (same size, multiple of 16 bytes).
+async fn copy(ctx: &GpuContext, src: &GpuTensor, dst: &GpuTensor) -> Result<Dispatch> {
+    let kernel = Kernel {
+        name: "copy",
+        source: COPY_SRC,
+        entry: "copy",
+        uses_reduce: false,
+    };
+    let n = (src.size_bytes() / 16) as u32;
+    let wg = grid(ctx, "copy", u64::from(n.div_ceil(WG)))?;
+    let spec = Specialization::default().with("WG", WG);
+    build(ctx, &kernel, &spec, &[n, 0, 0, 0], &[src, dst], wg).await
+}
+
+/// Runs `d` `calls` times in one command buffer (after one warm-up submit) and returns the wall
+/// time per call, including the readback of a 4-byte result that waits for completion.
+async fn time_calls(
+    ctx: &GpuContext,
+    d: &Dispatch,
+    probe: &GpuTensor,
+    calls: usize,
+) -> Result<Duration> {
+    let mut warm = ctx.recorder();
+    warm.dispatch(d);
+    let slot = warm.read(probe);
+    warm.submit_and_read().await?.words(slot);
+    let mut best = Duration::MAX;
+    // The best of three runs: the host and other processes add noise, never speed.
+    for _ in 0..3 {
+        let mut rec = ctx.recorder();
+        for _ in 0..calls {
+            rec.dispatch(d);
+        }
+        rec.read(probe);
+        let start = Instant::now();
+        rec.submit_and_read().await?;
+        best = best.min(start.elapsed() / calls as u32);
+    }
+    Ok(best)
+}
+
+/// Benchmarks matvec for every weight format on an `n × n` matrix (`n` a multiple of 256), and a
+/// copy of the largest format's bytes.
+pub async fn kernel_bench(ctx: &GpuContext, n: usize, calls: usize) -> Result<Vec<BenchRow>> {
+    let mut rng = Rng::new(1);
+    let mut rows = Vec::new();
+    let x = ctx.upload_f32("x", &[1, n], &rng.vec(n, -1.0, 1.0))?;
+    let y = ctx.zeros("y", &[1, n], DType::F32)?;
+
+    // Copy baseline on as many bytes as the f32 matrix has.
+    let bytes = (n * n * 4) as u64;
+    let src = ctx.zeros("copy_src", &[n * n], DType::F32)?;
+    let dst = ctx.zeros("copy_dst", &[n * n], DType::F32)?;
+    let d = copy(ctx, &src, &dst).await?;
+    let per_call = time_calls(ctx, &d, &dst, calls).await?;
+    rows.push(BenchRow {
+        name: "copy (read + write)".into(),
+        bytes: 2 * bytes,
+        per_call,
+    });
+
+    for dtype in DType::WEIGHTS {
+        let data = random_gguf_bytes(dtype, n * n, &mut rng);
+        let w = ctx.upload_gguf(dtype.name(), &[n, n], dtype, &data)?;
+        let d = kernels::matvec(ctx, &w, &x, &y).await?;
+        let per_call = time_calls(ctx, &d, &y, calls).await?;
+        rows.push(BenchRow {
+            name: format!("matvec {dtype}"),
+            bytes: data.len() as u64,
+            per_call,
+        });
+    }
+    Ok(rows)
+}
