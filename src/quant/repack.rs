@@ -102,9 +102,9 @@ pub fn quant_offset(dtype: DType, first_block: usize) -> usize {
 pub fn scale_offset(dtype: DType, total_blocks: usize, first_block: usize) -> Option<usize> {
     let base = total_blocks * dtype.quant_words();
     match dtype {
-        DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => {
-            first_block.is_multiple_of(2).then_some(base + first_block / 2)
-        }
+        DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => first_block
+            .is_multiple_of(2)
+            .then_some(base + first_block / 2),
         _ => Some(base + dtype.scale_words(first_block)),
     }
 }
