@@ -2,7 +2,7 @@
 # Installs everything PocketLM's build and tests need on a Debian/Ubuntu machine, idempotently:
 # the wasm32 target, wasm-bindgen-cli at exactly Cargo.lock's wasm-bindgen version, Vulkan CPU
 # drivers (lavapipe via mesa-vulkan-drivers; SwiftShader comes with chromium), Chromium and
-# ChromeDriver for the browser tests, and the npm packages of www/.
+# ChromeDriver for the browser tests, the npm packages of www/, and the default model.
 # Each step checks first and does nothing when already done, so a second run takes a second or two.
 set -euo pipefail
 
@@ -70,5 +70,8 @@ else
   say "installing the npm packages of www/"
   (cd www && npm ci --no-audit --no-fund --loglevel=error) || fail "npm ci in www/"
 fi
+
+# --- the default model ------------------------------------------------------------------------
+"$ROOT/scripts/fetch-model.sh" || fail "fetching the default model"
 
 say "done"

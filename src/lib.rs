@@ -9,6 +9,7 @@ pub mod bench;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
+pub mod load;
 pub mod quant;
 pub mod reference;
 pub mod selfcheck;

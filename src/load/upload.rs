@@ -1,0 +1,230 @@
+//! Streaming a model file's tensor data into GPU memory as it arrives.
+//!
+//! The file's bytes are fed in order (from a download, a file, or JavaScript); the uploader
+//! skips what is not tensor data, cuts each tensor into pieces at block boundaries, repacks each
+//! piece into the GPU layout and writes it to the tensor's buffer. Memory held on the host is the
+//! piece budget (plus the chunk being fed), never a tensor or a file.
+
+use crate::error::{Error, Result};
+use crate::gpu::{DType, GpuContext, GpuTensor};
+use crate::quant::{quant_offset, repack_blocks, repack_tensor, scale_offset};
+
+/// Where one tensor's bytes are in the stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorPlan {
+    pub name: String,
+    pub dtype: DType,
+    /// Row-major, innermost last.
+    pub shape: Vec<usize>,
+    /// Absolute offset of the first byte in the stream.
+    pub offset: u64,
+    /// Bytes as stored in the file.
+    pub bytes: u64,
+}
+
+impl TensorPlan {
+    fn cols(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1)
+    }
+
+    /// The piece size granule: pieces start and end on multiples of this many bytes (or at the
+    /// tensor's end), so each lands on whole words of the GPU layout.
+    fn unit(&self) -> usize {
+        match self.dtype {
+            // Two blocks: formats with two f16 scales per word need even block starts.
+            d if d.is_quantized() => 2 * d.block_bytes(),
+            DType::F16 | DType::BF16 if self.cols() % 2 == 1 => 2 * self.cols(),
+            _ => 4,
+        }
+    }
+}
+
+/// Default host memory for pieces in flight.
+pub const DEFAULT_PIECE_BUDGET: usize = 4 << 20;
+
+/// Receives a file's bytes in order and uploads its tensors. See the module docs.
+pub struct StreamUploader<'a> {
+    ctx: &'a GpuContext,
+    plans: Vec<TensorPlan>,
+    tensors: Vec<GpuTensor>,
+    /// The plan receiving bytes (plans are sorted by offset).
+    current: usize,
+    /// Absolute stream offset of the next byte fed.
+    pos: u64,
+    /// Bytes of the current tensor not yet uploaded, starting at `pending_at` within it.
+    pending: Vec<u8>,
+    pending_at: u64,
+    piece: usize,
+}
+
+impl<'a> StreamUploader<'a> {
+    /// Allocates every tensor (so a model too large for the device fails here, before any data
+    /// is downloaded) and prepares to receive the stream from offset 0. `piece_budget` bounds
+    /// the host memory used for repacking.
+    pub fn new(
+        ctx: &'a GpuContext,
+        mut plans: Vec<TensorPlan>,
+        piece_budget: usize,
+    ) -> Result<Self> {
+        plans.sort_by_key(|p| p.offset);
+        for pair in plans.windows(2) {
+            if pair[0].offset + pair[0].bytes > pair[1].offset {
+                return Err(Error::InvalidTensor {
+                    tensor: pair[1].name.clone(),
+                    detail: format!("its data overlaps tensor '{}'", pair[0].name),
+                });
+            }
+        }
+        let mut tensors = Vec::with_capacity(plans.len());
+        for p in &plans {
+            let expected = p
+                .shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .and_then(|n| p.dtype.bytes_for(n));
+            if expected.map(|e| e as u64) != Some(p.bytes) {
+                return Err(Error::InvalidTensor {
+                    tensor: p.name.clone(),
+                    detail: format!(
+                        "{} bytes of {} do not hold shape {:?}",
+                        p.bytes, p.dtype, p.shape
+                    ),
+                });
+            }
+            tensors.push(ctx.zeros(&p.name, &p.shape, p.dtype)?);
+        }
+        Ok(StreamUploader {
+            ctx,
+            plans,
+            tensors,
+            current: 0,
+            pos: 0,
+            pending: Vec::new(),
+            pending_at: 0,
+            piece: piece_budget.max(1),
+        })
+    }
+
+    /// Bytes of the stream consumed so far.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Bytes of GPU memory the tensors take.
+    pub fn gpu_bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.size_bytes()).sum()
+    }
+
+    /// Whether every tensor has all its bytes.
+    pub fn is_complete(&self) -> bool {
+        self.current >= self.plans.len()
+    }
+
+    /// Feeds the next bytes of the stream.
+    pub fn feed(&mut self, mut chunk: &[u8]) -> Result<()> {
+        while !chunk.is_empty() && self.current < self.plans.len() {
+            let plan = &self.plans[self.current];
+            // Skip what lies before the current tensor (header, padding, unlisted data).
+            if self.pos < plan.offset {
+                let skip = (plan.offset - self.pos).min(chunk.len() as u64) as usize;
+                chunk = &chunk[skip..];
+                self.pos += skip as u64;
+                continue;
+            }
+            let end = plan.offset + plan.bytes;
+            let take = (end - self.pos).min(chunk.len() as u64) as usize;
+            self.pending.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            self.pos += take as u64;
+            let done = self.pos == end;
+            self.flush(done)?;
+            if done {
+                self.current += 1;
+                self.pending_at = 0;
+            }
+        }
+        self.pos += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Uploads whole units of the pending bytes once there are a piece's worth (or all of them
+    /// when the tensor is complete).
+    fn flush(&mut self, tensor_done: bool) -> Result<()> {
+        let plan = &self.plans[self.current];
+        let unit = plan.unit();
+        let piece = (self.piece / unit).max(1) * unit;
+        while self.pending.len() >= piece || (tensor_done && !self.pending.is_empty()) {
+            let n = if self.pending.len() >= piece {
+                piece
+            } else {
+                self.pending.len()
+            };
+            self.write_piece(self.pending_at, n)?;
+            self.pending.drain(..n);
+            self.pending_at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Repacks and writes `len` pending bytes that start `at` bytes into the current tensor.
+    fn write_piece(&self, at: u64, len: usize) -> Result<()> {
+        let plan = &self.plans[self.current];
+        let tensor = &self.tensors[self.current];
+        let bytes = &self.pending[..len];
+        let queue = &self.ctx.queue;
+        let rename = |e: Error| match e {
+            Error::InvalidTensor { detail, .. } => Error::InvalidTensor {
+                tensor: plan.name.clone(),
+                detail,
+            },
+            other => other,
+        };
+        match plan.dtype {
+            d if d.is_quantized() => {
+                let first = (at / d.block_bytes() as u64) as usize;
+                let total = (plan.bytes / d.block_bytes() as u64) as usize;
+                let packed = repack_blocks(d, bytes).map_err(rename)?;
+                let q = quant_offset(d, first) as u64 * 4;
+                queue.write_buffer(&tensor.buffer, q, bytemuck::cast_slice(&packed.quants));
+                let s =
+                    scale_offset(d, total, first).expect("pieces start on even blocks") as u64 * 4;
+                queue.write_buffer(&tensor.buffer, s, bytemuck::cast_slice(&packed.scales));
+            }
+            DType::F16 | DType::BF16 if plan.cols() % 2 == 1 => {
+                let cols = plan.cols();
+                let rows = len / (2 * cols);
+                let words = repack_tensor(plan.dtype, rows, cols, bytes).map_err(rename)?;
+                let first_row = at / (2 * cols as u64);
+                let dst = first_row * plan.dtype.padded_row_len(cols) as u64 * 2;
+                queue.write_buffer(&tensor.buffer, dst, bytemuck::cast_slice(&words));
+            }
+            _ => {
+                // Plain formats are stored as in the file; the tail of a tensor whose size is not
+                // a multiple of 4 is zero-padded to a whole word.
+                if len % 4 == 0 {
+                    queue.write_buffer(&tensor.buffer, at, bytes);
+                } else {
+                    let mut padded = bytes.to_vec();
+                    padded.resize(len.div_ceil(4) * 4, 0);
+                    queue.write_buffer(&tensor.buffer, at, &padded);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The uploaded tensors, in plan order by offset; an error when the stream ended early.
+    pub fn finish(self) -> Result<Vec<GpuTensor>> {
+        if let Some(plan) = self.plans.get(self.current) {
+            return Err(Error::InvalidTensor {
+                tensor: plan.name.clone(),
+                detail: format!(
+                    "the data ended at byte {} but the tensor's bytes run to {}",
+                    self.pos,
+                    plan.offset + plan.bytes
+                ),
+            });
+        }
+        Ok(self.tensors)
+    }
+}
