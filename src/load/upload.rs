@@ -201,7 +201,7 @@ impl<'a> StreamUploader<'a> {
             _ => {
                 // Plain formats are stored as in the file; the tail of a tensor whose size is not
                 // a multiple of 4 is zero-padded to a whole word.
-                if len % 4 == 0 {
+                if len.is_multiple_of(4) {
                     queue.write_buffer(&tensor.buffer, at, bytes);
                 } else {
                     let mut padded = bytes.to_vec();
