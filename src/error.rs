@@ -59,6 +59,96 @@ pub enum Error {
 
     #[error("reading a result back from the GPU failed: {0}")]
     Readback(String),
+
+    #[error("reading '{source_name}' failed: {detail}")]
+    Io { source_name: String, detail: String },
+
+    #[error("'{source_name}' does not match its expected sha256 (expected {expected}, got {actual}); the download is corrupt or the file changed")]
+    Integrity {
+        source_name: String,
+        expected: String,
+        actual: String,
+    },
+
+    #[error("loading was cancelled")]
+    Aborted,
+
+    #[error("'{file}' is truncated: {detail}; the download may be incomplete, fetch the file again")]
+    FileTruncated { file: String, detail: String },
+
+    #[error("'{file}' is not a {format} file: it starts with {found}, expected {expected}")]
+    BadMagic {
+        file: String,
+        format: &'static str,
+        found: String,
+        expected: &'static str,
+    },
+
+    #[error("'{file}': {format} version {version} is not supported ({detail})")]
+    UnsupportedFormatVersion {
+        file: String,
+        format: &'static str,
+        version: u64,
+        detail: String,
+    },
+
+    #[error("'{file}': {what} is {value}, over the limit of {limit}; the file is corrupt or not a model file")]
+    HeaderLimit {
+        file: String,
+        what: String,
+        value: u64,
+        limit: u64,
+    },
+
+    #[error("'{file}' has a corrupt header: {detail}")]
+    InvalidHeader { file: String, detail: String },
+
+    #[error("'{file}' has two {kind}s named '{name}'")]
+    DuplicateName {
+        file: String,
+        kind: &'static str,
+        name: String,
+    },
+
+    #[error("'{file}': tensor '{tensor}' has type {dtype}, which PocketLM does not run (supported: {supported})")]
+    UnknownTensorType {
+        file: String,
+        tensor: String,
+        dtype: String,
+        supported: String,
+    },
+
+    #[error("'{file}': the data of tensor '{tensor}' ends at byte {end}, past the end of the file ({size} bytes); the file is truncated or corrupt")]
+    TensorOutOfBounds {
+        file: String,
+        tensor: String,
+        end: u64,
+        size: u64,
+    },
+
+    #[error("'{file}': tensor '{tensor}': {detail}")]
+    TensorLayout {
+        file: String,
+        tensor: String,
+        detail: String,
+    },
+
+    #[error("'{file}': metadata key '{key}' is missing")]
+    MissingMetadata { file: String, key: String },
+
+    #[error("'{file}': metadata key '{key}' holds {found}, expected {expected}")]
+    MetadataType {
+        file: String,
+        key: String,
+        expected: &'static str,
+        found: String,
+    },
+
+    #[error("split model '{file}': {detail}")]
+    SplitModel { file: String, detail: String },
+
+    #[error("sharded checkpoint '{file}': {detail}")]
+    ShardIndex { file: String, detail: String },
 }
 
 impl Error {
@@ -77,6 +167,22 @@ impl Error {
             Error::Gpu(_) => "gpu",
             Error::DeviceLost(_) => "device_lost",
             Error::Readback(_) => "readback",
+            Error::Io { .. } => "io",
+            Error::Integrity { .. } => "integrity",
+            Error::Aborted => "aborted",
+            Error::FileTruncated { .. } => "file_truncated",
+            Error::BadMagic { .. } => "bad_magic",
+            Error::UnsupportedFormatVersion { .. } => "unsupported_format_version",
+            Error::HeaderLimit { .. } => "header_limit",
+            Error::InvalidHeader { .. } => "invalid_header",
+            Error::DuplicateName { .. } => "duplicate_name",
+            Error::UnknownTensorType { .. } => "unknown_tensor_type",
+            Error::TensorOutOfBounds { .. } => "tensor_out_of_bounds",
+            Error::TensorLayout { .. } => "tensor_layout",
+            Error::MissingMetadata { .. } => "missing_metadata",
+            Error::MetadataType { .. } => "metadata_type",
+            Error::SplitModel { .. } => "split_model",
+            Error::ShardIndex { .. } => "shard_index",
         }
     }
 }

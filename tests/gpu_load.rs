@@ -8,7 +8,10 @@ mod common;
 use common::{ctx, expect_err};
 use pocketlm::gpu::{DType, GpuTensor};
 use pocketlm::kernels;
-use pocketlm::load::{StreamUploader, TensorPlan};
+use pocketlm::load::{
+    load_stream, AbortFlag, HeaderStep, LoadOptions, MemorySource, Progress, StreamUploader,
+    TensorPlan,
+};
 use pocketlm::quant::{dequantize_to_vec, random_gguf_bytes};
 use pocketlm::reference::Rng;
 use proptest::prelude::*;
@@ -135,4 +138,134 @@ fn bad_plans_and_short_streams_are_errors() {
         "invalid_tensor",
         "ended at byte 50",
     );
+}
+
+/// A toy container for exercising `load_stream` without a real format: "TOY1", a u32 tensor
+/// count, then per tensor (ggml type, rows, cols, offset) as u32, u32, u32, u64.
+fn toy_parse(head: &[u8]) -> pocketlm::Result<HeaderStep<usize>> {
+    if head.len() < 8 {
+        return Ok(HeaderStep::NeedMore(8));
+    }
+    assert_eq!(&head[..4], b"TOY1");
+    let n = u32::from_le_bytes(head[4..8].try_into().unwrap()) as usize;
+    let len = 8 + 20 * n;
+    if head.len() < len {
+        return Ok(HeaderStep::NeedMore(len));
+    }
+    let u32_at = |i: usize| u32::from_le_bytes(head[i..i + 4].try_into().unwrap());
+    let plans = (0..n)
+        .map(|t| {
+            let b = 8 + 20 * t;
+            let dtype = DType::from_ggml_id(u32_at(b)).unwrap();
+            let (rows, cols) = (u32_at(b + 4) as usize, u32_at(b + 8) as usize);
+            TensorPlan {
+                name: format!("t{t}"),
+                dtype,
+                shape: vec![rows, cols],
+                offset: u64::from_le_bytes(head[b + 12..b + 20].try_into().unwrap()),
+                bytes: dtype.bytes_for(rows * cols).unwrap() as u64,
+            }
+        })
+        .collect();
+    Ok(HeaderStep::Done(len, plans))
+}
+
+fn toy_file(rng: &mut Rng) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let specs = [
+        (DType::Q4_K, 3, 256),
+        (DType::F16, 5, 7),
+        (DType::Q8_0, 2, 64),
+    ];
+    let mut header = b"TOY1".to_vec();
+    header.extend_from_slice(&(specs.len() as u32).to_le_bytes());
+    let mut offset = (8 + 20 * specs.len()).div_ceil(32) * 32;
+    let mut datas = Vec::new();
+    for (dtype, rows, cols) in specs {
+        for v in [dtype.ggml_id(), rows as u32, cols as u32] {
+            header.extend_from_slice(&v.to_le_bytes());
+        }
+        header.extend_from_slice(&(offset as u64).to_le_bytes());
+        let data = random_gguf_bytes(dtype, rows * cols, rng);
+        offset = (offset + data.len()).div_ceil(32) * 32;
+        datas.push(data);
+    }
+    let mut file = header;
+    for d in &datas {
+        file.resize(file.len().div_ceil(32) * 32, 0);
+        file.extend_from_slice(d);
+    }
+    (file, datas)
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn load_stream_parses_uploads_hashes_and_reports() {
+    let mut rng = Rng::new(11);
+    let (file, datas) = toy_file(&mut rng);
+    // Chunks of 5 bytes: the header arrives in many pieces.
+    let mut source = MemorySource::with_chunk("toy.bin", file.clone(), 5);
+    let mut seen = Vec::new();
+    let mut progress = |p: &Progress| seen.push((p.bytes_done, p.bytes_total));
+    let mut opts = LoadOptions {
+        progress: Some(&mut progress),
+        sha256: Some(sha256_hex(&file).to_uppercase()),
+        ..Default::default()
+    };
+    let loaded = pollster::block_on(load_stream(ctx(), &mut source, toy_parse, &mut opts)).unwrap();
+    assert_eq!(loaded.header, 8 + 20 * 3);
+    assert_eq!(loaded.bytes, file.len() as u64);
+    assert_eq!(loaded.sha256, sha256_hex(&file));
+    for (t, data) in loaded.tensors.iter().zip(&datas) {
+        let want: Vec<u32> = dequantize_to_vec(t.dtype(), data)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        assert_eq!(rows_of(t), want, "{}", t.name());
+    }
+    assert_eq!(seen.len(), file.len().div_ceil(5));
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(
+        seen.last(),
+        Some(&(file.len() as u64, Some(file.len() as u64)))
+    );
+}
+
+#[test]
+fn load_stream_failures_are_typed() {
+    let mut rng = Rng::new(12);
+    let (file, _) = toy_file(&mut rng);
+    let load = |data: Vec<u8>, opts: &mut LoadOptions| {
+        let mut source = MemorySource::with_chunk("toy.bin", data, 64);
+        pollster::block_on(load_stream(ctx(), &mut source, toy_parse, opts)).map(|_| ())
+    };
+    expect_err(
+        load(file[..30].to_vec(), &mut LoadOptions::default()),
+        "file_truncated",
+        "header needs at least 68 bytes",
+    );
+    expect_err(
+        load(file[..file.len() - 1].to_vec(), &mut LoadOptions::default()),
+        "file_truncated",
+        "tensor 't2'",
+    );
+    let mut bad_hash = LoadOptions {
+        sha256: Some("00".repeat(32)),
+        ..Default::default()
+    };
+    expect_err(load(file.clone(), &mut bad_hash), "integrity", "toy.bin");
+    let abort = AbortFlag::default();
+    abort.abort();
+    let mut aborted = LoadOptions {
+        abort,
+        ..Default::default()
+    };
+    expect_err(load(file, &mut aborted), "aborted", "cancelled");
 }

@@ -1,5 +1,12 @@
 //! Getting model weights from where they are into GPU memory.
 
+mod source;
 mod upload;
 
+mod stream;
+
+pub use source::{io_error, ByteSource, MemorySource, CHUNK};
+#[cfg(not(target_arch = "wasm32"))]
+pub use source::{FileSource, HttpSource};
+pub use stream::{load_stream, AbortFlag, HeaderStep, LoadOptions, LoadedFile, Progress};
 pub use upload::{StreamUploader, TensorPlan, DEFAULT_PIECE_BUDGET};

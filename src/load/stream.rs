@@ -1,0 +1,177 @@
+//! One model file from a [`ByteSource`] into GPU memory: the header is parsed as soon as enough
+//! bytes are there, every tensor is allocated (so a model too large for the device fails before
+//! the rest is downloaded), then the data streams through a [`StreamUploader`], with a sha256 of
+//! the whole file, progress reports and cancellation between chunks.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::gpu::{GpuContext, GpuTensor};
+use crate::load::{ByteSource, StreamUploader, TensorPlan, DEFAULT_PIECE_BUDGET};
+
+/// What a header parser says about a prefix of the file.
+pub enum HeaderStep<H> {
+    /// The header continues: at least this many bytes of the file are needed in all.
+    NeedMore(usize),
+    /// The header and the tensors it lists.
+    Done(H, Vec<TensorPlan>),
+}
+
+/// Cancels a load from another task or thread (in the browser: an `AbortSignal`).
+#[derive(Clone, Debug, Default)]
+pub struct AbortFlag(Arc<AtomicBool>);
+
+impl AbortFlag {
+    pub fn abort(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_aborted(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// How far a file has come.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub file: String,
+    pub bytes_done: u64,
+    pub bytes_total: Option<u64>,
+}
+
+/// Options of a load.
+pub struct LoadOptions<'a> {
+    /// Called after every chunk.
+    pub progress: Option<&'a mut dyn FnMut(&Progress)>,
+    pub abort: AbortFlag,
+    /// The file's expected sha256 (64 hex digits); a mismatch fails the load.
+    pub sha256: Option<String>,
+    /// Host memory for repacking pieces.
+    pub piece_budget: usize,
+}
+
+impl Default for LoadOptions<'_> {
+    fn default() -> Self {
+        LoadOptions {
+            progress: None,
+            abort: AbortFlag::default(),
+            sha256: None,
+            piece_budget: DEFAULT_PIECE_BUDGET,
+        }
+    }
+}
+
+/// A loaded file: its parsed header and its tensors on the GPU (ordered by file offset).
+pub struct LoadedFile<H> {
+    pub header: H,
+    pub tensors: Vec<GpuTensor>,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// Reads `source` to the end, parsing its header with `parse` and uploading its tensors.
+pub async fn load_stream<S: ByteSource, H>(
+    ctx: &GpuContext,
+    source: &mut S,
+    parse: impl Fn(&[u8]) -> Result<HeaderStep<H>>,
+    opts: &mut LoadOptions<'_>,
+) -> Result<LoadedFile<H>> {
+    let name = source.name().to_string();
+    let total = source.total();
+    let mut hasher = Sha256::new();
+    let mut done = 0u64;
+    let report = |done: u64, opts: &mut LoadOptions<'_>| {
+        if let Some(p) = opts.progress.as_mut() {
+            p(&Progress {
+                file: name.clone(),
+                bytes_done: done,
+                bytes_total: total,
+            });
+        }
+    };
+
+    // The header: gather chunks until the parser has all it needs.
+    let mut head = Vec::new();
+    let mut needed = 0usize;
+    let (header, plans) = loop {
+        if head.len() >= needed {
+            match parse(&head)? {
+                HeaderStep::Done(h, plans) => break (h, plans),
+                HeaderStep::NeedMore(n) => needed = n.max(head.len() + 1),
+            }
+        }
+        if opts.abort.is_aborted() {
+            return Err(Error::Aborted);
+        }
+        match source.next_chunk().await? {
+            Some(chunk) => {
+                hasher.update(&chunk);
+                done += chunk.len() as u64;
+                head.extend_from_slice(&chunk);
+                report(done, opts);
+            }
+            None => {
+                // Let the parser say precisely what is missing.
+                match parse(&head)? {
+                    HeaderStep::Done(h, plans) => break (h, plans),
+                    HeaderStep::NeedMore(n) => {
+                        return Err(Error::FileTruncated {
+                            file: name,
+                            detail: format!(
+                                "the header needs at least {n} bytes but the file has {}",
+                                head.len()
+                            ),
+                        })
+                    }
+                }
+            }
+        }
+    };
+
+    let mut uploader = StreamUploader::new(ctx, plans, opts.piece_budget)?;
+    uploader.feed(&head)?;
+    drop(head);
+    while let Some(chunk) = {
+        if opts.abort.is_aborted() {
+            // Dropping the uploader frees the tensors allocated so far.
+            return Err(Error::Aborted);
+        }
+        source.next_chunk().await?
+    } {
+        hasher.update(&chunk);
+        done += chunk.len() as u64;
+        uploader.feed(&chunk)?;
+        report(done, opts);
+    }
+    let tensors = uploader.finish().map_err(|e| match e {
+        Error::InvalidTensor { tensor, detail } => Error::FileTruncated {
+            file: name.clone(),
+            detail: format!("tensor '{tensor}': {detail}"),
+        },
+        other => other,
+    })?;
+    let sha256: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if let Some(expected) = &opts.sha256 {
+        if !expected.eq_ignore_ascii_case(&sha256) {
+            return Err(Error::Integrity {
+                source_name: name,
+                expected: expected.clone(),
+                actual: sha256,
+            });
+        }
+    }
+    ctx.check_health()?;
+    Ok(LoadedFile {
+        header,
+        tensors,
+        bytes: done,
+        sha256,
+    })
+}
