@@ -73,7 +73,12 @@ pub enum Error {
     #[error("loading was cancelled")]
     Aborted,
 
-    #[error("'{file}' is truncated: {detail}; the download may be incomplete, fetch the file again")]
+    #[error("downloading '{url}' failed with HTTP status {status}")]
+    Http { url: String, status: u16 },
+
+    #[error(
+        "'{file}' is truncated: {detail}; the download may be incomplete, fetch the file again"
+    )]
     FileTruncated { file: String, detail: String },
 
     #[error("'{file}' is not a {format} file: it starts with {found}, expected {expected}")]
@@ -170,6 +175,7 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Integrity { .. } => "integrity",
             Error::Aborted => "aborted",
+            Error::Http { .. } => "http",
             Error::FileTruncated { .. } => "file_truncated",
             Error::BadMagic { .. } => "bad_magic",
             Error::UnsupportedFormatVersion { .. } => "unsupported_format_version",

@@ -1,5 +1,7 @@
 //! Getting model weights from where they are into GPU memory.
 
+#[cfg(target_arch = "wasm32")]
+pub mod browser;
 mod source;
 mod upload;
 
