@@ -2,6 +2,7 @@
 
 use crate::error::Result;
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Kernel, Specialization};
+use crate::kernels::elementwise::{elementwise_grid, same_shape_f32, ELEMS};
 use crate::kernels::{build, dim, expect_distinct, expect_dtype, grid, mismatch, WG};
 
 const SWIGLU_SRC: &str = include_str!("../../shaders/swiglu.wgsl");
@@ -48,4 +49,26 @@ pub async fn swiglu(
     let wg = grid(ctx, NAME, u64::from(n.div_ceil(WG)))?;
     let spec = Specialization::default().with("WG", WG);
     build(ctx, &kernel, &spec, &Params { n }, &[gate, up, out], wg).await
+}
+
+const GELU_SRC: &str = include_str!("../../shaders/gelu.wgsl");
+
+/// GELU, tanh approximation: `out = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))` element-wise
+/// (as PyTorch's `gelu(approximate="tanh")`, used by GPT-2 and Gemma MLPs). Computed as the
+/// equal x·σ(2t), which is accurate for every finite x and never produces NaN or infinity.
+pub async fn gelu(ctx: &GpuContext, x: &GpuTensor, out: &GpuTensor) -> Result<Dispatch> {
+    const NAME: &str = "gelu";
+    let n = same_shape_f32(NAME, &[x, out])?;
+    expect_distinct(NAME, out, &[x])?;
+    let kernel = Kernel {
+        name: NAME,
+        source: GELU_SRC,
+        entry: "gelu_tanh",
+        uses_reduce: false,
+    };
+    let spec = Specialization::default()
+        .with("WG", WG)
+        .with("ELEMS", ELEMS);
+    let wg = elementwise_grid(ctx, NAME, n)?;
+    build(ctx, &kernel, &spec, &Params { n }, &[x, out], wg).await
 }

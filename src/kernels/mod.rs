@@ -2,14 +2,30 @@
 //! returns a ready [`Dispatch`], so nothing a caller passes can reach wgpu validation.
 
 mod activation;
+pub mod attention;
+mod elementwise;
 mod embed;
 mod linear;
 mod norm;
+pub mod rope;
+mod sample;
 
+pub use activation::gelu;
 pub use activation::swiglu;
+pub use attention::{
+    attention, kv_write, Attention, AttentionOptions, AttentionScratch, KvCache, StepState,
+    ATTENTION_MAX_HEAD_DIM,
+};
+pub use elementwise::{add, add_in_place};
 pub use embed::embed;
 pub use linear::{linear, linear_with, matmul, matvec, Linear, LinearKernel, MATVEC_MAX_ROWS};
+pub use norm::layernorm;
 pub use norm::rmsnorm;
+pub use rope::{
+    rope, rope_angle, rope_cos_sin, rope_inv_freq, rope_qk, Llama3Scaling, RopeConfig, RopeLayout,
+    RopeTable,
+};
+pub use sample::{argmax, topk, topk_output, topk_shape, TopK, TOPK_MAX};
 
 use wgpu::util::DeviceExt;
 

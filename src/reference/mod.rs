@@ -4,6 +4,9 @@
 //! 2.5 ULP (inherited from 1/inverseSqrt), `exp(x)` within 3 + 2·|x| ULP, where one ULP of a
 //! value is at most 2u of it.
 
+pub mod attention;
+pub mod ops;
+
 /// Unit roundoff of f32.
 pub const U: f64 = 1.0 / (1u64 << 24) as f64;
 

@@ -1,0 +1,238 @@
+// Causal grouped-query attention against a KV cache, split over the context (flash decoding).
+//
+// Query token t of a step sits at position step.offset + t and sees cache positions 0..=that.
+// The context is cut into chunks of p.chunk_len positions; a workgroup handles one chunk for one
+// kv head, GB of the query heads that share it and TQ consecutive tokens: R = GB * TQ query rows
+// that all read each key and value once from the cache. It walks its chunk in tiles of TK keys
+// with an online softmax (running max m, running sum l, output accumulator rescaled by
+// exp(m_old - m_new)), and writes either the normalised output (SINGLE = 1: one chunk spans the
+// whole context) or the chunk's (unnormalised output, m, l) for attention_combine.wgsl.
+// The grid is sized for the largest context and step; workgroups whose tokens or chunk lie past
+// the current step exit at once, so the dispatch is built once.
+//
+// Per tile, all invocations: stage K (f32, rows padded to KS = HD + 1 floats against bank
+// conflicts) -> scores, R*TK dot products, split in P parts when R*TK < WG -> per-row max (R
+// invocations) while all stage V over K -> probabilities -> each invocation updates OUTS of the
+// R*HD output accumulators.
+//
+// Prelude: WG, HD, HW (cache words per row: HD/2 rounded up for f16, HD for f32), KS, GB, TQ,
+// R, TK, P, PART (R*TK*P, or 1 when P = 1), OUTS (ceil(R*HD / WG)), KV_F16, SINGLE.
+
+struct Params {
+    n_heads: u32,
+    kv_heads: u32,
+    group: u32,        // query heads per kv head
+    head_blocks: u32,  // ceil(group / GB)
+    token_blocks: u32, // ceil(largest step / TQ)
+    n_chunks: u32,
+    chunk_len: u32,
+    scale: f32,
+}
+
+struct Step {
+    offset: u32,
+    n_tokens: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(2) var<storage, read> q: array<f32>;
+@group(0) @binding(3) var<storage, read> k_cache: array<u32>;
+@group(0) @binding(4) var<storage, read> v_cache: array<u32>;
+// SINGLE: the output [tokens, n_heads, HD]; otherwise partial outputs [tokens * n_heads, n_chunks, HD].
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+// (m, l) per [tokens * n_heads, n_chunks]; not written when SINGLE.
+@group(0) @binding(6) var<storage, read_write> part_ml: array<vec2<f32>>;
+
+// Stands for -infinity (WGSL has no infinite literals); far below any finite score.
+const NEG: f32 = -1.0e30;
+
+var<workgroup> q_s: array<f32, R * HD>;
+var<workgroup> kv_s: array<f32, TK * KS>;
+var<workgroup> part_s: array<f32, PART>;
+var<workgroup> sc_s: array<f32, R * TK>;
+var<workgroup> m_s: array<f32, R>;
+var<workgroup> alpha_s: array<f32, R>;
+
+// Cache positions below the returned bound are visible to row r; 0 for rows without work
+// (past the step's tokens, or past the last head of the group).
+fn row_limit(r: u32, t0: u32, hb: u32) -> u32 {
+    let t = t0 + r / GB;
+    let hl = hb * GB + r % GB;
+    if (t < step.n_tokens && hl < p.group) {
+        return step.offset + t + 1u;
+    }
+    return 0u;
+}
+
+// Stages `len` rows of the k (or v) cache, from position k0, in kv_s as f32; rows past len are 0.
+fn stage(use_v: bool, k0: u32, len: u32, kh: u32, li: u32) {
+    for (var e = li; e < TK * HW; e += WG) {
+        let j = e / HW;
+        let w = e % HW;
+        var word = 0u;
+        if (j < len) {
+            let idx = ((k0 + j) * p.kv_heads + kh) * HW + w;
+            if (use_v) {
+                word = v_cache[idx];
+            } else {
+                word = k_cache[idx];
+            }
+        }
+        if (KV_F16 == 1u) {
+            let pair = unpack2x16float(word);
+            kv_s[j * KS + 2u * w] = pair.x;
+            if (2u * w + 1u < HD) {
+                kv_s[j * KS + 2u * w + 1u] = pair.y;
+            }
+        } else {
+            kv_s[j * KS + w] = bitcast<f32>(word);
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn attention(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    var g = linear_workgroup(wid, nwg);
+    let tb = g % p.token_blocks;
+    g = g / p.token_blocks;
+    let hb = g % p.head_blocks;
+    g = g / p.head_blocks;
+    let kh = g % p.kv_heads;
+    let chunk = g / p.kv_heads;
+    let t0 = tb * TQ;
+    if (chunk >= p.n_chunks || t0 >= step.n_tokens) {
+        return;
+    }
+    // Keys below `hi` are visible to some row of this workgroup.
+    let hi = step.offset + min(t0 + TQ, step.n_tokens);
+    let c0 = chunk * p.chunk_len;
+    if (c0 >= hi) {
+        return;
+    }
+    let c1 = min(c0 + p.chunk_len, hi);
+
+    for (var e = li; e < R * HD; e += WG) {
+        let r = e / HD;
+        let t = t0 + r / GB;
+        let hl = hb * GB + r % GB;
+        var v = 0.0;
+        if (t < step.n_tokens && hl < p.group) {
+            v = q[(t * p.n_heads + kh * p.group + hl) * HD + e % HD] * p.scale;
+        }
+        q_s[e] = v;
+    }
+
+    var acc: array<f32, OUTS>;
+    var lsum: array<f32, OUTS>;
+    var m_run = NEG; // meaningful in invocations li < R, which own row li's statistics
+
+    for (var k0 = c0; k0 < c1; k0 += TK) {
+        let len = min(TK, c1 - k0);
+        stage(false, k0, len, kh, li);
+        workgroupBarrier();
+
+        if (P == 1u) {
+            for (var e = li; e < R * TK; e += WG) {
+                let r = e / TK;
+                let j = e % TK;
+                var s = 0.0;
+                for (var d = 0u; d < HD; d++) {
+                    s = fma(q_s[r * HD + d], kv_s[j * KS + d], s);
+                }
+                sc_s[e] = s;
+            }
+        } else {
+            for (var e = li; e < R * TK * P; e += WG) {
+                let part = e % P;
+                let rj = e / P;
+                let r = rj / TK;
+                let j = rj % TK;
+                var s = 0.0;
+                for (var d = part; d < HD; d += P) {
+                    s = fma(q_s[r * HD + d], kv_s[j * KS + d], s);
+                }
+                part_s[e] = s;
+            }
+            workgroupBarrier();
+            for (var e = li; e < R * TK; e += WG) {
+                var s = 0.0;
+                for (var i = 0u; i < P; i++) {
+                    s += part_s[e * P + i];
+                }
+                sc_s[e] = s;
+            }
+        }
+        workgroupBarrier();
+
+        if (li < R) {
+            let lim = row_limit(li, t0, hb);
+            var mt = m_run;
+            for (var j = 0u; j < len; j++) {
+                if (k0 + j < lim) {
+                    mt = max(mt, sc_s[li * TK + j]);
+                }
+            }
+            alpha_s[li] = exp(m_run - mt);
+            m_s[li] = mt;
+            m_run = mt;
+        }
+        // K is no longer needed: V takes its place.
+        stage(true, k0, len, kh, li);
+        workgroupBarrier();
+
+        for (var e = li; e < R * TK; e += WG) {
+            let r = e / TK;
+            var pr = 0.0;
+            if (k0 + e % TK < row_limit(r, t0, hb)) {
+                pr = exp(sc_s[e] - m_s[r]);
+            }
+            sc_s[e] = pr;
+        }
+        workgroupBarrier();
+
+        for (var i = 0u; i < OUTS; i++) {
+            let o = li + i * WG;
+            if (o < R * HD) {
+                let r = o / HD;
+                let d = o % HD;
+                let alpha = alpha_s[r];
+                var a = acc[i] * alpha;
+                var l = lsum[i] * alpha;
+                for (var j = 0u; j < len; j++) {
+                    let pr = sc_s[r * TK + j];
+                    a = fma(pr, kv_s[j * KS + d], a);
+                    l += pr;
+                }
+                acc[i] = a;
+                lsum[i] = l;
+            }
+        }
+        workgroupBarrier();
+    }
+
+    for (var i = 0u; i < OUTS; i++) {
+        let o = li + i * WG;
+        if (o < R * HD) {
+            let r = o / HD;
+            let d = o % HD;
+            let t = t0 + r / GB;
+            let hl = hb * GB + r % GB;
+            if (t < step.n_tokens && hl < p.group) {
+                let row = t * p.n_heads + kh * p.group + hl;
+                if (SINGLE == 1u) {
+                    out[row * HD + d] = acc[i] / lsum[i];
+                } else {
+                    out[(row * p.n_chunks + chunk) * HD + d] = acc[i];
+                    if (d == 0u) {
+                        part_ml[row * p.n_chunks + chunk] = vec2<f32>(m_s[r], lsum[i]);
+                    }
+                }
+            }
+        }
+    }
+}

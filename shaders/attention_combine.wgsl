@@ -1,0 +1,55 @@
+// Combines the per-chunk results of attention.wgsl: for each query row (token t, head h) and
+// element d, with the chunks c that hold at least one visible key (c * chunk_len <= position):
+//   M = max m_c,  out = sum_c o_c[d] * exp(m_c - M) / sum_c l_c * exp(m_c - M).
+// One invocation per output element; tokens past the step exit at once.
+// Prelude: WG.
+
+struct Params {
+    n_heads: u32,
+    n_chunks: u32,
+    chunk_len: u32,
+    head_dim: u32,
+}
+
+struct Step {
+    offset: u32,
+    n_tokens: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(2) var<storage, read> part_o: array<f32>;
+@group(0) @binding(3) var<storage, read> part_ml: array<vec2<f32>>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+const NEG: f32 = -1.0e30;
+
+@compute @workgroup_size(WG)
+fn attention_combine(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let e = linear_workgroup(wid, nwg) * WG + li;
+    let row = e / p.head_dim;
+    let d = e % p.head_dim;
+    let t = row / p.n_heads;
+    if (t >= step.n_tokens) {
+        return;
+    }
+    let n = min((step.offset + t) / p.chunk_len + 1u, p.n_chunks);
+    let base = row * p.n_chunks;
+    var mx = NEG;
+    for (var c = 0u; c < n; c++) {
+        mx = max(mx, part_ml[base + c].x);
+    }
+    var l = 0.0;
+    var o = 0.0;
+    for (var c = 0u; c < n; c++) {
+        let ml = part_ml[base + c];
+        let w = exp(ml.x - mx);
+        l = fma(ml.y, w, l);
+        o = fma(part_o[(base + c) * p.head_dim + d], w, o);
+    }
+    out[row * p.head_dim + d] = o / l;
+}

@@ -1,0 +1,1290 @@
+//! Attention over a GPU KV cache: the per-step state, the cache and its write kernel, and causal
+//! grouped-query attention split over the context (flash decoding).
+//!
+//! Everything is built once. A step (a decode token, or a batch of prompt tokens) differs from the
+//! last only in where it starts and how many tokens it carries; those two numbers live in a
+//! 16-byte uniform ([`StepState`]) that every kernel of a step binds at build time and that the
+//! caller rewrites before each submit. Dispatch sizes come from the largest step and the whole
+//! context, and workgroups past the current step or context exit at once.
+//!
+//! A layer's attention, per step: [`kv_write`] (append the step's k/v rows to the cache), then the
+//! dispatches of [`attention`] (one when the context is a single chunk, else the chunked pass and
+//! a combine). RoPE ([`rope_qk`](crate::kernels::rope_qk)) runs before both.
+
+use std::fmt;
+
+use bytemuck::Zeroable as _;
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Kernel, Profile, Specialization};
+use crate::kernels::{dim, expect_distinct, expect_dtype, grid, mismatch, WG};
+
+const KV_WRITE_SRC: &str = include_str!("../../shaders/kv_write.wgsl");
+const ATTENTION_SRC: &str = include_str!("../../shaders/attention.wgsl");
+const COMBINE_SRC: &str = include_str!("../../shaders/attention_combine.wgsl");
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct StepUniform {
+    offset: u32,
+    n_tokens: u32,
+    _pad: [u32; 2],
+}
+
+/// Where a step starts in the sequence and how many tokens it carries, in a small uniform buffer
+/// the kernels built against it read. Rewriting it ([`StepState::set`]) is all a new step needs.
+///
+/// `max_tokens` is the most tokens one step may carry (1 for a decode graph, the prompt chunk for a
+/// prefill graph) and sizes the dispatches built against it; `max_positions` is the context
+/// (KV cache and RoPE table must cover it). Starts as an empty step at position 0.
+#[derive(Debug)]
+pub struct StepState {
+    buffer: wgpu::Buffer,
+    max_tokens: usize,
+    max_positions: usize,
+    offset: usize,
+    n_tokens: usize,
+}
+
+impl StepState {
+    pub fn new(ctx: &GpuContext, max_tokens: usize, max_positions: usize) -> Result<Self> {
+        if max_tokens == 0 || max_tokens > max_positions {
+            return Err(mismatch(
+                "step",
+                format!(
+                    "max_tokens {max_tokens} must be at least 1 and at most max_positions \
+                     {max_positions}"
+                ),
+            ));
+        }
+        dim("step", "max_positions", max_positions)?;
+        let buffer = ctx
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("pocketlm step"),
+                contents: bytemuck::bytes_of(&StepUniform::zeroed()),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            });
+        Ok(StepState {
+            buffer,
+            max_tokens,
+            max_positions,
+            offset: 0,
+            n_tokens: 0,
+        })
+    }
+
+    /// Makes the next submitted work a step of `n_tokens` tokens at positions
+    /// `offset..offset + n_tokens`. Refused (nothing written) when the step carries more than
+    /// `max_tokens` or runs past the context.
+    ///
+    /// The write goes through the queue: it lands after the work already submitted and before the
+    /// next submit, so set, record and submit once per step (a second `set` before the submit
+    /// replaces the first).
+    pub fn set(&mut self, ctx: &GpuContext, offset: usize, n_tokens: usize) -> Result<()> {
+        if n_tokens > self.max_tokens {
+            return Err(mismatch(
+                "step",
+                format!(
+                    "a step of {n_tokens} tokens is more than the {} its dispatches were built \
+                     for; split it",
+                    self.max_tokens
+                ),
+            ));
+        }
+        let end = offset.saturating_add(n_tokens);
+        if end > self.max_positions {
+            return Err(mismatch(
+                "step",
+                format!(
+                    "a step of {n_tokens} tokens at position {offset} ends at position {end}, past \
+                     the context of {} positions (KV cache, RoPE table); the sequence is longer \
+                     than the context: shorten the prompt or start a new sequence",
+                    self.max_positions
+                ),
+            ));
+        }
+        let u = StepUniform {
+            offset: offset as u32,
+            n_tokens: n_tokens as u32,
+            _pad: [0; 2],
+        };
+        ctx.queue
+            .write_buffer(&self.buffer, 0, bytemuck::bytes_of(&u));
+        self.offset = offset;
+        self.n_tokens = n_tokens;
+        Ok(())
+    }
+
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
+    pub fn n_tokens(&self) -> usize {
+        self.n_tokens
+    }
+
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+}
+
+/// Builds a dispatch whose binding 0 is a uniform holding `params`, binding 1 the step uniform,
+/// and bindings 2.. are `tensors` in order.
+pub(crate) async fn build_stepped<P: bytemuck::Pod>(
+    ctx: &GpuContext,
+    kernel: &Kernel,
+    spec: &Specialization,
+    params: &P,
+    step: &StepState,
+    tensors: &[&GpuTensor],
+    workgroups: [u32; 3],
+) -> Result<Dispatch> {
+    let pipeline = ctx.pipeline(kernel, spec).await?;
+    let mut bytes = bytemuck::bytes_of(params).to_vec();
+    bytes.resize(bytes.len().div_ceil(16) * 16, 0);
+    let uniform = ctx
+        .device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(kernel.name),
+            contents: &bytes,
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+    let mut entries = vec![
+        wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        },
+        wgpu::BindGroupEntry {
+            binding: 1,
+            resource: step.buffer.as_entire_binding(),
+        },
+    ];
+    for (i, t) in tensors.iter().enumerate() {
+        entries.push(wgpu::BindGroupEntry {
+            binding: i as u32 + 2,
+            resource: t.buffer.as_entire_binding(),
+        });
+    }
+    let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(kernel.name),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    });
+    Ok(Dispatch {
+        label: kernel.name,
+        pipeline,
+        bind_group,
+        workgroups,
+    })
+}
+
+/// Per-layer key and value caches, each `[max_ctx, n_kv_heads, head_dim]`.
+///
+/// Stored as f16 (pairs packed in u32 words; rows of odd `head_dim` padded by one half) on the
+/// full profile and as f32 on the baseline profile, unless chosen with [`KvCache::with_dtype`]
+/// (f16 works on both: packing needs no `shader-f16`). Memory:
+/// `2 · n_layers · max_ctx · n_kv_heads · padded(head_dim) · (2 or 4)` bytes; e.g. SmolLM2-135M
+/// (30 layers, 3 kv heads of 64) at 8192 positions takes 180 MiB in f16, 360 MiB in f32. Each
+/// layer's k and v is one binding, so `max_ctx · n_kv_heads · padded(head_dim) · (2 or 4)` must
+/// not exceed the adapter's storage-binding limit (128 MiB on the baseline profile); a larger
+/// cache is refused before anything is allocated.
+///
+/// f16 rounds each stored element to 11 significant bits (relative error ≤ 2⁻¹¹ when rounded to
+/// nearest; WGSL also allows the other neighbour, ≤ 2⁻¹⁰) and saturates at ±65504.
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    layers: Vec<(GpuTensor, GpuTensor)>,
+    max_ctx: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    dtype: DType,
+}
+
+impl KvCache {
+    /// The cache element type for this device: f16 on the full profile, f32 on the baseline.
+    pub fn default_dtype(ctx: &GpuContext) -> DType {
+        match ctx.profile() {
+            Profile::Full => DType::F16,
+            Profile::Baseline => DType::F32,
+        }
+    }
+
+    /// Bytes of one layer's k (or v) buffer; `None` on overflow.
+    pub fn layer_bytes(
+        max_ctx: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        dtype: DType,
+    ) -> Option<u64> {
+        let rows = max_ctx.checked_mul(n_kv_heads)?;
+        (dtype.gpu_words(rows, head_dim)? as u64).checked_mul(4)
+    }
+
+    /// Bytes of the whole cache; `None` on overflow.
+    pub fn bytes(
+        n_layers: usize,
+        max_ctx: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        dtype: DType,
+    ) -> Option<u64> {
+        Self::layer_bytes(max_ctx, n_kv_heads, head_dim, dtype)?.checked_mul(2 * n_layers as u64)
+    }
+
+    pub fn new(
+        ctx: &GpuContext,
+        n_layers: usize,
+        max_ctx: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<Self> {
+        let dtype = Self::default_dtype(ctx);
+        Self::with_dtype(ctx, n_layers, max_ctx, n_kv_heads, head_dim, dtype)
+    }
+
+    pub fn with_dtype(
+        ctx: &GpuContext,
+        n_layers: usize,
+        max_ctx: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        dtype: DType,
+    ) -> Result<Self> {
+        const NAME: &str = "kv_cache";
+        if !matches!(dtype, DType::F16 | DType::F32) {
+            return Err(Error::UnsupportedDType {
+                kernel: NAME,
+                tensor: "kv cache".into(),
+                dtype,
+                expected: "f16 or f32",
+            });
+        }
+        if n_layers == 0 || max_ctx == 0 || n_kv_heads == 0 || head_dim == 0 {
+            return Err(mismatch(
+                NAME,
+                format!(
+                    "layers {n_layers}, max_ctx {max_ctx}, kv heads {n_kv_heads} and head_dim \
+                     {head_dim} must all be at least 1"
+                ),
+            ));
+        }
+        dim(NAME, "max_ctx", max_ctx)?;
+        // Said before allocating anything: every layer's buffers have the size of the first.
+        let bytes = Self::layer_bytes(max_ctx, n_kv_heads, head_dim, dtype).unwrap_or(u64::MAX);
+        let caps = ctx.capabilities();
+        let limit = caps.max_storage_binding_bytes.min(caps.max_buffer_bytes);
+        if bytes > limit {
+            return Err(Error::TooLarge {
+                tensor: format!(
+                    "kv cache layer ([{max_ctx}, {n_kv_heads}, {head_dim}] {dtype}; shorten the \
+                     context)"
+                ),
+                bytes,
+                limit,
+            });
+        }
+        let shape = [max_ctx, n_kv_heads, head_dim];
+        let mut layers = Vec::with_capacity(n_layers);
+        for l in 0..n_layers {
+            layers.push((
+                ctx.zeros(&format!("kv cache k{l}"), &shape, dtype)?,
+                ctx.zeros(&format!("kv cache v{l}"), &shape, dtype)?,
+            ));
+        }
+        Ok(KvCache {
+            layers,
+            max_ctx,
+            n_kv_heads,
+            head_dim,
+            dtype,
+        })
+    }
+
+    /// The k and v tensors of a layer.
+    pub fn layer(&self, layer: usize) -> Option<(&GpuTensor, &GpuTensor)> {
+        self.layers.get(layer).map(|(k, v)| (k, v))
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn max_ctx(&self) -> usize {
+        self.max_ctx
+    }
+
+    pub fn n_kv_heads(&self) -> usize {
+        self.n_kv_heads
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(|(k, v)| k.size_bytes() + v.size_bytes())
+            .sum()
+    }
+
+    /// Words per (position, kv head) row as stored.
+    fn row_words(&self) -> usize {
+        self.dtype.padded_row_len(self.head_dim) * self.dtype.block_bytes() / 4
+    }
+
+    fn check_layer(&self, name: &'static str, layer: usize, step: &StepState) -> Result<()> {
+        if layer >= self.layers.len() {
+            return Err(mismatch(
+                name,
+                format!(
+                    "layer {layer} is out of range: the KV cache has {} layers",
+                    self.layers.len()
+                ),
+            ));
+        }
+        if self.max_ctx < step.max_positions() {
+            return Err(mismatch(
+                name,
+                format!(
+                    "the KV cache holds {} positions, fewer than the step's context of {}",
+                    self.max_ctx,
+                    step.max_positions()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn kv_shape_check(
+    name: &'static str,
+    cache: &KvCache,
+    step: &StepState,
+    t: &GpuTensor,
+) -> Result<usize> {
+    expect_dtype(name, t, &[DType::F32], "f32 k/v rows")?;
+    let want = [cache.n_kv_heads, cache.head_dim];
+    match *t.shape() {
+        [tokens, h, d] if [h, d] == want && tokens >= step.max_tokens() => Ok(tokens),
+        _ => Err(mismatch(
+            name,
+            format!(
+                "'{}' is {:?}, expected [tokens ≥ {}, {}, {}] (step's max tokens, the cache's kv \
+                 heads and head_dim)",
+                t.name(),
+                t.shape(),
+                step.max_tokens(),
+                cache.n_kv_heads,
+                cache.head_dim
+            ),
+        )),
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct KvWriteParams {
+    kv_heads: u32,
+    head_dim: u32,
+    row_words: u32,
+}
+
+/// Writes the step's new rows `k`, `v` ([tokens, n_kv_heads, head_dim], f32; token `t` at
+/// position `step.offset + t`) into `layer` of the cache, converting to the cache's type.
+pub async fn kv_write(
+    ctx: &GpuContext,
+    step: &StepState,
+    cache: &KvCache,
+    layer: usize,
+    k: &GpuTensor,
+    v: &GpuTensor,
+) -> Result<Dispatch> {
+    const NAME: &str = "kv_write";
+    cache.check_layer(NAME, layer, step)?;
+    kv_shape_check(NAME, cache, step, k)?;
+    kv_shape_check(NAME, cache, step, v)?;
+    let (kc, vc) = &cache.layers[layer];
+    let row_words = cache.row_words();
+    let words = step
+        .max_tokens()
+        .checked_mul(cache.n_kv_heads * row_words)
+        .ok_or_else(|| mismatch(NAME, "step rows overflow".into()))?;
+    dim(NAME, "words per step", words)?;
+    let kernel = Kernel {
+        name: NAME,
+        source: KV_WRITE_SRC,
+        entry: "kv_write",
+        uses_reduce: false,
+    };
+    let spec = Specialization::default()
+        .with("WG", WG)
+        .with("KV_F16", u32::from(cache.dtype == DType::F16));
+    let params = KvWriteParams {
+        kv_heads: dim(NAME, "kv heads", cache.n_kv_heads)?,
+        head_dim: dim(NAME, "head_dim", cache.head_dim)?,
+        row_words: dim(NAME, "row words", row_words)?,
+    };
+    let wg = grid(ctx, NAME, (words as u64).div_ceil(u64::from(WG)))?;
+    build_stepped(ctx, &kernel, &spec, &params, step, &[k, v, kc, vc], wg).await
+}
+
+/// The largest head_dim [`attention`] takes (Gemma's 256).
+pub const ATTENTION_MAX_HEAD_DIM: usize = 256;
+
+/// Query rows (heads × tokens) one attention workgroup serves with each key it loads.
+const ROWS: usize = 8;
+/// Workgroups the default chunking aims for when the context is full, to fill a GPU.
+const TARGET_WORKGROUPS: usize = 256;
+/// The shortest default chunk: below this the per-chunk overhead (q staging, partial results,
+/// combine) outweighs the parallelism.
+const MIN_CHUNK: usize = 64;
+/// The default chunking never makes partial results larger than this.
+const SCRATCH_BUDGET: u64 = 32 << 20;
+
+/// How [`attention`] runs; everything has a default.
+#[derive(Clone, Debug, Default)]
+pub struct AttentionOptions {
+    /// Multiplies q·k; default `1 / sqrt(head_dim)`.
+    pub scale: Option<f32>,
+    /// Context positions per chunk (split-K); default: enough chunks to give the GPU about 256
+    /// workgroups at full context, within 32 MiB of partial results.
+    pub chunk_len: Option<usize>,
+    /// Partial-result buffers to use (e.g. those of another layer's [`Attention::scratch`]: the
+    /// layers run one after the other); default: new ones.
+    pub scratch: Option<AttentionScratch>,
+}
+
+/// Buffers for the per-chunk partial results, shareable by every layer with the same shapes.
+#[derive(Clone, Debug)]
+pub struct AttentionScratch {
+    part_o: GpuTensor,
+    part_ml: GpuTensor,
+}
+
+impl AttentionScratch {
+    pub fn size_bytes(&self) -> u64 {
+        self.part_o.size_bytes() + self.part_ml.size_bytes()
+    }
+}
+
+/// A layer's attention, ready to record: one dispatch when the whole context is one chunk,
+/// otherwise the chunked pass and the combine.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    dispatches: Vec<Dispatch>,
+    chunk_len: usize,
+    n_chunks: usize,
+    tile: usize,
+    scratch: Option<AttentionScratch>,
+}
+
+impl Attention {
+    pub fn dispatches(&self) -> &[Dispatch] {
+        &self.dispatches
+    }
+
+    /// Context positions per chunk.
+    pub fn chunk_len(&self) -> usize {
+        self.chunk_len
+    }
+
+    pub fn n_chunks(&self) -> usize {
+        self.n_chunks
+    }
+
+    /// Keys a workgroup stages per step of its online softmax.
+    pub fn keys_per_tile(&self) -> usize {
+        self.tile
+    }
+
+    /// The partial-result buffers (none when there is a single chunk).
+    pub fn scratch(&self) -> Option<&AttentionScratch> {
+        self.scratch.as_ref()
+    }
+}
+
+impl fmt::Display for Attention {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "attention: {} chunk(s) of {} positions, {} keys per tile, {} dispatch(es)",
+            self.n_chunks,
+            self.chunk_len,
+            self.tile,
+            self.dispatches.len()
+        )
+    }
+}
+
+/// How the work is cut, chosen from the shapes and the device's workgroup memory.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    /// Query heads per workgroup (of one kv head's group), tokens per workgroup, rows = gb · tq.
+    gb: usize,
+    tq: usize,
+    r: usize,
+    /// Keys per tile and the split of each score's dot product.
+    tk: usize,
+    p: usize,
+    head_blocks: usize,
+    token_blocks: usize,
+}
+
+/// Dot-product parts per score: enough that R·TK·P invocations keep the workgroup busy.
+fn score_parts(r: usize, tk: usize, hd: usize) -> usize {
+    let mut p = 1;
+    while r * tk * p * 2 <= WG as usize && p * 2 <= hd {
+        p *= 2;
+    }
+    p
+}
+
+/// Workgroup memory (f32 words) of a plan; see attention.wgsl.
+fn workgroup_words(r: usize, tk: usize, p: usize, hd: usize) -> usize {
+    let part = if p > 1 { r * tk * p } else { 1 };
+    r * hd + tk * (hd + 1) + part + r * tk + 2 * r
+}
+
+/// Workgroup-memory words a plan may use on a device with `bytes` of workgroup storage:
+/// implementations may round each of the six workgroup variables up to 16 bytes.
+fn workgroup_budget(bytes: u32) -> usize {
+    (bytes as usize / 4).saturating_sub(24)
+}
+
+fn plan(budget: usize, group: usize, hd: usize, max_tokens: usize) -> Plan {
+    let head_blocks = group.div_ceil(ROWS);
+    let gb = group.div_ceil(head_blocks);
+    let mut tq = (ROWS / gb).clamp(1, max_tokens);
+    loop {
+        let r = gb * tq;
+        // Every WebGPU device has 16 KiB of workgroup memory: rows ≤ 8 and head_dim ≤ 256 fit
+        // with a tile of 4 keys (3380 words), so the search always ends.
+        let (tk, p) = [64, 32, 16, 8, 4, 2, 1]
+            .iter()
+            .map(|&tk| (tk, score_parts(r, tk, hd)))
+            .find(|&(tk, p)| workgroup_words(r, tk, p, hd) <= budget)
+            .unwrap_or((1, 1));
+        // More tokens per workgroup save K/V reads, but not at the price of tiny tiles.
+        if tk >= 16 || tq == 1 {
+            return Plan {
+                gb,
+                tq,
+                r,
+                tk,
+                p,
+                head_blocks,
+                token_blocks: max_tokens.div_ceil(tq),
+            };
+        }
+        tq /= 2;
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AttentionParams {
+    n_heads: u32,
+    kv_heads: u32,
+    group: u32,
+    head_blocks: u32,
+    token_blocks: u32,
+    n_chunks: u32,
+    chunk_len: u32,
+    scale: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct CombineParams {
+    n_heads: u32,
+    n_chunks: u32,
+    chunk_len: u32,
+    head_dim: u32,
+}
+
+/// Causal grouped-query attention of `q` [tokens, n_heads, head_dim] (f32) against `layer` of the
+/// cache, into `out` (same shape): query token `t` of the step, at position `step.offset + t`,
+/// attends to cache positions `0..=step.offset + t` (the step's own rows must already be written:
+/// record [`kv_write`] first). Query head `h` reads kv head `h / (n_heads / n_kv_heads)`.
+/// Softmax with a running max, in f32. Rows past the step's tokens are left alone.
+pub async fn attention(
+    ctx: &GpuContext,
+    step: &StepState,
+    q: &GpuTensor,
+    cache: &KvCache,
+    layer: usize,
+    out: &GpuTensor,
+    options: &AttentionOptions,
+) -> Result<Attention> {
+    const NAME: &str = "attention";
+    cache.check_layer(NAME, layer, step)?;
+    expect_dtype(NAME, q, &[DType::F32], "f32 queries")?;
+    expect_dtype(NAME, out, &[DType::F32], "an f32 output")?;
+    expect_distinct(NAME, out, &[q])?;
+    let (hd, nkv) = (cache.head_dim, cache.n_kv_heads);
+    let [tokens, n_heads, q_hd] = *q.shape() else {
+        return Err(mismatch(
+            NAME,
+            format!(
+                "q '{}' must be 3-D [tokens, heads, head_dim], got {:?}",
+                q.name(),
+                q.shape()
+            ),
+        ));
+    };
+    if q_hd != hd {
+        return Err(mismatch(
+            NAME,
+            format!(
+                "q '{}' {:?} has heads of {q_hd}, the KV cache's have {hd}",
+                q.name(),
+                q.shape()
+            ),
+        ));
+    }
+    if n_heads == 0 || n_heads % nkv != 0 {
+        return Err(mismatch(
+            NAME,
+            format!(
+                "q '{}' has {n_heads} heads, which is not a multiple of the KV cache's {nkv} kv \
+                 heads (grouped-query attention shares each kv head among n_heads / n_kv_heads \
+                 query heads)",
+                q.name()
+            ),
+        ));
+    }
+    if tokens < step.max_tokens() {
+        return Err(mismatch(
+            NAME,
+            format!(
+                "q '{}' {:?} holds {tokens} tokens, fewer than the {} a step may carry",
+                q.name(),
+                q.shape(),
+                step.max_tokens()
+            ),
+        ));
+    }
+    if out.shape() != q.shape() {
+        return Err(mismatch(
+            NAME,
+            format!(
+                "output '{}' is {:?}, expected the shape of q '{}' {:?}",
+                out.name(),
+                out.shape(),
+                q.name(),
+                q.shape()
+            ),
+        ));
+    }
+    if hd > ATTENTION_MAX_HEAD_DIM {
+        return Err(mismatch(
+            NAME,
+            format!("head_dim {hd} is more than the {ATTENTION_MAX_HEAD_DIM} attention supports"),
+        ));
+    }
+    let scale = options.scale.unwrap_or((1.0 / (hd as f64).sqrt()) as f32);
+    if !scale.is_finite() {
+        return Err(mismatch(NAME, format!("scale must be finite, got {scale}")));
+    }
+    let group = n_heads / nkv;
+    let max_tokens = step.max_tokens();
+    let max_ctx = step.max_positions();
+    let budget = workgroup_budget(ctx.capabilities().max_workgroup_storage_bytes);
+    let pl = plan(budget, group, hd, max_tokens);
+    let rows = max_tokens * n_heads;
+    let part_bytes = |chunks: usize| (rows * chunks * hd) as u64 * 4;
+
+    let chunk_len = match options.chunk_len {
+        Some(0) => return Err(mismatch(NAME, "chunk_len must be at least 1".into())),
+        Some(c) => c.min(max_ctx),
+        None => {
+            let per_chunk = nkv * pl.head_blocks * pl.token_blocks;
+            let want = TARGET_WORKGROUPS.div_ceil(per_chunk);
+            if want <= 1 {
+                max_ctx
+            } else {
+                let mut c = max_ctx
+                    .div_ceil(want)
+                    .max(MIN_CHUNK)
+                    .next_multiple_of(pl.tk)
+                    .min(max_ctx);
+                while c < max_ctx && part_bytes(max_ctx.div_ceil(c)) > SCRATCH_BUDGET {
+                    c = (c * 2).min(max_ctx);
+                }
+                c
+            }
+        }
+    };
+    let n_chunks = max_ctx.div_ceil(chunk_len);
+    let single = n_chunks == 1;
+
+    let mut scratch = None;
+    if !single {
+        let need_o = rows * n_chunks * hd;
+        let need_ml = rows * n_chunks * 2;
+        let s = match &options.scratch {
+            Some(s) => {
+                if s.part_o.numel() < need_o || s.part_ml.numel() < need_ml {
+                    return Err(mismatch(
+                        NAME,
+                        format!(
+                            "the scratch given holds {} + {} values, this attention needs {need_o} \
+                             + {need_ml}",
+                            s.part_o.numel(),
+                            s.part_ml.numel()
+                        ),
+                    ));
+                }
+                s.clone()
+            }
+            None => AttentionScratch {
+                part_o: ctx.zeros(
+                    "attention partial outputs",
+                    &[rows, n_chunks, hd],
+                    DType::F32,
+                )?,
+                part_ml: ctx.zeros(
+                    "attention partial max/sum",
+                    &[rows, n_chunks, 2],
+                    DType::F32,
+                )?,
+            },
+        };
+        scratch = Some(s);
+    }
+    let f16 = cache.dtype == DType::F16;
+    let hw = if f16 { hd.div_ceil(2) } else { hd };
+    let outs = (pl.r * hd).div_ceil(WG as usize);
+    let spec = Specialization::default()
+        .with("WG", WG)
+        .with("HD", hd as u32)
+        .with("HW", hw as u32)
+        .with("KS", hd as u32 + 1)
+        .with("GB", pl.gb as u32)
+        .with("TQ", pl.tq as u32)
+        .with("R", pl.r as u32)
+        .with("TK", pl.tk as u32)
+        .with("P", pl.p as u32)
+        .with(
+            "PART",
+            if pl.p > 1 {
+                (pl.r * pl.tk * pl.p) as u32
+            } else {
+                1
+            },
+        )
+        .with("OUTS", outs as u32)
+        .with("KV_F16", u32::from(f16))
+        .with("SINGLE", u32::from(single));
+    let params = AttentionParams {
+        n_heads: dim(NAME, "heads", n_heads)?,
+        kv_heads: dim(NAME, "kv heads", nkv)?,
+        group: group as u32,
+        head_blocks: pl.head_blocks as u32,
+        token_blocks: dim(NAME, "token blocks", pl.token_blocks)?,
+        n_chunks: dim(NAME, "chunks", n_chunks)?,
+        chunk_len: dim(NAME, "chunk_len", chunk_len)?,
+        scale,
+    };
+    dim(
+        NAME,
+        "output rows × chunks × head_dim",
+        rows * n_chunks * hd,
+    )?;
+    let groups = (pl.token_blocks * pl.head_blocks * nkv) as u64 * n_chunks as u64;
+    let wg = grid(ctx, NAME, groups)?;
+    let kernel = Kernel {
+        name: NAME,
+        source: ATTENTION_SRC,
+        entry: "attention",
+        uses_reduce: false,
+    };
+    let (kc, vc) = &cache.layers[layer];
+    let mut dispatches = Vec::with_capacity(2);
+    match &scratch {
+        None => {
+            // The (m, l) binding is declared but never written with one chunk.
+            let dummy = ctx.zeros("attention unused", &[1, 2], DType::F32)?;
+            dispatches.push(
+                build_stepped(
+                    ctx,
+                    &kernel,
+                    &spec,
+                    &params,
+                    step,
+                    &[q, kc, vc, out, &dummy],
+                    wg,
+                )
+                .await?,
+            );
+        }
+        Some(s) => {
+            dispatches.push(
+                build_stepped(
+                    ctx,
+                    &kernel,
+                    &spec,
+                    &params,
+                    step,
+                    &[q, kc, vc, &s.part_o, &s.part_ml],
+                    wg,
+                )
+                .await?,
+            );
+            let combine = Kernel {
+                name: "attention_combine",
+                source: COMBINE_SRC,
+                entry: "attention_combine",
+                uses_reduce: false,
+            };
+            let cspec = Specialization::default().with("WG", WG);
+            let cparams = CombineParams {
+                n_heads: n_heads as u32,
+                n_chunks: n_chunks as u32,
+                chunk_len: chunk_len as u32,
+                head_dim: hd as u32,
+            };
+            let elems = dim(NAME, "output elements", rows * hd)?;
+            let cwg = grid(ctx, "attention_combine", u64::from(elems.div_ceil(WG)))?;
+            dispatches.push(
+                build_stepped(
+                    ctx,
+                    &combine,
+                    &cspec,
+                    &cparams,
+                    step,
+                    &[&s.part_o, &s.part_ml, out],
+                    cwg,
+                )
+                .await?,
+            );
+        }
+    }
+    Ok(Attention {
+        dispatches,
+        chunk_len,
+        n_chunks,
+        tile: pl.tk,
+        scratch,
+    })
+}
+
+/// Runs RoPE, the cache write and attention on the GPU against the CPU references of
+/// [`crate::reference::attention`], for the native tests, the browser tests and diagnostics.
+pub mod check {
+    use std::fmt;
+
+    use crate::error::Result;
+    use crate::gpu::{DType, GpuContext, GpuTensor};
+    use crate::kernels::rope::{rope, rope_qk, RopeConfig, RopeTable};
+    use crate::kernels::{expect_dtype, mismatch};
+    use crate::reference::attention as reference;
+    use crate::reference::attention::{AttentionShape, AttentionSplit, KvError};
+    use crate::reference::Rng;
+
+    use super::{attention, kv_write, AttentionOptions, KvCache, StepState};
+
+    /// The comparison of one GPU result with its reference.
+    #[derive(Clone, Debug)]
+    pub struct Outcome {
+        pub what: String,
+        pub values: usize,
+        /// Largest |gpu − reference|.
+        pub max_abs_err: f64,
+        /// Largest |gpu − reference| / tolerance; passes when ≤ 1.
+        pub worst_ratio: f64,
+        /// Index, GPU value and reference of the worst element.
+        pub worst: Option<(usize, f32, f64)>,
+    }
+
+    impl Outcome {
+        pub fn passed(&self) -> bool {
+            self.worst_ratio <= 1.0
+        }
+    }
+
+    impl fmt::Display for Outcome {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(
+                f,
+                "{} {}: {} values, max |err| {:.2e}, {:.1}% of tolerance",
+                if self.passed() { "ok  " } else { "FAIL" },
+                self.what,
+                self.values,
+                self.max_abs_err,
+                self.worst_ratio * 100.0
+            )?;
+            if let (false, Some((i, g, r))) = (self.passed(), self.worst) {
+                write!(f, " (element {i}: gpu {g:e}, reference {r:e})")?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Overwrites an f32 tensor's contents (as a model's earlier kernels would), queued before
+    /// the next submit.
+    pub fn write_f32(ctx: &GpuContext, t: &GpuTensor, data: &[f32]) -> Result<()> {
+        expect_dtype("write_f32", t, &[DType::F32], "an f32 tensor")?;
+        if data.len() > t.numel() {
+            return Err(mismatch(
+                "write_f32",
+                format!(
+                    "{} values do not fit '{}' {:?}",
+                    data.len(),
+                    t.name(),
+                    t.shape()
+                ),
+            ));
+        }
+        if !data.is_empty() {
+            ctx.queue
+                .write_buffer(&t.buffer, 0, bytemuck::cast_slice(data));
+        }
+        Ok(())
+    }
+
+    /// Compares element-wise; a tolerance of 0 demands equality.
+    pub fn compare(what: String, gpu: &[f32], want: &[f64], tol: &[f64]) -> Outcome {
+        let mut out = Outcome {
+            what,
+            values: gpu.len(),
+            max_abs_err: 0.0,
+            worst_ratio: 0.0,
+            worst: None,
+        };
+        if gpu.len() != want.len() || want.len() != tol.len() {
+            out.worst_ratio = f64::INFINITY;
+            return out;
+        }
+        for (i, ((&g, &r), &t)) in gpu.iter().zip(want).zip(tol).enumerate() {
+            let err = (f64::from(g) - r).abs();
+            let ratio = if err.is_nan() {
+                f64::INFINITY
+            } else if err == 0.0 {
+                0.0
+            } else {
+                err / t
+            };
+            out.max_abs_err = out
+                .max_abs_err
+                .max(if err.is_nan() { f64::INFINITY } else { err });
+            if ratio > out.worst_ratio || out.worst.is_none() {
+                out.worst_ratio = out.worst_ratio.max(ratio);
+                out.worst = Some((i, g, r));
+            }
+        }
+        out
+    }
+
+    /// RoPE on `tokens` tokens at `offset`; the tensors hold one more token row, which the step
+    /// does not cover and must come back unchanged. `k_heads > 0` rotates a k tensor too, in the
+    /// same dispatch (`rope_qk`).
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub struct RopeCase {
+        pub tokens: usize,
+        pub heads: usize,
+        pub k_heads: usize,
+        pub offset: usize,
+        pub config: RopeConfig,
+    }
+
+    impl fmt::Display for RopeCase {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let c = &self.config;
+            write!(
+                f,
+                "rope {:?} q[{}×{}×{}]{} rotary {} theta {} at {}{}",
+                c.layout,
+                self.tokens,
+                self.heads,
+                c.head_dim,
+                if self.k_heads > 0 {
+                    format!(" + k[{}×{}]", self.tokens, self.k_heads)
+                } else {
+                    String::new()
+                },
+                c.rotary_dim,
+                c.theta,
+                self.offset,
+                if c.llama3.is_some() { " llama3" } else { "" }
+            )
+        }
+    }
+
+    pub async fn run_rope(ctx: &GpuContext, case: &RopeCase, seed: u64) -> Result<Vec<Outcome>> {
+        let mut rng = Rng::new(seed);
+        let c = case.config;
+        let rows = case.tokens + 1;
+        let max_positions = case.offset + rows;
+        let table = RopeTable::new(ctx, c, max_positions)?;
+        let mut step = StepState::new(ctx, rows, max_positions)?;
+        let mut tensors = vec![("q", case.heads)];
+        if case.k_heads > 0 {
+            tensors.push(("k", case.k_heads));
+        }
+        let mut host = Vec::new();
+        let mut gpu_t = Vec::new();
+        for &(name, heads) in &tensors {
+            let x = rng.vec(rows * heads * c.head_dim, -2.0, 2.0);
+            gpu_t.push(ctx.upload_f32(name, &[rows, heads, c.head_dim], &x)?);
+            host.push(x);
+        }
+        step.set(ctx, case.offset, case.tokens)?;
+        let d = if case.k_heads > 0 {
+            rope_qk(ctx, &table, &step, &gpu_t[0], &gpu_t[1]).await?
+        } else {
+            rope(ctx, &table, &step, &gpu_t[0]).await?
+        };
+        let mut rec = ctx.recorder();
+        rec.dispatch(&d);
+        let slots: Vec<_> = gpu_t.iter().map(|t| rec.read(t)).collect();
+        let back = rec.submit_and_read().await?;
+        let mut outcomes = Vec::new();
+        for (i, &(name, heads)) in tensors.iter().enumerate() {
+            let gpu = back.f32(slots[i])?;
+            let (mut want, mut tol) =
+                reference::rope(&host[i], case.tokens, heads, &c, case.offset)?;
+            // The row past the step stays as it was.
+            let tail = &host[i][case.tokens * heads * c.head_dim..];
+            want.extend(tail.iter().map(|&v| f64::from(v)));
+            tol.extend(std::iter::repeat_n(0.0, tail.len()));
+            outcomes.push(compare(format!("{case}: {name}"), &gpu, &want, &tol));
+        }
+        Ok(outcomes)
+    }
+
+    /// One step of attention: `offset` positions of history written to the cache first (as one
+    /// earlier step), then a step of `tokens` tokens whose k/v rows are appended and whose queries
+    /// attend. `spare` extra token rows in the tensors lie past the step and must stay untouched.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub struct AttentionCase {
+        pub tokens: usize,
+        pub spare: usize,
+        pub n_heads: usize,
+        pub n_kv_heads: usize,
+        pub head_dim: usize,
+        pub offset: usize,
+        pub max_ctx: usize,
+        /// Cache element type; `None`: the profile's default.
+        pub cache: Option<DType>,
+        pub scale: Option<f32>,
+        pub chunk_len: Option<usize>,
+    }
+
+    impl AttentionCase {
+        /// A decode step (one token) at the end of a full context of `max_ctx`.
+        pub fn decode(n_heads: usize, n_kv_heads: usize, head_dim: usize, max_ctx: usize) -> Self {
+            AttentionCase {
+                tokens: 1,
+                spare: 0,
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                offset: max_ctx - 1,
+                max_ctx,
+                cache: None,
+                scale: None,
+                chunk_len: None,
+            }
+        }
+    }
+
+    impl fmt::Display for AttentionCase {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(
+                f,
+                "attention {} tokens (+{}) at {} of {}, {}/{} heads of {}, cache {}",
+                self.tokens,
+                self.spare,
+                self.offset,
+                self.max_ctx,
+                self.n_heads,
+                self.n_kv_heads,
+                self.head_dim,
+                self.cache.map_or("default".to_string(), |d| d.to_string())
+            )?;
+            if let Some(s) = self.scale {
+                write!(f, ", scale {s}")?;
+            }
+            if let Some(c) = self.chunk_len {
+                write!(f, ", chunks of {c}")?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Queries with a scale per row, so that some softmaxes are flat and some peaked.
+    fn queries(rng: &mut Rng, rows: usize, hd: usize) -> Vec<f32> {
+        let mut q = Vec::with_capacity(rows * hd);
+        for _ in 0..rows {
+            let s = rng.uniform(0.25, 10.0);
+            q.extend(rng.vec(hd, -s, s));
+        }
+        q
+    }
+
+    /// Runs the case; outcomes: the cache's k and v against the rows written, the attention
+    /// output against the reference on the cache as stored, and (f16 caches) against the
+    /// reference on the f32 rows, whose bound includes the f16 rounding.
+    pub async fn run_attention(
+        ctx: &GpuContext,
+        case: &AttentionCase,
+        seed: u64,
+    ) -> Result<Vec<Outcome>> {
+        let mut rng = Rng::new(seed);
+        let AttentionCase {
+            tokens,
+            spare,
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            offset,
+            max_ctx,
+            ..
+        } = *case;
+        let dtype = case.cache.unwrap_or_else(|| KvCache::default_dtype(ctx));
+        // Two layers, the second in use: layer indexing is part of the test.
+        let cache = KvCache::with_dtype(ctx, 2, max_ctx, nkv, hd, dtype)?;
+        let layer = 1;
+        let rows = tokens + spare;
+        let row = nkv * hd;
+
+        let hist_k = rng.vec(offset * row, -1.0, 1.0);
+        let hist_v = rng.vec(offset * row, -1.0, 1.0);
+        if offset > 0 {
+            let mut hist = StepState::new(ctx, offset, max_ctx)?;
+            let hk = ctx.upload_f32("history k", &[offset, nkv, hd], &hist_k)?;
+            let hv = ctx.upload_f32("history v", &[offset, nkv, hd], &hist_v)?;
+            hist.set(ctx, 0, offset)?;
+            let d = kv_write(ctx, &hist, &cache, layer, &hk, &hv).await?;
+            let mut rec = ctx.recorder();
+            rec.dispatch(&d);
+            rec.submit()?;
+        }
+
+        let new_k = rng.vec(rows * row, -1.0, 1.0);
+        let new_v = rng.vec(rows * row, -1.0, 1.0);
+        let q = queries(&mut rng, rows * nh, hd);
+        let kt = ctx.upload_f32("k", &[rows, nkv, hd], &new_k)?;
+        let vt = ctx.upload_f32("v", &[rows, nkv, hd], &new_v)?;
+        let qt = ctx.upload_f32("q", &[rows, nh, hd], &q)?;
+        const SENTINEL: f32 = 7.25;
+        let ot = ctx.upload_f32("out", &[rows, nh, hd], &vec![SENTINEL; rows * nh * hd])?;
+        let mut step = StepState::new(ctx, rows, max_ctx)?;
+        step.set(ctx, offset, tokens)?;
+        let write = kv_write(ctx, &step, &cache, layer, &kt, &vt).await?;
+        let opts = AttentionOptions {
+            scale: case.scale,
+            chunk_len: case.chunk_len,
+            scratch: None,
+        };
+        let att = attention(ctx, &step, &qt, &cache, layer, &ot, &opts).await?;
+        let (kc, vc) = cache.layer(layer).expect("layer 1 exists");
+        let mut rec = ctx.recorder();
+        rec.dispatch(&write);
+        rec.dispatch_all(att.dispatches());
+        let (so, sk, sv) = (rec.read(&ot), rec.read(kc), rec.read(vc));
+        let back = rec.submit_and_read().await?;
+        let (gpu_o, gpu_k, gpu_v) = (back.f32(so)?, back.f32(sk)?, back.f32(sv)?);
+
+        let f16 = dtype == DType::F16;
+        let mut outcomes = Vec::new();
+        for (name, hist, new, gpu) in [
+            ("k", &hist_k, &new_k, &gpu_k),
+            ("v", &hist_v, &new_v, &gpu_v),
+        ] {
+            let mut want = vec![0.0; max_ctx * row];
+            let mut tol = vec![0.0; max_ctx * row];
+            reference::kv_write(&mut want, &mut tol, row, 0, hist, f16);
+            reference::kv_write(&mut want, &mut tol, row, offset, &new[..tokens * row], f16);
+            outcomes.push(compare(
+                format!("{case}: {dtype} cache {name}"),
+                gpu,
+                &want,
+                &tol,
+            ));
+        }
+
+        let shape = AttentionShape {
+            tokens,
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            offset,
+        };
+        let split = AttentionSplit {
+            chunk_len: att.chunk_len(),
+            tile: att.keys_per_tile(),
+        };
+        let scale = case.scale.unwrap_or((1.0 / (hd as f64).sqrt()) as f32);
+        let pad = |mut v: Vec<f64>, mut t: Vec<f64>| {
+            // Rows past the step keep the sentinel.
+            v.resize(rows * nh * hd, f64::from(SENTINEL));
+            t.resize(rows * nh * hd, 0.0);
+            (v, t)
+        };
+        let (want, tol) =
+            reference::attention(&q, &gpu_k, &gpu_v, &shape, scale, split, KvError::EXACT);
+        let (want, tol) = pad(want, tol);
+        outcomes.push(compare(
+            format!("{case}: {att}, on the cache as stored"),
+            &gpu_o,
+            &want,
+            &tol,
+        ));
+        if f16 {
+            let mut k = hist_k.clone();
+            k.extend_from_slice(&new_k[..tokens * row]);
+            let mut v = hist_v.clone();
+            v.extend_from_slice(&new_v[..tokens * row]);
+            let (want, tol) = reference::attention(&q, &k, &v, &shape, scale, split, KvError::F16);
+            let (want, tol) = pad(want, tol);
+            outcomes.push(compare(
+                format!("{case}: {att}, on the f32 k/v (bound includes f16 rounding)"),
+                &gpu_o,
+                &want,
+                &tol,
+            ));
+        }
+        Ok(outcomes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Within WebGPU's minimum of 16 KiB of workgroup memory, every supported shape gets a plan
+    /// that fits, with at most 8 rows, and at most 8 outputs per invocation.
+    #[test]
+    fn plans_fit_the_smallest_workgroup_memory() {
+        let budget = workgroup_budget(16384);
+        for hd in 1..=ATTENTION_MAX_HEAD_DIM {
+            for group in [1, 2, 3, 5, 7, 8, 9, 12, 16, 71] {
+                for tokens in [1, 2, 3, 17, 64, 512] {
+                    let p = plan(budget, group, hd, tokens);
+                    assert!(p.r <= ROWS && p.r == p.gb * p.tq, "{p:?}");
+                    assert!(p.gb * p.head_blocks >= group && p.tq * p.token_blocks >= tokens);
+                    assert!(p.tk >= 4, "hd {hd} group {group}: {p:?}");
+                    assert!(workgroup_words(p.r, p.tk, p.p, hd) <= budget, "{p:?}");
+                    assert!((p.r * hd).div_ceil(WG as usize) <= 8);
+                    assert!(p.r * p.tk * p.p <= (WG as usize).max(p.r * p.tk));
+                }
+            }
+        }
+        // Decode of a Llama-style model: one token, all heads of a group in one workgroup.
+        let p = plan(budget, 4, 64, 1);
+        assert_eq!((p.gb, p.tq, p.tk, p.head_blocks), (4, 1, 32, 1));
+    }
+}

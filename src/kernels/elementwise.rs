@@ -1,0 +1,100 @@
+//! Element-wise arithmetic: residual-stream additions.
+
+use crate::error::Result;
+use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Kernel, Specialization};
+use crate::kernels::{build, dim, expect_distinct, expect_dtype, grid, mismatch, WG};
+
+const ADD_SRC: &str = include_str!("../../shaders/add.wgsl");
+
+/// Elements per invocation of the element-wise kernels (WG apart, so accesses stay coalesced):
+/// a quarter of the workgroups, and a 1-D grid up to 64 Mi elements.
+pub(crate) const ELEMS: u32 = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+}
+
+/// Checks that every tensor is f32 and has the shape of the first; returns the element count.
+pub(crate) fn same_shape_f32(kernel: &'static str, tensors: &[&GpuTensor]) -> Result<u32> {
+    for t in tensors {
+        expect_dtype(kernel, t, &[DType::F32], "f32 tensors")?;
+    }
+    let first = tensors[0];
+    if let Some(t) = tensors.iter().find(|t| t.shape() != first.shape()) {
+        return Err(mismatch(
+            kernel,
+            format!(
+                "'{}' is {:?} but '{}' is {:?}; {kernel} takes tensors of one shape",
+                t.name(),
+                t.shape(),
+                first.name(),
+                first.shape()
+            ),
+        ));
+    }
+    dim(kernel, "elements", first.numel())
+}
+
+/// The workgroups of an element-wise kernel over `n` elements.
+pub(crate) fn elementwise_grid(ctx: &GpuContext, kernel: &'static str, n: u32) -> Result<[u32; 3]> {
+    grid(ctx, kernel, u64::from(n.div_ceil(WG * ELEMS)))
+}
+
+fn add_kernel(entry: &'static str) -> Kernel {
+    Kernel {
+        name: entry,
+        source: ADD_SRC,
+        entry,
+        uses_reduce: false,
+    }
+}
+
+fn spec() -> Specialization {
+    Specialization::default()
+        .with("WG", WG)
+        .with("ELEMS", ELEMS)
+}
+
+/// `out = a + b`, element-wise over tensors of one shape; `out` must not share a buffer with
+/// either input (see [`add_in_place`]).
+pub async fn add(
+    ctx: &GpuContext,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    out: &GpuTensor,
+) -> Result<Dispatch> {
+    const NAME: &str = "add";
+    let n = same_shape_f32(NAME, &[a, b, out])?;
+    expect_distinct(NAME, out, &[a, b])?;
+    let wg = elementwise_grid(ctx, NAME, n)?;
+    // The shader's bindings are b, out, a (see shaders/add.wgsl).
+    build(
+        ctx,
+        &add_kernel("add"),
+        &spec(),
+        &Params { n },
+        &[b, out, a],
+        wg,
+    )
+    .await
+}
+
+/// `acc += b`, element-wise: the residual stream accumulating a block's output in place.
+/// `b` must be a different buffer.
+pub async fn add_in_place(ctx: &GpuContext, acc: &GpuTensor, b: &GpuTensor) -> Result<Dispatch> {
+    const NAME: &str = "add_in_place";
+    let n = same_shape_f32(NAME, &[acc, b])?;
+    expect_distinct(NAME, acc, &[b])?;
+    let wg = elementwise_grid(ctx, NAME, n)?;
+    build(
+        ctx,
+        &add_kernel("add_in_place"),
+        &spec(),
+        &Params { n },
+        &[b, acc],
+        wg,
+    )
+    .await
+}

@@ -1,0 +1,324 @@
+//! GPU sampling helpers: argmax and top-k over rows of logits, so that a decode step reads back
+//! k (index, value) pairs per row — 8·k bytes, at most 512 — instead of the whole vocabulary.
+//!
+//! Order: descending by value, NaN counted as −inf (and reported as −inf), −0 equal to +0, ties
+//! to the lower index. `-inf` logits are ordinary values. The result is exact: no arithmetic
+//! touches the values, so it equals [`crate::reference::ops::topk`] bit for bit.
+//!
+//! The output is one tensor of shape `[..rows, k, 2]` and dtype I32 holding, per result, two raw
+//! 32-bit words: the value's f32 bits, then the index. One buffer keeps it to one readback per
+//! step; the integer dtype keeps it from being misread as floats. Decode it with [`TopK::read`].
+
+use crate::error::{Error, Result};
+use crate::gpu::{
+    DType, Dispatch, GpuContext, GpuTensor, Kernel, ReadSlot, Readback, Recorder, Specialization,
+};
+use crate::kernels::{build, dim, expect_distinct, expect_dtype, grid, mismatch, WG};
+
+const TOPK_SRC: &str = include_str!("../../shaders/topk.wgsl");
+
+/// The largest k [`topk`] takes.
+pub const TOPK_MAX: usize = 64;
+
+/// Slots of workgroup memory per top-k workgroup: 8 KiB of (key, index) pairs, half the baseline
+/// profile's 16 KiB, so two workgroups can share a compute unit.
+const TILE: usize = 1024;
+/// A row with at most this many top-k candidates is finished by one workgroup (walking it a tile
+/// at a time); longer rows first go through levels that cut them TILE / K times.
+const TOPK_FINAL_SPAN: usize = 2 * TILE;
+/// Elements one argmax workgroup scans (16 per invocation); also the most its final level takes.
+const ARGMAX_SPAN: usize = 4096;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    n: u32,
+    parts: u32,
+    span: u32,
+    mode: u32,
+    final_k: u32,
+    vocab: u32,
+}
+
+/// One pass over the rows: `parts` workgroups per row, each reducing `span` of the row's `n`
+/// input elements (logits on the first level, candidate pairs after).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Level {
+    n: usize,
+    parts: usize,
+    span: usize,
+}
+
+/// The levels that reduce a row of `vocab` logits to its best `kp` (a power of two).
+fn plan(vocab: usize, kp: usize) -> Vec<Level> {
+    let (span, final_span) = if kp == 1 {
+        (ARGMAX_SPAN, ARGMAX_SPAN)
+    } else {
+        (TILE, TOPK_FINAL_SPAN)
+    };
+    let mut levels = Vec::new();
+    let mut n = vocab;
+    loop {
+        if n <= final_span {
+            levels.push(Level {
+                n,
+                parts: 1,
+                span: n,
+            });
+            return levels;
+        }
+        let parts = n.div_ceil(span);
+        levels.push(Level { n, parts, span });
+        n = parts * kp;
+    }
+}
+
+/// The shape of [`topk`]'s output for logits of shape `logits`: the leading dimensions, then
+/// `[k, 2]` (value, index) pairs.
+pub fn topk_shape(logits: &[usize], k: usize) -> Vec<usize> {
+    let mut shape = logits[..logits.len().saturating_sub(1)].to_vec();
+    shape.extend([k, 2]);
+    shape
+}
+
+/// Top-k (or argmax) over every row of a logits tensor: the dispatches that compute it, built
+/// once and recorded every step, and the reader of its output.
+#[derive(Clone, Debug)]
+pub struct TopK {
+    dispatches: Vec<Dispatch>,
+    out: GpuTensor,
+    rows: usize,
+    k: usize,
+    // Intermediate (key, index) pairs between levels; the bind groups refer to them.
+    _scratch: Vec<GpuTensor>,
+}
+
+impl TopK {
+    /// The dispatches, in order (1 to 3 for vocabularies up to 262144); record all of them.
+    pub fn dispatches(&self) -> &[Dispatch] {
+        &self.dispatches
+    }
+
+    /// The output tensor: `[..rows, k, 2]` i32 words, (value bits, index) per result.
+    pub fn output(&self) -> &GpuTensor {
+        &self.out
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Records the dispatches and a read of the output; pass the slot to [`TopK::read`].
+    pub fn record(&self, rec: &mut Recorder<'_>) -> ReadSlot {
+        rec.dispatch_all(&self.dispatches);
+        rec.read(&self.out)
+    }
+
+    /// Decodes the output read back into `slot`: per row, the k (index, value) pairs, best first.
+    pub fn read(&self, readback: &Readback, slot: ReadSlot) -> Result<Vec<Vec<(u32, f32)>>> {
+        let words = readback.words(slot);
+        let need = self.rows * self.k * 2;
+        if words.len() < need {
+            return Err(Error::Readback(format!(
+                "top-k output '{}' needs {need} words but the read slot holds {}; pass the slot \
+                 of this TopK's output",
+                self.out.name(),
+                words.len()
+            )));
+        }
+        Ok(words[..need]
+            .chunks(2 * self.k.max(1))
+            .map(|row| {
+                row.chunks(2)
+                    .map(|pair| (pair[1], f32::from_bits(pair[0])))
+                    .collect()
+            })
+            .collect())
+    }
+}
+
+/// Top-k over the last dimension of `logits` (f32, any leading shape), 1 ≤ k ≤ [`TOPK_MAX`] and
+/// k ≤ the row length, into `out` of shape [`topk_shape`]`(logits.shape(), k)`. Scratch space
+/// for the intermediate levels is allocated here, once.
+pub async fn topk(ctx: &GpuContext, logits: &GpuTensor, k: usize, out: &GpuTensor) -> Result<TopK> {
+    select("topk", ctx, logits, k, out).await
+}
+
+/// Argmax over the last dimension of `logits` into `out` of shape `[..rows, 1, 2]`: the same as
+/// [`topk`] with k = 1, which runs a register scan per invocation and a tree per workgroup.
+pub async fn argmax(ctx: &GpuContext, logits: &GpuTensor, out: &GpuTensor) -> Result<TopK> {
+    select("argmax", ctx, logits, 1, out).await
+}
+
+async fn select(
+    name: &'static str,
+    ctx: &GpuContext,
+    logits: &GpuTensor,
+    k: usize,
+    out: &GpuTensor,
+) -> Result<TopK> {
+    expect_dtype(name, logits, &[DType::F32], "f32 logits")?;
+    expect_dtype(
+        name,
+        out,
+        &[DType::I32],
+        "an i32 output of (value bits, index) words (see topk_output)",
+    )?;
+    expect_distinct(name, out, &[logits])?;
+    if !(1..=TOPK_MAX).contains(&k) {
+        return Err(mismatch(
+            name,
+            format!(
+                "k = {k} for logits '{}' is out of range: top-k takes 1 <= k <= {TOPK_MAX}",
+                logits.name()
+            ),
+        ));
+    }
+    let vocab = logits.cols();
+    if k > vocab {
+        return Err(mismatch(
+            name,
+            format!(
+                "k = {k} exceeds the {vocab} entries per row of logits '{}' {:?}",
+                logits.name(),
+                logits.shape()
+            ),
+        ));
+    }
+    let want = topk_shape(logits.shape(), k);
+    if out.shape() != want.as_slice() {
+        return Err(mismatch(
+            name,
+            format!(
+                "output '{}' is {:?}, expected {want:?} ((value, index) pairs for logits '{}' {:?})",
+                out.name(),
+                out.shape(),
+                logits.name(),
+                logits.shape()
+            ),
+        ));
+    }
+    let rows = logits.rows();
+    let kp = k.next_power_of_two();
+    let levels = plan(vocab, kp);
+
+    // Ping-pong buffers between levels: level i writes scratch[i % 2] unless it is the last.
+    let mut scratch_words = [0usize; 2];
+    for (i, l) in levels[..levels.len() - 1].iter().enumerate() {
+        let words = rows
+            .checked_mul(l.parts * kp * 2)
+            .ok_or_else(|| mismatch(name, format!("{rows} rows overflow the scratch size")))?;
+        scratch_words[i % 2] = scratch_words[i % 2].max(words);
+    }
+    let mut scratch = Vec::new();
+    for (i, &words) in scratch_words.iter().enumerate().take(levels.len() - 1) {
+        let label = format!("{}.{name}_scratch{i}", logits.name());
+        scratch.push(ctx.zeros(&label, &[words], DType::I32)?);
+    }
+
+    let kernel = Kernel {
+        name,
+        source: TOPK_SRC,
+        entry: if kp == 1 { "argmax" } else { "topk" },
+        uses_reduce: false,
+    };
+    // One pipeline per k rounded up to a power of two: a tile of 1024 slots whatever the row's
+    // length (the network's barrier steps, not its slots, set the cost of a short row).
+    let spec = Specialization::default()
+        .with("WG", WG)
+        .with("K", kp as u32)
+        .with("TILE", TILE as u32);
+    let last = levels.len() - 1;
+    let mut dispatches = Vec::with_capacity(levels.len());
+    for (i, l) in levels.iter().enumerate() {
+        let params = Params {
+            rows: dim(name, "rows", rows)?,
+            n: dim(name, "candidates", l.n)?,
+            parts: dim(name, "workgroups per row", l.parts)?,
+            span: dim(name, "span", l.span)?,
+            mode: u32::from(i > 0),
+            final_k: if i == last { k as u32 } else { 0 },
+            vocab: dim(name, "vocabulary", vocab)?,
+        };
+        let src = if i == 0 {
+            logits
+        } else {
+            &scratch[(i - 1) % 2]
+        };
+        let dst = if i == last { out } else { &scratch[i % 2] };
+        let groups = rows as u64 * l.parts as u64;
+        let wg = grid(ctx, name, groups)?;
+        dispatches.push(build(ctx, &kernel, &spec, &params, &[logits, src, dst], wg).await?);
+    }
+    Ok(TopK {
+        dispatches,
+        out: out.clone(),
+        rows,
+        k,
+        _scratch: scratch,
+    })
+}
+
+/// A new tensor shaped for [`topk`]'s output, named `name`.
+pub fn topk_output(
+    ctx: &GpuContext,
+    name: &str,
+    logits: &GpuTensor,
+    k: usize,
+) -> Result<GpuTensor> {
+    ctx.zeros(name, &topk_shape(logits.shape(), k), DType::I32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_cut_rows_to_one_workgroup() {
+        // Small rows: one level.
+        assert_eq!(
+            plan(1, 1),
+            vec![Level {
+                n: 1,
+                parts: 1,
+                span: 1
+            }]
+        );
+        assert_eq!(plan(2048, 64).len(), 1);
+        // 262144 / 1024 = 256 workgroups of 64 → 16384 → 16 workgroups → 1024 → one.
+        let p = plan(262_144, 64);
+        assert_eq!(p.len(), 3);
+        assert_eq!(
+            (p[0].parts, p[1].n, p[1].parts, p[2].n),
+            (256, 16_384, 16, 1024)
+        );
+        assert_eq!(plan(151_936, 64).len(), 3);
+        assert_eq!(plan(49_152, 64).len(), 3);
+        assert_eq!(plan(49_152, 32).len(), 2);
+        // Argmax: 4096 per workgroup, then one workgroup over the 64 winners.
+        let p = plan(262_144, 1);
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[0].parts, p[1].n), (64, 64));
+        for (vocab, kp) in [(262_144, 64), (151_936, 2), (3, 4), (70_000, 1)] {
+            let p = plan(vocab, kp);
+            assert_eq!(p[0].n, vocab);
+            assert_eq!(p.last().unwrap().parts, 1);
+            for w in p.windows(2) {
+                assert_eq!(w[1].n, w[0].parts * kp);
+                assert!(w[0].parts * w[0].span >= w[0].n);
+            }
+        }
+    }
+
+    #[test]
+    fn output_shape_replaces_the_last_dimension() {
+        assert_eq!(topk_shape(&[3, 50], 4), vec![3, 4, 2]);
+        assert_eq!(topk_shape(&[50], 1), vec![1, 2]);
+        assert_eq!(topk_shape(&[2, 3, 7], 5), vec![2, 3, 5, 2]);
+    }
+}

@@ -1,0 +1,652 @@
+//! CPU references (f64) for LayerNorm, GELU, residual addition and top-k/argmax, with the error
+//! bound each kernel's f32 result must meet, derived as in the parent module from WGSL's stated
+//! accuracies: `+ − ×` and `fma` correctly rounded (u = 2⁻²⁴ relative), `/` within 2.5 ULP (5u),
+//! `inverseSqrt` within 2 ULP (4u), `exp(x)` within 3 + 2|x| ULP ((6 + 4|x|)u). Top-k involves
+//! no arithmetic and must match exactly. [`check`] runs the GPU kernels against these, natively
+//! and in the browser.
+
+use std::cmp::Ordering;
+
+use super::{gamma, SUBNORMAL, U};
+
+/// LayerNorm over rows of `cols`: `(x − μ) / sqrt(σ² + eps) · weight (+ bias)`, with μ and the
+/// population variance σ² of the row.
+pub fn layernorm(
+    x: &[f32],
+    cols: usize,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    eps: f32,
+) -> Vec<f64> {
+    assert_eq!(weight.len(), cols);
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks(cols.max(1)) {
+        let s = RowStats::of(row, eps);
+        for (c, &v) in row.iter().enumerate() {
+            let b = bias.map_or(0.0, |b| f64::from(b[c]));
+            out.push((f64::from(v) - s.mean) * s.inv_std * f64::from(weight[c]) + b);
+        }
+    }
+    out
+}
+
+struct RowStats {
+    mean: f64,
+    /// 1 / sqrt(σ² + eps).
+    inv_std: f64,
+    /// sqrt(σ² + eps).
+    std: f64,
+    /// Σ|x| / n.
+    mean_abs: f64,
+}
+
+impl RowStats {
+    fn of(row: &[f32], eps: f32) -> Self {
+        let n = row.len() as f64;
+        let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let var = row
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        let std = (var + f64::from(eps)).sqrt();
+        RowStats {
+            mean,
+            inv_std: 1.0 / std,
+            std,
+            mean_abs: row.iter().map(|&v| f64::from(v).abs()).sum::<f64>() / n,
+        }
+    }
+}
+
+/// Per-element error bounds of LayerNorm (same arguments as [`layernorm`]); `f64::INFINITY` for a
+/// row so ill-conditioned (|mean| ≫ std, or std ≈ 0 with eps = 0) that f32 cannot normalise it.
+///
+/// Derivation, for a row of n values with r = 1/sqrt(σ² + eps) = 1/s and dᵢ = xᵢ − μ:
+/// 1. Mean: the f32 sum in any order errs by ≤ γₙ₋₁·Σ|x|, the division by n adds 5u:
+///    δ = |μ̂ − μ| ≤ γₙ₊₅·Σ|x|/n.
+/// 2. Deviations d̂ᵢ = fl(xᵢ − μ̂): |d̂ᵢ − dᵢ| ≤ eᵢ = δ + u(|dᵢ| + δ).
+/// 3. Variance: ‖d̂‖/√n differs from σ by ≤ E = sqrt(Σeᵢ²/n) (triangle inequality), and so does
+///    sqrt(‖d̂‖²/n + eps) from s. The sum of the non-negative squares errs by ≤ γₙ relative, the
+///    division 5u and the eps add u: γₙ₊₆ on the argument of inverseSqrt, ≤ 0.51·γₙ₊₆ after it,
+///    then inverseSqrt's own 4u. So r̂ = r(1 + ρ) with ρ ≤ E/(s − E) + (1 + E/(s − E))·ρ₁,
+///    ρ₁ = 0.51·γₙ₊₆ + 4.01u (requires E < s).
+/// 4. Output: two roundings (d̂·r̂, then ·w, or the fma with the bias):
+///    |ŷ − y| ≤ |w|·r·[(eᵢ + 2.01u(|dᵢ| + eᵢ))(1 + ρ) + |dᵢ|ρ](1 + u) + u|y|.
+pub fn layernorm_tolerances(
+    x: &[f32],
+    cols: usize,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    eps: f32,
+) -> Vec<f64> {
+    let reference = layernorm(x, cols, weight, bias, eps);
+    let n = cols;
+    let mut out = Vec::with_capacity(x.len());
+    for (r, row) in x.chunks(cols.max(1)).enumerate() {
+        let s = RowStats::of(row, eps);
+        let delta = gamma(n + 5) * s.mean_abs;
+        let e = |v: f32| {
+            let d = (f64::from(v) - s.mean).abs();
+            delta + U * (d + delta)
+        };
+        let big_e = (row.iter().map(|&v| e(v).powi(2)).sum::<f64>() / n as f64).sqrt();
+        let rho1 = 0.51 * gamma(n + 6) + 4.01 * U;
+        let rho = if big_e < s.std {
+            let q = big_e / (s.std - big_e);
+            q + (1.0 + q) * rho1
+        } else {
+            f64::INFINITY
+        };
+        for (c, &v) in row.iter().enumerate() {
+            let d = (f64::from(v) - s.mean).abs();
+            let ei = e(v);
+            let y = reference[r * cols + c];
+            if rho.is_infinite() {
+                out.push(f64::INFINITY);
+                continue;
+            }
+            let core = (ei + 2.01 * U * (d + ei)) * (1.0 + rho) + d * rho;
+            out.push(
+                f64::from(weight[c]).abs() * s.inv_std * core * (1.0 + U) + U * y.abs() + SUBNORMAL,
+            );
+        }
+    }
+    out
+}
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+const GELU_C: f64 = 0.044_715;
+
+/// t = √(2/π)·(x + 0.044715·x³), the argument of tanh in the GELU approximation.
+fn gelu_t(x: f64) -> f64 {
+    SQRT_2_OVER_PI * (x + GELU_C * x * x * x)
+}
+
+/// GELU, tanh approximation: 0.5·x·(1 + tanh(t)), t = √(2/π)·(x + 0.044715·x³). Evaluated as
+/// x / (1 + e^(−2t)), equal in real arithmetic, because 1 + tanh(t) cancels in f64 too for
+/// t ≪ 0 and would leave the reference less accurate than the kernel.
+pub fn gelu(x: &[f32]) -> Vec<f64> {
+    x.iter()
+        .map(|&v| {
+            let v = f64::from(v);
+            v / (1.0 + (-2.0 * gelu_t(v)).exp())
+        })
+        .collect()
+}
+
+/// Error bound of one GELU output, for the kernel's x·σ(2t):
+/// - t̂ carries 7 roundings (x², x³, the two constants, ·0.044715, +x — same signs, no
+///   cancellation — and ·√(2/π)): |t̂ − t| ≤ γ₇|t|, which moves σ(2t) by ≤ 2|Δt| relative;
+/// - z = exp(−2|t|) within (6 + 8|t|)u; σ = 1/(1 + z) or z/(1 + z) passes on ≤ 1.5× that, plus
+///   1 + z (u) and the division (5u); the final product u:
+///
+///   |ŷ − y| ≤ |y|·(17 + 27|t|)u (rounded up), plus (1 + |x|)·2⁻¹²⁶ for results and for z in the
+///   subnormal range, which may flush to zero. The kernel clamps x to ±20 before cubing; beyond,
+///   σ(2t) is 0 or 1 to well below this bound.
+pub fn gelu_tolerance(x: f32, reference: f64) -> f64 {
+    let x = f64::from(x);
+    let t = gelu_t(x).abs();
+    reference.abs() * (17.0 + 27.0 * t) * U + (1.0 + x.abs()) * SUBNORMAL
+}
+
+/// `a + b`, element-wise.
+pub fn add(a: &[f32], b: &[f32]) -> Vec<f64> {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(&a, &b)| f64::from(a) + f64::from(b))
+        .collect()
+}
+
+/// Error bound of an f32 addition: one correct rounding (u relative), plus subnormal flushes of
+/// the two inputs and the result.
+pub fn add_tolerance(reference: f64) -> f64 {
+    reference.abs() * U + 3.0 * SUBNORMAL
+}
+
+/// The order the top-k kernels sort by: NaN counts as −inf, −0 equals +0 (IEEE comparison).
+fn canonical(v: f32) -> f32 {
+    if v.is_nan() {
+        f32::NEG_INFINITY
+    } else {
+        v
+    }
+}
+
+/// Descending by value, ties to the lower index: a total order on (value, index).
+fn rank(row: &[f32], a: u32, b: u32) -> Ordering {
+    let (va, vb) = (canonical(row[a as usize]), canonical(row[b as usize]));
+    vb.partial_cmp(&va)
+        .expect("canonical values are never NaN")
+        .then(a.cmp(&b))
+}
+
+/// Top-k of every row of `cols` logits: (index, value) pairs, best first. Values are the logits'
+/// own bits (so −0 stays −0), except NaN, which is reported as −inf. Needs 1 ≤ k ≤ cols.
+pub fn topk(logits: &[f32], cols: usize, k: usize) -> Vec<Vec<(u32, f32)>> {
+    assert!(k >= 1 && k <= cols, "1 <= k = {k} <= cols = {cols}");
+    logits
+        .chunks(cols)
+        .map(|row| {
+            let mut idx: Vec<u32> = (0..cols as u32).collect();
+            if k < cols {
+                idx.select_nth_unstable_by(k - 1, |&a, &b| rank(row, a, b));
+                idx.truncate(k);
+            }
+            idx.sort_unstable_by(|&a, &b| rank(row, a, b));
+            idx.into_iter()
+                .map(|i| (i, canonical(row[i as usize])))
+                .collect()
+        })
+        .collect()
+}
+
+/// Argmax of every row: [`topk`] with k = 1.
+pub fn argmax(logits: &[f32], cols: usize) -> Vec<(u32, f32)> {
+    topk(logits, cols, 1).into_iter().map(|r| r[0]).collect()
+}
+
+/// Runs the kernels of this module on the GPU against their references: shared by the native
+/// tests (tests/gpu_ops.rs) and the browser tests (tests/web_ops.rs).
+pub mod check {
+    use std::fmt;
+
+    use super::*;
+    use crate::error::Result;
+    use crate::gpu::{DType, GpuContext, GpuTensor};
+    use crate::kernels;
+    use crate::reference::Rng;
+
+    /// How top-k test logits are drawn.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Logits {
+        /// Uniform in [−30, 30): distinct values.
+        Uniform,
+        /// Eight distinct values: ties everywhere, decided by index.
+        Ties,
+        /// NaNs of several payloads and signs, ±inf, ±0, subnormals and tied small integers.
+        Special,
+        /// Increasing with the index: the best are at the end of the row.
+        Ascending,
+        /// Every value equal: −inf on even rows, NaN on odd rows.
+        Flat,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub enum OpCase {
+        /// Rows with centres up to `offset` times their spread away from zero.
+        LayerNorm {
+            rows: usize,
+            cols: usize,
+            eps: f32,
+            bias: bool,
+            offset: f32,
+        },
+        Gelu {
+            len: usize,
+        },
+        Add {
+            len: usize,
+            in_place: bool,
+        },
+        TopK {
+            rows: usize,
+            vocab: usize,
+            k: usize,
+            logits: Logits,
+        },
+        Argmax {
+            rows: usize,
+            vocab: usize,
+            logits: Logits,
+        },
+    }
+
+    impl fmt::Display for OpCase {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match *self {
+                OpCase::LayerNorm {
+                    rows,
+                    cols,
+                    eps,
+                    bias,
+                    offset,
+                } => write!(
+                    f,
+                    "layernorm [{rows}×{cols}] eps {eps:e}{} offset {offset}",
+                    if bias { " with bias" } else { "" }
+                ),
+                OpCase::Gelu { len } => write!(f, "gelu [{len}]"),
+                OpCase::Add { len, in_place } => {
+                    write!(f, "add{} [{len}]", if in_place { " in place" } else { "" })
+                }
+                OpCase::TopK {
+                    rows,
+                    vocab,
+                    k,
+                    logits,
+                } => write!(f, "top-{k} of [{rows}×{vocab}] {logits:?} logits"),
+                OpCase::Argmax {
+                    rows,
+                    vocab,
+                    logits,
+                } => write!(f, "argmax of [{rows}×{vocab}] {logits:?} logits"),
+            }
+        }
+    }
+
+    /// The comparison of one kernel run with its reference.
+    #[derive(Clone, Debug)]
+    pub struct OpOutcome {
+        pub case: OpCase,
+        pub values: usize,
+        /// Largest |gpu − reference| (0 for top-k, which must be exact).
+        pub max_abs_err: f64,
+        /// Largest |gpu − reference| / tolerance; infinite for any top-k difference.
+        pub worst_ratio: f64,
+        /// What went wrong worst, for the failure message.
+        pub detail: Option<String>,
+        /// Dispatches the kernel took.
+        pub dispatches: usize,
+    }
+
+    impl OpOutcome {
+        pub fn passed(&self) -> bool {
+            self.worst_ratio <= 1.0
+        }
+    }
+
+    impl fmt::Display for OpOutcome {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(
+                f,
+                "{} {}: {} values, {} dispatches, max |err| {:.2e}, {:.1}% of tolerance",
+                if self.passed() { "ok  " } else { "FAIL" },
+                self.case,
+                self.values,
+                self.dispatches,
+                self.max_abs_err,
+                self.worst_ratio * 100.0
+            )?;
+            if let (false, Some(d)) = (self.passed(), &self.detail) {
+                write!(f, " ({d})")?;
+            }
+            Ok(())
+        }
+    }
+
+    fn compare(
+        case: OpCase,
+        dispatches: usize,
+        gpu: &[f32],
+        reference: &[f64],
+        tolerance: impl Fn(usize) -> f64,
+    ) -> OpOutcome {
+        let mut out = OpOutcome {
+            case,
+            values: gpu.len(),
+            max_abs_err: 0.0,
+            worst_ratio: 0.0,
+            detail: None,
+            dispatches,
+        };
+        if gpu.len() != reference.len() {
+            out.worst_ratio = f64::INFINITY;
+            out.detail = Some(format!(
+                "{} values, expected {}",
+                gpu.len(),
+                reference.len()
+            ));
+            return out;
+        }
+        for (i, (&g, &r)) in gpu.iter().zip(reference).enumerate() {
+            let err = (f64::from(g) - r).abs();
+            // NaN compares false everywhere, and an unbounded tolerance would hide anything:
+            // both count as infinitely wrong.
+            let tol = tolerance(i);
+            let (err, ratio) = if err.is_nan() || !tol.is_finite() {
+                (f64::INFINITY, f64::INFINITY)
+            } else {
+                (err, err / tol)
+            };
+            out.max_abs_err = out.max_abs_err.max(err);
+            if ratio > out.worst_ratio || out.detail.is_none() {
+                out.worst_ratio = out.worst_ratio.max(ratio);
+                out.detail = Some(format!(
+                    "element {i}: gpu {g:e}, reference {r:e}, tolerance {:e}",
+                    tolerance(i)
+                ));
+            }
+        }
+        out
+    }
+
+    /// Logits of `rows × vocab` drawn as `kind` says.
+    pub fn logits(rng: &mut Rng, rows: usize, vocab: usize, kind: Logits) -> Vec<f32> {
+        const NANS: [u32; 4] = [0x7fc0_0000, 0xffc0_0000, 0x7f80_0001, 0xffff_ffff];
+        let mut out = Vec::with_capacity(rows * vocab);
+        for r in 0..rows {
+            for i in 0..vocab {
+                out.push(match kind {
+                    Logits::Uniform => rng.uniform(-30.0, 30.0),
+                    Logits::Ties => rng.range(0, 7) as f32 - 3.0,
+                    Logits::Ascending => i as f32 / vocab as f32 - 0.5,
+                    Logits::Flat if r % 2 == 0 => f32::NEG_INFINITY,
+                    Logits::Flat => f32::from_bits(NANS[r / 2 % 4]),
+                    Logits::Special => {
+                        let u = rng.unit();
+                        if u < 0.25 {
+                            f32::from_bits(NANS[rng.range(0, 3)])
+                        } else if u < 0.45 {
+                            f32::NEG_INFINITY
+                        } else if u < 0.455 {
+                            f32::INFINITY
+                        } else if u < 0.5 {
+                            if rng.unit() < 0.5 {
+                                0.0
+                            } else {
+                                -0.0
+                            }
+                        } else if u < 0.55 {
+                            // Subnormals, which a GPU's float comparison may flush to zero.
+                            f32::from_bits(rng.range(1, 0x7f_ffff) as u32)
+                                * if rng.unit() < 0.5 { 1.0 } else { -1.0 }
+                        } else if u < 0.56 {
+                            f32::MAX
+                        } else {
+                            rng.range(0, 4) as f32 - 2.0
+                        }
+                    }
+                });
+            }
+        }
+        out
+    }
+
+    /// GELU inputs: uniform in [−12, 12), with every 61st value from a list of hard ones.
+    fn gelu_inputs(rng: &mut Rng, len: usize) -> Vec<f32> {
+        const HARD: [f32; 16] = [
+            0.0, -0.0, 1e-30, -1e-30, 20.0, -20.0, 25.0, -25.0, -9.9, -10.5, 1e4, -1e4, 1e30,
+            -1e30, 3.0e38, -3.0e38,
+        ];
+        (0..len)
+            .map(|i| {
+                if i % 61 == 60 {
+                    HARD[rng.range(0, HARD.len() - 1)]
+                } else {
+                    rng.uniform(-12.0, 12.0)
+                }
+            })
+            .collect()
+    }
+
+    async fn read(ctx: &GpuContext, d: &crate::gpu::Dispatch, t: &GpuTensor) -> Result<Vec<f32>> {
+        let mut rec = ctx.recorder();
+        rec.dispatch(d);
+        let slot = rec.read(t);
+        rec.submit_and_read().await?.f32(slot)
+    }
+
+    /// Runs one case with data drawn from `seed`, on the GPU and on the CPU, and compares.
+    pub async fn run(ctx: &GpuContext, case: OpCase, seed: u64) -> Result<OpOutcome> {
+        let mut rng = Rng::new(seed);
+        match case {
+            OpCase::LayerNorm {
+                rows,
+                cols,
+                eps,
+                bias,
+                offset,
+            } => {
+                let mut x = Vec::with_capacity(rows * cols);
+                for _ in 0..rows {
+                    let s = rng.uniform(0.01, 20.0);
+                    let c = s * offset * rng.uniform(-1.0, 1.0);
+                    x.extend((0..cols).map(|_| c + rng.uniform(-s, s)));
+                }
+                let w = rng.vec(cols, -2.0, 2.0);
+                let b = rng.vec(cols, -1.0, 1.0);
+                let b = bias.then_some(b.as_slice());
+                let xt = ctx.upload_f32("x", &[rows, cols], &x)?;
+                let wt = ctx.upload_f32("weight", &[cols], &w)?;
+                let bt = b.map(|b| ctx.upload_f32("bias", &[cols], b)).transpose()?;
+                let yt = ctx.zeros("y", &[rows, cols], DType::F32)?;
+                let d = kernels::layernorm(ctx, &xt, &wt, bt.as_ref(), eps, &yt).await?;
+                let gpu = read(ctx, &d, &yt).await?;
+                let want = layernorm(&x, cols, &w, b, eps);
+                let tol = layernorm_tolerances(&x, cols, &w, b, eps);
+                Ok(compare(case, 1, &gpu, &want, |i| tol[i]))
+            }
+            OpCase::Gelu { len } => {
+                let x = gelu_inputs(&mut rng, len);
+                let xt = ctx.upload_f32("x", &[len], &x)?;
+                let ot = ctx.zeros("out", &[len], DType::F32)?;
+                let d = kernels::gelu(ctx, &xt, &ot).await?;
+                let gpu = read(ctx, &d, &ot).await?;
+                let want = gelu(&x);
+                Ok(compare(case, 1, &gpu, &want, |i| {
+                    gelu_tolerance(x[i], want[i])
+                }))
+            }
+            OpCase::Add { len, in_place } => {
+                let a = rng.vec(len, -10.0, 10.0);
+                let b = rng.vec(len, -10.0, 10.0);
+                let at = ctx.upload_f32("a", &[len], &a)?;
+                let bt = ctx.upload_f32("b", &[len], &b)?;
+                let (d, ot) = if in_place {
+                    (kernels::add_in_place(ctx, &at, &bt).await?, at)
+                } else {
+                    let ot = ctx.zeros("out", &[len], DType::F32)?;
+                    (kernels::add(ctx, &at, &bt, &ot).await?, ot)
+                };
+                let gpu = read(ctx, &d, &ot).await?;
+                let want = add(&a, &b);
+                Ok(compare(case, 1, &gpu, &want, |i| add_tolerance(want[i])))
+            }
+            OpCase::TopK {
+                rows,
+                vocab,
+                k,
+                logits: kind,
+            } => run_topk(ctx, case, &mut rng, rows, vocab, k, kind).await,
+            OpCase::Argmax {
+                rows,
+                vocab,
+                logits: kind,
+            } => run_topk(ctx, case, &mut rng, rows, vocab, 1, kind).await,
+        }
+    }
+
+    async fn run_topk(
+        ctx: &GpuContext,
+        case: OpCase,
+        rng: &mut Rng,
+        rows: usize,
+        vocab: usize,
+        k: usize,
+        kind: Logits,
+    ) -> Result<OpOutcome> {
+        let x = logits(rng, rows, vocab, kind);
+        let xt = ctx.upload_f32("logits", &[rows, vocab], &x)?;
+        let ot = kernels::topk_output(ctx, "top", &xt, k)?;
+        let tk = if matches!(case, OpCase::Argmax { .. }) {
+            kernels::argmax(ctx, &xt, &ot).await?
+        } else {
+            kernels::topk(ctx, &xt, k, &ot).await?
+        };
+        let mut rec = ctx.recorder();
+        let slot = tk.record(&mut rec);
+        let gpu = tk.read(&rec.submit_and_read().await?, slot)?;
+        let want = topk(&x, vocab, k);
+        Ok(compare_topk(case, tk.dispatches().len(), &gpu, &want))
+    }
+
+    fn compare_topk(
+        case: OpCase,
+        dispatches: usize,
+        gpu: &[Vec<(u32, f32)>],
+        want: &[Vec<(u32, f32)>],
+    ) -> OpOutcome {
+        let bits = |r: &[(u32, f32)]| -> Vec<(u32, u32)> {
+            r.iter().map(|&(i, v)| (i, v.to_bits())).collect()
+        };
+        let mut detail = None;
+        if gpu.len() != want.len() {
+            detail = Some(format!("{} rows, expected {}", gpu.len(), want.len()));
+        } else if let Some((r, (g, w))) = gpu
+            .iter()
+            .zip(want)
+            .enumerate()
+            .find(|(_, (g, w))| bits(g) != bits(w))
+        {
+            let at = g
+                .iter()
+                .zip(w)
+                .position(|(a, b)| (a.0, a.1.to_bits()) != (b.0, b.1.to_bits()))
+                .unwrap_or(0);
+            detail = Some(format!(
+                "row {r}, rank {at}: gpu {:?}, reference {:?}",
+                g.get(at..(at + 4).min(g.len())),
+                w.get(at..(at + 4).min(w.len()))
+            ));
+        }
+        OpOutcome {
+            case,
+            values: gpu.iter().map(Vec::len).sum(),
+            max_abs_err: 0.0,
+            worst_ratio: if detail.is_some() { f64::INFINITY } else { 0.0 },
+            detail,
+            dispatches,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layernorm_by_hand() {
+        // Row [1, 3]: mean 2, variance 1; weight [2, 1], bias [0.5, 0].
+        let y = layernorm(&[1.0, 3.0], 2, &[2.0, 1.0], Some(&[0.5, 0.0]), 0.0);
+        assert_eq!(y, vec![-1.5, 1.0]);
+        let tol = layernorm_tolerances(&[1.0, 3.0], 2, &[2.0, 1.0], None, 0.0);
+        assert!(tol.iter().all(|&t| t > 0.0 && t < 1e-5), "{tol:?}");
+        // A constant row with eps = 0 cannot be normalised: no finite bound.
+        let tol = layernorm_tolerances(&[5.0, 5.0], 2, &[1.0, 1.0], None, 0.0);
+        assert!(tol[0].is_infinite());
+    }
+
+    #[test]
+    fn layernorm_bound_grows_with_the_offset() {
+        let near: Vec<f32> = (0..64).map(|i| (i % 7) as f32).collect();
+        let far: Vec<f32> = near.iter().map(|v| v + 1000.0).collect();
+        let w = vec![1.0; 64];
+        let a = layernorm_tolerances(&near, 64, &w, None, 1e-5);
+        let b = layernorm_tolerances(&far, 64, &w, None, 1e-5);
+        assert!(b[0] > 10.0 * a[0] && b[0] < 1e-2, "{} vs {}", a[0], b[0]);
+    }
+
+    #[test]
+    fn gelu_matches_the_tanh_form_and_its_limits() {
+        for x in [-6.0f32, -2.5, -0.3, 0.0, 0.1, 1.0, 4.0] {
+            let v = f64::from(x);
+            let tanh_form = 0.5 * v * (1.0 + gelu_t(v).tanh());
+            let g = gelu(&[x])[0];
+            assert!((g - tanh_form).abs() <= 1e-14 * (1.0 + v.abs()), "{x}");
+        }
+        let g = gelu(&[30.0, -30.0, -1e30]);
+        assert_eq!(g[0], 30.0);
+        assert!(g[1].abs() < 1e-300 && g[2] == 0.0);
+        // Accurate where 1 + tanh(t) would cancel: gelu(−8) ≈ −8·e^(2t), t ≈ −9.9.
+        let g = gelu(&[-8.0])[0];
+        let want = -8.0 * (2.0 * gelu_t(-8.0)).exp();
+        assert!((g / want - 1.0).abs() < 1e-12, "{g:e} vs {want:e}");
+    }
+
+    #[test]
+    fn topk_orders_nan_as_neg_inf_and_ties_by_index() {
+        let nan = f32::NAN;
+        let row = [1.0, nan, 3.0, f32::NEG_INFINITY, 3.0, -0.0, 0.0, nan];
+        let top = topk(&row, 8, 8);
+        let idx: Vec<u32> = top[0].iter().map(|p| p.0).collect();
+        assert_eq!(idx, vec![2, 4, 0, 5, 6, 1, 3, 7]);
+        // −0 keeps its bits; NaN is reported as −inf.
+        assert_eq!(top[0][3].1.to_bits(), (-0.0f32).to_bits());
+        assert_eq!(top[0][5].1, f32::NEG_INFINITY);
+        assert_eq!(top[0][7].1, f32::NEG_INFINITY);
+        // Partial selection agrees with the full sort, row by row.
+        let two = [row, [0.5, 0.5, nan, 2.0, -1.0, 0.5, 9.0, 0.5]].concat();
+        let k3 = topk(&two, 8, 3);
+        assert_eq!(&k3[0][..], &top[0][..3]);
+        assert_eq!(k3[1].iter().map(|p| p.0).collect::<Vec<_>>(), vec![6, 3, 0]);
+        assert_eq!(argmax(&two, 8), vec![(2, 3.0), (6, 9.0)]);
+    }
+
+    #[test]
+    fn add_is_exact_in_f64() {
+        assert_eq!(add(&[1.5, -2.0], &[0.25, 2.0]), vec![1.75, 0.0]);
+        assert!(add_tolerance(1.0) > 0.0);
+    }
+}

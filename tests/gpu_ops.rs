@@ -1,0 +1,469 @@
+//! LayerNorm, GELU, residual addition and GPU top-k/argmax against their CPU references, on a real
+//! WebGPU implementation (run like tests/gpu_kernels.rs: `POCKETLM_TEST_PROFILE` and
+//! `POCKETLM_TEST_ADAPTER` say which device to expect).
+//!
+//! Tolerances are those of `pocketlm::reference::ops`, derived from WGSL's stated f32 accuracy:
+//! LayerNorm from the mean's and the two-pass variance's error over the row (a bound that grows
+//! with |mean| / std, as the problem's conditioning does); GELU |ŷ − y| ≤ |y|·(17 + 27|t|)·2⁻²⁴;
+//! addition one rounding. Top-k and argmax must match the CPU exactly: same indices, same value
+//! bits.
+
+#![cfg(not(target_arch = "wasm32"))]
+
+use pocketlm::gpu::{DType, Profile};
+use pocketlm::kernels::{self, TOPK_MAX};
+use pocketlm::reference::ops::check::{self, Logits, OpCase, OpOutcome};
+use pocketlm::reference::ops::{self as reference};
+use pocketlm::reference::Rng;
+use pocketlm::Error;
+use proptest::prelude::*;
+
+mod common;
+use common::{ctx, expect_err};
+
+fn run(case: OpCase, seed: u64) -> OpOutcome {
+    pollster::block_on(check::run(ctx(), case, seed)).unwrap_or_else(|e| panic!("{case}: {e}"))
+}
+
+fn assert_passes(case: OpCase, seed: u64) -> OpOutcome {
+    let o = run(case, seed);
+    assert!(o.passed(), "{o} (seed {seed:#x})");
+    o
+}
+
+fn logits_kind() -> impl Strategy<Value = Logits> {
+    prop_oneof![
+        Just(Logits::Uniform),
+        Just(Logits::Ties),
+        Just(Logits::Special),
+        Just(Logits::Ascending),
+        Just(Logits::Flat),
+    ]
+}
+
+/// Vocabulary sizes of real models (SmolLM2 49152, Qwen 151936, Gemma 262144), the smallest
+/// ones, and anything in between (more often: the large ones take seconds on SwiftShader).
+fn vocab() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        8 => 1usize..=5000,
+        1 => Just(1usize),
+        1 => Just(63usize),
+        1 => Just(49_152usize),
+        1 => Just(151_936usize),
+        1 => Just(262_144usize),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn layernorm_matches_reference(rows in 1usize..=12, cols in 1usize..=2600, bias in any::<bool>(),
+                                   eps in prop_oneof![Just(1e-6f32), Just(1e-5f32)],
+                                   offset in prop_oneof![Just(0.0f32), 0.0f32..10.0],
+                                   seed in any::<u64>()) {
+        assert_passes(OpCase::LayerNorm { rows, cols, eps, bias, offset }, seed);
+    }
+
+    #[test]
+    fn gelu_matches_reference(len in 1usize..=20_000, seed in any::<u64>()) {
+        assert_passes(OpCase::Gelu { len }, seed);
+    }
+
+    #[test]
+    fn add_matches_reference(len in 1usize..=20_000, in_place in any::<bool>(), seed in any::<u64>()) {
+        assert_passes(OpCase::Add { len, in_place }, seed);
+    }
+
+}
+
+proptest! {
+    // Fewer cases: a large vocabulary takes seconds on SwiftShader.
+    #![proptest_config(ProptestConfig { cases: 16, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn topk_matches_reference_exactly(vocab in vocab(), rows in 1usize..=3, k in 1usize..=TOPK_MAX,
+                                      logits in logits_kind(), seed in any::<u64>()) {
+        let k = k.min(vocab);
+        let o = assert_passes(OpCase::TopK { rows, vocab, k, logits }, seed);
+        prop_assert!(o.dispatches <= 3, "{o}");
+    }
+
+    #[test]
+    fn argmax_matches_reference_exactly(vocab in vocab(), rows in 1usize..=4,
+                                        logits in logits_kind(), seed in any::<u64>()) {
+        let o = assert_passes(OpCase::Argmax { rows, vocab, logits }, seed);
+        prop_assert!(o.dispatches <= 2, "{o}");
+    }
+}
+
+/// Every real vocabulary size with the k a sampler uses, on the hardest logits (NaN, ±inf, ±0,
+/// subnormals, ties) and on ties alone.
+#[test]
+fn topk_model_vocabularies() {
+    for (i, &vocab) in [1usize, 63, 49_152, 151_936, 262_144].iter().enumerate() {
+        for (k, logits) in [
+            (1, Logits::Special),
+            (2, Logits::Ties),
+            (40, Logits::Special),
+            (64, Logits::Ties),
+        ] {
+            if k <= vocab {
+                let rows = if vocab > 100_000 { 1 } else { 2 };
+                let case = OpCase::TopK {
+                    rows,
+                    vocab,
+                    k,
+                    logits,
+                };
+                assert_passes(case, (i * 100 + k) as u64);
+            }
+        }
+    }
+}
+
+/// Sizes on and around the top-k tile (1024 slots), the final level's span (2048) and the
+/// argmax span (4096), where off-by-one errors live.
+#[test]
+fn topk_at_tile_edges() {
+    for vocab in [1023, 1024, 1025, 2047, 2048, 2049, 4095, 4096, 4097, 8193] {
+        for k in [3, 64] {
+            assert_passes(
+                OpCase::TopK {
+                    rows: 2,
+                    vocab,
+                    k,
+                    logits: Logits::Ascending,
+                },
+                vocab as u64,
+            );
+        }
+        assert_passes(
+            OpCase::Argmax {
+                rows: 3,
+                vocab,
+                logits: Logits::Ascending,
+            },
+            vocab as u64,
+        );
+    }
+}
+
+/// LayerNorm on rows whose mean is 1000 times their spread: the two-pass variance keeps the
+/// error within the bound, where E[x²] − E[x]² would lose every digit. Also: model widths, one
+/// column (variance 0, so the output is the bias) and rows of many workgroup strides.
+#[test]
+fn layernorm_fixed_shapes() {
+    for (rows, cols, offset, bias) in [
+        (4, 576, 1000.0, false),
+        (4, 576, 1000.0, true),
+        (3, 768, 2.0, true),
+        (2, 2048, 5.0, false),
+        (2, 2049, 5.0, true),
+        (1, 5000, 1.0, true),
+        (5, 1, 3.0, true),
+        (5, 2, 0.0, false),
+    ] {
+        assert_passes(
+            OpCase::LayerNorm {
+                rows,
+                cols,
+                eps: 1e-5,
+                bias,
+                offset,
+            },
+            (rows * cols) as u64,
+        );
+    }
+}
+
+/// More workgroups than one grid dimension holds (65535): the kernels see a 2-D grid. The grid
+/// arithmetic does not depend on the profile, and SwiftShader takes about a millisecond per
+/// workgroup (over a minute here), so this runs on full-profile devices only.
+#[test]
+fn ops_span_a_two_dimensional_grid() {
+    if ctx().profile() != Profile::Full {
+        eprintln!(
+            "skipped on the {} profile: see the comment",
+            ctx().profile()
+        );
+        return;
+    }
+    assert_passes(
+        OpCase::LayerNorm {
+            rows: 66_000,
+            cols: 3,
+            eps: 1e-5,
+            bias: true,
+            offset: 1.0,
+        },
+        1,
+    );
+    assert_passes(
+        OpCase::TopK {
+            rows: 66_000,
+            vocab: 3,
+            k: 2,
+            logits: Logits::Ties,
+        },
+        2,
+    );
+    assert_passes(
+        OpCase::Argmax {
+            rows: 66_000,
+            vocab: 2,
+            logits: Logits::Special,
+        },
+        3,
+    );
+}
+
+/// A decode step's tail in one command buffer: final norm → residual accumulate → GELU → top-k,
+/// built once and recorded twice (the second time on logits the step changed), one submit and a
+/// readback of at most 512 bytes for the sampler each time.
+#[test]
+fn decode_step_chain_reuses_its_dispatches() {
+    let ctx = ctx();
+    let (hidden, k) = (1000usize, 50usize);
+    let mut rng = Rng::new(11);
+    let x = rng.vec(2 * hidden, -3.0, 3.0);
+    let w = rng.vec(hidden, 0.5, 1.5);
+    let b = rng.vec(hidden, -0.5, 0.5);
+    let r = rng.vec(2 * hidden, -1.0, 1.0);
+
+    let xt = ctx.upload_f32("x", &[2, hidden], &x).unwrap();
+    let wt = ctx.upload_f32("ln.weight", &[hidden], &w).unwrap();
+    let bt = ctx.upload_f32("ln.bias", &[hidden], &b).unwrap();
+    let resid = ctx.upload_f32("resid", &[2, hidden], &r).unwrap();
+    let normed = ctx.zeros("normed", &[2, hidden], DType::F32).unwrap();
+    let act = ctx.zeros("act", &[2, hidden], DType::F32).unwrap();
+    let out = kernels::topk_output(ctx, "top", &act, k).unwrap();
+
+    let (norm, accumulate, gelu, top) = pollster::block_on(async {
+        Ok::<_, Error>((
+            kernels::layernorm(ctx, &xt, &wt, Some(&bt), 1e-5, &normed).await?,
+            kernels::add_in_place(ctx, &resid, &normed).await?,
+            kernels::gelu(ctx, &resid, &act).await?,
+            kernels::topk(ctx, &act, k, &out).await?,
+        ))
+    })
+    .unwrap();
+    assert_eq!(out.size_bytes(), (2 * k * 8) as u64);
+
+    let n = reference::layernorm(&x, hidden, &w, Some(&b), 1e-5);
+    let n_tol = reference::layernorm_tolerances(&x, hidden, &w, Some(&b), 1e-5);
+    let mut prev_resid = r.clone();
+    for step in 0..2 {
+        let (submits0, _, _) = ctx.stats.snapshot();
+        let mut rec = ctx.recorder();
+        rec.dispatch_all([&norm, &accumulate, &gelu]);
+        let resid_slot = rec.read(&resid);
+        let act_slot = rec.read(&act);
+        let top_slot = top.record(&mut rec);
+        let rb = pollster::block_on(rec.submit_and_read()).unwrap();
+        let (submits1, _, _) = ctx.stats.snapshot();
+        assert!(submits1 > submits0);
+
+        // Each stage is checked against its reference applied to the GPU's own input to it, so
+        // every comparison has its kernel's bound (and top-k is exact).
+        let gpu_resid = rb.f32(resid_slot).unwrap();
+        for i in 0..gpu_resid.len() {
+            let want = f64::from(prev_resid[i]) + n[i];
+            let tol = n_tol[i] + reference::add_tolerance(want);
+            let err = (f64::from(gpu_resid[i]) - want).abs();
+            assert!(
+                err <= tol,
+                "step {step} resid[{i}]: {} vs {want}",
+                gpu_resid[i]
+            );
+        }
+        let gpu_act = rb.f32(act_slot).unwrap();
+        let want_act = reference::gelu(&gpu_resid);
+        for i in 0..gpu_act.len() {
+            let tol = reference::gelu_tolerance(gpu_resid[i], want_act[i]);
+            let err = (f64::from(gpu_act[i]) - want_act[i]).abs();
+            assert!(
+                err <= tol,
+                "step {step} act[{i}]: {} vs {}",
+                gpu_act[i],
+                want_act[i]
+            );
+        }
+        let got = top.read(&rb, top_slot).unwrap();
+        assert_eq!(got, reference::topk(&gpu_act, hidden, k), "step {step}");
+        prev_resid = gpu_resid;
+    }
+}
+
+/// `topk` with k = 1 and `argmax` are the same kernel and agree.
+#[test]
+fn topk_of_one_is_argmax() {
+    let ctx = ctx();
+    let mut rng = Rng::new(5);
+    let x = check::logits(&mut rng, 3, 9000, Logits::Special);
+    let xt = ctx.upload_f32("logits", &[3, 9000], &x).unwrap();
+    let a = kernels::topk_output(ctx, "a", &xt, 1).unwrap();
+    let b = kernels::topk_output(ctx, "b", &xt, 1).unwrap();
+    let (ta, tb) = pollster::block_on(async {
+        Ok::<_, Error>((
+            kernels::argmax(ctx, &xt, &a).await?,
+            kernels::topk(ctx, &xt, 1, &b).await?,
+        ))
+    })
+    .unwrap();
+    let mut rec = ctx.recorder();
+    let (sa, sb) = (ta.record(&mut rec), tb.record(&mut rec));
+    let rb = pollster::block_on(rec.submit_and_read()).unwrap();
+    let (ga, gb) = (ta.read(&rb, sa).unwrap(), tb.read(&rb, sb).unwrap());
+    assert_eq!(ga, gb);
+    let want: Vec<Vec<(u32, f32)>> = reference::argmax(&x, 9000)
+        .into_iter()
+        .map(|p| vec![p])
+        .collect();
+    assert_eq!(ga, want);
+}
+
+#[test]
+fn bad_inputs_are_typed_errors() {
+    let ctx = ctx();
+    let z = |name: &str, shape: &[usize]| ctx.zeros(name, shape, DType::F32).unwrap();
+    let x = z("x", &[2, 16]);
+    let y = z("y", &[2, 16]);
+    let w = z("w", &[16]);
+    let w15 = z("w15", &[15]);
+    let bias3 = z("bias3", &[3]);
+    let y_bad = z("y_bad", &[2, 15]);
+    let x_f16 = ctx.zeros("x_f16", &[2, 16], DType::F16).unwrap();
+
+    // LayerNorm.
+    expect_err(
+        pollster::block_on(kernels::layernorm(ctx, &x, &w15, None, 1e-5, &y)),
+        "shape_mismatch",
+        "weight 'w15'",
+    );
+    expect_err(
+        pollster::block_on(kernels::layernorm(ctx, &x, &w, Some(&bias3), 1e-5, &y)),
+        "shape_mismatch",
+        "bias 'bias3'",
+    );
+    expect_err(
+        pollster::block_on(kernels::layernorm(ctx, &x, &w, None, 1e-5, &y_bad)),
+        "shape_mismatch",
+        "y_bad",
+    );
+    expect_err(
+        pollster::block_on(kernels::layernorm(ctx, &x_f16, &w, None, 1e-5, &y)),
+        "unsupported_dtype",
+        "x_f16",
+    );
+    expect_err(
+        pollster::block_on(kernels::layernorm(ctx, &x, &w, None, -1.0, &y)),
+        "shape_mismatch",
+        "eps",
+    );
+    expect_err(
+        pollster::block_on(kernels::layernorm(ctx, &x, &w, Some(&w), 1e-5, &x)),
+        "shape_mismatch",
+        "shares its buffer",
+    );
+
+    // GELU and addition.
+    expect_err(
+        pollster::block_on(kernels::gelu(ctx, &x, &y_bad)),
+        "shape_mismatch",
+        "y_bad",
+    );
+    expect_err(
+        pollster::block_on(kernels::gelu(ctx, &x, &x)),
+        "shape_mismatch",
+        "'x'",
+    );
+    expect_err(
+        pollster::block_on(kernels::gelu(ctx, &x_f16, &y)),
+        "unsupported_dtype",
+        "x_f16",
+    );
+    expect_err(
+        pollster::block_on(kernels::add(ctx, &x, &y_bad, &y)),
+        "shape_mismatch",
+        "y_bad",
+    );
+    expect_err(
+        pollster::block_on(kernels::add(ctx, &x, &y, &y)),
+        "shape_mismatch",
+        "shares its buffer",
+    );
+    expect_err(
+        pollster::block_on(kernels::add_in_place(ctx, &x, &x)),
+        "shape_mismatch",
+        "shares its buffer",
+    );
+    expect_err(
+        pollster::block_on(kernels::add_in_place(ctx, &x, &y_bad)),
+        "shape_mismatch",
+        "y_bad",
+    );
+    expect_err(
+        pollster::block_on(kernels::add_in_place(ctx, &x_f16, &x)),
+        "unsupported_dtype",
+        "x_f16",
+    );
+
+    // Top-k: the output is i32 words (value bits, index).
+    let zi = |name: &str, shape: &[usize]| ctx.zeros(name, shape, DType::I32).unwrap();
+    let logits = z("logits", &[2, 16]);
+    let out4 = zi("out4", &[2, 4, 2]);
+    for k in [0, TOPK_MAX + 1] {
+        expect_err(
+            pollster::block_on(kernels::topk(ctx, &logits, k, &out4)),
+            "shape_mismatch",
+            "logits 'logits'",
+        );
+    }
+    let big = zi("big", &[2, 17, 2]);
+    expect_err(
+        pollster::block_on(kernels::topk(ctx, &logits, 17, &big)),
+        "shape_mismatch",
+        "exceeds the 16 entries",
+    );
+    expect_err(
+        pollster::block_on(kernels::topk(ctx, &logits, 3, &out4)),
+        "shape_mismatch",
+        "output 'out4'",
+    );
+    expect_err(
+        pollster::block_on(kernels::argmax(ctx, &logits, &out4)),
+        "shape_mismatch",
+        "output 'out4'",
+    );
+    expect_err(
+        pollster::block_on(kernels::topk(ctx, &x_f16, 4, &out4)),
+        "unsupported_dtype",
+        "x_f16",
+    );
+    let out_f32 = z("out_f32", &[2, 4, 2]);
+    expect_err(
+        pollster::block_on(kernels::topk(ctx, &logits, 4, &out_f32)),
+        "unsupported_dtype",
+        "out_f32",
+    );
+    // Writing the result over the logits is impossible: the output dtype differs.
+    let flat = z("flat", &[16]);
+    expect_err(
+        pollster::block_on(kernels::topk(ctx, &flat, 8, &flat)),
+        "unsupported_dtype",
+        "'flat'",
+    );
+    // The same shapes work with an i32 output.
+    let two = zi("two", &[8, 2]);
+    assert!(pollster::block_on(kernels::topk(ctx, &flat, 8, &two)).is_ok());
+    let tk = pollster::block_on(kernels::topk(ctx, &logits, 4, &out4)).unwrap();
+    // A slot of another tensor is too short to decode.
+    let mut rec = ctx.recorder();
+    let slot = rec.read(&w15);
+    let rb = pollster::block_on(rec.submit_and_read()).unwrap();
+    expect_err(tk.read(&rb, slot), "readback", "out4");
+
+    ctx.check_health()
+        .expect("no GPU error was raised by any of the above");
+}
