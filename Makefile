@@ -5,6 +5,7 @@ SHELL := /bin/bash
 WASM_TARGET := wasm32-unknown-unknown
 # The CLI's output name would collide with the library's .wasm, so wasm builds leave it out.
 WASM_CARGO_FLAGS := --target $(WASM_TARGET) --no-default-features
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 # A private runtime dir silences harmless Vulkan-loader warnings.
 GPU_ENV := XDG_RUNTIME_DIR=$${XDG_RUNTIME_DIR:-$$(mktemp -d)}
 
@@ -18,13 +19,13 @@ setup:
 ## make demo: the device report and a self-check of every kernel on this machine's GPU.
 demo: setup
 	cargo build --release --bin pocketlm
-	$(GPU_ENV) target/release/pocketlm selfcheck
+	$(GPU_ENV) $(TARGET_DIR)/release/pocketlm selfcheck
 
 ## make bench: kernel benchmarks on this machine's GPU: matvec of every weight format on a
 ## 4096×4096 matrix, as time per call and bandwidth relative to a plain copy on the same device.
 bench: setup
 	cargo build --release --bin pocketlm
-	$(GPU_ENV) target/release/pocketlm kernel-bench
+	$(GPU_ENV) $(TARGET_DIR)/release/pocketlm kernel-bench
 
 ## make test: unit tests, GPU kernels on lavapipe (full profile) and SwiftShader (baseline
 ## profile), the wasm tests in headless Chromium, and the wasm package driven by Playwright.
@@ -63,7 +64,7 @@ WASM_DIR := $(if $(filter release,$(PROFILE)),release,debug)
 wasm:
 	cargo build $(WASM_CARGO_FLAGS) --lib --profile $(PROFILE)
 	wasm-bindgen --target web --out-dir www/pkg --out-name pocketlm \
-	  target/$(WASM_TARGET)/$(WASM_DIR)/pocketlm.wasm
+	  $(TARGET_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm.wasm
 
 ## make check: formatting and clippy (-D warnings) for the native and wasm32 targets.
 check: setup
