@@ -79,7 +79,8 @@ impl fmt::Display for Case {
 /// The comparison of one kernel run with its reference.
 #[derive(Clone, Debug)]
 pub struct Outcome {
-    pub case: Case,
+    /// What ran (a case's description).
+    pub what: String,
     pub values: usize,
     /// Largest |gpu − reference|.
     pub max_abs_err: f64,
@@ -101,7 +102,7 @@ impl fmt::Display for Outcome {
             f,
             "{} {}: {} values, max |err| {:.2e}, {:.1}% of tolerance",
             if self.passed() { "ok  " } else { "FAIL" },
-            self.case,
+            self.what,
             self.values,
             self.max_abs_err,
             self.worst_ratio * 100.0
@@ -113,14 +114,16 @@ impl fmt::Display for Outcome {
     }
 }
 
-fn compare(
-    case: Case,
+/// Compares a GPU result with its reference element by element against `tolerance(i)`; a
+/// tolerance of 0 demands equality, and NaN is infinitely wrong.
+pub fn compare(
+    what: impl fmt::Display,
     gpu: &[f32],
     reference: &[f64],
     tolerance: impl Fn(usize) -> f64,
 ) -> Outcome {
     let mut out = Outcome {
-        case,
+        what: what.to_string(),
         values: gpu.len(),
         max_abs_err: 0.0,
         worst_ratio: 0.0,
@@ -135,6 +138,8 @@ fn compare(
         // NaN compares false everywhere: count it as infinitely wrong.
         let ratio = if err.is_nan() {
             f64::INFINITY
+        } else if err == 0.0 {
+            0.0
         } else {
             err / tolerance(i)
         };

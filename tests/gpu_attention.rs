@@ -15,7 +15,7 @@
 
 use pocketlm::gpu::DType;
 use pocketlm::kernels::attention::check::{
-    run_attention, run_rope, write_f32, AttentionCase, Outcome, RopeCase,
+    run_attention, run_rope, AttentionCase, Outcome, RopeCase,
 };
 use pocketlm::kernels::{
     self, AttentionOptions, KvCache, Llama3Scaling, RopeConfig, RopeLayout, RopeTable, StepState,
@@ -362,9 +362,9 @@ fn prefill_then_decode_reuses_dispatches() {
         let k = rng.vec(step_tokens * row, -1.0, 1.0);
         let v = rng.vec(step_tokens * row, -1.0, 1.0);
         // What the model's QKV projection would leave in these buffers.
-        write_f32(ctx, &g.q, &q).unwrap();
-        write_f32(ctx, &g.k, &k).unwrap();
-        write_f32(ctx, &g.v, &v).unwrap();
+        ctx.write_f32(&g.q, &q).unwrap();
+        ctx.write_f32(&g.k, &k).unwrap();
+        ctx.write_f32(&g.v, &v).unwrap();
         g.step.set(ctx, pos, step_tokens).unwrap();
         let (before, _, _) = ctx.stats.snapshot();
         let mut rec = ctx.recorder();

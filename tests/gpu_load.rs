@@ -5,9 +5,8 @@
 
 mod common;
 
-use common::{ctx, expect_err};
+use common::{ctx, expect_err, gpu_rows};
 use pocketlm::gpu::{DType, GpuTensor};
-use pocketlm::kernels;
 use pocketlm::load::{
     load_stream, AbortFlag, HeaderStep, LoadOptions, MemorySource, Progress, StreamUploader,
     TensorPlan,
@@ -16,20 +15,10 @@ use pocketlm::quant::{dequantize_to_vec, random_gguf_bytes};
 use pocketlm::reference::Rng;
 use proptest::prelude::*;
 
+/// Every row of `table` as the GPU holds it, as bits.
 fn rows_of(table: &GpuTensor) -> Vec<u32> {
-    let ctx = ctx();
-    let rows = table.rows();
-    let ids: Vec<i32> = (0..rows as i32).collect();
-    let idt = ctx.upload_i32("ids", &[rows], &ids).unwrap();
-    let out = ctx.zeros("out", &[rows, table.cols()], DType::F32).unwrap();
-    let d = pollster::block_on(kernels::embed(ctx, table, &idt, &out)).unwrap();
-    let mut rec = ctx.recorder();
-    rec.dispatch(&d);
-    let slot = rec.read(&out);
-    pollster::block_on(rec.submit_and_read())
-        .unwrap()
-        .words(slot)
-        .to_vec()
+    let ids: Vec<i32> = (0..table.rows() as i32).collect();
+    gpu_rows(table, &ids).iter().map(|v| v.to_bits()).collect()
 }
 
 /// A stream of `header` bytes, then each tensor aligned to 32 bytes with filler in between.

@@ -6,30 +6,14 @@
 
 mod common;
 
-use common::quant_fixtures::{self, first_bit_difference};
-use common::{ctx, expect_err};
-use pocketlm::gpu::{DType, GpuTensor};
+use common::quant_fixtures::{self, first_bit_difference, Nan};
+use common::{ctx, expect_err, gpu_rows};
+use pocketlm::gpu::DType;
 use pocketlm::kernels;
 use pocketlm::quant::{dequantize_to_vec, random_gguf_bytes};
 use pocketlm::reference::Rng;
 use pocketlm::selfcheck::{run_case, Case, LinearKernel};
 use proptest::prelude::*;
-
-/// All rows of `table`, dequantized by the GPU, in the order `ids` gives.
-fn gpu_rows(table: &GpuTensor, ids: &[i32]) -> Vec<f32> {
-    let ctx = ctx();
-    let cols = table.cols();
-    let idt = ctx.upload_i32("ids", &[ids.len()], ids).unwrap();
-    let out = ctx.zeros("rows", &[ids.len(), cols], DType::F32).unwrap();
-    let d = pollster::block_on(kernels::embed(ctx, table, &idt, &out)).unwrap();
-    let mut rec = ctx.recorder();
-    rec.dispatch(&d);
-    let slot = rec.read(&out);
-    pollster::block_on(rec.submit_and_read())
-        .unwrap()
-        .f32(slot)
-        .unwrap()
-}
 
 #[test]
 fn gpu_dequantization_matches_gguf_py_bit_for_bit() {
@@ -39,7 +23,7 @@ fn gpu_dequantization_matches_gguf_py_bit_for_bit() {
             .unwrap();
         let ids: Vec<i32> = (0..f.rows as i32).collect();
         let got = gpu_rows(&t, &ids);
-        if let Some(diff) = first_bit_difference(f.dtype, f.cols, &got, &f.expected) {
+        if let Some(diff) = first_bit_difference(f.dtype, f.cols, &got, &f.expected, Nan::AnyNan) {
             panic!("GPU vs gguf-py: {diff}");
         }
     }
@@ -66,7 +50,7 @@ proptest! {
         let all = dequantize_to_vec(dtype, &bytes).unwrap();
         let want: Vec<f32> = ids.iter().flat_map(|&i| all[i as usize * cols..][..cols].to_vec()).collect();
         let got = gpu_rows(&table, &ids);
-        if let Some(diff) = first_bit_difference(dtype, cols, &got, &want) {
+        if let Some(diff) = first_bit_difference(dtype, cols, &got, &want, Nan::AnyNan) {
             panic!("GPU vs CPU: {diff}");
         }
     }

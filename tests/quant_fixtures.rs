@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::quant_fixtures::{first_bit_difference, load, read};
+use common::quant_fixtures::{first_bit_difference, load, read, Nan};
 use pocketlm::quant::{dequantize, DType};
 
 #[test]
@@ -12,7 +12,8 @@ fn dequantize_matches_gguf_py_bit_for_bit() {
     for f in load() {
         let mut got = vec![f32::NAN; f.rows * f.cols];
         dequantize(f.dtype, &f.bytes, &mut got).unwrap_or_else(|e| panic!("{}: {e}", f.dtype));
-        if let Some(diff) = first_bit_difference(f.dtype, f.cols, &got, &f.expected) {
+        if let Some(diff) = first_bit_difference(f.dtype, f.cols, &got, &f.expected, Nan::SameBits)
+        {
             panic!("CPU vs gguf-py: {diff}");
         }
     }

@@ -145,8 +145,13 @@ async fn dequantization_matches_gguf_py_in_browser() {
         rec.dispatch(&d);
         let slot = rec.read(&out);
         let got = rec.submit_and_read().await.unwrap().f32(slot).unwrap();
-        if let Some(diff) = quant_fixtures::first_bit_difference(f.dtype, f.cols, &got, &f.expected)
-        {
+        if let Some(diff) = quant_fixtures::first_bit_difference(
+            f.dtype,
+            f.cols,
+            &got,
+            &f.expected,
+            quant_fixtures::Nan::AnyNan,
+        ) {
             panic!("GPU vs gguf-py: {diff}");
         }
     }

@@ -121,6 +121,27 @@ impl GpuContext {
         Ok(tensor)
     }
 
+    /// Overwrites the start of an f32 tensor (queued before the next submit), as a model's
+    /// earlier kernels or the host's inputs would.
+    pub fn write_f32(&self, tensor: &GpuTensor, data: &[f32]) -> Result<()> {
+        if tensor.dtype() != DType::F32 || data.len() > tensor.numel() {
+            return Err(Error::InvalidTensor {
+                tensor: tensor.name().to_string(),
+                detail: format!(
+                    "{} f32 values do not fit this {} tensor of shape {:?}",
+                    data.len(),
+                    tensor.dtype(),
+                    tensor.shape()
+                ),
+            });
+        }
+        if !data.is_empty() {
+            self.queue
+                .write_buffer(&tensor.buffer, 0, bytemuck::cast_slice(data));
+        }
+        Ok(())
+    }
+
     /// Uploads `i32` data (token ids, indices).
     pub fn upload_i32(&self, name: &str, shape: &[usize], data: &[i32]) -> Result<GpuTensor> {
         check_len(name, shape, data.len())?;

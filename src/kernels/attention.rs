@@ -18,6 +18,7 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Kernel, Profile, Specialization};
+use crate::kernels::build_with;
 use crate::kernels::{dim, expect_distinct, expect_dtype, grid, mismatch, WG};
 
 const KV_WRITE_SRC: &str = include_str!("../../shaders/kv_write.wgsl");
@@ -145,43 +146,16 @@ pub(crate) async fn build_stepped<P: bytemuck::Pod>(
     tensors: &[&GpuTensor],
     workgroups: [u32; 3],
 ) -> Result<Dispatch> {
-    let pipeline = ctx.pipeline(kernel, spec).await?;
-    let mut bytes = bytemuck::bytes_of(params).to_vec();
-    bytes.resize(bytes.len().div_ceil(16) * 16, 0);
-    let uniform = ctx
-        .device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(kernel.name),
-            contents: &bytes,
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-    let mut entries = vec![
-        wgpu::BindGroupEntry {
-            binding: 0,
-            resource: uniform.as_entire_binding(),
-        },
-        wgpu::BindGroupEntry {
-            binding: 1,
-            resource: step.buffer.as_entire_binding(),
-        },
-    ];
-    for (i, t) in tensors.iter().enumerate() {
-        entries.push(wgpu::BindGroupEntry {
-            binding: i as u32 + 2,
-            resource: t.buffer.as_entire_binding(),
-        });
-    }
-    let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some(kernel.name),
-        layout: &pipeline.get_bind_group_layout(0),
-        entries: &entries,
-    });
-    Ok(Dispatch {
-        label: kernel.name,
-        pipeline,
-        bind_group,
+    build_with(
+        ctx,
+        kernel,
+        spec,
+        params,
+        &[&step.buffer],
+        tensors,
         workgroups,
-    })
+    )
+    .await
 }
 
 /// Per-layer key and value caches, each `[max_ctx, n_kv_heads, head_dim]`.
@@ -886,105 +860,22 @@ pub mod check {
     use std::fmt;
 
     use crate::error::Result;
-    use crate::gpu::{DType, GpuContext, GpuTensor};
+    use crate::gpu::{DType, GpuContext};
     use crate::kernels::rope::{rope, rope_qk, RopeConfig, RopeTable};
-    use crate::kernels::{expect_dtype, mismatch};
     use crate::reference::attention as reference;
     use crate::reference::attention::{AttentionShape, AttentionSplit, KvError};
     use crate::reference::Rng;
 
     use super::{attention, kv_write, AttentionOptions, KvCache, StepState};
 
-    /// The comparison of one GPU result with its reference.
-    #[derive(Clone, Debug)]
-    pub struct Outcome {
-        pub what: String,
-        pub values: usize,
-        /// Largest |gpu − reference|.
-        pub max_abs_err: f64,
-        /// Largest |gpu − reference| / tolerance; passes when ≤ 1.
-        pub worst_ratio: f64,
-        /// Index, GPU value and reference of the worst element.
-        pub worst: Option<(usize, f32, f64)>,
-    }
-
-    impl Outcome {
-        pub fn passed(&self) -> bool {
-            self.worst_ratio <= 1.0
-        }
-    }
-
-    impl fmt::Display for Outcome {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(
-                f,
-                "{} {}: {} values, max |err| {:.2e}, {:.1}% of tolerance",
-                if self.passed() { "ok  " } else { "FAIL" },
-                self.what,
-                self.values,
-                self.max_abs_err,
-                self.worst_ratio * 100.0
-            )?;
-            if let (false, Some((i, g, r))) = (self.passed(), self.worst) {
-                write!(f, " (element {i}: gpu {g:e}, reference {r:e})")?;
-            }
-            Ok(())
-        }
-    }
-
-    /// Overwrites an f32 tensor's contents (as a model's earlier kernels would), queued before
-    /// the next submit.
-    pub fn write_f32(ctx: &GpuContext, t: &GpuTensor, data: &[f32]) -> Result<()> {
-        expect_dtype("write_f32", t, &[DType::F32], "an f32 tensor")?;
-        if data.len() > t.numel() {
-            return Err(mismatch(
-                "write_f32",
-                format!(
-                    "{} values do not fit '{}' {:?}",
-                    data.len(),
-                    t.name(),
-                    t.shape()
-                ),
-            ));
-        }
-        if !data.is_empty() {
-            ctx.queue
-                .write_buffer(&t.buffer, 0, bytemuck::cast_slice(data));
-        }
-        Ok(())
-    }
+    pub use crate::selfcheck::Outcome;
 
     /// Compares element-wise; a tolerance of 0 demands equality.
     pub fn compare(what: String, gpu: &[f32], want: &[f64], tol: &[f64]) -> Outcome {
-        let mut out = Outcome {
-            what,
-            values: gpu.len(),
-            max_abs_err: 0.0,
-            worst_ratio: 0.0,
-            worst: None,
-        };
-        if gpu.len() != want.len() || want.len() != tol.len() {
-            out.worst_ratio = f64::INFINITY;
-            return out;
+        if want.len() != tol.len() {
+            return crate::selfcheck::compare(what, gpu, &[], |_| 0.0);
         }
-        for (i, ((&g, &r), &t)) in gpu.iter().zip(want).zip(tol).enumerate() {
-            let err = (f64::from(g) - r).abs();
-            let ratio = if err.is_nan() {
-                f64::INFINITY
-            } else if err == 0.0 {
-                0.0
-            } else {
-                err / t
-            };
-            out.max_abs_err = out
-                .max_abs_err
-                .max(if err.is_nan() { f64::INFINITY } else { err });
-            if ratio > out.worst_ratio || out.worst.is_none() {
-                out.worst_ratio = out.worst_ratio.max(ratio);
-                out.worst = Some((i, g, r));
-            }
-        }
-        out
+        crate::selfcheck::compare(what, gpu, want, |i| tol[i])
     }
 
     /// RoPE on `tokens` tokens at `offset`; the tensors hold one more token row, which the step

@@ -71,6 +71,20 @@ pub(crate) async fn build<P: bytemuck::Pod>(
     tensors: &[&GpuTensor],
     workgroups: [u32; 3],
 ) -> Result<Dispatch> {
+    build_with(ctx, kernel, spec, params, &[], tensors, workgroups).await
+}
+
+/// [`build`] with more buffers (shared uniforms such as the per-step state) bound between the
+/// parameters and the tensors: binding 0 is `params`, then `shared` in order, then `tensors`.
+pub(crate) async fn build_with<P: bytemuck::Pod>(
+    ctx: &GpuContext,
+    kernel: &Kernel,
+    spec: &Specialization,
+    params: &P,
+    shared: &[&wgpu::Buffer],
+    tensors: &[&GpuTensor],
+    workgroups: [u32; 3],
+) -> Result<Dispatch> {
     let pipeline = ctx.pipeline(kernel, spec).await?;
     // Uniform buffers are sized in 16-byte units.
     let mut bytes = bytemuck::bytes_of(params).to_vec();
@@ -82,16 +96,16 @@ pub(crate) async fn build<P: bytemuck::Pod>(
             contents: &bytes,
             usage: wgpu::BufferUsages::UNIFORM,
         });
-    let mut entries = vec![wgpu::BindGroupEntry {
-        binding: 0,
-        resource: uniform.as_entire_binding(),
-    }];
-    for (i, t) in tensors.iter().enumerate() {
-        entries.push(wgpu::BindGroupEntry {
-            binding: i as u32 + 1,
-            resource: t.buffer.as_entire_binding(),
-        });
-    }
+    let buffers = std::iter::once(&uniform)
+        .chain(shared.iter().copied())
+        .chain(tensors.iter().map(|t| &t.buffer));
+    let entries: Vec<wgpu::BindGroupEntry> = buffers
+        .enumerate()
+        .map(|(i, b)| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource: b.as_entire_binding(),
+        })
+        .collect();
     let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some(kernel.name),
         layout: &pipeline.get_bind_group_layout(0),

@@ -79,6 +79,17 @@ mod native {
 
     use super::*;
 
+    /// Up to [`CHUNK`] bytes from a blocking reader; `None` at the end.
+    fn read_chunk(reader: &mut impl Read, name: &str) -> Result<Option<Vec<u8>>> {
+        let mut buf = vec![0u8; CHUNK];
+        let n = reader.read(&mut buf).map_err(|e| io_error(name, e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.truncate(n);
+        Ok(Some(buf))
+    }
+
     /// A file on disk.
     pub struct FileSource {
         name: String,
@@ -105,16 +116,7 @@ mod native {
         }
 
         async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
-            let mut buf = vec![0u8; CHUNK];
-            let n = self
-                .file
-                .read(&mut buf)
-                .map_err(|e| io_error(&self.name, e))?;
-            if n == 0 {
-                return Ok(None);
-            }
-            buf.truncate(n);
-            Ok(Some(buf))
+            read_chunk(&mut self.file, &self.name)
         }
     }
 
@@ -152,16 +154,7 @@ mod native {
         }
 
         async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
-            let mut buf = vec![0u8; CHUNK];
-            let n = self
-                .reader
-                .read(&mut buf)
-                .map_err(|e| io_error(&self.name, e))?;
-            if n == 0 {
-                return Ok(None);
-            }
-            buf.truncate(n);
-            Ok(Some(buf))
+            read_chunk(&mut self.reader, &self.name)
         }
     }
 }

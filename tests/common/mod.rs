@@ -46,3 +46,24 @@ pub fn expect_err<T: std::fmt::Debug>(r: pocketlm::Result<T>, code: &str, needle
         }
     }
 }
+
+/// Rows `ids` of `table` as the GPU dequantizes them (through the embedding kernel), as f32.
+pub fn gpu_rows(table: &pocketlm::gpu::GpuTensor, ids: &[i32]) -> Vec<f32> {
+    let ctx = ctx();
+    let idt = ctx.upload_i32("ids", &[ids.len()], ids).unwrap();
+    let out = ctx
+        .zeros(
+            "rows",
+            &[ids.len(), table.cols()],
+            pocketlm::gpu::DType::F32,
+        )
+        .unwrap();
+    let d = pollster::block_on(pocketlm::kernels::embed(ctx, table, &idt, &out)).unwrap();
+    let mut rec = ctx.recorder();
+    rec.dispatch(&d);
+    let slot = rec.read(&out);
+    pollster::block_on(rec.submit_and_read())
+        .unwrap()
+        .f32(slot)
+        .unwrap()
+}

@@ -123,18 +123,31 @@ pub fn load() -> Vec<Fixture> {
     fixtures
 }
 
+/// How NaNs compare: the CPU keeps their payloads bit for bit, while GPUs may quiet a signalling
+/// NaN when they widen an f16 (WGSL leaves NaN results to the implementation), so on the GPU any
+/// NaN matches any NaN.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Nan {
+    SameBits,
+    AnyNan,
+}
+
 /// The first index where `got` and `want` differ in their bits, with a description.
 pub fn first_bit_difference(
     dtype: DType,
     cols: usize,
     got: &[f32],
     want: &[f32],
+    nan: Nan,
 ) -> Option<String> {
     let n = want.len();
     if got.len() != n {
         return Some(format!("{} values, expected {n}", got.len()));
     }
-    let differ = |i: &usize| got[*i].to_bits() != want[*i].to_bits();
+    let differ = |i: &usize| {
+        let (g, w) = (got[*i], want[*i]);
+        !(g.to_bits() == w.to_bits() || (nan == Nan::AnyNan && g.is_nan() && w.is_nan()))
+    };
     let i = (0..n).find(differ)?;
     let block = i / dtype.block_size();
     Some(format!(
