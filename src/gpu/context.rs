@@ -365,6 +365,14 @@ impl GpuContext {
         }
     }
 
+    /// Caps the workgroups per grid dimension that kernels use (never above the device's limit),
+    /// so the 2-D grid path that large dispatches take can be exercised with small ones.
+    pub fn with_grid_limit(mut self, limit: u32) -> Self {
+        let c = &mut self.caps.max_workgroups_per_dimension;
+        *c = (*c).min(limit.max(1));
+        self
+    }
+
     /// Fails if the GPU has reported an error or lost the device since the last check.
     pub fn check_health(&self) -> Result<()> {
         self.health.check()

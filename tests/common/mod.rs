@@ -13,10 +13,7 @@ use pocketlm::gpu::{GpuContext, ProfileRequest};
 pub fn ctx() -> &'static GpuContext {
     static CTX: OnceLock<GpuContext> = OnceLock::new();
     CTX.get_or_init(|| {
-        let request: ProfileRequest = std::env::var("POCKETLM_TEST_PROFILE")
-            .unwrap_or_default()
-            .parse()
-            .expect("POCKETLM_TEST_PROFILE");
+        let request = profile_request();
         let ctx = pollster::block_on(GpuContext::new(request))
             .unwrap_or_else(|e| panic!("GPU tests need a WebGPU adapter: {e}"));
         let name = &ctx.adapter_info().name;
@@ -30,6 +27,14 @@ pub fn ctx() -> &'static GpuContext {
         eprintln!("GPU tests run on:\n{}\n", ctx.report());
         ctx
     })
+}
+
+/// The profile `POCKETLM_TEST_PROFILE` asks for (auto when unset).
+pub fn profile_request() -> ProfileRequest {
+    std::env::var("POCKETLM_TEST_PROFILE")
+        .unwrap_or_default()
+        .parse()
+        .expect("POCKETLM_TEST_PROFILE is auto, full or baseline")
 }
 
 /// Asserts that `r` failed with the error `code` and a message mentioning `needle`.
