@@ -7,6 +7,7 @@
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 pub mod error;
+pub mod formats;
 pub mod gpu;
 pub mod kernels;
 pub mod load;
