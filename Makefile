@@ -34,7 +34,7 @@ test: setup
 	@echo "make test: all suites passed"
 
 test-unit:
-	cargo test --lib --test 'quant_*'
+	cargo test --lib --test 'quant_*' --test formats --test cli
 
 test-gpu-full:
 	@echo "== GPU kernels on lavapipe, full profile (f16 + subgroups) =="

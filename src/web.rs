@@ -10,7 +10,9 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
 use crate::error::Error;
-use crate::gpu::{DType, GpuContext, ProfileRequest};
+use crate::gpu::{DType, GpuContext, GpuTensor, ProfileRequest};
+use crate::load::browser::{self, JsBytesSource, StreamSource};
+use crate::load::{load_model_file, AbortFlag, LoadOptions, LoadedModel, Progress};
 use crate::{kernels, selfcheck};
 
 /// Converts a PocketLM error into a JS `Error` carrying the message and a stable `code`.
@@ -36,6 +38,93 @@ fn start() {
     }));
 }
 
+fn get(options: &JsValue, key: &str) -> Option<JsValue> {
+    if options.is_undefined() || options.is_null() {
+        return None;
+    }
+    js_sys::Reflect::get(options, &key.into())
+        .ok()
+        .filter(|v| !v.is_undefined() && !v.is_null())
+}
+
+/// Bytes of wasm linear memory in use by this module (it never shrinks: the high-water mark).
+#[wasm_bindgen(js_name = wasmMemoryBytes)]
+pub fn wasm_memory_bytes() -> f64 {
+    wasm_bindgen::memory()
+        .unchecked_into::<js_sys::WebAssembly::Memory>()
+        .buffer()
+        .unchecked_into::<js_sys::ArrayBuffer>()
+        .byte_length() as f64
+}
+
+/// The URLs whose model files are in the browser's cache.
+#[wasm_bindgen(js_name = listCachedModels)]
+pub fn list_cached_models() -> Promise {
+    reject_on_error(async {
+        let urls = browser::cached_urls().await?;
+        Ok(urls
+            .into_iter()
+            .map(JsValue::from)
+            .collect::<js_sys::Array>()
+            .into())
+    })
+}
+
+/// Deletes every cached model file; resolves to whether there was a cache.
+#[wasm_bindgen(js_name = clearModelCache)]
+pub fn clear_model_cache() -> Promise {
+    reject_on_error(async { Ok(browser::clear_cache().await?.into()) })
+}
+
+/// Model weights in GPU memory.
+#[wasm_bindgen]
+pub struct Weights {
+    model: LoadedModel,
+    summary: String,
+}
+
+#[wasm_bindgen]
+impl Weights {
+    #[wasm_bindgen(getter, js_name = tensorCount)]
+    pub fn tensor_count(&self) -> u32 {
+        self.model.tensors.len() as u32
+    }
+
+    /// Bytes of GPU memory the weights take.
+    #[wasm_bindgen(getter, js_name = gpuBytes)]
+    pub fn gpu_bytes(&self) -> f64 {
+        self.model.gpu_bytes as f64
+    }
+
+    /// The sha256 of the file, as 64 hex digits.
+    #[wasm_bindgen(getter)]
+    pub fn sha256(&self) -> String {
+        self.model.sha256.clone()
+    }
+
+    /// The architecture, hyper-parameters, tensor count and formats, as text.
+    pub fn summary(&self) -> String {
+        self.summary.clone()
+    }
+
+    /// Frees the GPU memory now (`free()` does too, and so does garbage collection, later).
+    #[wasm_bindgen(js_name = freeGpu)]
+    pub fn free_gpu(&mut self) {
+        for t in self.model.tensors.values() {
+            GpuTensor::destroy(t);
+        }
+        self.model.tensors.clear();
+        self.model.gpu_bytes = 0;
+    }
+}
+
+impl Drop for Weights {
+    // Dropping a buffer does not free GPU memory in the browser until garbage collection.
+    fn drop(&mut self) {
+        self.free_gpu();
+    }
+}
+
 /// A WebGPU device negotiated for PocketLM's kernels.
 #[wasm_bindgen]
 pub struct Gpu {
@@ -57,6 +146,27 @@ impl Gpu {
     /// The adapter, profile, features and limits, as text.
     pub fn report(&self) -> String {
         self.ctx.report().to_string()
+    }
+
+    /// Loads a model file (GGUF or safetensors) into GPU memory as it downloads.
+    ///
+    /// `source`: a URL, a `Uint8Array`/`ArrayBuffer`, a `Blob`/`File`, or a `ReadableStream`.
+    /// `options`: `onProgress({file, bytesDone, bytesTotal})`, `signal` (an `AbortSignal`),
+    /// `sha256` (64 hex digits: a mismatch rejects and drops the cached copy), `cache` (default
+    /// true: URLs are kept in the Cache API and a second load makes no network request).
+    #[wasm_bindgen(js_name = loadWeights)]
+    pub fn load_weights(&self, source: JsValue, options: JsValue) -> Promise {
+        let ctx = self.ctx.clone();
+        reject_on_error(async move {
+            let model = load_from_js(&ctx, &source, &options).await?;
+            let summary = model
+                .header
+                .clone()
+                .into_model_files()
+                .map(|m| m.summary().to_string())
+                .unwrap_or_default();
+            Ok(Weights { model, summary }.into())
+        })
     }
 
     /// "full" or "baseline".
@@ -110,4 +220,108 @@ impl Gpu {
             Ok(Float32Array::from(out.as_slice()).into())
         })
     }
+}
+
+/// Opens `source` as the kind of thing it is and loads it, wiring progress, abort and integrity.
+async fn load_from_js(
+    ctx: &GpuContext,
+    source: &JsValue,
+    options: &JsValue,
+) -> Result<LoadedModel, Error> {
+    let abort = AbortFlag::default();
+    let signal = get(options, "signal");
+    let _listener = match &signal {
+        Some(signal) => Some(watch_abort(signal, &abort)?),
+        None => None,
+    };
+    let on_progress =
+        get(options, "onProgress").and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+    let mut progress = |p: &Progress| {
+        if let Some(f) = &on_progress {
+            let o = js_sys::Object::new();
+            let _ = js_sys::Reflect::set(&o, &"file".into(), &p.file.as_str().into());
+            let _ = js_sys::Reflect::set(&o, &"bytesDone".into(), &(p.bytes_done as f64).into());
+            let total = p.bytes_total.map_or(JsValue::NULL, |t| (t as f64).into());
+            let _ = js_sys::Reflect::set(&o, &"bytesTotal".into(), &total);
+            let _ = f.call1(&JsValue::NULL, &o);
+        }
+    };
+    let mut opts = LoadOptions {
+        progress: Some(&mut progress),
+        abort,
+        sha256: get(options, "sha256").and_then(|v| v.as_string()),
+        ..Default::default()
+    };
+    if let Some(url) = source.as_string() {
+        let cache = get(options, "cache")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true);
+        let mut download = browser::open_url(&url, cache, signal.as_ref()).await?;
+        let result = load_model_file(ctx, &mut download.source, &mut opts).await;
+        match &result {
+            Ok(_) => download.settle().await,
+            Err(e) => {
+                download.source.cancel();
+                if !matches!(e, Error::Aborted) {
+                    // A bad file must not be served from the cache again.
+                    download.evict().await;
+                }
+            }
+        }
+        return result;
+    }
+    if let Some(bytes) = source.dyn_ref::<js_sys::Uint8Array>() {
+        return load_model_file(
+            ctx,
+            &mut JsBytesSource::new("bytes", bytes.clone()),
+            &mut opts,
+        )
+        .await;
+    }
+    if source.is_instance_of::<js_sys::ArrayBuffer>() {
+        let bytes = js_sys::Uint8Array::new(source);
+        return load_model_file(ctx, &mut JsBytesSource::new("bytes", bytes), &mut opts).await;
+    }
+    let is_blob = js_sys::Reflect::get(source, &"arrayBuffer".into())
+        .is_ok_and(|f| f.is_function())
+        && js_sys::Reflect::get(source, &"size".into()).is_ok_and(|s| s.as_f64().is_some());
+    if is_blob {
+        let name = get(source, "name")
+            .and_then(|n| n.as_string())
+            .unwrap_or_else(|| "blob".into());
+        let size = get(source, "size")
+            .and_then(|s| s.as_f64())
+            .map(|s| s as u64);
+        let stream = js_sys::Reflect::get(source, &"stream".into())
+            .ok()
+            .and_then(|f| f.dyn_into::<js_sys::Function>().ok())
+            .and_then(|f| f.call0(source).ok())
+            .ok_or_else(|| crate::load::io_error(&name, "this Blob has no stream()"))?;
+        let mut s = StreamSource::new(name, &stream, size)?;
+        return load_model_file(ctx, &mut s, &mut opts).await;
+    }
+    if js_sys::Reflect::get(source, &"getReader".into()).is_ok_and(|f| f.is_function()) {
+        let mut s = StreamSource::new("stream", source, None)?;
+        return load_model_file(ctx, &mut s, &mut opts).await;
+    }
+    Err(Error::InvalidTensor {
+        tensor: "source".into(),
+        detail: "expected a URL string, a Uint8Array or ArrayBuffer, a Blob or File, or a ReadableStream".into(),
+    })
+}
+
+/// Sets `flag` when `signal` aborts (now, if it already has). The returned closure must live as
+/// long as the load.
+fn watch_abort(signal: &JsValue, flag: &AbortFlag) -> Result<Closure<dyn FnMut()>, Error> {
+    if get(signal, "aborted").and_then(|a| a.as_bool()) == Some(true) {
+        flag.abort();
+    }
+    let flag = flag.clone();
+    let closure = Closure::<dyn FnMut()>::new(move || flag.abort());
+    let add = js_sys::Reflect::get(signal, &"addEventListener".into())
+        .ok()
+        .and_then(|f| f.dyn_into::<js_sys::Function>().ok())
+        .ok_or_else(|| crate::load::io_error("signal", "not an AbortSignal"))?;
+    let _ = add.call2(signal, &"abort".into(), closure.as_ref());
+    Ok(closure)
 }

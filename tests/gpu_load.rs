@@ -8,8 +8,8 @@ mod common;
 use common::{ctx, expect_err, gpu_rows};
 use pocketlm::gpu::{DType, GpuTensor};
 use pocketlm::load::{
-    load_stream, AbortFlag, HeaderStep, LoadOptions, MemorySource, Progress, StreamUploader,
-    TensorPlan,
+    load_model_file, load_stream, AbortFlag, FileHeader, FileSource, HeaderStep, LoadOptions,
+    MemorySource, Progress, StreamUploader, TensorPlan,
 };
 use pocketlm::quant::{dequantize_to_vec, random_gguf_bytes};
 use pocketlm::reference::Rng;
@@ -257,4 +257,59 @@ fn load_stream_failures_are_typed() {
         ..Default::default()
     };
     expect_err(load(file, &mut aborted), "aborted", "cancelled");
+}
+
+/// The real default model (scripts/fetch-model.sh, run by setup) streams from disk into GPU
+/// memory; rows of its Q8_0 embedding and a Q4_1 projection read back bit-exact.
+#[test]
+fn loads_the_default_model_file() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-model.sh",
+        path.display()
+    );
+    let mut source = FileSource::open(&path).unwrap();
+    let loaded = pollster::block_on(load_model_file(
+        ctx(),
+        &mut source,
+        &mut LoadOptions::default(),
+    ))
+    .unwrap();
+    assert_eq!(loaded.tensors.len(), 272);
+    let FileHeader::Gguf(header) = &loaded.header else {
+        panic!("a GGUF file")
+    };
+    let file = std::fs::read(&path).unwrap();
+    for (name, rows) in [
+        ("token_embd.weight", [0, 1, 49151]),
+        ("blk.0.attn_q.weight", [0, 300, 575]),
+    ] {
+        let info = header
+            .tensor_infos(0)
+            .into_iter()
+            .find(|t| t.name == name)
+            .unwrap();
+        let t = &loaded.tensors[name];
+        assert_eq!(t.shape(), info.shape.as_slice());
+        let cols = info.shape[1];
+        let row_bytes = info.dtype.bytes_for(cols).unwrap();
+        let ids: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+        let got: Vec<u32> = gpu_rows(t, &ids).iter().map(|v| v.to_bits()).collect();
+        let want: Vec<u32> = rows
+            .iter()
+            .flat_map(|&r| {
+                let at = info.offset as usize + r * row_bytes;
+                dequantize_to_vec(info.dtype, &file[at..at + row_bytes]).unwrap()
+            })
+            .map(|v| v.to_bits())
+            .collect();
+        assert_eq!(got, want, "{name} rows {rows:?}");
+    }
+    assert!(
+        loaded.gpu_bytes > 90 << 20 && loaded.gpu_bytes < 100 << 20,
+        "{}",
+        loaded.gpu_bytes
+    );
 }

@@ -6,7 +6,7 @@ mod cli {
 
     use clap::{Parser, Subcommand};
     use pocketlm::gpu::{GpuContext, ProfileRequest};
-    use pocketlm::{bench, selfcheck};
+    use pocketlm::{bench, load, selfcheck};
 
     #[derive(Parser)]
     #[command(name = "pocketlm", version, about = "Small language models on WebGPU")]
@@ -21,6 +21,9 @@ mod cli {
 
     #[derive(Subcommand)]
     enum Command {
+        /// Print a model file's architecture, hyper-parameters, tensors and formats (reads only
+        /// its header). MODEL is a path, an http(s) URL, or `default`.
+        Info { model: String },
         /// Print the GPU adapter, the device profile, features and limits.
         Device,
         /// Print the device report, then run every kernel against its CPU reference.
@@ -47,12 +50,48 @@ mod cli {
         }
     }
 
+    /// The default model's file, as scripts/fetch-model.sh puts it.
+    const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+    /// Where MODEL points: `default` is the default model in `$POCKETLM_MODELS` (or `models/`).
+    fn resolve(model: &str) -> pocketlm::Result<String> {
+        if model != "default" {
+            return Ok(model.to_string());
+        }
+        let dir = std::env::var("POCKETLM_MODELS").unwrap_or_else(|_| "models".into());
+        let path = std::path::Path::new(&dir).join(DEFAULT_MODEL);
+        if path.is_file() {
+            Ok(path.display().to_string())
+        } else {
+            Err(pocketlm::Error::Io {
+                source_name: path.display().to_string(),
+                detail: "the default model is not there: run scripts/fetch-model.sh (or make \
+                         setup), or set POCKETLM_MODELS to its folder"
+                    .into(),
+            })
+        }
+    }
+
+    async fn info(model: &str) -> pocketlm::Result<ExitCode> {
+        let model = resolve(model)?;
+        let header = if model.starts_with("http://") || model.starts_with("https://") {
+            load::read_header(&mut load::HttpSource::get(&model)?).await?
+        } else {
+            load::read_header(&mut load::FileSource::open(model.as_ref())?).await?
+        };
+        println!("{model}\n{}", header.into_model_files()?.summary());
+        Ok(ExitCode::SUCCESS)
+    }
+
     async fn run(cli: Cli) -> pocketlm::Result<ExitCode> {
+        if let Command::Info { model } = &cli.command {
+            return info(model).await;
+        }
         let request: ProfileRequest = cli.profile.parse()?;
         let ctx = GpuContext::new(request).await?;
         println!("{}", ctx.report());
         match cli.command {
-            Command::Device => Ok(ExitCode::SUCCESS),
+            Command::Info { .. } | Command::Device => Ok(ExitCode::SUCCESS),
             Command::Selfcheck => {
                 println!();
                 let outcomes = selfcheck::run_standard(&ctx).await?;

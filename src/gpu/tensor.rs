@@ -50,6 +50,12 @@ impl GpuTensor {
     pub fn size_bytes(&self) -> u64 {
         self.buffer.size()
     }
+
+    /// Frees the GPU memory now rather than when the last clone is dropped; using the tensor
+    /// afterwards is a GPU validation error.
+    pub fn destroy(&self) {
+        self.buffer.destroy();
+    }
 }
 
 /// Bytes a tensor of this shape and dtype occupies on the GPU (see [`crate::quant`] for the

@@ -166,11 +166,17 @@ pub struct Download {
 }
 
 impl Download {
-    /// Removes the cached copy (after an integrity failure), once any pending write is done.
-    pub async fn evict(&mut self) {
+    /// Waits until the cache holds the file (so a load that resolved can be repeated without the
+    /// network); a failed write was already reported as a warning.
+    pub async fn settle(&mut self) {
         if let Some(put) = self.pending_put.take() {
             let _ = JsFuture::from(put).await;
         }
+    }
+
+    /// Removes the cached copy (after an integrity failure), once any pending write is done.
+    pub async fn evict(&mut self) {
+        self.settle().await;
         if let Some(cache) = &self.cache {
             let _ = call(cache, "delete", &[&self.url.as_str().into()]).await;
         }

@@ -2,11 +2,13 @@
 
 #[cfg(target_arch = "wasm32")]
 pub mod browser;
+mod model;
 mod source;
 mod upload;
 
 mod stream;
 
+pub use model::{load_model_file, parse_header, read_header, FileHeader, LoadedModel};
 pub use source::{io_error, ByteSource, MemorySource, CHUNK};
 #[cfg(not(target_arch = "wasm32"))]
 pub use source::{FileSource, HttpSource};

@@ -214,7 +214,7 @@ impl<'a> StreamUploader<'a> {
     }
 
     /// The uploaded tensors, in plan order by offset; an error when the stream ended early.
-    pub fn finish(self) -> Result<Vec<GpuTensor>> {
+    pub fn finish(mut self) -> Result<Vec<GpuTensor>> {
         if let Some(plan) = self.plans.get(self.current) {
             return Err(Error::InvalidTensor {
                 tensor: plan.name.clone(),
@@ -225,6 +225,16 @@ impl<'a> StreamUploader<'a> {
                 ),
             });
         }
-        Ok(self.tensors)
+        Ok(std::mem::take(&mut self.tensors))
+    }
+}
+
+/// A load that does not finish (an error, a truncated stream, an abort) frees the GPU memory it
+/// allocated at once: in the browser, dropping a buffer alone waits for garbage collection.
+impl Drop for StreamUploader<'_> {
+    fn drop(&mut self) {
+        for t in &self.tensors {
+            t.destroy();
+        }
     }
 }

@@ -11,18 +11,26 @@ const TYPES = {
   ".json": "application/json",
 };
 
-export async function serve(root) {
+// `mounts` maps URL prefixes to folders, e.g. { "/": www, "/models/": models }; the longest
+// matching prefix wins.
+export async function serve(mounts) {
+  if (typeof mounts === "string") mounts = { "/": mounts };
+  const prefixes = Object.keys(mounts).sort((a, b) => b.length - a.length);
   const requests = new Map();
   const server = createServer(async (req, res) => {
     const path = normalize(decodeURIComponent(new URL(req.url, "http://x").pathname));
     requests.set(path, (requests.get(path) ?? 0) + 1);
-    if (path.includes("..")) {
+    const prefix = prefixes.find((p) => path.startsWith(p));
+    if (path.includes("..") || prefix === undefined) {
       res.writeHead(400).end();
       return;
     }
     try {
-      const body = await readFile(join(root, path));
-      res.writeHead(200, { "content-type": TYPES[extname(path)] ?? "application/octet-stream" });
+      const body = await readFile(join(mounts[prefix], path.slice(prefix.length)));
+      res.writeHead(200, {
+        "content-type": TYPES[extname(path)] ?? "application/octet-stream",
+        "content-length": body.length,
+      });
       res.end(body);
     } catch {
       res.writeHead(404).end("not found");
