@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use pocketlm::formats::invariants::check_streaming_agrees;
 use pocketlm::formats::{
     gguf, merge_shards, merge_splits, next_fetch_len, split_names, Format, GgufHeader, MetaArray,
     MetaValue, ModelFiles, Parsed, SafetensorsHeader, SafetensorsIndex,
@@ -1196,57 +1197,15 @@ fn limits_are_what_the_docs_say() {
 // ---------------------------------------------------------------------------------------------
 // Inputs the fuzzers (fuzz/) found, with the invariants the fuzz targets check
 
-/// Whole file (size known) and streamed prefixes (size unknown, fetching exactly what is asked)
-/// agree, and nothing panics.
+/// The fuzz targets' invariants (see `pocketlm::formats::invariants`), then what the targets do
+/// with a parsed header.
 fn gguf_invariants(data: &[u8]) {
-    let whole = GgufHeader::parse(data, Some(data.len() as u64), "fuzz.gguf");
-    if let Ok(p) = &whole {
-        assert!(matches!(p, Parsed::Complete { .. }));
-    }
-    let mut have = 0usize;
-    let mut steps = 0;
-    let streamed = loop {
-        match GgufHeader::parse(&data[..have], None, "fuzz.gguf") {
-            Ok(Parsed::NeedMore { at_least }) => {
-                assert!(at_least > have);
-                if at_least > data.len() {
-                    if have < data.len() {
-                        // Everything there is, before concluding the file is short.
-                        have = data.len();
-                        continue;
-                    }
-                    // Then the whole-file parse must call it truncated.
-                    let e = whole
-                        .as_ref()
-                        .expect_err("streaming needs more than the file");
-                    assert_eq!(e.code(), "file_truncated", "{e}");
-                    break None;
-                }
-                // Exactly what is asked for a while (every boundary), then geometric growth,
-                // as a loader fetches (so a long header does not take quadratic time).
-                steps += 1;
-                have = if steps < 64 {
-                    at_least
-                } else {
-                    next_fetch_len(have, at_least).min(data.len())
-                };
-            }
-            Ok(Parsed::Complete { header, .. }) => break Some(header),
-            Err(e) => {
-                let w = whole
-                    .as_ref()
-                    .expect_err("streaming failed, whole file parsed");
-                assert_eq!(e.code(), w.code(), "{e} / {w}");
-                break None;
-            }
-        }
-    };
-    match (&whole, &streamed) {
-        (Ok(Parsed::Complete { header, .. }), Some(s)) => assert_eq!(header.tensors, s.tensors),
-        (Ok(_), None) => panic!("whole file parsed, streaming did not"),
-        (Err(e), Some(_)) => assert_eq!(e.code(), "tensor_out_of_bounds", "{e}"),
-        _ => {}
-    }
+    let streamed = check_streaming_agrees(
+        data,
+        |p, size| GgufHeader::parse(p, size, "fuzz.gguf"),
+        &["tensor_out_of_bounds"],
+        |a, b| a.tensors == b.tensors && a.data_offset == b.data_offset,
+    );
     if let Some(h) = streamed {
         for (k, v) in h.metadata.iter() {
             let _ = format!("{k} = {v} ({})", v.describe());
@@ -1259,53 +1218,16 @@ fn gguf_invariants(data: &[u8]) {
 }
 
 fn safetensors_invariants(data: &[u8]) {
-    let whole = SafetensorsHeader::parse(data, Some(data.len() as u64), "fuzz.safetensors");
-    let mut have = 0usize;
-    let mut steps = 0;
-    let streamed = loop {
-        match SafetensorsHeader::parse(&data[..have], None, "fuzz.safetensors") {
-            Ok(Parsed::NeedMore { at_least }) => {
-                assert!(at_least > have);
-                if at_least > data.len() {
-                    if have < data.len() {
-                        // Everything there is, before concluding the file is short.
-                        have = data.len();
-                        continue;
-                    }
-                    // Then the whole-file parse must call it truncated.
-                    let e = whole
-                        .as_ref()
-                        .expect_err("streaming needs more than the file");
-                    assert_eq!(e.code(), "file_truncated", "{e}");
-                    break None;
-                }
-                // Exactly what is asked for a while (every boundary), then geometric growth,
-                // as a loader fetches (so a long header does not take quadratic time).
-                steps += 1;
-                have = if steps < 64 {
-                    at_least
-                } else {
-                    next_fetch_len(have, at_least).min(data.len())
-                };
-            }
-            Ok(Parsed::Complete { header, .. }) => break Some(header),
-            Err(e) => {
-                let w = whole
-                    .as_ref()
-                    .expect_err("streaming failed, whole file parsed");
-                assert_eq!(e.code(), w.code(), "{e} / {w}");
-                break None;
-            }
+    let streamed = check_streaming_agrees(
+        data,
+        |p, size| SafetensorsHeader::parse(p, size, "fuzz.safetensors"),
+        &["tensor_out_of_bounds", "invalid_header"],
+        |a, b| a.tensors == b.tensors,
+    );
+    if let Some(h) = streamed {
+        if let Ok(model) = h.into_model_files() {
+            let _ = model.summary().to_string();
         }
-    };
-    match (&whole, &streamed) {
-        (Ok(Parsed::Complete { header, .. }), Some(s)) => assert_eq!(header.tensors, s.tensors),
-        (Ok(_), None) => panic!("whole file parsed, streaming did not"),
-        (Err(e), Some(_)) => assert!(
-            ["tensor_out_of_bounds", "invalid_header"].contains(&e.code()),
-            "{e}"
-        ),
-        _ => {}
     }
     if let Ok(index) = SafetensorsIndex::parse(data, "fuzz.index.json") {
         assert!(merge_shards(&index, Vec::new()).is_err());

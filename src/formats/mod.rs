@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::quant::DType;
 
 pub mod gguf;
+pub mod invariants;
 pub mod safetensors;
 
 pub use self::gguf::{
