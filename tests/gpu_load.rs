@@ -6,10 +6,12 @@
 mod common;
 
 use common::{ctx, expect_err, gpu_rows};
+use pocketlm::formats::SafetensorsIndex;
 use pocketlm::gpu::{DType, GpuTensor};
 use pocketlm::load::{
-    load_model_file, load_stream, AbortFlag, FileHeader, FileSource, HeaderStep, LoadOptions,
-    MemorySource, Progress, StreamUploader, TensorPlan,
+    load_model, load_model_file, load_stream, AbortFlag, ByteSource, FileHeader, FileSource,
+    HeaderStep, LoadOptions, LoadedModelFiles, MemorySource, ModelFile, Progress, StreamUploader,
+    TensorPlan,
 };
 use pocketlm::quant::{dequantize_to_vec, random_gguf_bytes};
 use pocketlm::reference::Rng;
@@ -312,4 +314,112 @@ fn loads_the_default_model_file() {
         "{}",
         loaded.gpu_bytes
     );
+}
+
+/// Every tensor of `model` holds, on the GPU, exactly the values of its bytes in its file.
+fn check_against_files(model: &LoadedModelFiles) {
+    let mut checked = 0;
+    for info in &model.files.tensors {
+        let file = std::fs::read(&model.files.files[info.file]).unwrap();
+        let bytes = &file[info.offset as usize..(info.offset + info.bytes) as usize];
+        let want: Vec<u32> = dequantize_to_vec(info.dtype, bytes)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        let t = &model.tensors[&info.name];
+        let got: Vec<u32> = if let [rows, _] = *t.shape() {
+            let ids: Vec<i32> = (0..rows as i32).collect();
+            gpu_rows(t, &ids).iter().map(|v| v.to_bits()).collect()
+        } else {
+            pollster::block_on(ctx().read_f32(t))
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        assert_eq!(
+            got, want,
+            "{} from {}",
+            info.name, model.files.files[info.file]
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, model.tensors.len());
+}
+
+fn fixture_files(names: &[&str]) -> Vec<ModelFile<FileSource>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats");
+    names
+        .iter()
+        .map(|n| ModelFile {
+            source: FileSource::open(&dir.join(n)).unwrap(),
+            sha256: None,
+        })
+        .collect()
+}
+
+const SPLITS: [&str; 3] = [
+    "split-00003-of-00003.gguf",
+    "split-00001-of-00003.gguf",
+    "split-00002-of-00003.gguf",
+];
+
+#[test]
+fn split_gguf_loads_as_one_model_with_overall_progress() {
+    let files = fixture_files(&SPLITS);
+    let sizes: u64 = files.iter().map(|f| f.source.total().unwrap()).sum();
+    let mut events: Vec<Progress> = Vec::new();
+    let mut progress = |p: &Progress| events.push(p.clone());
+    let opts = LoadOptions {
+        progress: Some(&mut progress),
+        ..Default::default()
+    };
+    let model = pollster::block_on(load_model(ctx(), files, None, 2, opts)).unwrap();
+    assert_eq!(model.files.files.len(), 3);
+    assert!(model.tensors.len() >= 3, "{}", model.tensors.len());
+    check_against_files(&model);
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.files, last.all_done, last.all_total),
+        (3, sizes, Some(sizes))
+    );
+    assert!(events.iter().all(|p| p.file_index < 3));
+    assert!(events.windows(2).all(|w| w[0].all_done <= w[1].all_done));
+
+    // A missing split is refused.
+    let two = fixture_files(&SPLITS[..2]);
+    let r = pollster::block_on(load_model(ctx(), two, None, 2, LoadOptions::default()));
+    expect_err(r.map(|_| ()), "split_model", "split");
+}
+
+#[test]
+fn sharded_safetensors_load_as_one_model() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats/sharded");
+    let index_path = dir.join("model.safetensors.index.json");
+    let index = SafetensorsIndex::parse(
+        &std::fs::read(&index_path).unwrap(),
+        "model.safetensors.index.json",
+    )
+    .unwrap();
+    let shards = || {
+        fixture_files(&[
+            "sharded/model-00002-of-00002.safetensors",
+            "sharded/model-00001-of-00002.safetensors",
+        ])
+    };
+    // Given in the opposite order to the index's: load_model puts them in its order.
+    let files = shards();
+    let model = pollster::block_on(load_model(
+        ctx(),
+        files,
+        Some(&index),
+        2,
+        LoadOptions::default(),
+    ))
+    .unwrap();
+    check_against_files(&model);
+    let r = pollster::block_on(load_model(ctx(), shards(), None, 2, LoadOptions::default()));
+    expect_err(r.map(|_| ()), "shard_index", "without the index");
 }

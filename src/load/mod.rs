@@ -8,7 +8,10 @@ mod upload;
 
 mod stream;
 
-pub use model::{load_model_file, parse_header, read_header, FileHeader, LoadedModel};
+pub use model::{
+    load_model, load_model_file, parse_header, read_header, FileHeader, LoadedModel,
+    LoadedModelFiles, ModelFile,
+};
 pub use source::{io_error, ByteSource, MemorySource, CHUNK};
 #[cfg(not(target_arch = "wasm32"))]
 pub use source::{FileSource, HttpSource};

@@ -8,7 +8,7 @@ use crate::formats::{
     next_fetch_len, GgufHeader, ModelFiles, Parsed, SafetensorsHeader, TensorInfo,
 };
 use crate::gpu::{GpuContext, GpuTensor};
-use crate::load::{load_stream, ByteSource, HeaderStep, LoadOptions, TensorPlan};
+use crate::load::{load_stream, ByteSource, HeaderStep, LoadOptions, Progress, TensorPlan};
 
 /// The parsed header of one file, in whichever format it is.
 #[derive(Clone, Debug)]
@@ -148,5 +148,138 @@ pub async fn load_model_file<S: ByteSource>(
             .collect(),
         gpu_bytes,
         sha256: loaded.sha256,
+    })
+}
+
+/// One file of a model to load, with its expected sha256 if known.
+pub struct ModelFile<S> {
+    pub source: S,
+    pub sha256: Option<String>,
+}
+
+/// A model of one or several files in GPU memory, described as one.
+pub struct LoadedModelFiles {
+    pub files: ModelFiles,
+    pub tensors: HashMap<String, GpuTensor>,
+    pub gpu_bytes: u64,
+    /// Per file, in order.
+    pub sha256: Vec<String>,
+}
+
+/// Loads a model made of several files as one: the splits of a GGUF model
+/// (`…-00001-of-00003.gguf`, in any order) or the shards of a safetensors checkpoint (with its
+/// `index`, which says which tensors each shard holds). Up to `concurrency` files download at
+/// once; progress reports each file and the total; an abort stops them all. The files must
+/// belong together (the split counts or the index agree) and no tensor may be in two of them.
+pub async fn load_model<S: ByteSource>(
+    ctx: &GpuContext,
+    files: Vec<ModelFile<S>>,
+    index: Option<&crate::formats::SafetensorsIndex>,
+    concurrency: usize,
+    mut opts: LoadOptions<'_>,
+) -> Result<LoadedModelFiles> {
+    use std::cell::RefCell;
+
+    use futures_util::stream::{self, StreamExt, TryStreamExt};
+
+    let n = files.len();
+    let totals: Vec<Option<u64>> = files.iter().map(|f| f.source.total()).collect();
+    let all_total = totals.iter().copied().sum::<Option<u64>>();
+    // Progress of every file, shared by the concurrent loads.
+    let done = RefCell::new(vec![0u64; n]);
+    let report = RefCell::new(opts.progress.take());
+    let abort = opts.abort.clone();
+    let budget = opts.piece_budget;
+
+    let loads = files.into_iter().enumerate().map(|(i, mut file)| {
+        let (done, report, abort) = (&done, &report, abort.clone());
+        async move {
+            let mut forward = |p: &Progress| {
+                let all_done = {
+                    let mut d = done.borrow_mut();
+                    d[i] = p.bytes_done;
+                    d.iter().sum()
+                };
+                if let Some(r) = report.borrow_mut().as_mut() {
+                    r(&Progress {
+                        file_index: i,
+                        files: n,
+                        all_done,
+                        all_total,
+                        ..p.clone()
+                    });
+                }
+            };
+            let mut file_opts = LoadOptions {
+                progress: Some(&mut forward),
+                abort,
+                sha256: file.sha256.take(),
+                piece_budget: budget,
+            };
+            let loaded = load_model_file(ctx, &mut file.source, &mut file_opts).await;
+            if loaded.is_err() {
+                // One failure ends the load: stop the other files between chunks.
+                file_opts.abort.abort();
+            }
+            loaded.map(|l| (i, l))
+        }
+    });
+    let mut results: Vec<(usize, LoadedModel)> = stream::iter(loads)
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await?;
+    results.sort_by_key(|(i, _)| *i);
+
+    let mut tensors = HashMap::new();
+    let mut gpu_bytes = 0;
+    let mut sha256 = Vec::with_capacity(n);
+    let mut ggufs = Vec::new();
+    let mut safetensors = Vec::new();
+    for (_, loaded) in results {
+        gpu_bytes += loaded.gpu_bytes;
+        sha256.push(loaded.sha256);
+        tensors.extend(loaded.tensors);
+        match loaded.header {
+            FileHeader::Gguf(h) => ggufs.push(h),
+            FileHeader::Safetensors(h) => safetensors.push(h),
+        }
+    }
+    let files = match (ggufs.len(), safetensors.len(), index) {
+        (1, 0, _) => FileHeader::Gguf(ggufs.remove(0)).into_model_files()?,
+        (_, 0, _) => crate::formats::merge_splits(ggufs)?,
+        (0, _, Some(index)) => {
+            // merge_shards takes the shards in the index's order, whatever order they came in.
+            let place = |h: &crate::formats::SafetensorsHeader| {
+                index
+                    .shards
+                    .iter()
+                    .position(|s| h.file == s.file || h.file.ends_with(&format!("/{}", s.file)))
+            };
+            safetensors.sort_by_key(|h| place(h).unwrap_or(usize::MAX));
+            crate::formats::merge_shards(index, safetensors)?
+        }
+        (0, 1, None) => FileHeader::Safetensors(safetensors.remove(0)).into_model_files()?,
+        (0, _, None) => {
+            return Err(Error::ShardIndex {
+                file: "model.safetensors.index.json".into(),
+                detail: format!(
+                    "{} safetensors files were given without the index that says how they belong \
+                     together",
+                    safetensors.len()
+                ),
+            })
+        }
+        _ => {
+            return Err(Error::SplitModel {
+                file: "(several files)".into(),
+                detail: "GGUF and safetensors files cannot make one model".into(),
+            })
+        }
+    };
+    Ok(LoadedModelFiles {
+        files,
+        tensors,
+        gpu_bytes,
+        sha256,
     })
 }

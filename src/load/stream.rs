@@ -34,12 +34,19 @@ impl AbortFlag {
     }
 }
 
-/// How far a file has come.
+/// How far a load has come: the file that just advanced, and all files together (a model of
+/// several files, split or sharded, loads them concurrently).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Progress {
     pub file: String,
+    /// Which of the model's `files` this is.
+    pub file_index: usize,
+    pub files: usize,
     pub bytes_done: u64,
     pub bytes_total: Option<u64>,
+    /// Over all files; the total is known once every file's size is.
+    pub all_done: u64,
+    pub all_total: Option<u64>,
 }
 
 /// Options of a load.
@@ -87,8 +94,12 @@ pub async fn load_stream<S: ByteSource, H>(
         if let Some(p) = opts.progress.as_mut() {
             p(&Progress {
                 file: name.clone(),
+                file_index: 0,
+                files: 1,
                 bytes_done: done,
                 bytes_total: total,
+                all_done: done,
+                all_total: total,
             });
         }
     };
