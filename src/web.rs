@@ -10,9 +10,11 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
 use crate::error::Error;
+use crate::formats::{split_names, SafetensorsIndex};
 use crate::gpu::{DType, GpuContext, GpuTensor, ProfileRequest};
+use crate::load::browser::LazyDownload;
 use crate::load::browser::{self, JsBytesSource, StreamSource};
-use crate::load::{load_model_file, AbortFlag, LoadOptions, LoadedModel, Progress};
+use crate::load::{load_model, AbortFlag, LoadOptions, LoadedModelFiles, ModelFile, Progress};
 use crate::{kernels, selfcheck};
 
 /// Converts a PocketLM error into a JS `Error` carrying the message and a stable `code`.
@@ -79,7 +81,7 @@ pub fn clear_model_cache() -> Promise {
 /// Model weights in GPU memory.
 #[wasm_bindgen]
 pub struct Weights {
-    model: LoadedModel,
+    model: LoadedModelFiles,
     summary: String,
 }
 
@@ -96,9 +98,9 @@ impl Weights {
         self.model.gpu_bytes as f64
     }
 
-    /// The sha256 of the file, as 64 hex digits.
+    /// The sha256 of each file, as 64 hex digits.
     #[wasm_bindgen(getter)]
-    pub fn sha256(&self) -> String {
+    pub fn sha256(&self) -> Vec<String> {
         self.model.sha256.clone()
     }
 
@@ -150,21 +152,21 @@ impl Gpu {
 
     /// Loads a model file (GGUF or safetensors) into GPU memory as it downloads.
     ///
-    /// `source`: a URL, a `Uint8Array`/`ArrayBuffer`, a `Blob`/`File`, or a `ReadableStream`.
-    /// `options`: `onProgress({file, bytesDone, bytesTotal})`, `signal` (an `AbortSignal`),
-    /// `sha256` (64 hex digits: a mismatch rejects and drops the cached copy), `cache` (default
-    /// true: URLs are kept in the Cache API and a second load makes no network request).
+    /// `source`: a URL, an array of URLs (the files of one model), a `Uint8Array`/`ArrayBuffer`,
+    /// a `Blob`/`File`, or a `ReadableStream`. The URL of any split of a GGUF model
+    /// (`…-00001-of-00003.gguf`) loads all its splits; the URL of a `model.safetensors.index.json`
+    /// loads its shards.
+    /// `options`: `onProgress({file, fileIndex, files, bytesDone, bytesTotal, allDone, allTotal})`,
+    /// `signal` (an `AbortSignal`), `sha256` (64 hex digits, or an array with one per file: a
+    /// mismatch rejects and drops the cached copy), `cache` (default true: URLs are kept in the
+    /// Cache API and a second load makes no network request), `concurrency` (files downloaded at
+    /// once, default 4).
     #[wasm_bindgen(js_name = loadWeights)]
     pub fn load_weights(&self, source: JsValue, options: JsValue) -> Promise {
         let ctx = self.ctx.clone();
         reject_on_error(async move {
             let model = load_from_js(&ctx, &source, &options).await?;
-            let summary = model
-                .header
-                .clone()
-                .into_model_files()
-                .map(|m| m.summary().to_string())
-                .unwrap_or_default();
+            let summary = model.files.summary().to_string();
             Ok(Weights { model, summary }.into())
         })
     }
@@ -227,7 +229,7 @@ async fn load_from_js(
     ctx: &GpuContext,
     source: &JsValue,
     options: &JsValue,
-) -> Result<LoadedModel, Error> {
+) -> Result<LoadedModelFiles, Error> {
     let abort = AbortFlag::default();
     let signal = get(options, "signal");
     let _listener = match &signal {
@@ -239,48 +241,98 @@ async fn load_from_js(
     let mut progress = |p: &Progress| {
         if let Some(f) = &on_progress {
             let o = js_sys::Object::new();
-            let _ = js_sys::Reflect::set(&o, &"file".into(), &p.file.as_str().into());
-            let _ = js_sys::Reflect::set(&o, &"bytesDone".into(), &(p.bytes_done as f64).into());
-            let total = p.bytes_total.map_or(JsValue::NULL, |t| (t as f64).into());
-            let _ = js_sys::Reflect::set(&o, &"bytesTotal".into(), &total);
+            let num = |v: u64| JsValue::from(v as f64);
+            let opt = |v: Option<u64>| v.map_or(JsValue::NULL, num);
+            for (k, v) in [
+                ("file", JsValue::from(p.file.as_str())),
+                ("fileIndex", num(p.file_index as u64)),
+                ("files", num(p.files as u64)),
+                ("bytesDone", num(p.bytes_done)),
+                ("bytesTotal", opt(p.bytes_total)),
+                ("allDone", num(p.all_done)),
+                ("allTotal", opt(p.all_total)),
+            ] {
+                let _ = js_sys::Reflect::set(&o, &k.into(), &v);
+            }
             let _ = f.call1(&JsValue::NULL, &o);
         }
     };
-    let mut opts = LoadOptions {
+    let opts = LoadOptions {
         progress: Some(&mut progress),
-        abort,
-        sha256: get(options, "sha256").and_then(|v| v.as_string()),
+        abort: abort.clone(),
         ..Default::default()
     };
-    if let Some(url) = source.as_string() {
+    let sha256: Vec<Option<String>> = match get(options, "sha256") {
+        Some(v) if js_sys::Array::is_array(&v) => js_sys::Array::from(&v)
+            .iter()
+            .map(|s| s.as_string())
+            .collect(),
+        Some(v) => vec![v.as_string()],
+        None => Vec::new(),
+    };
+    let concurrency = get(options, "concurrency")
+        .and_then(|v| v.as_f64())
+        .map_or(4, |c| c.max(1.0) as usize);
+    // URLs: one, several, all the splits of one, or the shards of an index.
+    let urls: Option<Vec<String>> = if let Some(url) = source.as_string() {
+        Some(vec![url])
+    } else if js_sys::Array::is_array(source) {
+        Some(
+            js_sys::Array::from(source)
+                .iter()
+                .filter_map(|u| u.as_string())
+                .collect(),
+        )
+    } else {
+        None
+    };
+    if let Some(mut urls) = urls {
         let cache = get(options, "cache")
             .and_then(|v| v.as_bool())
             .unwrap_or(true);
-        let mut download = browser::open_url(&url, cache, signal.as_ref()).await?;
-        let result = load_model_file(ctx, &mut download.source, &mut opts).await;
-        match &result {
-            Ok(_) => download.settle().await,
-            Err(e) => {
-                download.source.cancel();
-                if !matches!(e, Error::Aborted) {
-                    // A bad file must not be served from the cache again.
-                    download.evict().await;
-                }
+        let mut index = None;
+        if let [url] = urls.as_slice() {
+            if url.ends_with(".index.json") {
+                let json = browser::fetch_small(url, cache, signal.as_ref()).await?;
+                let parsed = SafetensorsIndex::parse(&json, url)?;
+                let base = &url[..url.rfind('/').map_or(0, |i| i + 1)];
+                urls = parsed
+                    .shards
+                    .iter()
+                    .map(|s| format!("{base}{}", s.file))
+                    .collect();
+                index = Some(parsed);
+            } else {
+                urls = split_names(url)?;
             }
+        }
+        let mut downloads: Vec<LazyDownload> = urls
+            .iter()
+            .map(|u| LazyDownload::new(u.clone(), cache, signal.clone()))
+            .collect();
+        let result = load_model(
+            ctx,
+            with_sha256(downloads.iter_mut().collect(), &sha256),
+            index.as_ref(),
+            concurrency,
+            opts,
+        )
+        .await;
+        // (A failing file also raises the abort flag to stop the others: ask the result.)
+        let aborted = matches!(result, Err(Error::Aborted));
+        for d in &mut downloads {
+            d.finish(result.is_ok(), aborted).await;
         }
         return result;
     }
+
     if let Some(bytes) = source.dyn_ref::<js_sys::Uint8Array>() {
-        return load_model_file(
-            ctx,
-            &mut JsBytesSource::new("bytes", bytes.clone()),
-            &mut opts,
-        )
-        .await;
+        let s = JsBytesSource::new("bytes", bytes.clone());
+        return load_model(ctx, with_sha256(vec![s], &sha256), None, 1, opts).await;
     }
     if source.is_instance_of::<js_sys::ArrayBuffer>() {
-        let bytes = js_sys::Uint8Array::new(source);
-        return load_model_file(ctx, &mut JsBytesSource::new("bytes", bytes), &mut opts).await;
+        let s = JsBytesSource::new("bytes", js_sys::Uint8Array::new(source));
+        return load_model(ctx, with_sha256(vec![s], &sha256), None, 1, opts).await;
     }
     let is_blob = js_sys::Reflect::get(source, &"arrayBuffer".into())
         .is_ok_and(|f| f.is_function())
@@ -297,17 +349,31 @@ async fn load_from_js(
             .and_then(|f| f.dyn_into::<js_sys::Function>().ok())
             .and_then(|f| f.call0(source).ok())
             .ok_or_else(|| crate::load::io_error(&name, "this Blob has no stream()"))?;
-        let mut s = StreamSource::new(name, &stream, size)?;
-        return load_model_file(ctx, &mut s, &mut opts).await;
+        let s = StreamSource::new(name, &stream, size)?;
+        return load_model(ctx, with_sha256(vec![s], &sha256), None, 1, opts).await;
     }
     if js_sys::Reflect::get(source, &"getReader".into()).is_ok_and(|f| f.is_function()) {
-        let mut s = StreamSource::new("stream", source, None)?;
-        return load_model_file(ctx, &mut s, &mut opts).await;
+        let s = StreamSource::new("stream", source, None)?;
+        return load_model(ctx, with_sha256(vec![s], &sha256), None, 1, opts).await;
     }
     Err(Error::InvalidTensor {
         tensor: "source".into(),
-        detail: "expected a URL string, a Uint8Array or ArrayBuffer, a Blob or File, or a ReadableStream".into(),
+        detail: "expected a URL string or an array of them, a Uint8Array or ArrayBuffer, a Blob \
+                 or File, or a ReadableStream"
+            .into(),
     })
+}
+
+/// The model's files with their expected sha256 (by position; missing ones are not checked).
+fn with_sha256<S>(sources: Vec<S>, sha256: &[Option<String>]) -> Vec<ModelFile<S>> {
+    sources
+        .into_iter()
+        .enumerate()
+        .map(|(i, source)| ModelFile {
+            source,
+            sha256: sha256.get(i).cloned().flatten(),
+        })
+        .collect()
 }
 
 /// Sets `flag` when `signal` aborts (now, if it already has). The returned closure must live as

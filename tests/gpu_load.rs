@@ -209,7 +209,13 @@ fn load_stream_parses_uploads_hashes_and_reports() {
         sha256: Some(sha256_hex(&file).to_uppercase()),
         ..Default::default()
     };
-    let loaded = pollster::block_on(load_stream(ctx(), &mut source, toy_parse, &mut opts)).unwrap();
+    let loaded = pollster::block_on(load_stream(
+        ctx(),
+        &mut source,
+        |p, _| toy_parse(p),
+        &mut opts,
+    ))
+    .unwrap();
     assert_eq!(loaded.header, 8 + 20 * 3);
     assert_eq!(loaded.bytes, file.len() as u64);
     assert_eq!(loaded.sha256, sha256_hex(&file));
@@ -235,7 +241,7 @@ fn load_stream_failures_are_typed() {
     let (file, _) = toy_file(&mut rng);
     let load = |data: Vec<u8>, opts: &mut LoadOptions| {
         let mut source = MemorySource::with_chunk("toy.bin", data, 64);
-        pollster::block_on(load_stream(ctx(), &mut source, toy_parse, opts)).map(|_| ())
+        pollster::block_on(load_stream(ctx(), &mut source, |p, _| toy_parse(p), opts)).map(|_| ())
     };
     expect_err(
         load(file[..30].to_vec(), &mut LoadOptions::default()),

@@ -301,3 +301,69 @@ pub async fn clear_cache() -> Result<bool> {
         .map_err(|e| io(CACHE_NAME, &e))?;
     Ok(r.as_bool().unwrap_or(false))
 }
+
+/// A URL opened only when its first chunk is wanted, so a model of many files downloads no more
+/// of them at once than the loader reads.
+pub struct LazyDownload {
+    url: String,
+    use_cache: bool,
+    signal: Option<JsValue>,
+    pub download: Option<Download>,
+}
+
+impl LazyDownload {
+    pub fn new(url: impl Into<String>, use_cache: bool, signal: Option<JsValue>) -> Self {
+        LazyDownload {
+            url: url.into(),
+            use_cache,
+            signal,
+            download: None,
+        }
+    }
+
+    /// After a load: waits for the cache write of a good file, or cancels and evicts a bad one.
+    pub async fn finish(&mut self, ok: bool, aborted: bool) {
+        if let Some(d) = self.download.as_mut() {
+            if ok {
+                d.settle().await;
+            } else {
+                d.source.cancel();
+                if !aborted {
+                    // A bad file must not be served from the cache again.
+                    d.evict().await;
+                }
+            }
+        }
+    }
+}
+
+impl ByteSource for LazyDownload {
+    fn name(&self) -> &str {
+        &self.url
+    }
+
+    fn total(&self) -> Option<u64> {
+        self.download.as_ref().and_then(|d| d.source.total())
+    }
+
+    async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
+        if self.download.is_none() {
+            self.download = Some(open_url(&self.url, self.use_cache, self.signal.as_ref()).await?);
+        }
+        match self.download.as_mut() {
+            Some(d) => d.source.next_chunk().await,
+            None => Ok(None),
+        }
+    }
+}
+
+/// Fetches a small text file (a safetensors index) through the same cache as the weights.
+pub async fn fetch_small(url: &str, use_cache: bool, signal: Option<&JsValue>) -> Result<Vec<u8>> {
+    let mut d = open_url(url, use_cache, signal).await?;
+    let mut out = Vec::new();
+    while let Some(chunk) = d.source.next_chunk().await? {
+        out.extend_from_slice(&chunk);
+    }
+    d.settle().await;
+    Ok(out)
+}

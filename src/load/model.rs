@@ -135,9 +135,8 @@ pub async fn load_model_file<S: ByteSource>(
     source: &mut S,
     opts: &mut LoadOptions<'_>,
 ) -> Result<LoadedModel> {
-    let total = source.total();
     let name = source.name().to_string();
-    let loaded = load_stream(ctx, source, |p| parse_header(p, total, &name), opts).await?;
+    let loaded = load_stream(ctx, source, |p, size| parse_header(p, size, &name), opts).await?;
     let gpu_bytes = loaded.tensors.iter().map(|t| t.size_bytes()).sum();
     Ok(LoadedModel {
         header: loaded.header,
@@ -183,10 +182,9 @@ pub async fn load_model<S: ByteSource>(
     use futures_util::stream::{self, StreamExt, TryStreamExt};
 
     let n = files.len();
-    let totals: Vec<Option<u64>> = files.iter().map(|f| f.source.total()).collect();
-    let all_total = totals.iter().copied().sum::<Option<u64>>();
-    // Progress of every file, shared by the concurrent loads.
-    let done = RefCell::new(vec![0u64; n]);
+    // Progress and size of every file (sizes may be learnt only when a download starts), shared
+    // by the concurrent loads.
+    let done = RefCell::new(vec![(0u64, None::<u64>); n]);
     let report = RefCell::new(opts.progress.take());
     let abort = opts.abort.clone();
     let budget = opts.piece_budget;
@@ -195,10 +193,10 @@ pub async fn load_model<S: ByteSource>(
         let (done, report, abort) = (&done, &report, abort.clone());
         async move {
             let mut forward = |p: &Progress| {
-                let all_done = {
+                let (all_done, all_total) = {
                     let mut d = done.borrow_mut();
-                    d[i] = p.bytes_done;
-                    d.iter().sum()
+                    d[i] = (p.bytes_done, p.bytes_total);
+                    (d.iter().map(|f| f.0).sum(), d.iter().map(|f| f.1).sum())
                 };
                 if let Some(r) = report.borrow_mut().as_mut() {
                     r(&Progress {

@@ -19,6 +19,21 @@ pub trait ByteSource {
     fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Vec<u8>>>>;
 }
 
+/// A source lent out (so its owner can still act on it after the load, e.g. evict a cached copy).
+impl<S: ByteSource> ByteSource for &mut S {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    fn total(&self) -> Option<u64> {
+        (**self).total()
+    }
+
+    fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Vec<u8>>>> {
+        (**self).next_chunk()
+    }
+}
+
 /// An I/O failure while reading `name`.
 pub fn io_error(name: &str, e: impl std::fmt::Display) -> Error {
     Error::Io {

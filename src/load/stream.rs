@@ -79,18 +79,19 @@ pub struct LoadedFile<H> {
     pub sha256: String,
 }
 
-/// Reads `source` to the end, parsing its header with `parse` and uploading its tensors.
+/// Reads `source` to the end, parsing its header with `parse(prefix, file_size)` and uploading its
+/// tensors.
 pub async fn load_stream<S: ByteSource, H>(
     ctx: &GpuContext,
     source: &mut S,
-    parse: impl Fn(&[u8]) -> Result<HeaderStep<H>>,
+    parse: impl Fn(&[u8], Option<u64>) -> Result<HeaderStep<H>>,
     opts: &mut LoadOptions<'_>,
 ) -> Result<LoadedFile<H>> {
     let name = source.name().to_string();
-    let total = source.total();
     let mut hasher = Sha256::new();
     let mut done = 0u64;
-    let report = |done: u64, opts: &mut LoadOptions<'_>| {
+    // The total is asked for each time: a lazily opened source learns it with its first chunk.
+    let report = |done: u64, total: Option<u64>, opts: &mut LoadOptions<'_>| {
         if let Some(p) = opts.progress.as_mut() {
             p(&Progress {
                 file: name.clone(),
@@ -109,7 +110,7 @@ pub async fn load_stream<S: ByteSource, H>(
     let mut needed = 0usize;
     let (header, plans) = loop {
         if head.len() >= needed {
-            match parse(&head)? {
+            match parse(&head, source.total())? {
                 HeaderStep::Done(h, plans) => break (h, plans),
                 HeaderStep::NeedMore(n) => needed = n.max(head.len() + 1),
             }
@@ -122,11 +123,11 @@ pub async fn load_stream<S: ByteSource, H>(
                 hasher.update(&chunk);
                 done += chunk.len() as u64;
                 head.extend_from_slice(&chunk);
-                report(done, opts);
+                report(done, source.total(), opts);
             }
             None => {
                 // Let the parser say precisely what is missing.
-                match parse(&head)? {
+                match parse(&head, source.total())? {
                     HeaderStep::Done(h, plans) => break (h, plans),
                     HeaderStep::NeedMore(n) => {
                         return Err(Error::FileTruncated {
@@ -155,7 +156,7 @@ pub async fn load_stream<S: ByteSource, H>(
         hasher.update(&chunk);
         done += chunk.len() as u64;
         uploader.feed(&chunk)?;
-        report(done, opts);
+        report(done, source.total(), opts);
     }
     let tensors = uploader.finish().map_err(|e| match e {
         Error::InvalidTensor { tensor, detail } => Error::FileTruncated {

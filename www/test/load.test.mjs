@@ -141,3 +141,23 @@ test("bytes from JavaScript load without a URL, and the cache can be cleared", a
   const cached = await page.evaluate(() => globalThis.pocketlm.listCachedModels());
   assert.deepEqual(cached, []);
 });
+
+test("a split GGUF model loads from the URL of any split, a sharded checkpoint from its index", async () => {
+  const split = await load("/fixtures/formats/split-00002-of-00003.gguf", { concurrency: 2 });
+  assert.equal(split.ok, true, `${split.code}: ${split.message}`);
+  assert.equal(split.sha256.length, 3);
+  const files = new Set(split.events.map((e) => e.fileIndex));
+  assert.deepEqual([...files].sort(), [0, 1, 2]);
+  const last = split.events.at(-1);
+  assert.equal(last.files, 3);
+  assert.equal(last.allDone, last.allTotal);
+  for (const n of [1, 2, 3]) {
+    assert.equal(server.requests.get(`/fixtures/formats/split-0000${n}-of-00003.gguf`), 1);
+  }
+  const sharded = await load("/fixtures/formats/sharded/model.safetensors.index.json");
+  assert.equal(sharded.ok, true, `${sharded.code}: ${sharded.message}`);
+  assert.equal(sharded.sha256.length, 2);
+  assert.match(sharded.summary, /safetensors/);
+  const missing = await load(["/fixtures/formats/split-00001-of-00003.gguf", "/fixtures/formats/split-00002-of-00003.gguf"]);
+  assert.equal(missing.code, "split_model");
+});
