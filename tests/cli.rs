@@ -63,3 +63,51 @@ fn info_on_a_bad_file_fails_on_stderr() {
     let (ok, _, err) = pocketlm(&["info", "/nonexistent/model.gguf"]);
     assert!(!ok && err.contains("/nonexistent/model.gguf"), "{err}");
 }
+
+/// A one-thread HTTP server on 127.0.0.1 serving `body` at `/model.gguf` (404 elsewhere) for
+/// `requests` requests.
+fn serve(body: Vec<u8>, requests: usize) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(requests) {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            reader.read_line(&mut request).unwrap();
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let found = request.starts_with("GET /model.gguf ");
+            let (status, body) = if found {
+                ("200 OK", body.as_slice())
+            } else {
+                ("404 Not Found", &b"not found"[..])
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(body);
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn info_reads_a_model_over_http() {
+    let body = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quant/blocks.gguf"),
+    )
+    .unwrap();
+    let base = serve(body, 2);
+    let (ok, out, err) = pocketlm(&["info", &format!("{base}/model.gguf")]);
+    assert!(ok, "{err}");
+    assert!(out.contains("pocketlm-quant-fixtures"), "{out}");
+    let (ok, _, err) = pocketlm(&["info", &format!("{base}/missing.gguf")]);
+    assert!(!ok);
+    assert!(err.contains("HTTP status 404"), "{err}");
+}

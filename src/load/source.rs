@@ -144,7 +144,13 @@ mod native {
 
     impl HttpSource {
         pub fn get(url: &str) -> Result<Self> {
-            let response = ureq::get(url).call().map_err(|e| io_error(url, e))?;
+            let response = ureq::get(url).call().map_err(|e| match e {
+                ureq::Error::StatusCode(status) => Error::Http {
+                    url: url.to_string(),
+                    status,
+                },
+                other => io_error(url, other),
+            })?;
             let total = response
                 .headers()
                 .get("content-length")
