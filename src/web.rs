@@ -14,6 +14,7 @@ use crate::formats::{split_names, SafetensorsIndex};
 use crate::gpu::{DType, GpuContext, GpuTensor, ProfileRequest};
 use crate::load::browser::LazyDownload;
 use crate::load::browser::{self, JsBytesSource, StreamSource};
+use crate::load::folder;
 use crate::load::{load_model, AbortFlag, LoadOptions, LoadedModelFiles, ModelFile, Progress};
 use crate::{kernels, selfcheck};
 
@@ -104,6 +105,17 @@ impl Weights {
         self.model.sha256.clone()
     }
 
+    /// The names of the text files that came with the weights (`config.json`, `tokenizer.json`, …).
+    #[wasm_bindgen(js_name = companionNames)]
+    pub fn companion_names(&self) -> Vec<String> {
+        self.model.companions.keys().cloned().collect()
+    }
+
+    /// The text of one of those files.
+    pub fn companion(&self, name: &str) -> Option<String> {
+        self.model.companions.get(name).cloned()
+    }
+
     /// The architecture, hyper-parameters, tensor count and formats, as text.
     pub fn summary(&self) -> String {
         self.summary.clone()
@@ -155,7 +167,8 @@ impl Gpu {
     /// `source`: a URL, an array of URLs (the files of one model), a `Uint8Array`/`ArrayBuffer`,
     /// a `Blob`/`File`, or a `ReadableStream`. The URL of any split of a GGUF model
     /// (`…-00001-of-00003.gguf`) loads all its splits; the URL of a `model.safetensors.index.json`
-    /// loads its shards.
+    /// loads its shards; a folder URL (ending in `/`) loads its weights and its `config.json`,
+    /// `tokenizer.json`, `tokenizer_config.json` and `generation_config.json`.
     /// `options`: `onProgress({file, fileIndex, files, bytesDone, bytesTotal, allDone, allTotal})`,
     /// `signal` (an `AbortSignal`), `sha256` (64 hex digits, or an array with one per file: a
     /// mismatch rejects and drops the cached copy), `cache` (default true: URLs are kept in the
@@ -291,8 +304,15 @@ async fn load_from_js(
             .and_then(|v| v.as_bool())
             .unwrap_or(true);
         let mut index = None;
+        let mut companions = std::collections::BTreeMap::new();
         if let [url] = urls.as_slice() {
-            if url.ends_with(".index.json") {
+            if url.ends_with('/') {
+                // A model folder: its weights and the text files that describe the model.
+                let plan = plan_folder(url, cache, signal.as_ref()).await?;
+                urls = plan.weights;
+                index = plan.index;
+                companions = plan.companions;
+            } else if url.ends_with(".index.json") {
                 let json = browser::fetch_small(url, cache, signal.as_ref()).await?;
                 let parsed = SafetensorsIndex::parse(&json, url)?;
                 let base = &url[..url.rfind('/').map_or(0, |i| i + 1)];
@@ -323,7 +343,10 @@ async fn load_from_js(
         for d in &mut downloads {
             d.finish(result.is_ok(), aborted).await;
         }
-        return result;
+        return result.map(|mut m| {
+            m.companions = companions;
+            m
+        });
     }
 
     if let Some(bytes) = source.dyn_ref::<js_sys::Uint8Array>() {
@@ -362,6 +385,52 @@ async fn load_from_js(
                  or File, or a ReadableStream"
             .into(),
     })
+}
+
+/// Resolves a model folder URL (ending in `/`): the index and its shards or `model.safetensors`,
+/// and the companion files that exist.
+async fn plan_folder(
+    url: &str,
+    cache: bool,
+    signal: Option<&JsValue>,
+) -> Result<folder::FolderPlan, Error> {
+    // A missing file is a 404; anything else is a failure.
+    let optional = |r: Result<Vec<u8>, Error>| match r {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(Error::Http { status: 404, .. }) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let index_url = folder::join(url, folder::INDEX_FILE);
+    let (weights, index) = match optional(browser::fetch_small(&index_url, cache, signal).await)? {
+        Some(json) => {
+            let index = SafetensorsIndex::parse(&json, &index_url)?;
+            let shards = index
+                .shards
+                .iter()
+                .map(|s| folder::join(url, &s.file))
+                .collect();
+            (shards, Some(index))
+        }
+        None => (vec![folder::join(url, folder::SINGLE_FILE)], None),
+    };
+    let mut companions = std::collections::BTreeMap::new();
+    for name in folder::COMPANION_FILES {
+        let file = folder::join(url, name);
+        if let Some(bytes) = optional(browser::fetch_small(&file, cache, signal).await)? {
+            let text = String::from_utf8(bytes).map_err(|_| Error::InvalidHeader {
+                file: file.clone(),
+                detail: "not UTF-8 text".into(),
+            })?;
+            companions.insert(name.to_string(), text);
+        }
+    }
+    let plan = folder::FolderPlan {
+        weights,
+        index,
+        companions,
+    };
+    folder::check_companions(url, &plan)?;
+    Ok(plan)
 }
 
 /// The model's files with their expected sha256 (by position; missing ones are not checked).

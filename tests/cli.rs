@@ -111,3 +111,13 @@ fn info_reads_a_model_over_http() {
     assert!(!ok);
     assert!(err.contains("HTTP status 404"), "{err}");
 }
+
+#[test]
+fn info_describes_a_model_folder() {
+    let (ok, out, err) = pocketlm(&["info", "tests/fixtures/formats/sharded"]);
+    assert!(ok, "{err}");
+    let folded = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(folded.contains("safetensors (2 files)"), "{out}");
+    assert!(folded.contains("tensors: 5"), "{out}");
+    assert!(out.contains("LlamaForCausalLM"), "{out}");
+}

@@ -9,9 +9,9 @@ use common::{ctx, expect_err, gpu_rows};
 use pocketlm::formats::SafetensorsIndex;
 use pocketlm::gpu::{DType, GpuTensor};
 use pocketlm::load::{
-    load_model, load_model_file, load_stream, AbortFlag, ByteSource, FileHeader, FileSource,
-    HeaderStep, LoadOptions, LoadedModelFiles, MemorySource, ModelFile, Progress, StreamUploader,
-    TensorPlan,
+    load_directory, load_model, load_model_file, load_stream, AbortFlag, ByteSource, FileHeader,
+    FileSource, HeaderStep, LoadOptions, LoadedModelFiles, MemorySource, ModelFile, Progress,
+    StreamUploader, TensorPlan,
 };
 use pocketlm::quant::{dequantize_to_vec, random_gguf_bytes};
 use pocketlm::reference::Rng;
@@ -428,4 +428,20 @@ fn sharded_safetensors_load_as_one_model() {
     check_against_files(&model);
     let r = pollster::block_on(load_model(ctx(), shards(), None, 2, LoadOptions::default()));
     expect_err(r.map(|_| ()), "shard_index", "without the index");
+}
+
+#[test]
+fn a_model_folder_loads_with_its_companion_files() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats/sharded");
+    let model = pollster::block_on(load_directory(ctx(), &dir, 2, LoadOptions::default())).unwrap();
+    check_against_files(&model);
+    assert_eq!(model.files.files.len(), 2);
+    assert!(model.companions["config.json"].contains("LlamaForCausalLM"));
+    assert!(model.companions.contains_key("tokenizer_config.json"));
+    assert!(!model.companions.contains_key("tokenizer.json"));
+    // safetensors weights without a config.json say what is missing.
+    let bare = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats");
+    let r = pollster::block_on(load_directory(ctx(), &bare, 2, LoadOptions::default()));
+    expect_err(r.map(|_| ()), "io", "config.json");
 }

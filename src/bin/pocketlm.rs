@@ -72,12 +72,45 @@ mod cli {
         }
     }
 
+    /// For config.json: its model type and architectures.
+    fn describe_config(name: &str, text: &str) -> String {
+        if name != "config.json" {
+            return String::new();
+        }
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(v) => format!(
+                " (model_type {}, architectures {})",
+                v["model_type"], v["architectures"]
+            ),
+            Err(e) => format!(" (not valid JSON: {e})"),
+        }
+    }
+
     async fn info(model: &str) -> pocketlm::Result<ExitCode> {
         let model = resolve(model)?;
+        let path = std::path::Path::new(&model);
+        if path.is_dir() {
+            // A model folder: its weights (every split or shard) and its companion files.
+            let plan = load::folder::plan_directory(path)?;
+            let mut headers = Vec::new();
+            for w in &plan.weights {
+                headers.push(load::read_header(&mut load::FileSource::open(w.as_ref())?).await?);
+            }
+            let files = load::merge_headers(headers, plan.index.as_ref())?;
+            println!("{model}\n{}", files.summary());
+            for (name, text) in &plan.companions {
+                println!(
+                    "{name}: {} bytes{}",
+                    text.len(),
+                    describe_config(name, text)
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         let header = if model.starts_with("http://") || model.starts_with("https://") {
             load::read_header(&mut load::HttpSource::get(&model)?).await?
         } else {
-            load::read_header(&mut load::FileSource::open(model.as_ref())?).await?
+            load::read_header(&mut load::FileSource::open(path)?).await?
         };
         println!("{model}\n{}", header.into_model_files()?.summary());
         Ok(ExitCode::SUCCESS)

@@ -2,14 +2,17 @@
 
 #[cfg(target_arch = "wasm32")]
 pub mod browser;
+pub mod folder;
 mod model;
 mod source;
 mod upload;
 
 mod stream;
 
+#[cfg(not(target_arch = "wasm32"))]
+pub use model::load_directory;
 pub use model::{
-    load_model, load_model_file, parse_header, read_header, FileHeader, LoadedModel,
+    load_model, load_model_file, merge_headers, parse_header, read_header, FileHeader, LoadedModel,
     LoadedModelFiles, ModelFile,
 };
 pub use source::{io_error, ByteSource, MemorySource, CHUNK};

@@ -163,6 +163,8 @@ pub struct LoadedModelFiles {
     pub gpu_bytes: u64,
     /// Per file, in order.
     pub sha256: Vec<String>,
+    /// The text files that came with the weights (`config.json`, `tokenizer.json`, …) by name.
+    pub companions: std::collections::BTreeMap<String, String>,
 }
 
 /// Loads a model made of several files as one: the splits of a GGUF model
@@ -231,20 +233,40 @@ pub async fn load_model<S: ByteSource>(
     let mut tensors = HashMap::new();
     let mut gpu_bytes = 0;
     let mut sha256 = Vec::with_capacity(n);
-    let mut ggufs = Vec::new();
-    let mut safetensors = Vec::new();
+    let mut headers = Vec::with_capacity(n);
     for (_, loaded) in results {
         gpu_bytes += loaded.gpu_bytes;
         sha256.push(loaded.sha256);
         tensors.extend(loaded.tensors);
-        match loaded.header {
+        headers.push(loaded.header);
+    }
+    let files = merge_headers(headers, index)?;
+    Ok(LoadedModelFiles {
+        files,
+        tensors,
+        gpu_bytes,
+        sha256,
+        companions: Default::default(),
+    })
+}
+
+/// One model from the headers of its files: a GGUF file or the splits of one, a safetensors file,
+/// or the shards of a checkpoint with its `index` (in any order).
+pub fn merge_headers(
+    headers: Vec<FileHeader>,
+    index: Option<&crate::formats::SafetensorsIndex>,
+) -> Result<ModelFiles> {
+    let mut ggufs = Vec::new();
+    let mut safetensors = Vec::new();
+    for h in headers {
+        match h {
             FileHeader::Gguf(h) => ggufs.push(h),
             FileHeader::Safetensors(h) => safetensors.push(h),
         }
     }
-    let files = match (ggufs.len(), safetensors.len(), index) {
-        (1, 0, _) => FileHeader::Gguf(ggufs.remove(0)).into_model_files()?,
-        (_, 0, _) => crate::formats::merge_splits(ggufs)?,
+    match (ggufs.len(), safetensors.len(), index) {
+        (1, 0, _) => FileHeader::Gguf(ggufs.remove(0)).into_model_files(),
+        (_, 0, _) => crate::formats::merge_splits(ggufs),
         (0, _, Some(index)) => {
             // merge_shards takes the shards in the index's order, whatever order they came in.
             let place = |h: &crate::formats::SafetensorsHeader| {
@@ -254,30 +276,44 @@ pub async fn load_model<S: ByteSource>(
                     .position(|s| h.file == s.file || h.file.ends_with(&format!("/{}", s.file)))
             };
             safetensors.sort_by_key(|h| place(h).unwrap_or(usize::MAX));
-            crate::formats::merge_shards(index, safetensors)?
+            crate::formats::merge_shards(index, safetensors)
         }
-        (0, 1, None) => FileHeader::Safetensors(safetensors.remove(0)).into_model_files()?,
-        (0, _, None) => {
-            return Err(Error::ShardIndex {
-                file: "model.safetensors.index.json".into(),
-                detail: format!(
-                    "{} safetensors files were given without the index that says how they belong \
-                     together",
-                    safetensors.len()
-                ),
+        (0, 1, None) => FileHeader::Safetensors(safetensors.remove(0)).into_model_files(),
+        (0, _, None) => Err(Error::ShardIndex {
+            file: crate::load::folder::INDEX_FILE.into(),
+            detail: format!(
+                "{} safetensors files were given without the index that says how they belong \
+                 together",
+                safetensors.len()
+            ),
+        }),
+        _ => Err(Error::SplitModel {
+            file: "(several files)".into(),
+            detail: "GGUF and safetensors files cannot make one model".into(),
+        }),
+    }
+}
+
+/// Loads a model directory (see [`crate::load::folder`]) as one model, its companion files too.
+#[cfg(not(target_arch = "wasm32"))]
+pub async fn load_directory(
+    ctx: &GpuContext,
+    dir: &std::path::Path,
+    concurrency: usize,
+    opts: LoadOptions<'_>,
+) -> Result<LoadedModelFiles> {
+    let plan = crate::load::folder::plan_directory(dir)?;
+    let files = plan
+        .weights
+        .iter()
+        .map(|w| {
+            Ok(ModelFile {
+                source: crate::load::FileSource::open(w.as_ref())?,
+                sha256: None,
             })
-        }
-        _ => {
-            return Err(Error::SplitModel {
-                file: "(several files)".into(),
-                detail: "GGUF and safetensors files cannot make one model".into(),
-            })
-        }
-    };
-    Ok(LoadedModelFiles {
-        files,
-        tensors,
-        gpu_bytes,
-        sha256,
-    })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut model = load_model(ctx, files, plan.index.as_ref(), concurrency, opts).await?;
+    model.companions = plan.companions;
+    Ok(model)
 }

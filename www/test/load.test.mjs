@@ -51,7 +51,7 @@ function load(source, options = {}) {
       }
       try {
         const w = await gpu.loadWeights(source, opts);
-        const result = { ok: true, tensors: w.tensorCount, gpuBytes: w.gpuBytes, sha256: w.sha256, summary: w.summary(), events, memory: wasmMemoryBytes() };
+        const result = { ok: true, companions: w.companionNames(), config: w.companion("config.json"), tensors: w.tensorCount, gpuBytes: w.gpuBytes, sha256: w.sha256, summary: w.summary(), events, memory: wasmMemoryBytes() };
         w.freeGpu();
         w.free();
         return result;
@@ -160,4 +160,15 @@ test("a split GGUF model loads from the URL of any split, a sharded checkpoint f
   assert.match(sharded.summary, /safetensors/);
   const missing = await load(["/fixtures/formats/split-00001-of-00003.gguf", "/fixtures/formats/split-00002-of-00003.gguf"]);
   assert.equal(missing.code, "split_model");
+});
+
+test("a model folder URL loads its weights and its config and tokenizer files", async () => {
+  const r = await load("/fixtures/formats/sharded/");
+  assert.equal(r.ok, true, `${r.code}: ${r.message}`);
+  assert.equal(r.tensors, 5);
+  assert.deepEqual(r.companions, ["config.json", "tokenizer_config.json"]);
+  assert.match(r.config, /LlamaForCausalLM/);
+  const bare = await load("/fixtures/formats/");
+  assert.equal(bare.ok, false);
+  assert.match(bare.message, /config\.json/);
 });
