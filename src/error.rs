@@ -73,6 +73,18 @@ pub enum Error {
     #[error("loading was cancelled")]
     Aborted,
 
+    #[error(
+        "'{source_name}': architecture '{architecture}' is not supported (supported: {supported})"
+    )]
+    UnsupportedArchitecture {
+        source_name: String,
+        architecture: String,
+        supported: &'static str,
+    },
+
+    #[error("'{source_name}': the model configuration is not usable: {detail}")]
+    Config { source_name: String, detail: String },
+
     #[error("downloading '{url}' failed with HTTP status {status}")]
     Http { url: String, status: u16 },
 
@@ -154,6 +166,32 @@ pub enum Error {
 
     #[error("sharded checkpoint '{file}': {detail}")]
     ShardIndex { file: String, detail: String },
+
+    #[error("tokenizer: {detail}")]
+    Tokenizer { detail: String },
+
+    #[error("invalid sampling parameter {param} = {value}: expected {expected}")]
+    InvalidSamplingParams {
+        param: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+
+    #[error("nothing to sample from: {detail}")]
+    NoCandidates { detail: String },
+
+    #[error("chat template '{template}'{}: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    ChatTemplate {
+        template: String,
+        line: Option<usize>,
+        message: String,
+    },
+
+    #[error("chat template '{template}' rejected the conversation: {message}")]
+    ChatTemplateRejected { template: String, message: String },
+
+    #[error("'{source_name}' has no chat template{detail}; pass a template explicitly")]
+    MissingChatTemplate { source_name: String, detail: String },
 }
 
 impl Error {
@@ -175,6 +213,8 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Integrity { .. } => "integrity",
             Error::Aborted => "aborted",
+            Error::UnsupportedArchitecture { .. } => "unsupported_architecture",
+            Error::Config { .. } => "config",
             Error::Http { .. } => "http",
             Error::FileTruncated { .. } => "file_truncated",
             Error::BadMagic { .. } => "bad_magic",
@@ -189,6 +229,12 @@ impl Error {
             Error::MetadataType { .. } => "metadata_type",
             Error::SplitModel { .. } => "split_model",
             Error::ShardIndex { .. } => "shard_index",
+            Error::Tokenizer { .. } => "tokenizer",
+            Error::InvalidSamplingParams { .. } => "invalid_sampling_params",
+            Error::NoCandidates { .. } => "no_candidates",
+            Error::ChatTemplate { .. } => "chat_template",
+            Error::ChatTemplateRejected { .. } => "chat_template_rejected",
+            Error::MissingChatTemplate { .. } => "missing_chat_template",
         }
     }
 }

@@ -13,7 +13,9 @@ pub mod kernels;
 pub mod load;
 pub mod quant;
 pub mod reference;
+pub mod sample;
 pub mod selfcheck;
+pub mod text;
 
 #[cfg(target_arch = "wasm32")]
 pub mod web;

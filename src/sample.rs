@@ -1,0 +1,584 @@
+//! Picking the next token: penalties, top-k, top-p, min-p, temperature and a seeded draw, plus
+//! the stop conditions of a generation ([`StopCriteria`], [`StopStream`]).
+//!
+//! The order is llama.cpp's default chain: repetition / presence / frequency penalties over the
+//! last [`SamplingParams::penalty_last_n`] tokens, then top-k, top-p and min-p (computed on the
+//! untempered distribution), then temperature, then one draw. Temperature 0 is greedy: the
+//! highest penalized logit, ties to the lower token id, with no random number drawn.
+//!
+//! Determinism: the same parameters, seed and logits give the same tokens natively and in wasm.
+//! Penalties are applied in f32 exactly as llama.cpp does; probabilities are computed in f64 with
+//! only IEEE basic arithmetic (our own `exp`, not the platform's libm, whose last bit may differ
+//! between targets); the generator is SplitMix64 ([`crate::reference::Rng`]). Ordering is total:
+//! by logit descending (NaN counted as −inf, −0 equal to +0), ties to the lower id — the same
+//! order as the GPU's top-k ([`crate::kernels::sample`]).
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::error::{Error, Result};
+use crate::reference::Rng;
+
+/// How to pick tokens. The defaults are neutral (OpenAI's: temperature 1, nothing truncated, no
+/// penalties); [`SamplingParams::greedy`] is temperature 0.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingParams {
+    /// 0 = greedy; otherwise logits are divided by it before the draw. Must be finite and ≥ 0.
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens; 0 = off.
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose probability sums to at least `top_p`;
+    /// in (0, 1], 1 = off.
+    pub top_p: f32,
+    /// Drop tokens less likely than `min_p` × the most likely one's probability; in [0, 1],
+    /// 0 = off.
+    pub min_p: f32,
+    /// > 0, 1 = off. A seen token's logit is divided by it when positive, multiplied when not.
+    pub repetition_penalty: f32,
+    /// In [−2, 2], 0 = off. Subtracted once from the logit of every seen token.
+    pub presence_penalty: f32,
+    /// In [−2, 2], 0 = off. Subtracted from a seen token's logit once per occurrence.
+    pub frequency_penalty: f32,
+    /// How many of the most recent tokens the penalties look at; 0 turns penalties off.
+    pub penalty_last_n: usize,
+    /// The draw's seed: the same seed gives the same tokens. `None` seeds from the clock.
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            penalty_last_n: 64,
+            seed: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Always the most likely token.
+    pub fn greedy() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        }
+    }
+
+    /// Checks every parameter's range; the error names the first one out of range.
+    pub fn validate(&self) -> Result<()> {
+        fn bad(param: &'static str, value: f32, expected: &'static str) -> Result<()> {
+            Err(Error::InvalidSamplingParams {
+                param,
+                value: value.to_string(),
+                expected,
+            })
+        }
+        let t = self.temperature;
+        if !(t.is_finite() && t >= 0.0) {
+            return bad("temperature", t, "a finite number >= 0 (0 = greedy)");
+        }
+        let p = self.top_p;
+        if !(p > 0.0 && p <= 1.0) {
+            return bad("top_p", p, "a number in (0, 1] (1 = off)");
+        }
+        let m = self.min_p;
+        if !(0.0..=1.0).contains(&m) {
+            return bad("min_p", m, "a number in [0, 1] (0 = off)");
+        }
+        let r = self.repetition_penalty;
+        if !(r.is_finite() && r > 0.0) {
+            return bad("repetition_penalty", r, "a finite number > 0 (1 = off)");
+        }
+        for (param, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return bad(param, v, "a number in [-2, 2] (0 = off)");
+            }
+        }
+        Ok(())
+    }
+
+    fn penalties_on(&self) -> bool {
+        self.penalty_last_n > 0
+            && (self.repetition_penalty != 1.0
+                || self.presence_penalty != 0.0
+                || self.frequency_penalty != 0.0)
+    }
+}
+
+/// Picks tokens with one [`SamplingParams`], one seeded generator and a window of recent tokens
+/// for the penalties.
+///
+/// The window holds the tokens given to [`Sampler::accept`] (the prompt, if penalties should see
+/// it) and every token this sampler picked, the last [`SamplingParams::penalty_last_n`] of them.
+#[derive(Clone, Debug)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: Rng,
+    recent: VecDeque<u32>,
+    counts: HashMap<u32, u32>,
+}
+
+impl Sampler {
+    /// Fails with [`Error::InvalidSamplingParams`] when a parameter is out of range.
+    pub fn new(params: SamplingParams) -> Result<Self> {
+        params.validate()?;
+        let seed = params.seed.unwrap_or_else(clock_seed);
+        Ok(Sampler {
+            params,
+            rng: Rng::new(seed),
+            recent: VecDeque::new(),
+            counts: HashMap::new(),
+        })
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Adds tokens to the penalty window (oldest first), e.g. the prompt.
+    pub fn accept(&mut self, tokens: &[u32]) {
+        let n = self.params.penalty_last_n;
+        if n == 0 {
+            return;
+        }
+        for &t in tokens {
+            self.recent.push_back(t);
+            *self.counts.entry(t).or_insert(0) += 1;
+            if self.recent.len() > n {
+                let old = self.recent.pop_front().expect("window is not empty");
+                if let Some(c) = self.counts.get_mut(&old) {
+                    *c -= 1;
+                    if *c == 0 {
+                        self.counts.remove(&old);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Empties the penalty window (a new conversation); the generator keeps its state.
+    pub fn clear_history(&mut self) {
+        self.recent.clear();
+        self.counts.clear();
+    }
+
+    /// How often each token occurs in the penalty window.
+    pub fn window_count(&self, token: u32) -> u32 {
+        self.counts.get(&token).copied().unwrap_or(0)
+    }
+
+    /// `logit` after the penalties for `token`, as llama.cpp computes it (in f32).
+    pub fn penalize(&self, token: u32, logit: f32) -> f32 {
+        let count = self.window_count(token);
+        if count == 0 || !self.params.penalties_on() {
+            return logit;
+        }
+        let p = &self.params;
+        let mut l = logit;
+        if l <= 0.0 {
+            l *= p.repetition_penalty;
+        } else {
+            l /= p.repetition_penalty;
+        }
+        l - (count as f32 * p.frequency_penalty + p.presence_penalty)
+    }
+
+    /// Applies the penalties to a whole row of logits indexed by token id, in place.
+    pub fn apply_penalties(&self, logits: &mut [f32]) {
+        if !self.params.penalties_on() {
+            return;
+        }
+        for &token in self.counts.keys() {
+            if let Some(l) = logits.get_mut(token as usize) {
+                *l = self.penalize(token, *l);
+            }
+        }
+    }
+
+    /// The distribution the next draw from a full row of logits (indexed by token id) uses:
+    /// (token, probability) after penalties, truncation and temperature, best first, summing to
+    /// 1. Greedy gives the one best token with probability 1.
+    pub fn distribution_from_logits(&self, logits: &[f32]) -> Result<Vec<(u32, f64)>> {
+        let ranked = self.rank_logits(logits)?;
+        Ok(self.finish(ranked))
+    }
+
+    /// As [`Sampler::distribution_from_logits`], for the GPU's top-k candidates.
+    pub fn distribution_from_candidates(
+        &self,
+        candidates: &[(u32, f32)],
+    ) -> Result<Vec<(u32, f64)>> {
+        let ranked = self.rank_candidates(candidates)?;
+        Ok(self.finish(ranked))
+    }
+
+    /// Picks the next token from a full row of logits indexed by token id, and adds it to the
+    /// penalty window.
+    pub fn sample_logits(&mut self, logits: &[f32]) -> Result<u32> {
+        let ranked = self.rank_logits(logits)?;
+        let dist = self.finish(ranked);
+        Ok(self.draw(&dist))
+    }
+
+    /// Picks the next token from (token, logit) candidates — the GPU's top-k
+    /// ([`crate::kernels::sample::TopK::read`]), in any order — and adds it to the penalty window.
+    ///
+    /// The candidate set is what the GPU returned: tokens outside it are never picked, even when
+    /// penalties would have lowered a candidate below them (or a negative presence penalty raised
+    /// them), and a `top_k` larger than the GPU's k keeps all candidates. With no penalties and
+    /// `top_k` in 1..=the GPU's k (or greedy) the result equals [`Sampler::sample_logits`] on the
+    /// whole row.
+    pub fn sample_candidates(&mut self, candidates: &[(u32, f32)]) -> Result<u32> {
+        let ranked = self.rank_candidates(candidates)?;
+        let dist = self.finish(ranked);
+        Ok(self.draw(&dist))
+    }
+
+    fn draw(&mut self, dist: &[(u32, f64)]) -> u32 {
+        let token = if dist.len() == 1 {
+            // Greedy, or truncation left one: still draw when sampling, so that how many numbers
+            // a generation consumes depends only on its length.
+            if self.params.temperature > 0.0 {
+                self.rng.next_u64();
+            }
+            dist[0].0
+        } else {
+            let u = self.rng.unit();
+            let mut cum = 0.0;
+            let mut pick = dist[dist.len() - 1].0;
+            for &(t, p) in dist {
+                cum += p;
+                if u < cum {
+                    pick = t;
+                    break;
+                }
+            }
+            pick
+        };
+        self.accept(&[token]);
+        token
+    }
+
+    /// Penalized candidates from a whole row, best first, cut to top-k when it is on.
+    fn rank_logits(&self, logits: &[f32]) -> Result<Vec<(u32, f32)>> {
+        if logits.is_empty() {
+            return Err(Error::NoCandidates {
+                detail: "the logits row is empty".into(),
+            });
+        }
+        let mut row: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, canonical(l)))
+            .collect();
+        if self.params.penalties_on() {
+            for &token in self.counts.keys() {
+                if let Some(c) = row.get_mut(token as usize) {
+                    c.1 = canonical(self.penalize(token, c.1));
+                }
+            }
+        }
+        let keep = if self.params.temperature == 0.0 {
+            1
+        } else {
+            self.params.top_k
+        };
+        if keep > 0 && keep < row.len() {
+            row.select_nth_unstable_by(keep - 1, order);
+            row.truncate(keep);
+        }
+        row.sort_unstable_by(order);
+        drop_neg_inf(row)
+    }
+
+    fn rank_candidates(&self, candidates: &[(u32, f32)]) -> Result<Vec<(u32, f32)>> {
+        if candidates.is_empty() {
+            return Err(Error::NoCandidates {
+                detail: "the candidate list is empty".into(),
+            });
+        }
+        let mut row: Vec<(u32, f32)> = candidates
+            .iter()
+            .map(|&(t, l)| (t, canonical(self.penalize(t, canonical(l)))))
+            .collect();
+        row.sort_unstable_by(order);
+        drop_neg_inf(row)
+    }
+
+    /// Truncation, temperature and normalization of ranked (best first) candidates.
+    fn finish(&self, mut ranked: Vec<(u32, f32)>) -> Vec<(u32, f64)> {
+        let p = &self.params;
+        if p.temperature == 0.0 {
+            return vec![(ranked[0].0, 1.0)];
+        }
+        if p.top_k > 0 {
+            ranked.truncate(p.top_k);
+        }
+        let max = f64::from(ranked[0].1);
+        if p.top_p < 1.0 {
+            let w: Vec<f64> = ranked.iter().map(|c| exp(f64::from(c.1) - max)).collect();
+            let total: f64 = w.iter().sum();
+            let target = f64::from(p.top_p) * total;
+            let mut cum = 0.0;
+            let mut keep = ranked.len();
+            for (i, wi) in w.iter().enumerate() {
+                cum += wi;
+                if cum >= target {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            ranked.truncate(keep);
+        }
+        if p.min_p > 0.0 {
+            let min = f64::from(p.min_p);
+            // The best token has relative probability 1 ≥ min_p, so it always stays.
+            ranked.retain(|c| exp(f64::from(c.1) - max) >= min);
+        }
+        let t = f64::from(p.temperature);
+        let w: Vec<f64> = ranked
+            .iter()
+            .map(|c| exp((f64::from(c.1) - max) / t))
+            .collect();
+        let total: f64 = w.iter().sum();
+        ranked
+            .iter()
+            .zip(w)
+            .map(|(c, wi)| (c.0, wi / total))
+            .collect()
+    }
+}
+
+/// NaN as −inf, −0 as +0: the GPU top-k's conventions.
+fn canonical(l: f32) -> f32 {
+    if l.is_nan() {
+        f32::NEG_INFINITY
+    } else if l == 0.0 {
+        0.0
+    } else {
+        l
+    }
+}
+
+/// Best first: logit descending, ties to the lower id.
+fn order(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+fn drop_neg_inf(mut row: Vec<(u32, f32)>) -> Result<Vec<(u32, f32)>> {
+    row.retain(|c| c.1 != f32::NEG_INFINITY);
+    if row.is_empty() {
+        return Err(Error::NoCandidates {
+            detail: "every candidate's logit is -inf or NaN".into(),
+        });
+    }
+    Ok(row)
+}
+
+/// e^x from IEEE basic operations only, so every target computes the same bits (the platform's
+/// `exp` may differ in the last bit between native libm and wasm). Relative error ≈ 1e-16.
+fn exp(x: f64) -> f64 {
+    // fdlibm's split of ln 2: the high part has its low 32 bits zero.
+    const LN2_HI: f64 = f64::from_bits(0x3FE6_2E42_FEE0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3DEA_39EF_3579_3C76);
+    const INV_LN2: f64 = std::f64::consts::LOG2_E;
+    if x.is_nan() || x < -745.0 {
+        return 0.0;
+    }
+    if x > 709.0 {
+        return f64::INFINITY;
+    }
+    let k = (x * INV_LN2).round();
+    // k·LN2_HI is exact: LN2_HI has its low bits zero.
+    let r = (x - k * LN2_HI) - k * LN2_LO;
+    // Taylor series to r^13 by Horner: |r| ≤ 0.35, so the remainder is below 1e-17.
+    let mut p = 1.0;
+    for i in (1..=13).rev() {
+        p = 1.0 + r * p / f64::from(i);
+    }
+    let k = k as i32;
+    if k >= -1022 {
+        p * f64::from_bits(((k + 1023) as u64) << 52)
+    } else {
+        // Subnormal result: scale in two steps.
+        p * f64::from_bits(((k + 1023 + 64) as u64) << 52) * f64::from_bits((1023 - 64) << 52)
+    }
+}
+
+/// A seed for `seed: None`: the clock, mixed with a counter so that samplers made in the same
+/// instant differ.
+fn clock_seed() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    #[cfg(target_arch = "wasm32")]
+    let now = (js_sys::Date::now() * 1000.0) as u64;
+    #[cfg(not(target_arch = "wasm32"))]
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    Rng::new(now ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
+}
+
+/// When a generation ends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StopCriteria {
+    /// Tokens that end the generation (end of turn / end of text); their text is not emitted.
+    pub eos_ids: Vec<u32>,
+    /// Strings that end the generation; neither they nor anything after them is emitted.
+    pub stop_strings: Vec<String>,
+    /// The most tokens to generate; `None` = no limit.
+    pub max_tokens: Option<usize>,
+}
+
+/// Why a generation stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// One of [`StopCriteria::eos_ids`] was generated.
+    Eos(u32),
+    /// `stop_strings[index]` appeared in the text.
+    StopString(usize),
+    /// [`StopCriteria::max_tokens`] tokens were generated.
+    MaxTokens,
+}
+
+/// What to do after one token: `text` may be shown now; `stop` says whether generation ends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StopStep {
+    pub text: String,
+    pub stop: Option<StopReason>,
+}
+
+/// Applies [`StopCriteria`] to a stream of generated tokens and their decoded text, holding back
+/// any tail of the text that could be the start of a stop string, so that a stream never shows
+/// part of one.
+#[derive(Clone, Debug)]
+pub struct StopStream {
+    criteria: StopCriteria,
+    held: String,
+    tokens: usize,
+    stopped: Option<StopReason>,
+}
+
+impl StopStream {
+    /// Fails with [`Error::InvalidSamplingParams`] for an empty stop string.
+    pub fn new(criteria: StopCriteria) -> Result<Self> {
+        if criteria.stop_strings.iter().any(String::is_empty) {
+            return Err(Error::InvalidSamplingParams {
+                param: "stop",
+                value: "\"\"".into(),
+                expected: "non-empty stop strings",
+            });
+        }
+        Ok(StopStream {
+            criteria,
+            held: String::new(),
+            tokens: 0,
+            stopped: None,
+        })
+    }
+
+    /// Why the stream stopped, once it has.
+    pub fn stopped(&self) -> Option<&StopReason> {
+        self.stopped.as_ref()
+    }
+
+    /// The text held back so far (a possible start of a stop string).
+    pub fn held(&self) -> &str {
+        &self.held
+    }
+
+    /// Feeds one generated token and the text it decoded to (possibly empty). After a stop,
+    /// further tokens are ignored and give an empty step with the same reason.
+    pub fn push(&mut self, token: u32, text: &str) -> StopStep {
+        if let Some(reason) = &self.stopped {
+            return StopStep {
+                text: String::new(),
+                stop: Some(reason.clone()),
+            };
+        }
+        self.tokens += 1;
+        if self.criteria.eos_ids.contains(&token) {
+            return self.stop(StopReason::Eos(token));
+        }
+        self.held.push_str(text);
+        // The held text contains no whole stop string, so a match ends in the new text; the
+        // earliest one wins (ties: the first listed).
+        let found = self
+            .criteria
+            .stop_strings
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| self.held.find(s.as_str()).map(|at| (at, i)))
+            .min();
+        if let Some((at, i)) = found {
+            self.held.truncate(at);
+            return self.stop(StopReason::StopString(i));
+        }
+        if self.criteria.max_tokens.is_some_and(|m| self.tokens >= m) {
+            return self.stop(StopReason::MaxTokens);
+        }
+        let keep = self.partial_stop_len();
+        let text = self.held[..self.held.len() - keep].to_string();
+        self.held.drain(..self.held.len() - keep);
+        StopStep { text, stop: None }
+    }
+
+    /// Ends the stream without a stop condition (e.g. the context is full): returns the held text.
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.held)
+    }
+
+    fn stop(&mut self, reason: StopReason) -> StopStep {
+        self.stopped = Some(reason.clone());
+        StopStep {
+            text: std::mem::take(&mut self.held),
+            stop: Some(reason),
+        }
+    }
+
+    /// The length of the longest tail of the held text that is a proper prefix of a stop string.
+    fn partial_stop_len(&self) -> usize {
+        let held = self.held.as_str();
+        let mut best = 0;
+        for s in &self.criteria.stop_strings {
+            let max = (s.len() - 1).min(held.len());
+            for len in (best + 1..=max).rev() {
+                let start = held.len() - len;
+                if held.is_char_boundary(start) && s.starts_with(&held[start..]) {
+                    best = len;
+                    break;
+                }
+            }
+        }
+        best
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_std_closely() {
+        for i in -2000..=200 {
+            let x = f64::from(i) * 0.37;
+            let (a, b) = (exp(x), x.exp());
+            assert!(
+                (a - b).abs() <= b * 4e-16 || (a - b).abs() < 1e-300,
+                "exp({x}) = {a}, std {b}"
+            );
+        }
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(-800.0), 0.0);
+    }
+}

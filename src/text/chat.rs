@@ -1,0 +1,393 @@
+//! Chat templates: a model's own Jinja template (GGUF `tokenizer.chat_template`, or
+//! `tokenizer_config.json`'s `chat_template`) rendered with minijinja the way Hugging Face
+//! `transformers` renders it: `trim_blocks` and `lstrip_blocks` on, loop controls, Python string
+//! methods (`.strip()`, `.startswith()`, `.split()` … through minijinja-contrib's pycompat),
+//! `raise_exception(msg)` and `strftime_now(fmt)`.
+//!
+//! The context: `messages` (a list of `{role, content}`), `add_generation_prompt`, `bos_token`,
+//! `eos_token`, and `tools` = none (tool use is not supported yet).
+
+use minijinja::{Environment, ErrorKind, State, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::formats::gguf::GgufMetadata;
+
+/// The name the template has inside its environment.
+const TEMPLATE: &str = "chat_template";
+/// The context variable that carries the render's clock to `strftime_now`.
+const NOW_VAR: &str = "__pocketlm_now_unix";
+
+/// One turn of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// "system", "user", "assistant" (whatever the template knows).
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    pub fn system(content: impl Into<String>) -> Self {
+        ChatMessage::new("system", content)
+    }
+
+    pub fn user(content: impl Into<String>) -> Self {
+        ChatMessage::new("user", content)
+    }
+
+    pub fn assistant(content: impl Into<String>) -> Self {
+        ChatMessage::new("assistant", content)
+    }
+}
+
+/// A compiled chat template with the model's special tokens.
+#[derive(Debug)]
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    name: String,
+    bos_token: String,
+    eos_token: String,
+}
+
+/// The error `raise_exception` raises, recognised in the error chain after rendering.
+#[derive(Debug)]
+struct Raised(String);
+
+impl std::fmt::Display for Raised {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Raised {}
+
+impl ChatTemplate {
+    /// Compiles `source`. `name` identifies the template in errors (e.g. the model file). A
+    /// syntax error is [`Error::ChatTemplate`] with minijinja's message and the template's line.
+    pub fn new(name: &str, source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_keep_trailing_newline(false);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_template_owned(TEMPLATE, source.to_string())
+            .map_err(|e| template_error(name, e))?;
+        Ok(ChatTemplate {
+            env,
+            name: name.to_string(),
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+        })
+    }
+
+    /// The template of a GGUF file (`tokenizer.chat_template`), with its BOS and EOS tokens'
+    /// text from `tokenizer.ggml.tokens` (empty when the file names none).
+    pub fn from_gguf(meta: &GgufMetadata) -> Result<Self> {
+        if meta.value("tokenizer.chat_template").is_none() {
+            return Err(Error::MissingChatTemplate {
+                source_name: meta.file().to_string(),
+                detail: " (no metadata key 'tokenizer.chat_template')".into(),
+            });
+        }
+        let source = meta.string("tokenizer.chat_template")?;
+        let token = |key: &str| -> Result<String> {
+            let Some(id) = meta.get_opt::<u32>(key)? else {
+                return Ok(String::new());
+            };
+            let tokens = meta.string_array("tokenizer.ggml.tokens")?;
+            Ok(tokens.get(id as usize).cloned().unwrap_or_default())
+        };
+        let bos = token("tokenizer.ggml.bos_token_id")?;
+        let eos = token("tokenizer.ggml.eos_token_id")?;
+        ChatTemplate::new(meta.file(), source, &bos, &eos)
+    }
+
+    /// The template of a `tokenizer_config.json`. Its `chat_template` is a string, or a list of
+    /// `{name, template}`: then `template_name` picks one, and `None` picks "default" (the one
+    /// `transformers` uses when no tools are passed). `bos_token` / `eos_token` may be strings
+    /// or `{content: …}` objects.
+    pub fn from_tokenizer_config(
+        json: &str,
+        source_name: &str,
+        template_name: Option<&str>,
+    ) -> Result<Self> {
+        let config: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| Error::InvalidHeader {
+                file: source_name.to_string(),
+                detail: format!("not valid JSON: {e}"),
+            })?;
+        let missing = |detail: String| Error::MissingChatTemplate {
+            source_name: source_name.to_string(),
+            detail,
+        };
+        let wanted = template_name.unwrap_or("default");
+        let (name, source) = match config.get("chat_template") {
+            Some(serde_json::Value::String(s)) => (source_name.to_string(), s.as_str()),
+            Some(serde_json::Value::Array(list)) => {
+                let mut names = Vec::new();
+                let mut found = None;
+                for entry in list {
+                    let n = entry.get("name").and_then(|v| v.as_str());
+                    let t = entry.get("template").and_then(|v| v.as_str());
+                    if let (Some(n), Some(t)) = (n, t) {
+                        names.push(n.to_string());
+                        if n == wanted {
+                            found = Some(t);
+                        }
+                    }
+                }
+                let source = found.ok_or_else(|| {
+                    missing(format!(
+                        " named '{wanted}' (it has: {})",
+                        if names.is_empty() {
+                            "none".to_string()
+                        } else {
+                            names.join(", ")
+                        }
+                    ))
+                })?;
+                (format!("{source_name}#{wanted}"), source)
+            }
+            Some(_) => {
+                return Err(missing(
+                    " ('chat_template' is neither a string nor a list)".into(),
+                ))
+            }
+            None => return Err(missing(" (no 'chat_template' key)".into())),
+        };
+        let token = |key: &str| -> String {
+            match config.get(key) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(v) => v
+                    .get("content")
+                    .and_then(|c| c.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+                None => String::new(),
+            }
+        };
+        ChatTemplate::new(&name, source, &token("bos_token"), &token("eos_token"))
+    }
+
+    /// The name used in errors.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn bos_token(&self) -> &str {
+        &self.bos_token
+    }
+
+    pub fn eos_token(&self) -> &str {
+        &self.eos_token
+    }
+
+    /// Renders `messages`; with `add_generation_prompt`, ends with the header of the assistant's
+    /// turn. `strftime_now` sees the current time.
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_at(messages, add_generation_prompt, now_unix_seconds())
+    }
+
+    /// As [`ChatTemplate::render`], with `strftime_now` seeing `now_unix_seconds` (UTC).
+    ///
+    /// A template error while rendering is [`Error::ChatTemplate`]; a template calling
+    /// `raise_exception` (e.g. "roles must alternate") is [`Error::ChatTemplateRejected`].
+    pub fn render_at(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        now_unix_seconds: i64,
+    ) -> Result<String> {
+        let template = self
+            .env
+            .get_template(TEMPLATE)
+            .map_err(|e| template_error(&self.name, e))?;
+        let ctx = minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+            tools => Value::from(()),
+            __pocketlm_now_unix => now_unix_seconds,
+        };
+        template
+            .render(ctx)
+            .map_err(|e| template_error(&self.name, e))
+    }
+}
+
+fn template_error(name: &str, e: minijinja::Error) -> Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(s) = source {
+        if let Some(raised) = s.downcast_ref::<Raised>() {
+            return Error::ChatTemplateRejected {
+                template: name.to_string(),
+                message: raised.0.clone(),
+            };
+        }
+        source = s.source();
+    }
+    let message = match e.detail() {
+        Some(detail) => format!("{}: {detail}", e.kind()),
+        None => e.kind().to_string(),
+    };
+    Error::ChatTemplate {
+        template: name.to_string(),
+        line: e.line(),
+        message,
+    }
+}
+
+fn raise_exception(message: String) -> std::result::Result<Value, minijinja::Error> {
+    Err(
+        minijinja::Error::new(ErrorKind::InvalidOperation, message.clone())
+            .with_source(Raised(message)),
+    )
+}
+
+fn strftime_now(state: &State, format: String) -> std::result::Result<String, minijinja::Error> {
+    let now = state
+        .lookup(NOW_VAR)
+        .and_then(|v| i64::try_from(v).ok())
+        .unwrap_or(0);
+    strftime(now, &format)
+        .map_err(|detail| minijinja::Error::new(ErrorKind::InvalidOperation, detail))
+}
+
+fn now_unix_seconds() -> i64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        (js_sys::Date::now() / 1000.0).floor() as i64
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    }
+}
+
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+const WEEKDAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
+
+/// Python's `strftime` for the C locale in UTC, for the directives chat templates use.
+pub fn strftime(unix_seconds: i64, format: &str) -> std::result::Result<String, String> {
+    let days = unix_seconds.div_euclid(86_400);
+    let secs = unix_seconds.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    // 1970-01-01 was a Thursday (index 3 from Monday).
+    let weekday = (days + 3).rem_euclid(7) as usize;
+    let yday = days - days_from_civil(year, 1, 1) + 1;
+    let (hour, minute, second) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let Some(d) = chars.next() else {
+            return Err("strftime_now: format ends with a lone '%'".into());
+        };
+        match d {
+            'Y' => out.push_str(&year.to_string()),
+            'y' => out.push_str(&format!("{:02}", year.rem_euclid(100))),
+            'm' => out.push_str(&format!("{month:02}")),
+            'd' => out.push_str(&format!("{day:02}")),
+            'e' => out.push_str(&format!("{day:2}")),
+            'j' => out.push_str(&format!("{yday:03}")),
+            'B' => out.push_str(MONTHS[month as usize - 1]),
+            'b' | 'h' => out.push_str(&MONTHS[month as usize - 1][..3]),
+            'A' => out.push_str(WEEKDAYS[weekday]),
+            'a' => out.push_str(&WEEKDAYS[weekday][..3]),
+            'H' => out.push_str(&format!("{hour:02}")),
+            'I' => out.push_str(&format!("{:02}", (hour + 11) % 12 + 1)),
+            'p' => out.push_str(if hour < 12 { "AM" } else { "PM" }),
+            'M' => out.push_str(&format!("{minute:02}")),
+            'S' => out.push_str(&format!("{second:02}")),
+            'F' => out.push_str(&format!("{year}-{month:02}-{day:02}")),
+            '%' => out.push('%'),
+            other => return Err(format!("strftime_now: unsupported directive '%{other}'")),
+        }
+    }
+    Ok(out)
+}
+
+/// (year, month 1–12, day 1–31) of a day count since 1970-01-01 (proleptic Gregorian).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strftime_known_dates() {
+        // 2024-07-26 00:00:00 UTC was a Friday, day 208.
+        let t = 1_721_952_000;
+        assert_eq!(strftime(t, "%d %b %Y").unwrap(), "26 Jul 2024");
+        assert_eq!(
+            strftime(
+                t + 13 * 3600 + 5 * 60 + 9,
+                "%A %B %e %j %H:%M:%S %I%p %y %%"
+            )
+            .unwrap(),
+            "Friday July 26 208 13:05:09 01PM 24 %"
+        );
+        assert_eq!(strftime(0, "%F %a").unwrap(), "1970-01-01 Thu");
+        assert_eq!(strftime(-86_400, "%F").unwrap(), "1969-12-31");
+        assert_eq!(strftime(951_782_400, "%F").unwrap(), "2000-02-29");
+        assert!(strftime(0, "%Q").is_err());
+    }
+}

@@ -1,0 +1,10 @@
+//! Text: turning strings into token ids and back.
+//!
+//! [`tokenizer::Tokenizer`] wraps the `tokenizers` crate and builds it either from a
+//! `tokenizer.json` or from the vocabulary a GGUF file carries in its metadata;
+//! [`tokenizer::DecodeStream`] turns generated ids into text one token at a time.
+
+pub mod chat;
+pub mod tokenizer;
+
+pub use self::tokenizer::{DecodeStream, Tokenizer};

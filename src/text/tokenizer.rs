@@ -1,0 +1,662 @@
+//! The tokenizer: a `tokenizers::Tokenizer` built from a `tokenizer.json` or from a GGUF file's
+//! `tokenizer.ggml.*` metadata, plus the streaming detokenizer.
+//!
+//! From GGUF, two vocabulary kinds are rebuilt the way llama.cpp reads them:
+//! - `gpt2`: byte-level BPE (`tokens` + `merges`); the pre-tokenizer regexes are llama.cpp's for
+//!   the `tokenizer.ggml.pre` value, applied one after the other, each splitting the pieces the
+//!   previous one left.
+//! - `llama`: SentencePiece BPE. The merges are derived from `scores` (a pair merges with the
+//!   score of the piece it forms, higher first, which is SentencePiece's rule), characters outside
+//!   the vocabulary fall back to `<0xXX>` byte tokens, spaces become `▁`, and a `▁` is prepended
+//!   as `tokenizer.ggml.add_space_prefix` says.
+//!
+//! Tokens of type CONTROL (3) and the bos/eos/unknown/padding tokens are special tokens; tokens of
+//! type USER_DEFINED (4) are added tokens. Both are matched whole in the input text, never split.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
+
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip as StripDecoder;
+use tokenizers::decoders::DecoderWrapper;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, NormalizerWrapper, SplitDelimiterBehavior};
+
+use crate::formats::GgufMetadata;
+use crate::{Error, Result};
+
+/// llama.cpp's token types (`tokenizer.ggml.token_type`).
+const TYPE_NORMAL: i32 = 1;
+const TYPE_UNKNOWN: i32 = 2;
+const TYPE_CONTROL: i32 = 3;
+const TYPE_USER_DEFINED: i32 = 4;
+const TYPE_UNUSED: i32 = 5;
+
+/// Texts of tokens that end a generation, as llama.cpp recognises them among control tokens.
+const END_OF_GENERATION: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "<｜end▁of▁sentence｜>",
+    "<|end_of_text|>",
+];
+
+/// llama.cpp's `"'s|'t|…"` GPT-2 word regex, shared by several pre-tokenizers.
+const GPT2_WORDS: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+const LLAMA3_WORDS: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_WORDS: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN35_WORDS: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The regexes llama.cpp applies for a `tokenizer.ggml.pre` value, and whether BPE takes a word
+/// that is itself a token whole (llama.cpp's `ignore_merges`). `None` for values not supported.
+fn pre_tokenizer_regexes(pre: &str) -> Option<(Vec<&'static str>, bool)> {
+    Some(match pre {
+        "" | "default" => (
+            vec![
+                r"[\p{P}\$\+<=>\^~\|]+",
+                GPT2_WORDS,
+                r"\p{N}+",
+                r"[0-9][0-9][0-9]",
+            ],
+            false,
+        ),
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+        | "lfm2" | "jina-v5-nano" => (vec![LLAMA3_WORDS], true),
+        "dbrx" | "smaug-bpe" => (vec![LLAMA3_WORDS], false),
+        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de"
+        | "a.x-4.0" | "mellum" | "modern-bert" | "mpt" | "olmo" | "jais" | "trillion"
+        | "granite-docling" | "exaone4" | "roberta-bpe" | "jina-v1-en" | "jina-v2-code" => {
+            (vec![GPT2_WORDS], false)
+        }
+        "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b" => {
+            (vec![r"\p{N}", GPT2_WORDS], false)
+        }
+        "qwen2" | "deepseek-r1-qwen" | "stablelm2" | "megrez" | "hunyuan" | "solar-open" => {
+            (vec![QWEN2_WORDS], false)
+        }
+        "qwen35" => (vec![QWEN35_WORDS], false),
+        _ => return None,
+    })
+}
+
+fn tok_err(detail: impl Into<String>) -> Error {
+    Error::Tokenizer {
+        detail: detail.into(),
+    }
+}
+
+fn hf_err(what: &str, e: tokenizers::Error) -> Error {
+    tok_err(format!("{what}: {e}"))
+}
+
+/// A text tokenizer. Cloning is cheap (the vocabulary is shared).
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: Arc<tokenizers::Tokenizer>,
+    /// The same tokenizer with special-token matching off, built on first use.
+    plain: Arc<OnceLock<Arc<tokenizers::Tokenizer>>>,
+    bos: Option<u32>,
+    eos: Vec<u32>,
+    /// Built from GGUF: BOS/EOS are added here; from JSON: by the file's post-processor.
+    add_bos: bool,
+    add_eos: bool,
+    manual_specials: bool,
+    vocab_size: usize,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size)
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    /// From the bytes of a `tokenizer.json`. BOS/EOS are found by their usual names
+    /// (`<s>`, `<|begin_of_text|>`, `<bos>`, …); BOS/EOS insertion is the file's post-processor.
+    pub fn from_json(bytes: &[u8]) -> Result<Tokenizer> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes)
+            .map_err(|e| hf_err("tokenizer.json could not be read", e))?;
+        let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
+        let bos = find(&["<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>"]);
+        let mut eos: Vec<u32> = ["</s>", "<eos>"]
+            .iter()
+            .chain(END_OF_GENERATION)
+            .filter_map(|n| inner.token_to_id(n))
+            .collect();
+        dedup(&mut eos);
+        let vocab_size = inner.get_vocab_size(true);
+        Ok(Tokenizer {
+            inner: Arc::new(inner),
+            plain: Arc::new(OnceLock::new()),
+            bos,
+            eos,
+            add_bos: false,
+            add_eos: false,
+            manual_specials: false,
+            vocab_size,
+        })
+    }
+
+    /// From the text of a `tokenizer.json`.
+    pub fn from_json_str(json: &str) -> Result<Tokenizer> {
+        Tokenizer::from_json(json.as_bytes())
+    }
+
+    /// From a GGUF file's `tokenizer.ggml.*` metadata.
+    pub fn from_gguf(meta: &GgufMetadata) -> Result<Tokenizer> {
+        let model: &str = meta.string("tokenizer.ggml.model")?;
+        let tokens = meta.string_array("tokenizer.ggml.tokens")?;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(tok_err(format!(
+                "'{}': tokenizer.ggml.tokens is empty",
+                meta.file()
+            )));
+        }
+        let types: Vec<i32> = match meta.get_opt::<&[i32]>("tokenizer.ggml.token_type")? {
+            Some(t) if t.len() == n => t.to_vec(),
+            Some(t) => {
+                return Err(tok_err(format!(
+                    "'{}': tokenizer.ggml.token_type has {} entries for {n} tokens",
+                    meta.file(),
+                    t.len()
+                )))
+            }
+            None => vec![TYPE_NORMAL; n],
+        };
+        let id = |key: &str| -> Result<Option<u32>> {
+            match meta.get_opt::<i64>(key)? {
+                None => Ok(None),
+                // Some converters write -1 (or u32::MAX) for "none".
+                Some(v) if v < 0 || v == u32::MAX as i64 => Ok(None),
+                Some(v) if (v as u64) < n as u64 => Ok(Some(v as u32)),
+                Some(v) => Err(tok_err(format!(
+                    "'{}': {key} is {v}, but the vocabulary has {n} tokens",
+                    meta.file()
+                ))),
+            }
+        };
+        let spm = match model {
+            "gpt2" => false,
+            "llama" => true,
+            other => {
+                return Err(tok_err(format!(
+                "'{}': tokenizer.ggml.model '{other}' is not supported (supported: gpt2, llama)",
+                meta.file()
+            )))
+            }
+        };
+        let (mut bos, mut eos, mut unk, pad) = (
+            id("tokenizer.ggml.bos_token_id")?,
+            id("tokenizer.ggml.eos_token_id")?,
+            id("tokenizer.ggml.unknown_token_id")?,
+            id("tokenizer.ggml.padding_token_id")?,
+        );
+        let eot = id("tokenizer.ggml.eot_token_id")?;
+        let eom = id("tokenizer.ggml.eom_token_id")?;
+        let pre: &str = meta
+            .get_opt::<&str>("tokenizer.ggml.pre")?
+            .unwrap_or("default");
+
+        // llama.cpp's defaults, then the file's flags.
+        let (mut add_bos, mut add_space_prefix) = (spm, spm);
+        if spm {
+            // SentencePiece defaults of llama.cpp.
+            bos = bos.or(Some(1).filter(|&i| i < n as u32));
+            eos = eos.or(Some(2).filter(|&i| i < n as u32));
+            unk = unk.or(Some(0).filter(|&i| i < n as u32));
+        }
+        let mut ignore_merges = false;
+        let regexes = if spm {
+            Vec::new()
+        } else {
+            let (r, ignore) = pre_tokenizer_regexes(pre).ok_or_else(|| {
+                tok_err(format!(
+                    "'{}': pre-tokenizer '{pre}' (tokenizer.ggml.pre) is not supported",
+                    meta.file()
+                ))
+            })?;
+            ignore_merges = ignore;
+            if ignore {
+                // llama.cpp turns BOS on for the llama3 family.
+                add_bos = true;
+            }
+            add_space_prefix = false;
+            r
+        };
+        if let Some(v) = meta.get_opt::<bool>("tokenizer.ggml.add_bos_token")? {
+            add_bos = v;
+        }
+        let add_eos = meta
+            .get_opt::<bool>("tokenizer.ggml.add_eos_token")?
+            .unwrap_or(false);
+        if spm {
+            if let Some(v) = meta.get_opt::<bool>("tokenizer.ggml.add_space_prefix")? {
+                add_space_prefix = v;
+            }
+        }
+
+        // The vocabulary. Where two ids share a text, the first keeps it.
+        let mut vocab: HashMap<&str, u32> = HashMap::with_capacity(n);
+        for (i, t) in tokens.iter().enumerate() {
+            vocab.entry(t.as_str()).or_insert(i as u32);
+        }
+        let hf_vocab: Vocab = vocab.iter().map(|(k, &v)| (k.to_string(), v)).collect();
+
+        let mut builder = BPE::builder().ignore_merges(ignore_merges);
+        if spm {
+            let scores = meta.f32_array("tokenizer.ggml.scores")?;
+            if scores.len() != n {
+                return Err(tok_err(format!(
+                    "'{}': tokenizer.ggml.scores has {} entries for {n} tokens",
+                    meta.file(),
+                    scores.len()
+                )));
+            }
+            let merges = spm_merges(tokens, &types, scores, &vocab);
+            builder = builder
+                .vocab_and_merges(hf_vocab, merges)
+                .byte_fallback(true)
+                .fuse_unk(true);
+            if let Some(u) = unk {
+                builder = builder.unk_token(tokens[u as usize].clone());
+            }
+        } else {
+            let merges = meta.string_array("tokenizer.ggml.merges")?;
+            let mut pairs = Vec::with_capacity(merges.len());
+            for m in merges {
+                // As llama.cpp: split at the first space after the first byte.
+                let first = m.chars().next().map_or(0, char::len_utf8);
+                match m[first..].find(' ').map(|p| p + first) {
+                    Some(p) => pairs.push((m[..p].to_string(), m[p + 1..].to_string())),
+                    None => {
+                        return Err(tok_err(format!(
+                            "'{}': merge '{m}' is not two tokens separated by a space",
+                            meta.file()
+                        )))
+                    }
+                }
+            }
+            // Merges naming tokens not in the vocabulary make the BPE builder fail: drop them
+            // (llama.cpp would never produce those pieces either).
+            pairs.retain(|(a, b)| {
+                vocab.contains_key(a.as_str())
+                    && vocab.contains_key(b.as_str())
+                    && vocab.contains_key(format!("{a}{b}").as_str())
+            });
+            builder = builder.vocab_and_merges(hf_vocab, pairs);
+        }
+        let bpe = builder
+            .build()
+            .map_err(|e| hf_err("building the BPE model failed", e))?;
+        let mut tk = tokenizers::Tokenizer::new(bpe);
+
+        if spm {
+            let mut norms: Vec<NormalizerWrapper> = Vec::new();
+            if add_space_prefix {
+                norms.push(Prepend::new("▁".into()).into());
+            }
+            norms.push(
+                Replace::new(" ", "▁")
+                    .map_err(|e| hf_err("normalizer", e))?
+                    .into(),
+            );
+            tk.with_normalizer(Some(NormalizerSequence::new(norms)));
+            let mut decs: Vec<DecoderWrapper> = vec![
+                Replace::new("▁", " ")
+                    .map_err(|e| hf_err("decoder", e))?
+                    .into(),
+                ByteFallback::new().into(),
+                Fuse::new().into(),
+            ];
+            if add_space_prefix {
+                decs.push(StripDecoder::new(' ', 1, 0).into());
+            }
+            tk.with_decoder(Some(DecoderSequence::new(decs)));
+        } else {
+            let mut pres: Vec<PreTokenizerWrapper> = Vec::new();
+            for r in &regexes {
+                let split = Split::new(
+                    SplitPattern::Regex((*r).to_string()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(|e| hf_err("pre-tokenizer regex", e))?;
+                pres.push(split.into());
+            }
+            pres.push(ByteLevel::new(false, false, false).into());
+            tk.with_pre_tokenizer(Some(PreTokenizerSequence::new(pres)));
+            tk.with_decoder(Some(ByteLevel::new(false, false, false)));
+        }
+
+        // Special and added tokens, matched whole.
+        let mut special_ids: Vec<u32> = [bos, eos, unk, pad, eot, eom]
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut specials = Vec::new();
+        let mut added = Vec::new();
+        let mut eog: Vec<u32> = [eos, eot, eom].into_iter().flatten().collect();
+        for (i, t) in tokens.iter().enumerate() {
+            let i = i as u32;
+            if t.is_empty() || vocab.get(t.as_str()) != Some(&i) {
+                continue;
+            }
+            match types[i as usize] {
+                TYPE_CONTROL | TYPE_UNKNOWN => special_ids.push(i),
+                TYPE_USER_DEFINED => {
+                    added.push(AddedToken::from(t.clone(), false).normalized(false))
+                }
+                _ => {}
+            }
+            if types[i as usize] == TYPE_CONTROL && END_OF_GENERATION.contains(&t.as_str()) {
+                eog.push(i);
+            }
+        }
+        dedup(&mut special_ids);
+        dedup(&mut eog);
+        for &i in &special_ids {
+            let t = &tokens[i as usize];
+            if !t.is_empty() && vocab.get(t.as_str()) == Some(&i) {
+                specials.push(AddedToken::from(t.clone(), true).normalized(false));
+            }
+        }
+        tk.add_special_tokens(&specials);
+        tk.add_tokens(&added);
+
+        Ok(Tokenizer {
+            inner: Arc::new(tk),
+            plain: Arc::new(OnceLock::new()),
+            bos,
+            eos: eog,
+            add_bos,
+            add_eos,
+            manual_specials: true,
+            vocab_size: n,
+        })
+    }
+
+    /// The tokenizer as `tokenizer.json` text (for a GGUF-built one: without the BOS/EOS
+    /// insertion, which [`encode`](Self::encode) does itself).
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| hf_err("serializing the tokenizer failed", e))
+    }
+
+    /// Token ids of `text`. Special tokens written in the text (`<|im_start|>`, `<s>` …) become
+    /// their ids. `add_special` adds BOS/EOS as the tokenizer's configuration says.
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        self.encode_with(&self.inner, text, add_special)
+    }
+
+    /// Like [`encode`](Self::encode), but the text of special (control) tokens is tokenized as
+    /// ordinary text: for untrusted input, and what llama.cpp does with `parse_special = false`.
+    /// Added (user-defined) tokens are still matched whole.
+    pub fn encode_plain(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        let plain = self.plain.get_or_init(|| {
+            let mut t = (*self.inner).clone();
+            t.set_encode_special_tokens(true);
+            Arc::new(t)
+        });
+        self.encode_with(plain, text, add_special)
+    }
+
+    fn encode_with(
+        &self,
+        tk: &tokenizers::Tokenizer,
+        text: &str,
+        add_special: bool,
+    ) -> Result<Vec<u32>> {
+        let hf_special = add_special && !self.manual_specials;
+        let enc = tk
+            .encode_fast(text, hf_special)
+            .map_err(|e| hf_err("encoding failed", e))?;
+        let body = enc.get_ids();
+        if !(add_special && self.manual_specials) {
+            return Ok(body.to_vec());
+        }
+        let mut ids = Vec::with_capacity(body.len() + 2);
+        if self.add_bos {
+            ids.extend(self.bos);
+        }
+        ids.extend_from_slice(body);
+        if self.add_eos {
+            ids.extend(self.eos.first());
+        }
+        Ok(ids)
+    }
+
+    /// The text of `ids`. `skip_special` leaves special tokens out.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.check_ids(ids)?;
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| hf_err("decoding failed", e))
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        match ids.iter().find(|&&i| i as usize >= self.vocab_size) {
+            Some(bad) => Err(tok_err(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                self.vocab_size
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// A streaming detokenizer for generated ids.
+    pub fn decode_stream(&self, skip_special: bool) -> DecodeStream {
+        DecodeStream {
+            tokenizer: self.clone(),
+            skip_special,
+            ids: Vec::new(),
+            emitted: 0,
+            prefix: String::new(),
+        }
+    }
+
+    /// The number of token ids (including added and special tokens).
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// The beginning-of-sequence token, if the vocabulary has one.
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// Every id that ends a generation: EOS, and end-of-turn / end-of-message tokens.
+    pub fn eos(&self) -> Vec<u32> {
+        self.eos.clone()
+    }
+
+    /// Whether `add_special` adds a BOS token.
+    pub fn adds_bos(&self) -> bool {
+        self.manual_specials && self.add_bos && self.bos.is_some()
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+}
+
+fn dedup(v: &mut Vec<u32>) {
+    let mut seen = HashSet::new();
+    v.retain(|x| seen.insert(*x));
+}
+
+/// SentencePiece BPE as merges: every split of a token into two tokens merges with the token's
+/// score, higher scores first.
+fn spm_merges(
+    tokens: &[String],
+    types: &[i32],
+    scores: &[f32],
+    vocab: &HashMap<&str, u32>,
+) -> Vec<(String, String)> {
+    let mergeable = |id: u32| {
+        matches!(
+            types[id as usize],
+            TYPE_NORMAL | TYPE_USER_DEFINED | TYPE_UNUSED
+        )
+    };
+    let mut merges: Vec<(f32, u32, usize, &str, &str)> = Vec::new();
+    for (id, t) in tokens.iter().enumerate() {
+        let id = id as u32;
+        if !mergeable(id) || vocab.get(t.as_str()) != Some(&id) {
+            continue;
+        }
+        for (cut, _) in t.char_indices().skip(1) {
+            let (l, r) = t.split_at(cut);
+            let ok = |s: &str| vocab.get(s).is_some_and(|&i| mergeable(i));
+            if ok(l) && ok(r) {
+                merges.push((scores[id as usize], id, cut, l, r));
+            }
+        }
+    }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    merges
+        .into_iter()
+        .map(|(_, _, _, l, r)| (l.to_string(), r.to_string()))
+        .collect()
+}
+
+/// Turns generated ids into text as they come: [`push`](Self::push) returns only text that is
+/// complete UTF-8 (a character split over byte tokens waits for its last byte), and
+/// [`flush`](Self::flush) returns what is left at the end.
+#[derive(Debug)]
+pub struct DecodeStream {
+    tokenizer: Tokenizer,
+    skip_special: bool,
+    /// The last emitted token(s) as context, then the pending ones.
+    ids: Vec<u32>,
+    /// How many of `ids` are context (already emitted).
+    emitted: usize,
+    /// The text of the context ids alone.
+    prefix: String,
+}
+
+/// After this many pending ids an incomplete sequence is given up on and emitted as U+FFFD.
+const MAX_PENDING: usize = 8;
+
+impl DecodeStream {
+    /// Feeds one id; returns the text it completes (often empty while a character is pending).
+    pub fn push(&mut self, id: u32) -> Result<String> {
+        self.tokenizer.check_ids(&[id])?;
+        self.ids.push(id);
+        let text = self.tokenizer.decode(&self.ids, self.skip_special)?;
+        let pending = self.ids.len() - self.emitted;
+        if text.len() > self.prefix.len() && (!text.ends_with('\u{FFFD}') || pending >= MAX_PENDING)
+        {
+            let out = self.new_part(&text)?;
+            // The emitted tokens become the context of the next ones.
+            self.ids.drain(..self.emitted);
+            self.emitted = self.ids.len();
+            self.prefix = self.tokenizer.decode(&self.ids, self.skip_special)?;
+            Ok(out)
+        } else {
+            Ok(String::new())
+        }
+    }
+
+    /// Returns whatever is still pending (incomplete bytes as U+FFFD) and resets the stream.
+    pub fn flush(&mut self) -> Result<String> {
+        let out = if self.ids.len() > self.emitted {
+            let text = self.tokenizer.decode(&self.ids, self.skip_special)?;
+            self.new_part(&text)?
+        } else {
+            String::new()
+        };
+        self.ids.clear();
+        self.emitted = 0;
+        self.prefix.clear();
+        Ok(out)
+    }
+
+    fn new_part(&self, text: &str) -> Result<String> {
+        match text.strip_prefix(self.prefix.as_str()) {
+            Some(rest) => Ok(rest.to_string()),
+            None => Err(tok_err(format!(
+                "streaming decode: '{text}' does not continue '{}'",
+                self.prefix
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_supported_pre_tokenizer_compiles() {
+        for pre in [
+            "default",
+            "llama-bpe",
+            "dbrx",
+            "gpt-2",
+            "smollm",
+            "qwen2",
+            "qwen35",
+        ] {
+            let (regexes, _) = pre_tokenizer_regexes(pre).unwrap();
+            for r in regexes {
+                Split::new(
+                    SplitPattern::Regex(r.to_string()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .unwrap_or_else(|e| panic!("{pre}: {r}: {e}"));
+            }
+        }
+        assert!(pre_tokenizer_regexes("no-such-pre").is_none());
+    }
+
+    #[test]
+    fn spm_merges_follow_scores() {
+        let tokens: Vec<String> = ["<unk>", "a", "b", "c", "ab", "bc", "abc"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let types = [TYPE_UNKNOWN, 1, 1, 1, 1, 1, 1];
+        let scores = [0.0, -1.0, -2.0, -3.0, -5.0, -4.0, -6.0];
+        let vocab: HashMap<&str, u32> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_str(), i as u32))
+            .collect();
+        let merges = spm_merges(&tokens, &types, &scores, &vocab);
+        let m: Vec<(&str, &str)> = merges
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        assert_eq!(m, [("b", "c"), ("a", "b"), ("a", "bc"), ("ab", "c")]);
+    }
+
+    #[test]
+    fn dedup_keeps_first() {
+        let mut v = vec![3, 1, 3, 2, 1];
+        dedup(&mut v);
+        assert_eq!(v, [3, 1, 2]);
+    }
+}

