@@ -11,6 +11,7 @@ pub mod formats;
 pub mod gpu;
 pub mod kernels;
 pub mod load;
+pub mod model;
 pub mod quant;
 pub mod reference;
 pub mod sample;

@@ -51,6 +51,28 @@ impl GpuTensor {
         self.buffer.size()
     }
 
+    /// The same buffer seen with another shape of as many elements (e.g. [tokens, heads · dim]
+    /// as [tokens, heads, dim]). Formats whose rows are padded or blocked keep their row length.
+    pub fn reshape(&self, shape: &[usize]) -> Result<GpuTensor> {
+        let numel: usize = shape.iter().product();
+        let same_rows = shape.last() == self.shape.last();
+        if numel != self.numel() || !(same_rows || matches!(self.dtype, DType::F32 | DType::I32)) {
+            return Err(Error::InvalidTensor {
+                tensor: self.name.clone(),
+                detail: format!(
+                    "{:?} ({}) cannot be seen as {shape:?}",
+                    self.shape, self.dtype
+                ),
+            });
+        }
+        Ok(GpuTensor {
+            buffer: self.buffer.clone(),
+            name: self.name.clone(),
+            shape: shape.to_vec(),
+            dtype: self.dtype,
+        })
+    }
+
     /// Frees the GPU memory now rather than when the last clone is dropped; using the tensor
     /// afterwards is a GPU validation error.
     pub fn destroy(&self) {
@@ -135,6 +157,26 @@ impl GpuContext {
                 tensor: tensor.name().to_string(),
                 detail: format!(
                     "{} f32 values do not fit this {} tensor of shape {:?}",
+                    data.len(),
+                    tensor.dtype(),
+                    tensor.shape()
+                ),
+            });
+        }
+        if !data.is_empty() {
+            self.queue
+                .write_buffer(&tensor.buffer, 0, bytemuck::cast_slice(data));
+        }
+        Ok(())
+    }
+
+    /// Overwrites the start of an i32 tensor (token ids), queued before the next submit.
+    pub fn write_i32(&self, tensor: &GpuTensor, data: &[i32]) -> Result<()> {
+        if tensor.dtype() != DType::I32 || data.len() > tensor.numel() {
+            return Err(Error::InvalidTensor {
+                tensor: tensor.name().to_string(),
+                detail: format!(
+                    "{} i32 values do not fit this {} tensor of shape {:?}",
                     data.len(),
                     tensor.dtype(),
                     tensor.shape()

@@ -1,0 +1,113 @@
+//! The Llama-family forward pass against Hugging Face transformers: the tiny random models of
+//! scripts/make_fixtures.py, logits at every position of a 16-token prompt within 1e-3 (f32
+//! weights, f32 KV cache), on both device profiles.
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use common::ctx;
+use pocketlm::gpu::DType;
+use pocketlm::load::{load_directory, LoadOptions};
+use pocketlm::model::{LlamaModel, ModelConfig};
+
+fn check_fixture(name: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name);
+    let loaded =
+        pollster::block_on(load_directory(ctx(), &dir, 2, LoadOptions::default())).unwrap();
+    let config = ModelConfig::from_hf_json(&loaded.companions["config.json"], name).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let ids: Vec<u32> = reference["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let want: Vec<f32> = std::fs::read(dir.join("logits.f32"))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let vocab = config.vocab;
+    let model = LlamaModel::new(ctx(), config, loaded.tensors, 64, DType::F32).unwrap();
+    let mut graph = pollster::block_on(model.graph(ctx(), ids.len(), 8)).unwrap();
+    let got = pollster::block_on(model.forward(ctx(), &mut graph, &ids, 0)).unwrap();
+    assert_eq!(got.len(), want.len());
+    let (mut worst, mut at) = (0f32, 0);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let e = (g - w).abs();
+        if e > worst || e.is_nan() {
+            worst = e;
+            at = i;
+        }
+    }
+    assert!(
+        worst <= 1e-3,
+        "{name}: logit {} of token {} is {} vs transformers {} (|err| {worst:e})",
+        at % vocab,
+        at / vocab,
+        got[at],
+        want[at]
+    );
+    eprintln!(
+        "{name}: max |logit error| {worst:e} over {} logits",
+        got.len()
+    );
+}
+
+#[test]
+fn tiny_llama_matches_transformers() {
+    check_fixture("tiny-llama");
+}
+
+#[test]
+fn tiny_qwen2_matches_transformers() {
+    check_fixture("tiny-qwen2");
+}
+
+/// Prefill then decode through the KV cache gives the logits of one long prefill: the first 9
+/// tokens as one step, then the other 7 one at a time with the 1-token graph.
+#[test]
+fn decode_after_prefill_matches_one_prefill() {
+    let name = "tiny-llama";
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name);
+    let loaded =
+        pollster::block_on(load_directory(ctx(), &dir, 2, LoadOptions::default())).unwrap();
+    let config = ModelConfig::from_hf_json(&loaded.companions["config.json"], name).unwrap();
+    let vocab = config.vocab;
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let ids: Vec<u32> = reference["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let want: Vec<f32> = std::fs::read(dir.join("logits.f32"))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let model = LlamaModel::new(ctx(), config, loaded.tensors, 64, DType::F32).unwrap();
+    let mut prefill = pollster::block_on(model.graph(ctx(), 9, 8)).unwrap();
+    let mut decode = pollster::block_on(model.graph(ctx(), 1, 8)).unwrap();
+    let mut got = pollster::block_on(model.forward(ctx(), &mut prefill, &ids[..9], 0)).unwrap();
+    for (pos, &id) in ids.iter().enumerate().skip(9) {
+        got.extend(pollster::block_on(model.forward(ctx(), &mut decode, &[id], pos)).unwrap());
+    }
+    assert_eq!(got.len(), 16 * vocab);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-3,
+            "token {} logit {}: {g} vs {w}",
+            i / vocab,
+            i % vocab
+        );
+    }
+}

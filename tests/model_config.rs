@@ -1,0 +1,114 @@
+//! Model configuration from GGUF metadata and from Hugging Face config.json (CPU only).
+#![cfg(not(target_arch = "wasm32"))]
+
+use pocketlm::formats::GgufHeader;
+use pocketlm::kernels::{Llama3Scaling, RopeLayout};
+use pocketlm::model::{Architecture, ModelConfig};
+
+#[test]
+fn smollm2_gguf() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/fetch-model.sh)", path.display()));
+    let header = GgufHeader::parse_file(&bytes, "smollm2.gguf").unwrap();
+    let meta = header.metadata.clone();
+    let files = header.into_model_files().unwrap();
+    let c = ModelConfig::from_gguf(&meta, &files).unwrap();
+    assert_eq!(c.architecture, Architecture::Llama);
+    assert_eq!(
+        (c.hidden, c.layers, c.heads, c.kv_heads, c.head_dim, c.ffn, c.vocab),
+        (576, 30, 9, 3, 64, 1536, 49152)
+    );
+    assert_eq!(c.rope.theta, 100_000.0);
+    assert_eq!(c.rope.layout, RopeLayout::Interleaved);
+    assert_eq!(c.rope.rotary_dim, 64);
+    assert_eq!(c.max_positions, 8192);
+    assert!((c.rms_eps - 1e-5).abs() < 1e-12);
+    assert!(c.tied_embeddings && !c.qkv_bias);
+}
+
+const LLAMA_32: &str = r#"{
+  "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+  "hidden_size": 2048, "intermediate_size": 8192, "num_attention_heads": 32,
+  "num_hidden_layers": 16, "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
+  "rms_norm_eps": 1e-05, "rope_theta": 500000.0, "max_position_embeddings": 131072,
+  "tie_word_embeddings": true,
+  "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                   "original_max_position_embeddings": 8192, "rope_type": "llama3"}
+}"#;
+
+#[test]
+fn llama_32_config_with_llama3_scaling() {
+    let c = ModelConfig::from_hf_json(LLAMA_32, "config.json").unwrap();
+    assert_eq!(
+        (c.hidden, c.layers, c.heads, c.kv_heads, c.head_dim),
+        (2048, 16, 32, 8, 64)
+    );
+    assert_eq!(c.rope.layout, RopeLayout::NeoX);
+    assert_eq!(c.rope.theta, 500_000.0);
+    assert_eq!(
+        c.rope.llama3,
+        Some(Llama3Scaling {
+            factor: 32.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192
+        })
+    );
+    assert!(c.tied_embeddings);
+}
+
+#[test]
+fn transformers_5_rope_parameters_and_qwen2() {
+    let json = r#"{"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
+        "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2,
+        "vocab_size": 151936, "rms_norm_eps": 1e-06, "tie_word_embeddings": true,
+        "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"}}"#;
+    let c = ModelConfig::from_hf_json(json, "config.json").unwrap();
+    assert_eq!(c.architecture, Architecture::Qwen2);
+    assert_eq!(c.rope.theta, 1_000_000.0);
+    assert_eq!(c.head_dim, 64);
+    assert!(c.qkv_bias, "Qwen2 has q/k/v biases");
+    assert_eq!(c.rope.llama3, None);
+}
+
+#[test]
+fn bad_configs_are_typed_errors() {
+    let e = ModelConfig::from_hf_json(r#"{"model_type": "gemma3"}"#, "config.json").unwrap_err();
+    assert_eq!(e.code(), "unsupported_architecture");
+    assert!(
+        e.to_string().contains("qwen2") && e.to_string().contains("gemma3"),
+        "{e}"
+    );
+    let uneven = LLAMA_32.replace("\"num_key_value_heads\": 8", "\"num_key_value_heads\": 7");
+    let e = ModelConfig::from_hf_json(&uneven, "config.json").unwrap_err();
+    assert_eq!(e.code(), "config");
+    assert!(e.to_string().contains("not a multiple"), "{e}");
+    let e = ModelConfig::from_hf_json(&LLAMA_32.replace("hidden_size", "hidden"), "config.json")
+        .unwrap_err();
+    assert!(e.to_string().contains("hidden_size"), "{e}");
+    let e = ModelConfig::from_hf_json("{", "config.json").unwrap_err();
+    assert!(e.to_string().contains("not valid JSON"), "{e}");
+}
+
+/// The tiny random models of scripts/make_fixtures.py (transformers 5 writes `rope_parameters`).
+#[test]
+fn fixture_model_configs() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    for (name, arch, theta, tied, bias) in [
+        ("tiny-llama", Architecture::Llama, 10_000.0, false, false),
+        ("tiny-qwen2", Architecture::Qwen2, 1_000_000.0, true, true),
+    ] {
+        let json = std::fs::read_to_string(dir.join(name).join("config.json")).unwrap();
+        let c = ModelConfig::from_hf_json(&json, name).unwrap();
+        assert_eq!(c.architecture, arch, "{name}");
+        assert_eq!(
+            (c.hidden, c.layers, c.heads, c.kv_heads, c.head_dim, c.ffn, c.vocab),
+            (48, 2, 4, 2, 12, 96, 128),
+            "{name}"
+        );
+        assert_eq!(c.rope.theta, theta, "{name}");
+        assert_eq!((c.tied_embeddings, c.qkv_bias), (tied, bias), "{name}");
+    }
+}
