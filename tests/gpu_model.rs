@@ -10,7 +10,15 @@ use pocketlm::gpu::DType;
 use pocketlm::load::{load_directory, LoadOptions};
 use pocketlm::model::{LlamaModel, ModelConfig};
 
-fn check_fixture(name: &str) {
+/// A fixture model on the GPU (f32 KV cache), its prompt, and transformers' logits.
+struct Fixture {
+    model: LlamaModel,
+    ids: Vec<u32>,
+    want: Vec<f32>,
+    vocab: usize,
+}
+
+fn load_fixture(name: &str) -> Fixture {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/models")
         .join(name);
@@ -33,6 +41,21 @@ fn check_fixture(name: &str) {
         .collect();
     let vocab = config.vocab;
     let model = LlamaModel::new(ctx(), config, loaded.tensors, 64, DType::F32).unwrap();
+    Fixture {
+        model,
+        ids,
+        want,
+        vocab,
+    }
+}
+
+fn check_fixture(name: &str) {
+    let Fixture {
+        model,
+        ids,
+        want,
+        vocab,
+    } = load_fixture(name);
     let mut graph = pollster::block_on(model.graph(ctx(), ids.len(), 8)).unwrap();
     let got = pollster::block_on(model.forward(ctx(), &mut graph, &ids, 0)).unwrap();
     assert_eq!(got.len(), want.len());
@@ -72,29 +95,12 @@ fn tiny_qwen2_matches_transformers() {
 /// tokens as one step, then the other 7 one at a time with the 1-token graph.
 #[test]
 fn decode_after_prefill_matches_one_prefill() {
-    let name = "tiny-llama";
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name);
-    let loaded =
-        pollster::block_on(load_directory(ctx(), &dir, 2, LoadOptions::default())).unwrap();
-    let config = ModelConfig::from_hf_json(&loaded.companions["config.json"], name).unwrap();
-    let vocab = config.vocab;
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-            .unwrap();
-    let ids: Vec<u32> = reference["input_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
-    let want: Vec<f32> = std::fs::read(dir.join("logits.f32"))
-        .unwrap()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    let model = LlamaModel::new(ctx(), config, loaded.tensors, 64, DType::F32).unwrap();
+    let Fixture {
+        model,
+        ids,
+        want,
+        vocab,
+    } = load_fixture("tiny-llama");
     let mut prefill = pollster::block_on(model.graph(ctx(), 9, 8)).unwrap();
     let mut decode = pollster::block_on(model.graph(ctx(), 1, 8)).unwrap();
     let mut got = pollster::block_on(model.forward(ctx(), &mut prefill, &ids[..9], 0)).unwrap();

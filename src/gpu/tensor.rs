@@ -140,43 +140,50 @@ impl GpuContext {
 
     /// Uploads row-major `f32` data.
     pub fn upload_f32(&self, name: &str, shape: &[usize], data: &[f32]) -> Result<GpuTensor> {
-        check_len(name, shape, data.len())?;
-        let tensor = self.zeros(name, shape, DType::F32)?;
-        if !data.is_empty() {
-            self.queue
-                .write_buffer(&tensor.buffer, 0, bytemuck::cast_slice(data));
-        }
-        Ok(tensor)
+        self.upload_words(name, shape, DType::F32, data)
+    }
+
+    /// Uploads `i32` data (token ids, indices).
+    pub fn upload_i32(&self, name: &str, shape: &[usize], data: &[i32]) -> Result<GpuTensor> {
+        self.upload_words(name, shape, DType::I32, data)
     }
 
     /// Overwrites the start of an f32 tensor (queued before the next submit), as a model's
     /// earlier kernels or the host's inputs would.
     pub fn write_f32(&self, tensor: &GpuTensor, data: &[f32]) -> Result<()> {
-        if tensor.dtype() != DType::F32 || data.len() > tensor.numel() {
-            return Err(Error::InvalidTensor {
-                tensor: tensor.name().to_string(),
-                detail: format!(
-                    "{} f32 values do not fit this {} tensor of shape {:?}",
-                    data.len(),
-                    tensor.dtype(),
-                    tensor.shape()
-                ),
-            });
-        }
-        if !data.is_empty() {
-            self.queue
-                .write_buffer(&tensor.buffer, 0, bytemuck::cast_slice(data));
-        }
-        Ok(())
+        self.write_words(tensor, DType::F32, data)
     }
 
     /// Overwrites the start of an i32 tensor (token ids), queued before the next submit.
     pub fn write_i32(&self, tensor: &GpuTensor, data: &[i32]) -> Result<()> {
-        if tensor.dtype() != DType::I32 || data.len() > tensor.numel() {
+        self.write_words(tensor, DType::I32, data)
+    }
+
+    /// A new tensor of a one-word-per-element format holding `data`.
+    fn upload_words<T: bytemuck::Pod>(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        data: &[T],
+    ) -> Result<GpuTensor> {
+        check_len(name, shape, data.len())?;
+        let tensor = self.zeros(name, shape, dtype)?;
+        self.write_words(&tensor, dtype, data)?;
+        Ok(tensor)
+    }
+
+    fn write_words<T: bytemuck::Pod>(
+        &self,
+        tensor: &GpuTensor,
+        dtype: DType,
+        data: &[T],
+    ) -> Result<()> {
+        if tensor.dtype() != dtype || data.len() > tensor.numel() {
             return Err(Error::InvalidTensor {
                 tensor: tensor.name().to_string(),
                 detail: format!(
-                    "{} i32 values do not fit this {} tensor of shape {:?}",
+                    "{} {dtype} values do not fit this {} tensor of shape {:?}",
                     data.len(),
                     tensor.dtype(),
                     tensor.shape()
@@ -188,17 +195,6 @@ impl GpuContext {
                 .write_buffer(&tensor.buffer, 0, bytemuck::cast_slice(data));
         }
         Ok(())
-    }
-
-    /// Uploads `i32` data (token ids, indices).
-    pub fn upload_i32(&self, name: &str, shape: &[usize], data: &[i32]) -> Result<GpuTensor> {
-        check_len(name, shape, data.len())?;
-        let tensor = self.zeros(name, shape, DType::I32)?;
-        if !data.is_empty() {
-            self.queue
-                .write_buffer(&tensor.buffer, 0, bytemuck::cast_slice(data));
-        }
-        Ok(tensor)
     }
 
     /// Uploads row-major `f16` data, repacked into word-aligned rows.
