@@ -4,7 +4,7 @@
 
 use crate::error::Result;
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Kernel, Specialization};
-use crate::kernels::{build, dim, expect_distinct, expect_dtype, grid, mismatch, reduce_spec};
+use crate::kernels::{build, dim, expect_distinct, expect_dtype, grid, mismatch, reduce_spec_wg};
 
 const LINEAR_COMMON: &str = include_str!("../../shaders/linear_common.wgsl");
 const QUANT: &str = include_str!("../../shaders/quant.wgsl");
@@ -14,8 +14,15 @@ const BIAS: &str = "@group(0) @binding(4) var<storage, read> bias: array<f32>;\n
                     fn bias_at(n: u32) -> f32 { return bias[n]; }\n";
 const NO_BIAS: &str = "fn bias_at(n: u32) -> f32 { return 0.0; }\n";
 
-/// Outputs per matvec workgroup: the x values an invocation loads serve this many rows of W.
-const MATVEC_ROWS: u32 = 4;
+/// The matvec workgroup for rows of `items` units of work (elements, pairs or groups of 8): as
+/// many invocations as there are units, rounded to a power of two in 32..=256, so short rows
+/// (small models: 576 elements are 72 groups) do not leave most invocations idle; and the rows
+/// per workgroup that make up for it (the x values an invocation loads serve every row).
+fn matvec_shape(items: usize) -> (u32, u32) {
+    let wg = (items.next_power_of_two() as u32).clamp(32, super::WG);
+    let rows = if wg >= 128 { 4 } else { 8 };
+    (wg, rows)
+}
 /// Output tile edge of the matmul kernel.
 const TILE: u32 = 64;
 
@@ -128,9 +135,14 @@ fn check(
     })
 }
 
-fn spec(ctx: &GpuContext, matvec: bool, w: &GpuTensor, opts: &Linear) -> Specialization {
-    let base = if matvec {
-        reduce_spec(ctx, MATVEC_ROWS).with("ROWS", MATVEC_ROWS)
+fn spec(
+    ctx: &GpuContext,
+    matvec: Option<(u32, u32)>,
+    w: &GpuTensor,
+    opts: &Linear,
+) -> Specialization {
+    let base = if let Some((wg, rows)) = matvec {
+        reduce_spec_wg(ctx, rows, wg).with("ROWS", rows)
     } else {
         Specialization::default()
     };
@@ -197,7 +209,15 @@ pub async fn linear_with(
     let mut params = check(name, w, x, y, opts)?;
     let mut tensors = vec![x, w, y];
     tensors.extend(opts.bias);
-    let spec = spec(ctx, use_matvec, w, opts);
+    // Units of work per row for the matvec entry points.
+    let k = params.k as usize;
+    let items = match w.dtype() {
+        DType::F32 => k,
+        DType::F16 | DType::BF16 => k.div_ceil(2),
+        _ => k / 8,
+    };
+    let (mv_wg, mv_rows) = matvec_shape(items);
+    let spec = spec(ctx, use_matvec.then_some((mv_wg, mv_rows)), w, opts);
     if use_matvec {
         let entry = match w.dtype() {
             DType::F32 => "matvec_f32",
@@ -211,7 +231,7 @@ pub async fn linear_with(
             entry,
             uses_reduce: true,
         };
-        params.blocks = params.n.div_ceil(MATVEC_ROWS);
+        params.blocks = params.n.div_ceil(mv_rows);
         let wg = grid(ctx, name, u64::from(params.blocks) * u64::from(params.m))?;
         build(ctx, &kernel, &spec, &params, &tensors, wg).await
     } else {

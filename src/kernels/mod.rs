@@ -39,11 +39,16 @@ pub(crate) const WG: u32 = 256;
 /// The specialization of a kernel that reduces `red_n` values per invocation with the profile's
 /// reduction.
 pub(crate) fn reduce_spec(ctx: &GpuContext, red_n: u32) -> Specialization {
+    reduce_spec_wg(ctx, red_n, WG)
+}
+
+/// [`reduce_spec`] with another workgroup size (a power of two, at most [`WG`]).
+pub(crate) fn reduce_spec_wg(ctx: &GpuContext, red_n: u32, wg: u32) -> Specialization {
     Specialization {
         subgroups: ctx.capabilities().subgroups,
         ..Default::default()
     }
-    .with("WG", WG)
+    .with("WG", wg)
     .with("RED_N", red_n)
 }
 
