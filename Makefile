@@ -49,7 +49,7 @@ test-gpu-baseline:
 	  cargo test --test 'gpu_*' -- --nocapture
 
 ## make test-model: the real default model generates exactly what transformers generates
-## (greedy, 3 prompts × 40 tokens) on lavapipe. Slow on a CPU driver (about 8 minutes), so it is
+## (greedy, 3 prompts × 40 tokens) on lavapipe. Slow on a CPU driver (about 4 minutes), so it is
 ## not part of make test yet.
 test-model: setup
 	$(GPU_ENV) VK_ICD_FILENAMES=$$(scripts/vulkan-icd.sh lavapipe) POCKETLM_TEST_ADAPTER=llvmpipe \

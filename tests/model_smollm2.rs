@@ -1,6 +1,6 @@
 //! The real default model against Hugging Face transformers, greedy, token for token. Slow on CPU
-//! Vulkan drivers (about 4 s per token on lavapipe with 2 cores: 120 tokens take 8 minutes), so it
-//! runs in `make test-model`, not in `make test`, until the decode kernels are faster there.
+//! Vulkan drivers (about 1.9 s per token on lavapipe with 2 cores: 120 tokens take 4 minutes), so
+//! it runs in `make test-model`, not in `make test`, until the decode kernels are faster there.
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;
