@@ -14,35 +14,40 @@ struct Params {
     eps: f32,
 }
 
-/// RMSNorm over the last dimension: `y = x / sqrt(mean(x²) + eps) * weight`.
-pub async fn rmsnorm(
-    ctx: &GpuContext,
+/// The checks every norm makes: f32 tensors; per-column parameters (weight, bias) of shape
+/// [cols]; an output of the input's shape in its own buffer; a usable eps.
+fn check(
+    name: &'static str,
     x: &GpuTensor,
-    weight: &GpuTensor,
+    params: &[(&str, &GpuTensor)],
     eps: f32,
     y: &GpuTensor,
-) -> Result<Dispatch> {
-    const NAME: &str = "rmsnorm";
-    for t in [x, weight, y] {
-        expect_dtype(NAME, t, &[DType::F32], "f32 tensors")?;
+) -> Result<()> {
+    let inputs: Vec<&GpuTensor> = std::iter::once(x)
+        .chain(params.iter().map(|p| p.1))
+        .collect();
+    for t in inputs.iter().chain([&y]) {
+        expect_dtype(name, t, &[DType::F32], "f32 tensors")?;
     }
-    expect_distinct(NAME, y, &[x, weight])?;
+    expect_distinct(name, y, &inputs)?;
     let cols = x.cols();
-    if weight.shape() != [cols] {
-        return Err(mismatch(
-            NAME,
-            format!(
-                "weight '{}' is {:?}, expected [{cols}] to match input '{}' {:?}",
-                weight.name(),
-                weight.shape(),
-                x.name(),
-                x.shape()
-            ),
-        ));
+    for (what, t) in params {
+        if t.shape() != [cols] {
+            return Err(mismatch(
+                name,
+                format!(
+                    "{what} '{}' is {:?}, expected [{cols}] to match input '{}' {:?}",
+                    t.name(),
+                    t.shape(),
+                    x.name(),
+                    x.shape()
+                ),
+            ));
+        }
     }
     if y.shape() != x.shape() {
         return Err(mismatch(
-            NAME,
+            name,
             format!(
                 "output '{}' is {:?}, expected the input's shape {:?}",
                 y.name(),
@@ -53,10 +58,24 @@ pub async fn rmsnorm(
     }
     if !(eps.is_finite() && eps >= 0.0) {
         return Err(mismatch(
-            NAME,
+            name,
             format!("eps must be finite and >= 0, got {eps}"),
         ));
     }
+    Ok(())
+}
+
+/// RMSNorm over the last dimension: `y = x / sqrt(mean(x²) + eps) * weight`.
+pub async fn rmsnorm(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    weight: &GpuTensor,
+    eps: f32,
+    y: &GpuTensor,
+) -> Result<Dispatch> {
+    const NAME: &str = "rmsnorm";
+    check(NAME, x, &[("weight", weight)], eps, y)?;
+    let cols = x.cols();
     let kernel = Kernel {
         name: NAME,
         source: RMSNORM_SRC,
@@ -94,46 +113,10 @@ pub async fn layernorm(
     y: &GpuTensor,
 ) -> Result<Dispatch> {
     const NAME: &str = "layernorm";
-    let mut inputs = vec![x, weight];
-    inputs.extend(bias);
-    for t in inputs.iter().chain([&y]) {
-        expect_dtype(NAME, t, &[DType::F32], "f32 tensors")?;
-    }
-    expect_distinct(NAME, y, &inputs)?;
+    let mut params = vec![("weight", weight)];
+    params.extend(bias.map(|b| ("bias", b)));
+    check(NAME, x, &params, eps, y)?;
     let cols = x.cols();
-    for (what, t) in [("weight", Some(weight)), ("bias", bias)] {
-        if let Some(t) = t {
-            if t.shape() != [cols] {
-                return Err(mismatch(
-                    NAME,
-                    format!(
-                        "{what} '{}' is {:?}, expected [{cols}] to match input '{}' {:?}",
-                        t.name(),
-                        t.shape(),
-                        x.name(),
-                        x.shape()
-                    ),
-                ));
-            }
-        }
-    }
-    if y.shape() != x.shape() {
-        return Err(mismatch(
-            NAME,
-            format!(
-                "output '{}' is {:?}, expected the input's shape {:?}",
-                y.name(),
-                y.shape(),
-                x.shape()
-            ),
-        ));
-    }
-    if !(eps.is_finite() && eps >= 0.0) {
-        return Err(mismatch(
-            NAME,
-            format!("eps must be finite and >= 0, got {eps}"),
-        ));
-    }
     let kernel = Kernel {
         name: NAME,
         source: LAYERNORM_SRC,
