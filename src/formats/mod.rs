@@ -44,6 +44,18 @@ pub enum Parsed<T> {
 }
 
 impl<T> Parsed<T> {
+    /// The header of a whole file (its size known, so every shortfall was already
+    /// `FileTruncated`; `NeedMore` is reported the same way rather than trusted not to happen).
+    pub(crate) fn whole_file(self, file: &str) -> Result<T> {
+        match self {
+            Parsed::Complete { header, .. } => Ok(header),
+            Parsed::NeedMore { at_least } => Err(Error::FileTruncated {
+                file: file.to_owned(),
+                detail: format!("its header needs at least {at_least} bytes"),
+            }),
+        }
+    }
+
     /// The header, or `None` when more bytes are needed.
     pub fn complete(self) -> Option<T> {
         match self {

@@ -161,13 +161,7 @@ impl SafetensorsHeader {
 
     /// Parses a whole file held in memory: a short file is an error, never `NeedMore`.
     pub fn parse_file(bytes: &[u8], file: &str) -> Result<SafetensorsHeader> {
-        match SafetensorsHeader::parse(bytes, Some(bytes.len() as u64), file)? {
-            Parsed::Complete { header, .. } => Ok(header),
-            Parsed::NeedMore { at_least } => Err(Error::FileTruncated {
-                file: file.to_owned(),
-                detail: format!("its header needs at least {at_least} bytes"),
-            }),
-        }
+        SafetensorsHeader::parse(bytes, Some(bytes.len() as u64), file)?.whole_file(file)
     }
 
     pub fn tensor(&self, name: &str) -> Option<&SafetensorsTensor> {
