@@ -192,6 +192,27 @@ pub enum Error {
 
     #[error("'{source_name}' has no chat template{detail}; pass a template explicitly")]
     MissingChatTemplate { source_name: String, detail: String },
+
+    #[error(
+        "the prompt is {prompt_tokens} tokens, but the context holds {context} (and at least one \
+         position must stay free for the reply): shorten the prompt or load with a larger context"
+    )]
+    ContextOverflow {
+        prompt_tokens: usize,
+        context: usize,
+    },
+
+    #[error(
+        "the tokenizer has {tokenizer} tokens but the model's vocabulary has {model}: they do not \
+         belong together"
+    )]
+    VocabMismatch { tokenizer: usize, model: usize },
+
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+
+    #[error("the model was unloaded; load it again to continue")]
+    Unloaded,
 }
 
 impl Error {
@@ -235,6 +256,10 @@ impl Error {
             Error::ChatTemplate { .. } => "chat_template",
             Error::ChatTemplateRejected { .. } => "chat_template_rejected",
             Error::MissingChatTemplate { .. } => "missing_chat_template",
+            Error::ContextOverflow { .. } => "context_overflow",
+            Error::VocabMismatch { .. } => "vocab_mismatch",
+            Error::InvalidRequest(_) => "invalid_request",
+            Error::Unloaded => "unloaded",
         }
     }
 }

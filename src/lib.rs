@@ -6,6 +6,7 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
+pub mod engine;
 pub mod error;
 pub mod formats;
 pub mod gpu;

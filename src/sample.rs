@@ -105,7 +105,8 @@ impl SamplingParams {
         Ok(())
     }
 
-    fn penalties_on(&self) -> bool {
+    /// Whether any penalty changes logits.
+    pub fn penalties_on(&self) -> bool {
         self.penalty_last_n > 0
             && (self.repetition_penalty != 1.0
                 || self.presence_penalty != 0.0

@@ -3,12 +3,14 @@
 //! `"PocketLMError"`, whose `code` is [`Error::code`] and whose message says what went wrong;
 //! nothing panics across the boundary.
 
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use js_sys::{Float32Array, Promise};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
+use crate::engine::{Engine, EngineOptions, Flow, GenerateOptions, TokenEvent};
 use crate::error::Error;
 use crate::formats::{split_names, SafetensorsIndex};
 use crate::gpu::{DType, GpuContext, GpuTensor, ProfileRequest};
@@ -16,6 +18,8 @@ use crate::load::browser::LazyDownload;
 use crate::load::browser::{self, JsBytesSource, StreamSource};
 use crate::load::folder;
 use crate::load::{load_model, AbortFlag, LoadOptions, LoadedModelFiles, ModelFile, Progress};
+use crate::sample::SamplingParams;
+use crate::text::ChatMessage;
 use crate::{kernels, selfcheck};
 
 /// Converts a PocketLM error into a JS `Error` carrying the message and a stable `code`.
@@ -182,6 +186,51 @@ impl Gpu {
             let summary = model.files.summary().to_string();
             Ok(Weights { model, summary }.into())
         })
+    }
+
+    /// Loads a model and makes it ready to generate: the weights (any `source` `loadWeights`
+    /// takes) with their tokenizer and chat template, the KV cache and the step graphs.
+    /// `options`: those of `loadWeights`, plus `context` (positions in the KV cache, default the
+    /// model's own up to 4096) and `kvDtype` ("f16" or "f32"). Resolves to a `Model`.
+    #[wasm_bindgen(js_name = loadModel)]
+    pub fn load_model(&self, source: JsValue, options: JsValue) -> Promise {
+        let ctx = self.ctx.clone();
+        reject_on_error(async move {
+            let context = match get(&options, "context") {
+                Some(v) => Some(positive_int(&v, "context")?),
+                None => None,
+            };
+            let kv_dtype = match get(&options, "kvDtype").and_then(|v| v.as_string()) {
+                None => None,
+                Some(d) if d == "f16" => Some(DType::F16),
+                Some(d) if d == "f32" => Some(DType::F32),
+                Some(d) => {
+                    return Err(Error::InvalidRequest(format!(
+                        "kvDtype must be \"f16\" or \"f32\", not {d:?}"
+                    )))
+                }
+            };
+            let loaded = load_from_js(&ctx, &source, &options).await?;
+            let opts = EngineOptions { context, kv_dtype };
+            let engine = match Engine::new(&ctx, loaded, &opts).await {
+                Ok(e) => e,
+                Err(e) => return Err(e),
+            };
+            Ok(Model {
+                ctx,
+                engine: Rc::new(RefCell::new(Some(engine))),
+                busy: Rc::new(Cell::new(false)),
+                unload_pending: Rc::new(Cell::new(false)),
+            }
+            .into())
+        })
+    }
+
+    /// Destroys the GPU device, as a lost device would be (for tests of recovery): every later
+    /// call on this `Gpu` and its models rejects with code "device_lost".
+    #[wasm_bindgen(js_name = destroyDevice)]
+    pub fn destroy_device(&self) {
+        self.ctx.device().destroy();
     }
 
     /// "full" or "baseline".
@@ -459,4 +508,394 @@ fn watch_abort(signal: &JsValue, flag: &AbortFlag) -> Result<Closure<dyn FnMut()
         .ok_or_else(|| crate::load::io_error("signal", "not an AbortSignal"))?;
     let _ = add.call2(signal, &"abort".into(), closure.as_ref());
     Ok(closure)
+}
+
+fn positive_int(v: &JsValue, name: &str) -> Result<usize, Error> {
+    match v.as_f64() {
+        Some(n) if n >= 1.0 && n.fract() == 0.0 && n <= 1e9 => Ok(n as usize),
+        _ => Err(Error::InvalidRequest(format!(
+            "{name} must be a positive integer, not {}",
+            describe(v)
+        ))),
+    }
+}
+
+fn describe(v: &JsValue) -> String {
+    js_sys::JSON::stringify(v)
+        .ok()
+        .and_then(|s| s.as_string())
+        .unwrap_or_else(|| format!("{v:?}"))
+}
+
+/// A number option that must be finite, or absent.
+fn number(request: &JsValue, name: &str) -> Result<Option<f32>, Error> {
+    match get(request, name) {
+        None => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(n) if n.is_finite() => Ok(Some(n as f32)),
+            _ => Err(Error::InvalidRequest(format!(
+                "{name} must be a finite number, not {}",
+                describe(&v)
+            ))),
+        },
+    }
+}
+
+/// Reads an OpenAI-style request: `messages` or `prompt`, `max_tokens`, `temperature`, `top_p`,
+/// `top_k`, `min_p`, `seed`, `stop`, `frequency_penalty`, `presence_penalty`,
+/// `repetition_penalty`.
+fn parse_request(request: &JsValue) -> Result<(GenerateOptions, Prompt), Error> {
+    if !request.is_object() {
+        return Err(Error::InvalidRequest(
+            "the request must be an object".into(),
+        ));
+    }
+    let mut p = SamplingParams::default();
+    if let Some(t) = number(request, "temperature")? {
+        p.temperature = t;
+    }
+    if let Some(t) = number(request, "top_p")? {
+        p.top_p = t;
+    }
+    if let Some(v) = get(request, "top_k") {
+        p.top_k = match v.as_f64() {
+            Some(n) if n == 0.0 => 0,
+            _ => positive_int(&v, "top_k")?,
+        };
+    }
+    if let Some(t) = number(request, "min_p")? {
+        p.min_p = t;
+    }
+    if let Some(t) = number(request, "frequency_penalty")? {
+        p.frequency_penalty = t;
+    }
+    if let Some(t) = number(request, "presence_penalty")? {
+        p.presence_penalty = t;
+    }
+    if let Some(t) = number(request, "repetition_penalty")? {
+        p.repetition_penalty = t;
+    }
+    if let Some(v) = get(request, "seed") {
+        p.seed = match v.as_f64() {
+            Some(n) if n.fract() == 0.0 && n.abs() <= 2f64.powi(53) => Some(n as i64 as u64),
+            _ => {
+                return Err(Error::InvalidRequest(format!(
+                    "seed must be an integer, not {}",
+                    describe(&v)
+                )))
+            }
+        };
+    }
+    p.validate()?;
+    let max_tokens = match get(request, "max_tokens") {
+        Some(v) => Some(positive_int(&v, "max_tokens")?),
+        None => None,
+    };
+    let stop = match get(request, "stop") {
+        None => Vec::new(),
+        Some(v) if v.is_string() => vec![v.as_string().unwrap_or_default()],
+        Some(v) if js_sys::Array::is_array(&v) => js_sys::Array::from(&v)
+            .iter()
+            .map(|s| {
+                s.as_string().ok_or_else(|| {
+                    Error::InvalidRequest(format!(
+                        "stop must be a string or an array of strings, not {}",
+                        describe(&v)
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(v) => {
+            return Err(Error::InvalidRequest(format!(
+                "stop must be a string or an array of strings, not {}",
+                describe(&v)
+            )))
+        }
+    };
+    let prompt = match (get(request, "messages"), get(request, "prompt")) {
+        (Some(m), None) => Prompt::Chat(parse_messages(&m)?),
+        (None, Some(t)) => Prompt::Text(t.as_string().ok_or_else(|| {
+            Error::InvalidRequest(format!("prompt must be a string, not {}", describe(&t)))
+        })?),
+        (Some(_), Some(_)) => {
+            return Err(Error::InvalidRequest(
+                "give either messages or prompt, not both".into(),
+            ))
+        }
+        (None, None) => {
+            return Err(Error::InvalidRequest(
+                "the request needs messages (a chat) or prompt (plain text)".into(),
+            ))
+        }
+    };
+    let options = GenerateOptions {
+        sampling: p,
+        max_tokens,
+        stop,
+    };
+    Ok((options, prompt))
+}
+
+enum Prompt {
+    Chat(Vec<ChatMessage>),
+    Text(String),
+}
+
+/// `[{role, content}, …]` with string roles and contents, at least one message.
+fn parse_messages(v: &JsValue) -> Result<Vec<ChatMessage>, Error> {
+    if !js_sys::Array::is_array(v) {
+        return Err(Error::InvalidRequest(format!(
+            "messages must be an array of {{role, content}}, not {}",
+            describe(v)
+        )));
+    }
+    let list = js_sys::Array::from(v);
+    if list.length() == 0 {
+        return Err(Error::InvalidRequest("messages is empty".into()));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let field = |k: &str| get(&m, k).and_then(|v| v.as_string());
+            match (field("role"), field("content")) {
+                (Some(role), Some(content)) if !role.is_empty() => {
+                    Ok(ChatMessage::new(role, content))
+                }
+                _ => Err(Error::InvalidRequest(format!(
+                    "messages[{i}] must be {{role: string, content: string}}, not {}",
+                    describe(&m)
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// A loaded model, ready to generate.
+#[wasm_bindgen]
+pub struct Model {
+    ctx: Rc<GpuContext>,
+    engine: Rc<RefCell<Option<Engine>>>,
+    busy: Rc<Cell<bool>>,
+    /// `unload()` was called during a generation: destroy the engine when it returns.
+    unload_pending: Rc<Cell<bool>>,
+}
+
+impl Model {
+    fn with<T>(&self, f: impl FnOnce(&Engine) -> Result<T, Error>) -> Result<T, Error> {
+        match self.engine.borrow().as_ref() {
+            Some(e) => f(e),
+            None => Err(Error::Unloaded),
+        }
+    }
+}
+
+#[wasm_bindgen]
+impl Model {
+    /// `{name, architecture, vocab, layers, hidden, heads, kvHeads, headDim, context,
+    /// trainedContext, weightBytes, kvBytes, chatTemplate (bool), eos (token ids)}`.
+    pub fn info(&self) -> Result<JsValue, JsValue> {
+        self.with(|e| {
+            let c = e.config();
+            let (weights, kv) = e.gpu_bytes();
+            let o = js_sys::Object::new();
+            let set = |k: &str, v: JsValue| {
+                let _ = js_sys::Reflect::set(&o, &k.into(), &v);
+            };
+            set("name", e.name().into());
+            set(
+                "architecture",
+                format!("{:?}", c.architecture).to_lowercase().into(),
+            );
+            for (k, v) in [
+                ("vocab", c.vocab),
+                ("layers", c.layers),
+                ("hidden", c.hidden),
+                ("heads", c.heads),
+                ("kvHeads", c.kv_heads),
+                ("headDim", c.head_dim),
+                ("context", e.context()),
+                ("trainedContext", c.max_positions),
+            ] {
+                set(k, (v as f64).into());
+            }
+            set("weightBytes", (weights as f64).into());
+            set("kvBytes", (kv as f64).into());
+            set("chatTemplate", e.template().is_some().into());
+            let eos: js_sys::Array = e.eos().iter().map(|&t| JsValue::from(t)).collect();
+            set("eos", eos.into());
+            Ok(o.into())
+        })
+        .map_err(|e| to_js_error(&e))
+    }
+
+    /// The token ids of `text` (with BOS as the model defines when `addSpecial`).
+    pub fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<u32>, JsValue> {
+        self.with(|e| e.tokenizer().encode(text, add_special))
+            .map_err(|e| to_js_error(&e))
+    }
+
+    /// The text of token ids (special tokens skipped).
+    pub fn detokenize(&self, ids: Vec<u32>) -> Result<String, JsValue> {
+        self.with(|e| e.tokenizer().decode(&ids, true))
+            .map_err(|e| to_js_error(&e))
+    }
+
+    /// The prompt text the model's chat template makes of `messages`, ending with the header of
+    /// the assistant's turn.
+    #[wasm_bindgen(js_name = applyChatTemplate)]
+    pub fn apply_chat_template(&self, messages: JsValue) -> Result<String, JsValue> {
+        let run = || {
+            let messages = parse_messages(&messages)?;
+            self.with(|e| match e.template() {
+                Some(t) => t.render(&messages, true),
+                None => Err(Error::MissingChatTemplate {
+                    source_name: e.name().to_string(),
+                    detail: String::new(),
+                }),
+            })
+        };
+        run().map_err(|e| to_js_error(&e))
+    }
+
+    /// Generates a reply. `request`: `messages` (a chat, through the model's template) or `prompt`
+    /// (plain text), and the OpenAI sampling options `max_tokens`, `temperature` (0 = greedy;
+    /// default 1), `top_p`, `seed`, `stop`, `frequency_penalty`, `presence_penalty`, plus `top_k`,
+    /// `min_p` and `repetition_penalty`; `signal` (an `AbortSignal`) stops it within one token.
+    /// `onToken(text, tokenId)` is called after every token with the text that may be shown
+    /// (possibly empty); returning `false` stops the generation.
+    ///
+    /// Resolves to `{text, tokens, finishReason ("stop" | "length" | "abort"), promptTokens,
+    /// cachedTokens (prompt tokens reused from the previous generation's KV cache),
+    /// completionTokens, prefillMs, decodeMs}`. One generation runs at a time: a second call
+    /// while one runs rejects with code `invalid_request` (the npm package queues requests).
+    pub fn generate(&self, request: JsValue, on_token: Option<js_sys::Function>) -> Promise {
+        let ctx = self.ctx.clone();
+        let engine = self.engine.clone();
+        let busy = self.busy.clone();
+        let unload_pending = self.unload_pending.clone();
+        reject_on_error(async move {
+            let (options, prompt) = parse_request(&request)?;
+            let signal = get(&request, "signal");
+            if busy.get() {
+                return Err(Error::InvalidRequest(
+                    "a generation is already running on this model; wait for it".into(),
+                ));
+            }
+            // Taken out for the generation (a RefCell borrow cannot live across awaits); put
+            // back after, whatever happens.
+            let mut e = engine.borrow_mut().take().ok_or(Error::Unloaded)?;
+            busy.set(true);
+            let stop = Stop {
+                signal,
+                unload_pending: unload_pending.clone(),
+            };
+            let result = run_generation(&ctx, &mut e, &prompt, &options, &stop, on_token).await;
+            busy.set(false);
+            if unload_pending.replace(false) {
+                e.destroy();
+            } else {
+                *engine.borrow_mut() = Some(e);
+            }
+            result
+        })
+    }
+
+    /// Forgets the KV cache's contents (the next prompt is prefilled from its start).
+    pub fn reset(&self) {
+        if let Some(e) = self.engine.borrow_mut().as_mut() {
+            e.reset();
+        }
+    }
+
+    /// Frees the model's GPU memory now; later calls reject with code "unloaded". A generation
+    /// in progress finishes its current token first.
+    pub fn unload(&self) {
+        match self.engine.borrow_mut().take() {
+            Some(mut e) => e.destroy(),
+            None if self.busy.get() => self.unload_pending.set(true),
+            None => {}
+        }
+    }
+}
+
+/// What ends a generation from outside: an aborted signal, or `unload()`.
+struct Stop {
+    signal: Option<JsValue>,
+    unload_pending: Rc<Cell<bool>>,
+}
+
+impl Stop {
+    fn aborted(&self) -> bool {
+        self.signal
+            .as_ref()
+            .and_then(|s| get(s, "aborted"))
+            .and_then(|a| a.as_bool())
+            == Some(true)
+    }
+
+    fn requested(&self) -> bool {
+        self.aborted() || self.unload_pending.get()
+    }
+}
+
+async fn run_generation(
+    ctx: &GpuContext,
+    engine: &mut Engine,
+    prompt: &Prompt,
+    options: &GenerateOptions,
+    stop: &Stop,
+    on_token: Option<js_sys::Function>,
+) -> Result<JsValue, Error> {
+    ctx.check_health()?;
+    let ids = match prompt {
+        Prompt::Chat(m) => engine.chat_prompt(m)?,
+        Prompt::Text(t) => engine.text_prompt(t)?,
+    };
+    let mut callback_error = None;
+    let mut on = |t: TokenEvent<'_>| {
+        if let Some(f) = &on_token {
+            match f.call2(&JsValue::NULL, &t.text.into(), &t.token.into()) {
+                Ok(r) if r.as_bool() == Some(false) => return Flow::Stop,
+                Ok(_) => {}
+                Err(e) => {
+                    callback_error = Some(e);
+                    return Flow::Stop;
+                }
+            }
+        }
+        if stop.requested() {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    };
+    let g = if stop.aborted() {
+        return Err(Error::Aborted);
+    } else {
+        engine.generate(ctx, &ids, options, &mut on).await
+    };
+    if let Some(e) = callback_error {
+        return Err(Error::InvalidRequest(format!(
+            "onToken threw: {}",
+            describe(&e)
+        )));
+    }
+    let g = g.map_err(|e| match ctx.check_health() {
+        Err(lost) => lost,
+        Ok(()) => e,
+    })?;
+    let o = js_sys::Object::new();
+    let set = |k: &str, v: JsValue| {
+        let _ = js_sys::Reflect::set(&o, &k.into(), &v);
+    };
+    set("text", g.text.as_str().into());
+    let tokens: js_sys::Array = g.tokens.iter().map(|&t| JsValue::from(t)).collect();
+    set("tokens", tokens.into());
+    set("finishReason", g.finish_reason.as_str().into());
+    set("promptTokens", (g.prompt_tokens as f64).into());
+    set("cachedTokens", (g.cached_tokens as f64).into());
+    set("completionTokens", (g.tokens.len() as f64).into());
+    set("prefillMs", g.prefill_ms.into());
+    set("decodeMs", g.decode_ms.into());
+    Ok(o.into())
 }

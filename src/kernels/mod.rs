@@ -22,8 +22,8 @@ pub use linear::{linear, linear_with, matmul, matvec, Linear, LinearKernel, MATV
 pub use norm::layernorm;
 pub use norm::rmsnorm;
 pub use rope::{
-    rope, rope_angle, rope_cos_sin, rope_inv_freq, rope_qk, Llama3Scaling, RopeConfig, RopeLayout,
-    RopeTable,
+    rope, rope_angle, rope_cos_sin, rope_inv_freq, rope_inv_freq_with_factors, rope_qk,
+    Llama3Scaling, RopeConfig, RopeLayout, RopeTable,
 };
 pub use sample::{argmax, topk, topk_output, topk_shape, TopK, TOPK_MAX};
 

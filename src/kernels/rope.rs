@@ -164,16 +164,37 @@ pub fn rope_angle(position: usize, inv_freq: f32) -> f32 {
 /// The cos/sin table the GPU reads: `[position][i] = (cos, sin)` of [`rope_angle`], each evaluated
 /// in f64 and rounded to f32.
 pub fn rope_cos_sin(config: &RopeConfig, max_positions: usize) -> Result<Vec<f32>> {
+    Ok(cos_sin_of(&rope_inv_freq(config)?, max_positions))
+}
+
+/// The inverse frequencies of `config` divided by per-frequency `factors`, as llama.cpp applies
+/// a GGUF `rope_freqs.weight` tensor (Llama 3.1+ scaling stored as data): `inv_freq[i] /
+/// factors[i]`. `factors` must have `rotary_dim / 2` finite positive values.
+pub fn rope_inv_freq_with_factors(config: &RopeConfig, factors: &[f32]) -> Result<Vec<f32>> {
     let inv = rope_inv_freq(config)?;
+    if factors.len() != inv.len() || factors.iter().any(|f| !f.is_finite() || *f <= 0.0) {
+        return Err(mismatch(
+            "rope",
+            format!(
+                "frequency factors must be {} finite positive values (rotary_dim / 2), got {}                  values",
+                inv.len(),
+                factors.len()
+            ),
+        ));
+    }
+    Ok(inv.iter().zip(factors).map(|(f, s)| f / s).collect())
+}
+
+fn cos_sin_of(inv: &[f32], max_positions: usize) -> Vec<f32> {
     let mut table = Vec::with_capacity(max_positions * inv.len() * 2);
     for pos in 0..max_positions {
-        for &f in &inv {
+        for &f in inv {
             let a = f64::from(rope_angle(pos, f));
             table.push(a.cos() as f32);
             table.push(a.sin() as f32);
         }
     }
-    Ok(table)
+    table
 }
 
 /// A RoPE configuration with its cos/sin table on the GPU, for positions `0..max_positions`.
@@ -188,6 +209,28 @@ impl RopeTable {
     /// Computes and uploads the table; refused (typed error, before allocating) when it exceeds
     /// the adapter's binding limit.
     pub fn new(ctx: &GpuContext, config: RopeConfig, max_positions: usize) -> Result<Self> {
+        let inv = rope_inv_freq(&config)?;
+        Self::from_inv_freq(ctx, config, max_positions, &inv)
+    }
+
+    /// As [`RopeTable::new`], with the frequencies divided by `factors` (see
+    /// [`rope_inv_freq_with_factors`]).
+    pub fn with_freq_factors(
+        ctx: &GpuContext,
+        config: RopeConfig,
+        max_positions: usize,
+        factors: &[f32],
+    ) -> Result<Self> {
+        let inv = rope_inv_freq_with_factors(&config, factors)?;
+        Self::from_inv_freq(ctx, config, max_positions, &inv)
+    }
+
+    fn from_inv_freq(
+        ctx: &GpuContext,
+        config: RopeConfig,
+        max_positions: usize,
+        inv: &[f32],
+    ) -> Result<Self> {
         config.validate()?;
         if max_positions == 0 {
             return Err(mismatch("rope", "max_positions must be at least 1".into()));
@@ -196,7 +239,7 @@ impl RopeTable {
         let shape = [max_positions, half, 2];
         // Allocating zeros first checks the size against the limits before any work is done.
         let table = ctx.zeros("rope cos/sin table", &shape, DType::F32)?;
-        let data = rope_cos_sin(&config, max_positions)?;
+        let data = cos_sin_of(inv, max_positions);
         ctx.queue
             .write_buffer(&table.buffer, 0, bytemuck::cast_slice(&data));
         Ok(RopeTable {

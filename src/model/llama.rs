@@ -27,6 +27,28 @@ struct Layer {
     down: GpuTensor,
 }
 
+impl Layer {
+    fn tensors(&self) -> impl Iterator<Item = &GpuTensor> {
+        [
+            &self.attn_norm,
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.o,
+            &self.ffn_norm,
+            &self.gate,
+            &self.up,
+            &self.down,
+        ]
+        .into_iter()
+        .chain(
+            [&self.q_bias, &self.k_bias, &self.v_bias]
+                .into_iter()
+                .flatten(),
+        )
+    }
+}
+
 /// The tensor names of a checkpoint: GGUF's (`blk.N.attn_q.weight`) or Hugging Face's
 /// (`model.layers.N.self_attn.q_proj.weight`).
 fn names(gguf: bool) -> [&'static str; 13] {
@@ -65,6 +87,73 @@ fn names(gguf: bool) -> [&'static str; 13] {
     }
 }
 
+/// Every weight must have the shape the configuration implies; the error names the first that
+/// does not (a checkpoint whose config does not match its weights would otherwise fail deep in a
+/// kernel, or compute garbage).
+fn check_shapes(
+    c: &ModelConfig,
+    embed: &GpuTensor,
+    out_norm: &GpuTensor,
+    output: &GpuTensor,
+    layers: &[Layer],
+) -> Result<()> {
+    let (q, kv) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+    let expect = |t: &GpuTensor, shape: &[usize]| -> Result<()> {
+        if t.shape() == shape {
+            Ok(())
+        } else {
+            Err(Error::InvalidTensor {
+                tensor: t.name().to_string(),
+                detail: format!(
+                    "has shape {:?}, but the model's configuration needs {shape:?}",
+                    t.shape()
+                ),
+            })
+        }
+    };
+    expect(embed, &[c.vocab, c.hidden])?;
+    expect(out_norm, &[c.hidden])?;
+    expect(output, &[c.vocab, c.hidden])?;
+    for w in layers {
+        expect(&w.attn_norm, &[c.hidden])?;
+        expect(&w.q, &[q, c.hidden])?;
+        expect(&w.k, &[kv, c.hidden])?;
+        expect(&w.v, &[kv, c.hidden])?;
+        for (bias, n) in [(&w.q_bias, q), (&w.k_bias, kv), (&w.v_bias, kv)] {
+            if let Some(b) = bias {
+                expect(b, &[n])?;
+            }
+        }
+        expect(&w.o, &[c.hidden, q])?;
+        expect(&w.ffn_norm, &[c.hidden])?;
+        expect(&w.gate, &[c.ffn, c.hidden])?;
+        expect(&w.up, &[c.ffn, c.hidden])?;
+        expect(&w.down, &[c.hidden, c.ffn])?;
+    }
+    Ok(())
+}
+
+/// What a step reads back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readout {
+    /// Nothing: an intermediate prefill chunk (the submit does not wait).
+    Nothing,
+    /// The GPU's best candidates of the last token's logits.
+    Candidates,
+    /// The last token's whole row of logits.
+    Logits,
+}
+
+/// What a step read back (see [`Readout`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepOutput {
+    Nothing,
+    /// (token, logit), best first.
+    Candidates(Vec<(u32, f32)>),
+    /// [vocab], indexed by token id.
+    Logits(Vec<f32>),
+}
+
 /// A Llama-family model on the GPU: weights, KV cache and the prefill graph.
 pub struct LlamaModel {
     pub config: ModelConfig,
@@ -80,6 +169,9 @@ pub struct LlamaModel {
 pub struct Graph {
     pub step: StepState,
     ids: GpuTensor,
+    /// With logits for the last token only: a one-element buffer holding its index in the step.
+    last: Option<GpuTensor>,
+    /// [max_tokens, vocab], or [1, vocab] when only the last token's logits are computed.
     pub logits: GpuTensor,
     pub dispatches: Vec<Dispatch>,
     /// The best candidates of every token's logits, computed on the GPU so a step reads back
@@ -93,9 +185,22 @@ impl LlamaModel {
     pub fn new(
         ctx: &GpuContext,
         config: ModelConfig,
+        tensors: HashMap<String, GpuTensor>,
+        max_ctx: usize,
+        kv_dtype: DType,
+    ) -> Result<Self> {
+        Self::with_rope_factors(ctx, config, tensors, max_ctx, kv_dtype, None)
+    }
+
+    /// As [`LlamaModel::new`], with RoPE frequencies divided by `rope_factors` (GGUF's
+    /// `rope_freqs.weight`: Llama 3.1+ frequency scaling stored as data).
+    pub fn with_rope_factors(
+        ctx: &GpuContext,
+        config: ModelConfig,
         mut tensors: HashMap<String, GpuTensor>,
         max_ctx: usize,
         kv_dtype: DType,
+        rope_factors: Option<&[f32]>,
     ) -> Result<Self> {
         let gguf = tensors.contains_key("token_embd.weight");
         let n = names(gguf);
@@ -135,6 +240,7 @@ impl LlamaModel {
                 down: req(take(mlp[2], l, true)?),
             });
         }
+        check_shapes(&config, &embed, &out_norm, &output, &layers)?;
         let kv = KvCache::with_dtype(
             ctx,
             config.layers,
@@ -143,7 +249,10 @@ impl LlamaModel {
             config.head_dim,
             kv_dtype,
         )?;
-        let rope = RopeTable::new(ctx, config.rope, max_ctx)?;
+        let rope = match rope_factors {
+            Some(f) => RopeTable::with_freq_factors(ctx, config.rope, max_ctx, f)?,
+            None => RopeTable::new(ctx, config.rope, max_ctx)?,
+        };
         Ok(LlamaModel {
             config,
             embed,
@@ -164,6 +273,19 @@ impl LlamaModel {
         max_tokens: usize,
         candidates: usize,
     ) -> Result<Graph> {
+        self.graph_with(ctx, max_tokens, candidates, true).await
+    }
+
+    /// As [`LlamaModel::graph`]; with `all_logits` false only the last token of a step gets
+    /// logits (the output projection, the model's largest matrix, runs on one row): what
+    /// generation needs.
+    pub async fn graph_with(
+        &self,
+        ctx: &GpuContext,
+        max_tokens: usize,
+        candidates: usize,
+        all_logits: bool,
+    ) -> Result<Graph> {
         let c = &self.config;
         let t = max_tokens;
         let step = StepState::new(ctx, t, self.kv.max_ctx())?;
@@ -178,7 +300,8 @@ impl LlamaModel {
         let g = f32z("gate", &[t, c.ffn])?;
         let u = f32z("up", &[t, c.ffn])?;
         let a = f32z("act", &[t, c.ffn])?;
-        let logits = f32z("logits", &[t, c.vocab])?;
+        let logit_rows = if all_logits { t } else { 1 };
+        let logits = f32z("logits", &[logit_rows, c.vocab])?;
         let q3 = q.reshape(&[t, c.heads, c.head_dim])?;
         let k3 = k.reshape(&[t, c.kv_heads, c.head_dim])?;
         let v3 = v.reshape(&[t, c.kv_heads, c.head_dim])?;
@@ -219,17 +342,119 @@ impl LlamaModel {
             d.push(kernels::swiglu(ctx, &g, &u, &a).await?);
             d.push(kernels::linear_with(ctx, &w.down, &a, &x, &residual).await?);
         }
-        d.push(kernels::rmsnorm(ctx, &x, &self.out_norm, c.rms_eps, &h).await?);
-        d.push(kernels::linear(ctx, &self.output, &h, &logits).await?);
+        // Only the last token's logits: gather its row of x (an embedding lookup in an f32
+        // table, at the index `last` holds), then norm and project one row.
+        let last = if t > 1 && !all_logits {
+            let last = ctx.zeros("last token", &[1], DType::I32)?;
+            let row = f32z("last row", &[1, c.hidden])?;
+            d.push(kernels::embed(ctx, &x, &last, &row).await?);
+            let hl = f32z("last row normed", &[1, c.hidden])?;
+            d.push(kernels::rmsnorm(ctx, &row, &self.out_norm, c.rms_eps, &hl).await?);
+            d.push(kernels::linear(ctx, &self.output, &hl, &logits).await?);
+            Some(last)
+        } else {
+            d.push(kernels::rmsnorm(ctx, &x, &self.out_norm, c.rms_eps, &h).await?);
+            d.push(kernels::linear(ctx, &self.output, &h, &logits).await?);
+            None
+        };
         let out = kernels::topk_output(ctx, "candidates", &logits, candidates)?;
         let candidates = kernels::topk(ctx, &logits, candidates, &out).await?;
         Ok(Graph {
             step,
             ids,
+            last,
             logits,
             dispatches: d,
             candidates,
         })
+    }
+
+    /// Runs one step of `tokens` (at most the graph's step size) at positions `offset..`, and
+    /// reads back what `readout` asks for, of the step's last token. One submit; with
+    /// [`Readout::Nothing`] it does not wait for the GPU.
+    pub async fn step(
+        &self,
+        ctx: &GpuContext,
+        graph: &mut Graph,
+        tokens: &[u32],
+        offset: usize,
+        readout: Readout,
+    ) -> Result<StepOutput> {
+        let n = tokens.len();
+        if n == 0 {
+            return Err(Error::ShapeMismatch {
+                kernel: "step",
+                detail: "a step needs at least one token".into(),
+            });
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
+            return Err(Error::InvalidTensor {
+                tensor: "token ids".into(),
+                detail: format!(
+                    "token {bad} is outside the model's vocabulary of {}",
+                    self.config.vocab
+                ),
+            });
+        }
+        graph.step.set(ctx, offset, n)?;
+        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        ctx.write_i32(&graph.ids, &ids)?;
+        if let Some(last) = &graph.last {
+            ctx.write_i32(last, &[n as i32 - 1])?;
+        }
+        let mut rec = ctx.recorder();
+        rec.dispatch_all(&graph.dispatches);
+        // The row of the last token in `logits`.
+        let row = if graph.logits.rows() == 1 { 0 } else { n - 1 };
+        match readout {
+            Readout::Nothing => {
+                rec.submit()?;
+                Ok(StepOutput::Nothing)
+            }
+            Readout::Candidates => {
+                let slot = graph.candidates.record(&mut rec);
+                let readback = rec.submit_and_read().await?;
+                let mut rows = graph.candidates.read(&readback, slot)?;
+                Ok(StepOutput::Candidates(rows.swap_remove(row)))
+            }
+            Readout::Logits => {
+                let slot = rec.read(&graph.logits);
+                let all = rec.submit_and_read().await?.f32(slot)?;
+                let v = self.config.vocab;
+                Ok(StepOutput::Logits(all[row * v..(row + 1) * v].to_vec()))
+            }
+        }
+    }
+
+    /// Every weight tensor, once (a tied output projection is the embedding table).
+    fn weights(&self) -> impl Iterator<Item = &GpuTensor> {
+        let output = (!self.config.tied_embeddings).then_some(&self.output);
+        [&self.embed, &self.out_norm]
+            .into_iter()
+            .chain(output)
+            .chain(self.layers.iter().flat_map(Layer::tensors))
+    }
+
+    /// The GPU memory of the weights, and of the KV cache with the RoPE table, in bytes.
+    pub fn gpu_bytes(&self) -> (u64, u64) {
+        let weights = self.weights().map(GpuTensor::size_bytes).sum();
+        (weights, self.kv.size_bytes() + self.rope.size_bytes())
+    }
+
+    /// Positions the KV cache holds.
+    pub fn context(&self) -> usize {
+        self.kv.max_ctx()
+    }
+
+    /// Frees the weights and the KV cache at once (the model is unusable afterwards).
+    pub fn destroy(&self) {
+        self.weights().for_each(GpuTensor::destroy);
+        for l in 0..self.kv.n_layers() {
+            if let Some((k, v)) = self.kv.layer(l) {
+                k.destroy();
+                v.destroy();
+            }
+        }
     }
 
     /// Runs `tokens` at positions `offset..` and reads back only each token's best candidates

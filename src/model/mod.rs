@@ -5,4 +5,4 @@ mod config;
 mod llama;
 
 pub use config::{Architecture, ModelConfig, SUPPORTED};
-pub use llama::{Graph, LlamaModel};
+pub use llama::{Graph, LlamaModel, Readout, StepOutput};

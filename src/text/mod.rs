@@ -7,4 +7,5 @@
 pub mod chat;
 pub mod tokenizer;
 
+pub use self::chat::{ChatMessage, ChatTemplate};
 pub use self::tokenizer::{DecodeStream, Tokenizer};

@@ -1,0 +1,560 @@
+//! A model ready to talk: weights and KV cache on the GPU, its tokenizer and chat template, the
+//! step graphs, and the generation loop — prefill, then one token per step through the sampler
+//! and the stop conditions, streamed as text. The same code runs natively and in wasm.
+//!
+//! **Prefix reuse.** The engine remembers which tokens' keys and values are in the KV cache. A new
+//! prompt that starts with them (the next turn of a chat: the conversation so far, then the new
+//! message) prefills only what follows.
+//!
+//! **What is read back.** Each step reads back only what the sampler needs: the GPU's best
+//! [`CANDIDATES`] logits when they decide the draw exactly (greedy, or top-k within them, with no
+//! penalties), else the last token's row of logits.
+
+use crate::error::{Error, Result};
+use crate::gpu::{DType, GpuContext};
+use crate::kernels::KvCache;
+use crate::load::LoadedModelFiles;
+use crate::model::{Graph, LlamaModel, ModelConfig, Readout, StepOutput};
+use crate::sample::{Sampler, SamplingParams, StopCriteria, StopReason, StopStream};
+use crate::text::{ChatMessage, ChatTemplate, Tokenizer};
+
+/// How many of the best logits the GPU selects per step for the sampler.
+pub const CANDIDATES: usize = 64;
+
+/// The context used when the caller does not choose: the model's own, up to this many positions.
+pub const DEFAULT_CONTEXT: usize = 4096;
+
+/// The largest prefill step; longer prompts are prefilled in steps of this many tokens.
+pub const PREFILL_CHUNK: usize = 128;
+
+/// A smaller prefill step for short prompts and the new part of a chat turn, so they do not pay
+/// for a whole [`PREFILL_CHUNK`].
+const SHORT_CHUNK: usize = 16;
+
+/// How to set up an [`Engine`].
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    /// Positions in the KV cache (prompt plus reply). `None`: the model's trained context, at
+    /// most [`DEFAULT_CONTEXT`].
+    pub context: Option<usize>,
+    /// The KV cache's element type; `None`: f16 where the device has it, else f32.
+    pub kv_dtype: Option<DType>,
+}
+
+/// One generation request.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub sampling: SamplingParams,
+    /// The most tokens to generate; `None`: until a stop condition or the context is full.
+    pub max_tokens: Option<usize>,
+    /// Strings that end the reply (not included in it).
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            sampling: SamplingParams::default(),
+            max_tokens: Some(256),
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// Why a generation ended, in OpenAI's terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model ended its turn, or a stop string appeared.
+    Stop,
+    /// `max_tokens` were generated, or the context is full.
+    Length,
+    /// The caller stopped it.
+    Abort,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Abort => "abort",
+        }
+    }
+}
+
+/// One generated token, as it is streamed.
+#[derive(Clone, Debug)]
+pub struct TokenEvent<'a> {
+    pub token: u32,
+    /// The text that may be shown now (possibly empty: a character split across tokens, or text
+    /// held back because it could be the start of a stop string).
+    pub text: &'a str,
+}
+
+/// Whether to go on after a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// What a generation produced, with its counts and timings.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose KV entries were reused from the previous generation.
+    pub cached_tokens: usize,
+    /// Time to the first token (prefill and its sampling), milliseconds.
+    pub prefill_ms: f64,
+    /// Time of the remaining tokens, milliseconds.
+    pub decode_ms: f64,
+}
+
+impl Generation {
+    /// Generated tokens per second after the first.
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        let n = self.tokens.len().saturating_sub(1);
+        if n == 0 || self.decode_ms <= 0.0 {
+            0.0
+        } else {
+            n as f64 * 1000.0 / self.decode_ms
+        }
+    }
+}
+
+/// Milliseconds since an arbitrary start, natively and in wasm.
+pub fn now_ms() -> f64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        js_sys::Date::now()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use std::sync::OnceLock;
+        use std::time::Instant;
+        static START: OnceLock<Instant> = OnceLock::new();
+        START.get_or_init(Instant::now).elapsed().as_secs_f64() * 1000.0
+    }
+}
+
+/// A loaded model with everything generation needs.
+pub struct Engine {
+    model: LlamaModel,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    /// Step graphs by ascending step size; the first is the 1-token decode step.
+    graphs: Vec<Graph>,
+    /// The tokens whose keys and values are in the KV cache, at positions 0.. in order.
+    cached: Vec<u32>,
+    eos: Vec<u32>,
+    name: String,
+}
+
+impl Engine {
+    /// Builds an engine from a model in GPU memory: its configuration, tokenizer and chat template
+    /// come from the GGUF metadata, or from the companion files of a safetensors checkpoint
+    /// (`config.json`, `tokenizer.json`, `tokenizer_config.json`, `generation_config.json`).
+    pub async fn new(
+        ctx: &GpuContext,
+        loaded: LoadedModelFiles,
+        options: &EngineOptions,
+    ) -> Result<Engine> {
+        let LoadedModelFiles {
+            files,
+            mut tensors,
+            companions,
+            ..
+        } = loaded;
+        let name = files.summary().to_string();
+        let name = name.lines().next().unwrap_or_default().to_string();
+        let mut extra_eos = Vec::new();
+        let (config, tokenizer, template, rope_factors) = match files.gguf_metadata() {
+            Some(meta) => {
+                let config = ModelConfig::from_gguf(meta, &files)?;
+                let tokenizer = Tokenizer::from_gguf(meta)?;
+                let template = optional_template(ChatTemplate::from_gguf(meta))?;
+                let factors = match tensors.remove("rope_freqs.weight") {
+                    Some(t) => {
+                        let f = ctx.read_f32(&t).await?;
+                        t.destroy();
+                        Some(f)
+                    }
+                    None => None,
+                };
+                (config, tokenizer, template, factors)
+            }
+            None => {
+                let text = |f: &str| companions.get(f).map(String::as_str);
+                let config_json = text("config.json").ok_or_else(|| Error::Config {
+                    source_name: name.clone(),
+                    detail: "a safetensors model needs its config.json".into(),
+                })?;
+                let config = ModelConfig::from_hf_json(config_json, "config.json")?;
+                let tokenizer =
+                    Tokenizer::from_json_str(text("tokenizer.json").ok_or_else(|| {
+                        Error::Tokenizer {
+                            detail: format!("'{name}' came without a tokenizer.json"),
+                        }
+                    })?)?;
+                let template = match text("tokenizer_config.json") {
+                    Some(json) => optional_template(ChatTemplate::from_tokenizer_config(
+                        json,
+                        "tokenizer_config.json",
+                        None,
+                    ))?,
+                    None => None,
+                };
+                for f in ["config.json", "generation_config.json"] {
+                    if let Some(json) = text(f) {
+                        extra_eos.extend(eos_ids_of_json(json));
+                    }
+                }
+                (config, tokenizer, template, None)
+            }
+        };
+        if tokenizer.vocab_size() > config.vocab {
+            return Err(Error::VocabMismatch {
+                tokenizer: tokenizer.vocab_size(),
+                model: config.vocab,
+            });
+        }
+        let context = match options.context {
+            Some(n) if n < 2 => {
+                return Err(Error::InvalidRequest(
+                    "the context must hold at least 2 positions".into(),
+                ))
+            }
+            Some(n) => n,
+            None => config.max_positions.clamp(2, DEFAULT_CONTEXT),
+        };
+        let kv_dtype = options
+            .kv_dtype
+            .unwrap_or_else(|| KvCache::default_dtype(ctx));
+        let model = LlamaModel::with_rope_factors(
+            ctx,
+            config,
+            tensors,
+            context,
+            kv_dtype,
+            rope_factors.as_deref(),
+        )?;
+        let mut graphs = Vec::new();
+        for size in [1, SHORT_CHUNK, PREFILL_CHUNK] {
+            if size <= context {
+                graphs.push(model.graph_with(ctx, size, CANDIDATES, false).await?);
+            }
+        }
+        let mut eos = tokenizer.eos();
+        eos.extend(extra_eos);
+        eos.sort_unstable();
+        eos.dedup();
+        Ok(Engine {
+            model,
+            tokenizer,
+            template,
+            graphs,
+            cached: Vec::new(),
+            eos,
+            name,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.model.config
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn template(&self) -> Option<&ChatTemplate> {
+        self.template.as_ref()
+    }
+
+    /// The model's description (its file and format).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Positions in the KV cache: prompt plus reply.
+    pub fn context(&self) -> usize {
+        self.model.context()
+    }
+
+    /// GPU memory of the weights, and of the KV cache (with the RoPE table), in bytes.
+    pub fn gpu_bytes(&self) -> (u64, u64) {
+        self.model.gpu_bytes()
+    }
+
+    /// The token ids that end a turn.
+    pub fn eos(&self) -> &[u32] {
+        &self.eos
+    }
+
+    /// Tokens whose KV entries the next generation may reuse.
+    pub fn cached_tokens(&self) -> usize {
+        self.cached.len()
+    }
+
+    /// Forgets the KV cache's contents: the next prompt is prefilled from the start.
+    pub fn reset(&mut self) {
+        self.cached.clear();
+    }
+
+    /// Frees the GPU memory of the weights and the KV cache; the engine is unusable afterwards.
+    pub fn destroy(&mut self) {
+        self.cached.clear();
+        self.model.destroy();
+    }
+
+    /// The token ids of a conversation rendered with the model's chat template, ending with the
+    /// header of the assistant's turn. Special tokens in the rendered text are recognised; no
+    /// BOS is added beyond what the template writes (as transformers' `apply_chat_template`).
+    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        if messages.is_empty() {
+            return Err(Error::InvalidRequest("the message list is empty".into()));
+        }
+        let template = self
+            .template
+            .as_ref()
+            .ok_or_else(|| Error::MissingChatTemplate {
+                source_name: self.name.clone(),
+                detail: String::new(),
+            })?;
+        let text = template.render(messages, true)?;
+        self.tokenizer.encode(&text, false)
+    }
+
+    /// The token ids of a plain-text prompt, with BOS as the model defines.
+    pub fn text_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer.encode(text, true)
+    }
+
+    /// Generates a reply to `prompt` (token ids), calling `on_token` after every token with the
+    /// text that may be shown; `on_token` returning [`Flow::Stop`] ends the generation with
+    /// [`FinishReason::Abort`] (the engine stays usable).
+    pub async fn generate(
+        &mut self,
+        ctx: &GpuContext,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        on_token: &mut dyn FnMut(TokenEvent<'_>) -> Flow,
+    ) -> Result<Generation> {
+        let result = self.generate_inner(ctx, prompt, options, on_token).await;
+        if result.is_err() {
+            // A failed step may have left the cache half-written.
+            self.cached.clear();
+        }
+        result
+    }
+
+    async fn generate_inner(
+        &mut self,
+        ctx: &GpuContext,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        on_token: &mut dyn FnMut(TokenEvent<'_>) -> Flow,
+    ) -> Result<Generation> {
+        let context = self.context();
+        if prompt.is_empty() {
+            return Err(Error::InvalidRequest("the prompt is empty".into()));
+        }
+        if prompt.len() >= context {
+            return Err(Error::ContextOverflow {
+                prompt_tokens: prompt.len(),
+                context,
+            });
+        }
+        if options.max_tokens == Some(0) {
+            return Err(Error::InvalidRequest(
+                "max_tokens must be at least 1".into(),
+            ));
+        }
+        let mut sampler = Sampler::new(options.sampling.clone())?;
+        let mut stop = StopStream::new(StopCriteria {
+            eos_ids: self.eos.clone(),
+            stop_strings: options.stop.clone(),
+            max_tokens: options.max_tokens,
+        })?;
+        sampler.accept(prompt);
+        let readout = if reads_candidates(sampler.params()) {
+            Readout::Candidates
+        } else {
+            Readout::Logits
+        };
+
+        let start = now_ms();
+        // Reuse the cached prefix; at least the last prompt token is run again, for its logits.
+        let reuse = common_prefix(&self.cached, prompt).min(prompt.len() - 1);
+        self.cached.truncate(reuse);
+        let mut pos = reuse;
+        let mut out = StepOutput::Nothing;
+        while pos < prompt.len() {
+            let remaining = prompt.len() - pos;
+            let g = self.graph_for(remaining);
+            let n = remaining.min(self.graphs[g].step.max_tokens());
+            let last = pos + n == prompt.len();
+            let chunk = &prompt[pos..pos + n];
+            let want = if last { readout } else { Readout::Nothing };
+            out = self
+                .model
+                .step(ctx, &mut self.graphs[g], chunk, pos, want)
+                .await?;
+            self.cached.extend_from_slice(chunk);
+            pos += n;
+        }
+
+        let mut detok = self.tokenizer.decode_stream(true);
+        let mut text = String::new();
+        let mut tokens = Vec::new();
+        let mut first_token_at = None;
+        let finish_reason = loop {
+            let token = match &out {
+                StepOutput::Candidates(c) => sampler.sample_candidates(c)?,
+                StepOutput::Logits(l) => sampler.sample_logits(l)?,
+                StepOutput::Nothing => unreachable!("the last step reads its output"),
+            };
+            first_token_at.get_or_insert_with(now_ms);
+            tokens.push(token);
+            let piece = if self.eos.contains(&token) {
+                String::new()
+            } else {
+                detok.push(token)?
+            };
+            let mut step = stop.push(token, &piece);
+            if step.stop.is_some() && !matches!(step.stop, Some(StopReason::Eos(_))) {
+                // Bytes of a character the tokens so far leave unfinished.
+                step.text.push_str(&detok.flush()?);
+            }
+            text.push_str(&step.text);
+            let flow = on_token(TokenEvent {
+                token,
+                text: &step.text,
+            });
+            match step.stop {
+                Some(StopReason::MaxTokens) => break FinishReason::Length,
+                Some(_) => break FinishReason::Stop,
+                None => {}
+            }
+            if flow == Flow::Stop {
+                break FinishReason::Abort;
+            }
+            if pos >= context {
+                // The context is full: show what was held back and end.
+                let mut rest = stop.finish();
+                rest.push_str(&detok.flush()?);
+                if !rest.is_empty() {
+                    text.push_str(&rest);
+                    on_token(TokenEvent { token, text: &rest });
+                }
+                break FinishReason::Length;
+            }
+            out = self
+                .model
+                .step(ctx, &mut self.graphs[0], &[token], pos, readout)
+                .await?;
+            self.cached.push(token);
+            pos += 1;
+        };
+        let first = first_token_at.unwrap_or(start);
+        Ok(Generation {
+            text,
+            tokens,
+            finish_reason,
+            prompt_tokens: prompt.len(),
+            cached_tokens: reuse,
+            prefill_ms: first - start,
+            decode_ms: now_ms() - first,
+        })
+    }
+
+    /// The smallest step graph that takes `n` tokens at once, or the largest.
+    fn graph_for(&self, n: usize) -> usize {
+        self.graphs
+            .iter()
+            .position(|g| g.step.max_tokens() >= n)
+            .unwrap_or(self.graphs.len() - 1)
+    }
+}
+
+/// Whether the GPU's top [`CANDIDATES`] decide the draw exactly: greedy, or top-k within them,
+/// with no penalties (which may move any token of the window past the candidates).
+pub fn reads_candidates(p: &SamplingParams) -> bool {
+    !p.penalties_on() && (p.temperature == 0.0 || (1..=CANDIDATES).contains(&p.top_k))
+}
+
+/// How many leading tokens two sequences share.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// A model without a chat template still runs plain prompts; any other error stands.
+fn optional_template(t: Result<ChatTemplate>) -> Result<Option<ChatTemplate>> {
+    match t {
+        Ok(t) => Ok(Some(t)),
+        Err(Error::MissingChatTemplate { .. }) | Err(Error::MissingMetadata { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `eos_token_id` of a `config.json` or `generation_config.json`: a number or a list.
+fn eos_ids_of_json(json: &str) -> Vec<u32> {
+    let v: serde_json::Value = match serde_json::from_str(json) {
+        Ok(v) => v,
+        Err(_) => return Vec::new(),
+    };
+    match &v["eos_token_id"] {
+        serde_json::Value::Number(n) => n.as_u64().map(|n| n as u32).into_iter().collect(),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|n| n.as_u64().map(|n| n as u32))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_decide_only_unpenalized_greedy_or_small_top_k() {
+        let greedy = SamplingParams::greedy();
+        assert!(reads_candidates(&greedy));
+        let mut p = SamplingParams {
+            temperature: 0.7,
+            ..SamplingParams::default()
+        };
+        assert!(!reads_candidates(&p), "top-k off needs the whole row");
+        p.top_k = 40;
+        assert!(reads_candidates(&p));
+        p.top_k = CANDIDATES + 1;
+        assert!(!reads_candidates(&p));
+        let penalized = SamplingParams {
+            repetition_penalty: 1.1,
+            ..greedy
+        };
+        assert!(!reads_candidates(&penalized));
+    }
+
+    #[test]
+    fn eos_ids_come_as_a_number_or_a_list() {
+        assert_eq!(eos_ids_of_json(r#"{"eos_token_id": 2}"#), vec![2]);
+        assert_eq!(
+            eos_ids_of_json(r#"{"eos_token_id": [128001, 128009]}"#),
+            vec![128001, 128009]
+        );
+        assert!(eos_ids_of_json(r#"{"bos_token_id": 1}"#).is_empty());
+        assert!(eos_ids_of_json("not json").is_empty());
+    }
+
+    #[test]
+    fn common_prefix_counts_shared_leading_tokens() {
+        assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4, 5]), 2);
+        assert_eq!(common_prefix(&[], &[1]), 0);
+        assert_eq!(common_prefix(&[1, 2], &[1, 2, 3]), 2);
+    }
+}
