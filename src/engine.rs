@@ -49,6 +49,8 @@ pub struct GenerateOptions {
     pub max_tokens: Option<usize>,
     /// Strings that end the reply (not included in it).
     pub stop: Vec<String>,
+    /// Go on past end-of-turn tokens (benchmarks: a fixed number of tokens).
+    pub ignore_eos: bool,
 }
 
 impl Default for GenerateOptions {
@@ -57,6 +59,7 @@ impl Default for GenerateOptions {
             sampling: SamplingParams::default(),
             max_tokens: Some(256),
             stop: Vec::new(),
+            ignore_eos: false,
         }
     }
 }
@@ -153,6 +156,16 @@ pub struct Engine {
     name: String,
 }
 
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("name", &self.name)
+            .field("context", &self.context())
+            .field("cached_tokens", &self.cached.len())
+            .finish()
+    }
+}
+
 impl Engine {
     /// Builds an engine from a model in GPU memory: its configuration, tokenizer and chat template
     /// come from the GGUF metadata, or from the companion files of a safetensors checkpoint
@@ -168,8 +181,19 @@ impl Engine {
             companions,
             ..
         } = loaded;
-        let name = files.summary().to_string();
-        let name = name.lines().next().unwrap_or_default().to_string();
+        // The model's own name where it has one (GGUF `general.name`), else its format.
+        let name = files
+            .gguf_metadata()
+            .and_then(|m| m.string("general.name").ok().map(str::to_string))
+            .unwrap_or_else(|| {
+                let summary = files.summary().to_string();
+                summary
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            });
         let mut extra_eos = Vec::new();
         let (config, tokenizer, template, rope_factors) = match files.gguf_metadata() {
             Some(meta) => {
@@ -375,7 +399,11 @@ impl Engine {
         }
         let mut sampler = Sampler::new(options.sampling.clone())?;
         let mut stop = StopStream::new(StopCriteria {
-            eos_ids: self.eos.clone(),
+            eos_ids: if options.ignore_eos {
+                Vec::new()
+            } else {
+                self.eos.clone()
+            },
             stop_strings: options.stop.clone(),
             max_tokens: options.max_tokens,
         })?;
@@ -419,7 +447,7 @@ impl Engine {
             };
             first_token_at.get_or_insert_with(now_ms);
             tokens.push(token);
-            let piece = if self.eos.contains(&token) {
+            let piece = if self.eos.contains(&token) && !options.ignore_eos {
                 String::new()
             } else {
                 detok.push(token)?

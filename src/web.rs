@@ -233,6 +233,30 @@ impl Gpu {
         self.ctx.device().destroy();
     }
 
+    /// Calls `callback(message)` once when the GPU device is lost (or destroyed), so that a page
+    /// learns of it without waiting for its next call to fail.
+    #[wasm_bindgen(js_name = onDeviceLost)]
+    pub fn on_device_lost(&self, callback: js_sys::Function) {
+        // wgpu wants a `Send` callback; a JS function is not, so it waits in a thread-local
+        // table (wasm has one thread) and the callback carries only its key.
+        thread_local! {
+            static CALLBACKS: RefCell<Vec<Option<js_sys::Function>>> = const { RefCell::new(Vec::new()) };
+        }
+        let key = CALLBACKS.with(|c| {
+            let mut c = c.borrow_mut();
+            c.push(Some(callback));
+            c.len() - 1
+        });
+        self.ctx
+            .device()
+            .set_device_lost_callback(move |reason, message| {
+                let f = CALLBACKS.with(|c| c.borrow_mut().get_mut(key).and_then(Option::take));
+                if let Some(f) = f {
+                    let _ = f.call1(&JsValue::NULL, &format!("{reason:?}: {message}").into());
+                }
+            });
+    }
+
     /// "full" or "baseline".
     #[wasm_bindgen(getter)]
     pub fn profile(&self) -> String {
@@ -632,6 +656,7 @@ fn parse_request(request: &JsValue) -> Result<(GenerateOptions, Prompt), Error> 
         sampling: p,
         max_tokens,
         stop,
+        ignore_eos: false,
     };
     Ok((options, prompt))
 }

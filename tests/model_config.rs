@@ -112,3 +112,55 @@ fn fixture_model_configs() {
         assert_eq!((c.tied_embeddings, c.qkv_bias), (tied, bias), "{name}");
     }
 }
+
+/// GGUF Llama 3.1+ files store the frequency scaling as a `rope_freqs.weight` tensor of factors,
+/// computed by llama.cpp's converter; dividing the plain frequencies by them must give the
+/// frequencies transformers computes from `rope_scaling` (the factors written out here as the
+/// converter does, independently of the scaling code).
+#[test]
+fn gguf_rope_factors_reproduce_llama3_scaling() {
+    use pocketlm::kernels::{
+        rope_inv_freq, rope_inv_freq_with_factors, Llama3Scaling, RopeConfig, RopeLayout,
+    };
+    let s = Llama3Scaling::LLAMA_3_1;
+    let plain = RopeConfig::new(128, 500_000.0, RopeLayout::Interleaved);
+    let scaled = RopeConfig {
+        llama3: Some(s),
+        ..plain
+    };
+    let old = s.original_max_position_embeddings as f64;
+    let (low_wavelen, high_wavelen) = (
+        old / f64::from(s.low_freq_factor),
+        old / f64::from(s.high_freq_factor),
+    );
+    let factors: Vec<f32> = rope_inv_freq(&plain)
+        .unwrap()
+        .iter()
+        .map(|&f| {
+            let wavelen = 2.0 * std::f64::consts::PI / f64::from(f);
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                s.factor
+            } else {
+                let smooth = (old / wavelen - f64::from(s.low_freq_factor))
+                    / f64::from(s.high_freq_factor - s.low_freq_factor);
+                (1.0 / ((1.0 - smooth) / f64::from(s.factor) + smooth)) as f32
+            }
+        })
+        .collect();
+    assert!(factors.iter().any(|&f| f == s.factor) && factors.iter().any(|&f| f == 1.0));
+    let from_factors = rope_inv_freq_with_factors(&plain, &factors).unwrap();
+    let from_config = rope_inv_freq(&scaled).unwrap();
+    for (i, (a, b)) in from_factors.iter().zip(&from_config).enumerate() {
+        assert!(
+            (a - b).abs() <= b.abs() * 1e-6,
+            "frequency {i}: {a} from factors, {b} from the llama3 config"
+        );
+    }
+    let err = rope_inv_freq_with_factors(&plain, &factors[1..]).unwrap_err();
+    assert!(
+        err.to_string().contains("64 finite positive values"),
+        "{err}"
+    );
+}

@@ -4,8 +4,14 @@
 mod cli {
     use std::process::ExitCode;
 
+    use std::io::{IsTerminal, Write};
+
     use clap::{Parser, Subcommand};
+    use pocketlm::engine::{Engine, EngineOptions, Flow, GenerateOptions, Generation};
     use pocketlm::gpu::{GpuContext, ProfileRequest};
+    use pocketlm::load::{LoadOptions, Progress};
+    use pocketlm::sample::SamplingParams;
+    use pocketlm::text::ChatMessage;
     use pocketlm::{bench, load, selfcheck};
 
     #[derive(Parser)]
@@ -37,6 +43,97 @@ mod cli {
             #[arg(long, default_value_t = 10)]
             calls: usize,
         },
+        /// Generate a reply to PROMPT: only the generated text goes to stdout, as it is sampled.
+        Run {
+            /// A path, an http(s) URL, a model folder, or `default`.
+            model: String,
+            prompt: String,
+            /// Send PROMPT as one user message through the model's chat template.
+            #[arg(long)]
+            chat: bool,
+            /// Print one JSON object (text, token ids, finish reason, counts, timings) at the end
+            /// instead of streaming the text.
+            #[arg(long)]
+            json: bool,
+            #[command(flatten)]
+            gen: GenArgs,
+        },
+        /// An interactive multi-turn chat in the terminal (`/reset` starts over, `/exit` or
+        /// end of input ends it).
+        Chat {
+            model: String,
+            /// A system message opening the conversation.
+            #[arg(long)]
+            system: Option<String>,
+            #[command(flatten)]
+            gen: GenArgs,
+        },
+        /// Prefill and decode speed, GPU work per token and GPU memory, as a table.
+        Bench {
+            model: String,
+            /// Prompt length to prefill.
+            #[arg(long, default_value_t = 128)]
+            prompt_tokens: usize,
+            /// Tokens to decode (greedy, past end-of-turn tokens).
+            #[arg(long, default_value_t = 32)]
+            gen_tokens: usize,
+            /// Positions in the KV cache.
+            #[arg(long)]
+            context: Option<usize>,
+        },
+    }
+
+    /// Generation options of `run` and `chat`. The defaults are llama.cpp's; `--temperature 0`
+    /// is greedy.
+    #[derive(clap::Args, Clone)]
+    struct GenArgs {
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f32,
+        /// 0 turns top-k off.
+        #[arg(long, default_value_t = 40)]
+        top_k: usize,
+        #[arg(long, default_value_t = 0.95)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0.05)]
+        min_p: f32,
+        #[arg(long, default_value_t = 1.0)]
+        repeat_penalty: f32,
+        #[arg(long, default_value_t = 0.0)]
+        presence_penalty: f32,
+        #[arg(long, default_value_t = 0.0)]
+        frequency_penalty: f32,
+        /// The same seed gives the same reply; none draws one from the clock.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// A string that ends the reply (repeatable).
+        #[arg(long)]
+        stop: Vec<String>,
+        /// Positions in the KV cache (prompt plus reply); default: the model's, up to 4096.
+        #[arg(long)]
+        context: Option<usize>,
+    }
+
+    impl GenArgs {
+        fn options(&self) -> GenerateOptions {
+            GenerateOptions {
+                sampling: SamplingParams {
+                    temperature: self.temperature,
+                    top_k: self.top_k,
+                    top_p: self.top_p,
+                    min_p: self.min_p,
+                    repetition_penalty: self.repeat_penalty,
+                    presence_penalty: self.presence_penalty,
+                    frequency_penalty: self.frequency_penalty,
+                    seed: self.seed,
+                    ..SamplingParams::default()
+                },
+                max_tokens: Some(self.max_tokens),
+                stop: self.stop.clone(),
+                ignore_eos: false,
+            }
+        }
     }
 
     pub fn main() -> ExitCode {
@@ -116,15 +213,360 @@ mod cli {
         Ok(ExitCode::SUCCESS)
     }
 
+    /// A load progress bar on stderr: redrawn in place on a terminal, a line per quarter
+    /// otherwise (logs).
+    struct ProgressBar {
+        tty: bool,
+        last: i64,
+    }
+
+    impl ProgressBar {
+        fn new() -> Self {
+            ProgressBar {
+                tty: std::io::stderr().is_terminal(),
+                last: -1,
+            }
+        }
+
+        fn update(&mut self, p: &Progress) {
+            let mib = |b: u64| b as f64 / (1 << 20) as f64;
+            let Some(total) = p.all_total.filter(|&t| t > 0) else {
+                return;
+            };
+            let frac = p.all_done as f64 / total as f64;
+            let step = if self.tty {
+                (frac * 200.0) as i64
+            } else {
+                (frac * 4.0) as i64
+            };
+            if step == self.last {
+                return;
+            }
+            self.last = step;
+            const WIDTH: usize = 30;
+            let filled = ((frac * WIDTH as f64) as usize).min(WIDTH);
+            let line = format!(
+                "loading [{}{}] {:>3.0}%  {:.1} / {:.1} MiB",
+                "#".repeat(filled),
+                ".".repeat(WIDTH - filled),
+                frac * 100.0,
+                mib(p.all_done),
+                mib(total)
+            );
+            if self.tty {
+                eprint!("\r{line}");
+            } else {
+                eprintln!("{line}");
+            }
+        }
+
+        fn finish(&self) {
+            if self.tty && self.last >= 0 {
+                eprintln!();
+            }
+        }
+    }
+
+    /// Loads MODEL with a progress bar and makes an engine of it; says what it loaded on stderr.
+    async fn open_engine(
+        ctx: &GpuContext,
+        model: &str,
+        context: Option<usize>,
+    ) -> pocketlm::Result<Engine> {
+        let spec = resolve(model)?;
+        let start = std::time::Instant::now();
+        let mut bar = ProgressBar::new();
+        let mut on_progress = |p: &Progress| bar.update(p);
+        let opts = LoadOptions {
+            progress: Some(&mut on_progress),
+            ..Default::default()
+        };
+        let loaded = load::load_native(ctx, &spec, opts).await;
+        bar.finish();
+        let options = EngineOptions {
+            context,
+            kv_dtype: None,
+        };
+        let engine = Engine::new(ctx, loaded?, &options).await?;
+        let (weights, kv) = engine.gpu_bytes();
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        eprintln!(
+            "{spec}: loaded in {:.1} s on {} ({} profile): weights {:.1} MiB, KV cache {:.1} \
+             MiB for {} positions",
+            start.elapsed().as_secs_f64(),
+            ctx.adapter_info().name,
+            ctx.profile(),
+            mib(weights),
+            mib(kv),
+            engine.context()
+        );
+        Ok(engine)
+    }
+
+    /// Streams a reply to stdout as it is sampled.
+    async fn reply(
+        ctx: &GpuContext,
+        engine: &mut Engine,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        stream: bool,
+    ) -> pocketlm::Result<Generation> {
+        let mut out = std::io::stdout().lock();
+        let mut on_token = |t: pocketlm::engine::TokenEvent<'_>| {
+            if stream && !t.text.is_empty() {
+                // A closed stdout (`| head`) ends the generation.
+                if out
+                    .write_all(t.text.as_bytes())
+                    .and_then(|_| out.flush())
+                    .is_err()
+                {
+                    return Flow::Stop;
+                }
+            }
+            Flow::Continue
+        };
+        engine.generate(ctx, prompt, options, &mut on_token).await
+    }
+
+    fn report_speed(g: &Generation) {
+        eprintln!(
+            "[{} prompt tokens ({} reused), {} generated, {}; first token after {:.0} ms, then \
+             {:.1} tokens/s]",
+            g.prompt_tokens,
+            g.cached_tokens,
+            g.tokens.len(),
+            g.finish_reason.as_str(),
+            g.prefill_ms,
+            g.decode_tokens_per_s()
+        );
+    }
+
+    async fn run_prompt(
+        ctx: &GpuContext,
+        model: &str,
+        prompt: &str,
+        chat: bool,
+        json: bool,
+        gen: &GenArgs,
+    ) -> pocketlm::Result<ExitCode> {
+        let options = gen.options();
+        options.sampling.validate()?;
+        let mut engine = open_engine(ctx, model, gen.context).await?;
+        let ids = if chat {
+            engine.chat_prompt(&[ChatMessage::user(prompt)])?
+        } else {
+            engine.text_prompt(prompt)?
+        };
+        let g = reply(ctx, &mut engine, &ids, &options, !json).await?;
+        if json {
+            let v = serde_json::json!({
+                "text": g.text,
+                "tokens": g.tokens,
+                "finish_reason": g.finish_reason.as_str(),
+                "prompt_tokens": g.prompt_tokens,
+                "completion_tokens": g.tokens.len(),
+                "prefill_ms": g.prefill_ms,
+                "decode_ms": g.decode_ms,
+            });
+            println!("{v}");
+        } else {
+            println!();
+        }
+        report_speed(&g);
+        Ok(ExitCode::SUCCESS)
+    }
+
+    async fn chat_loop(
+        ctx: &GpuContext,
+        model: &str,
+        system: Option<String>,
+        gen: &GenArgs,
+    ) -> pocketlm::Result<ExitCode> {
+        let options = gen.options();
+        options.sampling.validate()?;
+        let mut engine = open_engine(ctx, model, gen.context).await?;
+        let opening: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
+        let mut history = opening.clone();
+        let stdin = std::io::stdin();
+        let interactive = stdin.is_terminal();
+        if interactive {
+            eprintln!("Type a message; /reset starts over, /exit (or Ctrl-D) ends.");
+        }
+        loop {
+            if interactive {
+                eprint!("> ");
+            }
+            let mut line = String::new();
+            if stdin
+                .read_line(&mut line)
+                .map_err(|e| load::io_error("stdin", e))?
+                == 0
+            {
+                break;
+            }
+            let line = line.trim();
+            match line {
+                "" => continue,
+                "/exit" | "/quit" => break,
+                "/reset" => {
+                    history = opening.clone();
+                    engine.reset();
+                    eprintln!("(conversation cleared)");
+                    continue;
+                }
+                _ => {}
+            }
+            history.push(ChatMessage::user(line));
+            let ids = match engine.chat_prompt(&history) {
+                Ok(ids) => ids,
+                Err(e) => {
+                    history.pop();
+                    eprintln!("error: {e}");
+                    continue;
+                }
+            };
+            match reply(ctx, &mut engine, &ids, &options, true).await {
+                Ok(g) => {
+                    println!();
+                    report_speed(&g);
+                    history.push(ChatMessage::assistant(g.text));
+                }
+                Err(e) => {
+                    // The turn is dropped; the conversation goes on without it.
+                    history.pop();
+                    println!();
+                    eprintln!("error: {e}");
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// A prompt of exactly `n` tokens: ordinary text, repeated as needed.
+    fn bench_prompt(engine: &Engine, n: usize) -> pocketlm::Result<Vec<u32>> {
+        const TEXT: &str = "The quick brown fox jumps over the lazy dog while the farmer counts \
+                            his sheep, one by one, under a sky the colour of ripe apricots. ";
+        let piece = engine.text_prompt(TEXT)?;
+        Ok(piece.iter().copied().cycle().take(n).collect())
+    }
+
+    async fn bench_model(
+        ctx: &GpuContext,
+        model: &str,
+        prompt_tokens: usize,
+        gen_tokens: usize,
+        context: Option<usize>,
+    ) -> pocketlm::Result<ExitCode> {
+        if prompt_tokens == 0 || gen_tokens < 2 {
+            eprintln!("error: --prompt-tokens must be at least 1 and --gen-tokens at least 2");
+            return Ok(ExitCode::FAILURE);
+        }
+        let mut engine = open_engine(ctx, model, context).await?;
+        let options = GenerateOptions {
+            sampling: SamplingParams::greedy(),
+            max_tokens: Some(gen_tokens),
+            stop: Vec::new(),
+            ignore_eos: true,
+        };
+        // Warm-up: every pipeline compiled and every graph run once.
+        let warm = bench_prompt(&engine, 20)?;
+        let warm_opts = GenerateOptions {
+            max_tokens: Some(2),
+            ..options.clone()
+        };
+        engine
+            .generate(ctx, &warm, &warm_opts, &mut |_| Flow::Continue)
+            .await?;
+        engine.reset();
+
+        let prompt = bench_prompt(&engine, prompt_tokens)?;
+        let mut at_first = None;
+        let g = engine
+            .generate(ctx, &prompt, &options, &mut |_| {
+                at_first.get_or_insert_with(|| ctx.stats.snapshot());
+                Flow::Continue
+            })
+            .await?;
+        let (s1, d1, r1) = at_first.unwrap_or_default();
+        let (s2, d2, r2) = ctx.stats.snapshot();
+        // Steps after the first token: each decodes one token.
+        let steps = (g.tokens.len() - 1) as f64;
+        let (weights, kv) = engine.gpu_bytes();
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        println!("{}", ctx.report());
+        println!();
+        println!("{:<28} {}", "model", engine.name());
+        println!(
+            "{:<28} {:.1} tokens/s ({} tokens in {:.0} ms, first token included)",
+            "prefill",
+            prompt_tokens as f64 * 1000.0 / g.prefill_ms,
+            prompt_tokens,
+            g.prefill_ms
+        );
+        println!(
+            "{:<28} {:.2} tokens/s ({:.1} ms per token over {} tokens)",
+            "decode",
+            g.decode_tokens_per_s(),
+            g.decode_ms / steps,
+            steps
+        );
+        println!(
+            "{:<28} {:.1}",
+            "dispatches per decoded token",
+            (d2 - d1) as f64 / steps
+        );
+        println!(
+            "{:<28} {:.1}",
+            "submits per decoded token",
+            (s2 - s1) as f64 / steps
+        );
+        println!(
+            "{:<28} {:.1}",
+            "readbacks per decoded token",
+            (r2 - r1) as f64 / steps
+        );
+        println!("{:<28} {:.1} MiB", "GPU memory: weights", mib(weights));
+        println!(
+            "{:<28} {:.1} MiB ({} positions)",
+            "GPU memory: KV cache",
+            mib(kv),
+            engine.context()
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+
     async fn run(cli: Cli) -> pocketlm::Result<ExitCode> {
         if let Command::Info { model } = &cli.command {
             return info(model).await;
         }
         let request: ProfileRequest = cli.profile.parse()?;
         let ctx = GpuContext::new(request).await?;
+        match cli.command {
+            Command::Run {
+                model,
+                prompt,
+                chat,
+                json,
+                gen,
+            } => return run_prompt(&ctx, &model, &prompt, chat, json, &gen).await,
+            Command::Chat { model, system, gen } => {
+                return chat_loop(&ctx, &model, system, &gen).await
+            }
+            Command::Bench {
+                model,
+                prompt_tokens,
+                gen_tokens,
+                context,
+            } => return bench_model(&ctx, &model, prompt_tokens, gen_tokens, context).await,
+            _ => {}
+        }
         println!("{}", ctx.report());
         match cli.command {
-            Command::Info { .. } | Command::Device => Ok(ExitCode::SUCCESS),
+            Command::Info { .. }
+            | Command::Device
+            | Command::Run { .. }
+            | Command::Chat { .. }
+            | Command::Bench { .. } => Ok(ExitCode::SUCCESS),
             Command::Selfcheck => {
                 println!();
                 let outcomes = selfcheck::run_standard(&ctx).await?;

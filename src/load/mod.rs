@@ -4,6 +4,8 @@
 pub mod browser;
 pub mod folder;
 mod model;
+#[cfg(not(target_arch = "wasm32"))]
+mod native;
 mod source;
 mod upload;
 
@@ -15,6 +17,8 @@ pub use model::{
     load_model, load_model_file, merge_headers, parse_header, read_header, FileHeader, LoadedModel,
     LoadedModelFiles, ModelFile,
 };
+#[cfg(not(target_arch = "wasm32"))]
+pub use native::{is_url, load_native, NativeSource};
 pub use source::{io_error, ByteSource, MemorySource, CHUNK};
 #[cfg(not(target_arch = "wasm32"))]
 pub use source::{FileSource, HttpSource};

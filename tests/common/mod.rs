@@ -72,3 +72,59 @@ pub fn gpu_rows(table: &pocketlm::gpu::GpuTensor, ids: &[i32]) -> Vec<f32> {
         .f32(slot)
         .unwrap()
 }
+
+/// A word-level tokenizer.json for the tiny fixture Llama (tests/fixtures/models/tiny-llama, 128
+/// ids): `<unk>`, `<s>` (BOS, 1), `</s>` (EOS, 2), the chat roles, and words `w6`..`w127`;
+/// `extra` more words make it too large for the model.
+pub fn tiny_tokenizer_json(extra: usize) -> String {
+    const VOCAB: usize = 128;
+    let mut words: Vec<String> = ["<unk>", "<s>", "</s>", "user", "assistant", "system"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    words.extend((words.len()..VOCAB + extra).map(|i| format!("w{i}")));
+    let vocab: serde_json::Map<String, serde_json::Value> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.clone(), serde_json::json!(i)))
+        .collect();
+    let special = |id: usize, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+    };
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [special(0, "<unk>"), special(1, "<s>"), special(2, "</s>")],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": null,
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": false},
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    })
+    .to_string()
+}
+
+/// A chat template for [`tiny_tokenizer_json`]'s words.
+pub fn tiny_template() -> &'static str {
+    "{% for m in messages %}<s> {{ m['role'] }} {{ m['content'] }} </s> \
+     {% endfor %}{% if add_generation_prompt %}<s> assistant {% endif %}"
+}
+
+/// A copy of the tiny fixture Llama with [`tiny_tokenizer_json`] and a `tokenizer_config.json`
+/// holding [`tiny_template`]: a complete model folder, in a directory of its own under the temp dir.
+pub fn tiny_model_folder(name: &str) -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("tests/fixtures/models/tiny-llama");
+    let dir = std::env::temp_dir().join(format!("pocketlm-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    std::fs::write(dir.join("tokenizer.json"), tiny_tokenizer_json(0)).unwrap();
+    let config = serde_json::json!({"chat_template": tiny_template(), "bos_token": "<s>",
+        "eos_token": "</s>"});
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    dir
+}
