@@ -149,7 +149,7 @@ fn gguf_rope_factors_reproduce_llama3_scaling() {
             }
         })
         .collect();
-    assert!(factors.iter().any(|&f| f == s.factor) && factors.iter().any(|&f| f == 1.0));
+    assert!(factors.contains(&s.factor) && factors.contains(&1.0));
     let from_factors = rope_inv_freq_with_factors(&plain, &factors).unwrap();
     let from_config = rope_inv_freq(&scaled).unwrap();
     for (i, (a, b)) in from_factors.iter().zip(&from_config).enumerate() {

@@ -3,6 +3,9 @@
 
 use pocketlm::sample::{Sampler, SamplingParams, StopCriteria, StopReason, StopStream};
 
+#[path = "common/seeded.rs"]
+mod seeded;
+
 fn params() -> SamplingParams {
     SamplingParams {
         seed: Some(7),
@@ -237,30 +240,12 @@ fn penalties_change_exactly_the_seen_tokens() {
 
 #[test]
 fn same_seed_same_tokens() {
-    let mut rng = pocketlm::reference::Rng::new(99);
-    let rows: Vec<Vec<f32>> = (0..64).map(|_| rng.vec(100, -4.0, 4.0)).collect();
-    let run = |seed: u64| -> Vec<u32> {
-        let mut s = Sampler::new(SamplingParams {
-            temperature: 0.9,
-            top_k: 40,
-            top_p: 0.95,
-            min_p: 0.05,
-            repetition_penalty: 1.1,
-            seed: Some(seed),
-            ..SamplingParams::default()
-        })
-        .unwrap();
-        rows.iter().map(|r| s.sample_logits(r).unwrap()).collect()
-    };
-    let a = run(42);
-    assert_eq!(a, run(42));
-    assert_ne!(a, run(43));
-    // A golden prefix: the draw uses only SplitMix64 and IEEE basic arithmetic, so every target
-    // (native and wasm) gives these tokens; a change here changes every seeded generation.
-    assert_eq!(a[..12], GOLDEN);
+    let a = seeded::tokens(42);
+    assert_eq!(a, seeded::tokens(42));
+    assert_ne!(a, seeded::tokens(43));
+    // The golden prefix; tests/web_sampling.rs checks the same in the browser.
+    assert_eq!(a[..12], seeded::GOLDEN);
 }
-
-const GOLDEN: [u32; 12] = [94, 55, 76, 65, 60, 34, 58, 91, 79, 96, 80, 20];
 
 #[test]
 fn candidate_and_full_row_paths_agree() {
