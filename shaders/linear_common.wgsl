@@ -1,28 +1,56 @@
-// Shared by the linear-layer kernels (matvec, matmul): parameters, bindings and the epilogue.
-// Prelude: W_FORMAT (ggml type number of W), QK (elements per block, 1 for floats),
-// ACCUMULATE (1: y += result, the residual add), and a `bias_at(n)` function (the bias binding,
-// or 0).
+// Shared by the linear-layer kernels (matvec, matmul, linear_rows): parameters, bindings and the
+// epilogue. Prelude: W_FORMAT (ggml type number of W), QK (elements per block, 1 for floats),
+// ACCUMULATE (1: y += result, the residual add), SWIGLU (1: W holds gate rows then up rows and
+// the output is silu(gate)·up), SPLIT (0..=2: outputs past y's columns go to y1, then y2), a
+// `bias_at(n)` function (the bias binding, or 0), `put1`/`put2` (the extra outputs, or stubs),
+// and the declarations of x (binding 1) and w (binding 2): f32 and u32 words, or vec4s of them.
 
 struct Params {
-    n: u32,          // outputs (rows of W)
+    n: u32,          // output columns (SWIGLU: W has 2n rows, gate then up)
     k: u32,          // inputs (columns of W)
     m: u32,          // activation rows
     w_stride: u32,   // float formats: elements between the starts of rows of W as stored
-    blocks: u32,     // matvec: ceil(n / ROWS); matmul: ceil(n / 64)
+    blocks: u32,     // workgroups per activation row (or per 64 of them for matmul)
     scale_base: u32, // block formats: the word where the scales begin
+    y_cols: u32,     // columns of y (n unless SPLIT)
+    y1_cols: u32,    // SPLIT: columns of y1 (y2 has the rest)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<u32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
-// Writes one output: bias, then the residual already in y when accumulating.
-fn finish(m: u32, n: u32, v: f32) {
-    let i = m * p.n + n;
-    var r = v + bias_at(n);
+fn put0(i: u32, v: f32) {
+    var r = v;
     if (ACCUMULATE == 1u) {
         r = y[i] + r;
     }
     y[i] = r;
+}
+
+// Writes output column n of activation row m to y, or with SPLIT to the output holding it.
+fn store(m: u32, n: u32, v: f32) {
+    if (SPLIT >= 1u && n >= p.y_cols) {
+        let n1 = n - p.y_cols;
+        if (SPLIT == 2u && n1 >= p.y1_cols) {
+            let c2 = p.n - p.y_cols - p.y1_cols;
+            put2(m * c2 + n1 - p.y1_cols, v);
+        } else {
+            put1(m * p.y1_cols + n1, v);
+        }
+        return;
+    }
+    put0(m * p.y_cols + n, v);
+}
+
+// Writes one output: bias, then the residual already in the output when accumulating.
+fn finish(m: u32, n: u32, v: f32) {
+    store(m, n, v + bias_at(n));
+}
+
+// SWIGLU: output column n from its gate (W row n) and up (W row p.n + n) dot products, with
+// kernels::swiglu's formula.
+fn finish_swiglu(m: u32, n: u32, gate: f32, up: f32) {
+    let g = gate + bias_at(n);
+    let u = up + bias_at(p.n + n);
+    store(m, n, g / (1.0 + exp(-g)) * u);
 }

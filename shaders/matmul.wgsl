@@ -3,6 +3,8 @@
 // sub-tile, strided by 16 so that neighbouring invocations read neighbouring workgroup-memory
 // words. K is walked in steps of 16 through workgroup-memory tiles of X and W (zero-filled past
 // the edges, so any m, n, k works; block formats have k a multiple of their block).
+// With SWIGLU a tile's 64 rows of W are the gate rows of 32 output columns, then their up rows,
+// so each invocation holds both dot products of its outputs.
 // Prelude: linear_common.wgsl's (and quant.wgsl for block formats).
 
 const BM: u32 = 64u;
@@ -12,6 +14,17 @@ const BK: u32 = 16u;
 var<workgroup> xs: array<f32, 1024>; // [BK][BM]
 var<workgroup> ws: array<f32, 1024>; // [BK][BN]
 
+// Output columns per tile.
+const COLS: u32 = BN >> SWIGLU;
+
+// The W row of the tile's local row r (columns past the end repeat the last: never stored).
+fn w_row(n0: u32, r: u32) -> u32 {
+    if (SWIGLU == 1u) {
+        return min(n0 + r % COLS, p.n - 1u) + p.n * (r / COLS);
+    }
+    return n0 + r;
+}
+
 @compute @workgroup_size(256)
 fn matmul(
     @builtin(local_invocation_index) li: u32,
@@ -20,7 +33,7 @@ fn matmul(
 ) {
     let g = linear_workgroup(wid, nwg);
     let m0 = (g / p.blocks) * BM;
-    let n0 = (g % p.blocks) * BN;
+    let n0 = (g % p.blocks) * COLS;
     let tx = li % 16u;
     let ty = li / 16u;
     var acc: array<f32, 16>;
@@ -36,8 +49,8 @@ fn matmul(
             xs[kk * BM + row] = xv;
             if (QK == 1u) {
                 var wv = 0.0;
-                if (n0 + row < p.n && gk < p.k) {
-                    wv = float_at((n0 + row) * p.w_stride + gk);
+                if (n0 + row % COLS < p.n && gk < p.k) {
+                    wv = float_at(w_row(n0, row) * p.w_stride + gk);
                 }
                 ws[kk * BN + row] = wv;
             }
@@ -48,10 +61,10 @@ fn matmul(
                 let row = li / 2u;
                 let half = li % 2u;
                 var wv: array<f32, 8>;
-                if (n0 + row < p.n) {
+                if (n0 + row % COLS < p.n) {
                     let gi = k0 / 8u + half;
                     let gpb = max(QK / 8u, 1u);
-                    wv = decode8((n0 + row) * (p.k / QK) + gi / gpb, gi % gpb, p.scale_base);
+                    wv = decode8(w_row(n0, row) * (p.k / QK) + gi / gpb, gi % gpb, p.scale_base);
                 }
                 for (var i = 0u; i < 8u; i++) {
                     ws[(8u * half + i) * BN + row] = wv[i];
@@ -75,11 +88,15 @@ fn matmul(
         workgroupBarrier();
     }
     for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
+        for (var j = 0u; j < (4u >> SWIGLU); j++) {
             let gm = m0 + ty + 16u * i;
             let gn = n0 + tx + 16u * j;
             if (gm < p.m && gn < p.n) {
-                finish(gm, gn, acc[i * 4u + j]);
+                if (SWIGLU == 1u) {
+                    finish_swiglu(gm, gn, acc[i * 4u + j], acc[i * 4u + j + 2u]);
+                } else {
+                    finish(gm, gn, acc[i * 4u + j]);
+                }
             }
         }
     }

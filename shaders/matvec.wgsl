@@ -2,12 +2,38 @@
 // the shape of every decode step. Bound by reading W, so W is read exactly once and x once per
 // workgroup: each workgroup computes ROWS consecutive outputs of one activation row; every
 // invocation walks k with stride WG keeping ROWS partial sums, then one workgroup_reduce.
+// With SWIGLU a workgroup's ROWS rows of W are the gate rows of ROWS / 2 output columns, then
+// their up rows.
 // Prelude: WG (power of two), ROWS, RED_N (= ROWS), and linear_common.wgsl's.
+
+// Output columns per workgroup.
+const COLS: u32 = ROWS >> SWIGLU;
+
+// The W row of the workgroup's local row r.
+fn w_row(n0: u32, r: u32) -> u32 {
+    if (SWIGLU == 1u) {
+        // Columns past the end repeat the last one: computed, never stored.
+        return min(n0 + r % COLS, p.n - 1u) + p.n * (r / COLS);
+    }
+    return n0 + r;
+}
+
+// Local rows with work.
+fn live_rows(n0: u32) -> u32 {
+    if (SWIGLU == 1u) {
+        return ROWS;
+    }
+    return min(ROWS, p.n - n0);
+}
 
 fn store_rows(li: u32, m: u32, n0: u32) {
     var total = workgroup_reduce(li);
-    if (m < p.m && n0 + li < p.n && li < ROWS) {
-        finish(m, n0 + li, total[li]);
+    if (m < p.m && n0 + li < p.n && li < COLS) {
+        if (SWIGLU == 1u) {
+            finish_swiglu(m, n0 + li, total[li], total[li + COLS]);
+        } else {
+            finish(m, n0 + li, total[li]);
+        }
     }
 }
 
@@ -19,17 +45,17 @@ fn matvec_f32(
 ) {
     let g = linear_workgroup(wid, nwg);
     let m = g / p.blocks;
-    let n0 = (g % p.blocks) * ROWS;
+    let n0 = (g % p.blocks) * COLS;
     for (var r = 0u; r < ROWS; r++) {
         red_in[r] = 0.0;
     }
     if (m < p.m) {
-        let rows = min(ROWS, p.n - n0);
+        let rows = live_rows(n0);
         let xb = m * p.k;
         for (var k = li; k < p.k; k += WG) {
             let xv = x[xb + k];
             for (var r = 0u; r < rows; r++) {
-                red_in[r] = fma(bitcast<f32>(w[(n0 + r) * p.w_stride + k]), xv, red_in[r]);
+                red_in[r] = fma(bitcast<f32>(w[w_row(n0, r) * p.w_stride + k]), xv, red_in[r]);
             }
         }
     }
@@ -45,19 +71,19 @@ fn matvec_half(
 ) {
     let g = linear_workgroup(wid, nwg);
     let m = g / p.blocks;
-    let n0 = (g % p.blocks) * ROWS;
+    let n0 = (g % p.blocks) * COLS;
     for (var r = 0u; r < ROWS; r++) {
         red_in[r] = 0.0;
     }
     if (m < p.m) {
-        let rows = min(ROWS, p.n - n0);
+        let rows = live_rows(n0);
         let xb = m * p.k;
         let row_words = p.w_stride / 2u;
         let pairs = p.k / 2u;
         for (var j = li; j < pairs; j += WG) {
             let xv = vec2<f32>(x[xb + 2u * j], x[xb + 2u * j + 1u]);
             for (var r = 0u; r < rows; r++) {
-                let wv = unpack_half2(w[(n0 + r) * row_words + j]);
+                let wv = unpack_half2(w[w_row(n0, r) * row_words + j]);
                 red_in[r] = fma(wv.x, xv.x, fma(wv.y, xv.y, red_in[r]));
             }
         }
@@ -65,7 +91,7 @@ fn matvec_half(
         if ((p.k & 1u) == 1u && li == WG - 1u) {
             let xv = x[xb + p.k - 1u];
             for (var r = 0u; r < rows; r++) {
-                let wv = unpack_half2(w[(n0 + r) * row_words + pairs]);
+                let wv = unpack_half2(w[w_row(n0, r) * row_words + pairs]);
                 red_in[r] = fma(wv.x, xv, red_in[r]);
             }
         }
@@ -83,12 +109,12 @@ fn matvec_quant(
 ) {
     let g = linear_workgroup(wid, nwg);
     let m = g / p.blocks;
-    let n0 = (g % p.blocks) * ROWS;
+    let n0 = (g % p.blocks) * COLS;
     for (var r = 0u; r < ROWS; r++) {
         red_in[r] = 0.0;
     }
     if (m < p.m) {
-        let rows = min(ROWS, p.n - n0);
+        let rows = live_rows(n0);
         let xb = m * p.k;
         let nb = p.k / QK;
         // (QK < 8 only for float formats, which never reach this entry point.)
@@ -102,7 +128,7 @@ fn matvec_quant(
             let bi = gi / groups_per_block;
             let gg = gi % groups_per_block;
             for (var r = 0u; r < rows; r++) {
-                let wv = decode8((n0 + r) * nb + bi, gg, p.scale_base);
+                let wv = decode8(w_row(n0, r) * nb + bi, gg, p.scale_base);
                 var s = red_in[r];
                 for (var i = 0u; i < 8u; i++) {
                     s = fma(wv[i], xv[i], s);

@@ -102,3 +102,49 @@ pub async fn kernel_bench(ctx: &GpuContext, n: usize, calls: usize) -> Result<Ve
     }
     Ok(rows)
 }
+
+/// GPU time of one kind of dispatch in a graph: every dispatch with this label.
+#[derive(Clone, Debug)]
+pub struct DispatchTime {
+    pub label: &'static str,
+    pub count: usize,
+    pub total: Duration,
+}
+
+/// Times each dispatch of a graph on its own (`calls` copies per command buffer; dispatches of
+/// one label and grid, the same kernel shape in every layer, are timed once) and sums them by
+/// label, largest first. Where the time of a step goes, for kernel work.
+pub async fn profile_dispatches(
+    ctx: &GpuContext,
+    dispatches: &[Dispatch],
+    calls: usize,
+) -> Result<Vec<DispatchTime>> {
+    use std::collections::HashMap;
+    let probe = ctx.zeros("probe", &[4], DType::F32)?;
+    let mut timed: HashMap<(&'static str, [u32; 3]), Duration> = HashMap::new();
+    let mut by_label: Vec<DispatchTime> = Vec::new();
+    for d in dispatches {
+        let key = (d.label(), d.workgroups());
+        let t = match timed.get(&key) {
+            Some(&t) => t,
+            None => {
+                let t = time_calls(ctx, d, &probe, calls).await?;
+                timed.insert(key, t);
+                t
+            }
+        };
+        match by_label.iter_mut().find(|r| r.label == d.label()) {
+            Some(r) => {
+                r.count += 1;
+                r.total += t;
+            }
+            None => by_label.push(DispatchTime {
+                label: d.label(),
+                count: 1,
+                total: t,
+            }),
+        }
+    }
+    by_label.sort_by(|a, b| b.total.cmp(&a.total));
+    Ok(by_label)
+}

@@ -27,9 +27,11 @@ pub const DEFAULT_CONTEXT: usize = 4096;
 /// The largest prefill step; longer prompts are prefilled in steps of this many tokens.
 pub const PREFILL_CHUNK: usize = 128;
 
-/// A smaller prefill step for short prompts and the new part of a chat turn, so they do not pay
-/// for a whole [`PREFILL_CHUNK`].
-const SHORT_CHUNK: usize = 16;
+/// The step sizes there are graphs for: powers of two up to [`PREFILL_CHUNK`]. A step's kernels
+/// are sized for its graph, so a prompt is cut into the largest steps that fit it exactly
+/// (37 tokens: 32 + 4 + 1) rather than padded to one large step; the steps before the last do
+/// not wait for the GPU.
+const STEP_SIZES: [usize; 8] = [1, 2, 4, 8, 16, 32, 64, PREFILL_CHUNK];
 
 /// How to set up an [`Engine`].
 #[derive(Clone, Debug, Default)]
@@ -148,7 +150,8 @@ pub struct Engine {
     model: LlamaModel,
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
-    /// Step graphs by ascending step size; the first is the 1-token decode step.
+    /// Step graphs by ascending step size ([`STEP_SIZES`] that fit the context); the first is
+    /// the 1-token decode step.
     graphs: Vec<Graph>,
     /// The tokens whose keys and values are in the KV cache, at positions 0.. in order.
     cached: Vec<u32>,
@@ -264,9 +267,10 @@ impl Engine {
             context,
             kv_dtype,
             rope_factors.as_deref(),
-        )?;
+        )
+        .await?;
         let mut graphs = Vec::new();
-        for size in [1, SHORT_CHUNK, PREFILL_CHUNK] {
+        for size in STEP_SIZES {
             if size <= context {
                 graphs.push(model.graph_with(ctx, size, CANDIDATES, false).await?);
             }
@@ -321,6 +325,12 @@ impl Engine {
     /// Tokens whose KV entries the next generation may reuse.
     pub fn cached_tokens(&self) -> usize {
         self.cached.len()
+    }
+
+    /// The dispatches of a decode step, in order, the selection of candidates included (for
+    /// profiling).
+    pub fn decode_dispatches(&self) -> Vec<crate::gpu::Dispatch> {
+        self.graphs[0].all_dispatches()
     }
 
     /// Forgets the KV cache's contents: the next prompt is prefilled from the start.
@@ -499,12 +509,12 @@ impl Engine {
         })
     }
 
-    /// The smallest step graph that takes `n` tokens at once, or the largest.
+    /// The largest step graph of at most `n` tokens.
     fn graph_for(&self, n: usize) -> usize {
         self.graphs
             .iter()
-            .position(|g| g.step.max_tokens() >= n)
-            .unwrap_or(self.graphs.len() - 1)
+            .rposition(|g| g.step.max_tokens() <= n)
+            .unwrap_or(0)
     }
 }
 

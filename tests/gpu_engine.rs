@@ -58,7 +58,8 @@ fn greedy(max_tokens: usize) -> GenerateOptions {
 fn argmax_continuation(prompt: &[u32], generated: &[u32]) -> Vec<u32> {
     let m = loaded(|_| {});
     let config = ModelConfig::from_hf_json(&m.companions["config.json"], "tiny-llama").unwrap();
-    let model = LlamaModel::new(ctx(), config, m.tensors, 64, DType::F32).unwrap();
+    let model =
+        pollster::block_on(LlamaModel::new(ctx(), config, m.tensors, 64, DType::F32)).unwrap();
     let seq: Vec<u32> = prompt.iter().chain(generated).copied().collect();
     let mut graph = pollster::block_on(model.graph(ctx(), seq.len(), 4)).unwrap();
     let logits = pollster::block_on(model.forward(ctx(), &mut graph, &seq, 0)).unwrap();
@@ -79,7 +80,7 @@ fn argmax_continuation(prompt: &[u32], generated: &[u32]) -> Vec<u32> {
 #[test]
 fn greedy_generation_is_the_argmax_of_a_full_forward_pass() {
     let mut engine = engine_with(64);
-    // 20 tokens: a 16-token step, then a 4-token remainder through the smallest step that fits.
+    // 20 tokens: a step of 16, then one of 4.
     let prompt: Vec<u32> = (0..20).map(|i| 6 + (i * 7) % 120).collect();
     let g = generate(&mut engine, &prompt, &greedy(12));
     assert_eq!(g.tokens.len(), 12);

@@ -366,3 +366,359 @@ fn f16_tensors_round_trip_with_odd_rows() {
     let want: Vec<f32> = data.iter().map(|h| h.to_f32()).collect();
     assert_eq!(back, want);
 }
+
+/// A context that runs the kernels made for GPUs even on a CPU driver (see
+/// `Capabilities::cpu`), so both kernel families are tested on every driver.
+fn gpu_kernels_ctx() -> &'static GpuContext {
+    static CTX: std::sync::OnceLock<GpuContext> = std::sync::OnceLock::new();
+    CTX.get_or_init(|| {
+        pollster::block_on(GpuContext::new(common::profile_request()))
+            .unwrap()
+            .with_cpu_kernels(false)
+    })
+}
+
+/// Both linear-kernel families (one dot product per workgroup for GPUs, whole dot products per
+/// invocation for CPU drivers) on every weight format, plain and with bias + residual.
+#[test]
+fn both_linear_kernel_families_match_reference() {
+    let cpu = pollster::block_on(GpuContext::new(common::profile_request()))
+        .unwrap()
+        .with_cpu_kernels(true);
+    for (ctx, c) in [(&cpu, true), (gpu_kernels_ctx(), false)] {
+        for (i, weights) in DType::WEIGHTS.into_iter().enumerate() {
+            let k = if weights.is_quantized() {
+                2 * weights.block_size()
+            } else {
+                67
+            };
+            for (kernel, m, n) in [
+                (LinearKernel::Matvec, 1, 37),
+                (LinearKernel::Matvec, 3, 70),
+                (LinearKernel::Matmul, 70, 65),
+            ] {
+                let seed = (i * 1000 + m * 10 + n) as u64;
+                for case in [
+                    Case::Linear {
+                        kernel,
+                        m,
+                        n,
+                        k,
+                        weights,
+                    },
+                    Case::LinearFused {
+                        kernel,
+                        m,
+                        n,
+                        k,
+                        weights,
+                    },
+                ] {
+                    let o = pollster::block_on(run_case(ctx, case, seed)).unwrap();
+                    assert!(o.passed(), "cpu kernels {c}: {o} (seed {seed})");
+                }
+            }
+        }
+    }
+}
+
+/// Uploads random GGUF data of `dtype` as a [rows, cols] tensor; returns it and its values.
+fn random_weights(
+    ctx: &GpuContext,
+    name: &str,
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    rng: &mut Rng,
+) -> (pocketlm::gpu::GpuTensor, Vec<f32>) {
+    let bytes = pocketlm::quant::random_gguf_bytes(dtype, rows * cols, rng);
+    let t = ctx.upload_gguf(name, &[rows, cols], dtype, &bytes).unwrap();
+    let exact = pocketlm::quant::dequantize_to_vec(dtype, &bytes).unwrap();
+    (t, exact)
+}
+
+/// concat_rows stacks the rows of its parts in every weight format's GPU layout, including f16
+/// block scales that land on an odd block (parts with an odd number of blocks), bit for bit; and
+/// 1-D f32 tensors (biases) element-wise.
+#[test]
+fn concat_rows_stacks_rows_in_every_format() {
+    let ctx = ctx();
+    let mut rng = Rng::new(11);
+    for dtype in DType::WEIGHTS {
+        for blocks in [1usize, 3] {
+            let cols = if dtype.is_quantized() {
+                blocks * dtype.block_size()
+            } else {
+                8 * blocks + 1
+            };
+            let mut parts = Vec::new();
+            let mut want = Vec::new();
+            for (i, rows) in [3usize, 1, 2, 5].into_iter().enumerate() {
+                let (t, v) = random_weights(ctx, &format!("part{i}"), dtype, rows, cols, &mut rng);
+                parts.push(t);
+                want.extend(v);
+            }
+            let refs: Vec<&pocketlm::gpu::GpuTensor> = parts.iter().collect();
+            let all = pollster::block_on(kernels::concat_rows(ctx, "all", &refs)).unwrap();
+            assert_eq!(all.shape(), [11, cols]);
+            assert_eq!(all.dtype(), dtype);
+            let ids: Vec<i32> = (0..11).collect();
+            let got = common::gpu_rows(&all, &ids);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                    "{dtype} ({blocks} blocks per row): element {i} (row {}) is {g}, expected {w}",
+                    i / cols
+                );
+            }
+        }
+    }
+    let a = ctx.upload_f32("a", &[3], &[1.0, 2.0, 3.0]).unwrap();
+    let b = ctx.upload_f32("b", &[2], &[4.0, 5.0]).unwrap();
+    let ab = pollster::block_on(kernels::concat_rows(ctx, "ab", &[&a, &b])).unwrap();
+    let mut rec = ctx.recorder();
+    let slot = rec.read(&ab);
+    let got = pollster::block_on(rec.submit_and_read())
+        .unwrap()
+        .f32(slot)
+        .unwrap();
+    assert_eq!(got, [1.0, 2.0, 3.0, 4.0, 5.0]);
+    // Parts that do not stack are typed errors.
+    let q = ctx.zeros("q", &[2, 32], DType::Q8_0).unwrap();
+    let f = ctx.zeros("f", &[2, 32], DType::F32).unwrap();
+    let wide = ctx.zeros("wide", &[2, 64], DType::Q8_0).unwrap();
+    expect_err(
+        pollster::block_on(kernels::concat_rows(ctx, "x", &[&q, &f])),
+        "shape_mismatch",
+        "does not stack",
+    );
+    expect_err(
+        pollster::block_on(kernels::concat_rows(ctx, "x", &[&q, &wide])),
+        "shape_mismatch",
+        "does not stack",
+    );
+    expect_err(
+        pollster::block_on(kernels::concat_rows(ctx, "x", &[])),
+        "shape_mismatch",
+        "no tensors",
+    );
+}
+
+fn read_all(
+    ctx: &GpuContext,
+    d: &pocketlm::gpu::Dispatch,
+    outs: &[&pocketlm::gpu::GpuTensor],
+) -> Vec<Vec<f32>> {
+    let mut rec = ctx.recorder();
+    rec.dispatch(d);
+    let slots: Vec<_> = outs.iter().map(|t| rec.read(t)).collect();
+    let r = pollster::block_on(rec.submit_and_read()).unwrap();
+    slots.into_iter().map(|s| r.f32(s).unwrap()).collect()
+}
+
+/// A fused QKV projection: W = concat_rows(q, k, v) with the concatenated bias, outputs split by
+/// column range into three tensors, on both kernel families, matvec and matmul, several formats;
+/// with accumulate, each output adds to what it held.
+#[test]
+fn linear_split_writes_column_ranges_to_separate_outputs() {
+    let mut rng = Rng::new(5);
+    for ctx in [ctx(), gpu_kernels_ctx()] {
+        for dtype in [
+            DType::Q4_1,
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::F16,
+            DType::Q4_K,
+        ] {
+            let k = if dtype.is_quantized() {
+                2 * dtype.block_size()
+            } else {
+                70
+            };
+            let widths = [9usize, 3, 5];
+            let mut parts = Vec::new();
+            let mut w_all = Vec::new();
+            for (i, &n) in widths.iter().enumerate() {
+                let (t, v) = random_weights(ctx, &format!("w{i}"), dtype, n, k, &mut rng);
+                parts.push(t);
+                w_all.extend(v);
+            }
+            let refs: Vec<&pocketlm::gpu::GpuTensor> = parts.iter().collect();
+            let w = pollster::block_on(kernels::concat_rows(ctx, "wqkv", &refs)).unwrap();
+            let bias: Vec<f32> = rng.vec(17, -1.0, 1.0);
+            let b0 = ctx.upload_f32("bq", &[9], &bias[..9]).unwrap();
+            let b1 = ctx.upload_f32("bk", &[3], &bias[9..12]).unwrap();
+            let b2 = ctx.upload_f32("bv", &[5], &bias[12..]).unwrap();
+            let bt =
+                pollster::block_on(kernels::concat_rows(ctx, "bqkv", &[&b0, &b1, &b2])).unwrap();
+            for (kernel, m) in [
+                (LinearKernel::Matvec, 1),
+                (LinearKernel::Matvec, 3),
+                (LinearKernel::Matmul, 67),
+            ] {
+                for accumulate in [false, true] {
+                    let x = rng.vec(m * k, -1.0, 1.0);
+                    let xt = ctx.upload_f32("x", &[m, k], &x).unwrap();
+                    let init: Vec<Vec<f32>> =
+                        widths.iter().map(|&n| rng.vec(m * n, -2.0, 2.0)).collect();
+                    let outs: Vec<_> = widths
+                        .iter()
+                        .zip(&init)
+                        .enumerate()
+                        .map(|(i, (&n, v))| ctx.upload_f32(&format!("y{i}"), &[m, n], v).unwrap())
+                        .collect();
+                    let out_refs: Vec<_> = outs.iter().collect();
+                    let opts = kernels::Linear {
+                        kernel,
+                        bias: Some(&bt),
+                        accumulate,
+                    };
+                    let d =
+                        pollster::block_on(kernels::linear_split(ctx, &w, &xt, &out_refs, &opts))
+                            .unwrap();
+                    let got = read_all(ctx, &d, &out_refs);
+                    let (want, mag) = reference::linear(&w_all, 17, k, &x, m);
+                    for r in 0..m {
+                        let mut col = 0;
+                        for (o, &n) in widths.iter().enumerate() {
+                            for j in 0..n {
+                                let mut exact = want[r * 17 + col] + f64::from(bias[col]);
+                                let mut a = mag[r * 17 + col] + f64::from(bias[col]).abs();
+                                if accumulate {
+                                    let y0 = f64::from(init[o][r * n + j]);
+                                    exact += y0;
+                                    a += y0.abs();
+                                }
+                                let g = f64::from(got[o][r * n + j]);
+                                let tol = reference::linear_tolerance(k + 2, a);
+                                assert!(
+                                    (g - exact).abs() <= tol,
+                                    "{dtype} {kernel:?} m {m} acc {accumulate} cpu {}: output {o} [{r}, {j}] = {g}, expected {exact} ± {tol:e}",
+                                    ctx.capabilities().cpu
+                                );
+                                col += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            // Columns that do not add up, or a fourth output, are typed errors.
+            let xt = ctx.zeros("x", &[1, k], DType::F32).unwrap();
+            let y = ctx.zeros("y", &[1, 9], DType::F32).unwrap();
+            let y1 = ctx.zeros("y1", &[1, 3], DType::F32).unwrap();
+            let y2 = ctx.zeros("y2", &[1, 4], DType::F32).unwrap();
+            let y3 = ctx.zeros("y3", &[1, 1], DType::F32).unwrap();
+            let opts = kernels::Linear::default();
+            expect_err(
+                pollster::block_on(kernels::linear_split(ctx, &w, &xt, &[&y, &y1, &y2], &opts)),
+                "shape_mismatch",
+                "17 columns",
+            );
+            expect_err(
+                pollster::block_on(kernels::linear_split(
+                    ctx,
+                    &w,
+                    &xt,
+                    &[&y, &y1, &y2, &y3],
+                    &opts,
+                )),
+                "shape_mismatch",
+                "at most 3 outputs",
+            );
+        }
+    }
+}
+
+/// Gate/up + SwiGLU in one dispatch: W = concat_rows(gate, up); the output is silu(g)·u within
+/// the SwiGLU bound plus the linear bounds of g and u carried through (|silu'| ≤ 1.1), on both
+/// kernel families, matvec and matmul, several formats, with and without bias.
+#[test]
+fn linear_swiglu_matches_reference() {
+    let mut rng = Rng::new(9);
+    for ctx in [ctx(), gpu_kernels_ctx()] {
+        for dtype in [
+            DType::Q4_1,
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::F32,
+            DType::F16,
+            DType::Q6_K,
+        ] {
+            let k = if dtype.is_quantized() {
+                dtype.block_size() * 2
+            } else {
+                45
+            };
+            let f = 70;
+            let (gt, gw) = random_weights(ctx, "gate", dtype, f, k, &mut rng);
+            let (ut, uw) = random_weights(ctx, "up", dtype, f, k, &mut rng);
+            let w = pollster::block_on(kernels::concat_rows(ctx, "gate_up", &[&gt, &ut])).unwrap();
+            for (kernel, m) in [
+                (LinearKernel::Matvec, 1),
+                (LinearKernel::Matvec, 4),
+                (LinearKernel::Matmul, 66),
+            ] {
+                for with_bias in [false, true] {
+                    let x = rng.vec(m * k, -1.0, 1.0);
+                    let xt = ctx.upload_f32("x", &[m, k], &x).unwrap();
+                    let bias = if with_bias {
+                        rng.vec(2 * f, -1.0, 1.0)
+                    } else {
+                        vec![0.0; 2 * f]
+                    };
+                    let bt = ctx.upload_f32("b", &[2 * f], &bias).unwrap();
+                    let out = ctx.zeros("act", &[m, f], DType::F32).unwrap();
+                    let opts = kernels::Linear {
+                        kernel,
+                        bias: with_bias.then_some(&bt),
+                        accumulate: false,
+                    };
+                    let d = pollster::block_on(kernels::linear_swiglu(ctx, &w, &xt, &out, &opts))
+                        .unwrap();
+                    let got = &read_all(ctx, &d, &[&out])[0];
+                    let (g, gm) = reference::linear(&gw, f, k, &x, m);
+                    let (u, um) = reference::linear(&uw, f, k, &x, m);
+                    for i in 0..m * f {
+                        let j = i % f;
+                        let gv = g[i] + f64::from(bias[j]);
+                        let uv = u[i] + f64::from(bias[f + j]);
+                        let silu = gv / (1.0 + (-gv).exp());
+                        let exact = silu * uv;
+                        let tg =
+                            reference::linear_tolerance(k + 1, gm[i] + f64::from(bias[j]).abs());
+                        let tu = reference::linear_tolerance(
+                            k + 1,
+                            um[i] + f64::from(bias[f + j]).abs(),
+                        );
+                        let tol = reference::swiglu_tolerance(gv as f32, exact)
+                            + 1.1 * (uv.abs() + tu) * tg
+                            + (silu.abs() + 1.1 * tg) * tu;
+                        let e = (f64::from(got[i]) - exact).abs();
+                        assert!(
+                            e <= tol,
+                            "{dtype} {kernel:?} m {m} bias {with_bias} cpu {}: [{}, {j}] = {}, expected {exact} ± {tol:e}",
+                            ctx.capabilities().cpu,
+                            i / f,
+                            got[i]
+                        );
+                    }
+                }
+            }
+            // An odd number of rows cannot be gate + up.
+            let odd = ctx.zeros("odd", &[3, k], dtype).unwrap();
+            let xt = ctx.zeros("x", &[1, k], DType::F32).unwrap();
+            let out = ctx.zeros("o", &[1, 1], DType::F32).unwrap();
+            expect_err(
+                pollster::block_on(kernels::linear_swiglu(
+                    ctx,
+                    &odd,
+                    &xt,
+                    &out,
+                    &kernels::Linear::default(),
+                )),
+                "shape_mismatch",
+                "even",
+            );
+        }
+    }
+}

@@ -40,7 +40,14 @@ fn load_fixture(name: &str) -> Fixture {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
     let vocab = config.vocab;
-    let model = LlamaModel::new(ctx(), config, loaded.tensors, 64, DType::F32).unwrap();
+    let model = pollster::block_on(LlamaModel::new(
+        ctx(),
+        config,
+        loaded.tensors,
+        64,
+        DType::F32,
+    ))
+    .unwrap();
     Fixture {
         model,
         ids,

@@ -80,6 +80,9 @@ mod cli {
             /// Positions in the KV cache.
             #[arg(long)]
             context: Option<usize>,
+            /// Also time each kind of dispatch of a decode step on its own.
+            #[arg(long)]
+            per_kernel: bool,
         },
     }
 
@@ -453,9 +456,8 @@ mod cli {
     async fn bench_model(
         ctx: &GpuContext,
         model: &str,
-        prompt_tokens: usize,
-        gen_tokens: usize,
-        context: Option<usize>,
+        (prompt_tokens, gen_tokens, context): (usize, usize, Option<usize>),
+        per_kernel: bool,
     ) -> pocketlm::Result<ExitCode> {
         if prompt_tokens == 0 || gen_tokens < 2 {
             eprintln!("error: --prompt-tokens must be at least 1 and --gen-tokens at least 2");
@@ -532,6 +534,25 @@ mod cli {
             mib(kv),
             engine.context()
         );
+        if per_kernel {
+            // The KV cache holds the benchmark's sequence, so attention sees a real length.
+            let times = bench::profile_dispatches(ctx, &engine.decode_dispatches(), 5).await?;
+            let sum: f64 = times.iter().map(|t| t.total.as_secs_f64()).sum();
+            println!(
+                "\ndecode step, each dispatch timed alone (sum {:.1} ms):",
+                sum * 1e3
+            );
+            for t in &times {
+                let ms = t.total.as_secs_f64() * 1e3;
+                println!(
+                    "  {:<24} ×{:<4} {:>9.2} ms {:>5.1}%",
+                    t.label,
+                    t.count,
+                    ms,
+                    100.0 * ms / (sum * 1e3)
+                );
+            }
+        }
         Ok(ExitCode::SUCCESS)
     }
 
@@ -557,7 +578,11 @@ mod cli {
                 prompt_tokens,
                 gen_tokens,
                 context,
-            } => return bench_model(&ctx, &model, prompt_tokens, gen_tokens, context).await,
+                per_kernel,
+            } => {
+                let sizes = (prompt_tokens, gen_tokens, context);
+                return bench_model(&ctx, &model, sizes, per_kernel).await;
+            }
             _ => {}
         }
         println!("{}", ctx.report());

@@ -71,6 +71,10 @@ pub struct Capabilities {
     pub max_storage_buffers_per_stage: u32,
     pub max_storage_binding_bytes: u64,
     pub max_buffer_bytes: u64,
+    /// The adapter is a CPU implementation (lavapipe, SwiftShader, a browser's fallback adapter),
+    /// which runs a workgroup's invocations as SIMD lanes of one thread: kernels that give each
+    /// invocation whole dot products beat ones that share a dot product over a workgroup.
+    pub cpu: bool,
 }
 
 impl Capabilities {
@@ -91,6 +95,7 @@ impl Capabilities {
             max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
             max_storage_binding_bytes: limits.max_storage_buffer_binding_size,
             max_buffer_bytes: limits.max_buffer_size,
+            cpu: info.device_type == wgpu::DeviceType::Cpu,
         }
     }
 }
@@ -371,6 +376,29 @@ impl GpuContext {
         let c = &mut self.caps.max_workgroups_per_dimension;
         *c = (*c).min(limit.max(1));
         self
+    }
+
+    /// Chooses the kernels made for CPU implementations (see [`Capabilities::cpu`]) or those
+    /// made for GPUs, whatever the adapter is: tests run both families on one driver.
+    pub fn with_cpu_kernels(mut self, cpu: bool) -> Self {
+        self.caps.cpu = cpu;
+        self
+    }
+
+    /// Calls `notify` once when the device is lost (or destroyed), after recording the loss so
+    /// that every later call fails with [`Error::DeviceLost`]. Replaces an earlier notifier.
+    pub fn set_lost_notifier(&self, notify: impl FnOnce(String) + Send + 'static) {
+        let health = self.health.clone();
+        let notify = Mutex::new(Some(notify));
+        self.device
+            .set_device_lost_callback(move |reason, message| {
+                let msg = format!("{reason:?}: {message}");
+                health.record(Fault::Lost(msg.clone()));
+                let f = notify.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(f) = f {
+                    f(msg);
+                }
+            });
     }
 
     /// Fails if the GPU has reported an error or lost the device since the last check.

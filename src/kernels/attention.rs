@@ -181,6 +181,15 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// Frees every layer's GPU memory now rather than when the last clone is dropped; using the
+    /// cache afterwards is a GPU validation error.
+    pub fn destroy(&self) {
+        for (k, v) in &self.layers {
+            k.destroy();
+            v.destroy();
+        }
+    }
+
     /// The cache element type for this device: f16 on the full profile, f32 on the baseline.
     pub fn default_dtype(ctx: &GpuContext) -> DType {
         match ctx.profile() {

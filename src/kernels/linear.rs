@@ -10,9 +10,65 @@ const LINEAR_COMMON: &str = include_str!("../../shaders/linear_common.wgsl");
 const QUANT: &str = include_str!("../../shaders/quant.wgsl");
 const MATVEC_SRC: &str = include_str!("../../shaders/matvec.wgsl");
 const MATMUL_SRC: &str = include_str!("../../shaders/matmul.wgsl");
+const ROWS_SRC: &str = include_str!("../../shaders/linear_rows.wgsl");
+const ROWS4_SRC: &str = include_str!("../../shaders/linear_rows4.wgsl");
+const XW_WORDS: &str = "@group(0) @binding(1) var<storage, read> x: array<f32>;\n\
+                        @group(0) @binding(2) var<storage, read> w: array<u32>;\n";
+const XW_VEC4: &str = "@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;\n\
+                       @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;\n";
+/// The vec4 kernel reads the scales through a second, word view of W, bound after the other
+/// tensors (the vec4 view ends at the last whole vec4 of the buffer).
+const W_WORDS_AT: [&str; 4] = [
+    "@group(0) @binding(4) var<storage, read> ws: array<u32>;\n",
+    "@group(0) @binding(5) var<storage, read> ws: array<u32>;\n",
+    "@group(0) @binding(6) var<storage, read> ws: array<u32>;\n",
+    "@group(0) @binding(7) var<storage, read> ws: array<u32>;\n",
+];
 const BIAS: &str = "@group(0) @binding(4) var<storage, read> bias: array<f32>;\n\
                     fn bias_at(n: u32) -> f32 { return bias[n]; }\n";
 const NO_BIAS: &str = "fn bias_at(n: u32) -> f32 { return 0.0; }\n";
+
+/// The binding and store function of split output `which` (1 or 2) at binding `at`.
+macro_rules! split_output {
+    ($which:literal, $at:literal) => {
+        concat!(
+            "@group(0) @binding(",
+            $at,
+            ") var<storage, read_write> y",
+            $which,
+            ": array<f32>;\nfn put",
+            $which,
+            "(i: u32, v: f32) {\n    var r = v;\n    if (ACCUMULATE == 1u) {\n        r = y",
+            $which,
+            "[i] + r;\n    }\n    y",
+            $which,
+            "[i] = r;\n}\n"
+        )
+    };
+}
+const NO_PUT1: &str = "fn put1(i: u32, v: f32) {}\n";
+const NO_PUT2: &str = "fn put2(i: u32, v: f32) {}\n";
+/// The split outputs' snippets by (bias bound, number of split outputs).
+fn split_snippets(bias: bool, split: usize) -> [&'static str; 2] {
+    match (bias, split) {
+        (_, 0) => [NO_PUT1, NO_PUT2],
+        (false, 1) => [split_output!(1, 4), NO_PUT2],
+        (true, 1) => [split_output!(1, 5), NO_PUT2],
+        (false, _) => [split_output!(1, 4), split_output!(2, 5)],
+        (true, _) => [split_output!(1, 5), split_output!(2, 6)],
+    }
+}
+
+/// Invocations per workgroup of the CPU kernel (`linear_rows.wgsl`), each computing whole dot
+/// products of one output column.
+const ROWS_WG: u32 = 64;
+/// Activation rows per invocation of the CPU kernel for the matrix-matrix case: each decoded
+/// weight serves this many rows.
+const ROWS_MT: u32 = 8;
+/// The vec4 CPU kernel (`linear_rows4.wgsl`): rows of W per invocation (each x load serves all)
+/// and activation rows per invocation for the matrix-matrix case.
+const ROWS4_NR: u32 = 4;
+const ROWS4_MT: u32 = 4;
 
 /// The matvec workgroup for rows of `items` units of work (elements, pairs or groups of 8): as
 /// many invocations as there are units, rounded to a power of two in 32..=256, so short rows
@@ -46,10 +102,18 @@ pub enum LinearKernel {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Linear<'a> {
     pub kernel: LinearKernel,
-    /// Added to every output row: f32 [n].
+    /// Added to every output column (before SwiGLU in [`linear_swiglu`]): f32 [rows of W].
     pub bias: Option<&'a GpuTensor>,
-    /// Add the result to what y holds (the residual stream) instead of overwriting it.
+    /// Add the result to what the output holds (the residual stream) instead of overwriting it.
     pub accumulate: bool,
+}
+
+/// Where the output columns go: y alone, y then up to two split outputs by column range, or
+/// SiLU(gate)·up into y.
+#[derive(Clone, Copy, Debug, Default)]
+struct Epilogue<'a> {
+    split: &'a [&'a GpuTensor],
+    swiglu: bool,
 }
 
 #[repr(C)]
@@ -61,6 +125,8 @@ struct Params {
     w_stride: u32,
     blocks: u32,
     scale_base: u32,
+    y_cols: u32,
+    y1_cols: u32,
 }
 
 fn check(
@@ -69,13 +135,34 @@ fn check(
     x: &GpuTensor,
     y: &GpuTensor,
     opts: &Linear,
+    epi: &Epilogue,
 ) -> Result<Params> {
     expect_dtype(kernel, w, &DType::WEIGHTS, "weights of a supported format")?;
     expect_dtype(kernel, x, &[DType::F32], "f32 activations")?;
-    expect_dtype(kernel, y, &[DType::F32], "an f32 output")?;
+    let split = epi.split;
+    let outputs: Vec<&GpuTensor> = std::iter::once(y).chain(split.iter().copied()).collect();
     let mut inputs = vec![x, w];
     inputs.extend(opts.bias);
-    expect_distinct(kernel, y, &inputs)?;
+    for (i, out) in outputs.iter().enumerate() {
+        expect_dtype(kernel, out, &[DType::F32], "an f32 output")?;
+        expect_distinct(kernel, out, &inputs)?;
+        expect_distinct(kernel, out, &outputs[i + 1..])?;
+    }
+    if split.len() > 2 {
+        return Err(mismatch(
+            kernel,
+            format!(
+                "{} split outputs; a linear layer writes at most 3 outputs (y and 2 more)",
+                split.len()
+            ),
+        ));
+    }
+    if epi.swiglu && !split.is_empty() {
+        return Err(mismatch(
+            kernel,
+            "swiglu and split outputs do not combine".to_string(),
+        ));
+    }
     let [n, k] = *w.shape() else {
         return Err(mismatch(
             kernel,
@@ -99,14 +186,41 @@ fn check(
             ),
         ));
     }
-    if y.cols() != n || y.rows() != x.rows() {
+    // Output columns: the rows of W, or half of them (gate and up) for SwiGLU.
+    let cols = if epi.swiglu {
+        if !n.is_multiple_of(2) {
+            return Err(mismatch(
+                kernel,
+                format!(
+                    "swiglu weights '{}' {:?} must hold gate rows then as many up rows: an even \
+                     number of rows",
+                    w.name(),
+                    w.shape()
+                ),
+            ));
+        }
+        n / 2
+    } else {
+        n
+    };
+    let out_cols: usize = outputs.iter().map(|t| t.cols()).sum();
+    let rows_ok = outputs.iter().all(|t| t.rows() == x.rows());
+    if out_cols != cols || !rows_ok {
+        let shapes: Vec<String> = outputs
+            .iter()
+            .map(|t| format!("'{}' {:?}", t.name(), t.shape()))
+            .collect();
         return Err(mismatch(
             kernel,
             format!(
-                "output '{}' is {:?}, expected {} rows of {n} (input '{}' {:?}, weights '{}' {:?})",
-                y.name(),
-                y.shape(),
+                "output {} is not {} rows of {cols} columns{} (input '{}' {:?}, weights '{}' {:?})",
+                shapes.join(" + "),
                 x.rows(),
+                if epi.swiglu {
+                    " (half the weights' rows, for swiglu)"
+                } else {
+                    ""
+                },
                 x.name(),
                 x.shape(),
                 w.name(),
@@ -126,12 +240,18 @@ fn check(
     // Block formats: the scales follow the quants of all n · k / QK blocks.
     let blocks = n * (k / w.dtype().block_size());
     Ok(Params {
-        n: dim(kernel, "out features", n)?,
+        n: dim(kernel, "out features", cols)?,
         k: dim(kernel, "in features", k)?,
         m: dim(kernel, "rows", x.rows())?,
         w_stride: dim(kernel, "row stride", w.row_stride())?,
         blocks: 0,
         scale_base: dim(kernel, "weight words", blocks * w.dtype().quant_words())?,
+        y_cols: dim(kernel, "out features", y.cols())?,
+        y1_cols: dim(
+            kernel,
+            "out features",
+            split.first().map_or(0, |t| t.cols()),
+        )?,
     })
 }
 
@@ -140,18 +260,33 @@ fn spec(
     matvec: Option<(u32, u32)>,
     w: &GpuTensor,
     opts: &Linear,
+    epi: &Epilogue,
+    vec4: bool,
 ) -> Specialization {
     let base = if let Some((wg, rows)) = matvec {
         reduce_spec_wg(ctx, rows, wg).with("ROWS", rows)
     } else {
         Specialization::default()
     };
-    base.with("W_FORMAT", w.dtype().ggml_id())
+    let split = epi.split.len();
+    let [put1, put2] = split_snippets(opts.bias.is_some(), split);
+    let spec = base
+        .with("W_FORMAT", w.dtype().ggml_id())
         .with("QK", w.dtype().block_size() as u32)
         .with("ACCUMULATE", u32::from(opts.accumulate))
+        .with("SWIGLU", u32::from(epi.swiglu))
+        .with("SPLIT", split as u32)
         .snippet(if opts.bias.is_some() { BIAS } else { NO_BIAS })
-        .snippet(LINEAR_COMMON)
-        .snippet(QUANT)
+        .snippet(put1)
+        .snippet(put2)
+        .snippet(if vec4 { XW_VEC4 } else { XW_WORDS })
+        .snippet(LINEAR_COMMON);
+    // The vec4 kernel has its own decoders.
+    if vec4 {
+        spec
+    } else {
+        spec.snippet(QUANT)
+    }
 }
 
 /// `y = x · Wᵀ`, with the kernel chosen by the number of activation rows.
@@ -200,15 +335,131 @@ pub async fn linear_with(
     y: &GpuTensor,
     opts: &Linear<'_>,
 ) -> Result<Dispatch> {
+    linear_epilogue(ctx, w, x, y, opts, &Epilogue::default()).await
+}
+
+/// A linear layer whose output columns go to several tensors by column range: `outputs[0]`
+/// takes the first `outputs[0].cols()` columns, then `outputs[1]`, then `outputs[2]` (1 to 3
+/// f32 outputs of x's rows whose columns add up to the rows of W). For a fused QKV projection:
+/// W = [`concat_rows`]`(q, k, v)`, the bias (if any) the concatenated biases, outputs
+/// `[q, k, v]`. `opts.accumulate` adds to every output.
+pub async fn linear_split(
+    ctx: &GpuContext,
+    w: &GpuTensor,
+    x: &GpuTensor,
+    outputs: &[&GpuTensor],
+    opts: &Linear<'_>,
+) -> Result<Dispatch> {
+    let Some((y, split)) = outputs.split_first() else {
+        return Err(mismatch(
+            "linear_split",
+            "no outputs: pass 1 to 3 tensors".to_string(),
+        ));
+    };
+    let epi = Epilogue {
+        split,
+        swiglu: false,
+    };
+    linear_epilogue(ctx, w, x, y, opts, &epi).await
+}
+
+/// A fused Llama MLP input: with W = [`concat_rows`]`(gate, up)` ([2·f, k]), writes
+/// `out = silu(x · gateᵀ) · (x · upᵀ)` ([m, f]) in one dispatch, with the formula of
+/// [`crate::kernels::swiglu`]. A bias (f32 [2·f]) is added to both products first;
+/// `opts.accumulate` adds the result to `out`.
+pub async fn linear_swiglu(
+    ctx: &GpuContext,
+    w: &GpuTensor,
+    x: &GpuTensor,
+    out: &GpuTensor,
+    opts: &Linear<'_>,
+) -> Result<Dispatch> {
+    let epi = Epilogue {
+        split: &[],
+        swiglu: true,
+    };
+    linear_epilogue(ctx, w, x, out, opts, &epi).await
+}
+
+async fn linear_epilogue(
+    ctx: &GpuContext,
+    w: &GpuTensor,
+    x: &GpuTensor,
+    y: &GpuTensor,
+    opts: &Linear<'_>,
+    epi: &Epilogue<'_>,
+) -> Result<Dispatch> {
     let use_matvec = match opts.kernel {
         LinearKernel::Auto => x.rows() <= MATVEC_MAX_ROWS,
         LinearKernel::Matvec => true,
         LinearKernel::Matmul => false,
     };
     let name = if use_matvec { "matvec" } else { "matmul" };
-    let mut params = check(name, w, x, y, opts)?;
+    let mut params = check(name, w, x, y, opts, epi)?;
     let mut tensors = vec![x, w, y];
     tensors.extend(opts.bias);
+    tensors.extend(epi.split.iter().copied());
+    let swiglu = u32::from(epi.swiglu);
+    let cpu = ctx.capabilities().cpu;
+    if cpu && matches!(w.dtype(), DType::Q4_0 | DType::Q4_1 | DType::Q8_0) {
+        let mt = if use_matvec {
+            (params.m.clamp(1, MATVEC_MAX_ROWS as u32)).next_power_of_two()
+        } else {
+            ROWS4_MT
+        };
+        let kernel = Kernel {
+            name: if use_matvec {
+                "matvec_rows"
+            } else {
+                "matmul_rows"
+            },
+            source: ROWS4_SRC,
+            entry: "linear_rows4",
+            uses_reduce: false,
+        };
+        let spec = spec(ctx, None, w, opts, epi, true)
+            .snippet(W_WORDS_AT[tensors.len() - 3])
+            .with("WG", ROWS_WG)
+            .with("MT", mt)
+            .with("NR", ROWS4_NR);
+        let cols = ROWS4_NR >> swiglu;
+        params.blocks = params.n.div_ceil(ROWS_WG * cols);
+        let groups = u64::from(params.blocks) * u64::from(params.m.div_ceil(mt));
+        let wg = grid(ctx, name, groups)?;
+        tensors.push(w);
+        return build(ctx, &kernel, &spec, &params, &tensors, wg).await;
+    }
+    if cpu {
+        // Whole dot products per invocation: MT activation rows each, one row for a matrix
+        // × vector (more would only repeat the last), ROWS_MT for a matrix × matrix.
+        let mt = if use_matvec {
+            (params.m.clamp(1, MATVEC_MAX_ROWS as u32)).next_power_of_two()
+        } else {
+            ROWS_MT
+        };
+        let entry = match w.dtype() {
+            DType::F32 => "linear_rows_f32",
+            DType::F16 | DType::BF16 => "linear_rows_half",
+            _ => "linear_rows_quant",
+        };
+        let kernel = Kernel {
+            name: if use_matvec {
+                "matvec_rows"
+            } else {
+                "matmul_rows"
+            },
+            source: ROWS_SRC,
+            entry,
+            uses_reduce: false,
+        };
+        let spec = spec(ctx, None, w, opts, epi, false)
+            .with("WG", ROWS_WG)
+            .with("MT", mt);
+        params.blocks = params.n.div_ceil(ROWS_WG);
+        let groups = u64::from(params.blocks) * u64::from(params.m.div_ceil(mt));
+        let wg = grid(ctx, name, groups)?;
+        return build(ctx, &kernel, &spec, &params, &tensors, wg).await;
+    }
     // Units of work per row for the matvec entry points.
     let k = params.k as usize;
     let items = match w.dtype() {
@@ -217,7 +468,14 @@ pub async fn linear_with(
         _ => k / 8,
     };
     let (mv_wg, mv_rows) = matvec_shape(items);
-    let spec = spec(ctx, use_matvec.then_some((mv_wg, mv_rows)), w, opts);
+    let spec = spec(
+        ctx,
+        use_matvec.then_some((mv_wg, mv_rows)),
+        w,
+        opts,
+        epi,
+        false,
+    );
     if use_matvec {
         let entry = match w.dtype() {
             DType::F32 => "matvec_f32",
@@ -231,7 +489,8 @@ pub async fn linear_with(
             entry,
             uses_reduce: true,
         };
-        params.blocks = params.n.div_ceil(mv_rows);
+        // Output columns per workgroup: half the rows with SwiGLU (gate and up).
+        params.blocks = params.n.div_ceil(mv_rows >> swiglu);
         let wg = grid(ctx, name, u64::from(params.blocks) * u64::from(params.m))?;
         build(ctx, &kernel, &spec, &params, &tensors, wg).await
     } else {
@@ -241,7 +500,7 @@ pub async fn linear_with(
             entry: "matmul",
             uses_reduce: false,
         };
-        params.blocks = params.n.div_ceil(TILE);
+        params.blocks = params.n.div_ceil(TILE >> swiglu);
         let wg = grid(
             ctx,
             name,
@@ -249,4 +508,154 @@ pub async fn linear_with(
         )?;
         build(ctx, &kernel, &spec, &params, &tensors, wg).await
     }
+}
+
+const COPY_HALVES_SRC: &str = include_str!("../../shaders/copy_halves.wgsl");
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct HalvesParams {
+    d0: u32,
+    s0: u32,
+    count: u32,
+    words: u32,
+}
+
+/// A new weight tensor `name` whose rows are the rows of `parts` in order (one dtype, one
+/// column count; 1-D f32 or i32 tensors, such as biases, are concatenated element-wise), built on
+/// the GPU with buffer copies in any weight format's GPU layout: for block formats the quants and
+/// the scales of each part go to their regions of the `[quants | scales]` layout (f16 scales two
+/// to a word that land on an odd block go through a small copy kernel). For fused projections:
+/// QKV ([`linear_split`]) and gate/up ([`linear_swiglu`]). The copies are queued before the next
+/// submit; the parts can be dropped afterwards.
+pub async fn concat_rows(ctx: &GpuContext, name: &str, parts: &[&GpuTensor]) -> Result<GpuTensor> {
+    const NAME: &str = "concat_rows";
+    let Some(first) = parts.first() else {
+        return Err(mismatch(
+            NAME,
+            format!("no tensors to concatenate into '{name}'"),
+        ));
+    };
+    let dtype = first.dtype();
+    let rank = first.shape().len();
+    let cols = first.cols();
+    for t in parts {
+        let same = t.dtype() == dtype
+            && t.shape().len() == rank
+            && (rank == 1 || t.cols() == cols)
+            && (rank == 1 || rank == 2);
+        if !same {
+            return Err(mismatch(
+                NAME,
+                format!(
+                    "'{}' {:?} ({}) does not stack with '{}' {:?} ({}): all parts must be 2-D \
+                     with one dtype and one column count (or 1-D f32 / i32)",
+                    t.name(),
+                    t.shape(),
+                    t.dtype(),
+                    first.name(),
+                    first.shape(),
+                    dtype
+                ),
+            ));
+        }
+    }
+    let shape = if rank == 1 {
+        if !matches!(dtype, DType::F32 | DType::I32) {
+            return Err(mismatch(
+                NAME,
+                format!(
+                    "1-D parts must be f32 or i32, '{}' is {dtype}",
+                    first.name()
+                ),
+            ));
+        }
+        vec![parts.iter().map(|t| t.numel()).sum()]
+    } else {
+        vec![parts.iter().map(|t| t.rows()).sum(), cols]
+    };
+    let out = ctx.zeros(name, &shape, dtype)?;
+    ctx.check_health()?;
+
+    let mut encoder = ctx
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("pocketlm concat_rows"),
+        });
+    let words = |rows: usize| dtype.gpu_words(rows, if rank == 1 { 1 } else { cols });
+    let word_count = |rows: usize| -> Result<u64> {
+        words(rows)
+            .map(|w| w as u64)
+            .ok_or_else(|| mismatch(NAME, format!("{rows} rows of {cols} overflow")))
+    };
+    let part_rows = |t: &GpuTensor| if rank == 1 { t.numel() } else { t.rows() };
+    if !dtype.is_quantized() {
+        let mut offset = 0u64;
+        for t in parts {
+            let n = word_count(part_rows(t))?;
+            encoder.copy_buffer_to_buffer(&t.buffer, 0, &out.buffer, 4 * offset, 4 * n);
+            offset += n;
+        }
+    } else {
+        let nb = cols / dtype.block_size();
+        let qw = dtype.quant_words() as u64;
+        let total_blocks = (shape[0] * nb) as u64;
+        let dst_sb = total_blocks * qw;
+        // Formats with one f16 scale per block, two to a word.
+        let halves = dtype.scale_words(2) == 1;
+        let per_block = dtype.scale_words(1) as u64;
+        let mut boff = 0u64;
+        for t in parts {
+            let blocks = (t.rows() * nb) as u64;
+            let src_sb = blocks * qw;
+            encoder.copy_buffer_to_buffer(&t.buffer, 0, &out.buffer, 4 * boff * qw, 4 * src_sb);
+            if !halves {
+                encoder.copy_buffer_to_buffer(
+                    &t.buffer,
+                    4 * src_sb,
+                    &out.buffer,
+                    4 * (dst_sb + boff * per_block),
+                    4 * blocks * per_block,
+                );
+            } else if boff.is_multiple_of(2) {
+                // The last word's high half may be padding; a later part at an odd block
+                // rewrites it.
+                encoder.copy_buffer_to_buffer(
+                    &t.buffer,
+                    4 * src_sb,
+                    &out.buffer,
+                    4 * (dst_sb + boff / 2),
+                    4 * blocks.div_ceil(2),
+                );
+            } else {
+                let d0 = 2 * dst_sb + boff;
+                let params = HalvesParams {
+                    d0: dim(NAME, "scale offset", d0 as usize)?,
+                    s0: dim(NAME, "scale offset", 2 * src_sb as usize)?,
+                    count: dim(NAME, "blocks", blocks as usize)?,
+                    words: dim(NAME, "words", ((d0 + blocks - 1) / 2 - d0 / 2 + 1) as usize)?,
+                };
+                let kernel = Kernel {
+                    name: "copy_halves",
+                    source: COPY_HALVES_SRC,
+                    entry: "copy_halves",
+                    uses_reduce: false,
+                };
+                let spec = Specialization::default().with("WG", super::WG);
+                let wg = grid(ctx, NAME, u64::from(params.words.div_ceil(super::WG)))?;
+                let d = build(ctx, &kernel, &spec, &params, &[t, &out], wg).await?;
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("pocketlm concat_rows"),
+                    timestamp_writes: None,
+                });
+                pass.set_pipeline(&d.pipeline);
+                pass.set_bind_group(0, &d.bind_group, &[]);
+                let [x, y, z] = d.workgroups;
+                pass.dispatch_workgroups(x, y, z);
+            }
+            boff += blocks;
+        }
+    }
+    ctx.queue.submit([encoder.finish()]);
+    Ok(out)
 }

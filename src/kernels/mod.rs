@@ -18,7 +18,10 @@ pub use attention::{
 };
 pub use elementwise::{add, add_in_place};
 pub use embed::embed;
-pub use linear::{linear, linear_with, matmul, matvec, Linear, LinearKernel, MATVEC_MAX_ROWS};
+pub use linear::{
+    concat_rows, linear, linear_split, linear_swiglu, linear_with, matmul, matvec, Linear,
+    LinearKernel, MATVEC_MAX_ROWS,
+};
 pub use norm::layernorm;
 pub use norm::rmsnorm;
 pub use rope::{

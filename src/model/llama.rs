@@ -11,8 +11,8 @@ use crate::kernels::{
 };
 use crate::model::ModelConfig;
 
-/// The weights of one layer.
-struct Layer {
+/// The weights of one layer as the checkpoint has them.
+struct RawLayer {
     attn_norm: GpuTensor,
     q: GpuTensor,
     k: GpuTensor,
@@ -27,25 +27,63 @@ struct Layer {
     down: GpuTensor,
 }
 
+/// The weights of one layer on the GPU: q, k and v stacked into one projection (one dispatch
+/// writes the three outputs), and gate and up into one (one dispatch applies SwiGLU).
+struct Layer {
+    attn_norm: GpuTensor,
+    qkv: GpuTensor,
+    qkv_bias: Option<GpuTensor>,
+    o: GpuTensor,
+    ffn_norm: GpuTensor,
+    gate_up: GpuTensor,
+    down: GpuTensor,
+}
+
 impl Layer {
+    /// Stacks the projections (GPU copies); the parts are freed.
+    async fn fuse(ctx: &GpuContext, l: usize, raw: RawLayer) -> Result<Layer> {
+        let qkv =
+            kernels::concat_rows(ctx, &format!("blk.{l}.qkv"), &[&raw.q, &raw.k, &raw.v]).await?;
+        let qkv_bias = match (&raw.q_bias, &raw.k_bias, &raw.v_bias) {
+            (Some(q), Some(k), Some(v)) => {
+                Some(kernels::concat_rows(ctx, &format!("blk.{l}.qkv_bias"), &[q, k, v]).await?)
+            }
+            _ => None,
+        };
+        let gate_up =
+            kernels::concat_rows(ctx, &format!("blk.{l}.gate_up"), &[&raw.gate, &raw.up]).await?;
+        for t in [&raw.q, &raw.k, &raw.v, &raw.gate, &raw.up]
+            .into_iter()
+            .chain(
+                [&raw.q_bias, &raw.k_bias, &raw.v_bias]
+                    .into_iter()
+                    .flatten(),
+            )
+        {
+            t.destroy();
+        }
+        Ok(Layer {
+            attn_norm: raw.attn_norm,
+            qkv,
+            qkv_bias,
+            o: raw.o,
+            ffn_norm: raw.ffn_norm,
+            gate_up,
+            down: raw.down,
+        })
+    }
+
     fn tensors(&self) -> impl Iterator<Item = &GpuTensor> {
         [
             &self.attn_norm,
-            &self.q,
-            &self.k,
-            &self.v,
+            &self.qkv,
             &self.o,
             &self.ffn_norm,
-            &self.gate,
-            &self.up,
+            &self.gate_up,
             &self.down,
         ]
         .into_iter()
-        .chain(
-            [&self.q_bias, &self.k_bias, &self.v_bias]
-                .into_iter()
-                .flatten(),
-        )
+        .chain(&self.qkv_bias)
     }
 }
 
@@ -95,7 +133,7 @@ fn check_shapes(
     embed: &GpuTensor,
     out_norm: &GpuTensor,
     output: &GpuTensor,
-    layers: &[Layer],
+    layers: &[RawLayer],
 ) -> Result<()> {
     let (q, kv) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
     let expect = |t: &GpuTensor, shape: &[usize]| -> Result<()> {
@@ -179,22 +217,31 @@ pub struct Graph {
     candidates: TopK,
 }
 
+impl Graph {
+    /// Every dispatch of a step, in order: the forward pass, then the selection of candidates.
+    pub fn all_dispatches(&self) -> Vec<Dispatch> {
+        let mut all = self.dispatches.clone();
+        all.extend(self.candidates.dispatches().iter().cloned());
+        all
+    }
+}
+
 impl LlamaModel {
     /// Takes the loaded tensors (GGUF or Hugging Face names) and makes a KV cache of `max_ctx`
     /// positions in `kv_dtype` (f32 for the exact path; f16 halves its memory).
-    pub fn new(
+    pub async fn new(
         ctx: &GpuContext,
         config: ModelConfig,
         tensors: HashMap<String, GpuTensor>,
         max_ctx: usize,
         kv_dtype: DType,
     ) -> Result<Self> {
-        Self::with_rope_factors(ctx, config, tensors, max_ctx, kv_dtype, None)
+        Self::with_rope_factors(ctx, config, tensors, max_ctx, kv_dtype, None).await
     }
 
     /// As [`LlamaModel::new`], with RoPE frequencies divided by `rope_factors` (GGUF's
     /// `rope_freqs.weight`: Llama 3.1+ frequency scaling stored as data).
-    pub fn with_rope_factors(
+    pub async fn with_rope_factors(
         ctx: &GpuContext,
         config: ModelConfig,
         mut tensors: HashMap<String, GpuTensor>,
@@ -221,11 +268,11 @@ impl LlamaModel {
             Some(t) => t,
             None => embed.clone(),
         };
-        let mut layers = Vec::with_capacity(config.layers);
+        let mut raw = Vec::with_capacity(config.layers);
         for l in 0..config.layers {
             let mlp: Vec<&str> = n[12].split('|').collect();
             let req = |t: Option<GpuTensor>| t.expect("required");
-            layers.push(Layer {
+            raw.push(RawLayer {
                 attn_norm: req(take(n[3], l, true)?),
                 q: req(take(n[4], l, true)?),
                 k: req(take(n[5], l, true)?),
@@ -240,7 +287,11 @@ impl LlamaModel {
                 down: req(take(mlp[2], l, true)?),
             });
         }
-        check_shapes(&config, &embed, &out_norm, &output, &layers)?;
+        check_shapes(&config, &embed, &out_norm, &output, &raw)?;
+        let mut layers = Vec::with_capacity(config.layers);
+        for (l, r) in raw.into_iter().enumerate() {
+            layers.push(Layer::fuse(ctx, l, r).await?);
+        }
         let kv = KvCache::with_dtype(
             ctx,
             config.layers,
@@ -297,8 +348,6 @@ impl LlamaModel {
         let k = f32z("k", &[t, c.kv_heads * c.head_dim])?;
         let v = f32z("v", &[t, c.kv_heads * c.head_dim])?;
         let o = f32z("o", &[t, c.heads * c.head_dim])?;
-        let g = f32z("gate", &[t, c.ffn])?;
-        let u = f32z("up", &[t, c.ffn])?;
         let a = f32z("act", &[t, c.ffn])?;
         let logit_rows = if all_logits { t } else { 1 };
         let logits = f32z("logits", &[logit_rows, c.vocab])?;
@@ -311,17 +360,11 @@ impl LlamaModel {
         let mut scratch: Option<AttentionScratch> = None;
         for (l, w) in self.layers.iter().enumerate() {
             d.push(kernels::rmsnorm(ctx, &x, &w.attn_norm, c.rms_eps, &h).await?);
-            for (weight, bias, out) in [
-                (&w.q, &w.q_bias, &q),
-                (&w.k, &w.k_bias, &k),
-                (&w.v, &w.v_bias, &v),
-            ] {
-                let opts = Linear {
-                    bias: bias.as_ref(),
-                    ..Default::default()
-                };
-                d.push(kernels::linear_with(ctx, weight, &h, out, &opts).await?);
-            }
+            let opts = Linear {
+                bias: w.qkv_bias.as_ref(),
+                ..Default::default()
+            };
+            d.push(kernels::linear_split(ctx, &w.qkv, &h, &[&q, &k, &v], &opts).await?);
             d.push(kernels::rope_qk(ctx, &self.rope, &step, &q3, &k3).await?);
             d.push(kernels::kv_write(ctx, &step, &self.kv, l, &k3, &v3).await?);
             let opts = AttentionOptions {
@@ -337,9 +380,7 @@ impl LlamaModel {
             };
             d.push(kernels::linear_with(ctx, &w.o, &o, &x, &residual).await?);
             d.push(kernels::rmsnorm(ctx, &x, &w.ffn_norm, c.rms_eps, &h).await?);
-            d.push(kernels::linear(ctx, &w.gate, &h, &g).await?);
-            d.push(kernels::linear(ctx, &w.up, &h, &u).await?);
-            d.push(kernels::swiglu(ctx, &g, &u, &a).await?);
+            d.push(kernels::linear_swiglu(ctx, &w.gate_up, &h, &a, &Linear::default()).await?);
             d.push(kernels::linear_with(ctx, &w.down, &a, &x, &residual).await?);
         }
         // Only the last token's logits: gather its row of x (an embedding lookup in an f32

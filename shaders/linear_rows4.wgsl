@@ -1,0 +1,124 @@
+// linear_rows.wgsl for the formats whose blocks are whole vec4s of words (Q4_0, Q4_1: one;
+// Q8_0: two), read through vec4 views of x and W: CPU drivers pay per load instruction (lavapipe
+// runs each storage load lane by lane), so a block of 32 weights is one or two loads plus its
+// scale, and each x vec4 is loaded once per block for all NR rows of W an invocation computes
+// (COLS = NR output columns, or NR / 2 with SWIGLU: their gate rows, then their up rows).
+// Element values are exactly quant.wgsl's (ggml's).
+// Prelude: WG, MT, NR, and linear_common.wgsl's, with x: array<vec4<f32>>, w: array<vec4<u32>>,
+// and ws: the same W as array<u32>.
+
+const COLS: u32 = NR >> SWIGLU;
+
+// A word of the scales region (through the word view `ws` of W).
+fn word(i: u32) -> u32 {
+    return ws[i];
+}
+
+fn nib4v(v: u32, shift: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(v) >> vec4<u32>(shift, shift + 8u, shift + 16u, shift + 24u)) & vec4<u32>(15u));
+}
+
+fn i8x4v(v: u32) -> vec4<f32> {
+    let s = vec4<i32>(bitcast<i32>(v << 24u), bitcast<i32>(v << 16u), bitcast<i32>(v << 8u), bitcast<i32>(v));
+    return vec4<f32>(s >> vec4<u32>(24u));
+}
+
+// The 32 weights of block b as 8 vec4s, in element order.
+fn block32(b: u32) -> array<vec4<f32>, 8> {
+    var o: array<vec4<f32>, 8>;
+    if (W_FORMAT == 8u) {
+        // Q8_0: value = q · d.
+        let d = unpack2x16float(word(p.scale_base + b / 2u))[b & 1u];
+        let q0 = w[2u * b];
+        let q1 = w[2u * b + 1u];
+        o[0] = i8x4v(q0.x) * d;
+        o[1] = i8x4v(q0.y) * d;
+        o[2] = i8x4v(q0.z) * d;
+        o[3] = i8x4v(q0.w) * d;
+        o[4] = i8x4v(q1.x) * d;
+        o[5] = i8x4v(q1.y) * d;
+        o[6] = i8x4v(q1.z) * d;
+        o[7] = i8x4v(q1.w) * d;
+    } else {
+        // Q4_0 / Q4_1: element j < 16 is the low nibble of byte j, j + 16 its high nibble.
+        let q = w[b];
+        if (W_FORMAT == 3u) {
+            // value = q · d + m
+            let dm = unpack2x16float(word(p.scale_base + b));
+            let d = vec4<f32>(dm.x);
+            let m = vec4<f32>(dm.y);
+            for (var i = 0u; i < 4u; i++) {
+                o[i] = fma(nib4v(q[i], 0u), d, m);
+                o[i + 4u] = fma(nib4v(q[i], 4u), d, m);
+            }
+        } else {
+            // value = (q − 8) · d
+            let d = unpack2x16float(word(p.scale_base + b / 2u))[b & 1u];
+            for (var i = 0u; i < 4u; i++) {
+                o[i] = (nib4v(q[i], 0u) - 8.0) * d;
+                o[i + 4u] = (nib4v(q[i], 4u) - 8.0) * d;
+            }
+        }
+    }
+    return o;
+}
+
+@compute @workgroup_size(WG)
+fn linear_rows4(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let g = linear_workgroup(wid, nwg);
+    let c0 = ((g % p.blocks) * WG + li) * COLS;
+    let m0 = (g / p.blocks) * MT;
+    if (c0 >= p.n || m0 >= p.m) {
+        return;
+    }
+    let nb = p.k / 32u;
+    let k4 = p.k / 4u;
+    // First block of each W row; columns past the end repeat the last (computed, never stored).
+    var rows: array<u32, NR>;
+    for (var i = 0u; i < NR; i++) {
+        rows[i] = (min(c0 + i % COLS, p.n - 1u) + p.n * (i / COLS)) * nb;
+    }
+    var xrow: array<u32, MT>;
+    for (var t = 0u; t < MT; t++) {
+        xrow[t] = min(m0 + t, p.m - 1u) * k4;
+    }
+    var acc: array<vec4<f32>, NR * MT>;
+    for (var b = 0u; b < nb; b++) {
+        var xs: array<vec4<f32>, 8 * MT>;
+        for (var t = 0u; t < MT; t++) {
+            for (var j = 0u; j < 8u; j++) {
+                xs[t * 8u + j] = x[xrow[t] + 8u * b + j];
+            }
+        }
+        for (var i = 0u; i < NR; i++) {
+            let wv = block32(rows[i] + b);
+            for (var t = 0u; t < MT; t++) {
+                var a = acc[i * MT + t];
+                for (var j = 0u; j < 8u; j++) {
+                    a = fma(wv[j], xs[t * 8u + j], a);
+                }
+                acc[i * MT + t] = a;
+            }
+        }
+    }
+    for (var t = 0u; t < MT; t++) {
+        if (m0 + t < p.m) {
+            for (var c = 0u; c < COLS; c++) {
+                if (c0 + c < p.n) {
+                    let a = acc[c * MT + t];
+                    let v = (a.x + a.y) + (a.z + a.w);
+                    if (SWIGLU == 1u) {
+                        let u = acc[(c + COLS) * MT + t];
+                        finish_swiglu(m0 + t, c0 + c, v, (u.x + u.y) + (u.z + u.w));
+                    } else {
+                        finish(m0 + t, c0 + c, v);
+                    }
+                }
+            }
+        }
+    }
+}
