@@ -3,7 +3,13 @@
 // ACCUMULATE (1: y += result, the residual add), SWIGLU (1: W holds gate rows then up rows and
 // the output is silu(gate)·up), SPLIT (0..=2: outputs past y's columns go to y1, then y2), a
 // `bias_at(n)` function (the bias binding, or 0), `put1`/`put2` (the extra outputs, or stubs),
-// and the declarations of x (binding 1) and w (binding 2): f32 and u32 words, or vec4s of them.
+// the declarations of x (binding 1) and w (binding 2): f32 and u32 words, or vec4s of them,
+// NORM (1: an RMSNorm prologue, y = rmsnorm(x) · Wᵀ) with the norm weight's accessors
+// `norm_g(k)`, `norm_g4(k)` (elements k..k + 4) and `norm_g4v(i)` (its i-th vec4), or stubs.
+// The prologue: each kernel sums x² over its activation row while it walks k (one more
+// multiply-add per loaded x), multiplies each x it loads by the weight, and multiplies each dot
+// product by norm_scale(Σx²) before the epilogue: 1 / sqrt(Σx² / k + eps), rmsnorm.wgsl's
+// formula, the same for all terms of a row, so applied once.
 
 struct Params {
     n: u32,          // output columns (SWIGLU: W has 2n rows, gate then up)
@@ -14,6 +20,7 @@ struct Params {
     scale_base: u32, // block formats: the word where the scales begin
     y_cols: u32,     // columns of y (n unless SPLIT)
     y1_cols: u32,    // SPLIT: columns of y1 (y2 has the rest)
+    eps: f32,        // NORM: the RMSNorm eps
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -53,4 +60,9 @@ fn finish_swiglu(m: u32, n: u32, gate: f32, up: f32) {
     let g = gate + bias_at(n);
     let u = up + bias_at(p.n + n);
     store(m, n, g / (1.0 + exp(-g)) * u);
+}
+
+// NORM: the RMSNorm scale of an activation row from its sum of squares over k.
+fn norm_scale(sum_sq: f32) -> f32 {
+    return 1.0 / sqrt(sum_sq / f32(p.k) + p.eps);
 }

@@ -8,6 +8,8 @@
 // With SWIGLU an invocation computes the gate (W row n) and up (W row p.n + n) dot products of
 // its column. Accumulation is in vec4 lanes, summed at the end (any order meets the bound
 // γ_{k+1}·Σ|xᵢwᵢ|).
+// With NORM each invocation also sums x² of its MT rows as it loads them (sum_sq, in vec4 lanes
+// like the dot products) and loads x times the norm weight.
 // Prelude: WG, MT, and linear_common.wgsl's (and quant.wgsl).
 
 struct Cell {
@@ -24,15 +26,43 @@ fn cell(li: u32, wid: vec3<u32>, nwg: vec3<u32>) -> Cell {
     return Cell(n, m0, min(MT, p.m - min(m0, p.m)), n < p.n && m0 < p.m);
 }
 
+// NORM: Σx² of each of the MT rows, in vec4 lanes.
+var<private> sum_sq: array<vec4<f32>, MT>;
+
+// x4 for the dot products: with NORM, adds the x² to row t's sum of squares and multiplies by the
+// norm weight.
+fn x4n(c: Cell, t: u32, k: u32) -> vec4<f32> {
+    let v = x4(c, t, k);
+    if (NORM == 1u) {
+        sum_sq[t] = fma(v, v, sum_sq[t]);
+        return v * norm_g4(k);
+    }
+    return v;
+}
+
+fn x1n(c: Cell, t: u32, k: u32) -> f32 {
+    let v = x1(c, t, k);
+    if (NORM == 1u) {
+        sum_sq[t].x = fma(v, v, sum_sq[t].x);
+        return v * norm_g(k);
+    }
+    return v;
+}
+
 // Writes the MT results of a cell (only its live rows).
 fn finish_cell(c: Cell, acc: array<vec4<f32>, MT>, acc_up: array<vec4<f32>, MT>) {
     for (var t = 0u; t < MT; t++) {
         if (t < c.rows) {
+            var s = 1.0;
+            if (NORM == 1u) {
+                let q = sum_sq[t];
+                s = norm_scale((q.x + q.y) + (q.z + q.w));
+            }
             let a = acc[t];
-            let v = (a.x + a.y) + (a.z + a.w);
+            let v = ((a.x + a.y) + (a.z + a.w)) * s;
             if (SWIGLU == 1u) {
                 let b = acc_up[t];
-                finish_swiglu(c.m0 + t, c.n, v, (b.x + b.y) + (b.z + b.w));
+                finish_swiglu(c.m0 + t, c.n, v, ((b.x + b.y) + (b.z + b.w)) * s);
             } else {
                 finish(c.m0 + t, c.n, v);
             }
@@ -81,8 +111,8 @@ fn linear_rows_quant(
             }
             let k = b * QK + 8u * gg;
             for (var t = 0u; t < MT; t++) {
-                let xa = x4(c, t, k);
-                let xb = x4(c, t, k + 4u);
+                let xa = x4n(c, t, k);
+                let xb = x4n(c, t, k + 4u);
                 acc[t] = fma(w1, xb, fma(w0, xa, acc[t]));
                 if (SWIGLU == 1u) {
                     acc_up[t] = fma(u1, xb, fma(u0, xa, acc_up[t]));
@@ -115,7 +145,7 @@ fn linear_rows_f32(
             u0 = bitcast<vec4<f32>>(vec4<u32>(w[row_up + k], w[row_up + k + 1u], w[row_up + k + 2u], w[row_up + k + 3u]));
         }
         for (var t = 0u; t < MT; t++) {
-            let xa = x4(c, t, k);
+            let xa = x4n(c, t, k);
             acc[t] = fma(w0, xa, acc[t]);
             if (SWIGLU == 1u) {
                 acc_up[t] = fma(u0, xa, acc_up[t]);
@@ -129,7 +159,7 @@ fn linear_rows_f32(
             u0 = bitcast<f32>(w[row_up + k]);
         }
         for (var t = 0u; t < MT; t++) {
-            let xa = x1(c, t, k);
+            let xa = x1n(c, t, k);
             acc[t].x = fma(w0, xa, acc[t].x);
             if (SWIGLU == 1u) {
                 acc_up[t].x = fma(u0, xa, acc_up[t].x);
@@ -164,7 +194,7 @@ fn linear_rows_half(
             u0 = vec4<f32>(unpack_half2(w[ju]), unpack_half2(w[ju + 1u]));
         }
         for (var t = 0u; t < MT; t++) {
-            let xa = x4(c, t, k);
+            let xa = x4n(c, t, k);
             acc[t] = fma(w0, xa, acc[t]);
             if (SWIGLU == 1u) {
                 acc_up[t] = fma(u0, xa, acc_up[t]);
@@ -178,7 +208,7 @@ fn linear_rows_half(
             u0 = unpack_half2(w[row_up + k / 2u])[k & 1u];
         }
         for (var t = 0u; t < MT; t++) {
-            let xa = x1(c, t, k);
+            let xa = x1n(c, t, k);
             acc[t].x = fma(w0, xa, acc[t].x);
             if (SWIGLU == 1u) {
                 acc_up[t].x = fma(u0, xa, acc_up[t].x);

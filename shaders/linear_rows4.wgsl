@@ -3,7 +3,8 @@
 // runs each storage load lane by lane), so a block of 32 weights is one or two loads plus its
 // scale, and each x vec4 is loaded once per block for all NR rows of W an invocation computes
 // (COLS = NR output columns, or NR / 2 with SWIGLU: their gate rows, then their up rows).
-// Element values are exactly quant.wgsl's (ggml's).
+// Element values are exactly quant.wgsl's (ggml's). With NORM each invocation sums x² of its MT
+// rows as it loads them and loads x times the norm weight (linear_common.wgsl).
 // Prelude: WG, MT, NR, and linear_common.wgsl's, with x: array<vec4<f32>>, w: array<vec4<u32>>,
 // and ws: the same W as array<u32>.
 
@@ -87,11 +88,17 @@ fn linear_rows4(
         xrow[t] = min(m0 + t, p.m - 1u) * k4;
     }
     var acc: array<vec4<f32>, NR * MT>;
+    var sum_sq: array<vec4<f32>, MT>;
     for (var b = 0u; b < nb; b++) {
         var xs: array<vec4<f32>, 8 * MT>;
         for (var t = 0u; t < MT; t++) {
             for (var j = 0u; j < 8u; j++) {
-                xs[t * 8u + j] = x[xrow[t] + 8u * b + j];
+                var v = x[xrow[t] + 8u * b + j];
+                if (NORM == 1u) {
+                    sum_sq[t] = fma(v, v, sum_sq[t]);
+                    v = v * norm_g4v(8u * b + j);
+                }
+                xs[t * 8u + j] = v;
             }
         }
         for (var i = 0u; i < NR; i++) {
@@ -107,13 +114,18 @@ fn linear_rows4(
     }
     for (var t = 0u; t < MT; t++) {
         if (m0 + t < p.m) {
+            var s = 1.0;
+            if (NORM == 1u) {
+                let q = sum_sq[t];
+                s = norm_scale((q.x + q.y) + (q.z + q.w));
+            }
             for (var c = 0u; c < COLS; c++) {
                 if (c0 + c < p.n) {
                     let a = acc[c * MT + t];
-                    let v = (a.x + a.y) + (a.z + a.w);
+                    let v = ((a.x + a.y) + (a.z + a.w)) * s;
                     if (SWIGLU == 1u) {
                         let u = acc[(c + COLS) * MT + t];
-                        finish_swiglu(m0 + t, c0 + c, v, (u.x + u.y) + (u.z + u.w));
+                        finish_swiglu(m0 + t, c0 + c, v, ((u.x + u.y) + (u.z + u.w)) * s);
                     } else {
                         finish(m0 + t, c0 + c, v);
                     }

@@ -5,6 +5,8 @@
 // the edges, so any m, n, k works; block formats have k a multiple of their block).
 // With SWIGLU a tile's 64 rows of W are the gate rows of 32 output columns, then their up rows,
 // so each invocation holds both dot products of its outputs.
+// With NORM each invocation sums x² of the tile elements it loads (4 rows, one column in 16),
+// and the partial sums meet in workgroup memory after the K loop.
 // Prelude: linear_common.wgsl's (and quant.wgsl for block formats).
 
 const BM: u32 = 64u;
@@ -37,6 +39,8 @@ fn matmul(
     let tx = li % 16u;
     let ty = li / 16u;
     var acc: array<f32, 16>;
+    // NORM: Σx² of the elements this invocation loads, for rows li / BK + 16j.
+    var sum_sq: array<f32, 4>;
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         for (var e = li; e < BM * BK; e += 256u) {
             let row = e / BK;
@@ -45,6 +49,10 @@ fn matmul(
             var xv = 0.0;
             if (m0 + row < p.m && gk < p.k) {
                 xv = x[(m0 + row) * p.k + gk];
+                if (NORM == 1u) {
+                    sum_sq[e / 256u] = fma(xv, xv, sum_sq[e / 256u]);
+                    xv = xv * norm_g(gk);
+                }
             }
             xs[kk * BM + row] = xv;
             if (QK == 1u) {
@@ -87,15 +95,31 @@ fn matmul(
         }
         workgroupBarrier();
     }
+    // NORM: the scale of each of this invocation's 4 output rows (ty + 16i).
+    var scale = array<f32, 4>(1.0, 1.0, 1.0, 1.0);
+    if (NORM == 1u) {
+        // xs[row · BK + c]: row's partial sum over the columns ≡ c (mod BK).
+        for (var j = 0u; j < 4u; j++) {
+            xs[li + 256u * j] = sum_sq[j];
+        }
+        workgroupBarrier();
+        for (var i = 0u; i < 4u; i++) {
+            var t = 0.0;
+            for (var c = 0u; c < BK; c++) {
+                t += xs[(ty + 16u * i) * BK + c];
+            }
+            scale[i] = norm_scale(t);
+        }
+    }
     for (var i = 0u; i < 4u; i++) {
         for (var j = 0u; j < (4u >> SWIGLU); j++) {
             let gm = m0 + ty + 16u * i;
             let gn = n0 + tx + 16u * j;
             if (gm < p.m && gn < p.n) {
                 if (SWIGLU == 1u) {
-                    finish_swiglu(gm, gn, acc[i * 4u + j], acc[i * 4u + j + 2u]);
+                    finish_swiglu(gm, gn, acc[i * 4u + j] * scale[i], acc[i * 4u + j + 2u] * scale[i]);
                 } else {
-                    finish(gm, gn, acc[i * 4u + j]);
+                    finish(gm, gn, acc[i * 4u + j] * scale[i]);
                 }
             }
         }

@@ -4,7 +4,8 @@
 // invocation walks k with stride WG keeping ROWS partial sums, then one workgroup_reduce.
 // With SWIGLU a workgroup's ROWS rows of W are the gate rows of ROWS / 2 output columns, then
 // their up rows.
-// Prelude: WG (power of two), ROWS, RED_N (= ROWS), and linear_common.wgsl's.
+// With NORM the reduction carries one more value, the row's Σx² (red_in[ROWS]).
+// Prelude: WG (power of two), ROWS, RED_N (= ROWS + NORM), and linear_common.wgsl's.
 
 // Output columns per workgroup.
 const COLS: u32 = ROWS >> SWIGLU;
@@ -26,13 +27,32 @@ fn live_rows(n0: u32) -> u32 {
     return min(ROWS, p.n - n0);
 }
 
+// NORM: adds x² to the row's sum of squares and returns x times the norm weight of column k.
+fn norm_in(x: f32, k: u32) -> f32 {
+    if (NORM == 1u) {
+        red_in[RED_N - 1u] = fma(x, x, red_in[RED_N - 1u]);
+        return x * norm_g(k);
+    }
+    return x;
+}
+
+fn clear_sums() {
+    for (var r = 0u; r < RED_N; r++) {
+        red_in[r] = 0.0;
+    }
+}
+
 fn store_rows(li: u32, m: u32, n0: u32) {
     var total = workgroup_reduce(li);
+    var s = 1.0;
+    if (NORM == 1u) {
+        s = norm_scale(total[RED_N - 1u]);
+    }
     if (m < p.m && n0 + li < p.n && li < COLS) {
         if (SWIGLU == 1u) {
-            finish_swiglu(m, n0 + li, total[li], total[li + COLS]);
+            finish_swiglu(m, n0 + li, total[li] * s, total[li + COLS] * s);
         } else {
-            finish(m, n0 + li, total[li]);
+            finish(m, n0 + li, total[li] * s);
         }
     }
 }
@@ -46,14 +66,12 @@ fn matvec_f32(
     let g = linear_workgroup(wid, nwg);
     let m = g / p.blocks;
     let n0 = (g % p.blocks) * COLS;
-    for (var r = 0u; r < ROWS; r++) {
-        red_in[r] = 0.0;
-    }
+    clear_sums();
     if (m < p.m) {
         let rows = live_rows(n0);
         let xb = m * p.k;
         for (var k = li; k < p.k; k += WG) {
-            let xv = x[xb + k];
+            let xv = norm_in(x[xb + k], k);
             for (var r = 0u; r < rows; r++) {
                 red_in[r] = fma(bitcast<f32>(w[w_row(n0, r) * p.w_stride + k]), xv, red_in[r]);
             }
@@ -72,16 +90,14 @@ fn matvec_half(
     let g = linear_workgroup(wid, nwg);
     let m = g / p.blocks;
     let n0 = (g % p.blocks) * COLS;
-    for (var r = 0u; r < ROWS; r++) {
-        red_in[r] = 0.0;
-    }
+    clear_sums();
     if (m < p.m) {
         let rows = live_rows(n0);
         let xb = m * p.k;
         let row_words = p.w_stride / 2u;
         let pairs = p.k / 2u;
         for (var j = li; j < pairs; j += WG) {
-            let xv = vec2<f32>(x[xb + 2u * j], x[xb + 2u * j + 1u]);
+            let xv = vec2<f32>(norm_in(x[xb + 2u * j], 2u * j), norm_in(x[xb + 2u * j + 1u], 2u * j + 1u));
             for (var r = 0u; r < rows; r++) {
                 let wv = unpack_half2(w[w_row(n0, r) * row_words + j]);
                 red_in[r] = fma(wv.x, xv.x, fma(wv.y, xv.y, red_in[r]));
@@ -89,7 +105,7 @@ fn matvec_half(
         }
         // An odd k leaves one column, whose pair partner is padding.
         if ((p.k & 1u) == 1u && li == WG - 1u) {
-            let xv = x[xb + p.k - 1u];
+            let xv = norm_in(x[xb + p.k - 1u], p.k - 1u);
             for (var r = 0u; r < rows; r++) {
                 let wv = unpack_half2(w[w_row(n0, r) * row_words + pairs]);
                 red_in[r] = fma(wv.x, xv, red_in[r]);
@@ -110,9 +126,7 @@ fn matvec_quant(
     let g = linear_workgroup(wid, nwg);
     let m = g / p.blocks;
     let n0 = (g % p.blocks) * COLS;
-    for (var r = 0u; r < ROWS; r++) {
-        red_in[r] = 0.0;
-    }
+    clear_sums();
     if (m < p.m) {
         let rows = live_rows(n0);
         let xb = m * p.k;
@@ -123,7 +137,7 @@ fn matvec_quant(
             let xo = xb + 8u * gi;
             var xv: array<f32, 8>;
             for (var i = 0u; i < 8u; i++) {
-                xv[i] = x[xo + i];
+                xv[i] = norm_in(x[xo + i], 8u * gi + i);
             }
             let bi = gi / groups_per_block;
             let gg = gi % groups_per_block;

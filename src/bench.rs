@@ -145,6 +145,6 @@ pub async fn profile_dispatches(
             }),
         }
     }
-    by_label.sort_by(|a, b| b.total.cmp(&a.total));
+    by_label.sort_by_key(|r| std::cmp::Reverse(r.total));
     Ok(by_label)
 }

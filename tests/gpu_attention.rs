@@ -1,6 +1,8 @@
 //! RoPE, the KV cache and attention on a real WebGPU implementation, against the f64 references
 //! of `pocketlm::reference::attention` (see there for each bound's derivation):
 //! - RoPE: |gpu − exact| ≤ γ₃·(|a·cos| + |b·sin|) per rotated element; other elements exact.
+//! - RoPE fused with the cache write: q as RoPE; the cache's k the rotated row (RoPE's bound)
+//!   stored as below (`reference::kv_store`), its v as below.
 //! - KV cache: f32 caches hold the rows exactly; f16 caches within one f16 ULP (either rounding
 //!   direction, as WGSL allows) of the value saturated to ±65504, or 2⁻¹⁴ below f16's normal range.
 //! - Attention: compared with the reference computed on the cache *as stored*, the bound covers
@@ -15,7 +17,7 @@
 
 use pocketlm::gpu::DType;
 use pocketlm::kernels::attention::check::{
-    run_attention, run_rope, AttentionCase, Outcome, RopeCase,
+    run_attention, run_rope, run_rope_kv_write, AttentionCase, Outcome, RopeCase, RopeKvCase,
 };
 use pocketlm::kernels::{
     self, AttentionOptions, KvCache, Llama3Scaling, RopeConfig, RopeLayout, RopeTable, StepState,
@@ -38,6 +40,14 @@ fn assert_all(outcomes: pocketlm::Result<Vec<Outcome>>, what: &str, seed: u64) {
 fn rope_case(case: RopeCase, seed: u64) {
     assert_all(
         pollster::block_on(run_rope(ctx(), &case, seed)),
+        &case.to_string(),
+        seed,
+    );
+}
+
+fn rope_kv_case(case: RopeKvCase, seed: u64) {
+    assert_all(
+        pollster::block_on(run_rope_kv_write(ctx(), &case, seed)),
         &case.to_string(),
         seed,
     );
@@ -92,6 +102,73 @@ proptest! {
             llama3: llama3.then_some(Llama3Scaling { factor: 32.0, ..Llama3Scaling::LLAMA_3_1 }),
         };
         rope_case(RopeCase { tokens, heads, k_heads, offset, config }, seed);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// RoPE + KV-cache write in one dispatch: both layouts, partial rotation, odd head sizes,
+    /// f16 and f32 caches.
+    #[test]
+    fn rope_kv_write_matches_reference(tokens in 1usize..=24, heads in 1usize..=8, k_heads in 1usize..=3,
+                                       hd in head_dim(), rotary_frac in 0.0f64..=1.0, full in any::<bool>(),
+                                       layout in layout(), theta in prop_oneof![Just(10_000.0f32), Just(1e6f32)],
+                                       llama3 in any::<bool>(), offset in 0usize..=300,
+                                       f16 in any::<bool>(), seed in any::<u64>()) {
+        prop_assume!(hd >= 2);
+        let half = hd / 2;
+        let rotary_dim = if full { 2 * half } else { 2 * (1 + ((half - 1) as f64 * rotary_frac) as usize) };
+        let config = RopeConfig {
+            head_dim: hd,
+            rotary_dim,
+            theta,
+            layout,
+            llama3: llama3.then_some(Llama3Scaling { factor: 32.0, ..Llama3Scaling::LLAMA_3_1 }),
+        };
+        let cache = if f16 { DType::F16 } else { DType::F32 };
+        rope_kv_case(RopeKvCase { tokens, heads, k_heads, offset, config, cache }, seed);
+    }
+}
+
+/// The fused RoPE + cache write on fixed shapes: SmolLM2's (9/3 heads of 64), partial rotation,
+/// an odd head_dim with an f16 cache (a padded half), a prefill step and a far position.
+#[test]
+fn rope_kv_write_layouts_partial_and_caches() {
+    for (i, layout) in [RopeLayout::Interleaved, RopeLayout::NeoX]
+        .into_iter()
+        .enumerate()
+    {
+        let full = RopeConfig::new(64, 100_000.0, layout);
+        let configs = [
+            full,
+            RopeConfig {
+                rotary_dim: 16,
+                ..full
+            },
+            RopeConfig {
+                head_dim: 33,
+                rotary_dim: 20,
+                ..full
+            },
+        ];
+        for (j, config) in configs.into_iter().enumerate() {
+            for cache in [DType::F16, DType::F32] {
+                for (tokens, offset) in [(1, 0), (1, 511), (17, 3), (2, 8190)] {
+                    rope_kv_case(
+                        RopeKvCase {
+                            tokens,
+                            heads: 9,
+                            k_heads: 3,
+                            offset,
+                            config,
+                            cache,
+                        },
+                        (i * 100 + j * 10) as u64 + offset as u64,
+                    );
+                }
+            }
+        }
     }
 }
 

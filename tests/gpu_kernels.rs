@@ -572,6 +572,7 @@ fn linear_split_writes_column_ranges_to_separate_outputs() {
                         kernel,
                         bias: Some(&bt),
                         accumulate,
+                        norm: None,
                     };
                     let d =
                         pollster::block_on(kernels::linear_split(ctx, &w, &xt, &out_refs, &opts))
@@ -672,6 +673,7 @@ fn linear_swiglu_matches_reference() {
                         kernel,
                         bias: with_bias.then_some(&bt),
                         accumulate: false,
+                        norm: None,
                     };
                     let d = pollster::block_on(kernels::linear_swiglu(ctx, &w, &xt, &out, &opts))
                         .unwrap();
@@ -720,5 +722,247 @@ fn linear_swiglu_matches_reference() {
                 "even",
             );
         }
+    }
+}
+
+/// Activation rows of different scales (so the normalisation has something to do), and a norm
+/// weight of both signs.
+fn norm_inputs(rng: &mut Rng, m: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut x = Vec::with_capacity(m * k);
+    for _ in 0..m {
+        let s = rng.uniform(0.01, 20.0);
+        x.extend(rng.vec(k, -s, s));
+    }
+    (x, rng.vec(k, -2.0, 2.0))
+}
+
+/// A linear layer with the RMSNorm prologue, `rmsnorm(x) · Wᵀ + bias + y`, against
+/// `reference::rmsnorm_linear` within `reference::rmsnorm_linear_tolerance`; `ctx` picks the
+/// kernel family.
+#[allow(clippy::too_many_arguments)]
+fn check_normed_linear(
+    ctx: &GpuContext,
+    kernel: LinearKernel,
+    dtype: DType,
+    m: usize,
+    n: usize,
+    k: usize,
+    eps: f32,
+    rng: &mut Rng,
+) {
+    let (wt, w) = random_weights(ctx, "w", dtype, n, k, rng);
+    let (x, g) = norm_inputs(rng, m, k);
+    let bias = rng.vec(n, -1.0, 1.0);
+    let init = rng.vec(m * n, -2.0, 2.0);
+    let xt = ctx.upload_f32("x", &[m, k], &x).unwrap();
+    let gt = ctx.upload_f32("g", &[k], &g).unwrap();
+    let bt = ctx.upload_f32("bias", &[n], &bias).unwrap();
+    let yt = ctx.upload_f32("y", &[m, n], &init).unwrap();
+    let opts = kernels::Linear {
+        kernel,
+        bias: Some(&bt),
+        accumulate: true,
+        norm: Some((&gt, eps)),
+    };
+    let d = pollster::block_on(kernels::linear_with(ctx, &wt, &xt, &yt, &opts)).unwrap();
+    let got = &read_all(ctx, &d, &[&yt])[0];
+    let (want, mag) = reference::rmsnorm_linear(&w, n, k, &x, m, &g, eps);
+    for i in 0..m * n {
+        let extra = [f64::from(bias[i % n]), f64::from(init[i])];
+        let exact = want[i] + extra[0] + extra[1];
+        let other = extra[0].abs() + extra[1].abs();
+        let tol = reference::rmsnorm_linear_tolerance(k, k + 2, mag[i], other);
+        let e = (f64::from(got[i]) - exact).abs();
+        assert!(
+            e <= tol,
+            "{dtype} {kernel:?} [{m}×{n}×{k}] eps {eps:e} cpu {}: [{}, {}] = {}, expected {exact} ± {tol:e}",
+            ctx.capabilities().cpu,
+            i / n,
+            i % n,
+            got[i]
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// The RMSNorm prologue on random shapes, matrix × vector and matrix × matrix, on the
+    /// profile's default kernel family and on the GPU family.
+    #[test]
+    fn rmsnorm_prologue_matches_reference(m in 1usize..=4, n in 1usize..=200, k in 1usize..=700,
+                                          matmul_rows in 5usize..=80, weights in dtype(),
+                                          gpu_family in any::<bool>(), seed in any::<u64>()) {
+        let ctx = if gpu_family { gpu_kernels_ctx() } else { ctx() };
+        let mut rng = Rng::new(seed);
+        check_normed_linear(ctx, LinearKernel::Matvec, weights, m, n, k, 1e-5, &mut rng);
+        check_normed_linear(ctx, LinearKernel::Matmul, weights, matmul_rows, n.min(70), k.min(300), 1e-6, &mut rng);
+    }
+}
+
+/// The RMSNorm prologue in every weight format, on both kernel families, matvec (1 and 3 rows)
+/// and matmul, including model-sized rows (k = 576) and a row of zeros (eps alone).
+#[test]
+fn rmsnorm_prologue_in_every_format_and_family() {
+    let cpu = pollster::block_on(GpuContext::new(common::profile_request()))
+        .unwrap()
+        .with_cpu_kernels(true);
+    let mut rng = Rng::new(21);
+    for ctx in [&cpu, gpu_kernels_ctx()] {
+        for dtype in DType::WEIGHTS {
+            let block = dtype.block_size().max(1);
+            let k = if dtype.is_quantized() { 2 * block } else { 67 };
+            for (kernel, m, n) in [
+                (LinearKernel::Matvec, 1, 37),
+                (LinearKernel::Matvec, 3, 70),
+                (LinearKernel::Matmul, 70, 65),
+            ] {
+                check_normed_linear(ctx, kernel, dtype, m, n, k, 1e-5, &mut rng);
+            }
+            let k = 576usize.next_multiple_of(block);
+            check_normed_linear(ctx, LinearKernel::Matvec, dtype, 1, 64, k, 1e-5, &mut rng);
+        }
+        // A zero row normalises to zero: the output is bias + y.
+        let (wt, _) = random_weights(ctx, "w", DType::F32, 5, 8, &mut rng);
+        let xt = ctx.zeros("x", &[1, 8], DType::F32).unwrap();
+        let gt = ctx.upload_f32("g", &[8], &[1.0; 8]).unwrap();
+        let yt = ctx
+            .upload_f32("y", &[1, 5], &[1.0, 2.0, 3.0, 4.0, 5.0])
+            .unwrap();
+        let opts = kernels::Linear {
+            accumulate: true,
+            norm: Some((&gt, 1e-6)),
+            ..Default::default()
+        };
+        let d = pollster::block_on(kernels::linear_with(ctx, &wt, &xt, &yt, &opts)).unwrap();
+        assert_eq!(read_all(ctx, &d, &[&yt])[0], [1.0, 2.0, 3.0, 4.0, 5.0]);
+    }
+}
+
+/// The prologue composes with the other epilogues: a fused QKV projection (three outputs) and
+/// gate/up + SwiGLU, on both kernel families, against the normalised references.
+#[test]
+fn rmsnorm_prologue_with_split_and_swiglu() {
+    let mut rng = Rng::new(23);
+    for ctx in [ctx(), gpu_kernels_ctx()] {
+        for dtype in [
+            DType::Q4_1,
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::F16,
+            DType::F32,
+            DType::Q4_K,
+        ] {
+            let k = if dtype.is_quantized() {
+                2 * dtype.block_size()
+            } else {
+                45
+            };
+            let eps = 1e-5;
+            for (kernel, m) in [
+                (LinearKernel::Matvec, 1),
+                (LinearKernel::Matvec, 3),
+                (LinearKernel::Matmul, 66),
+            ] {
+                let (x, g) = norm_inputs(&mut rng, m, k);
+                let xt = ctx.upload_f32("x", &[m, k], &x).unwrap();
+                let gt = ctx.upload_f32("g", &[k], &g).unwrap();
+
+                // QKV: 9 + 3 + 5 columns with a bias, three outputs.
+                let (w, w_all) = random_weights(ctx, "wqkv", dtype, 17, k, &mut rng);
+                let bias = rng.vec(17, -1.0, 1.0);
+                let bt = ctx.upload_f32("bqkv", &[17], &bias).unwrap();
+                let widths = [9usize, 3, 5];
+                let outs: Vec<_> = widths
+                    .iter()
+                    .map(|&n| ctx.zeros("y", &[m, n], DType::F32).unwrap())
+                    .collect();
+                let out_refs: Vec<_> = outs.iter().collect();
+                let opts = kernels::Linear {
+                    kernel,
+                    bias: Some(&bt),
+                    accumulate: false,
+                    norm: Some((&gt, eps)),
+                };
+                let d = pollster::block_on(kernels::linear_split(ctx, &w, &xt, &out_refs, &opts))
+                    .unwrap();
+                let got = read_all(ctx, &d, &out_refs);
+                let (want, mag) = reference::rmsnorm_linear(&w_all, 17, k, &x, m, &g, eps);
+                for r in 0..m {
+                    let mut col = 0;
+                    for (o, &n) in widths.iter().enumerate() {
+                        for j in 0..n {
+                            let b = f64::from(bias[col]);
+                            let exact = want[r * 17 + col] + b;
+                            let tol = reference::rmsnorm_linear_tolerance(
+                                k,
+                                k + 1,
+                                mag[r * 17 + col],
+                                b.abs(),
+                            );
+                            let v = f64::from(got[o][r * n + j]);
+                            assert!(
+                                (v - exact).abs() <= tol,
+                                "qkv {dtype} {kernel:?} m {m} cpu {}: output {o} [{r}, {j}] = {v}, expected {exact} ± {tol:e}",
+                                ctx.capabilities().cpu
+                            );
+                            col += 1;
+                        }
+                    }
+                }
+
+                // Gate/up + SwiGLU, no bias.
+                let f = 70;
+                let (w, w_all) = random_weights(ctx, "gate_up", dtype, 2 * f, k, &mut rng);
+                let out = ctx.zeros("act", &[m, f], DType::F32).unwrap();
+                let opts = kernels::Linear {
+                    kernel,
+                    norm: Some((&gt, eps)),
+                    ..Default::default()
+                };
+                let d =
+                    pollster::block_on(kernels::linear_swiglu(ctx, &w, &xt, &out, &opts)).unwrap();
+                let got = &read_all(ctx, &d, &[&out])[0];
+                let (gv, gm) = reference::rmsnorm_linear(&w_all[..f * k], f, k, &x, m, &g, eps);
+                let (uv, um) = reference::rmsnorm_linear(&w_all[f * k..], f, k, &x, m, &g, eps);
+                for i in 0..m * f {
+                    let (gate, up) = (gv[i], uv[i]);
+                    let silu = gate / (1.0 + (-gate).exp());
+                    let exact = silu * up;
+                    let tg = reference::rmsnorm_linear_tolerance(k, k, gm[i], 0.0);
+                    let tu = reference::rmsnorm_linear_tolerance(k, k, um[i], 0.0);
+                    let tol = reference::swiglu_tolerance(gate as f32, exact)
+                        + 1.1 * (up.abs() + tu) * tg
+                        + (silu.abs() + 1.1 * tg) * tu;
+                    let e = (f64::from(got[i]) - exact).abs();
+                    assert!(
+                        e <= tol,
+                        "swiglu {dtype} {kernel:?} m {m} cpu {}: [{}, {}] = {}, expected {exact} ± {tol:e}",
+                        ctx.capabilities().cpu,
+                        i / f,
+                        i % f,
+                        got[i]
+                    );
+                }
+            }
+        }
+    }
+    // A norm weight of the wrong length or an unusable eps is a typed error.
+    let ctx = ctx();
+    let w = ctx.zeros("w", &[4, 8], DType::F32).unwrap();
+    let x = ctx.zeros("x", &[1, 8], DType::F32).unwrap();
+    let y = ctx.zeros("y", &[1, 4], DType::F32).unwrap();
+    let g7 = ctx.zeros("g7", &[7], DType::F32).unwrap();
+    let g8 = ctx.zeros("g8", &[8], DType::F32).unwrap();
+    for (g, eps, what) in [(&g7, 1e-5, "g7"), (&g8, f32::NAN, "eps")] {
+        let opts = kernels::Linear {
+            norm: Some((g, eps)),
+            ..Default::default()
+        };
+        expect_err(
+            pollster::block_on(kernels::linear_with(ctx, &w, &x, &y, &opts)),
+            "shape_mismatch",
+            what,
+        );
     }
 }

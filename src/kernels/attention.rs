@@ -9,7 +9,8 @@
 //!
 //! A layer's attention, per step: [`kv_write`] (append the step's k/v rows to the cache), then the
 //! dispatches of [`attention`] (one when the context is a single chunk, else the chunked pass and
-//! a combine). RoPE ([`rope_qk`](crate::kernels::rope_qk)) runs before both.
+//! a combine). RoPE ([`rope_qk`](crate::kernels::rope_qk)) runs before both, or with the write in
+//! one dispatch ([`rope_kv_write`]), which is what a model's graph records.
 
 use std::fmt;
 
@@ -19,9 +20,11 @@ use wgpu::util::DeviceExt;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Kernel, Profile, Specialization};
 use crate::kernels::build_with;
+use crate::kernels::rope::{check_table, check_target, RopeLayout, RopeTable};
 use crate::kernels::{dim, expect_distinct, expect_dtype, grid, mismatch, WG};
 
 const KV_WRITE_SRC: &str = include_str!("../../shaders/kv_write.wgsl");
+const ROPE_KV_WRITE_SRC: &str = include_str!("../../shaders/rope_kv_write.wgsl");
 const ATTENTION_SRC: &str = include_str!("../../shaders/attention.wgsl");
 const COMBINE_SRC: &str = include_str!("../../shaders/attention_combine.wgsl");
 
@@ -420,6 +423,88 @@ pub async fn kv_write(
     };
     let wg = grid(ctx, NAME, (words as u64).div_ceil(u64::from(WG)))?;
     build_stepped(ctx, &kernel, &spec, &params, step, &[k, v, kc, vc], wg).await
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct RopeKvWriteParams {
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    half: u32,
+    neox: u32,
+    row_words: u32,
+}
+
+/// [`rope_qk`](crate::kernels::rope_qk) and [`kv_write`] in one dispatch: rotates `q`
+/// [tokens, heads, head_dim] in place, and writes the rotated rows of `k` and the rows of `v`
+/// ([tokens, n_kv_heads, head_dim], f32; token `t` at position `step.offset + t`) into `layer` of
+/// the cache, converting to the cache's type. `k` itself is left unrotated (only the cache holds
+/// the rotated keys). Any RoPE layout and rotary_dim of the table; head_dim must be the cache's.
+#[allow(clippy::too_many_arguments)]
+pub async fn rope_kv_write(
+    ctx: &GpuContext,
+    table: &RopeTable,
+    step: &StepState,
+    q: &GpuTensor,
+    k: &GpuTensor,
+    v: &GpuTensor,
+    cache: &KvCache,
+    layer: usize,
+) -> Result<Dispatch> {
+    const NAME: &str = "rope_kv_write";
+    check_table(NAME, table, step)?;
+    let heads = check_target(NAME, table, step, q)?;
+    cache.check_layer(NAME, layer, step)?;
+    kv_shape_check(NAME, cache, step, k)?;
+    kv_shape_check(NAME, cache, step, v)?;
+    if table.config().head_dim != cache.head_dim {
+        return Err(mismatch(
+            NAME,
+            format!(
+                "the RoPE table rotates heads of {}, the KV cache holds heads of {}",
+                table.config().head_dim,
+                cache.head_dim
+            ),
+        ));
+    }
+    let (kc, vc) = &cache.layers[layer];
+    expect_distinct(NAME, q, &[k, v, kc, vc, table.table()])?;
+    let row_words = cache.row_words();
+    let half = table.config().rotary_dim / 2;
+    let items = step
+        .max_tokens()
+        .checked_mul(heads * half + cache.n_kv_heads * row_words)
+        .ok_or_else(|| mismatch(NAME, "step rows overflow".into()))?;
+    dim(NAME, "items per step", items)?;
+    let kernel = Kernel {
+        name: NAME,
+        source: ROPE_KV_WRITE_SRC,
+        entry: "rope_kv_write",
+        uses_reduce: false,
+    };
+    let spec = Specialization::default()
+        .with("WG", WG)
+        .with("KV_F16", u32::from(cache.dtype == DType::F16));
+    let params = RopeKvWriteParams {
+        heads: dim(NAME, "heads", heads)?,
+        kv_heads: dim(NAME, "kv heads", cache.n_kv_heads)?,
+        head_dim: dim(NAME, "head_dim", cache.head_dim)?,
+        half: dim(NAME, "rotary_dim / 2", half)?,
+        neox: u32::from(table.config().layout == RopeLayout::NeoX),
+        row_words: dim(NAME, "row words", row_words)?,
+    };
+    let wg = grid(ctx, NAME, (items as u64).div_ceil(u64::from(WG)))?;
+    build_stepped(
+        ctx,
+        &kernel,
+        &spec,
+        &params,
+        step,
+        &[table.table(), q, k, v, kc, vc],
+        wg,
+    )
+    .await
 }
 
 /// The largest head_dim [`attention`] takes (Gemma's 256).
@@ -875,7 +960,7 @@ pub mod check {
     use crate::reference::attention::{AttentionShape, AttentionSplit, KvError};
     use crate::reference::Rng;
 
-    use super::{attention, kv_write, AttentionOptions, KvCache, StepState};
+    use super::{attention, kv_write, rope_kv_write, AttentionOptions, KvCache, StepState};
 
     pub use crate::selfcheck::Outcome;
 
@@ -961,6 +1046,111 @@ pub mod check {
             tol.extend(std::iter::repeat_n(0.0, tail.len()));
             outcomes.push(compare(format!("{case}: {name}"), &gpu, &want, &tol));
         }
+        Ok(outcomes)
+    }
+
+    /// RoPE fused with the cache write ([`rope_kv_write`]): a step of `tokens` tokens at `offset`
+    /// rotates q and writes rotated k and plain v rows to layer 1 of a two-layer cache of `dtype`;
+    /// the tensors hold one more token row, which the step does not cover: its q stays as it was
+    /// and its cache row stays zero.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub struct RopeKvCase {
+        pub tokens: usize,
+        pub heads: usize,
+        pub k_heads: usize,
+        pub offset: usize,
+        pub config: RopeConfig,
+        pub cache: DType,
+    }
+
+    impl fmt::Display for RopeKvCase {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let c = &self.config;
+            write!(
+                f,
+                "rope_kv_write {:?} q[{}×{}×{}] + k/v[{}×{}] rotary {} at {}, {} cache",
+                c.layout,
+                self.tokens,
+                self.heads,
+                c.head_dim,
+                self.tokens,
+                self.k_heads,
+                c.rotary_dim,
+                self.offset,
+                self.cache
+            )
+        }
+    }
+
+    /// Runs the case; outcomes: q against [`reference::rope`], the cache's k against the rotated
+    /// rows as stored ([`reference::kv_store`]), the cache's v against [`reference::kv_write`].
+    pub async fn run_rope_kv_write(
+        ctx: &GpuContext,
+        case: &RopeKvCase,
+        seed: u64,
+    ) -> Result<Vec<Outcome>> {
+        let mut rng = Rng::new(seed);
+        let c = case.config;
+        let hd = c.head_dim;
+        let rows = case.tokens + 1;
+        let max_positions = case.offset + rows;
+        let table = RopeTable::new(ctx, c, max_positions)?;
+        let cache = KvCache::with_dtype(ctx, 2, max_positions, case.k_heads, hd, case.cache)?;
+        let layer = 1;
+        let mut step = StepState::new(ctx, rows, max_positions)?;
+        let q = rng.vec(rows * case.heads * hd, -2.0, 2.0);
+        let k = rng.vec(rows * case.k_heads * hd, -2.0, 2.0);
+        let v = rng.vec(rows * case.k_heads * hd, -2.0, 2.0);
+        let qt = ctx.upload_f32("q", &[rows, case.heads, hd], &q)?;
+        let kt = ctx.upload_f32("k", &[rows, case.k_heads, hd], &k)?;
+        let vt = ctx.upload_f32("v", &[rows, case.k_heads, hd], &v)?;
+        step.set(ctx, case.offset, case.tokens)?;
+        let d = rope_kv_write(ctx, &table, &step, &qt, &kt, &vt, &cache, layer).await?;
+        let (kc, vc) = cache.layer(layer).expect("layer 1 exists");
+        let mut rec = ctx.recorder();
+        rec.dispatch(&d);
+        let (sq, sk, sv) = (rec.read(&qt), rec.read(kc), rec.read(vc));
+        let back = rec.submit_and_read().await?;
+        let (gpu_q, gpu_k, gpu_v) = (back.f32(sq)?, back.f32(sk)?, back.f32(sv)?);
+
+        let mut outcomes = Vec::new();
+        let (mut want, mut tol) = reference::rope(&q, case.tokens, case.heads, &c, case.offset)?;
+        let tail = &q[case.tokens * case.heads * hd..];
+        want.extend(tail.iter().map(|&x| f64::from(x)));
+        tol.extend(std::iter::repeat_n(0.0, tail.len()));
+        outcomes.push(compare(format!("{case}: q"), &gpu_q, &want, &tol));
+
+        let f16 = case.cache == DType::F16;
+        let row = case.k_heads * hd;
+        let start = case.offset * row;
+        let (rk, rt) = reference::rope(&k, case.tokens, case.k_heads, &c, case.offset)?;
+        let mut want = vec![0.0; max_positions * row];
+        let mut tol = vec![0.0; max_positions * row];
+        for (i, (&e, &t)) in rk.iter().zip(&rt).enumerate() {
+            (want[start + i], tol[start + i]) = reference::kv_store(e, t, f16);
+        }
+        outcomes.push(compare(
+            format!("{case}: {} cache k", case.cache),
+            &gpu_k,
+            &want,
+            &tol,
+        ));
+        let mut want = vec![0.0; max_positions * row];
+        let mut tol = vec![0.0; max_positions * row];
+        reference::kv_write(
+            &mut want,
+            &mut tol,
+            row,
+            case.offset,
+            &v[..case.tokens * row],
+            f16,
+        );
+        outcomes.push(compare(
+            format!("{case}: {} cache v", case.cache),
+            &gpu_v,
+            &want,
+            &tol,
+        ));
         Ok(outcomes)
     }
 

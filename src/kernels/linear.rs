@@ -18,12 +18,54 @@ const XW_VEC4: &str = "@group(0) @binding(1) var<storage, read> x: array<vec4<f3
                        @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;\n";
 /// The vec4 kernel reads the scales through a second, word view of W, bound after the other
 /// tensors (the vec4 view ends at the last whole vec4 of the buffer).
-const W_WORDS_AT: [&str; 4] = [
+const W_WORDS_AT: [&str; 5] = [
     "@group(0) @binding(4) var<storage, read> ws: array<u32>;\n",
     "@group(0) @binding(5) var<storage, read> ws: array<u32>;\n",
     "@group(0) @binding(6) var<storage, read> ws: array<u32>;\n",
     "@group(0) @binding(7) var<storage, read> ws: array<u32>;\n",
+    "@group(0) @binding(8) var<storage, read> ws: array<u32>;\n",
 ];
+/// The RMSNorm weight of the prologue at binding `at`, with its accessors: `norm_g(k)` and
+/// `norm_g4(k)` (elements k..k + 4) for the word kernels, `norm_g4v(i)` (the i-th vec4) for the
+/// vec4 kernel.
+macro_rules! norm_weight {
+    ($at:literal, words) => {
+        concat!(
+            "@group(0) @binding(",
+            $at,
+            ") var<storage, read> norm_w: array<f32>;\n",
+            "fn norm_g(k: u32) -> f32 { return norm_w[k]; }\n",
+            "fn norm_g4(k: u32) -> vec4<f32> {\n",
+            "    return vec4<f32>(norm_w[k], norm_w[k + 1u], norm_w[k + 2u], norm_w[k + 3u]);\n}\n",
+            "fn norm_g4v(i: u32) -> vec4<f32> { return vec4<f32>(1.0); }\n"
+        )
+    };
+    ($at:literal, vec4) => {
+        concat!(
+            "@group(0) @binding(",
+            $at,
+            ") var<storage, read> norm_w: array<vec4<f32>>;\n",
+            "fn norm_g(k: u32) -> f32 { return 1.0; }\n",
+            "fn norm_g4(k: u32) -> vec4<f32> { return vec4<f32>(1.0); }\n",
+            "fn norm_g4v(i: u32) -> vec4<f32> { return norm_w[i]; }\n"
+        )
+    };
+}
+const NORM_WORDS_AT: [&str; 4] = [
+    norm_weight!(4, words),
+    norm_weight!(5, words),
+    norm_weight!(6, words),
+    norm_weight!(7, words),
+];
+const NORM_VEC4_AT: [&str; 4] = [
+    norm_weight!(4, vec4),
+    norm_weight!(5, vec4),
+    norm_weight!(6, vec4),
+    norm_weight!(7, vec4),
+];
+const NO_NORM: &str = "fn norm_g(k: u32) -> f32 { return 1.0; }\n\
+                       fn norm_g4(k: u32) -> vec4<f32> { return vec4<f32>(1.0); }\n\
+                       fn norm_g4v(i: u32) -> vec4<f32> { return vec4<f32>(1.0); }\n";
 const BIAS: &str = "@group(0) @binding(4) var<storage, read> bias: array<f32>;\n\
                     fn bias_at(n: u32) -> f32 { return bias[n]; }\n";
 const NO_BIAS: &str = "fn bias_at(n: u32) -> f32 { return 0.0; }\n";
@@ -106,6 +148,13 @@ pub struct Linear<'a> {
     pub bias: Option<&'a GpuTensor>,
     /// Add the result to what the output holds (the residual stream) instead of overwriting it.
     pub accumulate: bool,
+    /// An RMSNorm prologue: `(weight, eps)` with weight f32 [in features]. The layer computes
+    /// `rmsnorm(x) · Wᵀ` with the formula of [`crate::kernels::rmsnorm`], without a separate
+    /// dispatch or a normalised copy of x: every kernel sums x² over the row while it walks k for
+    /// the dot products and loads x·weight, and multiplies each dot product by
+    /// `1 / sqrt(Σx² / k + eps)` before the epilogue (the scale is the same for all of a row's
+    /// terms, so it is applied once). Costs one more multiply-add per loaded x element.
+    pub norm: Option<(&'a GpuTensor, f32)>,
 }
 
 /// Where the output columns go: y alone, y then up to two split outputs by column range, or
@@ -127,6 +176,9 @@ struct Params {
     scale_base: u32,
     y_cols: u32,
     y1_cols: u32,
+    /// The RMSNorm prologue's eps (unused without it).
+    eps: f32,
+    _pad: [u32; 3],
 }
 
 fn check(
@@ -143,6 +195,7 @@ fn check(
     let outputs: Vec<&GpuTensor> = std::iter::once(y).chain(split.iter().copied()).collect();
     let mut inputs = vec![x, w];
     inputs.extend(opts.bias);
+    inputs.extend(opts.norm.map(|n| n.0));
     for (i, out) in outputs.iter().enumerate() {
         expect_dtype(kernel, out, &[DType::F32], "an f32 output")?;
         expect_distinct(kernel, out, &inputs)?;
@@ -237,6 +290,27 @@ fn check(
             ));
         }
     }
+    let mut eps = 0.0;
+    if let Some((g, e)) = opts.norm {
+        expect_dtype(kernel, g, &[DType::F32], "an f32 norm weight")?;
+        if g.shape() != [k] {
+            return Err(mismatch(
+                kernel,
+                format!(
+                    "norm weight '{}' is {:?}, expected [{k}] (the input features)",
+                    g.name(),
+                    g.shape()
+                ),
+            ));
+        }
+        if !(e.is_finite() && e >= 0.0) {
+            return Err(mismatch(
+                kernel,
+                format!("norm eps must be finite and >= 0, got {e}"),
+            ));
+        }
+        eps = e;
+    }
     // Block formats: the scales follow the quants of all n · k / QK blocks.
     let blocks = n * (k / w.dtype().block_size());
     Ok(Params {
@@ -252,6 +326,8 @@ fn check(
             "out features",
             split.first().map_or(0, |t| t.cols()),
         )?,
+        eps,
+        _pad: [0; 3],
     })
 }
 
@@ -263,8 +339,10 @@ fn spec(
     epi: &Epilogue,
     vec4: bool,
 ) -> Specialization {
+    let norm = u32::from(opts.norm.is_some());
     let base = if let Some((wg, rows)) = matvec {
-        reduce_spec_wg(ctx, rows, wg).with("ROWS", rows)
+        // One more reduced value with the RMSNorm prologue: the row's Σx².
+        reduce_spec_wg(ctx, rows + norm, wg).with("ROWS", rows)
     } else {
         Specialization::default()
     };
@@ -276,6 +354,7 @@ fn spec(
         .with("ACCUMULATE", u32::from(opts.accumulate))
         .with("SWIGLU", u32::from(epi.swiglu))
         .with("SPLIT", split as u32)
+        .with("NORM", norm)
         .snippet(if opts.bias.is_some() { BIAS } else { NO_BIAS })
         .snippet(put1)
         .snippet(put2)
@@ -399,6 +478,14 @@ async fn linear_epilogue(
     let mut tensors = vec![x, w, y];
     tensors.extend(opts.bias);
     tensors.extend(epi.split.iter().copied());
+    // The norm weight follows the outputs (binding tensors.len() + 1 before it is pushed).
+    let norm_at = tensors.len() - 3;
+    tensors.extend(opts.norm.map(|n| n.0));
+    let norm_snippet = |vec4: bool| match (opts.norm.is_some(), vec4) {
+        (false, _) => NO_NORM,
+        (true, false) => NORM_WORDS_AT[norm_at],
+        (true, true) => NORM_VEC4_AT[norm_at],
+    };
     let swiglu = u32::from(epi.swiglu);
     let cpu = ctx.capabilities().cpu;
     if cpu && matches!(w.dtype(), DType::Q4_0 | DType::Q4_1 | DType::Q8_0) {
@@ -418,6 +505,7 @@ async fn linear_epilogue(
             uses_reduce: false,
         };
         let spec = spec(ctx, None, w, opts, epi, true)
+            .snippet(norm_snippet(true))
             .snippet(W_WORDS_AT[tensors.len() - 3])
             .with("WG", ROWS_WG)
             .with("MT", mt)
@@ -453,6 +541,7 @@ async fn linear_epilogue(
             uses_reduce: false,
         };
         let spec = spec(ctx, None, w, opts, epi, false)
+            .snippet(norm_snippet(false))
             .with("WG", ROWS_WG)
             .with("MT", mt);
         params.blocks = params.n.div_ceil(ROWS_WG);
@@ -475,7 +564,8 @@ async fn linear_epilogue(
         opts,
         epi,
         false,
-    );
+    )
+    .snippet(norm_snippet(false));
     if use_matvec {
         let entry = match w.dtype() {
             DType::F32 => "matvec_f32",

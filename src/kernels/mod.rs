@@ -13,8 +13,8 @@ mod sample;
 pub use activation::gelu;
 pub use activation::swiglu;
 pub use attention::{
-    attention, kv_write, Attention, AttentionOptions, AttentionScratch, KvCache, StepState,
-    ATTENTION_MAX_HEAD_DIM,
+    attention, kv_write, rope_kv_write, Attention, AttentionOptions, AttentionScratch, KvCache,
+    StepState, ATTENTION_MAX_HEAD_DIM,
 };
 pub use elementwise::{add, add_in_place};
 pub use embed::embed;

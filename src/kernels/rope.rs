@@ -260,6 +260,11 @@ impl RopeTable {
     pub fn size_bytes(&self) -> u64 {
         self.table.size_bytes()
     }
+
+    /// The cos/sin table on the GPU, `[max_positions, rotary_dim / 2, 2]` f32.
+    pub(crate) fn table(&self) -> &GpuTensor {
+        &self.table
+    }
 }
 
 #[repr(C)]
@@ -273,7 +278,7 @@ struct Params {
 }
 
 /// Checks one tensor a RoPE dispatch rotates and returns its head count.
-fn check_target(
+pub(crate) fn check_target(
     name: &'static str,
     table: &RopeTable,
     step: &StepState,
@@ -315,7 +320,7 @@ fn check_target(
     Ok(heads)
 }
 
-fn check_table(name: &'static str, table: &RopeTable, step: &StepState) -> Result<()> {
+pub(crate) fn check_table(name: &'static str, table: &RopeTable, step: &StepState) -> Result<()> {
     if table.max_positions < step.max_positions() {
         return Err(mismatch(
             name,

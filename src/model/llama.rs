@@ -343,7 +343,6 @@ impl LlamaModel {
         let f32z = |name: &str, shape: &[usize]| ctx.zeros(name, shape, DType::F32);
         let ids = ctx.zeros("ids", &[t], DType::I32)?;
         let x = f32z("x", &[t, c.hidden])?;
-        let h = f32z("h", &[t, c.hidden])?;
         let q = f32z("q", &[t, c.heads * c.head_dim])?;
         let k = f32z("k", &[t, c.kv_heads * c.head_dim])?;
         let v = f32z("v", &[t, c.kv_heads * c.head_dim])?;
@@ -358,15 +357,20 @@ impl LlamaModel {
 
         let mut d = vec![kernels::embed(ctx, &self.embed, &ids, &x).await?];
         let mut scratch: Option<AttentionScratch> = None;
+        // Per layer: the QKV projection with the attention norm as its prologue, RoPE with the
+        // cache write, attention (1 or 2 dispatches), the output projection with the residual
+        // add, the gate/up projection with the MLP norm as its prologue and SwiGLU, and the down
+        // projection with the residual add: 7 or 8 dispatches.
         for (l, w) in self.layers.iter().enumerate() {
-            d.push(kernels::rmsnorm(ctx, &x, &w.attn_norm, c.rms_eps, &h).await?);
             let opts = Linear {
                 bias: w.qkv_bias.as_ref(),
+                norm: Some((&w.attn_norm, c.rms_eps)),
                 ..Default::default()
             };
-            d.push(kernels::linear_split(ctx, &w.qkv, &h, &[&q, &k, &v], &opts).await?);
-            d.push(kernels::rope_qk(ctx, &self.rope, &step, &q3, &k3).await?);
-            d.push(kernels::kv_write(ctx, &step, &self.kv, l, &k3, &v3).await?);
+            d.push(kernels::linear_split(ctx, &w.qkv, &x, &[&q, &k, &v], &opts).await?);
+            d.push(
+                kernels::rope_kv_write(ctx, &self.rope, &step, &q3, &k3, &v3, &self.kv, l).await?,
+            );
             let opts = AttentionOptions {
                 scratch: scratch.clone(),
                 ..Default::default()
@@ -379,23 +383,28 @@ impl LlamaModel {
                 ..Default::default()
             };
             d.push(kernels::linear_with(ctx, &w.o, &o, &x, &residual).await?);
-            d.push(kernels::rmsnorm(ctx, &x, &w.ffn_norm, c.rms_eps, &h).await?);
-            d.push(kernels::linear_swiglu(ctx, &w.gate_up, &h, &a, &Linear::default()).await?);
+            let ffn = Linear {
+                norm: Some((&w.ffn_norm, c.rms_eps)),
+                ..Default::default()
+            };
+            d.push(kernels::linear_swiglu(ctx, &w.gate_up, &x, &a, &ffn).await?);
             d.push(kernels::linear_with(ctx, &w.down, &a, &x, &residual).await?);
         }
+        // The final norm is the output projection's prologue.
+        let head = Linear {
+            norm: Some((&self.out_norm, c.rms_eps)),
+            ..Default::default()
+        };
         // Only the last token's logits: gather its row of x (an embedding lookup in an f32
         // table, at the index `last` holds), then norm and project one row.
         let last = if t > 1 && !all_logits {
             let last = ctx.zeros("last token", &[1], DType::I32)?;
             let row = f32z("last row", &[1, c.hidden])?;
             d.push(kernels::embed(ctx, &x, &last, &row).await?);
-            let hl = f32z("last row normed", &[1, c.hidden])?;
-            d.push(kernels::rmsnorm(ctx, &row, &self.out_norm, c.rms_eps, &hl).await?);
-            d.push(kernels::linear(ctx, &self.output, &hl, &logits).await?);
+            d.push(kernels::linear_with(ctx, &self.output, &row, &logits, &head).await?);
             Some(last)
         } else {
-            d.push(kernels::rmsnorm(ctx, &x, &self.out_norm, c.rms_eps, &h).await?);
-            d.push(kernels::linear(ctx, &self.output, &h, &logits).await?);
+            d.push(kernels::linear_with(ctx, &self.output, &x, &logits, &head).await?);
             None
         };
         let out = kernels::topk_output(ctx, "candidates", &logits, candidates)?;

@@ -93,6 +93,20 @@ pub fn kv_write(
     }
 }
 
+/// What a cache element must hold when the GPU computed its f32 value within `tol` of `exact`
+/// (e.g. a key rotated by RoPE, see [`rope`]) and then stored it: exactly that for an f32 cache;
+/// for an f16 cache the saturated value (saturation moves it by no more than the error) rounded
+/// to either f16 neighbour, ≤ 2⁻¹⁰·(|exact| + tol) more, or below 2⁻¹⁴ for f16 subnormals.
+pub fn kv_store(exact: f64, tol: f64, f16: bool) -> (f64, f64) {
+    if !f16 {
+        return (exact, tol);
+    }
+    let max = f64::from(F16_MAX);
+    let e = exact.clamp(-max, max);
+    let round = ((e.abs() + tol) * 2f64.powi(-10)).max(2f64.powi(-14));
+    (e, tol + round)
+}
+
 /// The shape of one attention step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttentionShape {

@@ -72,6 +72,52 @@ pub fn rmsnorm_tolerance(cols: usize, reference: f64) -> f64 {
     reference.abs() * (gamma(cols) / 2.0 + 16.0 * U) + SUBNORMAL
 }
 
+/// A linear layer with an RMSNorm prologue: `rmsnorm(x, weight, eps) · Wᵀ` (x [m, k], W [n, k],
+/// weight [k]), normalised exactly; returns the values and, per output, Σₖ |x̃[i, k] · w[j, k]|
+/// with x̃ the exactly normalised x (what [`rmsnorm_linear_tolerance`] scales with).
+pub fn rmsnorm_linear(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+    weight: &[f32],
+    eps: f32,
+) -> (Vec<f64>, Vec<f64>) {
+    let normed = rmsnorm(&x[..m * k], k, weight, eps);
+    let mut values = Vec::with_capacity(m * n);
+    let mut magnitudes = Vec::with_capacity(m * n);
+    for xi in normed.chunks(k.max(1)).take(m) {
+        for wj in w.chunks(k.max(1)).take(n) {
+            let (mut s, mut a) = (0.0f64, 0.0f64);
+            for (&xv, &wv) in xi.iter().zip(wj) {
+                let p = xv * f64::from(wv);
+                s += p;
+                a += p.abs();
+            }
+            values.push(s);
+            magnitudes.push(a);
+        }
+    }
+    (values, magnitudes)
+}
+
+/// Error bound of one output of a linear layer of depth k with an RMSNorm prologue, whose sum has
+/// `terms` terms in all (k, plus a bias and a residual when added): `normed` is
+/// Σ|x̃ᵢwᵢ| (see [`rmsnorm_linear`]), `other` the magnitude of the other terms.
+///
+/// The kernel computes ŝ·Σ fl(xᵢ·gᵢ)·wᵢ with ŝ = 1/sqrt(Σx²/k + eps) as in RMSNorm: ŝ errs by
+/// ≤ γ_k/2 + 12u relative (see [`rmsnorm_tolerance`]), x·g and the final product by u each, so
+/// with ρ = γ_k/2 + 16u every normalised term is within ρ of exact, and the sum of all `terms`
+/// terms adds γ_{terms+1} of their computed magnitudes, so the error is at most
+/// (γ_{terms+1}·(1 + ρ) + ρ)·normed plus γ_{terms+1}·other, plus subnormal flushes. The same bound
+/// holds for normalising first (RMSNorm, then a linear layer on the rounded result).
+pub fn rmsnorm_linear_tolerance(k: usize, terms: usize, normed: f64, other: f64) -> f64 {
+    let rho = gamma(k) / 2.0 + 16.0 * U;
+    let g = gamma(terms + 1);
+    (g * (1.0 + rho) + rho) * normed + g * other + 2.0 * (terms as f64 + 1.0) * SUBNORMAL
+}
+
 /// SwiGLU: `silu(gate) * up` with silu(g) = g / (1 + e⁻ᵍ).
 pub fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f64> {
     assert_eq!(gate.len(), up.len());
@@ -146,6 +192,27 @@ mod tests {
         let y = rmsnorm(&[3.0, 4.0], 2, &[1.0, 2.0], 0.0);
         assert!((y[0] - 3.0 / 12.5f64.sqrt()).abs() < 1e-15);
         assert!((y[1] - 8.0 / 12.5f64.sqrt()).abs() < 1e-15);
+    }
+
+    #[test]
+    fn rmsnorm_linear_is_rmsnorm_then_linear() {
+        let (x, g, w) = (
+            [3.0f32, 4.0, -1.0, 2.0],
+            [1.0f32, 2.0],
+            [1.0f32, -1.0, 0.5, 2.0],
+        );
+        let (y, mag) = rmsnorm_linear(&w, 2, 2, &x, 2, &g, 1e-5);
+        let h = rmsnorm(&x, 2, &g, 1e-5);
+        for (i, (&yi, &ai)) in y.iter().zip(&mag).enumerate() {
+            let (r, j) = (i / 2, i % 2);
+            let (a, b) = (
+                h[2 * r] * f64::from(w[2 * j]),
+                h[2 * r + 1] * f64::from(w[2 * j + 1]),
+            );
+            assert!((yi - (a + b)).abs() < 1e-12);
+            assert!((ai - (a.abs() + b.abs())).abs() < 1e-12);
+        }
+        assert!(rmsnorm_linear_tolerance(100, 102, 1.0, 1.0) > linear_tolerance(102, 2.0));
     }
 
     #[test]

@@ -1,0 +1,115 @@
+// RoPE and the KV-cache write of one step in one dispatch: rotates q [tokens, heads, head_dim] in
+// place, and writes the rotated k rows and the v rows ([tokens, kv_heads, head_dim], f32; k is
+// read, not modified) to one layer's cache at position step.offset + t, as kv_write.wgsl stores
+// them (f16 pairs packed with pack2x16float, or f32 bits; p.row_words words per row).
+// Per token, invocations 0 .. heads·half rotate one pair of q each (rope.wgsl's rope_qk), the next
+// kv_heads·row_words write one word of k and of v: each k element is rotated on its own from the
+// original pair, (a, b) -> (a cos - b sin, a sin + b cos), the same expressions as rope.wgsl.
+// Tokens past step.n_tokens are left alone.
+// Prelude: WG, KV_F16.
+
+struct Params {
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    half: u32,      // rotary_dim / 2
+    neox: u32,      // 1: pairs (i, i + half); 0: pairs (2i, 2i + 1)
+    row_words: u32, // words per (position, kv head) row of the cache
+}
+
+struct Step {
+    offset: u32,
+    n_tokens: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(2) var<storage, read> table: array<vec2<f32>>;
+@group(0) @binding(3) var<storage, read_write> q: array<f32>;
+@group(0) @binding(4) var<storage, read> k_in: array<f32>;
+@group(0) @binding(5) var<storage, read> v_in: array<f32>;
+@group(0) @binding(6) var<storage, read_write> k_cache: array<u32>;
+@group(0) @binding(7) var<storage, read_write> v_cache: array<u32>;
+
+const F16_MAX: f32 = 65504.0;
+
+fn pair_offsets(i: u32) -> vec2<u32> {
+    if (p.neox == 1u) {
+        return vec2<u32>(i, i + p.half);
+    }
+    return vec2<u32>(2u * i, 2u * i + 1u);
+}
+
+fn rotate(v: vec2<f32>, cs: vec2<f32>) -> vec2<f32> {
+    return vec2<f32>(v.x * cs.x - v.y * cs.y, v.x * cs.y + v.y * cs.x);
+}
+
+// Element d of the k row starting at `src`, rotated for position `pos`.
+fn k_rotated(src: u32, d: u32, pos: u32) -> f32 {
+    if (d >= 2u * p.half) {
+        return k_in[src + d];
+    }
+    var i: u32;
+    var second: bool;
+    if (p.neox == 1u) {
+        second = d >= p.half;
+        i = select(d, d - p.half, second);
+    } else {
+        second = (d & 1u) == 1u;
+        i = d / 2u;
+    }
+    let ab = src + pair_offsets(i);
+    let r = rotate(vec2<f32>(k_in[ab.x], k_in[ab.y]), table[pos * p.half + i]);
+    return select(r.x, r.y, second);
+}
+
+fn to_word(src: array<f32, 2>) -> u32 {
+    if (KV_F16 == 1u) {
+        return pack2x16float(clamp(vec2<f32>(src[0], src[1]), vec2<f32>(-F16_MAX), vec2<f32>(F16_MAX)));
+    }
+    return bitcast<u32>(src[0]);
+}
+
+@compute @workgroup_size(WG)
+fn rope_kv_write(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let e = linear_workgroup(wid, nwg) * WG + li;
+    let q_items = p.heads * p.half;
+    let kv_items = p.kv_heads * p.row_words;
+    let per_token = q_items + kv_items;
+    let t = e / per_token;
+    if (t >= step.n_tokens) {
+        return;
+    }
+    let pos = step.offset + t;
+    let rem = e % per_token;
+    if (rem < q_items) {
+        let head = rem / p.half;
+        let i = rem % p.half;
+        let ab = (t * p.heads + head) * p.head_dim + pair_offsets(i);
+        let r = rotate(vec2<f32>(q[ab.x], q[ab.y]), table[pos * p.half + i]);
+        q[ab.x] = r.x;
+        q[ab.y] = r.y;
+        return;
+    }
+    let kv = rem - q_items;
+    let row = kv / p.row_words;
+    let w = kv % p.row_words;
+    let src = (t * p.kv_heads + row) * p.head_dim;
+    var d = w;
+    if (KV_F16 == 1u) {
+        d = 2u * w;
+    }
+    var kk = array<f32, 2>(k_rotated(src, d, pos), 0.0);
+    var vv = array<f32, 2>(v_in[src + d], 0.0);
+    if (KV_F16 == 1u && d + 1u < p.head_dim) {
+        kk[1] = k_rotated(src, d + 1u, pos);
+        vv[1] = v_in[src + d + 1u];
+    }
+    let dst = pos * kv_items + kv;
+    k_cache[dst] = to_word(kk);
+    v_cache[dst] = to_word(vv);
+}
