@@ -33,6 +33,11 @@ pub const PREFILL_CHUNK: usize = 128;
 /// not wait for the GPU.
 const STEP_SIZES: [usize; 8] = [1, 2, 4, 8, 16, 32, 64, PREFILL_CHUNK];
 
+/// Step graphs cover the sequence up to 256, 1024, 4096, … positions (at most the context), built
+/// when first needed: attention launches work for every position a graph covers, so a short chat
+/// in a long context does not pay for the whole context.
+const FIRST_SPAN: usize = 256;
+
 /// How to set up an [`Engine`].
 #[derive(Clone, Debug, Default)]
 pub struct EngineOptions {
@@ -150,9 +155,10 @@ pub struct Engine {
     model: LlamaModel,
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
-    /// Step graphs by ascending step size ([`STEP_SIZES`] that fit the context); the first is
-    /// the 1-token decode step.
+    /// Step graphs built so far, for (step size, positions covered).
     graphs: Vec<Graph>,
+    /// The step sizes of [`STEP_SIZES`] that fit the context.
+    sizes: Vec<usize>,
     /// The tokens whose keys and values are in the KV cache, at positions 0.. in order.
     cached: Vec<u32>,
     eos: Vec<u32>,
@@ -269,12 +275,11 @@ impl Engine {
             rope_factors.as_deref(),
         )
         .await?;
-        let mut graphs = Vec::new();
-        for size in STEP_SIZES {
-            if size <= context {
-                graphs.push(model.graph_with(ctx, size, CANDIDATES, false).await?);
-            }
-        }
+        let sizes: Vec<usize> = STEP_SIZES.into_iter().filter(|&s| s < context).collect();
+        // The decode step of short sequences, built now so loading compiles its kernels.
+        let first = model
+            .graph_with(ctx, 1, span_for(1, context), CANDIDATES, false)
+            .await?;
         let mut eos = tokenizer.eos();
         eos.extend(extra_eos);
         eos.sort_unstable();
@@ -283,7 +288,8 @@ impl Engine {
             model,
             tokenizer,
             template,
-            graphs,
+            graphs: vec![first],
+            sizes,
             cached: Vec::new(),
             eos,
             name,
@@ -327,8 +333,8 @@ impl Engine {
         self.cached.len()
     }
 
-    /// The dispatches of a decode step, in order, the selection of candidates included (for
-    /// profiling).
+    /// The dispatches of a decode step of a sequence up to 256 positions long, in order, the
+    /// selection of candidates included (for profiling).
     pub fn decode_dispatches(&self) -> Vec<crate::gpu::Dispatch> {
         self.graphs[0].all_dispatches()
     }
@@ -432,8 +438,9 @@ impl Engine {
         let mut out = StepOutput::Nothing;
         while pos < prompt.len() {
             let remaining = prompt.len() - pos;
-            let g = self.graph_for(remaining);
-            let n = remaining.min(self.graphs[g].step.max_tokens());
+            // The largest step size that fits what is left.
+            let n = *self.sizes.iter().rfind(|&&s| s <= remaining).unwrap_or(&1);
+            let g = self.graph_for(ctx, n, pos + n).await?;
             let last = pos + n == prompt.len();
             let chunk = &prompt[pos..pos + n];
             let want = if last { readout } else { Readout::Nothing };
@@ -490,9 +497,10 @@ impl Engine {
                 }
                 break FinishReason::Length;
             }
+            let g = self.graph_for(ctx, 1, pos + 1).await?;
             out = self
                 .model
-                .step(ctx, &mut self.graphs[0], &[token], pos, readout)
+                .step(ctx, &mut self.graphs[g], &[token], pos, readout)
                 .await?;
             self.cached.push(token);
             pos += 1;
@@ -509,12 +517,23 @@ impl Engine {
         })
     }
 
-    /// The largest step graph of at most `n` tokens.
-    fn graph_for(&self, n: usize) -> usize {
-        self.graphs
+    /// The graph for steps of `n` tokens ending at position `end` (exclusive): the one covering
+    /// the fewest positions, built on first use.
+    async fn graph_for(&mut self, ctx: &GpuContext, n: usize, end: usize) -> Result<usize> {
+        let span = span_for(end, self.context());
+        let found = self
+            .graphs
             .iter()
-            .rposition(|g| g.step.max_tokens() <= n)
-            .unwrap_or(0)
+            .position(|g| g.step.max_tokens() == n && g.step.max_positions() == span);
+        if let Some(i) = found {
+            return Ok(i);
+        }
+        let g = self
+            .model
+            .graph_with(ctx, n, span, CANDIDATES, false)
+            .await?;
+        self.graphs.push(g);
+        Ok(self.graphs.len() - 1)
     }
 }
 
@@ -522,6 +541,16 @@ impl Engine {
 /// with no penalties (which may move any token of the window past the candidates).
 pub fn reads_candidates(p: &SamplingParams) -> bool {
     !p.penalties_on() && (p.temperature == 0.0 || (1..=CANDIDATES).contains(&p.top_k))
+}
+
+/// The positions a graph for a sequence of `end` positions covers: [`FIRST_SPAN`] × 4ᵏ, at most
+/// the context.
+fn span_for(end: usize, context: usize) -> usize {
+    let mut span = FIRST_SPAN;
+    while span < end {
+        span *= 4;
+    }
+    span.min(context)
 }
 
 /// How many leading tokens two sequences share.
@@ -587,6 +616,16 @@ mod tests {
         );
         assert!(eos_ids_of_json(r#"{"bos_token_id": 1}"#).is_empty());
         assert!(eos_ids_of_json("not json").is_empty());
+    }
+
+    #[test]
+    fn spans_grow_by_four_and_stop_at_the_context() {
+        assert_eq!(span_for(1, 4096), 256);
+        assert_eq!(span_for(256, 4096), 256);
+        assert_eq!(span_for(257, 4096), 1024);
+        assert_eq!(span_for(1500, 4096), 4096);
+        assert_eq!(span_for(10, 64), 64);
+        assert_eq!(span_for(5000, 8192), 8192);
     }
 
     #[test]

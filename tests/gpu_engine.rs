@@ -58,9 +58,15 @@ fn greedy(max_tokens: usize) -> GenerateOptions {
 fn argmax_continuation(prompt: &[u32], generated: &[u32]) -> Vec<u32> {
     let m = loaded(|_| {});
     let config = ModelConfig::from_hf_json(&m.companions["config.json"], "tiny-llama").unwrap();
-    let model =
-        pollster::block_on(LlamaModel::new(ctx(), config, m.tensors, 64, DType::F32)).unwrap();
     let seq: Vec<u32> = prompt.iter().chain(generated).copied().collect();
+    let model = pollster::block_on(LlamaModel::new(
+        ctx(),
+        config,
+        m.tensors,
+        seq.len().max(64),
+        DType::F32,
+    ))
+    .unwrap();
     let mut graph = pollster::block_on(model.graph(ctx(), seq.len(), 4)).unwrap();
     let logits = pollster::block_on(model.forward(ctx(), &mut graph, &seq, 0)).unwrap();
     (prompt.len() - 1..seq.len() - 1)
@@ -93,6 +99,18 @@ fn greedy_generation_is_the_argmax_of_a_full_forward_pass() {
         g.text.split_whitespace().collect::<Vec<_>>(),
         words.split_whitespace().collect::<Vec<_>>()
     );
+}
+
+/// A sequence that grows past 256 positions moves to step graphs whose attention covers more
+/// positions (the prompt is prefilled in steps of 128, 64, 32, 16, 8 and 2, the reply passes
+/// position 256): the tokens are still the argmax of one full forward pass.
+#[test]
+fn crossing_into_a_longer_attention_span_changes_nothing() {
+    let mut engine = engine_with(600);
+    let prompt: Vec<u32> = (0..250).map(|i| 6 + (i * 13 + i / 7) % 120).collect();
+    let g = generate(&mut engine, &prompt, &greedy(12));
+    assert_eq!(g.tokens.len(), 12);
+    assert_eq!(g.tokens, argmax_continuation(&prompt, &g.tokens));
 }
 
 #[test]

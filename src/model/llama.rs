@@ -324,22 +324,29 @@ impl LlamaModel {
         max_tokens: usize,
         candidates: usize,
     ) -> Result<Graph> {
-        self.graph_with(ctx, max_tokens, candidates, true).await
+        let positions = self.kv.max_ctx();
+        self.graph_with(ctx, max_tokens, positions, candidates, true)
+            .await
     }
 
     /// As [`LlamaModel::graph`]; with `all_logits` false only the last token of a step gets
     /// logits (the output projection, the model's largest matrix, runs on one row): what
     /// generation needs.
+    ///
+    /// Attention is sized for `positions` (at most the KV cache's): a step of this graph must
+    /// end there. Smaller graphs for short sequences spare drivers that pay for every launched
+    /// workgroup (CPU implementations) the attention chunks a long context would add.
     pub async fn graph_with(
         &self,
         ctx: &GpuContext,
         max_tokens: usize,
+        positions: usize,
         candidates: usize,
         all_logits: bool,
     ) -> Result<Graph> {
         let c = &self.config;
         let t = max_tokens;
-        let step = StepState::new(ctx, t, self.kv.max_ctx())?;
+        let step = StepState::new(ctx, t, positions)?;
         let f32z = |name: &str, shape: &[usize]| ctx.zeros(name, shape, DType::F32);
         let ids = ctx.zeros("ids", &[t], DType::I32)?;
         let x = f32z("x", &[t, c.hidden])?;
