@@ -16,21 +16,36 @@ all: demo
 setup:
 	@scripts/setup.sh
 
-## make demo: the device report and a self-check of every kernel on this machine's GPU.
+## make demo: builds the optimised wasm package, fetches the default model (setup), and serves the
+## chat demo with the model on http://127.0.0.1:8080 (PORT=… to change it).
+## `make demo PROMPT="…"` instead runs PROMPT through the demo page in headless Chromium with
+## greedy decoding, prints the streamed answer and exits (MAX_TOKENS, default 32).
 demo: setup
-	cargo build --release --bin pocketlm
-	$(GPU_ENV) $(TARGET_DIR)/release/pocketlm selfcheck
+	@$(MAKE) --no-print-directory wasm PROFILE=release
+	@cd www && if [ -n "$$PROMPT" ]; then \
+	  node scripts/demo-prompt.mjs "$$PROMPT" "$${MAX_TOKENS:-32}"; \
+	else \
+	  node scripts/serve.mjs; \
+	fi
 
-## make bench: kernel benchmarks on this machine's GPU: matvec of every weight format on a
-## 4096×4096 matrix, as time per call and bandwidth relative to a plain copy on the same device.
+## make bench: kernel benchmarks on this machine's GPU (matvec of every weight format on a
+## 4096×4096 matrix, as time per call and bandwidth relative to a plain copy on the same device),
+## the default model's prefill and decode speed, work per token, memory and per-kernel times,
+## then the size of the optimised .wasm, raw and gzipped, against its 3 MiB gzipped budget.
 bench: setup
 	cargo build --release --bin pocketlm
 	$(GPU_ENV) $(TARGET_DIR)/release/pocketlm kernel-bench
+	$(GPU_ENV) $(TARGET_DIR)/release/pocketlm bench default --per-kernel
+	@$(MAKE) --no-print-directory wasm PROFILE=release
+	@raw=$$(stat -c %s www/pkg/pocketlm_bg.wasm); gz=$$(gzip -9 -c www/pkg/pocketlm_bg.wasm | wc -c); \
+	  budget=$$((3 * 1024 * 1024)); \
+	  echo "wasm size: $$raw bytes raw, $$gz bytes gzipped (budget $$budget bytes gzipped):" \
+	    $$([ $$gz -le $$budget ] && echo "within budget" || echo "OVER BUDGET")
 
 ## make test: unit tests, GPU kernels on lavapipe (full profile) and SwiftShader (baseline
 ## profile), the wasm tests in headless Chromium, and the wasm package driven by Playwright.
 test: setup
-	$(MAKE) --no-print-directory test-unit test-gpu-full test-gpu-baseline test-wasm test-browser
+	$(MAKE) --no-print-directory test-unit test-gpu-full test-gpu-baseline test-model test-wasm test-browser
 	@echo "make test: all suites passed"
 
 test-unit:
@@ -49,11 +64,16 @@ test-gpu-baseline:
 	  cargo test --test 'gpu_*' -- --nocapture
 
 ## make test-model: the real default model generates exactly what transformers generates
-## (greedy, 3 prompts × 40 tokens) on lavapipe. Slow on a CPU driver (about 4 minutes), so it is
-## not part of make test yet.
+## (greedy, 3 prompts × 32 tokens), through the engine, on both device profiles. Both run on
+## lavapipe: the baseline profile is requested explicitly (no f16, f32 KV cache, no subgroups,
+## WebGPU's default limits); SwiftShader is several times slower per token than lavapipe.
 test-model: setup
+	@echo "== SmolLM2 against transformers on lavapipe, full profile =="
 	$(GPU_ENV) VK_ICD_FILENAMES=$$(scripts/vulkan-icd.sh lavapipe) POCKETLM_TEST_ADAPTER=llvmpipe \
-	  cargo test --test model_smollm2 -- --nocapture
+	  POCKETLM_TEST_PROFILE=full cargo test --test model_smollm2 -- --nocapture
+	@echo "== SmolLM2 against transformers on lavapipe, baseline profile =="
+	$(GPU_ENV) VK_ICD_FILENAMES=$$(scripts/vulkan-icd.sh lavapipe) POCKETLM_TEST_ADAPTER=llvmpipe \
+	  POCKETLM_TEST_PROFILE=baseline cargo test --test model_smollm2 -- --nocapture
 
 test-wasm:
 	@echo "== wasm tests in headless Chromium (WebGPU) =="
@@ -61,17 +81,35 @@ test-wasm:
 	  CHROMEDRIVER=$$(command -v chromedriver) WASM_BINDGEN_TEST_TIMEOUT=600 \
 	  cargo test $(WASM_CARGO_FLAGS) --test 'web*' -- --nocapture
 
-test-browser: wasm
-	@echo "== the wasm package in headless Chromium (Playwright) =="
+## make test-browser: the npm package in headless Chromium (Playwright): weight loading, the
+## OpenAI-style API in its worker, the demo page, and the PWA and extension under a strict CSP.
+test-browser:
+	@$(MAKE) --no-print-directory wasm PROFILE=release
+	@echo "== the npm package in headless Chromium (Playwright) =="
 	cd www && npm test
 
 ## make wasm: the wasm-bindgen package in www/pkg (PROFILE=release for an optimised build).
 PROFILE ?= dev
 WASM_DIR := $(if $(filter release,$(PROFILE)),release,debug)
+# wasm-opt shrinks the release .wasm: npm's binaryen (a devDependency of www/, installed by setup),
+# because Debian 12's binaryen 108 breaks wasm-bindgen's externref table. The features are those
+# rustc enables for wasm32.
+WASM_OPT := www/node_modules/.bin/wasm-opt
+WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
+  --enable-mutable-globals --enable-reference-types --enable-multivalue
+WASM_FILE := $(TARGET_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm.wasm
+# www/pkg/.stamp-$(PROFILE) says which build www/pkg holds; an unchanged .wasm is not redone.
 wasm:
 	cargo build $(WASM_CARGO_FLAGS) --lib --profile $(PROFILE)
-	wasm-bindgen --target web --out-dir www/pkg --out-name pocketlm \
-	  $(TARGET_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm.wasm
+	@if [ www/pkg/.stamp-$(PROFILE) -nt $(WASM_FILE) ] && [ -f www/pkg/pocketlm_bg.wasm ]; then \
+	  echo "www/pkg is up to date ($(PROFILE))"; exit 0; fi; \
+	set -ex; rm -f www/pkg/.stamp-*; \
+	wasm-bindgen --target web --out-dir www/pkg --out-name pocketlm $(WASM_FILE); \
+	if [ "$(PROFILE)" = release ]; then \
+	  [ -x $(WASM_OPT) ] || { echo "$(WASM_OPT) is missing: run make setup (npm ci in www/)"; exit 1; }; \
+	  $(WASM_OPT) $(WASM_OPT_FLAGS) -o www/pkg/pocketlm_bg.wasm www/pkg/pocketlm_bg.wasm; \
+	fi; \
+	touch www/pkg/.stamp-$(PROFILE)
 
 ## make check: formatting and clippy (-D warnings) for the native and wasm32 targets.
 check: setup

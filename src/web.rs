@@ -247,14 +247,13 @@ impl Gpu {
             c.push(Some(callback));
             c.len() - 1
         });
-        self.ctx
-            .device()
-            .set_device_lost_callback(move |reason, message| {
-                let f = CALLBACKS.with(|c| c.borrow_mut().get_mut(key).and_then(Option::take));
-                if let Some(f) = f {
-                    let _ = f.call1(&JsValue::NULL, &format!("{reason:?}: {message}").into());
-                }
-            });
+        // The context records the loss first, so every later call fails with "device_lost".
+        self.ctx.set_lost_notifier(move |message| {
+            let f = CALLBACKS.with(|c| c.borrow_mut().get_mut(key).and_then(Option::take));
+            if let Some(f) = f {
+                let _ = f.call1(&JsValue::NULL, &message.into());
+            }
+        });
     }
 
     /// "full" or "baseline".
@@ -583,7 +582,7 @@ fn parse_request(request: &JsValue) -> Result<(GenerateOptions, Prompt), Error> 
     }
     if let Some(v) = get(request, "top_k") {
         p.top_k = match v.as_f64() {
-            Some(n) if n == 0.0 => 0,
+            Some(0.0) => 0,
             _ => positive_int(&v, "top_k")?,
         };
     }

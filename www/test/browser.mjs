@@ -6,21 +6,31 @@ import { join } from "node:path";
 
 export const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
-export async function launch() {
+// `extension`: the folder of an unpacked extension to load (MV3; works in the new headless mode).
+export async function launch({ extension } = {}) {
   const userDataDir = await mkdtemp(join(tmpdir(), "pocketlm-chromium-"));
+  const args = [
+    "--headless=new",
+    "--no-sandbox",
+    "--enable-unsafe-webgpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+  ];
+  if (extension) {
+    args.push(
+      `--disable-extensions-except=${extension}`,
+      `--load-extension=${extension}`,
+      "--disable-features=DisableLoadExtensionCommandLineSwitch",
+    );
+  }
   return chromium.launchPersistentContext(userDataDir, {
     executablePath: CHROMIUM,
     headless: true,
-    args: [
-      "--headless=new",
-      "--no-sandbox",
-      "--enable-unsafe-webgpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--disable-dev-shm-usage",
-    ],
+    args,
+    ignoreDefaultArgs: extension ? ["--disable-extensions"] : [],
   });
 }

@@ -1,0 +1,52 @@
+// Types of `pocketlm/engine`: the engine in this realm (inside a worker or a service worker).
+import type { LoadOptions, ModelInfo, ModelSource, PocketLMError, SupportReport } from "./index.js";
+
+export { PocketLMError } from "./index.js";
+
+export function initWasm(wasm?: string | URL | Response | BufferSource | WebAssembly.Module): Promise<unknown>;
+export function supportReport(): Promise<SupportReport>;
+export function listCachedModels(): Promise<string[]>;
+export function clearModelCache(): Promise<boolean>;
+
+/** The engine's own result (the OpenAI shapes are made by the PocketLM class). */
+export interface Generation {
+  text: string;
+  tokens: number[];
+  finishReason: "stop" | "length" | "abort";
+  promptTokens: number;
+  cachedTokens: number;
+  completionTokens: number;
+  prefillMs: number;
+  decodeMs: number;
+}
+
+export interface EngineRequest {
+  messages?: { role: string; content: string }[];
+  prompt?: string;
+  max_tokens?: number;
+  temperature?: number;
+  top_p?: number;
+  top_k?: number;
+  min_p?: number;
+  seed?: number;
+  stop?: string[];
+  frequency_penalty?: number;
+  presence_penalty?: number;
+  repetition_penalty?: number;
+}
+
+export class Engine {
+  static load(
+    source: ModelSource,
+    options?: Omit<LoadOptions, "worker"> & { wasm?: string | URL; onDeviceLost?: (error: PocketLMError) => void },
+  ): Promise<Engine>;
+  readonly state: "ready" | "unloaded" | "lost";
+  info(): ModelInfo;
+  generate(request: EngineRequest, options?: { onToken?: (text: string, tokenId: number) => void; signal?: AbortSignal }): Promise<Generation>;
+  tokenize(text: string, addSpecial?: boolean): number[];
+  unload(): Promise<void>;
+  simulateDeviceLoss(): void;
+}
+
+/** The engine's side of the package's worker protocol. */
+export function createHandler(post: (reply: unknown) => void): (message: unknown) => Promise<void>;

@@ -1,0 +1,299 @@
+// The engine in this JavaScript realm: the wasm module, one GPU device and one model, with a queue
+// so that generations run one after another. The package's Web Worker runs it; it also runs
+// directly inside any worker or an extension's service worker (see README.md), where
+// `PocketLM.load(url, { worker: false })` uses it without a second worker.
+import init, { Gpu, listCachedModels as wasmListCached, clearModelCache as wasmClearCache } from "../pkg/pocketlm.js";
+import { PocketLMError, toPocketLMError, serializeError } from "./errors.js";
+import { loadOptions, normalizeSource } from "./validate.js";
+
+let wasmReady = null;
+
+/** Loads and instantiates pocketlm_bg.wasm once per realm (`wasm`: its URL, Response or module;
+ * by default the file next to pkg/pocketlm.js). */
+export function initWasm(wasm) {
+  wasmReady ??= init(wasm === undefined ? undefined : { module_or_path: wasm }).catch((e) => {
+    wasmReady = null;
+    throw new PocketLMError("wasm_load", `could not load PocketLM's WebAssembly module: ${e?.message ?? e}`, { cause: e });
+  });
+  return wasmReady;
+}
+
+/** Whether this realm can run PocketLM, and if not, why. Does not load the wasm module. */
+export async function supportReport() {
+  if (typeof WebAssembly !== "object") return { supported: false, reason: "this browser has no WebAssembly" };
+  const gpu = globalThis.navigator?.gpu;
+  if (!gpu) {
+    if (globalThis.isSecureContext === false) {
+      return { supported: false, reason: "WebGPU needs a secure context: serve the page over https:// (or from http://localhost)" };
+    }
+    return {
+      supported: false,
+      reason: "this browser has no WebGPU (navigator.gpu is missing): use a recent Chrome or Edge (113+), Safari 26+, or Firefox 141+ on Windows",
+    };
+  }
+  let adapter = null;
+  try {
+    adapter = await gpu.requestAdapter();
+  } catch (e) {
+    return { supported: false, reason: `WebGPU could not find a GPU adapter: ${e?.message ?? e}` };
+  }
+  if (!adapter) {
+    return {
+      supported: false,
+      reason: "WebGPU is present but offers no GPU adapter (the GPU may be blocklisted or WebGPU disabled: see chrome://gpu)",
+    };
+  }
+  const info = adapter.info ?? {};
+  return {
+    supported: true,
+    reason: null,
+    adapter: {
+      vendor: info.vendor ?? "",
+      architecture: info.architecture ?? "",
+      description: info.description ?? "",
+      isFallbackAdapter: Boolean(info.isFallbackAdapter ?? adapter.isFallbackAdapter),
+    },
+    features: [...adapter.features],
+    limits: {
+      maxBufferSize: adapter.limits.maxBufferSize,
+      maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize,
+    },
+  };
+}
+
+/** The URLs of the model files in PocketLM's cache (Cache API) in this origin. */
+export async function listCachedModels() {
+  await initWasm();
+  try {
+    return await wasmListCached();
+  } catch (e) {
+    throw toPocketLMError(e);
+  }
+}
+
+/** Deletes every cached model file of this origin; resolves to whether there was a cache. */
+export async function clearModelCache() {
+  await initWasm();
+  try {
+    return await wasmClearCache();
+  } catch (e) {
+    throw toPocketLMError(e);
+  }
+}
+
+const GPU_FAILURES = new Set(["readback", "gpu", "device_lost"]);
+
+const abortedResult = () => ({
+  text: "",
+  tokens: [],
+  finishReason: "abort",
+  promptTokens: 0,
+  cachedTokens: 0,
+  completionTokens: 0,
+  prefillMs: 0,
+  decodeMs: 0,
+});
+
+/** One model on one GPU device. */
+export class Engine {
+  #gpu;
+  #model;
+  #info;
+  #state = "ready";
+  #lostMessage = "";
+  #lost = null; // resolves when the device is lost
+  #queue = Promise.resolve();
+
+  /**
+   * Loads a model. `source`: a URL (absolute, or relative to this realm's location), an array of
+   * the URLs of one model's files, a File/Blob, an ArrayBuffer/Uint8Array or a ReadableStream.
+   * `options`: onProgress, signal, integrity, cache, context, kvDtype, profile, concurrency, wasm,
+   * onDeviceLost(error).
+   */
+  static async load(source, options = {}) {
+    const { onProgress, signal, onDeviceLost, wasm } = options;
+    const opts = loadOptions({ ...options, onProgress: undefined });
+    const src = normalizeSource(source, globalThis.location?.href);
+    if (signal?.aborted) throw new PocketLMError("aborted", "the load was aborted");
+    await initWasm(wasm);
+    let gpu;
+    try {
+      gpu = await Gpu.create(opts.profile);
+    } catch (e) {
+      throw toPocketLMError(e);
+    }
+    const engine = new Engine();
+    engine.#gpu = gpu;
+    let lost;
+    engine.#lost = new Promise((resolve) => (lost = resolve));
+    gpu.onDeviceLost((message) => {
+      lost();
+      if (engine.#state !== "ready") return; // unload() destroys the device on purpose
+      engine.#state = "lost";
+      engine.#lostMessage = message;
+      onDeviceLost?.(engine.#stateError());
+    });
+    try {
+      const { profile: _, ...wasmOptions } = opts;
+      engine.#model = await gpu.loadModel(src, { ...wasmOptions, onProgress, signal });
+      engine.#info = engine.#model.info();
+      engine.#info.profile = gpu.profile;
+      return engine;
+    } catch (e) {
+      engine.#state = "unloaded";
+      try {
+        gpu.destroyDevice();
+        gpu.free();
+      } catch {
+        /* already gone */
+      }
+      throw engine.#lostMessage ? new PocketLMError("device_lost", `the GPU device was lost while loading (${engine.#lostMessage})`) : toPocketLMError(e);
+    }
+  }
+
+  /** `{name, architecture, vocab, layers, hidden, heads, kvHeads, headDim, context, trainedContext,
+   * weightBytes, kvBytes, chatTemplate, eos, profile}`. */
+  info() {
+    return { ...this.#info };
+  }
+
+  /** "ready", "unloaded" or "lost". */
+  get state() {
+    return this.#state;
+  }
+
+  #stateError() {
+    if (this.#state === "lost") {
+      return new PocketLMError("device_lost", `the GPU device was lost (${this.#lostMessage}); load the model again`);
+    }
+    return new PocketLMError("unloaded", "this model was unloaded; load it again to use it");
+  }
+
+  /**
+   * Generates (queued behind earlier calls). `request`: the engine's request (`messages` or
+   * `prompt`, and the OpenAI sampling names). `onToken(text, tokenId)` after every token; `signal`
+   * stops it within one token with finishReason "abort" (also while it waits in the queue).
+   */
+  generate(request, { onToken, signal } = {}) {
+    if (this.#state !== "ready") return Promise.reject(this.#stateError());
+    const run = async () => {
+      if (this.#state !== "ready") throw this.#stateError();
+      if (signal?.aborted) return abortedResult();
+      try {
+        return await this.#model.generate({ ...request, signal }, onToken ? (text, token) => void onToken(text, token) : undefined);
+      } catch (e) {
+        const err = toPocketLMError(e);
+        // A lost device first shows as a failed GPU call; its "lost" news follows a moment later.
+        if (GPU_FAILURES.has(err.code) && this.#state === "ready") {
+          await Promise.race([this.#lost, new Promise((resolve) => setTimeout(resolve, 250))]);
+        }
+        if (this.#state === "lost") throw this.#stateError();
+        if (err.code === "aborted" && signal?.aborted) return abortedResult();
+        throw err;
+      }
+    };
+    const result = this.#queue.then(run, run);
+    this.#queue = result.catch(() => {});
+    return result;
+  }
+
+  /** The token ids of `text`. */
+  tokenize(text, addSpecial = false) {
+    if (this.#state !== "ready") throw this.#stateError();
+    return Array.from(this.#model.tokenize(String(text), Boolean(addSpecial)));
+  }
+
+  /** Frees the GPU memory and the device. A generation in progress ends after its current token
+   * (finishReason "abort"); queued ones reject with code "unloaded". */
+  async unload() {
+    if (this.#state === "unloaded") return;
+    this.#state = "unloaded";
+    try {
+      this.#model?.unload();
+    } catch {
+      /* lost devices have nothing left to free */
+    }
+    await this.#queue;
+    for (const f of [() => this.#model?.free(), () => this.#gpu?.destroyDevice(), () => this.#gpu?.free()]) {
+      try {
+        f();
+      } catch {
+        /* already freed */
+      }
+    }
+    this.#model = undefined;
+    this.#gpu = undefined;
+  }
+
+  /** Destroys the GPU device as a lost device would be (for tests of recovery). */
+  simulateDeviceLoss() {
+    this.#gpu?.destroyDevice();
+  }
+}
+
+/**
+ * The engine's side of the package's message protocol: `handle(message)` runs one request and
+ * answers through `post(reply)`. Requests: {id, op: "support" | "load" | "generate" | "unload" |
+ * "info" | "simulateDeviceLoss", ...}, and {op: "abort", target: id}. Replies: {id, type:
+ * "progress" | "token" | "done" | "error"}, and {type: "lost", error} when the device is lost.
+ */
+export function createHandler(post) {
+  let engine = null;
+  const controllers = new Map();
+  const need = () => {
+    if (!engine) throw new PocketLMError("unloaded", "no model is loaded");
+    return engine;
+  };
+  return async function handle(m) {
+    if (m.op === "abort") {
+      controllers.get(m.target)?.abort();
+      return;
+    }
+    const { id } = m;
+    const controller = new AbortController();
+    controllers.set(id, controller);
+    try {
+      let value;
+      switch (m.op) {
+        case "support":
+          value = await supportReport();
+          break;
+        case "load":
+          if (engine) throw new PocketLMError("invalid_request", "this engine already holds a model");
+          engine = await Engine.load(m.source, {
+            ...m.options,
+            signal: controller.signal,
+            onProgress: m.progress ? (progress) => post({ id, type: "progress", progress: { ...progress } }) : undefined,
+            onDeviceLost: (error) => post({ type: "lost", error: serializeError(error) }),
+          });
+          value = engine.info();
+          break;
+        case "generate":
+          value = await need().generate(m.request, {
+            signal: controller.signal,
+            onToken: m.stream ? (text, token) => post({ id, type: "token", text, token }) : undefined,
+          });
+          break;
+        case "tokenize":
+          value = need().tokenize(m.text, m.addSpecial);
+          break;
+        case "info":
+          value = need().info();
+          break;
+        case "unload":
+          await engine?.unload();
+          break;
+        case "simulateDeviceLoss":
+          need().simulateDeviceLoss();
+          break;
+        default:
+          throw new PocketLMError("invalid_request", `unknown operation ${JSON.stringify(m.op)}`);
+      }
+      post({ id, type: "done", value });
+    } catch (e) {
+      post({ id, type: "error", error: serializeError(e) });
+    } finally {
+      controllers.delete(id);
+    }
+  };
+}

@@ -1,0 +1,221 @@
+// Types of the `pocketlm` package.
+
+/** Every error PocketLM reports. `code` is stable (see README.md for the list). */
+export class PocketLMError extends Error {
+  constructor(code: PocketLMErrorCode | string, message: string, options?: { cause?: unknown });
+  readonly name: "PocketLMError";
+  readonly code: PocketLMErrorCode | string;
+}
+
+export type PocketLMErrorCode =
+  // raised in JavaScript
+  | "invalid_request" | "unloaded" | "device_lost" | "aborted" | "worker" | "wasm_load" | "internal"
+  // GPU and device
+  | "no_adapter" | "device_request" | "profile_unavailable" | "unknown_profile" | "too_large" | "shader_compile"
+  | "gpu" | "readback" | "shape_mismatch" | "unsupported_dtype" | "invalid_tensor"
+  // downloading and reading model files
+  | "http" | "io" | "integrity" | "file_truncated" | "bad_magic" | "unsupported_format_version" | "header_limit"
+  | "invalid_header" | "duplicate_name" | "unknown_tensor_type" | "tensor_out_of_bounds" | "tensor_layout"
+  | "missing_metadata" | "metadata_type" | "split_model" | "shard_index"
+  // the model
+  | "unsupported_architecture" | "config" | "tokenizer" | "vocab_mismatch" | "chat_template"
+  | "chat_template_rejected" | "missing_chat_template"
+  // generation
+  | "invalid_sampling_params" | "no_candidates" | "context_overflow";
+
+export interface SupportReport {
+  supported: boolean;
+  /** Why not, in words; null when supported. */
+  reason: string | null;
+  adapter?: { vendor: string; architecture: string; description: string; isFallbackAdapter: boolean };
+  features?: string[];
+  limits?: { maxBufferSize: number; maxStorageBufferBindingSize: number };
+}
+
+export interface LoadProgress {
+  /** The file being downloaded (its URL or name). */
+  file: string;
+  fileIndex: number;
+  files: number;
+  bytesDone: number;
+  bytesTotal: number | null;
+  /** Bytes of all files together. */
+  allDone: number;
+  allTotal: number | null;
+}
+
+export type ModelSource = string | URL | Array<string | URL> | Blob | File | FileList | ArrayBuffer | ArrayBufferView | ReadableStream<Uint8Array>;
+
+export interface LoadOptions {
+  onProgress?: (progress: LoadProgress) => void;
+  signal?: AbortSignal;
+  /** "sha256-<base64>" (Subresource Integrity form) or 64 hex digits; an array with one per file
+   * (null: not checked). A mismatch rejects with code "integrity" and drops the cached copy. */
+  integrity?: string | Array<string | null>;
+  /** Keep downloaded files in the Cache API so that a second load makes no request (default true). */
+  cache?: boolean;
+  /** Positions in the KV cache (default: the model's own, up to 4096). */
+  context?: number;
+  kvDtype?: "f16" | "f32";
+  /** GPU feature profile (default "auto"). */
+  profile?: "auto" | "full" | "baseline";
+  /** Files downloaded at once (default 4). */
+  concurrency?: number;
+  /** true (default where Worker exists): run the engine in a module Web Worker made by the package;
+   * false: in this realm (inside a worker or an extension's service worker); or a Worker you
+   * started on `pocketlm/worker`. */
+  worker?: boolean | Worker;
+}
+
+export interface ModelInfo {
+  name: string;
+  architecture: string;
+  vocab: number;
+  layers: number;
+  hidden: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  context: number;
+  trainedContext: number;
+  weightBytes: number;
+  kvBytes: number;
+  chatTemplate: boolean;
+  eos: number[];
+  profile: "full" | "baseline";
+}
+
+export type TextPart = { type: "text"; text: string };
+
+export interface ChatMessage {
+  role: "system" | "user" | "assistant" | (string & {});
+  content: string | TextPart[];
+}
+
+export interface SamplingOptions {
+  max_tokens?: number;
+  /** Alias of max_tokens. */
+  max_completion_tokens?: number;
+  /** Default 1; 0 is greedy. */
+  temperature?: number;
+  top_p?: number;
+  top_k?: number;
+  min_p?: number;
+  seed?: number;
+  stop?: string | string[];
+  frequency_penalty?: number;
+  presence_penalty?: number;
+  repetition_penalty?: number;
+  /** Stops the generation within one token; finish_reason is then "abort". */
+  signal?: AbortSignal;
+  /** Only 1. */
+  n?: 1;
+  /** Accepted and ignored (the loaded model answers). */
+  model?: string;
+}
+
+export type FinishReason = "stop" | "length" | "abort";
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  prompt_tokens_details: { cached_tokens: number };
+}
+
+/** PocketLM's own numbers about a generation. */
+export interface Timings {
+  token_ids: number[];
+  prefill_ms: number;
+  decode_ms: number;
+  cached_tokens: number;
+  tokens_per_second: number | null;
+}
+
+export interface ChatCompletionRequest extends SamplingOptions {
+  messages: ChatMessage[];
+  stream?: boolean;
+}
+
+export interface ChatCompletion {
+  id: string;
+  object: "chat.completion";
+  created: number;
+  model: string;
+  system_fingerprint: null;
+  choices: [{ index: 0; message: { role: "assistant"; content: string; refusal: null }; logprobs: null; finish_reason: FinishReason }];
+  usage: Usage;
+  pocketlm: Timings;
+}
+
+export interface ChatCompletionChunk {
+  id: string;
+  object: "chat.completion.chunk";
+  created: number;
+  model: string;
+  system_fingerprint: null;
+  choices: [{ index: 0; delta: { role?: "assistant"; content?: string }; logprobs: null; finish_reason: FinishReason | null; token_id?: number }];
+  /** On the last chunk only. */
+  usage?: Usage;
+  pocketlm?: Timings;
+}
+
+export interface CompletionRequest extends SamplingOptions {
+  prompt: string;
+  stream?: boolean;
+}
+
+export interface Completion {
+  id: string;
+  object: "text_completion";
+  created: number;
+  model: string;
+  system_fingerprint: null;
+  choices: [{ index: 0; text: string; logprobs: null; finish_reason: FinishReason | null; token_id?: number }];
+  usage?: Usage;
+  pocketlm?: Timings;
+}
+
+export interface Stream<T> extends AsyncIterable<T> {
+  /** Aborting it stops the generation (as the request's signal would). */
+  controller: AbortController;
+  /** The whole text, once the stream ends. */
+  text(): Promise<string>;
+}
+
+export class PocketLM extends EventTarget {
+  private constructor();
+  static isSupported(): Promise<boolean>;
+  static supportReport(): Promise<SupportReport>;
+  static load(source: ModelSource, options?: LoadOptions): Promise<PocketLM>;
+  static cachedModels(): Promise<string[]>;
+  static clearCache(): Promise<boolean>;
+
+  readonly info: ModelInfo;
+  readonly state: "ready" | "unloaded" | "lost" | "crashed";
+  readonly chat: {
+    readonly completions: {
+      create(request: ChatCompletionRequest & { stream: true }): Promise<Stream<ChatCompletionChunk>>;
+      create(request: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
+      create(request: ChatCompletionRequest): Promise<ChatCompletion | Stream<ChatCompletionChunk>>;
+    };
+  };
+  readonly completions: {
+    create(request: CompletionRequest & { stream: true }): Promise<Stream<Completion>>;
+    create(request: CompletionRequest & { stream?: false }): Promise<Completion>;
+    create(request: CompletionRequest): Promise<Completion | Stream<Completion>>;
+  };
+  /** Plain text completion, no chat template. */
+  complete(prompt: string, options?: SamplingOptions): Promise<string>;
+  tokenize(text: string, addSpecial?: boolean): Promise<number[]>;
+  /** Frees the GPU memory and the worker; later calls reject with code "unloaded". */
+  unload(): Promise<void>;
+  /** Test hook: destroys the GPU device as a lost device would be. */
+  _simulateDeviceLoss(): Promise<void>;
+
+  addEventListener(type: "error", listener: (event: ErrorEvent & { error: PocketLMError }) => void, options?: boolean | AddEventListenerOptions): void;
+  addEventListener(type: "unload", listener: (event: Event) => void, options?: boolean | AddEventListenerOptions): void;
+  addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
+}
+
+export default PocketLM;

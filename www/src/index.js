@@ -1,0 +1,392 @@
+// PocketLM's main-thread API: load a model into a module Web Worker and talk to it with an
+// OpenAI-style chat completions API.
+//
+//   import { PocketLM } from "pocketlm";
+//   const lm = await PocketLM.load(url, { onProgress });
+//   for await (const chunk of await lm.chat.completions.create({ messages, stream: true }))
+//     out.textContent += chunk.choices[0].delta.content ?? "";
+import { PocketLMError, deserializeError, toPocketLMError } from "./errors.js";
+import { chatRequest, completionRequest, loadOptions, normalizeSource } from "./validate.js";
+import { createHandler, supportReport, listCachedModels, clearModelCache } from "./engine.js";
+
+export { PocketLMError };
+
+const baseURL = () => globalThis.document?.baseURI ?? globalThis.location?.href;
+const randomId = () => {
+  const bytes = new Uint8Array(12);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(36).padStart(2, "0")).join("").slice(0, 24);
+};
+
+/** Request/reply over postMessage (or, in-process, over direct calls) with the engine. */
+class Transport {
+  #next = 1;
+  #pending = new Map();
+  #send;
+  #close;
+  onLost = () => {};
+  onCrash = () => {};
+
+  constructor(send, close) {
+    this.#send = send;
+    this.#close = close;
+  }
+
+  static worker(worker) {
+    const t = new Transport(
+      (m, transfer) => worker.postMessage(m, transfer ?? []),
+      () => worker.terminate(),
+    );
+    worker.addEventListener("message", (e) => t.receive(e.data));
+    worker.addEventListener("error", (e) => {
+      e.preventDefault?.();
+      t.onCrash(new PocketLMError("worker", `the PocketLM worker failed${e.message ? `: ${e.message}` : " to start (is src/worker.js served, with pkg/ next to src/?)"}`));
+    });
+    worker.addEventListener("messageerror", () => t.onCrash(new PocketLMError("worker", "a message from the PocketLM worker could not be read")));
+    return t;
+  }
+
+  static local() {
+    let t;
+    const handle = createHandler((reply) => queueMicrotask(() => t.receive(reply)));
+    t = new Transport((m) => void handle(m), () => {});
+    return t;
+  }
+
+  get pending() {
+    return this.#pending.size;
+  }
+
+  /** Sends `op` and resolves to its value; `onProgress`/`onToken` get the replies on the way;
+   * `signal` sends an abort for it. */
+  request(op, payload = {}, { onProgress, onToken, signal, transfer } = {}) {
+    const id = this.#next++;
+    return new Promise((resolve, reject) => {
+      const onAbort = () => this.#send({ op: "abort", target: id });
+      const cleanup = () => signal?.removeEventListener("abort", onAbort);
+      this.#pending.set(id, {
+        resolve: (v) => (cleanup(), resolve(v)),
+        reject: (e) => (cleanup(), reject(e)),
+        onProgress,
+        onToken,
+      });
+      this.#send({ id, op, ...payload, progress: Boolean(onProgress), stream: Boolean(onToken) }, transfer);
+      if (signal) {
+        if (signal.aborted) onAbort();
+        else signal.addEventListener("abort", onAbort, { once: true });
+      }
+    });
+  }
+
+  receive(m) {
+    if (m?.type === "lost") {
+      this.onLost(deserializeError(m.error));
+      return;
+    }
+    const p = this.#pending.get(m?.id);
+    if (!p) return;
+    switch (m.type) {
+      case "progress":
+        try {
+          p.onProgress?.(m.progress);
+        } catch (e) {
+          console.error("PocketLM: onProgress threw", e);
+        }
+        break;
+      case "token":
+        p.onToken?.(m.text, m.token);
+        break;
+      case "done":
+        this.#pending.delete(m.id);
+        p.resolve(m.value);
+        break;
+      case "error":
+        this.#pending.delete(m.id);
+        p.reject(deserializeError(m.error));
+        break;
+    }
+  }
+
+  /** Rejects everything in flight with `error` and stops the worker. */
+  close(error) {
+    for (const p of this.#pending.values()) p.reject(error);
+    this.#pending.clear();
+    this.#close();
+  }
+}
+
+function usageOf(r) {
+  return {
+    prompt_tokens: r.promptTokens,
+    completion_tokens: r.completionTokens,
+    total_tokens: r.promptTokens + r.completionTokens,
+    prompt_tokens_details: { cached_tokens: r.cachedTokens },
+  };
+}
+
+function timingsOf(r) {
+  return {
+    token_ids: r.tokens,
+    prefill_ms: r.prefillMs,
+    decode_ms: r.decodeMs,
+    cached_tokens: r.cachedTokens,
+    tokens_per_second: r.decodeMs > 0 && r.completionTokens > 1 ? ((r.completionTokens - 1) * 1000) / r.decodeMs : null,
+  };
+}
+
+const TOKEN = Symbol("PocketLM.constructor");
+
+/** A model running in the browser. An `EventTarget`: "error" (an `ErrorEvent` whose `error` is a
+ * `PocketLMError`, e.g. code "device_lost") and "unload". */
+export class PocketLM extends EventTarget {
+  #t;
+  #info;
+  #state = "ready";
+  #stateError = null;
+
+  /** @internal use PocketLM.load() */
+  constructor(token, transport, info) {
+    super();
+    if (token !== TOKEN) throw new TypeError("use PocketLM.load(model) to create a PocketLM");
+    this.#t = transport;
+    this.#info = info;
+    transport.onLost = (error) => this.#fail(error);
+    transport.onCrash = (error) => this.#fail(error);
+    this.chat = Object.freeze({ completions: Object.freeze({ create: (request) => this.#create(request, "chat") }) });
+    this.completions = Object.freeze({ create: (request) => this.#create(request, "text") });
+  }
+
+  /** Resolves to whether this browser can run PocketLM (WebGPU with an adapter, WebAssembly). */
+  static async isSupported() {
+    return (await PocketLM.supportReport()).supported;
+  }
+
+  /** `{supported, reason, adapter?, features?, limits?}`: `reason` says why not, in words. */
+  static supportReport() {
+    return supportReport();
+  }
+
+  /** The URLs of the model files cached in this origin (Cache API). */
+  static cachedModels() {
+    return listCachedModels();
+  }
+
+  /** Deletes every cached model file of this origin. */
+  static clearCache() {
+    return clearModelCache();
+  }
+
+  /**
+   * Downloads (or reads from the cache) a model and makes it ready on the GPU.
+   * @param source a URL (relative ones resolve against the page), the URLs of one model's files,
+   *   a File/Blob, an ArrayBuffer/Uint8Array or a ReadableStream
+   * @param options onProgress, signal, integrity ("sha256-<base64>" or hex; an array for several
+   *   files), cache (default true), context, kvDtype, profile, concurrency, worker (true: a module
+   *   Web Worker, the default where workers exist; false: in this realm; or a Worker running
+   *   pocketlm/worker)
+   */
+  static async load(source, options = {}) {
+    const opts = loadOptions(options ?? {});
+    const src = normalizeSource(source, baseURL());
+    const { onProgress, signal } = options ?? {};
+    if (signal?.aborted) throw new PocketLMError("aborted", "the load was aborted");
+    let worker = options?.worker ?? typeof Worker !== "undefined";
+    let transport;
+    if (worker === false) {
+      transport = Transport.local();
+    } else {
+      if (worker === true) {
+        try {
+          worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module", name: "pocketlm" });
+        } catch (e) {
+          throw new PocketLMError("worker", `could not start the PocketLM worker: ${e?.message ?? e}`);
+        }
+      }
+      transport = Transport.worker(worker);
+    }
+    const failed = new Promise((_, reject) => {
+      transport.onCrash = reject;
+      transport.onLost = reject;
+    });
+    try {
+      const info = await Promise.race([transport.request("load", { source: src, options: opts }, { onProgress, signal }), failed]);
+      return new PocketLM(TOKEN, transport, info);
+    } catch (e) {
+      transport.close(toPocketLMError(e));
+      throw toPocketLMError(e);
+    }
+  }
+
+  /** `{name, architecture, vocab, layers, hidden, heads, kvHeads, headDim, context, trainedContext,
+   * weightBytes, kvBytes, chatTemplate, eos, profile}`. */
+  get info() {
+    return { ...this.#info };
+  }
+
+  /** "ready", "unloaded", "lost" (the GPU device) or "crashed" (the worker). */
+  get state() {
+    return this.#state;
+  }
+
+  #check() {
+    if (this.#state !== "ready") throw this.#stateError;
+  }
+
+  #fail(error) {
+    if (this.#state !== "ready") return;
+    this.#state = error.code === "device_lost" ? "lost" : "crashed";
+    this.#stateError = error;
+    this.#t.close(error);
+    const event =
+      typeof ErrorEvent === "function" ? new ErrorEvent("error", { error, message: error.message }) : Object.assign(new Event("error"), { error });
+    this.dispatchEvent(event);
+  }
+
+  async #create(request, kind) {
+    this.#check();
+    const req = kind === "chat" ? chatRequest(request) : completionRequest(request);
+    const { signal } = request;
+    const meta = {
+      id: `${kind === "chat" ? "chatcmpl" : "cmpl"}-${randomId()}`,
+      created: Math.floor(Date.now() / 1000),
+      model: this.#info.name,
+    };
+    if (request.stream) return this.#stream(req, signal, kind, meta);
+    const r = await this.#t.request("generate", { request: req }, { signal });
+    const choice =
+      kind === "chat"
+        ? { index: 0, message: { role: "assistant", content: r.text, refusal: null }, logprobs: null, finish_reason: r.finishReason }
+        : { index: 0, text: r.text, logprobs: null, finish_reason: r.finishReason };
+    return {
+      ...meta,
+      object: kind === "chat" ? "chat.completion" : "text_completion",
+      system_fingerprint: null,
+      choices: [choice],
+      usage: usageOf(r),
+      pocketlm: timingsOf(r),
+    };
+  }
+
+  #stream(req, signal, kind, meta) {
+    const controller = new AbortController();
+    const forward = () => controller.abort(signal.reason);
+    if (signal?.aborted) controller.abort(signal.reason);
+    else signal?.addEventListener("abort", forward, { once: true });
+    const object = kind === "chat" ? "chat.completion.chunk" : "text_completion";
+    const chunk = (text, first, finish_reason, extra) => ({
+      ...meta,
+      object,
+      system_fingerprint: null,
+      choices: [
+        kind === "chat"
+          ? { index: 0, delta: finish_reason ? {} : first ? { role: "assistant", content: text } : { content: text }, logprobs: null, finish_reason }
+          : { index: 0, text, logprobs: null, finish_reason },
+      ],
+      ...extra,
+    });
+    const chunks = [];
+    let first = true;
+    let finished = false;
+    let failure = null;
+    let wake = null;
+    const notify = () => {
+      wake?.();
+      wake = null;
+    };
+    const onToken = (text, tokenId) => {
+      if (!text) return;
+      const c = chunk(text, first, null);
+      c.choices[0].token_id = tokenId;
+      chunks.push(c);
+      first = false;
+      notify();
+    };
+    const done = this.#t
+      .request("generate", { request: req }, { signal: controller.signal, onToken })
+      .then((r) => {
+        if (first && kind === "chat") chunks.push(chunk("", true, null));
+        chunks.push(chunk("", false, r.finishReason, { usage: usageOf(r), pocketlm: timingsOf(r) }));
+      })
+      .catch((e) => {
+        failure = toPocketLMError(e);
+      })
+      .finally(() => {
+        finished = true;
+        signal?.removeEventListener("abort", forward);
+        notify();
+      });
+    const iterator = {
+      async next() {
+        for (;;) {
+          if (chunks.length > 0) return { value: chunks.shift(), done: false };
+          if (failure) {
+            const e = failure;
+            failure = null;
+            chunks.length = 0;
+            throw e;
+          }
+          if (finished) return { value: undefined, done: true };
+          await new Promise((resolve) => (wake = resolve));
+        }
+      },
+      // Leaving a for-await loop early stops the generation.
+      async return() {
+        controller.abort();
+        await done;
+        failure = null;
+        chunks.length = 0;
+        return { value: undefined, done: true };
+      },
+      [Symbol.asyncIterator]() {
+        return this;
+      },
+    };
+    return {
+      controller,
+      [Symbol.asyncIterator]: () => iterator,
+      /** The whole text, once the stream ends. */
+      async text() {
+        let s = "";
+        for await (const c of this) s += kind === "chat" ? (c.choices[0].delta.content ?? "") : c.choices[0].text;
+        return s;
+      },
+    };
+  }
+
+  /** Plain text completion (no chat template): resolves to the generated text. */
+  async complete(prompt, options = {}) {
+    const r = await this.completions.create({ ...options, prompt, stream: false });
+    return r.choices[0].text;
+  }
+
+  /** The token ids of `text` (no special tokens unless `addSpecial`). */
+  async tokenize(text, addSpecial = false) {
+    this.#check();
+    return this.#t.request("tokenize", { text, addSpecial });
+  }
+
+  /** Frees the model's GPU memory and the worker. Later calls reject with code "unloaded". */
+  async unload() {
+    if (this.#state === "unloaded") return;
+    const was = this.#state;
+    this.#state = "unloaded";
+    this.#stateError = new PocketLMError("unloaded", "this model was unloaded: load it again with PocketLM.load()");
+    if (was === "ready") {
+      try {
+        await this.#t.request("unload");
+      } catch {
+        /* the worker goes anyway */
+      }
+    }
+    this.#t.close(this.#stateError);
+    this.dispatchEvent(new Event("unload"));
+  }
+
+  /** Test hook: destroys the GPU device as if it were lost (the "error" event follows). */
+  async _simulateDeviceLoss() {
+    this.#check();
+    await this.#t.request("simulateDeviceLoss");
+  }
+}
+
+export default PocketLM;

@@ -1,0 +1,109 @@
+// The examples under a strict Content-Security-Policy (script-src 'self' 'wasm-unsafe-eval'):
+// the offline PWA, served with that CSP header, answers, then answers again from its caches with
+// the server gone; the MV3 extension (loaded unpacked, its manifest declaring that CSP) answers
+// in its side panel page.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { dirname, join } from "node:path";
+import { serve } from "./server.mjs";
+import { launch } from "./browser.mjs";
+import { vendorExamples } from "../scripts/vendor-examples.mjs";
+
+const WWW = join(dirname(fileURLToPath(import.meta.url)), "..");
+const MODELS = join(WWW, "..", "models");
+const MODEL = "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+export const CSP = "script-src 'self' 'wasm-unsafe-eval'; object-src 'none'";
+
+before(() => vendorExamples());
+
+/** Collects CSP violations in a page (they would show up as console errors too). */
+function watchViolations(page) {
+  const violations = [];
+  page.on("console", (m) => {
+    if (m.type() === "error" && !/inline script/i.test(m.text())) console.error("[page]", m.text());
+    if (/Content Security Policy/i.test(m.text())) violations.push(m.text());
+  });
+  page.on("pageerror", (e) => console.error("[page]", e.message));
+  return violations;
+}
+
+/** Whether an inline script runs (a strict CSP refuses it; eval from Playwright bypasses CSP). */
+async function inlineScriptRuns(page) {
+  return page.evaluate(async () => {
+    const s = document.createElement("script");
+    s.textContent = "window.__inlineRan = true";
+    document.head.append(s);
+    await new Promise((ok) => setTimeout(ok, 50));
+    return window.__inlineRan === true;
+  });
+}
+
+async function ask(page) {
+  await page.waitForFunction(() => !document.getElementById("send").disabled, null, { timeout: 300_000 });
+  await page.click("#send");
+  await page.waitForSelector("#out[data-done]", { timeout: 300_000 });
+  return page.textContent("#out");
+}
+
+test("the offline PWA answers under a strict CSP, and again with the server gone", async () => {
+  let server = await serve({ "/": WWW, "/models/": MODELS }, { headers: () => ({ "content-security-policy": CSP }) });
+  const port = Number(new URL(server.url).port);
+  const browser = await launch();
+  try {
+    const page = await browser.newPage();
+    const violations = watchViolations(page);
+    const url = `${server.url}/examples/pwa/?temperature=0&max_tokens=1`;
+    await page.goto(url);
+    // The CSP is in force: an inline script is refused.
+    assert.equal(await inlineScriptRuns(page), false, "the CSP is not in force");
+    const first = await ask(page);
+    assert.ok(first.trim().length > 0, "empty reply");
+    assert.doesNotMatch(first, /^\[/, first);
+    await page.evaluate(() => navigator.serviceWorker.ready);
+    const cached = await page.evaluate(async () => {
+      const cache = await caches.open("pocketlm-pwa-v1");
+      return (await cache.keys()).map((r) => new URL(r.url).pathname);
+    });
+    assert.ok(cached.some((p) => p.endsWith("/pkg/pocketlm_bg.wasm")), JSON.stringify(cached));
+    assert.ok(cached.some((p) => p.endsWith("/src/worker.js")), JSON.stringify(cached));
+
+    // Offline: no server at all. The service worker serves the app and the wasm, PocketLM's cache the model.
+    await server.close();
+    server = null;
+    await page.reload();
+    const second = await ask(page);
+    assert.equal(second, first);
+    assert.deepEqual(violations.filter((v) => !/inline script/i.test(v)), []); // (but the probe)
+    console.log(`PWA reply, online and offline: ${JSON.stringify(first)} (port ${port})`);
+  } finally {
+    await browser.close();
+    await server?.close();
+  }
+});
+
+test("the MV3 extension's side panel answers under its manifest's CSP", async () => {
+  const server = await serve({ "/models/": MODELS });
+  const extension = join(WWW, "examples", "extension");
+  const browser = await launch({ extension });
+  try {
+    let [worker] = browser.serviceWorkers();
+    worker ??= await browser.waitForEvent("serviceworker", { timeout: 30_000 });
+    const id = new URL(worker.url()).host;
+    const page = await browser.newPage();
+    const violations = watchViolations(page);
+    const model = `${server.url}${MODEL}`;
+    await page.goto(`chrome-extension://${id}/sidepanel.html?temperature=0&max_tokens=1&model=${encodeURIComponent(model)}`);
+    assert.equal(await inlineScriptRuns(page), false, "the CSP is not in force");
+    await page.click("#load");
+    const reply = await ask(page);
+    assert.ok(reply.trim().length > 0, "empty reply");
+    assert.doesNotMatch(reply, /^\[/, reply);
+    assert.match(await page.textContent("#status"), /^ready/);
+    assert.deepEqual(violations.filter((v) => !/inline script/i.test(v)), []); // (but the probe)
+    console.log(`extension reply: ${JSON.stringify(reply)}`);
+  } finally {
+    await browser.close();
+    await server.close();
+  }
+});

@@ -1,0 +1,385 @@
+// The npm package (src/index.js) in a real headless Chromium: SmolLM2 loads from a local server
+// into the package's Web Worker and answers through the OpenAI-style API. Token counts are kept
+// small: the browser's WebGPU runs on a CPU driver here.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { dirname, join, resolve } from "node:path";
+import { existsSync, readFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { spawnSync } from "node:child_process";
+import { serve } from "./server.mjs";
+import { launch } from "./browser.mjs";
+
+const WWW = join(dirname(fileURLToPath(import.meta.url)), "..");
+const ROOT = join(WWW, "..");
+const MODEL_FILE = join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf");
+const MODEL = "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+// A CPU driver makes each token slow here (seconds): the counts below are as small as proves the point.
+const GREEDY_TOKENS = 4;
+let server, browser, page;
+
+before(async () => {
+  assert.ok(existsSync(MODEL_FILE), "run scripts/fetch-model.sh");
+  server = await serve({ "/": WWW, "/models/": join(ROOT, "models"), "/repo/": ROOT });
+  browser = await launch();
+  page = await browser.newPage();
+  page.on("console", (m) => m.type() === "error" && console.error("[page]", m.text()));
+  page.on("pageerror", (e) => console.error("[page]", e.message));
+  await page.goto(`${server.url}/test/package.html`);
+  await page.waitForFunction(() => globalThis.pocketlm !== undefined, null, { timeout: 60_000 });
+});
+
+after(async () => {
+  await page?.evaluate(() => globalThis.lm?.unload()).catch(() => {});
+  await browser?.close();
+  await server?.close();
+});
+
+/** Runs `fn` in the page; a rejection comes back as {error: {name, code, message}}. */
+function run(fn, arg) {
+  return page.evaluate(
+    async ([src, arg]) => {
+      const f = (0, eval)(`(${src})`);
+      try {
+        return { value: await f(arg) };
+      } catch (e) {
+        return { error: { name: e?.name, code: e?.code, message: e?.message, isPocketLMError: e instanceof globalThis.pocketlm.PocketLMError } };
+      }
+    },
+    [fn.toString(), arg],
+  );
+}
+
+const value = (r) => {
+  assert.equal(r.error, undefined, JSON.stringify(r.error));
+  return r.value;
+};
+
+test("isSupported and supportReport say whether and why", async () => {
+  const r = value(
+    await run(async () => {
+      const { PocketLM } = globalThis.pocketlm;
+      const yes = await PocketLM.isSupported();
+      const report = await PocketLM.supportReport();
+      // Without navigator.gpu, the report says why.
+      Object.defineProperty(navigator, "gpu", { value: undefined, configurable: true });
+      const without = await PocketLM.supportReport();
+      const no = await PocketLM.isSupported();
+      delete navigator.gpu;
+      return { yes, report, without, no, back: await PocketLM.isSupported() };
+    }),
+  );
+  assert.equal(r.yes, true);
+  assert.equal(r.report.supported, true);
+  assert.equal(r.report.reason, null);
+  assert.equal(typeof r.report.adapter.isFallbackAdapter, "boolean");
+  assert.equal(r.no, false);
+  assert.equal(r.without.supported, false);
+  assert.match(r.without.reason, /WebGPU/);
+  assert.equal(r.back, true);
+});
+
+test("the default model loads into a Web Worker with progress", async () => {
+  const before = server.requests.get(MODEL) ?? 0;
+  const r = value(
+    await run(async (url) => {
+      const { PocketLM } = globalThis.pocketlm;
+      await PocketLM.clearCache();
+      const events = [];
+      const t0 = performance.now();
+      globalThis.lm = await PocketLM.load(url, { onProgress: (p) => events.push(p) });
+      return { ms: performance.now() - t0, info: lm.info, state: lm.state, events: events.length, last: events.at(-1) };
+    }, MODEL),
+  );
+  console.log(`load from the local server: ${(r.ms / 1000).toFixed(1)} s (${r.events} progress events)`);
+  assert.equal(server.requests.get(MODEL), before + 1);
+  assert.equal(r.state, "ready");
+  assert.equal(r.info.architecture, "llama");
+  assert.equal(r.info.layers, 30);
+  assert.equal(r.info.chatTemplate, true);
+  assert.ok(r.events > 10, `${r.events} progress events`);
+  assert.equal(r.last.allDone, 98362432);
+  // The engine runs in the package's worker, not in this page.
+  const workers = page.workers().map((w) => w.url());
+  assert.ok(workers.some((u) => u.endsWith("/src/worker.js")), JSON.stringify(workers));
+});
+
+test("greedy output equals the reference token for token", async () => {
+  const fixture = JSON.parse(readFileSync(join(ROOT, "tests", "fixtures", "smollm2", "greedy.json"), "utf8"));
+  for (const c of fixture.cases.slice(0, 1)) {
+    const r = value(
+      await run(
+        ([prompt, n]) => lm.completions.create({ prompt, max_tokens: n, temperature: 0 }),
+        [c.prompt, GREEDY_TOKENS],
+      ),
+    );
+    assert.equal(r.object, "text_completion");
+    assert.equal(r.usage.prompt_tokens, c.input_ids.length, "the prompt tokenizes as transformers does");
+    assert.deepEqual(r.pocketlm.token_ids, c.generated_ids.slice(0, GREEDY_TOKENS), `prompt ${JSON.stringify(c.prompt)}`);
+    assert.equal(r.choices[0].finish_reason, "length");
+    assert.equal(r.usage.completion_tokens, GREEDY_TOKENS);
+    console.log(`${JSON.stringify(c.prompt)} → ${JSON.stringify(r.choices[0].text)}: ${r.pocketlm.tokens_per_second?.toFixed(2)} tokens/s, prefill ${r.pocketlm.prefill_ms.toFixed(0)} ms`);
+  }
+});
+
+// The native CLI, when it is built: the browser's greedy chat reply must equal its output.
+function cliReference(prompt, n) {
+  const bin = process.env.POCKETLM_BIN ?? resolve(ROOT, "target", "release", "pocketlm");
+  if (!existsSync(bin)) return { skip: `no CLI at ${bin}` };
+  const out = spawnSync(bin, ["run", MODEL_FILE, prompt, "--chat", "--temperature", "0", "--max-tokens", String(n), "--json"], {
+    encoding: "utf8",
+    timeout: 600_000,
+    env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? "/tmp" },
+  });
+  if (out.status !== 0) return { skip: `${bin} run failed (${out.status}): ${(out.stderr ?? "").trim().split("\n").at(-1)}` };
+  try {
+    return { value: JSON.parse(out.stdout.trim().split("\n").at(-1)) };
+  } catch {
+    return { skip: `${bin} run --json printed no JSON` };
+  }
+}
+
+// One chat, reused below so that the KV cache spares the prefill.
+const QUESTION = "What is the capital of France?";
+
+test("a greedy chat streams in OpenAI-shaped chunks and equals the native CLI's output", async (t) => {
+  const r = value(
+    await run(
+      async ([content, n]) => {
+        const stream = await lm.chat.completions.create({ messages: [{ role: "user", content }], stream: true, max_tokens: n, temperature: 0 });
+        const chunks = [];
+        for await (const c of stream) chunks.push({ c, at: performance.now() });
+        return { chunks };
+      },
+      [QUESTION, GREEDY_TOKENS],
+    ),
+  );
+  const chunks = r.chunks.map((x) => x.c);
+  assert.ok(chunks.length > 2, `${chunks.length} chunks`);
+  for (const c of chunks) {
+    assert.equal(c.object, "chat.completion.chunk");
+    assert.match(c.id, /^chatcmpl-/);
+    assert.equal(c.id, chunks[0].id);
+  }
+  assert.equal(chunks[0].choices[0].delta.role, "assistant");
+  const last = chunks.at(-1);
+  assert.equal(last.choices[0].finish_reason, "length");
+  assert.deepEqual(last.choices[0].delta, {});
+  assert.equal(last.usage.completion_tokens, GREEDY_TOKENS);
+  assert.equal(last.usage.total_tokens, last.usage.prompt_tokens + GREEDY_TOKENS);
+  assert.equal(last.pocketlm.token_ids.length, GREEDY_TOKENS);
+  // Tokens arrive as they are sampled, not all at the end.
+  const contentAt = r.chunks.filter((x) => x.c.choices[0].delta.content).map((x) => x.at);
+  assert.ok(contentAt.length >= 2, `${contentAt.length} content chunks`);
+  assert.ok(contentAt.at(-1) - contentAt[0] > 50, "all chunks arrived at once");
+  const text = chunks.map((c) => c.choices[0].delta.content ?? "").join("");
+  console.log(`chat ${JSON.stringify(QUESTION)} → ${JSON.stringify(text)}: ${last.pocketlm.tokens_per_second?.toFixed(3)} tokens/s, prefill ${last.pocketlm.prefill_ms.toFixed(0)} ms for ${last.usage.prompt_tokens} tokens`);
+
+  const cli = cliReference(QUESTION, GREEDY_TOKENS);
+  if (cli.skip) {
+    t.diagnostic(`not compared with the CLI: ${cli.skip}`);
+    return;
+  }
+  assert.deepEqual(last.pocketlm.token_ids, cli.value.tokens, "the browser and the CLI differ");
+  assert.equal(text, cli.value.text);
+  assert.equal(last.usage.prompt_tokens, cli.value.prompt_tokens);
+});
+
+test("abort stops within a token, requests queue in order, and the page stays responsive", async () => {
+  const r = value(
+    await run(async (question) => {
+      // Main-thread timers keep firing while the worker generates.
+      let ticks = 0;
+      let maxGap = 0;
+      let lastTick = performance.now();
+      const timer = setInterval(() => {
+        const now = performance.now();
+        maxGap = Math.max(maxGap, now - lastTick);
+        lastTick = now;
+        ticks += 1;
+      }, 10);
+      const t0 = performance.now();
+      const controller = new AbortController();
+      const stream = await lm.chat.completions.create({
+        messages: [{ role: "user", content: question }],
+        stream: true,
+        max_tokens: 100,
+        temperature: 0,
+        signal: controller.signal,
+      });
+      let tokens = 0;
+      let abortedAt = 0;
+      let last;
+      for await (const c of stream) {
+        if (c.choices[0].delta.content) tokens += 1;
+        if (tokens === 1 && !abortedAt) {
+          abortedAt = performance.now();
+          controller.abort();
+        }
+        last = c;
+      }
+      const stopMs = performance.now() - abortedAt;
+      // Three requests at once: they run in order; the third is aborted while it waits.
+      const order = [];
+      const late = new AbortController();
+      const ask = (content, signal) =>
+        lm.chat.completions
+          .create({ messages: [{ role: "user", content }], max_tokens: 1, temperature: 0, signal })
+          .then((x) => (order.push(x.usage.completion_tokens > 0 ? "answer" : "aborted"), x));
+      const all = Promise.all([ask([{ type: "text", text: question }]), ask(question), ask(question, late.signal)]);
+      late.abort();
+      const [a, b, c] = await all;
+      clearInterval(timer);
+      return { last, stopMs, order, a, b, c, ticks, maxGap, ms: performance.now() - t0 };
+    }, QUESTION),
+  );
+  assert.equal(r.last.choices[0].finish_reason, "abort");
+  assert.ok(r.last.usage.completion_tokens <= 2, `${r.last.usage.completion_tokens} tokens after an abort at the first`);
+  console.log(`abort → end of stream: ${r.stopMs.toFixed(0)} ms`);
+  assert.deepEqual(r.order, ["answer", "answer", "aborted"]);
+  assert.equal(r.a.object, "chat.completion");
+  assert.equal(r.a.choices[0].message.role, "assistant");
+  assert.equal(r.a.choices[0].finish_reason, "length");
+  assert.equal(r.b.choices[0].finish_reason, "length");
+  assert.equal(r.a.usage.completion_tokens, 1);
+  assert.equal(r.c.choices[0].finish_reason, "abort");
+  assert.equal(r.c.usage.completion_tokens, 0);
+  console.log(`during ${r.ms.toFixed(0)} ms of generation: ${r.ticks} timer ticks, longest gap ${r.maxGap.toFixed(0)} ms`);
+  assert.ok(r.ticks >= r.ms / 50, `${r.ticks} ticks in ${r.ms} ms`);
+  assert.ok(r.maxGap < 500, `the main thread stalled for ${r.maxGap} ms`);
+});
+
+test("invalid messages and options reject with invalid_request before reaching the engine", async () => {
+  const cases = [
+    { messages: [] },
+    { messages: "hello" },
+    { messages: [{ role: "user" }] },
+    { messages: [{ content: "hi" }] },
+    { messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }] },
+    { messages: [{ role: "user", content: "hi" }], temperature: -1 },
+    { messages: [{ role: "user", content: "hi" }], top_p: 2 },
+    { messages: [{ role: "user", content: "hi" }], max_tokens: 0 },
+    { messages: [{ role: "user", content: "hi" }], stop: 5 },
+    { messages: [{ role: "user", content: "hi" }], seed: 1.5 },
+    { messages: [{ role: "user", content: "hi" }], n: 2 },
+    {},
+  ];
+  for (const request of cases) {
+    const r = await run((request) => lm.chat.completions.create(request), request);
+    assert.ok(r.error, `${JSON.stringify(request)} was accepted`);
+    assert.equal(r.error.name, "PocketLMError");
+    assert.equal(r.error.isPocketLMError, true);
+    assert.equal(r.error.code, "invalid_request", `${JSON.stringify(request)}: ${r.error.message}`);
+  }
+  for (const options of [{ integrity: "md5-abc" }, { integrity: "sha256-abc" }, { cache: "yes" }, { context: 0 }]) {
+    const load = await run((options) => globalThis.pocketlm.PocketLM.load("/x.gguf", options), options);
+    assert.equal(load.error?.code, "invalid_request", JSON.stringify(options));
+  }
+  const source = await run(() => globalThis.pocketlm.PocketLM.load(42));
+  assert.equal(source.error?.code, "invalid_request");
+});
+
+test("a second load of the same URL makes no request for the weights; SRI integrity is checked", async () => {
+  const before = server.requests.get(MODEL) ?? 0;
+  const sri = `sha256-${createHash("sha256").update(readFileSync(MODEL_FILE)).digest("base64")}`;
+  const r = value(
+    await run(
+      async ([url, integrity]) => {
+        const { PocketLM } = globalThis.pocketlm;
+        const t0 = performance.now();
+        const second = await PocketLM.load(url, { integrity });
+        const ms = performance.now() - t0;
+        const info = second.info;
+        await second.unload();
+        return { ms, info, cached: await PocketLM.cachedModels() };
+      },
+      [MODEL, sri],
+    ),
+  );
+  console.log(`load from the Cache API: ${(r.ms / 1000).toFixed(1)} s`);
+  assert.equal(server.requests.get(MODEL), before, "the weights were fetched again");
+  assert.equal(r.info.layers, 30);
+  assert.ok(r.cached.some((u) => u.endsWith(MODEL)), JSON.stringify(r.cached));
+});
+
+test("a 404, a file that is not a model and an integrity mismatch reject with typed errors", async () => {
+  const load = (url, options) => run(([url, options]) => globalThis.pocketlm.PocketLM.load(url, options), [url, options]);
+  const missing = await load("/models/no-such-model.gguf", {});
+  assert.equal(missing.error?.code, "http", JSON.stringify(missing));
+  assert.equal(missing.error.isPocketLMError, true);
+  assert.match(missing.error.message, /404/);
+  const corrupt = await load("/repo/Cargo.toml", {});
+  assert.equal(corrupt.error?.code, "bad_magic", JSON.stringify(corrupt));
+  const wrong = `sha256-${Buffer.alloc(32).toString("base64")}`;
+  const mismatch = await load(MODEL, { integrity: wrong, cache: false });
+  assert.equal(mismatch.error?.code, "integrity", JSON.stringify(mismatch));
+  assert.match(mismatch.error.message, /sha256/);
+  const aborted = await run(async (url) => {
+    const c = new AbortController();
+    const p = globalThis.pocketlm.PocketLM.load(url, { cache: false, onProgress: (e) => e.bytesDone > 4e6 && c.abort(), signal: c.signal });
+    return p;
+  }, MODEL);
+  assert.equal(aborted.error?.code, "aborted", JSON.stringify(aborted));
+});
+
+test("a lost device fires an error event and rejects; a fresh load works after it", async () => {
+  const r = value(
+    await run(async (url) => {
+      const { PocketLM } = globalThis.pocketlm;
+      const doomed = await PocketLM.load(url);
+      // (The wait before the loss falls in the prefill: a GPU call in flight when the device goes.)
+      const event = new Promise((resolve) => doomed.addEventListener("error", (e) => resolve({ type: e.type, code: e.error.code, message: e.error.message })));
+      const pending = doomed.chat.completions
+        .create({ messages: [{ role: "user", content: "Tell me a story." }], max_tokens: 100, temperature: 0 })
+        .then(
+          () => ({ resolved: true }),
+          (e) => ({ code: e.code, message: e.message }),
+        );
+      await new Promise((ok) => setTimeout(ok, 300));
+      await doomed._simulateDeviceLoss();
+      const fired = await event;
+      const inFlight = await pending;
+      const after = await doomed.complete("Hi", { max_tokens: 1 }).then(
+        () => "resolved",
+        (e) => e.code,
+      );
+      const state = doomed.state;
+      // A fresh load works, here in this realm without a worker.
+      const fresh = await PocketLM.load(url, { worker: false });
+      const reply = await fresh.complete("The capital of France is", { max_tokens: 1, temperature: 0 });
+      await fresh.unload();
+      return { fired, inFlight, after, state, reply };
+    }, MODEL),
+  );
+  assert.equal(r.fired.type, "error");
+  assert.equal(r.fired.code, "device_lost");
+  assert.equal(r.inFlight.code, "device_lost", JSON.stringify(r.inFlight));
+  assert.equal(r.after, "device_lost");
+  assert.equal(r.state, "lost");
+  assert.equal(r.reply, " Paris");
+});
+
+test("unload frees the model and later calls reject with unloaded", async () => {
+  const r = value(
+    await run(async () => {
+      await lm.unload();
+      const codes = [];
+      for (const call of [
+        () => lm.chat.completions.create({ messages: [{ role: "user", content: "hi" }] }),
+        () => lm.complete("hi"),
+        () => lm.tokenize("hi"),
+      ]) {
+        codes.push(await call().then(() => "resolved", (e) => `${e.name}:${e.code}`));
+      }
+      await lm.unload(); // twice is fine
+      return { codes, state: lm.state };
+    }),
+  );
+  assert.deepEqual(r.codes, ["PocketLMError:unloaded", "PocketLMError:unloaded", "PocketLMError:unloaded"]);
+  assert.equal(r.state, "unloaded");
+  // Every PocketLM worker of this page is gone (unload, and the lost one, terminate theirs).
+  const alive = () => page.workers().filter((w) => w.url().endsWith("/src/worker.js")).length;
+  for (let i = 0; i < 50 && alive() > 0; i++) await new Promise((ok) => setTimeout(ok, 100));
+  assert.equal(alive(), 0, "a worker outlived unload()");
+});
