@@ -85,8 +85,9 @@ test-wasm:
 ## OpenAI-style API in its worker, the demo page, and the PWA and extension under a strict CSP.
 test-browser:
 	@$(MAKE) --no-print-directory wasm PROFILE=release
+	cargo build --bin pocketlm
 	@echo "== the npm package in headless Chromium (Playwright) =="
-	cd www && npm test
+	cd www && POCKETLM_BIN=$(abspath $(TARGET_DIR))/debug/pocketlm npm test
 
 ## make wasm: the wasm-bindgen package in www/pkg (PROFILE=release for an optimised build).
 PROFILE ?= dev
