@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor};
+use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Recorder};
 use crate::kernels::{
     self, AttentionOptions, AttentionScratch, KvCache, Linear, RopeTable, StepState, TopK,
 };
@@ -438,6 +438,38 @@ impl LlamaModel {
         readout: Readout,
     ) -> Result<StepOutput> {
         let n = tokens.len();
+        let mut rec = self.record_step(ctx, graph, tokens, offset)?;
+        // The row of the last token in `logits`.
+        let row = if graph.logits.rows() == 1 { 0 } else { n - 1 };
+        match readout {
+            Readout::Nothing => {
+                rec.submit()?;
+                Ok(StepOutput::Nothing)
+            }
+            Readout::Candidates => {
+                let slot = graph.candidates.record(&mut rec);
+                let readback = rec.submit_and_read().await?;
+                let mut rows = graph.candidates.read(&readback, slot)?;
+                Ok(StepOutput::Candidates(rows.swap_remove(row)))
+            }
+            Readout::Logits => {
+                let slot = rec.read(&graph.logits);
+                let all = rec.submit_and_read().await?.f32(slot)?;
+                let v = self.config.vocab;
+                Ok(StepOutput::Logits(all[row * v..(row + 1) * v].to_vec()))
+            }
+        }
+    }
+
+    /// Checks a step's tokens, writes its uniform and token ids, and records its dispatches.
+    fn record_step<'c>(
+        &self,
+        ctx: &'c GpuContext,
+        graph: &mut Graph,
+        tokens: &[u32],
+        offset: usize,
+    ) -> Result<Recorder<'c>> {
+        let n = tokens.len();
         if n == 0 {
             return Err(Error::ShapeMismatch {
                 kernel: "step",
@@ -461,26 +493,7 @@ impl LlamaModel {
         }
         let mut rec = ctx.recorder();
         rec.dispatch_all(&graph.dispatches);
-        // The row of the last token in `logits`.
-        let row = if graph.logits.rows() == 1 { 0 } else { n - 1 };
-        match readout {
-            Readout::Nothing => {
-                rec.submit()?;
-                Ok(StepOutput::Nothing)
-            }
-            Readout::Candidates => {
-                let slot = graph.candidates.record(&mut rec);
-                let readback = rec.submit_and_read().await?;
-                let mut rows = graph.candidates.read(&readback, slot)?;
-                Ok(StepOutput::Candidates(rows.swap_remove(row)))
-            }
-            Readout::Logits => {
-                let slot = rec.read(&graph.logits);
-                let all = rec.submit_and_read().await?.f32(slot)?;
-                let v = self.config.vocab;
-                Ok(StepOutput::Logits(all[row * v..(row + 1) * v].to_vec()))
-            }
-        }
+        Ok(rec)
     }
 
     /// Every weight tensor, once (a tied output projection is the embedding table).
@@ -514,59 +527,6 @@ impl LlamaModel {
         }
     }
 
-    /// Runs `tokens` at positions `offset..` and reads back only each token's best candidates
-    /// ((token, logit), best first): one submit, a few hundred bytes per token.
-    pub async fn forward_candidates(
-        &self,
-        ctx: &GpuContext,
-        graph: &mut Graph,
-        tokens: &[u32],
-        offset: usize,
-    ) -> Result<Vec<Vec<(u32, f32)>>> {
-        graph.step.set(ctx, offset, tokens.len())?;
-        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        ctx.write_i32(&graph.ids, &ids)?;
-        let mut rec = ctx.recorder();
-        rec.dispatch_all(&graph.dispatches);
-        let slot = graph.candidates.record(&mut rec);
-        let readback = rec.submit_and_read().await?;
-        let mut rows = graph.candidates.read(&readback, slot)?;
-        rows.truncate(tokens.len());
-        Ok(rows)
-    }
-
-    /// Greedy generation: the prompt through `prefill` (in chunks of its step size), then
-    /// `max_new` tokens one at a time through `decode`, each the best candidate of the last.
-    pub async fn generate_greedy(
-        &self,
-        ctx: &GpuContext,
-        prefill: &mut Graph,
-        decode: &mut Graph,
-        prompt: &[u32],
-        max_new: usize,
-    ) -> Result<Vec<u32>> {
-        let mut offset = 0;
-        let mut next = None;
-        for chunk in prompt.chunks(prefill.step.max_tokens()) {
-            let rows = self.forward_candidates(ctx, prefill, chunk, offset).await?;
-            offset += chunk.len();
-            next = rows.last().and_then(|r| r.first()).map(|c| c.0);
-        }
-        let mut out = Vec::with_capacity(max_new);
-        while let Some(token) = next {
-            out.push(token);
-            if out.len() >= max_new {
-                break;
-            }
-            let rows = self
-                .forward_candidates(ctx, decode, &[token], offset)
-                .await?;
-            offset += 1;
-            next = rows.first().and_then(|r| r.first()).map(|c| c.0);
-        }
-        Ok(out)
-    }
-
     /// Runs `tokens` (at most the graph's step size) at positions `offset..`, and returns the
     /// logits of every token, [tokens, vocab].
     pub async fn forward(
@@ -576,11 +536,7 @@ impl LlamaModel {
         tokens: &[u32],
         offset: usize,
     ) -> Result<Vec<f32>> {
-        graph.step.set(ctx, offset, tokens.len())?;
-        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        ctx.write_i32(&graph.ids, &ids)?;
-        let mut rec = ctx.recorder();
-        rec.dispatch_all(&graph.dispatches);
+        let mut rec = self.record_step(ctx, graph, tokens, offset)?;
         let slot = rec.read(&graph.logits);
         let mut logits = rec.submit_and_read().await?.f32(slot)?;
         logits.truncate(tokens.len() * self.config.vocab);
