@@ -4,7 +4,7 @@
 // odd head_dim padded with a zero half), or f32 bits (KV_F16 = 0). One invocation writes one word
 // of k and the same word of v. Values beyond f16's range are saturated to ±65504 first (the
 // conversion of out-of-range values is not defined by WGSL).
-// Prelude: WG, KV_F16.
+// Prelude: WG, KV_F16; snippet kv_store.wgsl (to_word).
 
 struct Params {
     kv_heads: u32,
@@ -23,15 +23,6 @@ struct Step {
 @group(0) @binding(3) var<storage, read> v_in: array<f32>;
 @group(0) @binding(4) var<storage, read_write> k_cache: array<u32>;
 @group(0) @binding(5) var<storage, read_write> v_cache: array<u32>;
-
-const F16_MAX: f32 = 65504.0;
-
-fn to_word(src: array<f32, 2>) -> u32 {
-    if (KV_F16 == 1u) {
-        return pack2x16float(clamp(vec2<f32>(src[0], src[1]), vec2<f32>(-F16_MAX), vec2<f32>(F16_MAX)));
-    }
-    return bitcast<u32>(src[0]);
-}
 
 @compute @workgroup_size(WG)
 fn kv_write(

@@ -5,7 +5,7 @@
 // by position = step.offset + token. Pairs are (2i, 2i + 1) (interleaved) or (i, i + half) (NeoX),
 // for i < half = rotary_dim / 2; elements past rotary_dim are untouched.
 // Tokens past step.n_tokens are left alone, so one dispatch sized for the largest step serves all.
-// Prelude: WG.
+// Prelude: WG; snippet rope_pairs.wgsl (pair_offsets, rotate).
 
 struct Params {
     heads: u32,    // heads of x
@@ -25,18 +25,6 @@ struct Step {
 @group(0) @binding(2) var<storage, read> table: array<vec2<f32>>;
 @group(0) @binding(3) var<storage, read_write> x: array<f32>;
 @group(0) @binding(4) var<storage, read_write> xk: array<f32>;
-
-// Offsets within a head of the two elements that frequency i rotates.
-fn pair_offsets(i: u32) -> vec2<u32> {
-    if (p.neox == 1u) {
-        return vec2<u32>(i, i + p.half);
-    }
-    return vec2<u32>(2u * i, 2u * i + 1u);
-}
-
-fn rotate(v: vec2<f32>, cs: vec2<f32>) -> vec2<f32> {
-    return vec2<f32>(v.x * cs.x - v.y * cs.y, v.x * cs.y + v.y * cs.x);
-}
 
 @compute @workgroup_size(WG)
 fn rope(

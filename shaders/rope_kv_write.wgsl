@@ -6,7 +6,7 @@
 // kv_heads·row_words write one word of k and of v: each k element is rotated on its own from the
 // original pair, (a, b) -> (a cos - b sin, a sin + b cos), the same expressions as rope.wgsl.
 // Tokens past step.n_tokens are left alone.
-// Prelude: WG, KV_F16.
+// Prelude: WG, KV_F16; snippets rope_pairs.wgsl and kv_store.wgsl.
 
 struct Params {
     heads: u32,
@@ -31,19 +31,6 @@ struct Step {
 @group(0) @binding(6) var<storage, read_write> k_cache: array<u32>;
 @group(0) @binding(7) var<storage, read_write> v_cache: array<u32>;
 
-const F16_MAX: f32 = 65504.0;
-
-fn pair_offsets(i: u32) -> vec2<u32> {
-    if (p.neox == 1u) {
-        return vec2<u32>(i, i + p.half);
-    }
-    return vec2<u32>(2u * i, 2u * i + 1u);
-}
-
-fn rotate(v: vec2<f32>, cs: vec2<f32>) -> vec2<f32> {
-    return vec2<f32>(v.x * cs.x - v.y * cs.y, v.x * cs.y + v.y * cs.x);
-}
-
 // Element d of the k row starting at `src`, rotated for position `pos`.
 fn k_rotated(src: u32, d: u32, pos: u32) -> f32 {
     if (d >= 2u * p.half) {
@@ -61,13 +48,6 @@ fn k_rotated(src: u32, d: u32, pos: u32) -> f32 {
     let ab = src + pair_offsets(i);
     let r = rotate(vec2<f32>(k_in[ab.x], k_in[ab.y]), table[pos * p.half + i]);
     return select(r.x, r.y, second);
-}
-
-fn to_word(src: array<f32, 2>) -> u32 {
-    if (KV_F16 == 1u) {
-        return pack2x16float(clamp(vec2<f32>(src[0], src[1]), vec2<f32>(-F16_MAX), vec2<f32>(F16_MAX)));
-    }
-    return bitcast<u32>(src[0]);
 }
 
 @compute @workgroup_size(WG)

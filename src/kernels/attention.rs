@@ -25,6 +25,8 @@ use crate::kernels::{dim, expect_distinct, expect_dtype, grid, mismatch, WG};
 
 const KV_WRITE_SRC: &str = include_str!("../../shaders/kv_write.wgsl");
 const ROPE_KV_WRITE_SRC: &str = include_str!("../../shaders/rope_kv_write.wgsl");
+/// `to_word`: how a cache row's words are stored, shared by both cache writes.
+const KV_STORE: &str = include_str!("../../shaders/kv_store.wgsl");
 const ATTENTION_SRC: &str = include_str!("../../shaders/attention.wgsl");
 const COMBINE_SRC: &str = include_str!("../../shaders/attention_combine.wgsl");
 
@@ -415,7 +417,8 @@ pub async fn kv_write(
     };
     let spec = Specialization::default()
         .with("WG", WG)
-        .with("KV_F16", u32::from(cache.dtype == DType::F16));
+        .with("KV_F16", u32::from(cache.dtype == DType::F16))
+        .snippet(KV_STORE);
     let params = KvWriteParams {
         kv_heads: dim(NAME, "kv heads", cache.n_kv_heads)?,
         head_dim: dim(NAME, "head_dim", cache.head_dim)?,
@@ -485,7 +488,9 @@ pub async fn rope_kv_write(
     };
     let spec = Specialization::default()
         .with("WG", WG)
-        .with("KV_F16", u32::from(cache.dtype == DType::F16));
+        .with("KV_F16", u32::from(cache.dtype == DType::F16))
+        .snippet(crate::kernels::rope::ROPE_PAIRS)
+        .snippet(KV_STORE);
     let params = RopeKvWriteParams {
         heads: dim(NAME, "heads", heads)?,
         kv_heads: dim(NAME, "kv heads", cache.n_kv_heads)?,

@@ -15,6 +15,8 @@ use crate::kernels::attention::{build_stepped, StepState};
 use crate::kernels::{dim, expect_dtype, grid, mismatch, WG};
 
 const ROPE_SRC: &str = include_str!("../../shaders/rope.wgsl");
+/// `pair_offsets` and `rotate`, shared with the fused RoPE + KV-cache write.
+pub(crate) const ROPE_PAIRS: &str = include_str!("../../shaders/rope_pairs.wgsl");
 
 /// Which elements of a head rotate together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -364,7 +366,7 @@ async fn build_rope(
         entry,
         uses_reduce: false,
     };
-    let spec = Specialization::default().with("WG", WG);
+    let spec = Specialization::default().with("WG", WG).snippet(ROPE_PAIRS);
     let wg = grid(ctx, name, (pairs as u64).div_ceil(u64::from(WG)))?;
     let mut tensors = vec![&table.table];
     tensors.extend(targets.iter().map(|t| t.0));

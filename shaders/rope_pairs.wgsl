@@ -1,0 +1,16 @@
+// The rotation of a RoPE pair, shared by rope.wgsl and rope_kv_write.wgsl (which declare
+// `p` with `neox` and `half`, rotary_dim / 2).
+
+// Offsets within a head of the two elements that frequency i rotates: (i, i + half) for NeoX,
+// (2i, 2i + 1) interleaved.
+fn pair_offsets(i: u32) -> vec2<u32> {
+    if (p.neox == 1u) {
+        return vec2<u32>(i, i + p.half);
+    }
+    return vec2<u32>(2u * i, 2u * i + 1u);
+}
+
+// (a, b) -> (a cos - b sin, a sin + b cos), with cs = (cos, sin).
+fn rotate(v: vec2<f32>, cs: vec2<f32>) -> vec2<f32> {
+    return vec2<f32>(v.x * cs.x - v.y * cs.y, v.x * cs.y + v.y * cs.x);
+}
