@@ -574,29 +574,23 @@ fn parse_request(request: &JsValue) -> Result<(GenerateOptions, Prompt), Error> 
         ));
     }
     let mut p = SamplingParams::default();
-    if let Some(t) = number(request, "temperature")? {
-        p.temperature = t;
-    }
-    if let Some(t) = number(request, "top_p")? {
-        p.top_p = t;
+    for (name, field) in [
+        ("temperature", &mut p.temperature),
+        ("top_p", &mut p.top_p),
+        ("min_p", &mut p.min_p),
+        ("frequency_penalty", &mut p.frequency_penalty),
+        ("presence_penalty", &mut p.presence_penalty),
+        ("repetition_penalty", &mut p.repetition_penalty),
+    ] {
+        if let Some(t) = number(request, name)? {
+            *field = t;
+        }
     }
     if let Some(v) = get(request, "top_k") {
         p.top_k = match v.as_f64() {
             Some(0.0) => 0,
             _ => positive_int(&v, "top_k")?,
         };
-    }
-    if let Some(t) = number(request, "min_p")? {
-        p.min_p = t;
-    }
-    if let Some(t) = number(request, "frequency_penalty")? {
-        p.frequency_penalty = t;
-    }
-    if let Some(t) = number(request, "presence_penalty")? {
-        p.presence_penalty = t;
-    }
-    if let Some(t) = number(request, "repetition_penalty")? {
-        p.repetition_penalty = t;
     }
     if let Some(v) = get(request, "seed") {
         p.seed = match v.as_f64() {
