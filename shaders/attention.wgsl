@@ -27,6 +27,8 @@ struct Params {
     n_chunks: u32,
     chunk_len: u32,
     scale: f32,
+    window: u32,   // a key is visible to a query at most this many positions back; 0: no limit
+    softcap: f32,  // scores become softcap * tanh(score / softcap); 0: no capping
 }
 
 struct Step {
@@ -63,6 +65,25 @@ fn row_limit(r: u32, t0: u32, hb: u32) -> u32 {
         return step.offset + t + 1u;
     }
     return 0u;
+}
+
+// The first cache position row r sees: with a sliding window of W positions, the query at
+// position q sees keys q - W + 1 ..= q (transformers' sliding-window mask); otherwise 0.
+fn row_low(r: u32, t0: u32) -> u32 {
+    let pos = step.offset + t0 + r / GB;
+    if (p.window > 0u && pos + 1u > p.window) {
+        return pos + 1u - p.window;
+    }
+    return 0u;
+}
+
+// Attention-logit soft-capping (Gemma 2): cap · tanh(s / cap). The argument is clamped where
+// tanh is 1 to f32 precision, so its exp-based evaluation cannot overflow.
+fn cap_score(s: f32) -> f32 {
+    if (p.softcap > 0.0) {
+        return p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0));
+    }
+    return s;
 }
 
 // Stages `len` rows of the k (or v) cache, from position k0, in kv_s as f32; rows past len are 0.
@@ -144,7 +165,7 @@ fn attention(
                 for (var d = 0u; d < HD; d++) {
                     s = fma(q_s[r * HD + d], kv_s[j * KS + d], s);
                 }
-                sc_s[e] = s;
+                sc_s[e] = cap_score(s);
             }
         } else {
             for (var e = li; e < R * TK * P; e += WG) {
@@ -164,16 +185,17 @@ fn attention(
                 for (var i = 0u; i < P; i++) {
                     s += part_s[e * P + i];
                 }
-                sc_s[e] = s;
+                sc_s[e] = cap_score(s);
             }
         }
         workgroupBarrier();
 
         if (li < R) {
             let lim = row_limit(li, t0, hb);
+            let low = row_low(li, t0);
             var mt = m_run;
             for (var j = 0u; j < len; j++) {
-                if (k0 + j < lim) {
+                if (k0 + j < lim && k0 + j >= low) {
                     mt = max(mt, sc_s[li * TK + j]);
                 }
             }
@@ -188,7 +210,8 @@ fn attention(
         for (var e = li; e < R * TK; e += WG) {
             let r = e / TK;
             var pr = 0.0;
-            if (k0 + e % TK < row_limit(r, t0, hb)) {
+            let key = k0 + e % TK;
+            if (key < row_limit(r, t0, hb) && key >= row_low(r, t0)) {
                 pr = exp(sc_s[e] - m_s[r]);
             }
             sc_s[e] = pr;

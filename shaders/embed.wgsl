@@ -8,12 +8,21 @@ struct Params {
     vocab: u32,      // rows of W
     w_stride: u32,   // float formats: elements between row starts
     scale_base: u32, // block formats: the word where the scales begin
+    scale: f32,      // every value is multiplied by it (Gemma's √hidden embedding scale)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> ids: array<i32>;
 @group(0) @binding(2) var<storage, read> w: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+// Scale 1 leaves values untouched bit for bit (a multiply could flush subnormals).
+fn scaled(v: f32) -> f32 {
+    if (p.scale == 1.0) {
+        return v;
+    }
+    return v * p.scale;
+}
 
 // Block formats: one invocation per group of 8 outputs.
 @compute @workgroup_size(WG)
@@ -36,7 +45,7 @@ fn embed_quant(
         v = decode8(u32(id) * (p.cols / QK) + gi / gpb, gi % gpb, p.scale_base);
     }
     for (var j = 0u; j < 8u; j++) {
-        out[i * p.cols + 8u * gi + j] = v[j];
+        out[i * p.cols + 8u * gi + j] = scaled(v[j]);
     }
 }
 
@@ -58,5 +67,5 @@ fn embed_float(
     if (id >= 0 && u32(id) < p.vocab) {
         v = float_at(u32(id) * p.w_stride + c);
     }
-    out[i * p.cols + c] = v;
+    out[i * p.cols + c] = scaled(v);
 }

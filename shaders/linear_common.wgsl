@@ -1,7 +1,7 @@
 // Shared by the linear-layer kernels (matvec, matmul, linear_rows): parameters, bindings and the
 // epilogue. Prelude: W_FORMAT (ggml type number of W), QK (elements per block, 1 for floats),
 // ACCUMULATE (1: y += result, the residual add), SWIGLU (1: W holds gate rows then up rows and
-// the output is silu(gate)·up), SPLIT (0..=2: outputs past y's columns go to y1, then y2), a
+// the output is act(gate)·up, GATE_ACT choosing the activation as act.wgsl says), SPLIT (0..=2: outputs past y's columns go to y1, then y2), a
 // `bias_at(n)` function (the bias binding, or 0), `put1`/`put2` (the extra outputs, or stubs),
 // the declarations of x (binding 1) and w (binding 2): f32 and u32 words, or vec4s of them,
 // NORM (1: an RMSNorm prologue, y = rmsnorm(x) · Wᵀ) with the norm weight's accessors
@@ -55,11 +55,11 @@ fn finish(m: u32, n: u32, v: f32) {
 }
 
 // SWIGLU: output column n from its gate (W row n) and up (W row p.n + n) dot products, with
-// kernels::swiglu's formula.
+// kernels::swiglu's formula: act.wgsl's gate_act(gate) · up (SiLU or GELU-tanh by GATE_ACT).
 fn finish_swiglu(m: u32, n: u32, gate: f32, up: f32) {
     let g = gate + bias_at(n);
     let u = up + bias_at(p.n + n);
-    store(m, n, g / (1.0 + exp(-g)) * u);
+    store(m, n, gate_act(g) * u);
 }
 
 // NORM: the RMSNorm scale of an activation row from its sum of squares over k.

@@ -1,5 +1,7 @@
-// y[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight: one workgroup per row.
-// Prelude: WG (power of two), RED_N (= 1).
+// y[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight: one workgroup per row. With ADD = 1
+// the result is added to y instead (a post-norm on the way into the residual stream, Gemma's
+// sandwich norms).
+// Prelude: WG (power of two), RED_N (= 1), ADD.
 
 struct Params {
     rows: u32,
@@ -31,7 +33,12 @@ fn rmsnorm(
     if (row < p.rows) {
         let scale = 1.0 / sqrt(total[0] / f32(p.cols) + p.eps);
         for (var c = li; c < p.cols; c += WG) {
-            y[base + c] = x[base + c] * scale * weight[c];
+            let v = x[base + c] * scale * weight[c];
+            if (ADD == 1u) {
+                y[base + c] = y[base + c] + v;
+            } else {
+                y[base + c] = v;
+            }
         }
     }
 }

@@ -1,6 +1,6 @@
-// out[i] = silu(gate[i]) * up[i], with silu(g) = g / (1 + exp(-g)): the gated activation of
-// Llama-family MLPs. exp(-g) overflowing to +inf for very negative g gives -0, the right limit.
-// Prelude: WG.
+// out[i] = act(gate[i]) * up[i]: the gated activation of Llama-family (SiLU, GATE_ACT = 0) and
+// Gemma (GELU-tanh, GATE_ACT = 1) MLPs, with act.wgsl's functions.
+// Prelude: WG, GATE_ACT, act.wgsl.
 
 struct Params {
     n: u32,
@@ -19,7 +19,6 @@ fn swiglu(
 ) {
     let i = linear_workgroup(wid, nwg) * WG + li;
     if (i < p.n) {
-        let g = gate[i];
-        out[i] = g / (1.0 + exp(-g)) * up[i];
+        out[i] = gate_act(gate[i]) * up[i];
     }
 }

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, GpuContext};
 use crate::kernels::KvCache;
 use crate::load::LoadedModelFiles;
-use crate::model::{Graph, LlamaModel, ModelConfig, Readout, StepOutput};
+use crate::model::{Decoder, Graph, ModelConfig, Readout, StepOutput};
 use crate::sample::{Sampler, SamplingParams, StopCriteria, StopReason, StopStream};
 use crate::text::{ChatMessage, ChatTemplate, Tokenizer};
 
@@ -152,7 +152,7 @@ pub fn now_ms() -> f64 {
 
 /// A loaded model with everything generation needs.
 pub struct Engine {
-    model: LlamaModel,
+    model: Decoder,
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     /// Step graphs built so far, for (step size, positions covered).
@@ -186,7 +186,7 @@ impl Engine {
     ) -> Result<Engine> {
         let LoadedModelFiles {
             files,
-            mut tensors,
+            tensors,
             companions,
             ..
         } = loaded;
@@ -204,20 +204,12 @@ impl Engine {
                     .to_string()
             });
         let mut extra_eos = Vec::new();
-        let (config, tokenizer, template, rope_factors) = match files.gguf_metadata() {
+        let (config, tokenizer, template) = match files.gguf_metadata() {
             Some(meta) => {
                 let config = ModelConfig::from_gguf(meta, &files)?;
                 let tokenizer = Tokenizer::from_gguf(meta)?;
                 let template = optional_template(ChatTemplate::from_gguf(meta))?;
-                let factors = match tensors.remove("rope_freqs.weight") {
-                    Some(t) => {
-                        let f = ctx.read_f32(&t).await?;
-                        t.destroy();
-                        Some(f)
-                    }
-                    None => None,
-                };
-                (config, tokenizer, template, factors)
+                (config, tokenizer, template)
             }
             None => {
                 let text = |f: &str| companions.get(f).map(String::as_str);
@@ -245,7 +237,7 @@ impl Engine {
                         extra_eos.extend(eos_ids_of_json(json));
                     }
                 }
-                (config, tokenizer, template, None)
+                (config, tokenizer, template)
             }
         };
         if tokenizer.vocab_size() > config.vocab {
@@ -266,15 +258,7 @@ impl Engine {
         let kv_dtype = options
             .kv_dtype
             .unwrap_or_else(|| KvCache::default_dtype(ctx));
-        let model = LlamaModel::with_rope_factors(
-            ctx,
-            config,
-            tensors,
-            context,
-            kv_dtype,
-            rope_factors.as_deref(),
-        )
-        .await?;
+        let model = Decoder::new(ctx, config, tensors, context, kv_dtype).await?;
         let sizes: Vec<usize> = STEP_SIZES.into_iter().filter(|&s| s < context).collect();
         // The decode step of short sequences, built now so loading compiles its kernels.
         let first = model
@@ -298,6 +282,11 @@ impl Engine {
 
     pub fn config(&self) -> &ModelConfig {
         &self.model.config
+    }
+
+    /// Decode dispatches per layer (see [`Decoder`]).
+    pub fn dispatches_per_layer(&self) -> Vec<usize> {
+        self.model.dispatches_per_layer()
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {

@@ -241,7 +241,7 @@ async fn run_linear(
         kernel,
         bias: bt.as_ref(),
         accumulate: fused,
-        norm: None,
+        ..Default::default()
     };
     let d = kernels::linear_with(ctx, &wt, &xt, &yt, &opts).await?;
     let mut rec = ctx.recorder();

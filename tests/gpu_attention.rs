@@ -181,6 +181,8 @@ proptest! {
                                    ratio in 1usize..=8, hd in head_dim(), offset in 0usize..=200,
                                    extra in 0usize..=100, cache in cache_dtype(),
                                    chunk_len in prop_oneof![Just(None), (1usize..=100).prop_map(Some)],
+                                   window in prop_oneof![2 => Just(None), 1 => (1usize..=64).prop_map(Some)],
+                                   softcap in prop_oneof![2 => Just(None), 1 => (1.0f32..=50.0).prop_map(Some)],
                                    seed in any::<u64>()) {
         attention_case(AttentionCase {
             tokens,
@@ -193,6 +195,8 @@ proptest! {
             cache,
             scale: None,
             chunk_len,
+            window,
+            softcap,
         }, seed);
     }
 }
@@ -221,6 +225,8 @@ fn attention_edge_shapes() {
         cache: None,
         scale: None,
         chunk_len: None,
+        window: None,
+        softcap: None,
     };
     let cases = [
         base,
@@ -262,6 +268,30 @@ fn attention_edge_shapes() {
             n_kv_heads: 4,
             head_dim: 32,
             chunk_len: Some(32),
+            ..base
+        },
+        // Gemma-style local layers: a sliding window shorter than the history, over one chunk
+        // and over many (chunks wholly outside the window contribute nothing), with capping.
+        AttentionCase {
+            tokens: 40,
+            offset: 50,
+            max_ctx: 120,
+            n_heads: 4,
+            n_kv_heads: 1,
+            head_dim: 32,
+            window: Some(16),
+            ..base
+        },
+        AttentionCase {
+            tokens: 5,
+            offset: 90,
+            max_ctx: 120,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 64,
+            window: Some(8),
+            chunk_len: Some(16),
+            softcap: Some(2.0),
             ..base
         },
     ];
@@ -489,6 +519,8 @@ fn prefill_then_decode_reuses_dispatches() {
             n_kv_heads: nkv,
             head_dim: hd,
             offset: pos,
+            window: 0,
+            softcap: 0.0,
         };
         let split = AttentionSplit {
             chunk_len: g.tile.0,
@@ -598,6 +630,16 @@ fn bad_input_is_a_typed_error() {
         ..AttentionOptions::default()
     };
     expect_err(att(&q, &out, 0, &zero_chunk), "shape_mismatch", "chunk_len");
+    let zero_window = AttentionOptions {
+        window: Some(0),
+        ..AttentionOptions::default()
+    };
+    expect_err(att(&q, &out, 0, &zero_window), "shape_mismatch", "window");
+    let bad_cap = AttentionOptions {
+        softcap: Some(f32::INFINITY),
+        ..AttentionOptions::default()
+    };
+    expect_err(att(&q, &out, 0, &bad_cap), "shape_mismatch", "softcap");
     let big = KvCache::new(ctx, 1, 4, 1, 300).unwrap();
     let qb = z("q_big", &[4, 1, 300]);
     let ob = z("o_big", &[4, 1, 300]);

@@ -10,7 +10,7 @@ use common::{ctx, expect_err, tiny_template, tiny_tokenizer_json};
 use pocketlm::engine::{Engine, EngineOptions, FinishReason, Flow, GenerateOptions, Generation};
 use pocketlm::gpu::DType;
 use pocketlm::load::{load_directory, LoadOptions, LoadedModelFiles};
-use pocketlm::model::{LlamaModel, ModelConfig};
+use pocketlm::model::{Decoder, ModelConfig};
 use pocketlm::sample::SamplingParams;
 use pocketlm::text::ChatMessage;
 
@@ -59,7 +59,7 @@ fn argmax_continuation(prompt: &[u32], generated: &[u32]) -> Vec<u32> {
     let m = loaded(|_| {});
     let config = ModelConfig::from_hf_json(&m.companions["config.json"], "tiny-llama").unwrap();
     let seq: Vec<u32> = prompt.iter().chain(generated).copied().collect();
-    let model = pollster::block_on(LlamaModel::new(
+    let model = pollster::block_on(Decoder::new(
         ctx(),
         config,
         m.tensors,

@@ -572,7 +572,7 @@ fn linear_split_writes_column_ranges_to_separate_outputs() {
                         kernel,
                         bias: Some(&bt),
                         accumulate,
-                        norm: None,
+                        ..Default::default()
                     };
                     let d =
                         pollster::block_on(kernels::linear_split(ctx, &w, &xt, &out_refs, &opts))
@@ -637,14 +637,23 @@ fn linear_split_writes_column_ranges_to_separate_outputs() {
 fn linear_swiglu_matches_reference() {
     let mut rng = Rng::new(9);
     for ctx in [ctx(), gpu_kernels_ctx()] {
-        for dtype in [
+        for (i, dtype) in [
             DType::Q4_1,
             DType::Q8_0,
             DType::Q4_0,
             DType::F32,
             DType::F16,
             DType::Q6_K,
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            // Every other format with Gemma's GeGLU instead of SwiGLU.
+            let act = if i % 2 == 1 {
+                kernels::GateActivation::GeluTanh
+            } else {
+                kernels::GateActivation::Silu
+            };
             let k = if dtype.is_quantized() {
                 dtype.block_size() * 2
             } else {
@@ -674,6 +683,7 @@ fn linear_swiglu_matches_reference() {
                         bias: with_bias.then_some(&bt),
                         accumulate: false,
                         norm: None,
+                        gate_act: act,
                     };
                     let d = pollster::block_on(kernels::linear_swiglu(ctx, &w, &xt, &out, &opts))
                         .unwrap();
@@ -684,7 +694,17 @@ fn linear_swiglu_matches_reference() {
                         let j = i % f;
                         let gv = g[i] + f64::from(bias[j]);
                         let uv = u[i] + f64::from(bias[f + j]);
-                        let silu = gv / (1.0 + (-gv).exp());
+                        let (silu, act_tol) = match act {
+                            kernels::GateActivation::Silu => {
+                                let a = gv / (1.0 + (-gv).exp());
+                                (a, reference::swiglu_tolerance(gv as f32, a * uv))
+                            }
+                            kernels::GateActivation::GeluTanh => {
+                                let a = reference::ops::gelu(&[gv as f32])[0];
+                                let t = reference::ops::gelu_tolerance(gv as f32, a);
+                                (a, (t + a.abs() * 2.0 * f64::from(f32::EPSILON)) * uv.abs())
+                            }
+                        };
                         let exact = silu * uv;
                         let tg =
                             reference::linear_tolerance(k + 1, gm[i] + f64::from(bias[j]).abs());
@@ -692,13 +712,13 @@ fn linear_swiglu_matches_reference() {
                             k + 1,
                             um[i] + f64::from(bias[f + j]).abs(),
                         );
-                        let tol = reference::swiglu_tolerance(gv as f32, exact)
-                            + 1.1 * (uv.abs() + tu) * tg
-                            + (silu.abs() + 1.1 * tg) * tu;
+                        // |silu'| ≤ 1.1 and |gelu'| ≤ 1.13.
+                        let tol =
+                            act_tol + 1.13 * (uv.abs() + tu) * tg + (silu.abs() + 1.13 * tg) * tu;
                         let e = (f64::from(got[i]) - exact).abs();
                         assert!(
                             e <= tol,
-                            "{dtype} {kernel:?} m {m} bias {with_bias} cpu {}: [{}, {j}] = {}, expected {exact} ± {tol:e}",
+                            "{dtype} {act:?} {kernel:?} m {m} bias {with_bias} cpu {}: [{}, {j}] = {}, expected {exact} ± {tol:e}",
                             ctx.capabilities().cpu,
                             i / f,
                             got[i]
@@ -763,6 +783,7 @@ fn check_normed_linear(
         bias: Some(&bt),
         accumulate: true,
         norm: Some((&gt, eps)),
+        ..Default::default()
     };
     let d = pollster::block_on(kernels::linear_with(ctx, &wt, &xt, &yt, &opts)).unwrap();
     let got = &read_all(ctx, &d, &[&yt])[0];
@@ -883,6 +904,7 @@ fn rmsnorm_prologue_with_split_and_swiglu() {
                     bias: Some(&bt),
                     accumulate: false,
                     norm: Some((&gt, eps)),
+                    ..Default::default()
                 };
                 let d = pollster::block_on(kernels::linear_split(ctx, &w, &xt, &out_refs, &opts))
                     .unwrap();

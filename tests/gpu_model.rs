@@ -1,6 +1,6 @@
-//! The Llama-family forward pass against Hugging Face transformers: the tiny random models of
-//! scripts/make_fixtures.py, logits at every position of a 16-token prompt within 1e-3 (f32
-//! weights, f32 KV cache), on both device profiles.
+//! The generic decoder against Hugging Face transformers: the tiny random model of every
+//! architecture from scripts/make_fixtures.py (f32, bf16 and f16 checkpoints), logits at every
+//! position of a 16-token prompt within 1e-3 (f32 KV cache), on both device profiles.
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;
@@ -8,11 +8,11 @@ mod common;
 use common::ctx;
 use pocketlm::gpu::DType;
 use pocketlm::load::{load_directory, LoadOptions};
-use pocketlm::model::{LlamaModel, ModelConfig};
+use pocketlm::model::{Decoder, ModelConfig};
 
 /// A fixture model on the GPU (f32 KV cache), its prompt, and transformers' logits.
 struct Fixture {
-    model: LlamaModel,
+    model: Decoder,
     ids: Vec<u32>,
     want: Vec<f32>,
     vocab: usize,
@@ -40,14 +40,8 @@ fn load_fixture(name: &str) -> Fixture {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
     let vocab = config.vocab;
-    let model = pollster::block_on(LlamaModel::new(
-        ctx(),
-        config,
-        loaded.tensors,
-        64,
-        DType::F32,
-    ))
-    .unwrap();
+    let model =
+        pollster::block_on(Decoder::new(ctx(), config, loaded.tensors, 64, DType::F32)).unwrap();
     Fixture {
         model,
         ids,
@@ -96,6 +90,49 @@ fn tiny_llama_matches_transformers() {
 #[test]
 fn tiny_qwen2_matches_transformers() {
     check_fixture("tiny-qwen2");
+}
+
+/// A bf16 checkpoint with bf16 q/k/v biases, as Qwen2.5 ships.
+#[test]
+fn tiny_qwen2_bf16_matches_transformers() {
+    check_fixture("tiny-qwen2-bf16");
+}
+
+/// q/k norm, an explicit head_dim unlike hidden / heads, bf16 weights.
+#[test]
+fn tiny_qwen3_matches_transformers() {
+    check_fixture("tiny-qwen3");
+}
+
+/// Sandwich norms with (1 + w) weights, GeGLU, √hidden embeddings, q/k norm, a local layer with
+/// a 5-position window and its own RoPE base, a global layer with linear RoPE scaling; f16.
+#[test]
+fn tiny_gemma3_matches_transformers() {
+    check_fixture("tiny-gemma3");
+}
+
+/// Attention and final-logit soft-capping, query_pre_attn_scalar, alternating windows.
+#[test]
+fn tiny_gemma2_matches_transformers() {
+    check_fixture("tiny-gemma2");
+}
+
+/// Fused qkv and gate/up in the checkpoint, half the head rotating, LongRoPE factors and scale.
+#[test]
+fn tiny_phi3_matches_transformers() {
+    check_fixture("tiny-phi3");
+}
+
+/// A NoPE layer.
+#[test]
+fn tiny_smollm3_matches_transformers() {
+    check_fixture("tiny-smollm3");
+}
+
+/// A 5-position sliding window in every layer.
+#[test]
+fn tiny_mistral_matches_transformers() {
+    check_fixture("tiny-mistral");
 }
 
 /// Prefill then decode through the KV cache gives the logits of one long prefill: the first 9

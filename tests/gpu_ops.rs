@@ -467,3 +467,112 @@ fn bad_inputs_are_typed_errors() {
     ctx.check_health()
         .expect("no GPU error was raised by any of the above");
 }
+
+/// The ops the decoder graph adds for Gemma-style blocks, against f64 references: the post-norm
+/// into the residual stream (`rmsnorm_add`), the scaled embedding lookup, final-logit
+/// soft-capping, and the GELU-gated activation for gate/up projections that cannot be fused.
+#[test]
+fn decoder_block_ops_match_reference() {
+    let ctx = ctx();
+    let mut rng = Rng::new(0x6E33A);
+    let read = |t: &pocketlm::gpu::GpuTensor, d: &pocketlm::gpu::Dispatch| -> Vec<f32> {
+        let mut rec = ctx.recorder();
+        rec.dispatch(d);
+        let slot = rec.read(t);
+        pollster::block_on(rec.submit_and_read())
+            .unwrap()
+            .f32(slot)
+            .unwrap()
+    };
+
+    // y += rmsnorm(x) · w.
+    let (rows, cols, eps) = (5, 300, 1e-6f32);
+    let x = rng.vec(rows * cols, -4.0, 4.0);
+    let w = rng.vec(cols, -2.0, 2.0);
+    let y0 = rng.vec(rows * cols, -3.0, 3.0);
+    let xt = ctx.upload_f32("x", &[rows, cols], &x).unwrap();
+    let wt = ctx.upload_f32("w", &[cols], &w).unwrap();
+    let yt = ctx.upload_f32("y", &[rows, cols], &y0).unwrap();
+    let d = pollster::block_on(kernels::rmsnorm_add(ctx, &xt, &wt, eps, &yt)).unwrap();
+    let got = read(&yt, &d);
+    let normed = pocketlm::reference::rmsnorm(&x, cols, &w, eps);
+    for i in 0..rows * cols {
+        let want = normed[i] + f64::from(y0[i]);
+        let tol = pocketlm::reference::rmsnorm_tolerance(cols, normed[i])
+            + reference::add_tolerance(want);
+        assert!(
+            (f64::from(got[i]) - want).abs() <= tol,
+            "rmsnorm_add [{i}]: {} vs {want} ± {tol:e}",
+            got[i]
+        );
+    }
+
+    // Embedding rows times √hidden: one rounding of the product.
+    let (vocab, dim) = (11, 40);
+    let table = rng.vec(vocab * dim, -1.0, 1.0);
+    let tt = ctx.upload_f32("table", &[vocab, dim], &table).unwrap();
+    let ids = ctx.upload_i32("ids", &[3], &[4, 0, 10]).unwrap();
+    let out = ctx.zeros("out", &[3, dim], DType::F32).unwrap();
+    let scale = (dim as f32).sqrt();
+    let d = pollster::block_on(kernels::embed_scaled(ctx, &tt, &ids, &out, scale)).unwrap();
+    let got = read(&out, &d);
+    for (r, id) in [4usize, 0, 10].into_iter().enumerate() {
+        for c in 0..dim {
+            assert_eq!(
+                got[r * dim + c],
+                table[id * dim + c] * scale,
+                "row {r} col {c}"
+            );
+        }
+    }
+
+    // cap · tanh(x / cap), over values far past the cap too.
+    let cap = 30.0f32;
+    let v: Vec<f32> = (0..2000).map(|i| (i as f32 - 1000.0) * 0.37).collect();
+    let vt = ctx.upload_f32("logits", &[v.len()], &v).unwrap();
+    let d = pollster::block_on(kernels::softcap(ctx, &vt, cap)).unwrap();
+    let got = read(&vt, &d);
+    for (i, &x) in v.iter().enumerate() {
+        let want = f64::from(cap) * (f64::from(x) / f64::from(cap)).tanh();
+        let tol = f64::from(cap) * 16.0 * f64::from(f32::EPSILON);
+        assert!(
+            (f64::from(got[i]) - want).abs() <= tol,
+            "softcap({x}) = {} vs {want}",
+            got[i]
+        );
+    }
+    expect_err(
+        pollster::block_on(kernels::softcap(ctx, &vt, 0.0)),
+        "shape_mismatch",
+        "cap",
+    );
+
+    // gelu(gate) · up.
+    let n = 3000;
+    let gate = rng.vec(n, -12.0, 12.0);
+    let up = rng.vec(n, -3.0, 3.0);
+    let gt = ctx.upload_f32("gate", &[n], &gate).unwrap();
+    let ut = ctx.upload_f32("up", &[n], &up).unwrap();
+    let ot = ctx.zeros("act", &[n], DType::F32).unwrap();
+    let d = pollster::block_on(kernels::gated(
+        ctx,
+        &gt,
+        &ut,
+        &ot,
+        kernels::GateActivation::GeluTanh,
+    ))
+    .unwrap();
+    let got = read(&ot, &d);
+    let act = reference::gelu(&gate);
+    for i in 0..n {
+        let want = act[i] * f64::from(up[i]);
+        let tol = (reference::gelu_tolerance(gate[i], act[i])
+            + act[i].abs() * f64::from(f32::EPSILON))
+            * f64::from(up[i]).abs();
+        assert!(
+            (f64::from(got[i]) - want).abs() <= tol + 1e-37,
+            "geglu [{i}]: {} vs {want} ± {tol:e}",
+            got[i]
+        );
+    }
+}

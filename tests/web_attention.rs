@@ -76,7 +76,8 @@ async fn attention_matches_reference_in_browser() {
     let mut cases = vec![
         // Decode at the end of a full 8192 context: many chunks and the combine.
         AttentionCase::decode(8, 2, 64, 8192),
-        // A prefill in one chunk, an odd head_dim with an f16 cache (packing without shader-f16).
+        // A prefill in one chunk, an odd head_dim with an f16 cache (packing without shader-f16),
+        // a sliding window and soft-capping (Gemma).
         AttentionCase {
             tokens: 40,
             spare: 1,
@@ -88,6 +89,8 @@ async fn attention_matches_reference_in_browser() {
             cache: Some(DType::F16),
             scale: None,
             chunk_len: None,
+            window: Some(12),
+            softcap: Some(20.0),
         },
     ];
     let mut rng = Rng::new(0xA77E);
@@ -106,6 +109,8 @@ async fn attention_matches_reference_in_browser() {
             cache: [None, Some(DType::F16), Some(DType::F32)][rng.range(0, 2)],
             scale: None,
             chunk_len: [None, Some(rng.range(1, 50))][rng.range(0, 1)],
+            window: None,
+            softcap: None,
         });
     }
     for (i, case) in cases.iter().enumerate() {

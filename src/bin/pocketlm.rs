@@ -10,6 +10,7 @@ mod cli {
     use pocketlm::engine::{Engine, EngineOptions, Flow, GenerateOptions, Generation};
     use pocketlm::gpu::{GpuContext, ProfileRequest};
     use pocketlm::load::{LoadOptions, Progress};
+    use pocketlm::model::ModelConfig;
     use pocketlm::sample::SamplingParams;
     use pocketlm::text::ChatMessage;
     use pocketlm::{bench, load, selfcheck};
@@ -205,6 +206,10 @@ mod cli {
                     describe_config(name, text)
                 );
             }
+            match plan.companions.get("config.json") {
+                Some(json) => describe_block(ModelConfig::from_hf_json(json, "config.json")),
+                None => println!("block: no config.json"),
+            }
             return Ok(ExitCode::SUCCESS);
         }
         let header = if model.starts_with("http://") || model.starts_with("https://") {
@@ -212,8 +217,21 @@ mod cli {
         } else {
             load::read_header(&mut load::FileSource::open(path)?).await?
         };
-        println!("{model}\n{}", header.into_model_files()?.summary());
+        let files = header.into_model_files()?;
+        println!("{model}\n{}", files.summary());
+        if let Some(meta) = files.gguf_metadata() {
+            describe_block(ModelConfig::from_gguf(meta, &files));
+        }
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// The block description the decoder would be built from, or why there is none (`info`
+    /// reads headers only, so an unsupported model is still described as far as it goes).
+    fn describe_block(config: pocketlm::Result<ModelConfig>) {
+        match config {
+            Ok(c) => println!("{}", c.describe()),
+            Err(e) => println!("block: {e}"),
+        }
     }
 
     /// A load progress bar on stderr: redrawn in place on a terminal, a line per quarter
@@ -516,6 +534,22 @@ mod cli {
             "{:<28} {:.1}",
             "dispatches per decoded token",
             (d2 - d1) as f64 / steps
+        );
+        let per_layer = engine.dispatches_per_layer();
+        let (lo, hi) = (
+            per_layer.iter().min().copied().unwrap_or(0),
+            per_layer.iter().max().copied().unwrap_or(0),
+        );
+        println!(
+            "{:<28} {} ({} layers, {})",
+            "dispatches per layer",
+            if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}-{hi}")
+            },
+            per_layer.len(),
+            engine.config().architecture.name()
         );
         println!(
             "{:<28} {:.1}",

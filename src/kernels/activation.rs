@@ -6,6 +6,35 @@ use crate::kernels::elementwise::{elementwise_grid, same_shape_f32, ELEMS};
 use crate::kernels::{build, dim, expect_distinct, expect_dtype, grid, mismatch, WG};
 
 const SWIGLU_SRC: &str = include_str!("../../shaders/swiglu.wgsl");
+/// `silu`, `gelu` and `gate_act`, shared with the linear layers' gated epilogue.
+pub(crate) const ACT: &str = include_str!("../../shaders/act.wgsl");
+
+/// The activation of a gated MLP's gate: `out = act(gate) · up`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum GateActivation {
+    /// SiLU (SwiGLU): Llama, Qwen, Mistral, Phi, SmolLM.
+    #[default]
+    Silu,
+    /// GELU with the tanh approximation (GeGLU): Gemma.
+    GeluTanh,
+}
+
+impl GateActivation {
+    /// The `GATE_ACT` specialization constant of act.wgsl.
+    pub(crate) fn id(self) -> u32 {
+        match self {
+            GateActivation::Silu => 0,
+            GateActivation::GeluTanh => 1,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GateActivation::Silu => "silu",
+            GateActivation::GeluTanh => "gelu_tanh",
+        }
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -19,6 +48,18 @@ pub async fn swiglu(
     gate: &GpuTensor,
     up: &GpuTensor,
     out: &GpuTensor,
+) -> Result<Dispatch> {
+    gated(ctx, gate, up, out, GateActivation::Silu).await
+}
+
+/// A gated activation: `out = act(gate) * up`, element-wise over tensors of one shape (for gate
+/// and up projections that cannot be fused into one, e.g. of different weight formats).
+pub async fn gated(
+    ctx: &GpuContext,
+    gate: &GpuTensor,
+    up: &GpuTensor,
+    out: &GpuTensor,
+    act: GateActivation,
 ) -> Result<Dispatch> {
     const NAME: &str = "swiglu";
     for t in [gate, up, out] {
@@ -47,7 +88,10 @@ pub async fn swiglu(
     };
     let n = dim(NAME, "elements", gate.numel())?;
     let wg = grid(ctx, NAME, u64::from(n.div_ceil(WG)))?;
-    let spec = Specialization::default().with("WG", WG);
+    let spec = Specialization::default()
+        .with("WG", WG)
+        .with("GATE_ACT", act.id())
+        .snippet(ACT);
     build(ctx, &kernel, &spec, &Params { n }, &[gate, up, out], wg).await
 }
 
@@ -68,7 +112,9 @@ pub async fn gelu(ctx: &GpuContext, x: &GpuTensor, out: &GpuTensor) -> Result<Di
     };
     let spec = Specialization::default()
         .with("WG", WG)
-        .with("ELEMS", ELEMS);
+        .with("ELEMS", ELEMS)
+        .with("GATE_ACT", GateActivation::GeluTanh.id())
+        .snippet(ACT);
     let wg = elementwise_grid(ctx, NAME, n)?;
     build(ctx, &kernel, &spec, &Params { n }, &[x, out], wg).await
 }

@@ -536,6 +536,11 @@ pub struct AttentionOptions {
     /// Partial-result buffers to use (e.g. those of another layer's [`Attention::scratch`]: the
     /// layers run one after the other); default: new ones.
     pub scratch: Option<AttentionScratch>,
+    /// A sliding window: the query at position q sees keys `q - window + 1 ..= q` (Mistral,
+    /// Gemma's local layers); default: every earlier position.
+    pub window: Option<usize>,
+    /// Attention-logit soft-capping (Gemma 2): each scaled score s becomes `cap · tanh(s / cap)`.
+    pub softcap: Option<f32>,
 }
 
 /// Buffers for the per-chunk partial results, shareable by every layer with the same shapes.
@@ -675,6 +680,8 @@ struct AttentionParams {
     n_chunks: u32,
     chunk_len: u32,
     scale: f32,
+    window: u32,
+    softcap: f32,
 }
 
 #[repr(C)]
@@ -769,6 +776,19 @@ pub async fn attention(
     let scale = options.scale.unwrap_or((1.0 / (hd as f64).sqrt()) as f32);
     if !scale.is_finite() {
         return Err(mismatch(NAME, format!("scale must be finite, got {scale}")));
+    }
+    let window = match options.window {
+        Some(0) => return Err(mismatch(NAME, "a sliding window must be at least 1".into())),
+        // A window that covers the whole context is no window.
+        Some(w) if w < step.max_positions() => dim(NAME, "window", w)?,
+        _ => 0,
+    };
+    let softcap = options.softcap.unwrap_or(0.0);
+    if !(softcap.is_finite() && softcap >= 0.0) {
+        return Err(mismatch(
+            NAME,
+            format!("softcap must be finite and positive, got {softcap}"),
+        ));
     }
     let group = n_heads / nkv;
     let max_tokens = step.max_tokens();
@@ -869,6 +889,8 @@ pub async fn attention(
         n_chunks: dim(NAME, "chunks", n_chunks)?,
         chunk_len: dim(NAME, "chunk_len", chunk_len)?,
         scale,
+        window,
+        softcap,
     };
     dim(
         NAME,
@@ -1175,6 +1197,10 @@ pub mod check {
         pub cache: Option<DType>,
         pub scale: Option<f32>,
         pub chunk_len: Option<usize>,
+        /// Sliding window (positions a query sees, itself included).
+        pub window: Option<usize>,
+        /// Attention-logit soft-capping.
+        pub softcap: Option<f32>,
     }
 
     impl AttentionCase {
@@ -1191,6 +1217,8 @@ pub mod check {
                 cache: None,
                 scale: None,
                 chunk_len: None,
+                window: None,
+                softcap: None,
             }
         }
     }
@@ -1214,6 +1242,12 @@ pub mod check {
             }
             if let Some(c) = self.chunk_len {
                 write!(f, ", chunks of {c}")?;
+            }
+            if let Some(w) = self.window {
+                write!(f, ", window {w}")?;
+            }
+            if let Some(c) = self.softcap {
+                write!(f, ", softcap {c}")?;
             }
             Ok(())
         }
@@ -1283,6 +1317,8 @@ pub mod check {
             scale: case.scale,
             chunk_len: case.chunk_len,
             scratch: None,
+            window: case.window,
+            softcap: case.softcap,
         };
         let att = attention(ctx, &step, &qt, &cache, layer, &ot, &opts).await?;
         let (kc, vc) = cache.layer(layer).expect("layer 1 exists");
@@ -1317,6 +1353,8 @@ pub mod check {
             n_kv_heads: nkv,
             head_dim: hd,
             offset,
+            window: case.window.filter(|&w| w < max_ctx).unwrap_or(0),
+            softcap: case.softcap.unwrap_or(0.0),
         };
         let split = AttentionSplit {
             chunk_len: att.chunk_len(),

@@ -98,3 +98,33 @@ pub async fn add_in_place(ctx: &GpuContext, acc: &GpuTensor, b: &GpuTensor) -> R
     )
     .await
 }
+
+const SOFTCAP_SRC: &str = include_str!("../../shaders/softcap.wgsl");
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct SoftcapParams {
+    n: u32,
+    cap: f32,
+}
+
+/// `x = cap · tanh(x / cap)` in place, element-wise (Gemma 2's final-logit soft-capping);
+/// `cap` must be finite and positive.
+pub async fn softcap(ctx: &GpuContext, x: &GpuTensor, cap: f32) -> Result<Dispatch> {
+    const NAME: &str = "softcap";
+    let n = same_shape_f32(NAME, &[x])?;
+    if !(cap.is_finite() && cap > 0.0) {
+        return Err(mismatch(
+            NAME,
+            format!("the cap must be finite and positive, got {cap}"),
+        ));
+    }
+    let kernel = Kernel {
+        name: NAME,
+        source: SOFTCAP_SRC,
+        entry: NAME,
+        uses_reduce: false,
+    };
+    let wg = elementwise_grid(ctx, NAME, n)?;
+    build(ctx, &kernel, &spec(), &SoftcapParams { n, cap }, &[x], wg).await
+}

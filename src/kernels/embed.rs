@@ -15,6 +15,7 @@ struct Params {
     vocab: u32,
     w_stride: u32,
     scale_base: u32,
+    scale: f32,
 }
 
 /// `out[i, :] = table[ids[i], :]` as f32, for `table` [vocab, dim] in any weight format, `ids`
@@ -26,7 +27,22 @@ pub async fn embed(
     ids: &GpuTensor,
     out: &GpuTensor,
 ) -> Result<Dispatch> {
+    embed_scaled(ctx, table, ids, out, 1.0).await
+}
+
+/// [`embed`] with every value multiplied by `scale` (Gemma multiplies its embeddings by
+/// √hidden); a scale of 1 copies values bit for bit.
+pub async fn embed_scaled(
+    ctx: &GpuContext,
+    table: &GpuTensor,
+    ids: &GpuTensor,
+    out: &GpuTensor,
+    scale: f32,
+) -> Result<Dispatch> {
     const NAME: &str = "embed";
+    if !scale.is_finite() {
+        return Err(mismatch(NAME, format!("scale must be finite, got {scale}")));
+    }
     expect_dtype(
         NAME,
         table,
@@ -73,6 +89,7 @@ pub async fn embed(
             "table words",
             vocab * (cols / dtype.block_size()) * dtype.quant_words(),
         )?,
+        scale,
     };
     let kernel = Kernel {
         name: NAME,

@@ -4,6 +4,7 @@
 
 use crate::error::Result;
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Kernel, Specialization};
+use crate::kernels::activation::{GateActivation, ACT};
 use crate::kernels::{build, dim, expect_distinct, expect_dtype, grid, mismatch, reduce_spec_wg};
 
 const LINEAR_COMMON: &str = include_str!("../../shaders/linear_common.wgsl");
@@ -155,6 +156,8 @@ pub struct Linear<'a> {
     /// `1 / sqrt(Σx² / k + eps)` before the epilogue (the scale is the same for all of a row's
     /// terms, so it is applied once). Costs one more multiply-add per loaded x element.
     pub norm: Option<(&'a GpuTensor, f32)>,
+    /// The gate's activation of [`linear_swiglu`] (SiLU, or GELU-tanh for Gemma's GeGLU).
+    pub gate_act: GateActivation,
 }
 
 /// Where the output columns go: y alone, y then up to two split outputs by column range, or
@@ -355,6 +358,8 @@ fn spec(
         .with("SWIGLU", u32::from(epi.swiglu))
         .with("SPLIT", split as u32)
         .with("NORM", norm)
+        .with("GATE_ACT", opts.gate_act.id())
+        .snippet(ACT)
         .snippet(if opts.bias.is_some() { BIAS } else { NO_BIAS })
         .snippet(put1)
         .snippet(put2)
@@ -444,7 +449,7 @@ pub async fn linear_split(
 
 /// A fused Llama MLP input: with W = [`concat_rows`]`(gate, up)` ([2·f, k]), writes
 /// `out = silu(x · gateᵀ) · (x · upᵀ)` ([m, f]) in one dispatch, with the formula of
-/// [`crate::kernels::swiglu`]. A bias (f32 [2·f]) is added to both products first;
+/// [`crate::kernels::swiglu`] (`opts.gate_act` GELU-tanh: Gemma's GeGLU). A bias (f32 [2·f]) is added to both products first;
 /// `opts.accumulate` adds the result to `out`.
 pub async fn linear_swiglu(
     ctx: &GpuContext,

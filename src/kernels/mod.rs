@@ -10,20 +10,19 @@ mod norm;
 pub mod rope;
 mod sample;
 
-pub use activation::gelu;
-pub use activation::swiglu;
+pub use activation::{gated, gelu, swiglu, GateActivation};
 pub use attention::{
     attention, kv_write, rope_kv_write, Attention, AttentionOptions, AttentionScratch, KvCache,
     StepState, ATTENTION_MAX_HEAD_DIM,
 };
-pub use elementwise::{add, add_in_place};
-pub use embed::embed;
+pub use elementwise::{add, add_in_place, softcap};
+pub use embed::{embed, embed_scaled};
 pub use linear::{
     concat_rows, linear, linear_split, linear_swiglu, linear_with, matmul, matvec, Linear,
     LinearKernel, MATVEC_MAX_ROWS,
 };
 pub use norm::layernorm;
-pub use norm::rmsnorm;
+pub use norm::{rmsnorm, rmsnorm_add};
 pub use rope::{
     rope, rope_angle, rope_cos_sin, rope_inv_freq, rope_inv_freq_with_factors, rope_qk,
     Llama3Scaling, RopeConfig, RopeLayout, RopeTable,

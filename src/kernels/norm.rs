@@ -73,6 +73,29 @@ pub async fn rmsnorm(
     eps: f32,
     y: &GpuTensor,
 ) -> Result<Dispatch> {
+    rmsnorm_into(ctx, x, weight, eps, y, false).await
+}
+
+/// [`rmsnorm`] added to what `y` holds: `y += x / sqrt(mean(x²) + eps) * weight` (a post-norm
+/// on its way into the residual stream: Gemma's sandwich norms).
+pub async fn rmsnorm_add(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    weight: &GpuTensor,
+    eps: f32,
+    y: &GpuTensor,
+) -> Result<Dispatch> {
+    rmsnorm_into(ctx, x, weight, eps, y, true).await
+}
+
+async fn rmsnorm_into(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    weight: &GpuTensor,
+    eps: f32,
+    y: &GpuTensor,
+    add: bool,
+) -> Result<Dispatch> {
     const NAME: &str = "rmsnorm";
     check(NAME, x, &[("weight", weight)], eps, y)?;
     let cols = x.cols();
@@ -88,15 +111,8 @@ pub async fn rmsnorm(
         eps,
     };
     let wg = grid(ctx, NAME, x.rows() as u64)?;
-    build(
-        ctx,
-        &kernel,
-        &reduce_spec(ctx, 1),
-        &params,
-        &[x, weight, y],
-        wg,
-    )
-    .await
+    let spec = reduce_spec(ctx, 1).with("ADD", u32::from(add));
+    build(ctx, &kernel, &spec, &params, &[x, weight, y], wg).await
 }
 
 const LAYERNORM_SRC: &str = include_str!("../../shaders/layernorm.wgsl");

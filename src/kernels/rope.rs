@@ -212,7 +212,7 @@ impl RopeTable {
     /// the adapter's binding limit.
     pub fn new(ctx: &GpuContext, config: RopeConfig, max_positions: usize) -> Result<Self> {
         let inv = rope_inv_freq(&config)?;
-        Self::from_inv_freq(ctx, config, max_positions, &inv)
+        Self::from_inv_freq(ctx, config, max_positions, &inv, 1.0)
     }
 
     /// As [`RopeTable::new`], with the frequencies divided by `factors` (see
@@ -224,7 +224,29 @@ impl RopeTable {
         factors: &[f32],
     ) -> Result<Self> {
         let inv = rope_inv_freq_with_factors(&config, factors)?;
-        Self::from_inv_freq(ctx, config, max_positions, &inv)
+        Self::from_inv_freq(ctx, config, max_positions, &inv, 1.0)
+    }
+
+    /// The general form: frequencies optionally divided by `factors`, and every cos/sin entry
+    /// multiplied by `mscale` (LongRoPE's attention factor; 1 leaves the table as it is).
+    pub fn with_options(
+        ctx: &GpuContext,
+        config: RopeConfig,
+        max_positions: usize,
+        factors: Option<&[f32]>,
+        mscale: f32,
+    ) -> Result<Self> {
+        if !(mscale.is_finite() && mscale > 0.0) {
+            return Err(mismatch(
+                "rope",
+                format!("the cos/sin scale must be finite and positive, got {mscale}"),
+            ));
+        }
+        let inv = match factors {
+            Some(f) => rope_inv_freq_with_factors(&config, f)?,
+            None => rope_inv_freq(&config)?,
+        };
+        Self::from_inv_freq(ctx, config, max_positions, &inv, mscale)
     }
 
     fn from_inv_freq(
@@ -232,6 +254,7 @@ impl RopeTable {
         config: RopeConfig,
         max_positions: usize,
         inv: &[f32],
+        mscale: f32,
     ) -> Result<Self> {
         config.validate()?;
         if max_positions == 0 {
@@ -241,7 +264,10 @@ impl RopeTable {
         let shape = [max_positions, half, 2];
         // Allocating zeros first checks the size against the limits before any work is done.
         let table = ctx.zeros("rope cos/sin table", &shape, DType::F32)?;
-        let data = cos_sin_of(inv, max_positions);
+        let mut data = cos_sin_of(inv, max_positions);
+        if mscale != 1.0 {
+            data.iter_mut().for_each(|v| *v *= mscale);
+        }
         ctx.queue
             .write_buffer(&table.buffer, 0, bytemuck::cast_slice(&data));
         Ok(RopeTable {

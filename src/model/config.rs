@@ -1,43 +1,51 @@
-//! The hyper-parameters of a Llama-family model, from GGUF metadata (`llama.*`, `qwen2.*`) or a
-//! Hugging Face `config.json`: everything the forward pass needs to size its buffers and
-//! configure its kernels.
+//! A model's block description: hyper-parameters and per-layer settings from GGUF metadata or a
+//! Hugging Face `config.json`, for any architecture of [`super::arch::ARCHS`]. The generic decoder
+//! ([`super::Decoder`]) is built from it; nothing downstream looks at the architecture's name.
 
 use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::formats::{GgufMetadata, ModelFiles};
-use crate::kernels::{Llama3Scaling, RopeConfig, RopeLayout};
+use crate::kernels::{GateActivation, Llama3Scaling, RopeConfig, RopeLayout};
+use crate::model::arch::{ArchSpec, Architecture, Role, SUPPORTED};
 
-/// The architectures PocketLM runs.
+/// Which rotary embedding a layer applies to q and k.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Architecture {
-    /// Llama 2/3/3.x, SmolLM/SmolLM2, TinyLlama, Mistral.
-    Llama,
-    /// Qwen2 / Qwen2.5: Llama with biases on q, k and v.
-    Qwen2,
+pub enum LayerRope {
+    /// The model's RoPE ([`ModelConfig::rope`], with its scaling).
+    Global,
+    /// The local layers' own RoPE ([`ModelConfig::rope_local`]: Gemma 3).
+    Local,
+    /// No positional embedding in this layer (SmolLM3's NoPE layers).
+    None,
 }
 
-/// What `Error::UnsupportedArchitecture` lists.
-pub const SUPPORTED: &str =
-    "llama (Llama 2/3/3.x, SmolLM, SmolLM2, TinyLlama), mistral, qwen2 (Qwen2, Qwen2.5)";
-
-impl Architecture {
-    fn from_name(name: &str, source: &str) -> Result<Self> {
-        match name {
-            "llama" | "mistral" | "LlamaForCausalLM" | "MistralForCausalLM" => {
-                Ok(Architecture::Llama)
-            }
-            "qwen2" | "Qwen2ForCausalLM" => Ok(Architecture::Qwen2),
-            other => Err(Error::UnsupportedArchitecture {
-                source_name: source.to_string(),
-                architecture: other.to_string(),
-                supported: SUPPORTED,
-            }),
-        }
-    }
+/// What differs between the layers of a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerSpec {
+    /// Sliding-window attention over this many positions (the query's own included).
+    pub window: Option<usize>,
+    pub rope: LayerRope,
 }
 
-/// A model's hyper-parameters.
+/// Frequency scaling of the global RoPE besides Llama 3's (which is part of [`RopeConfig`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by the factor (frequencies divided by it): Gemma 3 4B+.
+    Linear(f32),
+    /// Phi-3's LongRoPE: per-frequency factors for contexts within (`short`) and beyond (`long`)
+    /// the original context, and a factor on cos/sin. In GGUF files the factors are tensors
+    /// (`rope_factors_short/long.weight`) and these lists are empty.
+    LongRope {
+        short: Vec<f32>,
+        long: Vec<f32>,
+        original: usize,
+        attention_factor: f32,
+    },
+}
+
+/// A model's block description.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
     pub architecture: Architecture,
@@ -49,69 +57,183 @@ pub struct ModelConfig {
     pub ffn: usize,
     pub vocab: usize,
     pub rms_eps: f32,
+    /// The RoPE of global layers (every layer but Gemma 3's local ones).
     pub rope: RopeConfig,
+    pub rope_scaling: RopeScaling,
+    /// Gemma 3's local layers rotate with their own base and no scaling.
+    pub rope_local: Option<RopeConfig>,
+    /// One per layer.
+    pub layer_specs: Vec<LayerSpec>,
     /// The context the model was trained for.
     pub max_positions: usize,
     /// The output projection is the embedding table.
     pub tied_embeddings: bool,
     /// q, k and v projections have biases (Qwen2).
     pub qkv_bias: bool,
+    /// RMSNorm over each head of q and k (Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    /// Sandwich norms on the attention and MLP outputs (Gemma 2/3).
+    pub post_norms: bool,
+    pub activation: GateActivation,
+    /// Embeddings are multiplied by this (Gemma: √hidden).
+    pub embed_scale: Option<f32>,
+    /// Multiplies q·k (default 1/√head_dim; Gemma: 1/√query_pre_attn_scalar).
+    pub attn_scale: f32,
+    /// Attention-logit and final-logit soft-capping (Gemma 2).
+    pub attn_softcap: Option<f32>,
+    pub final_softcap: Option<f32>,
+    /// Added to every norm weight on load (1 for Gemma's Hugging Face checkpoints, which store
+    /// `w - 1`).
+    pub norm_offset: f32,
+    /// Tensor names are GGUF's (else Hugging Face's).
+    pub gguf_names: bool,
+}
+
+fn config_error(source: &str, detail: String) -> Error {
+    Error::Config {
+        source_name: source.to_string(),
+        detail,
+    }
+}
+
+fn unsupported(source: &str, name: &str) -> Error {
+    Error::UnsupportedArchitecture {
+        source_name: source.to_string(),
+        architecture: name.to_string(),
+        supported: SUPPORTED,
+    }
+}
+
+/// Gemma-style window patterns: layer `i` is local unless `(i + 1) % pattern == 0`
+/// (Gemma 2: 2, even layers local; Gemma 3: 6, five local then one global).
+fn local_by_pattern(i: usize, pattern: usize) -> bool {
+    pattern > 0 && !(i + 1).is_multiple_of(pattern)
 }
 
 impl ModelConfig {
-    /// From a GGUF file's metadata and tensor table. GGUF's llama weights are permuted for the
-    /// interleaved RoPE layout; Qwen2's are not (NeoX).
+    /// From a GGUF file's metadata and tensor table.
     pub fn from_gguf(meta: &GgufMetadata, model: &ModelFiles) -> Result<Self> {
         let arch_name = meta.architecture()?;
-        let architecture = Architecture::from_name(arch_name, meta.file())?;
+        let spec = Architecture::spec_of(arch_name, true)
+            .ok_or_else(|| unsupported(meta.file(), arch_name))?;
+        let arch = spec.arch;
         let key = |k: &str| format!("{arch_name}.{k}");
         let u = |k: &str| -> Result<usize> { Ok(meta.u32(&key(k))? as usize) };
+        let opt_u = |k: &str| -> Result<Option<usize>> {
+            Ok(meta.get_opt::<u32>(&key(k))?.map(|n| n as usize))
+        };
+        let opt_f = |k: &str| meta.get_opt::<f32>(&key(k));
         let hidden = u("embedding_length")?;
         let heads = u("attention.head_count")?;
-        let kv_heads = match meta.get_opt::<u32>(&key("attention.head_count_kv"))? {
-            Some(n) => n as usize,
-            None => heads,
-        };
-        let head_dim = match meta.get_opt::<u32>(&key("attention.key_length"))? {
-            Some(n) => n as usize,
-            None => hidden / heads.max(1),
-        };
-        let vocab = match meta.get_opt::<u32>(&key("vocab_size"))? {
-            Some(n) => n as usize,
+        let kv_heads = opt_u("attention.head_count_kv")?.unwrap_or(heads);
+        let head_dim = opt_u("attention.key_length")?.unwrap_or(hidden / heads.max(1));
+        let vocab = match opt_u("vocab_size")? {
+            Some(n) => n,
             None => meta.string_array("tokenizer.ggml.tokens")?.len(),
         };
-        let rotary_dim = match meta.get_opt::<u32>(&key("rope.dimension_count"))? {
-            Some(n) => n as usize,
-            None => head_dim,
+        let layers = u("block_count")?;
+        let rotary_dim = opt_u("rope.dimension_count")?.unwrap_or(head_dim);
+        let theta = opt_f("rope.freq_base")?.unwrap_or(10_000.0);
+        let rope = RopeConfig {
+            head_dim,
+            rotary_dim,
+            theta,
+            layout: spec.block.gguf_rope,
+            // Llama-3 scaling is baked into a `rope_freqs.weight` tensor in GGUF.
+            llama3: None,
         };
-        let theta = meta
-            .get_opt::<f32>(&key("rope.freq_base"))?
-            .unwrap_or(10_000.0);
-        let layout = match architecture {
-            Architecture::Llama => RopeLayout::Interleaved,
-            Architecture::Qwen2 => RopeLayout::NeoX,
+        let scaling_type = meta.get_opt::<&str>(&key("rope.scaling.type"))?;
+        let mut rope_scaling = match scaling_type {
+            None | Some("none") => RopeScaling::None,
+            Some("linear") => match opt_f("rope.scaling.factor")? {
+                Some(f) if f != 1.0 => RopeScaling::Linear(f),
+                _ => RopeScaling::None,
+            },
+            Some(other) => {
+                return Err(config_error(
+                    meta.file(),
+                    format!(
+                    "rope scaling '{other}' is not supported (supported: linear, llama3, longrope)"
+                ),
+                ))
+            }
         };
+        if arch == Architecture::Phi3 && model.tensor(Role::RopeFactorsShort.gguf()).is_some() {
+            rope_scaling = RopeScaling::LongRope {
+                short: Vec::new(),
+                long: Vec::new(),
+                original: opt_u("rope.scaling.original_context_length")?
+                    .unwrap_or(u("context_length")?),
+                attention_factor: opt_f("rope.scaling.attn_factor")?.unwrap_or(1.0),
+            };
+        }
+        let window = opt_u("attention.sliding_window")?.filter(|&w| w > 0);
+        let layer_specs: Vec<LayerSpec> = (0..layers)
+            .map(|i| {
+                let (local, rope) = match arch {
+                    Architecture::Gemma2 => (local_by_pattern(i, 2), LayerRope::Global),
+                    Architecture::Gemma3 => {
+                        let local = local_by_pattern(i, 6);
+                        (
+                            local,
+                            if local {
+                                LayerRope::Local
+                            } else {
+                                LayerRope::Global
+                            },
+                        )
+                    }
+                    Architecture::Phi3 => (true, LayerRope::Global),
+                    // llama.cpp's SmolLM3: every fourth layer has no RoPE.
+                    Architecture::SmolLM3 => (
+                        false,
+                        if (i + 1).is_multiple_of(4) {
+                            LayerRope::None
+                        } else {
+                            LayerRope::Global
+                        },
+                    ),
+                    _ => (false, LayerRope::Global),
+                };
+                LayerSpec {
+                    window: window.filter(|_| local),
+                    rope,
+                }
+            })
+            .collect();
+        // llama.cpp's base for Gemma 3's local layers (not in the metadata).
+        let rope_local = (arch == Architecture::Gemma3).then_some(RopeConfig {
+            theta: 10_000.0,
+            ..rope
+        });
+        let cap = |k: &str| -> Result<Option<f32>> { Ok(opt_f(k)?.filter(|&c| c > 0.0)) };
         let config = ModelConfig {
-            architecture,
+            architecture: arch,
             hidden,
-            layers: u("block_count")?,
+            layers,
             heads,
             kv_heads,
             head_dim,
             ffn: u("feed_forward_length")?,
             vocab,
             rms_eps: meta.f32(&key("attention.layer_norm_rms_epsilon"))?,
-            rope: RopeConfig {
-                head_dim,
-                rotary_dim,
-                theta,
-                layout,
-                // Llama-3 scaling is baked into a `rope_freqs.weight` tensor in GGUF; not yet read.
-                llama3: None,
-            },
+            rope,
+            rope_scaling,
+            rope_local,
+            layer_specs,
             max_positions: u("context_length")?,
-            tied_embeddings: model.tensor("output.weight").is_none(),
+            tied_embeddings: model.tensor(Role::Output.gguf()).is_none(),
             qkv_bias: model.tensor("blk.0.attn_q.bias").is_some(),
+            qk_norm: spec.block.qk_norm,
+            post_norms: spec.block.post_norms,
+            activation: spec.block.activation,
+            embed_scale: spec.block.embed_scale.then(|| (hidden as f32).sqrt()),
+            attn_scale: (1.0 / (head_dim as f64).sqrt()) as f32,
+            attn_softcap: cap("attn_logit_softcapping")?,
+            final_softcap: cap("final_logit_softcapping")?,
+            // llama.cpp's converter already added Gemma's 1 to the norm weights.
+            norm_offset: 0.0,
+            gguf_names: true,
         };
         config.validate(meta.file())
     }
@@ -119,94 +241,257 @@ impl ModelConfig {
     /// From a Hugging Face `config.json` (`rope_theta` or transformers 5's `rope_parameters`).
     /// HF checkpoints keep q/k in the NeoX (half-split) RoPE layout.
     pub fn from_hf_json(json: &str, source: &str) -> Result<Self> {
-        let bad = |detail: String| Error::Config {
-            source_name: source.to_string(),
-            detail,
-        };
+        let bad = |detail: String| config_error(source, detail);
         let v: Value =
             serde_json::from_str(json).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-        let name = v["model_type"]
+        let names: Vec<&str> = v["model_type"]
             .as_str()
-            .or_else(|| v["architectures"][0].as_str())
-            .ok_or_else(|| bad("neither model_type nor architectures is given".into()))?;
-        let architecture = Architecture::from_name(name, source)?;
+            .into_iter()
+            .chain(
+                v["architectures"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str),
+            )
+            .collect();
+        let Some(first) = names.first() else {
+            return Err(bad("neither model_type nor architectures is given".into()));
+        };
+        let spec: &ArchSpec = names
+            .iter()
+            .find_map(|n| Architecture::spec_of(n, false))
+            .ok_or_else(|| unsupported(source, first))?;
+        let arch = spec.arch;
         let int = |k: &str| -> Result<usize> {
             v[k].as_u64()
                 .map(|n| n as usize)
                 .ok_or_else(|| bad(format!("'{k}' is missing or not a whole number")))
         };
         let opt_int = |k: &str| v[k].as_u64().map(|n| n as usize);
+        let opt_f = |k: &str| v[k].as_f64();
         let hidden = int("hidden_size")?;
         let heads = int("num_attention_heads")?;
+        let layers = int("num_hidden_layers")?;
         let kv_heads = opt_int("num_key_value_heads").unwrap_or(heads);
         let head_dim = opt_int("head_dim").unwrap_or(hidden / heads.max(1));
-        let rope_params = &v["rope_parameters"];
-        let theta = v["rope_theta"]
-            .as_f64()
-            .or_else(|| rope_params["rope_theta"].as_f64())
+        let max_positions = opt_int("max_position_embeddings").unwrap_or(4096);
+        // transformers 5 nests RoPE settings in `rope_parameters`, per layer type for Gemma 3.
+        let params = &v["rope_parameters"];
+        let (global_params, local_params) = if params["full_attention"].is_object() {
+            (&params["full_attention"], &params["sliding_attention"])
+        } else {
+            (params, &Value::Null)
+        };
+        let theta = opt_f("rope_theta")
+            .or_else(|| global_params["rope_theta"].as_f64())
             .unwrap_or(10_000.0) as f32;
         let scaling = if v["rope_scaling"].is_object() {
             &v["rope_scaling"]
         } else {
-            rope_params
+            global_params
         };
-        let llama3 = match scaling["rope_type"]
+        let partial = opt_f("partial_rotary_factor").unwrap_or(1.0);
+        let rotary_dim = ((head_dim as f64 * partial) as usize) & !1;
+        let mut llama3 = None;
+        let mut rope_scaling = RopeScaling::None;
+        let f = |k: &str| {
+            scaling[k]
+                .as_f64()
+                .ok_or_else(|| bad(format!("rope scaling lacks '{k}'")))
+        };
+        match scaling["rope_type"]
             .as_str()
             .or_else(|| scaling["type"].as_str())
         {
-            None | Some("default") => None,
+            None | Some("default") => {}
             Some("llama3") => {
-                let f = |k: &str| {
-                    scaling[k]
-                        .as_f64()
-                        .ok_or_else(|| bad(format!("llama3 rope scaling lacks '{k}'")))
-                };
-                Some(Llama3Scaling {
+                llama3 = Some(Llama3Scaling {
                     factor: f("factor")? as f32,
                     low_freq_factor: f("low_freq_factor")? as f32,
                     high_freq_factor: f("high_freq_factor")? as f32,
                     original_max_position_embeddings: f("original_max_position_embeddings")? as u32,
                 })
             }
+            Some("linear") => rope_scaling = RopeScaling::Linear(f("factor")? as f32),
+            Some("longrope") => {
+                let list = |k: &str| -> Result<Vec<f32>> {
+                    scaling[k]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(Value::as_f64)
+                                .map(|x| x as f32)
+                                .collect()
+                        })
+                        .filter(|l: &Vec<f32>| l.len() == rotary_dim / 2)
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "longrope scaling needs '{k}' with {} numbers",
+                                rotary_dim / 2
+                            ))
+                        })
+                };
+                let original = opt_int("original_max_position_embeddings")
+                    .or_else(|| {
+                        scaling["original_max_position_embeddings"]
+                            .as_u64()
+                            .map(|n| n as usize)
+                    })
+                    .unwrap_or(max_positions);
+                // transformers' `_compute_longrope_parameters`.
+                let factor = if v["original_max_position_embeddings"].is_u64() {
+                    max_positions as f64 / original as f64
+                } else {
+                    scaling["factor"].as_f64().unwrap_or(1.0)
+                };
+                let attention_factor = match scaling["attention_factor"].as_f64() {
+                    Some(a) => a,
+                    None if factor <= 1.0 => 1.0,
+                    None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+                };
+                rope_scaling = RopeScaling::LongRope {
+                    short: list("short_factor")?,
+                    long: list("long_factor")?,
+                    original,
+                    attention_factor: attention_factor as f32,
+                };
+            }
             Some(other) => {
                 return Err(bad(format!(
-                    "rope scaling '{other}' is not supported (supported: llama3)"
+                    "rope scaling '{other}' is not supported (supported: linear, llama3, longrope)"
+                )))
+            }
+        }
+        let rope = RopeConfig {
+            head_dim,
+            rotary_dim,
+            theta,
+            layout: RopeLayout::NeoX,
+            llama3,
+        };
+        let rope_local = (arch == Architecture::Gemma3).then(|| RopeConfig {
+            theta: opt_f("rope_local_base_freq")
+                .or_else(|| local_params["rope_theta"].as_f64())
+                .unwrap_or(10_000.0) as f32,
+            llama3: None,
+            ..rope
+        });
+
+        // Which layers attend through a sliding window.
+        let window = opt_int("sliding_window").filter(|&w| w > 0);
+        let layer_types: Option<Vec<&str>> = v["layer_types"]
+            .as_array()
+            .map(|a| a.iter().map(|t| t.as_str().unwrap_or("")).collect());
+        if let Some(t) = &layer_types {
+            if t.len() != layers {
+                return Err(bad(format!(
+                    "'layer_types' lists {} layers, the model has {layers}",
+                    t.len()
+                )));
+            }
+        }
+        let use_sliding = v["use_sliding_window"].as_bool();
+        let max_window_layers = opt_int("max_window_layers").unwrap_or(0);
+        let no_rope: Option<Vec<u64>> = v["no_rope_layers"]
+            .as_array()
+            .map(|a| a.iter().map(|x| x.as_u64().unwrap_or(1)).collect());
+        let nope_interval = opt_int("no_rope_layer_interval").unwrap_or(4);
+        let pattern = opt_int("sliding_window_pattern");
+        let layer_specs: Vec<LayerSpec> = (0..layers)
+            .map(|i| {
+                let local = match (&layer_types, arch) {
+                    (Some(t), _) => t[i] == "sliding_attention",
+                    (None, Architecture::Gemma2) => local_by_pattern(i, pattern.unwrap_or(2)),
+                    (None, Architecture::Gemma3) => local_by_pattern(i, pattern.unwrap_or(6)),
+                    // Qwen: `use_sliding_window` from layer `max_window_layers` on.
+                    (None, Architecture::Qwen2 | Architecture::Qwen3 | Architecture::SmolLM3) => {
+                        use_sliding == Some(true) && i >= max_window_layers
+                    }
+                    // Mistral, Phi-3: every layer when a window is given.
+                    (None, _) => use_sliding != Some(false),
+                };
+                let rope = match arch {
+                    Architecture::Gemma3 if local => LayerRope::Local,
+                    Architecture::SmolLM3 => {
+                        let uses = match &no_rope {
+                            Some(l) => l.get(i).copied().unwrap_or(1) != 0,
+                            None => !(i + 1).is_multiple_of(nope_interval.max(1)),
+                        };
+                        if uses {
+                            LayerRope::Global
+                        } else {
+                            LayerRope::None
+                        }
+                    }
+                    _ => LayerRope::Global,
+                };
+                LayerSpec {
+                    window: window.filter(|_| local),
+                    rope,
+                }
+            })
+            .collect();
+
+        let activation = match v["hidden_activation"]
+            .as_str()
+            .or_else(|| v["hidden_act"].as_str())
+        {
+            None => spec.block.activation,
+            Some("silu" | "swish") => GateActivation::Silu,
+            Some("gelu_pytorch_tanh" | "gelu_tanh") => GateActivation::GeluTanh,
+            Some(other) => {
+                return Err(bad(format!(
+                    "activation '{other}' is not supported (supported: silu, gelu_pytorch_tanh)"
                 )))
             }
         };
+        let gemma = spec.block.post_norms;
+        let cap = |k: &str| opt_f(k).filter(|&c| c > 0.0).map(|c| c as f32);
+        let attn_scale = match opt_f("query_pre_attn_scalar") {
+            Some(s) if s > 0.0 => 1.0 / s.sqrt(),
+            _ => 1.0 / (head_dim as f64).sqrt(),
+        } as f32;
         let config = ModelConfig {
-            architecture,
+            architecture: arch,
             hidden,
-            layers: int("num_hidden_layers")?,
+            layers,
             heads,
             kv_heads,
             head_dim,
             ffn: int("intermediate_size")?,
             vocab: int("vocab_size")?,
-            rms_eps: v["rms_norm_eps"].as_f64().unwrap_or(1e-6) as f32,
-            rope: RopeConfig {
-                head_dim,
-                rotary_dim: head_dim,
-                theta,
-                layout: RopeLayout::NeoX,
-                llama3,
-            },
-            max_positions: opt_int("max_position_embeddings").unwrap_or(4096),
-            tied_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
+            rms_eps: opt_f("rms_norm_eps").unwrap_or(1e-6) as f32,
+            rope,
+            rope_scaling,
+            rope_local,
+            layer_specs,
+            max_positions,
+            // Gemma ties its embeddings unless told otherwise; transformers' other configs do not.
+            tied_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(gemma),
             qkv_bias: v["attention_bias"]
                 .as_bool()
-                .unwrap_or(architecture == Architecture::Qwen2),
+                .unwrap_or(arch == Architecture::Qwen2),
+            qk_norm: spec.block.qk_norm,
+            post_norms: spec.block.post_norms,
+            activation,
+            embed_scale: spec.block.embed_scale.then(|| (hidden as f32).sqrt()),
+            attn_scale,
+            attn_softcap: cap("attn_logit_softcapping"),
+            final_softcap: cap("final_logit_softcapping"),
+            norm_offset: spec.block.hf_norm_offset,
+            gguf_names: false,
         };
         config.validate(source)
     }
 
+    /// The architecture's entry (tensor roles and names).
+    pub fn spec(&self) -> &'static ArchSpec {
+        self.architecture.spec()
+    }
+
     fn validate(self, source: &str) -> Result<Self> {
-        let bad = |detail: String| {
-            Err(Error::Config {
-                source_name: source.to_string(),
-                detail,
-            })
-        };
+        let bad = |detail: String| Err(config_error(source, detail));
         let c = &self;
         if [
             c.hidden,
@@ -220,7 +505,11 @@ impl ModelConfig {
         ]
         .contains(&0)
         {
-            return bad(format!("a size is zero: {c:?}"));
+            return bad(format!(
+                "a size is zero: hidden {}, layers {}, heads {}, kv heads {}, head_dim {}, ffn {}, \
+                 vocab {}, context {}",
+                c.hidden, c.layers, c.heads, c.kv_heads, c.head_dim, c.ffn, c.vocab, c.max_positions
+            ));
         }
         if !c.heads.is_multiple_of(c.kv_heads) {
             return bad(format!(
@@ -228,22 +517,136 @@ impl ModelConfig {
                 c.heads, c.kv_heads
             ));
         }
-        if c.rope.rotary_dim > c.head_dim || !c.rope.rotary_dim.is_multiple_of(2) {
+        let uses_rope = c.layer_specs.iter().any(|l| l.rope != LayerRope::None);
+        if uses_rope
+            && (c.rope.rotary_dim < 2
+                || c.rope.rotary_dim > c.head_dim
+                || !c.rope.rotary_dim.is_multiple_of(2))
+        {
             return bad(format!(
                 "rotary dimension {} does not fit heads of {}",
                 c.rope.rotary_dim, c.head_dim
             ));
         }
+        let finite = |x: Option<f32>| x.is_none_or(|x| x.is_finite() && x > 0.0);
         if !(c.rms_eps.is_finite()
             && c.rms_eps >= 0.0
             && c.rope.theta.is_finite()
-            && c.rope.theta > 0.0)
+            && c.rope.theta > 0.0
+            && c.attn_scale.is_finite()
+            && finite(c.attn_softcap)
+            && finite(c.final_softcap)
+            && finite(c.rope_local.map(|r| r.theta)))
         {
             return bad(format!(
-                "eps {} or rope base {} is not usable",
-                c.rms_eps, c.rope.theta
+                "eps {}, rope base {}, attention scale {} or soft-caps {:?}/{:?} are not usable",
+                c.rms_eps, c.rope.theta, c.attn_scale, c.attn_softcap, c.final_softcap
             ));
         }
+        match &c.rope_scaling {
+            RopeScaling::Linear(f) if !(f.is_finite() && *f > 0.0) => {
+                return bad(format!("linear rope scaling factor {f} is not usable"))
+            }
+            RopeScaling::LongRope {
+                short,
+                long,
+                attention_factor,
+                ..
+            } if !short
+                .iter()
+                .chain(long)
+                .chain([attention_factor])
+                .all(|x| x.is_finite() && *x > 0.0) =>
+            {
+                return bad("longrope factors must be finite and positive".into())
+            }
+            _ => {}
+        }
         Ok(self)
+    }
+
+    /// Decode dispatches per layer the decoder records for this block, and why: see
+    /// [`super::Decoder`].
+    pub fn describe(&self) -> String {
+        let windows: Vec<String> = self
+            .layer_specs
+            .iter()
+            .map(|l| {
+                let r = match l.rope {
+                    LayerRope::Global => "",
+                    LayerRope::Local => "local-rope ",
+                    LayerRope::None => "no-rope ",
+                };
+                match l.window {
+                    Some(w) => format!("{r}window {w}"),
+                    None => format!("{r}global"),
+                }
+            })
+            .collect();
+        // Runs of equal layers, "global ×24".
+        let mut runs: Vec<(String, usize)> = Vec::new();
+        for w in windows {
+            match runs.last_mut() {
+                Some((last, n)) if *last == w => *n += 1,
+                _ => runs.push((w, 1)),
+            }
+        }
+        let layers: Vec<String> = runs
+            .iter()
+            .map(|(w, n)| {
+                if *n == 1 {
+                    w.clone()
+                } else {
+                    format!("{w} ×{n}")
+                }
+            })
+            .collect();
+        let mut s = format!(
+            "architecture {}: {} layers, hidden {}, {} heads / {} kv heads of {}, ffn {}, vocab {}\n\
+             block: pre-norm RMSNorm (eps {:e}){}{}{}, {} gate, attention scale {}{}{}{}\n\
+             rope: theta {} ({:?}, {} of {} dims rotate){}{}\n\
+             layers: {}",
+            self.architecture.name(),
+            self.layers,
+            self.hidden,
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+            self.ffn,
+            self.vocab,
+            self.rms_eps,
+            if self.post_norms { " + sandwich post-norms" } else { "" },
+            if self.qk_norm { ", q/k RMSNorm" } else { "" },
+            if self.qkv_bias { ", q/k/v biases" } else { "" },
+            self.activation.name(),
+            self.attn_scale,
+            self.embed_scale
+                .map_or(String::new(), |s| format!(", embeddings × {s}")),
+            self.attn_softcap
+                .map_or(String::new(), |c| format!(", attention soft-cap {c}")),
+            self.final_softcap
+                .map_or(String::new(), |c| format!(", final soft-cap {c}")),
+            self.rope.theta,
+            self.rope.layout,
+            self.rope.rotary_dim,
+            self.head_dim,
+            match &self.rope_scaling {
+                RopeScaling::None => match self.rope.llama3 {
+                    Some(s) => format!(", llama3 scaling ×{}", s.factor),
+                    None => String::new(),
+                },
+                RopeScaling::Linear(f) => format!(", linear scaling ×{f}"),
+                RopeScaling::LongRope { original, .. } => {
+                    format!(", longrope (original context {original})")
+                }
+            },
+            self.rope_local
+                .map_or(String::new(), |r| format!("; local layers theta {}", r.theta)),
+            layers.join(", ")
+        );
+        if self.tied_embeddings {
+            s.push_str("\noutput: tied to the embeddings");
+        }
+        s
     }
 }

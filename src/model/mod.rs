@@ -1,8 +1,11 @@
-//! Model architectures: configuration (and, to come, the forward pass as a fixed graph of kernel
-//! dispatches with its KV cache).
+//! Models as data: each architecture is an entry of tensor roles and block traits
+//! ([`arch`]), a model's hyper-parameters and per-layer settings are its block description
+//! ([`ModelConfig`]), and one generic decoder ([`Decoder`]) builds the forward pass from them.
 
+pub mod arch;
 mod config;
-mod llama;
+mod decoder;
 
-pub use config::{Architecture, ModelConfig, SUPPORTED};
-pub use llama::{Graph, LlamaModel, Readout, StepOutput};
+pub use arch::{Architecture, Role, SUPPORTED};
+pub use config::{LayerRope, LayerSpec, ModelConfig, RopeScaling};
+pub use decoder::{Decoder, Graph, Readout, StepOutput};

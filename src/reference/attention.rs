@@ -108,7 +108,7 @@ pub fn kv_store(exact: f64, tol: f64, f16: bool) -> (f64, f64) {
 }
 
 /// The shape of one attention step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttentionShape {
     /// Query tokens of the step; token t is at position offset + t.
     pub tokens: usize,
@@ -116,6 +116,10 @@ pub struct AttentionShape {
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub offset: usize,
+    /// Sliding window: query position q sees keys q - window + 1 ..= q; 0: no window.
+    pub window: usize,
+    /// Scores become cap · tanh(s / cap); 0: no capping.
+    pub softcap: f32,
 }
 
 /// How the kernel cut the context, which sets how many roundings a term goes through.
@@ -184,8 +188,11 @@ pub fn attention(
         n_kv_heads: nkv,
         head_dim: hd,
         offset,
+        window,
+        softcap,
     } = *shape;
     assert!(nkv > 0 && nh % nkv == 0);
+    let cap = f64::from(softcap);
     let group = nh / nkv;
     let positions = offset + tokens;
     assert!(q.len() >= tokens * nh * hd);
@@ -197,6 +204,12 @@ pub fn attention(
     let mut tols = Vec::with_capacity(tokens * nh * hd);
     for t in 0..tokens {
         let n = offset + t + 1;
+        // Keys before `lo` are outside the window (they weigh nothing).
+        let lo = if window > 0 {
+            n.saturating_sub(window)
+        } else {
+            0
+        };
         let chunks = n.div_ceil(chunk);
         let tiles = n.min(chunk).div_ceil(tile);
         let sums = gamma(n.min(chunk) + tiles + chunks + 2);
@@ -207,6 +220,11 @@ pub fn attention(
             let mut s = Vec::with_capacity(n);
             let mut delta = Vec::with_capacity(n);
             for j in 0..n {
+                if j < lo {
+                    s.push(f64::NEG_INFINITY);
+                    delta.push(0.0);
+                    continue;
+                }
                 let kr = &k[(j * nkv + kh) * hd..][..hd];
                 let (mut dot, mut mag) = (0.0f64, 0.0f64);
                 for (&a, &b) in qr.iter().zip(kr) {
@@ -214,12 +232,19 @@ pub fn attention(
                     dot += a * b;
                     mag += (a * b).abs();
                 }
-                s.push(scale * dot);
                 let mag_hat = mag * (1.0 + kv.rel) + kv.abs * q_abs;
-                delta.push(
-                    scale.abs() * (gamma(hd + 2) * mag_hat + kv.rel * mag + kv.abs * q_abs)
-                        + (hd as f64 + 2.0) * SUBNORMAL,
-                );
+                let d = scale.abs() * (gamma(hd + 2) * mag_hat + kv.rel * mag + kv.abs * q_abs)
+                    + (hd as f64 + 2.0) * SUBNORMAL;
+                if cap > 0.0 {
+                    // cap·tanh(s/cap) has slope ≤ 1, so the score's error carries over; the
+                    // division, tanh (WGSL: inherited from sinh/cosh, exp-based) and product add
+                    // a few ulp of cap.
+                    s.push(cap * (scale * dot / cap).tanh());
+                    delta.push(d + cap * 16.0 * U);
+                } else {
+                    s.push(scale * dot);
+                    delta.push(d);
+                }
             }
             let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let dmax = delta.iter().copied().fold(0.0, f64::max);
@@ -231,7 +256,7 @@ pub fn attention(
                 .zip(&delta)
                 .map(|(&x, &d)| {
                     let x = (x - m).abs();
-                    if x > 80.0 {
+                    if x.is_nan() || x > 80.0 {
                         1.0
                     } else {
                         d * d.exp() + (13.0 + 7.0 * tiles as f64 + 8.0 * x + 16.0 * dmax) * U + sums
@@ -307,6 +332,8 @@ mod tests {
             n_kv_heads: 1,
             head_dim: 1,
             offset: 1,
+            window: 0,
+            softcap: 0.0,
         };
         let q = [0.0, 0.0, 1.0, 1.0];
         let k = [0.0, 2.0, 5.0];

@@ -1,0 +1,903 @@
+//! The generic decoder: one forward pass for every architecture, built from the block
+//! description ([`ModelConfig`]) and the architecture's tensor roles
+//! ([`super::arch::ArchSpec`]). Every buffer and bind group is made once, for a number of tokens
+//! per step; a step writes the token ids and the per-step uniform, records the graph into one
+//! command buffer and submits it once.
+//!
+//! A layer, as recorded (decode dispatches in brackets):
+//! - q, k, v: one projection with the attention RMSNorm as its prologue and the biases in its
+//!   epilogue [1] (three when q, k and v are stored in different formats: a Q4_K_M file keeps some
+//!   `attn_v` in Q6_K);
+//! - q/k norm: RMSNorm over each head of q and of k (Qwen3, Gemma 3) [2];
+//! - RoPE (the layer's own, or none) fused into the KV-cache write [1];
+//! - attention, with the layer's sliding window and soft-cap [1, or 2 with split context];
+//! - the output projection, added to the residual stream in its epilogue [1]; with sandwich norms
+//!   (Gemma) it writes a scratch row that an RMSNorm adds to the stream [2];
+//! - gate and up in one projection with the MLP RMSNorm as prologue and the gated activation
+//!   (SiLU or GELU-tanh) as epilogue [1] (gate, up and the activation apart when their formats
+//!   differ [3]);
+//! - the down projection, added to the stream [1], or through a post-norm [2].
+//!
+//! Llama/Qwen2: 7 dispatches per layer; Qwen3 9; Gemma 2 9; Gemma 3 11. The extra ones are
+//! reductions over a whole row (a head for q/k norm, the hidden state for post-norms) that
+//! cannot be folded into the neighbouring matvec without a second pass over its output.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Recorder};
+use crate::kernels::{
+    self, AttentionOptions, AttentionScratch, KvCache, Linear, RopeTable, StepState, TopK,
+};
+use crate::model::arch::{Need, Role};
+use crate::model::config::{LayerRope, LayerSpec, RopeScaling};
+use crate::model::ModelConfig;
+
+/// A projection: one stacked matrix (one dispatch), or its parts when they cannot be stacked.
+enum Proj {
+    Fused {
+        w: GpuTensor,
+        bias: Option<GpuTensor>,
+    },
+    Parts {
+        ws: Vec<GpuTensor>,
+        biases: Vec<Option<GpuTensor>>,
+    },
+}
+
+impl Proj {
+    fn tensors(&self) -> Vec<&GpuTensor> {
+        match self {
+            Proj::Fused { w, bias } => std::iter::once(w).chain(bias).collect(),
+            Proj::Parts { ws, biases } => ws.iter().chain(biases.iter().flatten()).collect(),
+        }
+    }
+}
+
+/// The weights of one layer on the GPU.
+struct Layer {
+    spec: LayerSpec,
+    attn_norm: GpuTensor,
+    qkv: Proj,
+    q_norm: Option<GpuTensor>,
+    k_norm: Option<GpuTensor>,
+    o: GpuTensor,
+    post_attn_norm: Option<GpuTensor>,
+    ffn_norm: GpuTensor,
+    /// Gate rows then up rows (fused), or [gate, up].
+    gate_up: Proj,
+    down: GpuTensor,
+    post_ffn_norm: Option<GpuTensor>,
+}
+
+impl Layer {
+    fn tensors(&self) -> impl Iterator<Item = &GpuTensor> {
+        let mut all = vec![&self.attn_norm, &self.o, &self.ffn_norm, &self.down];
+        all.extend(self.qkv.tensors());
+        all.extend(self.gate_up.tensors());
+        all.extend(
+            [
+                &self.q_norm,
+                &self.k_norm,
+                &self.post_attn_norm,
+                &self.post_ffn_norm,
+            ]
+            .into_iter()
+            .flatten(),
+        );
+        all.into_iter()
+    }
+}
+
+/// What a step reads back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readout {
+    /// Nothing: an intermediate prefill chunk (the submit does not wait).
+    Nothing,
+    /// The GPU's best candidates of the last token's logits.
+    Candidates,
+    /// The last token's whole row of logits.
+    Logits,
+}
+
+/// What a step read back (see [`Readout`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepOutput {
+    Nothing,
+    /// (token, logit), best first.
+    Candidates(Vec<(u32, f32)>),
+    /// [vocab], indexed by token id.
+    Logits(Vec<f32>),
+}
+
+/// A decoder-only transformer on the GPU: weights, KV cache, RoPE tables.
+pub struct Decoder {
+    pub config: ModelConfig,
+    embed: GpuTensor,
+    out_norm: GpuTensor,
+    output: GpuTensor,
+    layers: Vec<Layer>,
+    kv: KvCache,
+    rope: RopeTable,
+    rope_local: Option<RopeTable>,
+}
+
+/// The dispatches of one forward step over up to `max_tokens` tokens, with their buffers.
+pub struct Graph {
+    pub step: StepState,
+    ids: GpuTensor,
+    /// With logits for the last token only: a one-element buffer holding its index in the step.
+    last: Option<GpuTensor>,
+    /// [max_tokens, vocab], or [1, vocab] when only the last token's logits are computed.
+    pub logits: GpuTensor,
+    pub dispatches: Vec<Dispatch>,
+    /// The best candidates of every token's logits, computed on the GPU so a step reads back
+    /// 8·k bytes per token instead of the vocabulary.
+    candidates: TopK,
+}
+
+impl Graph {
+    /// Every dispatch of a step, in order: the forward pass, then the selection of candidates.
+    pub fn all_dispatches(&self) -> Vec<Dispatch> {
+        let mut all = self.dispatches.clone();
+        all.extend(self.candidates.dispatches().iter().cloned());
+        all
+    }
+}
+
+fn missing(name: String) -> Error {
+    Error::InvalidTensor {
+        tensor: name,
+        detail: "the model has no such tensor".into(),
+    }
+}
+
+/// Takes a model's tensors by role, in the checkpoint's naming.
+struct Tensors<'a> {
+    config: &'a ModelConfig,
+    map: HashMap<String, GpuTensor>,
+}
+
+impl Tensors<'_> {
+    fn name(&self, role: Role, layer: usize) -> Option<String> {
+        self.config
+            .spec()
+            .tensor_name(role, layer, self.config.gguf_names)
+    }
+
+    /// The tensor of `role`: `Ok(None)` when the architecture has no such role, or it is
+    /// optional (or tied) and absent; an error naming the tensor when a required one is missing.
+    fn take(&mut self, role: Role, layer: usize) -> Result<Option<GpuTensor>> {
+        let Some(need) = self.config.spec().need(role) else {
+            return Ok(None);
+        };
+        let Some(name) = self.name(role, layer) else {
+            return Ok(None);
+        };
+        match self.map.remove(&name) {
+            Some(t) => Ok(Some(t)),
+            None if need == Need::Required => Err(missing(name)),
+            None => Ok(None),
+        }
+    }
+
+    fn required(&mut self, role: Role, layer: usize) -> Result<GpuTensor> {
+        match self.take(role, layer)? {
+            Some(t) => Ok(t),
+            None => Err(missing(
+                self.name(role, layer)
+                    .unwrap_or_else(|| format!("{role:?} of layer {layer}")),
+            )),
+        }
+    }
+}
+
+/// The shape check: the error names the tensor and both shapes.
+fn expect(t: &GpuTensor, shape: &[usize]) -> Result<()> {
+    if t.shape() == shape {
+        Ok(())
+    } else {
+        Err(Error::InvalidTensor {
+            tensor: t.name().to_string(),
+            detail: format!(
+                "has shape {:?}, but the model's configuration needs {shape:?}",
+                t.shape()
+            ),
+        })
+    }
+}
+
+/// 1-D parameters (norm weights, biases) as the f32 vectors the kernels take, with `offset`
+/// added (Gemma's Hugging Face norms store `w - 1`). Tensors already in f32 without an offset
+/// are kept; the others are read back in one submit, converted and uploaded anew.
+async fn vectors_to_f32(
+    ctx: &GpuContext,
+    tensors: Vec<(GpuTensor, f32)>,
+) -> Result<Vec<GpuTensor>> {
+    let mut rec = ctx.recorder();
+    let mut slots = Vec::with_capacity(tensors.len());
+    for (t, offset) in &tensors {
+        let keep = t.dtype() == DType::F32 && *offset == 0.0;
+        slots.push((!keep).then(|| rec.read(t)));
+    }
+    if slots.iter().all(Option::is_none) {
+        return Ok(tensors.into_iter().map(|(t, _)| t).collect());
+    }
+    let back = rec.submit_and_read().await?;
+    let mut out = Vec::with_capacity(tensors.len());
+    for ((t, offset), slot) in tensors.into_iter().zip(slots) {
+        match slot {
+            None => out.push(t),
+            Some(slot) => {
+                let mut v = back.f32(slot)?;
+                v.iter_mut().for_each(|x| *x += offset);
+                let f = ctx.upload_f32(t.name(), t.shape(), &v)?;
+                t.destroy();
+                out.push(f);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Stacks `parts` (rows) into one matrix when they share a format, else keeps them apart.
+async fn stack(
+    ctx: &GpuContext,
+    name: &str,
+    parts: Vec<GpuTensor>,
+    biases: Vec<Option<GpuTensor>>,
+) -> Result<Proj> {
+    let same = parts.iter().all(|p| p.dtype() == parts[0].dtype());
+    if !same {
+        return Ok(Proj::Parts { ws: parts, biases });
+    }
+    let refs: Vec<&GpuTensor> = parts.iter().collect();
+    let w = kernels::concat_rows(ctx, name, &refs).await?;
+    let bias = if biases.iter().all(Option::is_some) {
+        let b: Vec<&GpuTensor> = biases.iter().flatten().collect();
+        Some(kernels::concat_rows(ctx, &format!("{name}.bias"), &b).await?)
+    } else {
+        None
+    };
+    parts
+        .iter()
+        .chain(biases.iter().flatten())
+        .for_each(GpuTensor::destroy);
+    Ok(Proj::Fused { w, bias })
+}
+
+impl Decoder {
+    /// Takes the loaded tensors (GGUF or Hugging Face names, as the configuration says) and
+    /// makes a KV cache of `max_ctx` positions in `kv_dtype` (f32 for the exact path; f16 halves
+    /// its memory). Every tensor is checked against the configuration first.
+    pub async fn new(
+        ctx: &GpuContext,
+        config: ModelConfig,
+        tensors: HashMap<String, GpuTensor>,
+        max_ctx: usize,
+        kv_dtype: DType,
+    ) -> Result<Self> {
+        let c = &config;
+        let mut t = Tensors {
+            config: c,
+            map: tensors,
+        };
+        let (q_rows, kv_rows) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let embed = t.required(Role::TokenEmbd, 0)?;
+        expect(&embed, &[c.vocab, c.hidden])?;
+        let output = match t.take(Role::Output, 0)? {
+            Some(o) => {
+                expect(&o, &[c.vocab, c.hidden])?;
+                Some(o)
+            }
+            None => None,
+        };
+        // Frequency factors of the global RoPE (GGUF: Llama 3.1+ `rope_freqs`, Phi-3's LongRoPE).
+        let mut factor_tensors = Vec::new();
+        for role in [
+            Role::RopeFreqs,
+            Role::RopeFactorsShort,
+            Role::RopeFactorsLong,
+        ] {
+            factor_tensors.push(t.take(role, 0)?);
+        }
+
+        // Every 1-D parameter goes through one conversion to f32.
+        let mut vectors: Vec<(GpuTensor, f32)> = Vec::new();
+        let vec_at = |v: &mut Vec<(GpuTensor, f32)>, t: GpuTensor, norm: bool| -> usize {
+            v.push((t, if norm { c.norm_offset } else { 0.0 }));
+            v.len() - 1
+        };
+        let out_norm = t.required(Role::OutputNorm, 0)?;
+        expect(&out_norm, &[c.hidden])?;
+        let out_norm_at = vec_at(&mut vectors, out_norm, true);
+
+        /// A layer whose 1-D parameters are indices into `vectors` until converted.
+        struct RawLayer {
+            attn_norm: usize,
+            qkv: Vec<GpuTensor>,
+            qkv_bias: Vec<Option<usize>>,
+            q_norm: Option<usize>,
+            k_norm: Option<usize>,
+            o: GpuTensor,
+            post_attn_norm: Option<usize>,
+            ffn_norm: usize,
+            gate_up: Vec<GpuTensor>,
+            down: GpuTensor,
+            post_ffn_norm: Option<usize>,
+        }
+        let mut raw = Vec::with_capacity(c.layers);
+        for l in 0..c.layers {
+            let norm = |t: &mut Tensors, v: &mut Vec<(GpuTensor, f32)>, role: Role, n: usize| {
+                t.take(role, l)?
+                    .map(|x| {
+                        expect(&x, &[n])?;
+                        Ok(vec_at(v, x, true))
+                    })
+                    .transpose()
+            };
+            let attn_norm = norm(&mut t, &mut vectors, Role::AttnNorm, c.hidden)?
+                .ok_or_else(|| missing(t.name(Role::AttnNorm, l).unwrap_or_default()))?;
+            let ffn_norm = norm(&mut t, &mut vectors, Role::FfnNorm, c.hidden)?
+                .ok_or_else(|| missing(t.name(Role::FfnNorm, l).unwrap_or_default()))?;
+            let q_norm = norm(&mut t, &mut vectors, Role::QNorm, c.head_dim)?;
+            let k_norm = norm(&mut t, &mut vectors, Role::KNorm, c.head_dim)?;
+            let post_attn_norm = norm(&mut t, &mut vectors, Role::PostAttnNorm, c.hidden)?;
+            let post_ffn_norm = norm(&mut t, &mut vectors, Role::PostFfnNorm, c.hidden)?;
+            let (qkv, qkv_bias) = match t.take(Role::Qkv, l)? {
+                Some(w) => {
+                    expect(&w, &[q_rows + 2 * kv_rows, c.hidden])?;
+                    (vec![w], vec![None])
+                }
+                None => {
+                    let q = t.required(Role::Q, l)?;
+                    let k = t.required(Role::K, l)?;
+                    let v = t.required(Role::V, l)?;
+                    expect(&q, &[q_rows, c.hidden])?;
+                    expect(&k, &[kv_rows, c.hidden])?;
+                    expect(&v, &[kv_rows, c.hidden])?;
+                    let mut biases = Vec::new();
+                    for (role, n) in [
+                        (Role::QBias, q_rows),
+                        (Role::KBias, kv_rows),
+                        (Role::VBias, kv_rows),
+                    ] {
+                        biases.push(match t.take(role, l)? {
+                            Some(b) => {
+                                expect(&b, &[n])?;
+                                Some(vec_at(&mut vectors, b, false))
+                            }
+                            None => None,
+                        });
+                    }
+                    let some = biases.iter().filter(|b| b.is_some()).count();
+                    if some != 0 && some != 3 {
+                        return Err(Error::InvalidTensor {
+                            tensor: t.name(Role::QBias, l).unwrap_or_default(),
+                            detail: "q, k and v must all have biases or none".into(),
+                        });
+                    }
+                    (vec![q, k, v], biases)
+                }
+            };
+            if c.qk_norm && (q_norm.is_none() || k_norm.is_none()) {
+                return Err(missing(t.name(Role::QNorm, l).unwrap_or_default()));
+            }
+            let o = t.required(Role::O, l)?;
+            expect(&o, &[c.hidden, q_rows])?;
+            let gate_up = match t.take(Role::GateUp, l)? {
+                Some(w) => {
+                    expect(&w, &[2 * c.ffn, c.hidden])?;
+                    vec![w]
+                }
+                None => {
+                    let g = t.required(Role::Gate, l)?;
+                    let u = t.required(Role::Up, l)?;
+                    expect(&g, &[c.ffn, c.hidden])?;
+                    expect(&u, &[c.ffn, c.hidden])?;
+                    vec![g, u]
+                }
+            };
+            let down = t.required(Role::Down, l)?;
+            expect(&down, &[c.hidden, c.ffn])?;
+            raw.push(RawLayer {
+                attn_norm,
+                qkv,
+                qkv_bias,
+                q_norm,
+                k_norm,
+                o,
+                post_attn_norm,
+                ffn_norm,
+                gate_up,
+                down,
+                post_ffn_norm,
+            });
+        }
+        if c.post_norms
+            && raw
+                .iter()
+                .any(|r| r.post_attn_norm.is_none() || r.post_ffn_norm.is_none())
+        {
+            return Err(missing(t.name(Role::PostAttnNorm, 0).unwrap_or_default()));
+        }
+
+        let mut converted: Vec<Option<GpuTensor>> = vectors_to_f32(ctx, vectors)
+            .await?
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut get = |i: usize| converted[i].take().expect("each vector is used once");
+        let out_norm = get(out_norm_at);
+        let mut layers = Vec::with_capacity(c.layers);
+        for (l, r) in raw.into_iter().enumerate() {
+            let biases: Vec<Option<GpuTensor>> =
+                r.qkv_bias.iter().map(|b| b.map(&mut get)).collect();
+            let qkv = if r.qkv.len() == 1 {
+                Proj::Fused {
+                    w: r.qkv.into_iter().next().expect("one"),
+                    bias: None,
+                }
+            } else {
+                stack(ctx, &format!("blk.{l}.qkv"), r.qkv, biases).await?
+            };
+            let gate_up = if r.gate_up.len() == 1 {
+                Proj::Fused {
+                    w: r.gate_up.into_iter().next().expect("one"),
+                    bias: None,
+                }
+            } else {
+                stack(
+                    ctx,
+                    &format!("blk.{l}.gate_up"),
+                    r.gate_up,
+                    vec![None, None],
+                )
+                .await?
+            };
+            layers.push(Layer {
+                spec: c.layer_specs[l],
+                attn_norm: get(r.attn_norm),
+                qkv,
+                q_norm: r.q_norm.map(&mut get),
+                k_norm: r.k_norm.map(&mut get),
+                o: r.o,
+                post_attn_norm: r.post_attn_norm.map(&mut get),
+                ffn_norm: get(r.ffn_norm),
+                gate_up,
+                down: r.down,
+                post_ffn_norm: r.post_ffn_norm.map(&mut get),
+            });
+        }
+
+        let kv = KvCache::with_dtype(ctx, c.layers, max_ctx, c.kv_heads, c.head_dim, kv_dtype)?;
+        let rope = Self::global_rope(ctx, c, max_ctx, factor_tensors).await?;
+        let rope_local = match c.rope_local {
+            Some(r) => Some(RopeTable::new(ctx, r, max_ctx)?),
+            None => None,
+        };
+        let output = output.unwrap_or_else(|| embed.clone());
+        Ok(Decoder {
+            config,
+            embed,
+            out_norm,
+            output,
+            layers,
+            kv,
+            rope,
+            rope_local,
+        })
+    }
+
+    /// The global RoPE table: the configuration's frequencies, divided by GGUF's factor tensors
+    /// (`rope_freqs`, or LongRoPE's short / long by the context) or the configuration's factors
+    /// (linear, LongRoPE), with LongRoPE's factor on cos/sin.
+    async fn global_rope(
+        ctx: &GpuContext,
+        c: &ModelConfig,
+        max_ctx: usize,
+        factor_tensors: Vec<Option<GpuTensor>>,
+    ) -> Result<RopeTable> {
+        let mut read = Vec::new();
+        for t in factor_tensors {
+            read.push(match t {
+                Some(t) => {
+                    let v = ctx.read_f32(&t).await?;
+                    t.destroy();
+                    Some(v)
+                }
+                None => None,
+            });
+        }
+        let [freqs, short, long]: [Option<Vec<f32>>; 3] =
+            read.try_into().expect("three factor roles");
+        let half = c.rope.rotary_dim / 2;
+        let (factors, mscale) = match &c.rope_scaling {
+            RopeScaling::None => (freqs, 1.0),
+            RopeScaling::Linear(f) => (Some(vec![*f; half]), 1.0),
+            RopeScaling::LongRope {
+                short: s,
+                long: l,
+                original,
+                attention_factor,
+            } => {
+                let beyond = max_ctx > *original;
+                let chosen = match (beyond, s.is_empty()) {
+                    (false, false) => Some(s.clone()),
+                    (true, false) => Some(l.clone()),
+                    (false, true) => short,
+                    (true, true) => long,
+                };
+                (chosen, *attention_factor)
+            }
+        };
+        RopeTable::with_options(ctx, c.rope, max_ctx, factors.as_deref(), mscale)
+    }
+
+    /// Builds the graph of a step over up to `max_tokens` tokens (1 for decode; the prefill
+    /// chunk otherwise). Logits are computed for every token, and their best `candidates`
+    /// (1..=64) on the GPU.
+    pub async fn graph(
+        &self,
+        ctx: &GpuContext,
+        max_tokens: usize,
+        candidates: usize,
+    ) -> Result<Graph> {
+        let positions = self.kv.max_ctx();
+        self.graph_with(ctx, max_tokens, positions, candidates, true)
+            .await
+    }
+
+    /// As [`Decoder::graph`]; with `all_logits` false only the last token of a step gets
+    /// logits (the output projection, the model's largest matrix, runs on one row): what
+    /// generation needs.
+    ///
+    /// Attention is sized for `positions` (at most the KV cache's): a step of this graph must
+    /// end there. Smaller graphs for short sequences spare drivers that pay for every launched
+    /// workgroup (CPU implementations) the attention chunks a long context would add.
+    pub async fn graph_with(
+        &self,
+        ctx: &GpuContext,
+        max_tokens: usize,
+        positions: usize,
+        candidates: usize,
+        all_logits: bool,
+    ) -> Result<Graph> {
+        let c = &self.config;
+        let t = max_tokens;
+        let step = StepState::new(ctx, t, positions)?;
+        let f32z = |name: &str, shape: &[usize]| ctx.zeros(name, shape, DType::F32);
+        let ids = ctx.zeros("ids", &[t], DType::I32)?;
+        let x = f32z("x", &[t, c.hidden])?;
+        let q = f32z("q", &[t, c.heads * c.head_dim])?;
+        let k = f32z("k", &[t, c.kv_heads * c.head_dim])?;
+        let v = f32z("v", &[t, c.kv_heads * c.head_dim])?;
+        let o = f32z("o", &[t, c.heads * c.head_dim])?;
+        let a = f32z("act", &[t, c.ffn])?;
+        let logit_rows = if all_logits { t } else { 1 };
+        let logits = f32z("logits", &[logit_rows, c.vocab])?;
+        let q3 = q.reshape(&[t, c.heads, c.head_dim])?;
+        let k3 = k.reshape(&[t, c.kv_heads, c.head_dim])?;
+        let v3 = v.reshape(&[t, c.kv_heads, c.head_dim])?;
+        let o3 = o.reshape(&[t, c.heads, c.head_dim])?;
+        // q and k after their per-head norm (Qwen3, Gemma 3).
+        let (qn, kn) = if c.qk_norm {
+            (
+                Some(f32z("q normed", &[t, c.heads, c.head_dim])?),
+                Some(f32z("k normed", &[t, c.kv_heads, c.head_dim])?),
+            )
+        } else {
+            (None, None)
+        };
+        // Post-norm inputs (Gemma), and the separate gate / up outputs of unfusable MLPs.
+        let needs_parts = self
+            .layers
+            .iter()
+            .any(|l| matches!(l.gate_up, Proj::Parts { .. }));
+        let h = c
+            .post_norms
+            .then(|| f32z("block output", &[t, c.hidden]))
+            .transpose()?;
+        let (gate, up) = if needs_parts {
+            (
+                Some(f32z("gate", &[t, c.ffn])?),
+                Some(f32z("up", &[t, c.ffn])?),
+            )
+        } else {
+            (None, None)
+        };
+
+        let embed_scale = c.embed_scale.unwrap_or(1.0);
+        let mut d = vec![kernels::embed_scaled(ctx, &self.embed, &ids, &x, embed_scale).await?];
+        let mut scratch: Option<AttentionScratch> = None;
+        for (l, w) in self.layers.iter().enumerate() {
+            let attn_in = Linear {
+                norm: Some((&w.attn_norm, c.rms_eps)),
+                ..Default::default()
+            };
+            match &w.qkv {
+                Proj::Fused { w: qkv, bias } => {
+                    let opts = Linear {
+                        bias: bias.as_ref(),
+                        ..attn_in
+                    };
+                    d.push(kernels::linear_split(ctx, qkv, &x, &[&q, &k, &v], &opts).await?);
+                }
+                Proj::Parts { ws, biases } => {
+                    for ((wt, b), out) in ws.iter().zip(biases).zip([&q, &k, &v]) {
+                        let opts = Linear {
+                            bias: b.as_ref(),
+                            ..attn_in
+                        };
+                        d.push(kernels::linear_with(ctx, wt, &x, out, &opts).await?);
+                    }
+                }
+            }
+            let (qr, kr) = match (&qn, &kn, &w.q_norm, &w.k_norm) {
+                (Some(qn), Some(kn), Some(gq), Some(gk)) => {
+                    let rows = |x: &GpuTensor| x.reshape(&[x.numel() / c.head_dim, c.head_dim]);
+                    d.push(kernels::rmsnorm(ctx, &rows(&q3)?, gq, c.rms_eps, &rows(qn)?).await?);
+                    d.push(kernels::rmsnorm(ctx, &rows(&k3)?, gk, c.rms_eps, &rows(kn)?).await?);
+                    (qn, kn)
+                }
+                _ => (&q3, &k3),
+            };
+            let table = match w.spec.rope {
+                LayerRope::Global => Some(&self.rope),
+                LayerRope::Local => self.rope_local.as_ref(),
+                LayerRope::None => None,
+            };
+            d.push(match table {
+                Some(table) => {
+                    kernels::rope_kv_write(ctx, table, &step, qr, kr, &v3, &self.kv, l).await?
+                }
+                None => kernels::kv_write(ctx, &step, &self.kv, l, kr, &v3).await?,
+            });
+            let opts = AttentionOptions {
+                scale: Some(c.attn_scale),
+                scratch: scratch.clone(),
+                window: w.spec.window,
+                softcap: c.attn_softcap,
+                ..Default::default()
+            };
+            let att = kernels::attention(ctx, &step, qr, &self.kv, l, &o3, &opts).await?;
+            scratch = att.scratch().cloned();
+            d.extend(att.dispatches().iter().cloned());
+            self.project_into_stream(
+                ctx,
+                &mut d,
+                &w.o,
+                &o,
+                &x,
+                h.as_ref(),
+                w.post_attn_norm.as_ref(),
+            )
+            .await?;
+            let ffn_in = Linear {
+                norm: Some((&w.ffn_norm, c.rms_eps)),
+                gate_act: c.activation,
+                ..Default::default()
+            };
+            match (&w.gate_up, &gate, &up) {
+                (Proj::Fused { w: gu, .. }, _, _) => {
+                    d.push(kernels::linear_swiglu(ctx, gu, &x, &a, &ffn_in).await?);
+                }
+                (Proj::Parts { ws, .. }, Some(g), Some(u)) => {
+                    d.push(kernels::linear_with(ctx, &ws[0], &x, g, &ffn_in).await?);
+                    d.push(kernels::linear_with(ctx, &ws[1], &x, u, &ffn_in).await?);
+                    d.push(kernels::gated(ctx, g, u, &a, c.activation).await?);
+                }
+                _ => unreachable!("gate/up buffers exist when a layer keeps them apart"),
+            }
+            self.project_into_stream(
+                ctx,
+                &mut d,
+                &w.down,
+                &a,
+                &x,
+                h.as_ref(),
+                w.post_ffn_norm.as_ref(),
+            )
+            .await?;
+        }
+        // The final norm is the output projection's prologue.
+        let head = Linear {
+            norm: Some((&self.out_norm, c.rms_eps)),
+            ..Default::default()
+        };
+        // Only the last token's logits: gather its row of x (an embedding lookup in an f32
+        // table, at the index `last` holds), then norm and project one row.
+        let last = if t > 1 && !all_logits {
+            let last = ctx.zeros("last token", &[1], DType::I32)?;
+            let row = f32z("last row", &[1, c.hidden])?;
+            d.push(kernels::embed(ctx, &x, &last, &row).await?);
+            d.push(kernels::linear_with(ctx, &self.output, &row, &logits, &head).await?);
+            Some(last)
+        } else {
+            d.push(kernels::linear_with(ctx, &self.output, &x, &logits, &head).await?);
+            None
+        };
+        if let Some(cap) = c.final_softcap {
+            d.push(kernels::softcap(ctx, &logits, cap).await?);
+        }
+        let out = kernels::topk_output(ctx, "candidates", &logits, candidates)?;
+        let candidates = kernels::topk(ctx, &logits, candidates, &out).await?;
+        Ok(Graph {
+            step,
+            ids,
+            last,
+            logits,
+            dispatches: d,
+            candidates,
+        })
+    }
+
+    /// `x += input · Wᵀ`, in the projection's epilogue; with a post-norm, `x += rmsnorm(input ·
+    /// Wᵀ)` through the scratch row `h`.
+    #[allow(clippy::too_many_arguments)]
+    async fn project_into_stream(
+        &self,
+        ctx: &GpuContext,
+        d: &mut Vec<Dispatch>,
+        w: &GpuTensor,
+        input: &GpuTensor,
+        x: &GpuTensor,
+        h: Option<&GpuTensor>,
+        post_norm: Option<&GpuTensor>,
+    ) -> Result<()> {
+        match (post_norm, h) {
+            (Some(g), Some(h)) => {
+                d.push(kernels::linear(ctx, w, input, h).await?);
+                d.push(kernels::rmsnorm_add(ctx, h, g, self.config.rms_eps, x).await?);
+            }
+            _ => {
+                let residual = Linear {
+                    accumulate: true,
+                    ..Default::default()
+                };
+                d.push(kernels::linear_with(ctx, w, input, x, &residual).await?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one step of `tokens` (at most the graph's step size) at positions `offset..`, and
+    /// reads back what `readout` asks for, of the step's last token. One submit; with
+    /// [`Readout::Nothing`] it does not wait for the GPU.
+    pub async fn step(
+        &self,
+        ctx: &GpuContext,
+        graph: &mut Graph,
+        tokens: &[u32],
+        offset: usize,
+        readout: Readout,
+    ) -> Result<StepOutput> {
+        let n = tokens.len();
+        let mut rec = self.record_step(ctx, graph, tokens, offset)?;
+        // The row of the last token in `logits`.
+        let row = if graph.logits.rows() == 1 { 0 } else { n - 1 };
+        match readout {
+            Readout::Nothing => {
+                rec.submit()?;
+                Ok(StepOutput::Nothing)
+            }
+            Readout::Candidates => {
+                let slot = graph.candidates.record(&mut rec);
+                let readback = rec.submit_and_read().await?;
+                let mut rows = graph.candidates.read(&readback, slot)?;
+                Ok(StepOutput::Candidates(rows.swap_remove(row)))
+            }
+            Readout::Logits => {
+                let slot = rec.read(&graph.logits);
+                let all = rec.submit_and_read().await?.f32(slot)?;
+                let v = self.config.vocab;
+                Ok(StepOutput::Logits(all[row * v..(row + 1) * v].to_vec()))
+            }
+        }
+    }
+
+    /// Checks a step's tokens, writes its uniform and token ids, and records its dispatches.
+    fn record_step<'c>(
+        &self,
+        ctx: &'c GpuContext,
+        graph: &mut Graph,
+        tokens: &[u32],
+        offset: usize,
+    ) -> Result<Recorder<'c>> {
+        let n = tokens.len();
+        if n == 0 {
+            return Err(Error::ShapeMismatch {
+                kernel: "step",
+                detail: "a step needs at least one token".into(),
+            });
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
+            return Err(Error::InvalidTensor {
+                tensor: "token ids".into(),
+                detail: format!(
+                    "token {bad} is outside the model's vocabulary of {}",
+                    self.config.vocab
+                ),
+            });
+        }
+        graph.step.set(ctx, offset, n)?;
+        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        ctx.write_i32(&graph.ids, &ids)?;
+        if let Some(last) = &graph.last {
+            ctx.write_i32(last, &[n as i32 - 1])?;
+        }
+        let mut rec = ctx.recorder();
+        rec.dispatch_all(&graph.dispatches);
+        Ok(rec)
+    }
+
+    /// Every weight tensor, once (a tied output projection is the embedding table).
+    fn weights(&self) -> impl Iterator<Item = &GpuTensor> {
+        let output = (self.output.buffer != self.embed.buffer).then_some(&self.output);
+        [&self.embed, &self.out_norm]
+            .into_iter()
+            .chain(output)
+            .chain(self.layers.iter().flat_map(Layer::tensors))
+    }
+
+    /// The GPU memory of the weights, and of the KV cache with the RoPE tables, in bytes.
+    pub fn gpu_bytes(&self) -> (u64, u64) {
+        let weights = self.weights().map(GpuTensor::size_bytes).sum();
+        let ropes =
+            self.rope.size_bytes() + self.rope_local.as_ref().map_or(0, RopeTable::size_bytes);
+        (weights, self.kv.size_bytes() + ropes)
+    }
+
+    /// Decode dispatches per layer, by layer (see the module docs for why each is there).
+    pub fn dispatches_per_layer(&self) -> Vec<usize> {
+        self.layers
+            .iter()
+            .map(|l| {
+                let qkv = match &l.qkv {
+                    Proj::Fused { .. } => 1,
+                    Proj::Parts { ws, .. } => ws.len(),
+                };
+                let mlp = match &l.gate_up {
+                    Proj::Fused { .. } => 1,
+                    Proj::Parts { .. } => 3,
+                };
+                let qk = if l.q_norm.is_some() { 2 } else { 0 };
+                let post = if l.post_attn_norm.is_some() { 2 } else { 0 };
+                // rope/kv write, attention, o, down.
+                qkv + qk + 1 + 1 + 1 + mlp + 1 + post
+            })
+            .collect()
+    }
+
+    /// Positions the KV cache holds.
+    pub fn context(&self) -> usize {
+        self.kv.max_ctx()
+    }
+
+    /// Frees the weights and the KV cache at once (the model is unusable afterwards).
+    pub fn destroy(&self) {
+        self.weights().for_each(GpuTensor::destroy);
+        for l in 0..self.kv.n_layers() {
+            if let Some((k, v)) = self.kv.layer(l) {
+                k.destroy();
+                v.destroy();
+            }
+        }
+    }
+
+    /// Runs `tokens` (at most the graph's step size) at positions `offset..`, and returns the
+    /// logits of every token, [tokens, vocab].
+    pub async fn forward(
+        &self,
+        ctx: &GpuContext,
+        graph: &mut Graph,
+        tokens: &[u32],
+        offset: usize,
+    ) -> Result<Vec<f32>> {
+        let mut rec = self.record_step(ctx, graph, tokens, offset)?;
+        let slot = rec.read(&graph.logits);
+        let mut logits = rec.submit_and_read().await?.f32(slot)?;
+        logits.truncate(tokens.len() * self.config.vocab);
+        Ok(logits)
+    }
+}
