@@ -9,6 +9,17 @@ struct Params {
     w_stride: u32,   // float formats: elements between row starts
     scale_base: u32, // block formats: the word where the scales begin
     scale: f32,      // every value is multiplied by it (Gemma's √hidden embedding scale)
+    id0: u32,        // the id of W's first row (W is a row range of a larger table)
+    partial: u32,    // 1: ids outside W's rows leave their output row alone (another part's)
+}
+
+// The row of W holding `id`, or -1 (a zero row, or nothing written when p.partial is 1).
+fn row_of(id: i32) -> i32 {
+    let r = id - i32(p.id0);
+    if (id < 0 || r < 0 || u32(r) >= p.vocab) {
+        return -1;
+    }
+    return r;
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -38,9 +49,12 @@ fn embed_quant(
     if (i >= p.n) {
         return;
     }
-    let id = ids[i];
+    let id = row_of(ids[i]);
+    if (id < 0 && p.partial == 1u) {
+        return;
+    }
     var v: array<f32, 8>;
-    if (id >= 0 && u32(id) < p.vocab) {
+    if (id >= 0) {
         let gpb = max(QK / 8u, 1u);
         v = decode8(u32(id) * (p.cols / QK) + gi / gpb, gi % gpb, p.scale_base);
     }
@@ -62,9 +76,12 @@ fn embed_float(
     if (i >= p.n) {
         return;
     }
-    let id = ids[i];
+    let id = row_of(ids[i]);
+    if (id < 0 && p.partial == 1u) {
+        return;
+    }
     var v = 0.0;
-    if (id >= 0 && u32(id) < p.vocab) {
+    if (id >= 0) {
         v = float_at(u32(id) * p.w_stride + c);
     }
     out[i * p.cols + c] = scaled(v);

@@ -21,6 +21,8 @@ struct Params {
     y_cols: u32,     // columns of y (n unless SPLIT)
     y1_cols: u32,    // SPLIT: columns of y1 (y2 has the rest)
     eps: f32,        // NORM: the RMSNorm eps
+    y_col0: u32,     // output column n is column y_col0 + n of y (0 unless W is a row range of a
+                     // larger matrix: an LM head split over bindings)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -46,7 +48,7 @@ fn store(m: u32, n: u32, v: f32) {
         }
         return;
     }
-    put0(m * p.y_cols + n, v);
+    put0(m * p.y_cols + p.y_col0 + n, v);
 }
 
 // Writes one output: bias, then the residual already in the output when accumulating.

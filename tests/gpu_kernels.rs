@@ -681,9 +681,8 @@ fn linear_swiglu_matches_reference() {
                     let opts = kernels::Linear {
                         kernel,
                         bias: with_bias.then_some(&bt),
-                        accumulate: false,
-                        norm: None,
                         gate_act: act,
+                        ..Default::default()
                     };
                     let d = pollster::block_on(kernels::linear_swiglu(ctx, &w, &xt, &out, &opts))
                         .unwrap();

@@ -16,6 +16,8 @@ struct Params {
     w_stride: u32,
     scale_base: u32,
     scale: f32,
+    id0: u32,
+    partial: u32,
 }
 
 /// `out[i, :] = table[ids[i], :]` as f32, for `table` [vocab, dim] in any weight format, `ids`
@@ -35,6 +37,31 @@ pub async fn embed(
 pub async fn embed_scaled(
     ctx: &GpuContext,
     table: &GpuTensor,
+    ids: &GpuTensor,
+    out: &GpuTensor,
+    scale: f32,
+) -> Result<Dispatch> {
+    embed_rows(ctx, table, None, ids, out, scale).await
+}
+
+/// [`embed_scaled`] from a row range of a larger table: `table` holds the rows of ids
+/// `first_id..first_id + rows`, and only the output rows of those ids are written (the other
+/// ids are another part's). One dispatch per part covers a table too large for one binding.
+pub async fn embed_part(
+    ctx: &GpuContext,
+    table: &GpuTensor,
+    first_id: usize,
+    ids: &GpuTensor,
+    out: &GpuTensor,
+    scale: f32,
+) -> Result<Dispatch> {
+    embed_rows(ctx, table, Some(first_id), ids, out, scale).await
+}
+
+async fn embed_rows(
+    ctx: &GpuContext,
+    table: &GpuTensor,
+    first_id: Option<usize>,
     ids: &GpuTensor,
     out: &GpuTensor,
     scale: f32,
@@ -90,6 +117,8 @@ pub async fn embed_scaled(
             vocab * (cols / dtype.block_size()) * dtype.quant_words(),
         )?,
         scale,
+        id0: dim(NAME, "first id", first_id.unwrap_or(0))?,
+        partial: u32::from(first_id.is_some()),
     };
     let kernel = Kernel {
         name: NAME,

@@ -158,6 +158,10 @@ pub struct Linear<'a> {
     pub norm: Option<(&'a GpuTensor, f32)>,
     /// The gate's activation of [`linear_swiglu`] (SiLU, or GELU-tanh for Gemma's GeGLU).
     pub gate_act: GateActivation,
+    /// `Some(c)`: W is a row range of a larger matrix (an LM head split over bindings) and
+    /// output column n goes to column `c + n` of y, which has the larger matrix's columns. Not
+    /// with split outputs or SwiGLU.
+    pub col_offset: Option<usize>,
 }
 
 /// Where the output columns go: y alone, y then up to two split outputs by column range, or
@@ -181,7 +185,8 @@ struct Params {
     y1_cols: u32,
     /// The RMSNorm prologue's eps (unused without it).
     eps: f32,
-    _pad: [u32; 3],
+    y_col0: u32,
+    _pad: [u32; 2],
 }
 
 fn check(
@@ -259,9 +264,19 @@ fn check(
     } else {
         n
     };
+    if opts.col_offset.is_some() && (epi.swiglu || !split.is_empty()) {
+        return Err(mismatch(
+            kernel,
+            "a column offset does not combine with split outputs or swiglu".to_string(),
+        ));
+    }
     let out_cols: usize = outputs.iter().map(|t| t.cols()).sum();
     let rows_ok = outputs.iter().all(|t| t.rows() == x.rows());
-    if out_cols != cols || !rows_ok {
+    let cols_ok = match opts.col_offset {
+        Some(c) => y.cols() >= c + cols,
+        None => out_cols == cols,
+    };
+    if !cols_ok || !rows_ok {
         let shapes: Vec<String> = outputs
             .iter()
             .map(|t| format!("'{}' {:?}", t.name(), t.shape()))
@@ -330,7 +345,8 @@ fn check(
             split.first().map_or(0, |t| t.cols()),
         )?,
         eps,
-        _pad: [0; 3],
+        y_col0: dim(kernel, "column offset", opts.col_offset.unwrap_or(0))?,
+        _pad: [0; 2],
     })
 }
 

@@ -16,7 +16,7 @@ pub use attention::{
     StepState, ATTENTION_MAX_HEAD_DIM,
 };
 pub use elementwise::{add, add_in_place, softcap};
-pub use embed::{embed, embed_scaled};
+pub use embed::{embed, embed_part, embed_scaled};
 pub use linear::{
     concat_rows, linear, linear_split, linear_swiglu, linear_with, matmul, matvec, Linear,
     LinearKernel, MATVEC_MAX_ROWS,

@@ -23,4 +23,4 @@ pub use source::{io_error, ByteSource, MemorySource, CHUNK};
 #[cfg(not(target_arch = "wasm32"))]
 pub use source::{FileSource, HttpSource};
 pub use stream::{load_stream, AbortFlag, HeaderStep, LoadOptions, LoadedFile, Progress};
-pub use upload::{StreamUploader, TensorPlan, DEFAULT_PIECE_BUDGET};
+pub use upload::{part_name, StreamUploader, TensorPlan, DEFAULT_PIECE_BUDGET};

@@ -190,6 +190,7 @@ pub async fn load_model<S: ByteSource>(
     let report = RefCell::new(opts.progress.take());
     let abort = opts.abort.clone();
     let budget = opts.piece_budget;
+    let max_binding_bytes = opts.max_binding_bytes;
 
     let loads = files.into_iter().enumerate().map(|(i, mut file)| {
         let (done, report, abort) = (&done, &report, abort.clone());
@@ -215,6 +216,7 @@ pub async fn load_model<S: ByteSource>(
                 abort,
                 sha256: file.sha256.take(),
                 piece_budget: budget,
+                max_binding_bytes,
             };
             let loaded = load_model_file(ctx, &mut file.source, &mut file_opts).await;
             if loaded.is_err() {

@@ -58,6 +58,10 @@ pub struct LoadOptions<'a> {
     pub sha256: Option<String>,
     /// Host memory for repacking pieces.
     pub piece_budget: usize,
+    /// Matrices whose GPU layout is larger than this are split by rows into several tensors
+    /// (see [`crate::load::part_name`]); default (and at most): the adapter's storage-binding
+    /// limit. Smaller values exercise the split path on small models.
+    pub max_binding_bytes: Option<u64>,
 }
 
 impl Default for LoadOptions<'_> {
@@ -67,6 +71,7 @@ impl Default for LoadOptions<'_> {
             abort: AbortFlag::default(),
             sha256: None,
             piece_budget: DEFAULT_PIECE_BUDGET,
+            max_binding_bytes: None,
         }
     }
 }
@@ -143,7 +148,8 @@ pub async fn load_stream<S: ByteSource, H>(
         }
     };
 
-    let mut uploader = StreamUploader::new(ctx, plans, opts.piece_budget)?;
+    let mut uploader =
+        StreamUploader::with_binding_limit(ctx, plans, opts.piece_budget, opts.max_binding_bytes)?;
     uploader.feed(&head)?;
     drop(head);
     while let Some(chunk) = {

@@ -39,6 +39,49 @@ impl TensorPlan {
     }
 }
 
+/// The name of part `i` of a tensor too large for one binding (see [`split_rows`]).
+pub fn part_name(name: &str, i: usize) -> String {
+    format!("{name}#{i}")
+}
+
+/// A 2-D tensor whose GPU layout exceeds `limit` bytes becomes row ranges that each fit, named
+/// by [`part_name`] (a 262,144-token embedding table in Q8_0 is 178 MB, above the 128 MiB a
+/// storage binding may hold by default): each part is its own tensor with its own GPU layout,
+/// and a kernel that reads the whole table runs once per part. Anything else is kept as it is
+/// (allocation then says what does not fit).
+fn split_rows(p: TensorPlan, limit: u64) -> Vec<TensorPlan> {
+    let (rows, cols) = match *p.shape.as_slice() {
+        [rows, cols] => (rows, cols),
+        _ => return vec![p],
+    };
+    let gpu = |r: usize| p.dtype.gpu_words(r, cols).map(|w| w as u64 * 4);
+    let row_file = p.dtype.bytes_for(cols).unwrap_or(0) as u64;
+    let fits = |r: usize| gpu(r).is_some_and(|b| b <= limit);
+    if fits(rows) || !fits(1) || row_file == 0 || p.bytes != row_file * rows as u64 {
+        return vec![p];
+    }
+    // The most rows that fit (gpu words grow by at most one word per row beyond the linear part).
+    let per_row = gpu(1).unwrap_or(u64::MAX).max(1);
+    let mut chunk = ((limit / per_row) as usize).clamp(1, rows);
+    while chunk > 1 && !fits(chunk) {
+        chunk -= 1;
+    }
+    (0..rows)
+        .step_by(chunk)
+        .enumerate()
+        .map(|(i, r0)| {
+            let n = chunk.min(rows - r0);
+            TensorPlan {
+                name: part_name(&p.name, i),
+                dtype: p.dtype,
+                shape: vec![n, cols],
+                offset: p.offset + r0 as u64 * row_file,
+                bytes: n as u64 * row_file,
+            }
+        })
+        .collect()
+}
+
 /// Default host memory for pieces in flight.
 pub const DEFAULT_PIECE_BUDGET: usize = 4 << 20;
 
@@ -61,11 +104,25 @@ impl<'a> StreamUploader<'a> {
     /// Allocates every tensor (so a model too large for the device fails here, before any data
     /// is downloaded) and prepares to receive the stream from offset 0. `piece_budget` bounds
     /// the host memory used for repacking.
-    pub fn new(
+    pub fn new(ctx: &'a GpuContext, plans: Vec<TensorPlan>, piece_budget: usize) -> Result<Self> {
+        Self::with_binding_limit(ctx, plans, piece_budget, None)
+    }
+
+    /// As [`StreamUploader::new`], splitting matrices larger than `max_binding_bytes` (at most
+    /// the adapter's binding limit, which is the default) into row ranges.
+    pub fn with_binding_limit(
         ctx: &'a GpuContext,
-        mut plans: Vec<TensorPlan>,
+        plans: Vec<TensorPlan>,
         piece_budget: usize,
+        max_binding_bytes: Option<u64>,
     ) -> Result<Self> {
+        let caps = ctx.capabilities();
+        let adapter = caps.max_storage_binding_bytes.min(caps.max_buffer_bytes);
+        let limit = max_binding_bytes.map_or(adapter, |m| m.min(adapter));
+        let mut plans: Vec<TensorPlan> = plans
+            .into_iter()
+            .flat_map(|p| split_rows(p, limit))
+            .collect();
         plans.sort_by_key(|p| p.offset);
         for pair in plans.windows(2) {
             if pair[0].offset + pair[0].bytes > pair[1].offset {

@@ -29,6 +29,7 @@ use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Recorder};
 use crate::kernels::{
     self, AttentionOptions, AttentionScratch, KvCache, Linear, RopeTable, StepState, TopK,
 };
+use crate::load::part_name;
 use crate::model::arch::{Need, Role};
 use crate::model::config::{LayerRope, LayerSpec, RopeScaling};
 use crate::model::ModelConfig;
@@ -113,9 +114,11 @@ pub enum StepOutput {
 /// A decoder-only transformer on the GPU: weights, KV cache, RoPE tables.
 pub struct Decoder {
     pub config: ModelConfig,
-    embed: GpuTensor,
+    /// The embedding table and the LM head as (first row, rows): one part unless the matrix is
+    /// larger than a storage binding. A tied head shares the embedding's tensors.
+    embed: Vec<(usize, GpuTensor)>,
     out_norm: GpuTensor,
-    output: GpuTensor,
+    output: Vec<(usize, GpuTensor)>,
     layers: Vec<Layer>,
     kv: KvCache,
     rope: RopeTable,
@@ -176,9 +179,34 @@ impl Tensors<'_> {
         };
         match self.map.remove(&name) {
             Some(t) => Ok(Some(t)),
+            None if self.map.contains_key(&part_name(&name, 0)) => Err(Error::InvalidTensor {
+                tensor: name,
+                detail: "is larger than one storage binding of this adapter; only the embedding \
+                         and output tables are split over several"
+                    .into(),
+            }),
             None if need == Need::Required => Err(missing(name)),
             None => Ok(None),
         }
+    }
+
+    /// A matrix that may have been split by rows on upload (too large for one binding): its
+    /// parts with their first rows, or the one tensor at row 0.
+    fn take_rows(&mut self, role: Role) -> Result<Option<Vec<(usize, GpuTensor)>>> {
+        let Some(name) = self.name(role, 0) else {
+            return Ok(None);
+        };
+        let mut parts = Vec::new();
+        let mut row = 0;
+        while let Some(t) = self.map.remove(&part_name(&name, parts.len())) {
+            let rows = t.rows();
+            parts.push((row, t));
+            row += rows;
+        }
+        if parts.is_empty() {
+            return Ok(self.take(role, 0)?.map(|t| vec![(0, t)]));
+        }
+        Ok(Some(parts))
     }
 
     fn required(&mut self, role: Role, layer: usize) -> Result<GpuTensor> {
@@ -204,6 +232,24 @@ fn expect(t: &GpuTensor, shape: &[usize]) -> Result<()> {
                 t.shape()
             ),
         })
+    }
+}
+
+/// A matrix of `rows` × `cols` given as row ranges.
+fn expect_rows(parts: &[(usize, GpuTensor)], rows: usize, cols: usize) -> Result<()> {
+    if let [(_, t)] = parts {
+        return expect(t, &[rows, cols]);
+    }
+    let total: usize = parts.iter().map(|(_, t)| t.rows()).sum();
+    match parts.iter().find(|(_, t)| t.cols() != cols) {
+        Some((_, t)) => expect(t, &[t.rows(), cols]),
+        None if total != rows => Err(Error::InvalidTensor {
+            tensor: parts[0].1.name().to_string(),
+            detail: format!(
+                "its parts hold {total} rows, but the model's configuration needs {rows}"
+            ),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -283,15 +329,14 @@ impl Decoder {
             map: tensors,
         };
         let (q_rows, kv_rows) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
-        let embed = t.required(Role::TokenEmbd, 0)?;
-        expect(&embed, &[c.vocab, c.hidden])?;
-        let output = match t.take(Role::Output, 0)? {
-            Some(o) => {
-                expect(&o, &[c.vocab, c.hidden])?;
-                Some(o)
-            }
-            None => None,
-        };
+        let embed = t
+            .take_rows(Role::TokenEmbd)?
+            .ok_or_else(|| missing(t.name(Role::TokenEmbd, 0).unwrap_or_default()))?;
+        expect_rows(&embed, c.vocab, c.hidden)?;
+        let output = t.take_rows(Role::Output)?;
+        if let Some(o) = &output {
+            expect_rows(o, c.vocab, c.hidden)?;
+        }
         // Frequency factors of the global RoPE (GGUF: Llama 3.1+ `rope_freqs`, Phi-3's LongRoPE).
         let mut factor_tensors = Vec::new();
         for role in [
@@ -608,7 +653,14 @@ impl Decoder {
         };
 
         let embed_scale = c.embed_scale.unwrap_or(1.0);
-        let mut d = vec![kernels::embed_scaled(ctx, &self.embed, &ids, &x, embed_scale).await?];
+        let mut d = Vec::new();
+        if let [(_, table)] = self.embed.as_slice() {
+            d.push(kernels::embed_scaled(ctx, table, &ids, &x, embed_scale).await?);
+        } else {
+            for (row, table) in &self.embed {
+                d.push(kernels::embed_part(ctx, table, *row, &ids, &x, embed_scale).await?);
+            }
+        }
         let mut scratch: Option<AttentionScratch> = None;
         for (l, w) in self.layers.iter().enumerate() {
             let attn_in = Linear {
@@ -707,16 +759,23 @@ impl Decoder {
         };
         // Only the last token's logits: gather its row of x (an embedding lookup in an f32
         // table, at the index `last` holds), then norm and project one row.
-        let last = if t > 1 && !all_logits {
+        let (last, head_in) = if t > 1 && !all_logits {
             let last = ctx.zeros("last token", &[1], DType::I32)?;
             let row = f32z("last row", &[1, c.hidden])?;
             d.push(kernels::embed(ctx, &x, &last, &row).await?);
-            d.push(kernels::linear_with(ctx, &self.output, &row, &logits, &head).await?);
-            Some(last)
+            (Some(last), row)
         } else {
-            d.push(kernels::linear_with(ctx, &self.output, &x, &logits, &head).await?);
-            None
+            (None, x.clone())
         };
+        // One dispatch per part of a split head, each writing its range of the vocabulary.
+        let split = self.output.len() > 1;
+        for (row, w) in &self.output {
+            let opts = Linear {
+                col_offset: split.then_some(*row),
+                ..head
+            };
+            d.push(kernels::linear_with(ctx, w, &head_in, &logits, &opts).await?);
+        }
         if let Some(cap) = c.final_softcap {
             d.push(kernels::softcap(ctx, &logits, cap).await?);
         }
@@ -833,9 +892,12 @@ impl Decoder {
 
     /// Every weight tensor, once (a tied output projection is the embedding table).
     fn weights(&self) -> impl Iterator<Item = &GpuTensor> {
-        let output = (self.output.buffer != self.embed.buffer).then_some(&self.output);
-        [&self.embed, &self.out_norm]
-            .into_iter()
+        let tied = self.output[0].1.buffer == self.embed[0].1.buffer;
+        let output = self.output.iter().filter(move |_| !tied).map(|(_, t)| t);
+        self.embed
+            .iter()
+            .map(|(_, t)| t)
+            .chain([&self.out_norm])
             .chain(output)
             .chain(self.layers.iter().flat_map(Layer::tensors))
     }
@@ -867,6 +929,11 @@ impl Decoder {
                 qkv + qk + 1 + 1 + 1 + mlp + 1 + post
             })
             .collect()
+    }
+
+    /// How many tensors (row ranges) hold the embedding table and the LM head.
+    pub fn table_parts(&self) -> (usize, usize) {
+        (self.embed.len(), self.output.len())
     }
 
     /// Positions the KV cache holds.
