@@ -75,12 +75,20 @@ fn transformers_5_rope_parameters_and_qwen2() {
 
 #[test]
 fn bad_configs_are_typed_errors() {
-    let e = ModelConfig::from_hf_json(r#"{"model_type": "gemma3"}"#, "config.json").unwrap_err();
+    let e = ModelConfig::from_hf_json(r#"{"model_type": "gpt2"}"#, "config.json").unwrap_err();
     assert_eq!(e.code(), "unsupported_architecture");
     assert!(
-        e.to_string().contains("qwen2") && e.to_string().contains("gemma3"),
+        e.to_string().contains("gpt2")
+            && e.to_string().contains("qwen3")
+            && e.to_string().contains("gemma3"),
         "{e}"
     );
+    let yarn = LLAMA_32.replace("\"llama3\"", "\"yarn\"");
+    let e = ModelConfig::from_hf_json(&yarn, "config.json").unwrap_err();
+    assert!(e.to_string().contains("'yarn' is not supported"), "{e}");
+    let act = LLAMA_32.replace("\"head_dim\"", "\"hidden_act\": \"relu\", \"head_dim\"");
+    let e = ModelConfig::from_hf_json(&act, "config.json").unwrap_err();
+    assert!(e.to_string().contains("activation 'relu'"), "{e}");
     let uneven = LLAMA_32.replace("\"num_key_value_heads\": 8", "\"num_key_value_heads\": 7");
     let e = ModelConfig::from_hf_json(&uneven, "config.json").unwrap_err();
     assert_eq!(e.code(), "config");
@@ -99,6 +107,13 @@ fn fixture_model_configs() {
     for (name, arch, theta, tied, bias) in [
         ("tiny-llama", Architecture::Llama, 10_000.0, false, false),
         ("tiny-qwen2", Architecture::Qwen2, 1_000_000.0, true, true),
+        (
+            "tiny-qwen2-bf16",
+            Architecture::Qwen2,
+            1_000_000.0,
+            true,
+            true,
+        ),
     ] {
         let json = std::fs::read_to_string(dir.join(name).join("config.json")).unwrap();
         let c = ModelConfig::from_hf_json(&json, name).unwrap();
@@ -163,4 +178,82 @@ fn gguf_rope_factors_reproduce_llama3_scaling() {
         err.to_string().contains("64 finite positive values"),
         "{err}"
     );
+}
+
+fn fixture_config(name: &str) -> ModelConfig {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    let json = std::fs::read_to_string(dir.join(name).join("config.json")).unwrap();
+    ModelConfig::from_hf_json(&json, name).unwrap()
+}
+
+/// The block descriptions of the new architectures, read from transformers' own configs.
+#[test]
+fn block_descriptions_of_every_architecture() {
+    use pocketlm::kernels::GateActivation;
+    use pocketlm::model::{LayerRope, LayerSpec, RopeScaling};
+    let global = LayerSpec {
+        window: None,
+        rope: LayerRope::Global,
+    };
+
+    let q = fixture_config("tiny-qwen3");
+    assert_eq!(q.architecture, Architecture::Qwen3);
+    assert!(q.qk_norm && !q.post_norms && !q.qkv_bias);
+    assert_eq!((q.head_dim, q.rope.rotary_dim), (16, 16));
+    assert_eq!(q.attn_scale, 0.25);
+
+    let g = fixture_config("tiny-gemma3");
+    assert_eq!(g.architecture, Architecture::Gemma3);
+    assert!(g.qk_norm && g.post_norms && g.tied_embeddings);
+    assert_eq!(g.activation, GateActivation::GeluTanh);
+    assert_eq!(g.norm_offset, 1.0);
+    assert_eq!(g.embed_scale, Some(48f32.sqrt()));
+    assert_eq!(g.rope.theta, 1_000_000.0);
+    assert_eq!(g.rope_scaling, RopeScaling::Linear(8.0));
+    assert_eq!(g.rope_local.unwrap().theta, 10_000.0);
+    assert_eq!(
+        g.layer_specs,
+        vec![
+            LayerSpec {
+                window: Some(5),
+                rope: LayerRope::Local
+            },
+            global
+        ]
+    );
+
+    let g2 = fixture_config("tiny-gemma2");
+    assert_eq!(g2.architecture, Architecture::Gemma2);
+    assert_eq!((g2.attn_softcap, g2.final_softcap), (Some(5.0), Some(3.0)));
+    assert!((g2.attn_scale - 1.0 / 24f32.sqrt()).abs() < 1e-7);
+    assert!(!g2.qk_norm && g2.rope_local.is_none());
+    assert_eq!(g2.layer_specs[0].window, Some(6));
+    assert_eq!(g2.layer_specs[1], global);
+
+    let p = fixture_config("tiny-phi3");
+    assert_eq!(p.architecture, Architecture::Phi3);
+    assert_eq!((p.head_dim, p.rope.rotary_dim), (12, 6));
+    match &p.rope_scaling {
+        RopeScaling::LongRope {
+            short,
+            long,
+            original,
+            attention_factor,
+        } => {
+            assert_eq!((short.len(), long.len(), *original), (3, 3, 64));
+            let want = (1.0 + 2f64.ln() / 64f64.ln()).sqrt() as f32;
+            assert!((attention_factor - want).abs() < 1e-6, "{attention_factor}");
+        }
+        other => panic!("phi3 rope scaling {other:?}"),
+    }
+    assert!(p.layer_specs.iter().all(|l| *l == global));
+
+    let s = fixture_config("tiny-smollm3");
+    assert_eq!(s.architecture, Architecture::SmolLM3);
+    assert_eq!(s.layer_specs[0], global);
+    assert_eq!(s.layer_specs[1].rope, LayerRope::None);
+
+    let m = fixture_config("tiny-mistral");
+    assert_eq!(m.architecture, Architecture::Llama);
+    assert!(m.layer_specs.iter().all(|l| l.window == Some(5)));
 }
