@@ -517,14 +517,23 @@ mod tests {
         assert_eq!(y[33], 0.5 * 2.0 * 7.0);
     }
 
-    /// quant.wgsl holds the IQ4_NL levels as packed i8 words; they must be this table.
+    /// quant.wgsl and linear_rows4.wgsl hold the IQ4_NL levels as packed i8 words; they must be
+    /// this table.
     #[test]
     fn shader_iq4nl_levels_match_the_table() {
-        let src = include_str!("../../shaders/quant.wgsl");
+        for src in [
+            include_str!("../../shaders/quant.wgsl"),
+            include_str!("../../shaders/linear_rows4.wgsl"),
+        ] {
+            shader_levels_match(src);
+        }
+    }
+
+    fn shader_levels_match(src: &str) {
         let line = src
             .lines()
             .find(|l| l.starts_with("const IQ4NL_LEVELS"))
-            .expect("quant.wgsl defines IQ4NL_LEVELS");
+            .expect("the shader defines IQ4NL_LEVELS");
         let words: Vec<u32> = line
             .split("0x")
             .skip(1)
