@@ -17,12 +17,12 @@ The output is deterministic for a given gguf/numpy version (fixed seed). It writ
                    the gguf version (kept one entry per line so the Rust test needs no JSON crate)
     blocks.gguf    the same tensors in one small GGUF file written by gguf.GGUFWriter
 
-Where gguf-py can quantize a type (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0) the bytes are its
+Where gguf-py can quantize a type (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) the bytes are its
 `gguf.quants.quantize` of floats that include edge cases (zeros, a constant block, large
 magnitudes, values tiny enough that the f16 scale is subnormal). Where it can only dequantize
-(Q4_K, Q6_K) the blocks are random bytes with finite f16 scales of moderate magnitude, plus blocks
-that set every bit of the packed 6-bit scales, use negative and subnormal scales, or the int8
-scale extremes.
+(Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS) the blocks are random bytes with finite f16 scales
+of moderate magnitude, plus blocks that set every bit of the packed scales, use negative and
+subnormal scales, the int8 or 6-bit scale extremes, and every code book entry.
 """
 
 from __future__ import annotations
@@ -121,6 +121,97 @@ def q6_k_blocks(rng: np.random.Generator) -> np.ndarray:
     return np.stack(out).reshape(2, -1)
 
 
+def q2_k_blocks(rng: np.random.Generator) -> np.ndarray:
+    """Four block_q2_K {u8 scales[16]; u8 qs[64]; half d, dmin} (2 rows x 2 blocks)."""
+    ds = [(rng.uniform(0.001, 0.05), rng.uniform(0.001, 0.05)),
+          (0.03125, 0.0205),  # with scales all 0xFF: every 4-bit scale and min is 15
+          (-rng.uniform(0.001, 0.05), -rng.uniform(0.001, 0.05)),
+          (np.float16(np.ldexp(3.0, -24)), 2.0)]  # subnormal d, large dmin
+    out = []
+    for i, (d, dmin) in enumerate(ds):
+        scales = np.full(16, 0xFF, np.uint8) if i == 1 else rng.integers(0, 256, 16, dtype=np.uint8)
+        qs = rng.integers(0, 256, 64, dtype=np.uint8)
+        if i == 1:  # all quants at both ends
+            qs[:8], qs[8:16] = 0x00, 0xFF
+        out.append(np.concatenate([scales, qs, f16_bytes(d), f16_bytes(dmin)]))
+    return np.stack(out).reshape(2, -1)
+
+
+def q3_k_blocks(rng: np.random.Generator) -> np.ndarray:
+    """Four block_q3_K {u8 hmask[32]; u8 qs[64]; u8 scales[12]; half d} (2 rows x 2 blocks)."""
+    ds = [rng.uniform(0.0005, 0.01), rng.uniform(0.0005, 0.01), -rng.uniform(0.0005, 0.01),
+          np.float16(np.ldexp(5.0, -24))]
+    out = []
+    for i, d in enumerate(ds):
+        hmask = rng.integers(0, 256, 32, dtype=np.uint8)
+        qs = rng.integers(0, 256, 64, dtype=np.uint8)
+        scales = rng.integers(0, 256, 12, dtype=np.uint8)
+        if i == 1:  # 6-bit scales 63 (+31) and 0 (-32); quants at both ends, high bit set and clear
+            scales[:4], scales[4:8], scales[8:] = 0xFF, 0x00, 0x33
+            hmask[:8], hmask[8:16] = 0x00, 0xFF
+            qs[:8], qs[8:16] = 0x00, 0xFF
+        out.append(np.concatenate([hmask, qs, scales, f16_bytes(d)]))
+    return np.stack(out).reshape(2, -1)
+
+
+def q5_k_blocks(rng: np.random.Generator) -> np.ndarray:
+    """Four block_q5_K {half d, dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]} (2 rows x 2 blocks)."""
+    ds = [(rng.uniform(0.0005, 0.02), rng.uniform(0.001, 0.05)),
+          (0.015625, 0.0205),  # with scales all 0xFF: every 6-bit scale and min is 63
+          (-rng.uniform(0.0005, 0.02), -rng.uniform(0.001, 0.05)),
+          (np.float16(np.ldexp(3.0, -24)), 2.0)]  # subnormal d, large dmin
+    out = []
+    for i, (d, dmin) in enumerate(ds):
+        scales = np.full(12, 0xFF, np.uint8) if i == 1 else rng.integers(0, 256, 12, dtype=np.uint8)
+        qh = rng.integers(0, 256, 32, dtype=np.uint8)
+        qs = rng.integers(0, 256, 128, dtype=np.uint8)
+        if i == 1:  # all 5-bit quants at both ends
+            qh[:8], qs[:8] = 0x00, 0x00
+            qh[8:16], qs[8:16] = 0xFF, 0xFF
+        out.append(np.concatenate([f16_bytes(d), f16_bytes(dmin), scales, qh, qs]))
+    return np.stack(out).reshape(2, -1)
+
+
+def iq4_nl_blocks(rng: np.random.Generator) -> np.ndarray:
+    """Eight block_iq4_nl {half d; u8 qs[16]} (4 rows x 2 blocks)."""
+    ds = [rng.uniform(0.001, 0.05), -rng.uniform(0.001, 0.05), 0.0, np.float16(np.ldexp(3.0, -24)),
+          400.0, rng.uniform(0.001, 0.05), -rng.uniform(0.001, 0.05), 1.0]
+    out = []
+    for i, d in enumerate(ds):
+        qs = rng.integers(0, 256, 16, dtype=np.uint8)
+        if i == 7:  # every code book entry, low and high nibbles
+            qs = (np.arange(16, dtype=np.uint8) | (np.arange(15, -1, -1, dtype=np.uint8) << 4)).astype(np.uint8)
+        out.append(np.concatenate([f16_bytes(d), qs]))
+    return np.stack(out).reshape(4, -1)
+
+
+def iq4_xs_blocks(rng: np.random.Generator) -> np.ndarray:
+    """Four block_iq4_xs {half d; u16 scales_h; u8 scales_l[4]; u8 qs[128]} (2 rows x 2 blocks)."""
+    ds = [rng.uniform(0.0001, 0.002), 0.001, -rng.uniform(0.0001, 0.002), np.float16(np.ldexp(5.0, -24))]
+    out = []
+    for i, d in enumerate(ds):
+        scales_h = rng.integers(0, 256, 2, dtype=np.uint8)
+        scales_l = rng.integers(0, 256, 4, dtype=np.uint8)
+        qs = rng.integers(0, 256, 128, dtype=np.uint8)
+        if i == 1:  # 6-bit scales 63 (+31) for sub-blocks 0..4, 0 (-32) for 4..8; every level
+            scales_h[:] = (0xFF, 0x00)
+            scales_l[:] = (0xFF, 0xFF, 0x00, 0x00)
+            qs[:16] = np.arange(16, dtype=np.uint8) | (np.arange(15, -1, -1, dtype=np.uint8) << 4)
+        out.append(np.concatenate([f16_bytes(d), scales_h, scales_l, qs]))
+    return np.stack(out).reshape(2, -1)
+
+
+RANDOM_BLOCKS = {
+    Q.Q2_K: q2_k_blocks,
+    Q.Q3_K: q3_k_blocks,
+    Q.Q4_K: q4_k_blocks,
+    Q.Q5_K: q5_k_blocks,
+    Q.Q6_K: q6_k_blocks,
+    Q.IQ4_NL: iq4_nl_blocks,
+    Q.IQ4_XS: iq4_xs_blocks,
+}
+
+
 def main() -> int:
     rng = np.random.default_rng(SEED)
     gguf_version = version("gguf")
@@ -139,6 +230,13 @@ def main() -> int:
         ("q8_0", Q.Q8_0, "quantize"),
         ("q4_k", Q.Q4_K, "random"),
         ("q6_k", Q.Q6_K, "random"),
+        # Added later; after the others so that their bytes (one random stream) stay the same.
+        ("q5_1", Q.Q5_1, "quantize"),
+        ("q2_k", Q.Q2_K, "random"),
+        ("q3_k", Q.Q3_K, "random"),
+        ("q5_k", Q.Q5_K, "random"),
+        ("iq4_nl", Q.IQ4_NL, "random"),
+        ("iq4_xs", Q.IQ4_XS, "random"),
     ]
     writer = gguf.GGUFWriter(OUT / "blocks.gguf", "pocketlm-quant-fixtures")
     writer.add_description(f"GGML block fixtures made by scripts/make_quant_fixtures.py, gguf {gguf_version}")
@@ -151,7 +249,7 @@ def main() -> int:
                 raw = np.ascontiguousarray(quantize(values, qtype)).view(np.uint8)
             rows, cols = values.shape
         else:
-            raw = q4_k_blocks(rng) if qtype == Q.Q4_K else q6_k_blocks(rng)
+            raw = RANDOM_BLOCKS[qtype](rng)
             rows, cols = raw.shape[0], raw.shape[1] // type_size * block_size
             try:  # say so when a newer gguf learns to quantize this type
                 quantize(np.zeros((1, block_size), np.float32), qtype)

@@ -1,5 +1,5 @@
-// linear_rows.wgsl for the formats whose blocks are whole vec4s of words (Q4_0, Q4_1: one;
-// Q8_0: two), read through vec4 views of x and W: CPU drivers pay per load instruction (lavapipe
+// linear_rows.wgsl for the formats whose blocks are whole vec4s of words (Q4_0, Q4_1, IQ4_NL:
+// one; Q8_0: two), read through vec4 views of x and W: CPU drivers pay per load instruction (lavapipe
 // runs each storage load lane by lane), so a block of 32 weights is one or two loads plus its
 // scale, and each x vec4 is loaded once per block for all NR rows of W an invocation computes
 // (COLS = NR output columns, or NR / 2 with SWIGLU: their gate rows, then their up rows).
@@ -24,6 +24,17 @@ fn i8x4v(v: u32) -> vec4<f32> {
     return vec4<f32>(s >> vec4<u32>(24u));
 }
 
+// IQ4_NL's levels, packed as in quant.wgsl (kvalues_iq4nl as i8 bytes, 4 per word).
+const IQ4NL_LEVELS = vec4<u32>(0xBFAD9881u, 0xF6EADDCFu, 0x26190D01u, 0x71594535u);
+
+fn iq4nl4v(v: u32, shift: u32) -> vec4<f32> {
+    let q = (vec4<u32>(v) >> vec4<u32>(shift, shift + 8u, shift + 16u, shift + 24u)) & vec4<u32>(15u);
+    let lv = IQ4NL_LEVELS;
+    let words = vec4<u32>(lv[q.x >> 2u], lv[q.y >> 2u], lv[q.z >> 2u], lv[q.w >> 2u]);
+    let bytes = bitcast<vec4<i32>>(words << (vec4<u32>(24u) - 8u * (q & vec4<u32>(3u))));
+    return vec4<f32>(bytes >> vec4<u32>(24u));
+}
+
 // The 32 weights of block b as 8 vec4s, in element order.
 fn block32(b: u32) -> array<vec4<f32>, 8> {
     var o: array<vec4<f32>, 8>;
@@ -41,9 +52,17 @@ fn block32(b: u32) -> array<vec4<f32>, 8> {
         o[6] = i8x4v(q1.z) * d;
         o[7] = i8x4v(q1.w) * d;
     } else {
-        // Q4_0 / Q4_1: element j < 16 is the low nibble of byte j, j + 16 its high nibble.
+        // Q4_0 / Q4_1 / IQ4_NL: element j < 16 is the low nibble of byte j, j + 16 its high
+        // nibble.
         let q = w[b];
-        if (W_FORMAT == 3u) {
+        if (W_FORMAT == 20u) {
+            // value = d · kvalues[q]
+            let d = unpack2x16float(word(p.scale_base + b / 2u))[b & 1u];
+            for (var i = 0u; i < 4u; i++) {
+                o[i] = d * iq4nl4v(q[i], 0u);
+                o[i + 4u] = d * iq4nl4v(q[i], 4u);
+            }
+        } else if (W_FORMAT == 3u) {
             // value = q · d + m
             let dm = unpack2x16float(word(p.scale_base + b));
             let d = vec4<f32>(dm.x);

@@ -298,7 +298,9 @@ pub fn standard_cases() -> Vec<Case> {
         DType::Q4_0,
         DType::Q4_1,
         DType::Q5_0,
+        DType::Q5_1,
         DType::Q8_0,
+        DType::IQ4_NL,
     ] {
         for (kernel, m, n, k) in [
             (LinearKernel::Matvec, 2, 37, 576),
@@ -313,7 +315,14 @@ pub fn standard_cases() -> Vec<Case> {
             });
         }
     }
-    for weights in [DType::Q4_K, DType::Q6_K] {
+    for weights in [
+        DType::Q2_K,
+        DType::Q3_K,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+        DType::IQ4_XS,
+    ] {
         for (kernel, m, n, k) in [
             (LinearKernel::Matvec, 1, 37, 768),
             (LinearKernel::Matmul, 70, 65, 512),

@@ -21,11 +21,12 @@ fn info_describes_a_model_file() {
     let (ok, out, err) = pocketlm(&["info", "tests/fixtures/quant/blocks.gguf"]);
     assert!(ok, "{err}");
     assert!(
-        out.contains("GGUF") && out.contains("tensors:      9"),
+        out.contains("GGUF") && out.contains("tensors:      15"),
         "{out}"
     );
     for dtype in [
-        "q4_0", "q4_1", "q5_0", "q8_0", "q4_k", "q6_k", "f16", "bf16", "f32",
+        "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl",
+        "iq4_xs", "f16", "bf16", "f32",
     ] {
         assert!(out.contains(dtype), "{dtype} missing from:\n{out}");
     }

@@ -509,7 +509,12 @@ async fn linear_epilogue(
     };
     let swiglu = u32::from(epi.swiglu);
     let cpu = ctx.capabilities().cpu;
-    if cpu && matches!(w.dtype(), DType::Q4_0 | DType::Q4_1 | DType::Q8_0) {
+    if cpu
+        && matches!(
+            w.dtype(),
+            DType::Q4_0 | DType::Q4_1 | DType::Q8_0 | DType::IQ4_NL
+        )
+    {
         let mt = if use_matvec {
             (params.m.clamp(1, MATVEC_MAX_ROWS as u32)).next_power_of_two()
         } else {

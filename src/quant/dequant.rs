@@ -4,7 +4,8 @@
 //! the same order, so the results are bit-identical to ggml's reference and to the `gguf` Python
 //! package (`tests/quant_fixtures.rs` checks this against its output). Every product here is exact
 //! in f32 (an f16 significand of 11 bits times integers of at most 13 bits: Q6_K's `sc * q` is at
-//! most 128 · 32), so only Q4_1's `+ m` and Q4_K's `- m1` round, once each: the values do not
+//! most 128 · 32; IQ4_XS's `(ls - 32) · kvalue` at most 32 · 127), so only Q4_1's and Q5_1's `+ m`
+//! and Q2_K's, Q4_K's and Q5_K's `- ml` round, once each: the values do not
 //! depend on the order of the multiplications or on fused multiply-adds, and a GPU kernel that
 //! computes them in f32 can match them exactly too.
 //!
@@ -12,9 +13,18 @@
 //! - `block_q4_0 { half d; u8 qs[16] }`: `(q - 8) * d`, low nibbles first.
 //! - `block_q4_1 { half d, m; u8 qs[16] }`: `q * d + m`.
 //! - `block_q5_0 { half d; u8 qh[4]; u8 qs[16] }`: `(q - 16) * d`, fifth bit of element j in bit j of qh.
+//! - `block_q5_1 { half d, m; u8 qh[4]; u8 qs[16] }`: `q * d + m`, qh as Q5_0.
 //! - `block_q8_0 { half d; i8 qs[32] }`: `q * d`.
+//! - `block_iq4_nl { half d; u8 qs[16] }`: `d * kvalues[q]`, nibbles as Q4_0.
+//! - `block_q2_K { u8 scales[16]; u8 qs[64]; half d, dmin }`: `(d * (sc & 15)) * q - dmin * (sc >> 4)`
+//!   per 16, 2-bit quants.
+//! - `block_q3_K { u8 hmask[32]; u8 qs[64]; u8 scales[12]; half d }`: `(d * (sc - 32)) * q` per
+//!   16, q the 2-bit quant minus 4 where its hmask bit is clear, 6-bit scales.
 //! - `block_q4_K { half d, dmin; u8 scales[12]; u8 qs[128] }`: `(d * sc) * q - dmin * m` per 32.
+//! - `block_q5_K { half d, dmin; u8 scales[12]; u8 qh[32]; u8 qs[128] }`: as Q4_K with a fifth bit.
 //! - `block_q6_K { u8 ql[128]; u8 qh[64]; i8 scales[16]; half d }`: `d * sc * (q - 32)` per 16.
+//! - `block_iq4_xs { half d; u16 scales_h; u8 scales_l[4]; u8 qs[128] }`:
+//!   `(d * (ls - 32)) * kvalues[q]` per 32, 6-bit `ls`.
 
 use half::f16;
 
@@ -51,9 +61,15 @@ pub fn dequantize(dtype: DType, gguf_bytes: &[u8], out: &mut [f32]) -> Result<()
         DType::Q4_0 => blocks.for_each(|(b, y)| block_q4_0(b, y)),
         DType::Q4_1 => blocks.for_each(|(b, y)| block_q4_1(b, y)),
         DType::Q5_0 => blocks.for_each(|(b, y)| block_q5_0(b, y)),
+        DType::Q5_1 => blocks.for_each(|(b, y)| block_q5_1(b, y)),
         DType::Q8_0 => blocks.for_each(|(b, y)| block_q8_0(b, y)),
+        DType::Q2_K => blocks.for_each(|(b, y)| block_q2_k(b, y)),
+        DType::Q3_K => blocks.for_each(|(b, y)| block_q3_k(b, y)),
         DType::Q4_K => blocks.for_each(|(b, y)| block_q4_k(b, y)),
+        DType::Q5_K => blocks.for_each(|(b, y)| block_q5_k(b, y)),
         DType::Q6_K => blocks.for_each(|(b, y)| block_q6_k(b, y)),
+        DType::IQ4_NL => blocks.for_each(|(b, y)| block_iq4_nl(b, y)),
+        DType::IQ4_XS => blocks.for_each(|(b, y)| block_iq4_xs(b, y)),
         // Not a weight format: integers (token ids, indices) to the nearest f32.
         DType::I32 => {
             blocks.for_each(|(b, y)| y[0] = i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32)
@@ -145,6 +161,122 @@ fn block_q5_0(b: &[u8], y: &mut [f32]) {
         let h1 = (qh >> (j + 12)) & 0x10;
         y[j] = ((u32::from(q & 0x0F) | h0) as i32 - 16) as f32 * d;
         y[j + 16] = ((u32::from(q >> 4) | h1) as i32 - 16) as f32 * d;
+    }
+}
+
+fn block_q5_1(b: &[u8], y: &mut [f32]) {
+    let (d, m) = (half(b, 0), half(b, 2));
+    let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+    let qs = &b[8..24];
+    for (j, &q) in qs.iter().enumerate() {
+        let h0 = ((qh >> j) << 4) & 0x10;
+        let h1 = (qh >> (j + 12)) & 0x10;
+        y[j] = (u32::from(q & 0x0F) | h0) as f32 * d + m;
+        y[j + 16] = (u32::from(q >> 4) | h1) as f32 * d + m;
+    }
+}
+
+/// The non-linear 4-bit code book of IQ4_NL and IQ4_XS (ggml's `kvalues_iq4nl`).
+pub(crate) const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+fn block_iq4_nl(b: &[u8], y: &mut [f32]) {
+    let d = half(b, 0);
+    for (j, &q) in b[2..18].iter().enumerate() {
+        y[j] = d * f32::from(KVALUES_IQ4NL[usize::from(q & 0x0F)]);
+        y[j + 16] = d * f32::from(KVALUES_IQ4NL[usize::from(q >> 4)]);
+    }
+}
+
+fn block_iq4_xs(b: &[u8], y: &mut [f32]) {
+    let d = half(b, 0);
+    let scales_h = u16::from_le_bytes([b[2], b[3]]);
+    let scales_l = &b[4..8];
+    let qs = &b[8..136];
+    // Eight sub-blocks of 32: 16 bytes each, low nibbles then high nibbles.
+    for (ib, (q, y)) in qs.chunks_exact(16).zip(y.chunks_exact_mut(32)).enumerate() {
+        let ls = ((scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0F)
+            | ((((scales_h >> (2 * ib)) & 3) as u8) << 4);
+        let dl = d * f32::from(i16::from(ls) - 32);
+        for (j, &q) in q.iter().enumerate() {
+            y[j] = dl * f32::from(KVALUES_IQ4NL[usize::from(q & 0x0F)]);
+            y[j + 16] = dl * f32::from(KVALUES_IQ4NL[usize::from(q >> 4)]);
+        }
+    }
+}
+
+fn block_q2_k(b: &[u8], y: &mut [f32]) {
+    let scales = &b[..16];
+    let qs = &b[16..80];
+    let (d, dmin) = (half(b, 80), half(b, 82));
+    // Two halves of 128 values from 32 bytes of qs each: four 2-bit planes (shift 2j) of 32
+    // values, each two runs of 16 (bytes 0..16, then 16..32) with a scale byte each.
+    for (n, (q, y)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(128)).enumerate() {
+        for j in 0..4 {
+            for s in 0..2 {
+                let sc = scales[8 * n + 2 * j + s];
+                let dl = d * f32::from(sc & 0x0F);
+                let ml = dmin * f32::from(sc >> 4);
+                for l in 0..16 {
+                    let v = (q[16 * s + l] >> (2 * j)) & 3;
+                    y[32 * j + 16 * s + l] = dl * f32::from(v) - ml;
+                }
+            }
+        }
+    }
+}
+
+/// The 6-bit scale `i` (0..16) of a Q3_K block, before subtracting 32: low 4 bits from
+/// `scales[i % 8]` (nibble `i / 8`), high 2 from `scales[8 + i % 4]` (bits `2 · (i / 4)`).
+fn scale_q3_k(i: usize, scales: &[u8]) -> i32 {
+    let lo = (scales[i % 8] >> (4 * (i / 8))) & 0x0F;
+    let hi = (scales[8 + i % 4] >> (2 * (i / 4))) & 3;
+    i32::from(lo | (hi << 4))
+}
+
+fn block_q3_k(b: &[u8], y: &mut [f32]) {
+    let hmask = &b[..32];
+    let qs = &b[32..96];
+    let scales = &b[96..108];
+    let d = half(b, 108);
+    // As Q2_K, plus a high bit per value: bit 4n + j of hmask[16s + l] (set: no offset; clear: −4).
+    for (n, (q, y)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(128)).enumerate() {
+        for j in 0..4 {
+            for s in 0..2 {
+                let dl = d * (scale_q3_k(8 * n + 2 * j + s, scales) - 32) as f32;
+                let bit = 4 * n + j;
+                for l in 0..16 {
+                    let lo = i32::from((q[16 * s + l] >> (2 * j)) & 3);
+                    let h = if (hmask[16 * s + l] >> bit) & 1 == 1 {
+                        0
+                    } else {
+                        4
+                    };
+                    y[32 * j + 16 * s + l] = dl * (lo - h) as f32;
+                }
+            }
+        }
+    }
+}
+
+fn block_q5_k(b: &[u8], y: &mut [f32]) {
+    let (d, dmin) = (half(b, 0), half(b, 2));
+    let scales = &b[4..16];
+    let qh = &b[16..48];
+    let qs = &b[48..176];
+    // As Q4_K; the fifth bit of value l of chunk j (0..8) is bit j of qh[l].
+    for (g, (q, y)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
+        let (sc, m) = scale_min_k4(2 * g, scales);
+        let (d1, m1) = (d * f32::from(sc), dmin * f32::from(m));
+        let (sc, m) = scale_min_k4(2 * g + 1, scales);
+        let (d2, m2) = (d * f32::from(sc), dmin * f32::from(m));
+        for l in 0..32 {
+            let h1 = ((qh[l] >> (2 * g)) & 1) << 4;
+            let h2 = ((qh[l] >> (2 * g + 1)) & 1) << 4;
+            y[l] = d1 * f32::from((q[l] & 0x0F) | h1) - m1;
+            y[l + 32] = d2 * f32::from((q[l] >> 4) | h2) - m2;
+        }
     }
 }
 
@@ -297,6 +429,122 @@ mod tests {
         assert_eq!(y[96], 0.5 * 1.0 * (48 - 32) as f32);
         assert_eq!(y[1], 0.5 * 2.0 * -32.0);
         assert_eq!(y[128], 0.0); // scale 0 for the second half
+    }
+
+    #[test]
+    fn q5_1_block() {
+        let mut b = [h(0.5), h(-2.0)].concat();
+        b.extend((1u32 | (1 << 17)).to_le_bytes()); // fifth bits of elements 0 and 17
+        b.extend([0x3Fu8; 16]); // low nibble 15, high nibble 3
+        let y = dequantize_to_vec(DType::Q5_1, &b).unwrap();
+        assert_eq!(y[0], 31.0 * 0.5 - 2.0);
+        assert_eq!(y[1], 15.0 * 0.5 - 2.0);
+        assert_eq!(y[16], 3.0 * 0.5 - 2.0);
+        assert_eq!(y[17], 19.0 * 0.5 - 2.0);
+    }
+
+    #[test]
+    fn iq4_nl_block() {
+        let mut b = h(0.5).to_vec();
+        b.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let y = dequantize_to_vec(DType::IQ4_NL, &b).unwrap();
+        assert_eq!(y[0], -127.0 * 0.5);
+        assert_eq!(y[8], 0.5);
+        assert_eq!(y[15], 113.0 * 0.5);
+        assert_eq!(y[16], 113.0 * 0.5);
+    }
+
+    #[test]
+    fn iq4_xs_block() {
+        let mut b = h(0.25).to_vec();
+        // Sub-block 0: ls = 0x0F | (0b11 << 4) = 63; sub-block 3: ls = 0x2 | (0b01 << 4) = 18.
+        b.extend((0b0100_0011u16).to_le_bytes());
+        b.extend([0x0F, 0x20, 0, 0]);
+        b.extend([0xF0u8; 128]); // low nibble 0 (-127), high nibble 15 (113)
+        let y = dequantize_to_vec(DType::IQ4_XS, &b).unwrap();
+        assert_eq!(y[0], 0.25 * 31.0 * -127.0);
+        assert_eq!(y[16], 0.25 * 31.0 * 113.0);
+        assert_eq!(y[96], 0.25 * -14.0 * -127.0);
+        assert_eq!(y[32], 0.25 * -32.0 * -127.0); // sub-block 1: ls = 0
+    }
+
+    #[test]
+    fn q2_k_block() {
+        let mut b = vec![0u8; 84];
+        b[0] = 0x35; // values 0..16: scale 5, min 3
+        b[9] = 0x12; // values 144..160 (half 1, plane 0, run 1): scale 2, min 1
+        b[16] = 0b11_10_01_00; // qs[0]: value 0 is 0, value 32 is 1, 64 is 2, 96 is 3
+        b[16 + 32 + 16] = 0x03; // qs[48]: value 144 is 3
+        b[80..82].copy_from_slice(&h(0.5));
+        b[82..84].copy_from_slice(&h(0.25));
+        let y = dequantize_to_vec(DType::Q2_K, &b).unwrap();
+        assert_eq!(y[0], -0.75);
+        assert_eq!(y[144], 0.5 * 2.0 * 3.0 - 0.25);
+        assert_eq!(y[32], 0.0); // scale byte 2 is 0
+    }
+
+    #[test]
+    fn q3_k_block() {
+        let mut b = vec![0u8; 110];
+        b[0] = 0b0001_0001; // hmask[0]: high bit of value 0 (bit 0) and value 128 (bit 4)
+        b[32] = 0b11_10_01_10; // qs[0]: value 0 is 2, 32 is 1, 64 is 2, 96 is 3
+        b[96] = 0x0F; // scale 0: low 15; scale 8: low 0
+        b[104] = 0b0000_0011; // scale 0: high 3 → 63 − 32 = 31; scale 4 high 0
+        b[108..110].copy_from_slice(&h(0.5));
+        let y = dequantize_to_vec(DType::Q3_K, &b).unwrap();
+        assert_eq!(y[0], 0.5 * 31.0 * 2.0); // hmask bit set: no offset
+        assert_eq!(y[1], 0.5 * 31.0 * -4.0); // clear: 0 − 4
+        assert_eq!(y[32], 0.5 * -32.0 * (1 - 4) as f32); // scale 2 is 0 − 32
+        assert_eq!(y[128], 0.5 * -32.0 * 0.0); // qs[32] is 0, hmask bit 4 set
+    }
+
+    #[test]
+    fn q5_k_block() {
+        let mut b = [h(0.5), h(0.25)].concat();
+        let mut scales = [0u8; 12];
+        scales[0] = 3; // chunk 0: scale 3, min 5
+        scales[4] = 5;
+        scales[1] = 2; // chunk 1: scale 2, min 0
+        b.extend(scales);
+        let mut qh = [0u8; 32];
+        qh[0] = 0b11; // value 0 and value 32 get their fifth bit
+        b.extend(qh);
+        b.extend([0x7Au8; 128]);
+        let y = dequantize_to_vec(DType::Q5_K, &b).unwrap();
+        assert_eq!(y[0], 0.5 * 3.0 * 26.0 - 0.25 * 5.0);
+        assert_eq!(y[1], 0.5 * 3.0 * 10.0 - 0.25 * 5.0);
+        assert_eq!(y[32], 0.5 * 2.0 * 23.0);
+        assert_eq!(y[33], 0.5 * 2.0 * 7.0);
+    }
+
+    /// quant.wgsl and linear_rows4.wgsl hold the IQ4_NL levels as packed i8 words; they must be
+    /// this table.
+    #[test]
+    fn shader_iq4nl_levels_match_the_table() {
+        for src in [
+            include_str!("../../shaders/quant.wgsl"),
+            include_str!("../../shaders/linear_rows4.wgsl"),
+        ] {
+            shader_levels_match(src);
+        }
+    }
+
+    fn shader_levels_match(src: &str) {
+        let line = src
+            .lines()
+            .find(|l| l.starts_with("const IQ4NL_LEVELS"))
+            .expect("the shader defines IQ4NL_LEVELS");
+        let words: Vec<u32> = line
+            .split("0x")
+            .skip(1)
+            .map(|w| u32::from_str_radix(&w[..8], 16).unwrap())
+            .collect();
+        let bytes: Vec<i8> = words
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .map(|b| b as i8)
+            .collect();
+        assert_eq!(bytes, KVALUES_IQ4NL);
     }
 
     #[test]

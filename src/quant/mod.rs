@@ -14,8 +14,17 @@
 //! | Q4_0 | 4: `qs[16]` | `d` (f16), two blocks per word |
 //! | Q4_1 | 4: `qs[16]` | one word per block: `d` low half, `m` high half |
 //! | Q5_0 | 5: `qs[16]`, then `qh` (u32) | `d` (f16), two blocks per word |
+//! | Q5_1 | 5: `qs[16]`, then `qh` (u32) | one word per block: `d` low half, `m` high half |
+//! | IQ4_NL | 4: `qs[16]` | `d` (f16), two blocks per word |
+//! | Q2_K | 16: `qs[64]` | five words per block: `d` low / `dmin` high, then `scales[16]` |
+//! | Q3_K | 24: `hmask[32]`, then `qs[64]` | four words per block: `scales[12]`, then `d` (low half) |
 //! | Q4_K | 32: `qs[128]` | four words per block: `d` low / `dmin` high, then `scales[12]` |
+//! | Q5_K | 40: `qs[128]`, then `qh[32]` | four words per block: `d` low / `dmin` high, then `scales[12]` |
 //! | Q6_K | 48: `ql[128]`, then `qh[64]` | five words per block: `scales[16]` (i8), then `d` (low half) |
+//! | IQ4_XS | 32: `qs[128]` | two words per block: `d` low / `scales_h` high, then `scales_l[4]` |
+//!
+//! Every region keeps GGUF's byte order within it, so a decoder reads the same bytes ggml does at
+//! a word-aligned base. Q3_K and Q6_K (blocks of 110 and 210 bytes) pad their f16 `d` to a word.
 //!
 //! F32 is one word per element; F16 and BF16 are two per word with each row padded to an even
 //! length. Element values are exactly those of ggml's dequantization.
@@ -40,48 +49,72 @@ pub enum DType {
     Q4_0,
     Q4_1,
     Q5_0,
+    Q5_1,
     Q8_0,
+    Q2_K,
+    Q3_K,
     Q4_K,
+    Q5_K,
     Q6_K,
+    IQ4_NL,
+    IQ4_XS,
     /// 32-bit integers (token ids, indices); not a weight format.
     I32,
 }
 
 impl DType {
-    pub const ALL: [DType; 10] = [
+    pub const ALL: [DType; 16] = [
         DType::F32,
         DType::F16,
         DType::BF16,
         DType::Q4_0,
         DType::Q4_1,
         DType::Q5_0,
+        DType::Q5_1,
         DType::Q8_0,
+        DType::Q2_K,
+        DType::Q3_K,
         DType::Q4_K,
+        DType::Q5_K,
         DType::Q6_K,
+        DType::IQ4_NL,
+        DType::IQ4_XS,
         DType::I32,
     ];
 
     /// The formats weights can have.
-    pub const WEIGHTS: [DType; 9] = [
+    pub const WEIGHTS: [DType; 15] = [
         DType::F32,
         DType::F16,
         DType::BF16,
         DType::Q4_0,
         DType::Q4_1,
         DType::Q5_0,
+        DType::Q5_1,
         DType::Q8_0,
+        DType::Q2_K,
+        DType::Q3_K,
         DType::Q4_K,
+        DType::Q5_K,
         DType::Q6_K,
+        DType::IQ4_NL,
+        DType::IQ4_XS,
     ];
 
     /// The block-quantized formats.
-    pub const QUANTIZED: [DType; 6] = [
+    pub const QUANTIZED: [DType; 12] = [
         DType::Q4_0,
         DType::Q4_1,
         DType::Q5_0,
+        DType::Q5_1,
         DType::Q8_0,
+        DType::Q2_K,
+        DType::Q3_K,
         DType::Q4_K,
+        DType::Q5_K,
         DType::Q6_K,
+        DType::IQ4_NL,
+        DType::IQ4_XS,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,9 +125,15 @@ impl DType {
             DType::Q4_0 => "q4_0",
             DType::Q4_1 => "q4_1",
             DType::Q5_0 => "q5_0",
+            DType::Q5_1 => "q5_1",
             DType::Q8_0 => "q8_0",
+            DType::Q2_K => "q2_k",
+            DType::Q3_K => "q3_k",
             DType::Q4_K => "q4_k",
+            DType::Q5_K => "q5_k",
             DType::Q6_K => "q6_k",
+            DType::IQ4_NL => "iq4_nl",
+            DType::IQ4_XS => "iq4_xs",
             DType::I32 => "i32",
         }
     }
@@ -107,9 +146,15 @@ impl DType {
             DType::Q4_0 => 2,
             DType::Q4_1 => 3,
             DType::Q5_0 => 6,
+            DType::Q5_1 => 7,
             DType::Q8_0 => 8,
+            DType::Q2_K => 10,
+            DType::Q3_K => 11,
             DType::Q4_K => 12,
+            DType::Q5_K => 13,
             DType::Q6_K => 14,
+            DType::IQ4_NL => 20,
+            DType::IQ4_XS => 23,
             DType::I32 => 26,
             DType::BF16 => 30,
         }
@@ -128,8 +173,12 @@ impl DType {
     pub fn block_size(self) -> usize {
         match self {
             DType::F32 | DType::F16 | DType::BF16 | DType::I32 => 1,
-            DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q8_0 => 32,
-            DType::Q4_K | DType::Q6_K => 256,
+            DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 | DType::IQ4_NL => {
+                32
+            }
+            DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::IQ4_XS => {
+                256
+            }
         }
     }
 
@@ -141,9 +190,15 @@ impl DType {
             DType::Q4_0 => 18,
             DType::Q4_1 => 20,
             DType::Q5_0 => 22,
+            DType::Q5_1 => 24,
             DType::Q8_0 => 34,
+            DType::Q2_K => 84,
+            DType::Q3_K => 110,
             DType::Q4_K => 144,
+            DType::Q5_K => 176,
             DType::Q6_K => 210,
+            DType::IQ4_NL => 18,
+            DType::IQ4_XS => 136,
         }
     }
 
@@ -160,10 +215,13 @@ impl DType {
     pub fn quant_words(self) -> usize {
         match self {
             DType::F32 | DType::F16 | DType::BF16 | DType::I32 => 0,
-            DType::Q4_0 | DType::Q4_1 => 4,
-            DType::Q5_0 => 5,
+            DType::Q4_0 | DType::Q4_1 | DType::IQ4_NL => 4,
+            DType::Q5_0 | DType::Q5_1 => 5,
             DType::Q8_0 => 8,
-            DType::Q4_K => 32,
+            DType::Q2_K => 16,
+            DType::Q3_K => 24,
+            DType::Q4_K | DType::IQ4_XS => 32,
+            DType::Q5_K => 40,
             DType::Q6_K => 48,
         }
     }
@@ -172,10 +230,11 @@ impl DType {
     pub fn scale_words(self, blocks: usize) -> usize {
         match self {
             DType::F32 | DType::F16 | DType::BF16 | DType::I32 => 0,
-            DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => blocks.div_ceil(2),
-            DType::Q4_1 => blocks,
-            DType::Q4_K => 4 * blocks,
-            DType::Q6_K => 5 * blocks,
+            DType::Q4_0 | DType::Q5_0 | DType::Q8_0 | DType::IQ4_NL => blocks.div_ceil(2),
+            DType::Q4_1 | DType::Q5_1 => blocks,
+            DType::IQ4_XS => 2 * blocks,
+            DType::Q3_K | DType::Q4_K | DType::Q5_K => 4 * blocks,
+            DType::Q2_K | DType::Q6_K => 5 * blocks,
         }
     }
 
@@ -221,13 +280,15 @@ mod tests {
         for d in DType::ALL {
             assert_eq!(DType::from_ggml_id(d.ggml_id()), Some(d));
         }
-        assert_eq!(DType::from_ggml_id(7), None, "Q5_1 is not supported");
+        assert_eq!(DType::from_ggml_id(7), Some(DType::Q5_1));
+        assert_eq!(DType::from_ggml_id(23), Some(DType::IQ4_XS));
+        assert_eq!(DType::from_ggml_id(9), None, "Q8_1 is not supported");
     }
 
     #[test]
     fn gpu_layout_keeps_every_byte() {
         // The repacked layout is never smaller than the GGUF bytes, and wastes at most one
-        // half-word of scale per block (Q6_K's d) plus one for an odd block count.
+        // half-word of scale per block (Q3_K's and Q6_K's d) plus one for an odd block count.
         for d in DType::QUANTIZED {
             let blocks = 3;
             let words = d.gpu_words(1, blocks * d.block_size()).unwrap();

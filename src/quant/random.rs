@@ -37,13 +37,13 @@ pub fn random_gguf_bytes(dtype: DType, n: usize, rng: &mut Rng) -> Vec<u8> {
                 c.copy_from_slice(&bf16::from_f32(rng.uniform(-1.0, 1.0)).to_le_bytes());
             }
         }
-        DType::Q8_0 | DType::Q4_0 | DType::Q5_0 => {
+        DType::Q8_0 | DType::Q4_0 | DType::Q5_0 | DType::IQ4_NL => {
             for b in out.chunks_exact_mut(dtype.block_bytes()) {
                 let d = sign(rng) * rng.uniform(0.002, 0.05);
                 put_f16(&mut b[..2], d);
             }
         }
-        DType::Q4_1 => {
+        DType::Q4_1 | DType::Q5_1 => {
             for b in out.chunks_exact_mut(dtype.block_bytes()) {
                 put_f16(&mut b[..2], rng.uniform(0.002, 0.05));
                 put_f16(&mut b[2..4], rng.uniform(-0.4, 0.0));
@@ -53,6 +53,28 @@ pub fn random_gguf_bytes(dtype: DType, n: usize, rng: &mut Rng) -> Vec<u8> {
             for b in out.chunks_exact_mut(dtype.block_bytes()) {
                 put_f16(&mut b[..2], rng.uniform(0.0005, 0.005));
                 put_f16(&mut b[2..4], rng.uniform(0.0005, 0.005));
+            }
+        }
+        DType::Q2_K => {
+            for b in out.chunks_exact_mut(dtype.block_bytes()) {
+                put_f16(&mut b[80..82], rng.uniform(0.002, 0.02));
+                put_f16(&mut b[82..84], rng.uniform(0.0005, 0.005));
+            }
+        }
+        DType::Q3_K => {
+            for b in out.chunks_exact_mut(dtype.block_bytes()) {
+                put_f16(&mut b[108..110], sign(rng) * rng.uniform(0.0005, 0.005));
+            }
+        }
+        DType::Q5_K => {
+            for b in out.chunks_exact_mut(dtype.block_bytes()) {
+                put_f16(&mut b[..2], rng.uniform(0.0002, 0.002));
+                put_f16(&mut b[2..4], rng.uniform(0.0005, 0.005));
+            }
+        }
+        DType::IQ4_XS => {
+            for b in out.chunks_exact_mut(dtype.block_bytes()) {
+                put_f16(&mut b[..2], sign(rng) * rng.uniform(0.00005, 0.0005));
             }
         }
         DType::Q6_K => {

@@ -49,7 +49,7 @@ pub fn repack_blocks(dtype: DType, bytes: &[u8]) -> Result<Packed> {
     let mut pending_half: Option<&[u8]> = None;
     for blk in bytes.chunks_exact(bb) {
         match dtype {
-            DType::Q8_0 | DType::Q4_0 | DType::Q5_0 => {
+            DType::Q8_0 | DType::Q4_0 | DType::Q5_0 | DType::IQ4_NL => {
                 let (d, rest) = blk.split_at(2);
                 match dtype {
                     DType::Q5_0 => {
@@ -67,6 +67,36 @@ pub fn repack_blocks(dtype: DType, bytes: &[u8]) -> Result<Packed> {
             DType::Q4_1 => {
                 words(&mut p.quants, &blk[4..]);
                 p.scales.push(word(&blk[..4]));
+            }
+            DType::Q5_1 => {
+                // GGUF: d, m, qh[4], qs[16]; GPU: qs then qh, like Q5_0.
+                words(&mut p.quants, &blk[8..]);
+                p.quants.push(word(&blk[4..8]));
+                p.scales.push(word(&blk[..4]));
+            }
+            DType::Q2_K => {
+                // GGUF: scales[16], qs[64], d, dmin; GPU scales: d/dmin first, as Q4_K.
+                words(&mut p.quants, &blk[16..80]);
+                p.scales.push(word(&blk[80..84]));
+                words(&mut p.scales, &blk[..16]);
+            }
+            DType::Q3_K => {
+                // GGUF: hmask[32], qs[64], scales[12], d — 110 bytes, so d gets a word.
+                words(&mut p.quants, &blk[..96]);
+                words(&mut p.scales, &blk[96..108]);
+                p.scales
+                    .push(u32::from(u16::from_le_bytes([blk[108], blk[109]])));
+            }
+            DType::Q5_K => {
+                // GGUF: d, dmin, scales[12], qh[32], qs[128]; GPU: qs then qh.
+                words(&mut p.quants, &blk[48..]);
+                words(&mut p.quants, &blk[16..48]);
+                words(&mut p.scales, &blk[..16]);
+            }
+            DType::IQ4_XS => {
+                // GGUF: d, scales_h (u16), scales_l[4], qs[128] — already word-aligned.
+                words(&mut p.quants, &blk[8..]);
+                words(&mut p.scales, &blk[..8]);
             }
             DType::Q4_K => {
                 // GGUF: d, dmin, scales[12], qs[128] — already word-aligned.
@@ -102,7 +132,7 @@ pub fn quant_offset(dtype: DType, first_block: usize) -> usize {
 pub fn scale_offset(dtype: DType, total_blocks: usize, first_block: usize) -> Option<usize> {
     let base = total_blocks * dtype.quant_words();
     match dtype {
-        DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => first_block
+        DType::Q4_0 | DType::Q5_0 | DType::Q8_0 | DType::IQ4_NL => first_block
             .is_multiple_of(2)
             .then_some(base + first_block / 2),
         _ => Some(base + dtype.scale_words(first_block)),
@@ -207,6 +237,37 @@ mod tests {
         let p = repack_blocks(DType::Q5_0, &blk).unwrap();
         assert_eq!(p.quants[0], 0xAB);
         assert_eq!(p.quants[4], 0x0403_0201);
+    }
+
+    #[test]
+    fn k_quants_split_quants_from_scales() {
+        let blk: Vec<u8> = (0..176).map(|i| i as u8).collect();
+        let p = repack_blocks(DType::Q5_K, &blk).unwrap();
+        assert_eq!(p.quants[0], 0x3332_3130); // qs starts at byte 48
+        assert_eq!(p.quants[32], 0x1312_1110); // then qh (byte 16)
+        assert_eq!(
+            p.scales,
+            vec![0x0302_0100, 0x0706_0504, 0x0B0A_0908, 0x0F0E_0D0C]
+        );
+
+        let blk: Vec<u8> = (0..84).map(|i| i as u8).collect();
+        let p = repack_blocks(DType::Q2_K, &blk).unwrap();
+        assert_eq!(p.quants[0], 0x1312_1110);
+        assert_eq!(p.scales[0], 0x5352_5150); // d, dmin
+        assert_eq!(p.scales[1], 0x0302_0100); // scales[0..4]
+
+        let blk: Vec<u8> = (0..110).map(|i| i as u8).collect();
+        let p = repack_blocks(DType::Q3_K, &blk).unwrap();
+        assert_eq!(p.quants.len(), 24);
+        assert_eq!(
+            p.scales,
+            vec![0x6362_6160, 0x6766_6564, 0x6B6A_6968, 0x6D6C]
+        );
+
+        let blk: Vec<u8> = (0..136).map(|i| i as u8).collect();
+        let p = repack_blocks(DType::IQ4_XS, &blk).unwrap();
+        assert_eq!(p.quants[0], 0x0B0A_0908);
+        assert_eq!(p.scales, vec![0x0302_0100, 0x0706_0504]);
     }
 
     #[test]

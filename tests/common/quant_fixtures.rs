@@ -51,6 +51,18 @@ pub fn read(name: &str) -> Vec<u8> {
         "q4_k.f32",
         "q6_k.bin",
         "q6_k.f32",
+        "q5_1.bin",
+        "q5_1.f32",
+        "q2_k.bin",
+        "q2_k.f32",
+        "q3_k.bin",
+        "q3_k.f32",
+        "q5_k.bin",
+        "q5_k.f32",
+        "iq4_nl.bin",
+        "iq4_nl.f32",
+        "iq4_xs.bin",
+        "iq4_xs.f32",
     )
 }
 
