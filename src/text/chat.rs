@@ -5,8 +5,11 @@
 //! `raise_exception(msg)` and `strftime_now(fmt)`.
 //!
 //! The context: `messages` (a list of `{role, content}`), `add_generation_prompt`, `bos_token`,
-//! `eos_token`, and `tools` = none (tool use is not supported yet).
+//! `eos_token`, `tools` = none and `documents` = none (tool use and RAG are not supported yet),
+//! plus any extra variables given to [`ChatTemplate::render_with`] (what `apply_chat_template`
+//! takes as keyword arguments, e.g. Qwen3's and SmolLM3's `enable_thinking`).
 
+use minijinja::value::merge_maps;
 use minijinja::{Environment, ErrorKind, State, Value};
 use serde::{Deserialize, Serialize};
 
@@ -207,18 +210,67 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         now_unix_seconds: i64,
     ) -> Result<String> {
+        self.render_with_at(
+            messages,
+            add_generation_prompt,
+            &serde_json::Value::Null,
+            now_unix_seconds,
+        )
+    }
+
+    /// As [`ChatTemplate::render`], with extra template variables: a JSON object whose keys
+    /// become variables, as the keyword arguments of transformers' `apply_chat_template` do, e.g.
+    /// `{"enable_thinking": false}` for Qwen3 and SmolLM3. `null` adds none.
+    ///
+    /// As in transformers, an extra variable replaces `bos_token` / `eos_token`, but not
+    /// `messages`, `add_generation_prompt`, `tools` or `documents` (those keys are ignored). Any
+    /// other value than an object or null is [`Error::InvalidRequest`].
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        extra: &serde_json::Value,
+    ) -> Result<String> {
+        self.render_with_at(messages, add_generation_prompt, extra, now_unix_seconds())
+    }
+
+    /// [`ChatTemplate::render_with`] with `strftime_now` seeing `now_unix_seconds` (UTC).
+    pub fn render_with_at(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        extra: &serde_json::Value,
+        now_unix_seconds: i64,
+    ) -> Result<String> {
+        let extra = match extra {
+            serde_json::Value::Null => minijinja::context! {},
+            serde_json::Value::Object(_) => Value::from_serialize(extra),
+            other => {
+                return Err(Error::InvalidRequest(format!(
+                    "chat template variables must be a JSON object, not {other}"
+                )))
+            }
+        };
         let template = self
             .env
             .get_template(TEMPLATE)
             .map_err(|e| template_error(&self.name, e))?;
-        let ctx = minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => &self.bos_token,
-            eos_token => &self.eos_token,
-            tools => Value::from(()),
-            __pocketlm_now_unix => now_unix_seconds,
-        };
+        // The last map that has a key wins: what apply_chat_template takes as its own arguments
+        // over the caller's variables, and those over the special tokens.
+        let ctx = merge_maps([
+            minijinja::context! {
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+            },
+            extra,
+            minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                tools => Value::from(()),
+                documents => Value::from(()),
+                __pocketlm_now_unix => now_unix_seconds,
+            },
+        ]);
         template
             .render(ctx)
             .map_err(|e| template_error(&self.name, e))
@@ -371,6 +423,40 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_variables_sit_between_the_arguments_and_the_special_tokens() {
+        let t = ChatTemplate::new(
+            "vars",
+            "{{ enable_thinking }}|{{ bos_token }}|{{ messages | length }}|{{ tools is none }}|\
+             {{ documents is none }}|{{ add_generation_prompt }}|{{ other is defined }}",
+            "<s>",
+            "</s>",
+        )
+        .unwrap();
+        let msgs = [ChatMessage::user("hi")];
+        let extra = serde_json::json!({
+            "enable_thinking": false,
+            "bos_token": "<B>",
+            "messages": [],
+            "tools": [1],
+            "documents": [1],
+            "add_generation_prompt": true,
+        });
+        assert_eq!(
+            t.render_with_at(&msgs, false, &extra, 0).unwrap(),
+            "False|<B>|1|True|True|False|False"
+        );
+        assert_eq!(
+            t.render_with_at(&msgs, true, &serde_json::Value::Null, 0)
+                .unwrap(),
+            "|<s>|1|True|True|True|False"
+        );
+        let err = t
+            .render_with_at(&msgs, true, &serde_json::json!([1]), 0)
+            .unwrap_err();
+        assert_eq!(err.code(), "invalid_request");
+    }
 
     #[test]
     fn strftime_known_dates() {
