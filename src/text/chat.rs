@@ -2,7 +2,8 @@
 //! `tokenizer_config.json`'s `chat_template`) rendered with minijinja the way Hugging Face
 //! `transformers` renders it: `trim_blocks` and `lstrip_blocks` on, loop controls, Python string
 //! methods (`.strip()`, `.startswith()`, `.split()` … through minijinja-contrib's pycompat),
-//! `raise_exception(msg)` and `strftime_now(fmt)`.
+//! `raise_exception(msg)`, `strftime_now(fmt)`, and `{% generation %}` … `{% endgeneration %}`
+//! blocks (transformers' marker for the assistant's tokens in training; rendering ignores it).
 //!
 //! The context: `messages` (a list of `{role, content}`), `add_generation_prompt`, `bos_token`,
 //! `eos_token`, `tools` = none and `documents` = none (tool use and RAG are not supported yet),
@@ -82,7 +83,7 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
-        env.add_template_owned(TEMPLATE, source.to_string())
+        env.add_template_owned(TEMPLATE, without_generation_tags(source))
             .map_err(|e| template_error(name, e))?;
         Ok(ChatTemplate {
             env,
@@ -277,6 +278,46 @@ impl ChatTemplate {
     }
 }
 
+/// `source` with transformers' `{% generation %}` and `{% endgeneration %}` tags (its
+/// AssistantTracker extension, which marks the assistant's tokens for training and renders its
+/// body unchanged) turned into `{% if true %}` and `{% endif %}`, which minijinja knows and which
+/// render the same, whitespace control (`-`, `+`) included.
+fn without_generation_tags(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(start) = rest.find("{%") {
+        let (before, tag) = rest.split_at(start);
+        let Some(end) = tag.find("%}") else {
+            break;
+        };
+        out.push_str(before);
+        let inner = &tag[2..end];
+        let open = inner.len() - inner.trim_start_matches(['-', '+']).len();
+        let close = inner.len() - inner.trim_end_matches(['-', '+']).len();
+        let keyword = inner[open..inner.len() - close].trim();
+        let replacement = match keyword {
+            "generation" => Some("if true"),
+            "endgeneration" => Some("endif"),
+            _ => None,
+        };
+        match replacement {
+            Some(r) => {
+                out.push_str("{%");
+                out.push_str(&inner[..open]);
+                out.push(' ');
+                out.push_str(r);
+                out.push(' ');
+                out.push_str(&inner[inner.len() - close..]);
+                out.push_str("%}");
+            }
+            None => out.push_str(&tag[..end + 2]),
+        }
+        rest = &tag[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn template_error(name: &str, e: minijinja::Error) -> Error {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(s) = source {
@@ -423,6 +464,29 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generation_tags_become_an_if_true_block() {
+        let src = "A{% generation %}B{%- endgeneration -%} C{%+generation+%}{%endgeneration%}\n\
+                   {{ add_generation_prompt }}{% if x %}{% endif %}{# generation #}{% set";
+        assert_eq!(
+            without_generation_tags(src),
+            "A{% if true %}B{%- endif -%} C{%+ if true +%}{% endif %}\n\
+             {{ add_generation_prompt }}{% if x %}{% endif %}{# generation #}{% set"
+        );
+        let t = ChatTemplate::new(
+            "gen",
+            "{% for m in messages %}\n  {% generation %}\n  [{{ m.content }}]\n  {% endgeneration %}\n{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&[ChatMessage::user("a"), ChatMessage::user("b")], false)
+                .unwrap(),
+            "  [a]\n  [b]\n"
+        );
+    }
 
     #[test]
     fn extra_variables_sit_between_the_arguments_and_the_special_tokens() {
