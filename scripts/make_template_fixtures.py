@@ -55,6 +55,9 @@ TEMPLATES = {
     "qwen3": ("qwen3.jinja", None, "<|im_end|>"),
     "phi4-mini": ("phi4-mini.jinja", "<|endoftext|>", "<|endoftext|>"),
     "smollm3": ("smollm3.jinja", None, "<|im_end|>"),
+    # Not a model's: values other than strings (dicts, lists, floats, tojson's options), as
+    # tools and extra variables bring them to templates.
+    "python-compat": ("python-compat.jinja", None, None),
 }
 THINKING = ("qwen3", "smollm3")
 
@@ -114,6 +117,49 @@ THINKING_CASES += [
 ]
 
 
+# PocketLM takes extra variables as a serde_json object, whose keys come out sorted; dicts here
+# are written with their keys in that order so that both sides iterate them alike.
+WEATHER = {
+    "description": "Current weather in a city",
+    "name": "get_weather",
+    "parameters": {
+        "properties": {"city": {"description": "City name", "type": "string"}},
+        "required": ["city"],
+        "type": "object",
+    },
+}
+SMOLLM3_TOOLS = [
+    ("xml_tools", [user("Weather in Paris?")], True, {"xml_tools": [WEATHER]}),
+    ("python_tools_thinking_off", [sys_("Use tools."), user("Weather in Paris?")], True,
+     {"enable_thinking": False, "python_tools": [WEATHER, {"name": "noop"}]}),
+]
+
+PYTHON_COMPAT = [
+    ("values", [user("x")], False, {
+        "obj": {"n": 3, "name": "get_weather", "none": None, "ok": True,
+                "params": {"city": {"type": "string"}}, "r": 0.5},
+        "lst": [1, "two", None, True, 2.0], "flag": False, "nothing": None, "ratio": 0.1,
+        "count": 3, "big": 12345678901234, "text": "  abc bad  ", "uni": "caf\u00e9 \u2615 <b>&'",
+        "msgs": [{"role": "user"}, {"role": "assistant"}, {"role": "user"}],
+        "d2": {"a": [1, {"b": None}], "u": "\u00e9\U0001f600", "z": {}},
+        "strs": ["it's", 'say "hi"', "both ' \"", "back\\slash", "nl\nt\tcr\r", "\x01\x7f\x9f",
+                 "\u00e9\U0001f600", ""],
+        "nums": [0.0, -0.0, 1e16, 1e15, 1.5e-5, 0.0001, 123456789.125, 1e-7, 3.0],
+    }),
+]
+
+
+def cases_for(name):
+    if name == "python-compat":
+        return PYTHON_COMPAT
+    cases = list(COMMON)
+    if name in THINKING:
+        cases += THINKING_CASES
+    if name == "smollm3":
+        cases += SMOLLM3_TOOLS
+    return cases
+
+
 def render(source, bos, eos, messages, add_generation_prompt, kwargs):
     """As apply_chat_template(tokenize=False): special tokens first, kwargs over them."""
     template_kwargs = {}
@@ -146,8 +192,7 @@ def main():
     for name, (file, bos, eos) in TEMPLATES.items():
         source = (DIR / file).read_text(encoding="utf-8")
         out["templates"][name] = {"file": file, "bos_token": bos, "eos_token": eos}
-        cases = COMMON + (THINKING_CASES if name in THINKING else [])
-        for case, messages, agp, kwargs in cases:
+        for case, messages, agp, kwargs in cases_for(name):
             entry = {
                 "template": name,
                 "case": case,

@@ -2,8 +2,12 @@
 //! `tokenizer_config.json`'s `chat_template`) rendered with minijinja the way Hugging Face
 //! `transformers` renders it: `trim_blocks` and `lstrip_blocks` on, loop controls, Python string
 //! methods (`.strip()`, `.startswith()`, `.split()` … through minijinja-contrib's pycompat),
-//! `raise_exception(msg)`, `strftime_now(fmt)`, and `{% generation %}` … `{% endgeneration %}`
-//! blocks (transformers' marker for the assistant's tokens in training; rendering ignores it).
+//! `raise_exception(msg)`, `strftime_now(fmt)`, `{% generation %}` … `{% endgeneration %}`
+//! blocks (transformers' marker for the assistant's tokens in training; rendering ignores it),
+//! Python's str() for lists, dicts and floats in `{{ … }}` and `| string`, and transformers'
+//! `tojson` (json.dumps). Known differences that remain: `~` joins a list or dict in
+//! minijinja's spelling ({"a": 1}, not {'a': 1}), `dictsort` yields lists, not tuples, and dicts
+//! iterate in key order where Python keeps insertion order.
 //!
 //! The context: `messages` (a list of `{role, content}`), `add_generation_prompt`, `bos_token`,
 //! `eos_token`, `tools` = none and `documents` = none (tool use and RAG are not supported yet),
@@ -11,6 +15,7 @@
 //! takes as keyword arguments, e.g. Qwen3's and SmolLM3's `enable_thinking`).
 
 use minijinja::value::merge_maps;
+use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, ErrorKind, State, Value};
 use serde::{Deserialize, Serialize};
 
@@ -83,6 +88,12 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
+        // Python's spelling of values: `{{ x }}` and `x | string` print lists and dicts as
+        // Python's str() does ({'a': 'b'}, not {"a": "b"}), and `tojson` is transformers' own
+        // (json.dumps: ", " and ": " separators, no HTML escaping, non-ASCII kept).
+        env.set_formatter(python_formatter);
+        env.add_filter("string", python_string_filter);
+        env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE, without_generation_tags(source))
             .map_err(|e| template_error(name, e))?;
         Ok(ChatTemplate {
@@ -337,6 +348,299 @@ fn template_error(name: &str, e: minijinja::Error) -> Error {
         template: name.to_string(),
         line: e.line(),
         message,
+    }
+}
+
+/// Writes `{{ value }}` as Jinja2 under Python does: lists, dicts and floats as Python's str()
+/// spells them; everything else as minijinja does (which already writes True, False and None).
+fn python_formatter(
+    out: &mut minijinja::Output,
+    state: &State,
+    value: &Value,
+) -> std::result::Result<(), minijinja::Error> {
+    match value.kind() {
+        ValueKind::Seq | ValueKind::Iterable | ValueKind::Map if !value.is_kwargs() => {
+            let mut s = String::new();
+            python_repr(value, &mut s);
+            out.write_str(&s)
+                .map_err(|e| minijinja::Error::new(ErrorKind::WriteFailure, e.to_string()))
+        }
+        ValueKind::Number if !value.is_integer() => {
+            let s = python_float(f64::try_from(value.clone()).unwrap_or(f64::NAN));
+            out.write_str(&s)
+                .map_err(|e| minijinja::Error::new(ErrorKind::WriteFailure, e.to_string()))
+        }
+        _ => minijinja::escape_formatter(out, state, value),
+    }
+}
+
+/// The `string` filter as Python's str(): a string unchanged, anything else as [`python_repr`].
+fn python_string_filter(value: &Value) -> Value {
+    match value.kind() {
+        ValueKind::String => value.clone(),
+        ValueKind::Undefined => Value::from(""),
+        _ => {
+            let mut s = String::new();
+            python_repr(value, &mut s);
+            Value::from(s)
+        }
+    }
+}
+
+/// Python's repr() of a template value, as str() shows the items of a list or dict.
+fn python_repr(value: &Value, out: &mut String) {
+    match value.kind() {
+        ValueKind::Undefined => {}
+        ValueKind::None => out.push_str("None"),
+        ValueKind::Bool => out.push_str(if value.is_true() { "True" } else { "False" }),
+        ValueKind::Number if !value.is_integer() => out.push_str(&python_float(
+            f64::try_from(value.clone()).unwrap_or(f64::NAN),
+        )),
+        ValueKind::String => python_str_repr(value.as_str().unwrap_or_default(), out),
+        ValueKind::Seq | ValueKind::Iterable => {
+            out.push('[');
+            if let Ok(items) = value.try_iter() {
+                for (i, item) in items.enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    python_repr(&item, out);
+                }
+            }
+            out.push(']');
+        }
+        ValueKind::Map => {
+            out.push('{');
+            if let Ok(keys) = value.try_iter() {
+                for (i, key) in keys.enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    python_repr(&key, out);
+                    out.push_str(": ");
+                    python_repr(&value.get_item(&key).unwrap_or_default(), out);
+                }
+            }
+            out.push('}');
+        }
+        _ => out.push_str(&value.to_string()),
+    }
+}
+
+/// Python's repr() of a str: single quotes unless the text has a ' and no ", backslash escapes
+/// for the quote, backslash and control characters.
+fn python_str_repr(s: &str, out: &mut String) {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || ('\u{7f}'..='\u{a0}').contains(&c) => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+}
+
+/// Python's repr() of a float: the shortest digits that read back the same, in positional
+/// notation with at least one decimal for exponents -4 to 15, else as 1.5e+20.
+fn python_float(f: f64) -> String {
+    if f.is_nan() {
+        return "nan".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "inf" } else { "-inf" }.into();
+    }
+    let sci = format!("{f:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if (-4..16).contains(&exp) {
+        let fixed = format!("{f}");
+        if fixed.contains('.') {
+            fixed
+        } else {
+            format!("{fixed}.0")
+        }
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    }
+}
+
+/// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=None, separators=None,
+/// sort_keys=False)` with those keyword arguments.
+fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja::Error> {
+    let bad = |detail: String| minijinja::Error::new(ErrorKind::InvalidOperation, detail);
+    let indent: Option<Value> = kwargs.get("indent")?;
+    let indent = match indent {
+        None => None,
+        Some(v) if v.is_none() => None,
+        Some(v) if v.kind() == ValueKind::String => Some(v.as_str().unwrap_or("").to_string()),
+        Some(v) => Some(" ".repeat(usize::try_from(i64::try_from(v)?.max(0)).unwrap_or(0))),
+    };
+    let separators: Option<Vec<String>> = kwargs.get("separators")?;
+    let (item_sep, key_sep) = match separators.as_deref() {
+        None => (
+            if indent.is_some() { "," } else { ", " }.to_string(),
+            ": ".to_string(),
+        ),
+        Some([item, key]) => (item.clone(), key.clone()),
+        Some(_) => return Err(bad("tojson: separators must be an (item, key) pair".into())),
+    };
+    let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
+    let ensure_ascii = kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false);
+    kwargs.assert_all_used()?;
+    let formatter = PyJson {
+        indent,
+        item_sep,
+        key_sep,
+        ensure_ascii,
+        level: 0,
+        has_value: false,
+    };
+    let mut bytes = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut bytes, formatter);
+    let result = if sort_keys {
+        // serde_json's own map keeps its keys sorted.
+        serde_json::to_value(value).and_then(|v| serde::Serialize::serialize(&v, &mut ser))
+    } else {
+        serde::Serialize::serialize(value, &mut ser)
+    };
+    result.map_err(|e| bad(format!("tojson: {e}")))?;
+    Ok(Value::from(String::from_utf8(bytes).unwrap_or_default()))
+}
+
+/// Python json.dumps' layout for serde_json.
+struct PyJson {
+    indent: Option<String>,
+    item_sep: String,
+    key_sep: String,
+    ensure_ascii: bool,
+    level: usize,
+    has_value: bool,
+}
+
+impl PyJson {
+    fn item<W: ?Sized + std::io::Write>(&self, w: &mut W, first: bool) -> std::io::Result<()> {
+        if !first {
+            w.write_all(self.item_sep.as_bytes())?;
+        }
+        if let Some(indent) = &self.indent {
+            w.write_all(b"\n")?;
+            w.write_all(indent.repeat(self.level).as_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn close<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        bracket: &[u8],
+    ) -> std::io::Result<()> {
+        self.level -= 1;
+        if let (Some(indent), true) = (&self.indent, self.has_value) {
+            w.write_all(b"\n")?;
+            w.write_all(indent.repeat(self.level).as_bytes())?;
+        }
+        self.has_value = true;
+        w.write_all(bracket)
+    }
+}
+
+impl serde_json::ser::Formatter for PyJson {
+    fn begin_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.level += 1;
+        self.has_value = false;
+        w.write_all(b"[")
+    }
+
+    fn end_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.close(w, b"]")
+    }
+
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.item(w, first)
+    }
+
+    fn end_array_value<W: ?Sized + std::io::Write>(&mut self, _w: &mut W) -> std::io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+
+    fn begin_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.level += 1;
+        self.has_value = false;
+        w.write_all(b"{")
+    }
+
+    fn end_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.close(w, b"}")
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.item(w, first)
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(self.key_sep.as_bytes())
+    }
+
+    fn end_object_value<W: ?Sized + std::io::Write>(&mut self, _w: &mut W) -> std::io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+
+    fn write_f64<W: ?Sized + std::io::Write>(&mut self, w: &mut W, v: f64) -> std::io::Result<()> {
+        let s = match python_float(v).as_str() {
+            "nan" => "NaN".to_string(),
+            "inf" => "Infinity".to_string(),
+            "-inf" => "-Infinity".to_string(),
+            other => other.to_string(),
+        };
+        w.write_all(s.as_bytes())
+    }
+
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        if !self.ensure_ascii {
+            return w.write_all(fragment.as_bytes());
+        }
+        for c in fragment.chars() {
+            if c.is_ascii() {
+                w.write_all(&[c as u8])?;
+            } else {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    write!(w, "\\u{unit:04x}")?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
