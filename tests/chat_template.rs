@@ -1,5 +1,8 @@
 //! Chat templates rendered with minijinja, checked against the strings Python's Jinja2 renders
 //! with Hugging Face's settings (trim_blocks, lstrip_blocks, loop controls) for the same input.
+//! `transformers_renders_the_same` compares every template in tests/fixtures/templates/ with
+//! what transformers' own renderer made of the same conversations (expected.json, written by
+//! scripts/make_template_fixtures.py).
 
 use pocketlm::text::chat::{ChatMessage, ChatTemplate};
 use pocketlm::Error;
@@ -227,4 +230,65 @@ fn tokenizer_config_string_or_named_list() {
 
     let err = ChatTemplate::from_tokenizer_config("{}", "cfg", None).unwrap_err();
     assert_eq!(err.code(), "missing_chat_template");
+}
+
+/// Every case of expected.json: the conversation, add_generation_prompt and the extra keyword
+/// arguments transformers rendered, rendered again here at the same pinned clock. Either the
+/// exact same string, or — where transformers' `raise_exception` fired — a rejection with the
+/// same message. All differences are listed before the test fails.
+#[test]
+fn transformers_renders_the_same() {
+    let expected: serde_json::Value = serde_json::from_str(&fixture("expected.json")).unwrap();
+    let now = expected["now_unix"].as_i64().unwrap();
+    let mut templates = std::collections::BTreeMap::new();
+    for (name, t) in expected["templates"].as_object().unwrap() {
+        let token = |key: &str| t[key].as_str().unwrap_or_default().to_string();
+        let file = t["file"].as_str().unwrap();
+        let template = ChatTemplate::new(
+            name,
+            &fixture(file),
+            &token("bos_token"),
+            &token("eos_token"),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        templates.insert(name.clone(), template);
+    }
+    let cases = expected["cases"].as_array().unwrap();
+    let mut failures = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for case in cases {
+        let name = case["template"].as_str().unwrap();
+        let label = format!("{name} / {}", case["case"].as_str().unwrap());
+        seen.insert(name);
+        let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let agp = case["add_generation_prompt"].as_bool().unwrap();
+        let got = templates[name].render_with_at(&messages, agp, &case["kwargs"], now);
+        match (case.get("expected"), got) {
+            (Some(want), Ok(got)) if want.as_str() == Some(got.as_str()) => {}
+            (None, Err(Error::ChatTemplateRejected { message, .. }))
+                if case["error"].as_str() == Some(message.as_str()) => {}
+            (want, got) => failures.push(format!(
+                "{label}:\n  transformers: {:?}\n  pocketlm:     {got:?}",
+                want.unwrap_or(&case["error"])
+            )),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    // The new architectures' templates are all there, with their thinking switches.
+    for name in ["gemma3", "qwen3", "phi4-mini", "smollm3"] {
+        assert!(seen.contains(name), "{name} missing from expected.json");
+    }
+    for name in ["qwen3", "smollm3"] {
+        assert!(
+            cases.iter().any(|c| c["template"] == name
+                && c["kwargs"]["enable_thinking"] == serde_json::json!(false)),
+            "{name} has no enable_thinking=false case"
+        );
+    }
 }

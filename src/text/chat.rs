@@ -2,11 +2,20 @@
 //! `tokenizer_config.json`'s `chat_template`) rendered with minijinja the way Hugging Face
 //! `transformers` renders it: `trim_blocks` and `lstrip_blocks` on, loop controls, Python string
 //! methods (`.strip()`, `.startswith()`, `.split()` … through minijinja-contrib's pycompat),
-//! `raise_exception(msg)` and `strftime_now(fmt)`.
+//! `raise_exception(msg)`, `strftime_now(fmt)`, `{% generation %}` … `{% endgeneration %}`
+//! blocks (transformers' marker for the assistant's tokens in training; rendering ignores it),
+//! Python's str() for lists, dicts and floats in `{{ … }}` and `| string`, and transformers'
+//! `tojson` (json.dumps). Known differences that remain: `~` joins a list or dict in
+//! minijinja's spelling ({"a": 1}, not {'a': 1}), `dictsort` yields lists, not tuples, and dicts
+//! iterate in key order where Python keeps insertion order.
 //!
 //! The context: `messages` (a list of `{role, content}`), `add_generation_prompt`, `bos_token`,
-//! `eos_token`, and `tools` = none (tool use is not supported yet).
+//! `eos_token`, `tools` = none and `documents` = none (tool use and RAG are not supported yet),
+//! plus any extra variables given to [`ChatTemplate::render_with`] (what `apply_chat_template`
+//! takes as keyword arguments, e.g. Qwen3's and SmolLM3's `enable_thinking`).
 
+use minijinja::value::merge_maps;
+use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, ErrorKind, State, Value};
 use serde::{Deserialize, Serialize};
 
@@ -79,7 +88,13 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
-        env.add_template_owned(TEMPLATE, source.to_string())
+        // Python's spelling of values: `{{ x }}` and `x | string` print lists and dicts as
+        // Python's str() does ({'a': 'b'}, not {"a": "b"}), and `tojson` is transformers' own
+        // (json.dumps: ", " and ": " separators, no HTML escaping, non-ASCII kept).
+        env.set_formatter(python_formatter);
+        env.add_filter("string", python_string_filter);
+        env.add_filter("tojson", tojson);
+        env.add_template_owned(TEMPLATE, without_generation_tags(source))
             .map_err(|e| template_error(name, e))?;
         Ok(ChatTemplate {
             env,
@@ -207,22 +222,111 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         now_unix_seconds: i64,
     ) -> Result<String> {
+        self.render_with_at(
+            messages,
+            add_generation_prompt,
+            &serde_json::Value::Null,
+            now_unix_seconds,
+        )
+    }
+
+    /// As [`ChatTemplate::render`], with extra template variables: a JSON object whose keys
+    /// become variables, as the keyword arguments of transformers' `apply_chat_template` do, e.g.
+    /// `{"enable_thinking": false}` for Qwen3 and SmolLM3. `null` adds none.
+    ///
+    /// As in transformers, an extra variable replaces `bos_token` / `eos_token`, but not
+    /// `messages`, `add_generation_prompt`, `tools` or `documents` (those keys are ignored). Any
+    /// other value than an object or null is [`Error::InvalidRequest`].
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        extra: &serde_json::Value,
+    ) -> Result<String> {
+        self.render_with_at(messages, add_generation_prompt, extra, now_unix_seconds())
+    }
+
+    /// [`ChatTemplate::render_with`] with `strftime_now` seeing `now_unix_seconds` (UTC).
+    pub fn render_with_at(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        extra: &serde_json::Value,
+        now_unix_seconds: i64,
+    ) -> Result<String> {
+        let extra = match extra {
+            serde_json::Value::Null => minijinja::context! {},
+            serde_json::Value::Object(_) => Value::from_serialize(extra),
+            other => {
+                return Err(Error::InvalidRequest(format!(
+                    "chat template variables must be a JSON object, not {other}"
+                )))
+            }
+        };
         let template = self
             .env
             .get_template(TEMPLATE)
             .map_err(|e| template_error(&self.name, e))?;
-        let ctx = minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => &self.bos_token,
-            eos_token => &self.eos_token,
-            tools => Value::from(()),
-            __pocketlm_now_unix => now_unix_seconds,
-        };
+        // The last map that has a key wins: what apply_chat_template takes as its own arguments
+        // over the caller's variables, and those over the special tokens.
+        let ctx = merge_maps([
+            minijinja::context! {
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+            },
+            extra,
+            minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                tools => Value::from(()),
+                documents => Value::from(()),
+                __pocketlm_now_unix => now_unix_seconds,
+            },
+        ]);
         template
             .render(ctx)
             .map_err(|e| template_error(&self.name, e))
     }
+}
+
+/// `source` with transformers' `{% generation %}` and `{% endgeneration %}` tags (its
+/// AssistantTracker extension, which marks the assistant's tokens for training and renders its
+/// body unchanged) turned into `{% if true %}` and `{% endif %}`, which minijinja knows and which
+/// render the same, whitespace control (`-`, `+`) included.
+fn without_generation_tags(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(start) = rest.find("{%") {
+        let (before, tag) = rest.split_at(start);
+        let Some(end) = tag.find("%}") else {
+            break;
+        };
+        out.push_str(before);
+        let inner = &tag[2..end];
+        let open = inner.len() - inner.trim_start_matches(['-', '+']).len();
+        let close = inner.len() - inner.trim_end_matches(['-', '+']).len();
+        let keyword = inner[open..inner.len() - close].trim();
+        let replacement = match keyword {
+            "generation" => Some("if true"),
+            "endgeneration" => Some("endif"),
+            _ => None,
+        };
+        match replacement {
+            Some(r) => {
+                out.push_str("{%");
+                out.push_str(&inner[..open]);
+                out.push(' ');
+                out.push_str(r);
+                out.push(' ');
+                out.push_str(&inner[inner.len() - close..]);
+                out.push_str("%}");
+            }
+            None => out.push_str(&tag[..end + 2]),
+        }
+        rest = &tag[end + 2..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn template_error(name: &str, e: minijinja::Error) -> Error {
@@ -244,6 +348,299 @@ fn template_error(name: &str, e: minijinja::Error) -> Error {
         template: name.to_string(),
         line: e.line(),
         message,
+    }
+}
+
+/// Writes `{{ value }}` as Jinja2 under Python does: lists, dicts and floats as Python's str()
+/// spells them; everything else as minijinja does (which already writes True, False and None).
+fn python_formatter(
+    out: &mut minijinja::Output,
+    state: &State,
+    value: &Value,
+) -> std::result::Result<(), minijinja::Error> {
+    match value.kind() {
+        ValueKind::Seq | ValueKind::Iterable | ValueKind::Map if !value.is_kwargs() => {
+            let mut s = String::new();
+            python_repr(value, &mut s);
+            out.write_str(&s)
+                .map_err(|e| minijinja::Error::new(ErrorKind::WriteFailure, e.to_string()))
+        }
+        ValueKind::Number if !value.is_integer() => {
+            let s = python_float(f64::try_from(value.clone()).unwrap_or(f64::NAN));
+            out.write_str(&s)
+                .map_err(|e| minijinja::Error::new(ErrorKind::WriteFailure, e.to_string()))
+        }
+        _ => minijinja::escape_formatter(out, state, value),
+    }
+}
+
+/// The `string` filter as Python's str(): a string unchanged, anything else as [`python_repr`].
+fn python_string_filter(value: &Value) -> Value {
+    match value.kind() {
+        ValueKind::String => value.clone(),
+        ValueKind::Undefined => Value::from(""),
+        _ => {
+            let mut s = String::new();
+            python_repr(value, &mut s);
+            Value::from(s)
+        }
+    }
+}
+
+/// Python's repr() of a template value, as str() shows the items of a list or dict.
+fn python_repr(value: &Value, out: &mut String) {
+    match value.kind() {
+        ValueKind::Undefined => {}
+        ValueKind::None => out.push_str("None"),
+        ValueKind::Bool => out.push_str(if value.is_true() { "True" } else { "False" }),
+        ValueKind::Number if !value.is_integer() => out.push_str(&python_float(
+            f64::try_from(value.clone()).unwrap_or(f64::NAN),
+        )),
+        ValueKind::String => python_str_repr(value.as_str().unwrap_or_default(), out),
+        ValueKind::Seq | ValueKind::Iterable => {
+            out.push('[');
+            if let Ok(items) = value.try_iter() {
+                for (i, item) in items.enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    python_repr(&item, out);
+                }
+            }
+            out.push(']');
+        }
+        ValueKind::Map => {
+            out.push('{');
+            if let Ok(keys) = value.try_iter() {
+                for (i, key) in keys.enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    python_repr(&key, out);
+                    out.push_str(": ");
+                    python_repr(&value.get_item(&key).unwrap_or_default(), out);
+                }
+            }
+            out.push('}');
+        }
+        _ => out.push_str(&value.to_string()),
+    }
+}
+
+/// Python's repr() of a str: single quotes unless the text has a ' and no ", backslash escapes
+/// for the quote, backslash and control characters.
+fn python_str_repr(s: &str, out: &mut String) {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || ('\u{7f}'..='\u{a0}').contains(&c) => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+}
+
+/// Python's repr() of a float: the shortest digits that read back the same, in positional
+/// notation with at least one decimal for exponents -4 to 15, else as 1.5e+20.
+fn python_float(f: f64) -> String {
+    if f.is_nan() {
+        return "nan".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "inf" } else { "-inf" }.into();
+    }
+    let sci = format!("{f:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if (-4..16).contains(&exp) {
+        let fixed = format!("{f}");
+        if fixed.contains('.') {
+            fixed
+        } else {
+            format!("{fixed}.0")
+        }
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    }
+}
+
+/// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=None, separators=None,
+/// sort_keys=False)` with those keyword arguments.
+fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja::Error> {
+    let bad = |detail: String| minijinja::Error::new(ErrorKind::InvalidOperation, detail);
+    let indent: Option<Value> = kwargs.get("indent")?;
+    let indent = match indent {
+        None => None,
+        Some(v) if v.is_none() => None,
+        Some(v) if v.kind() == ValueKind::String => Some(v.as_str().unwrap_or("").to_string()),
+        Some(v) => Some(" ".repeat(usize::try_from(i64::try_from(v)?.max(0)).unwrap_or(0))),
+    };
+    let separators: Option<Vec<String>> = kwargs.get("separators")?;
+    let (item_sep, key_sep) = match separators.as_deref() {
+        None => (
+            if indent.is_some() { "," } else { ", " }.to_string(),
+            ": ".to_string(),
+        ),
+        Some([item, key]) => (item.clone(), key.clone()),
+        Some(_) => return Err(bad("tojson: separators must be an (item, key) pair".into())),
+    };
+    let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
+    let ensure_ascii = kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false);
+    kwargs.assert_all_used()?;
+    let formatter = PyJson {
+        indent,
+        item_sep,
+        key_sep,
+        ensure_ascii,
+        level: 0,
+        has_value: false,
+    };
+    let mut bytes = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut bytes, formatter);
+    let result = if sort_keys {
+        // serde_json's own map keeps its keys sorted.
+        serde_json::to_value(value).and_then(|v| serde::Serialize::serialize(&v, &mut ser))
+    } else {
+        serde::Serialize::serialize(value, &mut ser)
+    };
+    result.map_err(|e| bad(format!("tojson: {e}")))?;
+    Ok(Value::from(String::from_utf8(bytes).unwrap_or_default()))
+}
+
+/// Python json.dumps' layout for serde_json.
+struct PyJson {
+    indent: Option<String>,
+    item_sep: String,
+    key_sep: String,
+    ensure_ascii: bool,
+    level: usize,
+    has_value: bool,
+}
+
+impl PyJson {
+    fn item<W: ?Sized + std::io::Write>(&self, w: &mut W, first: bool) -> std::io::Result<()> {
+        if !first {
+            w.write_all(self.item_sep.as_bytes())?;
+        }
+        if let Some(indent) = &self.indent {
+            w.write_all(b"\n")?;
+            w.write_all(indent.repeat(self.level).as_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn close<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        bracket: &[u8],
+    ) -> std::io::Result<()> {
+        self.level -= 1;
+        if let (Some(indent), true) = (&self.indent, self.has_value) {
+            w.write_all(b"\n")?;
+            w.write_all(indent.repeat(self.level).as_bytes())?;
+        }
+        self.has_value = true;
+        w.write_all(bracket)
+    }
+}
+
+impl serde_json::ser::Formatter for PyJson {
+    fn begin_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.level += 1;
+        self.has_value = false;
+        w.write_all(b"[")
+    }
+
+    fn end_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.close(w, b"]")
+    }
+
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.item(w, first)
+    }
+
+    fn end_array_value<W: ?Sized + std::io::Write>(&mut self, _w: &mut W) -> std::io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+
+    fn begin_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.level += 1;
+        self.has_value = false;
+        w.write_all(b"{")
+    }
+
+    fn end_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.close(w, b"}")
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.item(w, first)
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(self.key_sep.as_bytes())
+    }
+
+    fn end_object_value<W: ?Sized + std::io::Write>(&mut self, _w: &mut W) -> std::io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+
+    fn write_f64<W: ?Sized + std::io::Write>(&mut self, w: &mut W, v: f64) -> std::io::Result<()> {
+        let s = match python_float(v).as_str() {
+            "nan" => "NaN".to_string(),
+            "inf" => "Infinity".to_string(),
+            "-inf" => "-Infinity".to_string(),
+            other => other.to_string(),
+        };
+        w.write_all(s.as_bytes())
+    }
+
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        if !self.ensure_ascii {
+            return w.write_all(fragment.as_bytes());
+        }
+        for c in fragment.chars() {
+            if c.is_ascii() {
+                w.write_all(&[c as u8])?;
+            } else {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    write!(w, "\\u{unit:04x}")?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -371,6 +768,63 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generation_tags_become_an_if_true_block() {
+        let src = "A{% generation %}B{%- endgeneration -%} C{%+generation+%}{%endgeneration%}\n\
+                   {{ add_generation_prompt }}{% if x %}{% endif %}{# generation #}{% set";
+        assert_eq!(
+            without_generation_tags(src),
+            "A{% if true %}B{%- endif -%} C{%+ if true +%}{% endif %}\n\
+             {{ add_generation_prompt }}{% if x %}{% endif %}{# generation #}{% set"
+        );
+        let t = ChatTemplate::new(
+            "gen",
+            "{% for m in messages %}\n  {% generation %}\n  [{{ m.content }}]\n  {% endgeneration %}\n{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&[ChatMessage::user("a"), ChatMessage::user("b")], false)
+                .unwrap(),
+            "  [a]\n  [b]\n"
+        );
+    }
+
+    #[test]
+    fn extra_variables_sit_between_the_arguments_and_the_special_tokens() {
+        let t = ChatTemplate::new(
+            "vars",
+            "{{ enable_thinking }}|{{ bos_token }}|{{ messages | length }}|{{ tools is none }}|\
+             {{ documents is none }}|{{ add_generation_prompt }}|{{ other is defined }}",
+            "<s>",
+            "</s>",
+        )
+        .unwrap();
+        let msgs = [ChatMessage::user("hi")];
+        let extra = serde_json::json!({
+            "enable_thinking": false,
+            "bos_token": "<B>",
+            "messages": [],
+            "tools": [1],
+            "documents": [1],
+            "add_generation_prompt": true,
+        });
+        assert_eq!(
+            t.render_with_at(&msgs, false, &extra, 0).unwrap(),
+            "False|<B>|1|True|True|False|False"
+        );
+        assert_eq!(
+            t.render_with_at(&msgs, true, &serde_json::Value::Null, 0)
+                .unwrap(),
+            "|<s>|1|True|True|True|False"
+        );
+        let err = t
+            .render_with_at(&msgs, true, &serde_json::json!([1]), 0)
+            .unwrap_err();
+        assert_eq!(err.code(), "invalid_request");
+    }
 
     #[test]
     fn strftime_known_dates() {
