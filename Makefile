@@ -9,7 +9,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 # A private runtime dir silences harmless Vulkan-loader warnings.
 GPU_ENV := XDG_RUNTIME_DIR=$${XDG_RUNTIME_DIR:-$$(mktemp -d)}
 
-.PHONY: all setup demo bench test test-model check fmt test-unit test-gpu-full test-gpu-baseline test-wasm test-browser wasm clean
+.PHONY: all setup demo bench test test-model check fmt test-unit test-gpu-full test-gpu-baseline test-wasm test-browser wasm wasm-harness clean
 
 all: demo
 
@@ -79,12 +79,13 @@ test-wasm:
 	@echo "== wasm tests in headless Chromium (WebGPU) =="
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 	  CHROMEDRIVER=$$(command -v chromedriver) WASM_BINDGEN_TEST_TIMEOUT=600 \
-	  cargo test $(WASM_CARGO_FLAGS) --test 'web*' -- --nocapture
+	  cargo test $(WASM_CARGO_FLAGS) --features harness --test 'web*' -- --nocapture
 
 ## make test-browser: the npm package in headless Chromium (Playwright): weight loading, the
 ## OpenAI-style API in its worker, the demo page, and the PWA and extension under a strict CSP.
 test-browser:
 	@$(MAKE) --no-print-directory wasm PROFILE=release
+	@$(MAKE) --no-print-directory wasm-harness
 	cargo build --bin pocketlm
 	@echo "== the npm package in headless Chromium (Playwright) =="
 	cd www && POCKETLM_BIN=$(abspath $(TARGET_DIR))/debug/pocketlm npm test
@@ -112,15 +113,24 @@ wasm:
 	fi; \
 	touch www/pkg/.stamp-$(PROFILE)
 
-## make check: formatting and clippy (-D warnings) for the native and wasm32 targets.
+## make wasm-harness: the package with the test harnesses (`harness` feature: the kernel
+## self-check) in www/pkg-harness, for the browser's kernel page; the shipped www/pkg has none.
+wasm-harness:
+	cargo build $(WASM_CARGO_FLAGS) --features harness --lib
+	wasm-bindgen --target web --out-dir www/pkg-harness --out-name pocketlm \
+	  $(TARGET_DIR)/$(WASM_TARGET)/debug/pocketlm.wasm
+
+## make check: formatting and clippy (-D warnings) for the native and wasm32 targets (the wasm
+## library as shipped, without the test harnesses, and with them for the wasm tests).
 check: setup
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
-	cargo clippy $(WASM_CARGO_FLAGS) --all-targets -- -D warnings
+	cargo clippy $(WASM_CARGO_FLAGS) --lib -- -D warnings
+	cargo clippy $(WASM_CARGO_FLAGS) --features harness --all-targets -- -D warnings
 
 fmt:
 	cargo fmt
 
 clean:
 	cargo clean
-	rm -rf www/pkg www/test-results
+	rm -rf www/pkg www/pkg-harness www/test-results

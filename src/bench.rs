@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Kernel, Specialization};
 use crate::kernels::{self, build, grid, WG};
 use crate::quant::random_gguf_bytes;
-use crate::reference::Rng;
+use crate::rng::Rng;
 
 const COPY_SRC: &str = include_str!("../shaders/copy.wgsl");
 

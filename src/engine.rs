@@ -343,6 +343,16 @@ impl Engine {
     /// header of the assistant's turn. Special tokens in the rendered text are recognised; no
     /// BOS is added beyond what the template writes (as transformers' `apply_chat_template`).
     pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        self.chat_prompt_with(messages, &serde_json::Value::Null)
+    }
+
+    /// [`Engine::chat_prompt`] with extra template variables (`chat_template_kwargs`, e.g.
+    /// `{"enable_thinking": false}` for Qwen3 and SmolLM3), a JSON object or null.
+    pub fn chat_prompt_with(
+        &self,
+        messages: &[ChatMessage],
+        kwargs: &serde_json::Value,
+    ) -> Result<Vec<u32>> {
         if messages.is_empty() {
             return Err(Error::InvalidRequest("the message list is empty".into()));
         }
@@ -353,7 +363,7 @@ impl Engine {
                 source_name: self.name.clone(),
                 detail: String::new(),
             })?;
-        let text = template.render(messages, true)?;
+        let text = template.render_with(messages, true, kwargs)?;
         self.tokenizer.encode(&text, false)
     }
 

@@ -9,14 +9,14 @@
 //! Determinism: the same parameters, seed and logits give the same tokens natively and in wasm.
 //! Penalties are applied in f32 exactly as llama.cpp does; probabilities are computed in f64 with
 //! only IEEE basic arithmetic (our own `exp`, not the platform's libm, whose last bit may differ
-//! between targets); the generator is SplitMix64 ([`crate::reference::Rng`]). Ordering is total:
+//! between targets); the generator is SplitMix64 ([`crate::rng::Rng`]). Ordering is total:
 //! by logit descending (NaN counted as −inf, −0 equal to +0), ties to the lower id — the same
 //! order as the GPU's top-k ([`crate::kernels::sample`]).
 
 use std::collections::{HashMap, VecDeque};
 
 use crate::error::{Error, Result};
-use crate::reference::Rng;
+use crate::rng::Rng;
 
 /// How to pick tokens. The defaults are neutral (OpenAI's: temperature 1, nothing truncated, no
 /// penalties); [`SamplingParams::greedy`] is temperature 0.

@@ -14,13 +14,15 @@ use crate::engine::{Engine, EngineOptions, Flow, GenerateOptions, TokenEvent};
 use crate::error::Error;
 use crate::formats::{split_names, SafetensorsIndex};
 use crate::gpu::{DType, GpuContext, GpuTensor, ProfileRequest};
+use crate::kernels;
 use crate::load::browser::LazyDownload;
 use crate::load::browser::{self, JsBytesSource, StreamSource};
 use crate::load::folder;
 use crate::load::{load_model, AbortFlag, LoadOptions, LoadedModelFiles, ModelFile, Progress};
 use crate::sample::SamplingParams;
+#[cfg(feature = "harness")]
+use crate::selfcheck;
 use crate::text::ChatMessage;
-use crate::{kernels, selfcheck};
 
 /// Converts a PocketLM error into a JS `Error` carrying the message and a stable `code`.
 pub fn to_js_error(e: &Error) -> JsValue {
@@ -263,6 +265,8 @@ impl Gpu {
     }
 
     /// Runs every kernel against its CPU reference; resolves to the report, rejects if any fails.
+    /// (Only in builds with the `harness` feature: the test pages', not the shipped package.)
+    #[cfg(feature = "harness")]
     #[wasm_bindgen(js_name = selfCheck)]
     pub fn self_check(&self) -> Promise {
         let ctx = self.ctx.clone();
@@ -630,7 +634,7 @@ fn parse_request(request: &JsValue) -> Result<(GenerateOptions, Prompt), Error> 
         }
     };
     let prompt = match (get(request, "messages"), get(request, "prompt")) {
-        (Some(m), None) => Prompt::Chat(parse_messages(&m)?),
+        (Some(m), None) => Prompt::Chat(parse_messages(&m)?, parse_template_kwargs(request)?),
         (None, Some(t)) => Prompt::Text(t.as_string().ok_or_else(|| {
             Error::InvalidRequest(format!("prompt must be a string, not {}", describe(&t)))
         })?),
@@ -655,8 +659,33 @@ fn parse_request(request: &JsValue) -> Result<(GenerateOptions, Prompt), Error> 
 }
 
 enum Prompt {
-    Chat(Vec<ChatMessage>),
+    /// The messages and the extra template variables (`chat_template_kwargs`).
+    Chat(Vec<ChatMessage>, serde_json::Value),
     Text(String),
+}
+
+/// `chat_template_kwargs`: an object of extra chat-template variables, or absent.
+fn parse_template_kwargs(request: &JsValue) -> Result<serde_json::Value, Error> {
+    let Some(v) = get(request, "chat_template_kwargs") else {
+        return Ok(serde_json::Value::Null);
+    };
+    let json = js_sys::JSON::stringify(&v)
+        .ok()
+        .and_then(|s| s.as_string())
+        .ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "chat_template_kwargs must be a JSON object, not {}",
+                describe(&v)
+            ))
+        })?;
+    let value: serde_json::Value = serde_json::from_str(&json)
+        .map_err(|e| Error::InvalidRequest(format!("chat_template_kwargs: {e}")))?;
+    if !value.is_object() {
+        return Err(Error::InvalidRequest(format!(
+            "chat_template_kwargs must be an object such as {{\"enable_thinking\": false}}, not {json}"
+        )));
+    }
+    Ok(value)
 }
 
 /// `[{role, content}, …]` with string roles and contents, at least one message.
@@ -866,7 +895,7 @@ async fn run_generation(
 ) -> Result<JsValue, Error> {
     ctx.check_health()?;
     let ids = match prompt {
-        Prompt::Chat(m) => engine.chat_prompt(m)?,
+        Prompt::Chat(m, kwargs) => engine.chat_prompt_with(m, kwargs)?,
         Prompt::Text(t) => engine.text_prompt(t)?,
     };
     let mut callback_error = None;

@@ -977,6 +977,7 @@ pub async fn attention(
 
 /// Runs RoPE, the cache write and attention on the GPU against the CPU references of
 /// [`crate::reference::attention`], for the native tests, the browser tests and diagnostics.
+#[cfg(feature = "harness")]
 pub mod check {
     use std::fmt;
 

@@ -34,8 +34,10 @@ use std::fmt;
 mod dequant;
 pub use dequant::{dequantize, dequantize_to_vec};
 
+#[cfg(feature = "harness")]
 mod random;
 mod repack;
+#[cfg(feature = "harness")]
 pub use random::random_gguf_bytes;
 pub use repack::{quant_offset, repack_blocks, repack_tensor, scale_offset, Packed};
 

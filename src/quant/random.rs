@@ -4,7 +4,7 @@
 use half::{bf16, f16};
 
 use crate::quant::DType;
-use crate::reference::Rng;
+use crate::rng::Rng;
 
 fn put_f16(out: &mut [u8], v: f32) {
     out.copy_from_slice(&f16::from_f32(v).to_le_bytes());

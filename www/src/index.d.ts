@@ -135,6 +135,8 @@ export interface Timings {
 export interface ChatCompletionRequest extends SamplingOptions {
   messages: ChatMessage[];
   stream?: boolean;
+  /** Extra chat-template variables, e.g. `{ enable_thinking: false }` for Qwen3 and SmolLM3. */
+  chat_template_kwargs?: Record<string, unknown>;
 }
 
 export interface ChatCompletion {

@@ -105,7 +105,15 @@ export function chatRequest(request) {
   if (!isObject(request)) throw invalid(`the request must be an object {messages, ...}, not ${show(request)}`);
   if (request.messages === undefined) throw invalid("the request needs messages: [{role, content}, ...]");
   if (request.stream !== undefined && typeof request.stream !== "boolean") throw invalid(`stream must be a boolean, not ${show(request.stream)}`);
-  return { messages: validateMessages(request.messages), ...sampling(request) };
+  const out = { messages: validateMessages(request.messages), ...sampling(request) };
+  const kwargs = request.chat_template_kwargs;
+  if (kwargs !== undefined && kwargs !== null) {
+    if (!isObject(kwargs)) {
+      throw invalid(`chat_template_kwargs must be an object such as {enable_thinking: false}, not ${show(kwargs)}`);
+    }
+    out.chat_template_kwargs = kwargs;
+  }
+  return out;
 }
 
 /** A plain text completion request → the engine's request (without the signal). */
