@@ -159,6 +159,52 @@ fn tables_split_over_bindings_give_the_same_logits() {
     }
 }
 
+/// A model whose q, k, v (or gate, up) are stored in different formats, as llama.cpp's mixed
+/// presets store them, runs them as separate projections: the logits equal those of the fused
+/// projections on the same values (v and gate rounded to f16 in both runs).
+#[test]
+fn projections_of_different_formats_run_unfused() {
+    use half::f16;
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-llama");
+    let ids: Vec<u32> = (0..16).map(|i| (i * 7 + 3) % 128).collect();
+    let mut logits = Vec::new();
+    for mixed in [false, true] {
+        let mut loaded =
+            pollster::block_on(load_directory(ctx(), &dir, 2, LoadOptions::default())).unwrap();
+        for name in [
+            "model.layers.0.self_attn.v_proj.weight",
+            "model.layers.1.mlp.gate_proj.weight",
+        ] {
+            let t = loaded.tensors.remove(name).unwrap();
+            let v = pollster::block_on(ctx().read_f32(&t)).unwrap();
+            let rounded: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+            let replaced = if mixed {
+                ctx().upload_f16(name, t.shape(), &rounded).unwrap()
+            } else {
+                let back: Vec<f32> = rounded.iter().map(|x| x.to_f32()).collect();
+                ctx().upload_f32(name, t.shape(), &back).unwrap()
+            };
+            loaded.tensors.insert(name.to_string(), replaced);
+        }
+        let config =
+            ModelConfig::from_hf_json(&loaded.companions["config.json"], "tiny-llama").unwrap();
+        let model = pollster::block_on(Decoder::new(ctx(), config, loaded.tensors, 64, DType::F32))
+            .unwrap();
+        let per_layer = model.dispatches_per_layer();
+        // Layer 0's q/k/v and layer 1's gate/up are apart only in the mixed run.
+        assert_eq!(per_layer, if mixed { vec![8, 8] } else { vec![6, 6] });
+        let mut graph = pollster::block_on(model.graph(ctx(), ids.len(), 8)).unwrap();
+        logits.push(pollster::block_on(model.forward(ctx(), &mut graph, &ids, 0)).unwrap());
+    }
+    let worst = logits[0]
+        .iter()
+        .zip(&logits[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= 1e-4, "fused and unfused logits differ by {worst}");
+}
+
 /// Prefill then decode through the KV cache gives the logits of one long prefill: the first 9
 /// tokens as one step, then the other 7 one at a time with the 1-token graph.
 #[test]

@@ -18,9 +18,10 @@
 //!   differ [3]);
 //! - the down projection, added to the stream [1], or through a post-norm [2].
 //!
-//! Llama/Qwen2: 7 dispatches per layer; Qwen3 9; Gemma 2 9; Gemma 3 11. The extra ones are
-//! reductions over a whole row (a head for q/k norm, the hidden state for post-norms) that
-//! cannot be folded into the neighbouring matvec without a second pass over its output.
+//! Llama/Qwen2: 6 dispatches per layer (7 when attention splits the context and combines);
+//! Qwen3 8; Gemma 2 8; Gemma 3 10 (+1 each likewise). The extra ones are reductions over a whole
+//! row (a head for q/k norm, the hidden state for post-norms) that cannot be folded into the
+//! neighbouring matvec without a second pass over its output.
 
 use std::collections::HashMap;
 
@@ -910,7 +911,8 @@ impl Decoder {
         (weights, self.kv.size_bytes() + ropes)
     }
 
-    /// Decode dispatches per layer, by layer (see the module docs for why each is there).
+    /// Decode dispatches per layer, by layer, not counting attention's combine (one more when a
+    /// long context is split into chunks); the module docs say why each is there.
     pub fn dispatches_per_layer(&self) -> Vec<usize> {
         self.layers
             .iter()
