@@ -58,8 +58,9 @@ MODELS = {
     "tiny-qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
                    dict(head_dim=16, rope_theta=1000000.0, tie_word_embeddings=True), "bf16", True),
     "tiny-gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM,
+                    # Six layers: five local, one global, the pattern llama.cpp assumes for GGUF.
                     dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=5,
-                         layer_types=["sliding_attention", "full_attention"],
+                         num_hidden_layers=6,
                          rope_parameters={
                              "full_attention": {"rope_type": "linear", "factor": 8.0,
                                                 "rope_theta": 1000000.0},
@@ -83,7 +84,8 @@ MODELS = {
                        pad_token_id=0, tie_word_embeddings=False),
                   "f32", True),
     "tiny-smollm3": (transformers.SmolLM3Config, transformers.SmolLM3ForCausalLM,
-                     dict(rope_theta=10000.0, no_rope_layers=[1, 0], use_sliding_window=False,
+                     # Four layers: the fourth has no RoPE (transformers' and llama.cpp's default).
+                     dict(rope_theta=10000.0, num_hidden_layers=4, use_sliding_window=False,
                           tie_word_embeddings=True, pad_token_id=0),
                      "f32", True),
     "tiny-mistral": (transformers.MistralConfig, transformers.MistralForCausalLM,

@@ -211,15 +211,13 @@ fn block_descriptions_of_every_architecture() {
     assert_eq!(g.rope.theta, 1_000_000.0);
     assert_eq!(g.rope_scaling, RopeScaling::Linear(8.0));
     assert_eq!(g.rope_local.unwrap().theta, 10_000.0);
+    let local = LayerSpec {
+        window: Some(5),
+        rope: LayerRope::Local,
+    };
     assert_eq!(
         g.layer_specs,
-        vec![
-            LayerSpec {
-                window: Some(5),
-                rope: LayerRope::Local
-            },
-            global
-        ]
+        vec![local, local, local, local, local, global]
     );
 
     let g2 = fixture_config("tiny-gemma2");
@@ -250,8 +248,8 @@ fn block_descriptions_of_every_architecture() {
 
     let s = fixture_config("tiny-smollm3");
     assert_eq!(s.architecture, Architecture::SmolLM3);
-    assert_eq!(s.layer_specs[0], global);
-    assert_eq!(s.layer_specs[1].rope, LayerRope::None);
+    assert_eq!(s.layer_specs[..3], [global, global, global]);
+    assert_eq!(s.layer_specs[3].rope, LayerRope::None);
 
     let m = fixture_config("tiny-mistral");
     assert_eq!(m.architecture, Architecture::Llama);
