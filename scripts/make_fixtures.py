@@ -69,7 +69,9 @@ MODELS = {
                          hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True),
                     "f16", True),
     "tiny-gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM,
-                    dict(head_dim=16, query_pre_attn_scalar=24, sliding_window=6,
+                    # query_pre_attn_scalar = head_dim, as in Gemma 2 2B/9B (llama.cpp's GGUF
+                    # reader assumes it).
+                    dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=6,
                          attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
                          rope_theta=10000.0, hidden_activation="gelu_pytorch_tanh",
                          tie_word_embeddings=True),

@@ -142,6 +142,49 @@ fn tiny_mistral_matches_transformers() {
     check_fixture("tiny-mistral");
 }
 
+/// The same tiny models converted to GGUF by llama.cpp's own converter
+/// (scripts/convert_fixtures_to_gguf.py: q/k permuted for its interleaved RoPE, Gemma's norms
+/// as 1 + w, Phi-3's LongRoPE factors as tensors, each architecture's metadata keys) give
+/// transformers' logits too: the GGUF path of every architecture.
+#[test]
+fn gguf_conversions_match_transformers() {
+    use pocketlm::load::load_native;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    for name in [
+        "tiny-llama",
+        "tiny-qwen2",
+        "tiny-qwen2-bf16",
+        "tiny-qwen3",
+        "tiny-gemma2",
+        "tiny-gemma3",
+        "tiny-phi3",
+        "tiny-smollm3",
+    ] {
+        let path = dir.join(format!("{name}.gguf"));
+        let loaded = pollster::block_on(load_native(
+            ctx(),
+            path.to_str().unwrap(),
+            LoadOptions::default(),
+        ))
+        .unwrap();
+        let config = ModelConfig::from_gguf(loaded.files.gguf_metadata().unwrap(), &loaded.files)
+            .unwrap_or_else(|e| panic!("{name}.gguf: {e}"));
+        let hf = load_fixture(name);
+        let model = pollster::block_on(Decoder::new(ctx(), config, loaded.tensors, 64, DType::F32))
+            .unwrap_or_else(|e| panic!("{name}.gguf: {e}"));
+        check_loaded(
+            &format!("{name}.gguf"),
+            Fixture {
+                model,
+                ids: hf.ids,
+                want: hf.want,
+                vocab: hf.vocab,
+            },
+        );
+        hf.model.destroy();
+    }
+}
+
 /// Embedding and output tables larger than a storage binding are split into row ranges on
 /// upload, and the embedding lookup and LM head run once per part: forced here with a small
 /// binding limit (Gemma 3's 262,144-token table needs it on every adapter). tiny-llama has an

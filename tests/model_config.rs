@@ -223,7 +223,19 @@ fn block_descriptions_of_every_architecture() {
     let g2 = fixture_config("tiny-gemma2");
     assert_eq!(g2.architecture, Architecture::Gemma2);
     assert_eq!((g2.attn_softcap, g2.final_softcap), (Some(5.0), Some(3.0)));
-    assert!((g2.attn_scale - 1.0 / 24f32.sqrt()).abs() < 1e-7);
+    assert_eq!(g2.attn_scale, 0.25);
+    // query_pre_attn_scalar sets the scale when it is not head_dim (Gemma 2 27B).
+    let json = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models/tiny-gemma2/config.json"),
+    )
+    .unwrap()
+    .replace(
+        "\"query_pre_attn_scalar\": 16",
+        "\"query_pre_attn_scalar\": 24",
+    );
+    let g27 = ModelConfig::from_hf_json(&json, "gemma2").unwrap();
+    assert!((g27.attn_scale - 1.0 / 24f32.sqrt()).abs() < 1e-7);
     assert!(!g2.qk_norm && g2.rope_local.is_none());
     assert_eq!(g2.layer_specs[0].window, Some(6));
     assert_eq!(g2.layer_specs[1], global);
