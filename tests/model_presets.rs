@@ -1,0 +1,92 @@
+//! SmolLM2-135M requantized by llama.cpp's quantizer into the presets people download (Q2_K,
+//! Q3_K_M, Q4_K_M, Q5_K_M, Q5_1, Q6_K, Q8_0, IQ4_NL, IQ4_XS; scripts/make_smollm2_presets.py,
+//! which needs llama-cpp-python and writes the files into models/smollm2-presets/): greedy
+//! generation through the engine equals llama.cpp's on the same file while llama.cpp's top-2
+//! margin is clear (it quantizes activations to 8 bits). Run by `make test-models`, not by
+//! `make test` (the files are made, not downloaded).
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use common::ctx;
+use pocketlm::engine::{Engine, EngineOptions, Flow, GenerateOptions};
+use pocketlm::gpu::DType;
+use pocketlm::load::{load_native, LoadOptions};
+use pocketlm::sample::SamplingParams;
+
+/// llama.cpp's token must equal ours where its best logit leads the second by more than this.
+const CLEAR_MARGIN: f64 = 0.5;
+
+#[test]
+fn smollm2_presets_match_llama_cpp() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("tests/fixtures/smollm2/presets.json")).unwrap(),
+    )
+    .unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let presets = reference["presets"].as_object().unwrap();
+    assert_eq!(presets.len(), 9);
+    for (name, preset) in presets {
+        let path = root.join(format!("models/smollm2-presets/{name}.gguf"));
+        assert!(
+            path.is_file(),
+            "{} is missing: run scripts/make_smollm2_presets.py (needs llama-cpp-python)",
+            path.display()
+        );
+        let loaded = pollster::block_on(load_native(
+            ctx(),
+            path.to_str().unwrap(),
+            LoadOptions::default(),
+        ))
+        .unwrap();
+        let options = EngineOptions {
+            context: Some(64),
+            kv_dtype: Some(DType::F32),
+        };
+        let mut engine = pollster::block_on(Engine::new(ctx(), loaded, &options)).unwrap();
+        for case in preset["cases"].as_array().unwrap() {
+            let text = case["prompt"].as_str().unwrap();
+            let prompt = engine.text_prompt(text).unwrap();
+            assert_eq!(
+                prompt,
+                ids(&case["input_ids"]),
+                "{name} '{text}': prompt ids"
+            );
+            let want = ids(&case["llama_cpp_ids"]);
+            let clear = case["llama_cpp_margins"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .position(|m| m.as_f64().unwrap() <= CLEAR_MARGIN)
+                .unwrap_or(want.len());
+            let greedy = GenerateOptions {
+                sampling: SamplingParams::greedy(),
+                max_tokens: Some(want.len()),
+                stop: Vec::new(),
+                ignore_eos: true,
+            };
+            engine.reset();
+            let g = pollster::block_on(
+                engine.generate(ctx(), &prompt, &greedy, &mut |_| Flow::Continue),
+            )
+            .unwrap();
+            assert_eq!(
+                &g.tokens[..clear],
+                &want[..clear],
+                "{name} '{text}': tokens differ from llama.cpp within its {clear} clear steps"
+            );
+            eprintln!(
+                "{name} '{text}': the first {clear} of {} tokens match llama.cpp",
+                want.len()
+            );
+        }
+        engine.destroy();
+    }
+}
