@@ -92,7 +92,7 @@ test("a sha256 mismatch rejects and drops the cached copy", async () => {
   const url = "/fixtures/quant/blocks.gguf";
   const good = await load(url);
   assert.equal(good.ok, true, `${good.code}: ${good.message}`);
-  assert.equal(good.tensors, 9);
+  assert.equal(good.tensors, 15);
   const bad = await load(url, { sha256: "0".repeat(64) });
   assert.equal(bad.ok, false);
   assert.equal(bad.name, "PocketLMError");
@@ -135,7 +135,7 @@ test("aborting stops the download, and the next load succeeds", async () => {
 test("bytes from JavaScript load without a URL, and the cache can be cleared", async () => {
   const r = await load({ fetchBytes: "/fixtures/quant/blocks.gguf" });
   assert.equal(r.ok, true, `${r.code}: ${r.message}`);
-  assert.equal(r.tensors, 9);
+  assert.equal(r.tensors, 15);
   const cleared = await page.evaluate(() => globalThis.pocketlm.clearModelCache());
   assert.equal(cleared, true);
   const cached = await page.evaluate(() => globalThis.pocketlm.listCachedModels());
