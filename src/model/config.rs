@@ -201,11 +201,15 @@ impl ModelConfig {
                 }
             })
             .collect();
-        // llama.cpp's base for Gemma 3's local layers (not in the metadata).
-        let rope_local = (arch == Architecture::Gemma3).then_some(RopeConfig {
-            theta: 10_000.0,
-            ..rope
-        });
+        // Gemma 3's local layers: `rope.freq_base_swa` where the converter wrote it, else
+        // llama.cpp's default of 10,000.
+        let rope_local = match arch {
+            Architecture::Gemma3 => Some(RopeConfig {
+                theta: opt_f("rope.freq_base_swa")?.unwrap_or(10_000.0),
+                ..rope
+            }),
+            _ => None,
+        };
         let cap = |k: &str| -> Result<Option<f32>> { Ok(opt_f(k)?.filter(|&c| c > 0.0)) };
         let config = ModelConfig {
             architecture: arch,
