@@ -1,9 +1,9 @@
 //! SmolLM2-135M requantized by llama.cpp's quantizer into the presets people download (Q2_K,
 //! Q3_K_M, Q4_K_M, Q5_K_M, Q5_1, Q6_K, Q8_0, IQ4_NL, IQ4_XS; scripts/make_smollm2_presets.py,
 //! which needs llama-cpp-python and writes the files into models/smollm2-presets/): greedy
-//! generation through the engine equals llama.cpp's on the same file while llama.cpp's top-2
-//! margin is clear (it quantizes activations to 8 bits). Run by `make test-models`, not by
-//! `make test` (the files are made, not downloaded).
+//! generation through the engine may part from llama.cpp's on the same file only at a step where
+//! llama.cpp's top-2 margin was small (it quantizes activations to 8 bits). Run by
+//! `make test-models`, not by `make test` (the files are made, not downloaded).
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;
@@ -14,7 +14,7 @@ use pocketlm::gpu::DType;
 use pocketlm::load::{load_native, LoadOptions};
 use pocketlm::sample::SamplingParams;
 
-/// llama.cpp's token must equal ours where its best logit leads the second by more than this.
+/// Where llama.cpp's best logit leads the second by more than this, its token must be ours.
 const CLEAR_MARGIN: f64 = 0.5;
 
 #[test]
@@ -60,12 +60,12 @@ fn smollm2_presets_match_llama_cpp() {
                 "{name} '{text}': prompt ids"
             );
             let want = ids(&case["llama_cpp_ids"]);
-            let clear = case["llama_cpp_margins"]
+            let margins: Vec<f64> = case["llama_cpp_margins"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .position(|m| m.as_f64().unwrap() <= CLEAR_MARGIN)
-                .unwrap_or(want.len());
+                .map(|m| m.as_f64().unwrap())
+                .collect();
             let greedy = GenerateOptions {
                 sampling: SamplingParams::greedy(),
                 max_tokens: Some(want.len()),
@@ -77,14 +77,31 @@ fn smollm2_presets_match_llama_cpp() {
                 engine.generate(ctx(), &prompt, &greedy, &mut |_| Flow::Continue),
             )
             .unwrap();
-            assert_eq!(
-                &g.tokens[..clear],
-                &want[..clear],
-                "{name} '{text}': tokens differ from llama.cpp within its {clear} clear steps"
-            );
+            // The sequences may part only where llama.cpp's choice was unclear.
+            let same = g
+                .tokens
+                .iter()
+                .zip(&want)
+                .take_while(|(a, b)| a == b)
+                .count();
+            if same < want.len() {
+                assert!(
+                    margins[same] <= CLEAR_MARGIN,
+                    "{name} '{text}': token {same} is {} where llama.cpp chose {} with a clear \
+                     margin of {}",
+                    g.tokens[same],
+                    want[same],
+                    margins[same]
+                );
+            }
             eprintln!(
-                "{name} '{text}': the first {clear} of {} tokens match llama.cpp",
-                want.len()
+                "{name} '{text}': {same} of {} tokens equal llama.cpp's{}",
+                want.len(),
+                if same < want.len() {
+                    format!(" (then parted where its margin was {})", margins[same])
+                } else {
+                    String::new()
+                }
             );
         }
         engine.destroy();
