@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::ctx;
+use common::{ctx, fixture_json, read_f32_file, token_ids};
 use pocketlm::gpu::DType;
 use pocketlm::load::{load_native, LoadOptions};
 use pocketlm::model::{Decoder, ModelConfig};
@@ -44,28 +44,11 @@ fn presets_match_llama_cpp() {
     let mut types_seen = std::collections::HashSet::new();
     for preset in PRESETS {
         let path = dir.join(format!("{preset}.gguf"));
-        let reference: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.join(format!("{preset}.json"))).unwrap(),
-        )
-        .unwrap();
-        let ids = |v: &serde_json::Value| -> Vec<u32> {
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect()
-        };
-        let prompt = ids(&reference["prompt"]);
-        let greedy = ids(&reference["exact_greedy"]);
-        let floats = |file: &str| -> Vec<f32> {
-            std::fs::read(dir.join(file))
-                .unwrap()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
-        };
-        let want = floats(&format!("{preset}.logits.f32"));
-        let exact = floats(&format!("{preset}.exact.f32"));
+        let reference = fixture_json(&format!("gguf/{preset}.json"));
+        let prompt = token_ids(&reference["prompt"]);
+        let greedy = token_ids(&reference["exact_greedy"]);
+        let want = read_f32_file(&dir.join(format!("{preset}.logits.f32")));
+        let exact = read_f32_file(&dir.join(format!("{preset}.exact.f32")));
 
         let loaded = pollster::block_on(load_native(
             ctx(),

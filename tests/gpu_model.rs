@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::ctx;
+use common::{ctx, read_f32_file};
 use pocketlm::gpu::DType;
 use pocketlm::load::{load_directory, LoadOptions};
 use pocketlm::model::{Decoder, ModelConfig};
@@ -37,11 +37,7 @@ fn load_fixture_with(name: &str, opts: LoadOptions) -> Fixture {
         .iter()
         .map(|v| v.as_u64().unwrap() as u32)
         .collect();
-    let want: Vec<f32> = std::fs::read(dir.join("logits.f32"))
-        .unwrap()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let want = read_f32_file(&dir.join("logits.f32"));
     let vocab = config.vocab;
     let model =
         pollster::block_on(Decoder::new(ctx(), config, loaded.tensors, 64, DType::F32)).unwrap();

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::ctx;
+use common::{ctx, fixture_json, numbers, token_ids};
 use pocketlm::engine::{Engine, EngineOptions, Flow, GenerateOptions};
 use pocketlm::gpu::DType;
 use pocketlm::load::{load_native, LoadOptions};
@@ -42,17 +42,7 @@ fn gemma3_greedy_generation_matches_transformers_and_llama_cpp() {
         kv_dtype: Some(DType::F32),
     };
     let mut engine = pollster::block_on(Engine::new(ctx(), loaded, &options)).unwrap();
-    let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("tests/fixtures/gemma3/greedy.json")).unwrap(),
-    )
-    .unwrap();
-    let ids = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
+    let reference = fixture_json("gemma3/greedy.json");
     let greedy = GenerateOptions {
         sampling: SamplingParams::greedy(),
         max_tokens: Some(TOKENS),
@@ -62,13 +52,17 @@ fn gemma3_greedy_generation_matches_transformers_and_llama_cpp() {
     for case in reference["cases"].as_array().unwrap().iter().take(PROMPTS) {
         let text = case["prompt"].as_str().unwrap();
         let prompt = engine.text_prompt(text).unwrap();
-        assert_eq!(prompt, ids(&case["input_ids"]), "'{text}': prompt ids");
+        assert_eq!(
+            prompt,
+            token_ids(&case["input_ids"]),
+            "'{text}': prompt ids"
+        );
         let start = std::time::Instant::now();
         engine.reset();
         let g =
             pollster::block_on(engine.generate(ctx(), &prompt, &greedy, &mut |_| Flow::Continue))
                 .unwrap();
-        let want = &ids(&case["generated_ids"])[..TOKENS];
+        let want = &token_ids(&case["generated_ids"])[..TOKENS];
         let first_diff = g.tokens.iter().zip(want).position(|(a, b)| a != b);
         assert!(
             first_diff.is_none() && g.tokens.len() == want.len(),
@@ -77,13 +71,8 @@ fn gemma3_greedy_generation_matches_transformers_and_llama_cpp() {
         );
         // llama.cpp: the sequences may part only where llama.cpp's choice was unclear (its top-2
         // margin below CLEAR_MARGIN); after that they continue different texts.
-        let lc = ids(&case["llama_cpp_ids"]);
-        let margins: Vec<f64> = case["llama_cpp_margins"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m.as_f64().unwrap())
-            .collect();
+        let lc = token_ids(&case["llama_cpp_ids"]);
+        let margins = numbers(&case["llama_cpp_margins"]);
         let same = g.tokens.iter().zip(&lc).take_while(|(a, b)| a == b).count();
         if same < TOKENS {
             assert!(

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::ctx;
+use common::{ctx, fixture_json, numbers, token_ids};
 use pocketlm::engine::{Engine, EngineOptions, Flow, GenerateOptions};
 use pocketlm::gpu::DType;
 use pocketlm::load::{load_native, LoadOptions};
@@ -20,17 +20,7 @@ const CLEAR_MARGIN: f64 = 0.5;
 #[test]
 fn smollm2_presets_match_llama_cpp() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("tests/fixtures/smollm2/presets.json")).unwrap(),
-    )
-    .unwrap();
-    let ids = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
+    let reference = fixture_json("smollm2/presets.json");
     let presets = reference["presets"].as_object().unwrap();
     assert_eq!(presets.len(), 9);
     for (name, preset) in presets {
@@ -56,16 +46,11 @@ fn smollm2_presets_match_llama_cpp() {
             let prompt = engine.text_prompt(text).unwrap();
             assert_eq!(
                 prompt,
-                ids(&case["input_ids"]),
+                token_ids(&case["input_ids"]),
                 "{name} '{text}': prompt ids"
             );
-            let want = ids(&case["llama_cpp_ids"]);
-            let margins: Vec<f64> = case["llama_cpp_margins"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m.as_f64().unwrap())
-                .collect();
+            let want = token_ids(&case["llama_cpp_ids"]);
+            let margins = numbers(&case["llama_cpp_margins"]);
             let greedy = GenerateOptions {
                 sampling: SamplingParams::greedy(),
                 max_tokens: Some(want.len()),

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::ctx;
+use common::{ctx, fixture_json, token_ids};
 use pocketlm::engine::{Engine, EngineOptions, Flow, GenerateOptions};
 use pocketlm::gpu::DType;
 use pocketlm::load::{load_native, LoadOptions};
@@ -37,17 +37,7 @@ fn smollm2_greedy_generation_matches_transformers() {
         kv_dtype: Some(DType::F32),
     };
     let mut engine = pollster::block_on(Engine::new(ctx(), loaded, &options)).unwrap();
-    let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("tests/fixtures/smollm2/greedy.json")).unwrap(),
-    )
-    .unwrap();
-    let ids = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
+    let reference = fixture_json("smollm2/greedy.json");
     let greedy = GenerateOptions {
         sampling: SamplingParams::greedy(),
         max_tokens: Some(TOKENS),
@@ -58,8 +48,12 @@ fn smollm2_greedy_generation_matches_transformers() {
     for case in reference["cases"].as_array().unwrap() {
         let text = case["prompt"].as_str().unwrap();
         let prompt = engine.text_prompt(text).unwrap();
-        assert_eq!(prompt, ids(&case["input_ids"]), "'{text}': prompt ids");
-        let want = &ids(&case["generated_ids"])[..TOKENS];
+        assert_eq!(
+            prompt,
+            token_ids(&case["input_ids"]),
+            "'{text}': prompt ids"
+        );
+        let want = &token_ids(&case["generated_ids"])[..TOKENS];
         let start = std::time::Instant::now();
         let g =
             pollster::block_on(engine.generate(ctx(), &prompt, &greedy, &mut |_| Flow::Continue))
