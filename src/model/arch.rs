@@ -69,39 +69,6 @@ pub enum Role {
 }
 
 impl Role {
-    /// One tensor per layer (the name has a layer index).
-    pub fn per_layer(self) -> bool {
-        !matches!(
-            self,
-            Role::TokenEmbd
-                | Role::OutputNorm
-                | Role::Output
-                | Role::RopeFreqs
-                | Role::RopeFactorsShort
-                | Role::RopeFactorsLong
-        )
-    }
-
-    /// A 1-D parameter (norm weight, bias, factors): converted to f32 on load.
-    pub fn is_vector(self) -> bool {
-        matches!(
-            self,
-            Role::OutputNorm
-                | Role::RopeFreqs
-                | Role::RopeFactorsShort
-                | Role::RopeFactorsLong
-                | Role::AttnNorm
-                | Role::QBias
-                | Role::KBias
-                | Role::VBias
-                | Role::QNorm
-                | Role::KNorm
-                | Role::PostAttnNorm
-                | Role::FfnNorm
-                | Role::PostFfnNorm
-        )
-    }
-
     /// An RMSNorm weight (Gemma's Hugging Face checkpoints store these as `w - 1`).
     pub fn is_norm(self) -> bool {
         matches!(

@@ -348,15 +348,24 @@ impl Decoder {
             factor_tensors.push(t.take(role, 0)?);
         }
 
-        // Every 1-D parameter goes through one conversion to f32.
+        // Every 1-D parameter (norm weights, biases) goes through one conversion to f32; until
+        // then a layer refers to its parameters by their index in `vectors`.
         let mut vectors: Vec<(GpuTensor, f32)> = Vec::new();
-        let vec_at = |v: &mut Vec<(GpuTensor, f32)>, t: GpuTensor, norm: bool| -> usize {
-            v.push((t, if norm { c.norm_offset } else { 0.0 }));
-            v.len() - 1
+        let vector = |t: &mut Tensors,
+                      v: &mut Vec<(GpuTensor, f32)>,
+                      role: Role,
+                      layer: usize,
+                      n: usize|
+         -> Result<Option<usize>> {
+            let Some(x) = t.take(role, layer)? else {
+                return Ok(None);
+            };
+            expect(&x, &[n])?;
+            v.push((x, if role.is_norm() { c.norm_offset } else { 0.0 }));
+            Ok(Some(v.len() - 1))
         };
-        let out_norm = t.required(Role::OutputNorm, 0)?;
-        expect(&out_norm, &[c.hidden])?;
-        let out_norm_at = vec_at(&mut vectors, out_norm, true);
+        let out_norm_at = vector(&mut t, &mut vectors, Role::OutputNorm, 0, c.hidden)?
+            .ok_or_else(|| missing(t.name(Role::OutputNorm, 0).unwrap_or_default()))?;
 
         /// A layer whose 1-D parameters are indices into `vectors` until converted.
         struct RawLayer {
@@ -374,22 +383,14 @@ impl Decoder {
         }
         let mut raw = Vec::with_capacity(c.layers);
         for l in 0..c.layers {
-            let norm = |t: &mut Tensors, v: &mut Vec<(GpuTensor, f32)>, role: Role, n: usize| {
-                t.take(role, l)?
-                    .map(|x| {
-                        expect(&x, &[n])?;
-                        Ok(vec_at(v, x, true))
-                    })
-                    .transpose()
-            };
-            let attn_norm = norm(&mut t, &mut vectors, Role::AttnNorm, c.hidden)?
+            let attn_norm = vector(&mut t, &mut vectors, Role::AttnNorm, l, c.hidden)?
                 .ok_or_else(|| missing(t.name(Role::AttnNorm, l).unwrap_or_default()))?;
-            let ffn_norm = norm(&mut t, &mut vectors, Role::FfnNorm, c.hidden)?
+            let ffn_norm = vector(&mut t, &mut vectors, Role::FfnNorm, l, c.hidden)?
                 .ok_or_else(|| missing(t.name(Role::FfnNorm, l).unwrap_or_default()))?;
-            let q_norm = norm(&mut t, &mut vectors, Role::QNorm, c.head_dim)?;
-            let k_norm = norm(&mut t, &mut vectors, Role::KNorm, c.head_dim)?;
-            let post_attn_norm = norm(&mut t, &mut vectors, Role::PostAttnNorm, c.hidden)?;
-            let post_ffn_norm = norm(&mut t, &mut vectors, Role::PostFfnNorm, c.hidden)?;
+            let q_norm = vector(&mut t, &mut vectors, Role::QNorm, l, c.head_dim)?;
+            let k_norm = vector(&mut t, &mut vectors, Role::KNorm, l, c.head_dim)?;
+            let post_attn_norm = vector(&mut t, &mut vectors, Role::PostAttnNorm, l, c.hidden)?;
+            let post_ffn_norm = vector(&mut t, &mut vectors, Role::PostFfnNorm, l, c.hidden)?;
             let (qkv, qkv_bias) = match t.take(Role::Qkv, l)? {
                 Some(w) => {
                     expect(&w, &[q_rows + 2 * kv_rows, c.hidden])?;
@@ -408,13 +409,7 @@ impl Decoder {
                         (Role::KBias, kv_rows),
                         (Role::VBias, kv_rows),
                     ] {
-                        biases.push(match t.take(role, l)? {
-                            Some(b) => {
-                                expect(&b, &[n])?;
-                                Some(vec_at(&mut vectors, b, false))
-                            }
-                            None => None,
-                        });
+                        biases.push(vector(&mut t, &mut vectors, role, l, n)?);
                     }
                     let some = biases.iter().filter(|b| b.is_some()).count();
                     if some != 0 && some != 3 {
