@@ -9,11 +9,11 @@
 
 mod common;
 
-use common::{ctx, fixture_json, numbers, token_ids};
-use pocketlm::engine::{Engine, EngineOptions, Flow, GenerateOptions};
-use pocketlm::gpu::DType;
-use pocketlm::load::{load_native, LoadOptions};
-use pocketlm::sample::SamplingParams;
+use common::{
+    assert_parts_only_where_unclear, ctx, fixture_json, greedy, numbers, real_model_engine,
+    token_ids,
+};
+use pocketlm::engine::Flow;
 
 /// Prompts and tokens compared (the fixture has 3 × 24): enough to cross the sliding windows'
 /// local/global pattern many times, few enough for the CPU drivers CI runs on.
@@ -24,31 +24,12 @@ const CLEAR_MARGIN: f64 = 0.5;
 
 #[test]
 fn gemma3_greedy_generation_matches_transformers_and_llama_cpp() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let path = root.join("models/gemma-3-270m-q4_k_m.gguf");
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-gemma3.sh",
-        path.display()
+    let mut engine = real_model_engine(
+        "models/gemma-3-270m-q4_k_m.gguf",
+        "run scripts/fetch-gemma3.sh",
+        128,
     );
-    let loaded = pollster::block_on(load_native(
-        ctx(),
-        path.to_str().unwrap(),
-        LoadOptions::default(),
-    ))
-    .unwrap();
-    let options = EngineOptions {
-        context: Some(128),
-        kv_dtype: Some(DType::F32),
-    };
-    let mut engine = pollster::block_on(Engine::new(ctx(), loaded, &options)).unwrap();
     let reference = fixture_json("gemma3/greedy.json");
-    let greedy = GenerateOptions {
-        sampling: SamplingParams::greedy(),
-        max_tokens: Some(TOKENS),
-        stop: Vec::new(),
-        ignore_eos: true,
-    };
     for case in reference["cases"].as_array().unwrap().iter().take(PROMPTS) {
         let text = case["prompt"].as_str().unwrap();
         let prompt = engine.text_prompt(text).unwrap();
@@ -59,9 +40,10 @@ fn gemma3_greedy_generation_matches_transformers_and_llama_cpp() {
         );
         let start = std::time::Instant::now();
         engine.reset();
-        let g =
-            pollster::block_on(engine.generate(ctx(), &prompt, &greedy, &mut |_| Flow::Continue))
-                .unwrap();
+        let g = pollster::block_on(
+            engine.generate(ctx(), &prompt, &greedy(TOKENS), &mut |_| Flow::Continue),
+        )
+        .unwrap();
         let want = &token_ids(&case["generated_ids"])[..TOKENS];
         let first_diff = g.tokens.iter().zip(want).position(|(a, b)| a != b);
         assert!(
@@ -69,20 +51,14 @@ fn gemma3_greedy_generation_matches_transformers_and_llama_cpp() {
             "'{text}': tokens differ from transformers at {first_diff:?}:\n got  {:?}\n want {want:?}",
             g.tokens
         );
-        // llama.cpp: the sequences may part only where llama.cpp's choice was unclear (its top-2
-        // margin below CLEAR_MARGIN); after that they continue different texts.
-        let lc = token_ids(&case["llama_cpp_ids"]);
-        let margins = numbers(&case["llama_cpp_margins"]);
-        let same = g.tokens.iter().zip(&lc).take_while(|(a, b)| a == b).count();
-        if same < TOKENS {
-            assert!(
-                margins[same] <= CLEAR_MARGIN,
-                "'{text}': token {same} is {} where llama.cpp chose {} with a clear margin of {}",
-                g.tokens[same],
-                lc[same],
-                margins[same]
-            );
-        }
+        // llama.cpp: after an unclear step the sequences continue different texts.
+        let same = assert_parts_only_where_unclear(
+            &format!("'{text}'"),
+            &g.tokens,
+            &token_ids(&case["llama_cpp_ids"]),
+            &numbers(&case["llama_cpp_margins"]),
+            CLEAR_MARGIN,
+        );
         eprintln!(
             "'{text}': {TOKENS} tokens match transformers, the first {same} llama.cpp's ({:.1} s, \
              {:.2} tokens/s decoding)",

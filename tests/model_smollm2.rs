@@ -5,11 +5,8 @@
 
 mod common;
 
-use common::{ctx, fixture_json, token_ids};
-use pocketlm::engine::{Engine, EngineOptions, Flow, GenerateOptions};
-use pocketlm::gpu::DType;
-use pocketlm::load::{load_native, LoadOptions};
-use pocketlm::sample::SamplingParams;
+use common::{ctx, fixture_json, greedy, real_model_engine, token_ids};
+use pocketlm::engine::Flow;
 
 /// Tokens compared per prompt (the fixture has 40).
 const TOKENS: usize = 32;
@@ -19,32 +16,13 @@ const TOKENS: usize = 32;
 /// three prompts: prefill, then decode through the KV cache (f32, as transformers keeps it).
 #[test]
 fn smollm2_greedy_generation_matches_transformers() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let path = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-model.sh",
-        path.display()
+    let mut engine = real_model_engine(
+        "models/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "run scripts/fetch-model.sh",
+        256,
     );
-    let loaded = pollster::block_on(load_native(
-        ctx(),
-        path.to_str().unwrap(),
-        LoadOptions::default(),
-    ))
-    .unwrap();
-    let options = EngineOptions {
-        context: Some(256),
-        kv_dtype: Some(DType::F32),
-    };
-    let mut engine = pollster::block_on(Engine::new(ctx(), loaded, &options)).unwrap();
     let reference = fixture_json("smollm2/greedy.json");
-    let greedy = GenerateOptions {
-        sampling: SamplingParams::greedy(),
-        max_tokens: Some(TOKENS),
-        stop: Vec::new(),
-        // transformers generated past end-of-turn tokens.
-        ignore_eos: true,
-    };
+    let greedy = greedy(TOKENS);
     for case in reference["cases"].as_array().unwrap() {
         let text = case["prompt"].as_str().unwrap();
         let prompt = engine.text_prompt(text).unwrap();

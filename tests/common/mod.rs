@@ -164,3 +164,63 @@ pub fn read_f32_file(path: &std::path::Path) -> Vec<f32> {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect()
 }
+
+/// A real model file under the repository (`rel`, e.g. "models/x.gguf") in an engine with an
+/// f32 KV cache of `context` positions; a missing file fails with `get_it` (how to fetch it).
+pub fn real_model_engine(rel: &str, get_it: &str, context: usize) -> pocketlm::engine::Engine {
+    use pocketlm::engine::{Engine, EngineOptions};
+    use pocketlm::load::{load_native, LoadOptions};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    assert!(path.is_file(), "{} is missing: {get_it}", path.display());
+    let loaded = pollster::block_on(load_native(
+        ctx(),
+        path.to_str().unwrap(),
+        LoadOptions::default(),
+    ))
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let options = EngineOptions {
+        context: Some(context),
+        kv_dtype: Some(pocketlm::gpu::DType::F32),
+    };
+    pollster::block_on(Engine::new(ctx(), loaded, &options))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Greedy generation of exactly `tokens` tokens (end-of-turn tokens do not stop it, as the
+/// references generated past them).
+pub fn greedy(tokens: usize) -> pocketlm::engine::GenerateOptions {
+    pocketlm::engine::GenerateOptions {
+        sampling: pocketlm::sample::SamplingParams::greedy(),
+        max_tokens: Some(tokens),
+        stop: Vec::new(),
+        ignore_eos: true,
+    }
+}
+
+/// Our greedy tokens against llama.cpp's (which quantizes activations to 8 bits): the sequences
+/// may part only at a step where llama.cpp's top-2 logit margin was at most `clear_margin`.
+/// Returns how many leading tokens are equal.
+pub fn assert_parts_only_where_unclear(
+    what: &str,
+    got: &[u32],
+    llama_cpp: &[u32],
+    margins: &[f64],
+    clear_margin: f64,
+) -> usize {
+    let n = got.len().min(llama_cpp.len());
+    let same = got
+        .iter()
+        .zip(llama_cpp)
+        .take_while(|(a, b)| a == b)
+        .count();
+    if same < n {
+        assert!(
+            margins[same] <= clear_margin,
+            "{what}: token {same} is {} where llama.cpp chose {} with a clear margin of {}",
+            got[same],
+            llama_cpp[same],
+            margins[same]
+        );
+    }
+    same
+}
