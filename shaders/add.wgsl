@@ -1,18 +1,8 @@
 // Element-wise addition for residual streams: `add` computes out = a + b, `add_in_place`
 // computes out += b (the residual stream accumulating a block's output, with one read_write
-// binding). Both entry points share `b` (binding 1) and `out` (binding 2); only `add` uses `a`
-// (binding 3), so the in-place pipeline's layout is bindings 0-2. (Output before an input breaks
-// the usual order, but lets both variants live in one file without two variables sharing a
-// binding.) Each invocation handles ELEMS elements, WG apart. Prelude: WG, ELEMS.
-
-struct Params {
-    n: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@group(0) @binding(3) var<storage, read> a: array<f32>;
+// binding). Both entry points share `b` and `out`; only `add` uses `a`, so the in-place
+// pipeline's layout leaves it out. Each invocation handles ELEMS elements, WG apart.
+// Prelude: WG, ELEMS, and the bindings of `ADD` (src/kernels/elementwise.rs).
 
 @compute @workgroup_size(WG)
 fn add(

@@ -16,35 +16,8 @@
 // R*HD output accumulators.
 //
 // Prelude: WG, HD, HW (cache words per row: HD/2 rounded up for f16, HD for f32), KS, GB, TQ,
-// R, TK, P, PART (R*TK*P, or 1 when P = 1), OUTS (ceil(R*HD / WG)), KV_F16, SINGLE.
-
-struct Params {
-    n_heads: u32,
-    kv_heads: u32,
-    group: u32,        // query heads per kv head
-    head_blocks: u32,  // ceil(group / GB)
-    token_blocks: u32, // ceil(largest step / TQ)
-    n_chunks: u32,
-    chunk_len: u32,
-    scale: f32,
-    window: u32,   // a key is visible to a query at most this many positions back; 0: no limit
-    softcap: f32,  // scores become softcap * tanh(score / softcap); 0: no capping
-}
-
-struct Step {
-    offset: u32,
-    n_tokens: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<uniform> step: Step;
-@group(0) @binding(2) var<storage, read> q: array<f32>;
-@group(0) @binding(3) var<storage, read> k_cache: array<u32>;
-@group(0) @binding(4) var<storage, read> v_cache: array<u32>;
-// SINGLE: the output [tokens, n_heads, HD]; otherwise partial outputs [tokens * n_heads, n_chunks, HD].
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
-// (m, l) per [tokens * n_heads, n_chunks]; not written when SINGLE.
-@group(0) @binding(6) var<storage, read_write> part_ml: array<vec2<f32>>;
+// R, TK, P, PART (R*TK*P, or 1 when P = 1), OUTS (ceil(R*HD / WG)), KV_F16, SINGLE, and the
+// bindings of `ATTENTION` (src/kernels/attention.rs).
 
 // Stands for -infinity (WGSL has no infinite literals); far below any finite score.
 const NEG: f32 = -1.0e30;

@@ -2,25 +2,7 @@
 // element d, with the chunks c that hold at least one visible key (c * chunk_len <= position):
 //   M = max m_c,  out = sum_c o_c[d] * exp(m_c - M) / sum_c l_c * exp(m_c - M).
 // One invocation per output element; tokens past the step exit at once.
-// Prelude: WG.
-
-struct Params {
-    n_heads: u32,
-    n_chunks: u32,
-    chunk_len: u32,
-    head_dim: u32,
-}
-
-struct Step {
-    offset: u32,
-    n_tokens: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<uniform> step: Step;
-@group(0) @binding(2) var<storage, read> part_o: array<f32>;
-@group(0) @binding(3) var<storage, read> part_ml: array<vec2<f32>>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+// Prelude: WG, and the bindings of `COMBINE` (src/kernels/attention.rs).
 
 const NEG: f32 = -1.0e30;
 

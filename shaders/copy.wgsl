@@ -1,13 +1,5 @@
 // dst = src, 16 bytes per invocation: the memory-bandwidth baseline the benchmarks compare
-// kernels against. Prelude: WG.
-
-struct Params {
-    n: u32, // vec4s
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> src: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read_write> dst: array<vec4<u32>>;
+// kernels against. Prelude: WG, and the bindings of `copy` (src/bench.rs).
 
 @compute @workgroup_size(WG)
 fn copy(

@@ -1,17 +1,7 @@
 // dst's 16-bit halves [d0, d0 + count) = src's halves [s0, s0 + count), other halves of the words
 // touched kept: concat_rows's copy of f16 block scales (two per word) to an odd position, which
-// a buffer copy (4-byte granular) cannot do. One invocation per word of dst. Prelude: WG.
-
-struct Params {
-    d0: u32,
-    s0: u32,
-    count: u32,
-    words: u32, // words of dst touched
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> src: array<u32>;
-@group(0) @binding(2) var<storage, read_write> dst: array<u32>;
+// a buffer copy (4-byte granular) cannot do. One invocation per word of dst. Prelude: WG, and
+// the bindings of `copy_halves` (src/kernels/linear.rs).
 
 fn src_half(h: u32) -> u32 {
     return (src[h / 2u] >> (16u * (h & 1u))) & 0xFFFFu;

@@ -1,17 +1,7 @@
 // out[i, :] = W[ids[i], :]: embedding lookup straight from a table in any format (quant.wgsl
 // decodes it, bit for bit as ggml). An id outside [0, vocab) gives a row of zeros; the host
-// checks ids before they get here. Prelude: WG, W_FORMAT, QK.
-
-struct Params {
-    n: u32,          // ids
-    cols: u32,       // row length
-    vocab: u32,      // rows of W
-    w_stride: u32,   // float formats: elements between row starts
-    scale_base: u32, // block formats: the word where the scales begin
-    scale: f32,      // every value is multiplied by it (Gemma's √hidden embedding scale)
-    id0: u32,        // the id of W's first row (W is a row range of a larger table)
-    partial: u32,    // 1: ids outside W's rows leave their output row alone (another part's)
-}
+// checks ids before they get here. Prelude: WG, W_FORMAT, QK, and the bindings of `EMBED`
+// (src/kernels/embed.rs).
 
 // The row of W holding `id`, or -1 (a zero row, or nothing written when p.partial is 1).
 fn row_of(id: i32) -> i32 {
@@ -21,11 +11,6 @@ fn row_of(id: i32) -> i32 {
     }
     return r;
 }
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> ids: array<i32>;
-@group(0) @binding(2) var<storage, read> w: array<u32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 // Scale 1 leaves values untouched bit for bit (a multiply could flush subnormals).
 fn scaled(v: f32) -> f32 {

@@ -1,14 +1,6 @@
 // out[i] = gelu(x[i]), the tanh approximation (act.wgsl says how it is evaluated).
 // Each invocation handles ELEMS elements, WG apart so that neighbours touch neighbouring words.
-// Prelude: WG, ELEMS, act.wgsl.
-
-struct Params {
-    n: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+// Prelude: WG, ELEMS, act.wgsl, and the bindings of `gelu` (src/kernels/activation.rs).
 
 @compute @workgroup_size(WG)
 fn gelu_tanh(

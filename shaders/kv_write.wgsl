@@ -4,25 +4,8 @@
 // odd head_dim padded with a zero half), or f32 bits (KV_F16 = 0). One invocation writes one word
 // of k and the same word of v. Values beyond f16's range are saturated to ±65504 first (the
 // conversion of out-of-range values is not defined by WGSL).
-// Prelude: WG, KV_F16; snippet kv_store.wgsl (to_word).
-
-struct Params {
-    kv_heads: u32,
-    head_dim: u32,
-    row_words: u32, // words per (position, kv head) row of the cache
-}
-
-struct Step {
-    offset: u32,
-    n_tokens: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<uniform> step: Step;
-@group(0) @binding(2) var<storage, read> k_in: array<f32>;
-@group(0) @binding(3) var<storage, read> v_in: array<f32>;
-@group(0) @binding(4) var<storage, read_write> k_cache: array<u32>;
-@group(0) @binding(5) var<storage, read_write> v_cache: array<u32>;
+// Prelude: WG, KV_F16, the bindings of `kv_write` (src/kernels/attention.rs); snippet
+// kv_store.wgsl (to_word).
 
 @compute @workgroup_size(WG)
 fn kv_write(

@@ -4,21 +4,9 @@
 // times (sum, squared deviations, output); the second and third reads of a row of a few KiB hit
 // the cache. (Keeping it in a private array instead made the kernel 3x slower on CPU Vulkan
 // drivers, which spill such arrays to memory.)
-// Entry points: `layernorm` (bindings 0-3) and `layernorm_bias` (also binding 4); only the
-// second statically uses `bias`, so each pipeline's layout has exactly the bindings it reads.
-// Prelude: WG (power of two), RED_N (= 1).
-
-struct Params {
-    rows: u32,
-    cols: u32,
-    eps: f32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> weight: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
+// Entry points: `layernorm` and `layernorm_bias`; only the second statically uses `bias`, so each
+// pipeline's layout has exactly the bindings it reads.
+// Prelude: WG (power of two), RED_N (= 1), and the bindings of `layernorm` (src/kernels/norm.rs).
 
 // (mean, 1 / sqrt(var + eps)) of `row`, for every invocation. Workgroups past the last row take
 // part in the reductions with zeros. Call from uniform control flow.

@@ -1,32 +1,14 @@
-// Shared by the linear-layer kernels (matvec, matmul, linear_rows): parameters, bindings and the
-// epilogue. Prelude: W_FORMAT (ggml type number of W), QK (elements per block, 1 for floats),
+// Shared by the linear-layer kernels (matvec, matmul, linear_rows): the epilogue. Prelude: the
+// bindings (`p`, x, w, y, bias, y1, y2, norm_w and, for the vec4 kernel, ws; declared as
+// `WORDS` and `VEC4` in src/kernels/linear.rs), W_FORMAT (ggml type number of W), QK (elements per block, 1 for floats),
 // ACCUMULATE (1: y += result, the residual add), SWIGLU (1: W holds gate rows then up rows and
 // the output is act(gate)·up, GATE_ACT choosing the activation as act.wgsl says), SPLIT (0..=2: outputs past y's columns go to y1, then y2), a
-// `bias_at(n)` function (the bias binding, or 0), `put1`/`put2` (the extra outputs, or stubs),
-// the declarations of x (binding 1) and w (binding 2): f32 and u32 words, or vec4s of them,
-// NORM (1: an RMSNorm prologue, y = rmsnorm(x) · Wᵀ) with the norm weight's accessors
+// `bias_at(n)` function (the bias, or 0), `put1`/`put2` (the extra outputs, or stubs), NORM (1: an RMSNorm prologue, y = rmsnorm(x) · Wᵀ) with the norm weight's accessors
 // `norm_g(k)`, `norm_g4(k)` (elements k..k + 4) and `norm_g4v(i)` (its i-th vec4), or stubs.
 // The prologue: each kernel sums x² over its activation row while it walks k (one more
 // multiply-add per loaded x), multiplies each x it loads by the weight, and multiplies each dot
 // product by norm_scale(Σx²) before the epilogue: 1 / sqrt(Σx² / k + eps), rmsnorm.wgsl's
 // formula, the same for all terms of a row, so applied once.
-
-struct Params {
-    n: u32,          // output columns (SWIGLU: W has 2n rows, gate then up)
-    k: u32,          // inputs (columns of W)
-    m: u32,          // activation rows
-    w_stride: u32,   // float formats: elements between the starts of rows of W as stored
-    blocks: u32,     // workgroups per activation row (or per 64 of them for matmul)
-    scale_base: u32, // block formats: the word where the scales begin
-    y_cols: u32,     // columns of y (n unless SPLIT)
-    y1_cols: u32,    // SPLIT: columns of y1 (y2 has the rest)
-    eps: f32,        // NORM: the RMSNorm eps
-    y_col0: u32,     // output column n is column y_col0 + n of y (0 unless W is a row range of a
-                     // larger matrix: an LM head split over bindings)
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
 fn put0(i: u32, v: f32) {
     var r = v;

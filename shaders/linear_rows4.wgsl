@@ -5,8 +5,8 @@
 // (COLS = NR output columns, or NR / 2 with SWIGLU: their gate rows, then their up rows).
 // Element values are exactly quant.wgsl's (ggml's). With NORM each invocation sums x² of its MT
 // rows as it loads them and loads x times the norm weight (linear_common.wgsl).
-// Prelude: WG, MT, NR, and linear_common.wgsl's, with x: array<vec4<f32>>, w: array<vec4<u32>>,
-// and ws: the same W as array<u32>.
+// Prelude: WG, MT, NR, and linear_common.wgsl's, with the `VEC4` bindings: x: array<vec4<f32>>,
+// w: array<vec4<u32>>, and ws: the same W as array<u32>.
 
 const COLS: u32 = NR >> SWIGLU;
 

@@ -1,18 +1,8 @@
 // y[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight: one workgroup per row. With ADD = 1
 // the result is added to y instead (a post-norm on the way into the residual stream, Gemma's
 // sandwich norms).
-// Prelude: WG (power of two), RED_N (= 1), ADD.
-
-struct Params {
-    rows: u32,
-    cols: u32,
-    eps: f32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> weight: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+// Prelude: WG (power of two), RED_N (= 1), ADD, and the bindings of `rmsnorm`
+// (src/kernels/norm.rs).
 
 @compute @workgroup_size(WG)
 fn rmsnorm(

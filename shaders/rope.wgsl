@@ -5,26 +5,8 @@
 // by position = step.offset + token. Pairs are (2i, 2i + 1) (interleaved) or (i, i + half) (NeoX),
 // for i < half = rotary_dim / 2; elements past rotary_dim are untouched.
 // Tokens past step.n_tokens are left alone, so one dispatch sized for the largest step serves all.
-// Prelude: WG; snippet rope_pairs.wgsl (pair_offsets, rotate).
-
-struct Params {
-    heads: u32,    // heads of x
-    heads_k: u32,  // heads of xk (rope_qk only)
-    head_dim: u32,
-    half: u32,     // rotary_dim / 2
-    neox: u32,     // 1: pairs (i, i + half); 0: pairs (2i, 2i + 1)
-}
-
-struct Step {
-    offset: u32,
-    n_tokens: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<uniform> step: Step;
-@group(0) @binding(2) var<storage, read> table: array<vec2<f32>>;
-@group(0) @binding(3) var<storage, read_write> x: array<f32>;
-@group(0) @binding(4) var<storage, read_write> xk: array<f32>;
+// Prelude: WG, the bindings of `rope` (src/kernels/rope.rs); snippet rope_pairs.wgsl
+// (pair_offsets, rotate).
 
 @compute @workgroup_size(WG)
 fn rope(

@@ -6,30 +6,8 @@
 // kv_heads·row_words write one word of k and of v: each k element is rotated on its own from the
 // original pair, (a, b) -> (a cos - b sin, a sin + b cos), the same expressions as rope.wgsl.
 // Tokens past step.n_tokens are left alone.
-// Prelude: WG, KV_F16; snippets rope_pairs.wgsl and kv_store.wgsl.
-
-struct Params {
-    heads: u32,
-    kv_heads: u32,
-    head_dim: u32,
-    half: u32,      // rotary_dim / 2
-    neox: u32,      // 1: pairs (i, i + half); 0: pairs (2i, 2i + 1)
-    row_words: u32, // words per (position, kv head) row of the cache
-}
-
-struct Step {
-    offset: u32,
-    n_tokens: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<uniform> step: Step;
-@group(0) @binding(2) var<storage, read> table: array<vec2<f32>>;
-@group(0) @binding(3) var<storage, read_write> q: array<f32>;
-@group(0) @binding(4) var<storage, read> k_in: array<f32>;
-@group(0) @binding(5) var<storage, read> v_in: array<f32>;
-@group(0) @binding(6) var<storage, read_write> k_cache: array<u32>;
-@group(0) @binding(7) var<storage, read_write> v_cache: array<u32>;
+// Prelude: WG, KV_F16, the bindings of `rope_kv_write` (src/kernels/attention.rs); snippets
+// rope_pairs.wgsl and kv_store.wgsl.
 
 // Element d of the k row starting at `src`, rotated for position `pos`.
 fn k_rotated(src: u32, d: u32, pos: u32) -> f32 {

@@ -1,14 +1,7 @@
 // x[i] = cap · tanh(x[i] / cap), in place: final-logit soft-capping (Gemma 2). The argument is
 // clamped where tanh is ±1 to f32 precision, so WGSL's exp-based tanh cannot overflow.
-// Each invocation handles ELEMS elements, WG apart. Prelude: WG, ELEMS.
-
-struct Params {
-    n: u32,
-    cap: f32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+// Each invocation handles ELEMS elements, WG apart. Prelude: WG, ELEMS, and the bindings of
+// `softcap` (src/kernels/elementwise.rs).
 
 @compute @workgroup_size(WG)
 fn softcap(

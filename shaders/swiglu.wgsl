@@ -1,15 +1,6 @@
 // out[i] = act(gate[i]) * up[i]: the gated activation of Llama-family (SiLU, GATE_ACT = 0) and
 // Gemma (GELU-tanh, GATE_ACT = 1) MLPs, with act.wgsl's functions.
-// Prelude: WG, GATE_ACT, act.wgsl.
-
-struct Params {
-    n: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> gate: array<f32>;
-@group(0) @binding(2) var<storage, read> up: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+// Prelude: WG, GATE_ACT, act.wgsl, and the bindings of `swiglu` (src/kernels/activation.rs).
 
 @compute @workgroup_size(WG)
 fn swiglu(

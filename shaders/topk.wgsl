@@ -21,22 +21,7 @@
 //
 // Bindings: `src` is the level's input: the logits themselves on the first level (bound twice,
 // both read-only), then the previous level's pairs. Prelude: WG (power of two), K (power of two,
-// 1..=64), TILE (power of two ≥ 2·K).
-
-struct Params {
-    rows: u32,
-    n: u32,       // input elements per row at this level
-    parts: u32,   // workgroups per row
-    span: u32,    // input elements per workgroup (the last of a row may get fewer)
-    mode: u32,    // 0: input is logits (element e has index e); 1: (key, index) pairs
-    final_k: u32, // 0: write K (key, index) pairs per workgroup; k > 0: write k results per row
-    vocab: u32,   // logits per row
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> logits: array<u32>;
-@group(0) @binding(2) var<storage, read> src: array<u32>;
-@group(0) @binding(3) var<storage, read_write> dst: array<u32>;
+// 1..=64), TILE (power of two ≥ 2·K), and the bindings of `TOPK` (src/kernels/sample.rs).
 
 // Index of padding: with key 0 it loses to every real element (the smallest real key, −inf's,
 // is 0x007fffff).

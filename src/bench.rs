@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
-use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Kernel, Specialization};
+use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Interface, Kernel, Slot, Specialization};
 use crate::kernels::{self, build, grid, WG};
 use crate::quant::random_gguf_bytes;
 use crate::rng::Rng;
@@ -28,18 +28,29 @@ impl BenchRow {
     }
 }
 
+crate::uniform! {
+    struct CopyParams {
+        /// vec4s to copy.
+        n: u32,
+    }
+}
+
+const SRC: Slot = Slot::read("src", "vec4<u32>");
+const DST: Slot = Slot::read_write("dst", "vec4<u32>");
+
 /// A dispatch that copies `src` to `dst` (same size, multiple of 16 bytes).
 async fn copy(ctx: &GpuContext, src: &GpuTensor, dst: &GpuTensor) -> Result<Dispatch> {
-    let kernel = Kernel {
-        name: "copy",
-        source: COPY_SRC,
-        entry: "copy",
-        uses_reduce: false,
-    };
+    const KERNEL: Kernel = Kernel::new(
+        "copy",
+        COPY_SRC,
+        "copy",
+        Interface::new::<CopyParams>(&[SRC, DST]),
+    );
     let n = (src.size_bytes() / 16) as u32;
     let wg = grid(ctx, "copy", u64::from(n.div_ceil(WG)))?;
     let spec = Specialization::default().with("WG", WG);
-    build(ctx, &kernel, &spec, &[n, 0, 0, 0], &[src, dst], wg).await
+    let binds = [(SRC, &src.buffer), (DST, &dst.buffer)];
+    build(ctx, &KERNEL, &spec, &CopyParams { n }, &binds, wg).await
 }
 
 /// Runs `d` `calls` times in one command buffer (after one warm-up submit) and returns the wall

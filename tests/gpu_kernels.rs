@@ -17,7 +17,9 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 use half::f16;
-use pocketlm::gpu::{DType, GpuContext, Kernel, Profile, ProfileRequest, Specialization};
+use pocketlm::gpu::{
+    DType, GpuContext, Interface, Kernel, Profile, ProfileRequest, Specialization,
+};
 use pocketlm::kernels;
 use pocketlm::reference::{self, Rng};
 use pocketlm::selfcheck::{run_case, Case, LinearKernel, Outcome};
@@ -340,12 +342,12 @@ fn bad_shapes_and_dtypes_are_typed_errors() {
 /// A kernel that does not compile comes back as an error (through an error scope), not a panic.
 #[test]
 fn shader_compile_errors_are_typed() {
-    let broken = Kernel {
-        name: "broken",
-        source: "@compute @workgroup_size(1) fn main() { let x: u32 = undefined_thing; }",
-        entry: "main",
-        uses_reduce: false,
-    };
+    let broken = Kernel::new(
+        "broken",
+        "@compute @workgroup_size(1) fn main() { let x: u32 = undefined_thing; }",
+        "main",
+        Interface::NONE,
+    );
     let r = pollster::block_on(ctx().pipeline(&broken, &Specialization::default()));
     expect_err(r, "shader_compile", "undefined_thing");
     ctx()

@@ -1,6 +1,7 @@
 //! The GPU layer: device negotiation, compiled kernels, typed tensors, and recording work.
 
 mod context;
+mod interface;
 mod pipeline;
 mod recorder;
 mod tensor;
@@ -8,6 +9,7 @@ mod tensor;
 pub use context::{
     baseline_limits, Capabilities, DeviceReport, GpuContext, GpuStats, Profile, ProfileRequest,
 };
+pub use interface::{Access, Interface, Slot, SlotKind, Uniform, WgslScalar};
 pub use pipeline::{kernel_source, Kernel, PipelineCache, Specialization};
 pub use recorder::{Dispatch, ReadSlot, Readback, Recorder};
 pub use tensor::{DType, GpuTensor};

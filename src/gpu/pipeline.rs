@@ -3,14 +3,15 @@
 //! A kernel's WGSL is specialised by a small generated prelude (`enable` lines and `const`
 //! declarations) rather than by a template language, so every shader file is plain WGSL that both
 //! naga and Tint read. Shared helpers (`shaders/common.wgsl`, and one of the two reduction
-//! implementations) are appended by the prelude generator.
+//! implementations) are appended by the prelude generator, and so are the kernel's bindings and
+//! uniform structs, generated from its [`Interface`].
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
-use crate::gpu::GpuContext;
+use crate::gpu::{GpuContext, Interface};
 
 /// A WGSL source file and the entry point to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -20,6 +21,43 @@ pub struct Kernel {
     pub entry: &'static str,
     /// Whether the kernel calls `workgroup_reduce` (then the profile's implementation is linked).
     pub uses_reduce: bool,
+    /// Its parameters and buffers: the WGSL declarations are generated from it, and the bind
+    /// group is ordered by it.
+    pub interface: Interface,
+}
+
+impl Kernel {
+    pub const fn new(
+        name: &'static str,
+        source: &'static str,
+        entry: &'static str,
+        interface: Interface,
+    ) -> Kernel {
+        Kernel {
+            name,
+            source,
+            entry,
+            uses_reduce: false,
+            interface,
+        }
+    }
+
+    /// The same kernel with the profile's `workgroup_reduce` linked.
+    pub const fn reducing(self) -> Kernel {
+        Kernel {
+            uses_reduce: true,
+            ..self
+        }
+    }
+
+    /// The same source and interface with another entry point.
+    pub const fn entry(self, name: &'static str, entry: &'static str) -> Kernel {
+        Kernel {
+            name,
+            entry,
+            ..self
+        }
+    }
 }
 
 /// Everything that changes the generated code of a kernel: the cache key together with the kernel.
@@ -66,6 +104,7 @@ pub fn kernel_source(kernel: &Kernel, spec: &Specialization) -> String {
     for (name, value) in &spec.consts {
         let _ = writeln!(s, "const {name}: u32 = {value}u;");
     }
+    s.push_str(&kernel.interface.wgsl());
     s.push_str(COMMON);
     if kernel.uses_reduce {
         s.push_str(if spec.subgroups {
@@ -152,6 +191,7 @@ mod tests {
         source: "fn body() {}\n",
         entry: "main",
         uses_reduce: true,
+        interface: Interface::NONE,
     };
 
     #[test]
@@ -196,5 +236,37 @@ mod tests {
             &Specialization::default(),
         );
         assert!(!plain.contains("workgroup_reduce") && !plain.contains("enable"));
+    }
+
+    crate::uniform! {
+        struct SourceParams {
+            n: u32,
+        }
+    }
+
+    #[test]
+    fn interface_is_declared_before_the_helpers_and_the_kernel() {
+        use crate::gpu::Slot;
+        const X: Slot = Slot::read("x", "f32");
+        let kernel = Kernel::new(
+            "k",
+            "fn body() {}\n",
+            "main",
+            Interface::new::<SourceParams>(&[X]),
+        );
+        let src = kernel_source(&kernel, &Specialization::default().with("WG", 64));
+        let decl = src
+            .find("struct SourceParams {\n    n: u32,\n}\n")
+            .expect("the params struct");
+        let x = src
+            .find("@group(0) @binding(1) var<storage, read> x: array<f32>;\n")
+            .expect("x at binding 1");
+        let p = src.find("@group(0) @binding(0) var<uniform> p: SourceParams;\n");
+        let (common, body) = (
+            src.find("fn linear_workgroup").unwrap(),
+            src.find("fn body").unwrap(),
+        );
+        assert!(src.starts_with("const WG: u32 = 64u;\n"));
+        assert!(decl < p.expect("p at binding 0") && p.unwrap() < x && x < common && common < body);
     }
 }

@@ -1,7 +1,7 @@
 //! Element-wise activations.
 
 use crate::error::Result;
-use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Kernel, Specialization};
+use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Interface, Kernel, Slot, Specialization};
 use crate::kernels::elementwise::{elementwise_grid, same_shape_f32, ELEMS};
 use crate::kernels::{build, dim, expect_distinct, expect_dtype, grid, mismatch, WG};
 
@@ -36,11 +36,16 @@ impl GateActivation {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
+crate::uniform! {
+    struct ActParams {
+        n: u32,
+    }
 }
+
+const GATE: Slot = Slot::read("gate", "f32");
+const UP: Slot = Slot::read("up", "f32");
+const X: Slot = Slot::read("x", "f32");
+const OUT: Slot = Slot::read_write("out", "f32");
 
 /// SwiGLU: `out = silu(gate) * up`, element-wise over tensors of one shape.
 pub async fn swiglu(
@@ -80,19 +85,20 @@ pub async fn gated(
             ),
         ));
     }
-    let kernel = Kernel {
-        name: NAME,
-        source: SWIGLU_SRC,
-        entry: "swiglu",
-        uses_reduce: false,
-    };
+    const KERNEL: Kernel = Kernel::new(
+        NAME,
+        SWIGLU_SRC,
+        "swiglu",
+        Interface::new::<ActParams>(&[GATE, UP, OUT]),
+    );
     let n = dim(NAME, "elements", gate.numel())?;
     let wg = grid(ctx, NAME, u64::from(n.div_ceil(WG)))?;
     let spec = Specialization::default()
         .with("WG", WG)
         .with("GATE_ACT", act.id())
         .snippet(ACT);
-    build(ctx, &kernel, &spec, &Params { n }, &[gate, up, out], wg).await
+    let binds = [(GATE, &gate.buffer), (UP, &up.buffer), (OUT, &out.buffer)];
+    build(ctx, &KERNEL, &spec, &ActParams { n }, &binds, wg).await
 }
 
 const GELU_SRC: &str = include_str!("../../shaders/gelu.wgsl");
@@ -104,17 +110,18 @@ pub async fn gelu(ctx: &GpuContext, x: &GpuTensor, out: &GpuTensor) -> Result<Di
     const NAME: &str = "gelu";
     let n = same_shape_f32(NAME, &[x, out])?;
     expect_distinct(NAME, out, &[x])?;
-    let kernel = Kernel {
-        name: NAME,
-        source: GELU_SRC,
-        entry: "gelu_tanh",
-        uses_reduce: false,
-    };
+    const KERNEL: Kernel = Kernel::new(
+        NAME,
+        GELU_SRC,
+        "gelu_tanh",
+        Interface::new::<ActParams>(&[X, OUT]),
+    );
     let spec = Specialization::default()
         .with("WG", WG)
         .with("ELEMS", ELEMS)
         .with("GATE_ACT", GateActivation::GeluTanh.id())
         .snippet(ACT);
     let wg = elementwise_grid(ctx, NAME, n)?;
-    build(ctx, &kernel, &spec, &Params { n }, &[x, out], wg).await
+    let binds = [(X, &x.buffer), (OUT, &out.buffer)];
+    build(ctx, &KERNEL, &spec, &ActParams { n }, &binds, wg).await
 }

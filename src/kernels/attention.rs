@@ -14,13 +14,14 @@
 
 use std::fmt;
 
-use bytemuck::Zeroable as _;
 use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Kernel, Profile, Specialization};
-use crate::kernels::build_with;
-use crate::kernels::rope::{check_table, check_target, RopeLayout, RopeTable};
+use crate::gpu::{
+    DType, Dispatch, GpuContext, GpuTensor, Interface, Kernel, Profile, Slot, Specialization,
+};
+use crate::kernels::rope::{check_table, check_target, RopeLayout, RopeTable, TABLE};
+use crate::kernels::{build, Bind};
 use crate::kernels::{dim, expect_distinct, expect_dtype, grid, mismatch, WG};
 
 const KV_WRITE_SRC: &str = include_str!("../../shaders/kv_write.wgsl");
@@ -30,13 +31,16 @@ const KV_STORE: &str = include_str!("../../shaders/kv_store.wgsl");
 const ATTENTION_SRC: &str = include_str!("../../shaders/attention.wgsl");
 const COMBINE_SRC: &str = include_str!("../../shaders/attention_combine.wgsl");
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct StepUniform {
-    offset: u32,
-    n_tokens: u32,
-    _pad: [u32; 2],
+crate::uniform! {
+    /// The step a graph's dispatches run: its first position and its token count.
+    pub(crate) struct Step {
+        offset: u32,
+        n_tokens: u32,
+    }
 }
+
+/// The step uniform, as the kernels built against a [`StepState`] bind it.
+pub(crate) const STEP: Slot = Slot::uniform::<Step>("step");
 
 /// Where a step starts in the sequence and how many tokens it carries, in a small uniform buffer
 /// the kernels built against it read. Rewriting it ([`StepState::set`]) is all a new step needs.
@@ -69,7 +73,8 @@ impl StepState {
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("pocketlm step"),
-                contents: bytemuck::bytes_of(&StepUniform::zeroed()),
+                // Uniform buffers are sized in 16-byte units.
+                contents: &[0; 16],
                 usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             });
         Ok(StepState {
@@ -111,10 +116,9 @@ impl StepState {
                 ),
             ));
         }
-        let u = StepUniform {
+        let u = Step {
             offset: offset as u32,
             n_tokens: n_tokens as u32,
-            _pad: [0; 2],
         };
         ctx.queue
             .write_buffer(&self.buffer, 0, bytemuck::bytes_of(&u));
@@ -138,29 +142,11 @@ impl StepState {
     pub fn max_positions(&self) -> usize {
         self.max_positions
     }
-}
 
-/// Builds a dispatch whose binding 0 is a uniform holding `params`, binding 1 the step uniform,
-/// and bindings 2.. are `tensors` in order.
-pub(crate) async fn build_stepped<P: bytemuck::Pod>(
-    ctx: &GpuContext,
-    kernel: &Kernel,
-    spec: &Specialization,
-    params: &P,
-    step: &StepState,
-    tensors: &[&GpuTensor],
-    workgroups: [u32; 3],
-) -> Result<Dispatch> {
-    build_with(
-        ctx,
-        kernel,
-        spec,
-        params,
-        &[&step.buffer],
-        tensors,
-        workgroups,
-    )
-    .await
+    /// The step uniform bound to [`STEP`].
+    pub(crate) fn bind(&self) -> Bind<'_> {
+        (STEP, &self.buffer)
+    }
 }
 
 /// Per-layer key and value caches, each `[max_ctx, n_kv_heads, head_dim]`.
@@ -380,13 +366,21 @@ fn kv_shape_check(
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct KvWriteParams {
-    kv_heads: u32,
-    head_dim: u32,
-    row_words: u32,
+crate::uniform! {
+    struct KvWriteParams {
+        kv_heads: u32,
+        head_dim: u32,
+        /// Words per (position, kv head) row of the cache.
+        row_words: u32,
+    }
 }
+
+/// The new rows of the step, `[tokens, kv heads, head_dim]` f32.
+const K_IN: Slot = Slot::read("k_in", "f32");
+const V_IN: Slot = Slot::read("v_in", "f32");
+/// One layer of the cache as [`KvCache`] stores it (f16 pairs or f32, in words).
+const K_CACHE: Slot = Slot::read_write("k_cache", "u32");
+const V_CACHE: Slot = Slot::read_write("v_cache", "u32");
 
 /// Writes the step's new rows `k`, `v` ([tokens, n_kv_heads, head_dim], f32; token `t` at
 /// position `step.offset + t`) into `layer` of the cache, converting to the cache's type.
@@ -409,12 +403,12 @@ pub async fn kv_write(
         .checked_mul(cache.n_kv_heads * row_words)
         .ok_or_else(|| mismatch(NAME, "step rows overflow".into()))?;
     dim(NAME, "words per step", words)?;
-    let kernel = Kernel {
-        name: NAME,
-        source: KV_WRITE_SRC,
-        entry: "kv_write",
-        uses_reduce: false,
-    };
+    const KERNEL: Kernel = Kernel::new(
+        NAME,
+        KV_WRITE_SRC,
+        NAME,
+        Interface::new::<KvWriteParams>(&[STEP, K_IN, V_IN, K_CACHE, V_CACHE]),
+    );
     let spec = Specialization::default()
         .with("WG", WG)
         .with("KV_F16", u32::from(cache.dtype == DType::F16))
@@ -425,19 +419,32 @@ pub async fn kv_write(
         row_words: dim(NAME, "row words", row_words)?,
     };
     let wg = grid(ctx, NAME, (words as u64).div_ceil(u64::from(WG)))?;
-    build_stepped(ctx, &kernel, &spec, &params, step, &[k, v, kc, vc], wg).await
+    let binds = [
+        step.bind(),
+        (K_IN, &k.buffer),
+        (V_IN, &v.buffer),
+        (K_CACHE, &kc.buffer),
+        (V_CACHE, &vc.buffer),
+    ];
+    build(ctx, &KERNEL, &spec, &params, &binds, wg).await
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct RopeKvWriteParams {
-    heads: u32,
-    kv_heads: u32,
-    head_dim: u32,
-    half: u32,
-    neox: u32,
-    row_words: u32,
+crate::uniform! {
+    struct RopeKvWriteParams {
+        heads: u32,
+        kv_heads: u32,
+        head_dim: u32,
+        /// rotary_dim / 2.
+        half: u32,
+        /// 1: pairs (i, i + half); 0: pairs (2i, 2i + 1).
+        neox: u32,
+        /// Words per (position, kv head) row of the cache.
+        row_words: u32,
+    }
 }
+
+/// The queries, rotated in place.
+const Q_ROTATE: Slot = Slot::read_write("q", "f32");
 
 /// [`rope_qk`](crate::kernels::rope_qk) and [`kv_write`] in one dispatch: rotates `q`
 /// [tokens, heads, head_dim] in place, and writes the rotated rows of `k` and the rows of `v`
@@ -480,12 +487,12 @@ pub async fn rope_kv_write(
         .checked_mul(heads * half + cache.n_kv_heads * row_words)
         .ok_or_else(|| mismatch(NAME, "step rows overflow".into()))?;
     dim(NAME, "items per step", items)?;
-    let kernel = Kernel {
-        name: NAME,
-        source: ROPE_KV_WRITE_SRC,
-        entry: "rope_kv_write",
-        uses_reduce: false,
-    };
+    const KERNEL: Kernel = Kernel::new(
+        NAME,
+        ROPE_KV_WRITE_SRC,
+        NAME,
+        Interface::new::<RopeKvWriteParams>(&[STEP, TABLE, Q_ROTATE, K_IN, V_IN, K_CACHE, V_CACHE]),
+    );
     let spec = Specialization::default()
         .with("WG", WG)
         .with("KV_F16", u32::from(cache.dtype == DType::F16))
@@ -500,16 +507,16 @@ pub async fn rope_kv_write(
         row_words: dim(NAME, "row words", row_words)?,
     };
     let wg = grid(ctx, NAME, (items as u64).div_ceil(u64::from(WG)))?;
-    build_stepped(
-        ctx,
-        &kernel,
-        &spec,
-        &params,
-        step,
-        &[table.table(), q, k, v, kc, vc],
-        wg,
-    )
-    .await
+    let binds = [
+        step.bind(),
+        (TABLE, &table.table().buffer),
+        (Q_ROTATE, &q.buffer),
+        (K_IN, &k.buffer),
+        (V_IN, &v.buffer),
+        (K_CACHE, &kc.buffer),
+        (V_CACHE, &vc.buffer),
+    ];
+    build(ctx, &KERNEL, &spec, &params, &binds, wg).await
 }
 
 /// The largest head_dim [`attention`] takes (Gemma's 256).
@@ -669,29 +676,58 @@ fn plan(budget: usize, group: usize, hd: usize, max_tokens: usize) -> Plan {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct AttentionParams {
-    n_heads: u32,
-    kv_heads: u32,
-    group: u32,
-    head_blocks: u32,
-    token_blocks: u32,
-    n_chunks: u32,
-    chunk_len: u32,
-    scale: f32,
-    window: u32,
-    softcap: f32,
+crate::uniform! {
+    struct AttentionParams {
+        n_heads: u32,
+        kv_heads: u32,
+        /// Query heads per kv head.
+        group: u32,
+        /// ceil(group / GB).
+        head_blocks: u32,
+        /// ceil(largest step / TQ).
+        token_blocks: u32,
+        n_chunks: u32,
+        chunk_len: u32,
+        scale: f32,
+        /// A key is visible to a query at most this many positions back; 0: no limit.
+        window: u32,
+        /// Scores become softcap · tanh(score / softcap); 0: no capping.
+        softcap: f32,
+    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct CombineParams {
-    n_heads: u32,
-    n_chunks: u32,
-    chunk_len: u32,
-    head_dim: u32,
+crate::uniform! {
+    struct CombineParams {
+        n_heads: u32,
+        n_chunks: u32,
+        chunk_len: u32,
+        head_dim: u32,
+    }
 }
+
+const Q: Slot = Slot::read("q", "f32");
+const K_ATTEND: Slot = Slot::read("k_cache", "u32");
+const V_ATTEND: Slot = Slot::read("v_cache", "u32");
+/// SINGLE: the output `[tokens, n_heads, HD]`; otherwise the partial outputs
+/// `[tokens · n_heads, n_chunks, HD]`.
+const OUT: Slot = Slot::read_write("out", "f32");
+/// (m, l) per `[tokens · n_heads, n_chunks]`; not written when SINGLE (but bound).
+const PART_ML: Slot = Slot::read_write("part_ml", "vec2<f32>");
+const ATTENTION: Kernel = Kernel::new(
+    "attention",
+    ATTENTION_SRC,
+    "attention",
+    Interface::new::<AttentionParams>(&[STEP, Q, K_ATTEND, V_ATTEND, OUT, PART_ML]),
+);
+/// The combine pass reads the partial outputs and (m, l) pairs and writes the output.
+const PART_O: Slot = Slot::read("part_o", "f32");
+const PART_ML_IN: Slot = Slot::read("part_ml", "vec2<f32>");
+const COMBINE: Kernel = Kernel::new(
+    "attention_combine",
+    COMBINE_SRC,
+    "attention_combine",
+    Interface::new::<CombineParams>(&[STEP, PART_O, PART_ML_IN, OUT]),
+);
 
 /// Causal grouped-query attention of `q` [tokens, n_heads, head_dim] (f32) against `layer` of the
 /// cache, into `out` (same shape): query token `t` of the step, at position `step.offset + t`,
@@ -899,50 +935,26 @@ pub async fn attention(
     )?;
     let groups = (pl.token_blocks * pl.head_blocks * nkv) as u64 * n_chunks as u64;
     let wg = grid(ctx, NAME, groups)?;
-    let kernel = Kernel {
-        name: NAME,
-        source: ATTENTION_SRC,
-        entry: "attention",
-        uses_reduce: false,
-    };
     let (kc, vc) = &cache.layers[layer];
+    let inputs = [
+        step.bind(),
+        (Q, &q.buffer),
+        (K_ATTEND, &kc.buffer),
+        (V_ATTEND, &vc.buffer),
+    ];
     let mut dispatches = Vec::with_capacity(2);
     match &scratch {
         None => {
             // The (m, l) binding is declared but never written with one chunk.
             let dummy = ctx.zeros("attention unused", &[1, 2], DType::F32)?;
-            dispatches.push(
-                build_stepped(
-                    ctx,
-                    &kernel,
-                    &spec,
-                    &params,
-                    step,
-                    &[q, kc, vc, out, &dummy],
-                    wg,
-                )
-                .await?,
-            );
+            let mut binds = inputs.to_vec();
+            binds.extend([(OUT, &out.buffer), (PART_ML, &dummy.buffer)]);
+            dispatches.push(build(ctx, &ATTENTION, &spec, &params, &binds, wg).await?);
         }
         Some(s) => {
-            dispatches.push(
-                build_stepped(
-                    ctx,
-                    &kernel,
-                    &spec,
-                    &params,
-                    step,
-                    &[q, kc, vc, &s.part_o, &s.part_ml],
-                    wg,
-                )
-                .await?,
-            );
-            let combine = Kernel {
-                name: "attention_combine",
-                source: COMBINE_SRC,
-                entry: "attention_combine",
-                uses_reduce: false,
-            };
+            let mut binds = inputs.to_vec();
+            binds.extend([(OUT, &s.part_o.buffer), (PART_ML, &s.part_ml.buffer)]);
+            dispatches.push(build(ctx, &ATTENTION, &spec, &params, &binds, wg).await?);
             let cspec = Specialization::default().with("WG", WG);
             let cparams = CombineParams {
                 n_heads: n_heads as u32,
@@ -952,18 +964,13 @@ pub async fn attention(
             };
             let elems = dim(NAME, "output elements", rows * hd)?;
             let cwg = grid(ctx, "attention_combine", u64::from(elems.div_ceil(WG)))?;
-            dispatches.push(
-                build_stepped(
-                    ctx,
-                    &combine,
-                    &cspec,
-                    &cparams,
-                    step,
-                    &[&s.part_o, &s.part_ml, out],
-                    cwg,
-                )
-                .await?,
-            );
+            let binds = [
+                step.bind(),
+                (PART_O, &s.part_o.buffer),
+                (PART_ML_IN, &s.part_ml.buffer),
+                (OUT, &out.buffer),
+            ];
+            dispatches.push(build(ctx, &COMBINE, &cspec, &cparams, &binds, cwg).await?);
         }
     }
     Ok(Attention {

@@ -1,7 +1,7 @@
 //! Element-wise arithmetic: residual-stream additions.
 
 use crate::error::Result;
-use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Kernel, Specialization};
+use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Interface, Kernel, Slot, Specialization};
 use crate::kernels::{build, dim, expect_distinct, expect_dtype, grid, mismatch, WG};
 
 const ADD_SRC: &str = include_str!("../../shaders/add.wgsl");
@@ -10,11 +10,22 @@ const ADD_SRC: &str = include_str!("../../shaders/add.wgsl");
 /// a quarter of the workgroups, and a 1-D grid up to 64 Mi elements.
 pub(crate) const ELEMS: u32 = 4;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
+crate::uniform! {
+    struct AddParams {
+        n: u32,
+    }
 }
+
+/// Both entry points read `b` and write `out`; only `add` reads `a`.
+const B: Slot = Slot::read("b", "f32");
+const OUT: Slot = Slot::read_write("out", "f32");
+const A: Slot = Slot::read("a", "f32");
+const ADD: Kernel = Kernel::new(
+    "add",
+    ADD_SRC,
+    "add",
+    Interface::new::<AddParams>(&[B, OUT, A]),
+);
 
 /// Checks that every tensor is f32 and has the shape of the first; returns the element count.
 pub(crate) fn same_shape_f32(kernel: &'static str, tensors: &[&GpuTensor]) -> Result<u32> {
@@ -42,15 +53,6 @@ pub(crate) fn elementwise_grid(ctx: &GpuContext, kernel: &'static str, n: u32) -
     grid(ctx, kernel, u64::from(n.div_ceil(WG * ELEMS)))
 }
 
-fn add_kernel(entry: &'static str) -> Kernel {
-    Kernel {
-        name: entry,
-        source: ADD_SRC,
-        entry,
-        uses_reduce: false,
-    }
-}
-
 fn spec() -> Specialization {
     Specialization::default()
         .with("WG", WG)
@@ -69,16 +71,8 @@ pub async fn add(
     let n = same_shape_f32(NAME, &[a, b, out])?;
     expect_distinct(NAME, out, &[a, b])?;
     let wg = elementwise_grid(ctx, NAME, n)?;
-    // The shader's bindings are b, out, a (see shaders/add.wgsl).
-    build(
-        ctx,
-        &add_kernel("add"),
-        &spec(),
-        &Params { n },
-        &[b, out, a],
-        wg,
-    )
-    .await
+    let binds = [(A, &a.buffer), (B, &b.buffer), (OUT, &out.buffer)];
+    build(ctx, &ADD, &spec(), &AddParams { n }, &binds, wg).await
 }
 
 /// `acc += b`, element-wise: the residual stream accumulating a block's output in place.
@@ -88,25 +82,21 @@ pub async fn add_in_place(ctx: &GpuContext, acc: &GpuTensor, b: &GpuTensor) -> R
     let n = same_shape_f32(NAME, &[acc, b])?;
     expect_distinct(NAME, acc, &[b])?;
     let wg = elementwise_grid(ctx, NAME, n)?;
-    build(
-        ctx,
-        &add_kernel("add_in_place"),
-        &spec(),
-        &Params { n },
-        &[b, acc],
-        wg,
-    )
-    .await
+    let kernel = ADD.entry("add_in_place", "add_in_place");
+    let binds = [(B, &b.buffer), (OUT, &acc.buffer)];
+    build(ctx, &kernel, &spec(), &AddParams { n }, &binds, wg).await
 }
 
 const SOFTCAP_SRC: &str = include_str!("../../shaders/softcap.wgsl");
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct SoftcapParams {
-    n: u32,
-    cap: f32,
+crate::uniform! {
+    struct SoftcapParams {
+        n: u32,
+        cap: f32,
+    }
 }
+
+const X: Slot = Slot::read_write("x", "f32");
 
 /// `x = cap · tanh(x / cap)` in place, element-wise (Gemma 2's final-logit soft-capping);
 /// `cap` must be finite and positive.
@@ -119,12 +109,13 @@ pub async fn softcap(ctx: &GpuContext, x: &GpuTensor, cap: f32) -> Result<Dispat
             format!("the cap must be finite and positive, got {cap}"),
         ));
     }
-    let kernel = Kernel {
-        name: NAME,
-        source: SOFTCAP_SRC,
-        entry: NAME,
-        uses_reduce: false,
-    };
+    const KERNEL: Kernel = Kernel::new(
+        NAME,
+        SOFTCAP_SRC,
+        NAME,
+        Interface::new::<SoftcapParams>(&[X]),
+    );
     let wg = elementwise_grid(ctx, NAME, n)?;
-    build(ctx, &kernel, &spec(), &SoftcapParams { n, cap }, &[x], wg).await
+    let params = SoftcapParams { n, cap };
+    build(ctx, &KERNEL, &spec(), &params, &[(X, &x.buffer)], wg).await
 }

@@ -1,24 +1,42 @@
 //! Embedding lookup from a table in any weight format, dequantized on the GPU.
 
 use crate::error::Result;
-use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Kernel, Specialization};
+use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Interface, Kernel, Slot, Specialization};
 use crate::kernels::{build, dim, expect_distinct, expect_dtype, grid, mismatch, WG};
 
 const EMBED_SRC: &str = include_str!("../../shaders/embed.wgsl");
 const QUANT: &str = include_str!("../../shaders/quant.wgsl");
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    cols: u32,
-    vocab: u32,
-    w_stride: u32,
-    scale_base: u32,
-    scale: f32,
-    id0: u32,
-    partial: u32,
+crate::uniform! {
+    struct EmbedParams {
+        /// Ids.
+        n: u32,
+        /// Row length.
+        cols: u32,
+        /// Rows of W.
+        vocab: u32,
+        /// Float formats: elements between row starts.
+        w_stride: u32,
+        /// Block formats: the word where the scales begin.
+        scale_base: u32,
+        /// Every value is multiplied by it (Gemma's √hidden embedding scale).
+        scale: f32,
+        /// The id of W's first row (W is a row range of a larger table).
+        id0: u32,
+        /// 1: ids outside W's rows leave their output row alone (another part's).
+        partial: u32,
+    }
 }
+
+const IDS: Slot = Slot::read("ids", "i32");
+const W: Slot = Slot::read("w", "u32");
+const OUT: Slot = Slot::read_write("out", "f32");
+const EMBED: Kernel = Kernel::new(
+    "embed",
+    EMBED_SRC,
+    "embed_float",
+    Interface::new::<EmbedParams>(&[IDS, W, OUT]),
+);
 
 /// `out[i, :] = table[ids[i], :]` as f32, for `table` [vocab, dim] in any weight format, `ids`
 /// i32 of any shape (n ids in all) and `out` [n, dim]. Ids outside [0, vocab) give zero rows:
@@ -106,7 +124,7 @@ async fn embed_rows(
     }
     let dtype = table.dtype();
     let quantized = dtype.is_quantized();
-    let params = Params {
+    let params = EmbedParams {
         n: dim(NAME, "ids", ids.numel())?,
         cols: dim(NAME, "dim", cols)?,
         vocab: dim(NAME, "vocab", vocab)?,
@@ -120,15 +138,10 @@ async fn embed_rows(
         id0: dim(NAME, "first id", first_id.unwrap_or(0))?,
         partial: u32::from(first_id.is_some()),
     };
-    let kernel = Kernel {
-        name: NAME,
-        source: EMBED_SRC,
-        entry: if quantized {
-            "embed_quant"
-        } else {
-            "embed_float"
-        },
-        uses_reduce: false,
+    let kernel = if quantized {
+        EMBED.entry(NAME, "embed_quant")
+    } else {
+        EMBED.entry(NAME, "embed_float")
     };
     let spec = Specialization::default()
         .with("WG", WG)
@@ -138,5 +151,6 @@ async fn embed_rows(
     let per_invocation = if quantized { 8 } else { 1 };
     let invocations = (ids.numel() as u64) * (cols as u64 / per_invocation);
     let wg = grid(ctx, NAME, invocations.div_ceil(u64::from(WG)))?;
-    build(ctx, &kernel, &spec, &params, &[ids, table, out], wg).await
+    let binds = [(IDS, &ids.buffer), (W, &table.buffer), (OUT, &out.buffer)];
+    build(ctx, &kernel, &spec, &params, &binds, wg).await
 }

@@ -3,7 +3,7 @@
 //! y [m, n].
 
 use crate::error::Result;
-use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Kernel, Specialization};
+use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Interface, Kernel, Slot, Specialization};
 use crate::kernels::activation::{GateActivation, ACT};
 use crate::kernels::{build, dim, expect_distinct, expect_dtype, grid, mismatch, reduce_spec_wg};
 
@@ -13,73 +13,71 @@ const MATVEC_SRC: &str = include_str!("../../shaders/matvec.wgsl");
 const MATMUL_SRC: &str = include_str!("../../shaders/matmul.wgsl");
 const ROWS_SRC: &str = include_str!("../../shaders/linear_rows.wgsl");
 const ROWS4_SRC: &str = include_str!("../../shaders/linear_rows4.wgsl");
-const XW_WORDS: &str = "@group(0) @binding(1) var<storage, read> x: array<f32>;\n\
-                        @group(0) @binding(2) var<storage, read> w: array<u32>;\n";
-const XW_VEC4: &str = "@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;\n\
-                       @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;\n";
-/// The vec4 kernel reads the scales through a second, word view of W, bound after the other
-/// tensors (the vec4 view ends at the last whole vec4 of the buffer).
-const W_WORDS_AT: [&str; 5] = [
-    "@group(0) @binding(4) var<storage, read> ws: array<u32>;\n",
-    "@group(0) @binding(5) var<storage, read> ws: array<u32>;\n",
-    "@group(0) @binding(6) var<storage, read> ws: array<u32>;\n",
-    "@group(0) @binding(7) var<storage, read> ws: array<u32>;\n",
-    "@group(0) @binding(8) var<storage, read> ws: array<u32>;\n",
-];
-/// The RMSNorm weight of the prologue at binding `at`, with its accessors: `norm_g(k)` and
-/// `norm_g4(k)` (elements k..k + 4) for the word kernels, `norm_g4v(i)` (the i-th vec4) for the
-/// vec4 kernel.
-macro_rules! norm_weight {
-    ($at:literal, words) => {
-        concat!(
-            "@group(0) @binding(",
-            $at,
-            ") var<storage, read> norm_w: array<f32>;\n",
-            "fn norm_g(k: u32) -> f32 { return norm_w[k]; }\n",
-            "fn norm_g4(k: u32) -> vec4<f32> {\n",
-            "    return vec4<f32>(norm_w[k], norm_w[k + 1u], norm_w[k + 2u], norm_w[k + 3u]);\n}\n",
-            "fn norm_g4v(i: u32) -> vec4<f32> { return vec4<f32>(1.0); }\n"
-        )
-    };
-    ($at:literal, vec4) => {
-        concat!(
-            "@group(0) @binding(",
-            $at,
-            ") var<storage, read> norm_w: array<vec4<f32>>;\n",
-            "fn norm_g(k: u32) -> f32 { return 1.0; }\n",
-            "fn norm_g4(k: u32) -> vec4<f32> { return vec4<f32>(1.0); }\n",
-            "fn norm_g4v(i: u32) -> vec4<f32> { return norm_w[i]; }\n"
-        )
-    };
+
+crate::uniform! {
+    struct LinearParams {
+        /// Output columns (SWIGLU: W has 2n rows, gate then up).
+        n: u32,
+        /// Inputs (columns of W).
+        k: u32,
+        /// Activation rows.
+        m: u32,
+        /// Float formats: elements between the starts of rows of W as stored.
+        w_stride: u32,
+        /// Workgroups per activation row (or per tile of rows for matmul).
+        blocks: u32,
+        /// Block formats: the word where the scales begin.
+        scale_base: u32,
+        /// Columns of y (n unless SPLIT).
+        y_cols: u32,
+        /// SPLIT: columns of y1 (y2 has the rest).
+        y1_cols: u32,
+        /// NORM: the RMSNorm eps.
+        eps: f32,
+        /// Output column n is column y_col0 + n of y (0 unless W is a row range of a larger
+        /// matrix: an LM head split over bindings).
+        y_col0: u32,
+    }
 }
-const NORM_WORDS_AT: [&str; 4] = [
-    norm_weight!(4, words),
-    norm_weight!(5, words),
-    norm_weight!(6, words),
-    norm_weight!(7, words),
-];
-const NORM_VEC4_AT: [&str; 4] = [
-    norm_weight!(4, vec4),
-    norm_weight!(5, vec4),
-    norm_weight!(6, vec4),
-    norm_weight!(7, vec4),
-];
+
+/// The word kernels' (matvec, matmul, linear_rows) views of x, W and the RMSNorm weight.
+const X: Slot = Slot::read("x", "f32");
+const W: Slot = Slot::read("w", "u32");
+const NORM_W: Slot = Slot::read("norm_w", "f32");
+/// The vec4 CPU kernel's (linear_rows4) views, and a word view of W for the scales (the vec4
+/// view ends at the last whole vec4 of the buffer).
+const X4: Slot = Slot::read("x", "vec4<f32>");
+const W4: Slot = Slot::read("w", "vec4<u32>");
+const NORM_W4: Slot = Slot::read("norm_w", "vec4<f32>");
+const WS: Slot = Slot::read("ws", "u32");
+/// The outputs (y, and the split outputs y1, y2 by column range) and the bias.
+const Y: Slot = Slot::read_write("y", "f32");
+const Y1: Slot = Slot::read_write("y1", "f32");
+const Y2: Slot = Slot::read_write("y2", "f32");
+const BIAS: Slot = Slot::read("bias", "f32");
+const WORDS: Interface = Interface::new::<LinearParams>(&[X, W, Y, BIAS, Y1, Y2, NORM_W]);
+const VEC4: Interface = Interface::new::<LinearParams>(&[X4, W4, Y, BIAS, Y1, Y2, NORM_W4, WS]);
+
+/// The RMSNorm weight's accessors: `norm_g(k)` and `norm_g4(k)` (elements k..k + 4) for the word
+/// kernels, `norm_g4v(i)` (the i-th vec4) for the vec4 kernel; stubs without the prologue.
+const NORM_WORDS: &str = "fn norm_g(k: u32) -> f32 { return norm_w[k]; }\n\
+                          fn norm_g4(k: u32) -> vec4<f32> {\n\
+                          \x20   return vec4<f32>(norm_w[k], norm_w[k + 1u], norm_w[k + 2u], norm_w[k + 3u]);\n}\n\
+                          fn norm_g4v(i: u32) -> vec4<f32> { return vec4<f32>(1.0); }\n";
+const NORM_VEC4: &str = "fn norm_g(k: u32) -> f32 { return 1.0; }\n\
+                         fn norm_g4(k: u32) -> vec4<f32> { return vec4<f32>(1.0); }\n\
+                         fn norm_g4v(i: u32) -> vec4<f32> { return norm_w[i]; }\n";
 const NO_NORM: &str = "fn norm_g(k: u32) -> f32 { return 1.0; }\n\
                        fn norm_g4(k: u32) -> vec4<f32> { return vec4<f32>(1.0); }\n\
                        fn norm_g4v(i: u32) -> vec4<f32> { return vec4<f32>(1.0); }\n";
-const BIAS: &str = "@group(0) @binding(4) var<storage, read> bias: array<f32>;\n\
-                    fn bias_at(n: u32) -> f32 { return bias[n]; }\n";
+const BIAS_AT: &str = "fn bias_at(n: u32) -> f32 { return bias[n]; }\n";
 const NO_BIAS: &str = "fn bias_at(n: u32) -> f32 { return 0.0; }\n";
 
-/// The binding and store function of split output `which` (1 or 2) at binding `at`.
+/// The store function of split output `which` (1 or 2).
 macro_rules! split_output {
-    ($which:literal, $at:literal) => {
+    ($which:literal) => {
         concat!(
-            "@group(0) @binding(",
-            $at,
-            ") var<storage, read_write> y",
-            $which,
-            ": array<f32>;\nfn put",
+            "fn put",
             $which,
             "(i: u32, v: f32) {\n    var r = v;\n    if (ACCUMULATE == 1u) {\n        r = y",
             $which,
@@ -89,16 +87,14 @@ macro_rules! split_output {
         )
     };
 }
-const NO_PUT1: &str = "fn put1(i: u32, v: f32) {}\n";
-const NO_PUT2: &str = "fn put2(i: u32, v: f32) {}\n";
-/// The split outputs' snippets by (bias bound, number of split outputs).
-fn split_snippets(bias: bool, split: usize) -> [&'static str; 2] {
-    match (bias, split) {
-        (_, 0) => [NO_PUT1, NO_PUT2],
-        (false, 1) => [split_output!(1, 4), NO_PUT2],
-        (true, 1) => [split_output!(1, 5), NO_PUT2],
-        (false, _) => [split_output!(1, 4), split_output!(2, 5)],
-        (true, _) => [split_output!(1, 5), split_output!(2, 6)],
+/// The store functions `put1`, `put2` for `split` split outputs (stubs for the missing ones).
+fn split_snippets(split: usize) -> [&'static str; 2] {
+    const NO_PUT1: &str = "fn put1(i: u32, v: f32) {}\n";
+    const NO_PUT2: &str = "fn put2(i: u32, v: f32) {}\n";
+    match split {
+        0 => [NO_PUT1, NO_PUT2],
+        1 => [split_output!(1), NO_PUT2],
+        _ => [split_output!(1), split_output!(2)],
     }
 }
 
@@ -172,23 +168,6 @@ struct Epilogue<'a> {
     swiglu: bool,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    k: u32,
-    m: u32,
-    w_stride: u32,
-    blocks: u32,
-    scale_base: u32,
-    y_cols: u32,
-    y1_cols: u32,
-    /// The RMSNorm prologue's eps (unused without it).
-    eps: f32,
-    y_col0: u32,
-    _pad: [u32; 2],
-}
-
 fn check(
     kernel: &'static str,
     w: &GpuTensor,
@@ -196,7 +175,7 @@ fn check(
     y: &GpuTensor,
     opts: &Linear,
     epi: &Epilogue,
-) -> Result<Params> {
+) -> Result<LinearParams> {
     expect_dtype(kernel, w, &DType::WEIGHTS, "weights of a supported format")?;
     expect_dtype(kernel, x, &[DType::F32], "f32 activations")?;
     let split = epi.split;
@@ -331,7 +310,7 @@ fn check(
     }
     // Block formats: the scales follow the quants of all n · k / QK blocks.
     let blocks = n * (k / w.dtype().block_size());
-    Ok(Params {
+    Ok(LinearParams {
         n: dim(kernel, "out features", cols)?,
         k: dim(kernel, "in features", k)?,
         m: dim(kernel, "rows", x.rows())?,
@@ -346,7 +325,6 @@ fn check(
         )?,
         eps,
         y_col0: dim(kernel, "column offset", opts.col_offset.unwrap_or(0))?,
-        _pad: [0; 2],
     })
 }
 
@@ -366,7 +344,7 @@ fn spec(
         Specialization::default()
     };
     let split = epi.split.len();
-    let [put1, put2] = split_snippets(opts.bias.is_some(), split);
+    let [put1, put2] = split_snippets(split);
     let spec = base
         .with("W_FORMAT", w.dtype().ggml_id())
         .with("QK", w.dtype().block_size() as u32)
@@ -376,10 +354,18 @@ fn spec(
         .with("NORM", norm)
         .with("GATE_ACT", opts.gate_act.id())
         .snippet(ACT)
-        .snippet(if opts.bias.is_some() { BIAS } else { NO_BIAS })
+        .snippet(if opts.bias.is_some() {
+            BIAS_AT
+        } else {
+            NO_BIAS
+        })
         .snippet(put1)
         .snippet(put2)
-        .snippet(if vec4 { XW_VEC4 } else { XW_WORDS })
+        .snippet(match (opts.norm.is_some(), vec4) {
+            (false, _) => NO_NORM,
+            (true, false) => NORM_WORDS,
+            (true, true) => NORM_VEC4,
+        })
         .snippet(LINEAR_COMMON);
     // The vec4 kernel has its own decoders.
     if vec4 {
@@ -496,43 +482,36 @@ async fn linear_epilogue(
     };
     let name = if use_matvec { "matvec" } else { "matmul" };
     let mut params = check(name, w, x, y, opts, epi)?;
-    let mut tensors = vec![x, w, y];
-    tensors.extend(opts.bias);
-    tensors.extend(epi.split.iter().copied());
-    // The norm weight follows the outputs (binding tensors.len() + 1 before it is pushed).
-    let norm_at = tensors.len() - 3;
-    tensors.extend(opts.norm.map(|n| n.0));
-    let norm_snippet = |vec4: bool| match (opts.norm.is_some(), vec4) {
-        (false, _) => NO_NORM,
-        (true, false) => NORM_WORDS_AT[norm_at],
-        (true, true) => NORM_VEC4_AT[norm_at],
-    };
     let swiglu = u32::from(epi.swiglu);
     let cpu = ctx.capabilities().cpu;
-    if cpu
+    // On a CPU adapter the 32-bit-scale block formats go through the vec4 kernel.
+    let vec4 = cpu
         && matches!(
             w.dtype(),
             DType::Q4_0 | DType::Q4_1 | DType::Q8_0 | DType::IQ4_NL
-        )
-    {
+        );
+    let (x_slot, w_slot, norm_slot) = if vec4 {
+        (X4, W4, NORM_W4)
+    } else {
+        (X, W, NORM_W)
+    };
+    let mut binds = vec![(x_slot, &x.buffer), (w_slot, &w.buffer), (Y, &y.buffer)];
+    binds.extend(opts.bias.map(|b| (BIAS, &b.buffer)));
+    binds.extend(epi.split.iter().zip([Y1, Y2]).map(|(t, s)| (s, &t.buffer)));
+    binds.extend(opts.norm.map(|n| (norm_slot, &n.0.buffer)));
+    let rows_name = if use_matvec {
+        "matvec_rows"
+    } else {
+        "matmul_rows"
+    };
+    if vec4 {
+        const ROWS4: Kernel = Kernel::new("matvec_rows", ROWS4_SRC, "linear_rows4", VEC4);
         let mt = if use_matvec {
             (params.m.clamp(1, MATVEC_MAX_ROWS as u32)).next_power_of_two()
         } else {
             ROWS4_MT
         };
-        let kernel = Kernel {
-            name: if use_matvec {
-                "matvec_rows"
-            } else {
-                "matmul_rows"
-            },
-            source: ROWS4_SRC,
-            entry: "linear_rows4",
-            uses_reduce: false,
-        };
         let spec = spec(ctx, None, w, opts, epi, true)
-            .snippet(norm_snippet(true))
-            .snippet(W_WORDS_AT[tensors.len() - 3])
             .with("WG", ROWS_WG)
             .with("MT", mt)
             .with("NR", ROWS4_NR);
@@ -540,10 +519,12 @@ async fn linear_epilogue(
         params.blocks = params.n.div_ceil(ROWS_WG * cols);
         let groups = u64::from(params.blocks) * u64::from(params.m.div_ceil(mt));
         let wg = grid(ctx, name, groups)?;
-        tensors.push(w);
-        return build(ctx, &kernel, &spec, &params, &tensors, wg).await;
+        binds.push((WS, &w.buffer));
+        let kernel = ROWS4.entry(rows_name, "linear_rows4");
+        return build(ctx, &kernel, &spec, &params, &binds, wg).await;
     }
     if cpu {
+        const ROWS: Kernel = Kernel::new("matvec_rows", ROWS_SRC, "linear_rows_f32", WORDS);
         // Whole dot products per invocation: MT activation rows each, one row for a matrix
         // × vector (more would only repeat the last), ROWS_MT for a matrix × matrix.
         let mt = if use_matvec {
@@ -556,24 +537,14 @@ async fn linear_epilogue(
             DType::F16 | DType::BF16 => "linear_rows_half",
             _ => "linear_rows_quant",
         };
-        let kernel = Kernel {
-            name: if use_matvec {
-                "matvec_rows"
-            } else {
-                "matmul_rows"
-            },
-            source: ROWS_SRC,
-            entry,
-            uses_reduce: false,
-        };
         let spec = spec(ctx, None, w, opts, epi, false)
-            .snippet(norm_snippet(false))
             .with("WG", ROWS_WG)
             .with("MT", mt);
         params.blocks = params.n.div_ceil(ROWS_WG);
         let groups = u64::from(params.blocks) * u64::from(params.m.div_ceil(mt));
         let wg = grid(ctx, name, groups)?;
-        return build(ctx, &kernel, &spec, &params, &tensors, wg).await;
+        let kernel = ROWS.entry(rows_name, entry);
+        return build(ctx, &kernel, &spec, &params, &binds, wg).await;
     }
     // Units of work per row for the matvec entry points.
     let k = params.k as usize;
@@ -590,52 +561,48 @@ async fn linear_epilogue(
         opts,
         epi,
         false,
-    )
-    .snippet(norm_snippet(false));
+    );
     if use_matvec {
+        const MATVEC: Kernel = Kernel::new("matvec", MATVEC_SRC, "matvec_f32", WORDS).reducing();
         let entry = match w.dtype() {
             DType::F32 => "matvec_f32",
             DType::F16 | DType::BF16 => "matvec_half",
             // Block formats (`check` admits no other).
             _ => "matvec_quant",
         };
-        let kernel = Kernel {
-            name,
-            source: MATVEC_SRC,
-            entry,
-            uses_reduce: true,
-        };
         // Output columns per workgroup: half the rows with SwiGLU (gate and up).
         params.blocks = params.n.div_ceil(mv_rows >> swiglu);
         let wg = grid(ctx, name, u64::from(params.blocks) * u64::from(params.m))?;
-        build(ctx, &kernel, &spec, &params, &tensors, wg).await
+        build(ctx, &MATVEC.entry(name, entry), &spec, &params, &binds, wg).await
     } else {
-        let kernel = Kernel {
-            name,
-            source: MATMUL_SRC,
-            entry: "matmul",
-            uses_reduce: false,
-        };
+        const MATMUL: Kernel = Kernel::new("matmul", MATMUL_SRC, "matmul", WORDS);
         params.blocks = params.n.div_ceil(TILE >> swiglu);
         let wg = grid(
             ctx,
             name,
             u64::from(params.blocks) * u64::from(params.m.div_ceil(TILE)),
         )?;
-        build(ctx, &kernel, &spec, &params, &tensors, wg).await
+        build(ctx, &MATMUL, &spec, &params, &binds, wg).await
     }
 }
 
 const COPY_HALVES_SRC: &str = include_str!("../../shaders/copy_halves.wgsl");
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct HalvesParams {
-    d0: u32,
-    s0: u32,
-    count: u32,
-    words: u32,
+crate::uniform! {
+    struct HalvesParams {
+        /// The first destination half.
+        d0: u32,
+        /// The first source half.
+        s0: u32,
+        /// Halves to copy.
+        count: u32,
+        /// Words of dst touched.
+        words: u32,
+    }
 }
+
+const HALVES_SRC: Slot = Slot::read("src", "u32");
+const HALVES_DST: Slot = Slot::read_write("dst", "u32");
 
 /// A new weight tensor `name` whose rows are the rows of `parts` in order (one dtype, one
 /// column count; 1-D f32 or i32 tensors, such as biases, are concatenated element-wise), built on
@@ -751,15 +718,16 @@ pub async fn concat_rows(ctx: &GpuContext, name: &str, parts: &[&GpuTensor]) -> 
                     count: dim(NAME, "blocks", blocks as usize)?,
                     words: dim(NAME, "words", ((d0 + blocks - 1) / 2 - d0 / 2 + 1) as usize)?,
                 };
-                let kernel = Kernel {
-                    name: "copy_halves",
-                    source: COPY_HALVES_SRC,
-                    entry: "copy_halves",
-                    uses_reduce: false,
-                };
+                const KERNEL: Kernel = Kernel::new(
+                    "copy_halves",
+                    COPY_HALVES_SRC,
+                    "copy_halves",
+                    Interface::new::<HalvesParams>(&[HALVES_SRC, HALVES_DST]),
+                );
                 let spec = Specialization::default().with("WG", super::WG);
                 let wg = grid(ctx, NAME, u64::from(params.words.div_ceil(super::WG)))?;
-                let d = build(ctx, &kernel, &spec, &params, &[t, &out], wg).await?;
+                let binds = [(HALVES_SRC, &t.buffer), (HALVES_DST, &out.buffer)];
+                let d = build(ctx, &KERNEL, &spec, &params, &binds, wg).await?;
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("pocketlm concat_rows"),
                     timestamp_writes: None,

@@ -32,7 +32,7 @@ pub use sample::{argmax, topk, topk_output, topk_shape, TopK, TOPK_MAX};
 use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Kernel, Specialization};
+use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Kernel, Slot, Specialization, Uniform};
 
 /// Invocations per workgroup of the one-dimensional kernels: within the baseline profile's 256,
 /// and a power of two as the tree reduction needs.
@@ -68,34 +68,60 @@ pub(crate) fn grid(ctx: &GpuContext, kernel: &'static str, groups: u64) -> Resul
     Ok([x as u32, y as u32, 1])
 }
 
-/// Builds a dispatch whose binding 0 is a uniform holding `params` and bindings 1.. are `tensors`
-/// in order (inputs first, output last, as every kernel file declares them).
-pub(crate) async fn build<P: bytemuck::Pod>(
-    ctx: &GpuContext,
-    kernel: &Kernel,
-    spec: &Specialization,
-    params: &P,
-    tensors: &[&GpuTensor],
-    workgroups: [u32; 3],
-) -> Result<Dispatch> {
-    build_with(ctx, kernel, spec, params, &[], tensors, workgroups).await
-}
+/// A buffer bound to one of a kernel's slots.
+pub(crate) type Bind<'a> = (Slot, &'a wgpu::Buffer);
 
-/// [`build`] with more buffers (shared uniforms such as the per-step state) bound between the
-/// parameters and the tensors: binding 0 is `params`, then `shared` in order, then `tensors`.
-pub(crate) async fn build_with<P: bytemuck::Pod>(
+/// Builds a dispatch of `kernel`: `params` in a new uniform buffer at binding 0 and each buffer of
+/// `binds` at its slot's binding (the kernel's [`crate::gpu::Interface`] numbers them; the order
+/// of `binds` does not matter). The bound slots must be those the entry point uses.
+pub(crate) async fn build<P: Uniform>(
     ctx: &GpuContext,
     kernel: &Kernel,
     spec: &Specialization,
     params: &P,
-    shared: &[&wgpu::Buffer],
-    tensors: &[&GpuTensor],
+    binds: &[Bind<'_>],
     workgroups: [u32; 3],
 ) -> Result<Dispatch> {
+    let iface = &kernel.interface;
+    if iface.params != Some(Slot::uniform::<P>("p")) {
+        return Err(mismatch(
+            kernel.name,
+            format!(
+                "the host passes parameters of type {}, the kernel declares {:?}",
+                P::NAME,
+                iface.params
+            ),
+        ));
+    }
+    let mut entries = Vec::with_capacity(binds.len() + 1);
+    for (slot, buffer) in binds {
+        let Some(binding) = iface.binding_of(slot) else {
+            return Err(mismatch(
+                kernel.name,
+                format!(
+                    "the kernel has no binding '{}' ({:?})",
+                    slot.name, slot.kind
+                ),
+            ));
+        };
+        if entries
+            .iter()
+            .any(|e: &wgpu::BindGroupEntry| e.binding == binding)
+        {
+            return Err(mismatch(
+                kernel.name,
+                format!("binding '{}' is bound twice", slot.name),
+            ));
+        }
+        entries.push(wgpu::BindGroupEntry {
+            binding,
+            resource: buffer.as_entire_binding(),
+        });
+    }
     let pipeline = ctx.pipeline(kernel, spec).await?;
     // Uniform buffers are sized in 16-byte units.
     let mut bytes = bytemuck::bytes_of(params).to_vec();
-    bytes.resize(bytes.len().div_ceil(16) * 16, 0);
+    bytes.resize(bytes.len().div_ceil(16).max(1) * 16, 0);
     let uniform = ctx
         .device
         .create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -103,16 +129,10 @@ pub(crate) async fn build_with<P: bytemuck::Pod>(
             contents: &bytes,
             usage: wgpu::BufferUsages::UNIFORM,
         });
-    let buffers = std::iter::once(&uniform)
-        .chain(shared.iter().copied())
-        .chain(tensors.iter().map(|t| &t.buffer));
-    let entries: Vec<wgpu::BindGroupEntry> = buffers
-        .enumerate()
-        .map(|(i, b)| wgpu::BindGroupEntry {
-            binding: i as u32,
-            resource: b.as_entire_binding(),
-        })
-        .collect();
+    entries.push(wgpu::BindGroupEntry {
+        binding: 0,
+        resource: uniform.as_entire_binding(),
+    });
     let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some(kernel.name),
         layout: &pipeline.get_bind_group_layout(0),

@@ -1,18 +1,24 @@
 //! Normalisation layers.
 
 use crate::error::Result;
-use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Kernel};
+use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Interface, Kernel, Slot};
 use crate::kernels::{build, dim, expect_distinct, expect_dtype, grid, mismatch, reduce_spec};
 
 const RMSNORM_SRC: &str = include_str!("../../shaders/rmsnorm.wgsl");
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    cols: u32,
-    eps: f32,
+crate::uniform! {
+    struct NormParams {
+        rows: u32,
+        cols: u32,
+        eps: f32,
+    }
 }
+
+const X: Slot = Slot::read("x", "f32");
+const WEIGHT: Slot = Slot::read("weight", "f32");
+const Y: Slot = Slot::read_write("y", "f32");
+/// Only the `layernorm_bias` entry point reads it.
+const BIAS: Slot = Slot::read("bias", "f32");
 
 /// The checks every norm makes: f32 tensors; per-column parameters (weight, bias) of shape
 /// [cols]; an output of the input's shape in its own buffer; a usable eps.
@@ -99,20 +105,22 @@ async fn rmsnorm_into(
     const NAME: &str = "rmsnorm";
     check(NAME, x, &[("weight", weight)], eps, y)?;
     let cols = x.cols();
-    let kernel = Kernel {
-        name: NAME,
-        source: RMSNORM_SRC,
-        entry: "rmsnorm",
-        uses_reduce: true,
-    };
-    let params = Params {
+    const KERNEL: Kernel = Kernel::new(
+        NAME,
+        RMSNORM_SRC,
+        "rmsnorm",
+        Interface::new::<NormParams>(&[X, WEIGHT, Y]),
+    )
+    .reducing();
+    let params = NormParams {
         rows: dim(NAME, "rows", x.rows())?,
         cols: dim(NAME, "cols", cols)?,
         eps,
     };
     let wg = grid(ctx, NAME, x.rows() as u64)?;
     let spec = reduce_spec(ctx, 1).with("ADD", u32::from(add));
-    build(ctx, &kernel, &spec, &params, &[x, weight, y], wg).await
+    let binds = [(X, &x.buffer), (WEIGHT, &weight.buffer), (Y, &y.buffer)];
+    build(ctx, &KERNEL, &spec, &params, &binds, wg).await
 }
 
 const LAYERNORM_SRC: &str = include_str!("../../shaders/layernorm.wgsl");
@@ -133,24 +141,25 @@ pub async fn layernorm(
     params.extend(bias.map(|b| ("bias", b)));
     check(NAME, x, &params, eps, y)?;
     let cols = x.cols();
-    let kernel = Kernel {
-        name: NAME,
-        source: LAYERNORM_SRC,
-        entry: if bias.is_some() {
-            "layernorm_bias"
-        } else {
-            "layernorm"
-        },
-        uses_reduce: true,
+    const KERNEL: Kernel = Kernel::new(
+        NAME,
+        LAYERNORM_SRC,
+        "layernorm",
+        Interface::new::<NormParams>(&[X, WEIGHT, Y, BIAS]),
+    )
+    .reducing();
+    let kernel = if bias.is_some() {
+        KERNEL.entry(NAME, "layernorm_bias")
+    } else {
+        KERNEL
     };
-    let params = Params {
+    let params = NormParams {
         rows: dim(NAME, "rows", x.rows())?,
         cols: dim(NAME, "cols", cols)?,
         eps,
     };
     let wg = grid(ctx, NAME, x.rows() as u64)?;
-    // Binding 4 (bias) exists only in the `layernorm_bias` pipeline.
-    let mut tensors = vec![x, weight, y];
-    tensors.extend(bias);
-    build(ctx, &kernel, &reduce_spec(ctx, 1), &params, &tensors, wg).await
+    let mut binds = vec![(X, &x.buffer), (WEIGHT, &weight.buffer), (Y, &y.buffer)];
+    binds.extend(bias.map(|b| (BIAS, &b.buffer)));
+    build(ctx, &kernel, &reduce_spec(ctx, 1), &params, &binds, wg).await
 }

@@ -10,9 +10,9 @@
 //! the dispatch is built once and reused by every step.
 
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Kernel, Specialization};
-use crate::kernels::attention::{build_stepped, StepState};
-use crate::kernels::{dim, expect_dtype, grid, mismatch, WG};
+use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Interface, Kernel, Slot, Specialization};
+use crate::kernels::attention::{StepState, STEP};
+use crate::kernels::{build, dim, expect_dtype, grid, mismatch, WG};
 
 const ROPE_SRC: &str = include_str!("../../shaders/rope.wgsl");
 /// `pair_offsets` and `rotate`, shared with the fused RoPE + KV-cache write.
@@ -295,15 +295,25 @@ impl RopeTable {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    heads: u32,
-    heads_k: u32,
-    head_dim: u32,
-    half: u32,
-    neox: u32,
+crate::uniform! {
+    pub(crate) struct RopeParams {
+        /// Heads of x.
+        heads: u32,
+        /// Heads of xk (`rope_qk` only).
+        heads_k: u32,
+        head_dim: u32,
+        /// rotary_dim / 2.
+        half: u32,
+        /// 1: pairs (i, i + half); 0: pairs (2i, 2i + 1).
+        neox: u32,
+    }
 }
+
+/// The cos/sin table, `[positions, rotary_dim / 2]` pairs.
+pub(crate) const TABLE: Slot = Slot::read("table", "vec2<f32>");
+const X: Slot = Slot::read_write("x", "f32");
+/// `rope_qk` only.
+const XK: Slot = Slot::read_write("xk", "f32");
 
 /// Checks one tensor a RoPE dispatch rotates and returns its head count.
 pub(crate) fn check_target(
@@ -378,7 +388,7 @@ async fn build_rope(
         .checked_mul(heads)
         .and_then(|v| v.checked_mul(half))
         .ok_or_else(|| mismatch(name, "tokens × heads × rotary_dim overflows".into()))?;
-    let params = Params {
+    let params = RopeParams {
         heads: dim(name, "heads", targets[0].1)?,
         heads_k: dim(name, "k heads", targets.get(1).map_or(0, |t| t.1))?,
         head_dim: dim(name, "head_dim", table.config.head_dim)?,
@@ -386,17 +396,18 @@ async fn build_rope(
         neox: u32::from(table.config.layout == RopeLayout::NeoX),
     };
     dim(name, "rotated pairs", pairs)?;
-    let kernel = Kernel {
-        name,
-        source: ROPE_SRC,
-        entry,
-        uses_reduce: false,
-    };
+    const KERNEL: Kernel = Kernel::new(
+        "rope",
+        ROPE_SRC,
+        "rope",
+        Interface::new::<RopeParams>(&[STEP, TABLE, X, XK]),
+    );
+    let kernel = KERNEL.entry(name, entry);
     let spec = Specialization::default().with("WG", WG).snippet(ROPE_PAIRS);
     let wg = grid(ctx, name, (pairs as u64).div_ceil(u64::from(WG)))?;
-    let mut tensors = vec![&table.table];
-    tensors.extend(targets.iter().map(|t| t.0));
-    build_stepped(ctx, &kernel, &spec, &params, step, &tensors, wg).await
+    let mut binds = vec![step.bind(), (TABLE, &table.table.buffer)];
+    binds.extend(targets.iter().zip([X, XK]).map(|(t, s)| (s, &t.0.buffer)));
+    build(ctx, &kernel, &spec, &params, &binds, wg).await
 }
 
 /// Rotates `x` [tokens, heads, head_dim] (f32) in place: token `t` of a step at position

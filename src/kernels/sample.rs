@@ -11,7 +11,8 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{
-    DType, Dispatch, GpuContext, GpuTensor, Kernel, ReadSlot, Readback, Recorder, Specialization,
+    DType, Dispatch, GpuContext, GpuTensor, Interface, Kernel, ReadSlot, Readback, Recorder, Slot,
+    Specialization,
 };
 use crate::kernels::{build, dim, expect_distinct, expect_dtype, grid, mismatch, WG};
 
@@ -29,17 +30,35 @@ const TOPK_FINAL_SPAN: usize = 2 * TILE;
 /// Elements one argmax workgroup scans (16 per invocation); also the most its final level takes.
 const ARGMAX_SPAN: usize = 4096;
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    n: u32,
-    parts: u32,
-    span: u32,
-    mode: u32,
-    final_k: u32,
-    vocab: u32,
+crate::uniform! {
+    struct TopkParams {
+        rows: u32,
+        /// Input elements per row at this level.
+        n: u32,
+        /// Workgroups per row.
+        parts: u32,
+        /// Input elements per workgroup (the last of a row may get fewer).
+        span: u32,
+        /// 0: the input is logits (element e has index e); 1: (key, index) pairs.
+        mode: u32,
+        /// 0: write K (key, index) pairs per workgroup; k > 0: write k results per row.
+        final_k: u32,
+        /// Logits per row.
+        vocab: u32,
+    }
 }
+
+/// The logits as raw f32 bits (every level reads them for the values of the candidates).
+const LOGITS: Slot = Slot::read("logits", "u32");
+/// The level's input: the logits again on the first level, the previous level's pairs after.
+const SRC: Slot = Slot::read("src", "u32");
+const DST: Slot = Slot::read_write("dst", "u32");
+const TOPK: Kernel = Kernel::new(
+    "topk",
+    TOPK_SRC,
+    "topk",
+    Interface::new::<TopkParams>(&[LOGITS, SRC, DST]),
+);
 
 /// One pass over the rows: `parts` workgroups per row, each reducing `span` of the row's `n`
 /// input elements (logits on the first level, candidate pairs after).
@@ -221,12 +240,7 @@ async fn select(
         scratch.push(ctx.zeros(&label, &[words], DType::I32)?);
     }
 
-    let kernel = Kernel {
-        name,
-        source: TOPK_SRC,
-        entry: if kp == 1 { "argmax" } else { "topk" },
-        uses_reduce: false,
-    };
+    let kernel = TOPK.entry(name, if kp == 1 { "argmax" } else { "topk" });
     // One pipeline per k rounded up to a power of two: a tile of 1024 slots whatever the row's
     // length (the network's barrier steps, not its slots, set the cost of a short row).
     let spec = Specialization::default()
@@ -236,7 +250,7 @@ async fn select(
     let last = levels.len() - 1;
     let mut dispatches = Vec::with_capacity(levels.len());
     for (i, l) in levels.iter().enumerate() {
-        let params = Params {
+        let params = TopkParams {
             rows: dim(name, "rows", rows)?,
             n: dim(name, "candidates", l.n)?,
             parts: dim(name, "workgroups per row", l.parts)?,
@@ -253,7 +267,12 @@ async fn select(
         let dst = if i == last { out } else { &scratch[i % 2] };
         let groups = rows as u64 * l.parts as u64;
         let wg = grid(ctx, name, groups)?;
-        dispatches.push(build(ctx, &kernel, &spec, &params, &[logits, src, dst], wg).await?);
+        let binds = [
+            (LOGITS, &logits.buffer),
+            (SRC, &src.buffer),
+            (DST, &dst.buffer),
+        ];
+        dispatches.push(build(ctx, &kernel, &spec, &params, &binds, wg).await?);
     }
     Ok(TopK {
         dispatches,
