@@ -21,7 +21,9 @@
 //
 // Bindings: `src` is the level's input: the logits themselves on the first level (bound twice,
 // both read-only), then the previous level's pairs. Prelude: WG (power of two), K (power of two,
-// 1..=64), TILE (power of two ≥ 2·K), and the bindings of `TOPK` (src/kernels/sample.rs).
+// 1..=64), TILE (power of two ≥ 2·K), the bindings of `TOPK` (src/kernels/sample.rs), and
+// `sample_key(row, e, bits)`, the key of a logit on the first level: its order_key, or with
+// gumbel.wgsl the key of a Gumbel-perturbed logit (argmax only: a draw on the GPU).
 
 // Index of padding: with key 0 it loses to every real element (the smallest real key, −inf's,
 // is 0x007fffff).
@@ -50,7 +52,7 @@ fn better(ka: u32, ia: u32, kb: u32, ib: u32) -> bool {
 // Element e of `row` at this level, as (key, index).
 fn load(row: u32, e: u32) -> vec2<u32> {
     if (p.mode == 0u) {
-        return vec2<u32>(order_key(src[row * p.vocab + e]), e);
+        return vec2<u32>(sample_key(row, e, src[row * p.vocab + e]), e);
     }
     let o = 2u * (row * p.n + e);
     return vec2<u32>(src[o], src[o + 1u]);

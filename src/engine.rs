@@ -6,16 +6,21 @@
 //! prompt that starts with them (the next turn of a chat: the conversation so far, then the new
 //! message) prefills only what follows.
 //!
-//! **What is read back.** Each step reads back only what the sampler needs: the GPU's best
-//! [`CANDIDATES`] logits when they decide the draw exactly (greedy, or top-k within them, with no
-//! penalties), else the last token's row of logits.
+//! **What is read back.** Sampling runs on the GPU ([`SamplingPlan`]): penalties are applied to
+//! the logits there, greedy is an argmax and plain temperature sampling a Gumbel-max draw (8
+//! bytes read back), truncation (top-k, top-p, min-p) reads the best [`CANDIDATES`] logits and
+//! the row's softmax statistics (520 bytes) and finishes the draw on the CPU. The whole row is
+//! read only for a top-k above the candidates or a top-p / min-p set that reaches past them
+//! (counted in [`Generation::full_row_reads`]).
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, GpuContext};
 use crate::kernels::KvCache;
 use crate::load::LoadedModelFiles;
 use crate::model::{Decoder, Graph, ModelConfig, Readout, StepOutput};
-use crate::sample::{Sampler, SamplingParams, StopCriteria, StopReason, StopStream};
+use crate::sample::{
+    Draw, Sampler, SamplingParams, SamplingPlan, StopCriteria, StopReason, StopStream,
+};
 use crate::text::{ChatMessage, ChatTemplate, Tokenizer};
 
 /// How many of the best logits the GPU selects per step for the sampler.
@@ -121,6 +126,9 @@ pub struct Generation {
     pub prefill_ms: f64,
     /// Time of the remaining tokens, milliseconds.
     pub decode_ms: f64,
+    /// Tokens whose draw read the whole row of logits back: a top-k above the GPU's
+    /// [`CANDIDATES`], or a top-p / min-p set that reached past them.
+    pub full_row_reads: usize,
 }
 
 impl Generation {
@@ -423,30 +431,32 @@ impl Engine {
             max_tokens: options.max_tokens,
         })?;
         sampler.accept(prompt);
-        let readout = if reads_candidates(sampler.params()) {
-            Readout::Candidates
-        } else {
-            Readout::Logits
-        };
+        let plan = sampler.params().plan(CANDIDATES, self.model.config.vocab);
+        let mut full_row_reads = 0;
 
         let start = now_ms();
         // Reuse the cached prefix; at least the last prompt token is run again, for its logits.
         let reuse = common_prefix(&self.cached, prompt).min(prompt.len() - 1);
         self.cached.truncate(reuse);
         let mut pos = reuse;
-        let mut out = StepOutput::Nothing;
+        let mut token = 0;
         while pos < prompt.len() {
             let remaining = prompt.len() - pos;
             // The largest step size that fits what is left.
             let n = *self.sizes.iter().rfind(|&&s| s <= remaining).unwrap_or(&1);
             let g = self.graph_for(ctx, n, pos + n).await?;
-            let last = pos + n == prompt.len();
             let chunk = &prompt[pos..pos + n];
-            let want = if last { readout } else { Readout::Nothing };
-            out = self
-                .model
-                .step(ctx, &mut self.graphs[g], chunk, pos, want)
-                .await?;
+            if pos + n == prompt.len() {
+                let pick = self
+                    .step_and_pick(ctx, g, chunk, pos, &mut sampler, plan)
+                    .await?;
+                token = pick.0;
+                full_row_reads += usize::from(pick.1);
+            } else {
+                self.model
+                    .step(ctx, &mut self.graphs[g], chunk, pos, Readout::Nothing)
+                    .await?;
+            }
             self.cached.extend_from_slice(chunk);
             pos += n;
         }
@@ -456,11 +466,6 @@ impl Engine {
         let mut tokens = Vec::new();
         let mut first_token_at = None;
         let finish_reason = loop {
-            let token = match &out {
-                StepOutput::Candidates(c) => sampler.sample_candidates(c)?,
-                StepOutput::Logits(l) => sampler.sample_logits(l)?,
-                StepOutput::Nothing => unreachable!("the last step reads its output"),
-            };
             first_token_at.get_or_insert_with(now_ms);
             tokens.push(token);
             let piece = if self.eos.contains(&token) && !options.ignore_eos {
@@ -497,11 +502,12 @@ impl Engine {
                 break FinishReason::Length;
             }
             let g = self.graph_for(ctx, 1, pos + 1).await?;
-            out = self
-                .model
-                .step(ctx, &mut self.graphs[g], &[token], pos, readout)
+            let pick = self
+                .step_and_pick(ctx, g, &[token], pos, &mut sampler, plan)
                 .await?;
             self.cached.push(token);
+            token = pick.0;
+            full_row_reads += usize::from(pick.1);
             pos += 1;
         };
         let first = first_token_at.unwrap_or(start);
@@ -513,7 +519,46 @@ impl Engine {
             cached_tokens: reuse,
             prefill_ms: first - start,
             decode_ms: now_ms() - first,
+            full_row_reads,
         })
+    }
+
+    /// Runs a step of `tokens` at `pos` on graph `g` and picks the next token under `plan`:
+    /// on the GPU, or from its candidates, or (when they do not decide the draw) from the whole
+    /// row, read back after the step. Returns the token and whether the whole row was read.
+    async fn step_and_pick(
+        &mut self,
+        ctx: &GpuContext,
+        g: usize,
+        tokens: &[u32],
+        pos: usize,
+        sampler: &mut Sampler,
+        plan: SamplingPlan,
+    ) -> Result<(u32, bool)> {
+        let penalties = sampler.penalty_list();
+        let draw: Draw = sampler.gpu_draw(plan);
+        let readout = Readout::Sample {
+            plan,
+            draw,
+            penalties: &penalties,
+        };
+        let graph = &mut self.graphs[g];
+        let out = self.model.step(ctx, graph, tokens, pos, readout).await?;
+        let vocab = self.model.config.vocab;
+        match out {
+            StepOutput::Token(t) => Ok((sampler.accept_picked(t), false)),
+            StepOutput::Candidates { candidates, stats } => {
+                match sampler.sample_gpu_candidates(&candidates, stats, vocab)? {
+                    Some(t) => Ok((t, false)),
+                    None => {
+                        let row = self.model.read_logits(ctx, graph, tokens.len()).await?;
+                        Ok((sampler.sample_penalized_logits(&row)?, true))
+                    }
+                }
+            }
+            StepOutput::Logits(row) => Ok((sampler.sample_penalized_logits(&row)?, true)),
+            StepOutput::Nothing => Err(Error::Readback("a sampling step read nothing back".into())),
+        }
     }
 
     /// The graph for steps of `n` tokens ending at position `end` (exclusive): the one covering
@@ -534,12 +579,6 @@ impl Engine {
         self.graphs.push(g);
         Ok(self.graphs.len() - 1)
     }
-}
-
-/// Whether the GPU's top [`CANDIDATES`] decide the draw exactly: greedy, or top-k within them,
-/// with no penalties (which may move any token of the window past the candidates).
-pub fn reads_candidates(p: &SamplingParams) -> bool {
-    !p.penalties_on() && (p.temperature == 0.0 || (1..=CANDIDATES).contains(&p.top_k))
 }
 
 /// The positions a graph for a sequence of `end` positions covers: [`FIRST_SPAN`] × 4ᵏ, at most
@@ -585,26 +624,6 @@ fn eos_ids_of_json(json: &str) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn candidates_decide_only_unpenalized_greedy_or_small_top_k() {
-        let greedy = SamplingParams::greedy();
-        assert!(reads_candidates(&greedy));
-        let mut p = SamplingParams {
-            temperature: 0.7,
-            ..SamplingParams::default()
-        };
-        assert!(!reads_candidates(&p), "top-k off needs the whole row");
-        p.top_k = 40;
-        assert!(reads_candidates(&p));
-        p.top_k = CANDIDATES + 1;
-        assert!(!reads_candidates(&p));
-        let penalized = SamplingParams {
-            repetition_penalty: 1.1,
-            ..greedy
-        };
-        assert!(!reads_candidates(&penalized));
-    }
 
     #[test]
     fn eos_ids_come_as_a_number_or_a_list() {

@@ -16,6 +16,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::error::{Error, Result};
+pub use crate::kernels::Draw;
 use crate::rng::Rng;
 
 /// How to pick tokens. The defaults are neutral (OpenAI's: temperature 1, nothing truncated, no
@@ -105,6 +106,21 @@ impl SamplingParams {
         Ok(())
     }
 
+    /// What the GPU computes for a step under these parameters, with `candidates` best logits
+    /// selected on the GPU from a vocabulary of `vocab` (see [`SamplingPlan`]).
+    pub fn plan(&self, candidates: usize, vocab: usize) -> SamplingPlan {
+        let top_k_off = self.top_k == 0 || self.top_k >= vocab;
+        if self.temperature == 0.0 {
+            SamplingPlan::Greedy
+        } else if top_k_off && self.top_p >= 1.0 && self.min_p == 0.0 {
+            SamplingPlan::Gumbel
+        } else if !top_k_off && self.top_k > candidates {
+            SamplingPlan::FullRow
+        } else {
+            SamplingPlan::Candidates
+        }
+    }
+
     /// Whether any penalty changes logits.
     pub fn penalties_on(&self) -> bool {
         self.penalty_last_n > 0
@@ -112,6 +128,26 @@ impl SamplingParams {
                 || self.presence_penalty != 0.0
                 || self.frequency_penalty != 0.0)
     }
+}
+
+/// How a step's token is picked on the GPU ([`SamplingParams::plan`]). Penalties, when on, are
+/// applied to the logits on the GPU first, in every plan. Each plan reads back at most the best
+/// candidates and 8 bytes, except [`SamplingPlan::FullRow`] and the fallback of
+/// [`SamplingPlan::Candidates`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SamplingPlan {
+    /// Temperature 0: the GPU's argmax.
+    Greedy,
+    /// Temperature only (nothing truncated): a Gumbel-max draw on the GPU, keyed by one number of
+    /// the seeded generator per token.
+    Gumbel,
+    /// Truncation within the candidates (top-k up to their number, top-p, min-p): the GPU's best
+    /// candidates and the row's softmax statistics; the draw is finished on the CPU
+    /// ([`Sampler::sample_gpu_candidates`]), which asks for the whole row only when the kept set
+    /// may reach past the candidates.
+    Candidates,
+    /// Top-k above the number of candidates (below the vocabulary): the whole row.
+    FullRow,
 }
 
 /// Picks tokens with one [`SamplingParams`], one seeded generator and a window of recent tokens
@@ -169,6 +205,117 @@ impl Sampler {
     pub fn clear_history(&mut self) {
         self.recent.clear();
         self.counts.clear();
+    }
+
+    /// Each distinct token of the penalty window with its count, by token id (what the GPU's
+    /// penalty kernel applies); empty when penalties are off.
+    pub fn penalty_list(&self) -> Vec<(u32, u32)> {
+        if !self.params.penalties_on() {
+            return Vec::new();
+        }
+        let mut list: Vec<(u32, u32)> = self.counts.iter().map(|(&t, &c)| (t, c)).collect();
+        list.sort_unstable();
+        list
+    }
+
+    /// The GPU's view of the next draw under `plan`: the penalties and, for
+    /// [`SamplingPlan::Gumbel`], a fresh key from the seeded generator (one number per token, as
+    /// a CPU draw takes) and 1 / temperature. `n_pen` is the length of [`Sampler::penalty_list`];
+    /// the row is left 0 for the caller.
+    pub fn gpu_draw(&mut self, plan: SamplingPlan) -> Draw {
+        let key = if plan == SamplingPlan::Gumbel {
+            self.rng.next_u64()
+        } else {
+            0
+        };
+        let p = &self.params;
+        let n_pen = if p.penalties_on() {
+            self.counts.len() as u32
+        } else {
+            0
+        };
+        Draw {
+            key_lo: key as u32,
+            key_hi: (key >> 32) as u32,
+            inv_temp: if p.temperature > 0.0 {
+                1.0 / p.temperature
+            } else {
+                0.0
+            },
+            n_pen,
+            repetition: p.repetition_penalty,
+            presence: p.presence_penalty,
+            frequency: p.frequency_penalty,
+            row: 0,
+        }
+    }
+
+    /// Records a token the GPU picked (greedy or Gumbel) in the penalty window.
+    pub fn accept_picked(&mut self, token: u32) -> u32 {
+        self.accept(&[token]);
+        token
+    }
+
+    /// Picks the next token from the GPU's best candidates of a row whose penalties the GPU
+    /// already applied, with the row's softmax statistics `(max, Σ exp(x − max))` over the whole
+    /// vocabulary of `vocab` tokens ([`crate::kernels::logit_stats`]). `None` (nothing drawn)
+    /// when the kept set may reach past the candidates: then sample the whole row with
+    /// [`Sampler::sample_penalized_logits`]. The result equals the whole row's draw whenever it
+    /// is `Some`, up to the rounding of the GPU's f32 sum in top-p's cut.
+    pub fn sample_gpu_candidates(
+        &mut self,
+        candidates: &[(u32, f32)],
+        stats: (f32, f32),
+        vocab: usize,
+    ) -> Result<Option<u32>> {
+        let mut ranked = self.rank(candidates.to_vec(), false)?;
+        let p = &self.params;
+        let whole = candidates.len() >= vocab;
+        let top_k_on = p.top_k > 0 && p.top_k < vocab;
+        if top_k_on && p.top_k > candidates.len() && !whole {
+            return Ok(None);
+        }
+        if p.temperature > 0.0 && !whole && !top_k_on {
+            let n = ranked.len();
+            let max = f64::from(ranked[0].1);
+            // The prefix each cut keeps, when the candidates decide it.
+            let mut cut: Option<usize> = None;
+            if p.min_p > 0.0 {
+                let min = f64::from(p.min_p);
+                if let Some(i) = ranked.iter().position(|c| exp(f64::from(c.1) - max) < min) {
+                    cut = Some(i);
+                }
+            }
+            if p.top_p < 1.0 {
+                // Σ exp(x − max) over the whole row, from the GPU's (M, Z).
+                let total = f64::from(stats.1) * exp(f64::from(stats.0) - max);
+                let target = f64::from(p.top_p) * total;
+                let mut cum = 0.0;
+                for (i, c) in ranked.iter().enumerate() {
+                    cum += exp(f64::from(c.1) - max);
+                    if cum >= target {
+                        cut = Some(cut.map_or(i + 1, |m| m.min(i + 1)));
+                        break;
+                    }
+                }
+            }
+            match cut {
+                Some(keep) => ranked.truncate(keep.min(n)),
+                None => return Ok(None),
+            }
+            // The cuts are made; what is left is drawn from as is.
+            let dist = self.finish_cut(ranked);
+            return Ok(Some(self.draw(&dist)));
+        }
+        let dist = self.finish(ranked);
+        Ok(Some(self.draw(&dist)))
+    }
+
+    /// Picks the next token from a whole row of logits whose penalties the GPU already applied.
+    pub fn sample_penalized_logits(&mut self, logits: &[f32]) -> Result<u32> {
+        let ranked = self.rank_logits_with(logits, false)?;
+        let dist = self.finish(ranked);
+        Ok(self.draw(&dist))
     }
 
     /// How often each token occurs in the penalty window.
@@ -270,6 +417,10 @@ impl Sampler {
 
     /// Penalized candidates from a whole row, best first, cut to top-k when it is on.
     fn rank_logits(&self, logits: &[f32]) -> Result<Vec<(u32, f32)>> {
+        self.rank_logits_with(logits, true)
+    }
+
+    fn rank_logits_with(&self, logits: &[f32], penalize: bool) -> Result<Vec<(u32, f32)>> {
         if logits.is_empty() {
             return Err(Error::NoCandidates {
                 detail: "the logits row is empty".into(),
@@ -280,7 +431,7 @@ impl Sampler {
             .enumerate()
             .map(|(i, &l)| (i as u32, canonical(l)))
             .collect();
-        if self.params.penalties_on() {
+        if penalize && self.params.penalties_on() {
             for &token in self.counts.keys() {
                 if let Some(c) = row.get_mut(token as usize) {
                     c.1 = canonical(self.penalize(token, c.1));
@@ -301,15 +452,20 @@ impl Sampler {
     }
 
     fn rank_candidates(&self, candidates: &[(u32, f32)]) -> Result<Vec<(u32, f32)>> {
-        if candidates.is_empty() {
+        self.rank(candidates.to_vec(), true)
+    }
+
+    /// Candidates best first, penalized first when asked, without −inf.
+    fn rank(&self, mut row: Vec<(u32, f32)>, penalize: bool) -> Result<Vec<(u32, f32)>> {
+        if row.is_empty() {
             return Err(Error::NoCandidates {
                 detail: "the candidate list is empty".into(),
             });
         }
-        let mut row: Vec<(u32, f32)> = candidates
-            .iter()
-            .map(|&(t, l)| (t, canonical(self.penalize(t, canonical(l)))))
-            .collect();
+        for c in &mut row {
+            let l = canonical(c.1);
+            c.1 = canonical(if penalize { self.penalize(c.0, l) } else { l });
+        }
         row.sort_unstable_by(order);
         drop_neg_inf(row)
     }
@@ -344,7 +500,13 @@ impl Sampler {
             // The best token has relative probability 1 ≥ min_p, so it always stays.
             ranked.retain(|c| exp(f64::from(c.1) - max) >= min);
         }
-        let t = f64::from(p.temperature);
+        self.finish_cut(ranked)
+    }
+
+    /// Temperature and normalization of what the truncations kept (best first).
+    fn finish_cut(&self, ranked: Vec<(u32, f32)>) -> Vec<(u32, f64)> {
+        let max = f64::from(ranked[0].1);
+        let t = f64::from(self.params.temperature);
         let w: Vec<f64> = ranked
             .iter()
             .map(|c| exp((f64::from(c.1) - max) / t))
@@ -356,6 +518,22 @@ impl Sampler {
             .map(|(c, wi)| (c.0, wi / total))
             .collect()
     }
+}
+
+/// The uniform number in (0, 1) that the GPU's Gumbel draw (shaders/gumbel.wgsl) uses for
+/// element `e` of row `row` under the 64-bit `key`: the same 32-bit hash, 24 bits of it centred
+/// in their interval. The draw picks the argmax of `x[e] / temperature − ln(−ln(u))`.
+pub fn gumbel_uniform(key: u64, row: u32, e: u32) -> f32 {
+    fn mix32(mut x: u32) -> u32 {
+        x ^= x >> 16;
+        x = x.wrapping_mul(0x7feb_352d);
+        x ^= x >> 15;
+        x = x.wrapping_mul(0x846c_a68b);
+        x ^= x >> 16;
+        x
+    }
+    let h = mix32(e ^ mix32(row ^ mix32((key >> 32) as u32 ^ mix32(key as u32))));
+    ((h >> 8) as f32 + 0.5) * (1.0 / 16_777_216.0)
 }
 
 /// NaN as −inf, −0 as +0: the GPU top-k's conventions.

@@ -944,5 +944,6 @@ async fn run_generation(
     set("completionTokens", (g.tokens.len() as f64).into());
     set("prefillMs", g.prefill_ms.into());
     set("decodeMs", g.decode_ms.into());
+    set("fullRowReads", (g.full_row_reads as f64).into());
     Ok(o.into())
 }

@@ -7,11 +7,13 @@
 mod common;
 
 use common::{ctx, expect_err, tiny_template, tiny_tokenizer_json};
-use pocketlm::engine::{Engine, EngineOptions, FinishReason, Flow, GenerateOptions, Generation};
+use pocketlm::engine::{
+    Engine, EngineOptions, FinishReason, Flow, GenerateOptions, Generation, CANDIDATES,
+};
 use pocketlm::gpu::DType;
 use pocketlm::load::{load_directory, LoadOptions, LoadedModelFiles};
-use pocketlm::model::{Decoder, ModelConfig};
-use pocketlm::sample::SamplingParams;
+use pocketlm::model::{Decoder, ModelConfig, Readout, StepOutput};
+use pocketlm::sample::{gumbel_uniform, Sampler, SamplingParams, SamplingPlan};
 use pocketlm::text::ChatMessage;
 
 const VOCAB: usize = 128;
@@ -145,52 +147,225 @@ fn a_second_turn_reuses_the_cached_prefix_and_matches_a_fresh_prefill() {
 }
 
 #[test]
-fn seeded_sampling_repeats_and_candidates_agree_with_the_full_row() {
+fn seeded_sampling_repeats_in_every_plan_and_counts_full_row_reads() {
     let mut engine = engine_with(64);
     let prompt: Vec<u32> = vec![1, 9, 33, 57, 80];
-    let sample = |engine: &mut Engine, sampling: SamplingParams| {
+    let mut sample = |sampling: SamplingParams| {
         engine.reset();
         let opts = GenerateOptions {
             sampling,
             ..greedy(10)
         };
-        generate(engine, &prompt, &opts).tokens
+        generate(&mut engine, &prompt, &opts)
     };
-    let top_k = SamplingParams {
+    let base = SamplingParams {
         temperature: 1.5,
-        top_k: 20,
         seed: Some(7),
         ..SamplingParams::default()
     };
-    let a = sample(&mut engine, top_k.clone());
-    assert_eq!(
-        a,
-        sample(&mut engine, top_k.clone()),
-        "same seed, same tokens"
-    );
-    let other_seed = sample(
-        &mut engine,
-        SamplingParams {
+    let plans = [
+        (SamplingPlan::Gumbel, base.clone()),
+        (
+            SamplingPlan::Candidates,
+            SamplingParams {
+                top_k: 20,
+                ..base.clone()
+            },
+        ),
+        (
+            SamplingPlan::Candidates,
+            SamplingParams {
+                top_p: 0.5,
+                repetition_penalty: 1.3,
+                ..base.clone()
+            },
+        ),
+        (
+            SamplingPlan::FullRow,
+            SamplingParams {
+                top_k: 100,
+                frequency_penalty: 0.5,
+                ..base.clone()
+            },
+        ),
+    ];
+    for (plan, params) in plans {
+        assert_eq!(params.plan(CANDIDATES, VOCAB), plan, "{params:?}");
+        let a = sample(params.clone());
+        assert_eq!(a.tokens.len(), 10);
+        assert_eq!(
+            a.tokens,
+            sample(params.clone()).tokens,
+            "{plan:?}: same seed, same tokens"
+        );
+        let other = sample(SamplingParams {
             seed: Some(8),
-            ..top_k.clone()
+            ..params.clone()
+        });
+        assert_ne!(
+            a.tokens, other.tokens,
+            "{plan:?}: another seed draws other tokens"
+        );
+        match plan {
+            SamplingPlan::FullRow => assert_eq!(a.full_row_reads, 10),
+            SamplingPlan::Gumbel => assert_eq!(a.full_row_reads, 0),
+            // Top-k 20 and top-p 0.5 of this model's flat distribution fit the candidates.
+            _ => assert_eq!(a.full_row_reads, 0, "{params:?}"),
+        }
+    }
+    // A min-p so small that the kept set reaches past the 64 candidates of 128: the whole row.
+    let wide = sample(SamplingParams {
+        min_p: 1e-6,
+        ..base
+    });
+    assert_eq!(wide.full_row_reads, 10);
+}
+
+/// One step of the tiny model over `seq` with the sampler's view of the GPU (`Readout::Sample`)
+/// and with the whole row read back and sampled on the CPU (penalties applied there), with two
+/// samplers of one seed: the two picks must agree in every plan that the CPU sampler can
+/// compute, and the Gumbel pick must be the best perturbed logit.
+#[test]
+fn gpu_sampling_agrees_with_the_cpu_sampler_on_the_whole_row() {
+    let m = loaded(|_| {});
+    let config = ModelConfig::from_hf_json(&m.companions["config.json"], "tiny-llama").unwrap();
+    let model = pollster::block_on(Decoder::new(ctx(), config, m.tensors, 64, DType::F32)).unwrap();
+    let seq: Vec<u32> = vec![1, 9, 33, 57, 80, 9, 9, 33];
+    let mut graph = pollster::block_on(model.graph(ctx(), seq.len(), CANDIDATES)).unwrap();
+    let penalties = SamplingParams {
+        repetition_penalty: 1.5,
+        presence_penalty: 0.7,
+        frequency_penalty: 0.4,
+        ..SamplingParams::default()
+    };
+    let cases = [
+        SamplingParams::greedy(),
+        SamplingParams {
+            temperature: 0.0,
+            ..penalties.clone()
         },
-    );
-    assert_ne!(a, other_seed, "another seed draws other tokens");
-    // Top-k of 20 is decided by the GPU's 64 candidates; top-p of 1 (with top-k) by the whole
-    // row: the same distribution either way, so the same draws.
-    assert!(pocketlm::engine::reads_candidates(&top_k));
-    let full = SamplingParams {
-        top_k: 0,
-        ..top_k.clone()
-    };
-    assert!(!pocketlm::engine::reads_candidates(&full));
-    // A tiny penalty no token can feel forces the whole-row path with top-k 20 kept.
-    let via_row = SamplingParams {
-        presence_penalty: 1e-30,
-        ..top_k
-    };
-    assert!(!pocketlm::engine::reads_candidates(&via_row));
-    assert_eq!(a, sample(&mut engine, via_row));
+        SamplingParams {
+            temperature: 0.8,
+            top_k: 30,
+            ..penalties.clone()
+        },
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 0.3,
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            temperature: 1.2,
+            top_p: 0.6,
+            min_p: 0.05,
+            ..penalties.clone()
+        },
+        SamplingParams {
+            temperature: 0.7,
+            min_p: 0.001,
+            ..SamplingParams::default()
+        },
+        SamplingParams {
+            temperature: 0.9,
+            top_k: 90,
+            ..penalties.clone()
+        },
+        SamplingParams {
+            temperature: 0.6,
+            ..penalties.clone()
+        },
+    ];
+    let mut fallbacks = 0;
+    for (i, params) in cases.iter().enumerate() {
+        for seed in 0..6u64 {
+            let params = SamplingParams {
+                seed: Some(seed * 31 + i as u64),
+                ..params.clone()
+            };
+            let plan = params.plan(CANDIDATES, VOCAB);
+            let mut gpu = Sampler::new(params.clone()).unwrap();
+            let mut cpu = Sampler::new(params.clone()).unwrap();
+            gpu.accept(&seq);
+            cpu.accept(&seq);
+            let pens = gpu.penalty_list();
+            let draw = gpu.gpu_draw(plan);
+            let readout = Readout::Sample {
+                plan,
+                draw,
+                penalties: &pens,
+            };
+            let out = pollster::block_on(model.step(ctx(), &mut graph, &seq, 0, readout)).unwrap();
+            // The row as the GPU penalized it, then the row as computed.
+            let gpu_row = pollster::block_on(model.read_logits(ctx(), &graph, seq.len())).unwrap();
+            let row =
+                match pollster::block_on(model.step(ctx(), &mut graph, &seq, 0, Readout::Logits))
+                    .unwrap()
+                {
+                    StepOutput::Logits(row) => row,
+                    other => panic!("a logits readout gave {other:?}"),
+                };
+            let mut penalized = row.clone();
+            cpu.apply_penalties(&mut penalized);
+            for (e, (&g, &c)) in gpu_row.iter().zip(&penalized).enumerate() {
+                // A division and a multiply-add: within a few units in the last place.
+                assert!(
+                    (g - c).abs() <= 4.0 * f32::EPSILON * c.abs(),
+                    "token {e}: {g} vs {c}"
+                );
+            }
+            let picked = match out {
+                StepOutput::Token(t) if plan == SamplingPlan::Gumbel => {
+                    // The best of x / T − ln(−ln(u)), from the hash the GPU uses, of the last
+                    // token's row (this graph computes logits for every token).
+                    let key = u64::from(draw.key_lo) | (u64::from(draw.key_hi) << 32);
+                    let last = (seq.len() - 1) as u32;
+                    let score = |e: usize| {
+                        let u = f64::from(gumbel_uniform(key, last, e as u32));
+                        f64::from(gpu_row[e] * draw.inv_temp) - (-u.ln()).ln()
+                    };
+                    let best = (0..VOCAB).map(score).fold(f64::MIN, f64::max);
+                    assert!(
+                        score(t as usize) >= best - 1e-5 * (1.0 + best.abs()),
+                        "{params:?}: the Gumbel pick {t} scores {} < the best {best}",
+                        score(t as usize)
+                    );
+                    continue;
+                }
+                StepOutput::Token(t) => gpu.accept_picked(t),
+                StepOutput::Candidates { candidates, stats } => {
+                    assert_eq!(plan, SamplingPlan::Candidates);
+                    // The statistics are the penalized row's.
+                    let max = gpu_row.iter().copied().fold(f32::MIN, f32::max);
+                    assert_eq!(stats.0, max, "{params:?}");
+                    let z: f64 = gpu_row.iter().map(|&x| f64::from(x - max).exp()).sum();
+                    assert!(
+                        (f64::from(stats.1) / z - 1.0).abs() < 1e-5,
+                        "{stats:?} vs {z}"
+                    );
+                    match gpu
+                        .sample_gpu_candidates(&candidates, stats, VOCAB)
+                        .unwrap()
+                    {
+                        Some(t) => t,
+                        None => {
+                            fallbacks += 1;
+                            gpu.sample_penalized_logits(&gpu_row).unwrap()
+                        }
+                    }
+                }
+                StepOutput::Logits(r) => {
+                    assert_eq!(plan, SamplingPlan::FullRow);
+                    assert_eq!(r, gpu_row, "the row the GPU penalized");
+                    gpu.sample_penalized_logits(&r).unwrap()
+                }
+                StepOutput::Nothing => panic!("a sampling readout read nothing"),
+            };
+            let want = cpu.sample_logits(&row).unwrap();
+            assert_eq!(picked, want, "{params:?} ({plan:?})");
+        }
+    }
+    // The min-p of 0.001 keeps more than the 64 candidates of this flat model.
+    assert!(fallbacks >= 6, "{fallbacks} fallbacks to the whole row");
 }
 
 #[test]

@@ -122,6 +122,50 @@ fn topk_model_vocabularies() {
     }
 }
 
+/// The sampling kernels: softmax statistics of every kind of row at real vocabulary sizes, the
+/// penalties, and Gumbel draws that follow the softmax.
+#[test]
+fn sampling_kernels_match_reference() {
+    let kinds = [
+        Logits::Uniform,
+        Logits::Ties,
+        Logits::Special,
+        Logits::Ascending,
+        Logits::Flat,
+    ];
+    for (i, &vocab) in [1usize, 63, 4096, 4097, 49_152, 262_144].iter().enumerate() {
+        for (j, &logits) in kinds.iter().enumerate() {
+            let rows = if vocab > 100_000 { 1 } else { 2 };
+            let case = OpCase::LogitStats {
+                rows,
+                vocab,
+                logits,
+            };
+            assert_passes(case, (i * 10 + j) as u64);
+        }
+    }
+    for (vocab, window) in [(128, 1), (49_152, 64), (151_936, 300)] {
+        assert_passes(
+            OpCase::Penalize {
+                rows: 3,
+                vocab,
+                window,
+            },
+            vocab as u64,
+        );
+    }
+    for (draws, vocab, temperature) in [(4000, 12, 1.0), (3000, 40, 0.5), (2000, 5000, 2.0)] {
+        assert_passes(
+            OpCase::Gumbel {
+                draws,
+                vocab,
+                temperature,
+            },
+            draws as u64,
+        );
+    }
+}
+
 /// Sizes on and around the top-k tile (1024 slots), the final level's span (2048) and the
 /// argmax span (4096), where off-by-one errors live.
 #[test]

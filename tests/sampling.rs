@@ -1,7 +1,9 @@
 //! Sampling: greedy, temperature, truncation, penalties, seeds, and stop conditions. Every test
 //! is deterministic (fixed seeds), so statistical bounds cannot flake.
 
-use pocketlm::sample::{Sampler, SamplingParams, StopCriteria, StopReason, StopStream};
+use pocketlm::sample::{
+    Sampler, SamplingParams, SamplingPlan, StopCriteria, StopReason, StopStream,
+};
 
 #[path = "common/seeded.rs"]
 mod seeded;
@@ -301,6 +303,116 @@ fn candidate_and_full_row_paths_agree() {
             cand.sample_candidates(&c).unwrap()
         );
     }
+}
+
+#[test]
+fn plans_put_every_setting_on_the_gpu_but_top_k_past_the_candidates() {
+    let plan = |p: SamplingParams| p.plan(64, 1000);
+    let t = |temperature| SamplingParams {
+        temperature,
+        ..SamplingParams::default()
+    };
+    assert_eq!(plan(SamplingParams::greedy()), SamplingPlan::Greedy);
+    assert_eq!(
+        plan(SamplingParams {
+            top_p: 0.5,
+            repetition_penalty: 1.2,
+            ..SamplingParams::greedy()
+        }),
+        SamplingPlan::Greedy
+    );
+    assert_eq!(plan(t(0.7)), SamplingPlan::Gumbel);
+    // A top-k as large as the vocabulary truncates nothing.
+    for top_k in [0, 1000, 5000] {
+        let p = SamplingParams { top_k, ..t(0.7) };
+        assert_eq!(plan(p), SamplingPlan::Gumbel, "top_k {top_k}");
+    }
+    for p in [
+        SamplingParams {
+            top_k: 64,
+            ..t(0.7)
+        },
+        SamplingParams {
+            top_p: 0.9,
+            ..t(0.7)
+        },
+        SamplingParams {
+            min_p: 0.1,
+            ..t(0.7)
+        },
+        SamplingParams {
+            top_k: 40,
+            top_p: 0.9,
+            ..t(0.7)
+        },
+    ] {
+        assert_eq!(plan(p.clone()), SamplingPlan::Candidates, "{p:?}");
+    }
+    assert_eq!(
+        plan(SamplingParams {
+            top_k: 65,
+            ..t(0.7)
+        }),
+        SamplingPlan::FullRow
+    );
+}
+
+/// The GPU's candidates with the row's softmax statistics decide top-p and min-p exactly when
+/// the kept set ends inside them; otherwise they say so and the whole row decides.
+#[test]
+fn gpu_candidates_with_statistics_agree_with_the_full_row() {
+    let mut rng = pocketlm::reference::Rng::new(9);
+    let vocab = 3000;
+    let cases = [
+        (0.9, 0.0, 1.0),
+        (0.5, 0.0, 0.7),
+        (1.0, 0.05, 1.3),
+        (0.95, 0.2, 0.9),
+        (0.999, 0.0, 1.0),
+        (1.0, 1e-4, 1.0),
+    ];
+    let (mut decided, mut undecided) = (0, 0);
+    for (i, &(top_p, min_p, temperature)) in cases.iter().enumerate() {
+        let p = SamplingParams {
+            temperature,
+            top_p,
+            min_p,
+            seed: Some(i as u64),
+            ..SamplingParams::default()
+        };
+        assert_eq!(p.plan(64, vocab), SamplingPlan::Candidates);
+        let (mut full, mut gpu) = (Sampler::new(p.clone()).unwrap(), Sampler::new(p).unwrap());
+        for r in 0..40 {
+            // Peaked rows (a few strong tokens) and flat ones.
+            let mut row = rng.vec(vocab, -3.0, 3.0);
+            if r % 2 == 0 {
+                for _ in 0..8 {
+                    let t = rng.range(0, vocab - 1);
+                    row[t] += rng.uniform(8.0, 14.0);
+                }
+            }
+            let cands = pocketlm::reference::ops::topk(&row, vocab, 64).remove(0);
+            let (m, z) = pocketlm::reference::ops::logit_stats(&row, vocab)[0];
+            let want = full.sample_logits(&row).unwrap();
+            match gpu
+                .sample_gpu_candidates(&cands, (m, z as f32), vocab)
+                .unwrap()
+            {
+                Some(t) => {
+                    decided += 1;
+                    assert_eq!(t, want, "top_p {top_p}, min_p {min_p}, row {r}");
+                }
+                None => {
+                    undecided += 1;
+                    assert_eq!(gpu.sample_penalized_logits(&row).unwrap(), want);
+                }
+            }
+        }
+    }
+    assert!(
+        decided > 40 && undecided > 20,
+        "{decided} decided, {undecided} not"
+    );
 }
 
 #[test]

@@ -81,6 +81,26 @@ async fn fixed_ops_match_reference_in_browser() {
             vocab: 49_152,
             logits: Logits::Special,
         },
+        OpCase::LogitStats {
+            rows: 2,
+            vocab: 49_152,
+            logits: Logits::Special,
+        },
+        OpCase::LogitStats {
+            rows: 1,
+            vocab: 262_144,
+            logits: Logits::Uniform,
+        },
+        OpCase::Penalize {
+            rows: 2,
+            vocab: 49_152,
+            window: 64,
+        },
+        OpCase::Gumbel {
+            draws: 3000,
+            vocab: 12,
+            temperature: 0.8,
+        },
     ];
     for (i, case) in cases.into_iter().enumerate() {
         assert_passes(&ctx, case, i as u64).await;

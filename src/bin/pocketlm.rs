@@ -360,6 +360,14 @@ mod cli {
             g.prefill_ms,
             g.decode_tokens_per_s()
         );
+        if g.full_row_reads > 0 {
+            eprintln!(
+                "[{} of the draws read the whole row of logits: the sampling settings keep more \
+                 tokens than the GPU's {} candidates]",
+                g.full_row_reads,
+                pocketlm::engine::CANDIDATES
+            );
+        }
     }
 
     async fn run_prompt(

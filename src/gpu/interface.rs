@@ -42,7 +42,7 @@ macro_rules! uniform {
     ) => {
         $(#[$meta])*
         #[repr(C)]
-        #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
         $vis struct $name {
             $($(#[$fmeta])* $fvis $field: $ty),*
         }

@@ -27,7 +27,10 @@ pub use rope::{
     rope, rope_angle, rope_cos_sin, rope_inv_freq, rope_inv_freq_with_factors, rope_qk,
     Llama3Scaling, RopeConfig, RopeLayout, RopeTable,
 };
-pub use sample::{argmax, topk, topk_output, topk_shape, TopK, TOPK_MAX};
+pub use sample::{
+    argmax, gumbel_argmax, logit_stats, penalize, topk, topk_output, topk_shape, Draw, DrawState,
+    LogitStats, TopK, TOPK_MAX,
+};
 
 use wgpu::util::DeviceExt;
 

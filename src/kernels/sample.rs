@@ -14,9 +14,15 @@ use crate::gpu::{
     DType, Dispatch, GpuContext, GpuTensor, Interface, Kernel, ReadSlot, Readback, Recorder, Slot,
     Specialization,
 };
-use crate::kernels::{build, dim, expect_distinct, expect_dtype, grid, mismatch, WG};
+use crate::kernels::{build, dim, expect_distinct, expect_dtype, grid, mismatch, Bind, WG};
 
 const TOPK_SRC: &str = include_str!("../../shaders/topk.wgsl");
+const GUMBEL: &str = include_str!("../../shaders/gumbel.wgsl");
+/// The first level's key of a logit without a draw.
+const PLAIN_KEY: &str =
+    "fn sample_key(row: u32, e: u32, bits: u32) -> u32 { return order_key(bits); }\n";
+const PENALIZE_SRC: &str = include_str!("../../shaders/penalize.wgsl");
+const STATS_SRC: &str = include_str!("../../shaders/logit_stats.wgsl");
 
 /// The largest k [`topk`] takes.
 pub const TOPK_MAX: usize = 64;
@@ -57,8 +63,62 @@ const TOPK: Kernel = Kernel::new(
     "topk",
     TOPK_SRC,
     "topk",
-    Interface::new::<TopkParams>(&[LOGITS, SRC, DST]),
+    Interface::new::<TopkParams>(&[LOGITS, SRC, DST, DRAW]),
 );
+
+crate::uniform! {
+    /// What a step's sampling needs on the GPU, rewritten before each submit
+    /// ([`DrawState::set`]).
+    pub struct Draw {
+        /// The Gumbel draw's 64-bit key: a new one per step, from the seeded generator.
+        pub key_lo: u32,
+        pub key_hi: u32,
+        /// 1 / temperature, for the Gumbel draw.
+        pub inv_temp: f32,
+        /// Live entries of the penalty list ([`penalize`]); 0 leaves the logits alone.
+        pub n_pen: u32,
+        pub repetition: f32,
+        pub presence: f32,
+        pub frequency: f32,
+        /// The row of the logits the penalties apply to.
+        pub row: u32,
+    }
+}
+
+/// The per-step sampling uniform.
+const DRAW: Slot = Slot::uniform::<Draw>("draw");
+
+/// A [`Draw`] in a small uniform buffer that the dispatches built against it read; writing it
+/// ([`DrawState::set`]) is all a new step's draw needs.
+#[derive(Debug)]
+pub struct DrawState {
+    buffer: wgpu::Buffer,
+}
+
+impl DrawState {
+    pub fn new(ctx: &GpuContext) -> DrawState {
+        use wgpu::util::DeviceExt;
+        let buffer = ctx
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("pocketlm draw"),
+                contents: bytemuck::bytes_of(&Draw::default()),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            });
+        DrawState { buffer }
+    }
+
+    /// Makes the next submitted work use `draw` (written through the queue, so it lands before
+    /// the next submit and after the work already submitted).
+    pub fn set(&self, ctx: &GpuContext, draw: &Draw) {
+        ctx.queue
+            .write_buffer(&self.buffer, 0, bytemuck::bytes_of(draw));
+    }
+
+    fn bind(&self) -> Bind<'_> {
+        (DRAW, &self.buffer)
+    }
+}
 
 /// One pass over the rows: `parts` workgroups per row, each reducing `span` of the row's `n`
 /// input elements (logits on the first level, candidate pairs after).
@@ -165,13 +225,26 @@ impl TopK {
 /// k ≤ the row length, into `out` of shape [`topk_shape`]`(logits.shape(), k)`. Scratch space
 /// for the intermediate levels is allocated here, once.
 pub async fn topk(ctx: &GpuContext, logits: &GpuTensor, k: usize, out: &GpuTensor) -> Result<TopK> {
-    select("topk", ctx, logits, k, out).await
+    select("topk", ctx, logits, k, out, None).await
 }
 
 /// Argmax over the last dimension of `logits` into `out` of shape `[..rows, 1, 2]`: the same as
 /// [`topk`] with k = 1, which runs a register scan per invocation and a tree per workgroup.
 pub async fn argmax(ctx: &GpuContext, logits: &GpuTensor, out: &GpuTensor) -> Result<TopK> {
-    select("argmax", ctx, logits, 1, out).await
+    select("argmax", ctx, logits, 1, out, None).await
+}
+
+/// A draw from `softmax(logits · draw.inv_temp)` per row, on the GPU (the Gumbel-max trick, see
+/// shaders/gumbel.wgsl): [`argmax`] of the logits perturbed by Gumbel noise from a hash of
+/// (`draw`'s key, row, index). Output as [`argmax`]'s: the drawn index with its (unperturbed)
+/// logit. The key and temperature are read from `draw` when the work runs.
+pub async fn gumbel_argmax(
+    ctx: &GpuContext,
+    logits: &GpuTensor,
+    draw: &DrawState,
+    out: &GpuTensor,
+) -> Result<TopK> {
+    select("gumbel_argmax", ctx, logits, 1, out, Some(draw)).await
 }
 
 async fn select(
@@ -180,6 +253,7 @@ async fn select(
     logits: &GpuTensor,
     k: usize,
     out: &GpuTensor,
+    draw: Option<&DrawState>,
 ) -> Result<TopK> {
     expect_dtype(name, logits, &[DType::F32], "f32 logits")?;
     expect_dtype(
@@ -246,7 +320,8 @@ async fn select(
     let spec = Specialization::default()
         .with("WG", WG)
         .with("K", kp as u32)
-        .with("TILE", TILE as u32);
+        .with("TILE", TILE as u32)
+        .snippet(if draw.is_some() { GUMBEL } else { PLAIN_KEY });
     let last = levels.len() - 1;
     let mut dispatches = Vec::with_capacity(levels.len());
     for (i, l) in levels.iter().enumerate() {
@@ -267,11 +342,12 @@ async fn select(
         let dst = if i == last { out } else { &scratch[i % 2] };
         let groups = rows as u64 * l.parts as u64;
         let wg = grid(ctx, name, groups)?;
-        let binds = [
+        let mut binds = vec![
             (LOGITS, &logits.buffer),
             (SRC, &src.buffer),
             (DST, &dst.buffer),
         ];
+        binds.extend(draw.map(DrawState::bind));
         dispatches.push(build(ctx, &kernel, &spec, &params, &binds, wg).await?);
     }
     Ok(TopK {
@@ -291,6 +367,174 @@ pub fn topk_output(
     k: usize,
 ) -> Result<GpuTensor> {
     ctx.zeros(name, &topk_shape(logits.shape(), k), DType::I32)
+}
+
+crate::uniform! {
+    struct RowsParams {
+        rows: u32,
+        vocab: u32,
+        /// Workgroups per row (`logit_stats`).
+        parts: u32,
+        /// Elements per workgroup (`logit_stats`).
+        span: u32,
+    }
+}
+
+/// The logits as raw f32 bits (NaN is told apart by its bits, whatever the driver does).
+const LOGIT_BITS: Slot = Slot::read("logits", "u32");
+const LOGITS_RW: Slot = Slot::read_write("logits", "f32");
+/// (token, count) pairs: each distinct token of the penalty window once.
+const PENS: Slot = Slot::read("pens", "u32");
+
+/// The repetition, presence and frequency penalties of the tokens in `pens` applied in place to
+/// row `draw.row` of `logits` (f32 `[rows, vocab]`), with `draw`'s penalties, as
+/// [`crate::sample::Sampler::penalize`] computes them. `pens` is i32 `[capacity, 2]`: (token,
+/// count) per distinct token of the window, the first `draw.n_pen` live. Tokens outside the
+/// vocabulary are skipped. Recorded before the top-k or argmax of the row.
+pub async fn penalize(
+    ctx: &GpuContext,
+    logits: &GpuTensor,
+    draw: &DrawState,
+    pens: &GpuTensor,
+) -> Result<Dispatch> {
+    const NAME: &str = "penalize";
+    const KERNEL: Kernel = Kernel::new(
+        NAME,
+        PENALIZE_SRC,
+        NAME,
+        Interface::new::<RowsParams>(&[DRAW, LOGITS_RW, PENS]),
+    );
+    expect_dtype(NAME, logits, &[DType::F32], "f32 logits")?;
+    expect_dtype(NAME, pens, &[DType::I32], "i32 (token, count) pairs")?;
+    let [capacity, 2] = *pens.shape() else {
+        return Err(mismatch(
+            NAME,
+            format!(
+                "penalty list '{}' must be [capacity, 2] (token, count) pairs, got {:?}",
+                pens.name(),
+                pens.shape()
+            ),
+        ));
+    };
+    expect_distinct(NAME, logits, &[pens])?;
+    let params = RowsParams {
+        rows: dim(NAME, "rows", logits.rows())?,
+        vocab: dim(NAME, "vocabulary", logits.cols())?,
+        parts: 0,
+        span: 0,
+    };
+    let wg = grid(ctx, NAME, (capacity as u64).div_ceil(u64::from(WG)))?;
+    let spec = Specialization::default().with("WG", WG);
+    let binds = [
+        draw.bind(),
+        (LOGITS_RW, &logits.buffer),
+        (PENS, &pens.buffer),
+    ];
+    build(ctx, &KERNEL, &spec, &params, &binds, wg).await
+}
+
+/// Elements one `logit_stats` workgroup reduces.
+const STATS_SPAN: usize = 4096;
+const PART_MS: Slot = Slot::read_write("part_ms", "vec2<f32>");
+const PART_IN: Slot = Slot::read("part_in", "vec2<f32>");
+const STATS: Slot = Slot::read_write("stats", "vec2<f32>");
+
+/// The softmax statistics of every row of a logits tensor, computed on the GPU: the dispatches,
+/// built once and recorded every step, and the reader of their output.
+#[derive(Clone, Debug)]
+pub struct LogitStats {
+    dispatches: Vec<Dispatch>,
+    out: GpuTensor,
+    _parts: GpuTensor,
+}
+
+impl LogitStats {
+    pub fn dispatches(&self) -> &[Dispatch] {
+        &self.dispatches
+    }
+
+    /// Records the dispatches and a read of the output; pass the slot to [`LogitStats::read`].
+    pub fn record(&self, rec: &mut Recorder<'_>) -> ReadSlot {
+        rec.dispatch_all(&self.dispatches);
+        rec.read(&self.out)
+    }
+
+    /// Per row, `(max, Σ exp(x − max))` over its logits (NaN and −inf left out; a row with
+    /// nothing else gives a sum of 0).
+    pub fn read(&self, readback: &Readback, slot: ReadSlot) -> Result<Vec<(f32, f32)>> {
+        let words = readback.words(slot);
+        let need = self.out.numel();
+        if words.len() < need {
+            return Err(Error::Readback(format!(
+                "logit statistics '{}' need {need} words but the read slot holds {}",
+                self.out.name(),
+                words.len()
+            )));
+        }
+        Ok(words[..need]
+            .chunks(2)
+            .map(|w| (f32::from_bits(w[0]), f32::from_bits(w[1])))
+            .collect())
+    }
+}
+
+/// Per row of `logits` (f32, any leading shape): its max M and Σ exp(x − M) (shaders/
+/// logit_stats.wgsl), with which the GPU's top candidates give exact probabilities: top-p over
+/// the whole vocabulary from a readback of the candidates and 8 bytes.
+pub async fn logit_stats(ctx: &GpuContext, logits: &GpuTensor) -> Result<LogitStats> {
+    const NAME: &str = "logit_stats";
+    const KERNEL: Kernel = Kernel::new(
+        NAME,
+        STATS_SRC,
+        "stats_partial",
+        Interface::new::<RowsParams>(&[LOGIT_BITS, PART_MS, PART_IN, STATS]),
+    );
+    expect_dtype(NAME, logits, &[DType::F32], "f32 logits")?;
+    let vocab = logits.cols();
+    if vocab == 0 {
+        return Err(mismatch(
+            NAME,
+            format!("logits '{}' have empty rows", logits.name()),
+        ));
+    }
+    let rows = logits.numel() / vocab;
+    let parts = vocab.div_ceil(STATS_SPAN);
+    let part_pairs = rows
+        .checked_mul(parts)
+        .ok_or_else(|| mismatch(NAME, format!("{rows} rows overflow")))?;
+    let label = format!("{}.stats_parts", logits.name());
+    let part_ms = ctx.zeros(&label, &[part_pairs, 2], DType::F32)?;
+    let out = ctx.zeros(&format!("{}.stats", logits.name()), &[rows, 2], DType::F32)?;
+    let params = RowsParams {
+        rows: dim(NAME, "rows", rows)?,
+        vocab: dim(NAME, "vocabulary", vocab)?,
+        parts: dim(NAME, "parts", parts)?,
+        span: STATS_SPAN as u32,
+    };
+    let spec = Specialization::default().with("WG", WG);
+    let partial = build(
+        ctx,
+        &KERNEL,
+        &spec,
+        &params,
+        &[(LOGIT_BITS, &logits.buffer), (PART_MS, &part_ms.buffer)],
+        grid(ctx, NAME, part_pairs as u64)?,
+    )
+    .await?;
+    let combine = build(
+        ctx,
+        &KERNEL.entry(NAME, "stats_combine"),
+        &spec,
+        &params,
+        &[(PART_IN, &part_ms.buffer), (STATS, &out.buffer)],
+        grid(ctx, NAME, rows as u64)?,
+    )
+    .await?;
+    Ok(LogitStats {
+        dispatches: vec![partial, combine],
+        out,
+        _parts: part_ms,
+    })
 }
 
 #[cfg(test)]

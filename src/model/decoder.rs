@@ -28,12 +28,14 @@ use std::collections::HashMap;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Recorder};
 use crate::kernels::{
-    self, AttentionOptions, AttentionScratch, KvCache, Linear, RopeTable, StepState, TopK,
+    self, AttentionOptions, AttentionScratch, Draw, DrawState, KvCache, Linear, LogitStats,
+    RopeTable, StepState, TopK,
 };
 use crate::load::part_name;
 use crate::model::arch::{Need, Role};
 use crate::model::config::{LayerRope, LayerSpec, RopeScaling};
 use crate::model::ModelConfig;
+use crate::sample::SamplingPlan;
 
 /// A projection: one stacked matrix (one dispatch), or its parts when they cannot be stacked.
 enum Proj {
@@ -92,13 +94,19 @@ impl Layer {
 }
 
 /// What a step reads back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Readout {
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Readout<'a> {
     /// Nothing: an intermediate prefill chunk (the submit does not wait).
     Nothing,
-    /// The GPU's best candidates of the last token's logits.
-    Candidates,
-    /// The last token's whole row of logits.
+    /// What `plan` needs to pick the last token's successor, after the GPU applies `penalties`
+    /// ((token, count) per distinct token of the window) with `draw`'s parameters to its logits;
+    /// `draw`'s row is set here.
+    Sample {
+        plan: SamplingPlan,
+        draw: Draw,
+        penalties: &'a [(u32, u32)],
+    },
+    /// The last token's whole row of logits, as computed.
     Logits,
 }
 
@@ -106,9 +114,15 @@ pub enum Readout {
 #[derive(Clone, Debug, PartialEq)]
 pub enum StepOutput {
     Nothing,
-    /// (token, logit), best first.
-    Candidates(Vec<(u32, f32)>),
-    /// [vocab], indexed by token id.
+    /// The token the GPU picked (greedy or Gumbel).
+    Token(u32),
+    /// The GPU's best (token, logit) candidates, best first, and the row's softmax statistics
+    /// (max, Σ exp(x − max)).
+    Candidates {
+        candidates: Vec<(u32, f32)>,
+        stats: (f32, f32),
+    },
+    /// [vocab], indexed by token id (penalized when the readout asked for penalties).
     Logits(Vec<f32>),
 }
 
@@ -136,15 +150,23 @@ pub struct Graph {
     pub logits: GpuTensor,
     pub dispatches: Vec<Dispatch>,
     /// The best candidates of every token's logits, computed on the GPU so a step reads back
-    /// 8·k bytes per token instead of the vocabulary.
+    /// 8·k bytes per token instead of the vocabulary, and the rows' softmax statistics.
     candidates: TopK,
+    stats: LogitStats,
+    /// Greedy and Gumbel-max picks of every row.
+    argmax: TopK,
+    gumbel: TopK,
+    /// The step's draw and penalty parameters, and the penalty list (capacity: the positions).
+    draw: DrawState,
+    pens: GpuTensor,
+    penalize: Dispatch,
 }
 
 impl Graph {
-    /// Every dispatch of a step, in order: the forward pass, then the selection of candidates.
+    /// Every dispatch of a greedy step, in order: the forward pass, then the argmax.
     pub fn all_dispatches(&self) -> Vec<Dispatch> {
         let mut all = self.dispatches.clone();
-        all.extend(self.candidates.dispatches().iter().cloned());
+        all.extend(self.argmax.dispatches().iter().cloned());
         all
     }
 }
@@ -777,6 +799,15 @@ impl Decoder {
         }
         let out = kernels::topk_output(ctx, "candidates", &logits, candidates)?;
         let candidates = kernels::topk(ctx, &logits, candidates, &out).await?;
+        let stats = kernels::logit_stats(ctx, &logits).await?;
+        let out = kernels::topk_output(ctx, "argmax", &logits, 1)?;
+        let argmax = kernels::argmax(ctx, &logits, &out).await?;
+        let draw = DrawState::new(ctx);
+        let out = kernels::topk_output(ctx, "drawn", &logits, 1)?;
+        let gumbel = kernels::gumbel_argmax(ctx, &logits, &draw, &out).await?;
+        // Each distinct token of the penalty window once: at most one per position.
+        let pens = ctx.zeros("penalties", &[positions, 2], DType::I32)?;
+        let penalize = kernels::penalize(ctx, &logits, &draw, &pens).await?;
         Ok(Graph {
             step,
             ids,
@@ -784,6 +815,12 @@ impl Decoder {
             logits,
             dispatches: d,
             candidates,
+            stats,
+            argmax,
+            gumbel,
+            draw,
+            pens,
+            penalize,
         })
     }
 
@@ -825,7 +862,7 @@ impl Decoder {
         graph: &mut Graph,
         tokens: &[u32],
         offset: usize,
-        readout: Readout,
+        readout: Readout<'_>,
     ) -> Result<StepOutput> {
         let n = tokens.len();
         let mut rec = self.record_step(ctx, graph, tokens, offset)?;
@@ -836,19 +873,83 @@ impl Decoder {
                 rec.submit()?;
                 Ok(StepOutput::Nothing)
             }
-            Readout::Candidates => {
-                let slot = graph.candidates.record(&mut rec);
-                let readback = rec.submit_and_read().await?;
-                let mut rows = graph.candidates.read(&readback, slot)?;
-                Ok(StepOutput::Candidates(rows.swap_remove(row)))
-            }
             Readout::Logits => {
                 let slot = rec.read(&graph.logits);
                 let all = rec.submit_and_read().await?.f32(slot)?;
                 let v = self.config.vocab;
                 Ok(StepOutput::Logits(all[row * v..(row + 1) * v].to_vec()))
             }
+            Readout::Sample {
+                plan,
+                mut draw,
+                penalties,
+            } => {
+                if penalties.len() > graph.pens.rows() {
+                    return Err(Error::ShapeMismatch {
+                        kernel: "penalize",
+                        detail: format!(
+                            "{} distinct tokens in the penalty window, more than the {} \
+                             positions of this graph",
+                            penalties.len(),
+                            graph.pens.rows()
+                        ),
+                    });
+                }
+                draw.row = row as u32;
+                draw.n_pen = penalties.len() as u32;
+                graph.draw.set(ctx, &draw);
+                if !penalties.is_empty() {
+                    let words: Vec<i32> = penalties
+                        .iter()
+                        .flat_map(|&(t, c)| [t as i32, c as i32])
+                        .collect();
+                    ctx.write_i32(&graph.pens, &words)?;
+                    rec.dispatch(&graph.penalize);
+                }
+                match plan {
+                    SamplingPlan::Greedy | SamplingPlan::Gumbel => {
+                        let pick = if plan == SamplingPlan::Greedy {
+                            &graph.argmax
+                        } else {
+                            &graph.gumbel
+                        };
+                        let slot = pick.record(&mut rec);
+                        let readback = rec.submit_and_read().await?;
+                        let rows = pick.read(&readback, slot)?;
+                        Ok(StepOutput::Token(rows[row][0].0))
+                    }
+                    SamplingPlan::Candidates => {
+                        let slot = graph.candidates.record(&mut rec);
+                        let stats_slot = graph.stats.record(&mut rec);
+                        let readback = rec.submit_and_read().await?;
+                        let mut rows = graph.candidates.read(&readback, slot)?;
+                        let stats = graph.stats.read(&readback, stats_slot)?;
+                        Ok(StepOutput::Candidates {
+                            candidates: rows.swap_remove(row),
+                            stats: stats[row],
+                        })
+                    }
+                    SamplingPlan::FullRow => {
+                        let slot = rec.read(&graph.logits);
+                        let all = rec.submit_and_read().await?.f32(slot)?;
+                        let v = self.config.vocab;
+                        Ok(StepOutput::Logits(all[row * v..(row + 1) * v].to_vec()))
+                    }
+                }
+            }
         }
+    }
+
+    /// The last step's row of logits for its `n`-th token (1-based: the step's length), as the
+    /// GPU left them (penalized when the step applied penalties): the whole-row fallback of
+    /// [`SamplingPlan::Candidates`]. No dispatches; one readback.
+    pub async fn read_logits(&self, ctx: &GpuContext, graph: &Graph, n: usize) -> Result<Vec<f32>> {
+        let row = if graph.logits.rows() == 1 { 0 } else { n - 1 };
+        let mut rec = ctx.recorder();
+        let slot = rec.read(&graph.logits);
+        let all = rec.submit_and_read().await?.f32(slot)?;
+        let v = self.config.vocab;
+        Ok(all[row * v..(row + 1) * v].to_vec())
     }
 
     /// Checks a step's tokens, writes its uniform and token ids, and records its dispatches.

@@ -207,6 +207,40 @@ pub fn argmax(logits: &[f32], cols: usize) -> Vec<(u32, f32)> {
     topk(logits, cols, 1).into_iter().map(|r| r[0]).collect()
 }
 
+/// Per row: the max M of its logits (NaN, −inf and f32's lowest value left out) and
+/// Σ exp(x − M), each term at x = M counted as 1 (so +inf logits count one each); a row with
+/// nothing left gives (f32::MIN, 0). What [`crate::kernels::logit_stats`] computes, in f64.
+pub fn logit_stats(logits: &[f32], cols: usize) -> Vec<(f32, f64)> {
+    logits
+        .chunks(cols)
+        .map(|row| {
+            let live = || row.iter().copied().filter(|x| !x.is_nan() && *x > f32::MIN);
+            let max = live().fold(f32::MIN, f32::max);
+            let sum = live()
+                .map(|x| {
+                    if x == max {
+                        1.0
+                    } else {
+                        (f64::from(x) - f64::from(max)).exp()
+                    }
+                })
+                .sum();
+            (max, sum)
+        })
+        .collect()
+}
+
+/// A logit after the penalties for a token seen `count` times, as llama.cpp (and
+/// [`crate::sample::Sampler::penalize`]) computes it in f32.
+pub fn penalize(logit: f32, count: u32, repetition: f32, presence: f32, frequency: f32) -> f32 {
+    let l = if logit <= 0.0 {
+        logit * repetition
+    } else {
+        logit / repetition
+    };
+    l - (count as f32 * frequency + presence)
+}
+
 /// Runs the kernels of this module on the GPU against their references: shared by the native
 /// tests (tests/gpu_ops.rs) and the browser tests (tests/web_ops.rs).
 pub mod check {
@@ -261,6 +295,26 @@ pub mod check {
             vocab: usize,
             logits: Logits,
         },
+        /// Per-row max and Σ exp(x − max) of `rows × vocab` logits.
+        LogitStats {
+            rows: usize,
+            vocab: usize,
+            logits: Logits,
+        },
+        /// The penalties of `window` distinct tokens applied to one row of `rows × vocab`.
+        Penalize {
+            rows: usize,
+            vocab: usize,
+            window: usize,
+        },
+        /// `draws` Gumbel-max draws from one row of `vocab` logits at `temperature` (the same
+        /// row repeated, one draw per row): each must be the best perturbed logit, and the
+        /// frequencies must follow the softmax.
+        Gumbel {
+            draws: usize,
+            vocab: usize,
+            temperature: f32,
+        },
     }
 
     impl fmt::Display for OpCase {
@@ -292,6 +346,27 @@ pub mod check {
                     vocab,
                     logits,
                 } => write!(f, "argmax of [{rows}×{vocab}] {logits:?} logits"),
+                OpCase::LogitStats {
+                    rows,
+                    vocab,
+                    logits,
+                } => write!(
+                    f,
+                    "softmax statistics of [{rows}×{vocab}] {logits:?} logits"
+                ),
+                OpCase::Penalize {
+                    rows,
+                    vocab,
+                    window,
+                } => write!(f, "penalties of {window} tokens on [{rows}×{vocab}] logits"),
+                OpCase::Gumbel {
+                    draws,
+                    vocab,
+                    temperature,
+                } => write!(
+                    f,
+                    "{draws} Gumbel draws from {vocab} logits at temperature {temperature}"
+                ),
             }
         }
     }
@@ -515,7 +590,181 @@ pub mod check {
                 vocab,
                 logits: kind,
             } => run_topk(ctx, case, &mut rng, rows, vocab, 1, kind).await,
+            OpCase::LogitStats {
+                rows,
+                vocab,
+                logits: kind,
+            } => {
+                let x = logits(&mut rng, rows, vocab, kind);
+                let xt = ctx.upload_f32("logits", &[rows, vocab], &x)?;
+                let stats = kernels::logit_stats(ctx, &xt).await?;
+                let mut rec = ctx.recorder();
+                let slot = stats.record(&mut rec);
+                let got = stats.read(&rec.submit_and_read().await?, slot)?;
+                let want = logit_stats(&x, vocab);
+                let mut gpu: Vec<f32> = got.iter().flat_map(|&(m, s)| [m, s]).collect();
+                let mut reference: Vec<f64> =
+                    want.iter().flat_map(|&(m, s)| [f64::from(m), s]).collect();
+                // Equal values (infinite maxima included) are no error.
+                for (g, r) in gpu.iter_mut().zip(reference.iter_mut()) {
+                    if f64::from(*g) == *r {
+                        (*g, *r) = (0.0, 0.0);
+                    }
+                }
+                // The max is exact; the sum within f32 rounding of its terms and their adds.
+                Ok(compare(
+                    case,
+                    stats.dispatches().len(),
+                    &gpu,
+                    &reference,
+                    |i| {
+                        if i % 2 == 0 {
+                            0.0
+                        } else {
+                            2e-5 * reference[i] + f64::from(f32::MIN_POSITIVE)
+                        }
+                    },
+                ))
+            }
+            OpCase::Penalize {
+                rows,
+                vocab,
+                window,
+            } => {
+                let x = logits(&mut rng, rows, vocab, Logits::Uniform);
+                let row = rng.range(0, rows - 1);
+                let mut tokens: Vec<u32> = (0..vocab as u32).collect();
+                for i in 0..window {
+                    let j = rng.range(i, vocab - 1);
+                    tokens.swap(i, j);
+                }
+                let pens: Vec<(u32, u32)> = tokens[..window]
+                    .iter()
+                    .map(|&t| (t, rng.range(1, 5) as u32))
+                    .collect();
+                let draw = kernels::Draw {
+                    n_pen: window as u32,
+                    repetition: rng.uniform(0.5, 2.0),
+                    presence: rng.uniform(-2.0, 2.0),
+                    frequency: rng.uniform(-2.0, 2.0),
+                    row: row as u32,
+                    ..Default::default()
+                };
+                let xt = ctx.upload_f32("logits", &[rows, vocab], &x)?;
+                // Capacity beyond the live entries, which must be ignored.
+                let mut words: Vec<i32> = pens
+                    .iter()
+                    .flat_map(|&(t, c)| [t as i32, c as i32])
+                    .collect();
+                words.extend([0, 99, 1, 99]);
+                let pt = ctx.upload_i32("pens", &[window + 2, 2], &words)?;
+                let state = kernels::DrawState::new(ctx);
+                state.set(ctx, &draw);
+                let d = kernels::penalize(ctx, &xt, &state, &pt).await?;
+                let gpu = read(ctx, &d, &xt).await?;
+                let mut want: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+                for &(t, c) in &pens {
+                    let o = row * vocab + t as usize;
+                    want[o] = f64::from(penalize(
+                        x[o],
+                        c,
+                        draw.repetition,
+                        draw.presence,
+                        draw.frequency,
+                    ));
+                }
+                // A division and a multiply-add: a few units in the last place.
+                Ok(compare(case, 1, &gpu, &want, |i| {
+                    4.0 * f64::from(f32::EPSILON) * want[i].abs()
+                }))
+            }
+            OpCase::Gumbel {
+                draws,
+                vocab,
+                temperature,
+            } => run_gumbel(ctx, case, &mut rng, draws, vocab, temperature).await,
         }
+    }
+
+    async fn run_gumbel(
+        ctx: &GpuContext,
+        case: OpCase,
+        rng: &mut Rng,
+        draws: usize,
+        vocab: usize,
+        temperature: f32,
+    ) -> Result<OpOutcome> {
+        let row = rng.vec(vocab, -2.0, 2.0);
+        let x: Vec<f32> = (0..draws).flat_map(|_| row.iter().copied()).collect();
+        let xt = ctx.upload_f32("logits", &[draws, vocab], &x)?;
+        let ot = kernels::topk_output(ctx, "drawn", &xt, 1)?;
+        let key = rng.next_u64();
+        let draw = kernels::Draw {
+            key_lo: key as u32,
+            key_hi: (key >> 32) as u32,
+            inv_temp: 1.0 / temperature,
+            ..Default::default()
+        };
+        let state = kernels::DrawState::new(ctx);
+        state.set(ctx, &draw);
+        let tk = kernels::gumbel_argmax(ctx, &xt, &state, &ot).await?;
+        let mut rec = ctx.recorder();
+        let slot = tk.record(&mut rec);
+        let got = tk.read(&rec.submit_and_read().await?, slot)?;
+        let mut counts = vec![0usize; vocab];
+        let mut detail = None;
+        let mut worst = 0.0f64;
+        for (r, picks) in got.iter().enumerate() {
+            let t = picks[0].0 as usize;
+            let score = |e: usize| {
+                let u = f64::from(crate::sample::gumbel_uniform(key, r as u32, e as u32));
+                f64::from(row[e] * draw.inv_temp) - (-u.ln()).ln()
+            };
+            let best = (0..vocab).map(score).fold(f64::MIN, f64::max);
+            // The GPU's log and sum are f32: within a few units in the last place of the best.
+            let gap = (best - score(t.min(vocab - 1))) / (1e-5 * (1.0 + best.abs()));
+            if t >= vocab || gap > worst {
+                worst = if t >= vocab { f64::INFINITY } else { gap };
+                detail = Some(format!(
+                    "draw {r}: token {t}, {:.3e} below the best perturbed logit",
+                    best - score(t.min(vocab - 1))
+                ));
+            }
+            counts[t.min(vocab - 1)] += 1;
+        }
+        // Pearson's χ² of the counts against the softmax: far below the 1-in-a-million tail for
+        // these degrees of freedom when the draws are right.
+        let m = row.iter().copied().fold(f32::MIN, f32::max);
+        let w: Vec<f64> = row
+            .iter()
+            .map(|&v| (f64::from(v - m) / f64::from(temperature)).exp())
+            .collect();
+        let z: f64 = w.iter().sum();
+        let chi2: f64 = counts
+            .iter()
+            .zip(&w)
+            .map(|(&c, &wi)| {
+                let e = draws as f64 * wi / z;
+                (c as f64 - e).powi(2) / e
+            })
+            .sum();
+        let df = (vocab - 1) as f64;
+        // Wilson–Hilferty: the χ² quantile at z = 4.75 (p ≈ 1e-6).
+        let limit = df * (1.0 - 2.0 / (9.0 * df) + 4.75 * (2.0 / (9.0 * df)).sqrt()).powi(3);
+        if chi2 / limit > worst {
+            worst = chi2 / limit;
+            detail = Some(format!(
+                "χ² {chi2:.1} over {df} degrees of freedom (limit {limit:.1}); counts {counts:?}"
+            ));
+        }
+        Ok(OpOutcome {
+            case,
+            values: draws,
+            max_abs_err: 0.0,
+            worst_ratio: worst,
+            detail,
+            dispatches: tk.dispatches().len(),
+        })
     }
 
     async fn run_topk(

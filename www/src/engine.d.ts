@@ -18,6 +18,9 @@ export interface Generation {
   completionTokens: number;
   prefillMs: number;
   decodeMs: number;
+  /** Tokens whose draw read the whole row of logits back (a top-k above the GPU's 64
+   * candidates, or a top-p / min-p set reaching past them); every other draw runs on the GPU. */
+  fullRowReads: number;
 }
 
 export interface EngineRequest {

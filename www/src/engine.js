@@ -92,6 +92,7 @@ const abortedResult = () => ({
   completionTokens: 0,
   prefillMs: 0,
   decodeMs: 0,
+  fullRowReads: 0,
 });
 
 /** One model on one GPU device. */

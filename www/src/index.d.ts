@@ -129,6 +129,8 @@ export interface Timings {
   prefill_ms: number;
   decode_ms: number;
   cached_tokens: number;
+  /** Draws that read the whole row of logits back instead of sampling on the GPU. */
+  full_row_reads: number;
   tokens_per_second: number | null;
 }
 

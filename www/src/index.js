@@ -130,6 +130,7 @@ function timingsOf(r) {
     prefill_ms: r.prefillMs,
     decode_ms: r.decodeMs,
     cached_tokens: r.cachedTokens,
+    full_row_reads: r.fullRowReads,
     tokens_per_second: r.decodeMs > 0 && r.completionTokens > 1 ? ((r.completionTokens - 1) * 1000) / r.decodeMs : null,
   };
 }
