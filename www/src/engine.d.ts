@@ -1,5 +1,5 @@
 // Types of `pocketlm/engine`: the engine in this realm (inside a worker or a service worker).
-import type { LoadOptions, ModelInfo, ModelSource, PocketLMError, SupportReport } from "./index.js";
+import type { LoadOptions, ModelCache, ModelInfo, ModelSource, PocketLMError, SupportReport } from "./index.js";
 
 export { PocketLMError } from "./index.js";
 
@@ -7,6 +7,8 @@ export function initWasm(wasm?: string | URL | Response | BufferSource | WebAsse
 export function supportReport(): Promise<SupportReport>;
 export function listCachedModels(): Promise<string[]>;
 export function clearModelCache(): Promise<boolean>;
+/** The model files this origin keeps, and its storage (the same object as `PocketLM.cache`). */
+export const cache: ModelCache;
 
 /** The engine's own result (the OpenAI shapes are made by the PocketLM class). */
 export interface Generation {

@@ -2,9 +2,10 @@
 // so that generations run one after another. The package's Web Worker runs it; it also runs
 // directly inside any worker or an extension's service worker (see README.md), where
 // `PocketLM.load(url, { worker: false })` uses it without a second worker.
-import init, { Gpu, listCachedModels as wasmListCached, clearModelCache as wasmClearCache } from "../pkg/pocketlm.js";
+import init, { Gpu } from "../pkg/pocketlm.js";
 import { PocketLMError, toPocketLMError, serializeError } from "./errors.js";
 import { loadOptions, normalizeSource } from "./validate.js";
+import * as storage from "./storage.js";
 
 let wasmReady = null;
 
@@ -61,24 +62,53 @@ export async function supportReport() {
   };
 }
 
-/** The URLs of the model files in PocketLM's cache (Cache API) in this origin. */
-export async function listCachedModels() {
-  await initWasm();
+/** Runs a storage operation; its failures are PocketLMErrors. */
+async function storageCall(f) {
   try {
-    return await wasmListCached();
+    return await f();
   } catch (e) {
-    throw toPocketLMError(e);
+    throw toPocketLMError(e, "io");
   }
 }
 
-/** Deletes every cached model file of this origin; resolves to whether there was a cache. */
-export async function clearModelCache() {
-  await initWasm();
-  try {
-    return await wasmClearCache();
-  } catch (e) {
-    throw toPocketLMError(e);
-  }
+/** The URLs of the complete model files in PocketLM's cache (Cache API) in this origin. */
+export function listCachedModels() {
+  return storageCall(async () => (await storage.list()).filter((f) => f.complete).map((f) => f.url));
+}
+
+/** Deletes every cached model file of this origin, partial downloads too; resolves to whether
+ * there were any. */
+export function clearModelCache() {
+  return storageCall(() => storage.clear());
+}
+
+/**
+ * The model files this origin keeps (the Cache API), and its storage. URLs resolve against this
+ * realm's location.
+ */
+export const cache = Object.freeze({
+  /** Whether a complete, checked copy of the file at `url` is cached. */
+  has: (url) => storageCall(() => storage.has(absolute(url))),
+  /** Deletes the cached copy of `url` and any partial download of it; resolves to whether there was one. */
+  delete: (url) => storageCall(() => storage.remove(absolute(url))),
+  /** `[{url, bytes, complete, total?}]`: complete files, and downloads in progress (`complete:
+   * false`, `bytes` held so far of `total`). */
+  list: () => storageCall(() => storage.list()),
+  /** Deletes every model file, partial downloads too. */
+  clear: () => clearModelCache(),
+  /** `{usage, quota, available}` in bytes (`navigator.storage.estimate()`). */
+  estimate: () => storageCall(() => storage.estimate()),
+  /** Asks that this origin's storage be kept under storage pressure (`navigator.storage.persist()`);
+   * resolves to whether it will be. */
+  persist: () => storageCall(() => storage.persist()),
+  /** Whether this origin's storage is persistent (`navigator.storage.persisted()`). */
+  persisted: () => storageCall(() => storage.persisted()),
+});
+
+function absolute(url) {
+  const src = normalizeSource(url, globalThis.document?.baseURI ?? globalThis.location?.href);
+  if (typeof src !== "string") throw new PocketLMError("invalid_request", "give the URL of a model file");
+  return src;
 }
 
 const GPU_FAILURES = new Set(["readback", "gpu", "device_lost"]);
@@ -136,7 +166,14 @@ export class Engine {
     });
     try {
       const { profile: _, ...wasmOptions } = opts;
-      engine.#model = await gpu.loadModel(src, { ...wasmOptions, onProgress, signal });
+      if (typeof src === "string" || Array.isArray(src)) {
+        if (opts.cache !== false) {
+          // Into the cache first, checked and whole (src/storage.js); the engine then reads it there.
+          await storage.prepare(src, { signal, onProgress, concurrency: opts.concurrency });
+        }
+      }
+      const phase = onProgress ? (p) => onProgress({ phase: "load", ...p }) : undefined;
+      engine.#model = await gpu.loadModel(src, { ...wasmOptions, onProgress: phase, signal });
       engine.#info = engine.#model.info();
       engine.#info.profile = gpu.profile;
       return engine;

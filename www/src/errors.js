@@ -8,18 +8,24 @@ export const JS_CODES = Object.freeze({
   DEVICE_LOST: "device_lost",
   ABORTED: "aborted",
   WORKER: "worker",
+  QUOTA: "quota",
 });
 
 export class PocketLMError extends Error {
   /**
    * @param {string} code a stable machine-readable code, e.g. "http", "integrity", "device_lost"
    * @param {string} message what went wrong and what to do about it
-   * @param {{cause?: unknown}} [options]
+   * @param {{cause?: unknown, data?: Record<string, string | number | boolean | null>}} [options]
+   *   `data`: facts about the failure kept as properties of the error (e.g. a "quota" error's
+   *   `bytesNeeded` and `bytesAvailable`); they survive postMessage.
    */
   constructor(code, message, options) {
-    super(message, options);
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = "PocketLMError";
     this.code = code;
+    for (const [k, v] of Object.entries(options?.data ?? {})) {
+      if (!(k in this)) this[k] = v;
+    }
   }
 }
 
@@ -27,7 +33,7 @@ export class PocketLMError extends Error {
 export function toPocketLMError(e, fallbackCode = "internal") {
   if (e instanceof PocketLMError) return e;
   if (e && typeof e === "object" && e.name === "PocketLMError" && typeof e.code === "string") {
-    return new PocketLMError(e.code, String(e.message));
+    return new PocketLMError(e.code, String(e.message), { data: dataOf(e) });
   }
   if (e && typeof e === "object" && e.name === "AbortError") {
     return new PocketLMError("aborted", "the operation was aborted");
@@ -36,12 +42,22 @@ export function toPocketLMError(e, fallbackCode = "internal") {
   return new PocketLMError(fallbackCode, message, { cause: e });
 }
 
+/** An error's own facts beyond name, code and message (primitive values only). */
+function dataOf(e) {
+  const data = {};
+  for (const [k, v] of Object.entries(e)) {
+    if (k === "name" || k === "code" || k === "message") continue;
+    if (v === null || ["string", "number", "boolean"].includes(typeof v)) data[k] = v;
+  }
+  return data;
+}
+
 /** A plain object that survives postMessage. */
 export function serializeError(e) {
   const err = toPocketLMError(e);
-  return { name: err.name, code: err.code, message: err.message };
+  return { name: err.name, code: err.code, message: err.message, data: dataOf(err) };
 }
 
 export function deserializeError(o) {
-  return new PocketLMError(o?.code ?? "internal", o?.message ?? "unknown error");
+  return new PocketLMError(o?.code ?? "internal", o?.message ?? "unknown error", { data: o?.data });
 }

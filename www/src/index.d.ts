@@ -2,14 +2,19 @@
 
 /** Every error PocketLM reports. `code` is stable (see README.md for the list). */
 export class PocketLMError extends Error {
-  constructor(code: PocketLMErrorCode | string, message: string, options?: { cause?: unknown });
+  constructor(code: PocketLMErrorCode | string, message: string, options?: { cause?: unknown; data?: Record<string, string | number | boolean | null> });
   readonly name: "PocketLMError";
   readonly code: PocketLMErrorCode | string;
+  /** code "quota": the bytes the load still had to store. */
+  readonly bytesNeeded?: number;
+  /** code "quota": the bytes free for this origin (quota − usage), or null where the browser
+   * refused a write while its estimate said there was room. */
+  readonly bytesAvailable?: number | null;
 }
 
 export type PocketLMErrorCode =
   // raised in JavaScript
-  | "invalid_request" | "unloaded" | "device_lost" | "aborted" | "worker" | "wasm_load" | "internal"
+  | "invalid_request" | "unloaded" | "device_lost" | "aborted" | "worker" | "wasm_load" | "internal" | "quota" | "not_supported"
   // GPU and device
   | "no_adapter" | "device_request" | "profile_unavailable" | "unknown_profile" | "too_large" | "shader_compile"
   | "gpu" | "readback" | "shape_mismatch" | "unsupported_dtype" | "invalid_tensor"
@@ -33,6 +38,9 @@ export interface SupportReport {
 }
 
 export interface LoadProgress {
+  /** "download": bytes arriving from the network into the cache; "load": the engine reading the
+   * model (from the cache, or from the source given) onto the GPU. */
+  phase: "download" | "load";
   /** The file being downloaded (its URL or name). */
   file: string;
   fileIndex: number;
@@ -52,7 +60,9 @@ export interface LoadOptions {
   /** "sha256-<base64>" (Subresource Integrity form) or 64 hex digits; an array with one per file
    * (null: not checked). A mismatch rejects with code "integrity" and drops the cached copy. */
   integrity?: string | Array<string | null>;
-  /** Keep downloaded files in the Cache API so that a second load makes no request (default true). */
+  /** Keep downloaded files in the Cache API so that a second load makes no request (default true).
+   * Files are checked against the quota before the download, resume where a previous download
+   * stopped, and are served only once complete. */
   cache?: boolean;
   /** Positions in the KV cache (default: the model's own, up to 4096). */
   context?: number;
@@ -65,6 +75,44 @@ export interface LoadOptions {
    * false: in this realm (inside a worker or an extension's service worker); or a Worker you
    * started on `pocketlm/worker`. */
   worker?: boolean | Worker;
+}
+
+/** A model file in PocketLM's cache. */
+export interface CachedFile {
+  url: string;
+  /** Bytes held: the whole file when complete, so far when a download was cut short. */
+  bytes: number;
+  /** false: a download that stopped before the end (the next load resumes it; never served). */
+  complete: boolean;
+  /** The file's size, for an incomplete download (null when the server did not say). */
+  total?: number | null;
+}
+
+export interface StorageEstimate {
+  /** Bytes this origin uses (all storage, not only PocketLM's). */
+  usage: number | null;
+  quota: number | null;
+  /** quota − usage. Chromium reports a fixed quota to pages, so writes may be refused earlier. */
+  available: number | null;
+}
+
+/** The model files this origin keeps (Cache API), and its storage. URLs may be relative. */
+export interface ModelCache {
+  /** Whether a complete, length-checked copy of the file is cached (a load would not download it). */
+  has(url: string | URL): Promise<boolean>;
+  /** Deletes the file's cached copy and any partial download of it; resolves to whether there was one. */
+  delete(url: string | URL): Promise<boolean>;
+  /** The complete files, and the downloads in progress, with their sizes. */
+  list(): Promise<CachedFile[]>;
+  /** Deletes every model file, partial downloads too; resolves to whether there were any. */
+  clear(): Promise<boolean>;
+  /** `navigator.storage.estimate()`. */
+  estimate(): Promise<StorageEstimate>;
+  /** `navigator.storage.persist()`: asks the browser not to evict this origin's storage; resolves to
+   * whether it will not. Pages only (code "not_supported" in workers). */
+  persist(): Promise<boolean>;
+  /** `navigator.storage.persisted()`. */
+  persisted(): Promise<boolean>;
 }
 
 export interface ModelInfo {
@@ -192,6 +240,9 @@ export class PocketLM extends EventTarget {
   static isSupported(): Promise<boolean>;
   static supportReport(): Promise<SupportReport>;
   static load(source: ModelSource, options?: LoadOptions): Promise<PocketLM>;
+  /** The model files this origin keeps, and its storage. */
+  static readonly cache: ModelCache;
+  /** The URLs of the complete cached files (`cache.list()` has their sizes). */
   static cachedModels(): Promise<string[]>;
   static clearCache(): Promise<boolean>;
 

@@ -7,7 +7,7 @@
 //     out.textContent += chunk.choices[0].delta.content ?? "";
 import { PocketLMError, deserializeError, toPocketLMError } from "./errors.js";
 import { chatRequest, completionRequest, loadOptions, normalizeSource } from "./validate.js";
-import { createHandler, supportReport, listCachedModels, clearModelCache } from "./engine.js";
+import { createHandler, supportReport, listCachedModels, clearModelCache, cache } from "./engine.js";
 
 export { PocketLMError };
 
@@ -166,6 +166,10 @@ export class PocketLM extends EventTarget {
   static supportReport() {
     return supportReport();
   }
+
+  /** The model files this origin keeps, and its storage: `has(url)`, `delete(url)`, `list()`,
+   * `clear()`, `estimate()`, `persist()`, `persisted()`. */
+  static cache = cache;
 
   /** The URLs of the model files cached in this origin (Cache API). */
   static cachedModels() {

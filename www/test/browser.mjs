@@ -7,7 +7,9 @@ import { join } from "node:path";
 export const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
 // `extension`: the folder of an unpacked extension to load (MV3; works in the new headless mode).
-export async function launch({ extension } = {}) {
+// `disableFeatures`: Chromium features to turn off (e.g. "StaticStorageQuota", so that
+// navigator.storage.estimate() reports the real quota).
+export async function launch({ extension, disableFeatures = [] } = {}) {
   const userDataDir = await mkdtemp(join(tmpdir(), "pocketlm-chromium-"));
   const args = [
     "--headless=new",
@@ -20,13 +22,12 @@ export async function launch({ extension } = {}) {
     "--disable-sync",
     "--disable-dev-shm-usage",
   ];
+  const disabled = [...disableFeatures];
   if (extension) {
-    args.push(
-      `--disable-extensions-except=${extension}`,
-      `--load-extension=${extension}`,
-      "--disable-features=DisableLoadExtensionCommandLineSwitch",
-    );
+    args.push(`--disable-extensions-except=${extension}`, `--load-extension=${extension}`);
+    disabled.push("DisableLoadExtensionCommandLineSwitch");
   }
+  if (disabled.length > 0) args.push(`--disable-features=${disabled.join(",")}`);
   return chromium.launchPersistentContext(userDataDir, {
     executablePath: CHROMIUM,
     headless: true,

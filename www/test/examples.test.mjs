@@ -1,7 +1,7 @@
 // The examples under a strict Content-Security-Policy (script-src 'self' 'wasm-unsafe-eval'):
 // the offline PWA, served with that CSP header, answers, then answers again from its caches with
 // the server gone; the MV3 extension (loaded unpacked, its manifest declaring that CSP) answers
-// in its side panel page.
+// in its side panel page, and keeps answering when Chrome stops the extension's service worker.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
@@ -82,7 +82,7 @@ test("the offline PWA answers under a strict CSP, and again with the server gone
   }
 });
 
-test("the MV3 extension's side panel answers under its manifest's CSP", async () => {
+test("the MV3 extension's side panel answers under its manifest's CSP, also after its service worker is stopped", async () => {
   const server = await serve({ "/models/": MODELS });
   const extension = join(WWW, "examples", "extension");
   const browser = await launch({ extension });
@@ -100,8 +100,37 @@ test("the MV3 extension's side panel answers under its manifest's CSP", async ()
     assert.ok(reply.trim().length > 0, "empty reply");
     assert.doesNotMatch(reply, /^\[/, reply);
     assert.match(await page.textContent("#status"), /^ready/);
+
+    // Chrome stops an idle extension service worker; here it is stopped at once (CDP).
+    const background = () => page.evaluate(() => chrome.runtime.sendMessage({ type: "background" }));
+    const first = await background();
+    const cdp = await browser.newCDPSession(page);
+    const stopped = new Promise((resolve) =>
+      cdp.on("ServiceWorker.workerVersionUpdated", ({ versions }) => {
+        if (versions.some((v) => v.scriptURL === worker.url() && v.runningStatus === "stopped")) resolve();
+      }),
+    );
+    await cdp.send("ServiceWorker.enable");
+    await cdp.send("ServiceWorker.stopAllWorkers");
+    await stopped;
+    await cdp.detach();
+    // The model lives in the side panel: it answers again, the same greedy reply.
+    const again = await ask(page);
+    assert.equal(again, reply);
+    assert.match(await page.textContent("#status"), /^ready/);
+    // The next event starts a fresh service worker, which works as the first did.
+    const second = await background();
+    assert.ok(first?.id && second?.id, JSON.stringify({ first, second }));
+    assert.notEqual(second.id, first.id, "the service worker was not restarted");
+    // And a load after the restart comes from PocketLM's cache in the extension's origin.
+    const requests = server.requests.get(MODEL);
+    await page.click("#load");
+    await page.waitForFunction(() => !document.getElementById("load").disabled, null, { timeout: 300_000 });
+    assert.match(await page.textContent("#status"), /^ready/);
+    assert.equal(server.requests.get(MODEL), requests, "the model was downloaded again");
+    assert.equal(await ask(page), reply);
     assert.deepEqual(violations.filter((v) => !/inline script/i.test(v)), []); // (but the probe)
-    console.log(`extension reply: ${JSON.stringify(reply)}`);
+    console.log(`extension reply: ${JSON.stringify(reply)}, again after its service worker was stopped`);
   } finally {
     await browser.close();
     await server.close();

@@ -1,4 +1,6 @@
-// The side panel: PocketLM runs in its Web Worker, started from this extension page. The package
+// The side panel: PocketLM runs in its Web Worker, started from this extension page, so the model
+// stays loaded while the panel is open even when Chrome stops the extension's service worker
+// (background.js holds nothing; it may be a fresh instance at any event). The package
 // lies in vendor/pocketlm (copied by scripts/vendor-examples.mjs; with npm, copy
 // node_modules/pocketlm/{src,pkg} there). The manifest's CSP allows 'wasm-unsafe-eval', which
 // WebAssembly needs, and host_permissions must cover the model's URL.

@@ -16,6 +16,7 @@ const SHELL = [
   "./vendor/pocketlm/src/worker.js",
   "./vendor/pocketlm/src/errors.js",
   "./vendor/pocketlm/src/validate.js",
+  "./vendor/pocketlm/src/storage.js",
   "./vendor/pocketlm/pkg/pocketlm.js",
   "./vendor/pocketlm/pkg/pocketlm_bg.wasm",
 ];

@@ -1,0 +1,510 @@
+// The model files PocketLM keeps in the browser's storage (Cache API), and how they get there.
+//
+// A file is downloaded into pieces in a separate cache ("pocketlm-partial-v1"), so that a
+// download cut short (network error, abort, closed tab) resumes with an HTTP Range request where
+// the server honours one, and starts over cleanly where it does not. Only a complete file, its
+// length checked, is committed to the cache the engine reads ("pocketlm-weights-v1", the name
+// src/load/browser.rs uses), in one `cache.put`: a half-written file is never served. Before any
+// body is read, the bytes still to download are compared with what `navigator.storage.estimate()`
+// says is free, and a load that cannot fit rejects with code "quota".
+import { PocketLMError } from "./errors.js";
+
+/** The Cache API bucket of complete model files (shared with the wasm engine). */
+export const WEIGHTS_CACHE = "pocketlm-weights-v1";
+/** The Cache API bucket of downloads in progress: their pieces and what is known of them. */
+export const PARTIAL_CACHE = "pocketlm-partial-v1";
+/** Bytes held in memory before they are written as one piece of a download. */
+const PIECE_BYTES = 8 << 20;
+/** The length of a committed file, checked before it is served. */
+const SIZE_HEADER = "x-pocketlm-bytes";
+const PARTIAL_KEYS = "https://pocketlm.invalid/partial/";
+
+const cacheStorage = () => (typeof caches === "object" && caches !== null ? caches : null);
+
+function mib(bytes) {
+  return bytes >= 1 << 30 ? `${(bytes / (1 << 30)).toFixed(2)} GiB` : `${(bytes / (1 << 20)).toFixed(1)} MiB`;
+}
+
+const ioError = (url, detail, cause) => new PocketLMError("io", `reading '${url}' failed: ${detail}`, cause === undefined ? undefined : { cause });
+const httpError = (url, status) => new PocketLMError("http", `downloading '${url}' failed with HTTP status ${status}`);
+const abortError = () => new PocketLMError("aborted", "the load was aborted");
+const isAbort = (e, signal) => signal?.aborted || e?.name === "AbortError";
+const isQuota = (e) => e?.name === "QuotaExceededError" || e?.code === 22;
+
+/** `navigator.storage.estimate()` with `available` (quota − usage); null fields where unknown. */
+export async function estimate() {
+  const storage = globalThis.navigator?.storage;
+  if (typeof storage?.estimate !== "function") {
+    throw new PocketLMError("not_supported", "this context has no navigator.storage.estimate() (it needs a secure context: https:// or localhost)");
+  }
+  let e;
+  try {
+    e = await storage.estimate();
+  } catch (err) {
+    throw new PocketLMError("io", `navigator.storage.estimate() failed: ${err?.message ?? err}`, { cause: err });
+  }
+  const usage = Number.isFinite(e?.usage) ? e.usage : null;
+  const quota = Number.isFinite(e?.quota) ? e.quota : null;
+  return { usage, quota, available: usage !== null && quota !== null ? Math.max(0, quota - usage) : null };
+}
+
+/** Asks the browser to keep this origin's storage under storage pressure; resolves to whether it will. */
+export async function persist() {
+  const storage = globalThis.navigator?.storage;
+  if (typeof storage?.persist !== "function") {
+    throw new PocketLMError("not_supported", "navigator.storage.persist() is not available here (it exists on pages in a secure context, not in workers)");
+  }
+  try {
+    return Boolean(await storage.persist());
+  } catch (err) {
+    throw new PocketLMError("io", `navigator.storage.persist() failed: ${err?.message ?? err}`, { cause: err });
+  }
+}
+
+/** Whether this origin's storage is persistent. */
+export async function persisted() {
+  const storage = globalThis.navigator?.storage;
+  if (typeof storage?.persisted !== "function") return false;
+  try {
+    return Boolean(await storage.persisted());
+  } catch {
+    return false;
+  }
+}
+
+/** A "quota" error: `what` needs `needed` bytes and `available` are free. */
+export function quotaError(what, needed, available, cause) {
+  const free = available === null ? "the browser refused to store more" : `${mib(available)} is available`;
+  return new PocketLMError(
+    "quota",
+    `${what} needs ${mib(needed)} more of this site's storage, and ${free}: free some with PocketLM.cache.delete(url), ` +
+      `ask for more room with PocketLM.cache.persist(), or load with {cache: false} to stream the model without keeping it`,
+    { cause, data: { bytesNeeded: needed, bytesAvailable: available } },
+  );
+}
+
+/** A "quota" error for a write the browser refused. Its estimate may not say so (Chromium reports
+ * a fixed quota to pages), so `bytesAvailable` is only given where it is below what was needed. */
+async function refused(what, needed, cause) {
+  const free = await estimate().then((x) => x.available, () => null);
+  return quotaError(what, needed, free !== null && free < needed ? free : null, cause);
+}
+
+async function open(name) {
+  const cs = cacheStorage();
+  if (!cs) return null;
+  try {
+    return await cs.open(name);
+  } catch {
+    return null; // e.g. an opaque origin, or storage disabled
+  }
+}
+
+const metaKey = (url) => `${PARTIAL_KEYS}${encodeURIComponent(url)}/meta`;
+const pieceKey = (url, i) => `${PARTIAL_KEYS}${encodeURIComponent(url)}/${i}`;
+
+/** The size a committed response says it has (null: it does not say, or cannot be trusted). */
+function declaredSize(response) {
+  const own = response.headers.get(SIZE_HEADER);
+  if (own !== null) return Number(own);
+  const encoding = response.headers.get("content-encoding");
+  if (encoding && encoding !== "identity") return null; // the length is the encoded one
+  const length = response.headers.get("content-length");
+  return length === null ? null : Number(length);
+}
+
+/**
+ * The committed copy of `url`, checked: its body has the length it was committed with. A copy
+ * that does not (cut short by an older writer, or damaged) is deleted and reported as absent.
+ * Resolves to `{bytes}` or null.
+ */
+export async function verifiedEntry(url, weights) {
+  weights ??= await open(WEIGHTS_CACHE);
+  if (!weights) return null;
+  const hit = await weights.match(url);
+  if (!hit) return null;
+  const size = (await hit.blob()).size; // backed by the cache's own file: nothing is read
+  const declared = declaredSize(hit);
+  if (declared !== null && declared !== size) {
+    await weights.delete(url);
+    return null;
+  }
+  return { bytes: size };
+}
+
+/** A download in progress: `{url, total, etag, lastModified, pieces: [bytes...]}`, with the pieces
+ * checked (the longest run that is all there), or null. */
+async function readPartial(partial, url) {
+  const r = await partial.match(metaKey(url));
+  if (!r) return null;
+  let meta;
+  try {
+    meta = await r.json();
+  } catch {
+    await dropPartial(url, partial);
+    return null;
+  }
+  const pieces = [];
+  for (let i = 0; i < (meta.pieces ?? []).length; i++) {
+    const p = await partial.match(pieceKey(url, i));
+    if (!p || (await p.blob()).size !== meta.pieces[i]) break;
+    pieces.push(meta.pieces[i]);
+  }
+  return { ...meta, url, pieces };
+}
+
+async function writeMeta(partial, meta) {
+  await partial.put(metaKey(meta.url), new Response(JSON.stringify(meta), { headers: { "content-type": "application/json" } }));
+}
+
+/** Deletes what a download of `url` left behind; resolves to whether there was anything. */
+export async function dropPartial(url, partial) {
+  partial ??= await open(PARTIAL_CACHE);
+  if (!partial) return false;
+  const prefix = `${PARTIAL_KEYS}${encodeURIComponent(url)}/`;
+  const keys = (await partial.keys()).filter((k) => k.url.startsWith(prefix));
+  await Promise.all(keys.map((k) => partial.delete(k)));
+  return keys.length > 0;
+}
+
+const sum = (a) => a.reduce((s, x) => s + x, 0);
+
+/** Every model file: committed ones `{url, bytes, complete: true}`, downloads in progress
+ * `{url, bytes, total, complete: false}` (bytes held so far). */
+export async function list() {
+  const out = [];
+  const weights = await open(WEIGHTS_CACHE);
+  if (weights) {
+    for (const request of await weights.keys()) {
+      const e = await verifiedEntry(request.url, weights);
+      if (e) out.push({ url: request.url, bytes: e.bytes, complete: true });
+    }
+  }
+  const partial = await open(PARTIAL_CACHE);
+  if (partial) {
+    for (const request of await partial.keys()) {
+      if (!request.url.endsWith("/meta")) continue;
+      const url = decodeURIComponent(request.url.slice(PARTIAL_KEYS.length, -"/meta".length));
+      const meta = await readPartial(partial, url);
+      if (meta) out.push({ url, bytes: sum(meta.pieces), total: meta.total ?? null, complete: false });
+    }
+  }
+  return out;
+}
+
+/** Whether a complete, checked copy of `url` is cached. */
+export async function has(url) {
+  return (await verifiedEntry(url)) !== null;
+}
+
+/** Deletes `url`'s cached copy and any partial download of it; resolves to whether there was one. */
+export async function remove(url) {
+  const weights = await open(WEIGHTS_CACHE);
+  const a = weights ? await weights.delete(url) : false;
+  const b = await dropPartial(url);
+  return a || b;
+}
+
+/** Deletes every model file of this origin, partial downloads too; resolves to whether there were any. */
+export async function clear() {
+  const cs = cacheStorage();
+  if (!cs) return false;
+  const [a, b] = await Promise.all([cs.delete(WEIGHTS_CACHE), cs.delete(PARTIAL_CACHE)]);
+  return a || b;
+}
+
+/** The URLs of a split GGUF from the URL of any split ("…-00002-of-00003.gguf"), as the engine
+ * finds them; any other URL alone. */
+export function splitNames(url) {
+  const matches = [...url.matchAll(/-(\d+)-of-(\d+)(?=\.gguf)/g)];
+  const m = matches.at(-1);
+  if (!m) return [url];
+  const no = Number(m[1]);
+  const count = Number(m[2]);
+  if (!(count >= 1 && no >= 1 && no <= count && count <= 9999)) return [url];
+  const start = m.index + 1;
+  const width = m[1].length;
+  return Array.from({ length: count }, (_, k) => `${url.slice(0, start)}${String(k + 1).padStart(width, "0")}${url.slice(start + m[1].length)}`);
+}
+
+function contentLength(response) {
+  const encoding = response.headers.get("content-encoding");
+  if (encoding && encoding !== "identity") return null;
+  const v = response.headers.get("content-length");
+  return v === null || !/^\d+$/.test(v) ? null : Number(v);
+}
+
+/** The size of `url` from a HEAD request, or null when the server does not say. */
+async function probeSize(url, signal) {
+  try {
+    const r = await fetch(url, { method: "HEAD", signal, cache: "no-store" });
+    if (r.status === 404 || r.status === 410) throw httpError(url, r.status);
+    return r.ok ? contentLength(r) : null;
+  } catch (e) {
+    if (e instanceof PocketLMError) throw e;
+    if (isAbort(e, signal)) throw abortError();
+    return null; // the GET will tell
+  }
+}
+
+/**
+ * Makes sure the engine finds complete copies of the weight files of `source` (a URL or an array
+ * of URLs) in the cache: checks the quota, downloads what is missing with resumption, and commits
+ * each file whole. `onProgress` gets the engine's progress shape with `phase: "download"`.
+ * Folders and safetensors indexes are resolved as the engine does. Does nothing where there is no
+ * Cache API.
+ */
+export async function prepare(source, { signal, onProgress, concurrency = 4 } = {}) {
+  if (!cacheStorage()) return;
+  const weights = await open(WEIGHTS_CACHE);
+  const partial = await open(PARTIAL_CACHE);
+  if (!weights || !partial) return;
+  const ctx = { weights, partial, signal };
+  let urls;
+  if (Array.isArray(source)) urls = source;
+  else if (source.endsWith("/") || source.endsWith(".index.json")) urls = await resolveIndex(ctx, source);
+  else urls = splitNames(source);
+  if (!urls) return; // the engine reports what is wrong with the folder
+
+  const missing = [];
+  for (const url of urls) {
+    if (!(await verifiedEntry(url, weights))) missing.push({ url, have: 0, total: null });
+  }
+  if (missing.length === 0) return;
+  for (const m of missing) {
+    const p = await readPartial(partial, m.url);
+    m.have = p ? sum(p.pieces) : 0;
+  }
+  // Sizes before any body is read: a load that cannot fit says so now.
+  await Promise.all(missing.map(async (m) => (m.total = await probeSize(m.url, signal))));
+  if (signal?.aborted) throw abortError();
+  await checkQuota(missing, missing.length === 1 ? `'${missing[0].url}'` : `the model's ${missing.length} files`);
+
+  const progress = { files: missing.length, allDone: sum(missing.map((m) => m.have)), allTotal: missing.every((m) => m.total !== null) ? sum(missing.map((m) => m.total)) : null };
+  let next = 0;
+  const worker = async () => {
+    while (next < missing.length) {
+      const index = next++;
+      await download(ctx, missing[index], missing, (bytesDone, bytesTotal, delta) => {
+        progress.allDone += delta;
+        onProgress?.({ phase: "download", file: missing[index].url, fileIndex: index, files: progress.files, bytesDone, bytesTotal, allDone: progress.allDone, allTotal: progress.allTotal });
+      });
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, missing.length) }, worker));
+}
+
+/** Compares the bytes still to download (of the files whose size is known) with the free storage. */
+async function checkQuota(files, what) {
+  const needed = sum(files.filter((m) => m.total !== null && !m.done).map((m) => Math.max(0, m.total - m.have)));
+  if (needed === 0) return;
+  let free;
+  try {
+    free = (await estimate()).available;
+  } catch {
+    return; // no estimate here: the writes will tell
+  }
+  if (free !== null && needed > free) throw quotaError(what, needed, free);
+}
+
+/** The weight URLs of a folder (index.json, or model.safetensors) or of an index file; small
+ * files are committed to the cache as the engine would. Null when the engine should decide. */
+async function resolveIndex(ctx, source) {
+  const folder = source.endsWith("/");
+  const indexUrl = folder ? `${source}model.safetensors.index.json` : source;
+  if (!(await verifiedEntry(indexUrl, ctx.weights))) {
+    try {
+      await download(ctx, { url: indexUrl, have: 0, total: null }, [], () => {});
+    } catch (e) {
+      if (folder && e?.code === "http" && / 404$/.test(e.message)) return [`${source}model.safetensors`];
+      throw e;
+    }
+  }
+  try {
+    const index = await (await ctx.weights.match(indexUrl)).json();
+    const base = indexUrl.slice(0, indexUrl.lastIndexOf("/") + 1);
+    return [...new Set(Object.values(index.weight_map ?? {}))].filter((f) => typeof f === "string").map((f) => `${base}${f}`);
+  } catch {
+    return null;
+  }
+}
+
+/** Downloads one file (resuming what a previous attempt kept) and commits it. `report(bytesDone,
+ * bytesTotal, newBytes)` as bytes arrive. A write the browser refuses is a "quota" error. */
+async function download(ctx, file, all, report) {
+  try {
+    return await downloadFile(ctx, file, all, report);
+  } catch (e) {
+    if (!isQuota(e)) throw e;
+    const held = (await readPartial(ctx.partial, file.url).catch(() => null))?.pieces ?? [];
+    throw await refused(`'${file.url}'`, file.total !== null ? Math.max(1, file.total - sum(held)) : 1, e);
+  }
+}
+
+async function downloadFile(ctx, file, all, report) {
+  const { partial, signal } = ctx;
+  const { url } = file;
+  let meta = (await readPartial(partial, url)) ?? { url, total: null, etag: null, lastModified: null, pieces: [] };
+  let have = sum(meta.pieces);
+  let response;
+  try {
+    response = await fetch(url, { signal, cache: "no-store", headers: have > 0 ? { range: `bytes=${have}-` } : {} });
+  } catch (e) {
+    if (isAbort(e, signal)) throw abortError();
+    throw ioError(url, e?.message ?? String(e), e);
+  }
+  const etag = response.headers.get("etag");
+  const lastModified = response.headers.get("last-modified");
+  if (have > 0 && response.status === 206 && resumes(response, meta, have, etag, lastModified)) {
+    // The server sent the rest.
+  } else if (have > 0 && (response.status === 206 || response.status === 416)) {
+    // Not the rest of the same file (it changed, or the range is off): start over.
+    await response.body?.cancel().catch(() => {});
+    await dropPartial(url, partial);
+    return downloadFile(ctx, file, all, report);
+  } else if (response.ok) {
+    if (have > 0) {
+      // The server ignores Range: it sends the whole file again, from its first byte.
+      await dropPartial(url, partial);
+      report(0, null, -have);
+      have = 0;
+    }
+    meta = { url, total: contentLength(response), etag, lastModified, pieces: [] };
+  } else {
+    await response.body?.cancel().catch(() => {});
+    throw httpError(url, response.status);
+  }
+  file.have = have;
+  if (meta.total !== null && file.total !== meta.total) {
+    // The HEAD request did not say (or said otherwise): check again with what the GET says.
+    file.total = meta.total;
+    try {
+      await checkQuota(all.length > 0 ? all : [file], `'${url}'`);
+    } catch (e) {
+      await response.body?.cancel().catch(() => {});
+      throw e;
+    }
+  }
+  meta.etag ??= etag;
+  meta.lastModified ??= lastModified;
+  await writeMeta(partial, meta);
+
+  // The body, in pieces of PIECE_BYTES; what arrived before a failure is kept as a last piece.
+  const reader = response.body.getReader();
+  let held = [];
+  let heldBytes = 0;
+  const flush = async () => {
+    if (heldBytes === 0) return;
+    const piece = new Blob(held);
+    held = [];
+    heldBytes = 0;
+    try {
+      await partial.put(pieceKey(url, meta.pieces.length), new Response(piece));
+    } catch (e) {
+      if (isQuota(e)) throw await refused(`'${url}'`, meta.total !== null ? meta.total - sum(meta.pieces) : piece.size, e);
+      throw ioError(url, `its downloaded bytes could not be stored: ${e?.message ?? e}`, e);
+    }
+    meta.pieces.push(piece.size);
+    await writeMeta(partial, meta);
+  };
+  report(have, meta.total, 0);
+  for (;;) {
+    let chunk;
+    try {
+      chunk = await reader.read();
+    } catch (e) {
+      const kept = have;
+      await flush().catch(() => {});
+      if (meta.pieces.length === 0) await dropPartial(url, partial).catch(() => {});
+      if (isAbort(e, signal)) throw abortError();
+      const of = meta.total !== null ? ` of ${meta.total}` : "";
+      throw ioError(url, `the download stopped after ${kept}${of} bytes (${e?.message ?? e}); load it again to resume from there`, e);
+    }
+    if (chunk.done) break;
+    const bytes = chunk.value;
+    held.push(bytes);
+    heldBytes += bytes.byteLength;
+    have += bytes.byteLength;
+    report(have, meta.total, bytes.byteLength);
+    if (heldBytes >= PIECE_BYTES) {
+      try {
+        await flush();
+      } catch (e) {
+        reader.cancel().catch(() => {});
+        throw e;
+      }
+    }
+    if (signal?.aborted) {
+      reader.cancel().catch(() => {});
+      await flush().catch(() => {});
+      throw abortError();
+    }
+  }
+  await flush();
+  if (meta.total !== null && have !== meta.total) {
+    if (have > meta.total) await dropPartial(url, partial);
+    throw ioError(url, `the server sent ${have} bytes of ${meta.total}; load it again to resume`);
+  }
+  await commit(ctx, meta, response.headers.get("content-type"));
+  file.done = true;
+}
+
+/** Whether a 206 response carries the rest of the file a partial download started. */
+function resumes(response, meta, have, etag, lastModified) {
+  if (meta.etag && etag && meta.etag !== etag) return false;
+  if (!meta.etag && meta.lastModified && lastModified && meta.lastModified !== lastModified) return false;
+  const range = response.headers.get("content-range");
+  if (range !== null) {
+    const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(range.trim());
+    if (!m || Number(m[1]) !== have) return false;
+    const total = m[3] === "*" ? null : Number(m[3]);
+    if (meta.total !== null && total !== null && total !== meta.total) return false;
+    if (total !== null && Number(m[2]) !== total - 1) return false;
+    meta.total ??= total;
+    return true;
+  }
+  // (Content-Range unreadable: a cross-origin server that does not expose it.) The length must fit.
+  return meta.total !== null && contentLength(response) === meta.total - have;
+}
+
+/** Commits a complete download to the weights cache in one put, then checks it. The pieces are
+ * read (and deleted) one at a time, so the storage holds about one copy of the file. */
+async function commit(ctx, meta, contentType) {
+  const { weights, partial } = ctx;
+  const { url } = meta;
+  const total = sum(meta.pieces);
+  await partial.delete(metaKey(url)); // from here the pieces are no longer a resumable download
+  let i = 0;
+  const body = new ReadableStream({
+    async pull(controller) {
+      if (i === meta.pieces.length) {
+        controller.close();
+        return;
+      }
+      const r = await partial.match(pieceKey(url, i));
+      const bytes = r ? new Uint8Array(await r.arrayBuffer()) : null;
+      if (!bytes || bytes.byteLength !== meta.pieces[i]) {
+        controller.error(new Error(`piece ${i} of the download is missing`));
+        return;
+      }
+      await partial.delete(pieceKey(url, i));
+      i++;
+      controller.enqueue(bytes);
+    },
+  });
+  const headers = { "content-type": contentType ?? "application/octet-stream", "content-length": String(total), [SIZE_HEADER]: String(total) };
+  if (meta.etag) headers.etag = meta.etag;
+  if (meta.lastModified) headers["last-modified"] = meta.lastModified;
+  try {
+    await weights.put(url, new Response(body, { headers }));
+  } catch (e) {
+    await dropPartial(url, partial);
+    if (isQuota(e)) throw await refused(`'${url}'`, total, e);
+    throw ioError(url, `it could not be stored in the cache: ${e?.message ?? e}`, e);
+  } finally {
+    await dropPartial(url, partial).catch(() => {});
+  }
+  if (!(await verifiedEntry(url, weights))) {
+    throw ioError(url, "its cached copy did not keep the bytes written: load it again");
+  }
+}

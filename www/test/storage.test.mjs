@@ -1,0 +1,313 @@
+// The storage PocketLM fills, in a real headless Chromium: PocketLM.cache (has, delete, list,
+// estimate, persist), downloads cut short by the server that resume with a Range request (or
+// start over where the server refuses Range), a half-written file that is never served, and a
+// load that does not fit the origin's quota (set small over CDP) rejecting with code "quota".
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { dirname, join } from "node:path";
+import { readFileSync, statSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { serve } from "./server.mjs";
+import { launch } from "./browser.mjs";
+
+const WWW = join(dirname(fileURLToPath(import.meta.url)), "..");
+const ROOT = join(WWW, "..");
+const MODEL = "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+const MODEL_FILE = join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf");
+const MODEL_BYTES = statSync(MODEL_FILE).size;
+const TINY = "/fixtures/models/tiny-llama.gguf";
+const TINY_FILE = join(ROOT, "tests", "fixtures", "models", "tiny-llama.gguf");
+const TINY_BYTES = statSync(TINY_FILE).size;
+const sri = (file) => `sha256-${createHash("sha256").update(readFileSync(file)).digest("base64")}`;
+
+// What the server does, changed by each test: cut a path's next GET after N bytes, refuse Range.
+const behaviour = { cut: new Map(), refuseRanges: false };
+let server, browser, page;
+
+async function openPage(b) {
+  const p = await b.newPage();
+  p.on("console", (m) => m.type() === "error" && !/Failed to load resource/.test(m.text()) && console.error("[page]", m.text()));
+  p.on("pageerror", (e) => console.error("[page]", e.message));
+  await p.goto(`${server.url}/test/package.html`);
+  await p.waitForFunction(() => globalThis.pocketlm !== undefined, null, { timeout: 60_000 });
+  return p;
+}
+
+before(async () => {
+  server = await serve(
+    { "/": WWW, "/models/": join(ROOT, "models"), "/fixtures/": join(ROOT, "tests", "fixtures") },
+    {
+      ranges: () => !behaviour.refuseRanges,
+      cut: (path) => {
+        const n = behaviour.cut.get(path);
+        behaviour.cut.delete(path); // only the next request
+        return n;
+      },
+    },
+  );
+  browser = await launch();
+  page = await openPage(browser);
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.close();
+});
+
+/** Runs `fn` in `p`; a rejection comes back as {error: {name, code, message, ...data}}. */
+function run(fn, arg, p = page) {
+  return p.evaluate(
+    async ([src, arg]) => {
+      const f = (0, eval)(`(${src})`);
+      try {
+        return { value: await f(arg) };
+      } catch (e) {
+        return { error: { ...e, name: e?.name, code: e?.code, message: e?.message, isPocketLMError: e instanceof globalThis.pocketlm.PocketLMError } };
+      }
+    },
+    [fn.toString(), arg],
+  );
+}
+
+const value = (r) => {
+  assert.equal(r.error, undefined, JSON.stringify(r.error));
+  return r.value;
+};
+
+/** What the browser holds for `path`: PocketLM.cache's view, and the raw Cache API match of the URL
+ * in every cache (a half-written file must be in none that the engine reads). */
+function stored(path, p = page) {
+  return run(
+    async (path) => {
+      const { PocketLM } = globalThis.pocketlm;
+      const url = new URL(path, location.href).href;
+      const weights = await caches.open("pocketlm-weights-v1");
+      return {
+        has: await PocketLM.cache.has(path),
+        list: (await PocketLM.cache.list()).filter((f) => f.url === url),
+        cachedModels: (await PocketLM.cachedModels()).filter((u) => u === url),
+        rawMatch: (await weights.match(url)) !== undefined,
+      };
+    },
+    path,
+    p,
+  ).then(value);
+}
+
+const gets = (path) => server.log.filter((e) => e.method === "GET" && e.path === path);
+
+test("PocketLM.cache: has, list with sizes, delete, estimate and persist", async () => {
+  value(await run(() => globalThis.pocketlm.PocketLM.cache.clear()));
+  const before = gets(TINY).length;
+  const r = value(
+    await run(async (path) => {
+      const { PocketLM } = globalThis.pocketlm;
+      const lm = await PocketLM.load(path);
+      await lm.unload();
+      const url = new URL(path, location.href).href;
+      return {
+        url,
+        has: await PocketLM.cache.has(path),
+        hasAbsolute: await PocketLM.cache.has(url),
+        hasOther: await PocketLM.cache.has("/models/no-such.gguf"),
+        list: await PocketLM.cache.list(),
+        estimate: await PocketLM.cache.estimate(),
+        persist: await PocketLM.cache.persist(),
+        persisted: await PocketLM.cache.persisted(),
+        deleted: await PocketLM.cache.delete(path),
+        hasAfter: await PocketLM.cache.has(path),
+        deletedAgain: await PocketLM.cache.delete(path),
+        listAfter: await PocketLM.cache.list(),
+      };
+    }, TINY),
+  );
+  assert.equal(gets(TINY).length, before + 1);
+  assert.equal(r.has, true);
+  assert.equal(r.hasAbsolute, true);
+  assert.equal(r.hasOther, false);
+  assert.deepEqual(r.list, [{ url: r.url, bytes: TINY_BYTES, complete: true }]);
+  assert.ok(r.estimate.usage >= TINY_BYTES, JSON.stringify(r.estimate));
+  assert.ok(r.estimate.quota > r.estimate.usage, JSON.stringify(r.estimate));
+  assert.equal(r.estimate.available, r.estimate.quota - r.estimate.usage);
+  assert.equal(typeof r.persist, "boolean");
+  assert.equal(r.persisted, r.persist);
+  assert.equal(r.deleted, true);
+  assert.equal(r.hasAfter, false);
+  assert.equal(r.deletedAgain, false);
+  assert.deepEqual(r.listAfter, []);
+  // Deleted means downloaded again; a bad argument is a typed error.
+  value(await run((path) => globalThis.pocketlm.PocketLM.load(path).then((lm) => lm.unload()), TINY));
+  assert.equal(gets(TINY).length, before + 2);
+  const bad = await run(() => globalThis.pocketlm.PocketLM.cache.has(42));
+  assert.equal(bad.error?.code, "invalid_request", JSON.stringify(bad));
+});
+
+test("a download cut mid-way is never served half-written, and resumes with a Range request", async () => {
+  value(await run(() => globalThis.pocketlm.PocketLM.cache.clear()));
+  const integrity = sri(MODEL_FILE);
+  const CUT = 40_000_000;
+  behaviour.cut.set(MODEL, CUT);
+  const first = await run(([path, integrity]) => globalThis.pocketlm.PocketLM.load(path, { integrity }), [MODEL, integrity]);
+  assert.equal(first.error?.code, "io", JSON.stringify(first));
+  assert.equal(first.error.isPocketLMError, true);
+  assert.match(first.error.message, /stopped after \d+ of 98362432 bytes.*resume/);
+  assert.equal(gets(MODEL).at(-1).cut, CUT);
+
+  // Nothing of it is served: not by PocketLM.cache, not in the cache the engine reads.
+  const half = await stored(MODEL);
+  assert.equal(half.has, false);
+  assert.equal(half.rawMatch, false);
+  assert.deepEqual(half.cachedModels, []);
+  assert.equal(half.list.length, 1, JSON.stringify(half.list));
+  const [partial] = half.list;
+  assert.equal(partial.complete, false);
+  assert.equal(partial.total, MODEL_BYTES);
+  assert.ok(partial.bytes > 0 && partial.bytes <= CUT, `${partial.bytes} bytes kept`);
+
+  // The next load asks for the rest only, and the file it assembles is the server's, byte for byte.
+  const r = value(
+    await run(
+      async ([path, integrity]) => {
+        const { PocketLM } = globalThis.pocketlm;
+        const phases = new Set();
+        const lm = await PocketLM.load(path, { integrity, onProgress: (p) => phases.add(p.phase) });
+        const reply = await lm.complete("The capital of France is", { max_tokens: 1, temperature: 0 });
+        await lm.unload();
+        return { reply, phases: [...phases] };
+      },
+      [MODEL, integrity],
+    ),
+  );
+  const resumed = gets(MODEL).at(-1);
+  assert.equal(resumed.range, `bytes=${partial.bytes}-`);
+  assert.equal(resumed.status, 206);
+  assert.equal(r.reply, " Paris");
+  assert.deepEqual(r.phases, ["download", "load"]);
+  const whole = await stored(MODEL);
+  assert.equal(whole.has, true);
+  assert.equal(whole.rawMatch, true);
+  assert.deepEqual(whole.list, [{ url: whole.list[0].url, bytes: MODEL_BYTES, complete: true }]);
+});
+
+test("a server that refuses Range gets a clean start over", async () => {
+  value(await run(() => globalThis.pocketlm.PocketLM.cache.clear()));
+  const integrity = sri(TINY_FILE);
+  behaviour.cut.set(TINY, 100_000);
+  const first = await run(([path, integrity]) => globalThis.pocketlm.PocketLM.load(path, { integrity }), [TINY, integrity]);
+  assert.equal(first.error?.code, "io", JSON.stringify(first));
+  const [partial] = (await stored(TINY)).list;
+  assert.equal(partial?.complete, false, JSON.stringify(partial));
+  assert.ok(partial.bytes > 0, JSON.stringify(partial));
+
+  behaviour.refuseRanges = true;
+  try {
+    const r = value(
+      await run(
+        async ([path, integrity]) => {
+          const lm = await globalThis.pocketlm.PocketLM.load(path, { integrity });
+          const info = lm.info;
+          await lm.unload();
+          return info;
+        },
+        [TINY, integrity],
+      ),
+    );
+    assert.equal(r.architecture, "llama");
+  } finally {
+    behaviour.refuseRanges = false;
+  }
+  const again = gets(TINY).at(-1);
+  assert.equal(again.range, `bytes=${partial.bytes}-`, "the load asked for the rest");
+  assert.equal(again.status, 200, "the server sent the whole file");
+  const whole = await stored(TINY);
+  assert.deepEqual(whole.list, [{ url: whole.list[0].url, bytes: TINY_BYTES, complete: true }]);
+});
+
+test("a cached file shorter than it was committed with is not served: it is downloaded again", async () => {
+  value(await run(() => globalThis.pocketlm.PocketLM.cache.clear()));
+  // A copy cut short (by a writer that died, or damage) under the URL the engine reads.
+  value(
+    await run(async (path) => {
+      const bytes = new Uint8Array(await (await fetch(path)).arrayBuffer());
+      const weights = await caches.open("pocketlm-weights-v1");
+      const headers = { "content-length": String(bytes.length), "x-pocketlm-bytes": String(bytes.length) };
+      await weights.put(new URL(path, location.href).href, new Response(bytes.slice(0, bytes.length >> 1), { headers }));
+    }, TINY),
+  );
+  const planted = await stored(TINY);
+  assert.equal(planted.has, false);
+  assert.equal(planted.rawMatch, false, "the short copy was left in the cache");
+  value(
+    await run(async (path) => {
+      const weights = await caches.open("pocketlm-weights-v1");
+      const bytes = new Uint8Array(await (await fetch(path)).arrayBuffer());
+      const headers = { "content-length": String(bytes.length) };
+      await weights.put(new URL(path, location.href).href, new Response(bytes.slice(0, 1000), { headers }));
+    }, TINY),
+  );
+  const before = gets(TINY).length;
+  const r = value(
+    await run(async ([path, integrity]) => {
+      const lm = await globalThis.pocketlm.PocketLM.load(path, { integrity });
+      await lm.unload();
+      return lm.info.architecture;
+    }, [TINY, sri(TINY_FILE)]),
+  );
+  assert.equal(r, "llama");
+  assert.equal(gets(TINY).length, before + 1, "the short copy was served");
+  assert.deepEqual((await stored(TINY)).list.map((f) => f.bytes), [TINY_BYTES]);
+});
+
+test("a load that does not fit the quota rejects with code quota when the browser refuses the writes", async () => {
+  value(await run(() => globalThis.pocketlm.PocketLM.cache.clear()));
+  const cdp = await browser.newCDPSession(page);
+  const QUOTA = 50_000_000;
+  await cdp.send("Storage.overrideQuotaForOrigin", { origin: server.url, quotaSize: QUOTA });
+  try {
+    // Chromium's navigator.storage.estimate() reports a fixed quota to pages, so only the writes tell.
+    const r = await run((path) => globalThis.pocketlm.PocketLM.load(path), MODEL);
+    assert.equal(r.error?.code, "quota", JSON.stringify(r));
+    assert.equal(r.error.isPocketLMError, true);
+    assert.ok(r.error.bytesNeeded > 0 && r.error.bytesNeeded <= MODEL_BYTES, JSON.stringify(r.error));
+    assert.match(r.error.message, /needs [\d.]+ MiB more of this site's storage.*PocketLM\.cache\.delete/);
+    const s = await stored(MODEL);
+    assert.equal(s.has, false);
+    assert.equal(s.rawMatch, false);
+    // What fits still loads.
+    value(await run((path) => globalThis.pocketlm.PocketLM.load(path).then((lm) => lm.unload()), TINY));
+  } finally {
+    await cdp.send("Storage.overrideQuotaForOrigin", { origin: server.url });
+    await cdp.detach();
+  }
+  value(await run(() => globalThis.pocketlm.PocketLM.cache.clear()));
+});
+
+test("with a truthful storage estimate, a load that does not fit is refused before the download", async () => {
+  // (StaticStorageQuota off: navigator.storage.estimate() reports the quota set over CDP.)
+  const exact = await launch({ disableFeatures: ["StaticStorageQuota"] });
+  try {
+    const p = await openPage(exact);
+    const cdp = await exact.newCDPSession(p);
+    const QUOTA = 50_000_000;
+    await cdp.send("Storage.overrideQuotaForOrigin", { origin: server.url, quotaSize: QUOTA });
+    const before = gets(MODEL).length;
+    const r = await run((path) => globalThis.pocketlm.PocketLM.load(path), MODEL, p);
+    assert.equal(r.error?.code, "quota", JSON.stringify(r));
+    assert.equal(r.error.bytesNeeded, MODEL_BYTES);
+    assert.ok(r.error.bytesAvailable <= QUOTA && r.error.bytesAvailable >= 0, JSON.stringify(r.error));
+    assert.match(r.error.message, /needs 93\.8 MiB more of this site's storage, and [\d.]+ MiB is available/);
+    assert.equal(gets(MODEL).length, before, "the weights were requested");
+    const s = await stored(MODEL, p);
+    assert.deepEqual(s.list, []);
+    const estimate = value(await run(() => globalThis.pocketlm.PocketLM.cache.estimate(), undefined, p));
+    assert.equal(estimate.quota, QUOTA);
+    // The same in the engine's own realm (no worker), and a model that fits loads.
+    const local = await run((path) => globalThis.pocketlm.PocketLM.load(path, { worker: false }), MODEL, p);
+    assert.equal(local.error?.code, "quota", JSON.stringify(local));
+    value(await run((path) => globalThis.pocketlm.PocketLM.load(path).then((lm) => lm.unload()), TINY, p));
+    assert.equal((await stored(TINY, p)).has, true);
+  } finally {
+    await exact.close();
+  }
+});
