@@ -2,13 +2,14 @@
 // the GPU's top candidates give each candidate's exact probability exp(x − M) / Z (top-p over
 // the whole vocabulary without reading the row back). NaN counts as −inf; −inf (and f32's
 // lowest finite value, the empty sum's max) adds nothing; a row with nothing else gives
-// (−3.4028235e38, 0). Two entry points: `stats_partial` reduces a span of a row per workgroup to (m, s)
-// in `part`, `stats_combine` (one workgroup per row) merges a row's parts into `stats`.
+// (f32's lowest value, 0). Two entry points: `stats_partial` reduces a span of a row per
+// workgroup to (m, s) in `part_ms`, `stats_combine` (one workgroup per row) merges a row's parts
+// into `stats`.
 // Pairs merge as (m, s) ⊕ (m', s') = (max, s·exp(m − max) + s'·exp(m' − max)).
 // Prelude: WG (power of two), and the bindings of `logit_stats` (src/kernels/sample.rs).
 
 // The max of an empty sum (WGSL constants cannot be infinite).
-const EMPTY: f32 = -3.4028235e38;
+const EMPTY: f32 = -0x1.fffffep+127f;
 
 var<workgroup> wm: array<f32, WG>;
 var<workgroup> ws: array<f32, WG>;

@@ -511,12 +511,13 @@ mod cli {
         let mut at_first = None;
         let g = engine
             .generate(ctx, &prompt, &options, &mut |_| {
-                at_first.get_or_insert_with(|| ctx.stats.snapshot());
+                at_first.get_or_insert_with(|| (ctx.stats.snapshot(), ctx.stats.bytes_read()));
                 Flow::Continue
             })
             .await?;
-        let (s1, d1, r1) = at_first.unwrap_or_default();
+        let ((s1, d1, r1), b1) = at_first.unwrap_or_default();
         let (s2, d2, r2) = ctx.stats.snapshot();
+        let b2 = ctx.stats.bytes_read();
         // Steps after the first token: each decodes one token.
         let steps = (g.tokens.len() - 1) as f64;
         let (weights, kv) = engine.gpu_bytes();
@@ -565,9 +566,10 @@ mod cli {
             (s2 - s1) as f64 / steps
         );
         println!(
-            "{:<28} {:.1}",
+            "{:<28} {:.1} ({:.0} bytes)",
             "readbacks per decoded token",
-            (r2 - r1) as f64 / steps
+            (r2 - r1) as f64 / steps,
+            (b2 - b1) as f64 / steps
         );
         println!("{:<28} {:.1} MiB", "GPU memory: weights", mib(weights));
         println!(
@@ -576,6 +578,7 @@ mod cli {
             mib(kv),
             engine.context()
         );
+        sampling_speeds(ctx, &mut engine, &prompt, gen_tokens).await?;
         if per_kernel {
             // The KV cache holds the benchmark's sequence, so attention sees a real length.
             let times = bench::profile_dispatches(ctx, &engine.decode_dispatches(), 5).await?;
@@ -596,6 +599,73 @@ mod cli {
             }
         }
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// Decode speed under each sampling plan, against the whole row read back and sorted on the
+    /// CPU (a top-k of the vocabulary less one: what every sampled token cost before sampling ran
+    /// on the GPU), in one run on one prompt.
+    async fn sampling_speeds(
+        ctx: &GpuContext,
+        engine: &mut Engine,
+        prompt: &[u32],
+        gen_tokens: usize,
+    ) -> pocketlm::Result<()> {
+        let vocab = engine.config().vocab;
+        let t = |temperature: f32| SamplingParams {
+            temperature,
+            seed: Some(1),
+            ..SamplingParams::default()
+        };
+        let settings = [
+            (
+                "whole row on the CPU",
+                SamplingParams {
+                    top_k: vocab - 1,
+                    ..t(1.0)
+                },
+            ),
+            ("greedy (argmax)", SamplingParams::greedy()),
+            ("temperature 1 (Gumbel)", t(1.0)),
+            (
+                "top-p 0.9, temperature 0.8",
+                SamplingParams {
+                    top_p: 0.9,
+                    ..t(0.8)
+                },
+            ),
+            (
+                "repetition penalty 1.1",
+                SamplingParams {
+                    repetition_penalty: 1.1,
+                    ..t(1.0)
+                },
+            ),
+        ];
+        println!("\ndecode by sampling setting ({gen_tokens} tokens each):");
+        let mut base = None;
+        for (name, sampling) in settings {
+            engine.reset();
+            let options = GenerateOptions {
+                sampling,
+                max_tokens: Some(gen_tokens),
+                stop: Vec::new(),
+                ignore_eos: true,
+            };
+            let b0 = ctx.stats.bytes_read();
+            let g = engine
+                .generate(ctx, prompt, &options, &mut |_| Flow::Continue)
+                .await?;
+            let bytes = (ctx.stats.bytes_read() - b0) as f64 / g.tokens.len() as f64;
+            let speed = g.decode_tokens_per_s();
+            let base = *base.get_or_insert(speed);
+            println!(
+                "  {name:<28} {speed:>7.2} tokens/s {:>6.2}x {bytes:>9.0} bytes read per token \
+                 ({} whole rows)",
+                speed / base,
+                g.full_row_reads
+            );
+        }
+        Ok(())
     }
 
     async fn run(cli: Cli) -> pocketlm::Result<ExitCode> {

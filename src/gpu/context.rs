@@ -212,9 +212,16 @@ pub struct GpuStats {
     pub submits: AtomicU64,
     pub dispatches: AtomicU64,
     pub readbacks: AtomicU64,
+    /// Bytes copied back to the host by the readbacks.
+    pub bytes_read: AtomicU64,
 }
 
 impl GpuStats {
+    /// Bytes read back so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
     pub fn snapshot(&self) -> (u64, u64, u64) {
         (
             self.submits.load(Ordering::Relaxed),

@@ -144,6 +144,8 @@ impl<'a> Recorder<'a> {
         stats
             .readbacks
             .fetch_add(self.reads.len() as u64, Ordering::Relaxed);
+        let bytes: u64 = self.reads.iter().map(|r| r.bytes).sum();
+        stats.bytes_read.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Submits the recorded work without waiting for it.
