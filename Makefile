@@ -9,7 +9,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 # A private runtime dir silences harmless Vulkan-loader warnings.
 GPU_ENV := XDG_RUNTIME_DIR=$${XDG_RUNTIME_DIR:-$$(mktemp -d)}
 
-.PHONY: all setup demo bench test test-model check fmt test-unit test-gpu-full test-gpu-baseline test-models test-wasm test-browser wasm wasm-harness clean
+.PHONY: all setup demo bench test test-model check fmt test-unit test-gpu-full test-gpu-baseline test-models test-wasm test-browser wasm wasm-harness soak clean
 
 all: demo
 
@@ -104,6 +104,14 @@ test-browser:
 	cargo build --bin pocketlm
 	@echo "== the npm package in headless Chromium (Playwright) =="
 	cd www && POCKETLM_BIN=$(abspath $(TARGET_DIR))/debug/pocketlm npm test
+
+## make soak: long use stays flat: 1,000 short generations and 50 load/unload cycles of the tiny
+## model in headless Chromium (wasm memory, JS heap and GPU buffers held, before and after). The
+## short version (100 generations, 10 cycles) is part of `make test` (test-browser), and so is
+## tests/gpu_soak.rs natively.
+soak: setup
+	@$(MAKE) --no-print-directory wasm PROFILE=release
+	cd www && POCKETLM_SOAK=long node --test --test-concurrency=1 test/soak.test.mjs
 
 ## make wasm: the wasm-bindgen package in www/pkg (PROFILE=release for an optimised build).
 PROFILE ?= dev

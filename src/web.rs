@@ -66,6 +66,17 @@ pub fn wasm_memory_bytes() -> f64 {
         .byte_length() as f64
 }
 
+/// The GPU buffers PocketLM holds now in this realm, over every device: `{count, bytes}`
+/// (tensors, kernel parameters and per-step uniforms; see `pocketlm::gpu::held_buffers`).
+#[wasm_bindgen(js_name = gpuBuffers)]
+pub fn gpu_buffers() -> JsValue {
+    let held = crate::gpu::held_buffers();
+    let o = js_sys::Object::new();
+    let _ = js_sys::Reflect::set(&o, &"count".into(), &(held.count as f64).into());
+    let _ = js_sys::Reflect::set(&o, &"bytes".into(), &(held.bytes as f64).into());
+    o.into()
+}
+
 /// The URLs whose model files are in the browser's cache.
 #[wasm_bindgen(js_name = listCachedModels)]
 pub fn list_cached_models() -> Promise {

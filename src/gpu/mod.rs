@@ -1,6 +1,7 @@
 //! The GPU layer: device negotiation, compiled kernels, typed tensors, and recording work.
 
 mod context;
+mod held;
 mod interface;
 mod pipeline;
 mod recorder;
@@ -9,6 +10,8 @@ mod tensor;
 pub use context::{
     baseline_limits, Capabilities, DeviceReport, GpuContext, GpuStats, Profile, ProfileRequest,
 };
+pub(crate) use held::Held;
+pub use held::{held_buffers, HeldBuffers};
 pub use interface::{Access, Interface, Slot, SlotKind, Uniform, WgslScalar};
 pub use pipeline::{kernel_source, Kernel, PipelineCache, Specialization};
 pub use recorder::{Dispatch, ReadSlot, Readback, Recorder};

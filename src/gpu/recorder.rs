@@ -16,6 +16,8 @@ pub struct Dispatch {
     pub(crate) pipeline: wgpu::ComputePipeline,
     pub(crate) bind_group: wgpu::BindGroup,
     pub(crate) workgroups: [u32; 3],
+    /// The parameter uniform the bind group holds.
+    pub(crate) _uniform: std::sync::Arc<crate::gpu::Held>,
 }
 
 impl Dispatch {

@@ -1,9 +1,11 @@
 //! Typed GPU tensors: a buffer plus the shape and element type the kernels check before use.
 
+use std::sync::Arc;
+
 use half::f16;
 
 use crate::error::{Error, Result};
-use crate::gpu::GpuContext;
+use crate::gpu::{GpuContext, Held};
 pub use crate::quant::DType;
 
 /// A tensor resident in GPU memory. Cloning shares the buffer.
@@ -13,6 +15,7 @@ pub struct GpuTensor {
     name: String,
     shape: Vec<usize>,
     dtype: DType,
+    held: Arc<Held>,
 }
 
 impl GpuTensor {
@@ -70,6 +73,7 @@ impl GpuTensor {
             name: self.name.clone(),
             shape: shape.to_vec(),
             dtype: self.dtype,
+            held: Arc::clone(&self.held),
         })
     }
 
@@ -77,6 +81,7 @@ impl GpuTensor {
     /// afterwards is a GPU validation error.
     pub fn destroy(&self) {
         self.buffer.destroy();
+        self.held.release();
     }
 }
 
@@ -131,6 +136,7 @@ impl GpuContext {
     pub fn zeros(&self, name: &str, shape: &[usize], dtype: DType) -> Result<GpuTensor> {
         let buffer = self.tensor_buffer(name, shape, dtype)?;
         Ok(GpuTensor {
+            held: Held::new(buffer.size()),
             buffer,
             name: name.to_string(),
             shape: shape.to_vec(),

@@ -51,6 +51,7 @@ pub(crate) const STEP: Slot = Slot::uniform::<Step>("step");
 #[derive(Debug)]
 pub struct StepState {
     buffer: wgpu::Buffer,
+    _held: std::sync::Arc<crate::gpu::Held>,
     max_tokens: usize,
     max_positions: usize,
     offset: usize,
@@ -78,6 +79,7 @@ impl StepState {
                 usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             });
         Ok(StepState {
+            _held: crate::gpu::Held::new(buffer.size()),
             buffer,
             max_tokens,
             max_positions,

@@ -146,6 +146,7 @@ pub(crate) async fn build<P: Uniform>(
         pipeline,
         bind_group,
         workgroups,
+        _uniform: crate::gpu::Held::new(uniform.size()),
     })
 }
 

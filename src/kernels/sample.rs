@@ -93,6 +93,7 @@ const DRAW: Slot = Slot::uniform::<Draw>("draw");
 #[derive(Debug)]
 pub struct DrawState {
     buffer: wgpu::Buffer,
+    _held: std::sync::Arc<crate::gpu::Held>,
 }
 
 impl DrawState {
@@ -105,7 +106,10 @@ impl DrawState {
                 contents: bytemuck::bytes_of(&Draw::default()),
                 usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             });
-        DrawState { buffer }
+        DrawState {
+            _held: crate::gpu::Held::new(buffer.size()),
+            buffer,
+        }
     }
 
     /// Makes the next submitted work use `draw` (written through the queue, so it lands before

@@ -1,10 +1,12 @@
 // Types of `pocketlm/engine`: the engine in this realm (inside a worker or a service worker).
-import type { LoadOptions, ModelCache, ModelInfo, ModelSource, PocketLMError, SupportReport } from "./index.js";
+import type { LoadOptions, MemoryUsage, ModelCache, ModelInfo, ModelSource, PocketLMError, SupportReport } from "./index.js";
 
 export { PocketLMError } from "./index.js";
 
 export function initWasm(wasm?: string | URL | Response | BufferSource | WebAssembly.Module): Promise<unknown>;
 export function supportReport(): Promise<SupportReport>;
+/** This realm's memory as PocketLM sees it: wasm memory, GPU buffers held, JS heap. */
+export function memoryUsage(): Promise<MemoryUsage>;
 export function listCachedModels(): Promise<string[]>;
 export function clearModelCache(): Promise<boolean>;
 /** The model files this origin keeps, and its storage (the same object as `PocketLM.cache`). */

@@ -2,7 +2,7 @@
 // so that generations run one after another. The package's Web Worker runs it; it also runs
 // directly inside any worker or an extension's service worker (see README.md), where
 // `PocketLM.load(url, { worker: false })` uses it without a second worker.
-import init, { Gpu } from "../pkg/pocketlm.js";
+import init, { Gpu, gpuBuffers, wasmMemoryBytes } from "../pkg/pocketlm.js";
 import { PocketLMError, toPocketLMError, serializeError } from "./errors.js";
 import { loadOptions, normalizeSource } from "./validate.js";
 import * as storage from "./storage.js";
@@ -17,6 +17,22 @@ export function initWasm(wasm) {
     throw new PocketLMError("wasm_load", `could not load PocketLM's WebAssembly module: ${e?.message ?? e}`, { cause: e });
   });
   return wasmReady;
+}
+
+/** This realm's memory as PocketLM sees it: `wasmBytes` (wasm linear memory: its high-water mark,
+ * it never shrinks), `gpuBuffers` and `gpuBytes` (the GPU buffers PocketLM holds, over every
+ * device of this realm, counted by its own allocator) and `jsHeapBytes` (the JS heap where the
+ * browser reports it, Chromium's `performance.memory`; else null). Loads the wasm module if
+ * needed. */
+export async function memoryUsage() {
+  await initWasm();
+  const gpu = gpuBuffers();
+  return {
+    wasmBytes: wasmMemoryBytes(),
+    gpuBuffers: gpu.count,
+    gpuBytes: gpu.bytes,
+    jsHeapBytes: globalThis.performance?.memory?.usedJSHeapSize ?? null,
+  };
 }
 
 /** Whether this realm can run PocketLM, and if not, why. Does not load the wasm module. */
@@ -272,7 +288,7 @@ export class Engine {
 /**
  * The engine's side of the package's message protocol: `handle(message)` runs one request and
  * answers through `post(reply)`. Requests: {id, op: "support" | "load" | "generate" | "unload" |
- * "info" | "simulateDeviceLoss", ...}, and {op: "abort", target: id}. Replies: {id, type:
+ * "info" | "memory" | "simulateDeviceLoss", ...}, and {op: "abort", target: id}. Replies: {id, type:
  * "progress" | "token" | "done" | "error"}, and {type: "lost", error} when the device is lost.
  */
 export function createHandler(post) {
@@ -317,6 +333,9 @@ export function createHandler(post) {
           break;
         case "info":
           value = need().info();
+          break;
+        case "memory":
+          value = await memoryUsage();
           break;
         case "unload":
           await engine?.unload();

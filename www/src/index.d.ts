@@ -171,6 +171,17 @@ export interface Usage {
   prompt_tokens_details: { cached_tokens: number };
 }
 
+/** Memory of one JavaScript realm (a page or a worker) as PocketLM sees it. */
+export interface MemoryUsage {
+  /** Bytes of wasm linear memory: its high-water mark (it never shrinks). */
+  wasmBytes: number;
+  /** GPU buffers PocketLM holds in this realm, over every device, counted by its own allocator. */
+  gpuBuffers: number;
+  gpuBytes: number;
+  /** The JS heap in use where the browser reports it (Chromium's `performance.memory`), else null. */
+  jsHeapBytes: number | null;
+}
+
 /** PocketLM's own numbers about a generation. */
 export interface Timings {
   token_ids: number[];
@@ -239,6 +250,8 @@ export class PocketLM extends EventTarget {
   private constructor();
   static isSupported(): Promise<boolean>;
   static supportReport(): Promise<SupportReport>;
+  /** This realm's memory as PocketLM sees it (models loaded with `worker: false` run here). */
+  static memoryUsage(): Promise<MemoryUsage>;
   static load(source: ModelSource, options?: LoadOptions): Promise<PocketLM>;
   /** The model files this origin keeps, and its storage. */
   static readonly cache: ModelCache;
@@ -263,6 +276,8 @@ export class PocketLM extends EventTarget {
   /** Plain text completion, no chat template. */
   complete(prompt: string, options?: SamplingOptions): Promise<string>;
   tokenize(text: string, addSpecial?: boolean): Promise<number[]>;
+  /** The memory of the realm running this model (its worker, or the page with `worker: false`). */
+  memoryUsage(): Promise<MemoryUsage>;
   /** Frees the GPU memory and the worker; later calls reject with code "unloaded". */
   unload(): Promise<void>;
   /** Test hook: destroys the GPU device as a lost device would be. */

@@ -7,7 +7,7 @@
 //     out.textContent += chunk.choices[0].delta.content ?? "";
 import { PocketLMError, deserializeError, toPocketLMError } from "./errors.js";
 import { chatRequest, completionRequest, loadOptions, normalizeSource } from "./validate.js";
-import { createHandler, supportReport, listCachedModels, clearModelCache, cache } from "./engine.js";
+import { createHandler, supportReport, listCachedModels, clearModelCache, cache, memoryUsage } from "./engine.js";
 
 export { PocketLMError };
 
@@ -163,6 +163,12 @@ export class PocketLM extends EventTarget {
   }
 
   /** `{supported, reason, adapter?, features?, limits?}`: `reason` says why not, in words. */
+  /** This realm's memory as PocketLM sees it (models loaded with `worker: false` run here):
+   * `{wasmBytes, gpuBuffers, gpuBytes, jsHeapBytes}`. For diagnostics and leak checks. */
+  static memoryUsage() {
+    return memoryUsage();
+  }
+
   static supportReport() {
     return supportReport();
   }
@@ -362,6 +368,13 @@ export class PocketLM extends EventTarget {
   async complete(prompt, options = {}) {
     const r = await this.completions.create({ ...options, prompt, stream: false });
     return r.choices[0].text;
+  }
+
+  /** The memory of the realm running this model (its worker, or this page with `worker: false`):
+   * `{wasmBytes, gpuBuffers, gpuBytes, jsHeapBytes}`. For diagnostics and leak checks. */
+  async memoryUsage() {
+    this.#check();
+    return this.#t.request("memory");
   }
 
   /** The token ids of `text` (no special tokens unless `addSpecial`). */

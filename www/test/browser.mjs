@@ -8,8 +8,9 @@ export const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
 // `extension`: the folder of an unpacked extension to load (MV3; works in the new headless mode).
 // `disableFeatures`: Chromium features to turn off (e.g. "StaticStorageQuota", so that
-// navigator.storage.estimate() reports the real quota).
-export async function launch({ extension, disableFeatures = [] } = {}) {
+// navigator.storage.estimate() reports the real quota). `measureMemory`: expose `gc()` and exact
+// `performance.memory` figures (for the soak tests).
+export async function launch({ extension, disableFeatures = [], measureMemory = false } = {}) {
   const userDataDir = await mkdtemp(join(tmpdir(), "pocketlm-chromium-"));
   const args = [
     "--headless=new",
@@ -22,6 +23,7 @@ export async function launch({ extension, disableFeatures = [] } = {}) {
     "--disable-sync",
     "--disable-dev-shm-usage",
   ];
+  if (measureMemory) args.push("--js-flags=--expose-gc", "--enable-precise-memory-info");
   const disabled = [...disableFeatures];
   if (extension) {
     args.push(`--disable-extensions-except=${extension}`, `--load-extension=${extension}`);
