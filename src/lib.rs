@@ -22,6 +22,7 @@ pub mod model;
 pub mod quant;
 #[cfg(feature = "harness")]
 pub mod reference;
+pub mod request;
 pub mod rng;
 pub mod sample;
 #[cfg(feature = "harness")]
