@@ -110,8 +110,11 @@ use crate::formats::GgufHeader;
 use crate::text::chat::{ChatMessage, ChatTemplate, MAX_TEMPLATE_OUTPUT_BYTES};
 use crate::text::Tokenizer;
 
+/// A fuzz target's entry point.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets, by name, for the regression tests to dispatch on.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("tokenizer_json", tokenizer_json),
     ("gguf_vocab", gguf_vocab),
     ("chat_template", chat_template),
