@@ -391,7 +391,8 @@ fn without_generation_tags(source: &str) -> String {
     let mut rest = source;
     while let Some(start) = rest.find("{%") {
         let (before, tag) = rest.split_at(start);
-        let Some(end) = tag.find("%}") else {
+        // The closing "%}" comes after the opening "{%" ("{%}" is not a tag).
+        let Some(end) = tag[2..].find("%}").map(|e| e + 2) else {
             break;
         };
         out.push_str(before);
@@ -939,6 +940,8 @@ mod tests {
             "A{% if true %}B{%- endif -%} C{%+ if true +%}{% endif %}\n\
              {{ add_generation_prompt }}{% if x %}{% endif %}{# generation #}{% set"
         );
+        // Found by the chat_template fuzzer: "{%}" has its "%}" inside the "{%".
+        assert_eq!(without_generation_tags("a{%}b"), "a{%}b");
         let t = ChatTemplate::new(
             "gen",
             "{% for m in messages %}\n  {% generation %}\n  [{{ m.content }}]\n  {% endgeneration %}\n{% endfor %}",

@@ -214,7 +214,22 @@ impl Tokenizer {
             .filter_map(|n| inner.token_to_id(n))
             .collect();
         dedup(&mut eos);
-        let vocab_size = inner.get_vocab_size(true);
+        // The ids run up to the largest, which an added token may put past the count of tokens
+        // (ids with gaps): encode can give it, so decode must take it.
+        let largest = inner
+            .get_vocab(true)
+            .into_values()
+            .max()
+            .map_or(0, |id| id as u64 + 1);
+        if largest > MAX_VOCAB_TOKENS as u64 {
+            return Err(over_limit(
+                SOURCE,
+                "the largest token id plus one",
+                largest,
+                MAX_VOCAB_TOKENS as u64,
+            ));
+        }
+        let vocab_size = inner.get_vocab_size(true).max(largest as usize);
         Ok(Tokenizer {
             inner: Arc::new(inner),
             plain: Arc::new(OnceLock::new()),
