@@ -9,7 +9,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 # A private runtime dir silences harmless Vulkan-loader warnings.
 GPU_ENV := XDG_RUNTIME_DIR=$${XDG_RUNTIME_DIR:-$$(mktemp -d)}
 
-.PHONY: all setup demo bench test test-model check fmt test-unit test-gpu-full test-gpu-baseline test-models test-wasm test-browser wasm wasm-harness soak clean
+.PHONY: all setup demo bench test test-model check fmt test-unit test-gpu-full test-gpu-baseline test-models test-wasm test-browser wasm wasm-harness soak fuzz clean
 
 all: demo
 
@@ -49,7 +49,7 @@ test: setup
 	@echo "make test: all suites passed"
 
 test-unit:
-	cargo test --lib --test 'quant_*' --test formats --test cli --test sampling --test chat_template --test tokenizer --test model_config
+	cargo test --lib --test 'quant_*' --test formats --test cli --test sampling --test chat_template --test tokenizer --test model_config --test fuzz_regressions
 
 test-gpu-full:
 	@echo "== GPU kernels on lavapipe, full profile (f16 + subgroups) =="
@@ -142,6 +142,13 @@ wasm-harness:
 	cargo build $(WASM_CARGO_FLAGS) --features harness --lib
 	wasm-bindgen --target web --out-dir www/pkg-harness --out-name pocketlm \
 	  $(TARGET_DIR)/$(WASM_TARGET)/debug/pocketlm.wasm
+
+## make fuzz: every cargo-fuzz target (fuzz/: GGUF and safetensors headers, tokenizer.json,
+## GGUF vocabularies, chat templates, OpenAI requests) for FUZZ_SECONDS each (default 30);
+## installs cargo-fuzz if missing. See scripts/fuzz.sh.
+FUZZ_SECONDS ?= 30
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
 
 ## make check: formatting and clippy (-D warnings) for the native and wasm32 targets (the wasm
 ## library as shipped, without the test harnesses, and with them for the wasm tests).

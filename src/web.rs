@@ -19,10 +19,9 @@ use crate::load::browser::LazyDownload;
 use crate::load::browser::{self, JsBytesSource, StreamSource};
 use crate::load::folder;
 use crate::load::{load_model, AbortFlag, LoadOptions, LoadedModelFiles, ModelFile, Progress};
-use crate::sample::SamplingParams;
+use crate::request::{self, Prompt};
 #[cfg(feature = "harness")]
 use crate::selfcheck;
-use crate::text::ChatMessage;
 
 /// Converts a PocketLM error into a JS `Error` carrying the message and a stable `code`.
 pub fn to_js_error(e: &Error) -> JsValue {
@@ -565,167 +564,29 @@ fn describe(v: &JsValue) -> String {
         .unwrap_or_else(|| format!("{v:?}"))
 }
 
-/// A number option that must be finite, or absent.
-fn number(request: &JsValue, name: &str) -> Result<Option<f32>, Error> {
-    match get(request, name) {
-        None => Ok(None),
-        Some(v) => match v.as_f64() {
-            Some(n) if n.is_finite() => Ok(Some(n as f32)),
-            _ => Err(Error::InvalidRequest(format!(
-                "{name} must be a finite number, not {}",
-                describe(&v)
-            ))),
-        },
-    }
-}
-
-/// Reads an OpenAI-style request: `messages` or `prompt`, `max_tokens`, `temperature`, `top_p`,
-/// `top_k`, `min_p`, `seed`, `stop`, `frequency_penalty`, `presence_penalty`,
-/// `repetition_penalty`.
-fn parse_request(request: &JsValue) -> Result<(GenerateOptions, Prompt), Error> {
-    if !request.is_object() {
-        return Err(Error::InvalidRequest(
-            "the request must be an object".into(),
-        ));
-    }
-    let mut p = SamplingParams::default();
-    for (name, field) in [
-        ("temperature", &mut p.temperature),
-        ("top_p", &mut p.top_p),
-        ("min_p", &mut p.min_p),
-        ("frequency_penalty", &mut p.frequency_penalty),
-        ("presence_penalty", &mut p.presence_penalty),
-        ("repetition_penalty", &mut p.repetition_penalty),
-    ] {
-        if let Some(t) = number(request, name)? {
-            *field = t;
-        }
-    }
-    if let Some(v) = get(request, "top_k") {
-        p.top_k = match v.as_f64() {
-            Some(0.0) => 0,
-            _ => positive_int(&v, "top_k")?,
-        };
-    }
-    if let Some(v) = get(request, "seed") {
-        p.seed = match v.as_f64() {
-            Some(n) if n.fract() == 0.0 && n.abs() <= 2f64.powi(53) => Some(n as i64 as u64),
-            _ => {
-                return Err(Error::InvalidRequest(format!(
-                    "seed must be an integer, not {}",
-                    describe(&v)
-                )))
-            }
-        };
-    }
-    p.validate()?;
-    let max_tokens = match get(request, "max_tokens") {
-        Some(v) => Some(positive_int(&v, "max_tokens")?),
-        None => None,
-    };
-    let stop = match get(request, "stop") {
-        None => Vec::new(),
-        Some(v) if v.is_string() => vec![v.as_string().unwrap_or_default()],
-        Some(v) if js_sys::Array::is_array(&v) => js_sys::Array::from(&v)
-            .iter()
-            .map(|s| {
-                s.as_string().ok_or_else(|| {
-                    Error::InvalidRequest(format!(
-                        "stop must be a string or an array of strings, not {}",
-                        describe(&v)
-                    ))
-                })
-            })
-            .collect::<Result<_, _>>()?,
-        Some(v) => {
-            return Err(Error::InvalidRequest(format!(
-                "stop must be a string or an array of strings, not {}",
-                describe(&v)
-            )))
-        }
-    };
-    let prompt = match (get(request, "messages"), get(request, "prompt")) {
-        (Some(m), None) => Prompt::Chat(parse_messages(&m)?, parse_template_kwargs(request)?),
-        (None, Some(t)) => Prompt::Text(t.as_string().ok_or_else(|| {
-            Error::InvalidRequest(format!("prompt must be a string, not {}", describe(&t)))
-        })?),
-        (Some(_), Some(_)) => {
-            return Err(Error::InvalidRequest(
-                "give either messages or prompt, not both".into(),
-            ))
-        }
-        (None, None) => {
-            return Err(Error::InvalidRequest(
-                "the request needs messages (a chat) or prompt (plain text)".into(),
-            ))
-        }
-    };
-    let options = GenerateOptions {
-        sampling: p,
-        max_tokens,
-        stop,
-        ignore_eos: false,
-    };
-    Ok((options, prompt))
-}
-
-enum Prompt {
-    /// The messages and the extra template variables (`chat_template_kwargs`).
-    Chat(Vec<ChatMessage>, serde_json::Value),
-    Text(String),
-}
-
-/// `chat_template_kwargs`: an object of extra chat-template variables, or absent.
-fn parse_template_kwargs(request: &JsValue) -> Result<serde_json::Value, Error> {
-    let Some(v) = get(request, "chat_template_kwargs") else {
-        return Ok(serde_json::Value::Null);
-    };
-    let json = js_sys::JSON::stringify(&v)
-        .ok()
-        .and_then(|s| s.as_string())
-        .ok_or_else(|| {
-            Error::InvalidRequest(format!(
-                "chat_template_kwargs must be a JSON object, not {}",
-                describe(&v)
-            ))
-        })?;
-    let value: serde_json::Value = serde_json::from_str(&json)
-        .map_err(|e| Error::InvalidRequest(format!("chat_template_kwargs: {e}")))?;
-    if !value.is_object() {
-        return Err(Error::InvalidRequest(format!(
-            "chat_template_kwargs must be an object such as {{\"enable_thinking\": false}}, not {json}"
-        )));
-    }
-    Ok(value)
-}
-
-/// `[{role, content}, …]` with string roles and contents, at least one message.
-fn parse_messages(v: &JsValue) -> Result<Vec<ChatMessage>, Error> {
-    if !js_sys::Array::is_array(v) {
-        return Err(Error::InvalidRequest(format!(
-            "messages must be an array of {{role, content}}, not {}",
-            describe(v)
-        )));
-    }
-    let list = js_sys::Array::from(v);
-    if list.length() == 0 {
-        return Err(Error::InvalidRequest("messages is empty".into()));
-    }
-    list.iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let field = |k: &str| get(&m, k).and_then(|v| v.as_string());
-            match (field("role"), field("content")) {
-                (Some(role), Some(content)) if !role.is_empty() => {
-                    Ok(ChatMessage::new(role, content))
+/// A JS value (a request, a list of messages) as JSON for [`crate::request`]. `NaN` and
+/// `±Infinity`, which JSON cannot hold, become the strings "NaN", "Infinity" and "-Infinity" so
+/// that the parser refuses them by name instead of seeing `null`; what JSON cannot represent at
+/// all (a BigInt, a cycle) is an invalid request.
+fn to_json(v: &JsValue, what: &str) -> Result<serde_json::Value, Error> {
+    let replacer =
+        Closure::<dyn FnMut(JsValue, JsValue) -> JsValue>::new(|_key: JsValue, value: JsValue| {
+            match value.as_f64() {
+                Some(n) if n.is_nan() => JsValue::from_str("NaN"),
+                Some(n) if n.is_infinite() => {
+                    JsValue::from_str(if n > 0.0 { "Infinity" } else { "-Infinity" })
                 }
-                _ => Err(Error::InvalidRequest(format!(
-                    "messages[{i}] must be {{role: string, content: string}}, not {}",
-                    describe(&m)
-                ))),
+                _ => value,
             }
-        })
-        .collect()
+        });
+    let json = js_sys::JSON::stringify_with_replacer(v, replacer.as_ref())
+        .map_err(|e| {
+            Error::InvalidRequest(format!("{what} cannot be read as JSON: {}", describe(&e)))
+        })?
+        .as_string()
+        .unwrap_or_else(|| "null".into());
+    serde_json::from_str(&json)
+        .map_err(|e| Error::InvalidRequest(format!("{what} cannot be read as JSON: {e}")))
 }
 
 /// A loaded model, ready to generate.
@@ -803,7 +664,7 @@ impl Model {
     #[wasm_bindgen(js_name = applyChatTemplate)]
     pub fn apply_chat_template(&self, messages: JsValue) -> Result<String, JsValue> {
         let run = || {
-            let messages = parse_messages(&messages)?;
+            let messages = request::parse_messages(&to_json(&messages, "messages")?)?;
             self.with(|e| match e.template() {
                 Some(t) => t.render(&messages, true),
                 None => Err(Error::MissingChatTemplate {
@@ -832,7 +693,7 @@ impl Model {
         let busy = self.busy.clone();
         let unload_pending = self.unload_pending.clone();
         reject_on_error(async move {
-            let (options, prompt) = parse_request(&request)?;
+            let (options, prompt) = request::parse_request(&to_json(&request, "the request")?)?;
             let signal = get(&request, "signal");
             if busy.get() {
                 return Err(Error::InvalidRequest(

@@ -4,7 +4,12 @@
 //! what transformers' own renderer made of the same conversations (expected.json, written by
 //! scripts/make_template_fixtures.py).
 
-use pocketlm::text::chat::{ChatMessage, ChatTemplate};
+use pocketlm::formats::gguf::MetaValue;
+use pocketlm::formats::GgufHeader;
+use pocketlm::text::chat::{
+    ChatMessage, ChatTemplate, MAX_TEMPLATE_FUEL, MAX_TEMPLATE_OUTPUT_BYTES,
+    MAX_TEMPLATE_SOURCE_BYTES,
+};
 use pocketlm::Error;
 
 fn fixture(name: &str) -> String {
@@ -291,4 +296,137 @@ fn transformers_renders_the_same() {
             "{name} has no enable_thinking=false case"
         );
     }
+}
+
+// ---- bounds: a template is untrusted code ---------------------------------------------------
+
+fn limit_error(template: &str) -> (String, Error) {
+    let t = ChatTemplate::new("hostile", template, "", "").unwrap();
+    let err = t.render(&conversation(), true).unwrap_err();
+    (err.to_string(), err)
+}
+
+/// The reported case: three nested `range(100000)` loops (10^15 iterations) stop at the fuel
+/// budget with a `chat_template` error naming it, instead of spinning with memory growing.
+#[test]
+fn endless_loops_run_out_of_fuel() {
+    let (msg, err) = limit_error(
+        "{% for a in range(100000) %}{% for b in range(100000) %}{% for c in range(100000) %}\
+         {{ a }}{% endfor %}{% endfor %}{% endfor %}",
+    );
+    assert_eq!(err.code(), "chat_template", "{msg}");
+    assert!(
+        msg.contains("fuel") && msg.contains(&MAX_TEMPLATE_FUEL.to_string()),
+        "{msg}"
+    );
+    // Loops that print nothing run out of fuel the same way.
+    let (msg, err) = limit_error(
+        "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+    );
+    assert_eq!(err.code(), "chat_template");
+    assert!(msg.contains("fuel"), "{msg}");
+}
+
+/// A string repeated into hundreds of MB is refused at the output limit: written out, captured
+/// into a variable, or printed as a lazily repeated list.
+#[test]
+fn output_blow_ups_hit_the_output_limit() {
+    let limit = MAX_TEMPLATE_OUTPUT_BYTES.to_string();
+    for template in [
+        "{% for i in range(8) %}{{ 'x' * 100000000 }}{% endfor %}",
+        "{% set s %}{% for i in range(8) %}{{ 'y' * 100000000 }}{% endfor %}{% endset %}\
+         {{ s | length }}",
+        "{% macro m() %}{{ 'z' * 100000000 }}{% endmacro %}{% for i in range(8) %}{% set _ = m() %}\
+         {% endfor %}",
+        "{{ [0] * 1000000000000 }}",
+        "{{ ([['a']] * 100000000000) | string }}",
+        "{{ (['abc'] * 100000000000) | tojson }}",
+    ] {
+        let (msg, err) = limit_error(template);
+        assert_eq!(err.code(), "chat_template", "{template}: {msg}");
+        assert!(
+            msg.contains("output limit") && msg.contains(&limit),
+            "{template}: {msg}"
+        );
+    }
+    // Just under the limit is fine.
+    let t = ChatTemplate::new("big", "{{ 'x' * 1000000 }}", "", "").unwrap();
+    assert_eq!(t.render(&[], false).unwrap().len(), 1_000_000);
+}
+
+#[test]
+fn oversized_template_sources_and_json_indents_are_refused() {
+    let src = "x".repeat(MAX_TEMPLATE_SOURCE_BYTES + 1);
+    let err = ChatTemplate::new("huge", &src, "", "").unwrap_err();
+    assert_eq!(err.code(), "chat_template");
+    assert!(
+        err.to_string()
+            .contains(&MAX_TEMPLATE_SOURCE_BYTES.to_string()),
+        "{err}"
+    );
+    let (msg, err) = limit_error("{{ messages | tojson(indent=1000000000000) }}");
+    assert_eq!(err.code(), "chat_template");
+    assert!(msg.contains("indent 1000000000000"), "{msg}");
+    // Real indents work.
+    let t = ChatTemplate::new("json", "{{ [1] | tojson(indent=2) }}", "", "").unwrap();
+    assert_eq!(t.render(&[], false).unwrap(), "[\n  1\n]");
+}
+
+/// The bounds hold for templates from tokenizer_config.json and from GGUF metadata (the same
+/// environment is built for every source).
+#[test]
+fn templates_from_files_are_bounded_too() {
+    let nested = "{% for a in range(100000) %}{% for b in range(100000) %}\
+                  {% for c in range(100000) %}.{% endfor %}{% endfor %}{% endfor %}";
+    let config = serde_json::json!({ "chat_template": nested }).to_string();
+    let t = ChatTemplate::from_tokenizer_config(&config, "tokenizer_config.json", None).unwrap();
+    let err = t.render(&conversation(), true).unwrap_err();
+    assert_eq!(err.code(), "chat_template");
+    assert!(err.to_string().contains("fuel"), "{err}");
+
+    let bytes = pocketlm::fuzzing::gguf_bytes(&[
+        ("general.architecture", MetaValue::String("llama".into())),
+        ("tokenizer.chat_template", MetaValue::String(nested.into())),
+    ]);
+    let header = GgufHeader::parse_file(&bytes, "hostile.gguf").unwrap();
+    let t = ChatTemplate::from_gguf(&header.metadata).unwrap();
+    let err = t.render(&conversation(), true).unwrap_err();
+    assert_eq!(err.code(), "chat_template");
+    assert!(err.to_string().contains("fuel"), "{err}");
+}
+
+/// The budget is generous: every fixture template renders a 2,000-message conversation.
+#[test]
+fn real_templates_fit_the_budget_with_long_conversations() {
+    let dir = format!("{}/tests/fixtures/templates", env!("CARGO_MANIFEST_DIR"));
+    let mut messages = vec![ChatMessage::system("You are terse.")];
+    for i in 0..1000 {
+        messages.push(ChatMessage::user(format!("question {i}")));
+        messages.push(ChatMessage::assistant(format!("answer {i}")));
+    }
+    messages.push(ChatMessage::user("last"));
+    let mut rendered = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.ends_with(".jinja") || name == "python-compat.jinja" {
+            continue;
+        }
+        let t = ChatTemplate::new(
+            &name,
+            &std::fs::read_to_string(&path).unwrap(),
+            "<s>",
+            "</s>",
+        )
+        .unwrap();
+        let text = t
+            .render(&messages, true)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            text.contains("question 999") && text.contains("last"),
+            "{name}"
+        );
+        rendered += 1;
+    }
+    assert!(rendered >= 9, "only {rendered} templates found");
 }

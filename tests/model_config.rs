@@ -267,3 +267,104 @@ fn block_descriptions_of_every_architecture() {
     assert_eq!(m.architecture, Architecture::Llama);
     assert!(m.layer_specs.iter().all(|l| l.window == Some(5)));
 }
+
+/// Sizes that would size absurd tables are refused before anything is allocated, with the
+/// key, the value and the limit in the error: from config.json …
+#[test]
+fn absurd_sizes_in_config_json_are_refused_with_the_numbers() {
+    use pocketlm::model::{
+        MAX_CONTEXT, MAX_FFN, MAX_HEADS, MAX_HEAD_DIM, MAX_HIDDEN, MAX_LAYERS, MAX_VOCAB,
+    };
+    for (key, from, limit) in [
+        ("num_hidden_layers", "16", MAX_LAYERS),
+        ("hidden_size", "2048", MAX_HIDDEN),
+        ("num_attention_heads", "32", MAX_HEADS),
+        ("num_key_value_heads", "8", MAX_HEADS),
+        ("head_dim", "64", MAX_HEAD_DIM),
+        ("intermediate_size", "8192", MAX_FFN),
+        ("vocab_size", "128256", MAX_VOCAB),
+        ("max_position_embeddings", "131072", MAX_CONTEXT),
+    ] {
+        for bad in [limit + 1, 1_000_000_000_000, u64::MAX] {
+            let json =
+                LLAMA_32.replace(&format!("\"{key}\": {from}"), &format!("\"{key}\": {bad}"));
+            assert_ne!(json, LLAMA_32, "{key} not found in the fixture");
+            let e = ModelConfig::from_hf_json(&json, "config.json").unwrap_err();
+            assert_eq!(e.code(), "config", "{key} = {bad}: {e}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(key)
+                    && msg.contains(&bad.to_string())
+                    && msg.contains(&limit.to_string()),
+                "{key} = {bad}: {msg}"
+            );
+        }
+    }
+    // A product of allowed sizes can still be absurd: q's width.
+    let json = LLAMA_32
+        .replace(
+            "\"num_attention_heads\": 32",
+            "\"num_attention_heads\": 1024",
+        )
+        .replace(
+            "\"num_key_value_heads\": 8",
+            "\"num_key_value_heads\": 1024",
+        )
+        .replace("\"head_dim\": 64", "\"head_dim\": 4096");
+    let e = ModelConfig::from_hf_json(&json, "config.json").unwrap_err();
+    assert_eq!(e.code(), "config");
+    assert!(e.to_string().contains("4194304 wide"), "{e}");
+    // Exactly at the limits is fine.
+    let json = LLAMA_32.replace(
+        "\"num_hidden_layers\": 16",
+        &format!("\"num_hidden_layers\": {MAX_LAYERS}"),
+    );
+    assert_eq!(
+        ModelConfig::from_hf_json(&json, "config.json")
+            .unwrap()
+            .layers,
+        1024
+    );
+}
+
+/// … and from GGUF metadata.
+#[test]
+fn absurd_sizes_in_gguf_metadata_are_refused_with_the_numbers() {
+    use pocketlm::formats::gguf::MetaValue;
+    let meta = |layers: u32, vocab: u32| {
+        let bytes = pocketlm::fuzzing::gguf_bytes(&[
+            ("general.architecture", MetaValue::String("llama".into())),
+            ("llama.embedding_length", MetaValue::U32(64)),
+            ("llama.attention.head_count", MetaValue::U32(4)),
+            ("llama.block_count", MetaValue::U32(layers)),
+            ("llama.feed_forward_length", MetaValue::U32(128)),
+            ("llama.context_length", MetaValue::U32(256)),
+            ("llama.vocab_size", MetaValue::U32(vocab)),
+            (
+                "llama.attention.layer_norm_rms_epsilon",
+                MetaValue::F32(1e-5),
+            ),
+        ]);
+        let header = GgufHeader::parse_file(&bytes, "hostile.gguf").unwrap();
+        let meta = header.metadata.clone();
+        (meta, header.into_model_files().unwrap())
+    };
+    let (m, files) = meta(2, 100);
+    let c = ModelConfig::from_gguf(&m, &files).unwrap();
+    assert_eq!((c.layers, c.vocab, c.head_dim), (2, 100, 16));
+    let (m, files) = meta(u32::MAX, 100);
+    let e = ModelConfig::from_gguf(&m, &files).unwrap_err();
+    assert_eq!(e.code(), "config");
+    assert!(
+        e.to_string()
+            .contains("llama.block_count is 4294967295, over the limit of 1024"),
+        "{e}"
+    );
+    let (m, files) = meta(2, 1 << 30);
+    let e = ModelConfig::from_gguf(&m, &files).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("llama.vocab_size is 1073741824, over the limit of 4194304"),
+        "{e}"
+    );
+}

@@ -422,3 +422,152 @@ fn smollm_streaming() {
     }
     assert!(split >= 2, "expected characters split over tokens");
 }
+
+// ---- bounds: a tokenizer comes from the internet -----------------------------------------------
+
+fn assert_over(e: Error, what: &str, value: u64, limit: usize) {
+    assert_eq!(e.code(), "tokenizer", "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(what) && msg.contains(&format!("is {value}, over the limit of {limit}")),
+        "expected {what} = {value} over {limit}: {msg}"
+    );
+}
+
+/// A minimal BPE tokenizer.json around the given vocab, merges and added tokens.
+fn tokenizer_json(vocab: &str, merges: &str, added: &str) -> String {
+    format!(
+        r#"{{"version":"1.0","added_tokens":{added},"normalizer":null,"pre_tokenizer":null,
+        "post_processor":null,"decoder":null,
+        "model":{{"type":"BPE","vocab":{vocab},"merges":{merges}}}}}"#
+    )
+}
+
+#[test]
+fn tokenizer_json_limits() {
+    use pocketlm::text::tokenizer::{
+        MAX_ADDED_TOKENS, MAX_MERGES, MAX_TOKENIZER_JSON_BYTES, MAX_TOKEN_BYTES, MAX_VOCAB_TOKENS,
+    };
+    // Within every limit: a working tokenizer.
+    let ok = tokenizer_json(
+        r#"{"a":0,"b":1,"ab":2}"#,
+        r#"["a b"]"#,
+        r#"[{"id":3,"content":"<s>","single_word":false,"lstrip":false,"rstrip":false,
+            "normalized":false,"special":true}]"#,
+    );
+    let tok = Tokenizer::from_json_str(&ok).unwrap();
+    assert_eq!(tok.encode("ab", false).unwrap(), [2]);
+
+    let big = vec![b' '; MAX_TOKENIZER_JSON_BYTES + 1];
+    assert_over(
+        Tokenizer::from_json(&big).unwrap_err(),
+        "file size",
+        big.len() as u64,
+        MAX_TOKENIZER_JSON_BYTES,
+    );
+    // Counted in a first pass, before anything is built ("[]" stands for an entry).
+    let n = MAX_VOCAB_TOKENS + 1;
+    let list = |n: usize, item: &str| format!("[{}]", vec![item; n].join(","));
+    let json = tokenizer_json(&list(n, "[]"), "[]", "[]");
+    assert_over(
+        Tokenizer::from_json_str(&json).unwrap_err(),
+        "vocabulary size",
+        n as u64,
+        MAX_VOCAB_TOKENS,
+    );
+    let n = MAX_MERGES + 1;
+    let json = tokenizer_json("{}", &list(n, "\"\""), "[]");
+    assert_over(
+        Tokenizer::from_json_str(&json).unwrap_err(),
+        "number of merges",
+        n as u64,
+        MAX_MERGES,
+    );
+    let n = MAX_ADDED_TOKENS + 1;
+    let json = tokenizer_json("{}", "[]", &list(n, "{}"));
+    assert_over(
+        Tokenizer::from_json_str(&json).unwrap_err(),
+        "number of added tokens",
+        n as u64,
+        MAX_ADDED_TOKENS,
+    );
+    let long = "x".repeat(MAX_TOKEN_BYTES + 1);
+    for json in [
+        tokenizer_json(&format!(r#"{{"{long}":0}}"#), "[]", "[]"),
+        tokenizer_json("{}", "[]", &format!(r#"[{{"id":0,"content":"{long}"}}]"#)),
+    ] {
+        assert_over(
+            Tokenizer::from_json_str(&json).unwrap_err(),
+            "longest token",
+            long.len() as u64,
+            MAX_TOKEN_BYTES,
+        );
+    }
+}
+
+/// The same limits for a GGUF vocabulary, plus the cost of deriving SentencePiece merges.
+#[test]
+fn gguf_vocabulary_limits() {
+    use pocketlm::formats::gguf::{MetaArray, MetaValue};
+    use pocketlm::text::tokenizer::{
+        MAX_MERGES, MAX_SPM_MERGE_WORK, MAX_TOKEN_BYTES, MAX_VOCAB_BYTES, MAX_VOCAB_TOKENS,
+    };
+    let vocab = |model: &str, tokens: Vec<String>, merges: Vec<String>| {
+        let n = tokens.len();
+        let bytes = pocketlm::fuzzing::gguf_bytes(&[
+            ("tokenizer.ggml.model", MetaValue::String(model.into())),
+            (
+                "tokenizer.ggml.tokens",
+                MetaValue::Array(MetaArray::String(tokens)),
+            ),
+            (
+                "tokenizer.ggml.scores",
+                MetaValue::Array(MetaArray::F32(vec![0.0; n])),
+            ),
+            (
+                "tokenizer.ggml.merges",
+                MetaValue::Array(MetaArray::String(merges)),
+            ),
+        ]);
+        let header = GgufHeader::parse_file(&bytes, "hostile.gguf").unwrap();
+        Tokenizer::from_gguf(&header.metadata)
+    };
+    let few = |n: usize| (0..n).map(|i| format!("t{i}")).collect::<Vec<_>>();
+    assert_eq!(vocab("gpt2", few(3), vec![]).unwrap().vocab_size(), 3);
+
+    let n = MAX_VOCAB_TOKENS + 1;
+    assert_over(
+        vocab("gpt2", vec![String::new(); n], vec![]).unwrap_err(),
+        "vocabulary size",
+        n as u64,
+        MAX_VOCAB_TOKENS,
+    );
+    let n = MAX_MERGES + 1;
+    assert_over(
+        vocab("gpt2", few(3), vec![String::new(); n]).unwrap_err(),
+        "number of merges",
+        n as u64,
+        MAX_MERGES,
+    );
+    assert_over(
+        vocab("gpt2", vec!["y".repeat(MAX_TOKEN_BYTES + 1)], vec![]).unwrap_err(),
+        "longest token",
+        MAX_TOKEN_BYTES as u64 + 1,
+        MAX_TOKEN_BYTES,
+    );
+    let n = MAX_VOCAB_BYTES / MAX_TOKEN_BYTES + 1;
+    assert_over(
+        vocab("gpt2", vec!["z".repeat(MAX_TOKEN_BYTES); n], vec![]).unwrap_err(),
+        "text of all tokens",
+        (n * MAX_TOKEN_BYTES) as u64,
+        MAX_VOCAB_BYTES,
+    );
+    // 1,025 tokens of 1,024 bytes: 2^30 + 2^20 steps of SentencePiece merge derivation.
+    let e = vocab("llama", vec!["w".repeat(MAX_TOKEN_BYTES); 1025], vec![]).unwrap_err();
+    assert_over(
+        e,
+        "SentencePiece",
+        1025 * 1024 * 1024,
+        MAX_SPM_MERGE_WORK as usize,
+    );
+}

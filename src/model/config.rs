@@ -89,6 +89,72 @@ pub struct ModelConfig {
     pub gguf_names: bool,
 }
 
+/// The largest sizes a configuration may declare. They are far above every model there is
+/// (Llama 3.1 405B: 126 layers, hidden 16384, 128 heads, ffn 53248; Gemma 3: vocab 262144,
+/// head_dim 256; contexts of 10M positions), and are checked, with the numbers in the error,
+/// before anything is sized from them: a corrupt or hostile `config.json` with a billion
+/// layers is refused instead of allocating per-layer tables.
+pub const MAX_LAYERS: u64 = 1024;
+pub const MAX_HIDDEN: u64 = 1 << 17;
+pub const MAX_HEADS: u64 = 1024;
+pub const MAX_HEAD_DIM: u64 = 4096;
+/// The width of q (heads × head_dim).
+pub const MAX_ATTENTION_WIDTH: u64 = 1 << 18;
+pub const MAX_FFN: u64 = 1 << 20;
+pub const MAX_VOCAB: u64 = 1 << 22;
+pub const MAX_CONTEXT: u64 = 1 << 24;
+
+/// Checks the main sizes, each under its name in the file (`num_hidden_layers`,
+/// `llama.block_count`), against the limits above.
+struct Sizes<'a> {
+    source: &'a str,
+}
+
+impl<'a> Sizes<'a> {
+    fn new(source: &'a str) -> Self {
+        Sizes { source }
+    }
+
+    /// `value` of `name`, at most `limit`; a value that does not fit a `usize` (wasm32) is over
+    /// every limit.
+    fn check(&self, name: &str, value: u64, limit: u64) -> Result<usize> {
+        if value > limit {
+            return Err(config_error(
+                self.source,
+                format!(
+                    "{name} is {value}, over the limit of {limit}: no model PocketLM can run is                      that large, so the configuration is corrupt"
+                ),
+            ));
+        }
+        usize::try_from(value).map_err(|_| {
+            config_error(
+                self.source,
+                format!("{name} is {value}, more than this platform can address"),
+            )
+        })
+    }
+
+    /// `heads × head_dim` against [`MAX_ATTENTION_WIDTH`].
+    fn check_width(&self, heads: usize, head_dim: usize) -> Result<()> {
+        let width = (heads as u64).saturating_mul(head_dim as u64);
+        if width > MAX_ATTENTION_WIDTH {
+            return Err(config_error(
+                self.source,
+                format!(
+                    "{heads} heads of {head_dim} make q {width} wide, over the limit of \
+                     {MAX_ATTENTION_WIDTH}: the configuration is corrupt"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A JSON number as a `u64` that saturates instead of wrapping on wasm32's 32-bit `usize`.
+fn saturating_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
 fn config_error(source: &str, detail: String) -> Error {
     Error::Config {
         source_name: source.to_string(),
@@ -123,15 +189,27 @@ impl ModelConfig {
             Ok(meta.get_opt::<u32>(&key(k))?.map(|n| n as usize))
         };
         let opt_f = |k: &str| meta.get_opt::<f32>(&key(k));
-        let hidden = u("embedding_length")?;
-        let heads = u("attention.head_count")?;
+        let sizes = Sizes::new(meta.file());
+        let sized = |k: &str, n: usize, limit: u64| sizes.check(&key(k), n as u64, limit);
+        let hidden = sized("embedding_length", u("embedding_length")?, MAX_HIDDEN)?;
+        let heads = sized(
+            "attention.head_count",
+            u("attention.head_count")?,
+            MAX_HEADS,
+        )?;
         let kv_heads = opt_u("attention.head_count_kv")?.unwrap_or(heads);
+        let kv_heads = sized("attention.head_count_kv", kv_heads, MAX_HEADS)?;
         let head_dim = opt_u("attention.key_length")?.unwrap_or(hidden / heads.max(1));
+        let head_dim = sized("attention.key_length", head_dim, MAX_HEAD_DIM)?;
         let vocab = match opt_u("vocab_size")? {
             Some(n) => n,
             None => meta.string_array("tokenizer.ggml.tokens")?.len(),
         };
-        let layers = u("block_count")?;
+        let vocab = sized("vocab_size", vocab, MAX_VOCAB)?;
+        let layers = sized("block_count", u("block_count")?, MAX_LAYERS)?;
+        let ffn = sized("feed_forward_length", u("feed_forward_length")?, MAX_FFN)?;
+        let max_positions = sized("context_length", u("context_length")?, MAX_CONTEXT)?;
+        sizes.check_width(heads, head_dim)?;
         let rotary_dim = opt_u("rope.dimension_count")?.unwrap_or(head_dim);
         let theta = opt_f("rope.freq_base")?.unwrap_or(10_000.0);
         let rope = RopeConfig {
@@ -162,8 +240,7 @@ impl ModelConfig {
             rope_scaling = RopeScaling::LongRope {
                 short: Vec::new(),
                 long: Vec::new(),
-                original: opt_u("rope.scaling.original_context_length")?
-                    .unwrap_or(u("context_length")?),
+                original: opt_u("rope.scaling.original_context_length")?.unwrap_or(max_positions),
                 attention_factor: opt_f("rope.scaling.attn_factor")?.unwrap_or(1.0),
             };
         }
@@ -218,14 +295,14 @@ impl ModelConfig {
             heads,
             kv_heads,
             head_dim,
-            ffn: u("feed_forward_length")?,
+            ffn,
             vocab,
             rms_eps: meta.f32(&key("attention.layer_norm_rms_epsilon"))?,
             rope,
             rope_scaling,
             rope_local,
             layer_specs,
-            max_positions: u("context_length")?,
+            max_positions,
             tied_embeddings: model.tensor(Role::Output.gguf()).is_none(),
             qkv_bias: model.tensor("blk.0.attn_q.bias").is_some(),
             qk_norm: spec.block.qk_norm,
@@ -267,19 +344,32 @@ impl ModelConfig {
             .find_map(|n| Architecture::spec_of(n, false))
             .ok_or_else(|| unsupported(source, first))?;
         let arch = spec.arch;
-        let int = |k: &str| -> Result<usize> {
+        let int = |k: &str| -> Result<u64> {
             v[k].as_u64()
-                .map(|n| n as usize)
                 .ok_or_else(|| bad(format!("'{k}' is missing or not a whole number")))
         };
-        let opt_int = |k: &str| v[k].as_u64().map(|n| n as usize);
+        let opt_int = |k: &str| v[k].as_u64().map(saturating_usize);
         let opt_f = |k: &str| v[k].as_f64();
-        let hidden = int("hidden_size")?;
-        let heads = int("num_attention_heads")?;
-        let layers = int("num_hidden_layers")?;
-        let kv_heads = opt_int("num_key_value_heads").unwrap_or(heads);
-        let head_dim = opt_int("head_dim").unwrap_or(hidden / heads.max(1));
-        let max_positions = opt_int("max_position_embeddings").unwrap_or(4096);
+        // The sizes, bounded before anything is sized from them.
+        let sizes = Sizes::new(source);
+        let hidden = sizes.check("hidden_size", int("hidden_size")?, MAX_HIDDEN)?;
+        let heads = sizes.check(
+            "num_attention_heads",
+            int("num_attention_heads")?,
+            MAX_HEADS,
+        )?;
+        let layers = sizes.check("num_hidden_layers", int("num_hidden_layers")?, MAX_LAYERS)?;
+        let kv_heads = v["num_key_value_heads"].as_u64().unwrap_or(heads as u64);
+        let kv_heads = sizes.check("num_key_value_heads", kv_heads, MAX_HEADS)?;
+        let head_dim = v["head_dim"]
+            .as_u64()
+            .unwrap_or((hidden / heads.max(1)) as u64);
+        let head_dim = sizes.check("head_dim", head_dim, MAX_HEAD_DIM)?;
+        let max_positions = v["max_position_embeddings"].as_u64().unwrap_or(4096);
+        let max_positions = sizes.check("max_position_embeddings", max_positions, MAX_CONTEXT)?;
+        let ffn = sizes.check("intermediate_size", int("intermediate_size")?, MAX_FFN)?;
+        let vocab = sizes.check("vocab_size", int("vocab_size")?, MAX_VOCAB)?;
+        sizes.check_width(heads, head_dim)?;
         // transformers 5 nests RoPE settings in `rope_parameters`, per layer type for Gemma 3.
         let params = &v["rope_parameters"];
         let (global_params, local_params) = if params["full_attention"].is_object() {
@@ -340,7 +430,7 @@ impl ModelConfig {
                     .or_else(|| {
                         scaling["original_max_position_embeddings"]
                             .as_u64()
-                            .map(|n| n as usize)
+                            .map(saturating_usize)
                     })
                     .unwrap_or(max_positions);
                 // transformers' `_compute_longrope_parameters`.
@@ -463,8 +553,8 @@ impl ModelConfig {
             heads,
             kv_heads,
             head_dim,
-            ffn: int("intermediate_size")?,
-            vocab: int("vocab_size")?,
+            ffn,
+            vocab,
             rms_eps: opt_f("rms_norm_eps").unwrap_or(1e-6) as f32,
             rope,
             rope_scaling,

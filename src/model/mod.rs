@@ -7,5 +7,8 @@ mod config;
 mod decoder;
 
 pub use arch::{Architecture, Role, SUPPORTED};
-pub use config::{LayerRope, LayerSpec, ModelConfig, RopeScaling};
+pub use config::{
+    LayerRope, LayerSpec, ModelConfig, RopeScaling, MAX_ATTENTION_WIDTH, MAX_CONTEXT, MAX_FFN,
+    MAX_HEADS, MAX_HEAD_DIM, MAX_HIDDEN, MAX_LAYERS, MAX_VOCAB,
+};
 pub use decoder::{Decoder, Graph, Readout, StepOutput};

@@ -26,6 +26,24 @@ use crate::formats::gguf::GgufMetadata;
 const TEMPLATE: &str = "chat_template";
 /// The context variable that carries the render's clock to `strftime_now`.
 const NOW_VAR: &str = "__pocketlm_now_unix";
+/// The render state's counter of bytes formatted by `{{ … }}` (see [`python_formatter`]).
+const EMITTED_VAR: &str = "__pocketlm_emitted";
+
+/// The most template instructions one render may execute (minijinja's fuel). A template comes
+/// from the model file, so it is untrusted code: without a budget, three nested
+/// `range(100000)` loops spin for days. Real templates take 25 to 60 instructions per message
+/// (the templates of tests/fixtures/templates, 800-message conversations), so this allows
+/// conversations of 300,000 messages, far beyond any context, and stops a runaway template
+/// after a second or so.
+pub const MAX_TEMPLATE_FUEL: u64 = 20_000_000;
+/// The most bytes one render may produce, counting everything `{{ … }}` formats (also inside
+/// `{% set %}` blocks and macros) and the final prompt. 64 MiB of text is several million
+/// tokens, more than any model's context.
+pub const MAX_TEMPLATE_OUTPUT_BYTES: usize = 64 << 20;
+/// The largest template source accepted. Real templates are under 20 KiB.
+pub const MAX_TEMPLATE_SOURCE_BYTES: usize = 1 << 20;
+/// The widest `tojson(indent=…)` accepted.
+const MAX_JSON_INDENT: usize = 256;
 
 /// One turn of a conversation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +87,59 @@ pub struct ChatTemplate {
 #[derive(Debug)]
 struct Raised(String);
 
+/// The error a render raises when its output passes [`MAX_TEMPLATE_OUTPUT_BYTES`].
+#[derive(Debug)]
+struct OutputLimit;
+
+impl std::fmt::Display for OutputLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the rendered prompt exceeds the output limit of {MAX_TEMPLATE_OUTPUT_BYTES} bytes"
+        )
+    }
+}
+
+impl std::error::Error for OutputLimit {}
+
+fn output_limit_error() -> minijinja::Error {
+    minijinja::Error::new(ErrorKind::InvalidOperation, OutputLimit.to_string())
+        .with_source(OutputLimit)
+}
+
+/// Bytes formatted so far in one render, kept in the render's state.
+#[derive(Debug, Default)]
+struct Emitted(std::sync::atomic::AtomicUsize);
+
+impl minijinja::value::Object for Emitted {}
+
+/// Counts `n` more formatted bytes against [`MAX_TEMPLATE_OUTPUT_BYTES`].
+fn count_emitted(state: &State, n: usize) -> std::result::Result<(), minijinja::Error> {
+    let emitted = state.get_or_set_temp_object(EMITTED_VAR, Emitted::default);
+    let before = emitted.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    if before.saturating_add(n) > MAX_TEMPLATE_OUTPUT_BYTES {
+        return Err(output_limit_error());
+    }
+    Ok(())
+}
+
+/// The render's output, refusing to grow past [`MAX_TEMPLATE_OUTPUT_BYTES`].
+struct LimitedOutput(Vec<u8>);
+
+impl std::io::Write for LimitedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len().saturating_add(buf.len()) > MAX_TEMPLATE_OUTPUT_BYTES {
+            return Err(std::io::Error::other(OutputLimit));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl std::fmt::Display for Raised {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -79,9 +150,24 @@ impl std::error::Error for Raised {}
 
 impl ChatTemplate {
     /// Compiles `source`. `name` identifies the template in errors (e.g. the model file). A
-    /// syntax error is [`Error::ChatTemplate`] with minijinja's message and the template's line.
+    /// syntax error is [`Error::ChatTemplate`] with minijinja's message and the template's line,
+    /// as is a source over [`MAX_TEMPLATE_SOURCE_BYTES`].
+    ///
+    /// Rendering is bounded: at most [`MAX_TEMPLATE_FUEL`] instructions and
+    /// [`MAX_TEMPLATE_OUTPUT_BYTES`] of output, else [`Error::ChatTemplate`] naming the limit.
     pub fn new(name: &str, source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        if source.len() > MAX_TEMPLATE_SOURCE_BYTES {
+            return Err(Error::ChatTemplate {
+                template: name.to_string(),
+                line: None,
+                message: format!(
+                    "the template is {} bytes, over the limit of {MAX_TEMPLATE_SOURCE_BYTES} bytes",
+                    source.len()
+                ),
+            });
+        }
         let mut env = Environment::new();
+        env.set_fuel(Some(MAX_TEMPLATE_FUEL));
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(false);
@@ -283,9 +369,16 @@ impl ChatTemplate {
                 __pocketlm_now_unix => now_unix_seconds,
             },
         ]);
+        let mut out = LimitedOutput(Vec::new());
         template
-            .render(ctx)
-            .map_err(|e| template_error(&self.name, e))
+            .render_captured_to(ctx, &mut out)
+            .map_err(|e| template_error(&self.name, e))?;
+        // Every write came from a &str, so the bytes are UTF-8.
+        String::from_utf8(out.0).map_err(|e| Error::ChatTemplate {
+            template: self.name.clone(),
+            line: None,
+            message: format!("the output is not UTF-8: {e}"),
+        })
     }
 }
 
@@ -298,7 +391,8 @@ fn without_generation_tags(source: &str) -> String {
     let mut rest = source;
     while let Some(start) = rest.find("{%") {
         let (before, tag) = rest.split_at(start);
-        let Some(end) = tag.find("%}") else {
+        // The closing "%}" comes after the opening "{%" ("{%}" is not a tag).
+        let Some(end) = tag[2..].find("%}").map(|e| e + 2) else {
             break;
         };
         out.push_str(before);
@@ -338,11 +432,27 @@ fn template_error(name: &str, e: minijinja::Error) -> Error {
                 message: raised.0.clone(),
             };
         }
+        let io_inner = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
+        if s.downcast_ref::<OutputLimit>().is_some()
+            || io_inner.is_some_and(|inner| inner.is::<OutputLimit>())
+        {
+            return Error::ChatTemplate {
+                template: name.to_string(),
+                line: e.line(),
+                message: OutputLimit.to_string(),
+            };
+        }
         source = s.source();
     }
-    let message = match e.detail() {
-        Some(detail) => format!("{}: {detail}", e.kind()),
-        None => e.kind().to_string(),
+    let message = match (e.kind(), e.detail()) {
+        (ErrorKind::OutOfFuel, _) => format!(
+            "the template ran out of fuel: it used its budget of {MAX_TEMPLATE_FUEL} \
+             instructions (a loop that does not end, or far too much work for a chat prompt)"
+        ),
+        (kind, Some(detail)) => format!("{kind}: {detail}"),
+        (kind, None) => kind.to_string(),
     };
     Error::ChatTemplate {
         template: name.to_string(),
@@ -353,42 +463,63 @@ fn template_error(name: &str, e: minijinja::Error) -> Error {
 
 /// Writes `{{ value }}` as Jinja2 under Python does: lists, dicts and floats as Python's str()
 /// spells them; everything else as minijinja does (which already writes True, False and None).
+/// Every byte it writes counts against [`MAX_TEMPLATE_OUTPUT_BYTES`], also where the output is
+/// captured (`{% set %}` blocks, macros) rather than written out.
 fn python_formatter(
     out: &mut minijinja::Output,
     state: &State,
     value: &Value,
 ) -> std::result::Result<(), minijinja::Error> {
-    match value.kind() {
+    let formatted = match value.kind() {
         ValueKind::Seq | ValueKind::Iterable | ValueKind::Map if !value.is_kwargs() => {
-            let mut s = String::new();
-            python_repr(value, &mut s);
+            Some(python_str(value)?)
+        }
+        ValueKind::Number if !value.is_integer() => Some(python_float(
+            f64::try_from(value.clone()).unwrap_or(f64::NAN),
+        )),
+        _ => None,
+    };
+    match formatted {
+        Some(s) => {
+            count_emitted(state, s.len())?;
             out.write_str(&s)
                 .map_err(|e| minijinja::Error::new(ErrorKind::WriteFailure, e.to_string()))
         }
-        ValueKind::Number if !value.is_integer() => {
-            let s = python_float(f64::try_from(value.clone()).unwrap_or(f64::NAN));
-            out.write_str(&s)
-                .map_err(|e| minijinja::Error::new(ErrorKind::WriteFailure, e.to_string()))
+        None => {
+            count_emitted(state, value.as_str().map_or(0, str::len))?;
+            minijinja::escape_formatter(out, state, value)
         }
-        _ => minijinja::escape_formatter(out, state, value),
     }
+}
+
+/// [`python_repr`] of a list or dict, refused once it passes [`MAX_TEMPLATE_OUTPUT_BYTES`] (a
+/// lazily repeated list, `[0] * 10**12`, stops there instead of being walked to its end).
+fn python_str(value: &Value) -> std::result::Result<String, minijinja::Error> {
+    let mut s = String::new();
+    if !python_repr(value, &mut s) {
+        return Err(output_limit_error());
+    }
+    Ok(s)
 }
 
 /// The `string` filter as Python's str(): a string unchanged, anything else as [`python_repr`].
-fn python_string_filter(value: &Value) -> Value {
-    match value.kind() {
+fn python_string_filter(value: &Value) -> std::result::Result<Value, minijinja::Error> {
+    Ok(match value.kind() {
         ValueKind::String => value.clone(),
         ValueKind::Undefined => Value::from(""),
-        _ => {
-            let mut s = String::new();
-            python_repr(value, &mut s);
-            Value::from(s)
-        }
-    }
+        _ => Value::from(python_str(value)?),
+    })
 }
 
-/// Python's repr() of a template value, as str() shows the items of a list or dict.
-fn python_repr(value: &Value, out: &mut String) {
+/// Python's repr() of a template value, as str() shows the items of a list or dict. Returns
+/// false, leaving `out` incomplete, as soon as it is clear that it would pass
+/// [`MAX_TEMPLATE_OUTPUT_BYTES`]: a list whose items' ", " separators alone would not fit is
+/// refused before it is walked.
+fn python_repr(value: &Value, out: &mut String) -> bool {
+    let fits = |out: &String, items: Option<usize>| {
+        let room = MAX_TEMPLATE_OUTPUT_BYTES.saturating_sub(out.len());
+        out.len() <= MAX_TEMPLATE_OUTPUT_BYTES && items.is_none_or(|n| n <= room / 2 + 1)
+    };
     match value.kind() {
         ValueKind::Undefined => {}
         ValueKind::None => out.push_str("None"),
@@ -398,33 +529,48 @@ fn python_repr(value: &Value, out: &mut String) {
         )),
         ValueKind::String => python_str_repr(value.as_str().unwrap_or_default(), out),
         ValueKind::Seq | ValueKind::Iterable => {
+            if !fits(out, value.len()) {
+                return false;
+            }
             out.push('[');
             if let Ok(items) = value.try_iter() {
                 for (i, item) in items.enumerate() {
                     if i > 0 {
                         out.push_str(", ");
                     }
-                    python_repr(&item, out);
+                    if !python_repr(&item, out) || !fits(out, None) {
+                        return false;
+                    }
                 }
             }
             out.push(']');
         }
         ValueKind::Map => {
+            if !fits(out, value.len()) {
+                return false;
+            }
             out.push('{');
             if let Ok(keys) = value.try_iter() {
                 for (i, key) in keys.enumerate() {
                     if i > 0 {
                         out.push_str(", ");
                     }
-                    python_repr(&key, out);
+                    if !python_repr(&key, out) {
+                        return false;
+                    }
                     out.push_str(": ");
-                    python_repr(&value.get_item(&key).unwrap_or_default(), out);
+                    if !python_repr(&value.get_item(&key).unwrap_or_default(), out)
+                        || !fits(out, None)
+                    {
+                        return false;
+                    }
                 }
             }
             out.push('}');
         }
         _ => out.push_str(&value.to_string()),
     }
+    out.len() <= MAX_TEMPLATE_OUTPUT_BYTES
 }
 
 /// Python's repr() of a str: single quotes unless the text has a ' and no ", backslash escapes
@@ -490,7 +636,15 @@ fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja
         None => None,
         Some(v) if v.is_none() => None,
         Some(v) if v.kind() == ValueKind::String => Some(v.as_str().unwrap_or("").to_string()),
-        Some(v) => Some(" ".repeat(usize::try_from(i64::try_from(v)?.max(0)).unwrap_or(0))),
+        Some(v) => {
+            let n = i64::try_from(v)?.max(0);
+            if n > MAX_JSON_INDENT as i64 {
+                return Err(bad(format!(
+                    "tojson: indent {n} is over the limit of {MAX_JSON_INDENT}"
+                )));
+            }
+            Some(" ".repeat(n as usize))
+        }
     };
     let separators: Option<Vec<String>> = kwargs.get("separators")?;
     let (item_sep, key_sep) = match separators.as_deref() {
@@ -501,6 +655,10 @@ fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja
         Some([item, key]) => (item.clone(), key.clone()),
         Some(_) => return Err(bad("tojson: separators must be an (item, key) pair".into())),
     };
+    // Every item takes at least a byte: a longer (lazily repeated) list cannot fit.
+    if value.len().is_some_and(|n| n > MAX_TEMPLATE_OUTPUT_BYTES) {
+        return Err(output_limit_error());
+    }
     let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
     let ensure_ascii = kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false);
     kwargs.assert_all_used()?;
@@ -512,7 +670,7 @@ fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja
         level: 0,
         has_value: false,
     };
-    let mut bytes = Vec::new();
+    let mut bytes = LimitedOutput(Vec::new());
     let mut ser = serde_json::Serializer::with_formatter(&mut bytes, formatter);
     let result = if sort_keys {
         // serde_json's own map keeps its keys sorted.
@@ -520,8 +678,12 @@ fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja
     } else {
         serde::Serialize::serialize(value, &mut ser)
     };
-    result.map_err(|e| bad(format!("tojson: {e}")))?;
-    Ok(Value::from(String::from_utf8(bytes).unwrap_or_default()))
+    match result {
+        Err(e) if e.is_io() => return Err(output_limit_error()),
+        Err(e) => return Err(bad(format!("tojson: {e}"))),
+        Ok(()) => {}
+    }
+    Ok(Value::from(String::from_utf8(bytes.0).unwrap_or_default()))
 }
 
 /// Python json.dumps' layout for serde_json.
@@ -778,6 +940,8 @@ mod tests {
             "A{% if true %}B{%- endif -%} C{%+ if true +%}{% endif %}\n\
              {{ add_generation_prompt }}{% if x %}{% endif %}{# generation #}{% set"
         );
+        // Found by the chat_template fuzzer: "{%}" has its "%}" inside the "{%".
+        assert_eq!(without_generation_tags("a{%}b"), "a{%}b");
         let t = ChatTemplate::new(
             "gen",
             "{% for m in messages %}\n  {% generation %}\n  [{{ m.content }}]\n  {% endgeneration %}\n{% endfor %}",

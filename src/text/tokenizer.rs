@@ -91,6 +91,54 @@ fn pre_tokenizer_regexes(pre: &str) -> Option<(Vec<&'static str>, bool)> {
     })
 }
 
+/// Limits on a tokenizer, from a `tokenizer.json` or GGUF metadata, checked before it is built.
+/// Real ones are far inside them: Gemma 3's tokenizer.json is 33 MB with 262,144 tokens; Llama
+/// 3 has 280,147 merges; the longest tokens (GPT-2, Llama 3, Qwen2) are 256 bytes.
+pub const MAX_TOKENIZER_JSON_BYTES: usize = 64 << 20;
+pub const MAX_VOCAB_TOKENS: usize = 1 << 22;
+/// The text of all tokens together (Gemma 3: 2.3 MB).
+pub const MAX_VOCAB_BYTES: usize = 64 << 20;
+pub const MAX_TOKEN_BYTES: usize = 1024;
+pub const MAX_MERGES: usize = 1 << 22;
+pub const MAX_ADDED_TOKENS: usize = 1 << 20;
+/// SentencePiece merges are derived by trying every split of every token, which costs the sum
+/// of the squared token lengths (Gemma 3: 26.5 million byte steps).
+pub const MAX_SPM_MERGE_WORK: u64 = 1 << 30;
+
+/// `what` is `value`, over `limit`: the tokenizer error that names both.
+fn over_limit(source: &str, what: &str, value: u64, limit: u64) -> Error {
+    tok_err(format!(
+        "'{source}': {what} is {value}, over the limit of {limit}; the tokenizer is corrupt"
+    ))
+}
+
+/// Checks the counts of a vocabulary against the limits above.
+fn check_vocab_limits(
+    source: &str,
+    tokens: usize,
+    longest: usize,
+    total_bytes: usize,
+    merges: usize,
+    added: usize,
+) -> Result<()> {
+    for (what, value, limit) in [
+        ("the vocabulary size", tokens, MAX_VOCAB_TOKENS),
+        ("the longest token, in bytes,", longest, MAX_TOKEN_BYTES),
+        (
+            "the text of all tokens, in bytes,",
+            total_bytes,
+            MAX_VOCAB_BYTES,
+        ),
+        ("the number of merges", merges, MAX_MERGES),
+        ("the number of added tokens", added, MAX_ADDED_TOKENS),
+    ] {
+        if value > limit {
+            return Err(over_limit(source, what, value as u64, limit as u64));
+        }
+    }
+    Ok(())
+}
+
 fn tok_err(detail: impl Into<String>) -> Error {
     Error::Tokenizer {
         detail: detail.into(),
@@ -129,7 +177,33 @@ impl std::fmt::Debug for Tokenizer {
 impl Tokenizer {
     /// From the bytes of a `tokenizer.json`. BOS/EOS are found by their usual names
     /// (`<s>`, `<|begin_of_text|>`, `<bos>`, …); BOS/EOS insertion is the file's post-processor.
+    ///
+    /// The file is bounded before it is parsed: at most [`MAX_TOKENIZER_JSON_BYTES`], and a
+    /// first pass that allocates nothing counts its vocabulary, merges and added tokens against
+    /// [`MAX_VOCAB_TOKENS`], [`MAX_MERGES`], [`MAX_ADDED_TOKENS`], [`MAX_TOKEN_BYTES`] and
+    /// [`MAX_VOCAB_BYTES`].
     pub fn from_json(bytes: &[u8]) -> Result<Tokenizer> {
+        const SOURCE: &str = "tokenizer.json";
+        if bytes.len() > MAX_TOKENIZER_JSON_BYTES {
+            return Err(over_limit(
+                SOURCE,
+                "the file size in bytes",
+                bytes.len() as u64,
+                MAX_TOKENIZER_JSON_BYTES as u64,
+            ));
+        }
+        let shape: json_shape::Shape = serde_json::from_slice(bytes)
+            .map_err(|e| tok_err(format!("tokenizer.json could not be read: {e}")))?;
+        let vocab = shape.model.as_ref().map(|m| m.vocab).unwrap_or_default();
+        let added = shape.added_tokens.unwrap_or_default();
+        check_vocab_limits(
+            SOURCE,
+            vocab.count,
+            vocab.longest.max(added.longest),
+            vocab.bytes.saturating_add(added.bytes),
+            shape.model.map_or(0, |m| m.merges.count),
+            added.count,
+        )?;
         let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| hf_err("tokenizer.json could not be read", e))?;
         let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
@@ -140,7 +214,22 @@ impl Tokenizer {
             .filter_map(|n| inner.token_to_id(n))
             .collect();
         dedup(&mut eos);
-        let vocab_size = inner.get_vocab_size(true);
+        // The ids run up to the largest, which an added token may put past the count of tokens
+        // (ids with gaps): encode can give it, so decode must take it.
+        let largest = inner
+            .get_vocab(true)
+            .into_values()
+            .max()
+            .map_or(0, |id| id as u64 + 1);
+        if largest > MAX_VOCAB_TOKENS as u64 {
+            return Err(over_limit(
+                SOURCE,
+                "the largest token id plus one",
+                largest,
+                MAX_VOCAB_TOKENS as u64,
+            ));
+        }
+        let vocab_size = inner.get_vocab_size(true).max(largest as usize);
         Ok(Tokenizer {
             inner: Arc::new(inner),
             plain: Arc::new(OnceLock::new()),
@@ -169,6 +258,20 @@ impl Tokenizer {
                 meta.file()
             )));
         }
+        let merges_len = meta
+            .get_opt::<&[String]>("tokenizer.ggml.merges")?
+            .map_or(0, <[String]>::len);
+        let added = meta
+            .get_opt::<&[i32]>("tokenizer.ggml.token_type")?
+            .map_or(0, |t| t.iter().filter(|&&t| t == TYPE_USER_DEFINED).count());
+        check_vocab_limits(
+            meta.file(),
+            n,
+            tokens.iter().map(String::len).max().unwrap_or(0),
+            tokens.iter().map(String::len).sum(),
+            merges_len,
+            added,
+        )?;
         let types: Vec<i32> = match meta.get_opt::<&[i32]>("tokenizer.ggml.token_type")? {
             Some(t) if t.len() == n => t.to_vec(),
             Some(t) => {
@@ -268,6 +371,15 @@ impl Tokenizer {
                     meta.file(),
                     scores.len()
                 )));
+            }
+            let work: u64 = tokens.iter().map(|t| (t.len() as u64).pow(2)).sum();
+            if work > MAX_SPM_MERGE_WORK {
+                return Err(over_limit(
+                    meta.file(),
+                    "the work of deriving SentencePiece merges (the sum of squared token lengths)",
+                    work,
+                    MAX_SPM_MERGE_WORK,
+                ));
             }
             let merges = spm_merges(tokens, &types, scores, &vocab);
             builder = builder
@@ -498,6 +610,150 @@ impl Tokenizer {
 
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
+    }
+}
+
+/// A first pass over a `tokenizer.json` that counts without allocating: the vocabulary (a map of
+/// token to id, or Unigram's list of `[token, score]`), the merges and the added tokens, with
+/// the longest token and the bytes of all tokens. Everything else is skipped.
+mod json_shape {
+    use std::fmt;
+
+    use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub struct Shape {
+        #[serde(default)]
+        pub model: Option<Model>,
+        #[serde(default)]
+        pub added_tokens: Option<Tokens>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Model {
+        #[serde(default)]
+        pub vocab: Tokens,
+        #[serde(default)]
+        pub merges: Tokens,
+    }
+
+    /// How many tokens, the longest in bytes and the bytes of all.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct Tokens {
+        pub count: usize,
+        pub longest: usize,
+        pub bytes: usize,
+    }
+
+    impl Tokens {
+        fn add(&mut self, len: usize) {
+            self.count += 1;
+            self.longest = self.longest.max(len);
+            self.bytes = self.bytes.saturating_add(len);
+        }
+    }
+
+    /// The byte length of a string, or 0 for anything else.
+    struct Len(usize);
+
+    impl<'de> Deserialize<'de> for Len {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Len, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Len;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a token")
+                }
+                fn visit_str<E: de::Error>(self, s: &str) -> Result<Len, E> {
+                    Ok(Len(s.len()))
+                }
+                fn visit_bool<E: de::Error>(self, _: bool) -> Result<Len, E> {
+                    Ok(Len(0))
+                }
+                fn visit_i64<E: de::Error>(self, _: i64) -> Result<Len, E> {
+                    Ok(Len(0))
+                }
+                fn visit_u64<E: de::Error>(self, _: u64) -> Result<Len, E> {
+                    Ok(Len(0))
+                }
+                fn visit_f64<E: de::Error>(self, _: f64) -> Result<Len, E> {
+                    Ok(Len(0))
+                }
+                fn visit_unit<E: de::Error>(self) -> Result<Len, E> {
+                    Ok(Len(0))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Len, A::Error> {
+                    // Unigram's [token, score]: the token is the first item.
+                    let first = seq.next_element::<Len>()?.map_or(0, |l| l.0);
+                    while seq.next_element::<IgnoredAny>()?.is_some() {}
+                    Ok(Len(first))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Len, A::Error> {
+                    // An added token: {"content": …, …}.
+                    let mut len = 0;
+                    while let Some(key) = map.next_key::<KeyIs>()? {
+                        if key.0 {
+                            len = map.next_value::<Len>()?.0;
+                        } else {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                    Ok(Len(len))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// Whether a map key is "content".
+    struct KeyIs(bool);
+
+    impl<'de> Deserialize<'de> for KeyIs {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<KeyIs, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = KeyIs;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a key")
+                }
+                fn visit_str<E: de::Error>(self, s: &str) -> Result<KeyIs, E> {
+                    Ok(KeyIs(s == "content"))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Tokens {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Tokens, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Tokens;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a vocabulary, a list of merges or a list of added tokens")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tokens, A::Error> {
+                    let mut t = Tokens::default();
+                    while let Some(Len(len)) = map.next_key::<Len>()? {
+                        map.next_value::<IgnoredAny>()?;
+                        t.add(len);
+                    }
+                    Ok(t)
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Tokens, A::Error> {
+                    let mut t = Tokens::default();
+                    while let Some(Len(len)) = seq.next_element::<Len>()? {
+                        t.add(len);
+                    }
+                    Ok(t)
+                }
+                fn visit_unit<E: de::Error>(self) -> Result<Tokens, E> {
+                    Ok(Tokens::default())
+                }
+            }
+            d.deserialize_any(V)
+        }
     }
 }
 

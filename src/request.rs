@@ -1,0 +1,257 @@
+//! OpenAI-style generation requests as JSON: `messages` (a chat, through the model's template)
+//! or `prompt` (plain text), and the sampling options. The wasm bindings (`web.rs`) hand the
+//! page's request over as JSON and read it here, so the same parser runs (and is fuzzed and
+//! tested) natively. Every problem is [`Error::InvalidRequest`] naming the field.
+
+use serde_json::Value;
+
+use crate::engine::GenerateOptions;
+use crate::error::{Error, Result};
+use crate::sample::SamplingParams;
+use crate::text::ChatMessage;
+
+/// What to generate from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Prompt {
+    /// The messages and the extra template variables (`chat_template_kwargs`, or null).
+    Chat(Vec<ChatMessage>, Value),
+    Text(String),
+}
+
+/// How much of a value an error message shows.
+const SHOWN_CHARS: usize = 200;
+
+/// A value as JSON for error messages, cut after [`SHOWN_CHARS`] characters.
+fn describe(v: &Value) -> String {
+    let s = v.to_string();
+    match s.char_indices().nth(SHOWN_CHARS) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s,
+    }
+}
+
+/// A field that is present and not null.
+fn get<'a>(request: &'a Value, key: &str) -> Option<&'a Value> {
+    request.get(key).filter(|v| !v.is_null())
+}
+
+fn positive_int(v: &Value, name: &str) -> Result<usize> {
+    match v.as_f64() {
+        Some(n) if n >= 1.0 && n.fract() == 0.0 && n <= 1e9 => Ok(n as usize),
+        _ => Err(Error::InvalidRequest(format!(
+            "{name} must be a positive integer, not {}",
+            describe(v)
+        ))),
+    }
+}
+
+/// A number option that must be finite, or absent.
+fn number(request: &Value, name: &str) -> Result<Option<f32>> {
+    match get(request, name) {
+        None => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(n) if n.is_finite() => Ok(Some(n as f32)),
+            _ => Err(Error::InvalidRequest(format!(
+                "{name} must be a finite number, not {}",
+                describe(v)
+            ))),
+        },
+    }
+}
+
+/// [`parse_request`] of JSON text.
+pub fn parse_request_json(json: &str) -> Result<(GenerateOptions, Prompt)> {
+    let value: Value = serde_json::from_str(json)
+        .map_err(|e| Error::InvalidRequest(format!("the request is not valid JSON: {e}")))?;
+    parse_request(&value)
+}
+
+/// Reads an OpenAI-style request: `messages` or `prompt`, `max_tokens`, `temperature`, `top_p`,
+/// `top_k`, `min_p`, `seed`, `stop`, `frequency_penalty`, `presence_penalty`,
+/// `repetition_penalty`, `chat_template_kwargs`. Other fields are ignored.
+pub fn parse_request(request: &Value) -> Result<(GenerateOptions, Prompt)> {
+    if !request.is_object() {
+        return Err(Error::InvalidRequest(
+            "the request must be an object".into(),
+        ));
+    }
+    let mut p = SamplingParams::default();
+    for (name, field) in [
+        ("temperature", &mut p.temperature),
+        ("top_p", &mut p.top_p),
+        ("min_p", &mut p.min_p),
+        ("frequency_penalty", &mut p.frequency_penalty),
+        ("presence_penalty", &mut p.presence_penalty),
+        ("repetition_penalty", &mut p.repetition_penalty),
+    ] {
+        if let Some(t) = number(request, name)? {
+            *field = t;
+        }
+    }
+    if let Some(v) = get(request, "top_k") {
+        p.top_k = match v.as_f64() {
+            Some(0.0) => 0,
+            _ => positive_int(v, "top_k")?,
+        };
+    }
+    if let Some(v) = get(request, "seed") {
+        p.seed = match v.as_f64() {
+            Some(n) if n.fract() == 0.0 && n.abs() <= 2f64.powi(53) => Some(n as i64 as u64),
+            _ => {
+                return Err(Error::InvalidRequest(format!(
+                    "seed must be an integer, not {}",
+                    describe(v)
+                )))
+            }
+        };
+    }
+    p.validate()?;
+    let max_tokens = match get(request, "max_tokens") {
+        Some(v) => Some(positive_int(v, "max_tokens")?),
+        None => None,
+    };
+    let stop_error = |v: &Value| {
+        Error::InvalidRequest(format!(
+            "stop must be a string or an array of strings, not {}",
+            describe(v)
+        ))
+    };
+    let stop = match get(request, "stop") {
+        None => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(v @ Value::Array(list)) => list
+            .iter()
+            .map(|s| s.as_str().map(str::to_string).ok_or_else(|| stop_error(v)))
+            .collect::<Result<_>>()?,
+        Some(v) => return Err(stop_error(v)),
+    };
+    let prompt = match (get(request, "messages"), get(request, "prompt")) {
+        (Some(m), None) => Prompt::Chat(parse_messages(m)?, parse_template_kwargs(request)?),
+        (None, Some(t)) => Prompt::Text(
+            t.as_str()
+                .ok_or_else(|| {
+                    Error::InvalidRequest(format!("prompt must be a string, not {}", describe(t)))
+                })?
+                .to_string(),
+        ),
+        (Some(_), Some(_)) => {
+            return Err(Error::InvalidRequest(
+                "give either messages or prompt, not both".into(),
+            ))
+        }
+        (None, None) => {
+            return Err(Error::InvalidRequest(
+                "the request needs messages (a chat) or prompt (plain text)".into(),
+            ))
+        }
+    };
+    let options = GenerateOptions {
+        sampling: p,
+        max_tokens,
+        stop,
+        ignore_eos: false,
+    };
+    Ok((options, prompt))
+}
+
+/// `chat_template_kwargs`: an object of extra chat-template variables, or absent (null).
+fn parse_template_kwargs(request: &Value) -> Result<Value> {
+    match get(request, "chat_template_kwargs") {
+        None => Ok(Value::Null),
+        Some(v @ Value::Object(_)) => Ok(v.clone()),
+        Some(v) => Err(Error::InvalidRequest(format!(
+            "chat_template_kwargs must be an object such as {{\"enable_thinking\": false}}, not {}",
+            describe(v)
+        ))),
+    }
+}
+
+/// `[{role, content}, …]` with string roles and contents, at least one message.
+pub fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>> {
+    let Some(list) = v.as_array() else {
+        return Err(Error::InvalidRequest(format!(
+            "messages must be an array of {{role, content}}, not {}",
+            describe(v)
+        )));
+    };
+    if list.is_empty() {
+        return Err(Error::InvalidRequest("messages is empty".into()));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let field = |k: &str| get(m, k).and_then(Value::as_str);
+            match (field("role"), field("content")) {
+                (Some(role), Some(content)) if !role.is_empty() => {
+                    Ok(ChatMessage::new(role, content))
+                }
+                _ => Err(Error::InvalidRequest(format!(
+                    "messages[{i}] must be {{role: string, content: string}}, not {}",
+                    describe(m)
+                ))),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn err(v: Value) -> String {
+        let e = parse_request(&v).unwrap_err();
+        assert_eq!(e.code(), "invalid_request", "{e}");
+        e.to_string()
+    }
+
+    #[test]
+    fn a_full_chat_request() {
+        let (o, p) = parse_request(&json!({
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 16, "temperature": 0, "top_k": 0, "top_p": 0.9, "seed": 7,
+            "stop": ["\n", "END"], "chat_template_kwargs": {"enable_thinking": false},
+            "signal": {}, "stream": true,
+        }))
+        .unwrap();
+        assert_eq!(o.max_tokens, Some(16));
+        assert_eq!(o.sampling.temperature, 0.0);
+        assert_eq!(o.sampling.top_p, 0.9);
+        assert_eq!(o.sampling.seed, Some(7));
+        assert_eq!(o.stop, ["\n", "END"]);
+        assert_eq!(
+            p,
+            Prompt::Chat(
+                vec![ChatMessage::user("Hi")],
+                json!({"enable_thinking": false})
+            )
+        );
+        let (o, p) = parse_request_json(r#"{"prompt": "x", "stop": "y", "seed": null}"#).unwrap();
+        assert_eq!((o.stop, o.sampling.seed), (vec!["y".to_string()], None));
+        assert_eq!(p, Prompt::Text("x".into()));
+    }
+
+    #[test]
+    fn bad_requests_name_the_field() {
+        assert!(err(json!([1])).contains("must be an object"));
+        assert!(err(json!({})).contains("needs messages"));
+        assert!(err(json!({"prompt": "a", "messages": []})).contains("not both"));
+        assert!(err(json!({"messages": []})).contains("messages is empty"));
+        assert!(err(json!({"messages": [{"role": "", "content": "x"}]})).contains("messages[0]"));
+        assert!(err(json!({"prompt": 1})).contains("prompt must be a string"));
+        assert!(err(json!({"prompt": "a", "max_tokens": 0})).contains("max_tokens"));
+        assert!(err(json!({"prompt": "a", "max_tokens": 1.5})).contains("max_tokens"));
+        assert!(err(json!({"prompt": "a", "top_k": -1})).contains("top_k"));
+        assert!(err(json!({"prompt": "a", "seed": 0.5})).contains("seed"));
+        assert!(err(json!({"prompt": "a", "temperature": "hot"})).contains("temperature"));
+        assert!(err(json!({"prompt": "a", "stop": [1]})).contains("stop"));
+        assert!(err(
+            json!({"messages": [{"role": "u", "content": "x"}], "chat_template_kwargs": 1})
+        )
+        .contains("chat_template_kwargs"));
+        let long = "x".repeat(10_000);
+        assert!(err(json!({ "prompt": "a", "stop": { "k": long } })).len() < 400);
+        let e = parse_request_json("{").unwrap_err();
+        assert_eq!(e.code(), "invalid_request");
+    }
+}
