@@ -1,6 +1,7 @@
 //! Long use stays flat natively: the GPU buffers PocketLM holds (its own count, over every
 //! device) do not change across many generations once the graphs exist, and return to where they
-//! were when an engine is destroyed and dropped, load after load. One test in its own binary:
+//! were when an engine is destroyed and dropped, load after load, and after loads that fail
+//! (a truncated file, an integrity mismatch). One test in its own binary:
 //! the count is process-wide, so nothing else may allocate while it runs. The browser version,
 //! which also bounds wasm memory and the JS heap, is www/test/soak.test.mjs.
 #![cfg(not(target_arch = "wasm32"))]
@@ -10,7 +11,9 @@ mod common;
 use common::{ctx, tiny_template, tiny_tokenizer_json};
 use pocketlm::engine::{Engine, EngineOptions, Flow, GenerateOptions};
 use pocketlm::gpu::{held_buffers, DType};
-use pocketlm::load::{load_directory, LoadOptions};
+use pocketlm::load::{
+    load_directory, load_model, load_model_file, LoadOptions, MemorySource, ModelFile,
+};
 use pocketlm::sample::SamplingParams;
 
 fn engine() -> Engine {
@@ -76,7 +79,7 @@ fn generate(engine: &mut Engine, seq: &mut Vec<u32>, i: usize) {
 }
 
 #[test]
-fn gpu_buffers_stay_flat_over_generations_and_return_after_unload() {
+fn gpu_buffers_stay_flat_over_generations_and_return_after_unloads_and_failed_loads() {
     let start = held_buffers();
     for cycle in 0..3 {
         let mut engine = engine();
@@ -95,4 +98,32 @@ fn gpu_buffers_stay_flat_over_generations_and_return_after_unload() {
         drop(engine);
         assert_eq!(held_buffers(), start, "after unloading, cycle {cycle}");
     }
+
+    // A failed load leaves no GPU memory behind: a file cut short part-way through its tensors,
+    // and a whole file whose sha256 is not the one expected.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models/tiny-llama.gguf");
+    let bytes = std::fs::read(path).unwrap();
+    let mut cut = MemorySource::new("tiny-llama.gguf", bytes[..bytes.len() * 7 / 10].to_vec());
+    let err = pollster::block_on(load_model_file(
+        ctx(),
+        &mut cut,
+        &mut LoadOptions::default(),
+    ))
+    .err()
+    .expect("a truncated file fails to load");
+    assert_eq!(held_buffers(), start, "after a truncated load ({err})");
+    let files = vec![ModelFile {
+        source: MemorySource::new("tiny-llama.gguf", bytes),
+        sha256: Some("0".repeat(64)),
+    }];
+    let err = pollster::block_on(load_model(ctx(), files, None, 1, LoadOptions::default()))
+        .err()
+        .expect("a sha256 mismatch fails the load");
+    assert_eq!(err.code(), "integrity", "{err}");
+    assert_eq!(
+        held_buffers(),
+        start,
+        "after a failed integrity check ({err})"
+    );
 }
