@@ -1,5 +1,6 @@
 // linear_rows.wgsl for the formats whose blocks are whole vec4s of words (Q4_0, Q4_1, IQ4_NL:
-// one; Q8_0: two), read through vec4 views of x and W: CPU drivers pay per load instruction (lavapipe
+// one; Q8_0: two; Q4_K: two per 32-element sub-block, Q6_K: four), read through vec4 views of x
+// and W: CPU drivers pay per load instruction (lavapipe
 // runs each storage load lane by lane), so a block of 32 weights is one or two loads plus its
 // scale, and each x vec4 is loaded once per block for all NR rows of W an invocation computes
 // (COLS = NR output columns, or NR / 2 with SWIGLU: their gate rows, then their up rows).
@@ -35,9 +36,82 @@ fn iq4nl4v(v: u32, shift: u32) -> vec4<f32> {
     return vec4<f32>(bytes >> vec4<u32>(24u));
 }
 
-// The 32 weights of block b as 8 vec4s, in element order.
+// Q4_K's 6-bit scale and min of sub-block j (0..8) from the scale words s0..s2 (ggml's
+// get_scale_min_k4 on bytes held in registers).
+fn sm_q4_k(s: vec3<u32>, j: u32) -> vec2<f32> {
+    let sh = 8u * (j % 4u);
+    let bj = (s[j / 4u] >> sh) & 0xFFu;
+    let bj4 = (s[(j + 4u) / 4u] >> sh) & 0xFFu;
+    if (j < 4u) {
+        return vec2<f32>(f32(bj & 63u), f32(bj4 & 63u));
+    }
+    let bjm = (s[(j - 4u) / 4u] >> sh) & 0xFFu;
+    return vec2<f32>(f32((bj4 & 15u) | ((bjm >> 6u) << 4u)), f32((bj4 >> 4u) | ((bj >> 6u) << 4u)));
+}
+
+// Q6_K's i8 scale `idx` (0..16) of the super-block whose scales start at word s.
+fn sc_q6_k(s: u32, idx: u32) -> f32 {
+    let byte = (word(s + idx / 4u) >> (8u * (idx % 4u))) & 0xFFu;
+    return f32(bitcast<i32>(byte << 24u) >> 24u);
+}
+
+// Four 6-bit Q6_K quants − 32: low nibbles of `lo` at `lo_shift`, high crumbs of `hi` at
+// `hi_shift`.
+fn q6_k_4(lo: u32, lo_shift: u32, hi: u32, hi_shift: u32) -> vec4<f32> {
+    let l = (vec4<u32>(lo) >> vec4<u32>(lo_shift, lo_shift + 8u, lo_shift + 16u, lo_shift + 24u)) & vec4<u32>(15u);
+    let h = (vec4<u32>(hi) >> vec4<u32>(hi_shift, hi_shift + 8u, hi_shift + 16u, hi_shift + 24u)) & vec4<u32>(3u);
+    return vec4<f32>(l | (h << vec4<u32>(4u))) - 32.0;
+}
+
+// The 32 weights of block b as 8 vec4s, in element order. For the K-quants (super-blocks of
+// 256) b counts 32-element sub-blocks: sub-block j = b % 8 of super-block b / 8.
 fn block32(b: u32) -> array<vec4<f32>, 8> {
     var o: array<vec4<f32>, 8>;
+    if (W_FORMAT == 12u) {
+        // Q4_K: sub-block j holds the low (j even) or high nibbles of the 32 quant bytes of
+        // chunk pair j / 2; value = fma(d · sc, q, −dmin · m), decode8_q4_k's.
+        let g = b / 8u;
+        let j = b % 8u;
+        let s = p.scale_base + 4u * g;
+        let dm = unpack2x16float(word(s));
+        let sm = sm_q4_k(vec3<u32>(word(s + 1u), word(s + 2u), word(s + 3u)), j);
+        let d1 = vec4<f32>(dm.x * sm.x);
+        let m1 = vec4<f32>(dm.y * sm.y);
+        let shift = 4u * (j & 1u);
+        let q0 = w[8u * g + 2u * (j / 2u)];
+        let q1 = w[8u * g + 2u * (j / 2u) + 1u];
+        for (var i = 0u; i < 4u; i++) {
+            o[i] = fma(d1, nib4v(q0[i], shift), -m1);
+            o[i + 4u] = fma(d1, nib4v(q1[i], shift), -m1);
+        }
+        return o;
+    }
+    if (W_FORMAT == 14u) {
+        // Q6_K: sub-block j is t = j % 4 of half n = j / 4: low nibbles (t >> 1) of ql words
+        // 16n + 8(t & 1) + l / 4, high crumbs (bits 2t) of qh words 32 + 8n + l / 4, scale
+        // sc[8n + 2t] for l < 16 and sc[8n + 2t + 1] after; value = (d · sc) · (q − 32),
+        // decode8_q6_k's.
+        let g = b / 8u;
+        let j = b % 8u;
+        let n = j / 4u;
+        let t = j % 4u;
+        let s = p.scale_base + 5u * g;
+        let d = unpack2x16float(word(s + 4u)).x;
+        let ds0 = vec4<f32>(d * sc_q6_k(s, 8u * n + 2u * t));
+        let ds1 = vec4<f32>(d * sc_q6_k(s, 8u * n + 2u * t + 1u));
+        let base = 12u * g;
+        let lo0 = w[base + 4u * n + 2u * (t & 1u)];
+        let lo1 = w[base + 4u * n + 2u * (t & 1u) + 1u];
+        let hi0 = w[base + 8u + 2u * n];
+        let hi1 = w[base + 8u + 2u * n + 1u];
+        let ls = 4u * (t >> 1u);
+        let hs = 2u * t;
+        for (var i = 0u; i < 4u; i++) {
+            o[i] = ds0 * q6_k_4(lo0[i], ls, hi0[i], hs);
+            o[i + 4u] = ds1 * q6_k_4(lo1[i], ls, hi1[i], hs);
+        }
+        return o;
+    }
     if (W_FORMAT == 8u) {
         // Q8_0: value = q · d.
         let d = unpack2x16float(word(p.scale_base + b / 2u))[b & 1u];

@@ -484,11 +484,12 @@ async fn linear_epilogue(
     let mut params = check(name, w, x, y, opts, epi)?;
     let swiglu = u32::from(epi.swiglu);
     let cpu = ctx.capabilities().cpu;
-    // On a CPU adapter the 32-bit-scale block formats go through the vec4 kernel.
+    // On a CPU adapter the formats whose 32-element (sub-)blocks are whole vec4s of words go
+    // through the vec4 kernel.
     let vec4 = cpu
         && matches!(
             w.dtype(),
-            DType::Q4_0 | DType::Q4_1 | DType::Q8_0 | DType::IQ4_NL
+            DType::Q4_0 | DType::Q4_1 | DType::Q8_0 | DType::IQ4_NL | DType::Q4_K | DType::Q6_K
         );
     let (x_slot, w_slot, norm_slot) = if vec4 {
         (X4, W4, NORM_W4)
