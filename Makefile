@@ -97,7 +97,9 @@ test-wasm:
 	  cargo test $(WASM_CARGO_FLAGS) --features harness --test 'web*' -- --nocapture
 
 ## make test-browser: the npm package in headless Chromium (Playwright): weight loading, the
-## OpenAI-style API in its worker, the demo page, and the PWA and extension under a strict CSP.
+## OpenAI-style API in its worker, the package imported from another origin, the demo page, and
+## the PWA and extension under a strict CSP; and, without a browser, the .d.ts files (tsc --noEmit
+## --strict on a file using the whole API) and the error codes (src/error.rs, index.d.ts, README).
 test-browser:
 	@$(MAKE) --no-print-directory wasm PROFILE=release
 	@$(MAKE) --no-print-directory wasm-harness

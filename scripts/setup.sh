@@ -2,8 +2,9 @@
 # Installs everything PocketLM's build and tests need on a Debian/Ubuntu machine, idempotently:
 # the wasm32 target, wasm-bindgen-cli at exactly Cargo.lock's wasm-bindgen version, Vulkan CPU
 # drivers (lavapipe via mesa-vulkan-drivers; SwiftShader comes with chromium), Chromium and
-# ChromeDriver for the browser tests, the npm packages of www/ (playwright-core, and binaryen for
-# wasm-opt: Debian 12's binaryen 108 breaks wasm-bindgen's externref table), the default model,
+# ChromeDriver for the browser tests, the npm packages of www/ (playwright-core, typescript for the
+# .d.ts check, and binaryen for wasm-opt: Debian 12's binaryen 108 breaks wasm-bindgen's externref
+# table), the default model,
 # and the tokenizer test vectors.
 # Each step checks first and does nothing when already done, so a second run takes a second or two.
 set -euo pipefail

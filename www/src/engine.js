@@ -7,6 +7,8 @@ import { PocketLMError, toPocketLMError, serializeError } from "./errors.js";
 import { loadOptions, normalizeSource } from "./validate.js";
 import * as storage from "./storage.js";
 
+export { PocketLMError };
+
 let wasmReady = null;
 
 /** Loads and instantiates pocketlm_bg.wasm once per realm (`wasm`: its URL, Response or module;

@@ -1,6 +1,8 @@
 // Typed errors: every failure PocketLM reports is a `PocketLMError` with a stable `code`.
 
-/** Codes raised by the JavaScript layer itself (the engine's own codes are listed in README.md). */
+/** Every code the JavaScript layer raises itself (the engine's own codes are those of `Error::code()`
+ * in src/error.rs; README.md lists them all, and test/error-codes.test.mjs checks that the lists
+ * agree with each other and with the code). */
 export const JS_CODES = Object.freeze({
   NOT_SUPPORTED: "not_supported",
   INVALID_REQUEST: "invalid_request",
@@ -9,6 +11,10 @@ export const JS_CODES = Object.freeze({
   ABORTED: "aborted",
   WORKER: "worker",
   QUOTA: "quota",
+  WASM_LOAD: "wasm_load",
+  HTTP: "http",
+  IO: "io",
+  INTERNAL: "internal",
 });
 
 export class PocketLMError extends Error {

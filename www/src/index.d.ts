@@ -71,9 +71,10 @@ export interface LoadOptions {
   profile?: "auto" | "full" | "baseline";
   /** Files downloaded at once (default 4). */
   concurrency?: number;
-  /** true (default where Worker exists): run the engine in a module Web Worker made by the package;
-   * false: in this realm (inside a worker or an extension's service worker); or a Worker you
-   * started on `pocketlm/worker`. */
+  /** true (default where Worker exists): run the engine in a module Web Worker made by the package
+   * (a same-origin blob: worker importing src/worker.js when the package comes from another origin;
+   * a CSP that refuses blob: workers then rejects with code "worker"); false: in this realm (inside
+   * a worker or an extension's service worker); or a Worker you started on `pocketlm/worker`. */
   worker?: boolean | Worker;
 }
 

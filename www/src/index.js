@@ -32,15 +32,21 @@ class Transport {
     this.#close = close;
   }
 
-  static worker(worker) {
+  /** `startFailure()`: what to say (or a promise of it) when the worker fails without a message:
+   * it did not start. */
+  static worker(worker, startFailure = () => "the PocketLM worker failed to start (is src/worker.js served, with pkg/ next to src/?)", cleanup = () => {}) {
     const t = new Transport(
       (m, transfer) => worker.postMessage(m, transfer ?? []),
-      () => worker.terminate(),
+      () => {
+        worker.terminate();
+        cleanup();
+      },
     );
     worker.addEventListener("message", (e) => t.receive(e.data));
     worker.addEventListener("error", (e) => {
       e.preventDefault?.();
-      t.onCrash(new PocketLMError("worker", `the PocketLM worker failed${e.message ? `: ${e.message}` : " to start (is src/worker.js served, with pkg/ next to src/?)"}`));
+      if (e.message) t.onCrash(new PocketLMError("worker", `the PocketLM worker failed: ${e.message}`));
+      else Promise.resolve(startFailure()).then((message) => t.onCrash(new PocketLMError("worker", message)));
     });
     worker.addEventListener("messageerror", () => t.onCrash(new PocketLMError("worker", "a message from the PocketLM worker could not be read")));
     return t;
@@ -135,6 +141,83 @@ function timingsOf(r) {
   };
 }
 
+/**
+ * Starts the package's module Web Worker (src/worker.js) and returns its transport. A page may
+ * only start a worker from a script of its own origin, so where the package was loaded from
+ * another origin (a CDN) the worker is a same-origin blob: module that imports src/worker.js by its
+ * absolute URL: the engine, pkg/pocketlm.js and the .wasm then load from the package's origin
+ * (with CORS, as the page's own import of the package did), and the worker shares the page's
+ * origin and storage. A Content-Security-Policy that refuses blob: workers makes this a "worker"
+ * error that says so: the engine is not moved into the page behind the caller's back.
+ */
+function startWorker() {
+  const url = new URL("./worker.js", import.meta.url);
+  const here = globalThis.location?.origin;
+  if (here === undefined || url.origin === here) {
+    let worker;
+    try {
+      worker = new Worker(url, { type: "module", name: "pocketlm" });
+    } catch (e) {
+      throw new PocketLMError("worker", `could not start the PocketLM worker: ${e?.message ?? e}`);
+    }
+    return Transport.worker(worker);
+  }
+  const blocked = (detail) =>
+    `could not start the PocketLM worker: the package comes from another origin (${url.origin}) than this page (${here}), ` +
+    `and a page can start workers only from its own origin, so PocketLM starts a blob: worker that imports ${url.href}; ` +
+    `this page's Content-Security-Policy refuses blob: workers${detail}. Allow them (add blob: to worker-src, ` +
+    `or to script-src when there is no worker-src), serve the package from this page's origin, ` +
+    `or pass { worker: false } to run the engine in this page`;
+  // The import is dynamic: a worker's static imports are checked against the CSP's worker-src,
+  // which would then have to list the package's origin too; a dynamic import is a script
+  // (script-src, which lets the page import the package already). Messages that arrive while it
+  // runs are held, then handed to src/worker.js's listener in order.
+  const failed = `PocketLM's worker could not import ${url.href} (is it served with CORS, with pkg/ next to src/?): `;
+  const source = `const held = [];
+const hold = (e) => held.push(e);
+self.addEventListener("message", hold);
+try {
+  await import(${JSON.stringify(url.href)});
+  self.removeEventListener("message", hold);
+  for (const e of held) self.dispatchEvent(new MessageEvent("message", { data: e.data, ports: [...e.ports] }));
+} catch (e) {
+  self.postMessage({ type: "lost", error: { code: "worker", message: ${JSON.stringify(failed)} + (e?.message ?? e) } });
+}
+`;
+  const blob = URL.createObjectURL(new Blob([source], { type: "text/javascript" }));
+  // A refused worker is reported as a securitypolicyviolation event and an "error" event without
+  // a message (Chromium), or as an exception here: either way the error names the policy.
+  let violation = null;
+  const onViolation = (e) => {
+    if (/^blob\b/.test(e.blockedURI ?? "") && /^(worker|child|script)-src/.test(e.effectiveDirective ?? "")) violation = e;
+  };
+  globalThis.addEventListener?.("securitypolicyviolation", onViolation);
+  const cleanup = () => {
+    globalThis.removeEventListener?.("securitypolicyviolation", onViolation);
+    URL.revokeObjectURL(blob);
+  };
+  let worker;
+  try {
+    worker = new Worker(blob, { type: "module", name: "pocketlm" });
+  } catch (e) {
+    cleanup();
+    const csp = e?.name === "SecurityError" || /Content Security Policy/i.test(e?.message ?? "");
+    throw new PocketLMError(
+      "worker",
+      csp ? blocked(` (${e.message})`) : `could not start the PocketLM worker (a blob: worker importing ${url.href}): ${e?.message ?? e}`,
+    );
+  }
+  const startFailure = async () => {
+    // (The violation event may come after the error event.)
+    if (!violation) await new Promise((resolve) => setTimeout(resolve, 0));
+    return violation
+      ? blocked(` (${violation.effectiveDirective} in "${violation.originalPolicy}")`)
+      : `the PocketLM worker failed to start: it is a blob: worker importing ${url.href}, because the package comes from ` +
+          `another origin than this page`;
+  };
+  return Transport.worker(worker, startFailure, cleanup);
+}
+
 const TOKEN = Symbol("PocketLM.constructor");
 
 /** A model running in the browser. An `EventTarget`: "error" (an `ErrorEvent` whose `error` is a
@@ -193,8 +276,8 @@ export class PocketLM extends EventTarget {
    *   a File/Blob, an ArrayBuffer/Uint8Array or a ReadableStream
    * @param options onProgress, signal, integrity ("sha256-<base64>" or hex; an array for several
    *   files), cache (default true), context, kvDtype, profile, concurrency, worker (true: a module
-   *   Web Worker, the default where workers exist; false: in this realm; or a Worker running
-   *   pocketlm/worker)
+   *   Web Worker, the default where workers exist, a blob: one when the package comes from
+   *   another origin; false: in this realm; or a Worker running pocketlm/worker)
    */
   static async load(source, options = {}) {
     const opts = loadOptions(options ?? {});
@@ -206,14 +289,7 @@ export class PocketLM extends EventTarget {
     if (worker === false) {
       transport = Transport.local();
     } else {
-      if (worker === true) {
-        try {
-          worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module", name: "pocketlm" });
-        } catch (e) {
-          throw new PocketLMError("worker", `could not start the PocketLM worker: ${e?.message ?? e}`);
-        }
-      }
-      transport = Transport.worker(worker);
+      transport = worker === true ? startWorker() : Transport.worker(worker);
     }
     const failed = new Promise((_, reject) => {
       transport.onCrash = reject;
