@@ -8,4 +8,4 @@ mod decoder;
 
 pub use arch::{Architecture, Role, SUPPORTED};
 pub use config::{LayerRope, LayerSpec, ModelConfig, RopeScaling};
-pub use decoder::{Decoder, Graph, Readout, StepOutput};
+pub use decoder::{Decoder, Graph, PendingPick, Readout, StepInput, StepOutput};
