@@ -654,6 +654,7 @@ fn parse_request(request: &JsValue) -> Result<(GenerateOptions, Prompt), Error> 
         max_tokens,
         stop,
         ignore_eos: false,
+        pipeline: true,
     };
     Ok((options, prompt))
 }

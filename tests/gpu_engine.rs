@@ -52,6 +52,7 @@ fn greedy(max_tokens: usize) -> GenerateOptions {
         max_tokens: Some(max_tokens),
         stop: Vec::new(),
         ignore_eos: true,
+        pipeline: true,
     }
 }
 

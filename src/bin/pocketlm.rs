@@ -136,6 +136,7 @@ mod cli {
                 max_tokens: Some(self.max_tokens),
                 stop: self.stop.clone(),
                 ignore_eos: false,
+                pipeline: true,
             }
         }
     }
@@ -495,6 +496,7 @@ mod cli {
             max_tokens: Some(gen_tokens),
             stop: Vec::new(),
             ignore_eos: true,
+            pipeline: true,
         };
         // Warm-up: every pipeline compiled and every graph run once.
         let warm = bench_prompt(&engine, 20)?;
@@ -650,6 +652,7 @@ mod cli {
                 max_tokens: Some(gen_tokens),
                 stop: Vec::new(),
                 ignore_eos: true,
+                pipeline: true,
             };
             let b0 = ctx.stats.bytes_read();
             let g = engine
