@@ -581,6 +581,7 @@ mod cli {
             engine.context()
         );
         sampling_speeds(ctx, &mut engine, &prompt, gen_tokens).await?;
+        pipeline_speeds(ctx, &mut engine, &prompt, gen_tokens).await?;
         if per_kernel {
             // The KV cache holds the benchmark's sequence, so attention sees a real length.
             let times = bench::profile_dispatches(ctx, &engine.decode_dispatches(), 5).await?;
@@ -666,6 +667,62 @@ mod cli {
                  ({} whole rows)",
                 speed / base,
                 g.full_row_reads
+            );
+        }
+        Ok(())
+    }
+
+    /// Decode speed with the host and the GPU overlapped (each step submitted before the previous
+    /// one is read back) against every step waiting for the previous token, for the plans that
+    /// overlap (greedy, plain temperature), in one run on one prompt; the tokens must be the same.
+    async fn pipeline_speeds(
+        ctx: &GpuContext,
+        engine: &mut Engine,
+        prompt: &[u32],
+        gen_tokens: usize,
+    ) -> pocketlm::Result<()> {
+        let settings = [
+            ("greedy (argmax)", SamplingParams::greedy()),
+            (
+                "temperature 1 (Gumbel)",
+                SamplingParams {
+                    temperature: 1.0,
+                    seed: Some(1),
+                    ..SamplingParams::default()
+                },
+            ),
+        ];
+        println!("\ndecode pipelined against sequential ({gen_tokens} tokens each):");
+        for (name, sampling) in settings {
+            // Sequential first, then pipelined, on the same prompt: each run after the first
+            // prefills only the prompt's last token again.
+            let mut runs = Vec::with_capacity(2);
+            for pipeline in [false, true] {
+                let options = GenerateOptions {
+                    sampling: sampling.clone(),
+                    max_tokens: Some(gen_tokens),
+                    stop: Vec::new(),
+                    ignore_eos: true,
+                    pipeline,
+                };
+                let g = engine
+                    .generate(ctx, prompt, &options, &mut |_| Flow::Continue)
+                    .await?;
+                runs.push(g);
+            }
+            let (sequential, pipelined) = (&runs[0], &runs[1]);
+            let (p, s) = (
+                pipelined.decode_tokens_per_s(),
+                sequential.decode_tokens_per_s(),
+            );
+            println!(
+                "  {name:<28} {p:>7.2} tokens/s pipelined {s:>7.2} sequential {:>6.2}x{}",
+                p / s,
+                if pipelined.tokens == sequential.tokens {
+                    ""
+                } else {
+                    " (TOKENS DIFFER)"
+                }
             );
         }
         Ok(())
