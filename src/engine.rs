@@ -12,6 +12,14 @@
 //! the row's softmax statistics (520 bytes) and finishes the draw on the CPU. The whole row is
 //! read only for a top-k above the candidates or a top-p / min-p set that reaches past them
 //! (counted in [`Generation::full_row_reads`]).
+//!
+//! **Host and GPU overlapped.** With a greedy or plain temperature pick and penalties off, the
+//! next step's input needs nothing from the host: each decode step copies its picked id into the
+//! token ids of the graph the next step runs on, and the next step is submitted before this one
+//! is read back, so the host records step N+1 while the GPU runs step N. A stop the host sees
+//! in token N (stop string, end of turn, the callback) wastes the step run ahead; its token is
+//! never shown and its KV row lies past the cached prefix. Nothing runs ahead past `max_tokens`
+//! or the context. The tokens are the sequential path's ([`GenerateOptions::pipeline`]).
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, GpuContext};
