@@ -692,12 +692,15 @@ mod cli {
                 },
             ),
         ];
-        println!("\ndecode pipelined against sequential ({gen_tokens} tokens each):");
+        println!("\ndecode pipelined against sequential ({gen_tokens} tokens, best of 2 each):");
         for (name, sampling) in settings {
-            // Sequential first, then pipelined, on the same prompt: each run after the first
-            // prefills only the prompt's last token again.
-            let mut runs = Vec::with_capacity(2);
-            for pipeline in [false, true] {
+            // Sequential, then pipelined, twice, on the same prompt (each run after the first
+            // prefills only the prompt's last token again); the best run of each counts, so a
+            // busy host skews the ratio less.
+            let (mut s, mut p) = (0f64, 0f64);
+            let mut tokens: Option<Vec<u32>> = None;
+            let mut same = true;
+            for pipeline in [false, true, false, true] {
                 let options = GenerateOptions {
                     sampling: sampling.clone(),
                     max_tokens: Some(gen_tokens),
@@ -708,21 +711,14 @@ mod cli {
                 let g = engine
                     .generate(ctx, prompt, &options, &mut |_| Flow::Continue)
                     .await?;
-                runs.push(g);
+                let best = if pipeline { &mut p } else { &mut s };
+                *best = best.max(g.decode_tokens_per_s());
+                same &= tokens.get_or_insert_with(|| g.tokens.clone()) == &g.tokens;
             }
-            let (sequential, pipelined) = (&runs[0], &runs[1]);
-            let (p, s) = (
-                pipelined.decode_tokens_per_s(),
-                sequential.decode_tokens_per_s(),
-            );
             println!(
                 "  {name:<28} {p:>7.2} tokens/s pipelined {s:>7.2} sequential {:>6.2}x{}",
                 p / s,
-                if pipelined.tokens == sequential.tokens {
-                    ""
-                } else {
-                    " (TOKENS DIFFER)"
-                }
+                if same { "" } else { " (TOKENS DIFFER)" }
             );
         }
         Ok(())
