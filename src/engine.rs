@@ -12,12 +12,20 @@
 //! the row's softmax statistics (520 bytes) and finishes the draw on the CPU. The whole row is
 //! read only for a top-k above the candidates or a top-p / min-p set that reaches past them
 //! (counted in [`Generation::full_row_reads`]).
+//!
+//! **Host and GPU overlapped.** With a greedy or plain temperature pick and penalties off, the
+//! next step's input needs nothing from the host: each decode step copies its picked id into the
+//! token ids of the graph the next step runs on, and the next step is submitted before this one
+//! is read back, so the host records step N+1 while the GPU runs step N. A stop the host sees
+//! in token N (stop string, end of turn, the callback) wastes the step run ahead; its token is
+//! never shown and its KV row lies past the cached prefix. Nothing runs ahead past `max_tokens`
+//! or the context. The tokens are the sequential path's ([`GenerateOptions::pipeline`]).
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, GpuContext};
 use crate::kernels::KvCache;
 use crate::load::LoadedModelFiles;
-use crate::model::{Decoder, Graph, ModelConfig, Readout, StepOutput};
+use crate::model::{Decoder, Graph, ModelConfig, PendingPick, Readout, StepInput, StepOutput};
 use crate::sample::{
     Draw, Sampler, SamplingParams, SamplingPlan, StopCriteria, StopReason, StopStream,
 };
@@ -63,6 +71,12 @@ pub struct GenerateOptions {
     pub stop: Vec<String>,
     /// Go on past end-of-turn tokens (benchmarks: a fixed number of tokens).
     pub ignore_eos: bool,
+    /// Overlap the host and the GPU where the next step's input does not need the host (greedy
+    /// or plain temperature sampling, penalties off): each decode step is submitted before the
+    /// previous one is read back, its token copied into the step's input on the GPU. The output
+    /// is the same either way; off, every step waits for the previous one's token (for
+    /// comparisons and benchmarks). Default: on.
+    pub pipeline: bool,
 }
 
 impl Default for GenerateOptions {
@@ -72,6 +86,7 @@ impl Default for GenerateOptions {
             max_tokens: Some(256),
             stop: Vec::new(),
             ignore_eos: false,
+            pipeline: true,
         }
     }
 }
@@ -461,6 +476,22 @@ impl Engine {
             pos += n;
         }
 
+        // Greedy and plain temperature picks need nothing from the host to start the next
+        // step, so each decode step is submitted before the previous one is read back (see
+        // `submit_pick`); penalties need the window with the previous token, and candidates or
+        // whole rows finish the draw on the CPU: those wait for every token.
+        let pipelined = options.pipeline
+            && matches!(plan, SamplingPlan::Greedy | SamplingPlan::Gumbel)
+            && !sampler.params().penalties_on();
+        // Whether, with the step at `at` submitted and `shown` tokens shown, the step after it
+        // may be needed: it is submitted ahead only then, so that running into the context or
+        // `max_tokens` wastes nothing (a stop string, end of turn or abort wastes one step).
+        let ahead_ok = |at: usize, shown: usize| {
+            at + 1 < context && options.max_tokens.is_none_or(|m| shown + 1 < m)
+        };
+        // The step at `pos` when it was submitted ahead of the token before it being read.
+        let mut ahead: Option<PendingPick<'_>> = None;
+
         let mut detok = self.tokenizer.decode_stream(true);
         let mut text = String::new();
         let mut tokens = Vec::new();
@@ -501,15 +532,43 @@ impl Engine {
                 }
                 break FinishReason::Length;
             }
-            let g = self.graph_for(ctx, 1, pos + 1).await?;
-            let pick = self
-                .step_and_pick(ctx, g, &[token], pos, &mut sampler, plan)
-                .await?;
+            let next = if pipelined {
+                let shown = tokens.len();
+                let current = match ahead.take() {
+                    Some(p) => p,
+                    None => {
+                        let input = StepInput::Host(std::slice::from_ref(&token));
+                        let feed = ahead_ok(pos, shown);
+                        self.submit_pick(ctx, input, pos, feed, &mut sampler, plan)
+                            .await?
+                    }
+                };
+                if ahead_ok(pos, shown) {
+                    let feed = ahead_ok(pos + 1, shown + 1);
+                    let p = self
+                        .submit_pick(ctx, StepInput::Gpu, pos + 1, feed, &mut sampler, plan)
+                        .await?;
+                    ahead = Some(p);
+                }
+                sampler.accept_picked(current.token().await?)
+            } else {
+                let g = self.graph_for(ctx, 1, pos + 1).await?;
+                let pick = self
+                    .step_and_pick(ctx, g, &[token], pos, &mut sampler, plan)
+                    .await?;
+                full_row_reads += usize::from(pick.1);
+                pick.0
+            };
             self.cached.push(token);
-            token = pick.0;
-            full_row_reads += usize::from(pick.1);
+            token = next;
             pos += 1;
         };
+        // A step submitted ahead of a stop: wait for it (its staging buffer goes back to the
+        // ring, its errors surface) and drop its token, which is never shown. Its KV row lies
+        // past `cached`, so the next prompt overwrites it.
+        if let Some(p) = ahead.take() {
+            p.token().await?;
+        }
         let first = first_token_at.unwrap_or(start);
         Ok(Generation {
             text,
@@ -559,6 +618,39 @@ impl Engine {
             StepOutput::Logits(row) => Ok((sampler.sample_penalized_logits(&row)?, true)),
             StepOutput::Nothing => Err(Error::Readback("a sampling step read nothing back".into())),
         }
+    }
+
+    /// Submits the decode step of one token at `pos` (from the host, or already on the GPU)
+    /// whose token the GPU picks under `plan` (greedy or Gumbel, penalties off), without waiting
+    /// for it; with `feed`, the pick is also copied into the token ids of the graph the step at
+    /// `pos + 1` runs on (a different graph when `pos + 1` starts a longer span), so that step
+    /// can be submitted before this one is read back.
+    async fn submit_pick<'c>(
+        &mut self,
+        ctx: &'c GpuContext,
+        input: StepInput<'_>,
+        pos: usize,
+        feed: bool,
+        sampler: &mut Sampler,
+        plan: SamplingPlan,
+    ) -> Result<PendingPick<'c>> {
+        let g = self.graph_for(ctx, 1, pos + 1).await?;
+        let feed = if feed {
+            let next = self.graph_for(ctx, 1, pos + 2).await?;
+            Some(self.graphs[next].ids().clone())
+        } else {
+            None
+        };
+        let draw = sampler.gpu_draw(plan);
+        self.model.submit_pick(
+            ctx,
+            &mut self.graphs[g],
+            input,
+            pos,
+            plan,
+            draw,
+            feed.as_ref(),
+        )
     }
 
     /// The graph for steps of `n` tokens ending at position `end` (exclusive): the one covering

@@ -150,6 +150,7 @@ pub fn parse_request(request: &Value) -> Result<(GenerateOptions, Prompt)> {
         max_tokens,
         stop,
         ignore_eos: false,
+        pipeline: true,
     };
     Ok((options, prompt))
 }

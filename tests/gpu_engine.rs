@@ -6,11 +6,11 @@
 
 mod common;
 
-use common::{ctx, expect_err, tiny_template, tiny_tokenizer_json};
+use common::{ctx, expect_err, profile_request, tiny_template, tiny_tokenizer_json};
 use pocketlm::engine::{
     Engine, EngineOptions, FinishReason, Flow, GenerateOptions, Generation, CANDIDATES,
 };
-use pocketlm::gpu::DType;
+use pocketlm::gpu::{DType, GpuContext};
 use pocketlm::load::{load_directory, LoadOptions, LoadedModelFiles};
 use pocketlm::model::{Decoder, ModelConfig, Readout, StepOutput};
 use pocketlm::sample::{gumbel_uniform, Sampler, SamplingParams, SamplingPlan};
@@ -20,9 +20,14 @@ const VOCAB: usize = 128;
 
 /// The tiny Llama with its companions; `edit` may change them before the engine is built.
 fn loaded(edit: impl FnOnce(&mut LoadedModelFiles)) -> LoadedModelFiles {
+    loaded_on(ctx(), edit)
+}
+
+/// [`loaded`] on a given GPU context.
+fn loaded_on(gpu: &GpuContext, edit: impl FnOnce(&mut LoadedModelFiles)) -> LoadedModelFiles {
     let dir =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-llama");
-    let mut m = pollster::block_on(load_directory(ctx(), &dir, 2, LoadOptions::default())).unwrap();
+    let mut m = pollster::block_on(load_directory(gpu, &dir, 2, LoadOptions::default())).unwrap();
     m.companions
         .insert("tokenizer.json".into(), tiny_tokenizer_json(0));
     m.companions.insert(
@@ -35,11 +40,15 @@ fn loaded(edit: impl FnOnce(&mut LoadedModelFiles)) -> LoadedModelFiles {
 }
 
 fn engine_with(context: usize) -> Engine {
+    engine_from(ctx(), context, loaded(|_| {}))
+}
+
+fn engine_from(gpu: &GpuContext, context: usize, files: LoadedModelFiles) -> Engine {
     let options = EngineOptions {
         context: Some(context),
         kv_dtype: Some(DType::F32),
     };
-    pollster::block_on(Engine::new(ctx(), loaded(|_| {}), &options)).unwrap()
+    pollster::block_on(Engine::new(gpu, files, &options)).unwrap()
 }
 
 fn generate(engine: &mut Engine, prompt: &[u32], options: &GenerateOptions) -> Generation {
@@ -52,6 +61,7 @@ fn greedy(max_tokens: usize) -> GenerateOptions {
         max_tokens: Some(max_tokens),
         stop: Vec::new(),
         ignore_eos: true,
+        pipeline: true,
     }
 }
 
@@ -479,4 +489,253 @@ fn mismatched_tokenizers_and_misshaped_tensors_are_named() {
         "chat_template",
         "line 2",
     );
+}
+
+/// A generation with what its callback saw: (token, text) per event. `abort_after` stops it
+/// from the callback after that many events.
+fn streamed(
+    engine: &mut Engine,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    abort_after: Option<usize>,
+) -> (Generation, Vec<(u32, String)>) {
+    let mut events = Vec::new();
+    let g = pollster::block_on(engine.generate(ctx(), prompt, options, &mut |e| {
+        events.push((e.token, e.text.to_string()));
+        if abort_after == Some(events.len()) {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }))
+    .unwrap();
+    (g, events)
+}
+
+/// The tokens of a generation's events: one per token, but for the text a full context
+/// releases at the end, streamed with the last token again.
+fn shown_tokens(g: &Generation, events: &[(u32, String)]) -> Vec<u32> {
+    let mut shown: Vec<u32> = events.iter().map(|e| e.0).collect();
+    if shown.len() == g.tokens.len() + 1
+        && shown[shown.len() - 2..] == [g.tokens[g.tokens.len() - 1]; 2]
+    {
+        shown.pop();
+    }
+    shown
+}
+
+/// Overlapped decoding (each step submitted before the previous one is read back, its token
+/// copied into the next step's input on the GPU) gives the tokens of the sequential path,
+/// greedy and seeded Gumbel, across the move to a longer attention span at position 256 (the
+/// copy then feeds another graph), and whatever ends the generation — max_tokens, a stop
+/// string, an end-of-turn token, the callback, a full context — it shows nothing of the step
+/// that ran ahead, and the next turn's prefix reuse is as after the sequential path.
+#[test]
+fn pipelined_decoding_gives_the_sequential_tokens_and_shows_nothing_past_a_stop() {
+    let prompt: Vec<u32> = (0..250).map(|i| 6 + (i * 13 + i / 7) % 120).collect();
+    let gumbel = SamplingParams {
+        temperature: 1.5,
+        seed: Some(7),
+        ..SamplingParams::default()
+    };
+    for sampling in [SamplingParams::greedy(), gumbel] {
+        let plan = sampling.plan(CANDIDATES, VOCAB);
+        assert!(matches!(plan, SamplingPlan::Greedy | SamplingPlan::Gumbel));
+        let mut engine = engine_with(300);
+        let base = GenerateOptions {
+            sampling: sampling.clone(),
+            ..greedy(12)
+        };
+        let sequential = GenerateOptions {
+            pipeline: false,
+            ..base.clone()
+        };
+        // Runs both ways from the same cache state and compares everything that is seen.
+        let both = |engine: &mut Engine, opts: &GenerateOptions, abort: Option<usize>| {
+            engine.reset();
+            let seq_opts = GenerateOptions {
+                pipeline: false,
+                ..opts.clone()
+            };
+            let (s, s_events) = streamed(engine, &prompt, &seq_opts, abort);
+            let s_cached = engine.cached_tokens();
+            engine.reset();
+            let pip_opts = GenerateOptions {
+                pipeline: true,
+                ..opts.clone()
+            };
+            let (p, p_events) = streamed(engine, &prompt, &pip_opts, abort);
+            assert_eq!(p.tokens, s.tokens, "{plan:?} {opts:?}");
+            assert_eq!(p.text, s.text);
+            assert_eq!(p.finish_reason, s.finish_reason);
+            assert_eq!(p_events, s_events);
+            // Nothing past the last token is shown or kept.
+            assert_eq!(shown_tokens(&p, &p_events), p.tokens);
+            let streamed_text: String = p_events.iter().map(|e| e.1.as_str()).collect();
+            assert_eq!(streamed_text, p.text);
+            assert_eq!(engine.cached_tokens(), s_cached);
+            assert_eq!(s_cached, prompt.len() + p.tokens.len() - 1);
+            p
+        };
+        // max_tokens, across position 256.
+        let full = both(&mut engine, &base, None);
+        assert_eq!(full.tokens.len(), 12);
+        assert_eq!(full.finish_reason, FinishReason::Length);
+        if plan == SamplingPlan::Greedy {
+            assert_eq!(full.tokens, argmax_continuation(&prompt, &full.tokens));
+        }
+        // One token: no decode step at all; two: one.
+        for n in [1, 2] {
+            let g = both(&mut engine, &greedy_like(&base, n), None);
+            assert_eq!(g.tokens, full.tokens[..n]);
+        }
+        // The callback stops after 6 tokens: the step at position 256 (the first on the longer
+        // span, fed by the last one on the shorter) was submitted ahead and is dropped.
+        let aborted = both(&mut engine, &base, Some(6));
+        assert_eq!(aborted.finish_reason, FinishReason::Abort);
+        assert_eq!(aborted.tokens, full.tokens[..6]);
+        // A stop string: the word of the first ordinary token after the third.
+        let tok = engine.tokenizer().clone();
+        if let Some(j) = (3..full.tokens.len()).find(|&j| full.tokens[j] >= 6) {
+            let word = tok.id_to_token(full.tokens[j]).unwrap();
+            let opts = GenerateOptions {
+                stop: vec![word.clone()],
+                ..base.clone()
+            };
+            let s = both(&mut engine, &opts, None);
+            assert_eq!(s.finish_reason, FinishReason::Stop);
+            assert!(s.tokens.len() <= j + 1);
+            assert!(!s.text.contains(&word));
+        }
+        // The next turn after a stop mid-pipeline: the cached prefix ends before the last
+        // shown token, whose position the step run ahead wrote; a prompt that differs there
+        // overwrites it and matches a fresh prefill.
+        engine.reset();
+        let opts = GenerateOptions {
+            pipeline: true,
+            ..base.clone()
+        };
+        let (first, _) = streamed(&mut engine, &prompt, &opts, Some(7));
+        assert_eq!(first.tokens.len(), 7);
+        let kept = prompt.len() + first.tokens.len() - 1;
+        assert_eq!(engine.cached_tokens(), kept);
+        let mut next: Vec<u32> = prompt.clone();
+        next.extend(&first.tokens[..first.tokens.len() - 1]);
+        let last = *first.tokens.last().unwrap();
+        next.extend([if last == 77 { 78 } else { 77 }, 40, 41]);
+        let reused = generate(&mut engine, &next, &opts);
+        assert_eq!(reused.cached_tokens, kept);
+        engine.reset();
+        let fresh = generate(&mut engine, &next, &sequential);
+        assert_eq!(fresh.cached_tokens, 0);
+        assert_eq!(reused.tokens, fresh.tokens);
+
+        // An end-of-turn token (the fifth generated, declared in generation_config.json).
+        let eos = full.tokens[4];
+        let files = loaded(|m| {
+            m.companions.insert(
+                "generation_config.json".into(),
+                serde_json::json!({ "eos_token_id": eos }).to_string(),
+            );
+        });
+        let mut with_eos = engine_from(ctx(), 300, files);
+        let opts = GenerateOptions {
+            ignore_eos: false,
+            ..base.clone()
+        };
+        let e = both(&mut with_eos, &opts, None);
+        assert_eq!(e.finish_reason, FinishReason::Stop);
+        assert_eq!(e.tokens.last(), Some(&eos));
+        assert!(e.tokens.len() <= 5);
+
+        // A full context: a 4-token prompt in 8 positions ends after 5 tokens, with nothing
+        // submitted past the last position.
+        let mut small = engine_with(8);
+        let short = [1, 40, 41, 42];
+        let (s, s_events) = streamed(&mut small, &short, &greedy_like(&sequential, 100), None);
+        small.reset();
+        let (p, p_events) = streamed(&mut small, &short, &greedy_like(&base, 100), None);
+        assert_eq!(p.finish_reason, FinishReason::Length);
+        assert_eq!(p.tokens.len(), 5);
+        assert_eq!(shown_tokens(&p, &p_events), p.tokens);
+        assert_eq!((p.tokens, p_events), (s.tokens, s_events));
+    }
+}
+
+/// `options` with another `max_tokens`.
+fn greedy_like(options: &GenerateOptions, max_tokens: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_tokens: Some(max_tokens),
+        ..options.clone()
+    }
+}
+
+/// Counted on a GPU context of its own (the other tests share theirs): an overlapped decode
+/// makes its readback staging buffers in its first steps and none per token after, submits one
+/// step per token like the sequential path, and only a stop that the host sees after the next
+/// step was submitted costs one more step (max_tokens and a full context cost none).
+#[test]
+fn pipelined_decoding_reuses_staging_buffers_and_runs_at_most_one_step_ahead() {
+    let gpu = pollster::block_on(GpuContext::new(profile_request())).unwrap();
+    let mut engine = engine_from(&gpu, 64, loaded_on(&gpu, |_| {}));
+    let prompt: Vec<u32> = vec![1, 40, 41, 42];
+    let counted = |engine: &mut Engine, opts: &GenerateOptions| {
+        engine.reset();
+        let (s0, d0, r0) = gpu.stats.snapshot();
+        let b0 = gpu.stats.bytes_read();
+        let g = pollster::block_on(engine.generate(&gpu, &prompt, opts, &mut |_| Flow::Continue))
+            .unwrap();
+        let (s1, d1, r1) = gpu.stats.snapshot();
+        (g, s1 - s0, d1 - d0, r1 - r0, gpu.stats.bytes_read() - b0)
+    };
+    let pipelined = greedy(20);
+    let sequential = GenerateOptions {
+        pipeline: false,
+        ..greedy(20)
+    };
+    // The first pipelined decode makes the ring's buffers: one per step in flight.
+    let warm = gpu.stats.staging_buffers();
+    counted(&mut engine, &pipelined);
+    let made = gpu.stats.staging_buffers() - warm;
+    assert!(
+        (1..=2).contains(&made),
+        "{made} staging buffers for one decode"
+    );
+    let before = gpu.stats.staging_buffers();
+    let (p, ps, pd, pr, pb) = counted(&mut engine, &pipelined);
+    let (s, ss, sd, sr, sb) = counted(&mut engine, &sequential);
+    assert_eq!(p.tokens, s.tokens);
+    assert_eq!(
+        (ps, pd, pr, pb),
+        (ss, sd, sr, sb),
+        "max_tokens: nothing run ahead"
+    );
+    // 20 tokens: a prefill step, then 19 decode steps, each reading back 8 bytes.
+    assert_eq!(pr, 20);
+    assert_eq!(pb, 20 * 8);
+    // A stop string the host sees at a decoded token (not the prefill's): the next token's
+    // step was already submitted.
+    let tok = engine.tokenizer().clone();
+    let first_seen = |word: &str| {
+        (0..p.tokens.len()).find(|&j| tok.decode(&p.tokens[..=j], true).unwrap().contains(word))
+    };
+    let word = (1..p.tokens.len() - 2)
+        .filter(|&j| p.tokens[j] >= 6)
+        .map(|j| (j, tok.id_to_token(p.tokens[j]).unwrap()))
+        .find(|(j, w)| first_seen(w) == Some(*j))
+        .map(|(_, w)| w)
+        .expect("a word first seen after the first token");
+    let stop = |o: &GenerateOptions| GenerateOptions {
+        stop: vec![word.clone()],
+        ..o.clone()
+    };
+    let (p, ps, pd, pr, pb) = counted(&mut engine, &stop(&pipelined));
+    let (s, ss, sd, sr, sb) = counted(&mut engine, &stop(&sequential));
+    assert_eq!(p.tokens, s.tokens);
+    assert_eq!(p.finish_reason, FinishReason::Stop);
+    assert_eq!((ps, pr, pb), (ss + 1, sr + 1, sb + 8));
+    assert!(pd > sd);
+    // No staging buffer was made after the first decode, and the ring stays small.
+    assert_eq!(gpu.stats.staging_buffers(), before);
+    assert!((1..=4).contains(&gpu.idle_staging_buffers()));
 }

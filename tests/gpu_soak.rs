@@ -64,6 +64,8 @@ fn generate(engine: &mut Engine, seq: &mut Vec<u32>, i: usize) {
             Vec::new()
         },
         ignore_eos: i.is_multiple_of(2),
+        // Both decode loops: overlapped (greedy and plain sampling) and step by step.
+        pipeline: !i.is_multiple_of(4),
     };
     let abort = i % 5 == 2;
     let g = pollster::block_on(engine.generate(ctx(), seq, &options, &mut |_| {

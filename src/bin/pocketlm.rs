@@ -136,6 +136,7 @@ mod cli {
                 max_tokens: Some(self.max_tokens),
                 stop: self.stop.clone(),
                 ignore_eos: false,
+                pipeline: true,
             }
         }
     }
@@ -495,6 +496,7 @@ mod cli {
             max_tokens: Some(gen_tokens),
             stop: Vec::new(),
             ignore_eos: true,
+            pipeline: true,
         };
         // Warm-up: every pipeline compiled and every graph run once.
         let warm = bench_prompt(&engine, 20)?;
@@ -579,6 +581,7 @@ mod cli {
             engine.context()
         );
         sampling_speeds(ctx, &mut engine, &prompt, gen_tokens).await?;
+        pipeline_speeds(ctx, &mut engine, &prompt, gen_tokens).await?;
         if per_kernel {
             // The KV cache holds the benchmark's sequence, so attention sees a real length.
             let times = bench::profile_dispatches(ctx, &engine.decode_dispatches(), 5).await?;
@@ -650,6 +653,7 @@ mod cli {
                 max_tokens: Some(gen_tokens),
                 stop: Vec::new(),
                 ignore_eos: true,
+                pipeline: true,
             };
             let b0 = ctx.stats.bytes_read();
             let g = engine
@@ -663,6 +667,58 @@ mod cli {
                  ({} whole rows)",
                 speed / base,
                 g.full_row_reads
+            );
+        }
+        Ok(())
+    }
+
+    /// Decode speed with the host and the GPU overlapped (each step submitted before the previous
+    /// one is read back) against every step waiting for the previous token, for the plans that
+    /// overlap (greedy, plain temperature), in one run on one prompt; the tokens must be the same.
+    async fn pipeline_speeds(
+        ctx: &GpuContext,
+        engine: &mut Engine,
+        prompt: &[u32],
+        gen_tokens: usize,
+    ) -> pocketlm::Result<()> {
+        let settings = [
+            ("greedy (argmax)", SamplingParams::greedy()),
+            (
+                "temperature 1 (Gumbel)",
+                SamplingParams {
+                    temperature: 1.0,
+                    seed: Some(1),
+                    ..SamplingParams::default()
+                },
+            ),
+        ];
+        println!("\ndecode pipelined against sequential ({gen_tokens} tokens, best of 2 each):");
+        for (name, sampling) in settings {
+            // Sequential, then pipelined, twice, on the same prompt (each run after the first
+            // prefills only the prompt's last token again); the best run of each counts, so a
+            // busy host skews the ratio less.
+            let (mut s, mut p) = (0f64, 0f64);
+            let mut tokens: Option<Vec<u32>> = None;
+            let mut same = true;
+            for pipeline in [false, true, false, true] {
+                let options = GenerateOptions {
+                    sampling: sampling.clone(),
+                    max_tokens: Some(gen_tokens),
+                    stop: Vec::new(),
+                    ignore_eos: true,
+                    pipeline,
+                };
+                let g = engine
+                    .generate(ctx, prompt, &options, &mut |_| Flow::Continue)
+                    .await?;
+                let best = if pipeline { &mut p } else { &mut s };
+                *best = best.max(g.decode_tokens_per_s());
+                same &= tokens.get_or_insert_with(|| g.tokens.clone()) == &g.tokens;
+            }
+            println!(
+                "  {name:<28} {p:>7.2} tokens/s pipelined {s:>7.2} sequential {:>6.2}x{}",
+                p / s,
+                if same { "" } else { " (TOKENS DIFFER)" }
             );
         }
         Ok(())

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::gpu::pipeline::PipelineCache;
+use crate::gpu::recorder::StagingRing;
 
 /// Which kernel variants a device runs.
 ///
@@ -214,12 +215,20 @@ pub struct GpuStats {
     pub readbacks: AtomicU64,
     /// Bytes copied back to the host by the readbacks.
     pub bytes_read: AtomicU64,
+    /// Staging buffers created for readbacks (reused across submits, so this stops growing once
+    /// a decode loop is under way).
+    pub staging_buffers: AtomicU64,
 }
 
 impl GpuStats {
     /// Bytes read back so far.
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    /// Readback staging buffers created so far.
+    pub fn staging_buffers(&self) -> u64 {
+        self.staging_buffers.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self) -> (u64, u64, u64) {
@@ -237,6 +246,7 @@ pub struct GpuContext {
     pub(crate) queue: wgpu::Queue,
     pub(crate) pipelines: PipelineCache,
     pub(crate) health: Arc<Health>,
+    pub(crate) staging: StagingRing,
     pub stats: GpuStats,
     info: wgpu::AdapterInfo,
     adapter_features: wgpu::Features,
@@ -331,6 +341,7 @@ impl GpuContext {
             queue,
             pipelines: PipelineCache::default(),
             health,
+            staging: StagingRing::default(),
             stats: GpuStats::default(),
             info,
             adapter_features: offered,

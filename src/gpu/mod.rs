@@ -14,5 +14,5 @@ pub(crate) use held::Held;
 pub use held::{held_buffers, HeldBuffers};
 pub use interface::{Access, Interface, Slot, SlotKind, Uniform, WgslScalar};
 pub use pipeline::{kernel_source, Kernel, PipelineCache, Specialization};
-pub use recorder::{Dispatch, ReadSlot, Readback, Recorder};
+pub use recorder::{Dispatch, PendingReadback, ReadSlot, Readback, Recorder};
 pub use tensor::{DType, GpuTensor};

@@ -3,6 +3,7 @@
 //! is impossible and the event loop resolves the mapping).
 
 use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::gpu::tensor::{decode_f32, GpuTensor};
@@ -41,11 +42,22 @@ struct PendingRead {
     dtype: DType,
 }
 
-/// Collects dispatches and readbacks; `submit`/`submit_and_read` encode them into a single command
-/// buffer (one compute pass, then the copies) and submit it once.
+/// A copy between two tensors, encoded after the dispatches and before the readbacks.
+struct PendingCopy {
+    src: wgpu::Buffer,
+    src_offset: u64,
+    dst: wgpu::Buffer,
+    dst_offset: u64,
+    bytes: u64,
+}
+
+/// Collects dispatches, copies and readbacks; `submit`/`submit_and_read` encode them into a
+/// single command buffer (one compute pass, then the copies, then the readback copies) and
+/// submit it once.
 pub struct Recorder<'a> {
     ctx: &'a GpuContext,
     dispatches: Vec<Dispatch>,
+    copies: Vec<PendingCopy>,
     reads: Vec<PendingRead>,
 }
 
@@ -74,14 +86,92 @@ impl Readback {
     }
 }
 
+/// How many idle staging buffers the context keeps for reuse.
+const STAGING_KEPT: usize = 4;
+/// The smallest staging buffer made: every small readback (a pick, the candidates) fits one.
+const STAGING_MIN: u64 = 1024;
+
+/// Staging buffers for readbacks, reused across submits: a submit takes the smallest idle buffer
+/// that holds all its reads (one buffer per submit, the reads packed at mapping-aligned offsets)
+/// and gives it back once its data is on the host. A step that is read back while the next one
+/// is already submitted holds two; at most [`STAGING_KEPT`] are kept idle, so a decode loop
+/// creates its buffers in its first steps and none per token after.
+#[derive(Default)]
+pub(crate) struct StagingRing {
+    idle: Mutex<Vec<wgpu::Buffer>>,
+}
+
+impl StagingRing {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<wgpu::Buffer>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An idle buffer of at least `bytes`, or a new one (counted in
+    /// [`crate::gpu::GpuStats::staging_buffers`]) sized to the next power of two.
+    fn take(&self, ctx: &GpuContext, bytes: u64) -> wgpu::Buffer {
+        let mut idle = self.lock();
+        let best = idle
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.size() >= bytes)
+            .min_by_key(|(_, b)| b.size())
+            .map(|(i, _)| i);
+        if let Some(i) = best {
+            return idle.swap_remove(i);
+        }
+        drop(idle);
+        ctx.stats.staging_buffers.fetch_add(1, Ordering::Relaxed);
+        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("pocketlm readback"),
+            size: bytes.max(STAGING_MIN).next_power_of_two(),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Returns an unmapped buffer for reuse; beyond [`STAGING_KEPT`] the smallest is let go.
+    fn give(&self, buffer: wgpu::Buffer) {
+        let mut idle = self.lock();
+        idle.push(buffer);
+        if idle.len() > STAGING_KEPT {
+            if let Some((i, _)) = idle.iter().enumerate().min_by_key(|(_, b)| b.size()) {
+                idle.swap_remove(i);
+            }
+        }
+    }
+
+    /// Idle buffers, for tests and diagnostics.
+    pub(crate) fn idle(&self) -> usize {
+        self.lock().len()
+    }
+}
+
 impl GpuContext {
     pub fn recorder(&self) -> Recorder<'_> {
         Recorder {
             ctx: self,
             dispatches: Vec::new(),
+            copies: Vec::new(),
             reads: Vec::new(),
         }
     }
+
+    /// Staging buffers kept idle for the next readbacks.
+    pub fn idle_staging_buffers(&self) -> usize {
+        self.staging.idle()
+    }
+}
+
+/// Offsets of the reads in a staging buffer: each at a multiple of [`wgpu::MAP_ALIGNMENT`].
+fn staging_layout(reads: &[PendingRead]) -> (Vec<u64>, u64) {
+    let mut offsets = Vec::with_capacity(reads.len());
+    let mut end = 0u64;
+    for r in reads {
+        let at = end.next_multiple_of(wgpu::MAP_ALIGNMENT);
+        offsets.push(at);
+        end = at + r.bytes;
+    }
+    (offsets, end)
 }
 
 impl<'a> Recorder<'a> {
@@ -100,7 +190,7 @@ impl<'a> Recorder<'a> {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.dispatches.is_empty() && self.reads.is_empty()
+        self.dispatches.is_empty() && self.copies.is_empty() && self.reads.is_empty()
     }
 
     /// Schedules a copy of `tensor` (after all recorded dispatches) for reading back.
@@ -114,7 +204,48 @@ impl<'a> Recorder<'a> {
         ReadSlot(self.reads.len() - 1)
     }
 
-    fn encode(&self, staging: &[wgpu::Buffer]) -> wgpu::CommandBuffer {
+    /// Schedules a copy of `words` 4-byte words of `src`, from word `src_word`, into `dst` at
+    /// word `dst_word`, after all recorded dispatches (and before the readbacks): e.g. a token
+    /// the GPU picked into the token ids of the next step, which the host never sees first.
+    pub fn copy_words(
+        &mut self,
+        src: &GpuTensor,
+        src_word: usize,
+        dst: &GpuTensor,
+        dst_word: usize,
+        words: usize,
+    ) -> Result<&mut Self> {
+        let bytes = words as u64 * 4;
+        let (src_offset, dst_offset) = (src_word as u64 * 4, dst_word as u64 * 4);
+        let fits = |offset: u64, t: &GpuTensor| {
+            offset
+                .checked_add(bytes)
+                .is_some_and(|end| end <= t.size_bytes())
+        };
+        if !fits(src_offset, src) || !fits(dst_offset, dst) || src.buffer == dst.buffer {
+            return Err(Error::ShapeMismatch {
+                kernel: "copy",
+                detail: format!(
+                    "{words} words from word {src_word} of '{}' ({} bytes) to word {dst_word} of \
+                     '{}' ({} bytes): out of range, or the same buffer",
+                    src.name(),
+                    src.size_bytes(),
+                    dst.name(),
+                    dst.size_bytes()
+                ),
+            });
+        }
+        self.copies.push(PendingCopy {
+            src: src.buffer.clone(),
+            src_offset,
+            dst: dst.buffer.clone(),
+            dst_offset,
+            bytes,
+        });
+        Ok(self)
+    }
+
+    fn encode(&self, staging: Option<(&wgpu::Buffer, &[u64])>) -> wgpu::CommandBuffer {
         let device = &self.ctx.device;
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("pocketlm step"),
@@ -131,8 +262,13 @@ impl<'a> Recorder<'a> {
                 pass.dispatch_workgroups(x, y, z);
             }
         }
-        for (read, dst) in self.reads.iter().zip(staging) {
-            encoder.copy_buffer_to_buffer(&read.source, 0, dst, 0, read.bytes);
+        for c in &self.copies {
+            encoder.copy_buffer_to_buffer(&c.src, c.src_offset, &c.dst, c.dst_offset, c.bytes);
+        }
+        if let Some((dst, offsets)) = staging {
+            for (read, &at) in self.reads.iter().zip(offsets) {
+                encoder.copy_buffer_to_buffer(&read.source, 0, dst, at, read.bytes);
+            }
         }
         encoder.finish()
     }
@@ -153,7 +289,7 @@ impl<'a> Recorder<'a> {
     /// Submits the recorded work without waiting for it.
     pub fn submit(self) -> Result<()> {
         self.ctx.check_health()?;
-        let cmd = self.encode(&[]);
+        let cmd = self.encode(None);
         self.ctx.queue.submit([cmd]);
         self.count();
         Ok(())
@@ -161,36 +297,66 @@ impl<'a> Recorder<'a> {
 
     /// Submits the recorded work and resolves once every scheduled read is on the host.
     pub async fn submit_and_read(self) -> Result<Readback> {
-        self.ctx.check_health()?;
-        let device = &self.ctx.device;
-        let staging: Vec<wgpu::Buffer> = self
-            .reads
-            .iter()
-            .map(|r| {
-                device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("pocketlm readback"),
-                    size: r.bytes,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                })
-            })
-            .collect();
-        let cmd = self.encode(&staging);
-        self.ctx.queue.submit([cmd]);
-        self.count();
+        self.submit_reading()?.wait().await
+    }
 
-        let mut receivers = Vec::with_capacity(staging.len());
-        for buf in &staging {
+    /// Submits the recorded work and starts mapping its reads, without waiting: the host may
+    /// record and submit more work before [`PendingReadback::wait`] collects the data. The reads
+    /// go to one staging buffer taken from the context's ring of reusable ones.
+    pub fn submit_reading(self) -> Result<PendingReadback<'a>> {
+        self.ctx.check_health()?;
+        let (offsets, used) = staging_layout(&self.reads);
+        let staging = (!self.reads.is_empty()).then(|| self.ctx.staging.take(self.ctx, used));
+        let cmd = self.encode(staging.as_ref().map(|b| (b, offsets.as_slice())));
+        let submission = self.ctx.queue.submit([cmd]);
+        self.count();
+        let receiver = staging.as_ref().map(|buf| {
             let (tx, rx) = futures_channel::oneshot::channel();
-            buf.map_async(wgpu::MapMode::Read, .., move |r| {
+            buf.map_async(wgpu::MapMode::Read, 0..used, move |r| {
                 let _ = tx.send(r);
             });
-            receivers.push(rx);
-        }
-        self.ctx.wait_for_mapping()?;
+            rx
+        });
+        let reads = self
+            .reads
+            .into_iter()
+            .zip(offsets)
+            .map(|(r, at)| (at, r.bytes, r.shape, r.dtype))
+            .collect();
+        Ok(PendingReadback {
+            ctx: self.ctx,
+            staging,
+            receiver,
+            used,
+            reads,
+            submission,
+        })
+    }
+}
 
-        let mut words = Vec::with_capacity(staging.len());
-        for (buf, rx) in staging.iter().zip(receivers) {
+/// Work submitted by [`Recorder::submit_reading`] whose reads are not on the host yet.
+///
+/// Dropping it without [`PendingReadback::wait`] is safe: its staging buffer, whose mapping may
+/// still be pending, is then let go instead of going back to the ring.
+pub struct PendingReadback<'a> {
+    ctx: &'a GpuContext,
+    staging: Option<wgpu::Buffer>,
+    receiver:
+        Option<futures_channel::oneshot::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>>,
+    used: u64,
+    /// (offset in the staging buffer, bytes, shape, dtype) per read.
+    reads: Vec<(u64, u64, Vec<usize>, DType)>,
+    submission: wgpu::SubmissionIndex,
+}
+
+impl PendingReadback<'_> {
+    /// Resolves once the submitted work is done and its reads are on the host. Natively this
+    /// drives the device until that submission (not later ones) completes; in the browser the
+    /// event loop resolves the mapping.
+    pub async fn wait(mut self) -> Result<Readback> {
+        self.ctx.wait_for_submission(self.submission.clone())?;
+        let mut words = Vec::with_capacity(self.reads.len());
+        if let (Some(buf), Some(rx)) = (self.staging.as_ref(), self.receiver.take()) {
             match rx.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -204,35 +370,49 @@ impl<'a> Recorder<'a> {
                     ));
                 }
             }
-            let view = buf
-                .get_mapped_range(..)
-                .map_err(|e| Error::Readback(e.to_string()))?;
-            words.push(bytemuck::pod_collect_to_vec::<u8, u32>(&view));
-            drop(view);
+            {
+                let view = buf
+                    .get_mapped_range(0..self.used)
+                    .map_err(|e| Error::Readback(e.to_string()))?;
+                for &(at, bytes, ..) in &self.reads {
+                    let range = at as usize..(at + bytes) as usize;
+                    words.push(bytemuck::pod_collect_to_vec::<u8, u32>(&view[range]));
+                }
+            }
             buf.unmap();
+            if let Some(buf) = self.staging.take() {
+                self.ctx.staging.give(buf);
+            }
         }
         // Errors raised by the submitted work (validation, out of memory) surface here.
         self.ctx.check_health()?;
         Ok(Readback {
             words,
-            shapes: self.reads.into_iter().map(|r| (r.shape, r.dtype)).collect(),
+            shapes: self
+                .reads
+                .drain(..)
+                .map(|(_, _, shape, dtype)| (shape, dtype))
+                .collect(),
         })
     }
 }
 
 impl GpuContext {
-    /// Natively, drives the device until queued mappings complete; in the browser the event loop
-    /// does this, so there is nothing to do.
+    /// Natively, drives the device until `submission` and the mappings it completes are done;
+    /// in the browser the event loop does this, so there is nothing to do.
     #[cfg(not(target_arch = "wasm32"))]
-    fn wait_for_mapping(&self) -> Result<()> {
+    fn wait_for_submission(&self, submission: wgpu::SubmissionIndex) -> Result<()> {
         self.device
-            .poll(wgpu::PollType::wait_indefinitely())
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(submission),
+                timeout: None,
+            })
             .map(|_| ())
             .map_err(|e| Error::Readback(e.to_string()))
     }
 
     #[cfg(target_arch = "wasm32")]
-    fn wait_for_mapping(&self) -> Result<()> {
+    fn wait_for_submission(&self, _submission: wgpu::SubmissionIndex) -> Result<()> {
         Ok(())
     }
 }

@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Recorder};
+use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, PendingReadback, ReadSlot, Recorder};
 use crate::kernels::{
     self, AttentionOptions, AttentionScratch, Draw, DrawState, KvCache, Linear, LogitStats,
     RopeTable, StepState, TopK,
@@ -126,6 +126,37 @@ pub enum StepOutput {
     Logits(Vec<f32>),
 }
 
+/// Where a step's token ids come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepInput<'a> {
+    /// Tokens the host writes into the graph's id buffer before the submit.
+    Host(&'a [u32]),
+    /// One token the GPU already put in the graph's id buffer: the pick of the step submitted
+    /// just before, copied there by [`Decoder::submit_pick`] with this graph's [`Graph::ids`] as
+    /// its `feed`. The host never sees it before this step runs.
+    Gpu,
+}
+
+/// A step submitted by [`Decoder::submit_pick`] whose picked token is not read back yet.
+pub struct PendingPick<'c> {
+    readback: PendingReadback<'c>,
+    slot: ReadSlot,
+    /// The word of the pick's output holding the token (its row's index).
+    word: usize,
+}
+
+impl PendingPick<'_> {
+    /// Waits for the step and returns the token the GPU picked.
+    pub async fn token(self) -> Result<u32> {
+        let readback = self.readback.wait().await?;
+        readback
+            .words(self.slot)
+            .get(self.word)
+            .copied()
+            .ok_or_else(|| Error::Readback("the pick's readback is shorter than its output".into()))
+    }
+}
+
 /// A decoder-only transformer on the GPU: weights, KV cache, RoPE tables.
 pub struct Decoder {
     pub config: ModelConfig,
@@ -163,6 +194,11 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// The token ids the step reads: [max_tokens] i32. The `feed` of [`Decoder::submit_pick`].
+    pub fn ids(&self) -> &GpuTensor {
+        &self.ids
+    }
+
     /// Every dispatch of a greedy step, in order: the forward pass, then the argmax.
     pub fn all_dispatches(&self) -> Vec<Dispatch> {
         let mut all = self.dispatches.clone();
@@ -865,7 +901,7 @@ impl Decoder {
         readout: Readout<'_>,
     ) -> Result<StepOutput> {
         let n = tokens.len();
-        let mut rec = self.record_step(ctx, graph, tokens, offset)?;
+        let mut rec = self.record_step(ctx, graph, StepInput::Host(tokens), offset)?;
         // The row of the last token in `logits`.
         let row = if graph.logits.rows() == 1 { 0 } else { n - 1 };
         match readout {
@@ -940,6 +976,65 @@ impl Decoder {
         }
     }
 
+    /// Submits one step of `input` at `offset` whose token the GPU picks under `plan` (greedy or
+    /// Gumbel, no penalties: nothing the host must compute from the previous token), and returns
+    /// without waiting for it. With a `feed` (the [`Graph::ids`] of the graph the next step runs
+    /// on), the pick is also copied there on the GPU, so the next step can be submitted with
+    /// [`StepInput::Gpu`] before this one is read back.
+    ///
+    /// Why submitting the next step on the same graph is safe while this one runs: everything
+    /// the host changes between the two submits goes through the queue — the step uniform
+    /// ([`StepState::set`]) and the draw ([`DrawState::set`]) by `write_buffer` — and WebGPU
+    /// orders a queue write after all work submitted before it, so this step reads its own
+    /// values to the end. The token ids are not written by the host at all: this step's copy
+    /// writes them after its own embedding read (same command buffer, after the compute pass),
+    /// and the next step reads them. The pick's output and the logits are rewritten by the
+    /// next step only after this step's command buffer, which copied the pick into its own
+    /// staging buffer (one per pending readback, from the context's ring), has finished.
+    #[allow(clippy::too_many_arguments)]
+    pub fn submit_pick<'c>(
+        &self,
+        ctx: &'c GpuContext,
+        graph: &mut Graph,
+        input: StepInput<'_>,
+        offset: usize,
+        plan: SamplingPlan,
+        mut draw: Draw,
+        feed: Option<&GpuTensor>,
+    ) -> Result<PendingPick<'c>> {
+        if !matches!(plan, SamplingPlan::Greedy | SamplingPlan::Gumbel) || draw.n_pen != 0 {
+            return Err(Error::InvalidRequest(format!(
+                "a step whose pick feeds the next one needs greedy or Gumbel sampling without                  penalties, not {plan:?} with {} penalized tokens",
+                draw.n_pen
+            )));
+        }
+        let n = match input {
+            StepInput::Host(tokens) => tokens.len(),
+            StepInput::Gpu => 1,
+        };
+        let mut rec = self.record_step(ctx, graph, input, offset)?;
+        let row = if graph.logits.rows() == 1 { 0 } else { n - 1 };
+        draw.row = row as u32;
+        graph.draw.set(ctx, &draw);
+        let pick = if plan == SamplingPlan::Greedy {
+            &graph.argmax
+        } else {
+            &graph.gumbel
+        };
+        rec.dispatch_all(pick.dispatches());
+        // (value bits, index) per row: the token is the second word of its row.
+        let word = row * 2 * pick.k() + 1;
+        if let Some(ids) = feed {
+            rec.copy_words(pick.output(), word, ids, 0, 1)?;
+        }
+        let slot = rec.read(pick.output());
+        Ok(PendingPick {
+            readback: rec.submit_reading()?,
+            slot,
+            word,
+        })
+    }
+
     /// The last step's row of logits for its `n`-th token (1-based: the step's length), as the
     /// GPU left them (penalized when the step applied penalties): the whole-row fallback of
     /// [`SamplingPlan::Candidates`]. No dispatches; one readback.
@@ -952,33 +1047,41 @@ impl Decoder {
         Ok(all[row * v..(row + 1) * v].to_vec())
     }
 
-    /// Checks a step's tokens, writes its uniform and token ids, and records its dispatches.
+    /// Checks a step's tokens, writes its uniform and (from the host) token ids, and records its
+    /// dispatches.
     fn record_step<'c>(
         &self,
         ctx: &'c GpuContext,
         graph: &mut Graph,
-        tokens: &[u32],
+        input: StepInput<'_>,
         offset: usize,
     ) -> Result<Recorder<'c>> {
-        let n = tokens.len();
+        let n = match input {
+            StepInput::Host(tokens) => tokens.len(),
+            StepInput::Gpu => 1,
+        };
         if n == 0 {
             return Err(Error::ShapeMismatch {
                 kernel: "step",
                 detail: "a step needs at least one token".into(),
             });
         }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
-            return Err(Error::InvalidTensor {
-                tensor: "token ids".into(),
-                detail: format!(
-                    "token {bad} is outside the model's vocabulary of {}",
-                    self.config.vocab
-                ),
-            });
+        if let StepInput::Host(tokens) = input {
+            if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
+                return Err(Error::InvalidTensor {
+                    tensor: "token ids".into(),
+                    detail: format!(
+                        "token {bad} is outside the model's vocabulary of {}",
+                        self.config.vocab
+                    ),
+                });
+            }
         }
         graph.step.set(ctx, offset, n)?;
-        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        ctx.write_i32(&graph.ids, &ids)?;
+        if let StepInput::Host(tokens) = input {
+            let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+            ctx.write_i32(&graph.ids, &ids)?;
+        }
         if let Some(last) = &graph.last {
             ctx.write_i32(last, &[n as i32 - 1])?;
         }
@@ -1059,7 +1162,7 @@ impl Decoder {
         tokens: &[u32],
         offset: usize,
     ) -> Result<Vec<f32>> {
-        let mut rec = self.record_step(ctx, graph, tokens, offset)?;
+        let mut rec = self.record_step(ctx, graph, StepInput::Host(tokens), offset)?;
         let slot = rec.read(&graph.logits);
         let mut logits = rec.submit_and_read().await?.f32(slot)?;
         logits.truncate(tokens.len() * self.config.vocab);

@@ -11,4 +11,4 @@ pub use config::{
     LayerRope, LayerSpec, ModelConfig, RopeScaling, MAX_ATTENTION_WIDTH, MAX_CONTEXT, MAX_FFN,
     MAX_HEADS, MAX_HEAD_DIM, MAX_HIDDEN, MAX_LAYERS, MAX_VOCAB,
 };
-pub use decoder::{Decoder, Graph, Readout, StepOutput};
+pub use decoder::{Decoder, Graph, PendingPick, Readout, StepInput, StepOutput};

@@ -194,6 +194,7 @@ pub fn greedy(tokens: usize) -> pocketlm::engine::GenerateOptions {
         max_tokens: Some(tokens),
         stop: Vec::new(),
         ignore_eos: true,
+        pipeline: true,
     }
 }
 
