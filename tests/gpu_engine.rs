@@ -6,12 +6,14 @@
 
 mod common;
 
-use common::{ctx, expect_err, profile_request, tiny_template, tiny_tokenizer_json};
+use common::{
+    ctx, expect_err, profile_request, tiny_llama_engine, tiny_llama_files, tiny_tokenizer_json,
+};
 use pocketlm::engine::{
     Engine, EngineOptions, FinishReason, Flow, GenerateOptions, Generation, CANDIDATES,
 };
 use pocketlm::gpu::{DType, GpuContext};
-use pocketlm::load::{load_directory, LoadOptions, LoadedModelFiles};
+use pocketlm::load::LoadedModelFiles;
 use pocketlm::model::{Decoder, ModelConfig, Readout, StepOutput};
 use pocketlm::sample::{gumbel_uniform, Sampler, SamplingParams, SamplingPlan};
 use pocketlm::text::ChatMessage;
@@ -20,35 +22,11 @@ const VOCAB: usize = 128;
 
 /// The tiny Llama with its companions; `edit` may change them before the engine is built.
 fn loaded(edit: impl FnOnce(&mut LoadedModelFiles)) -> LoadedModelFiles {
-    loaded_on(ctx(), edit)
-}
-
-/// [`loaded`] on a given GPU context.
-fn loaded_on(gpu: &GpuContext, edit: impl FnOnce(&mut LoadedModelFiles)) -> LoadedModelFiles {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-llama");
-    let mut m = pollster::block_on(load_directory(gpu, &dir, 2, LoadOptions::default())).unwrap();
-    m.companions
-        .insert("tokenizer.json".into(), tiny_tokenizer_json(0));
-    m.companions.insert(
-        "tokenizer_config.json".into(),
-        serde_json::json!({"chat_template": tiny_template(), "bos_token": "<s>", "eos_token": "</s>"})
-            .to_string(),
-    );
-    edit(&mut m);
-    m
+    tiny_llama_files(ctx(), edit)
 }
 
 fn engine_with(context: usize) -> Engine {
-    engine_from(ctx(), context, loaded(|_| {}))
-}
-
-fn engine_from(gpu: &GpuContext, context: usize, files: LoadedModelFiles) -> Engine {
-    let options = EngineOptions {
-        context: Some(context),
-        kv_dtype: Some(DType::F32),
-    };
-    pollster::block_on(Engine::new(gpu, files, &options)).unwrap()
+    tiny_llama_engine(ctx(), context, loaded(|_| {}))
 }
 
 fn generate(engine: &mut Engine, prompt: &[u32], options: &GenerateOptions) -> Generation {
@@ -638,7 +616,7 @@ fn pipelined_decoding_gives_the_sequential_tokens_and_shows_nothing_past_a_stop(
                 serde_json::json!({ "eos_token_id": eos }).to_string(),
             );
         });
-        let mut with_eos = engine_from(ctx(), 300, files);
+        let mut with_eos = tiny_llama_engine(ctx(), 300, files);
         let opts = GenerateOptions {
             ignore_eos: false,
             ..base.clone()
@@ -677,7 +655,7 @@ fn greedy_like(options: &GenerateOptions, max_tokens: usize) -> GenerateOptions 
 #[test]
 fn pipelined_decoding_reuses_staging_buffers_and_runs_at_most_one_step_ahead() {
     let gpu = pollster::block_on(GpuContext::new(profile_request())).unwrap();
-    let mut engine = engine_from(&gpu, 64, loaded_on(&gpu, |_| {}));
+    let mut engine = tiny_llama_engine(&gpu, 64, tiny_llama_files(&gpu, |_| {}));
     let prompt: Vec<u32> = vec![1, 40, 41, 42];
     let counted = |engine: &mut Engine, opts: &GenerateOptions| {
         engine.reset();

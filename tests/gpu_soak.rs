@@ -8,30 +8,14 @@
 
 mod common;
 
-use common::{ctx, tiny_template, tiny_tokenizer_json};
-use pocketlm::engine::{Engine, EngineOptions, Flow, GenerateOptions};
-use pocketlm::gpu::{held_buffers, DType};
-use pocketlm::load::{
-    load_directory, load_model, load_model_file, LoadOptions, MemorySource, ModelFile,
-};
+use common::{ctx, tiny_llama_engine, tiny_llama_files};
+use pocketlm::engine::{Engine, Flow, GenerateOptions};
+use pocketlm::gpu::held_buffers;
+use pocketlm::load::{load_model, load_model_file, LoadOptions, MemorySource, ModelFile};
 use pocketlm::sample::SamplingParams;
 
 fn engine() -> Engine {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-llama");
-    let mut m = pollster::block_on(load_directory(ctx(), &dir, 2, LoadOptions::default())).unwrap();
-    m.companions
-        .insert("tokenizer.json".into(), tiny_tokenizer_json(0));
-    m.companions.insert(
-        "tokenizer_config.json".into(),
-        serde_json::json!({"chat_template": tiny_template(), "bos_token": "<s>", "eos_token": "</s>"})
-            .to_string(),
-    );
-    let options = EngineOptions {
-        context: Some(128),
-        kv_dtype: Some(DType::F32),
-    };
-    pollster::block_on(Engine::new(ctx(), m, &options)).unwrap()
+    tiny_llama_engine(ctx(), 128, tiny_llama_files(ctx(), |_| {}))
 }
 
 /// Generation `i` of a mix: turns that extend the previous sequence (KV reuse), fresh prompts,

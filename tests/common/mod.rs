@@ -225,3 +225,37 @@ pub fn assert_parts_only_where_unclear(
     }
     same
 }
+
+/// The tiny Llama of tests/fixtures/models/tiny-llama loaded on `gpu`, with the tiny tokenizer
+/// and chat template as companions; `edit` may change them before an engine is built.
+pub fn tiny_llama_files(
+    gpu: &GpuContext,
+    edit: impl FnOnce(&mut pocketlm::load::LoadedModelFiles),
+) -> pocketlm::load::LoadedModelFiles {
+    use pocketlm::load::{load_directory, LoadOptions};
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-llama");
+    let mut m = pollster::block_on(load_directory(gpu, &dir, 2, LoadOptions::default())).unwrap();
+    m.companions
+        .insert("tokenizer.json".into(), tiny_tokenizer_json(0));
+    m.companions.insert(
+        "tokenizer_config.json".into(),
+        serde_json::json!({"chat_template": tiny_template(), "bos_token": "<s>", "eos_token": "</s>"})
+            .to_string(),
+    );
+    edit(&mut m);
+    m
+}
+
+/// An engine of `context` positions (f32 KV cache) over `files` on `gpu`.
+pub fn tiny_llama_engine(
+    gpu: &GpuContext,
+    context: usize,
+    files: pocketlm::load::LoadedModelFiles,
+) -> pocketlm::engine::Engine {
+    let options = pocketlm::engine::EngineOptions {
+        context: Some(context),
+        kv_dtype: Some(pocketlm::gpu::DType::F32),
+    };
+    pollster::block_on(pocketlm::engine::Engine::new(gpu, files, &options)).unwrap()
+}

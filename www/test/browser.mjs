@@ -1,4 +1,5 @@
 // Headless Chromium with WebGPU, driven by Playwright (Debian's chromium; no browser download).
+import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
 import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -36,4 +37,37 @@ export async function launch({ extension, disableFeatures = [], measureMemory = 
     args,
     ignoreDefaultArgs: extension ? ["--disable-extensions"] : [],
   });
+}
+
+/** Runs `fn` (its source is sent to the page) in `page` with `arg`: resolves to `{value}`, or to
+ * `{error}` holding a rejection's own fields with its name, code, message, stack and whether it is
+ * a PocketLMError of the page's `globalThis.pocketlm`. */
+export function evaluate(page, fn, arg) {
+  return page.evaluate(
+    async ([src, arg]) => {
+      const f = (0, eval)(`(${src})`);
+      try {
+        return { value: await f(arg) };
+      } catch (e) {
+        const PocketLMError = globalThis.pocketlm?.PocketLMError;
+        return {
+          error: {
+            ...e,
+            name: e?.name,
+            code: e?.code,
+            message: e?.message,
+            stack: e?.stack,
+            isPocketLMError: PocketLMError !== undefined && e instanceof PocketLMError,
+          },
+        };
+      }
+    },
+    [fn.toString(), arg],
+  );
+}
+
+/** The value of an `evaluate` result; fails the test with the error it holds. */
+export function value(r) {
+  assert.equal(r.error, undefined, JSON.stringify(r.error));
+  return r.value;
 }

@@ -11,7 +11,7 @@ import { dirname, join } from "node:path";
 import { cp, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { serve } from "./server.mjs";
-import { launch } from "./browser.mjs";
+import { evaluate, launch, value } from "./browser.mjs";
 
 const WWW = join(dirname(fileURLToPath(import.meta.url)), "..");
 const ROOT = join(WWW, "..");
@@ -57,25 +57,8 @@ async function open(folder) {
   return page;
 }
 
-/** Runs `fn` in `page`; a rejection comes back as {error: {name, code, message, isPocketLMError}}. */
-function run(page, fn, arg) {
-  return page.evaluate(
-    async ([src, arg]) => {
-      const f = (0, eval)(`(${src})`);
-      try {
-        return { value: await f(arg) };
-      } catch (e) {
-        return { error: { name: e?.name, code: e?.code, message: e?.message, isPocketLMError: e instanceof globalThis.pocketlm.PocketLMError } };
-      }
-    },
-    [fn.toString(), arg],
-  );
-}
-
-const value = (r) => {
-  assert.equal(r.error, undefined, JSON.stringify(r.error));
-  return r.value;
-};
+/** Runs `fn` in `page` (see browser.mjs's `evaluate`). */
+const run = (page, fn, arg) => evaluate(page, fn, arg);
 
 /** Loads the tiny model with `options`, generates greedily (plain and streamed) and unloads. */
 const session = async ([url, prompt, n, options]) => {

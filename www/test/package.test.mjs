@@ -9,7 +9,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { spawnSync } from "node:child_process";
 import { serve } from "./server.mjs";
-import { launch } from "./browser.mjs";
+import { evaluate, launch, value } from "./browser.mjs";
 
 const WWW = join(dirname(fileURLToPath(import.meta.url)), "..");
 const ROOT = join(WWW, "..");
@@ -36,25 +36,8 @@ after(async () => {
   await server?.close();
 });
 
-/** Runs `fn` in the page; a rejection comes back as {error: {name, code, message}}. */
-function run(fn, arg) {
-  return page.evaluate(
-    async ([src, arg]) => {
-      const f = (0, eval)(`(${src})`);
-      try {
-        return { value: await f(arg) };
-      } catch (e) {
-        return { error: { name: e?.name, code: e?.code, message: e?.message, isPocketLMError: e instanceof globalThis.pocketlm.PocketLMError } };
-      }
-    },
-    [fn.toString(), arg],
-  );
-}
-
-const value = (r) => {
-  assert.equal(r.error, undefined, JSON.stringify(r.error));
-  return r.value;
-};
+/** Runs `fn` in the page (see browser.mjs's `evaluate`). */
+const run = (fn, arg) => evaluate(page, fn, arg);
 
 test("isSupported and supportReport say whether and why", async () => {
   const r = value(

@@ -15,7 +15,7 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
 import { serve } from "./server.mjs";
-import { launch } from "./browser.mjs";
+import { evaluate, launch, value } from "./browser.mjs";
 
 const WWW = join(dirname(fileURLToPath(import.meta.url)), "..");
 const ROOT = join(WWW, "..");
@@ -43,21 +43,7 @@ after(async () => {
   await server?.close();
 });
 
-async function run(fn, arg) {
-  const r = await page.evaluate(
-    async ([src, arg]) => {
-      const f = (0, eval)(`(${src})`);
-      try {
-        return { value: await f(arg) };
-      } catch (e) {
-        return { error: { code: e?.code, message: e?.message, stack: e?.stack } };
-      }
-    },
-    [fn.toString(), arg],
-  );
-  assert.equal(r.error, undefined, JSON.stringify(r.error));
-  return r.value;
-}
+const run = async (fn, arg) => value(await evaluate(page, fn, arg));
 
 /** The page's memory after a full GC, as PocketLM reports it. */
 const memory = () =>

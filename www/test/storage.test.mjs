@@ -9,7 +9,7 @@ import { dirname, join } from "node:path";
 import { readFileSync, statSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { serve } from "./server.mjs";
-import { launch } from "./browser.mjs";
+import { evaluate, launch, value } from "./browser.mjs";
 
 const WWW = join(dirname(fileURLToPath(import.meta.url)), "..");
 const ROOT = join(WWW, "..");
@@ -55,25 +55,8 @@ after(async () => {
   await server?.close();
 });
 
-/** Runs `fn` in `p`; a rejection comes back as {error: {name, code, message, ...data}}. */
-function run(fn, arg, p = page) {
-  return p.evaluate(
-    async ([src, arg]) => {
-      const f = (0, eval)(`(${src})`);
-      try {
-        return { value: await f(arg) };
-      } catch (e) {
-        return { error: { ...e, name: e?.name, code: e?.code, message: e?.message, isPocketLMError: e instanceof globalThis.pocketlm.PocketLMError } };
-      }
-    },
-    [fn.toString(), arg],
-  );
-}
-
-const value = (r) => {
-  assert.equal(r.error, undefined, JSON.stringify(r.error));
-  return r.value;
-};
+/** Runs `fn` in `p` (see browser.mjs's `evaluate`). */
+const run = (fn, arg, p = page) => evaluate(p, fn, arg);
 
 /** What the browser holds for `path`: PocketLM.cache's view, and the raw Cache API match of the URL
  * in every cache (a half-written file must be in none that the engine reads). */
