@@ -194,6 +194,16 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// The row of `logits` that holds the last of a step's `n` tokens (the only row when the
+    /// graph computes logits for the last token only).
+    fn last_row(&self, n: usize) -> usize {
+        if self.logits.rows() == 1 {
+            0
+        } else {
+            n - 1
+        }
+    }
+
     /// The token ids the step reads: [max_tokens] i32. The `feed` of [`Decoder::submit_pick`].
     pub fn ids(&self) -> &GpuTensor {
         &self.ids
@@ -903,18 +913,15 @@ impl Decoder {
         let n = tokens.len();
         let mut rec = self.record_step(ctx, graph, StepInput::Host(tokens), offset)?;
         // The row of the last token in `logits`.
-        let row = if graph.logits.rows() == 1 { 0 } else { n - 1 };
+        let row = graph.last_row(n);
         match readout {
             Readout::Nothing => {
                 rec.submit()?;
                 Ok(StepOutput::Nothing)
             }
-            Readout::Logits => {
-                let slot = rec.read(&graph.logits);
-                let all = rec.submit_and_read().await?.f32(slot)?;
-                let v = self.config.vocab;
-                Ok(StepOutput::Logits(all[row * v..(row + 1) * v].to_vec()))
-            }
+            Readout::Logits => Ok(StepOutput::Logits(
+                self.submit_reading_row(rec, graph, row).await?,
+            )),
             Readout::Sample {
                 plan,
                 mut draw,
@@ -965,12 +972,9 @@ impl Decoder {
                             stats: stats[row],
                         })
                     }
-                    SamplingPlan::FullRow => {
-                        let slot = rec.read(&graph.logits);
-                        let all = rec.submit_and_read().await?.f32(slot)?;
-                        let v = self.config.vocab;
-                        Ok(StepOutput::Logits(all[row * v..(row + 1) * v].to_vec()))
-                    }
+                    SamplingPlan::FullRow => Ok(StepOutput::Logits(
+                        self.submit_reading_row(rec, graph, row).await?,
+                    )),
                 }
             }
         }
@@ -1013,7 +1017,7 @@ impl Decoder {
             StepInput::Gpu => 1,
         };
         let mut rec = self.record_step(ctx, graph, input, offset)?;
-        let row = if graph.logits.rows() == 1 { 0 } else { n - 1 };
+        let row = graph.last_row(n);
         draw.row = row as u32;
         graph.draw.set(ctx, &draw);
         let pick = if plan == SamplingPlan::Greedy {
@@ -1039,8 +1043,18 @@ impl Decoder {
     /// GPU left them (penalized when the step applied penalties): the whole-row fallback of
     /// [`SamplingPlan::Candidates`]. No dispatches; one readback.
     pub async fn read_logits(&self, ctx: &GpuContext, graph: &Graph, n: usize) -> Result<Vec<f32>> {
-        let row = if graph.logits.rows() == 1 { 0 } else { n - 1 };
-        let mut rec = ctx.recorder();
+        self.submit_reading_row(ctx.recorder(), graph, graph.last_row(n))
+            .await
+    }
+
+    /// Submits what `rec` recorded with a read of row `row` of `graph`'s logits, and returns
+    /// that row.
+    async fn submit_reading_row(
+        &self,
+        mut rec: Recorder<'_>,
+        graph: &Graph,
+        row: usize,
+    ) -> Result<Vec<f32>> {
         let slot = rec.read(&graph.logits);
         let all = rec.submit_and_read().await?.f32(slot)?;
         let v = self.config.vocab;
