@@ -276,33 +276,13 @@ impl Sampler {
             return Ok(None);
         }
         if p.temperature > 0.0 && !whole && !top_k_on {
-            let n = ranked.len();
+            // Σ exp(x − max) over the whole row, from the GPU's (M, Z).
             let max = f64::from(ranked[0].1);
-            // The prefix each cut keeps, when the candidates decide it.
-            let mut cut: Option<usize> = None;
-            if p.min_p > 0.0 {
-                let min = f64::from(p.min_p);
-                if let Some(i) = ranked.iter().position(|c| exp(f64::from(c.1) - max) < min) {
-                    cut = Some(i);
-                }
-            }
-            if p.top_p < 1.0 {
-                // Σ exp(x − max) over the whole row, from the GPU's (M, Z).
-                let total = f64::from(stats.1) * exp(f64::from(stats.0) - max);
-                let target = f64::from(p.top_p) * total;
-                let mut cum = 0.0;
-                for (i, c) in ranked.iter().enumerate() {
-                    cum += exp(f64::from(c.1) - max);
-                    if cum >= target {
-                        cut = Some(cut.map_or(i + 1, |m| m.min(i + 1)));
-                        break;
-                    }
-                }
-            }
-            match cut {
-                Some(keep) => ranked.truncate(keep.min(n)),
-                None => return Ok(None),
-            }
+            let total = f64::from(stats.1) * exp(f64::from(stats.0) - max);
+            let Some(keep) = self.kept(&ranked, Some(total)) else {
+                return Ok(None);
+            };
+            ranked.truncate(keep);
             // The cuts are made; what is left is drawn from as is.
             let dist = self.finish_cut(ranked);
             return Ok(Some(self.draw(&dist)));
@@ -479,28 +459,47 @@ impl Sampler {
         if p.top_k > 0 {
             ranked.truncate(p.top_k);
         }
+        let keep = self.kept(&ranked, None).unwrap_or(ranked.len());
+        ranked.truncate(keep);
+        self.finish_cut(ranked)
+    }
+
+    /// How many of `ranked` (best first, untempered) top-p and then min-p keep: a prefix, as
+    /// both cut a descending list. `row_total` is Σ exp(x − max) over every token the draw may
+    /// pick when `ranked` holds only the best of them (the GPU's candidates); `None` when it holds
+    /// them all. The result is `None` when the kept set may reach past `ranked`.
+    fn kept(&self, ranked: &[(u32, f32)], row_total: Option<f64>) -> Option<usize> {
+        let p = &self.params;
         let max = f64::from(ranked[0].1);
+        let whole = row_total.is_none();
+        let mut keep: Option<usize> = None;
+        let mut undecided = !whole && p.top_p >= 1.0 && p.min_p <= 0.0;
         if p.top_p < 1.0 {
             let w: Vec<f64> = ranked.iter().map(|c| exp(f64::from(c.1) - max)).collect();
-            let total: f64 = w.iter().sum();
+            let total = row_total.unwrap_or_else(|| w.iter().sum());
             let target = f64::from(p.top_p) * total;
             let mut cum = 0.0;
-            let mut keep = ranked.len();
-            for (i, wi) in w.iter().enumerate() {
+            match w.iter().position(|wi| {
                 cum += wi;
-                if cum >= target {
-                    keep = i + 1;
-                    break;
-                }
+                cum >= target
+            }) {
+                Some(i) => keep = Some(i + 1),
+                None => undecided |= !whole,
             }
-            ranked.truncate(keep);
         }
         if p.min_p > 0.0 {
             let min = f64::from(p.min_p);
             // The best token has relative probability 1 ≥ min_p, so it always stays.
-            ranked.retain(|c| exp(f64::from(c.1) - max) >= min);
+            match ranked.iter().position(|c| exp(f64::from(c.1) - max) < min) {
+                Some(i) => keep = Some(keep.map_or(i, |k| k.min(i))),
+                None => undecided |= !whole,
+            }
         }
-        self.finish_cut(ranked)
+        match keep {
+            Some(k) => Some(k),
+            None if undecided => None,
+            None => Some(ranked.len()),
+        }
     }
 
     /// Temperature and normalization of what the truncations kept (best first).
