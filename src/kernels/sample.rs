@@ -23,6 +23,10 @@ const PLAIN_KEY: &str =
     "fn sample_key(row: u32, e: u32, bits: u32) -> u32 { return order_key(bits); }\n";
 const PENALIZE_SRC: &str = include_str!("../../shaders/penalize.wgsl");
 const STATS_SRC: &str = include_str!("../../shaders/logit_stats.wgsl");
+const MASK_SRC: &str = include_str!("../../shaders/mask.wgsl");
+
+/// The logit [`mask_logits`] gives a token its mask leaves out (shaders/mask.wgsl's `MASKED`).
+pub const MASKED_LOGIT: f32 = -1.0e30;
 
 /// The largest k [`topk`] takes.
 pub const TOPK_MAX: usize = 64;
@@ -433,6 +437,62 @@ pub async fn penalize(
         draw.bind(),
         (LOGITS_RW, &logits.buffer),
         (PENS, &pens.buffer),
+    ];
+    build(ctx, &KERNEL, &spec, &params, &binds, wg).await
+}
+
+/// One bit per token id, 32 per word: a grammar's allowed tokens.
+const ALLOWED: Slot = Slot::read("allowed", "u32");
+
+/// Words of a token mask over `vocab` tokens: one bit per token.
+pub fn mask_words(vocab: usize) -> usize {
+    vocab.div_ceil(32)
+}
+
+/// A token mask applied in place to row `draw.row` of `logits` (f32 `[rows, vocab]`): every
+/// token whose bit is clear in `allowed` (u32 `[mask_words(vocab)]`, low bit first) gets
+/// [`MASKED_LOGIT`]. Recorded after [`penalize`], before the top-k, argmax or Gumbel pick, so a
+/// constrained step still reads back only what its plan reads.
+pub async fn mask_logits(
+    ctx: &GpuContext,
+    logits: &GpuTensor,
+    draw: &DrawState,
+    allowed: &GpuTensor,
+) -> Result<Dispatch> {
+    const NAME: &str = "mask_logits";
+    const KERNEL: Kernel = Kernel::new(
+        NAME,
+        MASK_SRC,
+        NAME,
+        Interface::new::<RowsParams>(&[DRAW, LOGITS_RW, ALLOWED]),
+    );
+    expect_dtype(NAME, logits, &[DType::F32], "f32 logits")?;
+    expect_dtype(NAME, allowed, &[DType::I32], "32-bit mask words")?;
+    let vocab = logits.cols();
+    if allowed.numel() < mask_words(vocab) {
+        return Err(mismatch(
+            NAME,
+            format!(
+                "mask '{}' has {} words, a vocabulary of {vocab} needs {}",
+                allowed.name(),
+                allowed.numel(),
+                mask_words(vocab)
+            ),
+        ));
+    }
+    expect_distinct(NAME, logits, &[allowed])?;
+    let params = RowsParams {
+        rows: dim(NAME, "rows", logits.rows())?,
+        vocab: dim(NAME, "vocabulary", vocab)?,
+        parts: 0,
+        span: 0,
+    };
+    let wg = grid(ctx, NAME, (vocab as u64).div_ceil(u64::from(WG)))?;
+    let spec = Specialization::default().with("WG", WG);
+    let binds = [
+        draw.bind(),
+        (LOGITS_RW, &logits.buffer),
+        (ALLOWED, &allowed.buffer),
     ];
     build(ctx, &KERNEL, &spec, &params, &binds, wg).await
 }

@@ -191,6 +191,9 @@ pub struct Graph {
     draw: DrawState,
     pens: GpuTensor,
     penalize: Dispatch,
+    /// A grammar's allowed tokens for the next pick (one bit per token), and its dispatch.
+    allowed: GpuTensor,
+    mask: Dispatch,
 }
 
 impl Graph {
@@ -854,6 +857,12 @@ impl Decoder {
         // Each distinct token of the penalty window once: at most one per position.
         let pens = ctx.zeros("penalties", &[positions, 2], DType::I32)?;
         let penalize = kernels::penalize(ctx, &logits, &draw, &pens).await?;
+        let allowed = ctx.zeros(
+            "allowed tokens",
+            &[kernels::mask_words(c.vocab)],
+            DType::I32,
+        )?;
+        let mask = kernels::mask_logits(ctx, &logits, &draw, &allowed).await?;
         Ok(Graph {
             step,
             ids,
@@ -867,6 +876,8 @@ impl Decoder {
             draw,
             pens,
             penalize,
+            allowed,
+            mask,
         })
     }
 
@@ -910,8 +921,57 @@ impl Decoder {
         offset: usize,
         readout: Readout<'_>,
     ) -> Result<StepOutput> {
-        let n = tokens.len();
-        let mut rec = self.record_step(ctx, graph, StepInput::Host(tokens), offset)?;
+        let rec = self.record_step(ctx, graph, StepInput::Host(tokens), offset)?;
+        self.finish_step(ctx, graph, rec, tokens.len(), readout, false)
+            .await
+    }
+
+    /// As [`Decoder::step`] with a [`Readout::Sample`], the pick restricted to the tokens a
+    /// grammar allows: the forward pass is submitted first, `mask` computes the allowed tokens
+    /// on the host while the GPU runs it (one bit per token id, low bit first, at least
+    /// [`kernels::mask_words`] of the vocabulary words), and the mask is applied to the logits
+    /// on the GPU after the penalties and before the pick, in a second submit. The readback is
+    /// what the plan reads without a mask.
+    pub async fn step_masked(
+        &self,
+        ctx: &GpuContext,
+        graph: &mut Graph,
+        tokens: &[u32],
+        offset: usize,
+        readout: Readout<'_>,
+        mask: impl FnOnce() -> Result<Vec<u32>>,
+    ) -> Result<StepOutput> {
+        self.record_step(ctx, graph, StepInput::Host(tokens), offset)?
+            .submit()?;
+        let words = mask()?;
+        let need = kernels::mask_words(self.config.vocab);
+        if words.len() < need {
+            return Err(Error::ShapeMismatch {
+                kernel: "mask_logits",
+                detail: format!(
+                    "a token mask of {} words for a vocabulary that needs {need}",
+                    words.len()
+                ),
+            });
+        }
+        ctx.write_i32(&graph.allowed, bytemuck::cast_slice(&words[..need]))?;
+        self.finish_step(ctx, graph, ctx.recorder(), tokens.len(), readout, true)
+            .await
+    }
+
+    /// Records into `rec` (which holds the step's forward pass, or nothing when it was
+    /// submitted already) what `readout` needs of the last of the step's `n` tokens, submits,
+    /// and reads it back; `masked` applies the token mask in [`Graph`]'s `allowed` before a
+    /// pick.
+    async fn finish_step(
+        &self,
+        ctx: &GpuContext,
+        graph: &mut Graph,
+        mut rec: Recorder<'_>,
+        n: usize,
+        readout: Readout<'_>,
+        masked: bool,
+    ) -> Result<StepOutput> {
         // The row of the last token in `logits`.
         let row = graph.last_row(n);
         match readout {
@@ -948,6 +1008,9 @@ impl Decoder {
                         .collect();
                     ctx.write_i32(&graph.pens, &words)?;
                     rec.dispatch(&graph.penalize);
+                }
+                if masked {
+                    rec.dispatch(&graph.mask);
                 }
                 match plan {
                     SamplingPlan::Greedy | SamplingPlan::Gumbel => {
