@@ -29,7 +29,9 @@ use crate::model::{Decoder, Graph, ModelConfig, PendingPick, Readout, StepInput,
 use crate::sample::{
     Draw, Sampler, SamplingParams, SamplingPlan, StopCriteria, StopReason, StopStream,
 };
-use crate::text::{ChatMessage, ChatTemplate, Tokenizer};
+use crate::text::{
+    ChatMessage, ChatTemplate, Constraint, GrammarVocab, MaskStats, ResponseFormat, Tokenizer,
+};
 
 /// How many of the best logits the GPU selects per step for the sampler.
 pub const CANDIDATES: usize = 64;
@@ -77,6 +79,8 @@ pub struct GenerateOptions {
     /// is the same either way; off, every step waits for the previous one's token (for
     /// comparisons and benchmarks). Default: on.
     pub pipeline: bool,
+    /// What the reply must be (JSON under a schema, a grammar, a regex); `None`: free text.
+    pub response_format: Option<ResponseFormat>,
 }
 
 impl Default for GenerateOptions {
@@ -87,6 +91,7 @@ impl Default for GenerateOptions {
             stop: Vec::new(),
             ignore_eos: false,
             pipeline: true,
+            response_format: None,
         }
     }
 }
@@ -144,6 +149,9 @@ pub struct Generation {
     /// Tokens whose draw read the whole row of logits back: a top-k above the GPU's
     /// [`CANDIDATES`], or a top-p / min-p set that reached past them.
     pub full_row_reads: usize,
+    /// With a response format: the host time of its token masks (computed while the GPU runs
+    /// each step's forward pass).
+    pub masks: Option<MaskStats>,
 }
 
 impl Generation {
@@ -186,6 +194,8 @@ pub struct Engine {
     cached: Vec<u32>,
     eos: Vec<u32>,
     name: String,
+    /// The vocabulary as constrained decoding needs it, built on the first constrained request.
+    grammar: Option<GrammarVocab>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -300,6 +310,7 @@ impl Engine {
             cached: Vec::new(),
             eos,
             name,
+            grammar: None,
         })
     }
 
@@ -447,6 +458,10 @@ impl Engine {
         })?;
         sampler.accept(prompt);
         let plan = sampler.params().plan(CANDIDATES, self.model.config.vocab);
+        let mut constraint = match &options.response_format {
+            Some(format) => Some(self.grammar_vocab()?.constraint(format)?),
+            None => None,
+        };
         let mut full_row_reads = 0;
 
         let start = now_ms();
@@ -463,7 +478,7 @@ impl Engine {
             let chunk = &prompt[pos..pos + n];
             if pos + n == prompt.len() {
                 let pick = self
-                    .step_and_pick(ctx, g, chunk, pos, &mut sampler, plan)
+                    .step_and_pick(ctx, g, chunk, pos, &mut sampler, plan, constraint.as_mut())
                     .await?;
                 token = pick.0;
                 full_row_reads += usize::from(pick.1);
@@ -482,7 +497,8 @@ impl Engine {
         // whole rows finish the draw on the CPU: those wait for every token.
         let pipelined = options.pipeline
             && matches!(plan, SamplingPlan::Greedy | SamplingPlan::Gumbel)
-            && !sampler.params().penalties_on();
+            && !sampler.params().penalties_on()
+            && constraint.is_none();
         // Whether, with the step at `at` submitted and `shown` tokens shown, the step after it
         // may be needed: it is submitted ahead only then, so that running into the context or
         // `max_tokens` wastes nothing (a stop string, end of turn or abort wastes one step).
@@ -522,15 +538,27 @@ impl Engine {
             if flow == Flow::Stop {
                 break FinishReason::Abort;
             }
-            if pos >= context {
-                // The context is full: show what was held back and end.
+            // A grammar that allows nothing more ends the reply as an end of turn would.
+            let finished = match constraint.as_mut() {
+                Some(c) => {
+                    c.accept(token)?;
+                    c.is_done()
+                }
+                None => false,
+            };
+            if pos >= context || finished {
+                // Show what was held back and end.
                 let mut rest = stop.finish();
                 rest.push_str(&detok.flush()?);
                 if !rest.is_empty() {
                     text.push_str(&rest);
                     on_token(TokenEvent { token, text: &rest });
                 }
-                break FinishReason::Length;
+                break if finished {
+                    FinishReason::Stop
+                } else {
+                    FinishReason::Length
+                };
             }
             let next = if pipelined {
                 let shown = tokens.len();
@@ -554,7 +582,15 @@ impl Engine {
             } else {
                 let g = self.graph_for(ctx, 1, pos + 1).await?;
                 let pick = self
-                    .step_and_pick(ctx, g, &[token], pos, &mut sampler, plan)
+                    .step_and_pick(
+                        ctx,
+                        g,
+                        &[token],
+                        pos,
+                        &mut sampler,
+                        plan,
+                        constraint.as_mut(),
+                    )
                     .await?;
                 full_row_reads += usize::from(pick.1);
                 pick.0
@@ -579,12 +615,16 @@ impl Engine {
             prefill_ms: first - start,
             decode_ms: now_ms() - first,
             full_row_reads,
+            masks: constraint.map(|c| c.stats),
         })
     }
 
     /// Runs a step of `tokens` at `pos` on graph `g` and picks the next token under `plan`:
     /// on the GPU, or from its candidates, or (when they do not decide the draw) from the whole
-    /// row, read back after the step. Returns the token and whether the whole row was read.
+    /// row, read back after the step. With a `constraint`, only a token its grammar allows
+    /// (the mask computed while the GPU runs the forward pass). Returns the token and whether
+    /// the whole row was read.
+    #[allow(clippy::too_many_arguments)]
     async fn step_and_pick(
         &mut self,
         ctx: &GpuContext,
@@ -593,6 +633,7 @@ impl Engine {
         pos: usize,
         sampler: &mut Sampler,
         plan: SamplingPlan,
+        constraint: Option<&mut Constraint>,
     ) -> Result<(u32, bool)> {
         let penalties = sampler.penalty_list();
         let draw: Draw = sampler.gpu_draw(plan);
@@ -602,7 +643,14 @@ impl Engine {
             penalties: &penalties,
         };
         let graph = &mut self.graphs[g];
-        let out = self.model.step(ctx, graph, tokens, pos, readout).await?;
+        let out = match constraint {
+            Some(c) => {
+                self.model
+                    .step_masked(ctx, graph, tokens, pos, readout, || c.mask())
+                    .await?
+            }
+            None => self.model.step(ctx, graph, tokens, pos, readout).await?,
+        };
         let vocab = self.model.config.vocab;
         match out {
             StepOutput::Token(t) => Ok((sampler.accept_picked(t), false)),
@@ -651,6 +699,17 @@ impl Engine {
             draw,
             feed.as_ref(),
         )
+    }
+
+    /// The vocabulary for constrained decoding, indexed on first use (a few hundred
+    /// milliseconds for a large vocabulary) and kept.
+    pub fn grammar_vocab(&mut self) -> Result<GrammarVocab> {
+        if let Some(g) = &self.grammar {
+            return Ok(g.clone());
+        }
+        let g = GrammarVocab::new(&self.tokenizer, self.model.config.vocab, &self.eos)?;
+        self.grammar = Some(g.clone());
+        Ok(g)
     }
 
     /// The graph for steps of `n` tokens ending at position `end` (exclusive): the one covering

@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::engine::GenerateOptions;
 use crate::error::{Error, Result};
 use crate::sample::SamplingParams;
-use crate::text::ChatMessage;
+use crate::text::{ChatMessage, ResponseFormat};
 
 /// What to generate from.
 #[derive(Clone, Debug, PartialEq)]
@@ -151,8 +151,60 @@ pub fn parse_request(request: &Value) -> Result<(GenerateOptions, Prompt)> {
         stop,
         ignore_eos: false,
         pipeline: true,
+        response_format: parse_response_format(request)?,
     };
     Ok((options, prompt))
+}
+
+/// `response_format`: OpenAI's `{type: "text" | "json_object" | "json_schema", json_schema:
+/// {name, schema, strict}}`, WebLLM's `{type: "json_object", schema: "<JSON text>"}`, and
+/// PocketLM's `{type: "grammar", grammar: "<Lark or GBNF>"}` and `{type: "regex", pattern}`.
+fn parse_response_format(request: &Value) -> Result<Option<ResponseFormat>> {
+    let Some(rf) = get(request, "response_format") else {
+        return Ok(None);
+    };
+    let bad = |msg: String| Error::InvalidRequest(format!("response_format: {msg}"));
+    let text = |key: &str| -> Result<String> {
+        match get(rf, key) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(v) => Err(bad(format!("{key} must be a string, not {}", describe(v)))),
+            None => Err(bad(format!(
+                "type '{}' needs {key}",
+                rf["type"].as_str().unwrap_or("")
+            ))),
+        }
+    };
+    match get(rf, "type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => match get(rf, "schema") {
+            None => Ok(Some(ResponseFormat::JsonObject)),
+            // WebLLM passes the schema as JSON text; take an object too.
+            Some(Value::String(s)) => serde_json::from_str(s)
+                .map(|v| Some(ResponseFormat::JsonSchema(v)))
+                .map_err(|e| bad(format!("schema is not valid JSON: {e}"))),
+            Some(v) => Ok(Some(ResponseFormat::JsonSchema(v.clone()))),
+        },
+        Some("json_schema") => {
+            let Some(js) = get(rf, "json_schema").filter(|v| v.is_object()) else {
+                return Err(bad(
+                    "type 'json_schema' needs json_schema: {name, schema, strict}".into(),
+                ));
+            };
+            match get(js, "schema") {
+                Some(schema) => Ok(Some(ResponseFormat::JsonSchema(schema.clone()))),
+                None => Err(bad("json_schema.schema is missing".into())),
+            }
+        }
+        Some("grammar") => Ok(Some(ResponseFormat::Grammar(text("grammar")?))),
+        Some("regex") => Ok(Some(ResponseFormat::Regex(text("pattern")?))),
+        Some(other) => Err(bad(format!(
+            "type '{other}' is not supported (text, json_object, json_schema, grammar, regex)"
+        ))),
+        None => Err(bad(format!(
+            "must be an object with a type such as {{\"type\": \"json_object\"}}, not {}",
+            describe(rf)
+        ))),
+    }
 }
 
 /// `chat_template_kwargs`: an object of extra chat-template variables, or absent (null).
@@ -254,5 +306,56 @@ mod tests {
         assert!(err(json!({ "prompt": "a", "stop": { "k": long } })).len() < 400);
         let e = parse_request_json("{").unwrap_err();
         assert_eq!(e.code(), "invalid_request");
+    }
+
+    #[test]
+    fn response_formats() {
+        let rf = |f: Value| parse_request(&json!({"prompt": "a", "response_format": f}));
+        let format = |f: Value| rf(f).unwrap().0.response_format;
+        assert_eq!(format(json!({"type": "text"})), None);
+        assert_eq!(
+            format(json!({"type": "json_object"})),
+            Some(ResponseFormat::JsonObject)
+        );
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        assert_eq!(
+            format(json!({"type": "json_schema",
+                "json_schema": {"name": "x", "schema": schema, "strict": true}})),
+            Some(ResponseFormat::JsonSchema(schema.clone()))
+        );
+        assert_eq!(
+            format(json!({"type": "json_object", "schema": schema.to_string()})),
+            Some(ResponseFormat::JsonSchema(schema))
+        );
+        assert_eq!(
+            format(json!({"type": "grammar", "grammar": "start: \"a\""})),
+            Some(ResponseFormat::Grammar("start: \"a\"".into()))
+        );
+        assert_eq!(
+            format(json!({"type": "regex", "pattern": "[0-9]+"})),
+            Some(ResponseFormat::Regex("[0-9]+".into()))
+        );
+        for (f, want) in [
+            (json!("json"), "must be an object with a type"),
+            (json!({"type": "yaml"}), "type 'yaml' is not supported"),
+            (json!({"type": "json_schema"}), "needs json_schema"),
+            (
+                json!({"type": "json_schema", "json_schema": {"name": "x"}}),
+                "schema is missing",
+            ),
+            (
+                json!({"type": "json_object", "schema": "{"}),
+                "not valid JSON",
+            ),
+            (json!({"type": "grammar"}), "needs grammar"),
+            (
+                json!({"type": "regex", "pattern": 3}),
+                "pattern must be a string",
+            ),
+        ] {
+            let e = rf(f.clone()).unwrap_err();
+            assert_eq!(e.code(), "invalid_request");
+            assert!(e.to_string().contains(want), "{f}: {e}");
+        }
     }
 }

@@ -40,6 +40,7 @@ fn greedy(max_tokens: usize) -> GenerateOptions {
         stop: Vec::new(),
         ignore_eos: true,
         pipeline: true,
+        response_format: None,
     }
 }
 

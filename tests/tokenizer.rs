@@ -3,38 +3,17 @@
 //! real default model's vocabulary (models/SmolLM2-135M-Instruct.Q4_1.gguf). CPU only.
 #![cfg(not(target_arch = "wasm32"))]
 
-use std::io::Read;
+mod common;
+
 use std::path::PathBuf;
 
-use pocketlm::formats::{GgufHeader, Parsed};
+use common::gguf_tokenizer;
+use pocketlm::formats::GgufHeader;
 use pocketlm::text::Tokenizer;
 use pocketlm::Error;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Reads a GGUF header, reading only as much of the file as the header needs.
-fn gguf_tokenizer(path: &PathBuf) -> Tokenizer {
-    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let size = f.metadata().unwrap().len();
-    let mut buf = Vec::new();
-    let mut want = 4 << 20;
-    loop {
-        let have = buf.len() as u64;
-        (&mut f)
-            .take(want as u64 - have.min(want as u64))
-            .read_to_end(&mut buf)
-            .unwrap();
-        let name = path.file_name().unwrap().to_string_lossy();
-        match GgufHeader::parse(&buf, Some(size), &name).unwrap() {
-            Parsed::Complete { header, .. } => {
-                return Tokenizer::from_gguf(&header.metadata)
-                    .unwrap_or_else(|e| panic!("{name}: {e}"))
-            }
-            Parsed::NeedMore { at_least } => want = at_least.max(want * 2),
-        }
-    }
 }
 
 // ---- llama.cpp's vocabulary test vectors ------------------------------------------------------

@@ -12,7 +12,7 @@ mod cli {
     use pocketlm::load::{LoadOptions, Progress};
     use pocketlm::model::ModelConfig;
     use pocketlm::sample::SamplingParams;
-    use pocketlm::text::ChatMessage;
+    use pocketlm::text::{ChatMessage, ResponseFormat};
     use pocketlm::{bench, load, selfcheck};
 
     #[derive(Parser)]
@@ -117,11 +117,46 @@ mod cli {
         /// Positions in the KV cache (prompt plus reply); default: the model's, up to 4096.
         #[arg(long)]
         context: Option<usize>,
+        /// Constrain the reply to JSON valid under the JSON schema in FILE.
+        #[arg(long, value_name = "FILE", group = "format")]
+        json_schema: Option<std::path::PathBuf>,
+        /// Constrain the reply to a JSON object.
+        #[arg(long, group = "format")]
+        json_object: bool,
+        /// Constrain the reply to the grammar in FILE (Lark, or GBNF with `root ::= …`).
+        #[arg(long, value_name = "FILE", group = "format")]
+        grammar: Option<std::path::PathBuf>,
+        /// Constrain the reply to text matching the regular expression.
+        #[arg(long, value_name = "PATTERN", group = "format")]
+        regex: Option<String>,
     }
 
     impl GenArgs {
-        fn options(&self) -> GenerateOptions {
-            GenerateOptions {
+        /// The reply's format from `--json-schema`, `--json-object`, `--grammar` or `--regex`.
+        fn response_format(&self) -> pocketlm::Result<Option<ResponseFormat>> {
+            let read = |path: &std::path::Path| {
+                std::fs::read_to_string(path)
+                    .map_err(|e| load::io_error(&path.display().to_string(), e))
+            };
+            Ok(if let Some(path) = &self.json_schema {
+                let schema = serde_json::from_str(&read(path)?).map_err(|e| {
+                    pocketlm::Error::InvalidRequest(format!(
+                        "{} is not valid JSON: {e}",
+                        path.display()
+                    ))
+                })?;
+                Some(ResponseFormat::JsonSchema(schema))
+            } else if self.json_object {
+                Some(ResponseFormat::JsonObject)
+            } else if let Some(path) = &self.grammar {
+                Some(ResponseFormat::Grammar(read(path)?))
+            } else {
+                self.regex.clone().map(ResponseFormat::Regex)
+            })
+        }
+
+        fn options(&self) -> pocketlm::Result<GenerateOptions> {
+            Ok(GenerateOptions {
                 sampling: SamplingParams {
                     temperature: self.temperature,
                     top_k: self.top_k,
@@ -137,7 +172,8 @@ mod cli {
                 stop: self.stop.clone(),
                 ignore_eos: false,
                 pipeline: true,
-            }
+                response_format: self.response_format()?,
+            })
         }
     }
 
@@ -369,6 +405,14 @@ mod cli {
                 pocketlm::engine::CANDIDATES
             );
         }
+        if let Some(m) = &g.masks {
+            eprintln!(
+                "[{} grammar masks: {:.2} ms each on average, {:.2} ms at most]",
+                m.count,
+                m.mean_ms(),
+                m.max_ms
+            );
+        }
     }
 
     async fn run_prompt(
@@ -379,7 +423,7 @@ mod cli {
         json: bool,
         gen: &GenArgs,
     ) -> pocketlm::Result<ExitCode> {
-        let options = gen.options();
+        let options = gen.options()?;
         options.sampling.validate()?;
         let mut engine = open_engine(ctx, model, gen.context).await?;
         let ids = if chat {
@@ -412,7 +456,7 @@ mod cli {
         system: Option<String>,
         gen: &GenArgs,
     ) -> pocketlm::Result<ExitCode> {
-        let options = gen.options();
+        let options = gen.options()?;
         options.sampling.validate()?;
         let mut engine = open_engine(ctx, model, gen.context).await?;
         let opening: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
@@ -497,6 +541,7 @@ mod cli {
             stop: Vec::new(),
             ignore_eos: true,
             pipeline: true,
+            response_format: None,
         };
         // Warm-up: every pipeline compiled and every graph run once.
         let warm = bench_prompt(&engine, 20)?;
@@ -654,6 +699,7 @@ mod cli {
                 stop: Vec::new(),
                 ignore_eos: true,
                 pipeline: true,
+                response_format: None,
             };
             let b0 = ctx.stats.bytes_read();
             let g = engine
@@ -707,6 +753,7 @@ mod cli {
                     stop: Vec::new(),
                     ignore_eos: true,
                     pipeline,
+                    response_format: None,
                 };
                 let g = engine
                     .generate(ctx, prompt, &options, &mut |_| Flow::Continue)

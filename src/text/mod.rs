@@ -5,7 +5,9 @@
 //! [`tokenizer::DecodeStream`] turns generated ids into text one token at a time.
 
 pub mod chat;
+pub mod grammar;
 pub mod tokenizer;
 
 pub use self::chat::{ChatMessage, ChatTemplate};
+pub use self::grammar::{Constraint, GrammarVocab, MaskStats, ResponseFormat};
 pub use self::tokenizer::{DecodeStream, Tokenizer};

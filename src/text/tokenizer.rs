@@ -611,6 +611,99 @@ impl Tokenizer {
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }
+
+    /// Every token's bytes, by id (what constrained decoding matches grammars against): a
+    /// special token's text after the byte 0xFF, so that no grammar matches it as text; an
+    /// unused id, nothing. Byte-level BPE (GPT-2, Llama 3, Qwen) and SentencePiece-style
+    /// vocabularies (`▁` for a space, `<0xNN>` byte tokens) are understood; other decoders
+    /// (WordPiece) are an [`Error::Tokenizer`].
+    pub fn token_bytes(&self) -> Result<Vec<Vec<u8>>> {
+        let decoder = self
+            .inner
+            .get_decoder()
+            .map(|d| serde_json::to_value(d).unwrap_or_default())
+            .unwrap_or_default();
+        let kinds: Vec<&str> = match decoder.get("decoders").and_then(|d| d.as_array()) {
+            Some(list) => list.iter().filter_map(|d| d["type"].as_str()).collect(),
+            None => decoder["type"].as_str().into_iter().collect(),
+        };
+        let byte_level = kinds.contains(&"ByteLevel");
+        let spm = kinds
+            .iter()
+            .any(|k| matches!(*k, "ByteFallback" | "Metaspace" | "Replace"));
+        if !byte_level && !spm {
+            return Err(tok_err(format!(
+                "constrained decoding needs a byte-level or SentencePiece vocabulary, and this \
+                 tokenizer's decoder is {}",
+                if kinds.is_empty() {
+                    "missing".to_string()
+                } else {
+                    kinds.join(" + ")
+                }
+            )));
+        }
+        let added = self.inner.get_added_tokens_decoder();
+        let unicode_to_byte: HashMap<char, u8> = gpt2_byte_chars()
+            .into_iter()
+            .enumerate()
+            .map(|(b, c)| (c, b as u8))
+            .collect();
+        let mut out = vec![Vec::new(); self.vocab_size];
+        for (id, bytes) in out.iter_mut().enumerate() {
+            let id = id as u32;
+            if let Some(t) = added.get(&id) {
+                if t.special {
+                    bytes.push(0xFF);
+                }
+                bytes.extend_from_slice(t.content.as_bytes());
+                continue;
+            }
+            let Some(token) = self.inner.id_to_token(id) else {
+                continue;
+            };
+            if byte_level {
+                // Every character stands for one byte; a token that is not all such characters
+                // cannot come out of this vocabulary's text: never allowed.
+                let mapped: Option<Vec<u8>> = token
+                    .chars()
+                    .map(|c| unicode_to_byte.get(&c).copied())
+                    .collect();
+                *bytes = mapped.unwrap_or_default();
+            } else if let Some(b) = byte_token(&token) {
+                *bytes = vec![b];
+            } else {
+                *bytes = token.replace('\u{2581}', " ").into_bytes();
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A SentencePiece byte token `<0xNN>`'s byte.
+fn byte_token(token: &str) -> Option<u8> {
+    let hex = token.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
+}
+
+/// GPT-2's byte-level alphabet: the character that stands for each byte (printable Latin-1
+/// bytes for themselves, the others from U+0100 on).
+fn gpt2_byte_chars() -> Vec<char> {
+    let printable = |b: u32| matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF);
+    let mut next = 0x100u32;
+    (0..256u32)
+        .map(|b| {
+            if printable(b) {
+                char::from_u32(b).unwrap_or('?')
+            } else {
+                let c = char::from_u32(next).unwrap_or('?');
+                next += 1;
+                c
+            }
+        })
+        .collect()
 }
 
 /// A first pass over a `tokenizer.json` that counts without allocating: the vocabulary (a map of

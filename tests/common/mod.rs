@@ -195,6 +195,7 @@ pub fn greedy(tokens: usize) -> pocketlm::engine::GenerateOptions {
         stop: Vec::new(),
         ignore_eos: true,
         pipeline: true,
+        response_format: None,
     }
 }
 
@@ -258,4 +259,82 @@ pub fn tiny_llama_engine(
         kv_dtype: Some(pocketlm::gpu::DType::F32),
     };
     pollster::block_on(pocketlm::engine::Engine::new(gpu, files, &options)).unwrap()
+}
+
+/// The tokenizer of a GGUF file, reading only as much of the file as its header needs.
+pub fn gguf_tokenizer(path: &std::path::Path) -> pocketlm::text::Tokenizer {
+    use pocketlm::formats::{GgufHeader, Parsed};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let size = f.metadata().unwrap().len();
+    let mut buf = Vec::new();
+    let mut want = 4 << 20;
+    loop {
+        let have = buf.len() as u64;
+        (&mut f)
+            .take(want as u64 - have.min(want as u64))
+            .read_to_end(&mut buf)
+            .unwrap();
+        let name = path.file_name().unwrap().to_string_lossy();
+        match GgufHeader::parse(&buf, Some(size), &name).unwrap() {
+            Parsed::Complete { header, .. } => {
+                return pocketlm::text::Tokenizer::from_gguf(&header.metadata)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"))
+            }
+            Parsed::NeedMore { at_least } => want = at_least.max(want * 2),
+        }
+    }
+}
+
+/// A byte-level BPE tokenizer.json for the tiny fixture Llama (128 ids), so that constrained
+/// decoding can run on it: `<unk>`, `<s>` (BOS, 1), `</s>` (EOS, 2), the 95 printable ASCII
+/// bytes and the newline as single-byte tokens, and 29 longer tokens common in JSON. No merges:
+/// encoding gives single bytes; a grammar may pick the longer tokens.
+pub fn tiny_byte_tokenizer_json() -> String {
+    let mut words: Vec<String> = ["<unk>", "<s>", "</s>"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    // GPT-2's byte alphabet: printable ASCII stands for itself, the space is 'Ġ', '\n' is 'Ċ'.
+    words.extend((0x20u8..0x7F).map(|b| {
+        if b == b' ' {
+            "Ġ".into()
+        } else {
+            (b as char).to_string()
+        }
+    }));
+    words.push("Ċ".into());
+    for w in [
+        "{\"", "\":", "\",", "\"}", "Ġ\"", ",Ġ", ":Ġ", "true", "false", "null", "ab", "er", "in",
+        "on", "an", "re", "12", "00", "ye", "no", "yes", "[\"", "\"]", "},", "{}", "[]", "Ġ{",
+        "red", "blue",
+    ] {
+        words.push(w.into());
+    }
+    assert_eq!(words.len(), 128);
+    let vocab: serde_json::Map<String, serde_json::Value> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.clone(), serde_json::json!(i)))
+        .collect();
+    let special = |id: usize, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+    };
+    let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false,
+        "trim_offsets": true, "use_regex": true});
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [special(0, "<unk>"), special(1, "<s>"), special(2, "</s>")],
+        "normalizer": null,
+        "pre_tokenizer": byte_level,
+        "post_processor": null,
+        "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+            "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": []}
+    })
+    .to_string()
 }
