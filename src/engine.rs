@@ -446,6 +446,17 @@ impl Engine {
                 "max_tokens must be at least 1".into(),
             ));
         }
+        let vocab = self.model.config.vocab;
+        if let Some(&(t, _)) = options
+            .sampling
+            .logit_bias
+            .iter()
+            .find(|(t, _)| *t as usize >= vocab)
+        {
+            return Err(Error::InvalidRequest(format!(
+                "logit_bias: token {t} is outside the model's vocabulary of {vocab}"
+            )));
+        }
         let mut sampler = Sampler::new(options.sampling.clone())?;
         let mut stop = StopStream::new(StopCriteria {
             eos_ids: if options.ignore_eos {
@@ -641,6 +652,7 @@ impl Engine {
             plan,
             draw,
             penalties: &penalties,
+            biases: &sampler.params().logit_bias,
         };
         let graph = &mut self.graphs[g];
         let out = match constraint {
@@ -697,6 +709,7 @@ impl Engine {
             pos,
             plan,
             draw,
+            &sampler.params().logit_bias,
             feed.as_ref(),
         )
     }

@@ -19,6 +19,9 @@ use crate::error::{Error, Result};
 pub use crate::kernels::Draw;
 use crate::rng::Rng;
 
+/// The most tokens a logit bias may name.
+pub const MAX_LOGIT_BIAS: usize = 1024;
+
 /// How to pick tokens. The defaults are neutral (OpenAI's: temperature 1, nothing truncated, no
 /// penalties); [`SamplingParams::greedy`] is temperature 0.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,6 +46,9 @@ pub struct SamplingParams {
     pub penalty_last_n: usize,
     /// The draw's seed: the same seed gives the same tokens. `None` seeds from the clock.
     pub seed: Option<u64>,
+    /// Added to these tokens' logits before the draw (OpenAI's `logit_bias`): each token at
+    /// most once, biases in [−100, 100] (−100 bans a token, 100 all but forces it).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -57,6 +63,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             penalty_last_n: 64,
             seed: None,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -101,6 +108,26 @@ impl SamplingParams {
         ] {
             if !(-2.0..=2.0).contains(&v) {
                 return bad(param, v, "a number in [-2, 2] (0 = off)");
+            }
+        }
+        if self.logit_bias.len() > MAX_LOGIT_BIAS {
+            return Err(Error::InvalidSamplingParams {
+                param: "logit_bias",
+                value: format!("{} tokens", self.logit_bias.len()),
+                expected: "at most 1024 tokens",
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for &(token, bias) in &self.logit_bias {
+            if !(-100.0..=100.0).contains(&bias) {
+                return bad("logit_bias", bias, "biases in [-100, 100]");
+            }
+            if !seen.insert(token) {
+                return Err(Error::InvalidSamplingParams {
+                    param: "logit_bias",
+                    value: format!("token {token} twice"),
+                    expected: "each token once",
+                });
             }
         }
         Ok(())
@@ -247,6 +274,7 @@ impl Sampler {
             presence: p.presence_penalty,
             frequency: p.frequency_penalty,
             row: 0,
+            n_bias: p.logit_bias.len() as u32,
         }
     }
 
@@ -291,7 +319,8 @@ impl Sampler {
         Ok(Some(self.draw(&dist)))
     }
 
-    /// Picks the next token from a whole row of logits whose penalties the GPU already applied.
+    /// Picks the next token from a whole row of logits whose penalties and logit bias the GPU
+    /// already applied.
     pub fn sample_penalized_logits(&mut self, logits: &[f32]) -> Result<u32> {
         let ranked = self.rank_logits_with(logits, false)?;
         let dist = self.finish(ranked);
@@ -415,6 +444,14 @@ impl Sampler {
             for &token in self.counts.keys() {
                 if let Some(c) = row.get_mut(token as usize) {
                     c.1 = canonical(self.penalize(token, c.1));
+                }
+            }
+        }
+        // The logit bias after the penalties, as the GPU adds it (shaders/bias.wgsl).
+        if penalize {
+            for &(token, bias) in &self.params.logit_bias {
+                if let Some(c) = row.get_mut(token as usize) {
+                    c.1 = canonical(c.1 + bias);
                 }
             }
         }

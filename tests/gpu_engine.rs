@@ -282,6 +282,7 @@ fn gpu_sampling_agrees_with_the_cpu_sampler_on_the_whole_row() {
                 plan,
                 draw,
                 penalties: &pens,
+                biases: &[],
             };
             let out = pollster::block_on(model.step(ctx(), &mut graph, &seq, 0, readout)).unwrap();
             // The row as the GPU penalized it, then the row as computed.
@@ -717,4 +718,73 @@ fn pipelined_decoding_reuses_staging_buffers_and_runs_at_most_one_step_ahead() {
     // No staging buffer was made after the first decode, and the ring stays small.
     assert_eq!(gpu.stats.staging_buffers(), before);
     assert!((1..=4).contains(&gpu.idle_staging_buffers()));
+}
+
+/// OpenAI's `logit_bias`, added on the GPU after the penalties: +100 forces a token in every
+/// plan (pipelined or not), −100 bans the greedy choice, and a token outside the vocabulary is
+/// refused.
+#[test]
+fn logit_bias_forces_and_bans_tokens_in_every_plan() {
+    let mut engine = engine_with(128);
+    let prompt: Vec<u32> = vec![1, 20, 30, 40];
+    let free = generate(&mut engine, &prompt, &greedy(6));
+    let t = |temperature: f32| SamplingParams {
+        temperature,
+        seed: Some(11),
+        ..SamplingParams::default()
+    };
+    let plans = [
+        SamplingParams::greedy(),
+        t(1.0),
+        SamplingParams { top_k: 5, ..t(0.9) },
+        SamplingParams {
+            top_p: 0.8,
+            ..t(1.0)
+        },
+        SamplingParams {
+            repetition_penalty: 1.5,
+            frequency_penalty: 1.0,
+            ..t(0.7)
+        },
+    ];
+    for sampling in plans {
+        for pipeline in [true, false] {
+            let options = GenerateOptions {
+                sampling: SamplingParams {
+                    logit_bias: vec![(77, 100.0)],
+                    ..sampling.clone()
+                },
+                pipeline,
+                ..greedy(6)
+            };
+            let g = generate(&mut engine, &prompt, &options);
+            assert_eq!(g.tokens, vec![77; 6], "{sampling:?}, pipeline {pipeline}");
+        }
+    }
+    let banned = GenerateOptions {
+        sampling: SamplingParams {
+            logit_bias: vec![(free.tokens[0], -100.0)],
+            ..SamplingParams::greedy()
+        },
+        ..greedy(6)
+    };
+    let g = generate(&mut engine, &prompt, &banned);
+    assert!(
+        !g.tokens.contains(&free.tokens[0]),
+        "{:?} against {:?}",
+        g.tokens,
+        free.tokens
+    );
+    let outside = GenerateOptions {
+        sampling: SamplingParams {
+            logit_bias: vec![(VOCAB as u32, 5.0)],
+            ..SamplingParams::greedy()
+        },
+        ..greedy(2)
+    };
+    expect_err(
+        pollster::block_on(engine.generate(ctx(), &prompt, &outside, &mut |_| Flow::Continue)),
+        "invalid_request",
+        "outside the model's vocabulary",
+    );
 }

@@ -154,6 +154,16 @@ fn sampling_kernels_match_reference() {
             vocab as u64,
         );
     }
+    for (vocab, biased) in [(100, 1), (49_152, 300), (262_144, 1024)] {
+        assert_passes(
+            OpCase::BiasAndMask {
+                rows: 2,
+                vocab,
+                biased,
+            },
+            vocab as u64 + 1,
+        );
+    }
     for (draws, vocab, temperature) in [(4000, 12, 1.0), (3000, 40, 0.5), (2000, 5000, 2.0)] {
         assert_passes(
             OpCase::Gumbel {

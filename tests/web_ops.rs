@@ -96,6 +96,11 @@ async fn fixed_ops_match_reference_in_browser() {
             vocab: 49_152,
             window: 64,
         },
+        OpCase::BiasAndMask {
+            rows: 2,
+            vocab: 49_152,
+            biased: 300,
+        },
         OpCase::Gumbel {
             draws: 3000,
             vocab: 12,

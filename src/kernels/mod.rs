@@ -28,8 +28,8 @@ pub use rope::{
     Llama3Scaling, RopeConfig, RopeLayout, RopeTable,
 };
 pub use sample::{
-    argmax, gumbel_argmax, logit_stats, mask_logits, mask_words, penalize, topk, topk_output,
-    topk_shape, Draw, DrawState, LogitStats, TopK, MASKED_LOGIT, TOPK_MAX,
+    argmax, bias_logits, gumbel_argmax, logit_stats, mask_logits, mask_words, penalize, topk,
+    topk_output, topk_shape, Draw, DrawState, LogitStats, TopK, MASKED_LOGIT, TOPK_MAX,
 };
 
 use wgpu::util::DeviceExt;

@@ -24,6 +24,7 @@ const PLAIN_KEY: &str =
 const PENALIZE_SRC: &str = include_str!("../../shaders/penalize.wgsl");
 const STATS_SRC: &str = include_str!("../../shaders/logit_stats.wgsl");
 const MASK_SRC: &str = include_str!("../../shaders/mask.wgsl");
+const BIAS_SRC: &str = include_str!("../../shaders/bias.wgsl");
 
 /// The logit [`mask_logits`] gives a token its mask leaves out (shaders/mask.wgsl's `MASKED`).
 pub const MASKED_LOGIT: f32 = -1.0e30;
@@ -86,6 +87,8 @@ crate::uniform! {
         pub frequency: f32,
         /// The row of the logits the penalties apply to.
         pub row: u32,
+        /// Live entries of the logit-bias list ([`bias_logits`]); 0 leaves the logits alone.
+        pub n_bias: u32,
     }
 }
 
@@ -405,40 +408,91 @@ pub async fn penalize(
     draw: &DrawState,
     pens: &GpuTensor,
 ) -> Result<Dispatch> {
-    const NAME: &str = "penalize";
     const KERNEL: Kernel = Kernel::new(
-        NAME,
+        "penalize",
         PENALIZE_SRC,
-        NAME,
+        "penalize",
         Interface::new::<RowsParams>(&[DRAW, LOGITS_RW, PENS]),
     );
-    expect_dtype(NAME, logits, &[DType::F32], "f32 logits")?;
-    expect_dtype(NAME, pens, &[DType::I32], "i32 (token, count) pairs")?;
-    let [capacity, 2] = *pens.shape() else {
+    token_list_kernel(
+        ctx,
+        &KERNEL,
+        logits,
+        draw,
+        (PENS, pens),
+        "i32 (token, count) pairs",
+    )
+    .await
+}
+
+/// (token, bias as f32 bits) pairs: a request's logit bias, each token once.
+const BIASES: Slot = Slot::read("biases", "u32");
+
+/// A logit bias added in place to row `draw.row` of `logits` (f32 `[rows, vocab]`): `biases` is
+/// i32 `[capacity, 2]`, (token, the bias's f32 bits) per distinct token, the first
+/// `draw.n_bias` live. Tokens outside the vocabulary are skipped. Recorded after [`penalize`],
+/// before [`mask_logits`] and the pick.
+pub async fn bias_logits(
+    ctx: &GpuContext,
+    logits: &GpuTensor,
+    draw: &DrawState,
+    biases: &GpuTensor,
+) -> Result<Dispatch> {
+    const KERNEL: Kernel = Kernel::new(
+        "bias_logits",
+        BIAS_SRC,
+        "bias_logits",
+        Interface::new::<RowsParams>(&[DRAW, LOGITS_RW, BIASES]),
+    );
+    token_list_kernel(
+        ctx,
+        &KERNEL,
+        logits,
+        draw,
+        (BIASES, biases),
+        "i32 (token, bias) pairs",
+    )
+    .await
+}
+
+/// A kernel that changes the logits of the tokens in a list of `[capacity, 2]` pairs (token,
+/// value) in row `draw.row`, one invocation per entry of the list.
+async fn token_list_kernel(
+    ctx: &GpuContext,
+    kernel: &Kernel,
+    logits: &GpuTensor,
+    draw: &DrawState,
+    (slot, list): (Slot, &GpuTensor),
+    pairs: &'static str,
+) -> Result<Dispatch> {
+    let name = kernel.name;
+    expect_dtype(name, logits, &[DType::F32], "f32 logits")?;
+    expect_dtype(name, list, &[DType::I32], pairs)?;
+    let [capacity, 2] = *list.shape() else {
         return Err(mismatch(
-            NAME,
+            name,
             format!(
-                "penalty list '{}' must be [capacity, 2] (token, count) pairs, got {:?}",
-                pens.name(),
-                pens.shape()
+                "list '{}' must be [capacity, 2]: {pairs}, got {:?}",
+                list.name(),
+                list.shape()
             ),
         ));
     };
-    expect_distinct(NAME, logits, &[pens])?;
+    expect_distinct(name, logits, &[list])?;
     let params = RowsParams {
-        rows: dim(NAME, "rows", logits.rows())?,
-        vocab: dim(NAME, "vocabulary", logits.cols())?,
+        rows: dim(name, "rows", logits.rows())?,
+        vocab: dim(name, "vocabulary", logits.cols())?,
         parts: 0,
         span: 0,
     };
-    let wg = grid(ctx, NAME, (capacity as u64).div_ceil(u64::from(WG)))?;
+    let wg = grid(ctx, name, (capacity as u64).div_ceil(u64::from(WG)))?;
     let spec = Specialization::default().with("WG", WG);
     let binds = [
         draw.bind(),
         (LOGITS_RW, &logits.buffer),
-        (PENS, &pens.buffer),
+        (slot, &list.buffer),
     ];
-    build(ctx, &KERNEL, &spec, &params, &binds, wg).await
+    build(ctx, kernel, &spec, &params, &binds, wg).await
 }
 
 /// One bit per token id, 32 per word: a grammar's allowed tokens.

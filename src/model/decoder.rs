@@ -35,7 +35,7 @@ use crate::load::part_name;
 use crate::model::arch::{Need, Role};
 use crate::model::config::{LayerRope, LayerSpec, RopeScaling};
 use crate::model::ModelConfig;
-use crate::sample::SamplingPlan;
+use crate::sample::{SamplingPlan, MAX_LOGIT_BIAS};
 
 /// A projection: one stacked matrix (one dispatch), or its parts when they cannot be stacked.
 enum Proj {
@@ -105,6 +105,8 @@ pub enum Readout<'a> {
         plan: SamplingPlan,
         draw: Draw,
         penalties: &'a [(u32, u32)],
+        /// The logit bias, (token, bias) per distinct token (`draw.n_bias` of them).
+        biases: &'a [(u32, f32)],
     },
     /// The last token's whole row of logits, as computed.
     Logits,
@@ -194,6 +196,9 @@ pub struct Graph {
     /// A grammar's allowed tokens for the next pick (one bit per token), and its dispatch.
     allowed: GpuTensor,
     mask: Dispatch,
+    /// The logit bias (capacity: [`MAX_LOGIT_BIAS`] tokens), and its dispatch.
+    biases: GpuTensor,
+    bias: Dispatch,
 }
 
 impl Graph {
@@ -863,6 +868,8 @@ impl Decoder {
             DType::I32,
         )?;
         let mask = kernels::mask_logits(ctx, &logits, &draw, &allowed).await?;
+        let biases = ctx.zeros("logit bias", &[MAX_LOGIT_BIAS, 2], DType::I32)?;
+        let bias = kernels::bias_logits(ctx, &logits, &draw, &biases).await?;
         Ok(Graph {
             step,
             ids,
@@ -878,6 +885,8 @@ impl Decoder {
             penalize,
             allowed,
             mask,
+            biases,
+            bias,
         })
     }
 
@@ -986,6 +995,7 @@ impl Decoder {
                 plan,
                 mut draw,
                 penalties,
+                biases,
             } => {
                 if penalties.len() > graph.pens.rows() {
                     return Err(Error::ShapeMismatch {
@@ -1009,6 +1019,7 @@ impl Decoder {
                     ctx.write_i32(&graph.pens, &words)?;
                     rec.dispatch(&graph.penalize);
                 }
+                Self::record_bias(ctx, graph, &mut rec, biases)?;
                 if masked {
                     rec.dispatch(&graph.mask);
                 }
@@ -1067,6 +1078,7 @@ impl Decoder {
         offset: usize,
         plan: SamplingPlan,
         mut draw: Draw,
+        biases: &[(u32, f32)],
         feed: Option<&GpuTensor>,
     ) -> Result<PendingPick<'c>> {
         if !matches!(plan, SamplingPlan::Greedy | SamplingPlan::Gumbel) || draw.n_pen != 0 {
@@ -1083,6 +1095,7 @@ impl Decoder {
         let row = graph.last_row(n);
         draw.row = row as u32;
         graph.draw.set(ctx, &draw);
+        Self::record_bias(ctx, graph, &mut rec, biases)?;
         let pick = if plan == SamplingPlan::Greedy {
             &graph.argmax
         } else {
@@ -1100,6 +1113,36 @@ impl Decoder {
             slot,
             word,
         })
+    }
+
+    /// Writes a logit bias into `graph` and records its dispatch (nothing for an empty one).
+    /// The draw set for the step must count its entries (`n_bias`).
+    fn record_bias(
+        ctx: &GpuContext,
+        graph: &Graph,
+        rec: &mut Recorder<'_>,
+        biases: &[(u32, f32)],
+    ) -> Result<()> {
+        if biases.is_empty() {
+            return Ok(());
+        }
+        if biases.len() > graph.biases.rows() {
+            return Err(Error::ShapeMismatch {
+                kernel: "bias_logits",
+                detail: format!(
+                    "a logit bias of {} tokens, more than its {} slots",
+                    biases.len(),
+                    graph.biases.rows()
+                ),
+            });
+        }
+        let words: Vec<i32> = biases
+            .iter()
+            .flat_map(|&(t, b)| [t as i32, b.to_bits() as i32])
+            .collect();
+        ctx.write_i32(&graph.biases, &words)?;
+        rec.dispatch(&graph.bias);
+        Ok(())
     }
 
     /// The last step's row of logits for its `n`-th token (1-based: the step's length), as the

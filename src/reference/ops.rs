@@ -307,6 +307,13 @@ pub mod check {
             vocab: usize,
             window: usize,
         },
+        /// A logit bias on `biased` distinct tokens, then a grammar's mask allowing about half
+        /// of the tokens, applied to one row of `rows × vocab`.
+        BiasAndMask {
+            rows: usize,
+            vocab: usize,
+            biased: usize,
+        },
         /// `draws` Gumbel-max draws from one row of `vocab` logits at `temperature` (the same
         /// row repeated, one draw per row): each must be the best perturbed logit, and the
         /// frequencies must follow the softmax.
@@ -359,6 +366,14 @@ pub mod check {
                     vocab,
                     window,
                 } => write!(f, "penalties of {window} tokens on [{rows}×{vocab}] logits"),
+                OpCase::BiasAndMask {
+                    rows,
+                    vocab,
+                    biased,
+                } => write!(
+                    f,
+                    "a bias on {biased} tokens and a mask on [{rows}×{vocab}] logits"
+                ),
                 OpCase::Gumbel {
                     draws,
                     vocab,
@@ -677,6 +692,61 @@ pub mod check {
                 Ok(compare(case, 1, &gpu, &want, |i| {
                     4.0 * f64::from(f32::EPSILON) * want[i].abs()
                 }))
+            }
+            OpCase::BiasAndMask {
+                rows,
+                vocab,
+                biased,
+            } => {
+                let x = logits(&mut rng, rows, vocab, Logits::Uniform);
+                let row = rng.range(0, rows - 1);
+                let mut tokens: Vec<u32> = (0..vocab as u32).collect();
+                for i in 0..biased {
+                    let j = rng.range(i, vocab - 1);
+                    tokens.swap(i, j);
+                }
+                let biases: Vec<(u32, f32)> = tokens[..biased]
+                    .iter()
+                    .map(|&t| (t, rng.uniform(-100.0, 100.0)))
+                    .collect();
+                let mask: Vec<u32> = (0..kernels::mask_words(vocab))
+                    .map(|_| rng.next_u64() as u32)
+                    .collect();
+                let draw = kernels::Draw {
+                    n_bias: biased as u32,
+                    row: row as u32,
+                    ..Default::default()
+                };
+                let xt = ctx.upload_f32("logits", &[rows, vocab], &x)?;
+                // Capacity beyond the live entries, which must be ignored.
+                let mut words: Vec<i32> = biases
+                    .iter()
+                    .flat_map(|&(t, b)| [t as i32, b.to_bits() as i32])
+                    .collect();
+                words.extend([0, 7, 1, 7]);
+                let bt = ctx.upload_i32("biases", &[biased + 2, 2], &words)?;
+                let mt = ctx.upload_i32("allowed", &[mask.len()], bytemuck::cast_slice(&mask))?;
+                let state = kernels::DrawState::new(ctx);
+                state.set(ctx, &draw);
+                let b = kernels::bias_logits(ctx, &xt, &state, &bt).await?;
+                let m = kernels::mask_logits(ctx, &xt, &state, &mt).await?;
+                let mut rec = ctx.recorder();
+                rec.dispatch(&b);
+                rec.dispatch(&m);
+                let slot = rec.read(&xt);
+                let gpu = rec.submit_and_read().await?.f32(slot)?;
+                let mut want = x.clone();
+                for &(t, bias) in &biases {
+                    want[row * vocab + t as usize] += bias;
+                }
+                for t in 0..vocab {
+                    if mask[t / 32] >> (t % 32) & 1 == 0 {
+                        want[row * vocab + t] = kernels::MASKED_LOGIT;
+                    }
+                }
+                let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
+                // One correctly rounded f32 add, or a constant: exact.
+                Ok(compare(case, 2, &gpu, &want, |_| 0.0))
             }
             OpCase::Gumbel {
                 draws,
