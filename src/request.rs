@@ -66,14 +66,126 @@ pub fn parse_request_json(json: &str) -> Result<(GenerateOptions, Prompt)> {
     parse_request(&value)
 }
 
-/// Reads an OpenAI-style request: `messages` or `prompt`, `max_tokens`, `temperature`, `top_p`,
-/// `top_k`, `min_p`, `seed`, `stop`, `frequency_penalty`, `presence_penalty`,
-/// `repetition_penalty`, `chat_template_kwargs`. Other fields are ignored.
+/// The request fields PocketLM reads.
+const READ: &[&str] = &[
+    "messages",
+    "prompt",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "stop",
+    "frequency_penalty",
+    "presence_penalty",
+    "repetition_penalty",
+    "chat_template_kwargs",
+    "response_format",
+    "logit_bias",
+    "n",
+    "stream",
+    "stream_options",
+];
+
+/// Fields that do not change the reply, accepted and not used: the model answering is the one
+/// loaded, and the rest is bookkeeping for hosted services. (`signal` is the JavaScript API's.)
+const IGNORED: &[&str] = &[
+    "model",
+    "user",
+    "store",
+    "metadata",
+    "service_tier",
+    "safety_identifier",
+    "prompt_cache_key",
+    "signal",
+];
+
+/// OpenAI fields PocketLM does not implement yet, with what to do instead. A request that sets
+/// one is refused: a reply that silently ignored it would not be what was asked for.
+const NOT_IMPLEMENTED: &[(&str, &str)] = &[
+    ("tools", "tool calls are not supported yet"),
+    ("tool_choice", "tool calls are not supported yet"),
+    ("parallel_tool_calls", "tool calls are not supported yet"),
+    ("functions", "function calls are not supported"),
+    ("function_call", "function calls are not supported"),
+    ("logprobs", "log probabilities are not returned yet"),
+    ("top_logprobs", "log probabilities are not returned yet"),
+    ("audio", "PocketLM's models read and write text only"),
+    ("modalities", "PocketLM's models read and write text only"),
+    ("prediction", "predicted outputs are not supported"),
+    ("web_search_options", "PocketLM does not search the web"),
+    (
+        "reasoning_effort",
+        "set the model's own switch in chat_template_kwargs instead",
+    ),
+    ("verbosity", "not supported"),
+    ("best_of", "one completion per request"),
+    ("echo", "the prompt is not echoed"),
+    ("suffix", "insertion (a suffix) is not supported"),
+];
+
+/// Refuses a field PocketLM would otherwise drop: one it does not implement (unless set to its
+/// default: `logprobs: false`, empty `tools`, `tool_choice: "none"`, …) or does not know.
+fn refuse_unused_fields(request: &serde_json::Map<String, Value>) -> Result<()> {
+    for (key, v) in request {
+        if READ.contains(&key.as_str()) || IGNORED.contains(&key.as_str()) {
+            continue;
+        }
+        let is_default = match (key.as_str(), v) {
+            (_, Value::Null) => true,
+            ("logprobs" | "parallel_tool_calls" | "echo", Value::Bool(false)) => true,
+            ("tools" | "functions", Value::Array(a)) => a.is_empty(),
+            ("tool_choice" | "function_call", Value::String(s)) => s == "none",
+            ("modalities", Value::Array(a)) => a.iter().all(|m| m == "text"),
+            ("best_of", Value::Number(n)) => n.as_f64() == Some(1.0),
+            _ => false,
+        };
+        if is_default {
+            continue;
+        }
+        return Err(Error::InvalidRequest(
+            match NOT_IMPLEMENTED.iter().find(|(k, _)| k == key) {
+                Some((_, why)) => format!("{key} is not supported: {why}"),
+                None => format!(
+                    "unknown field {key} (PocketLM reads {}; and accepts {})",
+                    READ.join(", "),
+                    IGNORED.join(", ")
+                ),
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Reads an OpenAI-style request: `messages` or `prompt`, `max_tokens` (or
+/// `max_completion_tokens`), `temperature`, `top_p`, `top_k`, `min_p`, `seed`, `stop`,
+/// `frequency_penalty`, `presence_penalty`, `repetition_penalty`, `chat_template_kwargs`,
+/// `response_format`, `n` (1). A field that would change the reply and is not read here is an
+/// error naming it (see [`NOT_IMPLEMENTED`]); `model` and other bookkeeping are accepted.
 pub fn parse_request(request: &Value) -> Result<(GenerateOptions, Prompt)> {
-    if !request.is_object() {
+    let Some(fields) = request.as_object() else {
         return Err(Error::InvalidRequest(
             "the request must be an object".into(),
         ));
+    };
+    refuse_unused_fields(fields)?;
+    if let Some(n) = get(request, "n") {
+        if n.as_f64() != Some(1.0) {
+            return Err(Error::InvalidRequest(format!(
+                "n must be 1 (one choice per request), not {}",
+                describe(n)
+            )));
+        }
+    }
+    if let Some(s) = get(request, "stream_options") {
+        if !s.is_object() {
+            return Err(Error::InvalidRequest(format!(
+                "stream_options must be an object such as {{\"include_usage\": true}}, not {}",
+                describe(s)
+            )));
+        }
     }
     let mut p = SamplingParams::default();
     for (name, field) in [
@@ -105,10 +217,17 @@ pub fn parse_request(request: &Value) -> Result<(GenerateOptions, Prompt)> {
             }
         };
     }
+    if let Some(v) = get(request, "logit_bias") {
+        p.logit_bias = parse_logit_bias(v)?;
+    }
     p.validate()?;
-    let max_tokens = match get(request, "max_tokens") {
-        Some(v) => Some(positive_int(v, "max_tokens")?),
-        None => None,
+    let max_tokens = match (
+        get(request, "max_tokens"),
+        get(request, "max_completion_tokens"),
+    ) {
+        (Some(v), _) => Some(positive_int(v, "max_tokens")?),
+        (None, Some(v)) => Some(positive_int(v, "max_completion_tokens")?),
+        (None, None) => None,
     };
     let stop_error = |v: &Value| {
         Error::InvalidRequest(format!(
@@ -205,6 +324,32 @@ fn parse_response_format(request: &Value) -> Result<Option<ResponseFormat>> {
             describe(rf)
         ))),
     }
+}
+
+/// `logit_bias`: an object from token ids (as strings, OpenAI's form) to biases in [−100, 100].
+fn parse_logit_bias(v: &Value) -> Result<Vec<(u32, f32)>> {
+    let bad = |what: String| Error::InvalidRequest(format!("logit_bias: {what}"));
+    let Some(map) = v.as_object() else {
+        return Err(bad(format!(
+            "must be an object from token ids to biases such as {{\"50256\": -100}}, not {}",
+            describe(v)
+        )));
+    };
+    map.iter()
+        .map(|(k, b)| {
+            let token: u32 = k
+                .trim()
+                .parse()
+                .map_err(|_| bad(format!("'{k}' is not a token id")))?;
+            match b.as_f64() {
+                Some(b) if (-100.0..=100.0).contains(&b) => Ok((token, b as f32)),
+                _ => Err(bad(format!(
+                    "token {token}'s bias must be a number in [-100, 100], not {}",
+                    describe(b)
+                ))),
+            }
+        })
+        .collect()
 }
 
 /// `chat_template_kwargs`: an object of extra chat-template variables, or absent (null).
@@ -306,6 +451,66 @@ mod tests {
         assert!(err(json!({ "prompt": "a", "stop": { "k": long } })).len() < 400);
         let e = parse_request_json("{").unwrap_err();
         assert_eq!(e.code(), "invalid_request");
+    }
+
+    #[test]
+    fn fields_that_would_be_dropped_are_refused_by_name() {
+        let base = || json!({"prompt": "a", "model": "x", "user": "u", "metadata": {"k": "v"}});
+        parse_request(&base()).unwrap();
+        let with = |k: &str, v: Value| {
+            let mut r = base();
+            r[k] = v;
+            parse_request(&r)
+        };
+        // Defaults of unimplemented fields are fine.
+        for (k, v) in [
+            ("logprobs", json!(false)),
+            ("tools", json!([])),
+            ("tool_choice", json!("none")),
+            ("logit_bias", json!({})),
+            ("logit_bias", json!({"5": 10, "7": -100})),
+            ("modalities", json!(["text"])),
+            ("n", json!(1)),
+            ("stream_options", json!({"include_usage": true})),
+            ("max_completion_tokens", json!(7)),
+        ] {
+            with(k, v.clone()).unwrap_or_else(|e| panic!("{k}: {v}: {e}"));
+        }
+        assert_eq!(
+            with("max_completion_tokens", json!(7))
+                .unwrap()
+                .0
+                .max_tokens,
+            Some(7)
+        );
+        for (k, v, want) in [
+            ("logprobs", json!(true), "logprobs is not supported"),
+            ("top_logprobs", json!(3), "top_logprobs is not supported"),
+            (
+                "tools",
+                json!([{"type": "function"}]),
+                "tools is not supported",
+            ),
+            ("logit_bias", json!({"x": 10}), "'x' is not a token id"),
+            (
+                "logit_bias",
+                json!({"5": 101}),
+                "bias must be a number in [-100, 100]",
+            ),
+            ("logit_bias", json!([5]), "must be an object"),
+            ("audio", json!({"voice": "x"}), "audio"),
+            ("n", json!(2), "n must be 1"),
+            ("frobnicate", json!(1), "unknown field frobnicate"),
+            (
+                "stream_options",
+                json!(true),
+                "stream_options must be an object",
+            ),
+        ] {
+            let e = with(k, v).unwrap_err();
+            assert_eq!(e.code(), "invalid_request");
+            assert!(e.to_string().contains(want), "{k}: {e}");
+        }
     }
 
     #[test]

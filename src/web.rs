@@ -685,7 +685,8 @@ impl Model {
     ///
     /// Resolves to `{text, tokens, finishReason ("stop" | "length" | "abort"), promptTokens,
     /// cachedTokens (prompt tokens reused from the previous generation's KV cache),
-    /// completionTokens, prefillMs, decodeMs}`. One generation runs at a time: a second call
+    /// completionTokens, prefillMs, decodeMs, fullRowReads, masks}` (`masks`: `{count, meanMs,
+    /// maxMs}`, the host time of a response format's token masks, when the request had one). One generation runs at a time: a second call
     /// while one runs rejects with code `invalid_request` (the npm package queues requests).
     pub fn generate(&self, request: JsValue, on_token: Option<js_sys::Function>) -> Promise {
         let ctx = self.ctx.clone();
@@ -817,5 +818,16 @@ async fn run_generation(
     set("prefillMs", g.prefill_ms.into());
     set("decodeMs", g.decode_ms.into());
     set("fullRowReads", (g.full_row_reads as f64).into());
+    if let Some(m) = &g.masks {
+        let masks = js_sys::Object::new();
+        for (k, v) in [
+            ("count", m.count as f64),
+            ("meanMs", m.mean_ms()),
+            ("maxMs", m.max_ms),
+        ] {
+            let _ = js_sys::Reflect::set(&masks, &k.into(), &v.into());
+        }
+        set("masks", masks.into());
+    }
     Ok(o.into())
 }

@@ -627,6 +627,7 @@ mod cli {
         );
         sampling_speeds(ctx, &mut engine, &prompt, gen_tokens).await?;
         pipeline_speeds(ctx, &mut engine, &prompt, gen_tokens).await?;
+        constrained_speeds(ctx, &mut engine, &prompt, gen_tokens).await?;
         if per_kernel {
             // The KV cache holds the benchmark's sequence, so attention sees a real length.
             let times = bench::profile_dispatches(ctx, &engine.decode_dispatches(), 5).await?;
@@ -713,6 +714,57 @@ mod cli {
                  ({} whole rows)",
                 speed / base,
                 g.full_row_reads
+            );
+        }
+        Ok(())
+    }
+
+    /// Greedy decode speed under a grammar against free greedy decoding step by step (the
+    /// loop constrained decoding runs), in one run on one prompt: a regex that allows any text
+    /// (the cost of the mask's machinery alone) and a JSON object (a real mask), with the host
+    /// time of the masks.
+    async fn constrained_speeds(
+        ctx: &GpuContext,
+        engine: &mut Engine,
+        prompt: &[u32],
+        gen_tokens: usize,
+    ) -> pocketlm::Result<()> {
+        let settings = [
+            ("free, step by step", None),
+            (
+                "regex (.|\\n)* (any text)",
+                Some(ResponseFormat::Regex("(.|\n)*".into())),
+            ),
+            ("JSON object", Some(ResponseFormat::JsonObject)),
+        ];
+        println!("\nconstrained decoding, greedy (up to {gen_tokens} tokens each):");
+        let mut base = None;
+        for (name, response_format) in settings {
+            engine.reset();
+            let options = GenerateOptions {
+                sampling: SamplingParams::greedy(),
+                max_tokens: Some(gen_tokens),
+                stop: Vec::new(),
+                ignore_eos: response_format.is_none(),
+                pipeline: false,
+                response_format,
+            };
+            let g = engine
+                .generate(ctx, prompt, &options, &mut |_| Flow::Continue)
+                .await?;
+            let speed = g.decode_tokens_per_s();
+            let base = *base.get_or_insert(speed);
+            let masks = g.masks.map_or(String::new(), |m| {
+                format!(
+                    " masks {:.3} ms mean, {:.3} ms max over {}",
+                    m.mean_ms(),
+                    m.max_ms,
+                    m.count
+                )
+            });
+            println!(
+                "  {name:<28} {speed:>7.2} tokens/s {:>6.2}x{masks}",
+                speed / base
             );
         }
         Ok(())

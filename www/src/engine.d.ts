@@ -1,5 +1,5 @@
 // Types of `pocketlm/engine`: the engine in this realm (inside a worker or a service worker).
-import type { LoadOptions, MemoryUsage, ModelCache, ModelInfo, ModelSource, PocketLMError, SupportReport } from "./index.js";
+import type { ResponseFormat, LoadOptions, MemoryUsage, ModelCache, ModelInfo, ModelSource, PocketLMError, SupportReport } from "./index.js";
 
 export { PocketLMError } from "./index.js";
 
@@ -25,6 +25,8 @@ export interface Generation {
   /** Tokens whose draw read the whole row of logits back (a top-k above the GPU's 64
    * candidates, or a top-p / min-p set reaching past them); every other draw runs on the GPU. */
   fullRowReads: number;
+  /** With a response format: the host time of its token masks (computed while the GPU runs). */
+  masks?: { count: number; meanMs: number; maxMs: number };
 }
 
 export interface EngineRequest {
@@ -40,6 +42,7 @@ export interface EngineRequest {
   frequency_penalty?: number;
   presence_penalty?: number;
   repetition_penalty?: number;
+  response_format?: ResponseFormat;
 }
 
 export class Engine {

@@ -155,6 +155,10 @@ export interface SamplingOptions {
   frequency_penalty?: number;
   presence_penalty?: number;
   repetition_penalty?: number;
+  /** What the reply must be; decoding is constrained so that it always parses (see
+   * {@link ResponseFormat}). A schema or grammar that cannot be used rejects with
+   * `invalid_request`. */
+  response_format?: ResponseFormat;
   /** Stops the generation within one token; finish_reason is then "abort". */
   signal?: AbortSignal;
   /** Only 1. */
@@ -162,6 +166,17 @@ export interface SamplingOptions {
   /** Accepted and ignored (the loaded model answers). */
   model?: string;
 }
+
+/** The reply's format. OpenAI's `text`, `json_object` and `json_schema`; WebLLM's
+ * `json_object` with `schema` (the schema as JSON text); and PocketLM's `grammar` (a Lark grammar
+ * as llguidance reads it, or a GBNF one as llama.cpp reads it, with `root ::= …`) and `regex`
+ * (the whole reply matches). JSON replies are written on one line with `", "` and `": "`. */
+export type ResponseFormat =
+  | { type: "text" }
+  | { type: "json_object"; schema?: string | Record<string, unknown> }
+  | { type: "json_schema"; json_schema: { name?: string; description?: string; schema: Record<string, unknown> | boolean; strict?: boolean | null } }
+  | { type: "grammar"; grammar: string }
+  | { type: "regex"; pattern: string };
 
 export type FinishReason = "stop" | "length" | "abort";
 
@@ -191,6 +206,8 @@ export interface Timings {
   cached_tokens: number;
   /** Draws that read the whole row of logits back instead of sampling on the GPU. */
   full_row_reads: number;
+  /** With a response format: its token masks' count and host time (mean and worst, ms). */
+  grammar_masks: { count: number; mean_ms: number; max_ms: number } | null;
   tokens_per_second: number | null;
 }
 

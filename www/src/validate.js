@@ -100,6 +100,18 @@ function sampling(o) {
   return out;
 }
 
+/** Fields the package handles itself; the engine never sees them. */
+const PACKAGE_FIELDS = new Set(["messages", "prompt", "stream", "signal"]);
+
+/** Every other field goes to the engine as it is, so that one it does not implement (tools,
+ * logprobs, …) or does not know is refused there by name (src/request.rs) instead of dropped. */
+function passOn(request, out) {
+  for (const [k, v] of Object.entries(request)) {
+    if (!PACKAGE_FIELDS.has(k) && !(k in out) && v !== undefined) out[k] = v;
+  }
+  return out;
+}
+
 /** A chat completion request → the engine's request (without the signal). */
 export function chatRequest(request) {
   if (!isObject(request)) throw invalid(`the request must be an object {messages, ...}, not ${show(request)}`);
@@ -113,7 +125,7 @@ export function chatRequest(request) {
     }
     out.chat_template_kwargs = kwargs;
   }
-  return out;
+  return passOn(request, out);
 }
 
 /** A plain text completion request → the engine's request (without the signal). */
@@ -121,7 +133,7 @@ export function completionRequest(request) {
   if (!isObject(request)) throw invalid(`the request must be an object {prompt, ...}, not ${show(request)}`);
   if (typeof request.prompt !== "string") throw invalid(`prompt must be a string, not ${show(request.prompt)}`);
   if (request.stream !== undefined && typeof request.stream !== "boolean") throw invalid(`stream must be a boolean, not ${show(request.stream)}`);
-  return { prompt: request.prompt, ...sampling(request) };
+  return passOn(request, { prompt: request.prompt, ...sampling(request) });
 }
 
 function base64ToHex(b64) {

@@ -233,7 +233,7 @@ test("abort stops within a token, requests queue in order, and the page stays re
   assert.ok(r.maxGap < 500, `the main thread stalled for ${r.maxGap} ms`);
 });
 
-test("invalid messages and options reject with invalid_request before reaching the engine", async () => {
+test("invalid messages and options, and fields the engine does not implement, reject with invalid_request", async () => {
   const cases = [
     { messages: [] },
     { messages: "hello" },
@@ -246,6 +246,11 @@ test("invalid messages and options reject with invalid_request before reaching t
     { messages: [{ role: "user", content: "hi" }], stop: 5 },
     { messages: [{ role: "user", content: "hi" }], seed: 1.5 },
     { messages: [{ role: "user", content: "hi" }], n: 2 },
+    // Fields the engine does not implement are refused by name, not dropped.
+    { messages: [{ role: "user", content: "hi" }], logprobs: true },
+    { messages: [{ role: "user", content: "hi" }], tools: [{ type: "function", function: { name: "f" } }] },
+    { messages: [{ role: "user", content: "hi" }], logit_bias: { 5: 500 } },
+    { messages: [{ role: "user", content: "hi" }], frobnicate: 1 },
     {},
   ];
   for (const request of cases) {

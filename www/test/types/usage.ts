@@ -152,7 +152,18 @@ export async function chat(lm: PocketLM): Promise<string> {
   await lm.chat.completions.create({ messages, n: 2 });
   // @ts-expect-error a streamed reply has no choices of its own
   (await lm.chat.completions.create({ messages, stream: true })).choices;
-  return `${info.name} ${state} ${content} ${finish} ${cached} ${speed} ${streamed} ${whole} ${"id" in either}`;
+  const schema = { type: "object", properties: { name: { type: "string" } }, required: ["name"] };
+  const json: ChatCompletion = await lm.chat.completions.create({
+    messages,
+    response_format: { type: "json_schema", json_schema: { name: "person", schema, strict: true } },
+  });
+  await lm.chat.completions.create({ messages, response_format: { type: "json_object", schema: JSON.stringify(schema) } });
+  await lm.chat.completions.create({ messages, response_format: { type: "grammar", grammar: 'root ::= "yes" | "no"' } });
+  await lm.completions.create({ prompt: "Code:", response_format: { type: "regex", pattern: "[A-Z]{2}[0-9]{3}" } });
+  const masks: number | undefined = json.pocketlm.grammar_masks?.max_ms;
+  // @ts-expect-error a regex format needs its pattern
+  await lm.completions.create({ prompt: "x", response_format: { type: "regex" } });
+  return `${info.name} ${state} ${content} ${finish} ${cached} ${speed} ${streamed} ${whole} ${"id" in either} ${masks}`;
 }
 
 export async function complete(lm: PocketLM): Promise<number[]> {

@@ -1,0 +1,129 @@
+// Constrained decoding in a real headless Chromium, through the npm package and its Worker: with
+// `response_format`, the tiny random Llama (whose vocabulary is single bytes, all of ASCII up to
+// '|') writes replies that parse and follow their schema, grammar or regex, greedy and sampled,
+// streamed and not; a schema llguidance cannot use rejects with invalid_request. The same checks
+// as tests/gpu_grammar.rs natively, on the browser's WebGPU and the wasm build of llguidance.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { dirname, join } from "node:path";
+import { serve } from "./server.mjs";
+import { evaluate, launch, value } from "./browser.mjs";
+
+const WWW = join(dirname(fileURLToPath(import.meta.url)), "..");
+const ROOT = join(WWW, "..");
+const TINY = "/fixtures/models/tiny-llama.gguf";
+
+let server, browser, page;
+
+before(async () => {
+  server = await serve({ "/": WWW, "/fixtures/": join(ROOT, "tests", "fixtures") });
+  browser = await launch();
+  page = await browser.newPage();
+  page.on("pageerror", (e) => console.error("[page]", e.message));
+  await page.goto(`${server.url}/test/package.html`);
+  await page.waitForFunction(() => globalThis.pocketlm !== undefined, null, { timeout: 60_000 });
+  await value(
+    await evaluate(
+      page,
+      async (path) => {
+        globalThis.lm = await globalThis.pocketlm.PocketLM.load(path, { context: 256 });
+      },
+      TINY,
+    ),
+  );
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.close();
+});
+
+/** Runs the requests in the page; each result is the reply's text, finish reason and mask count,
+ * or the error's code and message. */
+const replies = (requests) =>
+  evaluate(
+    page,
+    async (requests) => {
+      const out = [];
+      for (const { stream, ...request } of requests) {
+        try {
+          if (stream) {
+            let text = "";
+            let finish = null;
+            for await (const chunk of await globalThis.lm.completions.create({ ...request, stream: true })) {
+              text += chunk.choices[0].text;
+              finish = chunk.choices[0].finish_reason ?? finish;
+            }
+            out.push({ text, finish });
+          } else {
+            const r = await globalThis.lm.completions.create(request);
+            out.push({ text: r.choices[0].text, finish: r.choices[0].finish_reason, masks: r.pocketlm.grammar_masks, tokens: r.usage.completion_tokens });
+          }
+        } catch (e) {
+          out.push({ code: e.code, message: e.message });
+        }
+      }
+      return out;
+    },
+    requests,
+  ).then(value);
+
+const samplings = [
+  { temperature: 0 },
+  { temperature: 1, seed: 3 },
+  { temperature: 0.9, top_k: 8, seed: 5 },
+  { temperature: 1.2, top_p: 0.9, seed: 7 },
+  { temperature: 0.8, repetition_penalty: 1.3, seed: 9 },
+];
+
+const schema = (name, s) => ({ type: "json_schema", json_schema: { name, schema: s, strict: true } });
+
+test("replies under a JSON schema parse and follow it, in every sampling plan", { timeout: 600_000 }, async () => {
+  const cases = [
+    [schema("flags", { type: "array", items: { type: "boolean" }, minItems: 1, maxItems: 4 }), (v) => Array.isArray(v) && v.length >= 1 && v.length <= 4 && v.every((b) => typeof b === "boolean")],
+    [schema("color", { enum: ["red", "green", "blue"] }), (v) => ["red", "green", "blue"].includes(v)],
+    [schema("n", { type: "integer", minimum: -50, maximum: 50 }), (v) => Number.isInteger(v) && v >= -50 && v <= 50],
+    [{ type: "json_object", schema: JSON.stringify({ type: "array", items: { type: "integer", minimum: 0, maximum: 9 }, maxItems: 3 }) }, (v) => Array.isArray(v) && v.length <= 3 && v.every((n) => Number.isInteger(n) && n >= 0 && n <= 9)],
+  ];
+  const requests = [];
+  for (const [response_format] of cases) {
+    for (const s of samplings) requests.push({ prompt: "Answer:", max_tokens: 60, response_format, ...s });
+  }
+  const got = await replies(requests);
+  got.forEach((r, i) => {
+    const [, check] = cases[Math.floor(i / samplings.length)];
+    const what = `${JSON.stringify(requests[i])} → ${JSON.stringify(r)}`;
+    assert.equal(r.finish, "stop", what);
+    assert.ok(check(JSON.parse(r.text)), what);
+    assert.equal(r.masks.count, r.tokens, what);
+  });
+});
+
+test("grammars and regexes, streamed or not", { timeout: 300_000 }, async () => {
+  const yesNo = ["yes!", "no!"];
+  const requests = [
+    { prompt: "Q:", max_tokens: 20, response_format: { type: "grammar", grammar: 'root ::= ("yes" | "no") "!"' }, temperature: 0 },
+    { prompt: "Q:", max_tokens: 20, response_format: { type: "grammar", grammar: 'start: ("yes" | "no") "!"' }, temperature: 1, seed: 2 },
+    { prompt: "Q:", max_tokens: 20, response_format: { type: "regex", pattern: "[a-z]{3}-[0-9]{2}" }, temperature: 1, seed: 4, stream: true },
+  ];
+  const [gbnf, lark, rx] = await replies(requests);
+  assert.ok(yesNo.includes(gbnf.text), JSON.stringify(gbnf));
+  assert.ok(yesNo.includes(lark.text), JSON.stringify(lark));
+  assert.match(rx.text, /^[a-z]{3}-[0-9]{2}$/, JSON.stringify(rx));
+  assert.equal(rx.finish, "stop");
+});
+
+test("bad formats reject with invalid_request; the model stays usable", { timeout: 300_000 }, async () => {
+  const got = await replies([
+    { prompt: "x", response_format: schema("bad", { type: "strnig" }) },
+    { prompt: "x", response_format: { type: "yaml" } },
+    { prompt: "x", response_format: { type: "grammar", grammar: "root ::= (" } },
+    { prompt: "x", response_format: { type: "json_object", schema: "{" } },
+    { prompt: "x", max_tokens: 3, temperature: 0 },
+  ]);
+  for (const r of got.slice(0, 4)) assert.equal(r.code, "invalid_request", JSON.stringify(r));
+  assert.match(got[0].message, /JSON schema/);
+  assert.match(got[1].message, /yaml/);
+  assert.equal(got[4].tokens, 3);
+});
