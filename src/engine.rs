@@ -27,7 +27,8 @@ use crate::kernels::KvCache;
 use crate::load::LoadedModelFiles;
 use crate::model::{Decoder, Graph, ModelConfig, PendingPick, Readout, StepInput, StepOutput};
 use crate::sample::{
-    Draw, Sampler, SamplingParams, SamplingPlan, StopCriteria, StopReason, StopStream,
+    Draw, Sampler, SamplingDefaults, SamplingParams, SamplingPlan, StopCriteria, StopReason,
+    StopStream,
 };
 use crate::text::{
     ChatMessage, ChatTemplate, Constraint, GrammarVocab, MaskStats, ResponseFormat, Tokenizer,
@@ -196,6 +197,8 @@ pub struct Engine {
     name: String,
     /// The vocabulary as constrained decoding needs it, built on the first constrained request.
     grammar: Option<GrammarVocab>,
+    /// The model's own sampling defaults (`generation_config.json`, GGUF `general.sampling.*`).
+    defaults: SamplingDefaults,
 }
 
 impl std::fmt::Debug for Engine {
@@ -237,8 +240,10 @@ impl Engine {
                     .to_string()
             });
         let mut extra_eos = Vec::new();
+        let mut defaults = SamplingDefaults::default();
         let (config, tokenizer, template) = match files.gguf_metadata() {
             Some(meta) => {
+                defaults = SamplingDefaults::from_gguf(meta);
                 let config = ModelConfig::from_gguf(meta, &files)?;
                 let tokenizer = Tokenizer::from_gguf(meta)?;
                 let template = optional_template(ChatTemplate::from_gguf(meta))?;
@@ -269,6 +274,9 @@ impl Engine {
                     if let Some(json) = text(f) {
                         extra_eos.extend(eos_ids_of_json(json));
                     }
+                }
+                if let Some(json) = text("generation_config.json") {
+                    defaults = SamplingDefaults::from_generation_config(json);
                 }
                 (config, tokenizer, template)
             }
@@ -311,6 +319,7 @@ impl Engine {
             eos,
             name,
             grammar: None,
+            defaults,
         })
     }
 
@@ -712,6 +721,12 @@ impl Engine {
             &sampler.params().logit_bias,
             feed.as_ref(),
         )
+    }
+
+    /// The model's sampling defaults: what a request that leaves a sampling field out gets
+    /// (apply them to a request with [`SamplingDefaults::apply`] before parsing it).
+    pub fn sampling_defaults(&self) -> &SamplingDefaults {
+        &self.defaults
     }
 
     /// The vocabulary for constrained decoding, indexed on first use (a few hundred

@@ -797,3 +797,146 @@ mod tests {
         assert_eq!(exp(-800.0), 0.0);
     }
 }
+
+/// A model's own sampling defaults as request fields (`temperature`, `top_k`, `top_p`,
+/// `min_p`, `repetition_penalty`): what a request that does not set a field gets instead of
+/// [`SamplingParams::default`]. From `generation_config.json` (`do_sample: false` is greedy) or
+/// a GGUF file's `general.sampling.*` keys. Only the fields the file sets, and only valid
+/// values: a model file is untrusted, and a bad default must not make every request fail.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SamplingDefaults(serde_json::Map<String, serde_json::Value>);
+
+impl SamplingDefaults {
+    /// From the text of a `generation_config.json`; unreadable text gives no defaults.
+    pub fn from_generation_config(json: &str) -> SamplingDefaults {
+        let Ok(serde_json::Value::Object(config)) = serde_json::from_str(json) else {
+            return SamplingDefaults::default();
+        };
+        let number = |k: &str| config.get(k).and_then(serde_json::Value::as_f64);
+        if config.get("do_sample") == Some(&serde_json::Value::Bool(false)) {
+            return SamplingDefaults::from_values(&[("temperature", Some(0.0))]);
+        }
+        SamplingDefaults::from_values(&[
+            ("temperature", number("temperature")),
+            ("top_k", number("top_k")),
+            ("top_p", number("top_p")),
+            ("min_p", number("min_p")),
+            ("repetition_penalty", number("repetition_penalty")),
+        ])
+    }
+
+    /// From a GGUF file's `general.sampling.temp`, `.top_k`, `.top_p`, `.min_p` and
+    /// `.penalty_repeat` (llama.cpp's keys); a key of the wrong type is left out.
+    pub fn from_gguf(meta: &crate::formats::gguf::GgufMetadata) -> SamplingDefaults {
+        let number = |k: &str| {
+            meta.get_opt::<f64>(k)
+                .ok()
+                .flatten()
+                .or_else(|| meta.get_opt::<i64>(k).ok().flatten().map(|v| v as f64))
+        };
+        SamplingDefaults::from_values(&[
+            ("temperature", number("general.sampling.temp")),
+            ("top_k", number("general.sampling.top_k")),
+            ("top_p", number("general.sampling.top_p")),
+            ("min_p", number("general.sampling.min_p")),
+            (
+                "repetition_penalty",
+                number("general.sampling.penalty_repeat"),
+            ),
+        ])
+    }
+
+    /// The values that are valid on their own (as [`SamplingParams::validate`] checks them).
+    fn from_values(values: &[(&str, Option<f64>)]) -> SamplingDefaults {
+        let mut map = serde_json::Map::new();
+        for &(key, v) in values {
+            let Some(v) = v.filter(|v| v.is_finite()) else {
+                continue;
+            };
+            let ok = match key {
+                "temperature" => v >= 0.0,
+                "top_k" => v >= 0.0 && v.fract() == 0.0 && v <= 1e9,
+                "top_p" => v > 0.0 && v <= 1.0,
+                "min_p" => (0.0..=1.0).contains(&v),
+                "repetition_penalty" => v > 0.0,
+                _ => false,
+            };
+            if ok {
+                map.insert(key.to_string(), serde_json::json!(v));
+            }
+        }
+        SamplingDefaults(map)
+    }
+
+    /// The defaults as a JSON object of request fields.
+    pub fn fields(&self) -> &serde_json::Map<String, serde_json::Value> {
+        &self.0
+    }
+
+    /// Fills the fields of `request` (a JSON object) that are absent or null with the
+    /// defaults.
+    pub fn apply(&self, request: &mut serde_json::Value) {
+        if let serde_json::Value::Object(r) = request {
+            for (k, v) in &self.0 {
+                if r.get(k).is_none_or(serde_json::Value::is_null) {
+                    r.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod defaults_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn generation_config_defaults_fill_only_what_a_request_leaves_out() {
+        let d = SamplingDefaults::from_generation_config(
+            r#"{"do_sample": true, "temperature": 0.6, "top_p": 0.95, "top_k": 20,
+                "repetition_penalty": -1, "max_new_tokens": 100, "eos_token_id": 2}"#,
+        );
+        assert_eq!(
+            serde_json::Value::Object(d.fields().clone()),
+            json!({"temperature": 0.6, "top_p": 0.95, "top_k": 20.0})
+        );
+        let mut r = json!({"prompt": "x", "temperature": 0, "top_p": null});
+        d.apply(&mut r);
+        assert_eq!(
+            r,
+            json!({"prompt": "x", "temperature": 0, "top_p": 0.95, "top_k": 20.0})
+        );
+        let greedy =
+            SamplingDefaults::from_generation_config(r#"{"do_sample": false, "temperature": 0.7}"#);
+        assert_eq!(greedy.fields().get("temperature"), Some(&json!(0.0)));
+        assert!(SamplingDefaults::from_generation_config("not json")
+            .fields()
+            .is_empty());
+    }
+
+    #[test]
+    fn gguf_sampling_keys_are_defaults_and_bad_ones_are_left_out() {
+        use crate::formats::gguf::{GgufHeader, MetaValue};
+        let bytes = crate::fuzzing::gguf_bytes(&[
+            ("general.sampling.temp", MetaValue::F32(0.7)),
+            ("general.sampling.top_k", MetaValue::I32(64)),
+            ("general.sampling.top_p", MetaValue::F32(1.5)),
+            ("general.sampling.min_p", MetaValue::String("x".into())),
+            ("general.sampling.penalty_repeat", MetaValue::F64(1.1)),
+        ]);
+        let header = GgufHeader::parse_file(&bytes, "sampling.gguf").unwrap();
+        let d = SamplingDefaults::from_gguf(&header.metadata);
+        let f = d.fields();
+        assert!(
+            (f["temperature"].as_f64().unwrap() - 0.7).abs() < 1e-6,
+            "{f:?}"
+        );
+        assert_eq!(f["top_k"], json!(64.0));
+        assert_eq!(f["repetition_penalty"], json!(1.1));
+        assert!(
+            !f.contains_key("top_p") && !f.contains_key("min_p"),
+            "{f:?}"
+        );
+    }
+}

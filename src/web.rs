@@ -611,7 +611,8 @@ impl Model {
 #[wasm_bindgen]
 impl Model {
     /// `{name, architecture, vocab, layers, hidden, heads, kvHeads, headDim, context,
-    /// trainedContext, weightBytes, kvBytes, chatTemplate (bool), eos (token ids)}`.
+    /// trainedContext, weightBytes, kvBytes, chatTemplate (bool), eos (token ids),
+    /// samplingDefaults (the model's own, as request fields)}`.
     pub fn info(&self) -> Result<JsValue, JsValue> {
         self.with(|e| {
             let c = e.config();
@@ -642,6 +643,9 @@ impl Model {
             set("chatTemplate", e.template().is_some().into());
             let eos: js_sys::Array = e.eos().iter().map(|&t| JsValue::from(t)).collect();
             set("eos", eos.into());
+            let defaults = serde_json::Value::Object(e.sampling_defaults().fields().clone());
+            let defaults = js_sys::JSON::parse(&defaults.to_string()).unwrap_or(JsValue::NULL);
+            set("samplingDefaults", defaults);
             Ok(o.into())
         })
         .map_err(|e| to_js_error(&e))
@@ -694,7 +698,11 @@ impl Model {
         let busy = self.busy.clone();
         let unload_pending = self.unload_pending.clone();
         reject_on_error(async move {
-            let (options, prompt) = request::parse_request(&to_json(&request, "the request")?)?;
+            let mut json = to_json(&request, "the request")?;
+            if let Some(e) = engine.borrow().as_ref() {
+                e.sampling_defaults().apply(&mut json);
+            }
+            let (options, prompt) = request::parse_request(&json)?;
             let signal = get(&request, "signal");
             if busy.get() {
                 return Err(Error::InvalidRequest(

@@ -788,3 +788,30 @@ fn logit_bias_forces_and_bans_tokens_in_every_plan() {
         "outside the model's vocabulary",
     );
 }
+
+/// A model's generation_config.json gives the sampling defaults a request that leaves them out
+/// gets: here greedy (`do_sample: false`), so an unseeded request repeats greedy's tokens; a
+/// request's own temperature wins.
+#[test]
+fn generation_config_defaults_apply_where_the_request_is_silent() {
+    let files = loaded(|m| {
+        m.companions.insert(
+            "generation_config.json".into(),
+            r#"{"do_sample": false, "eos_token_id": 2}"#.into(),
+        );
+    });
+    let mut engine = tiny_llama_engine(ctx(), 128, files);
+    let defaults = engine.sampling_defaults().clone();
+    let parse = |mut request: serde_json::Value| {
+        defaults.apply(&mut request);
+        pocketlm::request::parse_request(&request).unwrap().0
+    };
+    let silent = parse(serde_json::json!({"prompt": "x", "max_tokens": 6}));
+    assert_eq!(silent.sampling.temperature, 0.0);
+    let own = parse(serde_json::json!({"prompt": "x", "temperature": 0.5}));
+    assert_eq!(own.sampling.temperature, 0.5);
+    let prompt = vec![1, 9, 10, 11];
+    let g = generate(&mut engine, &prompt, &silent);
+    let want = generate(&mut engine, &prompt, &greedy(6));
+    assert_eq!(g.tokens[..], want.tokens[..g.tokens.len()]);
+}

@@ -11,7 +11,7 @@ mod cli {
     use pocketlm::gpu::{GpuContext, ProfileRequest};
     use pocketlm::load::{LoadOptions, Progress};
     use pocketlm::model::ModelConfig;
-    use pocketlm::sample::SamplingParams;
+    use pocketlm::sample::{SamplingDefaults, SamplingParams};
     use pocketlm::text::{ChatMessage, ResponseFormat};
     use pocketlm::{bench, load, selfcheck};
 
@@ -93,17 +93,21 @@ mod cli {
     struct GenArgs {
         #[arg(long, default_value_t = 256)]
         max_tokens: usize,
-        #[arg(long, default_value_t = 0.8)]
-        temperature: f32,
-        /// 0 turns top-k off.
-        #[arg(long, default_value_t = 40)]
-        top_k: usize,
-        #[arg(long, default_value_t = 0.95)]
-        top_p: f32,
-        #[arg(long, default_value_t = 0.05)]
-        min_p: f32,
-        #[arg(long, default_value_t = 1.0)]
-        repeat_penalty: f32,
+        /// Default: the model's (generation_config.json, GGUF general.sampling.temp), else 0.8.
+        #[arg(long)]
+        temperature: Option<f32>,
+        /// 0 turns top-k off. Default: the model's, else 40.
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Default: the model's, else 0.95.
+        #[arg(long)]
+        top_p: Option<f32>,
+        /// Default: the model's, else 0.05.
+        #[arg(long)]
+        min_p: Option<f32>,
+        /// Default: the model's, else 1 (off).
+        #[arg(long)]
+        repeat_penalty: Option<f32>,
         #[arg(long, default_value_t = 0.0)]
         presence_penalty: f32,
         #[arg(long, default_value_t = 0.0)]
@@ -155,14 +159,23 @@ mod cli {
             })
         }
 
-        fn options(&self) -> pocketlm::Result<GenerateOptions> {
+        /// The options of a request to a model with `defaults`: a flag wins, then the model's
+        /// default, then llama.cpp's.
+        fn options(&self, defaults: &SamplingDefaults) -> pocketlm::Result<GenerateOptions> {
+            let model = |k: &str| defaults.fields().get(k).and_then(serde_json::Value::as_f64);
+            let pick = |flag: Option<f32>, key: &str, fallback: f32| {
+                flag.or(model(key).map(|v| v as f32)).unwrap_or(fallback)
+            };
             Ok(GenerateOptions {
                 sampling: SamplingParams {
-                    temperature: self.temperature,
-                    top_k: self.top_k,
-                    top_p: self.top_p,
-                    min_p: self.min_p,
-                    repetition_penalty: self.repeat_penalty,
+                    temperature: pick(self.temperature, "temperature", 0.8),
+                    top_k: self
+                        .top_k
+                        .or(model("top_k").map(|v| v as usize))
+                        .unwrap_or(40),
+                    top_p: pick(self.top_p, "top_p", 0.95),
+                    min_p: pick(self.min_p, "min_p", 0.05),
+                    repetition_penalty: pick(self.repeat_penalty, "repetition_penalty", 1.0),
                     presence_penalty: self.presence_penalty,
                     frequency_penalty: self.frequency_penalty,
                     seed: self.seed,
@@ -423,9 +436,13 @@ mod cli {
         json: bool,
         gen: &GenArgs,
     ) -> pocketlm::Result<ExitCode> {
-        let options = gen.options()?;
-        options.sampling.validate()?;
+        // The flags and files are checked before the model loads, then again with its defaults.
+        gen.options(&SamplingDefaults::default())?
+            .sampling
+            .validate()?;
         let mut engine = open_engine(ctx, model, gen.context).await?;
+        let options = gen.options(engine.sampling_defaults())?;
+        options.sampling.validate()?;
         let ids = if chat {
             engine.chat_prompt(&[ChatMessage::user(prompt)])?
         } else {
@@ -456,9 +473,13 @@ mod cli {
         system: Option<String>,
         gen: &GenArgs,
     ) -> pocketlm::Result<ExitCode> {
-        let options = gen.options()?;
-        options.sampling.validate()?;
+        // The flags and files are checked before the model loads, then again with its defaults.
+        gen.options(&SamplingDefaults::default())?
+            .sampling
+            .validate()?;
         let mut engine = open_engine(ctx, model, gen.context).await?;
+        let options = gen.options(engine.sampling_defaults())?;
+        options.sampling.validate()?;
         let opening: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
         let mut history = opening.clone();
         let stdin = std::io::stdin();

@@ -131,6 +131,9 @@ export interface ModelInfo {
   kvBytes: number;
   chatTemplate: boolean;
   eos: number[];
+  /** The model's own sampling defaults (from its generation_config.json or GGUF
+   * `general.sampling.*`), as request fields; a request that leaves a field out gets these. */
+  samplingDefaults: { temperature?: number; top_k?: number; top_p?: number; min_p?: number; repetition_penalty?: number };
   profile: "full" | "baseline";
 }
 

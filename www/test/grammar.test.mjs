@@ -1,4 +1,4 @@
-// Constrained decoding in a real headless Chromium, through the npm package and its Worker: with
+// Constrained decoding and the logit bias in a real headless Chromium, through the npm package and its Worker: with
 // `response_format`, the tiny random Llama (whose vocabulary is single bytes, all of ASCII up to
 // '|') writes replies that parse and follow their schema, grammar or regex, greedy and sampled,
 // streamed and not; a schema llguidance cannot use rejects with invalid_request. The same checks
@@ -126,4 +126,20 @@ test("bad formats reject with invalid_request; the model stays usable", { timeou
   assert.match(got[0].message, /JSON schema/);
   assert.match(got[1].message, /yaml/);
   assert.equal(got[4].tokens, 3);
+});
+
+test("logit_bias forces and bans tokens on the GPU", { timeout: 300_000 }, async () => {
+  const got = await value(
+    await evaluate(page, async () => {
+      const ids = async (request) => (await globalThis.lm.completions.create({ prompt: "Q:", max_tokens: 5, ...request })).pocketlm.token_ids;
+      const free = await ids({ temperature: 0 });
+      return {
+        free,
+        forced: await ids({ temperature: 0.9, seed: 1, logit_bias: { 77: 100 } }),
+        banned: await ids({ temperature: 0, logit_bias: { [free[0]]: -100 } }),
+      };
+    }),
+  );
+  assert.deepEqual(got.forced, [77, 77, 77, 77, 77]);
+  assert.ok(!got.banned.includes(got.free[0]), JSON.stringify(got));
 });
