@@ -5,7 +5,7 @@ tests/chat_template.rs renders again with PocketLM and compares byte for byte.
 
 The renderer is transformers' own (`transformers.utils.chat_template_utils.render_jinja_template`,
 what `PreTrainedTokenizerBase.apply_chat_template` calls), given what apply_chat_template gives
-it: `tools=None`, `documents=None`, the tokenizer's special tokens (a token the
+it: the case's `tools` (None for most), `documents=None`, the tokenizer's special tokens (a token the
 tokenizer_config.json sets to null is not passed at all) and the extra keyword arguments
 (`enable_thinking`). `strftime_now` is pinned to NOW so that templates that print today's date
 (SmolLM3) render the same every run; the Rust test passes the same instant to `render_with_at`.
@@ -134,6 +134,26 @@ SMOLLM3_TOOLS = [
      {"enable_thinking": False, "python_tools": [WEATHER, {"name": "noop"}]}),
 ]
 
+# OpenAI-style tools, as PocketLM passes them to a template's `tools` (the request's definitions)
+# and in the history (a call's arguments parsed into an object, as transformers' callers do).
+TOOL_DEFS = [{"function": WEATHER, "type": "function"}]
+CALL = {"function": {"arguments": {"city": "Paris"}, "name": "get_weather"}, "id": "call_1",
+        "type": "function"}
+TOOL_TURNS = [user("Weather in Paris?"),
+              {"content": "", "role": "assistant", "tool_calls": [CALL]},
+              {"content": "Sunny, 24 C", "role": "tool", "tool_call_id": "call_1"}]
+TOOL_CASES = [
+    ("tools_prompt", [user("Weather in Paris?")], True, {}, TOOL_DEFS),
+    ("tools_system_prompt", [sys_("Be brief."), user("Weather in Paris?")], True, {}, TOOL_DEFS),
+    ("tool_turns_prompt", TOOL_TURNS, True, {}, TOOL_DEFS),
+]
+# Phi-4-mini reads the definitions from the system turn's `tools` (JSON text).
+PHI4_TOOLS = [
+    ("system_tools_prompt",
+     [{"content": "Be brief.", "role": "system", "tools": json.dumps([WEATHER])},
+      user("Weather in Paris?")], True, {}, None),
+]
+
 PYTHON_COMPAT = [
     ("values", [user("x")], False, {
         "obj": {"n": 3, "name": "get_weather", "none": None, "ok": True,
@@ -150,17 +170,23 @@ PYTHON_COMPAT = [
 
 
 def cases_for(name):
+    """(case, messages, add_generation_prompt, kwargs, tools) of a template."""
     if name == "python-compat":
-        return PYTHON_COMPAT
+        return [c + (None,) for c in PYTHON_COMPAT]
     cases = list(COMMON)
     if name in THINKING:
         cases += THINKING_CASES
     if name == "smollm3":
         cases += SMOLLM3_TOOLS
+    cases = [c + (None,) for c in cases]
+    if name in ("qwen2.5", "qwen3"):
+        cases += TOOL_CASES
+    if name == "phi4-mini":
+        cases += PHI4_TOOLS
     return cases
 
 
-def render(source, bos, eos, messages, add_generation_prompt, kwargs):
+def render(source, bos, eos, messages, add_generation_prompt, kwargs, tools):
     """As apply_chat_template(tokenize=False): special tokens first, kwargs over them."""
     template_kwargs = {}
     if bos is not None:
@@ -170,7 +196,7 @@ def render(source, bos, eos, messages, add_generation_prompt, kwargs):
     template_kwargs.update(kwargs)
     rendered, _ = chat_template_utils.render_jinja_template(
         conversations=[messages],
-        tools=None,
+        tools=tools,
         documents=None,
         chat_template=source,
         add_generation_prompt=add_generation_prompt,
@@ -192,7 +218,7 @@ def main():
     for name, (file, bos, eos) in TEMPLATES.items():
         source = (DIR / file).read_text(encoding="utf-8")
         out["templates"][name] = {"file": file, "bos_token": bos, "eos_token": eos}
-        for case, messages, agp, kwargs in cases_for(name):
+        for case, messages, agp, kwargs, tools in cases_for(name):
             entry = {
                 "template": name,
                 "case": case,
@@ -200,8 +226,10 @@ def main():
                 "add_generation_prompt": agp,
                 "kwargs": kwargs,
             }
+            if tools is not None:
+                entry["tools"] = tools
             try:
-                entry["expected"] = render(source, bos, eos, messages, agp, kwargs)
+                entry["expected"] = render(source, bos, eos, messages, agp, kwargs, tools)
             except jinja2.TemplateError as e:
                 # raise_exception("…") in the template: PocketLM's ChatTemplateRejected.
                 entry["error"] = str(e)

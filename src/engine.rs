@@ -30,6 +30,7 @@ use crate::sample::{
     Draw, Sampler, SamplingDefaults, SamplingParams, SamplingPlan, StopCriteria, StopReason,
     StopStream,
 };
+use crate::text::tools::{self, ToolRequest, ToolSyntax};
 use crate::text::{
     ChatMessage, ChatTemplate, Constraint, GrammarVocab, MaskStats, ResponseFormat, Tokenizer,
 };
@@ -396,6 +397,18 @@ impl Engine {
         messages: &[ChatMessage],
         kwargs: &serde_json::Value,
     ) -> Result<Vec<u32>> {
+        Ok(self.chat_prompt_tools(messages, kwargs, None)?.0)
+    }
+
+    /// [`Engine::chat_prompt_with`] with a request's tools, given to the template the way its
+    /// model expects them (see [`crate::text::tools`]). Also returns the reply's format when
+    /// the tool choice requires a call (the call syntax around the functions' schemas).
+    pub fn chat_prompt_tools(
+        &self,
+        messages: &[ChatMessage],
+        kwargs: &serde_json::Value,
+        tools: Option<&ToolRequest>,
+    ) -> Result<(Vec<u32>, Option<ResponseFormat>)> {
         if messages.is_empty() {
             return Err(Error::InvalidRequest("the message list is empty".into()));
         }
@@ -406,8 +419,33 @@ impl Engine {
                 source_name: self.name.clone(),
                 detail: String::new(),
             })?;
-        let text = template.render_with(messages, true, kwargs)?;
-        self.tokenizer.encode(&text, false)
+        let syntax = template.tool_syntax();
+        let (messages, extra, definitions) = tools::prepare(syntax, messages, tools, kwargs)?;
+        let text = template.render_tools(&messages, true, &extra, definitions.as_ref())?;
+        let format = match tools {
+            Some(t) => tools::required_format(syntax, t)?,
+            None => None,
+        };
+        Ok((self.tokenizer.encode(&text, false)?, format))
+    }
+
+    /// How this model writes tool calls (from its chat template; none: taught the Hermes way).
+    pub fn tool_syntax(&self) -> ToolSyntax {
+        self.template
+            .as_ref()
+            .map_or(ToolSyntax::Taught, ChatTemplate::tool_syntax)
+    }
+
+    /// A reply's text and tool calls, read from its tokens with special tokens written out (a
+    /// call may open with one); end-of-turn tokens are left out.
+    pub fn parse_tool_reply(&self, tokens: &[u32]) -> Result<tools::ParsedReply> {
+        let body: Vec<u32> = tokens
+            .iter()
+            .copied()
+            .filter(|t| !self.eos.contains(t))
+            .collect();
+        let text = self.tokenizer.decode(&body, false)?;
+        Ok(tools::parse_reply(self.tool_syntax(), &text))
     }
 
     /// The token ids of a plain-text prompt, with BOS as the model defines.

@@ -300,7 +300,7 @@ pub fn openai_request(data: &[u8]) {
                 .sampling
                 .validate()
                 .expect("accepted sampling is valid");
-            if let crate::request::Prompt::Chat(messages, kwargs) = prompt {
+            if let crate::request::Prompt::Chat(messages, kwargs, _) = prompt {
                 assert!(!messages.is_empty() && messages.iter().all(|m| !m.role.is_empty()));
                 assert!(kwargs.is_null() || kwargs.is_object());
             }

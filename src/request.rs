@@ -8,13 +8,15 @@ use serde_json::Value;
 use crate::engine::GenerateOptions;
 use crate::error::{Error, Result};
 use crate::sample::SamplingParams;
-use crate::text::{ChatMessage, ResponseFormat};
+use crate::text::tools::Tool;
+use crate::text::{ChatMessage, ResponseFormat, ToolChoice, ToolRequest};
 
 /// What to generate from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Prompt {
-    /// The messages and the extra template variables (`chat_template_kwargs`, or null).
-    Chat(Vec<ChatMessage>, Value),
+    /// The messages, the extra template variables (`chat_template_kwargs`, or null) and the
+    /// tools the model may call.
+    Chat(Vec<ChatMessage>, Value, Option<ToolRequest>),
     Text(String),
 }
 
@@ -84,6 +86,9 @@ const READ: &[&str] = &[
     "chat_template_kwargs",
     "response_format",
     "logit_bias",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
     "n",
     "stream",
     "stream_options",
@@ -105,9 +110,6 @@ const IGNORED: &[&str] = &[
 /// OpenAI fields PocketLM does not implement yet, with what to do instead. A request that sets
 /// one is refused: a reply that silently ignored it would not be what was asked for.
 const NOT_IMPLEMENTED: &[(&str, &str)] = &[
-    ("tools", "tool calls are not supported yet"),
-    ("tool_choice", "tool calls are not supported yet"),
-    ("parallel_tool_calls", "tool calls are not supported yet"),
     ("functions", "function calls are not supported"),
     ("function_call", "function calls are not supported"),
     ("logprobs", "log probabilities are not returned yet"),
@@ -135,9 +137,9 @@ fn refuse_unused_fields(request: &serde_json::Map<String, Value>) -> Result<()> 
         }
         let is_default = match (key.as_str(), v) {
             (_, Value::Null) => true,
-            ("logprobs" | "parallel_tool_calls" | "echo", Value::Bool(false)) => true,
-            ("tools" | "functions", Value::Array(a)) => a.is_empty(),
-            ("tool_choice" | "function_call", Value::String(s)) => s == "none",
+            ("logprobs" | "echo", Value::Bool(false)) => true,
+            ("functions", Value::Array(a)) => a.is_empty(),
+            ("function_call", Value::String(s)) => s == "none",
             ("modalities", Value::Array(a)) => a.iter().all(|m| m == "text"),
             ("best_of", Value::Number(n)) => n.as_f64() == Some(1.0),
             _ => false,
@@ -244,8 +246,15 @@ pub fn parse_request(request: &Value) -> Result<(GenerateOptions, Prompt)> {
             .collect::<Result<_>>()?,
         Some(v) => return Err(stop_error(v)),
     };
+    let tools = parse_tools(request)?;
     let prompt = match (get(request, "messages"), get(request, "prompt")) {
-        (Some(m), None) => Prompt::Chat(parse_messages(m)?, parse_template_kwargs(request)?),
+        (Some(m), None) => Prompt::Chat(parse_messages(m)?, parse_template_kwargs(request)?, tools),
+        (None, Some(_)) if tools.is_some() => {
+            return Err(Error::InvalidRequest(
+                "tools need messages (a chat): a plain prompt has no template to give them to"
+                    .into(),
+            ))
+        }
         (None, Some(t)) => Prompt::Text(
             t.as_str()
                 .ok_or_else(|| {
@@ -326,6 +335,115 @@ fn parse_response_format(request: &Value) -> Result<Option<ResponseFormat>> {
     }
 }
 
+/// `tools` (`[{type: "function", function: {name, description, parameters}}]`), `tool_choice`
+/// (`"none"`, `"auto"`, `"required"` or `{type: "function", function: {name}}`; default `auto`
+/// with tools) and `parallel_tool_calls` (a boolean). No tools: `None` (a `tool_choice` other
+/// than `none` is then an error).
+pub fn parse_tools(request: &Value) -> Result<Option<ToolRequest>> {
+    let bad = |msg: String| Error::InvalidRequest(msg);
+    if let Some(v) = get(request, "parallel_tool_calls") {
+        if !v.is_boolean() {
+            return Err(bad(format!(
+                "parallel_tool_calls must be a boolean, not {}",
+                describe(v)
+            )));
+        }
+    }
+    let tools: Vec<Tool> = match get(request, "tools") {
+        None => Vec::new(),
+        Some(Value::Array(list)) => list
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let f = t.get("function").filter(|f| f.is_object());
+                let name = f.and_then(|f| f.get("name")).and_then(Value::as_str);
+                match (t.get("type").and_then(Value::as_str), name) {
+                    (Some("function"), Some(name)) if !name.is_empty() => {
+                        let parameters = f
+                            .and_then(|f| get(f, "parameters"))
+                            .cloned()
+                            .unwrap_or_else(|| serde_json::json!({"type": "object"}));
+                        if !parameters.is_object() {
+                            return Err(bad(format!(
+                                "tools[{i}].function.parameters must be a JSON schema object, \
+                                 not {}",
+                                describe(&parameters)
+                            )));
+                        }
+                        Ok(Tool {
+                            name: name.to_string(),
+                            parameters,
+                            definition: t.clone(),
+                        })
+                    }
+                    _ => Err(bad(format!(
+                        "tools[{i}] must be {{type: \"function\", function: {{name, description, \
+                         parameters}}}}, not {}",
+                        describe(t)
+                    ))),
+                }
+            })
+            .collect::<Result<_>>()?,
+        Some(v) => {
+            return Err(bad(format!(
+                "tools must be an array of {{type: \"function\", function: {{…}}}}, not {}",
+                describe(v)
+            )))
+        }
+    };
+    for (i, t) in tools.iter().enumerate() {
+        if tools[..i].iter().any(|o| o.name == t.name) {
+            return Err(bad(format!("tools: two functions are named '{}'", t.name)));
+        }
+    }
+    let choice = match get(request, "tool_choice") {
+        None if tools.is_empty() => ToolChoice::None,
+        None => ToolChoice::Auto,
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => ToolChoice::None,
+            "auto" => ToolChoice::Auto,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(bad(format!(
+                    "tool_choice must be \"none\", \"auto\", \"required\" or {{type: \
+                     \"function\", function: {{name}}}}, not \"{other}\""
+                )))
+            }
+        },
+        Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) if tools.iter().any(|t| t.name == name) => {
+                ToolChoice::Named(name.to_string())
+            }
+            Some(name) => {
+                return Err(bad(format!(
+                    "tool_choice names the function '{name}', which is not among the tools ({})",
+                    tools
+                        .iter()
+                        .map(|t| t.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
+            }
+            None => {
+                return Err(bad(format!(
+                    "tool_choice must be a string or {{type: \"function\", function: {{name}}}}, \
+                     not {}",
+                    describe(v)
+                )))
+            }
+        },
+    };
+    if tools.is_empty() {
+        return match choice {
+            ToolChoice::None => Ok(None),
+            _ => Err(bad(
+                "tool_choice asks for a call, and there are no tools".into()
+            )),
+        };
+    }
+    Ok(Some(ToolRequest { tools, choice }))
+}
+
 /// `logit_bias`: an object from token ids (as strings, OpenAI's form) to biases in [−100, 100].
 fn parse_logit_bias(v: &Value) -> Result<Vec<(u32, f32)>> {
     let bad = |what: String| Error::InvalidRequest(format!("logit_bias: {what}"));
@@ -379,17 +497,65 @@ pub fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>> {
         .enumerate()
         .map(|(i, m)| {
             let field = |k: &str| get(m, k).and_then(Value::as_str);
-            match (field("role"), field("content")) {
-                (Some(role), Some(content)) if !role.is_empty() => {
-                    Ok(ChatMessage::new(role, content))
+            let calls = get(m, "tool_calls");
+            // An assistant turn that only calls tools may have no content.
+            let content = match (field("content"), get(m, "content"), calls) {
+                (Some(c), _, _) => Some(c),
+                (None, None, Some(_)) => Some(""),
+                _ => None,
+            };
+            let mut message = match (field("role"), content) {
+                // OpenAI's developer messages are system messages to a template.
+                (Some("developer"), Some(content)) => ChatMessage::system(content),
+                (Some(role), Some(content)) if !role.is_empty() => ChatMessage::new(role, content),
+                _ => {
+                    return Err(Error::InvalidRequest(format!(
+                        "messages[{i}] must be {{role: string, content: string}}, not {}",
+                        describe(m)
+                    )))
                 }
-                _ => Err(Error::InvalidRequest(format!(
-                    "messages[{i}] must be {{role: string, content: string}}, not {}",
-                    describe(m)
-                ))),
+            };
+            if let Some(calls) = calls {
+                message.tool_calls = Some(parse_history_calls(calls, i)?);
             }
+            message.tool_call_id = field("tool_call_id").map(str::to_string);
+            message.name = field("name").map(str::to_string);
+            Ok(message)
         })
         .collect()
+}
+
+/// An assistant turn's `tool_calls` as templates read them: each call's `function.arguments`
+/// (JSON text in OpenAI's form) parsed into an object.
+fn parse_history_calls(calls: &Value, i: usize) -> Result<Value> {
+    let Some(list) = calls.as_array() else {
+        return Err(Error::InvalidRequest(format!(
+            "messages[{i}].tool_calls must be an array, not {}",
+            describe(calls)
+        )));
+    };
+    list.iter()
+        .enumerate()
+        .map(|(j, call)| {
+            let mut call = call.clone();
+            let Some(f) = call.get_mut("function").filter(|f| f.is_object()) else {
+                return Err(Error::InvalidRequest(format!(
+                    "messages[{i}].tool_calls[{j}] must be {{id, type: \"function\", function: \
+                     {{name, arguments}}}}"
+                )));
+            };
+            if let Some(Value::String(text)) = f.get("arguments") {
+                let parsed: Value = serde_json::from_str(text).map_err(|e| {
+                    Error::InvalidRequest(format!(
+                        "messages[{i}].tool_calls[{j}].function.arguments is not JSON: {e}"
+                    ))
+                })?;
+                f["arguments"] = parsed;
+            }
+            Ok(call)
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Value::Array)
 }
 
 #[cfg(test)]
@@ -421,7 +587,8 @@ mod tests {
             p,
             Prompt::Chat(
                 vec![ChatMessage::user("Hi")],
-                json!({"enable_thinking": false})
+                json!({"enable_thinking": false}),
+                None
             )
         );
         let (o, p) = parse_request_json(r#"{"prompt": "x", "stop": "y", "seed": null}"#).unwrap();
@@ -466,6 +633,7 @@ mod tests {
         for (k, v) in [
             ("logprobs", json!(false)),
             ("tools", json!([])),
+            ("parallel_tool_calls", json!(false)),
             ("tool_choice", json!("none")),
             ("logit_bias", json!({})),
             ("logit_bias", json!({"5": 10, "7": -100})),
@@ -486,10 +654,12 @@ mod tests {
         for (k, v, want) in [
             ("logprobs", json!(true), "logprobs is not supported"),
             ("top_logprobs", json!(3), "top_logprobs is not supported"),
+            ("tools", json!([{"type": "function"}]), "tools[0] must be"),
+            ("tool_choice", json!("required"), "there are no tools"),
             (
                 "tools",
-                json!([{"type": "function"}]),
-                "tools is not supported",
+                json!([{"type": "function", "function": {"name": "f"}}]),
+                "tools need messages",
             ),
             ("logit_bias", json!({"x": 10}), "'x' is not a token id"),
             (
@@ -511,6 +681,74 @@ mod tests {
             assert_eq!(e.code(), "invalid_request");
             assert!(e.to_string().contains(want), "{k}: {e}");
         }
+    }
+
+    #[test]
+    fn tools_choices_and_tool_turns() {
+        let weather = json!({"type": "function", "function": {"name": "weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}});
+        let messages = json!([
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "rain"},
+        ]);
+        let parse = |extra: Value| {
+            let mut r = json!({"messages": messages, "tools": [weather]});
+            for (k, v) in extra.as_object().unwrap() {
+                r[k] = v.clone();
+            }
+            parse_request(&r).map(|(_, p)| p)
+        };
+        let Prompt::Chat(m, _, Some(tools)) = parse(json!({})).unwrap() else {
+            panic!("no tools")
+        };
+        assert_eq!(tools.choice, ToolChoice::Auto);
+        assert_eq!(tools.tools[0].name, "weather");
+        assert_eq!(m[0].role, "system");
+        assert_eq!(
+            m[2].tool_calls.as_ref().unwrap()[0]["function"]["arguments"],
+            json!({"city": "Oslo"})
+        );
+        assert_eq!(
+            (m[2].content.as_str(), m[3].tool_call_id.as_deref()),
+            ("", Some("c1"))
+        );
+        for (choice, want) in [
+            (json!("none"), ToolChoice::None),
+            (json!("required"), ToolChoice::Required),
+            (
+                json!({"type": "function", "function": {"name": "weather"}}),
+                ToolChoice::Named("weather".into()),
+            ),
+        ] {
+            let Prompt::Chat(_, _, Some(t)) = parse(json!({"tool_choice": choice})).unwrap() else {
+                panic!()
+            };
+            assert_eq!(t.choice, want);
+        }
+        for (extra, want) in [
+            (
+                json!({"tool_choice": {"type": "function", "function": {"name": "x"}}}),
+                "'x'",
+            ),
+            (json!({"tool_choice": "sometimes"}), "tool_choice must be"),
+            (
+                json!({"tools": [weather, weather]}),
+                "two functions are named 'weather'",
+            ),
+            (json!({"parallel_tool_calls": "yes"}), "parallel_tool_calls"),
+        ] {
+            let e = parse(extra.clone()).unwrap_err();
+            assert!(e.to_string().contains(want), "{extra}: {e}");
+        }
+        let bad_args = json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "c",
+            "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]});
+        assert!(parse_request(&bad_args)
+            .unwrap_err()
+            .to_string()
+            .contains("arguments is not JSON"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use js_sys::{Float32Array, Promise};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-use crate::engine::{Engine, EngineOptions, Flow, GenerateOptions, TokenEvent};
+use crate::engine::{Engine, EngineOptions, FinishReason, Flow, GenerateOptions, TokenEvent};
 use crate::error::Error;
 use crate::formats::{split_names, SafetensorsIndex};
 use crate::gpu::{DType, GpuContext, GpuTensor, ProfileRequest};
@@ -22,6 +22,7 @@ use crate::load::{load_model, AbortFlag, LoadOptions, LoadedModelFiles, ModelFil
 use crate::request::{self, Prompt};
 #[cfg(feature = "harness")]
 use crate::selfcheck;
+use crate::text::tools::{ToolChoice, ToolStream};
 
 /// Converts a PocketLM error into a JS `Error` carrying the message and a stable `code`.
 pub fn to_js_error(e: &Error) -> JsValue {
@@ -775,14 +776,37 @@ async fn run_generation(
     on_token: Option<js_sys::Function>,
 ) -> Result<JsValue, Error> {
     ctx.check_health()?;
-    let ids = match prompt {
-        Prompt::Chat(m, kwargs) => engine.chat_prompt_with(m, kwargs)?,
-        Prompt::Text(t) => engine.text_prompt(t)?,
+    let (ids, tools, required) = match prompt {
+        Prompt::Chat(m, kwargs, tools) => {
+            let (ids, required) = engine.chat_prompt_tools(m, kwargs, tools.as_ref())?;
+            (ids, tools.as_ref(), required)
+        }
+        Prompt::Text(t) => (engine.text_prompt(t)?, None, None),
     };
+    let mut options = options.clone();
+    if let Some(format) = required {
+        if options.response_format.is_some() {
+            return Err(Error::InvalidRequest(
+                "response_format and a tool_choice that requires a call cannot be combined".into(),
+            ));
+        }
+        options.response_format = Some(format);
+    }
+    // With tools the model may call, streamed text stops where a call may start.
+    let calling = tools.filter(|t| t.choice != ToolChoice::None);
+    let mut tool_stream = calling.map(|_| ToolStream::new(engine.tool_syntax()));
+    let tokenizer = engine.tokenizer().clone();
     let mut callback_error = None;
     let mut on = |t: TokenEvent<'_>| {
-        if let Some(f) = &on_token {
-            match f.call2(&JsValue::NULL, &t.text.into(), &t.token.into()) {
+        let shown = match tool_stream.as_mut() {
+            Some(s) => {
+                let raw = tokenizer.decode(&[t.token], false).unwrap_or_default();
+                s.push(t.text, &raw)
+            }
+            None => t.text.to_string(),
+        };
+        if let Some(f) = on_token.as_ref().filter(|_| !shown.is_empty()) {
+            match f.call2(&JsValue::NULL, &shown.as_str().into(), &t.token.into()) {
                 Ok(r) if r.as_bool() == Some(false) => return Flow::Stop,
                 Ok(_) => {}
                 Err(e) => {
@@ -800,7 +824,7 @@ async fn run_generation(
     let g = if stop.aborted() {
         return Err(Error::Aborted);
     } else {
-        engine.generate(ctx, &ids, options, &mut on).await
+        engine.generate(ctx, &ids, &options, &mut on).await
     };
     if let Some(e) = callback_error {
         return Err(Error::InvalidRequest(format!(
@@ -820,6 +844,31 @@ async fn run_generation(
     let tokens: js_sys::Array = g.tokens.iter().map(|&t| JsValue::from(t)).collect();
     set("tokens", tokens.into());
     set("finishReason", g.finish_reason.as_str().into());
+    if calling.is_some() {
+        let reply = engine.parse_tool_reply(&g.tokens)?;
+        if !reply.calls.is_empty() {
+            let calls: Vec<serde_json::Value> = reply
+                .calls
+                .iter()
+                .map(|c| {
+                    serde_json::json!({"id": c.id, "type": "function",
+                        "function": {"name": c.name, "arguments": c.arguments}})
+                })
+                .collect();
+            let calls = serde_json::Value::Array(calls).to_string();
+            set(
+                "toolCalls",
+                js_sys::JSON::parse(&calls).unwrap_or(JsValue::NULL),
+            );
+            set("text", reply.content.as_str().into());
+            if g.finish_reason != FinishReason::Abort {
+                set("finishReason", "tool_calls".into());
+            }
+        }
+        if let Some(problem) = &reply.problem {
+            set("toolCallError", problem.as_str().into());
+        }
+    }
     set("promptTokens", (g.prompt_tokens as f64).into());
     set("cachedTokens", (g.cached_tokens as f64).into());
     set("completionTokens", (g.tokens.len() as f64).into());

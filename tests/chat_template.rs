@@ -267,7 +267,8 @@ fn transformers_renders_the_same() {
         seen.insert(name);
         let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
         let agp = case["add_generation_prompt"].as_bool().unwrap();
-        let got = templates[name].render_with_at(&messages, agp, &case["kwargs"], now);
+        let tools = case.get("tools");
+        let got = templates[name].render_tools_at(&messages, agp, &case["kwargs"], tools, now);
         match (case.get("expected"), got) {
             (Some(want), Ok(got)) if want.as_str() == Some(got.as_str()) => {}
             (None, Err(Error::ChatTemplateRejected { message, .. }))
@@ -285,6 +286,14 @@ fn transformers_renders_the_same() {
         cases.len(),
         failures.join("\n")
     );
+    // Tool definitions and tool turns render as transformers renders them.
+    for name in ["qwen2.5", "qwen3", "phi4-mini"] {
+        assert!(
+            cases.iter().any(|c| c["template"] == name
+                && (c.get("tools").is_some() || c["messages"][0].get("tools").is_some())),
+            "{name} has no tools case"
+        );
+    }
     // The new architectures' templates are all there, with their thinking switches.
     for name in ["gemma3", "qwen3", "phi4-mini", "smollm3"] {
         assert!(seen.contains(name), "{name} missing from expected.json");

@@ -228,11 +228,16 @@ fn bad_formats_are_invalid_requests_that_say_why() {
 // ---- on the GPU ----------------------------------------------------------------------------
 
 fn tiny_engine() -> Engine {
+    tiny_engine_with(512)
+}
+
+/// The tiny Llama with the byte-level tokenizer, with `context` positions.
+fn tiny_engine_with(context: usize) -> Engine {
     let files = tiny_llama_files(ctx(), |m| {
         m.companions
             .insert("tokenizer.json".into(), tiny_byte_tokenizer_json());
     });
-    tiny_llama_engine(ctx(), 512, files)
+    tiny_llama_engine(ctx(), context, files)
 }
 
 fn generate(engine: &mut Engine, prompt: &[u32], options: &GenerateOptions) -> Generation {
@@ -354,4 +359,89 @@ fn constrained_greedy_reads_back_what_unconstrained_greedy_reads() {
         "{constrained} bytes read back per token"
     );
     assert_eq!(constrained, free, "a mask adds nothing to the readback");
+}
+
+// ---- tool calls ------------------------------------------------------------------------------
+
+/// With `tool_choice: "required"` or a named function, the tiny random model's reply is a call
+/// in its template's syntax (taught the Hermes way: the tiny template knows no tools) that
+/// parses into the function's name and arguments valid under its schema, in every plan.
+#[test]
+fn required_and_named_tool_choices_give_calls_that_follow_the_schemas() {
+    use pocketlm::text::tools::Tool;
+    use pocketlm::text::{ChatMessage, ToolChoice, ToolRequest, ToolSyntax};
+    // The taught instructions are long in single-byte tokens.
+    let mut engine = tiny_engine_with(1536);
+    assert_eq!(engine.tool_syntax(), ToolSyntax::Taught);
+    let schema = |props: Value, required: Value| {
+        json!({"type": "object", "properties": props, "required": required,
+            "additionalProperties": false})
+    };
+    let tools = vec![
+        (
+            "get_weather",
+            schema(
+                json!({"city": {"type": "string", "maxLength": 8},
+                    "unit": {"enum": ["c", "f"]}}),
+                json!(["city", "unit"]),
+            ),
+        ),
+        (
+            "add",
+            schema(
+                json!({"a": {"type": "integer", "minimum": 0, "maximum": 99},
+                    "b": {"type": "integer", "minimum": 0, "maximum": 99}}),
+                json!(["a", "b"]),
+            ),
+        ),
+    ];
+    let tools: Vec<Tool> = tools
+        .into_iter()
+        .map(|(name, parameters)| Tool {
+            name: name.into(),
+            parameters: parameters.clone(),
+            definition: json!({"type": "function", "function": {"name": name,
+                "parameters": parameters}}),
+        })
+        .collect();
+    for (choice, allowed) in [
+        (ToolChoice::Required, vec!["get_weather", "add"]),
+        (ToolChoice::Named("add".into()), vec!["add"]),
+    ] {
+        let request = ToolRequest {
+            tools: tools.clone(),
+            choice: choice.clone(),
+        };
+        let messages = [ChatMessage::user("w10 w11")];
+        let (prompt, format) = engine
+            .chat_prompt_tools(&messages, &Value::Null, Some(&request))
+            .unwrap();
+        for (name, sampling) in plans(3) {
+            let options = GenerateOptions {
+                sampling,
+                max_tokens: Some(200),
+                response_format: format.clone(),
+                ..GenerateOptions::default()
+            };
+            let g = generate(&mut engine, &prompt, &options);
+            let what = format!("{choice:?}, {name}: {:?}", g.text);
+            assert_eq!(g.finish_reason, FinishReason::Stop, "{what}");
+            let reply = engine.parse_tool_reply(&g.tokens).unwrap();
+            assert_eq!(reply.problem, None, "{what}");
+            assert_eq!(reply.calls.len(), 1, "{what}");
+            let call = &reply.calls[0];
+            assert!(allowed.contains(&call.name.as_str()), "{what}");
+            let tool = tools.iter().find(|t| t.name == call.name).unwrap();
+            assert_valid(&tool.parameters, &call.arguments, &what);
+        }
+    }
+    // Auto leaves the model free: no format.
+    let auto = ToolRequest {
+        tools,
+        choice: ToolChoice::Auto,
+    };
+    let (_, format) = engine
+        .chat_prompt_tools(&[ChatMessage::user("w9")], &Value::Null, Some(&auto))
+        .unwrap();
+    assert!(format.is_none());
 }

@@ -11,8 +11,9 @@ mod cli {
     use pocketlm::gpu::{GpuContext, ProfileRequest};
     use pocketlm::load::{LoadOptions, Progress};
     use pocketlm::model::ModelConfig;
+    use pocketlm::request;
     use pocketlm::sample::{SamplingDefaults, SamplingParams};
-    use pocketlm::text::{ChatMessage, ResponseFormat};
+    use pocketlm::text::{ChatMessage, ResponseFormat, ToolChoice, ToolRequest};
     use pocketlm::{bench, load, selfcheck};
 
     #[derive(Parser)]
@@ -133,6 +134,13 @@ mod cli {
         /// Constrain the reply to text matching the regular expression.
         #[arg(long, value_name = "PATTERN", group = "format")]
         regex: Option<String>,
+        /// Functions the model may call (`run --chat`): a JSON file holding OpenAI's `tools`
+        /// array. Calls in the reply are printed as JSON lines after it.
+        #[arg(long, value_name = "FILE")]
+        tools: Option<std::path::PathBuf>,
+        /// With --tools: auto (default), none, required, or the name of the function to call.
+        #[arg(long, requires = "tools")]
+        tool_choice: Option<String>,
     }
 
     impl GenArgs {
@@ -161,6 +169,27 @@ mod cli {
 
         /// The options of a request to a model with `defaults`: a flag wins, then the model's
         /// default, then llama.cpp's.
+        /// The tools of `--tools` and `--tool-choice`, checked as a request's are.
+        fn tools(&self) -> pocketlm::Result<Option<ToolRequest>> {
+            let Some(path) = &self.tools else {
+                return Ok(None);
+            };
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| load::io_error(&path.display().to_string(), e))?;
+            let tools: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                pocketlm::Error::InvalidRequest(format!(
+                    "{} is not valid JSON: {e}",
+                    path.display()
+                ))
+            })?;
+            let choice = match self.tool_choice.as_deref() {
+                None => serde_json::Value::Null,
+                Some(c @ ("auto" | "none" | "required")) => c.into(),
+                Some(name) => serde_json::json!({"type": "function", "function": {"name": name}}),
+            };
+            request::parse_tools(&serde_json::json!({"tools": tools, "tool_choice": choice}))
+        }
+
         fn options(&self, defaults: &SamplingDefaults) -> pocketlm::Result<GenerateOptions> {
             let model = |k: &str| defaults.fields().get(k).and_then(serde_json::Value::as_f64);
             let pick = |flag: Option<f32>, key: &str, fallback: f32| {
@@ -440,20 +469,52 @@ mod cli {
         gen.options(&SamplingDefaults::default())?
             .sampling
             .validate()?;
+        let tools = gen.tools()?;
+        if tools.is_some() && !chat {
+            eprintln!("error: --tools needs --chat (the model's chat template takes them)");
+            return Ok(ExitCode::FAILURE);
+        }
         let mut engine = open_engine(ctx, model, gen.context).await?;
-        let options = gen.options(engine.sampling_defaults())?;
+        let mut options = gen.options(engine.sampling_defaults())?;
         options.sampling.validate()?;
         let ids = if chat {
-            engine.chat_prompt(&[ChatMessage::user(prompt)])?
+            let (ids, required) = engine.chat_prompt_tools(
+                &[ChatMessage::user(prompt)],
+                &serde_json::Value::Null,
+                tools.as_ref(),
+            )?;
+            if required.is_some() {
+                if options.response_format.is_some() {
+                    return Err(pocketlm::Error::InvalidRequest(
+                        "a format flag and a tool choice that requires a call cannot be combined"
+                            .into(),
+                    ));
+                }
+                options.response_format = required;
+            }
+            ids
         } else {
             engine.text_prompt(prompt)?
         };
         let g = reply(ctx, &mut engine, &ids, &options, !json).await?;
+        let calls = match tools.as_ref().filter(|t| t.choice != ToolChoice::None) {
+            Some(_) => engine.parse_tool_reply(&g.tokens)?,
+            None => Default::default(),
+        };
+        let calls_json: Vec<serde_json::Value> = calls
+            .calls
+            .iter()
+            .map(|c| {
+                serde_json::json!({"id": c.id, "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments}})
+            })
+            .collect();
         if json {
             let v = serde_json::json!({
-                "text": g.text,
+                "text": if calls_json.is_empty() { &g.text } else { &calls.content },
                 "tokens": g.tokens,
-                "finish_reason": g.finish_reason.as_str(),
+                "finish_reason": if calls_json.is_empty() { g.finish_reason.as_str() } else { "tool_calls" },
+                "tool_calls": calls_json,
                 "prompt_tokens": g.prompt_tokens,
                 "completion_tokens": g.tokens.len(),
                 "prefill_ms": g.prefill_ms,
@@ -462,6 +523,12 @@ mod cli {
             println!("{v}");
         } else {
             println!();
+            for c in &calls_json {
+                println!("{c}");
+            }
+        }
+        if let Some(problem) = &calls.problem {
+            eprintln!("[the reply's tool call did not parse: {problem}]");
         }
         report_speed(&g);
         Ok(ExitCode::SUCCESS)

@@ -46,11 +46,26 @@ pub const MAX_TEMPLATE_SOURCE_BYTES: usize = 1 << 20;
 const MAX_JSON_INDENT: usize = 256;
 
 /// One turn of a conversation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
-    /// "system", "user", "assistant" (whatever the template knows).
+    /// "system", "user", "assistant", "tool" (whatever the template knows).
     pub role: String,
     pub content: String,
+    /// An assistant turn's tool calls, as templates read them: `[{id, type: "function",
+    /// function: {name, arguments}}]` with `arguments` an object (OpenAI sends it as JSON text;
+    /// it is parsed for the template, as transformers' callers do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    /// A tool turn's answer to the call with this id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A tool turn's function name, where the request gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The tool definitions as JSON text on a system turn, where a template reads them there
+    /// (Phi-4-mini's `message['tools']`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<String>,
 }
 
 impl ChatMessage {
@@ -58,6 +73,7 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            ..ChatMessage::default()
         }
     }
 
@@ -78,6 +94,8 @@ impl ChatMessage {
 #[derive(Debug)]
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// How the template's model writes tool calls, read from its source.
+    tool_syntax: crate::text::tools::ToolSyntax,
     name: String,
     bos_token: String,
     eos_token: String,
@@ -183,6 +201,7 @@ impl ChatTemplate {
         env.add_template_owned(TEMPLATE, without_generation_tags(source))
             .map_err(|e| template_error(name, e))?;
         Ok(ChatTemplate {
+            tool_syntax: crate::text::tools::ToolSyntax::detect(source),
             env,
             name: name.to_string(),
             bos_token: bos_token.to_string(),
@@ -284,6 +303,11 @@ impl ChatTemplate {
         &self.name
     }
 
+    /// How this template's model writes tool calls (read from the template's text).
+    pub fn tool_syntax(&self) -> crate::text::tools::ToolSyntax {
+        self.tool_syntax
+    }
+
     pub fn bos_token(&self) -> &str {
         &self.bos_token
     }
@@ -340,6 +364,44 @@ impl ChatTemplate {
         extra: &serde_json::Value,
         now_unix_seconds: i64,
     ) -> Result<String> {
+        self.render_tools_at(
+            messages,
+            add_generation_prompt,
+            extra,
+            None,
+            now_unix_seconds,
+        )
+    }
+
+    /// [`ChatTemplate::render_with`] with the template's `tools` variable (see
+    /// [`ChatTemplate::render_tools_at`]).
+    pub fn render_tools(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        extra: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
+    ) -> Result<String> {
+        self.render_tools_at(
+            messages,
+            add_generation_prompt,
+            extra,
+            tools,
+            now_unix_seconds(),
+        )
+    }
+
+    /// [`ChatTemplate::render_with_at`] with the template's `tools` variable: the request's tool
+    /// definitions (`[{type: "function", function: {name, description, parameters}}]`), as
+    /// transformers' `apply_chat_template(tools=…)` passes them; `None` leaves it none.
+    pub fn render_tools_at(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        extra: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
+        now_unix_seconds: i64,
+    ) -> Result<String> {
         let extra = match extra {
             serde_json::Value::Null => minijinja::context! {},
             serde_json::Value::Object(_) => Value::from_serialize(extra),
@@ -364,7 +426,7 @@ impl ChatTemplate {
             minijinja::context! {
                 messages => messages,
                 add_generation_prompt => add_generation_prompt,
-                tools => Value::from(()),
+                tools => tools.map_or(Value::from(()), Value::from_serialize),
                 documents => Value::from(()),
                 __pocketlm_now_unix => now_unix_seconds,
             },

@@ -7,7 +7,9 @@
 pub mod chat;
 pub mod grammar;
 pub mod tokenizer;
+pub mod tools;
 
 pub use self::chat::{ChatMessage, ChatTemplate};
 pub use self::grammar::{Constraint, GrammarVocab, MaskStats, ResponseFormat};
 pub use self::tokenizer::{DecodeStream, Tokenizer};
+pub use self::tools::{ToolCall, ToolChoice, ToolRequest, ToolSyntax};

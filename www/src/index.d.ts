@@ -140,9 +140,34 @@ export interface ModelInfo {
 export type TextPart = { type: "text"; text: string };
 
 export interface ChatMessage {
-  role: "system" | "user" | "assistant" | (string & {});
-  content: string | TextPart[];
+  /** `developer` is given to the template as `system`. */
+  role: "system" | "developer" | "user" | "assistant" | "tool" | (string & {});
+  /** May be null on an assistant turn that only calls tools. */
+  content: string | TextPart[] | null;
+  /** An assistant turn's calls, as a reply gave them (`arguments` as JSON text). */
+  tool_calls?: ToolCall[];
+  /** A tool turn: the call it answers. */
+  tool_call_id?: string;
+  name?: string;
 }
+
+/** A function the model may call: `parameters` is its arguments' JSON schema. */
+export interface Tool {
+  type: "function";
+  function: { name: string; description?: string; parameters?: Record<string, unknown>; strict?: boolean | null };
+}
+
+/** A call in a reply: `arguments` is JSON text. */
+export interface ToolCall {
+  id: string;
+  type: "function";
+  function: { name: string; arguments: string };
+}
+
+/** `auto` (the default with tools), `none`, `required` (one or more calls), or a named function;
+ * `required` and a named function constrain the reply to a call whose arguments follow the
+ * function's schema. */
+export type ToolChoice = "none" | "auto" | "required" | { type: "function"; function: { name: string } };
 
 export interface SamplingOptions {
   max_tokens?: number;
@@ -181,7 +206,8 @@ export type ResponseFormat =
   | { type: "grammar"; grammar: string }
   | { type: "regex"; pattern: string };
 
-export type FinishReason = "stop" | "length" | "abort";
+/** `tool_calls`: the reply is one or more calls (chat with tools). */
+export type FinishReason = "stop" | "length" | "abort" | "tool_calls";
 
 export interface Usage {
   prompt_tokens: number;
@@ -211,6 +237,8 @@ export interface Timings {
   full_row_reads: number;
   /** With a response format: its token masks' count and host time (mean and worst, ms). */
   grammar_masks: { count: number; mean_ms: number; max_ms: number } | null;
+  /** With tools: why the reply's call text did not parse (the raw text is then the content). */
+  tool_call_error: string | null;
   tokens_per_second: number | null;
 }
 
@@ -219,6 +247,10 @@ export interface ChatCompletionRequest extends SamplingOptions {
   stream?: boolean;
   /** Extra chat-template variables, e.g. `{ enable_thinking: false }` for Qwen3 and SmolLM3. */
   chat_template_kwargs?: Record<string, unknown>;
+  /** Functions the model may call, given to its chat template the way the model expects. */
+  tools?: Tool[];
+  tool_choice?: ToolChoice;
+  parallel_tool_calls?: boolean;
 }
 
 export interface ChatCompletion {
@@ -227,7 +259,7 @@ export interface ChatCompletion {
   created: number;
   model: string;
   system_fingerprint: null;
-  choices: [{ index: 0; message: { role: "assistant"; content: string; refusal: null }; logprobs: null; finish_reason: FinishReason }];
+  choices: [{ index: 0; message: { role: "assistant"; content: string | null; refusal: null; tool_calls?: ToolCall[] }; logprobs: null; finish_reason: FinishReason }];
   usage: Usage;
   pocketlm: Timings;
 }
@@ -238,7 +270,7 @@ export interface ChatCompletionChunk {
   created: number;
   model: string;
   system_fingerprint: null;
-  choices: [{ index: 0; delta: { role?: "assistant"; content?: string }; logprobs: null; finish_reason: FinishReason | null; token_id?: number }];
+  choices: [{ index: 0; delta: { role?: "assistant"; content?: string; tool_calls?: (ToolCall & { index: number })[] }; logprobs: null; finish_reason: FinishReason | null; token_id?: number }];
   /** On the last chunk only. */
   usage?: Usage;
   pocketlm?: Timings;

@@ -138,6 +138,7 @@ function timingsOf(r) {
     cached_tokens: r.cachedTokens,
     full_row_reads: r.fullRowReads,
     grammar_masks: r.masks ? { count: r.masks.count, mean_ms: r.masks.meanMs, max_ms: r.masks.maxMs } : null,
+    tool_call_error: r.toolCallError ?? null,
     tokens_per_second: r.decodeMs > 0 && r.completionTokens > 1 ? ((r.completionTokens - 1) * 1000) / r.decodeMs : null,
   };
 }
@@ -341,9 +342,11 @@ export class PocketLM extends EventTarget {
     };
     if (request.stream) return this.#stream(req, signal, kind, meta);
     const r = await this.#t.request("generate", { request: req }, { signal });
+    const message = { role: "assistant", content: r.toolCalls && r.text === "" ? null : r.text, refusal: null };
+    if (r.toolCalls) message.tool_calls = r.toolCalls;
     const choice =
       kind === "chat"
-        ? { index: 0, message: { role: "assistant", content: r.text, refusal: null }, logprobs: null, finish_reason: r.finishReason }
+        ? { index: 0, message, logprobs: null, finish_reason: r.finishReason }
         : { index: 0, text: r.text, logprobs: null, finish_reason: r.finishReason };
     return {
       ...meta,
@@ -381,8 +384,10 @@ export class PocketLM extends EventTarget {
       wake?.();
       wake = null;
     };
+    let streamed = "";
     const onToken = (text, tokenId) => {
       if (!text) return;
+      streamed += text;
       const c = chunk(text, first, null);
       c.choices[0].token_id = tokenId;
       chunks.push(c);
@@ -392,6 +397,15 @@ export class PocketLM extends EventTarget {
     const done = this.#t
       .request("generate", { request: req }, { signal: controller.signal, onToken })
       .then((r) => {
+        if (r.toolCalls) {
+          // Text held back while a call might have been starting, then the calls whole.
+          const rest = r.text.startsWith(streamed) ? r.text.slice(streamed.length) : "";
+          if (rest) onToken(rest);
+          const c = chunk("", first, null);
+          c.choices[0].delta = { ...(first ? { role: "assistant" } : {}), tool_calls: r.toolCalls.map((call, index) => ({ index, ...call })) };
+          chunks.push(c);
+          first = false;
+        }
         if (first && kind === "chat") chunks.push(chunk("", true, null));
         chunks.push(chunk("", false, r.finishReason, { usage: usageOf(r), pocketlm: timingsOf(r) }));
       })

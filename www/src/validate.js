@@ -40,10 +40,15 @@ export function validateMessages(messages) {
         })
         .join("");
     }
+    // An assistant turn that only calls tools has no content.
+    if ((content === null || content === undefined) && Array.isArray(m.tool_calls)) content = "";
     if (typeof content !== "string") {
       throw invalid(`messages[${i}].content must be a string, not ${show(m.content)}`);
     }
-    return { role: m.role, content };
+    const out = { role: m.role, content };
+    // Tool calls and results go to the engine as they are; it checks them.
+    for (const k of ["tool_calls", "tool_call_id", "name"]) if (m[k] !== undefined && m[k] !== null) out[k] = m[k];
+    return out;
   });
 }
 

@@ -7,6 +7,8 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
+import { copyFile, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { serve } from "./server.mjs";
 import { evaluate, launch, value } from "./browser.mjs";
 
@@ -14,10 +16,43 @@ const WWW = join(dirname(fileURLToPath(import.meta.url)), "..");
 const ROOT = join(WWW, "..");
 const TINY = "/fixtures/models/tiny-llama.gguf";
 
-let server, browser, page;
+let server, browser, page, folder;
+
+/** The tiny Llama's safetensors folder with a byte-level BPE tokenizer of its 128 ids (as
+ * tests/common/mod.rs makes for the native tests: the printable ASCII bytes, the newline and a
+ * few JSON pieces), so that any JSON can be written, and a chat template without tools. */
+async function tinyByteFolder() {
+  const dir = await mkdtemp(join(tmpdir(), "pocketlm-tiny-bytes-"));
+  const src = join(ROOT, "tests", "fixtures", "models", "tiny-llama");
+  for (const f of ["config.json", "model.safetensors"]) await copyFile(join(src, f), join(dir, f));
+  const words = ["<unk>", "<s>", "</s>"];
+  for (let b = 0x20; b < 0x7f; b++) words.push(b === 0x20 ? "\u0120" : String.fromCharCode(b));
+  words.push("\u010a");
+  words.push(...['{"', '":', '",', '"}', '\u0120"', ",\u0120", ":\u0120", "true", "false", "null", "ab", "er", "in"]);
+  words.push(...["on", "an", "re", "12", "00", "ye", "no", "yes", '["', '"]', "},", "{}", "[]", "\u0120{", "red", "blue"]);
+  assert.equal(words.length, 128);
+  const special = (id, content) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
+  const byteLevel = { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true };
+  const tokenizer = {
+    version: "1.0",
+    truncation: null,
+    padding: null,
+    added_tokens: [special(0, "<unk>"), special(1, "<s>"), special(2, "</s>")],
+    normalizer: null,
+    pre_tokenizer: byteLevel,
+    post_processor: null,
+    decoder: byteLevel,
+    model: { type: "BPE", dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, ignore_merges: false, vocab: Object.fromEntries(words.map((w, i) => [w, i])), merges: [] },
+  };
+  await writeFile(join(dir, "tokenizer.json"), JSON.stringify(tokenizer));
+  const template = "{% for m in messages %}<s> {{ m['role'] }} {{ m['content'] }} </s> {% endfor %}{% if add_generation_prompt %}<s> assistant {% endif %}";
+  await writeFile(join(dir, "tokenizer_config.json"), JSON.stringify({ chat_template: template, bos_token: "<s>", eos_token: "</s>" }));
+  return dir;
+}
 
 before(async () => {
-  server = await serve({ "/": WWW, "/fixtures/": join(ROOT, "tests", "fixtures") });
+  folder = await tinyByteFolder();
+  server = await serve({ "/": WWW, "/fixtures/": join(ROOT, "tests", "fixtures"), "/tiny-bytes/": folder });
   browser = await launch();
   page = await browser.newPage();
   page.on("pageerror", (e) => console.error("[page]", e.message));
@@ -37,6 +72,7 @@ before(async () => {
 after(async () => {
   await browser?.close();
   await server?.close();
+  if (folder) await rm(folder, { recursive: true, force: true });
 });
 
 /** Runs the requests in the page; each result is the reply's text, finish reason and mask count,
@@ -142,4 +178,54 @@ test("logit_bias forces and bans tokens on the GPU", { timeout: 300_000 }, async
   );
   assert.deepEqual(got.forced, [77, 77, 77, 77, 77]);
   assert.ok(!got.banned.includes(got.free[0]), JSON.stringify(got));
+});
+
+test("tool calls: required and named choices give calls, streamed as delta.tool_calls", { timeout: 600_000 }, async () => {
+  const got = await value(
+    await evaluate(page, async () => {
+      const lm = await globalThis.pocketlm.PocketLM.load("/tiny-bytes/", { context: 1536 });
+      const fn = (name, properties) => ({ type: "function", function: { name, parameters: { type: "object", properties, required: Object.keys(properties), additionalProperties: false } } });
+      const tools = [fn("get_weather", { city: { type: "string", maxLength: 8 } }), fn("add", { a: { type: "integer", minimum: 0, maximum: 9 } })];
+      const messages = [{ role: "user", content: "Weather?" }];
+      const required = await lm.chat.completions.create({ messages, tools, tool_choice: "required", temperature: 0, max_tokens: 120 });
+      const call = required.choices[0].message.tool_calls[0];
+      const followUp = await lm.chat.completions.create({
+        messages: [...messages, { role: "assistant", content: null, tool_calls: [call] }, { role: "tool", tool_call_id: call.id, content: "sunny" }],
+        tools,
+        tool_choice: { type: "function", function: { name: "add" } },
+        temperature: 0.8,
+        seed: 4,
+        max_tokens: 120,
+      });
+      const chunks = [];
+      for await (const c of await lm.chat.completions.create({ messages, tools, tool_choice: { type: "function", function: { name: "add" } }, stream: true, max_tokens: 120 })) {
+        chunks.push(c.choices[0]);
+      }
+      let unknown = null;
+      try {
+        await lm.chat.completions.create({ messages, tools, tool_choice: { type: "function", function: { name: "nope" } } });
+      } catch (e) {
+        unknown = e.code;
+      }
+      await lm.unload();
+      return { required: required.choices[0], followUp: followUp.choices[0], chunks, unknown };
+    }),
+  );
+  const { required, followUp, chunks, unknown } = got;
+  assert.equal(required.finish_reason, "tool_calls", JSON.stringify(required));
+  assert.equal(required.message.content, null);
+  const call = required.message.tool_calls[0];
+  assert.ok(["get_weather", "add"].includes(call.function.name), JSON.stringify(call));
+  assert.equal(typeof JSON.parse(call.function.arguments), "object");
+  assert.match(call.id, /^call_/);
+  assert.equal(followUp.finish_reason, "tool_calls");
+  assert.equal(followUp.message.tool_calls[0].function.name, "add");
+  assert.ok(Number.isInteger(JSON.parse(followUp.message.tool_calls[0].function.arguments).a));
+  const streamedCalls = chunks.flatMap((c) => c.delta.tool_calls ?? []);
+  assert.equal(streamedCalls.length, 1, JSON.stringify(chunks));
+  assert.equal(streamedCalls[0].index, 0);
+  assert.equal(streamedCalls[0].function.name, "add");
+  assert.ok(!chunks.some((c) => (c.delta.content ?? "").includes("<tool_call>")), JSON.stringify(chunks));
+  assert.equal(chunks.at(-1).finish_reason, "tool_calls");
+  assert.equal(unknown, "invalid_request");
 });

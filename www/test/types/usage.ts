@@ -24,6 +24,8 @@ import type {
   SupportReport,
   TextPart,
   Timings,
+  Tool,
+  ToolCall,
   Usage,
 } from "pocketlm";
 import {
@@ -128,7 +130,7 @@ export async function chat(lm: PocketLM): Promise<string> {
   const request: ChatCompletionRequest = { ...sampling, messages, chat_template_kwargs: { enable_thinking: false } };
 
   const reply: ChatCompletion = await lm.chat.completions.create({ ...request, stream: false });
-  const content: string = reply.choices[0].message.content;
+  const content: string = reply.choices[0].message.content ?? "";
   const finish: FinishReason = reply.choices[0].finish_reason;
   const usage: Usage = reply.usage;
   const cached: number = usage.prompt_tokens_details.cached_tokens + usage.total_tokens;
@@ -161,6 +163,23 @@ export async function chat(lm: PocketLM): Promise<string> {
   await lm.chat.completions.create({ messages, response_format: { type: "grammar", grammar: 'root ::= "yes" | "no"' } });
   await lm.completions.create({ prompt: "Code:", response_format: { type: "regex", pattern: "[A-Z]{2}[0-9]{3}" } });
   const masks: number | undefined = json.pocketlm.grammar_masks?.max_ms;
+  const weather: Tool = { type: "function", function: { name: "weather", parameters: { type: "object", properties: { city: { type: "string" } } } } };
+  const called: ChatCompletion = await lm.chat.completions.create({ messages, tools: [weather], tool_choice: "required" });
+  const calls: ToolCall[] = called.choices[0].message.tool_calls ?? [];
+  const [call] = calls;
+  if (call === undefined) throw new Error("no call");
+  const args: unknown = JSON.parse(call.function.arguments);
+  await lm.chat.completions.create({
+    messages: [...messages, { role: "assistant", content: null, tool_calls: calls }, { role: "tool", tool_call_id: call.id, content: "rain" }],
+    tools: [weather],
+    tool_choice: { type: "function", function: { name: "weather" } },
+  });
+  for await (const chunk of await lm.chat.completions.create({ messages, tools: [weather], stream: true })) {
+    const name: string | undefined = chunk.choices[0].delta.tool_calls?.[0]?.function.name;
+    out.textContent += `${name} ${String(args)}`;
+  }
+  // @ts-expect-error tool_choice is a string or a named function
+  await lm.chat.completions.create({ messages, tools: [weather], tool_choice: "sometimes" });
   // @ts-expect-error a regex format needs its pattern
   await lm.completions.create({ prompt: "x", response_format: { type: "regex" } });
   return `${info.name} ${state} ${content} ${finish} ${cached} ${speed} ${streamed} ${whole} ${"id" in either} ${masks}`;
