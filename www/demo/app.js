@@ -1,6 +1,7 @@
 // The demo chat page: load a model with a progress bar, stream answers, stop them, show tokens/s.
 // It also announces what happens as window events ("pocketlm:loaded", "pocketlm:token",
-// "pocketlm:done", "pocketlm:error") so that scripts/demo-prompt.mjs can drive it headless.
+// "pocketlm:tool_call", "pocketlm:done", "pocketlm:error") so that scripts/demo-prompt.mjs can drive it
+// headless. The reply may be text, JSON under a schema (response_format) or a tool call.
 import { PocketLM } from "../src/index.js";
 
 const DEFAULT_MODEL = new URL("../models/SmolLM2-135M-Instruct.Q4_1.gguf", import.meta.url).href;
@@ -13,6 +14,56 @@ let history = [];
 let running = null; // the AbortController of the answer being written
 
 $("model-url").value = params.get("model") ?? DEFAULT_MODEL;
+$("schema").value = JSON.stringify(
+  {
+    type: "object",
+    properties: { answer: { type: "string" }, confidence: { enum: ["low", "medium", "high"] } },
+    required: ["answer", "confidence"],
+    additionalProperties: false,
+  },
+  null,
+  2,
+);
+$("tools").value = JSON.stringify(
+  [
+    {
+      type: "function",
+      function: {
+        name: "get_weather",
+        description: "The current weather in a city",
+        parameters: {
+          type: "object",
+          properties: { city: { type: "string" }, unit: { enum: ["celsius", "fahrenheit"] } },
+          required: ["city", "unit"],
+          additionalProperties: false,
+        },
+      },
+    },
+  ],
+  null,
+  2,
+);
+const mode = () => document.querySelector('input[name="mode"]:checked').value;
+const showMode = () => {
+  $("json-box").hidden = mode() !== "json";
+  $("tools-box").hidden = mode() !== "tools";
+};
+for (const radio of document.querySelectorAll('input[name="mode"]')) radio.addEventListener("change", showMode);
+if (params.has("mode")) document.querySelector(`input[name="mode"][value="${params.get("mode")}"]`)?.click();
+showMode();
+
+/** The request fields of the chosen reply mode: a JSON schema's response_format, or tools. */
+function modeFields() {
+  if (mode() === "json") {
+    const text = $("schema").value.trim();
+    if (!text) return { response_format: { type: "json_object" } };
+    return { response_format: { type: "json_schema", json_schema: { name: "reply", schema: JSON.parse(text), strict: true } } };
+  }
+  if (mode() === "tools") {
+    return { tools: JSON.parse($("tools").value), tool_choice: $("tool-required").checked ? "required" : "auto" };
+  }
+  return {};
+}
 if (params.has("temperature")) $("temperature").value = params.get("temperature");
 if (params.has("max_tokens")) $("max-tokens").value = params.get("max_tokens");
 
@@ -59,6 +110,8 @@ async function load(url) {
   const t0 = performance.now();
   try {
     lm = await PocketLM.load(url, {
+      // ?context=N: KV-cache positions (default: the model's, up to 4096).
+      ...(params.has("context") ? { context: Number(params.get("context")) } : {}),
       onProgress(p) {
         const total = p.allTotal ?? p.bytesTotal;
         const done = p.allDone ?? p.bytesDone;
@@ -100,6 +153,7 @@ async function ask(text) {
   let tokens = 0;
   let firstAt = 0;
   let reply = "";
+  const calls = [];
   try {
     const stream = await lm.chat.completions.create({
       messages: history,
@@ -108,9 +162,15 @@ async function ask(text) {
       top_p: Number($("top-p").value),
       max_tokens: Number($("max-tokens").value),
       signal: running.signal,
+      ...modeFields(),
     });
     for await (const chunk of stream) {
       const choice = chunk.choices[0];
+      for (const call of choice.delta.tool_calls ?? []) {
+        calls.push(call);
+        bubble("tool-call", `${call.function.name}(${call.function.arguments})`);
+        announce("tool_call", call);
+      }
       const piece = choice.delta.content ?? "";
       if (piece) {
         tokens += 1;
@@ -130,7 +190,12 @@ async function ask(text) {
         announce("done", { text: reply, finish_reason: choice.finish_reason, usage: u, tokens_per_second: rate ?? null });
       }
     }
-    history.push({ role: "assistant", content: reply });
+    if (!reply && calls.length) out.remove();
+    history.push(
+      calls.length
+        ? { role: "assistant", content: reply || null, tool_calls: calls.map(({ index, ...c }) => c) }
+        : { role: "assistant", content: reply },
+    );
   } catch (e) {
     history.pop();
     showError(e);

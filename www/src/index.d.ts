@@ -242,6 +242,11 @@ export interface Timings {
   tokens_per_second: number | null;
 }
 
+/** The OpenAI SDK's second argument of `create`: its `signal` aborts like the body's. */
+export interface RequestOptions {
+  signal?: AbortSignal;
+}
+
 export interface ChatCompletionRequest extends SamplingOptions {
   messages: ChatMessage[];
   stream?: boolean;
@@ -316,15 +321,15 @@ export class PocketLM extends EventTarget {
   readonly state: "ready" | "unloaded" | "lost" | "crashed";
   readonly chat: {
     readonly completions: {
-      create(request: ChatCompletionRequest & { stream: true }): Promise<Stream<ChatCompletionChunk>>;
-      create(request: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
-      create(request: ChatCompletionRequest): Promise<ChatCompletion | Stream<ChatCompletionChunk>>;
+      create(request: ChatCompletionRequest & { stream: true }, options?: RequestOptions): Promise<Stream<ChatCompletionChunk>>;
+      create(request: ChatCompletionRequest & { stream?: false }, options?: RequestOptions): Promise<ChatCompletion>;
+      create(request: ChatCompletionRequest, options?: RequestOptions): Promise<ChatCompletion | Stream<ChatCompletionChunk>>;
     };
   };
   readonly completions: {
-    create(request: CompletionRequest & { stream: true }): Promise<Stream<Completion>>;
-    create(request: CompletionRequest & { stream?: false }): Promise<Completion>;
-    create(request: CompletionRequest): Promise<Completion | Stream<Completion>>;
+    create(request: CompletionRequest & { stream: true }, options?: RequestOptions): Promise<Stream<Completion>>;
+    create(request: CompletionRequest & { stream?: false }, options?: RequestOptions): Promise<Completion>;
+    create(request: CompletionRequest, options?: RequestOptions): Promise<Completion | Stream<Completion>>;
   };
   /** Plain text completion, no chat template. */
   complete(prompt: string, options?: SamplingOptions): Promise<string>;

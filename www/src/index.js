@@ -238,8 +238,9 @@ export class PocketLM extends EventTarget {
     this.#info = info;
     transport.onLost = (error) => this.#fail(error);
     transport.onCrash = (error) => this.#fail(error);
-    this.chat = Object.freeze({ completions: Object.freeze({ create: (request) => this.#create(request, "chat") }) });
-    this.completions = Object.freeze({ create: (request) => this.#create(request, "text") });
+    // `create(body, {signal})`: the OpenAI SDK's request options, whose signal aborts like body.signal.
+    this.chat = Object.freeze({ completions: Object.freeze({ create: (request, options) => this.#create(request, "chat", options) }) });
+    this.completions = Object.freeze({ create: (request, options) => this.#create(request, "text", options) });
   }
 
   /** Resolves to whether this browser can run PocketLM (WebGPU with an adapter, WebAssembly). */
@@ -331,10 +332,10 @@ export class PocketLM extends EventTarget {
     this.dispatchEvent(event);
   }
 
-  async #create(request, kind) {
+  async #create(request, kind, options) {
     this.#check();
     const req = kind === "chat" ? chatRequest(request) : completionRequest(request);
-    const { signal } = request;
+    const signal = options?.signal ?? request?.signal;
     const meta = {
       id: `${kind === "chat" ? "chatcmpl" : "cmpl"}-${randomId()}`,
       created: Math.floor(Date.now() / 1000),

@@ -7,8 +7,8 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
-import { copyFile, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { rm } from "node:fs/promises";
+import { tinyByteFolder } from "./tiny-bytes.mjs";
 import { serve } from "./server.mjs";
 import { evaluate, launch, value } from "./browser.mjs";
 
@@ -17,38 +17,6 @@ const ROOT = join(WWW, "..");
 const TINY = "/fixtures/models/tiny-llama.gguf";
 
 let server, browser, page, folder;
-
-/** The tiny Llama's safetensors folder with a byte-level BPE tokenizer of its 128 ids (as
- * tests/common/mod.rs makes for the native tests: the printable ASCII bytes, the newline and a
- * few JSON pieces), so that any JSON can be written, and a chat template without tools. */
-async function tinyByteFolder() {
-  const dir = await mkdtemp(join(tmpdir(), "pocketlm-tiny-bytes-"));
-  const src = join(ROOT, "tests", "fixtures", "models", "tiny-llama");
-  for (const f of ["config.json", "model.safetensors"]) await copyFile(join(src, f), join(dir, f));
-  const words = ["<unk>", "<s>", "</s>"];
-  for (let b = 0x20; b < 0x7f; b++) words.push(b === 0x20 ? "\u0120" : String.fromCharCode(b));
-  words.push("\u010a");
-  words.push(...['{"', '":', '",', '"}', '\u0120"', ",\u0120", ":\u0120", "true", "false", "null", "ab", "er", "in"]);
-  words.push(...["on", "an", "re", "12", "00", "ye", "no", "yes", '["', '"]', "},", "{}", "[]", "\u0120{", "red", "blue"]);
-  assert.equal(words.length, 128);
-  const special = (id, content) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
-  const byteLevel = { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true };
-  const tokenizer = {
-    version: "1.0",
-    truncation: null,
-    padding: null,
-    added_tokens: [special(0, "<unk>"), special(1, "<s>"), special(2, "</s>")],
-    normalizer: null,
-    pre_tokenizer: byteLevel,
-    post_processor: null,
-    decoder: byteLevel,
-    model: { type: "BPE", dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, ignore_merges: false, vocab: Object.fromEntries(words.map((w, i) => [w, i])), merges: [] },
-  };
-  await writeFile(join(dir, "tokenizer.json"), JSON.stringify(tokenizer));
-  const template = "{% for m in messages %}<s> {{ m['role'] }} {{ m['content'] }} </s> {% endfor %}{% if add_generation_prompt %}<s> assistant {% endif %}";
-  await writeFile(join(dir, "tokenizer_config.json"), JSON.stringify({ chat_template: template, bos_token: "<s>", eos_token: "</s>" }));
-  return dir;
-}
 
 before(async () => {
   folder = await tinyByteFolder();
@@ -228,4 +196,23 @@ test("tool calls: required and named choices give calls, streamed as delta.tool_
   assert.ok(!chunks.some((c) => (c.delta.content ?? "").includes("<tool_call>")), JSON.stringify(chunks));
   assert.equal(chunks.at(-1).finish_reason, "tool_calls");
   assert.equal(unknown, "invalid_request");
+});
+
+test("create(body, {signal}) aborts as body.signal does", { timeout: 300_000 }, async () => {
+  const got = await value(
+    await evaluate(page, async () => {
+      const controller = new AbortController();
+      const stream = await globalThis.lm.completions.create({ prompt: "Q:", max_tokens: 200, temperature: 0, stream: true }, { signal: controller.signal });
+      let pieces = 0;
+      let finish = null;
+      for await (const c of stream) {
+        if (c.choices[0].text) pieces += 1;
+        if (pieces === 1) controller.abort();
+        finish = c.choices[0].finish_reason ?? finish;
+      }
+      return { pieces, finish };
+    }),
+  );
+  assert.equal(got.finish, "abort", JSON.stringify(got));
+  assert.ok(got.pieces < 200, JSON.stringify(got));
 });
