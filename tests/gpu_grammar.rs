@@ -278,8 +278,11 @@ fn plans(seed: u64) -> Vec<(&'static str, SamplingParams)> {
 fn the_gpu_mask_makes_every_plan_valid_on_a_random_model() {
     let mut engine = tiny_engine();
     let prompt = engine.text_prompt("Reply in JSON:").unwrap();
+    // Two plans per schema, rotating: every plan meets several schemas (the software GPUs
+    // make all 35 pairs too slow for every test run).
     for (i, schema) in schemas().iter().enumerate() {
-        for (name, sampling) in plans(i as u64 + 1) {
+        let all = plans(i as u64 + 1);
+        for (name, sampling) in [all[i % all.len()].clone(), all[(i + 2) % all.len()].clone()] {
             let options = GenerateOptions {
                 sampling,
                 max_tokens: Some(300),
