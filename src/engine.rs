@@ -27,8 +27,8 @@ use crate::kernels::KvCache;
 use crate::load::LoadedModelFiles;
 use crate::model::{Decoder, Graph, ModelConfig, PendingPick, Readout, StepInput, StepOutput};
 use crate::sample::{
-    Draw, Sampler, SamplingDefaults, SamplingParams, SamplingPlan, StopCriteria, StopReason,
-    StopStream,
+    logprobs_from_candidates, logprobs_from_row, Draw, Sampler, SamplingDefaults, SamplingParams,
+    SamplingPlan, StopCriteria, StopReason, StopStream, TokenLogprobs, MAX_TOP_LOGPROBS,
 };
 use crate::text::tools::{self, ToolRequest, ToolSyntax};
 use crate::text::{
@@ -83,6 +83,10 @@ pub struct GenerateOptions {
     pub pipeline: bool,
     /// What the reply must be (JSON under a schema, a grammar, a regex); `None`: free text.
     pub response_format: Option<ResponseFormat>,
+    /// Report each token's log probability and this many alternatives (at most
+    /// [`MAX_TOP_LOGPROBS`]); `None`: none. Greedy and temperature-only steps then also read
+    /// the GPU's candidates (520 bytes instead of 8) and do not overlap host and GPU.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for GenerateOptions {
@@ -94,6 +98,7 @@ impl Default for GenerateOptions {
             ignore_eos: false,
             pipeline: true,
             response_format: None,
+            logprobs: None,
         }
     }
 }
@@ -126,6 +131,8 @@ pub struct TokenEvent<'a> {
     /// The text that may be shown now (possibly empty: a character split across tokens, or text
     /// held back because it could be the start of a stop string).
     pub text: &'a str,
+    /// The token's log probabilities, when the generation asked for them.
+    pub logprobs: Option<&'a TokenLogprobs>,
 }
 
 /// Whether to go on after a token.
@@ -154,6 +161,8 @@ pub struct Generation {
     /// With a response format: the host time of its token masks (computed while the GPU runs
     /// each step's forward pass).
     pub masks: Option<MaskStats>,
+    /// With `logprobs` asked for: each token's log probability and alternatives, in order.
+    pub logprobs: Vec<TokenLogprobs>,
 }
 
 impl Generation {
@@ -528,6 +537,9 @@ impl Engine {
         self.cached.truncate(reuse);
         let mut pos = reuse;
         let mut token = 0;
+        // The log probabilities of `token`, when asked for.
+        let mut token_lp: Option<TokenLogprobs> = None;
+        let want_lp = options.logprobs.map(|n| n.min(MAX_TOP_LOGPROBS));
         while pos < prompt.len() {
             let remaining = prompt.len() - pos;
             // The largest step size that fits what is left.
@@ -536,10 +548,20 @@ impl Engine {
             let chunk = &prompt[pos..pos + n];
             if pos + n == prompt.len() {
                 let pick = self
-                    .step_and_pick(ctx, g, chunk, pos, &mut sampler, plan, constraint.as_mut())
+                    .step_and_pick(
+                        ctx,
+                        g,
+                        chunk,
+                        pos,
+                        &mut sampler,
+                        plan,
+                        constraint.as_mut(),
+                        want_lp,
+                    )
                     .await?;
-                token = pick.0;
-                full_row_reads += usize::from(pick.1);
+                token = pick.token;
+                token_lp = pick.logprobs;
+                full_row_reads += usize::from(pick.full_row);
             } else {
                 self.model
                     .step(ctx, &mut self.graphs[g], chunk, pos, Readout::Nothing)
@@ -556,7 +578,8 @@ impl Engine {
         let pipelined = options.pipeline
             && matches!(plan, SamplingPlan::Greedy | SamplingPlan::Gumbel)
             && !sampler.params().penalties_on()
-            && constraint.is_none();
+            && constraint.is_none()
+            && want_lp.is_none();
         // Whether, with the step at `at` submitted and `shown` tokens shown, the step after it
         // may be needed: it is submitted ahead only then, so that running into the context or
         // `max_tokens` wastes nothing (a stop string, end of turn or abort wastes one step).
@@ -569,10 +592,14 @@ impl Engine {
         let mut detok = self.tokenizer.decode_stream(true);
         let mut text = String::new();
         let mut tokens = Vec::new();
+        let mut logprobs = Vec::new();
         let mut first_token_at = None;
         let finish_reason = loop {
             first_token_at.get_or_insert_with(now_ms);
             tokens.push(token);
+            if let Some(lp) = token_lp.take() {
+                logprobs.push(lp);
+            }
             let piece = if self.eos.contains(&token) && !options.ignore_eos {
                 String::new()
             } else {
@@ -587,6 +614,8 @@ impl Engine {
             let flow = on_token(TokenEvent {
                 token,
                 text: &step.text,
+                // Every token has its entry when they are asked for.
+                logprobs: want_lp.and(logprobs.last()),
             });
             match step.stop {
                 Some(StopReason::MaxTokens) => break FinishReason::Length,
@@ -610,7 +639,11 @@ impl Engine {
                 rest.push_str(&detok.flush()?);
                 if !rest.is_empty() {
                     text.push_str(&rest);
-                    on_token(TokenEvent { token, text: &rest });
+                    on_token(TokenEvent {
+                        token,
+                        text: &rest,
+                        logprobs: None,
+                    });
                 }
                 break if finished {
                     FinishReason::Stop
@@ -648,10 +681,12 @@ impl Engine {
                         &mut sampler,
                         plan,
                         constraint.as_mut(),
+                        want_lp,
                     )
                     .await?;
-                full_row_reads += usize::from(pick.1);
-                pick.0
+                full_row_reads += usize::from(pick.full_row);
+                token_lp = pick.logprobs;
+                pick.token
             };
             self.cached.push(token);
             token = next;
@@ -674,6 +709,7 @@ impl Engine {
             decode_ms: now_ms() - first,
             full_row_reads,
             masks: constraint.map(|c| c.stats),
+            logprobs,
         })
     }
 
@@ -692,7 +728,8 @@ impl Engine {
         sampler: &mut Sampler,
         plan: SamplingPlan,
         constraint: Option<&mut Constraint>,
-    ) -> Result<(u32, bool)> {
+        logprobs: Option<usize>,
+    ) -> Result<Pick> {
         let penalties = sampler.penalty_list();
         let draw: Draw = sampler.gpu_draw(plan);
         let readout = Readout::Sample {
@@ -700,6 +737,7 @@ impl Engine {
             draw,
             penalties: &penalties,
             biases: &sampler.params().logit_bias,
+            with_candidates: logprobs.is_some(),
         };
         let graph = &mut self.graphs[g];
         let out = match constraint {
@@ -711,20 +749,55 @@ impl Engine {
             None => self.model.step(ctx, graph, tokens, pos, readout).await?,
         };
         let vocab = self.model.config.vocab;
-        match out {
-            StepOutput::Token(t) => Ok((sampler.accept_picked(t), false)),
+        // The token, and what its log probabilities can come from.
+        let (token, mut row, seen) = match out {
+            StepOutput::Token(t) => (sampler.accept_picked(t), None, None),
+            StepOutput::TokenAndCandidates {
+                token,
+                candidates,
+                stats,
+            } => (
+                sampler.accept_picked(token),
+                None,
+                Some((candidates, stats)),
+            ),
             StepOutput::Candidates { candidates, stats } => {
                 match sampler.sample_gpu_candidates(&candidates, stats, vocab)? {
-                    Some(t) => Ok((t, false)),
+                    Some(t) => (t, None, Some((candidates, stats))),
                     None => {
                         let row = self.model.read_logits(ctx, graph, tokens.len()).await?;
-                        Ok((sampler.sample_penalized_logits(&row)?, true))
+                        (sampler.sample_penalized_logits(&row)?, Some(row), None)
                     }
                 }
             }
-            StepOutput::Logits(row) => Ok((sampler.sample_penalized_logits(&row)?, true)),
-            StepOutput::Nothing => Err(Error::Readback("a sampling step read nothing back".into())),
-        }
+            StepOutput::Logits(row) => (sampler.sample_penalized_logits(&row)?, Some(row), None),
+            StepOutput::Nothing => {
+                return Err(Error::Readback("a sampling step read nothing back".into()))
+            }
+        };
+        let logprobs = match logprobs {
+            None => None,
+            Some(top) => {
+                let known = seen.as_ref().and_then(|(candidates, stats)| {
+                    logprobs_from_candidates(token, candidates, *stats, top)
+                });
+                match known {
+                    Some(lp) => Some(lp),
+                    None => {
+                        // A token drawn from outside the candidates: its logit is in the row.
+                        if row.is_none() {
+                            row = Some(self.model.read_logits(ctx, graph, tokens.len()).await?);
+                        }
+                        row.as_deref().map(|r| logprobs_from_row(token, r, top))
+                    }
+                }
+            }
+        };
+        Ok(Pick {
+            token,
+            full_row: row.is_some(),
+            logprobs,
+        })
     }
 
     /// Submits the decode step of one token at `pos` (from the host, or already on the GPU)
@@ -796,6 +869,14 @@ impl Engine {
         self.graphs.push(g);
         Ok(self.graphs.len() - 1)
     }
+}
+
+/// A step's pick.
+struct Pick {
+    token: u32,
+    /// Whether the whole row of logits was read back.
+    full_row: bool,
+    logprobs: Option<TokenLogprobs>,
 }
 
 /// The positions a graph for a sequence of `end` positions covers: [`FIRST_SPAN`] × 4ᵏ, at most

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::engine::GenerateOptions;
 use crate::error::{Error, Result};
-use crate::sample::SamplingParams;
+use crate::sample::{SamplingParams, MAX_TOP_LOGPROBS};
 use crate::text::tools::Tool;
 use crate::text::{ChatMessage, ResponseFormat, ToolChoice, ToolRequest};
 
@@ -86,6 +86,8 @@ const READ: &[&str] = &[
     "chat_template_kwargs",
     "response_format",
     "logit_bias",
+    "logprobs",
+    "top_logprobs",
     "tools",
     "tool_choice",
     "parallel_tool_calls",
@@ -112,8 +114,6 @@ const IGNORED: &[&str] = &[
 const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ("functions", "function calls are not supported"),
     ("function_call", "function calls are not supported"),
-    ("logprobs", "log probabilities are not returned yet"),
-    ("top_logprobs", "log probabilities are not returned yet"),
     ("audio", "PocketLM's models read and write text only"),
     ("modalities", "PocketLM's models read and write text only"),
     ("prediction", "predicted outputs are not supported"),
@@ -137,7 +137,7 @@ fn refuse_unused_fields(request: &serde_json::Map<String, Value>) -> Result<()> 
         }
         let is_default = match (key.as_str(), v) {
             (_, Value::Null) => true,
-            ("logprobs" | "echo", Value::Bool(false)) => true,
+            ("echo", Value::Bool(false)) => true,
             ("functions", Value::Array(a)) => a.is_empty(),
             ("function_call", Value::String(s)) => s == "none",
             ("modalities", Value::Array(a)) => a.iter().all(|m| m == "text"),
@@ -280,6 +280,7 @@ pub fn parse_request(request: &Value) -> Result<(GenerateOptions, Prompt)> {
         ignore_eos: false,
         pipeline: true,
         response_format: parse_response_format(request)?,
+        logprobs: parse_logprobs(request)?,
     };
     Ok((options, prompt))
 }
@@ -442,6 +443,45 @@ pub fn parse_tools(request: &Value) -> Result<Option<ToolRequest>> {
         };
     }
     Ok(Some(ToolRequest { tools, choice }))
+}
+
+/// `logprobs` and `top_logprobs`: chat's `logprobs: true` with `top_logprobs` (0–20), or the
+/// legacy completions' `logprobs: n` (the alternatives per token). The number of alternatives,
+/// or `None`.
+fn parse_logprobs(request: &Value) -> Result<Option<usize>> {
+    let top = match get(request, "top_logprobs") {
+        None => None,
+        Some(v) => match v.as_f64() {
+            Some(n) if n.fract() == 0.0 && (0.0..=MAX_TOP_LOGPROBS as f64).contains(&n) => {
+                Some(n as usize)
+            }
+            _ => {
+                return Err(Error::InvalidRequest(format!(
+                    "top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}, not {}",
+                    describe(v)
+                )))
+            }
+        },
+    };
+    match (get(request, "logprobs"), top) {
+        (None | Some(Value::Bool(false)), None) => Ok(None),
+        (None | Some(Value::Bool(false)), Some(_)) => Err(Error::InvalidRequest(
+            "top_logprobs needs logprobs: true".into(),
+        )),
+        (Some(Value::Bool(true)), top) => Ok(Some(top.unwrap_or(0))),
+        (Some(v), None)
+            if v.as_f64().is_some_and(|n| {
+                n.fract() == 0.0 && (0.0..=MAX_TOP_LOGPROBS as f64).contains(&n)
+            }) =>
+        {
+            Ok(v.as_f64().map(|n| n as usize))
+        }
+        (Some(v), _) => Err(Error::InvalidRequest(format!(
+            "logprobs must be true or false (chat) or an integer from 0 to {MAX_TOP_LOGPROBS} \
+             (completions), not {}",
+            describe(v)
+        ))),
+    }
 }
 
 /// `logit_bias`: an object from token ids (as strings, OpenAI's form) to biases in [−100, 100].
@@ -637,6 +677,8 @@ mod tests {
             ("tool_choice", json!("none")),
             ("logit_bias", json!({})),
             ("logit_bias", json!({"5": 10, "7": -100})),
+            ("logprobs", json!(true)),
+            ("logprobs", json!(3)),
             ("modalities", json!(["text"])),
             ("n", json!(1)),
             ("stream_options", json!({"include_usage": true})),
@@ -652,8 +694,13 @@ mod tests {
             Some(7)
         );
         for (k, v, want) in [
-            ("logprobs", json!(true), "logprobs is not supported"),
-            ("top_logprobs", json!(3), "top_logprobs is not supported"),
+            ("logprobs", json!("yes"), "logprobs must be true or false"),
+            (
+                "top_logprobs",
+                json!(3),
+                "top_logprobs needs logprobs: true",
+            ),
+            ("logprobs", json!(21), "from 0 to 20"),
             ("tools", json!([{"type": "function"}]), "tools[0] must be"),
             ("tool_choice", json!("required"), "there are no tools"),
             (

@@ -940,3 +940,122 @@ mod defaults_tests {
         );
     }
 }
+
+/// The most alternatives a token's log probabilities list (OpenAI's `top_logprobs` limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// One generated token's log probability and its most likely alternatives (OpenAI's
+/// `logprobs`), under the logits the draw saw (after penalties, the logit bias and a grammar's
+/// mask; before temperature and truncation).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprobs {
+    pub token: u32,
+    pub logprob: f32,
+    /// The `top` most likely tokens with their log probabilities, best first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// [`TokenLogprobs`] from the GPU's candidates (best first) and the row's (max, Σ exp(x −
+/// max)); `None` when `token` is not among the candidates (then the whole row is needed).
+pub fn logprobs_from_candidates(
+    token: u32,
+    candidates: &[(u32, f32)],
+    (max, sum): (f32, f32),
+    top: usize,
+) -> Option<TokenLogprobs> {
+    let lse = f64::from(max) + f64::from(sum).ln();
+    let lp = |l: f32| (f64::from(l) - lse) as f32;
+    let logit = candidates.iter().find(|c| c.0 == token)?.1;
+    Some(TokenLogprobs {
+        token,
+        logprob: lp(logit),
+        top: candidates
+            .iter()
+            .take(top)
+            .map(|&(t, l)| (t, lp(l)))
+            .collect(),
+    })
+}
+
+/// [`TokenLogprobs`] from a whole row of logits.
+pub fn logprobs_from_row(token: u32, row: &[f32], top: usize) -> TokenLogprobs {
+    let max = row
+        .iter()
+        .copied()
+        .filter(|l| !l.is_nan())
+        .fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = row
+        .iter()
+        .filter(|l| !l.is_nan())
+        .map(|&l| exp(f64::from(l) - f64::from(max)))
+        .sum();
+    let mut best: Vec<(u32, f32)> = row
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, canonical(l)))
+        .collect();
+    let keep = top.min(best.len());
+    if keep > 0 && keep < best.len() {
+        best.select_nth_unstable_by(keep - 1, order);
+    }
+    best.truncate(keep);
+    best.sort_by(order);
+    let logit = row
+        .get(token as usize)
+        .copied()
+        .unwrap_or(f32::NEG_INFINITY);
+    logprobs_from_candidates(token, &[(token, logit)], (max, sum as f32), 0)
+        .map(|mut t| {
+            let lse = f64::from(max) + sum.ln();
+            t.top = best
+                .into_iter()
+                .map(|(i, l)| (i, (f64::from(l) - lse) as f32))
+                .collect();
+            t
+        })
+        .unwrap_or(TokenLogprobs {
+            token,
+            logprob: f32::NEG_INFINITY,
+            top: Vec::new(),
+        })
+}
+
+#[cfg(test)]
+mod logprob_tests {
+    use super::*;
+
+    #[test]
+    fn candidates_and_the_whole_row_give_the_same_log_probabilities() {
+        let row: Vec<f32> = (0..500)
+            .map(|i| ((i * 37 % 101) as f32) * 0.07 - 3.0)
+            .collect();
+        let from_row = logprobs_from_row(7, &row, 5);
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f32 = row.iter().map(|&l| (l - max).exp()).sum();
+        let mut cands: Vec<(u32, f32)> = row
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
+        cands.sort_by(order);
+        cands.truncate(64);
+        let top = cands[3].0;
+        let from_c = logprobs_from_candidates(top, &cands, (max, sum), 5).unwrap();
+        let again = logprobs_from_row(top, &row, 5);
+        assert!((from_c.logprob - again.logprob).abs() < 1e-5);
+        assert_eq!(
+            from_c.top.iter().map(|t| t.0).collect::<Vec<_>>(),
+            from_row.top.iter().map(|t| t.0).collect::<Vec<_>>()
+        );
+        // The probabilities of the whole row sum to 1.
+        let p: f64 = (0..500)
+            .map(|t| f64::from(logprobs_from_row(t, &row, 0).logprob).exp())
+            .sum();
+        assert!((p - 1.0).abs() < 1e-4, "{p}");
+        // A token outside the candidates needs the row.
+        let outside = (0..500u32)
+            .find(|t| !cands.iter().any(|c| c.0 == *t))
+            .unwrap();
+        assert!(logprobs_from_candidates(outside, &cands, (max, sum), 5).is_none());
+    }
+}

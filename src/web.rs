@@ -747,6 +747,25 @@ impl Model {
     }
 }
 
+/// A token's log probabilities as the package reads them: `{id, token, bytes, logprob,
+/// top: [{id, token, bytes, logprob}]}` (`token` is the token's text, `bytes` its UTF-8 bytes,
+/// which may be part of a character).
+fn logprobs_js(tokenizer: &crate::text::Tokenizer, lp: &crate::sample::TokenLogprobs) -> JsValue {
+    let entry = |id: u32, logprob: f32| {
+        let bytes = tokenizer.bytes_of(id);
+        serde_json::json!({
+            "id": id,
+            "token": String::from_utf8_lossy(&bytes),
+            "bytes": bytes,
+            // JSON has no -inf: a token that cannot come gets OpenAI's floor.
+            "logprob": if logprob.is_finite() { logprob.max(-9999.0) } else { -9999.0 },
+        })
+    };
+    let mut v = entry(lp.token, lp.logprob);
+    v["top"] = lp.top.iter().map(|&(t, l)| entry(t, l)).collect();
+    js_sys::JSON::parse(&v.to_string()).unwrap_or(JsValue::NULL)
+}
+
 /// What ends a generation from outside: an aborted signal, or `unload()`.
 struct Stop {
     signal: Option<JsValue>,
@@ -805,8 +824,13 @@ async fn run_generation(
             }
             None => t.text.to_string(),
         };
-        if let Some(f) = on_token.as_ref().filter(|_| !shown.is_empty()) {
-            match f.call2(&JsValue::NULL, &shown.as_str().into(), &t.token.into()) {
+        let lp = t.logprobs.map(|lp| logprobs_js(&tokenizer, lp));
+        if let Some(f) = on_token
+            .as_ref()
+            .filter(|_| !shown.is_empty() || lp.is_some())
+        {
+            let lp = lp.unwrap_or(JsValue::UNDEFINED);
+            match f.call3(&JsValue::NULL, &shown.as_str().into(), &t.token.into(), &lp) {
                 Ok(r) if r.as_bool() == Some(false) => return Flow::Stop,
                 Ok(_) => {}
                 Err(e) => {
@@ -875,6 +899,15 @@ async fn run_generation(
     set("prefillMs", g.prefill_ms.into());
     set("decodeMs", g.decode_ms.into());
     set("fullRowReads", (g.full_row_reads as f64).into());
+    if !g.logprobs.is_empty() {
+        let tokenizer = engine.tokenizer();
+        let list: js_sys::Array = g
+            .logprobs
+            .iter()
+            .map(|lp| logprobs_js(tokenizer, lp))
+            .collect();
+        set("logprobs", list.into());
+    }
     if let Some(m) = &g.masks {
         let masks = js_sys::Object::new();
         for (k, v) in [

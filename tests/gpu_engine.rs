@@ -41,12 +41,30 @@ fn greedy(max_tokens: usize) -> GenerateOptions {
         ignore_eos: true,
         pipeline: true,
         response_format: None,
+        logprobs: None,
     }
 }
 
 /// What greedy decoding must give: the argmax at each position of one full forward pass over
 /// the prompt and the generated tokens (a separate model, all logits read back).
 fn argmax_continuation(prompt: &[u32], generated: &[u32]) -> Vec<u32> {
+    forward_rows(prompt, generated)
+        .iter()
+        .map(|row| {
+            let mut best = 0;
+            for (i, &l) in row.iter().enumerate() {
+                if l > row[best] {
+                    best = i;
+                }
+            }
+            best as u32
+        })
+        .collect()
+}
+
+/// The logits that precede each generated token, from one full forward pass over the prompt and
+/// the generated tokens (a separate model, all logits read back).
+fn forward_rows(prompt: &[u32], generated: &[u32]) -> Vec<Vec<f32>> {
     let m = loaded(|_| {});
     let config = ModelConfig::from_hf_json(&m.companions["config.json"], "tiny-llama").unwrap();
     let seq: Vec<u32> = prompt.iter().chain(generated).copied().collect();
@@ -61,16 +79,7 @@ fn argmax_continuation(prompt: &[u32], generated: &[u32]) -> Vec<u32> {
     let mut graph = pollster::block_on(model.graph(ctx(), seq.len(), 4)).unwrap();
     let logits = pollster::block_on(model.forward(ctx(), &mut graph, &seq, 0)).unwrap();
     (prompt.len() - 1..seq.len() - 1)
-        .map(|t| {
-            let row = &logits[t * VOCAB..(t + 1) * VOCAB];
-            let mut best = 0;
-            for (i, &l) in row.iter().enumerate() {
-                if l > row[best] {
-                    best = i;
-                }
-            }
-            best as u32
-        })
+        .map(|t| logits[t * VOCAB..(t + 1) * VOCAB].to_vec())
         .collect()
 }
 
@@ -283,6 +292,7 @@ fn gpu_sampling_agrees_with_the_cpu_sampler_on_the_whole_row() {
                 draw,
                 penalties: &pens,
                 biases: &[],
+                with_candidates: false,
             };
             let out = pollster::block_on(model.step(ctx(), &mut graph, &seq, 0, readout)).unwrap();
             // The row as the GPU penalized it, then the row as computed.
@@ -348,7 +358,9 @@ fn gpu_sampling_agrees_with_the_cpu_sampler_on_the_whole_row() {
                     assert_eq!(r, gpu_row, "the row the GPU penalized");
                     gpu.sample_penalized_logits(&r).unwrap()
                 }
-                StepOutput::Nothing => panic!("a sampling readout read nothing"),
+                StepOutput::Nothing | StepOutput::TokenAndCandidates { .. } => {
+                    panic!("this readout reads a pick, candidates or the row")
+                }
             };
             let want = cpu.sample_logits(&row).unwrap();
             assert_eq!(picked, want, "{params:?} ({plan:?})");
@@ -814,4 +826,72 @@ fn generation_config_defaults_apply_where_the_request_is_silent() {
     let g = generate(&mut engine, &prompt, &silent);
     let want = generate(&mut engine, &prompt, &greedy(6));
     assert_eq!(g.tokens[..], want.tokens[..g.tokens.len()]);
+}
+
+/// `logprobs`: greedy tokens' log probabilities and top alternatives equal the log-softmax of a
+/// full forward pass; in every plan each token gets an entry (its own logprob, the best first
+/// among the alternatives), and asking for them changes no seeded token.
+#[test]
+fn logprobs_match_a_full_forward_pass_and_change_no_token() {
+    let mut engine = engine_with(128);
+    let prompt: Vec<u32> = vec![1, 12, 13, 14, 15];
+    let options = GenerateOptions {
+        logprobs: Some(5),
+        ..greedy(8)
+    };
+    let g = generate(&mut engine, &prompt, &options);
+    assert_eq!(g.logprobs.len(), g.tokens.len());
+    for (lp, row) in g.logprobs.iter().zip(forward_rows(&prompt, &g.tokens)) {
+        let max = row.iter().copied().fold(f32::MIN, f32::max);
+        let lse = f64::from(max)
+            + row
+                .iter()
+                .map(|&l| (f64::from(l) - f64::from(max)).exp())
+                .sum::<f64>()
+                .ln();
+        let want = |t: u32| (f64::from(row[t as usize]) - lse) as f32;
+        assert!((lp.logprob - want(lp.token)).abs() < 1e-4, "{lp:?}");
+        assert_eq!(lp.top.len(), 5);
+        assert_eq!(lp.top[0].0, lp.token, "greedy picks the best");
+        for &(t, l) in &lp.top {
+            assert!((l - want(t)).abs() < 1e-4, "{t}: {l} vs {}", want(t));
+        }
+        assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1));
+    }
+    let t = |temperature: f32| SamplingParams {
+        temperature,
+        seed: Some(5),
+        ..SamplingParams::default()
+    };
+    for sampling in [
+        t(1.0),
+        SamplingParams { top_k: 4, ..t(1.0) },
+        SamplingParams {
+            top_p: 0.7,
+            ..t(0.8)
+        },
+        SamplingParams {
+            repetition_penalty: 1.4,
+            ..t(1.0)
+        },
+    ] {
+        let plain = GenerateOptions {
+            sampling: sampling.clone(),
+            ..greedy(8)
+        };
+        let with = GenerateOptions {
+            logprobs: Some(3),
+            ..plain.clone()
+        };
+        let a = generate(&mut engine, &prompt, &plain);
+        let b = generate(&mut engine, &prompt, &with);
+        assert_eq!(a.tokens, b.tokens, "{sampling:?}");
+        assert!(a.logprobs.is_empty());
+        assert_eq!(b.logprobs.len(), b.tokens.len());
+        for (lp, &tok) in b.logprobs.iter().zip(&b.tokens) {
+            assert_eq!(lp.token, tok);
+            assert!(lp.logprob <= 0.0 && lp.logprob >= lp.top.last().unwrap().1 - 60.0);
+            assert!(lp.top[0].1 >= lp.logprob - 1e-6, "{lp:?}");
+        }
+    }
 }

@@ -51,6 +51,7 @@ fn generate(engine: &mut Engine, seq: &mut Vec<u32>, i: usize) {
         // Both decode loops: overlapped (greedy and plain sampling) and step by step.
         pipeline: !i.is_multiple_of(4),
         response_format: None,
+        logprobs: None,
     };
     let abort = i % 5 == 2;
     let g = pollster::block_on(engine.generate(ctx(), seq, &options, &mut |_| {

@@ -215,6 +215,7 @@ mod cli {
                 ignore_eos: false,
                 pipeline: true,
                 response_format: self.response_format()?,
+                logprobs: None,
             })
         }
     }
@@ -630,6 +631,7 @@ mod cli {
             ignore_eos: true,
             pipeline: true,
             response_format: None,
+            logprobs: None,
         };
         // Warm-up: every pipeline compiled and every graph run once.
         let warm = bench_prompt(&engine, 20)?;
@@ -789,6 +791,7 @@ mod cli {
                 ignore_eos: true,
                 pipeline: true,
                 response_format: None,
+                logprobs: None,
             };
             let b0 = ctx.stats.bytes_read();
             let g = engine
@@ -834,6 +837,7 @@ mod cli {
                 max_tokens: Some(gen_tokens),
                 stop: Vec::new(),
                 ignore_eos: response_format.is_none(),
+                logprobs: None,
                 pipeline: false,
                 response_format,
             };
@@ -894,6 +898,7 @@ mod cli {
                     ignore_eos: true,
                     pipeline,
                     response_format: None,
+                    logprobs: None,
                 };
                 let g = engine
                     .generate(ctx, prompt, &options, &mut |_| Flow::Continue)

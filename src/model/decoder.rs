@@ -107,6 +107,9 @@ pub enum Readout<'a> {
         penalties: &'a [(u32, u32)],
         /// The logit bias, (token, bias) per distinct token (`draw.n_bias` of them).
         biases: &'a [(u32, f32)],
+        /// Also read the best candidates and the softmax statistics with a greedy or Gumbel
+        /// pick (for log probabilities): [`StepOutput::TokenAndCandidates`].
+        with_candidates: bool,
     },
     /// The last token's whole row of logits, as computed.
     Logits,
@@ -118,6 +121,13 @@ pub enum StepOutput {
     Nothing,
     /// The token the GPU picked (greedy or Gumbel).
     Token(u32),
+    /// The token the GPU picked, with the candidates and statistics of
+    /// [`StepOutput::Candidates`].
+    TokenAndCandidates {
+        token: u32,
+        candidates: Vec<(u32, f32)>,
+        stats: (f32, f32),
+    },
     /// The GPU's best (token, logit) candidates, best first, and the row's softmax statistics
     /// (max, Σ exp(x − max)).
     Candidates {
@@ -996,6 +1006,7 @@ impl Decoder {
                 mut draw,
                 penalties,
                 biases,
+                with_candidates,
             } => {
                 if penalties.len() > graph.pens.rows() {
                     return Err(Error::ShapeMismatch {
@@ -1031,9 +1042,22 @@ impl Decoder {
                             &graph.gumbel
                         };
                         let slot = pick.record(&mut rec);
+                        let more = with_candidates.then(|| {
+                            (
+                                graph.candidates.record(&mut rec),
+                                graph.stats.record(&mut rec),
+                            )
+                        });
                         let readback = rec.submit_and_read().await?;
-                        let rows = pick.read(&readback, slot)?;
-                        Ok(StepOutput::Token(rows[row][0].0))
+                        let token = pick.read(&readback, slot)?[row][0].0;
+                        match more {
+                            None => Ok(StepOutput::Token(token)),
+                            Some((c, s)) => Ok(StepOutput::TokenAndCandidates {
+                                token,
+                                candidates: graph.candidates.read(&readback, c)?.swap_remove(row),
+                                stats: graph.stats.read(&readback, s)?[row],
+                            }),
+                        }
                     }
                     SamplingPlan::Candidates => {
                         let slot = graph.candidates.record(&mut rec);

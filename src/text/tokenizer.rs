@@ -155,6 +155,8 @@ pub struct Tokenizer {
     inner: Arc<tokenizers::Tokenizer>,
     /// The same tokenizer with special-token matching off, built on first use.
     plain: Arc<OnceLock<Arc<tokenizers::Tokenizer>>>,
+    /// Every token's bytes ([`Tokenizer::token_bytes`]), computed on first use.
+    bytes: Arc<OnceLock<Result<Vec<Vec<u8>>>>>,
     bos: Option<u32>,
     eos: Vec<u32>,
     /// Built from GGUF: BOS/EOS are added here; from JSON: by the file's post-processor.
@@ -233,6 +235,7 @@ impl Tokenizer {
         Ok(Tokenizer {
             inner: Arc::new(inner),
             plain: Arc::new(OnceLock::new()),
+            bytes: Arc::new(OnceLock::new()),
             bos,
             eos,
             add_bos: false,
@@ -495,6 +498,7 @@ impl Tokenizer {
         Ok(Tokenizer {
             inner: Arc::new(tk),
             plain: Arc::new(OnceLock::new()),
+            bytes: Arc::new(OnceLock::new()),
             bos,
             eos: eog,
             add_bos,
@@ -618,6 +622,29 @@ impl Tokenizer {
     /// vocabularies (`▁` for a space, `<0xNN>` byte tokens) are understood; other decoders
     /// (WordPiece) are an [`Error::Tokenizer`].
     pub fn token_bytes(&self) -> Result<Vec<Vec<u8>>> {
+        match self.bytes.get_or_init(|| self.compute_token_bytes()) {
+            Ok(all) => Ok(all.clone()),
+            Err(e) => Err(tok_err(e.to_string().trim_start_matches("tokenizer: "))),
+        }
+    }
+
+    /// One token's bytes as text shows them (a special token's text without the 0xFF marker of
+    /// [`Tokenizer::token_bytes`]); nothing for an id outside the vocabulary.
+    pub fn bytes_of(&self, id: u32) -> Vec<u8> {
+        match self.bytes.get_or_init(|| self.compute_token_bytes()) {
+            Ok(all) => {
+                let b = all.get(id as usize).map_or(&[][..], Vec::as_slice);
+                b.strip_prefix(&[0xFF]).unwrap_or(b).to_vec()
+            }
+            Err(_) => self
+                .inner
+                .decode(&[id], false)
+                .unwrap_or_default()
+                .into_bytes(),
+        }
+    }
+
+    fn compute_token_bytes(&self) -> Result<Vec<Vec<u8>>> {
         let decoder = self
             .inner
             .get_decoder()

@@ -196,6 +196,7 @@ pub fn greedy(tokens: usize) -> pocketlm::engine::GenerateOptions {
         ignore_eos: true,
         pipeline: true,
         response_format: None,
+        logprobs: None,
     }
 }
 

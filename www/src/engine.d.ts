@@ -1,5 +1,5 @@
 // Types of `pocketlm/engine`: the engine in this realm (inside a worker or a service worker).
-import type { ResponseFormat, LoadOptions, MemoryUsage, ModelCache, ModelInfo, ModelSource, PocketLMError, SupportReport } from "./index.js";
+import type { ResponseFormat, Tool, ToolChoice, LoadOptions, MemoryUsage, ModelCache, ModelInfo, ModelSource, PocketLMError, SupportReport } from "./index.js";
 
 export { PocketLMError } from "./index.js";
 
@@ -27,6 +27,20 @@ export interface Generation {
   fullRowReads: number;
   /** With a response format: the host time of its token masks (computed while the GPU runs). */
   masks?: { count: number; meanMs: number; maxMs: number };
+  /** With `logprobs`: each token's, with `top` alternatives. */
+  logprobs?: EngineLogprob[];
+  /** With tools: the calls the reply made (`text` is then what came before them). */
+  toolCalls?: { id: string; type: "function"; function: { name: string; arguments: string } }[];
+  /** With tools: why the reply's call text did not parse. */
+  toolCallError?: string;
+}
+
+export interface EngineLogprob {
+  id: number;
+  token: string;
+  bytes: number[];
+  logprob: number;
+  top: { id: number; token: string; bytes: number[]; logprob: number }[];
 }
 
 export interface EngineRequest {
@@ -43,6 +57,11 @@ export interface EngineRequest {
   presence_penalty?: number;
   repetition_penalty?: number;
   response_format?: ResponseFormat;
+  logit_bias?: Record<string, number>;
+  logprobs?: boolean | number;
+  top_logprobs?: number;
+  tools?: Tool[];
+  tool_choice?: ToolChoice;
 }
 
 export class Engine {
@@ -52,7 +71,10 @@ export class Engine {
   ): Promise<Engine>;
   readonly state: "ready" | "unloaded" | "lost";
   info(): ModelInfo;
-  generate(request: EngineRequest, options?: { onToken?: (text: string, tokenId: number) => void; signal?: AbortSignal }): Promise<Generation>;
+  generate(
+    request: EngineRequest,
+    options?: { onToken?: (text: string, tokenId: number, logprobs?: EngineLogprob) => void; signal?: AbortSignal },
+  ): Promise<Generation>;
   tokenize(text: string, addSpecial?: boolean): number[];
   unload(): Promise<void>;
   simulateDeviceLoss(): void;

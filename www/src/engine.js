@@ -227,7 +227,7 @@ export class Engine {
 
   /**
    * Generates (queued behind earlier calls). `request`: the engine's request (`messages` or
-   * `prompt`, and the OpenAI sampling names). `onToken(text, tokenId)` after every token; `signal`
+   * `prompt`, and the OpenAI sampling names). `onToken(text, tokenId, logprobs)` after every token (`logprobs` when asked for); `signal`
    * stops it within one token with finishReason "abort" (also while it waits in the queue).
    */
   generate(request, { onToken, signal } = {}) {
@@ -236,7 +236,7 @@ export class Engine {
       if (this.#state !== "ready") throw this.#stateError();
       if (signal?.aborted) return abortedResult();
       try {
-        return await this.#model.generate({ ...request, signal }, onToken ? (text, token) => void onToken(text, token) : undefined);
+        return await this.#model.generate({ ...request, signal }, onToken ? (text, token, logprobs) => void onToken(text, token, logprobs) : undefined);
       } catch (e) {
         const err = toPocketLMError(e);
         // A lost device first shows as a failed GPU call; its "lost" news follows a moment later.
@@ -327,7 +327,7 @@ export function createHandler(post) {
         case "generate":
           value = await need().generate(m.request, {
             signal: controller.signal,
-            onToken: m.stream ? (text, token) => post({ id, type: "token", text, token }) : undefined,
+            onToken: m.stream ? (text, token, logprobs) => post({ id, type: "token", text, token, logprobs }) : undefined,
           });
           break;
         case "tokenize":

@@ -187,6 +187,12 @@ export interface SamplingOptions {
    * {@link ResponseFormat}). A schema or grammar that cannot be used rejects with
    * `invalid_request`. */
   response_format?: ResponseFormat;
+  /** Added to these tokens' logits (token id → bias in [-100, 100]) on the GPU. */
+  logit_bias?: Record<string, number>;
+  /** Chat: `true` to get each token's log probability (with `top_logprobs` alternatives, 0–20);
+   * completions: the number of alternatives (0–20). */
+  logprobs?: boolean | number;
+  top_logprobs?: number;
   /** Stops the generation within one token; finish_reason is then "abort". */
   signal?: AbortSignal;
   /** Only 1. */
@@ -205,6 +211,29 @@ export type ResponseFormat =
   | { type: "json_schema"; json_schema: { name?: string; description?: string; schema: Record<string, unknown> | boolean; strict?: boolean | null } }
   | { type: "grammar"; grammar: string }
   | { type: "regex"; pattern: string };
+
+/** A token's log probability (natural log, under the logits the draw saw: after penalties, the
+ * logit bias and a grammar's mask, before temperature) and its most likely alternatives. */
+export interface TokenLogprob {
+  token: string;
+  logprob: number;
+  /** The token's UTF-8 bytes (a token may hold part of a character). */
+  bytes: number[];
+  top_logprobs: { token: string; logprob: number; bytes: number[] }[];
+}
+
+export interface ChatLogprobs {
+  content: TokenLogprob[];
+  refusal: null;
+}
+
+/** The legacy completions' form. */
+export interface CompletionLogprobs {
+  tokens: string[];
+  token_logprobs: number[];
+  top_logprobs: Record<string, number>[];
+  text_offset: number[];
+}
 
 /** `tool_calls`: the reply is one or more calls (chat with tools). */
 export type FinishReason = "stop" | "length" | "abort" | "tool_calls";
@@ -264,7 +293,7 @@ export interface ChatCompletion {
   created: number;
   model: string;
   system_fingerprint: null;
-  choices: [{ index: 0; message: { role: "assistant"; content: string | null; refusal: null; tool_calls?: ToolCall[] }; logprobs: null; finish_reason: FinishReason }];
+  choices: [{ index: 0; message: { role: "assistant"; content: string | null; refusal: null; tool_calls?: ToolCall[] }; logprobs: ChatLogprobs | null; finish_reason: FinishReason }];
   usage: Usage;
   pocketlm: Timings;
 }
@@ -275,7 +304,7 @@ export interface ChatCompletionChunk {
   created: number;
   model: string;
   system_fingerprint: null;
-  choices: [{ index: 0; delta: { role?: "assistant"; content?: string; tool_calls?: (ToolCall & { index: number })[] }; logprobs: null; finish_reason: FinishReason | null; token_id?: number }];
+  choices: [{ index: 0; delta: { role?: "assistant"; content?: string; tool_calls?: (ToolCall & { index: number })[] }; logprobs: ChatLogprobs | null; finish_reason: FinishReason | null; token_id?: number }];
   /** On the last chunk only. */
   usage?: Usage;
   pocketlm?: Timings;
@@ -292,7 +321,7 @@ export interface Completion {
   created: number;
   model: string;
   system_fingerprint: null;
-  choices: [{ index: 0; text: string; logprobs: null; finish_reason: FinishReason | null; token_id?: number }];
+  choices: [{ index: 0; text: string; logprobs: CompletionLogprobs | null; finish_reason: FinishReason | null; token_id?: number }];
   usage?: Usage;
   pocketlm?: Timings;
 }

@@ -100,7 +100,7 @@ class Transport {
         }
         break;
       case "token":
-        p.onToken?.(m.text, m.token);
+        p.onToken?.(m.text, m.token, m.logprobs);
         break;
       case "done":
         this.#pending.delete(m.id);
@@ -119,6 +119,32 @@ class Transport {
     this.#pending.clear();
     this.#close();
   }
+}
+
+/** The engine's log probabilities of a token → OpenAI's chat form. */
+const chatLogprob = (e) => ({
+  token: e.token,
+  logprob: e.logprob,
+  bytes: e.bytes,
+  top_logprobs: e.top.map((t) => ({ token: t.token, logprob: t.logprob, bytes: t.bytes })),
+});
+
+/** The engine's log probabilities of tokens → OpenAI's chat `logprobs`, or the legacy
+ * completions' form (`tokens`, `token_logprobs`, `top_logprobs`, `text_offset`). */
+function logprobsOf(list, kind, offset = 0) {
+  if (!list) return null;
+  if (kind === "chat") return { content: list.map(chatLogprob), refusal: null };
+  const text_offset = [];
+  for (const e of list) {
+    text_offset.push(offset);
+    offset += e.token.length;
+  }
+  return {
+    tokens: list.map((e) => e.token),
+    token_logprobs: list.map((e) => e.logprob),
+    top_logprobs: list.map((e) => Object.fromEntries(e.top.map((t) => [t.token, t.logprob]))),
+    text_offset,
+  };
 }
 
 function usageOf(r) {
@@ -345,10 +371,11 @@ export class PocketLM extends EventTarget {
     const r = await this.#t.request("generate", { request: req }, { signal });
     const message = { role: "assistant", content: r.toolCalls && r.text === "" ? null : r.text, refusal: null };
     if (r.toolCalls) message.tool_calls = r.toolCalls;
+    const logprobs = logprobsOf(r.logprobs, kind);
     const choice =
       kind === "chat"
-        ? { index: 0, message, logprobs: null, finish_reason: r.finishReason }
-        : { index: 0, text: r.text, logprobs: null, finish_reason: r.finishReason };
+        ? { index: 0, message, logprobs, finish_reason: r.finishReason }
+        : { index: 0, text: r.text, logprobs, finish_reason: r.finishReason };
     return {
       ...meta,
       object: kind === "chat" ? "chat.completion" : "text_completion",
@@ -386,11 +413,12 @@ export class PocketLM extends EventTarget {
       wake = null;
     };
     let streamed = "";
-    const onToken = (text, tokenId) => {
-      if (!text) return;
-      streamed += text;
+    const onToken = (text, tokenId, logprobs) => {
+      if (!text && !logprobs) return;
       const c = chunk(text, first, null);
       c.choices[0].token_id = tokenId;
+      if (logprobs) c.choices[0].logprobs = logprobsOf([logprobs], kind, streamed.length);
+      streamed += text;
       chunks.push(c);
       first = false;
       notify();

@@ -216,3 +216,36 @@ test("create(body, {signal}) aborts as body.signal does", { timeout: 300_000 }, 
   assert.equal(got.finish, "abort", JSON.stringify(got));
   assert.ok(got.pieces < 200, JSON.stringify(got));
 });
+
+test("logprobs: the chat and the legacy completions forms, streamed and not", { timeout: 300_000 }, async () => {
+  const got = await value(
+    await evaluate(page, async () => {
+      const lm = await globalThis.pocketlm.PocketLM.load("/tiny-bytes/", { context: 256 });
+      const messages = [{ role: "user", content: "Hi" }];
+      const chat = await lm.chat.completions.create({ messages, max_tokens: 6, temperature: 0, logprobs: true, top_logprobs: 3 });
+      const chunks = [];
+      for await (const c of await lm.chat.completions.create({ messages, max_tokens: 6, temperature: 0.9, seed: 2, logprobs: true, stream: true })) {
+        chunks.push(c.choices[0]);
+      }
+      const legacy = await lm.completions.create({ prompt: "ab", max_tokens: 4, temperature: 0, logprobs: 2 });
+      await lm.unload();
+      return { chat: chat.choices[0], tokens: chat.pocketlm.token_ids, chunks, legacy: legacy.choices[0] };
+    }),
+  );
+  const content = got.chat.logprobs.content;
+  assert.equal(content.length, got.tokens.length);
+  for (const e of content) {
+    assert.ok(e.logprob <= 0, JSON.stringify(e));
+    assert.equal(e.top_logprobs.length, 3);
+    // Greedy: the chosen token is the most likely one.
+    assert.equal(e.top_logprobs[0].logprob, e.logprob, JSON.stringify(e));
+    assert.deepEqual(e.bytes, [...new TextEncoder().encode(e.token)]);
+  }
+  const streamed = got.chunks.filter((c) => c.logprobs).flatMap((c) => c.logprobs.content);
+  assert.ok(streamed.length >= 1 && streamed.every((e) => e.logprob <= 0 && e.top_logprobs.length === 0), JSON.stringify(got.chunks));
+  const l = got.legacy.logprobs;
+  assert.equal(l.tokens.length, 4);
+  assert.equal(l.token_logprobs.length, 4);
+  assert.equal(l.text_offset[0], 0);
+  assert.ok(l.top_logprobs.every((o) => Object.keys(o).length >= 1 && Object.keys(o).length <= 2), JSON.stringify(l));
+});

@@ -178,6 +178,10 @@ export async function chat(lm: PocketLM): Promise<string> {
     const name: string | undefined = chunk.choices[0].delta.tool_calls?.[0]?.function.name;
     out.textContent += `${name} ${String(args)}`;
   }
+  const scored: ChatCompletion = await lm.chat.completions.create({ messages, logprobs: true, top_logprobs: 3, logit_bias: { "50256": -100 } });
+  const first: number | undefined = scored.choices[0].logprobs?.content[0]?.top_logprobs[0]?.logprob;
+  const legacy: Completion = await lm.completions.create({ prompt: "x", logprobs: 2 });
+  out.textContent += `${first} ${legacy.choices[0].logprobs?.token_logprobs[0]}`;
   // @ts-expect-error tool_choice is a string or a named function
   await lm.chat.completions.create({ messages, tools: [weather], tool_choice: "sometimes" });
   // @ts-expect-error a regex format needs its pattern
