@@ -871,14 +871,7 @@ async fn run_generation(
     if calling.is_some() {
         let reply = engine.parse_tool_reply(&g.tokens)?;
         if !reply.calls.is_empty() {
-            let calls: Vec<serde_json::Value> = reply
-                .calls
-                .iter()
-                .map(|c| {
-                    serde_json::json!({"id": c.id, "type": "function",
-                        "function": {"name": c.name, "arguments": c.arguments}})
-                })
-                .collect();
+            let calls: Vec<serde_json::Value> = reply.calls.iter().map(|c| c.to_openai()).collect();
             let calls = serde_json::Value::Array(calls).to_string();
             set(
                 "toolCalls",

@@ -502,14 +502,8 @@ mod cli {
             Some(_) => engine.parse_tool_reply(&g.tokens)?,
             None => Default::default(),
         };
-        let calls_json: Vec<serde_json::Value> = calls
-            .calls
-            .iter()
-            .map(|c| {
-                serde_json::json!({"id": c.id, "type": "function",
-                    "function": {"name": c.name, "arguments": c.arguments}})
-            })
-            .collect();
+        let calls_json: Vec<serde_json::Value> =
+            calls.calls.iter().map(|c| c.to_openai()).collect();
         if json {
             let v = serde_json::json!({
                 "text": if calls_json.is_empty() { &g.text } else { &calls.content },

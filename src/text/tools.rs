@@ -57,6 +57,14 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
+impl ToolCall {
+    /// The call in OpenAI's shape: `{id, type: "function", function: {name, arguments}}`.
+    pub fn to_openai(&self) -> Value {
+        json!({"id": self.id, "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments}})
+    }
+}
+
 /// How a model writes tool calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ToolSyntax {

@@ -83,20 +83,12 @@ pub fn tiny_tokenizer_json(extra: usize) -> String {
         .map(|s| s.to_string())
         .collect();
     words.extend((words.len()..VOCAB + extra).map(|i| format!("w{i}")));
-    let vocab: serde_json::Map<String, serde_json::Value> = words
-        .iter()
-        .enumerate()
-        .map(|(i, w)| (w.clone(), serde_json::json!(i)))
-        .collect();
-    let special = |id: usize, content: &str| {
-        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
-            "rstrip": false, "normalized": false, "special": true})
-    };
+    let vocab = vocab_map(&words);
     serde_json::json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
-        "added_tokens": [special(0, "<unk>"), special(1, "<s>"), special(2, "</s>")],
+        "added_tokens": [special_token(0, "<unk>"), special_token(1, "<s>"), special_token(2, "</s>")],
         "normalizer": null,
         "pre_tokenizer": {"type": "WhitespaceSplit"},
         "post_processor": null,
@@ -104,6 +96,21 @@ pub fn tiny_tokenizer_json(extra: usize) -> String {
         "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
     })
     .to_string()
+}
+
+/// A tokenizer.json vocabulary: each word's id is its index.
+fn vocab_map(words: &[String]) -> serde_json::Map<String, serde_json::Value> {
+    words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.clone(), serde_json::json!(i)))
+        .collect()
+}
+
+/// A tokenizer.json added token marked special.
+fn special_token(id: usize, content: &str) -> serde_json::Value {
+    serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+        "rstrip": false, "normalized": false, "special": true})
 }
 
 /// A chat template for [`tiny_tokenizer_json`]'s words.
@@ -313,22 +320,14 @@ pub fn tiny_byte_tokenizer_json() -> String {
         words.push(w.into());
     }
     assert_eq!(words.len(), 128);
-    let vocab: serde_json::Map<String, serde_json::Value> = words
-        .iter()
-        .enumerate()
-        .map(|(i, w)| (w.clone(), serde_json::json!(i)))
-        .collect();
-    let special = |id: usize, content: &str| {
-        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
-            "rstrip": false, "normalized": false, "special": true})
-    };
+    let vocab = vocab_map(&words);
     let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false,
         "trim_offsets": true, "use_regex": true});
     serde_json::json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
-        "added_tokens": [special(0, "<unk>"), special(1, "<s>"), special(2, "</s>")],
+        "added_tokens": [special_token(0, "<unk>"), special_token(1, "<s>"), special_token(2, "</s>")],
         "normalizer": null,
         "pre_tokenizer": byte_level,
         "post_processor": null,

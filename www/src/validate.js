@@ -1,5 +1,6 @@
-// Checks requests and options in JavaScript, so that a mistake gets a clear `invalid_request`
-// error before anything crosses into the engine, and turns them into the engine's request shape.
+// Turns requests into the engine's shape (OpenAI's content parts joined, the package's own
+// fields taken out) and checks load options. The engine checks the request's fields itself
+// (src/request.rs), so every rule gives the same error code from JavaScript and natively.
 import { PocketLMError } from "./errors.js";
 
 const invalid = (message) => new PocketLMError("invalid_request", message);
@@ -52,16 +53,6 @@ export function validateMessages(messages) {
   });
 }
 
-function finite(o, name, { min = -Infinity, max = Infinity, minExclusive = false } = {}) {
-  const v = o[name];
-  if (v === undefined || v === null) return undefined;
-  if (typeof v !== "number" || !Number.isFinite(v)) throw invalid(`${name} must be a finite number, not ${show(v)}`);
-  if (v < min || (minExclusive && v === min) || v > max) {
-    throw invalid(`${name} must be ${minExclusive ? ">" : ">="} ${min}${max < Infinity ? ` and <= ${max}` : ""}, not ${v}`);
-  }
-  return v;
-}
-
 function integer(o, name, { min = 0 } = {}) {
   const v = o[name];
   if (v === undefined || v === null) return undefined;
@@ -69,40 +60,12 @@ function integer(o, name, { min = 0 } = {}) {
   return v;
 }
 
-/** The sampling options shared by chat and plain completions, in the engine's names. */
-function sampling(o) {
-  const out = {};
-  const set = (k, v) => {
-    if (v !== undefined) out[k] = v;
-  };
-  const maxTokens = o.max_tokens ?? o.max_completion_tokens;
-  if (maxTokens !== undefined && maxTokens !== null) {
-    if (!Number.isSafeInteger(maxTokens) || maxTokens < 1) throw invalid(`max_tokens must be a positive integer, not ${show(maxTokens)}`);
-    out.max_tokens = maxTokens;
-  }
-  set("temperature", finite(o, "temperature", { min: 0 }));
-  set("top_p", finite(o, "top_p", { min: 0, max: 1, minExclusive: true }));
-  set("top_k", integer(o, "top_k"));
-  set("min_p", finite(o, "min_p", { min: 0, max: 1 }));
-  if (o.seed !== undefined && o.seed !== null) {
-    if (!Number.isSafeInteger(o.seed)) throw invalid(`seed must be an integer, not ${show(o.seed)}`);
-    out.seed = o.seed;
-  }
-  set("frequency_penalty", finite(o, "frequency_penalty", { min: -2, max: 2 }));
-  set("presence_penalty", finite(o, "presence_penalty", { min: -2, max: 2 }));
-  set("repetition_penalty", finite(o, "repetition_penalty", { min: 0, minExclusive: true }));
-  if (o.stop !== undefined && o.stop !== null) {
-    const stop = typeof o.stop === "string" ? [o.stop] : o.stop;
-    if (!Array.isArray(stop) || !stop.every((s) => typeof s === "string" && s !== "")) {
-      throw invalid(`stop must be a non-empty string or an array of them, not ${show(o.stop)}`);
-    }
-    out.stop = stop;
-  }
-  if (o.n !== undefined && o.n !== null && o.n !== 1) throw invalid(`n must be 1 (one choice per request), not ${show(o.n)}`);
+/** The signal is the package's own (it never crosses into the engine); every other request
+ * field is checked by the engine (src/request.rs), once, with the same codes as natively. */
+function checkSignal(o) {
   if (o.signal !== undefined && o.signal !== null && !(typeof o.signal === "object" && "aborted" in o.signal && typeof o.signal.addEventListener === "function")) {
     throw invalid(`signal must be an AbortSignal, not ${show(o.signal)}`);
   }
-  return out;
 }
 
 /** Fields the package handles itself; the engine never sees them. */
@@ -122,7 +85,8 @@ export function chatRequest(request) {
   if (!isObject(request)) throw invalid(`the request must be an object {messages, ...}, not ${show(request)}`);
   if (request.messages === undefined) throw invalid("the request needs messages: [{role, content}, ...]");
   if (request.stream !== undefined && typeof request.stream !== "boolean") throw invalid(`stream must be a boolean, not ${show(request.stream)}`);
-  const out = { messages: validateMessages(request.messages), ...sampling(request) };
+  checkSignal(request);
+  const out = { messages: validateMessages(request.messages) };
   const kwargs = request.chat_template_kwargs;
   if (kwargs !== undefined && kwargs !== null) {
     if (!isObject(kwargs)) {
@@ -138,7 +102,8 @@ export function completionRequest(request) {
   if (!isObject(request)) throw invalid(`the request must be an object {prompt, ...}, not ${show(request)}`);
   if (typeof request.prompt !== "string") throw invalid(`prompt must be a string, not ${show(request.prompt)}`);
   if (request.stream !== undefined && typeof request.stream !== "boolean") throw invalid(`stream must be a boolean, not ${show(request.stream)}`);
-  return passOn(request, { prompt: request.prompt, ...sampling(request) });
+  checkSignal(request);
+  return passOn(request, { prompt: request.prompt });
 }
 
 function base64ToHex(b64) {
