@@ -158,7 +158,11 @@ pub fn escape(state: &State, v: &Value) -> Result<Value, Error> {
         other => other,
     };
     let mut rv = match v.as_str() {
-        Some(s) => String::with_capacity(s.len()),
+        Some(s) => {
+            // pocketlm: an escape is at most 6 bytes (`&quot;`) per byte.
+            ok!(crate::budget::ensure(s.len().saturating_mul(6)));
+            String::with_capacity(s.len())
+        }
         None => String::new(),
     };
     let mut out = Output::new(&mut rv);
@@ -202,6 +206,9 @@ mod builtins {
     /// ```
     #[cfg_attr(docsrs, doc(cfg(feature = "builtins")))]
     pub fn upper(value: StringInput<'_>) -> Value {
+        if !crate::budget::fits(value.as_str().len().saturating_mul(3)) {
+            return Value::from(""); // pocketlm: over the value budget; the render fails
+        }
         let output = value.as_str().to_uppercase();
         value.preserve_safety(output)
     }
@@ -213,6 +220,9 @@ mod builtins {
     /// ```
     #[cfg_attr(docsrs, doc(cfg(feature = "builtins")))]
     pub fn lower(value: StringInput<'_>) -> Value {
+        if !crate::budget::fits(value.as_str().len().saturating_mul(3)) {
+            return Value::from(""); // pocketlm: over the value budget; the render fails
+        }
         let output = value.as_str().to_lowercase();
         value.preserve_safety(output)
     }
@@ -224,6 +234,9 @@ mod builtins {
     /// ```
     #[cfg_attr(docsrs, doc(cfg(feature = "builtins")))]
     pub fn title(v: Cow<'_, str>) -> String {
+        if !crate::budget::fits(v.len().saturating_mul(3)) {
+            return String::new(); // pocketlm: over the value budget; the render fails
+        }
         let mut rv = String::new();
         let mut capitalize = true;
         for c in v.chars() {
@@ -248,6 +261,9 @@ mod builtins {
     /// ```
     #[cfg_attr(docsrs, doc(cfg(feature = "builtins")))]
     pub fn capitalize(value: StringInput<'_>) -> Value {
+        if !crate::budget::fits(value.as_str().len().saturating_mul(3)) {
+            return Value::from(""); // pocketlm: over the value budget; the render fails
+        }
         let mut chars = value.as_str().chars();
         let output = match chars.next() {
             None => String::new(),
@@ -275,6 +291,21 @@ mod builtins {
     ) -> Result<Value, Error> {
         let safety_aware = !matches!(state.auto_escape(), AutoEscape::None)
             && (value.is_safe() || from.is_safe() || to.is_safe());
+        // pocketlm: the output's size before allocating it ("" matches at every character).
+        let (s, from_s, to_s) = (value.as_str(), from.as_str(), to.as_str());
+        if !to_s.is_empty() && crate::budget::active() {
+            let matches = if from_s.is_empty() {
+                s.chars().count() + 1
+            } else {
+                s.matches(from_s).count()
+            };
+            let escape = if safety_aware { 6 } else { 1 };
+            ok!(crate::budget::ensure(
+                s.len()
+                    .saturating_add(to_s.len().saturating_mul(matches))
+                    .saturating_mul(escape)
+            ));
+        }
 
         if safety_aware {
             let output = value
@@ -467,19 +498,20 @@ mod builtins {
         value: &Value,
         joiner: Option<StringInput<'_>>,
     ) -> Result<Value, Error> {
-        fn join_plain(iter: impl Iterator<Item = Value>, joiner: &str) -> String {
-            let mut output = String::new();
+        // pocketlm: both joins build their output under the value budget.
+        fn join_plain(iter: impl Iterator<Item = Value>, joiner: &str) -> Result<String, Error> {
+            let mut output = crate::budget::BoundedString::new();
             for (idx, item) in iter.enumerate() {
                 if idx > 0 {
-                    output.push_str(joiner);
+                    ok!(output.push_str(joiner));
                 }
                 if let Some(string) = item.as_str() {
-                    output.push_str(string);
+                    ok!(output.push_str(string));
                 } else {
-                    write!(output, "{item}").ok();
+                    ok!(write!(output, "{item}"));
                 }
             }
-            output
+            output.finish()
         }
 
         fn join_safe(
@@ -487,18 +519,18 @@ mod builtins {
             iter: impl Iterator<Item = Value>,
             joiner: &str,
         ) -> Result<String, Error> {
-            let mut output = String::new();
+            let mut output = crate::budget::BoundedString::new();
             for (idx, item) in iter.enumerate() {
                 if idx > 0 {
-                    output.push_str(joiner);
+                    ok!(output.push_str(joiner));
                 }
                 if item.is_safe() {
-                    output.push_str(item.as_str().unwrap());
+                    ok!(output.push_str(item.as_str().unwrap()));
                 } else {
-                    output.push_str(&ok!(state.format(item)));
+                    ok!(output.push_str(&ok!(state.format(item))));
                 }
             }
-            Ok(output)
+            output.finish()
         }
 
         let joiner_str = joiner.as_ref().map(StringInput::as_str).unwrap_or_default();
@@ -511,7 +543,7 @@ mod builtins {
         }));
 
         if matches!(state.auto_escape(), AutoEscape::None) {
-            return Ok(Value::from(join_plain(iter, joiner_str)));
+            return Ok(Value::from(ok!(join_plain(iter, joiner_str))));
         }
 
         if joiner.as_ref().is_some_and(StringInput::is_safe) {
@@ -522,7 +554,7 @@ mod builtins {
 
         // A plain joiner only becomes safe if at least one item is safe.  This
         // is the one case where the iterable must be inspected before output.
-        let items = iter.collect::<Vec<_>>();
+        let items = ok!(crate::budget::try_collect(iter)); // pocketlm: bounded
         if items.iter().any(Value::is_safe) {
             let joiner = match joiner.as_ref() {
                 Some(joiner) => ok!(joiner.format(state)),
@@ -534,7 +566,7 @@ mod builtins {
                 &joiner
             ))))
         } else {
-            Ok(Value::from(join_plain(items.into_iter(), joiner_str)))
+            Ok(Value::from(ok!(join_plain(items.into_iter(), joiner_str))))
         }
     }
 
@@ -902,10 +934,13 @@ mod builtins {
     /// ```
     #[cfg_attr(docsrs, doc(cfg(feature = "builtins")))]
     pub fn sort(state: &State, value: Value, kwargs: Kwargs) -> Result<Value, Error> {
-        let mut items = ok!(state.undefined_behavior().try_iter(value).map_err(|err| {
-            Error::new(ErrorKind::InvalidOperation, "cannot convert value to list").with_source(err)
-        }))
-        .collect::<Vec<_>>();
+        let mut items = ok!(crate::budget::try_collect(ok!(state
+            .undefined_behavior()
+            .try_iter(value)
+            .map_err(|err| {
+                Error::new(ErrorKind::InvalidOperation, "cannot convert value to list")
+                    .with_source(err)
+            })))); // pocketlm: bounded by the value budget
 
         let case_sensitive = ok!(kwargs.get::<Option<bool>>("case_sensitive")).unwrap_or(false);
         let reverse = ok!(kwargs.get::<Option<bool>>("reverse")).unwrap_or(false);
@@ -964,7 +999,7 @@ mod builtins {
         let iter = ok!(state.undefined_behavior().try_iter(value).map_err(|err| {
             Error::new(ErrorKind::InvalidOperation, "cannot convert value to list").with_source(err)
         }));
-        Ok(Value::from(iter.collect::<Vec<_>>()))
+        Ok(Value::from(ok!(crate::budget::try_collect(iter)))) // pocketlm: bounded
     }
 
     /// Converts a value into a string if it's not one already.
@@ -1023,7 +1058,10 @@ mod builtins {
         if count == 0 {
             return Err(Error::new(ErrorKind::InvalidOperation, "count cannot be 0"));
         }
-        let items = ok!(state.undefined_behavior().try_iter(value)).collect::<Vec<_>>();
+        ok!(crate::budget::ensure_items(count)); // pocketlm: `count` lists, before allocating
+        let items = ok!(crate::budget::try_collect(ok!(state
+            .undefined_behavior()
+            .try_iter(value))));
         let len = items.len();
         let items_per_slice = len / count;
         let slices_with_extra = len % count;
@@ -1080,10 +1118,18 @@ mod builtins {
         if count == 0 {
             return Err(Error::new(ErrorKind::InvalidOperation, "count cannot be 0"));
         }
-        let mut rv = Vec::with_capacity(value.len().unwrap_or(0) / count);
+        // pocketlm: `count` items per batch, and the batches, within the value budget.
+        let batches = value.len().unwrap_or(0) / count;
+        ok!(crate::budget::ensure_items(count.saturating_add(batches)));
+        let mut rv = Vec::with_capacity(batches);
         let mut tmp = Vec::with_capacity(count);
+        let mut seen = 0usize;
 
         for item in ok!(state.undefined_behavior().try_iter(value)) {
+            seen += 1;
+            ok!(crate::budget::ensure_items(
+                seen.saturating_add(seen / count)
+            ));
             if tmp.len() == count {
                 rv.push(Value::from(mem::replace(
                     &mut tmp,
@@ -1147,33 +1193,39 @@ mod builtins {
             },
         };
         ok!(args.assert_all_used());
+        // pocketlm: the JSON text and its escaped form under the value budget (the output
+        // refuses writes past what remains of it).
         if let Some(indent) = indent {
-            let mut out = Vec::<u8>::new();
+            ok!(crate::budget::ensure(indent));
+        }
+        let mut out = crate::budget::BoundedBytes::new();
+        if let Some(indent) = indent {
             let indentation = " ".repeat(indent);
             let formatter = serde_json::ser::PrettyFormatter::with_indent(indentation.as_bytes());
             let mut s = serde_json::Serializer::with_formatter(&mut out, formatter);
             serde::Serialize::serialize(&value, &mut s)
-                .map(|_| unsafe { String::from_utf8_unchecked(out) })
         } else {
-            serde_json::to_string(&value)
+            serde::Serialize::serialize(&value, &mut serde_json::Serializer::new(&mut out))
         }
-        .map_err(|err| {
-            Error::new(ErrorKind::InvalidOperation, "cannot serialize to JSON").with_source(err)
-        })
-        .map(|s| {
-            // When this filter is used the return value is safe for both HTML and JSON
-            let mut rv = String::with_capacity(s.len());
-            for c in s.chars() {
-                match c {
-                    '<' => rv.push_str("\\u003c"),
-                    '>' => rv.push_str("\\u003e"),
-                    '&' => rv.push_str("\\u0026"),
-                    '\'' => rv.push_str("\\u0027"),
-                    _ => rv.push(c),
-                }
+        .map_err(|err| match out.exceeded() {
+            Some(budget_error) => budget_error,
+            None => {
+                Error::new(ErrorKind::InvalidOperation, "cannot serialize to JSON").with_source(err)
             }
-            Value::from_safe_string(rv)
-        })
+        })?;
+        let s = ok!(out.into_string());
+        // When this filter is used the return value is safe for both HTML and JSON
+        let mut rv = crate::budget::BoundedString::new();
+        for c in s.chars() {
+            ok!(match c {
+                '<' => rv.push_str("\\u003c"),
+                '>' => rv.push_str("\\u003e"),
+                '&' => rv.push_str("\\u0026"),
+                '\'' => rv.push_str("\\u0027"),
+                _ => rv.push_str(c.encode_utf8(&mut [0; 4])),
+            });
+        }
+        Ok(Value::from_safe_string(ok!(rv.finish())))
     }
 
     /// Indents a value with spaces.
@@ -1231,6 +1283,13 @@ mod builtins {
         ok!(kwargs.assert_all_used());
 
         let input = strip_trailing_newline(value.as_str());
+        // pocketlm: every line may get `width` spaces; check before allocating them.
+        if crate::budget::active() {
+            let lines = input.bytes().filter(|&b| b == b'\n').count() + 1;
+            ok!(crate::budget::ensure(input.len().saturating_add(
+                width.saturating_add(1).saturating_mul(lines)
+            )));
+        }
         let indent_with = " ".repeat(width);
         let mut output = String::new();
         let mut iterator = input.split('\n');
@@ -1335,6 +1394,7 @@ mod builtins {
                 test_value.is_true()
             };
             if passed != invert {
+                ok!(crate::budget::ensure_items(rv.len() + 1)); // pocketlm
                 rv.push(value);
             }
         }
@@ -1447,6 +1507,8 @@ mod builtins {
         value: Value,
         args: crate::value::Rest<Value>,
     ) -> Result<Vec<Value>, Error> {
+        // pocketlm: within the value budget (a string's length is its characters').
+        ok!(crate::budget::ensure_items(value.len().unwrap_or(0)));
         let mut rv = Vec::with_capacity(value.len().unwrap_or(0));
 
         // attribute mapping
@@ -1462,6 +1524,7 @@ mod builtins {
                 Value::UNDEFINED
             };
             for value in ok!(state.undefined_behavior().try_iter(value)) {
+                ok!(crate::budget::ensure_items(rv.len() + 1)); // pocketlm
                 let sub_val = match attr.as_str() {
                     Some(path) => value.get_path(path),
                     None => value.get_item(&attr),
@@ -1495,6 +1558,7 @@ mod builtins {
             .get_filter(filter_name)
             .ok_or_else(|| Error::from(ErrorKind::UnknownFilter)));
         for value in ok!(state.undefined_behavior().try_iter(value)) {
+            ok!(crate::budget::ensure_items(rv.len() + 1)); // pocketlm
             let new_args = Some(value.clone())
                 .into_iter()
                 .chain(args.iter().skip(1).cloned())
@@ -1560,7 +1624,7 @@ mod builtins {
             Some(attr) => attr,
             None => ok!(kwargs.get::<&str>("attribute")),
         };
-        let mut items: Vec<Value> = ok!(value.try_iter()).collect();
+        let mut items = ok!(crate::budget::try_collect(ok!(value.try_iter()))); // pocketlm
         safe_sort(&mut items, |a, b| {
             let a = a.get_path_or_default(attr, &default);
             let b = b.get_path_or_default(attr, &default);
@@ -1675,6 +1739,7 @@ mod builtins {
             };
 
             if !seen.contains(&memorized_value) {
+                ok!(crate::budget::ensure_items(2 * rv.len() + 2)); // pocketlm: `rv` and `seen`
                 rv.push(item);
                 seen.insert(memorized_value);
             }
@@ -1815,7 +1880,7 @@ mod builtins {
     /// This is useful for debugging as it better shows what's inside an object.
     #[cfg_attr(docsrs, doc(cfg(feature = "builtins")))]
     pub fn pprint(value: &Value) -> String {
-        format!("{value:#?}")
+        crate::budget::format_lossy(format_args!("{value:#?}")) // pocketlm: bounded
     }
 
     /// Apply the given values to a [printf-style] format string.

@@ -160,6 +160,13 @@ struct FormatSpec {
 impl FormatSpec {
     // Format the given value according to this spec
     fn format(&self, val: &Value) -> Result<String, Error> {
+        // pocketlm: width and precision can ask for any size; check before allocating.
+        ok!(crate::budget::ensure(
+            self.width
+                .unwrap_or(0)
+                .saturating_mul(4)
+                .saturating_add(self.precision.unwrap_or(0))
+        ));
         if let Ok(boolean) = bool::try_from(val.clone()) {
             self.format_bool(boolean)
         } else if let Some((number, is_negative)) = Self::cast_to_abs_integer(val) {
@@ -167,7 +174,8 @@ impl FormatSpec {
         } else if let Ok(fp) = f64::try_from(val.clone()) {
             self.format_float(fp)
         } else {
-            self.format_str(val.to_string())
+            // pocketlm: refused rather than cut short past the value budget.
+            self.format_str(ok!(crate::budget::format(format_args!("{val}"))))
         }
     }
 
@@ -1152,7 +1160,7 @@ mod printf_style {
         transform: &impl Fn(&Value, FormatConversion) -> Result<Option<Value>, Error>,
     ) -> Result<String, Error> {
         let mut input = Tokenizer::new(format_str, FormatStyle::Printf);
-        let mut result = String::new();
+        let mut result = crate::budget::BoundedString::new(); // pocketlm: bounded
         let mut arg_index = 0;
 
         fn missing_arg_err(location: usize) -> Error {
@@ -1167,7 +1175,7 @@ mod printf_style {
 
         while let Some(token) = ok!(input.next_token()) {
             match token {
-                Token::Literal(lit) => result.push_str(lit),
+                Token::Literal(lit) => ok!(result.push_str(lit)),
                 Token::Replace(ReplacementField {
                     field_name,
                     format_spec,
@@ -1205,13 +1213,13 @@ mod printf_style {
                         FormatConversion::Other
                     };
                     let transformed = ok!(transform(&arg, conversion));
-                    result.push_str(&ok!(
+                    ok!(result.push_str(&ok!(
                         format_spec.format(transformed.as_ref().unwrap_or(&arg))
-                    ));
+                    )));
                 }
             }
         }
-        Ok(result)
+        result.finish()
     }
 }
 
@@ -1517,7 +1525,7 @@ mod str_format_style {
     // the spec found in the field.
     pub(super) fn format(format_str: &str, args: &[Value]) -> Result<String, Error> {
         let mut input = Tokenizer::new(format_str, FormatStyle::StrFormat);
-        let mut result = String::new();
+        let mut result = crate::budget::BoundedString::new(); // pocketlm: bounded
 
         fn missing_arg_err(location: usize, source: Option<Error>) -> Error {
             let err = Error::new(
@@ -1546,7 +1554,7 @@ mod str_format_style {
 
         while let Some(token) = ok!(input.next_token()) {
             match token {
-                Token::Literal(lit) => result.push_str(lit),
+                Token::Literal(lit) => ok!(result.push_str(lit)),
                 Token::Replace(ReplacementField {
                     field_name,
                     format_spec,
@@ -1596,10 +1604,10 @@ mod str_format_style {
 
                     // apply the spec to the replacement value, and insert the
                     // formatted result into final string
-                    result.push_str(&ok!(format_spec.format(&arg)));
+                    ok!(result.push_str(&ok!(format_spec.format(&arg))));
                 }
             }
         }
-        Ok(result)
+        result.finish()
     }
 }

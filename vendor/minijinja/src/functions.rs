@@ -430,11 +430,12 @@ mod builtins {
     #[cfg_attr(docsrs, doc(cfg(feature = "builtins")))]
     pub fn debug(state: &State, args: Rest<Value>) -> String {
         if args.is_empty() {
-            format!("{state:#?}")
+            // pocketlm: bounded by the value budget.
+            crate::budget::format_lossy(format_args!("{state:#?}"))
         } else if args.len() == 1 {
-            format!("{:#?}", args.0[0])
+            crate::budget::format_lossy(format_args!("{:#?}", args.0[0]))
         } else {
-            format!("{:#?}", &args.0[..])
+            crate::budget::format_lossy(format_args!("{:#?}", &args.0[..]))
         }
     }
 
@@ -450,7 +451,9 @@ mod builtins {
     /// or both (same behavior as [`dict`]).
     #[cfg_attr(docsrs, doc(cfg(feature = "builtins")))]
     pub fn namespace(defaults: Option<Value>) -> Result<Value, Error> {
-        let ns = crate::value::namespace_object::Namespace::default();
+        // pocketlm: known to the value budget, which empties it when the render ends.
+        let ns = std::sync::Arc::new(crate::value::namespace_object::Namespace::default());
+        crate::budget::track_namespace(&ns);
         if let Some(defaults) = defaults {
             if let Some(pairs) = defaults
                 .as_object()
@@ -472,7 +475,7 @@ mod builtins {
                 ));
             }
         }
-        Ok(Value::from_object(ns))
+        Ok(Value::from_dyn_object(ns))
     }
 }
 

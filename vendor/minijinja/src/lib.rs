@@ -220,6 +220,8 @@ mod utils;
 mod vendor;
 mod vm;
 
+// pocketlm: the per-render value-size budget (POCKETLM.md).
+pub mod budget;
 pub mod filters;
 pub mod functions;
 pub mod syntax;

@@ -22,7 +22,8 @@ pub enum CaptureMode {
 pub struct Output<'a> {
     w: *mut (dyn fmt::Write + 'a),
     target: *mut (dyn fmt::Write + 'a),
-    capture_stack: Vec<Option<String>>,
+    // pocketlm: captures are checked against the value budget as they grow.
+    capture_stack: Vec<Option<crate::budget::Capture>>,
 }
 
 impl<'a> Output<'a> {
@@ -50,7 +51,7 @@ impl<'a> Output<'a> {
     /// Begins capturing into a string or discard.
     pub(crate) fn begin_capture(&mut self, mode: CaptureMode) {
         self.capture_stack.push(match mode {
-            CaptureMode::Capture => Some(String::new()),
+            CaptureMode::Capture => Some(crate::budget::Capture::default()),
             CaptureMode::Discard => None,
         });
         self.retarget();
@@ -59,6 +60,7 @@ impl<'a> Output<'a> {
     /// Ends capturing and returns the captured string as value.
     pub(crate) fn end_capture(&mut self, auto_escape: AutoEscape) -> Value {
         let rv = if let Some(captured) = self.capture_stack.pop().unwrap() {
+            let captured = captured.into_string(); // pocketlm
             if !matches!(auto_escape, AutoEscape::None) {
                 Value::from_safe_string(captured)
             } else {

@@ -262,6 +262,7 @@ impl From<ValueRepr> for Value {
 impl<'a> From<&'a [u8]> for Value {
     #[inline(always)]
     fn from(val: &'a [u8]) -> Self {
+        crate::budget::charge(val.len()); // pocketlm: charge the copy
         ValueRepr::Bytes(Arc::new(val.into())).into()
     }
 }
@@ -271,7 +272,10 @@ impl<'a> From<&'a str> for Value {
     fn from(val: &'a str) -> Self {
         SmallStr::try_new(val)
             .map(|small_str| Value(ValueRepr::SmallStr(small_str)))
-            .unwrap_or_else(|| Value(ValueRepr::String(val.into(), StringType::Normal)))
+            .unwrap_or_else(|| {
+                crate::budget::charge(val.len()); // pocketlm: charge the copy
+                Value(ValueRepr::String(val.into(), StringType::Normal))
+            })
     }
 }
 
@@ -316,17 +320,25 @@ impl From<()> for Value {
 
 impl<V: Into<Value>> FromIterator<V> for Value {
     fn from_iter<T: IntoIterator<Item = V>>(iter: T) -> Self {
-        Value::from_object(iter.into_iter().map(Into::into).collect::<Vec<Value>>())
+        // pocketlm: stop at the value budget (the render then fails) and charge the list.
+        let items = crate::budget::collect_lossy(
+            iter.into_iter().map(Into::into),
+            crate::budget::ITEM_BYTES,
+        );
+        crate::budget::charge_items(items.len());
+        Value::from_object(items)
     }
 }
 
 impl<K: Into<Value>, V: Into<Value>> FromIterator<(K, V)> for Value {
     fn from_iter<T: IntoIterator<Item = (K, V)>>(iter: T) -> Self {
-        Value::from_object(
-            iter.into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect::<ValueMap>(),
-        )
+        // pocketlm: stop at the value budget (the render then fails) and charge the map.
+        let pairs = crate::budget::collect_lossy(
+            iter.into_iter().map(|(k, v)| (k.into(), v.into())),
+            2 * crate::budget::ITEM_BYTES,
+        );
+        crate::budget::charge_items(2 * pairs.len());
+        Value::from_object(pairs.into_iter().collect::<ValueMap>())
     }
 }
 

@@ -9,14 +9,39 @@ use crate::value::{Enumerator, Object, ObjectExt, ObjectRepr, Value, ValueKind};
 #[derive(Debug)]
 pub struct MergeDict {
     values: Box<[Value]>,
+    // pocketlm: the keys enumerating it visits (with repeats), see `charge_merge`.
+    weight: usize,
 }
 
 impl MergeDict {
     pub fn new(values: Vec<Value>) -> Self {
+        let weight = charge_merge(
+            values
+                .iter()
+                .map(|v| match v.downcast_object_ref::<Self>() {
+                    Some(dict) => dict.weight,
+                    None => v.len().unwrap_or(0).max(1),
+                }),
+        );
         Self {
             values: values.into_boxed_slice(),
+            weight,
         }
     }
+}
+
+/// pocketlm: a lazy merge of values of the given weights (items, counting those of nested
+/// merges) copies nothing, but merging a merge with itself doubles the work of walking it
+/// without bound.  It is charged to the value budget for the items it adds to its heaviest part,
+/// so that a chain of merges is charged about once for its items, and returns its weight.
+fn charge_merge(weights: impl Iterator<Item = usize>) -> usize {
+    let (mut total, mut heaviest) = (0usize, 0usize);
+    for weight in weights {
+        total = total.saturating_add(weight);
+        heaviest = heaviest.max(weight);
+    }
+    crate::budget::charge_items(total - heaviest);
+    total
 }
 
 impl Object for MergeDict {
@@ -51,6 +76,8 @@ pub struct MergeSeq {
     total_len: Option<usize>,
     repr: ObjectRepr,
     depth: usize,
+    // pocketlm: the items and unsized parts iterating it visits, see `charge_merge`.
+    weight: usize,
 }
 
 impl fmt::Debug for MergeSeq {
@@ -71,8 +98,18 @@ impl MergeSeq {
     }
 
     fn with_repr(mut values: Vec<Value>, repr: ObjectRepr) -> Self {
+        let weight = charge_merge(
+            values
+                .iter()
+                .map(|v| match v.downcast_object_ref::<Self>() {
+                    Some(seq) => seq.weight,
+                    None => v.len().unwrap_or(0).max(1),
+                }),
+        );
         let mut depth = Self::depth_for_values(&values);
-        if depth > Self::MAX_DEPTH {
+        // pocketlm: flattening copies every part; past the value budget, the render fails
+        // at its next instruction instead.
+        if depth > Self::MAX_DEPTH && crate::budget::ensure_items(weight).is_ok() {
             let mut flattened = Vec::new();
             for value in values.iter() {
                 Self::push_flattened_value(value, &mut flattened);
@@ -82,10 +119,14 @@ impl MergeSeq {
         }
 
         Self {
-            total_len: values.iter().map(|v| v.len()).sum(),
+            // pocketlm: checked (a sum past usize::MAX is unsized, not an overflow).
+            total_len: values
+                .iter()
+                .try_fold(0usize, |acc, v| acc.checked_add(v.len()?)),
             values: values.into_boxed_slice(),
             repr,
             depth,
+            weight,
         }
     }
 

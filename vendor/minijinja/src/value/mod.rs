@@ -498,7 +498,8 @@ impl fmt::Debug for ValueRepr {
                 }
                 write!(f, "'")
             }
-            ValueRepr::Object(ref val) => val.render(f),
+            // pocketlm: bounded by the value budget (and cut off at its nesting limit).
+            ValueRepr::Object(ref val) => crate::budget::fmt_object(val, f),
         }
     }
 }
@@ -814,7 +815,8 @@ impl fmt::Display for Value {
             ValueRepr::SmallStr(ref val) => write!(f, "{}", val.as_str()),
             ValueRepr::Bytes(ref val) => write!(f, "{}", String::from_utf8_lossy(val)),
             ValueRepr::U128(val) => write!(f, "{}", { val.0 }),
-            ValueRepr::Object(ref x) => write!(f, "{x}"),
+            // pocketlm: bounded by the value budget (and cut off at its nesting limit).
+            ValueRepr::Object(ref x) => crate::budget::fmt_object(x, f),
         }
     }
 }
@@ -905,6 +907,7 @@ impl Value {
     /// let val = Value::from_safe_string("<em>note</em>".into());
     /// ```
     pub fn from_safe_string(value: String) -> Value {
+        crate::budget::charge(value.len()); // pocketlm: charge the copy
         ValueRepr::String(Arc::from(value), StringType::Safe).into()
     }
 
@@ -919,6 +922,7 @@ impl Value {
     /// This method exists so that a value can be constructed as creating a
     /// value from a `Vec<u8>` would normally just create a sequence.
     pub fn from_bytes(value: Vec<u8>) -> Value {
+        crate::budget::charge(value.len()); // pocketlm: charge the bytes
         ValueRepr::Bytes(value.into()).into()
     }
 
@@ -1527,18 +1531,21 @@ impl Value {
                     }))
                 }
                 Enumerator::Iter(iter) => {
-                    let mut v = iter.collect::<Vec<_>>();
+                    let mut v = ok!(crate::budget::try_collect(iter)); // pocketlm: bounded
+                    crate::budget::charge_items(v.len());
                     v.reverse();
                     Some(Value::make_object_iterable(v, move |v| {
                         Box::new(v.iter().cloned())
                     }))
                 }
                 Enumerator::KeyValueIter(iter) => {
-                    let mut v = if let ObjectRepr::Map = o.repr() {
-                        iter.map(|(k, _)| k).collect::<Vec<_>>()
+                    // pocketlm: bounded by the value budget.
+                    let mut v = ok!(if let ObjectRepr::Map = o.repr() {
+                        crate::budget::try_collect(iter.map(|(k, _)| k))
                     } else {
-                        iter.map(|(k, v)| [k, v].into()).collect::<Vec<_>>()
-                    };
+                        crate::budget::try_collect(iter.map(|(k, v)| [k, v].into()))
+                    });
+                    crate::budget::charge_items(v.len());
                     v.reverse();
                     Some(Value::make_object_iterable(v, move |v| {
                         Box::new(v.iter().cloned())

@@ -29,4 +29,11 @@ impl Namespace {
     pub(crate) fn set_value(&self, key: &str, value: Value) {
         self.data.lock().unwrap().insert(key.into(), value);
     }
+
+    /// pocketlm: empties the namespace (dropping its values outside the lock), which breaks a
+    /// reference cycle through it (`{% set ns.me = ns %}`).
+    pub(crate) fn clear(&self) {
+        let data = std::mem::take(&mut *self.data.lock().unwrap());
+        drop(data);
+    }
 }

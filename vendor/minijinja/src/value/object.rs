@@ -945,6 +945,7 @@ macro_rules! impl_value_vec {
             T: Into<Value> + Clone + Send + Sync + fmt::Debug + 'static,
         {
             fn from(val: $vec_type<T>) -> Self {
+                crate::budget::charge_items(val.len()); // pocketlm: charge the list
                 Value::from_object(val)
             }
         }
@@ -1141,6 +1142,7 @@ macro_rules! impl_value_map {
             V: Into<Value> + Send + Sync + Clone + fmt::Debug + 'static,
         {
             fn from(val: $map_type<Value, V>) -> Self {
+                crate::budget::charge_items(2 * val.len()); // pocketlm: charge the map
                 Value::from_object(val)
             }
         }

@@ -216,7 +216,8 @@ pub fn slice(value: Value, start: Value, stop: Value, step: Value) -> Result<Val
             } else {
                 Ok(Value::make_object_iterable(obj.clone(), move |obj| {
                     if let Some(iter) = obj.try_iter() {
-                        let vec: Vec<Value> = iter.collect();
+                        // pocketlm: bounded by the value budget.
+                        let vec = crate::budget::collect_lossy(iter, crate::budget::ITEM_BYTES);
                         Box::new(
                             range_step_backwards(start, stop, -step as usize, vec.len())
                                 .map(move |i| vec[i].clone()),
@@ -299,11 +300,14 @@ pub fn add(lhs: &Value, rhs: &Value) -> Result<Value, Error> {
         // `MergeSeq` flattens only its own lazy structure instead.
         if depth > MergeSeq::MAX_DEPTH {
             if let Some(len) = seq_concat_len(lhs, rhs) {
+                ok!(crate::budget::ensure_items(len)); // pocketlm: before allocating
                 return materialize_seq_concat(lhs, rhs, len);
             }
         }
 
-        return Ok(Value::from_object(MergeSeq::new_iterable(values)));
+        let rv = Value::from_object(MergeSeq::new_iterable(values));
+        ok!(crate::budget::check()); // pocketlm: MergeSeq charged the items it adds
+        return Ok(rv);
     }
     match coerce(lhs, rhs, true) {
         Some(CoerceResult::I128(a, b)) => a
@@ -311,7 +315,10 @@ pub fn add(lhs: &Value, rhs: &Value) -> Result<Value, Error> {
             .ok_or_else(|| failed_op("+", lhs, rhs))
             .map(int_as_value),
         Some(CoerceResult::F64(a, b)) => Ok((a + b).into()),
-        Some(CoerceResult::Str(a, b)) => Ok(Value::from([a, b].concat())),
+        Some(CoerceResult::Str(a, b)) => {
+            ok!(crate::budget::ensure(a.len().saturating_add(b.len()))); // pocketlm
+            Ok(Value::from([a, b].concat()))
+        }
         _ => Err(impossible_op("+", lhs, rhs)),
     }
 }
@@ -337,6 +344,7 @@ pub fn mul(lhs: &Value, rhs: &Value) -> Result<Value, Error> {
                 "repeated string is too large",
             ));
         }
+        ok!(crate::budget::ensure(s.len() * n)); // pocketlm: before allocating
         return Ok(Value::from(s.repeat(n)));
     } else if let Some((seq, n)) = lhs
         .as_object()
@@ -371,6 +379,12 @@ fn repeat_iterable(n: &Value, seq: &DynObject) -> Result<Value, Error> {
             "cannot repeat unsized iterables",
         )
     }));
+    // pocketlm: lazy, but charged for the items it adds, so that repeating cannot build
+    // sequences longer than the value budget allows (`[0] * 10**12`).
+    ok!(crate::budget::reserve(
+        len.saturating_mul(n.saturating_sub(1))
+            .saturating_mul(crate::budget::ITEM_BYTES)
+    ));
 
     // This is not optimal.  We only query the enumerator for the length once
     // but we support repeated iteration.  We could both lie about our length
@@ -460,8 +474,16 @@ pub fn neg(val: &Value) -> Result<Value, Error> {
 }
 
 /// Attempts a string concatenation.
-pub fn string_concat(left: Value, right: &Value) -> Value {
-    Value::from(format!("{left}{right}"))
+///
+/// pocketlm: fallible, and formatted under the value budget, so that concatenating a huge
+/// string or a huge lazy list is refused before the text is allocated.
+pub fn string_concat(left: Value, right: &Value) -> Result<Value, Error> {
+    if crate::budget::active() {
+        return Ok(Value::from(ok!(crate::budget::format(format_args!(
+            "{left}{right}"
+        )))));
+    }
+    Ok(Value::from(format!("{left}{right}")))
 }
 
 /// Implements a containment operation on values.

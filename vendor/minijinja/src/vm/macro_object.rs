@@ -117,7 +117,8 @@ impl Object for Macro {
         }
 
         let vm = Vm::new(state.env());
-        let mut rv = String::new();
+        // pocketlm: the macro's output is checked against the value budget as it grows.
+        let mut rv = crate::budget::Capture::default();
 
         // This requires some explanation here.  Because we get the state as
         // &State and not &mut State we are required to create a new state in
@@ -134,6 +135,7 @@ impl Object for Macro {
             caller,
             arg_values
         ));
+        let rv = rv.into_string(); // pocketlm
 
         Ok(if !matches!(state.auto_escape(), AutoEscape::None) {
             Value::from_safe_string(rv)

@@ -313,6 +313,10 @@ impl<'env> Vm<'env> {
                 }};
             }
 
+            // pocketlm: a render whose values passed the value budget (somewhere that could not
+            // return the error) stops here.
+            ctx_ok!(crate::budget::check());
+
             // if the fuel consumption feature is enabled, track the fuel
             // consumption here.
             #[cfg(feature = "fuel")]
@@ -440,6 +444,7 @@ impl<'env> Vm<'env> {
                     let mut len = 0;
                     for list in lists.into_iter().rev() {
                         for item in ctx_ok!(list.try_iter()) {
+                            ctx_ok!(crate::budget::ensure_items(len + 1)); // pocketlm
                             stack.push(item);
                             len += 1;
                         }
@@ -468,7 +473,7 @@ impl<'env> Vm<'env> {
                     b = stack.pop();
                     ctx_ok!(undefined_behavior.assert_value_not_undefined(&b));
                     ctx_ok!(undefined_behavior.assert_value_not_undefined(&a));
-                    stack.push(ops::string_concat(b, &a));
+                    stack.push(ctx_ok!(ops::string_concat(b, &a))); // pocketlm: fallible
                 }
                 Instruction::In => {
                     a = stack.pop();
