@@ -6,11 +6,91 @@
 
 use pocketlm::formats::gguf::MetaValue;
 use pocketlm::formats::GgufHeader;
+use std::time::{Duration, Instant};
+
 use pocketlm::text::chat::{
     ChatMessage, ChatTemplate, MAX_TEMPLATE_FUEL, MAX_TEMPLATE_OUTPUT_BYTES,
-    MAX_TEMPLATE_SOURCE_BYTES,
+    MAX_TEMPLATE_SOURCE_BYTES, MAX_TEMPLATE_VALUE_BYTES,
 };
 use pocketlm::Error;
+
+/// This test binary's allocator counts, per thread, the bytes allocated and not yet freed, and
+/// the most since [`peak::reset`]: what a render allocated at its worst, measured rather than
+/// guessed from the process (the tests run in parallel threads).
+mod peak {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+    }
+
+    pub struct Counting;
+
+    fn add(n: isize) {
+        // try_with: a thread's counters are gone while it exits.
+        let _ = LIVE.try_with(|live| {
+            let now = live.get() + n;
+            live.set(now);
+            let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+        });
+    }
+
+    // SAFETY: every call is forwarded to the system allocator unchanged.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let p = unsafe { System.alloc(layout) };
+            if !p.is_null() {
+                add(layout.size() as isize);
+            }
+            p
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            let p = unsafe { System.alloc_zeroed(layout) };
+            if !p.is_null() {
+                add(layout.size() as isize);
+            }
+            p
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(ptr, layout) };
+            add(-(layout.size() as isize));
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let p = unsafe { System.realloc(ptr, layout, new_size) };
+            if !p.is_null() {
+                // At worst the old and the new block exist together, while copying.
+                add(new_size as isize);
+                add(-(layout.size() as isize));
+            }
+            p
+        }
+    }
+
+    /// Starts measuring: the peak from here is what this thread holds now.
+    pub fn reset() -> isize {
+        let live = LIVE.with(|l| l.get());
+        PEAK.with(|p| p.set(live));
+        live
+    }
+
+    /// The bytes this thread holds now.
+    pub fn live() -> isize {
+        LIVE.with(|l| l.get())
+    }
+
+    /// The most bytes this thread held since [`reset`] returned `start`, above `start`.
+    pub fn since(start: isize) -> usize {
+        PEAK.with(|p| p.get() - start).max(0) as usize
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: peak::Counting = peak::Counting;
 
 fn fixture(name: &str) -> String {
     let path = format!(
@@ -337,7 +417,8 @@ fn endless_loops_run_out_of_fuel() {
 }
 
 /// A string repeated into hundreds of MB is refused at the output limit: written out, captured
-/// into a variable, or printed as a lazily repeated list.
+/// into a variable, or printed as a lazily repeated list. (A list repeated 10^12 times is now
+/// refused earlier, at the value limit: see `value_blow_ups_hit_the_value_limit`.)
 #[test]
 fn output_blow_ups_hit_the_output_limit() {
     let limit = MAX_TEMPLATE_OUTPUT_BYTES.to_string();
@@ -347,9 +428,11 @@ fn output_blow_ups_hit_the_output_limit() {
          {{ s | length }}",
         "{% macro m() %}{{ 'z' * 100000000 }}{% endmacro %}{% for i in range(8) %}{% set _ = m() %}\
          {% endfor %}",
-        "{{ [0] * 1000000000000 }}",
-        "{{ ([['a']] * 100000000000) | string }}",
-        "{{ (['abc'] * 100000000000) | tojson }}",
+        // 5,000,000 items fit the value budget; their text does not fit the output.
+        "{{ ['abcdefghijklmnopqrst'] * 5000000 }}",
+        "{{ ([['abcdefghijklmnopqrst']] * 5000000) | string }}",
+        "{{ (['abcdefghijklmnopqrst'] * 5000000) | tojson }}",
+        "{{ (['abcdefghijklmnopqrst'] * 5000000) | tojson(sort_keys=true) }}",
     ] {
         let (msg, err) = limit_error(template);
         assert_eq!(err.code(), "chat_template", "{template}: {msg}");
@@ -438,4 +521,304 @@ fn real_templates_fit_the_budget_with_long_conversations() {
         rendered += 1;
     }
     assert!(rendered >= 9, "only {rendered} templates found");
+}
+
+/// Which limit a hostile template runs into.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Limit {
+    Value,
+    Output,
+    Depth,
+}
+
+/// Renders `template`, which must fail with a `chat_template` error naming `limit`, within
+/// seconds, holding at most a small multiple of the value budget at any time (without the
+/// bounds, each of these allocates terabytes or recurses until the stack overflows, and the
+/// process aborts: it cannot catch either). A multiple: a string being built is checked against
+/// what remains of the budget and charged once it is a value, so two such strings can be alive
+/// at once (a list formatted into a string, then into `format`'s output), and a growing string
+/// or vector briefly holds its old and new buffers.
+fn assert_refused(template: &str, limit: Limit) {
+    let start = Instant::now();
+    let before = peak::reset();
+    let t = ChatTemplate::new("hostile", template, "", "")
+        .unwrap_or_else(|e| panic!("{template}: does not compile: {e}"));
+    let err = match t.render(&conversation(), true) {
+        Ok(text) => panic!("{template}: rendered {} bytes", text.len()),
+        Err(e) => e,
+    };
+    let peak = peak::since(before);
+    drop(t);
+    let msg = err.to_string();
+    assert_eq!(err.code(), "chat_template", "{template}: {msg}");
+    let named = match limit {
+        Limit::Value => {
+            msg.contains("value size limit") && msg.contains(&MAX_TEMPLATE_VALUE_BYTES.to_string())
+        }
+        Limit::Output => {
+            msg.contains("output limit") && msg.contains(&MAX_TEMPLATE_OUTPUT_BYTES.to_string())
+        }
+        Limit::Depth => msg.contains("nested deeper than the limit of 100 levels"),
+    };
+    assert!(
+        named,
+        "{template}: expected the {limit:?} limit, got: {msg}"
+    );
+    assert!(
+        peak < 3 * MAX_TEMPLATE_VALUE_BYTES,
+        "{template}: allocated up to {peak} bytes"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{template}: took {:?}",
+        start.elapsed()
+    );
+}
+
+/// Values a template builds are bounded by MAX_TEMPLATE_VALUE_BYTES: doubling a string or a
+/// list in a loop or a recursive macro, repeating, and the filters and Python methods whose
+/// output size comes from an argument, each refused before it allocates.
+#[test]
+fn value_blow_ups_hit_the_value_limit() {
+    let doubled = |setup: &str, n: usize, op: &str, then: &str| {
+        format!(
+            "{{% set ns = namespace(v={setup}) %}}{{% for i in range({n}) %}}\
+             {{% set ns.v = {op} %}}{{% endfor %}}{then}"
+        )
+    };
+    // Strings made while rendering (not folded while compiling) that leave 28 MiB of the budget:
+    // a list materialized from a lazy one of 2^20 items (24 MiB) then does not fit, and stops
+    // after a few hundred thousand items instead of millions.
+    let mut padding = "{% set n = 1 %}".to_string();
+    let mut left = MAX_TEMPLATE_VALUE_BYTES - (28 << 20);
+    while left > 0 {
+        let piece = left.min(90_000_000);
+        padding += &format!("{{% set _ = 'x' * n * {piece} %}}");
+        left -= piece;
+    }
+    let padded = |then: &str| format!("{padding}{}", doubled("[1]", 20, "ns.v + ns.v", then));
+    let s10k = "('x' * 10000)";
+    // 10^7 writes of 1000 bytes of template text.
+    let raw_loop = format!(
+        "{{% for i in range(100000) %}}{{% for j in range(100) %}}{}{{% endfor %}}{{% endfor %}}",
+        "x".repeat(1000)
+    );
+    let cases = [
+        // A string doubled by `~` and `+`, in a loop and in a recursive macro.
+        doubled("'x'", 70, "ns.v ~ ns.v", "{{ ns.v | length }}"),
+        doubled("'x'", 70, "ns.v + ns.v", "{{ ns.v | length }}"),
+        "{% macro d(s, n) %}{% if n == 0 %}{{ s | length }}{% else %}{{ d(s ~ s, n - 1) }}\
+         {% endif %}{% endmacro %}{{ d('x', 60) }}"
+            .to_string(),
+        // A list doubled by `+` (lazily: nothing is copied, but it is charged for its items)…
+        doubled("[1]", 70, "ns.v + ns.v", "{{ ns.v | length }}"),
+        doubled("{'a': 1}", 70, "ns.v | chain(ns.v)", "{{ ns.v | length }}"),
+        doubled("'ab' | chain('cd')", 70, "ns.v + ns.v", "done"),
+        doubled("[]", 70, "ns.v + ns.v", "done"),
+        // … and materialized while it still fits: as a list, sorted, reversed, as text.
+        padded("{{ ns.v | list | length }}"),
+        padded("{{ ns.v | sort | length }}"),
+        padded("{{ ns.v | last }}"),
+        padded("{{ ns.v[::-1] | list | length }}"),
+        padded("{{ ns.v | select | length }}"),
+        padded("{{ ns.v | map('abs') | length }}"),
+        padded("{{ ns.v | batch(3) | length }}"),
+        padded("{{ ns.v | slice(3) | length }}"),
+        padded("{{ ns.v | groupby('real') | length }}"),
+        padded("{{ range(*ns.v) }}"),
+        doubled(
+            &format!("[{s10k}]"),
+            16,
+            "ns.v + ns.v",
+            "{{ ns.v | join(',') | length }}",
+        ),
+        doubled(
+            &format!("[{s10k}]"),
+            16,
+            "ns.v + ns.v",
+            "{{ (ns.v ~ '') | length }}",
+        ),
+        doubled(
+            &format!("[{s10k}]"),
+            16,
+            "ns.v + ns.v",
+            "{{ ','.join(ns.v) | length }}",
+        ),
+        doubled(
+            &format!("[{s10k}]"),
+            16,
+            "ns.v + ns.v",
+            "{{ '%s' | format(ns.v) | length }}",
+        ),
+        doubled(
+            &format!("[{s10k}]"),
+            16,
+            "ns.v + ns.v",
+            "{{ ns.v | pprint | length }}",
+        ),
+        // Repetition.
+        "{{ [0] * 1000000000000 }}".to_string(),
+        "{{ ([['a']] * 100000000000) | string }}".to_string(),
+        "{{ (['abc'] * 100000000000) | tojson }}".to_string(),
+        "{% set s = 'x' * 100000000 %}{{ ([s] * 1000000 ~ '') | length }}".to_string(),
+        "{% set s = 'x' * 100000000 %}{{ ([s] * 1000000) | join | length }}".to_string(),
+        "{% set s = 'x' * 100000000 %}{{ (s ~ s ~ s) | length }}".to_string(),
+        // Folded while compiling (constant operands), and refused when rendering.
+        "{{ (('x' * 100000000) ~ ('x' * 100000000) ~ ('x' * 100000000)) | length }}".to_string(),
+        // Size arguments of filters and Python methods.
+        "{{ 'x' | indent(1000000000000, true) }}".to_string(),
+        "{% set s = 'x' * 10000000 %}{{ s | replace('', s) | length }}".to_string(),
+        "{{ (['x'] * 1000000) | join('y' * 1000) | length }}".to_string(),
+        "{{ '%1000000000000s' | format(1) }}".to_string(),
+        "{{ '%.1000000000000f' | format(1.5) }}".to_string(),
+        "{% set s = 'x' * 100000000 %}{{ '%s%s%s' | format(s, s, s) | length }}".to_string(),
+        "{{ '{:1000000000000}'.format(1) }}".to_string(),
+        "{{ 'x'.center(1000000000000) }}".to_string(),
+        "{{ 'x'.ljust(1000000000000) }}".to_string(),
+        "{{ 'x'.rjust(1000000000000, '*') }}".to_string(),
+        "{{ 'x'.zfill(1000000000000) }}".to_string(),
+        "{{ ('\t' * 10000000).expandtabs(100) }}".to_string(),
+        "{% set s = 'x' * 10000000 %}{{ s.replace('', s) | length }}".to_string(),
+        "{% set s = 'x' * 10000 %}{{ s.join([s] * 1000000) | length }}".to_string(),
+        "{% set s = 'x' * 100000000 %}{{ s.upper() | length }}".to_string(),
+        "{% set s = 'x' * 100000000 %}{{ s | title | length }}".to_string(),
+        "{% set s = '\"' * 100000000 %}{{ s | escape | length }}".to_string(),
+        "{{ [1] | batch(1000000000000) | length }}".to_string(),
+        "{{ [1] | slice(1000000000000) | length }}".to_string(),
+        "{{ strftime_now('%F' * 40000000) | length }}".to_string(),
+        // A string's characters as a list: 24 bytes each.
+        "{% set s = 'x' * 100000000 %}{{ s | list | length }}".to_string(),
+        "{% set s = 'x' * 100000000 %}{{ s | map('upper') | length }}".to_string(),
+        "{% set s = ',' * 100000000 %}{{ s.split(',') | length }}".to_string(),
+        "{% set s = '\n' * 100000000 %}{{ s.splitlines(true) | length }}".to_string(),
+        // Text written in a loop and captured (not written out, where the output limit bounds
+        // it): a `set` block, a macro's output, a `call` block, a `filter` block.
+        format!("{{% set s %}}{raw_loop}{{% endset %}}{{{{ s | length }}}}"),
+        format!("{{% macro m() %}}{raw_loop}{{% endmacro %}}{{{{ m() | length }}}}"),
+        format!(
+            "{{% macro m() %}}{{{{ caller() | length }}}}{{% endmacro %}}\
+             {{% call m() %}}{raw_loop}{{% endcall %}}"
+        ),
+        format!("{{% filter length %}}{raw_loop}{{% endfilter %}}"),
+        // Many distinct strings kept alive in a list.
+        "{% set ns = namespace(l=[]) %}{% for i in range(5000) %}\
+         {% set ns.l = ns.l + [('x' * 100000) ~ i] %}{% endfor %}{{ ns.l | length }}"
+            .to_string(),
+    ];
+    for template in &cases {
+        assert_refused(template, Limit::Value);
+    }
+}
+
+/// Where the output limit is the smaller one, it answers first; a value that contains itself
+/// (a namespace is the one mutable value) stops at the nesting limit instead of overflowing the
+/// stack.
+#[test]
+fn other_blow_ups_hit_the_output_or_nesting_limit() {
+    let doubled = "{% set ns = namespace(v=['x' * 10000]) %}{% for i in range(16) %}\
+                   {% set ns.v = ns.v + ns.v %}{% endfor %}";
+    for then in [
+        "{{ ns.v }}",
+        "{{ ns.v | string | length }}",
+        "{{ ns.v | tojson | length }}",
+    ] {
+        assert_refused(&format!("{doubled}{then}"), Limit::Output);
+    }
+    let cyclic = "{% set ns = namespace(a=1) %}{% set ns.me = ns %}{% set ns.list = [ns] %}";
+    for then in [
+        "{{ ns }}",
+        "{{ ns.list }}",
+        "{{ ns ~ '' }}",
+        "{{ ns | string }}",
+        "{{ ns | tojson }}",
+        "{{ ns | tojson(sort_keys=true) }}",
+        "{{ ns | pprint }}",
+        "{{ ns.list | join(',') }}",
+        "{{ '%s' | format(ns) }}",
+        "{{ '{}'.format(ns.list) }}",
+    ] {
+        assert_refused(&format!("{cyclic}{then}"), Limit::Depth);
+    }
+}
+
+/// The budget is per render: a template that comes close to it renders every time, and a
+/// refused render leaves the next one unaffected.
+#[test]
+fn the_value_budget_is_per_render() {
+    // 200 MB of values: fits once, and again in every later render.
+    let t = ChatTemplate::new(
+        "big",
+        "{% set s = 'x' * 100000000 %}{{ (s ~ s) | length }}",
+        "",
+        "",
+    )
+    .unwrap();
+    for _ in 0..3 {
+        assert_eq!(t.render(&[], false).unwrap(), "200000000");
+    }
+    let hostile = ChatTemplate::new(
+        "hostile",
+        "{% set ns = namespace(s='x') %}{% for i in range(70) %}{% set ns.s = ns.s ~ ns.s %}\
+         {% endfor %}",
+        "",
+        "",
+    )
+    .unwrap();
+    assert!(hostile.render(&[], false).is_err());
+    assert_eq!(t.render(&[], false).unwrap(), "200000000");
+    let ok = ChatTemplate::new("ok", "{{ messages | length }}", "", "").unwrap();
+    assert_eq!(ok.render(&conversation(), false).unwrap(), "4");
+}
+
+/// Long conversations with long messages still render: the value budget counts everything a
+/// render creates, and real templates create a few times their messages' text.
+#[test]
+fn real_templates_fit_the_value_budget_with_megabytes_of_text() {
+    let dir = format!("{}/tests/fixtures/templates", env!("CARGO_MANIFEST_DIR"));
+    let long = "word ".repeat(8_000);
+    let mut messages = vec![ChatMessage::system("You are terse.")];
+    for i in 0..100 {
+        messages.push(ChatMessage::user(format!("question {i} {long}")));
+        messages.push(ChatMessage::assistant(format!(
+            "<think>hm</think>answer {i} {long}"
+        )));
+    }
+    messages.push(ChatMessage::user("last"));
+    let mut rendered = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.ends_with(".jinja") || name == "python-compat.jinja" {
+            continue;
+        }
+        let source = std::fs::read_to_string(&path).unwrap();
+        let t = ChatTemplate::new(&name, &source, "<s>", "</s>").unwrap();
+        let text = t
+            .render(&messages, true)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(text.len() > 8_000_000, "{name}");
+        rendered += 1;
+    }
+    assert!(rendered >= 9, "only {rendered} templates found");
+}
+
+/// A namespace that contains itself is a reference cycle, which would leak what it holds on
+/// every render (up to the whole value budget): the render empties its namespaces when it ends.
+#[test]
+fn a_namespace_that_contains_itself_does_not_leak() {
+    let t = ChatTemplate::new(
+        "cycle",
+        "{% set n = 10000000 %}{% set ns = namespace(big='x' * n) %}{% set ns.me = ns %}\
+         {% set ns.list = [ns, ns.big ~ 'y'] %}{{ ns.me.me.big | length }}",
+        "",
+        "",
+    )
+    .unwrap();
+    assert_eq!(t.render(&[], false).unwrap(), "10000000");
+    let before = peak::live();
+    for _ in 0..5 {
+        assert_eq!(t.render(&[], false).unwrap(), "10000000");
+    }
+    let kept = peak::live() - before;
+    assert!(kept < 1 << 20, "{kept} bytes kept after 5 renders");
 }

@@ -1,9 +1,10 @@
 //! Every input under tests/fixtures/fuzz/<target>/ through the same entry point its fuzz target
 //! (fuzz/fuzz_targets/<target>.rs) runs: the cases the fuzzers found, the seeds `make fuzz`
-//! starts from, and hand-written hostile inputs (endless template loops, output blow-ups). An
-//! entry asserts its own invariants and panics on a violation; here it must return, and fast
-//! enough that the run ends (the template budget stops the loops). Inputs for the header
-//! parsers' targets live in tests/fixtures/formats/fuzz (tests/formats.rs).
+//! starts from, and hand-written hostile inputs (endless template loops, output and value
+//! blow-ups, a namespace that contains itself). An entry asserts its own invariants and panics
+//! on a violation; here it must return, and fast enough that the run ends (the template budgets
+//! stop the loops and the blow-ups). Inputs for the header parsers' targets live in
+//! tests/fixtures/formats/fuzz (tests/formats.rs).
 
 use std::path::PathBuf;
 

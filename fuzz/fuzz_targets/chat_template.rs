@@ -1,5 +1,5 @@
-//! Chat templates (the real ones and arbitrary source, under the fuel and output limits) rendered
-//! with arbitrary messages.
+//! Chat templates (the real ones and arbitrary source, under the fuel, value and output limits)
+//! rendered with arbitrary messages.
 //! The entry point is shared with tests/fuzz_regressions.rs (`pocketlm::fuzzing`).
 #![no_main]
 

@@ -14,6 +14,7 @@
 //! plus any extra variables given to [`ChatTemplate::render_with`] (what `apply_chat_template`
 //! takes as keyword arguments, e.g. Qwen3's and SmolLM3's `enable_thinking`).
 
+use minijinja::budget::{self, BudgetExceeded};
 use minijinja::value::merge_maps;
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, ErrorKind, State, Value};
@@ -40,10 +41,26 @@ pub const MAX_TEMPLATE_FUEL: u64 = 20_000_000;
 /// `{% set %}` blocks and macros) and the final prompt. 64 MiB of text is several million
 /// tokens, more than any model's context.
 pub const MAX_TEMPLATE_OUTPUT_BYTES: usize = 64 << 20;
+/// The most bytes of values one render may create (strings, lists, maps; cumulative, so a
+/// string rebuilt in a loop counts each time), and compiling a template likewise (minijinja
+/// folds constant expressions). Without it a template doubles a string in a loop
+/// (`{% set ns.s = ns.s ~ ns.s %}`) and a failed allocation aborts the process, the browser's
+/// Worker included. Every operation that can build a value much larger than its inputs (`~`,
+/// `+`, `*`, `|join`, `|replace`, `|indent`, `|format`, `.replace()`, materializing a lazy
+/// list …) is checked against what remains before it allocates. Real templates create 3 to 5
+/// times their messages' text plus a few hundred bytes per message (the templates of
+/// tests/fixtures/templates: at most 0.6 MB for 2,000 short messages, 24 to 36 MB for 8 MB of
+/// text), so renders fail here only past 50 MB or so of text, millions of tokens beyond any
+/// context, while a hostile template stays within a few hundred MiB.
+pub const MAX_TEMPLATE_VALUE_BYTES: usize = 256 << 20;
 /// The largest template source accepted. Real templates are under 20 KiB.
 pub const MAX_TEMPLATE_SOURCE_BYTES: usize = 1 << 20;
 /// The widest `tojson(indent=…)` accepted.
 const MAX_JSON_INDENT: usize = 256;
+/// The deepest nesting of lists and dicts that `{{ … }}`, `string` and `tojson` write (and
+/// minijinja formats): a namespace that contains itself would otherwise recurse until the stack
+/// overflows. Chat messages and tool schemas nest a few levels.
+const MAX_VALUE_DEPTH: usize = budget::MAX_FORMAT_DEPTH;
 
 /// One turn of a conversation.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,15 +158,28 @@ fn count_emitted(state: &State, n: usize) -> std::result::Result<(), minijinja::
     Ok(())
 }
 
-/// The render's output, refusing to grow past [`MAX_TEMPLATE_OUTPUT_BYTES`].
-struct LimitedOutput(Vec<u8>);
+/// The render's output (or `tojson`'s), refusing to grow past `limit` bytes: at most
+/// [`MAX_TEMPLATE_OUTPUT_BYTES`].
+struct LimitedOutput {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl LimitedOutput {
+    fn new(limit: usize) -> Self {
+        LimitedOutput {
+            bytes: Vec::new(),
+            limit,
+        }
+    }
+}
 
 impl std::io::Write for LimitedOutput {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.0.len().saturating_add(buf.len()) > MAX_TEMPLATE_OUTPUT_BYTES {
+        if self.bytes.len().saturating_add(buf.len()) > self.limit {
             return Err(std::io::Error::other(OutputLimit));
         }
-        self.0.extend_from_slice(buf);
+        self.bytes.extend_from_slice(buf);
         Ok(buf.len())
     }
 
@@ -171,8 +201,9 @@ impl ChatTemplate {
     /// syntax error is [`Error::ChatTemplate`] with minijinja's message and the template's line,
     /// as is a source over [`MAX_TEMPLATE_SOURCE_BYTES`].
     ///
-    /// Rendering is bounded: at most [`MAX_TEMPLATE_FUEL`] instructions and
-    /// [`MAX_TEMPLATE_OUTPUT_BYTES`] of output, else [`Error::ChatTemplate`] naming the limit.
+    /// Rendering is bounded: at most [`MAX_TEMPLATE_FUEL`] instructions,
+    /// [`MAX_TEMPLATE_VALUE_BYTES`] of values created and [`MAX_TEMPLATE_OUTPUT_BYTES`] of
+    /// output, else [`Error::ChatTemplate`] naming the limit.
     pub fn new(name: &str, source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
         if source.len() > MAX_TEMPLATE_SOURCE_BYTES {
             return Err(Error::ChatTemplate {
@@ -189,7 +220,7 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(false);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(python_methods);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         // Python's spelling of values: `{{ x }}` and `x | string` print lists and dicts as
@@ -198,8 +229,12 @@ impl ChatTemplate {
         env.set_formatter(python_formatter);
         env.add_filter("string", python_string_filter);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE, without_generation_tags(source))
-            .map_err(|e| template_error(name, e))?;
+        // Compiling folds constant expressions (`'x' * 100000000 ~ …`): under the budget too,
+        // where a fold that does not fit is left to the render, which refuses it.
+        budget::with_budget(MAX_TEMPLATE_VALUE_BYTES, || {
+            env.add_template_owned(TEMPLATE, without_generation_tags(source))
+        })
+        .map_err(|e| template_error(name, e))?;
         Ok(ChatTemplate {
             tool_syntax: crate::text::tools::ToolSyntax::detect(source),
             env,
@@ -402,6 +437,26 @@ impl ChatTemplate {
         tools: Option<&serde_json::Value>,
         now_unix_seconds: i64,
     ) -> Result<String> {
+        budget::with_budget(MAX_TEMPLATE_VALUE_BYTES, || {
+            self.render_budgeted(
+                messages,
+                add_generation_prompt,
+                extra,
+                tools,
+                now_unix_seconds,
+            )
+        })
+    }
+
+    /// [`ChatTemplate::render_tools_at`] inside the render's value budget.
+    fn render_budgeted(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        extra: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
+        now_unix_seconds: i64,
+    ) -> Result<String> {
         let extra = match extra {
             serde_json::Value::Null => minijinja::context! {},
             serde_json::Value::Object(_) => Value::from_serialize(extra),
@@ -431,12 +486,17 @@ impl ChatTemplate {
                 __pocketlm_now_unix => now_unix_seconds,
             },
         ]);
-        let mut out = LimitedOutput(Vec::new());
+        let mut out = LimitedOutput::new(MAX_TEMPLATE_OUTPUT_BYTES);
         template
             .render_captured_to(ctx, &mut out)
             .map_err(|e| template_error(&self.name, e))?;
+        // A value that passed the budget in the last instruction, or where the error could not
+        // be returned (formatting, a conversion), stops the render here.
+        if let Some(why) = budget::exceeded() {
+            return Err(template_error(&self.name, why.into()));
+        }
         // Every write came from a &str, so the bytes are UTF-8.
-        String::from_utf8(out.0).map_err(|e| Error::ChatTemplate {
+        String::from_utf8(out.bytes).map_err(|e| Error::ChatTemplate {
             template: self.name.clone(),
             line: None,
             message: format!("the output is not UTF-8: {e}"),
@@ -486,8 +546,26 @@ fn without_generation_tags(source: &str) -> String {
 }
 
 fn template_error(name: &str, e: minijinja::Error) -> Error {
+    let budget_error = |why: BudgetExceeded| Error::ChatTemplate {
+        template: name.to_string(),
+        line: e.line(),
+        message: match why {
+            BudgetExceeded::Size { .. } => format!(
+                "the template's values exceed the value size limit of \
+                 {MAX_TEMPLATE_VALUE_BYTES} bytes (a string or list built up without bound, \
+                 e.g. doubled in a loop)"
+            ),
+            BudgetExceeded::Depth => format!(
+                "the template's values are nested deeper than the limit of {MAX_VALUE_DEPTH} \
+                 levels (e.g. a namespace that contains itself)"
+            ),
+        },
+    };
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(s) = source {
+        if let Some(why) = s.downcast_ref::<BudgetExceeded>() {
+            return budget_error(*why);
+        }
         if let Some(raised) = s.downcast_ref::<Raised>() {
             return Error::ChatTemplateRejected {
                 template: name.to_string(),
@@ -507,6 +585,11 @@ fn template_error(name: &str, e: minijinja::Error) -> Error {
             };
         }
         source = s.source();
+    }
+    // An error caused by the budget where the budget's own error was lost on the way (an
+    // iterator that turned it into an invalid value, a fallback taken instead).
+    if let Some(why) = budget::exceeded() {
+        return budget_error(why);
     }
     let message = match (e.kind(), e.detail()) {
         (ErrorKind::OutOfFuel, _) => format!(
@@ -554,14 +637,33 @@ fn python_formatter(
     }
 }
 
-/// [`python_repr`] of a list or dict, refused once it passes [`MAX_TEMPLATE_OUTPUT_BYTES`] (a
-/// lazily repeated list, `[0] * 10**12`, stops there instead of being walked to its end).
+/// Why [`python_repr`] stopped.
+enum ReprStop {
+    /// The text would pass its limit.
+    Size,
+    /// Lists and dicts nested deeper than [`MAX_VALUE_DEPTH`].
+    Depth,
+}
+
+/// [`python_repr`] of a list or dict, refused once it passes [`MAX_TEMPLATE_OUTPUT_BYTES`] or
+/// what remains of the value budget (a lazily repeated list, `[0] * 10**12`, stops there
+/// instead of being walked to its end), or nests deeper than [`MAX_VALUE_DEPTH`].
 fn python_str(value: &Value) -> std::result::Result<String, minijinja::Error> {
+    let budget_left = budget::remaining().unwrap_or(usize::MAX);
+    let limit = MAX_TEMPLATE_OUTPUT_BYTES.min(budget_left);
     let mut s = String::new();
-    if !python_repr(value, &mut s) {
-        return Err(output_limit_error());
+    match python_repr(value, &mut s, limit, 0) {
+        Ok(()) => Ok(s),
+        Err(ReprStop::Depth) => Err(BudgetExceeded::Depth.into()),
+        // Past the value budget before the output limit: the budget's error (and the render
+        // stops).
+        Err(ReprStop::Size) if budget_left < MAX_TEMPLATE_OUTPUT_BYTES => {
+            Err(budget::ensure(usize::MAX)
+                .err()
+                .unwrap_or_else(output_limit_error))
+        }
+        Err(ReprStop::Size) => Err(output_limit_error()),
     }
-    Ok(s)
 }
 
 /// The `string` filter as Python's str(): a string unchanged, anything else as [`python_repr`].
@@ -573,14 +675,23 @@ fn python_string_filter(value: &Value) -> std::result::Result<Value, minijinja::
     })
 }
 
-/// Python's repr() of a template value, as str() shows the items of a list or dict. Returns
-/// false, leaving `out` incomplete, as soon as it is clear that it would pass
-/// [`MAX_TEMPLATE_OUTPUT_BYTES`]: a list whose items' ", " separators alone would not fit is
-/// refused before it is walked.
-fn python_repr(value: &Value, out: &mut String) -> bool {
+/// Python's repr() of a template value, as str() shows the items of a list or dict, at nesting
+/// `depth`. Stops, leaving `out` incomplete, as soon as it is clear that `out` would pass
+/// `limit` bytes (a list whose items' ", " separators alone would not fit is refused before it
+/// is walked), or at [`MAX_VALUE_DEPTH`].
+fn python_repr(
+    value: &Value,
+    out: &mut String,
+    limit: usize,
+    depth: usize,
+) -> std::result::Result<(), ReprStop> {
     let fits = |out: &String, items: Option<usize>| {
-        let room = MAX_TEMPLATE_OUTPUT_BYTES.saturating_sub(out.len());
-        out.len() <= MAX_TEMPLATE_OUTPUT_BYTES && items.is_none_or(|n| n <= room / 2 + 1)
+        let room = limit.saturating_sub(out.len());
+        if out.len() <= limit && items.is_none_or(|n| n <= room / 2 + 1) {
+            Ok(())
+        } else {
+            Err(ReprStop::Size)
+        }
     };
     match value.kind() {
         ValueKind::Undefined => {}
@@ -589,55 +700,54 @@ fn python_repr(value: &Value, out: &mut String) -> bool {
         ValueKind::Number if !value.is_integer() => out.push_str(&python_float(
             f64::try_from(value.clone()).unwrap_or(f64::NAN),
         )),
-        ValueKind::String => python_str_repr(value.as_str().unwrap_or_default(), out),
+        ValueKind::String => python_str_repr(value.as_str().unwrap_or_default(), out, limit)?,
+        ValueKind::Seq | ValueKind::Iterable | ValueKind::Map if depth >= MAX_VALUE_DEPTH => {
+            return Err(ReprStop::Depth)
+        }
         ValueKind::Seq | ValueKind::Iterable => {
-            if !fits(out, value.len()) {
-                return false;
-            }
+            fits(out, value.len())?;
             out.push('[');
             if let Ok(items) = value.try_iter() {
                 for (i, item) in items.enumerate() {
                     if i > 0 {
                         out.push_str(", ");
                     }
-                    if !python_repr(&item, out) || !fits(out, None) {
-                        return false;
-                    }
+                    python_repr(&item, out, limit, depth + 1)?;
+                    fits(out, None)?;
                 }
             }
             out.push(']');
         }
         ValueKind::Map => {
-            if !fits(out, value.len()) {
-                return false;
-            }
+            fits(out, value.len())?;
             out.push('{');
             if let Ok(keys) = value.try_iter() {
                 for (i, key) in keys.enumerate() {
                     if i > 0 {
                         out.push_str(", ");
                     }
-                    if !python_repr(&key, out) {
-                        return false;
-                    }
+                    python_repr(&key, out, limit, depth + 1)?;
                     out.push_str(": ");
-                    if !python_repr(&value.get_item(&key).unwrap_or_default(), out)
-                        || !fits(out, None)
-                    {
-                        return false;
-                    }
+                    let item = value.get_item(&key).unwrap_or_default();
+                    python_repr(&item, out, limit, depth + 1)?;
+                    fits(out, None)?;
                 }
             }
             out.push('}');
         }
+        // Formatted by minijinja, which bounds it by the value budget.
         _ => out.push_str(&value.to_string()),
     }
-    out.len() <= MAX_TEMPLATE_OUTPUT_BYTES
+    fits(out, None)
 }
 
 /// Python's repr() of a str: single quotes unless the text has a ' and no ", backslash escapes
-/// for the quote, backslash and control characters.
-fn python_str_repr(s: &str, out: &mut String) {
+/// for the quote, backslash and control characters. Stops once `out` would pass `limit` bytes
+/// (an escape takes up to 6 bytes per character).
+fn python_str_repr(s: &str, out: &mut String, limit: usize) -> std::result::Result<(), ReprStop> {
+    if out.len().saturating_add(s.len()).saturating_add(2) > limit {
+        return Err(ReprStop::Size);
+    }
     let quote = if s.contains('\'') && !s.contains('"') {
         '"'
     } else {
@@ -645,6 +755,9 @@ fn python_str_repr(s: &str, out: &mut String) {
     };
     out.push(quote);
     for c in s.chars() {
+        if out.len() > limit {
+            return Err(ReprStop::Size);
+        }
         match c {
             '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
@@ -662,6 +775,7 @@ fn python_str_repr(s: &str, out: &mut String) {
         }
     }
     out.push(quote);
+    Ok(())
 }
 
 /// Python's repr() of a float: the shortest digits that read back the same, in positional
@@ -708,6 +822,12 @@ fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja
             Some(" ".repeat(n as usize))
         }
     };
+    // Written once per level per item: a string indent is bounded like a numeric one.
+    if indent.as_ref().is_some_and(|s| s.len() > MAX_JSON_INDENT) {
+        return Err(bad(format!(
+            "tojson: an indent string is over the limit of {MAX_JSON_INDENT} bytes"
+        )));
+    }
     let separators: Option<Vec<String>> = kwargs.get("separators")?;
     let (item_sep, key_sep) = match separators.as_deref() {
         None => (
@@ -732,21 +852,96 @@ fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja
         level: 0,
         has_value: false,
     };
-    let mut bytes = LimitedOutput(Vec::new());
+    // The text is a value too: within what remains of the value budget.
+    let budget_left = budget::remaining().unwrap_or(usize::MAX);
+    let mut bytes = LimitedOutput::new(MAX_TEMPLATE_OUTPUT_BYTES.min(budget_left));
     let mut ser = serde_json::Serializer::with_formatter(&mut bytes, formatter);
     let result = if sort_keys {
-        // serde_json's own map keeps its keys sorted.
-        serde_json::to_value(value).and_then(|v| serde::Serialize::serialize(&v, &mut ser))
+        serde::Serialize::serialize(&SortedKeys(value), &mut ser)
     } else {
         serde::Serialize::serialize(value, &mut ser)
     };
     match result {
-        Err(e) if e.is_io() => return Err(output_limit_error()),
+        Err(e) if e.is_io() => {
+            let io = std::io::Error::from(e);
+            if io.get_ref().is_some_and(|inner| inner.is::<JsonTooDeep>()) {
+                return Err(BudgetExceeded::Depth.into());
+            }
+            if budget_left < MAX_TEMPLATE_OUTPUT_BYTES {
+                return Err(budget::ensure(usize::MAX)
+                    .err()
+                    .unwrap_or_else(output_limit_error));
+            }
+            return Err(output_limit_error());
+        }
         Err(e) => return Err(bad(format!("tojson: {e}"))),
         Ok(()) => {}
     }
-    Ok(Value::from(String::from_utf8(bytes.0).unwrap_or_default()))
+    Ok(Value::from(
+        String::from_utf8(bytes.bytes).unwrap_or_default(),
+    ))
 }
+
+/// A value serialized with its dicts' keys sorted (json.dumps' `sort_keys`), in the order
+/// serde_json's own map keeps them, without building a copy of the value.
+struct SortedKeys<'a>(&'a Value);
+
+impl serde::Serialize for SortedKeys<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::{Error as _, SerializeMap, SerializeSeq};
+        let value = self.0;
+        match value.kind() {
+            ValueKind::Map => {
+                let mut entries = Vec::new();
+                for key in value.try_iter().map_err(S::Error::custom)? {
+                    let item = value.get_item(&key).unwrap_or_default();
+                    let key = match key.kind() {
+                        ValueKind::String => key.as_str().unwrap_or_default().to_string(),
+                        ValueKind::Bool => key.is_true().to_string(),
+                        ValueKind::Number if key.is_integer() => key.to_string(),
+                        ValueKind::Number => python_float(f64::try_from(key).unwrap_or(f64::NAN)),
+                        _ => return Err(S::Error::custom("key must be a string")),
+                    };
+                    entries.push((key, item));
+                }
+                // As a map keyed by these strings: sorted, and a repeated key keeps its last value.
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                entries.dedup_by(|later, earlier| {
+                    let same = later.0 == earlier.0;
+                    if same {
+                        std::mem::swap(later, earlier);
+                    }
+                    same
+                });
+                let mut map = s.serialize_map(Some(entries.len()))?;
+                for (key, item) in &entries {
+                    map.serialize_entry(key, &SortedKeys(item))?;
+                }
+                map.end()
+            }
+            ValueKind::Seq | ValueKind::Iterable => {
+                let mut seq = s.serialize_seq(value.len())?;
+                for item in value.try_iter().map_err(S::Error::custom)? {
+                    seq.serialize_element(&SortedKeys(&item))?;
+                }
+                seq.end()
+            }
+            _ => value.serialize(s),
+        }
+    }
+}
+
+/// The error [`PyJson`] stops with past [`MAX_VALUE_DEPTH`] levels of lists and dicts.
+#[derive(Debug)]
+struct JsonTooDeep;
+
+impl std::fmt::Display for JsonTooDeep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "nested deeper than {MAX_VALUE_DEPTH} levels")
+    }
+}
+
+impl std::error::Error for JsonTooDeep {}
 
 /// Python json.dumps' layout for serde_json.
 struct PyJson {
@@ -759,6 +954,16 @@ struct PyJson {
 }
 
 impl PyJson {
+    /// One level deeper; serializing stops past [`MAX_VALUE_DEPTH`] (before recursing further,
+    /// so a dict that contains itself ends here).
+    fn nest(&mut self) -> std::io::Result<()> {
+        if self.level >= MAX_VALUE_DEPTH {
+            return Err(std::io::Error::other(JsonTooDeep));
+        }
+        self.level += 1;
+        Ok(())
+    }
+
     fn item<W: ?Sized + std::io::Write>(&self, w: &mut W, first: bool) -> std::io::Result<()> {
         if !first {
             w.write_all(self.item_sep.as_bytes())?;
@@ -787,7 +992,7 @@ impl PyJson {
 
 impl serde_json::ser::Formatter for PyJson {
     fn begin_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
-        self.level += 1;
+        self.nest()?;
         self.has_value = false;
         w.write_all(b"[")
     }
@@ -810,7 +1015,7 @@ impl serde_json::ser::Formatter for PyJson {
     }
 
     fn begin_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
-        self.level += 1;
+        self.nest()?;
         self.has_value = false;
         w.write_all(b"{")
     }
@@ -875,7 +1080,85 @@ fn raise_exception(message: String) -> std::result::Result<Value, minijinja::Err
     )
 }
 
+/// Python's string methods (minijinja-contrib's pycompat), with the size of what the ones that
+/// can return much more than their string create checked against the value budget before they
+/// allocate it. `join` is done here, under the budget.
+fn python_methods(
+    state: &State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> std::result::Result<Value, minijinja::Error> {
+    if let Some(s) = value.as_str() {
+        if method == "join" {
+            let (items,): (&Value,) = minijinja::value::from_args(args)?;
+            let mut joined = budget::BoundedString::new();
+            for (i, item) in items.try_iter()?.enumerate() {
+                if i > 0 {
+                    joined.push_str(s)?;
+                }
+                write!(joined, "{item}")?;
+            }
+            return Ok(Value::from(joined.finish()?));
+        }
+        if let Some(bytes) = python_method_size(s, method, args) {
+            budget::ensure(bytes)?;
+        }
+    }
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+}
+
+/// An upper bound of the bytes `s.method(*args)` creates, for the string methods whose result
+/// can be much larger than `s`, also those pycompat does not have yet (`center`, `zfill` …, so
+/// that they stay bounded when it does); None for the others (minijinja charges their result
+/// when it becomes a value, and bounds `format`'s widths itself).
+fn python_method_size(s: &str, method: &str, args: &[Value]) -> Option<usize> {
+    let int_arg = |i: usize| {
+        args.get(i)
+            .and_then(|v| i128::try_from(v.clone()).ok())
+            .map_or(0, |n| usize::try_from(n.max(0)).unwrap_or(usize::MAX))
+    };
+    let str_arg = |i: usize| args.get(i).and_then(Value::as_str).unwrap_or("");
+    Some(match method {
+        // A character's other case is up to three characters.
+        "upper" | "lower" | "title" | "capitalize" | "swapcase" | "casefold" => {
+            s.len().saturating_mul(3)
+        }
+        "replace" => {
+            let (old, new) = (str_arg(0), str_arg(1));
+            let count = args
+                .get(2)
+                .and_then(|v| i64::try_from(v.clone()).ok())
+                .filter(|&n| n >= 0)
+                .map_or(usize::MAX, |n| n as usize);
+            // "" matches before every character and at the end.
+            let matches = if old.is_empty() {
+                s.chars().count() + 1
+            } else {
+                s.matches(old).count()
+            };
+            s.len()
+                .saturating_add(new.len().saturating_mul(matches.min(count)))
+        }
+        // A list item per line.
+        "splitlines" => (s.bytes().filter(|&b| b == b'\n').count() + 1)
+            .saturating_mul(std::mem::size_of::<Value>())
+            .saturating_add(s.len()),
+        // Padding: up to four bytes per fill character.
+        "center" | "ljust" | "rjust" => int_arg(0).saturating_mul(4).saturating_add(s.len()),
+        "zfill" => int_arg(0).saturating_add(s.len()),
+        "expandtabs" => s.len().saturating_mul(if args.is_empty() {
+            8
+        } else {
+            int_arg(0).max(1)
+        }),
+        _ => return None,
+    })
+}
+
 fn strftime_now(state: &State, format: String) -> std::result::Result<String, minijinja::Error> {
+    // A directive of two bytes writes at most ten ("%F": 2024-07-26).
+    budget::ensure(format.len().saturating_mul(5))?;
     let now = state
         .lookup(NOW_VAR)
         .and_then(|v| i64::try_from(v).ok())
