@@ -614,6 +614,21 @@ fn value_blow_ups_hit_the_value_limit() {
         doubled("[1]", 70, "ns.v + ns.v", "{{ ns.v | length }}"),
         doubled("{'a': 1}", 70, "ns.v | chain(ns.v)", "{{ ns.v | length }}"),
         doubled("'ab' | chain('cd')", 70, "ns.v + ns.v", "done"),
+        // A chain of chains searched, joined or listed within one instruction: every item it
+        // yields is charged, so the search stops at the budget instead of running for ever.
+        doubled(
+            "'ab' | chain('cd')",
+            70,
+            "ns.v | chain(ns.v)",
+            "{{ 'z' in ns.v }}",
+        ),
+        doubled(
+            "'ab' | chain('cd')",
+            70,
+            "ns.v | chain(ns.v)",
+            "{{ ns.v | join }}",
+        ),
+        doubled("range(3)", 70, "ns.v | chain(ns.v)", "{{ 'z' in ns.v }}"),
         doubled("[]", 70, "ns.v + ns.v", "done"),
         // … and materialized while it still fits: as a list, sorted, reversed, as text.
         padded("{{ ns.v | list | length }}"),

@@ -814,6 +814,11 @@ mod cli {
         prompt: &[u32],
         gen_tokens: usize,
     ) -> pocketlm::Result<()> {
+        // A vocabulary constrained decoding cannot read (WordPiece) has nothing to measure.
+        if let Err(e) = engine.grammar_vocab() {
+            println!("\nconstrained decoding: not available for this model ({e})");
+            return Ok(());
+        }
         let settings = [
             ("free, step by step", None),
             (

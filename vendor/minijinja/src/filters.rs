@@ -1790,11 +1790,29 @@ mod builtins {
         } else {
             // General iterator chaining behavior
             Ok(Value::make_object_iterable(all_values, |values| {
-                Box::new(values.iter().flat_map(|v| match v.try_iter() {
-                    Ok(iter) => Box::new(iter) as Box<dyn Iterator<Item = Value> + Send + Sync>,
-                    Err(err) => Box::new(Some(Value::from(err)).into_iter())
-                        as Box<dyn Iterator<Item = Value> + Send + Sync>,
-                })) as Box<dyn Iterator<Item = Value> + Send + Sync>
+                Box::new(
+                    values
+                        .iter()
+                        // pocketlm: (see below) and no new part once the budget is spent, so
+                        // that a chain of chains stops at every level, not at its leaves only.
+                        .take_while(|_| crate::budget::exceeded().is_none())
+                        .flat_map(|v| match v.try_iter() {
+                            Ok(iter) => {
+                                Box::new(iter) as Box<dyn Iterator<Item = Value> + Send + Sync>
+                            }
+                            Err(err) => Box::new(Some(Value::from(err)).into_iter())
+                                as Box<dyn Iterator<Item = Value> + Send + Sync>,
+                        })
+                        // pocketlm: a chain of chains has no length to charge when it is made
+                        // (its parts are unsized), and a loop can double it: every item it
+                        // yields is charged instead, so that iterating it inside one
+                        // instruction (`in`, `join`, `list`) stops at the value budget rather
+                        // than running for ever.
+                        .take_while(|_| {
+                            crate::budget::charge(crate::budget::ITEM_BYTES);
+                            crate::budget::exceeded().is_none()
+                        }),
+                ) as Box<dyn Iterator<Item = Value> + Send + Sync>
             }))
         }
     }
