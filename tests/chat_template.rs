@@ -725,9 +725,9 @@ fn value_blow_ups_hit_the_value_limit() {
     }
 }
 
-/// Where the output limit is the smaller one, it answers first; a value that contains itself
-/// (a namespace is the one mutable value) stops at the nesting limit instead of overflowing the
-/// stack.
+/// Where the output limit is the smaller one, it answers first; values nested past the nesting
+/// limit, and values that would contain themselves (through a namespace, the one mutable value),
+/// are refused instead of overflowing the stack.
 #[test]
 fn other_blow_ups_hit_the_output_or_nesting_limit() {
     let doubled = "{% set ns = namespace(v=['x' * 10000]) %}{% for i in range(16) %}\
@@ -739,21 +739,45 @@ fn other_blow_ups_hit_the_output_or_nesting_limit() {
     ] {
         assert_refused(&format!("{doubled}{then}"), Limit::Output);
     }
-    let cyclic = "{% set ns = namespace(a=1) %}{% set ns.me = ns %}{% set ns.list = [ns] %}";
-    for then in [
-        "{{ ns }}",
-        "{{ ns.list }}",
-        "{{ ns ~ '' }}",
-        "{{ ns | string }}",
-        "{{ ns | tojson }}",
-        "{{ ns | tojson(sort_keys=true) }}",
-        "{{ ns | pprint }}",
-        "{{ ns.list | join(',') }}",
-        "{{ '%s' | format(ns) }}",
-        "{{ '{}'.format(ns.list) }}",
+    // A namespace may not hold a namespace: no value can contain itself, and namespaces (the
+    // values a template can change) cannot be chained after the lists holding them were built.
+    for cyclic in [
+        "{% set ns = namespace(a=1) %}{% set ns.me = ns %}{{ ns }}",
+        "{% set ns = namespace(a=1) %}{% set ns.list = [1, {'x': [ns]}] %}{{ ns.list }}",
+        "{% set a = namespace() %}{% set b = namespace(a=a) %}{{ b }}",
     ] {
-        assert_refused(&format!("{cyclic}{then}"), Limit::Depth);
+        assert_refused(cyclic, Limit::Depth);
     }
+    // Values nested past the limit are refused when built, so nothing deep enough to overflow
+    // the stack when freed, compared or written exists: a list, a dict, a kwargs dict or a
+    // merged dict wrapped in itself in a loop, or a chain of namespaces.
+    let wrapped = |init: &str, wrap: &str| {
+        format!(
+            "{{% set ns = namespace(v={init}) %}}{{% for i in range(100000) %}}\
+             {{% set ns.v = {wrap} %}}{{% endfor %}}{{{{ ns.v | length }}}}"
+        )
+    };
+    for template in [
+        wrapped("[]", "[ns.v]"),
+        wrapped("{}", "{'k': ns.v}"),
+        wrapped("{}", "dict(k=ns.v)"),
+        wrapped("{'a': 1}", "ns.v | chain({'b': i})"),
+        wrapped("[]", "[1, [ns.v], 2]"),
+        "{% set outer = namespace(cur=none) %}{% for i in range(100000) %}\
+         {% set outer.cur = namespace(x=outer.cur) %}{% endfor %}"
+            .to_string(),
+    ] {
+        assert_refused(&template, Limit::Depth);
+    }
+    // Up to the limit, nesting is fine.
+    let t = ChatTemplate::new(
+        "deep",
+        &wrapped("[]", "[ns.v]").replace("100000", "90"),
+        "",
+        "",
+    )
+    .unwrap();
+    assert_eq!(t.render(&[], false).unwrap(), "1");
 }
 
 /// The budget is per render: a template that comes close to it renders every time, and a
@@ -817,14 +841,16 @@ fn real_templates_fit_the_value_budget_with_megabytes_of_text() {
     assert!(rendered >= 9, "only {rendered} templates found");
 }
 
-/// A namespace that contains itself is a reference cycle, which would leak what it holds on
-/// every render (up to the whole value budget): the render empties its namespaces when it ends.
+/// A namespace that holds a macro that holds the namespace is a reference cycle, which would
+/// leak what it holds on every render (up to the whole value budget): the render empties its
+/// namespaces when it ends.
 #[test]
-fn a_namespace_that_contains_itself_does_not_leak() {
+fn a_cycle_through_a_namespace_does_not_leak() {
     let t = ChatTemplate::new(
         "cycle",
-        "{% set n = 10000000 %}{% set ns = namespace(big='x' * n) %}{% set ns.me = ns %}\
-         {% set ns.list = [ns, ns.big ~ 'y'] %}{{ ns.me.me.big | length }}",
+        "{% set n = 10000000 %}{% set ns = namespace(big='x' * n) %}\
+         {% macro m() %}{{ ns.big | length }}{% endmacro %}{% set ns.m = m %}\
+         {% set ns.list = [ns.big ~ 'y'] %}{{ ns.m() }}",
         "",
         "",
     )

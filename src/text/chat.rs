@@ -57,10 +57,11 @@ pub const MAX_TEMPLATE_VALUE_BYTES: usize = 256 << 20;
 pub const MAX_TEMPLATE_SOURCE_BYTES: usize = 1 << 20;
 /// The widest `tojson(indent=…)` accepted.
 const MAX_JSON_INDENT: usize = 256;
-/// The deepest nesting of lists and dicts that `{{ … }}`, `string` and `tojson` write (and
-/// minijinja formats): a namespace that contains itself would otherwise recurse until the stack
-/// overflows. Chat messages and tool schemas nest a few levels.
-const MAX_VALUE_DEPTH: usize = budget::MAX_FORMAT_DEPTH;
+/// The deepest nesting of lists and dicts a template may build, and that `{{ … }}`, `string` and
+/// `tojson` write (and minijinja formats): freeing, comparing or writing a value recurses once
+/// per level, and a list wrapped in itself in a loop would overflow the stack. Chat messages and
+/// tool schemas nest a few levels.
+const MAX_VALUE_DEPTH: usize = budget::MAX_DEPTH;
 
 /// One turn of a conversation.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -557,7 +558,7 @@ fn template_error(name: &str, e: minijinja::Error) -> Error {
             ),
             BudgetExceeded::Depth => format!(
                 "the template's values are nested deeper than the limit of {MAX_VALUE_DEPTH} \
-                 levels (e.g. a namespace that contains itself)"
+                 levels, or a namespace was given a value holding a namespace (e.g. itself)"
             ),
         },
     };

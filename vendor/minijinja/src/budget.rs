@@ -23,16 +23,21 @@
 //! counts as `size_of::<Value>()`, a map entry as two): it bounds what a render can allocate, it
 //! does not measure it.
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Weak};
 
 use crate::error::{Error, ErrorKind};
+use crate::value::argtypes::KwargsValues;
+use crate::value::merge_object::{MergeDict, MergeSeq};
 use crate::value::namespace_object::Namespace;
-use crate::value::{DynObject, Value};
+use crate::value::{DynObject, Value, ValueMap};
 
-/// While a budget is active, formatting a value nested deeper than this is refused: a
-/// namespace that contains itself would otherwise recurse until the stack overflows.
-pub const MAX_FORMAT_DEPTH: usize = 100;
+/// While a budget is active, lists, maps and merges nested deeper than this are refused when
+/// they are built, and formatting a value nested deeper is refused: freeing, comparing,
+/// formatting and serializing a value all recurse once per level, and a value nested tens of
+/// thousands of levels deep (`{% set ns.l = [ns.l] %}` in a loop) would overflow the stack.
+pub const MAX_DEPTH: usize = 100;
 
 /// The size charged for one item of a list (one key or value of a map).
 pub(crate) const ITEM_BYTES: usize = std::mem::size_of::<Value>();
@@ -45,7 +50,8 @@ pub enum BudgetExceeded {
         /// The budget given to [`with_budget`].
         limit: usize,
     },
-    /// A value was nested deeper than [`MAX_FORMAT_DEPTH`] levels when formatted.
+    /// A value was nested deeper than [`MAX_DEPTH`] levels (when built or formatted), or a
+    /// namespace was given a value holding a namespace.
     Depth,
 }
 
@@ -58,7 +64,7 @@ impl fmt::Display for BudgetExceeded {
             ),
             BudgetExceeded::Depth => write!(
                 f,
-                "a value is nested deeper than the limit of {MAX_FORMAT_DEPTH} levels"
+                "a value is nested deeper than the limit of {MAX_DEPTH} levels"
             ),
         }
     }
@@ -85,6 +91,151 @@ thread_local! {
     static FORMAT_DEPTH: Cell<usize> = const { Cell::new(0) };
     /// The namespaces created under the active budget.
     static NAMESPACES: RefCell<Vec<Weak<Namespace>>> = const { RefCell::new(Vec::new()) };
+    /// The nesting of the containers seen under the active budget, by address (see [`nesting`]).
+    static NESTING: RefCell<HashMap<usize, Known>> = RefCell::new(HashMap::new());
+}
+
+/// A container's [`Nesting`], with a reference to it that keeps its address from being reused
+/// while the budget lasts.
+struct Known {
+    nesting: Nesting,
+    _alive: DynObject,
+}
+
+/// How a value nests: the levels of lists, maps and merges (and namespaces) in it, 0 for a
+/// scalar, and whether a namespace is among them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Nesting {
+    pub depth: usize,
+    pub namespace: bool,
+}
+
+impl Nesting {
+    fn around(items: impl Iterator<Item = Nesting>) -> Nesting {
+        let inner = items.fold(Nesting::default(), |a, b| Nesting {
+            depth: a.depth.max(b.depth),
+            namespace: a.namespace || b.namespace,
+        });
+        Nesting {
+            depth: inner.depth.saturating_add(1),
+            namespace: inner.namespace,
+        }
+    }
+}
+
+/// The nesting of `value`: one level for each list, map, lazy merge and namespace on the
+/// deepest path through it.
+///
+/// Containers are immutable, so the nesting of each container built (or looked into) under the
+/// active budget is remembered by address, and a container built from others costs one look-up
+/// per item: building is linear however deep or shared the parts are.  Namespaces change, so
+/// theirs is not remembered; they may not hold a namespace (see [`check_namespace_value`]), so a
+/// container holding one is at most [`MAX_DEPTH`] levels deeper than it was when built.  Looking
+/// into a value not seen before (the render's context) stops [`MAX_DEPTH`] levels down.
+pub(crate) fn nesting(value: &Value) -> Nesting {
+    nesting_at(value, 0)
+}
+
+fn nesting_at(value: &Value, level: usize) -> Nesting {
+    let Some(obj) = value.as_object() else {
+        return Nesting::default();
+    };
+    if let Some(known) = NESTING.with(|m| m.borrow().get(&obj.addr()).map(|k| k.nesting)) {
+        return known;
+    }
+    if level > MAX_DEPTH {
+        // Deeper than any value built under a budget: no need to look further.
+        return Nesting {
+            depth: 1,
+            namespace: false,
+        };
+    }
+    if let Some(ns) = obj.downcast_ref::<Namespace>() {
+        let mut n = Nesting::around(ns.values().iter().map(|v| nesting_at(v, level + 1)));
+        n.namespace = true;
+        return n;
+    }
+    match container_nesting(obj, level) {
+        Some(n) => {
+            remember(obj, n);
+            n
+        }
+        None => Nesting {
+            depth: 1,
+            namespace: false,
+        },
+    }
+}
+
+/// The nesting of a list, map or merge (`None` for other objects), from its items'.
+fn container_nesting(obj: &DynObject, level: usize) -> Option<Nesting> {
+    let at = |v: &Value| nesting_at(v, level + 1);
+    if let Some(items) = obj.downcast_ref::<Vec<Value>>() {
+        Some(Nesting::around(items.iter().map(at)))
+    } else if let Some(map) = obj.downcast_ref::<ValueMap>() {
+        Some(Nesting::around(map.iter().flat_map(|(k, v)| [at(k), at(v)])))
+    } else if let Some(map) = obj.downcast_ref::<KwargsValues>() {
+        Some(Nesting::around(map.iter().flat_map(|(k, v)| [at(k), at(v)])))
+    } else if let Some(seq) = obj.downcast_ref::<MergeSeq>() {
+        Some(Nesting::around(seq.parts().iter().map(at)))
+    } else {
+        obj.downcast_ref::<MergeDict>()
+            .map(|dict| Nesting::around(dict.parts().iter().map(at)))
+    }
+}
+
+fn remember(obj: &DynObject, nesting: Nesting) {
+    if !active() {
+        return;
+    }
+    // The record outlives the container until the budget ends: charged as three list items.
+    charge_items(3);
+    NESTING.with(|m| {
+        m.borrow_mut().insert(
+            obj.addr(),
+            Known {
+                nesting,
+                _alive: obj.clone(),
+            },
+        )
+    });
+}
+
+/// Called for every object that becomes a [`Value`]: under a budget, a list, map or merge
+/// nested deeper than [`MAX_DEPTH`] marks the budget as exceeded (the render fails at its next
+/// instruction), so that no value deep enough to overflow the stack when freed, compared or
+/// formatted is ever built.
+pub(crate) fn track_object(obj: &DynObject) {
+    if !active() {
+        return;
+    }
+    if let Some(n) = container_nesting(obj, 0) {
+        remember(obj, n);
+        if n.depth > MAX_DEPTH {
+            trip(BudgetExceeded::Depth);
+        }
+    }
+}
+
+/// Checks a value about to be stored in a namespace: it may not hold a namespace (nor the
+/// namespace itself), so that namespaces, the values a template can change, cannot be chained
+/// deeper and deeper after their containers were built, and it may not nest past [`MAX_DEPTH`].
+pub(crate) fn check_namespace_value(value: &Value) -> Result<(), Error> {
+    if !active() {
+        return Ok(());
+    }
+    let n = nesting(value);
+    if n.namespace {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "a namespace cannot hold a namespace (directly or in a list or map)",
+        )
+        .with_source(trip(BudgetExceeded::Depth)));
+    }
+    if n.depth >= MAX_DEPTH {
+        return Err(trip(BudgetExceeded::Depth));
+    }
+    Ok(())
 }
 
 /// Restores a thread-local cell when dropped (also when unwinding).
@@ -125,7 +276,19 @@ pub fn with_budget<R>(limit_bytes: usize, f: impl FnOnce() -> R) -> R {
     let _restore = Restore(&BUDGET, outer);
     let _depth = Restore(&FORMAT_DEPTH, FORMAT_DEPTH.with(|d| d.replace(0)));
     let _namespaces = Namespaces(NAMESPACES.with(|n| n.take()));
+    let _nesting = Nestings(NESTING.with(|n| n.take()));
     f()
+}
+
+/// Restores the nesting records of an outer budget, dropping this one's (and with them the
+/// containers they kept alive) outside the borrow.
+struct Nestings(HashMap<usize, Known>);
+
+impl Drop for Nestings {
+    fn drop(&mut self) {
+        let ours = NESTING.with(|n| n.replace(std::mem::take(&mut self.0)));
+        drop(ours);
+    }
 }
 
 /// Registers a namespace created under the active budget (see [`with_budget`]), charged as four
@@ -481,14 +644,14 @@ pub(crate) fn format_lossy(args: fmt::Arguments<'_>) -> String {
 
 /// Formats an object (`Display` and `Debug` of a [`Value`] both render it).  With a budget, the
 /// outermost object formatted writes at most what remains of the budget and nesting stops at
-/// [`MAX_FORMAT_DEPTH`]; past either, the text is cut short, the budget is marked as exceeded,
+/// [`MAX_DEPTH`]; past either, the text is cut short, the budget is marked as exceeded,
 /// and `Ok` is returned so that `to_string()` does not panic.
 pub(crate) fn fmt_object(obj: &DynObject, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     let Some(left) = remaining() else {
         return obj.render(f);
     };
     let depth = FORMAT_DEPTH.with(|d| d.get());
-    if depth >= MAX_FORMAT_DEPTH {
+    if depth >= MAX_DEPTH {
         trip(BudgetExceeded::Depth);
         return Err(fmt::Error);
     }

@@ -462,6 +462,8 @@ mod builtins {
             {
                 for (key, value) in pairs {
                     if let Some(key) = key.as_str() {
+                        // pocketlm: no namespace in a namespace, nothing nested too deep.
+                        crate::budget::check_namespace_value(&value)?;
                         ns.set_value(key, value);
                     }
                 }

@@ -14,6 +14,11 @@ pub struct MergeDict {
 }
 
 impl MergeDict {
+    /// pocketlm: the merged values (for the value budget's nesting).
+    pub(crate) fn parts(&self) -> &[Value] {
+        &self.values
+    }
+
     pub fn new(values: Vec<Value>) -> Self {
         let weight = charge_merge(
             values
@@ -88,6 +93,11 @@ impl fmt::Debug for MergeSeq {
 
 impl MergeSeq {
     pub(crate) const MAX_DEPTH: usize = 32;
+
+    /// pocketlm: the concatenated values (for the value budget's nesting).
+    pub(crate) fn parts(&self) -> &[Value] {
+        &self.values
+    }
 
     pub fn new(values: Vec<Value>) -> Self {
         Self::with_repr(values, ObjectRepr::Seq)

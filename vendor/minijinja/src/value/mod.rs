@@ -224,7 +224,7 @@ pub(crate) use crate::value::serialize::StaticKeyMap;
 
 #[macro_use]
 mod type_erase;
-mod argtypes;
+pub(crate) mod argtypes;
 #[cfg(feature = "deserialization")]
 mod deserialize;
 pub(crate) mod merge_object;
@@ -944,7 +944,10 @@ impl Value {
     /// let val = Value::from_object(Thing { id: 42 });
     /// ```
     pub fn from_object<T: Object + Send + Sync + 'static>(value: T) -> Value {
-        Value::from(ValueRepr::Object(DynObject::new(Arc::new(value))))
+        let obj = DynObject::new(Arc::new(value));
+        // pocketlm: lists, maps and merges nested too deep are refused under a value budget.
+        crate::budget::track_object(&obj);
+        Value::from(ValueRepr::Object(obj))
     }
 
     /// Like [`from_object`](Self::from_object) but for type erased dynamic objects.
@@ -993,7 +996,10 @@ impl Value {
     /// }
     /// ```
     pub fn from_dyn_object<T: Into<DynObject>>(value: T) -> Value {
-        Value::from(ValueRepr::Object(value.into()))
+        let obj = value.into();
+        // pocketlm: lists, maps and merges nested too deep are refused under a value budget.
+        crate::budget::track_object(&obj);
+        Value::from(ValueRepr::Object(obj))
     }
 
     /// Creates a value that is an iterable.

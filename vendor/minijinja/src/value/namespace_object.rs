@@ -30,6 +30,11 @@ impl Namespace {
         self.data.lock().unwrap().insert(key.into(), value);
     }
 
+    /// pocketlm: the values it holds now (for the value budget's nesting).
+    pub(crate) fn values(&self) -> Vec<Value> {
+        self.data.lock().unwrap().values().cloned().collect()
+    }
+
     /// pocketlm: empties the namespace (dropping its values outside the lock), which breaks a
     /// reference cycle through it (`{% set ns.me = ns %}`).
     pub(crate) fn clear(&self) {

@@ -108,6 +108,12 @@ macro_rules! type_erase {
                     None
                 }
 
+                /// pocketlm: the address of the shared value (the same for every clone), which
+                /// identifies it while a clone is alive.
+                pub(crate) fn addr(&self) -> usize {
+                    self.ptr as usize
+                }
+
                 /// Checks if the boxed value is a `T`.
                 ///
                 /// This works like [`Any::is`](std::any::Any#method.is).

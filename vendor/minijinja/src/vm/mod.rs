@@ -373,6 +373,8 @@ impl<'env> Vm<'env> {
                     b = stack.pop();
                     a = stack.pop();
                     if let Some(ns) = b.downcast_object_ref::<Namespace>() {
+                        // pocketlm: no namespace in a namespace, nothing nested too deep.
+                        ctx_ok!(crate::budget::check_namespace_value(&a));
                         ns.set_value(name, a);
                     } else {
                         bail!(Error::new(
