@@ -49,7 +49,7 @@ test: setup
 	@echo "make test: all suites passed"
 
 test-unit:
-	cargo test --lib --test 'quant_*' --test formats --test cli --test sampling --test chat_template --test tokenizer --test model_config --test fuzz_regressions
+	cargo test --lib --test 'quant_*' --test formats --test cli --test sampling --test chat_template --test tokenizer --test model_config --test fuzz_regressions --test grammar
 
 test-gpu-full:
 	@echo "== GPU kernels on lavapipe, full profile (f16 + subgroups) =="

@@ -432,7 +432,7 @@ impl Engine {
         let (messages, extra, definitions) = tools::prepare(syntax, messages, tools, kwargs)?;
         let text = template.render_tools(&messages, true, &extra, definitions.as_ref())?;
         let format = match tools {
-            Some(t) => tools::required_format(syntax, t)?,
+            Some(t) => tools::required_format(syntax, t, |text| self.tokenizer.special_id(text))?,
             None => None,
         };
         Ok((self.tokenizer.encode(&text, false)?, format))

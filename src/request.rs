@@ -188,6 +188,14 @@ pub fn parse_request(request: &Value) -> Result<(GenerateOptions, Prompt)> {
                 describe(s)
             )));
         }
+        if let Some(u) = get(s, "include_usage") {
+            if !u.is_boolean() {
+                return Err(Error::InvalidRequest(format!(
+                    "stream_options.include_usage must be a boolean, not {}",
+                    describe(u)
+                )));
+            }
+        }
     }
     let mut p = SamplingParams::default();
     for (name, field) in [
@@ -722,6 +730,11 @@ mod tests {
                 "stream_options",
                 json!(true),
                 "stream_options must be an object",
+            ),
+            (
+                "stream_options",
+                json!({"include_usage": "yes"}),
+                "include_usage must be a boolean",
             ),
         ] {
             let e = with(k, v).unwrap_err();

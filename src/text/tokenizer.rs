@@ -628,6 +628,19 @@ impl Tokenizer {
         }
     }
 
+    /// The id of `text` when it is one special (control) token of this vocabulary, such as
+    /// `<|im_end|>` or `[TOOL_CALLS]`; `None` for ordinary text or an unknown vocabulary.
+    pub fn special_id(&self, text: &str) -> Option<u32> {
+        let id = self.token_to_id(text)?;
+        let all = self
+            .bytes
+            .get_or_init(|| self.compute_token_bytes())
+            .as_ref()
+            .ok()?;
+        let bytes = all.get(id as usize)?;
+        (bytes.first() == Some(&0xFF) && &bytes[1..] == text.as_bytes()).then_some(id)
+    }
+
     /// One token's bytes as text shows them (a special token's text without the 0xFF marker of
     /// [`Tokenizer::token_bytes`]); nothing for an id outside the vocabulary.
     pub fn bytes_of(&self, id: u32) -> Vec<u8> {

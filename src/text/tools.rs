@@ -212,10 +212,13 @@ pub fn prepare(
 /// The reply's format that makes it a call when `request` requires one (`tool_choice:
 /// "required"` or a named function): the model's call syntax around JSON whose `name` is one of
 /// the allowed functions and whose arguments follow that function's schema. `None` when the
-/// choice leaves the model free.
+/// choice leaves the model free. `special_id` gives the id of a special (control) token of the
+/// vocabulary by its text: a marker such as Mistral's `[TOOL_CALLS]` is then that one token, as
+/// the model writes it, and otherwise the marker's text.
 pub fn required_format(
     syntax: ToolSyntax,
     request: &ToolRequest,
+    special_id: impl Fn(&str) -> Option<u32>,
 ) -> Result<Option<ResponseFormat>> {
     let allowed: Vec<&Tool> = match &request.choice {
         ToolChoice::None | ToolChoice::Auto => return Ok(None),
@@ -256,13 +259,23 @@ pub fn required_format(
     };
     let one = with_layout(call.clone());
     let list = with_layout(json!({"type": "array", "items": call, "minItems": 1}));
+    // llguidance names a token by id as `<[id]>`; a marker that is not one special token is
+    // text (a JSON string is a Lark string).
+    let marker = |text: &str| match special_id(text) {
+        Some(id) => format!("<[{id}]>"),
+        None => Value::from(text).to_string(),
+    };
     let lark = match syntax {
         ToolSyntax::Hermes | ToolSyntax::HermesXml | ToolSyntax::Taught => {
             format!("start: \"<tool_call>\\n\" %json {one} \"\\n</tool_call>\"")
         }
         ToolSyntax::Llama3 => format!("start: %json {one}"),
-        ToolSyntax::Mistral => format!("start: <[TOOL_CALLS]> %json {list}"),
-        ToolSyntax::Phi4 => format!("start: <|tool_call|> %json {list} <|/tool_call|>"),
+        ToolSyntax::Mistral => format!("start: {} %json {list}", marker("[TOOL_CALLS]")),
+        ToolSyntax::Phi4 => format!(
+            "start: {} %json {list} {}",
+            marker("<|tool_call|>"),
+            marker("<|/tool_call|>")
+        ),
     };
     Ok(Some(ResponseFormat::Grammar(lark)))
 }

@@ -294,11 +294,62 @@ pub fn gguf_tokenizer(path: &std::path::Path) -> pocketlm::text::Tokenizer {
     }
 }
 
+/// JSON schemas for constrained decoding tests whose every valid instance is short, so that any
+/// walk through them ends: enums and consts, bounded strings and integers, arrays, `$ref`,
+/// `anyOf`, a pattern.
+pub fn schemas() -> Vec<serde_json::Value> {
+    vec![
+        serde_json::json!({"type": "object", "properties": {
+            "name": {"type": "string", "maxLength": 12},
+            "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+            "required": ["name", "age"], "additionalProperties": false}),
+        serde_json::json!({"type": "object", "properties": {
+            "color": {"enum": ["red", "green", "blue"]}, "ok": {"const": true}},
+            "required": ["color", "ok"], "additionalProperties": false}),
+        serde_json::json!({"type": "object", "properties": {
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 5},
+                "minItems": 1, "maxItems": 3}},
+            "required": ["tags"], "additionalProperties": false}),
+        serde_json::json!({"type": "object",
+            "$defs": {"point": {"type": "object", "properties": {
+                "x": {"type": "integer", "minimum": -5, "maximum": 5},
+                "y": {"type": "integer", "minimum": -5, "maximum": 5}},
+                "required": ["x", "y"], "additionalProperties": false}},
+            "properties": {"a": {"$ref": "#/$defs/point"}, "b": {"$ref": "#/$defs/point"}},
+            "required": ["a", "b"], "additionalProperties": false}),
+        serde_json::json!({"type": "object", "properties": {
+            "v": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 9},
+                {"type": "null"}, {"type": "boolean"}]},
+            "note": {"type": "string", "maxLength": 4}},
+            "required": ["v"], "additionalProperties": false}),
+        serde_json::json!({"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"}),
+        serde_json::json!({"type": "array", "items": {"type": "boolean"}, "minItems": 1, "maxItems": 4}),
+    ]
+}
+
+/// Checks that `text` is JSON valid under `schema`, by the `jsonschema` crate (not llguidance).
+pub fn assert_valid(schema: &serde_json::Value, text: &str, what: &str) {
+    let v: serde_json::Value =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("{what}: {text:?} is not JSON: {e}"));
+    let validator = jsonschema::validator_for(schema).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "{what}: {text} breaks the schema: {errors:?}"
+    );
+}
+
 /// A byte-level BPE tokenizer.json for the tiny fixture Llama (128 ids), so that constrained
 /// decoding can run on it: `<unk>`, `<s>` (BOS, 1), `</s>` (EOS, 2), the 95 printable ASCII
 /// bytes and the newline as single-byte tokens, and 29 longer tokens common in JSON. No merges:
 /// encoding gives single bytes; a grammar may pick the longer tokens.
 pub fn tiny_byte_tokenizer_json() -> String {
+    byte_tokenizer_json(&[])
+}
+
+/// [`tiny_byte_tokenizer_json`] with `specials` added after its 128 ids as special tokens (ids
+/// 128, 129, …), such as a model's tool-call markers.
+pub fn byte_tokenizer_json(specials: &[&str]) -> String {
     let mut words: Vec<String> = ["<unk>", "<s>", "</s>"]
         .iter()
         .map(|s| s.to_string())
@@ -320,6 +371,15 @@ pub fn tiny_byte_tokenizer_json() -> String {
         words.push(w.into());
     }
     assert_eq!(words.len(), 128);
+    let mut added = vec![
+        special_token(0, "<unk>"),
+        special_token(1, "<s>"),
+        special_token(2, "</s>"),
+    ];
+    for (i, s) in specials.iter().enumerate() {
+        added.push(special_token(128 + i, s));
+        words.push(s.to_string());
+    }
     let vocab = vocab_map(&words);
     let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false,
         "trim_offsets": true, "use_regex": true});
@@ -327,7 +387,7 @@ pub fn tiny_byte_tokenizer_json() -> String {
         "version": "1.0",
         "truncation": null,
         "padding": null,
-        "added_tokens": [special_token(0, "<unk>"), special_token(1, "<s>"), special_token(2, "</s>")],
+        "added_tokens": added,
         "normalizer": null,
         "pre_tokenizer": byte_level,
         "post_processor": null,

@@ -195,6 +195,10 @@ export interface SamplingOptions {
   top_logprobs?: number;
   /** Stops the generation within one token; finish_reason is then "abort". */
   signal?: AbortSignal;
+  /** Streaming: `{include_usage: true}` gives every chunk `usage: null` and adds one last chunk
+   * with no choices that carries the usage, as OpenAI does; without it the finishing chunk carries
+   * the usage. */
+  stream_options?: { include_usage?: boolean } | null;
   /** Only 1. */
   n?: 1;
   /** Accepted and ignored (the loaded model answers). */
@@ -304,9 +308,11 @@ export interface ChatCompletionChunk {
   created: number;
   model: string;
   system_fingerprint: null;
-  choices: [{ index: 0; delta: { role?: "assistant"; content?: string; tool_calls?: (ToolCall & { index: number })[] }; logprobs: ChatLogprobs | null; finish_reason: FinishReason | null; token_id?: number }];
-  /** On the last chunk only. */
-  usage?: Usage;
+  /** One choice; none on the usage chunk of `stream_options: {include_usage: true}`. */
+  choices: { index: 0; delta: { role?: "assistant"; content?: string; tool_calls?: (ToolCall & { index: number })[] }; logprobs: ChatLogprobs | null; finish_reason: FinishReason | null; token_id?: number }[];
+  /** On the finishing chunk, or (with `stream_options.include_usage`) null on every chunk but the
+   * last, which has no choices. */
+  usage?: Usage | null;
   pocketlm?: Timings;
 }
 
@@ -321,8 +327,30 @@ export interface Completion {
   created: number;
   model: string;
   system_fingerprint: null;
-  choices: [{ index: 0; text: string; logprobs: CompletionLogprobs | null; finish_reason: FinishReason | null; token_id?: number }];
-  usage?: Usage;
+  choices: [CompletionChoice];
+  usage: Usage;
+  pocketlm: Timings;
+}
+
+export interface CompletionChoice {
+  index: 0;
+  text: string;
+  logprobs: CompletionLogprobs | null;
+  finish_reason: FinishReason | null;
+  token_id?: number;
+}
+
+/** A piece of a streamed completion (OpenAI names it `Completion` too). */
+export interface CompletionChunk {
+  id: string;
+  object: "text_completion";
+  created: number;
+  model: string;
+  system_fingerprint: null;
+  /** One choice; none on the usage chunk of `stream_options: {include_usage: true}`. */
+  choices: CompletionChoice[];
+  /** As in {@link ChatCompletionChunk}. */
+  usage?: Usage | null;
   pocketlm?: Timings;
 }
 
@@ -356,9 +384,9 @@ export class PocketLM extends EventTarget {
     };
   };
   readonly completions: {
-    create(request: CompletionRequest & { stream: true }, options?: RequestOptions): Promise<Stream<Completion>>;
+    create(request: CompletionRequest & { stream: true }, options?: RequestOptions): Promise<Stream<CompletionChunk>>;
     create(request: CompletionRequest & { stream?: false }, options?: RequestOptions): Promise<Completion>;
-    create(request: CompletionRequest, options?: RequestOptions): Promise<Completion | Stream<Completion>>;
+    create(request: CompletionRequest, options?: RequestOptions): Promise<Completion | Stream<CompletionChunk>>;
   };
   /** Plain text completion, no chat template. */
   complete(prompt: string, options?: SamplingOptions): Promise<string>;

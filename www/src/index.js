@@ -392,6 +392,9 @@ export class PocketLM extends EventTarget {
     if (signal?.aborted) controller.abort(signal.reason);
     else signal?.addEventListener("abort", forward, { once: true });
     const object = kind === "chat" ? "chat.completion.chunk" : "text_completion";
+    // OpenAI's stream_options.include_usage: every chunk has usage: null, and one more chunk with
+    // no choices carries the usage. Without it, the finishing chunk carries it.
+    const includeUsage = req.stream_options?.include_usage === true;
     const chunk = (text, first, finish_reason, extra) => ({
       ...meta,
       object,
@@ -401,6 +404,7 @@ export class PocketLM extends EventTarget {
           ? { index: 0, delta: finish_reason ? {} : first ? { role: "assistant", content: text } : { content: text }, logprobs: null, finish_reason }
           : { index: 0, text, logprobs: null, finish_reason },
       ],
+      ...(includeUsage ? { usage: null } : {}),
       ...extra,
     });
     const chunks = [];
@@ -436,7 +440,13 @@ export class PocketLM extends EventTarget {
           first = false;
         }
         if (first && kind === "chat") chunks.push(chunk("", true, null));
-        chunks.push(chunk("", false, r.finishReason, { usage: usageOf(r), pocketlm: timingsOf(r) }));
+        const totals = { usage: usageOf(r), pocketlm: timingsOf(r) };
+        if (includeUsage) {
+          chunks.push(chunk("", false, r.finishReason));
+          chunks.push({ ...chunk("", false, null, totals), choices: [] });
+        } else {
+          chunks.push(chunk("", false, r.finishReason, totals));
+        }
       })
       .catch((e) => {
         failure = toPocketLMError(e);

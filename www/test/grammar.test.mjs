@@ -198,6 +198,40 @@ test("tool calls: required and named choices give calls, streamed as delta.tool_
   assert.equal(unknown, "invalid_request");
 });
 
+test("stream_options.include_usage: usage null on every chunk, then a usage chunk with no choices", { timeout: 300_000 }, async () => {
+  const got = await value(
+    await evaluate(page, async () => {
+      const lm = await globalThis.pocketlm.PocketLM.load("/tiny-bytes/", { context: 256 });
+      const out = {};
+      for (const include of [true, false]) {
+        const chunks = [];
+        const body = { messages: [{ role: "user", content: "Hi" }], max_tokens: 5, temperature: 0, stream: true };
+        for await (const c of await lm.chat.completions.create(include ? { ...body, stream_options: { include_usage: true } } : body)) chunks.push(c);
+        out[include] = chunks;
+      }
+      await lm.unload();
+      return out;
+    }),
+  );
+  const withUsage = got.true;
+  const last = withUsage.at(-1);
+  assert.deepEqual(last.choices, [], JSON.stringify(last));
+  assert.equal(last.usage.completion_tokens, 5);
+  assert.equal(last.usage.total_tokens, last.usage.prompt_tokens + 5);
+  assert.equal(last.pocketlm.token_ids.length, 5);
+  assert.equal(last.id, withUsage[0].id);
+  const rest = withUsage.slice(0, -1);
+  for (const c of rest) assert.equal(c.usage, null, JSON.stringify(c));
+  assert.equal(rest.at(-1).choices[0].finish_reason, "length");
+  assert.equal(rest.filter((c) => c.choices[0].finish_reason).length, 1);
+  // Without it, the finishing chunk carries the usage and nothing comes after it.
+  const plain = got.false;
+  assert.equal(plain.at(-1).choices[0].finish_reason, "length");
+  assert.equal(plain.at(-1).usage.completion_tokens, 5);
+  assert.ok(plain.slice(0, -1).every((c) => !("usage" in c)));
+  assert.equal(plain.length, rest.length);
+});
+
 test("create(body, {signal}) aborts as body.signal does", { timeout: 300_000 }, async () => {
   const got = await value(
     await evaluate(page, async () => {

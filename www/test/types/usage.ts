@@ -9,6 +9,7 @@ import type {
   ChatCompletionRequest,
   ChatMessage,
   Completion,
+  CompletionChunk,
   CompletionRequest,
   FinishReason,
   LoadOptions,
@@ -140,9 +141,9 @@ export async function chat(lm: PocketLM): Promise<string> {
   const chunks: Stream<ChatCompletionChunk> = await lm.chat.completions.create({ ...request, stream: true });
   let streamed = "";
   for await (const chunk of chunks) {
-    streamed += chunk.choices[0].delta.content ?? "";
-    const id: number | undefined = chunk.choices[0].token_id;
-    const done: FinishReason | null = chunk.choices[0].finish_reason;
+    streamed += chunk.choices[0]?.delta.content ?? "";
+    const id: number | undefined = chunk.choices[0]?.token_id;
+    const done: FinishReason | null = chunk.choices[0]?.finish_reason ?? null;
     if (done) streamed += `${chunk.usage?.completion_tokens} ${chunk.pocketlm?.decode_ms} ${id}`;
   }
   chunks.controller.abort();
@@ -175,7 +176,7 @@ export async function chat(lm: PocketLM): Promise<string> {
     tool_choice: { type: "function", function: { name: "weather" } },
   });
   for await (const chunk of await lm.chat.completions.create({ messages, tools: [weather], stream: true })) {
-    const name: string | undefined = chunk.choices[0].delta.tool_calls?.[0]?.function.name;
+    const name: string | undefined = chunk.choices[0]?.delta.tool_calls?.[0]?.function.name;
     out.textContent += `${name} ${String(args)}`;
   }
   const scored: ChatCompletion = await lm.chat.completions.create({ messages, logprobs: true, top_logprobs: 3, logit_bias: { "50256": -100 } });
@@ -193,8 +194,8 @@ export async function complete(lm: PocketLM): Promise<number[]> {
   const request: CompletionRequest = { prompt: "Once upon a time", max_tokens: 16, temperature: 0 };
   const plain: Completion = await lm.completions.create({ ...request, stream: false });
   const text: string = plain.choices[0].text;
-  const pieces: Stream<Completion> = await lm.completions.create({ ...request, stream: true });
-  for await (const piece of pieces) out.textContent += piece.choices[0].text;
+  const pieces: Stream<CompletionChunk> = await lm.completions.create({ ...request, stream: true, stream_options: { include_usage: true } });
+  for await (const piece of pieces) out.textContent += piece.choices[0]?.text ?? `${piece.usage?.total_tokens}`;
   const more: string = await lm.complete(text, { max_tokens: 8, stop: "." });
   const ids: number[] = await lm.tokenize(more, true);
   const memory: MemoryUsage = await lm.memoryUsage();
