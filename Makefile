@@ -9,7 +9,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 # A private runtime dir silences harmless Vulkan-loader warnings.
 GPU_ENV := XDG_RUNTIME_DIR=$${XDG_RUNTIME_DIR:-$$(mktemp -d)}
 
-.PHONY: all setup demo bench test test-model check fmt test-unit test-gpu-full test-gpu-baseline test-models test-wasm test-browser wasm wasm-harness soak fuzz clean
+.PHONY: all setup demo bench bench-browser test test-model check fmt test-unit test-gpu-full test-gpu-baseline test-models test-wasm test-browser wasm wasm-harness soak fuzz clean
 
 all: demo
 
@@ -41,6 +41,15 @@ bench: setup
 	  budget=$$((3 * 1024 * 1024)); \
 	  echo "wasm size: $$raw bytes raw, $$gz bytes gzipped (budget $$budget bytes gzipped):" \
 	    $$([ $$gz -le $$budget ] && echo "within budget" || echo "OVER BUDGET")
+
+## make bench-browser: PocketLM and wllama (llama.cpp in wasm, pinned in www/package.json) in the
+## same headless Chromium on the same GGUF, prompts and greedy decoding: load time, prefill and
+## decode tokens/s of each (wllama on 1 and 2 CPU threads, PocketLM on the browser's WebGPU
+## adapter) and PocketLM's as a ratio of wllama's best. BENCH_TOKENS, BENCH_PROMPTS, BENCH_MODEL
+## and BENCH_ENGINES change the run (www/scripts/bench-browser.mjs).
+bench-browser: setup
+	@$(MAKE) --no-print-directory wasm PROFILE=release
+	cd www && node scripts/bench-browser.mjs
 
 ## make test: unit tests, GPU kernels on lavapipe (full profile) and SwiftShader (baseline
 ## profile), the wasm tests in headless Chromium, and the wasm package driven by Playwright.
