@@ -29,10 +29,35 @@ fn gelu(v: f32) -> f32 {
     return v * s;
 }
 
-// The gate's activation: GATE_ACT 0 is SiLU (SwiGLU), 1 is GELU-tanh (GeGLU).
+// gelu_erf(v): the exact GELU v·Φ(v) = 0.5·v·(1 + erf(v/√2)) (BERT's "gelu"), with Φ from
+// erfc(z), z = |v|/√2: Φ(v) = 1 − erfc(z)/2 for v ≥ 0 and erfc(z)/2 for v < 0, so the negative
+// side keeps a relative error instead of cancelling in 1 + erf. erfc is Numerical Recipes'
+// Chebyshev fit `erfcc`, erfc(z) = t·exp(−z² + P(t)), t = 1/(1 + z/2), whose fractional error is
+// below 1.2e-7 for every z ≥ 0. v is clamped to ±20 first: beyond, Φ is 0 or 1 to far below f32
+// precision, and −z² stays finite.
+const FRAC_1_SQRT_2: f32 = 0.7071067811865476;
+
+fn erfc_nonneg(z: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let p = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418
+        + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587
+        + t * (-0.82215223 + t * 0.17087277))))))));
+    return t * exp(p - z * z);
+}
+
+fn gelu_erf(v: f32) -> f32 {
+    let c = clamp(v, -20.0, 20.0);
+    let half_erfc = 0.5 * erfc_nonneg(abs(c) * FRAC_1_SQRT_2);
+    return v * select(half_erfc, 1.0 - half_erfc, c >= 0.0);
+}
+
+// The gate's activation: GATE_ACT 0 is SiLU (SwiGLU), 1 is GELU-tanh (GeGLU), 2 the exact GELU.
 fn gate_act(g: f32) -> f32 {
     if (GATE_ACT == 1u) {
         return gelu(g);
+    }
+    if (GATE_ACT == 2u) {
+        return gelu_erf(g);
     }
     return silu(g);
 }

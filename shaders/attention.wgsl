@@ -1,6 +1,7 @@
 // Causal grouped-query attention against a KV cache, split over the context (flash decoding).
 //
-// Query token t of a step sits at position step.offset + t and sees cache positions 0..=that.
+// Query token t of a step sits at position step.offset + t and sees cache positions 0..=that, or,
+// with p.bidirectional (encoders), every position of the step and before it.
 // The context is cut into chunks of p.chunk_len positions; a workgroup handles one chunk for one
 // kv head, GB of the query heads that share it and TQ consecutive tokens: R = GB * TQ query rows
 // that all read each key and value once from the cache. It walks its chunk in tiles of TK keys
@@ -29,13 +30,22 @@ var<workgroup> sc_s: array<f32, R * TK>;
 var<workgroup> m_s: array<f32, R>;
 var<workgroup> alpha_s: array<f32, R>;
 
+// The end (exclusive) of the cache positions the step's token t sees: up to its own position,
+// or with p.bidirectional every position of the step.
+fn visible_end(t: u32) -> u32 {
+    if (p.bidirectional != 0u) {
+        return step.offset + step.n_tokens;
+    }
+    return step.offset + t + 1u;
+}
+
 // Cache positions below the returned bound are visible to row r; 0 for rows without work
 // (past the step's tokens, or past the last head of the group).
 fn row_limit(r: u32, t0: u32, hb: u32) -> u32 {
     let t = t0 + r / GB;
     let hl = hb * GB + r % GB;
     if (t < step.n_tokens && hl < p.group) {
-        return step.offset + t + 1u;
+        return visible_end(t);
     }
     return 0u;
 }
@@ -103,7 +113,7 @@ fn attention(
         return;
     }
     // Keys below `hi` are visible to some row of this workgroup.
-    let hi = step.offset + min(t0 + TQ, step.n_tokens);
+    let hi = visible_end(min(t0 + TQ, step.n_tokens) - 1u);
     let c0 = chunk * p.chunk_len;
     if (c0 >= hi) {
         return;

@@ -1,5 +1,6 @@
 // Combines the per-chunk results of attention.wgsl: for each query row (token t, head h) and
-// element d, with the chunks c that hold at least one visible key (c * chunk_len <= position):
+// element d, with the chunks c that hold at least one visible key (c * chunk_len <= position,
+// or with p.bidirectional <= the step's last position):
 //   M = max m_c,  out = sum_c o_c[d] * exp(m_c - M) / sum_c l_c * exp(m_c - M).
 // One invocation per output element; tokens past the step exit at once.
 // Prelude: WG, and the bindings of `COMBINE` (src/kernels/attention.rs).
@@ -19,7 +20,8 @@ fn attention_combine(
     if (t >= step.n_tokens) {
         return;
     }
-    let n = min((step.offset + t) / p.chunk_len + 1u, p.n_chunks);
+    let last = select(step.offset + t, step.offset + step.n_tokens - 1u, p.bidirectional != 0u);
+    let n = min(last / p.chunk_len + 1u, p.n_chunks);
     let base = row * p.n_chunks;
     var mx = NEG;
     for (var c = 0u; c < n; c++) {

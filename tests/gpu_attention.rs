@@ -183,6 +183,7 @@ proptest! {
                                    chunk_len in prop_oneof![Just(None), (1usize..=100).prop_map(Some)],
                                    window in prop_oneof![2 => Just(None), 1 => (1usize..=64).prop_map(Some)],
                                    softcap in prop_oneof![2 => Just(None), 1 => (1.0f32..=50.0).prop_map(Some)],
+                                   bidirectional in prop_oneof![3 => Just(false), 1 => Just(true)],
                                    seed in any::<u64>()) {
         attention_case(AttentionCase {
             tokens,
@@ -195,8 +196,9 @@ proptest! {
             cache,
             scale: None,
             chunk_len,
-            window,
+            window: if bidirectional { None } else { window },
             softcap,
+            bidirectional,
         }, seed);
     }
 }
@@ -227,6 +229,7 @@ fn attention_edge_shapes() {
         chunk_len: None,
         window: None,
         softcap: None,
+        bidirectional: false,
     };
     let cases = [
         base,
@@ -292,6 +295,40 @@ fn attention_edge_shapes() {
             window: Some(8),
             chunk_len: Some(16),
             softcap: Some(2.0),
+            ..base
+        },
+        // Encoders: every token sees the whole step, in one chunk and in many, and after
+        // earlier positions.
+        AttentionCase {
+            tokens: 70,
+            offset: 0,
+            max_ctx: 70,
+            n_heads: 12,
+            n_kv_heads: 12,
+            head_dim: 32,
+            bidirectional: true,
+            ..base
+        },
+        AttentionCase {
+            tokens: 45,
+            offset: 0,
+            max_ctx: 128,
+            n_heads: 4,
+            n_kv_heads: 4,
+            head_dim: 64,
+            chunk_len: Some(16),
+            bidirectional: true,
+            ..base
+        },
+        AttentionCase {
+            tokens: 9,
+            offset: 30,
+            max_ctx: 64,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 32,
+            chunk_len: Some(8),
+            bidirectional: true,
             ..base
         },
     ];
@@ -521,6 +558,7 @@ fn prefill_then_decode_reuses_dispatches() {
             offset: pos,
             window: 0,
             softcap: 0.0,
+            bidirectional: false,
         };
         let split = AttentionSplit {
             chunk_len: g.tile.0,
@@ -635,6 +673,16 @@ fn bad_input_is_a_typed_error() {
         ..AttentionOptions::default()
     };
     expect_err(att(&q, &out, 0, &zero_window), "shape_mismatch", "window");
+    let windowed_encoder = AttentionOptions {
+        window: Some(4),
+        bidirectional: true,
+        ..AttentionOptions::default()
+    };
+    expect_err(
+        att(&q, &out, 0, &windowed_encoder),
+        "shape_mismatch",
+        "bidirectional",
+    );
     let bad_cap = AttentionOptions {
         softcap: Some(f32::INFINITY),
         ..AttentionOptions::default()

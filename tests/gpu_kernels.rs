@@ -650,11 +650,11 @@ fn linear_swiglu_matches_reference() {
         .into_iter()
         .enumerate()
         {
-            // Every other format with Gemma's GeGLU instead of SwiGLU.
-            let act = if i % 2 == 1 {
-                kernels::GateActivation::GeluTanh
-            } else {
-                kernels::GateActivation::Silu
+            // Formats take turns with SwiGLU, Gemma's GeGLU and the exact GELU.
+            let act = match i % 3 {
+                1 => kernels::GateActivation::GeluTanh,
+                2 => kernels::GateActivation::GeluErf,
+                _ => kernels::GateActivation::Silu,
             };
             let k = if dtype.is_quantized() {
                 dtype.block_size() * 2
@@ -703,6 +703,11 @@ fn linear_swiglu_matches_reference() {
                             kernels::GateActivation::GeluTanh => {
                                 let a = reference::ops::gelu(&[gv as f32])[0];
                                 let t = reference::ops::gelu_tolerance(gv as f32, a);
+                                (a, (t + a.abs() * 2.0 * f64::from(f32::EPSILON)) * uv.abs())
+                            }
+                            kernels::GateActivation::GeluErf => {
+                                let a = reference::ops::gelu_erf(&[gv as f32])[0];
+                                let t = reference::ops::gelu_erf_tolerance(gv as f32, a);
                                 (a, (t + a.abs() * 2.0 * f64::from(f32::EPSILON)) * uv.abs())
                             }
                         };

@@ -66,8 +66,8 @@ proptest! {
     }
 
     #[test]
-    fn gelu_matches_reference(len in 1usize..=20_000, seed in any::<u64>()) {
-        assert_passes(OpCase::Gelu { len }, seed);
+    fn gelu_matches_reference(len in 1usize..=20_000, exact in any::<bool>(), seed in any::<u64>()) {
+        assert_passes(OpCase::Gelu { len, exact }, seed);
     }
 
     #[test]
@@ -601,32 +601,39 @@ fn decoder_block_ops_match_reference() {
         "cap",
     );
 
-    // gelu(gate) · up.
+    // gelu(gate) · up, with either GELU.
     let n = 3000;
     let gate = rng.vec(n, -12.0, 12.0);
     let up = rng.vec(n, -3.0, 3.0);
     let gt = ctx.upload_f32("gate", &[n], &gate).unwrap();
     let ut = ctx.upload_f32("up", &[n], &up).unwrap();
-    let ot = ctx.zeros("act", &[n], DType::F32).unwrap();
-    let d = pollster::block_on(kernels::gated(
-        ctx,
-        &gt,
-        &ut,
-        &ot,
-        kernels::GateActivation::GeluTanh,
-    ))
-    .unwrap();
-    let got = read(&ot, &d);
-    let act = reference::gelu(&gate);
-    for i in 0..n {
-        let want = act[i] * f64::from(up[i]);
-        let tol = (reference::gelu_tolerance(gate[i], act[i])
-            + act[i].abs() * f64::from(f32::EPSILON))
-            * f64::from(up[i]).abs();
-        assert!(
-            (f64::from(got[i]) - want).abs() <= tol + 1e-37,
-            "geglu [{i}]: {} vs {want} ± {tol:e}",
-            got[i]
-        );
+    for exact in [false, true] {
+        let ot = ctx.zeros("act", &[n], DType::F32).unwrap();
+        let kind = if exact {
+            kernels::GateActivation::GeluErf
+        } else {
+            kernels::GateActivation::GeluTanh
+        };
+        let d = pollster::block_on(kernels::gated(ctx, &gt, &ut, &ot, kind)).unwrap();
+        let got = read(&ot, &d);
+        let act = if exact {
+            reference::gelu_erf(&gate)
+        } else {
+            reference::gelu(&gate)
+        };
+        for i in 0..n {
+            let want = act[i] * f64::from(up[i]);
+            let act_tol = if exact {
+                reference::gelu_erf_tolerance(gate[i], act[i])
+            } else {
+                reference::gelu_tolerance(gate[i], act[i])
+            };
+            let tol = (act_tol + act[i].abs() * f64::from(f32::EPSILON)) * f64::from(up[i]).abs();
+            assert!(
+                (f64::from(got[i]) - want).abs() <= tol + 1e-37,
+                "{kind:?} [{i}]: {} vs {want} ± {tol:e}",
+                got[i]
+            );
+        }
     }
 }

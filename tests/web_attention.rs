@@ -91,10 +91,11 @@ async fn attention_matches_reference_in_browser() {
             chunk_len: None,
             window: Some(12),
             softcap: Some(20.0),
+            bidirectional: false,
         },
     ];
     let mut rng = Rng::new(0xA77E);
-    for _ in 0..4 {
+    for i in 0..4 {
         let n_kv = rng.range(1, 3);
         let tokens = rng.range(1, 24);
         let offset = rng.range(0, 150);
@@ -111,6 +112,7 @@ async fn attention_matches_reference_in_browser() {
             chunk_len: [None, Some(rng.range(1, 50))][rng.range(0, 1)],
             window: None,
             softcap: None,
+            bidirectional: i % 2 == 1,
         });
     }
     for (i, case) in cases.iter().enumerate() {

@@ -43,7 +43,14 @@ async fn fixed_ops_match_reference_in_browser() {
             bias: false,
             offset: 2.0,
         },
-        OpCase::Gelu { len: 5000 },
+        OpCase::Gelu {
+            len: 5000,
+            exact: false,
+        },
+        OpCase::Gelu {
+            len: 5000,
+            exact: true,
+        },
         OpCase::Add {
             len: 4097,
             in_place: false,
@@ -134,6 +141,7 @@ async fn random_ops_match_reference_in_browser() {
             },
             1 => OpCase::Gelu {
                 len: rng.range(1, 9000),
+                exact: i % 2 == 1,
             },
             2 => OpCase::Add {
                 len: rng.range(1, 9000),

@@ -17,6 +17,8 @@ pub enum GateActivation {
     Silu,
     /// GELU with the tanh approximation (GeGLU): Gemma.
     GeluTanh,
+    /// The exact GELU, `0.5·x·(1 + erf(x/√2))`: BERT-family encoders.
+    GeluErf,
 }
 
 impl GateActivation {
@@ -25,6 +27,7 @@ impl GateActivation {
         match self {
             GateActivation::Silu => 0,
             GateActivation::GeluTanh => 1,
+            GateActivation::GeluErf => 2,
         }
     }
 
@@ -32,6 +35,7 @@ impl GateActivation {
         match self {
             GateActivation::Silu => "silu",
             GateActivation::GeluTanh => "gelu_tanh",
+            GateActivation::GeluErf => "gelu",
         }
     }
 }
@@ -107,19 +111,34 @@ const GELU_SRC: &str = include_str!("../../shaders/gelu.wgsl");
 /// (as PyTorch's `gelu(approximate="tanh")`, used by GPT-2 and Gemma MLPs). Computed as the
 /// equal x·σ(2t), which is accurate for every finite x and never produces NaN or infinity.
 pub async fn gelu(ctx: &GpuContext, x: &GpuTensor, out: &GpuTensor) -> Result<Dispatch> {
+    gelu_kind(ctx, x, out, GateActivation::GeluTanh).await
+}
+
+/// The exact GELU: `out = 0.5·x·(1 + erf(x/√2))` element-wise (PyTorch's `gelu`, BERT's
+/// activation), with a relative error near f32's for every finite x (act.wgsl says how).
+pub async fn gelu_erf(ctx: &GpuContext, x: &GpuTensor, out: &GpuTensor) -> Result<Dispatch> {
+    gelu_kind(ctx, x, out, GateActivation::GeluErf).await
+}
+
+async fn gelu_kind(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    out: &GpuTensor,
+    act: GateActivation,
+) -> Result<Dispatch> {
     const NAME: &str = "gelu";
     let n = same_shape_f32(NAME, &[x, out])?;
     expect_distinct(NAME, out, &[x])?;
     const KERNEL: Kernel = Kernel::new(
         NAME,
         GELU_SRC,
-        "gelu_tanh",
+        "gelu_elementwise",
         Interface::new::<ActParams>(&[X, OUT]),
     );
     let spec = Specialization::default()
         .with("WG", WG)
         .with("ELEMS", ELEMS)
-        .with("GATE_ACT", GateActivation::GeluTanh.id())
+        .with("GATE_ACT", act.id())
         .snippet(ACT);
     let wg = elementwise_grid(ctx, NAME, n)?;
     let binds = [(X, &x.buffer), (OUT, &out.buffer)];

@@ -550,6 +550,9 @@ pub struct AttentionOptions {
     pub window: Option<usize>,
     /// Attention-logit soft-capping (Gemma 2): each scaled score s becomes `cap · tanh(s / cap)`.
     pub softcap: Option<f32>,
+    /// Every token of the step sees every position of the step (and the cache before it), not
+    /// only those up to its own: an encoder's attention. Not with a sliding window.
+    pub bidirectional: bool,
 }
 
 /// Buffers for the per-chunk partial results, shareable by every layer with the same shapes.
@@ -695,6 +698,8 @@ crate::uniform! {
         window: u32,
         /// Scores become softcap · tanh(score / softcap); 0: no capping.
         softcap: f32,
+        /// 1: every token sees the whole step (encoders); 0: causal.
+        bidirectional: u32,
     }
 }
 
@@ -704,6 +709,7 @@ crate::uniform! {
         n_chunks: u32,
         chunk_len: u32,
         head_dim: u32,
+        bidirectional: u32,
     }
 }
 
@@ -817,6 +823,12 @@ pub async fn attention(
     }
     let window = match options.window {
         Some(0) => return Err(mismatch(NAME, "a sliding window must be at least 1".into())),
+        Some(_) if options.bidirectional => {
+            return Err(mismatch(
+                NAME,
+                "a sliding window is for causal attention, not bidirectional".into(),
+            ))
+        }
         // A window that covers the whole context is no window.
         Some(w) if w < step.max_positions() => dim(NAME, "window", w)?,
         _ => 0,
@@ -929,6 +941,7 @@ pub async fn attention(
         scale,
         window,
         softcap,
+        bidirectional: u32::from(options.bidirectional),
     };
     dim(
         NAME,
@@ -963,6 +976,7 @@ pub async fn attention(
                 n_chunks: n_chunks as u32,
                 chunk_len: chunk_len as u32,
                 head_dim: hd as u32,
+                bidirectional: u32::from(options.bidirectional),
             };
             let elems = dim(NAME, "output elements", rows * hd)?;
             let cwg = grid(ctx, "attention_combine", u64::from(elems.div_ceil(WG)))?;
@@ -1211,6 +1225,8 @@ pub mod check {
         pub window: Option<usize>,
         /// Attention-logit soft-capping.
         pub softcap: Option<f32>,
+        /// Every token sees the whole step.
+        pub bidirectional: bool,
     }
 
     impl AttentionCase {
@@ -1229,6 +1245,7 @@ pub mod check {
                 chunk_len: None,
                 window: None,
                 softcap: None,
+                bidirectional: false,
             }
         }
     }
@@ -1329,6 +1346,7 @@ pub mod check {
             scratch: None,
             window: case.window,
             softcap: case.softcap,
+            bidirectional: case.bidirectional,
         };
         let att = attention(ctx, &step, &qt, &cache, layer, &ot, &opts).await?;
         let (kc, vc) = cache.layer(layer).expect("layer 1 exists");
@@ -1365,6 +1383,7 @@ pub mod check {
             offset,
             window: case.window.filter(|&w| w < max_ctx).unwrap_or(0),
             softcap: case.softcap.unwrap_or(0.0),
+            bidirectional: case.bidirectional,
         };
         let split = AttentionSplit {
             chunk_len: att.chunk_len(),

@@ -10,7 +10,7 @@ mod norm;
 pub mod rope;
 mod sample;
 
-pub use activation::{gated, gelu, swiglu, GateActivation};
+pub use activation::{gated, gelu, gelu_erf, swiglu, GateActivation};
 pub use attention::{
     attention, kv_write, rope_kv_write, Attention, AttentionOptions, AttentionScratch, KvCache,
     StepState, ATTENTION_MAX_HEAD_DIM,

@@ -120,6 +120,8 @@ pub struct AttentionShape {
     pub window: usize,
     /// Scores become cap · tanh(s / cap); 0: no capping.
     pub softcap: f32,
+    /// Every token sees positions 0..offset + tokens (an encoder), not only up to its own.
+    pub bidirectional: bool,
 }
 
 /// How the kernel cut the context, which sets how many roundings a term goes through.
@@ -190,7 +192,12 @@ pub fn attention(
         offset,
         window,
         softcap,
+        bidirectional,
     } = *shape;
+    assert!(
+        !(bidirectional && window > 0),
+        "a window is for causal attention"
+    );
     assert!(nkv > 0 && nh % nkv == 0);
     let cap = f64::from(softcap);
     let group = nh / nkv;
@@ -203,7 +210,11 @@ pub fn attention(
     let mut values = Vec::with_capacity(tokens * nh * hd);
     let mut tols = Vec::with_capacity(tokens * nh * hd);
     for t in 0..tokens {
-        let n = offset + t + 1;
+        let n = if bidirectional {
+            offset + tokens
+        } else {
+            offset + t + 1
+        };
         // Keys before `lo` are outside the window (they weigh nothing).
         let lo = if window > 0 {
             n.saturating_sub(window)
@@ -334,6 +345,7 @@ mod tests {
             offset: 1,
             window: 0,
             softcap: 0.0,
+            bidirectional: false,
         };
         let q = [0.0, 0.0, 1.0, 1.0];
         let k = [0.0, 2.0, 5.0];

@@ -150,6 +150,60 @@ pub fn gelu_tolerance(x: f32, reference: f64) -> f64 {
     reference.abs() * (17.0 + 27.0 * t) * U + (1.0 + x.abs()) * SUBNORMAL
 }
 
+/// erfc(z) for z ≥ 0 in f64, to about 1e-15 relative: 1 − erf(z) from erf's Taylor series below
+/// 2 (erfc ≥ 0.0046 there, so the subtraction loses at most 3 digits), the continued fraction
+/// erfc(z) = e^(−z²)/√π · 1/(z + (1/2)/(z + 1/(z + (3/2)/(z + …)))) from 2 on.
+pub fn erfc(z: f64) -> f64 {
+    const FRAC_2_SQRT_PI: f64 = std::f64::consts::FRAC_2_SQRT_PI;
+    if z < 2.0 {
+        // erf(z) = 2/√π Σ (−1)ⁿ z^(2n+1) / (n! (2n+1)).
+        let (mut term, mut sum) = (z, z);
+        for n in 1..200 {
+            term *= -z * z / n as f64;
+            let add = term / (2 * n + 1) as f64;
+            sum += add;
+            if add.abs() < 1e-18 * sum.abs() {
+                break;
+            }
+        }
+        1.0 - FRAC_2_SQRT_PI * sum
+    } else {
+        let mut f = z;
+        for k in (1..=120).rev() {
+            f = z + (k as f64 / 2.0) / f;
+        }
+        (-z * z).exp() * FRAC_2_SQRT_PI / (2.0 * f)
+    }
+}
+
+/// The exact GELU: x·Φ(x) = 0.5·x·erfc(−x/√2).
+pub fn gelu_erf(x: &[f32]) -> Vec<f64> {
+    x.iter()
+        .map(|&v| {
+            let v = f64::from(v);
+            let half = 0.5 * erfc(v.abs() * std::f64::consts::FRAC_1_SQRT_2);
+            v * if v >= 0.0 { 1.0 - half } else { half }
+        })
+        .collect()
+}
+
+/// Error bound of one exact-GELU output, for the kernel's x·Φ(x) with Φ from erfc(z), z = |x|/√2
+/// (act.wgsl): erfc's fit has a fractional error below 1.2e-7; evaluating it in f32 adds t = 1/(1 +
+/// z/2) (2 roundings), the 10-term Horner sum (each term below 1.5, so ≤ 20u absolute), z from
+/// |x|·(1/√2) and z·z (3u·z² absolute) and the subtraction from P (u·(z² + 2)); exp turns that
+/// absolute error of its argument into a relative one and adds its own 3 + 2|arg| ulp (WGSL's
+/// bound), so about (40 + 8z²)u relative on erfc(z), and |x|·erfc(z)/2 · (1.2e-7 + (40 + 8z²)u) on
+/// the output; then 1 − erfc/2 and the product with x, 3u relative; and results or exp values in
+/// the subnormal range may flush to zero.
+pub fn gelu_erf_tolerance(x: f32, reference: f64) -> f64 {
+    let x = f64::from(x);
+    let z = x.abs().min(20.0) * std::f64::consts::FRAC_1_SQRT_2;
+    let half_erfc = 0.5 * erfc(z);
+    x.abs() * half_erfc * (1.2e-7 + (40.0 + 8.0 * z * z) * U)
+        + reference.abs() * 3.0 * U
+        + (1.0 + x.abs()) * SUBNORMAL
+}
+
 /// `a + b`, element-wise.
 pub fn add(a: &[f32], b: &[f32]) -> Vec<f64> {
     assert_eq!(a.len(), b.len());
@@ -277,8 +331,10 @@ pub mod check {
             bias: bool,
             offset: f32,
         },
+        /// GELU: the tanh approximation, or the exact (erf) one.
         Gelu {
             len: usize,
+            exact: bool,
         },
         Add {
             len: usize,
@@ -338,7 +394,9 @@ pub mod check {
                     "layernorm [{rows}×{cols}] eps {eps:e}{} offset {offset}",
                     if bias { " with bias" } else { "" }
                 ),
-                OpCase::Gelu { len } => write!(f, "gelu [{len}]"),
+                OpCase::Gelu { len, exact } => {
+                    write!(f, "gelu{} [{len}]", if exact { " (erf)" } else { "" })
+                }
                 OpCase::Add { len, in_place } => {
                     write!(f, "add{} [{len}]", if in_place { " in place" } else { "" })
                 }
@@ -568,16 +626,27 @@ pub mod check {
                 let tol = layernorm_tolerances(&x, cols, &w, b, eps);
                 Ok(compare(case, 1, &gpu, &want, |i| tol[i]))
             }
-            OpCase::Gelu { len } => {
+            OpCase::Gelu { len, exact } => {
                 let x = gelu_inputs(&mut rng, len);
                 let xt = ctx.upload_f32("x", &[len], &x)?;
                 let ot = ctx.zeros("out", &[len], DType::F32)?;
-                let d = kernels::gelu(ctx, &xt, &ot).await?;
+                let d = if exact {
+                    kernels::gelu_erf(ctx, &xt, &ot).await?
+                } else {
+                    kernels::gelu(ctx, &xt, &ot).await?
+                };
                 let gpu = read(ctx, &d, &ot).await?;
-                let want = gelu(&x);
-                Ok(compare(case, 1, &gpu, &want, |i| {
-                    gelu_tolerance(x[i], want[i])
-                }))
+                if exact {
+                    let want = gelu_erf(&x);
+                    Ok(compare(case, 1, &gpu, &want, |i| {
+                        gelu_erf_tolerance(x[i], want[i])
+                    }))
+                } else {
+                    let want = gelu(&x);
+                    Ok(compare(case, 1, &gpu, &want, |i| {
+                        gelu_tolerance(x[i], want[i])
+                    }))
+                }
             }
             OpCase::Add { len, in_place } => {
                 let a = rng.vec(len, -10.0, 10.0);
@@ -903,6 +972,31 @@ pub mod check {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn erfc_matches_known_values() {
+        // Python's math.erfc.
+        for (z, want) in [
+            (0.0, 1.0),
+            (0.5, 0.479_500_122_186_953_5),
+            (1.0, 0.157_299_207_050_285_13),
+            (1.999, 0.004_698_443_348_629_488),
+            (2.0, 0.004_677_734_981_047_266),
+            (3.0, 2.209_049_699_858_544e-5),
+            (5.0, 1.537_459_794_428_035e-12),
+            (10.0, 2.088_487_583_762_545e-45),
+        ] {
+            let got = erfc(z);
+            assert!(
+                ((got - want) / want).abs() < 1e-13,
+                "erfc({z}) = {got}, want {want}"
+            );
+        }
+        let g = gelu_erf(&[1.0, -1.0, 0.0]);
+        assert!((g[0] - 0.841_344_746_068_542_9).abs() < 1e-15);
+        assert!((g[1] + 0.158_655_253_931_457_05).abs() < 1e-15);
+        assert_eq!(g[2], 0.0);
+    }
+
     use super::*;
 
     #[test]
