@@ -14,12 +14,15 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 /// The weights of an unsharded checkpoint.
 pub const SINGLE_FILE: &str = "model.safetensors";
 /// The text files that travel with the weights: `config.json` is required for safetensors
-/// weights (they say nothing of the architecture themselves), the others are optional.
-pub const COMPANION_FILES: [&str; 4] = [
+/// weights (they say nothing of the architecture themselves), the others are optional
+/// (`modules.json` and the pooling settings are those of a sentence-transformers folder).
+pub const COMPANION_FILES: [&str; 6] = [
     "config.json",
     "tokenizer.json",
     "tokenizer_config.json",
     "generation_config.json",
+    "modules.json",
+    "1_Pooling/config.json",
 ];
 
 /// What a folder holds: where its weights are, and its companion files' text.

@@ -106,18 +106,18 @@ pub const MAX_CONTEXT: u64 = 1 << 24;
 
 /// Checks the main sizes, each under its name in the file (`num_hidden_layers`,
 /// `llama.block_count`), against the limits above.
-struct Sizes<'a> {
+pub(crate) struct Sizes<'a> {
     source: &'a str,
 }
 
 impl<'a> Sizes<'a> {
-    fn new(source: &'a str) -> Self {
+    pub(crate) fn new(source: &'a str) -> Self {
         Sizes { source }
     }
 
     /// `value` of `name`, at most `limit`; a value that does not fit a `usize` (wasm32) is over
     /// every limit.
-    fn check(&self, name: &str, value: u64, limit: u64) -> Result<usize> {
+    pub(crate) fn check(&self, name: &str, value: u64, limit: u64) -> Result<usize> {
         if value > limit {
             return Err(config_error(
                 self.source,
@@ -135,7 +135,7 @@ impl<'a> Sizes<'a> {
     }
 
     /// `heads × head_dim` against [`MAX_ATTENTION_WIDTH`].
-    fn check_width(&self, heads: usize, head_dim: usize) -> Result<()> {
+    pub(crate) fn check_width(&self, heads: usize, head_dim: usize) -> Result<()> {
         let width = (heads as u64).saturating_mul(head_dim as u64);
         if width > MAX_ATTENTION_WIDTH {
             return Err(config_error(
@@ -155,7 +155,7 @@ fn saturating_usize(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
-fn config_error(source: &str, detail: String) -> Error {
+pub(crate) fn config_error(source: &str, detail: String) -> Error {
     Error::Config {
         source_name: source.to_string(),
         detail,

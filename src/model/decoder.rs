@@ -308,7 +308,7 @@ impl Tensors<'_> {
 }
 
 /// The shape check: the error names the tensor and both shapes.
-fn expect(t: &GpuTensor, shape: &[usize]) -> Result<()> {
+pub(crate) fn expect(t: &GpuTensor, shape: &[usize]) -> Result<()> {
     if t.shape() == shape {
         Ok(())
     } else {
@@ -343,7 +343,7 @@ fn expect_rows(parts: &[(usize, GpuTensor)], rows: usize, cols: usize) -> Result
 /// 1-D parameters (norm weights, biases) as the f32 vectors the kernels take, with `offset`
 /// added (Gemma's Hugging Face norms store `w - 1`). Tensors already in f32 without an offset
 /// are kept; the others are read back in one submit, converted and uploaded anew.
-async fn vectors_to_f32(
+pub(crate) async fn vectors_to_f32(
     ctx: &GpuContext,
     tensors: Vec<(GpuTensor, f32)>,
 ) -> Result<Vec<GpuTensor>> {

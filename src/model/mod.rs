@@ -1,10 +1,13 @@
 //! Models as data: each architecture is an entry of tensor roles and block traits
 //! ([`arch`]), a model's hyper-parameters and per-layer settings are its block description
 //! ([`ModelConfig`]), and one generic decoder ([`Decoder`]) builds the forward pass from them.
+//! Sentence-embedding encoders ([`Encoder`]) are described by their sentence-transformers folder
+//! ([`EncoderConfig`]).
 
 pub mod arch;
 mod config;
 mod decoder;
+pub mod encoder;
 
 pub use arch::{Architecture, Role, SUPPORTED};
 pub use config::{
@@ -12,3 +15,4 @@ pub use config::{
     MAX_HEADS, MAX_HEAD_DIM, MAX_HIDDEN, MAX_LAYERS, MAX_VOCAB,
 };
 pub use decoder::{Decoder, Graph, PendingPick, Readout, StepInput, StepOutput};
+pub use encoder::{Encoder, EncoderConfig, Pooling};

@@ -1,0 +1,603 @@
+//! Sentence-embedding encoders on the GPU: the BERT family (all-MiniLM, bge, e5), described by a
+//! sentence-transformers folder: `config.json` (the transformer), `modules.json` (which modules
+//! follow it: pooling, normalisation) and `1_Pooling/config.json` (the pooling mode).
+//!
+//! The forward pass runs every token of the input at once: word, position and token-type
+//! embeddings summed and LayerNormed, then per layer q, k and v projections (with biases),
+//! bidirectional attention over the whole input (the KV cache holds the step's keys and values,
+//! nothing is kept between inputs), the output projection added to the residual stream and
+//! LayerNormed (post-LN), and the MLP (exact GELU) likewise. Pooling and normalisation of the
+//! last hidden states run on the host, in f64.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor};
+use crate::kernels::{self, AttentionOptions, AttentionScratch, KvCache, Linear, StepState};
+use crate::model::config::{
+    config_error, Sizes, MAX_CONTEXT, MAX_FFN, MAX_HEADS, MAX_HIDDEN, MAX_LAYERS, MAX_VOCAB,
+};
+use crate::model::decoder::{expect, vectors_to_f32};
+
+/// How the token vectors become one embedding (sentence-transformers' Pooling module).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean over the input's tokens.
+    Mean,
+    /// The first token's vector (`[CLS]`).
+    Cls,
+    /// The last token's vector (decoder-based embedders).
+    LastToken,
+}
+
+/// An encoder's description.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EncoderConfig {
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub ffn: usize,
+    pub vocab: usize,
+    /// Inputs longer than this have no position embedding.
+    pub max_positions: usize,
+    pub type_vocab: usize,
+    pub eps: f32,
+    pub activation: kernels::GateActivation,
+    pub pooling: Pooling,
+    /// L2-normalise the pooled vector (a `Normalize` module follows the pooling).
+    pub normalize: bool,
+}
+
+const MAX_TYPE_VOCAB: u64 = 1 << 10;
+
+impl EncoderConfig {
+    /// From a sentence-transformers folder's companion files (`config.json`, and `modules.json`
+    /// and `1_Pooling/config.json` when present: without them, mean pooling and no
+    /// normalisation, as sentence-transformers assumes for a bare transformer). `source` names
+    /// the model in errors.
+    pub fn from_companions(companions: &BTreeMap<String, String>, source: &str) -> Result<Self> {
+        let bad = |file: &str, detail: String| config_error(&format!("{source}/{file}"), detail);
+        let json = |file: &str| -> Result<Option<Value>> {
+            companions
+                .get(file)
+                .map(|text| {
+                    serde_json::from_str(text)
+                        .map_err(|e| bad(file, format!("not valid JSON: {e}")))
+                })
+                .transpose()
+        };
+        let v = json("config.json")?.ok_or_else(|| {
+            bad(
+                "config.json",
+                "an encoder needs its config.json beside the weights, and there is none".into(),
+            )
+        })?;
+        let model_type = v["model_type"].as_str().unwrap_or("");
+        if model_type != "bert" {
+            return Err(Error::UnsupportedArchitecture {
+                source_name: source.to_string(),
+                architecture: format!("{model_type} (as an encoder)"),
+                supported: "bert",
+            });
+        }
+        let cfg = format!("{source}/config.json");
+        let sizes = Sizes::new(&cfg);
+        let int = |k: &str| -> Result<u64> {
+            v[k].as_u64().ok_or_else(|| {
+                bad(
+                    "config.json",
+                    format!("'{k}' is missing or not a whole number"),
+                )
+            })
+        };
+        let hidden = sizes.check("hidden_size", int("hidden_size")?, MAX_HIDDEN)?;
+        let heads = sizes.check(
+            "num_attention_heads",
+            int("num_attention_heads")?,
+            MAX_HEADS,
+        )?;
+        let layers = sizes.check("num_hidden_layers", int("num_hidden_layers")?, MAX_LAYERS)?;
+        let ffn = sizes.check("intermediate_size", int("intermediate_size")?, MAX_FFN)?;
+        let vocab = sizes.check("vocab_size", int("vocab_size")?, MAX_VOCAB)?;
+        let max_positions = sizes.check(
+            "max_position_embeddings",
+            int("max_position_embeddings")?,
+            MAX_CONTEXT,
+        )?;
+        let type_vocab = sizes.check(
+            "type_vocab_size",
+            v["type_vocab_size"].as_u64().unwrap_or(2),
+            MAX_TYPE_VOCAB,
+        )?;
+        if heads == 0 || hidden % heads != 0 || layers == 0 || type_vocab == 0 {
+            return Err(bad(
+                "config.json",
+                format!(
+                    "{hidden} hidden, {heads} heads, {layers} layers and {type_vocab} token \
+                     types do not make an encoder (the heads must divide the hidden size)"
+                ),
+            ));
+        }
+        let head_dim = hidden / heads;
+        sizes.check_width(heads, head_dim)?;
+        let eps = v["layer_norm_eps"].as_f64().unwrap_or(1e-12) as f32;
+        let activation = match v["hidden_act"].as_str().unwrap_or("gelu") {
+            "gelu" => kernels::GateActivation::GeluErf,
+            "gelu_new" | "gelu_pytorch_tanh" => kernels::GateActivation::GeluTanh,
+            other => {
+                return Err(bad(
+                    "config.json",
+                    format!("activation '{other}' is not supported (supported: gelu, gelu_new)"),
+                ))
+            }
+        };
+        if v["position_embedding_type"]
+            .as_str()
+            .is_some_and(|t| t != "absolute")
+        {
+            return Err(bad(
+                "config.json",
+                format!(
+                    "position_embedding_type '{}' is not supported (supported: absolute)",
+                    v["position_embedding_type"]
+                ),
+            ));
+        }
+
+        let modules = json("modules.json")?;
+        let types: Vec<&str> = modules
+            .as_ref()
+            .and_then(Value::as_array)
+            .map(|m| m.iter().filter_map(|x| x["type"].as_str()).collect())
+            .unwrap_or_default();
+        let normalize = types.iter().any(|t| t.ends_with(".Normalize"));
+        let pooling = match json("1_Pooling/config.json")? {
+            None => Pooling::Mean,
+            Some(p) => {
+                let on = |k: &str| p[k].as_bool() == Some(true);
+                let modes: Vec<Pooling> = [
+                    ("pooling_mode_mean_tokens", Pooling::Mean),
+                    ("pooling_mode_cls_token", Pooling::Cls),
+                    ("pooling_mode_lasttoken", Pooling::LastToken),
+                ]
+                .into_iter()
+                .filter(|(k, _)| on(k))
+                .map(|(_, m)| m)
+                .collect();
+                let other = [
+                    "pooling_mode_max_tokens",
+                    "pooling_mode_mean_sqrt_len_tokens",
+                    "pooling_mode_weightedmean_tokens",
+                ]
+                .into_iter()
+                .find(|k| on(k));
+                match (modes.as_slice(), other) {
+                    ([mode], None) => *mode,
+                    _ => {
+                        return Err(bad(
+                            "1_Pooling/config.json",
+                            "exactly one pooling mode must be on, one of mean, cls and \
+                             lasttoken (max, sqrt-length and weighted means are not supported)"
+                                .into(),
+                        ))
+                    }
+                }
+            }
+        };
+        Ok(EncoderConfig {
+            hidden,
+            layers,
+            heads,
+            head_dim,
+            ffn,
+            vocab,
+            max_positions,
+            type_vocab,
+            eps,
+            activation,
+            pooling,
+            normalize,
+        })
+    }
+}
+
+/// A linear layer's weight and bias.
+struct Affine {
+    w: GpuTensor,
+    b: GpuTensor,
+}
+
+/// The options of `a`'s layer: its bias, added to the output's content when `accumulate` (the
+/// residual stream).
+fn biased(a: &Affine, accumulate: bool) -> Linear<'_> {
+    Linear {
+        bias: Some(&a.b),
+        accumulate,
+        ..Default::default()
+    }
+}
+
+/// A LayerNorm's weight and bias.
+struct Norm {
+    w: GpuTensor,
+    b: GpuTensor,
+}
+
+struct EncoderLayer {
+    q: Affine,
+    k: Affine,
+    v: Affine,
+    o: Affine,
+    attn_norm: Norm,
+    up: Affine,
+    down: Affine,
+    ffn_norm: Norm,
+}
+
+/// An encoder in GPU memory.
+pub struct Encoder {
+    config: EncoderConfig,
+    word: GpuTensor,
+    position: GpuTensor,
+    token_type: GpuTensor,
+    embed_norm: Norm,
+    layers: Vec<EncoderLayer>,
+    /// Keys and values of the input being encoded (f32: the exact path).
+    kv: KvCache,
+}
+
+impl Encoder {
+    /// Takes the loaded tensors (Hugging Face BERT names, with or without a `bert.` prefix)
+    /// and checks each against the configuration.
+    pub async fn new(
+        ctx: &GpuContext,
+        config: EncoderConfig,
+        tensors: &mut HashMap<String, GpuTensor>,
+    ) -> Result<Encoder> {
+        let c = &config;
+        let mut take = |name: &str, shape: &[usize]| -> Result<GpuTensor> {
+            let t = tensors
+                .remove(name)
+                .or_else(|| tensors.remove(&format!("bert.{name}")))
+                .ok_or_else(|| Error::InvalidTensor {
+                    tensor: name.to_string(),
+                    detail: "is missing: the encoder needs it".into(),
+                })?;
+            expect(&t, shape)?;
+            Ok(t)
+        };
+        let word = take("embeddings.word_embeddings.weight", &[c.vocab, c.hidden])?;
+        let position = take(
+            "embeddings.position_embeddings.weight",
+            &[c.max_positions, c.hidden],
+        )?;
+        let token_type = take(
+            "embeddings.token_type_embeddings.weight",
+            &[c.type_vocab, c.hidden],
+        )?;
+        // The 1-D parameters go through one f32 conversion, in this order: the embedding norm,
+        // then per layer q, k, v, o biases, attention norm, up and down biases, output norm.
+        let mut vectors = vec![
+            take("embeddings.LayerNorm.weight", &[c.hidden])?,
+            take("embeddings.LayerNorm.bias", &[c.hidden])?,
+        ];
+        let mut mats = Vec::new();
+        for l in 0..c.layers {
+            let p = |s: &str| format!("encoder.layer.{l}.{s}");
+            for (name, rows, cols) in [
+                ("attention.self.query", c.hidden, c.hidden),
+                ("attention.self.key", c.hidden, c.hidden),
+                ("attention.self.value", c.hidden, c.hidden),
+                ("attention.output.dense", c.hidden, c.hidden),
+                ("intermediate.dense", c.ffn, c.hidden),
+                ("output.dense", c.hidden, c.ffn),
+            ] {
+                mats.push(take(&p(&format!("{name}.weight")), &[rows, cols])?);
+                vectors.push(take(&p(&format!("{name}.bias")), &[rows])?);
+            }
+            for name in ["attention.output.LayerNorm", "output.LayerNorm"] {
+                vectors.push(take(&p(&format!("{name}.weight")), &[c.hidden])?);
+                vectors.push(take(&p(&format!("{name}.bias")), &[c.hidden])?);
+            }
+        }
+        let vectors = vectors_to_f32(ctx, vectors.into_iter().map(|t| (t, 0.0)).collect()).await?;
+        let mut vectors = vectors.into_iter();
+        let mut next = || vectors.next().expect("one vector per parameter taken");
+        let embed_norm = Norm {
+            w: next(),
+            b: next(),
+        };
+        let mut mats = mats.into_iter();
+        let mut layers = Vec::with_capacity(c.layers);
+        for _ in 0..c.layers {
+            let mut affine = || Affine {
+                w: mats.next().expect("six matrices per layer"),
+                b: next(),
+            };
+            let (q, k, v, o, up, down) =
+                (affine(), affine(), affine(), affine(), affine(), affine());
+            let attn_norm = Norm {
+                w: next(),
+                b: next(),
+            };
+            let ffn_norm = Norm {
+                w: next(),
+                b: next(),
+            };
+            layers.push(EncoderLayer {
+                q,
+                k,
+                v,
+                o,
+                attn_norm,
+                up,
+                down,
+                ffn_norm,
+            });
+        }
+        let kv = KvCache::with_dtype(
+            ctx,
+            c.layers,
+            c.max_positions,
+            c.heads,
+            c.head_dim,
+            DType::F32,
+        )?;
+        Ok(Encoder {
+            config,
+            word,
+            position,
+            token_type,
+            embed_norm,
+            layers,
+            kv,
+        })
+    }
+
+    pub fn config(&self) -> &EncoderConfig {
+        &self.config
+    }
+
+    /// The last hidden states of one input of token ids (token type 0), `[tokens, hidden]`
+    /// row-major. The input must hold 1 to `max_positions` tokens.
+    pub async fn hidden_states(&self, ctx: &GpuContext, ids: &[u32]) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let n = ids.len();
+        if n == 0 || n > c.max_positions {
+            return Err(Error::ContextOverflow {
+                prompt_tokens: n,
+                context: c.max_positions,
+            });
+        }
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= c.vocab) {
+            return Err(Error::InvalidRequest(format!(
+                "token id {bad} is outside the encoder's vocabulary of {}",
+                c.vocab
+            )));
+        }
+        let f32z = |name: &str, shape: &[usize]| ctx.zeros(name, shape, DType::F32);
+        let as_i32 = |v: &[u32]| v.iter().map(|&x| x as i32).collect::<Vec<i32>>();
+        let positions: Vec<u32> = (0..n as u32).collect();
+        let ids_t = ctx.upload_i32("ids", &[n], &as_i32(ids))?;
+        let pos_t = ctx.upload_i32("positions", &[n], &as_i32(&positions))?;
+        let types_t = ctx.upload_i32("token types", &[n], &vec![0; n])?;
+        let mut step = StepState::new(ctx, n, n)?;
+        step.set(ctx, 0, n)?;
+        let x = f32z("x", &[n, c.hidden])?;
+        let part = f32z("embedding part", &[n, c.hidden])?;
+        let h = f32z("h", &[n, c.hidden])?;
+        let h2 = f32z("h2", &[n, c.hidden])?;
+        let width = c.heads * c.head_dim;
+        let (q, k, v, o) = (
+            f32z("q", &[n, width])?,
+            f32z("k", &[n, width])?,
+            f32z("v", &[n, width])?,
+            f32z("o", &[n, width])?,
+        );
+        let heads = |t: &GpuTensor| t.reshape(&[n, c.heads, c.head_dim]);
+        let (q3, k3, v3, o3) = (heads(&q)?, heads(&k)?, heads(&v)?, heads(&o)?);
+        let inter = f32z("intermediate", &[n, c.ffn])?;
+        let act = f32z("activation", &[n, c.ffn])?;
+
+        let mut d: Vec<Dispatch> = vec![
+            kernels::embed(ctx, &self.word, &ids_t, &x).await?,
+            kernels::embed(ctx, &self.position, &pos_t, &part).await?,
+            kernels::add_in_place(ctx, &x, &part).await?,
+            kernels::embed(ctx, &self.token_type, &types_t, &part).await?,
+            kernels::add_in_place(ctx, &x, &part).await?,
+            kernels::layernorm(
+                ctx,
+                &x,
+                &self.embed_norm.w,
+                Some(&self.embed_norm.b),
+                c.eps,
+                &h,
+            )
+            .await?,
+        ];
+        let mut scratch: Option<AttentionScratch> = None;
+        for (l, w) in self.layers.iter().enumerate() {
+            for (a, out) in [(&w.q, &q), (&w.k, &k), (&w.v, &v)] {
+                d.push(kernels::linear_with(ctx, &a.w, &h, out, &biased(a, false)).await?);
+            }
+            d.push(kernels::kv_write(ctx, &step, &self.kv, l, &k3, &v3).await?);
+            let opts = AttentionOptions {
+                scratch: scratch.clone(),
+                bidirectional: true,
+                ..Default::default()
+            };
+            let att = kernels::attention(ctx, &step, &q3, &self.kv, l, &o3, &opts).await?;
+            scratch = att.scratch().cloned();
+            d.extend(att.dispatches().iter().cloned());
+            // h += o·Woᵀ + bo, then h2 = LayerNorm(h).
+            d.push(kernels::linear_with(ctx, &w.o.w, &o, &h, &biased(&w.o, true)).await?);
+            d.push(
+                kernels::layernorm(ctx, &h, &w.attn_norm.w, Some(&w.attn_norm.b), c.eps, &h2)
+                    .await?,
+            );
+            // h2 += act(h2·Wupᵀ + bup)·Wdownᵀ + bdown, then h = LayerNorm(h2).
+            d.push(kernels::linear_with(ctx, &w.up.w, &h2, &inter, &biased(&w.up, false)).await?);
+            d.push(match c.activation {
+                kernels::GateActivation::GeluTanh => kernels::gelu(ctx, &inter, &act).await?,
+                _ => kernels::gelu_erf(ctx, &inter, &act).await?,
+            });
+            d.push(kernels::linear_with(ctx, &w.down.w, &act, &h2, &biased(&w.down, true)).await?);
+            d.push(
+                kernels::layernorm(ctx, &h2, &w.ffn_norm.w, Some(&w.ffn_norm.b), c.eps, &h).await?,
+            );
+        }
+        let mut rec = ctx.recorder();
+        rec.dispatch_all(&d);
+        let slot = rec.read(&h);
+        let back = rec.submit_and_read().await?;
+        // The step's buffers are freed when they drop here.
+        back.f32(slot)
+    }
+
+    /// One input's embedding: its hidden states pooled as the model says, L2-normalised when it
+    /// has a `Normalize` module.
+    pub async fn embed(&self, ctx: &GpuContext, ids: &[u32]) -> Result<Vec<f32>> {
+        let hidden = self.hidden_states(ctx, ids).await?;
+        Ok(pool(
+            &hidden,
+            self.config.hidden,
+            self.config.pooling,
+            self.config.normalize,
+        ))
+    }
+
+    /// Frees the GPU memory.
+    pub fn destroy(&self) {
+        for t in [&self.word, &self.position, &self.token_type] {
+            t.destroy();
+        }
+        let norms = std::iter::once(&self.embed_norm)
+            .chain(self.layers.iter().flat_map(|l| [&l.attn_norm, &l.ffn_norm]));
+        for n in norms {
+            n.w.destroy();
+            n.b.destroy();
+        }
+        for l in &self.layers {
+            for a in [&l.q, &l.k, &l.v, &l.o, &l.up, &l.down] {
+                a.w.destroy();
+                a.b.destroy();
+            }
+        }
+        self.kv.destroy();
+    }
+}
+
+/// Pools `[tokens, hidden]` states into one vector (in f64, rounded once), L2-normalised when
+/// `normalize` (a zero vector stays zero).
+pub fn pool(hidden: &[f32], width: usize, pooling: Pooling, normalize: bool) -> Vec<f32> {
+    let n = hidden.len() / width;
+    let row = |t: usize| &hidden[t * width..(t + 1) * width];
+    let mut v: Vec<f64> = match pooling {
+        Pooling::Mean => {
+            let mut sum = vec![0.0f64; width];
+            for t in 0..n {
+                for (s, &x) in sum.iter_mut().zip(row(t)) {
+                    *s += f64::from(x);
+                }
+            }
+            sum.iter().map(|s| s / n as f64).collect()
+        }
+        Pooling::Cls => row(0).iter().map(|&x| f64::from(x)).collect(),
+        Pooling::LastToken => row(n - 1).iter().map(|&x| f64::from(x)).collect(),
+    };
+    if normalize {
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if norm > 0.0 {
+            v.iter_mut().for_each(|x| *x /= norm);
+        }
+    }
+    v.into_iter().map(|x| x as f32).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn companions(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const BERT: &str = r#"{"model_type": "bert", "hidden_size": 32, "num_attention_heads": 4,
+        "num_hidden_layers": 2, "intermediate_size": 64, "vocab_size": 128,
+        "max_position_embeddings": 64, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
+        "hidden_act": "gelu"}"#;
+
+    #[test]
+    fn a_sentence_transformers_folder_describes_the_encoder() {
+        let modules = r#"[{"type": "sentence_transformers.models.Transformer"},
+            {"type": "sentence_transformers.models.Pooling"},
+            {"type": "sentence_transformers.models.Normalize"}]"#;
+        let cls = r#"{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}"#;
+        let c = EncoderConfig::from_companions(
+            &companions(&[
+                ("config.json", BERT),
+                ("modules.json", modules),
+                ("1_Pooling/config.json", cls),
+            ]),
+            "m",
+        )
+        .unwrap();
+        assert_eq!((c.hidden, c.heads, c.head_dim, c.layers), (32, 4, 8, 2));
+        assert_eq!(c.pooling, Pooling::Cls);
+        assert!(c.normalize);
+        assert_eq!(c.activation, kernels::GateActivation::GeluErf);
+        // A bare transformer: mean pooling, no normalisation.
+        let bare =
+            EncoderConfig::from_companions(&companions(&[("config.json", BERT)]), "m").unwrap();
+        assert_eq!((bare.pooling, bare.normalize), (Pooling::Mean, false));
+    }
+
+    #[test]
+    fn bad_encoder_configurations_say_why() {
+        let cases = [
+            (BERT.replace("\"bert\"", "\"llama\""), "llama"),
+            (BERT.replace("\"gelu\"", "\"relu\""), "activation 'relu'"),
+            (
+                BERT.replace(
+                    "\"num_hidden_layers\": 2",
+                    "\"num_hidden_layers\": 99999999",
+                ),
+                "over the limit",
+            ),
+            (
+                BERT.replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 5"),
+                "heads must divide",
+            ),
+        ];
+        for (json, want) in cases {
+            let e = EncoderConfig::from_companions(&companions(&[("config.json", &json)]), "m")
+                .unwrap_err();
+            assert!(e.to_string().contains(want), "{e}");
+        }
+        let two = r#"{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true}"#;
+        let e = EncoderConfig::from_companions(
+            &companions(&[("config.json", BERT), ("1_Pooling/config.json", two)]),
+            "m",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("exactly one pooling mode"), "{e}");
+        let e = EncoderConfig::from_companions(&companions(&[]), "m").unwrap_err();
+        assert!(e.to_string().contains("config.json"), "{e}");
+    }
+
+    #[test]
+    fn pooling_by_hand() {
+        let h = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        assert_eq!(pool(&h, 2, Pooling::Mean, false), vec![3.0, 4.0]);
+        assert_eq!(pool(&h, 2, Pooling::Cls, false), vec![1.0, 2.0]);
+        assert_eq!(pool(&h, 2, Pooling::LastToken, false), vec![5.0, 6.0]);
+        assert_eq!(pool(&[3.0, 4.0], 2, Pooling::Cls, true), vec![0.6, 0.8]);
+        assert_eq!(pool(&[0.0, 0.0], 2, Pooling::Cls, true), vec![0.0, 0.0]);
+    }
+}

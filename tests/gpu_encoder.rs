@@ -1,0 +1,107 @@
+//! Sentence-embedding encoders (src/model/encoder.rs) against transformers: the tiny random BERT
+//! of scripts/make_encoder_fixtures.py (post-LN with biases, exact GELU, position and token-type
+//! embeddings, mean pooling, normalisation), from its sentence-transformers folder, on inputs of
+//! 1 to 64 tokens (up to its whole context): the last hidden states
+//! element by element, and the embeddings within cosine distance 1e-5.
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{ctx, fixture_json, read_f32_file, token_ids};
+use pocketlm::load::{load_directory, LoadOptions};
+use pocketlm::model::{Encoder, EncoderConfig};
+
+fn folder() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-bert")
+}
+
+fn load() -> Encoder {
+    let mut model =
+        pollster::block_on(load_directory(ctx(), &folder(), 2, LoadOptions::default())).unwrap();
+    let config = EncoderConfig::from_companions(&model.companions, "tiny-bert").unwrap();
+    pollster::block_on(Encoder::new(ctx(), config, &mut model.tensors)).unwrap()
+}
+
+fn cosine(a: &[f32], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * y).sum();
+    let na = a.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    let nb = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn tiny_bert_matches_transformers() {
+    let encoder = load();
+    let c = encoder.config().clone();
+    assert!(c.normalize);
+    let reference = fixture_json("models/tiny-bert/reference.json");
+    let hidden = read_f32_file(&folder().join("hidden.f32"));
+    let mut at = 0;
+    for (i, input) in reference["inputs"].as_array().unwrap().iter().enumerate() {
+        let ids = token_ids(input);
+        let n = ids.len();
+        let want = &hidden[at..at + n * c.hidden];
+        at += n * c.hidden;
+        let got = pollster::block_on(encoder.hidden_states(ctx(), &ids)).unwrap();
+        assert_eq!(got.len(), want.len());
+        // LayerNorm outputs are O(1); summation orders differ between the GPU and PyTorch (about
+        // 1e-6 here).
+        let worst = got
+            .iter()
+            .zip(want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "input {i} ({n} tokens): max |error| {worst}");
+
+        let embedding = pollster::block_on(encoder.embed(ctx(), &ids)).unwrap();
+        let want: Vec<f64> = reference["embeddings"][i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let norm = embedding.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>();
+        assert!((norm - 1.0).abs() < 1e-6, "input {i}: |e|² = {norm}");
+        let distance = 1.0 - cosine(&embedding, &want);
+        assert!(
+            distance < 1e-5,
+            "input {i} ({n} tokens): cosine distance {distance:e}"
+        );
+        println!("input {i} ({n} tokens): max |error| {worst:e}, cosine distance {distance:e}");
+    }
+    assert_eq!(at, hidden.len(), "every reference row was compared");
+}
+
+#[test]
+fn bad_inputs_and_missing_tensors_are_typed_errors() {
+    let encoder = load();
+    let too_long = vec![5u32; encoder.config().max_positions + 1];
+    for (ids, code) in [
+        (vec![], "context_overflow"),
+        (too_long, "context_overflow"),
+        (vec![1, 128], "invalid_request"),
+    ] {
+        let e = pollster::block_on(encoder.hidden_states(ctx(), &ids)).unwrap_err();
+        assert_eq!(e.code(), code, "{e}");
+    }
+    // The encoder still works.
+    assert!(pollster::block_on(encoder.embed(ctx(), &[1, 2, 3])).is_ok());
+
+    let mut model =
+        pollster::block_on(load_directory(ctx(), &folder(), 2, LoadOptions::default())).unwrap();
+    let config = EncoderConfig::from_companions(&model.companions, "tiny-bert").unwrap();
+    model
+        .tensors
+        .remove("encoder.layer.1.output.dense.bias")
+        .unwrap();
+    let e = pollster::block_on(Encoder::new(ctx(), config, &mut model.tensors))
+        .err()
+        .expect("a missing tensor is refused");
+    assert_eq!(e.code(), "invalid_tensor");
+    assert!(
+        e.to_string().contains("encoder.layer.1.output.dense.bias"),
+        "{e}"
+    );
+}
