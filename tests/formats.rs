@@ -912,6 +912,25 @@ fn safetensors_other_dtypes_are_typed_errors() {
     );
 }
 
+/// BERT checkpoints saved by older transformers versions hold `embeddings.position_ids` (I64):
+/// a buffer, not a weight, skipped; any other integer tensor is still refused.
+#[test]
+fn safetensors_bert_position_ids_buffer_is_skipped() {
+    let json = r#"{"embeddings.position_ids": {"dtype": "I64", "shape": [1, 4], "data_offsets": [0, 32]},
+        "embeddings.word_embeddings.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [32, 48]}}"#;
+    let h = SafetensorsHeader::parse_file(&st_bytes(json, 48), "bert.safetensors").unwrap();
+    let names: Vec<&str> = h.tensors.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["embeddings.word_embeddings.weight"]);
+    let json =
+        r#"{"embeddings.word_ids": {"dtype": "I64", "shape": [1, 4], "data_offsets": [0, 32]}}"#;
+    expect_err(
+        SafetensorsHeader::parse_file(&st_bytes(json, 32), "int.safetensors"),
+        "unknown_tensor_type",
+        "int.safetensors",
+        &["'embeddings.word_ids'", "I64"],
+    );
+}
+
 /// A safetensors file with the given JSON header and `data` bytes of zeros.
 fn st_bytes(json: &str, data: usize) -> Vec<u8> {
     let mut b = (json.len() as u64).to_le_bytes().to_vec();

@@ -550,3 +550,20 @@ fn gguf_vocabulary_limits() {
         MAX_SPM_MERGE_WORK as usize,
     );
 }
+
+/// A tokenizer.json that keeps a training run's padding and truncation (all-MiniLM-L6-v2: pad
+/// to 128, cut at 128) still encodes a text to its own tokens, all of them: the callers decide
+/// what is too long.
+#[test]
+fn padding_and_truncation_in_tokenizer_json_are_ignored() {
+    let mut json: serde_json::Value =
+        serde_json::from_str(&common::tiny_tokenizer_json(0)).unwrap();
+    json["padding"] = serde_json::json!({"strategy": {"Fixed": 16}, "direction": "Right",
+        "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0, "pad_token": "<unk>"});
+    json["truncation"] =
+        serde_json::json!({"max_length": 4, "strategy": "LongestFirst", "stride": 0});
+    let tok = Tokenizer::from_json_str(&json.to_string()).unwrap();
+    assert_eq!(tok.encode("w7 w8", false).unwrap(), [7, 8]);
+    let long: Vec<String> = (10..30).map(|i| format!("w{i}")).collect();
+    assert_eq!(tok.encode(&long.join(" "), false).unwrap().len(), 20);
+}

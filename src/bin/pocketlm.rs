@@ -10,7 +10,7 @@ mod cli {
     use pocketlm::engine::{Engine, EngineOptions, Flow, GenerateOptions, Generation};
     use pocketlm::gpu::{GpuContext, ProfileRequest};
     use pocketlm::load::{LoadOptions, Progress};
-    use pocketlm::model::ModelConfig;
+    use pocketlm::model::{Embedder, ModelConfig};
     use pocketlm::request;
     use pocketlm::sample::{SamplingDefaults, SamplingParams};
     use pocketlm::text::{ChatMessage, ResponseFormat, ToolChoice, ToolRequest};
@@ -69,6 +69,25 @@ mod cli {
             system: Option<String>,
             #[command(flatten)]
             gen: GenArgs,
+        },
+        /// Embed each TEXT with a sentence-embedding model (a sentence-transformers folder, such
+        /// as all-MiniLM-L6-v2): one line per text holding its vector as a JSON array, or with
+        /// --json OpenAI's embeddings response.
+        Embed {
+            model: String,
+            #[arg(required = true)]
+            texts: Vec<String>,
+            /// Print `{object: "list", data: [{object: "embedding", index, embedding}], model,
+            /// usage}` instead.
+            #[arg(long)]
+            json: bool,
+            /// Keep the first N values (Matryoshka truncation), normalised again when the model
+            /// normalises.
+            #[arg(long, value_name = "N")]
+            dimensions: Option<usize>,
+            /// Refuse a text longer than the model's input instead of cutting it.
+            #[arg(long)]
+            no_truncate: bool,
         },
         /// Prefill and decode speed, GPU work per token and GPU memory, as a table.
         Bench {
@@ -366,6 +385,92 @@ mod cli {
                 eprintln!();
             }
         }
+    }
+
+    /// `pocketlm embed`: loads the embedding model and prints each text's vector.
+    async fn embed(
+        ctx: &GpuContext,
+        model: &str,
+        texts: &[String],
+        json: bool,
+        dimensions: Option<usize>,
+        truncate: bool,
+    ) -> pocketlm::Result<ExitCode> {
+        let spec = resolve(model)?;
+        let start = std::time::Instant::now();
+        let mut bar = ProgressBar::new();
+        let mut on_progress = |p: &Progress| bar.update(p);
+        let opts = LoadOptions {
+            progress: Some(&mut on_progress),
+            ..Default::default()
+        };
+        let loaded = load::load_native(ctx, &spec, opts).await;
+        bar.finish();
+        let embedder = Embedder::from_loaded(ctx, &mut loaded?, &spec).await?;
+        let c = embedder.encoder.config();
+        eprintln!(
+            "{spec}: loaded in {:.1} s on {} ({} profile): {} layers, {} wide, {:?} pooling{}, \
+             inputs up to {} tokens",
+            start.elapsed().as_secs_f64(),
+            ctx.adapter_info().name,
+            ctx.profile(),
+            c.layers,
+            c.hidden,
+            c.pooling,
+            if c.normalize { ", normalised" } else { "" },
+            c.max_tokens
+        );
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let start = std::time::Instant::now();
+        let embeddings = embedder.embed_texts(ctx, &refs, truncate).await?;
+        let elapsed = start.elapsed().as_secs_f64();
+        let mut vectors = Vec::with_capacity(embeddings.len());
+        for e in &embeddings {
+            vectors.push(match dimensions {
+                None => e.vector.clone(),
+                Some(d) => pocketlm::model::encoder::shorten(&e.vector, d, c.normalize)
+                    .ok_or_else(|| {
+                        pocketlm::Error::InvalidRequest(format!(
+                            "dimensions must be 1 to {}, not {d}",
+                            e.vector.len()
+                        ))
+                    })?,
+            });
+        }
+        let tokens: usize = embeddings.iter().map(|e| e.tokens).sum();
+        if json {
+            let data: Vec<serde_json::Value> = vectors
+                .iter()
+                .enumerate()
+                .map(
+                    |(i, v)| serde_json::json!({"object": "embedding", "index": i, "embedding": v}),
+                )
+                .collect();
+            let out = serde_json::json!({
+                "object": "list",
+                "data": data,
+                "model": spec,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            });
+            println!("{out}");
+        } else {
+            for v in &vectors {
+                println!("{}", serde_json::Value::from(v.clone()));
+            }
+        }
+        let cut = embeddings.iter().filter(|e| e.truncated).count();
+        eprintln!(
+            "{} texts, {tokens} tokens in {elapsed:.2} s ({:.1} embeddings/s, {:.0} tokens/s){}",
+            embeddings.len(),
+            embeddings.len() as f64 / elapsed,
+            tokens as f64 / elapsed,
+            if cut > 0 {
+                format!("; {cut} cut to the model's input length")
+            } else {
+                String::new()
+            }
+        );
+        Ok(ExitCode::SUCCESS)
     }
 
     /// Loads MODEL with a progress bar and makes an engine of it; says what it loaded on stderr.
@@ -932,6 +1037,13 @@ mod cli {
             Command::Chat { model, system, gen } => {
                 return chat_loop(&ctx, &model, system, &gen).await
             }
+            Command::Embed {
+                model,
+                texts,
+                json,
+                dimensions,
+                no_truncate,
+            } => return embed(&ctx, &model, &texts, json, dimensions, !no_truncate).await,
             Command::Bench {
                 model,
                 prompt_tokens,
@@ -950,6 +1062,7 @@ mod cli {
             | Command::Device
             | Command::Run { .. }
             | Command::Chat { .. }
+            | Command::Embed { .. }
             | Command::Bench { .. } => Ok(ExitCode::SUCCESS),
             Command::Selfcheck => {
                 println!();

@@ -246,8 +246,8 @@ fn parse_json(
 
     let mut metadata = None;
     let mut seen: HashMap<&str, ()> = HashMap::with_capacity(entries.0.len());
-    // (tensor, crate dtype, begin, end)
-    let mut tensors: Vec<(SafetensorsTensor, Dtype, u64, u64)> =
+    // (tensor, crate dtype, begin, end, kept: not a skipped buffer)
+    let mut tensors: Vec<(SafetensorsTensor, Dtype, u64, u64, bool)> =
         Vec::with_capacity(entries.0.len());
     for (name, raw) in &entries.0 {
         if seen.insert(name, ()).is_some() {
@@ -280,12 +280,21 @@ fn parse_json(
                 "its entry is not {{\"dtype\", \"shape\", \"data_offsets\"}}: {e}"
             ))
         })?;
-        let (dtype, crate_dtype) = dtype_of(&t.dtype).ok_or_else(|| Error::UnknownTensorType {
-            file: file.to_owned(),
-            tensor: name.clone(),
-            dtype: t.dtype.clone(),
-            supported: SUPPORTED.into(),
-        })?;
+        // Older transformers versions saved BERT's `embeddings.position_ids` buffer (0, 1, 2, …
+        // as I64) with the parameters: not a weight, and nothing reads it. Its bytes are checked
+        // like any tensor's, then it is left out of the header's tensors.
+        let buffer = name.ends_with(".position_ids") && matches!(t.dtype.as_str(), "I64" | "I32");
+        let (dtype, crate_dtype) = match (buffer, t.dtype.as_str()) {
+            (true, "I64") => (DType::F32, Dtype::I64),
+            (true, _) => (DType::F32, Dtype::I32),
+            _ => dtype_of(&t.dtype).ok_or_else(|| Error::UnknownTensorType {
+                file: file.to_owned(),
+                tensor: name.clone(),
+                dtype: t.dtype.clone(),
+                supported: SUPPORTED.into(),
+            })?,
+        };
+        let element_bytes = if crate_dtype == Dtype::I64 { 8 } else { 4 };
         let too_big = || Error::HeaderLimit {
             file: file.to_owned(),
             what: format!("the element count of tensor '{name}' (shape {:?})", t.shape),
@@ -304,7 +313,11 @@ fn parse_json(
             .map(|&d| usize::try_from(d).map_err(|_| too_big()))
             .collect::<Result<Vec<usize>>>()?;
         let bytes = elements
-            .checked_mul(dtype.block_bytes() as u64)
+            .checked_mul(if buffer {
+                element_bytes
+            } else {
+                dtype.block_bytes() as u64
+            })
             .ok_or_else(too_big)?;
         let (begin, end) = t.data_offsets;
         if end < begin {
@@ -334,6 +347,7 @@ fn parse_json(
             crate_dtype,
             begin,
             end,
+            !buffer,
         ));
     }
 
@@ -341,7 +355,7 @@ fn parse_json(
     tensors.sort_by_key(|t| (t.2, t.3));
     let mut data_len = 0u64;
     let mut prev: Option<&str> = None;
-    for (t, _, begin, end) in &tensors {
+    for (t, _, begin, end, _) in &tensors {
         if *begin != data_len {
             let detail = match prev {
                 None => format!(
@@ -389,7 +403,7 @@ fn parse_json(
     // over 4 GiB on wasm32 cannot be described by the crate, and was checked above).
     let crate_table: Option<Vec<(String, CrateTensorInfo)>> = tensors
         .iter()
-        .map(|(t, dtype, begin, end)| {
+        .map(|(t, dtype, begin, end, _)| {
             Some((
                 t.name.clone(),
                 CrateTensorInfo {
@@ -408,7 +422,7 @@ fn parse_json(
     Ok(SafetensorsHeader {
         file: file.to_owned(),
         header_len,
-        tensors: tensors.into_iter().map(|t| t.0).collect(),
+        tensors: tensors.into_iter().filter(|t| t.4).map(|t| t.0).collect(),
         metadata: metadata.unwrap_or_default(),
         data_len,
     })

@@ -15,14 +15,16 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 pub const SINGLE_FILE: &str = "model.safetensors";
 /// The text files that travel with the weights: `config.json` is required for safetensors
 /// weights (they say nothing of the architecture themselves), the others are optional
-/// (`modules.json` and the pooling settings are those of a sentence-transformers folder).
-pub const COMPANION_FILES: [&str; 6] = [
+/// (`modules.json`, the pooling settings and `sentence_bert_config.json` are those of a
+/// sentence-transformers folder).
+pub const COMPANION_FILES: [&str; 7] = [
     "config.json",
     "tokenizer.json",
     "tokenizer_config.json",
     "generation_config.json",
     "modules.json",
     "1_Pooling/config.json",
+    "sentence_bert_config.json",
 ];
 
 /// What a folder holds: where its weights are, and its companion files' text.

@@ -16,10 +16,12 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor};
 use crate::kernels::{self, AttentionOptions, AttentionScratch, KvCache, Linear, StepState};
+use crate::load::LoadedModelFiles;
 use crate::model::config::{
     config_error, Sizes, MAX_CONTEXT, MAX_FFN, MAX_HEADS, MAX_HIDDEN, MAX_LAYERS, MAX_VOCAB,
 };
 use crate::model::decoder::{expect, vectors_to_f32};
+use crate::text::Tokenizer;
 
 /// How the token vectors become one embedding (sentence-transformers' Pooling module).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +51,9 @@ pub struct EncoderConfig {
     pub pooling: Pooling,
     /// L2-normalise the pooled vector (a `Normalize` module follows the pooling).
     pub normalize: bool,
+    /// Inputs are cut to this many tokens, special tokens included (sentence-transformers'
+    /// `max_seq_length`, at most `max_positions`).
+    pub max_tokens: usize,
 }
 
 const MAX_TYPE_VOCAB: u64 = 1 << 10;
@@ -187,7 +192,20 @@ impl EncoderConfig {
                 }
             }
         };
+        let max_tokens = match json("sentence_bert_config.json")? {
+            Some(st) => match st["max_seq_length"].as_u64() {
+                Some(m) if m > 0 => usize::try_from(m).unwrap_or(usize::MAX).min(max_positions),
+                _ => {
+                    return Err(bad(
+                        "sentence_bert_config.json",
+                        "max_seq_length must be a positive whole number".into(),
+                    ))
+                }
+            },
+            None => max_positions,
+        };
         Ok(EncoderConfig {
+            max_tokens,
             hidden,
             layers,
             heads,
@@ -338,14 +356,7 @@ impl Encoder {
                 ffn_norm,
             });
         }
-        let kv = KvCache::with_dtype(
-            ctx,
-            c.layers,
-            c.max_positions,
-            c.heads,
-            c.head_dim,
-            DType::F32,
-        )?;
+        let kv = KvCache::with_dtype(ctx, c.layers, c.max_tokens, c.heads, c.head_dim, DType::F32)?;
         Ok(Encoder {
             config,
             word,
@@ -362,14 +373,14 @@ impl Encoder {
     }
 
     /// The last hidden states of one input of token ids (token type 0), `[tokens, hidden]`
-    /// row-major. The input must hold 1 to `max_positions` tokens.
+    /// row-major. The input must hold 1 to `max_tokens` tokens.
     pub async fn hidden_states(&self, ctx: &GpuContext, ids: &[u32]) -> Result<Vec<f32>> {
         let c = &self.config;
         let n = ids.len();
-        if n == 0 || n > c.max_positions {
+        if n == 0 || n > c.max_tokens {
             return Err(Error::ContextOverflow {
                 prompt_tokens: n,
-                context: c.max_positions,
+                context: c.max_tokens,
             });
         }
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= c.vocab) {
@@ -490,6 +501,104 @@ impl Encoder {
     }
 }
 
+/// An encoder with its tokenizer: texts in, embeddings out.
+pub struct Embedder {
+    pub encoder: Encoder,
+    pub tokenizer: Tokenizer,
+    /// The model's name, for errors and reports.
+    pub name: String,
+}
+
+/// One text's embedding and how many tokens it was.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Embedding {
+    pub vector: Vec<f32>,
+    pub tokens: usize,
+    /// The text was longer than the model's input and was cut.
+    pub truncated: bool,
+}
+
+impl Embedder {
+    /// From a loaded sentence-transformers folder: its tensors (taken) and companion files
+    /// (`tokenizer.json` is required).
+    pub async fn from_loaded(
+        ctx: &GpuContext,
+        model: &mut LoadedModelFiles,
+        name: &str,
+    ) -> Result<Embedder> {
+        let config = EncoderConfig::from_companions(&model.companions, name)?;
+        let tokenizer = match model.companions.get("tokenizer.json") {
+            Some(json) => Tokenizer::from_json_str(json)?,
+            None => {
+                return Err(Error::Config {
+                    source_name: format!("{name}/tokenizer.json"),
+                    detail: "an embedding model needs its tokenizer.json beside the weights, \
+                             and there is none"
+                        .into(),
+                })
+            }
+        };
+        if tokenizer.vocab_size() > config.vocab {
+            return Err(Error::VocabMismatch {
+                tokenizer: tokenizer.vocab_size(),
+                model: config.vocab,
+            });
+        }
+        let encoder = Encoder::new(ctx, config, &mut model.tensors).await?;
+        Ok(Embedder {
+            encoder,
+            tokenizer,
+            name: name.to_string(),
+        })
+    }
+
+    /// `text`'s token ids with the model's special tokens (BERT: `[CLS] … [SEP]`), cut to the
+    /// model's input length when `truncate` (keeping the closing special token), else refused
+    /// past it with `context_overflow`. Returns the ids and whether they were cut.
+    pub fn tokenize(&self, text: &str, truncate: bool) -> Result<(Vec<u32>, bool)> {
+        let mut ids = self.tokenizer.encode(text, true)?;
+        let max = self.encoder.config.max_tokens;
+        if ids.len() <= max {
+            return Ok((ids, false));
+        }
+        if !truncate {
+            return Err(Error::ContextOverflow {
+                prompt_tokens: ids.len(),
+                context: max,
+            });
+        }
+        let last = *ids.last().expect("longer than max_tokens ≥ 1");
+        ids.truncate(max);
+        if let Some(end) = ids.last_mut() {
+            *end = last;
+        }
+        Ok((ids, true))
+    }
+
+    /// Embeds each text, one after the other.
+    pub async fn embed_texts(
+        &self,
+        ctx: &GpuContext,
+        texts: &[&str],
+        truncate: bool,
+    ) -> Result<Vec<Embedding>> {
+        let mut out = Vec::with_capacity(texts.len());
+        for text in texts {
+            let (ids, truncated) = self.tokenize(text, truncate)?;
+            out.push(Embedding {
+                vector: self.encoder.embed(ctx, &ids).await?,
+                tokens: ids.len(),
+                truncated,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn destroy(&self) {
+        self.encoder.destroy();
+    }
+}
+
 /// Pools `[tokens, hidden]` states into one vector (in f64, rounded once), L2-normalised when
 /// `normalize` (a zero vector stays zero).
 pub fn pool(hidden: &[f32], width: usize, pooling: Pooling, normalize: bool) -> Vec<f32> {
@@ -515,6 +624,23 @@ pub fn pool(hidden: &[f32], width: usize, pooling: Pooling, normalize: bool) -> 
         }
     }
     v.into_iter().map(|x| x as f32).collect()
+}
+
+/// The first `dimensions` values of an embedding (Matryoshka truncation), L2-normalised again
+/// when `normalize` (as OpenAI's `dimensions` does for normalised models). `None` when
+/// `dimensions` is 0 or more than the embedding has.
+pub fn shorten(vector: &[f32], dimensions: usize, normalize: bool) -> Option<Vec<f32>> {
+    if dimensions == 0 || dimensions > vector.len() {
+        return None;
+    }
+    let mut v: Vec<f64> = vector[..dimensions].iter().map(|&x| f64::from(x)).collect();
+    if normalize {
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if norm > 0.0 {
+            v.iter_mut().for_each(|x| *x /= norm);
+        }
+    }
+    Some(v.into_iter().map(|x| x as f32).collect())
 }
 
 #[cfg(test)]
@@ -544,10 +670,12 @@ mod tests {
                 ("config.json", BERT),
                 ("modules.json", modules),
                 ("1_Pooling/config.json", cls),
+                ("sentence_bert_config.json", r#"{"max_seq_length": 48}"#),
             ]),
             "m",
         )
         .unwrap();
+        assert_eq!((c.max_positions, c.max_tokens), (64, 48));
         assert_eq!((c.hidden, c.heads, c.head_dim, c.layers), (32, 4, 8, 2));
         assert_eq!(c.pooling, Pooling::Cls);
         assert!(c.normalize);
@@ -556,6 +684,7 @@ mod tests {
         let bare =
             EncoderConfig::from_companions(&companions(&[("config.json", BERT)]), "m").unwrap();
         assert_eq!((bare.pooling, bare.normalize), (Pooling::Mean, false));
+        assert_eq!(bare.max_tokens, 64);
     }
 
     #[test]
@@ -599,5 +728,9 @@ mod tests {
         assert_eq!(pool(&h, 2, Pooling::LastToken, false), vec![5.0, 6.0]);
         assert_eq!(pool(&[3.0, 4.0], 2, Pooling::Cls, true), vec![0.6, 0.8]);
         assert_eq!(pool(&[0.0, 0.0], 2, Pooling::Cls, true), vec![0.0, 0.0]);
+        assert_eq!(shorten(&[3.0, 4.0, 5.0], 2, true), Some(vec![0.6, 0.8]));
+        assert_eq!(shorten(&[3.0, 4.0, 5.0], 2, false), Some(vec![3.0, 4.0]));
+        assert_eq!(shorten(&[3.0], 2, true), None);
+        assert_eq!(shorten(&[3.0], 0, true), None);
     }
 }

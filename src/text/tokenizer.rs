@@ -206,7 +206,14 @@ impl Tokenizer {
             shape.model.map_or(0, |m| m.merges.count),
             added.count,
         )?;
-        let inner = tokenizers::Tokenizer::from_bytes(bytes)
+        let mut inner = tokenizers::Tokenizer::from_bytes(bytes)
+            .map_err(|e| hf_err("tokenizer.json could not be read", e))?;
+        // Some tokenizer.json files keep the padding and truncation of a training run (all-MiniLM:
+        // pad to 128 and cut at 128): encoding must give a text's tokens, all of them and nothing
+        // else. The caller decides what is too long.
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
             .map_err(|e| hf_err("tokenizer.json could not be read", e))?;
         let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
         let bos = find(&["<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>"]);
