@@ -9,7 +9,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{ctx, fixture_json, read_f32_file, token_ids};
+use common::{cosine_distance, ctx, fixture_json, read_f32_file, token_ids};
 use pocketlm::load::{load_directory, LoadOptions};
 use pocketlm::model::{Encoder, EncoderConfig};
 
@@ -22,13 +22,6 @@ fn load() -> Encoder {
         pollster::block_on(load_directory(ctx(), &folder(), 2, LoadOptions::default())).unwrap();
     let config = EncoderConfig::from_companions(&model.companions, "tiny-bert").unwrap();
     pollster::block_on(Encoder::new(ctx(), config, &mut model.tensors)).unwrap()
-}
-
-fn cosine(a: &[f32], b: &[f64]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * y).sum();
-    let na = a.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-    let nb = b.iter().map(|y| y * y).sum::<f64>().sqrt();
-    dot / (na * nb)
 }
 
 #[test]
@@ -64,7 +57,7 @@ fn tiny_bert_matches_transformers() {
             .collect();
         let norm = embedding.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>();
         assert!((norm - 1.0).abs() < 1e-6, "input {i}: |e|² = {norm}");
-        let distance = 1.0 - cosine(&embedding, &want);
+        let distance = cosine_distance(&embedding, &want);
         assert!(
             distance < 1e-5,
             "input {i} ({n} tokens): cosine distance {distance:e}"

@@ -159,42 +159,11 @@ fn constrained_greedy_reads_back_what_unconstrained_greedy_reads() {
 /// parses into the function's name and arguments valid under its schema, in every plan.
 #[test]
 fn required_and_named_tool_choices_give_calls_that_follow_the_schemas() {
-    use pocketlm::text::tools::Tool;
     use pocketlm::text::{ChatMessage, ToolChoice, ToolRequest, ToolSyntax};
     // The taught instructions are long in single-byte tokens.
     let mut engine = tiny_engine_with(1536);
     assert_eq!(engine.tool_syntax(), ToolSyntax::Taught);
-    let schema = |props: Value, required: Value| {
-        json!({"type": "object", "properties": props, "required": required,
-            "additionalProperties": false})
-    };
-    let tools = vec![
-        (
-            "get_weather",
-            schema(
-                json!({"city": {"type": "string", "maxLength": 8},
-                    "unit": {"enum": ["c", "f"]}}),
-                json!(["city", "unit"]),
-            ),
-        ),
-        (
-            "add",
-            schema(
-                json!({"a": {"type": "integer", "minimum": 0, "maximum": 99},
-                    "b": {"type": "integer", "minimum": 0, "maximum": 99}}),
-                json!(["a", "b"]),
-            ),
-        ),
-    ];
-    let tools: Vec<Tool> = tools
-        .into_iter()
-        .map(|(name, parameters)| Tool {
-            name: name.into(),
-            parameters: parameters.clone(),
-            definition: json!({"type": "function", "function": {"name": name,
-                "parameters": parameters}}),
-        })
-        .collect();
+    let tools = common::tools();
     // Each plan once, between the two choices (the software GPUs make all ten too slow).
     let all = plans(3);
     for (choice, allowed, plans) in [

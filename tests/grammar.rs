@@ -12,10 +12,10 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{assert_valid, byte_tokenizer_json, gguf_tokenizer, schemas};
-use pocketlm::text::tools::{self, Tool, ToolSyntax};
+use common::{assert_valid, byte_tokenizer_json, gguf_tokenizer, schemas, tools};
+use pocketlm::text::tools::{self, ToolSyntax};
 use pocketlm::text::{GrammarVocab, ResponseFormat, Tokenizer, ToolChoice, ToolRequest};
-use serde_json::{json, Value};
+use serde_json::json;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -188,40 +188,6 @@ fn bad_formats_are_invalid_requests_that_say_why() {
         assert_eq!(e.code(), "invalid_request", "{format:?}: {e}");
         assert!(e.to_string().contains(want), "{format:?}: {e}");
     }
-}
-
-/// The tools of the tool-call tests: short arguments, so that every walk ends.
-fn tools() -> Vec<Tool> {
-    let schema = |props: Value, required: Value| {
-        json!({"type": "object", "properties": props, "required": required,
-            "additionalProperties": false})
-    };
-    [
-        (
-            "get_weather",
-            schema(
-                json!({"city": {"type": "string", "maxLength": 6},
-                    "unit": {"enum": ["c", "f"]}}),
-                json!(["city", "unit"]),
-            ),
-        ),
-        (
-            "add",
-            schema(
-                json!({"a": {"type": "integer", "minimum": 0, "maximum": 99},
-                    "b": {"type": "integer", "minimum": 0, "maximum": 99}}),
-                json!(["a", "b"]),
-            ),
-        ),
-    ]
-    .into_iter()
-    .map(|(name, parameters)| Tool {
-        name: name.into(),
-        definition: json!({"type": "function", "function": {"name": name,
-            "parameters": parameters}}),
-        parameters,
-    })
-    .collect()
 }
 
 #[test]

@@ -8,7 +8,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{ctx, fixture_json, token_ids};
+use common::{cosine_distance, ctx, fixture_json, token_ids};
 use pocketlm::load::{load_directory, LoadOptions};
 use pocketlm::model::Embedder;
 
@@ -58,20 +58,7 @@ fn all_minilm_l6_v2_matches_sentence_transformers() {
             .map(|x| x.as_f64().unwrap())
             .collect();
         assert_eq!(e.vector.len(), 384);
-        let dot: f64 = e
-            .vector
-            .iter()
-            .zip(&want)
-            .map(|(&a, b)| f64::from(a) * b)
-            .sum();
-        let norms = e
-            .vector
-            .iter()
-            .map(|&a| f64::from(a).powi(2))
-            .sum::<f64>()
-            .sqrt()
-            * want.iter().map(|b| b * b).sum::<f64>().sqrt();
-        let distance = 1.0 - dot / norms;
+        let distance = cosine_distance(&e.vector, &want);
         println!(
             "sentence {i} ({} tokens): cosine distance {distance:.2e}",
             e.tokens

@@ -396,16 +396,7 @@ mod cli {
         dimensions: Option<usize>,
         truncate: bool,
     ) -> pocketlm::Result<ExitCode> {
-        let spec = resolve(model)?;
-        let start = std::time::Instant::now();
-        let mut bar = ProgressBar::new();
-        let mut on_progress = |p: &Progress| bar.update(p);
-        let opts = LoadOptions {
-            progress: Some(&mut on_progress),
-            ..Default::default()
-        };
-        let loaded = load::load_native(ctx, &spec, opts).await;
-        bar.finish();
+        let (spec, start, loaded) = load_with_progress(ctx, model).await?;
         let embedder = Embedder::from_loaded(ctx, &mut loaded?, &spec).await?;
         let c = embedder.encoder.config();
         eprintln!(
@@ -473,12 +464,16 @@ mod cli {
         Ok(ExitCode::SUCCESS)
     }
 
-    /// Loads MODEL with a progress bar and makes an engine of it; says what it loaded on stderr.
-    async fn open_engine(
+    /// Resolves MODEL and loads it with a progress bar on stderr: the resolved spec, when the
+    /// load started, and the load's result.
+    async fn load_with_progress(
         ctx: &GpuContext,
         model: &str,
-        context: Option<usize>,
-    ) -> pocketlm::Result<Engine> {
+    ) -> pocketlm::Result<(
+        String,
+        std::time::Instant,
+        pocketlm::Result<load::LoadedModelFiles>,
+    )> {
         let spec = resolve(model)?;
         let start = std::time::Instant::now();
         let mut bar = ProgressBar::new();
@@ -489,6 +484,16 @@ mod cli {
         };
         let loaded = load::load_native(ctx, &spec, opts).await;
         bar.finish();
+        Ok((spec, start, loaded))
+    }
+
+    /// Loads MODEL with a progress bar and makes an engine of it; says what it loaded on stderr.
+    async fn open_engine(
+        ctx: &GpuContext,
+        model: &str,
+        context: Option<usize>,
+    ) -> pocketlm::Result<Engine> {
+        let (spec, start, loaded) = load_with_progress(ctx, model).await?;
         let options = EngineOptions {
             context,
             kv_dtype: None,

@@ -327,6 +327,49 @@ pub fn schemas() -> Vec<serde_json::Value> {
     ]
 }
 
+/// Two tools for tool-call tests (`get_weather` with a short city and a unit, `add` of two
+/// integers under 100): short arguments, so that every walk through their schemas ends.
+pub fn tools() -> Vec<pocketlm::text::tools::Tool> {
+    let schema = |props: serde_json::Value, required: serde_json::Value| {
+        serde_json::json!({"type": "object", "properties": props, "required": required,
+            "additionalProperties": false})
+    };
+    [
+        (
+            "get_weather",
+            schema(
+                serde_json::json!({"city": {"type": "string", "maxLength": 6},
+                    "unit": {"enum": ["c", "f"]}}),
+                serde_json::json!(["city", "unit"]),
+            ),
+        ),
+        (
+            "add",
+            schema(
+                serde_json::json!({"a": {"type": "integer", "minimum": 0, "maximum": 99},
+                    "b": {"type": "integer", "minimum": 0, "maximum": 99}}),
+                serde_json::json!(["a", "b"]),
+            ),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, parameters)| pocketlm::text::tools::Tool {
+        name: name.into(),
+        definition: serde_json::json!({"type": "function", "function": {"name": name,
+            "parameters": parameters}}),
+        parameters,
+    })
+    .collect()
+}
+
+/// 1 − cos(a, b), in f64.
+pub fn cosine_distance(a: &[f32], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, y)| f64::from(x) * y).sum();
+    let na = a.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    let nb = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    1.0 - dot / (na * nb)
+}
+
 /// Checks that `text` is JSON valid under `schema`, by the `jsonschema` crate (not llguidance).
 pub fn assert_valid(schema: &serde_json::Value, text: &str, what: &str) {
     let v: serde_json::Value =
