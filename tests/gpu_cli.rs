@@ -1,5 +1,6 @@
-//! `pocketlm run`, `chat` and `bench` as a user runs them, on a tiny model folder (the fixture
-//! Llama with a word-level tokenizer and a chat template), on the test's GPU driver and profile.
+//! `pocketlm run`, `chat`, `bench` and `embed` as a user runs them, on tiny model folders (the
+//! fixture Llama with a word-level tokenizer and a chat template; the tiny BERT with a
+//! word-level tokenizer), on the test's GPU driver and profile.
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;
@@ -156,4 +157,101 @@ fn bench_reports_speed_work_per_token_and_memory() {
         .find(|l| l.starts_with("submits per decoded token"))
         .unwrap();
     assert!(submits.ends_with(" 1.0"), "one submit per token: {submits}");
+}
+
+/// A copy of the tiny BERT folder with a word-level tokenizer.json of its 128 ids that wraps a
+/// text in `<s> … </s>`, as BERT's wraps it in `[CLS] … [SEP]`.
+fn tiny_bert_folder(name: &str) -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("tests/fixtures/models/tiny-bert");
+    let dir = std::env::temp_dir().join(format!("pocketlm-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "modules.json",
+        "1_Pooling/config.json",
+    ] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut tok: serde_json::Value = serde_json::from_str(&common::tiny_tokenizer_json(0)).unwrap();
+    tok["post_processor"] = serde_json::json!({"type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                   {"SpecialToken": {"id": "</s>", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]},
+                           "</s>": {"id": "</s>", "ids": [2], "tokens": ["</s>"]}}});
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn embed_prints_vectors_or_the_openai_response() {
+    let dir = tiny_bert_folder("cli-embed");
+    let dir = dir.to_str().unwrap();
+    let (ok, out, err) = pocketlm(&["embed", dir, "w10 w11", "w12"], "");
+    assert!(ok, "{err}");
+    let lines: Vec<Vec<f64>> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON array per line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for v in &lines {
+        assert_eq!(v.len(), 32);
+        let norm: f64 = v.iter().map(|x| x * x).sum();
+        assert!((norm - 1.0).abs() < 1e-5, "normalised: {norm}");
+    }
+    assert!(
+        err.contains("loaded in") && err.contains("2 texts, 7 tokens"),
+        "{err}"
+    );
+
+    let (ok, out, err) = pocketlm(
+        &[
+            "embed",
+            dir,
+            "w10 w11",
+            "w12",
+            "--json",
+            "--dimensions",
+            "8",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["usage"]["prompt_tokens"], 7);
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    for (i, d) in data.iter().enumerate() {
+        assert_eq!(
+            (d["object"].as_str(), d["index"].as_u64()),
+            (Some("embedding"), Some(i as u64))
+        );
+        let e: Vec<f64> = serde_json::from_value(d["embedding"].clone()).unwrap();
+        assert_eq!(e.len(), 8);
+        // The first 8 values of the full vector, normalised again.
+        let head = &lines[i][..8];
+        let n = head.iter().map(|x| x * x).sum::<f64>().sqrt();
+        for (a, b) in e.iter().zip(head) {
+            assert!((a - b / n).abs() < 1e-6, "{a} vs {}", b / n);
+        }
+    }
+
+    // Bad input: typed errors on stderr, a failing exit status.
+    for (args, want) in [
+        (vec!["embed", dir, "w10", "--dimensions", "0"], "dimensions"),
+        (
+            vec!["embed", "tests/fixtures/models/tiny-bert", "w10"],
+            "tokenizer.json",
+        ),
+        (
+            vec!["embed", "tests/fixtures/models/tiny-llama", "w10"],
+            "encoder",
+        ),
+    ] {
+        let (ok, _, err) = pocketlm(&args, "");
+        assert!(!ok && err.contains(want), "{args:?}: {err}");
+    }
 }
