@@ -186,7 +186,7 @@ fn tiny_bert_folder(name: &str) -> std::path::PathBuf {
 }
 
 #[test]
-fn embed_prints_vectors_or_the_openai_response() {
+fn embed_prints_vectors_or_the_openai_response_and_bench_times_it() {
     let dir = tiny_bert_folder("cli-embed");
     let dir = dir.to_str().unwrap();
     let (ok, out, err) = pocketlm(&["embed", dir, "w10 w11", "w12"], "");
@@ -238,6 +238,16 @@ fn embed_prints_vectors_or_the_openai_response() {
             assert!((a - b / n).abs() < 1e-6, "{a} vs {}", b / n);
         }
     }
+
+    // `bench` of an embedding model: a row per input length.
+    let (ok, out, err) = pocketlm(&["bench", dir, "--prompt-tokens", "20"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("embeddings/s"), "{out}");
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.split_whitespace().count() == 4 && l.trim().starts_with(char::is_numeric))
+        .collect();
+    assert_eq!(rows.len(), 3, "{out}");
 
     // Bad input: typed errors on stderr, a failing exit status.
     for (args, want) in [

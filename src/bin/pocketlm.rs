@@ -89,7 +89,8 @@ mod cli {
             #[arg(long)]
             no_truncate: bool,
         },
-        /// Prefill and decode speed, GPU work per token and GPU memory, as a table.
+        /// Prefill and decode speed, GPU work per token and GPU memory, as a table; for an
+        /// embedding model folder, embeddings/s and tokens/s by input length.
         Bench {
             model: String,
             /// Prompt length to prefill.
@@ -717,6 +718,58 @@ mod cli {
         Ok(piece.iter().copied().cycle().take(n).collect())
     }
 
+    /// Whether `spec` is a local folder holding a sentence-embedding model (`config.json` of a
+    /// BERT).
+    fn is_encoder_folder(spec: &str) -> bool {
+        let config = std::path::Path::new(spec).join("config.json");
+        std::fs::read_to_string(config)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v["model_type"] == "bert")
+    }
+
+    /// `pocketlm bench` of an embedding model: embeddings/s and tokens/s for inputs of 8, 32
+    /// and `long` tokens (best of 5 after a warm-up), one input per pass.
+    async fn bench_embeddings(
+        ctx: &GpuContext,
+        model: &str,
+        long: usize,
+    ) -> pocketlm::Result<ExitCode> {
+        let (spec, _, loaded) = load_with_progress(ctx, model).await?;
+        let embedder = Embedder::from_loaded(ctx, &mut loaded?, &spec).await?;
+        let max = embedder.encoder.config().max_tokens;
+        let text = "The quick brown fox jumps over the lazy dog. ".repeat(max);
+        let (all, _) = embedder.tokenize(&text, true)?;
+        let input = |n: usize| -> Vec<u32> {
+            let n = n.clamp(2, all.len());
+            let mut ids = all[..n].to_vec();
+            ids[n - 1] = *all.last().expect("a tokenized text");
+            ids
+        };
+        embedder.encoder.embed(ctx, &input(8)).await?;
+        println!(
+            "\n{spec}: one input per pass, best of 5\n\n{:>8} {:>14} {:>12} {:>10}",
+            "tokens", "embeddings/s", "tokens/s", "ms"
+        );
+        for n in [8, 32, long.min(max)] {
+            let ids = input(n);
+            let mut best = f64::INFINITY;
+            for _ in 0..5 {
+                let start = std::time::Instant::now();
+                embedder.encoder.embed(ctx, &ids).await?;
+                best = best.min(start.elapsed().as_secs_f64());
+            }
+            println!(
+                "{:>8} {:>14.2} {:>12.1} {:>10.1}",
+                ids.len(),
+                1.0 / best,
+                ids.len() as f64 / best,
+                best * 1e3
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
     async fn bench_model(
         ctx: &GpuContext,
         model: &str,
@@ -726,6 +779,9 @@ mod cli {
         if prompt_tokens == 0 || gen_tokens < 2 {
             eprintln!("error: --prompt-tokens must be at least 1 and --gen-tokens at least 2");
             return Ok(ExitCode::FAILURE);
+        }
+        if is_encoder_folder(&resolve(model)?) {
+            return bench_embeddings(ctx, model, prompt_tokens).await;
         }
         let mut engine = open_engine(ctx, model, context).await?;
         let options = GenerateOptions {
