@@ -244,10 +244,42 @@ struct Norm {
     b: GpuTensor,
 }
 
+/// q, k and v: stacked into one matrix (one dispatch that reads the input once) when they share
+/// a format, else apart.
+enum Qkv {
+    Fused(Affine),
+    Parts(Box<[Affine; 3]>),
+}
+
+impl Qkv {
+    async fn new(ctx: &GpuContext, layer: usize, parts: [Affine; 3]) -> Result<Qkv> {
+        if parts.iter().any(|a| a.w.dtype() != parts[0].w.dtype()) {
+            return Ok(Qkv::Parts(Box::new(parts)));
+        }
+        let ws: Vec<&GpuTensor> = parts.iter().map(|a| &a.w).collect();
+        let bs: Vec<&GpuTensor> = parts.iter().map(|a| &a.b).collect();
+        let name = format!("encoder.layer.{layer}.attention.qkv");
+        let fused = Affine {
+            w: kernels::concat_rows(ctx, &format!("{name}.weight"), &ws).await?,
+            b: kernels::concat_rows(ctx, &format!("{name}.bias"), &bs).await?,
+        };
+        for a in &parts {
+            a.w.destroy();
+            a.b.destroy();
+        }
+        Ok(Qkv::Fused(fused))
+    }
+
+    fn affines(&self) -> Vec<&Affine> {
+        match self {
+            Qkv::Fused(a) => vec![a],
+            Qkv::Parts(parts) => parts.iter().collect(),
+        }
+    }
+}
+
 struct EncoderLayer {
-    q: Affine,
-    k: Affine,
-    v: Affine,
+    qkv: Qkv,
     o: Affine,
     attn_norm: Norm,
     up: Affine,
@@ -346,9 +378,7 @@ impl Encoder {
                 b: next(),
             };
             layers.push(EncoderLayer {
-                q,
-                k,
-                v,
+                qkv: Qkv::new(ctx, layers.len(), [q, k, v]).await?,
                 o,
                 attn_norm,
                 up,
@@ -431,8 +461,16 @@ impl Encoder {
         ];
         let mut scratch: Option<AttentionScratch> = None;
         for (l, w) in self.layers.iter().enumerate() {
-            for (a, out) in [(&w.q, &q), (&w.k, &k), (&w.v, &v)] {
-                d.push(kernels::linear_with(ctx, &a.w, &h, out, &biased(a, false)).await?);
+            match &w.qkv {
+                Qkv::Fused(a) => {
+                    let outs = [&q, &k, &v];
+                    d.push(kernels::linear_split(ctx, &a.w, &h, &outs, &biased(a, false)).await?);
+                }
+                Qkv::Parts(parts) => {
+                    for (a, out) in parts.iter().zip([&q, &k, &v]) {
+                        d.push(kernels::linear_with(ctx, &a.w, &h, out, &biased(a, false)).await?);
+                    }
+                }
             }
             d.push(kernels::kv_write(ctx, &step, &self.kv, l, &k3, &v3).await?);
             let opts = AttentionOptions {
@@ -492,7 +530,7 @@ impl Encoder {
             n.b.destroy();
         }
         for l in &self.layers {
-            for a in [&l.q, &l.k, &l.v, &l.o, &l.up, &l.down] {
+            for a in l.qkv.affines().into_iter().chain([&l.o, &l.up, &l.down]) {
                 a.w.destroy();
                 a.b.destroy();
             }
