@@ -9,7 +9,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{cosine_distance, ctx, fixture_json, read_f32_file, token_ids};
+use common::{cosine_distance, ctx, fixture_json, numbers, read_f32_file, token_ids};
 use pocketlm::load::{load_directory, LoadOptions};
 use pocketlm::model::{Encoder, EncoderConfig};
 
@@ -49,12 +49,7 @@ fn tiny_bert_matches_transformers() {
         assert!(worst < 1e-5, "input {i} ({n} tokens): max |error| {worst}");
 
         let embedding = pollster::block_on(encoder.embed(ctx(), &ids)).unwrap();
-        let want: Vec<f64> = reference["embeddings"][i]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
+        let want = numbers(&reference["embeddings"][i]);
         let norm = embedding.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>();
         assert!((norm - 1.0).abs() < 1e-6, "input {i}: |e|² = {norm}");
         let distance = cosine_distance(&embedding, &want);

@@ -8,7 +8,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{cosine_distance, ctx, fixture_json, token_ids};
+use common::{cosine_distance, ctx, fixture_json, numbers, token_ids};
 use pocketlm::load::{load_directory, LoadOptions};
 use pocketlm::model::Embedder;
 
@@ -51,12 +51,7 @@ fn all_minilm_l6_v2_matches_sentence_transformers() {
 
     let embeddings = pollster::block_on(embedder.embed_texts(ctx(), &sentences, true)).unwrap();
     for (i, e) in embeddings.iter().enumerate() {
-        let want: Vec<f64> = reference["embeddings"][i]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
+        let want = numbers(&reference["embeddings"][i]);
         assert_eq!(e.vector.len(), 384);
         let distance = cosine_distance(&e.vector, &want);
         println!(

@@ -134,6 +134,17 @@ impl<'a> Sizes<'a> {
         })
     }
 
+    /// The whole number `name` of a `config.json`, required, at most `limit`.
+    pub(crate) fn required(&self, v: &Value, name: &str, limit: u64) -> Result<usize> {
+        let value = v[name].as_u64().ok_or_else(|| {
+            config_error(
+                self.source,
+                format!("'{name}' is missing or not a whole number"),
+            )
+        })?;
+        self.check(name, value, limit)
+    }
+
     /// `heads × head_dim` against [`MAX_ATTENTION_WIDTH`].
     pub(crate) fn check_width(&self, heads: usize, head_dim: usize) -> Result<()> {
         let width = (heads as u64).saturating_mul(head_dim as u64);
@@ -344,21 +355,13 @@ impl ModelConfig {
             .find_map(|n| Architecture::spec_of(n, false))
             .ok_or_else(|| unsupported(source, first))?;
         let arch = spec.arch;
-        let int = |k: &str| -> Result<u64> {
-            v[k].as_u64()
-                .ok_or_else(|| bad(format!("'{k}' is missing or not a whole number")))
-        };
         let opt_int = |k: &str| v[k].as_u64().map(saturating_usize);
         let opt_f = |k: &str| v[k].as_f64();
         // The sizes, bounded before anything is sized from them.
         let sizes = Sizes::new(source);
-        let hidden = sizes.check("hidden_size", int("hidden_size")?, MAX_HIDDEN)?;
-        let heads = sizes.check(
-            "num_attention_heads",
-            int("num_attention_heads")?,
-            MAX_HEADS,
-        )?;
-        let layers = sizes.check("num_hidden_layers", int("num_hidden_layers")?, MAX_LAYERS)?;
+        let hidden = sizes.required(&v, "hidden_size", MAX_HIDDEN)?;
+        let heads = sizes.required(&v, "num_attention_heads", MAX_HEADS)?;
+        let layers = sizes.required(&v, "num_hidden_layers", MAX_LAYERS)?;
         let kv_heads = v["num_key_value_heads"].as_u64().unwrap_or(heads as u64);
         let kv_heads = sizes.check("num_key_value_heads", kv_heads, MAX_HEADS)?;
         let head_dim = v["head_dim"]
@@ -367,8 +370,8 @@ impl ModelConfig {
         let head_dim = sizes.check("head_dim", head_dim, MAX_HEAD_DIM)?;
         let max_positions = v["max_position_embeddings"].as_u64().unwrap_or(4096);
         let max_positions = sizes.check("max_position_embeddings", max_positions, MAX_CONTEXT)?;
-        let ffn = sizes.check("intermediate_size", int("intermediate_size")?, MAX_FFN)?;
-        let vocab = sizes.check("vocab_size", int("vocab_size")?, MAX_VOCAB)?;
+        let ffn = sizes.required(&v, "intermediate_size", MAX_FFN)?;
+        let vocab = sizes.required(&v, "vocab_size", MAX_VOCAB)?;
         sizes.check_width(heads, head_dim)?;
         // transformers 5 nests RoPE settings in `rope_parameters`, per layer type for Gemma 3.
         let params = &v["rope_parameters"];

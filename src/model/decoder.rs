@@ -38,7 +38,7 @@ use crate::model::ModelConfig;
 use crate::sample::{SamplingPlan, MAX_LOGIT_BIAS};
 
 /// A projection: one stacked matrix (one dispatch), or its parts when they cannot be stacked.
-enum Proj {
+pub(crate) enum Proj {
     Fused {
         w: GpuTensor,
         bias: Option<GpuTensor>,
@@ -50,10 +50,41 @@ enum Proj {
 }
 
 impl Proj {
-    fn tensors(&self) -> Vec<&GpuTensor> {
+    pub(crate) fn tensors(&self) -> Vec<&GpuTensor> {
         match self {
             Proj::Fused { w, bias } => std::iter::once(w).chain(bias).collect(),
             Proj::Parts { ws, biases } => ws.iter().chain(biases.iter().flatten()).collect(),
+        }
+    }
+
+    /// The dispatches that write `x`'s projection into `outs` by column range (one output per
+    /// part), with `opts` and the projection's own biases.
+    pub(crate) async fn record(
+        &self,
+        ctx: &GpuContext,
+        x: &GpuTensor,
+        outs: &[&GpuTensor],
+        opts: &Linear<'_>,
+    ) -> Result<Vec<Dispatch>> {
+        match self {
+            Proj::Fused { w, bias } => {
+                let opts = Linear {
+                    bias: bias.as_ref(),
+                    ..*opts
+                };
+                Ok(vec![kernels::linear_split(ctx, w, x, outs, &opts).await?])
+            }
+            Proj::Parts { ws, biases } => {
+                let mut d = Vec::with_capacity(ws.len());
+                for ((w, b), out) in ws.iter().zip(biases).zip(outs) {
+                    let opts = Linear {
+                        bias: b.as_ref(),
+                        ..*opts
+                    };
+                    d.push(kernels::linear_with(ctx, w, x, out, &opts).await?);
+                }
+                Ok(d)
+            }
         }
     }
 }
@@ -374,7 +405,7 @@ pub(crate) async fn vectors_to_f32(
 }
 
 /// Stacks `parts` (rows) into one matrix when they share a format, else keeps them apart.
-async fn stack(
+pub(crate) async fn stack(
     ctx: &GpuContext,
     name: &str,
     parts: Vec<GpuTensor>,
@@ -749,24 +780,7 @@ impl Decoder {
                 norm: Some((&w.attn_norm, c.rms_eps)),
                 ..Default::default()
             };
-            match &w.qkv {
-                Proj::Fused { w: qkv, bias } => {
-                    let opts = Linear {
-                        bias: bias.as_ref(),
-                        ..attn_in
-                    };
-                    d.push(kernels::linear_split(ctx, qkv, &x, &[&q, &k, &v], &opts).await?);
-                }
-                Proj::Parts { ws, biases } => {
-                    for ((wt, b), out) in ws.iter().zip(biases).zip([&q, &k, &v]) {
-                        let opts = Linear {
-                            bias: b.as_ref(),
-                            ..attn_in
-                        };
-                        d.push(kernels::linear_with(ctx, wt, &x, out, &opts).await?);
-                    }
-                }
-            }
+            d.extend(w.qkv.record(ctx, &x, &[&q, &k, &v], &attn_in).await?);
             let (qr, kr) = match (&qn, &kn, &w.q_norm, &w.k_norm) {
                 (Some(qn), Some(kn), Some(gq), Some(gk)) => {
                     let rows = |x: &GpuTensor| x.reshape(&[x.numel() / c.head_dim, c.head_dim]);

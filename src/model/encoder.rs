@@ -20,7 +20,7 @@ use crate::load::LoadedModelFiles;
 use crate::model::config::{
     config_error, Sizes, MAX_CONTEXT, MAX_FFN, MAX_HEADS, MAX_HIDDEN, MAX_LAYERS, MAX_VOCAB,
 };
-use crate::model::decoder::{expect, vectors_to_f32};
+use crate::model::decoder::{expect, stack, vectors_to_f32, Proj};
 use crate::text::Tokenizer;
 
 /// How the token vectors become one embedding (sentence-transformers' Pooling module).
@@ -90,28 +90,12 @@ impl EncoderConfig {
         }
         let cfg = format!("{source}/config.json");
         let sizes = Sizes::new(&cfg);
-        let int = |k: &str| -> Result<u64> {
-            v[k].as_u64().ok_or_else(|| {
-                bad(
-                    "config.json",
-                    format!("'{k}' is missing or not a whole number"),
-                )
-            })
-        };
-        let hidden = sizes.check("hidden_size", int("hidden_size")?, MAX_HIDDEN)?;
-        let heads = sizes.check(
-            "num_attention_heads",
-            int("num_attention_heads")?,
-            MAX_HEADS,
-        )?;
-        let layers = sizes.check("num_hidden_layers", int("num_hidden_layers")?, MAX_LAYERS)?;
-        let ffn = sizes.check("intermediate_size", int("intermediate_size")?, MAX_FFN)?;
-        let vocab = sizes.check("vocab_size", int("vocab_size")?, MAX_VOCAB)?;
-        let max_positions = sizes.check(
-            "max_position_embeddings",
-            int("max_position_embeddings")?,
-            MAX_CONTEXT,
-        )?;
+        let hidden = sizes.required(&v, "hidden_size", MAX_HIDDEN)?;
+        let heads = sizes.required(&v, "num_attention_heads", MAX_HEADS)?;
+        let layers = sizes.required(&v, "num_hidden_layers", MAX_LAYERS)?;
+        let ffn = sizes.required(&v, "intermediate_size", MAX_FFN)?;
+        let vocab = sizes.required(&v, "vocab_size", MAX_VOCAB)?;
+        let max_positions = sizes.required(&v, "max_position_embeddings", MAX_CONTEXT)?;
         let type_vocab = sizes.check(
             "type_vocab_size",
             v["type_vocab_size"].as_u64().unwrap_or(2),
@@ -244,42 +228,9 @@ struct Norm {
     b: GpuTensor,
 }
 
-/// q, k and v: stacked into one matrix (one dispatch that reads the input once) when they share
-/// a format, else apart.
-enum Qkv {
-    Fused(Affine),
-    Parts(Box<[Affine; 3]>),
-}
-
-impl Qkv {
-    async fn new(ctx: &GpuContext, layer: usize, parts: [Affine; 3]) -> Result<Qkv> {
-        if parts.iter().any(|a| a.w.dtype() != parts[0].w.dtype()) {
-            return Ok(Qkv::Parts(Box::new(parts)));
-        }
-        let ws: Vec<&GpuTensor> = parts.iter().map(|a| &a.w).collect();
-        let bs: Vec<&GpuTensor> = parts.iter().map(|a| &a.b).collect();
-        let name = format!("encoder.layer.{layer}.attention.qkv");
-        let fused = Affine {
-            w: kernels::concat_rows(ctx, &format!("{name}.weight"), &ws).await?,
-            b: kernels::concat_rows(ctx, &format!("{name}.bias"), &bs).await?,
-        };
-        for a in &parts {
-            a.w.destroy();
-            a.b.destroy();
-        }
-        Ok(Qkv::Fused(fused))
-    }
-
-    fn affines(&self) -> Vec<&Affine> {
-        match self {
-            Qkv::Fused(a) => vec![a],
-            Qkv::Parts(parts) => parts.iter().collect(),
-        }
-    }
-}
-
 struct EncoderLayer {
-    qkv: Qkv,
+    /// q, k and v stacked (when they share a format).
+    qkv: Proj,
     o: Affine,
     attn_norm: Norm,
     up: Affine,
@@ -377,8 +328,16 @@ impl Encoder {
                 w: next(),
                 b: next(),
             };
+            let name = format!("encoder.layer.{}.attention.qkv", layers.len());
+            let qkv = stack(
+                ctx,
+                &name,
+                vec![q.w, k.w, v.w],
+                vec![Some(q.b), Some(k.b), Some(v.b)],
+            )
+            .await?;
             layers.push(EncoderLayer {
-                qkv: Qkv::new(ctx, layers.len(), [q, k, v]).await?,
+                qkv,
                 o,
                 attn_norm,
                 up,
@@ -461,17 +420,8 @@ impl Encoder {
         ];
         let mut scratch: Option<AttentionScratch> = None;
         for (l, w) in self.layers.iter().enumerate() {
-            match &w.qkv {
-                Qkv::Fused(a) => {
-                    let outs = [&q, &k, &v];
-                    d.push(kernels::linear_split(ctx, &a.w, &h, &outs, &biased(a, false)).await?);
-                }
-                Qkv::Parts(parts) => {
-                    for (a, out) in parts.iter().zip([&q, &k, &v]) {
-                        d.push(kernels::linear_with(ctx, &a.w, &h, out, &biased(a, false)).await?);
-                    }
-                }
-            }
+            let plain = Linear::default();
+            d.extend(w.qkv.record(ctx, &h, &[&q, &k, &v], &plain).await?);
             d.push(kernels::kv_write(ctx, &step, &self.kv, l, &k3, &v3).await?);
             let opts = AttentionOptions {
                 scratch: scratch.clone(),
@@ -530,7 +480,8 @@ impl Encoder {
             n.b.destroy();
         }
         for l in &self.layers {
-            for a in l.qkv.affines().into_iter().chain([&l.o, &l.up, &l.down]) {
+            l.qkv.tensors().into_iter().for_each(GpuTensor::destroy);
+            for a in [&l.o, &l.up, &l.down] {
                 a.w.destroy();
                 a.b.destroy();
             }
