@@ -21,7 +21,11 @@
 //! never shown and its KV row lies past the cached prefix. Nothing runs ahead past `max_tokens`
 //! or the context. The tokens are the sequential path's ([`GenerateOptions::pipeline`]).
 
+use std::collections::BTreeMap;
+
+use crate::cpu::{CpuContext, CpuDecoder, HostTensor};
 use crate::error::{Error, Result};
+use crate::formats::ModelFiles;
 use crate::gpu::{DType, GpuContext};
 use crate::kernels::KvCache;
 use crate::load::LoadedModelFiles;
@@ -192,50 +196,60 @@ pub fn now_ms() -> f64 {
     }
 }
 
-/// A loaded model with everything generation needs.
-pub struct Engine {
-    model: Decoder,
-    tokenizer: Tokenizer,
-    template: Option<ChatTemplate>,
-    /// Step graphs built so far, for (step size, positions covered).
-    graphs: Vec<Graph>,
-    /// The step sizes of [`STEP_SIZES`] that fit the context.
-    sizes: Vec<usize>,
-    /// The tokens whose keys and values are in the KV cache, at positions 0.. in order.
-    cached: Vec<u32>,
-    eos: Vec<u32>,
-    name: String,
-    /// The vocabulary as constrained decoding needs it, built on the first constrained request.
-    grammar: Option<GrammarVocab>,
-    /// The model's own sampling defaults (`generation_config.json`, GGUF `general.sampling.*`).
-    defaults: SamplingDefaults,
+/// Where an engine's model runs, as its caller holds it: `&gpu` or `&cpu` both convert.
+#[derive(Clone, Copy)]
+pub enum Device<'a> {
+    Gpu(&'a GpuContext),
+    Cpu(&'a CpuContext),
 }
 
-impl std::fmt::Debug for Engine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine")
-            .field("name", &self.name)
-            .field("context", &self.context())
-            .field("cached_tokens", &self.cached.len())
-            .finish()
+impl<'a> From<&'a GpuContext> for Device<'a> {
+    fn from(ctx: &'a GpuContext) -> Self {
+        Device::Gpu(ctx)
     }
 }
 
-impl Engine {
-    /// Builds an engine from a model in GPU memory: its configuration, tokenizer and chat template
-    /// come from the GGUF metadata, or from the companion files of a safetensors checkpoint
-    /// (`config.json`, `tokenizer.json`, `tokenizer_config.json`, `generation_config.json`).
-    pub async fn new(
-        ctx: &GpuContext,
-        loaded: LoadedModelFiles,
+impl<'a> From<&'a CpuContext> for Device<'a> {
+    fn from(cpu: &'a CpuContext) -> Self {
+        Device::Cpu(cpu)
+    }
+}
+
+/// The forward pass of an engine: the GPU decoder with its step graphs built so far, for (step
+/// size, positions covered), or the CPU decoder.
+enum Backend {
+    Gpu {
+        model: Box<Decoder>,
+        graphs: Vec<Graph>,
+    },
+    Cpu(Box<CpuDecoder>),
+}
+
+/// The backend and the device of a step must match.
+fn wrong_device(backend: &str) -> Error {
+    Error::InvalidRequest(format!(
+        "this model was loaded for the {backend} backend; generate with the same device"
+    ))
+}
+
+/// What a model's files say beyond its weights: its configuration, tokenizer, chat template,
+/// end-of-turn ids and sampling defaults.
+struct Description {
+    name: String,
+    config: ModelConfig,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    eos: Vec<u32>,
+    defaults: SamplingDefaults,
+    context: usize,
+}
+
+impl Description {
+    fn read(
+        files: &ModelFiles,
+        companions: &BTreeMap<String, String>,
         options: &EngineOptions,
-    ) -> Result<Engine> {
-        let LoadedModelFiles {
-            files,
-            tensors,
-            companions,
-            ..
-        } = loaded;
+    ) -> Result<Description> {
         // The model's own name where it has one (GGUF `general.name`), else its format.
         let name = files
             .gguf_metadata()
@@ -254,7 +268,7 @@ impl Engine {
         let (config, tokenizer, template) = match files.gguf_metadata() {
             Some(meta) => {
                 defaults = SamplingDefaults::from_gguf(meta);
-                let config = ModelConfig::from_gguf(meta, &files)?;
+                let config = ModelConfig::from_gguf(meta, files)?;
                 let tokenizer = Tokenizer::from_gguf(meta)?;
                 let template = optional_template(ChatTemplate::from_gguf(meta))?;
                 (config, tokenizer, template)
@@ -306,40 +320,135 @@ impl Engine {
             Some(n) => n,
             None => config.max_positions.clamp(2, DEFAULT_CONTEXT),
         };
-        let kv_dtype = options
-            .kv_dtype
-            .unwrap_or_else(|| KvCache::default_dtype(ctx));
-        let model = Decoder::new(ctx, config, tensors, context, kv_dtype).await?;
-        let sizes: Vec<usize> = STEP_SIZES.into_iter().filter(|&s| s < context).collect();
-        // The decode step of short sequences, built now so loading compiles its kernels.
-        let first = model
-            .graph_with(ctx, 1, span_for(1, context), CANDIDATES, false)
-            .await?;
         let mut eos = tokenizer.eos();
         eos.extend(extra_eos);
         eos.sort_unstable();
         eos.dedup();
-        Ok(Engine {
-            model,
+        Ok(Description {
+            name,
+            config,
             tokenizer,
             template,
+            eos,
+            defaults,
+            context,
+        })
+    }
+}
+
+/// A loaded model with everything generation needs.
+pub struct Engine {
+    backend: Backend,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    /// The step sizes of [`STEP_SIZES`] that fit the context.
+    sizes: Vec<usize>,
+    /// The tokens whose keys and values are in the KV cache, at positions 0.. in order.
+    cached: Vec<u32>,
+    eos: Vec<u32>,
+    name: String,
+    /// The vocabulary as constrained decoding needs it, built on the first constrained request.
+    grammar: Option<GrammarVocab>,
+    /// The model's own sampling defaults (`generation_config.json`, GGUF `general.sampling.*`).
+    defaults: SamplingDefaults,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("name", &self.name)
+            .field("context", &self.context())
+            .field("cached_tokens", &self.cached.len())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Builds an engine from a model in GPU memory: its configuration, tokenizer and chat template
+    /// come from the GGUF metadata, or from the companion files of a safetensors checkpoint
+    /// (`config.json`, `tokenizer.json`, `tokenizer_config.json`, `generation_config.json`).
+    pub async fn new(
+        ctx: &GpuContext,
+        loaded: LoadedModelFiles,
+        options: &EngineOptions,
+    ) -> Result<Engine> {
+        let LoadedModelFiles {
+            files,
+            tensors,
+            companions,
+            ..
+        } = loaded;
+        let d = Description::read(&files, &companions, options)?;
+        let kv_dtype = options
+            .kv_dtype
+            .unwrap_or_else(|| KvCache::default_dtype(ctx));
+        let context = d.context;
+        let model = Decoder::new(ctx, d.config.clone(), tensors, context, kv_dtype).await?;
+        // The decode step of short sequences, built now so loading compiles its kernels.
+        let first = model
+            .graph_with(ctx, 1, span_for(1, context), CANDIDATES, false)
+            .await?;
+        let backend = Backend::Gpu {
+            model: Box::new(model),
             graphs: vec![first],
+        };
+        Ok(Engine::with_backend(backend, d))
+    }
+
+    /// Builds an engine whose model runs on the CPU backend, from its tensors in host memory
+    /// (a load into a [`CpuContext`]); otherwise as [`Engine::new`]. Its KV cache is f32.
+    pub fn new_cpu(
+        _cpu: &CpuContext,
+        loaded: LoadedModelFiles<HostTensor>,
+        options: &EngineOptions,
+    ) -> Result<Engine> {
+        let LoadedModelFiles {
+            files,
+            tensors,
+            companions,
+            ..
+        } = loaded;
+        let d = Description::read(&files, &companions, options)?;
+        let model = CpuDecoder::new(d.config.clone(), tensors, d.context)?;
+        Ok(Engine::with_backend(Backend::Cpu(Box::new(model)), d))
+    }
+
+    fn with_backend(backend: Backend, d: Description) -> Engine {
+        let sizes: Vec<usize> = STEP_SIZES.into_iter().filter(|&s| s < d.context).collect();
+        Engine {
+            backend,
+            tokenizer: d.tokenizer,
+            template: d.template,
             sizes,
             cached: Vec::new(),
-            eos,
-            name,
+            eos: d.eos,
+            name: d.name,
             grammar: None,
-            defaults,
-        })
+            defaults: d.defaults,
+        }
+    }
+
+    /// Which backend runs the model: `"webgpu"` or `"cpu"`.
+    pub fn backend(&self) -> &'static str {
+        match self.backend {
+            Backend::Gpu { .. } => "webgpu",
+            Backend::Cpu(_) => "cpu",
+        }
     }
 
     pub fn config(&self) -> &ModelConfig {
-        &self.model.config
+        match &self.backend {
+            Backend::Gpu { model, .. } => &model.config,
+            Backend::Cpu(model) => &model.config,
+        }
     }
 
-    /// Decode dispatches per layer (see [`Decoder`]).
+    /// Decode dispatches per layer (see [`Decoder`]); empty on the CPU backend.
     pub fn dispatches_per_layer(&self) -> Vec<usize> {
-        self.model.dispatches_per_layer()
+        match &self.backend {
+            Backend::Gpu { model, .. } => model.dispatches_per_layer(),
+            Backend::Cpu(_) => Vec::new(),
+        }
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -357,12 +466,19 @@ impl Engine {
 
     /// Positions in the KV cache: prompt plus reply.
     pub fn context(&self) -> usize {
-        self.model.context()
+        match &self.backend {
+            Backend::Gpu { model, .. } => model.context(),
+            Backend::Cpu(model) => model.context(),
+        }
     }
 
-    /// GPU memory of the weights, and of the KV cache (with the RoPE table), in bytes.
+    /// Memory of the weights, and of the KV cache (with the RoPE table), in bytes: GPU memory,
+    /// or host memory on the CPU backend (its KV cache as filled so far).
     pub fn gpu_bytes(&self) -> (u64, u64) {
-        self.model.gpu_bytes()
+        match &self.backend {
+            Backend::Gpu { model, .. } => model.gpu_bytes(),
+            Backend::Cpu(model) => model.host_bytes(),
+        }
     }
 
     /// The token ids that end a turn.
@@ -378,7 +494,10 @@ impl Engine {
     /// The dispatches of a decode step of a sequence up to 256 positions long, in order, the
     /// selection of candidates included (for profiling).
     pub fn decode_dispatches(&self) -> Vec<crate::gpu::Dispatch> {
-        self.graphs[0].all_dispatches()
+        match &self.backend {
+            Backend::Gpu { graphs, .. } => graphs[0].all_dispatches(),
+            Backend::Cpu(_) => Vec::new(),
+        }
     }
 
     /// Forgets the KV cache's contents: the next prompt is prefilled from the start.
@@ -389,7 +508,10 @@ impl Engine {
     /// Frees the GPU memory of the weights and the KV cache; the engine is unusable afterwards.
     pub fn destroy(&mut self) {
         self.cached.clear();
-        self.model.destroy();
+        match &mut self.backend {
+            Backend::Gpu { model, .. } => model.destroy(),
+            Backend::Cpu(model) => model.clear_cache(),
+        }
     }
 
     /// The token ids of a conversation rendered with the model's chat template, ending with the
@@ -465,14 +587,18 @@ impl Engine {
     /// Generates a reply to `prompt` (token ids), calling `on_token` after every token with the
     /// text that may be shown; `on_token` returning [`Flow::Stop`] ends the generation with
     /// [`FinishReason::Abort`] (the engine stays usable).
-    pub async fn generate(
+    ///
+    /// `device` is the context the model was loaded for: a [`GpuContext`] or a [`CpuContext`].
+    pub async fn generate<'d>(
         &mut self,
-        ctx: &GpuContext,
+        device: impl Into<Device<'d>>,
         prompt: &[u32],
         options: &GenerateOptions,
         on_token: &mut dyn FnMut(TokenEvent<'_>) -> Flow,
     ) -> Result<Generation> {
-        let result = self.generate_inner(ctx, prompt, options, on_token).await;
+        let result = self
+            .generate_inner(device.into(), prompt, options, on_token)
+            .await;
         if result.is_err() {
             // A failed step may have left the cache half-written.
             self.cached.clear();
@@ -482,7 +608,7 @@ impl Engine {
 
     async fn generate_inner(
         &mut self,
-        ctx: &GpuContext,
+        device: Device<'_>,
         prompt: &[u32],
         options: &GenerateOptions,
         on_token: &mut dyn FnMut(TokenEvent<'_>) -> Flow,
@@ -502,7 +628,13 @@ impl Engine {
                 "max_tokens must be at least 1".into(),
             ));
         }
-        let vocab = self.model.config.vocab;
+        let gpu = match (&self.backend, device) {
+            (Backend::Gpu { .. }, Device::Gpu(ctx)) => Some(ctx),
+            (Backend::Cpu(_), Device::Cpu(_)) => None,
+            (Backend::Gpu { .. }, Device::Cpu(_)) => return Err(wrong_device("WebGPU")),
+            (Backend::Cpu(_), Device::Gpu(_)) => return Err(wrong_device("CPU")),
+        };
+        let vocab = self.config().vocab;
         if let Some(&(t, _)) = options
             .sampling
             .logit_bias
@@ -524,7 +656,7 @@ impl Engine {
             max_tokens: options.max_tokens,
         })?;
         sampler.accept(prompt);
-        let plan = sampler.params().plan(CANDIDATES, self.model.config.vocab);
+        let plan = sampler.params().plan(CANDIDATES, vocab);
         let mut constraint = match &options.response_format {
             Some(format) => Some(self.grammar_vocab()?.constraint(format)?),
             None => None,
@@ -544,13 +676,11 @@ impl Engine {
             let remaining = prompt.len() - pos;
             // The largest step size that fits what is left.
             let n = *self.sizes.iter().rfind(|&&s| s <= remaining).unwrap_or(&1);
-            let g = self.graph_for(ctx, n, pos + n).await?;
             let chunk = &prompt[pos..pos + n];
             if pos + n == prompt.len() {
                 let pick = self
                     .step_and_pick(
-                        ctx,
-                        g,
+                        device,
                         chunk,
                         pos,
                         &mut sampler,
@@ -563,8 +693,7 @@ impl Engine {
                 token_lp = pick.logprobs;
                 full_row_reads += usize::from(pick.full_row);
             } else {
-                self.model
-                    .step(ctx, &mut self.graphs[g], chunk, pos, Readout::Nothing)
+                self.run_step(device, chunk, pos, Readout::Nothing, None)
                     .await?;
             }
             self.cached.extend_from_slice(chunk);
@@ -576,6 +705,7 @@ impl Engine {
         // `submit_pick`); penalties need the window with the previous token, and candidates or
         // whole rows finish the draw on the CPU: those wait for every token.
         let pipelined = options.pipeline
+            && gpu.is_some()
             && matches!(plan, SamplingPlan::Greedy | SamplingPlan::Gumbel)
             && !sampler.params().penalties_on()
             && constraint.is_none()
@@ -651,7 +781,7 @@ impl Engine {
                     FinishReason::Length
                 };
             }
-            let next = if pipelined {
+            let next = if let (true, Some(ctx)) = (pipelined, gpu) {
                 let shown = tokens.len();
                 let current = match ahead.take() {
                     Some(p) => p,
@@ -671,11 +801,9 @@ impl Engine {
                 }
                 sampler.accept_picked(current.token().await?)
             } else {
-                let g = self.graph_for(ctx, 1, pos + 1).await?;
                 let pick = self
                     .step_and_pick(
-                        ctx,
-                        g,
+                        device,
                         &[token],
                         pos,
                         &mut sampler,
@@ -721,8 +849,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     async fn step_and_pick(
         &mut self,
-        ctx: &GpuContext,
-        g: usize,
+        device: Device<'_>,
         tokens: &[u32],
         pos: usize,
         sampler: &mut Sampler,
@@ -739,16 +866,10 @@ impl Engine {
             biases: &sampler.params().logit_bias,
             with_candidates: logprobs.is_some(),
         };
-        let graph = &mut self.graphs[g];
-        let out = match constraint {
-            Some(c) => {
-                self.model
-                    .step_masked(ctx, graph, tokens, pos, readout, || c.mask())
-                    .await?
-            }
-            None => self.model.step(ctx, graph, tokens, pos, readout).await?,
-        };
-        let vocab = self.model.config.vocab;
+        let (out, g) = self
+            .run_step(device, tokens, pos, readout, constraint)
+            .await?;
+        let vocab = self.config().vocab;
         // The token, and what its log probabilities can come from.
         let (token, mut row, seen) = match out {
             StepOutput::Token(t) => (sampler.accept_picked(t), None, None),
@@ -765,7 +886,7 @@ impl Engine {
                 match sampler.sample_gpu_candidates(&candidates, stats, vocab)? {
                     Some(t) => (t, None, Some((candidates, stats))),
                     None => {
-                        let row = self.model.read_logits(ctx, graph, tokens.len()).await?;
+                        let row = self.read_logits(device, g, tokens.len()).await?;
                         (sampler.sample_penalized_logits(&row)?, Some(row), None)
                     }
                 }
@@ -786,7 +907,7 @@ impl Engine {
                     None => {
                         // A token drawn from outside the candidates: its logit is in the row.
                         if row.is_none() {
-                            row = Some(self.model.read_logits(ctx, graph, tokens.len()).await?);
+                            row = Some(self.read_logits(device, g, tokens.len()).await?);
                         }
                         row.as_deref().map(|r| logprobs_from_row(token, r, top))
                     }
@@ -814,17 +935,21 @@ impl Engine {
         sampler: &mut Sampler,
         plan: SamplingPlan,
     ) -> Result<PendingPick<'c>> {
-        let g = self.graph_for(ctx, 1, pos + 1).await?;
+        let context = self.context();
+        let Backend::Gpu { model, graphs } = &mut self.backend else {
+            return Err(wrong_device("CPU"));
+        };
+        let g = graph_for(model, graphs, ctx, 1, pos + 1, context).await?;
         let feed = if feed {
-            let next = self.graph_for(ctx, 1, pos + 2).await?;
-            Some(self.graphs[next].ids().clone())
+            let next = graph_for(model, graphs, ctx, 1, pos + 2, context).await?;
+            Some(graphs[next].ids().clone())
         } else {
             None
         };
         let draw = sampler.gpu_draw(plan);
-        self.model.submit_pick(
+        model.submit_pick(
             ctx,
-            &mut self.graphs[g],
+            &mut graphs[g],
             input,
             pos,
             plan,
@@ -846,29 +971,81 @@ impl Engine {
         if let Some(g) = &self.grammar {
             return Ok(g.clone());
         }
-        let g = GrammarVocab::new(&self.tokenizer, self.model.config.vocab, &self.eos)?;
+        let g = GrammarVocab::new(&self.tokenizer, self.config().vocab, &self.eos)?;
         self.grammar = Some(g.clone());
         Ok(g)
     }
 
-    /// The graph for steps of `n` tokens ending at position `end` (exclusive): the one covering
-    /// the fewest positions, built on first use.
-    async fn graph_for(&mut self, ctx: &GpuContext, n: usize, end: usize) -> Result<usize> {
-        let span = span_for(end, self.context());
-        let found = self
-            .graphs
-            .iter()
-            .position(|g| g.step.max_tokens() == n && g.step.max_positions() == span);
-        if let Some(i) = found {
-            return Ok(i);
+    /// Runs a step of `tokens` at `pos` on the backend (with `constraint`, the pick restricted to
+    /// what its grammar allows) and returns what `readout` asks, with the index of the GPU graph
+    /// it ran on.
+    async fn run_step(
+        &mut self,
+        device: Device<'_>,
+        tokens: &[u32],
+        pos: usize,
+        readout: Readout<'_>,
+        constraint: Option<&mut Constraint>,
+    ) -> Result<(StepOutput, usize)> {
+        let context = self.context();
+        match (&mut self.backend, device) {
+            (Backend::Gpu { model, graphs }, Device::Gpu(ctx)) => {
+                let end = pos + tokens.len();
+                let g = graph_for(model, graphs, ctx, tokens.len(), end, context).await?;
+                let graph = &mut graphs[g];
+                let out = match constraint {
+                    Some(c) => {
+                        model
+                            .step_masked(ctx, graph, tokens, pos, readout, || c.mask())
+                            .await?
+                    }
+                    None => model.step(ctx, graph, tokens, pos, readout).await?,
+                };
+                Ok((out, g))
+            }
+            (Backend::Cpu(model), Device::Cpu(cpu)) => {
+                let mask = constraint.map(|c| c.mask()).transpose()?;
+                let out = model.step(cpu, tokens, pos, readout, mask)?;
+                crate::cpu::yield_now().await;
+                Ok((out, 0))
+            }
+            (Backend::Gpu { .. }, _) => Err(wrong_device("WebGPU")),
+            (Backend::Cpu(_), _) => Err(wrong_device("CPU")),
         }
-        let g = self
-            .model
-            .graph_with(ctx, n, span, CANDIDATES, false)
-            .await?;
-        self.graphs.push(g);
-        Ok(self.graphs.len() - 1)
     }
+
+    /// The row of logits the last step (of `n` tokens, on graph `g`) picked from.
+    async fn read_logits(&self, device: Device<'_>, g: usize, n: usize) -> Result<Vec<f32>> {
+        match (&self.backend, device) {
+            (Backend::Gpu { model, graphs }, Device::Gpu(ctx)) => {
+                model.read_logits(ctx, &graphs[g], n).await
+            }
+            (Backend::Cpu(model), _) => Ok(model.last_logits()),
+            (Backend::Gpu { .. }, _) => Err(wrong_device("WebGPU")),
+        }
+    }
+}
+
+/// The graph for steps of `n` tokens ending at position `end` (exclusive): the one covering the
+/// fewest positions, built on first use.
+async fn graph_for(
+    model: &Decoder,
+    graphs: &mut Vec<Graph>,
+    ctx: &GpuContext,
+    n: usize,
+    end: usize,
+    context: usize,
+) -> Result<usize> {
+    let span = span_for(end, context);
+    let found = graphs
+        .iter()
+        .position(|g| g.step.max_tokens() == n && g.step.max_positions() == span);
+    if let Some(i) = found {
+        return Ok(i);
+    }
+    let g = model.graph_with(ctx, n, span, CANDIDATES, false).await?;
+    graphs.push(g);
+    Ok(graphs.len() - 1)
 }
 
 /// A step's pick.

@@ -48,6 +48,9 @@ pub enum Error {
         limit: u64,
     },
 
+    #[error("{what} needs {bytes} bytes of host memory, more than this machine or build can give")]
+    OutOfMemory { what: String, bytes: u64 },
+
     #[error("kernel '{kernel}' failed to compile on this device: {message}")]
     ShaderCompile { kernel: String, message: String },
 
@@ -227,6 +230,7 @@ impl Error {
             Error::UnsupportedDType { .. } => "unsupported_dtype",
             Error::InvalidTensor { .. } => "invalid_tensor",
             Error::TooLarge { .. } => "too_large",
+            Error::OutOfMemory { .. } => "out_of_memory",
             Error::ShaderCompile { .. } => "shader_compile",
             Error::Gpu(_) => "gpu",
             Error::DeviceLost(_) => "device_lost",

@@ -10,6 +10,7 @@
 
 #[cfg(all(not(target_arch = "wasm32"), feature = "harness"))]
 pub mod bench;
+pub mod cpu;
 pub mod engine;
 pub mod error;
 pub mod formats;

@@ -10,7 +10,10 @@ use js_sys::{Float32Array, Promise};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-use crate::engine::{Engine, EngineOptions, FinishReason, Flow, GenerateOptions, TokenEvent};
+use crate::cpu::CpuContext;
+use crate::engine::{
+    Device, Engine, EngineOptions, FinishReason, Flow, GenerateOptions, TokenEvent,
+};
 use crate::error::Error;
 use crate::formats::{split_names, SafetensorsIndex};
 use crate::gpu::{DType, GpuContext, GpuTensor, ProfileRequest};
@@ -18,7 +21,9 @@ use crate::kernels;
 use crate::load::browser::LazyDownload;
 use crate::load::browser::{self, JsBytesSource, StreamSource};
 use crate::load::folder;
-use crate::load::{load_model, AbortFlag, LoadOptions, LoadedModelFiles, ModelFile, Progress};
+use crate::load::{
+    load_model, AbortFlag, LoadOptions, LoadTarget, LoadedModelFiles, ModelFile, Progress,
+};
 use crate::request::{self, Prompt};
 #[cfg(feature = "harness")]
 use crate::selfcheck;
@@ -195,7 +200,7 @@ impl Gpu {
     pub fn load_weights(&self, source: JsValue, options: JsValue) -> Promise {
         let ctx = self.ctx.clone();
         reject_on_error(async move {
-            let model = load_from_js(&ctx, &source, &options).await?;
+            let model = load_from_js(&*ctx, &source, &options).await?;
             let summary = model.files.summary().to_string();
             Ok(Weights { model, summary }.into())
         })
@@ -209,33 +214,10 @@ impl Gpu {
     pub fn load_model(&self, source: JsValue, options: JsValue) -> Promise {
         let ctx = self.ctx.clone();
         reject_on_error(async move {
-            let context = match get(&options, "context") {
-                Some(v) => Some(positive_int(&v, "context")?),
-                None => None,
-            };
-            let kv_dtype = match get(&options, "kvDtype").and_then(|v| v.as_string()) {
-                None => None,
-                Some(d) if d == "f16" => Some(DType::F16),
-                Some(d) if d == "f32" => Some(DType::F32),
-                Some(d) => {
-                    return Err(Error::InvalidRequest(format!(
-                        "kvDtype must be \"f16\" or \"f32\", not {d:?}"
-                    )))
-                }
-            };
-            let loaded = load_from_js(&ctx, &source, &options).await?;
-            let opts = EngineOptions { context, kv_dtype };
-            let engine = match Engine::new(&ctx, loaded, &opts).await {
-                Ok(e) => e,
-                Err(e) => return Err(e),
-            };
-            Ok(Model {
-                ctx,
-                engine: Rc::new(RefCell::new(Some(engine))),
-                busy: Rc::new(Cell::new(false)),
-                unload_pending: Rc::new(Cell::new(false)),
-            }
-            .into())
+            let opts = engine_options(&options)?;
+            let loaded = load_from_js(&*ctx, &source, &options).await?;
+            let engine = Engine::new(&ctx, loaded, &opts).await?;
+            Ok(Model::new(Compute::Gpu(ctx), engine).into())
         })
     }
 
@@ -324,12 +306,68 @@ impl Gpu {
     }
 }
 
-/// Opens `source` as the kind of thing it is and loads it, wiring progress, abort and integrity.
-async fn load_from_js(
-    ctx: &GpuContext,
+/// The engine options of `loadModel`'s `options`: `context` and `kvDtype`.
+fn engine_options(options: &JsValue) -> Result<EngineOptions, Error> {
+    let context = match get(options, "context") {
+        Some(v) => Some(positive_int(&v, "context")?),
+        None => None,
+    };
+    let kv_dtype = match get(options, "kvDtype").and_then(|v| v.as_string()) {
+        None => None,
+        Some(d) if d == "f16" => Some(DType::F16),
+        Some(d) if d == "f32" => Some(DType::F32),
+        Some(d) => {
+            return Err(Error::InvalidRequest(format!(
+                "kvDtype must be \"f16\" or \"f32\", not {d:?}"
+            )))
+        }
+    };
+    Ok(EngineOptions { context, kv_dtype })
+}
+
+/// The CPU backend: the models' kernels in WebAssembly (SIMD128), for browsers without a usable
+/// WebGPU adapter.
+#[wasm_bindgen]
+pub struct Cpu {
+    cpu: Rc<CpuContext>,
+}
+
+#[wasm_bindgen]
+impl Cpu {
+    /// The CPU backend of this realm (one thread).
+    pub fn create() -> Cpu {
+        Cpu {
+            cpu: Rc::new(CpuContext::new(None)),
+        }
+    }
+
+    /// What runs the models, as text ("CPU (1 threads, SIMD)").
+    pub fn describe(&self) -> String {
+        self.cpu.describe()
+    }
+
+    /// Loads a model into wasm memory and makes it ready to generate on the CPU: any `source`
+    /// and `options` `Gpu.loadModel` takes (`kvDtype` is ignored: the CPU's KV cache is f32).
+    /// Resolves to a `Model`.
+    #[wasm_bindgen(js_name = loadModel)]
+    pub fn load_model(&self, source: JsValue, options: JsValue) -> Promise {
+        let cpu = self.cpu.clone();
+        reject_on_error(async move {
+            let opts = engine_options(&options)?;
+            let loaded = load_from_js(&*cpu, &source, &options).await?;
+            let engine = Engine::new_cpu(&cpu, loaded, &opts)?;
+            Ok(Model::new(Compute::Cpu(cpu), engine).into())
+        })
+    }
+}
+
+/// Opens `source` as the kind of thing it is and loads it into `ctx`'s memory (the GPU's, or
+/// wasm memory for the CPU backend), wiring progress, abort and integrity.
+async fn load_from_js<D: LoadTarget>(
+    ctx: &D,
     source: &JsValue,
     options: &JsValue,
-) -> Result<LoadedModelFiles, Error> {
+) -> Result<LoadedModelFiles<D::Tensor>, Error> {
     let abort = AbortFlag::default();
     let signal = get(options, "signal");
     let _listener = match &signal {
@@ -590,10 +628,34 @@ fn to_json(v: &JsValue, what: &str) -> Result<serde_json::Value, Error> {
         .map_err(|e| Error::InvalidRequest(format!("{what} cannot be read as JSON: {e}")))
 }
 
+/// What a model runs on.
+#[derive(Clone)]
+enum Compute {
+    Gpu(Rc<GpuContext>),
+    Cpu(Rc<CpuContext>),
+}
+
+impl Compute {
+    fn device(&self) -> Device<'_> {
+        match self {
+            Compute::Gpu(ctx) => Device::Gpu(ctx),
+            Compute::Cpu(cpu) => Device::Cpu(cpu),
+        }
+    }
+
+    /// A lost GPU device; the CPU is always there.
+    fn check_health(&self) -> Result<(), Error> {
+        match self {
+            Compute::Gpu(ctx) => ctx.check_health(),
+            Compute::Cpu(_) => Ok(()),
+        }
+    }
+}
+
 /// A loaded model, ready to generate.
 #[wasm_bindgen]
 pub struct Model {
-    ctx: Rc<GpuContext>,
+    ctx: Compute,
     engine: Rc<RefCell<Option<Engine>>>,
     busy: Rc<Cell<bool>>,
     /// `unload()` was called during a generation: destroy the engine when it returns.
@@ -601,6 +663,15 @@ pub struct Model {
 }
 
 impl Model {
+    fn new(ctx: Compute, engine: Engine) -> Model {
+        Model {
+            ctx,
+            engine: Rc::new(RefCell::new(Some(engine))),
+            busy: Rc::new(Cell::new(false)),
+            unload_pending: Rc::new(Cell::new(false)),
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&Engine) -> Result<T, Error>) -> Result<T, Error> {
         match self.engine.borrow().as_ref() {
             Some(e) => f(e),
@@ -612,7 +683,7 @@ impl Model {
 #[wasm_bindgen]
 impl Model {
     /// `{name, architecture, vocab, layers, hidden, heads, kvHeads, headDim, context,
-    /// trainedContext, weightBytes, kvBytes, chatTemplate (bool), eos (token ids),
+    /// trainedContext, backend ("webgpu" or "cpu"), weightBytes, kvBytes, chatTemplate (bool), eos (token ids),
     /// samplingDefaults (the model's own, as request fields)}`.
     pub fn info(&self) -> Result<JsValue, JsValue> {
         self.with(|e| {
@@ -623,6 +694,7 @@ impl Model {
                 let _ = js_sys::Reflect::set(&o, &k.into(), &v);
             };
             set("name", e.name().into());
+            set("backend", e.backend().into());
             set(
                 "architecture",
                 format!("{:?}", c.architecture).to_lowercase().into(),
@@ -787,7 +859,7 @@ impl Stop {
 }
 
 async fn run_generation(
-    ctx: &GpuContext,
+    ctx: &Compute,
     engine: &mut Engine,
     prompt: &Prompt,
     options: &GenerateOptions,
@@ -848,7 +920,7 @@ async fn run_generation(
     let g = if stop.aborted() {
         return Err(Error::Aborted);
     } else {
-        engine.generate(ctx, &ids, &options, &mut on).await
+        engine.generate(ctx.device(), &ids, &options, &mut on).await
     };
     if let Some(e) = callback_error {
         return Err(Error::InvalidRequest(format!(

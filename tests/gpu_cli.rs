@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 fn pocketlm(args: &[&str], stdin: &str) -> (bool, String, String) {
     let profile = std::env::var("POCKETLM_TEST_PROFILE").unwrap_or_else(|_| "auto".into());
     let mut child = Command::new(env!("CARGO_BIN_EXE_pocketlm"))
+        .args(["--backend", "gpu"])
         .arg("--profile")
         .arg(profile)
         .args(args)

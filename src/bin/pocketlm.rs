@@ -7,7 +7,8 @@ mod cli {
     use std::io::{IsTerminal, Write};
 
     use clap::{Parser, Subcommand};
-    use pocketlm::engine::{Engine, EngineOptions, Flow, GenerateOptions, Generation};
+    use pocketlm::cpu::CpuContext;
+    use pocketlm::engine::{Device, Engine, EngineOptions, Flow, GenerateOptions, Generation};
     use pocketlm::gpu::{GpuContext, ProfileRequest};
     use pocketlm::load::{LoadOptions, Progress};
     use pocketlm::model::{Embedder, ModelConfig};
@@ -23,6 +24,13 @@ mod cli {
         /// or baseline (WebGPU defaults, no f16, no subgroups).
         #[arg(long, global = true, default_value = "auto")]
         profile: String,
+        /// Where models run: auto (WebGPU on a hardware adapter; the CPU backend when there is
+        /// no adapter or only a software one such as lavapipe or SwiftShader), gpu, or cpu.
+        #[arg(long, global = true, default_value = "auto")]
+        backend: String,
+        /// Threads of the CPU backend (default: one per core).
+        #[arg(long, global = true)]
+        threads: Option<usize>,
         #[command(subcommand)]
         command: Command,
     }
@@ -467,13 +475,13 @@ mod cli {
 
     /// Resolves MODEL and loads it with a progress bar on stderr: the resolved spec, when the
     /// load started, and the load's result.
-    async fn load_with_progress(
-        ctx: &GpuContext,
+    async fn load_with_progress<D: load::LoadTarget>(
+        target: &D,
         model: &str,
     ) -> pocketlm::Result<(
         String,
         std::time::Instant,
-        pocketlm::Result<load::LoadedModelFiles>,
+        pocketlm::Result<load::LoadedModelFiles<D::Tensor>>,
     )> {
         let spec = resolve(model)?;
         let start = std::time::Instant::now();
@@ -483,31 +491,101 @@ mod cli {
             progress: Some(&mut on_progress),
             ..Default::default()
         };
-        let loaded = load::load_native(ctx, &spec, opts).await;
+        let loaded = load::load_native(target, &spec, opts).await;
         bar.finish();
         Ok((spec, start, loaded))
     }
 
+    /// The device models run on, chosen by `--backend`.
+    enum Dev {
+        Gpu(Box<GpuContext>),
+        Cpu(CpuContext),
+    }
+
+    impl Dev {
+        fn device(&self) -> Device<'_> {
+            match self {
+                Dev::Gpu(ctx) => Device::Gpu(ctx),
+                Dev::Cpu(cpu) => cpu.into(),
+            }
+        }
+
+        /// What runs the model, for messages.
+        fn describe(&self) -> String {
+            match self {
+                Dev::Gpu(ctx) => format!("{} ({} profile)", ctx.adapter_info().name, ctx.profile()),
+                Dev::Cpu(cpu) => cpu.describe(),
+            }
+        }
+
+        fn gpu(&self) -> pocketlm::Result<&GpuContext> {
+            match self {
+                Dev::Gpu(ctx) => Ok(&**ctx),
+                Dev::Cpu(_) => Err(pocketlm::Error::InvalidRequest(
+                    "embedding models run on the WebGPU backend only so far: use --backend gpu"
+                        .into(),
+                )),
+            }
+        }
+    }
+
+    /// `--backend`: `gpu` opens the adapter (or fails), `cpu` the CPU backend, and `auto` the
+    /// adapter when it is a hardware one, the CPU backend when there is none or it is a
+    /// software (CPU) adapter. Says why on stderr when `auto` falls back.
+    async fn open_device(cli: &Cli) -> pocketlm::Result<Dev> {
+        let request: ProfileRequest = cli.profile.parse()?;
+        match cli.backend.as_str() {
+            "gpu" | "webgpu" => Ok(Dev::Gpu(Box::new(GpuContext::new(request).await?))),
+            "cpu" => Ok(Dev::Cpu(CpuContext::new(cli.threads))),
+            "auto" => match GpuContext::new(request).await {
+                Ok(ctx) if !ctx.is_software_adapter() => Ok(Dev::Gpu(Box::new(ctx))),
+                Ok(ctx) => {
+                    eprintln!(
+                        "[backend: CPU, since the only GPU adapter, {}, is a software one; \
+                         --backend gpu uses it anyway]",
+                        ctx.adapter_info().name
+                    );
+                    Ok(Dev::Cpu(CpuContext::new(cli.threads)))
+                }
+                Err(e) => {
+                    eprintln!("[backend: CPU, since WebGPU is not available: {e}]");
+                    Ok(Dev::Cpu(CpuContext::new(cli.threads)))
+                }
+            },
+            other => Err(pocketlm::Error::InvalidRequest(format!(
+                "unknown backend '{other}': expected auto, gpu or cpu"
+            ))),
+        }
+    }
+
     /// Loads MODEL with a progress bar and makes an engine of it; says what it loaded on stderr.
     async fn open_engine(
-        ctx: &GpuContext,
+        dev: &Dev,
         model: &str,
         context: Option<usize>,
     ) -> pocketlm::Result<Engine> {
-        let (spec, start, loaded) = load_with_progress(ctx, model).await?;
         let options = EngineOptions {
             context,
             kv_dtype: None,
         };
-        let engine = Engine::new(ctx, loaded?, &options).await?;
+        let (spec, start, engine) = match dev {
+            Dev::Gpu(ctx) => {
+                let ctx: &GpuContext = ctx;
+                let (spec, start, loaded) = load_with_progress(ctx, model).await?;
+                (spec, start, Engine::new(ctx, loaded?, &options).await?)
+            }
+            Dev::Cpu(cpu) => {
+                let (spec, start, loaded) = load_with_progress(cpu, model).await?;
+                (spec, start, Engine::new_cpu(cpu, loaded?, &options)?)
+            }
+        };
         let (weights, kv) = engine.gpu_bytes();
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         eprintln!(
-            "{spec}: loaded in {:.1} s on {} ({} profile): weights {:.1} MiB, KV cache {:.1} \
-             MiB for {} positions",
+            "{spec}: loaded in {:.1} s on {}: weights {:.1} MiB, KV cache {:.1} MiB for {} \
+             positions",
             start.elapsed().as_secs_f64(),
-            ctx.adapter_info().name,
-            ctx.profile(),
+            dev.describe(),
             mib(weights),
             mib(kv),
             engine.context()
@@ -517,7 +595,7 @@ mod cli {
 
     /// Streams a reply to stdout as it is sampled.
     async fn reply(
-        ctx: &GpuContext,
+        dev: &Dev,
         engine: &mut Engine,
         prompt: &[u32],
         options: &GenerateOptions,
@@ -537,7 +615,9 @@ mod cli {
             }
             Flow::Continue
         };
-        engine.generate(ctx, prompt, options, &mut on_token).await
+        engine
+            .generate(dev.device(), prompt, options, &mut on_token)
+            .await
     }
 
     fn report_speed(g: &Generation) {
@@ -570,7 +650,7 @@ mod cli {
     }
 
     async fn run_prompt(
-        ctx: &GpuContext,
+        dev: &Dev,
         model: &str,
         prompt: &str,
         chat: bool,
@@ -586,7 +666,7 @@ mod cli {
             eprintln!("error: --tools needs --chat (the model's chat template takes them)");
             return Ok(ExitCode::FAILURE);
         }
-        let mut engine = open_engine(ctx, model, gen.context).await?;
+        let mut engine = open_engine(dev, model, gen.context).await?;
         let mut options = gen.options(engine.sampling_defaults())?;
         options.sampling.validate()?;
         let ids = if chat {
@@ -608,7 +688,7 @@ mod cli {
         } else {
             engine.text_prompt(prompt)?
         };
-        let g = reply(ctx, &mut engine, &ids, &options, !json).await?;
+        let g = reply(dev, &mut engine, &ids, &options, !json).await?;
         let calls = match tools.as_ref().filter(|t| t.choice != ToolChoice::None) {
             Some(_) => engine.parse_tool_reply(&g.tokens)?,
             None => Default::default(),
@@ -641,7 +721,7 @@ mod cli {
     }
 
     async fn chat_loop(
-        ctx: &GpuContext,
+        dev: &Dev,
         model: &str,
         system: Option<String>,
         gen: &GenArgs,
@@ -650,7 +730,7 @@ mod cli {
         gen.options(&SamplingDefaults::default())?
             .sampling
             .validate()?;
-        let mut engine = open_engine(ctx, model, gen.context).await?;
+        let mut engine = open_engine(dev, model, gen.context).await?;
         let options = gen.options(engine.sampling_defaults())?;
         options.sampling.validate()?;
         let opening: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
@@ -693,7 +773,7 @@ mod cli {
                     continue;
                 }
             };
-            match reply(ctx, &mut engine, &ids, &options, true).await {
+            match reply(dev, &mut engine, &ids, &options, true).await {
                 Ok(g) => {
                     println!();
                     report_speed(&g);
@@ -771,7 +851,7 @@ mod cli {
     }
 
     async fn bench_model(
-        ctx: &GpuContext,
+        dev: &Dev,
         model: &str,
         (prompt_tokens, gen_tokens, context): (usize, usize, Option<usize>),
         per_kernel: bool,
@@ -781,9 +861,15 @@ mod cli {
             return Ok(ExitCode::FAILURE);
         }
         if is_encoder_folder(&resolve(model)?) {
-            return bench_embeddings(ctx, model, prompt_tokens).await;
+            return bench_embeddings(dev.gpu()?, model, prompt_tokens).await;
         }
-        let mut engine = open_engine(ctx, model, context).await?;
+        let ctx: &GpuContext = match dev {
+            Dev::Gpu(ctx) => ctx,
+            Dev::Cpu(cpu) => {
+                return bench_cpu(dev, cpu, model, (prompt_tokens, gen_tokens, context)).await
+            }
+        };
+        let mut engine = open_engine(dev, model, context).await?;
         let options = GenerateOptions {
             sampling: SamplingParams::greedy(),
             max_tokens: Some(gen_tokens),
@@ -897,6 +983,68 @@ mod cli {
                 );
             }
         }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// `pocketlm bench --backend cpu`: prefill and greedy decode speed of the CPU backend, with
+    /// its threads and then one thread in the same run (their ratio is the threads' gain).
+    async fn bench_cpu(
+        dev: &Dev,
+        cpu: &CpuContext,
+        model: &str,
+        (prompt_tokens, gen_tokens, context): (usize, usize, Option<usize>),
+    ) -> pocketlm::Result<ExitCode> {
+        let mut engine = open_engine(dev, model, context).await?;
+        let options = GenerateOptions {
+            sampling: SamplingParams::greedy(),
+            max_tokens: Some(gen_tokens),
+            stop: Vec::new(),
+            ignore_eos: true,
+            pipeline: true,
+            response_format: None,
+            logprobs: None,
+        };
+        let prompt = bench_prompt(&engine, prompt_tokens)?;
+        let one = CpuContext::new(Some(1));
+        let mut rows = Vec::new();
+        for (label, c) in [("all threads", cpu), ("one thread", &one)] {
+            engine.reset();
+            let g = engine
+                .generate(c, &prompt, &options, &mut |_| Flow::Continue)
+                .await?;
+            rows.push((label, c.threads(), g));
+        }
+        let (weights, kv) = engine.gpu_bytes();
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        println!("{:<28} {}", "model", engine.name());
+        println!("{:<28} {}", "backend", cpu.describe());
+        for (label, threads, g) in &rows {
+            let steps = (g.tokens.len() - 1).max(1) as f64;
+            println!(
+                "{:<28} prefill {:.1} tokens/s ({} tokens), decode {:.2} tokens/s ({:.1} ms per \
+                 token)",
+                format!("{label} ({threads})"),
+                prompt_tokens as f64 * 1000.0 / g.prefill_ms,
+                prompt_tokens,
+                g.decode_tokens_per_s(),
+                g.decode_ms / steps
+            );
+        }
+        if let [(_, _, all), (_, _, single)] = rows.as_slice() {
+            println!(
+                "{:<28} prefill {:.2}×, decode {:.2}×",
+                "threads ÷ one thread",
+                single.prefill_ms / all.prefill_ms,
+                all.decode_tokens_per_s() / single.decode_tokens_per_s()
+            );
+        }
+        println!("{:<28} {:.1} MiB", "host memory: weights", mib(weights));
+        println!(
+            "{:<28} {:.1} MiB (as filled; {} positions at most)",
+            "host memory: KV cache",
+            mib(kv),
+            engine.context()
+        );
         Ok(ExitCode::SUCCESS)
     }
 
@@ -1085,37 +1233,51 @@ mod cli {
         if let Command::Info { model } = &cli.command {
             return info(model).await;
         }
+        if matches!(
+            cli.command,
+            Command::Run { .. } | Command::Chat { .. } | Command::Bench { .. }
+        ) {
+            let dev = open_device(&cli).await?;
+            match cli.command {
+                Command::Run {
+                    model,
+                    prompt,
+                    chat,
+                    json,
+                    gen,
+                } => return run_prompt(&dev, &model, &prompt, chat, json, &gen).await,
+                Command::Chat { model, system, gen } => {
+                    return chat_loop(&dev, &model, system, &gen).await
+                }
+                Command::Bench {
+                    model,
+                    prompt_tokens,
+                    gen_tokens,
+                    context,
+                    per_kernel,
+                } => {
+                    let sizes = (prompt_tokens, gen_tokens, context);
+                    return bench_model(&dev, &model, sizes, per_kernel).await;
+                }
+                _ => unreachable!("matched above"),
+            }
+        }
         let request: ProfileRequest = cli.profile.parse()?;
+        if cli.backend == "cpu" {
+            return Err(pocketlm::Error::InvalidRequest(
+                "this command runs on the WebGPU backend: leave out --backend cpu".into(),
+            ));
+        }
         let ctx = GpuContext::new(request).await?;
-        match cli.command {
-            Command::Run {
-                model,
-                prompt,
-                chat,
-                json,
-                gen,
-            } => return run_prompt(&ctx, &model, &prompt, chat, json, &gen).await,
-            Command::Chat { model, system, gen } => {
-                return chat_loop(&ctx, &model, system, &gen).await
-            }
-            Command::Embed {
-                model,
-                texts,
-                json,
-                dimensions,
-                no_truncate,
-            } => return embed(&ctx, &model, &texts, json, dimensions, !no_truncate).await,
-            Command::Bench {
-                model,
-                prompt_tokens,
-                gen_tokens,
-                context,
-                per_kernel,
-            } => {
-                let sizes = (prompt_tokens, gen_tokens, context);
-                return bench_model(&ctx, &model, sizes, per_kernel).await;
-            }
-            _ => {}
+        if let Command::Embed {
+            model,
+            texts,
+            json,
+            dimensions,
+            no_truncate,
+        } = &cli.command
+        {
+            return embed(&ctx, model, texts, *json, *dimensions, !no_truncate).await;
         }
         println!("{}", ctx.report());
         match cli.command {

@@ -358,6 +358,12 @@ impl GpuContext {
         &self.caps
     }
 
+    /// Whether the adapter is a software one (lavapipe, SwiftShader, WARP): the CPU backend is
+    /// faster than such a "GPU".
+    pub fn is_software_adapter(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.info
     }

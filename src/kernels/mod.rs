@@ -25,7 +25,7 @@ pub use norm::layernorm;
 pub use norm::{rmsnorm, rmsnorm_add};
 pub use rope::{
     rope, rope_angle, rope_cos_sin, rope_inv_freq, rope_inv_freq_with_factors, rope_qk,
-    Llama3Scaling, RopeConfig, RopeLayout, RopeTable,
+    rope_table_data, Llama3Scaling, RopeConfig, RopeLayout, RopeTable,
 };
 pub use sample::{
     argmax, bias_logits, gumbel_argmax, logit_stats, mask_logits, mask_words, penalize, topk,

@@ -199,6 +199,35 @@ fn cos_sin_of(inv: &[f32], max_positions: usize) -> Vec<f32> {
     table
 }
 
+/// The cos/sin table `[max_positions, rotary_dim / 2, 2]` of `config`: frequencies optionally
+/// divided by `factors` (see [`rope_inv_freq_with_factors`]), every entry multiplied by `mscale`
+/// (LongRoPE's attention factor; 1 leaves the table as it is).
+pub fn rope_table_data(
+    config: &RopeConfig,
+    max_positions: usize,
+    factors: Option<&[f32]>,
+    mscale: f32,
+) -> Result<Vec<f32>> {
+    if !(mscale.is_finite() && mscale > 0.0) {
+        return Err(mismatch(
+            "rope",
+            format!("the cos/sin scale must be finite and positive, got {mscale}"),
+        ));
+    }
+    if max_positions == 0 {
+        return Err(mismatch("rope", "max_positions must be at least 1".into()));
+    }
+    let inv = match factors {
+        Some(f) => rope_inv_freq_with_factors(config, f)?,
+        None => rope_inv_freq(config)?,
+    };
+    let mut data = cos_sin_of(&inv, max_positions);
+    if mscale != 1.0 {
+        data.iter_mut().for_each(|v| *v *= mscale);
+    }
+    Ok(data)
+}
+
 /// A RoPE configuration with its cos/sin table on the GPU, for positions `0..max_positions`.
 #[derive(Clone, Debug)]
 pub struct RopeTable {
@@ -211,8 +240,7 @@ impl RopeTable {
     /// Computes and uploads the table; refused (typed error, before allocating) when it exceeds
     /// the adapter's binding limit.
     pub fn new(ctx: &GpuContext, config: RopeConfig, max_positions: usize) -> Result<Self> {
-        let inv = rope_inv_freq(&config)?;
-        Self::from_inv_freq(ctx, config, max_positions, &inv, 1.0)
+        Self::with_options(ctx, config, max_positions, None, 1.0)
     }
 
     /// As [`RopeTable::new`], with the frequencies divided by `factors` (see
@@ -223,8 +251,7 @@ impl RopeTable {
         max_positions: usize,
         factors: &[f32],
     ) -> Result<Self> {
-        let inv = rope_inv_freq_with_factors(&config, factors)?;
-        Self::from_inv_freq(ctx, config, max_positions, &inv, 1.0)
+        Self::with_options(ctx, config, max_positions, Some(factors), 1.0)
     }
 
     /// The general form: frequencies optionally divided by `factors`, and every cos/sin entry
@@ -236,38 +263,11 @@ impl RopeTable {
         factors: Option<&[f32]>,
         mscale: f32,
     ) -> Result<Self> {
-        if !(mscale.is_finite() && mscale > 0.0) {
-            return Err(mismatch(
-                "rope",
-                format!("the cos/sin scale must be finite and positive, got {mscale}"),
-            ));
-        }
-        let inv = match factors {
-            Some(f) => rope_inv_freq_with_factors(&config, f)?,
-            None => rope_inv_freq(&config)?,
-        };
-        Self::from_inv_freq(ctx, config, max_positions, &inv, mscale)
-    }
-
-    fn from_inv_freq(
-        ctx: &GpuContext,
-        config: RopeConfig,
-        max_positions: usize,
-        inv: &[f32],
-        mscale: f32,
-    ) -> Result<Self> {
         config.validate()?;
-        if max_positions == 0 {
-            return Err(mismatch("rope", "max_positions must be at least 1".into()));
-        }
         let half = config.rotary_dim / 2;
-        let shape = [max_positions, half, 2];
         // Allocating zeros first checks the size against the limits before any work is done.
-        let table = ctx.zeros("rope cos/sin table", &shape, DType::F32)?;
-        let mut data = cos_sin_of(inv, max_positions);
-        if mscale != 1.0 {
-            data.iter_mut().for_each(|v| *v *= mscale);
-        }
+        let table = ctx.zeros("rope cos/sin table", &[max_positions, half, 2], DType::F32)?;
+        let data = rope_table_data(&config, max_positions, factors, mscale)?;
         ctx.queue
             .write_buffer(&table.buffer, 0, bytemuck::cast_slice(&data));
         Ok(RopeTable {

@@ -22,5 +22,9 @@ pub use native::{is_url, load_native, NativeSource};
 pub use source::{io_error, ByteSource, MemorySource, CHUNK};
 #[cfg(not(target_arch = "wasm32"))]
 pub use source::{FileSource, HttpSource};
-pub use stream::{load_stream, AbortFlag, HeaderStep, LoadOptions, LoadedFile, Progress};
+pub use stream::{
+    load_stream, AbortFlag, HeaderStep, LoadOptions, LoadTarget, LoadedFile, Progress,
+    StoredTensor, TensorSink,
+};
+pub(crate) use upload::{check_plans, ended_early};
 pub use upload::{part_name, StreamUploader, TensorPlan, DEFAULT_PIECE_BUDGET};

@@ -7,8 +7,11 @@ use crate::error::{Error, Result};
 use crate::formats::{
     next_fetch_len, GgufHeader, ModelFiles, Parsed, SafetensorsHeader, TensorInfo,
 };
-use crate::gpu::{GpuContext, GpuTensor};
-use crate::load::{load_stream, ByteSource, HeaderStep, LoadOptions, Progress, TensorPlan};
+use crate::gpu::GpuTensor;
+use crate::load::{
+    load_stream, ByteSource, HeaderStep, LoadOptions, LoadTarget, Progress, StoredTensor,
+    TensorPlan,
+};
 
 /// The parsed header of one file, in whichever format it is.
 #[derive(Clone, Debug)]
@@ -120,23 +123,23 @@ pub async fn read_header<S: ByteSource>(source: &mut S) -> Result<FileHeader> {
     }
 }
 
-/// A model file in GPU memory.
-pub struct LoadedModel {
+/// A model file in GPU memory (or host memory, for the CPU backend).
+pub struct LoadedModel<T = GpuTensor> {
     pub header: FileHeader,
-    pub tensors: HashMap<String, GpuTensor>,
-    /// Bytes of GPU memory the tensors take.
+    pub tensors: HashMap<String, T>,
+    /// Bytes of GPU (or host) memory the tensors take.
     pub gpu_bytes: u64,
     pub sha256: String,
 }
 
-/// Loads one model file (GGUF or safetensors) from `source` into GPU memory.
-pub async fn load_model_file<S: ByteSource>(
-    ctx: &GpuContext,
+/// Loads one model file (GGUF or safetensors) from `source` into `target`'s memory.
+pub async fn load_model_file<S: ByteSource, D: LoadTarget>(
+    target: &D,
     source: &mut S,
     opts: &mut LoadOptions<'_>,
-) -> Result<LoadedModel> {
+) -> Result<LoadedModel<D::Tensor>> {
     let name = source.name().to_string();
-    let loaded = load_stream(ctx, source, |p, size| parse_header(p, size, &name), opts).await?;
+    let loaded = load_stream(target, source, |p, size| parse_header(p, size, &name), opts).await?;
     let gpu_bytes = loaded.tensors.iter().map(|t| t.size_bytes()).sum();
     Ok(LoadedModel {
         header: loaded.header,
@@ -156,10 +159,10 @@ pub struct ModelFile<S> {
     pub sha256: Option<String>,
 }
 
-/// A model of one or several files in GPU memory, described as one.
-pub struct LoadedModelFiles {
+/// A model of one or several files in GPU (or host) memory, described as one.
+pub struct LoadedModelFiles<T = GpuTensor> {
     pub files: ModelFiles,
-    pub tensors: HashMap<String, GpuTensor>,
+    pub tensors: HashMap<String, T>,
     pub gpu_bytes: u64,
     /// Per file, in order.
     pub sha256: Vec<String>,
@@ -172,13 +175,13 @@ pub struct LoadedModelFiles {
 /// `index`, which says which tensors each shard holds). Up to `concurrency` files download at
 /// once; progress reports each file and the total; an abort stops them all. The files must
 /// belong together (the split counts or the index agree) and no tensor may be in two of them.
-pub async fn load_model<S: ByteSource>(
-    ctx: &GpuContext,
+pub async fn load_model<S: ByteSource, D: LoadTarget>(
+    target: &D,
     files: Vec<ModelFile<S>>,
     index: Option<&crate::formats::SafetensorsIndex>,
     concurrency: usize,
     mut opts: LoadOptions<'_>,
-) -> Result<LoadedModelFiles> {
+) -> Result<LoadedModelFiles<D::Tensor>> {
     use std::cell::RefCell;
 
     use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -218,7 +221,7 @@ pub async fn load_model<S: ByteSource>(
                 piece_budget: budget,
                 max_binding_bytes,
             };
-            let loaded = load_model_file(ctx, &mut file.source, &mut file_opts).await;
+            let loaded = load_model_file(target, &mut file.source, &mut file_opts).await;
             if loaded.is_err() {
                 // One failure ends the load: stop the other files between chunks.
                 file_opts.abort.abort();
@@ -226,7 +229,7 @@ pub async fn load_model<S: ByteSource>(
             loaded.map(|l| (i, l))
         }
     });
-    let mut results: Vec<(usize, LoadedModel)> = stream::iter(loads)
+    let mut results: Vec<(usize, LoadedModel<D::Tensor>)> = stream::iter(loads)
         .buffer_unordered(concurrency.max(1))
         .try_collect()
         .await?;
@@ -298,12 +301,12 @@ pub fn merge_headers(
 
 /// Loads a model directory (see [`crate::load::folder`]) as one model, its companion files too.
 #[cfg(not(target_arch = "wasm32"))]
-pub async fn load_directory(
-    ctx: &GpuContext,
+pub async fn load_directory<D: LoadTarget>(
+    target: &D,
     dir: &std::path::Path,
     concurrency: usize,
     opts: LoadOptions<'_>,
-) -> Result<LoadedModelFiles> {
+) -> Result<LoadedModelFiles<D::Tensor>> {
     let plan = crate::load::folder::plan_directory(dir)?;
     let files = plan
         .weights
@@ -315,7 +318,7 @@ pub async fn load_directory(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut model = load_model(ctx, files, plan.index.as_ref(), concurrency, opts).await?;
+    let mut model = load_model(target, files, plan.index.as_ref(), concurrency, opts).await?;
     model.companions = plan.companions;
     Ok(model)
 }

@@ -5,10 +5,10 @@ use std::path::Path;
 
 use crate::error::Result;
 use crate::formats::split_names;
-use crate::gpu::GpuContext;
+
 use crate::load::{
-    load_directory, load_model, ByteSource, FileSource, HttpSource, LoadOptions, LoadedModelFiles,
-    ModelFile,
+    load_directory, load_model, ByteSource, FileSource, HttpSource, LoadOptions, LoadTarget,
+    LoadedModelFiles, ModelFile,
 };
 
 /// A file or a download.
@@ -57,14 +57,14 @@ pub fn is_url(spec: &str) -> bool {
 
 /// Loads the model `spec` names into GPU memory: a folder (weights and companion files), or a
 /// file or URL with the other splits of a split GGUF model. Up to 4 files load at once.
-pub async fn load_native(
-    ctx: &GpuContext,
+pub async fn load_native<D: LoadTarget>(
+    target: &D,
     spec: &str,
     opts: LoadOptions<'_>,
-) -> Result<LoadedModelFiles> {
+) -> Result<LoadedModelFiles<D::Tensor>> {
     const CONCURRENCY: usize = 4;
     if !is_url(spec) && Path::new(spec).is_dir() {
-        return load_directory(ctx, Path::new(spec), CONCURRENCY, opts).await;
+        return load_directory(target, Path::new(spec), CONCURRENCY, opts).await;
     }
     let files = split_names(spec)?
         .iter()
@@ -75,5 +75,5 @@ pub async fn load_native(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    load_model(ctx, files, None, CONCURRENCY, opts).await
+    load_model(target, files, None, CONCURRENCY, opts).await
 }

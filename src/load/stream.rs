@@ -12,6 +12,80 @@ use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuTensor};
 use crate::load::{ByteSource, StreamUploader, TensorPlan, DEFAULT_PIECE_BUDGET};
 
+/// What the model layer needs to know of a loaded tensor, wherever it lives.
+pub trait StoredTensor: Clone {
+    fn name(&self) -> &str;
+    /// Row-major, innermost last.
+    fn shape(&self) -> &[usize];
+    fn dtype(&self) -> crate::quant::DType;
+    /// Bytes of device (or host) memory it takes.
+    fn size_bytes(&self) -> u64;
+    /// Product of all but the innermost dimension.
+    fn rows(&self) -> usize {
+        let s = self.shape();
+        s[..s.len().saturating_sub(1)].iter().product()
+    }
+    /// The innermost dimension (1 for a scalar).
+    fn cols(&self) -> usize {
+        self.shape().last().copied().unwrap_or(1)
+    }
+}
+
+/// Receives a file's bytes in order and keeps its tensors (see [`LoadTarget`]).
+pub trait TensorSink {
+    type Tensor;
+    fn feed(&mut self, chunk: &[u8]) -> Result<()>;
+    /// The tensors, in plan order by offset; an error when the stream ended early.
+    fn finish(self) -> Result<Vec<Self::Tensor>>;
+}
+
+/// Where a load puts a model's tensors: GPU memory ([`GpuContext`]), or host memory for the CPU
+/// backend ([`crate::cpu::CpuContext`]).
+pub trait LoadTarget {
+    type Tensor: StoredTensor;
+    type Sink<'a>: TensorSink<Tensor = Self::Tensor>
+    where
+        Self: 'a;
+    /// Allocates every tensor `plans` lists (so a model that does not fit fails here, before its
+    /// data is downloaded) and prepares to receive the file from offset 0.
+    fn sink<'a>(&'a self, plans: Vec<TensorPlan>, opts: &LoadOptions<'_>)
+        -> Result<Self::Sink<'a>>;
+    /// After the data: whether the device is still usable.
+    fn check_health(&self) -> Result<()>;
+}
+
+impl StoredTensor for GpuTensor {
+    fn name(&self) -> &str {
+        GpuTensor::name(self)
+    }
+    fn shape(&self) -> &[usize] {
+        GpuTensor::shape(self)
+    }
+    fn dtype(&self) -> crate::quant::DType {
+        GpuTensor::dtype(self)
+    }
+    fn size_bytes(&self) -> u64 {
+        GpuTensor::size_bytes(self)
+    }
+}
+
+impl LoadTarget for GpuContext {
+    type Tensor = GpuTensor;
+    type Sink<'a> = StreamUploader<'a>;
+
+    fn sink<'a>(
+        &'a self,
+        plans: Vec<TensorPlan>,
+        opts: &LoadOptions<'_>,
+    ) -> Result<StreamUploader<'a>> {
+        StreamUploader::with_binding_limit(self, plans, opts.piece_budget, opts.max_binding_bytes)
+    }
+
+    fn check_health(&self) -> Result<()> {
+        GpuContext::check_health(self)
+    }
+}
+
 /// What a header parser says about a prefix of the file.
 pub enum HeaderStep<H> {
     /// The header continues: at least this many bytes of the file are needed in all.
@@ -76,22 +150,22 @@ impl Default for LoadOptions<'_> {
     }
 }
 
-/// A loaded file: its parsed header and its tensors on the GPU (ordered by file offset).
-pub struct LoadedFile<H> {
+/// A loaded file: its parsed header and its tensors (ordered by file offset).
+pub struct LoadedFile<H, T = GpuTensor> {
     pub header: H,
-    pub tensors: Vec<GpuTensor>,
+    pub tensors: Vec<T>,
     pub bytes: u64,
     pub sha256: String,
 }
 
 /// Reads `source` to the end, parsing its header with `parse(prefix, file_size)` and uploading its
-/// tensors.
-pub async fn load_stream<S: ByteSource, H>(
-    ctx: &GpuContext,
+/// tensors into `target`.
+pub async fn load_stream<S: ByteSource, H, D: LoadTarget>(
+    target: &D,
     source: &mut S,
     parse: impl Fn(&[u8], Option<u64>) -> Result<HeaderStep<H>>,
     opts: &mut LoadOptions<'_>,
-) -> Result<LoadedFile<H>> {
+) -> Result<LoadedFile<H, D::Tensor>> {
     let name = source.name().to_string();
     let mut hasher = Sha256::new();
     let mut done = 0u64;
@@ -148,8 +222,7 @@ pub async fn load_stream<S: ByteSource, H>(
         }
     };
 
-    let mut uploader =
-        StreamUploader::with_binding_limit(ctx, plans, opts.piece_budget, opts.max_binding_bytes)?;
+    let mut uploader = target.sink(plans, opts)?;
     uploader.feed(&head)?;
     drop(head);
     while let Some(chunk) = {
@@ -185,7 +258,7 @@ pub async fn load_stream<S: ByteSource, H>(
             });
         }
     }
-    ctx.check_health()?;
+    target.check_health()?;
     Ok(LoadedFile {
         header,
         tensors,

@@ -82,6 +82,48 @@ fn split_rows(p: TensorPlan, limit: u64) -> Vec<TensorPlan> {
         .collect()
 }
 
+/// Sorts `plans` by offset and checks that no two overlap and that each one's bytes hold its
+/// shape.
+pub(crate) fn check_plans(mut plans: Vec<TensorPlan>) -> Result<Vec<TensorPlan>> {
+    plans.sort_by_key(|p| p.offset);
+    for pair in plans.windows(2) {
+        if pair[0].offset + pair[0].bytes > pair[1].offset {
+            return Err(Error::InvalidTensor {
+                tensor: pair[1].name.clone(),
+                detail: format!("its data overlaps tensor '{}'", pair[0].name),
+            });
+        }
+    }
+    for p in &plans {
+        let expected = p
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .and_then(|n| p.dtype.bytes_for(n));
+        if expected.map(|e| e as u64) != Some(p.bytes) {
+            return Err(Error::InvalidTensor {
+                tensor: p.name.clone(),
+                detail: format!(
+                    "{} bytes of {} do not hold shape {:?}",
+                    p.bytes, p.dtype, p.shape
+                ),
+            });
+        }
+    }
+    Ok(plans)
+}
+
+/// The error of a stream that ended before `plan`'s bytes did.
+pub(crate) fn ended_early(plan: &TensorPlan, pos: u64) -> Error {
+    Error::InvalidTensor {
+        tensor: plan.name.clone(),
+        detail: format!(
+            "the data ended at byte {pos} but the tensor's bytes run to {}",
+            plan.offset + plan.bytes
+        ),
+    }
+}
+
 /// Default host memory for pieces in flight.
 pub const DEFAULT_PIECE_BUDGET: usize = 4 << 20;
 
@@ -119,35 +161,13 @@ impl<'a> StreamUploader<'a> {
         let caps = ctx.capabilities();
         let adapter = caps.max_storage_binding_bytes.min(caps.max_buffer_bytes);
         let limit = max_binding_bytes.map_or(adapter, |m| m.min(adapter));
-        let mut plans: Vec<TensorPlan> = plans
+        let plans: Vec<TensorPlan> = plans
             .into_iter()
             .flat_map(|p| split_rows(p, limit))
             .collect();
-        plans.sort_by_key(|p| p.offset);
-        for pair in plans.windows(2) {
-            if pair[0].offset + pair[0].bytes > pair[1].offset {
-                return Err(Error::InvalidTensor {
-                    tensor: pair[1].name.clone(),
-                    detail: format!("its data overlaps tensor '{}'", pair[0].name),
-                });
-            }
-        }
+        let plans = check_plans(plans)?;
         let mut tensors = Vec::with_capacity(plans.len());
         for p in &plans {
-            let expected = p
-                .shape
-                .iter()
-                .try_fold(1usize, |a, &d| a.checked_mul(d))
-                .and_then(|n| p.dtype.bytes_for(n));
-            if expected.map(|e| e as u64) != Some(p.bytes) {
-                return Err(Error::InvalidTensor {
-                    tensor: p.name.clone(),
-                    detail: format!(
-                        "{} bytes of {} do not hold shape {:?}",
-                        p.bytes, p.dtype, p.shape
-                    ),
-                });
-            }
             tensors.push(ctx.zeros(&p.name, &p.shape, p.dtype)?);
         }
         Ok(StreamUploader {
@@ -273,16 +293,21 @@ impl<'a> StreamUploader<'a> {
     /// The uploaded tensors, in plan order by offset; an error when the stream ended early.
     pub fn finish(mut self) -> Result<Vec<GpuTensor>> {
         if let Some(plan) = self.plans.get(self.current) {
-            return Err(Error::InvalidTensor {
-                tensor: plan.name.clone(),
-                detail: format!(
-                    "the data ended at byte {} but the tensor's bytes run to {}",
-                    self.pos,
-                    plan.offset + plan.bytes
-                ),
-            });
+            return Err(ended_early(plan, self.pos));
         }
         Ok(std::mem::take(&mut self.tensors))
+    }
+}
+
+impl crate::load::TensorSink for StreamUploader<'_> {
+    type Tensor = GpuTensor;
+
+    fn feed(&mut self, chunk: &[u8]) -> Result<()> {
+        StreamUploader::feed(self, chunk)
+    }
+
+    fn finish(self) -> Result<Vec<GpuTensor>> {
+        StreamUploader::finish(self)
     }
 }
 

@@ -31,9 +31,8 @@ use crate::kernels::{
     self, AttentionOptions, AttentionScratch, Draw, DrawState, KvCache, Linear, LogitStats,
     RopeTable, StepState, TopK,
 };
-use crate::load::part_name;
-use crate::model::arch::{Need, Role};
 use crate::model::config::{LayerRope, LayerSpec, RopeScaling};
+use crate::model::weights::DecoderWeights;
 use crate::model::ModelConfig;
 use crate::sample::{SamplingPlan, MAX_LOGIT_BIAS};
 
@@ -266,111 +265,6 @@ impl Graph {
     }
 }
 
-fn missing(name: String) -> Error {
-    Error::InvalidTensor {
-        tensor: name,
-        detail: "the model has no such tensor".into(),
-    }
-}
-
-/// Takes a model's tensors by role, in the checkpoint's naming.
-struct Tensors<'a> {
-    config: &'a ModelConfig,
-    map: HashMap<String, GpuTensor>,
-}
-
-impl Tensors<'_> {
-    fn name(&self, role: Role, layer: usize) -> Option<String> {
-        self.config
-            .spec()
-            .tensor_name(role, layer, self.config.gguf_names)
-    }
-
-    /// The tensor of `role`: `Ok(None)` when the architecture has no such role, or it is
-    /// optional (or tied) and absent; an error naming the tensor when a required one is missing.
-    fn take(&mut self, role: Role, layer: usize) -> Result<Option<GpuTensor>> {
-        let Some(need) = self.config.spec().need(role) else {
-            return Ok(None);
-        };
-        let Some(name) = self.name(role, layer) else {
-            return Ok(None);
-        };
-        match self.map.remove(&name) {
-            Some(t) => Ok(Some(t)),
-            None if self.map.contains_key(&part_name(&name, 0)) => Err(Error::InvalidTensor {
-                tensor: name,
-                detail: "is larger than one storage binding of this adapter; only the embedding \
-                         and output tables are split over several"
-                    .into(),
-            }),
-            None if need == Need::Required => Err(missing(name)),
-            None => Ok(None),
-        }
-    }
-
-    /// A matrix that may have been split by rows on upload (too large for one binding): its
-    /// parts with their first rows, or the one tensor at row 0.
-    fn take_rows(&mut self, role: Role) -> Result<Option<Vec<(usize, GpuTensor)>>> {
-        let Some(name) = self.name(role, 0) else {
-            return Ok(None);
-        };
-        let mut parts = Vec::new();
-        let mut row = 0;
-        while let Some(t) = self.map.remove(&part_name(&name, parts.len())) {
-            let rows = t.rows();
-            parts.push((row, t));
-            row += rows;
-        }
-        if parts.is_empty() {
-            return Ok(self.take(role, 0)?.map(|t| vec![(0, t)]));
-        }
-        Ok(Some(parts))
-    }
-
-    fn required(&mut self, role: Role, layer: usize) -> Result<GpuTensor> {
-        match self.take(role, layer)? {
-            Some(t) => Ok(t),
-            None => Err(missing(
-                self.name(role, layer)
-                    .unwrap_or_else(|| format!("{role:?} of layer {layer}")),
-            )),
-        }
-    }
-}
-
-/// The shape check: the error names the tensor and both shapes.
-pub(crate) fn expect(t: &GpuTensor, shape: &[usize]) -> Result<()> {
-    if t.shape() == shape {
-        Ok(())
-    } else {
-        Err(Error::InvalidTensor {
-            tensor: t.name().to_string(),
-            detail: format!(
-                "has shape {:?}, but the model's configuration needs {shape:?}",
-                t.shape()
-            ),
-        })
-    }
-}
-
-/// A matrix of `rows` × `cols` given as row ranges.
-fn expect_rows(parts: &[(usize, GpuTensor)], rows: usize, cols: usize) -> Result<()> {
-    if let [(_, t)] = parts {
-        return expect(t, &[rows, cols]);
-    }
-    let total: usize = parts.iter().map(|(_, t)| t.rows()).sum();
-    match parts.iter().find(|(_, t)| t.cols() != cols) {
-        Some((_, t)) => expect(t, &[t.rows(), cols]),
-        None if total != rows => Err(Error::InvalidTensor {
-            tensor: parts[0].1.name().to_string(),
-            detail: format!(
-                "its parts hold {total} rows, but the model's configuration needs {rows}"
-            ),
-        }),
-        None => Ok(()),
-    }
-}
-
 /// 1-D parameters (norm weights, biases) as the f32 vectors the kernels take, with `offset`
 /// added (Gemma's Hugging Face norms store `w - 1`). Tensors already in f32 without an offset
 /// are kept; the others are read back in one submit, converted and uploaded anew.
@@ -402,6 +296,35 @@ pub(crate) async fn vectors_to_f32(
         }
     }
     Ok(out)
+}
+
+/// The global RoPE's frequency factors and cos/sin scale for a context of `max_ctx`, from the
+/// configuration and the GGUF factor tensors' values (`rope_freqs`, LongRoPE short and long).
+pub(crate) fn rope_scaling_of(
+    c: &ModelConfig,
+    max_ctx: usize,
+    [freqs, short, long]: [Option<Vec<f32>>; 3],
+) -> (Option<Vec<f32>>, f32) {
+    let half = c.rope.rotary_dim / 2;
+    match &c.rope_scaling {
+        RopeScaling::None => (freqs, 1.0),
+        RopeScaling::Linear(f) => (Some(vec![*f; half]), 1.0),
+        RopeScaling::LongRope {
+            short: s,
+            long: l,
+            original,
+            attention_factor,
+        } => {
+            let beyond = max_ctx > *original;
+            let chosen = match (beyond, s.is_empty()) {
+                (false, false) => Some(s.clone()),
+                (true, false) => Some(l.clone()),
+                (false, true) => short,
+                (true, true) => long,
+            };
+            (chosen, *attention_factor)
+        }
+    }
 }
 
 /// Stacks `parts` (rows) into one matrix when they share a format, else keeps them apart.
@@ -442,162 +365,28 @@ impl Decoder {
         kv_dtype: DType,
     ) -> Result<Self> {
         let c = &config;
-        let mut t = Tensors {
-            config: c,
-            map: tensors,
-        };
-        let (q_rows, kv_rows) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
-        let embed = t
-            .take_rows(Role::TokenEmbd)?
-            .ok_or_else(|| missing(t.name(Role::TokenEmbd, 0).unwrap_or_default()))?;
-        expect_rows(&embed, c.vocab, c.hidden)?;
-        let output = t.take_rows(Role::Output)?;
-        if let Some(o) = &output {
-            expect_rows(o, c.vocab, c.hidden)?;
+        let w = DecoderWeights::take(c, tensors)?;
+        // Every 1-D parameter (norm weights, biases) goes through one conversion to f32.
+        let mut vectors = vec![(w.out_norm.clone(), c.norm_offset)];
+        for l in &w.layers {
+            vectors.extend(
+                l.vectors(c.norm_offset)
+                    .into_iter()
+                    .map(|(t, o)| (t.clone(), o)),
+            );
         }
-        // Frequency factors of the global RoPE (GGUF: Llama 3.1+ `rope_freqs`, Phi-3's LongRoPE).
-        let mut factor_tensors = Vec::new();
-        for role in [
-            Role::RopeFreqs,
-            Role::RopeFactorsShort,
-            Role::RopeFactorsLong,
-        ] {
-            factor_tensors.push(t.take(role, 0)?);
-        }
-
-        // Every 1-D parameter (norm weights, biases) goes through one conversion to f32; until
-        // then a layer refers to its parameters by their index in `vectors`.
-        let mut vectors: Vec<(GpuTensor, f32)> = Vec::new();
-        let vector = |t: &mut Tensors,
-                      v: &mut Vec<(GpuTensor, f32)>,
-                      role: Role,
-                      layer: usize,
-                      n: usize|
-         -> Result<Option<usize>> {
-            let Some(x) = t.take(role, layer)? else {
-                return Ok(None);
-            };
-            expect(&x, &[n])?;
-            v.push((x, if role.is_norm() { c.norm_offset } else { 0.0 }));
-            Ok(Some(v.len() - 1))
-        };
-        let out_norm_at = vector(&mut t, &mut vectors, Role::OutputNorm, 0, c.hidden)?
-            .ok_or_else(|| missing(t.name(Role::OutputNorm, 0).unwrap_or_default()))?;
-
-        /// A layer whose 1-D parameters are indices into `vectors` until converted.
-        struct RawLayer {
-            attn_norm: usize,
-            qkv: Vec<GpuTensor>,
-            qkv_bias: Vec<Option<usize>>,
-            q_norm: Option<usize>,
-            k_norm: Option<usize>,
-            o: GpuTensor,
-            post_attn_norm: Option<usize>,
-            ffn_norm: usize,
-            gate_up: Vec<GpuTensor>,
-            down: GpuTensor,
-            post_ffn_norm: Option<usize>,
-        }
-        let mut raw = Vec::with_capacity(c.layers);
-        for l in 0..c.layers {
-            let attn_norm = vector(&mut t, &mut vectors, Role::AttnNorm, l, c.hidden)?
-                .ok_or_else(|| missing(t.name(Role::AttnNorm, l).unwrap_or_default()))?;
-            let ffn_norm = vector(&mut t, &mut vectors, Role::FfnNorm, l, c.hidden)?
-                .ok_or_else(|| missing(t.name(Role::FfnNorm, l).unwrap_or_default()))?;
-            let q_norm = vector(&mut t, &mut vectors, Role::QNorm, l, c.head_dim)?;
-            let k_norm = vector(&mut t, &mut vectors, Role::KNorm, l, c.head_dim)?;
-            let post_attn_norm = vector(&mut t, &mut vectors, Role::PostAttnNorm, l, c.hidden)?;
-            let post_ffn_norm = vector(&mut t, &mut vectors, Role::PostFfnNorm, l, c.hidden)?;
-            let (qkv, qkv_bias) = match t.take(Role::Qkv, l)? {
-                Some(w) => {
-                    expect(&w, &[q_rows + 2 * kv_rows, c.hidden])?;
-                    (vec![w], vec![None])
-                }
-                None => {
-                    let q = t.required(Role::Q, l)?;
-                    let k = t.required(Role::K, l)?;
-                    let v = t.required(Role::V, l)?;
-                    expect(&q, &[q_rows, c.hidden])?;
-                    expect(&k, &[kv_rows, c.hidden])?;
-                    expect(&v, &[kv_rows, c.hidden])?;
-                    let mut biases = Vec::new();
-                    for (role, n) in [
-                        (Role::QBias, q_rows),
-                        (Role::KBias, kv_rows),
-                        (Role::VBias, kv_rows),
-                    ] {
-                        biases.push(vector(&mut t, &mut vectors, role, l, n)?);
-                    }
-                    let some = biases.iter().filter(|b| b.is_some()).count();
-                    if some != 0 && some != 3 {
-                        return Err(Error::InvalidTensor {
-                            tensor: t.name(Role::QBias, l).unwrap_or_default(),
-                            detail: "q, k and v must all have biases or none".into(),
-                        });
-                    }
-                    (vec![q, k, v], biases)
-                }
-            };
-            if c.qk_norm && (q_norm.is_none() || k_norm.is_none()) {
-                return Err(missing(t.name(Role::QNorm, l).unwrap_or_default()));
-            }
-            let o = t.required(Role::O, l)?;
-            expect(&o, &[c.hidden, q_rows])?;
-            let gate_up = match t.take(Role::GateUp, l)? {
-                Some(w) => {
-                    expect(&w, &[2 * c.ffn, c.hidden])?;
-                    vec![w]
-                }
-                None => {
-                    let g = t.required(Role::Gate, l)?;
-                    let u = t.required(Role::Up, l)?;
-                    expect(&g, &[c.ffn, c.hidden])?;
-                    expect(&u, &[c.ffn, c.hidden])?;
-                    vec![g, u]
-                }
-            };
-            let down = t.required(Role::Down, l)?;
-            expect(&down, &[c.hidden, c.ffn])?;
-            raw.push(RawLayer {
-                attn_norm,
-                qkv,
-                qkv_bias,
-                q_norm,
-                k_norm,
-                o,
-                post_attn_norm,
-                ffn_norm,
-                gate_up,
-                down,
-                post_ffn_norm,
-            });
-        }
-        if c.post_norms
-            && raw
-                .iter()
-                .any(|r| r.post_attn_norm.is_none() || r.post_ffn_norm.is_none())
-        {
-            return Err(missing(t.name(Role::PostAttnNorm, 0).unwrap_or_default()));
-        }
-
-        let mut converted: Vec<Option<GpuTensor>> = vectors_to_f32(ctx, vectors)
-            .await?
-            .into_iter()
-            .map(Some)
-            .collect();
-        let mut get = |i: usize| converted[i].take().expect("each vector is used once");
-        let out_norm = get(out_norm_at);
+        let mut converted = vectors_to_f32(ctx, vectors).await?.into_iter();
+        let out_norm = converted.next().expect("the output norm");
         let mut layers = Vec::with_capacity(c.layers);
-        for (l, r) in raw.into_iter().enumerate() {
-            let biases: Vec<Option<GpuTensor>> =
-                r.qkv_bias.iter().map(|b| b.map(&mut get)).collect();
+        for (l, raw) in w.layers.into_iter().enumerate() {
+            let r = raw.map(&mut converted, |m| m);
             let qkv = if r.qkv.len() == 1 {
                 Proj::Fused {
                     w: r.qkv.into_iter().next().expect("one"),
                     bias: None,
                 }
             } else {
-                stack(ctx, &format!("blk.{l}.qkv"), r.qkv, biases).await?
+                stack(ctx, &format!("blk.{l}.qkv"), r.qkv, r.qkv_bias).await?
             };
             let gate_up = if r.gate_up.len() == 1 {
                 Proj::Fused {
@@ -615,18 +404,21 @@ impl Decoder {
             };
             layers.push(Layer {
                 spec: c.layer_specs[l],
-                attn_norm: get(r.attn_norm),
+                attn_norm: r.attn_norm,
                 qkv,
-                q_norm: r.q_norm.map(&mut get),
-                k_norm: r.k_norm.map(&mut get),
+                q_norm: r.q_norm,
+                k_norm: r.k_norm,
                 o: r.o,
-                post_attn_norm: r.post_attn_norm.map(&mut get),
-                ffn_norm: get(r.ffn_norm),
+                post_attn_norm: r.post_attn_norm,
+                ffn_norm: r.ffn_norm,
                 gate_up,
                 down: r.down,
-                post_ffn_norm: r.post_ffn_norm.map(&mut get),
+                post_ffn_norm: r.post_ffn_norm,
             });
         }
+        let embed = w.embed;
+        let output = w.output;
+        let factor_tensors = w.rope_factors.into_iter().collect();
 
         let kv = KvCache::with_dtype(ctx, c.layers, max_ctx, c.kv_heads, c.head_dim, kv_dtype)?;
         let rope = Self::global_rope(ctx, c, max_ctx, factor_tensors).await?;
@@ -667,28 +459,7 @@ impl Decoder {
                 None => None,
             });
         }
-        let [freqs, short, long]: [Option<Vec<f32>>; 3] =
-            read.try_into().expect("three factor roles");
-        let half = c.rope.rotary_dim / 2;
-        let (factors, mscale) = match &c.rope_scaling {
-            RopeScaling::None => (freqs, 1.0),
-            RopeScaling::Linear(f) => (Some(vec![*f; half]), 1.0),
-            RopeScaling::LongRope {
-                short: s,
-                long: l,
-                original,
-                attention_factor,
-            } => {
-                let beyond = max_ctx > *original;
-                let chosen = match (beyond, s.is_empty()) {
-                    (false, false) => Some(s.clone()),
-                    (true, false) => Some(l.clone()),
-                    (false, true) => short,
-                    (true, true) => long,
-                };
-                (chosen, *attention_factor)
-            }
-        };
+        let (factors, mscale) = rope_scaling_of(c, max_ctx, read.try_into().expect("three roles"));
         RopeTable::with_options(ctx, c.rope, max_ctx, factors.as_deref(), mscale)
     }
 

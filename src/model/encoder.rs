@@ -20,7 +20,8 @@ use crate::load::LoadedModelFiles;
 use crate::model::config::{
     config_error, Sizes, MAX_CONTEXT, MAX_FFN, MAX_HEADS, MAX_HIDDEN, MAX_LAYERS, MAX_VOCAB,
 };
-use crate::model::decoder::{expect, stack, vectors_to_f32, Proj};
+use crate::model::decoder::{stack, vectors_to_f32, Proj};
+use crate::model::weights::expect;
 use crate::text::Tokenizer;
 
 /// How the token vectors become one embedding (sentence-transformers' Pooling module).

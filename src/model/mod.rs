@@ -6,8 +6,9 @@
 
 pub mod arch;
 mod config;
-mod decoder;
+pub(crate) mod decoder;
 pub mod encoder;
+pub(crate) mod weights;
 
 pub use arch::{Architecture, Role, SUPPORTED};
 pub use config::{

@@ -78,6 +78,29 @@ pub fn dequantize(dtype: DType, gguf_bytes: &[u8], out: &mut [f32]) -> Result<()
     Ok(())
 }
 
+/// Dequantizes one block: its bytes into its values.
+pub type BlockFn = fn(&[u8], &mut [f32]);
+
+/// The function that dequantizes one block of a block-quantized `dtype` (`block_bytes()` bytes
+/// into `block_size()` values), as [`dequantize`] does; `None` for plain formats.
+pub fn block_dequantizer(dtype: DType) -> Option<BlockFn> {
+    Some(match dtype {
+        DType::Q4_0 => block_q4_0,
+        DType::Q4_1 => block_q4_1,
+        DType::Q5_0 => block_q5_0,
+        DType::Q5_1 => block_q5_1,
+        DType::Q8_0 => block_q8_0,
+        DType::Q2_K => block_q2_k,
+        DType::Q3_K => block_q3_k,
+        DType::Q4_K => block_q4_k,
+        DType::Q5_K => block_q5_k,
+        DType::Q6_K => block_q6_k,
+        DType::IQ4_NL => block_iq4_nl,
+        DType::IQ4_XS => block_iq4_xs,
+        DType::F32 | DType::F16 | DType::BF16 | DType::I32 => return None,
+    })
+}
+
 /// [`dequantize`] into a new vector of the right length.
 pub fn dequantize_to_vec(dtype: DType, gguf_bytes: &[u8]) -> Result<Vec<f32>> {
     let mut out = vec![0.0; element_count(dtype, gguf_bytes.len())?];

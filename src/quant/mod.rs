@@ -32,7 +32,7 @@
 use std::fmt;
 
 mod dequant;
-pub use dequant::{dequantize, dequantize_to_vec};
+pub use dequant::{block_dequantizer, dequantize, dequantize_to_vec};
 
 #[cfg(feature = "harness")]
 mod random;

@@ -16,7 +16,7 @@ export type PocketLMErrorCode =
   // raised in JavaScript
   | "invalid_request" | "unloaded" | "device_lost" | "aborted" | "worker" | "wasm_load" | "internal" | "quota" | "not_supported"
   // GPU and device
-  | "no_adapter" | "device_request" | "profile_unavailable" | "unknown_profile" | "too_large" | "shader_compile"
+  | "no_adapter" | "device_request" | "profile_unavailable" | "unknown_profile" | "too_large" | "out_of_memory" | "shader_compile"
   | "gpu" | "readback" | "shape_mismatch" | "unsupported_dtype" | "invalid_tensor"
   // downloading and reading model files
   | "http" | "io" | "integrity" | "file_truncated" | "bad_magic" | "unsupported_format_version" | "header_limit"

@@ -1,0 +1,485 @@
+//! The generic decoder on the CPU: the same [`ModelConfig`] and weights by role as the GPU's
+//! [`crate::model::Decoder`], one step at a time, and the same [`Readout`] of the last token
+//! (penalties, logit bias and a grammar's mask applied to the logits, then the greedy, Gumbel or
+//! candidate pick), so the engine drives both backends with one loop.
+
+use std::collections::HashMap;
+
+use crate::cpu::kernels::{self, AttentionShape};
+use crate::cpu::{CpuContext, HostTensor};
+use crate::error::{Error, Result};
+use crate::kernels::{RopeConfig, MASKED_LOGIT};
+use crate::load::StoredTensor;
+use crate::model::weights::DecoderWeights;
+use crate::model::{LayerRope, LayerSpec, ModelConfig, Readout, StepOutput};
+use crate::sample::{gumbel_uniform, SamplingPlan};
+
+/// One layer's weights: matrices as stored, 1-D parameters in f32 (norm offsets applied).
+struct Layer {
+    spec: LayerSpec,
+    attn_norm: Vec<f32>,
+    /// One stacked matrix (q, k, v rows) or three.
+    qkv: Vec<HostTensor>,
+    /// q, k and v biases, concatenated.
+    qkv_bias: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    o: HostTensor,
+    post_attn_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    /// One stacked matrix (gate rows, then up) or two.
+    gate_up: Vec<HostTensor>,
+    down: HostTensor,
+    post_ffn_norm: Option<Vec<f32>>,
+}
+
+/// A layer's keys and values, [positions, kv_heads, head_dim] each, grown as positions fill.
+#[derive(Default)]
+struct KvLayer {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+}
+
+/// A decoder-only transformer on the CPU: weights in host memory, an f32 KV cache, RoPE tables.
+pub struct CpuDecoder {
+    pub config: ModelConfig,
+    embed: HostTensor,
+    output: HostTensor,
+    out_norm: Vec<f32>,
+    layers: Vec<Layer>,
+    kv: Vec<KvLayer>,
+    max_ctx: usize,
+    rope: Vec<f32>,
+    rope_local: Option<Vec<f32>>,
+    /// The last step's logits of its last token, as picked from (penalties, bias, mask applied).
+    last_logits: Vec<f32>,
+}
+
+/// The one part of a table the host holds (host loads never split a matrix).
+fn whole(parts: Vec<(usize, HostTensor)>) -> Result<HostTensor> {
+    let mut it = parts.into_iter();
+    match (it.next(), it.next()) {
+        (Some((_, t)), None) => Ok(t),
+        (first, _) => Err(Error::InvalidTensor {
+            tensor: first.map(|(_, t)| t.name().to_string()).unwrap_or_default(),
+            detail: "is split into parts, which only GPU loads make".into(),
+        }),
+    }
+}
+
+impl CpuDecoder {
+    /// Takes the loaded tensors (checked against the configuration) and prepares a KV cache of
+    /// up to `max_ctx` positions.
+    pub fn new(
+        config: ModelConfig,
+        tensors: HashMap<String, HostTensor>,
+        max_ctx: usize,
+    ) -> Result<Self> {
+        let c = &config;
+        let w = DecoderWeights::take(c, tensors)?;
+        let vector = |t: &HostTensor, offset: f32| -> Result<Vec<f32>> {
+            let mut v = t.to_f32()?;
+            if offset != 0.0 {
+                v.iter_mut().for_each(|x| *x += offset);
+            }
+            Ok(v)
+        };
+        let out_norm = vector(&w.out_norm, c.norm_offset)?;
+        let mut layers = Vec::with_capacity(c.layers);
+        for (l, raw) in w.layers.into_iter().enumerate() {
+            let vectors = raw
+                .vectors(c.norm_offset)
+                .into_iter()
+                .map(|(t, o)| vector(t, o))
+                .collect::<Result<Vec<_>>>()?;
+            let r = raw.map(&mut vectors.into_iter(), |m| m);
+            let qkv_bias = if r.qkv_bias.iter().all(Option::is_some) && !r.qkv_bias.is_empty() {
+                Some(r.qkv_bias.into_iter().flatten().flatten().collect())
+            } else {
+                None
+            };
+            layers.push(Layer {
+                spec: c.layer_specs[l],
+                attn_norm: r.attn_norm,
+                qkv: r.qkv,
+                qkv_bias,
+                q_norm: r.q_norm,
+                k_norm: r.k_norm,
+                o: r.o,
+                post_attn_norm: r.post_attn_norm,
+                ffn_norm: r.ffn_norm,
+                gate_up: r.gate_up,
+                down: r.down,
+                post_ffn_norm: r.post_ffn_norm,
+            });
+        }
+        let factors = w
+            .rope_factors
+            .iter()
+            .map(|t| t.as_ref().map(HostTensor::to_f32).transpose())
+            .collect::<Result<Vec<_>>>()?;
+        let (factors, mscale) = crate::model::decoder::rope_scaling_of(
+            c,
+            max_ctx,
+            factors.try_into().expect("three factor roles"),
+        );
+        let rope = crate::kernels::rope_table_data(&c.rope, max_ctx, factors.as_deref(), mscale)?;
+        let rope_local = match c.rope_local {
+            Some(r) => Some(crate::kernels::rope_table_data(&r, max_ctx, None, 1.0)?),
+            None => None,
+        };
+        let embed = whole(w.embed)?;
+        let output = match w.output {
+            Some(parts) => whole(parts)?,
+            None => embed.clone(),
+        };
+        let kv = (0..c.layers).map(|_| KvLayer::default()).collect();
+        Ok(CpuDecoder {
+            config,
+            embed,
+            output,
+            out_norm,
+            layers,
+            kv,
+            max_ctx,
+            rope,
+            rope_local,
+            last_logits: Vec::new(),
+        })
+    }
+
+    /// Positions the KV cache can hold.
+    pub fn context(&self) -> usize {
+        self.max_ctx
+    }
+
+    /// Bytes of host memory the weights and the KV cache (as filled so far) take.
+    pub fn host_bytes(&self) -> (u64, u64) {
+        let mut weights = self.embed.size_bytes();
+        if self.output.bytes().as_ptr() != self.embed.bytes().as_ptr() {
+            weights += self.output.size_bytes();
+        }
+        for l in &self.layers {
+            let mats = l.qkv.iter().chain(&l.gate_up).chain([&l.o, &l.down]);
+            weights += mats.map(StoredTensor::size_bytes).sum::<u64>();
+        }
+        let kv = self
+            .kv
+            .iter()
+            .map(|l| (l.keys.capacity() + l.values.capacity()) as u64 * 4)
+            .sum();
+        (weights, kv)
+    }
+
+    /// Frees the KV cache's memory.
+    pub fn clear_cache(&mut self) {
+        self.kv.iter_mut().for_each(|l| *l = KvLayer::default());
+    }
+
+    /// Runs `tokens` at positions `offset..` through the model and returns what `readout` asks
+    /// of the last token's logits; `mask` (one bit per token id) restricts a pick to the tokens
+    /// a grammar allows.
+    pub fn step(
+        &mut self,
+        cpu: &CpuContext,
+        tokens: &[u32],
+        offset: usize,
+        readout: Readout<'_>,
+        mask: Option<Vec<u32>>,
+    ) -> Result<StepOutput> {
+        let n = tokens.len();
+        if n == 0 || offset + n > self.max_ctx {
+            return Err(Error::ContextOverflow {
+                prompt_tokens: offset + n,
+                context: self.max_ctx,
+            });
+        }
+        let x = self.forward(cpu, tokens, offset)?;
+        if readout == Readout::Nothing {
+            return Ok(StepOutput::Nothing);
+        }
+        let mut logits = self.head(cpu, &x[(n - 1) * self.config.hidden..])?;
+        let out = pick(&mut logits, readout, mask.as_deref())?;
+        self.last_logits = logits;
+        Ok(out)
+    }
+
+    /// The logits [tokens, vocab] of every token of a step at positions `offset..` (which
+    /// fills the KV cache there, as a step does).
+    pub fn forward_logits(
+        &mut self,
+        cpu: &CpuContext,
+        tokens: &[u32],
+        offset: usize,
+    ) -> Result<Vec<f32>> {
+        if tokens.is_empty() || offset + tokens.len() > self.max_ctx {
+            return Err(Error::ContextOverflow {
+                prompt_tokens: offset + tokens.len(),
+                context: self.max_ctx,
+            });
+        }
+        let x = self.forward(cpu, tokens, offset)?;
+        self.head(cpu, &x)
+    }
+
+    /// The final norm and the LM head (with the final soft-cap) of hidden-state rows.
+    fn head(&self, cpu: &CpuContext, x: &[f32]) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let rows = x.len() / c.hidden;
+        let mut normed = vec![0f32; x.len()];
+        kernels::rmsnorm(x, &self.out_norm, c.rms_eps, &mut normed);
+        let mut logits = vec![0f32; rows * c.vocab];
+        kernels::matmul(cpu.pool(), &self.output, &normed, rows, &mut logits, false)?;
+        if let Some(cap) = c.final_softcap {
+            logits
+                .iter_mut()
+                .for_each(|l| *l = kernels::softcap(*l, cap));
+        }
+        Ok(logits)
+    }
+
+    /// The last step's row of logits as its pick saw them.
+    pub fn last_logits(&self) -> Vec<f32> {
+        self.last_logits.clone()
+    }
+
+    /// The hidden states [n, hidden] after the last layer.
+    fn forward(&mut self, cpu: &CpuContext, tokens: &[u32], offset: usize) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let pool = cpu.pool();
+        let n = tokens.len();
+        let (hd, qw, kvw) = (c.head_dim, c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let mut x = vec![0f32; n * c.hidden];
+        let scale = c.embed_scale.unwrap_or(1.0);
+        for (t, &id) in tokens.iter().enumerate() {
+            if id as usize >= c.vocab {
+                return Err(Error::InvalidRequest(format!(
+                    "token {id} is outside the model's vocabulary of {}",
+                    c.vocab
+                )));
+            }
+            let row = &mut x[t * c.hidden..(t + 1) * c.hidden];
+            kernels::table_row(&self.embed, id as usize, scale, row)?;
+        }
+        let mut xn = vec![0f32; n * c.hidden];
+        let mut qkv = vec![0f32; n * (qw + 2 * kvw)];
+        let (mut q, mut k, mut v) = (vec![0f32; n * qw], vec![0f32; n * kvw], vec![0f32; n * kvw]);
+        let mut att = vec![0f32; n * qw];
+        let mut gu = vec![0f32; n * 2 * c.ffn];
+        let mut gate = vec![0f32; n * c.ffn];
+        let mut up = vec![0f32; n * c.ffn];
+        let mut h = vec![0f32; n * c.hidden];
+        let end = offset + n;
+        for (l, w) in self.layers.iter().enumerate() {
+            kernels::rmsnorm(&x, &w.attn_norm, c.rms_eps, &mut xn);
+            // q, k, v: one stacked product, or one per part.
+            if let [stacked] = w.qkv.as_slice() {
+                kernels::matmul(pool, stacked, &xn, n, &mut qkv, false)?;
+                for t in 0..n {
+                    let row = &qkv[t * (qw + 2 * kvw)..(t + 1) * (qw + 2 * kvw)];
+                    q[t * qw..(t + 1) * qw].copy_from_slice(&row[..qw]);
+                    k[t * kvw..(t + 1) * kvw].copy_from_slice(&row[qw..qw + kvw]);
+                    v[t * kvw..(t + 1) * kvw].copy_from_slice(&row[qw + kvw..]);
+                }
+            } else {
+                for (part, out) in w.qkv.iter().zip([&mut q, &mut k, &mut v]) {
+                    kernels::matmul(pool, part, &xn, n, out, false)?;
+                }
+            }
+            if let Some(b) = &w.qkv_bias {
+                for (out, bias) in [
+                    (&mut q, &b[..qw]),
+                    (&mut k, &b[qw..qw + kvw]),
+                    (&mut v, &b[qw + kvw..]),
+                ] {
+                    for row in out.chunks_exact_mut(bias.len()) {
+                        row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+                    }
+                }
+            }
+            if let (Some(gq), Some(gk)) = (&w.q_norm, &w.k_norm) {
+                kernels::rmsnorm_in_place(&mut q, gq, c.rms_eps);
+                kernels::rmsnorm_in_place(&mut k, gk, c.rms_eps);
+            }
+            let table: Option<(&Vec<f32>, &RopeConfig)> = match w.spec.rope {
+                LayerRope::Global => Some((&self.rope, &c.rope)),
+                LayerRope::Local => self.rope_local.as_ref().zip(c.rope_local.as_ref()),
+                LayerRope::None => None,
+            };
+            if let Some((table, r)) = table {
+                kernels::rope(&mut q, c.heads, hd, r.rotary_dim, r.layout, table, offset);
+                kernels::rope(
+                    &mut k,
+                    c.kv_heads,
+                    hd,
+                    r.rotary_dim,
+                    r.layout,
+                    table,
+                    offset,
+                );
+            }
+            let cache = &mut self.kv[l];
+            if cache.keys.len() < end * kvw {
+                cache.keys.resize(end * kvw, 0.0);
+                cache.values.resize(end * kvw, 0.0);
+            }
+            cache.keys[offset * kvw..end * kvw].copy_from_slice(&k);
+            cache.values[offset * kvw..end * kvw].copy_from_slice(&v);
+            let shape = AttentionShape {
+                heads: c.heads,
+                kv_heads: c.kv_heads,
+                head_dim: hd,
+                scale: c.attn_scale,
+                window: w.spec.window,
+                softcap: c.attn_softcap,
+            };
+            kernels::attention(
+                pool,
+                &shape,
+                &q,
+                &cache.keys[..end * kvw],
+                &cache.values[..end * kvw],
+                offset,
+                &mut att,
+            );
+            match &w.post_attn_norm {
+                Some(g) => {
+                    kernels::matmul(pool, &w.o, &att, n, &mut h, false)?;
+                    kernels::rmsnorm_add(&h, g, c.rms_eps, &mut x);
+                }
+                None => kernels::matmul(pool, &w.o, &att, n, &mut x, true)?,
+            }
+            kernels::rmsnorm(&x, &w.ffn_norm, c.rms_eps, &mut xn);
+            if let [stacked] = w.gate_up.as_slice() {
+                kernels::matmul(pool, stacked, &xn, n, &mut gu, false)?;
+                for t in 0..n {
+                    let row = &gu[t * 2 * c.ffn..(t + 1) * 2 * c.ffn];
+                    gate[t * c.ffn..(t + 1) * c.ffn].copy_from_slice(&row[..c.ffn]);
+                    up[t * c.ffn..(t + 1) * c.ffn].copy_from_slice(&row[c.ffn..]);
+                }
+            } else {
+                kernels::matmul(pool, &w.gate_up[0], &xn, n, &mut gate, false)?;
+                kernels::matmul(pool, &w.gate_up[1], &xn, n, &mut up, false)?;
+            }
+            kernels::gated(&mut gate, &up, c.activation);
+            match &w.post_ffn_norm {
+                Some(g) => {
+                    kernels::matmul(pool, &w.down, &gate, n, &mut h, false)?;
+                    kernels::rmsnorm_add(&h, g, c.rms_eps, &mut x);
+                }
+                None => kernels::matmul(pool, &w.down, &gate, n, &mut x, true)?,
+            }
+        }
+        Ok(x)
+    }
+}
+
+/// NaN as −inf, −0 as +0: the GPU top-k's conventions.
+fn canonical(l: f32) -> f32 {
+    if l.is_nan() {
+        f32::NEG_INFINITY
+    } else if l == 0.0 {
+        0.0
+    } else {
+        l
+    }
+}
+
+/// The best `k` (token, logit) of `row`, best first (ties to the lower id).
+fn top(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut all: Vec<(u32, f32)> = row
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, canonical(l)))
+        .collect();
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let k = k.min(all.len());
+    if k < all.len() {
+        all.select_nth_unstable_by(k, order);
+        all.truncate(k);
+    }
+    all.sort_unstable_by(order);
+    all
+}
+
+/// The row's softmax statistics (max, Σ exp(x − max)).
+fn stats(row: &[f32]) -> (f32, f32) {
+    let max = row
+        .iter()
+        .map(|&l| canonical(l))
+        .fold(f32::NEG_INFINITY, f32::max);
+    let total: f64 = row
+        .iter()
+        .map(|&l| f64::from(canonical(l) - max).exp())
+        .sum();
+    (max, total as f32)
+}
+
+/// What the GPU's sampling kernels do after a step, on the host: penalties, logit bias and the
+/// grammar's mask applied to `logits` (in place), then the pick `readout` asks for.
+fn pick(logits: &mut [f32], readout: Readout<'_>, mask: Option<&[u32]>) -> Result<StepOutput> {
+    let Readout::Sample {
+        plan,
+        draw,
+        penalties,
+        biases,
+        with_candidates,
+    } = readout
+    else {
+        return Ok(StepOutput::Logits(logits.to_vec()));
+    };
+    for &(token, count) in penalties {
+        if let Some(l) = logits.get_mut(token as usize) {
+            let mut v = *l;
+            if v <= 0.0 {
+                v *= draw.repetition;
+            } else {
+                v /= draw.repetition;
+            }
+            *l = v - (count as f32 * draw.frequency + draw.presence);
+        }
+    }
+    for &(token, bias) in biases {
+        if let Some(l) = logits.get_mut(token as usize) {
+            *l += bias;
+        }
+    }
+    if let Some(words) = mask {
+        for (i, l) in logits.iter_mut().enumerate() {
+            if words.get(i / 32).is_none_or(|w| (w >> (i % 32)) & 1 == 0) {
+                *l = MASKED_LOGIT;
+            }
+        }
+    }
+    let candidates = || (top(logits, crate::engine::CANDIDATES), stats(logits));
+    let token = match plan {
+        SamplingPlan::Greedy => top(logits, 1)[0].0,
+        SamplingPlan::Gumbel => {
+            let key = u64::from(draw.key_lo) | (u64::from(draw.key_hi) << 32);
+            let mut best = (0u32, f32::NEG_INFINITY);
+            for (i, &l) in logits.iter().enumerate() {
+                let u = gumbel_uniform(key, draw.row, i as u32);
+                let g = -(-u.ln()).ln();
+                let v = canonical(l) * draw.inv_temp + g;
+                if v > best.1 {
+                    best = (i as u32, v);
+                }
+            }
+            best.0
+        }
+        SamplingPlan::Candidates => {
+            let (candidates, stats) = candidates();
+            return Ok(StepOutput::Candidates { candidates, stats });
+        }
+        SamplingPlan::FullRow => return Ok(StepOutput::Logits(logits.to_vec())),
+    };
+    if with_candidates {
+        let (candidates, stats) = candidates();
+        return Ok(StepOutput::TokenAndCandidates {
+            token,
+            candidates,
+            stats,
+        });
+    }
+    Ok(StepOutput::Token(token))
+}

@@ -1,0 +1,176 @@
+//! The CPU backend against Hugging Face transformers: the tiny random model of every
+//! architecture from scripts/make_fixtures.py (safetensors in f32, bf16 and f16, and llama.cpp's
+//! GGUF conversions), logits at every position of a 16-token prompt within 1e-3 (as the GPU
+//! tests), prefill then decode through the KV cache, and the engine's greedy output on a real
+//! GGUF equal to transformers'.
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{fixture_json, greedy, read_f32_file, token_ids};
+use pocketlm::cpu::{CpuContext, CpuDecoder, HostTensor};
+use pocketlm::engine::{Engine, EngineOptions, Flow};
+use pocketlm::load::{load_directory, load_native, LoadOptions, LoadedModelFiles};
+use pocketlm::model::ModelConfig;
+
+fn cpu() -> &'static CpuContext {
+    static CPU: std::sync::OnceLock<CpuContext> = std::sync::OnceLock::new();
+    CPU.get_or_init(|| CpuContext::new(Some(2)))
+}
+
+fn models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models")
+}
+
+/// A fixture's prompt ids and transformers' logits for them.
+fn reference(name: &str) -> (Vec<u32>, Vec<f32>) {
+    let dir = models().join(name);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    (
+        token_ids(&r["input_ids"]),
+        read_f32_file(&dir.join("logits.f32")),
+    )
+}
+
+fn load(spec: &Path) -> LoadedModelFiles<HostTensor> {
+    let loaded = if spec.is_dir() {
+        pollster::block_on(load_directory(cpu(), spec, 2, LoadOptions::default()))
+    } else {
+        pollster::block_on(load_native(
+            cpu(),
+            spec.to_str().unwrap(),
+            LoadOptions::default(),
+        ))
+    };
+    loaded.unwrap_or_else(|e| panic!("{}: {e}", spec.display()))
+}
+
+fn decoder(name: &str, gguf: bool) -> CpuDecoder {
+    let loaded = if gguf {
+        load(&models().join(format!("{name}.gguf")))
+    } else {
+        load(&models().join(name))
+    };
+    let config = match loaded.files.gguf_metadata() {
+        Some(meta) => ModelConfig::from_gguf(meta, &loaded.files),
+        None => ModelConfig::from_hf_json(&loaded.companions["config.json"], name),
+    }
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    CpuDecoder::new(config, loaded.tensors, 64).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], vocab: usize) {
+    assert_eq!(got.len(), want.len(), "{what}: logits");
+    let (mut worst, mut at) = (0f32, 0);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let e = (g - w).abs();
+        if e > worst || e.is_nan() {
+            worst = e;
+            at = i;
+        }
+    }
+    assert!(
+        worst <= 1e-3,
+        "{what}: logit {} of token {} is {} vs transformers {} (|err| {worst:e})",
+        at % vocab,
+        at / vocab,
+        got[at],
+        want[at]
+    );
+    eprintln!(
+        "{what}: max |logit error| {worst:e} over {} logits",
+        got.len()
+    );
+}
+
+const FIXTURES: [&str; 9] = [
+    "tiny-llama",
+    "tiny-qwen2",
+    "tiny-qwen2-bf16",
+    "tiny-qwen3",
+    "tiny-gemma2",
+    "tiny-gemma3",
+    "tiny-phi3",
+    "tiny-smollm3",
+    "tiny-mistral",
+];
+
+#[test]
+fn every_tiny_architecture_matches_transformers_on_the_cpu() {
+    for name in FIXTURES {
+        let (ids, want) = reference(name);
+        let mut model = decoder(name, false);
+        let got = model.forward_logits(cpu(), &ids, 0).unwrap();
+        assert_close(name, &got, &want, model.config.vocab);
+    }
+}
+
+#[test]
+fn gguf_conversions_match_transformers_on_the_cpu() {
+    for name in FIXTURES.into_iter().filter(|n| *n != "tiny-mistral") {
+        let (ids, want) = reference(name);
+        let mut model = decoder(name, true);
+        let got = model.forward_logits(cpu(), &ids, 0).unwrap();
+        assert_close(&format!("{name}.gguf"), &got, &want, model.config.vocab);
+    }
+}
+
+/// Prefill then decode through the KV cache gives the logits of one long prefill, on one
+/// thread and on several.
+#[test]
+fn decode_after_prefill_matches_one_prefill_on_the_cpu() {
+    let (ids, want) = reference("tiny-gemma2");
+    for threads in [1, 3] {
+        let cpu = CpuContext::new(Some(threads));
+        let mut model = decoder("tiny-gemma2", false);
+        let vocab = model.config.vocab;
+        let mut got = model.forward_logits(&cpu, &ids[..9], 0).unwrap();
+        for (pos, &id) in ids.iter().enumerate().skip(9) {
+            got.extend(model.forward_logits(&cpu, &[id], pos).unwrap());
+        }
+        assert_close(&format!("{threads} threads"), &got, &want, vocab);
+    }
+}
+
+/// The real default model's GGUF (Q4_1 weights, Q8_0 embeddings) generates greedily what
+/// transformers generates, on the CPU backend through the engine (the GPU tests' prompts).
+#[test]
+fn smollm2_greedy_generation_matches_transformers_on_the_cpu() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-model.sh",
+        path.display()
+    );
+    let options = EngineOptions {
+        context: Some(256),
+        kv_dtype: None,
+    };
+    let mut engine = Engine::new_cpu(cpu(), load(&path), &options).unwrap();
+    assert_eq!(engine.backend(), "cpu");
+    let reference = fixture_json("smollm2/greedy.json");
+    const TOKENS: usize = 32;
+    for case in reference["cases"].as_array().unwrap() {
+        let text = case["prompt"].as_str().unwrap();
+        let prompt = engine.text_prompt(text).unwrap();
+        assert_eq!(
+            prompt,
+            token_ids(&case["input_ids"]),
+            "'{text}': prompt ids"
+        );
+        let want = &token_ids(&case["generated_ids"])[..TOKENS];
+        let g = pollster::block_on(
+            engine.generate(cpu(), &prompt, &greedy(TOKENS), &mut |_| Flow::Continue),
+        )
+        .unwrap();
+        assert_eq!(g.tokens, want, "'{text}': greedy tokens on the CPU");
+        eprintln!(
+            "'{text}': {TOKENS} tokens match transformers ({:.2} tokens/s decoding)",
+            g.decode_tokens_per_s()
+        );
+    }
+}
