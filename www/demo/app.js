@@ -92,9 +92,11 @@ async function checkSupport() {
   if (!report.supported) {
     $("support").hidden = false;
     $("support").textContent = `PocketLM cannot run here: ${report.reason}`;
+  } else if (report.backend === "cpu") {
+    $("device").textContent = `CPU backend (WebAssembly): ${report.backendReason}`;
   } else {
     const a = report.adapter;
-    $("device").textContent = `${a.description || a.vendor || "GPU"}${a.isFallbackAdapter ? " (software fallback adapter)" : ""}`;
+    $("device").textContent = `WebGPU: ${a.description || a.vendor || "GPU"}`;
   }
   return report.supported;
 }
@@ -135,7 +137,8 @@ async function load(url) {
   const info = lm.info;
   $("progress").value = 1;
   $("load-status").textContent = `ready: ${info.name} in ${seconds.toFixed(1)} s`;
-  $("device").textContent += ` · ${info.profile} profile · ${info.layers} layers · context ${info.context}`;
+  const where = info.backend === "cpu" ? `runs on the ${info.device}` : `runs on WebGPU, ${info.profile} profile`;
+  $("device").textContent = `${where} · ${info.layers} layers · context ${info.context}`;
   $("load").disabled = false;
   setChatEnabled(true);
   announce("loaded", { info, seconds });

@@ -2,7 +2,7 @@
 // so that generations run one after another. The package's Web Worker runs it; it also runs
 // directly inside any worker or an extension's service worker (see README.md), where
 // `PocketLM.load(url, { worker: false })` uses it without a second worker.
-import init, { Gpu, gpuBuffers, wasmMemoryBytes } from "../pkg/pocketlm.js";
+import init, { Cpu, Gpu, gpuBuffers, wasmMemoryBytes } from "../pkg/pocketlm.js";
 import { PocketLMError, toPocketLMError, serializeError } from "./errors.js";
 import { loadOptions, normalizeSource } from "./validate.js";
 import * as storage from "./storage.js";
@@ -37,35 +37,61 @@ export async function memoryUsage() {
   };
 }
 
-/** Whether this realm can run PocketLM, and if not, why. Does not load the wasm module. */
-export async function supportReport() {
-  if (typeof WebAssembly !== "object") return { supported: false, reason: "this browser has no WebAssembly" };
+/** The name of a software WebGPU adapter (one that runs on the CPU, slower than the CPU backend),
+ * or null for a hardware one. */
+function softwareAdapter(adapter) {
+  const info = adapter.info ?? {};
+  if (info.isFallbackAdapter ?? adapter.isFallbackAdapter) return "a fallback adapter";
+  const text = `${info.vendor ?? ""} ${info.architecture ?? ""} ${info.description ?? ""} ${info.device ?? ""}`.toLowerCase();
+  for (const name of ["swiftshader", "llvmpipe", "lavapipe", "microsoft basic render driver"]) {
+    if (text.includes(name)) return name;
+  }
+  return null;
+}
+
+/** The WebGPU adapter of this realm, or why there is none. */
+async function probeAdapter() {
   const gpu = globalThis.navigator?.gpu;
   if (!gpu) {
     if (globalThis.isSecureContext === false) {
-      return { supported: false, reason: "WebGPU needs a secure context: serve the page over https:// (or from http://localhost)" };
+      return { reason: "WebGPU needs a secure context (https:// or http://localhost)" };
     }
-    return {
-      supported: false,
-      reason: "this browser has no WebGPU (navigator.gpu is missing): use a recent Chrome or Edge (113+), Safari 26+, or Firefox 141+ on Windows",
-    };
+    return { reason: "this browser has no WebGPU (navigator.gpu is missing)" };
   }
-  let adapter = null;
   try {
-    adapter = await gpu.requestAdapter();
+    const adapter = await gpu.requestAdapter();
+    if (!adapter) return { reason: "WebGPU offers no GPU adapter (the GPU may be blocklisted or WebGPU disabled: see chrome://gpu)" };
+    return { adapter };
   } catch (e) {
-    return { supported: false, reason: `WebGPU could not find a GPU adapter: ${e?.message ?? e}` };
+    return { reason: `WebGPU could not find a GPU adapter: ${e?.message ?? e}` };
   }
-  if (!adapter) {
-    return {
-      supported: false,
-      reason: "WebGPU is present but offers no GPU adapter (the GPU may be blocklisted or WebGPU disabled: see chrome://gpu)",
-    };
-  }
+}
+
+/** Which backend `backend` ("auto", "webgpu" or "cpu") runs here, and why: `auto` takes WebGPU on
+ * a hardware adapter and the CPU backend when there is no adapter or only a software one. */
+async function chooseBackend(backend = "auto") {
+  if (backend === "webgpu") return { backend, reason: "asked for" };
+  if (backend === "cpu") return { backend, reason: "asked for" };
+  const { adapter, reason } = await probeAdapter();
+  if (!adapter) return { backend: "cpu", reason };
+  const software = softwareAdapter(adapter);
+  if (software) return { backend: "cpu", reason: `the only WebGPU adapter is a software one (${software}), slower than the CPU backend` };
+  return { backend: "webgpu", reason: "a hardware WebGPU adapter" };
+}
+
+/** Whether this realm can run PocketLM, on which backend `auto` would pick, and why. Does not load
+ * the wasm module. */
+export async function supportReport() {
+  if (typeof WebAssembly !== "object") return { supported: false, reason: "this browser has no WebAssembly", backend: null, backendReason: null };
+  const { adapter, reason } = await probeAdapter();
+  if (!adapter) return { supported: true, reason: null, backend: "cpu", backendReason: reason };
   const info = adapter.info ?? {};
+  const software = softwareAdapter(adapter);
   return {
     supported: true,
     reason: null,
+    backend: software ? "cpu" : "webgpu",
+    backendReason: software ? `the only WebGPU adapter is a software one (${software}), slower than the CPU backend` : "a hardware WebGPU adapter",
     adapter: {
       vendor: info.vendor ?? "",
       architecture: info.architecture ?? "",
@@ -146,6 +172,7 @@ const abortedResult = () => ({
 /** One model on one GPU device. */
 export class Engine {
   #gpu;
+  #cpu = null;
   #model;
   #info;
   #state = "ready";
@@ -156,8 +183,8 @@ export class Engine {
   /**
    * Loads a model. `source`: a URL (absolute, or relative to this realm's location), an array of
    * the URLs of one model's files, a File/Blob, an ArrayBuffer/Uint8Array or a ReadableStream.
-   * `options`: onProgress, signal, integrity, cache, context, kvDtype, profile, concurrency, wasm,
-   * onDeviceLost(error).
+   * `options`: onProgress, signal, integrity, cache, context, kvDtype, backend, profile,
+   * concurrency, wasm, onDeviceLost(error).
    */
   static async load(source, options = {}) {
     const { onProgress, signal, onDeviceLost, wasm } = options;
@@ -165,17 +192,24 @@ export class Engine {
     const src = normalizeSource(source, globalThis.location?.href);
     if (signal?.aborted) throw new PocketLMError("aborted", "the load was aborted");
     await initWasm(wasm);
-    let gpu;
-    try {
-      gpu = await Gpu.create(opts.profile);
-    } catch (e) {
-      throw toPocketLMError(e);
+    const choice = await chooseBackend(opts.backend);
+    let gpu = null;
+    if (choice.backend === "webgpu") {
+      try {
+        gpu = await Gpu.create(opts.profile);
+      } catch (e) {
+        const err = toPocketLMError(e);
+        // `auto` on an adapter the device cannot be opened on: the CPU backend still runs.
+        if (opts.backend === "webgpu" || !["no_adapter", "device_request", "profile_unavailable"].includes(err.code)) throw err;
+        choice.backend = "cpu";
+        choice.reason = `the WebGPU device could not be opened (${err.message})`;
+      }
     }
     const engine = new Engine();
     engine.#gpu = gpu;
     let lost;
     engine.#lost = new Promise((resolve) => (lost = resolve));
-    gpu.onDeviceLost((message) => {
+    gpu?.onDeviceLost((message) => {
       lost();
       if (engine.#state !== "ready") return; // unload() destroys the device on purpose
       engine.#state = "lost";
@@ -183,7 +217,7 @@ export class Engine {
       onDeviceLost?.(engine.#stateError());
     });
     try {
-      const { profile: _, ...wasmOptions } = opts;
+      const { profile: _, backend: __, ...wasmOptions } = opts;
       if (typeof src === "string" || Array.isArray(src)) {
         if (opts.cache !== false) {
           // Into the cache first, checked and whole (src/storage.js); the engine then reads it there.
@@ -191,15 +225,20 @@ export class Engine {
         }
       }
       const phase = onProgress ? (p) => onProgress({ phase: "load", ...p }) : undefined;
-      engine.#model = await gpu.loadModel(src, { ...wasmOptions, onProgress: phase, signal });
+      const device = gpu ?? Cpu.create();
+      engine.#cpu = gpu ? null : device;
+      engine.#model = await device.loadModel(src, { ...wasmOptions, onProgress: phase, signal });
       engine.#info = engine.#model.info();
-      engine.#info.profile = gpu.profile;
+      engine.#info.profile = gpu ? gpu.profile : null;
+      engine.#info.backendReason = choice.reason;
+      engine.#info.device = gpu ? null : device.describe();
       return engine;
     } catch (e) {
       engine.#state = "unloaded";
       try {
-        gpu.destroyDevice();
-        gpu.free();
+        gpu?.destroyDevice();
+        gpu?.free();
+        engine.#cpu?.free();
       } catch {
         /* already gone */
       }
@@ -207,8 +246,8 @@ export class Engine {
     }
   }
 
-  /** `{name, architecture, vocab, layers, hidden, heads, kvHeads, headDim, context, trainedContext,
-   * weightBytes, kvBytes, chatTemplate, eos, profile}`. */
+  /** `{name, architecture, backend, backendReason, device, vocab, layers, hidden, heads, kvHeads,
+   * headDim, context, trainedContext, weightBytes, kvBytes, chatTemplate, eos, profile}`. */
   info() {
     return { ...this.#info };
   }
@@ -270,7 +309,7 @@ export class Engine {
       /* lost devices have nothing left to free */
     }
     await this.#queue;
-    for (const f of [() => this.#model?.free(), () => this.#gpu?.destroyDevice(), () => this.#gpu?.free()]) {
+    for (const f of [() => this.#model?.free(), () => this.#gpu?.destroyDevice(), () => this.#gpu?.free(), () => this.#cpu?.free()]) {
       try {
         f();
       } catch {
@@ -279,6 +318,7 @@ export class Engine {
     }
     this.#model = undefined;
     this.#gpu = undefined;
+    this.#cpu = null;
   }
 
   /** Destroys the GPU device as a lost device would be (for tests of recovery). */

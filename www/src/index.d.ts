@@ -29,9 +29,15 @@ export type PocketLMErrorCode =
   | "invalid_sampling_params" | "no_candidates" | "context_overflow";
 
 export interface SupportReport {
+  /** Whether PocketLM runs here (on WebGPU, or on the CPU backend: WebAssembly is enough). */
   supported: boolean;
   /** Why not, in words; null when supported. */
   reason: string | null;
+  /** The backend `backend: "auto"` picks here: WebGPU on a hardware adapter, the CPU backend when
+   * there is no adapter or only a software one (SwiftShader, llvmpipe, a fallback adapter). */
+  backend: "webgpu" | "cpu" | null;
+  /** Why that backend, in words. */
+  backendReason: string | null;
   adapter?: { vendor: string; architecture: string; description: string; isFallbackAdapter: boolean };
   features?: string[];
   limits?: { maxBufferSize: number; maxStorageBufferBindingSize: number };
@@ -66,7 +72,11 @@ export interface LoadOptions {
   cache?: boolean;
   /** Positions in the KV cache (default: the model's own, up to 4096). */
   context?: number;
+  /** The WebGPU backend's KV cache (the CPU backend's is f32). */
   kvDtype?: "f16" | "f32";
+  /** Where the model runs (default "auto": WebGPU on a hardware adapter, the CPU backend —
+   * WebAssembly SIMD — when there is no adapter or only a software one). */
+  backend?: "auto" | "webgpu" | "cpu";
   /** GPU feature profile (default "auto"). */
   profile?: "auto" | "full" | "baseline";
   /** Files downloaded at once (default 4). */
@@ -119,6 +129,11 @@ export interface ModelCache {
 export interface ModelInfo {
   name: string;
   architecture: string;
+  /** Where the model runs, and why (`backend: "auto"`'s choice, or "asked for"). */
+  backend: "webgpu" | "cpu";
+  backendReason: string;
+  /** The CPU backend's description ("CPU (1 threads, SIMD)"); null on WebGPU. */
+  device: string | null;
   vocab: number;
   layers: number;
   hidden: number;
@@ -134,7 +149,8 @@ export interface ModelInfo {
   /** The model's own sampling defaults (from its generation_config.json or GGUF
    * `general.sampling.*`), as request fields; a request that leaves a field out gets these. */
   samplingDefaults: { temperature?: number; top_k?: number; top_p?: number; min_p?: number; repetition_penalty?: number };
-  profile: "full" | "baseline";
+  /** The WebGPU device profile; null on the CPU backend. */
+  profile: "full" | "baseline" | null;
 }
 
 export type TextPart = { type: "text"; text: string };

@@ -269,18 +269,20 @@ export class PocketLM extends EventTarget {
     this.completions = Object.freeze({ create: (request, options) => this.#create(request, "text", options) });
   }
 
-  /** Resolves to whether this browser can run PocketLM (WebGPU with an adapter, WebAssembly). */
+  /** Resolves to whether this browser can run PocketLM (WebAssembly; WebGPU where it has a
+   * hardware adapter, else the CPU backend). */
   static async isSupported() {
     return (await PocketLM.supportReport()).supported;
   }
 
-  /** `{supported, reason, adapter?, features?, limits?}`: `reason` says why not, in words. */
   /** This realm's memory as PocketLM sees it (models loaded with `worker: false` run here):
    * `{wasmBytes, gpuBuffers, gpuBytes, jsHeapBytes}`. For diagnostics and leak checks. */
   static memoryUsage() {
     return memoryUsage();
   }
 
+  /** `{supported, reason, backend, backendReason, adapter?, features?, limits?}`: `reason` says
+   * why not, in words; `backend` is what `backend: "auto"` picks here, and `backendReason` why. */
   static supportReport() {
     return supportReport();
   }
@@ -304,7 +306,8 @@ export class PocketLM extends EventTarget {
    * @param source a URL (relative ones resolve against the page), the URLs of one model's files,
    *   a File/Blob, an ArrayBuffer/Uint8Array or a ReadableStream
    * @param options onProgress, signal, integrity ("sha256-<base64>" or hex; an array for several
-   *   files), cache (default true), context, kvDtype, profile, concurrency, worker (true: a module
+   *   files), cache (default true), context, kvDtype, backend ("auto" (default), "webgpu" or
+   *   "cpu"), profile, concurrency, worker (true: a module
    *   Web Worker, the default where workers exist, a blob: one when the package comes from
    *   another origin; false: in this realm; or a Worker running pocketlm/worker)
    */
@@ -333,8 +336,8 @@ export class PocketLM extends EventTarget {
     }
   }
 
-  /** `{name, architecture, vocab, layers, hidden, heads, kvHeads, headDim, context, trainedContext,
-   * weightBytes, kvBytes, chatTemplate, eos, profile}`. */
+  /** `{name, architecture, backend, backendReason, device, vocab, layers, hidden, heads, kvHeads,
+   * headDim, context, trainedContext, weightBytes, kvBytes, chatTemplate, eos, profile}`. */
   get info() {
     return { ...this.#info };
   }

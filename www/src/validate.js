@@ -193,6 +193,10 @@ export function loadOptions(options = {}) {
     if (options.kvDtype !== "f16" && options.kvDtype !== "f32") throw invalid(`kvDtype must be "f16" or "f32", not ${show(options.kvDtype)}`);
     out.kvDtype = options.kvDtype;
   }
+  if (options.backend !== undefined) {
+    if (!["auto", "webgpu", "cpu"].includes(options.backend)) throw invalid(`backend must be "auto", "webgpu" or "cpu", not ${show(options.backend)}`);
+    out.backend = options.backend;
+  }
   if (options.profile !== undefined) {
     if (!["auto", "full", "baseline"].includes(options.profile)) throw invalid(`profile must be "auto", "full" or "baseline", not ${show(options.profile)}`);
     out.profile = options.profile;

@@ -30,7 +30,7 @@ before(async () => {
     await evaluate(
       page,
       async (path) => {
-        globalThis.lm = await globalThis.pocketlm.PocketLM.load(path, { context: 256 });
+        globalThis.lm = await globalThis.pocketlm.PocketLM.load(path, { backend: "webgpu", context: 256 });
       },
       TINY,
     ),
@@ -151,7 +151,7 @@ test("logit_bias forces and bans tokens on the GPU", { timeout: 300_000 }, async
 test("tool calls: required and named choices give calls, streamed as delta.tool_calls", { timeout: 600_000 }, async () => {
   const got = await value(
     await evaluate(page, async () => {
-      const lm = await globalThis.pocketlm.PocketLM.load("/tiny-bytes/", { context: 1536 });
+      const lm = await globalThis.pocketlm.PocketLM.load("/tiny-bytes/", { backend: "webgpu", context: 1536 });
       const fn = (name, properties) => ({ type: "function", function: { name, parameters: { type: "object", properties, required: Object.keys(properties), additionalProperties: false } } });
       const tools = [fn("get_weather", { city: { type: "string", maxLength: 8 } }), fn("add", { a: { type: "integer", minimum: 0, maximum: 9 } })];
       const messages = [{ role: "user", content: "Weather?" }];
@@ -201,7 +201,7 @@ test("tool calls: required and named choices give calls, streamed as delta.tool_
 test("stream_options.include_usage: usage null on every chunk, then a usage chunk with no choices", { timeout: 300_000 }, async () => {
   const got = await value(
     await evaluate(page, async () => {
-      const lm = await globalThis.pocketlm.PocketLM.load("/tiny-bytes/", { context: 256 });
+      const lm = await globalThis.pocketlm.PocketLM.load("/tiny-bytes/", { backend: "webgpu", context: 256 });
       const out = {};
       for (const include of [true, false]) {
         const chunks = [];
@@ -254,7 +254,7 @@ test("create(body, {signal}) aborts as body.signal does", { timeout: 300_000 }, 
 test("logprobs: the chat and the legacy completions forms, streamed and not", { timeout: 300_000 }, async () => {
   const got = await value(
     await evaluate(page, async () => {
-      const lm = await globalThis.pocketlm.PocketLM.load("/tiny-bytes/", { context: 256 });
+      const lm = await globalThis.pocketlm.PocketLM.load("/tiny-bytes/", { backend: "webgpu", context: 256 });
       const messages = [{ role: "user", content: "Hi" }];
       const chat = await lm.chat.completions.create({ messages, max_tokens: 6, temperature: 0, logprobs: true, top_logprobs: 3 });
       const chunks = [];

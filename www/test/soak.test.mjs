@@ -106,7 +106,7 @@ const generations = (range) =>
 test(`${GENERATIONS} generations on one model keep memory flat`, { timeout: LONG ? 3_600_000 : 900_000 }, async () => {
   const start = await memory();
   await run(async (path) => {
-    globalThis.soakModel = await globalThis.pocketlm.PocketLM.load(path, { worker: false, context: 256 });
+    globalThis.soakModel = await globalThis.pocketlm.PocketLM.load(path, { backend: "webgpu", worker: false, context: 256 });
   }, TINY);
   const warmupCount = 30;
   await generations([0, warmupCount]);
@@ -133,7 +133,7 @@ test(`${CYCLES} load/unload cycles leave nothing behind`, { timeout: LONG ? 3_60
     run(
       async ([path, n]) => {
         for (let i = 0; i < n; i++) {
-          const lm = await globalThis.pocketlm.PocketLM.load(path, { worker: false, context: 128 });
+          const lm = await globalThis.pocketlm.PocketLM.load(path, { backend: "webgpu", worker: false, context: 128 });
           const r = await lm.completions.create({ prompt: `cycle ${i}`, max_tokens: 2, temperature: 0 });
           if (r.choices[0].text === undefined) throw new Error("no text");
           await lm.unload();

@@ -54,7 +54,9 @@ export async function support(): Promise<string | null> {
   const fallback: boolean | undefined = report.adapter?.isFallbackAdapter;
   const maxBuffer: number | undefined = report.limits?.maxBufferSize;
   const features: string[] = report.features ?? [];
-  return `${fallback} ${maxBuffer} ${features.join(",")}`;
+  const backend: "webgpu" | "cpu" | null = report.backend;
+  const why: string | null = report.backendReason;
+  return `${fallback} ${maxBuffer} ${features.join(",")} ${backend} ${why}`;
 }
 
 export async function load(): Promise<PocketLM> {
@@ -72,6 +74,7 @@ export async function load(): Promise<PocketLM> {
     cache: true,
     context: 2048,
     kvDtype: "f16",
+    backend: "auto",
     profile: "auto",
     concurrency: 4,
     worker: true,
@@ -88,13 +91,20 @@ export async function load(): Promise<PocketLM> {
     stream,
   ];
   for (const source of sources) await PocketLM.load(source, { worker: false, cache: false, kvDtype: "f32", profile: "baseline" });
-  await PocketLM.load("model.gguf", { integrity: ["0".repeat(64), null], profile: "full" });
+  await PocketLM.load("model.gguf", { integrity: ["0".repeat(64), null], profile: "full", backend: "webgpu" });
+  const onCpu = await PocketLM.load("model.gguf", { backend: "cpu" });
+  const where: "webgpu" | "cpu" = onCpu.info.backend;
+  const profile: "full" | "baseline" | null = onCpu.info.profile;
+  const device: string | null = onCpu.info.device;
+  out.textContent = `${where} ${profile} ${device} ${onCpu.info.backendReason}`;
   await PocketLM.load("model.gguf", { worker: new Worker(new URL("pocketlm/worker", import.meta.url), { type: "module" }) });
   await PocketLMDefault.load("model.gguf");
   // @ts-expect-error kvDtype is "f16" or "f32"
   await PocketLM.load("model.gguf", { kvDtype: "q8_0" });
   // @ts-expect-error profile is "auto", "full" or "baseline"
   await PocketLM.load("model.gguf", { profile: "fast" });
+  // @ts-expect-error backend is "auto", "webgpu" or "cpu"
+  await PocketLM.load("model.gguf", { backend: "gpu" });
   // @ts-expect-error a number is not a model source
   await PocketLM.load(42);
   // @ts-expect-error the constructor is private: PocketLM.load() makes them

@@ -1,0 +1,125 @@
+// The CPU backend in a real headless Chromium: this machine's only WebGPU adapter is SwiftShader
+// (software), so `backend: "auto"` takes the CPU backend and says why; SmolLM2's greedy output
+// equals transformers' and the native CLI's CPU backend token for token; a generation can be
+// aborted within a token (the wasm engine yields between steps); and "webgpu" asked for by name
+// still runs WebGPU.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { dirname, join, resolve } from "node:path";
+import { existsSync, readFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { serve } from "./server.mjs";
+import { evaluate, launch, value } from "./browser.mjs";
+
+const WWW = join(dirname(fileURLToPath(import.meta.url)), "..");
+const ROOT = join(WWW, "..");
+const MODEL_FILE = join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf");
+const MODEL = "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+const TOKENS = 24;
+let server, browser, page;
+
+before(async () => {
+  assert.ok(existsSync(MODEL_FILE), "run scripts/fetch-model.sh");
+  server = await serve({ "/": WWW, "/models/": join(ROOT, "models") });
+  browser = await launch();
+  page = await browser.newPage();
+  page.on("console", (m) => m.type() === "error" && console.error("[page]", m.text()));
+  page.on("pageerror", (e) => console.error("[page]", e.message));
+  await page.goto(`${server.url}/test/package.html`);
+  await page.waitForFunction(() => globalThis.pocketlm !== undefined, null, { timeout: 60_000 });
+});
+
+after(async () => {
+  await page?.evaluate(() => globalThis.lm?.unload()).catch(() => {});
+  await browser?.close();
+  await server?.close();
+});
+
+const run = (fn, arg) => evaluate(page, fn, arg);
+
+test("auto picks the CPU backend on a software adapter and says why", async () => {
+  const r = value(
+    await run(async (url) => {
+      const { PocketLM } = globalThis.pocketlm;
+      const t0 = performance.now();
+      globalThis.lm = await PocketLM.load(url, { context: 256 });
+      return { ms: performance.now() - t0, info: lm.info, report: await PocketLM.supportReport() };
+    }, MODEL),
+  );
+  console.log(`load on the CPU backend: ${(r.ms / 1000).toFixed(1)} s; ${r.info.device}; ${r.info.backendReason}`);
+  assert.equal(r.info.backend, "cpu");
+  assert.equal(r.report.backend, "cpu");
+  assert.match(r.info.backendReason, /software/);
+  assert.match(r.info.device, /^CPU \(1 threads/);
+  assert.equal(r.info.profile, null);
+  assert.equal(r.info.layers, 30);
+  assert.ok(r.info.weightBytes > 90e6 && r.info.weightBytes < 100e6, `${r.info.weightBytes} bytes of weights`);
+});
+
+test("greedy output on the CPU backend equals transformers' token for token", async () => {
+  const fixture = JSON.parse(readFileSync(join(ROOT, "tests", "fixtures", "smollm2", "greedy.json"), "utf8"));
+  for (const c of fixture.cases) {
+    const r = value(await run(([prompt, n]) => lm.completions.create({ prompt, max_tokens: n, temperature: 0 }), [c.prompt, TOKENS]));
+    assert.equal(r.usage.prompt_tokens, c.input_ids.length);
+    assert.deepEqual(r.pocketlm.token_ids, c.generated_ids.slice(0, TOKENS), `prompt ${JSON.stringify(c.prompt)}`);
+    console.log(`${JSON.stringify(c.prompt)}: ${r.pocketlm.tokens_per_second?.toFixed(2)} tokens/s, prefill ${r.pocketlm.prefill_ms.toFixed(0)} ms`);
+  }
+});
+
+test("a chat on the CPU backend equals the native CLI's CPU backend", async () => {
+  const question = "What is the capital of France?";
+  const r = value(await run((q) => lm.chat.completions.create({ messages: [{ role: "user", content: q }], max_tokens: 16, temperature: 0 }), question));
+  const bin = process.env.POCKETLM_BIN ?? resolve(ROOT, "target", "debug", "pocketlm");
+  assert.ok(existsSync(bin), `no CLI at ${bin}: cargo build --bin pocketlm, or set POCKETLM_BIN`);
+  const args = ["--backend", "cpu", "run", MODEL_FILE, question, "--chat", "--temperature", "0", "--max-tokens", "16", "--json"];
+  const out = spawnSync(bin, args, { encoding: "utf8", timeout: 600_000 });
+  assert.equal(out.status, 0, `${bin} ${args.join(" ")} failed: ${(out.stderr ?? "").trim()}`);
+  const cli = JSON.parse(out.stdout.trim().split("\n").at(-1));
+  assert.deepEqual(r.pocketlm.token_ids, cli.tokens, "the browser and the CLI differ");
+  assert.equal(r.choices[0].message.content, cli.text);
+});
+
+test("a generation on the CPU backend aborts within a token while the page stays responsive", async () => {
+  const r = value(
+    await run(async () => {
+      let ticks = 0;
+      const timer = setInterval(() => (ticks += 1), 10);
+      const controller = new AbortController();
+      const stream = await lm.chat.completions.create({
+        messages: [{ role: "user", content: "Tell me a long story about a dragon." }],
+        stream: true,
+        max_tokens: 200,
+        temperature: 0,
+        signal: controller.signal,
+      });
+      let tokens = 0;
+      let last;
+      for await (const c of stream) {
+        if (c.choices[0].delta.content) tokens += 1;
+        if (tokens === 2) controller.abort();
+        last = c;
+      }
+      clearInterval(timer);
+      return { tokens, finish: last.choices[0].finish_reason, ticks };
+    }),
+  );
+  assert.equal(r.finish, "abort");
+  assert.ok(r.tokens <= 4, `${r.tokens} tokens after the abort`);
+  assert.ok(r.ticks > 0, "the page's timers did not run");
+});
+
+test("webgpu asked for by name runs on WebGPU", async () => {
+  const r = value(
+    await run(async (url) => {
+      const other = await globalThis.pocketlm.PocketLM.load(url, { backend: "webgpu", context: 64, worker: false });
+      const info = other.info;
+      const reply = await other.complete("The capital of France is", { max_tokens: 1, temperature: 0 });
+      await other.unload();
+      return { info, reply };
+    }, MODEL),
+  );
+  assert.equal(r.info.backend, "webgpu");
+  assert.match(r.info.profile, /full|baseline/);
+  assert.equal(r.reply, " Paris");
+});
