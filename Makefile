@@ -58,7 +58,7 @@ test: setup
 	@echo "make test: all suites passed"
 
 test-unit:
-	cargo test --lib --test 'quant_*' --test formats --test cli --test sampling --test chat_template --test tokenizer --test model_config --test fuzz_regressions --test grammar
+	cargo test --workspace --lib --test 'quant_*' --test 'cpu_*' --test formats --test cli --test sampling --test chat_template --test tokenizer --test model_config --test fuzz_regressions --test grammar
 
 test-gpu-full:
 	@echo "== GPU kernels on lavapipe, full profile (f16 + subgroups) =="
@@ -167,13 +167,13 @@ fuzz:
 ## make check: formatting and clippy (-D warnings) for the native and wasm32 targets (the wasm
 ## library as shipped, without the test harnesses, and with them for the wasm tests).
 check: setup
-	cargo fmt --check
-	cargo clippy --all-targets -- -D warnings
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy $(WASM_CARGO_FLAGS) --lib -- -D warnings
 	cargo clippy $(WASM_CARGO_FLAGS) --features harness --all-targets -- -D warnings
 
 fmt:
-	cargo fmt
+	cargo fmt --all
 
 clean:
 	cargo clean

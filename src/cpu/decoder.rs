@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use crate::cpu::kernels::{self, AttentionShape};
 use crate::cpu::{CpuContext, HostTensor};
 use crate::error::{Error, Result};
-use crate::kernels::{RopeConfig, MASKED_LOGIT};
+use crate::kernels::{RopeConfig, RopeLayout, MASKED_LOGIT};
 use crate::load::StoredTensor;
 use crate::model::weights::DecoderWeights;
 use crate::model::{LayerRope, LayerSpec, ModelConfig, Readout, StepOutput};
@@ -307,16 +307,9 @@ impl CpuDecoder {
                 LayerRope::None => None,
             };
             if let Some((table, r)) = table {
-                kernels::rope(&mut q, c.heads, hd, r.rotary_dim, r.layout, table, offset);
-                kernels::rope(
-                    &mut k,
-                    c.kv_heads,
-                    hd,
-                    r.rotary_dim,
-                    r.layout,
-                    table,
-                    offset,
-                );
+                let neox = r.layout == RopeLayout::NeoX;
+                kernels::rope(&mut q, c.heads, hd, r.rotary_dim, neox, table, offset);
+                kernels::rope(&mut k, c.kv_heads, hd, r.rotary_dim, neox, table, offset);
             }
             let cache = &mut self.kv[l];
             if cache.keys.len() < end * kvw {

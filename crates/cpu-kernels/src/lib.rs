@@ -1,0 +1,11 @@
+//! The inner loops of PocketLM's CPU backend: GGML block dequantization ([`blocks`]) and the
+//! dot products, norms, RoPE, activations and attention of one row or one head ([`ops`]).
+//!
+//! A crate of its own so that it is compiled with optimizations even in debug builds (see the
+//! workspace's `[profile.dev.package.pocketlm-cpu]`): the tests run real models through these
+//! loops, and unoptimized they are a hundred times slower. Everything here is plain safe Rust
+//! over slices; sums run in eight independent f32 lanes, which the compiler maps to SIMD
+//! (SSE/AVX natively, SIMD128 in wasm built with `+simd128`).
+
+pub mod blocks;
+pub mod ops;

@@ -1,0 +1,259 @@
+//! Row and head kernels of the CPU backend.
+
+/// Dequantizes one block: its bytes into its values.
+pub type BlockFn = fn(&[u8], &mut [f32]);
+
+/// How a weight row is stored.
+#[derive(Clone, Copy, Debug)]
+pub enum Weights {
+    F32,
+    F16,
+    BF16,
+    /// GGML blocks of `size` values (at most [`CHUNK`]) in `bytes` bytes each.
+    Blocks {
+        size: usize,
+        bytes: usize,
+        dequant: BlockFn,
+    },
+}
+
+/// Values converted at a time from plain f16 / bf16 rows, and the largest block.
+pub const CHUNK: usize = 256;
+
+/// `Σ a[i]·b[i]` over the shorter length, in eight lanes.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ta, tb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in ta.iter().zip(tb) {
+        tail += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// f16 (or, with `bf16`, bfloat16) bits to f32.
+fn widen(bits: &[u16], bf16: bool, out: &mut [f32]) {
+    if bf16 {
+        for (v, &h) in out.iter_mut().zip(bits) {
+            *v = f32::from_bits(u32::from(h) << 16);
+        }
+    } else {
+        for (v, &h) in out.iter_mut().zip(bits) {
+            *v = half::f16::from_bits(h).to_f32();
+        }
+    }
+}
+
+/// `acc[i] = Σ_kk x[i·k + kk] · row[kk]` for every row i of x (`acc.len()` rows of `k`), with
+/// the weight row as stored: each block (or chunk of a plain row) is converted once into `buf`
+/// and dotted with every row of x.
+pub fn row_dot(
+    w: Weights,
+    row: &[u8],
+    x: &[f32],
+    k: usize,
+    acc: &mut [f32],
+    buf: &mut [f32; CHUNK],
+) {
+    match w {
+        Weights::F32 => {
+            let w: &[f32] = bytemuck::cast_slice(row);
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a = dot(w, &x[i * k..(i + 1) * k]);
+            }
+        }
+        Weights::F16 | Weights::BF16 => {
+            acc.fill(0.0);
+            let bits: &[u16] = bytemuck::cast_slice(row);
+            for (c, part) in bits.chunks(CHUNK).enumerate() {
+                let vals = &mut buf[..part.len()];
+                widen(part, matches!(w, Weights::BF16), vals);
+                let at = c * CHUNK;
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a += dot(vals, &x[i * k + at..i * k + at + part.len()]);
+                }
+            }
+        }
+        Weights::Blocks {
+            size,
+            bytes,
+            dequant,
+        } => {
+            acc.fill(0.0);
+            for (b, block) in row.chunks_exact(bytes).enumerate() {
+                let vals = &mut buf[..size];
+                dequant(block, vals);
+                let at = b * size;
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a += dot(vals, &x[i * k + at..i * k + at + size]);
+                }
+            }
+        }
+    }
+}
+
+/// `1 / sqrt(mean(x²) + eps)`.
+#[inline]
+fn rms_scale(row: &[f32], eps: f32) -> f32 {
+    1.0 / (dot(row, row) / row.len() as f32 + eps).sqrt()
+}
+
+/// RMSNorm of each row of `w.len()` values of `x` into `out`: `x / sqrt(mean(x²) + eps) · w`.
+pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let cols = w.len();
+    for (row, o) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
+        let scale = rms_scale(row, eps);
+        for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
+            *o = v * scale * g;
+        }
+    }
+}
+
+/// RMSNorm of each row of `x` in place.
+pub fn rmsnorm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    for row in x.chunks_exact_mut(w.len()) {
+        let scale = rms_scale(row, eps);
+        for (v, &g) in row.iter_mut().zip(w) {
+            *v = *v * scale * g;
+        }
+    }
+}
+
+/// `x += rmsnorm(h)` per row (sandwich norms).
+pub fn rmsnorm_add(h: &[f32], w: &[f32], eps: f32, x: &mut [f32]) {
+    let cols = w.len();
+    for (row, o) in h.chunks_exact(cols).zip(x.chunks_exact_mut(cols)) {
+        let scale = rms_scale(row, eps);
+        for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
+            *o += v * scale * g;
+        }
+    }
+}
+
+/// Rotates each head of `x` ([tokens, heads, head_dim]) for positions `offset..` with a cos/sin
+/// table of `[positions, rotary_dim / 2, 2]`: pairs `(i, i + half)` with `neox`, else
+/// `(2i, 2i + 1)`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope(
+    x: &mut [f32],
+    heads: usize,
+    head_dim: usize,
+    rotary_dim: usize,
+    neox: bool,
+    table: &[f32],
+    offset: usize,
+) {
+    let half = rotary_dim / 2;
+    for (t, token) in x.chunks_exact_mut(heads * head_dim).enumerate() {
+        let cs = &table[(offset + t) * half * 2..(offset + t + 1) * half * 2];
+        for head in token.chunks_exact_mut(head_dim) {
+            for i in 0..half {
+                let (a, b) = if neox {
+                    (i, i + half)
+                } else {
+                    (2 * i, 2 * i + 1)
+                };
+                let (c, s) = (cs[2 * i], cs[2 * i + 1]);
+                let (va, vb) = (head[a], head[b]);
+                head[a] = va * c - vb * s;
+                head[b] = va * s + vb * c;
+            }
+        }
+    }
+}
+
+/// silu(g) = g / (1 + exp(−g)).
+pub fn silu(g: f32) -> f32 {
+    g / (1.0 + (-g).exp())
+}
+
+/// The tanh-approximated GELU as `v · σ(2t)` (pocketlm's shaders/act.wgsl says why).
+pub fn gelu_tanh(v: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    let c = v.clamp(-20.0, 20.0);
+    let t = SQRT_2_OVER_PI * (c + 0.044715 * (c * c * c));
+    let z = (-2.0 * t.abs()).exp();
+    let s = if t >= 0.0 { 1.0 } else { z } / (1.0 + z);
+    v * s
+}
+
+/// The exact GELU `v · Φ(v)`, Φ from Numerical Recipes' erfc fit as shaders/act.wgsl computes
+/// it (the fit's published coefficients, as the shader writes them).
+#[allow(clippy::excessive_precision)]
+pub fn gelu_erf(v: f32) -> f32 {
+    let c = v.clamp(-20.0, 20.0);
+    let z = c.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let p = -1.265_512_3
+        + t * (1.000_023_7
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let half_erfc = 0.5 * (t * (p - z * z).exp());
+    v * if c >= 0.0 { 1.0 - half_erfc } else { half_erfc }
+}
+
+/// `act(gate) · up`, element-wise, into `gate`.
+pub fn gated(gate: &mut [f32], up: &[f32], act: fn(f32) -> f32) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = act(*g) * u;
+    }
+}
+
+/// `cap · tanh(x / cap)`, the argument clamped as the GPU kernels clamp it.
+pub fn softcap(x: f32, cap: f32) -> f32 {
+    cap * (x / cap).clamp(-15.0, 15.0).tanh()
+}
+
+/// One query head's attention over keys and values of the positions `first..=last` (rows of
+/// `stride` values, this head's `q.len()` of them at `at`): `scale`d scores, optional soft-cap,
+/// a softmax, and the weighted sum of values into `out`. `scores` is scratch of any length.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_head(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    (stride, at): (usize, usize),
+    (first, last): (usize, usize),
+    scale: f32,
+    cap: Option<f32>,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    scores.clear();
+    scores.extend((first..=last).map(|p| {
+        let x = dot(q, &keys[p * stride + at..p * stride + at + hd]) * scale;
+        match cap {
+            Some(c) => softcap(x, c),
+            None => x,
+        }
+    }));
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let mut total = 0f32;
+    for x in scores.iter_mut() {
+        *x = (*x - max).exp();
+        total += *x;
+    }
+    out.fill(0.0);
+    for (p, &e) in (first..=last).zip(scores.iter()) {
+        let v = &values[p * stride + at..p * stride + at + hd];
+        for (o, &vv) in out.iter_mut().zip(v) {
+            *o += e * vv;
+        }
+    }
+    let inv = 1.0 / total;
+    out.iter_mut().for_each(|o| *o *= inv);
+}
