@@ -134,7 +134,7 @@ WASM_DIR := $(if $(filter release,$(PROFILE)),release,debug)
 # because Debian 12's binaryen 108 breaks wasm-bindgen's externref table. The features are those
 # rustc enables for wasm32.
 WASM_OPT := www/node_modules/.bin/wasm-opt
-WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
+WASM_OPT_FLAGS := -Oz --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
   --enable-mutable-globals --enable-reference-types --enable-multivalue
 WASM_FILE := $(TARGET_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm.wasm
 # www/pkg/.stamp-$(PROFILE) says which build www/pkg holds; an unchanged .wasm is not redone.

@@ -41,6 +41,9 @@ fn weights(dtype: DType) -> Result<Weights> {
         DType::F32 => Weights::F32,
         DType::F16 => Weights::F16,
         DType::BF16 => Weights::BF16,
+        DType::Q4_0 => Weights::Q4_0,
+        DType::Q4_1 => Weights::Q4_1,
+        DType::Q8_0 => Weights::Q8_0,
         DType::I32 => {
             return Err(Error::UnsupportedDType {
                 kernel: "cpu matmul",
@@ -96,13 +99,17 @@ pub fn matmul(
     })?;
     let row_bytes = w.dtype().bytes_for(k).unwrap_or(0);
     let bytes = w.bytes();
+    let xsums = match format {
+        Weights::Q4_1 => ops::block_sums(x),
+        _ => Vec::new(),
+    };
     let out = Out(y.as_mut_ptr());
     pool.ranges(n, 1, &|j0, j1| {
         let mut acc = vec![0f32; m];
         let mut buf = [0f32; CHUNK];
         for j in j0..j1 {
             let row = &bytes[j * row_bytes..(j + 1) * row_bytes];
-            ops::row_dot(format, row, x, k, &mut acc, &mut buf);
+            ops::row_dot(format, row, x, &xsums, k, &mut acc, &mut buf);
             for (i, a) in acc.iter().enumerate() {
                 // SAFETY: column j belongs to this task alone; i·n + j < m·n = y.len().
                 unsafe {

@@ -2,20 +2,27 @@
 //! (ggml-quants.c) computes it: see pocketlm's `src/quant/dequant.rs` for the layouts and why the
 //! results are bit-identical to ggml's.
 
-use half::f16;
-
-/// The little-endian f16 at `b[at..at + 2]`, as f32 (exact).
-///
-/// NaNs keep their payload bit for bit, signalling ones included, as in gguf-py (numpy's
-/// conversion); `half` (like x86's F16C, and so ggml on most x86 builds) sets the quiet bit.
-pub fn half(b: &[u8], at: usize) -> f32 {
-    let x = f16::from_le_bytes([b[at], b[at + 1]]);
-    if x.is_nan() {
-        let bits = u32::from(x.to_bits());
-        f32::from_bits(((bits & 0x8000) << 16) | 0x7F80_0000 | ((bits & 0x03FF) << 13))
-    } else {
-        x.to_f32()
+/// f16 bits as f32 (exact). NaNs keep their payload bit for bit, signalling ones included, as in
+/// gguf-py (numpy's conversion); the `half` crate (like x86's F16C, and so ggml on most x86
+/// builds) sets the quiet bit.
+#[inline]
+pub fn f16_to_f32(h: u16) -> f32 {
+    let h = u32::from(h);
+    let sign = (h & 0x8000) << 16;
+    let exp = (h >> 10) & 0x1F;
+    let man = h & 0x03FF;
+    match exp {
+        // Zero and subnormals: man · 2⁻²⁴, exact in f32.
+        0 => f32::from_bits(sign | (man as f32 * (1.0 / 16_777_216.0)).to_bits()),
+        31 => f32::from_bits(sign | 0x7F80_0000 | (man << 13)),
+        _ => f32::from_bits(sign | ((exp + 112) << 23) | (man << 13)),
     }
+}
+
+/// The little-endian f16 at `b[at..at + 2]`, as f32 (exact; see [`f16_to_f32`]).
+#[inline]
+pub fn half(b: &[u8], at: usize) -> f32 {
+    f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
 }
 
 pub fn block_q4_0(b: &[u8], y: &mut [f32]) {
