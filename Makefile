@@ -58,6 +58,7 @@ test: setup
 	@echo "make test: all suites passed"
 
 test-unit:
+	@scripts/fetch-gemma3.sh
 	cargo test --workspace --lib --test 'quant_*' --test 'cpu_*' --test formats --test cli --test sampling --test chat_template --test tokenizer --test model_config --test fuzz_regressions --test grammar
 
 test-gpu-full:

@@ -9,7 +9,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fixture_json, greedy, read_f32_file, token_ids};
+use common::{
+    assert_parts_only_where_unclear, fixture_json, greedy, numbers, read_f32_file, token_ids,
+};
 use pocketlm::cpu::{CpuContext, CpuDecoder, HostTensor};
 use pocketlm::engine::{Engine, EngineOptions, Flow};
 use pocketlm::load::{load_directory, load_native, LoadOptions, LoadedModelFiles};
@@ -170,6 +172,57 @@ fn smollm2_greedy_generation_matches_transformers_on_the_cpu() {
         assert_eq!(g.tokens, want, "'{text}': greedy tokens on the CPU");
         eprintln!(
             "'{text}': {TOKENS} tokens match transformers ({:.2} tokens/s decoding)",
+            g.decode_tokens_per_s()
+        );
+    }
+}
+
+/// Gemma 3 270M as llama.cpp's quantizer writes Q4_K_M (Q4_K, Q5_0, Q6_K and Q8_0 mixed within
+/// layers, a tied 262,144-token Q8_0 embedding), fetched by scripts/fetch-gemma3.sh: greedy on
+/// the CPU backend equals transformers on the same weights dequantized to f32, and llama.cpp
+/// (which quantizes activations to 8 bits) wherever its top-2 margin was clear (as
+/// tests/model_gemma3.rs on the GPU). Every prompt and token of the fixture.
+#[test]
+fn gemma3_greedy_generation_matches_transformers_on_the_cpu() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/gemma-3-270m-q4_k_m.gguf");
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-gemma3.sh",
+        path.display()
+    );
+    let options = EngineOptions {
+        context: Some(128),
+        kv_dtype: None,
+    };
+    let mut engine = Engine::new_cpu(cpu(), load(&path), &options).unwrap();
+    let reference = fixture_json("gemma3/greedy.json");
+    for case in reference["cases"].as_array().unwrap() {
+        let text = case["prompt"].as_str().unwrap();
+        let prompt = engine.text_prompt(text).unwrap();
+        assert_eq!(
+            prompt,
+            token_ids(&case["input_ids"]),
+            "'{text}': prompt ids"
+        );
+        let want = token_ids(&case["generated_ids"]);
+        engine.reset();
+        let g =
+            pollster::block_on(
+                engine.generate(cpu(), &prompt, &greedy(want.len()), &mut |_| Flow::Continue),
+            )
+            .unwrap();
+        assert_eq!(g.tokens, want, "'{text}': greedy tokens on the CPU");
+        let same = assert_parts_only_where_unclear(
+            &format!("'{text}'"),
+            &g.tokens,
+            &token_ids(&case["llama_cpp_ids"]),
+            &numbers(&case["llama_cpp_margins"]),
+            0.5,
+        );
+        eprintln!(
+            "'{text}': {} tokens match transformers, the first {same} llama.cpp's ({:.2} tokens/s \
+             decoding)",
+            want.len(),
             g.decode_tokens_per_s()
         );
     }
