@@ -44,8 +44,8 @@ bench: setup
 
 ## make bench-browser: PocketLM and wllama (llama.cpp in wasm, pinned in www/package.json) in the
 ## same headless Chromium on the same GGUF, prompts and greedy decoding: load time, prefill and
-## decode tokens/s of each (wllama on 1 and 2 CPU threads, PocketLM on the browser's WebGPU
-## adapter) and PocketLM's as a ratio of wllama's best. BENCH_TOKENS, BENCH_PROMPTS, BENCH_MODEL
+## decode tokens/s of each (wllama on 1 and 2 CPU threads, PocketLM on its CPU backend and on the
+## browser's WebGPU adapter) and PocketLM's as a ratio of wllama's best. BENCH_TOKENS, BENCH_PROMPTS, BENCH_MODEL
 ## and BENCH_ENGINES change the run (www/scripts/bench-browser.mjs).
 bench-browser: setup
 	@$(MAKE) --no-print-directory wasm PROFILE=release

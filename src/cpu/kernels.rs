@@ -3,7 +3,7 @@
 //! each weight row in its stored format and dequantize one block at a time into a small buffer
 //! that the dot products of all the step's tokens share: no float copy of a matrix is made.
 
-use pocketlm_cpu::ops::{self, Weights, CHUNK};
+use pocketlm_cpu::ops::{self, Fused, Weights, CHUNK};
 
 use crate::cpu::{HostTensor, Pool};
 use crate::error::{Error, Result};
@@ -41,9 +41,6 @@ fn weights(dtype: DType) -> Result<Weights> {
         DType::F32 => Weights::F32,
         DType::F16 => Weights::F16,
         DType::BF16 => Weights::BF16,
-        DType::Q4_0 => Weights::Q4_0,
-        DType::Q4_1 => Weights::Q4_1,
-        DType::Q8_0 => Weights::Q8_0,
         DType::I32 => {
             return Err(Error::UnsupportedDType {
                 kernel: "cpu matmul",
@@ -56,6 +53,12 @@ fn weights(dtype: DType) -> Result<Weights> {
             size: d.block_size(),
             bytes: d.block_bytes(),
             dequant: block_dequantizer(d).expect("a block-quantized format"),
+            fused: match d {
+                DType::Q4_0 => Some(Fused::Q4_0),
+                DType::Q4_1 => Some(Fused::Q4_1),
+                DType::Q8_0 => Some(Fused::Q8_0),
+                _ => None,
+            },
         },
     })
 }
@@ -100,7 +103,10 @@ pub fn matmul(
     let row_bytes = w.dtype().bytes_for(k).unwrap_or(0);
     let bytes = w.bytes();
     let xsums = match format {
-        Weights::Q4_1 => ops::block_sums(x),
+        Weights::Blocks {
+            fused: Some(Fused::Q4_1),
+            ..
+        } if m == 1 => ops::block_sums(x),
         _ => Vec::new(),
     };
     let out = Out(y.as_mut_ptr());

@@ -9,17 +9,24 @@ pub enum Weights {
     F32,
     F16,
     BF16,
-    /// The common 32-value formats, with dot products of their own that apply the block's scale
-    /// (and minimum, through the activations' block sums) once per block.
-    Q4_0,
-    Q4_1,
-    Q8_0,
-    /// GGML blocks of `size` values (at most [`CHUNK`]) in `bytes` bytes each.
+    /// GGML blocks of `size` values (at most [`CHUNK`]) in `bytes` bytes each; the common
+    /// 32-value formats also have a decode dot product of their own (`fused`).
     Blocks {
         size: usize,
         bytes: usize,
         dequant: BlockFn,
+        fused: Option<Fused>,
     },
+}
+
+/// The 32-value formats whose one-row dot product applies each block's scale (and minimum,
+/// through the activations' block sums) once per block instead of to every value: faster for
+/// decode (one row of x); several rows share the dequantized block instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fused {
+    Q4_0,
+    Q4_1,
+    Q8_0,
 }
 
 /// Values converted at a time from plain f16 / bf16 rows, and the largest block.
@@ -45,19 +52,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-/// `Σ a[i]·b[i]` over 32 values, in eight lanes.
-#[inline(always)]
-fn dot32(a: &[f32; 32], b: &[f32]) -> f32 {
-    let b: &[f32; 32] = b[..32].try_into().expect("32 values");
-    let mut acc = [0f32; 8];
-    for c in 0..4 {
-        for l in 0..8 {
-            acc[l] += a[8 * c + l] * b[8 * c + l];
-        }
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
-}
-
 /// The sum of every 32 values of `x` (rows of a multiple of 32): what a format with a per-block
 /// minimum (Q4_1) multiplies it by.
 pub fn block_sums(x: &[f32]) -> Vec<f32> {
@@ -79,24 +73,24 @@ fn widen(bits: &[u16], bf16: bool, out: &mut [f32]) {
 
 /// The quants of one 32-value block as f32 (`q`), and its scale and minimum.
 #[inline(always)]
-fn unpack_32(w: Weights, block: &[u8], q: &mut [f32; 32]) -> (f32, f32) {
+fn unpack_32(w: Fused, block: &[u8], q: &mut [f32; 32]) -> (f32, f32) {
     use crate::blocks::half;
     match w {
-        Weights::Q4_0 => {
+        Fused::Q4_0 => {
             for (j, &v) in block[2..18].iter().enumerate() {
                 q[j] = (i32::from(v & 0x0F) - 8) as f32;
                 q[j + 16] = (i32::from(v >> 4) - 8) as f32;
             }
             (half(block, 0), 0.0)
         }
-        Weights::Q4_1 => {
+        Fused::Q4_1 => {
             for (j, &v) in block[4..20].iter().enumerate() {
                 q[j] = f32::from(v & 0x0F);
                 q[j + 16] = f32::from(v >> 4);
             }
             (half(block, 0), half(block, 2))
         }
-        _ => {
+        Fused::Q8_0 => {
             for (qj, &v) in q.iter_mut().zip(&block[2..34]) {
                 *qj = f32::from(v as i8);
             }
@@ -107,7 +101,7 @@ fn unpack_32(w: Weights, block: &[u8], q: &mut [f32; 32]) -> (f32, f32) {
 
 /// One row of x (decode): eight lanes carried across the blocks, each block's products scaled
 /// in its lanes, one reduction at the end.
-fn row_dot_32_single(w: Weights, row: &[u8], x: &[f32], xsums: &[f32], bytes: usize) -> f32 {
+fn row_dot_32_single(w: Fused, row: &[u8], x: &[f32], xsums: &[f32], bytes: usize) -> f32 {
     let mut lanes = [0f32; 8];
     let mut mins = 0f32;
     let mut q = [0f32; 32];
@@ -131,36 +125,10 @@ fn row_dot_32_single(w: Weights, row: &[u8], x: &[f32], xsums: &[f32], bytes: us
         + mins
 }
 
-/// The fused 32-value formats: per block, the quants as f32 (`q`), then for every row of x
-/// `scale · (q · x) + min · Σx`.
-fn row_dot_32(w: Weights, row: &[u8], x: &[f32], xsums: &[f32], k: usize, acc: &mut [f32]) {
-    let bytes = match w {
-        Weights::Q4_0 => 18,
-        Weights::Q4_1 => 20,
-        _ => 34,
-    };
-    if let [a] = acc {
-        *a = row_dot_32_single(w, row, &x[..k], xsums, bytes);
-        return;
-    }
-    acc.fill(0.0);
-    let nb = k / 32;
-    let mut q = [0f32; 32];
-    for (b, block) in row.chunks_exact(bytes).enumerate() {
-        let (d, min) = unpack_32(w, block, &mut q);
-        for (i, a) in acc.iter_mut().enumerate() {
-            let at = i * k + b * 32;
-            *a += d * dot32(&q, &x[at..at + 32]);
-            if min != 0.0 {
-                *a += min * xsums[i * nb + b];
-            }
-        }
-    }
-}
-
 /// `acc[i] = Σ_kk x[i·k + kk] · row[kk]` for every row i of x (`acc.len()` rows of `k`), with
 /// the weight row as stored: each block (or chunk of a plain row) is converted once into `buf`
-/// and dotted with every row of x. `xsums` are x's [`block_sums`] (used by Q4_1 only).
+/// and dotted with every row of x. `xsums` are x's [`block_sums`] (used by the fused Q4_1
+/// decode only).
 pub fn row_dot(
     w: Weights,
     row: &[u8],
@@ -171,7 +139,6 @@ pub fn row_dot(
     buf: &mut [f32; CHUNK],
 ) {
     match w {
-        Weights::Q4_0 | Weights::Q4_1 | Weights::Q8_0 => row_dot_32(w, row, x, xsums, k, acc),
         Weights::F32 => {
             let w: &[f32] = bytemuck::cast_slice(row);
             for (i, a) in acc.iter_mut().enumerate() {
@@ -191,9 +158,37 @@ pub fn row_dot(
             }
         }
         Weights::Blocks {
+            bytes,
+            fused: Some(f),
+            ..
+        } if acc.len() == 1 => {
+            acc[0] = row_dot_32_single(f, row, &x[..k], xsums, bytes);
+        }
+        Weights::Blocks {
             size,
             bytes,
             dequant,
+            ..
+        } if acc.len() == 1 && size % 8 == 0 => {
+            // One row of x (decode): eight lanes carried across the whole row, one reduction.
+            let mut lanes = [0f32; 8];
+            for (block, xb) in row.chunks_exact(bytes).zip(x.chunks_exact(size)) {
+                let vals = &mut buf[..size];
+                dequant(block, vals);
+                for (v, xv) in vals.chunks_exact(8).zip(xb.chunks_exact(8)) {
+                    for l in 0..8 {
+                        lanes[l] += v[l] * xv[l];
+                    }
+                }
+            }
+            acc[0] = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+                + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+        }
+        Weights::Blocks {
+            size,
+            bytes,
+            dequant,
+            ..
         } => {
             acc.fill(0.0);
             for (b, block) in row.chunks_exact(bytes).enumerate() {
