@@ -573,7 +573,7 @@ pub fn gumbel_uniform(key: u64, row: u32, e: u32) -> f32 {
 }
 
 /// NaN as −inf, −0 as +0: the GPU top-k's conventions.
-fn canonical(l: f32) -> f32 {
+pub(crate) fn canonical(l: f32) -> f32 {
     if l.is_nan() {
         f32::NEG_INFINITY
     } else if l == 0.0 {
@@ -584,7 +584,7 @@ fn canonical(l: f32) -> f32 {
 }
 
 /// Best first: logit descending, ties to the lower id.
-fn order(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+pub(crate) fn order(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 

@@ -9,11 +9,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{
-    assert_parts_only_where_unclear, fixture_json, greedy, numbers, read_f32_file, token_ids,
-};
+use common::{assert_greedy_cases, assert_logits_close, read_f32_file, token_ids};
 use pocketlm::cpu::{CpuContext, CpuDecoder, HostTensor};
-use pocketlm::engine::{Engine, EngineOptions, Flow};
+use pocketlm::engine::{Engine, EngineOptions};
 use pocketlm::load::{load_directory, load_native, LoadOptions, LoadedModelFiles};
 use pocketlm::model::ModelConfig;
 
@@ -65,30 +63,6 @@ fn decoder(name: &str, gguf: bool) -> CpuDecoder {
     CpuDecoder::new(config, loaded.tensors, 64).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-fn assert_close(what: &str, got: &[f32], want: &[f32], vocab: usize) {
-    assert_eq!(got.len(), want.len(), "{what}: logits");
-    let (mut worst, mut at) = (0f32, 0);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let e = (g - w).abs();
-        if e > worst || e.is_nan() {
-            worst = e;
-            at = i;
-        }
-    }
-    assert!(
-        worst <= 1e-3,
-        "{what}: logit {} of token {} is {} vs transformers {} (|err| {worst:e})",
-        at % vocab,
-        at / vocab,
-        got[at],
-        want[at]
-    );
-    eprintln!(
-        "{what}: max |logit error| {worst:e} over {} logits",
-        got.len()
-    );
-}
-
 const FIXTURES: [&str; 9] = [
     "tiny-llama",
     "tiny-qwen2",
@@ -107,7 +81,7 @@ fn every_tiny_architecture_matches_transformers_on_the_cpu() {
         let (ids, want) = reference(name);
         let mut model = decoder(name, false);
         let got = model.forward_logits(cpu(), &ids, 0).unwrap();
-        assert_close(name, &got, &want, model.config.vocab);
+        assert_logits_close(name, &got, &want, model.config.vocab, 1e-3);
     }
 }
 
@@ -117,7 +91,13 @@ fn gguf_conversions_match_transformers_on_the_cpu() {
         let (ids, want) = reference(name);
         let mut model = decoder(name, true);
         let got = model.forward_logits(cpu(), &ids, 0).unwrap();
-        assert_close(&format!("{name}.gguf"), &got, &want, model.config.vocab);
+        assert_logits_close(
+            &format!("{name}.gguf"),
+            &got,
+            &want,
+            model.config.vocab,
+            1e-3,
+        );
     }
 }
 
@@ -134,7 +114,7 @@ fn decode_after_prefill_matches_one_prefill_on_the_cpu() {
         for (pos, &id) in ids.iter().enumerate().skip(9) {
             got.extend(model.forward_logits(&cpu, &[id], pos).unwrap());
         }
-        assert_close(&format!("{threads} threads"), &got, &want, vocab);
+        assert_logits_close(&format!("{threads} threads"), &got, &want, vocab, 1e-3);
     }
 }
 
@@ -154,27 +134,14 @@ fn smollm2_greedy_generation_matches_transformers_on_the_cpu() {
     };
     let mut engine = Engine::new_cpu(cpu(), load(&path), &options).unwrap();
     assert_eq!(engine.backend(), "cpu");
-    let reference = fixture_json("smollm2/greedy.json");
-    const TOKENS: usize = 32;
-    for case in reference["cases"].as_array().unwrap() {
-        let text = case["prompt"].as_str().unwrap();
-        let prompt = engine.text_prompt(text).unwrap();
-        assert_eq!(
-            prompt,
-            token_ids(&case["input_ids"]),
-            "'{text}': prompt ids"
-        );
-        let want = &token_ids(&case["generated_ids"])[..TOKENS];
-        let g = pollster::block_on(
-            engine.generate(cpu(), &prompt, &greedy(TOKENS), &mut |_| Flow::Continue),
-        )
-        .unwrap();
-        assert_eq!(g.tokens, want, "'{text}': greedy tokens on the CPU");
-        eprintln!(
-            "'{text}': {TOKENS} tokens match transformers ({:.2} tokens/s decoding)",
-            g.decode_tokens_per_s()
-        );
-    }
+    assert_greedy_cases(
+        &mut engine,
+        cpu().into(),
+        "smollm2/greedy.json",
+        3,
+        Some(32),
+        None,
+    );
 }
 
 /// Gemma 3 270M as llama.cpp's quantizer writes Q4_K_M (Q4_K, Q5_0, Q6_K and Q8_0 mixed within
@@ -195,35 +162,12 @@ fn gemma3_greedy_generation_matches_transformers_on_the_cpu() {
         kv_dtype: None,
     };
     let mut engine = Engine::new_cpu(cpu(), load(&path), &options).unwrap();
-    let reference = fixture_json("gemma3/greedy.json");
-    for case in reference["cases"].as_array().unwrap() {
-        let text = case["prompt"].as_str().unwrap();
-        let prompt = engine.text_prompt(text).unwrap();
-        assert_eq!(
-            prompt,
-            token_ids(&case["input_ids"]),
-            "'{text}': prompt ids"
-        );
-        let want = token_ids(&case["generated_ids"]);
-        engine.reset();
-        let g =
-            pollster::block_on(
-                engine.generate(cpu(), &prompt, &greedy(want.len()), &mut |_| Flow::Continue),
-            )
-            .unwrap();
-        assert_eq!(g.tokens, want, "'{text}': greedy tokens on the CPU");
-        let same = assert_parts_only_where_unclear(
-            &format!("'{text}'"),
-            &g.tokens,
-            &token_ids(&case["llama_cpp_ids"]),
-            &numbers(&case["llama_cpp_margins"]),
-            0.5,
-        );
-        eprintln!(
-            "'{text}': {} tokens match transformers, the first {same} llama.cpp's ({:.2} tokens/s \
-             decoding)",
-            want.len(),
-            g.decode_tokens_per_s()
-        );
-    }
+    assert_greedy_cases(
+        &mut engine,
+        cpu().into(),
+        "gemma3/greedy.json",
+        3,
+        None,
+        Some(0.5),
+    );
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ctx, read_f32_file};
+use common::{assert_logits_close, ctx, read_f32_file};
 use pocketlm::gpu::DType;
 use pocketlm::load::{load_directory, LoadOptions};
 use pocketlm::model::{Decoder, ModelConfig};
@@ -62,27 +62,7 @@ fn check_loaded(name: &str, fixture: Fixture) {
     } = fixture;
     let mut graph = pollster::block_on(model.graph(ctx(), ids.len(), 8)).unwrap();
     let got = pollster::block_on(model.forward(ctx(), &mut graph, &ids, 0)).unwrap();
-    assert_eq!(got.len(), want.len());
-    let (mut worst, mut at) = (0f32, 0);
-    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        let e = (g - w).abs();
-        if e > worst || e.is_nan() {
-            worst = e;
-            at = i;
-        }
-    }
-    assert!(
-        worst <= 1e-3,
-        "{name}: logit {} of token {} is {} vs transformers {} (|err| {worst:e})",
-        at % vocab,
-        at / vocab,
-        got[at],
-        want[at]
-    );
-    eprintln!(
-        "{name}: max |logit error| {worst:e} over {} logits",
-        got.len()
-    );
+    assert_logits_close(name, &got, &want, vocab, 1e-3);
 }
 
 #[test]

@@ -9,11 +9,7 @@
 
 mod common;
 
-use common::{
-    assert_parts_only_where_unclear, ctx, fixture_json, greedy, numbers, real_model_engine,
-    token_ids,
-};
-use pocketlm::engine::Flow;
+use common::{assert_greedy_cases, ctx, real_model_engine};
 
 /// Prompts and tokens compared (the fixture has 3 × 24): enough to cross the sliding windows'
 /// local/global pattern many times, few enough for the CPU drivers CI runs on.
@@ -29,41 +25,12 @@ fn gemma3_greedy_generation_matches_transformers_and_llama_cpp() {
         "run scripts/fetch-gemma3.sh",
         128,
     );
-    let reference = fixture_json("gemma3/greedy.json");
-    for case in reference["cases"].as_array().unwrap().iter().take(PROMPTS) {
-        let text = case["prompt"].as_str().unwrap();
-        let prompt = engine.text_prompt(text).unwrap();
-        assert_eq!(
-            prompt,
-            token_ids(&case["input_ids"]),
-            "'{text}': prompt ids"
-        );
-        let start = std::time::Instant::now();
-        engine.reset();
-        let g = pollster::block_on(
-            engine.generate(ctx(), &prompt, &greedy(TOKENS), &mut |_| Flow::Continue),
-        )
-        .unwrap();
-        let want = &token_ids(&case["generated_ids"])[..TOKENS];
-        let first_diff = g.tokens.iter().zip(want).position(|(a, b)| a != b);
-        assert!(
-            first_diff.is_none() && g.tokens.len() == want.len(),
-            "'{text}': tokens differ from transformers at {first_diff:?}:\n got  {:?}\n want {want:?}",
-            g.tokens
-        );
-        // llama.cpp: after an unclear step the sequences continue different texts.
-        let same = assert_parts_only_where_unclear(
-            &format!("'{text}'"),
-            &g.tokens,
-            &token_ids(&case["llama_cpp_ids"]),
-            &numbers(&case["llama_cpp_margins"]),
-            CLEAR_MARGIN,
-        );
-        eprintln!(
-            "'{text}': {TOKENS} tokens match transformers, the first {same} llama.cpp's ({:.1} s, \
-             {:.2} tokens/s decoding)",
-            start.elapsed().as_secs_f64(),
-            g.decode_tokens_per_s()
-        );
-    }
+    assert_greedy_cases(
+        &mut engine,
+        ctx().into(),
+        "gemma3/greedy.json",
+        PROMPTS,
+        Some(TOKENS),
+        Some(CLEAR_MARGIN),
+    );
 }

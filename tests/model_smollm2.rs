@@ -5,8 +5,7 @@
 
 mod common;
 
-use common::{ctx, fixture_json, greedy, real_model_engine, token_ids};
-use pocketlm::engine::Flow;
+use common::{assert_greedy_cases, ctx, real_model_engine};
 
 /// Tokens compared per prompt (the fixture has 40).
 const TOKENS: usize = 32;
@@ -21,31 +20,12 @@ fn smollm2_greedy_generation_matches_transformers() {
         "run scripts/fetch-model.sh",
         256,
     );
-    let reference = fixture_json("smollm2/greedy.json");
-    let greedy = greedy(TOKENS);
-    for case in reference["cases"].as_array().unwrap() {
-        let text = case["prompt"].as_str().unwrap();
-        let prompt = engine.text_prompt(text).unwrap();
-        assert_eq!(
-            prompt,
-            token_ids(&case["input_ids"]),
-            "'{text}': prompt ids"
-        );
-        let want = &token_ids(&case["generated_ids"])[..TOKENS];
-        let start = std::time::Instant::now();
-        let g =
-            pollster::block_on(engine.generate(ctx(), &prompt, &greedy, &mut |_| Flow::Continue))
-                .unwrap();
-        let first_diff = g.tokens.iter().zip(want).position(|(a, b)| a != b);
-        assert!(
-            first_diff.is_none() && g.tokens.len() == want.len(),
-            "'{text}': tokens differ from transformers at {first_diff:?}:\n got  {:?}\n want {want:?}",
-            g.tokens
-        );
-        eprintln!(
-            "'{text}': {TOKENS} tokens match transformers ({:.1} s, {:.2} tokens/s decoding)",
-            start.elapsed().as_secs_f64(),
-            g.decode_tokens_per_s()
-        );
-    }
+    assert_greedy_cases(
+        &mut engine,
+        ctx().into(),
+        "smollm2/greedy.json",
+        3,
+        Some(TOKENS),
+        None,
+    );
 }

@@ -790,6 +790,19 @@ mod cli {
         Ok(ExitCode::SUCCESS)
     }
 
+    /// Greedy generation of exactly `n` tokens (end of turn does not stop it): what benchmarks run.
+    fn greedy_run(n: usize) -> GenerateOptions {
+        GenerateOptions {
+            sampling: SamplingParams::greedy(),
+            max_tokens: Some(n),
+            stop: Vec::new(),
+            ignore_eos: true,
+            pipeline: true,
+            response_format: None,
+            logprobs: None,
+        }
+    }
+
     /// A prompt of exactly `n` tokens: ordinary text, repeated as needed.
     fn bench_prompt(engine: &Engine, n: usize) -> pocketlm::Result<Vec<u32>> {
         const TEXT: &str = "The quick brown fox jumps over the lazy dog while the farmer counts \
@@ -870,15 +883,7 @@ mod cli {
             }
         };
         let mut engine = open_engine(dev, model, context).await?;
-        let options = GenerateOptions {
-            sampling: SamplingParams::greedy(),
-            max_tokens: Some(gen_tokens),
-            stop: Vec::new(),
-            ignore_eos: true,
-            pipeline: true,
-            response_format: None,
-            logprobs: None,
-        };
+        let options = greedy_run(gen_tokens);
         // Warm-up: every pipeline compiled and every graph run once.
         let warm = bench_prompt(&engine, 20)?;
         let warm_opts = GenerateOptions {
@@ -995,15 +1000,7 @@ mod cli {
         (prompt_tokens, gen_tokens, context): (usize, usize, Option<usize>),
     ) -> pocketlm::Result<ExitCode> {
         let mut engine = open_engine(dev, model, context).await?;
-        let options = GenerateOptions {
-            sampling: SamplingParams::greedy(),
-            max_tokens: Some(gen_tokens),
-            stop: Vec::new(),
-            ignore_eos: true,
-            pipeline: true,
-            response_format: None,
-            logprobs: None,
-        };
+        let options = greedy_run(gen_tokens);
         let prompt = bench_prompt(&engine, prompt_tokens)?;
         let one = CpuContext::new(Some(1));
         let mut rows = Vec::new();

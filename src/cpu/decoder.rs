@@ -12,7 +12,7 @@ use crate::kernels::{RopeConfig, RopeLayout, MASKED_LOGIT};
 use crate::load::StoredTensor;
 use crate::model::weights::DecoderWeights;
 use crate::model::{LayerRope, LayerSpec, ModelConfig, Readout, StepOutput};
-use crate::sample::{gumbel_uniform, SamplingPlan};
+use crate::sample::{canonical, gumbel_uniform, order, SamplingPlan};
 
 /// One layer's weights: matrices as stored, 1-D parameters in f32 (norm offsets applied).
 struct Layer {
@@ -367,17 +367,6 @@ impl CpuDecoder {
     }
 }
 
-/// NaN as −inf, −0 as +0: the GPU top-k's conventions.
-fn canonical(l: f32) -> f32 {
-    if l.is_nan() {
-        f32::NEG_INFINITY
-    } else if l == 0.0 {
-        0.0
-    } else {
-        l
-    }
-}
-
 /// The best `k` (token, logit) of `row`, best first (ties to the lower id).
 fn top(row: &[f32], k: usize) -> Vec<(u32, f32)> {
     let mut all: Vec<(u32, f32)> = row
@@ -385,7 +374,6 @@ fn top(row: &[f32], k: usize) -> Vec<(u32, f32)> {
         .enumerate()
         .map(|(i, &l)| (i as u32, canonical(l)))
         .collect();
-    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     let k = k.min(all.len());
     if k < all.len() {
         all.select_nth_unstable_by(k, order);

@@ -441,3 +441,87 @@ pub fn byte_tokenizer_json(specials: &[&str]) -> String {
     })
     .to_string()
 }
+
+/// The cases of a greedy fixture (`smollm2/greedy.json`, `gemma3/greedy.json`) through `engine`
+/// on `device`, up to `prompts` of them: the prompt ids equal transformers', and the first
+/// `tokens` generated ids (all of them with `None`) too; with `llama_cpp` (a top-2 margin), the
+/// ids part from llama.cpp's only at a step where its margin was at most that. Logs each case.
+pub fn assert_greedy_cases(
+    engine: &mut pocketlm::engine::Engine,
+    device: pocketlm::engine::Device<'_>,
+    fixture: &str,
+    prompts: usize,
+    tokens: Option<usize>,
+    llama_cpp: Option<f64>,
+) {
+    let reference = fixture_json(fixture);
+    for case in reference["cases"].as_array().unwrap().iter().take(prompts) {
+        let text = case["prompt"].as_str().unwrap();
+        let prompt = engine.text_prompt(text).unwrap();
+        assert_eq!(
+            prompt,
+            token_ids(&case["input_ids"]),
+            "'{text}': prompt ids"
+        );
+        let all = token_ids(&case["generated_ids"]);
+        let want = &all[..tokens.unwrap_or(all.len())];
+        let start = std::time::Instant::now();
+        let g = pollster::block_on(engine.generate(
+            device,
+            &prompt,
+            &greedy(want.len()),
+            &mut |_| pocketlm::engine::Flow::Continue,
+        ))
+        .unwrap();
+        let first_diff = g.tokens.iter().zip(want).position(|(a, b)| a != b);
+        assert!(
+            first_diff.is_none() && g.tokens.len() == want.len(),
+            "'{text}': tokens differ from transformers at {first_diff:?}:\n got  {:?}\n want {want:?}",
+            g.tokens
+        );
+        let llama = llama_cpp.map(|margin| {
+            let same = assert_parts_only_where_unclear(
+                &format!("'{text}'"),
+                &g.tokens,
+                &token_ids(&case["llama_cpp_ids"]),
+                &numbers(&case["llama_cpp_margins"]),
+                margin,
+            );
+            format!(", the first {same} llama.cpp's")
+        });
+        eprintln!(
+            "'{text}': {} tokens match transformers{} on the {} backend ({:.1} s, {:.2} tokens/s \
+             decoding)",
+            want.len(),
+            llama.unwrap_or_default(),
+            engine.backend(),
+            start.elapsed().as_secs_f64(),
+            g.decode_tokens_per_s()
+        );
+    }
+}
+
+/// Logits against a reference within `tolerance`, naming the worst one (token and id).
+pub fn assert_logits_close(what: &str, got: &[f32], want: &[f32], vocab: usize, tolerance: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: logits");
+    let (mut worst, mut at) = (0f32, 0);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let e = (g - w).abs();
+        if e > worst || e.is_nan() {
+            worst = e;
+            at = i;
+        }
+    }
+    assert!(
+        worst <= tolerance,
+        "{what}: logit {} of token {} is {} vs transformers {} (|err| {worst:e})",
+        at % vocab,
+        at / vocab,
+        got[at],
+        want[at]
+    );
+    eprintln!(
+        "{what}: max |logit error| {worst:e} over {} logits",
+        got.len()
+    );
+}
