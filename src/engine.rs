@@ -372,18 +372,12 @@ impl Engine {
         loaded: LoadedModelFiles,
         options: &EngineOptions,
     ) -> Result<Engine> {
-        let LoadedModelFiles {
-            files,
-            tensors,
-            companions,
-            ..
-        } = loaded;
-        let d = Description::read(&files, &companions, options)?;
+        let d = Description::read(&loaded.files, &loaded.companions, options)?;
         let kv_dtype = options
             .kv_dtype
             .unwrap_or_else(|| KvCache::default_dtype(ctx));
         let context = d.context;
-        let model = Decoder::new(ctx, d.config.clone(), tensors, context, kv_dtype).await?;
+        let model = Decoder::new(ctx, d.config.clone(), loaded.tensors, context, kv_dtype).await?;
         // The decode step of short sequences, built now so loading compiles its kernels.
         let first = model
             .graph_with(ctx, 1, span_for(1, context), CANDIDATES, false)
@@ -402,14 +396,8 @@ impl Engine {
         loaded: LoadedModelFiles<HostTensor>,
         options: &EngineOptions,
     ) -> Result<Engine> {
-        let LoadedModelFiles {
-            files,
-            tensors,
-            companions,
-            ..
-        } = loaded;
-        let d = Description::read(&files, &companions, options)?;
-        let model = CpuDecoder::new(d.config.clone(), tensors, d.context)?;
+        let d = Description::read(&loaded.files, &loaded.companions, options)?;
+        let model = CpuDecoder::new(d.config.clone(), loaded.tensors, d.context)?;
         Ok(Engine::with_backend(Backend::Cpu(Box::new(model)), d))
     }
 

@@ -977,29 +977,53 @@ pub fn logprobs_from_candidates(
     })
 }
 
-/// [`TokenLogprobs`] from a whole row of logits.
-pub fn logprobs_from_row(token: u32, row: &[f32], top: usize) -> TokenLogprobs {
-    let max = row
-        .iter()
-        .copied()
-        .filter(|l| !l.is_nan())
-        .fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = row
-        .iter()
-        .filter(|l| !l.is_nan())
-        .map(|&l| exp(f64::from(l) - f64::from(max)))
-        .sum();
+/// The index of the largest of `values`, the lowest on ties (0 when none beats −inf).
+pub(crate) fn argmax_index(values: impl Iterator<Item = f32>) -> u32 {
+    let mut best = (0u32, f32::NEG_INFINITY);
+    for (i, v) in values.enumerate() {
+        if v > best.1 {
+            best = (i as u32, v);
+        }
+    }
+    best.0
+}
+
+/// The best `k` (token, logit) of a whole row indexed by token id, best first: [`canonical`]
+/// logits, ties to the lower id.
+pub(crate) fn top_of_row(row: &[f32], k: usize) -> Vec<(u32, f32)> {
     let mut best: Vec<(u32, f32)> = row
         .iter()
         .enumerate()
         .map(|(i, &l)| (i as u32, canonical(l)))
         .collect();
-    let keep = top.min(best.len());
+    let keep = k.min(best.len());
     if keep > 0 && keep < best.len() {
         best.select_nth_unstable_by(keep - 1, order);
     }
     best.truncate(keep);
     best.sort_by(order);
+    best
+}
+
+/// A row's softmax statistics: its largest logit and Σ exp(x − max), NaNs left out.
+pub(crate) fn row_softmax_stats(row: &[f32]) -> (f32, f64) {
+    let max = row
+        .iter()
+        .copied()
+        .filter(|l| !l.is_nan())
+        .fold(f32::NEG_INFINITY, f32::max);
+    let sum = row
+        .iter()
+        .filter(|l| !l.is_nan())
+        .map(|&l| exp(f64::from(l) - f64::from(max)))
+        .sum();
+    (max, sum)
+}
+
+/// [`TokenLogprobs`] from a whole row of logits.
+pub fn logprobs_from_row(token: u32, row: &[f32], top: usize) -> TokenLogprobs {
+    let (max, sum) = row_softmax_stats(row);
+    let best = top_of_row(row, top);
     let logit = row
         .get(token as usize)
         .copied()

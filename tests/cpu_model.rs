@@ -9,7 +9,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{assert_greedy_cases, assert_logits_close, read_f32_file, token_ids};
+use common::{
+    assert_greedy_cases, assert_logits_close, read_f32_file, token_ids, TINY_GGUF_FIXTURES,
+};
 use pocketlm::cpu::{CpuContext, CpuDecoder, HostTensor};
 use pocketlm::engine::{Engine, EngineOptions};
 use pocketlm::load::{load_directory, load_native, LoadOptions, LoadedModelFiles};
@@ -63,21 +65,9 @@ fn decoder(name: &str, gguf: bool) -> CpuDecoder {
     CpuDecoder::new(config, loaded.tensors, 64).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-const FIXTURES: [&str; 9] = [
-    "tiny-llama",
-    "tiny-qwen2",
-    "tiny-qwen2-bf16",
-    "tiny-qwen3",
-    "tiny-gemma2",
-    "tiny-gemma3",
-    "tiny-phi3",
-    "tiny-smollm3",
-    "tiny-mistral",
-];
-
 #[test]
 fn every_tiny_architecture_matches_transformers_on_the_cpu() {
-    for name in FIXTURES {
+    for name in TINY_GGUF_FIXTURES.into_iter().chain(["tiny-mistral"]) {
         let (ids, want) = reference(name);
         let mut model = decoder(name, false);
         let got = model.forward_logits(cpu(), &ids, 0).unwrap();
@@ -87,7 +77,7 @@ fn every_tiny_architecture_matches_transformers_on_the_cpu() {
 
 #[test]
 fn gguf_conversions_match_transformers_on_the_cpu() {
-    for name in FIXTURES.into_iter().filter(|n| *n != "tiny-mistral") {
+    for name in TINY_GGUF_FIXTURES {
         let (ids, want) = reference(name);
         let mut model = decoder(name, true);
         let got = model.forward_logits(cpu(), &ids, 0).unwrap();

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{assert_logits_close, ctx, read_f32_file};
+use common::{assert_logits_close, ctx, read_f32_file, TINY_GGUF_FIXTURES};
 use pocketlm::gpu::DType;
 use pocketlm::load::{load_directory, LoadOptions};
 use pocketlm::model::{Decoder, ModelConfig};
@@ -126,16 +126,7 @@ fn tiny_mistral_matches_transformers() {
 fn gguf_conversions_match_transformers() {
     use pocketlm::load::load_native;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
-    for name in [
-        "tiny-llama",
-        "tiny-qwen2",
-        "tiny-qwen2-bf16",
-        "tiny-qwen3",
-        "tiny-gemma2",
-        "tiny-gemma3",
-        "tiny-phi3",
-        "tiny-smollm3",
-    ] {
+    for name in TINY_GGUF_FIXTURES {
         let path = dir.join(format!("{name}.gguf"));
         let loaded = pollster::block_on(load_native(
             ctx(),

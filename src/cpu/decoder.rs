@@ -12,7 +12,9 @@ use crate::kernels::{RopeConfig, RopeLayout, MASKED_LOGIT};
 use crate::load::StoredTensor;
 use crate::model::weights::DecoderWeights;
 use crate::model::{LayerRope, LayerSpec, ModelConfig, Readout, StepOutput};
-use crate::sample::{canonical, gumbel_uniform, order, SamplingPlan};
+use crate::sample::{
+    argmax_index, canonical, gumbel_uniform, row_softmax_stats, top_of_row, SamplingPlan,
+};
 
 /// One layer's weights: matrices as stored, 1-D parameters in f32 (norm offsets applied).
 struct Layer {
@@ -188,12 +190,6 @@ impl CpuDecoder {
         mask: Option<Vec<u32>>,
     ) -> Result<StepOutput> {
         let n = tokens.len();
-        if n == 0 || offset + n > self.max_ctx {
-            return Err(Error::ContextOverflow {
-                prompt_tokens: offset + n,
-                context: self.max_ctx,
-            });
-        }
         let x = self.forward(cpu, tokens, offset)?;
         if readout == Readout::Nothing {
             return Ok(StepOutput::Nothing);
@@ -212,12 +208,6 @@ impl CpuDecoder {
         tokens: &[u32],
         offset: usize,
     ) -> Result<Vec<f32>> {
-        if tokens.is_empty() || offset + tokens.len() > self.max_ctx {
-            return Err(Error::ContextOverflow {
-                prompt_tokens: offset + tokens.len(),
-                context: self.max_ctx,
-            });
-        }
         let x = self.forward(cpu, tokens, offset)?;
         self.head(cpu, &x)
     }
@@ -243,11 +233,18 @@ impl CpuDecoder {
         self.last_logits.clone()
     }
 
-    /// The hidden states [n, hidden] after the last layer.
+    /// The hidden states [n, hidden] after the last layer, for `tokens` at positions
+    /// `offset..` (at least one, within the KV cache).
     fn forward(&mut self, cpu: &CpuContext, tokens: &[u32], offset: usize) -> Result<Vec<f32>> {
+        let n = tokens.len();
+        if n == 0 || offset + n > self.max_ctx {
+            return Err(Error::ContextOverflow {
+                prompt_tokens: offset + n,
+                context: self.max_ctx,
+            });
+        }
         let c = &self.config;
         let pool = cpu.pool();
-        let n = tokens.len();
         let (hd, qw, kvw) = (c.head_dim, c.heads * c.head_dim, c.kv_heads * c.head_dim);
         let mut x = vec![0f32; n * c.hidden];
         let scale = c.embed_scale.unwrap_or(1.0);
@@ -367,35 +364,6 @@ impl CpuDecoder {
     }
 }
 
-/// The best `k` (token, logit) of `row`, best first (ties to the lower id).
-fn top(row: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let mut all: Vec<(u32, f32)> = row
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i as u32, canonical(l)))
-        .collect();
-    let k = k.min(all.len());
-    if k < all.len() {
-        all.select_nth_unstable_by(k, order);
-        all.truncate(k);
-    }
-    all.sort_unstable_by(order);
-    all
-}
-
-/// The row's softmax statistics (max, Σ exp(x − max)).
-fn stats(row: &[f32]) -> (f32, f32) {
-    let max = row
-        .iter()
-        .map(|&l| canonical(l))
-        .fold(f32::NEG_INFINITY, f32::max);
-    let total: f64 = row
-        .iter()
-        .map(|&l| f64::from(canonical(l) - max).exp())
-        .sum();
-    (max, total as f32)
-}
-
 /// What the GPU's sampling kernels do after a step, on the host: penalties, logit bias and the
 /// grammar's mask applied to `logits` (in place), then the pick `readout` asks for.
 fn pick(logits: &mut [f32], readout: Readout<'_>, mask: Option<&[u32]>) -> Result<StepOutput> {
@@ -432,21 +400,21 @@ fn pick(logits: &mut [f32], readout: Readout<'_>, mask: Option<&[u32]>) -> Resul
             }
         }
     }
-    let candidates = || (top(logits, crate::engine::CANDIDATES), stats(logits));
+    let candidates = || {
+        let (max, sum) = row_softmax_stats(logits);
+        (
+            top_of_row(logits, crate::engine::CANDIDATES),
+            (max, sum as f32),
+        )
+    };
     let token = match plan {
-        SamplingPlan::Greedy => top(logits, 1)[0].0,
+        SamplingPlan::Greedy => argmax_index(logits.iter().map(|&l| canonical(l))),
         SamplingPlan::Gumbel => {
             let key = u64::from(draw.key_lo) | (u64::from(draw.key_hi) << 32);
-            let mut best = (0u32, f32::NEG_INFINITY);
-            for (i, &l) in logits.iter().enumerate() {
+            argmax_index(logits.iter().enumerate().map(|(i, &l)| {
                 let u = gumbel_uniform(key, draw.row, i as u32);
-                let g = -(-u.ln()).ln();
-                let v = canonical(l) * draw.inv_temp + g;
-                if v > best.1 {
-                    best = (i as u32, v);
-                }
-            }
-            best.0
+                canonical(l) * draw.inv_temp - (-u.ln()).ln()
+            }))
         }
         SamplingPlan::Candidates => {
             let (candidates, stats) = candidates();

@@ -110,7 +110,7 @@ pub fn matmul(
         _ => Vec::new(),
     };
     let out = Out(y.as_mut_ptr());
-    pool.ranges(n, 1, &|j0, j1| {
+    pool.ranges(n, &|j0, j1| {
         let mut acc = vec![0f32; m];
         let mut buf = [0f32; CHUNK];
         for j in j0..j1 {

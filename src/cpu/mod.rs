@@ -104,8 +104,8 @@ impl LoadTarget for CpuContext {
     type Tensor = HostTensor;
     type Sink<'a> = HostSink;
 
-    fn sink(&self, plans: Vec<TensorPlan>, opts: &LoadOptions<'_>) -> Result<HostSink> {
-        HostSink::new(plans, opts)
+    fn sink(&self, plans: Vec<TensorPlan>, _opts: &LoadOptions<'_>) -> Result<HostSink> {
+        HostSink::new(plans)
     }
 
     fn check_health(&self) -> Result<()> {

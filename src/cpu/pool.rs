@@ -64,22 +64,18 @@ impl Pool {
         (0..tasks).for_each(task);
     }
 
-    /// Splits `0..n` into at most `parts` contiguous ranges of multiples of `align` (the last
-    /// one takes the rest), and runs `f(start, end)` on each in parallel.
-    pub fn ranges(&self, n: usize, align: usize, f: &(dyn Fn(usize, usize) + Sync)) {
-        let align = align.max(1);
-        let units = n.div_ceil(align);
-        // A few ranges per thread balance uneven cores without many tiny tasks.
+    /// Splits `0..n` into contiguous ranges, a few per thread (they balance uneven cores
+    /// without many tiny tasks), and runs `f(start, end)` on each in parallel.
+    pub fn ranges(&self, n: usize, f: &(dyn Fn(usize, usize) + Sync)) {
         let parts = if self.threads == 1 {
             1
         } else {
-            (self.threads * 4).min(units).max(1)
+            (self.threads * 4).min(n).max(1)
         };
-        let per = units.div_ceil(parts);
-        let count = units.div_ceil(per.max(1));
-        self.run(count, &|i| {
-            let start = i * per * align;
-            let end = ((i + 1) * per * align).min(n);
+        let per = n.div_ceil(parts).max(1);
+        self.run(n.div_ceil(per), &|i| {
+            let start = i * per;
+            let end = ((i + 1) * per).min(n);
             if start < end {
                 f(start, end);
             }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::load::{check_plans, ended_early, LoadOptions, StoredTensor, TensorPlan, TensorSink};
+use crate::load::{check_plans, PlanCursor, StoredTensor, TensorPlan, TensorSink};
 use crate::quant::DType;
 
 /// A tensor's bytes in host memory, 8-byte aligned (rows of f32 and f16 can be read as such).
@@ -102,16 +102,15 @@ fn alloc_words(name: &str, bytes: usize) -> Result<Vec<u64>> {
 pub struct HostSink {
     plans: Vec<TensorPlan>,
     buffers: Vec<Vec<u64>>,
-    current: usize,
-    /// Absolute stream offset of the next byte fed; `filled` bytes of the current tensor are in.
-    pos: u64,
+    cursor: PlanCursor,
+    /// Bytes of the current tensor received so far.
     filled: usize,
 }
 
 impl HostSink {
     /// Checks the plans and allocates every tensor, so a model larger than host memory allows
     /// is refused (with its size) before its data is read.
-    pub fn new(plans: Vec<TensorPlan>, _opts: &LoadOptions<'_>) -> Result<Self> {
+    pub fn new(plans: Vec<TensorPlan>) -> Result<Self> {
         let plans = check_plans(plans)?;
         let total: u64 = plans.iter().map(|p| p.bytes).sum();
         let limit = crate::cpu::max_model_bytes();
@@ -134,8 +133,7 @@ impl HostSink {
         Ok(HostSink {
             plans,
             buffers,
-            current: 0,
-            pos: 0,
+            cursor: PlanCursor::default(),
             filled: 0,
         })
     }
@@ -145,34 +143,16 @@ impl TensorSink for HostSink {
     type Tensor = HostTensor;
 
     fn feed(&mut self, mut chunk: &[u8]) -> Result<()> {
-        while !chunk.is_empty() && self.current < self.plans.len() {
-            let plan = &self.plans[self.current];
-            if self.pos < plan.offset {
-                let skip = (plan.offset - self.pos).min(chunk.len() as u64) as usize;
-                chunk = &chunk[skip..];
-                self.pos += skip as u64;
-                continue;
-            }
-            let end = plan.offset + plan.bytes;
-            let take = (end - self.pos).min(chunk.len() as u64) as usize;
-            let dst = bytemuck::cast_slice_mut::<u64, u8>(&mut self.buffers[self.current]);
-            dst[self.filled..self.filled + take].copy_from_slice(&chunk[..take]);
-            self.filled += take;
-            chunk = &chunk[take..];
-            self.pos += take as u64;
-            if self.pos == end {
-                self.current += 1;
-                self.filled = 0;
-            }
+        while let Some((i, piece, done)) = self.cursor.next(&self.plans, &mut chunk) {
+            let dst = bytemuck::cast_slice_mut::<u64, u8>(&mut self.buffers[i]);
+            dst[self.filled..self.filled + piece.len()].copy_from_slice(piece);
+            self.filled = if done { 0 } else { self.filled + piece.len() };
         }
-        self.pos += chunk.len() as u64;
         Ok(())
     }
 
     fn finish(self) -> Result<Vec<HostTensor>> {
-        if let Some(plan) = self.plans.get(self.current) {
-            return Err(ended_early(plan, self.pos));
-        }
+        self.cursor.finish(&self.plans)?;
         Ok(self
             .plans
             .into_iter()

@@ -26,5 +26,5 @@ pub use stream::{
     load_stream, AbortFlag, HeaderStep, LoadOptions, LoadTarget, LoadedFile, Progress,
     StoredTensor, TensorSink,
 };
-pub(crate) use upload::{check_plans, ended_early};
+pub(crate) use upload::{check_plans, PlanCursor};
 pub use upload::{part_name, StreamUploader, TensorPlan, DEFAULT_PIECE_BUDGET};

@@ -113,14 +113,66 @@ pub(crate) fn check_plans(mut plans: Vec<TensorPlan>) -> Result<Vec<TensorPlan>>
     Ok(plans)
 }
 
-/// The error of a stream that ended before `plan`'s bytes did.
-pub(crate) fn ended_early(plan: &TensorPlan, pos: u64) -> Error {
-    Error::InvalidTensor {
-        tensor: plan.name.clone(),
-        detail: format!(
-            "the data ended at byte {pos} but the tensor's bytes run to {}",
-            plan.offset + plan.bytes
-        ),
+/// Where a file's byte stream stands against its tensor plans (sorted by offset): the plan
+/// receiving bytes and the stream offset of the next byte. Every sink walks the stream with it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PlanCursor {
+    /// The plan receiving bytes.
+    pub current: usize,
+    /// Absolute stream offset of the next byte fed.
+    pub pos: u64,
+}
+
+impl PlanCursor {
+    /// The next piece of tensor data at the start of `chunk`, which it consumes: the plan's
+    /// index, its bytes, and whether they complete the tensor. What lies between tensors
+    /// (header, padding, unlisted data) and after the last one is skipped; `None` once `chunk`
+    /// is used up.
+    pub fn next<'c>(
+        &mut self,
+        plans: &[TensorPlan],
+        chunk: &mut &'c [u8],
+    ) -> Option<(usize, &'c [u8], bool)> {
+        while !chunk.is_empty() {
+            let Some(plan) = plans.get(self.current) else {
+                self.pos += chunk.len() as u64;
+                *chunk = &[];
+                return None;
+            };
+            if self.pos < plan.offset {
+                let skip = (plan.offset - self.pos).min(chunk.len() as u64) as usize;
+                *chunk = &chunk[skip..];
+                self.pos += skip as u64;
+                continue;
+            }
+            let end = plan.offset + plan.bytes;
+            let n = (end - self.pos).min(chunk.len() as u64) as usize;
+            let (piece, rest) = chunk.split_at(n);
+            *chunk = rest;
+            self.pos += n as u64;
+            let i = self.current;
+            let done = self.pos == end;
+            if done {
+                self.current += 1;
+            }
+            return Some((i, piece, done));
+        }
+        None
+    }
+
+    /// An error when the stream ended before every tensor's bytes.
+    pub fn finish(&self, plans: &[TensorPlan]) -> Result<()> {
+        match plans.get(self.current) {
+            Some(plan) => Err(Error::InvalidTensor {
+                tensor: plan.name.clone(),
+                detail: format!(
+                    "the data ended at byte {} but the tensor's bytes run to {}",
+                    self.pos,
+                    plan.offset + plan.bytes
+                ),
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -132,10 +184,7 @@ pub struct StreamUploader<'a> {
     ctx: &'a GpuContext,
     plans: Vec<TensorPlan>,
     tensors: Vec<GpuTensor>,
-    /// The plan receiving bytes (plans are sorted by offset).
-    current: usize,
-    /// Absolute stream offset of the next byte fed.
-    pos: u64,
+    cursor: PlanCursor,
     /// Bytes of the current tensor not yet uploaded, starting at `pending_at` within it.
     pending: Vec<u8>,
     pending_at: u64,
@@ -174,8 +223,7 @@ impl<'a> StreamUploader<'a> {
             ctx,
             plans,
             tensors,
-            current: 0,
-            pos: 0,
+            cursor: PlanCursor::default(),
             pending: Vec::new(),
             pending_at: 0,
             piece: piece_budget.max(1),
@@ -184,7 +232,7 @@ impl<'a> StreamUploader<'a> {
 
     /// Bytes of the stream consumed so far.
     pub fn position(&self) -> u64 {
-        self.pos
+        self.cursor.pos
     }
 
     /// Bytes of GPU memory the tensors take.
@@ -194,40 +242,25 @@ impl<'a> StreamUploader<'a> {
 
     /// Whether every tensor has all its bytes.
     pub fn is_complete(&self) -> bool {
-        self.current >= self.plans.len()
+        self.cursor.current >= self.plans.len()
     }
 
     /// Feeds the next bytes of the stream.
     pub fn feed(&mut self, mut chunk: &[u8]) -> Result<()> {
-        while !chunk.is_empty() && self.current < self.plans.len() {
-            let plan = &self.plans[self.current];
-            // Skip what lies before the current tensor (header, padding, unlisted data).
-            if self.pos < plan.offset {
-                let skip = (plan.offset - self.pos).min(chunk.len() as u64) as usize;
-                chunk = &chunk[skip..];
-                self.pos += skip as u64;
-                continue;
-            }
-            let end = plan.offset + plan.bytes;
-            let take = (end - self.pos).min(chunk.len() as u64) as usize;
-            self.pending.extend_from_slice(&chunk[..take]);
-            chunk = &chunk[take..];
-            self.pos += take as u64;
-            let done = self.pos == end;
-            self.flush(done)?;
+        while let Some((i, piece, done)) = self.cursor.next(&self.plans, &mut chunk) {
+            self.pending.extend_from_slice(piece);
+            self.flush(i, done)?;
             if done {
-                self.current += 1;
                 self.pending_at = 0;
             }
         }
-        self.pos += chunk.len() as u64;
         Ok(())
     }
 
     /// Uploads whole units of the pending bytes once there are a piece's worth (or all of them
     /// when the tensor is complete).
-    fn flush(&mut self, tensor_done: bool) -> Result<()> {
-        let plan = &self.plans[self.current];
+    fn flush(&mut self, i: usize, tensor_done: bool) -> Result<()> {
+        let plan = &self.plans[i];
         let unit = plan.unit();
         let piece = (self.piece / unit).max(1) * unit;
         while self.pending.len() >= piece || (tensor_done && !self.pending.is_empty()) {
@@ -236,17 +269,17 @@ impl<'a> StreamUploader<'a> {
             } else {
                 self.pending.len()
             };
-            self.write_piece(self.pending_at, n)?;
+            self.write_piece(i, self.pending_at, n)?;
             self.pending.drain(..n);
             self.pending_at += n as u64;
         }
         Ok(())
     }
 
-    /// Repacks and writes `len` pending bytes that start `at` bytes into the current tensor.
-    fn write_piece(&self, at: u64, len: usize) -> Result<()> {
-        let plan = &self.plans[self.current];
-        let tensor = &self.tensors[self.current];
+    /// Repacks and writes `len` pending bytes that start `at` bytes into tensor `i`.
+    fn write_piece(&self, i: usize, at: u64, len: usize) -> Result<()> {
+        let plan = &self.plans[i];
+        let tensor = &self.tensors[i];
         let bytes = &self.pending[..len];
         let queue = &self.ctx.queue;
         let rename = |e: Error| match e {
@@ -292,9 +325,7 @@ impl<'a> StreamUploader<'a> {
 
     /// The uploaded tensors, in plan order by offset; an error when the stream ended early.
     pub fn finish(mut self) -> Result<Vec<GpuTensor>> {
-        if let Some(plan) = self.plans.get(self.current) {
-            return Err(ended_early(plan, self.pos));
-        }
+        self.cursor.finish(&self.plans)?;
         Ok(std::mem::take(&mut self.tensors))
     }
 }
