@@ -9,7 +9,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 # A private runtime dir silences harmless Vulkan-loader warnings.
 GPU_ENV := XDG_RUNTIME_DIR=$${XDG_RUNTIME_DIR:-$$(mktemp -d)}
 
-.PHONY: all setup demo bench bench-browser test test-model check fmt test-unit test-gpu-full test-gpu-baseline test-models test-wasm test-browser wasm wasm-harness soak fuzz clean
+.PHONY: all setup demo bench bench-browser test test-model check fmt test-unit test-gpu-full test-gpu-baseline test-models test-wasm test-browser wasm wasm-st wasm-mt wasm-harness soak fuzz clean
 
 all: demo
 
@@ -128,7 +128,7 @@ soak: setup
 	@$(MAKE) --no-print-directory wasm PROFILE=release
 	cd www && POCKETLM_SOAK=long node --test --test-concurrency=1 test/soak.test.mjs
 
-## make wasm: the wasm-bindgen package in www/pkg (PROFILE=release for an optimised build).
+## make wasm: the wasm-bindgen packages in www/pkg and www/pkg-mt (PROFILE=release for optimised builds).
 PROFILE ?= dev
 WASM_DIR := $(if $(filter release,$(PROFILE)),release,debug)
 # wasm-opt shrinks the release .wasm: npm's binaryen (a devDependency of www/, installed by setup),
@@ -138,8 +138,24 @@ WASM_OPT := www/node_modules/.bin/wasm-opt
 WASM_OPT_FLAGS := -Oz --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
   --enable-mutable-globals --enable-reference-types --enable-multivalue
 WASM_FILE := $(TARGET_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm.wasm
-# www/pkg/.stamp-$(PROFILE) says which build www/pkg holds; an unchanged .wasm is not redone.
+# The threaded build (www/pkg-mt), which the package loads on cross-origin isolated pages: shared
+# memory (up to 4 GiB) and atomics, so the CPU backend's threads are Web Workers on one memory.
+# Rust's prebuilt wasm32 standard library has no atomics, so this build rebuilds it
+# (-Z build-std) on a pinned nightly that setup installs with rust-src. The linker arguments
+# make the memory shared and imported, and export what wasm-bindgen's thread support needs.
+NIGHTLY := nightly-2026-05-20
+WASM_MT_DIR := $(TARGET_DIR)/wasm-mt
+WASM_MT_FILE := $(WASM_MT_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm.wasm
+WASM_MT_RUSTFLAGS := -C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 \
+  -C link-arg=--shared-memory -C link-arg=--import-memory -C link-arg=--max-memory=4294967296 \
+  -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size \
+  -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base
+# Both builds at once: the two cargo builds share make's job slots, and one build's wasm-opt (a
+# single thread) overlaps the other's compilation.
 wasm:
+	@$(MAKE) --no-print-directory -j2 wasm-st wasm-mt
+# www/pkg/.stamp-$(PROFILE) says which build www/pkg holds; an unchanged .wasm is not redone.
+wasm-st:
 	cargo build $(WASM_CARGO_FLAGS) --lib --profile $(PROFILE)
 	@if [ www/pkg/.stamp-$(PROFILE) -nt $(WASM_FILE) ] && [ -f www/pkg/pocketlm_bg.wasm ]; then \
 	  echo "www/pkg is up to date ($(PROFILE))"; exit 0; fi; \
@@ -150,6 +166,21 @@ wasm:
 	  $(WASM_OPT) $(WASM_OPT_FLAGS) -o www/pkg/pocketlm_bg.wasm www/pkg/pocketlm_bg.wasm; \
 	fi; \
 	touch www/pkg/.stamp-$(PROFILE)
+
+## make wasm-st and make wasm-mt: the single-thread package (www/pkg) and the threaded one
+## (www/pkg-mt); make wasm builds both.
+wasm-mt:
+	RUSTFLAGS="$(WASM_MT_RUSTFLAGS)" cargo +$(NIGHTLY) build -Z build-std=panic_abort,std \
+	  $(WASM_CARGO_FLAGS) --lib --profile $(PROFILE) --target-dir $(WASM_MT_DIR)
+	@if [ www/pkg-mt/.stamp-$(PROFILE) -nt $(WASM_MT_FILE) ] && [ -f www/pkg-mt/pocketlm_bg.wasm ]; then \
+	  echo "www/pkg-mt is up to date ($(PROFILE))"; exit 0; fi; \
+	set -ex; rm -f www/pkg-mt/.stamp-*; \
+	wasm-bindgen --target web --out-dir www/pkg-mt --out-name pocketlm $(WASM_MT_FILE); \
+	if [ "$(PROFILE)" = release ]; then \
+	  [ -x $(WASM_OPT) ] || { echo "$(WASM_OPT) is missing: run make setup (npm ci in www/)"; exit 1; }; \
+	  $(WASM_OPT) $(WASM_OPT_FLAGS) --enable-threads -o www/pkg-mt/pocketlm_bg.wasm www/pkg-mt/pocketlm_bg.wasm; \
+	fi; \
+	touch www/pkg-mt/.stamp-$(PROFILE)
 
 ## make wasm-harness: the package with the test harnesses (`harness` feature: the kernel
 ## self-check) in www/pkg-harness, for the browser's kernel page; the shipped www/pkg has none.
@@ -178,4 +209,4 @@ fmt:
 
 clean:
 	cargo clean
-	rm -rf www/pkg www/pkg-harness www/test-results
+	rm -rf www/pkg www/pkg-mt www/pkg-harness www/test-results

@@ -33,6 +33,18 @@ else
   rustup target add wasm32-unknown-unknown || fail "rustup target add wasm32-unknown-unknown"
 fi
 
+# The threaded wasm build (make wasm-mt) rebuilds the standard library with atomics: a pinned
+# nightly (the Makefile's NIGHTLY) with its sources.
+NIGHTLY="$(awk '/^NIGHTLY :=/ { print $3; exit }' "$(dirname "$0")/../Makefile")"
+[ -n "$NIGHTLY" ] || fail "could not read NIGHTLY from the Makefile"
+if rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src'; then
+  say "$NIGHTLY with rust-src: present"
+else
+  say "installing $NIGHTLY with rust-src (for the threaded wasm build)"
+  rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src \
+    || fail "rustup toolchain install $NIGHTLY --component rust-src"
+fi
+
 # --- Debian packages -------------------------------------------------------------------------
 APT_PACKAGES=(mesa-vulkan-drivers chromium chromium-driver)
 missing=()

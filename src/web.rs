@@ -71,6 +71,36 @@ pub fn wasm_memory_bytes() -> f64 {
         .byte_length() as f64
 }
 
+/// Whether this build of the module shares its memory between threads (the package's threaded
+/// build, for cross-origin isolated pages): the CPU backend then takes Web Workers as threads.
+#[wasm_bindgen(js_name = wasmThreads)]
+pub fn wasm_threads() -> bool {
+    cfg!(target_feature = "atomics")
+}
+
+/// This module, compiled: a thread's Web Worker instantiates it on the shared memory
+/// (`initSync({module, memory})`).
+#[wasm_bindgen(js_name = compiledModule)]
+pub fn wasm_module() -> JsValue {
+    wasm_bindgen::module()
+}
+
+/// Runs on a thread's Web Worker (threaded build): joins the CPU pool behind `handle`
+/// (`Cpu.threadHandle()`) and works for it until that `Cpu` is freed. Blocks the worker.
+#[wasm_bindgen(js_name = cpuThreadRun)]
+pub fn cpu_thread_run(handle: usize) -> std::result::Result<(), JsValue> {
+    #[cfg(target_feature = "atomics")]
+    if handle != 0 {
+        // SAFETY: JavaScript passes each handle from `Cpu.threadHandle` to one thread, once.
+        unsafe { crate::cpu::run_worker(handle) };
+        return Ok(());
+    }
+    let _ = handle;
+    Err(to_js_error(&Error::InvalidRequest(
+        "this build of PocketLM's module has no threads".into(),
+    )))
+}
+
 /// The GPU buffers PocketLM holds now in this realm, over every device: `{count, bytes}`
 /// (tensors, kernel parameters and per-step uniforms; see `pocketlm::gpu::held_buffers`).
 #[wasm_bindgen(js_name = gpuBuffers)]
@@ -334,14 +364,29 @@ pub struct Cpu {
 
 #[wasm_bindgen]
 impl Cpu {
-    /// The CPU backend of this realm (one thread).
-    pub fn create() -> Cpu {
+    /// The CPU backend of this realm with `threads` threads, the caller's included (default 1).
+    /// In the threaded build the other threads are Web Workers that JavaScript starts, each
+    /// running `cpuThreadRun(cpu.threadHandle())`; until they have joined, the caller works
+    /// alone. Other builds always run one thread.
+    pub fn create(threads: Option<u32>) -> Cpu {
         Cpu {
-            cpu: Rc::new(CpuContext::new(None)),
+            cpu: Rc::new(CpuContext::new(Some(threads.unwrap_or(1).max(1) as usize))),
         }
     }
 
-    /// What runs the models, as text ("CPU (1 threads, SIMD)").
+    /// A handle for one more thread (threaded build; 0 elsewhere): pass it to `cpuThreadRun`
+    /// on a new Web Worker.
+    #[wasm_bindgen(js_name = threadHandle)]
+    pub fn thread_handle(&self) -> usize {
+        self.cpu.pool().worker_handle()
+    }
+
+    /// The threads that work now, the caller's included.
+    pub fn threads(&self) -> u32 {
+        self.cpu.threads() as u32
+    }
+
+    /// What runs the models, as text ("CPU (2 threads, SIMD)").
     pub fn describe(&self) -> String {
         self.cpu.describe()
     }

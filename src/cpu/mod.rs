@@ -16,6 +16,8 @@ mod pool;
 mod tensor;
 
 pub use decoder::CpuDecoder;
+#[cfg(all(threaded, target_arch = "wasm32"))]
+pub use pool::run_worker;
 pub use pool::Pool;
 pub use tensor::{HostSink, HostTensor};
 
@@ -96,7 +98,9 @@ impl CpuContext {
     /// A description for reports: the backend and its threads.
     pub fn describe(&self) -> String {
         let simd = if kernels::SIMD { ", SIMD" } else { "" };
-        format!("CPU ({} threads{simd})", self.threads())
+        let threads = self.threads();
+        let plural = if threads == 1 { "" } else { "s" };
+        format!("CPU ({threads} thread{plural}{simd})")
     }
 }
 

@@ -3,15 +3,16 @@
 // timed the same way in the page (test/bench.html): prefill is the time to the first streamed
 // token, decode the tokens after it over the time after it. wllama runs on the CPU with one thread
 // and, because the page is cross-origin isolated (COOP/COEP), with two (its multi-threaded build);
-// PocketLM on its CPU backend (WebAssembly SIMD, one thread) and on the browser's WebGPU adapter,
+// PocketLM on its CPU backend (WebAssembly SIMD) with one thread (the single-thread build) and two
+// (the threaded build: Web Workers on shared memory), and on the browser's WebGPU adapter,
 // whatever it is (SwiftShader on a machine without a GPU).
 // Each engine gets one untimed warm-up completion first. Prints a table and PocketLM's speed as a
 // ratio of wllama's best.
 //
 // BENCH_MODEL (default: the default model, models/SmolLM2-135M-Instruct.Q4_1.gguf),
 // BENCH_TOKENS (tokens per completion, default 16), BENCH_PROMPTS (how many of the prompts below,
-// default 3), BENCH_ENGINES (a comma list of pocketlm-cpu, pocketlm-webgpu, wllama-1, wllama-2;
-// default all).
+// default 3), BENCH_ENGINES (a comma list of pocketlm-cpu-1, pocketlm-cpu-2, pocketlm-webgpu,
+// wllama-1, wllama-2; default all).
 import { existsSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -29,7 +30,7 @@ const PROMPTS = [
   "The three primary colors are",
   "In computer science, a hash table is a data structure that",
 ].slice(0, Number(process.env.BENCH_PROMPTS ?? 3));
-const ENGINES = (process.env.BENCH_ENGINES ?? "pocketlm-cpu,pocketlm-webgpu,wllama-1,wllama-2").split(",");
+const ENGINES = (process.env.BENCH_ENGINES ?? "pocketlm-cpu-1,pocketlm-cpu-2,pocketlm-webgpu,wllama-1,wllama-2").split(",");
 
 if (!existsSync(MODEL_FILE)) {
   console.error(`${MODEL_FILE} is missing: run make setup (scripts/fetch-model.sh)`);
@@ -56,11 +57,11 @@ async function run(engine) {
         let complete;
         let info;
         if (engine.startsWith("pocketlm")) {
-          const backend = engine.split("-")[1];
-          const lm = await globalThis.pocketlm.PocketLM.load(modelUrl, { context: 512, backend });
+          const [, backend, threads] = engine.split("-");
+          const lm = await globalThis.pocketlm.PocketLM.load(modelUrl, { context: 512, backend, threads: threads ? Number(threads) : undefined });
           const report = await globalThis.pocketlm.PocketLM.supportReport();
           const adapter = report.adapter ? `${report.adapter.vendor} ${report.adapter.architecture} ${report.adapter.description ?? ""}`.trim() : "";
-          info = backend === "cpu" ? lm.info.device : `WebGPU ${lm.info.profile} profile on ${adapter}`;
+          info = backend === "cpu" ? `${lm.info.device}${lm.info.threadsNote ? ` (${lm.info.threadsNote})` : ""}` : `WebGPU ${lm.info.profile} profile on ${adapter}`;
           complete = async (prompt, n, onPiece) => {
             let usage = null;
             let own = null;
@@ -149,6 +150,6 @@ for (const [engine, p] of Object.entries(results).filter(([e]) => e.startsWith("
   if (wllamas.length === 0) break;
   const best = (key) => Math.max(...wllamas.map(([, r]) => r[key] ?? 0));
   const one = results["wllama-1"];
-  const single = engine === "pocketlm-cpu" && one ? `; / wllama on one thread: prefill ${fmt(p.prefill / one.prefill, 3)}×, decode ${fmt(p.decode / one.decode, 3)}×` : "";
+  const single = engine === "pocketlm-cpu-1" && one ? `; / wllama on one thread: prefill ${fmt(p.prefill / one.prefill, 3)}×, decode ${fmt(p.decode / one.decode, 3)}×` : "";
   console.log(`\n${engine} / wllama's best: prefill ${fmt(p.prefill / best("prefill"), 3)}×, decode ${fmt(p.decode / best("decode"), 3)}×${single}`);
 }

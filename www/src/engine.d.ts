@@ -3,7 +3,7 @@ import type { ResponseFormat, Tool, ToolChoice, LoadOptions, MemoryUsage, ModelC
 
 export { PocketLMError } from "./index.js";
 
-export function initWasm(wasm?: string | URL | Response | BufferSource | WebAssembly.Module): Promise<unknown>;
+export function initWasm(wasm?: string | URL | Response | BufferSource | WebAssembly.Module, threads?: number): Promise<unknown>;
 export function supportReport(): Promise<SupportReport>;
 /** This realm's memory as PocketLM sees it: wasm memory, GPU buffers held, JS heap. */
 export function memoryUsage(): Promise<MemoryUsage>;

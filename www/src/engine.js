@@ -2,7 +2,6 @@
 // so that generations run one after another. The package's Web Worker runs it; it also runs
 // directly inside any worker or an extension's service worker (see README.md), where
 // `PocketLM.load(url, { worker: false })` uses it without a second worker.
-import init, { Cpu, Gpu, gpuBuffers, wasmMemoryBytes } from "../pkg/pocketlm.js";
 import { PocketLMError, toPocketLMError, serializeError } from "./errors.js";
 import { loadOptions, normalizeSource } from "./validate.js";
 import * as storage from "./storage.js";
@@ -10,15 +9,81 @@ import * as storage from "./storage.js";
 export { PocketLMError };
 
 let wasmReady = null;
+/** The module this realm loaded: pkg/pocketlm.js's exports, `memory` and `threaded`. */
+let W = null;
 
-/** Loads and instantiates pocketlm_bg.wasm once per realm (`wasm`: its URL, Response or module;
- * by default the file next to pkg/pocketlm.js). */
-export function initWasm(wasm) {
-  wasmReady ??= init(wasm === undefined ? undefined : { module_or_path: wasm }).catch((e) => {
+/** Why this realm cannot run the threaded build (pkg-mt: shared memory, the CPU backend's threads
+ * as Web Workers), or null when it can. */
+function threadsUnavailable() {
+  if (globalThis.crossOriginIsolated !== true) {
+    return "the page is not cross-origin isolated (serve it with Cross-Origin-Opener-Policy: same-origin and Cross-Origin-Embedder-Policy: require-corp), so WebAssembly threads cannot share memory";
+  }
+  if (typeof WorkerGlobalScope === "undefined") return "the engine runs on the page's main thread (worker: false), which cannot wait for other threads";
+  if (typeof Worker !== "function") return "this realm cannot start Web Workers";
+  return null;
+}
+
+/** Loads and instantiates PocketLM's wasm module once per realm. `wasm` (its URL, Response or
+ * module) selects the single-thread build's file; by default the realm takes the threaded build
+ * (pkg-mt/) where it can run it (`threadsUnavailable`) and `threads` is not 1, else pkg/. */
+export function initWasm(wasm, threads) {
+  wasmReady ??= (async () => {
+    const threaded = wasm === undefined && threads !== 1 && threadsUnavailable() === null;
+    const mod = threaded ? await import("../pkg-mt/pocketlm.js") : await import("../pkg/pocketlm.js");
+    const exports = await mod.default(wasm === undefined ? undefined : { module_or_path: wasm });
+    W = { ...mod, memory: exports.memory, threaded: mod.wasmThreads() };
+    return W;
+  })().catch((e) => {
     wasmReady = null;
     throw new PocketLMError("wasm_load", `could not load PocketLM's WebAssembly module: ${e?.message ?? e}`, { cause: e });
   });
   return wasmReady;
+}
+
+/** A Web Worker on `url`; a same-origin blob: worker importing it when `url` is another origin's
+ * (a page may start workers only from its own origin). */
+function startWorker(url, name) {
+  if (url.origin === globalThis.location?.origin) return new Worker(url, { type: "module", name });
+  const blob = URL.createObjectURL(new Blob([`import ${JSON.stringify(url.href)};`], { type: "text/javascript" }));
+  try {
+    return new Worker(blob, { type: "module", name });
+  } finally {
+    URL.revokeObjectURL(blob);
+  }
+}
+
+/** Starts the CPU backend's other threads: `threads - 1` Web Workers running src/thread.js on this
+ * realm's shared memory, each joining `cpu`'s pool. Resolves when they have joined, to a note when
+ * fewer than asked did (null when all did). */
+async function startThreads(cpu, threads) {
+  const started = await Promise.all(
+    Array.from({ length: threads - 1 }, (_, i) => {
+      let worker;
+      try {
+        worker = startWorker(new URL("./thread.js", import.meta.url), `pocketlm-thread-${i + 1}`);
+      } catch (e) {
+        return `could not start a thread's worker: ${e?.message ?? e}`;
+      }
+      return new Promise((resolve) => {
+        worker.onmessage = ({ data }) => resolve(data.error ? `a thread's worker failed: ${data.error}` : null);
+        worker.onerror = (e) => {
+          e.preventDefault?.();
+          resolve(`a thread's worker failed to start: ${e.message ?? "error"}`);
+        };
+        worker.postMessage({ module: W.compiledModule(), memory: W.memory, handle: cpu.threadHandle() });
+      });
+    }),
+  );
+  // The workers join between two jobs of the pool: wait for them (a few milliseconds).
+  const ok = started.filter((r) => r === null).length + 1;
+  for (let t = 0; cpu.threads() < ok && t < 500; t++) await new Promise((r) => setTimeout(r, 10));
+  const failed = started.find((r) => r !== null);
+  return failed ? `${cpu.threads()} of ${threads} threads run: ${failed}` : null;
+}
+
+/** The CPU threads to ask for: `threads` when given, else one per logical core (at most 16). */
+function defaultThreads(threads) {
+  return threads ?? Math.max(1, Math.min(16, globalThis.navigator?.hardwareConcurrency ?? 1));
 }
 
 /** This realm's memory as PocketLM sees it: `wasmBytes` (wasm linear memory: its high-water mark,
@@ -28,9 +93,9 @@ export function initWasm(wasm) {
  * needed. */
 export async function memoryUsage() {
   await initWasm();
-  const gpu = gpuBuffers();
+  const gpu = W.gpuBuffers();
   return {
-    wasmBytes: wasmMemoryBytes(),
+    wasmBytes: W.wasmMemoryBytes(),
     gpuBuffers: gpu.count,
     gpuBytes: gpu.bytes,
     jsHeapBytes: globalThis.performance?.memory?.usedJSHeapSize ?? null,
@@ -191,12 +256,13 @@ export class Engine {
     const opts = loadOptions({ ...options, onProgress: undefined });
     const src = normalizeSource(source, globalThis.location?.href);
     if (signal?.aborted) throw new PocketLMError("aborted", "the load was aborted");
-    await initWasm(wasm);
+    const threads = defaultThreads(opts.threads);
+    await initWasm(wasm, threads);
     const choice = await chooseBackend(opts.backend);
     let gpu = null;
     if (choice.backend === "webgpu") {
       try {
-        gpu = await Gpu.create(opts.profile);
+        gpu = await W.Gpu.create(opts.profile);
       } catch (e) {
         const err = toPocketLMError(e);
         // `auto` on an adapter the device cannot be opened on: the CPU backend still runs.
@@ -217,7 +283,7 @@ export class Engine {
       onDeviceLost?.(engine.#stateError());
     });
     try {
-      const { profile: _, backend: __, ...wasmOptions } = opts;
+      const { profile: _, backend: __, threads: ___, ...wasmOptions } = opts;
       if (typeof src === "string" || Array.isArray(src)) {
         if (opts.cache !== false) {
           // Into the cache first, checked and whole (src/storage.js); the engine then reads it there.
@@ -225,13 +291,25 @@ export class Engine {
         }
       }
       const phase = onProgress ? (p) => onProgress({ phase: "load", ...p }) : undefined;
-      const device = gpu ?? Cpu.create();
-      engine.#cpu = gpu ? null : device;
+      let threadsNote = null;
+      if (!gpu) {
+        engine.#cpu = W.Cpu.create(W.threaded ? threads : 1);
+        if (threads > 1 && W.threaded) threadsNote = await startThreads(engine.#cpu, threads);
+        else if (threads > 1) {
+          threadsNote =
+            wasm !== undefined
+              ? "one thread: a custom wasm module was given (the option selects the single-thread build)"
+              : `one thread: ${threadsUnavailable() ?? "this realm loaded the single-thread build first (threads: 1)"}`;
+        }
+      }
+      const device = gpu ?? engine.#cpu;
       engine.#model = await device.loadModel(src, { ...wasmOptions, onProgress: phase, signal });
       engine.#info = engine.#model.info();
       engine.#info.profile = gpu ? gpu.profile : null;
       engine.#info.backendReason = choice.reason;
       engine.#info.device = gpu ? null : device.describe();
+      engine.#info.threads = gpu ? null : device.threads();
+      engine.#info.threadsNote = threadsNote;
       return engine;
     } catch (e) {
       engine.#state = "unloaded";

@@ -79,6 +79,10 @@ export interface LoadOptions {
   backend?: "auto" | "webgpu" | "cpu";
   /** GPU feature profile (default "auto"). */
   profile?: "auto" | "full" | "baseline";
+  /** The CPU backend's threads, the engine's own included (default: one per logical core, at most
+   * 16). Threads need a cross-origin isolated page; elsewhere one thread runs and
+   * `info.threadsNote` says why. */
+  threads?: number;
   /** Files downloaded at once (default 4). */
   concurrency?: number;
   /** true (default where Worker exists): run the engine in a module Web Worker made by the package
@@ -132,8 +136,14 @@ export interface ModelInfo {
   /** Where the model runs, and why (`backend: "auto"`'s choice, or "asked for"). */
   backend: "webgpu" | "cpu";
   backendReason: string;
-  /** The CPU backend's description ("CPU (1 threads, SIMD)"); null on WebGPU. */
+  /** The CPU backend's description ("CPU (4 threads, SIMD)"); null on WebGPU. */
   device: string | null;
+  /** The CPU backend's threads (the engine's own included); null on WebGPU. More than one needs a
+   * cross-origin isolated page (COOP/COEP), where the package loads its threaded build. */
+  threads: number | null;
+  /** Why fewer threads run than were asked for (e.g. the page is not cross-origin isolated), or
+   * null. */
+  threadsNote: string | null;
   vocab: number;
   layers: number;
   hidden: number;

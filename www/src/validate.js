@@ -53,10 +53,12 @@ export function validateMessages(messages) {
   });
 }
 
-function integer(o, name, { min = 0 } = {}) {
+function integer(o, name, { min = 0, max = Number.MAX_SAFE_INTEGER } = {}) {
   const v = o[name];
   if (v === undefined || v === null) return undefined;
-  if (!Number.isSafeInteger(v) || v < min) throw invalid(`${name} must be an integer >= ${min}, not ${show(v)}`);
+  if (!Number.isSafeInteger(v) || v < min || v > max) {
+    throw invalid(`${name} must be an integer ${max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `from ${min} to ${max}`}, not ${show(v)}`);
+  }
   return v;
 }
 
@@ -197,6 +199,8 @@ export function loadOptions(options = {}) {
     if (!["auto", "webgpu", "cpu"].includes(options.backend)) throw invalid(`backend must be "auto", "webgpu" or "cpu", not ${show(options.backend)}`);
     out.backend = options.backend;
   }
+  const threads = integer(options, "threads", { min: 1, max: 256 });
+  if (threads !== undefined) out.threads = threads;
   if (options.profile !== undefined) {
     if (!["auto", "full", "baseline"].includes(options.profile)) throw invalid(`profile must be "auto", "full" or "baseline", not ${show(options.profile)}`);
     out.profile = options.profile;

@@ -1,8 +1,10 @@
 // The CPU backend in a real headless Chromium: this machine's only WebGPU adapter is SwiftShader
 // (software), so `backend: "auto"` takes the CPU backend and says why; SmolLM2's greedy output
 // equals transformers' and the native CLI's CPU backend token for token; a generation can be
-// aborted within a token (the wasm engine yields between steps); and "webgpu" asked for by name
-// still runs WebGPU.
+// aborted within a token (the wasm engine yields between steps); "webgpu" asked for by name
+// still runs WebGPU. A page that is not cross-origin isolated runs one thread and says why; an
+// isolated one (COOP/COEP) loads the threaded build, whose threads are Web Workers on shared
+// memory, and its greedy output is the same.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
@@ -17,6 +19,7 @@ const ROOT = join(WWW, "..");
 const MODEL_FILE = join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf");
 const MODEL = "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const TOKENS = 24;
+const ISOLATED = { "cross-origin-opener-policy": "same-origin", "cross-origin-embedder-policy": "require-corp" };
 let server, browser, page;
 
 before(async () => {
@@ -44,14 +47,18 @@ test("auto picks the CPU backend on a software adapter and says why", async () =
       const { PocketLM } = globalThis.pocketlm;
       const t0 = performance.now();
       globalThis.lm = await PocketLM.load(url, { context: 256 });
-      return { ms: performance.now() - t0, info: lm.info, report: await PocketLM.supportReport() };
+      return { ms: performance.now() - t0, info: lm.info, report: await PocketLM.supportReport(), cores: navigator.hardwareConcurrency, isolated: crossOriginIsolated };
     }, MODEL),
   );
+  assert.equal(r.isolated, false);
   console.log(`load on the CPU backend: ${(r.ms / 1000).toFixed(1)} s; ${r.info.device}; ${r.info.backendReason}`);
   assert.equal(r.info.backend, "cpu");
   assert.equal(r.report.backend, "cpu");
   assert.match(r.info.backendReason, /software/);
-  assert.match(r.info.device, /^CPU \(1 threads/);
+  assert.match(r.info.device, /^CPU \(1 thread,/);
+  assert.equal(r.info.threads, 1);
+  // Threads were asked for (one per core by default) but the page is not isolated: a note, no error.
+  if (r.cores > 1) assert.match(r.info.threadsNote, /one thread: the page is not cross-origin isolated/);
   assert.equal(r.info.profile, null);
   assert.equal(r.info.layers, 30);
   assert.ok(r.info.weightBytes > 90e6 && r.info.weightBytes < 100e6, `${r.info.weightBytes} bytes of weights`);
@@ -122,4 +129,49 @@ test("webgpu asked for by name runs on WebGPU", async () => {
   assert.equal(r.info.backend, "webgpu");
   assert.match(r.info.profile, /full|baseline/);
   assert.equal(r.reply, " Paris");
+});
+
+test("an isolated page runs the threaded build: threads on shared memory, the same greedy output", async () => {
+  const isolated = await serve({ "/": WWW, "/models/": join(ROOT, "models") }, { headers: () => ISOLATED });
+  const tab = await browser.newPage();
+  try {
+    tab.on("pageerror", (e) => console.error("[isolated page]", e.message));
+    await tab.goto(`${isolated.url}/test/package.html`);
+    await tab.waitForFunction(() => globalThis.pocketlm !== undefined, null, { timeout: 60_000 });
+    const fixture = JSON.parse(readFileSync(join(ROOT, "tests", "fixtures", "smollm2", "greedy.json"), "utf8"));
+    const r = value(
+      await evaluate(
+        tab,
+        async ([url, cases, n]) => {
+          const { PocketLM } = globalThis.pocketlm;
+          const lm = await PocketLM.load(url, { context: 256, threads: 2 });
+          const info = lm.info;
+          const outputs = [];
+          for (const prompt of cases) outputs.push(await lm.completions.create({ prompt, max_tokens: n, temperature: 0 }));
+          await lm.unload();
+          // The threads end with the model; a second load starts new ones.
+          const again = await PocketLM.load(url, { context: 64, threads: 2 });
+          const reply = await again.complete("The capital of France is", { max_tokens: 1, temperature: 0 });
+          const threadsAgain = again.info.threads;
+          await again.unload();
+          return { isolated: crossOriginIsolated, info, outputs, reply, threadsAgain };
+        },
+        [MODEL, fixture.cases.map((c) => c.prompt), TOKENS],
+      ),
+    );
+    assert.equal(r.isolated, true);
+    assert.equal(r.info.backend, "cpu");
+    assert.equal(r.info.threads, 2, r.info.threadsNote);
+    assert.equal(r.info.threadsNote, null);
+    assert.match(r.info.device, /^CPU \(2 threads, SIMD\)/);
+    fixture.cases.forEach((c, i) => {
+      assert.deepEqual(r.outputs[i].pocketlm.token_ids, c.generated_ids.slice(0, TOKENS), `prompt ${JSON.stringify(c.prompt)}`);
+      console.log(`2 threads, ${JSON.stringify(c.prompt)}: ${r.outputs[i].pocketlm.tokens_per_second?.toFixed(2)} tokens/s, prefill ${r.outputs[i].pocketlm.prefill_ms.toFixed(0)} ms`);
+    });
+    assert.equal(r.threadsAgain, 2);
+    assert.equal(r.reply, " Paris");
+  } finally {
+    await tab.close();
+    await isolated.close();
+  }
 });

@@ -92,11 +92,13 @@ export async function load(): Promise<PocketLM> {
   ];
   for (const source of sources) await PocketLM.load(source, { worker: false, cache: false, kvDtype: "f32", profile: "baseline" });
   await PocketLM.load("model.gguf", { integrity: ["0".repeat(64), null], profile: "full", backend: "webgpu" });
-  const onCpu = await PocketLM.load("model.gguf", { backend: "cpu" });
+  const onCpu = await PocketLM.load("model.gguf", { backend: "cpu", threads: 4 });
+  const threads: number | null = onCpu.info.threads;
+  const threadsNote: string | null = onCpu.info.threadsNote;
   const where: "webgpu" | "cpu" = onCpu.info.backend;
   const profile: "full" | "baseline" | null = onCpu.info.profile;
   const device: string | null = onCpu.info.device;
-  out.textContent = `${where} ${profile} ${device} ${onCpu.info.backendReason}`;
+  out.textContent = `${where} ${profile} ${device} ${onCpu.info.backendReason} ${threads} ${threadsNote}`;
   await PocketLM.load("model.gguf", { worker: new Worker(new URL("pocketlm/worker", import.meta.url), { type: "module" }) });
   await PocketLMDefault.load("model.gguf");
   // @ts-expect-error kvDtype is "f16" or "f32"
