@@ -2,6 +2,9 @@
 // so that generations run one after another. The package's Web Worker runs it; it also runs
 // directly inside any worker or an extension's service worker (see README.md), where
 // `PocketLM.load(url, { worker: false })` uses it without a second worker.
+// The single-thread build, imported statically (a service worker cannot use import()); the
+// threaded one (pkg-mt/) is imported only where it can run, always inside a dedicated worker.
+import * as singleThread from "../pkg/pocketlm.js";
 import { PocketLMError, toPocketLMError, serializeError } from "./errors.js";
 import { loadOptions, normalizeSource } from "./validate.js";
 import * as storage from "./storage.js";
@@ -29,7 +32,7 @@ function threadsUnavailable() {
 export function initWasm(wasm, threads) {
   wasmReady ??= (async () => {
     const threaded = wasm === undefined && threads !== 1 && threadsUnavailable() === null;
-    const mod = threaded ? await import("../pkg-mt/pocketlm.js") : await import("../pkg/pocketlm.js");
+    const mod = threaded ? await import("../pkg-mt/pocketlm.js") : singleThread;
     const exports = await mod.default(wasm === undefined ? undefined : { module_or_path: wasm });
     W = { ...mod, memory: exports.memory, threaded: mod.wasmThreads() };
     return W;
