@@ -9,7 +9,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 # A private runtime dir silences harmless Vulkan-loader warnings.
 GPU_ENV := XDG_RUNTIME_DIR=$${XDG_RUNTIME_DIR:-$$(mktemp -d)}
 
-.PHONY: all setup demo bench bench-browser test test-model check fmt test-unit test-gpu-full test-gpu-baseline test-models test-wasm test-browser wasm wasm-st wasm-mt wasm-harness soak fuzz clean
+.PHONY: all setup demo bench bench-cpu bench-browser test test-model check fmt test-unit test-gpu-full test-gpu-baseline test-models test-wasm test-browser wasm wasm-st wasm-mt wasm-harness soak fuzz clean
 
 all: demo
 
@@ -43,6 +43,19 @@ bench: setup
 	  echo "$$f: $$raw bytes raw, $$gz bytes gzipped (budget $$budget bytes gzipped):" \
 	    $$([ $$gz -le $$budget ] && echo "within budget" || echo "OVER BUDGET"); \
 	done
+
+## make bench-cpu: the CPU backend natively against llama.cpp (llama-cpp-python built from its sdist
+## with this machine's SIMD into target/llamacpp-venv, once) on the default model, the same prompt
+## length, generated tokens and threads (one, and one per core), as ratios (scripts/bench_cpu.py).
+LLAMACPP_VENV := $(TARGET_DIR)/llamacpp-venv
+bench-cpu: setup
+	cargo build --release --bin pocketlm
+	@$(LLAMACPP_VENV)/bin/python -c "import llama_cpp" 2>/dev/null || { \
+	  echo "building llama-cpp-python from its sdist into $(LLAMACPP_VENV) (several minutes, once)"; \
+	  python3 -m venv $(LLAMACPP_VENV) && CMAKE_ARGS="-DGGML_NATIVE=ON" $(LLAMACPP_VENV)/bin/pip install \
+	    --quiet numpy llama-cpp-python==0.3.36 --no-binary llama-cpp-python; }
+	scripts/bench_cpu.py $(TARGET_DIR)/release/pocketlm $(LLAMACPP_VENV)/bin/python \
+	  models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 ## make bench-browser: PocketLM and wllama (llama.cpp in wasm, pinned in www/package.json) in the
 ## same headless Chromium on the same GGUF, prompts and greedy decoding: load time, prefill and
@@ -112,10 +125,11 @@ test-wasm:
 	  cargo test $(WASM_CARGO_FLAGS) --features harness --test 'web*' -- --nocapture
 
 ## make test-browser: the npm package in headless Chromium (Playwright): weight loading, the
-## OpenAI-style API in its worker, the package imported from another origin, the demo page, and
+## OpenAI-style API in its worker (chat, completions and embeddings), the package imported from another origin, the demo page, and
 ## the PWA and extension under a strict CSP; and, without a browser, the .d.ts files (tsc --noEmit
 ## --strict on a file using the whole API) and the error codes (src/error.rs, index.d.ts, README).
 test-browser:
+	@scripts/fetch-minilm.sh
 	@$(MAKE) --no-print-directory wasm PROFILE=release
 	@$(MAKE) --no-print-directory wasm-harness
 	cargo build --bin pocketlm

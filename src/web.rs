@@ -24,6 +24,7 @@ use crate::load::folder;
 use crate::load::{
     load_model, AbortFlag, LoadOptions, LoadTarget, LoadedModelFiles, ModelFile, Progress,
 };
+use crate::model::encoder::{self, EmbedInput, Embedder, Pooling};
 use crate::request::{self, Prompt};
 #[cfg(feature = "harness")]
 use crate::selfcheck;
@@ -245,7 +246,13 @@ impl Gpu {
         let ctx = self.ctx.clone();
         reject_on_error(async move {
             let opts = engine_options(&options)?;
-            let loaded = load_from_js(&*ctx, &source, &options).await?;
+            let mut loaded = load_from_js(&*ctx, &source, &options).await?;
+            if encoder::is_encoder(&loaded.companions) {
+                let name = model_name(&loaded.files.files);
+                let bytes = loaded.gpu_bytes;
+                let embedder = Embedder::from_loaded(&ctx, &mut loaded, &name).await?;
+                return Ok(EmbeddingModel::new(ctx, embedder, bytes).into());
+            }
             let engine = Engine::new(&ctx, loaded, &opts).await?;
             Ok(Model::new(Compute::Gpu(ctx), engine).into())
         })
@@ -400,6 +407,13 @@ impl Cpu {
         reject_on_error(async move {
             let opts = engine_options(&options)?;
             let loaded = load_from_js(&*cpu, &source, &options).await?;
+            if encoder::is_encoder(&loaded.companions) {
+                return Err(Error::InvalidRequest(format!(
+                    "{} is a sentence-embedding model, and those run on the WebGPU backend only \
+                     so far: load it with backend: \"webgpu\"",
+                    model_name(&loaded.files.files)
+                )));
+            }
             let engine = Engine::new_cpu(&cpu, loaded, &opts)?;
             Ok(Model::new(Compute::Cpu(cpu), engine).into())
         })
@@ -727,6 +741,11 @@ impl Model {
 
 #[wasm_bindgen]
 impl Model {
+    /// "chat" (an `EmbeddingModel` says "embedding").
+    pub fn kind(&self) -> String {
+        "chat".into()
+    }
+
     /// `{name, architecture, vocab, layers, hidden, heads, kvHeads, headDim, context,
     /// trainedContext, backend ("webgpu" or "cpu"), weightBytes, kvBytes, chatTemplate (bool), eos (token ids),
     /// samplingDefaults (the model's own, as request fields)}`.
@@ -862,6 +881,207 @@ impl Model {
             None => {}
         }
     }
+}
+
+/// A model's name from its files' URLs: the folder of a sentence-transformers model, else the
+/// first file's name.
+fn model_name(files: &[String]) -> String {
+    let first = files.first().map_or("", String::as_str);
+    let path = first.split(['?', '#']).next().unwrap_or(first);
+    let mut parts = path.rsplit('/');
+    let file = parts.next().unwrap_or(path);
+    match parts.next() {
+        Some(dir) if !dir.is_empty() && !file.ends_with(".gguf") => dir.to_string(),
+        _ => file.to_string(),
+    }
+}
+
+/// A sentence-embedding model on the GPU: what `Gpu.loadModel` resolves to for an encoder (a
+/// sentence-transformers folder). Texts or token ids in, one vector each out.
+#[wasm_bindgen]
+pub struct EmbeddingModel {
+    ctx: Rc<GpuContext>,
+    /// None once unloaded; a request holds its own `Rc` while it runs.
+    embedder: Rc<RefCell<Option<Rc<Embedder>>>>,
+    weight_bytes: u64,
+    busy: Rc<Cell<bool>>,
+}
+
+impl EmbeddingModel {
+    fn new(ctx: Rc<GpuContext>, embedder: Embedder, weight_bytes: u64) -> EmbeddingModel {
+        EmbeddingModel {
+            ctx,
+            embedder: Rc::new(RefCell::new(Some(Rc::new(embedder)))),
+            weight_bytes,
+            busy: Rc::new(Cell::new(false)),
+        }
+    }
+}
+
+#[wasm_bindgen]
+impl EmbeddingModel {
+    /// "embedding" (a `Model` says "chat").
+    pub fn kind(&self) -> String {
+        "embedding".into()
+    }
+
+    /// `{name, architecture ("bert"), kind ("embedding"), backend ("webgpu"), dimensions,
+    /// maxTokens (inputs are cut to this), pooling ("mean", "cls" or "last"), normalized, vocab,
+    /// layers, hidden, heads, weightBytes}`.
+    pub fn info(&self) -> Result<JsValue, JsValue> {
+        let e = self.embedder.borrow();
+        let e = e.as_ref().ok_or_else(|| to_js_error(&Error::Unloaded))?;
+        let c = e.encoder.config();
+        let pooling = match c.pooling {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+            Pooling::LastToken => "last",
+        };
+        let info = serde_json::json!({
+            "name": e.name,
+            "architecture": "bert",
+            "kind": "embedding",
+            "backend": "webgpu",
+            "dimensions": c.hidden,
+            "maxTokens": c.max_tokens,
+            "pooling": pooling,
+            "normalized": c.normalize,
+            "vocab": c.vocab,
+            "layers": c.layers,
+            "hidden": c.hidden,
+            "heads": c.heads,
+            "weightBytes": self.weight_bytes,
+        });
+        js_sys::JSON::parse(&info.to_string())
+    }
+
+    /// Embeds `inputs` (an array of strings, or of arrays of token ids), each checked before
+    /// any runs. `options`: `truncate` (default true: inputs longer than `maxTokens` are cut;
+    /// false: they are refused with `context_overflow`) and `dimensions` (Matryoshka: the first
+    /// `dimensions` values, normalized again if the model normalizes). Resolves to
+    /// `{vectors: Float32Array[], tokens: number[], truncated: number}`.
+    pub fn embed(&self, inputs: JsValue, options: JsValue) -> Promise {
+        let ctx = self.ctx.clone();
+        let embedder = self.embedder.clone();
+        let busy = self.busy.clone();
+        reject_on_error(async move {
+            let truncate = get(&options, "truncate")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(true);
+            let dimensions = get(&options, "dimensions").and_then(|v| v.as_f64());
+            if !js_sys::Array::is_array(&inputs) {
+                return Err(Error::InvalidRequest(
+                    "input must be a string, an array of strings, an array of token ids or an \
+                     array of arrays of token ids"
+                        .into(),
+                ));
+            }
+            let items = js_sys::Array::from(&inputs);
+            if items.length() == 0 {
+                return Err(Error::InvalidRequest(
+                    "input is an empty list: there is nothing to embed".into(),
+                ));
+            }
+            let mut texts = Vec::with_capacity(items.length() as usize);
+            for (i, item) in items.iter().enumerate() {
+                texts.push(match item.as_string() {
+                    Some(t) => Ok(t),
+                    None => token_ids(&item, i).map(Err)?,
+                });
+            }
+            let inputs: Vec<EmbedInput<'_>> = texts
+                .iter()
+                .map(|t| match t {
+                    Ok(text) => EmbedInput::Text(text),
+                    Err(ids) => EmbedInput::Ids(ids.clone()),
+                })
+                .collect();
+            if busy.replace(true) {
+                return Err(Error::InvalidRequest(
+                    "an embedding request is already running on this model".into(),
+                ));
+            }
+            let _idle = scopeguard(busy);
+            let e = embedder.borrow().clone().ok_or(Error::Unloaded)?;
+            let width = e.encoder.config().hidden;
+            let normalize = e.encoder.config().normalize;
+            let dimensions = match dimensions {
+                None => None,
+                Some(d) if d.fract() == 0.0 && d >= 1.0 && d <= width as f64 => Some(d as usize),
+                Some(d) => {
+                    return Err(Error::InvalidRequest(format!(
+                        "dimensions must be an integer from 1 to {width} (this model's \
+                         dimensions), not {d}"
+                    )))
+                }
+            };
+            let embeddings = e.embed_inputs(&ctx, &inputs, truncate).await;
+            // `unload()` while this ran left the GPU memory to free here.
+            if embedder.borrow().is_none() {
+                e.destroy();
+            }
+            let embeddings = embeddings?;
+            let vectors = js_sys::Array::new();
+            let tokens = js_sys::Array::new();
+            let mut truncated = 0;
+            for em in &embeddings {
+                let v = match dimensions {
+                    Some(d) => encoder::shorten(&em.vector, d, normalize)
+                        .expect("dimensions checked against the width"),
+                    None => em.vector.clone(),
+                };
+                vectors.push(&Float32Array::from(v.as_slice()));
+                tokens.push(&JsValue::from(em.tokens as f64));
+                truncated += usize::from(em.truncated);
+            }
+            let o = js_sys::Object::new();
+            let _ = js_sys::Reflect::set(&o, &"vectors".into(), &vectors);
+            let _ = js_sys::Reflect::set(&o, &"tokens".into(), &tokens);
+            let _ = js_sys::Reflect::set(&o, &"truncated".into(), &JsValue::from(truncated as f64));
+            Ok(o.into())
+        })
+    }
+
+    /// Frees the model's GPU memory (after the request in progress, if one runs); later calls
+    /// reject with code "unloaded".
+    pub fn unload(&self) {
+        let taken = self.embedder.borrow_mut().take();
+        if let Some(e) = taken {
+            if !self.busy.get() {
+                e.destroy();
+            }
+        }
+    }
+}
+
+/// Clears a busy flag when dropped (also when the request fails or its promise is dropped).
+fn scopeguard(busy: Rc<Cell<bool>>) -> impl Drop {
+    struct Idle(Rc<Cell<bool>>);
+    impl Drop for Idle {
+        fn drop(&mut self) {
+            self.0.set(false);
+        }
+    }
+    Idle(busy)
+}
+
+/// Input `index` of an embedding request as token ids (an array of non-negative integers).
+fn token_ids(item: &JsValue, index: usize) -> Result<Vec<u32>, Error> {
+    let bad = || {
+        Error::InvalidRequest(format!(
+            "input {index} must be a string or an array of token ids (non-negative integers)"
+        ))
+    };
+    if !js_sys::Array::is_array(item) {
+        return Err(bad());
+    }
+    js_sys::Array::from(item)
+        .iter()
+        .map(|v| match v.as_f64() {
+            Some(x) if x.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&x) => Ok(x as u32),
+            _ => Err(bad()),
+        })
+        .collect()
 }
 
 /// A token's log probabilities as the package reads them: `{id, token, bytes, logprob,

@@ -1,7 +1,9 @@
 //! The real all-MiniLM-L6-v2 (scripts/fetch-minilm.sh) against sentence-transformers
 //! (tests/fixtures/minilm/reference.json, scripts/make_minilm_reference.py): the tokenizer gives
 //! the same ids for every sentence (accents, CJK, an emoji, an empty text, and a text cut at the
-//! model's 256 tokens), and the embeddings are within cosine distance 1e-5.
+//! model's 256 tokens), and the embeddings are within cosine distance 1e-5. An empty text is
+//! refused as a request (there is nothing to embed); its ids (`[CLS] [SEP]`) given as token ids
+//! still embed like sentence-transformers' empty string, and ids outside the vocabulary are refused.
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;
@@ -10,7 +12,7 @@ use std::path::PathBuf;
 
 use common::{cosine_distance, ctx, fixture_json, numbers, token_ids};
 use pocketlm::load::{load_directory, LoadOptions};
-use pocketlm::model::Embedder;
+use pocketlm::model::{EmbedInput, Embedder};
 
 #[test]
 fn all_minilm_l6_v2_matches_sentence_transformers() {
@@ -49,7 +51,30 @@ fn all_minilm_l6_v2_matches_sentence_transformers() {
     let e = embedder.tokenize(long, false).unwrap_err();
     assert_eq!(e.code(), "context_overflow");
 
-    let embeddings = pollster::block_on(embedder.embed_texts(ctx(), &sentences, true)).unwrap();
+    let e = pollster::block_on(embedder.embed_texts(ctx(), &["a", ""], true)).unwrap_err();
+    assert_eq!(e.code(), "invalid_request");
+    assert!(e.to_string().contains("input 1 is an empty string"), "{e}");
+    let e = pollster::block_on(embedder.embed_inputs(
+        ctx(),
+        &[EmbedInput::Ids(vec![101, 30522, 102])],
+        true,
+    ))
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("token id 30522 (position 1) is outside the vocabulary of 30522"),
+        "{e}"
+    );
+
+    let inputs: Vec<EmbedInput<'_>> = sentences
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match *s {
+            "" => EmbedInput::Ids(token_ids(&reference["input_ids"][i])),
+            s => EmbedInput::Text(s),
+        })
+        .collect();
+    let embeddings = pollster::block_on(embedder.embed_inputs(ctx(), &inputs, true)).unwrap();
     for (i, e) in embeddings.iter().enumerate() {
         let want = numbers(&reference["embeddings"][i]);
         assert_eq!(e.vector.len(), 384);

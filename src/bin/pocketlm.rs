@@ -815,10 +815,9 @@ mod cli {
     /// BERT).
     fn is_encoder_folder(spec: &str) -> bool {
         let config = std::path::Path::new(spec).join("config.json");
-        std::fs::read_to_string(config)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|v| v["model_type"] == "bert")
+        std::fs::read_to_string(config).is_ok_and(|t| {
+            pocketlm::model::encoder::is_encoder(&[("config.json".to_string(), t)].into())
+        })
     }
 
     /// `pocketlm bench` of an embedding model: embeddings/s and tokens/s for inputs of 8, 32

@@ -499,6 +499,22 @@ pub struct Embedder {
     pub name: String,
 }
 
+/// One input of [`Embedder::embed_inputs`]: a text, or token ids of the model's vocabulary.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EmbedInput<'a> {
+    Text(&'a str),
+    Ids(Vec<u32>),
+}
+
+/// Whether a model's companion files describe a sentence-embedding encoder (a BERT
+/// `config.json`) rather than a decoder.
+pub fn is_encoder(companions: &BTreeMap<String, String>) -> bool {
+    companions
+        .get("config.json")
+        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        .is_some_and(|v| v["model_type"] == "bert")
+}
+
 /// One text's embedding and how many tokens it was.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Embedding {
@@ -572,9 +588,64 @@ impl Embedder {
         texts: &[&str],
         truncate: bool,
     ) -> Result<Vec<Embedding>> {
-        let mut out = Vec::with_capacity(texts.len());
-        for text in texts {
-            let (ids, truncated) = self.tokenize(text, truncate)?;
+        let inputs: Vec<EmbedInput<'_>> = texts.iter().map(|t| EmbedInput::Text(t)).collect();
+        self.embed_inputs(ctx, &inputs, truncate).await
+    }
+
+    /// `input`'s token ids, checked: text is tokenized with the model's special tokens (see
+    /// [`Embedder::tokenize`]); token ids are taken as they are, each below the vocabulary size,
+    /// and cut to the model's input length when `truncate`. Empty inputs are refused.
+    pub fn input_ids(
+        &self,
+        index: usize,
+        input: &EmbedInput<'_>,
+        truncate: bool,
+    ) -> Result<(Vec<u32>, bool)> {
+        let max = self.encoder.config.max_tokens;
+        match input {
+            EmbedInput::Text("") => Err(Error::InvalidRequest(format!(
+                "input {index} is an empty string: there is nothing to embed"
+            ))),
+            EmbedInput::Text(text) => self.tokenize(text, truncate),
+            EmbedInput::Ids(ids) if ids.is_empty() => Err(Error::InvalidRequest(format!(
+                "input {index} is an empty list of token ids"
+            ))),
+            EmbedInput::Ids(ids) => {
+                let vocab = self.encoder.config.vocab;
+                if let Some((i, &t)) = ids.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
+                    return Err(Error::InvalidRequest(format!(
+                        "input {index}: token id {t} (position {i}) is outside the vocabulary \
+                         of {vocab} tokens"
+                    )));
+                }
+                if ids.len() <= max {
+                    Ok((ids.to_vec(), false))
+                } else if truncate {
+                    Ok((ids[..max].to_vec(), true))
+                } else {
+                    Err(Error::ContextOverflow {
+                        prompt_tokens: ids.len(),
+                        context: max,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Embeds each input, one after the other; every input is checked before any runs.
+    pub async fn embed_inputs(
+        &self,
+        ctx: &GpuContext,
+        inputs: &[EmbedInput<'_>],
+        truncate: bool,
+    ) -> Result<Vec<Embedding>> {
+        let ids = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| self.input_ids(i, input, truncate))
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (ids, truncated) in ids {
             out.push(Embedding {
                 vector: self.encoder.embed(ctx, &ids).await?,
                 tokens: ids.len(),

@@ -16,4 +16,4 @@ pub use config::{
     MAX_HEADS, MAX_HEAD_DIM, MAX_HIDDEN, MAX_LAYERS, MAX_VOCAB,
 };
 pub use decoder::{Decoder, Graph, PendingPick, Readout, StepInput, StepOutput};
-pub use encoder::{Embedder, Embedding, Encoder, EncoderConfig, Pooling};
+pub use encoder::{EmbedInput, Embedder, Embedding, Encoder, EncoderConfig, Pooling};

@@ -1,5 +1,5 @@
 // Types of `pocketlm/engine`: the engine in this realm (inside a worker or a service worker).
-import type { ResponseFormat, Tool, ToolChoice, LoadOptions, MemoryUsage, ModelCache, ModelInfo, ModelSource, PocketLMError, SupportReport } from "./index.js";
+import type { CreateEmbeddingResponse, EmbeddingCreateParams, ResponseFormat, Tool, ToolChoice, LoadOptions, MemoryUsage, ModelCache, ModelInfo, ModelSource, PocketLMError, SupportReport } from "./index.js";
 
 export { PocketLMError } from "./index.js";
 
@@ -75,6 +75,8 @@ export class Engine {
     request: EngineRequest,
     options?: { onToken?: (text: string, tokenId: number, logprobs?: EngineLogprob) => void; signal?: AbortSignal },
   ): Promise<Generation>;
+  /** OpenAI's embeddings with a sentence-embedding model (see PocketLM.embeddings.create). */
+  embed(request: Omit<EmbeddingCreateParams, "signal">): Promise<CreateEmbeddingResponse>;
   tokenize(text: string, addSpecial?: boolean): number[];
   unload(): Promise<void>;
   simulateDeviceLoss(): void;

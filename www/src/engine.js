@@ -6,7 +6,7 @@
 // threaded one (pkg-mt/) is imported only where it can run, always inside a dedicated worker.
 import * as singleThread from "../pkg/pocketlm.js";
 import { PocketLMError, toPocketLMError, serializeError } from "./errors.js";
-import { loadOptions, normalizeSource } from "./validate.js";
+import { embeddingRequest, loadOptions, normalizeSource } from "./validate.js";
 import * as storage from "./storage.js";
 
 export { PocketLMError };
@@ -174,6 +174,14 @@ export async function supportReport() {
   };
 }
 
+/** The base64 of a Float32Array's bytes (little-endian, as OpenAI's `encoding_format: "base64"`). */
+function base64(v) {
+  const bytes = new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(text);
+}
+
 /** Runs a storage operation; its failures are PocketLMErrors. */
 async function storageCall(f) {
   try {
@@ -308,6 +316,7 @@ export class Engine {
       const device = gpu ?? engine.#cpu;
       engine.#model = await device.loadModel(src, { ...wasmOptions, onProgress: phase, signal });
       engine.#info = engine.#model.info();
+      engine.#info.kind = engine.#model.kind();
       engine.#info.profile = gpu ? gpu.profile : null;
       engine.#info.backendReason = choice.reason;
       engine.#info.device = gpu ? null : device.describe();
@@ -352,6 +361,11 @@ export class Engine {
    */
   generate(request, { onToken, signal } = {}) {
     if (this.#state !== "ready") return Promise.reject(this.#stateError());
+    if (this.#info.kind === "embedding") {
+      return Promise.reject(
+        new PocketLMError("invalid_request", `${this.#info.name} is a sentence-embedding model: it cannot chat or complete text; use embeddings.create`),
+      );
+    }
     const run = async () => {
       if (this.#state !== "ready") throw this.#stateError();
       if (signal?.aborted) return abortedResult();
@@ -373,9 +387,49 @@ export class Engine {
     return result;
   }
 
+  /** OpenAI's embeddings (`{input, dimensions?, encoding_format?, truncate?}`) with a
+   * sentence-embedding model: `{object: "list", data: [{object: "embedding", index, embedding}],
+   * model, usage: {prompt_tokens, total_tokens}}`, each embedding an array of numbers or, with
+   * `encoding_format: "base64"`, the base64 of its little-endian float32 bytes. */
+  embed(request) {
+    if (this.#state !== "ready") return Promise.reject(this.#stateError());
+    let parsed;
+    try {
+      parsed = embeddingRequest(request);
+      if (this.#info.kind !== "embedding") {
+        throw new PocketLMError(
+          "invalid_request",
+          `${this.#info.name} is a chat model: embeddings need a sentence-embedding model (a sentence-transformers folder such as all-MiniLM-L6-v2)`,
+        );
+      }
+    } catch (e) {
+      return Promise.reject(toPocketLMError(e));
+    }
+    const run = async () => {
+      if (this.#state !== "ready") throw this.#stateError();
+      let r;
+      try {
+        r = await this.#model.embed(parsed.inputs, parsed.options);
+      } catch (e) {
+        throw toPocketLMError(e);
+      }
+      const tokens = r.tokens.reduce((a, b) => a + b, 0);
+      return {
+        object: "list",
+        data: r.vectors.map((v, index) => ({ object: "embedding", index, embedding: parsed.format === "base64" ? base64(v) : Array.from(v) })),
+        model: this.#info.name,
+        usage: { prompt_tokens: tokens, total_tokens: tokens },
+      };
+    };
+    const result = this.#queue.then(run, run);
+    this.#queue = result.catch(() => {});
+    return result;
+  }
+
   /** The token ids of `text`. */
   tokenize(text, addSpecial = false) {
     if (this.#state !== "ready") throw this.#stateError();
+    if (this.#info.kind === "embedding") throw new PocketLMError("invalid_request", `${this.#info.name} is a sentence-embedding model: tokenize is for chat models`);
     return Array.from(this.#model.tokenize(String(text), Boolean(addSpecial)));
   }
 
@@ -410,7 +464,7 @@ export class Engine {
 
 /**
  * The engine's side of the package's message protocol: `handle(message)` runs one request and
- * answers through `post(reply)`. Requests: {id, op: "support" | "load" | "generate" | "unload" |
+ * answers through `post(reply)`. Requests: {id, op: "support" | "load" | "generate" | "embed" | "unload" |
  * "info" | "memory" | "simulateDeviceLoss", ...}, and {op: "abort", target: id}. Replies: {id, type:
  * "progress" | "token" | "done" | "error"}, and {type: "lost", error} when the device is lost.
  */
@@ -450,6 +504,9 @@ export function createHandler(post) {
             signal: controller.signal,
             onToken: m.stream ? (text, token, logprobs) => post({ id, type: "token", text, token, logprobs }) : undefined,
           });
+          break;
+        case "embed":
+          value = await need().embed(m.request);
           break;
         case "tokenize":
           value = need().tokenize(m.text, m.addSpecial);

@@ -130,9 +130,41 @@ export interface ModelCache {
   persisted(): Promise<boolean>;
 }
 
+export interface EmbeddingCreateParams {
+  /** One text, several, one input's token ids, or several inputs' token ids. */
+  input: string | string[] | number[] | number[][];
+  /** Keep the first `dimensions` values (Matryoshka), normalized again where the model normalizes. */
+  dimensions?: number;
+  /** "float" (default): arrays of numbers; "base64": the base64 of little-endian float32 bytes. */
+  encoding_format?: "float" | "base64";
+  /** Inputs longer than the model's `maxTokens` are cut (default true); false rejects them with
+   * code "context_overflow". */
+  truncate?: boolean;
+  signal?: AbortSignal;
+}
+
+export interface CreateEmbeddingResponse<E = number[] | string> {
+  object: "list";
+  data: Array<{ object: "embedding"; index: number; embedding: E }>;
+  model: string;
+  usage: { prompt_tokens: number; total_tokens: number };
+}
+
 export interface ModelInfo {
   name: string;
   architecture: string;
+  /** "chat" (a decoder: chat and completions) or "embedding" (a sentence-embedding encoder:
+   * `embeddings.create`; it runs on WebGPU only so far). An embedding model's info has
+   * `dimensions`, `maxTokens`, `pooling` and `normalized` instead of the chat fields. */
+  kind: "chat" | "embedding";
+  /** Embedding models: the vector's length. */
+  dimensions?: number;
+  /** Embedding models: the longest input in tokens (special tokens included). */
+  maxTokens?: number;
+  /** Embedding models: how token vectors become one. */
+  pooling?: "mean" | "cls" | "last";
+  /** Embedding models: whether vectors are L2-normalized. */
+  normalized?: boolean;
   /** Where the model runs, and why (`backend: "auto"`'s choice, or "asked for"). */
   backend: "webgpu" | "cpu";
   backendReason: string;
@@ -413,6 +445,13 @@ export class PocketLM extends EventTarget {
     create(request: CompletionRequest & { stream: true }, options?: RequestOptions): Promise<Stream<CompletionChunk>>;
     create(request: CompletionRequest & { stream?: false }, options?: RequestOptions): Promise<Completion>;
     create(request: CompletionRequest, options?: RequestOptions): Promise<Completion | Stream<CompletionChunk>>;
+  };
+  /** OpenAI's embeddings, with a sentence-embedding model (`info.kind === "embedding"`); a chat
+   * model rejects with code "invalid_request", and an embedding model's chat methods likewise. */
+  readonly embeddings: {
+    create(request: EmbeddingCreateParams & { encoding_format: "base64" }, options?: RequestOptions): Promise<CreateEmbeddingResponse<string>>;
+    create(request: EmbeddingCreateParams & { encoding_format?: "float" }, options?: RequestOptions): Promise<CreateEmbeddingResponse<number[]>>;
+    create(request: EmbeddingCreateParams, options?: RequestOptions): Promise<CreateEmbeddingResponse<number[] | string>>;
   };
   /** Plain text completion, no chat template. */
   complete(prompt: string, options?: SamplingOptions): Promise<string>;

@@ -267,6 +267,7 @@ export class PocketLM extends EventTarget {
     // `create(body, {signal})`: the OpenAI SDK's request options, whose signal aborts like body.signal.
     this.chat = Object.freeze({ completions: Object.freeze({ create: (request, options) => this.#create(request, "chat", options) }) });
     this.completions = Object.freeze({ create: (request, options) => this.#create(request, "text", options) });
+    this.embeddings = Object.freeze({ create: (request, options) => this.#embed(request, options) });
   }
 
   /** Resolves to whether this browser can run PocketLM (WebAssembly; WebGPU where it has a
@@ -359,6 +360,17 @@ export class PocketLM extends EventTarget {
     const event =
       typeof ErrorEvent === "function" ? new ErrorEvent("error", { error, message: error.message }) : Object.assign(new Event("error"), { error });
     this.dispatchEvent(event);
+  }
+
+  /** OpenAI's embeddings with a sentence-embedding model (the engine checks the request). */
+  async #embed(request, options) {
+    this.#check();
+    let body = request;
+    if (request !== null && typeof request === "object" && !Array.isArray(request)) {
+      const { signal: _, ...rest } = request; // a signal cannot cross into the worker
+      body = rest;
+    }
+    return this.#t.request("embed", { request: body }, { signal: options?.signal ?? request?.signal });
   }
 
   async #create(request, kind, options) {

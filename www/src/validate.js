@@ -108,6 +108,35 @@ export function completionRequest(request) {
   return passOn(request, { prompt: request.prompt });
 }
 
+/** An embeddings request (OpenAI's `{input, dimensions?, encoding_format?}`, plus `truncate`) →
+ * `{inputs, options, format}`: `inputs` an array of strings or of token-id arrays. The engine
+ * checks each input against the model (empty strings, ids outside the vocabulary, dimensions). */
+export function embeddingRequest(request) {
+  if (!isObject(request)) throw invalid(`the request must be an object {input, ...}, not ${show(request)}`);
+  const { input } = request;
+  let inputs;
+  if (typeof input === "string") inputs = [input];
+  else if (Array.isArray(input) && input.length > 0 && input.every((x) => typeof x === "number")) inputs = [input];
+  else if (Array.isArray(input)) inputs = input;
+  else throw invalid(`input must be a string, an array of strings, an array of token ids or an array of arrays of token ids, not ${show(input)}`);
+  if (inputs.length === 0) throw invalid("input is an empty list: there is nothing to embed");
+  inputs.forEach((x, i) => {
+    if (typeof x !== "string" && !(Array.isArray(x) && x.every((t) => Number.isSafeInteger(t) && t >= 0))) {
+      throw invalid(`input ${i} must be a string or an array of token ids (non-negative integers), not ${show(x)}`);
+    }
+  });
+  const format = request.encoding_format ?? "float";
+  if (format !== "float" && format !== "base64") throw invalid(`encoding_format must be "float" or "base64", not ${show(format)}`);
+  const options = {};
+  const dimensions = integer(request, "dimensions", { min: 1 });
+  if (dimensions !== undefined) options.dimensions = dimensions;
+  if (request.truncate !== undefined) {
+    if (typeof request.truncate !== "boolean") throw invalid(`truncate must be a boolean, not ${show(request.truncate)}`);
+    options.truncate = request.truncate;
+  }
+  return { inputs, options, format };
+}
+
 function base64ToHex(b64) {
   const normal = b64.replace(/-/g, "+").replace(/_/g, "/");
   let bin;

@@ -70,10 +70,10 @@ test("the .d.ts files declare exactly what src/index.js and src/engine.js export
   const statics = (cls) => Object.getOwnPropertyNames(cls).filter((n) => !["length", "name", "prototype"].includes(n)).sort();
   const methods = (cls) => Object.getOwnPropertyNames(cls.prototype).filter((n) => n !== "constructor");
   // PocketLM: its methods and getters, the EventTarget methods it declares again for its events, and
-  // the two API objects its constructor sets on each instance.
+  // the three API objects its constructor sets on each instance.
   const lm = d.index.classMembers("PocketLM");
   assert.deepEqual(lm.statics, statics(index.PocketLM), "PocketLM's static members");
-  const runtime = [...methods(index.PocketLM), ...Object.getOwnPropertyNames(EventTarget.prototype), "chat", "completions"];
+  const runtime = [...methods(index.PocketLM), ...Object.getOwnPropertyNames(EventTarget.prototype), "chat", "completions", "embeddings"];
   assert.deepEqual(lm.instance.filter((n) => !runtime.includes(n)), [], "PocketLM members declared but missing at run time");
   assert.deepEqual(methods(index.PocketLM).filter((n) => !lm.instance.includes(n)), [], "PocketLM members not declared");
   const e = d.engine.classMembers("Engine");

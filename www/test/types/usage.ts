@@ -94,6 +94,12 @@ export async function load(): Promise<PocketLM> {
   await PocketLM.load("model.gguf", { integrity: ["0".repeat(64), null], profile: "full", backend: "webgpu" });
   const onCpu = await PocketLM.load("model.gguf", { backend: "cpu", threads: 4 });
   const threads: number | null = onCpu.info.threads;
+  const embedder = await PocketLM.load("https://example.com/all-MiniLM-L6-v2/", { backend: "webgpu" });
+  const kind: "chat" | "embedding" = embedder.info.kind;
+  const vectors: number[][] = (await embedder.embeddings.create({ input: ["a", "b"], dimensions: 128 })).data.map((d) => d.embedding);
+  const packed: string = (await embedder.embeddings.create({ input: [[101, 102]], encoding_format: "base64" })).data[0]?.embedding ?? "";
+  const used: number = (await embedder.embeddings.create({ input: "a", truncate: false })).usage.prompt_tokens;
+  out.textContent = `${kind} ${vectors.length} ${packed} ${used}`;
   const threadsNote: string | null = onCpu.info.threadsNote;
   const where: "webgpu" | "cpu" = onCpu.info.backend;
   const profile: "full" | "baseline" | null = onCpu.info.profile;
