@@ -74,6 +74,7 @@ test: setup
 
 test-unit:
 	@scripts/fetch-gemma3.sh
+	@scripts/fetch-minilm.sh
 	cargo test --workspace --lib --test 'quant_*' --test 'cpu_*' --test formats --test cli --test sampling --test chat_template --test tokenizer --test model_config --test fuzz_regressions --test grammar
 
 test-gpu-full:

@@ -251,7 +251,7 @@ impl Gpu {
                 let name = model_name(&loaded.files.files);
                 let bytes = loaded.gpu_bytes;
                 let embedder = Embedder::from_loaded(&ctx, &mut loaded, &name).await?;
-                return Ok(EmbeddingModel::new(ctx, embedder, bytes).into());
+                return Ok(EmbeddingModel::new(Compute::Gpu(ctx), embedder, bytes).into());
             }
             let engine = Engine::new(&ctx, loaded, &opts).await?;
             Ok(Model::new(Compute::Gpu(ctx), engine).into())
@@ -406,13 +406,15 @@ impl Cpu {
         let cpu = self.cpu.clone();
         reject_on_error(async move {
             let opts = engine_options(&options)?;
-            let loaded = load_from_js(&*cpu, &source, &options).await?;
+            let mut loaded = load_from_js(&*cpu, &source, &options).await?;
             if encoder::is_encoder(&loaded.companions) {
-                return Err(Error::InvalidRequest(format!(
-                    "{} is a sentence-embedding model, and those run on the WebGPU backend only \
-                     so far: load it with backend: \"webgpu\"",
-                    model_name(&loaded.files.files)
-                )));
+                let name = model_name(&loaded.files.files);
+                let embedder = Embedder::from_loaded_cpu(&mut loaded, &name)?;
+                let bytes = match &embedder.encoder {
+                    encoder::AnyEncoder::Cpu(e) => e.host_bytes(),
+                    encoder::AnyEncoder::Gpu(_) => 0,
+                };
+                return Ok(EmbeddingModel::new(Compute::Cpu(cpu), embedder, bytes).into());
             }
             let engine = Engine::new_cpu(&cpu, loaded, &opts)?;
             Ok(Model::new(Compute::Cpu(cpu), engine).into())
@@ -896,11 +898,11 @@ fn model_name(files: &[String]) -> String {
     }
 }
 
-/// A sentence-embedding model on the GPU: what `Gpu.loadModel` resolves to for an encoder (a
-/// sentence-transformers folder). Texts or token ids in, one vector each out.
+/// A sentence-embedding model: what `Gpu.loadModel` and `Cpu.loadModel` resolve to for an
+/// encoder (a sentence-transformers folder). Texts or token ids in, one vector each out.
 #[wasm_bindgen]
 pub struct EmbeddingModel {
-    ctx: Rc<GpuContext>,
+    ctx: Rc<Compute>,
     /// None once unloaded; a request holds its own `Rc` while it runs.
     embedder: Rc<RefCell<Option<Rc<Embedder>>>>,
     weight_bytes: u64,
@@ -908,9 +910,9 @@ pub struct EmbeddingModel {
 }
 
 impl EmbeddingModel {
-    fn new(ctx: Rc<GpuContext>, embedder: Embedder, weight_bytes: u64) -> EmbeddingModel {
+    fn new(ctx: Compute, embedder: Embedder, weight_bytes: u64) -> EmbeddingModel {
         EmbeddingModel {
-            ctx,
+            ctx: Rc::new(ctx),
             embedder: Rc::new(RefCell::new(Some(Rc::new(embedder)))),
             weight_bytes,
             busy: Rc::new(Cell::new(false)),
@@ -925,7 +927,7 @@ impl EmbeddingModel {
         "embedding".into()
     }
 
-    /// `{name, architecture ("bert"), kind ("embedding"), backend ("webgpu"), dimensions,
+    /// `{name, architecture ("bert"), kind ("embedding"), backend ("webgpu" or "cpu"), dimensions,
     /// maxTokens (inputs are cut to this), pooling ("mean", "cls" or "last"), normalized, vocab,
     /// layers, hidden, heads, weightBytes}`.
     pub fn info(&self) -> Result<JsValue, JsValue> {
@@ -941,7 +943,10 @@ impl EmbeddingModel {
             "name": e.name,
             "architecture": "bert",
             "kind": "embedding",
-            "backend": "webgpu",
+            "backend": match *self.ctx {
+                Compute::Gpu(_) => "webgpu",
+                Compute::Cpu(_) => "cpu",
+            },
             "dimensions": c.hidden,
             "maxTokens": c.max_tokens,
             "pooling": pooling,
@@ -1015,7 +1020,7 @@ impl EmbeddingModel {
                     )))
                 }
             };
-            let embeddings = e.embed_inputs(&ctx, &inputs, truncate).await;
+            let embeddings = e.embed_inputs(ctx.device(), &inputs, truncate).await;
             // `unload()` while this ran left the GPU memory to free here.
             if embedder.borrow().is_none() {
                 e.destroy();

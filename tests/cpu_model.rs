@@ -2,7 +2,9 @@
 //! architecture from scripts/make_fixtures.py (safetensors in f32, bf16 and f16, and llama.cpp's
 //! GGUF conversions), logits at every position of a 16-token prompt within 1e-3 (as the GPU
 //! tests), prefill then decode through the KV cache, and the engine's greedy output on a real
-//! GGUF equal to transformers'.
+//! GGUF equal to transformers'. Encoders: the tiny random BERT's hidden states within 1e-5 of
+//! transformers', and the real all-MiniLM-L6-v2 within cosine distance 1e-5 of
+//! sentence-transformers.
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;
@@ -10,12 +12,14 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{
-    assert_greedy_cases, assert_logits_close, read_f32_file, token_ids, TINY_GGUF_FIXTURES,
+    assert_greedy_cases, assert_logits_close, cosine_distance, fixture_json, numbers,
+    read_f32_file, token_ids, TINY_GGUF_FIXTURES,
 };
-use pocketlm::cpu::{CpuContext, CpuDecoder, HostTensor};
+use pocketlm::cpu::{CpuContext, CpuDecoder, CpuEncoder, HostTensor};
 use pocketlm::engine::{Engine, EngineOptions};
 use pocketlm::load::{load_directory, load_native, LoadOptions, LoadedModelFiles};
-use pocketlm::model::ModelConfig;
+use pocketlm::model::encoder::pool;
+use pocketlm::model::{EmbedInput, Embedder, EncoderConfig, ModelConfig};
 
 fn cpu() -> &'static CpuContext {
     static CPU: std::sync::OnceLock<CpuContext> = std::sync::OnceLock::new();
@@ -160,4 +164,79 @@ fn gemma3_greedy_generation_matches_transformers_on_the_cpu() {
         None,
         Some(0.5),
     );
+}
+
+/// A sentence-transformers folder loaded into host memory as an embedder.
+fn cpu_embedder(dir: &Path, name: &str) -> Embedder {
+    let mut model: LoadedModelFiles<HostTensor> =
+        pollster::block_on(load_directory(cpu(), dir, 2, LoadOptions::default())).unwrap();
+    Embedder::from_loaded_cpu(&mut model, name).unwrap()
+}
+
+#[test]
+fn tiny_bert_matches_transformers_on_the_cpu() {
+    let dir = models().join("tiny-bert");
+    let mut model: LoadedModelFiles<HostTensor> =
+        pollster::block_on(load_directory(cpu(), &dir, 2, LoadOptions::default())).unwrap();
+    let config = EncoderConfig::from_companions(&model.companions, "tiny-bert").unwrap();
+    let encoder = CpuEncoder::new(config, &mut model.tensors).unwrap();
+    let c = encoder.config().clone();
+    let reference = fixture_json("models/tiny-bert/reference.json");
+    let hidden = read_f32_file(&dir.join("hidden.f32"));
+    let mut at = 0;
+    for (i, input) in reference["inputs"].as_array().unwrap().iter().enumerate() {
+        let ids = token_ids(input);
+        let n = ids.len();
+        let want = &hidden[at..at + n * c.hidden];
+        at += n * c.hidden;
+        let got = encoder.hidden_states(cpu(), &ids).unwrap();
+        let worst = got
+            .iter()
+            .zip(want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "input {i} ({n} tokens): max |error| {worst}");
+        let embedding = pool(&got, c.hidden, c.pooling, c.normalize);
+        let distance = cosine_distance(&embedding, &numbers(&reference["embeddings"][i]));
+        assert!(distance < 1e-5, "input {i}: cosine distance {distance:e}");
+    }
+    assert_eq!(at, hidden.len(), "every reference row was compared");
+}
+
+#[test]
+fn all_minilm_l6_v2_matches_sentence_transformers_on_the_cpu() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2");
+    assert!(
+        dir.join(".complete").is_file(),
+        "{} is missing: run scripts/fetch-minilm.sh",
+        dir.display()
+    );
+    let embedder = cpu_embedder(&dir, "all-MiniLM-L6-v2");
+    let reference = fixture_json("minilm/reference.json");
+    let inputs: Vec<EmbedInput<'_>> = reference["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match s.as_str().unwrap() {
+            "" => EmbedInput::Ids(token_ids(&reference["input_ids"][i])),
+            s => EmbedInput::Text(s),
+        })
+        .collect();
+    let embeddings = pollster::block_on(embedder.embed_inputs(cpu(), &inputs, true)).unwrap();
+    for (i, e) in embeddings.iter().enumerate() {
+        assert_eq!(
+            e.tokens,
+            reference["input_ids"][i].as_array().unwrap().len()
+        );
+        let distance = cosine_distance(&e.vector, &numbers(&reference["embeddings"][i]));
+        println!(
+            "sentence {i} ({} tokens): cosine distance {distance:.2e}",
+            e.tokens
+        );
+        assert!(
+            distance < 1e-5,
+            "sentence {i}: cosine distance {distance:e}"
+        );
+    }
 }

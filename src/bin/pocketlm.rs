@@ -398,22 +398,31 @@ mod cli {
 
     /// `pocketlm embed`: loads the embedding model and prints each text's vector.
     async fn embed(
-        ctx: &GpuContext,
+        dev: &Dev,
         model: &str,
         texts: &[String],
         json: bool,
         dimensions: Option<usize>,
         truncate: bool,
     ) -> pocketlm::Result<ExitCode> {
-        let (spec, start, loaded) = load_with_progress(ctx, model).await?;
-        let embedder = Embedder::from_loaded(ctx, &mut loaded?, &spec).await?;
+        let (spec, start, embedder) = match dev {
+            Dev::Gpu(ctx) => {
+                let (spec, start, loaded) = load_with_progress(&**ctx, model).await?;
+                let embedder = Embedder::from_loaded(ctx, &mut loaded?, &spec).await?;
+                (spec, start, embedder)
+            }
+            Dev::Cpu(cpu) => {
+                let (spec, start, loaded) = load_with_progress(cpu, model).await?;
+                let embedder = Embedder::from_loaded_cpu(&mut loaded?, &spec)?;
+                (spec, start, embedder)
+            }
+        };
         let c = embedder.encoder.config();
         eprintln!(
-            "{spec}: loaded in {:.1} s on {} ({} profile): {} layers, {} wide, {:?} pooling{}, \
-             inputs up to {} tokens",
+            "{spec}: loaded in {:.1} s on {}: {} layers, {} wide, {:?} pooling{}, inputs up to \
+             {} tokens",
             start.elapsed().as_secs_f64(),
-            ctx.adapter_info().name,
-            ctx.profile(),
+            dev.describe(),
             c.layers,
             c.hidden,
             c.pooling,
@@ -422,7 +431,7 @@ mod cli {
         );
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let start = std::time::Instant::now();
-        let embeddings = embedder.embed_texts(ctx, &refs, truncate).await?;
+        let embeddings = embedder.embed_texts(dev.device(), &refs, truncate).await?;
         let elapsed = start.elapsed().as_secs_f64();
         let mut vectors = Vec::with_capacity(embeddings.len());
         for e in &embeddings {
@@ -522,7 +531,7 @@ mod cli {
             match self {
                 Dev::Gpu(ctx) => Ok(&**ctx),
                 Dev::Cpu(_) => Err(pocketlm::Error::InvalidRequest(
-                    "embedding models run on the WebGPU backend only so far: use --backend gpu"
+                    "bench of an embedding model runs on the WebGPU backend only so far: use --backend gpu"
                         .into(),
                 )),
             }
@@ -1231,7 +1240,10 @@ mod cli {
         }
         if matches!(
             cli.command,
-            Command::Run { .. } | Command::Chat { .. } | Command::Bench { .. }
+            Command::Run { .. }
+                | Command::Chat { .. }
+                | Command::Bench { .. }
+                | Command::Embed { .. }
         ) {
             let dev = open_device(&cli).await?;
             match cli.command {
@@ -1255,6 +1267,13 @@ mod cli {
                     let sizes = (prompt_tokens, gen_tokens, context);
                     return bench_model(&dev, &model, sizes, per_kernel).await;
                 }
+                Command::Embed {
+                    model,
+                    texts,
+                    json,
+                    dimensions,
+                    no_truncate,
+                } => return embed(&dev, &model, &texts, json, dimensions, !no_truncate).await,
                 _ => unreachable!("matched above"),
             }
         }
@@ -1265,16 +1284,6 @@ mod cli {
             ));
         }
         let ctx = GpuContext::new(request).await?;
-        if let Command::Embed {
-            model,
-            texts,
-            json,
-            dimensions,
-            no_truncate,
-        } = &cli.command
-        {
-            return embed(&ctx, model, texts, *json, *dimensions, !no_truncate).await;
-        }
         println!("{}", ctx.report());
         match cli.command {
             Command::Info { .. }

@@ -322,6 +322,7 @@ impl CpuDecoder {
                 scale: c.attn_scale,
                 window: w.spec.window,
                 softcap: c.attn_softcap,
+                bidirectional: false,
             };
             kernels::attention(
                 pool,

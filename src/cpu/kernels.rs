@@ -11,7 +11,9 @@ use crate::kernels::GateActivation;
 use crate::load::StoredTensor;
 use crate::quant::{block_dequantizer, DType};
 
-pub use pocketlm_cpu::ops::{dot, rmsnorm, rmsnorm_add, rmsnorm_in_place, rope, softcap};
+pub use pocketlm_cpu::ops::{
+    dot, gelu_erf, gelu_tanh, rmsnorm, rmsnorm_add, rmsnorm_in_place, rope, softcap,
+};
 
 /// Whether the build has SIMD the kernels' lanes map to.
 pub const SIMD: bool = cfg!(any(
@@ -168,11 +170,14 @@ pub struct AttentionShape {
     /// Sliding window over this many positions (the query's own included).
     pub window: Option<usize>,
     pub softcap: Option<f32>,
+    /// Every query sees every position (encoders) instead of those up to its own.
+    pub bidirectional: bool,
 }
 
 /// Causal attention of `tokens` queries at positions `offset..` (q: [tokens, heads, head_dim])
 /// over the cached keys and values of positions `0..offset + tokens` (each [positions, kv_heads,
-/// head_dim]) into `out` ([tokens, heads, head_dim]); one task per (token, head).
+/// head_dim]) into `out` ([tokens, heads, head_dim]); one task per (token, head). Bidirectional
+/// attention (`s.bidirectional`) has every query see all `keys`.
 pub fn attention(
     pool: &Pool,
     s: &AttentionShape,
@@ -185,10 +190,15 @@ pub fn attention(
     let (hd, kvw) = (s.head_dim, s.kv_heads * s.head_dim);
     let group = (s.heads / s.kv_heads.max(1)).max(1);
     let tokens = q.len() / (s.heads * hd);
+    let positions = keys.len() / kvw.max(1);
     let dst = Out(out.as_mut_ptr());
     pool.run(tokens * s.heads, &|task| {
         let (t, h) = (task / s.heads, task % s.heads);
-        let pos = offset + t;
+        let pos = if s.bidirectional {
+            positions - 1
+        } else {
+            offset + t
+        };
         let first = match s.window {
             Some(w) if pos + 1 > w => pos + 1 - w,
             _ => 0,
@@ -209,4 +219,25 @@ pub fn attention(
             head,
         );
     });
+}
+
+/// LayerNorm of each row of `x` (rows of `w.len()` values) in place: `(x - mean) / √(var + eps)
+/// · w + b`.
+pub fn layernorm_in_place(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let n = w.len();
+    for row in x.chunks_exact_mut(n) {
+        let mean = row.iter().sum::<f32>() / n as f32;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((v, &g), &o) in row.iter_mut().zip(w).zip(b) {
+            *v = (*v - mean) * inv * g + o;
+        }
+    }
+}
+
+/// Adds `b` to each row of `y` (rows of `b.len()` values).
+pub fn add_bias(y: &mut [f32], b: &[f32]) {
+    for row in y.chunks_exact_mut(b.len()) {
+        row.iter_mut().zip(b).for_each(|(v, &o)| *v += o);
+    }
 }

@@ -11,11 +11,13 @@
 //!   natively; one thread in wasm.
 
 pub mod decoder;
+pub mod encoder;
 pub mod kernels;
 mod pool;
 mod tensor;
 
 pub use decoder::CpuDecoder;
+pub use encoder::CpuEncoder;
 #[cfg(all(threaded, target_arch = "wasm32"))]
 pub use pool::run_worker;
 pub use pool::Pool;

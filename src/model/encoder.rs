@@ -13,10 +13,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
+use crate::cpu::{CpuEncoder, HostTensor};
+use crate::engine::Device;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor};
 use crate::kernels::{self, AttentionOptions, AttentionScratch, KvCache, Linear, StepState};
 use crate::load::LoadedModelFiles;
+use crate::load::StoredTensor;
 use crate::model::config::{
     config_error, Sizes, MAX_CONTEXT, MAX_FFN, MAX_HEADS, MAX_HIDDEN, MAX_LAYERS, MAX_VOCAB,
 };
@@ -207,6 +210,87 @@ impl EncoderConfig {
     }
 }
 
+/// An encoder's weights by role, wherever they live (GPU or host tensors), each checked against
+/// the configuration: Hugging Face BERT names, with or without a `bert.` prefix.
+pub struct EncoderWeights<T> {
+    pub word: T,
+    pub position: T,
+    pub token_type: T,
+    /// The embedding LayerNorm's weight and bias.
+    pub embed_norm: (T, T),
+    pub layers: Vec<EncoderLayerWeights<T>>,
+}
+
+/// One encoder layer's weights: (weight, bias) pairs.
+pub struct EncoderLayerWeights<T> {
+    pub q: (T, T),
+    pub k: (T, T),
+    pub v: (T, T),
+    pub o: (T, T),
+    pub attn_norm: (T, T),
+    pub up: (T, T),
+    pub down: (T, T),
+    pub ffn_norm: (T, T),
+}
+
+impl<T: StoredTensor> EncoderWeights<T> {
+    pub fn take(c: &EncoderConfig, tensors: &mut HashMap<String, T>) -> Result<Self> {
+        let mut take = |name: &str, shape: &[usize]| -> Result<T> {
+            let t = tensors
+                .remove(name)
+                .or_else(|| tensors.remove(&format!("bert.{name}")))
+                .ok_or_else(|| Error::InvalidTensor {
+                    tensor: name.to_string(),
+                    detail: "is missing: the encoder needs it".into(),
+                })?;
+            expect(&t, shape)?;
+            Ok(t)
+        };
+        let word = take("embeddings.word_embeddings.weight", &[c.vocab, c.hidden])?;
+        let position = take(
+            "embeddings.position_embeddings.weight",
+            &[c.max_positions, c.hidden],
+        )?;
+        let token_type = take(
+            "embeddings.token_type_embeddings.weight",
+            &[c.type_vocab, c.hidden],
+        )?;
+        let embed_norm = (
+            take("embeddings.LayerNorm.weight", &[c.hidden])?,
+            take("embeddings.LayerNorm.bias", &[c.hidden])?,
+        );
+        let mut layers = Vec::with_capacity(c.layers);
+        for l in 0..c.layers {
+            let mut pair = |name: &str, rows: usize, cols: Option<usize>| -> Result<(T, T)> {
+                let p = |s: &str| format!("encoder.layer.{l}.{name}.{s}");
+                let w = match cols {
+                    Some(cols) => take(&p("weight"), &[rows, cols])?,
+                    None => take(&p("weight"), &[rows])?,
+                };
+                Ok((w, take(&p("bias"), &[rows])?))
+            };
+            let (h, f) = (c.hidden, c.ffn);
+            layers.push(EncoderLayerWeights {
+                q: pair("attention.self.query", h, Some(h))?,
+                k: pair("attention.self.key", h, Some(h))?,
+                v: pair("attention.self.value", h, Some(h))?,
+                o: pair("attention.output.dense", h, Some(h))?,
+                attn_norm: pair("attention.output.LayerNorm", h, None)?,
+                up: pair("intermediate.dense", f, Some(h))?,
+                down: pair("output.dense", h, Some(f))?,
+                ffn_norm: pair("output.LayerNorm", h, None)?,
+            });
+        }
+        Ok(EncoderWeights {
+            word,
+            position,
+            token_type,
+            embed_norm,
+            layers,
+        })
+    }
+}
+
 /// A linear layer's weight and bias.
 struct Affine {
     w: GpuTensor,
@@ -260,51 +344,22 @@ impl Encoder {
         tensors: &mut HashMap<String, GpuTensor>,
     ) -> Result<Encoder> {
         let c = &config;
-        let mut take = |name: &str, shape: &[usize]| -> Result<GpuTensor> {
-            let t = tensors
-                .remove(name)
-                .or_else(|| tensors.remove(&format!("bert.{name}")))
-                .ok_or_else(|| Error::InvalidTensor {
-                    tensor: name.to_string(),
-                    detail: "is missing: the encoder needs it".into(),
-                })?;
-            expect(&t, shape)?;
-            Ok(t)
-        };
-        let word = take("embeddings.word_embeddings.weight", &[c.vocab, c.hidden])?;
-        let position = take(
-            "embeddings.position_embeddings.weight",
-            &[c.max_positions, c.hidden],
-        )?;
-        let token_type = take(
-            "embeddings.token_type_embeddings.weight",
-            &[c.type_vocab, c.hidden],
-        )?;
+        let w = EncoderWeights::take(c, tensors)?;
         // The 1-D parameters go through one f32 conversion, in this order: the embedding norm,
-        // then per layer q, k, v, o biases, attention norm, up and down biases, output norm.
-        let mut vectors = vec![
-            take("embeddings.LayerNorm.weight", &[c.hidden])?,
-            take("embeddings.LayerNorm.bias", &[c.hidden])?,
-        ];
+        // then per layer q, k, v, o, up and down biases, attention norm, output norm.
+        let mut vectors = vec![w.embed_norm.0, w.embed_norm.1];
         let mut mats = Vec::new();
-        for l in 0..c.layers {
-            let p = |s: &str| format!("encoder.layer.{l}.{s}");
-            for (name, rows, cols) in [
-                ("attention.self.query", c.hidden, c.hidden),
-                ("attention.self.key", c.hidden, c.hidden),
-                ("attention.self.value", c.hidden, c.hidden),
-                ("attention.output.dense", c.hidden, c.hidden),
-                ("intermediate.dense", c.ffn, c.hidden),
-                ("output.dense", c.hidden, c.ffn),
-            ] {
-                mats.push(take(&p(&format!("{name}.weight")), &[rows, cols])?);
-                vectors.push(take(&p(&format!("{name}.bias")), &[rows])?);
+        for l in w.layers {
+            for (m, b) in [l.q, l.k, l.v, l.o, l.up, l.down] {
+                mats.push(m);
+                vectors.push(b);
             }
-            for name in ["attention.output.LayerNorm", "output.LayerNorm"] {
-                vectors.push(take(&p(&format!("{name}.weight")), &[c.hidden])?);
-                vectors.push(take(&p(&format!("{name}.bias")), &[c.hidden])?);
+            for (nw, nb) in [l.attn_norm, l.ffn_norm] {
+                vectors.push(nw);
+                vectors.push(nb);
             }
         }
+        let (word, position, token_type) = (w.word, w.position, w.token_type);
         let vectors = vectors_to_f32(ctx, vectors.into_iter().map(|t| (t, 0.0)).collect()).await?;
         let mut vectors = vectors.into_iter();
         let mut next = || vectors.next().expect("one vector per parameter taken");
@@ -491,9 +546,46 @@ impl Encoder {
     }
 }
 
+/// An encoder on either backend (one per model: the size difference does not matter).
+#[allow(clippy::large_enum_variant)]
+pub enum AnyEncoder {
+    Gpu(Encoder),
+    Cpu(CpuEncoder),
+}
+
+impl AnyEncoder {
+    pub fn config(&self) -> &EncoderConfig {
+        match self {
+            AnyEncoder::Gpu(e) => e.config(),
+            AnyEncoder::Cpu(e) => e.config(),
+        }
+    }
+
+    /// One input's embedding, on the device the encoder lives on.
+    pub async fn embed(&self, dev: impl Into<Device<'_>>, ids: &[u32]) -> Result<Vec<f32>> {
+        match (self, dev.into()) {
+            (AnyEncoder::Gpu(e), Device::Gpu(ctx)) => e.embed(ctx, ids).await,
+            (AnyEncoder::Cpu(e), Device::Cpu(cpu)) => {
+                let c = e.config();
+                let hidden = e.hidden_states(cpu, ids)?;
+                Ok(pool(&hidden, c.hidden, c.pooling, c.normalize))
+            }
+            _ => Err(Error::InvalidRequest(
+                "this embedding model was loaded on the other backend".into(),
+            )),
+        }
+    }
+
+    pub fn destroy(&self) {
+        if let AnyEncoder::Gpu(e) = self {
+            e.destroy();
+        }
+    }
+}
+
 /// An encoder with its tokenizer: texts in, embeddings out.
 pub struct Embedder {
-    pub encoder: Encoder,
+    pub encoder: AnyEncoder,
     pub tokenizer: Tokenizer,
     /// The model's name, for errors and reports.
     pub name: String,
@@ -532,8 +624,36 @@ impl Embedder {
         model: &mut LoadedModelFiles,
         name: &str,
     ) -> Result<Embedder> {
-        let config = EncoderConfig::from_companions(&model.companions, name)?;
-        let tokenizer = match model.companions.get("tokenizer.json") {
+        let (config, tokenizer) = Self::describe(&model.companions, name)?;
+        let encoder = Encoder::new(ctx, config, &mut model.tensors).await?;
+        Ok(Embedder {
+            encoder: AnyEncoder::Gpu(encoder),
+            tokenizer,
+            name: name.to_string(),
+        })
+    }
+
+    /// The same, for the CPU backend: the weights stay in host memory as loaded.
+    pub fn from_loaded_cpu(
+        model: &mut LoadedModelFiles<HostTensor>,
+        name: &str,
+    ) -> Result<Embedder> {
+        let (config, tokenizer) = Self::describe(&model.companions, name)?;
+        let encoder = CpuEncoder::new(config, &mut model.tensors)?;
+        Ok(Embedder {
+            encoder: AnyEncoder::Cpu(encoder),
+            tokenizer,
+            name: name.to_string(),
+        })
+    }
+
+    /// The encoder's description and tokenizer from a folder's companion files.
+    fn describe(
+        companions: &BTreeMap<String, String>,
+        name: &str,
+    ) -> Result<(EncoderConfig, Tokenizer)> {
+        let config = EncoderConfig::from_companions(companions, name)?;
+        let tokenizer = match companions.get("tokenizer.json") {
             Some(json) => Tokenizer::from_json_str(json)?,
             None => {
                 return Err(Error::Config {
@@ -550,12 +670,7 @@ impl Embedder {
                 model: config.vocab,
             });
         }
-        let encoder = Encoder::new(ctx, config, &mut model.tensors).await?;
-        Ok(Embedder {
-            encoder,
-            tokenizer,
-            name: name.to_string(),
-        })
+        Ok((config, tokenizer))
     }
 
     /// `text`'s token ids with the model's special tokens (BERT: `[CLS] … [SEP]`), cut to the
@@ -563,7 +678,7 @@ impl Embedder {
     /// past it with `context_overflow`. Returns the ids and whether they were cut.
     pub fn tokenize(&self, text: &str, truncate: bool) -> Result<(Vec<u32>, bool)> {
         let mut ids = self.tokenizer.encode(text, true)?;
-        let max = self.encoder.config.max_tokens;
+        let max = self.encoder.config().max_tokens;
         if ids.len() <= max {
             return Ok((ids, false));
         }
@@ -584,12 +699,12 @@ impl Embedder {
     /// Embeds each text, one after the other.
     pub async fn embed_texts(
         &self,
-        ctx: &GpuContext,
+        dev: impl Into<Device<'_>>,
         texts: &[&str],
         truncate: bool,
     ) -> Result<Vec<Embedding>> {
         let inputs: Vec<EmbedInput<'_>> = texts.iter().map(|t| EmbedInput::Text(t)).collect();
-        self.embed_inputs(ctx, &inputs, truncate).await
+        self.embed_inputs(dev, &inputs, truncate).await
     }
 
     /// `input`'s token ids, checked: text is tokenized with the model's special tokens (see
@@ -601,7 +716,7 @@ impl Embedder {
         input: &EmbedInput<'_>,
         truncate: bool,
     ) -> Result<(Vec<u32>, bool)> {
-        let max = self.encoder.config.max_tokens;
+        let max = self.encoder.config().max_tokens;
         match input {
             EmbedInput::Text("") => Err(Error::InvalidRequest(format!(
                 "input {index} is an empty string: there is nothing to embed"
@@ -611,7 +726,7 @@ impl Embedder {
                 "input {index} is an empty list of token ids"
             ))),
             EmbedInput::Ids(ids) => {
-                let vocab = self.encoder.config.vocab;
+                let vocab = self.encoder.config().vocab;
                 if let Some((i, &t)) = ids.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
                     return Err(Error::InvalidRequest(format!(
                         "input {index}: token id {t} (position {i}) is outside the vocabulary \
@@ -635,7 +750,7 @@ impl Embedder {
     /// Embeds each input, one after the other; every input is checked before any runs.
     pub async fn embed_inputs(
         &self,
-        ctx: &GpuContext,
+        dev: impl Into<Device<'_>>,
         inputs: &[EmbedInput<'_>],
         truncate: bool,
     ) -> Result<Vec<Embedding>> {
@@ -644,10 +759,11 @@ impl Embedder {
             .enumerate()
             .map(|(i, input)| self.input_ids(i, input, truncate))
             .collect::<Result<Vec<_>>>()?;
+        let dev = dev.into();
         let mut out = Vec::with_capacity(ids.len());
         for (ids, truncated) in ids {
             out.push(Embedding {
-                vector: self.encoder.embed(ctx, &ids).await?,
+                vector: self.encoder.embed(dev, &ids).await?,
                 tokens: ids.len(),
                 truncated,
             });

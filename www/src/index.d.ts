@@ -154,7 +154,7 @@ export interface ModelInfo {
   name: string;
   architecture: string;
   /** "chat" (a decoder: chat and completions) or "embedding" (a sentence-embedding encoder:
-   * `embeddings.create`; it runs on WebGPU only so far). An embedding model's info has
+   * `embeddings.create`). An embedding model's info has
    * `dimensions`, `maxTokens`, `pooling` and `normalized` instead of the chat fields. */
   kind: "chat" | "embedding";
   /** Embedding models: the vector's length. */

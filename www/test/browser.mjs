@@ -1,7 +1,7 @@
 // Headless Chromium with WebGPU, driven by Playwright (Debian's chromium; no browser download).
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
-import { mkdtemp } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -31,12 +31,22 @@ export async function launch({ extension, disableFeatures = [], measureMemory = 
     disabled.push("DisableLoadExtensionCommandLineSwitch");
   }
   if (disabled.length > 0) args.push(`--disable-features=${disabled.join(",")}`);
-  return chromium.launchPersistentContext(userDataDir, {
+  const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: CHROMIUM,
     headless: true,
     args,
     ignoreDefaultArgs: extension ? ["--disable-extensions"] : [],
   });
+  // The profile holds the models the tests cached (hundreds of MB): it goes with the browser.
+  const close = context.close.bind(context);
+  context.close = async (...options) => {
+    try {
+      await close(...options);
+    } finally {
+      await rm(userDataDir, { recursive: true, force: true });
+    }
+  };
+  return context;
 }
 
 /** Runs `fn` (its source is sent to the page) in `page` with `arg`: resolves to `{value}`, or to

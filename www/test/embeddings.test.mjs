@@ -2,8 +2,9 @@
 // all-MiniLM-L6-v2 (scripts/fetch-minilm.sh) on the browser's WebGPU adapter, through
 // `lm.embeddings.create` in the package's worker, against sentence-transformers
 // (tests/fixtures/minilm/reference.json) within cosine distance 1e-5; base64 output, Matryoshka
-// `dimensions`, token-id inputs, and the bad inputs as typed errors with the numbers; and an
-// embedding model and a chat model each refusing the other's API.
+// `dimensions`, token-id inputs, and the bad inputs as typed errors with the numbers; the same on
+// the CPU backend (what `auto` picks on this machine); and an embedding model and a chat model
+// each refusing the other's API.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
@@ -60,16 +61,22 @@ function cosineDistance(a, b) {
   return 1 - dot / Math.sqrt(na * nb);
 }
 
-test("embeddings.create equals sentence-transformers within cosine distance 1e-5", async () => {
-  // The empty sentence is refused as text (below); its ids ([CLS] [SEP]) are given as token ids.
-  const input = reference.sentences.map((s, i) => (s === "" ? reference.input_ids[i] : s));
+// The empty sentence is refused as text (below); its ids ([CLS] [SEP]) are given as token ids.
+const inputs = reference.sentences.map((s, i) => (s === "" ? reference.input_ids[i] : s));
+
+test("embeddings.create on WebGPU equals sentence-transformers within cosine distance 1e-5", async () => {
+  // All but the 256-token sentence, which SwiftShader takes most of a minute over: the native GPU
+  // tests check it on both profiles, and the CPU backend's test below in this browser.
+  const count = reference.sentences.length - 1;
+  assert.equal(reference.input_ids[count].length, 256);
+  const input = inputs.slice(0, count);
   const t0 = Date.now();
   const r = value(await run((input) => embedder.embeddings.create({ input }), input));
   console.log(`${input.length} inputs in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   assert.equal(r.object, "list");
   assert.equal(r.model, "all-MiniLM-L6-v2");
-  assert.equal(r.data.length, reference.sentences.length);
-  const tokens = reference.input_ids.reduce((a, ids) => a + ids.length, 0);
+  assert.equal(r.data.length, count);
+  const tokens = reference.input_ids.slice(0, count).reduce((a, ids) => a + ids.length, 0);
   assert.deepEqual(r.usage, { prompt_tokens: tokens, total_tokens: tokens });
   r.data.forEach((d, i) => {
     assert.equal(d.object, "embedding");
@@ -136,21 +143,33 @@ test("bad embedding requests are typed errors with the numbers", async () => {
   assert.match(r.chat.message, /all-MiniLM-L6-v2 is a sentence-embedding model/);
 });
 
-test("a chat model refuses embeddings, and the CPU backend refuses an encoder, with clear errors", async () => {
+test("the CPU backend embeds too (auto here), as sentence-transformers; a chat model refuses embeddings", async () => {
+  const input = inputs;
   const r = value(
-    await run(async () => {
+    await run(async (input) => {
       const { PocketLM } = globalThis.pocketlm;
+      const onCpu = await PocketLM.load("/models/all-MiniLM-L6-v2/");
+      const info = onCpu.info;
+      const t0 = performance.now();
+      const embedded = await onCpu.embeddings.create({ input });
+      const ms = performance.now() - t0;
+      await onCpu.unload();
       const chat = await PocketLM.load("/models/SmolLM2-135M-Instruct.Q4_1.gguf", { backend: "cpu", context: 64 });
       const kind = chat.info.kind;
       const refused = await chat.embeddings.create({ input: "a" }).then(() => null, (e) => ({ code: e.code, message: e.message }));
       await chat.unload();
-      const onCpu = await PocketLM.load("/models/all-MiniLM-L6-v2/", { backend: "cpu" }).then(() => null, (e) => ({ code: e.code, message: e.message }));
-      return { kind, refused, onCpu };
-    }),
+      return { info, embedded, ms, kind, refused };
+    }, input),
   );
+  assert.equal(r.info.backend, "cpu");
+  assert.equal(r.info.kind, "embedding");
+  console.log(`CPU backend: ${input.length} inputs in ${(r.ms / 1000).toFixed(2)} s`);
+  assert.equal(r.embedded.data.length, reference.sentences.length);
+  r.embedded.data.forEach((d, i) => {
+    const distance = cosineDistance(d.embedding, reference.embeddings[i]);
+    assert.ok(distance < 1e-5, `sentence ${i}: cosine distance ${distance}`);
+  });
   assert.equal(r.kind, "chat");
   assert.equal(r.refused.code, "invalid_request");
   assert.match(r.refused.message, /is a chat model: embeddings need a sentence-embedding model/);
-  assert.equal(r.onCpu.code, "invalid_request");
-  assert.match(r.onCpu.message, /all-MiniLM-L6-v2 is a sentence-embedding model.*WebGPU backend only/);
 });
