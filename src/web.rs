@@ -580,10 +580,18 @@ async fn plan_folder(
     cache: bool,
     signal: Option<&JsValue>,
 ) -> Result<folder::FolderPlan, Error> {
-    // A missing file is a 404; anything else is a failure.
+    // A missing file is a 404; anything else is a failure, except offline: once the folder's
+    // files are in the cache, a file that cannot be fetched and is not there is one the folder
+    // lacks (a 404 is never cached).
+    let cached_folder = cache
+        && browser::cached_urls()
+            .await
+            .is_ok_and(|urls| urls.iter().any(|u| u.starts_with(url)));
     let optional = |r: Result<Vec<u8>, Error>| match r {
         Ok(bytes) => Ok(Some(bytes)),
         Err(Error::Http { status: 404, .. }) => Ok(None),
+        Err(Error::Http { .. }) => r.map(Some),
+        Err(_) if cached_folder => Ok(None),
         Err(e) => Err(e),
     };
     let index_url = folder::join(url, folder::INDEX_FILE);

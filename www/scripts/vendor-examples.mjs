@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Copies the package (src/ and pkg/) into examples/{pwa,extension}/vendor/pocketlm/, as an app
+// Copies the package (src/ and pkg/) into examples/{pwa,extension,search}/vendor/pocketlm/, as an app
 // would ship it: an extension can only load files inside its folder, and a PWA's service worker
 // only controls PocketLM's Web Worker when the worker's URL lies inside its scope.
 import { cpSync, existsSync, mkdirSync, rmSync } from "node:fs";
@@ -13,7 +13,7 @@ export function vendorExamples() {
   for (const f of PKG) {
     if (!existsSync(join(WWW, "pkg", f))) throw new Error(`www/pkg/${f} is missing: run make wasm first`);
   }
-  for (const example of ["pwa", "extension"]) {
+  for (const example of ["pwa", "extension", "search"]) {
     const dest = join(WWW, "examples", example, "vendor", "pocketlm");
     rmSync(dest, { recursive: true, force: true });
     mkdirSync(join(dest, "pkg"), { recursive: true });
@@ -24,5 +24,5 @@ export function vendorExamples() {
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   vendorExamples();
-  console.log("copied src/ and pkg/ into examples/pwa/vendor/pocketlm and examples/extension/vendor/pocketlm");
+  console.log("copied src/ and pkg/ into examples/{pwa,extension,search}/vendor/pocketlm");
 }

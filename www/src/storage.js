@@ -317,6 +317,8 @@ async function resolveIndex(ctx, source) {
       await download(ctx, { url: indexUrl, have: 0, total: null }, [], () => {});
     } catch (e) {
       if (folder && e?.code === "http" && / 404$/.test(e.message)) return [`${source}model.safetensors`];
+      // Offline, a folder without an index whose model.safetensors is cached (a 404 is never cached).
+      if (folder && e?.code !== "http" && (await verifiedEntry(`${source}model.safetensors`, ctx.weights))) return [`${source}model.safetensors`];
       throw e;
     }
   }

@@ -1,11 +1,14 @@
 // The examples under a strict Content-Security-Policy (script-src 'self' 'wasm-unsafe-eval'):
 // the offline PWA, served with that CSP header, answers, then answers again from its caches with
 // the server gone; the MV3 extension (loaded unpacked, its manifest declaring that CSP) answers
-// in its side panel page, and keeps answering when Chrome stops the extension's service worker.
+// in its side panel page, and keeps answering when Chrome stops the extension's service worker;
+// the semantic-search page indexes its 200 notes with all-MiniLM-L6-v2, ranks them by meaning
+// (a screenshot lands in test-results/search.png), and searches again offline.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
+import { mkdirSync } from "node:fs";
 import { serve } from "./server.mjs";
 import { launch } from "./browser.mjs";
 import { vendorExamples } from "../scripts/vendor-examples.mjs";
@@ -134,5 +137,54 @@ test("the MV3 extension's side panel answers under its manifest's CSP, also afte
   } finally {
     await browser.close();
     await server.close();
+  }
+});
+
+/** Submits `query` on the search page and returns the ranked results' texts and scores. */
+async function search(page, query) {
+  const done = Number((await page.getAttribute("#results", "data-done")) ?? 0);
+  await page.fill("#query", query);
+  await page.click("#go");
+  await page.waitForFunction((n) => Number(document.getElementById("results").dataset.done ?? 0) > n, done, { timeout: 120_000 });
+  return page.$$eval("#results li", (items) => items.map((li) => ({ score: Number(li.firstChild.textContent), text: li.lastChild.textContent })));
+}
+
+test("the semantic-search page ranks notes by meaning under a strict CSP, and again offline", async () => {
+  let server = await serve({ "/": WWW, "/models/": MODELS }, { headers: () => ({ "content-security-policy": CSP }) });
+  const browser = await launch();
+  try {
+    const page = await browser.newPage();
+    const violations = watchViolations(page);
+    await page.goto(`${server.url}/examples/search/`);
+    assert.equal(await inlineScriptRuns(page), false, "the CSP is not in force");
+    await page.waitForSelector("#status[data-ready]", { timeout: 300_000 });
+    console.log(await page.textContent("#status"));
+    const queries = {
+      "my puppy will not obey": /teaching a dog to sit/,
+      "which computer should a software developer buy": /choosing a laptop for programming/,
+      "stars and long exposures": /photographing the night sky/,
+    };
+    for (const [query, want] of Object.entries(queries)) {
+      const results = await search(page, query);
+      assert.equal(results.length, 5);
+      assert.match(results[0].text, want, `${query}: ${JSON.stringify(results)}`);
+      assert.ok(results.every((r, i) => i === 0 || r.score <= results[i - 1].score), "ranked by score");
+    }
+    mkdirSync(join(WWW, "test-results"), { recursive: true });
+    await page.screenshot({ path: join(WWW, "test-results", "search.png"), fullPage: true });
+    await page.evaluate(() => navigator.serviceWorker.ready);
+
+    // Offline: the service worker serves the page, notes and wasm, PocketLM's cache the model.
+    await server.close();
+    server = null;
+    await page.reload();
+    await page.waitForFunction(() => document.getElementById("status").dataset.ready || /failed/.test(document.getElementById("status").textContent), null, { timeout: 300_000 });
+    assert.equal(await page.getAttribute("#status", "data-ready"), "true", await page.textContent("#status"));
+    const again = await search(page, "my puppy will not obey");
+    assert.match(again[0].text, /teaching a dog to sit/);
+    assert.deepEqual(violations.filter((v) => !/inline script/i.test(v)), []);
+  } finally {
+    await browser.close();
+    await server?.close();
   }
 });
