@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use crate::cpu::kernels::{self, AttentionShape};
 use crate::cpu::{CpuContext, HostTensor};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::kernels::GateActivation;
 use crate::model::encoder::{EncoderConfig, EncoderWeights};
 
@@ -118,18 +118,7 @@ impl CpuEncoder {
     pub fn hidden_states(&self, cpu: &CpuContext, ids: &[u32]) -> Result<Vec<f32>> {
         let c = &self.config;
         let (n, hidden) = (ids.len(), c.hidden);
-        if n == 0 || n > c.max_tokens {
-            return Err(Error::ContextOverflow {
-                prompt_tokens: n,
-                context: c.max_tokens,
-            });
-        }
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= c.vocab) {
-            return Err(Error::InvalidRequest(format!(
-                "token id {bad} is outside the encoder's vocabulary of {}",
-                c.vocab
-            )));
-        }
+        c.check_input(ids)?;
         let pool = cpu.pool();
         let mut h = vec![0f32; n * hidden];
         let mut part = vec![0f32; hidden];

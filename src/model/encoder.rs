@@ -63,6 +63,24 @@ pub struct EncoderConfig {
 const MAX_TYPE_VOCAB: u64 = 1 << 10;
 
 impl EncoderConfig {
+    /// An input the encoder can run: 1 to `max_tokens` ids, each inside the vocabulary.
+    pub fn check_input(&self, ids: &[u32]) -> Result<()> {
+        let n = ids.len();
+        if n == 0 || n > self.max_tokens {
+            return Err(Error::ContextOverflow {
+                prompt_tokens: n,
+                context: self.max_tokens,
+            });
+        }
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.vocab) {
+            return Err(Error::InvalidRequest(format!(
+                "token id {bad} is outside the encoder's vocabulary of {}",
+                self.vocab
+            )));
+        }
+        Ok(())
+    }
+
     /// From a sentence-transformers folder's companion files (`config.json`, and `modules.json`
     /// and `1_Pooling/config.json` when present: without them, mean pooling and no
     /// normalisation, as sentence-transformers assumes for a bare transformer). `source` names
@@ -422,18 +440,7 @@ impl Encoder {
     pub async fn hidden_states(&self, ctx: &GpuContext, ids: &[u32]) -> Result<Vec<f32>> {
         let c = &self.config;
         let n = ids.len();
-        if n == 0 || n > c.max_tokens {
-            return Err(Error::ContextOverflow {
-                prompt_tokens: n,
-                context: c.max_tokens,
-            });
-        }
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= c.vocab) {
-            return Err(Error::InvalidRequest(format!(
-                "token id {bad} is outside the encoder's vocabulary of {}",
-                c.vocab
-            )));
-        }
+        c.check_input(ids)?;
         let f32z = |name: &str, shape: &[usize]| ctx.zeros(name, shape, DType::F32);
         let as_i32 = |v: &[u32]| v.iter().map(|&x| x as i32).collect::<Vec<i32>>();
         let positions: Vec<u32> = (0..n as u32).collect();
