@@ -978,10 +978,17 @@ impl EmbeddingModel {
         let embedder = self.embedder.clone();
         let busy = self.busy.clone();
         reject_on_error(async move {
-            let truncate = get(&options, "truncate")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(true);
-            let dimensions = get(&options, "dimensions").and_then(|v| v.as_f64());
+            let present = |name: &str| get(&options, name).filter(|v| !v.is_null());
+            let truncate = match present("truncate") {
+                None => true,
+                Some(v) => v.as_bool().ok_or_else(|| {
+                    Error::InvalidRequest(format!(
+                        "truncate must be a boolean, not {}",
+                        describe(&v)
+                    ))
+                })?,
+            };
+            let dimensions = present("dimensions");
             if !js_sys::Array::is_array(&inputs) {
                 return Err(Error::InvalidRequest(
                     "input must be a string, an array of strings, an array of token ids or an \
@@ -995,20 +1002,14 @@ impl EmbeddingModel {
                     "input is an empty list: there is nothing to embed".into(),
                 ));
             }
-            let mut texts = Vec::with_capacity(items.length() as usize);
-            for (i, item) in items.iter().enumerate() {
-                texts.push(match item.as_string() {
-                    Some(t) => Ok(t),
-                    None => token_ids(&item, i).map(Err)?,
-                });
-            }
-            let inputs: Vec<EmbedInput<'_>> = texts
+            let inputs = items
                 .iter()
-                .map(|t| match t {
-                    Ok(text) => EmbedInput::Text(text),
-                    Err(ids) => EmbedInput::Ids(ids.clone()),
+                .enumerate()
+                .map(|(i, item)| match item.as_string() {
+                    Some(text) => Ok(EmbedInput::Text(text.into())),
+                    None => token_ids(&item, i).map(EmbedInput::Ids),
                 })
-                .collect();
+                .collect::<Result<Vec<_>, Error>>()?;
             if busy.replace(true) {
                 return Err(Error::InvalidRequest(
                     "an embedding request is already running on this model".into(),
@@ -1018,13 +1019,16 @@ impl EmbeddingModel {
             let e = embedder.borrow().clone().ok_or(Error::Unloaded)?;
             let width = e.encoder.config().hidden;
             let normalize = e.encoder.config().normalize;
-            let dimensions = match dimensions {
+            let dimensions = match dimensions.map(|v| (v.as_f64(), v)) {
                 None => None,
-                Some(d) if d.fract() == 0.0 && d >= 1.0 && d <= width as f64 => Some(d as usize),
-                Some(d) => {
+                Some((Some(d), _)) if d.fract() == 0.0 && d >= 1.0 && d <= width as f64 => {
+                    Some(d as usize)
+                }
+                Some((_, v)) => {
                     return Err(Error::InvalidRequest(format!(
                         "dimensions must be an integer from 1 to {width} (this model's \
-                         dimensions), not {d}"
+                         dimensions), not {}",
+                        describe(&v)
                     )))
                 }
             };

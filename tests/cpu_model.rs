@@ -18,7 +18,7 @@ use common::{
 use pocketlm::cpu::{CpuContext, CpuDecoder, CpuEncoder, HostTensor};
 use pocketlm::engine::{Engine, EngineOptions};
 use pocketlm::load::{load_directory, load_native, LoadOptions, LoadedModelFiles};
-use pocketlm::model::encoder::pool;
+use pocketlm::model::encoder::{pool, AnyEncoder, BATCH_TOKENS};
 use pocketlm::model::{EmbedInput, Embedder, EncoderConfig, ModelConfig};
 
 fn cpu() -> &'static CpuContext {
@@ -201,6 +201,39 @@ fn tiny_bert_matches_transformers_on_the_cpu() {
         assert!(distance < 1e-5, "input {i}: cosine distance {distance:e}");
     }
     assert_eq!(at, hidden.len(), "every reference row was compared");
+
+    // All inputs packed in one pass: the same rows, each input seeing only its own tokens.
+    let inputs: Vec<Vec<u32>> = reference["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(token_ids)
+        .collect();
+    let refs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
+    let packed = encoder.hidden_states_packed(cpu(), &refs).unwrap();
+    assert_eq!(packed.len(), hidden.len());
+    let worst = packed
+        .iter()
+        .zip(&hidden)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-5, "packed inputs: max |error| {worst}");
+
+    // More inputs than one pass packs: split into passes, each embedding as the reference's.
+    let encoder = AnyEncoder::Cpu(encoder);
+    let per_round: usize = inputs.iter().map(Vec::len).sum();
+    let rounds = BATCH_TOKENS / per_round + 2;
+    let many: Vec<Vec<u32>> = (0..rounds).flat_map(|_| inputs.iter().cloned()).collect();
+    let embeddings = pollster::block_on(encoder.embed_batch(cpu(), &many)).unwrap();
+    assert_eq!(embeddings.len(), many.len());
+    for (j, e) in embeddings.iter().enumerate() {
+        let i = j % inputs.len();
+        let distance = cosine_distance(e, &numbers(&reference["embeddings"][i]));
+        assert!(
+            distance < 1e-5,
+            "input {j} (reference {i}): cosine distance {distance:e}"
+        );
+    }
 }
 
 #[test]
@@ -220,7 +253,7 @@ fn all_minilm_l6_v2_matches_sentence_transformers_on_the_cpu() {
         .enumerate()
         .map(|(i, s)| match s.as_str().unwrap() {
             "" => EmbedInput::Ids(token_ids(&reference["input_ids"][i])),
-            s => EmbedInput::Text(s),
+            s => EmbedInput::Text(s.into()),
         })
         .collect();
     let embeddings = pollster::block_on(embedder.embed_inputs(cpu(), &inputs, true)).unwrap();

@@ -10,9 +10,14 @@ use std::process::{Command, Stdio};
 
 /// Runs the CLI with the test's profile, `stdin` as its input; (success, stdout, stderr).
 fn pocketlm(args: &[&str], stdin: &str) -> (bool, String, String) {
+    pocketlm_on("gpu", args, stdin)
+}
+
+/// `pocketlm --backend BACKEND ARGS…` with `stdin`: whether it succeeded, stdout, stderr.
+fn pocketlm_on(backend: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
     let profile = std::env::var("POCKETLM_TEST_PROFILE").unwrap_or_else(|_| "auto".into());
     let mut child = Command::new(env!("CARGO_BIN_EXE_pocketlm"))
-        .args(["--backend", "gpu"])
+        .args(["--backend", backend])
         .arg("--profile")
         .arg(profile)
         .args(args)
@@ -240,15 +245,19 @@ fn embed_prints_vectors_or_the_openai_response_and_bench_times_it() {
         }
     }
 
-    // `bench` of an embedding model: a row per input length.
-    let (ok, out, err) = pocketlm(&["bench", dir, "--prompt-tokens", "20"], "");
-    assert!(ok, "{err}");
-    assert!(out.contains("embeddings/s"), "{out}");
-    let rows: Vec<&str> = out
-        .lines()
-        .filter(|l| l.split_whitespace().count() == 4 && l.trim().starts_with(char::is_numeric))
-        .collect();
-    assert_eq!(rows.len(), 3, "{out}");
+    // `bench` of an embedding model, on each backend: a row per input length and batch size.
+    for backend in ["gpu", "cpu"] {
+        let args = ["bench", dir, "--prompt-tokens", "20"];
+        let (ok, out, err) = pocketlm_on(backend, &args, "");
+        assert!(ok, "{backend}: {err}");
+        assert!(out.contains("embeddings/s"), "{out}");
+        let batches: Vec<&str> = out
+            .lines()
+            .filter(|l| l.split_whitespace().count() == 5 && l.trim().starts_with(char::is_numeric))
+            .map(|l| l.split_whitespace().nth(1).unwrap())
+            .collect();
+        assert_eq!(batches, ["1", "1", "1", "8", "64"], "{out}");
+    }
 
     // Bad input: typed errors on stderr, a failing exit status.
     for (args, want) in [

@@ -71,7 +71,7 @@ fn all_minilm_l6_v2_matches_sentence_transformers() {
         .enumerate()
         .map(|(i, s)| match *s {
             "" => EmbedInput::Ids(token_ids(&reference["input_ids"][i])),
-            s => EmbedInput::Text(s),
+            s => EmbedInput::Text(s.into()),
         })
         .collect();
     let embeddings = pollster::block_on(embedder.embed_inputs(ctx(), &inputs, true)).unwrap();

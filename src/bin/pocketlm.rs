@@ -396,16 +396,12 @@ mod cli {
         }
     }
 
-    /// `pocketlm embed`: loads the embedding model and prints each text's vector.
-    async fn embed(
+    /// Loads a sentence-embedding model onto `dev`: its spec, when loading began, the embedder.
+    async fn load_embedder(
         dev: &Dev,
         model: &str,
-        texts: &[String],
-        json: bool,
-        dimensions: Option<usize>,
-        truncate: bool,
-    ) -> pocketlm::Result<ExitCode> {
-        let (spec, start, embedder) = match dev {
+    ) -> pocketlm::Result<(String, std::time::Instant, Embedder)> {
+        Ok(match dev {
             Dev::Gpu(ctx) => {
                 let (spec, start, loaded) = load_with_progress(&**ctx, model).await?;
                 let embedder = Embedder::from_loaded(ctx, &mut loaded?, &spec).await?;
@@ -416,7 +412,19 @@ mod cli {
                 let embedder = Embedder::from_loaded_cpu(&mut loaded?, &spec)?;
                 (spec, start, embedder)
             }
-        };
+        })
+    }
+
+    /// `pocketlm embed`: loads the embedding model and prints each text's vector.
+    async fn embed(
+        dev: &Dev,
+        model: &str,
+        texts: &[String],
+        json: bool,
+        dimensions: Option<usize>,
+        truncate: bool,
+    ) -> pocketlm::Result<ExitCode> {
+        let (spec, start, embedder) = load_embedder(dev, model).await?;
         let c = embedder.encoder.config();
         eprintln!(
             "{spec}: loaded in {:.1} s on {}: {} layers, {} wide, {:?} pooling{}, inputs up to \
@@ -524,16 +532,6 @@ mod cli {
             match self {
                 Dev::Gpu(ctx) => format!("{} ({} profile)", ctx.adapter_info().name, ctx.profile()),
                 Dev::Cpu(cpu) => cpu.describe(),
-            }
-        }
-
-        fn gpu(&self) -> pocketlm::Result<&GpuContext> {
-            match self {
-                Dev::Gpu(ctx) => Ok(&**ctx),
-                Dev::Cpu(_) => Err(pocketlm::Error::InvalidRequest(
-                    "bench of an embedding model runs on the WebGPU backend only so far: use --backend gpu"
-                        .into(),
-                )),
             }
         }
     }
@@ -829,42 +827,50 @@ mod cli {
         })
     }
 
-    /// `pocketlm bench` of an embedding model: embeddings/s and tokens/s for inputs of 8, 32
-    /// and `long` tokens (best of 5 after a warm-up), one input per pass.
-    async fn bench_embeddings(
-        ctx: &GpuContext,
-        model: &str,
-        long: usize,
-    ) -> pocketlm::Result<ExitCode> {
-        let (spec, _, loaded) = load_with_progress(ctx, model).await?;
-        let embedder = Embedder::from_loaded(ctx, &mut loaded?, &spec).await?;
-        let max = embedder.encoder.config().max_tokens;
+    /// `pocketlm bench` of an embedding model on either backend: embeddings/s and tokens/s for
+    /// one input of 8, 32 and `long` tokens, then batches of 8 and 64 inputs of 32 tokens
+    /// (best of 5 after a warm-up; a batch counts from its first input to its last embedding).
+    async fn bench_embeddings(dev: &Dev, model: &str, long: usize) -> pocketlm::Result<ExitCode> {
+        let (spec, _, embedder) = load_embedder(dev, model).await?;
+        let encoder = &embedder.encoder;
+        let max = encoder.config().max_tokens;
         let text = "The quick brown fox jumps over the lazy dog. ".repeat(max);
         let (all, _) = embedder.tokenize(&text, true)?;
-        let input = |n: usize| -> Vec<u32> {
+        // n tokens ending with the tokenizer's end token; batch inputs start at different words.
+        let input = |n: usize, skip: usize| -> Vec<u32> {
             let n = n.clamp(2, all.len());
-            let mut ids = all[..n].to_vec();
+            let skip = skip % (all.len() - n + 1);
+            let mut ids = all[skip..skip + n].to_vec();
+            ids[0] = all[0];
             ids[n - 1] = *all.last().expect("a tokenized text");
             ids
         };
-        embedder.encoder.embed(ctx, &input(8)).await?;
+        encoder.embed_batch(dev.device(), &[input(8, 0)]).await?;
         println!(
-            "\n{spec}: one input per pass, best of 5\n\n{:>8} {:>14} {:>12} {:>10}",
-            "tokens", "embeddings/s", "tokens/s", "ms"
+            "\n{spec} on {}: best of 5\n\n{:>8} {:>7} {:>14} {:>12} {:>10}",
+            dev.describe(),
+            "tokens",
+            "batch",
+            "embeddings/s",
+            "tokens/s",
+            "ms"
         );
-        for n in [8, 32, long.min(max)] {
-            let ids = input(n);
+        let long = long.min(max);
+        for (n, batch) in [(8, 1), (32, 1), (long, 1), (32, 8), (32, 64)] {
+            let inputs: Vec<Vec<u32>> = (0..batch).map(|i| input(n, i)).collect();
             let mut best = f64::INFINITY;
             for _ in 0..5 {
                 let start = std::time::Instant::now();
-                embedder.encoder.embed(ctx, &ids).await?;
+                encoder.embed_batch(dev.device(), &inputs).await?;
                 best = best.min(start.elapsed().as_secs_f64());
             }
+            let tokens: usize = inputs.iter().map(Vec::len).sum();
             println!(
-                "{:>8} {:>14.2} {:>12.1} {:>10.1}",
-                ids.len(),
-                1.0 / best,
-                ids.len() as f64 / best,
+                "{:>8} {:>7} {:>14.2} {:>12.1} {:>10.1}",
+                n.min(all.len()),
+                batch,
+                batch as f64 / best,
+                tokens as f64 / best,
                 best * 1e3
             );
         }
@@ -882,7 +888,7 @@ mod cli {
             return Ok(ExitCode::FAILURE);
         }
         if is_encoder_folder(&resolve(model)?) {
-            return bench_embeddings(dev.gpu()?, model, prompt_tokens).await;
+            return bench_embeddings(dev, model, prompt_tokens).await;
         }
         let ctx: &GpuContext = match dev {
             Dev::Gpu(ctx) => ctx,

@@ -116,16 +116,32 @@ impl CpuEncoder {
     /// The last hidden states of one input of token ids (token type 0), `[tokens, hidden]`
     /// row-major. The input must hold 1 to `max_tokens` tokens.
     pub fn hidden_states(&self, cpu: &CpuContext, ids: &[u32]) -> Result<Vec<f32>> {
+        self.hidden_states_packed(cpu, &[ids])
+    }
+
+    /// The last hidden states of several inputs in one pass: their tokens packed one after
+    /// another, so each matrix product runs once over all of them, and each token attending
+    /// to its own input only. `[total tokens, hidden]` row-major, inputs in order; each input
+    /// must hold 1 to `max_tokens` tokens.
+    pub fn hidden_states_packed(&self, cpu: &CpuContext, inputs: &[&[u32]]) -> Result<Vec<f32>> {
         let c = &self.config;
-        let (n, hidden) = (ids.len(), c.hidden);
-        c.check_input(ids)?;
+        let hidden = c.hidden;
+        let mut starts = Vec::with_capacity(inputs.len() + 1);
+        starts.push(0);
+        for ids in inputs {
+            c.check_input(ids)?;
+            starts.push(starts.last().copied().unwrap_or(0) + ids.len());
+        }
+        let n = starts.last().copied().unwrap_or(0);
         let pool = cpu.pool();
         let mut h = vec![0f32; n * hidden];
         let mut part = vec![0f32; hidden];
-        for (t, &id) in ids.iter().enumerate() {
-            let row = &mut h[t * hidden..(t + 1) * hidden];
+        let tokens = inputs
+            .iter()
+            .flat_map(|ids| ids.iter().enumerate().map(|(position, &id)| (position, id)));
+        for ((position, id), row) in tokens.zip(h.chunks_exact_mut(hidden)) {
             kernels::table_row(&self.word, id as usize, 1.0, row)?;
-            for (table, r) in [(&self.position, t), (&self.token_type, 0)] {
+            for (table, r) in [(&self.position, position), (&self.token_type, 0)] {
                 kernels::table_row(table, r, 1.0, &mut part)?;
                 row.iter_mut().zip(&part).for_each(|(x, p)| *x += p);
             }
@@ -161,7 +177,7 @@ impl CpuEncoder {
             linear(&l.q, &h, &mut q, false)?;
             linear(&l.k, &h, &mut k, false)?;
             linear(&l.v, &h, &mut v, false)?;
-            kernels::attention(pool, &shape, &q, &k, &v, 0, &mut o);
+            kernels::attention_packed(pool, &shape, &q, &k, &v, &starts, &mut o);
             // h += o·Woᵀ + bo, then LayerNorm.
             linear(&l.o, &o, &mut h, true)?;
             kernels::layernorm_in_place(&mut h, &l.attn_norm.w, &l.attn_norm.b, c.eps);

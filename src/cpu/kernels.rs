@@ -187,13 +187,8 @@ pub fn attention(
     offset: usize,
     out: &mut [f32],
 ) {
-    let (hd, kvw) = (s.head_dim, s.kv_heads * s.head_dim);
-    let group = (s.heads / s.kv_heads.max(1)).max(1);
-    let tokens = q.len() / (s.heads * hd);
-    let positions = keys.len() / kvw.max(1);
-    let dst = Out(out.as_mut_ptr());
-    pool.run(tokens * s.heads, &|task| {
-        let (t, h) = (task / s.heads, task % s.heads);
+    let positions = keys.len() / (s.kv_heads * s.head_dim).max(1);
+    attend(pool, s, q, keys, values, out, &|t| {
         let pos = if s.bidirectional {
             positions - 1
         } else {
@@ -203,8 +198,48 @@ pub fn attention(
             Some(w) if pos + 1 > w => pos + 1 - w,
             _ => 0,
         };
+        (first, pos)
+    });
+}
+
+/// Bidirectional attention over inputs packed one after another (an encoder's batch): `starts`
+/// holds each input's first row and, last, the number of rows; token t sees the keys of its own
+/// input only. q, keys, values and `out` as in [`attention`], rows of all inputs together.
+pub fn attention_packed(
+    pool: &Pool,
+    s: &AttentionShape,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    starts: &[usize],
+    out: &mut [f32],
+) {
+    attend(pool, s, q, keys, values, out, &|t| {
+        let input = starts.partition_point(|&first| first <= t) - 1;
+        (starts[input], starts[input + 1] - 1)
+    });
+}
+
+/// One task per (token, head): token t's query attends to the key positions `visible(t)`
+/// (first and last, inclusive).
+fn attend(
+    pool: &Pool,
+    s: &AttentionShape,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    out: &mut [f32],
+    visible: &(dyn Fn(usize) -> (usize, usize) + Sync),
+) {
+    let (hd, kvw) = (s.head_dim, s.kv_heads * s.head_dim);
+    let group = (s.heads / s.kv_heads.max(1)).max(1);
+    let tokens = q.len() / (s.heads * hd);
+    let dst = Out(out.as_mut_ptr());
+    pool.run(tokens * s.heads, &|task| {
+        let (t, h) = (task / s.heads, task % s.heads);
+        let (first, last) = visible(t);
         let at = (t * s.heads + h) * hd;
-        let mut scores = Vec::with_capacity(pos + 1 - first);
+        let mut scores = Vec::with_capacity(last + 1 - first);
         // SAFETY: this task alone writes head h of token t.
         let head = unsafe { std::slice::from_raw_parts_mut(dst.at(at), hd) };
         ops::attention_head(
@@ -212,7 +247,7 @@ pub fn attention(
             keys,
             values,
             (kvw, (h / group) * hd),
-            (first, pos),
+            (first, last),
             s.scale,
             s.softcap,
             &mut scores,

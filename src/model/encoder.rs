@@ -553,6 +553,11 @@ impl Encoder {
     }
 }
 
+/// The most tokens an encoder pass on the CPU packs together: enough that the matrix products
+/// reuse each weight across many rows, small enough that the activations of a base-size model
+/// stay within tens of MB of (wasm) memory.
+pub const BATCH_TOKENS: usize = 2048;
+
 /// An encoder on either backend (one per model: the size difference does not matter).
 #[allow(clippy::large_enum_variant)]
 pub enum AnyEncoder {
@@ -583,6 +588,51 @@ impl AnyEncoder {
         }
     }
 
+    /// Several inputs' embeddings, in order. On the CPU they run packed together, as many as
+    /// fit in [`BATCH_TOKENS`] tokens per pass (an input longer than that runs alone); on the GPU
+    /// one input per pass so far.
+    pub async fn embed_batch(
+        &self,
+        dev: impl Into<Device<'_>>,
+        inputs: &[Vec<u32>],
+    ) -> Result<Vec<Vec<f32>>> {
+        let dev = dev.into();
+        let mut out = Vec::with_capacity(inputs.len());
+        match (self, dev) {
+            (AnyEncoder::Cpu(e), Device::Cpu(cpu)) => {
+                let c = e.config();
+                let mut rest = inputs;
+                while !rest.is_empty() {
+                    let mut total = 0;
+                    let take = rest
+                        .iter()
+                        .take_while(|ids| {
+                            total += ids.len();
+                            total <= BATCH_TOKENS
+                        })
+                        .count()
+                        .max(1);
+                    let (batch, after) = rest.split_at(take);
+                    let refs: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
+                    let hidden = e.hidden_states_packed(cpu, &refs)?;
+                    let mut rows = hidden.as_slice();
+                    for ids in batch {
+                        let (mine, next) = rows.split_at(ids.len() * c.hidden);
+                        out.push(pool(mine, c.hidden, c.pooling, c.normalize));
+                        rows = next;
+                    }
+                    rest = after;
+                }
+            }
+            _ => {
+                for ids in inputs {
+                    out.push(self.embed(dev, ids).await?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub fn destroy(&self) {
         if let AnyEncoder::Gpu(e) = self {
             e.destroy();
@@ -598,10 +648,11 @@ pub struct Embedder {
     pub name: String,
 }
 
-/// One input of [`Embedder::embed_inputs`]: a text, or token ids of the model's vocabulary.
+/// One input of [`Embedder::embed_inputs`]: a text (borrowed or owned), or token ids of the
+/// model's vocabulary.
 #[derive(Clone, Debug, PartialEq)]
 pub enum EmbedInput<'a> {
-    Text(&'a str),
+    Text(std::borrow::Cow<'a, str>),
     Ids(Vec<u32>),
 }
 
@@ -703,14 +754,15 @@ impl Embedder {
         Ok((ids, true))
     }
 
-    /// Embeds each text, one after the other.
+    /// Embeds the texts, batched as [`Embedder::embed_inputs`] does.
     pub async fn embed_texts(
         &self,
         dev: impl Into<Device<'_>>,
         texts: &[&str],
         truncate: bool,
     ) -> Result<Vec<Embedding>> {
-        let inputs: Vec<EmbedInput<'_>> = texts.iter().map(|t| EmbedInput::Text(t)).collect();
+        let inputs: Vec<EmbedInput<'_>> =
+            texts.iter().map(|&t| EmbedInput::Text(t.into())).collect();
         self.embed_inputs(dev, &inputs, truncate).await
     }
 
@@ -725,7 +777,7 @@ impl Embedder {
     ) -> Result<(Vec<u32>, bool)> {
         let max = self.encoder.config().max_tokens;
         match input {
-            EmbedInput::Text("") => Err(Error::InvalidRequest(format!(
+            EmbedInput::Text(text) if text.is_empty() => Err(Error::InvalidRequest(format!(
                 "input {index} is an empty string: there is nothing to embed"
             ))),
             EmbedInput::Text(text) => self.tokenize(text, truncate),
@@ -754,28 +806,31 @@ impl Embedder {
         }
     }
 
-    /// Embeds each input, one after the other; every input is checked before any runs.
+    /// Embeds the inputs, batched as [`AnyEncoder::embed_batch`] does; every input is checked
+    /// before any runs.
     pub async fn embed_inputs(
         &self,
         dev: impl Into<Device<'_>>,
         inputs: &[EmbedInput<'_>],
         truncate: bool,
     ) -> Result<Vec<Embedding>> {
-        let ids = inputs
+        let (ids, truncated): (Vec<Vec<u32>>, Vec<bool>) = inputs
             .iter()
             .enumerate()
             .map(|(i, input)| self.input_ids(i, input, truncate))
-            .collect::<Result<Vec<_>>>()?;
-        let dev = dev.into();
-        let mut out = Vec::with_capacity(ids.len());
-        for (ids, truncated) in ids {
-            out.push(Embedding {
-                vector: self.encoder.embed(dev, &ids).await?,
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
+        let vectors = self.encoder.embed_batch(dev, &ids).await?;
+        Ok(vectors
+            .into_iter()
+            .zip(ids.iter().zip(truncated))
+            .map(|(vector, (ids, truncated))| Embedding {
+                vector,
                 tokens: ids.len(),
                 truncated,
-            });
-        }
-        Ok(out)
+            })
+            .collect())
     }
 
     pub fn destroy(&self) {

@@ -119,20 +119,13 @@ export function embeddingRequest(request) {
   else if (Array.isArray(input) && input.length > 0 && input.every((x) => typeof x === "number")) inputs = [input];
   else if (Array.isArray(input)) inputs = input;
   else throw invalid(`input must be a string, an array of strings, an array of token ids or an array of arrays of token ids, not ${show(input)}`);
-  if (inputs.length === 0) throw invalid("input is an empty list: there is nothing to embed");
-  inputs.forEach((x, i) => {
-    if (typeof x !== "string" && !(Array.isArray(x) && x.every((t) => Number.isSafeInteger(t) && t >= 0))) {
-      throw invalid(`input ${i} must be a string or an array of token ids (non-negative integers), not ${show(x)}`);
-    }
-  });
+  // The package encodes base64 itself; each input, `dimensions` and `truncate` are checked by
+  // the engine (src/web.rs, `EmbeddingModel::embed`), once, with the model's numbers.
   const format = request.encoding_format ?? "float";
   if (format !== "float" && format !== "base64") throw invalid(`encoding_format must be "float" or "base64", not ${show(format)}`);
   const options = {};
-  const dimensions = integer(request, "dimensions", { min: 1 });
-  if (dimensions !== undefined) options.dimensions = dimensions;
-  if (request.truncate !== undefined) {
-    if (typeof request.truncate !== "boolean") throw invalid(`truncate must be a boolean, not ${show(request.truncate)}`);
-    options.truncate = request.truncate;
+  for (const name of ["dimensions", "truncate"]) {
+    if (request[name] !== undefined && request[name] !== null) options[name] = request[name];
   }
   return { inputs, options, format };
 }

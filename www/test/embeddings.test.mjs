@@ -124,6 +124,9 @@ test("bad embedding requests are typed errors with the numbers", async () => {
         emptyString: await attempt({ input: ["a", ""] }),
         vocab: await attempt({ input: [[101, 30522, 102]] }),
         dimensions: await attempt({ input: "a", dimensions: 385 }),
+        dimensionsType: await attempt({ input: "a", dimensions: "128" }),
+        truncateType: await attempt({ input: "a", truncate: "no" }),
+        item: await attempt({ input: ["a", [101, 1.5, 102]] }),
         format: await attempt({ input: "a", encoding_format: "int8" }),
         overflow: await attempt({ input: long, truncate: false }),
         chat: await embedder.chat.completions.create({ messages: [{ role: "user", content: "hi" }] }).then(() => null, (e) => ({ code: e.code, message: e.message })),
@@ -136,6 +139,12 @@ test("bad embedding requests are typed errors with the numbers", async () => {
   assert.match(r.emptyString.message, /input 1 is an empty string/);
   assert.match(r.vocab.message, /token id 30522 \(position 1\) is outside the vocabulary of 30522/);
   assert.match(r.dimensions.message, /dimensions must be an integer from 1 to 384/);
+  assert.equal(r.dimensionsType.code, "invalid_request");
+  assert.match(r.dimensionsType.message, /dimensions must be an integer from 1 to 384 .*not "128"/);
+  assert.equal(r.truncateType.code, "invalid_request");
+  assert.match(r.truncateType.message, /truncate must be a boolean, not "no"/);
+  assert.equal(r.item.code, "invalid_request");
+  assert.match(r.item.message, /input 1 must be a string or an array of token ids/);
   assert.match(r.format.message, /encoding_format/);
   assert.equal(r.overflow.code, "context_overflow");
   assert.match(r.overflow.message, /256/);
