@@ -31,8 +31,12 @@ var<workgroup> m_s: array<f32, R>;
 var<workgroup> alpha_s: array<f32, R>;
 
 // The end (exclusive) of the cache positions the step's token t sees: up to its own position,
-// or with p.bidirectional every position of the step.
+// with p.bidirectional every position of the step, and with p.packed (an encoder's inputs packed
+// one after another) those of its own input, segments[t] = (first, end).
 fn visible_end(t: u32) -> u32 {
+    if (p.packed != 0u) {
+        return segments[t].y;
+    }
     if (p.bidirectional != 0u) {
         return step.offset + step.n_tokens;
     }
@@ -51,8 +55,12 @@ fn row_limit(r: u32, t0: u32, hb: u32) -> u32 {
 }
 
 // The first cache position row r sees: with a sliding window of W positions, the query at
-// position q sees keys q - W + 1 ..= q (transformers' sliding-window mask); otherwise 0.
+// position q sees keys q - W + 1 ..= q (transformers' sliding-window mask); packed, the first of
+// its input; otherwise 0.
 fn row_low(r: u32, t0: u32) -> u32 {
+    if (p.packed != 0u) {
+        return segments[min(t0 + r / GB, step.n_tokens - 1u)].x;
+    }
     let pos = step.offset + t0 + r / GB;
     if (p.window > 0u && pos + 1u > p.window) {
         return pos + 1u - p.window;
@@ -119,6 +127,11 @@ fn attention(
         return;
     }
     let c1 = min(c0 + p.chunk_len, hi);
+    // Packed, no row sees a key before its first token's input (and attention_combine reads no
+    // chunk that ends there).
+    if (p.packed != 0u && c1 <= row_low(0u, t0)) {
+        return;
+    }
 
     for (var e = li; e < R * HD; e += WG) {
         let r = e / HD;

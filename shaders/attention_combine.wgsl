@@ -1,6 +1,6 @@
 // Combines the per-chunk results of attention.wgsl: for each query row (token t, head h) and
 // element d, with the chunks c that hold at least one visible key (c * chunk_len <= position,
-// or with p.bidirectional <= the step's last position):
+// or with p.bidirectional <= the step's last position; packed, those of token t's own input):
 //   M = max m_c,  out = sum_c o_c[d] * exp(m_c - M) / sum_c l_c * exp(m_c - M).
 // One invocation per output element; tokens past the step exit at once.
 // Prelude: WG, and the bindings of `COMBINE` (src/kernels/attention.rs).
@@ -20,16 +20,23 @@ fn attention_combine(
     if (t >= step.n_tokens) {
         return;
     }
-    let last = select(step.offset + t, step.offset + step.n_tokens - 1u, p.bidirectional != 0u);
+    var last = select(step.offset + t, step.offset + step.n_tokens - 1u, p.bidirectional != 0u);
+    var first = 0u;
+    if (p.packed != 0u) {
+        // Packed inputs: the chunks of token t's own input only.
+        let s = segments[t];
+        first = s.x / p.chunk_len;
+        last = s.y - 1u;
+    }
     let n = min(last / p.chunk_len + 1u, p.n_chunks);
     let base = row * p.n_chunks;
     var mx = NEG;
-    for (var c = 0u; c < n; c++) {
+    for (var c = first; c < n; c++) {
         mx = max(mx, part_ml[base + c].x);
     }
     var l = 0.0;
     var o = 0.0;
-    for (var c = 0u; c < n; c++) {
+    for (var c = first; c < n; c++) {
         let ml = part_ml[base + c];
         let w = exp(ml.x - mx);
         l = fma(ml.y, w, l);

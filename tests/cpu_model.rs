@@ -12,13 +12,13 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{
-    assert_greedy_cases, assert_logits_close, cosine_distance, fixture_json, numbers,
-    read_f32_file, token_ids, TINY_GGUF_FIXTURES,
+    assert_greedy_cases, assert_logits_close, check_tiny_bert, cosine_distance, fixture_json,
+    numbers, read_f32_file, token_ids, TINY_GGUF_FIXTURES,
 };
 use pocketlm::cpu::{CpuContext, CpuDecoder, CpuEncoder, HostTensor};
 use pocketlm::engine::{Engine, EngineOptions};
 use pocketlm::load::{load_directory, load_native, LoadOptions, LoadedModelFiles};
-use pocketlm::model::encoder::{pool, AnyEncoder, BATCH_TOKENS};
+use pocketlm::model::encoder::AnyEncoder;
 use pocketlm::model::{EmbedInput, Embedder, EncoderConfig, ModelConfig};
 
 fn cpu() -> &'static CpuContext {
@@ -179,61 +179,16 @@ fn tiny_bert_matches_transformers_on_the_cpu() {
     let mut model: LoadedModelFiles<HostTensor> =
         pollster::block_on(load_directory(cpu(), &dir, 2, LoadOptions::default())).unwrap();
     let config = EncoderConfig::from_companions(&model.companions, "tiny-bert").unwrap();
-    let encoder = CpuEncoder::new(config, &mut model.tensors).unwrap();
-    let c = encoder.config().clone();
-    let reference = fixture_json("models/tiny-bert/reference.json");
-    let hidden = read_f32_file(&dir.join("hidden.f32"));
-    let mut at = 0;
-    for (i, input) in reference["inputs"].as_array().unwrap().iter().enumerate() {
-        let ids = token_ids(input);
-        let n = ids.len();
-        let want = &hidden[at..at + n * c.hidden];
-        at += n * c.hidden;
-        let got = encoder.hidden_states(cpu(), &ids).unwrap();
-        let worst = got
-            .iter()
-            .zip(want)
-            .map(|(g, w)| (g - w).abs())
-            .fold(0.0f32, f32::max);
-        assert!(worst < 1e-5, "input {i} ({n} tokens): max |error| {worst}");
-        let embedding = pool(&got, c.hidden, c.pooling, c.normalize);
-        let distance = cosine_distance(&embedding, &numbers(&reference["embeddings"][i]));
-        assert!(distance < 1e-5, "input {i}: cosine distance {distance:e}");
-    }
-    assert_eq!(at, hidden.len(), "every reference row was compared");
-
-    // All inputs packed in one pass: the same rows, each input seeing only its own tokens.
-    let inputs: Vec<Vec<u32>> = reference["inputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(token_ids)
-        .collect();
-    let refs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
-    let packed = encoder.hidden_states_packed(cpu(), &refs).unwrap();
-    assert_eq!(packed.len(), hidden.len());
-    let worst = packed
-        .iter()
-        .zip(&hidden)
-        .map(|(g, w)| (g - w).abs())
-        .fold(0.0f32, f32::max);
-    assert!(worst < 1e-5, "packed inputs: max |error| {worst}");
-
-    // More inputs than one pass packs: split into passes, each embedding as the reference's.
-    let encoder = AnyEncoder::Cpu(encoder);
-    let per_round: usize = inputs.iter().map(Vec::len).sum();
-    let rounds = BATCH_TOKENS / per_round + 2;
-    let many: Vec<Vec<u32>> = (0..rounds).flat_map(|_| inputs.iter().cloned()).collect();
-    let embeddings = pollster::block_on(encoder.embed_batch(cpu(), &many)).unwrap();
-    assert_eq!(embeddings.len(), many.len());
-    for (j, e) in embeddings.iter().enumerate() {
-        let i = j % inputs.len();
-        let distance = cosine_distance(e, &numbers(&reference["embeddings"][i]));
-        assert!(
-            distance < 1e-5,
-            "input {j} (reference {i}): cosine distance {distance:e}"
-        );
-    }
+    let width = config.hidden;
+    let encoder = AnyEncoder::Cpu(CpuEncoder::new(config, &mut model.tensors).unwrap());
+    let AnyEncoder::Cpu(on_cpu) = &encoder else {
+        unreachable!()
+    };
+    check_tiny_bert(
+        width,
+        |inputs| on_cpu.hidden_states_packed(cpu(), inputs).unwrap(),
+        |inputs| pollster::block_on(encoder.embed_batch(cpu(), inputs)).unwrap(),
+    );
 }
 
 #[test]

@@ -184,7 +184,11 @@ proptest! {
                                    window in prop_oneof![2 => Just(None), 1 => (1usize..=64).prop_map(Some)],
                                    softcap in prop_oneof![2 => Just(None), 1 => (1.0f32..=50.0).prop_map(Some)],
                                    bidirectional in prop_oneof![3 => Just(false), 1 => Just(true)],
+                                   inputs in 0usize..=5,
                                    seed in any::<u64>()) {
+        // Packed inputs (an encoder's batch) start at position 0.
+        let packed = if bidirectional { inputs.min(tokens) } else { 0 };
+        let offset = if packed > 0 { 0 } else { offset };
         attention_case(AttentionCase {
             tokens,
             spare,
@@ -199,6 +203,7 @@ proptest! {
             window: if bidirectional { None } else { window },
             softcap,
             bidirectional,
+            packed,
         }, seed);
     }
 }
@@ -230,6 +235,7 @@ fn attention_edge_shapes() {
         window: None,
         softcap: None,
         bidirectional: false,
+        packed: 0,
     };
     let cases = [
         base,
@@ -329,6 +335,44 @@ fn attention_edge_shapes() {
             head_dim: 32,
             chunk_len: Some(8),
             bidirectional: true,
+            ..base
+        },
+        // An encoder's batch: inputs packed one after another, each token seeing its own input
+        // only, in one chunk, in many chunks (inputs across chunk edges), and one per token.
+        AttentionCase {
+            tokens: 70,
+            offset: 0,
+            max_ctx: 80,
+            n_heads: 12,
+            n_kv_heads: 12,
+            head_dim: 32,
+            bidirectional: true,
+            packed: 5,
+            ..base
+        },
+        AttentionCase {
+            tokens: 150,
+            spare: 1,
+            offset: 0,
+            max_ctx: 151,
+            n_heads: 4,
+            n_kv_heads: 4,
+            head_dim: 64,
+            chunk_len: Some(16),
+            bidirectional: true,
+            packed: 9,
+            ..base
+        },
+        AttentionCase {
+            tokens: 6,
+            offset: 0,
+            max_ctx: 6,
+            n_heads: 2,
+            n_kv_heads: 2,
+            head_dim: 16,
+            chunk_len: Some(2),
+            bidirectional: true,
+            packed: 6,
             ..base
         },
     ];
@@ -559,6 +603,7 @@ fn prefill_then_decode_reuses_dispatches() {
             window: 0,
             softcap: 0.0,
             bidirectional: false,
+            packed: 0,
         };
         let split = AttentionSplit {
             chunk_len: g.tile.0,
@@ -688,6 +733,30 @@ fn bad_input_is_a_typed_error() {
         ..AttentionOptions::default()
     };
     expect_err(att(&q, &out, 0, &bad_cap), "shape_mismatch", "softcap");
+    let rows = q.shape()[0];
+    let segments = ctx
+        .upload_i32("segments", &[rows, 2], &vec![0; 2 * rows])
+        .unwrap();
+    let causal_packed = AttentionOptions {
+        segments: Some(segments.clone()),
+        ..AttentionOptions::default()
+    };
+    expect_err(
+        att(&q, &out, 0, &causal_packed),
+        "shape_mismatch",
+        "bidirectional",
+    );
+    let short = ctx.upload_i32("short segments", &[1, 2], &[0, 1]).unwrap();
+    let bad_segments = AttentionOptions {
+        segments: Some(short),
+        bidirectional: true,
+        ..AttentionOptions::default()
+    };
+    expect_err(
+        att(&q, &out, 0, &bad_segments),
+        "shape_mismatch",
+        "segments",
+    );
     let big = KvCache::new(ctx, 1, 4, 1, 300).unwrap();
     let qb = z("q_big", &[4, 1, 300]);
     let ob = z("o_big", &[4, 1, 300]);

@@ -9,8 +9,9 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{cosine_distance, ctx, fixture_json, numbers, read_f32_file, token_ids};
+use common::{check_tiny_bert, ctx};
 use pocketlm::load::{load_directory, LoadOptions};
+use pocketlm::model::encoder::AnyEncoder;
 use pocketlm::model::{Encoder, EncoderConfig};
 
 fn folder() -> PathBuf {
@@ -29,37 +30,15 @@ fn tiny_bert_matches_transformers() {
     let encoder = load();
     let c = encoder.config().clone();
     assert!(c.normalize);
-    let reference = fixture_json("models/tiny-bert/reference.json");
-    let hidden = read_f32_file(&folder().join("hidden.f32"));
-    let mut at = 0;
-    for (i, input) in reference["inputs"].as_array().unwrap().iter().enumerate() {
-        let ids = token_ids(input);
-        let n = ids.len();
-        let want = &hidden[at..at + n * c.hidden];
-        at += n * c.hidden;
-        let got = pollster::block_on(encoder.hidden_states(ctx(), &ids)).unwrap();
-        assert_eq!(got.len(), want.len());
-        // LayerNorm outputs are O(1); summation orders differ between the GPU and PyTorch (about
-        // 1e-6 here).
-        let worst = got
-            .iter()
-            .zip(want)
-            .map(|(g, w)| (g - w).abs())
-            .fold(0.0f32, f32::max);
-        assert!(worst < 1e-5, "input {i} ({n} tokens): max |error| {worst}");
-
-        let embedding = pollster::block_on(encoder.embed(ctx(), &ids)).unwrap();
-        let want = numbers(&reference["embeddings"][i]);
-        let norm = embedding.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>();
-        assert!((norm - 1.0).abs() < 1e-6, "input {i}: |e|² = {norm}");
-        let distance = cosine_distance(&embedding, &want);
-        assert!(
-            distance < 1e-5,
-            "input {i} ({n} tokens): cosine distance {distance:e}"
-        );
-        println!("input {i} ({n} tokens): max |error| {worst:e}, cosine distance {distance:e}");
-    }
-    assert_eq!(at, hidden.len(), "every reference row was compared");
+    let encoder = AnyEncoder::Gpu(encoder);
+    let AnyEncoder::Gpu(gpu) = &encoder else {
+        unreachable!()
+    };
+    check_tiny_bert(
+        c.hidden,
+        |inputs| pollster::block_on(gpu.hidden_states_packed(ctx(), inputs)).unwrap(),
+        |inputs| pollster::block_on(encoder.embed_batch(ctx(), inputs)).unwrap(),
+    );
 }
 
 #[test]

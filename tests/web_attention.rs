@@ -92,6 +92,24 @@ async fn attention_matches_reference_in_browser() {
             window: Some(12),
             softcap: Some(20.0),
             bidirectional: false,
+            packed: 0,
+        },
+        // An encoder's batch: 4 inputs packed, across chunk edges.
+        AttentionCase {
+            tokens: 30,
+            spare: 0,
+            n_heads: 4,
+            n_kv_heads: 4,
+            head_dim: 32,
+            offset: 0,
+            max_ctx: 30,
+            cache: Some(DType::F32),
+            scale: None,
+            chunk_len: Some(8),
+            window: None,
+            softcap: None,
+            bidirectional: true,
+            packed: 4,
         },
     ];
     let mut rng = Rng::new(0xA77E);
@@ -113,6 +131,7 @@ async fn attention_matches_reference_in_browser() {
             window: None,
             softcap: None,
             bidirectional: i % 2 == 1,
+            packed: 0,
         });
     }
     for (i, case) in cases.iter().enumerate() {

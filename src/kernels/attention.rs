@@ -553,6 +553,10 @@ pub struct AttentionOptions {
     /// Every token of the step sees every position of the step (and the cache before it), not
     /// only those up to its own: an encoder's attention. Not with a sliding window.
     pub bidirectional: bool,
+    /// Inputs packed one after another in the step (an encoder's batch; bidirectional only):
+    /// per step token, the cache positions `[first, end)` of its own input as a pair of 32-bit
+    /// integers (`[tokens, 2]`); each token sees only those.
+    pub segments: Option<GpuTensor>,
 }
 
 /// Buffers for the per-chunk partial results, shareable by every layer with the same shapes.
@@ -700,6 +704,8 @@ crate::uniform! {
         softcap: f32,
         /// 1: every token sees the whole step (encoders); 0: causal.
         bidirectional: u32,
+        /// 1: each token sees only its own input's positions, `segments[t]`.
+        packed: u32,
     }
 }
 
@@ -710,6 +716,7 @@ crate::uniform! {
         chunk_len: u32,
         head_dim: u32,
         bidirectional: u32,
+        packed: u32,
     }
 }
 
@@ -721,11 +728,13 @@ const V_ATTEND: Slot = Slot::read("v_cache", "u32");
 const OUT: Slot = Slot::read_write("out", "f32");
 /// (m, l) per `[tokens · n_heads, n_chunks]`; not written when SINGLE (but bound).
 const PART_ML: Slot = Slot::read_write("part_ml", "vec2<f32>");
+/// Packed inputs: each token's `[first, end)` cache positions (bound but unread otherwise).
+const SEGMENTS: Slot = Slot::read("segments", "vec2<u32>");
 const ATTENTION: Kernel = Kernel::new(
     "attention",
     ATTENTION_SRC,
     "attention",
-    Interface::new::<AttentionParams>(&[STEP, Q, K_ATTEND, V_ATTEND, OUT, PART_ML]),
+    Interface::new::<AttentionParams>(&[STEP, Q, K_ATTEND, V_ATTEND, OUT, PART_ML, SEGMENTS]),
 );
 /// The combine pass reads the partial outputs and (m, l) pairs and writes the output.
 const PART_O: Slot = Slot::read("part_o", "f32");
@@ -734,7 +743,7 @@ const COMBINE: Kernel = Kernel::new(
     "attention_combine",
     COMBINE_SRC,
     "attention_combine",
-    Interface::new::<CombineParams>(&[STEP, PART_O, PART_ML_IN, OUT]),
+    Interface::new::<CombineParams>(&[STEP, PART_O, PART_ML_IN, OUT, SEGMENTS]),
 );
 
 /// Causal grouped-query attention of `q` [tokens, n_heads, head_dim] (f32) against `layer` of the
@@ -833,6 +842,26 @@ pub async fn attention(
         Some(w) if w < step.max_positions() => dim(NAME, "window", w)?,
         _ => 0,
     };
+    if let Some(seg) = &options.segments {
+        if !options.bidirectional {
+            return Err(mismatch(
+                NAME,
+                "packed inputs (segments) are for bidirectional attention".into(),
+            ));
+        }
+        if seg.shape() != [step.max_tokens(), 2] || seg.dtype() != DType::I32 {
+            return Err(mismatch(
+                NAME,
+                format!(
+                    "segments '{}' must be [{}, 2] 32-bit integers, got {:?} {:?}",
+                    seg.name(),
+                    step.max_tokens(),
+                    seg.shape(),
+                    seg.dtype()
+                ),
+            ));
+        }
+    }
     let softcap = options.softcap.unwrap_or(0.0);
     if !(softcap.is_finite() && softcap >= 0.0) {
         return Err(mismatch(
@@ -942,6 +971,7 @@ pub async fn attention(
         window,
         softcap,
         bidirectional: u32::from(options.bidirectional),
+        packed: u32::from(options.segments.is_some()),
     };
     dim(
         NAME,
@@ -951,11 +981,21 @@ pub async fn attention(
     let groups = (pl.token_blocks * pl.head_blocks * nkv) as u64 * n_chunks as u64;
     let wg = grid(ctx, NAME, groups)?;
     let (kc, vc) = &cache.layers[layer];
+    // Without packed inputs the segments binding is declared but never read.
+    let unpacked;
+    let segments = match &options.segments {
+        Some(seg) => &seg.buffer,
+        None => {
+            unpacked = ctx.zeros("attention unpacked", &[1, 2], DType::I32)?;
+            &unpacked.buffer
+        }
+    };
     let inputs = [
         step.bind(),
         (Q, &q.buffer),
         (K_ATTEND, &kc.buffer),
         (V_ATTEND, &vc.buffer),
+        (SEGMENTS, segments),
     ];
     let mut dispatches = Vec::with_capacity(2);
     match &scratch {
@@ -977,6 +1017,7 @@ pub async fn attention(
                 chunk_len: chunk_len as u32,
                 head_dim: hd as u32,
                 bidirectional: u32::from(options.bidirectional),
+                packed: u32::from(options.segments.is_some()),
             };
             let elems = dim(NAME, "output elements", rows * hd)?;
             let cwg = grid(ctx, "attention_combine", u64::from(elems.div_ceil(WG)))?;
@@ -985,6 +1026,7 @@ pub async fn attention(
                 (PART_O, &s.part_o.buffer),
                 (PART_ML_IN, &s.part_ml.buffer),
                 (OUT, &out.buffer),
+                (SEGMENTS, segments),
             ];
             dispatches.push(build(ctx, &COMBINE, &cspec, &cparams, &binds, cwg).await?);
         }
@@ -1227,6 +1269,9 @@ pub mod check {
         pub softcap: Option<f32>,
         /// Every token sees the whole step.
         pub bidirectional: bool,
+        /// Bidirectional from position 0: the step is this many inputs packed one after another
+        /// (`reference::packed_starts`); 0: not packed.
+        pub packed: usize,
     }
 
     impl AttentionCase {
@@ -1246,6 +1291,7 @@ pub mod check {
                 window: None,
                 softcap: None,
                 bidirectional: false,
+                packed: 0,
             }
         }
     }
@@ -1275,6 +1321,12 @@ pub mod check {
             }
             if let Some(c) = self.softcap {
                 write!(f, ", softcap {c}")?;
+            }
+            if self.bidirectional {
+                write!(f, ", bidirectional")?;
+            }
+            if self.packed > 0 {
+                write!(f, ", {} inputs packed", self.packed)?;
             }
             Ok(())
         }
@@ -1340,6 +1392,20 @@ pub mod check {
         let mut step = StepState::new(ctx, rows, max_ctx)?;
         step.set(ctx, offset, tokens)?;
         let write = kv_write(ctx, &step, &cache, layer, &kt, &vt).await?;
+        let segments = match case.packed {
+            0 => None,
+            inputs => {
+                let starts = reference::packed_starts(tokens, inputs);
+                let mut pairs = vec![0i32; 2 * rows];
+                for w in starts.windows(2) {
+                    for t in w[0]..w[1] {
+                        pairs[2 * t] = w[0] as i32;
+                        pairs[2 * t + 1] = w[1] as i32;
+                    }
+                }
+                Some(ctx.upload_i32("segments", &[rows, 2], &pairs)?)
+            }
+        };
         let opts = AttentionOptions {
             scale: case.scale,
             chunk_len: case.chunk_len,
@@ -1347,6 +1413,7 @@ pub mod check {
             window: case.window,
             softcap: case.softcap,
             bidirectional: case.bidirectional,
+            segments,
         };
         let att = attention(ctx, &step, &qt, &cache, layer, &ot, &opts).await?;
         let (kc, vc) = cache.layer(layer).expect("layer 1 exists");
@@ -1384,6 +1451,7 @@ pub mod check {
             window: case.window.filter(|&w| w < max_ctx).unwrap_or(0),
             softcap: case.softcap.unwrap_or(0.0),
             bidirectional: case.bidirectional,
+            packed: case.packed,
         };
         let split = AttentionSplit {
             chunk_len: att.chunk_len(),

@@ -349,7 +349,9 @@ pub struct Encoder {
     token_type: GpuTensor,
     embed_norm: Norm,
     layers: Vec<EncoderLayer>,
-    /// Keys and values of the input being encoded (f32: the exact path).
+    /// Keys and values of the layer being run, for up to [`BATCH_TOKENS`] tokens (or one input
+    /// of `max_tokens`): the layers run one after another, so one layer's cache serves all. f32:
+    /// the exact path.
     kv: KvCache,
 }
 
@@ -419,7 +421,8 @@ impl Encoder {
                 ffn_norm,
             });
         }
-        let kv = KvCache::with_dtype(ctx, c.layers, c.max_tokens, c.heads, c.head_dim, DType::F32)?;
+        let positions = BATCH_TOKENS.max(c.max_tokens);
+        let kv = KvCache::with_dtype(ctx, 1, positions, c.heads, c.head_dim, DType::F32)?;
         Ok(Encoder {
             config,
             word,
@@ -438,15 +441,42 @@ impl Encoder {
     /// The last hidden states of one input of token ids (token type 0), `[tokens, hidden]`
     /// row-major. The input must hold 1 to `max_tokens` tokens.
     pub async fn hidden_states(&self, ctx: &GpuContext, ids: &[u32]) -> Result<Vec<f32>> {
+        self.hidden_states_packed(ctx, &[ids]).await
+    }
+
+    /// The last hidden states of several inputs in one pass: their tokens packed one after
+    /// another (at most [`BATCH_TOKENS`] in all, or one input), so each matrix product runs once
+    /// over all of them, and each token attending to its own input only. `[total tokens,
+    /// hidden]` row-major, inputs in order; each input must hold 1 to `max_tokens` tokens.
+    pub async fn hidden_states_packed(
+        &self,
+        ctx: &GpuContext,
+        inputs: &[&[u32]],
+    ) -> Result<Vec<f32>> {
         let c = &self.config;
+        let (mut ids, mut positions, mut segments) = (Vec::new(), Vec::new(), Vec::new());
+        for input in inputs {
+            c.check_input(input)?;
+            let (first, end) = (ids.len() as i32, (ids.len() + input.len()) as i32);
+            ids.extend(input.iter().map(|&x| x as i32));
+            positions.extend(0..input.len() as i32);
+            segments.extend(input.iter().flat_map(|_| [first, end]));
+        }
         let n = ids.len();
-        c.check_input(ids)?;
+        if inputs.len() > 1 && n > BATCH_TOKENS {
+            return Err(Error::InvalidRequest(format!(
+                "{} inputs of {n} tokens in all are more than the {BATCH_TOKENS} one pass packs",
+                inputs.len()
+            )));
+        }
+        if n == 0 {
+            return Err(Error::InvalidRequest("there is no input to encode".into()));
+        }
         let f32z = |name: &str, shape: &[usize]| ctx.zeros(name, shape, DType::F32);
-        let as_i32 = |v: &[u32]| v.iter().map(|&x| x as i32).collect::<Vec<i32>>();
-        let positions: Vec<u32> = (0..n as u32).collect();
-        let ids_t = ctx.upload_i32("ids", &[n], &as_i32(ids))?;
-        let pos_t = ctx.upload_i32("positions", &[n], &as_i32(&positions))?;
+        let ids_t = ctx.upload_i32("ids", &[n], &ids)?;
+        let pos_t = ctx.upload_i32("positions", &[n], &positions)?;
         let types_t = ctx.upload_i32("token types", &[n], &vec![0; n])?;
+        let segments = ctx.upload_i32("segments", &[n, 2], &segments)?;
         let mut step = StepState::new(ctx, n, n)?;
         step.set(ctx, 0, n)?;
         let x = f32z("x", &[n, c.hidden])?;
@@ -482,16 +512,17 @@ impl Encoder {
             .await?,
         ];
         let mut scratch: Option<AttentionScratch> = None;
-        for (l, w) in self.layers.iter().enumerate() {
+        for w in &self.layers {
             let plain = Linear::default();
             d.extend(w.qkv.record(ctx, &h, &[&q, &k, &v], &plain).await?);
-            d.push(kernels::kv_write(ctx, &step, &self.kv, l, &k3, &v3).await?);
+            d.push(kernels::kv_write(ctx, &step, &self.kv, 0, &k3, &v3).await?);
             let opts = AttentionOptions {
                 scratch: scratch.clone(),
                 bidirectional: true,
+                segments: Some(segments.clone()),
                 ..Default::default()
             };
-            let att = kernels::attention(ctx, &step, &q3, &self.kv, l, &o3, &opts).await?;
+            let att = kernels::attention(ctx, &step, &q3, &self.kv, 0, &o3, &opts).await?;
             scratch = att.scratch().cloned();
             d.extend(att.dispatches().iter().cloned());
             // h += o·Woᵀ + bo, then h2 = LayerNorm(h).
@@ -575,60 +606,51 @@ impl AnyEncoder {
 
     /// One input's embedding, on the device the encoder lives on.
     pub async fn embed(&self, dev: impl Into<Device<'_>>, ids: &[u32]) -> Result<Vec<f32>> {
-        match (self, dev.into()) {
-            (AnyEncoder::Gpu(e), Device::Gpu(ctx)) => e.embed(ctx, ids).await,
-            (AnyEncoder::Cpu(e), Device::Cpu(cpu)) => {
-                let c = e.config();
-                let hidden = e.hidden_states(cpu, ids)?;
-                Ok(pool(&hidden, c.hidden, c.pooling, c.normalize))
-            }
-            _ => Err(Error::InvalidRequest(
-                "this embedding model was loaded on the other backend".into(),
-            )),
-        }
+        let mut one = self.embed_batch(dev, &[ids.to_vec()]).await?;
+        Ok(one.pop().expect("one embedding per input"))
     }
 
-    /// Several inputs' embeddings, in order. On the CPU they run packed together, as many as
-    /// fit in [`BATCH_TOKENS`] tokens per pass (an input longer than that runs alone); on the GPU
-    /// one input per pass so far.
+    /// Several inputs' embeddings, in order: packed together, as many as fit in
+    /// [`BATCH_TOKENS`] tokens per pass (an input longer than that runs alone).
     pub async fn embed_batch(
         &self,
         dev: impl Into<Device<'_>>,
         inputs: &[Vec<u32>],
     ) -> Result<Vec<Vec<f32>>> {
         let dev = dev.into();
+        let c = self.config();
         let mut out = Vec::with_capacity(inputs.len());
-        match (self, dev) {
-            (AnyEncoder::Cpu(e), Device::Cpu(cpu)) => {
-                let c = e.config();
-                let mut rest = inputs;
-                while !rest.is_empty() {
-                    let mut total = 0;
-                    let take = rest
-                        .iter()
-                        .take_while(|ids| {
-                            total += ids.len();
-                            total <= BATCH_TOKENS
-                        })
-                        .count()
-                        .max(1);
-                    let (batch, after) = rest.split_at(take);
-                    let refs: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
-                    let hidden = e.hidden_states_packed(cpu, &refs)?;
-                    let mut rows = hidden.as_slice();
-                    for ids in batch {
-                        let (mine, next) = rows.split_at(ids.len() * c.hidden);
-                        out.push(pool(mine, c.hidden, c.pooling, c.normalize));
-                        rows = next;
-                    }
-                    rest = after;
+        let mut rest = inputs;
+        while !rest.is_empty() {
+            let mut total = 0;
+            let take = rest
+                .iter()
+                .take_while(|ids| {
+                    total += ids.len();
+                    total <= BATCH_TOKENS
+                })
+                .count()
+                .max(1);
+            let (batch, after) = rest.split_at(take);
+            let refs: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
+            let hidden = match (self, dev) {
+                (AnyEncoder::Gpu(e), Device::Gpu(ctx)) => {
+                    e.hidden_states_packed(ctx, &refs).await?
                 }
-            }
-            _ => {
-                for ids in inputs {
-                    out.push(self.embed(dev, ids).await?);
+                (AnyEncoder::Cpu(e), Device::Cpu(cpu)) => e.hidden_states_packed(cpu, &refs)?,
+                _ => {
+                    return Err(Error::InvalidRequest(
+                        "this embedding model was loaded on the other backend".into(),
+                    ))
                 }
+            };
+            let mut rows = hidden.as_slice();
+            for ids in batch {
+                let (mine, next) = rows.split_at(ids.len() * c.hidden);
+                out.push(pool(mine, c.hidden, c.pooling, c.normalize));
+                rows = next;
             }
+            rest = after;
         }
         Ok(out)
     }

@@ -122,6 +122,24 @@ pub struct AttentionShape {
     pub softcap: f32,
     /// Every token sees positions 0..offset + tokens (an encoder), not only up to its own.
     pub bidirectional: bool,
+    /// With `bidirectional` and offset 0: the step is this many inputs packed one after another
+    /// ([`packed_starts`]), each token seeing only its own input's positions; 0: not packed.
+    pub packed: usize,
+}
+
+/// Where each of `inputs` packed inputs of `tokens` tokens in all starts, then `tokens`: lengths
+/// that grow with the index (uneven on purpose), each at least 1.
+pub fn packed_starts(tokens: usize, inputs: usize) -> Vec<usize> {
+    assert!(
+        inputs >= 1 && tokens >= inputs,
+        "{inputs} inputs in {tokens} tokens"
+    );
+    let weight = inputs * (inputs + 1) / 2;
+    let mut starts: Vec<usize> = (0..inputs)
+        .map(|i| i + (tokens - inputs) * (i * (i + 1) / 2) / weight)
+        .collect();
+    starts.push(tokens);
+    starts
 }
 
 /// How the kernel cut the context, which sets how many roundings a term goes through.
@@ -193,11 +211,17 @@ pub fn attention(
         window,
         softcap,
         bidirectional,
+        packed,
     } = *shape;
     assert!(
         !(bidirectional && window > 0),
         "a window is for causal attention"
     );
+    assert!(
+        packed == 0 || (bidirectional && offset == 0),
+        "packed inputs are bidirectional, from position 0"
+    );
+    let starts = (packed > 0).then(|| packed_starts(tokens, packed));
     assert!(nkv > 0 && nh % nkv == 0);
     let cap = f64::from(softcap);
     let group = nh / nkv;
@@ -210,16 +234,26 @@ pub fn attention(
     let mut values = Vec::with_capacity(tokens * nh * hd);
     let mut tols = Vec::with_capacity(tokens * nh * hd);
     for t in 0..tokens {
-        let n = if bidirectional {
+        // Token t of a packed step sees its own input: the keys from `first` to its end.
+        let (first, end) = match &starts {
+            Some(starts) => {
+                let input = starts.partition_point(|&s| s <= t) - 1;
+                (starts[input], starts[input + 1])
+            }
+            None => (0, 0),
+        };
+        let n = if packed > 0 {
+            end
+        } else if bidirectional {
             offset + tokens
         } else {
             offset + t + 1
         };
-        // Keys before `lo` are outside the window (they weigh nothing).
+        // Keys before `lo` are outside the window or the input (they weigh nothing).
         let lo = if window > 0 {
             n.saturating_sub(window)
         } else {
-            0
+            first
         };
         let chunks = n.div_ceil(chunk);
         let tiles = n.min(chunk).div_ceil(tile);
@@ -346,6 +380,7 @@ mod tests {
             window: 0,
             softcap: 0.0,
             bidirectional: false,
+            packed: 0,
         };
         let q = [0.0, 0.0, 1.0, 1.0];
         let k = [0.0, 2.0, 5.0];

@@ -539,3 +539,76 @@ pub const TINY_GGUF_FIXTURES: [&str; 8] = [
     "tiny-phi3",
     "tiny-smollm3",
 ];
+
+/// The tiny random BERT of scripts/make_encoder_fixtures.py against transformers, for an encoder
+/// on either backend given as `hidden` (the packed last hidden states of some inputs, `[tokens,
+/// width]`) and `embed` (the embeddings of many inputs, in as many passes as they need):
+/// - each input alone, its hidden states within 1e-5 (LayerNorm outputs are O(1); summation
+///   orders differ from PyTorch's, about 1e-6 here) and its embedding, unit length, within
+///   cosine distance 1e-5;
+/// - all inputs packed in one pass: the same rows, each input seeing only its own tokens;
+/// - more inputs than one pass packs ([`BATCH_TOKENS`](pocketlm::model::encoder::BATCH_TOKENS)),
+///   each embedding as the reference's.
+pub fn check_tiny_bert(
+    width: usize,
+    hidden: impl Fn(&[&[u32]]) -> Vec<f32>,
+    embed: impl Fn(&[Vec<u32>]) -> Vec<Vec<f32>>,
+) {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models/tiny-bert");
+    let reference = fixture_json("models/tiny-bert/reference.json");
+    let want_rows = read_f32_file(&dir.join("hidden.f32"));
+    let inputs: Vec<Vec<u32>> = reference["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(token_ids)
+        .collect();
+    let want_embedding = |i: usize| numbers(&reference["embeddings"][i]);
+    let worst = |got: &[f32], want: &[f32]| {
+        assert_eq!(got.len(), want.len());
+        got.iter()
+            .zip(want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let check_embedding = |what: &str, e: &[f32], i: usize| {
+        let norm = e.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>();
+        assert!((norm - 1.0).abs() < 1e-6, "{what}: |e|² = {norm}");
+        let distance = cosine_distance(e, &want_embedding(i));
+        assert!(distance < 1e-5, "{what}: cosine distance {distance:e}");
+        distance
+    };
+    let mut at = 0;
+    for (i, ids) in inputs.iter().enumerate() {
+        let n = ids.len();
+        let want = &want_rows[at..at + n * width];
+        at += n * width;
+        let err = worst(&hidden(&[ids]), want);
+        assert!(err < 1e-5, "input {i} ({n} tokens): max |error| {err}");
+        let distance = check_embedding(
+            &format!("input {i}"),
+            &embed(std::slice::from_ref(ids))[0],
+            i,
+        );
+        println!("input {i} ({n} tokens): max |error| {err:e}, cosine distance {distance:e}");
+    }
+    assert_eq!(at, want_rows.len(), "every reference row was compared");
+
+    let refs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
+    let err = worst(&hidden(&refs), &want_rows);
+    assert!(
+        err < 1e-5,
+        "{} inputs packed: max |error| {err}",
+        inputs.len()
+    );
+
+    let per_round: usize = inputs.iter().map(Vec::len).sum();
+    let rounds = pocketlm::model::encoder::BATCH_TOKENS / per_round + 2;
+    let many: Vec<Vec<u32>> = (0..rounds).flat_map(|_| inputs.iter().cloned()).collect();
+    let embeddings = embed(&many);
+    assert_eq!(embeddings.len(), many.len());
+    for (j, e) in embeddings.iter().enumerate() {
+        check_embedding(&format!("input {j} of {}", many.len()), e, j % inputs.len());
+    }
+}
