@@ -54,7 +54,7 @@ fn bad_inputs_and_missing_tensors_are_typed_errors() {
         assert_eq!(e.code(), code, "{e}");
     }
     // The encoder still works.
-    assert!(pollster::block_on(encoder.embed(ctx(), &[1, 2, 3])).is_ok());
+    assert!(pollster::block_on(encoder.hidden_states(ctx(), &[1, 2, 3])).is_ok());
 
     let mut model =
         pollster::block_on(load_directory(ctx(), &folder(), 2, LoadOptions::default())).unwrap();

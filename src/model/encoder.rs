@@ -550,18 +550,6 @@ impl Encoder {
         back.f32(slot)
     }
 
-    /// One input's embedding: its hidden states pooled as the model says, L2-normalised when it
-    /// has a `Normalize` module.
-    pub async fn embed(&self, ctx: &GpuContext, ids: &[u32]) -> Result<Vec<f32>> {
-        let hidden = self.hidden_states(ctx, ids).await?;
-        Ok(pool(
-            &hidden,
-            self.config.hidden,
-            self.config.pooling,
-            self.config.normalize,
-        ))
-    }
-
     /// Frees the GPU memory.
     pub fn destroy(&self) {
         for t in [&self.word, &self.position, &self.token_type] {
@@ -584,9 +572,9 @@ impl Encoder {
     }
 }
 
-/// The most tokens an encoder pass on the CPU packs together: enough that the matrix products
-/// reuse each weight across many rows, small enough that the activations of a base-size model
-/// stay within tens of MB of (wasm) memory.
+/// The most tokens an encoder pass on the GPU packs together (and the positions of its K/V
+/// cache): enough that the matrix products reuse each weight across many rows, small enough
+/// that the activations of a base-size model stay within tens of MB.
 pub const BATCH_TOKENS: usize = 2048;
 
 /// The CPU packs fewer: its matrix products already reuse weights well at a few dozen rows, and
