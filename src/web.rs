@@ -247,7 +247,7 @@ impl Gpu {
         reject_on_error(async move {
             let opts = engine_options(&options)?;
             let mut loaded = load_from_js(&*ctx, &source, &options).await?;
-            if encoder::is_encoder(&loaded.companions) {
+            if encoder::is_encoder_model(&loaded) {
                 let name = model_name(&loaded.files.files);
                 let bytes = loaded.gpu_bytes;
                 let embedder = Embedder::from_loaded(&ctx, &mut loaded, &name).await?;
@@ -407,13 +407,10 @@ impl Cpu {
         reject_on_error(async move {
             let opts = engine_options(&options)?;
             let mut loaded = load_from_js(&*cpu, &source, &options).await?;
-            if encoder::is_encoder(&loaded.companions) {
+            if encoder::is_encoder_model(&loaded) {
                 let name = model_name(&loaded.files.files);
                 let embedder = Embedder::from_loaded_cpu(&mut loaded, &name)?;
-                let bytes = match &embedder.encoder {
-                    encoder::AnyEncoder::Cpu(e) => e.host_bytes(),
-                    encoder::AnyEncoder::Gpu(_) => 0,
-                };
+                let bytes = embedder.encoder.host_bytes();
                 return Ok(EmbeddingModel::new(Compute::Cpu(cpu), embedder, bytes).into());
             }
             let engine = Engine::new_cpu(&cpu, loaded, &opts)?;

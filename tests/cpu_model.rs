@@ -2,9 +2,9 @@
 //! architecture from scripts/make_fixtures.py (safetensors in f32, bf16 and f16, and llama.cpp's
 //! GGUF conversions), logits at every position of a 16-token prompt within 1e-3 (as the GPU
 //! tests), prefill then decode through the KV cache, and the engine's greedy output on a real
-//! GGUF equal to transformers'. Encoders: the tiny random BERT's hidden states within 1e-5 of
-//! transformers', and the real all-MiniLM-L6-v2 within cosine distance 1e-5 of
-//! sentence-transformers.
+//! GGUF equal to transformers'. Encoders: the tiny random BERT's and nomic-embed-text's hidden
+//! states within 1e-5 of transformers' (folders and GGUF conversions), and the real
+//! all-MiniLM-L6-v2 within cosine distance 1e-5 of sentence-transformers.
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;
@@ -12,14 +12,14 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{
-    assert_greedy_cases, assert_logits_close, check_tiny_bert, cosine_distance, fixture_json,
-    numbers, read_f32_file, token_ids, TINY_GGUF_FIXTURES,
+    assert_greedy_cases, assert_logits_close, check_tiny_encoder, check_tiny_encoder_texts,
+    cosine_distance, fixture_json, numbers, read_f32_file, token_ids, TINY_EMBEDDERS,
+    TINY_GGUF_FIXTURES,
 };
-use pocketlm::cpu::{CpuContext, CpuDecoder, CpuEncoder, HostTensor};
+use pocketlm::cpu::{CpuContext, CpuDecoder, HostTensor};
 use pocketlm::engine::{Engine, EngineOptions};
 use pocketlm::load::{load_directory, load_native, LoadOptions, LoadedModelFiles};
-use pocketlm::model::encoder::AnyEncoder;
-use pocketlm::model::{EmbedInput, Embedder, EncoderConfig, ModelConfig};
+use pocketlm::model::{EmbedInput, Embedder, ModelConfig};
 
 fn cpu() -> &'static CpuContext {
     static CPU: std::sync::OnceLock<CpuContext> = std::sync::OnceLock::new();
@@ -174,21 +174,38 @@ fn cpu_embedder(dir: &Path, name: &str) -> Embedder {
 }
 
 #[test]
-fn tiny_bert_matches_transformers_on_the_cpu() {
-    let dir = models().join("tiny-bert");
-    let mut model: LoadedModelFiles<HostTensor> =
-        pollster::block_on(load_directory(cpu(), &dir, 2, LoadOptions::default())).unwrap();
-    let config = EncoderConfig::from_companions(&model.companions, "tiny-bert").unwrap();
-    let width = config.hidden;
-    let encoder = AnyEncoder::Cpu(CpuEncoder::new(config, &mut model.tensors).unwrap());
-    let AnyEncoder::Cpu(on_cpu) = &encoder else {
-        unreachable!()
-    };
-    check_tiny_bert(
-        width,
-        |inputs| on_cpu.hidden_states_packed(cpu(), inputs).unwrap(),
-        |inputs| pollster::block_on(encoder.embed_batch(cpu(), inputs)).unwrap(),
-    );
+fn tiny_embedding_models_match_transformers_on_the_cpu() {
+    for (name, has_gguf) in TINY_EMBEDDERS {
+        for gguf in [false, true] {
+            if gguf && !has_gguf {
+                continue;
+            }
+            let what = format!("{name}{}", if gguf { ".gguf" } else { "" });
+            println!("{what}");
+            let mut model = load(&models().join(&what));
+            let embedder = Embedder::from_loaded_cpu(&mut model, name)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let encoder = &embedder.encoder;
+            check_tiny_encoder(
+                name,
+                encoder.config().hidden,
+                |inputs| pollster::block_on(encoder.hidden_states(cpu(), inputs)).unwrap(),
+                |inputs| pollster::block_on(encoder.embed_batch(cpu(), inputs)).unwrap(),
+            );
+            // The whole embedder: tokenizer (tokenizer.json, or the GGUF vocabulary) included.
+            check_tiny_encoder_texts(
+                name,
+                |text| embedder.tokenize(text, true).unwrap().0,
+                |texts| {
+                    pollster::block_on(embedder.embed_texts(cpu(), texts, true))
+                        .unwrap()
+                        .into_iter()
+                        .map(|e| e.vector)
+                        .collect()
+                },
+            );
+        }
+    }
 }
 
 #[test]

@@ -1,74 +1,130 @@
-//! Sentence-embedding encoders (src/model/encoder.rs) against transformers: the tiny random BERT
-//! of scripts/make_encoder_fixtures.py (post-LN with biases, exact GELU, position and token-type
-//! embeddings, mean pooling, normalisation), from its sentence-transformers folder, on inputs of
-//! 1 to 64 tokens (up to its whole context): the last hidden states
-//! element by element, and the embeddings within cosine distance 1e-5.
+//! Sentence-embedding models (src/model/encoder.rs, src/model/decoder_embedder.rs) against
+//! transformers: the tiny random models of scripts/make_encoder_fixtures.py, BERT (post-LN with
+//! biases, exact GELU, position and token-type embeddings) and nomic-embed-text (post-LN, RoPE,
+//! no biases, SwiGLU) with mean pooling, each from its sentence-transformers folder and from
+//! llama.cpp's GGUF conversion of it, and a decoder-based embedder (Qwen3-Embedding's layout:
+//! causal, last-token pooling): on inputs of 1 to 64 tokens, the last hidden states element by
+//! element and the embeddings within cosine distance 1e-5; and sentences through the whole
+//! embedder (tokenizer included).
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;
 
 use std::path::PathBuf;
 
-use common::{check_tiny_bert, ctx};
-use pocketlm::load::{load_directory, LoadOptions};
-use pocketlm::model::encoder::AnyEncoder;
-use pocketlm::model::{Encoder, EncoderConfig};
+use common::{check_tiny_encoder, check_tiny_encoder_texts, ctx, TINY_EMBEDDERS};
+use pocketlm::load::{load_directory, load_native, LoadOptions, LoadedModelFiles};
+use pocketlm::model::encoder::EncoderNames;
+use pocketlm::model::{Embedder, Encoder, EncoderConfig};
 
-fn folder() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-bert")
+fn models() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models")
 }
 
-fn load() -> Encoder {
-    let mut model =
-        pollster::block_on(load_directory(ctx(), &folder(), 2, LoadOptions::default())).unwrap();
-    let config = EncoderConfig::from_companions(&model.companions, "tiny-bert").unwrap();
-    pollster::block_on(Encoder::new(ctx(), config, &mut model.tensors)).unwrap()
+/// The fixture `name`'s folder, or its GGUF conversion.
+fn load_files(name: &str, gguf: bool) -> LoadedModelFiles {
+    let loaded = if gguf {
+        let path = models().join(format!("{name}.gguf"));
+        pollster::block_on(load_native(
+            ctx(),
+            path.to_str().unwrap(),
+            LoadOptions::default(),
+        ))
+    } else {
+        pollster::block_on(load_directory(
+            ctx(),
+            &models().join(name),
+            2,
+            LoadOptions::default(),
+        ))
+    };
+    loaded.unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn embedder(name: &str, gguf: bool) -> Embedder {
+    let mut model = load_files(name, gguf);
+    pollster::block_on(Embedder::from_loaded(ctx(), &mut model, name))
+        .unwrap_or_else(|e| panic!("{name} (GGUF: {gguf}): {e}"))
 }
 
 #[test]
-fn tiny_bert_matches_transformers() {
-    let encoder = load();
-    let c = encoder.config().clone();
-    assert!(c.normalize);
-    let encoder = AnyEncoder::Gpu(encoder);
-    let AnyEncoder::Gpu(gpu) = &encoder else {
-        unreachable!()
-    };
-    check_tiny_bert(
-        c.hidden,
-        |inputs| pollster::block_on(gpu.hidden_states_packed(ctx(), inputs)).unwrap(),
-        |inputs| pollster::block_on(encoder.embed_batch(ctx(), inputs)).unwrap(),
-    );
+fn tiny_embedding_models_match_transformers() {
+    for (name, has_gguf) in TINY_EMBEDDERS {
+        for gguf in [false, true] {
+            if gguf && !has_gguf {
+                continue;
+            }
+            println!("{name} (GGUF: {gguf})");
+            let embedder = embedder(name, gguf);
+            let encoder = &embedder.encoder;
+            let c = encoder.config().clone();
+            assert!(c.normalize);
+            check_tiny_encoder(
+                name,
+                c.hidden,
+                |inputs| pollster::block_on(encoder.hidden_states(ctx(), inputs)).unwrap(),
+                |inputs| pollster::block_on(encoder.embed_batch(ctx(), inputs)).unwrap(),
+            );
+            check_tiny_encoder_texts(
+                name,
+                |text| embedder.tokenize(text, true).unwrap().0,
+                |texts| {
+                    pollster::block_on(embedder.embed_texts(ctx(), texts, true))
+                        .unwrap()
+                        .into_iter()
+                        .map(|e| e.vector)
+                        .collect()
+                },
+            );
+            embedder.destroy();
+        }
+    }
 }
 
 #[test]
 fn bad_inputs_and_missing_tensors_are_typed_errors() {
-    let encoder = load();
-    let too_long = vec![5u32; encoder.config().max_positions + 1];
-    for (ids, code) in [
-        (vec![], "context_overflow"),
-        (too_long, "context_overflow"),
-        (vec![1, 128], "invalid_request"),
-    ] {
-        let e = pollster::block_on(encoder.hidden_states(ctx(), &ids)).unwrap_err();
-        assert_eq!(e.code(), code, "{e}");
+    for name in ["tiny-bert", "tiny-qwen3-embedding"] {
+        let embedder = embedder(name, false);
+        let encoder = &embedder.encoder;
+        let too_long = vec![5u32; encoder.config().max_tokens + 1];
+        for (ids, code) in [
+            (vec![], "context_overflow"),
+            (too_long, "context_overflow"),
+            (vec![1, 128], "invalid_request"),
+        ] {
+            let e = pollster::block_on(encoder.embed_batch(ctx(), &[vec![1], ids])).unwrap_err();
+            assert_eq!(e.code(), code, "{name}: {e}");
+        }
+        // The model still works.
+        assert!(pollster::block_on(encoder.embed_batch(ctx(), &[vec![1, 2, 3]])).is_ok());
+        embedder.destroy();
     }
-    // The encoder still works.
-    assert!(pollster::block_on(encoder.hidden_states(ctx(), &[1, 2, 3])).is_ok());
 
-    let mut model =
-        pollster::block_on(load_directory(ctx(), &folder(), 2, LoadOptions::default())).unwrap();
-    let config = EncoderConfig::from_companions(&model.companions, "tiny-bert").unwrap();
-    model
-        .tensors
-        .remove("encoder.layer.1.output.dense.bias")
-        .unwrap();
-    let e = pollster::block_on(Encoder::new(ctx(), config, &mut model.tensors))
+    for (name, gguf, missing) in [
+        ("tiny-bert", false, "encoder.layer.1.output.dense.bias"),
+        ("tiny-nomic-bert", false, "encoder.layers.1.mlp.fc12.weight"),
+        ("tiny-nomic-bert", true, "blk.0.attn_qkv.weight"),
+    ] {
+        let mut model = load_files(name, gguf);
+        let (config, names) = match model.files.gguf_metadata() {
+            Some(meta) => (EncoderConfig::from_gguf(meta).unwrap(), EncoderNames::Gguf),
+            None => (
+                EncoderConfig::from_companions(&model.companions, name).unwrap(),
+                EncoderNames::HuggingFace,
+            ),
+        };
+        model.tensors.remove(missing).unwrap();
+        let e = pollster::block_on(Encoder::new(ctx(), config, names, &mut model.tensors))
+            .err()
+            .expect("a missing tensor is refused");
+        assert_eq!(e.code(), "invalid_tensor");
+        assert!(e.to_string().contains(missing), "{e}");
+    }
+    let mut model = load_files("tiny-qwen3-embedding", false);
+    model.tensors.remove("layers.1.mlp.up_proj.weight").unwrap();
+    let e = pollster::block_on(Embedder::from_loaded(ctx(), &mut model, "q"))
         .err()
         .expect("a missing tensor is refused");
     assert_eq!(e.code(), "invalid_tensor");
-    assert!(
-        e.to_string().contains("encoder.layer.1.output.dense.bias"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("layers.1.mlp.up_proj.weight"), "{e}");
 }

@@ -11,7 +11,7 @@ mod cli {
     use pocketlm::engine::{Device, Engine, EngineOptions, Flow, GenerateOptions, Generation};
     use pocketlm::gpu::{GpuContext, ProfileRequest};
     use pocketlm::load::{LoadOptions, Progress};
-    use pocketlm::model::{Embedder, ModelConfig};
+    use pocketlm::model::{Embedder, EncoderConfig, ModelConfig};
     use pocketlm::request;
     use pocketlm::sample::{SamplingDefaults, SamplingParams};
     use pocketlm::text::{ChatMessage, ResponseFormat, ToolChoice, ToolRequest};
@@ -315,6 +315,9 @@ mod cli {
                 );
             }
             match plan.companions.get("config.json") {
+                Some(_) if pocketlm::model::encoder::is_encoder(&plan.companions) => {
+                    describe_encoder(EncoderConfig::from_companions(&plan.companions, &model))
+                }
                 Some(json) => describe_block(ModelConfig::from_hf_json(json, "config.json")),
                 None => println!("block: no config.json"),
             }
@@ -327,10 +330,21 @@ mod cli {
         };
         let files = header.into_model_files()?;
         println!("{model}\n{}", files.summary());
-        if let Some(meta) = files.gguf_metadata() {
-            describe_block(ModelConfig::from_gguf(meta, &files));
+        match files.gguf_metadata() {
+            Some(meta) if pocketlm::model::encoder::is_encoder_gguf(meta) => {
+                describe_encoder(EncoderConfig::from_gguf(meta))
+            }
+            Some(meta) => describe_block(ModelConfig::from_gguf(meta, &files)),
+            None => {}
         }
         Ok(ExitCode::SUCCESS)
+    }
+
+    fn describe_encoder(config: pocketlm::Result<EncoderConfig>) {
+        match config {
+            Ok(c) => println!("{}", c.describe()),
+            Err(e) => println!("encoder: {e}"),
+        }
     }
 
     /// The block description the decoder would be built from, or why there is none (`info`
@@ -818,13 +832,29 @@ mod cli {
         Ok(piece.iter().copied().cycle().take(n).collect())
     }
 
-    /// Whether `spec` is a local folder holding a sentence-embedding model (`config.json` of a
-    /// BERT).
-    fn is_encoder_folder(spec: &str) -> bool {
-        let config = std::path::Path::new(spec).join("config.json");
-        std::fs::read_to_string(config).is_ok_and(|t| {
-            pocketlm::model::encoder::is_encoder(&[("config.json".to_string(), t)].into())
-        })
+    /// Whether `spec` is a local sentence-embedding model: a folder whose `config.json` is an
+    /// encoder's (or whose `modules.json` pools), or a GGUF file of an encoder architecture.
+    async fn is_encoder_spec(spec: &str) -> bool {
+        let path = std::path::Path::new(spec);
+        if path.is_dir() {
+            let companions = ["config.json", "modules.json"]
+                .into_iter()
+                .filter_map(|f| Some((f.to_string(), std::fs::read_to_string(path.join(f)).ok()?)))
+                .collect();
+            return pocketlm::model::encoder::is_encoder(&companions);
+        }
+        let Ok(mut file) = load::FileSource::open(path) else {
+            return false;
+        };
+        match load::read_header(&mut file)
+            .await
+            .map(|h| h.into_model_files())
+        {
+            Ok(Ok(files)) => files
+                .gguf_metadata()
+                .is_some_and(pocketlm::model::encoder::is_encoder_gguf),
+            _ => false,
+        }
     }
 
     /// `pocketlm bench` of an embedding model on either backend: embeddings/s and tokens/s for
@@ -887,7 +917,7 @@ mod cli {
             eprintln!("error: --prompt-tokens must be at least 1 and --gen-tokens at least 2");
             return Ok(ExitCode::FAILURE);
         }
-        if is_encoder_folder(&resolve(model)?) {
+        if is_encoder_spec(&resolve(model)?).await {
             return bench_embeddings(dev, model, prompt_tokens).await;
         }
         let ctx: &GpuContext = match dev {

@@ -200,6 +200,21 @@ impl CpuDecoder {
         Ok(out)
     }
 
+    /// Every token's hidden state after the final norm, [tokens, hidden], for a step at
+    /// positions `offset..` (which fills the KV cache there, as a step does): what a
+    /// decoder-based embedder pools.
+    pub fn final_hidden(
+        &mut self,
+        cpu: &CpuContext,
+        tokens: &[u32],
+        offset: usize,
+    ) -> Result<Vec<f32>> {
+        let x = self.forward(cpu, tokens, offset)?;
+        let mut normed = vec![0f32; x.len()];
+        kernels::rmsnorm(&x, &self.out_norm, self.config.rms_eps, &mut normed);
+        Ok(normed)
+    }
+
     /// The logits [tokens, vocab] of every token of a step at positions `offset..` (which
     /// fills the KV cache there, as a step does).
     pub fn forward_logits(

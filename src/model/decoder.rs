@@ -233,6 +233,11 @@ pub struct Graph {
     draw: DrawState,
     pens: GpuTensor,
     penalize: Dispatch,
+    /// The rows of the residual stream after the last layer and the final norm, [max_tokens,
+    /// hidden], and the dispatch that norms them (only [`Decoder::final_hidden`] runs it: the
+    /// LM head norms its rows in its prologue).
+    normed: GpuTensor,
+    final_norm: Dispatch,
     /// A grammar's allowed tokens for the next pick (one bit per token), and its dispatch.
     allowed: GpuTensor,
     mask: Dispatch,
@@ -665,12 +670,16 @@ impl Decoder {
         let mask = kernels::mask_logits(ctx, &logits, &draw, &allowed).await?;
         let biases = ctx.zeros("logit bias", &[MAX_LOGIT_BIAS, 2], DType::I32)?;
         let bias = kernels::bias_logits(ctx, &logits, &draw, &biases).await?;
+        let normed = f32z("final hidden", &[t, c.hidden])?;
+        let final_norm = kernels::rmsnorm(ctx, &x, &self.out_norm, c.rms_eps, &normed).await?;
         Ok(Graph {
             step,
             ids,
             last,
             logits,
             dispatches: d,
+            normed,
+            final_norm,
             candidates,
             stats,
             argmax,
@@ -1080,6 +1089,24 @@ impl Decoder {
                 v.destroy();
             }
         }
+    }
+
+    /// Runs `tokens` (at most the graph's step size) at positions `offset..` (filling the KV
+    /// cache there, as a step does), and returns every token's hidden state after the final
+    /// norm, [tokens, hidden]: what a decoder-based embedder pools.
+    pub async fn final_hidden(
+        &self,
+        ctx: &GpuContext,
+        graph: &mut Graph,
+        tokens: &[u32],
+        offset: usize,
+    ) -> Result<Vec<f32>> {
+        let mut rec = self.record_step(ctx, graph, StepInput::Host(tokens), offset)?;
+        rec.dispatch(&graph.final_norm);
+        let slot = rec.read(&graph.normed);
+        let mut rows = rec.submit_and_read().await?.f32(slot)?;
+        rows.truncate(tokens.len() * self.config.hidden);
+        Ok(rows)
     }
 
     /// Runs `tokens` (at most the graph's step size) at positions `offset..`, and returns the

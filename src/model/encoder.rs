@@ -16,15 +16,23 @@ use serde_json::Value;
 use crate::cpu::{CpuEncoder, HostTensor};
 use crate::engine::Device;
 use crate::error::{Error, Result};
+use crate::formats::GgufMetadata;
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor};
-use crate::kernels::{self, AttentionOptions, AttentionScratch, KvCache, Linear, StepState};
+use crate::kernels::{
+    self, AttentionOptions, AttentionScratch, KvCache, Linear, RopeConfig, RopeLayout, RopeTable,
+    StepState,
+};
 use crate::load::LoadedModelFiles;
 use crate::load::StoredTensor;
 use crate::model::config::{
     config_error, Sizes, MAX_CONTEXT, MAX_FFN, MAX_HEADS, MAX_HIDDEN, MAX_LAYERS, MAX_VOCAB,
 };
 use crate::model::decoder::{stack, vectors_to_f32, Proj};
+use crate::model::decoder_embedder::{
+    CpuDecoderEmbedder, GpuDecoderEmbedder, MAX_DECODER_EMBED_TOKENS,
+};
 use crate::model::weights::expect;
+use crate::model::{Architecture, ModelConfig};
 use crate::text::Tokenizer;
 
 /// How the token vectors become one embedding (sentence-transformers' Pooling module).
@@ -38,20 +46,64 @@ pub enum Pooling {
     LastToken,
 }
 
+/// The encoder families: one pass, described by these settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncoderArch {
+    /// BERT (all-MiniLM, bge, e5): absolute position embeddings, biases everywhere, GELU MLP.
+    Bert,
+    /// nomic-embed-text (`nomic_bert`): RoPE instead of position embeddings, no biases, SwiGLU.
+    NomicBert,
+    /// A decoder of one of the chat architectures, its causal attention kept (Qwen3-Embedding):
+    /// `src/model/decoder_embedder.rs`.
+    Decoder(Architecture),
+}
+
+impl EncoderArch {
+    fn from_model_type(t: &str) -> Option<Self> {
+        match t {
+            "bert" => Some(EncoderArch::Bert),
+            "nomic_bert" => Some(EncoderArch::NomicBert),
+            _ => None,
+        }
+    }
+
+    /// From a GGUF file's `general.architecture`.
+    fn from_gguf_name(t: &str) -> Option<Self> {
+        match t {
+            "bert" => Some(EncoderArch::Bert),
+            "nomic-bert" => Some(EncoderArch::NomicBert),
+            _ => None,
+        }
+    }
+}
+
+/// The encoder architectures, as error messages list them.
+const SUPPORTED: &str = "bert, nomic_bert (GGUF: bert, nomic-bert)";
+
 /// An encoder's description.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EncoderConfig {
+    pub arch: EncoderArch,
     pub hidden: usize,
     pub layers: usize,
     pub heads: usize,
     pub head_dim: usize,
     pub ffn: usize,
     pub vocab: usize,
-    /// Inputs longer than this have no position embedding.
+    /// Rows of the position-embedding table (BERT); with RoPE, the longest input the model was
+    /// trained on.
     pub max_positions: usize,
     pub type_vocab: usize,
     pub eps: f32,
+    /// The MLP's activation: of its one projection, or of the gate (`gated`).
     pub activation: kernels::GateActivation,
+    /// RoPE (NeoX layout, every dimension) of this base on q and k, in place of position
+    /// embeddings.
+    pub rope_theta: Option<f32>,
+    /// q, k, v, the output projection and both MLP projections have biases.
+    pub biases: bool,
+    /// The MLP is `down(act(gate(x)) · up(x))` rather than `down(act(up(x)))`.
+    pub gated: bool,
     pub pooling: Pooling,
     /// L2-normalise the pooled vector (a `Normalize` module follows the pooling).
     pub normalize: bool,
@@ -61,6 +113,41 @@ pub struct EncoderConfig {
 }
 
 const MAX_TYPE_VOCAB: u64 = 1 << 10;
+
+/// The sizes every encoder has, checked against the limits and each other.
+struct Shape {
+    hidden: usize,
+    heads: usize,
+    layers: usize,
+    ffn: usize,
+    vocab: usize,
+    max_positions: usize,
+    type_vocab: usize,
+}
+
+impl Shape {
+    fn check(self, sizes: &Sizes<'_>, source: &str) -> Result<(Self, usize)> {
+        let Shape {
+            hidden,
+            heads,
+            layers,
+            type_vocab,
+            ..
+        } = self;
+        if heads == 0 || hidden % heads != 0 || layers == 0 || type_vocab == 0 {
+            return Err(config_error(
+                source,
+                format!(
+                    "{hidden} hidden, {heads} heads, {layers} layers and {type_vocab} token \
+                     types do not make an encoder (the heads must divide the hidden size)"
+                ),
+            ));
+        }
+        let head_dim = hidden / heads;
+        sizes.check_width(heads, head_dim)?;
+        Ok((self, head_dim))
+    }
+}
 
 impl EncoderConfig {
     /// An input the encoder can run: 1 to `max_tokens` ids, each inside the vocabulary.
@@ -81,10 +168,77 @@ impl EncoderConfig {
         Ok(())
     }
 
+    /// One line for `pocketlm info`.
+    pub fn describe(&self) -> String {
+        let mlp = match (self.gated, self.activation) {
+            (true, kernels::GateActivation::Silu) => "SwiGLU".to_string(),
+            (true, a) => format!("gated {a:?}"),
+            (false, a) => format!("{a:?}"),
+        };
+        let positions = match self.rope_theta {
+            Some(theta) => format!("RoPE base {theta}"),
+            None => "absolute positions".to_string(),
+        };
+        format!(
+            "encoder: {:?}, {} layers, hidden {}, {} heads of {}, MLP {} ({mlp}{}), vocabulary \
+             {}, {positions}, inputs up to {} tokens, {:?} pooling{}",
+            self.arch,
+            self.layers,
+            self.hidden,
+            self.heads,
+            self.head_dim,
+            self.ffn,
+            if self.biases {
+                ", biases"
+            } else {
+                ", no biases"
+            },
+            self.vocab,
+            self.max_tokens,
+            self.pooling,
+            if self.normalize { ", normalised" } else { "" },
+        )
+    }
+
+    /// The description from its parts, shared by both sources.
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        arch: EncoderArch,
+        (shape, head_dim): (Shape, usize),
+        eps: f32,
+        activation: kernels::GateActivation,
+        rope_theta: Option<f32>,
+        pooling: Pooling,
+        normalize: bool,
+        max_tokens: usize,
+    ) -> Self {
+        let nomic = arch == EncoderArch::NomicBert;
+        EncoderConfig {
+            arch,
+            hidden: shape.hidden,
+            layers: shape.layers,
+            heads: shape.heads,
+            head_dim,
+            ffn: shape.ffn,
+            vocab: shape.vocab,
+            max_positions: shape.max_positions,
+            type_vocab: shape.type_vocab,
+            eps,
+            activation,
+            rope_theta,
+            biases: !nomic,
+            gated: nomic,
+            pooling,
+            normalize,
+            max_tokens: max_tokens.min(shape.max_positions),
+        }
+    }
+
     /// From a sentence-transformers folder's companion files (`config.json`, and `modules.json`
     /// and `1_Pooling/config.json` when present: without them, mean pooling and no
     /// normalisation, as sentence-transformers assumes for a bare transformer). `source` names
-    /// the model in errors.
+    /// the model in errors. `config.json` is a BERT's, or nomic-embed-text's as the Hub has it
+    /// (its remote code's `n_embd`, `n_layer`, … names).
     pub fn from_companions(companions: &BTreeMap<String, String>, source: &str) -> Result<Self> {
         let bad = |file: &str, detail: String| config_error(&format!("{source}/{file}"), detail);
         let json = |file: &str| -> Result<Option<Value>> {
@@ -103,200 +257,560 @@ impl EncoderConfig {
             )
         })?;
         let model_type = v["model_type"].as_str().unwrap_or("");
-        if model_type != "bert" {
-            return Err(Error::UnsupportedArchitecture {
+        let arch = EncoderArch::from_model_type(model_type).ok_or_else(|| {
+            Error::UnsupportedArchitecture {
                 source_name: source.to_string(),
                 architecture: format!("{model_type} (as an encoder)"),
-                supported: "bert",
-            });
-        }
+                supported: SUPPORTED,
+            }
+        })?;
         let cfg = format!("{source}/config.json");
         let sizes = Sizes::new(&cfg);
-        let hidden = sizes.required(&v, "hidden_size", MAX_HIDDEN)?;
-        let heads = sizes.required(&v, "num_attention_heads", MAX_HEADS)?;
-        let layers = sizes.required(&v, "num_hidden_layers", MAX_LAYERS)?;
-        let ffn = sizes.required(&v, "intermediate_size", MAX_FFN)?;
-        let vocab = sizes.required(&v, "vocab_size", MAX_VOCAB)?;
-        let max_positions = sizes.required(&v, "max_position_embeddings", MAX_CONTEXT)?;
-        let type_vocab = sizes.check(
-            "type_vocab_size",
-            v["type_vocab_size"].as_u64().unwrap_or(2),
-            MAX_TYPE_VOCAB,
-        )?;
-        if heads == 0 || hidden % heads != 0 || layers == 0 || type_vocab == 0 {
-            return Err(bad(
-                "config.json",
-                format!(
-                    "{hidden} hidden, {heads} heads, {layers} layers and {type_vocab} token \
-                     types do not make an encoder (the heads must divide the hidden size)"
-                ),
+        let (shape, eps, activation, rope_theta) = match arch {
+            EncoderArch::Bert => bert_settings(&v, &sizes, &cfg)?,
+            EncoderArch::NomicBert | EncoderArch::Decoder(_) => nomic_settings(&v, &sizes, &cfg)?,
+        };
+        let shape = shape.check(&sizes, &cfg)?;
+
+        let (pooling, normalize, max_tokens) = sentence_transformers_modules(companions, source)?;
+        Ok(Self::build(
+            arch, shape, eps, activation, rope_theta, pooling, normalize, max_tokens,
+        ))
+    }
+
+    /// A decoder-based embedder's description: the decoder's `model` (read from `config.json`
+    /// like a chat model's) with the folder's sentence-transformers modules. Inputs are cut at
+    /// `max_seq_length`, at most the model's positions and [`MAX_DECODER_EMBED_TOKENS`] (the
+    /// KV cache is sized for them).
+    pub fn for_decoder(
+        model: &ModelConfig,
+        companions: &BTreeMap<String, String>,
+        source: &str,
+    ) -> Result<Self> {
+        let (pooling, normalize, max_tokens) = sentence_transformers_modules(companions, source)?;
+        Ok(EncoderConfig {
+            arch: EncoderArch::Decoder(model.architecture),
+            hidden: model.hidden,
+            layers: model.layers,
+            heads: model.heads,
+            head_dim: model.head_dim,
+            ffn: model.ffn,
+            vocab: model.vocab,
+            max_positions: model.max_positions,
+            type_vocab: 0,
+            eps: model.rms_eps,
+            activation: model.activation,
+            rope_theta: Some(model.rope.theta),
+            biases: model.qkv_bias,
+            gated: true,
+            pooling,
+            normalize,
+            max_tokens: max_tokens
+                .min(model.max_positions)
+                .min(MAX_DECODER_EMBED_TOKENS),
+        })
+    }
+
+    /// From a GGUF file of llama.cpp's `bert` or `nomic-bert` conversion: sizes, RoPE base and
+    /// pooling (`pooling_type`) from its metadata. The file does not say whether the vectors
+    /// are normalised: they are, as llama.cpp's embeddings are by default (and as the
+    /// sentence-transformers models these files come from do). BERT's GELU is the exact one of
+    /// the original models (llama.cpp computes the tanh approximation).
+    pub fn from_gguf(meta: &GgufMetadata) -> Result<Self> {
+        let arch_name = meta.architecture()?;
+        let arch = EncoderArch::from_gguf_name(arch_name).ok_or_else(|| {
+            Error::UnsupportedArchitecture {
+                source_name: meta.file().to_string(),
+                architecture: format!("{arch_name} (as an encoder)"),
+                supported: SUPPORTED,
+            }
+        })?;
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let sizes = Sizes::new(meta.file());
+        let sized = |k: &str, limit: u64| -> Result<usize> {
+            sizes.check(&key(k), u64::from(meta.u32(&key(k))?), limit)
+        };
+        let vocab = meta.string_array("tokenizer.ggml.tokens")?.len();
+        let type_vocab = meta
+            .get_opt::<u32>("tokenizer.ggml.token_type_count")?
+            .unwrap_or(2);
+        let shape = Shape {
+            hidden: sized("embedding_length", MAX_HIDDEN)?,
+            heads: sized("attention.head_count", MAX_HEADS)?,
+            layers: sized("block_count", MAX_LAYERS)?,
+            ffn: sized("feed_forward_length", MAX_FFN)?,
+            vocab: sizes.check("tokenizer.ggml.tokens", vocab as u64, MAX_VOCAB)?,
+            max_positions: sized("context_length", MAX_CONTEXT)?,
+            type_vocab: sizes.check(
+                "tokenizer.ggml.token_type_count",
+                u64::from(type_vocab),
+                MAX_TYPE_VOCAB,
+            )?,
+        }
+        .check(&sizes, meta.file())?;
+        if meta.get_opt::<bool>(&key("attention.causal"))? == Some(true) {
+            return Err(config_error(
+                meta.file(),
+                format!("{arch_name}.attention.causal is true: an encoder attends both ways"),
             ));
         }
-        let head_dim = hidden / heads;
-        sizes.check_width(heads, head_dim)?;
-        let eps = v["layer_norm_eps"].as_f64().unwrap_or(1e-12) as f32;
-        let activation = match v["hidden_act"].as_str().unwrap_or("gelu") {
-            "gelu" => kernels::GateActivation::GeluErf,
-            "gelu_new" | "gelu_pytorch_tanh" => kernels::GateActivation::GeluTanh,
-            other => {
-                return Err(bad(
-                    "config.json",
-                    format!("activation '{other}' is not supported (supported: gelu, gelu_new)"),
+        let eps = meta
+            .get_opt::<f32>(&key("attention.layer_norm_epsilon"))?
+            .unwrap_or(1e-12);
+        let (activation, rope_theta) = match arch {
+            EncoderArch::Bert => (kernels::GateActivation::GeluErf, None),
+            EncoderArch::NomicBert | EncoderArch::Decoder(_) => (
+                kernels::GateActivation::Silu,
+                Some(
+                    meta.get_opt::<f32>(&key("rope.freq_base"))?
+                        .unwrap_or(1000.0),
+                ),
+            ),
+        };
+        // llama.cpp's enum llama_pooling_type.
+        let pooling = match meta.get_opt::<u32>(&key("pooling_type"))? {
+            None | Some(1) => Pooling::Mean,
+            Some(2) => Pooling::Cls,
+            Some(3) => Pooling::LastToken,
+            Some(other) => {
+                return Err(config_error(
+                    meta.file(),
+                    format!(
+                        "{arch_name}.pooling_type {other} is not supported (supported: 1 mean, \
+                         2 cls, 3 last)"
+                    ),
                 ))
             }
         };
-        if v["position_embedding_type"]
-            .as_str()
-            .is_some_and(|t| t != "absolute")
-        {
-            return Err(bad(
-                "config.json",
-                format!(
-                    "position_embedding_type '{}' is not supported (supported: absolute)",
-                    v["position_embedding_type"]
-                ),
-            ));
-        }
-
-        let modules = json("modules.json")?;
-        let types: Vec<&str> = modules
-            .as_ref()
-            .and_then(Value::as_array)
-            .map(|m| m.iter().filter_map(|x| x["type"].as_str()).collect())
-            .unwrap_or_default();
-        let normalize = types.iter().any(|t| t.ends_with(".Normalize"));
-        let pooling = match json("1_Pooling/config.json")? {
-            None => Pooling::Mean,
-            Some(p) => {
-                let on = |k: &str| p[k].as_bool() == Some(true);
-                let modes: Vec<Pooling> = [
-                    ("pooling_mode_mean_tokens", Pooling::Mean),
-                    ("pooling_mode_cls_token", Pooling::Cls),
-                    ("pooling_mode_lasttoken", Pooling::LastToken),
-                ]
-                .into_iter()
-                .filter(|(k, _)| on(k))
-                .map(|(_, m)| m)
-                .collect();
-                let other = [
-                    "pooling_mode_max_tokens",
-                    "pooling_mode_mean_sqrt_len_tokens",
-                    "pooling_mode_weightedmean_tokens",
-                ]
-                .into_iter()
-                .find(|k| on(k));
-                match (modes.as_slice(), other) {
-                    ([mode], None) => *mode,
-                    _ => {
-                        return Err(bad(
-                            "1_Pooling/config.json",
-                            "exactly one pooling mode must be on, one of mean, cls and \
-                             lasttoken (max, sqrt-length and weighted means are not supported)"
-                                .into(),
-                        ))
-                    }
-                }
-            }
-        };
-        let max_tokens = match json("sentence_bert_config.json")? {
-            Some(st) => match st["max_seq_length"].as_u64() {
-                Some(m) if m > 0 => usize::try_from(m).unwrap_or(usize::MAX).min(max_positions),
-                _ => {
-                    return Err(bad(
-                        "sentence_bert_config.json",
-                        "max_seq_length must be a positive whole number".into(),
-                    ))
-                }
-            },
-            None => max_positions,
-        };
-        Ok(EncoderConfig {
-            max_tokens,
-            hidden,
-            layers,
-            heads,
-            head_dim,
-            ffn,
-            vocab,
-            max_positions,
-            type_vocab,
+        Ok(Self::build(
+            arch,
+            shape,
             eps,
             activation,
+            rope_theta,
             pooling,
-            normalize,
-        })
+            true,
+            usize::MAX,
+        ))
     }
 }
 
+/// What a sentence-transformers folder's modules say: the pooling (`1_Pooling/config.json`; mean
+/// without it), whether a `Normalize` module follows (`modules.json`), and the longest input
+/// (`sentence_bert_config.json`'s `max_seq_length`; unbounded without it).
+fn sentence_transformers_modules(
+    companions: &BTreeMap<String, String>,
+    source: &str,
+) -> Result<(Pooling, bool, usize)> {
+    let bad = |file: &str, detail: String| config_error(&format!("{source}/{file}"), detail);
+    let json = |file: &str| -> Result<Option<Value>> {
+        companions
+            .get(file)
+            .map(|text| {
+                serde_json::from_str(text).map_err(|e| bad(file, format!("not valid JSON: {e}")))
+            })
+            .transpose()
+    };
+    let modules = json("modules.json")?;
+    let types: Vec<&str> = modules
+        .as_ref()
+        .and_then(Value::as_array)
+        .map(|m| m.iter().filter_map(|x| x["type"].as_str()).collect())
+        .unwrap_or_default();
+    let normalize = types.iter().any(|t| t.ends_with(".Normalize"));
+    let pooling = match json("1_Pooling/config.json")? {
+        None => Pooling::Mean,
+        Some(p) => {
+            let on = |k: &str| p[k].as_bool() == Some(true);
+            let modes: Vec<Pooling> = [
+                ("pooling_mode_mean_tokens", Pooling::Mean),
+                ("pooling_mode_cls_token", Pooling::Cls),
+                ("pooling_mode_lasttoken", Pooling::LastToken),
+            ]
+            .into_iter()
+            .filter(|(k, _)| on(k))
+            .map(|(_, m)| m)
+            .collect();
+            let other = [
+                "pooling_mode_max_tokens",
+                "pooling_mode_mean_sqrt_len_tokens",
+                "pooling_mode_weightedmean_tokens",
+            ]
+            .into_iter()
+            .find(|k| on(k));
+            match (modes.as_slice(), other) {
+                ([mode], None) => *mode,
+                _ => {
+                    return Err(bad(
+                        "1_Pooling/config.json",
+                        "exactly one pooling mode must be on, one of mean, cls and \
+                         lasttoken (max, sqrt-length and weighted means are not supported)"
+                            .into(),
+                    ))
+                }
+            }
+        }
+    };
+    let max_tokens = match json("sentence_bert_config.json")? {
+        Some(st) => match st["max_seq_length"].as_u64() {
+            Some(m) if m > 0 => usize::try_from(m).unwrap_or(usize::MAX),
+            _ => {
+                return Err(bad(
+                    "sentence_bert_config.json",
+                    "max_seq_length must be a positive whole number".into(),
+                ))
+            }
+        },
+        None => usize::MAX,
+    };
+    Ok((pooling, normalize, max_tokens))
+}
+
+/// A BERT `config.json`'s sizes, norm epsilon, activation (and no RoPE).
+fn bert_settings(
+    v: &Value,
+    sizes: &Sizes<'_>,
+    cfg: &str,
+) -> Result<(Shape, f32, kernels::GateActivation, Option<f32>)> {
+    let shape = Shape {
+        hidden: sizes.required(v, "hidden_size", MAX_HIDDEN)?,
+        heads: sizes.required(v, "num_attention_heads", MAX_HEADS)?,
+        layers: sizes.required(v, "num_hidden_layers", MAX_LAYERS)?,
+        ffn: sizes.required(v, "intermediate_size", MAX_FFN)?,
+        vocab: sizes.required(v, "vocab_size", MAX_VOCAB)?,
+        max_positions: sizes.required(v, "max_position_embeddings", MAX_CONTEXT)?,
+        type_vocab: sizes.check(
+            "type_vocab_size",
+            v["type_vocab_size"].as_u64().unwrap_or(2),
+            MAX_TYPE_VOCAB,
+        )?,
+    };
+    let eps = v["layer_norm_eps"].as_f64().unwrap_or(1e-12) as f32;
+    let activation = match v["hidden_act"].as_str().unwrap_or("gelu") {
+        "gelu" => kernels::GateActivation::GeluErf,
+        "gelu_new" | "gelu_pytorch_tanh" => kernels::GateActivation::GeluTanh,
+        other => {
+            return Err(config_error(
+                cfg,
+                format!("activation '{other}' is not supported (supported: gelu, gelu_new)"),
+            ))
+        }
+    };
+    if v["position_embedding_type"]
+        .as_str()
+        .is_some_and(|t| t != "absolute")
+    {
+        return Err(config_error(
+            cfg,
+            format!(
+                "position_embedding_type '{}' is not supported (supported: absolute)",
+                v["position_embedding_type"]
+            ),
+        ));
+    }
+    Ok((shape, eps, activation, None))
+}
+
+/// nomic-embed-text's `config.json` as the Hub has it (its remote code's GPT-2-style names):
+/// sizes, norm epsilon, SwiGLU and the RoPE base. The variants it can describe that the model
+/// does not use (pre-norm, biases, partial or interleaved or scaled rotation, RMSNorm, parallel
+/// blocks) are refused by name.
+fn nomic_settings(
+    v: &Value,
+    sizes: &Sizes<'_>,
+    cfg: &str,
+) -> Result<(Shape, f32, kernels::GateActivation, Option<f32>)> {
+    if v.get("n_embd").is_none() {
+        return Err(config_error(
+            cfg,
+            "a nomic_bert config.json is read as the Hub's nomic-embed-text checkpoints have it \
+             (n_embd, n_head, n_layer, n_inner, …), and this one has no 'n_embd'"
+                .into(),
+        ));
+    }
+    let flag = |k: &str, want: bool| -> Result<()> {
+        match v[k].as_bool() {
+            None if !want => Ok(()),
+            Some(b) if b == want => Ok(()),
+            _ => Err(config_error(
+                cfg,
+                format!("'{k}' must be {want}: other nomic_bert variants are not supported"),
+            )),
+        }
+    };
+    for k in [
+        "qkv_proj_bias",
+        "mlp_fc1_bias",
+        "mlp_fc2_bias",
+        "prenorm",
+        "causal",
+        "rotary_emb_interleaved",
+        "use_rms_norm",
+        "parallel_block",
+    ] {
+        flag(k, false)?;
+    }
+    if let Some(f) = v["rotary_emb_fraction"].as_f64().filter(|&f| f != 1.0) {
+        return Err(config_error(
+            cfg,
+            format!("rotary_emb_fraction {f} is not supported (every dimension rotates: 1.0)"),
+        ));
+    }
+    for k in ["rotary_emb_scale_base", "rotary_scaling_factor"] {
+        if !v[k].is_null() {
+            return Err(config_error(
+                cfg,
+                format!("'{k}' ({}) is not supported: no RoPE scaling", v[k]),
+            ));
+        }
+    }
+    if v.get("moe_every_n_layers").is_some_and(|m| !m.is_null()) {
+        return Err(config_error(
+            cfg,
+            "mixture-of-experts nomic_bert models (nomic-embed-text-v2-moe) are not supported"
+                .into(),
+        ));
+    }
+    match v["activation_function"].as_str().unwrap_or("swiglu") {
+        "swiglu" => {}
+        other => {
+            return Err(config_error(
+                cfg,
+                format!("activation_function '{other}' is not supported (supported: swiglu)"),
+            ))
+        }
+    }
+    // The embedding table is padded to a multiple of pad_vocab_size_multiple rows.
+    let vocab = sizes.required(v, "vocab_size", MAX_VOCAB)?;
+    let multiple = sizes.check(
+        "pad_vocab_size_multiple",
+        v["pad_vocab_size_multiple"].as_u64().unwrap_or(1).max(1),
+        MAX_VOCAB,
+    )?;
+    // Trained on this many tokens (2048 for v1 and v1.5; n_positions says 8192, reached only
+    // with a RoPE scaling they do not configure): llama.cpp's converter makes the same choice.
+    let positions_key = if v["max_trained_positions"].is_u64() {
+        "max_trained_positions"
+    } else {
+        "n_positions"
+    };
+    let shape = Shape {
+        hidden: sizes.required(v, "n_embd", MAX_HIDDEN)?,
+        heads: sizes.required(v, "n_head", MAX_HEADS)?,
+        layers: sizes.required(v, "n_layer", MAX_LAYERS)?,
+        ffn: sizes.required(v, "n_inner", MAX_FFN)?,
+        vocab: vocab.div_ceil(multiple) * multiple,
+        max_positions: sizes.required(v, positions_key, MAX_CONTEXT)?,
+        type_vocab: sizes.check(
+            "type_vocab_size",
+            v["type_vocab_size"].as_u64().unwrap_or(2),
+            MAX_TYPE_VOCAB,
+        )?,
+    };
+    let eps = v["layer_norm_epsilon"].as_f64().unwrap_or(1e-12) as f32;
+    let theta = v["rotary_emb_base"].as_f64().unwrap_or(1000.0) as f32;
+    if !(theta.is_finite() && theta > 0.0) {
+        return Err(config_error(
+            cfg,
+            format!("rotary_emb_base {theta} must be finite and positive"),
+        ));
+    }
+    Ok((shape, eps, kernels::GateActivation::Silu, Some(theta)))
+}
+
+/// How a checkpoint names an encoder's tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncoderNames {
+    /// Hugging Face: BERT's or nomic-embed-text's (by the configuration's architecture).
+    HuggingFace,
+    /// llama.cpp's GGUF names.
+    Gguf,
+}
+
+/// q, k and v: apart, or stacked in one matrix (nomic-embed-text's `Wqkv`, GGUF `attn_qkv`).
+pub enum QkvWeights<T> {
+    Apart {
+        q: (T, Option<T>),
+        k: (T, Option<T>),
+        v: (T, Option<T>),
+    },
+    Stacked(T),
+}
+
 /// An encoder's weights by role, wherever they live (GPU or host tensors), each checked against
-/// the configuration: Hugging Face BERT names, with or without a `bert.` prefix.
+/// the configuration.
 pub struct EncoderWeights<T> {
     pub word: T,
-    pub position: T,
+    /// Absolute position embeddings (not with RoPE).
+    pub position: Option<T>,
     pub token_type: T,
     /// The embedding LayerNorm's weight and bias.
     pub embed_norm: (T, T),
     pub layers: Vec<EncoderLayerWeights<T>>,
 }
 
-/// One encoder layer's weights: (weight, bias) pairs.
+/// One encoder layer's weights: (weight, bias) pairs, the biases when the model has them.
 pub struct EncoderLayerWeights<T> {
-    pub q: (T, T),
-    pub k: (T, T),
-    pub v: (T, T),
-    pub o: (T, T),
+    pub qkv: QkvWeights<T>,
+    pub o: (T, Option<T>),
     pub attn_norm: (T, T),
-    pub up: (T, T),
-    pub down: (T, T),
+    pub up: (T, Option<T>),
+    /// The gate of a gated MLP.
+    pub gate: Option<T>,
+    pub down: (T, Option<T>),
     pub ffn_norm: (T, T),
 }
 
+/// The names of one model's tensors: embeddings and per-layer roles (`{}`: the layer).
+struct NameTable {
+    word: &'static str,
+    position: &'static str,
+    token_type: &'static str,
+    embed_norm: &'static str,
+    q: &'static str,
+    k: &'static str,
+    v: &'static str,
+    qkv: &'static str,
+    o: &'static str,
+    attn_norm: &'static str,
+    up: &'static str,
+    gate: &'static str,
+    down: &'static str,
+    ffn_norm: &'static str,
+}
+
+const BERT_NAMES: NameTable = NameTable {
+    word: "embeddings.word_embeddings",
+    position: "embeddings.position_embeddings",
+    token_type: "embeddings.token_type_embeddings",
+    embed_norm: "embeddings.LayerNorm",
+    q: "encoder.layer.{}.attention.self.query",
+    k: "encoder.layer.{}.attention.self.key",
+    v: "encoder.layer.{}.attention.self.value",
+    qkv: "",
+    o: "encoder.layer.{}.attention.output.dense",
+    attn_norm: "encoder.layer.{}.attention.output.LayerNorm",
+    up: "encoder.layer.{}.intermediate.dense",
+    gate: "",
+    down: "encoder.layer.{}.output.dense",
+    ffn_norm: "encoder.layer.{}.output.LayerNorm",
+};
+
+/// nomic-embed-text on the Hub (its remote code's names): `fc11` is the up projection, `fc12`
+/// the gate.
+const NOMIC_NAMES: NameTable = NameTable {
+    word: "embeddings.word_embeddings",
+    position: "",
+    token_type: "embeddings.token_type_embeddings",
+    embed_norm: "emb_ln",
+    q: "",
+    k: "",
+    v: "",
+    qkv: "encoder.layers.{}.attn.Wqkv",
+    o: "encoder.layers.{}.attn.out_proj",
+    attn_norm: "encoder.layers.{}.norm1",
+    up: "encoder.layers.{}.mlp.fc11",
+    gate: "encoder.layers.{}.mlp.fc12",
+    down: "encoder.layers.{}.mlp.fc2",
+    ffn_norm: "encoder.layers.{}.norm2",
+};
+
+/// llama.cpp's converter's names for both architectures.
+const GGUF_NAMES: NameTable = NameTable {
+    word: "token_embd",
+    position: "position_embd",
+    token_type: "token_types",
+    embed_norm: "token_embd_norm",
+    q: "blk.{}.attn_q",
+    k: "blk.{}.attn_k",
+    v: "blk.{}.attn_v",
+    qkv: "blk.{}.attn_qkv",
+    o: "blk.{}.attn_output",
+    attn_norm: "blk.{}.attn_output_norm",
+    up: "blk.{}.ffn_up",
+    gate: "blk.{}.ffn_gate",
+    down: "blk.{}.ffn_down",
+    ffn_norm: "blk.{}.layer_output_norm",
+};
+
 impl<T: StoredTensor> EncoderWeights<T> {
-    pub fn take(c: &EncoderConfig, tensors: &mut HashMap<String, T>) -> Result<Self> {
-        let mut take = |name: &str, shape: &[usize]| -> Result<T> {
+    /// Takes the tensors the description needs out of `tensors`, named as `names` says (Hugging
+    /// Face names with or without a `bert.` prefix), each checked against the configuration.
+    pub fn take(
+        c: &EncoderConfig,
+        names: EncoderNames,
+        tensors: &mut HashMap<String, T>,
+    ) -> Result<Self> {
+        let table = match (names, c.arch) {
+            (EncoderNames::Gguf, _) => &GGUF_NAMES,
+            (EncoderNames::HuggingFace, EncoderArch::Bert) => &BERT_NAMES,
+            (EncoderNames::HuggingFace, EncoderArch::NomicBert) => &NOMIC_NAMES,
+            (_, EncoderArch::Decoder(a)) => {
+                return Err(Error::InvalidRequest(format!(
+                    "a {a:?} decoder-based embedder's weights are the decoder's, not an encoder's"
+                )))
+            }
+        };
+        let mut take = |base: &str, layer: usize, suffix: &str, shape: &[usize]| -> Result<T> {
+            let name = format!("{}.{suffix}", base.replace("{}", &layer.to_string()));
             let t = tensors
-                .remove(name)
+                .remove(&name)
                 .or_else(|| tensors.remove(&format!("bert.{name}")))
                 .ok_or_else(|| Error::InvalidTensor {
-                    tensor: name.to_string(),
+                    tensor: name.clone(),
                     detail: "is missing: the encoder needs it".into(),
                 })?;
             expect(&t, shape)?;
             Ok(t)
         };
-        let word = take("embeddings.word_embeddings.weight", &[c.vocab, c.hidden])?;
-        let position = take(
-            "embeddings.position_embeddings.weight",
-            &[c.max_positions, c.hidden],
-        )?;
-        let token_type = take(
-            "embeddings.token_type_embeddings.weight",
-            &[c.type_vocab, c.hidden],
-        )?;
+        let (h, f, w) = (c.hidden, c.ffn, c.heads * c.head_dim);
+        let word = take(table.word, 0, "weight", &[c.vocab, h])?;
+        let position = match c.rope_theta {
+            None => Some(take(table.position, 0, "weight", &[c.max_positions, h])?),
+            Some(_) => None,
+        };
+        let token_type = take(table.token_type, 0, "weight", &[c.type_vocab, h])?;
         let embed_norm = (
-            take("embeddings.LayerNorm.weight", &[c.hidden])?,
-            take("embeddings.LayerNorm.bias", &[c.hidden])?,
+            take(table.embed_norm, 0, "weight", &[h])?,
+            take(table.embed_norm, 0, "bias", &[h])?,
         );
         let mut layers = Vec::with_capacity(c.layers);
         for l in 0..c.layers {
-            let mut pair = |name: &str, rows: usize, cols: Option<usize>| -> Result<(T, T)> {
-                let p = |s: &str| format!("encoder.layer.{l}.{name}.{s}");
-                let w = match cols {
-                    Some(cols) => take(&p("weight"), &[rows, cols])?,
-                    None => take(&p("weight"), &[rows])?,
+            let mut affine = |base: &str, rows: usize, cols: usize| -> Result<(T, Option<T>)> {
+                let weight = take(base, l, "weight", &[rows, cols])?;
+                let bias = match c.biases {
+                    true => Some(take(base, l, "bias", &[rows])?),
+                    false => None,
                 };
-                Ok((w, take(&p("bias"), &[rows])?))
+                Ok((weight, bias))
             };
-            let (h, f) = (c.hidden, c.ffn);
+            let qkv = if c.arch == EncoderArch::NomicBert {
+                QkvWeights::Stacked(affine(table.qkv, 3 * w, h)?.0)
+            } else {
+                QkvWeights::Apart {
+                    q: affine(table.q, w, h)?,
+                    k: affine(table.k, w, h)?,
+                    v: affine(table.v, w, h)?,
+                }
+            };
+            let o = affine(table.o, h, w)?;
+            let up = affine(table.up, f, h)?;
+            let gate = match c.gated {
+                true => Some(affine(table.gate, f, h)?.0),
+                false => None,
+            };
+            let down = affine(table.down, h, f)?;
+            let mut norm = |base: &str| -> Result<(T, T)> {
+                Ok((take(base, l, "weight", &[h])?, take(base, l, "bias", &[h])?))
+            };
             layers.push(EncoderLayerWeights {
-                q: pair("attention.self.query", h, Some(h))?,
-                k: pair("attention.self.key", h, Some(h))?,
-                v: pair("attention.self.value", h, Some(h))?,
-                o: pair("attention.output.dense", h, Some(h))?,
-                attn_norm: pair("attention.output.LayerNorm", h, None)?,
-                up: pair("intermediate.dense", f, Some(h))?,
-                down: pair("output.dense", h, Some(f))?,
-                ffn_norm: pair("output.LayerNorm", h, None)?,
+                qkv,
+                o,
+                attn_norm: norm(table.attn_norm)?,
+                up,
+                gate,
+                down,
+                ffn_norm: norm(table.ffn_norm)?,
             });
         }
         Ok(EncoderWeights {
@@ -309,17 +823,17 @@ impl<T: StoredTensor> EncoderWeights<T> {
     }
 }
 
-/// A linear layer's weight and bias.
+/// A linear layer's weight and bias (when the model has biases).
 struct Affine {
     w: GpuTensor,
-    b: GpuTensor,
+    b: Option<GpuTensor>,
 }
 
 /// The options of `a`'s layer: its bias, added to the output's content when `accumulate` (the
 /// residual stream).
 fn biased(a: &Affine, accumulate: bool) -> Linear<'_> {
     Linear {
-        bias: Some(&a.b),
+        bias: a.b.as_ref(),
         accumulate,
         ..Default::default()
     }
@@ -332,23 +846,44 @@ struct Norm {
 }
 
 struct EncoderLayer {
-    /// q, k and v stacked (when they share a format).
+    /// q, k and v stacked (when they share a format, or as the checkpoint stacks them).
     qkv: Proj,
     o: Affine,
     attn_norm: Norm,
     up: Affine,
+    gate: Option<GpuTensor>,
     down: Affine,
     ffn_norm: Norm,
+}
+
+/// A layer's tensors while its 1-D parameters are converted to f32: those by their index in
+/// the conversion's list.
+struct PendingLayer {
+    qkv: Vec<(GpuTensor, Option<usize>)>,
+    o: (GpuTensor, Option<usize>),
+    up: (GpuTensor, Option<usize>),
+    gate: Option<GpuTensor>,
+    down: (GpuTensor, Option<usize>),
+    attn_norm: (usize, usize),
+    ffn_norm: (usize, usize),
+}
+
+/// Adds `t` to the list of vectors to convert; its index there.
+fn enlist(vectors: &mut Vec<GpuTensor>, t: GpuTensor) -> usize {
+    vectors.push(t);
+    vectors.len() - 1
 }
 
 /// An encoder in GPU memory.
 pub struct Encoder {
     config: EncoderConfig,
     word: GpuTensor,
-    position: GpuTensor,
+    position: Option<GpuTensor>,
     token_type: GpuTensor,
     embed_norm: Norm,
     layers: Vec<EncoderLayer>,
+    /// The cos/sin table of a RoPE encoder, for [`BATCH_TOKENS`] (or `max_tokens`) positions.
+    rope: Option<RopeTable>,
     /// Keys and values of the layer being run, for up to [`BATCH_TOKENS`] tokens (or one input
     /// of `max_tokens`): the layers run one after another, so one layer's cache serves all. f32:
     /// the exact path.
@@ -356,80 +891,118 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// Takes the loaded tensors (Hugging Face BERT names, with or without a `bert.` prefix)
-    /// and checks each against the configuration.
+    /// Takes the loaded tensors (named as `names` says) and checks each against the
+    /// configuration.
     pub async fn new(
         ctx: &GpuContext,
         config: EncoderConfig,
+        names: EncoderNames,
         tensors: &mut HashMap<String, GpuTensor>,
     ) -> Result<Encoder> {
         let c = &config;
-        let w = EncoderWeights::take(c, tensors)?;
-        // The 1-D parameters go through one f32 conversion, in this order: the embedding norm,
-        // then per layer q, k, v, o, up and down biases, attention norm, output norm.
-        let mut vectors = vec![w.embed_norm.0, w.embed_norm.1];
-        let mut mats = Vec::new();
-        for l in w.layers {
-            for (m, b) in [l.q, l.k, l.v, l.o, l.up, l.down] {
-                mats.push(m);
-                vectors.push(b);
-            }
-            for (nw, nb) in [l.attn_norm, l.ffn_norm] {
-                vectors.push(nw);
-                vectors.push(nb);
-            }
-        }
-        let (word, position, token_type) = (w.word, w.position, w.token_type);
-        let vectors = vectors_to_f32(ctx, vectors.into_iter().map(|t| (t, 0.0)).collect()).await?;
-        let mut vectors = vectors.into_iter();
-        let mut next = || vectors.next().expect("one vector per parameter taken");
-        let embed_norm = Norm {
-            w: next(),
-            b: next(),
+        let w = EncoderWeights::take(c, names, tensors)?;
+        // The 1-D parameters (norms, biases) go through one f32 conversion.
+        let mut vectors = Vec::new();
+        let embed_norm = (
+            enlist(&mut vectors, w.embed_norm.0),
+            enlist(&mut vectors, w.embed_norm.1),
+        );
+        let affine = |v: &mut Vec<GpuTensor>, (m, b): (GpuTensor, Option<GpuTensor>)| {
+            (m, b.map(|b| enlist(v, b)))
         };
-        let mut mats = mats.into_iter();
-        let mut layers = Vec::with_capacity(c.layers);
-        for _ in 0..c.layers {
-            let mut affine = || Affine {
-                w: mats.next().expect("six matrices per layer"),
-                b: next(),
+        let mut pending = Vec::with_capacity(c.layers);
+        for l in w.layers {
+            let qkv = match l.qkv {
+                QkvWeights::Apart { q, k, v } => [q, k, v]
+                    .into_iter()
+                    .map(|p| affine(&mut vectors, p))
+                    .collect(),
+                QkvWeights::Stacked(m) => vec![(m, None)],
             };
-            let (q, k, v, o, up, down) =
-                (affine(), affine(), affine(), affine(), affine(), affine());
+            let o = affine(&mut vectors, l.o);
+            let up = affine(&mut vectors, l.up);
+            let down = affine(&mut vectors, l.down);
+            let attn_norm = (
+                enlist(&mut vectors, l.attn_norm.0),
+                enlist(&mut vectors, l.attn_norm.1),
+            );
+            let ffn_norm = (
+                enlist(&mut vectors, l.ffn_norm.0),
+                enlist(&mut vectors, l.ffn_norm.1),
+            );
+            pending.push(PendingLayer {
+                qkv,
+                o,
+                up,
+                gate: l.gate,
+                down,
+                attn_norm,
+                ffn_norm,
+            });
+        }
+        let converted =
+            vectors_to_f32(ctx, vectors.into_iter().map(|t| (t, 0.0)).collect()).await?;
+        let mut converted: Vec<Option<GpuTensor>> = converted.into_iter().map(Some).collect();
+        let mut get = |i: usize| converted[i].take().expect("each vector is taken once");
+        let embed_norm = Norm {
+            w: get(embed_norm.0),
+            b: get(embed_norm.1),
+        };
+        let mut layers = Vec::with_capacity(c.layers);
+        for p in pending {
+            let mut affine = |(w, b): (GpuTensor, Option<usize>)| Affine {
+                w,
+                b: b.map(&mut get),
+            };
+            let qkv = p.qkv.into_iter().map(&mut affine).collect::<Vec<_>>();
+            let (o, up, down) = (affine(p.o), affine(p.up), affine(p.down));
             let attn_norm = Norm {
-                w: next(),
-                b: next(),
+                w: get(p.attn_norm.0),
+                b: get(p.attn_norm.1),
             };
             let ffn_norm = Norm {
-                w: next(),
-                b: next(),
+                w: get(p.ffn_norm.0),
+                b: get(p.ffn_norm.1),
             };
-            let name = format!("encoder.layer.{}.attention.qkv", layers.len());
-            let qkv = stack(
-                ctx,
-                &name,
-                vec![q.w, k.w, v.w],
-                vec![Some(q.b), Some(k.b), Some(v.b)],
-            )
-            .await?;
+            let qkv = match <[Affine; 1]>::try_from(qkv) {
+                Ok([one]) => Proj::Fused {
+                    w: one.w,
+                    bias: one.b,
+                },
+                Err(parts) => {
+                    let name = format!("encoder.layer.{}.attention.qkv", layers.len());
+                    let (ws, bs) = parts.into_iter().map(|a| (a.w, a.b)).unzip();
+                    stack(ctx, &name, ws, bs).await?
+                }
+            };
             layers.push(EncoderLayer {
                 qkv,
                 o,
                 attn_norm,
                 up,
+                gate: p.gate,
                 down,
                 ffn_norm,
             });
         }
         let positions = BATCH_TOKENS.max(c.max_tokens);
+        let rope = match c.rope_theta {
+            Some(theta) => Some(RopeTable::new(
+                ctx,
+                RopeConfig::new(c.head_dim, theta, RopeLayout::NeoX),
+                positions,
+            )?),
+            None => None,
+        };
         let kv = KvCache::with_dtype(ctx, 1, positions, c.heads, c.head_dim, DType::F32)?;
         Ok(Encoder {
             config,
-            word,
-            position,
-            token_type,
+            word: w.word,
+            position: w.position,
+            token_type: w.token_type,
             embed_norm,
             layers,
+            rope,
             kv,
         })
     }
@@ -494,13 +1067,24 @@ impl Encoder {
         let (q3, k3, v3, o3) = (heads(&q)?, heads(&k)?, heads(&v)?, heads(&o)?);
         let inter = f32z("intermediate", &[n, c.ffn])?;
         let act = f32z("activation", &[n, c.ffn])?;
+        let up_rows = match c.gated {
+            true => Some(f32z("up", &[n, c.ffn])?),
+            false => None,
+        };
 
-        let mut d: Vec<Dispatch> = vec![
-            kernels::embed(ctx, &self.word, &ids_t, &x).await?,
-            kernels::embed(ctx, &self.position, &pos_t, &part).await?,
-            kernels::add_in_place(ctx, &x, &part).await?,
-            kernels::embed(ctx, &self.token_type, &types_t, &part).await?,
-            kernels::add_in_place(ctx, &x, &part).await?,
+        let mut d: Vec<Dispatch> = vec![kernels::embed(ctx, &self.word, &ids_t, &x).await?];
+        // Token types (all 0) and, without RoPE, absolute positions are added.
+        let tables = [
+            (self.position.as_ref(), &pos_t),
+            (Some(&self.token_type), &types_t),
+        ];
+        for (table, rows) in tables {
+            if let Some(table) = table {
+                d.push(kernels::embed(ctx, table, rows, &part).await?);
+                d.push(kernels::add_in_place(ctx, &x, &part).await?);
+            }
+        }
+        d.push(
             kernels::layernorm(
                 ctx,
                 &x,
@@ -510,12 +1094,21 @@ impl Encoder {
                 &h,
             )
             .await?,
-        ];
+        );
         let mut scratch: Option<AttentionScratch> = None;
         for w in &self.layers {
             let plain = Linear::default();
             d.extend(w.qkv.record(ctx, &h, &[&q, &k, &v], &plain).await?);
-            d.push(kernels::kv_write(ctx, &step, &self.kv, 0, &k3, &v3).await?);
+            // RoPE rotates by the step's positions, which run on across the packed inputs
+            // (0..n) rather than restart at each: the scores depend only on the distance between
+            // a query's and a key's positions, which is the same within an input, and no token
+            // sees another input's. The cos/sin table is exact to f32 at every position.
+            d.push(match &self.rope {
+                Some(table) => {
+                    kernels::rope_kv_write(ctx, table, &step, &q3, &k3, &v3, &self.kv, 0).await?
+                }
+                None => kernels::kv_write(ctx, &step, &self.kv, 0, &k3, &v3).await?,
+            });
             let opts = AttentionOptions {
                 scratch: scratch.clone(),
                 bidirectional: true,
@@ -525,18 +1118,34 @@ impl Encoder {
             let att = kernels::attention(ctx, &step, &q3, &self.kv, 0, &o3, &opts).await?;
             scratch = att.scratch().cloned();
             d.extend(att.dispatches().iter().cloned());
-            // h += o·Woᵀ + bo, then h2 = LayerNorm(h).
+            // h += o·Woᵀ (+ bo), then h2 = LayerNorm(h).
             d.push(kernels::linear_with(ctx, &w.o.w, &o, &h, &biased(&w.o, true)).await?);
             d.push(
                 kernels::layernorm(ctx, &h, &w.attn_norm.w, Some(&w.attn_norm.b), c.eps, &h2)
                     .await?,
             );
-            // h2 += act(h2·Wupᵀ + bup)·Wdownᵀ + bdown, then h = LayerNorm(h2).
-            d.push(kernels::linear_with(ctx, &w.up.w, &h2, &inter, &biased(&w.up, false)).await?);
-            d.push(match c.activation {
-                kernels::GateActivation::GeluTanh => kernels::gelu(ctx, &inter, &act).await?,
-                _ => kernels::gelu_erf(ctx, &inter, &act).await?,
-            });
+            // h2 += MLP(h2), then h = LayerNorm(h2). The MLP is act(h2·Wupᵀ + bup)·Wdownᵀ +
+            // bdown, or gated: (act(h2·Wgateᵀ) · h2·Wupᵀ)·Wdownᵀ.
+            let up_out = up_rows.as_ref().unwrap_or(&inter);
+            d.push(kernels::linear_with(ctx, &w.up.w, &h2, up_out, &biased(&w.up, false)).await?);
+            let activation = match (&w.gate, up_rows.as_ref()) {
+                (Some(gate), Some(up)) => {
+                    d.push(kernels::linear_with(ctx, gate, &h2, &inter, &plain).await?);
+                    kernels::gated(ctx, &inter, up, &act, c.activation).await?
+                }
+                _ => match c.activation {
+                    kernels::GateActivation::GeluTanh => kernels::gelu(ctx, &inter, &act).await?,
+                    kernels::GateActivation::GeluErf => {
+                        kernels::gelu_erf(ctx, &inter, &act).await?
+                    }
+                    kernels::GateActivation::Silu => {
+                        return Err(Error::InvalidRequest(
+                            "an ungated SiLU MLP is not an encoder PocketLM runs".into(),
+                        ))
+                    }
+                },
+            };
+            d.push(activation);
             d.push(kernels::linear_with(ctx, &w.down.w, &act, &h2, &biased(&w.down, true)).await?);
             d.push(
                 kernels::layernorm(ctx, &h2, &w.ffn_norm.w, Some(&w.ffn_norm.b), c.eps, &h).await?,
@@ -552,9 +1161,12 @@ impl Encoder {
 
     /// Frees the GPU memory.
     pub fn destroy(&self) {
-        for t in [&self.word, &self.position, &self.token_type] {
-            t.destroy();
-        }
+        let tables = [
+            Some(&self.word),
+            self.position.as_ref(),
+            Some(&self.token_type),
+        ];
+        tables.into_iter().flatten().for_each(GpuTensor::destroy);
         let norms = std::iter::once(&self.embed_norm)
             .chain(self.layers.iter().flat_map(|l| [&l.attn_norm, &l.ffn_norm]));
         for n in norms {
@@ -565,8 +1177,12 @@ impl Encoder {
             l.qkv.tensors().into_iter().for_each(GpuTensor::destroy);
             for a in [&l.o, &l.up, &l.down] {
                 a.w.destroy();
-                a.b.destroy();
+                a.b.iter().for_each(GpuTensor::destroy);
             }
+            l.gate.iter().for_each(GpuTensor::destroy);
+        }
+        if let Some(r) = &self.rope {
+            r.table().destroy();
         }
         self.kv.destroy();
     }
@@ -587,6 +1203,9 @@ pub const CPU_BATCH_TOKENS: usize = 256;
 pub enum AnyEncoder {
     Gpu(Encoder),
     Cpu(CpuEncoder),
+    /// Decoder-based embedders.
+    GpuDecoder(GpuDecoderEmbedder),
+    CpuDecoder(CpuDecoderEmbedder),
 }
 
 impl AnyEncoder {
@@ -594,6 +1213,8 @@ impl AnyEncoder {
         match self {
             AnyEncoder::Gpu(e) => e.config(),
             AnyEncoder::Cpu(e) => e.config(),
+            AnyEncoder::GpuDecoder(e) => e.config(),
+            AnyEncoder::CpuDecoder(e) => e.config(),
         }
     }
 
@@ -603,9 +1224,39 @@ impl AnyEncoder {
         Ok(one.pop().expect("one embedding per input"))
     }
 
+    /// The last hidden states of several inputs, `[total tokens, hidden]` row-major, inputs in
+    /// order: an encoder's in one packed pass (at most [`BATCH_TOKENS`] tokens in all, or one
+    /// input), a decoder-based embedder's after the final norm, one input after another.
+    pub async fn hidden_states(
+        &self,
+        dev: impl Into<Device<'_>>,
+        inputs: &[&[u32]],
+    ) -> Result<Vec<f32>> {
+        let mut rows = Vec::new();
+        match (self, dev.into()) {
+            (AnyEncoder::Gpu(e), Device::Gpu(ctx)) => {
+                return e.hidden_states_packed(ctx, inputs).await
+            }
+            (AnyEncoder::Cpu(e), Device::Cpu(cpu)) => return e.hidden_states_packed(cpu, inputs),
+            (AnyEncoder::GpuDecoder(e), Device::Gpu(ctx)) => {
+                for ids in inputs {
+                    rows.extend(e.hidden_states(ctx, ids).await?);
+                }
+            }
+            (AnyEncoder::CpuDecoder(e), Device::Cpu(cpu)) => {
+                for ids in inputs {
+                    rows.extend(e.hidden_states(cpu, ids)?);
+                }
+            }
+            _ => return Err(other_backend()),
+        }
+        Ok(rows)
+    }
+
     /// Several inputs' embeddings, in order: packed together, as many as fit in
     /// [`BATCH_TOKENS`] tokens per pass on the GPU and [`CPU_BATCH_TOKENS`] on the CPU (an
-    /// input longer than that runs alone).
+    /// input longer than that runs alone); a decoder-based embedder's one at a time. Every input
+    /// is checked before any runs.
     pub async fn embed_batch(
         &self,
         dev: impl Into<Device<'_>>,
@@ -613,11 +1264,15 @@ impl AnyEncoder {
     ) -> Result<Vec<Vec<f32>>> {
         let dev = dev.into();
         let c = self.config();
-        let mut out = Vec::with_capacity(inputs.len());
+        for ids in inputs {
+            c.check_input(ids)?;
+        }
         let budget = match self {
             AnyEncoder::Gpu(_) => BATCH_TOKENS,
             AnyEncoder::Cpu(_) => CPU_BATCH_TOKENS,
+            AnyEncoder::GpuDecoder(_) | AnyEncoder::CpuDecoder(_) => 0,
         };
+        let mut out = Vec::with_capacity(inputs.len());
         let mut rest = inputs;
         while !rest.is_empty() {
             let mut total = 0;
@@ -631,17 +1286,7 @@ impl AnyEncoder {
                 .max(1);
             let (batch, after) = rest.split_at(take);
             let refs: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
-            let hidden = match (self, dev) {
-                (AnyEncoder::Gpu(e), Device::Gpu(ctx)) => {
-                    e.hidden_states_packed(ctx, &refs).await?
-                }
-                (AnyEncoder::Cpu(e), Device::Cpu(cpu)) => e.hidden_states_packed(cpu, &refs)?,
-                _ => {
-                    return Err(Error::InvalidRequest(
-                        "this embedding model was loaded on the other backend".into(),
-                    ))
-                }
-            };
+            let hidden = self.hidden_states(dev, &refs).await?;
             let mut rows = hidden.as_slice();
             for ids in batch {
                 let (mine, next) = rows.split_at(ids.len() * c.hidden);
@@ -653,11 +1298,26 @@ impl AnyEncoder {
         Ok(out)
     }
 
-    pub fn destroy(&self) {
-        if let AnyEncoder::Gpu(e) = self {
-            e.destroy();
+    /// Bytes of host memory the model takes (0 on the GPU).
+    pub fn host_bytes(&self) -> u64 {
+        match self {
+            AnyEncoder::Cpu(e) => e.host_bytes(),
+            AnyEncoder::CpuDecoder(e) => e.host_bytes(),
+            AnyEncoder::Gpu(_) | AnyEncoder::GpuDecoder(_) => 0,
         }
     }
+
+    pub fn destroy(&self) {
+        match self {
+            AnyEncoder::Gpu(e) => e.destroy(),
+            AnyEncoder::GpuDecoder(e) => e.destroy(),
+            AnyEncoder::Cpu(_) | AnyEncoder::CpuDecoder(_) => {}
+        }
+    }
+}
+
+fn other_backend() -> Error {
+    Error::InvalidRequest("this embedding model was loaded on the other backend".into())
 }
 
 /// An encoder with its tokenizer: texts in, embeddings out.
@@ -676,13 +1336,59 @@ pub enum EmbedInput<'a> {
     Ids(Vec<u32>),
 }
 
-/// Whether a model's companion files describe a sentence-embedding encoder (a BERT
-/// `config.json`) rather than a decoder.
+/// Whether a model's companion files describe a sentence-embedding model rather than a chat
+/// model: a BERT or nomic-embed-text `config.json`, or any other (a decoder's) with a
+/// sentence-transformers `modules.json` that pools (Qwen3-Embedding).
 pub fn is_encoder(companions: &BTreeMap<String, String>) -> bool {
-    companions
+    let encoder = companions
         .get("config.json")
         .and_then(|t| serde_json::from_str::<Value>(t).ok())
-        .is_some_and(|v| v["model_type"] == "bert")
+        .is_some_and(|v| {
+            v["model_type"]
+                .as_str()
+                .and_then(EncoderArch::from_model_type)
+                .is_some()
+        });
+    encoder || pools(companions)
+}
+
+/// Whether `modules.json` has a sentence-transformers Pooling module.
+fn pools(companions: &BTreeMap<String, String>) -> bool {
+    companions
+        .get("modules.json")
+        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        .and_then(|v| {
+            v.as_array().map(|m| {
+                m.iter()
+                    .any(|x| x["type"].as_str().is_some_and(|t| t.ends_with(".Pooling")))
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Whether loaded model files are a sentence-embedding encoder: a GGUF file of an encoder
+/// architecture, or a folder whose `config.json` describes one.
+pub fn is_encoder_model<T>(model: &LoadedModelFiles<T>) -> bool {
+    match model.files.gguf_metadata() {
+        Some(meta) => is_encoder_gguf(meta),
+        None => is_encoder(&model.companions),
+    }
+}
+
+/// Whether a GGUF file's architecture is an encoder's.
+pub fn is_encoder_gguf(meta: &GgufMetadata) -> bool {
+    meta.architecture()
+        .ok()
+        .and_then(EncoderArch::from_gguf_name)
+        .is_some()
+}
+
+/// What an embedding model is: an encoder and how its tensors are named, or a decoder (one per
+/// load: the size difference does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Described {
+    Encoder(EncoderConfig, EncoderNames),
+    Decoder(EncoderConfig, ModelConfig),
 }
 
 /// One text's embedding and how many tokens it was.
@@ -695,17 +1401,25 @@ pub struct Embedding {
 }
 
 impl Embedder {
-    /// From a loaded sentence-transformers folder: its tensors (taken) and companion files
-    /// (`tokenizer.json` is required).
+    /// From a loaded sentence-transformers folder (its companion files: `tokenizer.json` is
+    /// required) or GGUF file: its tensors are taken.
     pub async fn from_loaded(
         ctx: &GpuContext,
         model: &mut LoadedModelFiles,
         name: &str,
     ) -> Result<Embedder> {
-        let (config, tokenizer) = Self::describe(&model.companions, name)?;
-        let encoder = Encoder::new(ctx, config, &mut model.tensors).await?;
+        let (described, tokenizer) = Self::describe(model, name)?;
+        let encoder = match described {
+            Described::Encoder(config, names) => {
+                AnyEncoder::Gpu(Encoder::new(ctx, config, names, &mut model.tensors).await?)
+            }
+            Described::Decoder(config, m) => {
+                let tensors = std::mem::take(&mut model.tensors);
+                AnyEncoder::GpuDecoder(GpuDecoderEmbedder::new(ctx, config, m, tensors).await?)
+            }
+        };
         Ok(Embedder {
-            encoder: AnyEncoder::Gpu(encoder),
+            encoder,
             tokenizer,
             name: name.to_string(),
         })
@@ -716,31 +1430,69 @@ impl Embedder {
         model: &mut LoadedModelFiles<HostTensor>,
         name: &str,
     ) -> Result<Embedder> {
-        let (config, tokenizer) = Self::describe(&model.companions, name)?;
-        let encoder = CpuEncoder::new(config, &mut model.tensors)?;
+        let (described, tokenizer) = Self::describe(model, name)?;
+        let encoder = match described {
+            Described::Encoder(config, names) => {
+                AnyEncoder::Cpu(CpuEncoder::new(config, names, &mut model.tensors)?)
+            }
+            Described::Decoder(config, m) => {
+                let tensors = std::mem::take(&mut model.tensors);
+                AnyEncoder::CpuDecoder(CpuDecoderEmbedder::new(config, m, tensors)?)
+            }
+        };
         Ok(Embedder {
-            encoder: AnyEncoder::Cpu(encoder),
+            encoder,
             tokenizer,
             name: name.to_string(),
         })
     }
 
-    /// The encoder's description and tokenizer from a folder's companion files.
-    fn describe(
-        companions: &BTreeMap<String, String>,
-        name: &str,
-    ) -> Result<(EncoderConfig, Tokenizer)> {
-        let config = EncoderConfig::from_companions(companions, name)?;
-        let tokenizer = match companions.get("tokenizer.json") {
-            Some(json) => Tokenizer::from_json_str(json)?,
+    /// The model's description and tokenizer: from a GGUF file's metadata, or a folder's
+    /// companion files (a BERT-like encoder's `config.json`, or a decoder's with a
+    /// sentence-transformers Pooling module).
+    fn describe<T>(model: &LoadedModelFiles<T>, name: &str) -> Result<(Described, Tokenizer)> {
+        let (described, tokenizer) = match model.files.gguf_metadata() {
+            Some(meta) => (
+                Described::Encoder(EncoderConfig::from_gguf(meta)?, EncoderNames::Gguf),
+                Tokenizer::from_gguf(meta)?,
+            ),
             None => {
-                return Err(Error::Config {
-                    source_name: format!("{name}/tokenizer.json"),
-                    detail: "an embedding model needs its tokenizer.json beside the weights, \
-                             and there is none"
-                        .into(),
-                })
+                let companions = &model.companions;
+                let encoder_arch = companions
+                    .get("config.json")
+                    .and_then(|t| serde_json::from_str::<Value>(t).ok())
+                    .and_then(|v| {
+                        v["model_type"]
+                            .as_str()
+                            .and_then(EncoderArch::from_model_type)
+                    });
+                let described = match (encoder_arch, companions.get("config.json")) {
+                    (None, Some(json)) if pools(companions) => {
+                        let source = format!("{name}/config.json");
+                        let m = ModelConfig::from_hf_json(json, &source)?;
+                        Described::Decoder(EncoderConfig::for_decoder(&m, companions, name)?, m)
+                    }
+                    _ => Described::Encoder(
+                        EncoderConfig::from_companions(companions, name)?,
+                        EncoderNames::HuggingFace,
+                    ),
+                };
+                let tokenizer = match companions.get("tokenizer.json") {
+                    Some(json) => Tokenizer::from_json_str(json)?,
+                    None => {
+                        return Err(Error::Config {
+                            source_name: format!("{name}/tokenizer.json"),
+                            detail: "an embedding model needs its tokenizer.json beside the \
+                                     weights, and there is none"
+                                .into(),
+                        })
+                    }
+                };
+                (described, tokenizer)
             }
+        };
+        let config = match &described {
+            Described::Encoder(c, _) | Described::Decoder(c, _) => c,
         };
         if tokenizer.vocab_size() > config.vocab {
             return Err(Error::VocabMismatch {
@@ -748,7 +1500,7 @@ impl Embedder {
                 model: config.vocab,
             });
         }
-        Ok((config, tokenizer))
+        Ok((described, tokenizer))
     }
 
     /// `text`'s token ids with the model's special tokens (BERT: `[CLS] … [SEP]`), cut to the
@@ -905,6 +1657,8 @@ pub fn shorten(vector: &[f32], dimensions: usize, normalize: bool) -> Option<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "harness")]
+    use crate::formats::gguf::MetaValue;
 
     fn companions(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -977,6 +1731,152 @@ mod tests {
         assert!(e.to_string().contains("exactly one pooling mode"), "{e}");
         let e = EncoderConfig::from_companions(&companions(&[]), "m").unwrap_err();
         assert!(e.to_string().contains("config.json"), "{e}");
+    }
+
+    /// nomic-embed-text-v1.5's config.json as the Hub has it (sizes of the real model).
+    const NOMIC: &str = r#"{"model_type": "nomic_bert", "activation_function": "swiglu",
+        "causal": false, "n_embd": 768, "n_head": 12, "n_inner": 3072, "n_layer": 12,
+        "n_positions": 8192, "max_trained_positions": 2048, "layer_norm_epsilon": 1e-12,
+        "rotary_emb_base": 1000, "rotary_emb_fraction": 1.0, "rotary_emb_interleaved": false,
+        "rotary_emb_scale_base": null, "rotary_scaling_factor": null, "qkv_proj_bias": false,
+        "mlp_fc1_bias": false, "mlp_fc2_bias": false, "prenorm": false, "use_rms_norm": false,
+        "type_vocab_size": 2, "vocab_size": 30528, "pad_vocab_size_multiple": 64}"#;
+
+    #[test]
+    fn nomic_embed_text_is_described_from_the_hub_config() {
+        let sbert = r#"{"max_seq_length": 8192, "do_lower_case": false}"#;
+        let c = EncoderConfig::from_companions(
+            &companions(&[("config.json", NOMIC), ("sentence_bert_config.json", sbert)]),
+            "nomic",
+        )
+        .unwrap();
+        assert_eq!(c.arch, EncoderArch::NomicBert);
+        assert_eq!(
+            (c.hidden, c.heads, c.head_dim, c.layers, c.ffn),
+            (768, 12, 64, 12, 3072)
+        );
+        assert_eq!(
+            (c.vocab, c.max_positions, c.max_tokens),
+            (30528, 2048, 2048)
+        );
+        assert_eq!(c.rope_theta, Some(1000.0));
+        assert!(c.gated && !c.biases);
+        assert_eq!(c.activation, kernels::GateActivation::Silu);
+        assert!(c.describe().contains("SwiGLU"), "{}", c.describe());
+        // The table is padded to a multiple of pad_vocab_size_multiple.
+        let odd = NOMIC.replace("30528", "30522");
+        let c = EncoderConfig::from_companions(&companions(&[("config.json", &odd)]), "n");
+        assert_eq!(c.unwrap().vocab, 30528);
+    }
+
+    #[test]
+    fn nomic_variants_it_cannot_run_are_refused_by_name() {
+        for (from, to, want) in [
+            (
+                "\"prenorm\": false",
+                "\"prenorm\": true",
+                "'prenorm' must be false",
+            ),
+            (
+                "\"qkv_proj_bias\": false",
+                "\"qkv_proj_bias\": true",
+                "qkv_proj_bias",
+            ),
+            (
+                "\"rotary_emb_fraction\": 1.0",
+                "\"rotary_emb_fraction\": 0.5",
+                "rotary_emb_fraction",
+            ),
+            (
+                "\"rotary_scaling_factor\": null",
+                "\"rotary_scaling_factor\": 2.0",
+                "rotary_scaling",
+            ),
+            ("\"swiglu\"", "\"gelu\"", "activation_function 'gelu'"),
+            ("\"n_embd\": 768", "\"hidden_size\": 768", "no 'n_embd'"),
+            ("\"n_head\": 12", "\"n_head\": 7", "heads must divide"),
+            (
+                "\"rotary_emb_base\": 1000",
+                "\"rotary_emb_base\": -1",
+                "finite and positive",
+            ),
+        ] {
+            let json = NOMIC.replace(from, to);
+            assert_ne!(json, NOMIC, "{from}");
+            let e = EncoderConfig::from_companions(&companions(&[("config.json", &json)]), "n")
+                .unwrap_err();
+            assert!(e.to_string().contains(want), "{want}: {e}");
+        }
+    }
+
+    /// A GGUF file's metadata as llama.cpp's converter writes it for a BERT, with `changes`.
+    #[cfg(feature = "harness")]
+    fn gguf_meta(changes: &[(&str, Option<MetaValue>)]) -> crate::formats::GgufHeader {
+        use crate::formats::gguf::MetaArray;
+        let tokens: Vec<String> = (0..100).map(|i| format!("t{i}")).collect();
+        let mut meta: Vec<(&str, MetaValue)> = vec![
+            ("general.architecture", MetaValue::String("bert".into())),
+            ("bert.block_count", MetaValue::U32(2)),
+            ("bert.context_length", MetaValue::U32(512)),
+            ("bert.embedding_length", MetaValue::U32(32)),
+            ("bert.feed_forward_length", MetaValue::U32(64)),
+            ("bert.attention.head_count", MetaValue::U32(4)),
+            ("bert.attention.layer_norm_epsilon", MetaValue::F32(1e-12)),
+            ("bert.attention.causal", MetaValue::Bool(false)),
+            ("bert.pooling_type", MetaValue::U32(2)),
+            ("tokenizer.ggml.token_type_count", MetaValue::U32(2)),
+            (
+                "tokenizer.ggml.tokens",
+                MetaValue::Array(MetaArray::String(tokens)),
+            ),
+        ];
+        for (key, value) in changes {
+            meta.retain(|(k, _)| k != key);
+            if let Some(v) = value {
+                meta.push((key, v.clone()));
+            }
+        }
+        let bytes = crate::fuzzing::gguf_bytes(&meta);
+        crate::formats::GgufHeader::parse_file(&bytes, "m.gguf").unwrap()
+    }
+
+    #[cfg(feature = "harness")]
+    #[test]
+    fn gguf_encoder_metadata_is_read_and_bad_values_are_refused() {
+        let c = EncoderConfig::from_gguf(&gguf_meta(&[]).metadata).unwrap();
+        assert_eq!(
+            (c.arch, c.hidden, c.heads, c.layers, c.ffn),
+            (EncoderArch::Bert, 32, 4, 2, 64)
+        );
+        assert_eq!((c.vocab, c.max_positions, c.max_tokens), (100, 512, 512));
+        assert_eq!(
+            (c.pooling, c.normalize, c.rope_theta),
+            (Pooling::Cls, true, None)
+        );
+        let u = |v: u32| Some(MetaValue::U32(v));
+        for (changes, want) in [
+            (vec![("bert.pooling_type", u(4))], "pooling_type 4"),
+            (
+                vec![("bert.attention.causal", Some(MetaValue::Bool(true)))],
+                "causal is true",
+            ),
+            (vec![("bert.block_count", u(1 << 30))], "over the limit"),
+            (
+                vec![("bert.attention.head_count", u(5))],
+                "heads must divide",
+            ),
+            (
+                vec![("bert.embedding_length", None)],
+                "bert.embedding_length",
+            ),
+            (
+                vec![("general.architecture", Some(MetaValue::String("t5".into())))],
+                "t5 (as an encoder)",
+            ),
+        ] {
+            let e = EncoderConfig::from_gguf(&gguf_meta(&changes).metadata).unwrap_err();
+            assert!(e.to_string().contains(want), "{want}: {e}");
+        }
     }
 
     #[test]

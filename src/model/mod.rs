@@ -2,11 +2,13 @@
 //! ([`arch`]), a model's hyper-parameters and per-layer settings are its block description
 //! ([`ModelConfig`]), and one generic decoder ([`Decoder`]) builds the forward pass from them.
 //! Sentence-embedding encoders ([`Encoder`]) are described by their sentence-transformers folder
-//! ([`EncoderConfig`]).
+//! or GGUF file ([`EncoderConfig`]); decoder-based embedders ([`decoder_embedder`]) are a chat
+//! architecture's decoder with a sentence-transformers Pooling module.
 
 pub mod arch;
 mod config;
 pub(crate) mod decoder;
+pub mod decoder_embedder;
 pub mod encoder;
 pub(crate) mod weights;
 

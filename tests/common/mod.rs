@@ -540,8 +540,17 @@ pub const TINY_GGUF_FIXTURES: [&str; 8] = [
     "tiny-smollm3",
 ];
 
-/// The tiny random BERT of scripts/make_encoder_fixtures.py against transformers, for an encoder
-/// on either backend given as `hidden` (the packed last hidden states of some inputs, `[tokens,
+/// The tiny random embedding models of scripts/make_encoder_fixtures.py, each a
+/// sentence-transformers folder and whether llama.cpp's GGUF conversion of it (`NAME.gguf`) is
+/// there too: BERT, nomic-embed-text, and a decoder-based embedder (Qwen3-Embedding's layout).
+pub const TINY_EMBEDDERS: [(&str, bool); 3] = [
+    ("tiny-bert", true),
+    ("tiny-nomic-bert", true),
+    ("tiny-qwen3-embedding", false),
+];
+
+/// The tiny random embedding model `name` (one of [`TINY_EMBEDDERS`]) against transformers, for
+/// a model on either backend given as `hidden` (the packed last hidden states of some inputs, `[tokens,
 /// width]`) and `embed` (the embeddings of many inputs, in as many passes as they need):
 /// - each input alone, its hidden states within 1e-5 (LayerNorm outputs are O(1); summation
 ///   orders differ from PyTorch's, about 1e-6 here) and its embedding, unit length, within
@@ -549,14 +558,16 @@ pub const TINY_GGUF_FIXTURES: [&str; 8] = [
 /// - all inputs packed in one pass: the same rows, each input seeing only its own tokens;
 /// - more inputs than one pass packs ([`BATCH_TOKENS`](pocketlm::model::encoder::BATCH_TOKENS)),
 ///   each embedding as the reference's.
-pub fn check_tiny_bert(
+pub fn check_tiny_encoder(
+    name: &str,
     width: usize,
     hidden: impl Fn(&[&[u32]]) -> Vec<f32>,
     embed: impl Fn(&[Vec<u32>]) -> Vec<Vec<f32>>,
 ) {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models/tiny-bert");
-    let reference = fixture_json("models/tiny-bert/reference.json");
+        .join("tests/fixtures/models")
+        .join(name);
+    let reference = fixture_json(&format!("models/{name}/reference.json"));
     let want_rows = read_f32_file(&dir.join("hidden.f32"));
     let inputs: Vec<Vec<u32>> = reference["inputs"]
         .as_array()
@@ -585,13 +596,18 @@ pub fn check_tiny_bert(
         let want = &want_rows[at..at + n * width];
         at += n * width;
         let err = worst(&hidden(&[ids]), want);
-        assert!(err < 1e-5, "input {i} ({n} tokens): max |error| {err}");
+        assert!(
+            err < 1e-5,
+            "{name}: input {i} ({n} tokens): max |error| {err}"
+        );
         let distance = check_embedding(
             &format!("input {i}"),
             &embed(std::slice::from_ref(ids))[0],
             i,
         );
-        println!("input {i} ({n} tokens): max |error| {err:e}, cosine distance {distance:e}");
+        println!(
+            "{name}: input {i} ({n} tokens): max |error| {err:e}, cosine distance {distance:e}"
+        );
     }
     assert_eq!(at, want_rows.len(), "every reference row was compared");
 
@@ -599,7 +615,7 @@ pub fn check_tiny_bert(
     let err = worst(&hidden(&refs), &want_rows);
     assert!(
         err < 1e-5,
-        "{} inputs packed: max |error| {err}",
+        "{name}: {} inputs packed: max |error| {err}",
         inputs.len()
     );
 
@@ -610,5 +626,30 @@ pub fn check_tiny_bert(
     assert_eq!(embeddings.len(), many.len());
     for (j, e) in embeddings.iter().enumerate() {
         check_embedding(&format!("input {j} of {}", many.len()), e, j % inputs.len());
+    }
+}
+
+/// The tiny encoder `name`'s reference sentences through a whole embedder: `tokenize` must give
+/// transformers' ids (`[CLS] … [SEP]`, lowercased WordPiece) and `embed` (all texts in one
+/// call) embeddings within cosine distance 1e-5 of transformers'.
+pub fn check_tiny_encoder_texts(
+    name: &str,
+    tokenize: impl Fn(&str) -> Vec<u32>,
+    embed: impl Fn(&[&str]) -> Vec<Vec<f32>>,
+) {
+    let reference = fixture_json(&format!("models/{name}/reference.json"));
+    let cases = reference["texts"].as_array().unwrap();
+    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    for (case, text) in cases.iter().zip(&texts) {
+        assert_eq!(tokenize(text), token_ids(&case["ids"]), "{name}: {text:?}");
+    }
+    let got = embed(&texts);
+    assert_eq!(got.len(), texts.len());
+    for ((case, text), e) in cases.iter().zip(&texts).zip(&got) {
+        let distance = cosine_distance(e, &numbers(&case["embedding"]));
+        assert!(
+            distance < 1e-5,
+            "{name}: {text:?}: cosine distance {distance:e}"
+        );
     }
 }

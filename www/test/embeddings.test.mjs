@@ -3,8 +3,10 @@
 // `lm.embeddings.create` in the package's worker, against sentence-transformers
 // (tests/fixtures/minilm/reference.json) within cosine distance 1e-5; base64 output, Matryoshka
 // `dimensions`, token-id inputs, and the bad inputs as typed errors with the numbers; the same on
-// the CPU backend (what `auto` picks on this machine); and an embedding model and a chat model
-// each refusing the other's API.
+// the CPU backend (what `auto` picks on this machine); an embedding model and a chat model
+// each refusing the other's API; and the tiny random encoders of scripts/make_encoder_fixtures.py
+// (nomic-embed-text's architecture from its folder, and llama.cpp's GGUF conversions of it and
+// of BERT) on both backends against transformers.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
@@ -21,7 +23,11 @@ let server, browser, page;
 
 before(async () => {
   assert.ok(existsSync(join(MINILM, ".complete")), "run scripts/fetch-minilm.sh");
-  server = await serve({ "/": WWW, "/models/": join(ROOT, "models") });
+  server = await serve({
+    "/": WWW,
+    "/models/": join(ROOT, "models"),
+    "/fixtures/": join(ROOT, "tests", "fixtures", "models"),
+  });
   browser = await launch();
   page = await browser.newPage();
   page.on("pageerror", (e) => console.error("[page]", e.message));
@@ -181,4 +187,39 @@ test("the CPU backend embeds too (auto here), as sentence-transformers; a chat m
   assert.equal(r.kind, "chat");
   assert.equal(r.refused.code, "invalid_request");
   assert.match(r.refused.message, /is a chat model: embeddings need a sentence-embedding model/);
+});
+
+test("nomic-embed-text and GGUF encoders embed as transformers on both backends", async () => {
+  const sources = [
+    ["tiny-nomic-bert", "/fixtures/tiny-nomic-bert/"],
+    ["tiny-nomic-bert", "/fixtures/tiny-nomic-bert.gguf"],
+    ["tiny-bert", "/fixtures/tiny-bert.gguf"],
+  ];
+  for (const [name, url] of sources) {
+    const ref = JSON.parse(readFileSync(join(ROOT, "tests", "fixtures", "models", name, "reference.json"), "utf8"));
+    const input = ref.texts.map((t) => t.text);
+    for (const backend of ["webgpu", "cpu"]) {
+      const r = value(
+        await run(
+          async ([url, backend, input]) => {
+            const lm = await globalThis.pocketlm.PocketLM.load(url, { backend });
+            const info = lm.info;
+            const embedded = await lm.embeddings.create({ input });
+            await lm.unload();
+            return { info, embedded };
+          },
+          [url, backend, input],
+        ),
+      );
+      assert.equal(r.info.kind, "embedding", url);
+      assert.equal(r.info.backend, backend === "webgpu" ? "webgpu" : "cpu", url);
+      const tokens = ref.texts.reduce((a, t) => a + t.ids.length, 0);
+      assert.equal(r.embedded.usage.prompt_tokens, tokens, `${url}: the same tokens as transformers`);
+      r.embedded.data.forEach((d, i) => {
+        const distance = cosineDistance(d.embedding, ref.texts[i].embedding);
+        assert.ok(distance < 1e-5, `${url} on ${backend}, text ${i}: cosine distance ${distance}`);
+      });
+      console.log(`${url} on ${backend}: ${input.length} texts within cosine distance 1e-5`);
+    }
+  }
 });
