@@ -5,8 +5,8 @@
 // `dimensions`, token-id inputs, and the bad inputs as typed errors with the numbers; the same on
 // the CPU backend (what `auto` picks on this machine); an embedding model and a chat model
 // each refusing the other's API; and the tiny random encoders of scripts/make_encoder_fixtures.py
-// (nomic-embed-text's architecture from its folder, and llama.cpp's GGUF conversions of it and
-// of BERT) on both backends against transformers.
+// (nomic-embed-text's architecture from its folder, llama.cpp's GGUF conversions of it and of
+// BERT, and Qwen3-Embedding's layout) on both backends against transformers.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
@@ -189,11 +189,12 @@ test("the CPU backend embeds too (auto here), as sentence-transformers; a chat m
   assert.match(r.refused.message, /is a chat model: embeddings need a sentence-embedding model/);
 });
 
-test("nomic-embed-text and GGUF encoders embed as transformers on both backends", async () => {
+test("nomic-embed-text, GGUF encoders and a decoder-based embedder embed as transformers on both backends", async () => {
   const sources = [
     ["tiny-nomic-bert", "/fixtures/tiny-nomic-bert/"],
     ["tiny-nomic-bert", "/fixtures/tiny-nomic-bert.gguf"],
     ["tiny-bert", "/fixtures/tiny-bert.gguf"],
+    ["tiny-qwen3-embedding", "/fixtures/tiny-qwen3-embedding/"],
   ];
   for (const [name, url] of sources) {
     const ref = JSON.parse(readFileSync(join(ROOT, "tests", "fixtures", "models", name, "reference.json"), "utf8"));
