@@ -60,9 +60,15 @@ bench-cpu: setup
 ## make bench-browser: PocketLM and wllama (llama.cpp in wasm, pinned in www/package.json) in the
 ## same headless Chromium on the same GGUF, prompts and greedy decoding: load time, prefill and
 ## decode tokens/s of each (wllama on 1 and 2 CPU threads, PocketLM on its CPU backend and on the
-## browser's WebGPU adapter) and PocketLM's as a ratio of wllama's best. BENCH_TOKENS, BENCH_PROMPTS, BENCH_MODEL
-## and BENCH_ENGINES change the run (www/scripts/bench-browser.mjs).
+## browser's WebGPU adapter) and PocketLM's as a ratio of wllama's best. Then embeddings/s of
+## all-MiniLM-L6-v2 at batches of 1, 8 and 64 texts, PocketLM on the sentence-transformers folder
+## against wllama on the f32 GGUF that scripts/st_to_gguf.py makes from it (once, with the gguf
+## package in target/gguf-venv), as ratios, with the two engines' vectors compared. BENCH_TOKENS,
+## BENCH_PROMPTS, BENCH_MODEL, BENCH_ENGINES, BENCH_SECTIONS (decode,embeddings),
+## BENCH_EMBED_ENGINES, BENCH_EMBED_BATCHES and BENCH_EMBED_SECONDS change the run
+## (www/scripts/bench-browser.mjs).
 bench-browser: setup
+	@scripts/fetch-minilm.sh
 	@$(MAKE) --no-print-directory wasm PROFILE=release
 	cd www && node scripts/bench-browser.mjs
 

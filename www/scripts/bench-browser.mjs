@@ -9,10 +9,31 @@
 // Each engine gets one untimed warm-up completion first. Prints a table and PocketLM's speed as a
 // ratio of wllama's best.
 //
+// Then embeddings: all-MiniLM-L6-v2, PocketLM's `embeddings.create` against wllama's
+// `createEmbedding`, both on the one f32 GGUF that scripts/st_to_gguf.py makes from the
+// sentence-transformers folder (models/all-MiniLM-L6-v2, scripts/fetch-minilm.sh; the file is what
+// llama.cpp's convert_hf_to_gguf.py writes, byte for byte; made here when missing, with the `gguf`
+// package in a venv, target/gguf-venv), on the same texts: batches of 1, 8 and 64 texts, each one call with
+// the batch as its `input` list for both engines (wllama 3 runs llama.cpp's server loop in wasm:
+// the texts of one call become one task each, decoded together in its parallel slots, 8 here).
+// Each batch size gets one untimed call, then timed calls until BENCH_EMBED_SECONDS have passed
+// (an engine slower than that, WebGPU on SwiftShader, is timed on that first call instead);
+// embeddings/s and tokens/s (each engine's own prompt_tokens count), timed in the page around the
+// call, and PocketLM's as a ratio of wllama's best. The engines' vectors for the 64 texts are
+// compared (cosine distance), so both do the same work.
+//
 // BENCH_MODEL (default: the default model, models/SmolLM2-135M-Instruct.Q4_1.gguf),
 // BENCH_TOKENS (tokens per completion, default 16), BENCH_PROMPTS (how many of the prompts below,
 // default 3), BENCH_ENGINES (a comma list of pocketlm-cpu-1, pocketlm-cpu-2, pocketlm-webgpu,
-// wllama-1, wllama-2; default all).
+// wllama-1, wllama-2; default all). BENCH_SECTIONS (decode, embeddings; default both),
+// BENCH_EMBED_ENGINES (the same names; default all), BENCH_EMBED_BATCHES (default 1,8,64),
+// BENCH_EMBED_SECONDS (timed seconds per batch size and engine, default 2), BENCH_EMBED_MAX_SECONDS
+// (a batch size whose one call would take longer, estimated from the smaller one, is skipped:
+// default 60, which leaves out batch 64 on SwiftShader), BENCH_EMBED_MODEL (a
+// sentence-transformers BERT folder, default models/all-MiniLM-L6-v2), BENCH_EMBED_GGUF (its GGUF,
+// default beside it: models/all-MiniLM-L6-v2.f32.gguf), BENCH_WLLAMA_PARALLEL (wllama's slots,
+// default 8).
+import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -30,15 +51,70 @@ const PROMPTS = [
   "The three primary colors are",
   "In computer science, a hash table is a data structure that",
 ].slice(0, Number(process.env.BENCH_PROMPTS ?? 3));
-const ENGINES = (process.env.BENCH_ENGINES ?? "pocketlm-cpu-1,pocketlm-cpu-2,pocketlm-webgpu,wllama-1,wllama-2").split(",");
+const ALL_ENGINES = "pocketlm-cpu-1,pocketlm-cpu-2,pocketlm-webgpu,wllama-1,wllama-2";
+const ENGINES = (process.env.BENCH_ENGINES ?? ALL_ENGINES).split(",");
+const SECTIONS = (process.env.BENCH_SECTIONS ?? "decode,embeddings").split(",");
+for (const s of SECTIONS) {
+  if (s !== "decode" && s !== "embeddings") throw new Error(`BENCH_SECTIONS: unknown section ${s} (decode, embeddings)`);
+}
+const EMBED_ENGINES = (process.env.BENCH_EMBED_ENGINES ?? ALL_ENGINES).split(",");
+const EMBED_BATCHES = (process.env.BENCH_EMBED_BATCHES ?? "1,8,64").split(",").map(Number);
+const EMBED_SECONDS = Number(process.env.BENCH_EMBED_SECONDS ?? 2);
+const EMBED_MAX_SECONDS = Number(process.env.BENCH_EMBED_MAX_SECONDS ?? 60);
+const EMBED_DIR = resolve(process.env.BENCH_EMBED_MODEL ?? join(ROOT, "models", "all-MiniLM-L6-v2"));
+const EMBED_GGUF = resolve(process.env.BENCH_EMBED_GGUF ?? `${EMBED_DIR}.f32.gguf`);
+const WLLAMA_PARALLEL = Number(process.env.BENCH_WLLAMA_PARALLEL ?? 8);
+// 64 texts of 6 to 35 words (about 8 to 45 tokens), cut from one paragraph at different places.
+const PARAGRAPH = (
+  "Semantic search finds notes by meaning rather than by their exact words. Each note is turned into a vector " +
+  "by a small sentence encoder, and a question is turned into a vector the same way; the notes whose vectors " +
+  "point in the closest direction are shown first. The encoder runs on the device, so nothing leaves it, and a " +
+  "few hundred notes are indexed in seconds. Short notes such as a shopping list, a phone number or a reminder " +
+  "to water the plants sit next to long ones: meeting minutes, a recipe for bread with rye flour and caraway, " +
+  "directions to the old mill by the river, or a paragraph copied from a manual about replacing a bicycle chain. " +
+  "Good results depend on the model, on how the text is cut into pieces, and on whether the vectors are normalised " +
+  "before they are compared."
+).split(" ");
+const TEXTS = Array.from({ length: 64 }, (_, i) => {
+  const start = (i * 13) % PARAGRAPH.length;
+  const words = [...PARAGRAPH, ...PARAGRAPH].slice(start, start + 6 + ((i * 11) % 30));
+  return words.join(" ");
+});
 
-if (!existsSync(MODEL_FILE)) {
+if (SECTIONS.includes("decode") && !existsSync(MODEL_FILE)) {
   console.error(`${MODEL_FILE} is missing: run make setup (scripts/fetch-model.sh)`);
   process.exit(1);
 }
+if (SECTIONS.includes("embeddings")) {
+  if (!existsSync(join(EMBED_DIR, "config.json"))) {
+    console.error(`${EMBED_DIR} is missing: run scripts/fetch-minilm.sh`);
+    process.exit(1);
+  }
+  if (!existsSync(EMBED_GGUF)) makeGguf();
+}
+
+/** wllama's GGUF of the embedding model, by scripts/st_to_gguf.py with the `gguf` package (0.19.0,
+ * and numpy) in a venv of its own, made once. */
+function makeGguf() {
+  const venv = join(process.env.CARGO_TARGET_DIR ? resolve(ROOT, process.env.CARGO_TARGET_DIR) : join(ROOT, "target"), "gguf-venv");
+  const python = join(venv, "bin", "python");
+  const run = (cmd, args) => execFileSync(cmd, args, { stdio: "inherit" });
+  try {
+    execFileSync(python, ["-c", "import gguf, numpy"], { stdio: "ignore" });
+  } catch {
+    console.log(`making ${venv} (the gguf package, for scripts/st_to_gguf.py)`);
+    run("python3", ["-m", "venv", venv]);
+    run(join(venv, "bin", "pip"), ["install", "--quiet", "--disable-pip-version-check", "gguf==0.19.0", "numpy"]);
+  }
+  console.log(`converting ${EMBED_DIR} to ${EMBED_GGUF} (scripts/st_to_gguf.py, f32)`);
+  run(python, [join(ROOT, "scripts", "st_to_gguf.py"), EMBED_DIR, EMBED_GGUF, "--outtype", "f32", "--quiet"]);
+}
 
 const isolation = { "cross-origin-opener-policy": "same-origin", "cross-origin-embedder-policy": "require-corp" };
-const server = await serve({ "/": WWW, "/bench-model/": dirname(MODEL_FILE) }, { headers: () => isolation });
+const server = await serve(
+  { "/": WWW, "/bench-model/": dirname(MODEL_FILE), "/bench-embed-gguf/": dirname(EMBED_GGUF) },
+  { headers: () => isolation },
+);
 const browser = await launch();
 const page = await browser.newPage();
 page.on("pageerror", (e) => console.error("[page]", e.message));
@@ -104,10 +180,115 @@ async function run(engine) {
   );
 }
 
+/** Loads one engine with the embedding model, then per batch size one untimed call and timed calls
+ * until `seconds` have passed: calls, texts, tokens and milliseconds, and the vectors of the first
+ * 64 texts. */
+async function runEmbeddings(engine) {
+  await page.goto(`${server.url}/test/bench.html`);
+  await page.waitForFunction(() => document.getElementById("out").textContent !== "importing…", null, { timeout: 60_000 });
+  return value(
+    await evaluate(
+      page,
+      async ({ engine, ggufUrl, texts, batches, seconds, maxSeconds, parallel }) => {
+        const t0 = performance.now();
+        let embed;
+        let info;
+        let unload;
+        if (engine.startsWith("pocketlm")) {
+          const [, backend, threads] = engine.split("-");
+          const lm = await globalThis.pocketlm.PocketLM.load(ggufUrl, { backend, threads: threads ? Number(threads) : undefined });
+          const report = await globalThis.pocketlm.PocketLM.supportReport();
+          const adapter = report.adapter ? `${report.adapter.vendor} ${report.adapter.architecture} ${report.adapter.description ?? ""}`.trim() : "";
+          info = backend === "cpu" ? `${lm.info.device}${lm.info.threadsNote ? ` (${lm.info.threadsNote})` : ""}` : `WebGPU ${lm.info.profile} profile on ${adapter}`;
+          embed = async (input) => {
+            const r = await lm.embeddings.create({ input });
+            return { vectors: r.data.map((d) => d.embedding), tokens: r.usage.prompt_tokens };
+          };
+          unload = () => lm.unload();
+        } else {
+          const threads = Number(engine.split("-")[1]);
+          const w = new globalThis.Wllama(globalThis.wllamaAssets, { suppressNativeLog: true });
+          // n_batch = n_ubatch: an encoder's input is decoded in one piece; `parallel` slots, so a
+          // call's texts are decoded together, up to 512 tokens a batch.
+          await w.loadModelFromUrl(ggufUrl, { embeddings: true, n_ctx: 512, n_batch: 512, n_ubatch: 512, n_parallel: parallel, n_threads: threads, n_gpu_layers: 0 });
+          info = `${w.getNumThreads()} thread(s), ${w.isMultithread() ? "multi" : "single"}-thread build, ${parallel} slots, crossOriginIsolated ${globalThis.crossOriginIsolated}`;
+          embed = async (input) => {
+            const r = await w.createEmbedding({ input });
+            return { vectors: r.data.sort((a, b) => a.index - b.index).map((d) => d.embedding), tokens: r.usage?.prompt_tokens };
+          };
+          unload = () => w.exit();
+        }
+        const loadMs = performance.now() - t0;
+        const pick = (n, call) => Array.from({ length: n }, (_, j) => texts[(call * n + j) % texts.length]);
+        const runs = [];
+        let vectors = [];
+        // Seconds per text of the last batch size, to skip a batch size whose one call would take
+        // longer than `maxSeconds` (batch 64 on SwiftShader takes minutes).
+        let perText = null;
+        for (const n of [...batches].sort((a, b) => a - b)) {
+          if (perText !== null && perText * n > maxSeconds) {
+            runs.push({ batch: n, skipped: Math.round(perText * n) });
+            continue;
+          }
+          // The first call's inputs are the first n texts, the same for every engine.
+          const t = performance.now();
+          const first = await embed(pick(n, 0));
+          const firstMs = performance.now() - t;
+          if (first.vectors.length > vectors.length) vectors = first.vectors;
+          let calls = 0;
+          let tokens = 0;
+          let ms;
+          if (firstMs > seconds * 1000 && runs.length > 0) {
+            // A slow engine's first call of a batch size is its measurement (the untimed call of
+            // the smallest batch size warmed it up).
+            calls = 1;
+            tokens = first.tokens;
+            ms = firstMs;
+          } else {
+            const start = performance.now();
+            while (calls === 0 || performance.now() - start < seconds * 1000) {
+              const r = await embed(pick(n, calls + 1));
+              tokens += r.tokens;
+              calls += 1;
+            }
+            ms = performance.now() - start;
+          }
+          perText = ms / 1000 / (calls * n);
+          runs.push({ batch: n, calls, texts: calls * n, tokens, ms, firstTokens: first.tokens });
+        }
+        await unload();
+        return { loadMs, info, runs, vectors };
+      },
+      {
+        engine,
+        ggufUrl: `${server.url}/bench-embed-gguf/${basename(EMBED_GGUF)}`,
+        texts: TEXTS,
+        batches: EMBED_BATCHES,
+        seconds: EMBED_SECONDS,
+        maxSeconds: EMBED_MAX_SECONDS,
+        parallel: WLLAMA_PARALLEL,
+      },
+    ),
+  );
+}
+
+function cosineDistance(a, b) {
+  let dot = 0;
+  let na = 0;
+  let nb = 0;
+  for (let i = 0; i < a.length; i++) {
+    dot += a[i] * b[i];
+    na += a[i] * a[i];
+    nb += b[i] * b[i];
+  }
+  return 1 - dot / Math.sqrt(na * nb);
+}
+
 const fmt = (x, digits = 2) => (x === null || x === undefined || !Number.isFinite(x) ? "—" : x.toFixed(digits));
 const results = {};
+const embedResults = {};
 try {
-  for (const engine of ENGINES) {
+  for (const engine of SECTIONS.includes("decode") ? ENGINES : []) {
     const r = await run(engine);
     // Over all prompts: prompt tokens over time to first token; generated tokens after the first
     // over the time after it.
@@ -133,23 +314,83 @@ try {
     };
     console.log(`${engine}: ${r.info}; ${JSON.stringify(r.runs)}`);
   }
+  for (const engine of SECTIONS.includes("embeddings") ? EMBED_ENGINES : []) {
+    const r = await runEmbeddings(engine);
+    embedResults[engine] = r;
+    console.log(`embeddings ${engine}: ${r.info}; ${JSON.stringify(r.runs)}`);
+  }
 } finally {
   await browser.close();
   await server.close();
 }
 
-console.log(`\nmodel ${basename(MODEL_FILE)}, ${PROMPTS.length} prompts × ${TOKENS} tokens, greedy\n`);
-console.log("engine             load s   prompt tokens   prefill tokens/s   decode tokens/s");
-for (const [engine, r] of Object.entries(results)) {
-  console.log(
-    `${engine.padEnd(17)} ${fmt(r.loadS, 1).padStart(7)} ${String(r.promptTokens).padStart(15)} ${fmt(r.prefill).padStart(18)} ${fmt(r.decode).padStart(17)}`,
-  );
+if (Object.keys(results).length > 0) printDecode();
+if (Object.keys(embedResults).length > 0) printEmbeddings();
+
+function printDecode() {
+  console.log(`\nmodel ${basename(MODEL_FILE)}, ${PROMPTS.length} prompts × ${TOKENS} tokens, greedy\n`);
+  console.log("engine             load s   prompt tokens   prefill tokens/s   decode tokens/s");
+  for (const [engine, r] of Object.entries(results)) {
+    console.log(
+      `${engine.padEnd(17)} ${fmt(r.loadS, 1).padStart(7)} ${String(r.promptTokens).padStart(15)} ${fmt(r.prefill).padStart(18)} ${fmt(r.decode).padStart(17)}`,
+    );
+  }
+  const wllamas = Object.entries(results).filter(([e]) => e.startsWith("wllama"));
+  for (const [engine, p] of Object.entries(results).filter(([e]) => e.startsWith("pocketlm"))) {
+    if (wllamas.length === 0) break;
+    const best = (key) => Math.max(...wllamas.map(([, r]) => r[key] ?? 0));
+    const one = results["wllama-1"];
+    const single = engine === "pocketlm-cpu-1" && one ? `; / wllama on one thread: prefill ${fmt(p.prefill / one.prefill, 3)}×, decode ${fmt(p.decode / one.decode, 3)}×` : "";
+    console.log(`\n${engine} / wllama's best: prefill ${fmt(p.prefill / best("prefill"), 3)}×, decode ${fmt(p.decode / best("decode"), 3)}×${single}`);
+  }
 }
-const wllamas = Object.entries(results).filter(([e]) => e.startsWith("wllama"));
-for (const [engine, p] of Object.entries(results).filter(([e]) => e.startsWith("pocketlm"))) {
-  if (wllamas.length === 0) break;
-  const best = (key) => Math.max(...wllamas.map(([, r]) => r[key] ?? 0));
-  const one = results["wllama-1"];
-  const single = engine === "pocketlm-cpu-1" && one ? `; / wllama on one thread: prefill ${fmt(p.prefill / one.prefill, 3)}×, decode ${fmt(p.decode / one.decode, 3)}×` : "";
-  console.log(`\n${engine} / wllama's best: prefill ${fmt(p.prefill / best("prefill"), 3)}×, decode ${fmt(p.decode / best("decode"), 3)}×${single}`);
+
+function printEmbeddings() {
+  const entries = Object.entries(embedResults);
+  const rate = (r, n) => {
+    const x = r.runs.find((x) => x.batch === n && !x.skipped);
+    return x ? { emb: (x.texts * 1000) / x.ms, tok: (x.tokens * 1000) / x.ms, firstTokens: x.firstTokens } : null;
+  };
+  console.log(
+    `\nembeddings: ${basename(EMBED_DIR)} (PocketLM: the sentence-transformers folder; wllama: ${basename(EMBED_GGUF)} by scripts/st_to_gguf.py), ` +
+      `${TEXTS.length} texts, batches of ${EMBED_BATCHES.join(", ")} texts per call, ≥ ${EMBED_SECONDS} s timed each\n`,
+  );
+  console.log(`engine             load s ${EMBED_BATCHES.map((n) => `  batch ${String(n).padStart(2)}: emb/s   tokens/s`).join("")}`);
+  for (const [engine, r] of entries) {
+    const cells = EMBED_BATCHES.map((n) => {
+      const x = rate(r, n);
+      return `${fmt(x?.emb, 1).padStart(17)} ${fmt(x?.tok, 0).padStart(10)}`;
+    });
+    console.log(`${engine.padEnd(17)} ${fmt(r.loadMs / 1000, 1).padStart(7)} ${cells.join(" ")}`);
+  }
+  // Same work: the tokens per text and the vectors of the 64 texts, against the first wllama run.
+  const wllamas = entries.filter(([e]) => e.startsWith("wllama"));
+  const [peerName, peer] = wllamas[0] ?? entries[0];
+  const [firstName, firstEngine] = entries[0];
+  const distances = (a, b) => {
+    const d = a.vectors.slice(0, b.vectors.length).map((v, i) => cosineDistance(v, b.vectors[i]));
+    return `max ${Math.max(...d).toExponential(2)}, mean ${(d.reduce((s, x) => s + x, 0) / d.length).toExponential(2)} over the first ${d.length} texts`;
+  };
+  for (const [engine, r] of entries) {
+    if (engine === peerName) continue;
+    const tokens = EMBED_BATCHES.map((n) => `${rate(r, n)?.firstTokens ?? "—"}/${rate(peer, n)?.firstTokens ?? "—"}`).join(", ");
+    const own = engine !== firstName && firstName !== peerName ? `; vs ${firstName}: ${distances(r, firstEngine)}` : "";
+    console.log(`${engine} vs ${peerName}: cosine distance ${distances(r, peer)}${own}; prompt tokens of the same first call per batch size: ${tokens}`);
+  }
+  for (const [engine, r] of entries) {
+    for (const x of r.runs.filter((x) => x.skipped)) {
+      console.log(`${engine}: batch ${x.batch} skipped, one call would take about ${x.skipped} s (BENCH_EMBED_MAX_SECONDS=${EMBED_MAX_SECONDS})`);
+    }
+  }
+  for (const [engine, p] of entries.filter(([e]) => e.startsWith("pocketlm"))) {
+    if (wllamas.length === 0) break;
+    const ratios = EMBED_BATCHES.map((n) => {
+      const best = Math.max(...wllamas.map(([, w]) => rate(w, n)?.emb ?? 0));
+      return `batch ${n} ${fmt(rate(p, n)?.emb / best, 3)}×`;
+    });
+    const one = embedResults["wllama-1"];
+    const single =
+      engine === "pocketlm-cpu-1" && one ? `; / wllama on one thread: ${EMBED_BATCHES.map((n) => `batch ${n} ${fmt(rate(p, n)?.emb / rate(one, n)?.emb, 3)}×`).join(", ")}` : "";
+    console.log(`\n${engine} / wllama's best, embeddings/s: ${ratios.join(", ")}${single}`);
+  }
 }
