@@ -12,9 +12,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{
-    assert_greedy_cases, assert_logits_close, check_tiny_encoder, check_tiny_encoder_texts,
-    cosine_distance, fixture_json, numbers, read_f32_file, token_ids, TINY_EMBEDDERS,
-    TINY_GGUF_FIXTURES,
+    assert_greedy_cases, assert_logits_close, check_tiny_embedder, cosine_distance, fixture_json,
+    numbers, read_f32_file, token_ids, TINY_EMBEDDERS, TINY_GGUF_FIXTURES,
 };
 use pocketlm::cpu::{CpuContext, CpuDecoder, HostTensor};
 use pocketlm::engine::{Engine, EngineOptions};
@@ -185,25 +184,8 @@ fn tiny_embedding_models_match_transformers_on_the_cpu() {
             let mut model = load(&models().join(&what));
             let embedder = Embedder::from_loaded_cpu(&mut model, name)
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
-            let encoder = &embedder.encoder;
-            check_tiny_encoder(
-                name,
-                encoder.config().hidden,
-                |inputs| pollster::block_on(encoder.hidden_states(cpu(), inputs)).unwrap(),
-                |inputs| pollster::block_on(encoder.embed_batch(cpu(), inputs)).unwrap(),
-            );
             // The whole embedder: tokenizer (tokenizer.json, or the GGUF vocabulary) included.
-            check_tiny_encoder_texts(
-                name,
-                |text| embedder.tokenize(text, true).unwrap().0,
-                |texts| {
-                    pollster::block_on(embedder.embed_texts(cpu(), texts, true))
-                        .unwrap()
-                        .into_iter()
-                        .map(|e| e.vector)
-                        .collect()
-                },
-            );
+            check_tiny_embedder(name, &embedder, cpu().into());
         }
     }
 }

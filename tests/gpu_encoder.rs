@@ -12,7 +12,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{check_tiny_encoder, check_tiny_encoder_texts, ctx, TINY_EMBEDDERS};
+use common::{check_tiny_embedder, ctx, TINY_EMBEDDERS};
 use pocketlm::load::{load_directory, load_native, LoadOptions, LoadedModelFiles};
 use pocketlm::model::encoder::EncoderNames;
 use pocketlm::model::{Embedder, Encoder, EncoderConfig};
@@ -56,26 +56,7 @@ fn tiny_embedding_models_match_transformers() {
             }
             println!("{name} (GGUF: {gguf})");
             let embedder = embedder(name, gguf);
-            let encoder = &embedder.encoder;
-            let c = encoder.config().clone();
-            assert!(c.normalize);
-            check_tiny_encoder(
-                name,
-                c.hidden,
-                |inputs| pollster::block_on(encoder.hidden_states(ctx(), inputs)).unwrap(),
-                |inputs| pollster::block_on(encoder.embed_batch(ctx(), inputs)).unwrap(),
-            );
-            check_tiny_encoder_texts(
-                name,
-                |text| embedder.tokenize(text, true).unwrap().0,
-                |texts| {
-                    pollster::block_on(embedder.embed_texts(ctx(), texts, true))
-                        .unwrap()
-                        .into_iter()
-                        .map(|e| e.vector)
-                        .collect()
-                },
-            );
+            check_tiny_embedder(name, &embedder, ctx().into());
             embedder.destroy();
         }
     }

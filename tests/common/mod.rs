@@ -653,3 +653,32 @@ pub fn check_tiny_encoder_texts(
         );
     }
 }
+
+/// Both checks of the tiny embedding model `name` on an embedder loaded on `dev`: its hidden
+/// states and embeddings ([`check_tiny_encoder`]) and its sentences, tokenizer included
+/// ([`check_tiny_encoder_texts`]).
+pub fn check_tiny_embedder(
+    name: &str,
+    embedder: &pocketlm::model::Embedder,
+    dev: pocketlm::engine::Device<'_>,
+) {
+    let encoder = &embedder.encoder;
+    assert!(encoder.config().normalize, "{name}");
+    check_tiny_encoder(
+        name,
+        encoder.config().hidden,
+        |inputs| pollster::block_on(encoder.hidden_states(dev, inputs)).unwrap(),
+        |inputs| pollster::block_on(encoder.embed_batch(dev, inputs)).unwrap(),
+    );
+    check_tiny_encoder_texts(
+        name,
+        |text| embedder.tokenize(text, true).unwrap().0,
+        |texts| {
+            pollster::block_on(embedder.embed_texts(dev, texts, true))
+                .unwrap()
+                .into_iter()
+                .map(|e| e.vector)
+                .collect()
+        },
+    );
+}
