@@ -2,7 +2,8 @@
 """The tiny random models of scripts/make_fixtures.py converted to GGUF by llama.cpp's own
 converter (convert_hf_to_gguf.py), for the GGUF path of every architecture: the tests load
 tests/fixtures/models/<name>.gguf and compare with the same transformers logits as the
-safetensors folder (the conversion is f32 to f32, so they must agree as closely).
+safetensors folder (the conversion is f32 to f32, so they must agree as closely); the
+decoder-based embedder's GGUF, with the same hidden states and embeddings.
 
 The converter does what PocketLM's GGUF reader must undo or follow: q/k rows permuted for
 llama.cpp's interleaved RoPE (Llama, SmolLM3), Gemma's norm weights stored as 1 + w, Phi-3's
@@ -14,7 +15,7 @@ llama.cpp's converter comes with the source archive of llama-cpp-python:
 
     pip download --no-deps --no-binary llama-cpp-python llama-cpp-python==0.3.36 -d /tmp/lc
     tar -xzf /tmp/lc/llama_cpp_python-0.3.36.tar.gz -C /tmp/lc
-    /tmp/fx/bin/python scripts/convert_fixtures_to_gguf.py /tmp/lc/llama_cpp_python-0.3.36/vendor/llama.cpp
+    /tmp/fx/bin/python scripts/convert_fixtures_to_gguf.py /tmp/lc/llama_cpp_python-0.3.36/vendor/llama.cpp [NAME…]
 (/tmp/fx as in scripts/make_fixtures.py: torch, transformers, numpy.)
 """
 import pathlib
@@ -32,7 +33,10 @@ MODELS = ROOT / "tests" / "fixtures" / "models"
 # Not tiny-mistral: llama.cpp's Llama GGUF has no sliding window, so its logits would be another
 # model's.
 NAMES = ["tiny-llama", "tiny-qwen2", "tiny-qwen2-bf16", "tiny-qwen3", "tiny-gemma2",
-         "tiny-gemma3", "tiny-phi3", "tiny-smollm3"]
+         "tiny-gemma3", "tiny-phi3", "tiny-smollm3",
+         # The decoder-based embedder of scripts/make_encoder_fixtures.py: its sentence-transformers
+         # modules go along, so the converter records the pooling (`qwen3.pooling_type`).
+         "tiny-qwen3-embedding"]
 
 
 def placeholder_vocab(self):
@@ -71,13 +75,18 @@ def main():
 
     import torch
     from safetensors.torch import load_file, save_file
-    for name in NAMES:
+    # Names after the llama.cpp path convert only those.
+    for name in sys.argv[2:] or NAMES:
         out = MODELS / f"{name}.gguf"
         with tempfile.TemporaryDirectory() as tmp:
             # The converter computes in the checkpoint's dtype (Gemma's 1 + w rounded to f16 or
             # bf16): give it the weights in f32, so the file holds exactly the reference's values.
             folder = pathlib.Path(tmp)
             shutil.copy(MODELS / name / "config.json", folder / "config.json")
+            for extra in ["modules.json", "1_Pooling/config.json"]:
+                if (MODELS / name / extra).is_file():
+                    (folder / extra).parent.mkdir(exist_ok=True)
+                    shutil.copy(MODELS / name / extra, folder / extra)
             weights = load_file(str(MODELS / name / "model.safetensors"))
             save_file({k: v.to(torch.float32).contiguous() for k, v in weights.items()},
                       str(folder / "model.safetensors"), metadata={"format": "pt"})

@@ -27,9 +27,10 @@ const STEP_TOKENS: usize = 256;
 pub const MAX_DECODER_EMBED_TOKENS: usize = 2048;
 
 /// Hugging Face checkpoints of embedders are saved from the base model (`Qwen3Model`): their
-/// names lack the `model.` prefix the decoder's names have. Adds it where it is missing.
-pub fn add_model_prefix<T>(tensors: &mut HashMap<String, T>) {
-    if tensors.keys().any(|k| k.starts_with("model.")) {
+/// names lack the `model.` prefix the decoder's names have. Adds it where it is missing (not to
+/// GGUF names).
+fn add_model_prefix<T>(model: &ModelConfig, tensors: &mut HashMap<String, T>) {
+    if model.gguf_names || tensors.keys().any(|k| k.starts_with("model.")) {
         return;
     }
     *tensors = std::mem::take(tensors)
@@ -54,7 +55,7 @@ impl GpuDecoderEmbedder {
         model: ModelConfig,
         mut tensors: HashMap<String, GpuTensor>,
     ) -> Result<Self> {
-        add_model_prefix(&mut tensors);
+        add_model_prefix(&model, &mut tensors);
         let decoder = Decoder::new(ctx, model, tensors, config.max_tokens, DType::F32).await?;
         let graph = Self::build_graph(ctx, &decoder, &config).await?;
         Ok(GpuDecoderEmbedder {
@@ -123,7 +124,7 @@ impl CpuDecoderEmbedder {
         model: ModelConfig,
         mut tensors: HashMap<String, HostTensor>,
     ) -> Result<Self> {
-        add_model_prefix(&mut tensors);
+        add_model_prefix(&model, &mut tensors);
         let decoder = CpuDecoder::new(model, tensors, config.max_tokens)?;
         Ok(CpuDecoderEmbedder {
             config,

@@ -288,7 +288,24 @@ impl EncoderConfig {
         source: &str,
     ) -> Result<Self> {
         let (pooling, normalize, max_tokens) = sentence_transformers_modules(companions, source)?;
-        Ok(EncoderConfig {
+        Ok(Self::of_decoder(model, pooling, normalize, max_tokens))
+    }
+
+    /// The same from a GGUF file of a decoder with a `pooling_type` (llama.cpp's converter
+    /// writes it for a folder whose modules pool): normalised, as llama.cpp's embeddings are
+    /// by default.
+    pub fn for_decoder_gguf(model: &ModelConfig, meta: &GgufMetadata) -> Result<Self> {
+        let pooling = gguf_pooling(meta)?;
+        Ok(Self::of_decoder(model, pooling, true, usize::MAX))
+    }
+
+    fn of_decoder(
+        model: &ModelConfig,
+        pooling: Pooling,
+        normalize: bool,
+        max_tokens: usize,
+    ) -> Self {
+        EncoderConfig {
             arch: EncoderArch::Decoder(model.architecture),
             hidden: model.hidden,
             layers: model.layers,
@@ -308,7 +325,7 @@ impl EncoderConfig {
             max_tokens: max_tokens
                 .min(model.max_positions)
                 .min(MAX_DECODER_EMBED_TOKENS),
-        })
+        }
     }
 
     /// From a GGUF file of llama.cpp's `bert` or `nomic-bert` conversion: sizes, RoPE base and
@@ -367,21 +384,7 @@ impl EncoderConfig {
                 ),
             ),
         };
-        // llama.cpp's enum llama_pooling_type.
-        let pooling = match meta.get_opt::<u32>(&key("pooling_type"))? {
-            None | Some(1) => Pooling::Mean,
-            Some(2) => Pooling::Cls,
-            Some(3) => Pooling::LastToken,
-            Some(other) => {
-                return Err(config_error(
-                    meta.file(),
-                    format!(
-                        "{arch_name}.pooling_type {other} is not supported (supported: 1 mean, \
-                         2 cls, 3 last)"
-                    ),
-                ))
-            }
-        };
+        let pooling = gguf_pooling(meta)?;
         Ok(Self::build(
             arch,
             shape,
@@ -393,6 +396,27 @@ impl EncoderConfig {
             usize::MAX,
         ))
     }
+}
+
+/// A GGUF file's `{arch}.pooling_type` (llama.cpp's enum llama_pooling_type; mean without it).
+fn gguf_pooling(meta: &GgufMetadata) -> Result<Pooling> {
+    let arch = meta.architecture()?;
+    Ok(
+        match meta.get_opt::<u32>(&format!("{arch}.pooling_type"))? {
+            None | Some(1) => Pooling::Mean,
+            Some(2) => Pooling::Cls,
+            Some(3) => Pooling::LastToken,
+            Some(other) => {
+                return Err(config_error(
+                    meta.file(),
+                    format!(
+                        "{arch}.pooling_type {other} is not supported (supported: 1 mean, 2 cls, \
+                     3 last)"
+                    ),
+                ))
+            }
+        },
+    )
 }
 
 /// What a sentence-transformers folder's modules say: the pooling (`1_Pooling/config.json`; mean
@@ -1375,12 +1399,16 @@ pub fn is_encoder_model<T>(model: &LoadedModelFiles<T>) -> bool {
     }
 }
 
-/// Whether a GGUF file's architecture is an encoder's.
+/// Whether a GGUF file is an embedding model: an encoder architecture, or a decoder with a
+/// pooling type (llama.cpp's converter writes one for a folder whose modules pool).
 pub fn is_encoder_gguf(meta: &GgufMetadata) -> bool {
-    meta.architecture()
-        .ok()
-        .and_then(EncoderArch::from_gguf_name)
-        .is_some()
+    let Ok(arch) = meta.architecture() else {
+        return false;
+    };
+    EncoderArch::from_gguf_name(arch).is_some()
+        || meta
+            .get_opt::<u32>(&format!("{arch}.pooling_type"))
+            .is_ok_and(|p| p.is_some())
 }
 
 /// What an embedding model is: an encoder and how its tensors are named, or a decoder (one per
@@ -1452,6 +1480,11 @@ impl Embedder {
     /// sentence-transformers Pooling module).
     fn describe<T>(model: &LoadedModelFiles<T>, name: &str) -> Result<(Described, Tokenizer)> {
         let (described, tokenizer) = match model.files.gguf_metadata() {
+            Some(meta) if EncoderArch::from_gguf_name(meta.architecture()?).is_none() => {
+                let m = ModelConfig::from_gguf(meta, &model.files)?;
+                let config = EncoderConfig::for_decoder_gguf(&m, meta)?;
+                (Described::Decoder(config, m), Tokenizer::from_gguf(meta)?)
+            }
             Some(meta) => (
                 Described::Encoder(EncoderConfig::from_gguf(meta)?, EncoderNames::Gguf),
                 Tokenizer::from_gguf(meta)?,
@@ -1877,6 +1910,26 @@ mod tests {
             let e = EncoderConfig::from_gguf(&gguf_meta(&changes).metadata).unwrap_err();
             assert!(e.to_string().contains(want), "{want}: {e}");
         }
+    }
+
+    #[test]
+    fn a_folder_is_an_embedding_model_by_its_encoder_config_or_its_pooling_module() {
+        let qwen3 = r#"{"model_type": "qwen3"}"#;
+        let pooling = r#"[{"type": "sentence_transformers.models.Transformer"},
+            {"type": "sentence_transformers.models.Pooling"}]"#;
+        let no_pooling = r#"[{"type": "sentence_transformers.models.Transformer"}]"#;
+        assert!(is_encoder(&companions(&[("config.json", BERT)])));
+        assert!(is_encoder(&companions(&[("config.json", NOMIC)])));
+        assert!(!is_encoder(&companions(&[("config.json", qwen3)])));
+        assert!(is_encoder(&companions(&[
+            ("config.json", qwen3),
+            ("modules.json", pooling)
+        ])));
+        assert!(!is_encoder(&companions(&[
+            ("config.json", qwen3),
+            ("modules.json", no_pooling)
+        ])));
+        assert!(!is_encoder(&companions(&[("modules.json", "not json")])));
     }
 
     #[test]
