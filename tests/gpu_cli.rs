@@ -260,10 +260,12 @@ fn embed_prints_vectors_or_the_openai_response_and_bench_times_it() {
     }
 
     // Bad input: typed errors on stderr, a failing exit status.
+    let bare = tiny_bert_folder("cli-embed-no-tokenizer");
+    std::fs::remove_file(bare.join("tokenizer.json")).unwrap();
     for (args, want) in [
         (vec!["embed", dir, "w10", "--dimensions", "0"], "dimensions"),
         (
-            vec!["embed", "tests/fixtures/models/tiny-bert", "w10"],
+            vec!["embed", bare.to_str().unwrap(), "w10"],
             "tokenizer.json",
         ),
         (
