@@ -7,7 +7,12 @@
 // (the threaded build: Web Workers on shared memory), and on the browser's WebGPU adapter,
 // whatever it is (SwiftShader on a machine without a GPU).
 // Each engine gets one untimed warm-up completion first. Prints a table and PocketLM's speed as a
-// ratio of wllama's best.
+// ratio of wllama's best. Memory: after the warm-up (embeddings: after the load), the page's
+// memory with its workers', wasm memories included (`performance.measureUserAgentSpecificMemory`,
+// answered at once with Blink's ForceEagerMeasureMemory; PocketLM's single-thread worker, which
+// Chromium leaves out of it, is added from the wasm memory PocketLM reports: test/bench.html's
+// pageMemory), and PocketLM's CPU backend's as a ratio of the smallest wllama's (on WebGPU the
+// weights are in GPU memory, not counted here).
 //
 // Then embeddings: all-MiniLM-L6-v2, PocketLM's `embeddings.create` against wllama's
 // `createEmbedding`, both on the one f32 GGUF that scripts/st_to_gguf.py makes from the
@@ -115,7 +120,7 @@ const server = await serve(
   { "/": WWW, "/bench-model/": dirname(MODEL_FILE), "/bench-embed-gguf/": dirname(EMBED_GGUF) },
   { headers: () => isolation },
 );
-const browser = await launch();
+const browser = await launch({ eagerMemory: true });
 const page = await browser.newPage();
 page.on("pageerror", (e) => console.error("[page]", e.message));
 const modelUrl = `${server.url}/bench-model/${basename(MODEL_FILE)}`;
@@ -132,12 +137,14 @@ async function run(engine) {
         const t0 = performance.now();
         let complete;
         let info;
+        let ownWasm = null;
         if (engine.startsWith("pocketlm")) {
           const [, backend, threads] = engine.split("-");
           const lm = await globalThis.pocketlm.PocketLM.load(modelUrl, { context: 512, backend, threads: threads ? Number(threads) : undefined });
           const report = await globalThis.pocketlm.PocketLM.supportReport();
           const adapter = report.adapter ? `${report.adapter.vendor} ${report.adapter.architecture} ${report.adapter.description ?? ""}`.trim() : "";
           info = backend === "cpu" ? `${lm.info.device}${lm.info.threadsNote ? ` (${lm.info.threadsNote})` : ""}` : `WebGPU ${lm.info.profile} profile on ${adapter}`;
+          ownWasm = async () => (await lm.memoryUsage()).wasmBytes;
           complete = async (prompt, n, onPiece) => {
             let usage = null;
             let own = null;
@@ -171,9 +178,10 @@ async function run(engine) {
         }
         const loadMs = performance.now() - t0;
         await complete("Hello", 2, () => {});
+        const memory = await globalThis.pageMemory(ownWasm ? await ownWasm() : null);
         const runs = [];
         for (const prompt of prompts) runs.push(await globalThis.timeCompletion((onPiece) => complete(prompt, tokens, onPiece)));
-        return { loadMs, info, runs };
+        return { loadMs, info, runs, memory };
       },
       { engine, modelUrl, prompts: PROMPTS, tokens: TOKENS },
     ),
@@ -194,6 +202,7 @@ async function runEmbeddings(engine) {
         let embed;
         let info;
         let unload;
+        let ownWasm = null;
         if (engine.startsWith("pocketlm")) {
           const [, backend, threads] = engine.split("-");
           const lm = await globalThis.pocketlm.PocketLM.load(ggufUrl, { backend, threads: threads ? Number(threads) : undefined });
@@ -205,6 +214,7 @@ async function runEmbeddings(engine) {
             return { vectors: r.data.map((d) => d.embedding), tokens: r.usage.prompt_tokens };
           };
           unload = () => lm.unload();
+          ownWasm = async () => (await lm.memoryUsage()).wasmBytes;
         } else {
           const threads = Number(engine.split("-")[1]);
           const w = new globalThis.Wllama(globalThis.wllamaAssets, { suppressNativeLog: true });
@@ -219,6 +229,8 @@ async function runEmbeddings(engine) {
           unload = () => w.exit();
         }
         const loadMs = performance.now() - t0;
+        const wasm = ownWasm ? await ownWasm() : null;
+        const memory = await globalThis.pageMemory(wasm);
         const pick = (n, call) => Array.from({ length: n }, (_, j) => texts[(call * n + j) % texts.length]);
         const runs = [];
         let vectors = [];
@@ -257,7 +269,7 @@ async function runEmbeddings(engine) {
           runs.push({ batch: n, calls, texts: calls * n, tokens, ms, firstTokens: first.tokens });
         }
         await unload();
-        return { loadMs, info, runs, vectors };
+        return { loadMs, info, runs, vectors, memory, wasm };
       },
       {
         engine,
@@ -307,6 +319,7 @@ try {
     results[engine] = {
       info: r.info,
       loadS: r.loadMs / 1000,
+      memory: r.memory,
       prefill: (promptTokens * 1000) / ttft,
       decode: decodeMs > 0 ? (decodeTokens * 1000) / decodeMs : null,
       promptTokens,
@@ -317,7 +330,7 @@ try {
   for (const engine of SECTIONS.includes("embeddings") ? EMBED_ENGINES : []) {
     const r = await runEmbeddings(engine);
     embedResults[engine] = r;
-    console.log(`embeddings ${engine}: ${r.info}; ${JSON.stringify(r.runs)}`);
+    console.log(`embeddings ${engine}: ${r.info}; memory ${mib(r.memory)} MiB (page and workers)${r.wasm != null ? `, its own wasm memory ${mib(r.wasm)} MiB` : ""}; ${JSON.stringify(r.runs)}`);
   }
 } finally {
   await browser.close();
@@ -329,12 +342,13 @@ if (Object.keys(embedResults).length > 0) printEmbeddings();
 
 function printDecode() {
   console.log(`\nmodel ${basename(MODEL_FILE)}, ${PROMPTS.length} prompts × ${TOKENS} tokens, greedy\n`);
-  console.log("engine             load s   prompt tokens   prefill tokens/s   decode tokens/s");
+  console.log("engine             load s   memory MiB   prompt tokens   prefill tokens/s   decode tokens/s");
   for (const [engine, r] of Object.entries(results)) {
     console.log(
-      `${engine.padEnd(17)} ${fmt(r.loadS, 1).padStart(7)} ${String(r.promptTokens).padStart(15)} ${fmt(r.prefill).padStart(18)} ${fmt(r.decode).padStart(17)}`,
+      `${engine.padEnd(17)} ${fmt(r.loadS, 1).padStart(7)} ${mib(r.memory).padStart(12)} ${String(r.promptTokens).padStart(15)} ${fmt(r.prefill).padStart(18)} ${fmt(r.decode).padStart(17)}`,
     );
   }
+  memoryRatios(results);
   const wllamas = Object.entries(results).filter(([e]) => e.startsWith("wllama"));
   for (const [engine, p] of Object.entries(results).filter(([e]) => e.startsWith("pocketlm"))) {
     if (wllamas.length === 0) break;
@@ -345,6 +359,22 @@ function printDecode() {
   }
 }
 
+/** Bytes as MiB for the tables ("-" when the page could not measure). */
+function mib(bytes) {
+  return bytes == null ? "-" : (bytes / 2 ** 20).toFixed(1);
+}
+
+/** Each PocketLM CPU engine's memory after load (page and workers) as a ratio of the smallest
+ * wllama's. */
+function memoryRatios(rows) {
+  const peers = Object.entries(rows).filter(([e, r]) => e.startsWith("wllama") && r.memory != null);
+  if (peers.length === 0) return;
+  const least = Math.min(...peers.map(([, r]) => r.memory));
+  const own = Object.entries(rows).filter(([e, r]) => e.startsWith("pocketlm-cpu") && r.memory != null);
+  const parts = own.map(([e, r]) => `${e} ${fmt(r.memory / least, 3)}×`);
+  if (parts.length > 0) console.log(`memory after load (page and workers) / wllama's smallest: ${parts.join(", ")}`);
+}
+
 function printEmbeddings() {
   const entries = Object.entries(embedResults);
   const rate = (r, n) => {
@@ -352,17 +382,18 @@ function printEmbeddings() {
     return x ? { emb: (x.texts * 1000) / x.ms, tok: (x.tokens * 1000) / x.ms, firstTokens: x.firstTokens } : null;
   };
   console.log(
-    `\nembeddings: ${basename(EMBED_DIR)} (PocketLM: the sentence-transformers folder; wllama: ${basename(EMBED_GGUF)} by scripts/st_to_gguf.py), ` +
+    `\nembeddings: ${basename(EMBED_DIR)} (both engines: ${basename(EMBED_GGUF)} by scripts/st_to_gguf.py), ` +
       `${TEXTS.length} texts, batches of ${EMBED_BATCHES.join(", ")} texts per call, ≥ ${EMBED_SECONDS} s timed each\n`,
   );
-  console.log(`engine             load s ${EMBED_BATCHES.map((n) => `  batch ${String(n).padStart(2)}: emb/s   tokens/s`).join("")}`);
+  console.log(`engine             load s   memory MiB ${EMBED_BATCHES.map((n) => `  batch ${String(n).padStart(2)}: emb/s   tokens/s`).join("")}`);
   for (const [engine, r] of entries) {
     const cells = EMBED_BATCHES.map((n) => {
       const x = rate(r, n);
       return `${fmt(x?.emb, 1).padStart(17)} ${fmt(x?.tok, 0).padStart(10)}`;
     });
-    console.log(`${engine.padEnd(17)} ${fmt(r.loadMs / 1000, 1).padStart(7)} ${cells.join(" ")}`);
+    console.log(`${engine.padEnd(17)} ${fmt(r.loadMs / 1000, 1).padStart(7)} ${mib(r.memory).padStart(12)} ${cells.join(" ")}`);
   }
+  memoryRatios(embedResults);
   // Same work: the tokens per text and the vectors of the 64 texts, against the first wllama run.
   const wllamas = entries.filter(([e]) => e.startsWith("wllama"));
   const [peerName, peer] = wllamas[0] ?? entries[0];

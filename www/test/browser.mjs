@@ -10,8 +10,10 @@ export const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 // `extension`: the folder of an unpacked extension to load (MV3; works in the new headless mode).
 // `disableFeatures`: Chromium features to turn off (e.g. "StaticStorageQuota", so that
 // navigator.storage.estimate() reports the real quota). `measureMemory`: expose `gc()` and exact
-// `performance.memory` figures (for the soak tests).
-export async function launch({ extension, disableFeatures = [], measureMemory = false } = {}) {
+// `performance.memory` figures (for the soak tests). `eagerMemory`: the cross-origin isolated
+// page's `performance.measureUserAgentSpecificMemory()` answers at once (not at the next GC,
+// which can take 20 s or more): for the bench's memory figures.
+export async function launch({ extension, disableFeatures = [], measureMemory = false, eagerMemory = false } = {}) {
   const userDataDir = await mkdtemp(join(tmpdir(), "pocketlm-chromium-"));
   const args = [
     "--headless=new",
@@ -25,6 +27,7 @@ export async function launch({ extension, disableFeatures = [], measureMemory = 
     "--disable-dev-shm-usage",
   ];
   if (measureMemory) args.push("--js-flags=--expose-gc", "--enable-precise-memory-info");
+  if (eagerMemory) args.push("--enable-blink-features=ForceEagerMeasureMemory");
   const disabled = [...disableFeatures];
   if (extension) {
     args.push(`--disable-extensions-except=${extension}`, `--load-extension=${extension}`);
