@@ -240,18 +240,9 @@ impl EncoderConfig {
     /// the model in errors. `config.json` is a BERT's, or nomic-embed-text's as the Hub has it
     /// (its remote code's `n_embd`, `n_layer`, … names).
     pub fn from_companions(companions: &BTreeMap<String, String>, source: &str) -> Result<Self> {
-        let bad = |file: &str, detail: String| config_error(&format!("{source}/{file}"), detail);
-        let json = |file: &str| -> Result<Option<Value>> {
-            companions
-                .get(file)
-                .map(|text| {
-                    serde_json::from_str(text)
-                        .map_err(|e| bad(file, format!("not valid JSON: {e}")))
-                })
-                .transpose()
-        };
-        let v = json("config.json")?.ok_or_else(|| {
-            bad(
+        let v = companion_json(companions, source, "config.json")?.ok_or_else(|| {
+            companion_error(
+                source,
                 "config.json",
                 "an encoder needs its config.json beside the weights, and there is none".into(),
             )
@@ -419,6 +410,26 @@ fn gguf_pooling(meta: &GgufMetadata) -> Result<Pooling> {
     )
 }
 
+/// A configuration error in the companion file `file` of the model `source`.
+fn companion_error(source: &str, file: &str, detail: String) -> Error {
+    config_error(&format!("{source}/{file}"), detail)
+}
+
+/// The companion file `file` parsed as JSON (`None` when the folder has no such file).
+fn companion_json(
+    companions: &BTreeMap<String, String>,
+    source: &str,
+    file: &str,
+) -> Result<Option<Value>> {
+    companions
+        .get(file)
+        .map(|text| {
+            serde_json::from_str(text)
+                .map_err(|e| companion_error(source, file, format!("not valid JSON: {e}")))
+        })
+        .transpose()
+}
+
 /// What a sentence-transformers folder's modules say: the pooling (`1_Pooling/config.json`; mean
 /// without it), whether a `Normalize` module follows (`modules.json`), and the longest input
 /// (`sentence_bert_config.json`'s `max_seq_length`; unbounded without it).
@@ -426,15 +437,8 @@ fn sentence_transformers_modules(
     companions: &BTreeMap<String, String>,
     source: &str,
 ) -> Result<(Pooling, bool, usize)> {
-    let bad = |file: &str, detail: String| config_error(&format!("{source}/{file}"), detail);
-    let json = |file: &str| -> Result<Option<Value>> {
-        companions
-            .get(file)
-            .map(|text| {
-                serde_json::from_str(text).map_err(|e| bad(file, format!("not valid JSON: {e}")))
-            })
-            .transpose()
-    };
+    let bad = |file: &str, detail: String| companion_error(source, file, detail);
+    let json = |file: &str| companion_json(companions, source, file);
     let modules = json("modules.json")?;
     let types: Vec<&str> = modules
         .as_ref()
