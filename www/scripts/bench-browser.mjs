@@ -44,6 +44,7 @@ import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { launch, evaluate, value } from "../test/browser.mjs";
 import { serve } from "../test/server.mjs";
+import { cosineDistance } from "../test/vectors.mjs";
 
 const WWW = join(dirname(fileURLToPath(import.meta.url)), "..");
 const ROOT = join(WWW, "..");
@@ -282,18 +283,6 @@ async function runEmbeddings(engine) {
       },
     ),
   );
-}
-
-function cosineDistance(a, b) {
-  let dot = 0;
-  let na = 0;
-  let nb = 0;
-  for (let i = 0; i < a.length; i++) {
-    dot += a[i] * b[i];
-    na += a[i] * a[i];
-    nb += b[i] * b[i];
-  }
-  return 1 - dot / Math.sqrt(na * nb);
 }
 
 const fmt = (x, digits = 2) => (x === null || x === undefined || !Number.isFinite(x) ? "—" : x.toFixed(digits));

@@ -14,6 +14,7 @@ import { dirname, join } from "node:path";
 import { existsSync, readFileSync } from "node:fs";
 import { serve } from "./server.mjs";
 import { evaluate, launch, value } from "./browser.mjs";
+import { cosineDistance } from "./vectors.mjs";
 
 const WWW = join(dirname(fileURLToPath(import.meta.url)), "..");
 const ROOT = join(WWW, "..");
@@ -54,18 +55,6 @@ after(async () => {
 });
 
 const run = (fn, arg) => evaluate(page, fn, arg);
-
-function cosineDistance(a, b) {
-  let dot = 0;
-  let na = 0;
-  let nb = 0;
-  for (let i = 0; i < a.length; i++) {
-    dot += a[i] * b[i];
-    na += a[i] * a[i];
-    nb += b[i] * b[i];
-  }
-  return 1 - dot / Math.sqrt(na * nb);
-}
 
 // The empty sentence is refused as text (below); its ids ([CLS] [SEP]) are given as token ids.
 const inputs = reference.sentences.map((s, i) => (s === "" ? reference.input_ids[i] : s));
