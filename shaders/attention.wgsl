@@ -1,7 +1,10 @@
 // Causal grouped-query attention against a KV cache, split over the context (flash decoding).
 //
 // Query token t of a step sits at position step.offset + t and sees cache positions 0..=that, or,
-// with p.bidirectional (encoders), every position of the step and before it.
+// with p.bidirectional (encoders), every position of the step and before it; packed inputs (a
+// batch of embedder inputs), only those of its own input. A sliding window of
+// W positions limits that to q - W + 1 ..= q (causal) or to |q - k| < W (bidirectional:
+// EmbeddingGemma's local layers).
 // The context is cut into chunks of p.chunk_len positions; a workgroup handles one chunk for one
 // kv head, GB of the query heads that share it and TQ consecutive tokens: R = GB * TQ query rows
 // that all read each key and value once from the cache. It walks its chunk in tiles of TK keys
@@ -31,16 +34,21 @@ var<workgroup> m_s: array<f32, R>;
 var<workgroup> alpha_s: array<f32, R>;
 
 // The end (exclusive) of the cache positions the step's token t sees: up to its own position,
-// with p.bidirectional every position of the step, and with p.packed (an encoder's inputs packed
-// one after another) those of its own input, segments[t] = (first, end).
+// with p.bidirectional every position of the step (a bidirectional window of W stops it W - 1
+// positions after the query's), and with p.packed (inputs packed one after another) not past
+// its own input, segments[t] = (first, end).
 fn visible_end(t: u32) -> u32 {
-    if (p.packed != 0u) {
-        return segments[t].y;
-    }
+    var end = step.offset + t + 1u;
     if (p.bidirectional != 0u) {
-        return step.offset + step.n_tokens;
+        end = step.offset + step.n_tokens;
+        if (p.window > 0u) {
+            end = min(end, step.offset + t + p.window);
+        }
     }
-    return step.offset + t + 1u;
+    if (p.packed != 0u) {
+        end = min(end, segments[t].y);
+    }
+    return end;
 }
 
 // Cache positions below the returned bound are visible to row r; 0 for rows without work
@@ -55,17 +63,19 @@ fn row_limit(r: u32, t0: u32, hb: u32) -> u32 {
 }
 
 // The first cache position row r sees: with a sliding window of W positions, the query at
-// position q sees keys q - W + 1 ..= q (transformers' sliding-window mask); packed, the first of
-// its input; otherwise 0.
+// position q sees keys from q - W + 1 on (transformers' sliding-window masks, causal and
+// bidirectional); packed, not before the first of its input; otherwise 0. Never decreases with r.
 fn row_low(r: u32, t0: u32) -> u32 {
+    let t = min(t0 + r / GB, step.n_tokens - 1u);
+    var low = 0u;
     if (p.packed != 0u) {
-        return segments[min(t0 + r / GB, step.n_tokens - 1u)].x;
+        low = segments[t].x;
     }
-    let pos = step.offset + t0 + r / GB;
+    let pos = step.offset + t;
     if (p.window > 0u && pos + 1u > p.window) {
-        return pos + 1u - p.window;
+        low = max(low, pos + 1u - p.window);
     }
-    return 0u;
+    return low;
 }
 
 // Attention-logit soft-capping (Gemma 2): cap · tanh(s / cap). The argument is clamped where
@@ -127,9 +137,9 @@ fn attention(
         return;
     }
     let c1 = min(c0 + p.chunk_len, hi);
-    // Packed, no row sees a key before its first token's input (and attention_combine reads no
+    // No row sees a key before its first row's window or input (and attention_combine reads no
     // chunk that ends there).
-    if (p.packed != 0u && c1 <= row_low(0u, t0)) {
+    if (c1 <= row_low(0u, t0)) {
         return;
     }
 

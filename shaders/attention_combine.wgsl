@@ -1,6 +1,7 @@
 // Combines the per-chunk results of attention.wgsl: for each query row (token t, head h) and
-// element d, with the chunks c that hold at least one visible key (c * chunk_len <= position,
-// or with p.bidirectional <= the step's last position; packed, those of token t's own input):
+// element d, with the chunks c that hold at least one visible key (from the first position the
+// window or the input lets it see, to its own position, or with p.bidirectional the step's last
+// or the window's; packed, those of token t's own input):
 //   M = max m_c,  out = sum_c o_c[d] * exp(m_c - M) / sum_c l_c * exp(m_c - M).
 // One invocation per output element; tokens past the step exit at once.
 // Prelude: WG, and the bindings of `COMBINE` (src/kernels/attention.rs).
@@ -20,14 +21,25 @@ fn attention_combine(
     if (t >= step.n_tokens) {
         return;
     }
-    var last = select(step.offset + t, step.offset + step.n_tokens - 1u, p.bidirectional != 0u);
-    var first = 0u;
+    // The positions token t sees, first and last: as attention.wgsl's row_low and visible_end.
+    let pos = step.offset + t;
+    var last = select(pos, step.offset + step.n_tokens - 1u, p.bidirectional != 0u);
+    var low = 0u;
+    if (p.window > 0u) {
+        if (pos + 1u > p.window) {
+            low = max(low, pos + 1u - p.window);
+        }
+        if (p.bidirectional != 0u) {
+            last = min(last, pos + p.window - 1u);
+        }
+    }
     if (p.packed != 0u) {
         // Packed inputs: the chunks of token t's own input only.
         let s = segments[t];
-        first = s.x / p.chunk_len;
-        last = s.y - 1u;
+        low = max(low, s.x);
+        last = min(last, s.y - 1u);
     }
+    let first = low / p.chunk_len;
     let n = min(last / p.chunk_len + 1u, p.n_chunks);
     let base = row * p.n_chunks;
     var mx = NEG;

@@ -186,8 +186,9 @@ proptest! {
                                    bidirectional in prop_oneof![3 => Just(false), 1 => Just(true)],
                                    inputs in 0usize..=5,
                                    seed in any::<u64>()) {
-        // Packed inputs (an encoder's batch) start at position 0.
-        let packed = if bidirectional { inputs.min(tokens) } else { 0 };
+        // Packed inputs (an embedder's batch: bidirectional, or causal for a decoder's) start
+        // at position 0.
+        let packed = if bidirectional || inputs % 2 == 1 { inputs.min(tokens) } else { 0 };
         let offset = if packed > 0 { 0 } else { offset };
         attention_case(AttentionCase {
             tokens,
@@ -200,7 +201,7 @@ proptest! {
             cache,
             scale: None,
             chunk_len,
-            window: if bidirectional { None } else { window },
+            window,
             softcap,
             bidirectional,
             packed,
@@ -373,6 +374,70 @@ fn attention_edge_shapes() {
             chunk_len: Some(2),
             bidirectional: true,
             packed: 6,
+            ..base
+        },
+        // A decoder-based embedder's batch: causal within each packed input, with and without
+        // a window, over many chunks.
+        AttentionCase {
+            tokens: 60,
+            offset: 0,
+            max_ctx: 64,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 32,
+            chunk_len: Some(8),
+            packed: 5,
+            ..base
+        },
+        AttentionCase {
+            tokens: 60,
+            offset: 0,
+            max_ctx: 64,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 32,
+            window: Some(6),
+            chunk_len: Some(8),
+            packed: 3,
+            ..base
+        },
+        // EmbeddingGemma's local layers: a symmetric window (|q - k| < 9) over one chunk and
+        // over many (chunks wholly outside every row's window skipped, on both sides), and
+        // within packed inputs.
+        AttentionCase {
+            tokens: 40,
+            offset: 0,
+            max_ctx: 40,
+            n_heads: 3,
+            n_kv_heads: 1,
+            head_dim: 64,
+            window: Some(9),
+            bidirectional: true,
+            ..base
+        },
+        AttentionCase {
+            tokens: 100,
+            offset: 0,
+            max_ctx: 128,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 32,
+            window: Some(9),
+            chunk_len: Some(8),
+            bidirectional: true,
+            ..base
+        },
+        AttentionCase {
+            tokens: 90,
+            offset: 0,
+            max_ctx: 96,
+            n_heads: 4,
+            n_kv_heads: 4,
+            head_dim: 32,
+            window: Some(7),
+            chunk_len: Some(8),
+            bidirectional: true,
+            packed: 4,
             ..base
         },
     ];
@@ -718,34 +783,11 @@ fn bad_input_is_a_typed_error() {
         ..AttentionOptions::default()
     };
     expect_err(att(&q, &out, 0, &zero_window), "shape_mismatch", "window");
-    let windowed_encoder = AttentionOptions {
-        window: Some(4),
-        bidirectional: true,
-        ..AttentionOptions::default()
-    };
-    expect_err(
-        att(&q, &out, 0, &windowed_encoder),
-        "shape_mismatch",
-        "bidirectional",
-    );
     let bad_cap = AttentionOptions {
         softcap: Some(f32::INFINITY),
         ..AttentionOptions::default()
     };
     expect_err(att(&q, &out, 0, &bad_cap), "shape_mismatch", "softcap");
-    let rows = q.shape()[0];
-    let segments = ctx
-        .upload_i32("segments", &[rows, 2], &vec![0; 2 * rows])
-        .unwrap();
-    let causal_packed = AttentionOptions {
-        segments: Some(segments.clone()),
-        ..AttentionOptions::default()
-    };
-    expect_err(
-        att(&q, &out, 0, &causal_packed),
-        "shape_mismatch",
-        "bidirectional",
-    );
     let short = ctx.upload_i32("short segments", &[1, 2], &[0, 1]).unwrap();
     let bad_segments = AttentionOptions {
         segments: Some(short),

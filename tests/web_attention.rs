@@ -94,7 +94,8 @@ async fn attention_matches_reference_in_browser() {
             bidirectional: false,
             packed: 0,
         },
-        // An encoder's batch: 4 inputs packed, across chunk edges.
+        // An encoder's batch: 4 inputs packed, across chunk edges, with a symmetric window
+        // (EmbeddingGemma's local layers).
         AttentionCase {
             tokens: 30,
             spare: 0,
@@ -106,7 +107,7 @@ async fn attention_matches_reference_in_browser() {
             cache: Some(DType::F32),
             scale: None,
             chunk_len: Some(8),
-            window: None,
+            window: Some(5),
             softcap: None,
             bidirectional: true,
             packed: 4,

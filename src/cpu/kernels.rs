@@ -167,7 +167,8 @@ pub struct AttentionShape {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub scale: f32,
-    /// Sliding window over this many positions (the query's own included).
+    /// Sliding window over this many positions (the query's own included), or with
+    /// `bidirectional` the keys less than this many positions away on either side.
     pub window: Option<usize>,
     pub softcap: Option<f32>,
     /// Every query sees every position (encoders) instead of those up to its own.
@@ -189,22 +190,21 @@ pub fn attention(
 ) {
     let positions = keys.len() / (s.kv_heads * s.head_dim).max(1);
     attend(pool, s, q, keys, values, out, &|t| {
-        let pos = if s.bidirectional {
-            positions - 1
-        } else {
-            offset + t
+        let pos = offset + t;
+        let first = s.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let last = match (s.bidirectional, s.window) {
+            (true, Some(w)) => (pos + w - 1).min(positions - 1),
+            (true, None) => positions - 1,
+            (false, _) => pos,
         };
-        let first = match s.window {
-            Some(w) if pos + 1 > w => pos + 1 - w,
-            _ => 0,
-        };
-        (first, pos)
+        (first, last)
     });
 }
 
-/// Bidirectional attention over inputs packed one after another (an encoder's batch): `starts`
-/// holds each input's first row and, last, the number of rows; token t sees the keys of its own
-/// input only. q, keys, values and `out` as in [`attention`], rows of all inputs together.
+/// Attention over inputs packed one after another (an embedder's batch): `starts` holds each
+/// input's first row and, last, the number of rows; token t sees the keys of its own input only
+/// (up to its own when causal; within `s.window` of its own, when there is one). q, keys,
+/// values and `out` as in [`attention`], rows of all inputs together.
 pub fn attention_packed(
     pool: &Pool,
     s: &AttentionShape,
@@ -216,7 +216,16 @@ pub fn attention_packed(
 ) {
     attend(pool, s, q, keys, values, out, &|t| {
         let input = starts.partition_point(|&first| first <= t) - 1;
-        (starts[input], starts[input + 1] - 1)
+        let first = starts[input];
+        let last = if s.bidirectional {
+            starts[input + 1] - 1
+        } else {
+            t
+        };
+        match s.window {
+            Some(w) => (first.max((t + 1).saturating_sub(w)), last.min(t + w - 1)),
+            None => (first, last),
+        }
     });
 }
 
@@ -274,5 +283,78 @@ pub fn layernorm_in_place(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
 pub fn add_bias(y: &mut [f32], b: &[f32]) {
     for row in y.chunks_exact_mut(b.len()) {
         row.iter_mut().zip(b).for_each(|(v, &o)| *v += o);
+    }
+}
+
+#[cfg(all(test, feature = "harness"))]
+mod tests {
+    use super::{attention, attention_packed, AttentionShape, Pool};
+    use crate::reference::attention as reference;
+    use crate::reference::attention::{AttentionSplit, KvError};
+    use crate::reference::Rng;
+
+    /// Causal and bidirectional attention, with and without sliding windows (symmetric when
+    /// bidirectional), packed or not, against the f64 reference.
+    #[test]
+    fn attention_windows_match_the_reference() {
+        let pool = Pool::new(2);
+        let mut rng = Rng::new(0x5EED);
+        let (heads, kv_heads, hd) = (4, 2, 16);
+        for (tokens, offset, window, bidirectional, packed) in [
+            (12, 0, None, false, 0),
+            (7, 20, Some(5), false, 0),
+            (30, 0, None, true, 0),
+            (30, 0, Some(4), true, 0),
+            (9, 11, Some(6), true, 0),
+            (30, 0, Some(3), true, 4),
+            (30, 0, None, true, 4),
+            (30, 0, None, false, 4),
+            (30, 0, Some(3), false, 5),
+        ] {
+            let positions = offset + tokens;
+            let q = rng.vec(tokens * heads * hd, -1.0, 1.0);
+            let k = rng.vec(positions * kv_heads * hd, -1.0, 1.0);
+            let v = rng.vec(positions * kv_heads * hd, -1.0, 1.0);
+            let scale = 0.25;
+            let s = AttentionShape {
+                heads,
+                kv_heads,
+                head_dim: hd,
+                scale,
+                window,
+                softcap: None,
+                bidirectional,
+            };
+            let mut out = vec![0f32; q.len()];
+            if packed > 0 {
+                let starts = reference::packed_starts(tokens, packed);
+                attention_packed(&pool, &s, &q, &k, &v, &starts, &mut out);
+            } else {
+                attention(&pool, &s, &q, &k, &v, offset, &mut out);
+            }
+            let shape = reference::AttentionShape {
+                tokens,
+                n_heads: heads,
+                n_kv_heads: kv_heads,
+                head_dim: hd,
+                offset,
+                window: window.unwrap_or(0),
+                softcap: 0.0,
+                bidirectional,
+                packed,
+            };
+            let split = AttentionSplit {
+                chunk_len: positions,
+                tile: 1,
+            };
+            let (want, _) = reference::attention(&q, &k, &v, &shape, scale, split, KvError::EXACT);
+            for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
+                assert!(
+                    (f64::from(got) - want).abs() < 1e-5,
+                    "tokens {tokens} offset {offset} window {window:?} bidirectional \
+                     {bidirectional} packed {packed}: element {i} is {got}, the reference {want}"
+                );
+            }
+        }
     }
 }

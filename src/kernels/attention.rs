@@ -546,16 +546,17 @@ pub struct AttentionOptions {
     /// layers run one after the other); default: new ones.
     pub scratch: Option<AttentionScratch>,
     /// A sliding window: the query at position q sees keys `q - window + 1 ..= q` (Mistral,
-    /// Gemma's local layers); default: every earlier position.
+    /// Gemma's local layers), or with `bidirectional` those with `|q - k| < window`
+    /// (EmbeddingGemma's local layers); default: every earlier (or every) position.
     pub window: Option<usize>,
     /// Attention-logit soft-capping (Gemma 2): each scaled score s becomes `cap · tanh(s / cap)`.
     pub softcap: Option<f32>,
     /// Every token of the step sees every position of the step (and the cache before it), not
-    /// only those up to its own: an encoder's attention. Not with a sliding window.
+    /// only those up to its own: an encoder's attention.
     pub bidirectional: bool,
-    /// Inputs packed one after another in the step (an encoder's batch; bidirectional only):
-    /// per step token, the cache positions `[first, end)` of its own input as a pair of 32-bit
-    /// integers (`[tokens, 2]`); each token sees only those.
+    /// Inputs packed one after another in the step (an embedder's batch): per step token, the
+    /// cache positions `[first, end)` of its own input as a pair of 32-bit integers
+    /// (`[tokens, 2]`); each token sees only those (causal: those up to its own).
     pub segments: Option<GpuTensor>,
 }
 
@@ -698,7 +699,8 @@ crate::uniform! {
         n_chunks: u32,
         chunk_len: u32,
         scale: f32,
-        /// A key is visible to a query at most this many positions back; 0: no limit.
+        /// A key is visible to a query less than this many positions back (and, bidirectional,
+        /// ahead); 0: no limit.
         window: u32,
         /// Scores become softcap · tanh(score / softcap); 0: no capping.
         softcap: f32,
@@ -717,6 +719,7 @@ crate::uniform! {
         head_dim: u32,
         bidirectional: u32,
         packed: u32,
+        window: u32,
     }
 }
 
@@ -832,23 +835,11 @@ pub async fn attention(
     }
     let window = match options.window {
         Some(0) => return Err(mismatch(NAME, "a sliding window must be at least 1".into())),
-        Some(_) if options.bidirectional => {
-            return Err(mismatch(
-                NAME,
-                "a sliding window is for causal attention, not bidirectional".into(),
-            ))
-        }
         // A window that covers the whole context is no window.
         Some(w) if w < step.max_positions() => dim(NAME, "window", w)?,
         _ => 0,
     };
     if let Some(seg) = &options.segments {
-        if !options.bidirectional {
-            return Err(mismatch(
-                NAME,
-                "packed inputs (segments) are for bidirectional attention".into(),
-            ));
-        }
         if seg.shape() != [step.max_tokens(), 2] || seg.dtype() != DType::I32 {
             return Err(mismatch(
                 NAME,
@@ -1018,6 +1009,7 @@ pub async fn attention(
                 head_dim: hd as u32,
                 bidirectional: u32::from(options.bidirectional),
                 packed: u32::from(options.segments.is_some()),
+                window,
             };
             let elems = dim(NAME, "output elements", rows * hd)?;
             let cwg = grid(ctx, "attention_combine", u64::from(elems.div_ceil(WG)))?;
@@ -1269,7 +1261,7 @@ pub mod check {
         pub softcap: Option<f32>,
         /// Every token sees the whole step.
         pub bidirectional: bool,
-        /// Bidirectional from position 0: the step is this many inputs packed one after another
+        /// From position 0: the step is this many inputs packed one after another
         /// (`reference::packed_starts`); 0: not packed.
         pub packed: usize,
     }

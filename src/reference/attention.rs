@@ -116,13 +116,14 @@ pub struct AttentionShape {
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub offset: usize,
-    /// Sliding window: query position q sees keys q - window + 1 ..= q; 0: no window.
+    /// Sliding window: query position q sees keys q - window + 1 ..= q, or with `bidirectional`
+    /// those with |q - k| < window; 0: no window.
     pub window: usize,
     /// Scores become cap · tanh(s / cap); 0: no capping.
     pub softcap: f32,
     /// Every token sees positions 0..offset + tokens (an encoder), not only up to its own.
     pub bidirectional: bool,
-    /// With `bidirectional` and offset 0: the step is this many inputs packed one after another
+    /// From offset 0: the step is this many inputs packed one after another
     /// ([`packed_starts`]), each token seeing only its own input's positions; 0: not packed.
     pub packed: usize,
 }
@@ -214,12 +215,8 @@ pub fn attention(
         packed,
     } = *shape;
     assert!(
-        !(bidirectional && window > 0),
-        "a window is for causal attention"
-    );
-    assert!(
-        packed == 0 || (bidirectional && offset == 0),
-        "packed inputs are bidirectional, from position 0"
+        packed == 0 || offset == 0,
+        "packed inputs start at position 0"
     );
     let starts = (packed > 0).then(|| packed_starts(tokens, packed));
     assert!(nkv > 0 && nh % nkv == 0);
@@ -242,16 +239,21 @@ pub fn attention(
             }
             None => (0, 0),
         };
-        let n = if packed > 0 {
-            end
-        } else if bidirectional {
+        let pos = offset + t;
+        let mut n = if bidirectional {
             offset + tokens
         } else {
-            offset + t + 1
+            pos + 1
         };
+        if bidirectional && window > 0 {
+            n = n.min(pos + window);
+        }
+        if packed > 0 {
+            n = n.min(end);
+        }
         // Keys before `lo` are outside the window or the input (they weigh nothing).
         let lo = if window > 0 {
-            n.saturating_sub(window)
+            first.max((pos + 1).saturating_sub(window))
         } else {
             first
         };
