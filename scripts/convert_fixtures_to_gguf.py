@@ -36,7 +36,10 @@ NAMES = ["tiny-llama", "tiny-qwen2", "tiny-qwen2-bf16", "tiny-qwen3", "tiny-gemm
          "tiny-gemma3", "tiny-phi3", "tiny-smollm3",
          # The decoder-based embedder of scripts/make_encoder_fixtures.py: its sentence-transformers
          # modules go along, so the converter records the pooling (`qwen3.pooling_type`).
-         "tiny-qwen3-embedding"]
+         "tiny-qwen3-embedding",
+         # EmbeddingGemma's (llama.cpp's `gemma-embedding`), its Dense modules converted too
+         # (--sentence-transformers-dense-modules: `dense_2.weight`, `dense_3.weight`).
+         "tiny-embeddinggemma"]
 
 
 def placeholder_vocab(self):
@@ -83,7 +86,9 @@ def main():
             # bf16): give it the weights in f32, so the file holds exactly the reference's values.
             folder = pathlib.Path(tmp)
             shutil.copy(MODELS / name / "config.json", folder / "config.json")
-            for extra in ["modules.json", "1_Pooling/config.json"]:
+            dense = sorted(p.parent.name for p in (MODELS / name).glob("*_Dense/config.json"))
+            for extra in ["modules.json", "1_Pooling/config.json"] + [
+                    f"{d}/{f}" for d in dense for f in ["config.json", "model.safetensors"]]:
                 if (MODELS / name / extra).is_file():
                     (folder / extra).parent.mkdir(exist_ok=True)
                     shutil.copy(MODELS / name / extra, folder / extra)
@@ -95,7 +100,8 @@ def main():
             (folder / "tokenizer.json").write_text(json.dumps(
                 {"model": {"vocab": {f"t{i}": i for i in range(vocab)}}, "added_tokens": []}))
             sys.argv = ["convert_hf_to_gguf.py", str(folder), "--outfile", str(out),
-                        "--outtype", "f32"]
+                        "--outtype", "f32"] + (["--sentence-transformers-dense-modules"]
+                                               if dense else [])
             convert_hf_to_gguf.main()
         print(name, out.stat().st_size, "bytes")
 

@@ -17,6 +17,12 @@ their embeddings.
 - tiny-qwen3-embedding: Qwen3-Embedding's: the Qwen3 decoder (causal attention) without its LM
   head, last-token pooling of the final (RMS-normed) hidden states; its tokenizer appends an end
   token instead of wrapping the text.
+- tiny-embeddinggemma: EmbeddingGemma's: the Gemma 3 decoder attending both ways
+  (`use_bidirectional_attention`: full attention on the global layer, a symmetric window on the
+  five local ones, shorter than the longer inputs), mean pooling, then two Dense modules
+  (2_Dense: hidden → 2·hidden, 3_Dense: back, no bias, identity) before normalisation; the
+  folder loads in sentence-transformers, whose embeddings of the texts are checked against the
+  reference.
 - tiny-nomic-bert: nomic-embed-text's architecture (post-LayerNorm, RoPE (NeoX layout, base
   1000) instead of position embeddings, no biases on q/k/v/o or the MLP, SwiGLU), mean pooling.
   Made with transformers' NomicBertModel and saved as the Hub's nomic-embed-text-v1.5 checkpoint
@@ -33,6 +39,7 @@ Run in a throwaway environment (torch is large; never install it in CI):
     python3 -m venv /tmp/fx && /tmp/fx/bin/pip install torch transformers safetensors numpy
     /tmp/fx/bin/python scripts/make_encoder_fixtures.py [LLAMA_CPP_SOURCE]
 (LLAMA_CPP_SOURCE as in scripts/convert_fixtures_to_gguf.py.)
+    /tmp/fx/bin/python scripts/make_encoder_fixtures.py - NAME…   (only these models, no GGUF)
 """
 import json
 import pathlib
@@ -96,11 +103,26 @@ MODELS = {
              tie_word_embeddings=True),
         "lasttoken",
     ),
+    # EmbeddingGemma's layout: six layers (five local, one global, as llama.cpp's default
+    # pattern has them), sliding_window 10 (a token sees 5 positions each way).
+    "tiny-embeddinggemma": (
+        transformers.Gemma3TextConfig,
+        transformers.Gemma3TextModel,
+        dict(vocab_size=128, hidden_size=48, intermediate_size=96, num_hidden_layers=6,
+             num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+             query_pre_attn_scalar=16, max_position_embeddings=128, rms_norm_eps=1e-6,
+             sliding_window=10, use_bidirectional_attention=True,
+             hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True),
+        "mean",
+    ),
 }
+
+# Dense modules after pooling: (folder, in, out) per module.
+DENSE = {"tiny-embeddinggemma": [("2_Dense", 48, 96), ("3_Dense", 96, 48)]}
 
 # Decoder-based embedders: no `add_pooling_layer`, the end token appended rather than
 # [CLS] ... [SEP], and no GGUF conversion (llama.cpp's Qwen3 converter wants a BPE vocabulary).
-DECODERS = {"tiny-qwen3-embedding"}
+DECODERS = {"tiny-qwen3-embedding", "tiny-embeddinggemma"}
 
 
 def pool(hidden, mode):
@@ -228,9 +250,32 @@ convert_hf_to_gguf.main()
     print("wrote", out)
 
 
+def save_dense(folder, modules):
+    """sentence-transformers Dense modules (no bias, identity), random; returns the torch
+    layers."""
+    layers = []
+    for path, n_in, n_out in modules:
+        layer = torch.nn.Linear(n_in, n_out, bias=False)
+        with torch.no_grad():
+            layer.weight.mul_(3.0)
+        (folder / path).mkdir(exist_ok=True)
+        save_file({"linear.weight": layer.weight.detach().contiguous()},
+                  folder / path / "model.safetensors", metadata={"format": "pt"})
+        (folder / path / "config.json").write_text(json.dumps({
+            "in_features": n_in, "out_features": n_out, "bias": False,
+            "activation_function": "torch.nn.modules.linear.Identity",
+        }, indent=2) + "\n")
+        layers.append(layer)
+    return layers
+
+
 def main():
-    llama_cpp = pathlib.Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else None
+    llama_cpp = (pathlib.Path(sys.argv[1]).resolve()
+                 if len(sys.argv) > 1 and sys.argv[1] != "-" else None)
+    only = set(sys.argv[2:])
     for i, (name, (config_cls, model_cls, settings, mode)) in enumerate(MODELS.items()):
+        if only and name not in only:
+            continue
         torch.manual_seed(4321 + i)
         config = config_cls(**settings)
         config._attn_implementation = "eager"
@@ -257,10 +302,16 @@ def main():
         else:
             model.save_pretrained(folder, safe_serialization=True)
         tokenizer = save_tokenizer(folder, decoder)
+        dense = save_dense(folder, DENSE.get(name, []))
+        modules = [
+            {"path": "", "type": "sentence_transformers.models.Transformer"},
+            {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ] + [{"path": path, "type": "sentence_transformers.models.Dense"}
+             for path, _, _ in DENSE.get(name, [])]
+        modules.append({"path": f"{len(modules)}_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})
         (folder / "modules.json").write_text(json.dumps([
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+            {"idx": k, "name": str(k), **m} for k, m in enumerate(modules)
         ], indent=2) + "\n")
         (folder / "1_Pooling").mkdir(exist_ok=True)
         (folder / "1_Pooling" / "config.json").write_text(json.dumps({
@@ -279,7 +330,9 @@ def main():
         def embed(ids):
             with torch.no_grad():
                 h = model(torch.tensor([ids])).last_hidden_state[0].to(torch.float32).numpy()
-            e = pool(h.astype(np.float64), mode)
+                e = pool(h.astype(np.float64), mode)
+                for layer in dense:
+                    e = layer.weight.double().numpy() @ e
             return h, (e / np.linalg.norm(e)).tolist()
 
         hidden_all, embeddings = [], []
@@ -291,6 +344,15 @@ def main():
         for text in TEXTS:
             ids = tokenizer(text)["input_ids"]
             texts.append({"text": text, "ids": ids, "embedding": embed(ids)[1]})
+        if dense:
+            # The folder as sentence-transformers loads it gives the same embeddings.
+            (folder / "sentence_bert_config.json").write_text(
+                json.dumps({"max_seq_length": 64, "do_lower_case": False}, indent=2) + "\n")
+            from sentence_transformers import SentenceTransformer
+            st = SentenceTransformer(str(folder), device="cpu")
+            got = st.encode([t["text"] for t in texts], convert_to_numpy=True)
+            want = np.array([t["embedding"] for t in texts])
+            assert np.abs(got - want).max() < 1e-4, np.abs(got - want).max()
         np.concatenate(hidden_all).astype("<f4").tofile(folder / "hidden.f32")
         (folder / "reference.json").write_text(json.dumps({
             "generator": f"scripts/make_encoder_fixtures.py, transformers {transformers.__version__}, torch {torch.__version__}",

@@ -488,6 +488,7 @@ async fn load_from_js<D: LoadTarget>(
             .unwrap_or(true);
         let mut index = None;
         let mut companions = std::collections::BTreeMap::new();
+        let mut module_weights = std::collections::BTreeMap::new();
         if let [url] = urls.as_slice() {
             if url.ends_with('/') {
                 // A model folder: its weights and the text files that describe the model.
@@ -495,6 +496,7 @@ async fn load_from_js<D: LoadTarget>(
                 urls = plan.weights;
                 index = plan.index;
                 companions = plan.companions;
+                module_weights = plan.module_weights;
             } else if url.ends_with(".index.json") {
                 let json = browser::fetch_small(url, cache, signal.as_ref()).await?;
                 let parsed = SafetensorsIndex::parse(&json, url)?;
@@ -528,6 +530,7 @@ async fn load_from_js<D: LoadTarget>(
         }
         return result.map(|mut m| {
             m.companions = companions;
+            m.module_weights = module_weights;
             m
         });
     }
@@ -615,10 +618,29 @@ async fn plan_folder(
             companions.insert(name.to_string(), text);
         }
     }
+    // Each Dense module's config and weights (a missing one is an error, not a 404 to skip).
+    let mut module_weights = std::collections::BTreeMap::new();
+    for module in folder::dense_module_dirs(&companions, url)? {
+        let fetch = |f: String| async move {
+            match browser::fetch_small(&folder::join(url, &f), cache, signal).await {
+                Err(Error::Http { status: 404, .. }) => Err(folder::missing_module_file(url, &f)),
+                other => other,
+            }
+        };
+        let config = format!("{module}/config.json");
+        let text = String::from_utf8(fetch(config.clone()).await?).map_err(|_| Error::Config {
+            source_name: folder::join(url, &config),
+            detail: "not UTF-8 text".into(),
+        })?;
+        companions.insert(config, text);
+        let weights = format!("{module}/{}", folder::MODULE_WEIGHTS);
+        module_weights.insert(weights.clone(), fetch(weights).await?);
+    }
     let plan = folder::FolderPlan {
         weights,
         index,
         companions,
+        module_weights,
     };
     folder::check_companions(url, &plan)?;
     Ok(plan)
@@ -952,7 +974,7 @@ impl EmbeddingModel {
                 Compute::Gpu(_) => "webgpu",
                 Compute::Cpu(_) => "cpu",
             },
-            "dimensions": c.hidden,
+            "dimensions": c.dimensions(),
             "maxTokens": c.max_tokens,
             "pooling": pooling,
             "normalized": c.normalize,
@@ -1014,7 +1036,7 @@ impl EmbeddingModel {
             }
             let _idle = scopeguard(busy);
             let e = embedder.borrow().clone().ok_or(Error::Unloaded)?;
-            let width = e.encoder.config().hidden;
+            let width = e.encoder.config().dimensions();
             let normalize = e.encoder.config().normalize;
             let dimensions = match dimensions.map(|v| (v.as_f64(), v)) {
                 None => None,

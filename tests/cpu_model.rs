@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use common::{
     assert_greedy_cases, assert_logits_close, check_tiny_embedder, cosine_distance, fixture_json,
-    numbers, packs, read_f32_file, token_ids, TinyGguf, TINY_EMBEDDERS, TINY_GGUF_FIXTURES,
+    numbers, read_f32_file, token_ids, TinyGguf, TINY_EMBEDDERS, TINY_GGUF_FIXTURES,
 };
 use pocketlm::cpu::{CpuContext, CpuDecoder, HostTensor};
 use pocketlm::engine::{Engine, EngineOptions};
@@ -188,7 +188,7 @@ fn tiny_embedding_models_match_transformers_on_the_cpu() {
                 &embedder,
                 cpu().into(),
                 !gguf || kind == TinyGguf::WithVocab,
-                packs(name) && !gguf,
+                !gguf,
             );
         }
     }

@@ -12,7 +12,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{check_tiny_embedder, ctx, packs, TinyGguf, TINY_EMBEDDERS};
+use common::{check_tiny_embedder, ctx, TinyGguf, TINY_EMBEDDERS};
 use pocketlm::load::{load_directory, load_native, LoadOptions, LoadedModelFiles};
 use pocketlm::model::encoder::EncoderNames;
 use pocketlm::model::{Embedder, Encoder, EncoderConfig};
@@ -59,7 +59,7 @@ fn tiny_embedding_models_match_transformers() {
                 &embedder,
                 ctx().into(),
                 !gguf || kind == TinyGguf::WithVocab,
-                packs(name) && !gguf,
+                !gguf,
             );
             embedder.destroy();
         }

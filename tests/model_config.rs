@@ -266,6 +266,30 @@ fn block_descriptions_of_every_architecture() {
     let m = fixture_config("tiny-mistral");
     assert_eq!(m.architecture, Architecture::Llama);
     assert!(m.layer_specs.iter().all(|l| l.window == Some(5)));
+    assert!(!m.bidirectional && !g.bidirectional);
+
+    // EmbeddingGemma: Gemma 3 attending both ways; `sliding_window` 10 lets a token see 5
+    // positions each way (keys less than 6 away), from config.json and from llama.cpp's
+    // `gemma-embedding` GGUF alike.
+    let e = fixture_config("tiny-embeddinggemma");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models/tiny-embeddinggemma.gguf");
+    let header = GgufHeader::parse_file(&std::fs::read(path).unwrap(), "e.gguf").unwrap();
+    let meta = header.metadata.clone();
+    let eg = ModelConfig::from_gguf(&meta, &header.into_model_files().unwrap()).unwrap();
+    let local = LayerSpec {
+        window: Some(6),
+        rope: LayerRope::Local,
+    };
+    for c in [&e, &eg] {
+        assert_eq!(c.architecture, Architecture::Gemma3);
+        assert!(c.bidirectional);
+        assert_eq!(
+            c.layer_specs,
+            vec![local, local, local, local, local, global]
+        );
+        assert!(c.describe().contains("window ±5 ×5"), "{}", c.describe());
+    }
 }
 
 /// Sizes that would size absurd tables are refused before anything is allocated, with the

@@ -316,7 +316,18 @@ mod cli {
             }
             match plan.companions.get("config.json") {
                 Some(_) if pocketlm::model::encoder::is_encoder(&plan.companions) => {
-                    describe_encoder(EncoderConfig::from_companions(&plan.companions, &model))
+                    let described = EncoderConfig::from_folder(&plan.companions, &model).and_then(
+                        |(mut c, decoder)| {
+                            c.dense = pocketlm::model::dense::from_folder(
+                                &plan.companions,
+                                &plan.module_weights,
+                                c.hidden,
+                                &model,
+                            )?;
+                            Ok((c, decoder))
+                        },
+                    );
+                    describe_embedder(described)
                 }
                 Some(json) => describe_block(ModelConfig::from_hf_json(json, "config.json")),
                 None => println!("block: no config.json"),
@@ -332,7 +343,7 @@ mod cli {
         println!("{model}\n{}", files.summary());
         match files.gguf_metadata() {
             Some(meta) if pocketlm::model::encoder::is_encoder_gguf(meta) => {
-                describe_encoder(EncoderConfig::from_gguf(meta))
+                describe_embedder(EncoderConfig::from_any_gguf(meta, &files))
             }
             Some(meta) => describe_block(ModelConfig::from_gguf(meta, &files)),
             None => {}
@@ -340,9 +351,15 @@ mod cli {
         Ok(ExitCode::SUCCESS)
     }
 
-    fn describe_encoder(config: pocketlm::Result<EncoderConfig>) {
-        match config {
-            Ok(c) => println!("{}", c.describe()),
+    /// An embedding model's description, and its decoder's for a decoder-based one.
+    fn describe_embedder(described: pocketlm::Result<(EncoderConfig, Option<ModelConfig>)>) {
+        match described {
+            Ok((c, decoder)) => {
+                if let Some(m) = decoder {
+                    describe_block(Ok(m));
+                }
+                println!("{}", c.describe());
+            }
             Err(e) => println!("encoder: {e}"),
         }
     }

@@ -190,7 +190,7 @@ impl CpuDecoder {
         mask: Option<Vec<u32>>,
     ) -> Result<StepOutput> {
         let n = tokens.len();
-        let x = self.forward(cpu, tokens, offset)?;
+        let x = self.forward(cpu, tokens, offset, None)?;
         if readout == Readout::Nothing {
             return Ok(StepOutput::Nothing);
         }
@@ -200,16 +200,20 @@ impl CpuDecoder {
         Ok(out)
     }
 
-    /// Every token's hidden state after the final norm, [tokens, hidden], for a step at
-    /// positions `offset..` (which fills the KV cache there, as a step does): what a
-    /// decoder-based embedder pools.
-    pub fn final_hidden(
-        &mut self,
-        cpu: &CpuContext,
-        tokens: &[u32],
-        offset: usize,
-    ) -> Result<Vec<f32>> {
-        let x = self.forward(cpu, tokens, offset)?;
+    /// Every token's hidden state after the final norm, [tokens, hidden], of several inputs
+    /// packed one after another from position 0 (which fills the KV cache there), each
+    /// attending within its own input (RoPE rotates by the pass's positions, which keeps every
+    /// distance within an input): what a decoder-based embedder pools.
+    pub fn final_hidden_packed(&mut self, cpu: &CpuContext, inputs: &[&[u32]]) -> Result<Vec<f32>> {
+        let tokens: Vec<u32> = inputs.concat();
+        let mut starts = Vec::with_capacity(inputs.len() + 1);
+        let mut first = 0;
+        for input in inputs {
+            starts.push(first);
+            first += input.len();
+        }
+        starts.push(first);
+        let x = self.forward(cpu, &tokens, 0, Some(&starts))?;
         let mut normed = vec![0f32; x.len()];
         kernels::rmsnorm(&x, &self.out_norm, self.config.rms_eps, &mut normed);
         Ok(normed)
@@ -223,7 +227,7 @@ impl CpuDecoder {
         tokens: &[u32],
         offset: usize,
     ) -> Result<Vec<f32>> {
-        let x = self.forward(cpu, tokens, offset)?;
+        let x = self.forward(cpu, tokens, offset, None)?;
         self.head(cpu, &x)
     }
 
@@ -250,7 +254,16 @@ impl CpuDecoder {
 
     /// The hidden states [n, hidden] after the last layer, for `tokens` at positions
     /// `offset..` (at least one, within the KV cache).
-    fn forward(&mut self, cpu: &CpuContext, tokens: &[u32], offset: usize) -> Result<Vec<f32>> {
+    ///
+    /// With `starts` (offset 0), the tokens are inputs packed one after another (each input's
+    /// first row, then the number of rows), each attending within its own input only.
+    fn forward(
+        &mut self,
+        cpu: &CpuContext,
+        tokens: &[u32],
+        offset: usize,
+        starts: Option<&[usize]>,
+    ) -> Result<Vec<f32>> {
         let n = tokens.len();
         if n == 0 || offset + n > self.max_ctx {
             return Err(Error::ContextOverflow {
@@ -337,17 +350,15 @@ impl CpuDecoder {
                 scale: c.attn_scale,
                 window: w.spec.window,
                 softcap: c.attn_softcap,
-                bidirectional: false,
+                bidirectional: c.bidirectional,
             };
-            kernels::attention(
-                pool,
-                &shape,
-                &q,
-                &cache.keys[..end * kvw],
-                &cache.values[..end * kvw],
-                offset,
-                &mut att,
-            );
+            let (keys, values) = (&cache.keys[..end * kvw], &cache.values[..end * kvw]);
+            match starts {
+                Some(starts) => {
+                    kernels::attention_packed(pool, &shape, &q, keys, values, starts, &mut att)
+                }
+                None => kernels::attention(pool, &shape, &q, keys, values, offset, &mut att),
+            }
             match &w.post_attn_norm {
                 Some(g) => {
                     kernels::matmul(pool, &w.o, &att, n, &mut h, false)?;

@@ -27,14 +27,69 @@ pub const COMPANION_FILES: [&str; 7] = [
     "sentence_bert_config.json",
 ];
 
+/// The weights file of a sentence-transformers module folder (a `Dense` module's).
+pub const MODULE_WEIGHTS: &str = "model.safetensors";
+
 /// What a folder holds: where its weights are, and its companion files' text.
 #[derive(Clone, Debug)]
 pub struct FolderPlan {
     /// Weight files (paths or URLs), in order.
     pub weights: Vec<String>,
     pub index: Option<SafetensorsIndex>,
-    /// Companion file name → its text, for those present.
+    /// Companion file name → its text, for those present (with each `Dense` module's
+    /// `<dir>/config.json`).
     pub companions: BTreeMap<String, String>,
+    /// `<dir>/model.safetensors` → its bytes, for each `Dense` module of `modules.json`
+    /// (EmbeddingGemma's projections after pooling): small, read whole.
+    pub module_weights: BTreeMap<String, Vec<u8>>,
+}
+
+/// The folders of the sentence-transformers `Dense` modules that `modules.json` lists, in order.
+/// A folder must be a plain relative name (letters, digits, `_`, `-`, `.`; not `.` or `..`): a
+/// model file is untrusted, and its modules must not reach outside the model's folder.
+pub fn dense_module_dirs(
+    companions: &BTreeMap<String, String>,
+    folder: &str,
+) -> Result<Vec<String>> {
+    let Some(text) = companions.get("modules.json") else {
+        return Ok(Vec::new());
+    };
+    let bad = |detail: String| Error::Config {
+        source_name: join(folder, "modules.json"),
+        detail,
+    };
+    let modules: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let mut dirs = Vec::new();
+    for m in modules.as_array().into_iter().flatten() {
+        if !m["type"].as_str().is_some_and(|t| t.ends_with(".Dense")) {
+            continue;
+        }
+        let dir = m["path"].as_str().unwrap_or("");
+        let plain = !dir.is_empty()
+            && dir != "."
+            && dir != ".."
+            && dir
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !plain {
+            return Err(bad(format!(
+                "a Dense module's path must be a folder name inside the model's folder, not {dir:?}"
+            )));
+        }
+        dirs.push(dir.to_string());
+    }
+    Ok(dirs)
+}
+
+/// The error for a `Dense` module folder that lacks a file.
+pub fn missing_module_file(folder: &str, file: &str) -> Error {
+    Error::Io {
+        source_name: join(folder, file),
+        detail: "modules.json lists a Dense module whose folder lacks this file (its weights \
+                 are read from model.safetensors only)"
+            .into(),
+    }
 }
 
 /// Checks a plan's companions: safetensors weights need `config.json`.
@@ -114,10 +169,28 @@ pub fn plan_directory(dir: &std::path::Path) -> Result<FolderPlan> {
             }
         }
     };
+    let mut module_weights = BTreeMap::new();
+    for module in dense_module_dirs(&companions, &name)? {
+        let read = |f: &str| {
+            let file = format!("{module}/{f}");
+            std::fs::read(dir.join(&file)).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => missing_module_file(&name, &file),
+                _ => crate::load::io_error(&path(&file), e),
+            })
+        };
+        let config = read("config.json")?;
+        let text = String::from_utf8(config).map_err(|_| Error::Config {
+            source_name: path(&format!("{module}/config.json")),
+            detail: "not UTF-8 text".into(),
+        })?;
+        companions.insert(format!("{module}/config.json"), text);
+        module_weights.insert(format!("{module}/{MODULE_WEIGHTS}"), read(MODULE_WEIGHTS)?);
+    }
     let plan = FolderPlan {
         weights,
         index,
         companions,
+        module_weights,
     };
     check_companions(&name, &plan)?;
     Ok(plan)

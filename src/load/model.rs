@@ -168,6 +168,9 @@ pub struct LoadedModelFiles<T = GpuTensor> {
     pub sha256: Vec<String>,
     /// The text files that came with the weights (`config.json`, `tokenizer.json`, …) by name.
     pub companions: std::collections::BTreeMap<String, String>,
+    /// The weights of a sentence-transformers folder's `Dense` modules, by file
+    /// (`2_Dense/model.safetensors`): see [`crate::load::folder::FolderPlan`].
+    pub module_weights: std::collections::BTreeMap<String, Vec<u8>>,
 }
 
 /// Loads a model made of several files as one: the splits of a GGUF model
@@ -252,6 +255,7 @@ pub async fn load_model<S: ByteSource, D: LoadTarget>(
         gpu_bytes,
         sha256,
         companions: Default::default(),
+        module_weights: Default::default(),
     })
 }
 
@@ -320,5 +324,6 @@ pub async fn load_directory<D: LoadTarget>(
         .collect::<Result<Vec<_>>>()?;
     let mut model = load_model(target, files, plan.index.as_ref(), concurrency, opts).await?;
     model.companions = plan.companions;
+    model.module_weights = plan.module_weights;
     Ok(model)
 }

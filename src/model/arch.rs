@@ -349,8 +349,9 @@ pub const ARCHS: &[ArchSpec] = &[
     },
     ArchSpec {
         arch: Architecture::Gemma3,
-        gguf: &["gemma3"],
-        hf: &["gemma3_text", "Gemma3ForCausalLM"],
+        // llama.cpp's `gemma-embedding` is EmbeddingGemma: Gemma 3 attending both ways.
+        gguf: &["gemma3", "gemma-embedding"],
+        hf: &["gemma3_text", "Gemma3ForCausalLM", "Gemma3TextModel"],
         tensors: GEMMA3_TENSORS,
         hf_names: GEMMA_HF_NAMES,
         block: BlockTraits {

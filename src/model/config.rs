@@ -23,7 +23,8 @@ pub enum LayerRope {
 /// What differs between the layers of a model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LayerSpec {
-    /// Sliding-window attention over this many positions (the query's own included).
+    /// Sliding-window attention over this many positions (the query's own included); with
+    /// [`ModelConfig::bidirectional`], over the keys less than this many positions away.
     pub window: Option<usize>,
     pub rope: LayerRope,
 }
@@ -87,6 +88,19 @@ pub struct ModelConfig {
     pub norm_offset: f32,
     /// Tensor names are GGUF's (else Hugging Face's).
     pub gguf_names: bool,
+    /// Every token attends to the whole input, not only to earlier positions (an embedder made
+    /// from a decoder: EmbeddingGemma's `use_bidirectional_attention`, llama.cpp's
+    /// `gemma-embedding`). Sliding windows become symmetric.
+    pub bidirectional: bool,
+}
+
+/// The window of a bidirectional model's local layers as [`LayerSpec::window`] counts it (keys
+/// less than that many positions away) from the `sliding_window` its files give: transformers
+/// lets a token see `sliding_window / 2` positions on either side (its config sets
+/// `sliding_window // 2 + 1` as an exclusive bound), llama.cpp's symmetric window the same
+/// (`|q - k| <= n_swa / 2`).
+fn symmetric_window(sliding_window: usize) -> usize {
+    sliding_window / 2 + 1
 }
 
 /// The largest sizes a configuration may declare. They are far above every model there is
@@ -255,7 +269,19 @@ impl ModelConfig {
                 attention_factor: opt_f("rope.scaling.attn_factor")?.unwrap_or(1.0),
             };
         }
-        let window = opt_u("attention.sliding_window")?.filter(|&w| w > 0);
+        // llama.cpp's `gemma-embedding` (EmbeddingGemma) attends both ways, and so does a file
+        // that says it is not causal.
+        let bidirectional = arch_name == "gemma-embedding"
+            || meta.get_opt::<bool>(&key("attention.causal"))? == Some(false);
+        let window = opt_u("attention.sliding_window")?
+            .filter(|&w| w > 0)
+            .map(|w| {
+                if bidirectional {
+                    symmetric_window(w)
+                } else {
+                    w
+                }
+            });
         let layer_specs: Vec<LayerSpec> = (0..layers)
             .map(|i| {
                 let (local, rope) = match arch {
@@ -326,6 +352,7 @@ impl ModelConfig {
             // llama.cpp's converter already added Gemma's 1 to the norm weights.
             norm_offset: 0.0,
             gguf_names: true,
+            bidirectional,
         };
         config.validate(meta.file())
     }
@@ -475,8 +502,16 @@ impl ModelConfig {
             ..rope
         });
 
-        // Which layers attend through a sliding window.
-        let window = opt_int("sliding_window").filter(|&w| w > 0);
+        // Which layers attend through a sliding window (symmetric for an embedder that attends
+        // both ways).
+        let bidirectional = v["use_bidirectional_attention"].as_bool() == Some(true);
+        let window = opt_int("sliding_window").filter(|&w| w > 0).map(|w| {
+            if bidirectional {
+                symmetric_window(w)
+            } else {
+                w
+            }
+        });
         let layer_types: Option<Vec<&str>> = v["layer_types"]
             .as_array()
             .map(|a| a.iter().map(|t| t.as_str().unwrap_or("")).collect());
@@ -578,6 +613,7 @@ impl ModelConfig {
             final_softcap: cap("final_logit_softcapping"),
             norm_offset: spec.block.hf_norm_offset,
             gguf_names: false,
+            bidirectional,
         };
         config.validate(source)
     }
@@ -675,6 +711,7 @@ impl ModelConfig {
                     LayerRope::None => "no-rope ",
                 };
                 match l.window {
+                    Some(w) if self.bidirectional => format!("{r}window ±{}", w - 1),
                     Some(w) => format!("{r}window {w}"),
                     None => format!("{r}global"),
                 }
@@ -703,7 +740,11 @@ impl ModelConfig {
              block: pre-norm RMSNorm (eps {:e}){}{}{}, {} gate, attention scale {}{}{}{}\n\
              rope: theta {} ({:?}, {} of {} dims rotate){}{}\n\
              layers: {}",
-            self.architecture.name(),
+            if self.bidirectional {
+                format!("{} (bidirectional)", self.architecture.name())
+            } else {
+                self.architecture.name().to_string()
+            },
             self.layers,
             self.hidden,
             self.heads,

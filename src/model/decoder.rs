@@ -222,6 +222,11 @@ pub struct Graph {
     /// [max_tokens, vocab], or [1, vocab] when only the last token's logits are computed.
     pub logits: GpuTensor,
     pub dispatches: Vec<Dispatch>,
+    /// How many of `dispatches` are the layers' (the rest are the LM head's, which
+    /// [`Decoder::final_hidden`] does not run).
+    body: usize,
+    /// Packed inputs: each token's `[first, end)` positions (see [`Decoder::graph_packed`]).
+    segments: Option<GpuTensor>,
     /// The best candidates of every token's logits, computed on the GPU so a step reads back
     /// 8·k bytes per token instead of the vocabulary, and the rows' softmax statistics.
     candidates: TopK,
@@ -497,9 +502,34 @@ impl Decoder {
         candidates: usize,
         all_logits: bool,
     ) -> Result<Graph> {
+        self.build_graph(ctx, max_tokens, positions, candidates, all_logits, false)
+            .await
+    }
+
+    /// The graph of an embedder's pass over several inputs packed one after another (up to
+    /// `max_tokens` in all, from position 0, at most the KV cache's positions): each token
+    /// attends within its own input only, and RoPE rotates by the pass's positions (which keeps
+    /// every distance within an input). Run by [`Decoder::final_hidden_packed`].
+    pub async fn graph_packed(&self, ctx: &GpuContext, max_tokens: usize) -> Result<Graph> {
+        self.build_graph(ctx, max_tokens, max_tokens, 1, false, true)
+            .await
+    }
+
+    async fn build_graph(
+        &self,
+        ctx: &GpuContext,
+        max_tokens: usize,
+        positions: usize,
+        candidates: usize,
+        all_logits: bool,
+        packed: bool,
+    ) -> Result<Graph> {
         let c = &self.config;
         let t = max_tokens;
         let step = StepState::new(ctx, t, positions)?;
+        let segments = packed
+            .then(|| ctx.zeros("segments", &[t, 2], DType::I32))
+            .transpose()?;
         let f32z = |name: &str, shape: &[usize]| ctx.zeros(name, shape, DType::F32);
         let ids = ctx.zeros("ids", &[t], DType::I32)?;
         let x = f32z("x", &[t, c.hidden])?;
@@ -582,6 +612,8 @@ impl Decoder {
                 scratch: scratch.clone(),
                 window: w.spec.window,
                 softcap: c.attn_softcap,
+                bidirectional: c.bidirectional,
+                segments: segments.clone(),
                 ..Default::default()
             };
             let att = kernels::attention(ctx, &step, qr, &self.kv, l, &o3, &opts).await?;
@@ -624,6 +656,8 @@ impl Decoder {
             )
             .await?;
         }
+        // The layers' dispatches end here; the LM head's follow.
+        let body = d.len();
         // The final norm is the output projection's prologue.
         let head = Linear {
             norm: Some((&self.out_norm, c.rms_eps)),
@@ -678,6 +712,8 @@ impl Decoder {
             last,
             logits,
             dispatches: d,
+            body,
+            segments,
             normed,
             final_norm,
             candidates,
@@ -734,7 +770,7 @@ impl Decoder {
         offset: usize,
         readout: Readout<'_>,
     ) -> Result<StepOutput> {
-        let rec = self.record_step(ctx, graph, StepInput::Host(tokens), offset)?;
+        let rec = self.record_step(ctx, graph, StepInput::Host(tokens), offset, true)?;
         self.finish_step(ctx, graph, rec, tokens.len(), readout, false)
             .await
     }
@@ -754,7 +790,7 @@ impl Decoder {
         readout: Readout<'_>,
         mask: impl FnOnce() -> Result<Vec<u32>>,
     ) -> Result<StepOutput> {
-        self.record_step(ctx, graph, StepInput::Host(tokens), offset)?
+        self.record_step(ctx, graph, StepInput::Host(tokens), offset, true)?
             .submit()?;
         let words = mask()?;
         let need = kernels::mask_words(self.config.vocab);
@@ -909,7 +945,7 @@ impl Decoder {
             StepInput::Host(tokens) => tokens.len(),
             StepInput::Gpu => 1,
         };
-        let mut rec = self.record_step(ctx, graph, input, offset)?;
+        let mut rec = self.record_step(ctx, graph, input, offset, true)?;
         let row = graph.last_row(n);
         draw.row = row as u32;
         graph.draw.set(ctx, &draw);
@@ -993,6 +1029,7 @@ impl Decoder {
         graph: &mut Graph,
         input: StepInput<'_>,
         offset: usize,
+        head: bool,
     ) -> Result<Recorder<'c>> {
         let n = match input {
             StepInput::Host(tokens) => tokens.len(),
@@ -1024,7 +1061,12 @@ impl Decoder {
             ctx.write_i32(last, &[n as i32 - 1])?;
         }
         let mut rec = ctx.recorder();
-        rec.dispatch_all(&graph.dispatches);
+        let end = if head {
+            graph.dispatches.len()
+        } else {
+            graph.body
+        };
+        rec.dispatch_all(&graph.dispatches[..end]);
         Ok(rec)
     }
 
@@ -1101,12 +1143,49 @@ impl Decoder {
         tokens: &[u32],
         offset: usize,
     ) -> Result<Vec<f32>> {
-        let mut rec = self.record_step(ctx, graph, StepInput::Host(tokens), offset)?;
+        let mut rec = self.record_step(ctx, graph, StepInput::Host(tokens), offset, false)?;
         rec.dispatch(&graph.final_norm);
         let slot = rec.read(&graph.normed);
         let mut rows = rec.submit_and_read().await?.f32(slot)?;
         rows.truncate(tokens.len() * self.config.hidden);
         Ok(rows)
+    }
+
+    /// Runs several inputs packed one after another through a graph of
+    /// [`Decoder::graph_packed`] (their tokens at most its step size in all) and returns their
+    /// hidden states after the final norm, `[tokens, hidden]`, inputs in order.
+    pub async fn final_hidden_packed(
+        &self,
+        ctx: &GpuContext,
+        graph: &mut Graph,
+        inputs: &[&[u32]],
+    ) -> Result<Vec<f32>> {
+        let Some(segments) = &graph.segments else {
+            return Err(Error::ShapeMismatch {
+                kernel: "step",
+                detail: "packed inputs need a graph built for them (graph_packed)".into(),
+            });
+        };
+        let tokens: Vec<u32> = inputs.concat();
+        if tokens.len() > graph.step.max_tokens() {
+            return Err(Error::ShapeMismatch {
+                kernel: "step",
+                detail: format!(
+                    "{} packed tokens are more than the graph's step of {}",
+                    tokens.len(),
+                    graph.step.max_tokens()
+                ),
+            });
+        }
+        let mut pairs = Vec::with_capacity(2 * tokens.len());
+        let mut first = 0;
+        for input in inputs {
+            let end = first + input.len();
+            pairs.extend(input.iter().flat_map(|_| [first as i32, end as i32]));
+            first = end;
+        }
+        ctx.write_i32(segments, &pairs)?;
+        self.final_hidden(ctx, graph, &tokens, 0).await
     }
 
     /// Runs `tokens` (at most the graph's step size) at positions `offset..`, and returns the
@@ -1118,7 +1197,7 @@ impl Decoder {
         tokens: &[u32],
         offset: usize,
     ) -> Result<Vec<f32>> {
-        let mut rec = self.record_step(ctx, graph, StepInput::Host(tokens), offset)?;
+        let mut rec = self.record_step(ctx, graph, StepInput::Host(tokens), offset, true)?;
         let slot = rec.read(&graph.logits);
         let mut logits = rec.submit_and_read().await?.f32(slot)?;
         logits.truncate(tokens.len() * self.config.vocab);

@@ -5,8 +5,13 @@
 //! logits are read. The decoder is the same graph (GPU, [`Decoder`]) and the same pass (CPU,
 //! [`CpuDecoder`]) as for generation: an embedder is a description, not a new model.
 //!
-//! Inputs run one at a time (a causal pass needs its own positions in the KV cache), in chunks
-//! of the graph's step size; the KV cache holds f32 (the exact path) for `max_tokens` positions.
+//! A decoder that attends both ways (EmbeddingGemma: [`ModelConfig::bidirectional`], its local
+//! layers' windows symmetric) is the same graph with bidirectional attention.
+//!
+//! Several inputs run as one pass, packed one after another (up to `max_tokens` tokens in all:
+//! the KV cache, f32 for the exact path, holds that many positions): every matrix product reads
+//! each weight once for all of them, and attention keeps each token to its own input (causal or
+//! not), RoPE rotating by the pass's positions, which keeps every distance within an input.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,7 +23,8 @@ use crate::model::decoder::{Decoder, Graph};
 use crate::model::encoder::EncoderConfig;
 use crate::model::ModelConfig;
 
-/// Tokens per GPU step: long inputs run as several.
+/// The step of the smaller GPU graph: passes up to this many tokens run in it, longer ones in
+/// a graph of `max_tokens`.
 const STEP_TOKENS: usize = 256;
 
 /// The longest input a decoder-based embedder takes by default: its KV cache (f32, every layer)
@@ -43,9 +49,9 @@ fn add_model_prefix<T>(model: &ModelConfig, tensors: &mut HashMap<String, T>) {
 pub struct GpuDecoderEmbedder {
     config: EncoderConfig,
     decoder: Decoder,
-    /// The step graph, taken by a call while it runs (a second call at the same time builds
-    /// its own).
-    graph: Mutex<Option<Graph>>,
+    /// Step graphs by step size, each taken by a call while it runs (a second call at the same
+    /// time builds its own).
+    graphs: Mutex<HashMap<usize, Graph>>,
 }
 
 impl GpuDecoderEmbedder {
@@ -57,49 +63,51 @@ impl GpuDecoderEmbedder {
     ) -> Result<Self> {
         add_model_prefix(&model, &mut tensors);
         let decoder = Decoder::new(ctx, model, tensors, config.max_tokens, DType::F32).await?;
-        let graph = Self::build_graph(ctx, &decoder, &config).await?;
         Ok(GpuDecoderEmbedder {
             config,
             decoder,
-            graph: Mutex::new(Some(graph)),
+            graphs: Mutex::new(HashMap::new()),
         })
-    }
-
-    async fn build_graph(ctx: &GpuContext, decoder: &Decoder, c: &EncoderConfig) -> Result<Graph> {
-        let step = STEP_TOKENS.min(c.max_tokens);
-        decoder.graph_with(ctx, step, c.max_tokens, 1, false).await
     }
 
     pub fn config(&self) -> &EncoderConfig {
         &self.config
     }
 
-    /// One input's hidden states after the final norm, `[tokens, hidden]`.
-    pub async fn hidden_states(&self, ctx: &GpuContext, ids: &[u32]) -> Result<Vec<f32>> {
-        self.config.check_input(ids)?;
-        let taken = self.graph.lock().map_err(|_| poisoned())?.take();
+    /// The step size for a pass of `n` tokens: [`STEP_TOKENS`] when they fit (drivers pay for
+    /// every workgroup a larger graph launches), else the longest pass.
+    fn step_for(&self, n: usize) -> usize {
+        let small = STEP_TOKENS.min(self.config.max_tokens);
+        if n > small {
+            self.config.max_tokens
+        } else {
+            small
+        }
+    }
+
+    /// The hidden states after the final norm of inputs packed into one pass (at most
+    /// `max_tokens` in all), `[tokens, hidden]`, inputs in order.
+    pub async fn hidden_states_packed(
+        &self,
+        ctx: &GpuContext,
+        inputs: &[&[u32]],
+    ) -> Result<Vec<f32>> {
+        let n = pass_tokens(&self.config, inputs)?;
+        let step = self.step_for(n);
+        let taken = self.graphs.lock().map_err(|_| poisoned())?.remove(&step);
         let mut graph = match taken {
             Some(g) => g,
-            None => Self::build_graph(ctx, &self.decoder, &self.config).await?,
+            None => self.decoder.graph_packed(ctx, step).await?,
         };
-        let step = STEP_TOKENS.min(self.config.max_tokens);
-        let mut rows = Vec::with_capacity(ids.len() * self.config.hidden);
-        let mut result = Ok(());
-        for (i, chunk) in ids.chunks(step).enumerate() {
-            match self
-                .decoder
-                .final_hidden(ctx, &mut graph, chunk, i * step)
-                .await
-            {
-                Ok(r) => rows.extend(r),
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        *self.graph.lock().map_err(|_| poisoned())? = Some(graph);
-        result.map(|()| rows)
+        let rows = self
+            .decoder
+            .final_hidden_packed(ctx, &mut graph, inputs)
+            .await;
+        self.graphs
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(step, graph);
+        rows
     }
 
     /// Bytes of GPU memory: the weights, and the KV cache with the RoPE tables.
@@ -136,11 +144,12 @@ impl CpuDecoderEmbedder {
         &self.config
     }
 
-    /// One input's hidden states after the final norm, `[tokens, hidden]`.
-    pub fn hidden_states(&self, cpu: &CpuContext, ids: &[u32]) -> Result<Vec<f32>> {
-        self.config.check_input(ids)?;
+    /// The hidden states after the final norm of inputs packed into one pass (at most
+    /// `max_tokens` in all), `[tokens, hidden]`, inputs in order.
+    pub fn hidden_states_packed(&self, cpu: &CpuContext, inputs: &[&[u32]]) -> Result<Vec<f32>> {
+        pass_tokens(&self.config, inputs)?;
         let mut decoder = self.decoder.lock().map_err(|_| poisoned())?;
-        decoder.final_hidden(cpu, ids, 0)
+        decoder.final_hidden_packed(cpu, inputs)
     }
 
     /// Bytes of host memory: the weights, and the KV cache.
@@ -153,6 +162,23 @@ impl CpuDecoderEmbedder {
             })
             .unwrap_or(0)
     }
+}
+
+/// The tokens of a pass, each input checked: at most the model's `max_tokens` in all (the KV
+/// cache's positions).
+fn pass_tokens(config: &EncoderConfig, inputs: &[&[u32]]) -> Result<usize> {
+    for ids in inputs {
+        config.check_input(ids)?;
+    }
+    let n: usize = inputs.iter().map(|i| i.len()).sum();
+    if n == 0 || n > config.max_tokens {
+        return Err(Error::InvalidRequest(format!(
+            "{} inputs of {n} tokens in all do not make one pass of at most {}",
+            inputs.len(),
+            config.max_tokens
+        )));
+    }
+    Ok(n)
 }
 
 fn poisoned() -> Error {

@@ -31,6 +31,7 @@ use crate::model::decoder::{stack, vectors_to_f32, Proj};
 use crate::model::decoder_embedder::{
     CpuDecoderEmbedder, GpuDecoderEmbedder, MAX_DECODER_EMBED_TOKENS,
 };
+use crate::model::dense::{self, Dense};
 use crate::model::weights::expect;
 use crate::model::{Architecture, ModelConfig};
 use crate::text::Tokenizer;
@@ -110,6 +111,9 @@ pub struct EncoderConfig {
     /// Inputs are cut to this many tokens, special tokens included (sentence-transformers'
     /// `max_seq_length`, at most `max_positions`).
     pub max_tokens: usize,
+    /// Projections of the pooled vector before normalisation (sentence-transformers' `Dense`
+    /// modules: EmbeddingGemma's), in order.
+    pub dense: Vec<Dense>,
 }
 
 const MAX_TYPE_VOCAB: u64 = 1 << 10;
@@ -150,6 +154,25 @@ impl Shape {
 }
 
 impl EncoderConfig {
+    /// The length of the model's embeddings: the last `Dense` module's outputs, else the
+    /// hidden size.
+    pub fn dimensions(&self) -> usize {
+        self.dense.last().map_or(self.hidden, |d| d.out_features)
+    }
+
+    /// One input's embedding from its hidden states (`[tokens, hidden]`): pooled, projected by
+    /// the `Dense` modules, and L2-normalised when the model says so.
+    pub fn embedding(&self, hidden: &[f32]) -> Vec<f32> {
+        let mut v = pool(hidden, self.hidden, self.pooling);
+        for d in &self.dense {
+            v = d.apply(&v);
+        }
+        if self.normalize {
+            l2_normalize(&mut v);
+        }
+        v.into_iter().map(|x| x as f32).collect()
+    }
+
     /// An input the encoder can run: 1 to `max_tokens` ids, each inside the vocabulary.
     pub fn check_input(&self, ids: &[u32]) -> Result<()> {
         let n = ids.len();
@@ -181,7 +204,7 @@ impl EncoderConfig {
         };
         format!(
             "encoder: {:?}, {} layers, hidden {}, {} heads of {}, MLP {} ({mlp}{}), vocabulary \
-             {}, {positions}, inputs up to {} tokens, {:?} pooling{}",
+             {}, {positions}, inputs up to {} tokens, {:?} pooling{}{}",
             self.arch,
             self.layers,
             self.hidden,
@@ -196,6 +219,10 @@ impl EncoderConfig {
             self.vocab,
             self.max_tokens,
             self.pooling,
+            self.dense
+                .iter()
+                .map(|d| format!(", dense {}→{}", d.in_features, d.out_features))
+                .collect::<String>(),
             if self.normalize { ", normalised" } else { "" },
         )
     }
@@ -231,6 +258,7 @@ impl EncoderConfig {
             pooling,
             normalize,
             max_tokens: max_tokens.min(shape.max_positions),
+            dense: Vec::new(),
         }
     }
 
@@ -267,6 +295,45 @@ impl EncoderConfig {
         Ok(Self::build(
             arch, shape, eps, activation, rope_theta, pooling, normalize, max_tokens,
         ))
+    }
+
+    /// A sentence-transformers folder's description from its companion files: an encoder's
+    /// ([`EncoderConfig::from_companions`]), or a decoder's that pools
+    /// ([`EncoderConfig::for_decoder`], with the decoder's). Without its `Dense` modules (their
+    /// weights are not companions: [`crate::model::dense::from_folder`]).
+    pub fn from_folder(
+        companions: &BTreeMap<String, String>,
+        source: &str,
+    ) -> Result<(Self, Option<ModelConfig>)> {
+        let encoder_arch = companions
+            .get("config.json")
+            .and_then(|t| serde_json::from_str::<Value>(t).ok())
+            .and_then(|v| {
+                v["model_type"]
+                    .as_str()
+                    .and_then(EncoderArch::from_model_type)
+            });
+        match (encoder_arch, companions.get("config.json")) {
+            (None, Some(json)) if pools(companions) => {
+                let m = ModelConfig::from_hf_json(json, &format!("{source}/config.json"))?;
+                Ok((Self::for_decoder(&m, companions, source)?, Some(m)))
+            }
+            _ => Ok((Self::from_companions(companions, source)?, None)),
+        }
+    }
+
+    /// A GGUF embedding model's description: an encoder's ([`EncoderConfig::from_gguf`]), or
+    /// a decoder's with a pooling type ([`EncoderConfig::for_decoder_gguf`], with the
+    /// decoder's).
+    pub fn from_any_gguf(
+        meta: &GgufMetadata,
+        files: &crate::formats::ModelFiles,
+    ) -> Result<(Self, Option<ModelConfig>)> {
+        if EncoderArch::from_gguf_name(meta.architecture()?).is_some() {
+            return Ok((Self::from_gguf(meta)?, None));
+        }
+        let m = ModelConfig::from_gguf(meta, files)?;
+        Ok((Self::for_decoder_gguf(&m, meta)?, Some(m)))
     }
 
     /// A decoder-based embedder's description: the decoder's `model` (read from `config.json`
@@ -316,6 +383,7 @@ impl EncoderConfig {
             max_tokens: max_tokens
                 .min(model.max_positions)
                 .min(MAX_DECODER_EMBED_TOKENS),
+            dense: Vec::new(),
         }
     }
 
@@ -1254,37 +1322,49 @@ impl AnyEncoder {
 
     /// The last hidden states of several inputs, `[total tokens, hidden]` row-major, inputs in
     /// order: an encoder's in one packed pass (at most [`BATCH_TOKENS`] tokens in all, or one
-    /// input), a decoder-based embedder's after the final norm, one input after another.
+    /// input), a decoder-based embedder's after the final norm, in as many packed passes as its
+    /// [`AnyEncoder::pass_budget`] needs.
     pub async fn hidden_states(
         &self,
         dev: impl Into<Device<'_>>,
         inputs: &[&[u32]],
     ) -> Result<Vec<f32>> {
-        let mut rows = Vec::new();
         match (self, dev.into()) {
-            (AnyEncoder::Gpu(e), Device::Gpu(ctx)) => {
-                return e.hidden_states_packed(ctx, inputs).await
-            }
-            (AnyEncoder::Cpu(e), Device::Cpu(cpu)) => return e.hidden_states_packed(cpu, inputs),
+            (AnyEncoder::Gpu(e), Device::Gpu(ctx)) => e.hidden_states_packed(ctx, inputs).await,
+            (AnyEncoder::Cpu(e), Device::Cpu(cpu)) => e.hidden_states_packed(cpu, inputs),
             (AnyEncoder::GpuDecoder(e), Device::Gpu(ctx)) => {
-                for ids in inputs {
-                    rows.extend(e.hidden_states(ctx, ids).await?);
+                let mut rows = Vec::new();
+                for pass in passes(inputs, self.pass_budget()) {
+                    rows.extend(e.hidden_states_packed(ctx, pass).await?);
                 }
+                Ok(rows)
             }
             (AnyEncoder::CpuDecoder(e), Device::Cpu(cpu)) => {
-                for ids in inputs {
-                    rows.extend(e.hidden_states(cpu, ids)?);
+                let mut rows = Vec::new();
+                for pass in passes(inputs, self.pass_budget()) {
+                    rows.extend(e.hidden_states_packed(cpu, pass)?);
                 }
+                Ok(rows)
             }
-            _ => return Err(other_backend()),
+            _ => Err(other_backend()),
         }
-        Ok(rows)
+    }
+
+    /// The most tokens one pass packs: [`BATCH_TOKENS`] on the GPU and [`CPU_BATCH_TOKENS`] on
+    /// the CPU, and for a decoder-based embedder at most its `max_tokens` (its KV cache's
+    /// positions). An input longer than that runs alone.
+    pub fn pass_budget(&self) -> usize {
+        let max = self.config().max_tokens;
+        match self {
+            AnyEncoder::Gpu(_) => BATCH_TOKENS,
+            AnyEncoder::Cpu(_) => CPU_BATCH_TOKENS,
+            AnyEncoder::GpuDecoder(_) => max,
+            AnyEncoder::CpuDecoder(_) => CPU_BATCH_TOKENS.min(max),
+        }
     }
 
     /// Several inputs' embeddings, in order: packed together, as many as fit in
-    /// [`BATCH_TOKENS`] tokens per pass on the GPU and [`CPU_BATCH_TOKENS`] on the CPU (an
-    /// input longer than that runs alone); a decoder-based embedder's one at a time. Every input
-    /// is checked before any runs.
+    /// [`AnyEncoder::pass_budget`] tokens per pass. Every input is checked before any runs.
     pub async fn embed_batch(
         &self,
         dev: impl Into<Device<'_>>,
@@ -1295,33 +1375,16 @@ impl AnyEncoder {
         for ids in inputs {
             c.check_input(ids)?;
         }
-        let budget = match self {
-            AnyEncoder::Gpu(_) => BATCH_TOKENS,
-            AnyEncoder::Cpu(_) => CPU_BATCH_TOKENS,
-            AnyEncoder::GpuDecoder(_) | AnyEncoder::CpuDecoder(_) => 0,
-        };
+        let refs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
         let mut out = Vec::with_capacity(inputs.len());
-        let mut rest = inputs;
-        while !rest.is_empty() {
-            let mut total = 0;
-            let take = rest
-                .iter()
-                .take_while(|ids| {
-                    total += ids.len();
-                    total <= budget
-                })
-                .count()
-                .max(1);
-            let (batch, after) = rest.split_at(take);
-            let refs: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
-            let hidden = self.hidden_states(dev, &refs).await?;
+        for batch in passes(&refs, self.pass_budget()) {
+            let hidden = self.hidden_states(dev, batch).await?;
             let mut rows = hidden.as_slice();
             for ids in batch {
                 let (mine, next) = rows.split_at(ids.len() * c.hidden);
-                out.push(pool(mine, c.hidden, c.pooling, c.normalize));
+                out.push(c.embedding(mine));
                 rows = next;
             }
-            rest = after;
         }
         Ok(out)
     }
@@ -1342,6 +1405,28 @@ impl AnyEncoder {
             AnyEncoder::Cpu(_) | AnyEncoder::CpuDecoder(_) => {}
         }
     }
+}
+
+/// `inputs` cut into runs of consecutive inputs of at most `budget` tokens each (an input
+/// longer than that alone).
+fn passes<'a, 'b>(inputs: &'a [&'b [u32]], budget: usize) -> Vec<&'a [&'b [u32]]> {
+    let mut out = Vec::new();
+    let mut rest = inputs;
+    while !rest.is_empty() {
+        let mut total = 0;
+        let take = rest
+            .iter()
+            .take_while(|ids| {
+                total += ids.len();
+                total <= budget
+            })
+            .count()
+            .max(1);
+        let (pass, after) = rest.split_at(take);
+        out.push(pass);
+        rest = after;
+    }
+    out
 }
 
 fn other_backend() -> Error {
@@ -1445,7 +1530,11 @@ impl Embedder {
             Described::Encoder(config, names) => {
                 AnyEncoder::Gpu(Encoder::new(ctx, config, names, &mut model.tensors).await?)
             }
-            Described::Decoder(config, m) => {
+            Described::Decoder(mut config, m) => {
+                if model.files.gguf_metadata().is_some() {
+                    config.dense =
+                        dense::from_gguf_gpu(ctx, &mut model.tensors, config.hidden, name).await?;
+                }
                 let tensors = std::mem::take(&mut model.tensors);
                 AnyEncoder::GpuDecoder(GpuDecoderEmbedder::new(ctx, config, m, tensors).await?)
             }
@@ -1467,7 +1556,10 @@ impl Embedder {
             Described::Encoder(config, names) => {
                 AnyEncoder::Cpu(CpuEncoder::new(config, names, &mut model.tensors)?)
             }
-            Described::Decoder(config, m) => {
+            Described::Decoder(mut config, m) => {
+                if model.files.gguf_metadata().is_some() {
+                    config.dense = dense::from_gguf_host(&mut model.tensors, config.hidden, name)?;
+                }
                 let tensors = std::mem::take(&mut model.tensors);
                 AnyEncoder::CpuDecoder(CpuDecoderEmbedder::new(config, m, tensors)?)
             }
@@ -1483,36 +1575,19 @@ impl Embedder {
     /// companion files (a BERT-like encoder's `config.json`, or a decoder's with a
     /// sentence-transformers Pooling module).
     fn describe<T>(model: &LoadedModelFiles<T>, name: &str) -> Result<(Described, Tokenizer)> {
-        let (described, tokenizer) = match model.files.gguf_metadata() {
-            Some(meta) if EncoderArch::from_gguf_name(meta.architecture()?).is_none() => {
-                let m = ModelConfig::from_gguf(meta, &model.files)?;
-                let config = EncoderConfig::for_decoder_gguf(&m, meta)?;
-                (Described::Decoder(config, m), Tokenizer::from_gguf(meta)?)
+        let (mut described, tokenizer) = match model.files.gguf_metadata() {
+            Some(meta) => {
+                let described = match EncoderConfig::from_any_gguf(meta, &model.files)? {
+                    (config, Some(m)) => Described::Decoder(config, m),
+                    (config, None) => Described::Encoder(config, EncoderNames::Gguf),
+                };
+                (described, Tokenizer::from_gguf(meta)?)
             }
-            Some(meta) => (
-                Described::Encoder(EncoderConfig::from_gguf(meta)?, EncoderNames::Gguf),
-                Tokenizer::from_gguf(meta)?,
-            ),
             None => {
                 let companions = &model.companions;
-                let encoder_arch = companions
-                    .get("config.json")
-                    .and_then(|t| serde_json::from_str::<Value>(t).ok())
-                    .and_then(|v| {
-                        v["model_type"]
-                            .as_str()
-                            .and_then(EncoderArch::from_model_type)
-                    });
-                let described = match (encoder_arch, companions.get("config.json")) {
-                    (None, Some(json)) if pools(companions) => {
-                        let source = format!("{name}/config.json");
-                        let m = ModelConfig::from_hf_json(json, &source)?;
-                        Described::Decoder(EncoderConfig::for_decoder(&m, companions, name)?, m)
-                    }
-                    _ => Described::Encoder(
-                        EncoderConfig::from_companions(companions, name)?,
-                        EncoderNames::HuggingFace,
-                    ),
+                let described = match EncoderConfig::from_folder(companions, name)? {
+                    (config, Some(m)) => Described::Decoder(config, m),
+                    (config, None) => Described::Encoder(config, EncoderNames::HuggingFace),
                 };
                 let tokenizer = match companions.get("tokenizer.json") {
                     Some(json) => Tokenizer::from_json_str(json)?,
@@ -1528,9 +1603,17 @@ impl Embedder {
                 (described, tokenizer)
             }
         };
-        let config = match &described {
+        let config = match &mut described {
             Described::Encoder(c, _) | Described::Decoder(c, _) => c,
         };
+        if model.files.gguf_metadata().is_none() {
+            config.dense = dense::from_folder(
+                &model.companions,
+                &model.module_weights,
+                config.hidden,
+                name,
+            )?;
+        }
         if tokenizer.vocab_size() > config.vocab {
             return Err(Error::VocabMismatch {
                 tokenizer: tokenizer.vocab_size(),
@@ -1647,12 +1730,11 @@ impl Embedder {
     }
 }
 
-/// Pools `[tokens, hidden]` states into one vector (in f64, rounded once), L2-normalised when
-/// `normalize` (a zero vector stays zero).
-pub fn pool(hidden: &[f32], width: usize, pooling: Pooling, normalize: bool) -> Vec<f32> {
+/// Pools `[tokens, hidden]` states into one vector, in f64.
+pub fn pool(hidden: &[f32], width: usize, pooling: Pooling) -> Vec<f64> {
     let n = hidden.len() / width;
     let row = |t: usize| &hidden[t * width..(t + 1) * width];
-    let mut v: Vec<f64> = match pooling {
+    match pooling {
         Pooling::Mean => {
             let mut sum = vec![0.0f64; width];
             for t in 0..n {
@@ -1664,14 +1746,15 @@ pub fn pool(hidden: &[f32], width: usize, pooling: Pooling, normalize: bool) -> 
         }
         Pooling::Cls => row(0).iter().map(|&x| f64::from(x)).collect(),
         Pooling::LastToken => row(n - 1).iter().map(|&x| f64::from(x)).collect(),
-    };
-    if normalize {
-        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-        if norm > 0.0 {
-            v.iter_mut().for_each(|x| *x /= norm);
-        }
     }
-    v.into_iter().map(|x| x as f32).collect()
+}
+
+/// Divides `v` by its L2 norm (a zero vector stays as it is).
+fn l2_normalize(v: &mut [f64]) {
+    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
 }
 
 /// The first `dimensions` values of an embedding (Matryoshka truncation), L2-normalised again
@@ -1683,10 +1766,7 @@ pub fn shorten(vector: &[f32], dimensions: usize, normalize: bool) -> Option<Vec
     }
     let mut v: Vec<f64> = vector[..dimensions].iter().map(|&x| f64::from(x)).collect();
     if normalize {
-        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-        if norm > 0.0 {
-            v.iter_mut().for_each(|x| *x /= norm);
-        }
+        l2_normalize(&mut v);
     }
     Some(v.into_iter().map(|x| x as f32).collect())
 }
@@ -1939,11 +2019,15 @@ mod tests {
     #[test]
     fn pooling_by_hand() {
         let h = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
-        assert_eq!(pool(&h, 2, Pooling::Mean, false), vec![3.0, 4.0]);
-        assert_eq!(pool(&h, 2, Pooling::Cls, false), vec![1.0, 2.0]);
-        assert_eq!(pool(&h, 2, Pooling::LastToken, false), vec![5.0, 6.0]);
-        assert_eq!(pool(&[3.0, 4.0], 2, Pooling::Cls, true), vec![0.6, 0.8]);
-        assert_eq!(pool(&[0.0, 0.0], 2, Pooling::Cls, true), vec![0.0, 0.0]);
+        assert_eq!(pool(&h, 2, Pooling::Mean), vec![3.0, 4.0]);
+        assert_eq!(pool(&h, 2, Pooling::Cls), vec![1.0, 2.0]);
+        assert_eq!(pool(&h, 2, Pooling::LastToken), vec![5.0, 6.0]);
+        let mut v = vec![3.0, 4.0];
+        l2_normalize(&mut v);
+        assert_eq!(v, vec![0.6, 0.8]);
+        let mut zero = vec![0.0, 0.0];
+        l2_normalize(&mut zero);
+        assert_eq!(zero, vec![0.0, 0.0]);
         assert_eq!(shorten(&[3.0, 4.0, 5.0], 2, true), Some(vec![0.6, 0.8]));
         assert_eq!(shorten(&[3.0, 4.0, 5.0], 2, false), Some(vec![3.0, 4.0]));
         assert_eq!(shorten(&[3.0], 2, true), None);

@@ -9,6 +9,7 @@ pub mod arch;
 mod config;
 pub(crate) mod decoder;
 pub mod decoder_embedder;
+pub mod dense;
 pub mod encoder;
 pub(crate) mod weights;
 

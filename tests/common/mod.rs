@@ -554,17 +554,12 @@ pub enum TinyGguf {
 /// sentence-transformers folder and llama.cpp's GGUF conversion of it: BERT, nomic-embed-text,
 /// and a decoder-based embedder (Qwen3-Embedding's layout, which runs inputs one at a time
 /// rather than packed).
-pub const TINY_EMBEDDERS: [(&str, TinyGguf); 3] = [
+pub const TINY_EMBEDDERS: [(&str, TinyGguf); 4] = [
     ("tiny-bert", TinyGguf::WithVocab),
     ("tiny-nomic-bert", TinyGguf::WithVocab),
     ("tiny-qwen3-embedding", TinyGguf::IdsOnly),
+    ("tiny-embeddinggemma", TinyGguf::IdsOnly),
 ];
-
-/// Whether the tiny embedding model `name` packs inputs into passes (an encoder), so that more
-/// inputs than one pass holds are worth checking.
-pub fn packs(name: &str) -> bool {
-    name != "tiny-qwen3-embedding"
-}
 
 /// The tiny random embedding model `name` (one of [`TINY_EMBEDDERS`]) against transformers, for
 /// a model on either backend given as `hidden` (the packed last hidden states of some inputs, `[tokens,
@@ -573,15 +568,14 @@ pub fn packs(name: &str) -> bool {
 ///   orders differ from PyTorch's, about 1e-6 here) and its embedding, unit length, within
 ///   cosine distance 1e-5;
 /// - all inputs packed in one pass: the same rows, each input seeing only its own tokens;
-/// - with `passes`, more inputs than one pass packs
-///   ([`BATCH_TOKENS`](pocketlm::model::encoder::BATCH_TOKENS)), each embedding as the
-///   reference's; else the inputs twice over, in one call.
+/// - with `pass_budget` (the tokens one pass packs), more inputs than one pass packs, each
+///   embedding as the reference's; else the inputs twice over, in one call.
 pub fn check_tiny_encoder(
     name: &str,
     width: usize,
     hidden: impl Fn(&[&[u32]]) -> Vec<f32>,
     embed: impl Fn(&[Vec<u32>]) -> Vec<Vec<f32>>,
-    passes: bool,
+    pass_budget: Option<usize>,
 ) {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/models")
@@ -639,9 +633,9 @@ pub fn check_tiny_encoder(
     );
 
     let per_round: usize = inputs.iter().map(Vec::len).sum();
-    let rounds = match passes {
-        true => pocketlm::model::encoder::BATCH_TOKENS / per_round + 2,
-        false => 2,
+    let rounds = match pass_budget {
+        Some(budget) => budget / per_round + 2,
+        None => 2,
     };
     let many: Vec<Vec<u32>> = (0..rounds).flat_map(|_| inputs.iter().cloned()).collect();
     let embeddings = embed(&many);
@@ -693,7 +687,7 @@ pub fn check_tiny_embedder(
         encoder.config().hidden,
         |inputs| pollster::block_on(encoder.hidden_states(dev, inputs)).unwrap(),
         |inputs| pollster::block_on(encoder.embed_batch(dev, inputs)).unwrap(),
-        passes,
+        passes.then(|| encoder.pass_budget()),
     );
     if !texts {
         return;

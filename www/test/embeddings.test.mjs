@@ -178,12 +178,14 @@ test("the CPU backend embeds too (auto here), as sentence-transformers; a chat m
   assert.match(r.refused.message, /is a chat model: embeddings need a sentence-embedding model/);
 });
 
-test("nomic-embed-text, GGUF encoders and a decoder-based embedder embed as transformers on both backends", async () => {
+test("nomic-embed-text, GGUF encoders and decoder-based embedders embed as transformers on both backends", async () => {
   const sources = [
     ["tiny-nomic-bert", "/fixtures/tiny-nomic-bert/"],
     ["tiny-nomic-bert", "/fixtures/tiny-nomic-bert.gguf"],
     ["tiny-bert", "/fixtures/tiny-bert.gguf"],
     ["tiny-qwen3-embedding", "/fixtures/tiny-qwen3-embedding/"],
+    // EmbeddingGemma's layout: bidirectional Gemma 3, its Dense modules fetched from the folder.
+    ["tiny-embeddinggemma", "/fixtures/tiny-embeddinggemma/"],
   ];
   for (const [name, url] of sources) {
     const ref = JSON.parse(readFileSync(join(ROOT, "tests", "fixtures", "models", name, "reference.json"), "utf8"));
