@@ -3,7 +3,7 @@
 //! each weight row in its stored format and dequantize one block at a time into a small buffer
 //! that the dot products of all the step's tokens share: no float copy of a matrix is made.
 
-use pocketlm_cpu::ops::{self, Fused, Weights, CHUNK};
+use pocketlm_cpu::ops::{self, Fused, Weights, CHUNK, TILE_ROWS};
 
 use crate::cpu::{HostTensor, Pool};
 use crate::error::{Error, Result};
@@ -112,6 +112,34 @@ pub fn matmul(
         _ => Vec::new(),
     };
     let out = Out(y.as_mut_ptr());
+    if m >= 2 {
+        // Tiles of four weight rows, dequantized once for all m rows of x (the last tile padded
+        // with zero rows whose products are dropped).
+        pool.ranges(n.div_ceil(TILE_ROWS), &|t0, t1| {
+            let mut tile = vec![0f32; TILE_ROWS * k];
+            for t in t0..t1 {
+                let j0 = t * TILE_ROWS;
+                let rows = TILE_ROWS.min(n - j0);
+                for (r, dst) in tile.chunks_exact_mut(k).enumerate() {
+                    match bytes.get((j0 + r) * row_bytes..(j0 + r + 1) * row_bytes) {
+                        Some(row) if r < rows => ops::dequant_row(format, row, dst),
+                        _ => dst.fill(0.0),
+                    }
+                }
+                ops::gemm_tile(&tile, x, k, &mut |i, r, v| {
+                    if r < rows {
+                        // SAFETY: the columns of tile t belong to this task alone; i·n + j0 + r
+                        // < m·n = y.len().
+                        unsafe {
+                            let p = out.at(i * n + j0 + r);
+                            *p = if accumulate { *p + v } else { v };
+                        }
+                    }
+                });
+            }
+        });
+        return Ok(());
+    }
     pool.ranges(n, &|j0, j1| {
         let mut acc = vec![0f32; m];
         let mut buf = [0f32; CHUNK];
