@@ -316,18 +316,11 @@ mod cli {
             }
             match plan.companions.get("config.json") {
                 Some(_) if pocketlm::model::encoder::is_encoder(&plan.companions) => {
-                    let described = EncoderConfig::from_folder(&plan.companions, &model).and_then(
-                        |(mut c, decoder)| {
-                            c.dense = pocketlm::model::dense::from_folder(
-                                &plan.companions,
-                                &plan.module_weights,
-                                c.hidden,
-                                &model,
-                            )?;
-                            Ok((c, decoder))
-                        },
-                    );
-                    describe_embedder(described)
+                    describe_embedder(EncoderConfig::from_folder(
+                        &plan.companions,
+                        &plan.module_weights,
+                        &model,
+                    ))
                 }
                 Some(json) => describe_block(ModelConfig::from_hf_json(json, "config.json")),
                 None => println!("block: no config.json"),

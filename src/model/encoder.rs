@@ -297,29 +297,24 @@ impl EncoderConfig {
         ))
     }
 
-    /// A sentence-transformers folder's description from its companion files: an encoder's
+    /// A sentence-transformers folder's description from its companion files and its `Dense`
+    /// modules' weights ([`crate::model::dense::from_folder`]): an encoder's
     /// ([`EncoderConfig::from_companions`]), or a decoder's that pools
-    /// ([`EncoderConfig::for_decoder`], with the decoder's). Without its `Dense` modules (their
-    /// weights are not companions: [`crate::model::dense::from_folder`]).
+    /// ([`EncoderConfig::for_decoder`], with the decoder's).
     pub fn from_folder(
         companions: &BTreeMap<String, String>,
+        module_weights: &BTreeMap<String, Vec<u8>>,
         source: &str,
     ) -> Result<(Self, Option<ModelConfig>)> {
-        let encoder_arch = companions
-            .get("config.json")
-            .and_then(|t| serde_json::from_str::<Value>(t).ok())
-            .and_then(|v| {
-                v["model_type"]
-                    .as_str()
-                    .and_then(EncoderArch::from_model_type)
-            });
-        match (encoder_arch, companions.get("config.json")) {
-            (None, Some(json)) if pools(companions) => {
+        let (mut config, decoder) = match companions.get("config.json") {
+            Some(json) if config_encoder_arch(companions).is_none() && pools(companions) => {
                 let m = ModelConfig::from_hf_json(json, &format!("{source}/config.json"))?;
-                Ok((Self::for_decoder(&m, companions, source)?, Some(m)))
+                (Self::for_decoder(&m, companions, source)?, Some(m))
             }
-            _ => Ok((Self::from_companions(companions, source)?, None)),
-        }
+            _ => (Self::from_companions(companions, source)?, None),
+        };
+        config.dense = dense::from_folder(companions, module_weights, config.hidden, source)?;
+        Ok((config, decoder))
     }
 
     /// A GGUF embedding model's description: an encoder's ([`EncoderConfig::from_gguf`]), or
@@ -1453,16 +1448,16 @@ pub enum EmbedInput<'a> {
 /// model: a BERT or nomic-embed-text `config.json`, or any other (a decoder's) with a
 /// sentence-transformers `modules.json` that pools (Qwen3-Embedding).
 pub fn is_encoder(companions: &BTreeMap<String, String>) -> bool {
-    let encoder = companions
-        .get("config.json")
-        .and_then(|t| serde_json::from_str::<Value>(t).ok())
-        .is_some_and(|v| {
-            v["model_type"]
-                .as_str()
-                .and_then(EncoderArch::from_model_type)
-                .is_some()
-        });
-    encoder || pools(companions)
+    config_encoder_arch(companions).is_some() || pools(companions)
+}
+
+/// The encoder family `config.json`'s `model_type` names (none for a decoder's, or without a
+/// readable `config.json`).
+fn config_encoder_arch(companions: &BTreeMap<String, String>) -> Option<EncoderArch> {
+    let v: Value = serde_json::from_str(companions.get("config.json")?).ok()?;
+    v["model_type"]
+        .as_str()
+        .and_then(EncoderArch::from_model_type)
 }
 
 /// Whether `modules.json` has a sentence-transformers Pooling module.
@@ -1575,7 +1570,7 @@ impl Embedder {
     /// companion files (a BERT-like encoder's `config.json`, or a decoder's with a
     /// sentence-transformers Pooling module).
     fn describe<T>(model: &LoadedModelFiles<T>, name: &str) -> Result<(Described, Tokenizer)> {
-        let (mut described, tokenizer) = match model.files.gguf_metadata() {
+        let (described, tokenizer) = match model.files.gguf_metadata() {
             Some(meta) => {
                 let described = match EncoderConfig::from_any_gguf(meta, &model.files)? {
                     (config, Some(m)) => Described::Decoder(config, m),
@@ -1585,10 +1580,11 @@ impl Embedder {
             }
             None => {
                 let companions = &model.companions;
-                let described = match EncoderConfig::from_folder(companions, name)? {
-                    (config, Some(m)) => Described::Decoder(config, m),
-                    (config, None) => Described::Encoder(config, EncoderNames::HuggingFace),
-                };
+                let described =
+                    match EncoderConfig::from_folder(companions, &model.module_weights, name)? {
+                        (config, Some(m)) => Described::Decoder(config, m),
+                        (config, None) => Described::Encoder(config, EncoderNames::HuggingFace),
+                    };
                 let tokenizer = match companions.get("tokenizer.json") {
                     Some(json) => Tokenizer::from_json_str(json)?,
                     None => {
@@ -1603,17 +1599,9 @@ impl Embedder {
                 (described, tokenizer)
             }
         };
-        let config = match &mut described {
+        let config = match &described {
             Described::Encoder(c, _) | Described::Decoder(c, _) => c,
         };
-        if model.files.gguf_metadata().is_none() {
-            config.dense = dense::from_folder(
-                &model.companions,
-                &model.module_weights,
-                config.hidden,
-                name,
-            )?;
-        }
         if tokenizer.vocab_size() > config.vocab {
             return Err(Error::VocabMismatch {
                 tokenizer: tokenizer.vocab_size(),
