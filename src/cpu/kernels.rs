@@ -3,7 +3,8 @@
 //! each weight row in its stored format and dequantize one block at a time into a small buffer
 //! that the dot products of all the step's tokens share: no float copy of a matrix is made.
 
-use pocketlm_cpu::ops::{self, Fused, Weights, CHUNK, TILE_ROWS};
+use pocketlm_cpu::idot;
+use pocketlm_cpu::ops::{self, Weights, CHUNK, TILE_ROWS};
 
 use crate::cpu::{HostTensor, Pool};
 use crate::error::{Error, Result};
@@ -55,13 +56,26 @@ fn weights(dtype: DType) -> Result<Weights> {
             size: d.block_size(),
             bytes: d.block_bytes(),
             dequant: block_dequantizer(d).expect("a block-quantized format"),
-            fused: match d {
-                DType::Q4_0 => Some(Fused::Q4_0),
-                DType::Q4_1 => Some(Fused::Q4_1),
-                DType::Q8_0 => Some(Fused::Q8_0),
-                _ => None,
-            },
         },
+    })
+}
+
+/// The integer kernels' form of a block format (every GGML format PocketLM reads has one).
+fn int_format(dtype: DType) -> Option<idot::Format> {
+    Some(match dtype {
+        DType::Q4_0 => idot::Q4_0,
+        DType::Q4_1 => idot::Q4_1,
+        DType::Q5_0 => idot::Q5_0,
+        DType::Q5_1 => idot::Q5_1,
+        DType::Q8_0 => idot::Q8_0,
+        DType::Q2_K => idot::Q2_K,
+        DType::Q3_K => idot::Q3_K,
+        DType::Q4_K => idot::Q4_K,
+        DType::Q5_K => idot::Q5_K,
+        DType::Q6_K => idot::Q6_K,
+        DType::IQ4_NL => idot::IQ4_NL,
+        DType::IQ4_XS => idot::IQ4_XS,
+        DType::F32 | DType::F16 | DType::BF16 | DType::I32 => return None,
     })
 }
 
@@ -104,14 +118,28 @@ pub fn matmul(
     })?;
     let row_bytes = w.dtype().bytes_for(k).unwrap_or(0);
     let bytes = w.bytes();
-    let xsums = match format {
-        Weights::Blocks {
-            fused: Some(Fused::Q4_1),
-            ..
-        } if m == 1 => ops::block_sums(x),
-        _ => Vec::new(),
-    };
     let out = Out(y.as_mut_ptr());
+    if let Some(f) = int_format(w.dtype()).filter(|_| m == 1 && k.is_multiple_of(idot::QK)) {
+        // Decode: x quantized to 16 bits once, every row an integer dot product.
+        let acts = idot::Activations::new(x);
+        pool.ranges(n, &|j0, j1| {
+            let mut scratch = idot::Scratch::default();
+            for j in j0..j1 {
+                let v = idot::row_dot(
+                    f,
+                    &bytes[j * row_bytes..(j + 1) * row_bytes],
+                    &acts,
+                    &mut scratch,
+                );
+                // SAFETY: column j belongs to this task alone; j < n = y.len().
+                unsafe {
+                    let p = out.at(j);
+                    *p = if accumulate { *p + v } else { v };
+                }
+            }
+        });
+        return Ok(());
+    }
     if m >= 2 {
         // Tiles of four weight rows, dequantized once for all m rows of x (the last tile padded
         // with zero rows whose products are dropped).
@@ -145,7 +173,7 @@ pub fn matmul(
         let mut buf = [0f32; CHUNK];
         for j in j0..j1 {
             let row = &bytes[j * row_bytes..(j + 1) * row_bytes];
-            ops::row_dot(format, row, x, &xsums, k, &mut acc, &mut buf);
+            ops::row_dot(format, row, x, k, &mut acc, &mut buf);
             for (i, a) in acc.iter().enumerate() {
                 // SAFETY: column j belongs to this task alone; i·n + j < m·n = y.len().
                 unsafe {

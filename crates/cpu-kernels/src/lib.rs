@@ -1,5 +1,6 @@
 //! The inner loops of PocketLM's CPU backend: GGML block dequantization ([`blocks`]) and the
-//! dot products, norms, RoPE, activations and attention of one row or one head ([`ops`]).
+//! dot products, norms, RoPE, activations and attention of one row or one head ([`ops`]), and the
+//! integer dot products of decode over activations quantized to 16 bits ([`idot`]).
 //!
 //! A crate of its own so that it is compiled with optimizations even in debug builds (see the
 //! workspace's `[profile.dev.package.pocketlm-cpu]`): the tests run real models through these
@@ -8,4 +9,5 @@
 //! (SSE/AVX natively, SIMD128 in wasm built with `+simd128`).
 
 pub mod blocks;
+pub mod idot;
 pub mod ops;

@@ -9,24 +9,13 @@ pub enum Weights {
     F32,
     F16,
     BF16,
-    /// GGML blocks of `size` values (at most [`CHUNK`]) in `bytes` bytes each; the common
-    /// 32-value formats also have a decode dot product of their own (`fused`).
+    /// GGML blocks of `size` values (at most [`CHUNK`]) in `bytes` bytes each (decode's
+    /// integer dot products read them through [`crate::idot`] instead).
     Blocks {
         size: usize,
         bytes: usize,
         dequant: BlockFn,
-        fused: Option<Fused>,
     },
-}
-
-/// The 32-value formats whose one-row dot product applies each block's scale (and minimum,
-/// through the activations' block sums) once per block instead of to every value: faster for
-/// decode (one row of x); several rows share the dequantized block instead.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fused {
-    Q4_0,
-    Q4_1,
-    Q8_0,
 }
 
 /// Values converted at a time from plain f16 / bf16 rows, and the largest block.
@@ -206,12 +195,6 @@ fn tile_4x2_body(w: &[f32], x: &[f32], k: usize, body: usize) -> [[f32; TILE_ROW
     })
 }
 
-/// The sum of every 32 values of `x` (rows of a multiple of 32): what a format with a per-block
-/// minimum (Q4_1) multiplies it by.
-pub fn block_sums(x: &[f32]) -> Vec<f32> {
-    x.chunks(32).map(|c| c.iter().sum()).collect()
-}
-
 /// f16 (or, with `bf16`, bfloat16) bits to f32.
 fn widen(bits: &[u16], bf16: bool, out: &mut [f32]) {
     if bf16 {
@@ -225,166 +208,13 @@ fn widen(bits: &[u16], bf16: bool, out: &mut [f32]) {
     }
 }
 
-/// The quants of one 32-value block as f32 (`q`), and its scale and minimum.
-#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-#[inline(always)]
-fn unpack_32(w: Fused, block: &[u8], q: &mut [f32; 32]) -> (f32, f32) {
-    use crate::blocks::half;
-    match w {
-        Fused::Q4_0 => {
-            for (j, &v) in block[2..18].iter().enumerate() {
-                q[j] = (i32::from(v & 0x0F) - 8) as f32;
-                q[j + 16] = (i32::from(v >> 4) - 8) as f32;
-            }
-            (half(block, 0), 0.0)
-        }
-        Fused::Q4_1 => {
-            for (j, &v) in block[4..20].iter().enumerate() {
-                q[j] = f32::from(v & 0x0F);
-                q[j + 16] = f32::from(v >> 4);
-            }
-            (half(block, 0), half(block, 2))
-        }
-        Fused::Q8_0 => {
-            for (qj, &v) in q.iter_mut().zip(&block[2..34]) {
-                *qj = f32::from(v as i8);
-            }
-            (half(block, 0), 0.0)
-        }
-    }
-}
-
-/// One row of x (decode): eight lanes carried across the blocks, each block's products scaled
-/// in its lanes, one reduction at the end.
-#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-fn row_dot_32_single(w: Fused, row: &[u8], x: &[f32], xsums: &[f32], bytes: usize) -> f32 {
-    let mut lanes = [0f32; 8];
-    let mut mins = 0f32;
-    let mut q = [0f32; 32];
-    for ((block, xb), b) in row.chunks_exact(bytes).zip(x.chunks_exact(32)).zip(0..) {
-        let (d, min) = unpack_32(w, block, &mut q);
-        let mut p = [0f32; 8];
-        for c in 0..4 {
-            for l in 0..8 {
-                p[l] += q[8 * c + l] * xb[8 * c + l];
-            }
-        }
-        for l in 0..8 {
-            lanes[l] += d * p[l];
-        }
-        if let Some(s) = xsums.get(b) {
-            mins += min * s;
-        }
-    }
-    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
-        + mins
-}
-
-/// As the portable `row_dot_32_single`, in SIMD128 intrinsics: LLVM builds the unpacked quants
-/// lane by lane in wasm, so the nibbles and bytes are widened here as whole vectors. The same
-/// products and sums in the same order, so the results are the portable code's bit for bit.
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-fn row_dot_32_single(w: Fused, row: &[u8], x: &[f32], xsums: &[f32], bytes: usize) -> f32 {
-    use core::arch::wasm32::*;
-
-    use crate::blocks::half;
-
-    /// 16 bytes at the start of `b` (which holds at least 16).
-    fn load16(b: &[u8]) -> v128 {
-        let b = &b[..16];
-        // SAFETY: 16 readable bytes; wasm loads take any alignment.
-        unsafe { v128_load(b.as_ptr().cast()) }
-    }
-    /// Four f32 at the start of `x` (which holds at least 4).
-    fn load4(x: &[f32]) -> v128 {
-        let x = &x[..4];
-        // SAFETY: 16 readable bytes; wasm loads take any alignment.
-        unsafe { v128_load(x.as_ptr().cast()) }
-    }
-    /// Unsigned bytes minus `bias`, as four f32x4 in order.
-    fn widen_u8(b: v128, bias: v128) -> [v128; 4] {
-        let (w0, w1) = (u16x8_extend_low_u8x16(b), u16x8_extend_high_u8x16(b));
-        [
-            u32x4_extend_low_u16x8(w0),
-            u32x4_extend_high_u16x8(w0),
-            u32x4_extend_low_u16x8(w1),
-            u32x4_extend_high_u16x8(w1),
-        ]
-        .map(|i| f32x4_convert_i32x4(i32x4_sub(i, bias)))
-    }
-    /// Signed bytes as four f32x4 in order.
-    fn widen_i8(b: v128) -> [v128; 4] {
-        let (w0, w1) = (i16x8_extend_low_i8x16(b), i16x8_extend_high_i8x16(b));
-        [
-            i32x4_extend_low_i16x8(w0),
-            i32x4_extend_high_i16x8(w0),
-            i32x4_extend_low_i16x8(w1),
-            i32x4_extend_high_i16x8(w1),
-        ]
-        .map(|i| f32x4_convert_i32x4(i))
-    }
-
-    let mut acc0 = f32x4_splat(0.0);
-    let mut acc1 = f32x4_splat(0.0);
-    let mut mins = 0f32;
-    for ((block, xb), b) in row.chunks_exact(bytes).zip(x.chunks_exact(32)).zip(0..) {
-        // The 32 quants as eight f32x4 of consecutive values, the scale and the minimum.
-        let (d, min, q) = match w {
-            Fused::Q4_0 | Fused::Q4_1 => {
-                let (at, bias) = if w == Fused::Q4_0 { (2, 8) } else { (4, 0) };
-                let v = load16(&block[at..]);
-                let bias = i32x4_splat(bias);
-                let lo = widen_u8(v128_and(v, u8x16_splat(0x0F)), bias);
-                let hi = widen_u8(u8x16_shr(v, 4), bias);
-                let min = if w == Fused::Q4_1 {
-                    half(block, 2)
-                } else {
-                    0.0
-                };
-                let q = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]];
-                (half(block, 0), min, q)
-            }
-            Fused::Q8_0 => {
-                let (a, c) = (
-                    widen_i8(load16(&block[2..])),
-                    widen_i8(load16(&block[18..])),
-                );
-                let q = [a[0], a[1], a[2], a[3], c[0], c[1], c[2], c[3]];
-                (half(block, 0), 0.0, q)
-            }
-        };
-        // Lanes 0–3 take values 8c..8c+4 and lanes 4–7 values 8c+4..8c+8, as the portable code.
-        let mut p0 = f32x4_mul(q[0], load4(&xb[0..]));
-        let mut p1 = f32x4_mul(q[1], load4(&xb[4..]));
-        for c in 1..4 {
-            p0 = f32x4_add(p0, f32x4_mul(q[2 * c], load4(&xb[8 * c..])));
-            p1 = f32x4_add(p1, f32x4_mul(q[2 * c + 1], load4(&xb[8 * c + 4..])));
-        }
-        let dv = f32x4_splat(d);
-        acc0 = f32x4_add(acc0, f32x4_mul(dv, p0));
-        acc1 = f32x4_add(acc1, f32x4_mul(dv, p1));
-        if let Some(s) = xsums.get(b) {
-            mins += min * s;
-        }
-    }
-    let pair = |a: f32, b: f32| a + b;
-    ((pair(f32x4_extract_lane::<0>(acc0), f32x4_extract_lane::<0>(acc1))
-        + pair(f32x4_extract_lane::<1>(acc0), f32x4_extract_lane::<1>(acc1)))
-        + (pair(f32x4_extract_lane::<2>(acc0), f32x4_extract_lane::<2>(acc1))
-            + pair(f32x4_extract_lane::<3>(acc0), f32x4_extract_lane::<3>(acc1))))
-        + mins
-}
-
 /// `acc[i] = Σ_kk x[i·k + kk] · row[kk]` for every row i of x (`acc.len()` rows of `k`), with
 /// the weight row as stored: each block (or chunk of a plain row) is converted once into `buf`
-/// and dotted with every row of x. `xsums` are x's [`block_sums`] (used by the fused Q4_1
-/// decode only).
+/// and dotted with every row of x.
 pub fn row_dot(
     w: Weights,
     row: &[u8],
     x: &[f32],
-    xsums: &[f32],
     k: usize,
     acc: &mut [f32],
     buf: &mut [f32; CHUNK],
@@ -407,33 +237,6 @@ pub fn row_dot(
                     *a += dot(vals, &x[i * k + at..i * k + at + part.len()]);
                 }
             }
-        }
-        Weights::Blocks {
-            bytes,
-            fused: Some(f),
-            ..
-        } if acc.len() == 1 => {
-            acc[0] = row_dot_32_single(f, row, &x[..k], xsums, bytes);
-        }
-        Weights::Blocks {
-            size,
-            bytes,
-            dequant,
-            ..
-        } if acc.len() == 1 && size % 8 == 0 => {
-            // One row of x (decode): eight lanes carried across the whole row, one reduction.
-            let mut lanes = [0f32; 8];
-            for (block, xb) in row.chunks_exact(bytes).zip(x.chunks_exact(size)) {
-                let vals = &mut buf[..size];
-                dequant(block, vals);
-                for (v, xv) in vals.chunks_exact(8).zip(xb.chunks_exact(8)) {
-                    for l in 0..8 {
-                        lanes[l] += v[l] * xv[l];
-                    }
-                }
-            }
-            acc[0] = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-                + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
         }
         Weights::Blocks {
             size,
