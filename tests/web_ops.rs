@@ -1,6 +1,7 @@
 //! LayerNorm, GELU, residual addition and top-k/argmax in a real browser (headless Chromium's
 //! WebGPU, compiled by Tint), run by `wasm-bindgen-test-runner`. Tolerances are those of
-//! `pocketlm::reference::ops` (see tests/gpu_ops.rs); top-k must match the CPU exactly.
+//! `pocketlm::reference::ops` (see tests/gpu_ops.rs); top-k must match the CPU exactly. And the
+//! CPU backend's integer dot products as the browser's wasm engine runs them.
 #![cfg(target_arch = "wasm32")]
 
 use pocketlm::gpu::{GpuContext, ProfileRequest};
@@ -164,4 +165,12 @@ async fn random_ops_match_reference_in_browser() {
         };
         assert_passes(&ctx, case, i).await;
     }
+}
+
+/// The CPU backend's integer dot products compiled to wasm SIMD128 (the fused Q4_0/Q4_1/Q8_0
+/// kernels and the unpacked path of every format), against dequantized f64 sums and against
+/// each other, in the browser's wasm engine.
+#[wasm_bindgen_test]
+fn cpu_integer_dot_products_in_browser() {
+    pocketlm_cpu::idot::check().unwrap_or_else(|e| panic!("{e}"));
 }

@@ -37,10 +37,20 @@ pub struct Format {
     pub unpack: UnpackFn,
     /// Some group has a non-zero offset.
     pub has_min: bool,
+    /// The format has a kernel that reads its blocks directly (wasm: see [`row_dot`]).
+    pub fused: Option<Fused>,
 }
 
-macro_rules! format {
-    ($name:ident, $row:ident, $size:expr, $bytes:expr, $f:ident, $min:expr) => {
+/// The 32-value formats with a kernel of their own in wasm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fused {
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+macro_rules! block_format {
+    ($name:ident, $row:ident, $size:expr, $bytes:expr, $f:ident, $min:expr, $fused:expr) => {
         /// One call per row, the block's unpacking inlined into the loop. A function of this
         /// crate (not a closure in the constant, which would be compiled where it is used,
         /// unoptimized in the main crate's debug builds).
@@ -61,22 +71,39 @@ macro_rules! format {
             bytes: $bytes,
             unpack: $row,
             has_min: $min,
+            fused: $fused,
         };
     };
 }
 
-format!(Q4_0, row_q4_0, 32, 18, unpack_q4_0, false);
-format!(Q4_1, row_q4_1, 32, 20, unpack_q4_1, true);
-format!(Q5_0, row_q5_0, 32, 22, unpack_q5_0, false);
-format!(Q5_1, row_q5_1, 32, 24, unpack_q5_1, true);
-format!(Q8_0, row_q8_0, 32, 34, unpack_q8_0, false);
-format!(Q2_K, row_q2_k, 256, 84, unpack_q2_k, true);
-format!(Q3_K, row_q3_k, 256, 110, unpack_q3_k, false);
-format!(Q4_K, row_q4_k, 256, 144, unpack_q4_k, true);
-format!(Q5_K, row_q5_k, 256, 176, unpack_q5_k, true);
-format!(Q6_K, row_q6_k, 256, 210, unpack_q6_k, false);
-format!(IQ4_NL, row_iq4_nl, 32, 18, unpack_iq4_nl, false);
-format!(IQ4_XS, row_iq4_xs, 256, 136, unpack_iq4_xs, false);
+block_format!(
+    Q4_0,
+    row_q4_0,
+    32,
+    18,
+    unpack_q4_0,
+    false,
+    Some(Fused::Q4_0)
+);
+block_format!(Q4_1, row_q4_1, 32, 20, unpack_q4_1, true, Some(Fused::Q4_1));
+block_format!(Q5_0, row_q5_0, 32, 22, unpack_q5_0, false, None);
+block_format!(Q5_1, row_q5_1, 32, 24, unpack_q5_1, true, None);
+block_format!(
+    Q8_0,
+    row_q8_0,
+    32,
+    34,
+    unpack_q8_0,
+    false,
+    Some(Fused::Q8_0)
+);
+block_format!(Q2_K, row_q2_k, 256, 84, unpack_q2_k, true, None);
+block_format!(Q3_K, row_q3_k, 256, 110, unpack_q3_k, false, None);
+block_format!(Q4_K, row_q4_k, 256, 144, unpack_q4_k, true, None);
+block_format!(Q5_K, row_q5_k, 256, 176, unpack_q5_k, true, None);
+block_format!(Q6_K, row_q6_k, 256, 210, unpack_q6_k, false, None);
+block_format!(IQ4_NL, row_iq4_nl, 32, 18, unpack_iq4_nl, false, None);
+block_format!(IQ4_XS, row_iq4_xs, 256, 136, unpack_iq4_xs, false, None);
 
 /// `q`'s first N values as an array (so that the unpacking loops have no bounds checks and
 /// vectorize).
@@ -310,12 +337,18 @@ impl Activations {
             d16: Vec::with_capacity(x.len() / GROUP),
             sum16: Vec::with_capacity(x.len() / GROUP),
         };
+        // Adding and subtracting 1.5 · 2²³ rounds |v| < 2²² to the nearest integer (ties to
+        // even) in two instructions: `round` and `max` are library calls in wasm. A NaN in x
+        // becomes 0, as with `as`.
+        const ROUND: f32 = 12_582_912.0;
         for (xb, qb) in x.chunks_exact(QK).zip(a.q.chunks_exact_mut(QK)) {
-            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let amax = xb
+                .iter()
+                .fold(0f32, |m, v| if v.abs() > m { v.abs() } else { m });
             let d = amax / f32::from(i16::MAX);
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             for (q, &v) in qb.iter_mut().zip(xb) {
-                *q = (v * id).round() as i16;
+                *q = ((v * id + ROUND) - ROUND) as i16;
             }
             a.d16.extend([d, d]);
             a.sum16
@@ -342,7 +375,24 @@ pub struct Scratch {
 }
 
 /// `Σ w[i] · x[i]` for one weight row in `format` (`row`: whole blocks, as many values as `x`).
+/// In wasm, Q4_0, Q4_1 and Q8_0 read their blocks directly (no unpacked copy: about 1.5× fewer
+/// instructions per block there); everything else goes through [`row_dot_unpacked`].
 pub fn row_dot(format: Format, row: &[u8], x: &Activations, s: &mut Scratch) -> f32 {
+    let k = x.len();
+    assert!(
+        row.len() * format.size == k * format.bytes && k.is_multiple_of(format.size),
+        "a row of {} bytes against {k} activations",
+        row.len()
+    );
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if let Some(f) = format.fused {
+        return wasm::row_dot_fused(f, format.bytes, row, x);
+    }
+    row_dot_unpacked(format, row, x, s)
+}
+
+/// [`row_dot`] through the unpacked form (every format, every target).
+pub fn row_dot_unpacked(format: Format, row: &[u8], x: &Activations, s: &mut Scratch) -> f32 {
     let k = x.len();
     let groups = k / GROUP;
     assert!(
@@ -490,7 +540,8 @@ mod x86 {
 mod wasm {
     use core::arch::wasm32::*;
 
-    use super::GROUP;
+    use super::{Activations, Fused, GROUP, QK};
+    use crate::blocks::half;
 
     /// One group at a time: the weight bytes widened to 16 bits, `i32x4.dot_i16x8_s` multiplies
     /// them by the activations and sums pairs into 32-bit lanes, the four lanes scaled in f32.
@@ -521,140 +572,205 @@ mod wasm {
         (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<2>(v))
             + (f32x4_extract_lane::<1>(v) + f32x4_extract_lane::<3>(v))
     }
+
+    /// `Σ w · x` over 16 weight bytes (`w`, signed) and 16 activations.
+    #[inline(always)]
+    fn dot16(w: v128, x: &[i16]) -> v128 {
+        let x = &x[..16];
+        // SAFETY: 16 values; wasm loads take any alignment.
+        let (x0, x1) = unsafe {
+            (
+                v128_load(x.as_ptr().cast()),
+                v128_load(x.as_ptr().add(8).cast()),
+            )
+        };
+        i32x4_add(
+            i32x4_dot_i16x8(i16x8_extend_low_i8x16(w), x0),
+            i32x4_dot_i16x8(i16x8_extend_high_i8x16(w), x1),
+        )
+    }
+
+    /// 16 bytes at `at` of `b`.
+    #[inline(always)]
+    fn load16(b: &[u8], at: usize) -> v128 {
+        let b = &b[at..at + 16];
+        // SAFETY: 16 readable bytes; wasm loads take any alignment.
+        unsafe { v128_load(b.as_ptr().cast()) }
+    }
+
+    /// [`super::row_dot`] for the 32-value formats, straight from their blocks: the nibbles
+    /// (or bytes) split in vector registers, the block's two 16-value halves multiplied by
+    /// `i32x4.dot_i16x8_s`, the block's sums scaled once. The same integer sums as the unpacked
+    /// path.
+    pub(super) fn row_dot_fused(f: Fused, bytes: usize, row: &[u8], x: &Activations) -> f32 {
+        let mut acc = [f32x4_splat(0.0), f32x4_splat(0.0)];
+        let mut mins = 0f32;
+        for (b, block) in row.chunks_exact(bytes).enumerate() {
+            let xq = &x.q[QK * b..QK * b + QK];
+            let (lo, hi) = match f {
+                Fused::Q8_0 => (load16(block, 2), load16(block, 18)),
+                Fused::Q4_0 | Fused::Q4_1 => {
+                    let v = load16(block, if f == Fused::Q4_0 { 2 } else { 4 });
+                    let (lo, hi) = (v128_and(v, u8x16_splat(0x0F)), u8x16_shr(v, 4));
+                    if f == Fused::Q4_0 {
+                        (i8x16_sub(lo, i8x16_splat(8)), i8x16_sub(hi, i8x16_splat(8)))
+                    } else {
+                        (lo, hi)
+                    }
+                }
+            };
+            let i = i32x4_add(dot16(lo, &xq[..16]), dot16(hi, &xq[16..]));
+            let d = half(block, 0) * x.d16[2 * b];
+            acc[b & 1] = f32x4_add(
+                acc[b & 1],
+                f32x4_mul(f32x4_convert_i32x4(i), f32x4_splat(d)),
+            );
+            if f == Fused::Q4_1 {
+                mins += half(block, 2) * (x.sum16[2 * b] + x.sum16[2 * b + 1]);
+            }
+        }
+        let v = f32x4_add(acc[0], acc[1]);
+        (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<2>(v))
+            + (f32x4_extract_lane::<1>(v) + f32x4_extract_lane::<3>(v))
+            + mins
+    }
+}
+
+/// Pseudo-random bytes (a fixed LCG).
+fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 33) as u8
+        })
+        .collect()
+}
+
+/// Sets the f16 at `at` (a block's scale or minimum) to `v`, so that it is finite.
+fn set_half(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Every format with its name, its dequantization and where its f16 fields are.
+fn formats() -> [(&'static str, Format, crate::ops::BlockFn, &'static [usize]); 12] {
+    use crate::blocks::*;
+    [
+        ("q4_0", Q4_0, block_q4_0, &[0]),
+        ("q4_1", Q4_1, block_q4_1, &[0, 2]),
+        ("q5_0", Q5_0, block_q5_0, &[0]),
+        ("q5_1", Q5_1, block_q5_1, &[0, 2]),
+        ("q8_0", Q8_0, block_q8_0, &[0]),
+        ("q2_k", Q2_K, block_q2_k, &[80, 82]),
+        ("q3_k", Q3_K, block_q3_k, &[108]),
+        ("q4_k", Q4_K, block_q4_k, &[0, 2]),
+        ("q5_k", Q5_K, block_q5_k, &[0, 2]),
+        ("q6_k", Q6_K, block_q6_k, &[208]),
+        ("iq4_nl", IQ4_NL, block_iq4_nl, &[0]),
+        ("iq4_xs", IQ4_XS, block_iq4_xs, &[0]),
+    ]
+}
+
+/// The integer kernels' self-check, run by the unit tests natively and in the browser
+/// (tests/web_ops.rs), where the wasm kernels run:
+/// - every format's unpacked form gives its dequantized values (`scale · q + min`), over
+///   random blocks with scales near 0.01 and minimums of either sign;
+/// - a row's dot product ([`row_dot`], the fused kernels where the target has them) is within
+///   the 16-bit rounding of the activations of the exact one (f64 over the dequantized row),
+///   and equals the unpacked path's and the portable kernel's integer sums up to float order.
+#[doc(hidden)]
+pub fn check() -> Result<(), String> {
+    for (name, f, dequant, halves) in formats() {
+        for seed in 0..20u16 {
+            let mut b = bytes(f.bytes, u64::from(seed));
+            for (i, &at) in halves.iter().enumerate() {
+                let sign = if i == 1 && seed % 2 == 1 { 0x8000 } else { 0 };
+                set_half(
+                    &mut b,
+                    at,
+                    sign | (0x2000 + (seed * 37 + i as u16 * 11) % 0x400),
+                );
+            }
+            let mut want = vec![0f32; f.size];
+            dequant(&b, &mut want);
+            let groups = f.size / GROUP;
+            let (mut q, mut sc, mut mn) =
+                (vec![0i8; f.size], vec![0f32; groups], vec![0f32; groups]);
+            (f.unpack)(&b, &mut q, &mut sc, &mut mn);
+            for (i, &w) in want.iter().enumerate() {
+                let g = i / GROUP;
+                let got = sc[g] * f32::from(q[i]) + mn[g];
+                if (got - w).abs() > 1e-6 * (1.0 + w.abs()) || (!f.has_min && mn[g] != 0.0) {
+                    return Err(format!(
+                        "{name} seed {seed} value {i}: {got} + offset {} against {w}",
+                        mn[g]
+                    ));
+                }
+            }
+        }
+        let blocks = 1024 / f.size;
+        let mut row = Vec::new();
+        for blk in 0..blocks {
+            let mut b = bytes(f.bytes, 100 + blk as u64);
+            for &at in halves {
+                set_half(&mut b, at, 0x2000 + (blk as u16 * 13) % 0x300);
+            }
+            row.extend(b);
+        }
+        let k = blocks * f.size;
+        let x: Vec<f32> = (0..k)
+            .map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 311.0)
+            .collect();
+        let mut w = vec![0f32; k];
+        for (b, out) in row.chunks_exact(f.bytes).zip(w.chunks_exact_mut(f.size)) {
+            dequant(b, out);
+        }
+        let exact: f64 = w
+            .iter()
+            .zip(&x)
+            .map(|(&a, &b)| f64::from(a) * f64::from(b))
+            .sum();
+        // Each activation is off by at most half a step, max|x| / 32767 / 2.
+        let bound = w.iter().map(|&a| f64::from(a.abs())).sum::<f64>() * (1.63 / 32767.0) / 2.0;
+        // Kernels that sum the same integers in another order agree to f32 rounding of the
+        // terms' magnitude (the result itself can be much smaller).
+        let magnitude: f64 = w
+            .iter()
+            .zip(&x)
+            .map(|(&a, &b)| f64::from((a * b).abs()))
+            .sum();
+        let close = |a: f32, b: f32| f64::from((a - b).abs()) <= 1e-5 * (1.0 + magnitude);
+        let acts = Activations::new(&x);
+        let mut s = Scratch::default();
+        let got = row_dot(f, &row, &acts, &mut s);
+        if (f64::from(got) - exact).abs() > bound + 1e-5 * (1.0 + exact.abs()) {
+            return Err(format!("{name}: {got} against {exact} (bound {bound})"));
+        }
+        let unpacked = row_dot_unpacked(f, &row, &acts, &mut s);
+        let portable = dot_groups_portable(&s.q, &acts.q, &s.scale)
+            + if f.has_min {
+                crate::ops::dot(&s.min, &acts.sum16)
+            } else {
+                0.0
+            };
+        if !close(got, unpacked) || !close(unpacked, portable) {
+            return Err(format!(
+                "{name}: {got} (row_dot), {unpacked} (unpacked), {portable} (portable)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blocks;
 
-    /// Pseudo-random bytes (a fixed LCG), with f16 scales made finite and moderate.
-    fn bytes(n: usize, seed: u64) -> Vec<u8> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (s >> 33) as u8
-            })
-            .collect()
-    }
-
-    /// Sets the f16 at `at` to a small finite value.
-    fn set_half(b: &mut [u8], at: usize, v: u16) {
-        b[at..at + 2].copy_from_slice(&v.to_le_bytes());
-    }
-
-    fn formats() -> Vec<(&'static str, Format, crate::ops::BlockFn, Vec<usize>)> {
-        // The f16 fields of each block (scale, minimum), overwritten with finite values.
-        vec![
-            (
-                "q4_0",
-                Q4_0,
-                blocks::block_q4_0 as crate::ops::BlockFn,
-                vec![0],
-            ),
-            ("q4_1", Q4_1, blocks::block_q4_1, vec![0, 2]),
-            ("q5_0", Q5_0, blocks::block_q5_0, vec![0]),
-            ("q5_1", Q5_1, blocks::block_q5_1, vec![0, 2]),
-            ("q8_0", Q8_0, blocks::block_q8_0, vec![0]),
-            ("q2_k", Q2_K, blocks::block_q2_k, vec![80, 82]),
-            ("q3_k", Q3_K, blocks::block_q3_k, vec![108]),
-            ("q4_k", Q4_K, blocks::block_q4_k, vec![0, 2]),
-            ("q5_k", Q5_K, blocks::block_q5_k, vec![0, 2]),
-            ("q6_k", Q6_K, blocks::block_q6_k, vec![208]),
-            ("iq4_nl", IQ4_NL, blocks::block_iq4_nl, vec![0]),
-            ("iq4_xs", IQ4_XS, blocks::block_iq4_xs, vec![0]),
-        ]
-    }
-
-    /// Every format's unpacked form gives its dequantized values (`scale · q + min`).
     #[test]
-    fn unpacked_blocks_equal_dequantized_ones() {
-        for (name, f, dequant, halves) in formats() {
-            for seed in 0..20 {
-                let mut b = bytes(f.bytes, seed);
-                for (i, &at) in halves.iter().enumerate() {
-                    // Scales near 0.01, and minimums of either sign.
-                    let sign = if i == 1 && seed % 2 == 1 { 0x8000 } else { 0 };
-                    set_half(
-                        &mut b,
-                        at,
-                        sign | (0x2000 + (seed as u16 * 37 + i as u16 * 11) % 0x400),
-                    );
-                }
-                let mut want = vec![0f32; f.size];
-                dequant(&b, &mut want);
-                let (mut q, mut sc, mut mn) = (
-                    vec![0i8; f.size],
-                    vec![0f32; f.size / GROUP],
-                    vec![0f32; f.size / GROUP],
-                );
-                (f.unpack)(&b, &mut q, &mut sc, &mut mn);
-                for i in 0..f.size {
-                    let g = i / GROUP;
-                    let got = sc[g] * f32::from(q[i]) + mn[g];
-                    assert!(
-                        (got - want[i]).abs() <= 1e-6 * (1.0 + want[i].abs()),
-                        "{name} seed {seed} value {i}: {got} against {}",
-                        want[i]
-                    );
-                    assert!(
-                        f.has_min || mn[g] == 0.0,
-                        "{name}: an offset in a format without one"
-                    );
-                }
-            }
-        }
-    }
-
-    /// A row dot product with quantized activations is within the 16-bit rounding of the exact
-    /// one (f64 over the dequantized weights), for every format and this machine's kernel,
-    /// which also equals the portable kernel's integer sums.
-    #[test]
-    fn row_dot_is_within_the_activation_rounding() {
-        for (name, f, dequant, halves) in formats() {
-            let blocks_per_row = 1024 / f.size;
-            let mut row = Vec::new();
-            for blk in 0..blocks_per_row {
-                let mut b = bytes(f.bytes, 100 + blk as u64);
-                for &at in &halves {
-                    set_half(&mut b, at, 0x2000 + (blk as u16 * 13) % 0x300);
-                }
-                row.extend(b);
-            }
-            let k = blocks_per_row * f.size;
-            let x: Vec<f32> = (0..k)
-                .map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 311.0)
-                .collect();
-            let mut w = vec![0f32; k];
-            for (b, out) in row.chunks_exact(f.bytes).zip(w.chunks_exact_mut(f.size)) {
-                dequant(b, out);
-            }
-            let exact: f64 = w
-                .iter()
-                .zip(&x)
-                .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                .sum();
-            let bound: f64 =
-                w.iter().map(|&a| f64::from(a.abs())).sum::<f64>() * (1.63 / 32767.0) / 2.0;
-            let acts = Activations::new(&x);
-            let got = row_dot(f, &row, &acts, &mut Scratch::default());
-            assert!(
-                (f64::from(got) - exact).abs() <= bound + 1e-5 * (1.0 + exact.abs()),
-                "{name}: {got} against {exact} (bound {bound})"
-            );
-            // The same integer sums as the portable kernel (only the float order differs).
-            let mut s = Scratch::default();
-            let _ = row_dot(f, &row, &acts, &mut s);
-            let portable = dot_groups_portable(&s.q, &acts.q, &s.scale);
-            let fast = dot_groups(&s.q, &acts.q, &s.scale);
-            assert!(
-                (portable - fast).abs() <= 1e-5 * (1.0 + portable.abs()),
-                "{name}: {fast} against {portable}"
-            );
-        }
+    fn integer_kernels_pass_their_check() {
+        check().unwrap();
     }
 
     /// Zeros quantize to zeros (no division by a zero scale), and odd lengths are refused.
