@@ -1,7 +1,8 @@
 //! The CPU backend's kernels over [`HostTensor`]s: shapes checked, work split over the pool,
 //! the inner loops in `pocketlm_cpu` (compiled optimized in every build). Matrix products read
-//! each weight row in its stored format and dequantize one block at a time into a small buffer
-//! that the dot products of all the step's tokens share: no float copy of a matrix is made.
+//! each weight row in its stored format: decode (one row of x) as integer dot products against
+//! x quantized to 16 bits, several rows by dequantizing four weight rows at a time into a tile
+//! that all rows of x share. No float copy of a matrix is made.
 
 use pocketlm_cpu::idot;
 use pocketlm_cpu::ops::{self, Weights, CHUNK, TILE_ROWS};
