@@ -37,6 +37,18 @@ impl Out {
     fn at(self, i: usize) -> *mut f32 {
         self.0.wrapping_add(i)
     }
+
+    /// Writes `v` at `i`, or adds it there with `accumulate`.
+    ///
+    /// # Safety
+    /// `i` is inside the output, and no other task touches it while this one runs.
+    unsafe fn put(self, i: usize, v: f32, accumulate: bool) {
+        // SAFETY: as the caller promises.
+        unsafe {
+            let p = self.at(i);
+            *p = if accumulate { *p + v } else { v };
+        }
+    }
 }
 
 /// How rows of `dtype` are read.
@@ -133,10 +145,7 @@ pub fn matmul(
                     &mut scratch,
                 );
                 // SAFETY: column j belongs to this task alone; j < n = y.len().
-                unsafe {
-                    let p = out.at(j);
-                    *p = if accumulate { *p + v } else { v };
-                }
+                unsafe { out.put(j, v, accumulate) };
             }
         });
         return Ok(());
@@ -159,10 +168,7 @@ pub fn matmul(
                     if r < rows {
                         // SAFETY: the columns of tile t belong to this task alone; i·n + j0 + r
                         // < m·n = y.len().
-                        unsafe {
-                            let p = out.at(i * n + j0 + r);
-                            *p = if accumulate { *p + v } else { v };
-                        }
+                        unsafe { out.put(i * n + j0 + r, v, accumulate) };
                     }
                 });
             }
@@ -177,10 +183,7 @@ pub fn matmul(
             ops::row_dot(format, row, x, k, &mut acc, &mut buf);
             for (i, a) in acc.iter().enumerate() {
                 // SAFETY: column j belongs to this task alone; i·n + j < m·n = y.len().
-                unsafe {
-                    let p = out.at(i * n + j);
-                    *p = if accumulate { *p + a } else { *a };
-                }
+                unsafe { out.put(i * n + j, *a, accumulate) };
             }
         }
     });

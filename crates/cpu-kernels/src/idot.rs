@@ -378,28 +378,29 @@ pub struct Scratch {
 /// In wasm, Q4_0, Q4_1 and Q8_0 read their blocks directly (no unpacked copy: about 1.5× fewer
 /// instructions per block there); everything else goes through [`row_dot_unpacked`].
 pub fn row_dot(format: Format, row: &[u8], x: &Activations, s: &mut Scratch) -> f32 {
-    let k = x.len();
-    assert!(
-        row.len() * format.size == k * format.bytes && k.is_multiple_of(format.size),
-        "a row of {} bytes against {k} activations",
-        row.len()
-    );
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     if let Some(f) = format.fused {
+        assert_row(format, row, x);
         return wasm::row_dot_fused(f, format.bytes, row, x);
     }
     row_dot_unpacked(format, row, x, s)
 }
 
-/// [`row_dot`] through the unpacked form (every format, every target).
-pub fn row_dot_unpacked(format: Format, row: &[u8], x: &Activations, s: &mut Scratch) -> f32 {
+/// `row` is whole blocks of `format` holding as many values as `x`.
+fn assert_row(format: Format, row: &[u8], x: &Activations) {
     let k = x.len();
-    let groups = k / GROUP;
     assert!(
         row.len() * format.size == k * format.bytes && k.is_multiple_of(format.size),
         "a row of {} bytes against {k} activations",
         row.len()
     );
+}
+
+/// [`row_dot`] through the unpacked form (every format, every target).
+pub fn row_dot_unpacked(format: Format, row: &[u8], x: &Activations, s: &mut Scratch) -> f32 {
+    assert_row(format, row, x);
+    let k = x.len();
+    let groups = k / GROUP;
     s.q.resize(k, 0);
     s.scale.resize(groups, 0.0);
     s.min.resize(groups, 0.0);
@@ -549,25 +550,20 @@ mod wasm {
         let n = w.len().min(x.len()).min(scale.len() * GROUP) / GROUP;
         let mut acc = [f32x4_splat(0.0), f32x4_splat(0.0)];
         for (g, &s) in scale.iter().enumerate().take(n) {
-            // SAFETY: 16 bytes of w and 16 values of x at 16g, with 16g + 16 ≤ 16n; wasm loads
-            // take any alignment.
-            let (wv, x0, x1) = unsafe {
-                let xp = x.as_ptr().add(GROUP * g);
-                (
-                    v128_load(w.as_ptr().add(GROUP * g).cast()),
-                    v128_load(xp.cast()),
-                    v128_load(xp.add(8).cast()),
-                )
-            };
-            let i = i32x4_add(
-                i32x4_dot_i16x8(i16x8_extend_low_i8x16(wv), x0),
-                i32x4_dot_i16x8(i16x8_extend_high_i8x16(wv), x1),
-            );
+            // SAFETY: 16 bytes of w at 16g, with 16g + 16 ≤ 16n; wasm loads take any alignment.
+            let wv = unsafe { v128_load(w.as_ptr().add(GROUP * g).cast()) };
+            let i = dot16(wv, &x[GROUP * g..]);
             acc[g & 1] = f32x4_add(
                 acc[g & 1],
                 f32x4_mul(f32x4_convert_i32x4(i), f32x4_splat(s)),
             );
         }
+        sum(acc)
+    }
+
+    /// The sum of two f32x4 accumulators' eight lanes.
+    #[inline(always)]
+    fn sum(acc: [v128; 2]) -> f32 {
         let v = f32x4_add(acc[0], acc[1]);
         (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<2>(v))
             + (f32x4_extract_lane::<1>(v) + f32x4_extract_lane::<3>(v))
@@ -629,10 +625,7 @@ mod wasm {
                 mins += half(block, 2) * (x.sum16[2 * b] + x.sum16[2 * b + 1]);
             }
         }
-        let v = f32x4_add(acc[0], acc[1]);
-        (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<2>(v))
-            + (f32x4_extract_lane::<1>(v) + f32x4_extract_lane::<3>(v))
-            + mins
+        sum(acc) + mins
     }
 }
 
