@@ -45,15 +45,25 @@ bench: setup
 	done
 
 ## make bench-cpu: the CPU backend natively against llama.cpp (llama-cpp-python built from its sdist
-## with this machine's SIMD into target/llamacpp-venv, once) on the default model, the same prompt
-## length, generated tokens and threads (one, and one per core), as ratios (scripts/bench_cpu.py).
+## with this machine's SIMD into target/llamacpp-venv, once per LLAMACPP_CMAKE_ARGS) on the default
+## model, the same prompt length, generated tokens and threads (one, and one per core), as ratios
+## (scripts/bench_cpu.py).
+## AMX is compiled out by default: on this project's VMs the CPU reports AMX and Linux grants it,
+## but ggml's AMX matmul faults on its first tile-config load here (ldtilecfg: a segfault in the
+## first decode, with any prompt or context size).
+## `make bench-cpu LLAMACPP_CMAKE_ARGS=-DGGML_NATIVE=ON` builds with it where it works.
 LLAMACPP_VENV := $(TARGET_DIR)/llamacpp-venv
+LLAMACPP_NO_AMX := -U__AMX_INT8__ -U__AMX_TILE__ -U__AMX_BF16__
+LLAMACPP_CMAKE_ARGS ?= -DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$(LLAMACPP_NO_AMX)' -DCMAKE_CXX_FLAGS='$(LLAMACPP_NO_AMX)'
 bench-cpu: setup
 	cargo build --release --bin pocketlm
-	@$(LLAMACPP_VENV)/bin/python -c "import llama_cpp" 2>/dev/null || { \
+	@if [ "$$(cat $(LLAMACPP_VENV)/.cmake-args 2>/dev/null)" != "$(LLAMACPP_CMAKE_ARGS)" ] || \
+	    ! $(LLAMACPP_VENV)/bin/python -c "import llama_cpp" 2>/dev/null; then \
 	  echo "building llama-cpp-python from its sdist into $(LLAMACPP_VENV) (several minutes, once)"; \
-	  python3 -m venv $(LLAMACPP_VENV) && CMAKE_ARGS="-DGGML_NATIVE=ON" $(LLAMACPP_VENV)/bin/pip install \
-	    --quiet numpy llama-cpp-python==0.3.36 --no-binary llama-cpp-python; }
+	  rm -rf $(LLAMACPP_VENV) && python3 -m venv $(LLAMACPP_VENV) && \
+	  CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(LLAMACPP_VENV)/bin/pip install --quiet --no-cache-dir \
+	    numpy llama-cpp-python==0.3.36 --no-binary llama-cpp-python && \
+	  printf '%s\n' "$(LLAMACPP_CMAKE_ARGS)" > $(LLAMACPP_VENV)/.cmake-args; fi
 	scripts/bench_cpu.py $(TARGET_DIR)/release/pocketlm $(LLAMACPP_VENV)/bin/python \
 	  models/SmolLM2-135M-Instruct.Q4_1.gguf
 

@@ -7,18 +7,29 @@ time (past end-of-turn tokens), on --threads threads. Prints one JSON line:
 
 llama-cpp-python is built from its sdist (make bench-cpu does it, into target/llamacpp-venv):
 
-    python3 -m venv target/llamacpp-venv && CMAKE_ARGS="-DGGML_NATIVE=ON" \\
-        target/llamacpp-venv/bin/pip install numpy llama-cpp-python==0.3.36 --no-binary llama-cpp-python
+    python3 -m venv target/llamacpp-venv && CMAKE_ARGS="-DGGML_NATIVE=ON …" \\
+        target/llamacpp-venv/bin/pip install --no-cache-dir numpy llama-cpp-python==0.3.36 \\
+        --no-binary llama-cpp-python
+
+(the Makefile's LLAMACPP_CMAKE_ARGS says which flags, and why AMX is left out; --no-cache-dir,
+because pip would otherwise reuse a wheel it built earlier with other flags).
 """
 import argparse
 import json
 import time
 
 import llama_cpp
+import numpy as np
 
 # src/bin/pocketlm.rs bench_prompt's text.
 TEXT = ("The quick brown fox jumps over the lazy dog while the farmer counts his sheep, one by "
         "one, under a sky the colour of ripe apricots. ")
+
+
+def last_argmax(llm):
+    """The greedy token after the last eval. Without logits_all, llama-cpp-python (0.3.x) no longer
+    copies the logits into llm.scores, so they are read from the context."""
+    return int(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).argmax())
 
 
 def main():
@@ -42,10 +53,10 @@ def main():
         t0 = time.perf_counter()
         llm.eval(prompt)
         t1 = time.perf_counter()
-        token = int(llm.scores[llm.n_tokens - 1].argmax())
+        token = last_argmax(llm)
         for _ in range(a.gen_tokens - 1):
             llm.eval([token])
-            token = int(llm.scores[llm.n_tokens - 1].argmax())
+            token = last_argmax(llm)
         t2 = time.perf_counter()
         best_prefill = max(best_prefill, a.prompt_tokens / (t1 - t0))
         best_decode = max(best_decode, (a.gen_tokens - 1) / (t2 - t1))
