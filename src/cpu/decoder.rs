@@ -378,7 +378,7 @@ impl CpuDecoder {
                 kernels::matmul(pool, &w.gate_up[0], &xn, n, &mut gate, false)?;
                 kernels::matmul(pool, &w.gate_up[1], &xn, n, &mut up, false)?;
             }
-            kernels::gated(&mut gate, &up, c.activation);
+            kernels::gated(pool, &mut gate, &up, c.activation);
             match &w.post_ffn_norm {
                 Some(g) => {
                     kernels::matmul(pool, &w.down, &gate, n, &mut h, false)?;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use crate::cpu::kernels::{self, AttentionShape};
 use crate::cpu::{CpuContext, HostTensor};
 use crate::error::Result;
-use crate::kernels::{GateActivation, RopeConfig, RopeLayout};
+use crate::kernels::{RopeConfig, RopeLayout};
 use crate::model::encoder::{EncoderConfig, EncoderNames, EncoderWeights, QkvWeights};
 
 /// A (weight, bias) pair with the bias (or norm weight) in f32.
@@ -182,7 +182,7 @@ impl CpuEncoder {
                 row.iter_mut().zip(&part).for_each(|(x, p)| *x += p);
             }
         }
-        kernels::layernorm_in_place(&mut h, &self.embed_norm.w, &self.embed_norm.b, c.eps);
+        kernels::layernorm_in_place(pool, &mut h, &self.embed_norm.w, &self.embed_norm.b, c.eps);
         let width = c.heads * c.head_dim;
         let shape = AttentionShape {
             heads: c.heads,
@@ -218,11 +218,6 @@ impl CpuEncoder {
             true => vec![0f32; n * c.ffn],
             false => Vec::new(),
         };
-        let act = match c.activation {
-            GateActivation::GeluTanh => kernels::gelu_tanh,
-            GateActivation::GeluErf => kernels::gelu_erf,
-            GateActivation::Silu => pocketlm_cpu::ops::silu,
-        };
         for l in &self.layers {
             match &l.qkv {
                 Qkv::Apart([wq, wk, wv]) => {
@@ -252,22 +247,22 @@ impl CpuEncoder {
             kernels::attention_packed(pool, &shape, &q, &k, &v, &starts, &mut o);
             // h += o·Woᵀ (+ bo), then LayerNorm.
             affine(&l.o, &o, &mut h, true)?;
-            kernels::layernorm_in_place(&mut h, &l.attn_norm.w, &l.attn_norm.b, c.eps);
+            kernels::layernorm_in_place(pool, &mut h, &l.attn_norm.w, &l.attn_norm.b, c.eps);
             // h += MLP(h), then LayerNorm: act(h·Wupᵀ + bup)·Wdownᵀ + bdown, or gated
             // (act(h·Wgateᵀ) · h·Wupᵀ)·Wdownᵀ.
             match &l.gate {
                 Some(gate) => {
                     affine(&l.up, &h, &mut up, false)?;
                     linear(gate, None, &h, &mut inter, false)?;
-                    pocketlm_cpu::ops::gated(&mut inter, &up, act);
+                    kernels::gated(pool, &mut inter, &up, c.activation);
                 }
                 None => {
                     affine(&l.up, &h, &mut inter, false)?;
-                    inter.iter_mut().for_each(|x| *x = act(*x));
+                    kernels::activate(pool, &mut inter, c.activation);
                 }
             }
             affine(&l.down, &inter, &mut h, true)?;
-            kernels::layernorm_in_place(&mut h, &l.ffn_norm.w, &l.ffn_norm.b, c.eps);
+            kernels::layernorm_in_place(pool, &mut h, &l.ffn_norm.w, &l.ffn_norm.b, c.eps);
         }
         Ok(h)
     }
