@@ -64,6 +64,11 @@ for (const s of SECTIONS) {
   if (s !== "decode" && s !== "embeddings") throw new Error(`BENCH_SECTIONS: unknown section ${s} (decode, embeddings)`);
 }
 const EMBED_ENGINES = (process.env.BENCH_EMBED_ENGINES ?? ALL_ENGINES).split(",");
+for (const [name, list] of [["BENCH_ENGINES", ENGINES], ["BENCH_EMBED_ENGINES", EMBED_ENGINES]]) {
+  for (const e of list) {
+    if (!ALL_ENGINES.split(",").includes(e)) throw new Error(`${name}: unknown engine ${e} (${ALL_ENGINES})`);
+  }
+}
 const EMBED_BATCHES = (process.env.BENCH_EMBED_BATCHES ?? "1,8,64").split(",").map(Number);
 const EMBED_SECONDS = Number(process.env.BENCH_EMBED_SECONDS ?? 2);
 const EMBED_MAX_SECONDS = Number(process.env.BENCH_EMBED_MAX_SECONDS ?? 60);
