@@ -423,6 +423,13 @@ mod k32 {
             _ => (8, true),
         }
     }
+
+    /// A Q5 block's 32 fifth bits (bit j for value j), the 4 bytes before its quants at `qs`.
+    #[inline(always)]
+    pub fn fifth_bits(block: &[u8], qs: usize) -> u32 {
+        let b = &block[qs - 4..qs];
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
 }
 
 /// `Σ w[i] · x[i]` for one weight row in `format` (`row`: whole blocks, as many values as `x`).
@@ -682,14 +689,7 @@ mod x86 {
                 match F {
                     Q4_0 => _mm256_sub_epi8(w, _mm256_set1_epi8(8)),
                     Q5_0 | Q5_1 => {
-                        let at = qs - 4;
-                        let qh = u32::from_le_bytes([
-                            block[at],
-                            block[at + 1],
-                            block[at + 2],
-                            block[at + 3],
-                        ]);
-                        let set = bits_to_bytes(qh);
+                        let set = bits_to_bytes(k32::fifth_bits(block, qs));
                         if F == Q5_0 {
                             // (q | h << 4) − 16: q where the bit is set, q − 16 = q | 0xF0
                             // (as i8) where it is not.
@@ -945,14 +945,7 @@ mod wasm {
                 match F {
                     Q4_0 => (i8x16_sub(lo, i8x16_splat(8)), i8x16_sub(hi, i8x16_splat(8))),
                     Q5_0 | Q5_1 => {
-                        let at = qs - 4;
-                        let qh = u32::from_le_bytes([
-                            block[at],
-                            block[at + 1],
-                            block[at + 2],
-                            block[at + 3],
-                        ]);
-                        let (sl, sh) = bits_to_bytes(qh);
+                        let (sl, sh) = bits_to_bytes(k32::fifth_bits(block, qs));
                         if F == Q5_0 {
                             // As in the x86 kernel: q − 16 = q | 0xF0 where the bit is clear.
                             let f0 = i8x16_splat(-16);
