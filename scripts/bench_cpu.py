@@ -4,12 +4,18 @@ length, generated tokens and threads, in one run: `pocketlm --backend cpu --thre
 "all threads" row) and scripts/bench_llamacpp.py, for one thread and for every core. Prints a
 table and PocketLM's prefill and decode speed as a ratio of llama.cpp's.
 
+The two engines alternate for --rounds rounds (default 3) and the ratio is the median of the
+rounds' ratios: on shared VMs the machine's speed drifts by 2× within minutes, and a ratio of
+two runs taken minutes apart measured that drift more than the engines.
+
     scripts/bench_cpu.py POCKETLM_BIN LLAMACPP_PYTHON MODEL [--prompt-tokens 128] [--gen-tokens 32]
+        [--rounds 3]
 """
 import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 
@@ -42,16 +48,29 @@ def main():
     ap.add_argument("model")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--gen-tokens", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     cores = os.cpu_count() or 1
-    print(f"model {os.path.basename(a.model)}, {a.prompt_tokens} prompt tokens, {a.gen_tokens} greedy tokens\n")
-    print("threads  engine       prefill tokens/s  decode tokens/s")
+    print(f"model {os.path.basename(a.model)}, {a.prompt_tokens} prompt tokens, {a.gen_tokens} greedy tokens, "
+          f"{a.rounds} alternating rounds\n")
+    print("threads  round  engine       prefill tokens/s  decode tokens/s")
+    summary = []
     for threads in sorted({1, cores}):
-        p = pocketlm(a.pocketlm, a.model, threads, a)
-        l = llamacpp(a.python, a.model, threads, a)
-        print(f"{threads:>7}  PocketLM     {p[0]:>16.1f}  {p[1]:>15.2f}")
-        print(f"{threads:>7}  llama.cpp    {l[0]:>16.1f}  {l[1]:>15.2f}")
-        print(f"{threads:>7}  ratio        {p[0] / l[0]:>15.2f}×  {p[1] / l[1]:>14.2f}×")
+        ratios = []
+        for r in range(1, a.rounds + 1):
+            p = pocketlm(a.pocketlm, a.model, threads, a)
+            l = llamacpp(a.python, a.model, threads, a)
+            print(f"{threads:>7}  {r:>5}  PocketLM     {p[0]:>16.1f}  {p[1]:>15.2f}")
+            print(f"{threads:>7}  {r:>5}  llama.cpp    {l[0]:>16.1f}  {l[1]:>15.2f}")
+            ratios.append((p[0] / l[0], p[1] / l[1]))
+        pre = sorted(x[0] for x in ratios)
+        dec = sorted(x[1] for x in ratios)
+        summary.append((threads, statistics.median(pre), pre, statistics.median(dec), dec))
+    print()
+    for threads, mp, pre, md, dec in summary:
+        span = lambda v: f"{v[0]:.2f}–{v[-1]:.2f}"
+        print(f"{threads} thread(s): PocketLM / llama.cpp, median of {a.rounds} rounds: prefill {mp:.2f}× "
+              f"(rounds {span(pre)}), decode {md:.2f}× (rounds {span(dec)})")
 
 
 if __name__ == "__main__":
