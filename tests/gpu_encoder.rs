@@ -13,6 +13,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::{check_tiny_embedder, ctx, TinyGguf, TINY_EMBEDDERS};
+use pocketlm::cpu::CpuContext;
 use pocketlm::load::{load_directory, load_native, LoadOptions, LoadedModelFiles};
 use pocketlm::model::encoder::EncoderNames;
 use pocketlm::model::{Embedder, Encoder, EncoderConfig};
@@ -112,4 +113,54 @@ fn bad_inputs_and_missing_tensors_are_typed_errors() {
         .expect("a missing tensor is refused");
     assert_eq!(e.code(), "invalid_tensor");
     assert!(e.to_string().contains("layers.1.mlp.up_proj.weight"), "{e}");
+}
+
+/// A pass of more than 256 tokens runs the decoder embedder's `max_tokens` graph (shorter passes
+/// run a 256-token one): the tiny Qwen3 embedder given 320 positions (in a copy of its folder),
+/// inputs of 300 and 7 tokens packed into one pass, against the CPU backend's hidden states of
+/// the same inputs (that backend is checked against transformers in tests/cpu_model.rs).
+#[test]
+fn a_pass_past_the_usual_step_runs_the_long_graph() {
+    let src = models().join("tiny-qwen3-embedding");
+    let dir = std::env::temp_dir().join(format!("pocketlm-long-pass-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    for f in [
+        "model.safetensors",
+        "modules.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "1_Pooling/config.json",
+    ] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    config["max_position_embeddings"] = 320.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+
+    let mut files =
+        pollster::block_on(load_directory(ctx(), &dir, 2, LoadOptions::default())).unwrap();
+    let gpu = pollster::block_on(Embedder::from_loaded(ctx(), &mut files, "long")).unwrap();
+    let cpu = CpuContext::new(Some(2));
+    let mut files =
+        pollster::block_on(load_directory(&cpu, &dir, 2, LoadOptions::default())).unwrap();
+    let on_cpu = Embedder::from_loaded_cpu(&mut files, "long").unwrap();
+    let config = gpu.encoder.config();
+    assert_eq!((config.max_tokens, gpu.encoder.pass_budget()), (320, 320));
+
+    let long: Vec<u32> = (0..300).map(|i| (i * 37 + 11) % 128).collect();
+    let short: Vec<u32> = vec![3, 9, 27, 81, 115, 5, 6];
+    let inputs = [&long[..], &short[..]];
+    let got = pollster::block_on(gpu.encoder.hidden_states(ctx(), &inputs)).unwrap();
+    let want = pollster::block_on(on_cpu.encoder.hidden_states(&cpu, &inputs)).unwrap();
+    assert_eq!(got.len(), 307 * config.hidden);
+    assert_eq!(want.len(), got.len());
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= 1e-3, "GPU and CPU hidden states differ by {worst}");
+    gpu.destroy();
+    let _ = std::fs::remove_dir_all(&dir);
 }
