@@ -168,18 +168,13 @@ fn bench_reports_speed_work_per_token_and_memory() {
 /// A copy of the tiny BERT folder with a word-level tokenizer.json of its 128 ids that wraps a
 /// text in `<s> … </s>`, as BERT's wraps it in `[CLS] … [SEP]`.
 fn tiny_bert_folder(name: &str) -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let src = root.join("tests/fixtures/models/tiny-bert");
-    let dir = std::env::temp_dir().join(format!("pocketlm-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
-    for f in [
+    let files = [
         "config.json",
         "model.safetensors",
         "modules.json",
         "1_Pooling/config.json",
-    ] {
-        std::fs::copy(src.join(f), dir.join(f)).unwrap();
-    }
+    ];
+    let dir = common::fixture_copy("tiny-bert", &files, name);
     let mut tok: serde_json::Value = serde_json::from_str(&common::tiny_tokenizer_json(0)).unwrap();
     tok["post_processor"] = serde_json::json!({"type": "TemplateProcessing",
         "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},

@@ -121,20 +121,17 @@ fn bad_inputs_and_missing_tensors_are_typed_errors() {
 /// the same inputs (that backend is checked against transformers in tests/cpu_model.rs).
 #[test]
 fn a_pass_past_the_usual_step_runs_the_long_graph() {
-    let src = models().join("tiny-qwen3-embedding");
-    let dir = std::env::temp_dir().join(format!("pocketlm-long-pass-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
-    for f in [
+    let name = "tiny-qwen3-embedding";
+    let files = [
         "model.safetensors",
         "modules.json",
         "tokenizer.json",
         "tokenizer_config.json",
         "1_Pooling/config.json",
-    ] {
-        std::fs::copy(src.join(f), dir.join(f)).unwrap();
-    }
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    ];
+    let dir = common::fixture_copy(name, &files, "long-pass");
+    let config = std::fs::read_to_string(models().join(name).join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
     config["max_position_embeddings"] = 320.into();
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
 

@@ -119,16 +119,26 @@ pub fn tiny_template() -> &'static str {
      {% endfor %}{% if add_generation_prompt %}<s> assistant {% endif %}"
 }
 
+/// A directory of its own under the temp dir (`pocketlm-NAME-PID`) holding copies of `files`
+/// (paths relative to the folder, subfolders made as needed) of the fixture model folder
+/// `tests/fixtures/models/FIXTURE`.
+pub fn fixture_copy(fixture: &str, files: &[&str], name: &str) -> std::path::PathBuf {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(fixture);
+    let dir = std::env::temp_dir().join(format!("pocketlm-{name}-{}", std::process::id()));
+    for f in files {
+        let to = dir.join(f);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(src.join(f), to).unwrap();
+    }
+    dir
+}
+
 /// A copy of the tiny fixture Llama with [`tiny_tokenizer_json`] and a `tokenizer_config.json`
 /// holding [`tiny_template`]: a complete model folder, in a directory of its own under the temp dir.
 pub fn tiny_model_folder(name: &str) -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let src = root.join("tests/fixtures/models/tiny-llama");
-    let dir = std::env::temp_dir().join(format!("pocketlm-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(src.join(f), dir.join(f)).unwrap();
-    }
+    let dir = fixture_copy("tiny-llama", &["config.json", "model.safetensors"], name);
     std::fs::write(dir.join("tokenizer.json"), tiny_tokenizer_json(0)).unwrap();
     let config = serde_json::json!({"chat_template": tiny_template(), "bos_token": "<s>",
         "eos_token": "</s>"});
