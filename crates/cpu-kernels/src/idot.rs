@@ -347,12 +347,15 @@ fn unpack_q6_k(b: &[u8], q: &mut [i8], scale: &mut [f32], _: &mut [f32]) {
 }
 
 /// A row of activations quantized to 16 bits: `x[i] ≈ d[i / 32] · q[i]`, and what the kernels
-/// need per 16 values (their block's scale, and the exact sum of the 16 activations).
+/// need per 16 values (their block's scale, and the exact sum of the 16 activations), and per
+/// block of 32 the sum of its two 16-value sums (for the minimums of the 32-value formats and
+/// Q4_K's sub-blocks, once per matmul rather than once per weight block).
 #[derive(Debug, Default)]
 pub struct Activations {
     q: Vec<i16>,
     d16: Vec<f32>,
     sum16: Vec<f32>,
+    sum32: Vec<f32>,
 }
 
 impl Activations {
@@ -367,6 +370,7 @@ impl Activations {
             q: vec![0; x.len()],
             d16: Vec::with_capacity(x.len() / GROUP),
             sum16: Vec::with_capacity(x.len() / GROUP),
+            sum32: Vec::new(),
         };
         // Adding and subtracting 1.5 · 2²³ rounds |v| < 2²² to the nearest integer (ties to
         // even) in two instructions: `round` and `max` are library calls in wasm. A NaN in x
@@ -385,6 +389,7 @@ impl Activations {
             a.sum16
                 .extend(xb.chunks_exact(GROUP).map(|g| g.iter().sum::<f32>()));
         }
+        a.sum32 = a.sum16.chunks_exact(2).map(|s| s[0] + s[1]).collect();
         a
     }
 
@@ -709,7 +714,7 @@ mod x86 {
             );
             acc = [next, acc[0], acc[1], acc[2]];
             if has_min {
-                let m = mins[3] + half(block, 2) * (x.sum16[2 * b] + x.sum16[2 * b + 1]);
+                let m = mins[3] + half(block, 2) * x.sum32[b];
                 mins = [m, mins[0], mins[1], mins[2]];
             }
         }
@@ -742,7 +747,7 @@ mod x86 {
                     let i = _mm256_add_epi32(i0, i1);
                     let next = scaled(acc[3], i, d * f32::from(sc) * x.d16[2 * a]);
                     acc = [next, acc[0], acc[1], acc[2]];
-                    let m = mins[3] - dmin * f32::from(mn) * (x.sum16[2 * a] + x.sum16[2 * a + 1]);
+                    let m = mins[3] - dmin * f32::from(mn) * x.sum32[a];
                     mins = [m, mins[0], mins[1], mins[2]];
                 }
             }
@@ -967,7 +972,7 @@ mod wasm {
             let next = f32x4_add(acc[1], f32x4_mul(f32x4_convert_i32x4(i), f32x4_splat(d)));
             acc = [next, acc[0]];
             if has_min {
-                let m = mins[3] + half(block, 2) * (x.sum16[2 * b] + x.sum16[2 * b + 1]);
+                let m = mins[3] + half(block, 2) * x.sum32[b];
                 mins = [m, mins[0], mins[1], mins[2]];
             }
         }

@@ -8,9 +8,8 @@
 //! slices whose sums run in eight independent f32 lanes, which the compiler maps to SIMD; the
 //! hottest loops (the f32 micro-kernel of several rows, decode's integer dot products) are
 //! written with intrinsics: SSE2 or AVX2 with FMA and F16C (detected at run time) natively,
-//! SIMD128 in wasm. Code
-//! that a constant of this crate holds (a closure) is compiled where the constant is used, so
-//! the kernels are named functions.
+//! SIMD128 in wasm. Code that a constant of this crate holds (a closure) is compiled where the
+//! constant is used, so the kernels are named functions.
 
 pub mod blocks;
 pub mod idot;
