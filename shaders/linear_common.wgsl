@@ -4,7 +4,9 @@
 // ACCUMULATE (1: y += result, the residual add), SWIGLU (1: W holds gate rows then up rows and
 // the output is act(gate)·up, GATE_ACT choosing the activation as act.wgsl says), SPLIT (0..=2: outputs past y's columns go to y1, then y2), a
 // `bias_at(n)` function (the bias, or 0), `put1`/`put2` (the extra outputs, or stubs), NORM (1: an RMSNorm prologue, y = rmsnorm(x) · Wᵀ) with the norm weight's accessors
-// `norm_g(k)`, `norm_g4(k)` (elements k..k + 4) and `norm_g4v(i)` (its i-th vec4), or stubs.
+// `norm_g(k)`, `norm_g4(k)` (elements k..k + 4) and `norm_g4v(i)` (its i-th vec4), or stubs;
+// ROPE (1: the RoPE and KV-cache epilogue of a q, k, v projection) with qkv_rope.wgsl's
+// `quad_col` and `finish_quad`, or stubs.
 // The prologue: each kernel sums x² over its activation row while it walks k (one more
 // multiply-add per loaded x), multiplies each x it loads by the weight, and multiplies each dot
 // product by norm_scale(Σx²) before the epilogue: 1 / sqrt(Σx² / k + eps), rmsnorm.wgsl's

@@ -12,7 +12,12 @@
 // like the dot products) and loads x times the norm weight.
 // Prelude: WG, MT, and linear_common.wgsl's (and quant.wgsl).
 
+// W rows per invocation: its column's, the gate and up rows with SWIGLU, a quad's four rows with
+// ROPE (qkv_rope.wgsl).
+const RPI: u32 = 1u << (SWIGLU + 2u * ROPE);
+
 struct Cell {
+    // The output column, or the quad.
     n: u32,
     m0: u32,
     rows: u32,
@@ -23,7 +28,16 @@ fn cell(li: u32, wid: vec3<u32>, nwg: vec3<u32>) -> Cell {
     let g = linear_workgroup(wid, nwg);
     let n = (g % p.blocks) * WG + li;
     let m0 = (g / p.blocks) * MT;
-    return Cell(n, m0, min(MT, p.m - min(m0, p.m)), n < p.n && m0 < p.m);
+    let units = p.n >> (2u * ROPE);
+    return Cell(n, m0, min(MT, p.m - min(m0, p.m)), n < units && m0 < p.m);
+}
+
+// The W row of the cell's i-th dot product.
+fn w_row(c: Cell, i: u32) -> u32 {
+    if (ROPE == 1u) {
+        return quad_col(c.n, i);
+    }
+    return c.n + p.n * i;
 }
 
 // NORM: Σx² of each of the MT rows, in vec4 lanes.
@@ -49,20 +63,25 @@ fn x1n(c: Cell, t: u32, k: u32) -> f32 {
     return v;
 }
 
-// Writes the MT results of a cell (only its live rows).
-fn finish_cell(c: Cell, acc: array<vec4<f32>, MT>, acc_up: array<vec4<f32>, MT>) {
+fn sum4(a: vec4<f32>) -> f32 {
+    return (a.x + a.y) + (a.z + a.w);
+}
+
+// Writes the MT results of a cell (only its live rows); acc[i · MT + t] holds dot product i of
+// row t.
+fn finish_cell(c: Cell, acc: array<vec4<f32>, RPI * MT>) {
     for (var t = 0u; t < MT; t++) {
         if (t < c.rows) {
             var s = 1.0;
             if (NORM == 1u) {
-                let q = sum_sq[t];
-                s = norm_scale((q.x + q.y) + (q.z + q.w));
+                s = norm_scale(sum4(sum_sq[t]));
             }
-            let a = acc[t];
-            let v = ((a.x + a.y) + (a.z + a.w)) * s;
-            if (SWIGLU == 1u) {
-                let b = acc_up[t];
-                finish_swiglu(c.m0 + t, c.n, v, ((b.x + b.y) + (b.z + b.w)) * s);
+            let v = sum4(acc[t]) * s;
+            if (ROPE == 1u) {
+                let r = vec4<f32>(v, sum4(acc[MT + t]) * s, sum4(acc[2u * MT + t]) * s, sum4(acc[3u * MT + t]) * s);
+                finish_quad(c.m0 + t, c.n, r);
+            } else if (SWIGLU == 1u) {
+                finish_swiglu(c.m0 + t, c.n, v, sum4(acc[MT + t]) * s);
             } else {
                 finish(c.m0 + t, c.n, v);
             }
@@ -91,36 +110,33 @@ fn linear_rows_quant(
     if (!c.live) {
         return;
     }
-    var acc: array<vec4<f32>, MT>;
-    var acc_up: array<vec4<f32>, MT>;
+    var acc: array<vec4<f32>, RPI * MT>;
     let nb = p.k / QK;
     let gpb = QK / 8u;
-    let base = c.n * nb;
-    let base_up = (p.n + c.n) * nb;
+    var base: array<u32, RPI>;
+    for (var i = 0u; i < RPI; i++) {
+        base[i] = w_row(c, i) * nb;
+    }
     for (var b = 0u; b < nb; b++) {
         for (var gg = 0u; gg < gpb; gg++) {
-            let wv = decode8(base + b, gg, p.scale_base);
-            let w0 = vec4<f32>(wv[0], wv[1], wv[2], wv[3]);
-            let w1 = vec4<f32>(wv[4], wv[5], wv[6], wv[7]);
-            var u0 = vec4<f32>();
-            var u1 = vec4<f32>();
-            if (SWIGLU == 1u) {
-                let uv = decode8(base_up + b, gg, p.scale_base);
-                u0 = vec4<f32>(uv[0], uv[1], uv[2], uv[3]);
-                u1 = vec4<f32>(uv[4], uv[5], uv[6], uv[7]);
+            var w0: array<vec4<f32>, RPI>;
+            var w1: array<vec4<f32>, RPI>;
+            for (var i = 0u; i < RPI; i++) {
+                let wv = decode8(base[i] + b, gg, p.scale_base);
+                w0[i] = vec4<f32>(wv[0], wv[1], wv[2], wv[3]);
+                w1[i] = vec4<f32>(wv[4], wv[5], wv[6], wv[7]);
             }
             let k = b * QK + 8u * gg;
             for (var t = 0u; t < MT; t++) {
                 let xa = x4n(c, t, k);
                 let xb = x4n(c, t, k + 4u);
-                acc[t] = fma(w1, xb, fma(w0, xa, acc[t]));
-                if (SWIGLU == 1u) {
-                    acc_up[t] = fma(u1, xb, fma(u0, xa, acc_up[t]));
+                for (var i = 0u; i < RPI; i++) {
+                    acc[i * MT + t] = fma(w1[i], xb, fma(w0[i], xa, acc[i * MT + t]));
                 }
             }
         }
     }
-    finish_cell(c, acc, acc_up);
+    finish_cell(c, acc);
 }
 
 @compute @workgroup_size(WG)
@@ -133,40 +149,38 @@ fn linear_rows_f32(
     if (!c.live) {
         return;
     }
-    var acc: array<vec4<f32>, MT>;
-    var acc_up: array<vec4<f32>, MT>;
-    let row = c.n * p.w_stride;
-    let row_up = (p.n + c.n) * p.w_stride;
+    var acc: array<vec4<f32>, RPI * MT>;
+    var row: array<u32, RPI>;
+    for (var i = 0u; i < RPI; i++) {
+        row[i] = w_row(c, i) * p.w_stride;
+    }
     let k4 = p.k & ~3u;
     for (var k = 0u; k < k4; k += 4u) {
-        let w0 = bitcast<vec4<f32>>(vec4<u32>(w[row + k], w[row + k + 1u], w[row + k + 2u], w[row + k + 3u]));
-        var u0 = vec4<f32>();
-        if (SWIGLU == 1u) {
-            u0 = bitcast<vec4<f32>>(vec4<u32>(w[row_up + k], w[row_up + k + 1u], w[row_up + k + 2u], w[row_up + k + 3u]));
+        var w0: array<vec4<f32>, RPI>;
+        for (var i = 0u; i < RPI; i++) {
+            let r = row[i] + k;
+            w0[i] = bitcast<vec4<f32>>(vec4<u32>(w[r], w[r + 1u], w[r + 2u], w[r + 3u]));
         }
         for (var t = 0u; t < MT; t++) {
             let xa = x4n(c, t, k);
-            acc[t] = fma(w0, xa, acc[t]);
-            if (SWIGLU == 1u) {
-                acc_up[t] = fma(u0, xa, acc_up[t]);
+            for (var i = 0u; i < RPI; i++) {
+                acc[i * MT + t] = fma(w0[i], xa, acc[i * MT + t]);
             }
         }
     }
     for (var k = k4; k < p.k; k++) {
-        let w0 = bitcast<f32>(w[row + k]);
-        var u0 = 0.0;
-        if (SWIGLU == 1u) {
-            u0 = bitcast<f32>(w[row_up + k]);
+        var w0: array<f32, RPI>;
+        for (var i = 0u; i < RPI; i++) {
+            w0[i] = bitcast<f32>(w[row[i] + k]);
         }
         for (var t = 0u; t < MT; t++) {
             let xa = x1n(c, t, k);
-            acc[t].x = fma(w0, xa, acc[t].x);
-            if (SWIGLU == 1u) {
-                acc_up[t].x = fma(u0, xa, acc_up[t].x);
+            for (var i = 0u; i < RPI; i++) {
+                acc[i * MT + t].x = fma(w0[i], xa, acc[i * MT + t].x);
             }
         }
     }
-    finish_cell(c, acc, acc_up);
+    finish_cell(c, acc);
 }
 
 // f16 or bf16 weights, two per word; rows are padded to an even length.
@@ -180,40 +194,36 @@ fn linear_rows_half(
     if (!c.live) {
         return;
     }
-    var acc: array<vec4<f32>, MT>;
-    var acc_up: array<vec4<f32>, MT>;
-    let row = c.n * (p.w_stride / 2u);
-    let row_up = (p.n + c.n) * (p.w_stride / 2u);
+    var acc: array<vec4<f32>, RPI * MT>;
+    var row: array<u32, RPI>;
+    for (var i = 0u; i < RPI; i++) {
+        row[i] = w_row(c, i) * (p.w_stride / 2u);
+    }
     let k4 = p.k & ~3u;
     for (var k = 0u; k < k4; k += 4u) {
-        let j = row + k / 2u;
-        let w0 = vec4<f32>(unpack_half2(w[j]), unpack_half2(w[j + 1u]));
-        var u0 = vec4<f32>();
-        if (SWIGLU == 1u) {
-            let ju = row_up + k / 2u;
-            u0 = vec4<f32>(unpack_half2(w[ju]), unpack_half2(w[ju + 1u]));
+        var w0: array<vec4<f32>, RPI>;
+        for (var i = 0u; i < RPI; i++) {
+            let j = row[i] + k / 2u;
+            w0[i] = vec4<f32>(unpack_half2(w[j]), unpack_half2(w[j + 1u]));
         }
         for (var t = 0u; t < MT; t++) {
             let xa = x4n(c, t, k);
-            acc[t] = fma(w0, xa, acc[t]);
-            if (SWIGLU == 1u) {
-                acc_up[t] = fma(u0, xa, acc_up[t]);
+            for (var i = 0u; i < RPI; i++) {
+                acc[i * MT + t] = fma(w0[i], xa, acc[i * MT + t]);
             }
         }
     }
     for (var k = k4; k < p.k; k++) {
-        let w0 = unpack_half2(w[row + k / 2u])[k & 1u];
-        var u0 = 0.0;
-        if (SWIGLU == 1u) {
-            u0 = unpack_half2(w[row_up + k / 2u])[k & 1u];
+        var w0: array<f32, RPI>;
+        for (var i = 0u; i < RPI; i++) {
+            w0[i] = unpack_half2(w[row[i] + k / 2u])[k & 1u];
         }
         for (var t = 0u; t < MT; t++) {
             let xa = x1n(c, t, k);
-            acc[t].x = fma(w0, xa, acc[t].x);
-            if (SWIGLU == 1u) {
-                acc_up[t].x = fma(u0, xa, acc_up[t].x);
+            for (var i = 0u; i < RPI; i++) {
+                acc[i * MT + t].x = fma(w0[i], xa, acc[i * MT + t].x);
             }
         }
     }
-    finish_cell(c, acc, acc_up);
+    finish_cell(c, acc);
 }

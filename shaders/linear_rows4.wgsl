@@ -3,13 +3,14 @@
 // and W: CPU drivers pay per load instruction (lavapipe
 // runs each storage load lane by lane), so a block of 32 weights is one or two loads plus its
 // scale, and each x vec4 is loaded once per block for all NR rows of W an invocation computes
-// (COLS = NR output columns, or NR / 2 with SWIGLU: their gate rows, then their up rows).
+// (COLS = NR output columns, or NR / 2 with SWIGLU: their gate rows, then their up rows; with
+// ROPE, NR = 4, the four rows of one quad of qkv_rope.wgsl).
 // Element values are exactly quant.wgsl's (ggml's). With NORM each invocation sums x² of its MT
 // rows as it loads them and loads x times the norm weight (linear_common.wgsl).
 // Prelude: WG, MT, NR, and linear_common.wgsl's, with the `VEC4` bindings: x: array<vec4<f32>>,
 // w: array<vec4<u32>>, and ws: the same W as array<u32>.
 
-const COLS: u32 = NR >> SWIGLU;
+const COLS: u32 = NR >> (SWIGLU + 2u * ROPE);
 
 // A word of the scales region (through the word view `ws` of W).
 fn word(i: u32) -> u32 {
@@ -166,7 +167,9 @@ fn linear_rows4(
     let g = linear_workgroup(wid, nwg);
     let c0 = ((g % p.blocks) * WG + li) * COLS;
     let m0 = (g / p.blocks) * MT;
-    if (c0 >= p.n || m0 >= p.m) {
+    // Output columns, or quads.
+    let units = p.n >> (2u * ROPE);
+    if (c0 >= units || m0 >= p.m) {
         return;
     }
     let nb = p.k / 32u;
@@ -174,7 +177,11 @@ fn linear_rows4(
     // First block of each W row; columns past the end repeat the last (computed, never stored).
     var rows: array<u32, NR>;
     for (var i = 0u; i < NR; i++) {
-        rows[i] = (min(c0 + i % COLS, p.n - 1u) + p.n * (i / COLS)) * nb;
+        if (ROPE == 1u) {
+            rows[i] = quad_col(c0, i) * nb;
+        } else {
+            rows[i] = (min(c0 + i % COLS, p.n - 1u) + p.n * (i / COLS)) * nb;
+        }
     }
     var xrow: array<u32, MT>;
     for (var t = 0u; t < MT; t++) {
@@ -211,6 +218,15 @@ fn linear_rows4(
             if (NORM == 1u) {
                 let q = sum_sq[t];
                 s = norm_scale((q.x + q.y) + (q.z + q.w));
+            }
+            if (ROPE == 1u) {
+                var r: vec4<f32>;
+                for (var i = 0u; i < 4u; i++) {
+                    let a = acc[i * MT + t];
+                    r[i] = (a.x + a.y) + (a.z + a.w);
+                }
+                finish_quad(m0 + t, c0, r * s);
+                continue;
             }
             for (var c = 0u; c < COLS; c++) {
                 if (c0 + c < p.n) {

@@ -4,14 +4,19 @@
 // invocation walks k with stride WG keeping ROWS partial sums, then one workgroup_reduce.
 // With SWIGLU a workgroup's ROWS rows of W are the gate rows of ROWS / 2 output columns, then
 // their up rows.
+// With ROPE (qkv_rope.wgsl) they are the rows of ROWS / 4 quads.
 // With NORM the reduction carries one more value, the row's Σx² (red_in[ROWS]).
 // Prelude: WG (power of two), ROWS, RED_N (= ROWS + NORM), and linear_common.wgsl's.
 
-// Output columns per workgroup.
-const COLS: u32 = ROWS >> SWIGLU;
+// Output columns (quads with ROPE) per workgroup.
+const COLS: u32 = ROWS >> (SWIGLU + 2u * ROPE);
 
 // The W row of the workgroup's local row r.
 fn w_row(n0: u32, r: u32) -> u32 {
+    if (ROPE == 1u) {
+        // Quads past the end repeat the last one: computed, never stored.
+        return quad_col(min(n0 + r / 4u, p.n / 4u - 1u), r % 4u);
+    }
     if (SWIGLU == 1u) {
         // Columns past the end repeat the last one: computed, never stored.
         return min(n0 + r % COLS, p.n - 1u) + p.n * (r / COLS);
@@ -21,7 +26,7 @@ fn w_row(n0: u32, r: u32) -> u32 {
 
 // Local rows with work.
 fn live_rows(n0: u32) -> u32 {
-    if (SWIGLU == 1u) {
+    if (SWIGLU == 1u || ROPE == 1u) {
         return ROWS;
     }
     return min(ROWS, p.n - n0);
@@ -47,6 +52,13 @@ fn store_rows(li: u32, m: u32, n0: u32) {
     var s = 1.0;
     if (NORM == 1u) {
         s = norm_scale(total[RED_N - 1u]);
+    }
+    if (ROPE == 1u) {
+        if (m < p.m && li < COLS && n0 + li < p.n / 4u) {
+            let r = 4u * li;
+            finish_quad(m, n0 + li, vec4<f32>(total[r], total[r + 1u], total[r + 2u], total[r + 3u]) * s);
+        }
+        return;
     }
     if (m < p.m && n0 + li < p.n && li < COLS) {
         if (SWIGLU == 1u) {

@@ -5,8 +5,8 @@
 // by position = step.offset + token. Pairs are (2i, 2i + 1) (interleaved) or (i, i + half) (NeoX),
 // for i < half = rotary_dim / 2; elements past rotary_dim are untouched.
 // Tokens past step.n_tokens are left alone, so one dispatch sized for the largest step serves all.
-// Prelude: WG, the bindings of `rope` (src/kernels/rope.rs); snippet rope_pairs.wgsl
-// (pair_offsets, rotate).
+// Prelude: WG, the bindings of `rope` (src/kernels/rope.rs); snippets rope_pairs.wgsl
+// (pair_offsets) and rope_rotate.wgsl (rotate).
 
 @compute @workgroup_size(WG)
 fn rope(

@@ -7,7 +7,8 @@
 // original pair, (a, b) -> (a cos - b sin, a sin + b cos), the same expressions as rope.wgsl.
 // Tokens past step.n_tokens are left alone.
 // Prelude: WG, KV_F16, the bindings of `rope_kv_write` (src/kernels/attention.rs); snippets
-// rope_pairs.wgsl and kv_store.wgsl.
+// rope_pairs.wgsl, rope_rotate.wgsl and kv_store.wgsl. A decode step's q, k, v projection does the
+// same in its epilogue where it can (qkv_rope.wgsl), and this dispatch is not recorded.
 
 // Element d of the k row starting at `src`, rotated for position `pos`.
 fn k_rotated(src: u32, d: u32, pos: u32) -> f32 {

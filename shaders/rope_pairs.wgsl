@@ -1,5 +1,5 @@
-// The rotation of a RoPE pair, shared by rope.wgsl and rope_kv_write.wgsl (which declare
-// `p` with `neox` and `half`, rotary_dim / 2).
+// Which elements a RoPE frequency rotates, shared by rope.wgsl and rope_kv_write.wgsl (which
+// declare `p` with `neox` and `half`, rotary_dim / 2); `rotate` is in rope_rotate.wgsl.
 
 // Offsets within a head of the two elements that frequency i rotates: (i, i + half) for NeoX,
 // (2i, 2i + 1) interleaved.
@@ -8,9 +8,4 @@ fn pair_offsets(i: u32) -> vec2<u32> {
         return vec2<u32>(i, i + p.half);
     }
     return vec2<u32>(2u * i, 2u * i + 1u);
-}
-
-// (a, b) -> (a cos - b sin, a sin + b cos), with cs = (cos, sin).
-fn rotate(v: vec2<f32>, cs: vec2<f32>) -> vec2<f32> {
-    return vec2<f32>(v.x * cs.x - v.y * cs.y, v.x * cs.y + v.y * cs.x);
 }

@@ -632,6 +632,246 @@ fn linear_split_writes_column_ranges_to_separate_outputs() {
     }
 }
 
+/// The q, k, v projection with RoPE and the KV-cache write in its epilogue gives what the
+/// projection into q, k, v and rope_kv_write give: both kernel families, float and block formats
+/// (the vec4 CPU kernel's and the word kernels'), NeoX and interleaved pairs, f16 and f32 caches,
+/// with the RMSNorm prologue, with and without a bias, steps of 1 and 3 rows (one row past the
+/// step's tokens, never stored); and what it cannot run is a typed error.
+#[test]
+fn qkv_projection_with_rope_epilogue_matches_rope_kv_write() {
+    use kernels::{KvCache, RopeConfig, RopeKv, RopeLayout, RopeTable, StepState};
+    let mut rng = Rng::new(17);
+    let cpu = pollster::block_on(GpuContext::new(common::profile_request()))
+        .unwrap()
+        .with_cpu_kernels(true);
+    let (q_heads, kv_heads, hd) = (4usize, 2usize, 12usize);
+    let n = (q_heads + 2 * kv_heads) * hd;
+    let offset = 5;
+    for ctx in [&cpu, gpu_kernels_ctx()] {
+        for (f, dtype) in [
+            DType::F32,
+            DType::F16,
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q5_0,
+            DType::Q8_0,
+            DType::Q4_K,
+            DType::Q6_K,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let k = if dtype.is_quantized() {
+                2 * dtype.block_size()
+            } else {
+                70
+            };
+            let (w, _) = random_weights(ctx, "wqkv", dtype, n, k, &mut rng);
+            let g = ctx.upload_f32("g", &[k], &rng.vec(k, 0.5, 1.5)).unwrap();
+            let b = ctx.upload_f32("b", &[n], &rng.vec(n, -1.0, 1.0)).unwrap();
+            let layout = [RopeLayout::NeoX, RopeLayout::Interleaved][f % 2];
+            let cache_dtype = [DType::F16, DType::F32][(f / 2) % 2];
+            let bias = (f % 3 != 0).then_some(&b);
+            for (m, tokens) in [(1usize, 1usize), (3, 2)] {
+                let max_pos = offset + m;
+                let table =
+                    RopeTable::new(ctx, RopeConfig::new(hd, 10000.0, layout), max_pos).unwrap();
+                let mut step = StepState::new(ctx, m, max_pos).unwrap();
+                step.set(ctx, offset, tokens).unwrap();
+                let x = ctx
+                    .upload_f32("x", &[m, k], &rng.vec(m * k, -1.0, 1.0))
+                    .unwrap();
+                let opts = kernels::Linear {
+                    norm: Some((&g, 1e-5)),
+                    bias,
+                    ..Default::default()
+                };
+                let case = format!(
+                    "{dtype} {layout:?} {cache_dtype} cache, bias {}, {m} rows, cpu kernels {}",
+                    bias.is_some(),
+                    ctx.capabilities().cpu
+                );
+                // One dispatch: the epilogue.
+                let cache_b =
+                    KvCache::with_dtype(ctx, 2, max_pos, kv_heads, hd, cache_dtype).unwrap();
+                let qb = ctx.zeros("qb", &[m, q_heads * hd], DType::F32).unwrap();
+                let out = RopeKv {
+                    table: &table,
+                    step: &step,
+                    cache: &cache_b,
+                    layer: 1,
+                };
+                let caps = ctx.capabilities();
+                let fits = kernels::qkv_rope_fits(
+                    ctx,
+                    &w,
+                    m,
+                    table.config(),
+                    &cache_b,
+                    bias.is_some(),
+                    true,
+                );
+                let fused =
+                    pollster::block_on(kernels::linear_qkv_rope(ctx, &w, &x, &qb, &out, &opts));
+                if !fits {
+                    // Only the vec4 CPU kernel (not for f32, f16, Q5_0) with a bias needs a
+                    // ninth storage buffer.
+                    let vec4 = caps.cpu && !matches!(dtype, DType::F32 | DType::F16 | DType::Q5_0);
+                    let limit = caps.max_storage_buffers_per_stage;
+                    assert!(vec4 && bias.is_some() && limit < 9, "{case}");
+                    expect_err(fused, "shape_mismatch", "storage buffers");
+                    continue;
+                }
+                let fused = fused.unwrap();
+                // The same in two dispatches: the projection split into q, k, v, then
+                // rope_kv_write.
+                let cache_a =
+                    KvCache::with_dtype(ctx, 2, max_pos, kv_heads, hd, cache_dtype).unwrap();
+                let qa = ctx.zeros("qa", &[m, q_heads * hd], DType::F32).unwrap();
+                let ka = ctx.zeros("ka", &[m, kv_heads * hd], DType::F32).unwrap();
+                let va = ctx.zeros("va", &[m, kv_heads * hd], DType::F32).unwrap();
+                let split =
+                    pollster::block_on(kernels::linear_split(ctx, &w, &x, &[&qa, &ka, &va], &opts))
+                        .unwrap();
+                let heads3 =
+                    |t: &pocketlm::gpu::GpuTensor, h: usize| t.reshape(&[m, h, hd]).unwrap();
+                let write = pollster::block_on(kernels::rope_kv_write(
+                    ctx,
+                    &table,
+                    &step,
+                    &heads3(&qa, q_heads),
+                    &heads3(&ka, kv_heads),
+                    &heads3(&va, kv_heads),
+                    &cache_a,
+                    1,
+                ))
+                .unwrap();
+                let mut rec = ctx.recorder();
+                rec.dispatch(&split);
+                rec.dispatch(&write);
+                rec.dispatch(&fused);
+                let (kca, vca) = cache_a.layer(1).unwrap();
+                let (kcb, vcb) = cache_b.layer(1).unwrap();
+                let slots: Vec<_> = [&qa, &qb, kca, kcb, vca, vcb]
+                    .into_iter()
+                    .map(|t| rec.read(t))
+                    .collect();
+                let back = pollster::block_on(rec.submit_and_read()).unwrap();
+                let got: Vec<Vec<f32>> = slots.into_iter().map(|s| back.f32(s).unwrap()).collect();
+                // q: the step's tokens rotated; the row past them is not stored.
+                let q_len = tokens * q_heads * hd;
+                let f16_cache = cache_dtype == DType::F16;
+                for (what, a, b, rel) in [
+                    ("q", &got[0][..q_len], &got[1][..q_len], 1e-5),
+                    (
+                        "k cache",
+                        &got[2][..],
+                        &got[3][..],
+                        if f16_cache { 1e-3 } else { 1e-5 },
+                    ),
+                    (
+                        "v cache",
+                        &got[4][..],
+                        &got[5][..],
+                        if f16_cache { 1e-3 } else { 1e-5 },
+                    ),
+                ] {
+                    assert_eq!(a.len(), b.len());
+                    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                        assert!(
+                            (x - y).abs() <= rel * (1.0 + x.abs()),
+                            "{case}: {what}[{i}] is {y}, the two dispatches give {x}"
+                        );
+                    }
+                }
+                assert!(
+                    got[1][q_len..].iter().all(|&v| v == 0.0),
+                    "{case}: a row past the step was stored"
+                );
+                let stored = |c: &[f32]| {
+                    c.chunks(kv_heads * hd)
+                        .filter(|r| r.iter().any(|&v| v != 0.0))
+                        .count()
+                };
+                assert_eq!(stored(&got[3]), tokens, "{case}: k rows stored");
+                assert_eq!(stored(&got[5]), tokens, "{case}: v rows stored");
+            }
+        }
+    }
+    // What the epilogue does not do is a typed error.
+    let ctx = ctx();
+    let (w, _) = random_weights(ctx, "wqkv", DType::Q8_0, n, 64, &mut rng);
+    let table = RopeTable::new(ctx, RopeConfig::new(hd, 10000.0, RopeLayout::NeoX), 8).unwrap();
+    let step = StepState::new(ctx, 1, 8).unwrap();
+    let cache = KvCache::with_dtype(ctx, 1, 8, kv_heads, hd, DType::F16).unwrap();
+    let out = RopeKv {
+        table: &table,
+        step: &step,
+        cache: &cache,
+        layer: 0,
+    };
+    let x = ctx.zeros("x", &[1, 64], DType::F32).unwrap();
+    let q = ctx.zeros("q", &[1, q_heads * hd], DType::F32).unwrap();
+    let accumulate = kernels::Linear {
+        accumulate: true,
+        ..Default::default()
+    };
+    expect_err(
+        pollster::block_on(kernels::linear_qkv_rope(ctx, &w, &x, &q, &out, &accumulate)),
+        "shape_mismatch",
+        "without accumulate",
+    );
+    let wide = ctx.zeros("x5", &[5, 64], DType::F32).unwrap();
+    expect_err(
+        pollster::block_on(kernels::linear_qkv_rope(
+            ctx,
+            &w,
+            &wide,
+            &q,
+            &out,
+            &Default::default(),
+        )),
+        "shape_mismatch",
+        "at most 4 rows",
+    );
+    let short_q = ctx
+        .zeros("q", &[1, (q_heads - 1) * hd], DType::F32)
+        .unwrap();
+    expect_err(
+        pollster::block_on(kernels::linear_qkv_rope(
+            ctx,
+            &w,
+            &x,
+            &short_q,
+            &out,
+            &Default::default(),
+        )),
+        "shape_mismatch",
+        "its rows plus",
+    );
+    let partial = RopeConfig {
+        rotary_dim: hd / 2,
+        ..RopeConfig::new(hd, 10000.0, RopeLayout::NeoX)
+    };
+    let half_table = RopeTable::new(ctx, partial, 8).unwrap();
+    let out = RopeKv {
+        table: &half_table,
+        ..out
+    };
+    expect_err(
+        pollster::block_on(kernels::linear_qkv_rope(
+            ctx,
+            &w,
+            &x,
+            &q,
+            &out,
+            &Default::default(),
+        )),
+        "shape_mismatch",
+        "rotate whole",
+    );
+}
+
 /// Gate/up + SwiGLU in one dispatch: W = concat_rows(gate, up); the output is silu(g)·u within
 /// the SwiGLU bound plus the linear bounds of g and u carried through (|silu'| ≤ 1.1), on both
 /// kernel families, matvec and matmul, several formats, with and without bias.

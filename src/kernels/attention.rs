@@ -27,7 +27,7 @@ use crate::kernels::{dim, expect_distinct, expect_dtype, grid, mismatch, WG};
 const KV_WRITE_SRC: &str = include_str!("../../shaders/kv_write.wgsl");
 const ROPE_KV_WRITE_SRC: &str = include_str!("../../shaders/rope_kv_write.wgsl");
 /// `to_word`: how a cache row's words are stored, shared by both cache writes.
-const KV_STORE: &str = include_str!("../../shaders/kv_store.wgsl");
+pub(crate) const KV_STORE: &str = include_str!("../../shaders/kv_store.wgsl");
 const ATTENTION_SRC: &str = include_str!("../../shaders/attention.wgsl");
 const COMBINE_SRC: &str = include_str!("../../shaders/attention_combine.wgsl");
 
@@ -315,11 +315,16 @@ impl KvCache {
     }
 
     /// Words per (position, kv head) row as stored.
-    fn row_words(&self) -> usize {
+    pub(crate) fn row_words(&self) -> usize {
         self.dtype.padded_row_len(self.head_dim) * self.dtype.block_bytes() / 4
     }
 
-    fn check_layer(&self, name: &'static str, layer: usize, step: &StepState) -> Result<()> {
+    pub(crate) fn check_layer(
+        &self,
+        name: &'static str,
+        layer: usize,
+        step: &StepState,
+    ) -> Result<()> {
         if layer >= self.layers.len() {
             return Err(mismatch(
                 name,
@@ -381,8 +386,8 @@ crate::uniform! {
 const K_IN: Slot = Slot::read("k_in", "f32");
 const V_IN: Slot = Slot::read("v_in", "f32");
 /// One layer of the cache as [`KvCache`] stores it (f16 pairs or f32, in words).
-const K_CACHE: Slot = Slot::read_write("k_cache", "u32");
-const V_CACHE: Slot = Slot::read_write("v_cache", "u32");
+pub(crate) const K_CACHE: Slot = Slot::read_write("k_cache", "u32");
+pub(crate) const V_CACHE: Slot = Slot::read_write("v_cache", "u32");
 
 /// Writes the step's new rows `k`, `v` ([tokens, n_kv_heads, head_dim], f32; token `t` at
 /// position `step.offset + t`) into `layer` of the cache, converting to the cache's type.
@@ -499,6 +504,7 @@ pub async fn rope_kv_write(
         .with("WG", WG)
         .with("KV_F16", u32::from(cache.dtype == DType::F16))
         .snippet(crate::kernels::rope::ROPE_PAIRS)
+        .snippet(crate::kernels::rope::ROPE_ROTATE)
         .snippet(KV_STORE);
     let params = RopeKvWriteParams {
         heads: dim(NAME, "heads", heads)?,

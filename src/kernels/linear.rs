@@ -5,6 +5,8 @@
 use crate::error::Result;
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Interface, Kernel, Slot, Specialization};
 use crate::kernels::activation::{GateActivation, ACT};
+use crate::kernels::attention::{KvCache, StepState, KV_STORE, K_CACHE, STEP, V_CACHE};
+use crate::kernels::rope::{check_table, RopeConfig, RopeLayout, RopeTable, ROPE_ROTATE, TABLE};
 use crate::kernels::{build, dim, expect_distinct, expect_dtype, grid, mismatch, reduce_spec_wg};
 
 const LINEAR_COMMON: &str = include_str!("../../shaders/linear_common.wgsl");
@@ -13,6 +15,10 @@ const MATVEC_SRC: &str = include_str!("../../shaders/matvec.wgsl");
 const MATMUL_SRC: &str = include_str!("../../shaders/matmul.wgsl");
 const ROWS_SRC: &str = include_str!("../../shaders/linear_rows.wgsl");
 const ROWS4_SRC: &str = include_str!("../../shaders/linear_rows4.wgsl");
+const QKV_ROPE: &str = include_str!("../../shaders/qkv_rope.wgsl");
+/// The quad functions of qkv_rope.wgsl, as stubs for the kernels without the RoPE epilogue.
+const NO_QKV_ROPE: &str = "fn quad_col(j: u32, e: u32) -> u32 { return 0u; }\n\
+                           fn finish_quad(m: u32, j: u32, r: vec4<f32>) {}\n";
 
 crate::uniform! {
     struct LinearParams {
@@ -55,8 +61,12 @@ const Y: Slot = Slot::read_write("y", "f32");
 const Y1: Slot = Slot::read_write("y1", "f32");
 const Y2: Slot = Slot::read_write("y2", "f32");
 const BIAS: Slot = Slot::read("bias", "f32");
-const WORDS: Interface = Interface::new::<LinearParams>(&[X, W, Y, BIAS, Y1, Y2, NORM_W]);
-const VEC4: Interface = Interface::new::<LinearParams>(&[X4, W4, Y, BIAS, Y1, Y2, NORM_W4, WS]);
+/// The RoPE epilogue's cos/sin table, cache layer (k_cache, v_cache) and step uniform come last.
+const WORDS: Interface =
+    Interface::new::<LinearParams>(&[X, W, Y, BIAS, Y1, Y2, NORM_W, TABLE, K_CACHE, V_CACHE, STEP]);
+const VEC4: Interface = Interface::new::<LinearParams>(&[
+    X4, W4, Y, BIAS, Y1, Y2, NORM_W4, WS, TABLE, K_CACHE, V_CACHE, STEP,
+]);
 
 /// The RMSNorm weight's accessors: `norm_g(k)` and `norm_g4(k)` (elements k..k + 4) for the word
 /// kernels, `norm_g4v(i)` (the i-th vec4) for the vec4 kernel; stubs without the prologue.
@@ -160,12 +170,24 @@ pub struct Linear<'a> {
     pub col_offset: Option<usize>,
 }
 
-/// Where the output columns go: y alone, y then up to two split outputs by column range, or
-/// SiLU(gate)·up into y.
+/// Where [`linear_qkv_rope`] sends the keys and values: `layer` of `cache`, at the positions of
+/// `step`, k rotated with `table` (as [`crate::kernels::rope_kv_write`] does).
+#[derive(Clone, Copy, Debug)]
+pub struct RopeKv<'a> {
+    pub table: &'a RopeTable,
+    pub step: &'a StepState,
+    pub cache: &'a KvCache,
+    pub layer: usize,
+}
+
+/// Where the output columns go: y alone, y then up to two split outputs by column range,
+/// SiLU(gate)·up into y, or rotated q into y and k, v into a KV cache.
 #[derive(Clone, Copy, Debug, Default)]
 struct Epilogue<'a> {
     split: &'a [&'a GpuTensor],
     swiglu: bool,
+    /// With the number of q heads.
+    rope: Option<(RopeKv<'a>, usize)>,
 }
 
 fn check(
@@ -251,9 +273,11 @@ fn check(
     }
     let out_cols: usize = outputs.iter().map(|t| t.cols()).sum();
     let rows_ok = outputs.iter().all(|t| t.rows() == x.rows());
-    let cols_ok = match opts.col_offset {
-        Some(c) => y.cols() >= c + cols,
-        None => out_cols == cols,
+    let cols_ok = match (opts.col_offset, &epi.rope) {
+        // linear_qkv_rope checked q's columns against W and the cache.
+        (_, Some(_)) => true,
+        (Some(c), None) => y.cols() >= c + cols,
+        (None, None) => out_cols == cols,
     };
     if !cols_ok || !rows_ok {
         let shapes: Vec<String> = outputs
@@ -345,6 +369,25 @@ fn spec(
     };
     let split = epi.split.len();
     let [put1, put2] = split_snippets(split);
+    let base = match &epi.rope {
+        Some((r, q_heads)) => {
+            let hd = r.cache.head_dim() as u32;
+            base.with("ROPE", 1)
+                .with("Q_HEADS", *q_heads as u32)
+                .with("KV_HEADS", r.cache.n_kv_heads() as u32)
+                .with("HD", hd)
+                .with(
+                    "NEOX",
+                    u32::from(r.table.config().layout == RopeLayout::NeoX),
+                )
+                .with("KV_F16", u32::from(r.cache.dtype() == DType::F16))
+                .with("ROW_WORDS", r.cache.row_words() as u32)
+                .snippet(QKV_ROPE)
+                .snippet(ROPE_ROTATE)
+                .snippet(KV_STORE)
+        }
+        None => base.with("ROPE", 0).snippet(NO_QKV_ROPE),
+    };
     let spec = base
         .with("W_FORMAT", w.dtype().ggml_id())
         .with("QK", w.dtype().block_size() as u32)
@@ -444,9 +487,126 @@ pub async fn linear_split(
     };
     let epi = Epilogue {
         split,
-        swiglu: false,
+        ..Default::default()
     };
     linear_epilogue(ctx, w, x, y, opts, &epi).await
+}
+
+/// Whether [`linear_qkv_rope`] runs on this device for the stacked q, k, v projection `w` on
+/// `rows` activation rows with RoPE `rope` into `cache` (with a bias and an RMSNorm prologue
+/// when `bias`, `norm` say so): a decode-sized step (at most [`MATVEC_MAX_ROWS`] rows), the
+/// whole head rotating, heads of a multiple of 4 elements, and its bindings within the device's
+/// storage-buffer limit (the baseline profile's 8 leave out a biased projection on the vec4
+/// kernel of CPU adapters).
+pub fn qkv_rope_fits(
+    ctx: &GpuContext,
+    w: &GpuTensor,
+    rows: usize,
+    rope: &RopeConfig,
+    cache: &KvCache,
+    bias: bool,
+    norm: bool,
+) -> bool {
+    let hd = cache.head_dim();
+    // x, W, q, the table and the two cache layers; the vec4 kernel's word view of W.
+    let storage =
+        6 + usize::from(vec4_kernel(ctx, w.dtype())) + usize::from(bias) + usize::from(norm);
+    rows <= MATVEC_MAX_ROWS
+        && hd > 0
+        && hd.is_multiple_of(4)
+        && rope.head_dim == hd
+        && rope.rotary_dim == hd
+        && storage <= ctx.capabilities().max_storage_buffers_per_stage as usize
+}
+
+/// A decode step's stacked q, k, v projection (W = [`concat_rows`]`(q, k, v)`, x [rows, k])
+/// with RoPE and the KV-cache write in its epilogue: what [`linear_split`] into q, k, v and
+/// [`crate::kernels::rope_kv_write`] do in two dispatches, in one. q (f32 [rows, heads ·
+/// head_dim]) receives the rotated queries; the rotated keys and the values of the step's tokens
+/// go to `out.layer` of `out.cache` at `step.offset + t` (tokens past the step are not stored).
+/// Each workgroup or invocation computes whole quads (4 columns of one head holding two RoPE
+/// pairs, see qkv_rope.wgsl), so the rotation needs no other. `opts` may add a bias and an
+/// RMSNorm prologue; [`qkv_rope_fits`] says where it runs, and anything else is a typed error.
+pub async fn linear_qkv_rope(
+    ctx: &GpuContext,
+    w: &GpuTensor,
+    x: &GpuTensor,
+    q: &GpuTensor,
+    out: &RopeKv<'_>,
+    opts: &Linear<'_>,
+) -> Result<Dispatch> {
+    const NAME: &str = "linear_qkv_rope";
+    let RopeKv {
+        table,
+        step,
+        cache,
+        layer,
+    } = *out;
+    check_table(NAME, table, step)?;
+    cache.check_layer(NAME, layer, step)?;
+    let hd = cache.head_dim();
+    let fits = qkv_rope_fits(
+        ctx,
+        w,
+        x.rows(),
+        table.config(),
+        cache,
+        opts.bias.is_some(),
+        opts.norm.is_some(),
+    );
+    if !fits || opts.accumulate || opts.col_offset.is_some() || opts.kernel == LinearKernel::Matmul
+    {
+        return Err(mismatch(
+            NAME,
+            format!(
+                "the RoPE epilogue runs on at most {MATVEC_MAX_ROWS} rows (got {}) with the \
+                 matrix-vector kernels, without accumulate or a column offset, on heads of a \
+                 multiple of 4 elements (got {hd}) that rotate whole (rotary_dim {}), within the \
+                 device's {} storage buffers",
+                x.rows(),
+                table.config().rotary_dim,
+                ctx.capabilities().max_storage_buffers_per_stage
+            ),
+        ));
+    }
+    let kv_rows = cache.n_kv_heads() * hd;
+    let w_rows = w.shape().first().copied().unwrap_or(0);
+    if q.cols() == 0 || !q.cols().is_multiple_of(hd) || w_rows != q.cols() + 2 * kv_rows {
+        return Err(mismatch(
+            NAME,
+            format!(
+                "q '{}' {:?} must be whole heads of {hd} and weights '{}' {:?} its rows plus \
+                 {kv_rows} k and {kv_rows} v rows (the cache's {} kv heads)",
+                q.name(),
+                q.shape(),
+                w.name(),
+                w.shape(),
+                cache.n_kv_heads()
+            ),
+        ));
+    }
+    if x.rows() < step.max_tokens() {
+        return Err(mismatch(
+            NAME,
+            format!(
+                "input '{}' {:?} has fewer rows than the step's {} tokens",
+                x.name(),
+                x.shape(),
+                step.max_tokens()
+            ),
+        ));
+    }
+    let (kc, vc) = cache.layer(layer).expect("check_layer passed");
+    expect_distinct(NAME, q, &[kc, vc, table.table()])?;
+    let opts = Linear {
+        kernel: LinearKernel::Matvec,
+        ..*opts
+    };
+    let epi = Epilogue {
+        rope: Some((*out, q.cols() / hd)),
+        ..Default::default()
+    };
+    linear_epilogue(ctx, w, x, q, &opts, &epi).await
 }
 
 /// A fused Llama MLP input: with W = [`concat_rows`]`(gate, up)` ([2·f, k]), writes
@@ -461,8 +621,8 @@ pub async fn linear_swiglu(
     opts: &Linear<'_>,
 ) -> Result<Dispatch> {
     let epi = Epilogue {
-        split: &[],
         swiglu: true,
+        ..Default::default()
     };
     linear_epilogue(ctx, w, x, out, opts, &epi).await
 }
@@ -483,14 +643,11 @@ async fn linear_epilogue(
     let name = if use_matvec { "matvec" } else { "matmul" };
     let mut params = check(name, w, x, y, opts, epi)?;
     let swiglu = u32::from(epi.swiglu);
+    // Outputs per W row: halved by SwiGLU, quartered by the RoPE epilogue's quads.
+    let shift = swiglu + 2 * u32::from(epi.rope.is_some());
+    let units = params.n >> (2 * u32::from(epi.rope.is_some()));
     let cpu = ctx.capabilities().cpu;
-    // On a CPU adapter the formats whose 32-element (sub-)blocks are whole vec4s of words go
-    // through the vec4 kernel.
-    let vec4 = cpu
-        && matches!(
-            w.dtype(),
-            DType::Q4_0 | DType::Q4_1 | DType::Q8_0 | DType::IQ4_NL | DType::Q4_K | DType::Q6_K
-        );
+    let vec4 = vec4_kernel(ctx, w.dtype());
     let (x_slot, w_slot, norm_slot) = if vec4 {
         (X4, W4, NORM_W4)
     } else {
@@ -500,6 +657,18 @@ async fn linear_epilogue(
     binds.extend(opts.bias.map(|b| (BIAS, &b.buffer)));
     binds.extend(epi.split.iter().zip([Y1, Y2]).map(|(t, s)| (s, &t.buffer)));
     binds.extend(opts.norm.map(|n| (norm_slot, &n.0.buffer)));
+    if let Some((r, _)) = &epi.rope {
+        let (kc, vc) = r
+            .cache
+            .layer(r.layer)
+            .expect("linear_qkv_rope checked the layer");
+        binds.extend([
+            (TABLE, &r.table.table().buffer),
+            (K_CACHE, &kc.buffer),
+            (V_CACHE, &vc.buffer),
+            r.step.bind(),
+        ]);
+    }
     let rows_name = if use_matvec {
         "matvec_rows"
     } else {
@@ -516,8 +685,7 @@ async fn linear_epilogue(
             .with("WG", ROWS_WG)
             .with("MT", mt)
             .with("NR", ROWS4_NR);
-        let cols = ROWS4_NR >> swiglu;
-        params.blocks = params.n.div_ceil(ROWS_WG * cols);
+        params.blocks = units.div_ceil(ROWS_WG * (ROWS4_NR >> shift));
         let groups = u64::from(params.blocks) * u64::from(params.m.div_ceil(mt));
         let wg = grid(ctx, name, groups)?;
         binds.push((WS, &w.buffer));
@@ -541,7 +709,7 @@ async fn linear_epilogue(
         let spec = spec(ctx, None, w, opts, epi, false)
             .with("WG", ROWS_WG)
             .with("MT", mt);
-        params.blocks = params.n.div_ceil(ROWS_WG);
+        params.blocks = units.div_ceil(ROWS_WG);
         let groups = u64::from(params.blocks) * u64::from(params.m.div_ceil(mt));
         let wg = grid(ctx, name, groups)?;
         let kernel = ROWS.entry(rows_name, entry);
@@ -571,8 +739,9 @@ async fn linear_epilogue(
             // Block formats (`check` admits no other).
             _ => "matvec_quant",
         };
-        // Output columns per workgroup: half the rows with SwiGLU (gate and up).
-        params.blocks = params.n.div_ceil(mv_rows >> swiglu);
+        // Output columns per workgroup: half the rows with SwiGLU (gate and up), a quarter with
+        // the RoPE epilogue (quads).
+        params.blocks = units.div_ceil(mv_rows >> shift);
         let wg = grid(ctx, name, u64::from(params.blocks) * u64::from(params.m))?;
         build(ctx, &MATVEC.entry(name, entry), &spec, &params, &binds, wg).await
     } else {
@@ -585,6 +754,16 @@ async fn linear_epilogue(
         )?;
         build(ctx, &MATMUL, &spec, &params, &binds, wg).await
     }
+}
+
+/// On a CPU adapter the formats whose 32-element (sub-)blocks are whole vec4s of words go through
+/// the vec4 kernel (linear_rows4.wgsl).
+fn vec4_kernel(ctx: &GpuContext, dtype: DType) -> bool {
+    ctx.capabilities().cpu
+        && matches!(
+            dtype,
+            DType::Q4_0 | DType::Q4_1 | DType::Q8_0 | DType::IQ4_NL | DType::Q4_K | DType::Q6_K
+        )
 }
 
 const COPY_HALVES_SRC: &str = include_str!("../../shaders/copy_halves.wgsl");

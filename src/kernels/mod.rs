@@ -18,8 +18,8 @@ pub use attention::{
 pub use elementwise::{add, add_in_place, softcap};
 pub use embed::{embed, embed_part, embed_scaled};
 pub use linear::{
-    concat_rows, linear, linear_split, linear_swiglu, linear_with, matmul, matvec, Linear,
-    LinearKernel, MATVEC_MAX_ROWS,
+    concat_rows, linear, linear_qkv_rope, linear_split, linear_swiglu, linear_with, matmul, matvec,
+    qkv_rope_fits, Linear, LinearKernel, RopeKv, MATVEC_MAX_ROWS,
 };
 pub use norm::layernorm;
 pub use norm::{rmsnorm, rmsnorm_add};

@@ -15,8 +15,10 @@ use crate::kernels::attention::{StepState, STEP};
 use crate::kernels::{build, dim, expect_dtype, grid, mismatch, WG};
 
 const ROPE_SRC: &str = include_str!("../../shaders/rope.wgsl");
-/// `pair_offsets` and `rotate`, shared with the fused RoPE + KV-cache write.
+/// `pair_offsets`, shared with the fused RoPE + KV-cache write.
 pub(crate) const ROPE_PAIRS: &str = include_str!("../../shaders/rope_pairs.wgsl");
+/// `rotate`, shared with the fused RoPE + KV-cache write and the QKV projection's RoPE epilogue.
+pub(crate) const ROPE_ROTATE: &str = include_str!("../../shaders/rope_rotate.wgsl");
 
 /// Which elements of a head rotate together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -403,7 +405,10 @@ async fn build_rope(
         Interface::new::<RopeParams>(&[STEP, TABLE, X, XK]),
     );
     let kernel = KERNEL.entry(name, entry);
-    let spec = Specialization::default().with("WG", WG).snippet(ROPE_PAIRS);
+    let spec = Specialization::default()
+        .with("WG", WG)
+        .snippet(ROPE_PAIRS)
+        .snippet(ROPE_ROTATE);
     let wg = grid(ctx, name, (pairs as u64).div_ceil(u64::from(WG)))?;
     let mut binds = vec![step.bind(), (TABLE, &table.table.buffer)];
     binds.extend(targets.iter().zip([X, XK]).map(|(t, s)| (s, &t.0.buffer)));

@@ -9,7 +9,10 @@
 //!   epilogue [1] (three when q, k and v are stored in different formats: a Q4_K_M file keeps some
 //!   `attn_v` in Q6_K);
 //! - q/k norm: RMSNorm over each head of q and of k (Qwen3, Gemma 3) [2];
-//! - RoPE (the layer's own, or none) fused into the KV-cache write [1];
+//! - RoPE (the layer's own, or none) fused into the KV-cache write [1]; in a decode step (up to
+//!   [`kernels::MATVEC_MAX_ROWS`] tokens) with nothing between the projection and RoPE (no q/k
+//!   norm, a single q, k, v matrix, the whole head rotating) the projection's epilogue rotates q
+//!   and k and writes the cache itself [0] ([`kernels::linear_qkv_rope`]);
 //! - attention, with the layer's sliding window and soft-cap [1, or 2 with split context];
 //! - the output projection, added to the residual stream in its epilogue [1]; with sandwich norms
 //!   (Gemma) it writes a scratch row that an RMSNorm adds to the stream [2];
@@ -18,17 +21,19 @@
 //!   differ [3]);
 //! - the down projection, added to the stream [1], or through a post-norm [2].
 //!
-//! Llama/Qwen2: 6 dispatches per layer (7 when attention splits the context and combines);
-//! Qwen3 8; Gemma 2 8; Gemma 3 10 (+1 each likewise). The extra ones are reductions over a whole
-//! row (a head for q/k norm, the hidden state for post-norms) that cannot be folded into the
-//! neighbouring matvec without a second pass over its output.
+//! Llama/Qwen2: 5 dispatches per layer (6 when attention splits the context and combines);
+//! Qwen3 8; Gemma 2 7; Gemma 3 10 (+1 each likewise); Phi-3, which rotates half of each head, 6.
+//! The extra ones are reductions over a whole row (a head for q/k norm, the hidden state for
+//! post-norms) that cannot be folded into the neighbouring matvec without a second pass over its
+//! output. (On the baseline profile's 8 storage buffers a q, k, v projection with a bias in a
+//! vec4 format on a CPU adapter keeps its RoPE dispatch: see [`kernels::qkv_rope_fits`].)
 
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, PendingReadback, ReadSlot, Recorder};
 use crate::kernels::{
-    self, AttentionOptions, AttentionScratch, Draw, DrawState, KvCache, Linear, LogitStats,
+    self, AttentionOptions, AttentionScratch, Draw, DrawState, KvCache, Linear, LogitStats, RopeKv,
     RopeTable, StepState, TopK,
 };
 use crate::model::config::{LayerRope, LayerSpec, RopeScaling};
@@ -102,6 +107,10 @@ struct Layer {
     gate_up: Proj,
     down: GpuTensor,
     post_ffn_norm: Option<GpuTensor>,
+    /// A decode step's q, k, v projection rotates and writes the KV cache in its epilogue
+    /// ([`kernels::linear_qkv_rope`]): the layer rotates (no q/k norm between), q, k and v are
+    /// one matrix, and the kernel fits this device.
+    fused_rope: bool,
 }
 
 impl Layer {
@@ -424,6 +433,7 @@ impl Decoder {
                 gate_up,
                 down: r.down,
                 post_ffn_norm: r.post_ffn_norm,
+                fused_rope: false,
             });
         }
         let embed = w.embed;
@@ -436,6 +446,19 @@ impl Decoder {
             Some(r) => Some(RopeTable::new(ctx, r, max_ctx)?),
             None => None,
         };
+        for l in &mut layers {
+            let rope = match l.spec.rope {
+                LayerRope::Global => Some(rope.config()),
+                LayerRope::Local => rope_local.as_ref().map(RopeTable::config),
+                LayerRope::None => None,
+            };
+            l.fused_rope = match (&l.qkv, rope, &l.q_norm) {
+                (Proj::Fused { w, bias }, Some(rope), None) => {
+                    kernels::qkv_rope_fits(ctx, w, 1, rope, &kv, bias.is_some(), true)
+                }
+                _ => false,
+            };
+        }
         let output = output.unwrap_or_else(|| embed.clone());
         Ok(Decoder {
             config,
@@ -586,27 +609,52 @@ impl Decoder {
                 norm: Some((&w.attn_norm, c.rms_eps)),
                 ..Default::default()
             };
-            d.extend(w.qkv.record(ctx, &x, &[&q, &k, &v], &attn_in).await?);
-            let (qr, kr) = match (&qn, &kn, &w.q_norm, &w.k_norm) {
-                (Some(qn), Some(kn), Some(gq), Some(gk)) => {
-                    let rows = |x: &GpuTensor| x.reshape(&[x.numel() / c.head_dim, c.head_dim]);
-                    d.push(kernels::rmsnorm(ctx, &rows(&q3)?, gq, c.rms_eps, &rows(qn)?).await?);
-                    d.push(kernels::rmsnorm(ctx, &rows(&k3)?, gk, c.rms_eps, &rows(kn)?).await?);
-                    (qn, kn)
-                }
-                _ => (&q3, &k3),
-            };
             let table = match w.spec.rope {
                 LayerRope::Global => Some(&self.rope),
                 LayerRope::Local => self.rope_local.as_ref(),
                 LayerRope::None => None,
             };
-            d.push(match table {
-                Some(table) => {
-                    kernels::rope_kv_write(ctx, table, &step, qr, kr, &v3, &self.kv, l).await?
+            let fused = match (&w.qkv, table) {
+                (Proj::Fused { w: wqkv, bias }, Some(table))
+                    if w.fused_rope && t <= kernels::MATVEC_MAX_ROWS =>
+                {
+                    Some((wqkv, bias.as_ref(), table))
                 }
-                None => kernels::kv_write(ctx, &step, &self.kv, l, kr, &v3).await?,
-            });
+                _ => None,
+            };
+            let qr = if let Some((wqkv, bias, table)) = fused {
+                let out = RopeKv {
+                    table,
+                    step: &step,
+                    cache: &self.kv,
+                    layer: l,
+                };
+                let opts = Linear { bias, ..attn_in };
+                d.push(kernels::linear_qkv_rope(ctx, wqkv, &x, &q, &out, &opts).await?);
+                &q3
+            } else {
+                d.extend(w.qkv.record(ctx, &x, &[&q, &k, &v], &attn_in).await?);
+                let (qr, kr) = match (&qn, &kn, &w.q_norm, &w.k_norm) {
+                    (Some(qn), Some(kn), Some(gq), Some(gk)) => {
+                        let rows = |x: &GpuTensor| x.reshape(&[x.numel() / c.head_dim, c.head_dim]);
+                        d.push(
+                            kernels::rmsnorm(ctx, &rows(&q3)?, gq, c.rms_eps, &rows(qn)?).await?,
+                        );
+                        d.push(
+                            kernels::rmsnorm(ctx, &rows(&k3)?, gk, c.rms_eps, &rows(kn)?).await?,
+                        );
+                        (qn, kn)
+                    }
+                    _ => (&q3, &k3),
+                };
+                d.push(match table {
+                    Some(table) => {
+                        kernels::rope_kv_write(ctx, table, &step, qr, kr, &v3, &self.kv, l).await?
+                    }
+                    None => kernels::kv_write(ctx, &step, &self.kv, l, kr, &v3).await?,
+                });
+                qr
+            };
             let opts = AttentionOptions {
                 scale: Some(c.attn_scale),
                 scratch: scratch.clone(),
@@ -1106,8 +1154,9 @@ impl Decoder {
                 };
                 let qk = if l.q_norm.is_some() { 2 } else { 0 };
                 let post = if l.post_attn_norm.is_some() { 2 } else { 0 };
-                // rope/kv write, attention, o, down.
-                qkv + qk + 1 + 1 + 1 + mlp + 1 + post
+                // rope/kv write (unless the projection does it), attention, o, down.
+                let write = usize::from(!l.fused_rope);
+                qkv + qk + write + 1 + 1 + mlp + 1 + post
             })
             .collect()
     }
