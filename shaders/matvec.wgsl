@@ -6,6 +6,8 @@
 // their up rows.
 // With ROPE (qkv_rope.wgsl) they are the rows of ROWS / 4 quads.
 // With NORM the reduction carries one more value, the row's Σx² (red_in[ROWS]).
+// x is read through x_in(m, k): x[m, k], or with COMBINE split attention's partial results
+// combined as they are loaded (combine_in.wgsl), after combine_prologue.
 // Prelude: WG (power of two), ROWS, RED_N (= ROWS + NORM), and linear_common.wgsl's.
 
 // Output columns (quads with ROPE) per workgroup.
@@ -79,11 +81,11 @@ fn matvec_f32(
     let m = g / p.blocks;
     let n0 = (g % p.blocks) * COLS;
     clear_sums();
+    combine_prologue(li, m);
     if (m < p.m) {
         let rows = live_rows(n0);
-        let xb = m * p.k;
         for (var k = li; k < p.k; k += WG) {
-            let xv = norm_in(x[xb + k], k);
+            let xv = norm_in(x_in(m, k), k);
             for (var r = 0u; r < rows; r++) {
                 red_in[r] = fma(bitcast<f32>(w[w_row(n0, r) * p.w_stride + k]), xv, red_in[r]);
             }
@@ -103,13 +105,13 @@ fn matvec_half(
     let m = g / p.blocks;
     let n0 = (g % p.blocks) * COLS;
     clear_sums();
+    combine_prologue(li, m);
     if (m < p.m) {
         let rows = live_rows(n0);
-        let xb = m * p.k;
         let row_words = p.w_stride / 2u;
         let pairs = p.k / 2u;
         for (var j = li; j < pairs; j += WG) {
-            let xv = vec2<f32>(norm_in(x[xb + 2u * j], 2u * j), norm_in(x[xb + 2u * j + 1u], 2u * j + 1u));
+            let xv = vec2<f32>(norm_in(x_in(m, 2u * j), 2u * j), norm_in(x_in(m, 2u * j + 1u), 2u * j + 1u));
             for (var r = 0u; r < rows; r++) {
                 let wv = unpack_half2(w[w_row(n0, r) * row_words + j]);
                 red_in[r] = fma(wv.x, xv.x, fma(wv.y, xv.y, red_in[r]));
@@ -117,7 +119,7 @@ fn matvec_half(
         }
         // An odd k leaves one column, whose pair partner is padding.
         if ((p.k & 1u) == 1u && li == WG - 1u) {
-            let xv = norm_in(x[xb + p.k - 1u], p.k - 1u);
+            let xv = norm_in(x_in(m, p.k - 1u), p.k - 1u);
             for (var r = 0u; r < rows; r++) {
                 let wv = unpack_half2(w[w_row(n0, r) * row_words + pairs]);
                 red_in[r] = fma(wv.x, xv, red_in[r]);
@@ -139,17 +141,16 @@ fn matvec_quant(
     let m = g / p.blocks;
     let n0 = (g % p.blocks) * COLS;
     clear_sums();
+    combine_prologue(li, m);
     if (m < p.m) {
         let rows = live_rows(n0);
-        let xb = m * p.k;
         let nb = p.k / QK;
         // (QK < 8 only for float formats, which never reach this entry point.)
         let groups_per_block = max(QK / 8u, 1u);
         for (var gi = li; gi < p.k / 8u; gi += WG) {
-            let xo = xb + 8u * gi;
             var xv: array<f32, 8>;
             for (var i = 0u; i < 8u; i++) {
-                xv[i] = norm_in(x[xo + i], 8u * gi + i);
+                xv[i] = norm_in(x_in(m, 8u * gi + i), 8u * gi + i);
             }
             let bi = gi / groups_per_block;
             let gg = gi % groups_per_block;

@@ -872,6 +872,135 @@ fn qkv_projection_with_rope_epilogue_matches_rope_kv_write() {
     );
 }
 
+/// The output projection that combines split attention's chunks as it loads them (on the kernels
+/// made for GPUs) gives what attention's combine pass followed by the projection gives: float and
+/// block formats, with a window and without, steps of 1 and 3 rows (one row past the step's
+/// tokens), with a bias and the residual add; on the kernels for CPU adapters it is a typed
+/// error.
+#[test]
+fn output_projection_combines_split_attention_as_it_loads() {
+    use kernels::{AttentionOptions, KvCache, StepState};
+    let ctx = gpu_kernels_ctx();
+    let mut rng = Rng::new(23);
+    let (heads, kv_heads, hd) = (4usize, 2usize, 64usize);
+    let (k, n, history, max_pos) = (heads * hd, 40usize, 37usize, 48usize);
+    for (f, dtype) in [DType::F32, DType::F16, DType::Q4_0, DType::Q4_K]
+        .into_iter()
+        .enumerate()
+    {
+        let (w, _) = random_weights(ctx, "wo", dtype, n, k, &mut rng);
+        let b = ctx.upload_f32("b", &[n], &rng.vec(n, -1.0, 1.0)).unwrap();
+        let window = [None, Some(20)][f % 2];
+        for (m, tokens) in [(1usize, 1usize), (3, 2)] {
+            let case = format!("{dtype}, window {window:?}, {m} rows");
+            // The cache holds the history and the step's own rows.
+            let cache = KvCache::with_dtype(ctx, 1, max_pos, kv_heads, hd, DType::F16).unwrap();
+            let mut fill = StepState::new(ctx, max_pos, max_pos).unwrap();
+            fill.set(ctx, 0, history + tokens).unwrap();
+            let rows = max_pos * kv_heads * hd;
+            let kt = ctx
+                .upload_f32("k", &[max_pos, kv_heads, hd], &rng.vec(rows, -1.0, 1.0))
+                .unwrap();
+            let vt = ctx
+                .upload_f32("v", &[max_pos, kv_heads, hd], &rng.vec(rows, -1.0, 1.0))
+                .unwrap();
+            let write =
+                pollster::block_on(kernels::kv_write(ctx, &fill, &cache, 0, &kt, &vt)).unwrap();
+            let mut step = StepState::new(ctx, m, max_pos).unwrap();
+            step.set(ctx, history, tokens).unwrap();
+            let q = ctx
+                .upload_f32("q", &[m, heads, hd], &rng.vec(m * k, -1.0, 1.0))
+                .unwrap();
+            let o = ctx.zeros("o", &[m, heads, hd], DType::F32).unwrap();
+            let opts = AttentionOptions {
+                chunk_len: Some(8),
+                window,
+                ..Default::default()
+            };
+            let att = pollster::block_on(kernels::attention(ctx, &step, &q, &cache, 0, &o, &opts))
+                .unwrap();
+            let (chunks, parts) = att.without_combine().expect("6 chunks of 8 positions");
+            assert!(kernels::combine_fits(ctx, parts, m), "{case}");
+            let init = rng.vec(m * n, -2.0, 2.0);
+            let ya = ctx.upload_f32("ya", &[m, n], &init).unwrap();
+            let yb = ctx.upload_f32("yb", &[m, n], &init).unwrap();
+            let plain = kernels::Linear {
+                bias: Some(&b),
+                accumulate: true,
+                ..Default::default()
+            };
+            let o2 = o.reshape(&[m, k]).unwrap();
+            let proj_a =
+                pollster::block_on(kernels::linear_with(ctx, &w, &o2, &ya, &plain)).unwrap();
+            // The combining projection never reads its input tensor: give it one never written.
+            let unread = ctx.zeros("unread", &[m, k], DType::F32).unwrap();
+            let combining = kernels::Linear {
+                combine: Some((parts, &step)),
+                ..plain
+            };
+            let proj_b =
+                pollster::block_on(kernels::linear_with(ctx, &w, &unread, &yb, &combining))
+                    .unwrap();
+            let mut rec = ctx.recorder();
+            rec.dispatch(&write);
+            for d in att.dispatches() {
+                rec.dispatch(d);
+            }
+            rec.dispatch(&proj_a);
+            rec.dispatch(chunks);
+            rec.dispatch(&proj_b);
+            let (sa, sb) = (rec.read(&ya), rec.read(&yb));
+            let back = pollster::block_on(rec.submit_and_read()).unwrap();
+            let (a, bb) = (back.f32(sa).unwrap(), back.f32(sb).unwrap());
+            for (i, (x, y)) in a.iter().zip(&bb).enumerate() {
+                assert!(
+                    (x - y).abs() <= 1e-5 * (1.0 + x.abs()),
+                    "{case}: [{}, {}] is {y}, combine then projection gives {x}",
+                    i / n,
+                    i % n
+                );
+            }
+            assert!(
+                a[..tokens * n].iter().zip(&init).any(|(x, y)| x != y),
+                "{case}: nothing added"
+            );
+        }
+    }
+    // The kernels for CPU adapters keep the combine pass.
+    let cpu = pollster::block_on(GpuContext::new(common::profile_request()))
+        .unwrap()
+        .with_cpu_kernels(true);
+    let cache = KvCache::with_dtype(&cpu, 1, max_pos, kv_heads, hd, DType::F16).unwrap();
+    let step = StepState::new(&cpu, 1, max_pos).unwrap();
+    let q = cpu.zeros("q", &[1, heads, hd], DType::F32).unwrap();
+    let o = cpu.zeros("o", &[1, heads, hd], DType::F32).unwrap();
+    let opts = AttentionOptions {
+        chunk_len: Some(8),
+        ..Default::default()
+    };
+    let att =
+        pollster::block_on(kernels::attention(&cpu, &step, &q, &cache, 0, &o, &opts)).unwrap();
+    let (_, parts) = att.without_combine().unwrap();
+    assert!(!kernels::combine_fits(&cpu, parts, 1));
+    let w = cpu.zeros("w", &[n, k], DType::F32).unwrap();
+    let y = cpu.zeros("y", &[1, n], DType::F32).unwrap();
+    let combining = kernels::Linear {
+        combine: Some((parts, &step)),
+        ..Default::default()
+    };
+    expect_err(
+        pollster::block_on(kernels::linear_with(
+            &cpu,
+            &w,
+            &o.reshape(&[1, k]).unwrap(),
+            &y,
+            &combining,
+        )),
+        "shape_mismatch",
+        "combining split attention",
+    );
+}
+
 /// Gate/up + SwiGLU in one dispatch: W = concat_rows(gate, up); the output is silu(g)·u within
 /// the SwiGLU bound plus the linear bounds of g and u carried through (|silu'| ≤ 1.1), on both
 /// kernel families, matvec and matmul, several formats, with and without bias.

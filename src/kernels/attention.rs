@@ -579,6 +579,23 @@ impl AttentionScratch {
     }
 }
 
+/// What the combine pass of a split attention reads: the partial results and their layout, for
+/// a matrix-vector product that combines them as it loads its input instead
+/// ([`crate::kernels::Linear::combine`]).
+#[derive(Clone, Debug)]
+pub struct AttentionParts {
+    pub(crate) part_o: GpuTensor,
+    pub(crate) part_ml: GpuTensor,
+    pub(crate) n_heads: usize,
+    pub(crate) head_dim: usize,
+    pub(crate) n_chunks: usize,
+    pub(crate) chunk_len: usize,
+    /// 0: no window.
+    pub(crate) window: u32,
+    /// Neither bidirectional nor packed: the only attention a combining input takes.
+    pub(crate) causal: bool,
+}
+
 /// A layer's attention, ready to record: one dispatch when the whole context is one chunk,
 /// otherwise the chunked pass and the combine.
 #[derive(Clone, Debug)]
@@ -588,11 +605,18 @@ pub struct Attention {
     n_chunks: usize,
     tile: usize,
     scratch: Option<AttentionScratch>,
+    parts: Option<AttentionParts>,
 }
 
 impl Attention {
     pub fn dispatches(&self) -> &[Dispatch] {
         &self.dispatches
+    }
+
+    /// With a split context, the chunked pass alone and what its combine would read: a consumer
+    /// that combines as it loads ([`crate::kernels::combine_fits`]) records this dispatch only.
+    pub fn without_combine(&self) -> Option<(&Dispatch, &AttentionParts)> {
+        self.parts.as_ref().map(|p| (&self.dispatches[0], p))
     }
 
     /// Context positions per chunk.
@@ -746,8 +770,8 @@ const ATTENTION: Kernel = Kernel::new(
     Interface::new::<AttentionParams>(&[STEP, Q, K_ATTEND, V_ATTEND, OUT, PART_ML, SEGMENTS]),
 );
 /// The combine pass reads the partial outputs and (m, l) pairs and writes the output.
-const PART_O: Slot = Slot::read("part_o", "f32");
-const PART_ML_IN: Slot = Slot::read("part_ml", "vec2<f32>");
+pub(crate) const PART_O: Slot = Slot::read("part_o", "f32");
+pub(crate) const PART_ML_IN: Slot = Slot::read("part_ml", "vec2<f32>");
 const COMBINE: Kernel = Kernel::new(
     "attention_combine",
     COMBINE_SRC,
@@ -1029,12 +1053,23 @@ pub async fn attention(
             dispatches.push(build(ctx, &COMBINE, &cspec, &cparams, &binds, cwg).await?);
         }
     }
+    let parts = scratch.as_ref().map(|s| AttentionParts {
+        part_o: s.part_o.clone(),
+        part_ml: s.part_ml.clone(),
+        n_heads,
+        head_dim: hd,
+        n_chunks,
+        chunk_len,
+        window,
+        causal: !options.bidirectional && options.segments.is_none(),
+    });
     Ok(Attention {
         dispatches,
         chunk_len,
         n_chunks,
         tile: pl.tk,
         scratch,
+        parts,
     })
 }
 

@@ -5,7 +5,9 @@
 use crate::error::Result;
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Interface, Kernel, Slot, Specialization};
 use crate::kernels::activation::{GateActivation, ACT};
-use crate::kernels::attention::{KvCache, StepState, KV_STORE, K_CACHE, STEP, V_CACHE};
+use crate::kernels::attention::{
+    AttentionParts, KvCache, StepState, KV_STORE, K_CACHE, PART_ML_IN, PART_O, STEP, V_CACHE,
+};
 use crate::kernels::rope::{check_table, RopeConfig, RopeLayout, RopeTable, ROPE_ROTATE, TABLE};
 use crate::kernels::{build, dim, expect_distinct, expect_dtype, grid, mismatch, reduce_spec_wg};
 
@@ -16,6 +18,10 @@ const MATMUL_SRC: &str = include_str!("../../shaders/matmul.wgsl");
 const ROWS_SRC: &str = include_str!("../../shaders/linear_rows.wgsl");
 const ROWS4_SRC: &str = include_str!("../../shaders/linear_rows4.wgsl");
 const QKV_ROPE: &str = include_str!("../../shaders/qkv_rope.wgsl");
+const COMBINE_IN: &str = include_str!("../../shaders/combine_in.wgsl");
+/// The matvec kernels' input without combine_in.wgsl.
+const PLAIN_IN: &str = "fn x_in(m: u32, k: u32) -> f32 { return x[m * p.k + k]; }\n\
+                        fn combine_prologue(li: u32, m: u32) {}\n";
 /// The quad functions of qkv_rope.wgsl, as stubs for the kernels without the RoPE epilogue.
 const NO_QKV_ROPE: &str = "fn quad_col(j: u32, e: u32) -> u32 { return 0u; }\n\
                            fn finish_quad(m: u32, j: u32, r: vec4<f32>) {}\n";
@@ -62,8 +68,9 @@ const Y1: Slot = Slot::read_write("y1", "f32");
 const Y2: Slot = Slot::read_write("y2", "f32");
 const BIAS: Slot = Slot::read("bias", "f32");
 /// The RoPE epilogue's cos/sin table, cache layer (k_cache, v_cache) and step uniform come last.
-const WORDS: Interface =
-    Interface::new::<LinearParams>(&[X, W, Y, BIAS, Y1, Y2, NORM_W, TABLE, K_CACHE, V_CACHE, STEP]);
+const WORDS: Interface = Interface::new::<LinearParams>(&[
+    X, W, Y, BIAS, Y1, Y2, NORM_W, TABLE, K_CACHE, V_CACHE, STEP, PART_O, PART_ML_IN,
+]);
 const VEC4: Interface = Interface::new::<LinearParams>(&[
     X4, W4, Y, BIAS, Y1, Y2, NORM_W4, WS, TABLE, K_CACHE, V_CACHE, STEP,
 ]);
@@ -168,6 +175,10 @@ pub struct Linear<'a> {
     /// output column n goes to column `c + n` of y, which has the larger matrix's columns. Not
     /// with split outputs or SwiGLU.
     pub col_offset: Option<usize>,
+    /// x is split attention's output: its partial results are combined as the matrix-vector
+    /// kernel loads them (combine_in.wgsl), and the attention's combine pass is not recorded.
+    /// x only gives the shape. [`combine_fits`] says where.
+    pub combine: Option<(&'a AttentionParts, &'a StepState)>,
 }
 
 /// Where [`linear_qkv_rope`] sends the keys and values: `layer` of `cache`, at the positions of
@@ -363,7 +374,17 @@ fn spec(
     let norm = u32::from(opts.norm.is_some());
     let base = if let Some((wg, rows)) = matvec {
         // One more reduced value with the RMSNorm prologue: the row's Σx².
-        reduce_spec_wg(ctx, rows + norm, wg).with("ROWS", rows)
+        let base = reduce_spec_wg(ctx, rows + norm, wg).with("ROWS", rows);
+        match opts.combine {
+            Some((a, _)) => base
+                .with("C_HEADS", a.n_heads as u32)
+                .with("C_HD", a.head_dim as u32)
+                .with("C_CHUNKS", a.n_chunks as u32)
+                .with("C_CHUNK_LEN", a.chunk_len as u32)
+                .with("C_WINDOW", a.window)
+                .snippet(COMBINE_IN),
+            None => base.snippet(PLAIN_IN),
+        }
     } else {
         Specialization::default()
     };
@@ -490,6 +511,23 @@ pub async fn linear_split(
         ..Default::default()
     };
     linear_epilogue(ctx, w, x, y, opts, &epi).await
+}
+
+/// The workgroup memory of the matvec kernel's reduction at its largest (256 invocations, 8 rows
+/// and the RMSNorm's sum), beside which [`Linear::combine`] keeps its chunk weights.
+const MATVEC_REDUCTION_BYTES: usize = 256 * 9 * 4;
+
+/// Whether a linear layer on `rows` activation rows can take split attention's partial results
+/// `parts` as its input ([`Linear::combine`]) on this device: the kernels made for GPUs (a CPU
+/// adapter's whole-dot-product kernels would combine once per output column), a decode-sized
+/// step, causal attention, and every head's chunk weights within workgroup memory.
+pub fn combine_fits(ctx: &GpuContext, parts: &AttentionParts, rows: usize) -> bool {
+    let weights = parts.n_heads * (parts.n_chunks + 1) * 4;
+    let caps = ctx.capabilities();
+    !caps.cpu
+        && parts.causal
+        && rows <= MATVEC_MAX_ROWS
+        && weights + MATVEC_REDUCTION_BYTES <= caps.max_workgroup_storage_bytes as usize
 }
 
 /// Whether [`linear_qkv_rope`] runs on this device for the stacked q, k, v projection `w` on
@@ -641,6 +679,30 @@ async fn linear_epilogue(
         LinearKernel::Matmul => false,
     };
     let name = if use_matvec { "matvec" } else { "matmul" };
+    if let Some((a, step)) = opts.combine {
+        let k = a.n_heads * a.head_dim;
+        if !combine_fits(ctx, a, x.rows())
+            || !use_matvec
+            || epi.rope.is_some()
+            || x.cols() != k
+            || x.rows() < step.max_tokens()
+        {
+            return Err(mismatch(
+                name,
+                format!(
+                    "combining split attention as the input loads needs the matrix-vector \
+                     kernels for GPUs, at most {MATVEC_MAX_ROWS} rows of {k} columns (the \
+                     heads) and at least the step's {} (got '{}' {:?}), causal attention, no \
+                     RoPE epilogue, and {} heads × {} chunks of weights within workgroup memory",
+                    step.max_tokens(),
+                    x.name(),
+                    x.shape(),
+                    a.n_heads,
+                    a.n_chunks
+                ),
+            ));
+        }
+    }
     let mut params = check(name, w, x, y, opts, epi)?;
     let swiglu = u32::from(epi.swiglu);
     // Outputs per W row: halved by SwiGLU, quartered by the RoPE epilogue's quads.
@@ -653,7 +715,15 @@ async fn linear_epilogue(
     } else {
         (X, W, NORM_W)
     };
-    let mut binds = vec![(x_slot, &x.buffer), (w_slot, &w.buffer), (Y, &y.buffer)];
+    let mut binds = vec![(w_slot, &w.buffer), (Y, &y.buffer)];
+    match opts.combine {
+        Some((a, step)) => binds.extend([
+            (PART_O, &a.part_o.buffer),
+            (PART_ML_IN, &a.part_ml.buffer),
+            step.bind(),
+        ]),
+        None => binds.push((x_slot, &x.buffer)),
+    }
     binds.extend(opts.bias.map(|b| (BIAS, &b.buffer)));
     binds.extend(epi.split.iter().zip([Y1, Y2]).map(|(t, s)| (s, &t.buffer)));
     binds.extend(opts.norm.map(|n| (norm_slot, &n.0.buffer)));

@@ -12,14 +12,14 @@ mod sample;
 
 pub use activation::{gated, gelu, gelu_erf, swiglu, GateActivation};
 pub use attention::{
-    attention, kv_write, rope_kv_write, Attention, AttentionOptions, AttentionScratch, KvCache,
-    StepState, ATTENTION_MAX_HEAD_DIM,
+    attention, kv_write, rope_kv_write, Attention, AttentionOptions, AttentionParts,
+    AttentionScratch, KvCache, StepState, ATTENTION_MAX_HEAD_DIM,
 };
 pub use elementwise::{add, add_in_place, softcap};
 pub use embed::{embed, embed_part, embed_scaled};
 pub use linear::{
-    concat_rows, linear, linear_qkv_rope, linear_split, linear_swiglu, linear_with, matmul, matvec,
-    qkv_rope_fits, Linear, LinearKernel, RopeKv, MATVEC_MAX_ROWS,
+    combine_fits, concat_rows, linear, linear_qkv_rope, linear_split, linear_swiglu, linear_with,
+    matmul, matvec, qkv_rope_fits, Linear, LinearKernel, RopeKv, MATVEC_MAX_ROWS,
 };
 pub use norm::layernorm;
 pub use norm::{rmsnorm, rmsnorm_add};

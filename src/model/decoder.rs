@@ -13,7 +13,10 @@
 //!   [`kernels::MATVEC_MAX_ROWS`] tokens) with nothing between the projection and RoPE (no q/k
 //!   norm, a single q, k, v matrix, the whole head rotating) the projection's epilogue rotates q
 //!   and k and writes the cache itself [0] ([`kernels::linear_qkv_rope`]);
-//! - attention, with the layer's sliding window and soft-cap [1, or 2 with split context];
+//! - attention, with the layer's sliding window and soft-cap [1]; a long context is split into
+//!   chunks whose partial results a combine pass merges [+1], except on the kernels made for
+//!   GPUs, where the output projection combines them as it loads its input
+//!   ([`kernels::Linear::combine`]);
 //! - the output projection, added to the residual stream in its epilogue [1]; with sandwich norms
 //!   (Gemma) it writes a scratch row that an RMSNorm adds to the stream [2];
 //! - gate and up in one projection with the MLP RMSNorm as prologue and the gated activation
@@ -21,7 +24,7 @@
 //!   differ [3]);
 //! - the down projection, added to the stream [1], or through a post-norm [2].
 //!
-//! Llama/Qwen2: 5 dispatches per layer (6 when attention splits the context and combines);
+//! Llama/Qwen2: 5 dispatches per layer (6 on a CPU adapter when attention splits the context);
 //! Qwen3 8; Gemma 2 7; Gemma 3 10 (+1 each likewise); Phi-3, which rotates half of each head, 6.
 //! The extra ones are reductions over a whole row (a head for q/k norm, the hidden state for
 //! post-norms) that cannot be folded into the neighbouring matvec without a second pass over its
@@ -666,12 +669,26 @@ impl Decoder {
             };
             let att = kernels::attention(ctx, &step, qr, &self.kv, l, &o3, &opts).await?;
             scratch = att.scratch().cloned();
-            d.extend(att.dispatches().iter().cloned());
+            // With a split context the output projection combines the chunks as it loads them
+            // where it can, and attention's combine pass is not recorded.
+            let o_in = match att.without_combine() {
+                Some((chunks, parts)) if kernels::combine_fits(ctx, parts, t) => {
+                    d.push(chunks.clone());
+                    Linear {
+                        combine: Some((parts, &step)),
+                        ..Default::default()
+                    }
+                }
+                _ => {
+                    d.extend(att.dispatches().iter().cloned());
+                    Linear::default()
+                }
+            };
             self.project_into_stream(
                 ctx,
                 &mut d,
                 &w.o,
-                &o,
+                (&o, o_in),
                 &x,
                 h.as_ref(),
                 w.post_attn_norm.as_ref(),
@@ -697,7 +714,7 @@ impl Decoder {
                 ctx,
                 &mut d,
                 &w.down,
-                &a,
+                (&a, Linear::default()),
                 &x,
                 h.as_ref(),
                 w.post_ffn_norm.as_ref(),
@@ -779,27 +796,28 @@ impl Decoder {
     }
 
     /// `x += input · Wᵀ`, in the projection's epilogue; with a post-norm, `x += rmsnorm(input ·
-    /// Wᵀ)` through the scratch row `h`.
+    /// Wᵀ)` through the scratch row `h`. `input` comes with how it is read (plain, or combining
+    /// split attention's chunks).
     #[allow(clippy::too_many_arguments)]
     async fn project_into_stream(
         &self,
         ctx: &GpuContext,
         d: &mut Vec<Dispatch>,
         w: &GpuTensor,
-        input: &GpuTensor,
+        (input, read): (&GpuTensor, Linear<'_>),
         x: &GpuTensor,
         h: Option<&GpuTensor>,
         post_norm: Option<&GpuTensor>,
     ) -> Result<()> {
         match (post_norm, h) {
             (Some(g), Some(h)) => {
-                d.push(kernels::linear(ctx, w, input, h).await?);
+                d.push(kernels::linear_with(ctx, w, input, h, &read).await?);
                 d.push(kernels::rmsnorm_add(ctx, h, g, self.config.rms_eps, x).await?);
             }
             _ => {
                 let residual = Linear {
                     accumulate: true,
-                    ..Default::default()
+                    ..read
                 };
                 d.push(kernels::linear_with(ctx, w, input, x, &residual).await?);
             }
@@ -1139,7 +1157,8 @@ impl Decoder {
     }
 
     /// Decode dispatches per layer, by layer, not counting attention's combine (one more when a
-    /// long context is split into chunks); the module docs say why each is there.
+    /// long context is split into chunks on a CPU adapter's kernels); the module docs say why
+    /// each is there.
     pub fn dispatches_per_layer(&self) -> Vec<usize> {
         self.layers
             .iter()
