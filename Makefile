@@ -83,7 +83,8 @@ bench-browser: setup
 	cd www && node scripts/bench-browser.mjs
 
 ## make test: unit tests, GPU kernels on lavapipe (full profile) and SwiftShader (baseline
-## profile), the wasm tests in headless Chromium, and the wasm package driven by Playwright.
+## profile; the CLI's tests on lavapipe's baseline profile), the wasm tests in headless Chromium,
+## and the wasm package driven by Playwright.
 test: setup
 	$(MAKE) --no-print-directory test-unit test-gpu-full test-gpu-baseline test-model test-wasm test-browser
 	@echo "make test: all suites passed"
@@ -93,17 +94,27 @@ test-unit:
 	@scripts/fetch-minilm.sh
 	cargo test --workspace --lib --test 'quant_*' --test 'cpu_*' --test formats --test cli --test sampling --test chat_template --test tokenizer --test model_config --test fuzz_regressions --test grammar
 
+# SwiftShader runs every GPU test file but the CLI's (tests/gpu_cli.rs), whose ten or so
+# processes each compile their pipelines anew, which takes minutes there; the CLI runs on
+# lavapipe under both profiles instead.
+GPU_TEST_NAMES := $(basename $(notdir $(wildcard tests/gpu_*.rs)))
+SWIFTSHADER_TESTS := $(addprefix --test ,$(filter-out gpu_cli,$(GPU_TEST_NAMES)))
+
 test-gpu-full:
 	@echo "== GPU kernels on lavapipe, full profile (f16 + subgroups) =="
 	$(GPU_ENV) VK_ICD_FILENAMES=$$(scripts/vulkan-icd.sh lavapipe) \
 	  POCKETLM_TEST_PROFILE=full POCKETLM_TEST_ADAPTER=llvmpipe \
 	  cargo test --test 'gpu_*' -- --nocapture
+	@echo "== the CLI on lavapipe, baseline profile =="
+	$(GPU_ENV) VK_ICD_FILENAMES=$$(scripts/vulkan-icd.sh lavapipe) \
+	  POCKETLM_TEST_PROFILE=baseline POCKETLM_TEST_ADAPTER=llvmpipe \
+	  cargo test --test gpu_cli -- --nocapture
 
 test-gpu-baseline:
 	@echo "== GPU kernels on SwiftShader, baseline profile (no f16, no subgroups, 256 invocations) =="
 	$(GPU_ENV) VK_ICD_FILENAMES=$$(scripts/vulkan-icd.sh swiftshader) \
 	  POCKETLM_TEST_PROFILE=baseline POCKETLM_TEST_ADAPTER=swiftshader \
-	  cargo test --test 'gpu_*' -- --nocapture
+	  cargo test $(SWIFTSHADER_TESTS) -- --nocapture
 
 ## make test-model: real models generate exactly what transformers generates (greedy), through
 ## the engine, on both device profiles: the default model (SmolLM2, 3 prompts × 32 tokens) and
