@@ -49,6 +49,23 @@ fn load_fixture_with(name: &str, opts: LoadOptions) -> Fixture {
     }
 }
 
+/// The tiny model `name` as llama.cpp's converter wrote it (GGUF), on the GPU (f32 KV cache).
+fn load_gguf_fixture(name: &str) -> Decoder {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(format!("{name}.gguf"));
+    let loaded = pollster::block_on(pocketlm::load::load_native(
+        ctx(),
+        path.to_str().unwrap(),
+        LoadOptions::default(),
+    ))
+    .unwrap();
+    let config = ModelConfig::from_gguf(loaded.files.gguf_metadata().unwrap(), &loaded.files)
+        .unwrap_or_else(|e| panic!("{name}.gguf: {e}"));
+    pollster::block_on(Decoder::new(ctx(), config, loaded.tensors, 64, DType::F32))
+        .unwrap_or_else(|e| panic!("{name}.gguf: {e}"))
+}
+
 fn check_fixture(name: &str) {
     check_loaded(name, load_fixture(name));
 }
@@ -124,21 +141,9 @@ fn tiny_mistral_matches_transformers() {
 /// transformers' logits too: the GGUF path of every architecture.
 #[test]
 fn gguf_conversions_match_transformers() {
-    use pocketlm::load::load_native;
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
     for name in TINY_GGUF_FIXTURES {
-        let path = dir.join(format!("{name}.gguf"));
-        let loaded = pollster::block_on(load_native(
-            ctx(),
-            path.to_str().unwrap(),
-            LoadOptions::default(),
-        ))
-        .unwrap();
-        let config = ModelConfig::from_gguf(loaded.files.gguf_metadata().unwrap(), &loaded.files)
-            .unwrap_or_else(|e| panic!("{name}.gguf: {e}"));
+        let model = load_gguf_fixture(name);
         let hf = load_fixture(name);
-        let model = pollster::block_on(Decoder::new(ctx(), config, loaded.tensors, 64, DType::F32))
-            .unwrap_or_else(|e| panic!("{name}.gguf: {e}"));
         check_loaded(
             &format!("{name}.gguf"),
             Fixture {
@@ -222,8 +227,6 @@ fn projections_of_different_formats_run_unfused() {
 /// GGUF conversion (interleaved RoPE).
 #[test]
 fn decode_after_prefill_matches_one_prefill() {
-    use pocketlm::load::load_native;
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
     for name in TINY_GGUF_FIXTURES.iter().chain(&["tiny-mistral"]) {
         let hf = load_fixture(name);
         decode_matches_prefill(name, &hf.model, &hf.ids, &hf.want, hf.vocab);
@@ -231,17 +234,7 @@ fn decode_after_prefill_matches_one_prefill() {
             hf.model.destroy();
             continue;
         }
-        let path = dir.join(format!("{name}.gguf"));
-        let loaded = pollster::block_on(load_native(
-            ctx(),
-            path.to_str().unwrap(),
-            LoadOptions::default(),
-        ))
-        .unwrap();
-        let config =
-            ModelConfig::from_gguf(loaded.files.gguf_metadata().unwrap(), &loaded.files).unwrap();
-        let gguf = pollster::block_on(Decoder::new(ctx(), config, loaded.tensors, 64, DType::F32))
-            .unwrap();
+        let gguf = load_gguf_fixture(name);
         decode_matches_prefill(&format!("{name}.gguf"), &gguf, &hf.ids, &hf.want, hf.vocab);
         gguf.destroy();
         hf.model.destroy();
