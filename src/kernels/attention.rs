@@ -569,8 +569,8 @@ pub struct AttentionOptions {
 /// Buffers for the per-chunk partial results, shareable by every layer with the same shapes.
 #[derive(Clone, Debug)]
 pub struct AttentionScratch {
-    part_o: GpuTensor,
-    part_ml: GpuTensor,
+    pub(crate) part_o: GpuTensor,
+    pub(crate) part_ml: GpuTensor,
 }
 
 impl AttentionScratch {
@@ -584,8 +584,7 @@ impl AttentionScratch {
 /// ([`crate::kernels::Linear::combine`]).
 #[derive(Clone, Debug)]
 pub struct AttentionParts {
-    pub(crate) part_o: GpuTensor,
-    pub(crate) part_ml: GpuTensor,
+    pub(crate) scratch: AttentionScratch,
     pub(crate) n_heads: usize,
     pub(crate) head_dim: usize,
     pub(crate) n_chunks: usize,
@@ -604,7 +603,7 @@ pub struct Attention {
     chunk_len: usize,
     n_chunks: usize,
     tile: usize,
-    scratch: Option<AttentionScratch>,
+    /// With a split context: the partial results and their layout.
     parts: Option<AttentionParts>,
 }
 
@@ -635,7 +634,7 @@ impl Attention {
 
     /// The partial-result buffers (none when there is a single chunk).
     pub fn scratch(&self) -> Option<&AttentionScratch> {
-        self.scratch.as_ref()
+        self.parts.as_ref().map(|p| &p.scratch)
     }
 }
 
@@ -1053,9 +1052,8 @@ pub async fn attention(
             dispatches.push(build(ctx, &COMBINE, &cspec, &cparams, &binds, cwg).await?);
         }
     }
-    let parts = scratch.as_ref().map(|s| AttentionParts {
-        part_o: s.part_o.clone(),
-        part_ml: s.part_ml.clone(),
+    let parts = scratch.map(|scratch| AttentionParts {
+        scratch,
         n_heads,
         head_dim: hd,
         n_chunks,
@@ -1068,7 +1066,6 @@ pub async fn attention(
         chunk_len,
         n_chunks,
         tile: pl.tk,
-        scratch,
         parts,
     })
 }

@@ -706,8 +706,9 @@ async fn linear_epilogue(
     let mut params = check(name, w, x, y, opts, epi)?;
     let swiglu = u32::from(epi.swiglu);
     // Outputs per W row: halved by SwiGLU, quartered by the RoPE epilogue's quads.
-    let shift = swiglu + 2 * u32::from(epi.rope.is_some());
-    let units = params.n >> (2 * u32::from(epi.rope.is_some()));
+    let quads = 2 * u32::from(epi.rope.is_some());
+    let shift = swiglu + quads;
+    let units = params.n >> quads;
     let cpu = ctx.capabilities().cpu;
     let vec4 = vec4_kernel(ctx, w.dtype());
     let (x_slot, w_slot, norm_slot) = if vec4 {
@@ -718,8 +719,8 @@ async fn linear_epilogue(
     let mut binds = vec![(w_slot, &w.buffer), (Y, &y.buffer)];
     match opts.combine {
         Some((a, step)) => binds.extend([
-            (PART_O, &a.part_o.buffer),
-            (PART_ML_IN, &a.part_ml.buffer),
+            (PART_O, &a.scratch.part_o.buffer),
+            (PART_ML_IN, &a.scratch.part_ml.buffer),
             step.bind(),
         ]),
         None => binds.push((x_slot, &x.buffer)),

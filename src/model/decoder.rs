@@ -349,6 +349,19 @@ pub(crate) fn rope_scaling_of(
     }
 }
 
+/// The RoPE table a layer rotates with: the global one, the local one, or none.
+fn layer_table<'a>(
+    rope: LayerRope,
+    global: &'a RopeTable,
+    local: Option<&'a RopeTable>,
+) -> Option<&'a RopeTable> {
+    match rope {
+        LayerRope::Global => Some(global),
+        LayerRope::Local => local,
+        LayerRope::None => None,
+    }
+}
+
 /// Stacks `parts` (rows) into one matrix when they share a format, else keeps them apart.
 pub(crate) async fn stack(
     ctx: &GpuContext,
@@ -450,14 +463,10 @@ impl Decoder {
             None => None,
         };
         for l in &mut layers {
-            let rope = match l.spec.rope {
-                LayerRope::Global => Some(rope.config()),
-                LayerRope::Local => rope_local.as_ref().map(RopeTable::config),
-                LayerRope::None => None,
-            };
-            l.fused_rope = match (&l.qkv, rope, &l.q_norm) {
-                (Proj::Fused { w, bias }, Some(rope), None) => {
-                    kernels::qkv_rope_fits(ctx, w, 1, rope, &kv, bias.is_some(), true)
+            let table = layer_table(l.spec.rope, &rope, rope_local.as_ref());
+            l.fused_rope = match (&l.qkv, table, &l.q_norm) {
+                (Proj::Fused { w, bias }, Some(table), None) => {
+                    kernels::qkv_rope_fits(ctx, w, 1, table.config(), &kv, bias.is_some(), true)
                 }
                 _ => false,
             };
@@ -612,11 +621,7 @@ impl Decoder {
                 norm: Some((&w.attn_norm, c.rms_eps)),
                 ..Default::default()
             };
-            let table = match w.spec.rope {
-                LayerRope::Global => Some(&self.rope),
-                LayerRope::Local => self.rope_local.as_ref(),
-                LayerRope::None => None,
-            };
+            let table = layer_table(w.spec.rope, &self.rope, self.rope_local.as_ref());
             let fused = match (&w.qkv, table) {
                 (Proj::Fused { w: wqkv, bias }, Some(table))
                     if w.fused_rope && t <= kernels::MATVEC_MAX_ROWS =>
