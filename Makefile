@@ -82,8 +82,8 @@ bench-browser: setup
 	@$(MAKE) --no-print-directory wasm PROFILE=release
 	cd www && node scripts/bench-browser.mjs
 
-## make test: unit tests, GPU kernels on lavapipe (full profile) and SwiftShader (baseline
-## profile; the CLI's tests on lavapipe's baseline profile), the wasm tests in headless Chromium,
+## make test: unit tests, GPU tests on lavapipe (full profile) and on the baseline profile (the
+## kernel-level files on SwiftShader, the model-level ones on lavapipe), the wasm tests in headless Chromium,
 ## and the wasm package driven by Playwright.
 test: setup
 	$(MAKE) --no-print-directory test-unit test-gpu-full test-gpu-baseline test-model test-wasm test-browser
@@ -94,21 +94,25 @@ test-unit:
 	@scripts/fetch-minilm.sh
 	cargo test --workspace --lib --test 'quant_*' --test 'cpu_*' --test formats --test cli --test sampling --test chat_template --test tokenizer --test model_config --test fuzz_regressions --test grammar
 
-# SwiftShader runs every GPU test file but the CLI's (tests/gpu_cli.rs), whose ten or so
-# processes each compile their pipelines anew, which takes minutes there; the CLI runs on
-# lavapipe under both profiles instead.
+# SwiftShader, the second Vulkan driver (and Chromium's WebGPU here), runs the kernel-level test
+# files: every kernel, format and shape against its CPU reference. The model-level files (the
+# CLI's processes, whole models, the engine, grammars, the soak) compose those same kernels and
+# take minutes there, several times lavapipe's time; they run on lavapipe's baseline profile,
+# which is what decides the kernels (no f16, no subgroups, WebGPU's default limits).
+SWIFTSHADER_TEST_NAMES := gpu_attention gpu_kernels gpu_load gpu_ops gpu_quant
 GPU_TEST_NAMES := $(basename $(notdir $(wildcard tests/gpu_*.rs)))
-SWIFTSHADER_TESTS := $(addprefix --test ,$(filter-out gpu_cli,$(GPU_TEST_NAMES)))
+SWIFTSHADER_TESTS := $(addprefix --test ,$(SWIFTSHADER_TEST_NAMES))
+LAVAPIPE_BASELINE_TESTS := $(addprefix --test ,$(filter-out $(SWIFTSHADER_TEST_NAMES),$(GPU_TEST_NAMES)))
 
 test-gpu-full:
 	@echo "== GPU kernels on lavapipe, full profile (f16 + subgroups) =="
 	$(GPU_ENV) VK_ICD_FILENAMES=$$(scripts/vulkan-icd.sh lavapipe) \
 	  POCKETLM_TEST_PROFILE=full POCKETLM_TEST_ADAPTER=llvmpipe \
 	  cargo test --test 'gpu_*' -- --nocapture
-	@echo "== the CLI on lavapipe, baseline profile =="
+	@echo "== the model-level GPU tests on lavapipe, baseline profile =="
 	$(GPU_ENV) VK_ICD_FILENAMES=$$(scripts/vulkan-icd.sh lavapipe) \
 	  POCKETLM_TEST_PROFILE=baseline POCKETLM_TEST_ADAPTER=llvmpipe \
-	  cargo test --test gpu_cli -- --nocapture
+	  cargo test $(LAVAPIPE_BASELINE_TESTS) -- --nocapture
 
 test-gpu-baseline:
 	@echo "== GPU kernels on SwiftShader, baseline profile (no f16, no subgroups, 256 invocations) =="
@@ -160,7 +164,8 @@ test-browser:
 	@scripts/fetch-minilm.sh
 	@$(MAKE) --no-print-directory wasm PROFILE=release
 	@$(MAKE) --no-print-directory wasm-harness
-	cargo build --bin pocketlm
+	@# The CLI as the GPU tests build it (their features): after make test-gpu-full, nothing to redo.
+	cargo test --no-run --test gpu_cli
 	@echo "== the npm package in headless Chromium (Playwright) =="
 	cd www && POCKETLM_BIN=$(abspath $(TARGET_DIR))/debug/pocketlm npm test
 
