@@ -80,9 +80,14 @@ async fn time_calls(
     Ok(best)
 }
 
-/// Benchmarks matvec for every weight format on an `n × n` matrix (`n` a multiple of 256), and a
-/// copy of the largest format's bytes.
-pub async fn kernel_bench(ctx: &GpuContext, n: usize, calls: usize) -> Result<Vec<BenchRow>> {
+/// Benchmarks matvec for each of `formats` on an `n × n` matrix (`n` a multiple of 256), after a
+/// copy of the f32 matrix's bytes.
+pub async fn kernel_bench(
+    ctx: &GpuContext,
+    n: usize,
+    calls: usize,
+    formats: &[DType],
+) -> Result<Vec<BenchRow>> {
     let mut rng = Rng::new(1);
     let mut rows = Vec::new();
     let x = ctx.upload_f32("x", &[1, n], &rng.vec(n, -1.0, 1.0))?;
@@ -100,7 +105,7 @@ pub async fn kernel_bench(ctx: &GpuContext, n: usize, calls: usize) -> Result<Ve
         per_call,
     });
 
-    for dtype in DType::WEIGHTS {
+    for &dtype in formats {
         let data = random_gguf_bytes(dtype, n * n, &mut rng);
         let w = ctx.upload_gguf(dtype.name(), &[n, n], dtype, &data)?;
         let d = kernels::matvec(ctx, &w, &x, &y).await?;

@@ -9,7 +9,7 @@ mod cli {
     use clap::{Parser, Subcommand};
     use pocketlm::cpu::CpuContext;
     use pocketlm::engine::{Device, Engine, EngineOptions, Flow, GenerateOptions, Generation};
-    use pocketlm::gpu::{GpuContext, ProfileRequest};
+    use pocketlm::gpu::{DType, GpuContext, ProfileRequest};
     use pocketlm::load::{LoadOptions, Progress};
     use pocketlm::model::{Embedder, EncoderConfig, ModelConfig};
     use pocketlm::request;
@@ -52,6 +52,9 @@ mod cli {
             /// Calls per timed command buffer.
             #[arg(long, default_value_t = 10)]
             calls: usize,
+            /// Only these weight formats, comma-separated (f32,q4_0,q4_k,…); all by default.
+            #[arg(long, value_delimiter = ',')]
+            formats: Vec<String>,
         },
         /// Generate a reply to PROMPT: only the generated text goes to stdout, as it is sampled.
         Run {
@@ -1358,14 +1361,35 @@ mod cli {
                     ExitCode::FAILURE
                 })
             }
-            Command::KernelBench { size, calls } => {
+            Command::KernelBench {
+                size,
+                calls,
+                formats,
+            } => {
                 if size == 0 || size % 256 != 0 || calls == 0 {
                     eprintln!(
                         "error: --size must be a positive multiple of 256 and --calls positive"
                     );
                     return Ok(ExitCode::FAILURE);
                 }
-                let rows = bench::kernel_bench(&ctx, size, calls).await?;
+                let mut dtypes = Vec::new();
+                for f in &formats {
+                    match DType::WEIGHTS
+                        .iter()
+                        .find(|d| d.name().eq_ignore_ascii_case(f))
+                    {
+                        Some(&d) => dtypes.push(d),
+                        None => {
+                            let known: Vec<_> = DType::WEIGHTS.iter().map(|d| d.name()).collect();
+                            eprintln!("error: unknown format {f:?} (known: {})", known.join(", "));
+                            return Ok(ExitCode::FAILURE);
+                        }
+                    }
+                }
+                if dtypes.is_empty() {
+                    dtypes = DType::WEIGHTS.to_vec();
+                }
+                let rows = bench::kernel_bench(&ctx, size, calls, &dtypes).await?;
                 let copy = rows[0].gb_per_s();
                 println!(
                     "\nmatvec on a {size}×{size} matrix, {calls} calls per submit (best of 3):\n"
