@@ -10,11 +10,11 @@
 // γ_{k+1}·Σ|xᵢwᵢ|).
 // With NORM each invocation also sums x² of its MT rows as it loads them (sum_sq, in vec4 lanes
 // like the dot products) and loads x times the norm weight.
-// Prelude: WG, MT, and linear_common.wgsl's (and quant.wgsl).
+// Prelude: WG, MT, RPI (W rows per invocation: its column's; the gate and up rows with SWIGLU;
+// a quad's four rows with ROPE, qkv_rope.wgsl), and linear_common.wgsl's (and quant.wgsl).
+// Loops over MT and RPI are unrolled (`// unroll`, gpu::pipeline::unroll): the accumulators are
+// arrays indexed by them, which CPU drivers would otherwise address lane by lane.
 
-// W rows per invocation: its column's, the gate and up rows with SWIGLU, a quad's four rows with
-// ROPE (qkv_rope.wgsl).
-const RPI: u32 = 1u << (SWIGLU + 2u * ROPE);
 
 struct Cell {
     // The output column, or the quad.
@@ -70,7 +70,7 @@ fn sum4(a: vec4<f32>) -> f32 {
 // Writes the MT results of a cell (only its live rows); acc[i · MT + t] holds dot product i of
 // row t.
 fn finish_cell(c: Cell, acc: array<vec4<f32>, RPI * MT>) {
-    for (var t = 0u; t < MT; t++) {
+    for (var t = 0u; t < MT; t++) { // unroll
         if (t < c.rows) {
             var s = 1.0;
             if (NORM == 1u) {
@@ -114,23 +114,23 @@ fn linear_rows_quant(
     let nb = p.k / QK;
     let gpb = QK / 8u;
     var base: array<u32, RPI>;
-    for (var i = 0u; i < RPI; i++) {
+    for (var i = 0u; i < RPI; i++) { // unroll
         base[i] = w_row(c, i) * nb;
     }
     for (var b = 0u; b < nb; b++) {
         for (var gg = 0u; gg < gpb; gg++) {
             var w0: array<vec4<f32>, RPI>;
             var w1: array<vec4<f32>, RPI>;
-            for (var i = 0u; i < RPI; i++) {
+            for (var i = 0u; i < RPI; i++) { // unroll
                 let wv = decode8(base[i] + b, gg, p.scale_base);
                 w0[i] = vec4<f32>(wv[0], wv[1], wv[2], wv[3]);
                 w1[i] = vec4<f32>(wv[4], wv[5], wv[6], wv[7]);
             }
             let k = b * QK + 8u * gg;
-            for (var t = 0u; t < MT; t++) {
+            for (var t = 0u; t < MT; t++) { // unroll
                 let xa = x4n(c, t, k);
                 let xb = x4n(c, t, k + 4u);
-                for (var i = 0u; i < RPI; i++) {
+                for (var i = 0u; i < RPI; i++) { // unroll
                     acc[i * MT + t] = fma(w1[i], xb, fma(w0[i], xa, acc[i * MT + t]));
                 }
             }
@@ -151,31 +151,31 @@ fn linear_rows_f32(
     }
     var acc: array<vec4<f32>, RPI * MT>;
     var row: array<u32, RPI>;
-    for (var i = 0u; i < RPI; i++) {
+    for (var i = 0u; i < RPI; i++) { // unroll
         row[i] = w_row(c, i) * p.w_stride;
     }
     let k4 = p.k & ~3u;
     for (var k = 0u; k < k4; k += 4u) {
         var w0: array<vec4<f32>, RPI>;
-        for (var i = 0u; i < RPI; i++) {
+        for (var i = 0u; i < RPI; i++) { // unroll
             let r = row[i] + k;
             w0[i] = bitcast<vec4<f32>>(vec4<u32>(w[r], w[r + 1u], w[r + 2u], w[r + 3u]));
         }
-        for (var t = 0u; t < MT; t++) {
+        for (var t = 0u; t < MT; t++) { // unroll
             let xa = x4n(c, t, k);
-            for (var i = 0u; i < RPI; i++) {
+            for (var i = 0u; i < RPI; i++) { // unroll
                 acc[i * MT + t] = fma(w0[i], xa, acc[i * MT + t]);
             }
         }
     }
     for (var k = k4; k < p.k; k++) {
         var w0: array<f32, RPI>;
-        for (var i = 0u; i < RPI; i++) {
+        for (var i = 0u; i < RPI; i++) { // unroll
             w0[i] = bitcast<f32>(w[row[i] + k]);
         }
-        for (var t = 0u; t < MT; t++) {
+        for (var t = 0u; t < MT; t++) { // unroll
             let xa = x1n(c, t, k);
-            for (var i = 0u; i < RPI; i++) {
+            for (var i = 0u; i < RPI; i++) { // unroll
                 acc[i * MT + t].x = fma(w0[i], xa, acc[i * MT + t].x);
             }
         }
@@ -196,31 +196,31 @@ fn linear_rows_half(
     }
     var acc: array<vec4<f32>, RPI * MT>;
     var row: array<u32, RPI>;
-    for (var i = 0u; i < RPI; i++) {
+    for (var i = 0u; i < RPI; i++) { // unroll
         row[i] = w_row(c, i) * (p.w_stride / 2u);
     }
     let k4 = p.k & ~3u;
     for (var k = 0u; k < k4; k += 4u) {
         var w0: array<vec4<f32>, RPI>;
-        for (var i = 0u; i < RPI; i++) {
+        for (var i = 0u; i < RPI; i++) { // unroll
             let j = row[i] + k / 2u;
             w0[i] = vec4<f32>(unpack_half2(w[j]), unpack_half2(w[j + 1u]));
         }
-        for (var t = 0u; t < MT; t++) {
+        for (var t = 0u; t < MT; t++) { // unroll
             let xa = x4n(c, t, k);
-            for (var i = 0u; i < RPI; i++) {
+            for (var i = 0u; i < RPI; i++) { // unroll
                 acc[i * MT + t] = fma(w0[i], xa, acc[i * MT + t]);
             }
         }
     }
     for (var k = k4; k < p.k; k++) {
         var w0: array<f32, RPI>;
-        for (var i = 0u; i < RPI; i++) {
+        for (var i = 0u; i < RPI; i++) { // unroll
             w0[i] = unpack_half2(w[row[i] + k / 2u])[k & 1u];
         }
-        for (var t = 0u; t < MT; t++) {
+        for (var t = 0u; t < MT; t++) { // unroll
             let xa = x1n(c, t, k);
-            for (var i = 0u; i < RPI; i++) {
+            for (var i = 0u; i < RPI; i++) { // unroll
                 acc[i * MT + t].x = fma(w0[i], xa, acc[i * MT + t].x);
             }
         }

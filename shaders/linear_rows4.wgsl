@@ -7,10 +7,10 @@
 // ROPE, NR = 4, the four rows of one quad of qkv_rope.wgsl).
 // Element values are exactly quant.wgsl's (ggml's). With NORM each invocation sums x² of its MT
 // rows as it loads them and loads x times the norm weight (linear_common.wgsl).
-// Prelude: WG, MT, NR, and linear_common.wgsl's, with the `VEC4` bindings: x: array<vec4<f32>>,
-// w: array<vec4<u32>>, and ws: the same W as array<u32>.
-
-const COLS: u32 = NR >> (SWIGLU + 2u * ROPE);
+// Prelude: WG, MT, NR, COLS (output columns or quads per invocation: NR >> (SWIGLU + 2 ROPE)),
+// and linear_common.wgsl's, with the `VEC4` bindings: x: array<vec4<f32>>,
+// w: array<vec4<u32>>, and ws: the same W as array<u32>. Loops over constant bounds are unrolled
+// (`// unroll`, gpu::pipeline::unroll), as in linear_rows.wgsl.
 
 // A word of the scales region (through the word view `ws` of W).
 fn word(i: u32) -> u32 {
@@ -81,7 +81,7 @@ fn block32(b: u32) -> array<vec4<f32>, 8> {
         let shift = 4u * (j & 1u);
         let q0 = w[8u * g + 2u * (j / 2u)];
         let q1 = w[8u * g + 2u * (j / 2u) + 1u];
-        for (var i = 0u; i < 4u; i++) {
+        for (var i = 0u; i < 4u; i++) { // unroll
             o[i] = fma(d1, nib4v(q0[i], shift), -m1);
             o[i + 4u] = fma(d1, nib4v(q1[i], shift), -m1);
         }
@@ -107,7 +107,7 @@ fn block32(b: u32) -> array<vec4<f32>, 8> {
         let hi1 = w[base + 8u + 2u * n + 1u];
         let ls = 4u * (t >> 1u);
         let hs = 2u * t;
-        for (var i = 0u; i < 4u; i++) {
+        for (var i = 0u; i < 4u; i++) { // unroll
             o[i] = ds0 * q6_k_4(lo0[i], ls, hi0[i], hs);
             o[i + 4u] = ds1 * q6_k_4(lo1[i], ls, hi1[i], hs);
         }
@@ -133,7 +133,7 @@ fn block32(b: u32) -> array<vec4<f32>, 8> {
         if (W_FORMAT == 20u) {
             // value = d · kvalues[q]
             let d = unpack2x16float(word(p.scale_base + b / 2u))[b & 1u];
-            for (var i = 0u; i < 4u; i++) {
+            for (var i = 0u; i < 4u; i++) { // unroll
                 o[i] = d * iq4nl4v(q[i], 0u);
                 o[i + 4u] = d * iq4nl4v(q[i], 4u);
             }
@@ -142,14 +142,14 @@ fn block32(b: u32) -> array<vec4<f32>, 8> {
             let dm = unpack2x16float(word(p.scale_base + b));
             let d = vec4<f32>(dm.x);
             let m = vec4<f32>(dm.y);
-            for (var i = 0u; i < 4u; i++) {
+            for (var i = 0u; i < 4u; i++) { // unroll
                 o[i] = fma(nib4v(q[i], 0u), d, m);
                 o[i + 4u] = fma(nib4v(q[i], 4u), d, m);
             }
         } else {
             // value = (q − 8) · d
             let d = unpack2x16float(word(p.scale_base + b / 2u))[b & 1u];
-            for (var i = 0u; i < 4u; i++) {
+            for (var i = 0u; i < 4u; i++) { // unroll
                 o[i] = (nib4v(q[i], 0u) - 8.0) * d;
                 o[i + 4u] = (nib4v(q[i], 4u) - 8.0) * d;
             }
@@ -176,7 +176,7 @@ fn linear_rows4(
     let k4 = p.k / 4u;
     // First block of each W row; columns past the end repeat the last (computed, never stored).
     var rows: array<u32, NR>;
-    for (var i = 0u; i < NR; i++) {
+    for (var i = 0u; i < NR; i++) { // unroll
         if (ROPE == 1u) {
             rows[i] = quad_col(c0, i) * nb;
         } else {
@@ -184,15 +184,15 @@ fn linear_rows4(
         }
     }
     var xrow: array<u32, MT>;
-    for (var t = 0u; t < MT; t++) {
+    for (var t = 0u; t < MT; t++) { // unroll
         xrow[t] = min(m0 + t, p.m - 1u) * k4;
     }
     var acc: array<vec4<f32>, NR * MT>;
     var sum_sq: array<vec4<f32>, MT>;
     for (var b = 0u; b < nb; b++) {
         var xs: array<vec4<f32>, 8 * MT>;
-        for (var t = 0u; t < MT; t++) {
-            for (var j = 0u; j < 8u; j++) {
+        for (var t = 0u; t < MT; t++) { // unroll
+            for (var j = 0u; j < 8u; j++) { // unroll
                 var v = x[xrow[t] + 8u * b + j];
                 if (NORM == 1u) {
                     sum_sq[t] = fma(v, v, sum_sq[t]);
@@ -201,18 +201,18 @@ fn linear_rows4(
                 xs[t * 8u + j] = v;
             }
         }
-        for (var i = 0u; i < NR; i++) {
+        for (var i = 0u; i < NR; i++) { // unroll
             let wv = block32(rows[i] + b);
-            for (var t = 0u; t < MT; t++) {
+            for (var t = 0u; t < MT; t++) { // unroll
                 var a = acc[i * MT + t];
-                for (var j = 0u; j < 8u; j++) {
+                for (var j = 0u; j < 8u; j++) { // unroll
                     a = fma(wv[j], xs[t * 8u + j], a);
                 }
                 acc[i * MT + t] = a;
             }
         }
     }
-    for (var t = 0u; t < MT; t++) {
+    for (var t = 0u; t < MT; t++) { // unroll
         if (m0 + t < p.m) {
             var s = 1.0;
             if (NORM == 1u) {
@@ -221,22 +221,22 @@ fn linear_rows4(
             }
             if (ROPE == 1u) {
                 var r: vec4<f32>;
-                for (var i = 0u; i < 4u; i++) {
+                for (var i = 0u; i < 4u; i++) { // unroll
                     let a = acc[i * MT + t];
                     r[i] = (a.x + a.y) + (a.z + a.w);
                 }
                 finish_quad(m0 + t, c0, r * s);
-                continue;
-            }
-            for (var c = 0u; c < COLS; c++) {
-                if (c0 + c < p.n) {
-                    let a = acc[c * MT + t];
-                    let v = ((a.x + a.y) + (a.z + a.w)) * s;
-                    if (SWIGLU == 1u) {
-                        let u = acc[(c + COLS) * MT + t];
-                        finish_swiglu(m0 + t, c0 + c, v, ((u.x + u.y) + (u.z + u.w)) * s);
-                    } else {
-                        finish(m0 + t, c0 + c, v);
+            } else {
+                for (var c = 0u; c < COLS; c++) { // unroll
+                    if (c0 + c < p.n) {
+                        let a = acc[c * MT + t];
+                        let v = ((a.x + a.y) + (a.z + a.w)) * s;
+                        if (SWIGLU == 1u) {
+                            let u = acc[(c + COLS) * MT + t];
+                            finish_swiglu(m0 + t, c0 + c, v, ((u.x + u.y) + (u.z + u.w)) * s);
+                        } else {
+                            finish(m0 + t, c0 + c, v);
+                        }
                     }
                 }
             }

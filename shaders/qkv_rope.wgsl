@@ -33,7 +33,7 @@ fn finish_quad(m: u32, j: u32, r: vec4<f32>) {
     let head = (4u * j) / HD;
     var col: array<u32, 4>;
     var v: vec4<f32>;
-    for (var e = 0u; e < 4u; e++) {
+    for (var e = 0u; e < 4u; e++) { // unroll
         col[e] = quad_col(j, e);
         v[e] = r[e] + bias_at(col[e]);
     }
@@ -48,7 +48,7 @@ fn finish_quad(m: u32, j: u32, r: vec4<f32>) {
         }
     }
     if (head < Q_HEADS) {
-        for (var e = 0u; e < 4u; e++) {
+        for (var e = 0u; e < 4u; e++) { // unroll
             y[m * p.y_cols + col[e]] = v[e];
         }
         return;
@@ -72,7 +72,7 @@ fn finish_quad(m: u32, j: u32, r: vec4<f32>) {
         return;
     }
     let d = vec4<u32>(d0, d0 + 1u, d2, d2 + 1u);
-    for (var e = 0u; e < 4u; e++) {
+    for (var e = 0u; e < 4u; e++) { // unroll
         let w = to_word(array<f32, 2>(v[e], 0.0));
         if (is_v) {
             v_cache[row + d[e]] = w;

@@ -117,7 +117,91 @@ pub fn kernel_source(kernel: &Kernel, spec: &Specialization) -> String {
         s.push_str(snippet);
     }
     s.push_str(kernel.source);
-    s
+    unroll(&s, &spec.consts)
+}
+
+/// Expands the loops marked for unrolling: a line
+/// `for (var i = 0u; i < N; i++) { // unroll`, where N is a literal (`4u`) or a constant of the
+/// prelude, up to its closing `}` on a line of its own, becomes N blocks `{ let i = 0u; … }`,
+/// `{ let i = 1u; … }`, …, nested marked loops included.
+///
+/// Why: an array in function or private memory indexed by a loop counter is memory that CPU
+/// drivers address lane by lane (SwiftShader gathers and scatters every access, a vec4 as four
+/// gathers), while a constant index is one plain access, or a register. The linear kernels made
+/// for CPU adapters keep their per-invocation accumulators in such arrays, sized by constants of
+/// the specialization. With the index a `let` of a literal, naga folds it into a constant.
+///
+/// A marked loop that is not of that form (another start or step, an unknown bound, a `break`
+/// or `continue` in its body) is left as it is: it stays correct, only not unrolled.
+pub fn unroll(src: &str, consts: &[(&str, u32)]) -> String {
+    let lines: Vec<&str> = src.split_inclusive('\n').collect();
+    let mut out = String::with_capacity(src.len());
+    let mut i = 0;
+    while i < lines.len() {
+        match unroll_at(&lines, i, consts) {
+            Some((expanded, next)) => {
+                out.push_str(&expanded);
+                i = next;
+            }
+            None => {
+                out.push_str(lines[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The expansion of the marked loop starting at `lines[at]` and the index of the line after its
+/// closing brace, or None if `lines[at]` does not start one that can be unrolled.
+fn unroll_at(lines: &[&str], at: usize, consts: &[(&str, u32)]) -> Option<(String, usize)> {
+    let head = lines[at].trim();
+    let head = head.strip_suffix("// unroll")?.trim_end();
+    let rest = head.strip_prefix("for (var ")?.strip_suffix(") {")?;
+    let (var, rest) = rest.split_once(" = 0u; ")?;
+    let (cond, step) = rest.split_once("; ")?;
+    let bound = cond.strip_prefix(var)?.strip_prefix(" < ")?;
+    if step != format!("{var}++") && step != format!("{var} += 1u") {
+        return None;
+    }
+    let n = match bound.strip_suffix('u').and_then(|b| b.parse::<u32>().ok()) {
+        Some(n) => n,
+        None => consts.iter().find(|(name, _)| *name == bound)?.1,
+    };
+    // The body: up to the line that closes the loop's brace.
+    let code = |l: &str| l.split("//").next().unwrap_or("").to_string();
+    let mut depth = 1i32;
+    let mut end = at + 1;
+    while end < lines.len() {
+        let c = code(lines[end]);
+        depth += c.matches('{').count() as i32 - c.matches('}').count() as i32;
+        if depth <= 0 {
+            break;
+        }
+        end += 1;
+    }
+    if end >= lines.len() || depth != 0 || lines[end].trim() != "}" {
+        return None;
+    }
+    let body = unroll(&lines[at + 1..end].concat(), consts);
+    let has_word = |w: &str| {
+        body.lines().any(|l| {
+            code(l)
+                .split(|ch: char| !(ch.is_alphanumeric() || ch == '_'))
+                .any(|t| t == w)
+        })
+    };
+    if has_word("break") || has_word("continue") {
+        return None;
+    }
+    let indent = &lines[at][..lines[at].len() - lines[at].trim_start().len()];
+    let mut out = String::new();
+    for k in 0..n {
+        let _ = writeln!(out, "{indent}{{ let {var} = {k}u;");
+        out.push_str(&body);
+        let _ = writeln!(out, "{indent}}}");
+    }
+    Some((out, end + 1))
 }
 
 type Key = (Kernel, Specialization);
@@ -193,6 +277,44 @@ mod tests {
         uses_reduce: true,
         interface: Interface::NONE,
     };
+
+    #[test]
+    fn marked_loops_unroll_into_blocks_with_a_constant_index() {
+        let src = "fn f() {
+    for (var i = 0u; i < NR; i++) { // unroll
+        for (var t = 0u; t < 2u; t++) { // unroll
+            acc[i * 2u + t] += 1.0; // { braces in comments do not count
+        }
+    }
+    for (var k = 0u; k < n; k++) { // unroll
+        x += 1.0;
+    }
+    for (var j = 0u; j < 3u; j++) { // unroll
+        if (j == 1u) {
+            continue;
+        }
+    }
+}
+";
+        let out = unroll(src, &[("NR", 2)]);
+        // Two NR blocks of two t blocks each, in order.
+        assert_eq!(out.matches("{ let i = ").count(), 2, "{out}");
+        assert_eq!(out.matches("{ let t = ").count(), 4, "{out}");
+        let order: Vec<usize> = ["let i = 0u", "let t = 0u", "let t = 1u", "let i = 1u"]
+            .iter()
+            .map(|p| out.find(p).unwrap())
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{out}");
+        assert_eq!(out.matches("acc[i * 2u + t] += 1.0;").count(), 4);
+        // An unknown bound and a loop with `continue` stay loops.
+        assert!(out.contains("for (var k = 0u; k < n; k++) { // unroll"));
+        assert!(out.contains("for (var j = 0u; j < 3u; j++) { // unroll"));
+        // Braces balance, outside comments.
+        let code: String = out.lines().map(|l| l.split("//").next().unwrap()).collect();
+        assert_eq!(code.matches('{').count(), code.matches('}').count());
+        // An unmarked source is unchanged.
+        assert_eq!(unroll("fn g() {}\n", &[]), "fn g() {}\n");
+    }
 
     #[test]
     fn prelude_precedes_helpers_and_kernel() {

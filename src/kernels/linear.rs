@@ -755,7 +755,8 @@ async fn linear_epilogue(
         let spec = spec(ctx, None, w, opts, epi, true)
             .with("WG", ROWS_WG)
             .with("MT", mt)
-            .with("NR", ROWS4_NR);
+            .with("NR", ROWS4_NR)
+            .with("COLS", ROWS4_NR >> shift);
         params.blocks = units.div_ceil(ROWS_WG * (ROWS4_NR >> shift));
         let groups = u64::from(params.blocks) * u64::from(params.m.div_ceil(mt));
         let wg = grid(ctx, name, groups)?;
@@ -779,7 +780,8 @@ async fn linear_epilogue(
         };
         let spec = spec(ctx, None, w, opts, epi, false)
             .with("WG", ROWS_WG)
-            .with("MT", mt);
+            .with("MT", mt)
+            .with("RPI", 1 << shift);
         params.blocks = units.div_ceil(ROWS_WG);
         let groups = u64::from(params.blocks) * u64::from(params.m.div_ceil(mt));
         let wg = grid(ctx, name, groups)?;
