@@ -224,7 +224,7 @@ fn attention(
         }
         workgroupBarrier();
 
-        for (var i = 0u; i < OUTS; i++) {
+        for (var i = 0u; i < OUTS; i++) { // unroll
             let o = li + i * WG;
             if (o < R * HD) {
                 let r = o / HD;
@@ -244,7 +244,7 @@ fn attention(
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < OUTS; i++) {
+    for (var i = 0u; i < OUTS; i++) { // unroll
         let o = li + i * WG;
         if (o < R * HD) {
             let r = o / HD;

@@ -658,6 +658,8 @@ struct Plan {
     gb: usize,
     tq: usize,
     r: usize,
+    /// Invocations per workgroup.
+    wg: u32,
     /// Keys per tile and the split of each score's dot product.
     tk: usize,
     p: usize,
@@ -665,10 +667,23 @@ struct Plan {
     token_blocks: usize,
 }
 
+/// Invocations per attention workgroup for `r` query rows of `hd` elements: 256 on GPUs. CPU
+/// adapters run a workgroup's invocations as SIMD groups of 4 to 16 lanes on one thread and, at
+/// each of the kernel's barriers, switch between all of its groups (SwiftShader resumes each as a
+/// coroutine, which costs far more than the work between two barriers of a decode step): there,
+/// as few as keep each invocation's output accumulators (OUTS = r·hd / WG) at most 16.
+fn attention_wg(cpu: bool, r: usize, hd: usize) -> u32 {
+    if cpu {
+        ((r * hd).div_ceil(16).next_power_of_two() as u32).clamp(16, WG)
+    } else {
+        WG
+    }
+}
+
 /// Dot-product parts per score: enough that R·TK·P invocations keep the workgroup busy.
-fn score_parts(r: usize, tk: usize, hd: usize) -> usize {
+fn score_parts(r: usize, tk: usize, hd: usize, wg: u32) -> usize {
     let mut p = 1;
-    while r * tk * p * 2 <= WG as usize && p * 2 <= hd {
+    while r * tk * p * 2 <= wg as usize && p * 2 <= hd {
         p *= 2;
     }
     p
@@ -686,17 +701,18 @@ fn workgroup_budget(bytes: u32) -> usize {
     (bytes as usize / 4).saturating_sub(24)
 }
 
-fn plan(budget: usize, group: usize, hd: usize, max_tokens: usize) -> Plan {
+fn plan(budget: usize, group: usize, hd: usize, max_tokens: usize, cpu: bool) -> Plan {
     let head_blocks = group.div_ceil(ROWS);
     let gb = group.div_ceil(head_blocks);
     let mut tq = (ROWS / gb).clamp(1, max_tokens);
     loop {
         let r = gb * tq;
+        let wg = attention_wg(cpu, r, hd);
         // Every WebGPU device has 16 KiB of workgroup memory: rows ≤ 8 and head_dim ≤ 256 fit
         // with a tile of 4 keys (3380 words), so the search always ends.
         let (tk, p) = [64, 32, 16, 8, 4, 2, 1]
             .iter()
-            .map(|&tk| (tk, score_parts(r, tk, hd)))
+            .map(|&tk| (tk, score_parts(r, tk, hd, wg)))
             .find(|&(tk, p)| workgroup_words(r, tk, p, hd) <= budget)
             .unwrap_or((1, 1));
         // More tokens per workgroup save K/V reads, but not at the price of tiny tiles.
@@ -705,6 +721,7 @@ fn plan(budget: usize, group: usize, hd: usize, max_tokens: usize) -> Plan {
                 gb,
                 tq,
                 r,
+                wg,
                 tk,
                 p,
                 head_blocks,
@@ -893,7 +910,8 @@ pub async fn attention(
     let max_tokens = step.max_tokens();
     let max_ctx = step.max_positions();
     let budget = workgroup_budget(ctx.capabilities().max_workgroup_storage_bytes);
-    let pl = plan(budget, group, hd, max_tokens);
+    let pl = plan(budget, group, hd, max_tokens, ctx.capabilities().cpu);
+    let wg = pl.wg;
     let rows = max_tokens * n_heads;
     let part_bytes = |chunks: usize| (rows * chunks * hd) as u64 * 4;
 
@@ -957,9 +975,9 @@ pub async fn attention(
     }
     let f16 = cache.dtype == DType::F16;
     let hw = if f16 { hd.div_ceil(2) } else { hd };
-    let outs = (pl.r * hd).div_ceil(WG as usize);
+    let outs = (pl.r * hd).div_ceil(wg as usize);
     let spec = Specialization::default()
-        .with("WG", WG)
+        .with("WG", wg)
         .with("HD", hd as u32)
         .with("HW", hw as u32)
         .with("KS", hd as u32 + 1)
@@ -1526,25 +1544,33 @@ mod tests {
     use super::*;
 
     /// Within WebGPU's minimum of 16 KiB of workgroup memory, every supported shape gets a plan
-    /// that fits, with at most 8 rows, and at most 8 outputs per invocation.
+    /// that fits, with at most 8 rows, and at most 8 outputs per invocation on GPUs (16 on CPU
+    /// adapters, whose workgroups are smaller).
     #[test]
     fn plans_fit_the_smallest_workgroup_memory() {
         let budget = workgroup_budget(16384);
-        for hd in 1..=ATTENTION_MAX_HEAD_DIM {
-            for group in [1, 2, 3, 5, 7, 8, 9, 12, 16, 71] {
-                for tokens in [1, 2, 3, 17, 64, 512] {
-                    let p = plan(budget, group, hd, tokens);
-                    assert!(p.r <= ROWS && p.r == p.gb * p.tq, "{p:?}");
-                    assert!(p.gb * p.head_blocks >= group && p.tq * p.token_blocks >= tokens);
-                    assert!(p.tk >= 4, "hd {hd} group {group}: {p:?}");
-                    assert!(workgroup_words(p.r, p.tk, p.p, hd) <= budget, "{p:?}");
-                    assert!((p.r * hd).div_ceil(WG as usize) <= 8);
-                    assert!(p.r * p.tk * p.p <= (WG as usize).max(p.r * p.tk));
+        for cpu in [false, true] {
+            let max_outs = if cpu { 16 } else { 8 };
+            for hd in 1..=ATTENTION_MAX_HEAD_DIM {
+                for group in [1, 2, 3, 5, 7, 8, 9, 12, 16, 71] {
+                    for tokens in [1, 2, 3, 17, 64, 512] {
+                        let p = plan(budget, group, hd, tokens, cpu);
+                        let wg = p.wg as usize;
+                        assert!(p.r <= ROWS && p.r == p.gb * p.tq, "{p:?}");
+                        assert!(p.gb * p.head_blocks >= group && p.tq * p.token_blocks >= tokens);
+                        assert!(p.tk >= 4, "hd {hd} group {group}: {p:?}");
+                        assert!(workgroup_words(p.r, p.tk, p.p, hd) <= budget, "{p:?}");
+                        assert!((p.r * hd).div_ceil(wg) <= max_outs, "{p:?}");
+                        assert!(p.r * p.tk * p.p <= wg.max(p.r * p.tk));
+                        assert!((16..=WG as usize).contains(&wg) && (cpu || wg == WG as usize));
+                    }
                 }
             }
         }
+        // A decode step on a CPU adapter: SmolLM2's 3 query heads per kv head of 64.
+        assert_eq!(plan(budget, 3, 64, 1, true).wg, 16);
         // Decode of a Llama-style model: one token, all heads of a group in one workgroup.
-        let p = plan(budget, 4, 64, 1);
+        let p = plan(budget, 4, 64, 1, false);
         assert_eq!((p.gb, p.tq, p.tk, p.head_blocks), (4, 1, 32, 1));
     }
 }
