@@ -17,6 +17,17 @@ mod cli {
     use pocketlm::text::{ChatMessage, ResponseFormat, ToolChoice, ToolRequest};
     use pocketlm::{bench, load, selfcheck};
 
+    /// A weight format by its name (`q4_k`, `F16`), for `kernel-bench --formats`.
+    fn weight_format(name: &str) -> Result<DType, String> {
+        DType::WEIGHTS
+            .into_iter()
+            .find(|d| d.name().eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                let known: Vec<_> = DType::WEIGHTS.iter().map(|d| d.name()).collect();
+                format!("unknown format (known: {})", known.join(", "))
+            })
+    }
+
     #[derive(Parser)]
     #[command(name = "pocketlm", version, about = "Small language models on WebGPU")]
     struct Cli {
@@ -53,8 +64,8 @@ mod cli {
             #[arg(long, default_value_t = 10)]
             calls: usize,
             /// Only these weight formats, comma-separated (f32,q4_0,q4_k,…); all by default.
-            #[arg(long, value_delimiter = ',')]
-            formats: Vec<String>,
+            #[arg(long, value_delimiter = ',', value_parser = weight_format)]
+            formats: Vec<DType>,
         },
         /// Generate a reply to PROMPT: only the generated text goes to stdout, as it is sampled.
         Run {
@@ -1372,24 +1383,12 @@ mod cli {
                     );
                     return Ok(ExitCode::FAILURE);
                 }
-                let mut dtypes = Vec::new();
-                for f in &formats {
-                    match DType::WEIGHTS
-                        .iter()
-                        .find(|d| d.name().eq_ignore_ascii_case(f))
-                    {
-                        Some(&d) => dtypes.push(d),
-                        None => {
-                            let known: Vec<_> = DType::WEIGHTS.iter().map(|d| d.name()).collect();
-                            eprintln!("error: unknown format {f:?} (known: {})", known.join(", "));
-                            return Ok(ExitCode::FAILURE);
-                        }
-                    }
-                }
-                if dtypes.is_empty() {
-                    dtypes = DType::WEIGHTS.to_vec();
-                }
-                let rows = bench::kernel_bench(&ctx, size, calls, &dtypes).await?;
+                let formats = if formats.is_empty() {
+                    DType::WEIGHTS.to_vec()
+                } else {
+                    formats
+                };
+                let rows = bench::kernel_bench(&ctx, size, calls, &formats).await?;
                 let copy = rows[0].gb_per_s();
                 println!(
                     "\nmatvec on a {size}×{size} matrix, {calls} calls per submit (best of 3):\n"

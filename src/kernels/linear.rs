@@ -752,12 +752,14 @@ async fn linear_epilogue(
         } else {
             ROWS4_MT
         };
+        // Output columns (or quads) per invocation.
+        let cols = ROWS4_NR >> shift;
         let spec = spec(ctx, None, w, opts, epi, true)
             .with("WG", ROWS_WG)
             .with("MT", mt)
             .with("NR", ROWS4_NR)
-            .with("COLS", ROWS4_NR >> shift);
-        params.blocks = units.div_ceil(ROWS_WG * (ROWS4_NR >> shift));
+            .with("COLS", cols);
+        params.blocks = units.div_ceil(ROWS_WG * cols);
         let groups = u64::from(params.blocks) * u64::from(params.m.div_ceil(mt));
         let wg = grid(ctx, name, groups)?;
         binds.push((WS, &w.buffer));
