@@ -19,6 +19,8 @@ pub struct BenchRow {
     pub name: String,
     /// Bytes the kernel must move per call (weights read for a matvec; read + written for copy).
     pub bytes: u64,
+    /// Floating-point operations per call (2 per multiply-add; 0 for the copy).
+    pub flops: u64,
     pub per_call: Duration,
 }
 
@@ -80,18 +82,20 @@ async fn time_calls(
     Ok(best)
 }
 
-/// Benchmarks matvec for each of `formats` on an `n × n` matrix (`n` a multiple of 256), after a
-/// copy of the f32 matrix's bytes.
+/// Benchmarks the linear layer of an `n × n` matrix (`n` a multiple of 256) on `m` activation
+/// rows (the kernel [`kernels::linear`] picks: matvec for a decode step, the prefill kernels
+/// beyond) for each of `formats`, after a copy of the f32 matrix's bytes.
 pub async fn kernel_bench(
     ctx: &GpuContext,
     n: usize,
+    m: usize,
     calls: usize,
     formats: &[DType],
 ) -> Result<Vec<BenchRow>> {
     let mut rng = Rng::new(1);
     let mut rows = Vec::new();
-    let x = ctx.upload_f32("x", &[1, n], &rng.vec(n, -1.0, 1.0))?;
-    let y = ctx.zeros("y", &[1, n], DType::F32)?;
+    let x = ctx.upload_f32("x", &[m, n], &rng.vec(m * n, -1.0, 1.0))?;
+    let y = ctx.zeros("y", &[m, n], DType::F32)?;
 
     // Copy baseline on as many bytes as the f32 matrix has.
     let bytes = (n * n * 4) as u64;
@@ -102,17 +106,19 @@ pub async fn kernel_bench(
     rows.push(BenchRow {
         name: "copy (read + write)".into(),
         bytes: 2 * bytes,
+        flops: 0,
         per_call,
     });
 
     for &dtype in formats {
         let data = random_gguf_bytes(dtype, n * n, &mut rng);
         let w = ctx.upload_gguf(dtype.name(), &[n, n], dtype, &data)?;
-        let d = kernels::matvec(ctx, &w, &x, &y).await?;
+        let d = kernels::linear(ctx, &w, &x, &y).await?;
         let per_call = time_calls(ctx, &d, &y, calls).await?;
         rows.push(BenchRow {
-            name: format!("matvec {dtype}"),
+            name: format!("{} {dtype}", d.label()),
             bytes: data.len() as u64,
+            flops: 2 * (m * n * n) as u64,
             per_call,
         });
     }

@@ -22,20 +22,33 @@ use pocketlm::gpu::{
 };
 use pocketlm::kernels;
 use pocketlm::reference::{self, Rng};
-use pocketlm::selfcheck::{run_case, Case, LinearKernel, Outcome};
+use pocketlm::selfcheck::{run_case, Case, LinearKernel};
 use pocketlm::Error;
 use proptest::prelude::*;
 
 mod common;
 use common::{ctx, expect_err};
 
-fn run(case: Case, seed: u64) -> Outcome {
-    pollster::block_on(run_case(ctx(), case, seed)).unwrap_or_else(|e| panic!("{case}: {e}"))
+fn assert_passes(case: Case, seed: u64) {
+    assert_passes_on(ctx(), case, seed);
 }
 
-fn assert_passes(case: Case, seed: u64) {
-    let o = run(case, seed);
-    assert!(o.passed(), "{o} (seed {seed:#x})");
+fn assert_passes_on(ctx: &GpuContext, case: Case, seed: u64) {
+    let o = pollster::block_on(run_case(ctx, case, seed)).unwrap_or_else(|e| panic!("{case}: {e}"));
+    assert!(
+        o.passed(),
+        "{o} (seed {seed:#x}, cpu kernels {})",
+        ctx.capabilities().cpu
+    );
+}
+
+/// The shared context, or with `gpu_family` the one running the kernels made for GPUs.
+fn family(gpu_family: bool) -> &'static GpuContext {
+    if gpu_family {
+        gpu_kernels_ctx()
+    } else {
+        ctx()
+    }
 }
 
 fn dtype() -> impl Strategy<Value = DType> {
@@ -45,16 +58,19 @@ fn dtype() -> impl Strategy<Value = DType> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 40, failure_persistence: None, ..ProptestConfig::default() })]
 
+    /// On the profile's default kernel family and on the GPU family.
     #[test]
-    fn matvec_matches_reference(m in 1usize..=4, n in 1usize..=300, k in 1usize..=700,
-                                weights in dtype(), seed in any::<u64>()) {
-        assert_passes(Case::Linear { kernel: LinearKernel::Matvec, m, n, k, weights }, seed);
+    fn matvec_matches_reference(m in 1usize..=16, n in 1usize..=300, k in 1usize..=700,
+                                weights in dtype(), gpu_family in any::<bool>(), seed in any::<u64>()) {
+        let case = Case::Linear { kernel: LinearKernel::Matvec, m, n, k, weights };
+        assert_passes_on(family(gpu_family), case, seed);
     }
 
     #[test]
     fn matmul_matches_reference(m in 1usize..=150, n in 1usize..=200, k in 1usize..=300,
-                                weights in dtype(), seed in any::<u64>()) {
-        assert_passes(Case::Linear { kernel: LinearKernel::Matmul, m, n, k, weights }, seed);
+                                weights in dtype(), gpu_family in any::<bool>(), seed in any::<u64>()) {
+        let case = Case::Linear { kernel: LinearKernel::Matmul, m, n, k, weights };
+        assert_passes_on(family(gpu_family), case, seed);
     }
 
     #[test]
@@ -69,24 +85,36 @@ proptest! {
     }
 }
 
-/// Sizes on and around the tile edges (64×64 output tiles, k steps of 16, 4 rows per matvec
-/// workgroup, 256 invocations), where off-by-one errors live.
+/// Sizes on and around the tile edges (64×64 output tiles, k steps of 16 and 32, 4 rows per
+/// matvec workgroup, 256 invocations, up to 16 activation rows per matvec workgroup), where
+/// off-by-one errors live, on both kernel families.
 #[test]
 fn linear_kernels_at_tile_edges() {
-    for weights in [DType::F32, DType::F16] {
+    for (weights, ctx) in [
+        (DType::F32, ctx()),
+        (DType::F16, ctx()),
+        (DType::F32, gpu_kernels_ctx()),
+        (DType::BF16, gpu_kernels_ctx()),
+    ] {
         for (m, n, k) in [
             (64, 64, 16),
+            (64, 64, 32),
+            (65, 63, 33),
             (65, 63, 17),
             (63, 65, 15),
+            (63, 65, 31),
             (128, 128, 64),
             (1, 4, 256),
             (2, 5, 257),
             (4, 3, 255),
+            (9, 3, 255),
+            (16, 5, 257),
             (1, 1, 2),
             (3, 2, 3),
         ] {
             for kernel in [LinearKernel::Matvec, LinearKernel::Matmul] {
-                assert_passes(
+                assert_passes_on(
+                    ctx,
                     Case::Linear {
                         kernel,
                         m,
@@ -397,6 +425,7 @@ fn both_linear_kernel_families_match_reference() {
             for (kernel, m, n) in [
                 (LinearKernel::Matvec, 1, 37),
                 (LinearKernel::Matvec, 3, 70),
+                (LinearKernel::Matvec, 11, 70),
                 (LinearKernel::Matmul, 70, 65),
             ] {
                 let seed = (i * 1000 + m * 10 + n) as u64;
@@ -556,6 +585,7 @@ fn linear_split_writes_column_ranges_to_separate_outputs() {
             for (kernel, m) in [
                 (LinearKernel::Matvec, 1),
                 (LinearKernel::Matvec, 3),
+                (LinearKernel::Matvec, 12),
                 (LinearKernel::Matmul, 67),
             ] {
                 for accumulate in [false, true] {
@@ -1037,6 +1067,7 @@ fn linear_swiglu_matches_reference() {
             for (kernel, m) in [
                 (LinearKernel::Matvec, 1),
                 (LinearKernel::Matvec, 4),
+                (LinearKernel::Matvec, 16),
                 (LinearKernel::Matmul, 66),
             ] {
                 for with_bias in [false, true] {
@@ -1186,7 +1217,7 @@ proptest! {
     /// The RMSNorm prologue on random shapes, matrix × vector and matrix × matrix, on the
     /// profile's default kernel family and on the GPU family.
     #[test]
-    fn rmsnorm_prologue_matches_reference(m in 1usize..=4, n in 1usize..=200, k in 1usize..=700,
+    fn rmsnorm_prologue_matches_reference(m in 1usize..=16, n in 1usize..=200, k in 1usize..=700,
                                           matmul_rows in 5usize..=80, weights in dtype(),
                                           gpu_family in any::<bool>(), seed in any::<u64>()) {
         let ctx = if gpu_family { gpu_kernels_ctx() } else { ctx() };
@@ -1211,6 +1242,7 @@ fn rmsnorm_prologue_in_every_format_and_family() {
             for (kernel, m, n) in [
                 (LinearKernel::Matvec, 1, 37),
                 (LinearKernel::Matvec, 3, 70),
+                (LinearKernel::Matvec, 16, 21),
                 (LinearKernel::Matmul, 70, 65),
             ] {
                 check_normed_linear(ctx, kernel, dtype, m, n, k, 1e-5, &mut rng);
@@ -1258,6 +1290,7 @@ fn rmsnorm_prologue_with_split_and_swiglu() {
             for (kernel, m) in [
                 (LinearKernel::Matvec, 1),
                 (LinearKernel::Matvec, 3),
+                (LinearKernel::Matvec, 7),
                 (LinearKernel::Matmul, 66),
             ] {
                 let (x, g) = norm_inputs(&mut rng, m, k);

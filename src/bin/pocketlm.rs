@@ -42,6 +42,11 @@ mod cli {
         /// Threads of the CPU backend (default: one per core).
         #[arg(long, global = true)]
         threads: Option<usize>,
+        /// The WebGPU backend's kernel family: auto (by adapter type), gpu (the kernels made
+        /// for GPUs, also on a CPU adapter) or cpu (those made for CPU adapters). For
+        /// benchmarks and checks of one family on any driver.
+        #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "gpu", "cpu"])]
+        kernels: String,
         #[command(subcommand)]
         command: Command,
     }
@@ -66,6 +71,10 @@ mod cli {
             /// Only these weight formats, comma-separated (f32,q4_0,q4_k,…); all by default.
             #[arg(long, value_delimiter = ',', value_parser = weight_format)]
             formats: Vec<DType>,
+            /// Activation rows: 1 is a decode step, more a prefill step's linear layer (the
+            /// kernel the runtime picks for that many rows).
+            #[arg(long, default_value_t = 1)]
+            rows: usize,
         },
         /// Generate a reply to PROMPT: only the generated text goes to stdout, as it is sampled.
         Run {
@@ -574,15 +583,25 @@ mod cli {
         }
     }
 
+    /// The WebGPU context with the kernel family `--kernels` asks for.
+    async fn open_gpu(cli: &Cli, request: ProfileRequest) -> pocketlm::Result<GpuContext> {
+        let ctx = GpuContext::new(request).await?;
+        Ok(match cli.kernels.as_str() {
+            "gpu" => ctx.with_cpu_kernels(false),
+            "cpu" => ctx.with_cpu_kernels(true),
+            _ => ctx,
+        })
+    }
+
     /// `--backend`: `gpu` opens the adapter (or fails), `cpu` the CPU backend, and `auto` the
     /// adapter when it is a hardware one, the CPU backend when there is none or it is a
     /// software (CPU) adapter. Says why on stderr when `auto` falls back.
     async fn open_device(cli: &Cli) -> pocketlm::Result<Dev> {
         let request: ProfileRequest = cli.profile.parse()?;
         match cli.backend.as_str() {
-            "gpu" | "webgpu" => Ok(Dev::Gpu(Box::new(GpuContext::new(request).await?))),
+            "gpu" | "webgpu" => Ok(Dev::Gpu(Box::new(open_gpu(cli, request).await?))),
             "cpu" => Ok(Dev::Cpu(CpuContext::new(cli.threads))),
-            "auto" => match GpuContext::new(request).await {
+            "auto" => match open_gpu(cli, request).await {
                 Ok(ctx) if !ctx.is_software_adapter() => Ok(Dev::Gpu(Box::new(ctx))),
                 Ok(ctx) => {
                     eprintln!(
@@ -1343,7 +1362,7 @@ mod cli {
                 "this command runs on the WebGPU backend: leave out --backend cpu".into(),
             ));
         }
-        let ctx = GpuContext::new(request).await?;
+        let ctx = open_gpu(&cli, request).await?;
         println!("{}", ctx.report());
         match cli.command {
             Command::Info { .. }
@@ -1376,10 +1395,12 @@ mod cli {
                 size,
                 calls,
                 formats,
+                rows: m,
             } => {
-                if size == 0 || size % 256 != 0 || calls == 0 {
+                if size == 0 || size % 256 != 0 || calls == 0 || m == 0 {
                     eprintln!(
-                        "error: --size must be a positive multiple of 256 and --calls positive"
+                        "error: --size must be a positive multiple of 256, --calls and --rows \
+                         positive"
                     );
                     return Ok(ExitCode::FAILURE);
                 }
@@ -1388,23 +1409,25 @@ mod cli {
                 } else {
                     formats
                 };
-                let rows = bench::kernel_bench(&ctx, size, calls, &formats).await?;
+                let rows = bench::kernel_bench(&ctx, size, m, calls, &formats).await?;
                 let copy = rows[0].gb_per_s();
                 println!(
-                    "\nmatvec on a {size}×{size} matrix, {calls} calls per submit (best of 3):\n"
+                    "\nlinear layer of a {size}×{size} matrix on {m} activation row(s), {calls} \
+                     calls per submit (best of 3; GB/s of the weights read):\n"
                 );
                 println!(
-                    "{:<22} {:>12} {:>12} {:>10} {:>9}",
-                    "kernel", "bytes", "µs/call", "GB/s", "× copy"
+                    "{:<22} {:>12} {:>12} {:>10} {:>9} {:>9}",
+                    "kernel", "bytes", "µs/call", "GB/s", "× copy", "GFLOP/s"
                 );
                 for r in &rows {
                     println!(
-                        "{:<22} {:>12} {:>12.1} {:>10.2} {:>9.2}",
+                        "{:<22} {:>12} {:>12.1} {:>10.2} {:>9.2} {:>9.2}",
                         r.name,
                         r.bytes,
                         r.per_call.as_secs_f64() * 1e6,
                         r.gb_per_s(),
-                        r.gb_per_s() / copy
+                        r.gb_per_s() / copy,
+                        r.flops as f64 / r.per_call.as_secs_f64() / 1e9
                     );
                 }
                 Ok(ExitCode::SUCCESS)

@@ -139,8 +139,34 @@ fn matvec_shape(items: usize) -> (u32, u32) {
 const TILE: u32 = 64;
 
 /// Up to this many activation rows, [`LinearKernel::Auto`] uses the matrix-vector kernel; beyond,
-/// the tiled matrix-matrix kernel, which reuses each W tile across 64 rows.
+/// the tiled matrix-matrix kernel, which reuses each W tile across 64 rows. Decode-step epilogues
+/// (RoPE into the cache, combining split attention) take at most this many rows.
 pub const MATVEC_MAX_ROWS: usize = 4;
+
+/// Up to this many activation rows, [`LinearKernel::Auto`] on the kernels made for GPUs uses the
+/// matrix-vector kernel with several activation rows per workgroup (each weight decoded once for
+/// all of them) instead of a 64-row matmul tile that would be mostly empty: the short prefill
+/// steps of a chat turn (16, 8, 4, 2 tokens).
+pub const SMALL_M_MAX_ROWS: usize = 16;
+
+/// The matrix-vector kernel's activation rows per workgroup (`MT`) for `m` rows, and its rows of
+/// W per workgroup in place of `rows` (each invocation keeps MT · ROWS sums): one for the
+/// decode-step epilogues, which combine or rotate per activation row.
+fn matvec_mt(m: u32, rows: u32, per_row_epilogue: bool) -> (u32, u32) {
+    if per_row_epilogue || m <= 1 {
+        return (1, rows);
+    }
+    let mt = m.next_power_of_two().min(SMALL_M_MAX_ROWS as u32);
+    (mt, if mt <= 4 { 4 } else { 2 })
+}
+
+/// The largest power-of-two workgroup of at most `wg` invocations whose reduction scratch
+/// (`red_n` values each) fits in `bytes` of workgroup memory.
+fn reduction_wg(wg: u32, red_n: u32, bytes: u32) -> u32 {
+    let most = (bytes / (4 * red_n.max(1))).max(1);
+    let fit = 1u32 << most.ilog2();
+    wg.min(fit).max(1)
+}
 
 /// Which kernel computes a linear layer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -365,16 +391,26 @@ fn check(
 
 fn spec(
     ctx: &GpuContext,
-    matvec: Option<(u32, u32)>,
+    matvec: Option<(u32, u32, u32)>,
     w: &GpuTensor,
     opts: &Linear,
     epi: &Epilogue,
     vec4: bool,
 ) -> Specialization {
     let norm = u32::from(opts.norm.is_some());
-    let base = if let Some((wg, rows)) = matvec {
-        // One more reduced value with the RMSNorm prologue: the row's Σx².
-        let base = reduce_spec_wg(ctx, rows + norm, wg).with("ROWS", rows);
+    let base = if let Some((wg, rows, mt)) = matvec {
+        // One more reduced value per activation row with the RMSNorm prologue: its Σx².
+        let red_n = mt * (rows + norm);
+        // Several activation rows' sums: as many invocations as their reduction scratch
+        // allows (one row's, beside the combine's chunk weights, always fits).
+        let wg = if mt == 1 {
+            wg
+        } else {
+            reduction_wg(wg, red_n, ctx.capabilities().max_workgroup_storage_bytes)
+        };
+        let base = reduce_spec_wg(ctx, red_n, wg)
+            .with("ROWS", rows)
+            .with("MT", mt);
         match opts.combine {
             Some((a, _)) => base
                 .with("C_HEADS", a.n_heads as u32)
@@ -673,8 +709,11 @@ async fn linear_epilogue(
     opts: &Linear<'_>,
     epi: &Epilogue<'_>,
 ) -> Result<Dispatch> {
+    let cpu = ctx.capabilities().cpu;
     let use_matvec = match opts.kernel {
-        LinearKernel::Auto => x.rows() <= MATVEC_MAX_ROWS,
+        // The CPU adapters' kernels have their own many-row path (MT rows per invocation).
+        LinearKernel::Auto if cpu => x.rows() <= MATVEC_MAX_ROWS,
+        LinearKernel::Auto => x.rows() <= SMALL_M_MAX_ROWS,
         LinearKernel::Matvec => true,
         LinearKernel::Matmul => false,
     };
@@ -709,7 +748,6 @@ async fn linear_epilogue(
     let quads = 2 * u32::from(epi.rope.is_some());
     let shift = swiglu + quads;
     let units = params.n >> quads;
-    let cpu = ctx.capabilities().cpu;
     let vec4 = vec4_kernel(ctx, w.dtype());
     let (x_slot, w_slot, norm_slot) = if vec4 {
         (X4, W4, NORM_W4)
@@ -798,9 +836,11 @@ async fn linear_epilogue(
         _ => k / 8,
     };
     let (mv_wg, mv_rows) = matvec_shape(items);
+    let per_row = opts.combine.is_some() || epi.rope.is_some();
+    let (mt, mv_rows) = matvec_mt(params.m, mv_rows, per_row);
     let spec = spec(
         ctx,
-        use_matvec.then_some((mv_wg, mv_rows)),
+        use_matvec.then_some((mv_wg, mv_rows, mt)),
         w,
         opts,
         epi,
@@ -817,7 +857,8 @@ async fn linear_epilogue(
         // Output columns per workgroup: half the rows with SwiGLU (gate and up), a quarter with
         // the RoPE epilogue (quads).
         params.blocks = units.div_ceil(mv_rows >> shift);
-        let wg = grid(ctx, name, u64::from(params.blocks) * u64::from(params.m))?;
+        let groups = u64::from(params.blocks) * u64::from(params.m.div_ceil(mt));
+        let wg = grid(ctx, name, groups)?;
         build(ctx, &MATVEC.entry(name, entry), &spec, &params, &binds, wg).await
     } else {
         const MATMUL: Kernel = Kernel::new("matmul", MATMUL_SRC, "matmul", WORDS);
