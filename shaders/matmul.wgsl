@@ -1,30 +1,46 @@
 // Y[m, n] = Σₖ X[m, k] · W[n, k] (+ bias, + Y): a linear layer over many activation rows
-// (prefill). Each workgroup computes a 64×64 tile of Y; its 16×16 invocations each own a 4×4
-// sub-tile, strided by 16 so that neighbouring invocations read neighbouring workgroup-memory
-// words. K is walked in steps of 16 through workgroup-memory tiles of X and W (zero-filled past
-// the edges, so any m, n, k works; block formats have k a multiple of their block).
-// With SWIGLU a tile's 64 rows of W are the gate rows of 32 output columns, then their up rows,
-// so each invocation holds both dot products of its outputs.
-// With NORM each invocation sums x² of the tile elements it loads (4 rows, one column in 16),
-// and the partial sums meet in workgroup memory after the K loop.
+// (prefill). Each workgroup computes a 64×64 tile of Y (64 activation rows × 64 rows of W); its
+// 16×16 invocations each own a contiguous 4×4 sub-tile: activation rows 4ty..4ty+3, W rows
+// 4tx..4tx+3, so each step of the inner loop reads one vec4 of X and one of W from workgroup
+// memory for 16 multiply-adds.
+// K is walked in steps of BK = 32 through workgroup-memory tiles of X and W stored k-major
+// ([BK][64]), zero-filled past the edges, so any m, n, k works (block formats have k a multiple
+// of their block, so of 32). Every invocation loads 8 consecutive k of one row of each tile: for
+// block formats one group of 8 decoded once per tile (64 rows × 4 groups), for floats 8 values.
+// Consecutive invocations take consecutive rows, so their stores to a k-row of the tile hit
+// consecutive words (no bank conflicts) and the vec4 reads of the inner loop need no padding.
+// With SWIGLU a tile holds 32 output columns: local W row 4t + j is the gate row (j < 2) or the
+// up row (j ≥ 2) of column 2t + (j & 1), so each invocation holds both dot products of its two
+// columns.
+// With NORM each invocation sums x² of the elements it loads (its row, 8 columns of every 32),
+// and the four partial sums of a row meet in workgroup memory after the K loop.
 // Prelude: linear_common.wgsl's (and quant.wgsl for block formats).
 
-const BM: u32 = 64u;
-const BN: u32 = 64u;
-const BK: u32 = 16u;
+const TM: u32 = 64u;
+const BK: u32 = 32u;
 
-var<workgroup> xs: array<f32, 1024>; // [BK][BM]
-var<workgroup> ws: array<f32, 1024>; // [BK][BN]
+// [BK][TM / 4]: vec4 v of k-row kk holds rows 4v..4v+3.
+var<workgroup> xs: array<vec4<f32>, 512>;
+var<workgroup> ws: array<vec4<f32>, 512>;
 
 // Output columns per tile.
-const COLS: u32 = BN >> SWIGLU;
+const COLS: u32 = TM >> SWIGLU;
 
 // The W row of the tile's local row r (columns past the end repeat the last: never stored).
 fn w_row(n0: u32, r: u32) -> u32 {
     if (SWIGLU == 1u) {
-        return min(n0 + r % COLS, p.n - 1u) + p.n * (r / COLS);
+        let col = n0 + 2u * (r / 4u) + (r & 1u);
+        return min(col, p.n - 1u) + p.n * ((r % 4u) / 2u);
     }
     return n0 + r;
+}
+
+// Stores element (kk, r) of a tile.
+fn put_x(kk: u32, r: u32, v: f32) {
+    xs[kk * (TM / 4u) + r / 4u][r % 4u] = v;
+}
+fn put_w(kk: u32, r: u32, v: f32) {
+    ws[kk * (TM / 4u) + r / 4u][r % 4u] = v;
 }
 
 @compute @workgroup_size(256)
@@ -34,92 +50,94 @@ fn matmul(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let g = linear_workgroup(wid, nwg);
-    let m0 = (g / p.blocks) * BM;
+    let m0 = (g / p.blocks) * TM;
     let n0 = (g % p.blocks) * COLS;
     let tx = li % 16u;
     let ty = li / 16u;
-    var acc: array<f32, 16>;
-    // NORM: Σx² of the elements this invocation loads, for rows li / BK + 16j.
-    var sum_sq: array<f32, 4>;
+    // The row and the 8 columns of every BK this invocation loads.
+    let lr = li % TM;
+    let lk = 8u * (li / TM);
+    let x_live = m0 + lr < p.m;
+    var w_live = n0 + lr < p.n;
+    if (SWIGLU == 1u) {
+        w_live = n0 + 2u * (lr / 4u) + (lr & 1u) < p.n;
+    }
+    // acc[i]: activation row 4ty + i, W rows 4tx..4tx+3.
+    var acc: array<vec4<f32>, 4>;
+    // NORM: Σx² of the elements this invocation loads.
+    var sum_sq = 0.0;
+    let nb = p.k / max(QK, 1u);
+    let gpb = max(QK / 8u, 1u);
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        for (var e = li; e < BM * BK; e += 256u) {
-            let row = e / BK;
-            let kk = e % BK;
-            let gk = k0 + kk;
+        for (var i = 0u; i < 8u; i++) {
+            let gk = k0 + lk + i;
             var xv = 0.0;
-            if (m0 + row < p.m && gk < p.k) {
-                xv = x[(m0 + row) * p.k + gk];
+            if (x_live && gk < p.k) {
+                xv = x[(m0 + lr) * p.k + gk];
                 if (NORM == 1u) {
-                    sum_sq[e / 256u] = fma(xv, xv, sum_sq[e / 256u]);
+                    sum_sq = fma(xv, xv, sum_sq);
                     xv = xv * norm_g(gk);
                 }
             }
-            xs[kk * BM + row] = xv;
-            if (QK == 1u) {
-                var wv = 0.0;
-                if (n0 + row % COLS < p.n && gk < p.k) {
-                    wv = float_at(w_row(n0, row) * p.w_stride + gk);
-                }
-                ws[kk * BN + row] = wv;
-            }
+            put_x(lk + i, lr, xv);
         }
         if (QK > 1u) {
-            // 64 rows × 2 groups of 8: the first 128 invocations decode one group each.
-            if (li < BN * 2u) {
-                let row = li / 2u;
-                let half = li % 2u;
-                var wv: array<f32, 8>;
-                if (n0 + row % COLS < p.n) {
-                    let gi = k0 / 8u + half;
-                    let gpb = max(QK / 8u, 1u);
-                    wv = decode8(w_row(n0, row) * (p.k / QK) + gi / gpb, gi % gpb, p.scale_base);
+            var wv: array<f32, 8>;
+            if (w_live) {
+                let gi = (k0 + lk) / 8u;
+                wv = decode8(w_row(n0, lr) * nb + gi / gpb, gi % gpb, p.scale_base);
+            }
+            for (var i = 0u; i < 8u; i++) {
+                put_w(lk + i, lr, wv[i]);
+            }
+        } else {
+            for (var i = 0u; i < 8u; i++) {
+                let gk = k0 + lk + i;
+                var wv = 0.0;
+                if (w_live && gk < p.k) {
+                    wv = float_at(w_row(n0, lr) * p.w_stride + gk);
                 }
-                for (var i = 0u; i < 8u; i++) {
-                    ws[(8u * half + i) * BN + row] = wv[i];
-                }
+                put_w(lk + i, lr, wv);
             }
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = xs[kk * BM + ty + 16u * i];
-                b[i] = ws[kk * BN + tx + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] = fma(a[i], b[j], acc[i * 4u + j]);
-                }
-            }
+            let a = xs[kk * (TM / 4u) + ty];
+            let b = ws[kk * (TM / 4u) + tx];
+            acc[0] = fma(vec4<f32>(a.x), b, acc[0]);
+            acc[1] = fma(vec4<f32>(a.y), b, acc[1]);
+            acc[2] = fma(vec4<f32>(a.z), b, acc[2]);
+            acc[3] = fma(vec4<f32>(a.w), b, acc[3]);
         }
         workgroupBarrier();
     }
-    // NORM: the scale of each of this invocation's 4 output rows (ty + 16i).
-    var scale = array<f32, 4>(1.0, 1.0, 1.0, 1.0);
+    // NORM: the scale of each of this invocation's 4 activation rows, from the 4 partial sums
+    // of each row (invocations lr, lr + 64, lr + 128, lr + 192).
+    var scale = vec4<f32>(1.0);
     if (NORM == 1u) {
-        // xs[row · BK + c]: row's partial sum over the columns ≡ c (mod BK).
-        for (var j = 0u; j < 4u; j++) {
-            xs[li + 256u * j] = sum_sq[j];
-        }
+        put_x(li / TM, lr, sum_sq);
         workgroupBarrier();
-        for (var i = 0u; i < 4u; i++) {
-            var t = 0.0;
-            for (var c = 0u; c < BK; c++) {
-                t += xs[(ty + 16u * i) * BK + c];
-            }
-            scale[i] = norm_scale(t);
-        }
+        let t = xs[ty] + xs[TM / 4u + ty] + xs[2u * (TM / 4u) + ty] + xs[3u * (TM / 4u) + ty];
+        scale = vec4<f32>(norm_scale(t.x), norm_scale(t.y), norm_scale(t.z), norm_scale(t.w));
     }
     for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < (4u >> SWIGLU); j++) {
-            let gm = m0 + ty + 16u * i;
-            let gn = n0 + tx + 16u * j;
-            if (gm < p.m && gn < p.n) {
-                if (SWIGLU == 1u) {
-                    finish_swiglu(gm, gn, acc[i * 4u + j] * scale[i], acc[i * 4u + j + 2u] * scale[i]);
-                } else {
-                    finish(gm, gn, acc[i * 4u + j] * scale[i]);
+        let gm = m0 + 4u * ty + i;
+        let v = acc[i] * scale[i];
+        if (gm < p.m) {
+            if (SWIGLU == 1u) {
+                let gn = n0 + 2u * tx;
+                if (gn < p.n) {
+                    finish_swiglu(gm, gn, v.x, v.z);
+                }
+                if (gn + 1u < p.n) {
+                    finish_swiglu(gm, gn + 1u, v.y, v.w);
+                }
+            } else {
+                for (var j = 0u; j < 4u; j++) {
+                    let gn = n0 + 4u * tx + j;
+                    if (gn < p.n) {
+                        finish(gm, gn, v[j]);
+                    }
                 }
             }
         }
