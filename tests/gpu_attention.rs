@@ -27,7 +27,7 @@ use pocketlm::reference::Rng;
 use proptest::prelude::*;
 
 mod common;
-use common::{ctx, expect_err};
+use common::{ctx, expect_err, family, gpu_kernels_ctx};
 
 fn assert_all(outcomes: pocketlm::Result<Vec<Outcome>>, what: &str, seed: u64) {
     let outcomes = outcomes.unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -54,8 +54,12 @@ fn rope_kv_case(case: RopeKvCase, seed: u64) {
 }
 
 fn attention_case(case: AttentionCase, seed: u64) {
+    attention_case_on(ctx(), case, seed);
+}
+
+fn attention_case_on(ctx: &pocketlm::gpu::GpuContext, case: AttentionCase, seed: u64) {
     assert_all(
-        pollster::block_on(run_attention(ctx(), &case, seed)),
+        pollster::block_on(run_attention(ctx, &case, seed)),
         &case.to_string(),
         seed,
     );
@@ -184,13 +188,13 @@ proptest! {
                                    window in prop_oneof![2 => Just(None), 1 => (1usize..=64).prop_map(Some)],
                                    softcap in prop_oneof![2 => Just(None), 1 => (1.0f32..=50.0).prop_map(Some)],
                                    bidirectional in prop_oneof![3 => Just(false), 1 => Just(true)],
-                                   inputs in 0usize..=5,
+                                   inputs in 0usize..=5, gpu_family in any::<bool>(),
                                    seed in any::<u64>()) {
         // Packed inputs (an embedder's batch: bidirectional, or causal for a decoder's) start
         // at position 0.
         let packed = if bidirectional || inputs % 2 == 1 { inputs.min(tokens) } else { 0 };
         let offset = if packed > 0 { 0 } else { offset };
-        attention_case(AttentionCase {
+        attention_case_on(family(gpu_family), AttentionCase {
             tokens,
             spare,
             n_heads: n_kv * ratio,
@@ -219,7 +223,7 @@ fn decode_at_context_8192() {
 
 /// Larger head_dim (Gemma's 256, tiny tiles within 16 KiB of workgroup memory), more than eight
 /// query heads per kv head (split into head blocks), multi-query attention, a given scale, and
-/// long prefills in one chunk and in many.
+/// long prefills in one chunk and in many; the steps of several tokens on both kernel families.
 #[test]
 fn attention_edge_shapes() {
     let base = AttentionCase {
@@ -443,6 +447,11 @@ fn attention_edge_shapes() {
     ];
     for (i, c) in cases.into_iter().enumerate() {
         attention_case(c, 0xED6E + i as u64);
+        // The GPU kernels' plans differ most for steps of many tokens (up to 32 query rows per
+        // workgroup, against 8 on CPU adapters).
+        if c.tokens > 4 {
+            attention_case_on(gpu_kernels_ctx(), c, 0xED6E + i as u64);
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use pocketlm::Error;
 use proptest::prelude::*;
 
 mod common;
-use common::{ctx, expect_err};
+use common::{ctx, expect_err, family, gpu_kernels_ctx};
 
 fn assert_passes(case: Case, seed: u64) {
     assert_passes_on(ctx(), case, seed);
@@ -40,15 +40,6 @@ fn assert_passes_on(ctx: &GpuContext, case: Case, seed: u64) {
         "{o} (seed {seed:#x}, cpu kernels {})",
         ctx.capabilities().cpu
     );
-}
-
-/// The shared context, or with `gpu_family` the one running the kernels made for GPUs.
-fn family(gpu_family: bool) -> &'static GpuContext {
-    if gpu_family {
-        gpu_kernels_ctx()
-    } else {
-        ctx()
-    }
 }
 
 fn dtype() -> impl Strategy<Value = DType> {
@@ -395,17 +386,6 @@ fn f16_tensors_round_trip_with_odd_rows() {
     let back = pollster::block_on(ctx.read_f32(&t)).unwrap();
     let want: Vec<f32> = data.iter().map(|h| h.to_f32()).collect();
     assert_eq!(back, want);
-}
-
-/// A context that runs the kernels made for GPUs even on a CPU driver (see
-/// `Capabilities::cpu`), so both kernel families are tested on every driver.
-fn gpu_kernels_ctx() -> &'static GpuContext {
-    static CTX: std::sync::OnceLock<GpuContext> = std::sync::OnceLock::new();
-    CTX.get_or_init(|| {
-        pollster::block_on(GpuContext::new(common::profile_request()))
-            .unwrap()
-            .with_cpu_kernels(false)
-    })
 }
 
 /// Both linear-kernel families (one dot product per workgroup for GPUs, whole dot products per

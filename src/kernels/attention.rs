@@ -530,8 +530,15 @@ pub async fn rope_kv_write(
 /// The largest head_dim [`attention`] takes (Gemma's 256).
 pub const ATTENTION_MAX_HEAD_DIM: usize = 256;
 
-/// Query rows (heads × tokens) one attention workgroup serves with each key it loads.
+/// Query rows (heads × tokens) one attention workgroup serves with each key it loads: the query
+/// heads of a group served together (a decode step's rows), and the most rows of a step of
+/// several tokens on CPU adapters.
 const ROWS: usize = 8;
+/// The most query rows of a prefill step's workgroup on GPUs: each staged tile of keys and values
+/// serves up to this many (tokens × heads of a group), so a long prompt re-reads the cache once
+/// per 32 rows instead of once per 8 (once per pair of tokens for 3 heads a group). CPU adapters
+/// keep [`ROWS`]: there the output accumulators of more rows cost more than the cache reads.
+const PREFILL_ROWS: usize = 32;
 /// Workgroups the default chunking aims for when the context is full, to fill a GPU.
 const TARGET_WORKGROUPS: usize = 256;
 /// The shortest default chunk: below this the per-chunk overhead (q staging, partial results,
@@ -704,7 +711,8 @@ fn workgroup_budget(bytes: u32) -> usize {
 fn plan(budget: usize, group: usize, hd: usize, max_tokens: usize, cpu: bool) -> Plan {
     let head_blocks = group.div_ceil(ROWS);
     let gb = group.div_ceil(head_blocks);
-    let mut tq = (ROWS / gb).clamp(1, max_tokens);
+    let rows = if cpu { ROWS } else { PREFILL_ROWS };
+    let mut tq = (rows / gb).clamp(1, max_tokens);
     loop {
         let r = gb * tq;
         let wg = attention_wg(cpu, r, hd);
@@ -1550,13 +1558,13 @@ mod tests {
     fn plans_fit_the_smallest_workgroup_memory() {
         let budget = workgroup_budget(16384);
         for cpu in [false, true] {
-            let max_outs = if cpu { 16 } else { 8 };
+            let (max_outs, max_rows) = if cpu { (16, ROWS) } else { (16, PREFILL_ROWS) };
             for hd in 1..=ATTENTION_MAX_HEAD_DIM {
                 for group in [1, 2, 3, 5, 7, 8, 9, 12, 16, 71] {
                     for tokens in [1, 2, 3, 17, 64, 512] {
                         let p = plan(budget, group, hd, tokens, cpu);
                         let wg = p.wg as usize;
-                        assert!(p.r <= ROWS && p.r == p.gb * p.tq, "{p:?}");
+                        assert!(p.r <= max_rows && p.r == p.gb * p.tq, "{p:?}");
                         assert!(p.gb * p.head_blocks >= group && p.tq * p.token_blocks >= tokens);
                         assert!(p.tk >= 4, "hd {hd} group {group}: {p:?}");
                         assert!(workgroup_words(p.r, p.tk, p.p, hd) <= budget, "{p:?}");
@@ -1572,5 +1580,13 @@ mod tests {
         // Decode of a Llama-style model: one token, all heads of a group in one workgroup.
         let p = plan(budget, 4, 64, 1, false);
         assert_eq!((p.gb, p.tq, p.tk, p.head_blocks), (4, 1, 32, 1));
+        // A SmolLM2 prefill step on a GPU: 10 tokens × 3 heads share each tile of 16 keys (on a
+        // CPU adapter 2 × 3).
+        let p = plan(budget, 3, 64, 64, false);
+        assert_eq!((p.gb, p.tq, p.tk, p.token_blocks), (3, 10, 16, 7));
+        assert_eq!(plan(budget, 3, 64, 64, true).r, 6);
+        // Llama 3.2 1B (4 heads a group of 64) on 32 KiB: 8 tokens × 4 heads, tiles of 32 keys.
+        let p = plan(workgroup_budget(32768), 4, 64, 512, false);
+        assert_eq!((p.r, p.tk), (32, 32));
     }
 }

@@ -29,6 +29,26 @@ pub fn ctx() -> &'static GpuContext {
     })
 }
 
+/// A context on the same device request that runs the kernels made for GPUs even on a CPU
+/// driver (see `Capabilities::cpu`), so both kernel families are tested on every driver.
+pub fn gpu_kernels_ctx() -> &'static GpuContext {
+    static CTX: OnceLock<GpuContext> = OnceLock::new();
+    CTX.get_or_init(|| {
+        pollster::block_on(GpuContext::new(profile_request()))
+            .unwrap()
+            .with_cpu_kernels(false)
+    })
+}
+
+/// [`ctx`], or with `gpu_family` [`gpu_kernels_ctx`].
+pub fn family(gpu_family: bool) -> &'static GpuContext {
+    if gpu_family {
+        gpu_kernels_ctx()
+    } else {
+        ctx()
+    }
+}
+
 /// The profile `POCKETLM_TEST_PROFILE` asks for (auto when unset).
 pub fn profile_request() -> ProfileRequest {
     std::env::var("POCKETLM_TEST_PROFILE")
