@@ -273,6 +273,7 @@ pub fn standard_cases() -> Vec<Case> {
             (1, 1536, 576),
             (1, 576, 1536),
             (3, 37, 101),
+            (12, 37, 101),
             (1, 1, 1),
         ] {
             cases.push(Case::Linear {

@@ -34,6 +34,16 @@ async fn standard_kernels_match_reference_in_browser() {
     }
 }
 
+/// The kernels made for GPUs, as Tint compiles them for a hardware adapter: this browser's CPU
+/// adapter runs the other family unless asked.
+#[wasm_bindgen_test]
+async fn gpu_kernel_family_matches_reference_in_browser() {
+    let ctx = context().await.with_cpu_kernels(false);
+    for o in run_standard(&ctx).await.unwrap() {
+        assert!(o.passed(), "{o}");
+    }
+}
+
 #[wasm_bindgen_test]
 async fn random_shapes_match_reference_in_browser() {
     let ctx = context().await;

@@ -135,10 +135,17 @@ async fn attention_matches_reference_in_browser() {
             packed: 0,
         });
     }
-    for (i, case) in cases.iter().enumerate() {
-        for o in run_attention(&ctx, case, 0xB000 + i as u64).await.unwrap() {
+    // The fixed cases also on the kernels made for GPUs (their plans, as Tint compiles them for
+    // a hardware adapter), which this browser's CPU adapter would not otherwise run.
+    let gpu_family = context().await.with_cpu_kernels(false);
+    let runs = cases
+        .iter()
+        .map(|c| (&ctx, c))
+        .chain(cases[..3].iter().map(|c| (&gpu_family, c)));
+    for (i, (ctx, case)) in runs.enumerate() {
+        for o in run_attention(ctx, case, 0xB000 + i as u64).await.unwrap() {
             log(&o.to_string());
-            assert!(o.passed(), "{o}");
+            assert!(o.passed(), "cpu kernels {}: {o}", ctx.capabilities().cpu);
         }
     }
 }
