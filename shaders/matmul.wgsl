@@ -26,13 +26,20 @@ var<workgroup> ws: array<vec4<f32>, 512>;
 // Output columns per tile.
 const COLS: u32 = TM >> SWIGLU;
 
+// The output column of the tile's local row r.
+fn w_col(n0: u32, r: u32) -> u32 {
+    if (SWIGLU == 1u) {
+        return n0 + 2u * (r / 4u) + (r & 1u);
+    }
+    return n0 + r;
+}
+
 // The W row of the tile's local row r (columns past the end repeat the last: never stored).
 fn w_row(n0: u32, r: u32) -> u32 {
     if (SWIGLU == 1u) {
-        let col = n0 + 2u * (r / 4u) + (r & 1u);
-        return min(col, p.n - 1u) + p.n * ((r % 4u) / 2u);
+        return min(w_col(n0, r), p.n - 1u) + p.n * ((r % 4u) / 2u);
     }
-    return n0 + r;
+    return w_col(n0, r);
 }
 
 // Stores element (kk, r) of a tile.
@@ -58,10 +65,7 @@ fn matmul(
     let lr = li % TM;
     let lk = 8u * (li / TM);
     let x_live = m0 + lr < p.m;
-    var w_live = n0 + lr < p.n;
-    if (SWIGLU == 1u) {
-        w_live = n0 + 2u * (lr / 4u) + (lr & 1u) < p.n;
-    }
+    let w_live = w_col(n0, lr) < p.n;
     // acc[i]: activation row 4ty + i, W rows 4tx..4tx+3.
     var acc: array<vec4<f32>, 4>;
     // NORM: Σx² of the elements this invocation loads.
