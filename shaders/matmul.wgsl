@@ -70,7 +70,7 @@ fn matmul(
     var acc: array<vec4<f32>, 4>;
     // NORM: Σx² of the elements this invocation loads.
     var sum_sq = 0.0;
-    let nb = p.k / max(QK, 1u);
+    let nb = p.k / QK;
     let gpb = max(QK / 8u, 1u);
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         for (var i = 0u; i < 8u; i++) {

@@ -146,11 +146,14 @@ fn matvec_half(
         }
         // An odd k leaves one column, whose pair partner is padding.
         if ((p.k & 1u) == 1u && li == WG - 1u) {
+            var wl: array<f32, ROWS>;
+            for (var r = 0u; r < rows; r++) {
+                wl[r] = unpack_half2(w[w_row(n0, r) * row_words + pairs]).x;
+            }
             for (var t = 0u; t < MT; t++) {
                 let xv = load_x(m0, t, p.k - 1u);
                 for (var r = 0u; r < rows; r++) {
-                    let wv = unpack_half2(w[w_row(n0, r) * row_words + pairs]);
-                    red_in[t * ROWS + r] = fma(wv.x, xv, red_in[t * ROWS + r]);
+                    red_in[t * ROWS + r] = fma(wl[r], xv, red_in[t * ROWS + r]);
                 }
             }
         }

@@ -400,10 +400,8 @@ fn rows_case_applies(ctx: &GpuContext, kernel: LinearKernel, m: usize) -> bool {
 /// invocation for CPU drivers) on every weight format, plain and with bias + residual.
 #[test]
 fn both_linear_kernel_families_match_reference() {
-    let cpu = pollster::block_on(GpuContext::new(common::profile_request()))
-        .unwrap()
-        .with_cpu_kernels(true);
-    for (ctx, c) in [(&cpu, true), (gpu_kernels_ctx(), false)] {
+    let cpu = common::cpu_kernels_ctx();
+    for (ctx, c) in [(cpu, true), (gpu_kernels_ctx(), false)] {
         for (i, weights) in DType::WEIGHTS.into_iter().enumerate() {
             let k = if weights.is_quantized() {
                 2 * weights.block_size()
@@ -667,13 +665,11 @@ fn linear_split_writes_column_ranges_to_separate_outputs() {
 fn qkv_projection_with_rope_epilogue_matches_rope_kv_write() {
     use kernels::{KvCache, RopeConfig, RopeKv, RopeLayout, RopeTable, StepState};
     let mut rng = Rng::new(17);
-    let cpu = pollster::block_on(GpuContext::new(common::profile_request()))
-        .unwrap()
-        .with_cpu_kernels(true);
+    let cpu = common::cpu_kernels_ctx();
     let (q_heads, kv_heads, hd) = (4usize, 2usize, 12usize);
     let n = (q_heads + 2 * kv_heads) * hd;
     let offset = 5;
-    for ctx in [&cpu, gpu_kernels_ctx()] {
+    for ctx in [cpu, gpu_kernels_ctx()] {
         for (f, dtype) in [
             DType::F32,
             DType::F16,
@@ -993,21 +989,18 @@ fn output_projection_combines_split_attention_as_it_loads() {
         }
     }
     // The kernels for CPU adapters keep the combine pass.
-    let cpu = pollster::block_on(GpuContext::new(common::profile_request()))
-        .unwrap()
-        .with_cpu_kernels(true);
-    let cache = KvCache::with_dtype(&cpu, 1, max_pos, kv_heads, hd, DType::F16).unwrap();
-    let step = StepState::new(&cpu, 1, max_pos).unwrap();
+    let cpu = common::cpu_kernels_ctx();
+    let cache = KvCache::with_dtype(cpu, 1, max_pos, kv_heads, hd, DType::F16).unwrap();
+    let step = StepState::new(cpu, 1, max_pos).unwrap();
     let q = cpu.zeros("q", &[1, heads, hd], DType::F32).unwrap();
     let o = cpu.zeros("o", &[1, heads, hd], DType::F32).unwrap();
     let opts = AttentionOptions {
         chunk_len: Some(8),
         ..Default::default()
     };
-    let att =
-        pollster::block_on(kernels::attention(&cpu, &step, &q, &cache, 0, &o, &opts)).unwrap();
+    let att = pollster::block_on(kernels::attention(cpu, &step, &q, &cache, 0, &o, &opts)).unwrap();
     let (_, parts) = att.without_combine().unwrap();
-    assert!(!kernels::combine_fits(&cpu, parts, 1));
+    assert!(!kernels::combine_fits(cpu, parts, 1));
     let w = cpu.zeros("w", &[n, k], DType::F32).unwrap();
     let y = cpu.zeros("y", &[1, n], DType::F32).unwrap();
     let combining = kernels::Linear {
@@ -1016,7 +1009,7 @@ fn output_projection_combines_split_attention_as_it_loads() {
     };
     expect_err(
         pollster::block_on(kernels::linear_with(
-            &cpu,
+            cpu,
             &w,
             &o.reshape(&[1, k]).unwrap(),
             &y,
@@ -1230,11 +1223,9 @@ proptest! {
 /// and matmul, including model-sized rows (k = 576) and a row of zeros (eps alone).
 #[test]
 fn rmsnorm_prologue_in_every_format_and_family() {
-    let cpu = pollster::block_on(GpuContext::new(common::profile_request()))
-        .unwrap()
-        .with_cpu_kernels(true);
+    let cpu = common::cpu_kernels_ctx();
     let mut rng = Rng::new(21);
-    for ctx in [&cpu, gpu_kernels_ctx()] {
+    for ctx in [cpu, gpu_kernels_ctx()] {
         for (i, dtype) in DType::WEIGHTS.into_iter().enumerate() {
             let block = dtype.block_size().max(1);
             let k = if dtype.is_quantized() { 2 * block } else { 67 };

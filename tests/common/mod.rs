@@ -40,6 +40,16 @@ pub fn gpu_kernels_ctx() -> &'static GpuContext {
     })
 }
 
+/// The same for the kernels made for CPU adapters, whatever the adapter is.
+pub fn cpu_kernels_ctx() -> &'static GpuContext {
+    static CTX: OnceLock<GpuContext> = OnceLock::new();
+    CTX.get_or_init(|| {
+        pollster::block_on(GpuContext::new(profile_request()))
+            .unwrap()
+            .with_cpu_kernels(true)
+    })
+}
+
 /// [`ctx`], or with `gpu_family` [`gpu_kernels_ctx`].
 pub fn family(gpu_family: bool) -> &'static GpuContext {
     if gpu_family {
