@@ -17,13 +17,27 @@ fn word(i: u32) -> u32 {
     return ws[i];
 }
 
-fn nib4v(v: u32, shift: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(v) >> vec4<u32>(shift, shift + 8u, shift + 16u, shift + 24u)) & vec4<u32>(15u));
+// Fields are decoded in place: a field masked where it sits, at byte j of a word, converts to
+// its value times 2^8j exactly, and the block's scale times 2^-8j (BYTE_SCALE) undoes that in
+// the multiply the dequantization does anyway. So a word's four fields cost one mask, not one
+// shift each: CPU drivers run a vector shift by per-component amounts one lane at a time (about
+// half of SwiftShader's matvec time went there). The products are exact, so the values are
+// bit for bit those of shifting each field down (quant.wgsl's).
+const BYTE_SCALE = vec4<f32>(1.0, 1.0 / 256.0, 1.0 / 65536.0, 1.0 / 16777216.0);
+const NIB_MASKS = vec4<u32>(0xFu, 0xF00u, 0xF0000u, 0xF000000u);
+
+// The 4-bit fields at bits shift + 8j of v (j = 0..3), each times 2^8j.
+fn nib4p(v: u32, shift: u32) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(v >> shift) & NIB_MASKS));
 }
 
-fn i8x4v(v: u32) -> vec4<f32> {
-    let s = vec4<i32>(bitcast<i32>(v << 24u), bitcast<i32>(v << 16u), bitcast<i32>(v << 8u), bitcast<i32>(v));
-    return vec4<f32>(s >> vec4<u32>(24u));
+// The signed bytes b_j of v: (b_j + 128) · 2^8j for j < 3 and b_3 itself (a top byte in place
+// would not fit an i32); value = i8x4p(v) · (d · I8_SCALE) + d · I8_OFFSET = b_j · d.
+const I8_SCALE = vec4<f32>(1.0, 1.0 / 256.0, 1.0 / 65536.0, 1.0);
+const I8_OFFSET = vec4<f32>(-128.0, -128.0, -128.0, 0.0);
+fn i8x4p(v: u32) -> vec4<f32> {
+    let u = vec3<u32>(v ^ 0x808080u) & vec3<u32>(0xFFu, 0xFF00u, 0xFF0000u);
+    return vec4<f32>(vec4<i32>(bitcast<vec3<i32>>(u), bitcast<i32>(v) >> 24u));
 }
 
 // IQ4_NL's levels, packed as in quant.wgsl (kvalues_iq4nl as i8 bytes, 4 per word).
@@ -56,12 +70,12 @@ fn sc_q6_k(s: u32, idx: u32) -> f32 {
     return f32(bitcast<i32>(byte << 24u) >> 24u);
 }
 
-// Four 6-bit Q6_K quants − 32: low nibbles of `lo` at `lo_shift`, high crumbs of `hi` at
-// `hi_shift`.
-fn q6_k_4(lo: u32, lo_shift: u32, hi: u32, hi_shift: u32) -> vec4<f32> {
-    let l = (vec4<u32>(lo) >> vec4<u32>(lo_shift, lo_shift + 8u, lo_shift + 16u, lo_shift + 24u)) & vec4<u32>(15u);
-    let h = (vec4<u32>(hi) >> vec4<u32>(hi_shift, hi_shift + 8u, hi_shift + 16u, hi_shift + 24u)) & vec4<u32>(3u);
-    return vec4<f32>(l | (h << vec4<u32>(4u))) - 32.0;
+// Four 6-bit Q6_K quants in place (times 2^8j, as nib4p): low nibbles of `lo` at `lo_shift`,
+// high crumbs of `hi` at `hi_shift`.
+fn q6_k_4p(lo: u32, lo_shift: u32, hi: u32, hi_shift: u32) -> vec4<f32> {
+    let l = vec4<u32>(lo >> lo_shift) & NIB_MASKS;
+    let h = vec4<u32>((hi >> hi_shift) << 4u) & vec4<u32>(0x30u, 0x3000u, 0x300000u, 0x30000000u);
+    return vec4<f32>(bitcast<vec4<i32>>(l | h));
 }
 
 // The 32 weights of block b as 8 vec4s, in element order. For the K-quants (super-blocks of
@@ -76,14 +90,14 @@ fn block32(b: u32) -> array<vec4<f32>, 8> {
         let s = p.scale_base + 4u * g;
         let dm = unpack2x16float(word(s));
         let sm = sm_q4_k(vec3<u32>(word(s + 1u), word(s + 2u), word(s + 3u)), j);
-        let d1 = vec4<f32>(dm.x * sm.x);
-        let m1 = vec4<f32>(dm.y * sm.y);
+        let d1 = (dm.x * sm.x) * BYTE_SCALE;
+        let m1 = vec4<f32>(-(dm.y * sm.y));
         let shift = 4u * (j & 1u);
         let q0 = w[8u * g + 2u * (j / 2u)];
         let q1 = w[8u * g + 2u * (j / 2u) + 1u];
         for (var i = 0u; i < 4u; i++) { // unroll
-            o[i] = fma(d1, nib4v(q0[i], shift), -m1);
-            o[i + 4u] = fma(d1, nib4v(q1[i], shift), -m1);
+            o[i] = nib4p(q0[i], shift) * d1 + m1;
+            o[i + 4u] = nib4p(q1[i], shift) * d1 + m1;
         }
         return o;
     }
@@ -98,8 +112,12 @@ fn block32(b: u32) -> array<vec4<f32>, 8> {
         let t = j % 4u;
         let s = p.scale_base + 5u * g;
         let d = unpack2x16float(word(s + 4u)).x;
-        let ds0 = vec4<f32>(d * sc_q6_k(s, 8u * n + 2u * t));
-        let ds1 = vec4<f32>(d * sc_q6_k(s, 8u * n + 2u * t + 1u));
+        let ds0 = d * sc_q6_k(s, 8u * n + 2u * t);
+        let ds1 = d * sc_q6_k(s, 8u * n + 2u * t + 1u);
+        let dv0 = ds0 * BYTE_SCALE;
+        let dv1 = ds1 * BYTE_SCALE;
+        let o0 = vec4<f32>(-32.0 * ds0);
+        let o1 = vec4<f32>(-32.0 * ds1);
         let base = 12u * g;
         let lo0 = w[base + 4u * n + 2u * (t & 1u)];
         let lo1 = w[base + 4u * n + 2u * (t & 1u) + 1u];
@@ -108,8 +126,8 @@ fn block32(b: u32) -> array<vec4<f32>, 8> {
         let ls = 4u * (t >> 1u);
         let hs = 2u * t;
         for (var i = 0u; i < 4u; i++) { // unroll
-            o[i] = ds0 * q6_k_4(lo0[i], ls, hi0[i], hs);
-            o[i + 4u] = ds1 * q6_k_4(lo1[i], ls, hi1[i], hs);
+            o[i] = q6_k_4p(lo0[i], ls, hi0[i], hs) * dv0 + o0;
+            o[i + 4u] = q6_k_4p(lo1[i], ls, hi1[i], hs) * dv1 + o1;
         }
         return o;
     }
@@ -118,14 +136,12 @@ fn block32(b: u32) -> array<vec4<f32>, 8> {
         let d = unpack2x16float(word(p.scale_base + b / 2u))[b & 1u];
         let q0 = w[2u * b];
         let q1 = w[2u * b + 1u];
-        o[0] = i8x4v(q0.x) * d;
-        o[1] = i8x4v(q0.y) * d;
-        o[2] = i8x4v(q0.z) * d;
-        o[3] = i8x4v(q0.w) * d;
-        o[4] = i8x4v(q1.x) * d;
-        o[5] = i8x4v(q1.y) * d;
-        o[6] = i8x4v(q1.z) * d;
-        o[7] = i8x4v(q1.w) * d;
+        let dv = d * I8_SCALE;
+        let off = d * I8_OFFSET;
+        for (var i = 0u; i < 4u; i++) { // unroll
+            o[i] = i8x4p(q0[i]) * dv + off;
+            o[i + 4u] = i8x4p(q1[i]) * dv + off;
+        }
     } else {
         // Q4_0 / Q4_1 / IQ4_NL: element j < 16 is the low nibble of byte j, j + 16 its high
         // nibble.
@@ -140,18 +156,20 @@ fn block32(b: u32) -> array<vec4<f32>, 8> {
         } else if (W_FORMAT == 3u) {
             // value = q · d + m
             let dm = unpack2x16float(word(p.scale_base + b));
-            let d = vec4<f32>(dm.x);
+            let d = dm.x * BYTE_SCALE;
             let m = vec4<f32>(dm.y);
             for (var i = 0u; i < 4u; i++) { // unroll
-                o[i] = fma(nib4v(q[i], 0u), d, m);
-                o[i + 4u] = fma(nib4v(q[i], 4u), d, m);
+                o[i] = nib4p(q[i], 0u) * d + m;
+                o[i + 4u] = nib4p(q[i], 4u) * d + m;
             }
         } else {
             // value = (q − 8) · d
             let d = unpack2x16float(word(p.scale_base + b / 2u))[b & 1u];
+            let dv = d * BYTE_SCALE;
+            let off = vec4<f32>(-8.0 * d);
             for (var i = 0u; i < 4u; i++) { // unroll
-                o[i] = (nib4v(q[i], 0u) - 8.0) * d;
-                o[i + 4u] = (nib4v(q[i], 4u) - 8.0) * d;
+                o[i] = nib4p(q[i], 0u) * dv + off;
+                o[i + 4u] = nib4p(q[i], 4u) * dv + off;
             }
         }
     }

@@ -443,6 +443,46 @@ fn both_linear_kernel_families_match_reference() {
     }
 }
 
+/// The CPU kernels decode every weight exactly as ggml does: x = rows of the identity makes each
+/// output one weight (times 1, plus zeros), compared with the reference dequantization, for the
+/// formats with their own decoder in the vec4 kernel (linear_rows4.wgsl decodes fields in place,
+/// without shifts), through its one-row-per-step and many-row paths.
+#[test]
+fn cpu_kernels_decode_weights_exactly() {
+    let ctx = common::cpu_kernels_ctx();
+    let mut rng = Rng::new(17);
+    for dtype in [
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q8_0,
+        DType::IQ4_NL,
+        DType::Q4_K,
+        DType::Q6_K,
+    ] {
+        let (n, k) = (7, 2 * dtype.block_size());
+        let (w, want) = random_weights(ctx, "w", dtype, n, k, &mut rng);
+        for m in [2, k] {
+            let mut eye = vec![0.0f32; m * k];
+            for i in 0..m {
+                eye[i * k + i] = 1.0;
+            }
+            let x = ctx.upload_f32("x", &[m, k], &eye).unwrap();
+            let y = ctx.zeros("y", &[m, n], DType::F32).unwrap();
+            let d = pollster::block_on(kernels::linear(ctx, &w, &x, &y)).unwrap();
+            let got = read_all(ctx, &d, &[&y]).remove(0);
+            for i in 0..m {
+                for j in 0..n {
+                    let (g, e) = (got[i * n + j], want[j * k + i]);
+                    assert!(
+                        g == e || (g.is_nan() && e.is_nan()),
+                        "{dtype}, {m} rows: weight ({j}, {i}) came out {g}, expected {e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Uploads random GGUF data of `dtype` as a [rows, cols] tensor; returns it and its values.
 fn random_weights(
     ctx: &GpuContext,
