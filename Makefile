@@ -88,12 +88,15 @@ bench-browser: setup
 ## The optimised wasm packages that the Playwright suite drives build in the background from the
 ## start, at the lowest CPU priority (nice 19; log in target/wasm-release.log): the suites before
 ## it leave part of the cores idle (shader compiles, driver and browser threads waiting on one
-## another), and the build takes that time instead of running alone at the end.
+## another), and the build takes that time instead of running alone at the end. It runs in its
+## own process group (set -m) so that a failure stops it, but in this session: a new session
+## (setsid) is a new scheduler autogroup, which Linux shares the CPU with equally whatever its
+## nice value.
 WASM_BG_LOG := $(TARGET_DIR)/wasm-release.log
 test: setup
 	@mkdir -p $(TARGET_DIR); \
-	setsid nice -n 19 $(MAKE) --no-print-directory wasm PROFILE=release > $(WASM_BG_LOG) 2>&1 & bg=$$!; \
-	trap 'kill -- -$$bg 2>/dev/null' EXIT; \
+	set -m; nice -n 19 $(MAKE) --no-print-directory wasm PROFILE=release > $(WASM_BG_LOG) 2>&1 & bg=$$!; set +m; \
+	trap 'kill -- -$$bg 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
 	$(MAKE) --no-print-directory test-unit test-gpu-full test-gpu-baseline test-model test-wasm || exit 1; \
 	echo "== the optimised wasm packages (built in the background) =="; \
 	wait $$bg; rc=$$?; trap - EXIT; cat $(WASM_BG_LOG); [ $$rc -eq 0 ] || exit $$rc; \
