@@ -33,20 +33,21 @@ pub fn ctx() -> &'static GpuContext {
 /// driver (see `Capabilities::cpu`), so both kernel families are tested on every driver.
 pub fn gpu_kernels_ctx() -> &'static GpuContext {
     static CTX: OnceLock<GpuContext> = OnceLock::new();
-    CTX.get_or_init(|| {
-        pollster::block_on(GpuContext::new(profile_request()))
-            .unwrap()
-            .with_cpu_kernels(false)
-    })
+    kernel_family_ctx(&CTX, false)
 }
 
 /// The same for the kernels made for CPU adapters, whatever the adapter is.
 pub fn cpu_kernels_ctx() -> &'static GpuContext {
     static CTX: OnceLock<GpuContext> = OnceLock::new();
-    CTX.get_or_init(|| {
+    kernel_family_ctx(&CTX, true)
+}
+
+/// The context in `cell`, made on first use with one kernel family forced.
+fn kernel_family_ctx(cell: &'static OnceLock<GpuContext>, cpu: bool) -> &'static GpuContext {
+    cell.get_or_init(|| {
         pollster::block_on(GpuContext::new(profile_request()))
             .unwrap()
-            .with_cpu_kernels(true)
+            .with_cpu_kernels(cpu)
     })
 }
 
