@@ -5,18 +5,54 @@
 /// f16 bits as f32 (exact). NaNs keep their payload bit for bit, signalling ones included, as in
 /// gguf-py (numpy's conversion); the `half` crate (like x86's F16C, and so ggml on most x86
 /// builds) sets the quiet bit.
+///
+/// Without branches: the kernels convert a block's scale (and minimum) for every block of every
+/// row, and wasm has no instruction for it (natively the AVX2 kernels use F16C). A normal f16's
+/// exponent and mantissa, moved into an f32's place, need 112 more in the exponent; a subnormal
+/// one (mantissa m) is 0.5 + m · 2^-24 less 0.5, so that no subnormal f32 enters an operation
+/// (x86 takes a slow path for those); infinities and NaNs are their bits moved. Both selections
+/// compile to `select`.
 #[inline]
 pub fn f16_to_f32(h: u16) -> f32 {
     let h = u32::from(h);
     let sign = (h & 0x8000) << 16;
-    let exp = (h >> 10) & 0x1F;
-    let man = h & 0x03FF;
-    match exp {
-        // Zero and subnormals: man · 2⁻²⁴, exact in f32.
-        0 => f32::from_bits(sign | (man as f32 * (1.0 / 16_777_216.0)).to_bits()),
-        31 => f32::from_bits(sign | 0x7F80_0000 | (man << 13)),
-        _ => f32::from_bits(sign | ((exp + 112) << 23) | (man << 13)),
+    let mag = h & 0x7FFF;
+    let normal = (mag << 13) + (112 << 23);
+    let subnormal = (f32::from_bits(0x3F00_0000 | mag) - 0.5).to_bits();
+    let special = 0x7F80_0000 | (mag << 13);
+    let v = if mag < 0x0400 { subnormal } else { normal };
+    f32::from_bits(sign | if mag >= 0x7C00 { special } else { v })
+}
+
+/// [`f16_to_f32`] against the format's definition for all 65536 values (run by the kernels'
+/// self-check, natively and in the browser's wasm engine): sign · 2^(e−15) · (1 + m/1024) for
+/// normal values, sign · 2^−14 · m/1024 for zeros and subnormals, and infinities and NaNs with
+/// their payload bits unchanged.
+#[doc(hidden)]
+pub fn check_f16_to_f32() -> Result<(), String> {
+    for h in 0..=u16::MAX {
+        let (e, m) = (i32::from(h >> 10) & 0x1F, f64::from(h & 0x3FF));
+        let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+        let got = f16_to_f32(h);
+        let ok = match e {
+            0 => {
+                f64::from(got) == sign * m / 1024.0 * 2f64.powi(-14)
+                    && got.is_sign_negative() == (sign < 0.0)
+            }
+            31 => {
+                got.to_bits()
+                    == (u32::from(h & 0x8000) << 16) | 0x7F80_0000 | (u32::from(h & 0x3FF) << 13)
+            }
+            _ => f64::from(got) == sign * (1.0 + m / 1024.0) * 2f64.powi(e - 15),
+        };
+        if !ok {
+            return Err(format!(
+                "f16 {h:#06x} converts to {got:e} ({:#010x})",
+                got.to_bits()
+            ));
+        }
     }
+    Ok(())
 }
 
 /// The little-endian f16 at `b[at..at + 2]`, as f32 (exact; see [`f16_to_f32`]).

@@ -1034,6 +1034,7 @@ fn formats() -> [(&'static str, Format, crate::ops::BlockFn, &'static [usize]); 
 
 /// The integer kernels' self-check, run by the unit tests natively and in the browser
 /// (tests/web_ops.rs), where the wasm kernels run:
+/// - the f16 conversion every block's scale goes through ([`crate::blocks::check_f16_to_f32`]);
 /// - every format's unpacked form gives its dequantized values (`scale · q + min`), over
 ///   random blocks with scales near 0.01 and minimums of either sign;
 /// - a row's dot product ([`row_dot`], the fused kernels where the target has them) is within
@@ -1041,6 +1042,7 @@ fn formats() -> [(&'static str, Format, crate::ops::BlockFn, &'static [usize]); 
 ///   and equals the unpacked path's and the portable kernel's integer sums up to float order.
 #[doc(hidden)]
 pub fn check() -> Result<(), String> {
+    crate::blocks::check_f16_to_f32()?;
     for (name, f, dequant, halves) in formats() {
         for seed in 0..20u16 {
             let mut b = bytes(f.bytes, u64::from(seed));
