@@ -135,9 +135,18 @@ pub fn matmul(
     if let Some(f) = int_format(w.dtype()).filter(|_| m == 1 && k.is_multiple_of(idot::QK)) {
         // Decode: x quantized to 16 bits once, every row an integer dot product.
         let acts = idot::Activations::new(x);
+        // Rows touched ahead (ops::touch): at least 2, and at least 1 KiB.
+        let ahead = 2.max(1024usize.div_ceil(row_bytes.max(1)));
         pool.ranges(n, &|j0, j1| {
             let mut scratch = idot::Scratch::default();
+            for r in j0..(j0 + ahead).min(j1) {
+                ops::touch(&bytes[r * row_bytes..(r + 1) * row_bytes]);
+            }
             for j in j0..j1 {
+                if j + ahead < j1 {
+                    let r = j + ahead;
+                    ops::touch(&bytes[r * row_bytes..(r + 1) * row_bytes]);
+                }
                 let v = idot::row_dot(
                     f,
                     &bytes[j * row_bytes..(j + 1) * row_bytes],

@@ -18,6 +18,33 @@ pub enum Weights {
     },
 }
 
+/// Starts every 64-byte line of `bytes` (a later weight row) on its way into the cache before
+/// the row's dot product needs it. Decode streams every weight from memory once per token. In
+/// wasm, which has no prefetch instruction, one byte of each line is read: the loads are
+/// independent, so the core keeps them all in flight while it works on the current row (in
+/// Chromium a 70 MB Q4_0 matrix ran at half its in-cache speed without this and at its in-cache
+/// speed with it). x86_64 prefetches (plain loads there made SmolLM2's decode 0.83× as fast;
+/// prefetches, 1.05×); other targets do nothing.
+#[inline]
+pub fn touch(bytes: &[u8]) {
+    #[cfg(any(target_arch = "x86_64", target_arch = "wasm32"))]
+    for b in bytes.iter().step_by(64) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: SSE is part of x86_64; a prefetch never faults.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>((b as *const u8).cast());
+        }
+        #[cfg(target_arch = "wasm32")]
+        // SAFETY: a reference to a byte of the slice. Volatile, so that the load is made.
+        unsafe {
+            core::ptr::read_volatile(b);
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "wasm32")))]
+    let _ = bytes;
+}
+
 /// Values converted at a time from plain f16 / bf16 rows, and the largest block.
 pub const CHUNK: usize = 256;
 
