@@ -139,20 +139,15 @@ pub fn matmul(
         let ahead = 2.max(1024usize.div_ceil(row_bytes.max(1)));
         pool.ranges(n, &|j0, j1| {
             let mut scratch = idot::Scratch::default();
+            let row = |j: usize| &bytes[j * row_bytes..(j + 1) * row_bytes];
             for r in j0..(j0 + ahead).min(j1) {
-                ops::touch(&bytes[r * row_bytes..(r + 1) * row_bytes]);
+                ops::touch(row(r));
             }
             for j in j0..j1 {
                 if j + ahead < j1 {
-                    let r = j + ahead;
-                    ops::touch(&bytes[r * row_bytes..(r + 1) * row_bytes]);
+                    ops::touch(row(j + ahead));
                 }
-                let v = idot::row_dot(
-                    f,
-                    &bytes[j * row_bytes..(j + 1) * row_bytes],
-                    &acts,
-                    &mut scratch,
-                );
+                let v = idot::row_dot(f, row(j), &acts, &mut scratch);
                 // SAFETY: column j belongs to this task alone; j < n = y.len().
                 unsafe { out.put(j, v, accumulate) };
             }
