@@ -932,51 +932,168 @@ mod wasm {
     }
 
     /// [`super::row_dot`] for the 32-value formats (F: [`k32`]'s constants) straight from their
-    /// blocks: the nibbles (or bytes) split in vector registers, the
-    /// block's two 16-value halves multiplied by `i32x4.dot_i16x8_s`, the block's sums scaled
-    /// once. The same integer sums as the unpacked path.
+    /// blocks: the nibbles (or bytes) split in vector registers, the block's two 16-value halves
+    /// multiplied by `i32x4.dot_i16x8_s`, the block's sums scaled once. The same integer sums as
+    /// the unpacked path.
+    ///
+    /// The f16 scales (and minimums) of four blocks at a time are converted in one vector
+    /// ([`f16x4_to_f32x4`]; wasm has no f16 conversion, and one per block in scalar code was a
+    /// quarter of a block's instructions) and multiplied by their activations' scales (or
+    /// sums) there; the minimums' four sums are the vector's lanes. Every product and every sum is
+    /// the one the block-by-block form computes, in the same order: the result is the same to
+    /// the bit.
     pub(super) fn row_dot_32<const F: u8>(bytes: usize, row: &[u8], x: &Activations) -> f32 {
-        let (qs, has_min) = k32::layout(F);
+        let (_, has_min) = k32::layout(F);
         // Rotated accumulators, as in the x86 kernel.
         let mut acc = [f32x4_splat(0.0), f32x4_splat(0.0)];
-        let mut mins = [0f32; 4];
-        for (b, block) in row.chunks_exact(bytes).enumerate() {
-            let xq = &x.q[QK * b..QK * b + QK];
-            let (lo, hi) = if F == Q8_0 {
-                (load16(block, qs), load16(block, qs + 16))
-            } else {
-                let v = load16(block, qs);
-                let (lo, hi) = (v128_and(v, u8x16_splat(0x0F)), u8x16_shr(v, 4));
-                match F {
-                    Q4_0 => (i8x16_sub(lo, i8x16_splat(8)), i8x16_sub(hi, i8x16_splat(8))),
-                    Q5_0 | Q5_1 => {
-                        let (sl, sh) = bits_to_bytes(k32::fifth_bits(block, qs));
-                        if F == Q5_0 {
-                            // As in the x86 kernel: q − 16 = q | 0xF0 where the bit is clear.
-                            let f0 = i8x16_splat(-16);
-                            (
-                                v128_or(lo, v128_andnot(f0, sl)),
-                                v128_or(hi, v128_andnot(f0, sh)),
-                            )
-                        } else {
-                            let b4 = u8x16_splat(0x10);
-                            (v128_or(lo, v128_and(sl, b4)), v128_or(hi, v128_and(sh, b4)))
-                        }
-                    }
-                    _ => (lo, hi),
-                }
-            };
-            let i = i32x4_add(dot16(lo, &xq[..16]), dot16(hi, &xq[16..]));
-            let d = half(block, 0) * x.d16[2 * b];
-            // Two accumulators, swapped each block (`acc[b & 1]` would live in memory).
-            let next = f32x4_add(acc[1], f32x4_mul(f32x4_convert_i32x4(i), f32x4_splat(d)));
-            acc = [next, acc[0]];
+        let mut mins = f32x4_splat(0.0);
+        let quads = row.chunks_exact(4 * bytes);
+        let tail = quads.remainder();
+        let mut b = 0;
+        for quad in quads {
+            // Per block: its scale times its activations' (d16 holds each block's twice).
+            let xd = i32x4_shuffle::<0, 2, 4, 6>(load4(&x.d16, 2 * b), load4(&x.d16, 2 * b + 4));
+            let d = f32x4_mul(halves4(quad, bytes, 0), xd);
             if has_min {
-                let m = mins[3] + half(block, 2) * x.sum32[b];
-                mins = [m, mins[0], mins[1], mins[2]];
+                let m = f32x4_mul(halves4(quad, bytes, 2), load4(&x.sum32, b));
+                mins = f32x4_add(mins, m);
+            }
+            let xq = &x.q[QK * b..QK * (b + 4)];
+            let (q0, q1, q2, q3) = (
+                &quad[..bytes],
+                &quad[bytes..],
+                &quad[2 * bytes..],
+                &quad[3 * bytes..],
+            );
+            block_32::<F>(q0, &xq[..QK], i32x4_shuffle::<0, 0, 0, 0>(d, d), &mut acc);
+            block_32::<F>(q1, &xq[QK..], i32x4_shuffle::<1, 1, 1, 1>(d, d), &mut acc);
+            block_32::<F>(
+                q2,
+                &xq[2 * QK..],
+                i32x4_shuffle::<2, 2, 2, 2>(d, d),
+                &mut acc,
+            );
+            block_32::<F>(
+                q3,
+                &xq[3 * QK..],
+                i32x4_shuffle::<3, 3, 3, 3>(d, d),
+                &mut acc,
+            );
+            b += 4;
+        }
+        // Block b's minimum goes to sum b mod 4.
+        let mut m = [
+            f32x4_extract_lane::<0>(mins),
+            f32x4_extract_lane::<1>(mins),
+            f32x4_extract_lane::<2>(mins),
+            f32x4_extract_lane::<3>(mins),
+        ];
+        for (j, block) in tail.chunks_exact(bytes).enumerate() {
+            let d = half(block, 0) * x.d16[2 * (b + j)];
+            block_32::<F>(block, &x.q[QK * (b + j)..], f32x4_splat(d), &mut acc);
+            if has_min {
+                m[j] += half(block, 2) * x.sum32[b + j];
             }
         }
-        sum(acc) + ((mins[0] + mins[1]) + (mins[2] + mins[3]))
+        // The four sums paired as the block-by-block form's rotation leaves them.
+        let min = if (row.len() / bytes).is_multiple_of(2) {
+            (m[0] + m[1]) + (m[2] + m[3])
+        } else {
+            (m[0] + m[3]) + (m[1] + m[2])
+        };
+        sum(acc) + min
+    }
+
+    /// One block of a 32-value format into the rotated accumulators, scaled by `d` (splat).
+    #[inline(always)]
+    fn block_32<const F: u8>(block: &[u8], xq: &[i16], d: v128, acc: &mut [v128; 2]) {
+        let (qs, _) = k32::layout(F);
+        let (lo, hi) = if F == Q8_0 {
+            (load16(block, qs), load16(block, qs + 16))
+        } else {
+            let v = load16(block, qs);
+            let (lo, hi) = (v128_and(v, u8x16_splat(0x0F)), u8x16_shr(v, 4));
+            match F {
+                Q4_0 => (i8x16_sub(lo, i8x16_splat(8)), i8x16_sub(hi, i8x16_splat(8))),
+                Q5_0 | Q5_1 => {
+                    let (sl, sh) = bits_to_bytes(k32::fifth_bits(block, qs));
+                    if F == Q5_0 {
+                        // As in the x86 kernel: q − 16 = q | 0xF0 where the bit is clear.
+                        let f0 = i8x16_splat(-16);
+                        (
+                            v128_or(lo, v128_andnot(f0, sl)),
+                            v128_or(hi, v128_andnot(f0, sh)),
+                        )
+                    } else {
+                        let b4 = u8x16_splat(0x10);
+                        (v128_or(lo, v128_and(sl, b4)), v128_or(hi, v128_and(sh, b4)))
+                    }
+                }
+                _ => (lo, hi),
+            }
+        };
+        let i = i32x4_add(dot16(lo, &xq[..16]), dot16(hi, &xq[16..]));
+        // Two accumulators, swapped each block (`acc[b & 1]` would live in memory).
+        let next = f32x4_add(acc[1], f32x4_mul(f32x4_convert_i32x4(i), d));
+        *acc = [next, acc[0]];
+    }
+
+    /// Four f32 at `at` of `v`.
+    #[inline(always)]
+    fn load4(v: &[f32], at: usize) -> v128 {
+        let v = &v[at..at + 4];
+        // SAFETY: 4 readable values; wasm loads take any alignment.
+        unsafe { v128_load(v.as_ptr().cast()) }
+    }
+
+    /// The f16s at `at` of four consecutive blocks of `bytes` bytes, as f32.
+    #[inline(always)]
+    fn halves4(quad: &[u8], bytes: usize, at: usize) -> v128 {
+        let h = |j: usize| {
+            u32::from(u16::from_le_bytes([
+                quad[j * bytes + at],
+                quad[j * bytes + at + 1],
+            ]))
+        };
+        f16x4_to_f32x4(u32x4(h(0), h(1), h(2), h(3)))
+    }
+
+    /// [`crate::blocks::f16_to_f32`] in four lanes (each holding an f16's bits), the same bits.
+    #[inline(always)]
+    pub(crate) fn f16x4_to_f32x4(h: v128) -> v128 {
+        let sign = i32x4_shl(v128_and(h, u32x4_splat(0x8000)), 16);
+        let mag = v128_and(h, u32x4_splat(0x7FFF));
+        let moved = i32x4_shl(mag, 13);
+        let normal = i32x4_add(moved, u32x4_splat(112 << 23));
+        let subnormal = f32x4_sub(v128_or(mag, u32x4_splat(0x3F00_0000)), f32x4_splat(0.5));
+        let special = v128_or(moved, u32x4_splat(0x7F80_0000));
+        let v = v128_bitselect(subnormal, normal, i32x4_lt(mag, i32x4_splat(0x0400)));
+        let v = v128_bitselect(special, v, i32x4_ge(mag, i32x4_splat(0x7C00)));
+        v128_or(sign, v)
+    }
+
+    /// [`f16x4_to_f32x4`] against [`crate::blocks::f16_to_f32`] for all 65536 values.
+    pub(super) fn check_f16x4() -> Result<(), String> {
+        for h in (0..=u16::MAX).step_by(4) {
+            let h = u32::from(h);
+            let v = f16x4_to_f32x4(u32x4(h, h + 1, h + 2, h + 3));
+            let got = [
+                u32x4_extract_lane::<0>(v),
+                u32x4_extract_lane::<1>(v),
+                u32x4_extract_lane::<2>(v),
+                u32x4_extract_lane::<3>(v),
+            ];
+            for (j, got) in (0..4).zip(got) {
+                let want = crate::blocks::f16_to_f32((h + j) as u16).to_bits();
+                if got != want {
+                    return Err(format!(
+                        "f16 {:#06x}: {got:#010x} in a vector, {want:#010x}",
+                        h + j
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The 32 fifth bits of a Q5 block as 32 bytes, 0xFF where set (the x86 kernel's
@@ -1043,6 +1160,8 @@ fn formats() -> [(&'static str, Format, crate::ops::BlockFn, &'static [usize]); 
 #[doc(hidden)]
 pub fn check() -> Result<(), String> {
     crate::blocks::check_f16_to_f32()?;
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    wasm::check_f16x4()?;
     for (name, f, dequant, halves) in formats() {
         for seed in 0..20u16 {
             let mut b = bytes(f.bytes, u64::from(seed));
@@ -1071,55 +1190,60 @@ pub fn check() -> Result<(), String> {
                 }
             }
         }
-        let blocks = 1024 / f.size;
-        let mut row = Vec::new();
-        for blk in 0..blocks {
-            let mut b = bytes(f.bytes, 100 + blk as u64);
-            for &at in halves {
-                set_half(&mut b, at, 0x2000 + (blk as u16 * 13) % 0x300);
+        // Rows of whole groups of 4 blocks, and ones that end with 3 blocks or with 1 (the wasm
+        // kernels convert 4 blocks' scales at once).
+        for blocks in [1024 / f.size, 1024 / f.size + 3, 1] {
+            let mut row = Vec::new();
+            for blk in 0..blocks {
+                let mut b = bytes(f.bytes, 100 + blk as u64);
+                for &at in halves {
+                    set_half(&mut b, at, 0x2000 + (blk as u16 * 13) % 0x300);
+                }
+                row.extend(b);
             }
-            row.extend(b);
-        }
-        let k = blocks * f.size;
-        let x: Vec<f32> = (0..k)
-            .map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 311.0)
-            .collect();
-        let mut w = vec![0f32; k];
-        for (b, out) in row.chunks_exact(f.bytes).zip(w.chunks_exact_mut(f.size)) {
-            dequant(b, out);
-        }
-        let exact: f64 = w
-            .iter()
-            .zip(&x)
-            .map(|(&a, &b)| f64::from(a) * f64::from(b))
-            .sum();
-        // Each activation is off by at most half a step, max|x| / 32767 / 2.
-        let bound = w.iter().map(|&a| f64::from(a.abs())).sum::<f64>() * (1.63 / 32767.0) / 2.0;
-        // Kernels that sum the same integers in another order agree to f32 rounding of the
-        // terms' magnitude (the result itself can be much smaller).
-        let magnitude: f64 = w
-            .iter()
-            .zip(&x)
-            .map(|(&a, &b)| f64::from((a * b).abs()))
-            .sum();
-        let close = |a: f32, b: f32| f64::from((a - b).abs()) <= 1e-5 * (1.0 + magnitude);
-        let acts = Activations::new(&x);
-        let mut s = Scratch::default();
-        let got = row_dot(f, &row, &acts, &mut s);
-        if (f64::from(got) - exact).abs() > bound + 1e-5 * (1.0 + exact.abs()) {
-            return Err(format!("{name}: {got} against {exact} (bound {bound})"));
-        }
-        let unpacked = row_dot_unpacked(f, &row, &acts, &mut s);
-        let portable = dot_groups_portable(&s.q, &acts.q, &s.scale)
-            + if f.has_min {
-                crate::ops::dot(&s.min, &acts.sum16)
-            } else {
-                0.0
-            };
-        if !close(got, unpacked) || !close(unpacked, portable) {
-            return Err(format!(
-                "{name}: {got} (row_dot), {unpacked} (unpacked), {portable} (portable)"
+            let k = blocks * f.size;
+            let x: Vec<f32> = (0..k)
+                .map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 311.0)
+                .collect();
+            let mut w = vec![0f32; k];
+            for (b, out) in row.chunks_exact(f.bytes).zip(w.chunks_exact_mut(f.size)) {
+                dequant(b, out);
+            }
+            let exact: f64 = w
+                .iter()
+                .zip(&x)
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
+            // Each activation is off by at most half a step, max|x| / 32767 / 2.
+            let bound = w.iter().map(|&a| f64::from(a.abs())).sum::<f64>() * (1.63 / 32767.0) / 2.0;
+            // Kernels that sum the same integers in another order agree to f32 rounding of the
+            // terms' magnitude (the result itself can be much smaller).
+            let magnitude: f64 = w
+                .iter()
+                .zip(&x)
+                .map(|(&a, &b)| f64::from((a * b).abs()))
+                .sum();
+            let close = |a: f32, b: f32| f64::from((a - b).abs()) <= 1e-5 * (1.0 + magnitude);
+            let acts = Activations::new(&x);
+            let mut s = Scratch::default();
+            let got = row_dot(f, &row, &acts, &mut s);
+            if (f64::from(got) - exact).abs() > bound + 1e-5 * (1.0 + exact.abs()) {
+                return Err(format!(
+                    "{name}, {blocks} blocks: {got} against {exact} (bound {bound})"
+                ));
+            }
+            let unpacked = row_dot_unpacked(f, &row, &acts, &mut s);
+            let portable = dot_groups_portable(&s.q, &acts.q, &s.scale)
+                + if f.has_min {
+                    crate::ops::dot(&s.min, &acts.sum16)
+                } else {
+                    0.0
+                };
+            if !close(got, unpacked) || !close(unpacked, portable) {
+                return Err(format!(
+                "{name}, {blocks} blocks: {got} (row_dot), {unpacked} (unpacked), {portable} (portable)"
             ));
+            }
         }
     }
     Ok(())
