@@ -175,6 +175,7 @@ test-wasm:
 ## the PWA and extension under a strict CSP; and, without a browser, the .d.ts files (tsc --noEmit
 ## --strict on a file using the whole API) and the error codes (src/error.rs, index.d.ts, README).
 test-browser:
+	@scripts/fetch-gemma3.sh
 	@scripts/fetch-minilm.sh
 	@$(MAKE) --no-print-directory wasm PROFILE=release
 	@$(MAKE) --no-print-directory wasm-harness

@@ -1,6 +1,7 @@
 // The CPU backend in a real headless Chromium: this machine's only WebGPU adapter is SwiftShader
 // (software), so `backend: "auto"` takes the CPU backend and says why; SmolLM2's greedy output
-// equals transformers' and the native CLI's CPU backend token for token; a generation can be
+// equals transformers' and the native CLI's CPU backend token for token, and so does Gemma 3's
+// (K-quants and a 262k-token Q8_0 embedding) on the same page; a generation can be
 // aborted within a token (the wasm engine yields between steps); "webgpu" asked for by name
 // still runs WebGPU. A page that is not cross-origin isolated runs one thread and says why; an
 // isolated one (COOP/COEP) loads the threaded build, whose threads are Web Workers on shared
@@ -85,6 +86,28 @@ test("a chat on the CPU backend equals the native CLI's CPU backend", async () =
   const cli = JSON.parse(out.stdout.trim().split("\n").at(-1));
   assert.deepEqual(r.pocketlm.token_ids, cli.tokens, "the browser and the CLI differ");
   assert.equal(r.choices[0].message.content, cli.text);
+});
+
+test("Gemma 3 270M Q4_K_M (Q4_K, Q6_K, Q5_0 and Q8_0 mixed) on the CPU backend equals transformers' greedy output", async () => {
+  assert.ok(existsSync(join(ROOT, "models", "gemma-3-270m-q4_k_m.gguf")), "run scripts/fetch-gemma3.sh");
+  const fixture = JSON.parse(readFileSync(join(ROOT, "tests", "fixtures", "gemma3", "greedy.json"), "utf8"));
+  const r = value(
+    await run(
+      async ([url, prompts, n]) => {
+        const gemma = await globalThis.pocketlm.PocketLM.load(url, { backend: "cpu", context: 128 });
+        const outputs = [];
+        for (const prompt of prompts) outputs.push(await gemma.completions.create({ prompt, max_tokens: n, temperature: 0 }));
+        await gemma.unload();
+        return outputs;
+      },
+      ["/models/gemma-3-270m-q4_k_m.gguf", fixture.cases.map((c) => c.prompt), TOKENS],
+    ),
+  );
+  fixture.cases.forEach((c, i) => {
+    assert.equal(r[i].usage.prompt_tokens, c.input_ids.length);
+    assert.deepEqual(r[i].pocketlm.token_ids, c.generated_ids.slice(0, TOKENS), `prompt ${JSON.stringify(c.prompt)}`);
+    console.log(`Gemma 3, ${JSON.stringify(c.prompt)}: ${r[i].pocketlm.tokens_per_second?.toFixed(2)} tokens/s`);
+  });
 });
 
 test("a generation on the CPU backend aborts within a token while the page stays responsive", async () => {
