@@ -42,8 +42,8 @@ pub struct Format {
     pub fused: Option<Fused>,
 }
 
-/// The formats with a kernel that reads their blocks directly, natively (AVX2) and in wasm
-/// (SIMD128). (ggml's names.)
+/// The formats with a kernel that reads their blocks directly: in wasm (SIMD128) all of them,
+/// natively (AVX2) all but Q5_K, IQ4_NL and IQ4_XS. (ggml's names.)
 #[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fused {
@@ -53,7 +53,10 @@ pub enum Fused {
     Q5_0,
     Q5_1,
     Q4_K,
+    Q5_K,
     Q6_K,
+    IQ4_NL,
+    IQ4_XS,
 }
 
 macro_rules! block_format {
@@ -123,7 +126,15 @@ block_format!(
     true,
     Some(Fused::Q4_K)
 );
-block_format!(Q5_K, row_q5_k, 256, 176, unpack_q5_k, true, None);
+block_format!(
+    Q5_K,
+    row_q5_k,
+    256,
+    176,
+    unpack_q5_k,
+    true,
+    Some(Fused::Q5_K)
+);
 block_format!(
     Q6_K,
     row_q6_k,
@@ -133,8 +144,24 @@ block_format!(
     false,
     Some(Fused::Q6_K)
 );
-block_format!(IQ4_NL, row_iq4_nl, 32, 18, unpack_iq4_nl, false, None);
-block_format!(IQ4_XS, row_iq4_xs, 256, 136, unpack_iq4_xs, false, None);
+block_format!(
+    IQ4_NL,
+    row_iq4_nl,
+    32,
+    18,
+    unpack_iq4_nl,
+    false,
+    Some(Fused::IQ4_NL)
+);
+block_format!(
+    IQ4_XS,
+    row_iq4_xs,
+    256,
+    136,
+    unpack_iq4_xs,
+    false,
+    Some(Fused::IQ4_XS)
+);
 
 /// `q`'s first N values as an array (so that the unpacking loops have no bounds checks and
 /// vectorize).
@@ -417,12 +444,13 @@ mod k32 {
     pub const Q8_0: u8 = 2;
     pub const Q5_0: u8 = 3;
     pub const Q5_1: u8 = 4;
+    pub const IQ4_NL: u8 = 5;
 
     /// Where format `f`'s quants start in its block, and whether it has a minimum (an f16 at
     /// byte 2; the scale is at byte 0). Q5's 32 fifth bits are the 4 bytes before the quants.
     pub const fn layout(f: u8) -> (usize, bool) {
         match f {
-            Q4_0 | Q8_0 => (2, false),
+            Q4_0 | Q8_0 | IQ4_NL => (2, false),
             Q4_1 => (4, true),
             Q5_0 => (6, false),
             _ => (8, true),
@@ -452,15 +480,18 @@ pub fn row_dot(format: Format, row: &[u8], x: &Activations, s: &mut Scratch) -> 
             Fused::Q8_0 => wasm::row_dot_32::<Q8_0>,
             Fused::Q5_0 => wasm::row_dot_32::<Q5_0>,
             Fused::Q5_1 => wasm::row_dot_32::<Q5_1>,
-            Fused::Q4_K => |_, row: &[u8], x: &Activations| wasm::row_dot_q4_k(row, x),
+            Fused::IQ4_NL => wasm::row_dot_32::<{ k32::IQ4_NL }>,
+            Fused::Q4_K => |_, row: &[u8], x: &Activations| wasm::row_dot_k4::<false>(row, x),
+            Fused::Q5_K => |_, row: &[u8], x: &Activations| wasm::row_dot_k4::<true>(row, x),
             Fused::Q6_K => |_, row: &[u8], x: &Activations| wasm::row_dot_q6_k(row, x),
+            Fused::IQ4_XS => |_, row: &[u8], x: &Activations| wasm::row_dot_iq4_xs(row, x),
         };
         assert_row(format, row, x);
         return kernel(format.bytes, row, x);
     }
     #[cfg(target_arch = "x86_64")]
     if let Some(f) = format.fused {
-        if x86::has_avx2() {
+        if x86::has_avx2() && !matches!(f, Fused::Q5_K | Fused::IQ4_NL | Fused::IQ4_XS) {
             assert_row(format, row, x);
             // SAFETY: the CPU has AVX2, FMA and F16C (checked just above).
             return unsafe { x86::row_dot_fused(f, format.bytes, row, x) };
@@ -652,6 +683,8 @@ mod x86 {
             Fused::Q5_1 => row_dot_32::<Q5_1>(bytes, row, x),
             Fused::Q4_K => row_dot_q4_k(row, x),
             Fused::Q6_K => row_dot_q6_k(row, x),
+            // Not called (see super::row_dot): the unpacked path.
+            Fused::Q5_K | Fused::IQ4_NL | Fused::IQ4_XS => unreachable!("no AVX2 kernel for {f:?}"),
         }
     }
 
@@ -879,7 +912,7 @@ mod x86 {
 mod wasm {
     use core::arch::wasm32::*;
 
-    use super::k32::{self, Q4_0, Q5_0, Q5_1, Q8_0};
+    use super::k32::{self, IQ4_NL, Q4_0, Q5_0, Q5_1, Q8_0};
     use super::{Activations, GROUP, QK};
     use crate::blocks::half;
 
@@ -1005,16 +1038,18 @@ mod wasm {
         sum(acc) + min
     }
 
-    /// [`super::row_dot`] for Q4_K straight from its blocks: per block, the eight 6-bit
-    /// sub-block scales and minimums unpacked, and the products `d · scale · (activations'
-    /// scale)` and `dmin · min · (activations' sum)` formed in two vectors each; per 32-value
-    /// sub-block, its nibbles masked in vector registers and multiplied as in [`row_dot_32`].
-    pub(super) fn row_dot_q4_k(row: &[u8], x: &Activations) -> f32 {
+    /// [`super::row_dot`] for Q4_K (and, `Q5`, Q5_K) straight from its blocks: per block, the
+    /// eight 6-bit sub-block scales and minimums unpacked, and the products `d · scale ·
+    /// (activations' scale)` and `dmin · min · (activations' sum)` formed in two vectors each;
+    /// per 32-value sub-block, its nibbles masked in vector registers (Q5_K: its fifth bits,
+    /// bit j of 32 bytes for sub-block j, moved to bit 4) and multiplied as in [`row_dot_32`].
+    pub(super) fn row_dot_k4<const Q5: bool>(row: &[u8], x: &Activations) -> f32 {
+        let (bytes, qs) = if Q5 { (176, 48) } else { (144, 16) };
         let mut acc = [f32x4_splat(0.0), f32x4_splat(0.0)];
         let mut mins = f32x4_splat(0.0);
-        let m4 = u8x16_splat(0x0F);
+        let (m4, m10) = (u8x16_splat(0x0F), u8x16_splat(0x10));
         let mut scale = [0f32; 8];
-        for (b, block) in row.chunks_exact(144).enumerate() {
+        for (b, block) in row.chunks_exact(bytes).enumerate() {
             let (d, dmin) = (half(block, 0), half(block, 2));
             let (sc, mn) = scales_k4(&block[4..16]);
             // Activation block 8b + j's scale is d16[16b + 2j].
@@ -1030,14 +1065,26 @@ mod wasm {
                 );
                 mins = f32x4_sub(mins, m);
             }
+            let (qh0, qh1) = if Q5 {
+                (load16(block, 16), load16(block, 32))
+            } else {
+                (m4, m4)
+            };
             for c in 0..4 {
-                let (v0, v1) = (load16(block, 16 + 32 * c), load16(block, 32 + 32 * c));
+                let (v0, v1) = (load16(block, qs + 32 * c), load16(block, qs + 16 + 32 * c));
                 for (h, shift) in [(0, 0), (1, 4)] {
                     let j = 2 * c + h;
-                    let (w0, w1) = (
+                    let (mut w0, mut w1) = (
                         v128_and(u8x16_shr(v0, shift), m4),
                         v128_and(u8x16_shr(v1, shift), m4),
                     );
+                    if Q5 {
+                        // Bit j of each byte, as 0x10 where set (compares, not byte shifts,
+                        // which x86 lacks and V8 emulates).
+                        let bit = u8x16_splat(1 << j);
+                        let fifth = |qh: v128| v128_and(i8x16_eq(v128_and(qh, bit), bit), m10);
+                        (w0, w1) = (v128_or(w0, fifth(qh0)), v128_or(w1, fifth(qh1)));
+                    }
                     let xq = &x.q[QK * (8 * b + j)..];
                     let i = i32x4_add(dot16(w0, &xq[..16]), dot16(w1, &xq[16..QK]));
                     let next = f32x4_add(
@@ -1116,6 +1163,59 @@ mod wasm {
         sum(acc)
     }
 
+    /// [`super::row_dot`] for IQ4_XS straight from its blocks: the nibbles mapped to the
+    /// non-linear values by `i8x16.swizzle` of the 16-entry table, the eight 6-bit sub-block
+    /// scales formed as `d · (scale − 32) · (activations' scale)` in two vectors.
+    pub(super) fn row_dot_iq4_xs(row: &[u8], x: &Activations) -> f32 {
+        let mut acc = [f32x4_splat(0.0), f32x4_splat(0.0)];
+        let (m4, table) = (u8x16_splat(0x0F), iq4_table());
+        let mut scale = [0f32; 8];
+        for (b, block) in row.chunks_exact(136).enumerate() {
+            let d = f32x4_splat(half(block, 0));
+            let high = u16::from_le_bytes([block[2], block[3]]);
+            let ls = |ib: usize| {
+                let low = (block[4 + ib / 2] >> (4 * (ib % 2))) & 0x0F;
+                i32::from(low | (((high >> (2 * ib)) & 3) as u8) << 4) - 32
+            };
+            let xd =
+                |at: usize| i32x4_shuffle::<0, 2, 4, 6>(load4(&x.d16, at), load4(&x.d16, at + 4));
+            for (h, out) in scale.chunks_exact_mut(4).enumerate() {
+                let l = f32x4_convert_i32x4(i32x4(
+                    ls(4 * h),
+                    ls(4 * h + 1),
+                    ls(4 * h + 2),
+                    ls(4 * h + 3),
+                ));
+                let v = f32x4_mul(f32x4_mul(d, l), xd(16 * b + 8 * h));
+                // SAFETY: 4 writable f32; wasm stores take any alignment.
+                unsafe { v128_store(out.as_mut_ptr().cast(), v) };
+            }
+            for ib in 0..8 {
+                let v = load16(block, 8 + 16 * ib);
+                let lo = i8x16_swizzle(table, v128_and(v, m4));
+                let hi = i8x16_swizzle(table, u8x16_shr(v, 4));
+                let xq = &x.q[QK * (8 * b + ib)..];
+                let i = i32x4_add(dot16(lo, &xq[..16]), dot16(hi, &xq[16..QK]));
+                let next = f32x4_add(
+                    acc[1],
+                    f32x4_mul(f32x4_convert_i32x4(i), splat_at(&scale, ib)),
+                );
+                acc = [next, acc[0]];
+            }
+        }
+        sum(acc)
+    }
+
+    /// IQ4_NL's (and IQ4_XS's) 16 values, for `i8x16.swizzle`.
+    #[inline(always)]
+    fn iq4_table() -> v128 {
+        let t = &crate::blocks::KVALUES_IQ4NL;
+        i8x16(
+            t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10], t[11], t[12], t[13],
+            t[14], t[15],
+        )
+    }
+
     /// `v[i]` in four lanes (one `v128.load32_splat`).
     #[inline(always)]
     fn splat_at(v: &[f32], i: usize) -> v128 {
@@ -1135,6 +1235,10 @@ mod wasm {
             let (lo, hi) = (v128_and(v, u8x16_splat(0x0F)), u8x16_shr(v, 4));
             match F {
                 Q4_0 => (i8x16_sub(lo, i8x16_splat(8)), i8x16_sub(hi, i8x16_splat(8))),
+                IQ4_NL => {
+                    let table = iq4_table();
+                    (i8x16_swizzle(table, lo), i8x16_swizzle(table, hi))
+                }
                 Q5_0 | Q5_1 => {
                     let (sl, sh) = bits_to_bytes(k32::fifth_bits(block, qs));
                     if F == Q5_0 {
