@@ -43,7 +43,7 @@ pub struct Format {
 }
 
 /// The formats with a kernel that reads their blocks directly: in wasm (SIMD128) all of them,
-/// natively (AVX2) all but Q5_K, IQ4_NL and IQ4_XS. (ggml's names.)
+/// natively (AVX2) those of `x86::FUSED`. (ggml's names.)
 #[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fused {
@@ -52,6 +52,8 @@ pub enum Fused {
     Q8_0,
     Q5_0,
     Q5_1,
+    Q2_K,
+    Q3_K,
     Q4_K,
     Q5_K,
     Q6_K,
@@ -115,8 +117,24 @@ block_format!(
     false,
     Some(Fused::Q8_0)
 );
-block_format!(Q2_K, row_q2_k, 256, 84, unpack_q2_k, true, None);
-block_format!(Q3_K, row_q3_k, 256, 110, unpack_q3_k, false, None);
+block_format!(
+    Q2_K,
+    row_q2_k,
+    256,
+    84,
+    unpack_q2_k,
+    true,
+    Some(Fused::Q2_K)
+);
+block_format!(
+    Q3_K,
+    row_q3_k,
+    256,
+    110,
+    unpack_q3_k,
+    false,
+    Some(Fused::Q3_K)
+);
 block_format!(
     Q4_K,
     row_q4_k,
@@ -483,6 +501,8 @@ pub fn row_dot(format: Format, row: &[u8], x: &Activations, s: &mut Scratch) -> 
             Fused::IQ4_NL => wasm::row_dot_32::<{ k32::IQ4_NL }>,
             Fused::Q4_K => |_, row: &[u8], x: &Activations| wasm::row_dot_k4::<false>(row, x),
             Fused::Q5_K => |_, row: &[u8], x: &Activations| wasm::row_dot_k4::<true>(row, x),
+            Fused::Q2_K => |_, row: &[u8], x: &Activations| wasm::row_dot_q2_k(row, x),
+            Fused::Q3_K => |_, row: &[u8], x: &Activations| wasm::row_dot_q3_k(row, x),
             Fused::Q6_K => |_, row: &[u8], x: &Activations| wasm::row_dot_q6_k(row, x),
             Fused::IQ4_XS => |_, row: &[u8], x: &Activations| wasm::row_dot_iq4_xs(row, x),
         };
@@ -491,7 +511,7 @@ pub fn row_dot(format: Format, row: &[u8], x: &Activations, s: &mut Scratch) -> 
     }
     #[cfg(target_arch = "x86_64")]
     if let Some(f) = format.fused {
-        if x86::has_avx2() && !matches!(f, Fused::Q5_K | Fused::IQ4_NL | Fused::IQ4_XS) {
+        if x86::has_avx2() && x86::FUSED.contains(&f) {
             assert_row(format, row, x);
             // SAFETY: the CPU has AVX2, FMA and F16C (checked just above).
             return unsafe { x86::row_dot_fused(f, format.bytes, row, x) };
@@ -670,6 +690,17 @@ mod x86 {
         _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(s), acc)
     }
 
+    /// The formats [`row_dot_fused`] has a kernel for.
+    pub(super) const FUSED: [Fused; 7] = [
+        Fused::Q4_0,
+        Fused::Q4_1,
+        Fused::Q8_0,
+        Fused::Q5_0,
+        Fused::Q5_1,
+        Fused::Q4_K,
+        Fused::Q6_K,
+    ];
+
     /// [`super::row_dot`] straight from the blocks of `f`: nibbles (and Q6_K's high bits) split
     /// in vector registers, 32 values per pair of `vpmaddwd`, one scaling per 16 or 32 values.
     /// The same integer sums as the unpacked path.
@@ -683,8 +714,8 @@ mod x86 {
             Fused::Q5_1 => row_dot_32::<Q5_1>(bytes, row, x),
             Fused::Q4_K => row_dot_q4_k(row, x),
             Fused::Q6_K => row_dot_q6_k(row, x),
-            // Not called (see super::row_dot): the unpacked path.
-            Fused::Q5_K | Fused::IQ4_NL | Fused::IQ4_XS => unreachable!("no AVX2 kernel for {f:?}"),
+            // Not called (see FUSED and super::row_dot): the unpacked path.
+            _ => unreachable!("no AVX2 kernel for {f:?}"),
         }
     }
 
@@ -1201,6 +1232,99 @@ mod wasm {
                     f32x4_mul(f32x4_convert_i32x4(i), splat_at(&scale, ib)),
                 );
                 acc = [next, acc[0]];
+            }
+        }
+        sum(acc)
+    }
+
+    /// [`super::row_dot`] for Q2_K straight from its blocks: 16 groups of 16 values, group
+    /// 8n + 2j + s the bits 2j of bytes 16s.. of half n (16-bit shifts then a mask: the bits
+    /// that cross a byte are masked off), each with a 4-bit scale and minimum, formed in vectors
+    /// as `d · scale · (activations' scale)` and `dmin · min · (activations' sum)`.
+    pub(super) fn row_dot_q2_k(row: &[u8], x: &Activations) -> f32 {
+        let mut acc = [f32x4_splat(0.0), f32x4_splat(0.0)];
+        let mut mins = f32x4_splat(0.0);
+        let (m2, m4) = (u8x16_splat(3), u8x16_splat(0x0F));
+        let mut scale = [0f32; 16];
+        for (b, block) in row.chunks_exact(84).enumerate() {
+            let (d, dmin) = (f32x4_splat(half(block, 80)), f32x4_splat(half(block, 82)));
+            let sc = load16(block, 0);
+            let (lo, hi) = (v128_and(sc, m4), u8x16_shr(sc, 4));
+            let quarters = |v: v128| {
+                let (a, b) = (u16x8_extend_low_u8x16(v), u16x8_extend_high_u8x16(v));
+                [
+                    u32x4_extend_low_u16x8(a),
+                    u32x4_extend_high_u16x8(a),
+                    u32x4_extend_low_u16x8(b),
+                    u32x4_extend_high_u16x8(b),
+                ]
+            };
+            for (k, (s, m)) in quarters(lo).into_iter().zip(quarters(hi)).enumerate() {
+                let at = 16 * b + 4 * k;
+                let v = f32x4_mul(f32x4_mul(d, f32x4_convert_u32x4(s)), load4(&x.d16, at));
+                // SAFETY: 4 writable f32; wasm stores take any alignment.
+                unsafe { v128_store(scale[4 * k..].as_mut_ptr().cast(), v) };
+                let m = f32x4_mul(f32x4_mul(dmin, f32x4_convert_u32x4(m)), load4(&x.sum16, at));
+                mins = f32x4_sub(mins, m);
+            }
+            for n in 0..2 {
+                for s in 0..2 {
+                    let v = load16(block, 16 + 32 * n + 16 * s);
+                    for j in 0..4 {
+                        let g = 8 * n + 2 * j + s;
+                        let w = v128_and(u16x8_shr(v, 2 * j as u32), m2);
+                        let i = dot16(w, &x.q[GROUP * (16 * b + g)..]);
+                        let next = f32x4_add(
+                            acc[1],
+                            f32x4_mul(f32x4_convert_i32x4(i), splat_at(&scale, g)),
+                        );
+                        acc = [next, acc[0]];
+                    }
+                }
+            }
+        }
+        let m = f32x4_add(mins, i32x4_shuffle::<2, 3, 0, 1>(mins, mins));
+        sum(acc) + (f32x4_extract_lane::<0>(m) + f32x4_extract_lane::<1>(m))
+    }
+
+    /// [`super::row_dot`] for Q3_K straight from its blocks: as Q2_K's two bits, with the third
+    /// (bit 4n + j of the high-bit mask's bytes 16s..) as 4 where set, less 4; the sixteen 6-bit
+    /// scales unpacked in scalar code and formed as `d · (scale − 32) · (activations' scale)`
+    /// in vectors.
+    pub(super) fn row_dot_q3_k(row: &[u8], x: &Activations) -> f32 {
+        let mut acc = [f32x4_splat(0.0), f32x4_splat(0.0)];
+        let (m2, four) = (u8x16_splat(3), u8x16_splat(4));
+        let mut scale = [0f32; 16];
+        for (b, block) in row.chunks_exact(110).enumerate() {
+            let d = f32x4_splat(half(block, 108));
+            let scales = &block[96..108];
+            for (k, out) in scale.chunks_exact_mut(4).enumerate() {
+                let sc = |g: usize| crate::blocks::scale_q3_k(g, scales) - 32;
+                let l = i32x4(sc(4 * k), sc(4 * k + 1), sc(4 * k + 2), sc(4 * k + 3));
+                let v = f32x4_mul(
+                    f32x4_mul(d, f32x4_convert_i32x4(l)),
+                    load4(&x.d16, 16 * b + 4 * k),
+                );
+                // SAFETY: 4 writable f32; wasm stores take any alignment.
+                unsafe { v128_store(out.as_mut_ptr().cast(), v) };
+            }
+            let hmask = [load16(block, 0), load16(block, 16)];
+            for n in 0..2 {
+                for (s, &hm) in hmask.iter().enumerate() {
+                    let v = load16(block, 32 + 32 * n + 16 * s);
+                    for j in 0..4 {
+                        let g = 8 * n + 2 * j + s;
+                        let bit = u8x16_splat(1 << (4 * n + j));
+                        let high = v128_and(i8x16_eq(v128_and(hm, bit), bit), four);
+                        let w = v128_or(v128_and(u16x8_shr(v, 2 * j as u32), m2), high);
+                        let i = dot16(i8x16_sub(w, four), &x.q[GROUP * (16 * b + g)..]);
+                        let next = f32x4_add(
+                            acc[1],
+                            f32x4_mul(f32x4_convert_i32x4(i), splat_at(&scale, g)),
+                        );
+                        acc = [next, acc[0]];
+                    }
+                }
             }
         }
         sum(acc)
