@@ -26,6 +26,34 @@ function threadsUnavailable() {
   return null;
 }
 
+/** `load(source)` on a model file as `job` (src/storage.js's `start`) downloads and stores it:
+ * the engine reads it as a Blob-like object (its URL as the name, the size the server gave) whose
+ * stream is the download's. Resolves once the file is also in the cache. When the download fails,
+ * its error is the one thrown (it says more than the engine's read of a broken stream); when the
+ * engine refuses the file, its copy is dropped from the cache (as for a cached file it refuses). */
+async function loadWhileStored(job, url, load) {
+  const source = { name: url, size: job.total, stream: () => job.stream, arrayBuffer: () => Promise.reject(new Error("read as a stream")) };
+  let model;
+  try {
+    model = await load(source);
+  } catch (e) {
+    job.cancelStream();
+    let failed = null;
+    await job.done.catch((err) => (failed = err));
+    if (failed) throw failed;
+    if (toPocketLMError(e).code !== "aborted") await storage.remove(url).catch(() => {});
+    throw e;
+  }
+  job.cancelStream(); // (the engine may not read a file's last bytes; the cache gets them all)
+  try {
+    await job.done;
+  } catch (e) {
+    model.free();
+    throw e;
+  }
+  return model;
+}
+
 /** Loads and instantiates PocketLM's wasm module once per realm. `wasm` (its URL, Response or
  * module) selects the single-thread build's file; by default the realm takes the threaded build
  * (pkg-mt/) where it can run it (`threadsUnavailable`) and `threads` is not 1, else pkg/. */
@@ -295,10 +323,14 @@ export class Engine {
     });
     try {
       const { profile: _, backend: __, threads: ___, ...wasmOptions } = opts;
-      if (typeof src === "string" || Array.isArray(src)) {
-        if (opts.cache !== false) {
-          // Into the cache first, checked and whole (src/storage.js); the engine then reads it there.
-          await storage.prepare(src, { signal, onProgress, concurrency: opts.concurrency });
+      // Into the cache, checked and whole (src/storage.js), and the engine reads it there; a model
+      // of one file that is not cached yet is read as it downloads (`job.stream`).
+      let job = null;
+      if ((typeof src === "string" || Array.isArray(src)) && opts.cache !== false) {
+        job = await storage.start(src, { signal, onProgress, concurrency: opts.concurrency, stream: typeof src === "string" });
+        if (!job.stream) {
+          await job.done;
+          job = null;
         }
       }
       const phase = onProgress ? (p) => onProgress({ phase: "load", ...p }) : undefined;
@@ -314,7 +346,8 @@ export class Engine {
         }
       }
       const device = gpu ?? engine.#cpu;
-      engine.#model = await device.loadModel(src, { ...wasmOptions, onProgress: phase, signal });
+      const load = (source) => device.loadModel(source, { ...wasmOptions, onProgress: phase, signal });
+      engine.#model = job ? await loadWhileStored(job, src, load) : await load(src);
       engine.#info = engine.#model.info();
       engine.#info.kind = engine.#model.kind();
       engine.#info.profile = gpu ? gpu.profile : null;

@@ -254,23 +254,38 @@ async function probeSize(url, signal) {
  * Folders and safetensors indexes are resolved as the engine does. Does nothing where there is no
  * Cache API.
  */
-export async function prepare(source, { signal, onProgress, concurrency = 4 } = {}) {
-  if (!cacheStorage()) return;
+export async function prepare(source, options = {}) {
+  await (await start(source, options)).done;
+}
+
+/**
+ * Starts what `prepare` does and resolves once the download (if any) has begun: to `{done}`, the
+ * promise of the whole job, and, with `stream: true` where the model is one file (its URL; not a
+ * folder or an index) that is not cached yet and whose size the server says, `{stream, total, cancelStream}`: a ReadableStream
+ * of the file's bytes as they arrive (after those of a partial download it resumes), so that the
+ * engine loads while the file downloads and is stored, instead of reading it back from the
+ * cache afterwards. The download waits for the stream's reader (a few chunks are buffered);
+ * `cancelStream()` releases it (the download then goes on into the cache alone). A failed
+ * download errors the stream.
+ */
+export async function start(source, { signal, onProgress, concurrency = 4, stream: wantStream = false } = {}) {
+  const none = { done: Promise.resolve(), stream: null, total: null, cancelStream() {} };
+  if (!cacheStorage()) return none;
   const weights = await open(WEIGHTS_CACHE);
   const partial = await open(PARTIAL_CACHE);
-  if (!weights || !partial) return;
-  const ctx = { weights, partial, signal };
+  if (!weights || !partial) return none;
+  const ctx = { weights, partial, signal, tee: null };
   let urls;
   if (Array.isArray(source)) urls = source;
   else if (source.endsWith("/") || source.endsWith(".index.json")) urls = await resolveIndex(ctx, source);
   else urls = splitNames(source);
-  if (!urls) return; // the engine reports what is wrong with the folder
+  if (!urls) return none; // the engine reports what is wrong with the folder
 
   const missing = [];
   for (const url of urls) {
     if (!(await verifiedEntry(url, weights))) missing.push({ url, have: 0, total: null });
   }
-  if (missing.length === 0) return;
+  if (missing.length === 0) return none;
   for (const m of missing) {
     const p = await readPartial(partial, m.url);
     m.have = p ? sum(p.pieces) : 0;
@@ -291,7 +306,62 @@ export async function prepare(source, { signal, onProgress, concurrency = 4 } = 
       });
     }
   };
-  await Promise.all(Array.from({ length: Math.min(concurrency, missing.length) }, worker));
+  // (A folder or an index: the engine reads the model's other files from their URLs too.)
+  const oneFile = typeof source === "string" && urls.length === 1 && urls[0] === source && !source.endsWith("/") && !source.endsWith(".index.json");
+  if (wantStream && oneFile && missing[0].total !== null) ctx.tee = teeStream();
+  const done = Promise.all(Array.from({ length: Math.min(concurrency, missing.length) }, worker)).then(() => {});
+  const tee = ctx.tee;
+  if (!tee) return { ...none, done };
+  done.then(
+    () => tee.close(),
+    (e) => tee.error(e),
+  );
+  return { done, stream: tee.stream, total: missing[0].total, cancelStream: () => tee.cancel() };
+}
+
+/** A ReadableStream fed by a download: `push(bytes)` resolves once the reader has room (16
+ * chunks are buffered), at once after `cancel()` or the reader's cancel. */
+function teeStream() {
+  let controller;
+  let wake = null;
+  let open = true;
+  const release = () => {
+    wake?.();
+    wake = null;
+  };
+  const stream = new ReadableStream(
+    {
+      start(c) {
+        controller = c;
+      },
+      pull: release,
+      cancel() {
+        open = false;
+        release();
+      },
+    },
+    new CountQueuingStrategy({ highWaterMark: 16 }),
+  );
+  return {
+    stream,
+    async push(bytes) {
+      if (!open) return;
+      controller.enqueue(bytes);
+      while (open && controller.desiredSize <= 0) await new Promise((resolve) => (wake = resolve));
+    },
+    close() {
+      if (open) controller.close();
+      open = false;
+    },
+    error(e) {
+      if (open) controller.error(e);
+      open = false;
+    },
+    cancel() {
+      open = false;
+      release();
+    },
+  };
 }
 
 /** Compares the bytes still to download (of the files whose size is known) with the free storage. */
@@ -410,6 +480,18 @@ async function downloadFile(ctx, file, all, report) {
     await writeMeta(partial, meta);
   };
   report(have, meta.total, 0);
+  if (ctx.tee) {
+    // A stream of the file starts with the bytes a resumed download already has.
+    for (let i = 0; i < meta.pieces.length; i++) {
+      const r = await partial.match(pieceKey(url, i));
+      const bytes = r ? new Uint8Array(await r.arrayBuffer()) : null;
+      if (!bytes || bytes.byteLength !== meta.pieces[i]) {
+        reader.cancel().catch(() => {});
+        throw ioError(url, `piece ${i} of its partial download is missing; load it again`);
+      }
+      await ctx.tee.push(bytes);
+    }
+  }
   for (;;) {
     let chunk;
     try {
@@ -428,6 +510,7 @@ async function downloadFile(ctx, file, all, report) {
     heldBytes += bytes.byteLength;
     have += bytes.byteLength;
     report(have, meta.total, bytes.byteLength);
+    await ctx.tee?.push(bytes);
     if (heldBytes >= PIECE_BYTES) {
       try {
         await flush();

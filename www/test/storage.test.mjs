@@ -1,6 +1,7 @@
 // The storage PocketLM fills, in a real headless Chromium: PocketLM.cache (has, delete, list,
 // estimate, persist), downloads cut short by the server that resume with a Range request (or
-// start over where the server refuses Range), a half-written file that is never served, and a
+// start over where the server refuses Range), a model of one file read by the engine as it
+// downloads (and cached by the time the load resolves), a half-written file that is never served, and a
 // load that does not fit the origin's quota (set small over CDP) rejecting with code "quota".
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -169,6 +170,30 @@ test("a download cut mid-way is never served half-written, and resumes with a Ra
   assert.deepEqual(r.phases, ["download", "load"]);
   const whole = await stored(MODEL);
   assert.equal(whole.has, true);
+  assert.equal(whole.rawMatch, true);
+  assert.deepEqual(whole.list, [{ url: whole.list[0].url, bytes: MODEL_BYTES, complete: true }]);
+});
+
+test("a model of one file loads as it downloads, from one request, and is cached when the load resolves", async () => {
+  value(await run(() => globalThis.pocketlm.PocketLM.cache.clear()));
+  const before = gets(MODEL).length;
+  const r = value(
+    await run(async (path) => {
+      const { PocketLM } = globalThis.pocketlm;
+      const phases = [];
+      const lm = await PocketLM.load(path, { onProgress: (p) => phases.push(p.phase) });
+      const cached = await PocketLM.cache.has(path);
+      const reply = await lm.complete("The capital of France is", { max_tokens: 1, temperature: 0 });
+      await lm.unload();
+      return { firstLoad: phases.indexOf("load"), lastDownload: phases.lastIndexOf("download"), cached, reply };
+    }, MODEL),
+  );
+  // The engine read the file while it arrived, not from the cache after it.
+  assert.ok(r.firstLoad >= 0 && r.firstLoad < r.lastDownload, JSON.stringify(r));
+  assert.equal(r.cached, true);
+  assert.equal(gets(MODEL).length - before, 1);
+  assert.equal(r.reply, " Paris");
+  const whole = await stored(MODEL);
   assert.equal(whole.rawMatch, true);
   assert.deepEqual(whole.list, [{ url: whole.list[0].url, bytes: MODEL_BYTES, complete: true }]);
 });
