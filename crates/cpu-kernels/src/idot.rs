@@ -43,7 +43,7 @@ pub struct Format {
 }
 
 /// The formats with a kernel that reads their blocks directly: in wasm (SIMD128) all of them,
-/// natively (AVX2) those of `x86::FUSED`. (ggml's names.)
+/// natively (AVX2) all but Q2_K and Q3_K, whose unpacked path was as fast. (ggml's names.)
 #[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fused {
@@ -511,7 +511,7 @@ pub fn row_dot(format: Format, row: &[u8], x: &Activations, s: &mut Scratch) -> 
     }
     #[cfg(target_arch = "x86_64")]
     if let Some(f) = format.fused {
-        if x86::has_avx2() && x86::FUSED.contains(&f) {
+        if x86::has_avx2() && !matches!(f, Fused::Q2_K | Fused::Q3_K) {
             assert_row(format, row, x);
             // SAFETY: the CPU has AVX2, FMA and F16C (checked just above).
             return unsafe { x86::row_dot_fused(f, format.bytes, row, x) };
@@ -595,7 +595,7 @@ pub fn dot_groups_portable(w: &[i8], x: &[i16], scale: &[f32]) -> f32 {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::k32::{self, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+    use super::k32::{self, IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
     use super::{Activations, Fused, GROUP, QK};
     use crate::blocks::scale_min_k4;
 
@@ -690,17 +690,6 @@ mod x86 {
         _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(s), acc)
     }
 
-    /// The formats [`row_dot_fused`] has a kernel for.
-    pub(super) const FUSED: [Fused; 7] = [
-        Fused::Q4_0,
-        Fused::Q4_1,
-        Fused::Q8_0,
-        Fused::Q5_0,
-        Fused::Q5_1,
-        Fused::Q4_K,
-        Fused::Q6_K,
-    ];
-
     /// [`super::row_dot`] straight from the blocks of `f`: nibbles (and Q6_K's high bits) split
     /// in vector registers, 32 values per pair of `vpmaddwd`, one scaling per 16 or 32 values.
     /// The same integer sums as the unpacked path.
@@ -712,10 +701,13 @@ mod x86 {
             Fused::Q8_0 => row_dot_32::<Q8_0>(bytes, row, x),
             Fused::Q5_0 => row_dot_32::<Q5_0>(bytes, row, x),
             Fused::Q5_1 => row_dot_32::<Q5_1>(bytes, row, x),
-            Fused::Q4_K => row_dot_q4_k(row, x),
+            Fused::IQ4_NL => row_dot_32::<IQ4_NL>(bytes, row, x),
+            Fused::Q4_K => row_dot_k4::<false>(row, x),
+            Fused::Q5_K => row_dot_k4::<true>(row, x),
             Fused::Q6_K => row_dot_q6_k(row, x),
-            // Not called (see FUSED and super::row_dot): the unpacked path.
-            _ => unreachable!("no AVX2 kernel for {f:?}"),
+            Fused::IQ4_XS => row_dot_iq4_xs(row, x),
+            // Not called (see super::row_dot): the unpacked path was as fast or faster.
+            Fused::Q2_K | Fused::Q3_K => unreachable!("no AVX2 kernel for {f:?}"),
         }
     }
 
@@ -758,6 +750,7 @@ mod x86 {
                 let w = _mm256_set_m128i(hi, lo);
                 match F {
                     Q4_0 => _mm256_sub_epi8(w, _mm256_set1_epi8(8)),
+                    IQ4_NL => _mm256_shuffle_epi8(iq4_table(), w),
                     Q5_0 | Q5_1 => {
                         let set = bits_to_bytes(k32::fifth_bits(block, qs));
                         if F == Q5_0 {
@@ -786,26 +779,35 @@ mod x86 {
         sum(acc) + ((mins[0] + mins[1]) + (mins[2] + mins[3]))
     }
 
-    /// Q4_K: per 64 values, 32 bytes whose low nibbles are one 32-value sub-block and high
-    /// nibbles the next, each with its 6-bit scale and minimum.
+    /// Q4_K (and, `Q5`, Q5_K): per 64 values, 32 bytes whose low nibbles are one 32-value
+    /// sub-block and high nibbles the next, each with its 6-bit scale and minimum (Q5_K: the
+    /// fifth bits, bit j of 32 bytes for sub-block j, by a byte compare).
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn row_dot_q4_k(row: &[u8], x: &Activations) -> f32 {
+    fn row_dot_k4<const Q5: bool>(row: &[u8], x: &Activations) -> f32 {
+        let (bytes, qs) = if Q5 { (176, 48) } else { (144, 16) };
         // Rotated accumulators, as in row_dot_32.
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut mins = [0f32; 4];
-        let m = _mm256_set1_epi8(0x0F);
-        for (b, block) in row.chunks_exact(144).enumerate() {
-            prefetch(block, 3);
+        let (m, m10) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x10));
+        for (b, block) in row.chunks_exact(bytes).enumerate() {
+            prefetch(block, bytes.div_ceil(64));
             let (d, dmin) = (half(block, 0), half(block, 2));
             let scales = &block[4..16];
+            // Q5_K: bit j of byte l is the fifth bit of value l of sub-block j.
+            let qh = if Q5 { load32(block, 16) } else { m };
             for c in 0..4 {
-                let v = load32(block, 16 + 32 * c);
+                let v = load32(block, qs + 32 * c);
                 let halves = [
                     _mm256_and_si256(v, m),
                     _mm256_and_si256(_mm256_srli_epi16(v, 4), m),
                 ];
-                for (h, w) in halves.into_iter().enumerate() {
+                for (h, mut w) in halves.into_iter().enumerate() {
                     let j = 2 * c + h;
+                    if Q5 {
+                        let bit = _mm256_set1_epi8(1 << j);
+                        let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
+                        w = _mm256_or_si256(w, _mm256_and_si256(set, m10));
+                    }
                     let a = 8 * b + j;
                     let (sc, mn) = scale_min_k4(j, scales);
                     let (i0, i1) = dot32(w, &x.q[QK * a..]);
@@ -820,8 +822,44 @@ mod x86 {
         sum(acc) + ((mins[0] + mins[1]) + (mins[2] + mins[3]))
     }
 
-    /// Q6_K: per 128 values, 64 bytes of low nibbles and 32 of high crumbs make four 32-value
-    /// vectors (less 32), with an 8-bit scale per 16 values.
+    /// IQ4_NL's (and IQ4_XS's) 16 values in both lanes, for `vpshufb`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn iq4_table() -> __m256i {
+        // SAFETY: 16 readable bytes; an unaligned load.
+        let t = unsafe { _mm_loadu_si128(crate::blocks::KVALUES_IQ4NL.as_ptr().cast()) };
+        _mm256_broadcastsi128_si256(t)
+    }
+
+    /// IQ4_XS: per 32 values, 16 bytes of nibbles mapped to the non-linear values by `vpshufb`,
+    /// and a 6-bit scale.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn row_dot_iq4_xs(row: &[u8], x: &Activations) -> f32 {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let (m, table) = (_mm_set1_epi8(0x0F), iq4_table());
+        for (b, block) in row.chunks_exact(136).enumerate() {
+            prefetch(block, 3);
+            let d = half(block, 0);
+            let high = u16::from_le_bytes([block[2], block[3]]);
+            for ib in 0..8 {
+                let low = (block[4 + ib / 2] >> (4 * (ib % 2))) & 0x0F;
+                let ls = i32::from(low | (((high >> (2 * ib)) & 3) as u8) << 4) - 32;
+                let v = load16(block, 8 + 16 * ib);
+                let (lo, hi) = (_mm_and_si128(v, m), _mm_and_si128(_mm_srli_epi16(v, 4), m));
+                let w = _mm256_shuffle_epi8(table, _mm256_set_m128i(hi, lo));
+                let a = 8 * b + ib;
+                let (i0, i1) = dot32(w, &x.q[QK * a..]);
+                let next = scaled(
+                    acc[3],
+                    _mm256_add_epi32(i0, i1),
+                    d * ls as f32 * x.d16[2 * a],
+                );
+                acc = [next, acc[0], acc[1], acc[2]];
+            }
+        }
+        sum(acc)
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     fn row_dot_q6_k(row: &[u8], x: &Activations) -> f32 {
         // Rotated accumulators, as in row_dot_32.
