@@ -268,22 +268,28 @@ fn unpack_iq4_nl(b: &[u8], q: &mut [i8], scale: &mut [f32], _: &mut [f32]) {
     scale[..2].fill(half(b, 0));
 }
 
+/// An IQ4_XS block's scale of sub-block `ib` (6 bits: a nibble of bytes 4..8 and two bits of
+/// the u16 at 2), less 32.
+#[inline(always)]
+fn iq4_xs_scale(b: &[u8], ib: usize) -> i32 {
+    let high = u16::from_le_bytes([b[2], b[3]]);
+    let low = (b[4 + ib / 2] >> (4 * (ib % 2))) & 0x0F;
+    i32::from(low | (((high >> (2 * ib)) & 3) as u8) << 4) - 32
+}
+
 #[inline(always)]
 fn unpack_iq4_xs(b: &[u8], q: &mut [i8], scale: &mut [f32], _: &mut [f32]) {
     let d = half(b, 0);
-    let scales_h = u16::from_le_bytes([b[2], b[3]]);
     for (ib, (qs, q)) in b[8..136]
         .chunks_exact(16)
         .zip(q.chunks_exact_mut(32))
         .enumerate()
     {
-        let ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 0x0F)
-            | ((((scales_h >> (2 * ib)) & 3) as u8) << 4);
         for (j, &v) in qs.iter().enumerate() {
             q[j] = KVALUES_IQ4NL[usize::from(v & 0x0F)];
             q[j + 16] = KVALUES_IQ4NL[usize::from(v >> 4)];
         }
-        scale[2 * ib..2 * ib + 2].fill(d * f32::from(i16::from(ls) - 32));
+        scale[2 * ib..2 * ib + 2].fill(d * iq4_xs_scale(b, ib) as f32);
     }
 }
 
@@ -840,10 +846,8 @@ mod x86 {
         for (b, block) in row.chunks_exact(136).enumerate() {
             prefetch(block, 3);
             let d = half(block, 0);
-            let high = u16::from_le_bytes([block[2], block[3]]);
             for ib in 0..8 {
-                let low = (block[4 + ib / 2] >> (4 * (ib % 2))) & 0x0F;
-                let ls = i32::from(low | (((high >> (2 * ib)) & 3) as u8) << 4) - 32;
+                let ls = super::iq4_xs_scale(block, ib);
                 let v = load16(block, 8 + 16 * ib);
                 let (lo, hi) = (_mm_and_si128(v, m), _mm_and_si128(_mm_srli_epi16(v, 4), m));
                 let w = _mm256_shuffle_epi8(table, _mm256_set_m128i(hi, lo));
@@ -994,9 +998,7 @@ mod wasm {
             // SAFETY: 16 bytes of w at 16g, with 16g + 16 ≤ 16n; wasm loads take any alignment.
             let wv = unsafe { v128_load(w.as_ptr().add(GROUP * g).cast()) };
             let i = dot16(wv, &x[GROUP * g..]);
-            // Two accumulators, swapped each group (`acc[g & 1]` would live in memory).
-            let next = f32x4_add(acc[1], f32x4_mul(f32x4_convert_i32x4(i), f32x4_splat(s)));
-            acc = [next, acc[0]];
+            accumulate(&mut acc, i, f32x4_splat(s));
         }
         sum(acc)
     }
@@ -1126,8 +1128,7 @@ mod wasm {
                 |at: usize| i32x4_shuffle::<0, 2, 4, 6>(load4(&x.d16, at), load4(&x.d16, at + 4));
             for (h, out) in scale.chunks_exact_mut(4).enumerate() {
                 let v = f32x4_mul(f32x4_mul(f32x4_splat(d), sc[h]), xd(16 * b + 8 * h));
-                // SAFETY: 4 writable f32; wasm stores take any alignment.
-                unsafe { v128_store(out.as_mut_ptr().cast(), v) };
+                store4(out, v);
                 let m = f32x4_mul(
                     f32x4_mul(f32x4_splat(dmin), mn[h]),
                     load4(&x.sum32, 8 * b + 4 * h),
@@ -1156,11 +1157,7 @@ mod wasm {
                     }
                     let xq = &x.q[QK * (8 * b + j)..];
                     let i = i32x4_add(dot16(w0, &xq[..16]), dot16(w1, &xq[16..QK]));
-                    let next = f32x4_add(
-                        acc[1],
-                        f32x4_mul(f32x4_convert_i32x4(i), splat_at(&scale, j)),
-                    );
-                    acc = [next, acc[0]];
+                    accumulate(&mut acc, i, splat_at(&scale, j));
                 }
             }
         }
@@ -1201,8 +1198,7 @@ mod wasm {
             for (k, out) in scale.chunks_exact_mut(4).enumerate() {
                 let xd = load4(&x.d16, 16 * b + 4 * k);
                 let v = f32x4_mul(f32x4_mul(d, xd), f32x4_convert_i32x4(sc[k]));
-                // SAFETY: 4 writable f32; wasm stores take any alignment.
-                unsafe { v128_store(out.as_mut_ptr().cast(), v) };
+                store4(out, v);
             }
             for n in 0..2 {
                 for h in 0..2 {
@@ -1220,11 +1216,7 @@ mod wasm {
                         let g = 8 * n + 2 * t + h;
                         let xq = &x.q[GROUP * (16 * b + g)..];
                         let i = dot16(i8x16_sub(w, k32), xq);
-                        let next = f32x4_add(
-                            acc[1],
-                            f32x4_mul(f32x4_convert_i32x4(i), splat_at(&scale, g)),
-                        );
-                        acc = [next, acc[0]];
+                        accumulate(&mut acc, i, splat_at(&scale, g));
                     }
                 }
             }
@@ -1241,11 +1233,7 @@ mod wasm {
         let mut scale = [0f32; 8];
         for (b, block) in row.chunks_exact(136).enumerate() {
             let d = f32x4_splat(half(block, 0));
-            let high = u16::from_le_bytes([block[2], block[3]]);
-            let ls = |ib: usize| {
-                let low = (block[4 + ib / 2] >> (4 * (ib % 2))) & 0x0F;
-                i32::from(low | (((high >> (2 * ib)) & 3) as u8) << 4) - 32
-            };
+            let ls = |ib: usize| super::iq4_xs_scale(block, ib);
             let xd =
                 |at: usize| i32x4_shuffle::<0, 2, 4, 6>(load4(&x.d16, at), load4(&x.d16, at + 4));
             for (h, out) in scale.chunks_exact_mut(4).enumerate() {
@@ -1256,8 +1244,7 @@ mod wasm {
                     ls(4 * h + 3),
                 ));
                 let v = f32x4_mul(f32x4_mul(d, l), xd(16 * b + 8 * h));
-                // SAFETY: 4 writable f32; wasm stores take any alignment.
-                unsafe { v128_store(out.as_mut_ptr().cast(), v) };
+                store4(out, v);
             }
             for ib in 0..8 {
                 let v = load16(block, 8 + 16 * ib);
@@ -1265,11 +1252,7 @@ mod wasm {
                 let hi = i8x16_swizzle(table, u8x16_shr(v, 4));
                 let xq = &x.q[QK * (8 * b + ib)..];
                 let i = i32x4_add(dot16(lo, &xq[..16]), dot16(hi, &xq[16..QK]));
-                let next = f32x4_add(
-                    acc[1],
-                    f32x4_mul(f32x4_convert_i32x4(i), splat_at(&scale, ib)),
-                );
-                acc = [next, acc[0]];
+                accumulate(&mut acc, i, splat_at(&scale, ib));
             }
         }
         sum(acc)
@@ -1300,8 +1283,7 @@ mod wasm {
             for (k, (s, m)) in quarters(lo).into_iter().zip(quarters(hi)).enumerate() {
                 let at = 16 * b + 4 * k;
                 let v = f32x4_mul(f32x4_mul(d, f32x4_convert_u32x4(s)), load4(&x.d16, at));
-                // SAFETY: 4 writable f32; wasm stores take any alignment.
-                unsafe { v128_store(scale[4 * k..].as_mut_ptr().cast(), v) };
+                store4(&mut scale[4 * k..], v);
                 let m = f32x4_mul(f32x4_mul(dmin, f32x4_convert_u32x4(m)), load4(&x.sum16, at));
                 mins = f32x4_sub(mins, m);
             }
@@ -1312,11 +1294,7 @@ mod wasm {
                         let g = 8 * n + 2 * j + s;
                         let w = v128_and(u16x8_shr(v, 2 * j as u32), m2);
                         let i = dot16(w, &x.q[GROUP * (16 * b + g)..]);
-                        let next = f32x4_add(
-                            acc[1],
-                            f32x4_mul(f32x4_convert_i32x4(i), splat_at(&scale, g)),
-                        );
-                        acc = [next, acc[0]];
+                        accumulate(&mut acc, i, splat_at(&scale, g));
                     }
                 }
             }
@@ -1343,8 +1321,7 @@ mod wasm {
                     f32x4_mul(d, f32x4_convert_i32x4(l)),
                     load4(&x.d16, 16 * b + 4 * k),
                 );
-                // SAFETY: 4 writable f32; wasm stores take any alignment.
-                unsafe { v128_store(out.as_mut_ptr().cast(), v) };
+                store4(out, v);
             }
             let hmask = [load16(block, 0), load16(block, 16)];
             for n in 0..2 {
@@ -1356,11 +1333,7 @@ mod wasm {
                         let high = v128_and(i8x16_eq(v128_and(hm, bit), bit), four);
                         let w = v128_or(v128_and(u16x8_shr(v, 2 * j as u32), m2), high);
                         let i = dot16(i8x16_sub(w, four), &x.q[GROUP * (16 * b + g)..]);
-                        let next = f32x4_add(
-                            acc[1],
-                            f32x4_mul(f32x4_convert_i32x4(i), splat_at(&scale, g)),
-                        );
-                        acc = [next, acc[0]];
+                        accumulate(&mut acc, i, splat_at(&scale, g));
                     }
                 }
             }
@@ -1376,6 +1349,22 @@ mod wasm {
             t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10], t[11], t[12], t[13],
             t[14], t[15],
         )
+    }
+
+    /// `acc + i · s` into two accumulators that swap each call, so that consecutive blocks' sums
+    /// do not wait for each other (`acc[b & 1]` would live in memory).
+    #[inline(always)]
+    fn accumulate(acc: &mut [v128; 2], i: v128, s: v128) {
+        let next = f32x4_add(acc[1], f32x4_mul(f32x4_convert_i32x4(i), s));
+        *acc = [next, acc[0]];
+    }
+
+    /// Four f32 into `out[..4]`.
+    #[inline(always)]
+    fn store4(out: &mut [f32], v: v128) {
+        let out = &mut out[..4];
+        // SAFETY: 4 writable f32; wasm stores take any alignment.
+        unsafe { v128_store(out.as_mut_ptr().cast(), v) };
     }
 
     /// `v[i]` in four lanes (one `v128.load32_splat`).
@@ -1419,9 +1408,7 @@ mod wasm {
             }
         };
         let i = i32x4_add(dot16(lo, &xq[..16]), dot16(hi, &xq[16..]));
-        // Two accumulators, swapped each block (`acc[b & 1]` would live in memory).
-        let next = f32x4_add(acc[1], f32x4_mul(f32x4_convert_i32x4(i), d));
-        *acc = [next, acc[0]];
+        accumulate(acc, i, d);
     }
 
     /// Four f32 at `at` of `v`.
