@@ -463,6 +463,10 @@ async function downloadFile(ctx, file, all, report) {
 
   // The body, in pieces of PIECE_BYTES; what arrived before a failure is kept as a last piece.
   const reader = response.body.getReader();
+  const contentType = response.headers.get("content-type");
+  // Beside the pieces, a file of known size is written straight into the weights cache as it
+  // arrives (`direct`), so that a complete download is committed without copying its pieces.
+  let direct = meta.total !== null ? directWrite(ctx.weights, meta, contentType) : null;
   let held = [];
   let heldBytes = 0;
   const flush = async () => {
@@ -470,8 +474,15 @@ async function downloadFile(ctx, file, all, report) {
     const piece = new Blob(held);
     held = [];
     heldBytes = 0;
+    const put = () => partial.put(pieceKey(url, meta.pieces.length), new Response(piece));
     try {
-      await partial.put(pieceKey(url, meta.pieces.length), new Response(piece));
+      await put().catch(async (e) => {
+        // The direct write holds a second copy: without it, the pieces may still fit.
+        if (!isQuota(e) || !direct) throw e;
+        direct.abort(e);
+        direct = null;
+        await put();
+      });
     } catch (e) {
       if (isQuota(e)) throw await refused(`'${url}'`, meta.total !== null ? meta.total - sum(meta.pieces) : piece.size, e);
       throw ioError(url, `its downloaded bytes could not be stored: ${e?.message ?? e}`, e);
@@ -479,59 +490,111 @@ async function downloadFile(ctx, file, all, report) {
     meta.pieces.push(piece.size);
     await writeMeta(partial, meta);
   };
-  report(have, meta.total, 0);
-  if (ctx.tee) {
-    // A stream of the file starts with the bytes a resumed download already has.
-    for (let i = 0; i < meta.pieces.length; i++) {
-      const r = await partial.match(pieceKey(url, i));
-      const bytes = r ? new Uint8Array(await r.arrayBuffer()) : null;
-      if (!bytes || bytes.byteLength !== meta.pieces[i]) {
-        reader.cancel().catch(() => {});
-        throw ioError(url, `piece ${i} of its partial download is missing; load it again`);
-      }
-      await ctx.tee.push(bytes);
-    }
-  }
-  for (;;) {
-    let chunk;
-    try {
-      chunk = await reader.read();
-    } catch (e) {
-      const kept = have;
-      await flush().catch(() => {});
-      if (meta.pieces.length === 0) await dropPartial(url, partial).catch(() => {});
-      if (isAbort(e, signal)) throw abortError();
-      const of = meta.total !== null ? ` of ${meta.total}` : "";
-      throw ioError(url, `the download stopped after ${kept}${of} bytes (${e?.message ?? e}); load it again to resume from there`, e);
-    }
-    if (chunk.done) break;
-    const bytes = chunk.value;
-    held.push(bytes);
-    heldBytes += bytes.byteLength;
-    have += bytes.byteLength;
-    report(have, meta.total, bytes.byteLength);
+  // The bytes go to the pieces, and to the direct write and the engine's stream where they are.
+  const send = async (bytes) => {
+    await direct?.push(bytes);
     await ctx.tee?.push(bytes);
-    if (heldBytes >= PIECE_BYTES) {
-      try {
-        await flush();
-      } catch (e) {
-        reader.cancel().catch(() => {});
-        throw e;
+  };
+  try {
+    await readBody();
+  } catch (e) {
+    direct?.abort(e);
+    throw e;
+  }
+  if (direct && (await direct.finish()) && (await verifiedEntry(url, ctx.weights))) {
+    await dropPartial(url, partial).catch(() => {});
+  } else {
+    await commit(ctx, meta, contentType);
+  }
+  file.done = true;
+
+  /** The body into pieces (and `send`), from where a resumed download's pieces end. */
+  async function readBody() {
+    report(have, meta.total, 0);
+    if (ctx.tee || direct) {
+      // The direct write and the engine's stream start with the bytes a resumed download has.
+      for (let i = 0; i < meta.pieces.length; i++) {
+        const r = await partial.match(pieceKey(url, i));
+        const bytes = r ? new Uint8Array(await r.arrayBuffer()) : null;
+        if (!bytes || bytes.byteLength !== meta.pieces[i]) {
+          reader.cancel().catch(() => {});
+          throw ioError(url, `piece ${i} of its partial download is missing; load it again`);
+        }
+        await send(bytes);
       }
     }
-    if (signal?.aborted) {
-      reader.cancel().catch(() => {});
-      await flush().catch(() => {});
-      throw abortError();
+    for (;;) {
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch (e) {
+        const kept = have;
+        await flush().catch(() => {});
+        if (meta.pieces.length === 0) await dropPartial(url, partial).catch(() => {});
+        if (isAbort(e, signal)) throw abortError();
+        const of = meta.total !== null ? ` of ${meta.total}` : "";
+        throw ioError(url, `the download stopped after ${kept}${of} bytes (${e?.message ?? e}); load it again to resume from there`, e);
+      }
+      if (chunk.done) break;
+      const bytes = chunk.value;
+      held.push(bytes);
+      heldBytes += bytes.byteLength;
+      have += bytes.byteLength;
+      report(have, meta.total, bytes.byteLength);
+      await send(bytes);
+      if (heldBytes >= PIECE_BYTES) {
+        try {
+          await flush();
+        } catch (e) {
+          reader.cancel().catch(() => {});
+          throw e;
+        }
+      }
+      if (signal?.aborted) {
+        reader.cancel().catch(() => {});
+        await flush().catch(() => {});
+        throw abortError();
+      }
+    }
+    await flush();
+    if (meta.total !== null && have !== meta.total) {
+      if (have > meta.total) await dropPartial(url, partial);
+      throw ioError(url, `the server sent ${have} bytes of ${meta.total}; load it again to resume`);
     }
   }
-  await flush();
-  if (meta.total !== null && have !== meta.total) {
-    if (have > meta.total) await dropPartial(url, partial);
-    throw ioError(url, `the server sent ${have} bytes of ${meta.total}; load it again to resume`);
-  }
-  await commit(ctx, meta, response.headers.get("content-type"));
-  file.done = true;
+}
+
+/**
+ * The weights cache's entry for a download of `meta.total` bytes, written as they arrive: one
+ * `put` whose body is fed by `push(bytes)` (which waits while the writer is behind). The Cache
+ * API commits an entry only when its body ends: `abort(e)` errors it and nothing is stored.
+ * `finish()` ends it and resolves to whether the entry was written (false where the write
+ * failed, e.g. on the quota: the caller then commits the pieces).
+ */
+function directWrite(weights, meta, contentType) {
+  const body = teeStream();
+  const written = weights.put(meta.url, new Response(body.stream, { headers: entryHeaders(meta, contentType, meta.total) })).then(
+    () => true,
+    () => false,
+  );
+  return {
+    push: (bytes) => body.push(bytes),
+    abort(e) {
+      body.error(e);
+    },
+    async finish() {
+      body.close();
+      return written;
+    },
+  };
+}
+
+/** The headers of a committed file of `total` bytes. */
+function entryHeaders(meta, contentType, total) {
+  const headers = { "content-type": contentType ?? "application/octet-stream", "content-length": String(total), [SIZE_HEADER]: String(total) };
+  if (meta.etag) headers.etag = meta.etag;
+  if (meta.lastModified) headers["last-modified"] = meta.lastModified;
+  return headers;
 }
 
 /** Whether a 206 response carries the rest of the file a partial download started. */
@@ -577,11 +640,8 @@ async function commit(ctx, meta, contentType) {
       controller.enqueue(bytes);
     },
   });
-  const headers = { "content-type": contentType ?? "application/octet-stream", "content-length": String(total), [SIZE_HEADER]: String(total) };
-  if (meta.etag) headers.etag = meta.etag;
-  if (meta.lastModified) headers["last-modified"] = meta.lastModified;
   try {
-    await weights.put(url, new Response(body, { headers }));
+    await weights.put(url, new Response(body, { headers: entryHeaders(meta, contentType, total) }));
   } catch (e) {
     await dropPartial(url, partial);
     if (isQuota(e)) throw await refused(`'${url}'`, total, e);
