@@ -1,8 +1,10 @@
 // The storage PocketLM fills, in a real headless Chromium: PocketLM.cache (has, delete, list,
 // estimate, persist), downloads cut short by the server that resume with a Range request (or
 // start over where the server refuses Range), a model of one file read by the engine as it
-// downloads (and cached by the time the load resolves), a half-written file that is never served, and a
-// load that does not fit the origin's quota (set small over CDP) rejecting with code "quota".
+// downloads (and cached by the time the load resolves), a half-written file that is never served, a
+// load that does not fit the origin's quota (set small over CDP) rejecting with code "quota", and
+// one that fits once but not twice (the file is also written into the cache as it downloads)
+// succeeding.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
@@ -297,6 +299,30 @@ test("a load that does not fit the quota rejects with code quota when the browse
       }, TINY),
     );
     assert.equal(typeof text, "string");
+  } finally {
+    await cdp.send("Storage.overrideQuotaForOrigin", { origin: server.url });
+    await cdp.detach();
+  }
+  value(await run(() => globalThis.pocketlm.PocketLM.cache.clear()));
+});
+
+test("a quota with room for the file but not for two copies: the direct write is given up and the load succeeds", async () => {
+  value(await run(() => globalThis.pocketlm.PocketLM.cache.clear()));
+  const cdp = await browser.newCDPSession(page);
+  await cdp.send("Storage.overrideQuotaForOrigin", { origin: server.url, quotaSize: Math.round(MODEL_BYTES * 1.5) });
+  try {
+    const r = value(
+      await run(async (path) => {
+        const lm = await globalThis.pocketlm.PocketLM.load(path);
+        const reply = await lm.complete("The capital of France is", { max_tokens: 1, temperature: 0 });
+        await lm.unload();
+        return reply;
+      }, MODEL),
+    );
+    assert.equal(r, " Paris");
+    const s = await stored(MODEL);
+    assert.equal(s.has, true);
+    assert.deepEqual(s.list, [{ url: s.list[0].url, bytes: MODEL_BYTES, complete: true }]);
   } finally {
     await cdp.send("Storage.overrideQuotaForOrigin", { origin: server.url });
     await cdp.detach();
