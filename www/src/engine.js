@@ -321,11 +321,11 @@ export class Engine {
       engine.#lostMessage = message;
       onDeviceLost?.(engine.#stateError());
     });
+    // Into the cache, checked and whole (src/storage.js), and the engine reads it there; a model
+    // of one file that is not cached yet is read as it downloads (`job.stream`).
+    let job = null;
     try {
       const { profile: _, backend: __, threads: ___, ...wasmOptions } = opts;
-      // Into the cache, checked and whole (src/storage.js), and the engine reads it there; a model
-      // of one file that is not cached yet is read as it downloads (`job.stream`).
-      let job = null;
       if ((typeof src === "string" || Array.isArray(src)) && opts.cache !== false) {
         job = await storage.start(src, { signal, onProgress, concurrency: opts.concurrency, stream: typeof src === "string" });
         if (!job.stream) {
@@ -358,6 +358,8 @@ export class Engine {
       return engine;
     } catch (e) {
       engine.#state = "unloaded";
+      // (A failure before the engine read the download: it goes on into the cache alone.)
+      job?.cancelStream();
       try {
         gpu?.destroyDevice();
         gpu?.free();
