@@ -38,8 +38,8 @@ pub struct Format {
     pub unpack: UnpackFn,
     /// Some group has a non-zero offset.
     pub has_min: bool,
-    /// The format has a kernel that reads its blocks directly (wasm: see [`row_dot`]).
-    pub fused: Option<Fused>,
+    /// The format's kernel that reads its blocks directly (see [`row_dot`]).
+    pub fused: Fused,
 }
 
 /// The formats with a kernel that reads their blocks directly: in wasm (SIMD128) all of them,
@@ -88,80 +88,16 @@ macro_rules! block_format {
     };
 }
 
-block_format!(
-    Q4_0,
-    row_q4_0,
-    32,
-    18,
-    unpack_q4_0,
-    false,
-    Some(Fused::Q4_0)
-);
-block_format!(Q4_1, row_q4_1, 32, 20, unpack_q4_1, true, Some(Fused::Q4_1));
-block_format!(
-    Q5_0,
-    row_q5_0,
-    32,
-    22,
-    unpack_q5_0,
-    false,
-    Some(Fused::Q5_0)
-);
-block_format!(Q5_1, row_q5_1, 32, 24, unpack_q5_1, true, Some(Fused::Q5_1));
-block_format!(
-    Q8_0,
-    row_q8_0,
-    32,
-    34,
-    unpack_q8_0,
-    false,
-    Some(Fused::Q8_0)
-);
-block_format!(
-    Q2_K,
-    row_q2_k,
-    256,
-    84,
-    unpack_q2_k,
-    true,
-    Some(Fused::Q2_K)
-);
-block_format!(
-    Q3_K,
-    row_q3_k,
-    256,
-    110,
-    unpack_q3_k,
-    false,
-    Some(Fused::Q3_K)
-);
-block_format!(
-    Q4_K,
-    row_q4_k,
-    256,
-    144,
-    unpack_q4_k,
-    true,
-    Some(Fused::Q4_K)
-);
-block_format!(
-    Q5_K,
-    row_q5_k,
-    256,
-    176,
-    unpack_q5_k,
-    true,
-    Some(Fused::Q5_K)
-);
-block_format!(
-    Q6_K,
-    row_q6_k,
-    256,
-    210,
-    unpack_q6_k,
-    false,
-    Some(Fused::Q6_K)
-);
+block_format!(Q4_0, row_q4_0, 32, 18, unpack_q4_0, false, Fused::Q4_0);
+block_format!(Q4_1, row_q4_1, 32, 20, unpack_q4_1, true, Fused::Q4_1);
+block_format!(Q5_0, row_q5_0, 32, 22, unpack_q5_0, false, Fused::Q5_0);
+block_format!(Q5_1, row_q5_1, 32, 24, unpack_q5_1, true, Fused::Q5_1);
+block_format!(Q8_0, row_q8_0, 32, 34, unpack_q8_0, false, Fused::Q8_0);
+block_format!(Q2_K, row_q2_k, 256, 84, unpack_q2_k, true, Fused::Q2_K);
+block_format!(Q3_K, row_q3_k, 256, 110, unpack_q3_k, false, Fused::Q3_K);
+block_format!(Q4_K, row_q4_k, 256, 144, unpack_q4_k, true, Fused::Q4_K);
+block_format!(Q5_K, row_q5_k, 256, 176, unpack_q5_k, true, Fused::Q5_K);
+block_format!(Q6_K, row_q6_k, 256, 210, unpack_q6_k, false, Fused::Q6_K);
 block_format!(
     IQ4_NL,
     row_iq4_nl,
@@ -169,7 +105,7 @@ block_format!(
     18,
     unpack_iq4_nl,
     false,
-    Some(Fused::IQ4_NL)
+    Fused::IQ4_NL
 );
 block_format!(
     IQ4_XS,
@@ -178,7 +114,7 @@ block_format!(
     136,
     unpack_iq4_xs,
     false,
-    Some(Fused::IQ4_XS)
+    Fused::IQ4_XS
 );
 
 /// `q`'s first N values as an array (so that the unpacking loops have no bounds checks and
@@ -490,15 +426,16 @@ mod k32 {
 }
 
 /// `Σ w[i] · x[i]` for one weight row in `format` (`row`: whole blocks, as many values as `x`).
-/// The formats with a [`Fused`] kernel read their blocks directly (no unpacked copy): natively
-/// with AVX2 (the unpacking was half of native decode's time, the integer products a quarter),
-/// and in wasm (about 1.5× fewer instructions per block for the 32-value formats, half the time
-/// per weight for Q4_K); everything else goes through [`row_dot_unpacked`].
+/// The [`Fused`] kernels read the blocks directly (no unpacked copy): in wasm (about 1.5× fewer
+/// instructions per block for the 32-value formats, half the time per weight for Q4_K), and
+/// natively with AVX2 (the unpacking was half of native decode's time, the integer products a
+/// quarter) but for Q2_K and Q3_K; the rest goes through [`row_dot_unpacked`].
 pub fn row_dot(format: Format, row: &[u8], x: &Activations, s: &mut Scratch) -> f32 {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    if let Some(f) = format.fused {
+    {
         use k32::{Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
-        let kernel: fn(usize, &[u8], &Activations) -> f32 = match f {
+        let _ = s;
+        let kernel: fn(usize, &[u8], &Activations) -> f32 = match format.fused {
             Fused::Q4_0 => wasm::row_dot_32::<Q4_0>,
             Fused::Q4_1 => wasm::row_dot_32::<Q4_1>,
             Fused::Q8_0 => wasm::row_dot_32::<Q8_0>,
@@ -513,17 +450,18 @@ pub fn row_dot(format: Format, row: &[u8], x: &Activations, s: &mut Scratch) -> 
             Fused::IQ4_XS => |_, row: &[u8], x: &Activations| wasm::row_dot_iq4_xs(row, x),
         };
         assert_row(format, row, x);
-        return kernel(format.bytes, row, x);
+        kernel(format.bytes, row, x)
     }
-    #[cfg(target_arch = "x86_64")]
-    if let Some(f) = format.fused {
-        if x86::has_avx2() && !matches!(f, Fused::Q2_K | Fused::Q3_K) {
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    {
+        #[cfg(target_arch = "x86_64")]
+        if x86::has_avx2() && !matches!(format.fused, Fused::Q2_K | Fused::Q3_K) {
             assert_row(format, row, x);
             // SAFETY: the CPU has AVX2, FMA and F16C (checked just above).
-            return unsafe { x86::row_dot_fused(f, format.bytes, row, x) };
+            return unsafe { x86::row_dot_fused(format.fused, format.bytes, row, x) };
         }
+        row_dot_unpacked(format, row, x, s)
     }
-    row_dot_unpacked(format, row, x, s)
 }
 
 /// `row` is whole blocks of `format` holding as many values as `x`.
@@ -1006,7 +944,12 @@ mod wasm {
     /// The sum of two f32x4 accumulators' eight lanes.
     #[inline(always)]
     fn sum(acc: [v128; 2]) -> f32 {
-        let v = f32x4_add(acc[0], acc[1]);
+        hsum(f32x4_add(acc[0], acc[1]))
+    }
+
+    /// The sum of one vector's four lanes, (0 + 2) + (1 + 3).
+    #[inline(always)]
+    fn hsum(v: v128) -> f32 {
         (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<2>(v))
             + (f32x4_extract_lane::<1>(v) + f32x4_extract_lane::<3>(v))
     }
@@ -1056,9 +999,8 @@ mod wasm {
         let tail = quads.remainder();
         let mut b = 0;
         for quad in quads {
-            // Per block: its scale times its activations' (d16 holds each block's twice).
-            let xd = i32x4_shuffle::<0, 2, 4, 6>(load4(&x.d16, 2 * b), load4(&x.d16, 2 * b + 4));
-            let d = f32x4_mul(halves4(quad, bytes, 0), xd);
+            // Per block: its scale times its activations'.
+            let d = f32x4_mul(halves4(quad, bytes, 0), scales32(x, b));
             if has_min {
                 let m = f32x4_mul(halves4(quad, bytes, 2), load4(&x.sum32, b));
                 mins = f32x4_add(mins, m);
@@ -1123,11 +1065,9 @@ mod wasm {
         for (b, block) in row.chunks_exact(bytes).enumerate() {
             let (d, dmin) = (half(block, 0), half(block, 2));
             let (sc, mn) = scales_k4(&block[4..16]);
-            // Activation block 8b + j's scale is d16[16b + 2j].
-            let xd =
-                |at: usize| i32x4_shuffle::<0, 2, 4, 6>(load4(&x.d16, at), load4(&x.d16, at + 4));
+            // Sub-block j's activations are block 8b + j.
             for (h, out) in scale.chunks_exact_mut(4).enumerate() {
-                let v = f32x4_mul(f32x4_mul(f32x4_splat(d), sc[h]), xd(16 * b + 8 * h));
+                let v = f32x4_mul(f32x4_mul(f32x4_splat(d), sc[h]), scales32(x, 8 * b + 4 * h));
                 store4(out, v);
                 let m = f32x4_mul(
                     f32x4_mul(f32x4_splat(dmin), mn[h]),
@@ -1161,8 +1101,7 @@ mod wasm {
                 }
             }
         }
-        let m = f32x4_add(mins, i32x4_shuffle::<2, 3, 0, 1>(mins, mins));
-        sum(acc) + (f32x4_extract_lane::<0>(m) + f32x4_extract_lane::<1>(m))
+        sum(acc) + hsum(mins)
     }
 
     /// Q4_K's (and Q5_K's) eight 6-bit scales and minimums (12 bytes), as two f32 vectors each.
@@ -1234,8 +1173,6 @@ mod wasm {
         for (b, block) in row.chunks_exact(136).enumerate() {
             let d = f32x4_splat(half(block, 0));
             let ls = |ib: usize| super::iq4_xs_scale(block, ib);
-            let xd =
-                |at: usize| i32x4_shuffle::<0, 2, 4, 6>(load4(&x.d16, at), load4(&x.d16, at + 4));
             for (h, out) in scale.chunks_exact_mut(4).enumerate() {
                 let l = f32x4_convert_i32x4(i32x4(
                     ls(4 * h),
@@ -1243,7 +1180,7 @@ mod wasm {
                     ls(4 * h + 2),
                     ls(4 * h + 3),
                 ));
-                let v = f32x4_mul(f32x4_mul(d, l), xd(16 * b + 8 * h));
+                let v = f32x4_mul(f32x4_mul(d, l), scales32(x, 8 * b + 4 * h));
                 store4(out, v);
             }
             for ib in 0..8 {
@@ -1299,8 +1236,7 @@ mod wasm {
                 }
             }
         }
-        let m = f32x4_add(mins, i32x4_shuffle::<2, 3, 0, 1>(mins, mins));
-        sum(acc) + (f32x4_extract_lane::<0>(m) + f32x4_extract_lane::<1>(m))
+        sum(acc) + hsum(mins)
     }
 
     /// [`super::row_dot`] for Q3_K straight from its blocks: as Q2_K's two bits, with the third
@@ -1409,6 +1345,12 @@ mod wasm {
         };
         let i = i32x4_add(dot16(lo, &xq[..16]), dot16(hi, &xq[16..]));
         accumulate(acc, i, d);
+    }
+
+    /// The activations' scales of blocks `a..a + 4` of 32 values (`d16` holds each twice).
+    #[inline(always)]
+    fn scales32(x: &Activations, a: usize) -> v128 {
+        i32x4_shuffle::<0, 2, 4, 6>(load4(&x.d16, 2 * a), load4(&x.d16, 2 * a + 4))
     }
 
     /// Four f32 at `at` of `v`.
