@@ -306,8 +306,9 @@ export async function start(source, { signal, onProgress, concurrency = 4, strea
       });
     }
   };
-  // (A folder or an index: the engine reads the model's other files from their URLs too.)
-  const oneFile = typeof source === "string" && urls.length === 1 && urls[0] === source && !source.endsWith("/") && !source.endsWith(".index.json");
+  // The model is the file at `source` itself (not a folder's or an index's files, which the
+  // engine reads from their URLs, nor splits or an array).
+  const oneFile = urls.length === 1 && urls[0] === source;
   if (wantStream && oneFile && missing[0].total !== null) ctx.tee = teeStream();
   const done = Promise.all(Array.from({ length: Math.min(concurrency, missing.length) }, worker)).then(() => {});
   const tee = ctx.tee;
