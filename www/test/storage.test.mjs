@@ -83,6 +83,20 @@ function stored(path, p = page) {
 
 const gets = (path) => server.log.filter((e) => e.method === "GET" && e.path === path);
 
+/** Runs `fn` with the page's origin quota set over CDP to `size(usage)` bytes (`usage`: what the
+ * origin's quota accounting counts now; it sees deletions late), then restores the quota. */
+async function withQuota(size, fn) {
+  const cdp = await browser.newCDPSession(page);
+  const { usage } = await cdp.send("Storage.getUsageAndQuota", { origin: server.url });
+  await cdp.send("Storage.overrideQuotaForOrigin", { origin: server.url, quotaSize: Math.round(size(usage)) });
+  try {
+    return await fn();
+  } finally {
+    await cdp.send("Storage.overrideQuotaForOrigin", { origin: server.url });
+    await cdp.detach();
+  }
+}
+
 test("PocketLM.cache: has, list with sizes, delete, estimate and persist", async () => {
   value(await run(() => globalThis.pocketlm.PocketLM.cache.clear()));
   const before = gets(TINY).length;
@@ -271,10 +285,7 @@ test("a cached file shorter than it was committed with is not served: it is down
 
 test("a load that does not fit the quota rejects with code quota when the browser refuses the writes", async () => {
   value(await run(() => globalThis.pocketlm.PocketLM.cache.clear()));
-  const cdp = await browser.newCDPSession(page);
-  const QUOTA = 50_000_000;
-  await cdp.send("Storage.overrideQuotaForOrigin", { origin: server.url, quotaSize: QUOTA });
-  try {
+  await withQuota(() => 50_000_000, async () => {
     // Chromium's navigator.storage.estimate() reports a fixed quota to pages, so only the writes tell.
     const r = await run((path) => globalThis.pocketlm.PocketLM.load(path), MODEL);
     assert.equal(r.error?.code, "quota", JSON.stringify(r));
@@ -299,20 +310,13 @@ test("a load that does not fit the quota rejects with code quota when the browse
       }, TINY),
     );
     assert.equal(typeof text, "string");
-  } finally {
-    await cdp.send("Storage.overrideQuotaForOrigin", { origin: server.url });
-    await cdp.detach();
-  }
+  });
   value(await run(() => globalThis.pocketlm.PocketLM.cache.clear()));
 });
 
 test("a quota with room for the file but not for two copies: the direct write is given up and the load succeeds", async () => {
   value(await run(() => globalThis.pocketlm.PocketLM.cache.clear()));
-  const cdp = await browser.newCDPSession(page);
-  // Relative to what the origin's quota accounting still counts (it sees deletions late).
-  const { usage } = await cdp.send("Storage.getUsageAndQuota", { origin: server.url });
-  await cdp.send("Storage.overrideQuotaForOrigin", { origin: server.url, quotaSize: Math.round(usage + MODEL_BYTES * 1.5) });
-  try {
+  await withQuota((usage) => usage + MODEL_BYTES * 1.5, async () => {
     const r = value(
       await run(async (path) => {
         const lm = await globalThis.pocketlm.PocketLM.load(path);
@@ -325,10 +329,7 @@ test("a quota with room for the file but not for two copies: the direct write is
     const s = await stored(MODEL);
     assert.equal(s.has, true);
     assert.deepEqual(s.list, [{ url: s.list[0].url, bytes: MODEL_BYTES, complete: true }]);
-  } finally {
-    await cdp.send("Storage.overrideQuotaForOrigin", { origin: server.url });
-    await cdp.detach();
-  }
+  });
   value(await run(() => globalThis.pocketlm.PocketLM.cache.clear()));
 });
 
