@@ -152,12 +152,6 @@ impl Weights {
         self.model.gpu_bytes as f64
     }
 
-    /// The sha256 of each file, as 64 hex digits.
-    #[wasm_bindgen(getter)]
-    pub fn sha256(&self) -> Vec<String> {
-        self.model.sha256.clone()
-    }
-
     /// The names of the text files that came with the weights (`config.json`, `tokenizer.json`, …).
     #[wasm_bindgen(js_name = companionNames)]
     pub fn companion_names(&self) -> Vec<String> {

@@ -129,7 +129,8 @@ pub struct LoadedModel<T = GpuTensor> {
     pub tensors: HashMap<String, T>,
     /// Bytes of GPU (or host) memory the tensors take.
     pub gpu_bytes: u64,
-    pub sha256: String,
+    /// The file's sha256, computed (and checked) only where an expected one was given.
+    pub sha256: Option<String>,
 }
 
 /// Loads one model file (GGUF or safetensors) from `source` into `target`'s memory.
@@ -164,8 +165,8 @@ pub struct LoadedModelFiles<T = GpuTensor> {
     pub files: ModelFiles,
     pub tensors: HashMap<String, T>,
     pub gpu_bytes: u64,
-    /// Per file, in order.
-    pub sha256: Vec<String>,
+    /// Per file, in order: its sha256 where an expected one was given (and checked).
+    pub sha256: Vec<Option<String>>,
     /// The text files that came with the weights (`config.json`, `tokenizer.json`, …) by name.
     pub companions: std::collections::BTreeMap<String, String>,
     /// The weights of a sentence-transformers folder's `Dense` modules, by file

@@ -1,7 +1,8 @@
 //! One model file from a [`ByteSource`] into GPU memory: the header is parsed as soon as enough
 //! bytes are there, every tensor is allocated (so a model too large for the device fails before
-//! the rest is downloaded), then the data streams through a [`StreamUploader`], with a sha256 of
-//! the whole file, progress reports and cancellation between chunks.
+//! the rest is downloaded), then the data streams through a [`StreamUploader`], with progress
+//! reports, cancellation between chunks and, where an expected one is given, the file's sha256
+//! checked.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -155,7 +156,9 @@ pub struct LoadedFile<H, T = GpuTensor> {
     pub header: H,
     pub tensors: Vec<T>,
     pub bytes: u64,
-    pub sha256: String,
+    /// The file's sha256 (64 hex digits), computed only where an expected one was given (and
+    /// then equal to it).
+    pub sha256: Option<String>,
 }
 
 /// Reads `source` to the end, parsing its header with `parse(prefix, file_size)` and uploading its
@@ -167,7 +170,9 @@ pub async fn load_stream<S: ByteSource, H, D: LoadTarget>(
     opts: &mut LoadOptions<'_>,
 ) -> Result<LoadedFile<H, D::Tensor>> {
     let name = source.name().to_string();
-    let mut hasher = Sha256::new();
+    // Hashing costs more than the rest of a load from the cache in wasm (no SHA instructions
+    // there): only a file with an expected digest is hashed.
+    let mut hasher = opts.sha256.is_some().then(Sha256::new);
     let mut done = 0u64;
     // The total is asked for each time: a lazily opened source learns it with its first chunk.
     let report = |done: u64, total: Option<u64>, opts: &mut LoadOptions<'_>| {
@@ -199,7 +204,9 @@ pub async fn load_stream<S: ByteSource, H, D: LoadTarget>(
         }
         match source.next_chunk().await? {
             Some(chunk) => {
-                hasher.update(&chunk);
+                if let Some(h) = hasher.as_mut() {
+                    h.update(&chunk);
+                }
                 done += chunk.len() as u64;
                 head.extend_from_slice(&chunk);
                 report(done, source.total(), opts);
@@ -232,7 +239,9 @@ pub async fn load_stream<S: ByteSource, H, D: LoadTarget>(
         }
         source.next_chunk().await?
     } {
-        hasher.update(&chunk);
+        if let Some(h) = hasher.as_mut() {
+            h.update(&chunk);
+        }
         done += chunk.len() as u64;
         uploader.feed(&chunk)?;
         report(done, source.total(), opts);
@@ -244,17 +253,18 @@ pub async fn load_stream<S: ByteSource, H, D: LoadTarget>(
         },
         other => other,
     })?;
-    let sha256: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    if let Some(expected) = &opts.sha256 {
-        if !expected.eq_ignore_ascii_case(&sha256) {
+    let sha256 = hasher.map(|h| {
+        h.finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    });
+    if let (Some(expected), Some(actual)) = (&opts.sha256, &sha256) {
+        if !expected.eq_ignore_ascii_case(actual) {
             return Err(Error::Integrity {
                 source_name: name,
                 expected: expected.clone(),
-                actual: sha256,
+                actual: actual.clone(),
             });
         }
     }
