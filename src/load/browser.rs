@@ -12,6 +12,20 @@ use crate::load::{ByteSource, CHUNK};
 /// The Cache API bucket holding downloaded model files.
 pub const CACHE_NAME: &str = "pocketlm-weights-v1";
 
+/// A file the package's downloader (www/src/storage.js) committed is stored as the pieces it
+/// was downloaded in, each an entry of its own under this prefix, and a small entry under the
+/// file's URL that lists them (JSON `{keys, sizes}`) and carries this header (the count): the
+/// file is written once, in pieces a resumed download can keep, and never copied.
+const PIECES_HEADER: &str = "x-pocketlm-pieces";
+const PIECE_KEYS: &str = "https://pocketlm.invalid/";
+
+/// The pieces of a committed file (see [`PIECES_HEADER`]).
+#[derive(serde::Deserialize)]
+struct PieceList {
+    keys: Vec<String>,
+    sizes: Vec<u64>,
+}
+
 fn js_message(e: &JsValue) -> String {
     e.dyn_ref::<js_sys::Error>()
         .map(|e| String::from(e.message()))
@@ -59,31 +73,75 @@ async fn call(
     JsFuture::from(p).await
 }
 
-/// A `ReadableStream` of bytes read to the end.
+/// A `ReadableStream` of bytes read to the end, or the bodies of a cached file's pieces one
+/// after the other.
 pub struct StreamSource {
     name: String,
-    reader: JsValue,
+    reader: Option<JsValue>,
     total: Option<u64>,
+    /// The cache and the keys of the pieces not opened yet.
+    pieces: Option<(JsValue, std::vec::IntoIter<String>)>,
+}
+
+fn reader_of(name: &str, stream: &JsValue) -> Result<JsValue> {
+    let get_reader = method(stream, "getReader")
+        .map_err(|_| crate::load::io_error(name, "not a ReadableStream"))?;
+    get_reader.call0(stream).map_err(|e| io(name, &e))
 }
 
 impl StreamSource {
     pub fn new(name: impl Into<String>, stream: &JsValue, total: Option<u64>) -> Result<Self> {
         let name = name.into();
-        let get_reader = method(stream, "getReader")
-            .map_err(|_| crate::load::io_error(&name, "not a ReadableStream"))?;
-        let reader = get_reader.call0(stream).map_err(|e| io(&name, &e))?;
+        let reader = Some(reader_of(&name, stream)?);
         Ok(StreamSource {
             name,
             reader,
             total,
+            pieces: None,
         })
+    }
+
+    /// The file `name` made of the entries `keys` of `cache`, read in order.
+    fn pieces(name: &str, cache: &JsValue, keys: Vec<String>, total: u64) -> Self {
+        StreamSource {
+            name: name.to_string(),
+            reader: None,
+            total: Some(total),
+            pieces: Some((cache.clone(), keys.into_iter())),
+        }
     }
 
     /// Stops reading (the download is cancelled when this is a fetch body).
     pub fn cancel(&self) {
-        if let Ok(f) = method(&self.reader, "cancel") {
-            let _ = f.call0(&self.reader);
+        if let Some(reader) = &self.reader {
+            if let Ok(f) = method(reader, "cancel") {
+                let _ = f.call0(reader);
+            }
         }
+    }
+
+    /// The reader to read from: the current one, or the next piece's (None at the end).
+    async fn current(&mut self) -> Result<Option<JsValue>> {
+        if self.reader.is_none() {
+            let Some((cache, keys)) = self.pieces.as_mut() else {
+                return Ok(None);
+            };
+            let Some(key) = keys.next() else {
+                return Ok(None);
+            };
+            let hit = call(cache, "match", &[&key.as_str().into()])
+                .await
+                .map_err(|e| io(&self.name, &e))?;
+            if hit.is_undefined() {
+                return Err(crate::load::io_error(
+                    &self.name,
+                    "a piece of its cached copy is missing; delete it (PocketLM.cache.delete) and load it again",
+                ));
+            }
+            let body = Reflect::get(&hit, &"body".into()).map_err(|e| io(&self.name, &e))?;
+            self.reader = Some(reader_of(&self.name, &body)?);
+        }
+        Ok(self.reader.clone())
     }
 }
 
@@ -97,16 +155,23 @@ impl ByteSource for StreamSource {
     }
 
     async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
-        let r = call(&self.reader, "read", &[])
-            .await
-            .map_err(|e| io(&self.name, &e))?;
-        if Reflect::get(&r, &"done".into())
-            .ok()
-            .and_then(|d| d.as_bool())
-            == Some(true)
-        {
-            return Ok(None);
-        }
+        let r = loop {
+            let Some(reader) = self.current().await? else {
+                return Ok(None);
+            };
+            let r = call(&reader, "read", &[])
+                .await
+                .map_err(|e| io(&self.name, &e))?;
+            if Reflect::get(&r, &"done".into())
+                .ok()
+                .and_then(|d| d.as_bool())
+                != Some(true)
+            {
+                break r;
+            }
+            // The end of this stream: the next piece's, if any.
+            self.reader = None;
+        };
         let value = Reflect::get(&r, &"value".into()).map_err(|e| io(&self.name, &e))?;
         let bytes: Uint8Array = value.dyn_into().map_err(|_| {
             crate::load::io_error(&self.name, "the stream yielded something other than bytes")
@@ -163,6 +228,8 @@ pub struct Download {
     cache: Option<JsValue>,
     pending_put: Option<Promise>,
     url: String,
+    /// The cache keys of a pieced copy's pieces.
+    piece_keys: Vec<String>,
 }
 
 impl Download {
@@ -178,7 +245,9 @@ impl Download {
     pub async fn evict(&mut self) {
         self.settle().await;
         if let Some(cache) = &self.cache {
-            let _ = call(cache, "delete", &[&self.url.as_str().into()]).await;
+            for key in self.piece_keys.iter().chain([&self.url]) {
+                let _ = call(cache, "delete", &[&key.as_str().into()]).await;
+            }
         }
     }
 }
@@ -188,14 +257,15 @@ async fn open_cache() -> Option<JsValue> {
     call(&caches, "open", &[&CACHE_NAME.into()]).await.ok()
 }
 
-fn content_length(response: &JsValue) -> Option<u64> {
+/// The header `name` of a `Response`.
+fn header(response: &JsValue, name: &str) -> Option<String> {
     let headers = Reflect::get(response, &"headers".into()).ok()?;
     let get = method(&headers, "get").ok()?;
-    get.call1(&headers, &"content-length".into())
-        .ok()?
-        .as_string()?
-        .parse()
-        .ok()
+    get.call1(&headers, &name.into()).ok()?.as_string()
+}
+
+fn content_length(response: &JsValue) -> Option<u64> {
+    header(response, "content-length")?.parse().ok()
 }
 
 /// Opens `url`: from the Cache API when `use_cache` and a copy is there (no network request),
@@ -206,13 +276,38 @@ pub async fn open_url(url: &str, use_cache: bool, signal: Option<&JsValue>) -> R
     if let Some(cache) = &cache {
         if let Ok(hit) = call(cache, "match", &[&url.into()]).await {
             if !hit.is_undefined() {
-                let body = Reflect::get(&hit, &"body".into()).map_err(|e| io(url, &e))?;
+                let (source, piece_keys) = match header(&hit, PIECES_HEADER) {
+                    Some(_) => {
+                        let text = call(&hit, "text", &[]).await.map_err(|e| io(url, &e))?;
+                        let list: PieceList = text
+                            .as_string()
+                            .and_then(|t| serde_json::from_str(&t).ok())
+                            .filter(|l: &PieceList| l.keys.len() == l.sizes.len())
+                            .ok_or_else(|| {
+                                crate::load::io_error(
+                                    url,
+                                    "its cached copy's list of pieces is unreadable; delete it (PocketLM.cache.delete) and load it again",
+                                )
+                            })?;
+                        let total = list.sizes.iter().sum();
+                        let source = StreamSource::pieces(url, cache, list.keys.clone(), total);
+                        (source, list.keys)
+                    }
+                    None => {
+                        let body = Reflect::get(&hit, &"body".into()).map_err(|e| io(url, &e))?;
+                        (
+                            StreamSource::new(url, &body, content_length(&hit))?,
+                            Vec::new(),
+                        )
+                    }
+                };
                 return Ok(Download {
-                    source: StreamSource::new(url, &body, content_length(&hit))?,
+                    source,
                     from_cache: true,
                     cache: Some(cache.clone()),
                     pending_put: None,
                     url: url.to_string(),
+                    piece_keys,
                 });
             }
         }
@@ -274,10 +369,11 @@ pub async fn open_url(url: &str, use_cache: bool, signal: Option<&JsValue>) -> R
         cache,
         pending_put,
         url: url.to_string(),
+        piece_keys: Vec::new(),
     })
 }
 
-/// The URLs in the weights cache.
+/// The URLs of the files in the weights cache (not their pieces').
 pub async fn cached_urls() -> Result<Vec<String>> {
     let Some(cache) = open_cache().await else {
         return Ok(Vec::new());
@@ -288,6 +384,7 @@ pub async fn cached_urls() -> Result<Vec<String>> {
     Ok(js_sys::Array::from(&keys)
         .iter()
         .filter_map(|r| Reflect::get(&r, &"url".into()).ok()?.as_string())
+        .filter(|u| !u.starts_with(PIECE_KEYS))
         .collect())
 }
 

@@ -1,23 +1,31 @@
 // The model files PocketLM keeps in the browser's storage (Cache API), and how they get there.
 //
-// A file is downloaded into pieces in a separate cache ("pocketlm-partial-v1"), so that a
-// download cut short (network error, abort, closed tab) resumes with an HTTP Range request where
-// the server honours one, and starts over cleanly where it does not. Only a complete file, its
-// length checked, is committed to the cache the engine reads ("pocketlm-weights-v1", the name
-// src/load/browser.rs uses), in one `cache.put`: a half-written file is never served. Before any
-// body is read, the bytes still to download are compared with what `navigator.storage.estimate()`
-// says is free, and a load that cannot fit rejects with code "quota".
+// A file is downloaded into pieces of 8 MiB, each an entry of the cache the engine reads
+// ("pocketlm-weights-v1", the name src/load/browser.rs uses) under a key of its own, while what
+// is known of the download (its size, validators and pieces) is kept in a separate cache
+// ("pocketlm-partial-v1"): a download cut short (network error, abort, closed tab) resumes with
+// an HTTP Range request where the server honours one, and starts over cleanly where it does not.
+// Only a complete file, its length checked, is committed: an entry under its URL that lists its
+// pieces (the engine reads them in order), written last, so a half-written file is never served.
+// The file's bytes are written once and never copied. Before any body is read, the bytes still
+// to download are compared with what `navigator.storage.estimate()` says is free, and a load that
+// cannot fit rejects with code "quota".
 import { PocketLMError } from "./errors.js";
 
 /** The Cache API bucket of complete model files (shared with the wasm engine). */
 export const WEIGHTS_CACHE = "pocketlm-weights-v1";
-/** The Cache API bucket of downloads in progress: their pieces and what is known of them. */
+/** The Cache API bucket of what is known of downloads in progress (their pieces are in WEIGHTS_CACHE). */
 export const PARTIAL_CACHE = "pocketlm-partial-v1";
 /** Bytes held in memory before they are written as one piece of a download. */
 const PIECE_BYTES = 8 << 20;
 /** The length of a committed file, checked before it is served. */
 const SIZE_HEADER = "x-pocketlm-bytes";
-const PARTIAL_KEYS = "https://pocketlm.invalid/partial/";
+/** Marks a committed file stored as pieces (its entry lists them: JSON `{keys, sizes}`). */
+const PIECES_HEADER = "x-pocketlm-pieces";
+/** Keys of PocketLM's own entries, which are not files: a download's pieces and what is known of it. */
+const OWN_KEYS = "https://pocketlm.invalid/";
+const PARTIAL_KEYS = `${OWN_KEYS}partial/`;
+const PIECE_KEYS = `${OWN_KEYS}pieces/`;
 
 const cacheStorage = () => (typeof caches === "object" && caches !== null ? caches : null);
 
@@ -101,7 +109,8 @@ async function open(name) {
 }
 
 const metaKey = (url) => `${PARTIAL_KEYS}${encodeURIComponent(url)}/meta`;
-const pieceKey = (url, i) => `${PARTIAL_KEYS}${encodeURIComponent(url)}/${i}`;
+const piecePrefix = (url) => `${PIECE_KEYS}${encodeURIComponent(url)}/`;
+const pieceKey = (url, i) => `${piecePrefix(url)}${i}`;
 
 /** The size a committed response says it has (null: it does not say, or cannot be trusted). */
 function declaredSize(response) {
@@ -123,31 +132,85 @@ export async function verifiedEntry(url, weights) {
   if (!weights) return null;
   const hit = await weights.match(url);
   if (!hit) return null;
-  const size = (await hit.blob()).size; // backed by the cache's own file: nothing is read
   const declared = declaredSize(hit);
-  if (declared !== null && declared !== size) {
-    await weights.delete(url);
+  let ok;
+  if (hit.headers.has(PIECES_HEADER)) {
+    const list = await pieceList(hit);
+    ok = list !== null && declared === sum(list.sizes);
+    for (let i = 0; ok && i < list.keys.length; i++) ok = (await pieceSize(weights, list.keys[i])) === list.sizes[i];
+  } else {
+    const size = (await hit.blob()).size; // backed by the cache's own file: nothing is read
+    ok = declared === null || declared === size;
+    if (ok) return { bytes: size };
+  }
+  if (!ok) {
+    await deleteEntry(weights, url);
     return null;
   }
-  return { bytes: size };
+  return { bytes: declared };
+}
+
+/** A committed file's list of pieces `{keys, sizes}`, or null where it is unreadable. */
+async function pieceList(hit) {
+  try {
+    const list = await hit.clone().json();
+    const good = Array.isArray(list.keys) && Array.isArray(list.sizes) && list.keys.length === list.sizes.length;
+    return good && list.keys.every((k) => typeof k === "string" && k.startsWith(PIECE_KEYS)) && list.sizes.every(Number.isSafeInteger) ? list : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The size of the entry `key` (its body is backed by the cache's own file: nothing is read), or null. */
+async function pieceSize(cache, key) {
+  const r = await cache.match(key);
+  return r ? (await r.blob()).size : null;
+}
+
+/** Deletes the committed file `url` (its pieces too); resolves to whether there was one. */
+async function deleteEntry(weights, url) {
+  const hit = await weights.match(url);
+  if (!hit) return false;
+  const list = hit.headers.has(PIECES_HEADER) ? await pieceList(hit) : null;
+  await weights.delete(url); // first: from here on the pieces are not served
+  if (list) await Promise.all(list.keys.map((k) => weights.delete(k)));
+  return true;
+}
+
+/** The body of the committed file `url` as a Response (its pieces in order), or null. */
+async function entryResponse(weights, url) {
+  const hit = await weights.match(url);
+  if (!hit || !hit.headers.has(PIECES_HEADER)) return hit ?? null;
+  const list = await pieceList(hit);
+  if (!list) return null;
+  let i = 0;
+  return new Response(
+    new ReadableStream({
+      async pull(controller) {
+        if (i === list.keys.length) return controller.close();
+        const r = await weights.match(list.keys[i++]);
+        if (!r) return controller.error(new Error(`piece ${i - 1} of the cached copy is missing`));
+        controller.enqueue(new Uint8Array(await r.arrayBuffer()));
+      },
+    }),
+  );
 }
 
 /** A download in progress: `{url, total, etag, lastModified, pieces: [bytes...]}`, with the pieces
- * checked (the longest run that is all there), or null. */
-async function readPartial(partial, url) {
+ * (in `weights`) checked (the longest run that is all there), or null. */
+async function readPartial(partial, weights, url) {
   const r = await partial.match(metaKey(url));
   if (!r) return null;
   let meta;
   try {
     meta = await r.json();
   } catch {
-    await dropPartial(url, partial);
+    await dropPartial(url, partial, weights);
     return null;
   }
   const pieces = [];
   for (let i = 0; i < (meta.pieces ?? []).length; i++) {
-    const p = await partial.match(pieceKey(url, i));
-    if (!p || (await p.blob()).size !== meta.pieces[i]) break;
+    if ((await pieceSize(weights, pieceKey(url, i))) !== meta.pieces[i]) break;
     pieces.push(meta.pieces[i]);
   }
   return { ...meta, url, pieces };
@@ -157,14 +220,22 @@ async function writeMeta(partial, meta) {
   await partial.put(metaKey(meta.url), new Response(JSON.stringify(meta), { headers: { "content-type": "application/json" } }));
 }
 
-/** Deletes what a download of `url` left behind; resolves to whether there was anything. */
-export async function dropPartial(url, partial) {
+/** Deletes what a download of `url` left behind (its pieces, unless a committed copy of `url` is
+ * made of them); resolves to whether there was anything. */
+export async function dropPartial(url, partial, weights) {
   partial ??= await open(PARTIAL_CACHE);
-  if (!partial) return false;
-  const prefix = `${PARTIAL_KEYS}${encodeURIComponent(url)}/`;
-  const keys = (await partial.keys()).filter((k) => k.url.startsWith(prefix));
-  await Promise.all(keys.map((k) => partial.delete(k)));
-  return keys.length > 0;
+  weights ??= await open(WEIGHTS_CACHE);
+  if (!partial || !weights) return false;
+  // Its meta (and the pieces an earlier version kept beside it).
+  const own = `${PARTIAL_KEYS}${encodeURIComponent(url)}/`;
+  const stale = (await partial.keys()).filter((k) => k.url.startsWith(own));
+  await Promise.all(stale.map((k) => partial.delete(k)));
+  const dropped = stale.length > 0;
+  if ((await weights.match(url))?.headers.has(PIECES_HEADER)) return dropped;
+  const prefix = piecePrefix(url);
+  const keys = (await weights.keys()).filter((k) => k.url.startsWith(prefix));
+  await Promise.all(keys.map((k) => weights.delete(k)));
+  return dropped || keys.length > 0;
 }
 
 const sum = (a) => a.reduce((s, x) => s + x, 0);
@@ -176,6 +247,7 @@ export async function list() {
   const weights = await open(WEIGHTS_CACHE);
   if (weights) {
     for (const request of await weights.keys()) {
+      if (request.url.startsWith(OWN_KEYS)) continue; // a piece
       const e = await verifiedEntry(request.url, weights);
       if (e) out.push({ url: request.url, bytes: e.bytes, complete: true });
     }
@@ -185,7 +257,7 @@ export async function list() {
     for (const request of await partial.keys()) {
       if (!request.url.endsWith("/meta")) continue;
       const url = decodeURIComponent(request.url.slice(PARTIAL_KEYS.length, -"/meta".length));
-      const meta = await readPartial(partial, url);
+      const meta = await readPartial(partial, weights, url);
       if (meta) out.push({ url, bytes: sum(meta.pieces), total: meta.total ?? null, complete: false });
     }
   }
@@ -200,8 +272,8 @@ export async function has(url) {
 /** Deletes `url`'s cached copy and any partial download of it; resolves to whether there was one. */
 export async function remove(url) {
   const weights = await open(WEIGHTS_CACHE);
-  const a = weights ? await weights.delete(url) : false;
-  const b = await dropPartial(url);
+  const a = weights ? await deleteEntry(weights, url) : false;
+  const b = await dropPartial(url, undefined, weights ?? undefined);
   return a || b;
 }
 
@@ -287,7 +359,7 @@ export async function start(source, { signal, onProgress, concurrency = 4, strea
   }
   if (missing.length === 0) return none;
   for (const m of missing) {
-    const p = await readPartial(partial, m.url);
+    const p = await readPartial(partial, weights, m.url);
     m.have = p ? sum(p.pieces) : 0;
   }
   // Sizes before any body is read: a load that cannot fit says so now.
@@ -394,7 +466,7 @@ async function resolveIndex(ctx, source) {
     }
   }
   try {
-    const index = await (await ctx.weights.match(indexUrl)).json();
+    const index = await (await entryResponse(ctx.weights, indexUrl)).json();
     const base = indexUrl.slice(0, indexUrl.lastIndexOf("/") + 1);
     return [...new Set(Object.values(index.weight_map ?? {}))].filter((f) => typeof f === "string").map((f) => `${base}${f}`);
   } catch {
@@ -409,15 +481,18 @@ async function download(ctx, file, all, report) {
     return await downloadFile(ctx, file, all, report);
   } catch (e) {
     if (!isQuota(e)) throw e;
-    const held = (await readPartial(ctx.partial, file.url).catch(() => null))?.pieces ?? [];
+    const held = (await readPartial(ctx.partial, ctx.weights, file.url).catch(() => null))?.pieces ?? [];
     throw await refused(`'${file.url}'`, file.total !== null ? Math.max(1, file.total - sum(held)) : 1, e);
   }
 }
 
 async function downloadFile(ctx, file, all, report) {
-  const { partial, signal } = ctx;
+  const { partial, weights, signal } = ctx;
   const { url } = file;
-  let meta = (await readPartial(partial, url)) ?? { url, total: null, etag: null, lastModified: null, pieces: [] };
+  let meta = await readPartial(partial, weights, url);
+  // (Pieces without a download that knows them: left by one that stopped before it said so.)
+  if (!meta) await dropPartial(url, partial, weights);
+  meta ??= { url, total: null, etag: null, lastModified: null, pieces: [] };
   let have = sum(meta.pieces);
   let response;
   try {
@@ -433,12 +508,12 @@ async function downloadFile(ctx, file, all, report) {
   } else if (have > 0 && (response.status === 206 || response.status === 416)) {
     // Not the rest of the same file (it changed, or the range is off): start over.
     await response.body?.cancel().catch(() => {});
-    await dropPartial(url, partial);
+    await dropPartial(url, partial, weights);
     return downloadFile(ctx, file, all, report);
   } else if (response.ok) {
     if (have > 0) {
       // The server ignores Range: it sends the whole file again, from its first byte.
-      await dropPartial(url, partial);
+      await dropPartial(url, partial, weights);
       report(0, null, -have);
       have = 0;
     }
@@ -464,10 +539,6 @@ async function downloadFile(ctx, file, all, report) {
 
   // The body, in pieces of PIECE_BYTES; what arrived before a failure is kept as a last piece.
   const reader = response.body.getReader();
-  const contentType = response.headers.get("content-type");
-  // Beside the pieces, a file of known size is written straight into the weights cache as it
-  // arrives (`direct`), so that a complete download is committed without copying its pieces.
-  let direct = meta.total !== null ? directWrite(ctx.weights, meta, contentType) : null;
   let held = [];
   let heldBytes = 0;
   const flush = async () => {
@@ -475,15 +546,8 @@ async function downloadFile(ctx, file, all, report) {
     const piece = new Blob(held);
     held = [];
     heldBytes = 0;
-    const put = () => partial.put(pieceKey(url, meta.pieces.length), new Response(piece));
     try {
-      await put().catch(async (e) => {
-        // The direct write holds a second copy: without it, the pieces may still fit.
-        if (!isQuota(e) || !direct) throw e;
-        direct.abort(e);
-        direct = null;
-        await put();
-      });
+      await weights.put(pieceKey(url, meta.pieces.length), new Response(piece));
     } catch (e) {
       if (isQuota(e)) throw await refused(`'${url}'`, meta.total !== null ? meta.total - sum(meta.pieces) : piece.size, e);
       throw ioError(url, `its downloaded bytes could not be stored: ${e?.message ?? e}`, e);
@@ -491,31 +555,21 @@ async function downloadFile(ctx, file, all, report) {
     meta.pieces.push(piece.size);
     await writeMeta(partial, meta);
   };
-  // The bytes go to the pieces, and to the direct write and the engine's stream where they are.
+  // The bytes go to the pieces, and to the engine's stream where there is one.
   const send = async (bytes) => {
-    await direct?.push(bytes);
     await ctx.tee?.push(bytes);
   };
-  try {
-    await readBody();
-  } catch (e) {
-    direct?.abort(e);
-    throw e;
-  }
-  if (direct && (await direct.finish()) && (await verifiedEntry(url, ctx.weights))) {
-    await dropPartial(url, partial).catch(() => {});
-  } else {
-    await commit(ctx, meta, contentType);
-  }
+  await readBody();
+  await commit(ctx, meta);
   file.done = true;
 
   /** The body into pieces (and `send`), from where a resumed download's pieces end. */
   async function readBody() {
     report(have, meta.total, 0);
-    if (ctx.tee || direct) {
-      // The direct write and the engine's stream start with the bytes a resumed download has.
+    if (ctx.tee) {
+      // The engine's stream starts with the bytes a resumed download has.
       for (let i = 0; i < meta.pieces.length; i++) {
-        const r = await partial.match(pieceKey(url, i));
+        const r = await weights.match(pieceKey(url, i));
         const bytes = r ? new Uint8Array(await r.arrayBuffer()) : null;
         if (!bytes || bytes.byteLength !== meta.pieces[i]) {
           reader.cancel().catch(() => {});
@@ -531,7 +585,7 @@ async function downloadFile(ctx, file, all, report) {
       } catch (e) {
         const kept = have;
         await flush().catch(() => {});
-        if (meta.pieces.length === 0) await dropPartial(url, partial).catch(() => {});
+        if (meta.pieces.length === 0) await dropPartial(url, partial, weights).catch(() => {});
         if (isAbort(e, signal)) throw abortError();
         const of = meta.total !== null ? ` of ${meta.total}` : "";
         throw ioError(url, `the download stopped after ${kept}${of} bytes (${e?.message ?? e}); load it again to resume from there`, e);
@@ -559,40 +613,15 @@ async function downloadFile(ctx, file, all, report) {
     }
     await flush();
     if (meta.total !== null && have !== meta.total) {
-      if (have > meta.total) await dropPartial(url, partial);
+      if (have > meta.total) await dropPartial(url, partial, weights);
       throw ioError(url, `the server sent ${have} bytes of ${meta.total}; load it again to resume`);
     }
   }
 }
 
-/**
- * The weights cache's entry for a download of `meta.total` bytes, written as they arrive: one
- * `put` whose body is fed by `push(bytes)` (which waits while the writer is behind). The Cache
- * API commits an entry only when its body ends: `abort(e)` errors it and nothing is stored.
- * `finish()` ends it and resolves to whether the entry was written (false where the write
- * failed, e.g. on the quota: the caller then commits the pieces).
- */
-function directWrite(weights, meta, contentType) {
-  const body = teeStream();
-  const written = weights.put(meta.url, new Response(body.stream, { headers: entryHeaders(meta, contentType, meta.total) })).then(
-    () => true,
-    () => false,
-  );
-  return {
-    push: (bytes) => body.push(bytes),
-    abort(e) {
-      body.error(e);
-    },
-    async finish() {
-      body.close();
-      return written;
-    },
-  };
-}
-
-/** The headers of a committed file of `total` bytes. */
-function entryHeaders(meta, contentType, total) {
-  const headers = { "content-type": contentType ?? "application/octet-stream", "content-length": String(total), [SIZE_HEADER]: String(total) };
+/** The headers of the entry of a committed file of `total` bytes in `count` pieces. */
+function entryHeaders(meta, total, count) {
+  const headers = { "content-type": "application/json", [SIZE_HEADER]: String(total), [PIECES_HEADER]: String(count) };
   if (meta.etag) headers.etag = meta.etag;
   if (meta.lastModified) headers["last-modified"] = meta.lastModified;
   return headers;
@@ -616,40 +645,21 @@ function resumes(response, meta, have, etag, lastModified) {
   return meta.total !== null && contentLength(response) === meta.total - have;
 }
 
-/** Commits a complete download to the weights cache in one put, then checks it. The pieces are
- * read (and deleted) one at a time, so the storage holds about one copy of the file. */
-async function commit(ctx, meta, contentType) {
+/** Commits a complete download: its entry, which lists its pieces, written after them (so no
+ * file is served before all of it is stored), then checked. */
+async function commit(ctx, meta) {
   const { weights, partial } = ctx;
   const { url } = meta;
-  const total = sum(meta.pieces);
-  await partial.delete(metaKey(url)); // from here the pieces are no longer a resumable download
-  let i = 0;
-  const body = new ReadableStream({
-    async pull(controller) {
-      if (i === meta.pieces.length) {
-        controller.close();
-        return;
-      }
-      const r = await partial.match(pieceKey(url, i));
-      const bytes = r ? new Uint8Array(await r.arrayBuffer()) : null;
-      if (!bytes || bytes.byteLength !== meta.pieces[i]) {
-        controller.error(new Error(`piece ${i} of the download is missing`));
-        return;
-      }
-      await partial.delete(pieceKey(url, i));
-      i++;
-      controller.enqueue(bytes);
-    },
-  });
+  const keys = meta.pieces.map((_, i) => pieceKey(url, i));
+  const list = JSON.stringify({ keys, sizes: meta.pieces });
   try {
-    await weights.put(url, new Response(body, { headers: entryHeaders(meta, contentType, total) }));
+    await weights.put(url, new Response(list, { headers: entryHeaders(meta, sum(meta.pieces), keys.length) }));
   } catch (e) {
-    await dropPartial(url, partial);
-    if (isQuota(e)) throw await refused(`'${url}'`, total, e);
+    await dropPartial(url, partial, weights).catch(() => {});
+    if (isQuota(e)) throw await refused(`'${url}'`, list.length, e);
     throw ioError(url, `it could not be stored in the cache: ${e?.message ?? e}`, e);
-  } finally {
-    await dropPartial(url, partial).catch(() => {});
   }
+  await partial.delete(metaKey(url)).catch(() => {}); // the pieces are the committed file's now
   if (!(await verifiedEntry(url, weights))) {
     throw ioError(url, "its cached copy did not keep the bytes written: load it again");
   }

@@ -3,8 +3,8 @@
 // start over where the server refuses Range), a model of one file read by the engine as it
 // downloads (and cached by the time the load resolves), a half-written file that is never served, a
 // load that does not fit the origin's quota (set small over CDP) rejecting with code "quota", and
-// one that fits once but not twice (the file is also written into the cache as it downloads)
-// succeeding.
+// one that fits once but not twice succeeding (a file is written once: its pieces are the cached
+// copy, which the engine reads in order).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
@@ -61,8 +61,9 @@ after(async () => {
 /** Runs `fn` in `p` (see browser.mjs's `evaluate`). */
 const run = (fn, arg, p = page) => evaluate(p, fn, arg);
 
-/** What the browser holds for `path`: PocketLM.cache's view, and the raw Cache API match of the URL
- * in every cache (a half-written file must be in none that the engine reads). */
+/** What the browser holds for `path`: PocketLM.cache's view, the raw Cache API match of the URL
+ * in every cache (a half-written file must be in none that the engine reads), and the sizes of
+ * every other entry of the cache the engine reads (a committed file's pieces). */
 function stored(path, p = page) {
   return run(
     async (path) => {
@@ -74,6 +75,9 @@ function stored(path, p = page) {
         list: (await PocketLM.cache.list()).filter((f) => f.url === url),
         cachedModels: (await PocketLM.cachedModels()).filter((u) => u === url),
         rawMatch: (await weights.match(url)) !== undefined,
+        others: await Promise.all(
+          (await weights.keys()).filter((k) => k.url !== url).map(async (k) => (await (await weights.match(k)).blob()).size),
+        ),
       };
     },
     path,
@@ -117,6 +121,7 @@ test("PocketLM.cache: has, list with sizes, delete, estimate and persist", async
         persisted: await PocketLM.cache.persisted(),
         deleted: await PocketLM.cache.delete(path),
         hasAfter: await PocketLM.cache.has(path),
+        entriesAfter: (await (await caches.open("pocketlm-weights-v1")).keys()).length,
         deletedAgain: await PocketLM.cache.delete(path),
         listAfter: await PocketLM.cache.list(),
       };
@@ -134,6 +139,7 @@ test("PocketLM.cache: has, list with sizes, delete, estimate and persist", async
   assert.equal(r.persisted, r.persist);
   assert.equal(r.deleted, true);
   assert.equal(r.hasAfter, false);
+  assert.equal(r.entriesAfter, 0, "pieces were left behind");
   assert.equal(r.deletedAgain, false);
   assert.deepEqual(r.listAfter, []);
   // Deleted means downloaded again; a bad argument is a typed error.
@@ -212,6 +218,20 @@ test("a model of one file loads as it downloads, from one request, and is cached
   const whole = await stored(MODEL);
   assert.equal(whole.rawMatch, true);
   assert.deepEqual(whole.list, [{ url: whole.list[0].url, bytes: MODEL_BYTES, complete: true }]);
+  // One copy: pieces of 8 MiB that add up to the file, nothing else.
+  assert.equal(whole.others.length, Math.ceil(MODEL_BYTES / (8 << 20)), JSON.stringify(whole.others));
+  assert.equal(whole.others.reduce((a, b) => a + b, 0), MODEL_BYTES);
+  // The engine reads the cached pieces in order: no request, the same reply.
+  const again = value(
+    await run(async (path) => {
+      const lm = await globalThis.pocketlm.PocketLM.load(path);
+      const reply = await lm.complete("The capital of France is", { max_tokens: 1, temperature: 0 });
+      await lm.unload();
+      return reply;
+    }, MODEL),
+  );
+  assert.equal(again, " Paris");
+  assert.equal(gets(MODEL).length - before, 1, "the cached copy was not used");
 });
 
 test("a server that refuses Range gets a clean start over", async () => {
@@ -281,6 +301,20 @@ test("a cached file shorter than it was committed with is not served: it is down
   assert.equal(r, "llama");
   assert.equal(gets(TINY).length, before + 1, "the short copy was served");
   assert.deepEqual((await stored(TINY)).list.map((f) => f.bytes), [TINY_BYTES]);
+
+  // A committed copy that lost a piece is not served either.
+  const lost = value(
+    await run(async (path) => {
+      const weights = await caches.open("pocketlm-weights-v1");
+      const url = new URL(path, location.href).href;
+      const { keys } = await (await weights.match(url)).json();
+      await weights.delete(keys[0]);
+      return { pieces: keys.length, has: await globalThis.pocketlm.PocketLM.cache.has(path), raw: (await weights.match(url)) !== undefined };
+    }, TINY),
+  );
+  assert.deepEqual(lost, { pieces: 1, has: false, raw: false });
+  value(await run((path) => globalThis.pocketlm.PocketLM.load(path).then((lm) => lm.unload()), TINY));
+  assert.equal(gets(TINY).length, before + 2, "the copy without its piece was served");
 });
 
 test("a load that does not fit the quota rejects with code quota when the browser refuses the writes", async () => {
@@ -314,7 +348,7 @@ test("a load that does not fit the quota rejects with code quota when the browse
   value(await run(() => globalThis.pocketlm.PocketLM.cache.clear()));
 });
 
-test("a quota with room for the file but not for two copies: the direct write is given up and the load succeeds", async () => {
+test("a quota with room for the file but not for two copies: the file is written once, and the load succeeds", async () => {
   value(await run(() => globalThis.pocketlm.PocketLM.cache.clear()));
   await withQuota((usage) => usage + MODEL_BYTES * 1.5, async () => {
     const r = value(
