@@ -27,10 +27,17 @@
 // call, and PocketLM's as a ratio of wllama's best. The engines' vectors for the 64 texts are
 // compared (cosine distance), so both do the same work.
 //
+// Then loads: the decode model loaded by PocketLM's CPU backend (one thread) and by wllama (one
+// thread), each with its own cache emptied first (cold: download, store, load; PocketLM's Cache
+// API buckets, wllama's origin private file system) and again from that cache (warm), from the
+// local server, alternating for BENCH_LOAD_ROUNDS rounds (default 3): the median seconds of each
+// and PocketLM's as a ratio of wllama's. Each load is timed in the page from the call until the
+// model can generate, and the model is unloaded after it.
+//
 // BENCH_MODEL (default: the default model, models/SmolLM2-135M-Instruct.Q4_1.gguf),
 // BENCH_TOKENS (tokens per completion, default 16), BENCH_PROMPTS (how many of the prompts below,
 // default 3), BENCH_ENGINES (a comma list of pocketlm-cpu-1, pocketlm-cpu-2, pocketlm-webgpu,
-// wllama-1, wllama-2; default all). BENCH_SECTIONS (decode, embeddings; default both),
+// wllama-1, wllama-2; default all). BENCH_SECTIONS (decode, embeddings, load; default all),
 // BENCH_EMBED_ENGINES (the same names; default all), BENCH_EMBED_BATCHES (default 1,8,64),
 // BENCH_EMBED_SECONDS (timed seconds per batch size and engine, default 2), BENCH_EMBED_MAX_SECONDS
 // (a batch size whose one call would take longer, estimated from the smaller one, is skipped:
@@ -59,9 +66,10 @@ const PROMPTS = [
 ].slice(0, Number(process.env.BENCH_PROMPTS ?? 3));
 const ALL_ENGINES = "pocketlm-cpu-1,pocketlm-cpu-2,pocketlm-webgpu,wllama-1,wllama-2";
 const ENGINES = (process.env.BENCH_ENGINES ?? ALL_ENGINES).split(",");
-const SECTIONS = (process.env.BENCH_SECTIONS ?? "decode,embeddings").split(",");
+const SECTIONS = (process.env.BENCH_SECTIONS ?? "decode,embeddings,load").split(",");
+const LOAD_ROUNDS = Number(process.env.BENCH_LOAD_ROUNDS ?? 3);
 for (const s of SECTIONS) {
-  if (s !== "decode" && s !== "embeddings") throw new Error(`BENCH_SECTIONS: unknown section ${s} (decode, embeddings)`);
+  if (!["decode", "embeddings", "load"].includes(s)) throw new Error(`BENCH_SECTIONS: unknown section ${s} (decode, embeddings, load)`);
 }
 const EMBED_ENGINES = (process.env.BENCH_EMBED_ENGINES ?? ALL_ENGINES).split(",");
 for (const [name, list] of [["BENCH_ENGINES", ENGINES], ["BENCH_EMBED_ENGINES", EMBED_ENGINES]]) {
@@ -92,7 +100,7 @@ const TEXTS = Array.from({ length: 64 }, (_, i) => {
   return words.join(" ");
 });
 
-if (SECTIONS.includes("decode") && !existsSync(MODEL_FILE)) {
+if ((SECTIONS.includes("decode") || SECTIONS.includes("load")) && !existsSync(MODEL_FILE)) {
   console.error(`${MODEL_FILE} is missing: run make setup (scripts/fetch-model.sh)`);
   process.exit(1);
 }
@@ -293,6 +301,7 @@ async function runEmbeddings(engine) {
 const fmt = (x, digits = 2) => (x === null || x === undefined || !Number.isFinite(x) ? "—" : x.toFixed(digits));
 const results = {};
 const embedResults = {};
+const loadResults = { pocketlm: { cold: [], warm: [] }, wllama: { cold: [], warm: [] } };
 try {
   for (const engine of SECTIONS.includes("decode") ? ENGINES : []) {
     const r = await run(engine);
@@ -326,6 +335,15 @@ try {
     embedResults[engine] = r;
     console.log(`embeddings ${engine}: ${r.info}; memory ${mib(r.memory)} MiB (page and workers)${r.wasm != null ? `, its own wasm memory ${mib(r.wasm)} MiB` : ""}; ${JSON.stringify(r.runs)}`);
   }
+  for (let round = 0; round < (SECTIONS.includes("load") ? LOAD_ROUNDS : 0); round++) {
+    for (const engine of ["pocketlm", "wllama"]) {
+      for (const cache of ["cold", "warm"]) {
+        const s = await timeLoad(engine, cache);
+        loadResults[engine][cache].push(s);
+        console.log(`load round ${round + 1}: ${engine} ${cache} ${fmt(s, 2)} s`);
+      }
+    }
+  }
 } finally {
   await browser.close();
   await server.close();
@@ -333,6 +351,56 @@ try {
 
 if (Object.keys(results).length > 0) printDecode();
 if (Object.keys(embedResults).length > 0) printEmbeddings();
+if (loadResults.pocketlm.cold.length > 0) printLoads();
+
+/** Seconds from the load call until the model can generate, with the engine's cache emptied first
+ * (`cold`) or as the previous load left it (`warm`); the model is unloaded after. */
+async function timeLoad(engine, cache) {
+  await page.goto(`${server.url}/test/bench.html`);
+  await page.waitForFunction(() => document.getElementById("out").textContent !== "importing…", null, { timeout: 60_000 });
+  const ms = value(
+    await evaluate(
+      page,
+      async ({ engine, cache, modelUrl }) => {
+        if (engine === "pocketlm") {
+          const { PocketLM } = globalThis.pocketlm;
+          if (cache === "cold") await PocketLM.cache.clear();
+          const t0 = performance.now();
+          const lm = await PocketLM.load(modelUrl, { context: 512, backend: "cpu", threads: 1 });
+          const ms = performance.now() - t0;
+          await lm.unload();
+          return ms;
+        }
+        if (cache === "cold") {
+          const root = await navigator.storage.getDirectory();
+          for await (const [name] of root.entries()) await root.removeEntry(name, { recursive: true });
+        }
+        const t0 = performance.now();
+        const w = new globalThis.Wllama(globalThis.wllamaAssets, { suppressNativeLog: true });
+        await w.loadModelFromUrl(modelUrl, { n_ctx: 512, n_threads: 1, n_gpu_layers: 0 });
+        const ms = performance.now() - t0;
+        await w.exit();
+        return ms;
+      },
+      { engine, cache, modelUrl },
+    ),
+  );
+  return ms / 1000;
+}
+
+function printLoads() {
+  const median = (a) => [...a].sort((x, y) => x - y)[a.length >> 1];
+  const { pocketlm: p, wllama: w } = loadResults;
+  console.log(`
+loads of ${basename(MODEL_FILE)} from the local server, one thread, median of ${p.cold.length} alternating rounds (s)
+`);
+  console.log("engine             cold (download, store, load)   warm (from its cache)");
+  for (const [engine, r] of [["pocketlm-cpu-1", p], ["wllama-1", w]]) {
+    console.log(`${engine.padEnd(17)} ${fmt(median(r.cold), 2).padStart(29)} ${fmt(median(r.warm), 2).padStart(23)}`);
+  }
+  console.log(`
+pocketlm / wllama load time: cold ${fmt(median(p.cold) / median(w.cold), 3)}×, warm ${fmt(median(p.warm) / median(w.warm), 3)}× (lower is faster)`);
+}
 
 function printDecode() {
   console.log(`\nmodel ${basename(MODEL_FILE)}, ${PROMPTS.length} prompts × ${TOKENS} tokens, greedy\n`);
