@@ -156,7 +156,8 @@ pub fn matmul(
     }
     if m >= 2 {
         // Tiles of four weight rows, dequantized once for all m rows of x (the last tile padded
-        // with zero rows whose products are dropped).
+        // with zero rows whose products are dropped), with vector code where there is some.
+        let vector = int_format(w.dtype()).and_then(idot::vector_dequant);
         pool.ranges(n.div_ceil(TILE_ROWS), &|t0, t1| {
             let mut tile = vec![0f32; TILE_ROWS * k];
             for t in t0..t1 {
@@ -164,7 +165,10 @@ pub fn matmul(
                 let rows = TILE_ROWS.min(n - j0);
                 for (r, dst) in tile.chunks_exact_mut(k).enumerate() {
                     match bytes.get((j0 + r) * row_bytes..(j0 + r + 1) * row_bytes) {
-                        Some(row) if r < rows => ops::dequant_row(format, row, dst),
+                        Some(row) if r < rows => match vector {
+                            Some(dequant) => dequant(row, dst),
+                            None => ops::dequant_row(format, row, dst),
+                        },
                         _ => dst.fill(0.0),
                     }
                 }
