@@ -469,8 +469,8 @@ pub type RowDequant = fn(&[u8], &mut [f32]);
 
 /// Dequantizes a row of `format` (whole blocks, into as many values) faster than
 /// [`crate::blocks`]'s block functions, to the same values bit for bit, where the target has
-/// a way: in wasm (SIMD128) the 32-value formats, whose scalar forms took a third of a
-/// 16-token prefill's matmul time in Chromium.
+/// a way: in wasm (SIMD128) the 32-value formats, Q4_K, Q5_K and Q6_K (the scalar forms took a
+/// third of a 16-token prefill's matmul time in Chromium).
 pub fn vector_dequant(format: Format) -> Option<RowDequant> {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     {
@@ -482,6 +482,9 @@ pub fn vector_dequant(format: Format) -> Option<RowDequant> {
             Fused::Q5_0 => wasm::dequant_row_32::<Q5_0>,
             Fused::Q5_1 => wasm::dequant_row_32::<Q5_1>,
             Fused::IQ4_NL => wasm::dequant_row_32::<IQ4_NL>,
+            Fused::Q4_K => wasm::dequant_row_k4::<false>,
+            Fused::Q5_K => wasm::dequant_row_k4::<true>,
+            Fused::Q6_K => wasm::dequant_row_q6_k,
             _ => return None,
         })
     }
@@ -1404,20 +1407,118 @@ mod wasm {
     fn dequant_32<const F: u8>(block: &[u8], d: v128, m: v128, y: &mut [f32]) {
         let (_, has_min) = k32::layout(F);
         let (lo, hi) = quants_32::<F>(block);
-        let y = &mut y[..QK];
-        for (q, y) in [lo, hi].into_iter().zip(y.chunks_exact_mut(16)) {
-            let (a, b) = (i16x8_extend_low_i8x16(q), i16x8_extend_high_i8x16(q));
-            for (w, y) in [
-                i32x4_extend_low_i16x8(a),
-                i32x4_extend_high_i16x8(a),
-                i32x4_extend_low_i16x8(b),
-                i32x4_extend_high_i16x8(b),
-            ]
-            .into_iter()
-            .zip(y.chunks_exact_mut(4))
-            {
-                let v = f32x4_mul(f32x4_convert_i32x4(w), d);
-                store4(y, if has_min { f32x4_add(v, m) } else { v });
+        let offset = if has_min {
+            Offset::Add(m)
+        } else {
+            Offset::None
+        };
+        put16(&mut y[..16], lo, d, offset);
+        put16(&mut y[16..QK], hi, d, offset);
+    }
+
+    /// What [`put16`] does after the multiplication.
+    #[derive(Clone, Copy)]
+    enum Offset {
+        None,
+        Add(v128),
+        Sub(v128),
+    }
+
+    /// `y[..16]` = the 16 signed bytes of `q` converted to f32, times `d`, then plus or minus
+    /// the offset: the scalar dequantizations' operations, in their order.
+    #[inline(always)]
+    fn put16(y: &mut [f32], q: v128, d: v128, offset: Offset) {
+        let (a, b) = (i16x8_extend_low_i8x16(q), i16x8_extend_high_i8x16(q));
+        for (w, y) in [
+            i32x4_extend_low_i16x8(a),
+            i32x4_extend_high_i16x8(a),
+            i32x4_extend_low_i16x8(b),
+            i32x4_extend_high_i16x8(b),
+        ]
+        .into_iter()
+        .zip(y[..16].chunks_exact_mut(4))
+        {
+            let v = f32x4_mul(f32x4_convert_i32x4(w), d);
+            store4(
+                y,
+                match offset {
+                    Offset::None => v,
+                    Offset::Add(m) => f32x4_add(v, m),
+                    Offset::Sub(m) => f32x4_sub(v, m),
+                },
+            );
+        }
+    }
+
+    /// [`dequant_row_32`] for Q4_K (and, `Q5`, Q5_K): per 32-value sub-block, `d · scale` and
+    /// `dmin · min` as the scalar code forms them, the nibbles (and fifth bits) split as in
+    /// [`row_dot_k4`], `(d · scale) · q − dmin · min` in vectors.
+    pub(super) fn dequant_row_k4<const Q5: bool>(row: &[u8], y: &mut [f32]) {
+        let (bytes, qs) = if Q5 { (176, 48) } else { (144, 16) };
+        assert!(row.len() / bytes * 256 == y.len() && row.len().is_multiple_of(bytes));
+        let (m4, m10) = (u8x16_splat(0x0F), u8x16_splat(0x10));
+        for (block, y) in row.chunks_exact(bytes).zip(y.chunks_exact_mut(256)) {
+            let (d, dmin) = (half(block, 0), half(block, 2));
+            let (qh0, qh1) = if Q5 {
+                (load16(block, 16), load16(block, 32))
+            } else {
+                (m4, m4)
+            };
+            // Sub-blocks 2c and 2c + 1: the low and the high nibbles of 32 bytes (constant
+            // shifts: V8 emulates byte shifts, a variable count costs more).
+            for (c, y) in y.chunks_exact_mut(2 * QK).enumerate() {
+                let scale = |j: usize| {
+                    let (sc, m) = crate::blocks::scale_min_k4(j, &block[4..16]);
+                    let (d1, m1) = (d * f32::from(sc), dmin * f32::from(m));
+                    (f32x4_splat(d1), Offset::Sub(f32x4_splat(m1)))
+                };
+                let ((d1, m1), (d2, m2)) = (scale(2 * c), scale(2 * c + 1));
+                for (h, qh) in [qh0, qh1].into_iter().enumerate() {
+                    let v = load16(block, qs + 32 * c + 16 * h);
+                    let (mut lo, mut hi) = (v128_and(v, m4), u8x16_shr(v, 4));
+                    if Q5 {
+                        // Bits 2c and 2c + 1 of each byte, as 0x10 where set.
+                        let fifth = |bit: v128| v128_and(i8x16_eq(v128_and(qh, bit), bit), m10);
+                        lo = v128_or(lo, fifth(u8x16_splat(1 << (2 * c))));
+                        hi = v128_or(hi, fifth(u8x16_splat(2 << (2 * c))));
+                    }
+                    put16(&mut y[16 * h..16 * h + 16], lo, d1, m1);
+                    put16(&mut y[QK + 16 * h..QK + 16 * h + 16], hi, d2, m2);
+                }
+            }
+        }
+    }
+
+    /// [`dequant_row_32`] for Q6_K: the 6-bit quants assembled as in [`row_dot_q6_k`], times
+    /// `d · scale` as the scalar code forms it.
+    pub(super) fn dequant_row_q6_k(row: &[u8], y: &mut [f32]) {
+        assert!(row.len() / 210 * 256 == y.len() && row.len().is_multiple_of(210));
+        let (m4, m30, k32) = (u8x16_splat(0x0F), u8x16_splat(0x30), i8x16_splat(32));
+        for (block, y) in row.chunks_exact(210).zip(y.chunks_exact_mut(256)) {
+            let d = half(block, 208);
+            for (n, y) in y.chunks_exact_mut(128).enumerate() {
+                for h in 0..2 {
+                    let ql0 = load16(block, 64 * n + 16 * h);
+                    let ql1 = load16(block, 64 * n + 32 + 16 * h);
+                    let qh = load16(block, 128 + 32 * n + 16 * h);
+                    let w = [
+                        v128_or(v128_and(ql0, m4), v128_and(i8x16_shl(qh, 4), m30)),
+                        v128_or(v128_and(ql1, m4), v128_and(i8x16_shl(qh, 2), m30)),
+                        v128_or(u8x16_shr(ql0, 4), v128_and(qh, m30)),
+                        v128_or(u8x16_shr(ql1, 4), v128_and(u8x16_shr(qh, 2), m30)),
+                    ];
+                    for (t, w) in w.into_iter().enumerate() {
+                        // Values 32t + 16h.. of half n, whose scale is byte 192 + 8n + 2t + h.
+                        let scale = d * f32::from(block[192 + 8 * n + 2 * t + h] as i8);
+                        let at = 32 * t + 16 * h;
+                        put16(
+                            &mut y[at..at + 16],
+                            i8x16_sub(w, k32),
+                            f32x4_splat(scale),
+                            Offset::None,
+                        );
+                    }
+                }
             }
         }
     }
