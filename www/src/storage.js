@@ -137,7 +137,10 @@ export async function verifiedEntry(url, weights) {
   if (hit.headers.has(PIECES_HEADER)) {
     const list = await pieceList(hit);
     ok = list !== null && declared === sum(list.sizes);
-    for (let i = 0; ok && i < list.keys.length; i++) ok = (await pieceSize(weights, list.keys[i])) === list.sizes[i];
+    if (ok) {
+      const sizes = await Promise.all(list.keys.map((k) => pieceSize(weights, k)));
+      ok = sizes.every((size, i) => size === list.sizes[i]);
+    }
   } else {
     const size = (await hit.blob()).size; // backed by the cache's own file: nothing is read
     ok = declared === null || declared === size;
