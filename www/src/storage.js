@@ -223,17 +223,22 @@ async function writeMeta(partial, meta) {
   await partial.put(metaKey(meta.url), new Response(JSON.stringify(meta), { headers: { "content-type": "application/json" } }));
 }
 
+/** Deletes what the partial cache holds of `url`: its download's meta, and the pieces an earlier
+ * version of PocketLM kept beside it. Resolves to whether there was anything. */
+async function dropMeta(partial, url) {
+  const own = `${PARTIAL_KEYS}${encodeURIComponent(url)}/`;
+  const keys = (await partial.keys()).filter((k) => k.url.startsWith(own));
+  await Promise.all(keys.map((k) => partial.delete(k)));
+  return keys.length > 0;
+}
+
 /** Deletes what a download of `url` left behind (its pieces, unless a committed copy of `url` is
  * made of them); resolves to whether there was anything. */
 export async function dropPartial(url, partial, weights) {
   partial ??= await open(PARTIAL_CACHE);
   weights ??= await open(WEIGHTS_CACHE);
   if (!partial || !weights) return false;
-  // Its meta (and the pieces an earlier version kept beside it).
-  const own = `${PARTIAL_KEYS}${encodeURIComponent(url)}/`;
-  const stale = (await partial.keys()).filter((k) => k.url.startsWith(own));
-  await Promise.all(stale.map((k) => partial.delete(k)));
-  const dropped = stale.length > 0;
+  const dropped = await dropMeta(partial, url);
   if ((await weights.match(url))?.headers.has(PIECES_HEADER)) return dropped;
   const prefix = piecePrefix(url);
   const keys = (await weights.keys()).filter((k) => k.url.startsWith(prefix));
@@ -662,7 +667,7 @@ async function commit(ctx, meta) {
     if (isQuota(e)) throw await refused(`'${url}'`, list.length, e);
     throw ioError(url, `it could not be stored in the cache: ${e?.message ?? e}`, e);
   }
-  await partial.delete(metaKey(url)).catch(() => {}); // the pieces are the committed file's now
+  await dropMeta(partial, url).catch(() => {}); // the pieces are the committed file's now
   if (!(await verifiedEntry(url, weights))) {
     throw ioError(url, "its cached copy did not keep the bytes written: load it again");
   }

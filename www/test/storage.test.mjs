@@ -268,6 +268,28 @@ test("a server that refuses Range gets a clean start over", async () => {
   assert.deepEqual(whole.list, [{ url: whole.list[0].url, bytes: TINY_BYTES, complete: true }]);
 });
 
+test("a partial download an earlier version kept (pieces in the partial cache) starts over, and leaves nothing behind", async () => {
+  value(await run(() => globalThis.pocketlm.PocketLM.cache.clear()));
+  value(
+    await run(async (path) => {
+      const url = new URL(path, location.href).href;
+      const bytes = new Uint8Array(await (await fetch(path)).arrayBuffer());
+      const partial = await caches.open("pocketlm-partial-v1");
+      const key = (k) => `https://pocketlm.invalid/partial/${encodeURIComponent(url)}/${k}`;
+      const meta = { url, total: bytes.length, etag: null, lastModified: null, pieces: [1000] };
+      await partial.put(key("meta"), new Response(JSON.stringify(meta)));
+      await partial.put(key(0), new Response(bytes.slice(0, 1000)));
+    }, TINY),
+  );
+  const before = gets(TINY).length;
+  value(await run(([path, integrity]) => globalThis.pocketlm.PocketLM.load(path, { integrity }).then((lm) => lm.unload()), [TINY, sri(TINY_FILE)]));
+  assert.equal(gets(TINY).length, before + 1);
+  assert.ok(!gets(TINY).at(-1).range, "it asked for the rest of pieces it does not have");
+  const left = value(await run(async () => (await (await caches.open("pocketlm-partial-v1")).keys()).length));
+  assert.equal(left, 0, "the earlier version's pieces were left behind");
+  assert.deepEqual((await stored(TINY)).list.map((f) => f.bytes), [TINY_BYTES]);
+});
+
 test("a cached file shorter than it was committed with is not served: it is downloaded again", async () => {
   value(await run(() => globalThis.pocketlm.PocketLM.cache.clear()));
   // A copy cut short (by a writer that died, or damage) under the URL the engine reads.
