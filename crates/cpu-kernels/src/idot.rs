@@ -1091,7 +1091,7 @@ mod wasm {
         let (bytes, qs) = if Q5 { (176, 48) } else { (144, 16) };
         let mut acc = [f32x4_splat(0.0), f32x4_splat(0.0)];
         let mut mins = f32x4_splat(0.0);
-        let (m4, m10) = (u8x16_splat(0x0F), u8x16_splat(0x10));
+        let m4 = u8x16_splat(0x0F);
         let mut scale = [0f32; 8];
         for (b, block) in row.chunks_exact(bytes).enumerate() {
             let (d, dmin) = (half(block, 0), half(block, 2));
@@ -1120,11 +1120,12 @@ mod wasm {
                         v128_and(u8x16_shr(v1, shift), m4),
                     );
                     if Q5 {
-                        // Bit j of each byte, as 0x10 where set (compares, not byte shifts,
-                        // which x86 lacks and V8 emulates).
+                        // Bit j of each byte, as 0x10 where set.
                         let bit = u8x16_splat(1 << j);
-                        let fifth = |qh: v128| v128_and(i8x16_eq(v128_and(qh, bit), bit), m10);
-                        (w0, w1) = (v128_or(w0, fifth(qh0)), v128_or(w1, fifth(qh1)));
+                        (w0, w1) = (
+                            v128_or(w0, fifth_bits(qh0, bit)),
+                            v128_or(w1, fifth_bits(qh1, bit)),
+                        );
                     }
                     let xq = &x.q[QK * (8 * b + j)..];
                     let i = i32x4_add(dot16(w0, &xq[..16]), dot16(w1, &xq[16..QK]));
@@ -1152,7 +1153,6 @@ mod wasm {
     /// `d · (activations' scale) · scale` products of a block formed in four vectors.
     pub(super) fn row_dot_q6_k(row: &[u8], x: &Activations) -> f32 {
         let mut acc = [f32x4_splat(0.0), f32x4_splat(0.0)];
-        let (m4, m30, k32) = (u8x16_splat(0x0F), u8x16_splat(0x30), i8x16_splat(32));
         let mut scale = [0f32; 16];
         for (b, block) in row.chunks_exact(210).enumerate() {
             let d = f32x4_splat(half(block, 208));
@@ -1172,26 +1172,41 @@ mod wasm {
             }
             for n in 0..2 {
                 for h in 0..2 {
-                    let ql0 = load16(block, 64 * n + 16 * h);
-                    let ql1 = load16(block, 64 * n + 32 + 16 * h);
-                    let qh = load16(block, 128 + 32 * n + 16 * h);
-                    let w = [
-                        v128_or(v128_and(ql0, m4), v128_and(i8x16_shl(qh, 4), m30)),
-                        v128_or(v128_and(ql1, m4), v128_and(i8x16_shl(qh, 2), m30)),
-                        v128_or(u8x16_shr(ql0, 4), v128_and(qh, m30)),
-                        v128_or(u8x16_shr(ql1, 4), v128_and(u8x16_shr(qh, 2), m30)),
-                    ];
-                    for (t, w) in w.into_iter().enumerate() {
+                    for (t, w) in quants_q6_k(block, n, h).into_iter().enumerate() {
                         // Values 32t + 16h.. of half n: group 8n + 2t + h.
                         let g = 8 * n + 2 * t + h;
                         let xq = &x.q[GROUP * (16 * b + g)..];
-                        let i = dot16(i8x16_sub(w, k32), xq);
-                        accumulate(&mut acc, i, splat_at(&scale, g));
+                        accumulate(&mut acc, dot16(w, xq), splat_at(&scale, g));
                     }
                 }
             }
         }
         sum(acc)
+    }
+
+    /// Values `32t + 16h..32t + 16h + 16` of half `n` of a Q6_K block, t = 0..4, as signed
+    /// bytes (`q − 32`): each 6-bit quant assembled from its nibble in `ql` and its crumb in
+    /// `qh`, 16 at a time in vector registers.
+    #[inline(always)]
+    fn quants_q6_k(block: &[u8], n: usize, h: usize) -> [v128; 4] {
+        let (m4, m30, k32) = (u8x16_splat(0x0F), u8x16_splat(0x30), i8x16_splat(32));
+        let ql0 = load16(block, 64 * n + 16 * h);
+        let ql1 = load16(block, 64 * n + 32 + 16 * h);
+        let qh = load16(block, 128 + 32 * n + 16 * h);
+        [
+            v128_or(v128_and(ql0, m4), v128_and(i8x16_shl(qh, 4), m30)),
+            v128_or(v128_and(ql1, m4), v128_and(i8x16_shl(qh, 2), m30)),
+            v128_or(u8x16_shr(ql0, 4), v128_and(qh, m30)),
+            v128_or(u8x16_shr(ql1, 4), v128_and(u8x16_shr(qh, 2), m30)),
+        ]
+        .map(|w| i8x16_sub(w, k32))
+    }
+
+    /// 0x10 in each byte of `qh` that has the bit `bit` (one bit set, splat) set: a K-quant's
+    /// fifth bits by compares, not byte shifts, which x86 lacks and V8 emulates.
+    #[inline(always)]
+    fn fifth_bits(qh: v128, bit: v128) -> v128 {
+        v128_and(i8x16_eq(v128_and(qh, bit), bit), u8x16_splat(0x10))
     }
 
     /// [`super::row_dot`] for IQ4_XS straight from its blocks: the nibbles mapped to the
@@ -1456,7 +1471,7 @@ mod wasm {
     pub(super) fn dequant_row_k4<const Q5: bool>(row: &[u8], y: &mut [f32]) {
         let (bytes, qs) = if Q5 { (176, 48) } else { (144, 16) };
         assert!(row.len() / bytes * 256 == y.len() && row.len().is_multiple_of(bytes));
-        let (m4, m10) = (u8x16_splat(0x0F), u8x16_splat(0x10));
+        let m4 = u8x16_splat(0x0F);
         for (block, y) in row.chunks_exact(bytes).zip(y.chunks_exact_mut(256)) {
             let (d, dmin) = (half(block, 0), half(block, 2));
             let (qh0, qh1) = if Q5 {
@@ -1478,9 +1493,8 @@ mod wasm {
                     let (mut lo, mut hi) = (v128_and(v, m4), u8x16_shr(v, 4));
                     if Q5 {
                         // Bits 2c and 2c + 1 of each byte, as 0x10 where set.
-                        let fifth = |bit: v128| v128_and(i8x16_eq(v128_and(qh, bit), bit), m10);
-                        lo = v128_or(lo, fifth(u8x16_splat(1 << (2 * c))));
-                        hi = v128_or(hi, fifth(u8x16_splat(2 << (2 * c))));
+                        lo = v128_or(lo, fifth_bits(qh, u8x16_splat(1 << (2 * c))));
+                        hi = v128_or(hi, fifth_bits(qh, u8x16_splat(2 << (2 * c))));
                     }
                     put16(&mut y[16 * h..16 * h + 16], lo, d1, m1);
                     put16(&mut y[QK + 16 * h..QK + 16 * h + 16], hi, d2, m2);
@@ -1493,30 +1507,15 @@ mod wasm {
     /// `d · scale` as the scalar code forms it.
     pub(super) fn dequant_row_q6_k(row: &[u8], y: &mut [f32]) {
         assert!(row.len() / 210 * 256 == y.len() && row.len().is_multiple_of(210));
-        let (m4, m30, k32) = (u8x16_splat(0x0F), u8x16_splat(0x30), i8x16_splat(32));
         for (block, y) in row.chunks_exact(210).zip(y.chunks_exact_mut(256)) {
             let d = half(block, 208);
             for (n, y) in y.chunks_exact_mut(128).enumerate() {
                 for h in 0..2 {
-                    let ql0 = load16(block, 64 * n + 16 * h);
-                    let ql1 = load16(block, 64 * n + 32 + 16 * h);
-                    let qh = load16(block, 128 + 32 * n + 16 * h);
-                    let w = [
-                        v128_or(v128_and(ql0, m4), v128_and(i8x16_shl(qh, 4), m30)),
-                        v128_or(v128_and(ql1, m4), v128_and(i8x16_shl(qh, 2), m30)),
-                        v128_or(u8x16_shr(ql0, 4), v128_and(qh, m30)),
-                        v128_or(u8x16_shr(ql1, 4), v128_and(u8x16_shr(qh, 2), m30)),
-                    ];
-                    for (t, w) in w.into_iter().enumerate() {
+                    for (t, w) in quants_q6_k(block, n, h).into_iter().enumerate() {
                         // Values 32t + 16h.. of half n, whose scale is byte 192 + 8n + 2t + h.
                         let scale = d * f32::from(block[192 + 8 * n + 2 * t + h] as i8);
                         let at = 32 * t + 16 * h;
-                        put16(
-                            &mut y[at..at + 16],
-                            i8x16_sub(w, k32),
-                            f32x4_splat(scale),
-                            Offset::None,
-                        );
+                        put16(&mut y[at..at + 16], w, f32x4_splat(scale), Offset::None);
                     }
                 }
             }
