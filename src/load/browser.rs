@@ -13,11 +13,12 @@ use crate::load::{ByteSource, CHUNK};
 pub const CACHE_NAME: &str = "pocketlm-weights-v1";
 
 /// A file the package's downloader (www/src/storage.js) committed is stored as the pieces it
-/// was downloaded in, each an entry of its own under this prefix, and a small entry under the
+/// was downloaded in, each an entry of its own under [`OWN_KEYS`], and a small entry under the
 /// file's URL that lists them (JSON `{keys, sizes}`) and carries this header (the count): the
 /// file is written once, in pieces a resumed download can keep, and never copied.
 const PIECES_HEADER: &str = "x-pocketlm-pieces";
-const PIECE_KEYS: &str = "https://pocketlm.invalid/";
+/// The prefix of the package's own entries, which are not files (a download's pieces).
+const OWN_KEYS: &str = "https://pocketlm.invalid/";
 
 /// The pieces of a committed file (see [`PIECES_HEADER`]).
 #[derive(serde::Deserialize)]
@@ -384,7 +385,7 @@ pub async fn cached_urls() -> Result<Vec<String>> {
     Ok(js_sys::Array::from(&keys)
         .iter()
         .filter_map(|r| Reflect::get(&r, &"url".into()).ok()?.as_string())
-        .filter(|u| !u.starts_with(PIECE_KEYS))
+        .filter(|u| !u.starts_with(OWN_KEYS))
         .collect())
 }
 
