@@ -108,7 +108,8 @@ async function open(name) {
   }
 }
 
-const metaKey = (url) => `${PARTIAL_KEYS}${encodeURIComponent(url)}/meta`;
+const partialPrefix = (url) => `${PARTIAL_KEYS}${encodeURIComponent(url)}/`;
+const metaKey = (url) => `${partialPrefix(url)}meta`;
 const piecePrefix = (url) => `${PIECE_KEYS}${encodeURIComponent(url)}/`;
 const pieceKey = (url, i) => `${piecePrefix(url)}${i}`;
 
@@ -164,6 +165,12 @@ async function pieceList(hit) {
   }
 }
 
+/** The bytes of the entry `key`, or null where there is none. */
+async function pieceBytes(cache, key) {
+  const r = await cache.match(key);
+  return r ? new Uint8Array(await r.arrayBuffer()) : null;
+}
+
 /** The size of the entry `key` (its body is backed by the cache's own file: nothing is read), or null. */
 async function pieceSize(cache, key) {
   const r = await cache.match(key);
@@ -191,9 +198,9 @@ async function entryResponse(weights, url) {
     new ReadableStream({
       async pull(controller) {
         if (i === list.keys.length) return controller.close();
-        const r = await weights.match(list.keys[i++]);
-        if (!r) return controller.error(new Error(`piece ${i - 1} of the cached copy is missing`));
-        controller.enqueue(new Uint8Array(await r.arrayBuffer()));
+        const bytes = await pieceBytes(weights, list.keys[i++]);
+        if (!bytes) return controller.error(new Error(`piece ${i - 1} of the cached copy is missing`));
+        controller.enqueue(bytes);
       },
     }),
   );
@@ -226,7 +233,7 @@ async function writeMeta(partial, meta) {
 /** Deletes what the partial cache holds of `url`: its download's meta, and the pieces an earlier
  * version of PocketLM kept beside it. Resolves to whether there was anything. */
 async function dropMeta(partial, url) {
-  const own = `${PARTIAL_KEYS}${encodeURIComponent(url)}/`;
+  const own = partialPrefix(url);
   const keys = (await partial.keys()).filter((k) => k.url.startsWith(own));
   await Promise.all(keys.map((k) => partial.delete(k)));
   return keys.length > 0;
@@ -563,27 +570,22 @@ async function downloadFile(ctx, file, all, report) {
     meta.pieces.push(piece.size);
     await writeMeta(partial, meta);
   };
-  // The bytes go to the pieces, and to the engine's stream where there is one.
-  const send = async (bytes) => {
-    await ctx.tee?.push(bytes);
-  };
   await readBody();
   await commit(ctx, meta);
   file.done = true;
 
-  /** The body into pieces (and `send`), from where a resumed download's pieces end. */
+  /** The body into pieces (and the engine's stream), from where a resumed download's pieces end. */
   async function readBody() {
     report(have, meta.total, 0);
     if (ctx.tee) {
       // The engine's stream starts with the bytes a resumed download has.
       for (let i = 0; i < meta.pieces.length; i++) {
-        const r = await weights.match(pieceKey(url, i));
-        const bytes = r ? new Uint8Array(await r.arrayBuffer()) : null;
+        const bytes = await pieceBytes(weights, pieceKey(url, i));
         if (!bytes || bytes.byteLength !== meta.pieces[i]) {
           reader.cancel().catch(() => {});
           throw ioError(url, `piece ${i} of its partial download is missing; load it again`);
         }
-        await send(bytes);
+        await ctx.tee.push(bytes);
       }
     }
     for (;;) {
@@ -604,7 +606,7 @@ async function downloadFile(ctx, file, all, report) {
       heldBytes += bytes.byteLength;
       have += bytes.byteLength;
       report(have, meta.total, bytes.byteLength);
-      await send(bytes);
+      await ctx.tee?.push(bytes); // (the engine's stream, where there is one)
       if (heldBytes >= PIECE_BYTES) {
         try {
           await flush();
