@@ -87,6 +87,19 @@ function stored(path, p = page) {
 
 const gets = (path) => server.log.filter((e) => e.method === "GET" && e.path === path);
 
+/** Loads `path` with the default options, completes "The capital of France is" by one greedy
+ * token, unloads; resolves to the token's text. */
+async function capital(path) {
+  return value(
+    await run(async (path) => {
+      const lm = await globalThis.pocketlm.PocketLM.load(path);
+      const reply = await lm.complete("The capital of France is", { max_tokens: 1, temperature: 0 });
+      await lm.unload();
+      return reply;
+    }, path),
+  );
+}
+
 /** Runs `fn` with the page's origin quota set over CDP to `size(usage)` bytes (`usage`: what the
  * origin's quota accounting counts now; it sees deletions late), then restores the quota. */
 async function withQuota(size, fn) {
@@ -222,15 +235,7 @@ test("a model of one file loads as it downloads, from one request, and is cached
   assert.equal(whole.others.length, Math.ceil(MODEL_BYTES / (8 << 20)), JSON.stringify(whole.others));
   assert.equal(whole.others.reduce((a, b) => a + b, 0), MODEL_BYTES);
   // The engine reads the cached pieces in order: no request, the same reply.
-  const again = value(
-    await run(async (path) => {
-      const lm = await globalThis.pocketlm.PocketLM.load(path);
-      const reply = await lm.complete("The capital of France is", { max_tokens: 1, temperature: 0 });
-      await lm.unload();
-      return reply;
-    }, MODEL),
-  );
-  assert.equal(again, " Paris");
+  assert.equal(await capital(MODEL), " Paris");
   assert.equal(gets(MODEL).length - before, 1, "the cached copy was not used");
 });
 
@@ -373,15 +378,7 @@ test("a load that does not fit the quota rejects with code quota when the browse
 test("a quota with room for the file but not for two copies: the file is written once, and the load succeeds", async () => {
   value(await run(() => globalThis.pocketlm.PocketLM.cache.clear()));
   await withQuota((usage) => usage + MODEL_BYTES * 1.5, async () => {
-    const r = value(
-      await run(async (path) => {
-        const lm = await globalThis.pocketlm.PocketLM.load(path);
-        const reply = await lm.complete("The capital of France is", { max_tokens: 1, temperature: 0 });
-        await lm.unload();
-        return reply;
-      }, MODEL),
-    );
-    assert.equal(r, " Paris");
+    assert.equal(await capital(MODEL), " Paris");
     const s = await stored(MODEL);
     assert.equal(s.has, true);
     assert.deepEqual(s.list, [{ url: s.list[0].url, bytes: MODEL_BYTES, complete: true }]);
