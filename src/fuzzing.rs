@@ -109,6 +109,7 @@ fn write_array(out: &mut Vec<u8>, a: &MetaArray) {
 use crate::formats::GgufHeader;
 use crate::text::chat::{ChatMessage, ChatTemplate, MAX_TEMPLATE_OUTPUT_BYTES};
 use crate::text::Tokenizer;
+use tokenizers::Model;
 
 /// A fuzz target's entry point.
 pub type Target = fn(&[u8]);
@@ -217,7 +218,18 @@ pub fn gguf_vocab(data: &[u8]) {
     let bytes = gguf_bytes(&meta);
     let header = GgufHeader::parse_file(&bytes, "fuzz.gguf").expect("a GGUF file we wrote parses");
     if let Ok(tok) = Tokenizer::from_gguf(&header.metadata) {
-        exercise_tokenizer(&tok, &sample_text(rest));
+        let text = sample_text(rest);
+        exercise_tokenizer(&tok, &text);
+        if let Some(spm) = tok.sentencepiece() {
+            // PocketLM's SentencePiece BPE gives the pieces of the `tokenizers` crate's BPE with
+            // the merges derived from the scores (what `to_json` writes): on the text as it is
+            // and as the normalizer hands it over.
+            let bpe = spm.to_bpe().expect("derived merges build a BPE");
+            let normalized = format!("\u{2581}{}", text.replace(' ', "\u{2581}"));
+            for t in [&text, &normalized] {
+                assert_eq!(spm.tokenize(t).ok(), bpe.tokenize(t).ok(), "{t:?}");
+            }
+        }
     }
 }
 

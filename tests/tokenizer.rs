@@ -375,6 +375,44 @@ fn errors_are_typed() {
     assert_eq!(tok.id_to_token(n), None);
 }
 
+// ---- Gemma 3: a 262,144-token SentencePiece vocabulary ----------------------------------------
+
+/// PocketLM's SentencePiece BPE gives the ids of the `tokenizers` crate's BPE with every merge
+/// derived from the scores (what `to_json` writes), on Gemma 3's real vocabulary: the vocabulary
+/// test vectors, this README (a long text: one piece sequence thousands of pieces long, and its
+/// paragraphs one by one) and multilingual text. Gemma 3's greedy tests check the ids against
+/// transformers on their prompts.
+#[test]
+fn gemma3_sentencepiece_equals_derived_merges() {
+    let path = root().join("models/gemma-3-270m-q4_k_m.gguf");
+    assert!(
+        path.exists(),
+        "{} missing: scripts/setup.sh fetches it",
+        path.display()
+    );
+    let tok = gguf_tokenizer(&path);
+    let bpe = Tokenizer::from_json_str(&tok.to_json().unwrap()).unwrap();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let mut texts: Vec<String> = vec![readme.clone()];
+    texts.extend(readme.split("\n\n").map(str::to_string));
+    texts.extend(UNICODE.iter().map(|t| t.to_string()));
+    for vocab in ["llama-spm", "phi-3", "qwen2"] {
+        let (_, cases) = read_cases(vocab).expect("run scripts/fetch-vocab-tests.sh first");
+        texts.extend(cases.into_iter().map(|c| c.0));
+    }
+    let mut pieces = 0;
+    for text in &texts {
+        let ids = tok.encode_plain(text, false).unwrap();
+        assert_eq!(ids, bpe.encode_plain(text, false).unwrap(), "{text:?}");
+        assert_eq!(
+            tok.encode(text, false).unwrap(),
+            bpe.encode(text, false).unwrap()
+        );
+        pieces += ids.len();
+    }
+    assert!(pieces > 10_000, "{pieces} pieces");
+}
+
 // ---- the default model: SmolLM2-135M-Instruct --------------------------------------------------
 
 fn smollm() -> Tokenizer {

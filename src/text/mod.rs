@@ -6,6 +6,7 @@
 
 pub mod chat;
 pub mod grammar;
+pub(crate) mod spm;
 pub mod tokenizer;
 pub mod tools;
 

@@ -5,10 +5,10 @@
 //! - `gpt2`: byte-level BPE (`tokens` + `merges`); the pre-tokenizer regexes are llama.cpp's for
 //!   the `tokenizer.ggml.pre` value, applied one after the other, each splitting the pieces the
 //!   previous one left.
-//! - `llama`: SentencePiece BPE. The merges are derived from `scores` (a pair merges with the
-//!   score of the piece it forms, higher first, which is SentencePiece's rule), characters outside
-//!   the vocabulary fall back to `<0xXX>` byte tokens, spaces become `▁`, and a `▁` is prepended
-//!   as `tokenizer.ggml.add_space_prefix` says.
+//! - `llama`: SentencePiece BPE ([`super::spm`]: the adjacent pair that forms the token of the
+//!   highest score merges first, as SentencePiece does), characters outside the vocabulary fall
+//!   back to `<0xXX>` byte tokens, spaces become `▁`, and a `▁` is prepended as
+//!   `tokenizer.ggml.add_space_prefix` says.
 //! - `bert`: llama.cpp's WPM tokenizer (BERT WordPiece). llama.cpp's converter stores the
 //!   vocabulary in "phantom space" form (a word-initial piece `x` as `▁x`, a continuation `##x`
 //!   as `x`, control tokens as they are); it is turned back into a WordPiece vocabulary, and the
@@ -37,8 +37,11 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::{AddedToken, NormalizerWrapper, SplitDelimiterBehavior};
+use tokenizers::{
+    AddedToken, NormalizerWrapper, PostProcessorWrapper, SplitDelimiterBehavior, TokenizerImpl,
+};
 
+use super::spm::SpmBpe;
 use crate::formats::GgufMetadata;
 use crate::{Error, Result};
 
@@ -111,8 +114,9 @@ pub const MAX_VOCAB_BYTES: usize = 64 << 20;
 pub const MAX_TOKEN_BYTES: usize = 1024;
 pub const MAX_MERGES: usize = 1 << 22;
 pub const MAX_ADDED_TOKENS: usize = 1 << 20;
-/// SentencePiece merges are derived by trying every split of every token, which costs the sum
-/// of the squared token lengths (Gemma 3: 26.5 million byte steps).
+/// Serializing a SentencePiece vocabulary ([`Tokenizer::to_json`]) derives its merges by trying
+/// every split of every token, which costs the sum of the squared token lengths (Gemma 3: 26.5
+/// million byte steps); a vocabulary over the limit is refused when it is read.
 pub const MAX_SPM_MERGE_WORK: u64 = 1 << 30;
 /// The longest word, in characters, that WordPiece splits into pieces; a longer one is the
 /// unknown token, as in Hugging Face's and Google's BERT tokenizers (their default, 100).
@@ -166,12 +170,40 @@ fn hf_err(what: &str, e: tokenizers::Error) -> Error {
     tok_err(format!("{what}: {e}"))
 }
 
+/// A GGUF SentencePiece vocabulary's tokenizer: the `tokenizers` pipeline around [`SpmBpe`].
+type SpmTokenizer = TokenizerImpl<
+    SpmBpe,
+    NormalizerWrapper,
+    PreTokenizerWrapper,
+    PostProcessorWrapper,
+    DecoderWrapper,
+>;
+
+/// The `tokenizers` pipeline: one of the crate's models, or SentencePiece BPE of our own.
+// One per tokenizer, behind an `Arc`: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+enum Inner {
+    Hf(tokenizers::Tokenizer),
+    Spm(SpmTokenizer),
+}
+
+/// `$body` with `$t` bound to the pipeline, whichever model it has.
+macro_rules! with_inner {
+    ($inner:expr, $t:ident => $body:expr) => {
+        match $inner {
+            Inner::Hf($t) => $body,
+            Inner::Spm($t) => $body,
+        }
+    };
+}
+
 /// A text tokenizer. Cloning is cheap (the vocabulary is shared).
 #[derive(Clone)]
 pub struct Tokenizer {
-    inner: Arc<tokenizers::Tokenizer>,
+    inner: Arc<Inner>,
     /// The same tokenizer with special-token matching off, built on first use.
-    plain: Arc<OnceLock<Arc<tokenizers::Tokenizer>>>,
+    plain: Arc<OnceLock<Arc<Inner>>>,
     /// Every token's bytes ([`Tokenizer::token_bytes`]), computed on first use.
     bytes: Arc<OnceLock<Result<Vec<Vec<u8>>>>>,
     bos: Option<u32>,
@@ -260,7 +292,7 @@ impl Tokenizer {
         }
         let vocab_size = inner.get_vocab_size(true).max(largest as usize);
         Ok(Tokenizer {
-            inner: Arc::new(inner),
+            inner: Arc::new(Inner::Hf(inner)),
             plain: Arc::new(OnceLock::new()),
             bytes: Arc::new(OnceLock::new()),
             bos,
@@ -436,9 +468,9 @@ impl Tokenizer {
         for (i, t) in texts.iter().enumerate() {
             vocab.entry(t.as_str()).or_insert(i as u32);
         }
-        let hf_vocab: Vocab = vocab.iter().map(|(k, &v)| (k.to_string(), v)).collect();
+        let hf_vocab = || -> Vocab { vocab.iter().map(|(k, &v)| (k.to_string(), v)).collect() };
 
-        let mut tk = if wpm {
+        let mut inner = if wpm {
             // Checked above: BERT always has an unknown token.
             let u = unk.unwrap_or(0);
             let unk_text = &texts[u as usize];
@@ -455,7 +487,7 @@ impl Tokenizer {
                 .get_opt::<bool>("tokenizer.ggml.normalizer.strip_accents")?
                 .unwrap_or(lowercase);
             let model = WordPiece::builder()
-                .vocab(hf_vocab)
+                .vocab(hf_vocab())
                 .unk_token(unk_text.clone())
                 .continuing_subword_prefix("##".into())
                 .max_input_chars_per_word(MAX_WORDPIECE_CHARS)
@@ -463,92 +495,65 @@ impl Tokenizer {
                 .map_err(|e| hf_err("building the WordPiece model failed", e))?;
             let mut tk = tokenizers::Tokenizer::new(model);
             wpm_pipeline(&mut tk, lowercase, strip_accents)?;
-            tk
+            Inner::Hf(tk)
+        } else if spm {
+            let scores = meta.f32_array("tokenizer.ggml.scores")?;
+            if scores.len() != n {
+                return Err(tok_err(format!(
+                    "'{}': tokenizer.ggml.scores has {} entries for {n} tokens",
+                    meta.file(),
+                    scores.len()
+                )));
+            }
+            // Serializing derives every merge (`to_json`): bounded here.
+            let work: u64 = tokens.iter().map(|t| (t.len() as u64).pow(2)).sum();
+            if work > MAX_SPM_MERGE_WORK {
+                return Err(over_limit(
+                    meta.file(),
+                    "the work of deriving SentencePiece merges (the sum of squared token \
+                     lengths)",
+                    work,
+                    MAX_SPM_MERGE_WORK,
+                ));
+            }
+            let mergeable = |id: u32| {
+                matches!(
+                    types[id as usize],
+                    TYPE_NORMAL | TYPE_USER_DEFINED | TYPE_UNUSED
+                )
+            };
+            let mut tk = SpmTokenizer::new(SpmBpe::new(tokens, scores, mergeable, unk));
+            spm_pipeline(&mut tk, add_space_prefix)?;
+            Inner::Spm(tk)
         } else {
-            let mut builder = BPE::builder().ignore_merges(ignore_merges);
-            if spm {
-                let scores = meta.f32_array("tokenizer.ggml.scores")?;
-                if scores.len() != n {
-                    return Err(tok_err(format!(
-                        "'{}': tokenizer.ggml.scores has {} entries for {n} tokens",
-                        meta.file(),
-                        scores.len()
-                    )));
-                }
-                let work: u64 = tokens.iter().map(|t| (t.len() as u64).pow(2)).sum();
-                if work > MAX_SPM_MERGE_WORK {
-                    return Err(over_limit(
-                        meta.file(),
-                        "the work of deriving SentencePiece merges (the sum of squared token \
-                         lengths)",
-                        work,
-                        MAX_SPM_MERGE_WORK,
-                    ));
-                }
-                let merges = spm_merges(tokens, &types, scores, &vocab);
-                builder = builder
-                    .vocab_and_merges(hf_vocab, merges)
-                    .byte_fallback(true)
-                    .fuse_unk(true);
-                if let Some(u) = unk {
-                    builder = builder.unk_token(tokens[u as usize].clone());
-                }
-            } else {
-                let merges = meta.string_array("tokenizer.ggml.merges")?;
-                let mut pairs = Vec::with_capacity(merges.len());
-                for m in merges {
-                    // As llama.cpp: split at the first space after the first byte.
-                    let first = m.chars().next().map_or(0, char::len_utf8);
-                    match m[first..].find(' ').map(|p| p + first) {
-                        Some(p) => pairs.push((m[..p].to_string(), m[p + 1..].to_string())),
-                        None => {
-                            return Err(tok_err(format!(
-                                "'{}': merge '{m}' is not two tokens separated by a space",
-                                meta.file()
-                            )))
-                        }
+            let merges = meta.string_array("tokenizer.ggml.merges")?;
+            let mut pairs = Vec::with_capacity(merges.len());
+            for m in merges {
+                // As llama.cpp: split at the first space after the first byte.
+                let first = m.chars().next().map_or(0, char::len_utf8);
+                match m[first..].find(' ').map(|p| p + first) {
+                    Some(p) => pairs.push((m[..p].to_string(), m[p + 1..].to_string())),
+                    None => {
+                        return Err(tok_err(format!(
+                            "'{}': merge '{m}' is not two tokens separated by a space",
+                            meta.file()
+                        )))
                     }
                 }
-                // Merges naming tokens not in the vocabulary make the BPE builder fail: drop
-                // them (llama.cpp would never produce those pieces either).
-                pairs.retain(|(a, b)| {
-                    vocab.contains_key(a.as_str())
-                        && vocab.contains_key(b.as_str())
-                        && vocab.contains_key(format!("{a}{b}").as_str())
-                });
-                builder = builder.vocab_and_merges(hf_vocab, pairs);
             }
-            let bpe = builder
+            // Merges naming tokens not in the vocabulary make the BPE builder fail: drop them
+            // (llama.cpp would never produce those pieces either).
+            pairs.retain(|(a, b)| {
+                vocab.contains_key(a.as_str())
+                    && vocab.contains_key(b.as_str())
+                    && vocab.contains_key(format!("{a}{b}").as_str())
+            });
+            let bpe = BPE::builder()
+                .ignore_merges(ignore_merges)
+                .vocab_and_merges(hf_vocab(), pairs)
                 .build()
                 .map_err(|e| hf_err("building the BPE model failed", e))?;
-            tokenizers::Tokenizer::new(bpe)
-        };
-
-        if wpm {
-            // The pipeline is set.
-        } else if spm {
-            let mut norms: Vec<NormalizerWrapper> = Vec::new();
-            if add_space_prefix {
-                norms.push(Prepend::new("▁".into()).into());
-            }
-            norms.push(
-                Replace::new(" ", "▁")
-                    .map_err(|e| hf_err("normalizer", e))?
-                    .into(),
-            );
-            tk.with_normalizer(Some(NormalizerSequence::new(norms)));
-            let mut decs: Vec<DecoderWrapper> = vec![
-                Replace::new("▁", " ")
-                    .map_err(|e| hf_err("decoder", e))?
-                    .into(),
-                ByteFallback::new().into(),
-                Fuse::new().into(),
-            ];
-            if add_space_prefix {
-                decs.push(StripDecoder::new(' ', 1, 0).into());
-            }
-            tk.with_decoder(Some(DecoderSequence::new(decs)));
-        } else {
+            let mut tk = tokenizers::Tokenizer::new(bpe);
             let mut pres: Vec<PreTokenizerWrapper> = Vec::new();
             for r in &regexes {
                 let split = Split::new(
@@ -562,7 +567,8 @@ impl Tokenizer {
             pres.push(ByteLevel::new(false, false, false).into());
             tk.with_pre_tokenizer(Some(PreTokenizerSequence::new(pres)));
             tk.with_decoder(Some(ByteLevel::new(false, false, false)));
-        }
+            Inner::Hf(tk)
+        };
 
         // Special and added tokens, matched whole.
         let mut special_ids: Vec<u32> = [bos, eos, unk, pad, eot, eom]
@@ -600,11 +606,13 @@ impl Tokenizer {
                 specials.push(AddedToken::from(t.clone(), true).normalized(false));
             }
         }
-        tk.add_special_tokens(&specials);
-        tk.add_tokens(&added);
+        with_inner!(&mut inner, tk => {
+            tk.add_special_tokens(&specials);
+            tk.add_tokens(&added);
+        });
 
         Ok(Tokenizer {
-            inner: Arc::new(tk),
+            inner: Arc::new(inner),
             plain: Arc::new(OnceLock::new()),
             bytes: Arc::new(OnceLock::new()),
             bos,
@@ -621,8 +629,7 @@ impl Tokenizer {
     /// The tokenizer as `tokenizer.json` text (for a GGUF-built one: without the BOS/EOS
     /// insertion, which [`encode`](Self::encode) does itself).
     pub fn to_json(&self) -> Result<String> {
-        self.inner
-            .to_string(false)
+        with_inner!(&*self.inner, t => t.to_string(false))
             .map_err(|e| hf_err("serializing the tokenizer failed", e))
     }
 
@@ -638,21 +645,15 @@ impl Tokenizer {
     pub fn encode_plain(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
         let plain = self.plain.get_or_init(|| {
             let mut t = (*self.inner).clone();
-            t.set_encode_special_tokens(true);
+            with_inner!(&mut t, t => t.set_encode_special_tokens(true));
             Arc::new(t)
         });
         self.encode_with(plain, text, add_special)
     }
 
-    fn encode_with(
-        &self,
-        tk: &tokenizers::Tokenizer,
-        text: &str,
-        add_special: bool,
-    ) -> Result<Vec<u32>> {
+    fn encode_with(&self, tk: &Inner, text: &str, add_special: bool) -> Result<Vec<u32>> {
         let hf_special = add_special && !self.manual_specials;
-        let enc = tk
-            .encode_fast(text, hf_special)
+        let enc = with_inner!(tk, t => t.encode_fast(text, hf_special))
             .map_err(|e| hf_err("encoding failed", e))?;
         let body = enc.get_ids();
         if !(add_special && self.manual_specials) {
@@ -675,8 +676,7 @@ impl Tokenizer {
     /// The text of `ids`. `skip_special` leaves special tokens out.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.check_ids(ids)?;
-        self.inner
-            .decode(ids, skip_special)
+        with_inner!(&*self.inner, t => t.decode(ids, skip_special))
             .map_err(|e| hf_err("decoding failed", e))
     }
 
@@ -721,12 +721,21 @@ impl Tokenizer {
         self.manual_specials && self.add_bos && self.bos.is_some()
     }
 
+    /// The SentencePiece model of a GGUF `llama` vocabulary, for the fuzz targets' checks.
+    #[cfg(feature = "harness")]
+    pub(crate) fn sentencepiece(&self) -> Option<&SpmBpe> {
+        match &*self.inner {
+            Inner::Spm(t) => Some(t.get_model()),
+            Inner::Hf(_) => None,
+        }
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
+        with_inner!(&*self.inner, t => t.token_to_id(token))
     }
 
     pub fn id_to_token(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
+        with_inner!(&*self.inner, t => t.id_to_token(id))
     }
 
     /// Every token's bytes, by id (what constrained decoding matches grammars against): a
@@ -762,18 +771,14 @@ impl Tokenizer {
                 let b = all.get(id as usize).map_or(&[][..], Vec::as_slice);
                 b.strip_prefix(&[0xFF]).unwrap_or(b).to_vec()
             }
-            Err(_) => self
-                .inner
-                .decode(&[id], false)
+            Err(_) => with_inner!(&*self.inner, t => t.decode(&[id], false))
                 .unwrap_or_default()
                 .into_bytes(),
         }
     }
 
     fn compute_token_bytes(&self) -> Result<Vec<Vec<u8>>> {
-        let decoder = self
-            .inner
-            .get_decoder()
+        let decoder = with_inner!(&*self.inner, t => t.get_decoder())
             .map(|d| serde_json::to_value(d).unwrap_or_default())
             .unwrap_or_default();
         let kinds: Vec<&str> = match decoder.get("decoders").and_then(|d| d.as_array()) {
@@ -795,7 +800,7 @@ impl Tokenizer {
                 }
             )));
         }
-        let added = self.inner.get_added_tokens_decoder();
+        let added = with_inner!(&*self.inner, t => t.get_added_tokens_decoder());
         let unicode_to_byte: HashMap<char, u8> = gpt2_byte_chars()
             .into_iter()
             .enumerate()
@@ -811,7 +816,7 @@ impl Tokenizer {
                 bytes.extend_from_slice(t.content.as_bytes());
                 continue;
             }
-            let Some(token) = self.inner.id_to_token(id) else {
+            let Some(token) = self.id_to_token(id) else {
                 continue;
             };
             if byte_level {
@@ -1108,39 +1113,31 @@ fn wpm_pipeline(
     Ok(())
 }
 
-/// SentencePiece BPE as merges: every split of a token into two tokens merges with the token's
-/// score, higher scores first.
-fn spm_merges(
-    tokens: &[String],
-    types: &[i32],
-    scores: &[f32],
-    vocab: &HashMap<&str, u32>,
-) -> Vec<(String, String)> {
-    let mergeable = |id: u32| {
-        matches!(
-            types[id as usize],
-            TYPE_NORMAL | TYPE_USER_DEFINED | TYPE_UNUSED
-        )
-    };
-    let mut merges: Vec<(f32, u32, usize, &str, &str)> = Vec::new();
-    for (id, t) in tokens.iter().enumerate() {
-        let id = id as u32;
-        if !mergeable(id) || vocab.get(t.as_str()) != Some(&id) {
-            continue;
-        }
-        for (cut, _) in t.char_indices().skip(1) {
-            let (l, r) = t.split_at(cut);
-            let ok = |s: &str| vocab.get(s).is_some_and(|&i| mergeable(i));
-            if ok(l) && ok(r) {
-                merges.push((scores[id as usize], id, cut, l, r));
-            }
-        }
+/// SentencePiece's normalizer (spaces as `▁`, one prepended where the vocabulary says) and the
+/// decoder that undoes it.
+fn spm_pipeline(tk: &mut SpmTokenizer, add_space_prefix: bool) -> Result<()> {
+    let mut norms: Vec<NormalizerWrapper> = Vec::new();
+    if add_space_prefix {
+        norms.push(Prepend::new("▁".into()).into());
     }
-    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-    merges
-        .into_iter()
-        .map(|(_, _, _, l, r)| (l.to_string(), r.to_string()))
-        .collect()
+    norms.push(
+        Replace::new(" ", "▁")
+            .map_err(|e| hf_err("normalizer", e))?
+            .into(),
+    );
+    tk.with_normalizer(Some(NormalizerSequence::new(norms)));
+    let mut decs: Vec<DecoderWrapper> = vec![
+        Replace::new("▁", " ")
+            .map_err(|e| hf_err("decoder", e))?
+            .into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+    ];
+    if add_space_prefix {
+        decs.push(StripDecoder::new(' ', 1, 0).into());
+    }
+    tk.with_decoder(Some(DecoderSequence::new(decs)));
+    Ok(())
 }
 
 /// Turns generated ids into text as they come: [`push`](Self::push) returns only text that is
@@ -1232,27 +1229,6 @@ mod tests {
             }
         }
         assert!(pre_tokenizer_regexes("no-such-pre").is_none());
-    }
-
-    #[test]
-    fn spm_merges_follow_scores() {
-        let tokens: Vec<String> = ["<unk>", "a", "b", "c", "ab", "bc", "abc"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let types = [TYPE_UNKNOWN, 1, 1, 1, 1, 1, 1];
-        let scores = [0.0, -1.0, -2.0, -3.0, -5.0, -4.0, -6.0];
-        let vocab: HashMap<&str, u32> = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.as_str(), i as u32))
-            .collect();
-        let merges = spm_merges(&tokens, &types, &scores, &vocab);
-        let m: Vec<(&str, &str)> = merges
-            .iter()
-            .map(|(a, b)| (a.as_str(), b.as_str()))
-            .collect();
-        assert_eq!(m, [("b", "c"), ("a", "b"), ("a", "bc"), ("ab", "c")]);
     }
 
     /// A GGUF vocabulary in llama.cpp's BERT form, with `changes` to its metadata.

@@ -1,0 +1,471 @@
+//! SentencePiece BPE (a GGUF `llama` vocabulary) as a `tokenizers` model.
+//!
+//! SentencePiece's rule: of all adjacent pairs of pieces whose concatenation is a token, merge the
+//! one whose token has the highest score, until none is left. As merges for the `tokenizers`
+//! crate's BPE, that is every split of every token into two tokens, ranked by the token's score
+//! ([`derive_merges`]); Gemma 3's 262,144 tokens give 514,847 of them, and deriving them and
+//! building BPE's merge table took most of a model load's tokenizer time. [`SpmBpe`] instead looks
+//! the concatenation of a pair up in the vocabulary when it meets the pair, which is what
+//! SentencePiece and llama.cpp do, and needs nothing but the vocabulary.
+//!
+//! It gives BPE's ids with the derived merges, exactly: the same initial pieces (a character's
+//! token, else its `<0xNN>` byte tokens, else the unknown token, consecutive unknowns fused), the
+//! same order of merges (a merge's rank in the derived list is its token's score, higher first,
+//! then the token's id, then the length of its left part; equal ranks go left to right), and the
+//! same check of a queued pair against the pieces as they are when it comes up. Serialized (for
+//! `tokenizer.json`) it is that BPE, built on demand.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Serialize, Serializer};
+use tokenizers::models::bpe::{BpeTrainer, Vocab, BPE};
+use tokenizers::{Model, Token};
+
+/// One token's part in merging.
+#[derive(Clone, Copy)]
+struct Flags {
+    /// Its text maps to it (the first of the ids sharing a text): only those are pieces.
+    first: bool,
+    /// Normal, user-defined and unused tokens merge; control, byte and unknown tokens do not.
+    mergeable: bool,
+}
+
+struct Vocabulary {
+    tokens: Vec<String>,
+    scores: Vec<f32>,
+    flags: Vec<Flags>,
+    /// Text → the first id with that text.
+    ids: HashMap<String, u32>,
+    /// The `<0xNN>` token of every byte, where the vocabulary has it.
+    bytes: [Option<u32>; 256],
+    unk: Option<u32>,
+    longest: usize,
+}
+
+/// SentencePiece BPE over a shared vocabulary (cloning is cheap).
+#[derive(Clone)]
+pub(crate) struct SpmBpe(Arc<Vocabulary>);
+
+impl SpmBpe {
+    /// `mergeable(id)` says whether a token of that id takes part in merges; `unk` is the id
+    /// whose text stands for text the vocabulary cannot spell (its first id is used, as BPE
+    /// looks the unknown token up by text).
+    pub(crate) fn new(
+        tokens: &[String],
+        scores: &[f32],
+        mergeable: impl Fn(u32) -> bool,
+        unk: Option<u32>,
+    ) -> SpmBpe {
+        let mut ids: HashMap<String, u32> = HashMap::with_capacity(tokens.len());
+        let mut flags = Vec::with_capacity(tokens.len());
+        for (i, t) in tokens.iter().enumerate() {
+            let first = match ids.entry(t.clone()) {
+                std::collections::hash_map::Entry::Occupied(_) => false,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(i as u32);
+                    true
+                }
+            };
+            flags.push(Flags {
+                first,
+                mergeable: mergeable(i as u32),
+            });
+        }
+        let bytes = std::array::from_fn(|b| ids.get(&format!("<0x{b:02X}>")).copied());
+        let unk = unk.and_then(|u| tokens.get(u as usize)).map(|t| ids[t]);
+        SpmBpe(Arc::new(Vocabulary {
+            tokens: tokens.to_vec(),
+            scores: scores.to_vec(),
+            flags,
+            ids,
+            bytes,
+            unk,
+            longest: tokens.iter().map(String::len).max().unwrap_or(0),
+        }))
+    }
+
+    /// The same tokenizer as the `tokenizers` crate's BPE with [`derive_merges`].
+    pub(crate) fn to_bpe(&self) -> tokenizers::Result<BPE> {
+        let v = &self.0;
+        let merges = derive_merges(&v.tokens, &v.scores, |id| self.merges(id), &v.ids);
+        let vocab: Vocab = v.ids.iter().map(|(t, &id)| (t.clone(), id)).collect();
+        let mut builder = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .byte_fallback(true)
+            .fuse_unk(true);
+        if let Some(u) = v.unk {
+            builder = builder.unk_token(v.tokens[u as usize].clone());
+        }
+        builder.build()
+    }
+
+    fn merges(&self, id: u32) -> bool {
+        self.0.flags[id as usize].mergeable
+    }
+
+    /// What merging `a` and `b` gives: its rank and token, `None` when they do not merge.
+    fn pair(&self, text: &str, a: &Piece, b: &Piece, buf: &mut String) -> Option<Merge> {
+        let v = &self.0;
+        if !(self.merges(a.id) && self.merges(b.id)) {
+            return None;
+        }
+        let (left, right) = (&v.tokens[a.id as usize], &v.tokens[b.id as usize]);
+        if left.is_empty() || right.is_empty() || left.len() + right.len() > v.longest {
+            return None;
+        }
+        // A piece that spells its stretch of the text is looked up there, without a copy.
+        let joined = if a.spells && b.spells && a.at + a.len == b.at {
+            &text[a.at..b.at + b.len]
+        } else {
+            buf.clear();
+            buf.push_str(left);
+            buf.push_str(right);
+            buf.as_str()
+        };
+        let &id = v.ids.get(joined)?;
+        self.merges(id).then(|| Merge {
+            score: v.scores[id as usize],
+            id,
+            cut: left.len() as u32,
+            pos: 0,
+        })
+    }
+}
+
+/// SentencePiece BPE as merges: every split of a token into two tokens merges with the token's
+/// score, higher scores first (then by token id, then by where the split is).
+pub(crate) fn derive_merges(
+    tokens: &[String],
+    scores: &[f32],
+    mergeable: impl Fn(u32) -> bool,
+    vocab: &HashMap<String, u32>,
+) -> Vec<(String, String)> {
+    let mut merges: Vec<(f32, u32, usize, &str, &str)> = Vec::new();
+    for (id, t) in tokens.iter().enumerate() {
+        let id = id as u32;
+        if !mergeable(id) || vocab.get(t.as_str()) != Some(&id) {
+            continue;
+        }
+        for (cut, _) in t.char_indices().skip(1) {
+            let (l, r) = t.split_at(cut);
+            let ok = |s: &str| vocab.get(s).is_some_and(|&i| mergeable(i));
+            if ok(l) && ok(r) {
+                merges.push((scores[id as usize], id, cut, l, r));
+            }
+        }
+    }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    merges
+        .into_iter()
+        .map(|(_, _, _, l, r)| (l.to_string(), r.to_string()))
+        .collect()
+}
+
+/// A piece of the text being tokenized.
+#[derive(Clone, Copy)]
+struct Piece {
+    id: u32,
+    /// Where its text starts, and its length in bytes (0 once merged into the piece before it).
+    at: usize,
+    len: usize,
+    /// Its token's text is `text[at..at + len]` (not so for byte and unknown tokens).
+    spells: bool,
+    prev: Option<usize>,
+    next: Option<usize>,
+}
+
+/// A queued merge of the piece at `pos` with the next one.
+#[derive(Clone, Copy)]
+struct Merge {
+    score: f32,
+    id: u32,
+    cut: u32,
+    pos: usize,
+}
+
+impl Ord for Merge {
+    /// Greater comes first: the higher score, then the lower token id, the shorter left part,
+    /// the position further left.
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.score
+            .total_cmp(&o.score)
+            .then(o.id.cmp(&self.id))
+            .then(o.cut.cmp(&self.cut))
+            .then(o.pos.cmp(&self.pos))
+    }
+}
+
+impl PartialOrd for Merge {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl PartialEq for Merge {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+
+impl Eq for Merge {}
+
+impl SpmBpe {
+    /// The initial pieces of `text`, as BPE makes them.
+    fn pieces(&self, text: &str) -> Vec<Piece> {
+        let v = &self.0;
+        let mut pieces: Vec<Piece> = Vec::with_capacity(text.len());
+        let push = |pieces: &mut Vec<Piece>, id: u32, at: usize, len: usize, spells: bool| {
+            let i = pieces.len();
+            if let Some(last) = pieces.last_mut() {
+                last.next = Some(i);
+            }
+            pieces.push(Piece {
+                id,
+                at,
+                len,
+                spells,
+                prev: i.checked_sub(1),
+                next: None,
+            });
+        };
+        // A pending unknown token: (where it starts, its length).
+        let mut unk: Option<(usize, usize)> = None;
+        for (at, c) in text.char_indices() {
+            let s = &text[at..at + c.len_utf8()];
+            if let Some(&id) = v.ids.get(s) {
+                if let (Some((u_at, u_len)), Some(u)) = (unk.take(), v.unk) {
+                    push(&mut pieces, u, u_at, u_len, false);
+                }
+                push(&mut pieces, id, at, s.len(), true);
+                continue;
+            }
+            let bytes: Option<Vec<u32>> = s.bytes().map(|b| v.bytes[b as usize]).collect();
+            if let Some(bytes) = bytes {
+                // As BPE: a pending unknown token waits past the bytes.
+                for (k, id) in bytes.into_iter().enumerate() {
+                    push(&mut pieces, id, at + k, 1, false);
+                }
+                continue;
+            }
+            if v.unk.is_some() {
+                unk = Some(match unk {
+                    Some((u_at, u_len)) => (u_at, u_len + s.len()),
+                    None => (at, s.len()),
+                });
+            }
+        }
+        if let (Some((u_at, u_len)), Some(u)) = (unk, v.unk) {
+            push(&mut pieces, u, u_at, u_len, false);
+        }
+        pieces
+    }
+}
+
+impl Model for SpmBpe {
+    /// Never used: a GGUF vocabulary is not trained here.
+    type Trainer = BpeTrainer;
+
+    fn tokenize(&self, text: &str) -> tokenizers::Result<Vec<Token>> {
+        let mut pieces = self.pieces(text);
+        let mut buf = String::new();
+        let mut queue: BinaryHeap<Merge> = pieces
+            .windows(2)
+            .enumerate()
+            .filter_map(|(pos, w)| {
+                let m = self.pair(text, &w[0], &w[1], &mut buf)?;
+                Some(Merge { pos, ..m })
+            })
+            .collect();
+        while let Some(top) = queue.pop() {
+            let left = pieces[top.pos];
+            let Some(next) = left.next.filter(|_| left.len != 0) else {
+                continue;
+            };
+            let right = pieces[next];
+            // A pair that has changed since it was queued.
+            if self
+                .pair(text, &left, &right, &mut buf)
+                .is_none_or(|m| m.id != top.id)
+            {
+                continue;
+            }
+            pieces[top.pos] = Piece {
+                id: top.id,
+                len: left.len + right.len,
+                spells: left.spells && right.spells && left.at + left.len == right.at,
+                next: right.next,
+                ..left
+            };
+            pieces[next].len = 0;
+            if let Some(after) = right.next {
+                pieces[after].prev = Some(top.pos);
+            }
+            let merged = pieces[top.pos];
+            if let Some(p) = merged.prev {
+                if let Some(m) = self.pair(text, &pieces[p], &merged, &mut buf) {
+                    queue.push(Merge { pos: p, ..m });
+                }
+            }
+            if let Some(n) = merged.next {
+                if let Some(m) = self.pair(text, &merged, &pieces[n], &mut buf) {
+                    queue.push(Merge { pos: top.pos, ..m });
+                }
+            }
+        }
+        // Offsets as BPE gives them: each piece's length after the previous one's end.
+        let mut end = 0;
+        Ok(pieces
+            .iter()
+            .filter(|p| p.len != 0)
+            .map(|p| {
+                let start = end;
+                end += p.len;
+                Token::new(p.id, self.0.tokens[p.id as usize].clone(), (start, end))
+            })
+            .collect())
+    }
+
+    fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.0.ids.get(token).copied()
+    }
+
+    fn id_to_token(&self, id: u32) -> Option<String> {
+        let i = id as usize;
+        (self.0.flags.get(i)?.first).then(|| self.0.tokens[i].clone())
+    }
+
+    fn get_vocab(&self) -> HashMap<String, u32> {
+        self.0.ids.clone()
+    }
+
+    fn get_vocab_size(&self) -> usize {
+        self.0.ids.len()
+    }
+
+    fn save(&self, _folder: &Path, _prefix: Option<&str>) -> tokenizers::Result<Vec<PathBuf>> {
+        Err("a SentencePiece vocabulary read from GGUF is saved as tokenizer.json".into())
+    }
+
+    fn get_trainer(&self) -> BpeTrainer {
+        BpeTrainer::default()
+    }
+}
+
+impl Serialize for SpmBpe {
+    /// As the `tokenizers` crate's BPE with the derived merges, which reads it back.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_bpe()
+            .map_err(|e| serde::ser::Error::custom(e.to_string()))?
+            .serialize(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift64: the same cases on every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    const ALPHABET: [&str; 6] = ["a", "b", "c", "▁", "é", "日"];
+
+    /// Tokens over the first `letters` letters of [`ALPHABET`], with every kind of tie and gap:
+    /// equal scores, ids that share a text, tokens that split several ways, unmergeable tokens,
+    /// missing byte tokens.
+    fn vocab(rng: &mut Rng, letters: usize) -> (Vec<String>, Vec<f32>, Vec<bool>) {
+        let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into()];
+        let mut mergeable = vec![false, false];
+        for b in 0..=255u8 {
+            // Some bytes have no token: characters that need them become <unk>.
+            if rng.below(5) != 0 {
+                tokens.push(format!("<0x{b:02X}>"));
+                mergeable.push(false);
+            }
+        }
+        for a in ALPHABET {
+            tokens.push(a.into());
+            mergeable.push(true);
+        }
+        for _ in 0..120 {
+            let len = 2 + rng.below(4);
+            tokens.push((0..len).map(|_| ALPHABET[rng.below(letters)]).collect());
+            // A few never merge (control tokens spelled like text).
+            mergeable.push(rng.below(10) != 0);
+        }
+        let scores = (0..tokens.len()).map(|_| -(rng.below(8) as f32)).collect();
+        (tokens, scores, mergeable)
+    }
+
+    #[test]
+    fn same_pieces_as_bpe_with_derived_merges() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        // Besides the letters: a character with no token ('x'), one with only some byte tokens.
+        let others = ["x", "\u{1F600}"];
+        for _ in 0..100 {
+            // Few letters make tokens that overlap and split several ways.
+            let letters = 2 + rng.below(ALPHABET.len() - 1);
+            let (tokens, scores, mergeable) = vocab(&mut rng, letters);
+            let unk = [None, Some(0)][rng.below(2)];
+            let spm = SpmBpe::new(&tokens, &scores, |i| mergeable[i as usize], unk);
+            let bpe = spm.to_bpe().unwrap();
+            for _ in 0..200 {
+                let len = rng.below(24);
+                let text: String = (0..len)
+                    .map(|_| match rng.below(10) {
+                        0 => others[rng.below(2)],
+                        _ => ALPHABET[rng.below(letters)],
+                    })
+                    .collect();
+                assert_eq!(
+                    spm.tokenize(&text).unwrap(),
+                    bpe.tokenize(&text).unwrap(),
+                    "{text:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn merges_follow_scores() {
+        let tokens: Vec<String> = ["<unk>", "a", "b", "c", "ab", "bc", "abc"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let scores = [0.0, -1.0, -2.0, -3.0, -5.0, -4.0, -6.0];
+        let spm = SpmBpe::new(&tokens, &scores, |i| i != 0, Some(0));
+        let merges = derive_merges(&tokens, &scores, |i| i != 0, &spm.0.ids);
+        let m: Vec<(&str, &str)> = merges
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        assert_eq!(m, [("b", "c"), ("a", "b"), ("a", "bc"), ("ab", "c")]);
+        // "bc" (-4) before "ab" (-5); "abc" from "a" + "bc".
+        let ids: Vec<u32> = spm.tokenize("abc").unwrap().iter().map(|t| t.id).collect();
+        assert_eq!(ids, [6]);
+        let ids: Vec<u32> = spm.tokenize("abab").unwrap().iter().map(|t| t.id).collect();
+        assert_eq!(ids, [4, 4]);
+    }
+
+    #[test]
+    fn serializes_as_bpe() {
+        let (tokens, scores, mergeable) = vocab(&mut Rng(7), 3);
+        let spm = SpmBpe::new(&tokens, &scores, |i| mergeable[i as usize], Some(0));
+        let json = serde_json::to_value(&spm).unwrap();
+        assert_eq!(json["type"], "BPE");
+        assert_eq!(json["byte_fallback"], true);
+        let merges = derive_merges(&tokens, &scores, |i| mergeable[i as usize], &spm.0.ids);
+        assert_eq!(json["merges"].as_array().unwrap().len(), merges.len());
+    }
+}
