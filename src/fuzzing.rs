@@ -220,14 +220,16 @@ pub fn gguf_vocab(data: &[u8]) {
     if let Ok(tok) = Tokenizer::from_gguf(&header.metadata) {
         let text = sample_text(rest);
         exercise_tokenizer(&tok, &text);
-        if let Some(spm) = tok.sentencepiece() {
-            // PocketLM's SentencePiece BPE gives the pieces of the `tokenizers` crate's BPE with
-            // the merges derived from the scores (what `to_json` writes): on the text as it is
-            // and as the normalizer hands it over.
-            let bpe = spm.to_bpe().expect("derived merges build a BPE");
+        if let Some(ours) = tok.gguf_bpe() {
+            // PocketLM's BPE gives the pieces of the `tokenizers` crate's BPE (with the merges
+            // derived from the scores for SentencePiece), which is what `to_json` writes: on the
+            // text as it is and as SentencePiece's normalizer hands it over.
+            let bpe = ours
+                .to_bpe()
+                .expect("a GGUF vocabulary's merges build a BPE");
             let normalized = format!("\u{2581}{}", text.replace(' ', "\u{2581}"));
             for t in [&text, &normalized] {
-                assert_eq!(spm.tokenize(t).ok(), bpe.tokenize(t).ok(), "{t:?}");
+                assert_eq!(ours.tokenize(t).ok(), bpe.tokenize(t).ok(), "{t:?}");
             }
         }
     }

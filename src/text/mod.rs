@@ -4,9 +4,9 @@
 //! `tokenizer.json` or from the vocabulary a GGUF file carries in its metadata;
 //! [`tokenizer::DecodeStream`] turns generated ids into text one token at a time.
 
+pub(crate) mod bpe;
 pub mod chat;
 pub mod grammar;
-pub(crate) mod spm;
 pub mod tokenizer;
 pub mod tools;
 

@@ -1,11 +1,11 @@
 //! The tokenizer: a `tokenizers::Tokenizer` built from a `tokenizer.json` or from a GGUF file's
 //! `tokenizer.ggml.*` metadata, plus the streaming detokenizer.
 //!
-//! From GGUF, two vocabulary kinds are rebuilt the way llama.cpp reads them:
-//! - `gpt2`: byte-level BPE (`tokens` + `merges`); the pre-tokenizer regexes are llama.cpp's for
-//!   the `tokenizer.ggml.pre` value, applied one after the other, each splitting the pieces the
-//!   previous one left.
-//! - `llama`: SentencePiece BPE ([`super::spm`]: the adjacent pair that forms the token of the
+//! From GGUF, three vocabulary kinds are rebuilt the way llama.cpp reads them:
+//! - `gpt2`: byte-level BPE (`tokens` + `merges`, [`super::bpe`]); the pre-tokenizer regexes are
+//!   llama.cpp's for the `tokenizer.ggml.pre` value, applied one after the other, each splitting
+//!   the pieces the previous one left.
+//! - `llama`: SentencePiece BPE ([`super::bpe`]: the adjacent pair that forms the token of the
 //!   highest score merges first, as SentencePiece does), characters outside the vocabulary fall
 //!   back to `<0xXX>` byte tokens, spaces become `▁`, and a `▁` is prepended as
 //!   `tokenizer.ggml.add_space_prefix` says.
@@ -29,7 +29,7 @@ use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip as StripDecoder;
 use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::decoders::DecoderWrapper;
-use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::models::bpe::Vocab;
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::replace::ReplacePattern;
 use tokenizers::normalizers::{Lowercase, Prepend, Replace, Sequence as NormalizerSequence, NFD};
@@ -41,7 +41,7 @@ use tokenizers::{
     AddedToken, NormalizerWrapper, PostProcessorWrapper, SplitDelimiterBehavior, TokenizerImpl,
 };
 
-use super::spm::SpmBpe;
+use super::bpe::Bpe;
 use crate::formats::GgufMetadata;
 use crate::{Error, Result};
 
@@ -170,22 +170,22 @@ fn hf_err(what: &str, e: tokenizers::Error) -> Error {
     tok_err(format!("{what}: {e}"))
 }
 
-/// A GGUF SentencePiece vocabulary's tokenizer: the `tokenizers` pipeline around [`SpmBpe`].
-type SpmTokenizer = TokenizerImpl<
-    SpmBpe,
+/// A GGUF BPE vocabulary's tokenizer: the `tokenizers` pipeline around [`Bpe`].
+type BpeTokenizer = TokenizerImpl<
+    Bpe,
     NormalizerWrapper,
     PreTokenizerWrapper,
     PostProcessorWrapper,
     DecoderWrapper,
 >;
 
-/// The `tokenizers` pipeline: one of the crate's models, or SentencePiece BPE of our own.
+/// The `tokenizers` pipeline: one of the crate's models, or BPE of our own (GGUF vocabularies).
 // One per tokenizer, behind an `Arc`: the variants' sizes do not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum Inner {
     Hf(tokenizers::Tokenizer),
-    Spm(SpmTokenizer),
+    Bpe(BpeTokenizer),
 }
 
 /// `$body` with `$t` bound to the pipeline, whichever model it has.
@@ -193,7 +193,7 @@ macro_rules! with_inner {
     ($inner:expr, $t:ident => $body:expr) => {
         match $inner {
             Inner::Hf($t) => $body,
-            Inner::Spm($t) => $body,
+            Inner::Bpe($t) => $body,
         }
     };
 }
@@ -522,38 +522,18 @@ impl Tokenizer {
                     TYPE_NORMAL | TYPE_USER_DEFINED | TYPE_UNUSED
                 )
             };
-            let mut tk = SpmTokenizer::new(SpmBpe::new(tokens, scores, mergeable, unk));
+            let mut tk = BpeTokenizer::new(Bpe::sentencepiece(tokens, scores, mergeable, unk));
             spm_pipeline(&mut tk, add_space_prefix)?;
-            Inner::Spm(tk)
+            Inner::Bpe(tk)
         } else {
             let merges = meta.string_array("tokenizer.ggml.merges")?;
-            let mut pairs = Vec::with_capacity(merges.len());
-            for m in merges {
-                // As llama.cpp: split at the first space after the first byte.
-                let first = m.chars().next().map_or(0, char::len_utf8);
-                match m[first..].find(' ').map(|p| p + first) {
-                    Some(p) => pairs.push((m[..p].to_string(), m[p + 1..].to_string())),
-                    None => {
-                        return Err(tok_err(format!(
-                            "'{}': merge '{m}' is not two tokens separated by a space",
-                            meta.file()
-                        )))
-                    }
-                }
-            }
-            // Merges naming tokens not in the vocabulary make the BPE builder fail: drop them
-            // (llama.cpp would never produce those pieces either).
-            pairs.retain(|(a, b)| {
-                vocab.contains_key(a.as_str())
-                    && vocab.contains_key(b.as_str())
-                    && vocab.contains_key(format!("{a}{b}").as_str())
-            });
-            let bpe = BPE::builder()
-                .ignore_merges(ignore_merges)
-                .vocab_and_merges(hf_vocab(), pairs)
-                .build()
-                .map_err(|e| hf_err("building the BPE model failed", e))?;
-            let mut tk = tokenizers::Tokenizer::new(bpe);
+            let bpe = Bpe::with_merges(tokens, merges, ignore_merges).map_err(|m| {
+                tok_err(format!(
+                    "'{}': merge '{m}' is not two tokens separated by a space",
+                    meta.file()
+                ))
+            })?;
+            let mut tk = BpeTokenizer::new(bpe);
             let mut pres: Vec<PreTokenizerWrapper> = Vec::new();
             for r in &regexes {
                 let split = Split::new(
@@ -567,7 +547,7 @@ impl Tokenizer {
             pres.push(ByteLevel::new(false, false, false).into());
             tk.with_pre_tokenizer(Some(PreTokenizerSequence::new(pres)));
             tk.with_decoder(Some(ByteLevel::new(false, false, false)));
-            Inner::Hf(tk)
+            Inner::Bpe(tk)
         };
 
         // Special and added tokens, matched whole.
@@ -721,11 +701,11 @@ impl Tokenizer {
         self.manual_specials && self.add_bos && self.bos.is_some()
     }
 
-    /// The SentencePiece model of a GGUF `llama` vocabulary, for the fuzz targets' checks.
+    /// The BPE model of a GGUF `llama` or `gpt2` vocabulary, for the fuzz targets' checks.
     #[cfg(feature = "harness")]
-    pub(crate) fn sentencepiece(&self) -> Option<&SpmBpe> {
+    pub(crate) fn gguf_bpe(&self) -> Option<&Bpe> {
         match &*self.inner {
-            Inner::Spm(t) => Some(t.get_model()),
+            Inner::Bpe(t) => Some(t.get_model()),
             Inner::Hf(_) => None,
         }
     }
@@ -1115,7 +1095,7 @@ fn wpm_pipeline(
 
 /// SentencePiece's normalizer (spaces as `▁`, one prepended where the vocabulary says) and the
 /// decoder that undoes it.
-fn spm_pipeline(tk: &mut SpmTokenizer, add_space_prefix: bool) -> Result<()> {
+fn spm_pipeline(tk: &mut BpeTokenizer, add_space_prefix: bool) -> Result<()> {
     let mut norms: Vec<NormalizerWrapper> = Vec::new();
     if add_space_prefix {
         norms.push(Prepend::new("▁".into()).into());

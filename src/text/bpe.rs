@@ -1,19 +1,23 @@
-//! SentencePiece BPE (a GGUF `llama` vocabulary) as a `tokenizers` model.
+//! BPE over a GGUF vocabulary, as a `tokenizers` model: both kinds llama.cpp reads.
 //!
-//! SentencePiece's rule: of all adjacent pairs of pieces whose concatenation is a token, merge the
-//! one whose token has the highest score, until none is left. As merges for the `tokenizers`
-//! crate's BPE, that is every split of every token into two tokens, ranked by the token's score
-//! ([`derive_merges`]); Gemma 3's 262,144 tokens give 514,847 of them, and deriving them and
-//! building BPE's merge table took most of a model load's tokenizer time. [`SpmBpe`] instead looks
-//! the concatenation of a pair up in the vocabulary when it meets the pair, which is what
-//! SentencePiece and llama.cpp do, and needs nothing but the vocabulary.
+//! - SentencePiece (`llama`): of all adjacent pairs of pieces whose concatenation is a token,
+//!   the one whose token has the highest score merges, until none is left. As merges for the
+//!   `tokenizers` crate's BPE, that is every split of every token into two tokens, ranked by the
+//!   token's score ([`derive_merges`]); Gemma 3's 262,144 tokens give 514,847 of them, and
+//!   deriving them and building BPE's merge table took most of a model load's tokenizer time.
+//!   Here the concatenation of a pair is looked up in the vocabulary when the pair is met, which
+//!   is what SentencePiece and llama.cpp do, and nothing but the vocabulary is needed.
+//! - A merge list (`gpt2`: Llama 3, Qwen, SmolLM): the pair of the lowest rank merges first. The
+//!   list is read straight into a table of token ids (the crate's builder takes the merges as
+//!   strings and looks every one up again).
 //!
-//! It gives BPE's ids with the derived merges, exactly: the same initial pieces (a character's
-//! token, else its `<0xNN>` byte tokens, else the unknown token, consecutive unknowns fused), the
-//! same order of merges (a merge's rank in the derived list is its token's score, higher first,
-//! then the token's id, then the length of its left part; equal ranks go left to right), and the
-//! same check of a queued pair against the pieces as they are when it comes up. Serialized (for
-//! `tokenizer.json`) it is that BPE, built on demand.
+//! Either gives the ids of the crate's BPE exactly: the same initial pieces (a character's token,
+//! else, for SentencePiece, its `<0xNN>` byte tokens, else the unknown token, consecutive
+//! unknowns fused), the same order of merges (a merge list's rank; for SentencePiece its rank in
+//! the derived list: the token's score, higher first, then the token's id, then the length of
+//! its left part; equal ranks go left to right), and the same check of a queued pair against the
+//! pieces as they are when it comes up. Serialized (for `tokenizer.json`) it is that BPE, built on
+//! demand ([`Bpe::to_bpe`]).
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -29,77 +33,161 @@ use tokenizers::{Model, Token};
 struct Flags {
     /// Its text maps to it (the first of the ids sharing a text): only those are pieces.
     first: bool,
-    /// Normal, user-defined and unused tokens merge; control, byte and unknown tokens do not.
+    /// SentencePiece: normal, user-defined and unused tokens merge; control, byte and unknown
+    /// tokens do not.
     mergeable: bool,
+}
+
+/// Which pair merges first.
+enum Ranking {
+    /// SentencePiece: a pair merges into the token it spells, by that token's score.
+    Scores(Vec<f32>),
+    /// A merge list: (left, right) → (rank, the merged token).
+    Merges {
+        table: HashMap<(u32, u32), (u32, u32)>,
+        /// A word that is itself a token stays whole (llama.cpp's `ignore_merges`, Llama 3).
+        ignore_merges: bool,
+    },
 }
 
 struct Vocabulary {
     tokens: Vec<String>,
-    scores: Vec<f32>,
     flags: Vec<Flags>,
     /// Text → the first id with that text.
     ids: HashMap<String, u32>,
-    /// The `<0xNN>` token of every byte, where the vocabulary has it.
+    ranking: Ranking,
+    /// SentencePiece: the `<0xNN>` token of every byte, where the vocabulary has it.
     bytes: [Option<u32>; 256],
     unk: Option<u32>,
     longest: usize,
 }
 
-/// SentencePiece BPE over a shared vocabulary (cloning is cheap).
+/// BPE over a shared GGUF vocabulary (cloning is cheap).
 #[derive(Clone)]
-pub(crate) struct SpmBpe(Arc<Vocabulary>);
+pub(crate) struct Bpe(Arc<Vocabulary>);
 
-impl SpmBpe {
-    /// `mergeable(id)` says whether a token of that id takes part in merges; `unk` is the id
-    /// whose text stands for text the vocabulary cannot spell (its first id is used, as BPE
-    /// looks the unknown token up by text).
-    pub(crate) fn new(
+/// Text → first id, and each id's flags.
+fn index(tokens: &[String], mergeable: impl Fn(u32) -> bool) -> (HashMap<String, u32>, Vec<Flags>) {
+    let mut ids: HashMap<String, u32> = HashMap::with_capacity(tokens.len());
+    let mut flags = Vec::with_capacity(tokens.len());
+    for (i, t) in tokens.iter().enumerate() {
+        let first = match ids.entry(t.clone()) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(i as u32);
+                true
+            }
+        };
+        flags.push(Flags {
+            first,
+            mergeable: mergeable(i as u32),
+        });
+    }
+    (ids, flags)
+}
+
+fn longest(tokens: &[String]) -> usize {
+    tokens.iter().map(String::len).max().unwrap_or(0)
+}
+
+impl Bpe {
+    /// SentencePiece BPE. `mergeable(id)` says whether a token of that id takes part in merges;
+    /// `unk` is the id whose text stands for text the vocabulary cannot spell (its first id is
+    /// used, as BPE looks the unknown token up by text).
+    pub(crate) fn sentencepiece(
         tokens: &[String],
         scores: &[f32],
         mergeable: impl Fn(u32) -> bool,
         unk: Option<u32>,
-    ) -> SpmBpe {
-        let mut ids: HashMap<String, u32> = HashMap::with_capacity(tokens.len());
-        let mut flags = Vec::with_capacity(tokens.len());
-        for (i, t) in tokens.iter().enumerate() {
-            let first = match ids.entry(t.clone()) {
-                std::collections::hash_map::Entry::Occupied(_) => false,
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(i as u32);
-                    true
-                }
-            };
-            flags.push(Flags {
-                first,
-                mergeable: mergeable(i as u32),
-            });
-        }
+    ) -> Bpe {
+        let (ids, flags) = index(tokens, mergeable);
         let bytes = std::array::from_fn(|b| ids.get(&format!("<0x{b:02X}>")).copied());
         let unk = unk.and_then(|u| tokens.get(u as usize)).map(|t| ids[t]);
-        SpmBpe(Arc::new(Vocabulary {
+        Bpe(Arc::new(Vocabulary {
             tokens: tokens.to_vec(),
-            scores: scores.to_vec(),
             flags,
             ids,
+            ranking: Ranking::Scores(scores.to_vec()),
             bytes,
             unk,
-            longest: tokens.iter().map(String::len).max().unwrap_or(0),
+            longest: longest(tokens),
         }))
     }
 
-    /// The same tokenizer as the `tokenizers` crate's BPE with [`derive_merges`].
+    /// BPE with a merge list, each merge two tokens' texts separated by a space (split, as
+    /// llama.cpp does, at the first space after the first character). Merges that name a text
+    /// the vocabulary does not have are left out (llama.cpp never forms those pieces either); a
+    /// merge without a space is an error, returned as that merge.
+    pub(crate) fn with_merges(
+        tokens: &[String],
+        merges: &[String],
+        ignore_merges: bool,
+    ) -> Result<Bpe, String> {
+        let (ids, flags) = index(tokens, |_| true);
+        let mut table = HashMap::with_capacity(merges.len());
+        let mut joined = String::new();
+        let mut rank = 0u32;
+        for m in merges {
+            let first = m.chars().next().map_or(0, char::len_utf8);
+            let Some(space) = m[first..].find(' ').map(|p| p + first) else {
+                return Err(m.clone());
+            };
+            let (a, b) = (&m[..space], &m[space + 1..]);
+            joined.clear();
+            joined.push_str(a);
+            joined.push_str(b);
+            if let (Some(&a), Some(&b), Some(&new)) = (ids.get(a), ids.get(b), ids.get(&joined)) {
+                // As the crate's BPE: a pair listed twice keeps its later rank.
+                table.insert((a, b), (rank, new));
+                rank += 1;
+            }
+        }
+        Ok(Bpe(Arc::new(Vocabulary {
+            tokens: tokens.to_vec(),
+            flags,
+            ids,
+            ranking: Ranking::Merges {
+                table,
+                ignore_merges,
+            },
+            bytes: [None; 256],
+            unk: None,
+            longest: longest(tokens),
+        })))
+    }
+
+    /// The same tokenizer as the `tokenizers` crate's BPE (for SentencePiece, with
+    /// [`derive_merges`]).
     pub(crate) fn to_bpe(&self) -> tokenizers::Result<BPE> {
         let v = &self.0;
-        let merges = derive_merges(&v.tokens, &v.scores, |id| self.merges(id), &v.ids);
         let vocab: Vocab = v.ids.iter().map(|(t, &id)| (t.clone(), id)).collect();
-        let mut builder = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .byte_fallback(true)
-            .fuse_unk(true);
-        if let Some(u) = v.unk {
-            builder = builder.unk_token(v.tokens[u as usize].clone());
+        let text = |id: u32| v.tokens[id as usize].clone();
+        match &v.ranking {
+            Ranking::Scores(scores) => {
+                let merges = derive_merges(&v.tokens, scores, |id| self.merges(id), &v.ids);
+                let mut builder = BPE::builder()
+                    .vocab_and_merges(vocab, merges)
+                    .byte_fallback(true)
+                    .fuse_unk(true);
+                if let Some(u) = v.unk {
+                    builder = builder.unk_token(text(u));
+                }
+                builder.build()
+            }
+            Ranking::Merges {
+                table,
+                ignore_merges,
+            } => {
+                let mut ranked: Vec<(u32, u32, u32)> =
+                    table.iter().map(|(&(a, b), &(r, _))| (r, a, b)).collect();
+                ranked.sort_unstable();
+                let merges = ranked.into_iter().map(|(_, a, b)| (text(a), text(b)));
+                BPE::builder()
+                    .vocab_and_merges(vocab, merges.collect())
+                    .ignore_merges(*ignore_merges)
+                    .build()
+            }
         }
-        builder.build()
     }
 
     fn merges(&self, id: u32) -> bool {
@@ -109,6 +197,19 @@ impl SpmBpe {
     /// What merging `a` and `b` gives: its rank and token, `None` when they do not merge.
     fn pair(&self, text: &str, a: &Piece, b: &Piece, buf: &mut String) -> Option<Merge> {
         let v = &self.0;
+        let scores = match &v.ranking {
+            Ranking::Merges { table, .. } => {
+                let &(rank, id) = table.get(&(a.id, b.id))?;
+                return Some(Merge {
+                    score: 0.0,
+                    rank,
+                    cut: 0,
+                    id,
+                    pos: 0,
+                });
+            }
+            Ranking::Scores(scores) => scores,
+        };
         if !(self.merges(a.id) && self.merges(b.id)) {
             return None;
         }
@@ -127,9 +228,10 @@ impl SpmBpe {
         };
         let &id = v.ids.get(joined)?;
         self.merges(id).then(|| Merge {
-            score: v.scores[id as usize],
-            id,
+            score: scores[id as usize],
+            rank: id,
             cut: left.len() as u32,
+            id,
             pos: 0,
         })
     }
@@ -177,27 +279,29 @@ struct Piece {
     next: Option<usize>,
 }
 
-/// A queued merge of the piece at `pos` with the next one.
+/// A queued merge of the piece at `pos` with the next one into token `id`, ranked by `score`
+/// (higher first), then `rank` and `cut` (lower first): for SentencePiece the token's score, its
+/// id and the length of the left part; for a merge list only `rank`, the merge's place in it.
 #[derive(Clone, Copy)]
 struct Merge {
     score: f32,
-    id: u32,
+    rank: u32,
     cut: u32,
+    id: u32,
     pos: usize,
 }
 
 impl Ord for Merge {
-    /// Greater comes first: the higher score, then the lower token id, the shorter left part,
-    /// the position further left.
+    /// Greater comes first: the higher score, then the lower rank, the shorter left part, the
+    /// position further left.
     fn cmp(&self, o: &Self) -> Ordering {
         self.score
             .total_cmp(&o.score)
-            .then(o.id.cmp(&self.id))
+            .then(o.rank.cmp(&self.rank))
             .then(o.cut.cmp(&self.cut))
             .then(o.pos.cmp(&self.pos))
     }
 }
-
 impl PartialOrd for Merge {
     fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
         Some(self.cmp(o))
@@ -212,7 +316,7 @@ impl PartialEq for Merge {
 
 impl Eq for Merge {}
 
-impl SpmBpe {
+impl Bpe {
     /// The initial pieces of `text`, as BPE makes them.
     fn pieces(&self, text: &str) -> Vec<Piece> {
         let v = &self.0;
@@ -264,11 +368,23 @@ impl SpmBpe {
     }
 }
 
-impl Model for SpmBpe {
+impl Model for Bpe {
     /// Never used: a GGUF vocabulary is not trained here.
     type Trainer = BpeTrainer;
 
     fn tokenize(&self, text: &str) -> tokenizers::Result<Vec<Token>> {
+        if text.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Ranking::Merges {
+            ignore_merges: true,
+            ..
+        } = self.0.ranking
+        {
+            if let Some(&id) = self.0.ids.get(text) {
+                return Ok(vec![Token::new(id, text.to_string(), (0, text.len()))]);
+            }
+        }
         let mut pieces = self.pieces(text);
         let mut buf = String::new();
         let mut queue: BinaryHeap<Merge> = pieces
@@ -346,7 +462,7 @@ impl Model for SpmBpe {
     }
 
     fn save(&self, _folder: &Path, _prefix: Option<&str>) -> tokenizers::Result<Vec<PathBuf>> {
-        Err("a SentencePiece vocabulary read from GGUF is saved as tokenizer.json".into())
+        Err("a vocabulary read from GGUF is saved as tokenizer.json".into())
     }
 
     fn get_trainer(&self) -> BpeTrainer {
@@ -354,8 +470,8 @@ impl Model for SpmBpe {
     }
 }
 
-impl Serialize for SpmBpe {
-    /// As the `tokenizers` crate's BPE with the derived merges, which reads it back.
+impl Serialize for Bpe {
+    /// As the `tokenizers` crate's BPE ([`Bpe::to_bpe`]), which reads it back.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.to_bpe()
             .map_err(|e| serde::ser::Error::custom(e.to_string()))?
@@ -418,7 +534,7 @@ mod tests {
             let letters = 2 + rng.below(ALPHABET.len() - 1);
             let (tokens, scores, mergeable) = vocab(&mut rng, letters);
             let unk = [None, Some(0)][rng.below(2)];
-            let spm = SpmBpe::new(&tokens, &scores, |i| mergeable[i as usize], unk);
+            let spm = Bpe::sentencepiece(&tokens, &scores, |i| mergeable[i as usize], unk);
             let bpe = spm.to_bpe().unwrap();
             for _ in 0..200 {
                 let len = rng.below(24);
@@ -437,6 +553,47 @@ mod tests {
         }
     }
 
+    /// A merge list over random tokens (pairs listed twice, pairs naming texts the vocabulary
+    /// lacks, tokens that share a text), with and without `ignore_merges`: the crate's BPE with
+    /// the same list gives the same pieces.
+    #[test]
+    fn merge_lists_give_the_crates_pieces() {
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        for _ in 0..100 {
+            let letters = 2 + rng.below(ALPHABET.len() - 1);
+            let (tokens, _, _) = vocab(&mut rng, letters);
+            let word = |rng: &mut Rng| -> String {
+                let len = 1 + rng.below(3);
+                (0..len).map(|_| ALPHABET[rng.below(letters)]).collect()
+            };
+            let merges: Vec<String> = (0..150)
+                .map(|_| format!("{} {}", word(&mut rng), word(&mut rng)))
+                .collect();
+            let ignore = rng.below(2) == 1;
+            let ours = Bpe::with_merges(&tokens, &merges, ignore).unwrap();
+            let theirs = ours.to_bpe().unwrap();
+            for _ in 0..200 {
+                let len = rng.below(16);
+                // Letters, and one with no token ('x'), which BPE without a fallback drops.
+                let text: String = (0..len)
+                    .map(|_| match rng.below(letters + 1) {
+                        i if i == letters => "x",
+                        i => ALPHABET[i],
+                    })
+                    .collect();
+                assert_eq!(
+                    ours.tokenize(&text).unwrap(),
+                    theirs.tokenize(&text).unwrap(),
+                    "{text:?}"
+                );
+            }
+        }
+        assert_eq!(
+            Bpe::with_merges(&["a".into()], &["ab".into()], false).err(),
+            Some("ab".to_string())
+        );
+    }
+
     #[test]
     fn merges_follow_scores() {
         let tokens: Vec<String> = ["<unk>", "a", "b", "c", "ab", "bc", "abc"]
@@ -444,7 +601,7 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         let scores = [0.0, -1.0, -2.0, -3.0, -5.0, -4.0, -6.0];
-        let spm = SpmBpe::new(&tokens, &scores, |i| i != 0, Some(0));
+        let spm = Bpe::sentencepiece(&tokens, &scores, |i| i != 0, Some(0));
         let merges = derive_merges(&tokens, &scores, |i| i != 0, &spm.0.ids);
         let m: Vec<(&str, &str)> = merges
             .iter()
@@ -461,7 +618,7 @@ mod tests {
     #[test]
     fn serializes_as_bpe() {
         let (tokens, scores, mergeable) = vocab(&mut Rng(7), 3);
-        let spm = SpmBpe::new(&tokens, &scores, |i| mergeable[i as usize], Some(0));
+        let spm = Bpe::sentencepiece(&tokens, &scores, |i| mergeable[i as usize], Some(0));
         let json = serde_json::to_value(&spm).unwrap();
         assert_eq!(json["type"], "BPE");
         assert_eq!(json["byte_fallback"], true);
