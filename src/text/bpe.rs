@@ -20,9 +20,13 @@
 //! demand ([`Bpe::to_bpe`]).
 
 use std::cmp::Ordering;
+use std::collections::hash_map::RandomState;
 use std::collections::{BinaryHeap, HashMap};
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use hashbrown::HashTable;
 
 use serde::{Serialize, Serializer};
 use tokenizers::models::bpe::{BpeTrainer, Vocab, BPE};
@@ -50,11 +54,78 @@ enum Ranking {
     },
 }
 
+/// The tokens' texts in one string, and text → the first id with that text: no allocation per
+/// token (Gemma 3 has 262,144; as `String`s, a map and a list of them took 20 MB more).
+struct Texts {
+    all: String,
+    /// Where each token's text ends in `all`.
+    ends: Vec<u32>,
+    /// The first id of each text, found by the text's hash.
+    first: HashTable<u32>,
+    hasher: RandomState,
+}
+
+impl Texts {
+    /// The texts, and which ids are the first with theirs.
+    fn new(tokens: &[String]) -> (Texts, Vec<bool>) {
+        let mut t = Texts {
+            all: String::with_capacity(tokens.iter().map(String::len).sum()),
+            ends: Vec::with_capacity(tokens.len()),
+            first: HashTable::with_capacity(tokens.len()),
+            hasher: RandomState::new(),
+        };
+        let mut firsts = Vec::with_capacity(tokens.len());
+        for (i, token) in tokens.iter().enumerate() {
+            t.all.push_str(token);
+            t.ends.push(t.all.len() as u32);
+            let hash = t.hasher.hash_one(token.as_str());
+            let first = t
+                .first
+                .find(hash, |&id| t.text(id) == token.as_str())
+                .is_none();
+            if first {
+                let Texts {
+                    first,
+                    ends,
+                    all,
+                    hasher,
+                } = &mut t;
+                first.insert_unique(hash, i as u32, |&id| {
+                    hasher.hash_one(text_in(all, ends, id))
+                });
+            }
+            firsts.push(first);
+        }
+        (t, firsts)
+    }
+
+    fn text(&self, id: u32) -> &str {
+        text_in(&self.all, &self.ends, id)
+    }
+
+    fn get(&self, text: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(text);
+        self.first.find(hash, |&id| self.text(id) == text).copied()
+    }
+
+    /// Text → first id, as the `tokenizers` crate keeps a vocabulary.
+    fn map<M: FromIterator<(String, u32)>>(&self) -> M {
+        self.first
+            .iter()
+            .map(|&id| (self.text(id).to_string(), id))
+            .collect()
+    }
+}
+
+fn text_in<'a>(all: &'a str, ends: &[u32], id: u32) -> &'a str {
+    let i = id as usize;
+    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+    &all[start..ends[i] as usize]
+}
+
 struct Vocabulary {
-    tokens: Vec<String>,
+    texts: Texts,
     flags: Vec<Flags>,
-    /// Text → the first id with that text.
-    ids: HashMap<String, u32>,
     ranking: Ranking,
     /// SentencePiece: the `<0xNN>` token of every byte, where the vocabulary has it.
     bytes: [Option<u32>; 256],
@@ -66,24 +137,18 @@ struct Vocabulary {
 #[derive(Clone)]
 pub(crate) struct Bpe(Arc<Vocabulary>);
 
-/// Text → first id, and each id's flags.
-fn index(tokens: &[String], mergeable: impl Fn(u32) -> bool) -> (HashMap<String, u32>, Vec<Flags>) {
-    let mut ids: HashMap<String, u32> = HashMap::with_capacity(tokens.len());
-    let mut flags = Vec::with_capacity(tokens.len());
-    for (i, t) in tokens.iter().enumerate() {
-        let first = match ids.entry(t.clone()) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(i as u32);
-                true
-            }
-        };
-        flags.push(Flags {
+/// The texts, and each id's flags.
+fn index(tokens: &[String], mergeable: impl Fn(u32) -> bool) -> (Texts, Vec<Flags>) {
+    let (texts, firsts) = Texts::new(tokens);
+    let flags = firsts
+        .into_iter()
+        .enumerate()
+        .map(|(i, first)| Flags {
             first,
             mergeable: mergeable(i as u32),
-        });
-    }
-    (ids, flags)
+        })
+        .collect();
+    (texts, flags)
 }
 
 fn longest(tokens: &[String]) -> usize {
@@ -100,13 +165,14 @@ impl Bpe {
         mergeable: impl Fn(u32) -> bool,
         unk: Option<u32>,
     ) -> Bpe {
-        let (ids, flags) = index(tokens, mergeable);
-        let bytes = std::array::from_fn(|b| ids.get(&format!("<0x{b:02X}>")).copied());
-        let unk = unk.and_then(|u| tokens.get(u as usize)).map(|t| ids[t]);
+        let (texts, flags) = index(tokens, mergeable);
+        let bytes = std::array::from_fn(|b| texts.get(&format!("<0x{b:02X}>")));
+        let unk = unk
+            .and_then(|u| tokens.get(u as usize))
+            .and_then(|t| texts.get(t));
         Bpe(Arc::new(Vocabulary {
-            tokens: tokens.to_vec(),
+            texts,
             flags,
-            ids,
             ranking: Ranking::Scores(scores.to_vec()),
             bytes,
             unk,
@@ -123,7 +189,7 @@ impl Bpe {
         merges: &[String],
         ignore_merges: bool,
     ) -> Result<Bpe, String> {
-        let (ids, flags) = index(tokens, |_| true);
+        let (texts, flags) = index(tokens, |_| true);
         let mut table = HashMap::with_capacity(merges.len());
         let mut joined = String::new();
         let mut rank = 0u32;
@@ -136,16 +202,16 @@ impl Bpe {
             joined.clear();
             joined.push_str(a);
             joined.push_str(b);
-            if let (Some(&a), Some(&b), Some(&new)) = (ids.get(a), ids.get(b), ids.get(&joined)) {
+            if let (Some(a), Some(b), Some(new)) = (texts.get(a), texts.get(b), texts.get(&joined))
+            {
                 // As the crate's BPE: a pair listed twice keeps its later rank.
                 table.insert((a, b), (rank, new));
                 rank += 1;
             }
         }
         Ok(Bpe(Arc::new(Vocabulary {
-            tokens: tokens.to_vec(),
+            texts,
             flags,
-            ids,
             ranking: Ranking::Merges {
                 table,
                 ignore_merges,
@@ -160,11 +226,11 @@ impl Bpe {
     /// [`derive_merges`]).
     pub(crate) fn to_bpe(&self) -> tokenizers::Result<BPE> {
         let v = &self.0;
-        let vocab: Vocab = v.ids.iter().map(|(t, &id)| (t.clone(), id)).collect();
-        let text = |id: u32| v.tokens[id as usize].clone();
+        let vocab: Vocab = v.texts.map();
+        let text = |id: u32| v.texts.text(id).to_string();
         match &v.ranking {
             Ranking::Scores(scores) => {
-                let merges = derive_merges(&v.tokens, scores, |id| self.merges(id), &v.ids);
+                let merges = derive_merges(&v.texts, scores, |id| self.merges(id));
                 let mut builder = BPE::builder()
                     .vocab_and_merges(vocab, merges)
                     .byte_fallback(true)
@@ -213,7 +279,7 @@ impl Bpe {
         if !(self.merges(a.id) && self.merges(b.id)) {
             return None;
         }
-        let (left, right) = (&v.tokens[a.id as usize], &v.tokens[b.id as usize]);
+        let (left, right) = (v.texts.text(a.id), v.texts.text(b.id));
         if left.is_empty() || right.is_empty() || left.len() + right.len() > v.longest {
             return None;
         }
@@ -226,7 +292,7 @@ impl Bpe {
             buf.push_str(right);
             buf.as_str()
         };
-        let &id = v.ids.get(joined)?;
+        let id = v.texts.get(joined)?;
         self.merges(id).then(|| Merge {
             score: scores[id as usize],
             rank: id,
@@ -239,21 +305,20 @@ impl Bpe {
 
 /// SentencePiece BPE as merges: every split of a token into two tokens merges with the token's
 /// score, higher scores first (then by token id, then by where the split is).
-pub(crate) fn derive_merges(
-    tokens: &[String],
+fn derive_merges(
+    texts: &Texts,
     scores: &[f32],
     mergeable: impl Fn(u32) -> bool,
-    vocab: &HashMap<String, u32>,
 ) -> Vec<(String, String)> {
     let mut merges: Vec<(f32, u32, usize, &str, &str)> = Vec::new();
-    for (id, t) in tokens.iter().enumerate() {
-        let id = id as u32;
-        if !mergeable(id) || vocab.get(t.as_str()) != Some(&id) {
+    for id in 0..texts.ends.len() as u32 {
+        let t = texts.text(id);
+        if !mergeable(id) || texts.get(t) != Some(id) {
             continue;
         }
         for (cut, _) in t.char_indices().skip(1) {
             let (l, r) = t.split_at(cut);
-            let ok = |s: &str| vocab.get(s).is_some_and(|&i| mergeable(i));
+            let ok = |s: &str| texts.get(s).is_some_and(&mergeable);
             if ok(l) && ok(r) {
                 merges.push((scores[id as usize], id, cut, l, r));
             }
@@ -339,7 +404,7 @@ impl Bpe {
         let mut unk: Option<(usize, usize)> = None;
         for (at, c) in text.char_indices() {
             let s = &text[at..at + c.len_utf8()];
-            if let Some(&id) = v.ids.get(s) {
+            if let Some(id) = v.texts.get(s) {
                 if let (Some((u_at, u_len)), Some(u)) = (unk.take(), v.unk) {
                     push(&mut pieces, u, u_at, u_len, false);
                 }
@@ -381,7 +446,7 @@ impl Model for Bpe {
             ..
         } = self.0.ranking
         {
-            if let Some(&id) = self.0.ids.get(text) {
+            if let Some(id) = self.0.texts.get(text) {
                 return Ok(vec![Token::new(id, text.to_string(), (0, text.len()))]);
             }
         }
@@ -439,26 +504,26 @@ impl Model for Bpe {
             .map(|p| {
                 let start = end;
                 end += p.len;
-                Token::new(p.id, self.0.tokens[p.id as usize].clone(), (start, end))
+                Token::new(p.id, self.0.texts.text(p.id).to_string(), (start, end))
             })
             .collect())
     }
 
     fn token_to_id(&self, token: &str) -> Option<u32> {
-        self.0.ids.get(token).copied()
+        self.0.texts.get(token)
     }
 
     fn id_to_token(&self, id: u32) -> Option<String> {
         let i = id as usize;
-        (self.0.flags.get(i)?.first).then(|| self.0.tokens[i].clone())
+        (self.0.flags.get(i)?.first).then(|| self.0.texts.text(id).to_string())
     }
 
     fn get_vocab(&self) -> HashMap<String, u32> {
-        self.0.ids.clone()
+        self.0.texts.map()
     }
 
     fn get_vocab_size(&self) -> usize {
-        self.0.ids.len()
+        self.0.texts.first.len()
     }
 
     fn save(&self, _folder: &Path, _prefix: Option<&str>) -> tokenizers::Result<Vec<PathBuf>> {
@@ -602,7 +667,7 @@ mod tests {
             .collect();
         let scores = [0.0, -1.0, -2.0, -3.0, -5.0, -4.0, -6.0];
         let spm = Bpe::sentencepiece(&tokens, &scores, |i| i != 0, Some(0));
-        let merges = derive_merges(&tokens, &scores, |i| i != 0, &spm.0.ids);
+        let merges = derive_merges(&spm.0.texts, &scores, |i| i != 0);
         let m: Vec<(&str, &str)> = merges
             .iter()
             .map(|(a, b)| (a.as_str(), b.as_str()))
@@ -622,7 +687,7 @@ mod tests {
         let json = serde_json::to_value(&spm).unwrap();
         assert_eq!(json["type"], "BPE");
         assert_eq!(json["byte_fallback"], true);
-        let merges = derive_merges(&tokens, &scores, |i| mergeable[i as usize], &spm.0.ids);
+        let merges = derive_merges(&spm.0.texts, &scores, |i| mergeable[i as usize]);
         assert_eq!(json["merges"].as_array().unwrap().len(), merges.len());
     }
 }
