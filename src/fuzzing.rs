@@ -146,8 +146,20 @@ fn exercise_tokenizer(tok: &Tokenizer, text: &str) {
 /// `tokenizer.json` bytes into [`Tokenizer::from_json`].
 pub fn tokenizer_json(data: &[u8]) {
     if let Ok(tok) = Tokenizer::from_json(data) {
-        exercise_tokenizer(&tok, &sample_text(data));
+        let text = sample_text(data);
+        exercise_tokenizer(&tok, &text);
         let _ = tok.to_json();
+        if let Some(ours) = tok.own_bpe() {
+            // The file's BPE as our BPE runs it and as the `tokenizers` crate reads it: the same
+            // pieces.
+            let theirs = tokenizers::Tokenizer::from_bytes(data)
+                .expect("a tokenizer.json our BPE reads, the crate reads");
+            assert_eq!(
+                ours.tokenize(&text).ok(),
+                theirs.get_model().tokenize(&text).ok(),
+                "{text:?}"
+            );
+        }
     }
 }
 
@@ -220,7 +232,7 @@ pub fn gguf_vocab(data: &[u8]) {
     if let Ok(tok) = Tokenizer::from_gguf(&header.metadata) {
         let text = sample_text(rest);
         exercise_tokenizer(&tok, &text);
-        if let Some(ours) = tok.gguf_bpe() {
+        if let Some(ours) = tok.own_bpe() {
             // PocketLM's BPE gives the pieces of the `tokenizers` crate's BPE (with the merges
             // derived from the scores for SentencePiece), which is what `to_json` writes: on the
             // text as it is and as SentencePiece's normalizer hands it over.

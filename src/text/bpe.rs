@@ -19,6 +19,7 @@
 //! pieces as they are when it comes up. Serialized (for `tokenizer.json`) it is that BPE, built on
 //! demand ([`Bpe::to_bpe`]).
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::hash_map::RandomState;
 use std::collections::{BinaryHeap, HashMap};
@@ -28,7 +29,8 @@ use std::sync::Arc;
 
 use hashbrown::HashTable;
 
-use serde::{Serialize, Serializer};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 use tokenizers::models::bpe::{BpeTrainer, Vocab, BPE};
 use tokenizers::{Model, Token};
 
@@ -42,13 +44,16 @@ struct Flags {
     mergeable: bool,
 }
 
+/// (left, right) → (rank, the merged token).
+type MergeTable = HashMap<(u32, u32), (u32, u32)>;
+
 /// Which pair merges first.
 enum Ranking {
     /// SentencePiece: a pair merges into the token it spells, by that token's score.
     Scores(Vec<f32>),
-    /// A merge list: (left, right) → (rank, the merged token).
+    /// A merge list.
     Merges {
-        table: HashMap<(u32, u32), (u32, u32)>,
+        table: MergeTable,
         /// A word that is itself a token stays whole (llama.cpp's `ignore_merges`, Llama 3).
         ignore_merges: bool,
     },
@@ -66,23 +71,26 @@ struct Texts {
 }
 
 impl Texts {
-    /// The texts, and which ids are the first with theirs.
-    fn new(tokens: &[String]) -> (Texts, Vec<bool>) {
+    /// The texts by id (`None` for an id without a token), and which ids are the first with
+    /// theirs.
+    fn new<'a>(tokens: impl ExactSizeIterator<Item = Option<&'a str>>) -> (Texts, Vec<bool>) {
         let mut t = Texts {
-            all: String::with_capacity(tokens.iter().map(String::len).sum()),
+            all: String::new(),
             ends: Vec::with_capacity(tokens.len()),
             first: HashTable::with_capacity(tokens.len()),
             hasher: RandomState::new(),
         };
         let mut firsts = Vec::with_capacity(tokens.len());
-        for (i, token) in tokens.iter().enumerate() {
+        for (i, token) in tokens.enumerate() {
+            let Some(token) = token else {
+                t.ends.push(t.all.len() as u32);
+                firsts.push(false);
+                continue;
+            };
             t.all.push_str(token);
             t.ends.push(t.all.len() as u32);
-            let hash = t.hasher.hash_one(token.as_str());
-            let first = t
-                .first
-                .find(hash, |&id| t.text(id) == token.as_str())
-                .is_none();
+            let hash = t.hasher.hash_one(token);
+            let first = t.first.find(hash, |&id| t.text(id) == token).is_none();
             if first {
                 let Texts {
                     first,
@@ -127,9 +135,14 @@ struct Vocabulary {
     texts: Texts,
     flags: Vec<Flags>,
     ranking: Ranking,
-    /// SentencePiece: the `<0xNN>` token of every byte, where the vocabulary has it.
+    /// A character without a token becomes its bytes' `<0xNN>` tokens (where the vocabulary has
+    /// all of them): SentencePiece's byte fallback, with the tokens in `bytes` (none without).
+    byte_fallback: bool,
     bytes: [Option<u32>; 256],
+    /// The token of text the vocabulary cannot spell (by BPE's rule, the first id of the unknown
+    /// token's text), and whether a run of such characters is one of it.
     unk: Option<u32>,
+    fuse_unk: bool,
     longest: usize,
 }
 
@@ -137,22 +150,83 @@ struct Vocabulary {
 #[derive(Clone)]
 pub(crate) struct Bpe(Arc<Vocabulary>);
 
-/// The texts, and each id's flags.
-fn index(tokens: &[String], mergeable: impl Fn(u32) -> bool) -> (Texts, Vec<Flags>) {
-    let (texts, firsts) = Texts::new(tokens);
-    let flags = firsts
-        .into_iter()
-        .enumerate()
-        .map(|(i, first)| Flags {
-            first,
-            mergeable: mergeable(i as u32),
-        })
-        .collect();
-    (texts, flags)
+/// What a vocabulary's BPE does besides its ranking.
+struct Options<'a> {
+    byte_fallback: bool,
+    unk: Option<&'a str>,
+    fuse_unk: bool,
 }
 
-fn longest(tokens: &[String]) -> usize {
-    tokens.iter().map(String::len).max().unwrap_or(0)
+impl Vocabulary {
+    /// The texts (`None` for an id without a token), each id's mergeability, the ranking made
+    /// from the texts; an unknown token whose text is not a token is an error.
+    fn new<'a>(
+        tokens: impl ExactSizeIterator<Item = Option<&'a str>> + Clone,
+        mergeable: impl Fn(u32) -> bool,
+        ranking: impl FnOnce(&Texts) -> Result<Ranking, String>,
+        o: Options,
+    ) -> Result<Vocabulary, String> {
+        let longest = tokens.clone().flatten().map(str::len).max().unwrap_or(0);
+        let (texts, firsts) = Texts::new(tokens);
+        let flags = firsts
+            .into_iter()
+            .enumerate()
+            .map(|(i, first)| Flags {
+                first,
+                mergeable: mergeable(i as u32),
+            })
+            .collect();
+        let bytes = match o.byte_fallback {
+            true => std::array::from_fn(|b| texts.get(&format!("<0x{b:02X}>"))),
+            false => [None; 256],
+        };
+        let unk = match o.unk {
+            Some(t) => Some(
+                texts
+                    .get(t)
+                    .ok_or_else(|| format!("the unknown token '{t}' is not in the vocabulary"))?,
+            ),
+            None => None,
+        };
+        Ok(Vocabulary {
+            ranking: ranking(&texts)?,
+            texts,
+            flags,
+            byte_fallback: o.byte_fallback,
+            bytes,
+            unk,
+            fuse_unk: o.fuse_unk,
+            longest,
+        })
+    }
+}
+
+/// The merge table of a list of pairs of texts in rank order. `strict`: a pair naming a text
+/// the vocabulary lacks is an error (the `tokenizers` crate's rule for `tokenizer.json`);
+/// otherwise it is left out (llama.cpp's, for GGUF).
+fn merge_table<'a>(
+    texts: &Texts,
+    pairs: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+    strict: bool,
+) -> Result<MergeTable, String> {
+    let mut table = HashMap::with_capacity(pairs.len());
+    let mut joined = String::new();
+    let mut rank = 0u32;
+    for (a, b) in pairs {
+        joined.clear();
+        joined.push_str(a);
+        joined.push_str(b);
+        match (texts.get(a), texts.get(b), texts.get(&joined)) {
+            (Some(a), Some(b), Some(new)) => {
+                // As the crate's BPE: a pair listed twice keeps its later rank.
+                table.insert((a, b), (rank, new));
+                rank += 1;
+            }
+            _ if strict => return Err(format!("the merge '{a} {b}' names a missing token")),
+            _ => {}
+        }
+    }
+    Ok(table)
 }
 
 impl Bpe {
@@ -165,19 +239,17 @@ impl Bpe {
         mergeable: impl Fn(u32) -> bool,
         unk: Option<u32>,
     ) -> Bpe {
-        let (texts, flags) = index(tokens, mergeable);
-        let bytes = std::array::from_fn(|b| texts.get(&format!("<0x{b:02X}>")));
-        let unk = unk
-            .and_then(|u| tokens.get(u as usize))
-            .and_then(|t| texts.get(t));
-        Bpe(Arc::new(Vocabulary {
-            texts,
-            flags,
-            ranking: Ranking::Scores(scores.to_vec()),
-            bytes,
-            unk,
-            longest: longest(tokens),
-        }))
+        let o = Options {
+            byte_fallback: true,
+            unk: unk.and_then(|u| tokens.get(u as usize)).map(String::as_str),
+            fuse_unk: true,
+        };
+        let texts = tokens.iter().map(|t| Some(t.as_str()));
+        let ranking = |_: &Texts| Ok(Ranking::Scores(scores.to_vec()));
+        // The unknown token's text is one of the tokens: it is in the vocabulary.
+        Bpe(Arc::new(
+            Vocabulary::new(texts, mergeable, ranking, o).expect("a token's text is a token"),
+        ))
     }
 
     /// BPE with a merge list, each merge two tokens' texts separated by a space (split, as
@@ -189,37 +261,27 @@ impl Bpe {
         merges: &[String],
         ignore_merges: bool,
     ) -> Result<Bpe, String> {
-        let (texts, flags) = index(tokens, |_| true);
-        let mut table = HashMap::with_capacity(merges.len());
-        let mut joined = String::new();
-        let mut rank = 0u32;
+        let mut pairs = Vec::with_capacity(merges.len());
         for m in merges {
             let first = m.chars().next().map_or(0, char::len_utf8);
             let Some(space) = m[first..].find(' ').map(|p| p + first) else {
                 return Err(m.clone());
             };
-            let (a, b) = (&m[..space], &m[space + 1..]);
-            joined.clear();
-            joined.push_str(a);
-            joined.push_str(b);
-            if let (Some(a), Some(b), Some(new)) = (texts.get(a), texts.get(b), texts.get(&joined))
-            {
-                // As the crate's BPE: a pair listed twice keeps its later rank.
-                table.insert((a, b), (rank, new));
-                rank += 1;
-            }
+            pairs.push((&m[..space], &m[space + 1..]));
         }
-        Ok(Bpe(Arc::new(Vocabulary {
-            texts,
-            flags,
-            ranking: Ranking::Merges {
-                table,
+        let texts = tokens.iter().map(|t| Some(t.as_str()));
+        let ranking = |texts: &Texts| {
+            Ok(Ranking::Merges {
+                table: merge_table(texts, pairs.into_iter(), false)?,
                 ignore_merges,
-            },
-            bytes: [None; 256],
+            })
+        };
+        let o = Options {
+            byte_fallback: false,
             unk: None,
-            longest: longest(tokens),
-        })))
+            fuse_unk: false,
+        };
+        Ok(Bpe(Arc::new(Vocabulary::new(texts, |_| true, ranking, o)?)))
     }
 
     /// The same tokenizer as the `tokenizers` crate's BPE (for SentencePiece, with
@@ -228,17 +290,10 @@ impl Bpe {
         let v = &self.0;
         let vocab: Vocab = v.texts.map();
         let text = |id: u32| v.texts.text(id).to_string();
-        match &v.ranking {
+        let (builder, ignore_merges) = match &v.ranking {
             Ranking::Scores(scores) => {
                 let merges = derive_merges(&v.texts, scores, |id| self.merges(id));
-                let mut builder = BPE::builder()
-                    .vocab_and_merges(vocab, merges)
-                    .byte_fallback(true)
-                    .fuse_unk(true);
-                if let Some(u) = v.unk {
-                    builder = builder.unk_token(text(u));
-                }
-                builder.build()
+                (BPE::builder().vocab_and_merges(vocab, merges), false)
             }
             Ranking::Merges {
                 table,
@@ -248,12 +303,20 @@ impl Bpe {
                     table.iter().map(|(&(a, b), &(r, _))| (r, a, b)).collect();
                 ranked.sort_unstable();
                 let merges = ranked.into_iter().map(|(_, a, b)| (text(a), text(b)));
-                BPE::builder()
-                    .vocab_and_merges(vocab, merges.collect())
-                    .ignore_merges(*ignore_merges)
-                    .build()
+                (
+                    BPE::builder().vocab_and_merges(vocab, merges.collect()),
+                    *ignore_merges,
+                )
             }
+        };
+        let mut builder = builder
+            .byte_fallback(v.byte_fallback)
+            .fuse_unk(v.fuse_unk)
+            .ignore_merges(ignore_merges);
+        if let Some(u) = v.unk {
+            builder = builder.unk_token(text(u));
         }
+        builder.build()
     }
 
     fn merges(&self, id: u32) -> bool {
@@ -419,9 +482,13 @@ impl Bpe {
                 }
                 continue;
             }
-            if v.unk.is_some() {
+            if let Some(u) = v.unk {
                 unk = Some(match unk {
-                    Some((u_at, u_len)) => (u_at, u_len + s.len()),
+                    Some((u_at, u_len)) if v.fuse_unk => (u_at, u_len + s.len()),
+                    Some((u_at, u_len)) => {
+                        push(&mut pieces, u, u_at, u_len, false);
+                        (at, s.len())
+                    }
                     None => (at, s.len()),
                 });
             }
@@ -544,6 +611,152 @@ impl Serialize for Bpe {
     }
 }
 
+/// `tokenizer.json`'s BPE model, where this BPE runs it as the `tokenizers` crate does: no
+/// dropout, no continuing-subword prefix, no end-of-word suffix (the files of Llama 3, Qwen,
+/// Gemma, Mistral and SmolLM). Anything else is an error, and the caller reads the file with the
+/// crate's own BPE.
+impl<'de> Deserialize<'de> for Bpe {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Bpe, D::Error> {
+        BpeJson::deserialize(d)?
+            .build()
+            .map(|v| Bpe(Arc::new(v)))
+            .map_err(de::Error::custom)
+    }
+}
+
+/// A string from the JSON, borrowed where it has no escapes.
+#[derive(PartialEq, Eq, Hash)]
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text<'a>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(s.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A merge: `"a b"` (the older form) or `["a", "b"]`.
+enum MergeJson<'a> {
+    Line(Text<'a>),
+    Pair(Text<'a>, Text<'a>),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for MergeJson<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<MergeJson<'a>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MergeJson<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a merge")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<MergeJson<'de>, E> {
+                Ok(MergeJson::Line(Text(Cow::Borrowed(s))))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<MergeJson<'de>, E> {
+                Ok(MergeJson::Line(Text(Cow::Owned(s.to_string()))))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MergeJson<'de>, A::Error> {
+                let mut next = || -> Result<Text<'de>, A::Error> {
+                    seq.next_element()?
+                        .ok_or_else(|| de::Error::custom("a merge is a pair of tokens"))
+                };
+                let (a, b) = (next()?, next()?);
+                match seq.next_element::<de::IgnoredAny>()? {
+                    None => Ok(MergeJson::Pair(a, b)),
+                    Some(_) => Err(de::Error::custom("a merge is a pair of tokens")),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct BpeJson<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Text<'a>>,
+    dropout: Option<f32>,
+    #[serde(borrow)]
+    unk_token: Option<Text<'a>>,
+    #[serde(borrow)]
+    continuing_subword_prefix: Option<Text<'a>>,
+    #[serde(borrow)]
+    end_of_word_suffix: Option<Text<'a>>,
+    fuse_unk: Option<bool>,
+    byte_fallback: Option<bool>,
+    ignore_merges: Option<bool>,
+    #[serde(borrow)]
+    vocab: Option<HashMap<Text<'a>, u32>>,
+    #[serde(borrow)]
+    merges: Option<Vec<MergeJson<'a>>>,
+}
+
+impl BpeJson<'_> {
+    fn build(&self) -> Result<Vocabulary, String> {
+        if self.kind.as_ref().map(|k| &*k.0) != Some("BPE") {
+            return Err("not a BPE model".into());
+        }
+        if self.dropout.is_some_and(|d| d != 0.0)
+            || self.continuing_subword_prefix.is_some()
+            || self.end_of_word_suffix.is_some()
+        {
+            return Err("BPE with dropout, a subword prefix or a word suffix".into());
+        }
+        let (Some(vocab), Some(merges)) = (&self.vocab, &self.merges) else {
+            return Err("missing vocab/merges".into());
+        };
+        let n = vocab.values().max().map_or(0, |&m| m as usize + 1);
+        if n > super::tokenizer::MAX_VOCAB_TOKENS {
+            return Err(format!("token id {} is too large", n - 1));
+        }
+        let mut tokens: Vec<Option<&str>> = vec![None; n];
+        for (t, &id) in vocab {
+            if tokens[id as usize].replace(&t.0).is_some() {
+                return Err(format!("two tokens have the id {id}"));
+            }
+        }
+        // As the crate: one form for all merges; `#version` lines of the older form skipped.
+        let mut pairs = Vec::with_capacity(merges.len());
+        let lines = merges.iter().any(|m| matches!(m, MergeJson::Line(_)));
+        for m in merges {
+            match m {
+                MergeJson::Pair(a, b) if !lines => pairs.push((&*a.0, &*b.0)),
+                MergeJson::Line(l) if l.0.starts_with("#version") => {}
+                MergeJson::Line(l) => match l.0.split_once(' ') {
+                    Some((a, b)) if !b.contains(' ') => pairs.push((a, b)),
+                    _ => return Err(format!("bad merge '{}'", l.0)),
+                },
+                MergeJson::Pair(..) => return Err("merges of both forms".into()),
+            }
+        }
+        let ignore_merges = self.ignore_merges.unwrap_or(false);
+        let ranking = |texts: &Texts| {
+            Ok(Ranking::Merges {
+                table: merge_table(texts, pairs.into_iter(), true)?,
+                ignore_merges,
+            })
+        };
+        let o = Options {
+            byte_fallback: self.byte_fallback.unwrap_or(false),
+            unk: self.unk_token.as_ref().map(|t| &*t.0),
+            fuse_unk: self.fuse_unk.unwrap_or(false),
+        };
+        Vocabulary::new(tokens.into_iter(), |_| true, ranking, o)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -657,6 +870,98 @@ mod tests {
             Bpe::with_merges(&["a".into()], &["ab".into()], false).err(),
             Some("ab".to_string())
         );
+    }
+
+    /// `tokenizer.json` BPE models (both forms of merges, byte fallback, fused or single unknown
+    /// tokens, `ignore_merges`, ids with gaps where texts repeat): where the crate reads one, ours
+    /// reads it too and gives the same pieces; where the crate refuses one, so does ours.
+    #[test]
+    fn tokenizer_json_models_give_the_crates_pieces() {
+        let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+        let mut read = 0;
+        for _ in 0..200 {
+            let letters = 2 + rng.below(ALPHABET.len() - 1);
+            let (tokens, _, _) = vocab(&mut rng, letters);
+            let vocab: serde_json::Map<String, serde_json::Value> = tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.clone(), i.into()))
+                .collect();
+            let word = |rng: &mut Rng| -> String {
+                let len = 1 + rng.below(3);
+                (0..len).map(|_| ALPHABET[rng.below(letters)]).collect()
+            };
+            let pairs: Vec<(String, String)> =
+                (0..60).map(|_| (word(&mut rng), word(&mut rng))).collect();
+            // Merges naming missing tokens make both refuse the file: keep most files readable.
+            let strict = rng.below(4) == 0;
+            let pairs: Vec<(String, String)> = pairs
+                .into_iter()
+                .filter(|(a, b)| {
+                    strict
+                        || [a, b, &format!("{a}{b}")]
+                            .iter()
+                            .all(|t| vocab.contains_key(*t))
+                })
+                .collect();
+            let merges: serde_json::Value = match rng.below(2) {
+                0 => pairs.iter().map(|(a, b)| format!("{a} {b}")).collect(),
+                _ => pairs
+                    .iter()
+                    .map(|(a, b)| serde_json::json!([a, b]))
+                    .collect(),
+            };
+            let unk = [None, Some("<unk>")][rng.below(2)];
+            let json = serde_json::json!({
+                "type": "BPE",
+                "dropout": null,
+                "unk_token": unk,
+                "fuse_unk": rng.below(2) == 1,
+                "byte_fallback": rng.below(2) == 1,
+                "ignore_merges": rng.below(2) == 1,
+                "vocab": vocab,
+                "merges": merges,
+            })
+            .to_string();
+            let theirs = serde_json::from_str::<BPE>(&json);
+            let ours = serde_json::from_str::<Bpe>(&json);
+            let (Ok(theirs), Ok(ours)) = (&theirs, &ours) else {
+                assert!(theirs.is_err() && ours.is_err(), "{json}");
+                continue;
+            };
+            read += 1;
+            for _ in 0..100 {
+                let len = rng.below(16);
+                let text: String = (0..len)
+                    .map(|_| match rng.below(letters + 2) {
+                        i if i == letters => "x",
+                        i if i == letters + 1 => "\u{1F600}",
+                        i => ALPHABET[i],
+                    })
+                    .collect();
+                assert_eq!(
+                    ours.tokenize(&text).ok(),
+                    theirs.tokenize(&text).ok(),
+                    "{text:?}"
+                );
+            }
+        }
+        assert!(read > 100, "{read} files read");
+        // What ours leaves to the crate: dropout, subword prefixes, mixed forms of merges.
+        for refused in [
+            r#"{"type":"BPE","dropout":0.1,"vocab":{"a":0},"merges":[]}"#,
+            r#"{"type":"BPE","continuing_subword_prefix":"@@","vocab":{"a":0},"merges":[]}"#,
+            r#"{"type":"BPE","vocab":{"a":0,"aa":1},"merges":["a a",["a","a"]]}"#,
+            r#"{"type":"WordPiece","vocab":{"a":0},"merges":[]}"#,
+        ] {
+            assert!(serde_json::from_str::<Bpe>(refused).is_err(), "{refused}");
+        }
+        // The older form's `#version` line is not a merge.
+        let ours = serde_json::from_str::<Bpe>(
+            r##"{"type":"BPE","vocab":{"a":0,"aa":1},"merges":["#version: 0.2","a a"]}"##,
+        )
+        .unwrap();
+        assert_eq!(ours.tokenize("aa").unwrap()[0].id, 1);
     }
 
     #[test]

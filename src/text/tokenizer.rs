@@ -249,6 +249,7 @@ impl Tokenizer {
         let shape: json_shape::Shape = serde_json::from_slice(bytes)
             .map_err(|e| tok_err(format!("tokenizer.json could not be read: {e}")))?;
         let vocab = shape.model.as_ref().map(|m| m.vocab).unwrap_or_default();
+        let bpe = shape.model.as_ref().and_then(|m| m.kind.as_deref()) == Some("BPE");
         let added = shape.added_tokens.unwrap_or_default();
         check_vocab_limits(
             SOURCE,
@@ -258,27 +259,36 @@ impl Tokenizer {
             shape.model.map_or(0, |m| m.merges.count),
             added.count,
         )?;
-        let mut inner = tokenizers::Tokenizer::from_bytes(bytes)
-            .map_err(|e| hf_err("tokenizer.json could not be read", e))?;
+        // A BPE model runs as our BPE where it can ([`Bpe`]'s `Deserialize`): no per-merge
+        // strings and tables of the crate's builder. Any other, and any file our BPE refuses,
+        // is the crate's.
+        let ours = bpe.then(|| serde_json::from_slice::<BpeTokenizer>(bytes).ok());
+        let mut inner = match ours.flatten() {
+            Some(t) => Inner::Bpe(t),
+            None => Inner::Hf(
+                tokenizers::Tokenizer::from_bytes(bytes)
+                    .map_err(|e| hf_err("tokenizer.json could not be read", e))?,
+            ),
+        };
         // Some tokenizer.json files keep the padding and truncation of a training run (all-MiniLM:
         // pad to 128 and cut at 128): encoding must give a text's tokens, all of them and nothing
         // else. The caller decides what is too long.
-        inner.with_padding(None);
-        inner
-            .with_truncation(None)
-            .map_err(|e| hf_err("tokenizer.json could not be read", e))?;
-        let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
+        with_inner!(&mut inner, t => {
+            t.with_padding(None);
+            t.with_truncation(None).map(|_| ())
+        })
+        .map_err(|e| hf_err("tokenizer.json could not be read", e))?;
+        let find = |names: &[&str]| names.iter().find_map(|n| inner_token_to_id(&inner, n));
         let bos = find(&["<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>"]);
         let mut eos: Vec<u32> = ["</s>", "<eos>"]
             .iter()
             .chain(END_OF_GENERATION)
-            .filter_map(|n| inner.token_to_id(n))
+            .filter_map(|n| inner_token_to_id(&inner, n))
             .collect();
         dedup(&mut eos);
         // The ids run up to the largest, which an added token may put past the count of tokens
         // (ids with gaps): encode can give it, so decode must take it.
-        let largest = inner
-            .get_vocab(true)
+        let largest = with_inner!(&inner, t => t.get_vocab(true))
             .into_values()
             .max()
             .map_or(0, |id| id as u64 + 1);
@@ -290,9 +300,9 @@ impl Tokenizer {
                 MAX_VOCAB_TOKENS as u64,
             ));
         }
-        let vocab_size = inner.get_vocab_size(true).max(largest as usize);
+        let vocab_size = with_inner!(&inner, t => t.get_vocab_size(true)).max(largest as usize);
         Ok(Tokenizer {
-            inner: Arc::new(Inner::Hf(inner)),
+            inner: Arc::new(inner),
             plain: Arc::new(OnceLock::new()),
             bytes: Arc::new(OnceLock::new()),
             bos,
@@ -701,9 +711,10 @@ impl Tokenizer {
         self.manual_specials && self.add_bos && self.bos.is_some()
     }
 
-    /// The BPE model of a GGUF `llama` or `gpt2` vocabulary, for the fuzz targets' checks.
+    /// Our BPE model (a GGUF `llama` or `gpt2` vocabulary, a `tokenizer.json` BPE), for the
+    /// fuzz targets' checks.
     #[cfg(feature = "harness")]
-    pub(crate) fn gguf_bpe(&self) -> Option<&Bpe> {
+    pub(crate) fn own_bpe(&self) -> Option<&Bpe> {
         match &*self.inner {
             Inner::Bpe(t) => Some(t.get_model()),
             Inner::Hf(_) => None,
@@ -711,7 +722,7 @@ impl Tokenizer {
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
-        with_inner!(&*self.inner, t => t.token_to_id(token))
+        inner_token_to_id(&self.inner, token)
     }
 
     pub fn id_to_token(&self, id: u32) -> Option<String> {
@@ -863,6 +874,8 @@ mod json_shape {
 
     #[derive(Deserialize)]
     pub struct Model {
+        #[serde(default, rename = "type")]
+        pub kind: Option<String>,
         #[serde(default)]
         pub vocab: Tokens,
         #[serde(default)]
@@ -1091,6 +1104,10 @@ fn wpm_pipeline(
     ])));
     tk.with_decoder(Some(WordPieceDecoder::new("##".into(), true)));
     Ok(())
+}
+
+fn inner_token_to_id(inner: &Inner, token: &str) -> Option<u32> {
+    with_inner!(inner, t => t.token_to_id(token))
 }
 
 /// SentencePiece's normalizer (spaces as `▁`, one prepended where the vocabulary says) and the
