@@ -1,4 +1,5 @@
-//! BPE over a GGUF vocabulary, as a `tokenizers` model: both kinds llama.cpp reads.
+//! BPE of PocketLM's own, as a `tokenizers` model: both kinds of GGUF vocabulary llama.cpp
+//! reads, and `tokenizer.json` BPE models (see `Deserialize for Bpe`).
 //!
 //! - SentencePiece (`llama`): of all adjacent pairs of pieces whose concatenation is a token,
 //!   the one whose token has the highest score merges, until none is left. As merges for the
@@ -7,9 +8,9 @@
 //!   deriving them and building BPE's merge table took most of a model load's tokenizer time.
 //!   Here the concatenation of a pair is looked up in the vocabulary when the pair is met, which
 //!   is what SentencePiece and llama.cpp do, and nothing but the vocabulary is needed.
-//! - A merge list (`gpt2`: Llama 3, Qwen, SmolLM): the pair of the lowest rank merges first. The
-//!   list is read straight into a table of token ids (the crate's builder takes the merges as
-//!   strings and looks every one up again).
+//! - A merge list (GGUF `gpt2`: Llama 3, Qwen, SmolLM; `tokenizer.json`): the pair of the lowest
+//!   rank merges first. The list is read straight into a table of token ids (the crate's
+//!   builder takes the merges as strings and looks every one up again).
 //!
 //! Either gives the ids of the crate's BPE exactly: the same initial pieces (a character's token,
 //! else, for SentencePiece, its `<0xNN>` byte tokens, else the unknown token, consecutive

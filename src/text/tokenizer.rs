@@ -1,5 +1,6 @@
-//! The tokenizer: a `tokenizers::Tokenizer` built from a `tokenizer.json` or from a GGUF file's
-//! `tokenizer.ggml.*` metadata, plus the streaming detokenizer.
+//! The tokenizer: the `tokenizers` crate's pipeline, built from a `tokenizer.json` or from a GGUF
+//! file's `tokenizer.ggml.*` metadata, with BPE of our own ([`super::bpe`]) where the model is
+//! BPE, plus the streaming detokenizer.
 //!
 //! From GGUF, three vocabulary kinds are rebuilt the way llama.cpp reads them:
 //! - `gpt2`: byte-level BPE (`tokens` + `merges`, [`super::bpe`]); the pre-tokenizer regexes are
