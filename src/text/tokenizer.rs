@@ -1,12 +1,12 @@
 //! The tokenizer: the `tokenizers` crate's pipeline, built from a `tokenizer.json` or from a GGUF
-//! file's `tokenizer.ggml.*` metadata, with BPE of our own ([`super::bpe`]) where the model is
+//! file's `tokenizer.ggml.*` metadata, with BPE of our own (`src/text/bpe.rs`) where the model is
 //! BPE, plus the streaming detokenizer.
 //!
 //! From GGUF, three vocabulary kinds are rebuilt the way llama.cpp reads them:
-//! - `gpt2`: byte-level BPE (`tokens` + `merges`, [`super::bpe`]); the pre-tokenizer regexes are
+//! - `gpt2`: byte-level BPE (`tokens` + `merges`, `src/text/bpe.rs`); the pre-tokenizer regexes are
 //!   llama.cpp's for the `tokenizer.ggml.pre` value, applied one after the other, each splitting
 //!   the pieces the previous one left.
-//! - `llama`: SentencePiece BPE ([`super::bpe`]: the adjacent pair that forms the token of the
+//! - `llama`: SentencePiece BPE (`src/text/bpe.rs`: the adjacent pair that forms the token of the
 //!   highest score merges first, as SentencePiece does), characters outside the vocabulary fall
 //!   back to `<0xXX>` byte tokens, spaces become `▁`, and a `▁` is prepended as
 //!   `tokenizer.ggml.add_space_prefix` says.
