@@ -3,9 +3,9 @@
 //! BPE, plus the streaming detokenizer.
 //!
 //! From GGUF, three vocabulary kinds are rebuilt the way llama.cpp reads them:
-//! - `gpt2`: byte-level BPE (`tokens` + `merges`, `src/text/bpe.rs`); the pre-tokenizer regexes are
-//!   llama.cpp's for the `tokenizer.ggml.pre` value, applied one after the other, each splitting
-//!   the pieces the previous one left.
+//! - `gpt2`: byte-level BPE (`tokens` + `merges`, `src/text/bpe.rs`); the pre-tokenizer
+//!   regexes are llama.cpp's for the `tokenizer.ggml.pre` value, applied one after the other,
+//!   each splitting the pieces the previous one left.
 //! - `llama`: SentencePiece BPE (`src/text/bpe.rs`: the adjacent pair that forms the token of the
 //!   highest score merges first, as SentencePiece does), characters outside the vocabulary fall
 //!   back to `<0xXX>` byte tokens, spaces become `▁`, and a `▁` is prepended as
