@@ -629,22 +629,24 @@ impl<'de> Deserialize<'de> for Bpe {
 #[derive(PartialEq, Eq, Hash)]
 struct Text<'a>(Cow<'a, str>);
 
+struct TextVisitor;
+
+impl<'de> Visitor<'de> for TextVisitor {
+    type Value = Text<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Text<'de>, E> {
+        Ok(Text(Cow::Borrowed(s)))
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Text<'de>, E> {
+        Ok(Text(Cow::Owned(s.to_string())))
+    }
+}
+
 impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text<'a>, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Borrowed(s)))
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(s.to_string())))
-            }
-        }
-        d.deserialize_str(V)
+        d.deserialize_str(TextVisitor)
     }
 }
 
@@ -663,10 +665,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for MergeJson<'a> {
                 f.write_str("a merge")
             }
             fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<MergeJson<'de>, E> {
-                Ok(MergeJson::Line(Text(Cow::Borrowed(s))))
+                TextVisitor.visit_borrowed_str(s).map(MergeJson::Line)
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<MergeJson<'de>, E> {
-                Ok(MergeJson::Line(Text(Cow::Owned(s.to_string()))))
+                TextVisitor.visit_str(s).map(MergeJson::Line)
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MergeJson<'de>, A::Error> {
                 let mut next = || -> Result<Text<'de>, A::Error> {
