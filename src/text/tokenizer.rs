@@ -171,7 +171,8 @@ fn hf_err(what: &str, e: tokenizers::Error) -> Error {
     tok_err(format!("{what}: {e}"))
 }
 
-/// A GGUF BPE vocabulary's tokenizer: the `tokenizers` pipeline around [`Bpe`].
+/// A BPE tokenizer (GGUF vocabularies, `tokenizer.json` BPE): the `tokenizers` pipeline around
+/// [`Bpe`].
 type BpeTokenizer = TokenizerImpl<
     Bpe,
     NormalizerWrapper,
@@ -180,7 +181,7 @@ type BpeTokenizer = TokenizerImpl<
     DecoderWrapper,
 >;
 
-/// The `tokenizers` pipeline: one of the crate's models, or BPE of our own (GGUF vocabularies).
+/// The `tokenizers` pipeline: one of the crate's models, or BPE of our own.
 // One per tokenizer, behind an `Arc`: the variants' sizes do not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
@@ -474,14 +475,13 @@ impl Tokenizer {
         } else {
             tokens
         };
-        // The vocabulary. Where two ids share a text, the first keeps it.
-        let mut vocab: HashMap<&str, u32> = HashMap::with_capacity(n);
-        for (i, t) in texts.iter().enumerate() {
-            vocab.entry(t.as_str()).or_insert(i as u32);
-        }
-        let hf_vocab = || -> Vocab { vocab.iter().map(|(k, &v)| (k.to_string(), v)).collect() };
-
+        // Where two ids share a text, the first keeps it: in WordPiece's vocabulary here, and in
+        // our BPE's (`Bpe`).
         let mut inner = if wpm {
+            let mut vocab = Vocab::with_capacity(n);
+            for (i, t) in texts.iter().enumerate() {
+                vocab.entry(t.clone()).or_insert(i as u32);
+            }
             // Checked above: BERT always has an unknown token.
             let u = unk.unwrap_or(0);
             let unk_text = &texts[u as usize];
@@ -498,7 +498,7 @@ impl Tokenizer {
                 .get_opt::<bool>("tokenizer.ggml.normalizer.strip_accents")?
                 .unwrap_or(lowercase);
             let model = WordPiece::builder()
-                .vocab(hf_vocab())
+                .vocab(vocab)
                 .unk_token(unk_text.clone())
                 .continuing_subword_prefix("##".into())
                 .max_input_chars_per_word(MAX_WORDPIECE_CHARS)
@@ -570,9 +570,11 @@ impl Tokenizer {
         let mut specials = Vec::new();
         let mut added = Vec::new();
         let mut eog: Vec<u32> = [eos, eot, eom].into_iter().flatten().collect();
+        // The id a text maps to (no added tokens yet): the first with that text.
+        let first = |t: &str| inner_token_to_id(&inner, t);
         for (i, t) in texts.iter().enumerate() {
             let i = i as u32;
-            if t.is_empty() || vocab.get(t.as_str()) != Some(&i) {
+            if t.is_empty() || first(t) != Some(i) {
                 continue;
             }
             match types[i as usize] {
@@ -593,7 +595,7 @@ impl Tokenizer {
         dedup(&mut eog);
         for &i in &special_ids {
             let t = &texts[i as usize];
-            if !t.is_empty() && vocab.get(t.as_str()) == Some(&i) {
+            if !t.is_empty() && first(t) == Some(i) {
                 specials.push(AddedToken::from(t.clone(), true).normalized(false));
             }
         }
