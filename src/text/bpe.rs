@@ -69,6 +69,8 @@ struct Texts {
     /// The first id of each text, found by the text's hash.
     first: HashTable<u32>,
     hasher: RandomState,
+    /// The longest text's bytes.
+    longest: usize,
 }
 
 impl Texts {
@@ -80,6 +82,7 @@ impl Texts {
             ends: Vec::with_capacity(tokens.len()),
             first: HashTable::with_capacity(tokens.len()),
             hasher: RandomState::new(),
+            longest: 0,
         };
         let mut firsts = Vec::with_capacity(tokens.len());
         for (i, token) in tokens.enumerate() {
@@ -90,6 +93,7 @@ impl Texts {
             };
             t.all.push_str(token);
             t.ends.push(t.all.len() as u32);
+            t.longest = t.longest.max(token.len());
             let hash = t.hasher.hash_one(token);
             let first = t.first.find(hash, |&id| t.text(id) == token).is_none();
             if first {
@@ -98,6 +102,7 @@ impl Texts {
                     ends,
                     all,
                     hasher,
+                    ..
                 } = &mut t;
                 first.insert_unique(hash, i as u32, |&id| {
                     hasher.hash_one(text_in(all, ends, id))
@@ -144,10 +149,9 @@ struct Vocabulary {
     /// token's text), and whether a run of such characters is one of it.
     unk: Option<u32>,
     fuse_unk: bool,
-    longest: usize,
 }
 
-/// BPE over a shared GGUF vocabulary (cloning is cheap).
+/// BPE over a shared vocabulary (cloning is cheap).
 #[derive(Clone)]
 pub(crate) struct Bpe(Arc<Vocabulary>);
 
@@ -162,12 +166,11 @@ impl Vocabulary {
     /// The texts (`None` for an id without a token), each id's mergeability, the ranking made
     /// from the texts; an unknown token whose text is not a token is an error.
     fn new<'a>(
-        tokens: impl ExactSizeIterator<Item = Option<&'a str>> + Clone,
+        tokens: impl ExactSizeIterator<Item = Option<&'a str>>,
         mergeable: impl Fn(u32) -> bool,
         ranking: impl FnOnce(&Texts) -> Result<Ranking, String>,
         o: Options,
     ) -> Result<Vocabulary, String> {
-        let longest = tokens.clone().flatten().map(str::len).max().unwrap_or(0);
         let (texts, firsts) = Texts::new(tokens);
         let flags = firsts
             .into_iter()
@@ -197,7 +200,6 @@ impl Vocabulary {
             bytes,
             unk,
             fuse_unk: o.fuse_unk,
-            longest,
         })
     }
 }
@@ -344,7 +346,7 @@ impl Bpe {
             return None;
         }
         let (left, right) = (v.texts.text(a.id), v.texts.text(b.id));
-        if left.is_empty() || right.is_empty() || left.len() + right.len() > v.longest {
+        if left.is_empty() || right.is_empty() || left.len() + right.len() > v.texts.longest {
             return None;
         }
         // A piece that spells its stretch of the text is looked up there, without a copy.
@@ -502,7 +504,7 @@ impl Bpe {
 }
 
 impl Model for Bpe {
-    /// Never used: a GGUF vocabulary is not trained here.
+    /// Never used: nothing is trained here.
     type Trainer = BpeTrainer;
 
     fn tokenize(&self, text: &str) -> tokenizers::Result<Vec<Token>> {
@@ -595,7 +597,7 @@ impl Model for Bpe {
     }
 
     fn save(&self, _folder: &Path, _prefix: Option<&str>) -> tokenizers::Result<Vec<PathBuf>> {
-        Err("a vocabulary read from GGUF is saved as tokenizer.json".into())
+        Err("this BPE is saved as part of tokenizer.json (Tokenizer::to_json)".into())
     }
 
     fn get_trainer(&self) -> BpeTrainer {
