@@ -12,14 +12,24 @@ Each model exercises what its architecture adds: Qwen3's q/k norm and explicit h
 sandwich norms, (1 + w) norm weights (1-D weights are randomised so the offset matters), GeGLU,
 embedding scale, sliding windows shorter than the prompt, Gemma 2's soft-capping and Gemma 3's
 local RoPE base and linear scaling; Phi-3's fused projections, partial rotary and LongRoPE;
-SmolLM3's NoPE layer; Mistral's sliding window.
+SmolLM3's NoPE layer; Mistral's sliding window. tiny-gemma3-mm is a multimodal Gemma 3
+(`Gemma3ForConditionalGeneration`, as Gemma 3 4B and larger ship) with a tiny image encoder, as
+transformers 5 saves it (`language_model.model.` names, the full `text_config`);
+tiny-gemma3-mm-sparse is the same weights as transformers 4.52-4.57 saved them
+(`model.language_model.` names) with the `text_config` transformers 4.50 wrote for the hub's
+checkpoints: only what differs from `Gemma3TextConfig`'s defaults, RoPE scaling as
+`rope_scaling`. gemma-3-4b-it.json is that hub checkpoint's config.json, and
+gemma-3-4b-it.expected.json the text model transformers reads from it.
+
+Only the models named on the command line are made when any are (seeds stay per model).
 
 Run in a throwaway environment (torch is large; never install it in CI):
     python3 -m venv /tmp/fx && /tmp/fx/bin/pip install torch transformers safetensors numpy
-    /tmp/fx/bin/python scripts/make_fixtures.py
+    /tmp/fx/bin/python scripts/make_fixtures.py [NAME ...]
 """
 import json
 import pathlib
+import sys
 
 import numpy as np
 import torch
@@ -46,6 +56,59 @@ def longrope_factors(n, seed):
     return [float(x) for x in np.round(g.uniform(1.0, 4.0, n), 3)]
 
 
+# The multimodal fixture's image encoder: one SigLIP layer, 2×2 patches, pooled to 4 tokens.
+TINY_SIGLIP = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                   image_size=28, patch_size=14)
+# Its image tokens: prompts stay below them.
+FIRST_IMAGE_TOKEN = 125
+
+
+def gemma3_multimodal(**text):
+    return transformers.Gemma3Config(text_config=text, vision_config=TINY_SIGLIP,
+                                     mm_tokens_per_image=4, boi_token_index=125,
+                                     eoi_token_index=126, image_token_index=127)
+
+
+GEMMA3_TEXT = dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=5, num_hidden_layers=6,
+                   rope_parameters={
+                       "full_attention": {"rope_type": "linear", "factor": 8.0,
+                                          "rope_theta": 1000000.0},
+                       "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                   },
+                   hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True)
+
+# The hub's google/gemma-3-4b-it config.json (written by transformers 4.50).
+GEMMA3_4B_CONFIG = {
+    "architectures": ["Gemma3ForConditionalGeneration"],
+    "boi_token_index": 255999,
+    "eoi_token_index": 256000,
+    "eos_token_id": [1, 106],
+    "image_token_index": 262144,
+    "initializer_range": 0.02,
+    "mm_tokens_per_image": 256,
+    "model_type": "gemma3",
+    "text_config": {
+        "hidden_size": 2560,
+        "intermediate_size": 10240,
+        "model_type": "gemma3_text",
+        "num_hidden_layers": 34,
+        "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+        "sliding_window": 1024,
+    },
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.50.0.dev0",
+    "vision_config": {
+        "hidden_size": 1152,
+        "image_size": 896,
+        "intermediate_size": 4304,
+        "model_type": "siglip_vision_model",
+        "num_attention_heads": 16,
+        "num_hidden_layers": 27,
+        "patch_size": 14,
+        "vision_use_head": False,
+    },
+}
+
 # name: (config class, model class, config overrides, weights dtype, randomise 1-D weights)
 MODELS = {
     "tiny-llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM,
@@ -59,14 +122,7 @@ MODELS = {
                    dict(head_dim=16, rope_theta=1000000.0, tie_word_embeddings=True), "bf16", True),
     "tiny-gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM,
                     # Six layers: five local, one global, the pattern llama.cpp assumes for GGUF.
-                    dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=5,
-                         num_hidden_layers=6,
-                         rope_parameters={
-                             "full_attention": {"rope_type": "linear", "factor": 8.0,
-                                                "rope_theta": 1000000.0},
-                             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-                         },
-                         hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True),
+                    GEMMA3_TEXT,
                     "f16", True),
     "tiny-gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM,
                     # query_pre_attn_scalar = head_dim, as in Gemma 2 2B/9B (llama.cpp's GGUF
@@ -94,11 +150,80 @@ MODELS = {
                      dict(rope_theta=10000.0, sliding_window=5, head_dim=12,
                           tie_word_embeddings=False),
                      "f32", True),
+    # Gemma 3 4B and larger ship as bf16 multimodal checkpoints.
+    "tiny-gemma3-mm": (gemma3_multimodal, transformers.Gemma3ForConditionalGeneration,
+                       GEMMA3_TEXT, "bf16", True),
 }
 
 
+def sparse_layout(folder, out):
+    """tiny-gemma3-mm as transformers 4.52-4.57 named its tensors, with the sparse text_config
+    transformers 4.50 wrote (only settings that differ from the defaults; RoPE scaling as
+    `rope_scaling`, the RoPE bases and the layer pattern being the defaults)."""
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    renames = [("language_model.model.", "model.language_model."),
+               ("language_model.lm_head.", "lm_head."),
+               ("vision_tower.", "model.vision_tower."),
+               ("multi_modal_projector.", "model.multi_modal_projector.")]
+
+    def rename(k):
+        for old, new in renames:
+            if k.startswith(old):
+                return new + k[len(old):]
+        return k
+
+    tensors = load_file(folder / "model.safetensors")
+    save_file({rename(k): v for k, v in tensors.items()}, out / "model.safetensors",
+              metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    text = config["text_config"]
+    defaults = transformers.Gemma3TextConfig().to_dict()
+    sparse = {k: v for k, v in text.items()
+              if k == "model_type" or (k in defaults and defaults[k] != v
+                                       and k not in ("rope_parameters", "layer_types"))}
+    assert text["rope_parameters"]["full_attention"]["rope_theta"] == \
+        defaults["rope_parameters"]["full_attention"]["rope_theta"]
+    sparse["rope_scaling"] = {"factor": text["rope_parameters"]["full_attention"]["factor"],
+                              "rope_type": "linear"}
+    config["text_config"] = sparse
+    config.pop("tie_word_embeddings", None)
+    config["transformers_version"] = "4.50.0.dev0"
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    # The same model: transformers' view of this config must be the one it saved.
+    reread = transformers.Gemma3Config(**{k: v for k, v in config.items()
+                                          if k not in ("architectures", "transformers_version",
+                                                       "model_type")}).text_config
+    for k in ["hidden_activation", "tie_word_embeddings", "rope_parameters", "layer_types",
+              "sliding_window", "head_dim", "rms_norm_eps", "vocab_size"]:
+        assert getattr(reread, k) == text[k], (k, getattr(reread, k), text[k])
+    for f in ["reference.json", "logits.f32"]:
+        (out / f).write_bytes((folder / f).read_bytes())
+
+
+def hub_config_reference():
+    """The hub's Gemma 3 4B config.json and the text model transformers reads from it."""
+    path = OUT / "gemma-3-4b-it.json"
+    path.write_text(json.dumps(GEMMA3_4B_CONFIG, indent=2) + "\n")
+    text = transformers.Gemma3Config(**{k: v for k, v in GEMMA3_4B_CONFIG.items()
+                                        if k not in ("architectures", "transformers_version",
+                                                     "model_type")}).text_config
+    keys = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+            "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_activation",
+            "max_position_embeddings", "rms_norm_eps", "query_pre_attn_scalar", "sliding_window",
+            "layer_types", "rope_parameters", "tie_word_embeddings", "attention_bias",
+            "final_logit_softcapping", "attn_logit_softcapping"]
+    (OUT / "gemma-3-4b-it.expected.json").write_text(json.dumps(
+        {"generator": f"scripts/make_fixtures.py, transformers {transformers.__version__}",
+         **{k: getattr(text, k) for k in keys}}, indent=2) + "\n")
+
+
 def main():
+    only = sys.argv[1:]
     for i, (name, (config_cls, model_cls, extra, dtype, rand_1d)) in enumerate(MODELS.items()):
+        if only and name not in only:
+            continue
         torch.manual_seed(1234 + i)
         config = config_cls(**{**COMMON, **extra})
         # The reference implementation, with soft-capping and windows applied literally.
@@ -128,7 +253,9 @@ def main():
         for extra_file in ["generation_config.json"]:
             (folder / extra_file).unlink(missing_ok=True)
         rng = np.random.default_rng(99 + i)
-        ids = rng.integers(0, COMMON["vocab_size"], size=PROMPT_LEN).tolist()
+        multimodal = model_cls is transformers.Gemma3ForConditionalGeneration
+        top = FIRST_IMAGE_TOKEN if multimodal else COMMON["vocab_size"]
+        ids = rng.integers(0, top, size=PROMPT_LEN).tolist()
         with torch.no_grad():
             logits = model(torch.tensor([ids])).logits[0].to(torch.float32).numpy()
         logits.astype("<f4").tofile(folder / "logits.f32")
@@ -139,6 +266,10 @@ def main():
             "shape": list(logits.shape),
         }, indent=2) + "\n")
         print(name, sorted(p.name for p in folder.iterdir()))
+        if multimodal:
+            sparse_layout(folder, OUT / f"{name}-sparse")
+    if not only or "tiny-gemma3-mm" in only:
+        hub_config_reference()
 
 
 if __name__ == "__main__":

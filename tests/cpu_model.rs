@@ -78,6 +78,28 @@ fn every_tiny_architecture_matches_transformers_on_the_cpu() {
     }
 }
 
+/// A multimodal Gemma 3 checkpoint's language model, in both of transformers' tensor layouts:
+/// the image encoder's tensors are left in the file, never loaded (`pocketlm info` counts them).
+#[test]
+fn multimodal_gemma3_runs_its_language_model_on_the_cpu() {
+    for name in ["tiny-gemma3-mm", "tiny-gemma3-mm-sparse"] {
+        let loaded = load(&models().join(name));
+        let summary = loaded.files.summary();
+        assert_eq!(summary.not_loaded, 34, "{name}");
+        assert_eq!(loaded.tensors.len(), summary.tensors - 34, "{name}");
+        for t in loaded.tensors.keys() {
+            assert!(
+                !t.contains("vision_tower") && !t.contains("multi_modal_projector"),
+                "{name}: {t} was loaded"
+            );
+        }
+        let (ids, want) = reference(name);
+        let mut model = decoder(name, false);
+        let got = model.forward_logits(cpu(), &ids, 0).unwrap();
+        assert_logits_close(name, &got, &want, model.config.vocab, 1e-3);
+    }
+}
+
 #[test]
 fn gguf_conversions_match_transformers_on_the_cpu() {
     for name in TINY_GGUF_FIXTURES {

@@ -135,6 +135,16 @@ fn tiny_gemma3_matches_transformers() {
     check_fixture("tiny-gemma3");
 }
 
+/// Gemma 3 4B and larger ship as multimodal checkpoints: the language model runs alone, its
+/// tensors named as transformers 5 and 4.50 save them (`language_model.model.`) and as 4.52-4.57
+/// did (`model.language_model.`, with the hub's sparse `text_config`); bf16.
+#[test]
+fn tiny_gemma3_multimodal_checkpoints_match_transformers() {
+    for name in ["tiny-gemma3-mm", "tiny-gemma3-mm-sparse"] {
+        check_fixture(name);
+    }
+}
+
 /// Attention and final-logit soft-capping, query_pre_attn_scalar, alternating windows.
 #[test]
 fn tiny_gemma2_matches_transformers() {

@@ -392,3 +392,93 @@ fn absurd_sizes_in_gguf_metadata_are_refused_with_the_numbers() {
         "{e}"
     );
 }
+
+/// Gemma 3 4B and larger ship as multimodal checkpoints: the language model's settings are the
+/// `text_config`, which on the hub gives only what differs from transformers' defaults. What
+/// PocketLM reads from the hub's Gemma 3 4B config.json must be the text model transformers
+/// reads from it (scripts/make_fixtures.py wrote both files), and the tiny multimodal fixtures
+/// (full and sparse `text_config`) must read as the text-only tiny Gemma 3 does.
+#[test]
+fn multimodal_gemma3_configs_read_their_text_model_as_transformers_does() {
+    use pocketlm::kernels::GateActivation;
+    use pocketlm::model::{LayerRope, RopeScaling};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    let json = std::fs::read_to_string(dir.join("gemma-3-4b-it.json")).unwrap();
+    let c = ModelConfig::from_hf_json(&json, "gemma-3-4b-it").unwrap();
+    let want: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("gemma-3-4b-it.expected.json")).unwrap(),
+    )
+    .unwrap();
+    let n = |k: &str| want[k].as_u64().unwrap() as usize;
+    assert_eq!(c.architecture, Architecture::Gemma3);
+    assert_eq!(
+        (c.vocab, c.hidden, c.ffn, c.layers),
+        (
+            n("vocab_size"),
+            n("hidden_size"),
+            n("intermediate_size"),
+            n("num_hidden_layers")
+        )
+    );
+    assert_eq!(
+        (c.heads, c.kv_heads, c.head_dim, c.max_positions),
+        (
+            n("num_attention_heads"),
+            n("num_key_value_heads"),
+            n("head_dim"),
+            n("max_position_embeddings")
+        )
+    );
+    assert_eq!(want["hidden_activation"], "gelu_pytorch_tanh");
+    assert_eq!(c.activation, GateActivation::GeluTanh);
+    assert_eq!(
+        c.rms_eps as f64,
+        want["rms_norm_eps"].as_f64().unwrap() as f32 as f64
+    );
+    assert_eq!(
+        c.attn_scale,
+        (1.0 / (n("query_pre_attn_scalar") as f64).sqrt()) as f32
+    );
+    assert_eq!(c.tied_embeddings, want["tie_word_embeddings"] == true);
+    assert_eq!(c.qkv_bias, want["attention_bias"] == true);
+    assert!(want["final_logit_softcapping"].is_null() && c.final_softcap.is_none());
+    assert!(want["attn_logit_softcapping"].is_null() && c.attn_softcap.is_none());
+    let rope = &want["rope_parameters"];
+    let full = &rope["full_attention"];
+    assert_eq!(full["rope_type"], "linear");
+    assert_eq!(
+        c.rope_scaling,
+        RopeScaling::Linear(full["factor"].as_f64().unwrap() as f32)
+    );
+    assert_eq!(c.rope.theta as f64, full["rope_theta"].as_f64().unwrap());
+    assert_eq!(
+        c.rope_local.unwrap().theta as f64,
+        rope["sliding_attention"]["rope_theta"].as_f64().unwrap()
+    );
+    let types = want["layer_types"].as_array().unwrap();
+    assert_eq!(types.len(), c.layers);
+    for (i, (t, l)) in types.iter().zip(&c.layer_specs).enumerate() {
+        let local = t == "sliding_attention";
+        assert_eq!(
+            l.window,
+            local.then(|| n("sliding_window")),
+            "layer {i} is {t}"
+        );
+        let rope = if local {
+            LayerRope::Local
+        } else {
+            LayerRope::Global
+        };
+        assert_eq!(l.rope, rope, "layer {i} is {t}");
+    }
+
+    let text = fixture_config("tiny-gemma3");
+    for name in ["tiny-gemma3-mm", "tiny-gemma3-mm-sparse"] {
+        assert_eq!(fixture_config(name), text, "{name}");
+    }
+    // A multimodal wrapper around a text model PocketLM does not run is refused by its name.
+    let qwen_vl = r#"{"model_type": "qwen2_5_vl", "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+        "text_config": {"model_type": "qwen2_5_vl_text", "hidden_size": 64}}"#;
+    let e = ModelConfig::from_hf_json(qwen_vl, "config.json").unwrap_err();
+    assert!(e.to_string().contains("qwen2_5_vl_text"), "{e}");
+}

@@ -234,9 +234,16 @@ impl ModelFiles {
                 .flatten()
                 .map(str::to_owned)
         });
+        let (not_loaded, not_loaded_bytes) = self
+            .tensors
+            .iter()
+            .filter(|t| crate::model::arch::other_modality(&t.name))
+            .fold((0, 0u64), |(n, b), t| (n + 1, b.saturating_add(t.bytes)));
         Summary {
             format: self.format,
             files: self.files.len(),
+            not_loaded,
+            not_loaded_bytes,
             name,
             tensors: self.tensors.len(),
             elements,
@@ -320,6 +327,10 @@ pub struct Summary {
     /// `general.architecture` (GGUF).
     pub architecture: Option<String>,
     pub hparams: Option<HyperParams>,
+    /// Tensors of a multimodal checkpoint's other modalities (its image encoder), which are
+    /// never loaded, and their bytes.
+    pub not_loaded: usize,
+    pub not_loaded_bytes: u64,
 }
 
 /// `1536 B`, `2.0 KiB`, `97.3 MiB`.
@@ -389,6 +400,15 @@ impl fmt::Display for Summary {
                 d.dtype.name(),
                 d.tensors,
                 human_bytes(d.bytes)
+            )?;
+        }
+        if self.not_loaded > 0 {
+            writeln!(
+                f,
+                "not loaded:   {} tensors ({}) of the image encoder: the language model runs \
+                 alone",
+                self.not_loaded,
+                human_bytes(self.not_loaded_bytes)
             )?;
         }
         Ok(())

@@ -12,6 +12,7 @@ use crate::load::{
     load_stream, ByteSource, HeaderStep, LoadOptions, LoadTarget, Progress, StoredTensor,
     TensorPlan,
 };
+use crate::model::arch::other_modality;
 
 /// The parsed header of one file, in whichever format it is.
 #[derive(Clone, Debug)]
@@ -78,7 +79,14 @@ fn step<T>(
     Ok(match parsed {
         Parsed::Complete { header, .. } => {
             let header = wrap(header);
-            let plans = header.tensor_infos(0).into_iter().map(plan).collect();
+            // A multimodal checkpoint's image encoder stays in the file (its bytes are skipped):
+            // only the language model runs.
+            let plans = header
+                .tensor_infos(0)
+                .into_iter()
+                .filter(|t| !other_modality(&t.name))
+                .map(plan)
+                .collect();
             HeaderStep::Done(header, plans)
         }
         Parsed::NeedMore { at_least } => HeaderStep::NeedMore(next_fetch_len(have, at_least)),

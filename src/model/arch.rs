@@ -144,6 +144,26 @@ impl Role {
     }
 }
 
+/// Where a multimodal checkpoint (Gemma 3 4B and larger, `…ForConditionalGeneration`) keeps its
+/// language model: the prefix that stands for the decoder's `model.` and the one that stands for
+/// `lm_head.`. transformers before 4.52 saved `language_model.model.layers.…` and
+/// `language_model.lm_head.weight` (the Gemma 3 checkpoints on the hub); later versions save
+/// `model.language_model.layers.…` and `lm_head.weight`.
+pub const TEXT_MODEL_PREFIXES: [(&str, &str); 2] = [
+    ("language_model.model.", "language_model.lm_head."),
+    ("model.language_model.", "lm_head."),
+];
+
+/// Tensors of a multimodal checkpoint that only its other modalities use (the image encoder and
+/// its projection into the text model): PocketLM runs the language model alone, so these are
+/// never loaded, in either of [`TEXT_MODEL_PREFIXES`]' layouts.
+pub fn other_modality(name: &str) -> bool {
+    let name = name.strip_prefix("model.").unwrap_or(name);
+    ["vision_tower.", "multi_modal_projector."]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
+
 /// Whether a model of the architecture must have a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Need {

@@ -201,6 +201,59 @@ fn local_by_pattern(i: usize, pattern: usize) -> bool {
     pattern > 0 && !(i + 1).is_multiple_of(pattern)
 }
 
+/// The language model's settings from a `config.json`: a multimodal checkpoint's `text_config`
+/// (Gemma 3 4B and larger: `Gemma3ForConditionalGeneration`, whose `text_config` says
+/// `gemma3_text`; its image encoder is not run), with transformers' defaults for what the file
+/// leaves out (see [`transformers_defaults`]).
+fn text_model_settings(mut v: Value) -> Value {
+    if v["text_config"].is_object() {
+        v = v["text_config"].take();
+    }
+    let Some(defaults) = v["model_type"].as_str().and_then(transformers_defaults) else {
+        return v;
+    };
+    let has_rope = v.get("rope_parameters").is_some();
+    if let (Value::Object(settings), Value::Object(defaults)) = (&mut v, defaults) {
+        for (k, d) in defaults {
+            // transformers 5's `rope_parameters` hold the RoPE bases when present.
+            let rope_base = k == "rope_theta" || k == "rope_local_base_freq";
+            if !(rope_base && has_rope) {
+                settings.entry(k).or_insert(d);
+            }
+        }
+    }
+    v
+}
+
+/// transformers' defaults for the settings a `config.json` of `model_type` may leave out: it
+/// writes only what differs from them where a model's configuration is nested in another's,
+/// and Gemma 3 4B's `text_config` on the hub gives its sizes, window and RoPE scaling alone
+/// (`Gemma3TextConfig`'s defaults, the same in transformers 4.50 and 5; its default layer
+/// pattern is `sliding_window_pattern` 6).
+fn transformers_defaults(model_type: &str) -> Option<Value> {
+    match model_type {
+        "gemma3_text" => Some(serde_json::json!({
+            "vocab_size": 262_208,
+            "hidden_size": 2304,
+            "intermediate_size": 9216,
+            "num_hidden_layers": 26,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 4,
+            "head_dim": 256,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "max_position_embeddings": 131_072,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1_000_000.0,
+            "rope_local_base_freq": 10_000.0,
+            "attention_bias": false,
+            "query_pre_attn_scalar": 256,
+            "sliding_window": 4096,
+            "tie_word_embeddings": true,
+        })),
+        _ => None,
+    }
+}
+
 impl ModelConfig {
     /// From a GGUF file's metadata and tensor table.
     pub fn from_gguf(meta: &GgufMetadata, model: &ModelFiles) -> Result<Self> {
@@ -363,6 +416,7 @@ impl ModelConfig {
         let bad = |detail: String| config_error(source, detail);
         let v: Value =
             serde_json::from_str(json).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let v = text_model_settings(v);
         let names: Vec<&str> = v["model_type"]
             .as_str()
             .into_iter()

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::load::{part_name, StoredTensor};
-use crate::model::arch::{Need, Role};
+use crate::model::arch::{Need, Role, TEXT_MODEL_PREFIXES};
 use crate::model::ModelConfig;
 
 pub(crate) fn missing(name: String) -> Error {
@@ -52,13 +52,42 @@ fn expect_rows<T: StoredTensor>(parts: &[(usize, T)], rows: usize, cols: usize) 
 struct Tensors<'a, T> {
     config: &'a ModelConfig,
     map: HashMap<String, T>,
+    /// A multimodal checkpoint's prefixes for `model.` and `lm_head.` (see
+    /// [`TEXT_MODEL_PREFIXES`]).
+    nested: Option<(&'static str, &'static str)>,
 }
 
-impl<T: StoredTensor> Tensors<'_, T> {
+impl<'a, T: StoredTensor> Tensors<'a, T> {
+    fn new(config: &'a ModelConfig, map: HashMap<String, T>) -> Self {
+        let nested = (!config.gguf_names)
+            .then(|| {
+                TEXT_MODEL_PREFIXES
+                    .into_iter()
+                    .find(|(model, _)| map.keys().any(|k| k.starts_with(model)))
+            })
+            .flatten();
+        Tensors {
+            config,
+            map,
+            nested,
+        }
+    }
+
     fn name(&self, role: Role, layer: usize) -> Option<String> {
-        self.config
+        let name = self
+            .config
             .spec()
-            .tensor_name(role, layer, self.config.gguf_names)
+            .tensor_name(role, layer, self.config.gguf_names)?;
+        let Some((model, head)) = self.nested else {
+            return Some(name);
+        };
+        Some(if let Some(rest) = name.strip_prefix("model.") {
+            format!("{model}{rest}")
+        } else if let Some(rest) = name.strip_prefix("lm_head.") {
+            format!("{head}{rest}")
+        } else {
+            name
+        })
     }
 
     fn name_or_role(&self, role: Role, layer: usize) -> String {
@@ -163,10 +192,7 @@ pub(crate) struct DecoderWeights<T> {
 impl<T: StoredTensor> DecoderWeights<T> {
     /// Takes every tensor the configuration's architecture needs from `tensors`, checking shapes.
     pub fn take(c: &ModelConfig, tensors: HashMap<String, T>) -> Result<Self> {
-        let mut t = Tensors {
-            config: c,
-            map: tensors,
-        };
+        let mut t = Tensors::new(c, tensors);
         let (q_rows, kv_rows) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         let embed = t
             .take_rows(Role::TokenEmbd)?
