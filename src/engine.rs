@@ -286,14 +286,7 @@ impl Description {
                             detail: format!("'{name}' came without a tokenizer.json"),
                         }
                     })?)?;
-                let template = match text("tokenizer_config.json") {
-                    Some(json) => optional_template(ChatTemplate::from_tokenizer_config(
-                        json,
-                        "tokenizer_config.json",
-                        None,
-                    ))?,
-                    None => None,
-                };
+                let template = optional_template(ChatTemplate::from_hf_folder(text))?;
                 for f in ["config.json", "generation_config.json"] {
                     if let Some(json) = text(f) {
                         extra_eos.extend(eos_ids_of_json(json));
@@ -366,7 +359,8 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Builds an engine from a model in GPU memory: its configuration, tokenizer and chat template
     /// come from the GGUF metadata, or from the companion files of a safetensors checkpoint
-    /// (`config.json`, `tokenizer.json`, `tokenizer_config.json`, `generation_config.json`).
+    /// (`config.json`, `tokenizer.json`, `tokenizer_config.json`, `generation_config.json`, and
+    /// `chat_template.jinja` or `chat_template.json` where the template is kept there).
     pub async fn new(
         ctx: &GpuContext,
         loaded: LoadedModelFiles,

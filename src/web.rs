@@ -215,7 +215,8 @@ impl Gpu {
     /// a `Blob`/`File`, or a `ReadableStream`. The URL of any split of a GGUF model
     /// (`…-00001-of-00003.gguf`) loads all its splits; the URL of a `model.safetensors.index.json`
     /// loads its shards; a folder URL (ending in `/`) loads its weights and its `config.json`,
-    /// `tokenizer.json`, `tokenizer_config.json` and `generation_config.json`.
+    /// `tokenizer.json`, `tokenizer_config.json`, `generation_config.json` and chat template
+    /// file (`chat_template.jinja` or `chat_template.json`) where it has them.
     /// `options`: `onProgress({file, fileIndex, files, bytesDone, bytesTotal, allDone, allTotal})`,
     /// `signal` (an `AbortSignal`), `sha256` (64 hex digits, or an array with one per file: a
     /// mismatch rejects and drops the cached copy), `cache` (default true: URLs are kept in the
@@ -601,12 +602,23 @@ async fn plan_folder(
         }
         None => (vec![folder::join(url, folder::SINGLE_FILE)], None),
     };
+    // The companion files at once: most are small and several are absent (a 404 each).
+    let fetched = futures_util::future::join_all(folder::COMPANION_FILES.into_iter().map(
+        |name| async move {
+            let file = folder::join(url, name);
+            (
+                name,
+                optional(browser::fetch_small(&file, cache, signal).await),
+                file,
+            )
+        },
+    ))
+    .await;
     let mut companions = std::collections::BTreeMap::new();
-    for name in folder::COMPANION_FILES {
-        let file = folder::join(url, name);
-        if let Some(bytes) = optional(browser::fetch_small(&file, cache, signal).await)? {
+    for (name, fetched, file) in fetched {
+        if let Some(bytes) = fetched? {
             let text = String::from_utf8(bytes).map_err(|_| Error::InvalidHeader {
-                file: file.clone(),
+                file,
                 detail: "not UTF-8 text".into(),
             })?;
             companions.insert(name.to_string(), text);

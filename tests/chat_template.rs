@@ -317,6 +317,55 @@ fn tokenizer_config_string_or_named_list() {
     assert_eq!(err.code(), "missing_chat_template");
 }
 
+/// A model folder's template comes from where transformers' tokenizer finds it:
+/// `chat_template.jinja` first (transformers 4.52 and later write it there), then
+/// `tokenizer_config.json`, then a processor's `chat_template.json` (multimodal checkpoints);
+/// BOS and EOS always from `tokenizer_config.json`.
+#[test]
+fn folder_templates_follow_transformers_order() {
+    let gemma = fixture("gemma3.jinja");
+    let config = serde_json::json!({"bos_token": "<bos>", "eos_token": "<eos>"}).to_string();
+    let config_with =
+        serde_json::json!({"bos_token": "<bos>", "eos_token": "<eos>", "chat_template": "C"})
+            .to_string();
+    let processor = serde_json::json!({ "chat_template": gemma }).to_string();
+    let folder = |files: &[(&str, &str)]| {
+        ChatTemplate::from_hf_folder(|f| files.iter().find(|(n, _)| *n == f).map(|(_, t)| *t))
+    };
+    let want = "<bos><start_of_turn>user\nHello!<end_of_turn>\n<start_of_turn>model\n";
+    let hello = [ChatMessage::new("user", "Hello!")];
+    // The processor's file alone (a multimodal checkpoint without a template elsewhere).
+    let t = folder(&[
+        ("tokenizer_config.json", &config),
+        ("chat_template.json", &processor),
+    ])
+    .unwrap();
+    assert_eq!(t.name(), "chat_template.json");
+    assert_eq!(t.render(&hello, true).unwrap(), want);
+    // tokenizer_config.json's before it, chat_template.jinja before both.
+    let t = folder(&[
+        ("tokenizer_config.json", &config_with),
+        ("chat_template.json", &processor),
+    ])
+    .unwrap();
+    assert_eq!(t.render(&hello, true).unwrap(), "C");
+    let t = folder(&[
+        ("tokenizer_config.json", &config_with),
+        ("chat_template.jinja", &gemma),
+        ("chat_template.json", "not json"),
+    ])
+    .unwrap();
+    assert_eq!(t.name(), "chat_template.jinja");
+    assert_eq!(t.render(&hello, true).unwrap(), want);
+    assert_eq!((t.bos_token(), t.eos_token()), ("<bos>", "<eos>"));
+    // None of them: a typed error (the engine then runs plain prompts only).
+    let err = folder(&[("tokenizer_config.json", &config)]).unwrap_err();
+    assert_eq!(err.code(), "missing_chat_template");
+    assert!(err.to_string().contains("chat_template.jinja"), "{err}");
+    let err = folder(&[("chat_template.json", "{")]).unwrap_err();
+    assert!(err.to_string().contains("chat_template.json"), "{err}");
+}
+
 /// Every case of expected.json: the conversation, add_generation_prompt and the extra keyword
 /// arguments transformers rendered, rendered again here at the same pinned clock. Either the
 /// exact same string, or — where transformers' `raise_exception` fired — a rejection with the

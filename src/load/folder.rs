@@ -1,6 +1,7 @@
 //! A Hugging Face model folder (or URL prefix): the weights — `model.safetensors.index.json` and
 //! its shards, or `model.safetensors`, or a GGUF file — plus the JSON files that describe the
-//! model (`config.json`, `tokenizer.json`, `tokenizer_config.json`, `generation_config.json`),
+//! model (`config.json`, `tokenizer.json`, `tokenizer_config.json`, `generation_config.json`,
+//! the chat template's own file where it has one),
 //! loaded as one model. Natively from a directory; the browser resolves a URL ending in `/` the
 //! same way (src/web.rs).
 
@@ -16,12 +17,15 @@ pub const SINGLE_FILE: &str = "model.safetensors";
 /// The text files that travel with the weights: `config.json` is required for safetensors
 /// weights (they say nothing of the architecture themselves), the others are optional
 /// (`modules.json`, the pooling settings and `sentence_bert_config.json` are those of a
-/// sentence-transformers folder).
-pub const COMPANION_FILES: [&str; 7] = [
+/// sentence-transformers folder; the chat template may be in `chat_template.jinja`, as
+/// transformers 4.52 and later save it, or a processor's `chat_template.json`).
+pub const COMPANION_FILES: [&str; 9] = [
     "config.json",
     "tokenizer.json",
     "tokenizer_config.json",
     "generation_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
     "modules.json",
     "1_Pooling/config.json",
     "sentence_bert_config.json",

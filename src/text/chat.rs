@@ -276,62 +276,45 @@ impl ChatTemplate {
         source_name: &str,
         template_name: Option<&str>,
     ) -> Result<Self> {
-        let config: serde_json::Value =
-            serde_json::from_str(json).map_err(|e| Error::InvalidHeader {
-                file: source_name.to_string(),
-                detail: format!("not valid JSON: {e}"),
-            })?;
-        let missing = |detail: String| Error::MissingChatTemplate {
-            source_name: source_name.to_string(),
-            detail,
-        };
-        let wanted = template_name.unwrap_or("default");
-        let (name, source) = match config.get("chat_template") {
-            Some(serde_json::Value::String(s)) => (source_name.to_string(), s.as_str()),
-            Some(serde_json::Value::Array(list)) => {
-                let mut names = Vec::new();
-                let mut found = None;
-                for entry in list {
-                    let n = entry.get("name").and_then(|v| v.as_str());
-                    let t = entry.get("template").and_then(|v| v.as_str());
-                    if let (Some(n), Some(t)) = (n, t) {
-                        names.push(n.to_string());
-                        if n == wanted {
-                            found = Some(t);
-                        }
-                    }
-                }
-                let source = found.ok_or_else(|| {
-                    missing(format!(
-                        " named '{wanted}' (it has: {})",
-                        if names.is_empty() {
-                            "none".to_string()
-                        } else {
-                            names.join(", ")
-                        }
-                    ))
-                })?;
-                (format!("{source_name}#{wanted}"), source)
+        let config = parse_json(json, source_name)?;
+        let (name, source) = template_in(&config, source_name, template_name)?;
+        let (bos, eos) = special_tokens(&config);
+        ChatTemplate::new(&name, source, &bos, &eos)
+    }
+
+    /// The template of a Hugging Face model folder, where transformers' tokenizer finds it:
+    /// `chat_template.jinja` (transformers 4.52 and later save it there instead of in
+    /// `tokenizer_config.json`), else `tokenizer_config.json`'s `chat_template`, else
+    /// `chat_template.json` (a processor's file: multimodal checkpoints such as Gemma 3 4B).
+    /// BOS and EOS come from `tokenizer_config.json`. `file` gives a companion file's text.
+    pub fn from_hf_folder<'a>(file: impl Fn(&str) -> Option<&'a str>) -> Result<Self> {
+        const CONFIG: &str = "tokenizer_config.json";
+        let config = file(CONFIG)
+            .map(|json| parse_json(json, CONFIG))
+            .transpose()?
+            .unwrap_or(serde_json::Value::Null);
+        let (bos, eos) = special_tokens(&config);
+        if let Some(source) = file("chat_template.jinja") {
+            return ChatTemplate::new("chat_template.jinja", source, &bos, &eos);
+        }
+        if config.get("chat_template").is_some() {
+            let (name, source) = template_in(&config, CONFIG, None)?;
+            return ChatTemplate::new(&name, source, &bos, &eos);
+        }
+        const PROCESSOR: &str = "chat_template.json";
+        match file(PROCESSOR) {
+            Some(json) => {
+                let processor = parse_json(json, PROCESSOR)?;
+                let (name, source) = template_in(&processor, PROCESSOR, None)?;
+                ChatTemplate::new(&name, source, &bos, &eos)
             }
-            Some(_) => {
-                return Err(missing(
-                    " ('chat_template' is neither a string nor a list)".into(),
-                ))
-            }
-            None => return Err(missing(" (no 'chat_template' key)".into())),
-        };
-        let token = |key: &str| -> String {
-            match config.get(key) {
-                Some(serde_json::Value::String(s)) => s.clone(),
-                Some(v) => v
-                    .get("content")
-                    .and_then(|c| c.as_str())
-                    .unwrap_or_default()
-                    .to_string(),
-                None => String::new(),
-            }
-        };
-        ChatTemplate::new(&name, source, &token("bos_token"), &token("eos_token"))
+            None => Err(Error::MissingChatTemplate {
+                source_name: "the model's folder".into(),
+                detail: " (no chat_template.jinja, no 'chat_template' in tokenizer_config.json, \
+                         no chat_template.json)"
+                    .into(),
+            }),
+        }
     }
 
     /// The name used in errors.
@@ -1271,6 +1254,77 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
+}
+
+fn parse_json(json: &str, source_name: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(json).map_err(|e| Error::InvalidHeader {
+        file: source_name.to_string(),
+        detail: format!("not valid JSON: {e}"),
+    })
+}
+
+/// The `chat_template` of a `tokenizer_config.json` or `chat_template.json`, with the name
+/// errors give it: a string, or the entry of a `{name, template}` list that `template_name`
+/// names ("default" when `None`).
+fn template_in<'c>(
+    config: &'c serde_json::Value,
+    source_name: &str,
+    template_name: Option<&str>,
+) -> Result<(String, &'c str)> {
+    let missing = |detail: String| Error::MissingChatTemplate {
+        source_name: source_name.to_string(),
+        detail,
+    };
+    let wanted = template_name.unwrap_or("default");
+    match config.get("chat_template") {
+        Some(serde_json::Value::String(s)) => Ok((source_name.to_string(), s.as_str())),
+        Some(serde_json::Value::Array(list)) => {
+            let mut names = Vec::new();
+            let mut found = None;
+            for entry in list {
+                let n = entry.get("name").and_then(|v| v.as_str());
+                let t = entry.get("template").and_then(|v| v.as_str());
+                if let (Some(n), Some(t)) = (n, t) {
+                    names.push(n.to_string());
+                    if n == wanted {
+                        found = Some(t);
+                    }
+                }
+            }
+            let source = found.ok_or_else(|| {
+                missing(format!(
+                    " named '{wanted}' (it has: {})",
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ))
+            })?;
+            Ok((format!("{source_name}#{wanted}"), source))
+        }
+        Some(_) => Err(missing(
+            " ('chat_template' is neither a string nor a list)".into(),
+        )),
+        None => Err(missing(" (no 'chat_template' key)".into())),
+    }
+}
+
+/// `bos_token` and `eos_token` of a `tokenizer_config.json`: strings or `{content: …}` objects;
+/// empty where absent.
+fn special_tokens(config: &serde_json::Value) -> (String, String) {
+    let token = |key: &str| -> String {
+        match config.get(key) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v
+                .get("content")
+                .and_then(|c| c.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            None => String::new(),
+        }
+    };
+    (token("bos_token"), token("eos_token"))
 }
 
 #[cfg(test)]
