@@ -12,14 +12,15 @@ Each model exercises what its architecture adds: Qwen3's q/k norm and explicit h
 sandwich norms, (1 + w) norm weights (1-D weights are randomised so the offset matters), GeGLU,
 embedding scale, sliding windows shorter than the prompt, Gemma 2's soft-capping and Gemma 3's
 local RoPE base and linear scaling; Phi-3's fused projections, partial rotary and LongRoPE;
-SmolLM3's NoPE layer; Mistral's sliding window. tiny-gemma3-mm is a multimodal Gemma 3
+SmolLM3's NoPE layer; Mistral's sliding window; YaRN on Qwen3. tiny-gemma3-mm is a multimodal Gemma 3
 (`Gemma3ForConditionalGeneration`, as Gemma 3 4B and larger ship) with a tiny image encoder, as
 transformers 5 saves it (`language_model.model.` names, the full `text_config`);
 tiny-gemma3-mm-sparse is the same weights as transformers 4.52-4.57 saved them
 (`model.language_model.` names) with the `text_config` transformers 4.50 wrote for the hub's
 checkpoints: only what differs from `Gemma3TextConfig`'s defaults, RoPE scaling as
 `rope_scaling`. gemma-3-4b-it.json is that hub checkpoint's config.json, and
-gemma-3-4b-it.expected.json the text model transformers reads from it.
+gemma-3-4b-it.expected.json the text model transformers reads from it. yarn.expected.json holds
+transformers' YaRN frequencies for real checkpoints' settings.
 
 Only the models named on the command line are made when any are (seeds stay per model).
 
@@ -150,6 +151,15 @@ MODELS = {
                      dict(rope_theta=10000.0, sliding_window=5, head_dim=12,
                           tie_word_embeddings=False),
                      "f32", True),
+    # YaRN as Qwen3 and Qwen2.5 document it for long contexts: a ramp from kept to divided
+    # frequencies over the pairs (pair 0 kept, pair 1 half, pairs 2-7 divided by 4 at this
+    # size and base) and cos/sin × (1 + 0.1 ln 4).
+    "tiny-qwen3-yarn": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
+                        dict(head_dim=16, max_position_embeddings=128, tie_word_embeddings=True,
+                             rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0,
+                                              "factor": 4.0,
+                                              "original_max_position_embeddings": 32}),
+                        "bf16", True),
     # Gemma 3 4B and larger ship as bf16 multimodal checkpoints.
     "tiny-gemma3-mm": (gemma3_multimodal, transformers.Gemma3ForConditionalGeneration,
                        GEMMA3_TEXT, "bf16", True),
@@ -219,6 +229,35 @@ def hub_config_reference():
          **{k: getattr(text, k) for k in keys}}, indent=2) + "\n")
 
 
+# YaRN as real checkpoints configure it: Qwen3's documented long-context setting (head 128,
+# base 1e6), and one with every knob turned (untruncated ramp, own betas, DeepSeek's mscales).
+YARN_CASES = {
+    "qwen3": dict(model_type="qwen3", hidden_size=4096, num_attention_heads=32, head_dim=128,
+                  max_position_embeddings=40960,
+                  rope_parameters={"rope_type": "yarn", "rope_theta": 1000000.0, "factor": 4.0,
+                                   "original_max_position_embeddings": 32768}),
+    "knobs": dict(model_type="qwen2", hidden_size=1024, num_attention_heads=16,
+                  max_position_embeddings=131072,
+                  rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0,
+                                   "original_max_position_embeddings": 4096, "beta_fast": 16.0,
+                                   "beta_slow": 2.0, "truncate": False, "mscale": 0.707,
+                                   "mscale_all_dim": 1.0}),
+}
+
+
+def yarn_reference():
+    """transformers' YaRN frequencies and cos/sin factor for YARN_CASES."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    out = {"generator": f"scripts/make_fixtures.py, transformers {transformers.__version__}"}
+    for name, settings in YARN_CASES.items():
+        config = transformers.AutoConfig.for_model(**settings)
+        inv_freq, attention_factor = ROPE_INIT_FUNCTIONS["yarn"](config, "cpu")
+        out[name] = {"config": settings, "inv_freq": inv_freq.tolist(),
+                     "attention_factor": attention_factor}
+    (OUT / "yarn.expected.json").write_text(json.dumps(out, indent=2) + "\n")
+
+
 def main():
     only = sys.argv[1:]
     for i, (name, (config_cls, model_cls, extra, dtype, rand_1d)) in enumerate(MODELS.items()):
@@ -270,6 +309,8 @@ def main():
             sparse_layout(folder, OUT / f"{name}-sparse")
     if not only or "tiny-gemma3-mm" in only:
         hub_config_reference()
+    if not only or "tiny-qwen3-yarn" in only:
+        yarn_reference()
 
 
 if __name__ == "__main__":

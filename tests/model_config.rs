@@ -83,9 +83,12 @@ fn bad_configs_are_typed_errors() {
             && e.to_string().contains("gemma3"),
         "{e}"
     );
-    let yarn = LLAMA_32.replace("\"llama3\"", "\"yarn\"");
-    let e = ModelConfig::from_hf_json(&yarn, "config.json").unwrap_err();
-    assert!(e.to_string().contains("'yarn' is not supported"), "{e}");
+    let dynamic = LLAMA_32.replace("\"llama3\"", "\"dynamic\"");
+    let e = ModelConfig::from_hf_json(&dynamic, "config.json").unwrap_err();
+    assert!(
+        e.to_string().contains("'dynamic' is not supported") && e.to_string().contains("yarn"),
+        "{e}"
+    );
     let act = LLAMA_32.replace("\"head_dim\"", "\"hidden_act\": \"relu\", \"head_dim\"");
     let e = ModelConfig::from_hf_json(&act, "config.json").unwrap_err();
     assert!(e.to_string().contains("activation 'relu'"), "{e}");
@@ -481,4 +484,133 @@ fn multimodal_gemma3_configs_read_their_text_model_as_transformers_does() {
         "text_config": {"model_type": "qwen2_5_vl_text", "hidden_size": 64}}"#;
     let e = ModelConfig::from_hf_json(qwen_vl, "config.json").unwrap_err();
     assert!(e.to_string().contains("qwen2_5_vl_text"), "{e}");
+}
+
+/// YaRN from config.json as transformers computes it (its frequencies and cos/sin factor for
+/// real checkpoints' settings, scripts/make_fixtures.py's yarn.expected.json), and from the
+/// GGUF file llama.cpp's converter wrote for the tiny YaRN model, which must read as the same
+/// scaling (the forward tests check the logits of both against transformers).
+#[test]
+fn yarn_frequencies_match_transformers() {
+    use pocketlm::kernels::rope_inv_freq_with_factors;
+    use pocketlm::model::RopeScaling;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("yarn.expected.json")).unwrap())
+            .unwrap();
+    for case in ["qwen3", "knobs"] {
+        let mut config = want[case]["config"].clone();
+        for (k, v) in [
+            ("intermediate_size", 64),
+            ("num_hidden_layers", 2),
+            ("vocab_size", 32),
+        ] {
+            config[k] = v.into();
+        }
+        let c = ModelConfig::from_hf_json(&config.to_string(), case).unwrap();
+        let RopeScaling::Yarn(y) = c.rope_scaling else {
+            panic!("{case}: {:?}", c.rope_scaling)
+        };
+        let expected_factor = want[case]["attention_factor"].as_f64().unwrap();
+        assert!(
+            (f64::from(y.attention_factor) - expected_factor).abs() < 1e-6,
+            "{case}: cos/sin × {} vs transformers {expected_factor}",
+            y.attention_factor
+        );
+        let factors = y.frequency_factors(c.rope.rotary_dim, c.rope.theta);
+        let got = rope_inv_freq_with_factors(&c.rope, &factors).unwrap();
+        let inv: Vec<f64> = want[case]["inv_freq"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(got.len(), inv.len(), "{case}");
+        for (i, (g, w)) in got.iter().zip(&inv).enumerate() {
+            assert!(
+                (f64::from(*g) - w).abs() <= w.abs() * 2e-6,
+                "{case}: frequency {i} is {g}, transformers {w}"
+            );
+        }
+    }
+
+    // Qwen2.5's documented form (`type`, no betas) and the tiny model's GGUF conversion.
+    let qwen25 = r#"{"model_type": "qwen2", "hidden_size": 64, "num_attention_heads": 4,
+        "num_hidden_layers": 1, "intermediate_size": 64, "vocab_size": 32,
+        "max_position_embeddings": 32768, "rope_theta": 1000000.0,
+        "rope_scaling": {"factor": 4.0, "original_max_position_embeddings": 32768, "type": "yarn"}}"#;
+    let c = ModelConfig::from_hf_json(qwen25, "config.json").unwrap();
+    assert!(matches!(c.rope_scaling, RopeScaling::Yarn(y)
+        if y.factor == 4.0 && y.original == 32768 && (y.beta_fast, y.beta_slow) == (32.0, 1.0)));
+    assert!(c.describe().contains("yarn ×4 (original context 32768"));
+    let hf = fixture_config("tiny-qwen3-yarn");
+    let bytes = std::fs::read(dir.join("tiny-qwen3-yarn.gguf")).unwrap();
+    let header = GgufHeader::parse_file(&bytes, "tiny-qwen3-yarn.gguf").unwrap();
+    let meta = header.metadata.clone();
+    let gguf = ModelConfig::from_gguf(&meta, &header.into_model_files().unwrap()).unwrap();
+    assert_eq!(gguf.rope_scaling, hf.rope_scaling);
+
+    // Unusable settings are refused with the numbers.
+    for bad in [
+        r#""factor": -4.0"#,
+        r#""factor": 4.0, "attention_factor": 0.0"#,
+    ] {
+        let json = qwen25.replace(r#""factor": 4.0"#, bad);
+        let e = ModelConfig::from_hf_json(&json, "config.json").unwrap_err();
+        assert!(e.to_string().contains("yarn scaling"), "{bad}: {e}");
+    }
+}
+
+/// Granite's multipliers, from config.json and from llama.cpp's GGUF conversion: the residual
+/// one is carried by the embeddings and the norms' eps (the forward tests check the logits).
+#[test]
+fn granite_multipliers() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    let hf = fixture_config("tiny-granite");
+    assert_eq!(hf.architecture, Architecture::Granite);
+    assert_eq!(
+        (hf.residual_scale, hf.logit_scale, hf.attn_scale),
+        (Some(0.22), Some(2.0), 0.2)
+    );
+    assert_eq!(hf.embed_scale, Some((12.0f64 / 0.22) as f32));
+    assert_eq!(
+        hf.rms_eps,
+        (0.1f64 as f32 as f64 / (0.22f32 as f64).powi(2)) as f32
+    );
+    assert_eq!(hf.out_norm_scale(), 0.5);
+    assert!(hf
+        .describe()
+        .contains("residual branches × 0.22 (the stream carried ÷ 0.22), logits ÷ 2"));
+    let bytes = std::fs::read(dir.join("tiny-granite.gguf")).unwrap();
+    let header = GgufHeader::parse_file(&bytes, "tiny-granite.gguf").unwrap();
+    let meta = header.metadata.clone();
+    let gguf = ModelConfig::from_gguf(&meta, &header.into_model_files().unwrap()).unwrap();
+    assert_eq!(
+        (
+            gguf.residual_scale,
+            gguf.logit_scale,
+            gguf.attn_scale,
+            gguf.embed_scale,
+            gguf.rms_eps
+        ),
+        (
+            hf.residual_scale,
+            hf.logit_scale,
+            hf.attn_scale,
+            hf.embed_scale,
+            hf.rms_eps
+        )
+    );
+    let json = std::fs::read_to_string(dir.join("tiny-granite/config.json")).unwrap();
+    for bad in ["0.0", "-0.22"] {
+        let e = ModelConfig::from_hf_json(
+            &json.replace(
+                "\"residual_multiplier\": 0.22",
+                &format!("\"residual_multiplier\": {bad}"),
+            ),
+            "config.json",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("residual multiplier"), "{bad}: {e}");
+    }
 }

@@ -44,6 +44,61 @@ pub enum RopeScaling {
         original: usize,
         attention_factor: f32,
     },
+    /// YaRN (Qwen2.5 and Qwen3 beyond 32k positions): see [`Yarn`].
+    Yarn(Yarn),
+}
+
+/// YaRN's settings: frequencies that turn fewer than `beta_slow` times over the `original`
+/// context are divided by `factor` (interpolated), those that turn more than `beta_fast` times
+/// are kept (extrapolated), with a linear ramp between (its ends rounded outwards when
+/// `truncate`); `ext_factor` weighs the kept part (llama.cpp's, 1 in transformers), and cos/sin
+/// are multiplied by `attention_factor`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Yarn {
+    pub factor: f32,
+    pub original: usize,
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+    pub ext_factor: f32,
+    pub truncate: bool,
+    pub attention_factor: f32,
+}
+
+impl Yarn {
+    /// Each rotary pair's frequency divisor (the frequencies transformers'
+    /// `_compute_yarn_parameters` and llama.cpp's `rope_yarn` rotate with, as factors on the
+    /// plain ones): `1 / ((1 - e) / factor + e)`, `e` the pair's extrapolated share.
+    pub fn frequency_factors(&self, rotary_dim: usize, theta: f32) -> Vec<f32> {
+        let dim = rotary_dim as f64;
+        let base = f64::from(theta);
+        let correction = |rotations: f32| {
+            let turns = self.original as f64 / (f64::from(rotations) * std::f64::consts::TAU);
+            dim * turns.ln() / (2.0 * base.ln())
+        };
+        let (mut low, mut high) = (correction(self.beta_fast), correction(self.beta_slow));
+        if self.truncate {
+            (low, high) = (low.floor(), high.ceil());
+        }
+        let (low, high) = (low.max(0.0) as f32, high.min(dim - 1.0) as f32);
+        let span = if high == low { 0.001 } else { high - low };
+        (0..rotary_dim / 2)
+            .map(|i| {
+                let ramp = ((i as f32 - low) / span).clamp(0.0, 1.0);
+                let kept = (1.0 - ramp) * self.ext_factor;
+                1.0 / ((1.0 - kept) / self.factor + kept)
+            })
+            .collect()
+    }
+}
+
+/// YaRN's default cos/sin factor for a scaling `factor` (transformers' and llama.cpp's
+/// `get_mscale`).
+fn yarn_mscale(factor: f64, mscale: f64) -> f64 {
+    if factor <= 1.0 {
+        1.0
+    } else {
+        0.1 * mscale * factor.ln() + 1.0
+    }
 }
 
 /// A model's block description.
@@ -305,12 +360,43 @@ impl ModelConfig {
                 Some(f) if f != 1.0 => RopeScaling::Linear(f),
                 _ => RopeScaling::None,
             },
+            // llama.cpp's reading: the scaling factor, `original_context_length`, the betas
+            // (default 32 and 1), `yarn_ext_factor` (default 1); with it non-zero cos/sin are
+            // scaled by `attn_factor` × get_mscale(factor) (÷ get_mscale(factor,
+            // yarn_log_multiplier) where that is given), else by `attn_factor` ×
+            // `yarn_attn_factor`.
+            Some("yarn") => {
+                let factor = opt_f("rope.scaling.factor")?
+                    .filter(|&f| f != 0.0)
+                    .unwrap_or(1.0);
+                let ext_factor = opt_f("rope.scaling.yarn_ext_factor")?.unwrap_or(1.0);
+                let attn = opt_f("rope.scaling.attn_factor")?.unwrap_or(1.0);
+                let log_mul = opt_f("rope.scaling.yarn_log_multiplier")?.unwrap_or(0.0);
+                let scale = if ext_factor == 0.0 {
+                    f64::from(opt_f("rope.scaling.yarn_attn_factor")?.unwrap_or(1.0))
+                } else if log_mul != 0.0 {
+                    yarn_mscale(factor.into(), 1.0) / yarn_mscale(factor.into(), log_mul.into())
+                } else {
+                    yarn_mscale(factor.into(), 1.0)
+                };
+                RopeScaling::Yarn(Yarn {
+                    factor,
+                    original: opt_u("rope.scaling.original_context_length")?
+                        .unwrap_or(max_positions),
+                    beta_fast: opt_f("rope.scaling.yarn_beta_fast")?.unwrap_or(32.0),
+                    beta_slow: opt_f("rope.scaling.yarn_beta_slow")?.unwrap_or(1.0),
+                    ext_factor,
+                    truncate: true,
+                    attention_factor: (scale * f64::from(attn)) as f32,
+                })
+            }
             Some(other) => {
                 return Err(config_error(
                     meta.file(),
                     format!(
-                    "rope scaling '{other}' is not supported (supported: linear, llama3, longrope)"
-                ),
+                        "rope scaling '{other}' is not supported (supported: linear, llama3, \
+                         longrope, yarn)"
+                    ),
                 ))
             }
         };
@@ -535,9 +621,48 @@ impl ModelConfig {
                     attention_factor: attention_factor as f32,
                 };
             }
+            // transformers' `_compute_yarn_parameters`.
+            Some("yarn") => {
+                let original = opt_int("original_max_position_embeddings")
+                    .or_else(|| {
+                        scaling["original_max_position_embeddings"]
+                            .as_u64()
+                            .map(saturating_usize)
+                    })
+                    .unwrap_or(max_positions);
+                let factor = scaling["factor"]
+                    .as_f64()
+                    .unwrap_or(max_positions as f64 / original.max(1) as f64);
+                let attention_factor = match scaling["attention_factor"].as_f64() {
+                    Some(a) => a,
+                    None => match (
+                        scaling["mscale"].as_f64(),
+                        scaling["mscale_all_dim"].as_f64(),
+                    ) {
+                        (Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
+                            yarn_mscale(factor, m) / yarn_mscale(factor, all)
+                        }
+                        _ => yarn_mscale(factor, 1.0),
+                    },
+                };
+                // `or 32` / `or 1`: a zero or null beta takes the default too.
+                let beta = |k: &str, default: f64| {
+                    scaling[k].as_f64().filter(|&b| b != 0.0).unwrap_or(default) as f32
+                };
+                rope_scaling = RopeScaling::Yarn(Yarn {
+                    factor: factor as f32,
+                    original,
+                    beta_fast: beta("beta_fast", 32.0),
+                    beta_slow: beta("beta_slow", 1.0),
+                    ext_factor: 1.0,
+                    truncate: scaling["truncate"].as_bool().unwrap_or(true),
+                    attention_factor: attention_factor as f32,
+                });
+            }
             Some(other) => {
                 return Err(bad(format!(
-                    "rope scaling '{other}' is not supported (supported: linear, llama3, longrope)"
+                    "rope scaling '{other}' is not supported (supported: linear, llama3, \
+                     longrope, yarn)"
                 )))
             }
         }
@@ -747,6 +872,21 @@ impl ModelConfig {
             {
                 return bad("longrope factors must be finite and positive".into())
             }
+            RopeScaling::Yarn(y)
+                if !([y.factor, y.attention_factor]
+                    .iter()
+                    .all(|x| x.is_finite() && *x > 0.0)
+                    && y.beta_fast.is_finite()
+                    && y.beta_slow.is_finite()
+                    && y.ext_factor.is_finite()
+                    && y.original > 0) =>
+            {
+                return bad(format!(
+                    "yarn scaling ×{} over {} positions (betas {}/{}, attention factor {}) is \
+                     not usable",
+                    y.factor, y.original, y.beta_fast, y.beta_slow, y.attention_factor
+                ))
+            }
             _ => {}
         }
         Ok(self)
@@ -831,6 +971,10 @@ impl ModelConfig {
                 RopeScaling::LongRope { original, .. } => {
                     format!(", longrope (original context {original})")
                 }
+                RopeScaling::Yarn(y) => format!(
+                    ", yarn ×{} (original context {}, cos/sin × {})",
+                    y.factor, y.original, y.attention_factor
+                ),
             },
             self.rope_local
                 .map_or(String::new(), |r| format!("; local layers theta {}", r.theta)),

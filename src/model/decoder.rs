@@ -346,6 +346,10 @@ pub(crate) fn rope_scaling_of(
             };
             (chosen, *attention_factor)
         }
+        RopeScaling::Yarn(y) => (
+            Some(y.frequency_factors(c.rope.rotary_dim, c.rope.theta)),
+            y.attention_factor,
+        ),
     }
 }
 

@@ -15,8 +15,8 @@ pub(crate) mod weights;
 
 pub use arch::{Architecture, Role, SUPPORTED};
 pub use config::{
-    LayerRope, LayerSpec, ModelConfig, RopeScaling, MAX_ATTENTION_WIDTH, MAX_CONTEXT, MAX_FFN,
-    MAX_HEADS, MAX_HEAD_DIM, MAX_HIDDEN, MAX_LAYERS, MAX_VOCAB,
+    LayerRope, LayerSpec, ModelConfig, RopeScaling, Yarn, MAX_ATTENTION_WIDTH, MAX_CONTEXT,
+    MAX_FFN, MAX_HEADS, MAX_HEAD_DIM, MAX_HIDDEN, MAX_LAYERS, MAX_VOCAB,
 };
 pub use decoder::{Decoder, Graph, PendingPick, Readout, StepInput, StepOutput};
 pub use encoder::{EmbedInput, Embedder, Embedding, Encoder, EncoderConfig, Pooling};
