@@ -34,6 +34,7 @@ MODELS = ROOT / "tests" / "fixtures" / "models"
 # model's.
 NAMES = ["tiny-llama", "tiny-qwen2", "tiny-qwen2-bf16", "tiny-qwen3", "tiny-gemma2",
          "tiny-gemma3", "tiny-phi3", "tiny-smollm3", "tiny-qwen3-yarn",
+         "tiny-granite",
          # The decoder-based embedder of scripts/make_encoder_fixtures.py: its sentence-transformers
          # modules go along, so the converter records the pooling (`qwen3.pooling_type`).
          "tiny-qwen3-embedding",

@@ -12,13 +12,13 @@ Each model exercises what its architecture adds: Qwen3's q/k norm and explicit h
 sandwich norms, (1 + w) norm weights (1-D weights are randomised so the offset matters), GeGLU,
 embedding scale, sliding windows shorter than the prompt, Gemma 2's soft-capping and Gemma 3's
 local RoPE base and linear scaling; Phi-3's fused projections, partial rotary and LongRoPE;
-SmolLM3's NoPE layer; Mistral's sliding window; YaRN on Qwen3. tiny-gemma3-mm is a multimodal Gemma 3
-(`Gemma3ForConditionalGeneration`, as Gemma 3 4B and larger ship) with a tiny image encoder, as
-transformers 5 saves it (`language_model.model.` names, the full `text_config`);
-tiny-gemma3-mm-sparse is the same weights as transformers 4.52-4.57 saved them
-(`model.language_model.` names) with the `text_config` transformers 4.50 wrote for the hub's
-checkpoints: only what differs from `Gemma3TextConfig`'s defaults, RoPE scaling as
-`rope_scaling`. gemma-3-4b-it.json is that hub checkpoint's config.json, and
+SmolLM3's NoPE layer; Mistral's sliding window; YaRN on Qwen3; Granite's multipliers.
+tiny-gemma3-mm is a multimodal Gemma 3 (`Gemma3ForConditionalGeneration`, as Gemma 3 4B and
+larger ship) with a tiny image encoder, as transformers 5 saves it (`language_model.model.`
+names, the full `text_config`); tiny-gemma3-mm-sparse is the same weights as transformers
+4.52-4.57 saved them (`model.language_model.` names) with the `text_config` transformers 4.50
+wrote for the hub's checkpoints: only what differs from `Gemma3TextConfig`'s defaults, RoPE
+scaling as `rope_scaling`. gemma-3-4b-it.json is that hub checkpoint's config.json, and
 gemma-3-4b-it.expected.json the text model transformers reads from it. yarn.expected.json holds
 transformers' YaRN frequencies for real checkpoints' settings.
 
@@ -160,6 +160,15 @@ MODELS = {
                                               "factor": 4.0,
                                               "original_max_position_embeddings": 32}),
                         "bf16", True),
+    # Granite 3.x's multipliers (its 2B: embeddings × 12, residual branches × 0.22, logits ÷ 8,
+    # attention × 1/64 for heads of 64; here an attention scale unlike 1/√head_dim, a logit
+    # divisor that keeps the logits large enough to compare, and an eps large enough to be seen,
+    # since PocketLM carries the residual stream ÷ 0.22 and divides eps by 0.22²).
+    "tiny-granite": (transformers.GraniteConfig, transformers.GraniteForCausalLM,
+                     dict(rope_theta=10000.0, embedding_multiplier=12.0, attention_multiplier=0.2,
+                          residual_multiplier=0.22, logits_scaling=2.0, rms_norm_eps=0.1,
+                          tie_word_embeddings=True),
+                     "bf16", True),
     # Gemma 3 4B and larger ship as bf16 multimodal checkpoints.
     "tiny-gemma3-mm": (gemma3_multimodal, transformers.Gemma3ForConditionalGeneration,
                        GEMMA3_TEXT, "bf16", True),

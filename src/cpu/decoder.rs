@@ -86,7 +86,11 @@ impl CpuDecoder {
             }
             Ok(v)
         };
-        let out_norm = vector(&w.out_norm, c.norm_offset)?;
+        let mut out_norm = vector(&w.out_norm, c.norm_offset)?;
+        let scale = c.out_norm_scale();
+        if scale != 1.0 {
+            out_norm.iter_mut().for_each(|x| *x *= scale);
+        }
         let mut layers = Vec::with_capacity(c.layers);
         for (l, raw) in w.layers.into_iter().enumerate() {
             let vectors = raw

@@ -29,6 +29,9 @@ pub enum Architecture {
     /// Phi-3 / Phi-3.5-mini / Phi-4-mini: fused QKV and gate/up in the checkpoint, LongRoPE,
     /// partial rotary dimensions.
     Phi3,
+    /// IBM Granite 3.x: Llama with multipliers on the embeddings, the attention scores, each
+    /// block's residual branches and the logits.
+    Granite,
 }
 
 /// What a tensor is in the block, whatever a checkpoint calls it.
@@ -390,12 +393,20 @@ pub const ARCHS: &[ArchSpec] = &[
             ..LLAMA_BLOCK
         },
     },
+    ArchSpec {
+        arch: Architecture::Granite,
+        gguf: &["granite"],
+        hf: &["granite", "GraniteForCausalLM"],
+        tensors: LLAMA_TENSORS,
+        hf_names: &[],
+        block: LLAMA_BLOCK,
+    },
 ];
 
 /// What `Error::UnsupportedArchitecture` lists.
 pub const SUPPORTED: &str = "llama (Llama 2/3/3.x, SmolLM, SmolLM2, TinyLlama, EuroLLM), mistral, \
-    qwen2 (Qwen2, Qwen2.5), qwen3, smollm3, gemma2, gemma3 (text), phi3 (Phi-3, Phi-3.5-mini, \
-    Phi-4-mini)";
+    qwen2 (Qwen2, Qwen2.5), qwen3, smollm3, gemma2, gemma3 (text, and the text model of its \
+    multimodal checkpoints), phi3 (Phi-3, Phi-3.5-mini, Phi-4-mini), granite (Granite 3.x)";
 
 impl Architecture {
     /// The entry of a GGUF `general.architecture` or a `config.json` `model_type` /

@@ -141,12 +141,29 @@ pub struct ModelConfig {
     /// Added to every norm weight on load (1 for Gemma's Hugging Face checkpoints, which store
     /// `w - 1`).
     pub norm_offset: f32,
+    /// Granite: each block's attention and MLP outputs are multiplied by this before their
+    /// residual add. The backends carry the residual stream divided by it instead, which is the
+    /// same model: `embed_scale` and `rms_eps` already hold the embedding multiplier ÷ this and
+    /// the file's eps ÷ this² (RMSNorm of a stream scaled by `1/r` with eps ÷ r² is RMSNorm of
+    /// the stream with eps). Only architectures without q/k norms have it.
+    pub residual_scale: Option<f32>,
+    /// Granite: logits are divided by this (folded into the final norm's weight on load).
+    pub logit_scale: Option<f32>,
     /// Tensor names are GGUF's (else Hugging Face's).
     pub gguf_names: bool,
     /// Every token attends to the whole input, not only to earlier positions (an embedder made
     /// from a decoder: EmbeddingGemma's `use_bidirectional_attention`, llama.cpp's
     /// `gemma-embedding`). Sliding windows become symmetric.
     pub bidirectional: bool,
+}
+
+/// Granite's multipliers as its files give them (`None`: absent).
+#[derive(Default)]
+struct Multipliers {
+    embedding: Option<f32>,
+    attention: Option<f32>,
+    residual: Option<f32>,
+    logits: Option<f32>,
 }
 
 /// The window of a bidirectional model's local layers as [`LayerSpec::window`] counts it (keys
@@ -490,10 +507,24 @@ impl ModelConfig {
             final_softcap: cap("final_logit_softcapping")?,
             // llama.cpp's converter already added Gemma's 1 to the norm weights.
             norm_offset: 0.0,
+            residual_scale: None,
+            logit_scale: None,
             gguf_names: true,
             bidirectional,
         };
-        config.validate(meta.file())
+        // Granite's multipliers; llama.cpp reads 0 as absent.
+        let multipliers = if arch == Architecture::Granite {
+            let nonzero = |k: &str| -> Result<Option<f32>> { Ok(opt_f(k)?.filter(|&x| x != 0.0)) };
+            Multipliers {
+                embedding: nonzero("embedding_scale")?,
+                attention: nonzero("attention.scale")?,
+                residual: nonzero("residual_scale")?,
+                logits: nonzero("logit_scale")?,
+            }
+        } else {
+            Multipliers::default()
+        };
+        config.with_multipliers(multipliers).validate(meta.file())
     }
 
     /// From a Hugging Face `config.json` (`rope_theta` or transformers 5's `rope_parameters`).
@@ -791,10 +822,48 @@ impl ModelConfig {
             attn_softcap: cap("attn_logit_softcapping"),
             final_softcap: cap("final_logit_softcapping"),
             norm_offset: spec.block.hf_norm_offset,
+            residual_scale: None,
+            logit_scale: None,
             gguf_names: false,
             bidirectional,
         };
-        config.validate(source)
+        let multipliers = if arch == Architecture::Granite {
+            let f = |k: &str| opt_f(k).map(|x| x as f32);
+            Multipliers {
+                embedding: f("embedding_multiplier"),
+                attention: f("attention_multiplier"),
+                residual: f("residual_multiplier"),
+                logits: f("logits_scaling"),
+            }
+        } else {
+            Multipliers::default()
+        };
+        config.with_multipliers(multipliers).validate(source)
+    }
+
+    /// Granite's multipliers, with the residual one moved into the embeddings and the norms'
+    /// eps (see [`Self::residual_scale`]).
+    fn with_multipliers(mut self, m: Multipliers) -> Self {
+        if let Some(a) = m.attention {
+            self.attn_scale = a;
+        }
+        let residual = m.residual.filter(|&r| r != 1.0);
+        let embedding = m.embedding.or(self.embed_scale);
+        self.embed_scale = match residual {
+            Some(r) => Some((f64::from(embedding.unwrap_or(1.0)) / f64::from(r)) as f32),
+            None => embedding,
+        };
+        if let Some(r) = residual {
+            self.rms_eps = (f64::from(self.rms_eps) / (f64::from(r) * f64::from(r))) as f32;
+        }
+        self.residual_scale = residual;
+        self.logit_scale = m.logits.filter(|&l| l != 1.0);
+        self
+    }
+
+    /// What the final norm's weight is multiplied by on load: 1 ÷ Granite's logit divisor.
+    pub fn out_norm_scale(&self) -> f32 {
+        self.logit_scale.map_or(1.0, |l| 1.0 / l)
     }
 
     /// The architecture's entry (tensor roles and names).
@@ -841,6 +910,16 @@ impl ModelConfig {
             ));
         }
         let finite = |x: Option<f32>| x.is_none_or(|x| x.is_finite() && x > 0.0);
+        if !(finite(c.residual_scale)
+            && finite(c.logit_scale)
+            && c.embed_scale.is_none_or(f32::is_finite))
+        {
+            return bad(format!(
+                "residual multiplier {:?}, logit divisor {:?} or embedding scale {:?} are not \
+                 usable",
+                c.residual_scale, c.logit_scale, c.embed_scale
+            ));
+        }
         if !(c.rms_eps.is_finite()
             && c.rms_eps >= 0.0
             && c.rope.theta.is_finite()
@@ -931,7 +1010,7 @@ impl ModelConfig {
             .collect();
         let mut s = format!(
             "architecture {}: {} layers, hidden {}, {} heads / {} kv heads of {}, ffn {}, vocab {}\n\
-             block: pre-norm RMSNorm (eps {:e}){}{}{}, {} gate, attention scale {}{}{}{}\n\
+             block: pre-norm RMSNorm (eps {}){}{}{}, {} gate, attention scale {}{}{}{}\n\
              rope: theta {} ({:?}, {} of {} dims rotate){}{}\n\
              layers: {}",
             if self.bidirectional {
@@ -946,7 +1025,15 @@ impl ModelConfig {
             self.head_dim,
             self.ffn,
             self.vocab,
-            self.rms_eps,
+            match self.residual_scale {
+                // The file's eps, and what the norms use on the scaled stream.
+                Some(r) => format!(
+                    "{:e}, {:e} on the stream ÷ {r}",
+                    (f64::from(self.rms_eps) * f64::from(r) * f64::from(r)) as f32,
+                    self.rms_eps
+                ),
+                None => format!("{:e}", self.rms_eps),
+            },
             if self.post_norms { " + sandwich post-norms" } else { "" },
             if self.qk_norm { ", q/k RMSNorm" } else { "" },
             if self.qkv_bias { ", q/k/v biases" } else { "" },
@@ -957,7 +1044,13 @@ impl ModelConfig {
             self.attn_softcap
                 .map_or(String::new(), |c| format!(", attention soft-cap {c}")),
             self.final_softcap
-                .map_or(String::new(), |c| format!(", final soft-cap {c}")),
+                .map_or(String::new(), |c| format!(", final soft-cap {c}"))
+                + &self.residual_scale.map_or(String::new(), |r| format!(
+                    ", residual branches × {r} (the stream carried ÷ {r})"
+                ))
+                + &self
+                    .logit_scale
+                    .map_or(String::new(), |l| format!(", logits ÷ {l}")),
             self.rope.theta,
             self.rope.layout,
             self.rope.rotary_dim,

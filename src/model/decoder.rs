@@ -287,30 +287,31 @@ impl Graph {
     }
 }
 
-/// 1-D parameters (norm weights, biases) as the f32 vectors the kernels take, with `offset`
-/// added (Gemma's Hugging Face norms store `w - 1`). Tensors already in f32 without an offset
-/// are kept; the others are read back in one submit, converted and uploaded anew.
+/// 1-D parameters (norm weights, biases) as the f32 vectors the kernels take, each value `x`
+/// made `(x + offset) * scale` (Gemma's Hugging Face norms store `w - 1`; Granite's logit
+/// divisor goes into the final norm). Tensors already in f32 that stay as they are are kept;
+/// the others are read back in one submit, converted and uploaded anew.
 pub(crate) async fn vectors_to_f32(
     ctx: &GpuContext,
-    tensors: Vec<(GpuTensor, f32)>,
+    tensors: Vec<(GpuTensor, f32, f32)>,
 ) -> Result<Vec<GpuTensor>> {
     let mut rec = ctx.recorder();
     let mut slots = Vec::with_capacity(tensors.len());
-    for (t, offset) in &tensors {
-        let keep = t.dtype() == DType::F32 && *offset == 0.0;
+    for (t, offset, scale) in &tensors {
+        let keep = t.dtype() == DType::F32 && *offset == 0.0 && *scale == 1.0;
         slots.push((!keep).then(|| rec.read(t)));
     }
     if slots.iter().all(Option::is_none) {
-        return Ok(tensors.into_iter().map(|(t, _)| t).collect());
+        return Ok(tensors.into_iter().map(|(t, _, _)| t).collect());
     }
     let back = rec.submit_and_read().await?;
     let mut out = Vec::with_capacity(tensors.len());
-    for ((t, offset), slot) in tensors.into_iter().zip(slots) {
+    for ((t, offset, scale), slot) in tensors.into_iter().zip(slots) {
         match slot {
             None => out.push(t),
             Some(slot) => {
                 let mut v = back.f32(slot)?;
-                v.iter_mut().for_each(|x| *x += offset);
+                v.iter_mut().for_each(|x| *x = (*x + offset) * scale);
                 let f = ctx.upload_f32(t.name(), t.shape(), &v)?;
                 t.destroy();
                 out.push(f);
@@ -406,12 +407,12 @@ impl Decoder {
         let c = &config;
         let w = DecoderWeights::take(c, tensors)?;
         // Every 1-D parameter (norm weights, biases) goes through one conversion to f32.
-        let mut vectors = vec![(w.out_norm.clone(), c.norm_offset)];
+        let mut vectors = vec![(w.out_norm.clone(), c.norm_offset, c.out_norm_scale())];
         for l in &w.layers {
             vectors.extend(
                 l.vectors(c.norm_offset)
                     .into_iter()
-                    .map(|(t, o)| (t.clone(), o)),
+                    .map(|(t, o)| (t.clone(), o, 1.0)),
             );
         }
         let mut converted = vectors_to_f32(ctx, vectors).await?.into_iter();

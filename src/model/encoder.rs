@@ -1032,7 +1032,7 @@ impl Encoder {
             });
         }
         let converted =
-            vectors_to_f32(ctx, vectors.into_iter().map(|t| (t, 0.0)).collect()).await?;
+            vectors_to_f32(ctx, vectors.into_iter().map(|t| (t, 0.0, 1.0)).collect()).await?;
         let mut converted: Vec<Option<GpuTensor>> = converted.into_iter().map(Some).collect();
         let mut get = |i: usize| converted[i].take().expect("each vector is taken once");
         let embed_norm = Norm {
