@@ -30,18 +30,25 @@ function threadsUnavailable() {
  * the engine reads it as a Blob-like object (its URL as the name, the size the server gave) whose
  * stream is the download's. Resolves once the file is also in the cache. When the download fails,
  * its error is the one thrown (it says more than the engine's read of a broken stream); when the
- * engine refuses the file, its copy is dropped from the cache (as for a cached file it refuses). */
+ * engine refuses the file (its header, or a model too large for the device, refused as soon as
+ * the header is read), the download stops there and what it stored is dropped, so the refusal
+ * comes before the rest of the file is downloaded. */
 async function loadWhileStored(job, url, load) {
   const source = { name: url, size: job.total, stream: () => job.stream, arrayBuffer: () => Promise.reject(new Error("read as a stream")) };
+  // A download that fails errors the engine's stream: this is set before the engine's error.
+  let downloadError = null;
+  job.done.catch((err) => (downloadError = err));
   let model;
   try {
     model = await load(source);
   } catch (e) {
     job.cancelStream();
-    let failed = null;
-    await job.done.catch((err) => (failed = err));
+    const failed = downloadError;
+    const aborted = toPocketLMError(e).code === "aborted";
+    if (!failed && !aborted) job.abort();
+    await job.done.catch(() => {});
     if (failed) throw failed;
-    if (toPocketLMError(e).code !== "aborted") await storage.remove(url).catch(() => {});
+    if (!aborted) await storage.remove(url).catch(() => {});
     throw e;
   }
   job.cancelStream(); // (the engine may not read a file's last bytes; the cache gets them all)

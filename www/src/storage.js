@@ -353,14 +353,20 @@ export async function prepare(source, options = {}) {
  * engine loads while the file downloads and is stored, instead of reading it back from the
  * cache afterwards. The download waits for the stream's reader (a few chunks are buffered);
  * `cancelStream()` releases it (the download then goes on into the cache alone). A failed
- * download errors the stream.
+ * download errors the stream. `abort()` stops the job as `signal` would (`done` rejects with code
+ * "aborted"; what was downloaded stays as a partial download until removed).
  */
-export async function start(source, { signal, onProgress, concurrency = 4, stream: wantStream = false } = {}) {
-  const none = { done: Promise.resolve(), stream: null, total: null, cancelStream() {} };
+export async function start(source, { signal: given, onProgress, concurrency = 4, stream: wantStream = false } = {}) {
+  const none = { done: Promise.resolve(), stream: null, total: null, cancelStream() {}, abort() {} };
   if (!cacheStorage()) return none;
   const weights = await open(WEIGHTS_CACHE);
   const partial = await open(PARTIAL_CACHE);
   if (!weights || !partial) return none;
+  // The job stops on the caller's signal, or on its own `abort()` (the engine refused the file).
+  const stop = new AbortController();
+  if (given?.aborted) stop.abort(given.reason);
+  else given?.addEventListener("abort", () => stop.abort(given.reason), { once: true });
+  const signal = stop.signal;
   const ctx = { weights, partial, signal, tee: null };
   let urls;
   if (Array.isArray(source)) urls = source;
@@ -398,13 +404,14 @@ export async function start(source, { signal, onProgress, concurrency = 4, strea
   const oneFile = urls.length === 1 && urls[0] === source;
   if (wantStream && oneFile && missing[0].total !== null) ctx.tee = teeStream();
   const done = Promise.all(Array.from({ length: Math.min(concurrency, missing.length) }, worker)).then(() => {});
+  const abort = () => stop.abort();
   const tee = ctx.tee;
-  if (!tee) return { ...none, done };
+  if (!tee) return { ...none, done, abort };
   done.then(
     () => tee.close(),
     (e) => tee.error(e),
   );
-  return { done, stream: tee.stream, total: missing[0].total, cancelStream: () => tee.cancel() };
+  return { done, stream: tee.stream, total: missing[0].total, cancelStream: () => tee.cancel(), abort };
 }
 
 /** A ReadableStream fed by a download: `push(bytes)` resolves once the reader has room (16

@@ -22,8 +22,10 @@ const TYPES = {
 // 127.0.0.1), `options.headers(path)` → extra response headers (e.g. a Content-Security-Policy),
 // `options.ranges(path)` → false to ignore Range headers (the whole file, 200), `options.cut(path,
 // entry)` → a byte count after which the response body stops and the connection is dropped (the
-// Content-Length still announces the whole body). `requests` counts GETs per path; `log` holds
-// {method, path, range, status, cut} for every request.
+// Content-Length still announces the whole body), `options.stall(path, entry)` → a byte count
+// after which the body stops but the connection stays open (a download that never ends).
+// `requests` counts GETs per path; `log` holds {method, path, range, status, cut, stall} for
+// every request.
 export async function serve(mounts, options = {}) {
   if (typeof mounts === "string") mounts = { "/": mounts };
   const prefixes = Object.keys(mounts).sort((a, b) => b.length - a.length);
@@ -74,6 +76,13 @@ export async function serve(mounts, options = {}) {
     headers["content-length"] = body.length;
     entry.status = status;
     res.writeHead(status, headers);
+    const stall = req.method === "GET" ? options.stall?.(path, entry) : undefined;
+    if (stall !== undefined && stall !== null && stall < body.length) {
+      entry.stall = stall;
+      // The rest never comes: the connection stays open until the client or close() ends it.
+      res.write(body.subarray(0, stall));
+      return;
+    }
     const cut = req.method === "GET" ? options.cut?.(path, entry) : undefined;
     if (cut !== undefined && cut !== null && cut < body.length) {
       entry.cut = cut;

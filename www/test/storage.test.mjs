@@ -4,12 +4,13 @@
 // downloads (and cached by the time the load resolves), a half-written file that is never served, a
 // load that does not fit the origin's quota (set small over CDP) rejecting with code "quota", and
 // one that fits once but not twice succeeding (a file is written once: its pieces are the cached
-// copy, which the engine reads in order).
+// copy, which the engine reads in order), and a file the engine refuses stopping its download.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
-import { readFileSync, statSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { createHash } from "node:crypto";
 import { serve } from "./server.mjs";
 import { evaluate, launch, value } from "./browser.mjs";
@@ -22,10 +23,16 @@ const MODEL_BYTES = statSync(MODEL_FILE).size;
 const TINY = "/fixtures/models/tiny-llama.gguf";
 const TINY_FILE = join(ROOT, "tests", "fixtures", "models", "tiny-llama.gguf");
 const TINY_BYTES = statSync(TINY_FILE).size;
+// A file that is no model (no GGUF magic, no safetensors header), 8 MiB: the engine refuses it
+// at its first bytes.
+const GENERATED = mkdtempSync(join(tmpdir(), "pocketlm-storage-"));
+const REFUSED = "/generated/not-a-model.gguf";
+writeFileSync(join(GENERATED, "not-a-model.gguf"), Buffer.concat([Buffer.from("NOTAMODEL"), Buffer.alloc((8 << 20) - 9, 7)]));
 const sri = (file) => `sha256-${createHash("sha256").update(readFileSync(file)).digest("base64")}`;
 
-// What the server does, changed by each test: cut a path's next GET after N bytes, refuse Range.
-const behaviour = { cut: new Map(), refuseRanges: false };
+// What the server does, changed by each test: cut a path's next GET after N bytes, stall its
+// GETs after N bytes (the rest never comes), refuse Range.
+const behaviour = { cut: new Map(), stall: new Map(), refuseRanges: false };
 let server, browser, page;
 
 async function openPage(b) {
@@ -39,9 +46,10 @@ async function openPage(b) {
 
 before(async () => {
   server = await serve(
-    { "/": WWW, "/models/": join(ROOT, "models"), "/fixtures/": join(ROOT, "tests", "fixtures") },
+    { "/": WWW, "/models/": join(ROOT, "models"), "/fixtures/": join(ROOT, "tests", "fixtures"), "/generated/": GENERATED },
     {
       ranges: () => !behaviour.refuseRanges,
+      stall: (path) => behaviour.stall.get(path),
       cut: (path) => {
         const n = behaviour.cut.get(path);
         behaviour.cut.delete(path); // only the next request
@@ -56,6 +64,7 @@ before(async () => {
 after(async () => {
   await browser?.close();
   await server?.close();
+  rmSync(GENERATED, { recursive: true, force: true });
 });
 
 /** Runs `fn` in `p` (see browser.mjs's `evaluate`). */
@@ -412,5 +421,31 @@ test("with a truthful storage estimate, a load that does not fit is refused befo
     assert.equal((await stored(TINY, p)).has, true);
   } finally {
     await exact.close();
+  }
+});
+
+test("a file the engine refuses is reported when its header is read, not after its download, and none of it is kept", { timeout: 120_000 }, async () => {
+  // The server sends 2 MiB and then nothing more: a load that waited for the download to finish
+  // would never settle.
+  behaviour.stall.set(REFUSED, 2 << 20);
+  try {
+    const code = value(
+      await run(async (path) => {
+        try {
+          await globalThis.pocketlm.PocketLM.load(path);
+          return "loaded";
+        } catch (e) {
+          return e.code;
+        }
+      }, REFUSED),
+    );
+    assert.equal(code, "bad_magic");
+    const g = gets(REFUSED);
+    assert.equal(g.length, 1);
+    assert.equal(g[0].stall, 2 << 20, "the download never completed");
+    const s = await stored(REFUSED);
+    assert.deepEqual([s.has, s.list, s.cachedModels, s.rawMatch], [false, [], [], false]);
+  } finally {
+    behaviour.stall.delete(REFUSED);
   }
 });
