@@ -1053,6 +1053,19 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// What a load for an engine checks in the header of a model's only file before its weights
+/// ([`crate::load::LoadOptions::check_header`]): that a GGUF model's configuration and its
+/// tokenizer's kind are ones PocketLM runs.
+pub fn check_header(header: &crate::load::FileHeader) -> Result<()> {
+    match header {
+        crate::load::FileHeader::Gguf(h) => {
+            ModelConfig::check_gguf_header(h)?;
+            Tokenizer::check_gguf(&h.metadata)
+        }
+        crate::load::FileHeader::Safetensors(_) => Ok(()),
+    }
+}
+
 /// A model without a chat template still runs plain prompts; any other error stands.
 fn optional_template(t: Result<ChatTemplate>) -> Result<Option<ChatTemplate>> {
     match t {

@@ -226,7 +226,7 @@ impl Gpu {
     pub fn load_weights(&self, source: JsValue, options: JsValue) -> Promise {
         let ctx = self.ctx.clone();
         reject_on_error(async move {
-            let model = load_from_js(&*ctx, &source, &options).await?;
+            let model = load_from_js(&*ctx, &source, &options, false).await?;
             let summary = model.files.summary().to_string();
             Ok(Weights { model, summary }.into())
         })
@@ -241,7 +241,7 @@ impl Gpu {
         let ctx = self.ctx.clone();
         reject_on_error(async move {
             let opts = engine_options(&options)?;
-            let mut loaded = load_from_js(&*ctx, &source, &options).await?;
+            let mut loaded = load_from_js(&*ctx, &source, &options, true).await?;
             if encoder::is_encoder_model(&loaded) {
                 let name = model_name(&loaded.files.files);
                 let bytes = loaded.gpu_bytes;
@@ -401,7 +401,7 @@ impl Cpu {
         let cpu = self.cpu.clone();
         reject_on_error(async move {
             let opts = engine_options(&options)?;
-            let mut loaded = load_from_js(&*cpu, &source, &options).await?;
+            let mut loaded = load_from_js(&*cpu, &source, &options, true).await?;
             if encoder::is_encoder_model(&loaded) {
                 let name = model_name(&loaded.files.files);
                 let embedder = Embedder::from_loaded_cpu(&mut loaded, &name)?;
@@ -415,11 +415,13 @@ impl Cpu {
 }
 
 /// Opens `source` as the kind of thing it is and loads it into `ctx`'s memory (the GPU's, or
-/// wasm memory for the CPU backend), wiring progress, abort and integrity.
+/// wasm memory for the CPU backend), wiring progress, abort and integrity. With `runnable`, a
+/// model of one GGUF file that cannot run is refused from its header, before its weights.
 async fn load_from_js<D: LoadTarget>(
     ctx: &D,
     source: &JsValue,
     options: &JsValue,
+    runnable: bool,
 ) -> Result<LoadedModelFiles<D::Tensor>, Error> {
     let abort = AbortFlag::default();
     let signal = get(options, "signal");
@@ -448,9 +450,11 @@ async fn load_from_js<D: LoadTarget>(
             let _ = f.call1(&JsValue::NULL, &o);
         }
     };
+    let check = crate::engine::check_header;
     let opts = LoadOptions {
         progress: Some(&mut progress),
         abort: abort.clone(),
+        check_header: runnable.then_some(&check as &crate::load::HeaderCheck),
         ..Default::default()
     };
     let sha256: Vec<Option<String>> = match get(options, "sha256") {

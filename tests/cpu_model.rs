@@ -253,3 +253,86 @@ fn all_minilm_l6_v2_matches_sentence_transformers_on_the_cpu() {
         );
     }
 }
+
+/// A source that fails the test if read once `limit` bytes have been served.
+struct NoFurther {
+    inner: pocketlm::load::MemorySource,
+    served: usize,
+    limit: usize,
+}
+
+impl pocketlm::load::ByteSource for NoFurther {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn total(&self) -> Option<u64> {
+        self.inner.total()
+    }
+    async fn next_chunk(&mut self) -> pocketlm::Result<Option<Vec<u8>>> {
+        assert!(
+            self.served < self.limit,
+            "the load read past the header ({} bytes)",
+            self.served
+        );
+        let chunk = self.inner.next_chunk().await?;
+        self.served += chunk.as_ref().map_or(0, Vec::len);
+        Ok(chunk)
+    }
+}
+
+/// An engine's load (`check_header`, as the CLI and the npm package load models) refuses a GGUF
+/// model it cannot run from the header alone (its architecture, its tokenizer's kind): none of
+/// the weights is read (in a browser, none downloaded). Without the check the same file loads,
+/// to be refused afterwards.
+#[test]
+fn a_model_that_cannot_run_is_refused_from_its_header() {
+    use pocketlm::load::{load_model, MemorySource, ModelFile};
+    let original = std::fs::read(models().join("tiny-llama.gguf")).unwrap();
+    // A string value: its key, the string type (u32 8), the length (u64), then the text.
+    let patched = |key: &str, from: &str, to: &str| {
+        let mut bytes = original.clone();
+        let at = bytes
+            .windows(key.len())
+            .position(|w| w == key.as_bytes())
+            .unwrap()
+            + key.len()
+            + 12;
+        assert_eq!(&bytes[at..at + from.len()], from.as_bytes());
+        bytes[at..at + to.len()].copy_from_slice(to.as_bytes());
+        bytes
+    };
+    let header = pocketlm::formats::GgufHeader::parse_file(&original, "tiny-llama.gguf").unwrap();
+    // (The header is parsed from prefixes of at least 64 KiB, growing geometrically.)
+    let header_reads = (2 * header.data_offset as usize).max(64 << 10) + 1024;
+    assert!(header_reads * 2 < original.len());
+    let load = |bytes: &[u8], limit, check: bool| {
+        let opts = LoadOptions {
+            check_header: check.then_some(&pocketlm::engine::check_header as _),
+            ..Default::default()
+        };
+        let files = vec![ModelFile {
+            source: NoFurther {
+                inner: MemorySource::with_chunk("patched.gguf", bytes.to_vec(), 1024),
+                served: 0,
+                limit,
+            },
+            sha256: None,
+        }];
+        pollster::block_on(load_model(cpu(), files, None, 1, opts))
+    };
+    for (key, to, code) in [
+        ("general.architecture", "llamb", "unsupported_architecture"),
+        ("tokenizer.ggml.model", "llamb", "tokenizer"),
+    ] {
+        let bytes = patched(key, "llama", to);
+        let e = load(&bytes, header_reads, true).err().expect("refused");
+        assert_eq!(e.code(), code, "{e}");
+        assert!(e.to_string().contains("llamb"), "{e}");
+        let loaded = load(&bytes, usize::MAX, false).expect("loads without the check");
+        let e = Engine::new_cpu(cpu(), loaded, &EngineOptions::default())
+            .expect_err("refused after the load");
+        assert_eq!(e.code(), code);
+    }
+    // A model it runs passes the check.
+    load(&original, usize::MAX, true).unwrap();
+}

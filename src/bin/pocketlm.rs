@@ -553,6 +553,7 @@ mod cli {
         let mut on_progress = |p: &Progress| bar.update(p);
         let opts = LoadOptions {
             progress: Some(&mut on_progress),
+            check_header: Some(&pocketlm::engine::check_header),
             ..Default::default()
         };
         let loaded = load::load_native(target, &spec, opts).await;

@@ -23,7 +23,7 @@ pub use source::{io_error, ByteSource, MemorySource, CHUNK};
 #[cfg(not(target_arch = "wasm32"))]
 pub use source::{FileSource, HttpSource};
 pub use stream::{
-    load_stream, AbortFlag, HeaderStep, LoadOptions, LoadTarget, LoadedFile, Progress,
+    load_stream, AbortFlag, HeaderCheck, HeaderStep, LoadOptions, LoadTarget, LoadedFile, Progress,
     StoredTensor, TensorSink,
 };
 pub(crate) use upload::{check_plans, PlanCursor};

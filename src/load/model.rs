@@ -148,7 +148,15 @@ pub async fn load_model_file<S: ByteSource, D: LoadTarget>(
     opts: &mut LoadOptions<'_>,
 ) -> Result<LoadedModel<D::Tensor>> {
     let name = source.name().to_string();
-    let loaded = load_stream(target, source, |p, size| parse_header(p, size, &name), opts).await?;
+    let check = opts.check_header;
+    let parse = |p: &[u8], size: Option<u64>| {
+        let step = parse_header(p, size, &name)?;
+        if let (HeaderStep::Done(header, _), Some(check)) = (&step, check) {
+            check(header)?;
+        }
+        Ok(step)
+    };
+    let loaded = load_stream(target, source, parse, opts).await?;
     let gpu_bytes = loaded.tensors.iter().map(|t| t.size_bytes()).sum();
     Ok(LoadedModel {
         header: loaded.header,
@@ -206,6 +214,8 @@ pub async fn load_model<S: ByteSource, D: LoadTarget>(
     let abort = opts.abort.clone();
     let budget = opts.piece_budget;
     let max_binding_bytes = opts.max_binding_bytes;
+    // A file's header describes the model only when it is the model's only file.
+    let check_header = opts.check_header.filter(|_| n == 1 && index.is_none());
 
     let loads = files.into_iter().enumerate().map(|(i, mut file)| {
         let (done, report, abort) = (&done, &report, abort.clone());
@@ -232,6 +242,7 @@ pub async fn load_model<S: ByteSource, D: LoadTarget>(
                 sha256: file.sha256.take(),
                 piece_budget: budget,
                 max_binding_bytes,
+                check_header,
             };
             let loaded = load_model_file(target, &mut file.source, &mut file_opts).await;
             if loaded.is_err() {

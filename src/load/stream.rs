@@ -137,7 +137,14 @@ pub struct LoadOptions<'a> {
     /// (see [`crate::load::part_name`]); default (and at most): the adapter's storage-binding
     /// limit. Smaller values exercise the split path on small models.
     pub max_binding_bytes: Option<u64>,
+    /// Called with the header of a model's only file as soon as it is parsed, before any
+    /// tensor is allocated or read: an error ends the load there (an engine's load refuses a
+    /// model it cannot run before its weights download).
+    pub check_header: Option<&'a HeaderCheck>,
 }
+
+/// See [`LoadOptions::check_header`].
+pub type HeaderCheck = dyn Fn(&crate::load::FileHeader) -> Result<()>;
 
 impl Default for LoadOptions<'_> {
     fn default() -> Self {
@@ -147,6 +154,7 @@ impl Default for LoadOptions<'_> {
             sha256: None,
             piece_budget: DEFAULT_PIECE_BUDGET,
             max_binding_bytes: None,
+            check_header: None,
         }
     }
 }

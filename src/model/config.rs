@@ -329,6 +329,23 @@ fn transformers_defaults(model_type: &str) -> Option<Value> {
 impl ModelConfig {
     /// From a GGUF file's metadata and tensor table.
     pub fn from_gguf(meta: &GgufMetadata, model: &ModelFiles) -> Result<Self> {
+        Self::from_gguf_with(meta, &|name| model.tensor(name).is_some())
+    }
+
+    /// What [`ModelConfig::from_gguf`] would refuse in the model whose only file has this
+    /// header: an unsupported architecture, a missing or absurd setting. Checked as soon as a
+    /// load has the header, before the weights stream in (a download of gigabytes for a model
+    /// that cannot run). An embedding model's GGUF is described elsewhere and passes.
+    pub fn check_gguf_header(header: &crate::formats::GgufHeader) -> Result<()> {
+        if crate::model::encoder::is_encoder_gguf(&header.metadata) {
+            return Ok(());
+        }
+        let has = |name: &str| header.tensors.iter().any(|t| t.name == name);
+        Self::from_gguf_with(&header.metadata, &has).map(|_| ())
+    }
+
+    /// [`ModelConfig::from_gguf`], asking `has_tensor` which tensors the model has.
+    fn from_gguf_with(meta: &GgufMetadata, has_tensor: &dyn Fn(&str) -> bool) -> Result<Self> {
         let arch_name = meta.architecture()?;
         let spec = Architecture::spec_of(arch_name, true)
             .ok_or_else(|| unsupported(meta.file(), arch_name))?;
@@ -417,7 +434,7 @@ impl ModelConfig {
                 ))
             }
         };
-        if arch == Architecture::Phi3 && model.tensor(Role::RopeFactorsShort.gguf()).is_some() {
+        if arch == Architecture::Phi3 && has_tensor(Role::RopeFactorsShort.gguf()) {
             rope_scaling = RopeScaling::LongRope {
                 short: Vec::new(),
                 long: Vec::new(),
@@ -496,8 +513,8 @@ impl ModelConfig {
             rope_local,
             layer_specs,
             max_positions,
-            tied_embeddings: model.tensor(Role::Output.gguf()).is_none(),
-            qkv_bias: model.tensor("blk.0.attn_q.bias").is_some(),
+            tied_embeddings: !has_tensor(Role::Output.gguf()),
+            qkv_bias: has_tensor("blk.0.attn_q.bias"),
             qk_norm: spec.block.qk_norm,
             post_norms: spec.block.post_norms,
             activation: spec.block.activation,

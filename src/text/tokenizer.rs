@@ -134,6 +134,64 @@ fn over_limit(source: &str, what: &str, value: u64, limit: u64) -> Error {
     ))
 }
 
+/// A GGUF file's tokenizer kind (`tokenizer.ggml.model`) and its tokens, the vocabulary's size
+/// limits checked.
+fn gguf_vocabulary(meta: &GgufMetadata) -> Result<(&str, &[String])> {
+    let model: &str = meta.string("tokenizer.ggml.model")?;
+    let tokens = meta.string_array("tokenizer.ggml.tokens")?;
+    let n = tokens.len();
+    if n == 0 {
+        return Err(tok_err(format!(
+            "'{}': tokenizer.ggml.tokens is empty",
+            meta.file()
+        )));
+    }
+    let merges_len = meta
+        .get_opt::<&[String]>("tokenizer.ggml.merges")?
+        .map_or(0, <[String]>::len);
+    let added = meta
+        .get_opt::<&[i32]>("tokenizer.ggml.token_type")?
+        .map_or(0, |t| t.iter().filter(|&&t| t == TYPE_USER_DEFINED).count());
+    check_vocab_limits(
+        meta.file(),
+        n,
+        tokens.iter().map(String::len).max().unwrap_or(0),
+        tokens.iter().map(String::len).sum(),
+        merges_len,
+        added,
+    )?;
+    Ok((model, tokens))
+}
+
+/// Whether a GGUF tokenizer kind is SentencePiece (`llama`) or WordPiece (`bert`); `gpt2` is
+/// neither (byte-level BPE).
+fn gguf_kind(meta: &GgufMetadata, model: &str) -> Result<(bool, bool)> {
+    match model {
+        "gpt2" => Ok((false, false)),
+        "llama" => Ok((true, false)),
+        "bert" => Ok((false, true)),
+        other => Err(tok_err(format!(
+            "'{}': tokenizer.ggml.model '{other}' is not supported (supported: gpt2, llama, \
+             bert)",
+            meta.file()
+        ))),
+    }
+}
+
+/// A byte-level BPE vocabulary's pre-tokenizer regexes (`tokenizer.ggml.pre`, default
+/// "default") and whether it ignores merges.
+fn gguf_pre_tokenizer(meta: &GgufMetadata) -> Result<(Vec<&'static str>, bool)> {
+    let pre: &str = meta
+        .get_opt::<&str>("tokenizer.ggml.pre")?
+        .unwrap_or("default");
+    pre_tokenizer_regexes(pre).ok_or_else(|| {
+        tok_err(format!(
+            "'{}': pre-tokenizer '{pre}' (tokenizer.ggml.pre) is not supported",
+            meta.file()
+        ))
+    })
+}
+
 /// Checks the counts of a vocabulary against the limits above.
 fn check_vocab_limits(
     source: &str,
@@ -323,31 +381,22 @@ impl Tokenizer {
         Tokenizer::from_json(json.as_bytes())
     }
 
+    /// What [`Tokenizer::from_gguf`] refuses before it builds anything: a tokenizer kind or a
+    /// pre-tokenizer PocketLM does not have, an empty or oversized vocabulary. Cheap: a load
+    /// checks it from the header, before the weights.
+    pub fn check_gguf(meta: &GgufMetadata) -> Result<()> {
+        let (model, _) = gguf_vocabulary(meta)?;
+        let (spm, wpm) = gguf_kind(meta, model)?;
+        if !(spm || wpm) {
+            gguf_pre_tokenizer(meta)?;
+        }
+        Ok(())
+    }
+
     /// From a GGUF file's `tokenizer.ggml.*` metadata.
     pub fn from_gguf(meta: &GgufMetadata) -> Result<Tokenizer> {
-        let model: &str = meta.string("tokenizer.ggml.model")?;
-        let tokens = meta.string_array("tokenizer.ggml.tokens")?;
+        let (model, tokens) = gguf_vocabulary(meta)?;
         let n = tokens.len();
-        if n == 0 {
-            return Err(tok_err(format!(
-                "'{}': tokenizer.ggml.tokens is empty",
-                meta.file()
-            )));
-        }
-        let merges_len = meta
-            .get_opt::<&[String]>("tokenizer.ggml.merges")?
-            .map_or(0, <[String]>::len);
-        let added = meta
-            .get_opt::<&[i32]>("tokenizer.ggml.token_type")?
-            .map_or(0, |t| t.iter().filter(|&&t| t == TYPE_USER_DEFINED).count());
-        check_vocab_limits(
-            meta.file(),
-            n,
-            tokens.iter().map(String::len).max().unwrap_or(0),
-            tokens.iter().map(String::len).sum(),
-            merges_len,
-            added,
-        )?;
         let types: Vec<i32> = match meta.get_opt::<&[i32]>("tokenizer.ggml.token_type")? {
             Some(t) if t.len() == n => t.to_vec(),
             Some(t) => {
@@ -371,18 +420,7 @@ impl Tokenizer {
                 ))),
             }
         };
-        let (spm, wpm) = match model {
-            "gpt2" => (false, false),
-            "llama" => (true, false),
-            "bert" => (false, true),
-            other => {
-                return Err(tok_err(format!(
-                    "'{}': tokenizer.ggml.model '{other}' is not supported (supported: gpt2, \
-                     llama, bert)",
-                    meta.file()
-                )))
-            }
-        };
+        let (spm, wpm) = gguf_kind(meta, model)?;
         let (mut bos, mut eos, mut unk, mut pad) = (
             id("tokenizer.ggml.bos_token_id")?,
             id("tokenizer.ggml.eos_token_id")?,
@@ -391,9 +429,6 @@ impl Tokenizer {
         );
         let eot = id("tokenizer.ggml.eot_token_id")?;
         let eom = id("tokenizer.ggml.eom_token_id")?;
-        let pre: &str = meta
-            .get_opt::<&str>("tokenizer.ggml.pre")?
-            .unwrap_or("default");
 
         // llama.cpp's defaults, then the file's flags.
         let (mut add_bos, mut add_space_prefix) = (spm || wpm, spm);
@@ -435,12 +470,7 @@ impl Tokenizer {
         let regexes = if spm || wpm {
             Vec::new()
         } else {
-            let (r, ignore) = pre_tokenizer_regexes(pre).ok_or_else(|| {
-                tok_err(format!(
-                    "'{}': pre-tokenizer '{pre}' (tokenizer.ggml.pre) is not supported",
-                    meta.file()
-                ))
-            })?;
+            let (r, ignore) = gguf_pre_tokenizer(meta)?;
             ignore_merges = ignore;
             if ignore {
                 // llama.cpp turns BOS on for the llama3 family.
