@@ -1066,6 +1066,19 @@ pub fn check_header(header: &crate::load::FileHeader) -> Result<()> {
     }
 }
 
+/// What a load for an engine checks in a model folder's companion files before its weights
+/// ([`crate::load::LoadOptions::check_companions`]): that a decoder's `config.json` is one
+/// PocketLM runs (an embedding model's folder is described elsewhere and passes, and so does
+/// a folder without one, which the engine reports).
+pub fn check_companions(companions: &std::collections::BTreeMap<String, String>) -> Result<()> {
+    match companions.get("config.json") {
+        Some(json) if !crate::model::encoder::is_encoder(companions) => {
+            ModelConfig::from_hf_json(json, "config.json").map(|_| ())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A model without a chat template still runs plain prompts; any other error stands.
 fn optional_template(t: Result<ChatTemplate>) -> Result<Option<ChatTemplate>> {
     match t {

@@ -416,7 +416,8 @@ impl Cpu {
 
 /// Opens `source` as the kind of thing it is and loads it into `ctx`'s memory (the GPU's, or
 /// wasm memory for the CPU backend), wiring progress, abort and integrity. With `runnable`, a
-/// model of one GGUF file that cannot run is refused from its header, before its weights.
+/// model of one GGUF file that cannot run is refused from its header, and a folder from its
+/// `config.json`, before their weights.
 async fn load_from_js<D: LoadTarget>(
     ctx: &D,
     source: &JsValue,
@@ -450,11 +451,12 @@ async fn load_from_js<D: LoadTarget>(
             let _ = f.call1(&JsValue::NULL, &o);
         }
     };
-    let check = crate::engine::check_header;
+    let (check, check_folder) = (crate::engine::check_header, crate::engine::check_companions);
     let opts = LoadOptions {
         progress: Some(&mut progress),
         abort: abort.clone(),
         check_header: runnable.then_some(&check as &crate::load::HeaderCheck),
+        check_companions: runnable.then_some(&check_folder as &crate::load::CompanionsCheck),
         ..Default::default()
     };
     let sha256: Vec<Option<String>> = match get(options, "sha256") {
@@ -492,6 +494,9 @@ async fn load_from_js<D: LoadTarget>(
             if url.ends_with('/') {
                 // A model folder: its weights and the text files that describe the model.
                 let plan = plan_folder(url, cache, signal.as_ref()).await?;
+                if let Some(check) = opts.check_companions {
+                    check(&plan.companions)?;
+                }
                 urls = plan.weights;
                 index = plan.index;
                 companions = plan.companions;

@@ -335,4 +335,26 @@ fn a_model_that_cannot_run_is_refused_from_its_header() {
     }
     // A model it runs passes the check.
     load(&original, usize::MAX, true).unwrap();
+
+    // A folder: its config.json is checked before any weight file is opened (here one that is
+    // no model at all, which a load would refuse otherwise).
+    let dir = common::fixture_copy("tiny-llama", &["config.json"], "unrunnable-folder");
+    let config = std::fs::read_to_string(dir.join("config.json"))
+        .unwrap()
+        .replace("\"llama\"", "\"llamb\"")
+        .replace("LlamaForCausalLM", "LlambForCausalLM");
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    std::fs::write(dir.join("model.safetensors"), b"not a model at all").unwrap();
+    let load_folder = |check: bool| {
+        let opts = LoadOptions {
+            check_companions: check.then_some(&pocketlm::engine::check_companions as _),
+            ..Default::default()
+        };
+        pollster::block_on(load_directory(cpu(), &dir, 2, opts))
+    };
+    let e = load_folder(true).err().expect("refused");
+    assert_eq!(e.code(), "unsupported_architecture", "{e}");
+    let e = load_folder(false).err().expect("the weights are read");
+    assert_ne!(e.code(), "unsupported_architecture", "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -554,6 +554,7 @@ mod cli {
         let opts = LoadOptions {
             progress: Some(&mut on_progress),
             check_header: Some(&pocketlm::engine::check_header),
+            check_companions: Some(&pocketlm::engine::check_companions),
             ..Default::default()
         };
         let loaded = load::load_native(target, &spec, opts).await;

@@ -23,8 +23,8 @@ pub use source::{io_error, ByteSource, MemorySource, CHUNK};
 #[cfg(not(target_arch = "wasm32"))]
 pub use source::{FileSource, HttpSource};
 pub use stream::{
-    load_stream, AbortFlag, HeaderCheck, HeaderStep, LoadOptions, LoadTarget, LoadedFile, Progress,
-    StoredTensor, TensorSink,
+    load_stream, AbortFlag, CompanionsCheck, HeaderCheck, HeaderStep, LoadOptions, LoadTarget,
+    LoadedFile, Progress, StoredTensor, TensorSink,
 };
 pub(crate) use upload::{check_plans, PlanCursor};
 pub use upload::{part_name, StreamUploader, TensorPlan, DEFAULT_PIECE_BUDGET};

@@ -243,6 +243,7 @@ pub async fn load_model<S: ByteSource, D: LoadTarget>(
                 piece_budget: budget,
                 max_binding_bytes,
                 check_header,
+                check_companions: None,
             };
             let loaded = load_model_file(target, &mut file.source, &mut file_opts).await;
             if loaded.is_err() {
@@ -332,6 +333,9 @@ pub async fn load_directory<D: LoadTarget>(
     opts: LoadOptions<'_>,
 ) -> Result<LoadedModelFiles<D::Tensor>> {
     let plan = crate::load::folder::plan_directory(dir)?;
+    if let Some(check) = opts.check_companions {
+        check(&plan.companions)?;
+    }
     let files = plan
         .weights
         .iter()

@@ -141,10 +141,15 @@ pub struct LoadOptions<'a> {
     /// tensor is allocated or read: an error ends the load there (an engine's load refuses a
     /// model it cannot run before its weights download).
     pub check_header: Option<&'a HeaderCheck>,
+    /// Called with a model folder's companion files (`config.json`, …) once they are read,
+    /// before any weight file is opened: an error ends the load there.
+    pub check_companions: Option<&'a CompanionsCheck>,
 }
 
 /// See [`LoadOptions::check_header`].
 pub type HeaderCheck = dyn Fn(&crate::load::FileHeader) -> Result<()>;
+/// See [`LoadOptions::check_companions`].
+pub type CompanionsCheck = dyn Fn(&std::collections::BTreeMap<String, String>) -> Result<()>;
 
 impl Default for LoadOptions<'_> {
     fn default() -> Self {
@@ -155,6 +160,7 @@ impl Default for LoadOptions<'_> {
             piece_budget: DEFAULT_PIECE_BUDGET,
             max_binding_bytes: None,
             check_header: None,
+            check_companions: None,
         }
     }
 }
