@@ -113,6 +113,23 @@ pub fn gpu_buffers() -> JsValue {
     o.into()
 }
 
+/// Throws (a PocketLMError) when a model folder with these companion files (`{"config.json":
+/// text, "modules.json": text, …}`) is one PocketLM cannot run, as a load would find once its
+/// weights are downloaded: the package asks before it downloads a folder's weights.
+#[wasm_bindgen(js_name = checkModelFolder)]
+pub fn check_model_folder(companions: JsValue) -> std::result::Result<(), JsValue> {
+    let mut files = std::collections::BTreeMap::new();
+    if let Some(o) = companions.dyn_ref::<js_sys::Object>() {
+        for entry in js_sys::Object::entries(o).iter() {
+            let pair = js_sys::Array::from(&entry);
+            if let (Some(name), Some(text)) = (pair.get(0).as_string(), pair.get(1).as_string()) {
+                files.insert(name, text);
+            }
+        }
+    }
+    crate::engine::check_companions(&files).map_err(|e| to_js_error(&e))
+}
+
 /// The URLs whose model files are in the browser's cache.
 #[wasm_bindgen(js_name = listCachedModels)]
 pub fn list_cached_models() -> Promise {

@@ -61,6 +61,31 @@ async function loadWhileStored(job, url, load) {
   return model;
 }
 
+/** A model folder (its URL, or its index's) is downloaded whole into the cache before the engine
+ * reads it: its `config.json` (and `modules.json`, which says whether it is an embedding model)
+ * is checked first, so that a model PocketLM cannot run is refused before gigabytes of weights.
+ * A file that cannot be fetched is left for the load to report. */
+async function checkFolder(src, signal) {
+  const base = src.slice(0, src.lastIndexOf("/") + 1);
+  const companions = {};
+  await Promise.all(
+    ["config.json", "modules.json"].map(async (name) => {
+      try {
+        const response = await fetch(base + name, { signal });
+        if (response.ok) companions[name] = await response.text();
+      } catch (e) {
+        if (signal?.aborted) throw new PocketLMError("aborted", "the load was aborted");
+        // (Offline: the load reads it from the cache, or says what is missing.)
+      }
+    }),
+  );
+  try {
+    W.checkModelFolder(companions);
+  } catch (e) {
+    throw toPocketLMError(e);
+  }
+}
+
 /** Loads and instantiates PocketLM's wasm module once per realm. `wasm` (its URL, Response or
  * module) selects the single-thread build's file; by default the realm takes the threaded build
  * (pkg-mt/) where it can run it (`threadsUnavailable`) and `threads` is not 1, else pkg/. */
@@ -304,6 +329,9 @@ export class Engine {
     if (signal?.aborted) throw new PocketLMError("aborted", "the load was aborted");
     const threads = defaultThreads(opts.threads);
     await initWasm(wasm, threads);
+    if (typeof src === "string" && (src.endsWith("/") || src.endsWith(".index.json")) && opts.cache !== false) {
+      await checkFolder(src, signal);
+    }
     const choice = await chooseBackend(opts.backend);
     let gpu = null;
     if (choice.backend === "webgpu") {

@@ -9,7 +9,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { createHash } from "node:crypto";
 import { serve } from "./server.mjs";
@@ -28,6 +28,26 @@ const TINY_BYTES = statSync(TINY_FILE).size;
 const GENERATED = mkdtempSync(join(tmpdir(), "pocketlm-storage-"));
 const REFUSED = "/generated/not-a-model.gguf";
 writeFileSync(join(GENERATED, "not-a-model.gguf"), Buffer.concat([Buffer.from("NOTAMODEL"), Buffer.alloc((8 << 20) - 9, 7)]));
+// The tiny Llama GGUF with an architecture PocketLM does not run ("llamb"): refused from its
+// header, before its weights.
+const UNRUNNABLE = "/generated/llamb.gguf";
+{
+  const bytes = readFileSync(TINY_FILE);
+  const key = Buffer.from("general.architecture");
+  const at = bytes.indexOf(key) + key.length + 12; // the string type (u32), its length (u64)
+  assert.equal(bytes.subarray(at, at + 5).toString(), "llama");
+  bytes.write("llamb", at);
+  writeFileSync(join(GENERATED, "llamb.gguf"), bytes);
+}
+// A safetensors folder of that architecture: its weights (8 MiB that are no model) are never
+// requested.
+const UNRUNNABLE_FOLDER = "/generated/llamb-folder/";
+{
+  const config = readFileSync(join(ROOT, "tests", "fixtures", "models", "tiny-llama", "config.json"), "utf8");
+  mkdirSync(join(GENERATED, "llamb-folder"));
+  writeFileSync(join(GENERATED, "llamb-folder", "config.json"), config.replace('"llama"', '"llamb"').replace("LlamaForCausalLM", "LlambForCausalLM"));
+  writeFileSync(join(GENERATED, "llamb-folder", "model.safetensors"), Buffer.alloc(8 << 20, 7));
+}
 const sri = (file) => `sha256-${createHash("sha256").update(readFileSync(file)).digest("base64")}`;
 
 // What the server does, changed by each test: cut a path's next GET after N bytes, stall its
@@ -425,27 +445,50 @@ test("with a truthful storage estimate, a load that does not fit is refused befo
 });
 
 test("a file the engine refuses is reported when its header is read, not after its download, and none of it is kept", { timeout: 120_000 }, async () => {
-  // The server sends 2 MiB and then nothing more: a load that waited for the download to finish
-  // would never settle.
-  behaviour.stall.set(REFUSED, 2 << 20);
-  try {
-    const code = value(
-      await run(async (path) => {
-        try {
-          await globalThis.pocketlm.PocketLM.load(path);
-          return "loaded";
-        } catch (e) {
-          return e.code;
-        }
-      }, REFUSED),
-    );
-    assert.equal(code, "bad_magic");
-    const g = gets(REFUSED);
-    assert.equal(g.length, 1);
-    assert.equal(g[0].stall, 2 << 20, "the download never completed");
-    const s = await stored(REFUSED);
-    assert.deepEqual([s.has, s.list, s.cachedModels, s.rawMatch], [false, [], [], false]);
-  } finally {
-    behaviour.stall.delete(REFUSED);
+  // The server sends the header (and a little more) and then nothing: a load that waited for the
+  // download to finish would never settle. Not a model; a model of an architecture PocketLM
+  // does not run (the header is read from a prefix of at least 64 KiB).
+  for (const [path, stall, want] of [
+    [REFUSED, 2 << 20, "bad_magic"],
+    [UNRUNNABLE, 96 << 10, "unsupported_architecture"],
+  ]) {
+    behaviour.stall.set(path, stall);
+    try {
+      const code = value(
+        await run(async (path) => {
+          try {
+            await globalThis.pocketlm.PocketLM.load(path);
+            return "loaded";
+          } catch (e) {
+            return e.code;
+          }
+        }, path),
+      );
+      assert.equal(code, want, path);
+      const g = gets(path);
+      assert.equal(g.length, 1, path);
+      assert.equal(g[0].stall, stall, `${path}: the download never completed`);
+      const s = await stored(path);
+      assert.deepEqual([s.has, s.list, s.cachedModels, s.rawMatch], [false, [], [], false], path);
+    } finally {
+      behaviour.stall.delete(path);
+    }
   }
+});
+
+test("a model folder PocketLM cannot run is refused from its config.json, before any weights are downloaded", async () => {
+  const code = value(
+    await run(async (path) => {
+      try {
+        await globalThis.pocketlm.PocketLM.load(path);
+        return "loaded";
+      } catch (e) {
+        return e.code;
+      }
+    }, UNRUNNABLE_FOLDER),
+  );
+  assert.equal(code, "unsupported_architecture");
+  assert.equal(gets(`${UNRUNNABLE_FOLDER}config.json`).length, 1);
+  assert.deepEqual(gets(`${UNRUNNABLE_FOLDER}model.safetensors`), []);
+  assert.deepEqual(gets(`${UNRUNNABLE_FOLDER}model.safetensors.index.json`), []);
 });
