@@ -612,6 +612,17 @@ impl ModelConfig {
                 .as_f64()
                 .ok_or_else(|| bad(format!("rope scaling lacks '{k}'")))
         };
+        // LongRoPE's and YaRN's original context: a top-level setting (Phi-3's) before the
+        // scaling's own, as transformers' `standardize_rope_params` has it.
+        let original_context = || {
+            opt_int("original_max_position_embeddings")
+                .or_else(|| {
+                    scaling["original_max_position_embeddings"]
+                        .as_u64()
+                        .map(saturating_usize)
+                })
+                .unwrap_or(max_positions)
+        };
         match scaling["rope_type"]
             .as_str()
             .or_else(|| scaling["type"].as_str())
@@ -644,13 +655,7 @@ impl ModelConfig {
                             ))
                         })
                 };
-                let original = opt_int("original_max_position_embeddings")
-                    .or_else(|| {
-                        scaling["original_max_position_embeddings"]
-                            .as_u64()
-                            .map(saturating_usize)
-                    })
-                    .unwrap_or(max_positions);
+                let original = original_context();
                 // transformers' `_compute_longrope_parameters`.
                 let factor = if v["original_max_position_embeddings"].is_u64() {
                     max_positions as f64 / original as f64
@@ -671,13 +676,7 @@ impl ModelConfig {
             }
             // transformers' `_compute_yarn_parameters`.
             Some("yarn") => {
-                let original = opt_int("original_max_position_embeddings")
-                    .or_else(|| {
-                        scaling["original_max_position_embeddings"]
-                            .as_u64()
-                            .map(saturating_usize)
-                    })
-                    .unwrap_or(max_positions);
+                let original = original_context();
                 let factor = scaling["factor"]
                     .as_f64()
                     .unwrap_or(max_positions as f64 / original.max(1) as f64);

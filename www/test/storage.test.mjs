@@ -129,6 +129,21 @@ async function capital(path) {
   );
 }
 
+/** Loads `path` with the default options; resolves to the error's code ("loaded" when it loads:
+ * the model is then unloaded). */
+async function loadCode(path) {
+  return value(
+    await run(async (path) => {
+      try {
+        await (await globalThis.pocketlm.PocketLM.load(path)).unload();
+        return "loaded";
+      } catch (e) {
+        return e.code;
+      }
+    }, path),
+  );
+}
+
 /** Runs `fn` with the page's origin quota set over CDP to `size(usage)` bytes (`usage`: what the
  * origin's quota accounting counts now; it sees deletions late), then restores the quota. */
 async function withQuota(size, fn) {
@@ -454,17 +469,7 @@ test("a file the engine refuses is reported when its header is read, not after i
   ]) {
     behaviour.stall.set(path, stall);
     try {
-      const code = value(
-        await run(async (path) => {
-          try {
-            await globalThis.pocketlm.PocketLM.load(path);
-            return "loaded";
-          } catch (e) {
-            return e.code;
-          }
-        }, path),
-      );
-      assert.equal(code, want, path);
+      assert.equal(await loadCode(path), want, path);
       const g = gets(path);
       assert.equal(g.length, 1, path);
       assert.equal(g[0].stall, stall, `${path}: the download never completed`);
@@ -477,17 +482,7 @@ test("a file the engine refuses is reported when its header is read, not after i
 });
 
 test("a model folder PocketLM cannot run is refused from its config.json, before any weights are downloaded", async () => {
-  const code = value(
-    await run(async (path) => {
-      try {
-        await globalThis.pocketlm.PocketLM.load(path);
-        return "loaded";
-      } catch (e) {
-        return e.code;
-      }
-    }, UNRUNNABLE_FOLDER),
-  );
-  assert.equal(code, "unsupported_architecture");
+  assert.equal(await loadCode(UNRUNNABLE_FOLDER), "unsupported_architecture");
   assert.equal(gets(`${UNRUNNABLE_FOLDER}config.json`).length, 1);
   assert.deepEqual(gets(`${UNRUNNABLE_FOLDER}model.safetensors`), []);
   assert.deepEqual(gets(`${UNRUNNABLE_FOLDER}model.safetensors.index.json`), []);
