@@ -35,6 +35,9 @@ MODELS = ROOT / "tests" / "fixtures" / "models"
 NAMES = ["tiny-llama", "tiny-qwen2", "tiny-qwen2-bf16", "tiny-qwen3", "tiny-gemma2",
          "tiny-gemma3", "tiny-phi3", "tiny-smollm3", "tiny-qwen3-yarn",
          "tiny-granite",
+         # Qwen's vision-language models: their text model (the converter writes the vision
+         # encoder to a separate mmproj file, which PocketLM does not read).
+         "tiny-qwen2.5-vl", "tiny-qwen3-vl",
          # The decoder-based embedder of scripts/make_encoder_fixtures.py: its sentence-transformers
          # modules go along, so the converter records the pooling (`qwen3.pooling_type`).
          "tiny-qwen3-embedding",
@@ -97,7 +100,8 @@ def main():
             save_file({k: v.to(torch.float32).contiguous() for k, v in weights.items()},
                       str(folder / "model.safetensors"), metadata={"format": "pt"})
             # Gemma's converter trims the embedding to the tokenizer's size: give the full size.
-            vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
+            config = json.loads((folder / "config.json").read_text())
+            vocab = config.get("text_config", config)["vocab_size"]
             (folder / "tokenizer.json").write_text(json.dumps(
                 {"model": {"vocab": {f"t{i}": i for i in range(vocab)}}, "added_tokens": []}))
             sys.argv = ["convert_hf_to_gguf.py", str(folder), "--outfile", str(out),

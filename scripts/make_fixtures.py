@@ -20,7 +20,8 @@ names, the full `text_config`); tiny-gemma3-mm-sparse is the same weights as tra
 wrote for the hub's checkpoints: only what differs from `Gemma3TextConfig`'s defaults, RoPE
 scaling as `rope_scaling`. gemma-3-4b-it.json is that hub checkpoint's config.json, and
 gemma-3-4b-it.expected.json the text model transformers reads from it. yarn.expected.json holds
-transformers' YaRN frequencies for real checkpoints' settings.
+transformers' YaRN frequencies for real checkpoints' settings. tiny-qwen2.5-vl and tiny-qwen3-vl
+are Qwen's vision-language models with tiny vision encoders, run on text.
 
 Only the models named on the command line are made when any are (seeds stay per model).
 
@@ -60,14 +61,45 @@ def longrope_factors(n, seed):
 # The multimodal fixture's image encoder: one SigLIP layer, 2×2 patches, pooled to 4 tokens.
 TINY_SIGLIP = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                    image_size=28, patch_size=14)
-# Its image tokens: prompts stay below them.
-FIRST_IMAGE_TOKEN = 125
 
 
 def gemma3_multimodal(**text):
     return transformers.Gemma3Config(text_config=text, vision_config=TINY_SIGLIP,
                                      mm_tokens_per_image=4, boi_token_index=125,
                                      eoi_token_index=126, image_token_index=127)
+
+
+# Qwen's vision-language models, with tiny vision encoders; their text model is Qwen2's or
+# Qwen3's, with M-RoPE, which text alone (every axis at the token's position) makes plain RoPE.
+QWEN_VL_TOKENS = dict(image_token_id=127, video_token_id=126, vision_start_token_id=125,
+                      vision_end_token_id=124)
+
+
+def qwen25_vl(**text):
+    text["rope_scaling"] = {"type": "mrope", "mrope_section": [2, 2, 2]}
+    return transformers.Qwen2_5_VLConfig(
+        text_config=text, **QWEN_VL_TOKENS,
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2,
+                           out_hidden_size=text["hidden_size"], patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                           fullatt_block_indexes=[0]))
+
+
+def qwen3_vl(**text):
+    return transformers.Qwen3VLConfig(
+        text_config=text, tie_word_embeddings=text["tie_word_embeddings"], **QWEN_VL_TOKENS,
+        vision_config=dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2,
+                           out_hidden_size=text["hidden_size"], patch_size=16,
+                           spatial_merge_size=2, temporal_patch_size=2,
+                           deepstack_visual_indexes=[0], num_position_embeddings=16))
+
+
+# Where the multimodal fixtures' image (and video) tokens start: prompts stay below them.
+FIRST_IMAGE_TOKEN = {
+    transformers.Gemma3ForConditionalGeneration: 125,
+    transformers.Qwen2_5_VLForConditionalGeneration: 124,
+    transformers.Qwen3VLForConditionalGeneration: 124,
+}
 
 
 GEMMA3_TEXT = dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=5, num_hidden_layers=6,
@@ -172,6 +204,16 @@ MODELS = {
     # Gemma 3 4B and larger ship as bf16 multimodal checkpoints.
     "tiny-gemma3-mm": (gemma3_multimodal, transformers.Gemma3ForConditionalGeneration,
                        GEMMA3_TEXT, "bf16", True),
+    # Qwen2.5-VL (hub layout: `model.layers.`, `visual.`) and Qwen3-VL (`model.language_model.`,
+    # `model.visual.`), bf16 as they ship.
+    "tiny-qwen2.5-vl": (qwen25_vl, transformers.Qwen2_5_VLForConditionalGeneration,
+                        dict(rope_theta=1000000.0, tie_word_embeddings=True), "bf16", True),
+    "tiny-qwen3-vl": (qwen3_vl, transformers.Qwen3VLForConditionalGeneration,
+                      dict(head_dim=16, tie_word_embeddings=True,
+                           rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
+                                            "mrope_section": [2, 3, 3],
+                                            "mrope_interleaved": True}),
+                      "bf16", True),
 }
 
 
@@ -301,8 +343,7 @@ def main():
         for extra_file in ["generation_config.json"]:
             (folder / extra_file).unlink(missing_ok=True)
         rng = np.random.default_rng(99 + i)
-        multimodal = model_cls is transformers.Gemma3ForConditionalGeneration
-        top = FIRST_IMAGE_TOKEN if multimodal else COMMON["vocab_size"]
+        top = FIRST_IMAGE_TOKEN.get(model_cls, COMMON["vocab_size"])
         ids = rng.integers(0, top, size=PROMPT_LEN).tolist()
         with torch.no_grad():
             logits = model(torch.tensor([ids])).logits[0].to(torch.float32).numpy()
@@ -314,7 +355,7 @@ def main():
             "shape": list(logits.shape),
         }, indent=2) + "\n")
         print(name, sorted(p.name for p in folder.iterdir()))
-        if multimodal:
+        if model_cls is transformers.Gemma3ForConditionalGeneration:
             sparse_layout(folder, OUT / f"{name}-sparse")
     if not only or "tiny-gemma3-mm" in only:
         hub_config_reference()

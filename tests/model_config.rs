@@ -479,11 +479,12 @@ fn multimodal_gemma3_configs_read_their_text_model_as_transformers_does() {
     for name in ["tiny-gemma3-mm", "tiny-gemma3-mm-sparse"] {
         assert_eq!(fixture_config(name), text, "{name}");
     }
-    // A multimodal wrapper around a text model PocketLM does not run is refused by its name.
-    let qwen_vl = r#"{"model_type": "qwen2_5_vl", "architectures": ["Qwen2_5_VLForConditionalGeneration"],
-        "text_config": {"model_type": "qwen2_5_vl_text", "hidden_size": 64}}"#;
-    let e = ModelConfig::from_hf_json(qwen_vl, "config.json").unwrap_err();
-    assert!(e.to_string().contains("qwen2_5_vl_text"), "{e}");
+    // A multimodal wrapper around a text model PocketLM does not run is refused by its name
+    // (Llama 3.2 Vision's text model has cross-attention layers).
+    let mllama = r#"{"model_type": "mllama", "architectures": ["MllamaForConditionalGeneration"],
+        "text_config": {"model_type": "mllama_text_model", "hidden_size": 64}}"#;
+    let e = ModelConfig::from_hf_json(mllama, "config.json").unwrap_err();
+    assert!(e.to_string().contains("mllama_text_model"), "{e}");
 }
 
 /// YaRN from config.json as transformers computes it (its frequencies and cos/sin factor for
@@ -613,4 +614,48 @@ fn granite_multipliers() {
         .unwrap_err();
         assert!(e.to_string().contains("residual multiplier"), "{bad}: {e}");
     }
+}
+
+/// Qwen2.5-VL's hub config.json keeps its text model's settings at the top level (transformers
+/// 4.49 wrote it so) with M-RoPE as `rope_scaling: {type: mrope}`: read as Qwen2 with plain
+/// RoPE, which text positions make M-RoPE (the tiny fixtures check the logits).
+#[test]
+fn qwen25_vl_hub_config_reads_as_its_text_model() {
+    let json = r#"{
+      "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
+      "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645,
+      "vision_start_token_id": 151652, "vision_end_token_id": 151653, "vision_token_id": 151654,
+      "image_token_id": 151655, "video_token_id": 151656, "hidden_act": "silu",
+      "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 11008,
+      "max_position_embeddings": 128000, "max_window_layers": 70, "num_attention_heads": 16,
+      "num_hidden_layers": 36, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+      "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": true,
+      "torch_dtype": "bfloat16", "use_cache": true, "use_sliding_window": false,
+      "vision_config": {"depth": 32, "hidden_act": "silu", "hidden_size": 1280,
+                        "intermediate_size": 3420, "num_heads": 16, "in_chans": 3,
+                        "out_hidden_size": 2048, "patch_size": 14, "spatial_merge_size": 2,
+                        "spatial_patch_size": 14, "window_size": 112,
+                        "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2,
+                        "temporal_patch_size": 2},
+      "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+      "vocab_size": 151936
+    }"#;
+    let c = ModelConfig::from_hf_json(json, "config.json").unwrap();
+    assert_eq!(c.architecture, Architecture::Qwen2);
+    assert_eq!(
+        (c.hidden, c.layers, c.heads, c.kv_heads, c.head_dim, c.ffn, c.vocab),
+        (2048, 36, 16, 2, 128, 11008, 151936)
+    );
+    assert!(c.qkv_bias && c.tied_embeddings);
+    assert_eq!(c.rope.theta, 1_000_000.0);
+    assert_eq!(c.rope_scaling, pocketlm::model::RopeScaling::None);
+    assert!(c.layer_specs.iter().all(|l| l.window.is_none()));
+    for name in ["tiny-qwen2.5-vl", "tiny-qwen3-vl"] {
+        let c = fixture_config(name);
+        assert!(c.tied_embeddings, "{name}");
+    }
+    assert_eq!(
+        fixture_config("tiny-qwen3-vl").architecture,
+        Architecture::Qwen3
+    );
 }

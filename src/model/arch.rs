@@ -158,11 +158,12 @@ pub const TEXT_MODEL_PREFIXES: [(&str, &str); 2] = [
 ];
 
 /// Tensors of a multimodal checkpoint that only its other modalities use (the image encoder and
-/// its projection into the text model): PocketLM runs the language model alone, so these are
-/// never loaded, in either of [`TEXT_MODEL_PREFIXES`]' layouts.
+/// its projection into the text model: Gemma 3's `vision_tower.` and `multi_modal_projector.`,
+/// Qwen-VL's `visual.`): PocketLM runs the language model alone, so these are never loaded,
+/// with or without the `model.` prefix newer transformers versions save them under.
 pub fn other_modality(name: &str) -> bool {
     let name = name.strip_prefix("model.").unwrap_or(name);
-    ["vision_tower.", "multi_modal_projector."]
+    ["vision_tower.", "multi_modal_projector.", "visual."]
         .iter()
         .any(|p| name.starts_with(p))
 }
@@ -333,8 +334,18 @@ pub const ARCHS: &[ArchSpec] = &[
     },
     ArchSpec {
         arch: Architecture::Qwen2,
-        gguf: &["qwen2"],
-        hf: &["qwen2", "Qwen2ForCausalLM"],
+        // Qwen2-VL and Qwen2.5-VL: Qwen2's text model, M-RoPE (plain RoPE on text).
+        gguf: &["qwen2", "qwen2vl"],
+        hf: &[
+            "qwen2",
+            "Qwen2ForCausalLM",
+            "qwen2_vl",
+            "qwen2_vl_text",
+            "qwen2_5_vl",
+            "qwen2_5_vl_text",
+            "Qwen2VLForConditionalGeneration",
+            "Qwen2_5_VLForConditionalGeneration",
+        ],
         tensors: LLAMA_TENSORS,
         hf_names: &[],
         block: BlockTraits {
@@ -344,8 +355,15 @@ pub const ARCHS: &[ArchSpec] = &[
     },
     ArchSpec {
         arch: Architecture::Qwen3,
-        gguf: &["qwen3"],
-        hf: &["qwen3", "Qwen3ForCausalLM"],
+        // Qwen3-VL's text model: Qwen3 with interleaved M-RoPE (plain RoPE on text).
+        gguf: &["qwen3", "qwen3vl"],
+        hf: &[
+            "qwen3",
+            "Qwen3ForCausalLM",
+            "qwen3_vl",
+            "qwen3_vl_text",
+            "Qwen3VLForConditionalGeneration",
+        ],
         tensors: QWEN3_TENSORS,
         hf_names: &[],
         block: BlockTraits {
@@ -405,8 +423,9 @@ pub const ARCHS: &[ArchSpec] = &[
 
 /// What `Error::UnsupportedArchitecture` lists.
 pub const SUPPORTED: &str = "llama (Llama 2/3/3.x, SmolLM, SmolLM2, TinyLlama, EuroLLM), mistral, \
-    qwen2 (Qwen2, Qwen2.5), qwen3, smollm3, gemma2, gemma3 (text, and the text model of its \
-    multimodal checkpoints), phi3 (Phi-3, Phi-3.5-mini, Phi-4-mini), granite (Granite 3.x)";
+    qwen2 (Qwen2, Qwen2.5, and Qwen2-VL's and Qwen2.5-VL's text model), qwen3 (and Qwen3-VL's \
+    text model), smollm3, gemma2, gemma3 (text, and the text model of its multimodal \
+    checkpoints), phi3 (Phi-3, Phi-3.5-mini, Phi-4-mini), granite (Granite 3.x)";
 
 impl Architecture {
     /// The entry of a GGUF `general.architecture` or a `config.json` `model_type` /

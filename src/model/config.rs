@@ -279,7 +279,12 @@ fn local_by_pattern(i: usize, pattern: usize) -> bool {
 /// leaves out (see [`transformers_defaults`]).
 fn text_model_settings(mut v: Value) -> Value {
     if v["text_config"].is_object() {
+        let tied = v["tie_word_embeddings"].as_bool();
         v = v["text_config"].take();
+        // Where the wrapper alone says whether the output is tied to the embeddings.
+        if let (None, Some(tied)) = (v.get("tie_word_embeddings"), tied) {
+            v["tie_word_embeddings"] = tied.into();
+        }
     }
     let Some(defaults) = v["model_type"].as_str().and_then(transformers_defaults) else {
         return v;
@@ -627,7 +632,10 @@ impl ModelConfig {
             .as_str()
             .or_else(|| scaling["type"].as_str())
         {
-            None | Some("default") => {}
+            // Qwen-VL's M-RoPE rotates each frequency by the position on one of three axes
+            // (time, height, width); text puts every axis at the token's position, which makes
+            // it the plain RoPE.
+            None | Some("default" | "mrope") => {}
             Some("llama3") => {
                 llama3 = Some(Llama3Scaling {
                     factor: f("factor")? as f32,
