@@ -1066,6 +1066,22 @@ pub fn check_header(header: &crate::load::FileHeader) -> Result<()> {
     }
 }
 
+/// [`check_header`] for a model given as a file alone, without a folder's companion files: a
+/// safetensors file does not say what its model is (its `config.json` does), so it cannot run
+/// alone, and says so from its header rather than after its download.
+pub fn check_lone_header(header: &crate::load::FileHeader) -> Result<()> {
+    match header {
+        crate::load::FileHeader::Safetensors(h) => Err(Error::Config {
+            source_name: h.file.clone(),
+            detail: "a safetensors file cannot run alone: what its model is stands in the \
+                     config.json beside it, so load the model's folder (its URL ending in '/', \
+                     or its directory)"
+                .into(),
+        }),
+        gguf => check_header(gguf),
+    }
+}
+
 /// What a load for an engine checks in a model folder's companion files before its weights
 /// ([`crate::load::LoadOptions::check_companions`]): that a decoder's `config.json` is one
 /// PocketLM runs (an embedding model's folder is described elsewhere and passes, and so does

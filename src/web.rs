@@ -468,7 +468,14 @@ async fn load_from_js<D: LoadTarget>(
             let _ = f.call1(&JsValue::NULL, &o);
         }
     };
-    let (check, check_folder) = (crate::engine::check_header, crate::engine::check_companions);
+    // A folder brings the files that say what its weights are; anything else is on its own.
+    let folder = source.as_string().is_some_and(|u| u.ends_with('/'));
+    let check = if folder {
+        crate::engine::check_header
+    } else {
+        crate::engine::check_lone_header
+    };
+    let check_folder = crate::engine::check_companions;
     let opts = LoadOptions {
         progress: Some(&mut progress),
         abort: abort.clone(),

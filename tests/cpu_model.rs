@@ -281,9 +281,9 @@ impl pocketlm::load::ByteSource for NoFurther {
 }
 
 /// An engine's load (`check_header`, as the CLI and the npm package load models) refuses a GGUF
-/// model it cannot run from the header alone (its architecture, its tokenizer's kind): none of
-/// the weights is read (in a browser, none downloaded). Without the check the same file loads,
-/// to be refused afterwards.
+/// model it cannot run from the header alone (its architecture, its tokenizer's kind), and a
+/// safetensors file given without its folder: none of the weights is read (in a browser, none
+/// downloaded). Without the check the same GGUF file loads, to be refused afterwards.
 #[test]
 fn a_model_that_cannot_run_is_refused_from_its_header() {
     use pocketlm::load::{load_model, MemorySource, ModelFile};
@@ -335,6 +335,26 @@ fn a_model_that_cannot_run_is_refused_from_its_header() {
     }
     // A model it runs passes the check.
     load(&original, usize::MAX, true).unwrap();
+    // A safetensors file alone cannot say what it is: refused from its header too.
+    let lone = std::fs::read(models().join("tiny-llama/model.safetensors")).unwrap();
+    assert!(header_reads * 2 < lone.len());
+    let opts = LoadOptions {
+        check_header: Some(&pocketlm::engine::check_lone_header),
+        ..Default::default()
+    };
+    let files = vec![ModelFile {
+        source: NoFurther {
+            inner: MemorySource::with_chunk("model.safetensors", lone, 1024),
+            served: 0,
+            limit: header_reads,
+        },
+        sha256: None,
+    }];
+    let e = pollster::block_on(load_model(cpu(), files, None, 1, opts))
+        .err()
+        .expect("refused");
+    assert_eq!(e.code(), "config", "{e}");
+    assert!(e.to_string().contains("folder"), "{e}");
 
     // A folder: its config.json is checked before any weight file is opened (here one that is
     // no model at all, which a load would refuse otherwise).

@@ -551,9 +551,15 @@ mod cli {
         let start = std::time::Instant::now();
         let mut bar = ProgressBar::new();
         let mut on_progress = |p: &Progress| bar.update(p);
+        // A directory brings the files that say what its weights are; a file is on its own.
+        let check: &load::HeaderCheck = if std::path::Path::new(&spec).is_dir() {
+            &pocketlm::engine::check_header
+        } else {
+            &pocketlm::engine::check_lone_header
+        };
         let opts = LoadOptions {
             progress: Some(&mut on_progress),
-            check_header: Some(&pocketlm::engine::check_header),
+            check_header: Some(check),
             check_companions: Some(&pocketlm::engine::check_companions),
             ..Default::default()
         };

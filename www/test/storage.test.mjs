@@ -462,10 +462,13 @@ test("with a truthful storage estimate, a load that does not fit is refused befo
 test("a file the engine refuses is reported when its header is read, not after its download, and none of it is kept", { timeout: 120_000 }, async () => {
   // The server sends the header (and a little more) and then nothing: a load that waited for the
   // download to finish would never settle. Not a model; a model of an architecture PocketLM
-  // does not run (the header is read from a prefix of at least 64 KiB).
+  // does not run; weights that do not say what they are (the header is read from a prefix of at
+  // least 64 KiB).
   for (const [path, stall, want] of [
     [REFUSED, 2 << 20, "bad_magic"],
     [UNRUNNABLE, 96 << 10, "unsupported_architecture"],
+    // A safetensors file without its folder's config.json.
+    ["/fixtures/models/tiny-llama/model.safetensors", 96 << 10, "config"],
   ]) {
     behaviour.stall.set(path, stall);
     try {
