@@ -34,7 +34,7 @@ MODELS = ROOT / "tests" / "fixtures" / "models"
 # model's.
 NAMES = ["tiny-llama", "tiny-qwen2", "tiny-qwen2-bf16", "tiny-qwen3", "tiny-gemma2",
          "tiny-gemma3", "tiny-phi3", "tiny-smollm3", "tiny-qwen3-yarn",
-         "tiny-granite",
+         "tiny-granite", "tiny-olmo2",
          # Qwen's vision-language models: their text model (the converter writes the vision
          # encoder to a separate mmproj file, which PocketLM does not read).
          "tiny-qwen2.5-vl", "tiny-qwen3-vl",

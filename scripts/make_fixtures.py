@@ -12,7 +12,8 @@ Each model exercises what its architecture adds: Qwen3's q/k norm and explicit h
 sandwich norms, (1 + w) norm weights (1-D weights are randomised so the offset matters), GeGLU,
 embedding scale, sliding windows shorter than the prompt, Gemma 2's soft-capping and Gemma 3's
 local RoPE base and linear scaling; Phi-3's fused projections, partial rotary and LongRoPE;
-SmolLM3's NoPE layer; Mistral's sliding window; YaRN on Qwen3; Granite's multipliers.
+SmolLM3's NoPE layer; Mistral's sliding window; YaRN on Qwen3; Granite's multipliers; OLMo 2's
+post-norms and whole-projection q/k norms.
 tiny-gemma3-mm is a multimodal Gemma 3 (`Gemma3ForConditionalGeneration`, as Gemma 3 4B and
 larger ship) with a tiny image encoder, as transformers 5 saves it (`language_model.model.`
 names, the full `text_config`); tiny-gemma3-mm-sparse is the same weights as transformers
@@ -201,6 +202,10 @@ MODELS = {
                           residual_multiplier=0.22, logits_scaling=2.0, rms_norm_eps=0.1,
                           tie_word_embeddings=True),
                      "bf16", True),
+    # OLMo 2: no pre-norms, the attention and MLP outputs normalised before their residual adds,
+    # q and k normalised over their whole projections (all heads) before RoPE.
+    "tiny-olmo2": (transformers.Olmo2Config, transformers.Olmo2ForCausalLM,
+                   dict(rope_theta=500000.0, tie_word_embeddings=False), "f32", True),
     # Gemma 3 4B and larger ship as bf16 multimodal checkpoints.
     "tiny-gemma3-mm": (gemma3_multimodal, transformers.Gemma3ForConditionalGeneration,
                        GEMMA3_TEXT, "bf16", True),

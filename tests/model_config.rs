@@ -223,6 +223,14 @@ fn block_descriptions_of_every_architecture() {
         vec![local, local, local, local, local, global]
     );
 
+    let o = fixture_config("tiny-olmo2");
+    assert_eq!(o.architecture, Architecture::Olmo2);
+    assert!(!o.pre_norms && o.post_norms && o.qk_norm && o.qk_norm_whole && !o.tied_embeddings);
+    assert!(o
+        .describe()
+        .contains("post-norm RMSNorm (eps 1e-5), q/k RMSNorm over all heads"));
+    assert!(q.pre_norms && !q.qk_norm_whole && g.pre_norms);
+
     let g2 = fixture_config("tiny-gemma2");
     assert_eq!(g2.architecture, Architecture::Gemma2);
     assert_eq!((g2.attn_softcap, g2.final_softcap), (Some(5.0), Some(3.0)));

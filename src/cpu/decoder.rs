@@ -19,7 +19,7 @@ use crate::sample::{
 /// One layer's weights: matrices as stored, 1-D parameters in f32 (norm offsets applied).
 struct Layer {
     spec: LayerSpec,
-    attn_norm: Vec<f32>,
+    attn_norm: Option<Vec<f32>>,
     /// One stacked matrix (q, k, v rows) or three.
     qkv: Vec<HostTensor>,
     /// q, k and v biases, concatenated.
@@ -28,7 +28,7 @@ struct Layer {
     k_norm: Option<Vec<f32>>,
     o: HostTensor,
     post_attn_norm: Option<Vec<f32>>,
-    ffn_norm: Vec<f32>,
+    ffn_norm: Option<Vec<f32>>,
     /// One stacked matrix (gate rows, then up) or two.
     gate_up: Vec<HostTensor>,
     down: HostTensor,
@@ -300,7 +300,7 @@ impl CpuDecoder {
         let mut h = vec![0f32; n * c.hidden];
         let end = offset + n;
         for (l, w) in self.layers.iter().enumerate() {
-            kernels::rmsnorm(&x, &w.attn_norm, c.rms_eps, &mut xn);
+            pre_norm(&x, w.attn_norm.as_deref(), c.rms_eps, &mut xn);
             // q, k, v: one stacked product, or one per part.
             if let [stacked] = w.qkv.as_slice() {
                 kernels::matmul(pool, stacked, &xn, n, &mut qkv, false)?;
@@ -370,7 +370,7 @@ impl CpuDecoder {
                 }
                 None => kernels::matmul(pool, &w.o, &att, n, &mut x, true)?,
             }
-            kernels::rmsnorm(&x, &w.ffn_norm, c.rms_eps, &mut xn);
+            pre_norm(&x, w.ffn_norm.as_deref(), c.rms_eps, &mut xn);
             if let [stacked] = w.gate_up.as_slice() {
                 kernels::matmul(pool, stacked, &xn, n, &mut gu, false)?;
                 for t in 0..n {
@@ -392,6 +392,15 @@ impl CpuDecoder {
             }
         }
         Ok(x)
+    }
+}
+
+/// A block's input to its attention or MLP: RMSNorm with `norm`'s weight, or the stream as it
+/// is where the block has no pre-norm (OLMo 2).
+fn pre_norm(x: &[f32], norm: Option<&[f32]>, eps: f32, out: &mut [f32]) {
+    match norm {
+        Some(w) => kernels::rmsnorm(x, w, eps, out),
+        None => out.copy_from_slice(x),
     }
 }
 

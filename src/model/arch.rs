@@ -32,6 +32,9 @@ pub enum Architecture {
     /// IBM Granite 3.x: Llama with multipliers on the embeddings, the attention scores, each
     /// block's residual branches and the logits.
     Granite,
+    /// AI2's OLMo 2: no pre-norms, the attention and MLP outputs normalised before their
+    /// residual adds, q and k normalised over their whole projections.
+    Olmo2,
 }
 
 /// What a tensor is in the block, whatever a checkpoint calls it.
@@ -180,8 +183,13 @@ pub enum Need {
 /// The fixed traits of an architecture's block.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BlockTraits {
-    /// RMSNorm over each head of q and k after the projection.
+    /// RMSNorm on q and k after the projection: over each head, or with `qk_norm_whole` over
+    /// the whole projection (all heads at once: OLMo 2).
     pub qk_norm: bool,
+    pub qk_norm_whole: bool,
+    /// RMSNorm before the attention and the MLP (every architecture but OLMo 2, which has only
+    /// the post-norms).
+    pub pre_norms: bool,
     /// Sandwich norms: the attention and MLP outputs are normalised before the residual add.
     pub post_norms: bool,
     pub activation: GateActivation,
@@ -196,6 +204,8 @@ pub struct BlockTraits {
 
 const LLAMA_BLOCK: BlockTraits = BlockTraits {
     qk_norm: false,
+    qk_norm_whole: false,
+    pre_norms: true,
     post_norms: false,
     activation: GateActivation::Silu,
     embed_scale: false,
@@ -205,6 +215,8 @@ const LLAMA_BLOCK: BlockTraits = BlockTraits {
 
 const GEMMA_BLOCK: BlockTraits = BlockTraits {
     qk_norm: false,
+    qk_norm_whole: false,
+    pre_norms: true,
     post_norms: true,
     activation: GateActivation::GeluTanh,
     embed_scale: true,
@@ -307,6 +319,23 @@ const GEMMA_HF_NAMES: &[(Role, &str)] = &[(
     Role::FfnNorm,
     "model.layers.{}.pre_feedforward_layernorm.weight",
 )];
+
+const OLMO2_TENSORS: &[(Role, Need)] = &[
+    (Role::TokenEmbd, R),
+    (Role::OutputNorm, R),
+    (Role::Output, Need::TiedTo(Role::TokenEmbd)),
+    (Role::Q, R),
+    (Role::K, R),
+    (Role::V, R),
+    (Role::QNorm, R),
+    (Role::KNorm, R),
+    (Role::O, R),
+    (Role::PostAttnNorm, R),
+    (Role::Gate, R),
+    (Role::Up, R),
+    (Role::Down, R),
+    (Role::PostFfnNorm, R),
+];
 
 const PHI3_TENSORS: &[(Role, Need)] = &[
     (Role::TokenEmbd, R),
@@ -412,6 +441,21 @@ pub const ARCHS: &[ArchSpec] = &[
         },
     },
     ArchSpec {
+        arch: Architecture::Olmo2,
+        gguf: &["olmo2"],
+        hf: &["olmo2", "Olmo2ForCausalLM"],
+        tensors: OLMO2_TENSORS,
+        hf_names: &[],
+        block: BlockTraits {
+            qk_norm: true,
+            qk_norm_whole: true,
+            pre_norms: false,
+            post_norms: true,
+            gguf_rope: RopeLayout::NeoX,
+            ..LLAMA_BLOCK
+        },
+    },
+    ArchSpec {
         arch: Architecture::Granite,
         gguf: &["granite"],
         hf: &["granite", "GraniteForCausalLM"],
@@ -425,7 +469,7 @@ pub const ARCHS: &[ArchSpec] = &[
 pub const SUPPORTED: &str = "llama (Llama 2/3/3.x, SmolLM, SmolLM2, TinyLlama, EuroLLM), mistral, \
     qwen2 (Qwen2, Qwen2.5, and Qwen2-VL's and Qwen2.5-VL's text model), qwen3 (and Qwen3-VL's \
     text model), smollm3, gemma2, gemma3 (text, and the text model of its multimodal \
-    checkpoints), phi3 (Phi-3, Phi-3.5-mini, Phi-4-mini), granite (Granite 3.x)";
+    checkpoints), phi3 (Phi-3, Phi-3.5-mini, Phi-4-mini), granite (Granite 3.x), olmo2 (OLMo 2)";
 
 impl Architecture {
     /// The entry of a GGUF `general.architecture` or a `config.json` `model_type` /

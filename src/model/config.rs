@@ -126,8 +126,12 @@ pub struct ModelConfig {
     pub tied_embeddings: bool,
     /// q, k and v projections have biases (Qwen2).
     pub qkv_bias: bool,
-    /// RMSNorm over each head of q and k (Qwen3, Gemma 3).
+    /// RMSNorm over each head of q and k (Qwen3, Gemma 3), or with `qk_norm_whole` over their
+    /// whole projections (OLMo 2).
     pub qk_norm: bool,
+    pub qk_norm_whole: bool,
+    /// RMSNorm before the attention and the MLP (all but OLMo 2).
+    pub pre_norms: bool,
     /// Sandwich norms on the attention and MLP outputs (Gemma 2/3).
     pub post_norms: bool,
     pub activation: GateActivation,
@@ -521,6 +525,8 @@ impl ModelConfig {
             tied_embeddings: !has_tensor(Role::Output.gguf()),
             qkv_bias: has_tensor("blk.0.attn_q.bias"),
             qk_norm: spec.block.qk_norm,
+            qk_norm_whole: spec.block.qk_norm_whole,
+            pre_norms: spec.block.pre_norms,
             post_norms: spec.block.post_norms,
             activation: spec.block.activation,
             embed_scale: spec.block.embed_scale.then(|| (hidden as f32).sqrt()),
@@ -839,6 +845,8 @@ impl ModelConfig {
                 .as_bool()
                 .unwrap_or(arch == Architecture::Qwen2),
             qk_norm: spec.block.qk_norm,
+            qk_norm_whole: spec.block.qk_norm_whole,
+            pre_norms: spec.block.pre_norms,
             post_norms: spec.block.post_norms,
             activation,
             embed_scale: spec.block.embed_scale.then(|| (hidden as f32).sqrt()),
@@ -1034,7 +1042,7 @@ impl ModelConfig {
             .collect();
         let mut s = format!(
             "architecture {}: {} layers, hidden {}, {} heads / {} kv heads of {}, ffn {}, vocab {}\n\
-             block: pre-norm RMSNorm (eps {}){}{}{}, {} gate, attention scale {}{}{}{}\n\
+             block: {} RMSNorm (eps {}){}{}{}, {} gate, attention scale {}{}{}{}\n\
              rope: theta {} ({:?}, {} of {} dims rotate){}{}\n\
              layers: {}",
             if self.bidirectional {
@@ -1049,6 +1057,11 @@ impl ModelConfig {
             self.head_dim,
             self.ffn,
             self.vocab,
+            if self.pre_norms {
+                "pre-norm"
+            } else {
+                "post-norm"
+            },
             match self.residual_scale {
                 // The file's eps, and what the norms use on the scaled stream.
                 Some(r) => format!(
@@ -1058,8 +1071,12 @@ impl ModelConfig {
                 ),
                 None => format!("{:e}", self.rms_eps),
             },
-            if self.post_norms { " + sandwich post-norms" } else { "" },
-            if self.qk_norm { ", q/k RMSNorm" } else { "" },
+            if self.post_norms && self.pre_norms { " + sandwich post-norms" } else { "" },
+            match (self.qk_norm, self.qk_norm_whole) {
+                (false, _) => "",
+                (true, false) => ", q/k RMSNorm per head",
+                (true, true) => ", q/k RMSNorm over all heads",
+            },
             if self.qkv_bias { ", q/k/v biases" } else { "" },
             self.activation.name(),
             self.attn_scale,

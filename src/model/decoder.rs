@@ -99,13 +99,13 @@ impl Proj {
 /// The weights of one layer on the GPU.
 struct Layer {
     spec: LayerSpec,
-    attn_norm: GpuTensor,
+    attn_norm: Option<GpuTensor>,
     qkv: Proj,
     q_norm: Option<GpuTensor>,
     k_norm: Option<GpuTensor>,
     o: GpuTensor,
     post_attn_norm: Option<GpuTensor>,
-    ffn_norm: GpuTensor,
+    ffn_norm: Option<GpuTensor>,
     /// Gate rows then up rows (fused), or [gate, up].
     gate_up: Proj,
     down: GpuTensor,
@@ -118,11 +118,13 @@ struct Layer {
 
 impl Layer {
     fn tensors(&self) -> impl Iterator<Item = &GpuTensor> {
-        let mut all = vec![&self.attn_norm, &self.o, &self.ffn_norm, &self.down];
+        let mut all = vec![&self.o, &self.down];
         all.extend(self.qkv.tensors());
         all.extend(self.gate_up.tensors());
         all.extend(
             [
+                &self.attn_norm,
+                &self.ffn_norm,
                 &self.q_norm,
                 &self.k_norm,
                 &self.post_attn_norm,
@@ -623,7 +625,7 @@ impl Decoder {
         let mut scratch: Option<AttentionScratch> = None;
         for (l, w) in self.layers.iter().enumerate() {
             let attn_in = Linear {
-                norm: Some((&w.attn_norm, c.rms_eps)),
+                norm: w.attn_norm.as_ref().map(|n| (n, c.rms_eps)),
                 ..Default::default()
             };
             let table = layer_table(w.spec.rope, &self.rope, self.rope_local.as_ref());
@@ -649,12 +651,17 @@ impl Decoder {
                 d.extend(w.qkv.record(ctx, &x, &[&q, &k, &v], &attn_in).await?);
                 let (qr, kr) = match (&qn, &kn, &w.q_norm, &w.k_norm) {
                     (Some(qn), Some(kn), Some(gq), Some(gk)) => {
-                        let rows = |x: &GpuTensor| x.reshape(&[x.numel() / c.head_dim, c.head_dim]);
+                        // Rows as long as the norm's weight: a head, or all of them (OLMo 2).
+                        let rows = |x: &GpuTensor, g: &GpuTensor| {
+                            x.reshape(&[x.numel() / g.numel(), g.numel()])
+                        };
                         d.push(
-                            kernels::rmsnorm(ctx, &rows(&q3)?, gq, c.rms_eps, &rows(qn)?).await?,
+                            kernels::rmsnorm(ctx, &rows(&q3, gq)?, gq, c.rms_eps, &rows(qn, gq)?)
+                                .await?,
                         );
                         d.push(
-                            kernels::rmsnorm(ctx, &rows(&k3)?, gk, c.rms_eps, &rows(kn)?).await?,
+                            kernels::rmsnorm(ctx, &rows(&k3, gk)?, gk, c.rms_eps, &rows(kn, gk)?)
+                                .await?,
                         );
                         (qn, kn)
                     }
@@ -705,7 +712,7 @@ impl Decoder {
             )
             .await?;
             let ffn_in = Linear {
-                norm: Some((&w.ffn_norm, c.rms_eps)),
+                norm: w.ffn_norm.as_ref().map(|n| (n, c.rms_eps)),
                 gate_act: c.activation,
                 ..Default::default()
             };

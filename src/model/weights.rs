@@ -161,7 +161,8 @@ impl<'a, T: StoredTensor> Tensors<'a, T> {
 /// The weights of one layer, checked: matrices `M`, 1-D parameters `V` (as loaded: any format,
 /// norms without the configuration's `norm_offset`, until a backend converts them).
 pub(crate) struct LayerWeights<M, V = M> {
-    pub attn_norm: V,
+    /// The pre-norms; `None` where the block has none (OLMo 2).
+    pub attn_norm: Option<V>,
     /// One stacked matrix (q rows, then k, then v), or [q, k, v].
     pub qkv: Vec<M>,
     /// With separate q, k, v: their biases (all or none).
@@ -170,7 +171,7 @@ pub(crate) struct LayerWeights<M, V = M> {
     pub k_norm: Option<V>,
     pub o: M,
     pub post_attn_norm: Option<V>,
-    pub ffn_norm: V,
+    pub ffn_norm: Option<V>,
     /// One stacked matrix (gate rows, then up), or [gate, up].
     pub gate_up: Vec<M>,
     pub down: M,
@@ -210,10 +211,22 @@ impl<T: StoredTensor> DecoderWeights<T> {
         let out_norm = t.required_vector(Role::OutputNorm, 0, c.hidden)?;
         let mut layers = Vec::with_capacity(c.layers);
         for l in 0..c.layers {
-            let attn_norm = t.required_vector(Role::AttnNorm, l, c.hidden)?;
-            let ffn_norm = t.required_vector(Role::FfnNorm, l, c.hidden)?;
-            let q_norm = t.vector(Role::QNorm, l, c.head_dim)?;
-            let k_norm = t.vector(Role::KNorm, l, c.head_dim)?;
+            let (attn_norm, ffn_norm) = if c.pre_norms {
+                (
+                    Some(t.required_vector(Role::AttnNorm, l, c.hidden)?),
+                    Some(t.required_vector(Role::FfnNorm, l, c.hidden)?),
+                )
+            } else {
+                (None, None)
+            };
+            // Per head, or over the whole projection (all heads).
+            let (q_norm_len, k_norm_len) = if c.qk_norm_whole {
+                (q_rows, kv_rows)
+            } else {
+                (c.head_dim, c.head_dim)
+            };
+            let q_norm = t.vector(Role::QNorm, l, q_norm_len)?;
+            let k_norm = t.vector(Role::KNorm, l, k_norm_len)?;
             let post_attn_norm = t.vector(Role::PostAttnNorm, l, c.hidden)?;
             let post_ffn_norm = t.vector(Role::PostFfnNorm, l, c.hidden)?;
             let (qkv, qkv_bias) = match t.take(Role::Qkv, l)? {
@@ -295,7 +308,11 @@ impl<M, V> LayerWeights<M, V> {
     /// configuration's `norm_offset`; biases: 0).
     pub fn vectors(&self, norm_offset: f32) -> Vec<(&V, f32)> {
         let n = norm_offset;
-        let mut v = vec![(&self.attn_norm, n), (&self.ffn_norm, n)];
+        let mut v: Vec<(&V, f32)> = [&self.attn_norm, &self.ffn_norm]
+            .into_iter()
+            .flatten()
+            .map(|t| (t, n))
+            .collect();
         v.extend(self.qkv_bias.iter().flatten().map(|b| (b, 0.0)));
         for norm in [
             &self.q_norm,
@@ -316,8 +333,8 @@ impl<M, V> LayerWeights<M, V> {
         mut matrix: impl FnMut(M) -> U,
     ) -> LayerWeights<U, W> {
         let mut next = || new.next().expect("one replacement per vector");
-        let attn_norm = next();
-        let ffn_norm = next();
+        let attn_norm = self.attn_norm.map(|_| next());
+        let ffn_norm = self.ffn_norm.map(|_| next());
         let qkv_bias = self
             .qkv_bias
             .into_iter()

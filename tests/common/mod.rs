@@ -570,7 +570,7 @@ pub fn assert_logits_close(what: &str, got: &[f32], want: &[f32], vocab: usize, 
 /// The tiny random models of scripts/make_fixtures.py that scripts/convert_fixtures_to_gguf.py
 /// also converts with llama.cpp's converter (`tests/fixtures/models/NAME.gguf`); tiny-mistral
 /// has no GGUF (llama.cpp's files do not record its window).
-pub const TINY_GGUF_FIXTURES: [&str; 12] = [
+pub const TINY_GGUF_FIXTURES: [&str; 13] = [
     "tiny-llama",
     "tiny-qwen2",
     "tiny-qwen2-bf16",
@@ -581,6 +581,7 @@ pub const TINY_GGUF_FIXTURES: [&str; 12] = [
     "tiny-smollm3",
     "tiny-qwen3-yarn",
     "tiny-granite",
+    "tiny-olmo2",
     // Vision-language models run on text: their vision encoders are not loaded.
     "tiny-qwen2.5-vl",
     "tiny-qwen3-vl",
