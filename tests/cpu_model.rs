@@ -378,3 +378,58 @@ fn a_model_that_cannot_run_is_refused_from_its_header() {
     assert_ne!(e.code(), "unsupported_architecture", "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A multimodal Gemma 3 folder as an engine loads it: the sparse `text_config`, the image
+/// encoder left unloaded, the chat template from the processor's `chat_template.json` (its
+/// tokenizer_config.json has none), and greedy generation whose first token is the argmax of
+/// the decoder's own logits for the chat prompt (the decoder matches transformers above).
+#[test]
+fn a_multimodal_folder_runs_as_an_engine_with_its_processor_template() {
+    use pocketlm::engine::Flow;
+    use pocketlm::text::chat::ChatMessage;
+    let name = "tiny-gemma3-mm-sparse";
+    let dir = common::fixture_copy(name, &["config.json", "model.safetensors"], "mm-engine");
+    std::fs::write(dir.join("tokenizer.json"), common::tiny_tokenizer_json(0)).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"bos_token": "<s>", "eos_token": "</s>"}"#,
+    )
+    .unwrap();
+    let processor = serde_json::json!({ "chat_template": common::tiny_template() });
+    std::fs::write(dir.join("chat_template.json"), processor.to_string()).unwrap();
+    let opts = LoadOptions {
+        check_companions: Some(&pocketlm::engine::check_companions),
+        ..Default::default()
+    };
+    let loaded = pollster::block_on(load_directory(cpu(), &dir, 2, opts)).unwrap();
+    assert!(loaded.tensors.keys().all(|t| !t.contains("vision_tower")));
+    let options = EngineOptions {
+        context: Some(64),
+        kv_dtype: None,
+    };
+    let mut engine = Engine::new_cpu(cpu(), loaded, &options).unwrap();
+    assert_eq!(engine.template().unwrap().name(), "chat_template.json");
+    let prompt = engine
+        .chat_prompt(&[ChatMessage::user("w10 w11 w12")])
+        .unwrap();
+    assert_eq!(
+        prompt,
+        engine
+            .text_prompt("<s> user w10 w11 w12 </s> <s> assistant")
+            .unwrap()
+    );
+    let reply =
+        pollster::block_on(
+            engine.generate(cpu(), &prompt, &common::greedy(3), &mut |_| Flow::Continue),
+        )
+        .unwrap();
+    assert_eq!(reply.tokens.len(), 3);
+    let mut model = decoder(name, false);
+    let logits = model.forward_logits(cpu(), &prompt, 0).unwrap();
+    let last = &logits[logits.len() - model.config.vocab..];
+    let argmax = (0..last.len())
+        .max_by(|&a, &b| last[a].total_cmp(&last[b]))
+        .unwrap() as u32;
+    assert_eq!(reply.tokens[0], argmax);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
