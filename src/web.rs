@@ -231,7 +231,8 @@ impl Gpu {
     /// `source`: a URL, an array of URLs (the files of one model), a `Uint8Array`/`ArrayBuffer`,
     /// a `Blob`/`File`, or a `ReadableStream`. The URL of any split of a GGUF model
     /// (`…-00001-of-00003.gguf`) loads all its splits; the URL of a `model.safetensors.index.json`
-    /// loads its shards; a folder URL (ending in `/`) loads its weights and its `config.json`,
+    /// loads its folder (another index, its shards alone); a folder URL (ending in `/`) loads
+    /// its weights and its `config.json`,
     /// `tokenizer.json`, `tokenizer_config.json`, `generation_config.json` and chat template
     /// file (`chat_template.jinja` or `chat_template.json`) where it has them.
     /// `options`: `onProgress({file, fileIndex, files, bytesDone, bytesTotal, allDone, allTotal})`,
@@ -469,7 +470,7 @@ async fn load_from_js<D: LoadTarget>(
         }
     };
     // A folder brings the files that say what its weights are; anything else is on its own.
-    let folder = source.as_string().is_some_and(|u| u.ends_with('/'));
+    let folder = source.as_string().as_deref().and_then(folder_of).is_some();
     let check = if folder {
         crate::engine::check_header
     } else {
@@ -515,9 +516,9 @@ async fn load_from_js<D: LoadTarget>(
         let mut companions = std::collections::BTreeMap::new();
         let mut module_weights = std::collections::BTreeMap::new();
         if let [url] = urls.as_slice() {
-            if url.ends_with('/') {
+            if let Some(folder_url) = folder_of(url) {
                 // A model folder: its weights and the text files that describe the model.
-                let plan = plan_folder(url, cache, signal.as_ref()).await?;
+                let plan = plan_folder(folder_url, cache, signal.as_ref()).await?;
                 if let Some(check) = opts.check_companions {
                     check(&plan.companions)?;
                 }
@@ -599,6 +600,16 @@ async fn load_from_js<D: LoadTarget>(
                  or File, or a ReadableStream"
             .into(),
     })
+}
+
+/// The folder URL a model URL stands for: the URL itself when it ends in `/`, and the folder of
+/// a checkpoint's `model.safetensors.index.json` (its config and tokenizer files are there).
+fn folder_of(url: &str) -> Option<&str> {
+    if url.ends_with('/') {
+        return Some(url);
+    }
+    url.strip_suffix(folder::INDEX_FILE)
+        .filter(|base| base.ends_with('/'))
 }
 
 /// Resolves a model folder URL (ending in `/`): the index and its shards or `model.safetensors`,

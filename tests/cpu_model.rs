@@ -433,3 +433,25 @@ fn a_multimodal_folder_runs_as_an_engine_with_its_processor_template() {
     assert_eq!(reply.tokens[0], argmax);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A checkpoint's `model.safetensors.index.json` stands for its folder: its shards load with the
+/// folder's config and tokenizer files, which a bare list of shards would lack.
+#[test]
+fn an_index_path_loads_its_folder() {
+    let index = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/formats/sharded/model.safetensors.index.json");
+    assert_eq!(
+        pocketlm::load::local_folder(index.to_str().unwrap()),
+        index.parent()
+    );
+    let loaded = load(&index);
+    assert_eq!(loaded.files.files.len(), 2);
+    assert_eq!(
+        loaded.companions.keys().collect::<Vec<_>>(),
+        ["config.json", "tokenizer_config.json"]
+    );
+    assert_eq!(
+        pocketlm::load::local_folder("model.safetensors.index.json"),
+        None
+    );
+}

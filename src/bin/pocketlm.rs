@@ -552,7 +552,7 @@ mod cli {
         let mut bar = ProgressBar::new();
         let mut on_progress = |p: &Progress| bar.update(p);
         // A directory brings the files that say what its weights are; a file is on its own.
-        let check: &load::HeaderCheck = if std::path::Path::new(&spec).is_dir() {
+        let check: &load::HeaderCheck = if load::local_folder(&spec).is_some() {
             &pocketlm::engine::check_header
         } else {
             &pocketlm::engine::check_lone_header

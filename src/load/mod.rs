@@ -18,7 +18,7 @@ pub use model::{
     LoadedModelFiles, ModelFile,
 };
 #[cfg(not(target_arch = "wasm32"))]
-pub use native::{is_url, load_native, NativeSource};
+pub use native::{is_url, load_native, local_folder, NativeSource};
 pub use source::{io_error, ByteSource, MemorySource, CHUNK};
 #[cfg(not(target_arch = "wasm32"))]
 pub use source::{FileSource, HttpSource};

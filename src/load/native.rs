@@ -55,6 +55,20 @@ pub fn is_url(spec: &str) -> bool {
     spec.starts_with("http://") || spec.starts_with("https://")
 }
 
+/// The model folder a local `spec` stands for: a directory, or the directory of a checkpoint's
+/// `model.safetensors.index.json` (its config and tokenizer files are there).
+pub fn local_folder(spec: &str) -> Option<&Path> {
+    if is_url(spec) {
+        return None;
+    }
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return Some(path);
+    }
+    let index = path.file_name()? == crate::load::folder::INDEX_FILE;
+    path.parent().filter(|dir| index && dir.is_dir())
+}
+
 /// Loads the model `spec` names into GPU memory: a folder (weights and companion files), or a
 /// file or URL with the other splits of a split GGUF model. Up to 4 files load at once.
 pub async fn load_native<D: LoadTarget>(
@@ -63,8 +77,8 @@ pub async fn load_native<D: LoadTarget>(
     opts: LoadOptions<'_>,
 ) -> Result<LoadedModelFiles<D::Tensor>> {
     const CONCURRENCY: usize = 4;
-    if !is_url(spec) && Path::new(spec).is_dir() {
-        return load_directory(target, Path::new(spec), CONCURRENCY, opts).await;
+    if let Some(dir) = local_folder(spec) {
+        return load_directory(target, dir, CONCURRENCY, opts).await;
     }
     let files = split_names(spec)?
         .iter()

@@ -144,7 +144,7 @@ test("bytes from JavaScript load without a URL, and the cache can be cleared", a
   assert.deepEqual(cached, []);
 });
 
-test("a split GGUF model loads from the URL of any split, a sharded checkpoint from its index", async () => {
+test("a split GGUF model loads from the URL of any split, a sharded checkpoint from its index (with its folder's files)", async () => {
   const split = await load("/fixtures/formats/split-00002-of-00003.gguf", { concurrency: 2 });
   assert.equal(split.ok, true, `${split.code}: ${split.message}`);
   const files = new Set(split.events.map((e) => e.fileIndex));
@@ -157,6 +157,8 @@ test("a split GGUF model loads from the URL of any split, a sharded checkpoint f
   }
   const sharded = await load("/fixtures/formats/sharded/model.safetensors.index.json");
   assert.equal(sharded.ok, true, `${sharded.code}: ${sharded.message}`);
+  // (The index stands for its folder: its config and tokenizer files come too.)
+  assert.deepEqual(sharded.companions, ["config.json", "tokenizer_config.json"]);
   assert.deepEqual([...new Set(sharded.events.map((e) => e.fileIndex))].sort(), [0, 1]);
   assert.match(sharded.summary, /safetensors/);
   const missing = await load(["/fixtures/formats/split-00001-of-00003.gguf", "/fixtures/formats/split-00002-of-00003.gguf"]);
