@@ -195,15 +195,23 @@ soak: setup
 ## make wasm: the wasm-bindgen packages in www/pkg and www/pkg-mt (PROFILE=release for optimised builds).
 PROFILE ?= dev
 WASM_DIR := $(if $(filter release,$(PROFILE)),release,debug)
+# Each package holds two builds of the same source, each with its JavaScript glue
+# (scripts/wasm-package.sh): pocketlm.js and pocketlm_bg.wasm with SIMD128, which every browser
+# with WebAssembly SIMD runs, and pocketlm_relaxed.js and pocketlm_relaxed_bg.wasm with relaxed
+# SIMD as well (fused multiply-adds in the CPU backend's prefill products), which the package
+# loads where the browser validates it (www/src/simd.js): a module with an instruction the
+# engine lacks does not validate at all.
+# The relaxed builds have their own target directories (other target features: the whole
+# dependency graph is compiled again).
 # wasm-opt shrinks the release .wasm: npm's binaryen (a devDependency of www/, installed by setup),
-# because Debian 12's binaryen 108 breaks wasm-bindgen's externref table. The features are those
-# rustc enables for wasm32. -O1 rather than -Oz: on the single-thread build, -O1 ran in 39 s
-# against 221 s for -Oz and gave a smaller gzipped file (2.25 MB against 2.30 MB; the raw file
-# is 6% larger), and what is downloaded is the gzipped file.
-WASM_OPT := www/node_modules/.bin/wasm-opt
-WASM_OPT_FLAGS := -O1 --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
-  --enable-mutable-globals --enable-reference-types --enable-multivalue
+# because Debian 12's binaryen 108 breaks wasm-bindgen's externref table. -O1 rather than -Oz: on
+# the single-thread build, -O1 ran in 39 s against 221 s for -Oz and gave a smaller gzipped file
+# (2.25 MB against 2.30 MB; the raw file is 6% larger), and what is downloaded is the gzipped file.
 WASM_FILE := $(TARGET_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm.wasm
+WASM_RELAXED_DIR := $(TARGET_DIR)/wasm-relaxed
+WASM_RELAXED_FILE := $(WASM_RELAXED_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm.wasm
+# (RUSTFLAGS replaces .cargo/config.toml's flags for the target: SIMD128 is named again.)
+WASM_RELAXED_RUSTFLAGS := -C target-feature=+simd128,+relaxed-simd
 # The threaded build (www/pkg-mt), which the package loads on cross-origin isolated pages: shared
 # memory (up to 4 GiB) and atomics, so the CPU backend's threads are Web Workers on one memory.
 # Rust's prebuilt wasm32 standard library has no atomics, so this build rebuilds it
@@ -212,41 +220,34 @@ WASM_FILE := $(TARGET_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm.wasm
 NIGHTLY := nightly-2026-05-20
 WASM_MT_DIR := $(TARGET_DIR)/wasm-mt
 WASM_MT_FILE := $(WASM_MT_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm.wasm
+WASM_MT_RELAXED_DIR := $(TARGET_DIR)/wasm-mt-relaxed
+WASM_MT_RELAXED_FILE := $(WASM_MT_RELAXED_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm.wasm
 WASM_MT_RUSTFLAGS := -C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 \
   -C link-arg=--shared-memory -C link-arg=--import-memory -C link-arg=--max-memory=4294967296 \
   -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size \
   -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base
-# Both builds at once: the two cargo builds share make's job slots, and one build's wasm-opt (a
+WASM_MT_CARGO := cargo +$(NIGHTLY) build -Z build-std=panic_abort,std $(WASM_CARGO_FLAGS) --lib --profile $(PROFILE)
+# Both packages at once: their cargo builds share make's job slots, and one package's wasm-opt (a
 # single thread) overlaps the other's compilation.
 wasm:
 	@$(MAKE) --no-print-directory -j2 wasm-st wasm-mt
-# www/pkg/.stamp-$(PROFILE) says which build www/pkg holds; an unchanged .wasm is not redone.
+# www/pkg/.stamp-$(PROFILE) says which build www/pkg holds; unchanged .wasm files are not redone.
 wasm-st:
 	cargo build $(WASM_CARGO_FLAGS) --lib --profile $(PROFILE)
-	@if [ www/pkg/.stamp-$(PROFILE) -nt $(WASM_FILE) ] && [ -f www/pkg/pocketlm_bg.wasm ]; then \
-	  echo "www/pkg is up to date ($(PROFILE))"; exit 0; fi; \
-	set -ex; rm -f www/pkg/.stamp-*; \
-	wasm-bindgen --target web --out-dir www/pkg --out-name pocketlm $(WASM_FILE); \
-	if [ "$(PROFILE)" = release ]; then \
-	  [ -x $(WASM_OPT) ] || { echo "$(WASM_OPT) is missing: run make setup (npm ci in www/)"; exit 1; }; \
-	  $(WASM_OPT) $(WASM_OPT_FLAGS) -o www/pkg/pocketlm_bg.wasm www/pkg/pocketlm_bg.wasm; \
-	fi; \
-	touch www/pkg/.stamp-$(PROFILE)
+	RUSTFLAGS="$(WASM_RELAXED_RUSTFLAGS)" cargo build $(WASM_CARGO_FLAGS) --lib --profile $(PROFILE) \
+	  --target-dir $(WASM_RELAXED_DIR)
+	@if [ www/pkg/.stamp-$(PROFILE) -nt $(WASM_FILE) ] && [ www/pkg/.stamp-$(PROFILE) -nt $(WASM_RELAXED_FILE) ] \
+	  && [ -f www/pkg/pocketlm_relaxed_bg.wasm ]; then echo "www/pkg is up to date ($(PROFILE))"; exit 0; fi; \
+	set -x; scripts/wasm-package.sh www/pkg $(WASM_FILE) $(WASM_RELAXED_FILE) $(PROFILE)
 
 ## make wasm-st and make wasm-mt: the single-thread package (www/pkg) and the threaded one
 ## (www/pkg-mt); make wasm builds both.
 wasm-mt:
-	RUSTFLAGS="$(WASM_MT_RUSTFLAGS)" cargo +$(NIGHTLY) build -Z build-std=panic_abort,std \
-	  $(WASM_CARGO_FLAGS) --lib --profile $(PROFILE) --target-dir $(WASM_MT_DIR)
-	@if [ www/pkg-mt/.stamp-$(PROFILE) -nt $(WASM_MT_FILE) ] && [ -f www/pkg-mt/pocketlm_bg.wasm ]; then \
-	  echo "www/pkg-mt is up to date ($(PROFILE))"; exit 0; fi; \
-	set -ex; rm -f www/pkg-mt/.stamp-*; \
-	wasm-bindgen --target web --out-dir www/pkg-mt --out-name pocketlm $(WASM_MT_FILE); \
-	if [ "$(PROFILE)" = release ]; then \
-	  [ -x $(WASM_OPT) ] || { echo "$(WASM_OPT) is missing: run make setup (npm ci in www/)"; exit 1; }; \
-	  $(WASM_OPT) $(WASM_OPT_FLAGS) --enable-threads -o www/pkg-mt/pocketlm_bg.wasm www/pkg-mt/pocketlm_bg.wasm; \
-	fi; \
-	touch www/pkg-mt/.stamp-$(PROFILE)
+	RUSTFLAGS="$(WASM_MT_RUSTFLAGS)" $(WASM_MT_CARGO) --target-dir $(WASM_MT_DIR)
+	RUSTFLAGS="$(WASM_MT_RUSTFLAGS) -C target-feature=+relaxed-simd" $(WASM_MT_CARGO) --target-dir $(WASM_MT_RELAXED_DIR)
+	@if [ www/pkg-mt/.stamp-$(PROFILE) -nt $(WASM_MT_FILE) ] && [ www/pkg-mt/.stamp-$(PROFILE) -nt $(WASM_MT_RELAXED_FILE) ] \
+	  && [ -f www/pkg-mt/pocketlm_relaxed_bg.wasm ]; then echo "www/pkg-mt is up to date ($(PROFILE))"; exit 0; fi; \
+	set -x; scripts/wasm-package.sh www/pkg-mt $(WASM_MT_FILE) $(WASM_MT_RELAXED_FILE) $(PROFILE) --enable-threads
 
 ## make wasm-harness: the package with the test harnesses (`harness` feature: the kernel
 ## self-check) in www/pkg-harness, for the browser's kernel page; the shipped www/pkg has none.
@@ -263,11 +264,12 @@ fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
 
 ## make check: formatting and clippy (-D warnings) for the native and wasm32 targets (the wasm
-## library as shipped, without the test harnesses, and with them for the wasm tests).
+## library as shipped, without the test harnesses, in both its builds, and with them for the wasm tests).
 check: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy $(WASM_CARGO_FLAGS) --lib -- -D warnings
+	RUSTFLAGS="$(WASM_RELAXED_RUSTFLAGS)" cargo clippy $(WASM_CARGO_FLAGS) --lib --target-dir $(WASM_RELAXED_DIR) -- -D warnings
 	cargo clippy $(WASM_CARGO_FLAGS) --features harness --all-targets -- -D warnings
 
 fmt:

@@ -79,6 +79,13 @@ pub fn wasm_threads() -> bool {
     cfg!(target_feature = "atomics")
 }
 
+/// Whether this build of the module uses relaxed SIMD (the package loads it where the browser
+/// validates relaxed SIMD, unless the load asks for `relaxedSimd: false`).
+#[wasm_bindgen(js_name = wasmRelaxedSimd)]
+pub fn wasm_relaxed_simd() -> bool {
+    crate::cpu::kernels::RELAXED_SIMD
+}
+
 /// This module, compiled: a thread's Web Worker instantiates it on the shared memory
 /// (`initSync({module, memory})`).
 #[wasm_bindgen(js_name = compiledModule)]

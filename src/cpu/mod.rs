@@ -99,7 +99,11 @@ impl CpuContext {
 
     /// A description for reports: the backend and its threads.
     pub fn describe(&self) -> String {
-        let simd = if kernels::SIMD { ", SIMD" } else { "" };
+        let simd = match (kernels::RELAXED_SIMD, kernels::SIMD) {
+            (true, _) => ", relaxed SIMD",
+            (false, true) => ", SIMD",
+            (false, false) => "",
+        };
         let threads = self.threads();
         let plural = if threads == 1 { "" } else { "s" };
         format!("CPU ({threads} thread{plural}{simd})")

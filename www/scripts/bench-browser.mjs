@@ -36,9 +36,11 @@
 //
 // BENCH_MODEL (default: the default model, models/SmolLM2-135M-Instruct.Q4_1.gguf),
 // BENCH_TOKENS (tokens per completion, default 16), BENCH_PROMPTS (how many of the prompts below,
-// default 3), BENCH_ENGINES (a comma list of pocketlm-cpu-1, pocketlm-cpu-2, pocketlm-webgpu,
-// wllama-1, wllama-2; default all). BENCH_SECTIONS (decode, embeddings, load; default all),
-// BENCH_EMBED_ENGINES (the same names; default all), BENCH_EMBED_BATCHES (default 1,8,64),
+// default 3), BENCH_PROMPT_REPEAT (each prompt that many times over, for long prompts; default 1), BENCH_ENGINES (a comma list of pocketlm-cpu-1, pocketlm-cpu-2,
+// pocketlm-cpu-1-simd128, pocketlm-cpu-2-simd128, pocketlm-webgpu, wllama-1, wllama-2; default
+// all: pocketlm-cpu-N is the build the package picks, relaxed SIMD in Chromium, and
+// pocketlm-cpu-N-simd128 the SIMD128 build, `relaxedSimd: false`, with their ratio printed). BENCH_SECTIONS (decode, embeddings, load; default all),
+// BENCH_EMBED_ENGINES (the same names; default all but the SIMD128 builds), BENCH_EMBED_BATCHES (default 1,8,64),
 // BENCH_EMBED_SECONDS (timed seconds per batch size and engine, default 2), BENCH_EMBED_MAX_SECONDS
 // (a batch size whose one call would take longer, estimated from the smaller one, is skipped:
 // default 60, which leaves out batch 64 on SwiftShader), BENCH_EMBED_MODEL (a
@@ -63,15 +65,17 @@ const PROMPTS = [
   "Here is a short list of tips for staying healthy during the winter months: 1.",
   "The three primary colors are",
   "In computer science, a hash table is a data structure that",
-].slice(0, Number(process.env.BENCH_PROMPTS ?? 3));
-const ALL_ENGINES = "pocketlm-cpu-1,pocketlm-cpu-2,pocketlm-webgpu,wllama-1,wllama-2";
+].slice(0, Number(process.env.BENCH_PROMPTS ?? 3)).map((p) => Array(Number(process.env.BENCH_PROMPT_REPEAT ?? 1)).fill(p).join(" "));
+const ALL_ENGINES = "pocketlm-cpu-1,pocketlm-cpu-2,pocketlm-cpu-1-simd128,pocketlm-cpu-2-simd128,pocketlm-webgpu,wllama-1,wllama-2";
+// The engines the embeddings section runs by default (the SIMD128 builds are compared on decode).
+const EMBED_DEFAULT = "pocketlm-cpu-1,pocketlm-cpu-2,pocketlm-webgpu,wllama-1,wllama-2";
 const ENGINES = (process.env.BENCH_ENGINES ?? ALL_ENGINES).split(",");
 const SECTIONS = (process.env.BENCH_SECTIONS ?? "decode,embeddings,load").split(",");
 const LOAD_ROUNDS = Number(process.env.BENCH_LOAD_ROUNDS ?? 3);
 for (const s of SECTIONS) {
   if (!["decode", "embeddings", "load"].includes(s)) throw new Error(`BENCH_SECTIONS: unknown section ${s} (decode, embeddings, load)`);
 }
-const EMBED_ENGINES = (process.env.BENCH_EMBED_ENGINES ?? ALL_ENGINES).split(",");
+const EMBED_ENGINES = (process.env.BENCH_EMBED_ENGINES ?? EMBED_DEFAULT).split(",");
 for (const [name, list] of [["BENCH_ENGINES", ENGINES], ["BENCH_EMBED_ENGINES", EMBED_ENGINES]]) {
   for (const e of list) {
     if (!ALL_ENGINES.split(",").includes(e)) throw new Error(`${name}: unknown engine ${e} (${ALL_ENGINES})`);
@@ -153,8 +157,13 @@ async function run(engine) {
         let info;
         let ownWasm = null;
         if (engine.startsWith("pocketlm")) {
-          const [, backend, threads] = engine.split("-");
-          const lm = await globalThis.pocketlm.PocketLM.load(modelUrl, { context: 512, backend, threads: threads ? Number(threads) : undefined });
+          const [, backend, threads, build] = engine.split("-");
+          const lm = await globalThis.pocketlm.PocketLM.load(modelUrl, {
+            context: 512,
+            backend,
+            threads: threads ? Number(threads) : undefined,
+            relaxedSimd: build === "simd128" ? false : undefined,
+          });
           const report = await globalThis.pocketlm.PocketLM.supportReport();
           const adapter = report.adapter ? `${report.adapter.vendor} ${report.adapter.architecture} ${report.adapter.description ?? ""}`.trim() : "";
           info = backend === "cpu" ? `${lm.info.device}${lm.info.threadsNote ? ` (${lm.info.threadsNote})` : ""}` : `WebGPU ${lm.info.profile} profile on ${adapter}`;
@@ -218,8 +227,12 @@ async function runEmbeddings(engine) {
         let unload;
         let ownWasm = null;
         if (engine.startsWith("pocketlm")) {
-          const [, backend, threads] = engine.split("-");
-          const lm = await globalThis.pocketlm.PocketLM.load(ggufUrl, { backend, threads: threads ? Number(threads) : undefined });
+          const [, backend, threads, build] = engine.split("-");
+          const lm = await globalThis.pocketlm.PocketLM.load(ggufUrl, {
+            backend,
+            threads: threads ? Number(threads) : undefined,
+            relaxedSimd: build === "simd128" ? false : undefined,
+          });
           const report = await globalThis.pocketlm.PocketLM.supportReport();
           const adapter = report.adapter ? `${report.adapter.vendor} ${report.adapter.architecture} ${report.adapter.description ?? ""}`.trim() : "";
           info = backend === "cpu" ? `${lm.info.device}${lm.info.threadsNote ? ` (${lm.info.threadsNote})` : ""}` : `WebGPU ${lm.info.profile} profile on ${adapter}`;
@@ -404,10 +417,10 @@ pocketlm / wllama load time: cold ${fmt(median(p.cold) / median(w.cold), 3)}×, 
 
 function printDecode() {
   console.log(`\nmodel ${basename(MODEL_FILE)}, ${PROMPTS.length} prompts × ${TOKENS} tokens, greedy\n`);
-  console.log("engine             load s   memory MiB   prompt tokens   prefill tokens/s   decode tokens/s");
+  console.log("engine                   load s   memory MiB   prompt tokens   prefill tokens/s   decode tokens/s");
   for (const [engine, r] of Object.entries(results)) {
     console.log(
-      `${engine.padEnd(17)} ${fmt(r.loadS, 1).padStart(7)} ${mib(r.memory).padStart(12)} ${String(r.promptTokens).padStart(15)} ${fmt(r.prefill).padStart(18)} ${fmt(r.decode).padStart(17)}`,
+      `${engine.padEnd(23)} ${fmt(r.loadS, 1).padStart(7)} ${mib(r.memory).padStart(12)} ${String(r.promptTokens).padStart(15)} ${fmt(r.prefill).padStart(18)} ${fmt(r.decode).padStart(17)}`,
     );
   }
   memoryRatios(results);
@@ -418,6 +431,11 @@ function printDecode() {
     const one = results["wllama-1"];
     const single = engine === "pocketlm-cpu-1" && one ? `; / wllama on one thread: prefill ${fmt(p.prefill / one.prefill, 3)}×, decode ${fmt(p.decode / one.decode, 3)}×` : "";
     console.log(`\n${engine} / wllama's best: prefill ${fmt(p.prefill / best("prefill"), 3)}×, decode ${fmt(p.decode / best("decode"), 3)}×${single}`);
+  }
+  for (const threads of [1, 2]) {
+    const [relaxed, plain] = [results[`pocketlm-cpu-${threads}`], results[`pocketlm-cpu-${threads}-simd128`]];
+    if (!relaxed || !plain) continue;
+    console.log(`\npocketlm-cpu-${threads}, relaxed-SIMD build / SIMD128 build: prefill ${fmt(relaxed.prefill / plain.prefill, 3)}×, decode ${fmt(relaxed.decode / plain.decode, 3)}×`);
   }
 }
 

@@ -7,7 +7,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const WWW = join(dirname(fileURLToPath(import.meta.url)), "..");
-const PKG = ["pocketlm.js", "pocketlm_bg.wasm"];
+const PKG = ["pocketlm.js", "pocketlm_bg.wasm", "pocketlm_relaxed.js", "pocketlm_relaxed_bg.wasm"];
 
 export function vendorExamples() {
   for (const f of PKG) {

@@ -2,12 +2,14 @@
 // so that generations run one after another. The package's Web Worker runs it; it also runs
 // directly inside any worker or an extension's service worker (see README.md), where
 // `PocketLM.load(url, { worker: false })` uses it without a second worker.
-// The single-thread build, imported statically (a service worker cannot use import()); the
-// threaded one (pkg-mt/) is imported only where it can run, always inside a dedicated worker.
+// The single-thread SIMD128 build, imported statically (a service worker cannot use import());
+// the threaded one (pkg-mt/) and the relaxed-SIMD ones (src/simd.js) are imported only where
+// they can run, always inside a dedicated worker.
 import * as singleThread from "../pkg/pocketlm.js";
 import { PocketLMError, toPocketLMError, serializeError } from "./errors.js";
 import { embeddingRequest, loadOptions, normalizeSource } from "./validate.js";
 import * as storage from "./storage.js";
+import { canImport, relaxedSimd } from "./simd.js";
 
 export { PocketLMError };
 
@@ -88,13 +90,19 @@ async function checkFolder(src, signal) {
 
 /** Loads and instantiates PocketLM's wasm module once per realm. `wasm` (its URL, Response or
  * module) selects the single-thread build's file; by default the realm takes the threaded build
- * (pkg-mt/) where it can run it (`threadsUnavailable`) and `threads` is not 1, else pkg/. */
-export function initWasm(wasm, threads) {
+ * (pkg-mt/) where it can run it (`threadsUnavailable`) and `threads` is not 1, else pkg/, and of
+ * that folder's two builds the one with relaxed SIMD where the engine validates it and the realm
+ * can import it (src/simd.js) and `relaxed` is not false. */
+export function initWasm(wasm, threads, relaxed) {
   wasmReady ??= (async () => {
     const threaded = wasm === undefined && threads !== 1 && threadsUnavailable() === null;
-    const mod = threaded ? await import("../pkg-mt/pocketlm.js") : singleThread;
+    const fast = wasm === undefined && relaxed !== false && relaxedSimd() && canImport();
+    // (Each import names its file, so that bundlers see and copy all four.)
+    let mod = singleThread;
+    if (threaded) mod = fast ? await import("../pkg-mt/pocketlm_relaxed.js") : await import("../pkg-mt/pocketlm.js");
+    else if (fast) mod = await import("../pkg/pocketlm_relaxed.js");
     const exports = await mod.default(wasm === undefined ? undefined : { module_or_path: wasm });
-    W = { ...mod, memory: exports.memory, threaded: mod.wasmThreads() };
+    W = { ...mod, memory: exports.memory, threaded: mod.wasmThreads(), relaxedSimd: mod.wasmRelaxedSimd() };
     return W;
   })().catch((e) => {
     wasmReady = null;
@@ -133,7 +141,7 @@ async function startThreads(cpu, threads) {
           e.preventDefault?.();
           resolve(`a thread's worker failed to start: ${e.message ?? "error"}`);
         };
-        worker.postMessage({ module: W.compiledModule(), memory: W.memory, handle: cpu.threadHandle() });
+        worker.postMessage({ module: W.compiledModule(), memory: W.memory, handle: cpu.threadHandle(), relaxedSimd: W.relaxedSimd });
       });
     }),
   );
@@ -212,7 +220,7 @@ async function chooseBackend(backend = "auto") {
 export async function supportReport() {
   if (typeof WebAssembly !== "object") return { supported: false, reason: "this browser has no WebAssembly", backend: null, backendReason: null };
   const { adapter, reason } = await probeAdapter();
-  if (!adapter) return { supported: true, reason: null, backend: "cpu", backendReason: reason };
+  if (!adapter) return { supported: true, reason: null, backend: "cpu", backendReason: reason, relaxedSimd: relaxedSimd() };
   const info = adapter.info ?? {};
   const software = softwareAdapter(adapter);
   return {
@@ -220,6 +228,7 @@ export async function supportReport() {
     reason: null,
     backend: software ? "cpu" : "webgpu",
     backendReason: software ? `the only WebGPU adapter is a software one (${software}), slower than the CPU backend` : "a hardware WebGPU adapter",
+    relaxedSimd: relaxedSimd(),
     adapter: {
       vendor: info.vendor ?? "",
       architecture: info.architecture ?? "",
@@ -328,7 +337,7 @@ export class Engine {
     const src = normalizeSource(source, globalThis.location?.href);
     if (signal?.aborted) throw new PocketLMError("aborted", "the load was aborted");
     const threads = defaultThreads(opts.threads);
-    await initWasm(wasm, threads);
+    await initWasm(wasm, threads, opts.relaxedSimd);
     if (typeof src === "string" && (src.endsWith("/") || src.endsWith(".index.json")) && opts.cache !== false) {
       await checkFolder(src, signal);
     }
@@ -360,7 +369,7 @@ export class Engine {
     // of one file that is not cached yet is read as it downloads (`job.stream`).
     let job = null;
     try {
-      const { profile: _, backend: __, threads: ___, ...wasmOptions } = opts;
+      const { profile: _, backend: __, threads: ___, relaxedSimd: ____, ...wasmOptions } = opts;
       if ((typeof src === "string" || Array.isArray(src)) && opts.cache !== false) {
         job = await storage.start(src, { signal, onProgress, concurrency: opts.concurrency, stream: typeof src === "string" });
         if (!job.stream) {
@@ -390,6 +399,7 @@ export class Engine {
       engine.#info.device = gpu ? null : device.describe();
       engine.#info.threads = gpu ? null : device.threads();
       engine.#info.threadsNote = threadsNote;
+      engine.#info.relaxedSimd = gpu ? null : W.relaxedSimd;
       return engine;
     } catch (e) {
       engine.#state = "unloaded";

@@ -38,6 +38,9 @@ export interface SupportReport {
   backend: "webgpu" | "cpu" | null;
   /** Why that backend, in words. */
   backendReason: string | null;
+  /** Whether this browser's WebAssembly has relaxed SIMD, so that the CPU backend loads its
+   * relaxed-SIMD build (fused multiply-adds in prefill and batch products). */
+  relaxedSimd: boolean;
   adapter?: { vendor: string; architecture: string; description: string; isFallbackAdapter: boolean };
   features?: string[];
   limits?: { maxBufferSize: number; maxStorageBufferBindingSize: number };
@@ -83,6 +86,13 @@ export interface LoadOptions {
    * 16). Threads need a cross-origin isolated page; elsewhere one thread runs and
    * `info.threadsNote` says why. */
   threads?: number;
+  /** false: the CPU backend runs its SIMD128 build even where the browser has relaxed SIMD
+   * (default true: the relaxed-SIMD build there, faster prefill; not in a service worker, which
+   * cannot import it). Relaxed SIMD's fused
+   * multiply-add rounds once on CPUs with FMA and twice on others, so its sums may differ in the
+   * last bits from one CPU to another; the SIMD128 build's are the same on every CPU. The first
+   * load in a JavaScript realm decides for that realm (each `worker: true` load has its own). */
+  relaxedSimd?: boolean;
   /** Files downloaded at once (default 4). */
   concurrency?: number;
   /** true (default where Worker exists): run the engine in a module Web Worker made by the package
@@ -168,8 +178,10 @@ export interface ModelInfo {
   /** Where the model runs, and why (`backend: "auto"`'s choice, or "asked for"). */
   backend: "webgpu" | "cpu";
   backendReason: string;
-  /** The CPU backend's description ("CPU (4 threads, SIMD)"); null on WebGPU. */
+  /** The CPU backend's description ("CPU (4 threads, relaxed SIMD)"); null on WebGPU. */
   device: string | null;
+  /** Whether the CPU backend runs its relaxed-SIMD build; null on WebGPU. */
+  relaxedSimd: boolean | null;
   /** The CPU backend's threads (the engine's own included); null on WebGPU. More than one needs a
    * cross-origin isolated page (COOP/COEP), where the package loads its threaded build. */
   threads: number | null;

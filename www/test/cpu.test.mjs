@@ -5,7 +5,8 @@
 // aborted within a token (the wasm engine yields between steps); "webgpu" asked for by name
 // still runs WebGPU. A page that is not cross-origin isolated runs one thread and says why; an
 // isolated one (COOP/COEP) loads the threaded build, whose threads are Web Workers on shared
-// memory, and its greedy output is the same.
+// memory, and its greedy output is the same. Both packages' builds run: relaxed SIMD, which
+// Chromium has and the package therefore loads by default, and SIMD128 (`relaxedSimd: false`).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
@@ -56,7 +57,10 @@ test("auto picks the CPU backend on a software adapter and says why", async () =
   assert.equal(r.info.backend, "cpu");
   assert.equal(r.report.backend, "cpu");
   assert.match(r.info.backendReason, /software/);
-  assert.match(r.info.device, /^CPU \(1 thread,/);
+  // Chromium has relaxed SIMD: the package loads that build by default.
+  assert.equal(r.report.relaxedSimd, true);
+  assert.equal(r.info.relaxedSimd, true);
+  assert.match(r.info.device, /^CPU \(1 thread, relaxed SIMD\)/);
   assert.equal(r.info.threads, 1);
   // Threads were asked for (one per core by default) but the page is not isolated: a note, no error.
   if (r.cores > 1) assert.match(r.info.threadsNote, /one thread: the page is not cross-origin isolated/);
@@ -73,6 +77,29 @@ test("greedy output on the CPU backend equals transformers' token for token", as
     assert.deepEqual(r.pocketlm.token_ids, c.generated_ids.slice(0, TOKENS), `prompt ${JSON.stringify(c.prompt)}`);
     console.log(`${JSON.stringify(c.prompt)}: ${r.pocketlm.tokens_per_second?.toFixed(2)} tokens/s, prefill ${r.pocketlm.prefill_ms.toFixed(0)} ms`);
   }
+});
+
+test("relaxedSimd: false runs the SIMD128 build, with the same greedy output", async () => {
+  const fixture = JSON.parse(readFileSync(join(ROOT, "tests", "fixtures", "smollm2", "greedy.json"), "utf8"));
+  const r = value(
+    await run(
+      async ([url, prompts, n]) => {
+        const plain = await globalThis.pocketlm.PocketLM.load(url, { context: 256, relaxedSimd: false });
+        const outputs = [];
+        for (const prompt of prompts) outputs.push(await plain.completions.create({ prompt, max_tokens: n, temperature: 0 }));
+        const info = plain.info;
+        await plain.unload();
+        return { info, outputs };
+      },
+      [MODEL, fixture.cases.map((c) => c.prompt), TOKENS],
+    ),
+  );
+  assert.equal(r.info.relaxedSimd, false);
+  assert.match(r.info.device, /^CPU \(1 thread, SIMD\)/);
+  fixture.cases.forEach((c, i) => {
+    assert.deepEqual(r.outputs[i].pocketlm.token_ids, c.generated_ids.slice(0, TOKENS), `prompt ${JSON.stringify(c.prompt)}`);
+    console.log(`SIMD128 build, ${JSON.stringify(c.prompt)}: prefill ${r.outputs[i].pocketlm.prefill_ms.toFixed(0)} ms`);
+  });
 });
 
 test("a chat on the CPU backend equals the native CLI's CPU backend", async () => {
@@ -167,17 +194,19 @@ test("an isolated page runs the threaded build: threads on shared memory, the sa
         tab,
         async ([url, cases, n]) => {
           const { PocketLM } = globalThis.pocketlm;
-          const lm = await PocketLM.load(url, { context: 256, threads: 2 });
-          const info = lm.info;
-          const outputs = [];
-          for (const prompt of cases) outputs.push(await lm.completions.create({ prompt, max_tokens: n, temperature: 0 }));
-          await lm.unload();
-          // The threads end with the model; a second load starts new ones.
-          const again = await PocketLM.load(url, { context: 64, threads: 2 });
-          const reply = await again.complete("The capital of France is", { max_tokens: 1, temperature: 0 });
-          const threadsAgain = again.info.threads;
-          await again.unload();
-          return { isolated: crossOriginIsolated, info, outputs, reply, threadsAgain };
+          const generate = async (options) => {
+            const lm = await PocketLM.load(url, { context: 256, threads: 2, ...options });
+            const info = lm.info;
+            const outputs = [];
+            for (const prompt of cases) outputs.push(await lm.completions.create({ prompt, max_tokens: n, temperature: 0 }));
+            await lm.unload();
+            return { info, outputs };
+          };
+          const { info, outputs } = await generate({});
+          // The threads end with the model; a second load starts new ones (here the threaded
+          // SIMD128 build's).
+          const plain = await generate({ relaxedSimd: false });
+          return { isolated: crossOriginIsolated, info, outputs, plain };
         },
         [MODEL, fixture.cases.map((c) => c.prompt), TOKENS],
       ),
@@ -186,13 +215,16 @@ test("an isolated page runs the threaded build: threads on shared memory, the sa
     assert.equal(r.info.backend, "cpu");
     assert.equal(r.info.threads, 2, r.info.threadsNote);
     assert.equal(r.info.threadsNote, null);
-    assert.match(r.info.device, /^CPU \(2 threads, SIMD\)/);
-    fixture.cases.forEach((c, i) => {
-      assert.deepEqual(r.outputs[i].pocketlm.token_ids, c.generated_ids.slice(0, TOKENS), `prompt ${JSON.stringify(c.prompt)}`);
-      console.log(`2 threads, ${JSON.stringify(c.prompt)}: ${r.outputs[i].pocketlm.tokens_per_second?.toFixed(2)} tokens/s, prefill ${r.outputs[i].pocketlm.prefill_ms.toFixed(0)} ms`);
-    });
-    assert.equal(r.threadsAgain, 2);
-    assert.equal(r.reply, " Paris");
+    assert.match(r.info.device, /^CPU \(2 threads, relaxed SIMD\)/);
+    assert.equal(r.plain.info.threads, 2, r.plain.info.threadsNote);
+    assert.match(r.plain.info.device, /^CPU \(2 threads, SIMD\)/);
+    assert.equal(r.plain.info.relaxedSimd, false);
+    for (const [build, outputs] of [["relaxed SIMD", r.outputs], ["SIMD128", r.plain.outputs]]) {
+      fixture.cases.forEach((c, i) => {
+        assert.deepEqual(outputs[i].pocketlm.token_ids, c.generated_ids.slice(0, TOKENS), `${build}, prompt ${JSON.stringify(c.prompt)}`);
+        console.log(`2 threads, ${build}, ${JSON.stringify(c.prompt)}: ${outputs[i].pocketlm.tokens_per_second?.toFixed(2)} tokens/s, prefill ${outputs[i].pocketlm.prefill_ms.toFixed(0)} ms`);
+      });
+    }
   } finally {
     await tab.close();
     await isolated.close();

@@ -3,7 +3,9 @@
 // on its first download and read from there offline, so it is not stored twice.
 // The package must lie inside this worker's scope (here ./vendor/): PocketLM's Web Worker is
 // controlled by the service worker whose scope holds the worker's URL.
-const CACHE = "pocketlm-pwa-v1";
+import { wasmFiles } from "./vendor/pocketlm/src/simd.js";
+
+const CACHE = "pocketlm-pwa-v2";
 const SHELL = [
   "./",
   "./index.html",
@@ -17,8 +19,9 @@ const SHELL = [
   "./vendor/pocketlm/src/errors.js",
   "./vendor/pocketlm/src/validate.js",
   "./vendor/pocketlm/src/storage.js",
-  "./vendor/pocketlm/pkg/pocketlm.js",
-  "./vendor/pocketlm/pkg/pocketlm_bg.wasm",
+  "./vendor/pocketlm/src/simd.js",
+  // Of the package's two wasm builds, the one this browser runs (relaxed SIMD or not).
+  ...wasmFiles().map((f) => `./vendor/pocketlm/pkg/${f}`),
 ];
 const SHELL_URLS = new Set(SHELL.map((p) => new URL(p, self.location.href).href));
 

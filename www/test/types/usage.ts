@@ -92,7 +92,9 @@ export async function load(): Promise<PocketLM> {
   ];
   for (const source of sources) await PocketLM.load(source, { worker: false, cache: false, kvDtype: "f32", profile: "baseline" });
   await PocketLM.load("model.gguf", { integrity: ["0".repeat(64), null], profile: "full", backend: "webgpu" });
-  const onCpu = await PocketLM.load("model.gguf", { backend: "cpu", threads: 4 });
+  const onCpu = await PocketLM.load("model.gguf", { backend: "cpu", threads: 4, relaxedSimd: false });
+  const relaxed: boolean | null = onCpu.info.relaxedSimd;
+  const relaxedHere: boolean = (await PocketLM.supportReport()).relaxedSimd;
   const threads: number | null = onCpu.info.threads;
   const embedder = await PocketLM.load("https://example.com/all-MiniLM-L6-v2/", { backend: "webgpu" });
   const kind: "chat" | "embedding" = embedder.info.kind;
@@ -104,7 +106,7 @@ export async function load(): Promise<PocketLM> {
   const where: "webgpu" | "cpu" = onCpu.info.backend;
   const profile: "full" | "baseline" | null = onCpu.info.profile;
   const device: string | null = onCpu.info.device;
-  out.textContent = `${where} ${profile} ${device} ${onCpu.info.backendReason} ${threads} ${threadsNote}`;
+  out.textContent = `${where} ${profile} ${device} ${onCpu.info.backendReason} ${threads} ${threadsNote} ${relaxed} ${relaxedHere}`;
   await PocketLM.load("model.gguf", { worker: new Worker(new URL("pocketlm/worker", import.meta.url), { type: "module" }) });
   await PocketLMDefault.load("model.gguf");
   // @ts-expect-error kvDtype is "f16" or "f32"
