@@ -88,13 +88,19 @@ fn cap_score(s: f32) -> f32 {
 }
 
 // Stages `len` rows of the k (or v) cache, from position k0, in kv_s as f32; rows past len are 0.
+// Position k is row k % p.slots (a ring when the layer holds fewer positions than the context).
 fn stage(use_v: bool, k0: u32, len: u32, kh: u32, li: u32) {
+    let base = k0 % p.slots;
     for (var e = li; e < TK * HW; e += WG) {
         let j = e / HW;
         let w = e % HW;
         var word = 0u;
         if (j < len) {
-            let idx = ((k0 + j) * p.kv_heads + kh) * HW + w;
+            var slot = base + j;
+            if (slot >= p.slots) {
+                slot -= p.slots;
+            }
+            let idx = (slot * p.kv_heads + kh) * HW + w;
             if (use_v) {
                 word = v_cache[idx];
             } else {
@@ -132,16 +138,19 @@ fn attention(
     }
     // Keys below `hi` are visible to some row of this workgroup.
     let hi = visible_end(min(t0 + TQ, step.n_tokens) - 1u);
-    let c0 = chunk * p.chunk_len;
-    if (c0 >= hi) {
+    let first = chunk * p.chunk_len;
+    if (first >= hi) {
         return;
     }
-    let c1 = min(c0 + p.chunk_len, hi);
+    let c1 = min(first + p.chunk_len, hi);
     // No row sees a key before its first row's window or input (and attention_combine reads no
-    // chunk that ends there).
-    if (c1 <= row_low(0u, t0)) {
+    // chunk that ends there): the tiles start at the later of that and the chunk's start, so a
+    // window's layer reads at most window + TQ − 1 positions (which a ring of slots holds).
+    let low = row_low(0u, t0);
+    if (c1 <= low) {
         return;
     }
+    let c0 = max(first, low);
 
     for (var e = li; e < R * HD; e += WG) {
         let r = e / HD;

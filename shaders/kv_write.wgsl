@@ -1,5 +1,6 @@
 // Appends a step's keys and values to one layer's KV cache: rows k_in/v_in [t, kv_heads, head_dim]
-// (f32) go to cache position step.offset + t. The cache holds each (position, kv head) row in
+// (f32) go to cache position step.offset + t, row (step.offset + t) % p.slots (a ring when the
+// layer holds fewer positions than the context: a sliding window's). The cache holds each (position, kv head) row in
 // p.row_words u32 words: f16 pairs packed with pack2x16float (KV_F16 = 1; needs no shader-f16,
 // odd head_dim padded with a zero half), or f32 bits (KV_F16 = 0). One invocation writes one word
 // of k and the same word of v. Values beyond f16's range are saturated to ±65504 first (the
@@ -33,7 +34,7 @@ fn kv_write(
         kk[1] = k_in[src + d + 1u];
         vv[1] = v_in[src + d + 1u];
     }
-    let dst = (step.offset + t) * per_token + rem;
+    let dst = ((step.offset + t) % p.slots) * per_token + rem;
     k_cache[dst] = to_word(kk);
     v_cache[dst] = to_word(vv);
 }

@@ -9,7 +9,8 @@
 // - interleaved q/k heads and v heads: columns 4u .. 4u + 4 (pairs (0, 1) and (2, 3)).
 // The rotation and the stores are rope_kv_write.wgsl's (rope_rotate.wgsl, kv_store.wgsl): q goes
 // rotated to y ([rows, Q_HEADS · HD], p.y_cols), k and v to position step.offset + m of the
-// cache (ROW_WORDS words per head); rows past step.n_tokens are not stored.
+// cache (ROW_WORDS words per head; row pos % KV_SLOTS: a ring for a sliding window's layer);
+// rows past step.n_tokens are not stored.
 // Prelude: Q_HEADS, KV_HEADS, HD (a multiple of 4, all of it rotating), NEOX, KV_F16, ROW_WORDS,
 // the bindings table, k_cache, v_cache and step, and linear_common.wgsl's y and bias_at.
 
@@ -55,7 +56,7 @@ fn finish_quad(m: u32, j: u32, r: vec4<f32>) {
     }
     let is_v = head >= Q_HEADS + KV_HEADS;
     let kv_head = head - Q_HEADS - select(0u, KV_HEADS, is_v);
-    let row = (pos * KV_HEADS + kv_head) * ROW_WORDS;
+    let row = ((pos % KV_SLOTS) * KV_HEADS + kv_head) * ROW_WORDS;
     let d0 = col[0] - head * HD;
     let d2 = col[2] - head * HD;
     if (KV_F16 == 1u) {

@@ -68,7 +68,7 @@ fn rope_kv_write(
         kk[1] = k_rotated(src, d + 1u, pos);
         vv[1] = v_in[src + d + 1u];
     }
-    let dst = pos * kv_items + kv;
+    let dst = (pos % p.slots) * kv_items + kv;
     k_cache[dst] = to_word(kk);
     v_cache[dst] = to_word(vv);
 }

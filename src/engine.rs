@@ -338,6 +338,10 @@ pub struct Engine {
     sizes: Vec<usize>,
     /// The tokens whose keys and values are in the KV cache, at positions 0.. in order.
     cached: Vec<u32>,
+    /// The highest end of a step since the cache was last filled from position 0: sliding-window
+    /// layers keep a ring of positions, which a later prompt may find overwritten there
+    /// (`kv_reusable`).
+    written: usize,
     eos: Vec<u32>,
     name: String,
     /// The vocabulary as constrained decoding needs it, built on the first constrained request.
@@ -371,7 +375,15 @@ impl Engine {
             .kv_dtype
             .unwrap_or_else(|| KvCache::default_dtype(ctx));
         let context = d.context;
-        let model = Decoder::new(ctx, d.config.clone(), loaded.tensors, context, kv_dtype).await?;
+        let model = Decoder::with_max_step(
+            ctx,
+            d.config.clone(),
+            loaded.tensors,
+            context,
+            kv_dtype,
+            Some(PREFILL_CHUNK),
+        )
+        .await?;
         // The decode step of short sequences, built now so loading compiles its kernels.
         let first = model
             .graph_with(ctx, 1, span_for(1, context), CANDIDATES, false)
@@ -391,7 +403,12 @@ impl Engine {
         options: &EngineOptions,
     ) -> Result<Engine> {
         let d = Description::read(&loaded.files, &loaded.companions, options)?;
-        let model = CpuDecoder::new(d.config.clone(), loaded.tensors, d.context)?;
+        let model = CpuDecoder::with_max_step(
+            d.config.clone(),
+            loaded.tensors,
+            d.context,
+            Some(PREFILL_CHUNK),
+        )?;
         Ok(Engine::with_backend(Backend::Cpu(Box::new(model)), d))
     }
 
@@ -403,6 +420,7 @@ impl Engine {
             template: d.template,
             sizes,
             cached: Vec::new(),
+            written: 0,
             eos: d.eos,
             name: d.name,
             grammar: None,
@@ -647,7 +665,19 @@ impl Engine {
 
         let start = now_ms();
         // Reuse the cached prefix; at least the last prompt token is run again, for its logits.
-        let reuse = common_prefix(&self.cached, prompt).min(prompt.len() - 1);
+        // A sliding-window layer's ring may no longer hold the window before it: then start
+        // over.
+        let mut reuse = common_prefix(&self.cached, prompt).min(prompt.len() - 1);
+        let reusable = match &self.backend {
+            Backend::Gpu { model, .. } => model.kv_reusable(reuse, self.written),
+            Backend::Cpu(model) => model.kv_reusable(reuse, self.written),
+        };
+        if !reusable {
+            reuse = 0;
+        }
+        if reuse == 0 {
+            self.written = 0;
+        }
         self.cached.truncate(reuse);
         let mut pos = reuse;
         let mut token = 0;
@@ -918,6 +948,7 @@ impl Engine {
         plan: SamplingPlan,
     ) -> Result<PendingPick<'c>> {
         let context = self.context();
+        self.written = self.written.max(pos + 1);
         let Backend::Gpu { model, graphs } = &mut self.backend else {
             return Err(wrong_device("CPU"));
         };
@@ -970,6 +1001,7 @@ impl Engine {
         constraint: Option<&mut Constraint>,
     ) -> Result<(StepOutput, usize)> {
         let context = self.context();
+        self.written = self.written.max(pos + tokens.len());
         match (&mut self.backend, device) {
             (Backend::Gpu { model, graphs }, Device::Gpu(ctx)) => {
                 let end = pos + tokens.len();

@@ -55,6 +55,11 @@ fn load(spec: &Path) -> LoadedModelFiles<HostTensor> {
 }
 
 fn decoder(name: &str, gguf: bool) -> CpuDecoder {
+    decoder_stepped(name, gguf, None)
+}
+
+/// As [`decoder`], for steps of at most `max_step` tokens (sliding-window layers keep a ring).
+fn decoder_stepped(name: &str, gguf: bool, max_step: Option<usize>) -> CpuDecoder {
     let loaded = if gguf {
         load(&models().join(format!("{name}.gguf")))
     } else {
@@ -65,7 +70,45 @@ fn decoder(name: &str, gguf: bool) -> CpuDecoder {
         None => ModelConfig::from_hf_json(&loaded.companions["config.json"], name),
     }
     .unwrap_or_else(|e| panic!("{name}: {e}"));
-    CpuDecoder::new(config, loaded.tensors, 64).unwrap_or_else(|e| panic!("{name}: {e}"))
+    CpuDecoder::with_max_step(config, loaded.tensors, 64, max_step)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Sliding-window layers with steps of at most 2 tokens keep rings of window + 1 positions,
+/// which the 16-token prompt, run in steps of 2 and 1, wraps twice: the same logits as the
+/// whole cache to the bit, transformers' within 1e-3, less memory; a longer step is refused.
+#[test]
+fn sliding_window_rings_match_transformers_on_the_cpu() {
+    for name in ["tiny-gemma3", "tiny-gemma2", "tiny-mistral"] {
+        let (ids, want) = reference(name);
+        let mut ring = decoder_stepped(name, false, Some(2));
+        let mut whole = decoder(name, false);
+        let mut got = Vec::new();
+        let mut pos = 0;
+        for n in [2, 1, 2, 2, 1, 2, 2, 2, 2] {
+            let chunk = &ids[pos..pos + n];
+            let a = ring.forward_logits(cpu(), chunk, pos).unwrap();
+            let b = whole.forward_logits(cpu(), chunk, pos).unwrap();
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{name}: the ring's logits at {pos}..{} differ from the whole cache's",
+                pos + n
+            );
+            got.extend(a);
+            pos += n;
+        }
+        assert_eq!(pos, ids.len());
+        assert_logits_close(name, &got, &want, ring.config.vocab, 1e-3);
+        let (ring_kv, whole_kv) = (ring.host_bytes().1, whole.host_bytes().1);
+        assert!(
+            ring_kv < whole_kv,
+            "{name}: {ring_kv} bytes of KV cache, not fewer than {whole_kv}"
+        );
+        assert!(
+            ring.forward_logits(cpu(), &ids[..3], 0).is_err(),
+            "{name}: a 3-token step"
+        );
+    }
 }
 
 #[test]
@@ -454,4 +497,111 @@ fn an_index_path_loads_its_folder() {
         pocketlm::load::local_folder("model.safetensors.index.json"),
         None
     );
+}
+
+/// The engine keeps a ring for sliding-window layers (window + 127 positions: steps are at most
+/// 128 tokens): tiny-gemma3 (window 5) in a 300-position context holds 132 positions in its local
+/// layers. Greedy generation well past the ring's length, a follow-up prompt that reuses the
+/// cached prefix (whose window the ring still holds), and one whose window later positions
+/// overwrote (the engine starts over from position 0) each give the tokens of a decoder that
+/// keeps every position, run in the same steps.
+#[test]
+fn the_engine_reuses_a_prefix_only_while_the_ring_holds_its_window() {
+    use pocketlm::engine::Flow;
+    use pocketlm::model::{Readout, StepOutput};
+    let name = "tiny-gemma3";
+    let dir = common::fixture_copy(name, &["config.json", "model.safetensors"], "ring-engine");
+    std::fs::write(dir.join("tokenizer.json"), common::tiny_tokenizer_json(0)).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"bos_token": "<s>", "eos_token": "</s>"}"#,
+    )
+    .unwrap();
+    let context = 300;
+    let options = EngineOptions {
+        context: Some(context),
+        kv_dtype: None,
+    };
+    let mut engine = Engine::new_cpu(cpu(), load(&dir), &options).unwrap();
+    let loaded = load(&dir);
+    let config = ModelConfig::from_hf_json(&loaded.companions["config.json"], name).unwrap();
+    let mut whole = CpuDecoder::new(config, loaded.tensors, context).unwrap();
+    // As the engine runs `prompt` from `from`: steps of the largest power of two (at most 128)
+    // that fits, then one token at a time, each picking the argmax of the last row.
+    let mut reference = |prompt: &[u32], from: usize, n: usize| -> Vec<u32> {
+        let argmax =
+            |row: &[f32]| (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b }) as u32;
+        let mut pos = from;
+        let mut out = Vec::new();
+        let mut step = |tokens: &[u32], pos: usize, last: bool| {
+            let readout = if last {
+                Readout::Logits
+            } else {
+                Readout::Nothing
+            };
+            match whole.step(cpu(), tokens, pos, readout, None).unwrap() {
+                StepOutput::Logits(row) => Some(argmax(&row)),
+                _ => None,
+            }
+        };
+        let mut token = 0;
+        while pos < prompt.len() {
+            let n = [128, 64, 32, 16, 8, 4, 2, 1]
+                .into_iter()
+                .find(|&s| s <= prompt.len() - pos)
+                .unwrap();
+            let last = pos + n == prompt.len();
+            if let Some(t) = step(&prompt[pos..pos + n], pos, last) {
+                token = t;
+            }
+            pos += n;
+        }
+        out.push(token);
+        while out.len() < n {
+            token = step(&[token], pos, true).unwrap();
+            out.push(token);
+            pos += 1;
+        }
+        out
+    };
+    let mut generate = |prompt: &[u32], n: usize| {
+        pollster::block_on(
+            engine.generate(cpu(), prompt, &common::greedy(n), &mut |_| Flow::Continue),
+        )
+        .unwrap()
+    };
+    let first: Vec<u32> = (10..20).collect();
+    let a = generate(&first, 180);
+    assert_eq!(a.cached_tokens, 0);
+    assert_eq!(
+        a.tokens,
+        reference(&first, 0, 180),
+        "past the ring's 132 positions"
+    );
+    // The conversation goes on: the cached prefix (all but the last token, 188 positions) has
+    // its window in the ring.
+    let mut second = first.clone();
+    second.extend(&a.tokens[..179]);
+    second.extend([30, 31, 32]);
+    let b = generate(&second, 20);
+    assert_eq!(b.cached_tokens, 189);
+    assert_eq!(b.tokens, reference(&second, 189, 20), "a reused prefix");
+    // Back to the first prompt with another ending: its prefix of 14 tokens was overwritten
+    // (positions 132 and more share their rows), so the engine starts over.
+    let mut third = first[..].to_vec();
+    third.extend(&a.tokens[..4]);
+    third.push(40);
+    let c = generate(&third, 20);
+    assert_eq!(
+        c.cached_tokens, 0,
+        "a prefix whose window the ring no longer holds"
+    );
+    assert_eq!(c.tokens, reference(&third, 0, 20), "started over");
+    // And what the ring saves: the local layers' cache stops growing at 132 positions.
+    let (ring_kv, whole_kv) = (engine.gpu_bytes().1, whole.host_bytes().1);
+    assert!(
+        ring_kv < whole_kv,
+        "{ring_kv} bytes of KV cache, not fewer than {whole_kv}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

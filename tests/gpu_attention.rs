@@ -952,3 +952,92 @@ fn kv_cache_size_and_type() {
     // SmolLM2-135M at 8192 positions: 180 MiB in f16.
     assert_eq!(KvCache::bytes(30, 8192, 3, 64, DType::F16), Some(180 << 20));
 }
+
+/// A ring: layer 1 of a cache holds 6 of 32 positions (a window of 5 with steps of at most 2
+/// tokens). Positions 0..24 written a step of 1 or 2 tokens at a time, each followed by
+/// attention with the window (several chunks, and one): the outputs equal those of a cache that
+/// holds every position, to the bit, in f32 and f16, on both kernel families; the ring's layer
+/// is smaller. Attention refuses what a ring cannot hold: no window, a window too wide for the
+/// step, a bidirectional step.
+#[test]
+fn a_sliding_windows_ring_attends_as_the_whole_cache() {
+    let (nh, nkv, hd, max_ctx, window) = (4, 2, 8, 32, 5);
+    for (ctx, dtype, chunk_len) in [
+        (ctx(), DType::F32, Some(8)),
+        (ctx(), DType::F16, None),
+        (gpu_kernels_ctx(), DType::F32, None),
+    ] {
+        let ring =
+            KvCache::with_slots(ctx, max_ctx, &[max_ctx, window + 1], nkv, hd, dtype).unwrap();
+        let whole = KvCache::with_dtype(ctx, 2, max_ctx, nkv, hd, dtype).unwrap();
+        assert!(ring.size_bytes() < whole.size_bytes());
+        assert_eq!((ring.slots(0), ring.slots(1)), (max_ctx, window + 1));
+        let mut rng = Rng::new(7);
+        let mut step = StepState::new(ctx, 2, max_ctx).unwrap();
+        let k = ctx.zeros("k", &[2, nkv, hd], DType::F32).unwrap();
+        let v = ctx.zeros("v", &[2, nkv, hd], DType::F32).unwrap();
+        let q = ctx.zeros("q", &[2, nh, hd], DType::F32).unwrap();
+        let opts = AttentionOptions {
+            window: Some(window),
+            chunk_len,
+            ..Default::default()
+        };
+        let (o_ring, o_whole) = (
+            ctx.zeros("o ring", &[2, nh, hd], DType::F32).unwrap(),
+            ctx.zeros("o whole", &[2, nh, hd], DType::F32).unwrap(),
+        );
+        let mut pos = 0;
+        for n in [2, 1, 2, 2, 1, 2, 2, 2, 1, 1, 2, 2, 2, 2] {
+            step.set(ctx, pos, n).unwrap();
+            ctx.write_f32(&k, &rng.vec(2 * nkv * hd, -1.0, 1.0))
+                .unwrap();
+            ctx.write_f32(&v, &rng.vec(2 * nkv * hd, -1.0, 1.0))
+                .unwrap();
+            ctx.write_f32(&q, &rng.vec(2 * nh * hd, -2.0, 2.0)).unwrap();
+            let outs = pollster::block_on(async {
+                let mut rec = ctx.recorder();
+                for (cache, out) in [(&ring, &o_ring), (&whole, &o_whole)] {
+                    let w = kernels::kv_write(ctx, &step, cache, 1, &k, &v)
+                        .await
+                        .unwrap();
+                    let a = kernels::attention(ctx, &step, &q, cache, 1, out, &opts)
+                        .await
+                        .unwrap();
+                    rec.dispatch(&w);
+                    rec.dispatch_all(a.dispatches());
+                }
+                let (a, b) = (rec.read(&o_ring), rec.read(&o_whole));
+                let back = rec.submit_and_read().await.unwrap();
+                (back.f32(a).unwrap(), back.f32(b).unwrap())
+            });
+            let rows = n * nh * hd;
+            assert!(
+                outs.0[..rows]
+                    .iter()
+                    .zip(&outs.1[..rows])
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{dtype}, chunks {chunk_len:?}: positions {pos}..{}: the ring's attention differs",
+                pos + n
+            );
+            pos += n;
+        }
+        assert!(pos > 3 * (window + 1));
+        // What a ring of window + 1 positions cannot hold.
+        let attend = |step: &StepState, opts: &AttentionOptions| {
+            pollster::block_on(kernels::attention(ctx, step, &q, &ring, 1, &o_ring, opts))
+        };
+        let no_window = AttentionOptions::default();
+        expect_err(attend(&step, &no_window), "shape_mismatch", "ring");
+        let wider = AttentionOptions {
+            window: Some(window + 1),
+            ..Default::default()
+        };
+        expect_err(attend(&step, &wider), "shape_mismatch", "ring");
+        let both_ways = AttentionOptions {
+            window: Some(window),
+            bidirectional: true,
+            ..Default::default()
+        };
+        expect_err(attend(&step, &both_ways), "shape_mismatch", "ring");
+    }
+}

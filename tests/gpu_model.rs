@@ -27,6 +27,17 @@ fn load_fixture_with(name: &str, opts: LoadOptions) -> Fixture {
 }
 
 fn load_fixture_on(ctx: &GpuContext, name: &str, opts: LoadOptions) -> Fixture {
+    load_fixture_stepped(ctx, name, opts, None)
+}
+
+/// As [`load_fixture_on`], for steps of at most `max_step` tokens (sliding-window layers then
+/// keep a ring).
+fn load_fixture_stepped(
+    ctx: &GpuContext,
+    name: &str,
+    opts: LoadOptions,
+    max_step: Option<usize>,
+) -> Fixture {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/models")
         .join(name);
@@ -43,8 +54,15 @@ fn load_fixture_on(ctx: &GpuContext, name: &str, opts: LoadOptions) -> Fixture {
         .collect();
     let want = read_f32_file(&dir.join("logits.f32"));
     let vocab = config.vocab;
-    let model =
-        pollster::block_on(Decoder::new(ctx, config, loaded.tensors, 64, DType::F32)).unwrap();
+    let model = pollster::block_on(Decoder::with_max_step(
+        ctx,
+        config,
+        loaded.tensors,
+        64,
+        DType::F32,
+        max_step,
+    ))
+    .unwrap();
     Fixture {
         model,
         ids,
@@ -277,6 +295,56 @@ fn decode_after_prefill_matches_one_prefill() {
 
 fn decode_matches_prefill(name: &str, model: &Decoder, ids: &[u32], want: &[f32], vocab: usize) {
     decode_matches_prefill_on(ctx(), name, model, ids, want, vocab);
+}
+
+/// Sliding-window layers with steps of at most 2 tokens keep rings of window + 1 positions (6
+/// or 7 of the 64), which the 16-token prompt, run in steps of 2 and 1, wraps twice: every
+/// step's logits equal the whole cache's to the bit and transformers' within 1e-3 (local and
+/// global layers alternating in Gemma 2, five local layers to one global in Gemma 3, every
+/// layer local in Mistral), and the cache is smaller. A longer step is refused.
+/// On both kernel families (the one made for GPUs stores RoPE and the cache in the QKV
+/// projection's epilogue).
+#[test]
+fn sliding_window_rings_match_transformers() {
+    let families = [ctx(), common::gpu_kernels_ctx()];
+    for (ctx, name) in families
+        .into_iter()
+        .flat_map(|c| ["tiny-gemma3", "tiny-gemma2", "tiny-mistral"].map(|n| (c, n)))
+    {
+        let ring = load_fixture_stepped(ctx, name, LoadOptions::default(), Some(2));
+        let whole = load_fixture_stepped(ctx, name, LoadOptions::default(), None);
+        let (mut g_ring, mut g_whole) = pollster::block_on(async {
+            (
+                ring.model.graph(ctx, 2, 8).await.unwrap(),
+                whole.model.graph(ctx, 2, 8).await.unwrap(),
+            )
+        });
+        let mut got = Vec::new();
+        let mut pos = 0;
+        for n in [2, 1, 2, 2, 1, 2, 2, 2, 2] {
+            let chunk = &ring.ids[pos..pos + n];
+            let a = pollster::block_on(ring.model.forward(ctx, &mut g_ring, chunk, pos)).unwrap();
+            let b = pollster::block_on(whole.model.forward(ctx, &mut g_whole, chunk, pos)).unwrap();
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{name}: the ring's logits at {pos}..{} differ from the whole cache's",
+                pos + n
+            );
+            got.extend(a);
+            pos += n;
+        }
+        assert_eq!(pos, ring.ids.len());
+        assert_logits_close(name, &got, &ring.want, ring.vocab, 1e-3);
+        let (ring_kv, whole_kv) = (ring.model.gpu_bytes().1, whole.model.gpu_bytes().1);
+        assert!(
+            ring_kv < whole_kv,
+            "{name}: {ring_kv} bytes of KV cache, not fewer than {whole_kv}"
+        );
+        let longer = pollster::block_on(ring.model.graph(ctx, 3, 8));
+        assert!(longer.is_err(), "{name}: a 3-token step was accepted");
+        ring.model.destroy();
+        whole.model.destroy();
+    }
 }
 
 fn decode_matches_prefill_on(

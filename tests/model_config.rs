@@ -667,3 +667,36 @@ fn qwen25_vl_hub_config_reads_as_its_text_model() {
         Architecture::Qwen3
     );
 }
+
+/// What the ring of a sliding-window layer saves on Gemma 3 4B at the engine's default context
+/// of 4096 positions and steps of at most 128 tokens: its 29 local layers (window 1024) hold
+/// 1151 positions, its 5 global ones 4096; with an f16 cache (4 kv heads of 256) 210 MiB
+/// instead of 544. A bidirectional model (an embedder) keeps every position, and so does a
+/// decoder without a step bound. Reuse of a cached prefix needs the window before it.
+#[test]
+fn sliding_window_layers_hold_a_ring_of_their_window() {
+    use pocketlm::model::{kv_reusable, kv_slots};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    let json = std::fs::read_to_string(dir.join("gemma-3-4b-it.json")).unwrap();
+    let c = ModelConfig::from_hf_json(&json, "gemma-3-4b-it").unwrap();
+    let slots = kv_slots(&c, 4096, Some(128));
+    assert_eq!(slots.iter().filter(|&&s| s == 1151).count(), 29);
+    assert_eq!(slots.iter().filter(|&&s| s == 4096).count(), 5);
+    let per_position = 2 * c.kv_heads * c.head_dim * 2;
+    assert_eq!((slots.iter().sum::<usize>() * per_position) >> 20, 210);
+    assert_eq!((4096 * c.layers * per_position) >> 20, 544);
+    assert!(kv_slots(&c, 4096, None).iter().all(|&s| s == 4096));
+    // A context within the ring's length needs no ring.
+    assert!(kv_slots(&c, 1024, Some(128)).iter().all(|&s| s == 1024));
+    let mut embedder = c.clone();
+    embedder.bidirectional = true;
+    assert!(kv_slots(&embedder, 4096, Some(128))
+        .iter()
+        .all(|&s| s == 4096));
+    // After positions up to 3000 were written the rings hold 1849..3000: a step from 2900
+    // finds its window (1877..2900) there, one from 2800 does not (1777..2800); position 0
+    // needs nothing.
+    assert!(kv_reusable(&c, &slots, 4096, 2900, 3000));
+    assert!(!kv_reusable(&c, &slots, 4096, 2800, 3000));
+    assert!(kv_reusable(&c, &slots, 4096, 0, 3000));
+}

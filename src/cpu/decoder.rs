@@ -50,7 +50,11 @@ pub struct CpuDecoder {
     out_norm: Vec<f32>,
     layers: Vec<Layer>,
     kv: Vec<KvLayer>,
+    /// Positions each layer's cache holds ([`crate::model::decoder::kv_slots`]).
+    slots: Vec<usize>,
     max_ctx: usize,
+    /// The most tokens a step may carry, when sliding-window layers keep a ring.
+    max_step: Option<usize>,
     rope: Vec<f32>,
     rope_local: Option<Vec<f32>>,
     /// The last step's logits of its last token, as picked from (penalties, bias, mask applied).
@@ -76,6 +80,18 @@ impl CpuDecoder {
         config: ModelConfig,
         tensors: HashMap<String, HostTensor>,
         max_ctx: usize,
+    ) -> Result<Self> {
+        Self::with_max_step(config, tensors, max_ctx, None)
+    }
+
+    /// As [`CpuDecoder::new`], for steps of at most `max_step` tokens: sliding-window layers
+    /// then keep only the positions their window needs, as a ring
+    /// ([`crate::model::decoder::kv_slots`]), and a longer step is refused.
+    pub fn with_max_step(
+        config: ModelConfig,
+        tensors: HashMap<String, HostTensor>,
+        max_ctx: usize,
+        max_step: Option<usize>,
     ) -> Result<Self> {
         let c = &config;
         let w = DecoderWeights::take(c, tensors)?;
@@ -140,6 +156,7 @@ impl CpuDecoder {
             None => embed.clone(),
         };
         let kv = (0..c.layers).map(|_| KvLayer::default()).collect();
+        let slots = crate::model::decoder::kv_slots(c, max_ctx, max_step);
         Ok(CpuDecoder {
             config,
             embed,
@@ -147,7 +164,9 @@ impl CpuDecoder {
             out_norm,
             layers,
             kv,
+            slots,
             max_ctx,
+            max_step,
             rope,
             rope_local,
             last_logits: Vec::new(),
@@ -157,6 +176,12 @@ impl CpuDecoder {
     /// Positions the KV cache can hold.
     pub fn context(&self) -> usize {
         self.max_ctx
+    }
+
+    /// Whether a step from position `reuse` finds the window it needs in the KV cache after
+    /// steps wrote up to `written` ([`crate::model::decoder::kv_reusable`]).
+    pub fn kv_reusable(&self, reuse: usize, written: usize) -> bool {
+        crate::model::decoder::kv_reusable(&self.config, &self.slots, self.max_ctx, reuse, written)
     }
 
     /// Bytes of host memory the weights and the KV cache (as filled so far) take.
@@ -275,6 +300,11 @@ impl CpuDecoder {
                 context: self.max_ctx,
             });
         }
+        if let Some(m) = self.max_step.filter(|&m| n > m) {
+            return Err(Error::InvalidRequest(format!(
+                "a step of {n} tokens, more than the {m} this decoder's KV cache was sized for"
+            )));
+        }
         let c = &self.config;
         let pool = cpu.pool();
         let (hd, qw, kvw) = (c.head_dim, c.heads * c.head_dim, c.kv_heads * c.head_dim);
@@ -341,12 +371,25 @@ impl CpuDecoder {
                 kernels::rope(&mut k, c.kv_heads, hd, r.rotary_dim, neox, table, offset);
             }
             let cache = &mut self.kv[l];
-            if cache.keys.len() < end * kvw {
-                cache.keys.resize(end * kvw, 0.0);
-                cache.values.resize(end * kvw, 0.0);
+            // Position p in row p % slots: in order, or a ring for a sliding window's layer.
+            let slots = self.slots[l];
+            let rows = end.min(slots);
+            if cache.keys.len() < rows * kvw {
+                if slots < self.max_ctx && cache.keys.capacity() < slots * kvw {
+                    // A ring (a few hundred positions) is allocated whole, without the margin
+                    // of growing.
+                    let more = slots * kvw - cache.keys.len();
+                    cache.keys.reserve_exact(more);
+                    cache.values.reserve_exact(more);
+                }
+                cache.keys.resize(rows * kvw, 0.0);
+                cache.values.resize(rows * kvw, 0.0);
             }
-            cache.keys[offset * kvw..end * kvw].copy_from_slice(&k);
-            cache.values[offset * kvw..end * kvw].copy_from_slice(&v);
+            for t in 0..n {
+                let at = (offset + t) % slots * kvw;
+                cache.keys[at..at + kvw].copy_from_slice(&k[t * kvw..(t + 1) * kvw]);
+                cache.values[at..at + kvw].copy_from_slice(&v[t * kvw..(t + 1) * kvw]);
+            }
             let shape = AttentionShape {
                 heads: c.heads,
                 kv_heads: c.kv_heads,
@@ -355,8 +398,9 @@ impl CpuDecoder {
                 window: w.spec.window,
                 softcap: c.attn_softcap,
                 bidirectional: c.bidirectional,
+                ring: (slots < self.max_ctx).then_some(slots),
             };
-            let (keys, values) = (&cache.keys[..end * kvw], &cache.values[..end * kvw]);
+            let (keys, values) = (&cache.keys[..rows * kvw], &cache.values[..rows * kvw]);
             match starts {
                 Some(starts) => {
                     kernels::attention_packed(pool, &shape, &q, keys, values, starts, &mut att)

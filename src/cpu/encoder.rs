@@ -192,6 +192,7 @@ impl CpuEncoder {
             window: None,
             softcap: None,
             bidirectional: true,
+            ring: None,
         };
         let linear = |w: &HostTensor, b: Option<&[f32]>, x: &[f32], y: &mut [f32], acc: bool| {
             kernels::matmul(pool, w, x, n, y, acc)?;

@@ -284,6 +284,9 @@ pub struct AttentionShape {
     pub softcap: Option<f32>,
     /// Every query sees every position (encoders) instead of those up to its own.
     pub bidirectional: bool,
+    /// The cache holds this many positions as a ring (position p in row p % slots: a causal
+    /// sliding window's layer), or `None`: every position, in order.
+    pub ring: Option<usize>,
 }
 
 /// Causal attention of `tokens` queries at positions `offset..` (q: [tokens, heads, head_dim])
@@ -366,7 +369,7 @@ fn attend(
             &q[at..at + hd],
             keys,
             values,
-            (kvw, (h / group) * hd),
+            (kvw, (h / group) * hd, s.ring.unwrap_or(usize::MAX)),
             (first, last),
             s.scale,
             s.softcap,
@@ -440,6 +443,7 @@ mod tests {
                 window,
                 softcap: None,
                 bidirectional,
+                ring: None,
             };
             let mut out = vec![0f32; q.len()];
             if packed > 0 {

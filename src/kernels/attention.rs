@@ -164,9 +164,16 @@ impl StepState {
 ///
 /// f16 rounds each stored element to 11 significant bits (relative error ≤ 2⁻¹¹ when rounded to
 /// nearest; WGSL also allows the other neighbour, ≤ 2⁻¹⁰) and saturates at ±65504.
+///
+/// A layer can hold fewer positions than the context ([`KvCache::with_slots`]): a sliding-window
+/// layer that sees at most `window` positions back needs only `window + largest step − 1` of them
+/// (the window of a step's first token and the step's own rows). Position `p` then lives in row
+/// `p % slots`, a ring: each write overwrites a position no query of the step can see.
 #[derive(Clone, Debug)]
 pub struct KvCache {
     layers: Vec<(GpuTensor, GpuTensor)>,
+    /// Rows per layer: `max_ctx`, or fewer for a ring.
+    slots: Vec<usize>,
     max_ctx: usize,
     n_kv_heads: usize,
     head_dim: usize,
@@ -232,7 +239,28 @@ impl KvCache {
         head_dim: usize,
         dtype: DType,
     ) -> Result<Self> {
+        Self::with_slots(
+            ctx,
+            max_ctx,
+            &vec![max_ctx; n_layers],
+            n_kv_heads,
+            head_dim,
+            dtype,
+        )
+    }
+
+    /// A cache for a context of `max_ctx` positions whose layer `l` holds `slots[l]` of them
+    /// (at most `max_ctx`; fewer makes the layer a ring, for a sliding window: see the type).
+    pub fn with_slots(
+        ctx: &GpuContext,
+        max_ctx: usize,
+        slots: &[usize],
+        n_kv_heads: usize,
+        head_dim: usize,
+        dtype: DType,
+    ) -> Result<Self> {
         const NAME: &str = "kv_cache";
+        let n_layers = slots.len();
         if !matches!(dtype, DType::F16 | DType::F32) {
             return Err(Error::UnsupportedDType {
                 kernel: NAME,
@@ -251,23 +279,30 @@ impl KvCache {
             ));
         }
         dim(NAME, "max_ctx", max_ctx)?;
-        // Said before allocating anything: every layer's buffers have the size of the first.
-        let bytes = Self::layer_bytes(max_ctx, n_kv_heads, head_dim, dtype).unwrap_or(u64::MAX);
+        if let Some(&s) = slots.iter().find(|&&s| s == 0 || s > max_ctx) {
+            return Err(mismatch(
+                NAME,
+                format!("a layer of {s} positions, outside 1..={max_ctx}"),
+            ));
+        }
+        // Said before allocating anything: the largest layer's buffers.
+        let largest = slots.iter().copied().max().unwrap_or(max_ctx);
+        let bytes = Self::layer_bytes(largest, n_kv_heads, head_dim, dtype).unwrap_or(u64::MAX);
         let caps = ctx.capabilities();
         let limit = caps.max_storage_binding_bytes.min(caps.max_buffer_bytes);
         if bytes > limit {
             return Err(Error::TooLarge {
                 tensor: format!(
-                    "kv cache layer ([{max_ctx}, {n_kv_heads}, {head_dim}] {dtype}; shorten the \
+                    "kv cache layer ([{largest}, {n_kv_heads}, {head_dim}] {dtype}; shorten the \
                      context)"
                 ),
                 bytes,
                 limit,
             });
         }
-        let shape = [max_ctx, n_kv_heads, head_dim];
         let mut layers = Vec::with_capacity(n_layers);
-        for l in 0..n_layers {
+        for (l, &rows) in slots.iter().enumerate() {
+            let shape = [rows, n_kv_heads, head_dim];
             layers.push((
                 ctx.zeros(&format!("kv cache k{l}"), &shape, dtype)?,
                 ctx.zeros(&format!("kv cache v{l}"), &shape, dtype)?,
@@ -275,6 +310,7 @@ impl KvCache {
         }
         Ok(KvCache {
             layers,
+            slots: slots.to_vec(),
             max_ctx,
             n_kv_heads,
             head_dim,
@@ -293,6 +329,11 @@ impl KvCache {
 
     pub fn max_ctx(&self) -> usize {
         self.max_ctx
+    }
+
+    /// Positions layer `layer` holds: `max_ctx`, or fewer for a ring (a sliding window's).
+    pub fn slots(&self, layer: usize) -> usize {
+        self.slots.get(layer).copied().unwrap_or(self.max_ctx)
     }
 
     pub fn n_kv_heads(&self) -> usize {
@@ -379,6 +420,8 @@ crate::uniform! {
         head_dim: u32,
         /// Words per (position, kv head) row of the cache.
         row_words: u32,
+        /// Positions the layer holds: position p is row p % slots.
+        slots: u32,
     }
 }
 
@@ -424,6 +467,7 @@ pub async fn kv_write(
         kv_heads: dim(NAME, "kv heads", cache.n_kv_heads)?,
         head_dim: dim(NAME, "head_dim", cache.head_dim)?,
         row_words: dim(NAME, "row words", row_words)?,
+        slots: dim(NAME, "slots", cache.slots(layer))?,
     };
     let wg = grid(ctx, NAME, (words as u64).div_ceil(u64::from(WG)))?;
     let binds = [
@@ -447,6 +491,8 @@ crate::uniform! {
         neox: u32,
         /// Words per (position, kv head) row of the cache.
         row_words: u32,
+        /// Positions the layer holds: position p is row p % slots.
+        slots: u32,
     }
 }
 
@@ -513,6 +559,7 @@ pub async fn rope_kv_write(
         half: dim(NAME, "rotary_dim / 2", half)?,
         neox: u32::from(table.config().layout == RopeLayout::NeoX),
         row_words: dim(NAME, "row words", row_words)?,
+        slots: dim(NAME, "slots", cache.slots(layer))?,
     };
     let wg = grid(ctx, NAME, (items as u64).div_ceil(u64::from(WG)))?;
     let binds = [
@@ -762,6 +809,8 @@ crate::uniform! {
         bidirectional: u32,
         /// 1: each token sees only its own input's positions, `segments[t]`.
         packed: u32,
+        /// Positions the layer's cache holds: position p is row p % slots.
+        slots: u32,
     }
 }
 
@@ -914,6 +963,32 @@ pub async fn attention(
             format!("softcap must be finite and positive, got {softcap}"),
         ));
     }
+    // A ring holds the positions a causal window sees from every token of a step: the first
+    // token's window and the step's own rows.
+    let slots = cache.slots(layer);
+    if slots < cache.max_ctx
+        && (window == 0
+            || options.bidirectional
+            || options.segments.is_some()
+            || slots < window as usize + step.max_tokens() - 1)
+    {
+        return Err(mismatch(
+            NAME,
+            format!(
+                "layer {layer}'s cache is a ring of {slots} positions, which holds only a causal \
+                 window of at most {slots} + 1 − {} positions (the step's tokens); this attention \
+                 has {}",
+                step.max_tokens(),
+                if window == 0 {
+                    "no window".to_string()
+                } else if options.bidirectional || options.segments.is_some() {
+                    "bidirectional or packed inputs".to_string()
+                } else {
+                    format!("a window of {window}")
+                }
+            ),
+        ));
+    }
     let group = n_heads / nkv;
     let max_tokens = step.max_tokens();
     let max_ctx = step.max_positions();
@@ -1018,6 +1093,7 @@ pub async fn attention(
         softcap,
         bidirectional: u32::from(options.bidirectional),
         packed: u32::from(options.segments.is_some()),
+        slots: dim(NAME, "slots", slots)?,
     };
     dim(
         NAME,

@@ -439,6 +439,7 @@ fn spec(
                 )
                 .with("KV_F16", u32::from(r.cache.dtype() == DType::F16))
                 .with("ROW_WORDS", r.cache.row_words() as u32)
+                .with("KV_SLOTS", r.cache.slots(r.layer) as u32)
                 .snippet(QKV_ROPE)
                 .snippet(ROPE_ROTATE)
                 .snippet(KV_STORE)

@@ -223,8 +223,48 @@ pub struct Decoder {
     output: Vec<(usize, GpuTensor)>,
     layers: Vec<Layer>,
     kv: KvCache,
+    /// The most tokens a step may carry, when sliding-window layers keep a ring
+    /// ([`kv_slots`]).
+    max_step: Option<usize>,
     rope: RopeTable,
     rope_local: Option<RopeTable>,
+}
+
+/// Positions each layer's KV cache holds for a context of `max_ctx` when no step carries more
+/// than `max_step` tokens (`None`: no bound, every layer holds the whole context). A causal
+/// layer with a sliding window of `w` needs only `w + max_step − 1` of them, the window of a
+/// step's first token and the step's own rows, kept as a ring (position p in row p % slots):
+/// Gemma 3 4B's local layers (window 1024) at a 4096-token context with steps of 128 tokens
+/// hold 1151 positions instead of 4096.
+pub fn kv_slots(c: &ModelConfig, max_ctx: usize, max_step: Option<usize>) -> Vec<usize> {
+    c.layer_specs
+        .iter()
+        .map(|s| match (s.window, max_step) {
+            (Some(w), Some(step)) if !c.bidirectional => (w + step.max(1) - 1).min(max_ctx),
+            _ => max_ctx,
+        })
+        .collect()
+}
+
+/// Whether every layer still holds the keys and values a step from position `reuse` needs
+/// (the window before it), after steps wrote positions up to `written` (exclusive: the highest
+/// end of any step since the cache was last filled from position 0). A ring of `slots`
+/// positions keeps the last `slots` positions written, so a generation that reuses a cached
+/// prefix may find its window overwritten by the previous generation's later positions: then
+/// it must start over from position 0.
+pub fn kv_reusable(
+    c: &ModelConfig,
+    slots: &[usize],
+    max_ctx: usize,
+    reuse: usize,
+    written: usize,
+) -> bool {
+    reuse == 0
+        || c.layer_specs.iter().zip(slots).all(|(s, &n)| {
+            n >= max_ctx
+                || s.window
+                    .is_none_or(|w| reuse.saturating_sub(w - 1) + n >= written)
+        })
 }
 
 /// The dispatches of one forward step over up to `max_tokens` tokens, with their buffers.
@@ -406,6 +446,20 @@ impl Decoder {
         max_ctx: usize,
         kv_dtype: DType,
     ) -> Result<Self> {
+        Self::with_max_step(ctx, config, tensors, max_ctx, kv_dtype, None).await
+    }
+
+    /// As [`Decoder::new`], for steps of at most `max_step` tokens: then sliding-window layers
+    /// keep only the positions their window needs ([`kv_slots`]), and a graph for longer steps
+    /// is refused.
+    pub async fn with_max_step(
+        ctx: &GpuContext,
+        config: ModelConfig,
+        tensors: HashMap<String, GpuTensor>,
+        max_ctx: usize,
+        kv_dtype: DType,
+        max_step: Option<usize>,
+    ) -> Result<Self> {
         let c = &config;
         let w = DecoderWeights::take(c, tensors)?;
         // Every 1-D parameter (norm weights, biases) goes through one conversion to f32.
@@ -463,7 +517,8 @@ impl Decoder {
         let output = w.output;
         let factor_tensors = w.rope_factors.into_iter().collect();
 
-        let kv = KvCache::with_dtype(ctx, c.layers, max_ctx, c.kv_heads, c.head_dim, kv_dtype)?;
+        let slots = kv_slots(c, max_ctx, max_step);
+        let kv = KvCache::with_slots(ctx, max_ctx, &slots, c.kv_heads, c.head_dim, kv_dtype)?;
         let rope = Self::global_rope(ctx, c, max_ctx, factor_tensors).await?;
         let rope_local = match c.rope_local {
             Some(r) => Some(RopeTable::new(ctx, r, max_ctx)?),
@@ -486,9 +541,17 @@ impl Decoder {
             output,
             layers,
             kv,
+            max_step,
             rope,
             rope_local,
         })
+    }
+
+    /// Whether a step from position `reuse` finds the window it needs in the KV cache after
+    /// steps wrote up to `written` ([`kv_reusable`]).
+    pub fn kv_reusable(&self, reuse: usize, written: usize) -> bool {
+        let slots: Vec<usize> = (0..self.kv.n_layers()).map(|l| self.kv.slots(l)).collect();
+        kv_reusable(&self.config, &slots, self.kv.max_ctx(), reuse, written)
     }
 
     /// The global RoPE table: the configuration's frequencies, divided by GGUF's factor tensors
@@ -568,6 +631,11 @@ impl Decoder {
     ) -> Result<Graph> {
         let c = &self.config;
         let t = max_tokens;
+        if let Some(m) = self.max_step.filter(|&m| t > m) {
+            return Err(Error::InvalidRequest(format!(
+                "a step of {t} tokens, more than the {m} this decoder's KV cache was sized for"
+            )));
+        }
         let step = StepState::new(ctx, t, positions)?;
         let segments = packed
             .then(|| ctx.zeros("segments", &[t, 2], DType::I32))

@@ -18,5 +18,7 @@ pub use config::{
     LayerRope, LayerSpec, ModelConfig, RopeScaling, Yarn, MAX_ATTENTION_WIDTH, MAX_CONTEXT,
     MAX_FFN, MAX_HEADS, MAX_HEAD_DIM, MAX_HIDDEN, MAX_LAYERS, MAX_VOCAB,
 };
-pub use decoder::{Decoder, Graph, PendingPick, Readout, StepInput, StepOutput};
+pub use decoder::{
+    kv_reusable, kv_slots, Decoder, Graph, PendingPick, Readout, StepInput, StepOutput,
+};
 pub use encoder::{EmbedInput, Embedder, Embedding, Encoder, EncoderConfig, Pooling};

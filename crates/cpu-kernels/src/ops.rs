@@ -576,14 +576,16 @@ pub fn softcap(x: f32, cap: f32) -> f32 {
 }
 
 /// One query head's attention over keys and values of the positions `first..=last` (rows of
-/// `stride` values, this head's `q.len()` of them at `at`): `scale`d scores, optional soft-cap,
-/// a softmax, and the weighted sum of values into `out`. `scores` is scratch of any length.
+/// `stride` values, this head's `q.len()` of them at `at`; position p in row p % `slots`, a
+/// ring when the cache holds fewer positions than the context): `scale`d scores, optional
+/// soft-cap, a softmax, and the weighted sum of values into `out`. `scores` is scratch of any
+/// length.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_head(
     q: &[f32],
     keys: &[f32],
     values: &[f32],
-    (stride, at): (usize, usize),
+    (stride, at, slots): (usize, usize, usize),
     (first, last): (usize, usize),
     scale: f32,
     cap: Option<f32>,
@@ -591,9 +593,10 @@ pub fn attention_head(
     out: &mut [f32],
 ) {
     let hd = q.len();
+    let row = |p: usize| (p % slots) * stride + at;
     scores.clear();
     scores.extend((first..=last).map(|p| {
-        let x = dot(q, &keys[p * stride + at..p * stride + at + hd]) * scale;
+        let x = dot(q, &keys[row(p)..row(p) + hd]) * scale;
         match cap {
             Some(c) => softcap(x, c),
             None => x,
@@ -607,7 +610,7 @@ pub fn attention_head(
     }
     out.fill(0.0);
     for (p, &e) in (first..=last).zip(scores.iter()) {
-        let v = &values[p * stride + at..p * stride + at + hd];
+        let v = &values[row(p)..row(p) + hd];
         for (o, &vv) in out.iter_mut().zip(v) {
             *o += e * vv;
         }
