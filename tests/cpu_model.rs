@@ -422,6 +422,19 @@ fn a_model_that_cannot_run_is_refused_from_its_header() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A copy of the tiny model `name` (config.json and weights) in `dest` with the tiny tokenizer
+/// and a tokenizer_config.json without a chat template: a folder an engine loads.
+fn engine_folder(name: &str, dest: &str) -> PathBuf {
+    let dir = common::fixture_copy(name, &["config.json", "model.safetensors"], dest);
+    std::fs::write(dir.join("tokenizer.json"), common::tiny_tokenizer_json(0)).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"bos_token": "<s>", "eos_token": "</s>"}"#,
+    )
+    .unwrap();
+    dir
+}
+
 /// A multimodal Gemma 3 folder as an engine loads it: the sparse `text_config`, the image
 /// encoder left unloaded, the chat template from the processor's `chat_template.json` (its
 /// tokenizer_config.json has none), and greedy generation whose first token is the argmax of
@@ -431,13 +444,7 @@ fn a_multimodal_folder_runs_as_an_engine_with_its_processor_template() {
     use pocketlm::engine::Flow;
     use pocketlm::text::chat::ChatMessage;
     let name = "tiny-gemma3-mm-sparse";
-    let dir = common::fixture_copy(name, &["config.json", "model.safetensors"], "mm-engine");
-    std::fs::write(dir.join("tokenizer.json"), common::tiny_tokenizer_json(0)).unwrap();
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        r#"{"bos_token": "<s>", "eos_token": "</s>"}"#,
-    )
-    .unwrap();
+    let dir = engine_folder(name, "mm-engine");
     let processor = serde_json::json!({ "chat_template": common::tiny_template() });
     std::fs::write(dir.join("chat_template.json"), processor.to_string()).unwrap();
     let opts = LoadOptions {
@@ -510,13 +517,7 @@ fn the_engine_reuses_a_prefix_only_while_the_ring_holds_its_window() {
     use pocketlm::engine::Flow;
     use pocketlm::model::{Readout, StepOutput};
     let name = "tiny-gemma3";
-    let dir = common::fixture_copy(name, &["config.json", "model.safetensors"], "ring-engine");
-    std::fs::write(dir.join("tokenizer.json"), common::tiny_tokenizer_json(0)).unwrap();
-    std::fs::write(
-        dir.join("tokenizer_config.json"),
-        r#"{"bos_token": "<s>", "eos_token": "</s>"}"#,
-    )
-    .unwrap();
+    let dir = engine_folder(name, "ring-engine");
     let context = 300;
     let options = EngineOptions {
         context: Some(context),
