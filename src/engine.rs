@@ -67,6 +67,12 @@ pub struct EngineOptions {
     pub context: Option<usize>,
     /// The KV cache's element type; `None`: f16 where the device has it, else f32.
     pub kv_dtype: Option<DType>,
+    /// Sliding-window layers keep every position of the context instead of a ring of their
+    /// window and a step ([`crate::model::kv_slots`]): more memory, and a cached prefix is
+    /// always reusable (with the ring, a prompt that parts from the cached tokens more than
+    /// [`PREFILL_CHUNK`] positions before the previous generation's end is prefilled from the
+    /// start: a regenerated long reply, say).
+    pub full_window_cache: bool,
 }
 
 /// One generation request.
@@ -381,7 +387,7 @@ impl Engine {
             loaded.tensors,
             context,
             kv_dtype,
-            Some(PREFILL_CHUNK),
+            ring_step(options),
         )
         .await?;
         // The decode step of short sequences, built now so loading compiles its kernels.
@@ -407,7 +413,7 @@ impl Engine {
             d.config.clone(),
             loaded.tensors,
             d.context,
-            Some(PREFILL_CHUNK),
+            ring_step(options),
         )?;
         Ok(Engine::with_backend(Backend::Cpu(Box::new(model)), d))
     }
@@ -1078,6 +1084,12 @@ fn span_for(end: usize, context: usize) -> usize {
         span *= 4;
     }
     span.min(context)
+}
+
+/// The step bound a decoder's rings are sized for: the engine's longest step, or none (every
+/// position kept) with [`EngineOptions::full_window_cache`].
+fn ring_step(options: &EngineOptions) -> Option<usize> {
+    (!options.full_window_cache).then_some(PREFILL_CHUNK)
 }
 
 /// How many leading tokens two sequences share.

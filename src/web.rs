@@ -363,7 +363,7 @@ impl Gpu {
     }
 }
 
-/// The engine options of `loadModel`'s `options`: `context` and `kvDtype`.
+/// The engine options of `loadModel`'s `options`: `context`, `kvDtype` and `fullWindowCache`.
 fn engine_options(options: &JsValue) -> Result<EngineOptions, Error> {
     let context = match get(options, "context") {
         Some(v) => Some(positive_int(&v, "context")?),
@@ -379,7 +379,20 @@ fn engine_options(options: &JsValue) -> Result<EngineOptions, Error> {
             )))
         }
     };
-    Ok(EngineOptions { context, kv_dtype })
+    let full_window_cache = match get(options, "fullWindowCache") {
+        None => false,
+        Some(v) => v.as_bool().ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "fullWindowCache must be a boolean, not {}",
+                describe(&v)
+            ))
+        })?,
+    };
+    Ok(EngineOptions {
+        context,
+        kv_dtype,
+        full_window_cache,
+    })
 }
 
 /// The CPU backend: the models' kernels in WebAssembly (SIMD128), for browsers without a usable

@@ -188,7 +188,7 @@ fn smollm2_greedy_generation_matches_transformers_on_the_cpu() {
     );
     let options = EngineOptions {
         context: Some(256),
-        kv_dtype: None,
+        ..Default::default()
     };
     let mut engine = Engine::new_cpu(cpu(), load(&path), &options).unwrap();
     assert_eq!(engine.backend(), "cpu");
@@ -217,7 +217,7 @@ fn gemma3_greedy_generation_matches_transformers_on_the_cpu() {
     );
     let options = EngineOptions {
         context: Some(128),
-        kv_dtype: None,
+        ..Default::default()
     };
     let mut engine = Engine::new_cpu(cpu(), load(&path), &options).unwrap();
     assert_greedy_cases(
@@ -455,7 +455,7 @@ fn a_multimodal_folder_runs_as_an_engine_with_its_processor_template() {
     assert!(loaded.tensors.keys().all(|t| !t.contains("vision_tower")));
     let options = EngineOptions {
         context: Some(64),
-        kv_dtype: None,
+        ..Default::default()
     };
     let mut engine = Engine::new_cpu(cpu(), loaded, &options).unwrap();
     assert_eq!(engine.template().unwrap().name(), "chat_template.json");
@@ -511,7 +511,8 @@ fn an_index_path_loads_its_folder() {
 /// layers. Greedy generation well past the ring's length, a follow-up prompt that reuses the
 /// cached prefix (whose window the ring still holds), and one whose window later positions
 /// overwrote (the engine starts over from position 0) each give the tokens of a decoder that
-/// keeps every position, run in the same steps.
+/// keeps every position, run in the same steps. With `full_window_cache` the engine keeps every
+/// position and reuses the prefix the ring could not.
 #[test]
 fn the_engine_reuses_a_prefix_only_while_the_ring_holds_its_window() {
     use pocketlm::engine::Flow;
@@ -521,15 +522,18 @@ fn the_engine_reuses_a_prefix_only_while_the_ring_holds_its_window() {
     let context = 300;
     let options = EngineOptions {
         context: Some(context),
-        kv_dtype: None,
+        ..Default::default()
     };
     let mut engine = Engine::new_cpu(cpu(), load(&dir), &options).unwrap();
-    let loaded = load(&dir);
-    let config = ModelConfig::from_hf_json(&loaded.companions["config.json"], name).unwrap();
-    let mut whole = CpuDecoder::new(config, loaded.tensors, context).unwrap();
+    let whole_decoder = || {
+        let loaded = load(&dir);
+        let config = ModelConfig::from_hf_json(&loaded.companions["config.json"], name).unwrap();
+        CpuDecoder::new(config, loaded.tensors, context).unwrap()
+    };
+    let mut whole = whole_decoder();
     // As the engine runs `prompt` from `from`: steps of the largest power of two (at most 128)
     // that fits, then one token at a time, each picking the argmax of the last row.
-    let mut reference = |prompt: &[u32], from: usize, n: usize| -> Vec<u32> {
+    fn reference(whole: &mut CpuDecoder, prompt: &[u32], from: usize, n: usize) -> Vec<u32> {
         let argmax =
             |row: &[f32]| (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b }) as u32;
         let mut pos = from;
@@ -564,19 +568,19 @@ fn the_engine_reuses_a_prefix_only_while_the_ring_holds_its_window() {
             pos += 1;
         }
         out
-    };
-    let mut generate = |prompt: &[u32], n: usize| {
+    }
+    fn generate(engine: &mut Engine, prompt: &[u32], n: usize) -> pocketlm::engine::Generation {
         pollster::block_on(
             engine.generate(cpu(), prompt, &common::greedy(n), &mut |_| Flow::Continue),
         )
         .unwrap()
-    };
+    }
     let first: Vec<u32> = (10..20).collect();
-    let a = generate(&first, 180);
+    let a = generate(&mut engine, &first, 180);
     assert_eq!(a.cached_tokens, 0);
     assert_eq!(
         a.tokens,
-        reference(&first, 0, 180),
+        reference(&mut whole, &first, 0, 180),
         "past the ring's 132 positions"
     );
     // The conversation goes on: the cached prefix (all but the last token, 188 positions) has
@@ -584,25 +588,51 @@ fn the_engine_reuses_a_prefix_only_while_the_ring_holds_its_window() {
     let mut second = first.clone();
     second.extend(&a.tokens[..179]);
     second.extend([30, 31, 32]);
-    let b = generate(&second, 20);
+    let b = generate(&mut engine, &second, 20);
     assert_eq!(b.cached_tokens, 189);
-    assert_eq!(b.tokens, reference(&second, 189, 20), "a reused prefix");
+    assert_eq!(
+        b.tokens,
+        reference(&mut whole, &second, 189, 20),
+        "a reused prefix"
+    );
     // Back to the first prompt with another ending: its prefix of 14 tokens was overwritten
     // (positions 132 and more share their rows), so the engine starts over.
     let mut third = first[..].to_vec();
     third.extend(&a.tokens[..4]);
     third.push(40);
-    let c = generate(&third, 20);
+    let c = generate(&mut engine, &third, 20);
     assert_eq!(
         c.cached_tokens, 0,
         "a prefix whose window the ring no longer holds"
     );
-    assert_eq!(c.tokens, reference(&third, 0, 20), "started over");
+    assert_eq!(
+        c.tokens,
+        reference(&mut whole, &third, 0, 20),
+        "started over"
+    );
     // And what the ring saves: the local layers' cache stops growing at 132 positions.
     let (ring_kv, whole_kv) = (engine.gpu_bytes().1, whole.host_bytes().1);
     assert!(
         ring_kv < whole_kv,
         "{ring_kv} bytes of KV cache, not fewer than {whole_kv}"
     );
+    // With `full_window_cache` every position is kept: the same prompts reuse their prefix of
+    // 14 tokens, with the tokens of a decoder that went through the same steps.
+    let full = EngineOptions {
+        full_window_cache: true,
+        ..options
+    };
+    let mut engine = Engine::new_cpu(cpu(), load(&dir), &full).unwrap();
+    let mut whole = whole_decoder();
+    let a = generate(&mut engine, &first, 180);
+    assert_eq!(a.tokens, reference(&mut whole, &first, 0, 180));
+    let c = generate(&mut engine, &third, 20);
+    assert_eq!(c.cached_tokens, 14);
+    assert_eq!(
+        c.tokens,
+        reference(&mut whole, &third, 14, 20),
+        "a reused prefix"
+    );
+    assert!(engine.gpu_bytes().1 > ring_kv);
     std::fs::remove_dir_all(&dir).unwrap();
 }

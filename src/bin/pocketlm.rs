@@ -638,7 +638,7 @@ mod cli {
     ) -> pocketlm::Result<Engine> {
         let options = EngineOptions {
             context,
-            kv_dtype: None,
+            ..Default::default()
         };
         let (spec, start, engine) = match dev {
             Dev::Gpu(ctx) => {

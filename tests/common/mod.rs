@@ -229,6 +229,7 @@ pub fn real_model_engine(rel: &str, get_it: &str, context: usize) -> pocketlm::e
     let options = EngineOptions {
         context: Some(context),
         kv_dtype: Some(pocketlm::gpu::DType::F32),
+        ..Default::default()
     };
     pollster::block_on(Engine::new(ctx(), loaded, &options))
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -306,6 +307,7 @@ pub fn tiny_llama_engine(
     let options = pocketlm::engine::EngineOptions {
         context: Some(context),
         kv_dtype: Some(pocketlm::gpu::DType::F32),
+        ..Default::default()
     };
     pollster::block_on(pocketlm::engine::Engine::new(gpu, files, &options)).unwrap()
 }

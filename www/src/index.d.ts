@@ -77,6 +77,12 @@ export interface LoadOptions {
   context?: number;
   /** The WebGPU backend's KV cache (the CPU backend's is f32). */
   kvDtype?: "f16" | "f32";
+  /** true: sliding-window layers (Gemma 2 and 3, Mistral, Phi-3) keep every position of the
+   * context in the KV cache. Default false: each keeps a ring of its window and one step (128
+   * positions), which takes a fraction of the memory; a prompt that parts from the cached
+   * tokens more than 128 positions before the previous reply's end (a long reply regenerated,
+   * say) is then prefilled from its start instead of from where it parts. */
+  fullWindowCache?: boolean;
   /** Where the model runs (default "auto": WebGPU on a hardware adapter, the CPU backend —
    * WebAssembly SIMD — when there is no adapter or only a software one). */
   backend?: "auto" | "webgpu" | "cpu";

@@ -221,6 +221,10 @@ export function loadOptions(options = {}) {
     if (!["auto", "webgpu", "cpu"].includes(options.backend)) throw invalid(`backend must be "auto", "webgpu" or "cpu", not ${show(options.backend)}`);
     out.backend = options.backend;
   }
+  if (options.fullWindowCache !== undefined) {
+    if (typeof options.fullWindowCache !== "boolean") throw invalid(`fullWindowCache must be a boolean, not ${show(options.fullWindowCache)}`);
+    out.fullWindowCache = options.fullWindowCache;
+  }
   if (options.relaxedSimd !== undefined) {
     if (typeof options.relaxedSimd !== "boolean") throw invalid(`relaxedSimd must be a boolean, not ${show(options.relaxedSimd)}`);
     out.relaxedSimd = options.relaxedSimd;

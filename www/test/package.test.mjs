@@ -386,3 +386,30 @@ test("unload frees the model and later calls reject with unloaded", async () => 
   for (let i = 0; i < 50 && alive() > 0; i++) await new Promise((ok) => setTimeout(ok, 100));
   assert.equal(alive(), 0, "a worker outlived unload()");
 });
+
+test("sliding-window layers keep a ring in the KV cache; fullWindowCache keeps every position", async () => {
+  // The tiny Gemma 3 (window 5) at 512 positions: its local layers hold 132 (5 + 127).
+  const r = value(
+    await run(async (url) => {
+      const { PocketLM } = globalThis.pocketlm;
+      const kv = {};
+      for (const full of [false, true]) {
+        const lm = await PocketLM.load(url, { backend: "webgpu", context: 512, fullWindowCache: full, cache: false });
+        kv[full] = lm.info.kvBytes;
+        const reply = await lm.completions.create({ prompt: "a b c", max_tokens: 2, temperature: 0 });
+        kv[`${full} tokens`] = reply.pocketlm.token_ids;
+        await lm.unload();
+      }
+      const bad = await PocketLM.load(url, { fullWindowCache: "yes" }).then(
+        () => null,
+        (e) => ({ code: e.code, message: e.message }),
+      );
+      return { kv, bad };
+    }, "/repo/tests/fixtures/models/tiny-gemma3.gguf"),
+  );
+  assert.ok(r.kv.false > 0 && r.kv.false < r.kv.true, JSON.stringify(r.kv));
+  assert.deepEqual(r.kv["false tokens"], r.kv["true tokens"]);
+  assert.equal(r.bad.code, "invalid_request");
+  assert.match(r.bad.message, /fullWindowCache must be a boolean/);
+  console.log(`tiny Gemma 3 at 512 positions: KV cache ${r.kv.false} bytes with rings, ${r.kv.true} with every position`);
+});

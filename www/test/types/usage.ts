@@ -92,7 +92,7 @@ export async function load(): Promise<PocketLM> {
   ];
   for (const source of sources) await PocketLM.load(source, { worker: false, cache: false, kvDtype: "f32", profile: "baseline" });
   await PocketLM.load("model.gguf", { integrity: ["0".repeat(64), null], profile: "full", backend: "webgpu" });
-  const onCpu = await PocketLM.load("model.gguf", { backend: "cpu", threads: 4, relaxedSimd: false });
+  const onCpu = await PocketLM.load("model.gguf", { backend: "cpu", threads: 4, relaxedSimd: false, fullWindowCache: true });
   const relaxed: boolean | null = onCpu.info.relaxedSimd;
   const relaxedHere: boolean = (await PocketLM.supportReport()).relaxedSimd;
   const threads: number | null = onCpu.info.threads;
