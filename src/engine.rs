@@ -65,7 +65,7 @@ pub struct EngineOptions {
     /// Positions in the KV cache (prompt plus reply). `None`: the model's trained context, at
     /// most [`DEFAULT_CONTEXT`].
     pub context: Option<usize>,
-    /// The KV cache's element type; `None`: f16 where the device has it, else f32.
+    /// The KV cache's element type on WebGPU; `None`: f16 (on both profiles).
     pub kv_dtype: Option<DType>,
     /// Sliding-window layers keep every position of the context instead of a ring of their
     /// window and a step ([`crate::model::kv_slots`]): more memory, and a cached prefix is

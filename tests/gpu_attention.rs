@@ -933,22 +933,23 @@ fn bad_input_is_a_typed_error() {
         .expect("no GPU error was raised by any of the above");
 }
 
-/// The cache's memory is as documented, and the profile decides its element type.
+/// The cache's memory is as documented: f16 by default on both profiles (pairs packed into
+/// words, an odd head padded by one half), f32 when asked for.
 #[test]
 fn kv_cache_size_and_type() {
     let ctx = ctx();
+    assert_eq!(KvCache::default_dtype(ctx), DType::F16);
     let c = KvCache::new(ctx, 3, 100, 2, 5).unwrap();
-    let dtype = KvCache::default_dtype(ctx);
-    assert_eq!(c.dtype(), dtype);
-    let per = match dtype {
-        DType::F16 => 100 * 2 * 6 * 2,
-        _ => 100 * 2 * 5 * 4,
-    };
-    assert_eq!(c.size_bytes(), 3 * 2 * per as u64);
-    assert_eq!(
-        KvCache::bytes(3, 100, 2, 5, dtype),
-        Some(3 * 2 * per as u64)
-    );
+    assert_eq!(c.dtype(), DType::F16);
+    for (dtype, per) in [(DType::F16, 100 * 2 * 6 * 2), (DType::F32, 100 * 2 * 5 * 4)] {
+        let c = KvCache::with_dtype(ctx, 3, 100, 2, 5, dtype).unwrap();
+        assert_eq!(c.dtype(), dtype);
+        assert_eq!(c.size_bytes(), 3 * 2 * per as u64);
+        assert_eq!(
+            KvCache::bytes(3, 100, 2, 5, dtype),
+            Some(3 * 2 * per as u64)
+        );
+    }
     // SmolLM2-135M at 8192 positions: 180 MiB in f16.
     assert_eq!(KvCache::bytes(30, 8192, 3, 64, DType::F16), Some(180 << 20));
 }

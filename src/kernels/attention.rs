@@ -17,9 +17,7 @@ use std::fmt;
 use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
-use crate::gpu::{
-    DType, Dispatch, GpuContext, GpuTensor, Interface, Kernel, Profile, Slot, Specialization,
-};
+use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Interface, Kernel, Slot, Specialization};
 use crate::kernels::rope::{check_table, check_target, RopeLayout, RopeTable, TABLE};
 use crate::kernels::{build, Bind};
 use crate::kernels::{dim, expect_distinct, expect_dtype, grid, mismatch, WG};
@@ -153,9 +151,9 @@ impl StepState {
 
 /// Per-layer key and value caches, each `[max_ctx, n_kv_heads, head_dim]`.
 ///
-/// Stored as f16 (pairs packed in u32 words; rows of odd `head_dim` padded by one half) on the
-/// full profile and as f32 on the baseline profile, unless chosen with [`KvCache::with_dtype`]
-/// (f16 works on both: packing needs no `shader-f16`). Memory:
+/// Stored as f16 (pairs packed in u32 words with `pack2x16float`, which needs no `shader-f16`;
+/// rows of odd `head_dim` padded by one half) on both profiles, unless f32 is chosen (the
+/// `dtype` of [`KvCache::with_slots`], `EngineOptions::kv_dtype`). Memory:
 /// `2 · n_layers · max_ctx · n_kv_heads · padded(head_dim) · (2 or 4)` bytes; e.g. SmolLM2-135M
 /// (30 layers, 3 kv heads of 64) at 8192 positions takes 180 MiB in f16, 360 MiB in f32. Each
 /// layer's k and v is one binding, so `max_ctx · n_kv_heads · padded(head_dim) · (2 or 4)` must
@@ -190,12 +188,10 @@ impl KvCache {
         }
     }
 
-    /// The cache element type for this device: f16 on the full profile, f32 on the baseline.
-    pub fn default_dtype(ctx: &GpuContext) -> DType {
-        match ctx.profile() {
-            Profile::Full => DType::F16,
-            Profile::Baseline => DType::F32,
-        }
+    /// The cache element type for this device: f16 on both profiles (half the memory and half
+    /// the bytes attention reads; the baseline packs pairs without `shader-f16`).
+    pub fn default_dtype(_ctx: &GpuContext) -> DType {
+        DType::F16
     }
 
     /// Bytes of one layer's k (or v) buffer; `None` on overflow.
