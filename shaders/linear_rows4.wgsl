@@ -1,5 +1,8 @@
-// linear_rows.wgsl for the formats whose blocks are whole vec4s of words (Q4_0, Q4_1, IQ4_NL:
-// one; Q8_0: two; Q4_K: two per 32-element sub-block, Q6_K: four), read through vec4 views of x
+// linear_rows.wgsl for the block formats and the float formats (rows of a multiple of 32
+// elements: 32 f32 are eight vec4s of words, 32 f16 or bf16 four), the block formats' 32-element (sub-)blocks read as whole vec4s of
+// words where the layout allows (Q4_0, Q4_1, IQ4_NL, IQ4_XS: one; Q8_0, Q2_K: two; Q4_K: two per
+// sub-block, Q5_K and Q3_K: two and two of their high bits, Q6_K: four) and as five words for
+// Q5_0 and Q5_1 (whose blocks of five words are not vec4-aligned), through vec4 views of x
 // and W: CPU drivers pay per load instruction (lavapipe
 // runs each storage load lane by lane), so a block of 32 weights is one or two loads plus its
 // scale, and each x vec4 is loaded once per block for all NR rows of W an invocation computes
@@ -40,6 +43,26 @@ fn i8x4p(v: u32) -> vec4<f32> {
     return vec4<f32>(vec4<i32>(bitcast<vec3<i32>>(u), bitcast<i32>(v) >> 24u));
 }
 
+// The 5-bit fields of v (a nibble and a fifth bit at bit 4 of each byte), 2-bit fields and
+// 3-bit fields, in place (times 2^8j, as nib4p).
+const FIVE_MASKS = vec4<u32>(0x1Fu, 0x1F00u, 0x1F0000u, 0x1F000000u);
+const CRUMB_MASKS = vec4<u32>(0x3u, 0x300u, 0x30000u, 0x3000000u);
+const THREE_MASKS = vec4<u32>(0x7u, 0x700u, 0x70000u, 0x7000000u);
+fn fields4p(v: u32, masks: vec4<u32>) -> vec4<f32> {
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(v) & masks));
+}
+
+// Bits 0..3 of n spread to bits 0, 8, 16, 24: the four shifted copies n · (1 + 2^7 + 2^14 +
+// 2^21) do not overlap, and copy j holds bit j at 8j.
+fn spread4(n: u32) -> u32 {
+    return ((n & 15u) * 0x00204081u) & 0x01010101u;
+}
+
+// Byte i of the scale words from word `base` (through the word view).
+fn byte_w(base: u32, i: u32) -> u32 {
+    return (word(base + i / 4u) >> (8u * (i % 4u))) & 0xFFu;
+}
+
 // IQ4_NL's levels, packed as in quant.wgsl (kvalues_iq4nl as i8 bytes, 4 per word).
 const IQ4NL_LEVELS = vec4<u32>(0xBFAD9881u, 0xF6EADDCFu, 0x26190D01u, 0x71594535u);
 
@@ -78,10 +101,33 @@ fn q6_k_4p(lo: u32, lo_shift: u32, hi: u32, hi_shift: u32) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>(l | h));
 }
 
+// The two 16-bit floats of a word: f16, or bf16 (W_FORMAT 30).
+fn half2(v: u32) -> vec2<f32> {
+    if (W_FORMAT == 30u) {
+        return vec2<f32>(bitcast<f32>(v << 16u), bitcast<f32>(v & 0xFFFF0000u));
+    }
+    return unpack2x16float(v);
+}
+
 // The 32 weights of block b as 8 vec4s, in element order. For the K-quants (super-blocks of
-// 256) b counts 32-element sub-blocks: sub-block j = b % 8 of super-block b / 8.
+// 256) b counts 32-element sub-blocks: sub-block j = b % 8 of super-block b / 8. The float
+// formats (rows of a multiple of 32) are read as blocks of 32 too.
 fn block32(b: u32) -> array<vec4<f32>, 8> {
     var o: array<vec4<f32>, 8>;
+    if (W_FORMAT == 0u) {
+        for (var i = 0u; i < 8u; i++) { // unroll
+            o[i] = bitcast<vec4<f32>>(w[8u * b + i]);
+        }
+        return o;
+    }
+    if (W_FORMAT == 1u || W_FORMAT == 30u) {
+        for (var i = 0u; i < 4u; i++) { // unroll
+            let v = w[4u * b + i];
+            o[2u * i] = vec4<f32>(half2(v.x), half2(v.y));
+            o[2u * i + 1u] = vec4<f32>(half2(v.z), half2(v.w));
+        }
+        return o;
+    }
     if (W_FORMAT == 12u) {
         // Q4_K: sub-block j holds the low (j even) or high nibbles of the 32 quant bytes of
         // chunk pair j / 2; value = fma(d · sc, q, −dmin · m), decode8_q4_k's.
@@ -131,6 +177,115 @@ fn block32(b: u32) -> array<vec4<f32>, 8> {
         }
         return o;
     }
+    if (W_FORMAT == 13u) {
+        // Q5_K: Q4_K's nibbles and scales (10 vec4s per super-block: 8 of qs, 2 of qh), the
+        // fifth bit of element l of sub-block j being bit j of qh[l], moved to bit 4 of the
+        // element's byte; value = fma(d · sc, q, −dmin · m), decode8_q5_k's.
+        let g = b / 8u;
+        let j = b % 8u;
+        let s = p.scale_base + 4u * g;
+        let dm = unpack2x16float(word(s));
+        let sm = sm_q4_k(vec3<u32>(word(s + 1u), word(s + 2u), word(s + 3u)), j);
+        let d1 = (dm.x * sm.x) * BYTE_SCALE;
+        let m1 = vec4<f32>(-(dm.y * sm.y));
+        let shift = 4u * (j & 1u);
+        let q0 = w[10u * g + 2u * (j / 2u)];
+        let q1 = w[10u * g + 2u * (j / 2u) + 1u];
+        let h0 = w[10u * g + 8u];
+        let h1 = w[10u * g + 9u];
+        for (var i = 0u; i < 4u; i++) { // unroll
+            let f0 = ((q0[i] >> shift) & 0x0F0F0F0Fu) | (((h0[i] >> j) & 0x01010101u) << 4u);
+            let f1 = ((q1[i] >> shift) & 0x0F0F0F0Fu) | (((h1[i] >> j) & 0x01010101u) << 4u);
+            o[i] = fields4p(f0, FIVE_MASKS) * d1 + m1;
+            o[i + 4u] = fields4p(f1, FIVE_MASKS) * d1 + m1;
+        }
+        return o;
+    }
+    if (W_FORMAT == 10u || W_FORMAT == 11u) {
+        // Q2_K / Q3_K: sub-block r is plane j = r % 4 (bits 2j of each byte) of the 32 qs bytes
+        // of half h = r / 4; its two runs of 16 (bytes 0..16, 16..32: one vec4 each) have
+        // scales 2r and 2r + 1. Q2_K (4 vec4s per super-block): value = (d · (sc & 15)) · q −
+        // dmin · (sc >> 4), decode8_q2_k's. Q3_K (6: 2 of hmask, 4 of qs): q + 4 · (bit 4h + j
+        // of the element's hmask byte) − 4, times d · (sc − 32) (6-bit scales), decode8_q3_k's.
+        let g = b / 8u;
+        let r = b % 8u;
+        let h = r / 4u;
+        let j = r % 4u;
+        for (var s = 0u; s < 2u; s++) { // unroll
+            let run = 2u * r + s;
+            var q: vec4<u32>;
+            var dv: vec4<f32>;
+            var off: vec4<f32>;
+            if (W_FORMAT == 10u) {
+                let sb = p.scale_base + 5u * g;
+                let dm = unpack2x16float(word(sb));
+                let sc = byte_w(sb + 1u, run);
+                dv = (dm.x * f32(sc & 15u)) * BYTE_SCALE;
+                off = vec4<f32>(-(dm.y * f32(sc >> 4u)));
+                q = (w[4u * g + 2u * h + s] >> vec4<u32>(2u * j)) & vec4<u32>(0x03030303u);
+            } else {
+                let sb = p.scale_base + 4u * g;
+                let d = unpack2x16float(word(sb + 3u)).x;
+                let sc = ((byte_w(sb, run % 8u) >> (4u * (run / 8u))) & 15u)
+                    | (((byte_w(sb, 8u + run % 4u) >> (2u * (run / 4u))) & 3u) << 4u);
+                let dl = d * f32(i32(sc) - 32);
+                dv = dl * BYTE_SCALE;
+                off = vec4<f32>(-4.0 * dl);
+                let hm = (w[6u * g + s] >> vec4<u32>(4u * h + j)) & vec4<u32>(0x01010101u);
+                q = ((w[6u * g + 2u + 2u * h + s] >> vec4<u32>(2u * j)) & vec4<u32>(0x03030303u)) | (hm << vec4<u32>(2u));
+            }
+            for (var i = 0u; i < 4u; i++) { // unroll
+                if (W_FORMAT == 10u) {
+                    o[4u * s + i] = fields4p(q[i], CRUMB_MASKS) * dv + off;
+                } else {
+                    o[4u * s + i] = fields4p(q[i], THREE_MASKS) * dv + off;
+                }
+            }
+        }
+        return o;
+    }
+    if (W_FORMAT == 23u) {
+        // IQ4_XS: sub-block i is one vec4 of qs (low nibbles, then high) with the 6-bit scale
+        // ls (bits 4i of scale word 1, two more at bits 16 + 2i of word 0, whose low half is d);
+        // value = (d · (ls − 32)) · kvalues[q], decode8_iq4_xs's.
+        let g = b / 8u;
+        let i = b % 8u;
+        let s = p.scale_base + 2u * g;
+        let dh = word(s);
+        let ls = ((word(s + 1u) >> (4u * i)) & 15u) | (((dh >> (16u + 2u * i)) & 3u) << 4u);
+        let dl = unpack2x16float(dh).x * f32(i32(ls) - 32);
+        let q = w[8u * g + i];
+        for (var c = 0u; c < 4u; c++) { // unroll
+            o[c] = dl * iq4nl4v(q[c], 0u);
+            o[c + 4u] = dl * iq4nl4v(q[c], 4u);
+        }
+        return o;
+    }
+    if (W_FORMAT == 6u || W_FORMAT == 7u) {
+        // Q5_0 / Q5_1: five words per block (qs[16], then qh), read through the word view; the
+        // fifth bit of element e is bit e of qh, spread to bit 4 of the element's byte.
+        // Q5_0: value = (q − 16) · d; Q5_1: value = q · d + m.
+        let q = vec4<u32>(word(5u * b), word(5u * b + 1u), word(5u * b + 2u), word(5u * b + 3u));
+        let qh = word(5u * b + 4u);
+        var dv: vec4<f32>;
+        var off: vec4<f32>;
+        if (W_FORMAT == 7u) {
+            let dm = unpack2x16float(word(p.scale_base + b));
+            dv = dm.x * BYTE_SCALE;
+            off = vec4<f32>(dm.y);
+        } else {
+            let d = unpack2x16float(word(p.scale_base + b / 2u))[b & 1u];
+            dv = d * BYTE_SCALE;
+            off = vec4<f32>(-16.0 * d);
+        }
+        for (var i = 0u; i < 4u; i++) { // unroll
+            let lo = (q[i] & 0x0F0F0F0Fu) | (spread4(qh >> (4u * i)) << 4u);
+            let hi = ((q[i] >> 4u) & 0x0F0F0F0Fu) | (spread4(qh >> (16u + 4u * i)) << 4u);
+            o[i] = fields4p(lo, FIVE_MASKS) * dv + off;
+            o[i + 4u] = fields4p(hi, FIVE_MASKS) * dv + off;
+        }
+        return o;
+    }
     if (W_FORMAT == 8u) {
         // Q8_0: value = q · d.
         let d = unpack2x16float(word(p.scale_base + b / 2u))[b & 1u];
@@ -176,6 +331,118 @@ fn block32(b: u32) -> array<vec4<f32>, 8> {
     return o;
 }
 
+// The 128 weights of half h = s % 2 of K-quant super-block s / 2 (sub-blocks 4h .. 4h + 4) as
+// 32 vec4s, in element order: the quant words these sub-blocks share (Q4_K's and Q5_K's chunk
+// pairs hold two, Q6_K's high crumbs and Q2_K's and Q3_K's planes four) are loaded once, and
+// the scales once. Each value is block32's (the same decoders, exactly).
+fn block128(s: u32) -> array<vec4<f32>, 32> {
+    var o: array<vec4<f32>, 32>;
+    let g = s / 2u;
+    let h = s % 2u;
+    if (W_FORMAT == 12u || W_FORMAT == 13u) {
+        // Q4_K / Q5_K: chunk pairs 2h and 2h + 1 (two vec4s of qs each); Q5_K's two vec4s of
+        // qh serve all four sub-blocks.
+        let per = select(8u, 10u, W_FORMAT == 13u);
+        let sb = p.scale_base + 4u * g;
+        let dm = unpack2x16float(word(sb));
+        let sc = vec3<u32>(word(sb + 1u), word(sb + 2u), word(sb + 3u));
+        let q = array<vec4<u32>, 4>(w[per * g + 4u * h], w[per * g + 4u * h + 1u], w[per * g + 4u * h + 2u], w[per * g + 4u * h + 3u]);
+        var qh: array<vec4<u32>, 2>;
+        if (W_FORMAT == 13u) {
+            qh = array<vec4<u32>, 2>(w[per * g + 8u], w[per * g + 9u]);
+        }
+        for (var u = 0u; u < 4u; u++) { // unroll
+            let j = 4u * h + u;
+            let sm = sm_q4_k(sc, j);
+            let d1 = (dm.x * sm.x) * BYTE_SCALE;
+            let m1 = vec4<f32>(-(dm.y * sm.y));
+            let shift = 4u * (u & 1u);
+            for (var i = 0u; i < 4u; i++) { // unroll
+                for (var r = 0u; r < 2u; r++) { // unroll
+                    let v = q[2u * (u / 2u) + r][i];
+                    if (W_FORMAT == 13u) {
+                        let f = ((v >> shift) & 0x0F0F0F0Fu) | (((qh[r][i] >> j) & 0x01010101u) << 4u);
+                        o[8u * u + 4u * r + i] = fields4p(f, FIVE_MASKS) * d1 + m1;
+                    } else {
+                        o[8u * u + 4u * r + i] = nib4p(v, shift) * d1 + m1;
+                    }
+                }
+            }
+        }
+        return o;
+    }
+    if (W_FORMAT == 14u) {
+        // Q6_K: half h's low nibbles (four vec4s of ql: sub-blocks t and t + 2 share two) and
+        // high crumbs (two vec4s of qh for all four).
+        let sb = p.scale_base + 5u * g;
+        let d = unpack2x16float(word(sb + 4u)).x;
+        let base = 12u * g;
+        let lo = array<vec4<u32>, 4>(w[base + 4u * h], w[base + 4u * h + 1u], w[base + 4u * h + 2u], w[base + 4u * h + 3u]);
+        let hi = array<vec4<u32>, 2>(w[base + 8u + 2u * h], w[base + 8u + 2u * h + 1u]);
+        for (var t = 0u; t < 4u; t++) { // unroll
+            for (var r = 0u; r < 2u; r++) { // unroll
+                let ds = d * sc_q6_k(sb, 8u * h + 2u * t + r);
+                let dv = ds * BYTE_SCALE;
+                let off = vec4<f32>(-32.0 * ds);
+                for (var i = 0u; i < 4u; i++) { // unroll
+                    o[8u * t + 4u * r + i] = q6_k_4p(lo[2u * (t & 1u) + r][i], 4u * (t >> 1u), hi[r][i], 2u * t) * dv + off;
+                }
+            }
+        }
+        return o;
+    }
+    if (W_FORMAT == 10u || W_FORMAT == 11u) {
+        // Q2_K / Q3_K: half h's two vec4s of qs hold its four planes (and Q3_K's two vec4s of
+        // hmask, bits 4h + plane, both halves').
+        var q: array<vec4<u32>, 2>;
+        var hm: array<vec4<u32>, 2>;
+        var sb: u32;
+        var d: vec2<f32>;
+        if (W_FORMAT == 10u) {
+            sb = p.scale_base + 5u * g;
+            d = unpack2x16float(word(sb));
+            q = array<vec4<u32>, 2>(w[4u * g + 2u * h], w[4u * g + 2u * h + 1u]);
+        } else {
+            sb = p.scale_base + 4u * g;
+            d = unpack2x16float(word(sb + 3u));
+            q = array<vec4<u32>, 2>(w[6u * g + 2u + 2u * h], w[6u * g + 3u + 2u * h]);
+            hm = array<vec4<u32>, 2>(w[6u * g], w[6u * g + 1u]);
+        }
+        for (var u = 0u; u < 4u; u++) { // unroll
+            for (var r = 0u; r < 2u; r++) { // unroll
+                // The run of 16: scale index.
+                let run = 8u * h + 2u * u + r;
+                var dv: vec4<f32>;
+                var off: vec4<f32>;
+                var f: vec4<u32>;
+                if (W_FORMAT == 10u) {
+                    let sc = byte_w(sb + 1u, run);
+                    dv = (d.x * f32(sc & 15u)) * BYTE_SCALE;
+                    off = vec4<f32>(-(d.y * f32(sc >> 4u)));
+                    f = (q[r] >> vec4<u32>(2u * u)) & vec4<u32>(0x03030303u);
+                } else {
+                    let sc = ((byte_w(sb, run % 8u) >> (4u * (run / 8u))) & 15u)
+                        | (((byte_w(sb, 8u + run % 4u) >> (2u * (run / 4u))) & 3u) << 4u);
+                    let dl = d.x * f32(i32(sc) - 32);
+                    dv = dl * BYTE_SCALE;
+                    off = vec4<f32>(-4.0 * dl);
+                    let bits = (hm[r] >> vec4<u32>(4u * h + u)) & vec4<u32>(0x01010101u);
+                    f = ((q[r] >> vec4<u32>(2u * u)) & vec4<u32>(0x03030303u)) | (bits << vec4<u32>(2u));
+                }
+                for (var i = 0u; i < 4u; i++) { // unroll
+                    if (W_FORMAT == 10u) {
+                        o[8u * u + 4u * r + i] = fields4p(f[i], CRUMB_MASKS) * dv + off;
+                    } else {
+                        o[8u * u + 4u * r + i] = fields4p(f[i], THREE_MASKS) * dv + off;
+                    }
+                }
+            }
+        }
+        return o;
+    }
+    return o;
+}
+
 @compute @workgroup_size(WG)
 fn linear_rows4(
     @builtin(local_invocation_index) li: u32,
@@ -190,7 +457,8 @@ fn linear_rows4(
     if (c0 >= units || m0 >= p.m) {
         return;
     }
-    let nb = p.k / 32u;
+    // Steps of SUB sub-blocks of 32 per row.
+    let nb = p.k / (32u * SUB);
     let k4 = p.k / 4u;
     // First block of each W row; columns past the end repeat the last (computed, never stored).
     var rows: array<u32, NR>;
@@ -208,25 +476,36 @@ fn linear_rows4(
     var acc: array<vec4<f32>, NR * MT>;
     var sum_sq: array<vec4<f32>, MT>;
     for (var b = 0u; b < nb; b++) {
-        var xs: array<vec4<f32>, 8 * MT>;
+        var xs: array<vec4<f32>, SV * MT>;
         for (var t = 0u; t < MT; t++) { // unroll
-            for (var j = 0u; j < 8u; j++) { // unroll
-                var v = x[xrow[t] + 8u * b + j];
+            for (var j = 0u; j < SV; j++) { // unroll
+                var v = x[xrow[t] + SV * b + j];
                 if (NORM == 1u) {
                     sum_sq[t] = fma(v, v, sum_sq[t]);
-                    v = v * norm_g4v(8u * b + j);
+                    v = v * norm_g4v(SV * b + j);
                 }
-                xs[t * 8u + j] = v;
+                xs[t * SV + j] = v;
             }
         }
         for (var i = 0u; i < NR; i++) { // unroll
-            let wv = block32(rows[i] + b);
-            for (var t = 0u; t < MT; t++) { // unroll
-                var a = acc[i * MT + t];
-                for (var j = 0u; j < 8u; j++) { // unroll
-                    a = fma(wv[j], xs[t * 8u + j], a);
+            if (SUB == 4u) {
+                let wv = block128(rows[i] + b);
+                for (var t = 0u; t < MT; t++) { // unroll
+                    var a = acc[i * MT + t];
+                    for (var j = 0u; j < 32u; j++) { // unroll
+                        a = fma(wv[j], xs[t * SV + j], a);
+                    }
+                    acc[i * MT + t] = a;
                 }
-                acc[i * MT + t] = a;
+            } else {
+                let wv = block32(rows[i] + b);
+                for (var t = 0u; t < MT; t++) { // unroll
+                    var a = acc[i * MT + t];
+                    for (var j = 0u; j < 8u; j++) { // unroll
+                        a = fma(wv[j], xs[t * SV + j], a);
+                    }
+                    acc[i * MT + t] = a;
+                }
             }
         }
     }

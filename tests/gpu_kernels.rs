@@ -445,21 +445,15 @@ fn both_linear_kernel_families_match_reference() {
 
 /// The CPU kernels decode every weight exactly as ggml does: x = rows of the identity makes each
 /// output one weight (times 1, plus zeros), compared with the reference dequantization, for the
-/// formats with their own decoder in the vec4 kernel (linear_rows4.wgsl decodes fields in place,
-/// without shifts), through its one-row-per-step and many-row paths.
+/// weight formats, each with its own decoder in the vec4 kernel (linear_rows4.wgsl decodes
+/// fields in place, without shifting each down; floats in blocks of 32), through its
+/// one-row-per-step and many-row paths.
 #[test]
 fn cpu_kernels_decode_weights_exactly() {
     let ctx = common::cpu_kernels_ctx();
     let mut rng = Rng::new(17);
-    for dtype in [
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q8_0,
-        DType::IQ4_NL,
-        DType::Q4_K,
-        DType::Q6_K,
-    ] {
-        let (n, k) = (7, 2 * dtype.block_size());
+    for dtype in DType::WEIGHTS {
+        let (n, k) = (7, 2 * dtype.block_size().max(32));
         let (w, want) = random_weights(ctx, "w", dtype, n, k, &mut rng);
         for m in [2, k] {
             let mut eye = vec![0.0f32; m * k];

@@ -584,8 +584,7 @@ pub fn qkv_rope_fits(
 ) -> bool {
     let hd = cache.head_dim();
     // x, W, q, the table and the two cache layers; the vec4 kernel's word view of W.
-    let storage =
-        6 + usize::from(vec4_kernel(ctx, w.dtype())) + usize::from(bias) + usize::from(norm);
+    let storage = 6 + usize::from(vec4_kernel(ctx, w)) + usize::from(bias) + usize::from(norm);
     rows <= MATVEC_MAX_ROWS
         && hd > 0
         && hd.is_multiple_of(4)
@@ -749,7 +748,7 @@ async fn linear_epilogue(
     let quads = 2 * u32::from(epi.rope.is_some());
     let shift = swiglu + quads;
     let units = params.n >> quads;
-    let vec4 = vec4_kernel(ctx, w.dtype());
+    let vec4 = vec4_kernel(ctx, w);
     let (x_slot, w_slot, norm_slot) = if vec4 {
         (X4, W4, NORM_W4)
     } else {
@@ -793,11 +792,19 @@ async fn linear_epilogue(
         };
         // Output columns (or quads) per invocation.
         let cols = ROWS4_NR >> shift;
+        // 32-element sub-blocks per step: a K-quant's half super-block (128 elements) shares
+        // its quant words and scales among its sub-blocks, so they are loaded once per step.
+        let sub = match w.dtype() {
+            DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K => 4,
+            _ => 1,
+        };
         let spec = spec(ctx, None, w, opts, epi, true)
             .with("WG", ROWS_WG)
             .with("MT", mt)
             .with("NR", ROWS4_NR)
-            .with("COLS", cols);
+            .with("COLS", cols)
+            .with("SUB", sub)
+            .with("SV", 8 * sub);
         params.blocks = units.div_ceil(ROWS_WG * cols);
         let groups = u64::from(params.blocks) * u64::from(params.m.div_ceil(mt));
         let wg = grid(ctx, name, groups)?;
@@ -873,14 +880,12 @@ async fn linear_epilogue(
     }
 }
 
-/// On a CPU adapter the formats whose 32-element (sub-)blocks are whole vec4s of words go through
-/// the vec4 kernel (linear_rows4.wgsl).
-fn vec4_kernel(ctx: &GpuContext, dtype: DType) -> bool {
-    ctx.capabilities().cpu
-        && matches!(
-            dtype,
-            DType::Q4_0 | DType::Q4_1 | DType::Q8_0 | DType::IQ4_NL | DType::Q4_K | DType::Q6_K
-        )
+/// On a CPU adapter the block formats go through the vec4 kernel (linear_rows4.wgsl), which
+/// decodes every (sub-)block of 32 from whole vec4s of words (Q5_0 and Q5_1: five words), and so
+/// do the float formats whose rows are a multiple of 32 elements (whole vec4s of words).
+fn vec4_kernel(ctx: &GpuContext, w: &GpuTensor) -> bool {
+    let k = w.shape().last().copied().unwrap_or(0);
+    ctx.capabilities().cpu && (w.dtype().is_quantized() || k.is_multiple_of(32))
 }
 
 const COPY_HALVES_SRC: &str = include_str!("../../shaders/copy_halves.wgsl");
