@@ -272,3 +272,51 @@ fn embed_prints_vectors_or_the_openai_response_and_bench_times_it() {
         assert!(!ok && err.contains(want), "{args:?}: {err}");
     }
 }
+
+/// `--full-window-cache` keeps every position of the tiny Gemma 3's sliding-window layers (a
+/// larger KV cache than their rings) with the same greedy reply, and `--kv-dtype f32` doubles
+/// it.
+#[test]
+fn run_takes_the_kv_cache_options() {
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/models/tiny-gemma3.gguf"
+    );
+    let kv_mib = |extra: &[&str]| {
+        let args = [
+            &[
+                "run",
+                model,
+                "a b c",
+                "--temperature",
+                "0",
+                "--max-tokens",
+                "3",
+            ][..],
+            &["--context", "512"],
+            extra,
+        ]
+        .concat();
+        let (ok, out, err) = pocketlm(&args, "");
+        assert!(ok, "{extra:?}: {err}");
+        let mib: f64 = err
+            .split("KV cache ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no KV cache size in: {err}"));
+        (mib, out)
+    };
+    let (ring, reply) = kv_mib(&[]);
+    let (full, full_reply) = kv_mib(&["--full-window-cache"]);
+    let (f32_full, _) = kv_mib(&["--full-window-cache", "--kv-dtype", "f32"]);
+    assert!(ring < full, "ring {ring} MiB, every position {full} MiB");
+    assert!(
+        (f32_full / full - 2.0).abs() < 0.05,
+        "f16 {full} MiB, f32 {f32_full} MiB"
+    );
+    assert_eq!(reply, full_reply);
+    let (ok, _, err) = pocketlm(&["run", model, "a", "--kv-dtype", "q8_0"], "");
+    assert!(!ok);
+    assert!(err.contains("kv-dtype"), "{err}");
+}

@@ -173,6 +173,15 @@ mod cli {
         /// Positions in the KV cache (prompt plus reply); default: the model's, up to 4096.
         #[arg(long)]
         context: Option<usize>,
+        /// The WebGPU backend's KV cache element type, f16 (default) or f32 (the CPU backend's
+        /// is f32).
+        #[arg(long, value_parser = ["f16", "f32"])]
+        kv_dtype: Option<String>,
+        /// Sliding-window layers (Gemma 2 and 3, Mistral, Phi-3) keep every position instead
+        /// of a ring of their window and one step: more memory, and a cached prefix is always
+        /// reusable.
+        #[arg(long)]
+        full_window_cache: bool,
         /// Constrain the reply to JSON valid under the JSON schema in FILE.
         #[arg(long, value_name = "FILE", group = "format")]
         json_schema: Option<std::path::PathBuf>,
@@ -195,6 +204,18 @@ mod cli {
     }
 
     impl GenArgs {
+        /// The engine's options from `--context`, `--kv-dtype` and `--full-window-cache`.
+        fn engine_options(&self) -> EngineOptions {
+            EngineOptions {
+                context: self.context,
+                kv_dtype: self.kv_dtype.as_deref().map(|d| match d {
+                    "f32" => DType::F32,
+                    _ => DType::F16,
+                }),
+                full_window_cache: self.full_window_cache,
+            }
+        }
+
         /// The reply's format from `--json-schema`, `--json-object`, `--grammar` or `--regex`.
         fn response_format(&self) -> pocketlm::Result<Option<ResponseFormat>> {
             let read = |path: &std::path::Path| {
@@ -634,21 +655,17 @@ mod cli {
     async fn open_engine(
         dev: &Dev,
         model: &str,
-        context: Option<usize>,
+        options: &EngineOptions,
     ) -> pocketlm::Result<Engine> {
-        let options = EngineOptions {
-            context,
-            ..Default::default()
-        };
         let (spec, start, engine) = match dev {
             Dev::Gpu(ctx) => {
                 let ctx: &GpuContext = ctx;
                 let (spec, start, loaded) = load_with_progress(ctx, model).await?;
-                (spec, start, Engine::new(ctx, loaded?, &options).await?)
+                (spec, start, Engine::new(ctx, loaded?, options).await?)
             }
             Dev::Cpu(cpu) => {
                 let (spec, start, loaded) = load_with_progress(cpu, model).await?;
-                (spec, start, Engine::new_cpu(cpu, loaded?, &options)?)
+                (spec, start, Engine::new_cpu(cpu, loaded?, options)?)
             }
         };
         let (weights, kv) = engine.gpu_bytes();
@@ -738,7 +755,7 @@ mod cli {
             eprintln!("error: --tools needs --chat (the model's chat template takes them)");
             return Ok(ExitCode::FAILURE);
         }
-        let mut engine = open_engine(dev, model, gen.context).await?;
+        let mut engine = open_engine(dev, model, &gen.engine_options()).await?;
         let mut options = gen.options(engine.sampling_defaults())?;
         options.sampling.validate()?;
         let ids = if chat {
@@ -802,7 +819,7 @@ mod cli {
         gen.options(&SamplingDefaults::default())?
             .sampling
             .validate()?;
-        let mut engine = open_engine(dev, model, gen.context).await?;
+        let mut engine = open_engine(dev, model, &gen.engine_options()).await?;
         let options = gen.options(engine.sampling_defaults())?;
         options.sampling.validate()?;
         let opening: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
@@ -977,7 +994,15 @@ mod cli {
                 return bench_cpu(dev, cpu, model, (prompt_tokens, gen_tokens, context)).await
             }
         };
-        let mut engine = open_engine(dev, model, context).await?;
+        let mut engine = open_engine(
+            dev,
+            model,
+            &EngineOptions {
+                context,
+                ..Default::default()
+            },
+        )
+        .await?;
         let options = greedy_run(gen_tokens);
         // Warm-up: every pipeline compiled and every graph run once.
         let warm = bench_prompt(&engine, 20)?;
@@ -1094,7 +1119,15 @@ mod cli {
         model: &str,
         (prompt_tokens, gen_tokens, context): (usize, usize, Option<usize>),
     ) -> pocketlm::Result<ExitCode> {
-        let mut engine = open_engine(dev, model, context).await?;
+        let mut engine = open_engine(
+            dev,
+            model,
+            &EngineOptions {
+                context,
+                ..Default::default()
+            },
+        )
+        .await?;
         let options = greedy_run(gen_tokens);
         let prompt = bench_prompt(&engine, prompt_tokens)?;
         let one = CpuContext::new(Some(1));
