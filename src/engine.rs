@@ -9,9 +9,12 @@
 //! **What is read back.** Sampling runs on the GPU ([`SamplingPlan`]): penalties are applied to
 //! the logits there, greedy is an argmax and plain temperature sampling a Gumbel-max draw (8
 //! bytes read back), truncation (top-k, top-p, min-p) reads the best [`CANDIDATES`] logits and
-//! the row's softmax statistics (520 bytes) and finishes the draw on the CPU. The whole row is
-//! read only for a top-k above the candidates or a top-p / min-p set that reaches past them
-//! (counted in [`Generation::full_row_reads`]).
+//! the row's softmax statistics (520 bytes) and finishes the draw on the CPU. A top-p / min-p
+//! set that reaches past the candidates is drawn from on the GPU ([`crate::kernels::Nucleus`]: a radix
+//! select by softmax mass and a Gumbel-max draw, 8 more bytes; counted in
+//! [`Generation::nucleus_draws`]). The whole row is read only for a top-k above the candidates
+//! (counted in [`Generation::full_row_reads`]), and for log probabilities of a token outside
+//! the candidates.
 //!
 //! **Host and GPU overlapped.** With a greedy or plain temperature pick and penalties off, the
 //! next step's input needs nothing from the host: each decode step copies its picked id into the
@@ -166,8 +169,11 @@ pub struct Generation {
     /// Time of the remaining tokens, milliseconds.
     pub decode_ms: f64,
     /// Tokens whose draw read the whole row of logits back: a top-k above the GPU's
-    /// [`CANDIDATES`], or a top-p / min-p set that reached past them.
+    /// [`CANDIDATES`] (or, on the CPU backend, a top-p / min-p set that reached past them).
     pub full_row_reads: usize,
+    /// Tokens drawn from a top-p / min-p set that reached past the candidates, on the GPU
+    /// ([`crate::kernels::Nucleus`]).
+    pub nucleus_draws: usize,
     /// With a response format: the host time of its token masks (computed while the GPU runs
     /// each step's forward pass).
     pub masks: Option<MaskStats>,
@@ -668,6 +674,7 @@ impl Engine {
             None => None,
         };
         let mut full_row_reads = 0;
+        let mut nucleus_draws = 0;
 
         let start = now_ms();
         // Reuse the cached prefix; at least the last prompt token is run again, for its logits.
@@ -710,6 +717,7 @@ impl Engine {
                 token = pick.token;
                 token_lp = pick.logprobs;
                 full_row_reads += usize::from(pick.full_row);
+                nucleus_draws += usize::from(pick.nucleus);
             } else {
                 self.run_step(device, chunk, pos, Readout::Nothing, None)
                     .await?;
@@ -831,6 +839,7 @@ impl Engine {
                     )
                     .await?;
                 full_row_reads += usize::from(pick.full_row);
+                nucleus_draws += usize::from(pick.nucleus);
                 token_lp = pick.logprobs;
                 pick.token
             };
@@ -854,6 +863,7 @@ impl Engine {
             prefill_ms: first - start,
             decode_ms: now_ms() - first,
             full_row_reads,
+            nucleus_draws,
             masks: constraint.map(|c| c.stats),
             logprobs,
         })
@@ -889,6 +899,7 @@ impl Engine {
             .await?;
         let vocab = self.config().vocab;
         // The token, and what its log probabilities can come from.
+        let mut nucleus = false;
         let (token, mut row, seen) = match out {
             StepOutput::Token(t) => (sampler.accept_picked(t), None, None),
             StepOutput::TokenAndCandidates {
@@ -903,10 +914,16 @@ impl Engine {
             StepOutput::Candidates { candidates, stats } => {
                 match sampler.sample_gpu_candidates(&candidates, stats, vocab)? {
                     Some(t) => (t, None, Some((candidates, stats))),
-                    None => {
-                        let row = self.read_logits(device, g, tokens.len()).await?;
-                        (sampler.sample_penalized_logits(&row)?, Some(row), None)
-                    }
+                    None => match self.nucleus_pick(device, g, tokens.len(), sampler).await? {
+                        Some(t) => {
+                            nucleus = true;
+                            (t, None, Some((candidates, stats)))
+                        }
+                        None => {
+                            let row = self.read_logits(device, g, tokens.len()).await?;
+                            (sampler.sample_penalized_logits(&row)?, Some(row), None)
+                        }
+                    },
                 }
             }
             StepOutput::Logits(row) => (sampler.sample_penalized_logits(&row)?, Some(row), None),
@@ -935,6 +952,7 @@ impl Engine {
         Ok(Pick {
             token,
             full_row: row.is_some(),
+            nucleus,
             logprobs,
         })
     }
@@ -1034,6 +1052,30 @@ impl Engine {
         }
     }
 
+    /// On WebGPU, draws the last step's token (of `n` tokens, on graph `g`) from the top-p /
+    /// min-p nucleus of its row on the GPU, for a draw its candidates did not decide: one
+    /// number of the seeded generator keys a Gumbel-max draw among the tokens kept (as the
+    /// CPU's draw from the row takes one). `None` on the CPU backend, whose row is at hand.
+    async fn nucleus_pick(
+        &mut self,
+        device: Device<'_>,
+        g: usize,
+        n: usize,
+        sampler: &mut Sampler,
+    ) -> Result<Option<u32>> {
+        match (&mut self.backend, device) {
+            (Backend::Gpu { model, graphs }, Device::Gpu(ctx)) => {
+                let (top_p, min_p) = (sampler.params().top_p, sampler.params().min_p);
+                let draw = sampler.gpu_draw(SamplingPlan::Gumbel);
+                let token = model
+                    .nucleus_pick(ctx, &mut graphs[g], n, draw, top_p, min_p)
+                    .await?;
+                Ok(Some(sampler.accept_picked(token)))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// The row of logits the last step (of `n` tokens, on graph `g`) picked from.
     async fn read_logits(&self, device: Device<'_>, g: usize, n: usize) -> Result<Vec<f32>> {
         match (&self.backend, device) {
@@ -1073,6 +1115,8 @@ struct Pick {
     token: u32,
     /// Whether the whole row of logits was read back.
     full_row: bool,
+    /// Whether the token was drawn from the nucleus on the GPU.
+    nucleus: bool,
     logprobs: Option<TokenLogprobs>,
 }
 

@@ -925,7 +925,7 @@ impl Model {
     ///
     /// Resolves to `{text, tokens, finishReason ("stop" | "length" | "abort"), promptTokens,
     /// cachedTokens (prompt tokens reused from the previous generation's KV cache),
-    /// completionTokens, prefillMs, decodeMs, fullRowReads, masks}` (`masks`: `{count, meanMs,
+    /// completionTokens, prefillMs, decodeMs, fullRowReads, nucleusDraws, masks}` (`masks`: `{count, meanMs,
     /// maxMs}`, the host time of a response format's token masks, when the request had one). One generation runs at a time: a second call
     /// while one runs rejects with code `invalid_request` (the npm package queues requests).
     pub fn generate(&self, request: JsValue, on_token: Option<js_sys::Function>) -> Promise {
@@ -1335,6 +1335,7 @@ async fn run_generation(
     set("prefillMs", g.prefill_ms.into());
     set("decodeMs", g.decode_ms.into());
     set("fullRowReads", (g.full_row_reads as f64).into());
+    set("nucleusDraws", (g.nucleus_draws as f64).into());
     if !g.logprobs.is_empty() {
         let tokenizer = engine.tokenizer();
         let list: js_sys::Array = g

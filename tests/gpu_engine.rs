@@ -211,12 +211,28 @@ fn seeded_sampling_repeats_in_every_plan_and_counts_full_row_reads() {
             _ => assert_eq!(a.full_row_reads, 0, "{params:?}"),
         }
     }
-    // A min-p so small that the kept set reaches past the 64 candidates of 128: the whole row.
-    let wide = sample(SamplingParams {
-        min_p: 1e-6,
-        ..base
-    });
-    assert_eq!(wide.full_row_reads, 10);
+    // A min-p so small, or a top-p so large, that the kept set reaches past the 64 candidates
+    // of 128: drawn from the nucleus on the GPU, no row read back; the same seed gives the same
+    // tokens.
+    for wide in [
+        SamplingParams {
+            min_p: 1e-6,
+            ..base.clone()
+        },
+        SamplingParams {
+            top_p: 0.999,
+            ..base.clone()
+        },
+    ] {
+        let a = sample(wide.clone());
+        assert_eq!((a.full_row_reads, a.nucleus_draws), (0, 10), "{wide:?}");
+        assert_eq!(a.tokens, sample(wide.clone()).tokens, "{wide:?}");
+        let other = sample(SamplingParams {
+            seed: Some(8),
+            ..wide.clone()
+        });
+        assert_ne!(a.tokens, other.tokens, "{wide:?}: another seed");
+    }
 }
 
 /// One step of the tiny model over `seq` with the sampler's view of the GPU (`Readout::Sample`)

@@ -1235,9 +1235,10 @@ mod cli {
             let base = *base.get_or_insert(speed);
             println!(
                 "  {name:<28} {speed:>7.2} tokens/s {:>6.2}x {bytes:>9.0} bytes read per token \
-                 ({} whole rows)",
+                 ({} whole rows, {} nucleus draws)",
                 speed / base,
-                g.full_row_reads
+                g.full_row_reads,
+                g.nucleus_draws
             );
         }
         Ok(())

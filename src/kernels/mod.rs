@@ -28,8 +28,9 @@ pub use rope::{
     rope_table_data, Llama3Scaling, RopeConfig, RopeLayout, RopeTable,
 };
 pub use sample::{
-    argmax, bias_logits, gumbel_argmax, logit_stats, mask_logits, mask_words, penalize, topk,
-    topk_output, topk_shape, Draw, DrawState, LogitStats, TopK, MASKED_LOGIT, TOPK_MAX,
+    argmax, bias_logits, gumbel_argmax, logit_stats, mask_logits, mask_words, nucleus, penalize,
+    topk, topk_output, topk_shape, Draw, DrawState, LogitStats, Nucleus, TopK, MASKED_LOGIT,
+    TOPK_MAX,
 };
 
 use wgpu::util::DeviceExt;

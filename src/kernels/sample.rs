@@ -655,6 +655,191 @@ pub async fn logit_stats(ctx: &GpuContext, logits: &GpuTensor) -> Result<LogitSt
     })
 }
 
+const NUCLEUS_SRC: &str = include_str!("../../shaders/nucleus.wgsl");
+
+crate::uniform! {
+    struct NucleusParams {
+        /// The byte of the key this dispatch chooses (0: the most significant).
+        level: u32,
+        /// Workgroups over the row (`hist`).
+        parts: u32,
+        /// Elements per workgroup (`hist`).
+        span: u32,
+        vocab: u32,
+    }
+}
+
+/// Elements one `hist` workgroup sums into its histogram.
+const NUCLEUS_SPAN: usize = 4096;
+/// Bins per histogram: one byte of the key.
+const NUCLEUS_BINS: usize = 256;
+const ROW_STATS: Slot = Slot::read("stats", "vec2<f32>");
+const STATE_IN: Slot = Slot::read("state_in", "u32");
+const STATE: Slot = Slot::read_write("state", "u32");
+const PART_HIST: Slot = Slot::read_write("part_hist", "f32");
+const HIST_IN: Slot = Slot::read("hist_in", "f32");
+const CUT: Slot = Slot::read_write("out", "u32");
+
+/// A draw from the nucleus of one row of logits on the GPU (shaders/nucleus.wgsl): the tokens
+/// top-p and min-p keep, found by a radix select by softmax mass instead of a sort, then a
+/// Gumbel-max draw among them at the draw's temperature. Reads back one (value, index) pair:
+/// the whole-row readback of a nucleus larger than the candidates, without it. Built once per
+/// graph, recorded when the candidates do not decide a draw.
+#[derive(Debug)]
+pub struct Nucleus {
+    /// Four (histogram, pick) pairs of the radix select.
+    select: Vec<Dispatch>,
+    cut: Dispatch,
+    draw: TopK,
+    state: GpuTensor,
+    _parts: GpuTensor,
+    row: GpuTensor,
+}
+
+impl Nucleus {
+    /// Records the draw from row `row` of the logits, whose [`LogitStats`] the step computed,
+    /// keeping what top-p (`top_p` < 1) and min-p (`min_p` > 0) keep of it: exactly what
+    /// [`crate::sample::Sampler`] keeps of the sorted row (up to the rounding of the GPU's f32
+    /// sums at top-p's boundary), and every token tied with the last one kept. The key and the
+    /// temperature are the [`DrawState`]'s when the work runs. Pass the slot to
+    /// [`Nucleus::read`].
+    pub fn record(
+        &self,
+        ctx: &GpuContext,
+        rec: &mut Recorder<'_>,
+        row: usize,
+        top_p: f32,
+        min_p: f32,
+    ) -> Result<ReadSlot> {
+        let row = dim("nucleus", "row", row)? as i32;
+        let words = [row, top_p.to_bits() as i32, min_p.to_bits() as i32, 0, 0, 0];
+        ctx.write_i32(&self.state, &words)?;
+        if top_p < 1.0 {
+            rec.dispatch_all(&self.select);
+        }
+        rec.dispatch(&self.cut);
+        Ok(self.draw.record(rec))
+    }
+
+    /// The row the draw is made from (`[1, vocab]` f32): the logits the nucleus keeps, −inf
+    /// elsewhere.
+    pub fn row(&self) -> &GpuTensor {
+        &self.row
+    }
+
+    /// The token drawn.
+    pub fn read(&self, readback: &Readback, slot: ReadSlot) -> Result<u32> {
+        Ok(self.draw.read(readback, slot)?[0][0].0)
+    }
+}
+
+/// The dispatches of a [`Nucleus`] draw over rows of `logits` (f32 `[rows, vocab]`) whose
+/// statistics `stats` computes, with `draw`'s key and temperature.
+pub async fn nucleus(
+    ctx: &GpuContext,
+    logits: &GpuTensor,
+    stats: &LogitStats,
+    draw: &DrawState,
+) -> Result<Nucleus> {
+    const NAME: &str = "nucleus";
+    const KERNEL: Kernel = Kernel::new(
+        NAME,
+        NUCLEUS_SRC,
+        "hist",
+        Interface::new::<NucleusParams>(&[
+            LOGIT_BITS, ROW_STATS, STATE_IN, PART_HIST, HIST_IN, STATE, CUT,
+        ]),
+    );
+    expect_dtype(NAME, logits, &[DType::F32], "f32 logits")?;
+    let vocab = logits.cols();
+    if vocab == 0 {
+        return Err(mismatch(
+            NAME,
+            format!("logits '{}' have empty rows", logits.name()),
+        ));
+    }
+    let parts = vocab.div_ceil(NUCLEUS_SPAN);
+    let part_hist = ctx.zeros(
+        &format!("{}.nucleus_hist", logits.name()),
+        &[parts * NUCLEUS_BINS],
+        DType::F32,
+    )?;
+    let state = ctx.zeros(
+        &format!("{}.nucleus_state", logits.name()),
+        &[8],
+        DType::I32,
+    )?;
+    let row = ctx.zeros(
+        &format!("{}.nucleus_row", logits.name()),
+        &[1, vocab],
+        DType::F32,
+    )?;
+    let spec = Specialization::default().with("WG", NUCLEUS_BINS as u32);
+    let params = |level: u32| -> Result<NucleusParams> {
+        Ok(NucleusParams {
+            level,
+            parts: dim(NAME, "parts", parts)?,
+            span: NUCLEUS_SPAN as u32,
+            vocab: dim(NAME, "vocabulary", vocab)?,
+        })
+    };
+    let stats_bind = (ROW_STATS, &stats.out.buffer);
+    let mut select = Vec::with_capacity(8);
+    for level in 0..4 {
+        select.push(
+            build(
+                ctx,
+                &KERNEL,
+                &spec,
+                &params(level)?,
+                &[
+                    (LOGIT_BITS, &logits.buffer),
+                    stats_bind,
+                    (STATE_IN, &state.buffer),
+                    (PART_HIST, &part_hist.buffer),
+                ],
+                grid(ctx, NAME, parts as u64)?,
+            )
+            .await?,
+        );
+        select.push(
+            build(
+                ctx,
+                &KERNEL.entry(NAME, "pick"),
+                &spec,
+                &params(level)?,
+                &[(HIST_IN, &part_hist.buffer), (STATE, &state.buffer)],
+                grid(ctx, NAME, 1)?,
+            )
+            .await?,
+        );
+    }
+    let cut = build(
+        ctx,
+        &KERNEL.entry(NAME, "cut"),
+        &spec,
+        &params(0)?,
+        &[
+            (LOGIT_BITS, &logits.buffer),
+            stats_bind,
+            (STATE_IN, &state.buffer),
+            (CUT, &row.buffer),
+        ],
+        grid(ctx, NAME, (vocab as u64).div_ceil(NUCLEUS_BINS as u64))?,
+    )
+    .await?;
+    let out = topk_output(ctx, &format!("{}.nucleus_drawn", logits.name()), &row, 1)?;
+    let draw = gumbel_argmax(ctx, &row, draw, &out).await?;
+    Ok(Nucleus {
+        select,
+        cut,
+        draw,
+        state,
+        _parts: part_hist,
+        row,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

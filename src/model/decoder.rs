@@ -36,8 +36,8 @@ use std::collections::HashMap;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, PendingReadback, ReadSlot, Recorder};
 use crate::kernels::{
-    self, AttentionOptions, AttentionScratch, Draw, DrawState, KvCache, Linear, LogitStats, RopeKv,
-    RopeTable, StepState, TopK,
+    self, AttentionOptions, AttentionScratch, Draw, DrawState, KvCache, Linear, LogitStats,
+    Nucleus, RopeKv, RopeTable, StepState, TopK,
 };
 use crate::model::config::{LayerRope, LayerSpec, RopeScaling};
 use crate::model::weights::DecoderWeights;
@@ -288,6 +288,9 @@ pub struct Graph {
     /// Greedy and Gumbel-max picks of every row.
     argmax: TopK,
     gumbel: TopK,
+    /// The draw from a row's top-p / min-p nucleus when the candidates do not hold it, built
+    /// on first use ([`Decoder::nucleus_pick`]).
+    nucleus: Option<Nucleus>,
     /// The step's draw and penalty parameters, and the penalty list (capacity: the positions).
     draw: DrawState,
     pens: GpuTensor,
@@ -870,6 +873,7 @@ impl Decoder {
             stats,
             argmax,
             gumbel,
+            nucleus: None,
             draw,
             pens,
             penalize,
@@ -1148,6 +1152,32 @@ impl Decoder {
         ctx.write_i32(&graph.biases, &words)?;
         rec.dispatch(&graph.bias);
         Ok(())
+    }
+
+    /// Draws the last step's token (of `n`, on `graph`) from the top-p / min-p nucleus of its
+    /// row on the GPU, at `draw`'s temperature and key ([`kernels::Nucleus`]): a draw the
+    /// step's candidates did not decide, without reading the row back (8 bytes).
+    pub async fn nucleus_pick(
+        &self,
+        ctx: &GpuContext,
+        graph: &mut Graph,
+        n: usize,
+        mut draw: Draw,
+        top_p: f32,
+        min_p: f32,
+    ) -> Result<u32> {
+        if graph.nucleus.is_none() {
+            let built = kernels::nucleus(ctx, &graph.logits, &graph.stats, &graph.draw).await?;
+            graph.nucleus = Some(built);
+        }
+        let nucleus = graph.nucleus.as_ref().expect("built above");
+        let row = graph.last_row(n);
+        draw.row = row as u32;
+        graph.draw.set(ctx, &draw);
+        let mut rec = ctx.recorder();
+        let slot = nucleus.record(ctx, &mut rec, row, top_p, min_p)?;
+        let readback = rec.submit_and_read().await?;
+        nucleus.read(&readback, slot)
     }
 
     /// The last step's row of logits for its `n`-th token (1-based: the step's length), as the

@@ -378,6 +378,20 @@ pub mod check {
             vocab: usize,
             temperature: f32,
         },
+        /// The nucleus of row 1 of two rows of `vocab` logits uniform in [−spread, spread)
+        /// (rounded to eight levels with `ties`) under top-p and min-p: the tokens the GPU
+        /// keeps must be the sorted row's (up to f32 rounding at top-p's boundary), and `draws`
+        /// draws at `temperature` must each be a kept token and, together, follow the kept
+        /// tokens' softmax.
+        Nucleus {
+            vocab: usize,
+            spread: f32,
+            ties: bool,
+            top_p: f32,
+            min_p: f32,
+            temperature: f32,
+            draws: usize,
+        },
     }
 
     impl fmt::Display for OpCase {
@@ -439,6 +453,20 @@ pub mod check {
                 } => write!(
                     f,
                     "{draws} Gumbel draws from {vocab} logits at temperature {temperature}"
+                ),
+                OpCase::Nucleus {
+                    vocab,
+                    spread,
+                    ties,
+                    top_p,
+                    min_p,
+                    temperature,
+                    draws,
+                } => write!(
+                    f,
+                    "{draws} draws at temperature {temperature} from the top-p {top_p} / min-p \
+                     {min_p} nucleus of {vocab} logits in ±{spread}{}",
+                    if ties { " with ties" } else { "" }
                 ),
             }
         }
@@ -822,7 +850,177 @@ pub mod check {
                 vocab,
                 temperature,
             } => run_gumbel(ctx, case, &mut rng, draws, vocab, temperature).await,
+            OpCase::Nucleus { .. } => run_nucleus(ctx, case, &mut rng).await,
         }
+    }
+
+    /// The tokens of `row` that top-p and min-p keep, as [`crate::sample::Sampler`] keeps
+    /// them (f64, the sorted row's prefix), with the last kept token's ties; and, when the
+    /// top-p boundary is within f32 rounding of another token, that token too (either side is
+    /// right).
+    fn nucleus_reference(row: &[f32], top_p: f32, min_p: f32) -> (Vec<bool>, Option<usize>) {
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        let max = f64::from(row[order[0]]);
+        let w: Vec<f64> = order
+            .iter()
+            .map(|&i| (f64::from(row[i]) - max).exp())
+            .collect();
+        let total: f64 = w.iter().sum();
+        let mut keep = row.len();
+        let mut either = None;
+        if top_p < 1.0 {
+            let target = f64::from(top_p) * total;
+            let mut cum = 0.0;
+            for (i, wi) in w.iter().enumerate() {
+                cum += wi;
+                if cum >= target {
+                    keep = i + 1;
+                    // Within f32 rounding of the target: the next token may be kept too, or
+                    // this one may not be needed.
+                    if (cum - target).abs() < 1e-5 * total
+                        || (cum - wi - target).abs() < 1e-5 * total
+                    {
+                        either = Some(if (cum - target).abs() < 1e-5 * total {
+                            order.get(i + 1).copied().unwrap_or(order[i])
+                        } else {
+                            order[i]
+                        });
+                    }
+                    break;
+                }
+            }
+        }
+        if min_p > 0.0 {
+            let cut = w
+                .iter()
+                .position(|&wi| wi < f64::from(min_p))
+                .unwrap_or(row.len());
+            keep = keep.min(cut);
+        }
+        let mut kept = vec![false; row.len()];
+        let last = row[order[keep - 1]];
+        for (i, &o) in order.iter().enumerate() {
+            if i < keep || row[o] == last {
+                kept[o] = true;
+            }
+        }
+        (kept, either)
+    }
+
+    async fn run_nucleus(ctx: &GpuContext, case: OpCase, rng: &mut Rng) -> Result<OpOutcome> {
+        let OpCase::Nucleus {
+            vocab,
+            spread,
+            ties,
+            top_p,
+            min_p,
+            temperature,
+            draws,
+        } = case
+        else {
+            unreachable!("run_nucleus takes a nucleus case");
+        };
+        let mut x = rng.vec(2 * vocab, -spread, spread);
+        if ties {
+            for v in &mut x {
+                *v = (*v * 4.0 / spread).round() * spread / 4.0;
+            }
+        }
+        let row = &x[vocab..];
+        let xt = ctx.upload_f32("logits", &[2, vocab], &x)?;
+        let stats = kernels::logit_stats(ctx, &xt).await?;
+        let state = kernels::DrawState::new(ctx);
+        let nucleus = kernels::nucleus(ctx, &xt, &stats, &state).await?;
+        let (kept, either) = nucleus_reference(row, top_p, min_p);
+        let mut worst = 0.0f64;
+        let mut detail = None;
+        let mut counts = vec![0usize; vocab];
+        for d in 0..draws {
+            let key = rng.next_u64();
+            let draw = kernels::Draw {
+                key_lo: key as u32,
+                key_hi: (key >> 32) as u32,
+                inv_temp: 1.0 / temperature,
+                ..Default::default()
+            };
+            state.set(ctx, &draw);
+            let mut rec = ctx.recorder();
+            rec.dispatch_all(stats.dispatches());
+            let slot = nucleus.record(ctx, &mut rec, 1, top_p, min_p)?;
+            let cut = (d == 0).then(|| rec.read(nucleus.row()));
+            let readback = rec.submit_and_read().await?;
+            let t = nucleus.read(&readback, slot)? as usize;
+            if let Some(cut) = cut {
+                let got: Vec<bool> = readback.f32(cut)?.iter().map(|v| *v > f32::MIN).collect();
+                let wrong: Vec<usize> = (0..vocab)
+                    .filter(|&i| got[i] != kept[i] && Some(i) != either)
+                    .collect();
+                if !wrong.is_empty() {
+                    worst = f64::INFINITY;
+                    detail = Some(format!(
+                        "{} tokens kept where the sorted row keeps {} (differing: {:?})",
+                        got.iter().filter(|&&k| k).count(),
+                        kept.iter().filter(|&&k| k).count(),
+                        &wrong[..wrong.len().min(8)]
+                    ));
+                }
+            }
+            if t >= vocab || !(kept[t] || Some(t) == either) {
+                worst = f64::INFINITY;
+                detail = Some(format!(
+                    "draw {d}: token {t}, which the nucleus does not hold"
+                ));
+            }
+            counts[t.min(vocab - 1)] += 1;
+        }
+        // Pearson's χ² of the counts against the kept tokens' softmax at the temperature, over
+        // the tokens expected at least 5 times (the rest pooled).
+        if draws > 0 {
+            let m = f64::from(row.iter().copied().fold(f32::MIN, f32::max));
+            let w: Vec<f64> = (0..vocab)
+                .map(|i| {
+                    if kept[i] {
+                        ((f64::from(row[i]) - m) / f64::from(temperature)).exp()
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let z: f64 = w.iter().sum();
+            let (mut chi2, mut cells) = (0.0, 0usize);
+            let (mut pool_e, mut pool_c) = (0.0, 0usize);
+            for i in 0..vocab {
+                let e = draws as f64 * w[i] / z;
+                if e >= 5.0 {
+                    chi2 += (counts[i] as f64 - e).powi(2) / e;
+                    cells += 1;
+                } else {
+                    pool_e += e;
+                    pool_c += counts[i];
+                }
+            }
+            if pool_e > 0.0 {
+                chi2 += (pool_c as f64 - pool_e).powi(2) / pool_e.max(1e-9);
+                cells += 1;
+            }
+            let df = (cells.max(2) - 1) as f64;
+            let limit = df * (1.0 - 2.0 / (9.0 * df) + 4.75 * (2.0 / (9.0 * df)).sqrt()).powi(3);
+            if chi2 / limit > worst {
+                worst = chi2 / limit;
+                detail = Some(format!(
+                    "χ² {chi2:.1} over {df} degrees of freedom (limit {limit:.1})"
+                ));
+            }
+        }
+        Ok(OpOutcome {
+            case,
+            values: draws,
+            max_abs_err: 0.0,
+            worst_ratio: worst,
+            detail,
+            dispatches: 10,
+        })
     }
 
     async fn run_gumbel(

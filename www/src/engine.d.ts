@@ -23,8 +23,11 @@ export interface Generation {
   prefillMs: number;
   decodeMs: number;
   /** Tokens whose draw read the whole row of logits back (a top-k above the GPU's 64
-   * candidates, or a top-p / min-p set reaching past them); every other draw runs on the GPU. */
+   * candidates; on the CPU backend also a top-p / min-p set reaching past them); every other
+   * draw runs on the GPU. */
   fullRowReads: number;
+  /** Tokens drawn on the GPU from a top-p / min-p set reaching past the 64 candidates. */
+  nucleusDraws: number;
   /** With a response format: the host time of its token masks (computed while the GPU runs). */
   masks?: { count: number; meanMs: number; maxMs: number };
   /** With `logprobs`: each token's, with `top` alternatives. */

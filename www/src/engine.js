@@ -312,6 +312,7 @@ const abortedResult = () => ({
   prefillMs: 0,
   decodeMs: 0,
   fullRowReads: 0,
+  nucleusDraws: 0,
 });
 
 /** One model on one GPU device. */

@@ -163,6 +163,7 @@ function timingsOf(r) {
     decode_ms: r.decodeMs,
     cached_tokens: r.cachedTokens,
     full_row_reads: r.fullRowReads,
+    nucleus_draws: r.nucleusDraws ?? 0,
     grammar_masks: r.masks ? { count: r.masks.count, mean_ms: r.masks.meanMs, max_ms: r.masks.maxMs } : null,
     tool_call_error: r.toolCallError ?? null,
     tokens_per_second: r.decodeMs > 0 && r.completionTokens > 1 ? ((r.completionTokens - 1) * 1000) / r.decodeMs : null,

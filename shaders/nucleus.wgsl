@@ -1,0 +1,158 @@
+// The nucleus of one row of logits, found on the GPU without sorting it: the tokens that top-p
+// (the fewest best tokens whose softmax mass reaches top_p · Z) and min-p (exp(x − M) ≥ min_p)
+// keep, as src/sample.rs's `kept` defines them, for a draw among them (a Gumbel argmax of the
+// row `cut` writes, every other token −inf). Top-p's boundary is the largest order key κ with
+// Σ_{key ≥ κ} exp(x − M) ≥ top_p · Z, found a byte of the key at a time, most significant
+// first (a radix select by mass): `hist` sums the mass of the elements whose key matches the
+// bytes chosen so far into 256 bins by the next byte, one histogram per workgroup; `pick`
+// (one workgroup) adds the workgroups' histograms and takes the bin where the mass of the
+// larger keys reaches the target. After four passes κ is a logit's exact key; its ties are all
+// kept. Sums run in a fixed order, so a row gives the same κ on every run.
+// state (u32 words, the host writes the first four): [0] the row, [1] top_p (f32 bits; 1 = off),
+// [2] min_p (f32 bits; 0 = off), [3] 0 (the key bytes chosen so far), [4] the mass of the keys
+// above them, [5] the target mass.
+// Prelude: WG (256: one bin per invocation), and the bindings of `nucleus`
+// (src/kernels/sample.rs); p.level (0..4), p.parts, p.span, p.vocab.
+
+const NEG_INF: u32 = 0xff800000u;
+
+// Larger key = larger value; NaN as −inf, −0 as +0 (shaders/topk.wgsl's order).
+fn key_of(bits: u32) -> u32 {
+    var b = select(bits, NEG_INF, (bits & 0x7fffffffu) > 0x7f800000u);
+    if (b == 0x80000000u) {
+        b = 0u;
+    }
+    return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
+}
+
+// exp(x − M) of an element with `bits`: 0 for −inf and NaN.
+fn mass(bits: u32, m: f32) -> f32 {
+    if ((bits & 0x7fffffffu) >= 0x7f800000u && bits != 0x7f800000u) {
+        return 0.0;
+    }
+    return exp(bitcast<f32>(bits) - m);
+}
+
+var<workgroup> sd: array<u32, WG>;
+var<workgroup> sw: array<f32, WG>;
+var<workgroup> tot: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn hist(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let g = linear_workgroup(wid, nwg);
+    let row = state_in[0];
+    let m = stats[row].x;
+    let shift = 24u - 8u * p.level;
+    let prefix = state_in[3];
+    let start = min(g, p.parts) * p.span;
+    let end = min(p.vocab, start + p.span);
+    var acc = 0.0;
+    for (var c = start; c < end; c += WG) {
+        let e = c + li;
+        var digit = WG;
+        var w = 0.0;
+        if (e < end) {
+            let bits = logits[row * p.vocab + e];
+            let key = key_of(bits);
+            // The bytes above this pass's must equal those chosen (none on the first pass).
+            if (p.level == 0u || (key >> (shift + 8u)) == (prefix >> (shift + 8u))) {
+                digit = (key >> shift) & 0xFFu;
+                w = mass(bits, m);
+            }
+        }
+        sd[li] = digit;
+        sw[li] = w;
+        workgroupBarrier();
+        for (var j = 0u; j < WG; j++) {
+            if (sd[j] == li) {
+                acc += sw[j];
+            }
+        }
+        workgroupBarrier();
+    }
+    if (g < p.parts) {
+        part_hist[g * WG + li] = acc;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn pick(@builtin(local_invocation_index) li: u32) {
+    var acc = 0.0;
+    for (var g = 0u; g < p.parts; g++) {
+        acc += hist_in[g * WG + li];
+    }
+    tot[li] = acc;
+    workgroupBarrier();
+    if (li != 0u) {
+        return;
+    }
+    let shift = 24u - 8u * p.level;
+    var above = bitcast<f32>(state[4]);
+    var goal = bitcast<f32>(state[5]);
+    if (p.level == 0u) {
+        var z = 0.0;
+        for (var b = 0u; b < WG; b++) {
+            z += tot[WG - 1u - b];
+        }
+        above = 0.0;
+        goal = bitcast<f32>(state[1]) * z;
+        state[3] = 0u;
+    }
+    // The largest bin whose mass with the larger keys' reaches the target; failing that (the
+    // rounding of the sums), the smallest bin holding anything, so the whole prefix is kept.
+    var chosen = 0u;
+    var chosen_above = above;
+    var found = false;
+    var lowest = 0u;
+    var lowest_above = above;
+    var cum = above;
+    for (var i = 0u; i < WG; i++) {
+        let b = WG - 1u - i;
+        let before = cum;
+        cum += tot[b];
+        if (tot[b] > 0.0) {
+            lowest = b;
+            lowest_above = before;
+        }
+        if (!found && tot[b] > 0.0 && cum >= goal) {
+            chosen = b;
+            chosen_above = before;
+            found = true;
+        }
+    }
+    if (!found) {
+        chosen = lowest;
+        chosen_above = lowest_above;
+    }
+    state[3] = state[3] | (chosen << shift);
+    state[4] = bitcast<u32>(chosen_above);
+    state[5] = bitcast<u32>(goal);
+}
+
+// The row to draw from: element e of the logits' row where its key is at least κ (state[3]; 0
+// when top-p is off) and exp(x − M) ≥ min_p, −inf elsewhere.
+@compute @workgroup_size(WG)
+fn cut(
+    @builtin(local_invocation_index) li: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let e = linear_workgroup(wid, nwg) * WG + li;
+    if (e >= p.vocab) {
+        return;
+    }
+    let row = state_in[0];
+    let m = stats[row].x;
+    let top_p = bitcast<f32>(state_in[1]);
+    let min_p = bitcast<f32>(state_in[2]);
+    let bits = logits[row * p.vocab + e];
+    var keep = top_p >= 1.0 || key_of(bits) >= state_in[3];
+    if (min_p > 0.0) {
+        keep = keep && mass(bits, m) >= min_p;
+    }
+    out[e] = select(NEG_INF, bits, keep);
+}
