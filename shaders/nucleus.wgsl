@@ -1,18 +1,21 @@
-// The nucleus of one row of logits, found on the GPU without sorting it: the tokens that top-p
-// (the fewest best tokens whose softmax mass reaches top_p · Z) and min-p (exp(x − M) ≥ min_p)
-// keep, as src/sample.rs's `kept` defines them, for a draw among them (a Gumbel argmax of the
-// row `cut` writes, every other token −inf). Top-p's boundary is the largest order key κ with
+// The nucleus of one row of logits, found on the GPU without sorting it: the tokens that top-k
+// (the k best), then top-p (the fewest best of those whose softmax mass reaches top_p · Z, Z
+// over those) and min-p (exp(x − M) ≥ min_p) keep, as src/sample.rs's `finish` defines them,
+// for a draw among them (a Gumbel argmax of the row `cut` writes, every other token −inf).
+// Top-k's boundary is found as top-p's below, by count instead of mass (p.mode = 1): the key of
+// the k-th best, which then bounds the mass passes from below (state[7]). Top-p's boundary is the largest order key κ with
 // Σ_{key ≥ κ} exp(x − M) ≥ top_p · Z, found a byte of the key at a time, most significant
 // first (a radix select by mass): `hist` sums the mass of the elements whose key matches the
 // bytes chosen so far into 256 bins by the next byte, one histogram per workgroup; `pick`
 // (one workgroup) adds the workgroups' histograms and takes the bin where the mass of the
 // larger keys reaches the target. After four passes κ is a logit's exact key; its ties are all
 // kept. Sums run in a fixed order, so a row gives the same κ on every run.
-// state (u32 words, the host writes the first four): [0] the row, [1] top_p (f32 bits; 1 = off),
+// state (u32 words, the host writes them all): [0] the row, [1] top_p (f32 bits; 1 = off),
 // [2] min_p (f32 bits; 0 = off), [3] 0 (the key bytes chosen so far), [4] the mass of the keys
-// above them, [5] the target mass.
+// above them, [5] the target mass, [6] top_k (0 = off), [7] 0 (the smallest key top-k keeps).
 // Prelude: WG (256: one bin per invocation), and the bindings of `nucleus`
-// (src/kernels/sample.rs); p.level (0..4), p.parts, p.span, p.vocab.
+// (src/kernels/sample.rs); p.level (0..4), p.mode (0: mass, 1: count), p.parts, p.span,
+// p.vocab.
 
 const NEG_INF: u32 = 0xff800000u;
 
@@ -48,6 +51,7 @@ fn hist(
     let m = stats[row].x;
     let shift = 24u - 8u * p.level;
     let prefix = state_in[3];
+    let floor = select(state_in[7], 0u, p.mode == 1u);
     let start = min(g, p.parts) * p.span;
     let end = min(p.vocab, start + p.span);
     var acc = 0.0;
@@ -59,9 +63,14 @@ fn hist(
             let bits = logits[row * p.vocab + e];
             let key = key_of(bits);
             // The bytes above this pass's must equal those chosen (none on the first pass).
-            if (p.level == 0u || (key >> (shift + 8u)) == (prefix >> (shift + 8u))) {
+            let live = key >= floor && (p.level == 0u || (key >> (shift + 8u)) == (prefix >> (shift + 8u)));
+            if (live) {
                 digit = (key >> shift) & 0xFFu;
                 w = mass(bits, m);
+                if (p.mode == 1u) {
+                    // Top-k counts the tokens a draw may pick (not −inf, not NaN).
+                    w = select(0.0, 1.0, key > key_of(NEG_INF));
+                }
             }
         }
         sd[li] = digit;
@@ -99,7 +108,7 @@ fn pick(@builtin(local_invocation_index) li: u32) {
             z += tot[WG - 1u - b];
         }
         above = 0.0;
-        goal = bitcast<f32>(state[1]) * z;
+        goal = select(bitcast<f32>(state[1]) * z, f32(state[6]), p.mode == 1u);
         state[3] = 0u;
     }
     // The largest bin whose mass with the larger keys' reaches the target; failing that (the
@@ -131,10 +140,13 @@ fn pick(@builtin(local_invocation_index) li: u32) {
     state[3] = state[3] | (chosen << shift);
     state[4] = bitcast<u32>(chosen_above);
     state[5] = bitcast<u32>(goal);
+    if (p.mode == 1u && p.level == 3u) {
+        state[7] = state[3];
+    }
 }
 
-// The row to draw from: element e of the logits' row where its key is at least κ (state[3]; 0
-// when top-p is off) and exp(x − M) ≥ min_p, −inf elsewhere.
+// The row to draw from: element e of the logits' row where its key is at least top-k's (state[7];
+// 0 when top-k is off) and top-p's (state[3]) and exp(x − M) ≥ min_p, −inf elsewhere.
 @compute @workgroup_size(WG)
 fn cut(
     @builtin(local_invocation_index) li: u32,
@@ -150,7 +162,8 @@ fn cut(
     let top_p = bitcast<f32>(state_in[1]);
     let min_p = bitcast<f32>(state_in[2]);
     let bits = logits[row * p.vocab + e];
-    var keep = top_p >= 1.0 || key_of(bits) >= state_in[3];
+    let key = key_of(bits);
+    var keep = key >= state_in[7] && (top_p >= 1.0 || key >= state_in[3]);
     if (min_p > 0.0) {
         keep = keep && mass(bits, m) >= min_p;
     }

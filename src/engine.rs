@@ -9,12 +9,12 @@
 //! **What is read back.** Sampling runs on the GPU ([`SamplingPlan`]): penalties are applied to
 //! the logits there, greedy is an argmax and plain temperature sampling a Gumbel-max draw (8
 //! bytes read back), truncation (top-k, top-p, min-p) reads the best [`CANDIDATES`] logits and
-//! the row's softmax statistics (520 bytes) and finishes the draw on the CPU. A top-p / min-p
-//! set that reaches past the candidates is drawn from on the GPU ([`crate::kernels::Nucleus`]: a radix
-//! select by softmax mass and a Gumbel-max draw, 8 more bytes; counted in
-//! [`Generation::nucleus_draws`]). The whole row is read only for a top-k above the candidates
-//! (counted in [`Generation::full_row_reads`]), and for log probabilities of a token outside
-//! the candidates.
+//! the row's softmax statistics (520 bytes) and finishes the draw on the CPU. A top-k above
+//! the candidates, or a top-p / min-p set that reaches past them, is drawn from on the GPU
+//! ([`crate::kernels::Nucleus`]: radix selects by count and by softmax mass, then a Gumbel-max
+//! draw, 8 more bytes; counted in [`Generation::nucleus_draws`]). The whole row is read only
+//! for log probabilities of a token outside the candidates, and on the CPU backend (counted in
+//! [`Generation::full_row_reads`]).
 //!
 //! **Host and GPU overlapped.** With a greedy or plain temperature pick and penalties off, the
 //! next step's input needs nothing from the host: each decode step copies its picked id into the
@@ -94,6 +94,11 @@ pub struct GenerateOptions {
     /// is the same either way; off, every step waits for the previous one's token (for
     /// comparisons and benchmarks). Default: on.
     pub pipeline: bool,
+    /// Draw from a top-k above the [`CANDIDATES`] or a top-p / min-p set reaching past them
+    /// on the GPU ([`crate::kernels::Nucleus`]); off, such a draw reads the whole row back and
+    /// finishes on the CPU, as before the GPU could (for comparisons and benchmarks). Both
+    /// draw from the same distribution, not the same token for a seed. Default: on.
+    pub gpu_nucleus: bool,
     /// What the reply must be (JSON under a schema, a grammar, a regex); `None`: free text.
     pub response_format: Option<ResponseFormat>,
     /// Report each token's log probability and this many alternatives (at most
@@ -110,6 +115,7 @@ impl Default for GenerateOptions {
             stop: Vec::new(),
             ignore_eos: false,
             pipeline: true,
+            gpu_nucleus: true,
             response_format: None,
             logprobs: None,
         }
@@ -168,11 +174,12 @@ pub struct Generation {
     pub prefill_ms: f64,
     /// Time of the remaining tokens, milliseconds.
     pub decode_ms: f64,
-    /// Tokens whose draw read the whole row of logits back: a top-k above the GPU's
-    /// [`CANDIDATES`] (or, on the CPU backend, a top-p / min-p set that reached past them).
+    /// Tokens whose draw (or log probabilities) read the whole row of logits back: on WebGPU,
+    /// log probabilities of a token outside the [`CANDIDATES`]; on the CPU backend, every
+    /// draw the candidates do not decide.
     pub full_row_reads: usize,
-    /// Tokens drawn from a top-p / min-p set that reached past the candidates, on the GPU
-    /// ([`crate::kernels::Nucleus`]).
+    /// Tokens drawn on the GPU from a top-k above the candidates or a top-p / min-p set that
+    /// reached past them ([`crate::kernels::Nucleus`]).
     pub nucleus_draws: usize,
     /// With a response format: the host time of its token masks (computed while the GPU runs
     /// each step's forward pass).
@@ -711,7 +718,7 @@ impl Engine {
                         &mut sampler,
                         plan,
                         constraint.as_mut(),
-                        want_lp,
+                        (want_lp, options.gpu_nucleus),
                     )
                     .await?;
                 token = pick.token;
@@ -835,7 +842,7 @@ impl Engine {
                         &mut sampler,
                         plan,
                         constraint.as_mut(),
-                        want_lp,
+                        (want_lp, options.gpu_nucleus),
                     )
                     .await?;
                 full_row_reads += usize::from(pick.full_row);
@@ -883,10 +890,18 @@ impl Engine {
         sampler: &mut Sampler,
         plan: SamplingPlan,
         constraint: Option<&mut Constraint>,
-        logprobs: Option<usize>,
+        (logprobs, gpu_nucleus): (Option<usize>, bool),
     ) -> Result<Pick> {
         let penalties = sampler.penalty_list();
         let draw: Draw = sampler.gpu_draw(plan);
+        // A top-k above the candidates reads them and the statistics as a wide top-p does, and
+        // is drawn from the nucleus on the GPU.
+        let gpu_nucleus = gpu_nucleus && matches!(device, Device::Gpu(_));
+        let plan = if gpu_nucleus && plan == SamplingPlan::FullRow {
+            SamplingPlan::Candidates
+        } else {
+            plan
+        };
         let readout = Readout::Sample {
             plan,
             draw,
@@ -914,12 +929,13 @@ impl Engine {
             StepOutput::Candidates { candidates, stats } => {
                 match sampler.sample_gpu_candidates(&candidates, stats, vocab)? {
                     Some(t) => (t, None, Some((candidates, stats))),
-                    None => match self.nucleus_pick(device, g, tokens.len(), sampler).await? {
-                        Some(t) => {
+                    None => match gpu_nucleus {
+                        true => {
+                            let t = self.nucleus_pick(device, g, tokens.len(), sampler).await?;
                             nucleus = true;
                             (t, None, Some((candidates, stats)))
                         }
-                        None => {
+                        false => {
                             let row = self.read_logits(device, g, tokens.len()).await?;
                             (sampler.sample_penalized_logits(&row)?, Some(row), None)
                         }
@@ -1052,27 +1068,31 @@ impl Engine {
         }
     }
 
-    /// On WebGPU, draws the last step's token (of `n` tokens, on graph `g`) from the top-p /
-    /// min-p nucleus of its row on the GPU, for a draw its candidates did not decide: one
+    /// On WebGPU, draws the last step's token (of `n` tokens, on graph `g`) from what top-k,
+    /// top-p and min-p keep of its row, on the GPU, for a draw its candidates did not decide: one
     /// number of the seeded generator keys a Gumbel-max draw among the tokens kept (as the
-    /// CPU's draw from the row takes one). `None` on the CPU backend, whose row is at hand.
+    /// CPU's draw from the row takes one).
     async fn nucleus_pick(
         &mut self,
         device: Device<'_>,
         g: usize,
         n: usize,
         sampler: &mut Sampler,
-    ) -> Result<Option<u32>> {
+    ) -> Result<u32> {
         match (&mut self.backend, device) {
             (Backend::Gpu { model, graphs }, Device::Gpu(ctx)) => {
-                let (top_p, min_p) = (sampler.params().top_p, sampler.params().min_p);
+                let p = sampler.params();
+                let vocab = model.config.vocab;
+                let top_k = if p.top_k < vocab { p.top_k } else { 0 };
+                let limits = (top_k, p.top_p, p.min_p);
                 let draw = sampler.gpu_draw(SamplingPlan::Gumbel);
                 let token = model
-                    .nucleus_pick(ctx, &mut graphs[g], n, draw, top_p, min_p)
+                    .nucleus_pick(ctx, &mut graphs[g], n, draw, limits)
                     .await?;
-                Ok(Some(sampler.accept_picked(token)))
+                Ok(sampler.accept_picked(token))
             }
-            _ => Ok(None),
+            (Backend::Gpu { .. }, _) => Err(wrong_device("WebGPU")),
+            (Backend::Cpu(_), _) => Err(wrong_device("CPU")),
         }
     }
 

@@ -287,6 +287,7 @@ pub fn parse_request(request: &Value) -> Result<(GenerateOptions, Prompt)> {
         stop,
         ignore_eos: false,
         pipeline: true,
+        gpu_nucleus: true,
         response_format: parse_response_format(request)?,
         logprobs: parse_logprobs(request)?,
     };

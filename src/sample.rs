@@ -159,8 +159,8 @@ impl SamplingParams {
 
 /// How a step's token is picked on the GPU ([`SamplingParams::plan`]). Penalties, when on, are
 /// applied to the logits on the GPU first, in every plan. Each plan reads back at most the best
-/// candidates and 8 bytes, except [`SamplingPlan::FullRow`] and the fallback of
-/// [`SamplingPlan::Candidates`].
+/// candidates and 16 bytes on WebGPU; the CPU backend reads its row where the candidates do not
+/// decide.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SamplingPlan {
     /// Temperature 0: the GPU's argmax.
@@ -170,10 +170,13 @@ pub enum SamplingPlan {
     Gumbel,
     /// Truncation within the candidates (top-k up to their number, top-p, min-p): the GPU's best
     /// candidates and the row's softmax statistics; the draw is finished on the CPU
-    /// ([`Sampler::sample_gpu_candidates`]), which asks for the whole row only when the kept set
-    /// may reach past the candidates.
+    /// ([`Sampler::sample_gpu_candidates`]); when the kept set may reach past the candidates
+    /// the engine draws from the nucleus on the GPU ([`crate::kernels::Nucleus`]; the CPU
+    /// backend from its row).
     Candidates,
-    /// Top-k above the number of candidates (below the vocabulary): the whole row.
+    /// Top-k above the number of candidates (below the vocabulary): on WebGPU the candidates,
+    /// then a draw from the nucleus on the GPU ([`crate::kernels::Nucleus`]); on the CPU
+    /// backend the whole row.
     FullRow,
 }
 

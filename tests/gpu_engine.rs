@@ -40,6 +40,7 @@ fn greedy(max_tokens: usize) -> GenerateOptions {
         stop: Vec::new(),
         ignore_eos: true,
         pipeline: true,
+        gpu_nucleus: true,
         response_format: None,
         logprobs: None,
     }
@@ -205,7 +206,8 @@ fn seeded_sampling_repeats_in_every_plan_and_counts_full_row_reads() {
             "{plan:?}: another seed draws other tokens"
         );
         match plan {
-            SamplingPlan::FullRow => assert_eq!(a.full_row_reads, 10),
+            // Top-k 100 of 128: drawn from the nucleus on the GPU.
+            SamplingPlan::FullRow => assert_eq!((a.full_row_reads, a.nucleus_draws), (0, 10)),
             SamplingPlan::Gumbel => assert_eq!(a.full_row_reads, 0),
             // Top-k 20 and top-p 0.5 of this model's flat distribution fit the candidates.
             _ => assert_eq!(a.full_row_reads, 0, "{params:?}"),
@@ -233,6 +235,18 @@ fn seeded_sampling_repeats_in_every_plan_and_counts_full_row_reads() {
         });
         assert_ne!(a.tokens, other.tokens, "{wide:?}: another seed");
     }
+    // With the GPU's nucleus off, the same settings read the row back and draw on the CPU.
+    engine.reset();
+    let off = GenerateOptions {
+        sampling: SamplingParams {
+            top_p: 0.999,
+            ..base
+        },
+        gpu_nucleus: false,
+        ..greedy(10)
+    };
+    let off = generate(&mut engine, &prompt, &off);
+    assert_eq!((off.full_row_reads, off.nucleus_draws), (10, 0));
 }
 
 /// One step of the tiny model over `seq` with the sampler's view of the GPU (`Readout::Sample`)
@@ -556,6 +570,7 @@ fn pipelined_decoding_gives_the_sequential_tokens_and_shows_nothing_past_a_stop(
         };
         let sequential = GenerateOptions {
             pipeline: false,
+            gpu_nucleus: true,
             ..base.clone()
         };
         // Runs both ways from the same cache state and compares everything that is seen.
@@ -563,6 +578,7 @@ fn pipelined_decoding_gives_the_sequential_tokens_and_shows_nothing_past_a_stop(
             engine.reset();
             let seq_opts = GenerateOptions {
                 pipeline: false,
+                gpu_nucleus: true,
                 ..opts.clone()
             };
             let (s, s_events) = streamed(engine, &prompt, &seq_opts, abort);
@@ -570,6 +586,7 @@ fn pipelined_decoding_gives_the_sequential_tokens_and_shows_nothing_past_a_stop(
             engine.reset();
             let pip_opts = GenerateOptions {
                 pipeline: true,
+                gpu_nucleus: true,
                 ..opts.clone()
             };
             let (p, p_events) = streamed(engine, &prompt, &pip_opts, abort);
@@ -621,6 +638,7 @@ fn pipelined_decoding_gives_the_sequential_tokens_and_shows_nothing_past_a_stop(
         engine.reset();
         let opts = GenerateOptions {
             pipeline: true,
+            gpu_nucleus: true,
             ..base.clone()
         };
         let (first, _) = streamed(&mut engine, &prompt, &opts, Some(7));
@@ -699,6 +717,7 @@ fn pipelined_decoding_reuses_staging_buffers_and_runs_at_most_one_step_ahead() {
     let pipelined = greedy(20);
     let sequential = GenerateOptions {
         pipeline: false,
+        gpu_nucleus: true,
         ..greedy(20)
     };
     // The first pipelined decode makes the ring's buffers: one per step in flight.

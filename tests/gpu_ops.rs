@@ -176,28 +176,32 @@ fn sampling_kernels_match_reference() {
     }
 }
 
-/// The nucleus draw: the tokens top-p and min-p keep, found on the GPU by a radix select by
-/// mass, equal the sorted row's (flat rows whose nucleus holds thousands of tokens, peaked ones,
+/// The nucleus draw: the tokens top-k, top-p and min-p keep, found on the GPU by radix selects
+/// by count and by mass, equal the sorted row's (flat rows whose nucleus holds thousands of tokens, peaked ones,
 /// ties, real vocabulary sizes), and draws from them follow their softmax at the temperature.
 #[test]
 fn nucleus_keeps_what_the_sorted_row_keeps() {
-    let case = |vocab, spread, ties, top_p, min_p, temperature, draws| OpCase::Nucleus {
+    let case = |vocab, spread, ties, top_k, top_p, min_p, temperature, draws| OpCase::Nucleus {
         vocab,
         spread,
         ties,
+        top_k,
         top_p,
         min_p,
         temperature,
         draws,
     };
     for (i, c) in [
-        case(40, 2.0, false, 0.8, 0.0, 0.7, 1500),
-        case(40, 3.0, true, 0.6, 0.05, 1.0, 1000),
-        case(300, 3.0, false, 1.0, 0.1, 1.3, 800),
-        case(5000, 30.0, false, 0.5, 0.0, 1.0, 2),
-        case(49_152, 2.0, false, 0.9, 0.0, 1.0, 2),
-        case(49_152, 4.0, true, 0.95, 0.02, 1.0, 2),
-        case(262_144, 8.0, false, 0.95, 0.01, 0.8, 2),
+        case(40, 2.0, false, 0, 0.8, 0.0, 0.7, 1500),
+        case(40, 3.0, true, 0, 0.6, 0.05, 1.0, 1000),
+        case(300, 3.0, false, 0, 1.0, 0.1, 1.3, 800),
+        case(300, 1.0, false, 100, 1.0, 0.0, 1.0, 1500),
+        case(200, 2.0, true, 90, 0.9, 0.0, 1.0, 1000),
+        case(5000, 30.0, false, 0, 0.5, 0.0, 1.0, 2),
+        case(49_152, 2.0, false, 0, 0.9, 0.0, 1.0, 2),
+        case(49_152, 4.0, true, 0, 0.95, 0.02, 1.0, 2),
+        case(49_152, 2.0, false, 1000, 0.9, 0.0, 1.0, 2),
+        case(262_144, 8.0, false, 0, 0.95, 0.01, 0.8, 2),
     ]
     .into_iter()
     .enumerate()

@@ -50,6 +50,7 @@ fn generate(engine: &mut Engine, seq: &mut Vec<u32>, i: usize) {
         ignore_eos: i.is_multiple_of(2),
         // Both decode loops: overlapped (greedy and plain sampling) and step by step.
         pipeline: !i.is_multiple_of(4),
+        gpu_nucleus: true,
         response_format: None,
         logprobs: None,
     };

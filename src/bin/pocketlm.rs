@@ -286,6 +286,7 @@ mod cli {
                 stop: self.stop.clone(),
                 ignore_eos: false,
                 pipeline: true,
+                gpu_nucleus: true,
                 response_format: self.response_format()?,
                 logprobs: None,
             })
@@ -722,8 +723,9 @@ mod cli {
         );
         if g.full_row_reads > 0 {
             eprintln!(
-                "[{} of the draws read the whole row of logits: the sampling settings keep more \
-                 tokens than the GPU's {} candidates]",
+                "[{} of the draws read the whole row of logits back: the sampling settings keep \
+                 more tokens than the {} candidates, or log probabilities were asked of a token \
+                 outside them]",
                 g.full_row_reads,
                 pocketlm::engine::CANDIDATES
             );
@@ -887,6 +889,7 @@ mod cli {
             stop: Vec::new(),
             ignore_eos: true,
             pipeline: true,
+            gpu_nucleus: true,
             response_format: None,
             logprobs: None,
         }
@@ -1175,7 +1178,8 @@ mod cli {
 
     /// Decode speed under each sampling plan, against the whole row read back and sorted on the
     /// CPU (a top-k of the vocabulary less one: what every sampled token cost before sampling ran
-    /// on the GPU), in one run on one prompt.
+    /// on the GPU), in one run on one prompt; top-p drawn from the row on the CPU and from the
+    /// nucleus on the GPU side by side.
     async fn sampling_speeds(
         ctx: &GpuContext,
         engine: &mut Engine,
@@ -1188,6 +1192,7 @@ mod cli {
             seed: Some(1),
             ..SamplingParams::default()
         };
+        // (name, sampling, whether a draw the candidates do not decide runs on the GPU).
         let settings = [
             (
                 "whole row on the CPU",
@@ -1195,15 +1200,33 @@ mod cli {
                     top_k: vocab - 1,
                     ..t(1.0)
                 },
+                false,
             ),
-            ("greedy (argmax)", SamplingParams::greedy()),
-            ("temperature 1 (Gumbel)", t(1.0)),
+            ("greedy (argmax)", SamplingParams::greedy(), true),
+            ("temperature 1 (Gumbel)", t(1.0), true),
             (
-                "top-p 0.9, temperature 0.8",
+                "top-p 0.9, T 0.8, row on CPU",
                 SamplingParams {
                     top_p: 0.9,
                     ..t(0.8)
                 },
+                false,
+            ),
+            (
+                "top-p 0.9, T 0.8 (GPU)",
+                SamplingParams {
+                    top_p: 0.9,
+                    ..t(0.8)
+                },
+                true,
+            ),
+            (
+                "top-k vocab-1 (GPU nucleus)",
+                SamplingParams {
+                    top_k: vocab - 1,
+                    ..t(1.0)
+                },
+                true,
             ),
             (
                 "repetition penalty 1.1",
@@ -1211,11 +1234,12 @@ mod cli {
                     repetition_penalty: 1.1,
                     ..t(1.0)
                 },
+                true,
             ),
         ];
         println!("\ndecode by sampling setting ({gen_tokens} tokens each):");
         let mut base = None;
-        for (name, sampling) in settings {
+        for (name, sampling, gpu_nucleus) in settings {
             engine.reset();
             let options = GenerateOptions {
                 sampling,
@@ -1223,6 +1247,7 @@ mod cli {
                 stop: Vec::new(),
                 ignore_eos: true,
                 pipeline: true,
+                gpu_nucleus,
                 response_format: None,
                 logprobs: None,
             };
@@ -1278,6 +1303,7 @@ mod cli {
                 ignore_eos: response_format.is_none(),
                 logprobs: None,
                 pipeline: false,
+                gpu_nucleus: true,
                 response_format,
             };
             let g = engine
@@ -1336,6 +1362,7 @@ mod cli {
                     stop: Vec::new(),
                     ignore_eos: true,
                     pipeline,
+                    gpu_nucleus: true,
                     response_format: None,
                     logprobs: None,
                 };

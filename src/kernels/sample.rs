@@ -661,6 +661,8 @@ crate::uniform! {
     struct NucleusParams {
         /// The byte of the key this dispatch chooses (0: the most significant).
         level: u32,
+        /// 0: a top-p pass (softmax mass); 1: a top-k pass (count).
+        mode: u32,
         /// Workgroups over the row (`hist`).
         parts: u32,
         /// Elements per workgroup (`hist`).
@@ -687,7 +689,8 @@ const CUT: Slot = Slot::read_write("out", "u32");
 /// graph, recorded when the candidates do not decide a draw.
 #[derive(Debug)]
 pub struct Nucleus {
-    /// Four (histogram, pick) pairs of the radix select.
+    /// Four (histogram, pick) pairs of the radix select by count (top-k), then four by mass
+    /// (top-p).
     select: Vec<Dispatch>,
     cut: Dispatch,
     draw: TopK,
@@ -698,24 +701,37 @@ pub struct Nucleus {
 
 impl Nucleus {
     /// Records the draw from row `row` of the logits, whose [`LogitStats`] the step computed,
-    /// keeping what top-p (`top_p` < 1) and min-p (`min_p` > 0) keep of it: exactly what
-    /// [`crate::sample::Sampler`] keeps of the sorted row (up to the rounding of the GPU's f32
-    /// sums at top-p's boundary), and every token tied with the last one kept. The key and the
-    /// temperature are the [`DrawState`]'s when the work runs. Pass the slot to
-    /// [`Nucleus::read`].
+    /// keeping what top-k (`top_k` > 0), then top-p (`top_p` < 1) and min-p (`min_p` > 0) keep
+    /// of it: exactly what [`crate::sample::Sampler`] keeps of the sorted row (up to the
+    /// rounding of the GPU's f32 sums at top-p's boundary), and every token tied with the last
+    /// one either keeps. The key and the temperature are the [`DrawState`]'s when the work
+    /// runs. Pass the slot to [`Nucleus::read`].
     pub fn record(
         &self,
         ctx: &GpuContext,
         rec: &mut Recorder<'_>,
         row: usize,
-        top_p: f32,
-        min_p: f32,
+        (top_k, top_p, min_p): (usize, f32, f32),
     ) -> Result<ReadSlot> {
         let row = dim("nucleus", "row", row)? as i32;
-        let words = [row, top_p.to_bits() as i32, min_p.to_bits() as i32, 0, 0, 0];
+        let k = dim("nucleus", "top_k", top_k)? as i32;
+        let words = [
+            row,
+            top_p.to_bits() as i32,
+            min_p.to_bits() as i32,
+            0,
+            0,
+            0,
+            k,
+            0,
+        ];
         ctx.write_i32(&self.state, &words)?;
+        let (by_count, by_mass) = self.select.split_at(8);
+        if top_k > 0 {
+            rec.dispatch_all(by_count);
+        }
         if top_p < 1.0 {
-            rec.dispatch_all(&self.select);
+            rec.dispatch_all(by_mass);
         }
         rec.dispatch(&self.cut);
         Ok(self.draw.record(rec))
@@ -775,23 +791,24 @@ pub async fn nucleus(
         DType::F32,
     )?;
     let spec = Specialization::default().with("WG", NUCLEUS_BINS as u32);
-    let params = |level: u32| -> Result<NucleusParams> {
+    let params = |level: u32, mode: u32| -> Result<NucleusParams> {
         Ok(NucleusParams {
             level,
+            mode,
             parts: dim(NAME, "parts", parts)?,
             span: NUCLEUS_SPAN as u32,
             vocab: dim(NAME, "vocabulary", vocab)?,
         })
     };
     let stats_bind = (ROW_STATS, &stats.out.buffer);
-    let mut select = Vec::with_capacity(8);
-    for level in 0..4 {
+    let mut select = Vec::with_capacity(16);
+    for (mode, level) in [1, 0].into_iter().flat_map(|m| (0..4).map(move |l| (m, l))) {
         select.push(
             build(
                 ctx,
                 &KERNEL,
                 &spec,
-                &params(level)?,
+                &params(level, mode)?,
                 &[
                     (LOGIT_BITS, &logits.buffer),
                     stats_bind,
@@ -807,7 +824,7 @@ pub async fn nucleus(
                 ctx,
                 &KERNEL.entry(NAME, "pick"),
                 &spec,
-                &params(level)?,
+                &params(level, mode)?,
                 &[(HIST_IN, &part_hist.buffer), (STATE, &state.buffer)],
                 grid(ctx, NAME, 1)?,
             )
@@ -818,7 +835,7 @@ pub async fn nucleus(
         ctx,
         &KERNEL.entry(NAME, "cut"),
         &spec,
-        &params(0)?,
+        &params(0, 0)?,
         &[
             (LOGIT_BITS, &logits.buffer),
             stats_bind,

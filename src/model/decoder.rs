@@ -1154,17 +1154,17 @@ impl Decoder {
         Ok(())
     }
 
-    /// Draws the last step's token (of `n`, on `graph`) from the top-p / min-p nucleus of its
-    /// row on the GPU, at `draw`'s temperature and key ([`kernels::Nucleus`]): a draw the
-    /// step's candidates did not decide, without reading the row back (8 bytes).
+    /// Draws the last step's token (of `n`, on `graph`) from what `(top_k, top_p, min_p)` keep
+    /// of its row (top-k 0: off), on the GPU, at `draw`'s temperature and key
+    /// ([`kernels::Nucleus`]): a draw the step's candidates did not decide, without reading
+    /// the row back (8 bytes).
     pub async fn nucleus_pick(
         &self,
         ctx: &GpuContext,
         graph: &mut Graph,
         n: usize,
         mut draw: Draw,
-        top_p: f32,
-        min_p: f32,
+        limits: (usize, f32, f32),
     ) -> Result<u32> {
         if graph.nucleus.is_none() {
             let built = kernels::nucleus(ctx, &graph.logits, &graph.stats, &graph.draw).await?;
@@ -1175,7 +1175,7 @@ impl Decoder {
         draw.row = row as u32;
         graph.draw.set(ctx, &draw);
         let mut rec = ctx.recorder();
-        let slot = nucleus.record(ctx, &mut rec, row, top_p, min_p)?;
+        let slot = nucleus.record(ctx, &mut rec, row, limits)?;
         let readback = rec.submit_and_read().await?;
         nucleus.read(&readback, slot)
     }

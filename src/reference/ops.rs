@@ -379,7 +379,7 @@ pub mod check {
             temperature: f32,
         },
         /// The nucleus of row 1 of two rows of `vocab` logits uniform in [−spread, spread)
-        /// (rounded to eight levels with `ties`) under top-p and min-p: the tokens the GPU
+        /// (rounded to eight levels with `ties`) under top-k, top-p and min-p: the tokens the GPU
         /// keeps must be the sorted row's (up to f32 rounding at top-p's boundary), and `draws`
         /// draws at `temperature` must each be a kept token and, together, follow the kept
         /// tokens' softmax.
@@ -387,6 +387,7 @@ pub mod check {
             vocab: usize,
             spread: f32,
             ties: bool,
+            top_k: usize,
             top_p: f32,
             min_p: f32,
             temperature: f32,
@@ -458,14 +459,15 @@ pub mod check {
                     vocab,
                     spread,
                     ties,
+                    top_k,
                     top_p,
                     min_p,
                     temperature,
                     draws,
                 } => write!(
                     f,
-                    "{draws} draws at temperature {temperature} from the top-p {top_p} / min-p \
-                     {min_p} nucleus of {vocab} logits in ±{spread}{}",
+                    "{draws} draws at temperature {temperature} from the top-k {top_k} / top-p \
+                     {top_p} / min-p {min_p} nucleus of {vocab} logits in ±{spread}{}",
                     if ties { " with ties" } else { "" }
                 ),
             }
@@ -854,39 +856,49 @@ pub mod check {
         }
     }
 
-    /// The tokens of `row` that top-p and min-p keep, as [`crate::sample::Sampler`] keeps
-    /// them (f64, the sorted row's prefix), with the last kept token's ties; and, when the
-    /// top-p boundary is within f32 rounding of another token, that token too (either side is
-    /// right).
-    fn nucleus_reference(row: &[f32], top_p: f32, min_p: f32) -> (Vec<bool>, Option<usize>) {
+    /// The tokens of `row` that top-k, top-p and min-p keep, as [`crate::sample::Sampler`]
+    /// keeps them (f64, the sorted row's prefix), with the last kept token's ties (top-k's
+    /// ties before top-p); and the tokens that f32 rounding may put on either side: the one
+    /// past (or at) top-p's boundary when the mass there is within rounding of the target,
+    /// those whose exp(x − max) is within rounding of min-p.
+    fn nucleus_reference(
+        row: &[f32],
+        top_k: usize,
+        top_p: f32,
+        min_p: f32,
+    ) -> (Vec<bool>, Vec<usize>) {
         let mut order: Vec<usize> = (0..row.len()).collect();
         order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        if top_k > 0 && top_k < order.len() {
+            let last = row[order[top_k - 1]];
+            let with_ties = order.iter().take_while(|&&o| row[o] >= last).count();
+            order.truncate(with_ties);
+        }
         let max = f64::from(row[order[0]]);
         let w: Vec<f64> = order
             .iter()
             .map(|&i| (f64::from(row[i]) - max).exp())
             .collect();
         let total: f64 = w.iter().sum();
-        let mut keep = row.len();
-        let mut either = None;
+        let mut keep = order.len();
+        let mut either = Vec::new();
         if top_p < 1.0 {
             let target = f64::from(top_p) * total;
+            let near = |v: f64| (v - target).abs() < 1e-5 * total;
             let mut cum = 0.0;
+            let mut found = false;
             for (i, wi) in w.iter().enumerate() {
                 cum += wi;
-                if cum >= target {
+                if !found && cum >= target {
                     keep = i + 1;
-                    // Within f32 rounding of the target: the next token may be kept too, or
-                    // this one may not be needed.
-                    if (cum - target).abs() < 1e-5 * total
-                        || (cum - wi - target).abs() < 1e-5 * total
-                    {
-                        either = Some(if (cum - target).abs() < 1e-5 * total {
-                            order.get(i + 1).copied().unwrap_or(order[i])
-                        } else {
-                            order[i]
-                        });
-                    }
+                    found = true;
+                }
+                // Within f32 rounding of the target: the token may be kept or not.
+                if near(cum) || near(cum - wi) {
+                    either.push(order[i]);
+                    either.extend(order.get(i + 1).copied());
+                }
+                if cum - wi > target + 1e-5 * total {
                     break;
                 }
             }
@@ -895,8 +907,16 @@ pub mod check {
             let cut = w
                 .iter()
                 .position(|&wi| wi < f64::from(min_p))
-                .unwrap_or(row.len());
+                .unwrap_or(order.len());
             keep = keep.min(cut);
+            let min = f64::from(min_p);
+            either.extend(
+                order
+                    .iter()
+                    .zip(&w)
+                    .filter(|(_, &wi)| (wi - min).abs() < 1e-5 * min)
+                    .map(|(&o, _)| o),
+            );
         }
         let mut kept = vec![false; row.len()];
         let last = row[order[keep - 1]];
@@ -913,6 +933,7 @@ pub mod check {
             vocab,
             spread,
             ties,
+            top_k,
             top_p,
             min_p,
             temperature,
@@ -932,7 +953,7 @@ pub mod check {
         let stats = kernels::logit_stats(ctx, &xt).await?;
         let state = kernels::DrawState::new(ctx);
         let nucleus = kernels::nucleus(ctx, &xt, &stats, &state).await?;
-        let (kept, either) = nucleus_reference(row, top_p, min_p);
+        let (kept, either) = nucleus_reference(row, top_k, top_p, min_p);
         let mut worst = 0.0f64;
         let mut detail = None;
         let mut counts = vec![0usize; vocab];
@@ -947,14 +968,14 @@ pub mod check {
             state.set(ctx, &draw);
             let mut rec = ctx.recorder();
             rec.dispatch_all(stats.dispatches());
-            let slot = nucleus.record(ctx, &mut rec, 1, top_p, min_p)?;
+            let slot = nucleus.record(ctx, &mut rec, 1, (top_k, top_p, min_p))?;
             let cut = (d == 0).then(|| rec.read(nucleus.row()));
             let readback = rec.submit_and_read().await?;
             let t = nucleus.read(&readback, slot)? as usize;
             if let Some(cut) = cut {
                 let got: Vec<bool> = readback.f32(cut)?.iter().map(|v| *v > f32::MIN).collect();
                 let wrong: Vec<usize> = (0..vocab)
-                    .filter(|&i| got[i] != kept[i] && Some(i) != either)
+                    .filter(|&i| got[i] != kept[i] && !either.contains(&i))
                     .collect();
                 if !wrong.is_empty() {
                     worst = f64::INFINITY;
@@ -966,7 +987,7 @@ pub mod check {
                     ));
                 }
             }
-            if t >= vocab || !(kept[t] || Some(t) == either) {
+            if t >= vocab || !(kept[t] || either.contains(&t)) {
                 worst = f64::INFINITY;
                 detail = Some(format!(
                     "draw {d}: token {t}, which the nucleus does not hold"

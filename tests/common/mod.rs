@@ -244,6 +244,7 @@ pub fn greedy(tokens: usize) -> pocketlm::engine::GenerateOptions {
         stop: Vec::new(),
         ignore_eos: true,
         pipeline: true,
+        gpu_nucleus: true,
         response_format: None,
         logprobs: None,
     }

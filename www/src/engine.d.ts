@@ -22,11 +22,12 @@ export interface Generation {
   completionTokens: number;
   prefillMs: number;
   decodeMs: number;
-  /** Tokens whose draw read the whole row of logits back (a top-k above the GPU's 64
-   * candidates; on the CPU backend also a top-p / min-p set reaching past them); every other
-   * draw runs on the GPU. */
+  /** Tokens whose draw read the whole row of logits back: on WebGPU only for `logprobs` of a
+   * token outside the GPU's 64 candidates; on the CPU backend, draws the candidates do not
+   * decide. */
   fullRowReads: number;
-  /** Tokens drawn on the GPU from a top-p / min-p set reaching past the 64 candidates. */
+  /** Tokens drawn on the GPU from a top-k above 64 or a top-p / min-p set reaching past the 64
+   * candidates. */
   nucleusDraws: number;
   /** With a response format: the host time of its token masks (computed while the GPU runs). */
   masks?: { count: number; meanMs: number; maxMs: number };

@@ -344,7 +344,8 @@ export interface Timings {
   cached_tokens: number;
   /** Draws that read the whole row of logits back instead of sampling on the GPU. */
   full_row_reads: number;
-  /** Draws from a top-p / min-p set larger than the GPU's 64 candidates, made on the GPU. */
+  /** Draws from a top-k above 64 or a top-p / min-p set larger than the GPU's 64 candidates,
+   * made on the GPU. */
   nucleus_draws: number;
   /** With a response format: its token masks' count and host time (mean and worst, ms). */
   grammar_masks: { count: number; mean_ms: number; max_ms: number } | null;
