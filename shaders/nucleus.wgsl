@@ -3,7 +3,8 @@
 // over those) and min-p (exp(x − M) ≥ min_p) keep, as src/sample.rs's `finish` defines them,
 // for a draw among them (a Gumbel argmax of the row `cut` writes, every other token −inf).
 // Top-k's boundary is found as top-p's below, by count instead of mass (p.mode = 1): the key of
-// the k-th best, which then bounds the mass passes from below (state[7]). Top-p's boundary is the largest order key κ with
+// the k-th best, which then bounds the mass passes from below (state[7]).
+// Top-p's boundary is the largest order key κ with
 // Σ_{key ≥ κ} exp(x − M) ≥ top_p · Z, found a byte of the key at a time, most significant
 // first (a radix select by mass): `hist` sums the mass of the elements whose key matches the
 // bytes chosen so far into 256 bins by the next byte, one histogram per workgroup; `pick`
@@ -51,7 +52,7 @@ fn hist(
     let m = stats[row].x;
     let shift = 24u - 8u * p.level;
     let prefix = state_in[3];
-    let floor = select(state_in[7], 0u, p.mode == 1u);
+    let low = select(state_in[7], 0u, p.mode == 1u);
     let start = min(g, p.parts) * p.span;
     let end = min(p.vocab, start + p.span);
     var acc = 0.0;
@@ -63,7 +64,7 @@ fn hist(
             let bits = logits[row * p.vocab + e];
             let key = key_of(bits);
             // The bytes above this pass's must equal those chosen (none on the first pass).
-            let live = key >= floor && (p.level == 0u || (key >> (shift + 8u)) == (prefix >> (shift + 8u)));
+            let live = key >= low && (p.level == 0u || (key >> (shift + 8u)) == (prefix >> (shift + 8u)));
             if (live) {
                 digit = (key >> shift) & 0xFFu;
                 w = mass(bits, m);

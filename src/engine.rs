@@ -7,16 +7,16 @@
 //! message) prefills only what follows.
 //!
 //! **What is read back.** Sampling runs on the GPU ([`SamplingPlan`]): penalties are applied to
-//! the logits there, greedy is an argmax and plain temperature sampling a Gumbel-max draw (8
-//! bytes read back), truncation (top-k, top-p, min-p) reads the best [`CANDIDATES`] logits and
-//! the row's softmax statistics (520 bytes) and finishes the draw on the CPU. A top-k above
-//! the candidates, or a top-p / min-p set that reaches past them, is drawn from on the GPU
-//! ([`crate::kernels::Nucleus`]: radix selects by count and by softmax mass, then a Gumbel-max
-//! draw, 8 more bytes; counted in [`Generation::nucleus_draws`]). The whole row is read only
-//! for log probabilities of a token outside the candidates, and on the CPU backend (counted in
-//! [`Generation::full_row_reads`]).
+//! the logits there, greedy is an argmax, plain temperature sampling a Gumbel-max draw, and
+//! truncation (top-k, top-p, min-p) a Gumbel-max draw among the tokens it keeps, which radix
+//! selects by count and by softmax mass find without sorting ([`crate::kernels::Nucleus`],
+//! counted in [`Generation::nucleus_draws`]): 8 bytes read back. Log probabilities add the
+//! best [`CANDIDATES`] logits and the row's softmax statistics (520 bytes), and the whole row
+//! for a token outside them (counted in [`Generation::full_row_reads`]). With
+//! [`GenerateOptions::gpu_nucleus`] off (and on the CPU backend) the candidates decide a
+//! truncated draw on the CPU where they can, and the whole row where they cannot.
 //!
-//! **Host and GPU overlapped.** With a greedy or plain temperature pick and penalties off, the
+//! **Host and GPU overlapped.** With penalties off (and no grammar or log probabilities), the
 //! next step's input needs nothing from the host: each decode step copies its picked id into the
 //! token ids of the graph the next step runs on, and the next step is submitted before this one
 //! is read back, so the host records step N+1 while the GPU runs step N. A stop the host sees
@@ -88,16 +88,17 @@ pub struct GenerateOptions {
     pub stop: Vec<String>,
     /// Go on past end-of-turn tokens (benchmarks: a fixed number of tokens).
     pub ignore_eos: bool,
-    /// Overlap the host and the GPU where the next step's input does not need the host (greedy
-    /// or plain temperature sampling, penalties off): each decode step is submitted before the
+    /// Overlap the host and the GPU where the next step's input does not need the host (any
+    /// sampling drawn on the GPU, penalties off): each decode step is submitted before the
     /// previous one is read back, its token copied into the step's input on the GPU. The output
     /// is the same either way; off, every step waits for the previous one's token (for
     /// comparisons and benchmarks). Default: on.
     pub pipeline: bool,
-    /// Draw from a top-k above the [`CANDIDATES`] or a top-p / min-p set reaching past them
-    /// on the GPU ([`crate::kernels::Nucleus`]); off, such a draw reads the whole row back and
-    /// finishes on the CPU, as before the GPU could (for comparisons and benchmarks). Both
-    /// draw from the same distribution, not the same token for a seed. Default: on.
+    /// Draw truncated samples (top-k, top-p, min-p) on the GPU ([`crate::kernels::Nucleus`]);
+    /// off, the GPU's [`CANDIDATES`] decide the draw on the CPU where they can and the whole
+    /// row read back where they cannot, and such steps do not overlap (for comparisons and
+    /// benchmarks). Both draw from the same distribution, not the same token for a seed.
+    /// Default: on.
     pub gpu_nucleus: bool,
     /// What the reply must be (JSON under a schema, a grammar, a regex); `None`: free text.
     pub response_format: Option<ResponseFormat>,
@@ -178,8 +179,9 @@ pub struct Generation {
     /// log probabilities of a token outside the [`CANDIDATES`]; on the CPU backend, every
     /// draw the candidates do not decide.
     pub full_row_reads: usize,
-    /// Tokens drawn on the GPU from a top-k above the candidates or a top-p / min-p set that
-    /// reached past them ([`crate::kernels::Nucleus`]).
+    /// Tokens drawn on the GPU from what top-k, top-p and min-p keep
+    /// ([`crate::kernels::Nucleus`]): every truncated draw on WebGPU, except where log
+    /// probabilities were asked and the candidates decided it.
     pub nucleus_draws: usize,
     /// With a response format: the host time of its token masks (computed while the GPU runs
     /// each step's forward pass).
@@ -733,13 +735,15 @@ impl Engine {
             pos += n;
         }
 
-        // Greedy and plain temperature picks need nothing from the host to start the next
-        // step, so each decode step is submitted before the previous one is read back (see
-        // `submit_pick`); penalties need the window with the previous token, and candidates or
-        // whole rows finish the draw on the CPU: those wait for every token.
+        // Greedy, plain temperature and (with the GPU's nucleus) truncated picks need nothing
+        // from the host to start the next step, so each decode step is submitted before the
+        // previous one is read back (see `submit_pick`); penalties need the window with the
+        // previous token, and candidates or whole rows finish the draw on the CPU: those wait
+        // for every token.
+        let truncating = matches!(plan, SamplingPlan::Candidates | SamplingPlan::FullRow);
         let pipelined = options.pipeline
             && gpu.is_some()
-            && matches!(plan, SamplingPlan::Greedy | SamplingPlan::Gumbel)
+            && (!truncating || options.gpu_nucleus)
             && !sampler.params().penalties_on()
             && constraint.is_none()
             && want_lp.is_none();
@@ -832,6 +836,7 @@ impl Engine {
                         .await?;
                     ahead = Some(p);
                 }
+                nucleus_draws += usize::from(truncating);
                 sampler.accept_picked(current.token().await?)
             } else {
                 let pick = self
@@ -893,10 +898,18 @@ impl Engine {
         (logprobs, gpu_nucleus): (Option<usize>, bool),
     ) -> Result<Pick> {
         let penalties = sampler.penalty_list();
-        let draw: Draw = sampler.gpu_draw(plan);
-        // A top-k above the candidates reads them and the statistics as a wide top-p does, and
-        // is drawn from the nucleus on the GPU.
         let gpu_nucleus = gpu_nucleus && matches!(device, Device::Gpu(_));
+        let truncating = matches!(plan, SamplingPlan::Candidates | SamplingPlan::FullRow);
+        // A truncating draw runs on the GPU (the nucleus); off, the candidates decide it where
+        // they can and the row read back where they cannot.
+        let nucleus =
+            (gpu_nucleus && truncating).then(|| nucleus_limits(sampler, self.config().vocab));
+        let draw: Draw = sampler.gpu_draw(if nucleus.is_some() {
+            SamplingPlan::Gumbel
+        } else {
+            plan
+        });
+        // A top-k above the candidates reads them and the statistics as a wide top-p does.
         let plan = if gpu_nucleus && plan == SamplingPlan::FullRow {
             SamplingPlan::Candidates
         } else {
@@ -908,6 +921,7 @@ impl Engine {
             penalties: &penalties,
             biases: &sampler.params().logit_bias,
             with_candidates: logprobs.is_some(),
+            nucleus,
         };
         let (out, g) = self
             .run_step(device, tokens, pos, readout, constraint)
@@ -916,30 +930,29 @@ impl Engine {
         // The token, and what its log probabilities can come from.
         let mut nucleus = false;
         let (token, mut row, seen) = match out {
-            StepOutput::Token(t) => (sampler.accept_picked(t), None, None),
+            StepOutput::Token(t) => {
+                nucleus = truncating && gpu_nucleus;
+                (sampler.accept_picked(t), None, None)
+            }
             StepOutput::TokenAndCandidates {
                 token,
                 candidates,
                 stats,
-            } => (
-                sampler.accept_picked(token),
-                None,
-                Some((candidates, stats)),
-            ),
+            } => {
+                nucleus = truncating && gpu_nucleus;
+                (
+                    sampler.accept_picked(token),
+                    None,
+                    Some((candidates, stats)),
+                )
+            }
             StepOutput::Candidates { candidates, stats } => {
                 match sampler.sample_gpu_candidates(&candidates, stats, vocab)? {
                     Some(t) => (t, None, Some((candidates, stats))),
-                    None => match gpu_nucleus {
-                        true => {
-                            let t = self.nucleus_pick(device, g, tokens.len(), sampler).await?;
-                            nucleus = true;
-                            (t, None, Some((candidates, stats)))
-                        }
-                        false => {
-                            let row = self.read_logits(device, g, tokens.len()).await?;
-                            (sampler.sample_penalized_logits(&row)?, Some(row), None)
-                        }
-                    },
+                    None => {
+                        let row = self.read_logits(device, g, tokens.len()).await?;
+                        (sampler.sample_penalized_logits(&row)?, Some(row), None)
+                    }
                 }
             }
             StepOutput::Logits(row) => (sampler.sample_penalized_logits(&row)?, Some(row), None),
@@ -999,13 +1012,24 @@ impl Engine {
         } else {
             None
         };
-        let draw = sampler.gpu_draw(plan);
+        // A truncating plan draws from the nucleus (the pipeline runs one only with
+        // `gpu_nucleus`), keyed as a Gumbel draw.
+        let nucleus = matches!(plan, SamplingPlan::Candidates | SamplingPlan::FullRow)
+            .then(|| nucleus_limits(sampler, model.config.vocab));
+        if nucleus.is_some() {
+            model.prepare_nucleus(ctx, &mut graphs[g]).await?;
+        }
+        let draw = sampler.gpu_draw(if nucleus.is_some() {
+            SamplingPlan::Gumbel
+        } else {
+            plan
+        });
         model.submit_pick(
             ctx,
             &mut graphs[g],
             input,
             pos,
-            plan,
+            (plan, nucleus),
             draw,
             &sampler.params().logit_bias,
             feed.as_ref(),
@@ -1068,34 +1092,6 @@ impl Engine {
         }
     }
 
-    /// On WebGPU, draws the last step's token (of `n` tokens, on graph `g`) from what top-k,
-    /// top-p and min-p keep of its row, on the GPU, for a draw its candidates did not decide: one
-    /// number of the seeded generator keys a Gumbel-max draw among the tokens kept (as the
-    /// CPU's draw from the row takes one).
-    async fn nucleus_pick(
-        &mut self,
-        device: Device<'_>,
-        g: usize,
-        n: usize,
-        sampler: &mut Sampler,
-    ) -> Result<u32> {
-        match (&mut self.backend, device) {
-            (Backend::Gpu { model, graphs }, Device::Gpu(ctx)) => {
-                let p = sampler.params();
-                let vocab = model.config.vocab;
-                let top_k = if p.top_k < vocab { p.top_k } else { 0 };
-                let limits = (top_k, p.top_p, p.min_p);
-                let draw = sampler.gpu_draw(SamplingPlan::Gumbel);
-                let token = model
-                    .nucleus_pick(ctx, &mut graphs[g], n, draw, limits)
-                    .await?;
-                Ok(sampler.accept_picked(token))
-            }
-            (Backend::Gpu { .. }, _) => Err(wrong_device("WebGPU")),
-            (Backend::Cpu(_), _) => Err(wrong_device("CPU")),
-        }
-    }
-
     /// The row of logits the last step (of `n` tokens, on graph `g`) picked from.
     async fn read_logits(&self, device: Device<'_>, g: usize, n: usize) -> Result<Vec<f32>> {
         match (&self.backend, device) {
@@ -1106,6 +1102,13 @@ impl Engine {
             (Backend::Gpu { .. }, _) => Err(wrong_device("WebGPU")),
         }
     }
+}
+
+/// What a sampler's top-k (0: off), top-p and min-p keep, for [`crate::kernels::Nucleus`].
+fn nucleus_limits(sampler: &Sampler, vocab: usize) -> (usize, f32, f32) {
+    let p = sampler.params();
+    let top_k = if p.top_k < vocab { p.top_k } else { 0 };
+    (top_k, p.top_p, p.min_p)
 }
 
 /// The graph for steps of `n` tokens ending at position `end` (exclusive): the one covering the

@@ -207,10 +207,9 @@ fn seeded_sampling_repeats_in_every_plan_and_counts_full_row_reads() {
         );
         match plan {
             // Top-k 100 of 128: drawn from the nucleus on the GPU.
-            SamplingPlan::FullRow => assert_eq!((a.full_row_reads, a.nucleus_draws), (0, 10)),
-            SamplingPlan::Gumbel => assert_eq!(a.full_row_reads, 0),
-            // Top-k 20 and top-p 0.5 of this model's flat distribution fit the candidates.
-            _ => assert_eq!(a.full_row_reads, 0, "{params:?}"),
+            SamplingPlan::Gumbel => assert_eq!((a.full_row_reads, a.nucleus_draws), (0, 0)),
+            // Every truncated draw (top-k 20, top-p 0.5, top-k 100 of 128) is the nucleus's.
+            _ => assert_eq!((a.full_row_reads, a.nucleus_draws), (0, 10), "{params:?}"),
         }
     }
     // A min-p so small, or a top-p so large, that the kept set reaches past the 64 candidates
@@ -323,6 +322,7 @@ fn gpu_sampling_agrees_with_the_cpu_sampler_on_the_whole_row() {
                 penalties: &pens,
                 biases: &[],
                 with_candidates: false,
+                nucleus: None,
             };
             let out = pollster::block_on(model.step(ctx(), &mut graph, &seq, 0, readout)).unwrap();
             // The row as the GPU penalized it, then the row as computed.
@@ -560,9 +560,16 @@ fn pipelined_decoding_gives_the_sequential_tokens_and_shows_nothing_past_a_stop(
         seed: Some(7),
         ..SamplingParams::default()
     };
-    for sampling in [SamplingParams::greedy(), gumbel] {
+    // Top-k and top-p draw from the nucleus on the GPU, so they pipeline too.
+    let nucleus = SamplingParams {
+        top_k: 30,
+        top_p: 0.8,
+        temperature: 1.1,
+        seed: Some(9),
+        ..SamplingParams::default()
+    };
+    for sampling in [SamplingParams::greedy(), gumbel, nucleus] {
         let plan = sampling.plan(CANDIDATES, VOCAB);
-        assert!(matches!(plan, SamplingPlan::Greedy | SamplingPlan::Gumbel));
         let mut engine = engine_with(300);
         let base = GenerateOptions {
             sampling: sampling.clone(),
@@ -570,7 +577,6 @@ fn pipelined_decoding_gives_the_sequential_tokens_and_shows_nothing_past_a_stop(
         };
         let sequential = GenerateOptions {
             pipeline: false,
-            gpu_nucleus: true,
             ..base.clone()
         };
         // Runs both ways from the same cache state and compares everything that is seen.
@@ -578,7 +584,6 @@ fn pipelined_decoding_gives_the_sequential_tokens_and_shows_nothing_past_a_stop(
             engine.reset();
             let seq_opts = GenerateOptions {
                 pipeline: false,
-                gpu_nucleus: true,
                 ..opts.clone()
             };
             let (s, s_events) = streamed(engine, &prompt, &seq_opts, abort);
@@ -586,7 +591,6 @@ fn pipelined_decoding_gives_the_sequential_tokens_and_shows_nothing_past_a_stop(
             engine.reset();
             let pip_opts = GenerateOptions {
                 pipeline: true,
-                gpu_nucleus: true,
                 ..opts.clone()
             };
             let (p, p_events) = streamed(engine, &prompt, &pip_opts, abort);
@@ -638,7 +642,6 @@ fn pipelined_decoding_gives_the_sequential_tokens_and_shows_nothing_past_a_stop(
         engine.reset();
         let opts = GenerateOptions {
             pipeline: true,
-            gpu_nucleus: true,
             ..base.clone()
         };
         let (first, _) = streamed(&mut engine, &prompt, &opts, Some(7));
@@ -717,7 +720,6 @@ fn pipelined_decoding_reuses_staging_buffers_and_runs_at_most_one_step_ahead() {
     let pipelined = greedy(20);
     let sequential = GenerateOptions {
         pipeline: false,
-        gpu_nucleus: true,
         ..greedy(20)
     };
     // The first pipelined decode makes the ring's buffers: one per step in flight.

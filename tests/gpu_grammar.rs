@@ -134,7 +134,6 @@ fn constrained_greedy_reads_back_what_unconstrained_greedy_reads() {
             sampling: SamplingParams::greedy(),
             max_tokens: Some(40),
             pipeline: false,
-            gpu_nucleus: true,
             response_format: format,
             ..GenerateOptions::default()
         };

@@ -114,6 +114,26 @@ async fn fixed_ops_match_reference_in_browser() {
             vocab: 12,
             temperature: 0.8,
         },
+        OpCase::Nucleus {
+            vocab: 49_152,
+            spread: 2.0,
+            ties: false,
+            top_k: 1000,
+            top_p: 0.9,
+            min_p: 0.01,
+            temperature: 1.0,
+            draws: 2,
+        },
+        OpCase::Nucleus {
+            vocab: 40,
+            spread: 2.0,
+            ties: true,
+            top_k: 0,
+            top_p: 0.8,
+            min_p: 0.0,
+            temperature: 0.7,
+            draws: 1000,
+        },
     ];
     for (i, case) in cases.into_iter().enumerate() {
         assert_passes(&ctx, case, i as u64).await;

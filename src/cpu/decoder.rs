@@ -457,6 +457,8 @@ fn pick(logits: &mut [f32], readout: Readout<'_>, mask: Option<&[u32]>) -> Resul
         penalties,
         biases,
         with_candidates,
+        // The CPU backend finishes truncating draws from its row.
+        nucleus: _,
     } = readout
     else {
         return Ok(StepOutput::Logits(logits.to_vec()));

@@ -686,8 +686,9 @@ const CUT: Slot = Slot::read_write("out", "u32");
 /// top-p and min-p keep, found by a radix select by softmax mass instead of a sort, then a
 /// Gumbel-max draw among them at the draw's temperature. Reads back one (value, index) pair:
 /// the whole-row readback of a nucleus larger than the candidates, without it. Built once per
-/// graph, recorded when the candidates do not decide a draw.
-#[derive(Debug)]
+/// graph, recorded when the candidates do not decide a draw. Clones share the buffers and
+/// dispatches.
+#[derive(Clone, Debug)]
 pub struct Nucleus {
     /// Four (histogram, pick) pairs of the radix select by count (top-k), then four by mass
     /// (top-p).
@@ -711,8 +712,22 @@ impl Nucleus {
         ctx: &GpuContext,
         rec: &mut Recorder<'_>,
         row: usize,
-        (top_k, top_p, min_p): (usize, f32, f32),
+        limits: (usize, f32, f32),
     ) -> Result<ReadSlot> {
+        self.record_pick(ctx, rec, row, limits)?;
+        Ok(rec.read(self.output()))
+    }
+
+    /// [`Nucleus::record`] without the read: the draw lands in [`Nucleus::output`] (for a pick
+    /// the next step reads on the GPU). The state it writes goes through the queue, so work
+    /// submitted before keeps its own.
+    pub fn record_pick(
+        &self,
+        ctx: &GpuContext,
+        rec: &mut Recorder<'_>,
+        row: usize,
+        (top_k, top_p, min_p): (usize, f32, f32),
+    ) -> Result<()> {
         let row = dim("nucleus", "row", row)? as i32;
         let k = dim("nucleus", "top_k", top_k)? as i32;
         let words = [
@@ -734,7 +749,13 @@ impl Nucleus {
             rec.dispatch_all(by_mass);
         }
         rec.dispatch(&self.cut);
-        Ok(self.draw.record(rec))
+        rec.dispatch_all(self.draw.dispatches());
+        Ok(())
+    }
+
+    /// The draw: `[1, 1, 2]` i32 words, the drawn token's logit bits, then its index.
+    pub fn output(&self) -> &GpuTensor {
+        self.draw.output()
     }
 
     /// The row the draw is made from (`[1, vocab]` f32): the logits the nucleus keeps, −inf

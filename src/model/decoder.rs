@@ -154,6 +154,12 @@ pub enum Readout<'a> {
         /// Also read the best candidates and the softmax statistics with a greedy or Gumbel
         /// pick (for log probabilities): [`StepOutput::TokenAndCandidates`].
         with_candidates: bool,
+        /// With a truncating plan (candidates, or a top-k above them): draw on the GPU from
+        /// what these `(top_k, top_p, min_p)` keep ([`kernels::Nucleus`], keyed by `draw`'s
+        /// Gumbel key) and read back the token ([`StepOutput::Token`], or with
+        /// `with_candidates` [`StepOutput::TokenAndCandidates`]) instead of the candidates or
+        /// the row.
+        nucleus: Option<(usize, f32, f32)>,
     },
     /// The last token's whole row of logits, as computed.
     Logits,
@@ -992,6 +998,7 @@ impl Decoder {
                 penalties,
                 biases,
                 with_candidates,
+                nucleus,
             } => {
                 if penalties.len() > graph.pens.rows() {
                     return Err(Error::ShapeMismatch {
@@ -1018,6 +1025,23 @@ impl Decoder {
                 Self::record_bias(ctx, graph, &mut rec, biases)?;
                 if masked {
                     rec.dispatch(&graph.mask);
+                }
+                let truncating = matches!(plan, SamplingPlan::Candidates | SamplingPlan::FullRow);
+                if let (Some(limits), true) = (nucleus, truncating) {
+                    let nucleus = Self::nucleus_of(ctx, graph).await?;
+                    let stats = graph.stats.record(&mut rec);
+                    let slot = nucleus.record(ctx, &mut rec, row, limits)?;
+                    let candidates = with_candidates.then(|| graph.candidates.record(&mut rec));
+                    let readback = rec.submit_and_read().await?;
+                    let token = nucleus.read(&readback, slot)?;
+                    return Ok(match candidates {
+                        None => StepOutput::Token(token),
+                        Some(c) => StepOutput::TokenAndCandidates {
+                            token,
+                            candidates: graph.candidates.read(&readback, c)?.swap_remove(row),
+                            stats: graph.stats.read(&readback, stats)?[row],
+                        },
+                    });
                 }
                 match plan {
                     SamplingPlan::Greedy | SamplingPlan::Gumbel => {
@@ -1063,9 +1087,10 @@ impl Decoder {
         }
     }
 
-    /// Submits one step of `input` at `offset` whose token the GPU picks under `plan` (greedy or
-    /// Gumbel, no penalties: nothing the host must compute from the previous token), and returns
-    /// without waiting for it. With a `feed` (the [`Graph::ids`] of the graph the next step runs
+    /// Submits one step of `input` at `offset` whose token the GPU picks under `plan` (greedy,
+    /// Gumbel, or a truncating plan drawn from the nucleus that `nucleus` = `(top_k, top_p,
+    /// min_p)` keep, with `draw`'s Gumbel key; no penalties: nothing the host must compute from
+    /// the previous token), and returns without waiting for it. With a `feed` (the [`Graph::ids`] of the graph the next step runs
     /// on), the pick is also copied there on the GPU, so the next step can be submitted with
     /// [`StepInput::Gpu`] before this one is read back.
     ///
@@ -1085,14 +1110,17 @@ impl Decoder {
         graph: &mut Graph,
         input: StepInput<'_>,
         offset: usize,
-        plan: SamplingPlan,
+        (plan, nucleus): (SamplingPlan, Option<(usize, f32, f32)>),
         mut draw: Draw,
         biases: &[(u32, f32)],
         feed: Option<&GpuTensor>,
     ) -> Result<PendingPick<'c>> {
-        if !matches!(plan, SamplingPlan::Greedy | SamplingPlan::Gumbel) || draw.n_pen != 0 {
+        let on_gpu =
+            matches!(plan, SamplingPlan::Greedy | SamplingPlan::Gumbel) || nucleus.is_some();
+        if !on_gpu || draw.n_pen != 0 {
             return Err(Error::InvalidRequest(format!(
-                "a step whose pick feeds the next one needs greedy or Gumbel sampling without                  penalties, not {plan:?} with {} penalized tokens",
+                "a step whose pick feeds the next one needs greedy, Gumbel or nucleus sampling \
+                 without penalties, not {plan:?} with {} penalized tokens",
                 draw.n_pen
             )));
         }
@@ -1105,18 +1133,32 @@ impl Decoder {
         draw.row = row as u32;
         graph.draw.set(ctx, &draw);
         Self::record_bias(ctx, graph, &mut rec, biases)?;
-        let pick = if plan == SamplingPlan::Greedy {
-            &graph.argmax
-        } else {
-            &graph.gumbel
-        };
-        rec.dispatch_all(pick.dispatches());
         // (value bits, index) per row: the token is the second word of its row.
-        let word = row * 2 * pick.k() + 1;
+        let (output, word) = match nucleus {
+            Some(limits) => {
+                let n = graph.nucleus.clone().ok_or_else(|| {
+                    Error::InvalidRequest(
+                        "a nucleus pick needs Decoder::prepare_nucleus on its graph first".into(),
+                    )
+                })?;
+                rec.dispatch_all(graph.stats.dispatches());
+                n.record_pick(ctx, &mut rec, row, limits)?;
+                (n.output().clone(), 1)
+            }
+            None => {
+                let pick = if plan == SamplingPlan::Greedy {
+                    &graph.argmax
+                } else {
+                    &graph.gumbel
+                };
+                rec.dispatch_all(pick.dispatches());
+                (pick.output().clone(), row * 2 * pick.k() + 1)
+            }
+        };
         if let Some(ids) = feed {
-            rec.copy_words(pick.output(), word, ids, 0, 1)?;
+            rec.copy_words(&output, word, ids, 0, 1)?;
         }
-        let slot = rec.read(pick.output());
+        let slot = rec.read(&output);
         Ok(PendingPick {
             readback: rec.submit_reading()?,
             slot,
@@ -1154,30 +1196,19 @@ impl Decoder {
         Ok(())
     }
 
-    /// Draws the last step's token (of `n`, on `graph`) from what `(top_k, top_p, min_p)` keep
-    /// of its row (top-k 0: off), on the GPU, at `draw`'s temperature and key
-    /// ([`kernels::Nucleus`]): a draw the step's candidates did not decide, without reading
-    /// the row back (8 bytes).
-    pub async fn nucleus_pick(
-        &self,
-        ctx: &GpuContext,
-        graph: &mut Graph,
-        n: usize,
-        mut draw: Draw,
-        limits: (usize, f32, f32),
-    ) -> Result<u32> {
+    /// Builds `graph`'s nucleus draw if it has none yet (its pipelines), for
+    /// [`Decoder::submit_pick`].
+    pub async fn prepare_nucleus(&self, ctx: &GpuContext, graph: &mut Graph) -> Result<()> {
+        Self::nucleus_of(ctx, graph).await.map(|_| ())
+    }
+
+    /// `graph`'s nucleus draw, built on first use.
+    async fn nucleus_of(ctx: &GpuContext, graph: &mut Graph) -> Result<Nucleus> {
         if graph.nucleus.is_none() {
             let built = kernels::nucleus(ctx, &graph.logits, &graph.stats, &graph.draw).await?;
             graph.nucleus = Some(built);
         }
-        let nucleus = graph.nucleus.as_ref().expect("built above");
-        let row = graph.last_row(n);
-        draw.row = row as u32;
-        graph.draw.set(ctx, &draw);
-        let mut rec = ctx.recorder();
-        let slot = nucleus.record(ctx, &mut rec, row, limits)?;
-        let readback = rec.submit_and_read().await?;
-        nucleus.read(&readback, slot)
+        Ok(graph.nucleus.clone().expect("built above"))
     }
 
     /// The last step's row of logits for its `n`-th token (1-based: the step's length), as the
