@@ -1,9 +1,10 @@
-// linear_rows.wgsl for the block formats and the float formats (rows of a multiple of 32
-// elements: 32 f32 are eight vec4s of words, 32 f16 or bf16 four), the block formats' 32-element (sub-)blocks read as whole vec4s of
-// words where the layout allows (Q4_0, Q4_1, IQ4_NL, IQ4_XS: one; Q8_0, Q2_K: two; Q4_K: two per
-// sub-block, Q5_K and Q3_K: two and two of their high bits, Q6_K: four) and as five words for
-// Q5_0 and Q5_1 (whose blocks of five words are not vec4-aligned), through vec4 views of x
-// and W: CPU drivers pay per load instruction (lavapipe
+// linear_rows.wgsl for every weight format, read through vec4 views of x and W: the 32-element
+// blocks of Q4_0, Q4_1, IQ4_NL and Q8_0 (one or two vec4s of words), IQ4_XS's sub-blocks (one),
+// Q5_0's and Q5_1's blocks (five words: not vec4-aligned), the float formats in runs of 32
+// (rows of a multiple of 32: eight vec4s of f32 words, four of f16 or bf16 pairs), and the
+// K-quants a half super-block (128 weights) per step (SUB = 4), so that the quant words and
+// scales its sub-blocks share are loaded once (Q2_K: two vec4s, Q3_K and Q4_K: four, Q5_K and
+// Q6_K: six). CPU drivers pay per load instruction (lavapipe
 // runs each storage load lane by lane), so a block of 32 weights is one or two loads plus its
 // scale, and each x vec4 is loaded once per block for all NR rows of W an invocation computes
 // (COLS = NR output columns, or NR / 2 with SWIGLU: their gate rows, then their up rows; with
@@ -11,6 +12,7 @@
 // Element values are exactly quant.wgsl's (ggml's). With NORM each invocation sums x² of its MT
 // rows as it loads them and loads x times the norm weight (linear_common.wgsl).
 // Prelude: WG, MT, NR, COLS (output columns or quads per invocation: NR >> (SWIGLU + 2 ROPE)),
+// SUB (32-element sub-blocks per step: 1, or 4 for the K-quants), SV (x vec4s per step: 8 SUB),
 // and linear_common.wgsl's, with the `VEC4` bindings: x: array<vec4<f32>>,
 // w: array<vec4<u32>>, and ws: the same W as array<u32>. Loops over constant bounds are unrolled
 // (`// unroll`, gpu::pipeline::unroll), as in linear_rows.wgsl.
@@ -109,9 +111,9 @@ fn half2(v: u32) -> vec2<f32> {
     return unpack2x16float(v);
 }
 
-// The 32 weights of block b as 8 vec4s, in element order. For the K-quants (super-blocks of
-// 256) b counts 32-element sub-blocks: sub-block j = b % 8 of super-block b / 8. The float
-// formats (rows of a multiple of 32) are read as blocks of 32 too.
+// The 32 weights of block b as 8 vec4s, in element order (the K-quants go through block128).
+// For IQ4_XS (super-blocks of 256) b counts 32-element sub-blocks: sub-block b % 8 of
+// super-block b / 8. The float formats (rows of a multiple of 32) are read as blocks of 32 too.
 fn block32(b: u32) -> array<vec4<f32>, 8> {
     var o: array<vec4<f32>, 8>;
     if (W_FORMAT == 0u) {
@@ -125,122 +127,6 @@ fn block32(b: u32) -> array<vec4<f32>, 8> {
             let v = w[4u * b + i];
             o[2u * i] = vec4<f32>(half2(v.x), half2(v.y));
             o[2u * i + 1u] = vec4<f32>(half2(v.z), half2(v.w));
-        }
-        return o;
-    }
-    if (W_FORMAT == 12u) {
-        // Q4_K: sub-block j holds the low (j even) or high nibbles of the 32 quant bytes of
-        // chunk pair j / 2; value = fma(d · sc, q, −dmin · m), decode8_q4_k's.
-        let g = b / 8u;
-        let j = b % 8u;
-        let s = p.scale_base + 4u * g;
-        let dm = unpack2x16float(word(s));
-        let sm = sm_q4_k(vec3<u32>(word(s + 1u), word(s + 2u), word(s + 3u)), j);
-        let d1 = (dm.x * sm.x) * BYTE_SCALE;
-        let m1 = vec4<f32>(-(dm.y * sm.y));
-        let shift = 4u * (j & 1u);
-        let q0 = w[8u * g + 2u * (j / 2u)];
-        let q1 = w[8u * g + 2u * (j / 2u) + 1u];
-        for (var i = 0u; i < 4u; i++) { // unroll
-            o[i] = nib4p(q0[i], shift) * d1 + m1;
-            o[i + 4u] = nib4p(q1[i], shift) * d1 + m1;
-        }
-        return o;
-    }
-    if (W_FORMAT == 14u) {
-        // Q6_K: sub-block j is t = j % 4 of half n = j / 4: low nibbles (t >> 1) of ql words
-        // 16n + 8(t & 1) + l / 4, high crumbs (bits 2t) of qh words 32 + 8n + l / 4, scale
-        // sc[8n + 2t] for l < 16 and sc[8n + 2t + 1] after; value = (d · sc) · (q − 32),
-        // decode8_q6_k's.
-        let g = b / 8u;
-        let j = b % 8u;
-        let n = j / 4u;
-        let t = j % 4u;
-        let s = p.scale_base + 5u * g;
-        let d = unpack2x16float(word(s + 4u)).x;
-        let ds0 = d * sc_q6_k(s, 8u * n + 2u * t);
-        let ds1 = d * sc_q6_k(s, 8u * n + 2u * t + 1u);
-        let dv0 = ds0 * BYTE_SCALE;
-        let dv1 = ds1 * BYTE_SCALE;
-        let o0 = vec4<f32>(-32.0 * ds0);
-        let o1 = vec4<f32>(-32.0 * ds1);
-        let base = 12u * g;
-        let lo0 = w[base + 4u * n + 2u * (t & 1u)];
-        let lo1 = w[base + 4u * n + 2u * (t & 1u) + 1u];
-        let hi0 = w[base + 8u + 2u * n];
-        let hi1 = w[base + 8u + 2u * n + 1u];
-        let ls = 4u * (t >> 1u);
-        let hs = 2u * t;
-        for (var i = 0u; i < 4u; i++) { // unroll
-            o[i] = q6_k_4p(lo0[i], ls, hi0[i], hs) * dv0 + o0;
-            o[i + 4u] = q6_k_4p(lo1[i], ls, hi1[i], hs) * dv1 + o1;
-        }
-        return o;
-    }
-    if (W_FORMAT == 13u) {
-        // Q5_K: Q4_K's nibbles and scales (10 vec4s per super-block: 8 of qs, 2 of qh), the
-        // fifth bit of element l of sub-block j being bit j of qh[l], moved to bit 4 of the
-        // element's byte; value = fma(d · sc, q, −dmin · m), decode8_q5_k's.
-        let g = b / 8u;
-        let j = b % 8u;
-        let s = p.scale_base + 4u * g;
-        let dm = unpack2x16float(word(s));
-        let sm = sm_q4_k(vec3<u32>(word(s + 1u), word(s + 2u), word(s + 3u)), j);
-        let d1 = (dm.x * sm.x) * BYTE_SCALE;
-        let m1 = vec4<f32>(-(dm.y * sm.y));
-        let shift = 4u * (j & 1u);
-        let q0 = w[10u * g + 2u * (j / 2u)];
-        let q1 = w[10u * g + 2u * (j / 2u) + 1u];
-        let h0 = w[10u * g + 8u];
-        let h1 = w[10u * g + 9u];
-        for (var i = 0u; i < 4u; i++) { // unroll
-            let f0 = ((q0[i] >> shift) & 0x0F0F0F0Fu) | (((h0[i] >> j) & 0x01010101u) << 4u);
-            let f1 = ((q1[i] >> shift) & 0x0F0F0F0Fu) | (((h1[i] >> j) & 0x01010101u) << 4u);
-            o[i] = fields4p(f0, FIVE_MASKS) * d1 + m1;
-            o[i + 4u] = fields4p(f1, FIVE_MASKS) * d1 + m1;
-        }
-        return o;
-    }
-    if (W_FORMAT == 10u || W_FORMAT == 11u) {
-        // Q2_K / Q3_K: sub-block r is plane j = r % 4 (bits 2j of each byte) of the 32 qs bytes
-        // of half h = r / 4; its two runs of 16 (bytes 0..16, 16..32: one vec4 each) have
-        // scales 2r and 2r + 1. Q2_K (4 vec4s per super-block): value = (d · (sc & 15)) · q −
-        // dmin · (sc >> 4), decode8_q2_k's. Q3_K (6: 2 of hmask, 4 of qs): q + 4 · (bit 4h + j
-        // of the element's hmask byte) − 4, times d · (sc − 32) (6-bit scales), decode8_q3_k's.
-        let g = b / 8u;
-        let r = b % 8u;
-        let h = r / 4u;
-        let j = r % 4u;
-        for (var s = 0u; s < 2u; s++) { // unroll
-            let run = 2u * r + s;
-            var q: vec4<u32>;
-            var dv: vec4<f32>;
-            var off: vec4<f32>;
-            if (W_FORMAT == 10u) {
-                let sb = p.scale_base + 5u * g;
-                let dm = unpack2x16float(word(sb));
-                let sc = byte_w(sb + 1u, run);
-                dv = (dm.x * f32(sc & 15u)) * BYTE_SCALE;
-                off = vec4<f32>(-(dm.y * f32(sc >> 4u)));
-                q = (w[4u * g + 2u * h + s] >> vec4<u32>(2u * j)) & vec4<u32>(0x03030303u);
-            } else {
-                let sb = p.scale_base + 4u * g;
-                let d = unpack2x16float(word(sb + 3u)).x;
-                let sc = ((byte_w(sb, run % 8u) >> (4u * (run / 8u))) & 15u)
-                    | (((byte_w(sb, 8u + run % 4u) >> (2u * (run / 4u))) & 3u) << 4u);
-                let dl = d * f32(i32(sc) - 32);
-                dv = dl * BYTE_SCALE;
-                off = vec4<f32>(-4.0 * dl);
-                let hm = (w[6u * g + s] >> vec4<u32>(4u * h + j)) & vec4<u32>(0x01010101u);
-                q = ((w[6u * g + 2u + 2u * h + s] >> vec4<u32>(2u * j)) & vec4<u32>(0x03030303u)) | (hm << vec4<u32>(2u));
-            }
-            for (var i = 0u; i < 4u; i++) { // unroll
-                if (W_FORMAT == 10u) {
-                    o[4u * s + i] = fields4p(q[i], CRUMB_MASKS) * dv + off;
-                } else {
-                    o[4u * s + i] = fields4p(q[i], THREE_MASKS) * dv + off;
-                }
-            }
         }
         return o;
     }
@@ -334,7 +220,7 @@ fn block32(b: u32) -> array<vec4<f32>, 8> {
 // The 128 weights of half h = s % 2 of K-quant super-block s / 2 (sub-blocks 4h .. 4h + 4) as
 // 32 vec4s, in element order: the quant words these sub-blocks share (Q4_K's and Q5_K's chunk
 // pairs hold two, Q6_K's high crumbs and Q2_K's and Q3_K's planes four) are loaded once, and
-// the scales once. Each value is block32's (the same decoders, exactly).
+// the scales once. Each value is exactly ggml's (quant.wgsl's decode8_*).
 fn block128(s: u32) -> array<vec4<f32>, 32> {
     var o: array<vec4<f32>, 32>;
     let g = s / 2u;

@@ -652,6 +652,14 @@ mod cli {
         }
     }
 
+    /// Engine options with only the context set (the benchmarks').
+    fn context_only(context: Option<usize>) -> EngineOptions {
+        EngineOptions {
+            context,
+            ..Default::default()
+        }
+    }
+
     /// Loads MODEL with a progress bar and makes an engine of it; says what it loaded on stderr.
     async fn open_engine(
         dev: &Dev,
@@ -997,15 +1005,7 @@ mod cli {
                 return bench_cpu(dev, cpu, model, (prompt_tokens, gen_tokens, context)).await
             }
         };
-        let mut engine = open_engine(
-            dev,
-            model,
-            &EngineOptions {
-                context,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let mut engine = open_engine(dev, model, &context_only(context)).await?;
         let options = greedy_run(gen_tokens);
         // Warm-up: every pipeline compiled and every graph run once.
         let warm = bench_prompt(&engine, 20)?;
@@ -1122,15 +1122,7 @@ mod cli {
         model: &str,
         (prompt_tokens, gen_tokens, context): (usize, usize, Option<usize>),
     ) -> pocketlm::Result<ExitCode> {
-        let mut engine = open_engine(
-            dev,
-            model,
-            &EngineOptions {
-                context,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let mut engine = open_engine(dev, model, &context_only(context)).await?;
         let options = greedy_run(gen_tokens);
         let prompt = bench_prompt(&engine, prompt_tokens)?;
         let one = CpuContext::new(Some(1));

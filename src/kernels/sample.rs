@@ -683,11 +683,10 @@ const HIST_IN: Slot = Slot::read("hist_in", "f32");
 const CUT: Slot = Slot::read_write("out", "u32");
 
 /// A draw from the nucleus of one row of logits on the GPU (shaders/nucleus.wgsl): the tokens
-/// top-p and min-p keep, found by a radix select by softmax mass instead of a sort, then a
-/// Gumbel-max draw among them at the draw's temperature. Reads back one (value, index) pair:
-/// the whole-row readback of a nucleus larger than the candidates, without it. Built once per
-/// graph, recorded when the candidates do not decide a draw. Clones share the buffers and
-/// dispatches.
+/// top-k, top-p and min-p keep, found by radix selects by count and by softmax mass instead of
+/// a sort, then a Gumbel-max draw among them at the draw's temperature. Reads back one (value,
+/// index) pair, or leaves it where the next step reads it. Built once per graph, on its first
+/// truncated draw. Clones share the buffers and dispatches.
 #[derive(Clone, Debug)]
 pub struct Nucleus {
     /// Four (histogram, pick) pairs of the radix select by count (top-k), then four by mass

@@ -995,8 +995,7 @@ pub mod check {
             }
             counts[t.min(vocab - 1)] += 1;
         }
-        // Pearson's χ² of the counts against the kept tokens' softmax at the temperature, over
-        // the tokens expected at least 5 times (the rest pooled).
+        // The draws against the kept tokens' softmax at the temperature.
         if draws > 0 {
             let m = f64::from(row.iter().copied().fold(f32::MIN, f32::max));
             let w: Vec<f64> = (0..vocab)
@@ -1008,30 +1007,10 @@ pub mod check {
                     }
                 })
                 .collect();
-            let z: f64 = w.iter().sum();
-            let (mut chi2, mut cells) = (0.0, 0usize);
-            let (mut pool_e, mut pool_c) = (0.0, 0usize);
-            for i in 0..vocab {
-                let e = draws as f64 * w[i] / z;
-                if e >= 5.0 {
-                    chi2 += (counts[i] as f64 - e).powi(2) / e;
-                    cells += 1;
-                } else {
-                    pool_e += e;
-                    pool_c += counts[i];
-                }
-            }
-            if pool_e > 0.0 {
-                chi2 += (pool_c as f64 - pool_e).powi(2) / pool_e.max(1e-9);
-                cells += 1;
-            }
-            let df = (cells.max(2) - 1) as f64;
-            let limit = df * (1.0 - 2.0 / (9.0 * df) + 4.75 * (2.0 / (9.0 * df)).sqrt()).powi(3);
-            if chi2 / limit > worst {
-                worst = chi2 / limit;
-                detail = Some(format!(
-                    "χ² {chi2:.1} over {df} degrees of freedom (limit {limit:.1})"
-                ));
+            let (ratio, why) = chi_squared(&counts, &w);
+            if ratio > worst {
+                worst = ratio;
+                detail = Some(why);
             }
         }
         Ok(OpOutcome {
@@ -1042,6 +1021,36 @@ pub mod check {
             detail,
             dispatches: 10,
         })
+    }
+
+    /// Pearson's χ² of draw `counts` against weights `w` (any scale; 0 for what may not be
+    /// drawn), cells expected fewer than 5 times pooled, as a ratio to the χ² quantile at
+    /// p ≈ 1e-6 (Wilson–Hilferty, z = 4.75): above 1 fails. With the reason.
+    fn chi_squared(counts: &[usize], w: &[f64]) -> (f64, String) {
+        let draws: usize = counts.iter().sum();
+        let z: f64 = w.iter().sum();
+        let (mut chi2, mut cells) = (0.0, 0usize);
+        let (mut pool_e, mut pool_c) = (0.0, 0usize);
+        for (&c, &wi) in counts.iter().zip(w) {
+            let e = draws as f64 * wi / z;
+            if e >= 5.0 {
+                chi2 += (c as f64 - e).powi(2) / e;
+                cells += 1;
+            } else {
+                pool_e += e;
+                pool_c += c;
+            }
+        }
+        if pool_e > 0.0 || pool_c > 0 {
+            chi2 += (pool_c as f64 - pool_e).powi(2) / pool_e.max(1e-9);
+            cells += 1;
+        }
+        let df = (cells.max(2) - 1) as f64;
+        let limit = df * (1.0 - 2.0 / (9.0 * df) + 4.75 * (2.0 / (9.0 * df)).sqrt()).powi(3);
+        (
+            chi2 / limit,
+            format!("χ² {chi2:.1} over {df} degrees of freedom (limit {limit:.1})"),
+        )
     }
 
     async fn run_gumbel(
@@ -1090,30 +1099,15 @@ pub mod check {
             }
             counts[t.min(vocab - 1)] += 1;
         }
-        // Pearson's χ² of the counts against the softmax: far below the 1-in-a-million tail for
-        // these degrees of freedom when the draws are right.
         let m = row.iter().copied().fold(f32::MIN, f32::max);
         let w: Vec<f64> = row
             .iter()
             .map(|&v| (f64::from(v - m) / f64::from(temperature)).exp())
             .collect();
-        let z: f64 = w.iter().sum();
-        let chi2: f64 = counts
-            .iter()
-            .zip(&w)
-            .map(|(&c, &wi)| {
-                let e = draws as f64 * wi / z;
-                (c as f64 - e).powi(2) / e
-            })
-            .sum();
-        let df = (vocab - 1) as f64;
-        // Wilson–Hilferty: the χ² quantile at z = 4.75 (p ≈ 1e-6).
-        let limit = df * (1.0 - 2.0 / (9.0 * df) + 4.75 * (2.0 / (9.0 * df)).sqrt()).powi(3);
-        if chi2 / limit > worst {
-            worst = chi2 / limit;
-            detail = Some(format!(
-                "χ² {chi2:.1} over {df} degrees of freedom (limit {limit:.1}); counts {counts:?}"
-            ));
+        let (ratio, why) = chi_squared(&counts, &w);
+        if ratio > worst {
+            worst = ratio;
+            detail = Some(format!("{why}; counts {counts:?}"));
         }
         Ok(OpOutcome {
             case,
