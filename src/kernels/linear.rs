@@ -785,19 +785,21 @@ async fn linear_epilogue(
     };
     if vec4 {
         const ROWS4: Kernel = Kernel::new("matvec_rows", ROWS4_SRC, "linear_rows4", VEC4);
-        let mt = if use_matvec {
-            (params.m.clamp(1, MATVEC_MAX_ROWS as u32)).next_power_of_two()
-        } else {
-            ROWS4_MT
-        };
-        // Output columns (or quads) per invocation.
-        let cols = ROWS4_NR >> shift;
         // 32-element sub-blocks per step: a K-quant's half super-block (128 elements) shares
         // its quant words and scales among its sub-blocks, so they are loaded once per step.
         let sub = match w.dtype() {
             DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K => 4,
             _ => 1,
         };
+        // Activation rows per invocation: with four times the x registers per step, K-quants
+        // take half as many (and CPU drivers compile half the unrolled multiply-adds).
+        let mt = if use_matvec {
+            (params.m.clamp(1, MATVEC_MAX_ROWS as u32)).next_power_of_two()
+        } else {
+            ROWS4_MT / (sub / 2).max(1)
+        };
+        // Output columns (or quads) per invocation.
+        let cols = ROWS4_NR >> shift;
         let spec = spec(ctx, None, w, opts, epi, true)
             .with("WG", ROWS_WG)
             .with("MT", mt)
