@@ -14,20 +14,9 @@
 // state (u32 words, the host writes them all): [0] the row, [1] top_p (f32 bits; 1 = off),
 // [2] min_p (f32 bits; 0 = off), [3] 0 (the key bytes chosen so far), [4] the mass of the keys
 // above them, [5] the target mass, [6] top_k (0 = off), [7] 0 (the smallest key top-k keeps).
-// Prelude: WG (256: one bin per invocation), and the bindings of `nucleus`
+// Prelude: WG (256: one bin per invocation), order_key.wgsl, and the bindings of `nucleus`
 // (src/kernels/sample.rs); p.level (0..4), p.mode (0: mass, 1: count), p.parts, p.span,
 // p.vocab.
-
-const NEG_INF: u32 = 0xff800000u;
-
-// Larger key = larger value; NaN as −inf, −0 as +0 (shaders/topk.wgsl's order).
-fn key_of(bits: u32) -> u32 {
-    var b = select(bits, NEG_INF, (bits & 0x7fffffffu) > 0x7f800000u);
-    if (b == 0x80000000u) {
-        b = 0u;
-    }
-    return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
-}
 
 // exp(x − M) of an element with `bits`: 0 for −inf and NaN.
 fn mass(bits: u32, m: f32) -> f32 {
@@ -62,7 +51,7 @@ fn hist(
         var w = 0.0;
         if (e < end) {
             let bits = logits[row * p.vocab + e];
-            let key = key_of(bits);
+            let key = order_key(bits);
             // The bytes above this pass's must equal those chosen (none on the first pass).
             let live = key >= low && (p.level == 0u || (key >> (shift + 8u)) == (prefix >> (shift + 8u)));
             if (live) {
@@ -70,7 +59,7 @@ fn hist(
                 w = mass(bits, m);
                 if (p.mode == 1u) {
                     // Top-k counts the tokens a draw may pick (not −inf, not NaN).
-                    w = select(0.0, 1.0, key > key_of(NEG_INF));
+                    w = select(0.0, 1.0, key > order_key(NEG_INF));
                 }
             }
         }
@@ -163,7 +152,7 @@ fn cut(
     let top_p = bitcast<f32>(state_in[1]);
     let min_p = bitcast<f32>(state_in[2]);
     let bits = logits[row * p.vocab + e];
-    let key = key_of(bits);
+    let key = order_key(bits);
     var keep = key >= state_in[7] && (top_p >= 1.0 || key >= state_in[3]);
     if (min_p > 0.0) {
         keep = keep && mass(bits, m) >= min_p;

@@ -21,28 +21,14 @@
 //
 // Bindings: `src` is the level's input: the logits themselves on the first level (bound twice,
 // both read-only), then the previous level's pairs. Prelude: WG (power of two), K (power of two,
-// 1..=64), TILE (power of two ≥ 2·K), the bindings of `TOPK` (src/kernels/sample.rs), and
+// 1..=64), TILE (power of two ≥ 2·K), the bindings of `TOPK` (src/kernels/sample.rs),
+// order_key.wgsl, and
 // `sample_key(row, e, bits)`, the key of a logit on the first level: its order_key, or with
 // gumbel.wgsl the key of a Gumbel-perturbed logit (argmax only: a draw on the GPU).
 
 // Index of padding: with key 0 it loses to every real element (the smallest real key, −inf's,
 // is 0x007fffff).
 const NONE: u32 = 0xffffffffu;
-const NEG_INF: u32 = 0xff800000u;
-
-fn canonical_bits(bits: u32) -> u32 {
-    // NaN (any sign or payload) becomes −inf.
-    return select(bits, NEG_INF, (bits & 0x7fffffffu) > 0x7f800000u);
-}
-
-// Larger key = larger value. −0 is mapped to +0 first, so the two tie.
-fn order_key(bits: u32) -> u32 {
-    var b = canonical_bits(bits);
-    if (b == 0x80000000u) {
-        b = 0u;
-    }
-    return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
-}
 
 // Whether (ka, ia) ranks before (kb, ib).
 fn better(ka: u32, ia: u32, kb: u32, ib: u32) -> bool {

@@ -898,23 +898,10 @@ impl Engine {
         (logprobs, gpu_nucleus): (Option<usize>, bool),
     ) -> Result<Pick> {
         let penalties = sampler.penalty_list();
-        let gpu_nucleus = gpu_nucleus && matches!(device, Device::Gpu(_));
-        let truncating = matches!(plan, SamplingPlan::Candidates | SamplingPlan::FullRow);
         // A truncating draw runs on the GPU (the nucleus); off, the candidates decide it where
         // they can and the row read back where they cannot.
-        let nucleus =
-            (gpu_nucleus && truncating).then(|| nucleus_limits(sampler, self.config().vocab));
-        let draw: Draw = sampler.gpu_draw(if nucleus.is_some() {
-            SamplingPlan::Gumbel
-        } else {
-            plan
-        });
-        // A top-k above the candidates reads them and the statistics as a wide top-p does.
-        let plan = if gpu_nucleus && plan == SamplingPlan::FullRow {
-            SamplingPlan::Candidates
-        } else {
-            plan
-        };
+        let gpu_nucleus = gpu_nucleus && matches!(device, Device::Gpu(_));
+        let (nucleus, draw) = gpu_pick(sampler, plan, gpu_nucleus, self.config().vocab);
         let readout = Readout::Sample {
             plan,
             draw,
@@ -928,24 +915,17 @@ impl Engine {
             .await?;
         let vocab = self.config().vocab;
         // The token, and what its log probabilities can come from.
-        let mut nucleus = false;
         let (token, mut row, seen) = match out {
-            StepOutput::Token(t) => {
-                nucleus = truncating && gpu_nucleus;
-                (sampler.accept_picked(t), None, None)
-            }
+            StepOutput::Token(t) => (sampler.accept_picked(t), None, None),
             StepOutput::TokenAndCandidates {
                 token,
                 candidates,
                 stats,
-            } => {
-                nucleus = truncating && gpu_nucleus;
-                (
-                    sampler.accept_picked(token),
-                    None,
-                    Some((candidates, stats)),
-                )
-            }
+            } => (
+                sampler.accept_picked(token),
+                None,
+                Some((candidates, stats)),
+            ),
             StepOutput::Candidates { candidates, stats } => {
                 match sampler.sample_gpu_candidates(&candidates, stats, vocab)? {
                     Some(t) => (t, None, Some((candidates, stats))),
@@ -981,7 +961,8 @@ impl Engine {
         Ok(Pick {
             token,
             full_row: row.is_some(),
-            nucleus,
+            // A nucleus readout always gives the token the GPU drew.
+            nucleus: nucleus.is_some(),
             logprobs,
         })
     }
@@ -1013,17 +994,11 @@ impl Engine {
             None
         };
         // A truncating plan draws from the nucleus (the pipeline runs one only with
-        // `gpu_nucleus`), keyed as a Gumbel draw.
-        let nucleus = matches!(plan, SamplingPlan::Candidates | SamplingPlan::FullRow)
-            .then(|| nucleus_limits(sampler, model.config.vocab));
+        // `gpu_nucleus`).
+        let (nucleus, draw) = gpu_pick(sampler, plan, true, model.config.vocab);
         if nucleus.is_some() {
             model.prepare_nucleus(ctx, &mut graphs[g]).await?;
         }
-        let draw = sampler.gpu_draw(if nucleus.is_some() {
-            SamplingPlan::Gumbel
-        } else {
-            plan
-        });
         model.submit_pick(
             ctx,
             &mut graphs[g],
@@ -1104,11 +1079,27 @@ impl Engine {
     }
 }
 
-/// What a sampler's top-k (0: off), top-p and min-p keep, for [`crate::kernels::Nucleus`].
-fn nucleus_limits(sampler: &Sampler, vocab: usize) -> (usize, f32, f32) {
-    let p = sampler.params();
-    let top_k = if p.top_k < vocab { p.top_k } else { 0 };
-    (top_k, p.top_p, p.min_p)
+/// How the GPU picks a step's token under `plan`: for a truncating plan with `gpu_nucleus`, what
+/// the sampler's top-k (0: off), top-p and min-p keep, for [`crate::kernels::Nucleus`]; and the
+/// step's draw, keyed as a Gumbel draw when the nucleus or Gumbel picks.
+fn gpu_pick(
+    sampler: &mut Sampler,
+    plan: SamplingPlan,
+    gpu_nucleus: bool,
+    vocab: usize,
+) -> (Option<(usize, f32, f32)>, Draw) {
+    let truncating = matches!(plan, SamplingPlan::Candidates | SamplingPlan::FullRow);
+    let nucleus = (gpu_nucleus && truncating).then(|| {
+        let p = sampler.params();
+        let top_k = if p.top_k < vocab { p.top_k } else { 0 };
+        (top_k, p.top_p, p.min_p)
+    });
+    let keyed = if nucleus.is_some() {
+        SamplingPlan::Gumbel
+    } else {
+        plan
+    };
+    (nucleus, sampler.gpu_draw(keyed))
 }
 
 /// The graph for steps of `n` tokens ending at position `end` (exclusive): the one covering the

@@ -17,6 +17,8 @@ use crate::gpu::{
 use crate::kernels::{build, dim, expect_distinct, expect_dtype, grid, mismatch, Bind, WG};
 
 const TOPK_SRC: &str = include_str!("../../shaders/topk.wgsl");
+/// The logits' order keys, which topk.wgsl, gumbel.wgsl and nucleus.wgsl share.
+const ORDER_KEY: &str = include_str!("../../shaders/order_key.wgsl");
 const GUMBEL: &str = include_str!("../../shaders/gumbel.wgsl");
 /// The first level's key of a logit without a draw.
 const PLAIN_KEY: &str =
@@ -332,6 +334,7 @@ async fn select(
         .with("WG", WG)
         .with("K", kp as u32)
         .with("TILE", TILE as u32)
+        .snippet(ORDER_KEY)
         .snippet(if draw.is_some() { GUMBEL } else { PLAIN_KEY });
     let last = levels.len() - 1;
     let mut dispatches = Vec::with_capacity(levels.len());
@@ -810,7 +813,9 @@ pub async fn nucleus(
         &[1, vocab],
         DType::F32,
     )?;
-    let spec = Specialization::default().with("WG", NUCLEUS_BINS as u32);
+    let spec = Specialization::default()
+        .with("WG", NUCLEUS_BINS as u32)
+        .snippet(ORDER_KEY);
     let params = |level: u32, mode: u32| -> Result<NucleusParams> {
         Ok(NucleusParams {
             level,

@@ -294,8 +294,8 @@ pub struct Graph {
     /// Greedy and Gumbel-max picks of every row.
     argmax: TopK,
     gumbel: TopK,
-    /// The draw from a row's top-p / min-p nucleus when the candidates do not hold it, built
-    /// on first use ([`Decoder::nucleus_pick`]).
+    /// The truncated draw (top-k, top-p, min-p) on the GPU, built on the graph's first one
+    /// ([`Decoder::prepare_nucleus`]).
     nucleus: Option<Nucleus>,
     /// The step's draw and penalty parameters, and the penalty list (capacity: the positions).
     draw: DrawState,
@@ -1028,7 +1028,8 @@ impl Decoder {
                 }
                 let truncating = matches!(plan, SamplingPlan::Candidates | SamplingPlan::FullRow);
                 if let (Some(limits), true) = (nucleus, truncating) {
-                    let nucleus = Self::nucleus_of(ctx, graph).await?;
+                    self.prepare_nucleus(ctx, graph).await?;
+                    let nucleus = graph.nucleus.as_ref().expect("prepared above");
                     let stats = graph.stats.record(&mut rec);
                     let slot = nucleus.record(ctx, &mut rec, row, limits)?;
                     let candidates = with_candidates.then(|| graph.candidates.record(&mut rec));
@@ -1090,9 +1091,10 @@ impl Decoder {
     /// Submits one step of `input` at `offset` whose token the GPU picks under `plan` (greedy,
     /// Gumbel, or a truncating plan drawn from the nucleus that `nucleus` = `(top_k, top_p,
     /// min_p)` keep, with `draw`'s Gumbel key; no penalties: nothing the host must compute from
-    /// the previous token), and returns without waiting for it. With a `feed` (the [`Graph::ids`] of the graph the next step runs
-    /// on), the pick is also copied there on the GPU, so the next step can be submitted with
-    /// [`StepInput::Gpu`] before this one is read back.
+    /// the previous token), and returns without waiting for it. With a `feed` (the
+    /// [`Graph::ids`] of the graph the next step runs on), the pick is also copied there on the
+    /// GPU, so the next step can be submitted with [`StepInput::Gpu`] before this one is read
+    /// back.
     ///
     /// Why submitting the next step on the same graph is safe while this one runs: everything
     /// the host changes between the two submits goes through the queue — the step uniform
@@ -1136,7 +1138,7 @@ impl Decoder {
         // (value bits, index) per row: the token is the second word of its row.
         let (output, word) = match nucleus {
             Some(limits) => {
-                let n = graph.nucleus.clone().ok_or_else(|| {
+                let n = graph.nucleus.as_ref().ok_or_else(|| {
                     Error::InvalidRequest(
                         "a nucleus pick needs Decoder::prepare_nucleus on its graph first".into(),
                     )
@@ -1199,16 +1201,11 @@ impl Decoder {
     /// Builds `graph`'s nucleus draw if it has none yet (its pipelines), for
     /// [`Decoder::submit_pick`].
     pub async fn prepare_nucleus(&self, ctx: &GpuContext, graph: &mut Graph) -> Result<()> {
-        Self::nucleus_of(ctx, graph).await.map(|_| ())
-    }
-
-    /// `graph`'s nucleus draw, built on first use.
-    async fn nucleus_of(ctx: &GpuContext, graph: &mut Graph) -> Result<Nucleus> {
         if graph.nucleus.is_none() {
             let built = kernels::nucleus(ctx, &graph.logits, &graph.stats, &graph.draw).await?;
             graph.nucleus = Some(built);
         }
-        Ok(graph.nucleus.clone().expect("built above"))
+        Ok(())
     }
 
     /// The last step's row of logits for its `n`-th token (1-based: the step's length), as the
