@@ -112,7 +112,9 @@ test-unit:
 # files: every kernel, format and shape against its CPU reference. The model-level files (the
 # CLI's processes, whole models, the engine, grammars, the soak) compose those same kernels and
 # take minutes there, several times lavapipe's time; they run on lavapipe's baseline profile,
-# which is what decides the kernels (no f16, no subgroups, WebGPU's default limits).
+# which is what decides the kernels (no f16, no subgroups, WebGPU's default limits). SwiftShader
+# takes the sparse grid (POCKETLM_TEST_GRID, tests/common/mod.rs): every weight format and every
+# kernel shape compiled and checked, not every pair of them, which lavapipe covers.
 SWIFTSHADER_TEST_NAMES := gpu_attention gpu_kernels gpu_load gpu_ops gpu_quant
 GPU_TEST_NAMES := $(basename $(notdir $(wildcard tests/gpu_*.rs)))
 SWIFTSHADER_TESTS := $(addprefix --test ,$(SWIFTSHADER_TEST_NAMES))
@@ -131,7 +133,7 @@ test-gpu-full:
 test-gpu-baseline:
 	@echo "== GPU kernels on SwiftShader, baseline profile (no f16, no subgroups, 256 invocations) =="
 	$(GPU_ENV) VK_ICD_FILENAMES=$$(scripts/vulkan-icd.sh swiftshader) \
-	  POCKETLM_TEST_PROFILE=baseline POCKETLM_TEST_ADAPTER=swiftshader \
+	  POCKETLM_TEST_PROFILE=baseline POCKETLM_TEST_ADAPTER=swiftshader POCKETLM_TEST_GRID=sparse \
 	  cargo test $(SWIFTSHADER_TESTS) -- --nocapture
 
 ## make test-model: real models generate exactly what transformers generates (greedy), through

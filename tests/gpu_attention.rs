@@ -178,7 +178,7 @@ fn rope_kv_write_layouts_partial_and_caches() {
 
 proptest! {
     // Each new shape compiles new attention pipelines (about a second each on SwiftShader).
-    #![proptest_config(ProptestConfig { cases: 16, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: common::cases(16), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn attention_matches_reference(tokens in 1usize..=40, spare in 0usize..=1, n_kv in 1usize..=3,

@@ -27,7 +27,7 @@ use pocketlm::Error;
 use proptest::prelude::*;
 
 mod common;
-use common::{ctx, expect_err, family, gpu_kernels_ctx};
+use common::{ctx, expect_err, family, gpu_kernels_ctx, grid};
 
 fn assert_passes(case: Case, seed: u64) {
     assert_passes_on(ctx(), case, seed);
@@ -408,18 +408,18 @@ fn both_linear_kernel_families_match_reference() {
             } else {
                 67
             };
-            for (kernel, m, n) in [
+            // Many rows: a third of the formats (the others in the RMSNorm test below).
+            let shapes = [
                 (LinearKernel::Matvec, 1, 37),
                 (LinearKernel::Matvec, 3, 70),
                 (LinearKernel::Matvec, 11, 70),
                 (LinearKernel::Matmul, 70, 65),
-            ] {
-                // Many rows: a third of the formats (the others in the RMSNorm test below).
-                if !rows_case_applies(ctx, kernel, m) || (m > 4 && i % 3 != 0) {
-                    continue;
-                }
+            ]
+            .into_iter()
+            .filter(|&(kernel, m, _)| rows_case_applies(ctx, kernel, m) && (m <= 4 || i % 3 == 0));
+            for (j, (kernel, m, n)) in grid(i, shapes).into_iter().enumerate() {
                 let seed = (i * 1000 + m * 10 + n) as u64;
-                for case in [
+                let cases = [
                     Case::Linear {
                         kernel,
                         m,
@@ -434,7 +434,8 @@ fn both_linear_kernel_families_match_reference() {
                         k,
                         weights,
                     },
-                ] {
+                ];
+                for case in grid(i + j, cases) {
                     let o = pollster::block_on(run_case(ctx, case, seed)).unwrap();
                     assert!(o.passed(), "cpu kernels {c}: {o} (seed {seed})");
                 }
@@ -452,10 +453,10 @@ fn both_linear_kernel_families_match_reference() {
 fn cpu_kernels_decode_weights_exactly() {
     let ctx = common::cpu_kernels_ctx();
     let mut rng = Rng::new(17);
-    for dtype in DType::WEIGHTS {
+    for (i, dtype) in DType::WEIGHTS.into_iter().enumerate() {
         let (n, k) = (7, 2 * dtype.block_size().max(32));
         let (w, want) = random_weights(ctx, "w", dtype, n, k, &mut rng);
-        for m in [2, k] {
+        for m in grid(i, [2, k]) {
             let mut eye = vec![0.0f32; m * k];
             for i in 0..m {
                 eye[i * k + i] = 1.0;
@@ -578,13 +579,16 @@ fn read_all(
 fn linear_split_writes_column_ranges_to_separate_outputs() {
     let mut rng = Rng::new(5);
     for ctx in [ctx(), gpu_kernels_ctx()] {
-        for dtype in [
+        for (f, dtype) in [
             DType::Q4_1,
             DType::Q8_0,
             DType::Q4_0,
             DType::F16,
             DType::Q4_K,
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let k = if dtype.is_quantized() {
                 2 * dtype.block_size()
             } else {
@@ -606,17 +610,19 @@ fn linear_split_writes_column_ranges_to_separate_outputs() {
             let b2 = ctx.upload_f32("bv", &[5], &bias[12..]).unwrap();
             let bt =
                 pollster::block_on(kernels::concat_rows(ctx, "bqkv", &[&b0, &b1, &b2])).unwrap();
-            for (kernel, m) in [
+            let many_rows_format = matches!(dtype, DType::Q4_0 | DType::F16);
+            let shapes = [
                 (LinearKernel::Matvec, 1),
                 (LinearKernel::Matvec, 3),
                 (LinearKernel::Matvec, 12),
                 (LinearKernel::Matmul, 67),
-            ] {
-                let many_rows_format = matches!(dtype, DType::Q4_0 | DType::F16);
-                if !rows_case_applies(ctx, kernel, m) || (m > 4 && !many_rows_format) {
-                    continue;
-                }
-                for accumulate in [false, true] {
+            ]
+            .into_iter()
+            .filter(|&(kernel, m)| {
+                rows_case_applies(ctx, kernel, m) && (m <= 4 || many_rows_format)
+            });
+            for (j, (kernel, m)) in grid(f, shapes).into_iter().enumerate() {
+                for accumulate in grid(f + j, [false, true]) {
                     let x = rng.vec(m * k, -1.0, 1.0);
                     let xt = ctx.upload_f32("x", &[m, k], &x).unwrap();
                     let init: Vec<Vec<f32>> =
@@ -728,7 +734,7 @@ fn qkv_projection_with_rope_epilogue_matches_rope_kv_write() {
             let layout = [RopeLayout::NeoX, RopeLayout::Interleaved][f % 2];
             let cache_dtype = [DType::F16, DType::F32][(f / 2) % 2];
             let bias = (f % 3 != 0).then_some(&b);
-            for (m, tokens) in [(1usize, 1usize), (3, 2)] {
+            for (m, tokens) in grid(f, [(1usize, 1usize), (3, 2)]) {
                 let max_pos = offset + m;
                 let table =
                     RopeTable::new(ctx, RopeConfig::new(hd, 10000.0, layout), max_pos).unwrap();
@@ -1087,16 +1093,16 @@ fn linear_swiglu_matches_reference() {
             let (gt, gw) = random_weights(ctx, "gate", dtype, f, k, &mut rng);
             let (ut, uw) = random_weights(ctx, "up", dtype, f, k, &mut rng);
             let w = pollster::block_on(kernels::concat_rows(ctx, "gate_up", &[&gt, &ut])).unwrap();
-            for (kernel, m) in [
+            let shapes = [
                 (LinearKernel::Matvec, 1),
                 (LinearKernel::Matvec, 4),
                 (LinearKernel::Matvec, 16),
                 (LinearKernel::Matmul, 66),
-            ] {
-                if !rows_case_applies(ctx, kernel, m) || (m > 4 && i % 2 == 1) {
-                    continue;
-                }
-                for with_bias in [false, true] {
+            ]
+            .into_iter()
+            .filter(|&(kernel, m)| rows_case_applies(ctx, kernel, m) && (m <= 4 || i % 2 == 0));
+            for (j, (kernel, m)) in grid(i, shapes).into_iter().enumerate() {
+                for with_bias in grid(i + j, [false, true]) {
                     let x = rng.vec(m * k, -1.0, 1.0);
                     let xt = ctx.upload_f32("x", &[m, k], &x).unwrap();
                     let bias = if with_bias {
@@ -1263,16 +1269,16 @@ fn rmsnorm_prologue_in_every_format_and_family() {
         for (i, dtype) in DType::WEIGHTS.into_iter().enumerate() {
             let block = dtype.block_size().max(1);
             let k = if dtype.is_quantized() { 2 * block } else { 67 };
-            for (kernel, m, n) in [
+            // Many rows: a third of the formats (others in the test of both families).
+            let shapes = [
                 (LinearKernel::Matvec, 1, 37),
                 (LinearKernel::Matvec, 3, 70),
                 (LinearKernel::Matvec, 16, 21),
                 (LinearKernel::Matmul, 70, 65),
-            ] {
-                // Many rows: a third of the formats (others in the test of both families).
-                if !rows_case_applies(ctx, kernel, m) || (m > 4 && i % 3 != 1) {
-                    continue;
-                }
+            ]
+            .into_iter()
+            .filter(|&(kernel, m, _)| rows_case_applies(ctx, kernel, m) && (m <= 4 || i % 3 == 1));
+            for (kernel, m, n) in grid(i, shapes) {
                 check_normed_linear(ctx, kernel, dtype, m, n, k, 1e-5, &mut rng);
             }
             let k = 576usize.next_multiple_of(block);
@@ -1301,30 +1307,35 @@ fn rmsnorm_prologue_in_every_format_and_family() {
 fn rmsnorm_prologue_with_split_and_swiglu() {
     let mut rng = Rng::new(23);
     for ctx in [ctx(), gpu_kernels_ctx()] {
-        for dtype in [
+        for (f, dtype) in [
             DType::Q4_1,
             DType::Q8_0,
             DType::Q4_0,
             DType::F16,
             DType::F32,
             DType::Q4_K,
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let k = if dtype.is_quantized() {
                 2 * dtype.block_size()
             } else {
                 45
             };
             let eps = 1e-5;
-            for (kernel, m) in [
+            let many_rows_format = matches!(dtype, DType::Q8_0 | DType::F32 | DType::Q4_K);
+            let shapes = [
                 (LinearKernel::Matvec, 1),
                 (LinearKernel::Matvec, 3),
                 (LinearKernel::Matvec, 7),
                 (LinearKernel::Matmul, 66),
-            ] {
-                let many_rows_format = matches!(dtype, DType::Q8_0 | DType::F32 | DType::Q4_K);
-                if !rows_case_applies(ctx, kernel, m) || (m > 4 && !many_rows_format) {
-                    continue;
-                }
+            ]
+            .into_iter()
+            .filter(|&(kernel, m)| {
+                rows_case_applies(ctx, kernel, m) && (m <= 4 || many_rows_format)
+            });
+            for (kernel, m) in grid(f, shapes) {
                 let (x, g) = norm_inputs(&mut rng, m, k);
                 let xt = ctx.upload_f32("x", &[m, k], &x).unwrap();
                 let gt = ctx.upload_f32("g", &[k], &g).unwrap();

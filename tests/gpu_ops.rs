@@ -19,7 +19,7 @@ use pocketlm::Error;
 use proptest::prelude::*;
 
 mod common;
-use common::{ctx, expect_err};
+use common::{ctx, expect_err, grid};
 
 fn run(case: OpCase, seed: u64) -> OpOutcome {
     pollster::block_on(check::run(ctx(), case, seed)).unwrap_or_else(|e| panic!("{case}: {e}"))
@@ -191,21 +191,22 @@ fn nucleus_keeps_what_the_sorted_row_keeps() {
         temperature,
         draws,
     };
-    for (i, c) in [
+    let small = [
         case(40, 2.0, false, 0, 0.8, 0.0, 0.7, 1500),
         case(40, 3.0, true, 0, 0.6, 0.05, 1.0, 1000),
         case(300, 3.0, false, 0, 1.0, 0.1, 1.3, 800),
         case(300, 1.0, false, 100, 1.0, 0.0, 1.0, 1500),
         case(200, 2.0, true, 90, 0.9, 0.0, 1.0, 1000),
         case(5000, 30.0, false, 0, 0.5, 0.0, 1.0, 2),
+    ];
+    // Real vocabularies: one of them on a sparse grid's run (see common::grid).
+    let large = [
         case(49_152, 2.0, false, 0, 0.9, 0.0, 1.0, 2),
         case(49_152, 4.0, true, 0, 0.95, 0.02, 1.0, 2),
         case(49_152, 2.0, false, 1000, 0.9, 0.0, 1.0, 2),
         case(262_144, 8.0, false, 0, 0.95, 0.01, 0.8, 2),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    ];
+    for (i, c) in small.into_iter().chain(grid(1, large)).enumerate() {
         assert_passes(c, 90 + i as u64);
     }
 }

@@ -34,7 +34,7 @@ fn weight_format() -> impl Strategy<Value = DType> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: common::cases(24), failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Random blocks of every format, looked up in random order (with repeats): the GPU's values
     /// are the CPU dequantizer's, bit for bit.

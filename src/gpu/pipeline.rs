@@ -206,6 +206,18 @@ fn unroll_at(lines: &[&str], at: usize, consts: &[(&str, u32)]) -> Option<(Strin
 
 type Key = (Kernel, Specialization);
 
+/// `POCKETLM_LOG_PIPELINES=1` prints each pipeline compiled, its size and its compile time (native
+/// only): which kernels make a driver's compiler slow.
+fn log_compiles() -> bool {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| std::env::var_os("POCKETLM_LOG_PIPELINES").is_some_and(|v| v != "0"))
+    }
+    #[cfg(target_arch = "wasm32")]
+    false
+}
+
 #[derive(Default)]
 pub struct PipelineCache {
     pipelines: Mutex<HashMap<Key, wgpu::ComputePipeline>>,
@@ -238,6 +250,7 @@ impl GpuContext {
             return Ok(p.clone());
         }
         let source = kernel_source(kernel, spec);
+        let started = log_compiles().then(|| (std::time::Instant::now(), source.lines().count()));
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self
             .device
@@ -260,6 +273,15 @@ impl GpuContext {
                 kernel: format!("{} ({})", kernel.name, kernel.entry),
                 message: err.to_string(),
             });
+        }
+        if let Some((t, lines)) = started {
+            eprintln!(
+                "pipeline {} {:?}: {} lines, {:.0} ms",
+                kernel.name,
+                spec.consts,
+                lines,
+                t.elapsed().as_secs_f64() * 1e3
+            );
         }
         self.pipelines.lock().insert(key, pipeline.clone());
         Ok(pipeline)

@@ -792,11 +792,15 @@ async fn linear_epilogue(
             _ => 1,
         };
         // Activation rows per invocation: with four times the x registers per step, K-quants
-        // take half as many (and CPU drivers compile half the unrolled multiply-adds).
+        // take at most half as many (and CPU drivers compile half the unrolled multiply-adds:
+        // four rows of a K-quant took SwiftShader 10-14 s to compile).
+        let max_mt = ROWS4_MT / (sub / 2).max(1);
         let mt = if use_matvec {
-            (params.m.clamp(1, MATVEC_MAX_ROWS as u32)).next_power_of_two()
+            (params.m.clamp(1, MATVEC_MAX_ROWS as u32))
+                .next_power_of_two()
+                .min(max_mt)
         } else {
-            ROWS4_MT / (sub / 2).max(1)
+            max_mt
         };
         // Output columns (or quads) per invocation.
         let cols = ROWS4_NR >> shift;

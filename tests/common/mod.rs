@@ -42,8 +42,13 @@ pub fn cpu_kernels_ctx() -> &'static GpuContext {
     kernel_family_ctx(&CTX, true)
 }
 
-/// The context in `cell`, made on first use with one kernel family forced.
+/// The context in `cell`, made on first use with one kernel family forced; [`ctx`] itself where
+/// that is already its family, so both share their compiled pipelines (compiling the CPU-adapter
+/// kernels is most of these tests' time on CPU drivers).
 fn kernel_family_ctx(cell: &'static OnceLock<GpuContext>, cpu: bool) -> &'static GpuContext {
+    if ctx().capabilities().cpu == cpu {
+        return ctx();
+    }
     cell.get_or_init(|| {
         pollster::block_on(GpuContext::new(profile_request()))
             .unwrap()
@@ -57,6 +62,41 @@ pub fn family(gpu_family: bool) -> &'static GpuContext {
         gpu_kernels_ctx()
     } else {
         ctx()
+    }
+}
+
+/// The cases of a grid (weight formats × shapes, say) that this run covers for its `i`-th item:
+/// all of them, or with `POCKETLM_TEST_GRID=sparse` only the one at `i` modulo their number, so
+/// that over the items every case still runs at least once. `make test` gives the second driver
+/// (SwiftShader) the sparse grid: lavapipe runs the same WGSL through the whole grid, and the
+/// second driver's compiler is there to catch what the first one's lets through, which needs
+/// every format's decoder and every kernel shape compiled, not their product.
+pub fn grid<T>(i: usize, cases: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut cases: Vec<T> = cases.into_iter().collect();
+    if sparse_grid() && !cases.is_empty() {
+        let pick = i % cases.len();
+        vec![cases.swap_remove(pick)]
+    } else {
+        cases
+    }
+}
+
+/// A property test's number of cases for this run: `n`, or a third of it on a sparse grid's run
+/// (see [`grid`]), for properties whose cases each compile a new pipeline.
+pub fn cases(n: u32) -> u32 {
+    if sparse_grid() {
+        n.div_ceil(3)
+    } else {
+        n
+    }
+}
+
+/// Whether `POCKETLM_TEST_GRID=sparse` (see [`grid`]).
+pub fn sparse_grid() -> bool {
+    match std::env::var("POCKETLM_TEST_GRID").as_deref() {
+        Ok("sparse") => true,
+        Ok("full") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("POCKETLM_TEST_GRID is full or sparse, not '{other}'"),
     }
 }
 
