@@ -1,6 +1,9 @@
 //! The kernels and the JS bindings in a real browser (headless Chromium's WebGPU), run by
 //! `wasm-bindgen-test-runner`. Tolerances are those of `pocketlm::reference` (see
-//! tests/gpu_kernels.rs for the statement of each bound).
+//! tests/gpu_kernels.rs for the statement of each bound). The standard cases on this browser's
+//! default kernel family run through the JS binding's `selfCheck()` in the npm package's kernels
+//! page (www/test/kernels.test.mjs), which rejects on any failed case, so they are not repeated
+//! here.
 #![cfg(target_arch = "wasm32")]
 
 use js_sys::{Float32Array, Reflect};
@@ -24,14 +27,6 @@ async fn context() -> GpuContext {
         .unwrap_or_else(|e| panic!("the browser must expose WebGPU: {e}"));
     web_sys::console::log_1(&format!("WebGPU in the browser:\n{}", ctx.report()).into());
     ctx
-}
-
-#[wasm_bindgen_test]
-async fn standard_kernels_match_reference_in_browser() {
-    let ctx = context().await;
-    for o in run_standard(&ctx).await.unwrap() {
-        assert!(o.passed(), "{o}");
-    }
 }
 
 /// The kernels made for GPUs, as Tint compiles them for a hardware adapter: this browser's CPU
@@ -102,8 +97,6 @@ async fn js_binding_resolves_with_results() {
     let y = JsFuture::from(gpu.linear(w, 2, 3, x)).await.unwrap();
     let y: Float32Array = y.dyn_into().unwrap();
     assert_eq!(y.to_vec(), vec![6.0, 15.0, -2.0, -2.0]);
-    let report = JsFuture::from(gpu.self_check()).await.unwrap();
-    assert!(report.as_string().unwrap().contains("ok"));
 }
 
 #[wasm_bindgen_test]
