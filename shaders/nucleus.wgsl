@@ -29,6 +29,10 @@ fn mass(bits: u32, m: f32) -> f32 {
 var<workgroup> sd: array<u32, WG>;
 var<workgroup> sw: array<f32, WG>;
 var<workgroup> tot: array<f32, WG>;
+// Live elements of the current chunk, counted in two counters taken in turn (chunk i counts in
+// i % 2 while invocation 0 clears the other), so a chunk with none skips the 256-bin sums: after
+// the first pass only the elements under the chosen bytes are live, a few chunks of the row.
+var<workgroup> nlive: array<atomic<u32>, 2>;
 
 @compute @workgroup_size(WG)
 fn hist(
@@ -45,6 +49,7 @@ fn hist(
     let start = min(g, p.parts) * p.span;
     let end = min(p.vocab, start + p.span);
     var acc = 0.0;
+    var turn = 0u;
     for (var c = start; c < end; c += WG) {
         let e = c + li;
         var digit = WG;
@@ -65,13 +70,23 @@ fn hist(
         }
         sd[li] = digit;
         sw[li] = w;
+        if (digit < WG) {
+            atomicAdd(&nlive[turn], 1u);
+        }
+        if (li == 0u) {
+            atomicStore(&nlive[turn ^ 1u], 0u);
+        }
         workgroupBarrier();
-        for (var j = 0u; j < WG; j++) {
-            if (sd[j] == li) {
-                acc += sw[j];
+        // The same count for every invocation (no adds until the next barrier).
+        if (atomicLoad(&nlive[turn]) > 0u) {
+            for (var j = 0u; j < WG; j++) {
+                if (sd[j] == li) {
+                    acc += sw[j];
+                }
             }
         }
         workgroupBarrier();
+        turn ^= 1u;
     }
     if (g < p.parts) {
         part_hist[g * WG + li] = acc;
