@@ -1,7 +1,8 @@
 //! GPU kernels against their CPU references, on a real WebGPU implementation.
 //!
 //! `make test` runs this file twice: on lavapipe with the full profile and on SwiftShader with the
-//! baseline profile. Two variables say what to expect:
+//! baseline profile (there with `POCKETLM_TEST_GRID=sparse`: each weight format and each shape
+//! once rather than every pair, see `common::grid`). Two variables say what to expect:
 //! - `POCKETLM_TEST_PROFILE`: `auto` (default), `full` or `baseline` — the profile to request;
 //! - `POCKETLM_TEST_ADAPTER`: a substring the adapter's name must contain (e.g. `llvmpipe`,
 //!   `SwiftShader`), so a run never silently lands on another driver.
