@@ -418,7 +418,7 @@ fn both_linear_kernel_families_match_reference() {
             ]
             .into_iter()
             .filter(|&(kernel, m, _)| rows_case_applies(ctx, kernel, m) && (m <= 4 || i % 3 == 0));
-            for (j, (kernel, m, n)) in grid(i, shapes).into_iter().enumerate() {
+            for (kernel, m, n) in grid(i, shapes) {
                 let seed = (i * 1000 + m * 10 + n) as u64;
                 let cases = [
                     Case::Linear {
@@ -436,7 +436,7 @@ fn both_linear_kernel_families_match_reference() {
                         weights,
                     },
                 ];
-                for case in grid(i + j, cases) {
+                for case in grid(i, cases) {
                     let o = pollster::block_on(run_case(ctx, case, seed)).unwrap();
                     assert!(o.passed(), "cpu kernels {c}: {o} (seed {seed})");
                 }
@@ -622,8 +622,8 @@ fn linear_split_writes_column_ranges_to_separate_outputs() {
             .filter(|&(kernel, m)| {
                 rows_case_applies(ctx, kernel, m) && (m <= 4 || many_rows_format)
             });
-            for (j, (kernel, m)) in grid(f, shapes).into_iter().enumerate() {
-                for accumulate in grid(f + j, [false, true]) {
+            for (kernel, m) in grid(f, shapes) {
+                for accumulate in grid(f, [false, true]) {
                     let x = rng.vec(m * k, -1.0, 1.0);
                     let xt = ctx.upload_f32("x", &[m, k], &x).unwrap();
                     let init: Vec<Vec<f32>> =
@@ -1102,8 +1102,8 @@ fn linear_swiglu_matches_reference() {
             ]
             .into_iter()
             .filter(|&(kernel, m)| rows_case_applies(ctx, kernel, m) && (m <= 4 || i % 2 == 0));
-            for (j, (kernel, m)) in grid(i, shapes).into_iter().enumerate() {
-                for with_bias in grid(i + j, [false, true]) {
+            for (kernel, m) in grid(i, shapes) {
+                for with_bias in grid(i, [false, true]) {
                     let x = rng.vec(m * k, -1.0, 1.0);
                     let xt = ctx.upload_f32("x", &[m, k], &x).unwrap();
                     let bias = if with_bias {
