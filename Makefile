@@ -203,17 +203,17 @@ WASM_DIR := $(if $(filter release,$(PROFILE)),release,debug)
 # SIMD as well (fused multiply-adds in the CPU backend's prefill products), which the package
 # loads where the browser validates it (www/src/simd.js): a module with an instruction the
 # engine lacks does not validate at all.
-# The relaxed build is the crate's `relaxed-simd` feature, which enables relaxed SIMD only in the
-# functions that use it (#[target_feature]), linked as crates/relaxed (pocketlm_relaxed.wasm):
-# with the same RUSTFLAGS and target directory, both builds share every other compiled crate (a
-# relaxed build by RUSTFLAGS compiled the whole dependency graph again, and for the threaded
-# package the standard library too).
+# The relaxed builds have their own target directories (other target features: the whole
+# dependency graph is compiled again).
 # wasm-opt shrinks the release .wasm: npm's binaryen (a devDependency of www/, installed by setup),
 # because Debian 12's binaryen 108 breaks wasm-bindgen's externref table. -O1 rather than -Oz: on
 # the single-thread build, -O1 ran in 39 s against 221 s for -Oz and gave a smaller gzipped file
 # (2.25 MB against 2.30 MB; the raw file is 6% larger), and what is downloaded is the gzipped file.
 WASM_FILE := $(TARGET_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm.wasm
-WASM_RELAXED_FILE := $(TARGET_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm_relaxed.wasm
+WASM_RELAXED_DIR := $(TARGET_DIR)/wasm-relaxed
+WASM_RELAXED_FILE := $(WASM_RELAXED_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm.wasm
+# (RUSTFLAGS replaces .cargo/config.toml's flags for the target: SIMD128 is named again.)
+WASM_RELAXED_RUSTFLAGS := -C target-feature=+simd128,+relaxed-simd
 # The threaded build (www/pkg-mt), which the package loads on cross-origin isolated pages: shared
 # memory (up to 4 GiB) and atomics, so the CPU backend's threads are Web Workers on one memory.
 # Rust's prebuilt wasm32 standard library has no atomics, so this build rebuilds it
@@ -222,7 +222,8 @@ WASM_RELAXED_FILE := $(TARGET_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm_relaxed.w
 NIGHTLY := nightly-2026-05-20
 WASM_MT_DIR := $(TARGET_DIR)/wasm-mt
 WASM_MT_FILE := $(WASM_MT_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm.wasm
-WASM_MT_RELAXED_FILE := $(WASM_MT_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm_relaxed.wasm
+WASM_MT_RELAXED_DIR := $(TARGET_DIR)/wasm-mt-relaxed
+WASM_MT_RELAXED_FILE := $(WASM_MT_RELAXED_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm.wasm
 WASM_MT_RUSTFLAGS := -C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 \
   -C link-arg=--shared-memory -C link-arg=--import-memory -C link-arg=--max-memory=4294967296 \
   -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size \
@@ -235,7 +236,8 @@ wasm:
 # www/pkg/.stamp-$(PROFILE) says which build www/pkg holds; unchanged .wasm files are not redone.
 wasm-st:
 	cargo build $(WASM_CARGO_FLAGS) --lib --profile $(PROFILE)
-	cargo build $(WASM_CARGO_FLAGS) -p pocketlm-relaxed --lib --profile $(PROFILE)
+	RUSTFLAGS="$(WASM_RELAXED_RUSTFLAGS)" cargo build $(WASM_CARGO_FLAGS) --lib --profile $(PROFILE) \
+	  --target-dir $(WASM_RELAXED_DIR)
 	@if [ www/pkg/.stamp-$(PROFILE) -nt $(WASM_FILE) ] && [ www/pkg/.stamp-$(PROFILE) -nt $(WASM_RELAXED_FILE) ] \
 	  && [ -f www/pkg/pocketlm_relaxed_bg.wasm ]; then echo "www/pkg is up to date ($(PROFILE))"; exit 0; fi; \
 	set -x; scripts/wasm-package.sh www/pkg $(WASM_FILE) $(WASM_RELAXED_FILE) $(PROFILE)
@@ -244,7 +246,7 @@ wasm-st:
 ## (www/pkg-mt); make wasm builds both.
 wasm-mt:
 	RUSTFLAGS="$(WASM_MT_RUSTFLAGS)" $(WASM_MT_CARGO) --target-dir $(WASM_MT_DIR)
-	RUSTFLAGS="$(WASM_MT_RUSTFLAGS)" $(WASM_MT_CARGO) -p pocketlm-relaxed --target-dir $(WASM_MT_DIR)
+	RUSTFLAGS="$(WASM_MT_RUSTFLAGS) -C target-feature=+relaxed-simd" $(WASM_MT_CARGO) --target-dir $(WASM_MT_RELAXED_DIR)
 	@if [ www/pkg-mt/.stamp-$(PROFILE) -nt $(WASM_MT_FILE) ] && [ www/pkg-mt/.stamp-$(PROFILE) -nt $(WASM_MT_RELAXED_FILE) ] \
 	  && [ -f www/pkg-mt/pocketlm_relaxed_bg.wasm ]; then echo "www/pkg-mt is up to date ($(PROFILE))"; exit 0; fi; \
 	set -x; scripts/wasm-package.sh www/pkg-mt $(WASM_MT_FILE) $(WASM_MT_RELAXED_FILE) $(PROFILE) --enable-threads
@@ -269,7 +271,7 @@ check: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy $(WASM_CARGO_FLAGS) --lib -- -D warnings
-	cargo clippy $(WASM_CARGO_FLAGS) --features relaxed-simd --lib -- -D warnings
+	RUSTFLAGS="$(WASM_RELAXED_RUSTFLAGS)" cargo clippy $(WASM_CARGO_FLAGS) --lib --target-dir $(WASM_RELAXED_DIR) -- -D warnings
 	cargo clippy $(WASM_CARGO_FLAGS) --features harness --all-targets -- -D warnings
 
 fmt:
