@@ -3,7 +3,7 @@
 
 SHELL := /bin/bash
 WASM_TARGET := wasm32-unknown-unknown
-# The CLI's output name would collide with the library's .wasm, so wasm builds leave it out.
+# wasm builds leave out the default features (the CLI and the test harnesses).
 WASM_CARGO_FLAGS := --target $(WASM_TARGET) --no-default-features
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 # A private runtime dir silences harmless Vulkan-loader warnings.
@@ -203,17 +203,19 @@ WASM_DIR := $(if $(filter release,$(PROFILE)),release,debug)
 # SIMD as well (fused multiply-adds in the CPU backend's prefill products), which the package
 # loads where the browser validates it (www/src/simd.js): a module with an instruction the
 # engine lacks does not validate at all.
-# The relaxed builds have their own target directories (other target features: the whole
-# dependency graph is compiled again).
+# Each module is linked by a crate of its own (crates/wasm/: simd128, relaxed, harness) from the
+# pocketlm rlib with that module's features; the relaxed one enables relaxed SIMD only in the
+# functions that use it (#[target_feature]), so the two builds of a package share one target
+# directory and every compiled crate but the two that differ (a relaxed build by RUSTFLAGS
+# compiled the whole dependency graph again, and for the threaded package the standard library).
+# Each module's build is a cargo command of its own: one command unifies the features of the
+# packages it builds.
 # wasm-opt shrinks the release .wasm: npm's binaryen (a devDependency of www/, installed by setup),
 # because Debian 12's binaryen 108 breaks wasm-bindgen's externref table. -O1 rather than -Oz: on
 # the single-thread build, -O1 ran in 39 s against 221 s for -Oz and gave a smaller gzipped file
 # (2.25 MB against 2.30 MB; the raw file is 6% larger), and what is downloaded is the gzipped file.
-WASM_FILE := $(TARGET_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm.wasm
-WASM_RELAXED_DIR := $(TARGET_DIR)/wasm-relaxed
-WASM_RELAXED_FILE := $(WASM_RELAXED_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm.wasm
-# (RUSTFLAGS replaces .cargo/config.toml's flags for the target: SIMD128 is named again.)
-WASM_RELAXED_RUSTFLAGS := -C target-feature=+simd128,+relaxed-simd
+WASM_FILE := $(TARGET_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm_wasm.wasm
+WASM_RELAXED_FILE := $(TARGET_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm_wasm_relaxed.wasm
 # The threaded build (www/pkg-mt), which the package loads on cross-origin isolated pages: shared
 # memory (up to 4 GiB) and atomics, so the CPU backend's threads are Web Workers on one memory.
 # Rust's prebuilt wasm32 standard library has no atomics, so this build rebuilds it
@@ -221,23 +223,22 @@ WASM_RELAXED_RUSTFLAGS := -C target-feature=+simd128,+relaxed-simd
 # make the memory shared and imported, and export what wasm-bindgen's thread support needs.
 NIGHTLY := nightly-2026-05-20
 WASM_MT_DIR := $(TARGET_DIR)/wasm-mt
-WASM_MT_FILE := $(WASM_MT_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm.wasm
-WASM_MT_RELAXED_DIR := $(TARGET_DIR)/wasm-mt-relaxed
-WASM_MT_RELAXED_FILE := $(WASM_MT_RELAXED_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm.wasm
+WASM_MT_FILE := $(WASM_MT_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm_wasm.wasm
+WASM_MT_RELAXED_FILE := $(WASM_MT_DIR)/$(WASM_TARGET)/$(WASM_DIR)/pocketlm_wasm_relaxed.wasm
 WASM_MT_RUSTFLAGS := -C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 \
   -C link-arg=--shared-memory -C link-arg=--import-memory -C link-arg=--max-memory=4294967296 \
   -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size \
   -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base
-WASM_MT_CARGO := cargo +$(NIGHTLY) build -Z build-std=panic_abort,std $(WASM_CARGO_FLAGS) --lib --profile $(PROFILE)
+WASM_MT_CARGO := RUSTFLAGS="$(WASM_MT_RUSTFLAGS)" cargo +$(NIGHTLY) build -Z build-std=panic_abort,std \
+  --target $(WASM_TARGET) --lib --profile $(PROFILE) --target-dir $(WASM_MT_DIR)
 # Both packages at once: their cargo builds share make's job slots, and one package's wasm-opt (a
 # single thread) overlaps the other's compilation.
 wasm:
 	@$(MAKE) --no-print-directory -j2 wasm-st wasm-mt
 # www/pkg/.stamp-$(PROFILE) says which build www/pkg holds; unchanged .wasm files are not redone.
 wasm-st:
-	cargo build $(WASM_CARGO_FLAGS) --lib --profile $(PROFILE)
-	RUSTFLAGS="$(WASM_RELAXED_RUSTFLAGS)" cargo build $(WASM_CARGO_FLAGS) --lib --profile $(PROFILE) \
-	  --target-dir $(WASM_RELAXED_DIR)
+	cargo build --target $(WASM_TARGET) -p pocketlm-wasm --lib --profile $(PROFILE)
+	cargo build --target $(WASM_TARGET) -p pocketlm-wasm-relaxed --lib --profile $(PROFILE)
 	@if [ www/pkg/.stamp-$(PROFILE) -nt $(WASM_FILE) ] && [ www/pkg/.stamp-$(PROFILE) -nt $(WASM_RELAXED_FILE) ] \
 	  && [ -f www/pkg/pocketlm_relaxed_bg.wasm ]; then echo "www/pkg is up to date ($(PROFILE))"; exit 0; fi; \
 	set -x; scripts/wasm-package.sh www/pkg $(WASM_FILE) $(WASM_RELAXED_FILE) $(PROFILE)
@@ -245,8 +246,8 @@ wasm-st:
 ## make wasm-st and make wasm-mt: the single-thread package (www/pkg) and the threaded one
 ## (www/pkg-mt); make wasm builds both.
 wasm-mt:
-	RUSTFLAGS="$(WASM_MT_RUSTFLAGS)" $(WASM_MT_CARGO) --target-dir $(WASM_MT_DIR)
-	RUSTFLAGS="$(WASM_MT_RUSTFLAGS) -C target-feature=+relaxed-simd" $(WASM_MT_CARGO) --target-dir $(WASM_MT_RELAXED_DIR)
+	$(WASM_MT_CARGO) -p pocketlm-wasm
+	$(WASM_MT_CARGO) -p pocketlm-wasm-relaxed
 	@if [ www/pkg-mt/.stamp-$(PROFILE) -nt $(WASM_MT_FILE) ] && [ www/pkg-mt/.stamp-$(PROFILE) -nt $(WASM_MT_RELAXED_FILE) ] \
 	  && [ -f www/pkg-mt/pocketlm_relaxed_bg.wasm ]; then echo "www/pkg-mt is up to date ($(PROFILE))"; exit 0; fi; \
 	set -x; scripts/wasm-package.sh www/pkg-mt $(WASM_MT_FILE) $(WASM_MT_RELAXED_FILE) $(PROFILE) --enable-threads
@@ -254,9 +255,9 @@ wasm-mt:
 ## make wasm-harness: the package with the test harnesses (`harness` feature: the kernel
 ## self-check) in www/pkg-harness, for the browser's kernel page; the shipped www/pkg has none.
 wasm-harness:
-	cargo build $(WASM_CARGO_FLAGS) --features harness --lib
+	cargo build --target $(WASM_TARGET) -p pocketlm-wasm-harness --lib
 	wasm-bindgen --target web --out-dir www/pkg-harness --out-name pocketlm \
-	  $(TARGET_DIR)/$(WASM_TARGET)/debug/pocketlm.wasm
+	  $(TARGET_DIR)/$(WASM_TARGET)/debug/pocketlm_wasm_harness.wasm
 
 ## make fuzz: every cargo-fuzz target (fuzz/: GGUF and safetensors headers, tokenizer.json,
 ## GGUF vocabularies, chat templates, OpenAI requests) for FUZZ_SECONDS each (default 30);
@@ -271,7 +272,7 @@ check: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy $(WASM_CARGO_FLAGS) --lib -- -D warnings
-	RUSTFLAGS="$(WASM_RELAXED_RUSTFLAGS)" cargo clippy $(WASM_CARGO_FLAGS) --lib --target-dir $(WASM_RELAXED_DIR) -- -D warnings
+	cargo clippy $(WASM_CARGO_FLAGS) --features relaxed-simd --lib -- -D warnings
 	cargo clippy $(WASM_CARGO_FLAGS) --features harness --all-targets -- -D warnings
 
 fmt:

@@ -26,7 +26,7 @@ pub const SIMD: bool = cfg!(any(
 
 /// Whether this is the wasm build with relaxed SIMD (the package loads it where the browser
 /// validates relaxed SIMD instructions): its prefill products use fused multiply-adds.
-pub const RELAXED_SIMD: bool = cfg!(all(target_arch = "wasm32", target_feature = "relaxed-simd"));
+pub const RELAXED_SIMD: bool = cfg!(all(target_arch = "wasm32", feature = "relaxed-simd"));
 
 /// A pointer to an output that parallel tasks write in disjoint places.
 #[derive(Clone, Copy)]

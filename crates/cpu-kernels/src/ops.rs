@@ -206,9 +206,17 @@ fn tile_4x2_body(w: &[f32], x: &[f32], k: usize, body: usize) -> [[f32; TILE_ROW
     }
 }
 
-/// The sums of [`tile_4x2`] over the first `body` (a multiple of 4) values of each row.
+/// The sums of [`tile_4x2`] over the first `body` (a multiple of 4) values of each row. With
+/// the `relaxed-simd` feature, compiled with relaxed SIMD ([`madd`]): a function of its own
+/// then, since a function with a target feature of its own is not inlined into callers without
+/// it.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-#[inline(always)]
+#[cfg_attr(
+    feature = "relaxed-simd",
+    target_feature(enable = "relaxed-simd"),
+    inline
+)]
+#[cfg_attr(not(feature = "relaxed-simd"), inline(always))]
 fn tile_4x2_body(w: &[f32], x: &[f32], k: usize, body: usize) -> [[f32; TILE_ROWS]; 2] {
     use core::arch::wasm32::{f32x4_extract_lane, f32x4_splat, v128, v128_load};
     assert!(w.len() >= TILE_ROWS * k && x.len() >= 2 * k && body <= k);
@@ -244,7 +252,10 @@ fn tile_4x2_body(w: &[f32], x: &[f32], k: usize, body: usize) -> [[f32; TILE_ROW
 }
 
 /// `w · x + acc`, lane by lane: one fused multiply-add (`f32x4.relaxed_madd`) in the build with
-/// relaxed SIMD, which the browser compiles to the CPU's FMA where it has one (x86-64 with FMA3,
+/// relaxed SIMD (the crate's `relaxed-simd` feature, which enables the target feature for the
+/// functions that use it and only those: the rest of the build, its dependencies included, is
+/// the same code as the SIMD128 build's and compiles once for both), which the browser
+/// compiles to the CPU's FMA where it has one (x86-64 with FMA3,
 /// ARM64): the 4×2 tile's inner step is then six loads and eight instructions instead of
 /// sixteen. (A 4×3 tile, as on x86-64 with AVX2, was slower here: its twelve accumulators, three
 /// rows of x and one of w are sixteen vector registers, one more than V8 leaves to code on
@@ -252,17 +263,22 @@ fn tile_4x2_body(w: &[f32], x: &[f32], k: usize, body: usize) -> [[f32; TILE_ROW
 /// depending on the CPU, so the sums of that build may differ in their last bits from one CPU to
 /// another; the SIMD128 build rounds twice everywhere.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-#[inline(always)]
+#[cfg_attr(
+    feature = "relaxed-simd",
+    target_feature(enable = "relaxed-simd"),
+    inline
+)]
+#[cfg_attr(not(feature = "relaxed-simd"), inline(always))]
 fn madd(
     w: core::arch::wasm32::v128,
     x: core::arch::wasm32::v128,
     acc: core::arch::wasm32::v128,
 ) -> core::arch::wasm32::v128 {
-    #[cfg(target_feature = "relaxed-simd")]
+    #[cfg(feature = "relaxed-simd")]
     {
         core::arch::wasm32::f32x4_relaxed_madd(w, x, acc)
     }
-    #[cfg(not(target_feature = "relaxed-simd"))]
+    #[cfg(not(feature = "relaxed-simd"))]
     {
         use core::arch::wasm32::{f32x4_add, f32x4_mul};
         f32x4_add(acc, f32x4_mul(w, x))
