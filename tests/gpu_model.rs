@@ -301,7 +301,8 @@ fn decode_matches_prefill(name: &str, model: &Decoder, ids: &[u32], want: &[f32]
 /// or 7 of the 64), which the 16-token prompt, run in steps of 2 and 1, wraps twice: every
 /// step's logits equal the whole cache's to the bit and transformers' within 1e-3 (local and
 /// global layers alternating in Gemma 2, five local layers to one global in Gemma 3, every
-/// layer local in Mistral), and the cache is smaller. A longer step is refused.
+/// layer local in Mistral), and the cache is smaller. A graph for no more positions than the
+/// ring holds (the engine's first graphs) runs on it too. A longer step is refused.
 /// On both kernel families (the one made for GPUs stores RoPE and the cache in the QKV
 /// projection's epilogue).
 #[test]
@@ -319,6 +320,23 @@ fn sliding_window_rings_match_transformers() {
                 whole.model.graph(ctx, 2, 8).await.unwrap(),
             )
         });
+        // A graph for fewer positions than the ring holds, as the engine builds for the start
+        // of a context: the window covers all of them, and to it the ring is a whole cache.
+        let (mut s_ring, mut s_whole) = pollster::block_on(async {
+            (
+                ring.model.graph_with(ctx, 2, 4, 8, true).await.unwrap(),
+                whole.model.graph_with(ctx, 2, 4, 8, true).await.unwrap(),
+            )
+        });
+        for pos in [0, 2] {
+            let chunk = &ring.ids[pos..pos + 2];
+            let a = pollster::block_on(ring.model.forward(ctx, &mut s_ring, chunk, pos)).unwrap();
+            let b = pollster::block_on(whole.model.forward(ctx, &mut s_whole, chunk, pos)).unwrap();
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{name}: a 4-position graph's logits at {pos} differ on the ring"
+            );
+        }
         let mut got = Vec::new();
         let mut pos = 0;
         for n in [2, 1, 2, 2, 1, 2, 2, 2, 2] {

@@ -960,9 +960,10 @@ pub async fn attention(
         ));
     }
     // A ring holds the positions a causal window sees from every token of a step: the first
-    // token's window and the step's own rows.
+    // token's window and the step's own rows. A graph for fewer positions than the ring holds
+    // never wraps it (and its window, if as long as those positions, is no window).
     let slots = cache.slots(layer);
-    if slots < cache.max_ctx
+    if slots < step.max_positions()
         && (window == 0
             || options.bidirectional
             || options.segments.is_some()
