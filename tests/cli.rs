@@ -65,6 +65,56 @@ fn info_on_a_bad_file_fails_on_stderr() {
     assert!(!ok && err.contains("/nonexistent/model.gguf"), "{err}");
 }
 
+/// `random-weights`: a model's header alone (what a benchmark machine without the weights is
+/// given) becomes a file of the original's size, header and tensors with other weights, which
+/// loads and generates like the original.
+#[test]
+fn random_weights_rebuild_a_model_from_its_header() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("random-weights");
+    std::fs::create_dir_all(&dir).unwrap();
+    let original = "tests/fixtures/models/tiny-llama.gguf";
+    let header = dir.join("tiny-llama.header.gguf");
+    let copy = dir.join("tiny-llama.random.gguf");
+    let (header, copy) = (header.to_str().unwrap(), copy.to_str().unwrap());
+    let (ok, _, err) = pocketlm(&["random-weights", original, header, "--header-only"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = pocketlm(&["random-weights", header, copy, "--seed", "7"]);
+    assert!(ok, "{err}");
+    let (orig, h, c) = (
+        std::fs::read(original).unwrap(),
+        std::fs::read(header).unwrap(),
+        std::fs::read(copy).unwrap(),
+    );
+    assert!(h.len() < orig.len() / 4 && orig.starts_with(&h) && c.starts_with(&h));
+    assert_eq!(c.len(), orig.len());
+    assert_ne!(c, orig);
+    // The same model as `info` sees it, all but the file name on the first line.
+    let describe = |file: &str| {
+        let (ok, out, err) = pocketlm(&["info", file]);
+        assert!(ok, "{err}");
+        out.lines().skip(1).collect::<Vec<_>>().join("\n")
+    };
+    assert_eq!(describe(copy), describe(original));
+    // The header alone is not a model, and the copy generates.
+    let (ok, _, err) = pocketlm(&["info", header]);
+    assert!(!ok && err.contains("past the end of the file"), "{err}");
+    let (ok, out, err) = pocketlm(&[
+        "--backend",
+        "cpu",
+        "run",
+        copy,
+        "hello",
+        "--max-tokens",
+        "4",
+        "--temperature",
+        "0",
+        "--json",
+    ]);
+    assert!(ok && out.contains("\"completion_tokens\":4"), "{out}{err}");
+    let (ok, _, err) = pocketlm(&["random-weights", "Cargo.toml", copy]);
+    assert!(!ok && err.contains("not a GGUF file"), "{err}");
+}
+
 /// A one-thread HTTP server on 127.0.0.1 serving `body` at `/model.gguf` (404 elsewhere) for
 /// `requests` requests.
 fn serve(body: Vec<u8>, requests: usize) -> String {

@@ -58,6 +58,20 @@ mod cli {
         Info { model: String },
         /// Print the GPU adapter, the device profile, features and limits.
         Device,
+        /// Write a copy of MODEL (a GGUF file, or the header alone that --header-only writes)
+        /// to OUT with random weights in the same formats: it loads and runs as MODEL does, at
+        /// the same speed. For timing a model whose weights are not at hand.
+        RandomWeights {
+            model: String,
+            out: std::path::PathBuf,
+            /// Write MODEL's header alone (up to its data section): a small file that this
+            /// command turns into the whole model elsewhere.
+            #[arg(long)]
+            header_only: bool,
+            /// Seed of the random weights.
+            #[arg(long, default_value_t = 0)]
+            seed: u64,
+        },
         /// Print the device report, then run every kernel against its CPU reference.
         Selfcheck,
         /// Time matvec for every weight format against a plain copy kernel on this device.
@@ -338,6 +352,66 @@ mod cli {
             ),
             Err(e) => format!(" (not valid JSON: {e})"),
         }
+    }
+
+    /// The `random-weights` command: MODEL's GGUF header read from the start of the file as far
+    /// as it goes, then OUT written with it and random weights (or the header alone).
+    fn random_weights(
+        model: &str,
+        out: &std::path::Path,
+        header_only: bool,
+        seed: u64,
+    ) -> pocketlm::Result<ExitCode> {
+        use pocketlm::formats::{gguf::GgufHeader, Parsed};
+        use std::io::{Read, Write};
+        let model = resolve(model)?;
+        let io = |name: &str, e: std::io::Error| pocketlm::Error::Io {
+            source_name: name.to_string(),
+            detail: e.to_string(),
+        };
+        let mut file = std::fs::File::open(&model).map_err(|e| io(&model, e))?;
+        let mut prefix = Vec::new();
+        let header = loop {
+            // No file size: a file that ends after the header (--header-only's) is complete.
+            match GgufHeader::parse(&prefix, None, &model)? {
+                Parsed::Complete { header, .. } => break header,
+                Parsed::NeedMore { at_least } => {
+                    let want = at_least.max(2 * prefix.len()).max(1 << 20);
+                    let have = prefix.len();
+                    (&mut file)
+                        .take((want - have) as u64)
+                        .read_to_end(&mut prefix)
+                        .map_err(|e| io(&model, e))?;
+                    if prefix.len() == have {
+                        return Err(pocketlm::Error::FileTruncated {
+                            file: model,
+                            detail: format!("the GGUF header ends past its {have} bytes"),
+                        });
+                    }
+                }
+            }
+        };
+        let name = out.display().to_string();
+        let mut w = std::io::BufWriter::new(std::fs::File::create(out).map_err(|e| io(&name, e))?);
+        if header_only {
+            let end = header.data_offset as usize;
+            w.write_all(&prefix[..end.min(prefix.len())])
+                .and_then(|()| w.write_all(&vec![0; end.saturating_sub(prefix.len())]))
+                .map_err(|e| io(&name, e))?;
+        } else {
+            header.write_random_weights(&prefix, seed, &mut w)?;
+        }
+        w.flush().map_err(|e| io(&name, e))?;
+        let bytes = std::fs::metadata(out).map_err(|e| io(&name, e))?.len();
+        let n = header.tensors.len();
+        if header_only {
+            println!("{name}: {bytes} bytes, the header of {n} tensors");
+        } else {
+            println!(
+                "{name}: {bytes} bytes, {n} tensors of random weights in the original's formats"
+            );
+        }
+        Ok(ExitCode::SUCCESS)
     }
 
     async fn info(model: &str) -> pocketlm::Result<ExitCode> {
@@ -1378,6 +1452,15 @@ mod cli {
         if let Command::Info { model } = &cli.command {
             return info(model).await;
         }
+        if let Command::RandomWeights {
+            model,
+            out,
+            header_only,
+            seed,
+        } = &cli.command
+        {
+            return random_weights(model, out, *header_only, *seed);
+        }
         if matches!(
             cli.command,
             Command::Run { .. }
@@ -1427,6 +1510,7 @@ mod cli {
         println!("{}", ctx.report());
         match cli.command {
             Command::Info { .. }
+            | Command::RandomWeights { .. }
             | Command::Device
             | Command::Run { .. }
             | Command::Chat { .. }

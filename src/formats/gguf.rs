@@ -634,6 +634,58 @@ impl GgufHeader {
     pub fn into_model_files(self) -> Result<ModelFiles> {
         merge_splits(vec![self])
     }
+
+    /// Writes this file again with random weights: `header` (the file's first bytes, at least
+    /// up to the end of its tensor descriptions) as it is, zeros up to
+    /// [`data_offset`](Self::data_offset), then every tensor's data at its offset as random but
+    /// valid values of its format ([`crate::quant::random_gguf_bytes`], seeded by `seed`). The
+    /// copy loads and runs as the original does, at the same speed: for timing a model whose
+    /// weights are not at hand, from its header alone.
+    #[cfg(feature = "harness")]
+    pub fn write_random_weights(
+        &self,
+        header: &[u8],
+        seed: u64,
+        out: &mut impl std::io::Write,
+    ) -> Result<()> {
+        let io = |e: std::io::Error| Error::Io {
+            source_name: self.file.clone(),
+            detail: format!("writing a copy with random weights: {e}"),
+        };
+        let mut at = header.len().min(self.data_offset as usize);
+        out.write_all(&header[..at]).map_err(io)?;
+        let mut order: Vec<&GgufTensor> = self.tensors.iter().collect();
+        order.sort_by_key(|t| t.offset);
+        let mut rng = crate::rng::Rng::new(seed);
+        for t in order {
+            let start = self.data_offset.saturating_add(t.offset) as usize;
+            if start < at {
+                return Err(Error::TensorLayout {
+                    file: self.file.clone(),
+                    tensor: t.name.clone(),
+                    detail: "overlaps the tensor before it".into(),
+                });
+            }
+            let gap = (start - at) as u64;
+            std::io::copy(&mut std::io::Read::take(std::io::repeat(0), gap), out).map_err(io)?;
+            let n: usize = t.shape.iter().product();
+            let data = crate::quant::random_gguf_bytes(t.dtype, n, &mut rng);
+            if data.len() as u64 != t.bytes {
+                return Err(Error::InvalidTensor {
+                    tensor: t.name.clone(),
+                    detail: format!(
+                        "{} bytes of {} data for {} bytes in the header",
+                        data.len(),
+                        t.dtype,
+                        t.bytes
+                    ),
+                });
+            }
+            out.write_all(&data).map_err(io)?;
+            at = start + data.len();
+        }
+        Ok(())
+    }
 }
 
 /// Why parsing stopped: not enough bytes yet, or bad input.
