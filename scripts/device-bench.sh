@@ -1,29 +1,101 @@
 #!/usr/bin/env bash
 # Real-GPU numbers from one short run on a machine that has a GPU but nothing else this project
-# needs: no Rust toolchain, no network, no model files, a few minutes. Two steps:
+# needs: no Rust toolchain, no network, no model files, a few minutes:
 #
 #   scripts/device-bench.sh prepare    here: builds the release CLI into target/device/ with the
 #                                      headers of the GGUF models under models/ (a few MiB each,
-#                                      `pocketlm random-weights --header-only`) and the Vulkan
-#                                      loader's .deb (the GPU's driver brings its own ICD)
+#                                      `pocketlm random-weights --header-only`), the Vulkan and
+#                                      GL loaders' .debs (the GPU's driver brings its own ICD)
+#                                      and llama.cpp's source (from the llama-cpp-python sdist
+#                                      that `make bench-cpu` builds, without models and docs)
 #   scripts/device-bench.sh run        there, in this tree with target/device/ copied along:
 #                                      the device report, `kernel-bench` (matvec of every format,
 #                                      then the prefill kernels) and `bench` of each model rebuilt
 #                                      from its header with random weights of the same formats
-#                                      (same shapes, same kernels, same speed), on both profiles
+#                                      (same shapes, same kernels, same speed), on both profiles;
+#                                      then, where nvcc and cmake are, llama.cpp built for CUDA
+#                                      and its llama-bench on the same files, prompt and tokens
+#   scripts/device-bench.sh llama      the llama.cpp part alone
 #
 # `run` writes everything it prints to $OUT/device-bench.txt (OUT defaults to target/device/out).
 # Knobs: DEVICE_BENCH_SIZE (kernel-bench matrix, default 4096), DEVICE_BENCH_PROMPT and
-# DEVICE_BENCH_GEN (bench's prompt and generated tokens, default 128 and 64),
-# DEVICE_BENCH_BACKEND (default gpu: the WebGPU backend even on a CPU adapter, so that the script
-# can be tried on lavapipe first). `make bench-browser` needs Node and Chromium, which such a
-# machine lacks; the native numbers are the GPU's own (the same WGSL through wgpu's Vulkan
-# backend, as Chromium's Dawn runs it on Linux).
+# DEVICE_BENCH_GEN (prompt and generated tokens, default 128 and 64), DEVICE_BENCH_BACKEND
+# (default gpu: the WebGPU backend even on a CPU adapter, so that the script can be tried on
+# lavapipe first), DEVICE_BENCH_LLAMA=0 (no llama.cpp), DEVICE_BENCH_LLAMA_CMAKE (llama.cpp's
+# build flags; default "-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=native").
+# `make bench-browser` needs Node and Chromium, which such a machine lacks; the native numbers
+# are the GPU's own (the same WGSL through wgpu's Vulkan backend, as Chromium's Dawn runs it on
+# Linux).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DIR="$ROOT/target/device"
 BIN="$DIR/pocketlm"
+LLAMA_SDIST_URL="https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/llama_cpp_python-0.3.36.tar.gz"
+LLAMA_SDIST_SHA256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+OUT="${OUT:-$DIR/out}"
+MODELS="${TMPDIR:-/tmp}/pocketlm-device-models"
+size="${DEVICE_BENCH_SIZE:-4096}"
+prompt="${DEVICE_BENCH_PROMPT:-128}"
+gen="${DEVICE_BENCH_GEN:-64}"
+
+# Each model of target/device rebuilt from its header into $MODELS (once).
+rebuild_models() {
+  mkdir -p "$MODELS"
+  for h in "$DIR"/*.header.gguf; do
+    m="$MODELS/$(basename "$h" .header.gguf).gguf"
+    [ -f "$m" ] || "$BIN" random-weights "$h" "$m"
+  done
+}
+
+# llama.cpp, built from target/device/llama.cpp.tar.xz with LLAMA_FLAGS (for CUDA by default)
+# into $LLAMA, and its llama-bench on each model.
+LLAMA="${TMPDIR:-/tmp}/pocketlm-llama"
+LLAMA_FLAGS="${DEVICE_BENCH_LLAMA_CMAKE:--DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=native}"
+
+llama_wanted() {
+  [ "${DEVICE_BENCH_LLAMA:-1}" != 0 ] && [ -f "$DIR/llama.cpp.tar.xz" ] \
+    && command -v cmake >/dev/null \
+    && { [[ $LLAMA_FLAGS != *GGML_CUDA=ON* ]] || command -v nvcc >/dev/null; }
+}
+
+# Builds llama-bench (at most 8 minutes; run again, a build goes on where it stopped), at the
+# lowest CPU priority so that it can run beside PocketLM's benchmarks: log in $LLAMA/build.log.
+llama_build() {
+  [ -x "$LLAMA/build/bin/llama-bench" ] && return 0
+  [ -d "$LLAMA/llama.cpp" ] || { mkdir -p "$LLAMA" && tar xJf "$DIR/llama.cpp.tar.xz" -C "$LLAMA"; } \
+    || return 1
+  local gen_flag=()
+  command -v ninja >/dev/null && gen_flag=(-G Ninja)
+  # shellcheck disable=SC2086 # LLAMA_FLAGS is a list of flags
+  nice -n 19 cmake -S "$LLAMA/llama.cpp" -B "$LLAMA/build" "${gen_flag[@]}" \
+    -DCMAKE_BUILD_TYPE=Release $LLAMA_FLAGS -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+    > "$LLAMA/build.log" 2>&1 \
+    && nice -n 19 timeout 480 cmake --build "$LLAMA/build" --target llama-bench -j "$(nproc)" \
+      >> "$LLAMA/build.log" 2>&1
+}
+
+# Waits for the build started as pid $1 (none: builds now), then llama-bench on each model.
+llama_bench() {
+  echo
+  if ! llama_wanted; then
+    echo "== llama.cpp: skipped (DEVICE_BENCH_LLAMA=0, no source, or no cmake or nvcc here)"
+    return 0
+  fi
+  echo "== llama.cpp: llama-bench built with $LLAMA_FLAGS"
+  local t0=$SECONDS rc
+  if [ -n "${1:-}" ]; then wait "$1"; else llama_build; fi
+  rc=$?
+  echo "(build exit $rc, waited $((SECONDS - t0)) s)"
+  [ $rc -eq 0 ] || { tail -30 "$LLAMA/build.log"; return 1; }
+  rebuild_models
+  for m in "$MODELS"/*.gguf; do
+    echo; echo "== llama-bench $(basename "$m") -p $prompt -n $gen -ngl 99"
+    timeout 300 "$LLAMA/build/bin/llama-bench" -m "$m" -p "$prompt" -n "$gen" -ngl 99 -r 3
+    echo "(exit $?)"
+  done
+}
 
 case "${1:-}" in
 prepare)
@@ -37,13 +109,27 @@ prepare)
   for m in models/*.gguf; do
     "$BIN" random-weights "$m" "$DIR/$(basename "$m" .gguf).header.gguf" --header-only
   done
-  (cd "$DIR/debs" && apt-get download libvulkan1 2>/dev/null)
+  # The loaders the device tool's notes name (NVIDIA's Vulkan ICD lives in its GLX library).
+  (cd "$DIR/debs" && apt-get download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 \
+    libgles2 2>/dev/null)
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  curl -sSfL -o "$tmp/sdist.tar.gz" "$LLAMA_SDIST_URL"
+  echo "$LLAMA_SDIST_SHA256  $tmp/sdist.tar.gz" | sha256sum --check --quiet -
+  tar xzf "$tmp/sdist.tar.gz" -C "$tmp"
+  # What a CUDA build of llama-bench needs: no models, docs, tests, examples, server or other
+  # GPU backends (3.8 MiB compressed instead of 77).
+  excl=(models docs media .github examples tests benches conversion gguf-py pocs skills
+        tools/ui tools/server)
+  for b in sycl cann musa opencl hexagon webgpu zdnn zendnn metal openvino virtgpu et hip vulkan
+  do excl+=("ggml/src/ggml-$b"); done
+  tar cf - -C "$tmp"/llama_cpp_python-*/vendor "${excl[@]/#/--exclude=llama.cpp/}" \
+    --exclude='*.py' llama.cpp | xz -9 -T0 > "$DIR/llama.cpp.tar.xz"
   echo "target/device: $(du -sh "$DIR" | cut -f1); copy it along (the device tool: carry" \
     "target/device) and run scripts/device-bench.sh run"
   ;;
 run)
   [ -x "$BIN" ] || { echo "no $BIN: run scripts/device-bench.sh prepare first" >&2; exit 1; }
-  OUT="${OUT:-$DIR/out}"
   mkdir -p "$OUT"
   if ! ldconfig -p | grep -q 'libvulkan\.so\.1'; then
     for f in "$DIR"/debs/*.deb; do dpkg -x "$f" /; done
@@ -55,9 +141,6 @@ run)
       if [ -f "$icd" ]; then export VK_DRIVER_FILES="$icd"; break; fi
     done
   fi
-  size="${DEVICE_BENCH_SIZE:-4096}"
-  prompt="${DEVICE_BENCH_PROMPT:-128}"
-  gen="${DEVICE_BENCH_GEN:-64}"
   backend="${DEVICE_BENCH_BACKEND:-gpu}"
   step() {
     echo
@@ -66,6 +149,12 @@ run)
     echo "(exit $?)"
   }
   {
+    # llama.cpp builds on the CPU while PocketLM's benchmarks use the GPU.
+    build=""
+    if llama_wanted; then
+      llama_build &
+      build=$!
+    fi
     date -u
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem \
       --format=csv 2>/dev/null || true
@@ -75,19 +164,22 @@ run)
     for rows in 8 128; do
       step kernel-bench --size "$size" --rows "$rows" --formats f32,f16,q8_0,q4_0,q4_1,q4_k,q6_k
     done
-    for h in "$DIR"/*.header.gguf; do
-      m="${TMPDIR:-/tmp}/$(basename "$h" .header.gguf).gguf"
-      "$BIN" random-weights "$h" "$m"
+    rebuild_models
+    for m in "$MODELS"/*.gguf; do
       step --backend "$backend" bench "$m" --prompt-tokens "$prompt" --gen-tokens "$gen" \
         --per-kernel
       step --backend "$backend" --profile baseline bench "$m" --prompt-tokens "$prompt" \
         --gen-tokens "$gen"
-      rm -f "$m"
     done
+    llama_bench "$build"
   } 2>&1 | tee "$OUT/device-bench.txt"
   ;;
+llama)
+  mkdir -p "$OUT"
+  llama_bench 2>&1 | tee "$OUT/llama-bench.txt"
+  ;;
 *)
-  echo "usage: scripts/device-bench.sh prepare|run" >&2
+  echo "usage: scripts/device-bench.sh prepare|run|llama" >&2
   exit 2
   ;;
 esac
