@@ -668,21 +668,25 @@ impl GgufHeader {
             }
             let gap = (start - at) as u64;
             std::io::copy(&mut std::io::Read::take(std::io::repeat(0), gap), out).map_err(io)?;
-            let n: usize = t.shape.iter().product();
-            let data = crate::quant::random_gguf_bytes(t.dtype, n, &mut rng);
-            if data.len() as u64 != t.bytes {
+            // A block at a time, up to 1 MiB per write: what the header declares is never
+            // held in memory at once.
+            let (block, block_bytes) = (t.dtype.block_size(), t.dtype.block_bytes() as u64);
+            let per_write = (1 << 20) / block_bytes.max(1);
+            let mut left = t.bytes / block_bytes.max(1);
+            if left * block_bytes != t.bytes {
                 return Err(Error::InvalidTensor {
                     tensor: t.name.clone(),
-                    detail: format!(
-                        "{} bytes of {} data for {} bytes in the header",
-                        data.len(),
-                        t.dtype,
-                        t.bytes
-                    ),
+                    detail: format!("{} bytes are not whole {} blocks", t.bytes, t.dtype),
                 });
             }
-            out.write_all(&data).map_err(io)?;
-            at = start + data.len();
+            while left > 0 {
+                let blocks = left.min(per_write);
+                let data =
+                    crate::quant::random_gguf_bytes(t.dtype, blocks as usize * block, &mut rng);
+                out.write_all(&data).map_err(io)?;
+                left -= blocks;
+            }
+            at = start + t.bytes as usize;
         }
         Ok(())
     }
