@@ -163,6 +163,43 @@ fn bench_reports_speed_work_per_token_and_memory() {
         .find(|l| l.starts_with("submits per decoded token"))
         .unwrap();
     assert!(submits.ends_with(" 1.0"), "one submit per token: {submits}");
+    // Host and GPU time per token, the GPU's from timestamp queries over the real graph where
+    // the device takes them (lavapipe does, inside a pass too): its dispatches by kind add up to
+    // the step's.
+    let row = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("'{name}' missing:\n{out}"))
+    };
+    assert!(row("host time per decoded token").contains(" ms "), "{out}");
+    let features = row("adapter features:");
+    let gpu = row("GPU time per decoded token");
+    if !features.contains("timestamp-query,") && !features.ends_with("timestamp-query") {
+        assert!(gpu.contains("not measured"), "{gpu}");
+        return;
+    }
+    assert!(
+        gpu.contains("timestamp queries over the real graph"),
+        "{gpu}"
+    );
+    if features.contains("timestamp-query-inside-passes") {
+        let dispatches: f64 = row("dispatches per decoded token")
+            .split_whitespace()
+            .last()
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        let by_kind: f64 = out
+            .lines()
+            .skip_while(|l| !l.contains("per kind of dispatch"))
+            .skip(1)
+            .take_while(|l| l.starts_with("    "))
+            .map(|l| {
+                let n = l.split_whitespace().nth(1).unwrap();
+                n.trim_start_matches('×').parse::<f64>().unwrap()
+            })
+            .sum();
+        assert!((by_kind - dispatches).abs() < 0.5, "{out}");
+    }
 }
 
 /// A copy of the tiny BERT folder with a word-level tokenizer.json of its 128 ids that wraps a

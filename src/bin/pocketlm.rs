@@ -1094,15 +1094,21 @@ mod cli {
 
         let prompt = bench_prompt(&engine, prompt_tokens)?;
         let mut at_first = None;
+        let stats = || {
+            (
+                ctx.stats.snapshot(),
+                ctx.stats.bytes_read(),
+                ctx.stats.waited(),
+            )
+        };
         let g = engine
             .generate(ctx, &prompt, &options, &mut |_| {
-                at_first.get_or_insert_with(|| (ctx.stats.snapshot(), ctx.stats.bytes_read()));
+                at_first.get_or_insert_with(stats);
                 Flow::Continue
             })
             .await?;
-        let ((s1, d1, r1), b1) = at_first.unwrap_or_default();
-        let (s2, d2, r2) = ctx.stats.snapshot();
-        let b2 = ctx.stats.bytes_read();
+        let ((s1, d1, r1), b1, w1) = at_first.unwrap_or_default();
+        let ((s2, d2, r2), b2, w2) = stats();
         // Steps after the first token: each decodes one token.
         let steps = (g.tokens.len() - 1) as f64;
         let (weights, kv) = engine.gpu_bytes();
@@ -1156,6 +1162,13 @@ mod cli {
             (r2 - r1) as f64 / steps,
             (b2 - b1) as f64 / steps
         );
+        println!(
+            "{:<28} {:.2} ms (encoding, submitting, sampling: the step's wall time less the \
+             waits for the GPU)",
+            "host time per decoded token",
+            (g.decode_ms - (w2 - w1).as_secs_f64() * 1e3) / steps
+        );
+        gpu_time(ctx, &mut engine, &prompt, &options).await?;
         println!("{:<28} {:.1} MiB", "GPU memory: weights", mib(weights));
         println!(
             "{:<28} {:.1} MiB ({} positions)",
@@ -1186,6 +1199,65 @@ mod cli {
             }
         }
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// GPU time per decoded token over the real graph: the same generation again with every
+    /// decode step's submit timed by timestamp queries (per kind of dispatch where the device
+    /// takes timestamps inside a pass). A run of its own, so the timed run's speed above is
+    /// untouched by the queries.
+    async fn gpu_time(
+        ctx: &GpuContext,
+        engine: &mut Engine,
+        prompt: &[u32],
+        options: &GenerateOptions,
+    ) -> pocketlm::Result<()> {
+        use pocketlm::gpu::TimestampSupport;
+        let support = ctx.timestamp_support();
+        if support == TimestampSupport::None {
+            println!(
+                "{:<28} not measured: the device takes no timestamps",
+                "GPU time per decoded token"
+            );
+            return Ok(());
+        }
+        engine.reset();
+        let mut on = false;
+        engine
+            .generate(ctx, prompt, options, &mut |_| {
+                // From the first token on: decode steps only.
+                if !on {
+                    ctx.time_gpu(true);
+                    on = true;
+                }
+                Flow::Continue
+            })
+            .await?;
+        let Some(t) = ctx.time_gpu(false).filter(|t| t.submits > 0) else {
+            return Ok(());
+        };
+        let per_step = |ns: f64| ns / t.submits as f64 / 1e6;
+        println!(
+            "{:<28} {:.3} ms (timestamp queries over the real graph, {} steps)",
+            "GPU time per decoded token",
+            per_step(t.total_ns),
+            t.submits
+        );
+        if support == TimestampSupport::Dispatches {
+            let mut rows: Vec<_> = t.per_label.iter().collect();
+            rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+            let sum: f64 = rows.iter().map(|r| r.1 .1).sum();
+            println!("  per kind of dispatch, in the graph (per step):");
+            for (label, (n, ns)) in rows {
+                println!(
+                    "    {:<24} ×{:<5} {:>9.3} ms {:>5.1}%",
+                    label,
+                    n / t.submits,
+                    per_step(*ns),
+                    100.0 * ns / sum.max(f64::MIN_POSITIVE)
+                );
+            }
+        }
+        Ok(())
     }
 
     /// `pocketlm bench --backend cpu`: prefill and greedy decode speed of the CPU backend, with

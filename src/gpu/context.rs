@@ -218,6 +218,9 @@ pub struct GpuStats {
     /// Staging buffers created for readbacks (reused across submits, so this stops growing once
     /// a decode loop is under way).
     pub staging_buffers: AtomicU64,
+    /// Nanoseconds the host spent waiting for submitted work and its readbacks (natively): the
+    /// rest of a step's wall time is the host's own (encoding, submitting, sampling).
+    pub wait_ns: AtomicU64,
 }
 
 impl GpuStats {
@@ -229,6 +232,11 @@ impl GpuStats {
     /// Readback staging buffers created so far.
     pub fn staging_buffers(&self) -> u64 {
         self.staging_buffers.load(Ordering::Relaxed)
+    }
+
+    /// Time the host has spent waiting for the GPU so far (see [`GpuStats::wait_ns`]).
+    pub fn waited(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.wait_ns.load(Ordering::Relaxed))
     }
 
     pub fn snapshot(&self) -> (u64, u64, u64) {
@@ -247,6 +255,7 @@ pub struct GpuContext {
     pub(crate) pipelines: PipelineCache,
     pub(crate) health: Arc<Health>,
     pub(crate) staging: StagingRing,
+    pub(crate) timing: super::timing::Timing,
     pub stats: GpuStats,
     info: wgpu::AdapterInfo,
     adapter_features: wgpu::Features,
@@ -300,6 +309,13 @@ impl GpuContext {
             }
         };
 
+        // Timestamps for `pocketlm bench` (GpuContext::time_gpu), natively where offered, on
+        // either profile: no kernel uses them.
+        #[cfg(not(target_arch = "wasm32"))]
+        let features = features
+            | (offered
+                & (wgpu::Features::TIMESTAMP_QUERY
+                    | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES));
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("pocketlm"),
@@ -342,6 +358,7 @@ impl GpuContext {
             pipelines: PipelineCache::default(),
             health,
             staging: StagingRing::default(),
+            timing: Default::default(),
             stats: GpuStats::default(),
             info,
             adapter_features: offered,

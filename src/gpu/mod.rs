@@ -6,6 +6,7 @@ mod interface;
 mod pipeline;
 mod recorder;
 mod tensor;
+mod timing;
 
 pub use context::{
     baseline_limits, Capabilities, DeviceReport, GpuContext, GpuStats, Profile, ProfileRequest,
@@ -16,3 +17,4 @@ pub use interface::{Access, Interface, Slot, SlotKind, Uniform, WgslScalar};
 pub use pipeline::{kernel_source, Kernel, PipelineCache, Specialization};
 pub use recorder::{Dispatch, PendingReadback, ReadSlot, Readback, Recorder};
 pub use tensor::{DType, GpuTensor};
+pub use timing::{GpuTimes, TimestampSupport};

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::gpu::tensor::{decode_f32, GpuTensor};
+use crate::gpu::timing::SubmitTimer;
 use crate::gpu::{DType, GpuContext};
 
 /// One kernel launch with everything bound: built once (at load time for a model), recorded any
@@ -245,22 +246,36 @@ impl<'a> Recorder<'a> {
         Ok(self)
     }
 
-    fn encode(&self, staging: Option<(&wgpu::Buffer, &[u64])>) -> wgpu::CommandBuffer {
+    /// The command buffer, and the timer of its pass while the context times the GPU.
+    fn encode(
+        &self,
+        staging: Option<(&wgpu::Buffer, &[u64])>,
+    ) -> (wgpu::CommandBuffer, Option<SubmitTimer>) {
         let device = &self.ctx.device;
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("pocketlm step"),
         });
+        let timer = self.ctx.submit_timer(&self.dispatches);
         if !self.dispatches.is_empty() {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("pocketlm kernels"),
-                timestamp_writes: None,
+                timestamp_writes: timer.as_ref().and_then(SubmitTimer::pass_writes),
             });
-            for d in &self.dispatches {
+            for (i, d) in self.dispatches.iter().enumerate() {
+                if let Some(t) = &timer {
+                    t.before_dispatch(&mut pass, i);
+                }
                 pass.set_pipeline(&d.pipeline);
                 pass.set_bind_group(0, &d.bind_group, &[]);
                 let [x, y, z] = d.workgroups;
                 pass.dispatch_workgroups(x, y, z);
             }
+            if let Some(t) = &timer {
+                t.before_dispatch(&mut pass, self.dispatches.len());
+            }
+        }
+        if let Some(t) = &timer {
+            t.resolve(&mut encoder);
         }
         for c in &self.copies {
             encoder.copy_buffer_to_buffer(&c.src, c.src_offset, &c.dst, c.dst_offset, c.bytes);
@@ -270,7 +285,19 @@ impl<'a> Recorder<'a> {
                 encoder.copy_buffer_to_buffer(&read.source, 0, dst, at, read.bytes);
             }
         }
-        encoder.finish()
+        (encoder.finish(), timer)
+    }
+
+    /// Submits a command buffer from [`Recorder::encode`], and starts reading its timestamps.
+    fn submit_encoded(
+        &self,
+        (cmd, timer): (wgpu::CommandBuffer, Option<SubmitTimer>),
+    ) -> wgpu::SubmissionIndex {
+        let submission = self.ctx.queue.submit([cmd]);
+        if let Some(t) = timer {
+            t.collect(self.ctx.queue.get_timestamp_period());
+        }
+        submission
     }
 
     fn count(&self) {
@@ -289,8 +316,7 @@ impl<'a> Recorder<'a> {
     /// Submits the recorded work without waiting for it.
     pub fn submit(self) -> Result<()> {
         self.ctx.check_health()?;
-        let cmd = self.encode(None);
-        self.ctx.queue.submit([cmd]);
+        self.submit_encoded(self.encode(None));
         self.count();
         Ok(())
     }
@@ -307,8 +333,8 @@ impl<'a> Recorder<'a> {
         self.ctx.check_health()?;
         let (offsets, used) = staging_layout(&self.reads);
         let staging = (!self.reads.is_empty()).then(|| self.ctx.staging.take(self.ctx, used));
-        let cmd = self.encode(staging.as_ref().map(|b| (b, offsets.as_slice())));
-        let submission = self.ctx.queue.submit([cmd]);
+        let encoded = self.encode(staging.as_ref().map(|b| (b, offsets.as_slice())));
+        let submission = self.submit_encoded(encoded);
         self.count();
         let receiver = staging.as_ref().map(|buf| {
             let (tx, rx) = futures_channel::oneshot::channel();
@@ -353,7 +379,20 @@ impl PendingReadback<'_> {
     /// Resolves once the submitted work is done and its reads are on the host. Natively this
     /// drives the device until that submission (not later ones) completes; in the browser the
     /// event loop resolves the mapping.
-    pub async fn wait(mut self) -> Result<Readback> {
+    pub async fn wait(self) -> Result<Readback> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let (started, stats) = (std::time::Instant::now(), &self.ctx.stats);
+            let read = self.wait_inner().await;
+            let waited = started.elapsed().as_nanos() as u64;
+            stats.wait_ns.fetch_add(waited, Ordering::Relaxed);
+            read
+        }
+        #[cfg(target_arch = "wasm32")]
+        self.wait_inner().await
+    }
+
+    async fn wait_inner(mut self) -> Result<Readback> {
         self.ctx.wait_for_submission(self.submission.clone())?;
         let mut words = Vec::with_capacity(self.reads.len());
         if let (Some(buf), Some(rx)) = (self.staging.as_ref(), self.receiver.take()) {
