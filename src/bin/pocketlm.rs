@@ -365,11 +365,7 @@ mod cli {
         use pocketlm::formats::{gguf::GgufHeader, Parsed};
         use std::io::{Read, Write};
         let model = resolve(model)?;
-        let io = |name: &str, e: std::io::Error| pocketlm::Error::Io {
-            source_name: name.to_string(),
-            detail: e.to_string(),
-        };
-        let mut file = std::fs::File::open(&model).map_err(|e| io(&model, e))?;
+        let mut file = std::fs::File::open(&model).map_err(|e| load::io_error(&model, e))?;
         let mut prefix = Vec::new();
         let header = loop {
             // No file size: a file that ends after the header (--header-only's) is complete.
@@ -381,7 +377,7 @@ mod cli {
                     (&mut file)
                         .take((want - have) as u64)
                         .read_to_end(&mut prefix)
-                        .map_err(|e| io(&model, e))?;
+                        .map_err(|e| load::io_error(&model, e))?;
                     if prefix.len() == have {
                         return Err(pocketlm::Error::FileTruncated {
                             file: model,
@@ -391,18 +387,26 @@ mod cli {
                 }
             }
         };
-        let name = out.display().to_string();
-        let mut w = std::io::BufWriter::new(std::fs::File::create(out).map_err(|e| io(&name, e))?);
-        if header_only {
-            let end = header.data_offset as usize;
-            w.write_all(&prefix[..end.min(prefix.len())])
-                .and_then(|()| w.write_all(&vec![0; end.saturating_sub(prefix.len())]))
-                .map_err(|e| io(&name, e))?;
-        } else {
-            header.write_random_weights(&prefix, seed, &mut w)?;
-        }
-        w.flush().map_err(|e| io(&name, e))?;
-        let bytes = std::fs::metadata(out).map_err(|e| io(&name, e))?.len();
+        let write = || -> std::io::Result<u64> {
+            let mut w = std::io::BufWriter::new(std::fs::File::create(out)?);
+            if header_only {
+                let end = header.data_offset as usize;
+                w.write_all(&prefix[..end.min(prefix.len())])?;
+                w.write_all(&vec![0; end.saturating_sub(prefix.len())])?;
+            } else {
+                header.write_random_weights(&prefix, seed, &mut w)?;
+            }
+            w.flush()?;
+            Ok(std::fs::metadata(out)?.len())
+        };
+        let name = out.display();
+        let bytes = match write() {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                eprintln!("error: writing '{name}' failed: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        };
         let n = header.tensors.len();
         if header_only {
             println!("{name}: {bytes} bytes, the header of {n} tensors");
