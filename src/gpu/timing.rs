@@ -60,10 +60,10 @@ pub(crate) struct Timing {
 /// The queries of one submit: recorded into its command buffer, read once it is done.
 pub(crate) struct SubmitTimer {
     set: wgpu::QuerySet,
-    count: u32,
-    per_dispatch: bool,
     resolve: wgpu::Buffer,
     read: wgpu::Buffer,
+    /// The label of each dispatch where they are timed one by one (a timestamp before each and
+    /// one after the last); none where only the pass is (its start and end).
     labels: Vec<&'static str>,
     totals: Arc<Mutex<GpuTimes>>,
 }
@@ -81,9 +81,9 @@ impl GpuContext {
         }
     }
 
-    /// Starts timing every submit's compute pass on the GPU (false where the device takes no
-    /// timestamps), or stops and returns what was timed. Stopping waits for the submitted work,
-    /// so that every timed submit is counted.
+    /// Starts timing every submit's compute pass on the GPU (nothing happens where the device
+    /// takes no timestamps), returning `None`; or stops and returns what was timed, if timing
+    /// was on. Stopping waits for the submitted work, so that every timed submit is counted.
     pub fn time_gpu(&self, on: bool) -> Option<GpuTimes> {
         let mut slot = self.timing.totals.lock().unwrap_or_else(|e| e.into_inner());
         if on {
@@ -116,11 +116,12 @@ impl GpuContext {
         }
         let per_dispatch = self.timestamp_support() == TimestampSupport::Dispatches
             && dispatches.len() < MAX_QUERIES;
-        let count = if per_dispatch {
-            dispatches.len() as u32 + 1
+        let labels: Vec<_> = if per_dispatch {
+            dispatches.iter().map(|d| d.label).collect()
         } else {
-            2
+            Vec::new()
         };
+        let count = SubmitTimer::queries(&labels);
         let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
             label: Some("pocketlm timestamps"),
             ty: wgpu::QueryType::Timestamp,
@@ -137,8 +138,6 @@ impl GpuContext {
         };
         Some(SubmitTimer {
             set,
-            count,
-            per_dispatch,
             resolve: buffer(
                 wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
                 "pocketlm timestamps resolved",
@@ -147,37 +146,46 @@ impl GpuContext {
                 wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 "pocketlm timestamps read",
             ),
-            labels: if per_dispatch {
-                dispatches.iter().map(|d| d.label).collect()
-            } else {
-                Vec::new()
-            },
+            labels,
             totals,
         })
     }
 }
 
 impl SubmitTimer {
+    /// Timestamps taken for `labels`: one before each dispatch and one after the last, or the
+    /// pass's start and end.
+    fn queries(labels: &[&'static str]) -> u32 {
+        if labels.is_empty() {
+            2
+        } else {
+            labels.len() as u32 + 1
+        }
+    }
+
     /// The pass's own timestamps where only passes are timed.
     pub(crate) fn pass_writes(&self) -> Option<wgpu::ComputePassTimestampWrites<'_>> {
-        (!self.per_dispatch).then_some(wgpu::ComputePassTimestampWrites {
-            query_set: &self.set,
-            beginning_of_pass_write_index: Some(0),
-            end_of_pass_write_index: Some(1),
-        })
+        self.labels
+            .is_empty()
+            .then_some(wgpu::ComputePassTimestampWrites {
+                query_set: &self.set,
+                beginning_of_pass_write_index: Some(0),
+                end_of_pass_write_index: Some(1),
+            })
     }
 
     /// Before dispatch `i` of the pass (and with `i` = their count, after the last).
     pub(crate) fn before_dispatch(&self, pass: &mut wgpu::ComputePass<'_>, i: usize) {
-        if self.per_dispatch {
+        if !self.labels.is_empty() {
             pass.write_timestamp(&self.set, i as u32);
         }
     }
 
     /// After the pass: the timestamps resolved and copied where the host can map them.
     pub(crate) fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
-        encoder.resolve_query_set(&self.set, 0..self.count, &self.resolve, 0);
-        encoder.copy_buffer_to_buffer(&self.resolve, 0, &self.read, 0, self.count as u64 * 8);
+        let count = Self::queries(&self.labels);
+        encoder.resolve_query_set(&self.set, 0..count, &self.resolve, 0);
+        encoder.copy_buffer_to_buffer(&self.resolve, 0, &self.read, 0, count as u64 * 8);
     }
 
     /// After the submit: the timestamps are added to the totals once they are on the host.
