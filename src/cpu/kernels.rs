@@ -5,7 +5,7 @@
 //! that all rows of x share. No float copy of a matrix is made.
 
 use pocketlm_cpu::idot;
-use pocketlm_cpu::ops::{self, Weights, CHUNK, TILE_ROWS};
+use pocketlm_cpu::ops::{self, SoftmaxState, Weights, CHUNK, TILE_ROWS};
 
 use crate::cpu::{HostTensor, Pool};
 use crate::error::{Error, Result};
@@ -343,8 +343,18 @@ pub fn attention_packed(
     });
 }
 
-/// One task per (token, head): token t's query attends to the key positions `visible(t)`
-/// (first and last, inclusive).
+/// Query rows per task of [`attend`] (tokens × the heads of a grouped-query group), for which
+/// each chunk of keys and values is read once.
+const QUERY_ROWS: usize = 16;
+
+/// Fewest key positions per part when one query's keys are split over threads.
+const MIN_SPLIT: usize = 256;
+
+/// Token t's query heads attend to the key positions `visible(t)` (first and last, inclusive).
+/// A task takes a block of tokens and one KV head: the rows of every query head that reads that
+/// KV head, for each of its tokens, walk the keys together ([`ops::attention_rows`]). Where
+/// there are fewer such tasks than twice the threads (decode: one token), each one's keys are
+/// split into parts of at least [`MIN_SPLIT`] positions whose softmax states are merged after.
 fn attend(
     pool: &Pool,
     s: &AttentionShape,
@@ -354,29 +364,115 @@ fn attend(
     out: &mut [f32],
     visible: &(dyn Fn(usize) -> (usize, usize) + Sync),
 ) {
-    let (hd, kvw) = (s.head_dim, s.kv_heads * s.head_dim);
-    let group = (s.heads / s.kv_heads.max(1)).max(1);
-    let tokens = q.len() / (s.heads * hd);
+    let (hd, heads, kv_heads) = (s.head_dim, s.heads, s.kv_heads.max(1));
+    let group = (heads / kv_heads).max(1);
+    let tokens = q.len() / (heads * hd).max(1);
+    if tokens == 0 || hd == 0 {
+        return;
+    }
+    let block = (QUERY_ROWS / group).clamp(1, tokens);
+    let units = tokens.div_ceil(block) * kv_heads;
+    let threads = pool.threads();
+    let splits = if threads == 1 || units >= 2 * threads {
+        1
+    } else {
+        let (first, last) = visible(0);
+        (2 * threads)
+            .div_ceil(units)
+            .min((last + 1 - first) / MIN_SPLIT)
+            .max(1)
+    };
+    let rows = block * group;
+    // Each task's states and unnormalised rows, merged after when the keys are split.
+    let mut states = vec![SoftmaxState::EMPTY; units * splits * rows];
+    let mut parts = vec![0f32; units * splits * rows * hd];
+    let (st_out, part_out) = (StateOut(states.as_mut_ptr()), Out(parts.as_mut_ptr()));
     let dst = Out(out.as_mut_ptr());
-    pool.run(tokens * s.heads, &|task| {
-        let (t, h) = (task / s.heads, task % s.heads);
-        let (first, last) = visible(t);
-        let at = (t * s.heads + h) * hd;
-        let mut scores = Vec::with_capacity(last + 1 - first);
-        // SAFETY: this task alone writes head h of token t.
-        let head = unsafe { std::slice::from_raw_parts_mut(dst.at(at), hd) };
-        ops::attention_head(
-            &q[at..at + hd],
-            keys,
-            values,
-            (kvw, (h / group) * hd, s.ring.unwrap_or(usize::MAX)),
-            (first, last),
-            s.scale,
-            s.softcap,
-            &mut scores,
-            head,
-        );
+    pool.run(units * splits, &|task| {
+        let (unit, split) = (task / splits, task % splits);
+        let (b, g) = (unit / kv_heads, unit % kv_heads);
+        let t0 = b * block;
+        let n = block.min(tokens - t0);
+        let spans: Vec<(usize, usize)> = (t0..t0 + n)
+            .flat_map(|t| std::iter::repeat_n(visible(t), group))
+            .collect();
+        let spans = if splits == 1 {
+            spans
+        } else {
+            let lo = spans.iter().map(|s| s.0).min().unwrap_or(0);
+            let len = spans.iter().map(|s| s.1 + 1).max().unwrap_or(0) - lo;
+            let (a, z) = (lo + split * len / splits, lo + (split + 1) * len / splits);
+            spans
+                .into_iter()
+                .map(|(f, l)| (f.max(a), l.min(z.wrapping_sub(1))))
+                .collect()
+        };
+        let mut qs = Vec::with_capacity(n * group * hd);
+        for t in t0..t0 + n {
+            let at = (t * heads + g * group) * hd;
+            qs.extend_from_slice(&q[at..at + group * hd]);
+        }
+        // SAFETY: task `task` alone writes its rows of `states` and `parts`.
+        let (st, o) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(st_out.at(task * rows), spans.len()),
+                std::slice::from_raw_parts_mut(part_out.at(task * rows * hd), spans.len() * hd),
+            )
+        };
+        let kv = ops::KvLayout {
+            stride: kv_heads * hd,
+            at: g * hd,
+            slots: s.ring.unwrap_or(usize::MAX),
+        };
+        ops::attention_rows(&qs, &spans, keys, values, kv, s.scale, s.softcap, st, o);
+        if splits == 1 {
+            for (i, t) in (t0..t0 + n).enumerate() {
+                let rows = i * group..(i + 1) * group;
+                for (j, r) in rows.enumerate() {
+                    st[r].finish(&mut o[r * hd..(r + 1) * hd]);
+                    let at = (t * heads + g * group + j) * hd;
+                    // SAFETY: this task alone writes the heads of group g of its tokens.
+                    unsafe { std::slice::from_raw_parts_mut(dst.at(at), hd) }
+                        .copy_from_slice(&o[r * hd..(r + 1) * hd]);
+                }
+            }
+        }
     });
+    if splits > 1 {
+        let per_unit = splits * rows;
+        for unit in 0..units {
+            let (b, g) = (unit / kv_heads, unit % kv_heads);
+            let t0 = b * block;
+            for r in 0..block.min(tokens - t0) * group {
+                let mut merged: Vec<(SoftmaxState, &mut [f32])> = Vec::with_capacity(splits);
+                let (st, pt) = (
+                    &states[unit * per_unit..],
+                    &mut parts[unit * per_unit * hd..],
+                );
+                for (split, chunk) in pt.chunks_exact_mut(rows * hd).take(splits).enumerate() {
+                    merged.push((st[split * rows + r], &mut chunk[r * hd..(r + 1) * hd]));
+                }
+                SoftmaxState::merge(&mut merged);
+                let (state, row) = &mut merged[0];
+                state.finish(row);
+                let at = ((t0 + r / group) * heads + g * group + r % group) * hd;
+                out[at..at + hd].copy_from_slice(row);
+            }
+        }
+    }
+}
+
+/// [`Out`] for softmax states.
+#[derive(Clone, Copy)]
+struct StateOut(*mut SoftmaxState);
+// SAFETY: as `Out`'s: tasks write disjoint places and `run` returns when they are done.
+unsafe impl Send for StateOut {}
+unsafe impl Sync for StateOut {}
+
+impl StateOut {
+    fn at(self, i: usize) -> *mut SoftmaxState {
+        self.0.wrapping_add(i)
+    }
 }
 
 /// LayerNorm of each row of `x` (rows of `w.len()` values) in place: `(x - mean) / √(var + eps)
@@ -413,67 +509,152 @@ mod tests {
     use crate::reference::Rng;
 
     /// Causal and bidirectional attention, with and without sliding windows (symmetric when
-    /// bidirectional), packed or not, against the f64 reference.
+    /// bidirectional), packed or not, against the f64 reference: grouped-query groups of 1 to
+    /// 4 heads, head sizes with and without a tail past the eight-lane sums, spans that cross
+    /// chunks of keys, one query whose keys are split over the threads (decode) and merged,
+    /// rings (a window's cache of fewer positions than the context), and soft-capping.
     #[test]
     fn attention_windows_match_the_reference() {
-        let pool = Pool::new(2);
         let mut rng = Rng::new(0x5EED);
-        let (heads, kv_heads, hd) = (4, 2, 16);
-        for (tokens, offset, window, bidirectional, packed) in [
-            (12, 0, None, false, 0),
-            (7, 20, Some(5), false, 0),
-            (30, 0, None, true, 0),
-            (30, 0, Some(4), true, 0),
-            (9, 11, Some(6), true, 0),
-            (30, 0, Some(3), true, 4),
-            (30, 0, None, true, 4),
-            (30, 0, None, false, 4),
-            (30, 0, Some(3), false, 5),
-        ] {
-            let positions = offset + tokens;
-            let q = rng.vec(tokens * heads * hd, -1.0, 1.0);
-            let k = rng.vec(positions * kv_heads * hd, -1.0, 1.0);
-            let v = rng.vec(positions * kv_heads * hd, -1.0, 1.0);
-            let scale = 0.25;
-            let s = AttentionShape {
-                heads,
-                kv_heads,
-                head_dim: hd,
-                scale,
-                window,
-                softcap: None,
-                bidirectional,
-                ring: None,
-            };
-            let mut out = vec![0f32; q.len()];
-            if packed > 0 {
-                let starts = reference::packed_starts(tokens, packed);
-                attention_packed(&pool, &s, &q, &k, &v, &starts, &mut out);
-            } else {
-                attention(&pool, &s, &q, &k, &v, offset, &mut out);
-            }
-            let shape = reference::AttentionShape {
-                tokens,
-                n_heads: heads,
-                n_kv_heads: kv_heads,
-                head_dim: hd,
-                offset,
-                window: window.unwrap_or(0),
-                softcap: 0.0,
-                bidirectional,
-                packed,
-            };
-            let split = AttentionSplit {
-                chunk_len: positions,
-                tile: 1,
-            };
-            let (want, _) = reference::attention(&q, &k, &v, &shape, scale, split, KvError::EXACT);
-            for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
-                assert!(
-                    (f64::from(got) - want).abs() < 1e-5,
-                    "tokens {tokens} offset {offset} window {window:?} bidirectional \
-                     {bidirectional} packed {packed}: element {i} is {got}, the reference {want}"
-                );
+        struct Case {
+            tokens: usize,
+            offset: usize,
+            window: Option<usize>,
+            bidirectional: bool,
+            packed: usize,
+            heads: (usize, usize, usize),
+            softcap: Option<f32>,
+            ring: Option<usize>,
+        }
+        let case = |tokens, offset, window, bidirectional, packed| Case {
+            tokens,
+            offset,
+            window,
+            bidirectional,
+            packed,
+            heads: (4, 2, 16),
+            softcap: None,
+            ring: None,
+        };
+        let cases = [
+            case(12, 0, None, false, 0),
+            case(7, 20, Some(5), false, 0),
+            case(30, 0, None, true, 0),
+            case(30, 0, Some(4), true, 0),
+            case(9, 11, Some(6), true, 0),
+            case(30, 0, Some(3), true, 4),
+            case(30, 0, None, true, 4),
+            case(30, 0, None, false, 4),
+            case(30, 0, Some(3), false, 5),
+            // Decode over 700 and 1300 positions: on two threads, the keys split in two and four parts.
+            Case {
+                heads: (4, 2, 20),
+                ..case(1, 700, None, false, 0)
+            },
+            Case {
+                heads: (3, 1, 64),
+                ..case(1, 1300, None, false, 0)
+            },
+            Case {
+                heads: (4, 1, 8),
+                softcap: Some(1.5),
+                ..case(2, 600, None, false, 0)
+            },
+            // Prefill blocks of tokens over spans of many chunks, groups of 3 and 4.
+            Case {
+                heads: (6, 2, 12),
+                ..case(40, 90, None, false, 0)
+            },
+            Case {
+                heads: (8, 2, 24),
+                softcap: Some(3.0),
+                ..case(19, 60, Some(45), false, 0)
+            },
+            // Rings: a window of 37 (and 5) in 37 + 8 (and 5 + 3) rows, wrapped several times.
+            Case {
+                ring: Some(45),
+                ..case(9, 200, Some(37), false, 0)
+            },
+            Case {
+                heads: (2, 2, 16),
+                ring: Some(8),
+                ..case(4, 61, Some(5), false, 0)
+            },
+            Case {
+                heads: (4, 2, 32),
+                ring: Some(300),
+                ..case(1, 900, Some(293), false, 0)
+            },
+        ];
+        for threads in [1, 2] {
+            let pool = Pool::new(threads);
+            for c in &cases {
+                let (heads, kv_heads, hd) = c.heads;
+                let (tokens, offset, window) = (c.tokens, c.offset, c.window);
+                let (bidirectional, packed) = (c.bidirectional, c.packed);
+                let positions = offset + tokens;
+                let q = rng.vec(tokens * heads * hd, -1.0, 1.0);
+                let k = rng.vec(positions * kv_heads * hd, -1.0, 1.0);
+                let v = rng.vec(positions * kv_heads * hd, -1.0, 1.0);
+                let scale = 0.25;
+                let s = AttentionShape {
+                    heads,
+                    kv_heads,
+                    head_dim: hd,
+                    scale,
+                    window,
+                    softcap: c.softcap,
+                    bidirectional,
+                    ring: c.ring,
+                };
+                // A ring holds position p in row p % slots: the last `slots` positions.
+                let ring = |all: &[f32]| match c.ring {
+                    None => all.to_vec(),
+                    Some(slots) => {
+                        let w = kv_heads * hd;
+                        let mut r = vec![f32::NAN; slots * w];
+                        for p in positions.saturating_sub(slots)..positions {
+                            r[p % slots * w..][..w].copy_from_slice(&all[p * w..][..w]);
+                        }
+                        r
+                    }
+                };
+                let (kr, vr) = (ring(&k), ring(&v));
+                let mut out = vec![0f32; q.len()];
+                if packed > 0 {
+                    let starts = reference::packed_starts(tokens, packed);
+                    attention_packed(&pool, &s, &q, &kr, &vr, &starts, &mut out);
+                } else {
+                    attention(&pool, &s, &q, &kr, &vr, offset, &mut out);
+                }
+                let shape = reference::AttentionShape {
+                    tokens,
+                    n_heads: heads,
+                    n_kv_heads: kv_heads,
+                    head_dim: hd,
+                    offset,
+                    window: window.unwrap_or(0),
+                    softcap: c.softcap.unwrap_or(0.0),
+                    bidirectional,
+                    packed,
+                };
+                let split = AttentionSplit {
+                    chunk_len: positions,
+                    tile: 1,
+                };
+                let (want, _) =
+                    reference::attention(&q, &k, &v, &shape, scale, split, KvError::EXACT);
+                for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
+                    assert!(
+                        (f64::from(got) - want).abs() < 1e-5,
+                        "{threads} threads, tokens {tokens} offset {offset} window {window:?} \
+                         bidirectional {bidirectional} packed {packed} heads {:?} softcap {:?} \
+                         ring {:?}: element {i} is {got}, the reference {want}",
+                        c.heads,
+                        c.softcap,
+                        c.ring
+                    );
+                }
             }
         }
     }
