@@ -36,7 +36,9 @@
 //
 // BENCH_MODEL (default: the default model, models/SmolLM2-135M-Instruct.Q4_1.gguf),
 // BENCH_TOKENS (tokens per completion, default 16), BENCH_PROMPTS (how many of the prompts below,
-// default 3), BENCH_PROMPT_REPEAT (each prompt that many times over, for long prompts; default 1), BENCH_ENGINES (a comma list of pocketlm-cpu-1, pocketlm-cpu-2,
+// default 3), BENCH_PROMPT_REPEAT (each prompt that many times over, for long prompts; default 1),
+// BENCH_CONTEXT (both engines' context for the decode section, default 512; raise it with
+// BENCH_PROMPT_REPEAT), BENCH_ENGINES (a comma list of pocketlm-cpu-1, pocketlm-cpu-2,
 // pocketlm-cpu-1-simd128, pocketlm-cpu-2-simd128, pocketlm-webgpu, wllama-1, wllama-2; default
 // all: pocketlm-cpu-N is the build the package picks, relaxed SIMD in Chromium, and
 // pocketlm-cpu-N-simd128 the SIMD128 build, `relaxedSimd: false`, with their ratio printed). BENCH_SECTIONS (decode, embeddings, load; default all),
@@ -59,6 +61,7 @@ const WWW = join(dirname(fileURLToPath(import.meta.url)), "..");
 const ROOT = join(WWW, "..");
 const MODEL_FILE = resolve(process.env.BENCH_MODEL ?? join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"));
 const TOKENS = Number(process.env.BENCH_TOKENS ?? 16);
+const CONTEXT = Number(process.env.BENCH_CONTEXT ?? 512);
 const PROMPTS = [
   "The capital of France is",
   "Once upon a time, in a small village at the edge of a great forest, there lived an old clockmaker who",
@@ -151,7 +154,7 @@ async function run(engine) {
   return value(
     await evaluate(
       page,
-      async ({ engine, modelUrl, prompts, tokens }) => {
+      async ({ engine, modelUrl, prompts, tokens, context }) => {
         const t0 = performance.now();
         let complete;
         let info;
@@ -159,7 +162,7 @@ async function run(engine) {
         if (engine.startsWith("pocketlm")) {
           const [, backend, threads, build] = engine.split("-");
           const lm = await globalThis.pocketlm.PocketLM.load(modelUrl, {
-            context: 512,
+            context,
             backend,
             threads: threads ? Number(threads) : undefined,
             relaxedSimd: build === "simd128" ? false : undefined,
@@ -181,7 +184,7 @@ async function run(engine) {
         } else {
           const threads = Number(engine.split("-")[1]);
           const w = new globalThis.Wllama(globalThis.wllamaAssets, { suppressNativeLog: true });
-          await w.loadModelFromUrl(modelUrl, { n_ctx: 512, n_threads: threads, n_gpu_layers: 0 });
+          await w.loadModelFromUrl(modelUrl, { n_ctx: context, n_threads: threads, n_gpu_layers: 0 });
           info = `${w.getNumThreads()} thread(s), ${w.isMultithread() ? "multi" : "single"}-thread build, crossOriginIsolated ${globalThis.crossOriginIsolated}`;
           complete = async (prompt, n, onPiece) => {
             let usage = null;
@@ -206,7 +209,7 @@ async function run(engine) {
         for (const prompt of prompts) runs.push(await globalThis.timeCompletion((onPiece) => complete(prompt, tokens, onPiece)));
         return { loadMs, info, runs, memory };
       },
-      { engine, modelUrl, prompts: PROMPTS, tokens: TOKENS },
+      { engine, modelUrl, prompts: PROMPTS, tokens: TOKENS, context: CONTEXT },
     ),
   );
 }
