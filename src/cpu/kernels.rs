@@ -29,19 +29,26 @@ pub const SIMD: bool = cfg!(any(
 pub const RELAXED_SIMD: bool = cfg!(all(target_arch = "wasm32", feature = "relaxed-simd"));
 
 /// A pointer to an output that parallel tasks write in disjoint places.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
+struct Out<T = f32>(*mut T);
 // SAFETY: every user writes only indices no other task writes, and the pool's `run` returns
 // only when all tasks are done.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
+unsafe impl<T> Send for Out<T> {}
+unsafe impl<T> Sync for Out<T> {}
+impl<T> Clone for Out<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Out<T> {}
 
-impl Out {
+impl<T> Out<T> {
     /// The element at `i` (a method, so closures capture the whole `Out`, which is `Sync`).
-    fn at(self, i: usize) -> *mut f32 {
+    fn at(self, i: usize) -> *mut T {
         self.0.wrapping_add(i)
     }
+}
 
+impl Out {
     /// Writes `v` at `i`, or adds it there with `accumulate`.
     ///
     /// # Safety
@@ -386,7 +393,7 @@ fn attend(
     // Each task's states and unnormalised rows, merged after when the keys are split.
     let mut states = vec![SoftmaxState::EMPTY; units * splits * rows];
     let mut parts = vec![0f32; units * splits * rows * hd];
-    let (st_out, part_out) = (StateOut(states.as_mut_ptr()), Out(parts.as_mut_ptr()));
+    let (st_out, part_out) = (Out(states.as_mut_ptr()), Out(parts.as_mut_ptr()));
     let dst = Out(out.as_mut_ptr());
     pool.run(units * splits, &|task| {
         let (unit, split) = (task / splits, task % splits);
@@ -459,19 +466,6 @@ fn attend(
                 out[at..at + hd].copy_from_slice(row);
             }
         }
-    }
-}
-
-/// [`Out`] for softmax states.
-#[derive(Clone, Copy)]
-struct StateOut(*mut SoftmaxState);
-// SAFETY: as `Out`'s: tasks write disjoint places and `run` returns when they are done.
-unsafe impl Send for StateOut {}
-unsafe impl Sync for StateOut {}
-
-impl StateOut {
-    fn at(self, i: usize) -> *mut SoftmaxState {
-        self.0.wrapping_add(i)
     }
 }
 
