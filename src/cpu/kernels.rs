@@ -390,6 +390,14 @@ fn attend(
             .max(1)
     };
     let rows = block * group;
+    // A unit's first token, KV head and tokens.
+    let unit_of = |unit: usize| {
+        let (t0, g) = (unit / kv_heads * block, unit % kv_heads);
+        (t0, g, block.min(tokens - t0))
+    };
+    // Where row r of a unit starting at token t0 with KV head g goes in `out`.
+    let out_at =
+        |t0: usize, g: usize, r: usize| ((t0 + r / group) * heads + g * group + r % group) * hd;
     // Each task's states and unnormalised rows, merged after when the keys are split.
     let mut states = vec![SoftmaxState::EMPTY; units * splits * rows];
     let mut parts = vec![0f32; units * splits * rows * hd];
@@ -397,9 +405,7 @@ fn attend(
     let dst = Out(out.as_mut_ptr());
     pool.run(units * splits, &|task| {
         let (unit, split) = (task / splits, task % splits);
-        let (b, g) = (unit / kv_heads, unit % kv_heads);
-        let t0 = b * block;
-        let n = block.min(tokens - t0);
+        let (t0, g, n) = unit_of(unit);
         let spans: Vec<(usize, usize)> = (t0..t0 + n)
             .flat_map(|t| std::iter::repeat_n(visible(t), group))
             .collect();
@@ -433,24 +439,19 @@ fn attend(
         };
         ops::attention_rows(&qs, &spans, keys, values, kv, s.scale, s.softcap, st, o);
         if splits == 1 {
-            for (i, t) in (t0..t0 + n).enumerate() {
-                let rows = i * group..(i + 1) * group;
-                for (j, r) in rows.enumerate() {
-                    st[r].finish(&mut o[r * hd..(r + 1) * hd]);
-                    let at = (t * heads + g * group + j) * hd;
-                    // SAFETY: this task alone writes the heads of group g of its tokens.
-                    unsafe { std::slice::from_raw_parts_mut(dst.at(at), hd) }
-                        .copy_from_slice(&o[r * hd..(r + 1) * hd]);
-                }
+            for (r, (state, row)) in st.iter().zip(o.chunks_exact_mut(hd)).enumerate() {
+                state.finish(row);
+                // SAFETY: this task alone writes the heads of group g of its tokens.
+                unsafe { std::slice::from_raw_parts_mut(dst.at(out_at(t0, g, r)), hd) }
+                    .copy_from_slice(row);
             }
         }
     });
     if splits > 1 {
         let per_unit = splits * rows;
         for unit in 0..units {
-            let (b, g) = (unit / kv_heads, unit % kv_heads);
-            let t0 = b * block;
-            for r in 0..block.min(tokens - t0) * group {
+            let (t0, g, n) = unit_of(unit);
+            for r in 0..n * group {
                 let mut merged: Vec<(SoftmaxState, &mut [f32])> = Vec::with_capacity(splits);
                 let (st, pt) = (
                     &states[unit * per_unit..],
@@ -462,7 +463,7 @@ fn attend(
                 SoftmaxState::merge(&mut merged);
                 let (state, row) = &mut merged[0];
                 state.finish(row);
-                let at = ((t0 + r / group) * heads + g * group + r % group) * hd;
+                let at = out_at(t0, g, r);
                 out[at..at + hd].copy_from_slice(row);
             }
         }

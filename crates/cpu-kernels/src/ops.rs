@@ -739,13 +739,6 @@ pub struct SoftmaxState {
     pub sum: f32,
 }
 
-impl SoftmaxState {
-    pub const EMPTY: Self = Self {
-        max: f32::NEG_INFINITY,
-        sum: 0.0,
-    };
-}
-
 /// Attention of query rows (`qs`: rows of `head_dim` values, all reading the KV head `kv`)
 /// over the key positions each sees (`spans[r]`, first and last inclusive; empty when first >
 /// last): `scale`d scores, optional soft-cap, and an online softmax (flash attention) that
@@ -768,17 +761,11 @@ pub fn attention_rows(
 ) {
     let args = (qs, spans, keys, values, kv, scale, cap);
     #[cfg(target_arch = "x86_64")]
-    if x86_avx2() {
+    if x86::has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (just checked).
         return unsafe { attention_rows_avx2(args, states, out) };
     }
     attention_rows_body::<false>(args, states, out)
-}
-
-/// Whether this x86-64 CPU has AVX2 and FMA (detected at run time; cached by std).
-#[cfg(target_arch = "x86_64")]
-fn x86_avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
 /// The inputs of [`attention_rows`] but its outputs.
@@ -883,6 +870,11 @@ fn attention_rows_body<const AVX2: bool>(
 }
 
 impl SoftmaxState {
+    pub const EMPTY: Self = Self {
+        max: f32::NEG_INFINITY,
+        sum: 0.0,
+    };
+
     /// Divides a finished row's output by its sum.
     pub fn finish(&self, out: &mut [f32]) {
         let inv = 1.0 / self.sum;
