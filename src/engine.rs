@@ -417,7 +417,8 @@ impl Engine {
     }
 
     /// Builds an engine whose model runs on the CPU backend, from its tensors in host memory
-    /// (a load into a [`CpuContext`]); otherwise as [`Engine::new`]. Its KV cache is f32.
+    /// (a load into a [`CpuContext`]); otherwise as [`Engine::new`] (the KV cache f16 unless
+    /// `options.kv_dtype` says f32).
     pub fn new_cpu(
         _cpu: &CpuContext,
         loaded: LoadedModelFiles<HostTensor>,
@@ -428,6 +429,7 @@ impl Engine {
             d.config.clone(),
             loaded.tensors,
             d.context,
+            options.kv_dtype.unwrap_or(DType::F16),
             ring_step(options),
         )?;
         Ok(Engine::with_backend(Backend::Cpu(Box::new(model)), d))

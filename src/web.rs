@@ -432,7 +432,7 @@ impl Cpu {
     }
 
     /// Loads a model into wasm memory and makes it ready to generate on the CPU: any `source`
-    /// and `options` `Gpu.loadModel` takes (`kvDtype` is ignored: the CPU's KV cache is f32).
+    /// and `options` `Gpu.loadModel` takes (`kvDtype` too: f16 by default, as on the GPU).
     /// Resolves to a `Model`.
     #[wasm_bindgen(js_name = loadModel)]
     pub fn load_model(&self, source: JsValue, options: JsValue) -> Promise {

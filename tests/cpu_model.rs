@@ -19,6 +19,7 @@ use pocketlm::cpu::{CpuContext, CpuDecoder, HostTensor};
 use pocketlm::engine::{Engine, EngineOptions};
 use pocketlm::load::{load_directory, load_native, LoadOptions, LoadedModelFiles};
 use pocketlm::model::{EmbedInput, Embedder, ModelConfig};
+use pocketlm::quant::DType;
 
 fn cpu() -> &'static CpuContext {
     static CPU: std::sync::OnceLock<CpuContext> = std::sync::OnceLock::new();
@@ -70,7 +71,7 @@ fn decoder_stepped(name: &str, gguf: bool, max_step: Option<usize>) -> CpuDecode
         None => ModelConfig::from_hf_json(&loaded.companions["config.json"], name),
     }
     .unwrap_or_else(|e| panic!("{name}: {e}"));
-    CpuDecoder::with_max_step(config, loaded.tensors, 64, max_step)
+    CpuDecoder::with_max_step(config, loaded.tensors, 64, DType::F32, max_step)
         .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
@@ -528,7 +529,7 @@ fn the_engine_reuses_a_prefix_only_while_the_ring_holds_its_window() {
     let whole_decoder = || {
         let loaded = load(&dir);
         let config = ModelConfig::from_hf_json(&loaded.companions["config.json"], name).unwrap();
-        CpuDecoder::new(config, loaded.tensors, context).unwrap()
+        CpuDecoder::new(config, loaded.tensors, context, DType::F16).unwrap()
     };
     let mut whole = whole_decoder();
     // As the engine runs `prompt` from `from`: steps of the largest power of two (at most 128)

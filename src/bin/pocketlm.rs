@@ -147,6 +147,9 @@ mod cli {
             /// Positions in the KV cache.
             #[arg(long)]
             context: Option<usize>,
+            /// The KV cache's element type, f16 (default) or f32.
+            #[arg(long, value_parser = ["f16", "f32"])]
+            kv_dtype: Option<String>,
             /// Also time each kind of dispatch of a decode step on its own.
             #[arg(long)]
             per_kernel: bool,
@@ -187,8 +190,7 @@ mod cli {
         /// Positions in the KV cache (prompt plus reply); default: the model's, up to 4096.
         #[arg(long)]
         context: Option<usize>,
-        /// The WebGPU backend's KV cache element type, f16 (default) or f32 (the CPU backend's
-        /// is f32).
+        /// The KV cache's element type, f16 (default: half the memory) or f32.
         #[arg(long, value_parser = ["f16", "f32"])]
         kv_dtype: Option<String>,
         /// Sliding-window layers (Gemma 2 and 3, Mistral, Phi-3) keep every position instead
@@ -222,10 +224,7 @@ mod cli {
         fn engine_options(&self) -> EngineOptions {
             EngineOptions {
                 context: self.context,
-                kv_dtype: self.kv_dtype.as_deref().map(|d| match d {
-                    "f32" => DType::F32,
-                    _ => DType::F16,
-                }),
+                kv_dtype: kv_dtype(self.kv_dtype.as_deref()),
                 full_window_cache: self.full_window_cache,
             }
         }
@@ -730,12 +729,12 @@ mod cli {
         }
     }
 
-    /// Engine options with only the context set (the benchmarks').
-    fn context_only(context: Option<usize>) -> EngineOptions {
-        EngineOptions {
-            context,
-            ..Default::default()
-        }
+    /// `--kv-dtype`'s type (clap has checked it is f16 or f32).
+    fn kv_dtype(arg: Option<&str>) -> Option<DType> {
+        arg.map(|d| match d {
+            "f32" => DType::F32,
+            _ => DType::F16,
+        })
     }
 
     /// Loads MODEL with a progress bar and makes an engine of it; says what it loaded on stderr.
@@ -1067,7 +1066,7 @@ mod cli {
     async fn bench_model(
         dev: &Dev,
         model: &str,
-        (prompt_tokens, gen_tokens, context): (usize, usize, Option<usize>),
+        (prompt_tokens, gen_tokens, options): (usize, usize, &EngineOptions),
         per_kernel: bool,
     ) -> pocketlm::Result<ExitCode> {
         if prompt_tokens == 0 || gen_tokens < 2 {
@@ -1080,10 +1079,10 @@ mod cli {
         let ctx: &GpuContext = match dev {
             Dev::Gpu(ctx) => ctx,
             Dev::Cpu(cpu) => {
-                return bench_cpu(dev, cpu, model, (prompt_tokens, gen_tokens, context)).await
+                return bench_cpu(dev, cpu, model, (prompt_tokens, gen_tokens, options)).await
             }
         };
-        let mut engine = open_engine(dev, model, &context_only(context)).await?;
+        let mut engine = open_engine(dev, model, options).await?;
         let options = greedy_run(gen_tokens);
         // Warm-up: every pipeline compiled and every graph run once.
         let warm = bench_prompt(&engine, 20)?;
@@ -1270,9 +1269,9 @@ mod cli {
         dev: &Dev,
         cpu: &CpuContext,
         model: &str,
-        (prompt_tokens, gen_tokens, context): (usize, usize, Option<usize>),
+        (prompt_tokens, gen_tokens, options): (usize, usize, &EngineOptions),
     ) -> pocketlm::Result<ExitCode> {
-        let mut engine = open_engine(dev, model, &context_only(context)).await?;
+        let mut engine = open_engine(dev, model, options).await?;
         let options = greedy_run(gen_tokens);
         let prompt = bench_prompt(&engine, prompt_tokens)?;
         let one = CpuContext::new(Some(1));
@@ -1561,9 +1560,15 @@ mod cli {
                     prompt_tokens,
                     gen_tokens,
                     context,
+                    kv_dtype: dtype,
                     per_kernel,
                 } => {
-                    let sizes = (prompt_tokens, gen_tokens, context);
+                    let options = EngineOptions {
+                        context,
+                        kv_dtype: kv_dtype(dtype.as_deref()),
+                        ..Default::default()
+                    };
+                    let sizes = (prompt_tokens, gen_tokens, &options);
                     return bench_model(&dev, &model, sizes, per_kernel).await;
                 }
                 Command::Embed {

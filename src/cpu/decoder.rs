@@ -5,13 +5,14 @@
 
 use std::collections::HashMap;
 
-use crate::cpu::kernels::{self, AttentionShape};
+use crate::cpu::kernels::{self, kv_f16, AttentionShape, KvRows};
 use crate::cpu::{CpuContext, HostTensor};
 use crate::error::{Error, Result};
 use crate::kernels::{RopeConfig, RopeLayout, MASKED_LOGIT};
 use crate::load::StoredTensor;
 use crate::model::weights::DecoderWeights;
 use crate::model::{LayerRope, LayerSpec, ModelConfig, Readout, StepOutput};
+use crate::quant::DType;
 use crate::sample::{
     argmax_index, canonical, gumbel_uniform, row_softmax_stats, top_of_row, SamplingPlan,
 };
@@ -35,14 +36,107 @@ struct Layer {
     post_ffn_norm: Option<Vec<f32>>,
 }
 
-/// A layer's keys and values, [positions, kv_heads, head_dim] each, grown as positions fill.
-#[derive(Default)]
-struct KvLayer {
-    keys: Vec<f32>,
-    values: Vec<f32>,
+/// Fewest positions the KV cache grows by at a time.
+const KV_STEP: usize = 64;
+
+/// A layer's keys and values, [positions, kv_heads, head_dim] each, grown as positions fill:
+/// f32, or f16 as [`kv_f16`] rounds them (half the memory).
+enum KvLayer {
+    F32 { keys: Vec<f32>, values: Vec<f32> },
+    F16 { keys: Vec<u16>, values: Vec<u16> },
 }
 
-/// A decoder-only transformer on the CPU: weights in host memory, an f32 KV cache, RoPE tables.
+impl KvLayer {
+    fn new(dtype: DType) -> Self {
+        match dtype {
+            DType::F16 => KvLayer::F16 {
+                keys: Vec::new(),
+                values: Vec::new(),
+            },
+            _ => KvLayer::F32 {
+                keys: Vec::new(),
+                values: Vec::new(),
+            },
+        }
+    }
+
+    /// Grows keys and values to `len` values each. Capacity grows by a quarter (at least
+    /// `step` values), up to `most` (the layer's positions): a cache filled to 2080 of 4096
+    /// positions holds room for 2600, where doubling held 4096 (in wasm, memory once grown is
+    /// never given back); the copies this costs are a few per doubling of the length.
+    fn grow(&mut self, len: usize, step: usize, most: usize) {
+        fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize, step: usize, most: usize) {
+            if v.capacity() < len {
+                let cap = v.capacity();
+                let cap = (cap + (cap / 4).max(step)).min(most).max(len);
+                v.reserve_exact(cap - v.len());
+            }
+            if v.len() < len {
+                v.resize(len, T::default());
+            }
+        }
+        match self {
+            KvLayer::F32 { keys, values } => {
+                grow(keys, len, step, most);
+                grow(values, len, step, most);
+            }
+            KvLayer::F16 { keys, values } => {
+                grow(keys, len, step, most);
+                grow(values, len, step, most);
+            }
+        }
+    }
+
+    /// Writes one position's keys `k` and values `v` at value `at`.
+    fn write(&mut self, at: usize, k: &[f32], v: &[f32]) {
+        match self {
+            KvLayer::F32 { keys, values } => {
+                keys[at..at + k.len()].copy_from_slice(k);
+                values[at..at + v.len()].copy_from_slice(v);
+            }
+            KvLayer::F16 { keys, values } => {
+                for (d, &x) in keys[at..at + k.len()].iter_mut().zip(k) {
+                    *d = kv_f16(x);
+                }
+                for (d, &x) in values[at..at + v.len()].iter_mut().zip(v) {
+                    *d = kv_f16(x);
+                }
+            }
+        }
+    }
+
+    /// The first `len` values of keys and values.
+    fn rows(&self, len: usize) -> KvRows<'_> {
+        match self {
+            KvLayer::F32 { keys, values } => KvRows::F32 {
+                keys: &keys[..len],
+                values: &values[..len],
+            },
+            KvLayer::F16 { keys, values } => KvRows::F16 {
+                keys: &keys[..len],
+                values: &values[..len],
+            },
+        }
+    }
+
+    /// Bytes of memory held (capacity, not length).
+    fn bytes(&self) -> u64 {
+        match self {
+            KvLayer::F32 { keys, values } => (keys.capacity() + values.capacity()) as u64 * 4,
+            KvLayer::F16 { keys, values } => (keys.capacity() + values.capacity()) as u64 * 2,
+        }
+    }
+
+    fn cleared(&self) -> Self {
+        match self {
+            KvLayer::F32 { .. } => KvLayer::new(DType::F32),
+            KvLayer::F16 { .. } => KvLayer::new(DType::F16),
+        }
+    }
+}
+
+/// A decoder-only transformer on the CPU: weights in host memory, an f32 or f16 KV cache, RoPE
+/// tables.
 pub struct CpuDecoder {
     pub config: ModelConfig,
     embed: HostTensor,
@@ -75,13 +169,15 @@ fn whole(parts: Vec<(usize, HostTensor)>) -> Result<HostTensor> {
 
 impl CpuDecoder {
     /// Takes the loaded tensors (checked against the configuration) and prepares a KV cache of
-    /// up to `max_ctx` positions.
+    /// up to `max_ctx` positions in `kv_dtype` (f32, or f16 for half the memory; as
+    /// [`crate::model::Decoder::new`]).
     pub fn new(
         config: ModelConfig,
         tensors: HashMap<String, HostTensor>,
         max_ctx: usize,
+        kv_dtype: DType,
     ) -> Result<Self> {
-        Self::with_max_step(config, tensors, max_ctx, None)
+        Self::with_max_step(config, tensors, max_ctx, kv_dtype, None)
     }
 
     /// As [`CpuDecoder::new`], for steps of at most `max_step` tokens: sliding-window layers
@@ -91,8 +187,14 @@ impl CpuDecoder {
         config: ModelConfig,
         tensors: HashMap<String, HostTensor>,
         max_ctx: usize,
+        kv_dtype: DType,
         max_step: Option<usize>,
     ) -> Result<Self> {
+        if !matches!(kv_dtype, DType::F32 | DType::F16) {
+            return Err(Error::InvalidRequest(format!(
+                "the KV cache is f16 or f32, not {kv_dtype:?}"
+            )));
+        }
         let c = &config;
         let w = DecoderWeights::take(c, tensors)?;
         let vector = |t: &HostTensor, offset: f32| -> Result<Vec<f32>> {
@@ -155,7 +257,7 @@ impl CpuDecoder {
             Some(parts) => whole(parts)?,
             None => embed.clone(),
         };
-        let kv = (0..c.layers).map(|_| KvLayer::default()).collect();
+        let kv = (0..c.layers).map(|_| KvLayer::new(kv_dtype)).collect();
         let slots = crate::model::decoder::kv_slots(c, max_ctx, max_step);
         Ok(CpuDecoder {
             config,
@@ -194,17 +296,13 @@ impl CpuDecoder {
             let mats = l.qkv.iter().chain(&l.gate_up).chain([&l.o, &l.down]);
             weights += mats.map(StoredTensor::size_bytes).sum::<u64>();
         }
-        let kv = self
-            .kv
-            .iter()
-            .map(|l| (l.keys.capacity() + l.values.capacity()) as u64 * 4)
-            .sum();
+        let kv = self.kv.iter().map(KvLayer::bytes).sum();
         (weights, kv)
     }
 
     /// Frees the KV cache's memory.
     pub fn clear_cache(&mut self) {
-        self.kv.iter_mut().for_each(|l| *l = KvLayer::default());
+        self.kv.iter_mut().for_each(|l| *l = l.cleared());
     }
 
     /// Runs `tokens` at positions `offset..` through the model and returns what `readout` asks
@@ -374,21 +472,10 @@ impl CpuDecoder {
             // Position p in row p % slots: in order, or a ring for a sliding window's layer.
             let slots = self.slots[l];
             let rows = end.min(slots);
-            if cache.keys.len() < rows * kvw {
-                if slots < self.max_ctx && cache.keys.capacity() < slots * kvw {
-                    // A ring (a few hundred positions) is allocated whole, without the margin
-                    // of growing.
-                    let more = slots * kvw - cache.keys.len();
-                    cache.keys.reserve_exact(more);
-                    cache.values.reserve_exact(more);
-                }
-                cache.keys.resize(rows * kvw, 0.0);
-                cache.values.resize(rows * kvw, 0.0);
-            }
+            cache.grow(rows * kvw, KV_STEP * kvw, slots * kvw);
             for t in 0..n {
                 let at = (offset + t) % slots * kvw;
-                cache.keys[at..at + kvw].copy_from_slice(&k[t * kvw..(t + 1) * kvw]);
-                cache.values[at..at + kvw].copy_from_slice(&v[t * kvw..(t + 1) * kvw]);
+                cache.write(at, &k[t * kvw..(t + 1) * kvw], &v[t * kvw..(t + 1) * kvw]);
             }
             let shape = AttentionShape {
                 heads: c.heads,
@@ -400,12 +487,10 @@ impl CpuDecoder {
                 bidirectional: c.bidirectional,
                 ring: (slots < self.max_ctx).then_some(slots),
             };
-            let (keys, values) = (&cache.keys[..rows * kvw], &cache.values[..rows * kvw]);
+            let rows = cache.rows(rows * kvw);
             match starts {
-                Some(starts) => {
-                    kernels::attention_packed(pool, &shape, &q, keys, values, starts, &mut att)
-                }
-                None => kernels::attention(pool, &shape, &q, keys, values, offset, &mut att),
+                Some(starts) => kernels::attention_packed(pool, &shape, &q, rows, starts, &mut att),
+                None => kernels::attention(pool, &shape, &q, rows, offset, &mut att),
             }
             match &w.post_attn_norm {
                 Some(g) => {

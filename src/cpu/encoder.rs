@@ -245,7 +245,11 @@ impl CpuEncoder {
                     }
                 }
             }
-            kernels::attention_packed(pool, &shape, &q, &k, &v, &starts, &mut o);
+            let cache = kernels::KvRows::F32 {
+                keys: &k,
+                values: &v,
+            };
+            kernels::attention_packed(pool, &shape, &q, cache, &starts, &mut o);
             // h += o·Woᵀ (+ bo), then LayerNorm.
             affine(&l.o, &o, &mut h, true)?;
             kernels::layernorm_in_place(pool, &mut h, &l.attn_norm.w, &l.attn_norm.b, c.eps);

@@ -5,8 +5,9 @@
 //! - Weights stay in host memory as the file stores them ([`HostTensor`]); every matrix product
 //!   dequantizes one block at a time inside the dot products ([`kernels`]), so a Q4 model takes
 //!   the memory of its file, not a float copy.
-//! - Activations, norms, RoPE, attention and the KV cache are f32, the same arithmetic as the
-//!   GPU kernels' exact path, so greedy output equals transformers' on the same tests.
+//! - Activations, norms, RoPE and attention are f32, the same arithmetic as the GPU kernels'
+//!   exact path, so greedy output equals transformers' on the same tests; the KV cache is f16
+//!   by default (half the memory, as on the GPU: [`kernels::kv_f16`]) or f32.
 //! - Work is split by output rows over a small thread pool ([`Pool`]): one thread per core
 //!   natively; one thread in wasm.
 

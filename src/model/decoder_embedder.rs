@@ -133,7 +133,7 @@ impl CpuDecoderEmbedder {
         mut tensors: HashMap<String, HostTensor>,
     ) -> Result<Self> {
         add_model_prefix(&model, &mut tensors);
-        let decoder = CpuDecoder::new(model, tensors, config.max_tokens)?;
+        let decoder = CpuDecoder::new(model, tensors, config.max_tokens, DType::F32)?;
         Ok(CpuDecoderEmbedder {
             config,
             decoder: Mutex::new(decoder),

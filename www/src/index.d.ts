@@ -75,7 +75,7 @@ export interface LoadOptions {
   cache?: boolean;
   /** Positions in the KV cache (default: the model's own, up to 4096). */
   context?: number;
-  /** The WebGPU backend's KV cache, default "f16" on both profiles (the CPU backend's is f32). */
+  /** The KV cache's element type on either backend, default "f16" (half the memory of "f32"). */
   kvDtype?: "f16" | "f32";
   /** true: sliding-window layers (Gemma 2 and 3, Mistral, Phi-3) keep every position of the
    * context in the KV cache. Default false: each keeps a ring of its window and one step (128

@@ -589,14 +589,7 @@ mod x86 {
         }
     }
 
-    /// AVX2, FMA and F16C, detected at run time (cached by std; every AVX2 CPU has the other
-    /// two).
-    #[inline]
-    pub(super) fn has_avx2() -> bool {
-        std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-    }
+    pub(super) use crate::ops::x86::has_avx2_fma as has_avx2;
 
     /// The little-endian f16 at `b[at..at + 2]` as f32, by `vcvtph2ps` (exact, as
     /// [`half`]; the software conversion's branches were a fifth of a Q4_1 block's time).
@@ -1676,7 +1669,8 @@ fn formats() -> [(&'static str, Format, crate::ops::BlockFn, &'static [usize]); 
 
 /// The integer kernels' self-check, run by the unit tests natively and in the browser
 /// (tests/web_ops.rs), where the wasm kernels run:
-/// - the f16 conversion every block's scale goes through ([`crate::blocks::check_f16_to_f32`]);
+/// - the f16 conversion every block's scale goes through ([`crate::blocks::check_f16_to_f32`]),
+///   and the f16 KV cache's ([`crate::ops::check_kv_f16`]);
 /// - every format's unpacked form gives its dequantized values (`scale · q + min`), over
 ///   random blocks with scales near 0.01 and minimums of either sign, and its
 ///   [`vector_dequant`] (where the target has one) the same values bit for bit;
@@ -1686,6 +1680,7 @@ fn formats() -> [(&'static str, Format, crate::ops::BlockFn, &'static [usize]); 
 #[doc(hidden)]
 pub fn check() -> Result<(), String> {
     crate::blocks::check_f16_to_f32()?;
+    crate::ops::check_kv_f16()?;
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     wasm::check_f16x4()?;
     for (name, f, dequant, halves) in formats() {

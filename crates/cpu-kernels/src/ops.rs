@@ -392,7 +392,7 @@ fn tile_4x2_body(w: &[f32], x: &[f32], k: usize, body: usize) -> [[f32; TILE_ROW
 
 /// [`gemm_tile`] with AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     use super::{add_tail, TILE_ROWS};
@@ -401,10 +401,13 @@ mod x86 {
     /// of w fill the sixteen ymm registers.
     const COLS: usize = 3;
 
-    /// AVX2 and FMA, detected at run time (cached by std, as [`crate::idot`]'s check).
+    /// AVX2, FMA and F16C, detected at run time (cached by std; every AVX2 CPU has the other
+    /// two). The check of every AVX2 kernel of the crate ([`crate::idot`]'s too).
     #[inline]
-    pub(super) fn has_avx2_fma() -> bool {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    pub(crate) fn has_avx2_fma() -> bool {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
     }
 
     /// [`super::gemm_tile`] (`w` exactly four rows of `k`): [`COLS`] rows of x at a time, then
@@ -725,6 +728,150 @@ impl KvLayout {
     }
 }
 
+/// A KV cache's rows as [`attention_rows`] reads them: f32, or f16 values as [`kv_f16`] stores
+/// them (half the memory and half the bytes each step reads; each chunk of keys and values is
+/// converted to f32 once, exactly, for all the rows that read it).
+#[derive(Clone, Copy, Debug)]
+pub enum KvRows<'a> {
+    F32 { keys: &'a [f32], values: &'a [f32] },
+    F16 { keys: &'a [u16], values: &'a [u16] },
+}
+
+impl KvRows<'_> {
+    /// Values in each of keys and values.
+    pub fn len(&self) -> usize {
+        match self {
+            KvRows::F32 { keys, .. } => keys.len(),
+            KvRows::F16 { keys, .. } => keys.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `x` as an f16 KV cache holds it: rounded to the nearest f16 (ties to even), except that a
+/// magnitude below f16's normal range (2^-14, about 6.1e-5) is stored as a zero of its sign and
+/// one beyond 65504 (or a NaN) as ±65504. So every value held is a zero or a normal f16, which
+/// converts back exactly in four vector operations ([`kv_f32`]; wasm has no instruction for
+/// it) instead of ten; what the flush changes is within f16's rounding error of a value of
+/// magnitude 0.125.
+#[inline]
+pub fn kv_f16(x: f32) -> u16 {
+    let b = x.to_bits();
+    let sign = ((b >> 16) & 0x8000) as u16;
+    let a = b & 0x7FFF_FFFF;
+    if a >= 0x477F_F000 {
+        // At least 65520 (rounds past 65504), infinite or NaN.
+        return sign | 0x7BFF;
+    }
+    if a < 0x3880_0000 {
+        return sign;
+    }
+    // The exponent rebiased (127 → 15), then the 23-bit mantissa rounded to 10 bits, ties to
+    // even; a carry out of the mantissa moves into the exponent, as it should.
+    let m = a - (112 << 23);
+    sign | ((m + 0xFFF + ((m >> 13) & 1)) >> 13) as u16
+}
+
+/// A value [`kv_f16`] stored, as f32 (exact): the f16's sign, exponent and mantissa moved into
+/// an f32's places (a sign-extending shift leaves copies of the sign in the top three exponent
+/// bits, which the mask clears), then times 2^112 for the exponent's bias.
+#[inline(always)]
+pub fn kv_f32(h: u16) -> f32 {
+    let moved = ((i32::from(h as i16) << 13) as u32) & KV_MASK;
+    f32::from_bits(moved) * KV_BIAS
+}
+
+const KV_MASK: u32 = 0x8FFF_E000;
+/// 2^112.
+const KV_BIAS: f32 = f32::from_bits((127 + 112) << 23);
+
+/// [`kv_f32`] of each value (F16C's `vcvtph2ps` with `AVX2`, the same values on what
+/// [`kv_f16`] stores).
+#[inline(always)]
+fn widen_f16<const AVX2: bool>(src: &[u16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let (src, dst) = (&src[..n], &mut dst[..n]);
+    let mut c = 0;
+    #[cfg(target_arch = "x86_64")]
+    if AVX2 {
+        use std::arch::x86_64::*;
+        while c + 8 <= n {
+            // SAFETY: c + 8 ≤ n, the length of both; the caller is compiled for F16C and the
+            // CPU has it; loadu and storeu take any alignment.
+            unsafe {
+                let h = _mm_loadu_si128(src.as_ptr().add(c).cast());
+                _mm256_storeu_ps(dst.as_mut_ptr().add(c), _mm256_cvtph_ps(h));
+            }
+            c += 8;
+        }
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        use core::arch::wasm32::*;
+        let f32x4 = |h: v128| {
+            let moved = v128_and(i32x4_shl(h, 13), u32x4_splat(KV_MASK));
+            f32x4_mul(moved, f32x4_splat(KV_BIAS))
+        };
+        while c + 8 <= n {
+            // SAFETY: c + 8 ≤ n, the length of both; wasm loads and stores take any alignment.
+            unsafe {
+                let h = v128_load(src.as_ptr().add(c).cast());
+                let p = dst.as_mut_ptr().add(c).cast::<v128>();
+                v128_store(p, f32x4(i32x4_extend_low_i16x8(h)));
+                v128_store(p.add(1), f32x4(i32x4_extend_high_i16x8(h)));
+            }
+            c += 8;
+        }
+    }
+    for (d, &h) in dst[c..].iter_mut().zip(&src[c..]) {
+        *d = kv_f32(h);
+    }
+}
+
+/// [`widen_f16`] as this CPU runs it in [`attention_rows`].
+fn widen_kv(src: &[u16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2_fma() {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn widen_avx2(src: &[u16], dst: &mut [f32]) {
+            widen_f16::<true>(src, dst)
+        }
+        // SAFETY: the CPU has AVX2, FMA and F16C (just checked).
+        return unsafe { widen_avx2(src, dst) };
+    }
+    widen_f16::<false>(src, dst)
+}
+
+/// The f16 KV cache's conversions, run by the kernels' self-check ([`crate::idot::check`])
+/// natively and in the browser's wasm engine: every value [`kv_f16`] can store (zeros and
+/// normal f16s) converts to sign · 2^(e−15) · (1 + m/1024) in the vector code attention runs
+/// (an odd length, so the scalar tail too), and [`kv_f16`] gives it back unchanged.
+#[doc(hidden)]
+pub fn check_kv_f16() -> Result<(), String> {
+    let held: Vec<u16> = (0..=u16::MAX)
+        .filter(|h| matches!((h >> 10) & 0x1F, 1..=30) || h & 0x7FFF == 0)
+        .collect();
+    let mut got = vec![f32::NAN; held.len()];
+    widen_kv(&held[1..], &mut got[1..]);
+    widen_kv(&held[..1], &mut got[..1]);
+    for (&h, &v) in held.iter().zip(&got) {
+        let (e, m) = (i32::from(h >> 10) & 0x1F, f64::from(h & 0x3FF));
+        let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+        let want = if e == 0 {
+            0.0
+        } else {
+            sign * (1.0 + m / 1024.0) * 2f64.powi(e - 15)
+        };
+        if f64::from(v) != want || v.is_sign_negative() != (sign < 0.0) || kv_f16(v) != h {
+            return Err(format!("f16 KV value {h:#06x} converts to {v:e}"));
+        }
+    }
+    Ok(())
+}
+
 /// Key positions per step of [`attention_rows`]: one step's keys and values (2 · 32 · head_dim
 /// values, 16 KiB at head_dim 64) stay in the L1 cache while every query row of the call uses
 /// them.
@@ -751,15 +898,14 @@ pub struct SoftmaxState {
 pub fn attention_rows(
     qs: &[f32],
     spans: &[(usize, usize)],
-    keys: &[f32],
-    values: &[f32],
+    cache: KvRows,
     kv: KvLayout,
     scale: f32,
     cap: Option<f32>,
     states: &mut [SoftmaxState],
     out: &mut [f32],
 ) {
-    let args = (qs, spans, keys, values, kv, scale, cap);
+    let args = (qs, spans, cache, kv, scale, cap);
     #[cfg(target_arch = "x86_64")]
     if x86::has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (just checked).
@@ -772,8 +918,7 @@ pub fn attention_rows(
 type RowsArgs<'a> = (
     &'a [f32],
     &'a [(usize, usize)],
-    &'a [f32],
-    &'a [f32],
+    KvRows<'a>,
     KvLayout,
     f32,
     Option<f32>,
@@ -783,14 +928,14 @@ type RowsArgs<'a> = (
 /// same results, in eight lanes instead of four, with four keys' sums at once ([`dot4`]):
 /// 2–2.3× the SSE2 code's speed (one layer's attention, one thread, head_dim 64 and 256).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn attention_rows_avx2(args: RowsArgs, states: &mut [SoftmaxState], out: &mut [f32]) {
     attention_rows_body::<true>(args, states, out)
 }
 
 #[inline(always)]
 fn attention_rows_body<const AVX2: bool>(
-    (qs, spans, keys, values, kv, scale, cap): RowsArgs,
+    (qs, spans, cache, kv, scale, cap): RowsArgs,
     states: &mut [SoftmaxState],
     out: &mut [f32],
 ) {
@@ -802,12 +947,32 @@ fn attention_rows_body<const AVX2: bool>(
     let mut e = [0f32; KEY_CHUNK];
     // Where the chunk's positions start in the cache (one division each per chunk, not per row).
     let mut at = [0usize; KEY_CHUNK];
+    // An f16 cache's chunk, converted once for all rows: keys, then values, row i at i · hd.
+    let mut chunk = match cache {
+        KvRows::F32 { .. } => Vec::new(),
+        KvRows::F16 { .. } => vec![0f32; 2 * KEY_CHUNK * hd],
+    };
     let mut c0 = lo;
     while c0 <= hi {
         let c1 = (c0 + KEY_CHUNK - 1).min(hi);
         for (a, p) in at.iter_mut().zip(c0..=c1) {
             *a = kv.row(p);
         }
+        let (keys, values) = match cache {
+            KvRows::F32 { keys, values } => (keys, values),
+            KvRows::F16 { keys, values } => {
+                let (ck, cv) = chunk.split_at_mut(KEY_CHUNK * hd);
+                for (i, &a) in at[..c1 + 1 - c0].iter().enumerate() {
+                    widen_f16::<AVX2>(&keys[a..a + hd], &mut ck[i * hd..(i + 1) * hd]);
+                    widen_f16::<AVX2>(&values[a..a + hd], &mut cv[i * hd..(i + 1) * hd]);
+                }
+                for (i, a) in at.iter_mut().enumerate() {
+                    *a = i * hd;
+                }
+                let (ck, cv) = chunk.split_at(KEY_CHUNK * hd);
+                (ck, cv)
+            }
+        };
         for (r, &(first, last)) in spans.iter().enumerate() {
             let (f, l) = (first.max(c0), last.min(c1));
             if f > l {
