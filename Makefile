@@ -74,7 +74,8 @@ bench-cpu: setup
 ## all-MiniLM-L6-v2 at batches of 1, 8 and 64 texts, PocketLM on the sentence-transformers folder
 ## against wllama on the f32 GGUF that scripts/st_to_gguf.py makes from it (once, with the gguf
 ## package in target/gguf-venv), as ratios, with the two engines' vectors compared. BENCH_TOKENS,
-## BENCH_PROMPTS, BENCH_PROMPT_REPEAT and BENCH_CONTEXT (long prompts), BENCH_MODEL, BENCH_ENGINES,
+## BENCH_PROMPTS, BENCH_PROMPT_REPEAT and BENCH_CONTEXT (long prompts), BENCH_KV_DTYPE (f16 or f32:
+## PocketLM's KV cache), BENCH_MODEL, BENCH_ENGINES,
 ## BENCH_SECTIONS (decode,embeddings),
 ## BENCH_EMBED_ENGINES, BENCH_EMBED_BATCHES and BENCH_EMBED_SECONDS change the run
 ## (www/scripts/bench-browser.mjs).

@@ -38,7 +38,8 @@
 // BENCH_TOKENS (tokens per completion, default 16), BENCH_PROMPTS (how many of the prompts below,
 // default 3), BENCH_PROMPT_REPEAT (each prompt that many times over, for long prompts; default 1),
 // BENCH_CONTEXT (both engines' context for the decode section, default 512; raise it with
-// BENCH_PROMPT_REPEAT), BENCH_ENGINES (a comma list of pocketlm-cpu-1, pocketlm-cpu-2,
+// BENCH_PROMPT_REPEAT), BENCH_KV_DTYPE (PocketLM's `kvDtype`, f16 or f32; default its own, f16),
+// BENCH_ENGINES (a comma list of pocketlm-cpu-1, pocketlm-cpu-2,
 // pocketlm-cpu-1-simd128, pocketlm-cpu-2-simd128, pocketlm-webgpu, wllama-1, wllama-2; default
 // all: pocketlm-cpu-N is the build the package picks, relaxed SIMD in Chromium, and
 // pocketlm-cpu-N-simd128 the SIMD128 build, `relaxedSimd: false`, with their ratio printed). BENCH_SECTIONS (decode, embeddings, load; default all),
@@ -62,6 +63,7 @@ const ROOT = join(WWW, "..");
 const MODEL_FILE = resolve(process.env.BENCH_MODEL ?? join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"));
 const TOKENS = Number(process.env.BENCH_TOKENS ?? 16);
 const CONTEXT = Number(process.env.BENCH_CONTEXT ?? 512);
+const KV_DTYPE = process.env.BENCH_KV_DTYPE;
 const PROMPTS = [
   "The capital of France is",
   "Once upon a time, in a small village at the edge of a great forest, there lived an old clockmaker who",
@@ -154,7 +156,7 @@ async function run(engine) {
   return value(
     await evaluate(
       page,
-      async ({ engine, modelUrl, prompts, tokens, context }) => {
+      async ({ engine, modelUrl, prompts, tokens, context, kvDtype }) => {
         const t0 = performance.now();
         let complete;
         let info;
@@ -163,6 +165,7 @@ async function run(engine) {
           const [, backend, threads, build] = engine.split("-");
           const lm = await globalThis.pocketlm.PocketLM.load(modelUrl, {
             context,
+            kvDtype,
             backend,
             threads: threads ? Number(threads) : undefined,
             relaxedSimd: build === "simd128" ? false : undefined,
@@ -207,9 +210,12 @@ async function run(engine) {
         const memory = await globalThis.pageMemory(ownWasm ? await ownWasm() : null);
         const runs = [];
         for (const prompt of prompts) runs.push(await globalThis.timeCompletion((onPiece) => complete(prompt, tokens, onPiece)));
-        return { loadMs, info, runs, memory };
+        // After the prompts: what the KV cache of the longest took (wllama sizes its for the
+        // context at load; PocketLM's grows with the positions it holds).
+        const memoryAfter = await globalThis.pageMemory(ownWasm ? await ownWasm() : null);
+        return { loadMs, info, runs, memory, memoryAfter };
       },
-      { engine, modelUrl, prompts: PROMPTS, tokens: TOKENS, context: CONTEXT },
+      { engine, modelUrl, prompts: PROMPTS, tokens: TOKENS, context: CONTEXT, kvDtype: KV_DTYPE },
     ),
   );
 }
@@ -339,6 +345,7 @@ try {
       info: r.info,
       loadS: r.loadMs / 1000,
       memory: r.memory,
+      memoryAfter: r.memoryAfter,
       prefill: (promptTokens * 1000) / ttft,
       decode: decodeMs > 0 ? (decodeTokens * 1000) / decodeMs : null,
       promptTokens,
@@ -420,13 +427,15 @@ pocketlm / wllama load time: cold ${fmt(median(p.cold) / median(w.cold), 3)}×, 
 
 function printDecode() {
   console.log(`\nmodel ${basename(MODEL_FILE)}, ${PROMPTS.length} prompts × ${TOKENS} tokens, greedy\n`);
-  console.log("engine                   load s   memory MiB   prompt tokens   prefill tokens/s   decode tokens/s");
+  console.log(`context ${CONTEXT} positions${KV_DTYPE ? `, PocketLM's KV cache ${KV_DTYPE}` : ""}; memory after load and after the prompts\n`);
+  console.log("engine                   load s   memory MiB   after MiB   prompt tokens   prefill tokens/s   decode tokens/s");
   for (const [engine, r] of Object.entries(results)) {
     console.log(
-      `${engine.padEnd(23)} ${fmt(r.loadS, 1).padStart(7)} ${mib(r.memory).padStart(12)} ${String(r.promptTokens).padStart(15)} ${fmt(r.prefill).padStart(18)} ${fmt(r.decode).padStart(17)}`,
+      `${engine.padEnd(23)} ${fmt(r.loadS, 1).padStart(7)} ${mib(r.memory).padStart(12)} ${mib(r.memoryAfter).padStart(11)} ${String(r.promptTokens).padStart(15)} ${fmt(r.prefill).padStart(18)} ${fmt(r.decode).padStart(17)}`,
     );
   }
   memoryRatios(results);
+  memoryRatios(results, "memoryAfter", "memory after the prompts");
   const wllamas = Object.entries(results).filter(([e]) => e.startsWith("wllama"));
   for (const [engine, p] of Object.entries(results).filter(([e]) => e.startsWith("pocketlm"))) {
     if (wllamas.length === 0) break;
@@ -447,15 +456,15 @@ function mib(bytes) {
   return bytes == null ? "-" : (bytes / 2 ** 20).toFixed(1);
 }
 
-/** Each PocketLM CPU engine's memory after load (page and workers) as a ratio of the smallest
- * wllama's. */
-function memoryRatios(rows) {
-  const peers = Object.entries(rows).filter(([e, r]) => e.startsWith("wllama") && r.memory != null);
+/** Each PocketLM CPU engine's memory (`key` of its row: after load by default; page and workers)
+ * as a ratio of the smallest wllama's. */
+function memoryRatios(rows, key = "memory", what = "memory after load") {
+  const peers = Object.entries(rows).filter(([e, r]) => e.startsWith("wllama") && r[key] != null);
   if (peers.length === 0) return;
-  const least = Math.min(...peers.map(([, r]) => r.memory));
-  const own = Object.entries(rows).filter(([e, r]) => e.startsWith("pocketlm-cpu") && r.memory != null);
-  const parts = own.map(([e, r]) => `${e} ${fmt(r.memory / least, 3)}×`);
-  if (parts.length > 0) console.log(`memory after load (page and workers) / wllama's smallest: ${parts.join(", ")}`);
+  const least = Math.min(...peers.map(([, r]) => r[key]));
+  const own = Object.entries(rows).filter(([e, r]) => e.startsWith("pocketlm-cpu") && r[key] != null);
+  const parts = own.map(([e, r]) => `${e} ${fmt(r[key] / least, 3)}×`);
+  if (parts.length > 0) console.log(`${what} (page and workers) / wllama's smallest: ${parts.join(", ")}`);
 }
 
 function printEmbeddings() {
