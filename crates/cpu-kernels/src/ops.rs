@@ -201,18 +201,43 @@ pub fn dequant_row(w: Weights, row: &[u8], out: &mut [f32]) {
 /// rows of x at a time, eight four-lane sums (a 4×2 micro-kernel, six vector loads per eight
 /// products) with SSE2 (x86-64 without AVX2) or SIMD128 (wasm), and plain eight-lane dot
 /// products on other targets.
+///
+/// The kernels run in chunks of [`GEMM_CHUNK`] rows of x, through [`gemm_tile_sums`], which is
+/// not generic: so they are compiled in this crate, optimized even in the test builds (see the
+/// workspace's profile), and only the loop over `put` is compiled where it is called.
 pub fn gemm_tile(w: &[f32], x: &[f32], k: usize, put: &mut impl FnMut(usize, usize, f32)) {
     assert!(
         k > 0 && w.len() >= TILE_ROWS * k,
         "a tile is {TILE_ROWS} rows of {k}"
     );
+    let mut sums = [0f32; GEMM_CHUNK * TILE_ROWS];
+    let m = x.len() / k;
+    for i0 in (0..m).step_by(GEMM_CHUNK) {
+        let rows = GEMM_CHUNK.min(m - i0);
+        let sums = &mut sums[..rows * TILE_ROWS];
+        gemm_tile_sums(w, &x[i0 * k..(i0 + rows) * k], k, sums);
+        for (i, row_sums) in sums.chunks_exact(TILE_ROWS).enumerate() {
+            for (r, &v) in row_sums.iter().enumerate() {
+                put(i0 + i, r, v);
+            }
+        }
+    }
+}
+
+/// Rows of x per [`gemm_tile_sums`] call: a multiple of the rows every kernel takes at a time
+/// (three, or two), so the rows are grouped into tiles as one call over all of them would.
+const GEMM_CHUNK: usize = 24;
+
+/// [`gemm_tile`]'s sums for the rows of `x`: `sums[i · 4 + r] = w_r · x_i`.
+fn gemm_tile_sums(w: &[f32], x: &[f32], k: usize, sums: &mut [f32]) {
+    let mut put = |i: usize, r: usize, v: f32| sums[i * TILE_ROWS + r] = v;
     #[cfg(target_arch = "x86_64")]
     if x86::has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        unsafe { x86::gemm_tile(&w[..TILE_ROWS * k], x, k, put) };
+        unsafe { x86::gemm_tile(&w[..TILE_ROWS * k], x, k, &mut put) };
         return;
     }
-    gemm_tile_4x2(w, x, k, put);
+    gemm_tile_4x2(w, x, k, &mut put);
 }
 
 /// [`gemm_tile`] two rows of x at a time ([`tile_4x2`]), then the one left by dot products:
@@ -1068,7 +1093,7 @@ impl SoftmaxState {
 
 #[cfg(test)]
 mod tests {
-    use super::{gemm_tile, gemm_tile_4x2, TILE_ROWS};
+    use super::{gemm_tile, gemm_tile_4x2, gemm_tile_sums, TILE_ROWS};
 
     /// [`exp`] within 2 ulp of e^x over the softmax's range (where e^x is a normal f32),
     /// exactly 1 at 0, and e^−87 below −87.
@@ -1109,6 +1134,10 @@ mod tests {
             (11, 576),
             (2, 7),
             (3, 1),
+            // Past one chunk of rows (GEMM_CHUNK), and at its edge.
+            (24, 8),
+            (25, 16),
+            (50, 37),
         ] {
             let w: Vec<f32> = (0..TILE_ROWS * k).map(value).collect();
             let x: Vec<f32> = (0..m * k).map(|i| value(i + 5000)).collect();
@@ -1116,6 +1145,11 @@ mod tests {
             gemm_tile(&w, &x, k, &mut |i, r, v| got[i * TILE_ROWS + r] = v);
             let mut got_4x2 = vec![f32::NAN; m * TILE_ROWS];
             gemm_tile_4x2(&w, &x, k, &mut |i, r, v| got_4x2[i * TILE_ROWS + r] = v);
+            // In chunks of rows, the same sums, bit for bit, as all rows in one call.
+            let mut whole = vec![f32::NAN; m * TILE_ROWS];
+            gemm_tile_sums(&w, &x, k, &mut whole);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&whole), "m {m} k {k}");
             for i in 0..m {
                 for r in 0..TILE_ROWS {
                     let want: f64 = (0..k)
