@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=${FUZZ_SECONDS:-30}
-targets=${FUZZ_TARGETS:-"gguf_header safetensors_header tokenizer_json gguf_vocab chat_template openai_request"}
+targets=${FUZZ_TARGETS:-"gguf_header safetensors_header tokenizer_json gguf_vocab chat_template openai_request cpu_model"}
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # cargo-fuzz passes nightly-only flags (-Zsanitizer); RUSTC_BOOTSTRAP lets the installed
@@ -22,6 +22,8 @@ seeds() {
     gguf_header) ls tests/fixtures/formats/*.gguf tests/fixtures/quant/*.gguf \
                     tests/fixtures/models/*.gguf 2>/dev/null | grep -v presets || true ;;
     safetensors_header) ls tests/fixtures/formats/*.safetensors tests/fixtures/formats/sharded/* 2>/dev/null || true ;;
+    # Whole models: the target reads only the header (what -max_len keeps of a seed holds it).
+    cpu_model) ls tests/fixtures/models/*.gguf tests/fixtures/gguf/*.gguf 2>/dev/null || true ;;
   esac
 }
 
@@ -35,14 +37,17 @@ for t in $targets; do
   done
   dirs=("$PWD/$corpus")
   [ -d "tests/fixtures/fuzz/$t" ] && dirs+=("$PWD/tests/fixtures/fuzz/$t")
+  # -max_len: what the target reads (cpu_model reads a header: the tiny models' are under 10 KB).
+  max_len=65536
   case $t in
     gguf_header | safetensors_header) dirs+=("$PWD/tests/fixtures/formats/fuzz") ;;
+    cpu_model) max_len=16384 ;;
   esac
   echo "== fuzz $t for ${seconds}s =="
   # -timeout: one input may take a few seconds (a template at its fuel limit under ASan);
   # -rss_limit_mb: above what the bounded parsers and templates may use.
   if ! (cd fuzz && cargo fuzz run "$t" "${dirs[@]}" -- \
-        -max_total_time="$seconds" -timeout=60 -rss_limit_mb=4096 -max_len=65536 \
+        -max_total_time="$seconds" -timeout=60 -rss_limit_mb=4096 -max_len="$max_len" \
         -artifact_prefix="$PWD/artifacts/$t/" -print_final_stats=1); then
     failed+=("$t")
   fi

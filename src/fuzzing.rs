@@ -4,20 +4,44 @@
 //! any typed error, but must not panic, hang or allocate without bound; what it asserts are the
 //! invariants of a successful result.
 
-use crate::formats::gguf::{MetaArray, MetaValue};
+use crate::formats::gguf::{GgufTensor, MetaArray, MetaValue};
+use crate::quant::DType;
 
 /// A GGUF v3 file with `metadata` and no tensors: for building hostile metadata in tests and
 /// fuzz targets.
 pub fn gguf_bytes(metadata: &[(&str, MetaValue)]) -> Vec<u8> {
+    gguf_header_bytes(metadata, &[], 32)
+}
+
+/// A GGUF v3 header with `metadata` and `tensors` (their offsets as given), padded to
+/// `alignment` (which the metadata must state when it is not 32): a model file's header with
+/// some of its metadata changed, say, for [`cpu_model`].
+pub fn gguf_header_bytes(
+    metadata: &[(&str, MetaValue)],
+    tensors: &[GgufTensor],
+    alignment: usize,
+) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(b"GGUF");
     out.extend_from_slice(&3u32.to_le_bytes());
-    out.extend_from_slice(&0u64.to_le_bytes());
+    out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
     out.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
     for (key, value) in metadata {
         write_str(&mut out, key);
         out.extend_from_slice(&value_type(value).to_le_bytes());
         write_value(&mut out, value);
+    }
+    for t in tensors {
+        write_str(&mut out, &t.name);
+        out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+        for d in &t.dims {
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        out.extend_from_slice(&t.ggml_type.to_le_bytes());
+        out.extend_from_slice(&t.offset.to_le_bytes());
+    }
+    if !tensors.is_empty() {
+        out.resize(out.len().next_multiple_of(alignment.max(1)), 0);
     }
     out
 }
@@ -120,6 +144,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("gguf_vocab", gguf_vocab),
     ("chat_template", chat_template),
     ("openai_request", openai_request),
+    #[cfg(not(target_arch = "wasm32"))]
+    ("cpu_model", cpu_model),
 ];
 
 /// Text from the fuzzer's bytes for a tokenizer to encode.
@@ -335,5 +361,315 @@ pub fn openai_request(data: &[u8]) {
             matches!(e.code(), "invalid_request" | "invalid_sampling_params"),
             "untyped request failure: {e}"
         ),
+    }
+}
+
+/// The most bytes of tensor data [`cpu_model`] puts behind a header: the tiny models' weights
+/// fit many times over; a header asking for more is skipped, not run.
+#[cfg(not(target_arch = "wasm32"))]
+const CPU_MODEL_MAX_DATA: u64 = 8 << 20;
+
+/// What [`run_cpu_model`] got to do with a model file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuModelRun {
+    /// Prompts that generated (0 to 2).
+    pub generated: usize,
+    /// Texts embedded (0 or 1).
+    pub embedded: usize,
+}
+
+/// The fuzz target [`run_cpu_model`] is.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn cpu_model(data: &[u8]) {
+    run_cpu_model(data);
+}
+
+/// A whole model file run on the CPU backend, as the package runs one where there is no usable
+/// WebGPU: `data` is a GGUF file's header (the seeds are the tiny models' headers: their
+/// architectures, hyperparameters, vocabularies and tensor tables), followed here by tensor
+/// data of pseudo-random bytes (so some float weights are NaN or infinite) up to what the
+/// header's tensors span. The file is loaded from memory with the checks the package makes
+/// before a download, then, like `PocketLM.load`, becomes an embedder (an encoder model) or a
+/// generator, which embeds a text, or prompts with a text and a chat turn and generates a few
+/// greedy tokens. Any step may refuse with a typed error; none may panic, and what runs must
+/// keep its invariants (token ids inside the vocabulary, embeddings of the model's width).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn run_cpu_model(data: &[u8]) -> CpuModelRun {
+    use crate::cpu::CpuContext;
+    use crate::engine::{check_lone_header, Engine, EngineOptions, Flow, GenerateOptions};
+    use crate::formats::Parsed;
+    use crate::load::{load_model, LoadOptions, MemorySource, ModelFile};
+    use crate::model::encoder::{is_encoder_model, Embedder};
+    use crate::sample::SamplingParams;
+
+    let mut run = CpuModelRun::default();
+    let Ok(Parsed::Complete { header, header_len }) = GgufHeader::parse(data, None, "fuzz.gguf")
+    else {
+        return run;
+    };
+    let end = header
+        .tensors
+        .iter()
+        .map(|t| t.offset.saturating_add(t.bytes))
+        .max()
+        .unwrap_or(0);
+    // The padding after the header need not be in `data`; more than that is not a header.
+    if end > CPU_MODEL_MAX_DATA || header_len > data.len() as u64 + header.alignment {
+        return run;
+    }
+    let mut file = data[..data.len().min(header_len as usize)].to_vec();
+    file.resize(header_len as usize, 0);
+    // splitmix64 of the position: the same bytes for the same header, every run.
+    file.extend((0..end.div_ceil(8)).flat_map(|i| {
+        let mut z = i.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)).to_le_bytes()
+    }));
+    file.truncate((header_len + end) as usize);
+
+    let cpu = CpuContext::new(Some(1));
+    let check = check_lone_header;
+    let opts = LoadOptions {
+        check_header: Some(&check as &crate::load::HeaderCheck),
+        ..Default::default()
+    };
+    let files = vec![ModelFile {
+        source: MemorySource::new("fuzz.gguf", file),
+        sha256: None,
+    }];
+    let Ok(mut loaded) = pollster::block_on(load_model(&cpu, files, None, 1, opts)) else {
+        return run;
+    };
+    if is_encoder_model(&loaded) {
+        let Ok(embedder) = Embedder::from_loaded_cpu(&mut loaded, "fuzz") else {
+            return run;
+        };
+        let width = embedder.encoder.config().dimensions();
+        if let Ok(out) = pollster::block_on(embedder.embed_texts(&cpu, &["Hello, world"], true)) {
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].vector.len(), width);
+            run.embedded += 1;
+        }
+        return run;
+    }
+    let options = EngineOptions {
+        context: Some(64),
+        ..Default::default()
+    };
+    let Ok(mut engine) = Engine::new_cpu(&cpu, loaded, &options) else {
+        return run;
+    };
+    let vocab = engine.config().vocab;
+    let generate = GenerateOptions {
+        sampling: SamplingParams::greedy(),
+        max_tokens: Some(3),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let user = ChatMessage {
+        role: "user".into(),
+        content: "Hello".into(),
+        ..Default::default()
+    };
+    let prompts = [
+        engine.text_prompt("The capital of France is"),
+        engine.chat_prompt(&[user]),
+    ];
+    for prompt in prompts.into_iter().flatten() {
+        if prompt.is_empty() || prompt.len() >= engine.context() {
+            continue;
+        }
+        assert!(prompt.iter().all(|&t| (t as usize) < vocab), "{prompt:?}");
+        let mut go_on = |_: crate::engine::TokenEvent<'_>| Flow::Continue;
+        let generation = engine.generate(&cpu, &prompt, &generate, &mut go_on);
+        if let Ok(g) = pollster::block_on(generation) {
+            assert!(
+                !g.tokens.is_empty() && g.tokens.len() <= 3,
+                "{:?}",
+                g.tokens
+            );
+            assert!(
+                g.tokens.iter().all(|&t| (t as usize) < vocab),
+                "{:?}",
+                g.tokens
+            );
+            run.generated += 1;
+        }
+    }
+    run
+}
+
+/// Hostile versions of a GGUF model's header, each with one thing changed, for
+/// [`run_cpu_model`]: every metadata value (but the vocabulary's tables) removed or set to the
+/// edges of its type (zero, one, small odd numbers, the type's extremes, negative, NaN and
+/// infinite floats, the other boolean, empty and unknown strings), and with `tensors`, every
+/// tensor removed, given every other weight format, or given other dimensions (transposed,
+/// doubled, shortened, zero, a row more, a dimension fewer or more), the data offsets laid out
+/// again for the new sizes.
+pub fn hostile_headers(file: &[u8], tensors: bool) -> crate::error::Result<Vec<(String, Vec<u8>)>> {
+    let header = GgufHeader::parse_file(file, "fuzz.gguf")?;
+    let meta: Vec<(&str, MetaValue)> = header
+        .metadata
+        .iter()
+        .map(|(k, v)| (k, v.clone()))
+        .collect();
+    let align = header.alignment as usize;
+    let mut out = Vec::new();
+    for (i, (key, value)) in meta.iter().enumerate() {
+        if key.starts_with("tokenizer.ggml.") && !key.ends_with("_id") {
+            continue;
+        }
+        let mut m = meta.clone();
+        m.remove(i);
+        out.push((
+            format!("{key} removed"),
+            gguf_header_bytes(&m, &header.tensors, align),
+        ));
+        for edge in edges(value) {
+            let mut m = meta.clone();
+            m[i].1 = edge.clone();
+            let bytes = gguf_header_bytes(&m, &header.tensors, align);
+            out.push((format!("{key} = {edge:?}"), bytes));
+        }
+    }
+    if !tensors {
+        return Ok(out);
+    }
+    let mut tables: Vec<(String, Vec<GgufTensor>)> = Vec::new();
+    for (i, t) in header.tensors.iter().enumerate() {
+        let mut table = header.tensors.clone();
+        table.remove(i);
+        tables.push((format!("{} removed", t.name), table));
+        for d in DType::ALL {
+            if d.ggml_id() != t.ggml_type {
+                let mut table = header.tensors.clone();
+                table[i].ggml_type = d.ggml_id();
+                tables.push((format!("{} as {d:?}", t.name), table));
+            }
+        }
+        let dims = &t.dims;
+        let mut shapes = vec![dims.iter().rev().copied().collect::<Vec<u64>>()];
+        shapes.push([vec![dims[0].saturating_mul(2)], dims[1..].to_vec()].concat());
+        shapes.push([vec![dims[0].saturating_sub(32).max(1)], dims[1..].to_vec()].concat());
+        shapes.push([vec![0], dims[1..].to_vec()].concat());
+        shapes.push([dims.as_slice(), &[1]].concat());
+        if dims.len() > 1 {
+            shapes.push([&dims[..1], &[dims[1] + 1], &dims[2..]].concat());
+            shapes.push(dims[..dims.len() - 1].to_vec());
+        }
+        for shape in shapes {
+            let mut table = header.tensors.clone();
+            table[i].dims = shape.clone();
+            tables.push((format!("{} of {shape:?}", t.name), table));
+        }
+    }
+    for (what, mut table) in tables {
+        let mut offset = 0u64;
+        for t in &mut table {
+            t.offset = offset;
+            let n = t.dims.iter().product::<u64>();
+            let bytes = DType::from_ggml_id(t.ggml_type).map_or(4 * n, |d| {
+                n.div_ceil(d.block_size() as u64) * d.block_bytes() as u64
+            });
+            offset += bytes.next_multiple_of(header.alignment);
+        }
+        out.push((what, gguf_header_bytes(&meta, &table, align)));
+    }
+    Ok(out)
+}
+
+/// Hostile versions of a model's `config.json`, each with one value changed: every key at the
+/// top level and one level down (`rope_scaling`, a multimodal model's `text_config`) removed,
+/// set to null or to the edges of its kind (zero, one, small odd numbers, negative, huge;
+/// tiny, huge and negative floats; the other boolean; empty and unknown strings), for the
+/// safetensors route into [`crate::model::ModelConfig::from_hf_json`] and the model built
+/// from it.
+pub fn hostile_configs(config_json: &str) -> crate::error::Result<Vec<(String, String)>> {
+    use serde_json::{json, Value};
+    let config: Value = serde_json::from_str(config_json)
+        .map_err(|e| crate::error::Error::InvalidRequest(format!("config.json: {e}")))?;
+    let Some(top) = config.as_object() else {
+        return Ok(Vec::new());
+    };
+    // JSON pointers to every value at the top level and one level down.
+    let esc = |k: &str| k.replace('~', "~0").replace('/', "~1");
+    let mut paths: Vec<(String, String, String)> = Vec::new();
+    for (key, value) in top {
+        paths.push((String::new(), key.clone(), key.clone()));
+        if let Some(inner) = value.as_object() {
+            let parent = format!("/{}", esc(key));
+            paths.extend(
+                inner
+                    .keys()
+                    .map(|k| (parent.clone(), k.clone(), format!("{key}.{k}"))),
+            );
+        }
+    }
+    let mut out = Vec::new();
+    for (parent, key, name) in paths {
+        let pointer = format!("{parent}/{}", esc(&key));
+        let mut values = match &config.pointer(&pointer) {
+            Some(Value::Number(n)) if n.is_f64() => {
+                [0.0, -1.0, 0.5, 1e-30, 1e30].map(|f| json!(f)).to_vec()
+            }
+            Some(Value::Number(_)) => [0, 1, 2, 3, 7, 33, -1, 4096, 1 << 31, i64::MAX]
+                .map(|i| json!(i))
+                .to_vec(),
+            Some(Value::Bool(b)) => vec![json!(!b)],
+            Some(Value::String(_)) => vec![json!(""), json!("bogus")],
+            Some(Value::Array(_) | Value::Object(_)) => vec![json!([]), json!({})],
+            Some(Value::Null) | None => vec![json!(0), json!(1.5), json!("bogus")],
+        };
+        values.push(Value::Null);
+        for value in values {
+            let label = format!("{name} = {value}");
+            let mut c = config.clone();
+            if let Some(v) = c.pointer_mut(&pointer) {
+                *v = value;
+            }
+            out.push((label, c.to_string()));
+        }
+        let mut c = config.clone();
+        if let Some(o) = c.pointer_mut(&parent).and_then(Value::as_object_mut) {
+            o.remove(&key);
+        }
+        out.push((format!("{name} removed"), c.to_string()));
+    }
+    Ok(out)
+}
+
+/// The values [`hostile_headers`] gives a metadata entry of `value`'s type.
+fn edges(value: &MetaValue) -> Vec<MetaValue> {
+    use MetaValue as V;
+    match value {
+        V::U8(_) => [0, 1, 2, u8::MAX].map(V::U8).to_vec(),
+        V::I8(_) => [0, 1, -1, i8::MIN].map(V::I8).to_vec(),
+        V::U16(_) => [0, 1, 3, u16::MAX].map(V::U16).to_vec(),
+        V::I16(_) => [0, 1, -1, i16::MIN].map(V::I16).to_vec(),
+        V::U32(_) => [0, 1, 2, 3, 5, 7, 33, 255, 65535, 1 << 20, u32::MAX]
+            .map(V::U32)
+            .to_vec(),
+        V::I32(_) => [0, 1, 2, 3, -1, -2, 33, 65535, i32::MAX, i32::MIN]
+            .map(V::I32)
+            .to_vec(),
+        V::U64(_) => [0, 1, 2, 3, 33, 1 << 20, u64::MAX].map(V::U64).to_vec(),
+        V::I64(_) => [0, 1, -1, 2, 33, i64::MAX, i64::MIN].map(V::I64).to_vec(),
+        V::F32(_) => [
+            0.0,
+            -1.0,
+            0.5,
+            1e-30,
+            1e30,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ]
+        .map(V::F32)
+        .to_vec(),
+        V::F64(_) => [0.0, -1.0, f64::NAN, f64::INFINITY].map(V::F64).to_vec(),
+        V::Bool(b) => vec![V::Bool(!b)],
+        V::String(_) => vec![V::String(String::new()), V::String("bogus".into())],
+        V::Array(_) => Vec::new(),
     }
 }
