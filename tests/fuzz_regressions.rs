@@ -85,25 +85,29 @@ fn hostile_model_files_are_refused_or_run_on_the_cpu() {
 }
 
 /// The safetensors route: each tiny model's `config.json` with one value changed
-/// (`pocketlm::fuzzing::hostile_configs`: removed, null, or at the edges of its kind), read as
-/// transformers' config, built into a CPU decoder over the model's own weights (sliding-window
-/// layers as rings, steps of at most 4 tokens) and run for a prefill, a longer step and a
-/// decode step. Each is refused with a typed error or runs, with logits for every vocabulary
-/// entry; none may panic.
+/// (`pocketlm::fuzzing::hostile_configs`: removed, null, or at the edges of its kind). A
+/// decoder's is read as transformers' config and built into a CPU decoder over the model's own
+/// weights (sliding-window layers as rings, steps of at most 4 tokens), which runs a prefill, a
+/// longer step and a decode step, with logits for every vocabulary entry; a sentence-transformers
+/// folder (BERT, nomic-bert, EmbeddingGemma, Qwen3-Embedding; each of its JSON files but the
+/// tokenizer's changed in turn) becomes an embedder on the CPU, as the package loads one, and
+/// embeds a text to a vector of its width. Each variant is refused
+/// with a typed error or runs; none may panic.
 #[cfg(not(target_arch = "wasm32"))]
 #[test]
 fn hostile_configs_are_refused_or_run_on_the_cpu() {
     use pocketlm::cpu::{CpuContext, CpuDecoder};
     use pocketlm::fuzzing::hostile_configs;
-    use pocketlm::load::{load_directory, LoadOptions};
+    use pocketlm::load::{load_directory, LoadOptions, LoadedModelFiles};
+    use pocketlm::model::encoder::Embedder;
     use pocketlm::model::ModelConfig;
     use pocketlm::quant::DType;
 
     let cpu = CpuContext::new(Some(1));
     let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
     let mut failures = Vec::new();
-    let (mut cases, mut ran) = (0, 0);
-    for name in [
+    let (mut cases, mut decoded, mut embedded) = (0, 0, 0);
+    let decoders = [
         "tiny-llama",
         "tiny-mistral",
         "tiny-qwen3-yarn",
@@ -114,7 +118,14 @@ fn hostile_configs_are_refused_or_run_on_the_cpu() {
         "tiny-granite",
         "tiny-olmo2",
         "tiny-smollm3",
-    ] {
+    ];
+    let embedders = [
+        "tiny-bert",
+        "tiny-nomic-bert",
+        "tiny-embeddinggemma",
+        "tiny-qwen3-embedding",
+    ];
+    for name in decoders.into_iter().chain(embedders) {
         let loaded = pollster::block_on(load_directory(
             &cpu,
             &models.join(name),
@@ -122,9 +133,42 @@ fn hostile_configs_are_refused_or_run_on_the_cpu() {
             LoadOptions::default(),
         ))
         .unwrap();
-        for (what, json) in hostile_configs(&loaded.companions["config.json"]).unwrap() {
+        let embedder = embedders.contains(&name);
+        // An embedder's folder also says how it pools and projects (`1_Pooling/config.json`,
+        // `2_Dense/config.json`, …).
+        let files: Vec<&String> = loaded
+            .companions
+            .keys()
+            .filter(|f| f.as_str() == "config.json" || (embedder && f.as_str() != "tokenizer.json"))
+            .collect();
+        let variants = files.into_iter().flat_map(|f| {
+            let text = &loaded.companions[f];
+            let variants = hostile_configs(text).unwrap();
+            variants
+                .into_iter()
+                .map(move |(what, json)| (f, format!("{f}: {what}"), json))
+        });
+        for (file, what, json) in variants {
             cases += 1;
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if embedder {
+                    let mut companions = loaded.companions.clone();
+                    companions.insert(file.clone(), json.clone());
+                    let mut model = LoadedModelFiles {
+                        files: loaded.files.clone(),
+                        tensors: loaded.tensors.clone(),
+                        gpu_bytes: loaded.gpu_bytes,
+                        sha256: Vec::new(),
+                        companions,
+                        module_weights: loaded.module_weights.clone(),
+                    };
+                    let e = Embedder::from_loaded_cpu(&mut model, name).ok()?;
+                    let out = pollster::block_on(e.embed_texts(&cpu, &["Hello, world"], true));
+                    let width = e.encoder.config().dimensions();
+                    assert_eq!(out.ok()?[0].vector.len(), width, "{name}: {what}");
+                    embedded += 1;
+                    return Some(());
+                }
                 let config = ModelConfig::from_hf_json(&json, name).ok()?;
                 let vocab = config.vocab;
                 let tensors = loaded.tensors.clone();
@@ -134,15 +178,18 @@ fn hostile_configs_are_refused_or_run_on_the_cpu() {
                     let logits = model.forward_logits(&cpu, tokens, at).ok()?;
                     assert_eq!(logits.len(), tokens.len() * vocab, "{name}: {what}");
                 }
+                decoded += 1;
                 Some(())
             }));
-            match run {
-                Ok(r) => ran += usize::from(r.is_some()),
-                Err(_) => failures.push(format!("{name}: {what}")),
+            if run.is_err() {
+                failures.push(format!("{name}: {what}"));
             }
         }
     }
     assert!(failures.is_empty(), "panicked on {failures:#?}");
-    eprintln!("{cases} hostile configs, {ran} ran");
-    assert!(cases > 1000 && ran > 500, "{cases} cases, {ran} ran");
+    eprintln!("{cases} hostile configs: {decoded} decoded, {embedded} embedded");
+    assert!(
+        cases > 1000 && decoded > 500 && embedded > 100,
+        "{cases} cases"
+    );
 }
