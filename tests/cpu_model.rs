@@ -11,6 +11,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::gguf_presets::{
+    assert_every_k_quant_seen, check_preset, preset_path, PresetReference, PRESETS,
+};
 use common::{
     assert_greedy_cases, assert_logits_close, check_tiny_embedder, cosine_distance, fixture_json,
     numbers, read_f32_file, token_ids, TinyGguf, TINY_EMBEDDERS, TINY_GGUF_FIXTURES,
@@ -162,6 +165,27 @@ fn gguf_conversions_match_transformers_on_the_cpu() {
 
 /// Prefill then decode through the KV cache gives the logits of one long prefill, on one
 /// thread and on several.
+/// The presets llama.cpp's quantizer writes (mixed types inside a layer), on the CPU backend:
+/// the checks tests/gpu_gguf_presets.rs runs on the GPU (tests/common/gguf_presets.rs): logits
+/// within 1e-3 of the exact computation and within 5% of the spread of llama.cpp's on the same
+/// file, and the exact reference's greedy continuation through the KV cache, one decode step
+/// at a time (decode's integer dot products on 16-bit activations).
+#[test]
+fn gguf_presets_match_llama_cpp_on_the_cpu() {
+    let mut types_seen = std::collections::HashSet::new();
+    for preset in PRESETS {
+        let loaded = load(&preset_path(preset));
+        let files = loaded.files;
+        let config = ModelConfig::from_gguf(files.gguf_metadata().unwrap(), &files).unwrap();
+        let vocab = config.vocab;
+        let mut model = CpuDecoder::new(config, loaded.tensors, 64, DType::F32).unwrap();
+        let reference = PresetReference::read(preset);
+        let forward = &mut |tokens: &[u32], at| model.forward_logits(cpu(), tokens, at).unwrap();
+        types_seen.extend(check_preset(preset, &reference, &files, vocab, forward));
+    }
+    assert_every_k_quant_seen(&types_seen);
+}
+
 #[test]
 fn decode_after_prefill_matches_one_prefill_on_the_cpu() {
     let (ids, want) = reference("tiny-gemma2");

@@ -2,6 +2,7 @@
 //! environment (see tests/gpu_kernels.rs), and error assertions.
 #![allow(dead_code)]
 
+pub mod gguf_presets;
 pub mod quant_fixtures;
 
 use std::sync::OnceLock;
