@@ -364,14 +364,14 @@ pub fn openai_request(data: &[u8]) {
     }
 }
 
-/// The most bytes of tensor data [`cpu_model`] puts behind a header: the tiny models' weights
+/// The most bytes of tensor data [`run_model`] puts behind a header: the tiny models' weights
 /// fit many times over; a header asking for more is skipped, not run.
 #[cfg(not(target_arch = "wasm32"))]
-const CPU_MODEL_MAX_DATA: u64 = 8 << 20;
+const MODEL_MAX_DATA: u64 = 8 << 20;
 
-/// What [`run_cpu_model`] got to do with a model file.
+/// What [`run_cpu_model`] or [`run_gpu_model`] got to do with a model file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CpuModelRun {
+pub struct ModelRun {
     /// Prompts that generated (0 to 2).
     pub generated: usize,
     /// Texts embedded (0 or 1).
@@ -394,15 +394,99 @@ pub fn cpu_model(data: &[u8]) {
 /// greedy tokens. Any step may refuse with a typed error; none may panic, and what runs must
 /// keep its invariants (token ids inside the vocabulary, embeddings of the model's width).
 #[cfg(not(target_arch = "wasm32"))]
-pub fn run_cpu_model(data: &[u8]) -> CpuModelRun {
-    use crate::cpu::CpuContext;
-    use crate::engine::{check_lone_header, Engine, EngineOptions, Flow, GenerateOptions};
+pub fn run_cpu_model(data: &[u8]) -> ModelRun {
+    let cpu = crate::cpu::CpuContext::new(Some(1));
+    pollster::block_on(run_model(&cpu, data))
+}
+
+/// [`run_cpu_model`] on WebGPU: the same file, load and runs through `ctx`'s kernels (whose
+/// shaders are specialized by the model's sizes).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn run_gpu_model(ctx: &crate::gpu::GpuContext, data: &[u8]) -> ModelRun {
+    pollster::block_on(run_model(ctx, data))
+}
+
+/// The model file a header stands for: the header, its padding, and `end` bytes of
+/// splitmix64 of the position (the same bytes for the same header, every run).
+#[cfg(not(target_arch = "wasm32"))]
+fn model_file(data: &[u8], header_len: u64, end: u64) -> Vec<u8> {
+    let mut file = data[..data.len().min(header_len as usize)].to_vec();
+    file.resize(header_len as usize, 0);
+    file.extend((0..end.div_ceil(8)).flat_map(|i| {
+        let mut z = i.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)).to_le_bytes()
+    }));
+    file.truncate((header_len + end) as usize);
+    file
+}
+
+/// A device the fuzzed models run on: the CPU backend or WebGPU, each building the engine or
+/// the embedder its own way.
+#[cfg(not(target_arch = "wasm32"))]
+trait RunDevice: crate::load::LoadTarget + Sync
+where
+    for<'d> &'d Self: Into<crate::engine::Device<'d>>,
+{
+    async fn engine(
+        &self,
+        loaded: crate::load::LoadedModelFiles<Self::Tensor>,
+        options: &crate::engine::EngineOptions,
+    ) -> crate::error::Result<crate::engine::Engine>;
+    async fn embedder(
+        &self,
+        loaded: &mut crate::load::LoadedModelFiles<Self::Tensor>,
+    ) -> crate::error::Result<crate::model::encoder::Embedder>;
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl RunDevice for crate::cpu::CpuContext {
+    async fn engine(
+        &self,
+        loaded: crate::load::LoadedModelFiles<Self::Tensor>,
+        options: &crate::engine::EngineOptions,
+    ) -> crate::error::Result<crate::engine::Engine> {
+        crate::engine::Engine::new_cpu(self, loaded, options)
+    }
+    async fn embedder(
+        &self,
+        loaded: &mut crate::load::LoadedModelFiles<Self::Tensor>,
+    ) -> crate::error::Result<crate::model::encoder::Embedder> {
+        crate::model::encoder::Embedder::from_loaded_cpu(loaded, "fuzz")
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl RunDevice for crate::gpu::GpuContext {
+    async fn engine(
+        &self,
+        loaded: crate::load::LoadedModelFiles<Self::Tensor>,
+        options: &crate::engine::EngineOptions,
+    ) -> crate::error::Result<crate::engine::Engine> {
+        crate::engine::Engine::new(self, loaded, options).await
+    }
+    async fn embedder(
+        &self,
+        loaded: &mut crate::load::LoadedModelFiles<Self::Tensor>,
+    ) -> crate::error::Result<crate::model::encoder::Embedder> {
+        crate::model::encoder::Embedder::from_loaded(self, loaded, "fuzz").await
+    }
+}
+
+/// [`run_cpu_model`] on any device.
+#[cfg(not(target_arch = "wasm32"))]
+async fn run_model<D: RunDevice>(device: &D, data: &[u8]) -> ModelRun
+where
+    for<'d> &'d D: Into<crate::engine::Device<'d>>,
+{
+    use crate::engine::{check_lone_header, EngineOptions, Flow, GenerateOptions};
     use crate::formats::Parsed;
     use crate::load::{load_model, LoadOptions, MemorySource, ModelFile};
-    use crate::model::encoder::{is_encoder_model, Embedder};
+    use crate::model::encoder::is_encoder_model;
     use crate::sample::SamplingParams;
 
-    let mut run = CpuModelRun::default();
+    let mut run = ModelRun::default();
     let Ok(Parsed::Complete { header, header_len }) = GgufHeader::parse(data, None, "fuzz.gguf")
     else {
         return run;
@@ -414,39 +498,27 @@ pub fn run_cpu_model(data: &[u8]) -> CpuModelRun {
         .max()
         .unwrap_or(0);
     // The padding after the header need not be in `data`; more than that is not a header.
-    if end > CPU_MODEL_MAX_DATA || header_len > data.len() as u64 + header.alignment {
+    if end > MODEL_MAX_DATA || header_len > data.len() as u64 + header.alignment {
         return run;
     }
-    let mut file = data[..data.len().min(header_len as usize)].to_vec();
-    file.resize(header_len as usize, 0);
-    // splitmix64 of the position: the same bytes for the same header, every run.
-    file.extend((0..end.div_ceil(8)).flat_map(|i| {
-        let mut z = i.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)).to_le_bytes()
-    }));
-    file.truncate((header_len + end) as usize);
-
-    let cpu = CpuContext::new(Some(1));
     let check = check_lone_header;
     let opts = LoadOptions {
         check_header: Some(&check as &crate::load::HeaderCheck),
         ..Default::default()
     };
     let files = vec![ModelFile {
-        source: MemorySource::new("fuzz.gguf", file),
+        source: MemorySource::new("fuzz.gguf", model_file(data, header_len, end)),
         sha256: None,
     }];
-    let Ok(mut loaded) = pollster::block_on(load_model(&cpu, files, None, 1, opts)) else {
+    let Ok(mut loaded) = load_model(device, files, None, 1, opts).await else {
         return run;
     };
     if is_encoder_model(&loaded) {
-        let Ok(embedder) = Embedder::from_loaded_cpu(&mut loaded, "fuzz") else {
+        let Ok(embedder) = device.embedder(&mut loaded).await else {
             return run;
         };
         let width = embedder.encoder.config().dimensions();
-        if let Ok(out) = pollster::block_on(embedder.embed_texts(&cpu, &["Hello, world"], true)) {
+        if let Ok(out) = embedder.embed_texts(device, &["Hello, world"], true).await {
             assert_eq!(out.len(), 1);
             assert_eq!(out[0].vector.len(), width);
             run.embedded += 1;
@@ -457,7 +529,7 @@ pub fn run_cpu_model(data: &[u8]) -> CpuModelRun {
         context: Some(64),
         ..Default::default()
     };
-    let Ok(mut engine) = Engine::new_cpu(&cpu, loaded, &options) else {
+    let Ok(mut engine) = device.engine(loaded, &options).await else {
         return run;
     };
     let vocab = engine.config().vocab;
@@ -482,8 +554,10 @@ pub fn run_cpu_model(data: &[u8]) -> CpuModelRun {
         }
         assert!(prompt.iter().all(|&t| (t as usize) < vocab), "{prompt:?}");
         let mut go_on = |_: crate::engine::TokenEvent<'_>| Flow::Continue;
-        let generation = engine.generate(&cpu, &prompt, &generate, &mut go_on);
-        if let Ok(g) = pollster::block_on(generation) {
+        if let Ok(g) = engine
+            .generate(device, &prompt, &generate, &mut go_on)
+            .await
+        {
             assert!(
                 !g.tokens.is_empty() && g.tokens.len() <= 3,
                 "{:?}",
@@ -497,16 +571,17 @@ pub fn run_cpu_model(data: &[u8]) -> CpuModelRun {
             run.generated += 1;
         }
     }
+    engine.destroy();
     run
 }
 
 /// Hostile versions of a GGUF model's header, each with one thing changed, for
-/// [`run_cpu_model`]: every metadata value (but the vocabulary's tables) removed or set to the
-/// edges of its type (zero, one, small odd numbers, the type's extremes, negative, NaN and
-/// infinite floats, the other boolean, empty and unknown strings), and with `tensors`, every
-/// tensor removed, given every other weight format, or given other dimensions (transposed,
-/// doubled, shortened, zero, a row more, a dimension fewer or more), the data offsets laid out
-/// again for the new sizes.
+/// [`run_cpu_model`] and [`run_gpu_model`]: every metadata value (but the vocabulary's tables)
+/// removed or set to the edges of its type (zero, one, small odd numbers, the type's extremes,
+/// negative, NaN and infinite floats, the other boolean, empty and unknown strings), and with
+/// `tensors`, every tensor removed, given every other weight format, or given other dimensions
+/// (transposed, doubled, shortened, zero, a row more, a dimension fewer or more), the data
+/// offsets laid out again for the new sizes.
 pub fn hostile_headers(file: &[u8], tensors: bool) -> crate::error::Result<Vec<(String, Vec<u8>)>> {
     let header = GgufHeader::parse_file(file, "fuzz.gguf")?;
     let meta: Vec<(&str, MetaValue)> = header
@@ -577,6 +652,37 @@ pub fn hostile_headers(file: &[u8], tensors: bool) -> crate::error::Result<Vec<(
         out.push((what, gguf_header_bytes(&meta, &table, align)));
     }
     Ok(out)
+}
+
+/// What running every [`hostile_headers`] variant of a file gave.
+#[derive(Debug, Default)]
+pub struct HostileRuns {
+    pub cases: usize,
+    /// The runs' generations and embeddings, summed.
+    pub total: ModelRun,
+    /// The variants that panicked, by what was changed.
+    pub panics: Vec<String>,
+}
+
+/// Runs `run` ([`run_cpu_model`], or [`run_gpu_model`] on a context) on every
+/// [`hostile_headers`] variant of `file`, catching and counting panics.
+pub fn run_hostile_headers(
+    file: &[u8],
+    tensors: bool,
+    run: &dyn Fn(&[u8]) -> ModelRun,
+) -> HostileRuns {
+    let mut runs = HostileRuns::default();
+    for (what, header) in hostile_headers(file, tensors).expect("a GGUF file") {
+        runs.cases += 1;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&header))) {
+            Ok(r) => {
+                runs.total.generated += r.generated;
+                runs.total.embedded += r.embedded;
+            }
+            Err(_) => runs.panics.push(what),
+        }
+    }
+    runs
 }
 
 /// Hostile versions of a model's `config.json`, each with one value changed: every key at the

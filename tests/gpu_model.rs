@@ -448,3 +448,31 @@ fn a_llama_decode_step_runs_five_dispatches_per_layer() {
         );
     }
 }
+
+/// Hostile model files on WebGPU, whose kernels are specialized by the model's sizes: every
+/// metadata value of the tiny Gemma 3 (sliding-window and global layers, q/k norms, soft-caps)
+/// and of the tiny BERT encoder removed or at the edges of its type
+/// (`pocketlm::fuzzing::hostile_headers`, as tests/fuzz_regressions.rs runs them on the CPU
+/// backend with the tensor tables too). Each is refused with a typed error or loads and
+/// generates (or embeds) keeping its invariants; none may panic, in the runtime or in wgpu's
+/// validation.
+#[test]
+fn hostile_model_files_are_refused_or_run_on_the_gpu() {
+    use pocketlm::fuzzing::{run_gpu_model, run_hostile_headers};
+
+    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    for (file, generated, embedded) in [("tiny-gemma3.gguf", 50, 0), ("tiny-bert.gguf", 0, 50)] {
+        let bytes = std::fs::read(models.join(file)).unwrap();
+        let runs = run_hostile_headers(&bytes, false, &|h| run_gpu_model(ctx(), h));
+        assert!(
+            runs.panics.is_empty(),
+            "{file}: panicked on {:#?}",
+            runs.panics
+        );
+        eprintln!("{file}: {} hostile headers: {:?}", runs.cases, runs.total);
+        assert!(
+            runs.total.generated >= generated && runs.total.embedded >= embedded,
+            "{file}: {runs:?}"
+        );
+    }
+}
