@@ -15,7 +15,7 @@ pub fn gguf_bytes(metadata: &[(&str, MetaValue)]) -> Vec<u8> {
 
 /// A GGUF v3 header with `metadata` and `tensors` (their offsets as given), padded to
 /// `alignment` (which the metadata must state when it is not 32): a model file's header with
-/// some of its metadata changed, say, for [`cpu_model`].
+/// some of its metadata changed, say ([`hostile_headers`]).
 pub fn gguf_header_bytes(
     metadata: &[(&str, MetaValue)],
     tensors: &[GgufTensor],
