@@ -109,6 +109,10 @@ test-unit:
 	@scripts/fetch-gemma3.sh
 	@scripts/fetch-minilm.sh
 	cargo test --workspace --lib --test 'quant_*' --test 'cpu_*' --test formats --test cli --test sampling --test chat_template --test tokenizer --test model_config --test fuzz_regressions --test grammar
+	@echo "== the CPU backend's SSE2 kernels (x86-64 without AVX2), forced with POCKETLM_CPU_NO_AVX2 =="
+	POCKETLM_CPU_NO_AVX2=1 cargo test -p pocketlm-cpu --lib
+	POCKETLM_CPU_NO_AVX2=1 cargo test --lib cpu::
+	POCKETLM_CPU_NO_AVX2=1 cargo test --test cpu_model
 
 # SwiftShader, the second Vulkan driver (and Chromium's WebGPU here), runs the kernel-level test
 # files: every kernel, format and shape against its CPU reference. The model-level files (the

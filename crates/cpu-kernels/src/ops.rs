@@ -428,11 +428,18 @@ pub(crate) mod x86 {
 
     /// AVX2, FMA and F16C, detected at run time (cached by std; every AVX2 CPU has the other
     /// two). The check of every AVX2 kernel of the crate ([`crate::idot`]'s too).
+    /// `POCKETLM_CPU_NO_AVX2=1` in the environment runs the SSE2 kernels instead, as on an
+    /// x86-64 CPU without AVX2: how the tests check those on machines that have it (`make
+    /// test-unit`), and how to time them (`pocketlm --backend cpu bench`).
     #[inline]
     pub(crate) fn has_avx2_fma() -> bool {
-        std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
+        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX2.get_or_init(|| {
+            std::env::var_os("POCKETLM_CPU_NO_AVX2").is_none_or(|v| v.is_empty() || v == "0")
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+        })
     }
 
     /// [`super::gemm_tile`] (`w` exactly four rows of `k`): [`COLS`] rows of x at a time, then
@@ -1117,6 +1124,16 @@ mod tests {
     /// lengths with and without a tail of fewer than eight or four values, against f64 sums:
     /// [`gemm_tile`] as this CPU runs it, and its 4×2 kernel (which x86-64 CPUs with AVX2 and
     /// FMA run only here).
+    /// `make test-unit` runs this crate's tests and the CPU model tests a second time with
+    /// `POCKETLM_CPU_NO_AVX2=1`: the SSE2 kernels must be what runs then.
+    #[test]
+    fn no_avx2_in_the_environment_runs_the_sse2_kernels() {
+        #[cfg(target_arch = "x86_64")]
+        if std::env::var_os("POCKETLM_CPU_NO_AVX2").is_some_and(|v| v == "1") {
+            assert!(!super::x86::has_avx2_fma());
+        }
+    }
+
     #[test]
     fn gemm_tile_matches_plain_dot_products() {
         let value = |i: usize| ((i * 7919 % 1013) as f32 - 506.0) / 311.0;
