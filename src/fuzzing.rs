@@ -378,6 +378,13 @@ pub struct ModelRun {
     pub embedded: usize,
 }
 
+impl std::ops::AddAssign for ModelRun {
+    fn add_assign(&mut self, other: ModelRun) {
+        self.generated += other.generated;
+        self.embedded += other.embedded;
+    }
+}
+
 /// The fuzz target [`run_cpu_model`] is.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn cpu_model(data: &[u8]) {
@@ -675,10 +682,7 @@ pub fn run_hostile_headers(
     for (what, header) in hostile_headers(file, tensors).expect("a GGUF file") {
         runs.cases += 1;
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&header))) {
-            Ok(r) => {
-                runs.total.generated += r.generated;
-                runs.total.embedded += r.embedded;
-            }
+            Ok(r) => runs.total += r,
             Err(_) => runs.panics.push(what),
         }
     }

@@ -70,8 +70,7 @@ fn hostile_model_files_are_refused_or_run_on_the_cpu() {
         let runs = run_hostile_headers(&bytes, tensors, &run_cpu_model);
         panics.extend(runs.panics.iter().map(|what| format!("{file}: {what}")));
         cases += runs.cases;
-        total.generated += runs.total.generated;
-        total.embedded += runs.total.embedded;
+        total += runs.total;
     }
     assert!(panics.is_empty(), "panicked on {panics:#?}");
     eprintln!("{cases} hostile headers: {total:?}");

@@ -426,8 +426,8 @@ pub(crate) mod x86 {
     /// of w fill the sixteen ymm registers.
     const COLS: usize = 3;
 
-    /// AVX2, FMA and F16C, detected at run time (cached by std; every AVX2 CPU has the other
-    /// two). The check of every AVX2 kernel of the crate ([`crate::idot`]'s too).
+    /// AVX2, FMA and F16C, detected at run time once (every AVX2 CPU has the other two). The
+    /// check of every AVX2 kernel of the crate ([`crate::idot`]'s too).
     /// `POCKETLM_CPU_NO_AVX2=1` in the environment runs the SSE2 kernels instead, as on an
     /// x86-64 CPU without AVX2: how the tests check those on machines that have it (`make
     /// test-unit`), and how to time them (`pocketlm --backend cpu bench`).
@@ -1120,10 +1120,6 @@ mod tests {
         assert_eq!(super::exp(-1000.0), super::exp(-87.0));
     }
 
-    /// Every (row of x, weight row) product of a tile, for odd and even counts of rows and row
-    /// lengths with and without a tail of fewer than eight or four values, against f64 sums:
-    /// [`gemm_tile`] as this CPU runs it, and its 4×2 kernel (which x86-64 CPUs with AVX2 and
-    /// FMA run only here).
     /// `make test-unit` runs this crate's tests and the CPU model tests a second time with
     /// `POCKETLM_CPU_NO_AVX2=1`: the SSE2 kernels must be what runs then.
     #[test]
@@ -1134,6 +1130,10 @@ mod tests {
         }
     }
 
+    /// Every (row of x, weight row) product of a tile, for odd and even counts of rows and row
+    /// lengths with and without a tail of fewer than eight or four values, against f64 sums:
+    /// [`gemm_tile`] as this CPU runs it, and its 4×2 kernel (which x86-64 CPUs with AVX2 and
+    /// FMA run only here).
     #[test]
     fn gemm_tile_matches_plain_dot_products() {
         let value = |i: usize| ((i * 7919 % 1013) as f32 - 506.0) / 311.0;
