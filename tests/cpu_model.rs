@@ -163,8 +163,6 @@ fn gguf_conversions_match_transformers_on_the_cpu() {
     }
 }
 
-/// Prefill then decode through the KV cache gives the logits of one long prefill, on one
-/// thread and on several.
 /// The presets llama.cpp's quantizer writes (mixed types inside a layer), on the CPU backend:
 /// the checks tests/gpu_gguf_presets.rs runs on the GPU (tests/common/gguf_presets.rs): logits
 /// within 1e-3 of the exact computation and within 5% of the spread of llama.cpp's on the same
@@ -186,6 +184,8 @@ fn gguf_presets_match_llama_cpp_on_the_cpu() {
     assert_every_k_quant_seen(&types_seen);
 }
 
+/// Prefill then decode through the KV cache gives the logits of one long prefill, on one
+/// thread and on several.
 #[test]
 fn decode_after_prefill_matches_one_prefill_on_the_cpu() {
     let (ids, want) = reference("tiny-gemma2");

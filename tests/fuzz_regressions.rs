@@ -85,8 +85,8 @@ fn hostile_model_files_are_refused_or_run_on_the_cpu() {
 /// longer step and a decode step, with logits for every vocabulary entry; a sentence-transformers
 /// folder (BERT, nomic-bert, EmbeddingGemma, Qwen3-Embedding; each of its JSON files but the
 /// tokenizer's changed in turn) becomes an embedder on the CPU, as the package loads one, and
-/// embeds a text to a vector of its width. Each variant is refused
-/// with a typed error or runs; none may panic.
+/// embeds a text to a vector of its width. Each variant is refused with a typed error or runs;
+/// none may panic.
 #[cfg(not(target_arch = "wasm32"))]
 #[test]
 fn hostile_configs_are_refused_or_run_on_the_cpu() {
