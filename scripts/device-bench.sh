@@ -10,9 +10,10 @@
 #                                      that `make bench-cpu` builds, without models and docs)
 #   scripts/device-bench.sh run        there, in this tree with target/device/ copied along:
 #                                      the device report, `kernel-bench` (matvec of every format,
-#                                      then the prefill kernels) and `bench` of each model rebuilt
-#                                      from its header with random weights of the same formats
-#                                      (same shapes, same kernels, same speed), on both profiles;
+#                                      then the prefill kernels, the GEMM with f32 and f16 tiles)
+#                                      and `bench` of each model rebuilt from its header with
+#                                      random weights of the same formats (same shapes, same
+#                                      kernels, same speed), on both profiles and with f16 tiles;
 #                                      then, where nvcc and cmake are, llama.cpp built for CUDA
 #                                      and its llama-bench on the same files, prompt and tokens
 #   scripts/device-bench.sh llama      the llama.cpp part alone
@@ -168,6 +169,9 @@ run)
     for m in "$MODELS"/*.gguf; do
       step --backend "$backend" bench "$m" --prompt-tokens "$prompt" --gen-tokens "$gen" \
         --per-kernel
+      # The prefill GEMM's f16 tiles (kernel-bench above times both on the 128-row GEMM).
+      step --backend "$backend" --f16-tiles bench "$m" --prompt-tokens "$prompt" \
+        --gen-tokens "$gen"
       step --backend "$backend" --profile baseline bench "$m" --prompt-tokens "$prompt" \
         --gen-tokens "$gen"
     done

@@ -14,14 +14,22 @@
 // columns.
 // With NORM each invocation sums x² of the elements it loads (its row, 8 columns of every 32),
 // and the four partial sums of a row meet in workgroup memory after the K loop.
-// Prelude: linear_common.wgsl's (and quant.wgsl for block formats).
+// With TF16 (full profile, asked for) the tiles hold f16 (TT): half the workgroup memory and
+// half its traffic, products and sums still f32. So that no activation leaves f16's range, a
+// first pass over the workgroup's rows finds each row's largest |x| (times the norm weight
+// with NORM; Σx² too), and every x is multiplied by a power of two that puts that largest value
+// in [2^14, 2^15) before its conversion; the dot product is multiplied back exactly at the end
+// (with the norm scale). Each x and each decoded weight is then rounded once to f16 (relative
+// 2^-11 for normal values), the only difference from the f32 tiles.
+// Prelude: linear_common.wgsl's (and quant.wgsl for block formats), TF16, and the tiles'
+// snippet (MATMUL_TILES_F32 or MATMUL_TILES_F16 in src/kernels/linear.rs): `alias TT`, the
+// tiles `xs` and `ws` ([BK][TM / 4]: vec4 v of k-row kk holds rows 4v..4v+3) and
+// `scratch_put(i, v)` / `scratch_at(i)` / `scratch4(v)`, 256 f32 of row statistics (i = 64j + r
+// is partial j of row r; scratch4(v) is entries 4v..4v+3), in the X tile once the K loop is done
+// (f32) or in memory of their own (f16).
 
 const TM: u32 = 64u;
 const BK: u32 = 32u;
-
-// [BK][TM / 4]: vec4 v of k-row kk holds rows 4v..4v+3.
-var<workgroup> xs: array<vec4<f32>, 512>;
-var<workgroup> ws: array<vec4<f32>, 512>;
 
 // Output columns per tile.
 const COLS: u32 = TM >> SWIGLU;
@@ -44,10 +52,31 @@ fn w_row(n0: u32, r: u32) -> u32 {
 
 // Stores element (kk, r) of a tile.
 fn put_x(kk: u32, r: u32, v: f32) {
-    xs[kk * (TM / 4u) + r / 4u][r % 4u] = v;
+    xs[kk * (TM / 4u) + r / 4u][r % 4u] = TT(v);
 }
 fn put_w(kk: u32, r: u32, v: f32) {
-    ws[kk * (TM / 4u) + r / 4u][r % 4u] = v;
+    ws[kk * (TM / 4u) + r / 4u][r % 4u] = TT(v);
+}
+
+// TF16: the power of two that brings a row's largest |x| into [2^14, 2^15), and its inverse
+// (exponents clamped to f32's normal range; 0, infinities and NaN need no care: zeros stay
+// zeros and the others give a non-finite result either way).
+fn pow2_scale(mx: f32) -> vec2<f32> {
+    let e = i32((bitcast<u32>(mx) >> 23u) & 0xffu) - 127;
+    let s = clamp(14 - e, -126, 126);
+    return vec2<f32>(bitcast<f32>(u32(s + 127) << 23u), bitcast<f32>(u32(127 - s) << 23u));
+}
+
+// Row r's value of the four partials in the scratch: their sum (SUM) or their largest.
+fn row_total(r: u32, sum: bool) -> f32 {
+    let a = scratch_at(r);
+    let b = scratch_at(r + TM);
+    let c = scratch_at(r + 2u * TM);
+    let d = scratch_at(r + 3u * TM);
+    if (sum) {
+        return (a + b) + (c + d);
+    }
+    return max(max(a, b), max(c, d));
 }
 
 @compute @workgroup_size(256)
@@ -70,6 +99,43 @@ fn matmul(
     var acc: array<vec4<f32>, 4>;
     // NORM: Σx² of the elements this invocation loads.
     var sum_sq = 0.0;
+    // TF16: what the x this invocation loads is multiplied by, and what each of its 4 output
+    // rows is (with NORM, times the norm scale).
+    var x_scale = 1.0;
+    var out_scale = vec4<f32>(1.0);
+    if (TF16 == 1u) {
+        // The same elements and order as the K loop below: the same Σx².
+        var mx = 0.0;
+        if (x_live) {
+            for (var k0 = 0u; k0 < p.k; k0 += BK) {
+                for (var i = 0u; i < 8u; i++) {
+                    let gk = k0 + lk + i;
+                    if (gk < p.k) {
+                        var xv = x[(m0 + lr) * p.k + gk];
+                        if (NORM == 1u) {
+                            sum_sq = fma(xv, xv, sum_sq);
+                            xv = xv * norm_g(gk);
+                        }
+                        mx = max(mx, abs(xv));
+                    }
+                }
+            }
+        }
+        scratch_put(li, mx);
+        workgroupBarrier();
+        x_scale = pow2_scale(row_total(lr, false)).x;
+        for (var i = 0u; i < 4u; i++) {
+            out_scale[i] = pow2_scale(row_total(4u * ty + i, false)).y;
+        }
+        if (NORM == 1u) {
+            workgroupBarrier();
+            scratch_put(li, sum_sq);
+            workgroupBarrier();
+            for (var i = 0u; i < 4u; i++) {
+                out_scale[i] *= norm_scale(row_total(4u * ty + i, true));
+            }
+        }
+    }
     let nb = p.k / QK;
     let gpb = max(QK / 8u, 1u);
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
@@ -79,11 +145,13 @@ fn matmul(
             if (x_live && gk < p.k) {
                 xv = x[(m0 + lr) * p.k + gk];
                 if (NORM == 1u) {
-                    sum_sq = fma(xv, xv, sum_sq);
+                    if (TF16 == 0u) {
+                        sum_sq = fma(xv, xv, sum_sq);
+                    }
                     xv = xv * norm_g(gk);
                 }
             }
-            put_x(lk + i, lr, xv);
+            put_x(lk + i, lr, xv * x_scale);
         }
         if (QK > 1u) {
             var wv: array<f32, 8>;
@@ -106,8 +174,8 @@ fn matmul(
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            let a = xs[kk * (TM / 4u) + ty];
-            let b = ws[kk * (TM / 4u) + tx];
+            let a = vec4<f32>(xs[kk * (TM / 4u) + ty]);
+            let b = vec4<f32>(ws[kk * (TM / 4u) + tx]);
             acc[0] = fma(vec4<f32>(a.x), b, acc[0]);
             acc[1] = fma(vec4<f32>(a.y), b, acc[1]);
             acc[2] = fma(vec4<f32>(a.z), b, acc[2]);
@@ -117,11 +185,12 @@ fn matmul(
     }
     // NORM: the scale of each of this invocation's 4 activation rows, from the 4 partial sums
     // of each row (invocations lr, lr + 64, lr + 128, lr + 192).
-    var scale = vec4<f32>(1.0);
-    if (NORM == 1u) {
-        put_x(li / TM, lr, sum_sq);
+    var scale = out_scale;
+    if (NORM == 1u && TF16 == 0u) {
+        scratch_put(li, sum_sq);
         workgroupBarrier();
-        let t = xs[ty] + xs[TM / 4u + ty] + xs[2u * (TM / 4u) + ty] + xs[3u * (TM / 4u) + ty];
+        let t = scratch4(ty) + scratch4(TM / 4u + ty) + scratch4(2u * (TM / 4u) + ty)
+            + scratch4(3u * (TM / 4u) + ty);
         scale = vec4<f32>(norm_scale(t.x), norm_scale(t.y), norm_scale(t.z), norm_scale(t.w));
     }
     for (var i = 0u; i < 4u; i++) {

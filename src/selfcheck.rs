@@ -258,9 +258,25 @@ async fn run_linear(
         }
     }
     let terms = if fused { k + 2 } else { k };
+    let f16_tiles = kernels::uses_f16_tiles(ctx, kernel, m);
+    let x_max = row_abs_max(&x, k);
+    let w_max = w.iter().fold(0.0f64, |a, &v| a.max(f64::from(v).abs()));
     Ok(compare(case, &gpu, &want, |i| {
-        reference::linear_tolerance(terms, mag[i])
+        let tol = reference::linear_tolerance(terms, mag[i]);
+        if f16_tiles {
+            reference::f16_tiles_tolerance(k, tol, mag[i], x_max[i / n.max(1)], w_max)
+        } else {
+            tol
+        }
     }))
+}
+
+/// The largest |value| of each row of `cols` values.
+pub fn row_abs_max(values: &[f32], cols: usize) -> Vec<f64> {
+    values
+        .chunks(cols.max(1))
+        .map(|r| r.iter().fold(0.0f64, |a, &v| a.max(f64::from(v).abs())))
+        .collect()
 }
 
 /// Model-sized shapes (SmolLM2-135M: hidden 576, MLP 1536) and awkward ones (odd, prime, smaller

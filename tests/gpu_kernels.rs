@@ -65,6 +65,20 @@ proptest! {
         assert_passes_on(family(gpu_family), case, seed);
     }
 
+    /// The prefill GEMM with f16 tiles, all three float weight formats (the block formats:
+    /// tests/gpu_quant.rs).
+    #[test]
+    fn matmul_with_f16_tiles_matches_reference(m in 1usize..=150, n in 1usize..=200, k in 1usize..=300,
+                                               weights in prop_oneof![Just(DType::F32), Just(DType::F16), Just(DType::BF16)],
+                                               seed in any::<u64>()) {
+        let ctx = common::f16_tiles_ctx();
+        // Without shader-f16 (the baseline profile) this would repeat matmul_matches_reference.
+        if ctx.capabilities().f16 {
+            let case = Case::Linear { kernel: LinearKernel::Matmul, m, n, k, weights };
+            assert_passes_on(ctx, case, seed);
+        }
+    }
+
     #[test]
     fn rmsnorm_matches_reference(rows in 1usize..=20, cols in 1usize..=2000,
                                  eps in prop_oneof![Just(1e-6f32), Just(1e-5f32)], seed in any::<u64>()) {
@@ -79,7 +93,7 @@ proptest! {
 
 /// Sizes on and around the tile edges (64×64 output tiles, k steps of 16 and 32, 4 rows per
 /// matvec workgroup, 256 invocations, up to 16 activation rows per matvec workgroup), where
-/// off-by-one errors live, on both kernel families.
+/// off-by-one errors live, on both kernel families and the GEMM's f16 tiles.
 #[test]
 fn linear_kernels_at_tile_edges() {
     for (weights, ctx) in [
@@ -87,6 +101,7 @@ fn linear_kernels_at_tile_edges() {
         (DType::F16, ctx()),
         (DType::F32, gpu_kernels_ctx()),
         (DType::BF16, gpu_kernels_ctx()),
+        (DType::F32, common::f16_tiles_ctx()),
     ] {
         for (m, n, k) in [
             (64, 64, 16),
@@ -105,6 +120,11 @@ fn linear_kernels_at_tile_edges() {
             (3, 2, 3),
         ] {
             for kernel in [LinearKernel::Matvec, LinearKernel::Matmul] {
+                // The f16-tile context: only its GEMM (the rest is the GPU family's).
+                let f16_ctx = std::ptr::eq(ctx, common::f16_tiles_ctx());
+                if f16_ctx && !kernels::uses_f16_tiles(ctx, kernel, m) {
+                    continue;
+                }
                 assert_passes_on(
                     ctx,
                     Case::Linear {
@@ -397,12 +417,24 @@ fn rows_case_applies(ctx: &GpuContext, kernel: LinearKernel, m: usize) -> bool {
     !(ctx.capabilities().cpu && kernel == LinearKernel::Matvec && m > kernels::MATVEC_MAX_ROWS)
 }
 
+/// Whether a test's shape (`kernel` on `m` rows) runs on `ctx`: see [`rows_case_applies`], and
+/// shapes of more than 4 rows only where `many` (the tests share them out among the formats).
+/// The f16-tile context runs only what differs from the GPU family, the GEMM on f16 tiles, and
+/// that in every format (nothing where the device has no f16: the baseline profile).
+fn shape_applies(ctx: &GpuContext, kernel: LinearKernel, m: usize, many: bool) -> bool {
+    if std::ptr::eq(ctx, common::f16_tiles_ctx()) {
+        return kernels::uses_f16_tiles(ctx, kernel, m);
+    }
+    rows_case_applies(ctx, kernel, m) && (m <= 4 || many)
+}
+
 /// Both linear-kernel families (one dot product per workgroup for GPUs, whole dot products per
 /// invocation for CPU drivers) on every weight format, plain and with bias + residual.
 #[test]
 fn both_linear_kernel_families_match_reference() {
     let cpu = common::cpu_kernels_ctx();
-    for (ctx, c) in [(cpu, true), (gpu_kernels_ctx(), false)] {
+    for ctx in [cpu, gpu_kernels_ctx(), common::f16_tiles_ctx()] {
+        let c = ctx.capabilities().cpu;
         for (i, weights) in DType::WEIGHTS.into_iter().enumerate() {
             let k = if weights.is_quantized() {
                 2 * weights.block_size()
@@ -417,7 +449,7 @@ fn both_linear_kernel_families_match_reference() {
                 (LinearKernel::Matmul, 70, 65),
             ]
             .into_iter()
-            .filter(|&(kernel, m, _)| rows_case_applies(ctx, kernel, m) && (m <= 4 || i % 3 == 0));
+            .filter(|&(kernel, m, _)| shape_applies(ctx, kernel, m, i % 3 == 0));
             for (kernel, m, n) in grid(i, shapes) {
                 let seed = (i * 1000 + m * 10 + n) as u64;
                 let cases = [
@@ -573,13 +605,149 @@ fn read_all(
     slots.into_iter().map(|s| r.f32(s).unwrap()).collect()
 }
 
+/// Where a linear layer runs on the prefill GEMM's f16 tiles, what its bounds must allow for
+/// (`reference::f16_tiles_tolerance`): the largest |x| of each activation row (normalised, with
+/// the RMSNorm prologue) and the largest |w|.
+struct Tiles {
+    on: bool,
+    k: usize,
+    x_max: Vec<f64>,
+    w_max: f64,
+}
+
+impl Tiles {
+    /// `x` the activation rows as the products see them (`k` each), `w` the weights.
+    fn new<X: Copy + Into<f64>>(
+        ctx: &GpuContext,
+        kernel: LinearKernel,
+        m: usize,
+        k: usize,
+        x: &[X],
+        w: &[f32],
+    ) -> Self {
+        let abs_max = |v: &[X]| v.iter().fold(0.0f64, |a, &b| a.max(b.into().abs()));
+        Tiles {
+            on: kernels::uses_f16_tiles(ctx, kernel, m),
+            k,
+            x_max: x.chunks(k.max(1)).map(abs_max).collect(),
+            w_max: w.iter().fold(0.0f64, |a, &b| a.max(f64::from(b).abs())),
+        }
+    }
+
+    /// `tol`, the bound of an output of activation row `row` whose products sum to `mag` in
+    /// magnitude, widened where the tiles are f16.
+    fn widen(&self, row: usize, tol: f64, mag: f64) -> f64 {
+        if self.on {
+            reference::f16_tiles_tolerance(self.k, tol, mag, self.x_max[row], self.w_max)
+        } else {
+            tol
+        }
+    }
+}
+
+/// The f16 tiles keep every activation row within f16's range (6·10⁻⁸ to 65504): rows scaled
+/// by 2⁻¹²⁰ to 2¹⁰⁰, a row whose largest value is 2⁴⁰ times the others and a row of zeros, each
+/// output within the bound of rounding each input once; with the RMSNorm prologue too (rows up
+/// to 2⁶⁰), whose norm weight scales the stored values (here by up to 2⁵⁰); f32, f16 and Q8_0
+/// weights.
+#[test]
+fn f16_tiles_keep_every_row_in_range() {
+    let ctx = common::f16_tiles_ctx();
+    let (m, n, k) = (70, 33, 96);
+    if !kernels::uses_f16_tiles(ctx, LinearKernel::Matmul, m) {
+        // Without shader-f16 (the baseline profile) the tiles are f32: nothing to check.
+        assert!(!ctx.capabilities().f16);
+        return;
+    }
+    let mut rng = Rng::new(31);
+    let exps = [-120, -60, -20, 0, 20, 60, 100];
+    let mut x = rng.vec(m * k, -1.0, 1.0);
+    for (r, row) in x.chunks_mut(k).enumerate() {
+        match r % 9 {
+            7 => row[r % k] *= 2f32.powi(40),
+            8 => row.fill(0.0),
+            e => row.iter_mut().for_each(|v| *v *= 2f32.powi(exps[e])),
+        }
+    }
+    let xt = ctx.upload_f32("x", &[m, k], &x).unwrap();
+    for dtype in [DType::F32, DType::F16, DType::Q8_0] {
+        let (wt, w) = random_weights(ctx, "w", dtype, n, k, &mut rng);
+        // Plain: the activations as they are.
+        let yt = ctx.zeros("y", &[m, n], DType::F32).unwrap();
+        let opts = kernels::Linear {
+            kernel: LinearKernel::Matmul,
+            ..Default::default()
+        };
+        let d = pollster::block_on(kernels::linear_with(ctx, &wt, &xt, &yt, &opts)).unwrap();
+        let got = &read_all(ctx, &d, &[&yt])[0];
+        let (want, mag) = reference::linear(&w, n, k, &x, m);
+        let tiles = Tiles::new(ctx, LinearKernel::Matmul, m, k, &x, &w);
+        for i in 0..m * n {
+            let tol = tiles.widen(i / n, reference::linear_tolerance(k, mag[i]), mag[i]);
+            let e = (f64::from(got[i]) - want[i]).abs();
+            assert!(
+                e <= tol,
+                "{dtype} row {} (scale class {}): [{}] = {}, expected {} ± {tol:e}",
+                i / n,
+                (i / n) % 9,
+                i % n,
+                got[i],
+                want[i]
+            );
+        }
+        // RMSNorm: rows normalise to the same range, but the stored x·g does not. (Not the rows
+        // at 2¹⁰⁰, whose Σx² leaves f32 on any tiles: those at 2⁶⁰ instead.)
+        let x: Vec<f32> = x
+            .chunks(k)
+            .enumerate()
+            .flat_map(|(r, row)| {
+                let s = if r % 9 == 6 { 2f32.powi(-40) } else { 1.0 };
+                row.iter().map(move |v| v * s)
+            })
+            .collect();
+        let xt = ctx.upload_f32("x_norm", &[m, k], &x).unwrap();
+        let g: Vec<f32> = (0..k)
+            .map(|c| rng.uniform(0.5, 2.0) * 2f32.powi(if c % 5 == 0 { 50 } else { 0 }))
+            .collect();
+        let gt = ctx.upload_f32("g", &[k], &g).unwrap();
+        let yt = ctx.zeros("y", &[m, n], DType::F32).unwrap();
+        let opts = kernels::Linear {
+            kernel: LinearKernel::Matmul,
+            norm: Some((&gt, 1e-6)),
+            ..Default::default()
+        };
+        let d = pollster::block_on(kernels::linear_with(ctx, &wt, &xt, &yt, &opts)).unwrap();
+        let got = &read_all(ctx, &d, &[&yt])[0];
+        let (want, mag) = reference::rmsnorm_linear(&w, n, k, &x, m, &g, 1e-6);
+        let normed = reference::rmsnorm(&x, k, &g, 1e-6);
+        let tiles = Tiles::new(ctx, LinearKernel::Matmul, m, k, &normed, &w);
+        for i in 0..m * n {
+            let tol = tiles.widen(
+                i / n,
+                reference::rmsnorm_linear_tolerance(k, k, mag[i], 0.0),
+                mag[i],
+            );
+            let e = (f64::from(got[i]) - want[i]).abs();
+            assert!(
+                e <= tol,
+                "{dtype} norm, row {} (scale class {}): [{}] = {}, expected {} ± {tol:e}",
+                i / n,
+                (i / n) % 9,
+                i % n,
+                got[i],
+                want[i]
+            );
+        }
+    }
+}
+
 /// A fused QKV projection: W = concat_rows(q, k, v) with the concatenated bias, outputs split by
 /// column range into three tensors, on both kernel families, matvec and matmul, several formats;
 /// with accumulate, each output adds to what it held.
 #[test]
 fn linear_split_writes_column_ranges_to_separate_outputs() {
     let mut rng = Rng::new(5);
-    for ctx in [ctx(), gpu_kernels_ctx()] {
+    for ctx in [ctx(), gpu_kernels_ctx(), common::f16_tiles_ctx()] {
         for (f, dtype) in [
             DType::Q4_1,
             DType::Q8_0,
@@ -619,9 +787,7 @@ fn linear_split_writes_column_ranges_to_separate_outputs() {
                 (LinearKernel::Matmul, 67),
             ]
             .into_iter()
-            .filter(|&(kernel, m)| {
-                rows_case_applies(ctx, kernel, m) && (m <= 4 || many_rows_format)
-            });
+            .filter(|&(kernel, m)| shape_applies(ctx, kernel, m, many_rows_format));
             for (kernel, m) in grid(f, shapes) {
                 for accumulate in grid(f, [false, true]) {
                     let x = rng.vec(m * k, -1.0, 1.0);
@@ -646,6 +812,7 @@ fn linear_split_writes_column_ranges_to_separate_outputs() {
                             .unwrap();
                     let got = read_all(ctx, &d, &out_refs);
                     let (want, mag) = reference::linear(&w_all, 17, k, &x, m);
+                    let tiles = Tiles::new(ctx, kernel, m, k, &x, &w_all);
                     for r in 0..m {
                         let mut col = 0;
                         for (o, &n) in widths.iter().enumerate() {
@@ -658,7 +825,11 @@ fn linear_split_writes_column_ranges_to_separate_outputs() {
                                     a += y0.abs();
                                 }
                                 let g = f64::from(got[o][r * n + j]);
-                                let tol = reference::linear_tolerance(k + 2, a);
+                                let tol = tiles.widen(
+                                    r,
+                                    reference::linear_tolerance(k + 2, a),
+                                    mag[r * 17 + col],
+                                );
                                 assert!(
                                     (g - exact).abs() <= tol,
                                     "{dtype} {kernel:?} m {m} acc {accumulate} cpu {}: output {o} [{r}, {j}] = {g}, expected {exact} ± {tol:e}",
@@ -1067,7 +1238,7 @@ fn output_projection_combines_split_attention_as_it_loads() {
 #[test]
 fn linear_swiglu_matches_reference() {
     let mut rng = Rng::new(9);
-    for ctx in [ctx(), gpu_kernels_ctx()] {
+    for ctx in [ctx(), gpu_kernels_ctx(), common::f16_tiles_ctx()] {
         for (i, dtype) in [
             DType::Q4_1,
             DType::Q8_0,
@@ -1101,7 +1272,7 @@ fn linear_swiglu_matches_reference() {
                 (LinearKernel::Matmul, 66),
             ]
             .into_iter()
-            .filter(|&(kernel, m)| rows_case_applies(ctx, kernel, m) && (m <= 4 || i % 2 == 0));
+            .filter(|&(kernel, m)| shape_applies(ctx, kernel, m, i % 2 == 0));
             for (kernel, m) in grid(i, shapes) {
                 for with_bias in grid(i, [false, true]) {
                     let x = rng.vec(m * k, -1.0, 1.0);
@@ -1124,6 +1295,7 @@ fn linear_swiglu_matches_reference() {
                     let got = &read_all(ctx, &d, &[&out])[0];
                     let (g, gm) = reference::linear(&gw, f, k, &x, m);
                     let (u, um) = reference::linear(&uw, f, k, &x, m);
+                    let tiles = Tiles::new(ctx, kernel, m, k, &x, &[gw.as_slice(), &uw].concat());
                     for i in 0..m * f {
                         let j = i % f;
                         let gv = g[i] + f64::from(bias[j]);
@@ -1145,11 +1317,18 @@ fn linear_swiglu_matches_reference() {
                             }
                         };
                         let exact = silu * uv;
-                        let tg =
-                            reference::linear_tolerance(k + 1, gm[i] + f64::from(bias[j]).abs());
-                        let tu = reference::linear_tolerance(
-                            k + 1,
-                            um[i] + f64::from(bias[f + j]).abs(),
+                        let tg = tiles.widen(
+                            i / f,
+                            reference::linear_tolerance(k + 1, gm[i] + f64::from(bias[j]).abs()),
+                            gm[i],
+                        );
+                        let tu = tiles.widen(
+                            i / f,
+                            reference::linear_tolerance(
+                                k + 1,
+                                um[i] + f64::from(bias[f + j]).abs(),
+                            ),
+                            um[i],
                         );
                         // |silu'| ≤ 1.1 and |gelu'| ≤ 1.13.
                         let tol =
@@ -1227,11 +1406,16 @@ fn check_normed_linear(
     let d = pollster::block_on(kernels::linear_with(ctx, &wt, &xt, &yt, &opts)).unwrap();
     let got = &read_all(ctx, &d, &[&yt])[0];
     let (want, mag) = reference::rmsnorm_linear(&w, n, k, &x, m, &g, eps);
+    let tiles = Tiles::new(ctx, kernel, m, k, &reference::rmsnorm(&x, k, &g, eps), &w);
     for i in 0..m * n {
         let extra = [f64::from(bias[i % n]), f64::from(init[i])];
         let exact = want[i] + extra[0] + extra[1];
         let other = extra[0].abs() + extra[1].abs();
-        let tol = reference::rmsnorm_linear_tolerance(k, k + 2, mag[i], other);
+        let tol = tiles.widen(
+            i / n,
+            reference::rmsnorm_linear_tolerance(k, k + 2, mag[i], other),
+            mag[i],
+        );
         let e = (f64::from(got[i]) - exact).abs();
         assert!(
             e <= tol,
@@ -1248,12 +1432,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
 
     /// The RMSNorm prologue on random shapes, matrix × vector and matrix × matrix, on the
-    /// profile's default kernel family and on the GPU family.
+    /// profile's default kernel family, on the GPU family and with the GEMM's f16 tiles.
     #[test]
     fn rmsnorm_prologue_matches_reference(m in 1usize..=16, n in 1usize..=200, k in 1usize..=700,
                                           matmul_rows in 5usize..=80, weights in dtype(),
-                                          gpu_family in any::<bool>(), seed in any::<u64>()) {
-        let ctx = if gpu_family { gpu_kernels_ctx() } else { ctx() };
+                                          family in 0usize..3, seed in any::<u64>()) {
+        let ctx = [ctx(), gpu_kernels_ctx(), common::f16_tiles_ctx()][family];
         let mut rng = Rng::new(seed);
         check_normed_linear(ctx, LinearKernel::Matvec, weights, m, n, k, 1e-5, &mut rng);
         check_normed_linear(ctx, LinearKernel::Matmul, weights, matmul_rows, n.min(70), k.min(300), 1e-6, &mut rng);
@@ -1261,12 +1445,14 @@ proptest! {
 }
 
 /// The RMSNorm prologue in every weight format, on both kernel families, matvec (1 and 3 rows)
-/// and matmul, including model-sized rows (k = 576) and a row of zeros (eps alone).
+/// and matmul, and on the GEMM's f16 tiles, including model-sized rows (k = 576) and a row of
+/// zeros (eps alone).
 #[test]
 fn rmsnorm_prologue_in_every_format_and_family() {
     let cpu = common::cpu_kernels_ctx();
     let mut rng = Rng::new(21);
-    for ctx in [cpu, gpu_kernels_ctx()] {
+    for ctx in [cpu, gpu_kernels_ctx(), common::f16_tiles_ctx()] {
+        let f16_tiles = std::ptr::eq(ctx, common::f16_tiles_ctx());
         for (i, dtype) in DType::WEIGHTS.into_iter().enumerate() {
             let block = dtype.block_size().max(1);
             let k = if dtype.is_quantized() { 2 * block } else { 67 };
@@ -1278,12 +1464,19 @@ fn rmsnorm_prologue_in_every_format_and_family() {
                 (LinearKernel::Matmul, 70, 65),
             ]
             .into_iter()
-            .filter(|&(kernel, m, _)| rows_case_applies(ctx, kernel, m) && (m <= 4 || i % 3 == 1));
+            .filter(|&(kernel, m, _)| shape_applies(ctx, kernel, m, i % 3 == 1));
             for (kernel, m, n) in grid(i, shapes) {
                 check_normed_linear(ctx, kernel, dtype, m, n, k, 1e-5, &mut rng);
             }
             let k = 576usize.next_multiple_of(block);
-            check_normed_linear(ctx, LinearKernel::Matvec, dtype, 1, 64, k, 1e-5, &mut rng);
+            let (kernel, m) = if f16_tiles {
+                (LinearKernel::Matmul, 17)
+            } else {
+                (LinearKernel::Matvec, 1)
+            };
+            if shape_applies(ctx, kernel, m, true) {
+                check_normed_linear(ctx, kernel, dtype, m, 64, k, 1e-5, &mut rng);
+            }
         }
         // A zero row normalises to zero: the output is bias + y.
         let (wt, _) = random_weights(ctx, "w", DType::F32, 5, 8, &mut rng);
@@ -1293,6 +1486,11 @@ fn rmsnorm_prologue_in_every_format_and_family() {
             .upload_f32("y", &[1, 5], &[1.0, 2.0, 3.0, 4.0, 5.0])
             .unwrap();
         let opts = kernels::Linear {
+            kernel: if f16_tiles {
+                LinearKernel::Matmul
+            } else {
+                LinearKernel::Auto
+            },
             accumulate: true,
             norm: Some((&gt, 1e-6)),
             ..Default::default()
@@ -1307,7 +1505,7 @@ fn rmsnorm_prologue_in_every_format_and_family() {
 #[test]
 fn rmsnorm_prologue_with_split_and_swiglu() {
     let mut rng = Rng::new(23);
-    for ctx in [ctx(), gpu_kernels_ctx()] {
+    for ctx in [ctx(), gpu_kernels_ctx(), common::f16_tiles_ctx()] {
         for (f, dtype) in [
             DType::Q4_1,
             DType::Q8_0,
@@ -1333,9 +1531,7 @@ fn rmsnorm_prologue_with_split_and_swiglu() {
                 (LinearKernel::Matmul, 66),
             ]
             .into_iter()
-            .filter(|&(kernel, m)| {
-                rows_case_applies(ctx, kernel, m) && (m <= 4 || many_rows_format)
-            });
+            .filter(|&(kernel, m)| shape_applies(ctx, kernel, m, many_rows_format));
             for (kernel, m) in grid(f, shapes) {
                 let (x, g) = norm_inputs(&mut rng, m, k);
                 let xt = ctx.upload_f32("x", &[m, k], &x).unwrap();
@@ -1362,17 +1558,23 @@ fn rmsnorm_prologue_with_split_and_swiglu() {
                     .unwrap();
                 let got = read_all(ctx, &d, &out_refs);
                 let (want, mag) = reference::rmsnorm_linear(&w_all, 17, k, &x, m, &g, eps);
+                let normed = reference::rmsnorm(&x, k, &g, eps);
+                let tiles = Tiles::new(ctx, kernel, m, k, &normed, &w_all);
                 for r in 0..m {
                     let mut col = 0;
                     for (o, &n) in widths.iter().enumerate() {
                         for j in 0..n {
                             let b = f64::from(bias[col]);
                             let exact = want[r * 17 + col] + b;
-                            let tol = reference::rmsnorm_linear_tolerance(
-                                k,
-                                k + 1,
+                            let tol = tiles.widen(
+                                r,
+                                reference::rmsnorm_linear_tolerance(
+                                    k,
+                                    k + 1,
+                                    mag[r * 17 + col],
+                                    b.abs(),
+                                ),
                                 mag[r * 17 + col],
-                                b.abs(),
                             );
                             let v = f64::from(got[o][r * n + j]);
                             assert!(
@@ -1399,12 +1601,21 @@ fn rmsnorm_prologue_with_split_and_swiglu() {
                 let got = &read_all(ctx, &d, &[&out])[0];
                 let (gv, gm) = reference::rmsnorm_linear(&w_all[..f * k], f, k, &x, m, &g, eps);
                 let (uv, um) = reference::rmsnorm_linear(&w_all[f * k..], f, k, &x, m, &g, eps);
+                let tiles = Tiles::new(ctx, kernel, m, k, &normed, &w_all);
                 for i in 0..m * f {
                     let (gate, up) = (gv[i], uv[i]);
                     let silu = gate / (1.0 + (-gate).exp());
                     let exact = silu * up;
-                    let tg = reference::rmsnorm_linear_tolerance(k, k, gm[i], 0.0);
-                    let tu = reference::rmsnorm_linear_tolerance(k, k, um[i], 0.0);
+                    let tg = tiles.widen(
+                        i / f,
+                        reference::rmsnorm_linear_tolerance(k, k, gm[i], 0.0),
+                        gm[i],
+                    );
+                    let tu = tiles.widen(
+                        i / f,
+                        reference::rmsnorm_linear_tolerance(k, k, um[i], 0.0),
+                        um[i],
+                    );
                     let tol = reference::swiglu_tolerance(gate as f32, exact)
                         + 1.1 * (up.abs() + tu) * tg
                         + (silu.abs() + 1.1 * tg) * tu;

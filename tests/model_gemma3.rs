@@ -9,7 +9,9 @@
 
 mod common;
 
-use common::{assert_greedy_cases, ctx, real_model_engine};
+use common::{
+    assert_gemm_prefill_cases, assert_greedy_cases, ctx, real_model_engine, real_model_engine_on,
+};
 
 /// Prompts and tokens compared (the fixture has 3 × 24): enough to cross the sliding windows'
 /// local/global pattern many times, few enough for the CPU drivers CI runs on.
@@ -33,4 +35,20 @@ fn gemma3_greedy_generation_matches_transformers_and_llama_cpp() {
         Some(TOKENS),
         Some(CLEAR_MARGIN),
     );
+}
+
+/// A 32-token prompt step through the tiled GEMM of the kernels made for GPUs, with f16 tiles
+/// where the device has shader-f16 (f32 on the baseline profile): Gemma multiplies its
+/// embeddings by √640, so its activations run larger than Llama's (see
+/// [`common::assert_gemm_prefill_cases`]; only the third prompt is long enough).
+#[test]
+fn gemma3_long_prompt_through_the_gemm_matches_transformers() {
+    let gpu = common::f16_tiles_ctx();
+    let mut engine = real_model_engine_on(
+        gpu,
+        "models/gemma-3-270m-q4_k_m.gguf",
+        "run scripts/fetch-gemma3.sh",
+        128,
+    );
+    assert_gemm_prefill_cases(&mut engine, gpu, "gemma3/greedy.json", 3);
 }

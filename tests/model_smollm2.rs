@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{assert_greedy_cases, ctx, real_model_engine};
+use common::{
+    assert_gemm_prefill_cases, assert_greedy_cases, ctx, real_model_engine, real_model_engine_on,
+};
 
 /// Tokens compared per prompt (the fixture has 40).
 const TOKENS: usize = 32;
@@ -28,4 +30,21 @@ fn smollm2_greedy_generation_matches_transformers() {
         Some(TOKENS),
         None,
     );
+}
+
+/// Prompt steps of more than 16 tokens run the tiled GEMM of the kernels made for GPUs (what a
+/// hardware adapter runs; the CPU drivers here run the other family unless asked), which the
+/// prompts above never reach: see [`common::assert_gemm_prefill_cases`]. With f16 tiles where
+/// the device has shader-f16 (the full profile), with f32 tiles elsewhere (the baseline
+/// profile), so `make test` checks both.
+#[test]
+fn smollm2_long_prompts_through_the_gemm_match_transformers() {
+    let gpu = common::f16_tiles_ctx();
+    let mut engine = real_model_engine_on(
+        gpu,
+        "models/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "run scripts/fetch-model.sh",
+        256,
+    );
+    assert_gemm_prefill_cases(&mut engine, gpu, "smollm2/greedy.json", 3);
 }

@@ -47,6 +47,11 @@ mod cli {
         /// benchmarks and checks of one family on any driver.
         #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "gpu", "cpu"])]
         kernels: String,
+        /// The prefill GEMM (prompts of more than 16 tokens on the kernels made for GPUs) with
+        /// f16 workgroup tiles where the device has shader-f16; off by default until measured
+        /// on GPUs. `kernel-bench --rows 128` times both tiles whatever this says.
+        #[arg(long, global = true)]
+        f16_tiles: bool,
         #[command(subcommand)]
         command: Command,
     }
@@ -693,11 +698,12 @@ mod cli {
     /// The WebGPU context with the kernel family `--kernels` asks for.
     async fn open_gpu(cli: &Cli, request: ProfileRequest) -> pocketlm::Result<GpuContext> {
         let ctx = GpuContext::new(request).await?;
-        Ok(match cli.kernels.as_str() {
+        let ctx = match cli.kernels.as_str() {
             "gpu" => ctx.with_cpu_kernels(false),
             "cpu" => ctx.with_cpu_kernels(true),
             _ => ctx,
-        })
+        };
+        Ok(ctx.with_f16_tiles(cli.f16_tiles))
     }
 
     /// `--backend`: `gpu` opens the adapter (or fails), `cpu` the CPU backend, and `auto` the
@@ -1587,7 +1593,7 @@ mod cli {
                 "this command runs on the WebGPU backend: leave out --backend cpu".into(),
             ));
         }
-        let ctx = open_gpu(&cli, request).await?;
+        let mut ctx = open_gpu(&cli, request).await?;
         println!("{}", ctx.report());
         match cli.command {
             Command::Info { .. }
@@ -1635,7 +1641,17 @@ mod cli {
                 } else {
                     formats
                 };
-                let rows = bench::kernel_bench(&ctx, size, m, calls, &formats).await?;
+                let mut rows = bench::kernel_bench(&ctx, size, m, calls, &formats).await?;
+                // The GEMM's other tiles (f32 or f16) in the same run, where the device has both.
+                let f16 = ctx.capabilities().f16_tiles;
+                ctx.set_f16_tiles(true);
+                let auto = pocketlm::kernels::LinearKernel::Auto;
+                if pocketlm::kernels::uses_f16_tiles(&ctx, auto, m) {
+                    ctx.set_f16_tiles(!f16);
+                    let more = bench::kernel_bench(&ctx, size, m, calls, &formats).await?;
+                    rows.extend(more.into_iter().skip(1));
+                }
+                ctx.set_f16_tiles(f16);
                 let copy = rows[0].gb_per_s();
                 println!(
                     "\nlinear layer of a {size}×{size} matrix on {m} activation row(s), {calls} \

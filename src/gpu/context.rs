@@ -76,6 +76,9 @@ pub struct Capabilities {
     /// which runs a workgroup's invocations as SIMD lanes of one thread: kernels that give each
     /// invocation whole dot products beat ones that share a dot product over a workgroup.
     pub cpu: bool,
+    /// The prefill GEMM keeps its workgroup tiles in f16 (products and sums stay f32): only
+    /// where the device has `shader-f16`, and only when asked ([`GpuContext::with_f16_tiles`]).
+    pub f16_tiles: bool,
 }
 
 impl Capabilities {
@@ -97,6 +100,7 @@ impl Capabilities {
             max_storage_binding_bytes: limits.max_storage_buffer_binding_size,
             max_buffer_bytes: limits.max_buffer_size,
             cpu: info.device_type == wgpu::DeviceType::Cpu,
+            f16_tiles: false,
         }
     }
 }
@@ -424,6 +428,21 @@ impl GpuContext {
     pub fn with_cpu_kernels(mut self, cpu: bool) -> Self {
         self.caps.cpu = cpu;
         self
+    }
+
+    /// Runs the prefill GEMM (the tiled matrix × matrix kernel of prompts over 16 tokens) with
+    /// f16 workgroup tiles where the device has `shader-f16` (otherwise: no change). Each
+    /// activation and decoded weight is then rounded once to f16 (activations scaled by a power
+    /// of two per row first, so none leaves its range); products and sums stay f32. Off by
+    /// default until measured on GPUs (`pocketlm kernel-bench --rows 128` times both).
+    pub fn with_f16_tiles(mut self, on: bool) -> Self {
+        self.set_f16_tiles(on);
+        self
+    }
+
+    /// [`Self::with_f16_tiles`] in place.
+    pub fn set_f16_tiles(&mut self, on: bool) {
+        self.caps.f16_tiles = on && self.caps.f16;
     }
 
     /// Calls `notify` once when the device is lost (or destroyed), after recording the loss so

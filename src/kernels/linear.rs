@@ -138,6 +138,29 @@ fn matvec_shape(items: usize) -> (u32, u32) {
 /// Output tile edge of the matmul kernel.
 const TILE: u32 = 64;
 
+/// The matmul kernel's f32 tiles (16 KiB: WebGPU's default limit); its row statistics go
+/// through the X tile once the K loop is done with it (see shaders/matmul.wgsl).
+const MATMUL_TILES_F32: &str = "
+alias TT = f32;
+var<workgroup> xs: array<vec4<f32>, 512>;
+var<workgroup> ws: array<vec4<f32>, 512>;
+fn scratch_put(i: u32, v: f32) { xs[i / 4u][i % 4u] = v; }
+fn scratch_at(i: u32) -> f32 { return xs[i / 4u][i % 4u]; }
+fn scratch4(v: u32) -> vec4<f32> { return xs[v]; }
+";
+
+/// The matmul kernel's f16 tiles ([`crate::gpu::GpuContext::with_f16_tiles`]; 8 KiB) and 1 KiB
+/// of f32 row statistics, which the first pass needs before the tiles are filled.
+const MATMUL_TILES_F16: &str = "
+alias TT = f16;
+var<workgroup> xs: array<vec4<f16>, 512>;
+var<workgroup> ws: array<vec4<f16>, 512>;
+var<workgroup> row_stats: array<vec4<f32>, 64>;
+fn scratch_put(i: u32, v: f32) { row_stats[i / 4u][i % 4u] = v; }
+fn scratch_at(i: u32) -> f32 { return row_stats[i / 4u][i % 4u]; }
+fn scratch4(v: u32) -> vec4<f32> { return row_stats[v]; }
+";
+
 /// Up to this many activation rows, [`LinearKernel::Auto`] uses the matrix-vector kernel; beyond,
 /// the tiled matrix-matrix kernel, which reuses each W tile across 64 rows. Decode-step epilogues
 /// (RoPE into the cache, combining split attention) take at most this many rows.
@@ -166,6 +189,19 @@ fn reduction_wg(wg: u32, red_n: u32, bytes: u32) -> u32 {
     let most = (bytes / (4 * red_n.max(1))).max(1);
     let fit = 1u32 << most.ilog2();
     wg.min(fit).max(1)
+}
+
+/// Whether a linear layer of `m` activation rows with `kernel` runs the prefill GEMM with f16
+/// tiles on `ctx` ([`GpuContext::with_f16_tiles`]): what its error bound must allow for (see
+/// [`crate::reference::f16_tiles_tolerance`]).
+pub fn uses_f16_tiles(ctx: &GpuContext, kernel: LinearKernel, m: usize) -> bool {
+    let caps = ctx.capabilities();
+    let matmul = match kernel {
+        LinearKernel::Auto => m > SMALL_M_MAX_ROWS,
+        LinearKernel::Matvec => false,
+        LinearKernel::Matmul => true,
+    };
+    caps.f16_tiles && !caps.cpu && matmul
 }
 
 /// Which kernel computes a linear layer.
@@ -882,7 +918,19 @@ async fn linear_epilogue(
             name,
             u64::from(params.blocks) * u64::from(params.m.div_ceil(TILE)),
         )?;
-        build(ctx, &MATMUL, &spec, &params, &binds, wg).await
+        let f16 = ctx.capabilities().f16_tiles;
+        let mut spec = spec.with("TF16", u32::from(f16)).snippet(if f16 {
+            MATMUL_TILES_F16
+        } else {
+            MATMUL_TILES_F32
+        });
+        spec.f16 = f16;
+        let kernel = if f16 {
+            MATMUL.entry("matmul_f16", "matmul")
+        } else {
+            MATMUL
+        };
+        build(ctx, &kernel, &spec, &params, &binds, wg).await
     }
 }
 

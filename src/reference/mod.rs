@@ -48,6 +48,29 @@ pub fn linear_tolerance(k: usize, magnitude: f64) -> f64 {
     gamma(k + 1) * magnitude + (k as f64 + 1.0) * SUBNORMAL
 }
 
+/// A linear layer's bound `tolerance` (for its inputs as given) widened for the prefill GEMM's
+/// f16 tiles, which round each activation and each weight once to f16 before the f32 product
+/// of the two: WGSL rounds a conversion to either neighbour, so by at most one f16 ULP, 2⁻¹⁰
+/// of a normal value and 2⁻²⁴ absolute below f16's normal range. The kernel first multiplies
+/// each activation row by a power of two that puts its largest |x| (`x_max`) in [2¹⁴, 2¹⁵), so an
+/// activation errs by at most 2⁻¹⁰|x| + x_max·2⁻³⁸, a weight by 2⁻¹⁰|w| + 2⁻²⁴. Each of the k
+/// products then errs by at most (2r + r²)|xw| + (1 + r)(2⁻²⁴·x_max + 2⁻³⁸·x_max·w_max) +
+/// 2⁻⁶²·x_max with r = 2⁻¹⁰, and the sum's own rounding (the `tolerance`) grows with the
+/// magnitudes of the rounded products, by at most the same factor.
+pub fn f16_tiles_tolerance(
+    k: usize,
+    tolerance: f64,
+    magnitude: f64,
+    x_max: f64,
+    w_max: f64,
+) -> f64 {
+    let r = 2f64.powi(-10);
+    let rel = 2.0 * r + r * r;
+    let abs = k as f64
+        * ((1.0 + r) * x_max * (2f64.powi(-24) + w_max * 2f64.powi(-38)) + x_max * 2f64.powi(-62));
+    tolerance * (1.0 + rel) + rel * magnitude + 2.0 * abs
+}
+
 /// RMSNorm over rows of `cols`: `x / sqrt(mean(x²) + eps) * weight`.
 pub fn rmsnorm(x: &[f32], cols: usize, weight: &[f32], eps: f32) -> Vec<f64> {
     assert_eq!(weight.len(), cols);

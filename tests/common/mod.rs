@@ -37,6 +37,22 @@ pub fn gpu_kernels_ctx() -> &'static GpuContext {
     kernel_family_ctx(&CTX, false)
 }
 
+/// The kernels made for GPUs with the prefill GEMM's f16 tiles
+/// ([`GpuContext::with_f16_tiles`]): on a device without `shader-f16` (the baseline profile) the
+/// request changes nothing, which this checks too.
+pub fn f16_tiles_ctx() -> &'static GpuContext {
+    static CTX: OnceLock<GpuContext> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let ctx = pollster::block_on(GpuContext::new(profile_request()))
+            .unwrap()
+            .with_cpu_kernels(false)
+            .with_f16_tiles(true);
+        let caps = ctx.capabilities();
+        assert_eq!(caps.f16_tiles, caps.f16, "f16 tiles wherever shader-f16 is");
+        ctx
+    })
+}
+
 /// The same for the kernels made for CPU adapters, whatever the adapter is.
 pub fn cpu_kernels_ctx() -> &'static GpuContext {
     static CTX: OnceLock<GpuContext> = OnceLock::new();
@@ -257,12 +273,22 @@ pub fn read_f32_file(path: &std::path::Path) -> Vec<f32> {
 /// A real model file under the repository (`rel`, e.g. "models/x.gguf") in an engine with an
 /// f32 KV cache of `context` positions; a missing file fails with `get_it` (how to fetch it).
 pub fn real_model_engine(rel: &str, get_it: &str, context: usize) -> pocketlm::engine::Engine {
+    real_model_engine_on(ctx(), rel, get_it, context)
+}
+
+/// [`real_model_engine`] on `ctx`.
+pub fn real_model_engine_on(
+    ctx: &GpuContext,
+    rel: &str,
+    get_it: &str,
+    context: usize,
+) -> pocketlm::engine::Engine {
     use pocketlm::engine::{Engine, EngineOptions};
     use pocketlm::load::{load_native, LoadOptions};
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
     assert!(path.is_file(), "{} is missing: {get_it}", path.display());
     let loaded = pollster::block_on(load_native(
-        ctx(),
+        ctx,
         path.to_str().unwrap(),
         LoadOptions::default(),
     ))
@@ -272,8 +298,54 @@ pub fn real_model_engine(rel: &str, get_it: &str, context: usize) -> pocketlm::e
         kv_dtype: Some(pocketlm::gpu::DType::F32),
         ..Default::default()
     };
-    pollster::block_on(Engine::new(ctx(), loaded, &options))
+    pollster::block_on(Engine::new(ctx, loaded, &options))
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Greedy from prompts of one 32-token prefill step, on `ctx`, which must run the kernels made
+/// for GPUs: there a step of more than 16 tokens runs the tiled GEMM (with f16 tiles where `ctx`
+/// has them). Each of the fixture's first `prompts` prompts followed by the first tokens its
+/// reference generated, 32 tokens in all; then the prefill's greedy token and one decode step's
+/// must be the reference's next two. Cases whose prompt and reference are too short for that are
+/// left out; at least one must be long enough.
+pub fn assert_gemm_prefill_cases(
+    engine: &mut pocketlm::engine::Engine,
+    ctx: &GpuContext,
+    fixture: &str,
+    prompts: usize,
+) {
+    const STEP: usize = 32;
+    let auto = pocketlm::kernels::LinearKernel::Auto;
+    assert!(!ctx.capabilities().cpu && STEP > pocketlm::kernels::SMALL_M_MAX_ROWS);
+    let f16_tiles = pocketlm::kernels::uses_f16_tiles(ctx, auto, STEP);
+    let reference = fixture_json(fixture);
+    let mut checked = 0;
+    for case in reference["cases"].as_array().unwrap().iter().take(prompts) {
+        let generated = token_ids(&case["generated_ids"]);
+        let mut prompt = token_ids(&case["input_ids"]);
+        let Some(given) = STEP.checked_sub(prompt.len()) else {
+            continue;
+        };
+        if given + 2 > generated.len() {
+            continue;
+        }
+        prompt.extend(&generated[..given]);
+        let g = pollster::block_on(engine.generate(ctx, &prompt, &greedy(2), &mut |_| {
+            pocketlm::engine::Flow::Continue
+        }))
+        .unwrap();
+        assert_eq!(
+            g.tokens,
+            generated[given..given + 2],
+            "{} and its first {given} reference tokens, f16 tiles {f16_tiles}",
+            case["prompt"],
+        );
+        checked += 1;
+    }
+    assert!(
+        checked > 0,
+        "{fixture}: no case makes a {STEP}-token prompt"
+    );
 }
 
 /// Greedy generation of exactly `tokens` tokens (end-of-turn tokens do not stop it, as the
