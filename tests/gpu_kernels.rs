@@ -669,74 +669,69 @@ fn f16_tiles_keep_every_row_in_range() {
             e => row.iter_mut().for_each(|v| *v *= 2f32.powi(exps[e])),
         }
     }
-    let xt = ctx.upload_f32("x", &[m, k], &x).unwrap();
+    // With RMSNorm the rows normalise to the same range, but the stored x·g does not: the
+    // norm weight scales some columns by 2⁵⁰. (Not the rows at 2¹⁰⁰ there, whose Σx² leaves
+    // f32 on any tiles: those at 2⁶⁰ instead.)
+    let g: Vec<f32> = (0..k)
+        .map(|c| rng.uniform(0.5, 2.0) * 2f32.powi(if c % 5 == 0 { 50 } else { 0 }))
+        .collect();
+    let gt = ctx.upload_f32("g", &[k], &g).unwrap();
+    let x_norm: Vec<f32> = x
+        .chunks(k)
+        .enumerate()
+        .flat_map(|(r, row)| {
+            let s = if r % 9 == 6 { 2f32.powi(-40) } else { 1.0 };
+            row.iter().map(move |v| v * s)
+        })
+        .collect();
+    let eps = 1e-6;
     for dtype in [DType::F32, DType::F16, DType::Q8_0] {
         let (wt, w) = random_weights(ctx, "w", dtype, n, k, &mut rng);
-        // Plain: the activations as they are.
-        let yt = ctx.zeros("y", &[m, n], DType::F32).unwrap();
-        let opts = kernels::Linear {
-            kernel: LinearKernel::Matmul,
-            ..Default::default()
-        };
-        let d = pollster::block_on(kernels::linear_with(ctx, &wt, &xt, &yt, &opts)).unwrap();
-        let got = &read_all(ctx, &d, &[&yt])[0];
-        let (want, mag) = reference::linear(&w, n, k, &x, m);
-        let tiles = Tiles::new(ctx, LinearKernel::Matmul, m, k, &x, &w);
-        for i in 0..m * n {
-            let tol = tiles.widen(i / n, reference::linear_tolerance(k, mag[i]), mag[i]);
-            let e = (f64::from(got[i]) - want[i]).abs();
-            assert!(
-                e <= tol,
-                "{dtype} row {} (scale class {}): [{}] = {}, expected {} ± {tol:e}",
-                i / n,
-                (i / n) % 9,
-                i % n,
-                got[i],
-                want[i]
-            );
-        }
-        // RMSNorm: rows normalise to the same range, but the stored x·g does not. (Not the rows
-        // at 2¹⁰⁰, whose Σx² leaves f32 on any tiles: those at 2⁶⁰ instead.)
-        let x: Vec<f32> = x
-            .chunks(k)
-            .enumerate()
-            .flat_map(|(r, row)| {
-                let s = if r % 9 == 6 { 2f32.powi(-40) } else { 1.0 };
-                row.iter().map(move |v| v * s)
-            })
-            .collect();
-        let xt = ctx.upload_f32("x_norm", &[m, k], &x).unwrap();
-        let g: Vec<f32> = (0..k)
-            .map(|c| rng.uniform(0.5, 2.0) * 2f32.powi(if c % 5 == 0 { 50 } else { 0 }))
-            .collect();
-        let gt = ctx.upload_f32("g", &[k], &g).unwrap();
-        let yt = ctx.zeros("y", &[m, n], DType::F32).unwrap();
-        let opts = kernels::Linear {
-            kernel: LinearKernel::Matmul,
-            norm: Some((&gt, 1e-6)),
-            ..Default::default()
-        };
-        let d = pollster::block_on(kernels::linear_with(ctx, &wt, &xt, &yt, &opts)).unwrap();
-        let got = &read_all(ctx, &d, &[&yt])[0];
-        let (want, mag) = reference::rmsnorm_linear(&w, n, k, &x, m, &g, 1e-6);
-        let normed = reference::rmsnorm(&x, k, &g, 1e-6);
-        let tiles = Tiles::new(ctx, LinearKernel::Matmul, m, k, &normed, &w);
-        for i in 0..m * n {
-            let tol = tiles.widen(
-                i / n,
-                reference::rmsnorm_linear_tolerance(k, k, mag[i], 0.0),
-                mag[i],
-            );
-            let e = (f64::from(got[i]) - want[i]).abs();
-            assert!(
-                e <= tol,
-                "{dtype} norm, row {} (scale class {}): [{}] = {}, expected {} ± {tol:e}",
-                i / n,
-                (i / n) % 9,
-                i % n,
-                got[i],
-                want[i]
-            );
+        for norm in [false, true] {
+            let x = if norm { &x_norm } else { &x };
+            let xt = ctx.upload_f32("x", &[m, k], x).unwrap();
+            let yt = ctx.zeros("y", &[m, n], DType::F32).unwrap();
+            let opts = kernels::Linear {
+                kernel: LinearKernel::Matmul,
+                norm: norm.then_some((&gt, eps)),
+                ..Default::default()
+            };
+            let d = pollster::block_on(kernels::linear_with(ctx, &wt, &xt, &yt, &opts)).unwrap();
+            let got = &read_all(ctx, &d, &[&yt])[0];
+            let (want, mag, tiles) = if norm {
+                let (want, mag) = reference::rmsnorm_linear(&w, n, k, x, m, &g, eps);
+                let normed = reference::rmsnorm(x, k, &g, eps);
+                (
+                    want,
+                    mag,
+                    Tiles::new(ctx, LinearKernel::Matmul, m, k, &normed, &w),
+                )
+            } else {
+                let (want, mag) = reference::linear(&w, n, k, x, m);
+                (
+                    want,
+                    mag,
+                    Tiles::new(ctx, LinearKernel::Matmul, m, k, x, &w),
+                )
+            };
+            for i in 0..m * n {
+                let tol = if norm {
+                    reference::rmsnorm_linear_tolerance(k, k, mag[i], 0.0)
+                } else {
+                    reference::linear_tolerance(k, mag[i])
+                };
+                let tol = tiles.widen(i / n, tol, mag[i]);
+                let e = (f64::from(got[i]) - want[i]).abs();
+                assert!(
+                    e <= tol,
+                    "{dtype} norm {norm}, row {} (scale class {}): [{}] = {}, expected {} ± {tol:e}",
+                    i / n,
+                    (i / n) % 9,
+                    i % n,
+                    got[i],
+                    want[i]
+                );
+            }
         }
     }
 }
