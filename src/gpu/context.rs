@@ -163,6 +163,12 @@ impl fmt::Display for DeviceReport {
             c.max_buffer_bytes >> 20,
             c.max_workgroups_per_dimension
         )?;
+        let kernels = match (c.cpu, c.f16_tiles) {
+            (true, _) => "made for CPU adapters",
+            (false, false) => "made for GPUs (prefill GEMM tiles: f32)",
+            (false, true) => "made for GPUs (prefill GEMM tiles: f16)",
+        };
+        writeln!(f, "kernels:   {kernels}")?;
         write!(f, "adapter features: {}", self.adapter_features.join(", "))
     }
 }
