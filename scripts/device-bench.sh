@@ -9,11 +9,13 @@
 #                                      and llama.cpp's source (from the llama-cpp-python sdist
 #                                      that `make bench-cpu` builds, without models and docs)
 #   scripts/device-bench.sh run        there, in this tree with target/device/ copied along:
-#                                      the device report, `kernel-bench` (matvec of every format,
-#                                      then the prefill kernels, the GEMM with f32 and f16 tiles)
-#                                      and `bench` of each model rebuilt from its header with
-#                                      random weights of the same formats (same shapes, same
-#                                      kernels, same speed), on both profiles and with f16 tiles;
+#                                      the device report, `selfcheck` (every kernel against its
+#                                      CPU reference; with f16 tiles too), `kernel-bench` (matvec
+#                                      of every format, then the prefill kernels, the GEMM with
+#                                      f32 and f16 tiles) and `bench` of each model rebuilt from
+#                                      its header with random weights of the same formats (same
+#                                      shapes, same kernels, same speed), on both profiles and
+#                                      with f16 tiles;
 #                                      then, where nvcc and cmake are, llama.cpp built for CUDA
 #                                      and its llama-bench on the same files, prompt and tokens
 #   scripts/device-bench.sh llama      the llama.cpp part alone
@@ -160,6 +162,9 @@ run)
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem \
       --format=csv 2>/dev/null || true
     step device
+    # Every kernel against its CPU reference on this GPU, with the GEMM's f32 and f16 tiles.
+    step selfcheck
+    step --f16-tiles selfcheck
     step kernel-bench --size "$size"
     # Prefill's linear kernels: the small-m path (8 rows) and the tiled GEMM (128 rows).
     for rows in 8 128; do
