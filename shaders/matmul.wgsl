@@ -19,8 +19,9 @@
 // first pass over the workgroup's rows finds each row's largest |x| (times the norm weight
 // with NORM; Σx² too), and every x is multiplied by a power of two that puts that largest value
 // in [2^14, 2^15) before its conversion; the dot product is multiplied back exactly at the end
-// (with the norm scale). Each x and each decoded weight is then rounded once to f16 (relative
-// 2^-11 for normal values), the only difference from the f32 tiles.
+// (with the norm scale). Each x and each decoded weight is then rounded once to f16 (WGSL
+// rounds to either neighbour: at most 2^-10 relative for normal values), the only difference
+// from the f32 tiles.
 // Prelude: linear_common.wgsl's (and quant.wgsl for block formats), TF16, and the tiles'
 // snippet (MATMUL_TILES_F32 or MATMUL_TILES_F16 in src/kernels/linear.rs): `alias TT`, the
 // tiles `xs` and `ws` ([BK][TM / 4]: vec4 v of k-row kk holds rows 4v..4v+3) and
@@ -67,7 +68,7 @@ fn pow2_scale(mx: f32) -> vec2<f32> {
     return vec2<f32>(bitcast<f32>(u32(s + 127) << 23u), bitcast<f32>(u32(127 - s) << 23u));
 }
 
-// Row r's value of the four partials in the scratch: their sum (SUM) or their largest.
+// Row r's value of the four partials in the scratch: their sum (`sum`) or their largest.
 fn row_total(r: u32, sum: bool) -> f32 {
     let a = scratch_at(r);
     let b = scratch_at(r + TM);
