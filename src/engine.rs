@@ -51,10 +51,12 @@ pub const DEFAULT_CONTEXT: usize = 4096;
 /// The largest prefill step; longer prompts are prefilled in steps of this many tokens.
 pub const PREFILL_CHUNK: usize = 128;
 
-/// The step sizes there are graphs for: powers of two up to [`PREFILL_CHUNK`]. A step's kernels
+/// The step sizes WebGPU has graphs for: powers of two up to [`PREFILL_CHUNK`]. A step's kernels
 /// are sized for its graph, so a prompt is cut into the largest steps that fit it exactly
 /// (37 tokens: 32 + 4 + 1) rather than padded to one large step; the steps before the last do
-/// not wait for the GPU.
+/// not wait for the GPU. The CPU backend has no graphs and takes any step up to
+/// [`PREFILL_CHUNK`]: a prompt runs in as few steps as it can (37 tokens: one), and every step
+/// reads each weight once for all its rows.
 const STEP_SIZES: [usize; 8] = [1, 2, 4, 8, 16, 32, 64, PREFILL_CHUNK];
 
 /// Step graphs cover the sequence up to 256, 1024, 4096, … positions (at most the context), built
@@ -355,7 +357,8 @@ pub struct Engine {
     backend: Backend,
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
-    /// The step sizes of [`STEP_SIZES`] that fit the context.
+    /// The step sizes that fit the context: [`STEP_SIZES`] on WebGPU, every size up to
+    /// [`PREFILL_CHUNK`] on the CPU backend.
     sizes: Vec<usize>,
     /// The tokens whose keys and values are in the KV cache, at positions 0.. in order.
     cached: Vec<u32>,
@@ -436,7 +439,11 @@ impl Engine {
     }
 
     fn with_backend(backend: Backend, d: Description) -> Engine {
-        let sizes: Vec<usize> = STEP_SIZES.into_iter().filter(|&s| s < d.context).collect();
+        let sizes: Vec<usize> = match backend {
+            Backend::Cpu(_) => (1..=PREFILL_CHUNK).collect(),
+            Backend::Gpu { .. } => STEP_SIZES.to_vec(),
+        };
+        let sizes = sizes.into_iter().filter(|&s| s < d.context).collect();
         Engine {
             backend,
             tokenizer: d.tokenizer,
@@ -602,6 +609,26 @@ impl Engine {
         Ok(tools::parse_reply(self.tool_syntax(), &text))
     }
 
+    /// The steps a prompt of `tokens` tokens is prefilled in (from an empty cache), in order:
+    /// on WebGPU the largest of [`STEP_SIZES`] that fits what is left each time, on the CPU
+    /// backend steps of [`PREFILL_CHUNK`] and one of the rest.
+    pub fn prefill_steps(&self, tokens: usize) -> Vec<usize> {
+        let mut steps = Vec::new();
+        let mut left = tokens;
+        while left > 0 {
+            let n = self.next_step(left);
+            steps.push(n);
+            left -= n;
+        }
+        steps
+    }
+
+    /// The next step's size with `remaining` prompt tokens to run: the largest step size that
+    /// fits them.
+    fn next_step(&self, remaining: usize) -> usize {
+        *self.sizes.iter().rfind(|&&s| s <= remaining).unwrap_or(&1)
+    }
+
     /// The token ids of a plain-text prompt, with BOS as the model defines.
     pub fn text_prompt(&self, text: &str) -> Result<Vec<u32>> {
         self.tokenizer.encode(text, true)
@@ -709,9 +736,7 @@ impl Engine {
         let mut token_lp: Option<TokenLogprobs> = None;
         let want_lp = options.logprobs.map(|n| n.min(MAX_TOP_LOGPROBS));
         while pos < prompt.len() {
-            let remaining = prompt.len() - pos;
-            // The largest step size that fits what is left.
-            let n = *self.sizes.iter().rfind(|&&s| s <= remaining).unwrap_or(&1);
+            let n = self.next_step(prompt.len() - pos);
             let chunk = &prompt[pos..pos + n];
             if pos + n == prompt.len() {
                 let pick = self

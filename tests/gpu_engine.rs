@@ -109,6 +109,7 @@ fn greedy_generation_is_the_argmax_of_a_full_forward_pass() {
 fn crossing_into_a_longer_attention_span_changes_nothing() {
     let mut engine = engine_with(600);
     let prompt: Vec<u32> = (0..250).map(|i| 6 + (i * 13 + i / 7) % 120).collect();
+    assert_eq!(engine.prefill_steps(250), [128, 64, 32, 16, 8, 2]);
     let g = generate(&mut engine, &prompt, &greedy(12));
     assert_eq!(g.tokens.len(), 12);
     assert_eq!(g.tokens, argmax_continuation(&prompt, &g.tokens));
