@@ -258,25 +258,55 @@ async fn run_linear(
         }
     }
     let terms = if fused { k + 2 } else { k };
-    let f16_tiles = kernels::uses_f16_tiles(ctx, kernel, m);
-    let x_max = row_abs_max(&x, k);
-    let w_max = w.iter().fold(0.0f64, |a, &v| a.max(f64::from(v).abs()));
+    let tiles = TileBound::new(ctx, kernel, m, k, &x, &w);
     Ok(compare(case, &gpu, &want, |i| {
-        let tol = reference::linear_tolerance(terms, mag[i]);
-        if f16_tiles {
-            reference::f16_tiles_tolerance(k, tol, mag[i], x_max[i / n.max(1)], w_max)
-        } else {
-            tol
-        }
+        tiles.widen(
+            i / n.max(1),
+            reference::linear_tolerance(terms, mag[i]),
+            mag[i],
+        )
     }))
 }
 
-/// The largest |value| of each row of `cols` values.
-pub fn row_abs_max(values: &[f32], cols: usize) -> Vec<f64> {
-    values
-        .chunks(cols.max(1))
-        .map(|r| r.iter().fold(0.0f64, |a, &v| a.max(f64::from(v).abs())))
-        .collect()
+/// Where a linear layer runs on the prefill GEMM's f16 tiles, what its bounds must allow for
+/// ([`reference::f16_tiles_tolerance`]): the largest |x| of each activation row (normalised,
+/// with the RMSNorm prologue) and the largest |w|.
+pub struct TileBound {
+    on: bool,
+    k: usize,
+    x_max: Vec<f64>,
+    w_max: f64,
+}
+
+impl TileBound {
+    /// A layer of `m` rows with `kernel` on `ctx`: `x` the activation rows as the products see
+    /// them (`k` each), `w` the weights.
+    pub fn new<X: Copy + Into<f64>>(
+        ctx: &GpuContext,
+        kernel: LinearKernel,
+        m: usize,
+        k: usize,
+        x: &[X],
+        w: &[f32],
+    ) -> Self {
+        let abs_max = |v: &[X]| v.iter().fold(0.0f64, |a, &b| a.max(b.into().abs()));
+        TileBound {
+            on: kernels::uses_f16_tiles(ctx, kernel, m),
+            k,
+            x_max: x.chunks(k.max(1)).map(abs_max).collect(),
+            w_max: w.iter().fold(0.0f64, |a, &b| a.max(f64::from(b).abs())),
+        }
+    }
+
+    /// `tol`, the bound of an output of activation row `row` whose products sum to `mag` in
+    /// magnitude, widened where the tiles are f16.
+    pub fn widen(&self, row: usize, tol: f64, mag: f64) -> f64 {
+        if self.on {
+            reference::f16_tiles_tolerance(self.k, tol, mag, self.x_max[row], self.w_max)
+        } else {
+            tol
+        }
+    }
 }
 
 /// Model-sized shapes (SmolLM2-135M: hidden 576, MLP 1536) and awkward ones (odd, prime, smaller

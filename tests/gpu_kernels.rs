@@ -23,7 +23,7 @@ use pocketlm::gpu::{
 };
 use pocketlm::kernels;
 use pocketlm::reference::{self, Rng};
-use pocketlm::selfcheck::{run_case, Case, LinearKernel};
+use pocketlm::selfcheck::{run_case, Case, LinearKernel, TileBound};
 use pocketlm::Error;
 use proptest::prelude::*;
 
@@ -121,7 +121,7 @@ fn linear_kernels_at_tile_edges() {
         ] {
             for kernel in [LinearKernel::Matvec, LinearKernel::Matmul] {
                 // The f16-tile context: only its GEMM (the rest is the GPU family's).
-                let f16_ctx = std::ptr::eq(ctx, common::f16_tiles_ctx());
+                let f16_ctx = common::is_f16_tiles_ctx(ctx);
                 if f16_ctx && !kernels::uses_f16_tiles(ctx, kernel, m) {
                     continue;
                 }
@@ -422,7 +422,7 @@ fn rows_case_applies(ctx: &GpuContext, kernel: LinearKernel, m: usize) -> bool {
 /// The f16-tile context runs only what differs from the GPU family, the GEMM on f16 tiles, and
 /// that in every format (nothing where the device has no f16: the baseline profile).
 fn shape_applies(ctx: &GpuContext, kernel: LinearKernel, m: usize, many: bool) -> bool {
-    if std::ptr::eq(ctx, common::f16_tiles_ctx()) {
+    if common::is_f16_tiles_ctx(ctx) {
         return kernels::uses_f16_tiles(ctx, kernel, m);
     }
     rows_case_applies(ctx, kernel, m) && (m <= 4 || many)
@@ -605,46 +605,6 @@ fn read_all(
     slots.into_iter().map(|s| r.f32(s).unwrap()).collect()
 }
 
-/// Where a linear layer runs on the prefill GEMM's f16 tiles, what its bounds must allow for
-/// (`reference::f16_tiles_tolerance`): the largest |x| of each activation row (normalised, with
-/// the RMSNorm prologue) and the largest |w|.
-struct Tiles {
-    on: bool,
-    k: usize,
-    x_max: Vec<f64>,
-    w_max: f64,
-}
-
-impl Tiles {
-    /// `x` the activation rows as the products see them (`k` each), `w` the weights.
-    fn new<X: Copy + Into<f64>>(
-        ctx: &GpuContext,
-        kernel: LinearKernel,
-        m: usize,
-        k: usize,
-        x: &[X],
-        w: &[f32],
-    ) -> Self {
-        let abs_max = |v: &[X]| v.iter().fold(0.0f64, |a, &b| a.max(b.into().abs()));
-        Tiles {
-            on: kernels::uses_f16_tiles(ctx, kernel, m),
-            k,
-            x_max: x.chunks(k.max(1)).map(abs_max).collect(),
-            w_max: w.iter().fold(0.0f64, |a, &b| a.max(f64::from(b).abs())),
-        }
-    }
-
-    /// `tol`, the bound of an output of activation row `row` whose products sum to `mag` in
-    /// magnitude, widened where the tiles are f16.
-    fn widen(&self, row: usize, tol: f64, mag: f64) -> f64 {
-        if self.on {
-            reference::f16_tiles_tolerance(self.k, tol, mag, self.x_max[row], self.w_max)
-        } else {
-            tol
-        }
-    }
-}
-
 /// The f16 tiles keep every activation row within f16's range (6·10⁻⁸ to 65504): rows scaled
 /// by 2⁻¹²⁰ to 2¹⁰⁰, a row whose largest value is 2⁴⁰ times the others and a row of zeros, each
 /// output within the bound of rounding each input once; with the RMSNorm prologue too (rows up
@@ -704,14 +664,14 @@ fn f16_tiles_keep_every_row_in_range() {
                 (
                     want,
                     mag,
-                    Tiles::new(ctx, LinearKernel::Matmul, m, k, &normed, &w),
+                    TileBound::new(ctx, LinearKernel::Matmul, m, k, &normed, &w),
                 )
             } else {
                 let (want, mag) = reference::linear(&w, n, k, x, m);
                 (
                     want,
                     mag,
-                    Tiles::new(ctx, LinearKernel::Matmul, m, k, x, &w),
+                    TileBound::new(ctx, LinearKernel::Matmul, m, k, x, &w),
                 )
             };
             for i in 0..m * n {
@@ -807,7 +767,7 @@ fn linear_split_writes_column_ranges_to_separate_outputs() {
                             .unwrap();
                     let got = read_all(ctx, &d, &out_refs);
                     let (want, mag) = reference::linear(&w_all, 17, k, &x, m);
-                    let tiles = Tiles::new(ctx, kernel, m, k, &x, &w_all);
+                    let tiles = TileBound::new(ctx, kernel, m, k, &x, &w_all);
                     for r in 0..m {
                         let mut col = 0;
                         for (o, &n) in widths.iter().enumerate() {
@@ -1290,7 +1250,8 @@ fn linear_swiglu_matches_reference() {
                     let got = &read_all(ctx, &d, &[&out])[0];
                     let (g, gm) = reference::linear(&gw, f, k, &x, m);
                     let (u, um) = reference::linear(&uw, f, k, &x, m);
-                    let tiles = Tiles::new(ctx, kernel, m, k, &x, &[gw.as_slice(), &uw].concat());
+                    let tiles =
+                        TileBound::new(ctx, kernel, m, k, &x, &[gw.as_slice(), &uw].concat());
                     for i in 0..m * f {
                         let j = i % f;
                         let gv = g[i] + f64::from(bias[j]);
@@ -1401,7 +1362,7 @@ fn check_normed_linear(
     let d = pollster::block_on(kernels::linear_with(ctx, &wt, &xt, &yt, &opts)).unwrap();
     let got = &read_all(ctx, &d, &[&yt])[0];
     let (want, mag) = reference::rmsnorm_linear(&w, n, k, &x, m, &g, eps);
-    let tiles = Tiles::new(ctx, kernel, m, k, &reference::rmsnorm(&x, k, &g, eps), &w);
+    let tiles = TileBound::new(ctx, kernel, m, k, &reference::rmsnorm(&x, k, &g, eps), &w);
     for i in 0..m * n {
         let extra = [f64::from(bias[i % n]), f64::from(init[i])];
         let exact = want[i] + extra[0] + extra[1];
@@ -1447,7 +1408,7 @@ fn rmsnorm_prologue_in_every_format_and_family() {
     let cpu = common::cpu_kernels_ctx();
     let mut rng = Rng::new(21);
     for ctx in [cpu, gpu_kernels_ctx(), common::f16_tiles_ctx()] {
-        let f16_tiles = std::ptr::eq(ctx, common::f16_tiles_ctx());
+        let f16_tiles = common::is_f16_tiles_ctx(ctx);
         for (i, dtype) in DType::WEIGHTS.into_iter().enumerate() {
             let block = dtype.block_size().max(1);
             let k = if dtype.is_quantized() { 2 * block } else { 67 };
@@ -1554,7 +1515,7 @@ fn rmsnorm_prologue_with_split_and_swiglu() {
                 let got = read_all(ctx, &d, &out_refs);
                 let (want, mag) = reference::rmsnorm_linear(&w_all, 17, k, &x, m, &g, eps);
                 let normed = reference::rmsnorm(&x, k, &g, eps);
-                let tiles = Tiles::new(ctx, kernel, m, k, &normed, &w_all);
+                let tiles = TileBound::new(ctx, kernel, m, k, &normed, &w_all);
                 for r in 0..m {
                     let mut col = 0;
                     for (o, &n) in widths.iter().enumerate() {
@@ -1596,7 +1557,7 @@ fn rmsnorm_prologue_with_split_and_swiglu() {
                 let got = &read_all(ctx, &d, &[&out])[0];
                 let (gv, gm) = reference::rmsnorm_linear(&w_all[..f * k], f, k, &x, m, &g, eps);
                 let (uv, um) = reference::rmsnorm_linear(&w_all[f * k..], f, k, &x, m, &g, eps);
-                let tiles = Tiles::new(ctx, kernel, m, k, &normed, &w_all);
+                let tiles = TileBound::new(ctx, kernel, m, k, &normed, &w_all);
                 for i in 0..m * f {
                     let (gate, up) = (gv[i], uv[i]);
                     let silu = gate / (1.0 + (-gate).exp());

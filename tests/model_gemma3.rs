@@ -9,9 +9,7 @@
 
 mod common;
 
-use common::{
-    assert_gemm_prefill_cases, assert_greedy_cases, ctx, real_model_engine, real_model_engine_on,
-};
+use common::{assert_gemm_prefill_cases, assert_greedy_cases, ctx, real_model_engine};
 
 /// Prompts and tokens compared (the fixture has 3 × 24): enough to cross the sliding windows'
 /// local/global pattern many times, few enough for the CPU drivers CI runs on.
@@ -43,12 +41,11 @@ fn gemma3_greedy_generation_matches_transformers_and_llama_cpp() {
 /// [`common::assert_gemm_prefill_cases`]; only the third prompt is long enough).
 #[test]
 fn gemma3_long_prompt_through_the_gemm_matches_transformers() {
-    let gpu = common::f16_tiles_ctx();
-    let mut engine = real_model_engine_on(
-        gpu,
+    assert_gemm_prefill_cases(
         "models/gemma-3-270m-q4_k_m.gguf",
         "run scripts/fetch-gemma3.sh",
         128,
+        "gemma3/greedy.json",
+        3,
     );
-    assert_gemm_prefill_cases(&mut engine, gpu, "gemma3/greedy.json", 3);
 }

@@ -5,9 +5,7 @@
 
 mod common;
 
-use common::{
-    assert_gemm_prefill_cases, assert_greedy_cases, ctx, real_model_engine, real_model_engine_on,
-};
+use common::{assert_gemm_prefill_cases, assert_greedy_cases, ctx, real_model_engine};
 
 /// Tokens compared per prompt (the fixture has 40).
 const TOKENS: usize = 32;
@@ -39,12 +37,11 @@ fn smollm2_greedy_generation_matches_transformers() {
 /// profile), so `make test` checks both.
 #[test]
 fn smollm2_long_prompts_through_the_gemm_match_transformers() {
-    let gpu = common::f16_tiles_ctx();
-    let mut engine = real_model_engine_on(
-        gpu,
+    assert_gemm_prefill_cases(
         "models/SmolLM2-135M-Instruct.Q4_1.gguf",
         "run scripts/fetch-model.sh",
         256,
+        "smollm2/greedy.json",
+        3,
     );
-    assert_gemm_prefill_cases(&mut engine, gpu, "smollm2/greedy.json", 3);
 }

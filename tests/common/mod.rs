@@ -53,6 +53,11 @@ pub fn f16_tiles_ctx() -> &'static GpuContext {
     })
 }
 
+/// Whether `ctx` is [`f16_tiles_ctx`].
+pub fn is_f16_tiles_ctx(ctx: &GpuContext) -> bool {
+    std::ptr::eq(ctx, f16_tiles_ctx())
+}
+
 /// The same for the kernels made for CPU adapters, whatever the adapter is.
 pub fn cpu_kernels_ctx() -> &'static GpuContext {
     static CTX: OnceLock<GpuContext> = OnceLock::new();
@@ -302,19 +307,24 @@ pub fn real_model_engine_on(
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Greedy from prompts of one 32-token prefill step, on `ctx`, which must run the kernels made
-/// for GPUs: there a step of more than 16 tokens runs the tiled GEMM (with f16 tiles where `ctx`
-/// has them). Each of the fixture's first `prompts` prompts followed by the first tokens its
-/// reference generated, 32 tokens in all; then the prefill's greedy token and one decode step's
-/// must be the reference's next two. Cases whose prompt and reference are too short for that are
-/// left out; at least one must be long enough.
+/// Greedy from prompts of one 32-token prefill step on the kernels made for GPUs, where a step
+/// of more than 16 tokens runs the tiled GEMM: the real model `rel` in
+/// [`real_model_engine_on`]`(`[`f16_tiles_ctx`]`, …)`, so with f16 tiles where the device has
+/// shader-f16 (the full profile) and f32 tiles elsewhere (the baseline profile). Each of the
+/// fixture's first `prompts` prompts followed by the first tokens its reference generated, 32
+/// tokens in all; then the prefill's greedy token and one decode step's must be the reference's
+/// next two. Cases whose prompt and reference are too short for that are left out; at least one
+/// must be long enough.
 pub fn assert_gemm_prefill_cases(
-    engine: &mut pocketlm::engine::Engine,
-    ctx: &GpuContext,
+    rel: &str,
+    get_it: &str,
+    context: usize,
     fixture: &str,
     prompts: usize,
 ) {
     const STEP: usize = 32;
+    let ctx = f16_tiles_ctx();
+    let mut engine = real_model_engine_on(ctx, rel, get_it, context);
     let auto = pocketlm::kernels::LinearKernel::Auto;
     assert!(!ctx.capabilities().cpu && STEP > pocketlm::kernels::SMALL_M_MAX_ROWS);
     let f16_tiles = pocketlm::kernels::uses_f16_tiles(ctx, auto, STEP);
