@@ -449,6 +449,52 @@ fn a_llama_decode_step_runs_five_dispatches_per_layer() {
     }
 }
 
+/// A prefill step that reads nothing back (a prompt's steps before its last) runs the layers
+/// only: not the LM head, the model's largest matrix (for a vocabulary of 262,144, as Gemma 3's,
+/// three quarters of the weights' bytes). Counted by the device's GpuStats: an 8-token step of
+/// the tiny Llama with [`Readout::Nothing`], then the next 8 tokens with their logits read back,
+/// which add the last row's gather and the head (one dispatch per part); those logits are
+/// transformers' (the first step filled the KV cache as before), on both kernel families.
+#[test]
+fn a_prefill_step_that_reads_nothing_skips_the_lm_head() {
+    use pocketlm::model::{Readout, StepOutput};
+    use std::sync::atomic::Ordering;
+    for cpu_kernels in [true, false] {
+        // A context of its own: the shared one counts the dispatches of the tests running beside.
+        let own = pollster::block_on(GpuContext::new(common::profile_request()))
+            .unwrap()
+            .with_cpu_kernels(cpu_kernels);
+        let hf = load_fixture_on(&own, "tiny-llama", LoadOptions::default());
+        let mut graph = pollster::block_on(hf.model.graph_with(&own, 8, 64, 8, false)).unwrap();
+        let mut counted = |tokens: &[u32], pos: usize, readout: Readout<'_>| {
+            let before = own.stats.dispatches.load(Ordering::Relaxed);
+            let out =
+                pollster::block_on(hf.model.step(&own, &mut graph, tokens, pos, readout)).unwrap();
+            (out, own.stats.dispatches.load(Ordering::Relaxed) - before)
+        };
+        let (_, layers_only) = counted(&hf.ids[..8], 0, Readout::Nothing);
+        let (out, with_head) = counted(&hf.ids[8..16], 8, Readout::Logits);
+        let head_parts = hf.model.table_parts().1;
+        assert_eq!(
+            with_head - layers_only,
+            1 + head_parts as u64,
+            "cpu kernels {cpu_kernels}: {layers_only} dispatches without logits, {with_head} with"
+        );
+        let StepOutput::Logits(got) = out else {
+            panic!("a step asked for logits returned {out:?}");
+        };
+        let last = &hf.want[15 * hf.vocab..16 * hf.vocab];
+        assert_logits_close(
+            "tiny-llama, after a step without logits",
+            &got,
+            last,
+            hf.vocab,
+            1e-3,
+        );
+        hf.model.destroy();
+    }
+}
+
 /// Hostile model files on WebGPU, whose kernels are specialized by the model's sizes: every
 /// metadata value of the tiny Gemma 3 (sliding-window and global layers, q/k norms, soft-caps)
 /// and of the tiny BERT encoder removed or at the edges of its type

@@ -922,7 +922,9 @@ impl Decoder {
 
     /// Runs one step of `tokens` (at most the graph's step size) at positions `offset..`, and
     /// reads back what `readout` asks for, of the step's last token. One submit; with
-    /// [`Readout::Nothing`] it does not wait for the GPU.
+    /// [`Readout::Nothing`] it does not wait for the GPU, and the LM head does not run (a prompt's
+    /// steps before its last fill the KV cache only: the head is the model's largest matrix, and
+    /// for a large vocabulary larger than all the layers together).
     pub async fn step(
         &self,
         ctx: &GpuContext,
@@ -931,7 +933,8 @@ impl Decoder {
         offset: usize,
         readout: Readout<'_>,
     ) -> Result<StepOutput> {
-        let rec = self.record_step(ctx, graph, StepInput::Host(tokens), offset, true)?;
+        let head = !matches!(readout, Readout::Nothing);
+        let rec = self.record_step(ctx, graph, StepInput::Host(tokens), offset, head)?;
         self.finish_step(ctx, graph, rec, tokens.len(), readout, false)
             .await
     }
