@@ -1090,8 +1090,10 @@ mod cli {
         };
         let mut engine = open_engine(dev, model, options).await?;
         let options = greedy_run(gen_tokens);
-        // Warm-up: every pipeline compiled and every graph run once.
-        let warm = bench_prompt(&engine, 20)?;
+        // Warm-up: every pipeline compiled and every graph the measured run uses built and run
+        // once, by a prompt of its length (a shorter one left the large steps' graphs, and the
+        // GEMM's pipelines with them, to be built inside the measured prefill).
+        let warm = bench_prompt(&engine, prompt_tokens)?;
         let warm_opts = GenerateOptions {
             max_tokens: Some(2),
             ..options.clone()
