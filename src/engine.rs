@@ -30,7 +30,7 @@ use crate::cpu::{CpuContext, CpuDecoder, HostTensor};
 use crate::error::{Error, Result};
 use crate::formats::ModelFiles;
 use crate::gpu::{DType, GpuContext};
-use crate::kernels::KvCache;
+use crate::kernels::{self, KvCache};
 use crate::load::LoadedModelFiles;
 use crate::model::{Decoder, Graph, ModelConfig, PendingPick, Readout, StepInput, StepOutput};
 use crate::sample::{
@@ -51,12 +51,13 @@ pub const DEFAULT_CONTEXT: usize = 4096;
 /// The largest prefill step; longer prompts are prefilled in steps of this many tokens.
 pub const PREFILL_CHUNK: usize = 128;
 
-/// The step sizes WebGPU has graphs for: powers of two up to [`PREFILL_CHUNK`]. A step's kernels
-/// are sized for its graph, so a prompt is cut into the largest steps that fit it exactly
-/// (37 tokens: 32 + 4 + 1) rather than padded to one large step; the steps before the last do
-/// not wait for the GPU. The CPU backend has no graphs and takes any step up to
-/// [`PREFILL_CHUNK`]: a prompt runs in as few steps as it can (37 tokens: one), and every step
-/// reads each weight once for all its rows.
+/// The step sizes WebGPU has graphs for: powers of two up to [`PREFILL_CHUNK`]. A step's linear
+/// layers are sized for its graph (attention and the KV-cache writes take the step's own tokens),
+/// so a prompt is cut into the largest steps that fit it exactly (37 tokens: 32 + 4 + 1), except
+/// where one larger graph costs its GEMM no more than those steps do (see [`plan_step`]); the
+/// steps before the last do not wait for the GPU. The CPU backend has no graphs and takes any
+/// step up to [`PREFILL_CHUNK`]: a prompt runs in as few steps as it can (37 tokens: one), and
+/// every step reads each weight once for all its rows.
 const STEP_SIZES: [usize; 8] = [1, 2, 4, 8, 16, 32, 64, PREFILL_CHUNK];
 
 /// Step graphs cover the sequence up to 256, 1024, 4096, … positions (at most the context), built
@@ -360,6 +361,10 @@ pub struct Engine {
     /// The step sizes that fit the context: [`STEP_SIZES`] on WebGPU, every size up to
     /// [`PREFILL_CHUNK`] on the CPU backend.
     sizes: Vec<usize>,
+    /// Rows of the prefill GEMM's tiles where steps of more than
+    /// [`kernels::SMALL_M_MAX_ROWS`] tokens run it (WebGPU with the kernels made for GPUs):
+    /// a step may then take a larger graph than its tokens (see [`plan_step`]).
+    gemm_tile: Option<usize>,
     /// The tokens whose keys and values are in the KV cache, at positions 0.. in order.
     cached: Vec<u32>,
     /// The highest end of a step since the cache was last filled from position 0: sliding-window
@@ -416,7 +421,9 @@ impl Engine {
             model: Box::new(model),
             graphs: vec![first],
         };
-        Ok(Engine::with_backend(backend, d))
+        let mut engine = Engine::with_backend(backend, d);
+        engine.gemm_tile = (!ctx.capabilities().cpu).then_some(kernels::MATMUL_TILE_ROWS);
+        Ok(engine)
     }
 
     /// Builds an engine whose model runs on the CPU backend, from its tensors in host memory
@@ -449,6 +456,7 @@ impl Engine {
             tokenizer: d.tokenizer,
             template: d.template,
             sizes,
+            gemm_tile: None,
             cached: Vec::new(),
             written: 0,
             eos: d.eos,
@@ -609,9 +617,10 @@ impl Engine {
         Ok(tools::parse_reply(self.tool_syntax(), &text))
     }
 
-    /// The steps a prompt of `tokens` tokens is prefilled in (from an empty cache), in order:
-    /// on WebGPU the largest of [`STEP_SIZES`] that fits what is left each time, on the CPU
-    /// backend steps of [`PREFILL_CHUNK`] and one of the rest.
+    /// The tokens of each step a prompt of `tokens` tokens is prefilled in (from an empty
+    /// cache), in order: on WebGPU mostly the largest of [`STEP_SIZES`] that fits what is left
+    /// each time ([`plan_step`] says when a step takes fewer tokens than its graph's size), on
+    /// the CPU backend steps of [`PREFILL_CHUNK`] and one of the rest.
     pub fn prefill_steps(&self, tokens: usize) -> Vec<usize> {
         let mut steps = Vec::new();
         let mut left = tokens;
@@ -623,10 +632,15 @@ impl Engine {
         steps
     }
 
-    /// The next step's size with `remaining` prompt tokens to run: the largest step size that
-    /// fits them.
+    /// How many of `remaining` prompt tokens the next step takes.
     fn next_step(&self, remaining: usize) -> usize {
-        *self.sizes.iter().rfind(|&&s| s <= remaining).unwrap_or(&1)
+        plan_step(&self.sizes, self.gemm_tile, remaining).1
+    }
+
+    /// The size of the graph a WebGPU step of `n` tokens runs on: the smallest step size that
+    /// holds them ([`plan_step`] only makes steps that one holds).
+    fn graph_rows(&self, n: usize) -> usize {
+        self.sizes.iter().copied().find(|&s| s >= n).unwrap_or(n)
     }
 
     /// The token ids of a plain-text prompt, with BOS as the model defines.
@@ -1068,10 +1082,11 @@ impl Engine {
     ) -> Result<(StepOutput, usize)> {
         let context = self.context();
         self.written = self.written.max(pos + tokens.len());
+        let rows = self.graph_rows(tokens.len());
         match (&mut self.backend, device) {
             (Backend::Gpu { model, graphs }, Device::Gpu(ctx)) => {
                 let end = pos + tokens.len();
-                let g = graph_for(model, graphs, ctx, tokens.len(), end, context).await?;
+                let g = graph_for(model, graphs, ctx, rows, end, context).await?;
                 let graph = &mut graphs[g];
                 let out = match constraint {
                     Some(c) => {
@@ -1106,6 +1121,45 @@ impl Engine {
     }
 }
 
+/// The next prefill step with `remaining` prompt tokens to run and the step sizes `sizes`
+/// (ascending): (the size of its graph, the tokens it takes). The largest size that fits the
+/// tokens, each step an exact one; but where steps of more than [`kernels::SMALL_M_MAX_ROWS`]
+/// tokens run the GEMM in tiles of `gemm_tile` rows (a step of 32 tokens computes a whole tile of
+/// 64 rows, as one of 64 does), the smallest size above `remaining` when its GEMM computes no
+/// more tiles than the exact steps' GEMMs together: 40 tokens take one step of the 64-token
+/// graph instead of 32 + 8 (one tile either way, and one pass over the weights instead of two),
+/// 100 one of 128 instead of 64 + 32 + 4 (two tiles either way, one pass instead of three);
+/// 20 stay 16 + 4, whose 16-token step decodes each weight once for its rows and computes no
+/// tile. Attention and the KV-cache writes take the step's own tokens, not its graph's size.
+fn plan_step(sizes: &[usize], gemm_tile: Option<usize>, remaining: usize) -> (usize, usize) {
+    let exact = |left: usize| sizes.iter().copied().rfind(|&s| s <= left).unwrap_or(1);
+    let first = exact(remaining);
+    let Some(tile) = gemm_tile.filter(|_| first < remaining) else {
+        return (first, first);
+    };
+    let tiles = |s: usize| {
+        if s > kernels::SMALL_M_MAX_ROWS {
+            s.div_ceil(tile)
+        } else {
+            0
+        }
+    };
+    let padded = sizes.iter().copied().find(|&s| s > remaining);
+    if let Some(padded) = padded.filter(|&p| tiles(p) > 0) {
+        let mut split_tiles = 0;
+        let mut left = remaining;
+        while left > 0 {
+            let s = exact(left);
+            split_tiles += tiles(s);
+            left -= s;
+        }
+        if tiles(padded) <= split_tiles {
+            return (padded, remaining);
+        }
+    }
+    (first, first)
+}
+
 /// How the GPU picks a step's token under `plan`: for a truncating plan with `gpu_nucleus`, what
 /// the sampler's top-k (0: off), top-p and min-p keep, for [`crate::kernels::Nucleus`]; and the
 /// step's draw, keyed as a Gumbel draw when the nucleus or Gumbel picks.
@@ -1129,8 +1183,8 @@ fn gpu_pick(
     (nucleus, sampler.gpu_draw(keyed))
 }
 
-/// The graph for steps of `n` tokens ending at position `end` (exclusive): the one covering the
-/// fewest positions, built on first use.
+/// The graph of size `n` (steps of at most `n` tokens) for a step ending at position `end`
+/// (exclusive): the one covering the fewest positions, built on first use.
 async fn graph_for(
     model: &Decoder,
     graphs: &mut Vec<Graph>,
@@ -1272,6 +1326,74 @@ mod tests {
         assert_eq!(span_for(1500, 4096), 4096);
         assert_eq!(span_for(10, 64), 64);
         assert_eq!(span_for(5000, 8192), 8192);
+    }
+
+    /// Every prompt length up to three chunks, planned step by step as the engine does.
+    fn plan(sizes: &[usize], gemm_tile: Option<usize>, tokens: usize) -> Vec<(usize, usize)> {
+        let mut steps = Vec::new();
+        let mut left = tokens;
+        while left > 0 {
+            let step = plan_step(sizes, gemm_tile, left);
+            assert!(
+                step.1 >= 1 && step.1 <= step.0 && step.1 <= left,
+                "{tokens}: {step:?}"
+            );
+            assert!(sizes.contains(&step.0) || step.0 == 1, "{tokens}: {step:?}");
+            steps.push(step);
+            left -= step.1;
+        }
+        steps
+    }
+
+    #[test]
+    fn webgpu_steps_take_a_larger_graph_only_where_its_gemm_computes_no_more_tiles() {
+        let tile = Some(kernels::MATMUL_TILE_ROWS);
+        let exact = |n: usize| vec![(n, n)];
+        // The kernels for CPU adapters: exact steps, the largest that fits each time.
+        assert_eq!(plan(&STEP_SIZES, None, 100), [(64, 64), (32, 32), (4, 4)]);
+        assert_eq!(plan(&STEP_SIZES, None, 40), [(32, 32), (8, 8)]);
+        // Up to 32 tokens as before: a 16-token step computes no GEMM tile.
+        assert_eq!(plan(&STEP_SIZES, tile, 20), [(16, 16), (4, 4)]);
+        assert_eq!(plan(&STEP_SIZES, tile, 31).len(), 5);
+        assert_eq!(plan(&STEP_SIZES, tile, 32), exact(32));
+        // 33..63: one tile, as the 32-token step of 32 + … computes.
+        for n in 33..64 {
+            assert_eq!(plan(&STEP_SIZES, tile, n), [(64, n)]);
+        }
+        // 65..95 keep 64 + the rest (two tiles would be one more); 96..127 take two tiles, as
+        // 64 + 32 + … compute.
+        assert_eq!(plan(&STEP_SIZES, tile, 80), [(64, 64), (16, 16)]);
+        assert_eq!(plan(&STEP_SIZES, tile, 95)[0], (64, 64));
+        for n in 96..128 {
+            assert_eq!(plan(&STEP_SIZES, tile, n), [(128, n)]);
+        }
+        // Longer prompts: chunks of 128, then the rest by the same rule.
+        assert_eq!(
+            plan(&STEP_SIZES, tile, 300),
+            [(128, 128), (128, 128), (64, 44)]
+        );
+        // Only the sizes the context leaves.
+        assert_eq!(plan(&STEP_SIZES[..6], tile, 40), [(32, 32), (8, 8)]);
+        // No step ever computes more tiles than the exact steps would.
+        let tiles = |steps: &[(usize, usize)]| -> usize {
+            steps
+                .iter()
+                .filter(|s| s.0 > kernels::SMALL_M_MAX_ROWS)
+                .map(|s| s.0.div_ceil(kernels::MATMUL_TILE_ROWS))
+                .sum()
+        };
+        for n in 1..=3 * PREFILL_CHUNK {
+            let padded = plan(&STEP_SIZES, tile, n);
+            let exact = plan(&STEP_SIZES, None, n);
+            assert!(
+                tiles(&padded) <= tiles(&exact),
+                "{n}: {padded:?} against {exact:?}"
+            );
+            assert!(
+                padded.len() <= exact.len(),
+                "{n}: {padded:?} against {exact:?}"
+            );
+        }
     }
 
     #[test]

@@ -35,17 +35,20 @@ fn gemma3_greedy_generation_matches_transformers_and_llama_cpp() {
     );
 }
 
-/// A 32-token prompt step through the tiled GEMM of the kernels made for GPUs, with f16 tiles
-/// where the device has shader-f16 (f32 on the baseline profile): Gemma multiplies its
-/// embeddings by √640, so its activations run larger than Llama's (see
-/// [`common::assert_gemm_prefill_cases`]; only the third prompt is long enough).
+/// A 32-token prompt step through the tiled GEMM of the kernels made for GPUs, and a 33-token one
+/// (the 64-token graph), with f16 tiles where the device has shader-f16 (f32 on the baseline
+/// profile): Gemma multiplies its embeddings by √640, so its activations run larger than
+/// Llama's (see [`common::assert_gemm_prefill_cases`]; only the third prompt is long enough).
 #[test]
 fn gemma3_long_prompt_through_the_gemm_matches_transformers() {
     assert_gemm_prefill_cases(
-        "models/gemma-3-270m-q4_k_m.gguf",
-        "run scripts/fetch-gemma3.sh",
-        128,
+        (
+            "models/gemma-3-270m-q4_k_m.gguf",
+            "run scripts/fetch-gemma3.sh",
+            128,
+        ),
         "gemma3/greedy.json",
         3,
+        &[32, 33],
     );
 }

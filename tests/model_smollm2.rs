@@ -34,14 +34,18 @@ fn smollm2_greedy_generation_matches_transformers() {
 /// hardware adapter runs; the CPU drivers here run the other family unless asked), which the
 /// prompts above never reach: see [`common::assert_gemm_prefill_cases`]. With f16 tiles where
 /// the device has shader-f16 (the full profile), with f32 tiles elsewhere (the baseline
-/// profile), so `make test` checks both.
+/// profile), so `make test` checks both. Prompts of 32 tokens (the 32-token graph) and of 40
+/// (one step of the 64-token graph).
 #[test]
 fn smollm2_long_prompts_through_the_gemm_match_transformers() {
     assert_gemm_prefill_cases(
-        "models/SmolLM2-135M-Instruct.Q4_1.gguf",
-        "run scripts/fetch-model.sh",
-        256,
+        (
+            "models/SmolLM2-135M-Instruct.Q4_1.gguf",
+            "run scripts/fetch-model.sh",
+            256,
+        ),
         "smollm2/greedy.json",
         3,
+        &[32, 40],
     );
 }

@@ -138,6 +138,10 @@ fn matvec_shape(items: usize) -> (u32, u32) {
 /// Output tile edge of the matmul kernel.
 const TILE: u32 = 64;
 
+/// Activation rows of the prefill GEMM's tiles (kernels made for GPUs): a step of up to this
+/// many rows computes as many products as one of this many.
+pub const MATMUL_TILE_ROWS: usize = TILE as usize;
+
 /// The matmul kernel's f32 tiles (16 KiB: WebGPU's default limit); its row statistics go
 /// through the X tile once the K loop is done with it (see shaders/matmul.wgsl).
 const MATMUL_TILES_F32: &str = "

@@ -307,55 +307,62 @@ pub fn real_model_engine_on(
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Greedy from prompts of one 32-token prefill step on the kernels made for GPUs, where a step
-/// of more than 16 tokens runs the tiled GEMM: the real model `rel` in
+/// Greedy from prompts of one prefill step on the kernels made for GPUs, where a step of more
+/// than 16 tokens runs the tiled GEMM: the real model `rel` in
 /// [`real_model_engine_on`]`(`[`f16_tiles_ctx`]`, …)`, so with f16 tiles where the device has
-/// shader-f16 (the full profile) and f32 tiles elsewhere (the baseline profile). Each of the
-/// fixture's first `prompts` prompts followed by the first tokens its reference generated, 32
-/// tokens in all; then the prefill's greedy token and one decode step's must be the reference's
-/// next two. Cases whose prompt and reference are too short for that are left out; at least one
-/// must be long enough.
+/// shader-f16 (the full profile) and f32 tiles elsewhere (the baseline profile). For each of
+/// `lengths`, each of the fixture's first `prompts` prompts followed by the first tokens its
+/// reference generated, that many tokens in all, which the engine must prefill in one step (32
+/// tokens: the 32-token graph; 33 to 63: the 64-token graph, whose GEMM computes the same one
+/// tile of 64 rows, its last rows left out of attention and the KV cache); then the prefill's
+/// greedy token and one decode step's must be the reference's next two. Cases whose prompt and
+/// reference are too short for a length are left out; at least one must be long enough for each.
 pub fn assert_gemm_prefill_cases(
-    rel: &str,
-    get_it: &str,
-    context: usize,
+    (rel, get_it, context): (&str, &str, usize),
     fixture: &str,
     prompts: usize,
+    lengths: &[usize],
 ) {
-    const STEP: usize = 32;
     let ctx = f16_tiles_ctx();
     let mut engine = real_model_engine_on(ctx, rel, get_it, context);
     let auto = pocketlm::kernels::LinearKernel::Auto;
-    assert!(!ctx.capabilities().cpu && STEP > pocketlm::kernels::SMALL_M_MAX_ROWS);
-    let f16_tiles = pocketlm::kernels::uses_f16_tiles(ctx, auto, STEP);
     let reference = fixture_json(fixture);
-    let mut checked = 0;
-    for case in reference["cases"].as_array().unwrap().iter().take(prompts) {
-        let generated = token_ids(&case["generated_ids"]);
-        let mut prompt = token_ids(&case["input_ids"]);
-        let Some(given) = STEP.checked_sub(prompt.len()) else {
-            continue;
-        };
-        if given + 2 > generated.len() {
-            continue;
-        }
-        prompt.extend(&generated[..given]);
-        let g = pollster::block_on(engine.generate(ctx, &prompt, &greedy(2), &mut |_| {
-            pocketlm::engine::Flow::Continue
-        }))
-        .unwrap();
+    for &length in lengths {
+        assert!(!ctx.capabilities().cpu && length > pocketlm::kernels::SMALL_M_MAX_ROWS);
         assert_eq!(
-            g.tokens,
-            generated[given..given + 2],
-            "{} and its first {given} reference tokens, f16 tiles {f16_tiles}",
-            case["prompt"],
+            engine.prefill_steps(length),
+            [length],
+            "one step of {length} tokens"
         );
-        checked += 1;
+        let f16_tiles = pocketlm::kernels::uses_f16_tiles(ctx, auto, length);
+        let mut checked = 0;
+        for case in reference["cases"].as_array().unwrap().iter().take(prompts) {
+            let generated = token_ids(&case["generated_ids"]);
+            let mut prompt = token_ids(&case["input_ids"]);
+            let Some(given) = length.checked_sub(prompt.len()) else {
+                continue;
+            };
+            if given + 2 > generated.len() {
+                continue;
+            }
+            prompt.extend(&generated[..given]);
+            let g = pollster::block_on(engine.generate(ctx, &prompt, &greedy(2), &mut |_| {
+                pocketlm::engine::Flow::Continue
+            }))
+            .unwrap();
+            assert_eq!(
+                g.tokens,
+                generated[given..given + 2],
+                "{} and its first {given} reference tokens, f16 tiles {f16_tiles}",
+                case["prompt"],
+            );
+            checked += 1;
+        }
+        assert!(
+            checked > 0,
+            "{fixture}: no case makes a {length}-token prompt"
+        );
     }
-    assert!(
-        checked > 0,
-        "{fixture}: no case makes a {STEP}-token prompt"
-    );
 }
 
 /// Greedy generation of exactly `tokens` tokens (end-of-turn tokens do not stop it, as the
