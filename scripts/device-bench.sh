@@ -166,8 +166,10 @@ run)
     step selfcheck
     step --f16-tiles selfcheck
     step kernel-bench --size "$size"
-    # Prefill's linear kernels: the small-m path (8 rows) and the tiled GEMM (128 rows).
-    for rows in 8 128; do
+    # Prefill's linear kernels: the small-m path (8 and 16 rows) and the tiled GEMM (32 and 128
+    # rows). A prompt of 17 to 31 tokens runs as 16 + 8 + …: 16 rows against 32 (one GEMM tile)
+    # says whether one step of the 32-token graph would be cheaper (the engine's plan_step).
+    for rows in 8 16 32 128; do
       step kernel-bench --size "$size" --rows "$rows" --formats f32,f16,q8_0,q4_0,q4_1,q4_k,q6_k
     done
     rebuild_models
