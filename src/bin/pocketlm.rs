@@ -1128,11 +1128,13 @@ mod cli {
         println!();
         println!("{:<28} {}", "model", engine.name());
         println!(
-            "{:<28} {:.1} tokens/s ({} tokens in {:.0} ms, first token included)",
+            "{:<28} {:.1} tokens/s ({} tokens in {:.0} ms, first token included; steps of {:?} \
+             tokens)",
             "prefill",
             prompt_tokens as f64 * 1000.0 / g.prefill_ms,
             prompt_tokens,
-            g.prefill_ms
+            g.prefill_ms,
+            engine.prefill_steps(prompt_tokens)
         );
         println!(
             "{:<28} {:.2} tokens/s ({:.1} ms per token over {} tokens)",
