@@ -421,9 +421,8 @@ impl Engine {
             model: Box::new(model),
             graphs: vec![first],
         };
-        let mut engine = Engine::with_backend(backend, d);
-        engine.gemm_tile = (!ctx.capabilities().cpu).then_some(kernels::MATMUL_TILE_ROWS);
-        Ok(engine)
+        let gemm_tile = (!ctx.capabilities().cpu).then_some(kernels::MATMUL_TILE_ROWS);
+        Ok(Engine::with_backend(backend, d, gemm_tile))
     }
 
     /// Builds an engine whose model runs on the CPU backend, from its tensors in host memory
@@ -442,10 +441,10 @@ impl Engine {
             options.kv_dtype.unwrap_or(DType::F16),
             ring_step(options),
         )?;
-        Ok(Engine::with_backend(Backend::Cpu(Box::new(model)), d))
+        Ok(Engine::with_backend(Backend::Cpu(Box::new(model)), d, None))
     }
 
-    fn with_backend(backend: Backend, d: Description) -> Engine {
+    fn with_backend(backend: Backend, d: Description, gemm_tile: Option<usize>) -> Engine {
         let sizes: Vec<usize> = match backend {
             Backend::Cpu(_) => (1..=PREFILL_CHUNK).collect(),
             Backend::Gpu { .. } => STEP_SIZES.to_vec(),
@@ -456,7 +455,7 @@ impl Engine {
             tokenizer: d.tokenizer,
             template: d.template,
             sizes,
-            gemm_tile: None,
+            gemm_tile,
             cached: Vec::new(),
             written: 0,
             eos: d.eos,
@@ -619,8 +618,8 @@ impl Engine {
 
     /// The tokens of each step a prompt of `tokens` tokens is prefilled in (from an empty
     /// cache), in order: on WebGPU mostly the largest of [`STEP_SIZES`] that fits what is left
-    /// each time ([`plan_step`] says when a step takes fewer tokens than its graph's size), on
-    /// the CPU backend steps of [`PREFILL_CHUNK`] and one of the rest.
+    /// each time ([`plan_step`] says when a step takes fewer tokens than its graph's size,
+    /// [`graph_size`]), on the CPU backend steps of [`PREFILL_CHUNK`] and one of the rest.
     pub fn prefill_steps(&self, tokens: usize) -> Vec<usize> {
         let mut steps = Vec::new();
         let mut left = tokens;
@@ -634,13 +633,7 @@ impl Engine {
 
     /// How many of `remaining` prompt tokens the next step takes.
     fn next_step(&self, remaining: usize) -> usize {
-        plan_step(&self.sizes, self.gemm_tile, remaining).1
-    }
-
-    /// The size of the graph a WebGPU step of `n` tokens runs on: the smallest step size that
-    /// holds them ([`plan_step`] only makes steps that one holds).
-    fn graph_rows(&self, n: usize) -> usize {
-        self.sizes.iter().copied().find(|&s| s >= n).unwrap_or(n)
+        plan_step(&self.sizes, self.gemm_tile, remaining)
     }
 
     /// The token ids of a plain-text prompt, with BOS as the model defines.
@@ -1082,7 +1075,7 @@ impl Engine {
     ) -> Result<(StepOutput, usize)> {
         let context = self.context();
         self.written = self.written.max(pos + tokens.len());
-        let rows = self.graph_rows(tokens.len());
+        let rows = graph_size(&self.sizes, tokens.len());
         match (&mut self.backend, device) {
             (Backend::Gpu { model, graphs }, Device::Gpu(ctx)) => {
                 let end = pos + tokens.len();
@@ -1121,21 +1114,28 @@ impl Engine {
     }
 }
 
-/// The next prefill step with `remaining` prompt tokens to run and the step sizes `sizes`
-/// (ascending): (the size of its graph, the tokens it takes). The largest size that fits the
+/// The size of the graph a WebGPU step of `n` tokens runs on, of the step sizes `sizes`
+/// (ascending): the smallest that holds them (`n` itself for an exact step).
+fn graph_size(sizes: &[usize], n: usize) -> usize {
+    sizes.iter().copied().find(|&s| s >= n).unwrap_or(n)
+}
+
+/// How many of `remaining` prompt tokens the next prefill step takes, with the step sizes
+/// `sizes` (ascending); its graph is their [`graph_size`]. The largest size that fits the
 /// tokens, each step an exact one; but where steps of more than [`kernels::SMALL_M_MAX_ROWS`]
 /// tokens run the GEMM in tiles of `gemm_tile` rows (a step of 32 tokens computes a whole tile of
-/// 64 rows, as one of 64 does), the smallest size above `remaining` when its GEMM computes no
-/// more tiles than the exact steps' GEMMs together: 40 tokens take one step of the 64-token
-/// graph instead of 32 + 8 (one tile either way, and one pass over the weights instead of two),
-/// 100 one of 128 instead of 64 + 32 + 4 (two tiles either way, one pass instead of three);
-/// 20 stay 16 + 4, whose 16-token step decodes each weight once for its rows and computes no
-/// tile. Attention and the KV-cache writes take the step's own tokens, not its graph's size.
-fn plan_step(sizes: &[usize], gemm_tile: Option<usize>, remaining: usize) -> (usize, usize) {
+/// 64 rows, as one of 64 does), all of them, in the smallest size above `remaining`, when its
+/// GEMM computes no more tiles than the exact steps' GEMMs together: 40 tokens take one step of
+/// the 64-token graph instead of 32 + 8 (one tile either way, and one pass over the weights
+/// instead of two), 100 one of 128 instead of 64 + 32 + 4 (two tiles either way, one pass
+/// instead of three); 20 stay 16 + 4, whose 16-token step decodes each weight once for its rows
+/// and computes no tile. Attention and the KV-cache writes take the step's own tokens, not its
+/// graph's size.
+fn plan_step(sizes: &[usize], gemm_tile: Option<usize>, remaining: usize) -> usize {
     let exact = |left: usize| sizes.iter().copied().rfind(|&s| s <= left).unwrap_or(1);
     let first = exact(remaining);
     let Some(tile) = gemm_tile.filter(|_| first < remaining) else {
-        return (first, first);
+        return first;
     };
     let tiles = |s: usize| {
         if s > kernels::SMALL_M_MAX_ROWS {
@@ -1144,8 +1144,9 @@ fn plan_step(sizes: &[usize], gemm_tile: Option<usize>, remaining: usize) -> (us
             0
         }
     };
-    let padded = sizes.iter().copied().find(|&s| s > remaining);
-    if let Some(padded) = padded.filter(|&p| tiles(p) > 0) {
+    // The larger graph, where the context leaves one and it runs the GEMM.
+    let padded = Some(graph_size(sizes, remaining)).filter(|&p| p > remaining && tiles(p) > 0);
+    if let Some(padded) = padded {
         let mut split_tiles = 0;
         let mut left = remaining;
         while left > 0 {
@@ -1154,10 +1155,10 @@ fn plan_step(sizes: &[usize], gemm_tile: Option<usize>, remaining: usize) -> (us
             left -= s;
         }
         if tiles(padded) <= split_tiles {
-            return (padded, remaining);
+            return remaining;
         }
     }
-    (first, first)
+    first
 }
 
 /// How the GPU picks a step's token under `plan`: for a truncating plan with `gpu_nucleus`, what
@@ -1333,7 +1334,8 @@ mod tests {
         let mut steps = Vec::new();
         let mut left = tokens;
         while left > 0 {
-            let step = plan_step(sizes, gemm_tile, left);
+            let n = plan_step(sizes, gemm_tile, left);
+            let step = (graph_size(sizes, n), n);
             assert!(
                 step.1 >= 1 && step.1 <= step.0 && step.1 <= left,
                 "{tokens}: {step:?}"
