@@ -25,7 +25,10 @@
 # DEVICE_BENCH_GEN (prompt and generated tokens, default 128 and 64), DEVICE_BENCH_BACKEND
 # (default gpu: the WebGPU backend even on a CPU adapter, so that the script can be tried on
 # lavapipe first), DEVICE_BENCH_LLAMA=0 (no llama.cpp), DEVICE_BENCH_LLAMA_CMAKE (llama.cpp's
-# build flags; default "-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=native").
+# build flags; default "-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=native"; adding
+# -DGGML_CUDA_FA=OFF leaves out the flash-attention kernels, most of the build; at 128
+# tokens of context attention is a small part of its time), DEVICE_BENCH_STEP_TIMEOUT (seconds for
+# each of PocketLM's steps, default 300; lower keeps a hang from eating a short lease).
 # `make bench-browser` needs Node and Chromium, which such a machine lacks; the native numbers
 # are the GPU's own (the same WGSL through wgpu's Vulkan backend, as Chromium's Dawn runs it on
 # Linux).
@@ -148,7 +151,7 @@ run)
   step() {
     echo
     echo "== pocketlm $*"
-    timeout 300 "$BIN" "$@"
+    timeout "${DEVICE_BENCH_STEP_TIMEOUT:-300}" "$BIN" "$@"
     echo "(exit $?)"
   }
   {
