@@ -55,23 +55,32 @@ async fn copy(ctx: &GpuContext, src: &GpuTensor, dst: &GpuTensor) -> Result<Disp
     build(ctx, &KERNEL, &spec, &CopyParams { n }, &binds, wg).await
 }
 
-/// Runs `d` `calls` times in one command buffer (after one warm-up submit) and returns the wall
-/// time per call, including the readback of a 4-byte result that waits for completion.
+/// Weight bytes that a format's timed calls cycle through: copies of the matrix where one would
+/// stay in a GPU's last-level cache between calls (an H200's L2 holds 60 MB, a 4096 × 4096 Q4
+/// matrix 9 MB), so that the bench reads the weights from memory, as a decode step reads a
+/// model's.
+const CYCLED_BYTES: usize = 256 << 20;
+
+/// Runs `calls` dispatches, cycling through `ds`, in one command buffer (after one warm-up
+/// submit) and returns the wall time per call, including the readback of `probe` (a few bytes)
+/// that waits for completion.
 async fn time_calls(
     ctx: &GpuContext,
-    d: &Dispatch,
+    ds: &[Dispatch],
     probe: &GpuTensor,
     calls: usize,
 ) -> Result<Duration> {
     let mut warm = ctx.recorder();
-    warm.dispatch(d);
+    for d in ds {
+        warm.dispatch(d);
+    }
     let slot = warm.read(probe);
     warm.submit_and_read().await?.words(slot);
     let mut best = Duration::MAX;
     // The best of three runs: the host and other processes add noise, never speed.
     for _ in 0..3 {
         let mut rec = ctx.recorder();
-        for _ in 0..calls {
+        for d in ds.iter().cycle().take(calls) {
             rec.dispatch(d);
         }
         rec.read(probe);
@@ -96,13 +105,16 @@ pub async fn kernel_bench(
     let mut rows = Vec::new();
     let x = ctx.upload_f32("x", &[m, n], &rng.vec(m * n, -1.0, 1.0))?;
     let y = ctx.zeros("y", &[m, n], DType::F32)?;
+    // What each timed run reads back to wait for its calls: not the outputs, whose transfer
+    // (67 MB for the copy) would be timed with them.
+    let probe = ctx.zeros("probe", &[4], DType::F32)?;
 
     // Copy baseline on as many bytes as the f32 matrix has.
     let bytes = (n * n * 4) as u64;
     let src = ctx.zeros("copy_src", &[n * n], DType::F32)?;
     let dst = ctx.zeros("copy_dst", &[n * n], DType::F32)?;
     let d = copy(ctx, &src, &dst).await?;
-    let per_call = time_calls(ctx, &d, &dst, calls).await?;
+    let per_call = time_calls(ctx, &[d], &probe, calls).await?;
     rows.push(BenchRow {
         name: "copy (read + write)".into(),
         bytes: 2 * bytes,
@@ -112,11 +124,15 @@ pub async fn kernel_bench(
 
     for &dtype in formats {
         let data = random_gguf_bytes(dtype, n * n, &mut rng);
-        let w = ctx.upload_gguf(dtype.name(), &[n, n], dtype, &data)?;
-        let d = kernels::linear(ctx, &w, &x, &y).await?;
-        let per_call = time_calls(ctx, &d, &y, calls).await?;
+        let copies = CYCLED_BYTES.div_ceil(data.len()).clamp(1, calls.max(1));
+        let mut ds = Vec::with_capacity(copies);
+        for _ in 0..copies {
+            let w = ctx.upload_gguf(dtype.name(), &[n, n], dtype, &data)?;
+            ds.push(kernels::linear(ctx, &w, &x, &y).await?);
+        }
+        let per_call = time_calls(ctx, &ds, &probe, calls).await?;
         rows.push(BenchRow {
-            name: format!("{} {dtype}", d.label()),
+            name: format!("{} {dtype}", ds[0].label()),
             bytes: data.len() as u64,
             flops: 2 * (m * n * n) as u64,
             per_call,
@@ -131,6 +147,9 @@ pub struct DispatchTime {
     pub label: &'static str,
     pub count: usize,
     pub total: Duration,
+    /// By grid (the shapes of one kernel: a model's projections, its LM head), largest total
+    /// first: the grid, how many dispatches have it, and the time of one.
+    pub shapes: Vec<([u32; 3], usize, Duration)>,
 }
 
 /// Times each dispatch of a graph on its own (`calls` copies per command buffer; dispatches of
@@ -150,22 +169,33 @@ pub async fn profile_dispatches(
         let t = match timed.get(&key) {
             Some(&t) => t,
             None => {
-                let t = time_calls(ctx, d, &probe, calls).await?;
+                let t = time_calls(ctx, std::slice::from_ref(d), &probe, calls).await?;
                 timed.insert(key, t);
                 t
             }
         };
-        match by_label.iter_mut().find(|r| r.label == d.label()) {
-            Some(r) => {
-                r.count += 1;
-                r.total += t;
+        let r = match by_label.iter_mut().position(|r| r.label == d.label()) {
+            Some(i) => &mut by_label[i],
+            None => {
+                by_label.push(DispatchTime {
+                    label: d.label(),
+                    count: 0,
+                    total: Duration::ZERO,
+                    shapes: Vec::new(),
+                });
+                by_label.last_mut().expect("just pushed")
             }
-            None => by_label.push(DispatchTime {
-                label: d.label(),
-                count: 1,
-                total: t,
-            }),
+        };
+        r.count += 1;
+        r.total += t;
+        match r.shapes.iter_mut().find(|s| s.0 == d.workgroups()) {
+            Some(s) => s.1 += 1,
+            None => r.shapes.push((d.workgroups(), 1, t)),
         }
+    }
+    for r in &mut by_label {
+        r.shapes
+            .sort_by_key(|&(_, n, t)| std::cmp::Reverse(t * n as u32));
     }
     by_label.sort_by_key(|r| std::cmp::Reverse(r.total));
     Ok(by_label)
