@@ -25,15 +25,10 @@ fn w_row(n0: u32, r: u32) -> u32 {
         // Columns past the end repeat the last one: computed, never stored.
         return min(n0 + r % COLS, p.n - 1u) + p.n * (r / COLS);
     }
-    return n0 + r;
-}
-
-// Local rows with work.
-fn live_rows(n0: u32) -> u32 {
-    if (SWIGLU == 1u || ROPE == 1u) {
-        return ROWS;
-    }
-    return min(ROWS, p.n - n0);
+    // Rows past the end repeat the last one (computed, never stored), so that every loop over
+    // a workgroup's rows runs ROWS times: a count known when the pipeline is compiled, so that
+    // the driver can unroll the loops and keep the weights and partial sums in registers.
+    return min(n0 + r, p.n - 1u);
 }
 
 // The activation row of the workgroup's local row t: rows past the end repeat the last one
@@ -86,6 +81,93 @@ fn store_rows(li: u32, m0: u32, n0: u32) {
     }
 }
 
+// The decode step (MT = 1) keeps its ROWS (4 or 8) sums in two vec4s (rows 0..4, then 4..8) and
+// each step's x in vec4s, and names every element with a literal: no array indexed by a loop
+// variable in the loop over k, which a driver may keep in local memory instead of registers.
+// The multiply-adds are the general path's, in its order, so the results are the same bits.
+
+// x[m, k0 .. k0 + 4] through x_in; with NORM, their squares added to *ss in k order, and the
+// values times the norm weight.
+fn load_x4(m: u32, k0: u32, ss: ptr<function, f32>) -> vec4<f32> {
+    let x = vec4<f32>(x_in(m, k0), x_in(m, k0 + 1u), x_in(m, k0 + 2u), x_in(m, k0 + 3u));
+    if (NORM == 1u) {
+        *ss = fma(x.w, x.w, fma(x.z, x.z, fma(x.y, x.y, fma(x.x, x.x, *ss))));
+        return x * norm_g4(k0);
+    }
+    return x;
+}
+
+// x[m, k] through x_in; with NORM, x² added to *ss and x times the norm weight.
+fn load_x1(m: u32, k: u32, ss: ptr<function, f32>) -> f32 {
+    let x = x_in(m, k);
+    if (NORM == 1u) {
+        *ss = fma(x, x, *ss);
+        return x * norm_g(k);
+    }
+    return x;
+}
+
+// s + Σᵢ w[i] · x[i] over 8 elements, one fma at a time from i = 0.
+fn dot8(w: array<f32, 8>, xa: vec4<f32>, xb: vec4<f32>, s: f32) -> f32 {
+    var r = fma(w[0], xa.x, s);
+    r = fma(w[1], xa.y, r);
+    r = fma(w[2], xa.z, r);
+    r = fma(w[3], xa.w, r);
+    r = fma(w[4], xb.x, r);
+    r = fma(w[5], xb.y, r);
+    r = fma(w[6], xb.z, r);
+    return fma(w[7], xb.w, r);
+}
+
+// The decode step's sums into red_in for workgroup_reduce: rows 0..4 from lo, 4..8 from hi,
+// and with NORM the row's Σx² after them. (Indices clamped where a branch is dead, so that
+// every constant index is in bounds.)
+fn put_sums(lo: vec4<f32>, hi: vec4<f32>, ss: f32) {
+    red_in[0] = lo.x;
+    red_in[1] = lo.y;
+    red_in[2] = lo.z;
+    red_in[3] = lo.w;
+    if (ROWS == 8u) {
+        red_in[min(4u, RED_N - 1u)] = hi.x;
+        red_in[min(5u, RED_N - 1u)] = hi.y;
+        red_in[min(6u, RED_N - 1u)] = hi.z;
+        red_in[min(7u, RED_N - 1u)] = hi.w;
+    }
+    if (NORM == 1u) {
+        red_in[min(ROWS, RED_N - 1u)] = ss;
+    }
+}
+
+// acc + the 8-element dot products of rows r0 .. r0 + 4 (local rows) at group gg of block bi.
+fn quant_rows4(n0: u32, r0: u32, nb: u32, bi: u32, gg: u32, xa: vec4<f32>, xb: vec4<f32>, acc: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(
+        dot8(decode8(w_row(n0, r0) * nb + bi, gg, p.scale_base), xa, xb, acc.x),
+        dot8(decode8(w_row(n0, r0 + 1u) * nb + bi, gg, p.scale_base), xa, xb, acc.y),
+        dot8(decode8(w_row(n0, r0 + 2u) * nb + bi, gg, p.scale_base), xa, xb, acc.z),
+        dot8(decode8(w_row(n0, r0 + 3u) * nb + bi, gg, p.scale_base), xa, xb, acc.w),
+    );
+}
+
+// Weight k of rows r0 .. r0 + 4 (local rows), f32.
+fn f32_rows4(n0: u32, r0: u32, k: u32) -> vec4<f32> {
+    return bitcast<vec4<f32>>(vec4<u32>(
+        w[w_row(n0, r0) * p.w_stride + k],
+        w[w_row(n0, r0 + 1u) * p.w_stride + k],
+        w[w_row(n0, r0 + 2u) * p.w_stride + k],
+        w[w_row(n0, r0 + 3u) * p.w_stride + k],
+    ));
+}
+
+// acc + the pair products of rows r0 .. r0 + 4 (local rows) at word j of each half-float row.
+fn half_rows4(n0: u32, r0: u32, row_words: u32, j: u32, xv: vec2<f32>, acc: vec4<f32>) -> vec4<f32> {
+    let a = unpack_half2(w[w_row(n0, r0) * row_words + j]);
+    let b = unpack_half2(w[w_row(n0, r0 + 1u) * row_words + j]);
+    let c = unpack_half2(w[w_row(n0, r0 + 2u) * row_words + j]);
+    let d = unpack_half2(w[w_row(n0, r0 + 3u) * row_words + j]);
+    return fma(vec4<f32>(a.x, b.x, c.x, d.x), vec4<f32>(xv.x),
+               fma(vec4<f32>(a.y, b.y, c.y, d.y), vec4<f32>(xv.y), acc));
+}
+
 @compute @workgroup_size(WG)
 fn matvec_f32(
     @builtin(local_invocation_index) li: u32,
@@ -97,16 +179,27 @@ fn matvec_f32(
     let n0 = (g % p.blocks) * COLS;
     clear_sums();
     combine_prologue(li, m0);
-    if (m0 < p.m) {
-        let rows = live_rows(n0);
+    if (m0 < p.m && MT == 1u) {
+        var lo = vec4<f32>(0.0);
+        var hi = vec4<f32>(0.0);
+        var ss = 0.0;
+        for (var k = li; k < p.k; k += WG) {
+            let xv = vec4<f32>(load_x1(m0, k, &ss));
+            lo = fma(f32_rows4(n0, 0u, k), xv, lo);
+            if (ROWS == 8u) {
+                hi = fma(f32_rows4(n0, 4u, k), xv, hi);
+            }
+        }
+        put_sums(lo, hi, ss);
+    } else if (m0 < p.m) {
         for (var k = li; k < p.k; k += WG) {
             var wv: array<f32, ROWS>;
-            for (var r = 0u; r < rows; r++) {
+            for (var r = 0u; r < ROWS; r++) {
                 wv[r] = bitcast<f32>(w[w_row(n0, r) * p.w_stride + k]);
             }
             for (var t = 0u; t < MT; t++) {
                 let xv = load_x(m0, t, k);
-                for (var r = 0u; r < rows; r++) {
+                for (var r = 0u; r < ROWS; r++) {
                     red_in[t * ROWS + r] = fma(wv[r], xv, red_in[t * ROWS + r]);
                 }
             }
@@ -128,31 +221,45 @@ fn matvec_half(
     clear_sums();
     combine_prologue(li, m0);
     if (m0 < p.m) {
-        let rows = live_rows(n0);
         let row_words = p.w_stride / 2u;
         let pairs = p.k / 2u;
-        for (var j = li; j < pairs; j += WG) {
-            var wv: array<vec2<f32>, ROWS>;
-            for (var r = 0u; r < rows; r++) {
-                wv[r] = unpack_half2(w[w_row(n0, r) * row_words + j]);
+        if (MT == 1u) {
+            var lo = vec4<f32>(0.0);
+            var hi = vec4<f32>(0.0);
+            var ss = 0.0;
+            for (var j = li; j < pairs; j += WG) {
+                let x0 = load_x1(m0, 2u * j, &ss);
+                let xv = vec2<f32>(x0, load_x1(m0, 2u * j + 1u, &ss));
+                lo = half_rows4(n0, 0u, row_words, j, xv, lo);
+                if (ROWS == 8u) {
+                    hi = half_rows4(n0, 4u, row_words, j, xv, hi);
+                }
             }
-            for (var t = 0u; t < MT; t++) {
-                let xv = vec2<f32>(load_x(m0, t, 2u * j), load_x(m0, t, 2u * j + 1u));
-                for (var r = 0u; r < rows; r++) {
-                    let i = t * ROWS + r;
-                    red_in[i] = fma(wv[r].x, xv.x, fma(wv[r].y, xv.y, red_in[i]));
+            put_sums(lo, hi, ss);
+        } else {
+            for (var j = li; j < pairs; j += WG) {
+                var wv: array<vec2<f32>, ROWS>;
+                for (var r = 0u; r < ROWS; r++) {
+                    wv[r] = unpack_half2(w[w_row(n0, r) * row_words + j]);
+                }
+                for (var t = 0u; t < MT; t++) {
+                    let xv = vec2<f32>(load_x(m0, t, 2u * j), load_x(m0, t, 2u * j + 1u));
+                    for (var r = 0u; r < ROWS; r++) {
+                        let i = t * ROWS + r;
+                        red_in[i] = fma(wv[r].x, xv.x, fma(wv[r].y, xv.y, red_in[i]));
+                    }
                 }
             }
         }
         // An odd k leaves one column, whose pair partner is padding.
         if ((p.k & 1u) == 1u && li == WG - 1u) {
             var wl: array<f32, ROWS>;
-            for (var r = 0u; r < rows; r++) {
+            for (var r = 0u; r < ROWS; r++) {
                 wl[r] = unpack_half2(w[w_row(n0, r) * row_words + pairs]).x;
             }
             for (var t = 0u; t < MT; t++) {
                 let xv = load_x(m0, t, p.k - 1u);
-                for (var r = 0u; r < rows; r++) {
+                for (var r = 0u; r < ROWS; r++) {
                     red_in[t * ROWS + r] = fma(wl[r], xv, red_in[t * ROWS + r]);
                 }
             }
@@ -175,33 +282,32 @@ fn matvec_quant(
     clear_sums();
     combine_prologue(li, m0);
     if (m0 < p.m) {
-        let rows = live_rows(n0);
         let nb = p.k / QK;
         // (QK < 8 only for float formats, which never reach this entry point.)
         let groups_per_block = max(QK / 8u, 1u);
-        for (var gi = li; gi < p.k / 8u; gi += WG) {
+        if (MT == 1u) {
+            // One activation row: its x once, then each row's weights as they are decoded.
+            var lo = vec4<f32>(0.0);
+            var hi = vec4<f32>(0.0);
+            var ss = 0.0;
+            for (var gi = li; gi < p.k / 8u; gi += WG) {
+                let bi = gi / groups_per_block;
+                let gg = gi % groups_per_block;
+                let xa = load_x4(m0, 8u * gi, &ss);
+                let xb = load_x4(m0, 8u * gi + 4u, &ss);
+                lo = quant_rows4(n0, 0u, nb, bi, gg, xa, xb, lo);
+                if (ROWS == 8u) {
+                    hi = quant_rows4(n0, 4u, nb, bi, gg, xa, xb, hi);
+                }
+            }
+            put_sums(lo, hi, ss);
+        }
+        for (var gi = li; MT > 1u && gi < p.k / 8u; gi += WG) {
             let bi = gi / groups_per_block;
             let gg = gi % groups_per_block;
-            if (MT == 1u) {
-                // One activation row: its x once, then each row's weights as they are decoded
-                // (8 live decoded values, not 8 · ROWS).
-                var xv: array<f32, 8>;
-                for (var i = 0u; i < 8u; i++) {
-                    xv[i] = load_x(m0, 0u, 8u * gi + i);
-                }
-                for (var r = 0u; r < rows; r++) {
-                    let wv = decode8(w_row(n0, r) * nb + bi, gg, p.scale_base);
-                    var s = red_in[r];
-                    for (var i = 0u; i < 8u; i++) {
-                        s = fma(wv[i], xv[i], s);
-                    }
-                    red_in[r] = s;
-                }
-                continue;
-            }
-            // Several: each row's weights decoded once for all of them.
+            // Several activation rows: each row's weights decoded once for all of them.
             var wv: array<array<f32, 8>, ROWS>;
-            for (var r = 0u; r < rows; r++) {
+            for (var r = 0u; r < ROWS; r++) {
                 wv[r] = decode8(w_row(n0, r) * nb + bi, gg, p.scale_base);
             }
             for (var t = 0u; t < MT; t++) {
@@ -209,7 +315,7 @@ fn matvec_quant(
                 for (var i = 0u; i < 8u; i++) {
                     xv[i] = load_x(m0, t, 8u * gi + i);
                 }
-                for (var r = 0u; r < rows; r++) {
+                for (var r = 0u; r < ROWS; r++) {
                     var s = red_in[t * ROWS + r];
                     for (var i = 0u; i < 8u; i++) {
                         s = fma(wv[r][i], xv[i], s);

@@ -439,6 +439,11 @@ fn spec(
 ) -> Specialization {
     let norm = u32::from(opts.norm.is_some());
     let base = if let Some((wg, rows, mt)) = matvec {
+        // The one-row path of matvec.wgsl keeps its sums in two vec4s.
+        debug_assert!(
+            mt > 1 || rows == 4 || rows == 8,
+            "{rows} rows of one activation row"
+        );
         // One more reduced value per activation row with the RMSNorm prologue: its Σx².
         let red_n = mt * (rows + norm);
         // Several activation rows' sums: as many invocations as their reduction scratch
