@@ -19,6 +19,11 @@
 #                                      then, where nvcc and cmake are, llama.cpp built for CUDA
 #                                      and its llama-bench on the same files, prompt and tokens
 #   scripts/device-bench.sh llama      the llama.cpp part alone
+#   scripts/device-bench.sh compare    there, a change against its base in one run: the same
+#                                      kernel-bench rows and model benches with
+#                                      target/device/pocketlm-base (a release build of the base,
+#                                      copied there by hand) and with target/device/pocketlm,
+#                                      alternating, so that both share the GPU's state and clocks
 #
 # `run` writes everything it prints to $OUT/device-bench.txt (OUT defaults to target/device/out).
 # Knobs: DEVICE_BENCH_SIZE (kernel-bench matrix, default 4096), DEVICE_BENCH_PROMPT and
@@ -103,6 +108,31 @@ llama_bench() {
   done
 }
 
+# The Vulkan loader where the machine lacks one, the GPU driver's ICD, and `step`.
+device_setup() {
+  [ -x "$BIN" ] || { echo "no $BIN: run scripts/device-bench.sh prepare first" >&2; exit 1; }
+  mkdir -p "$OUT"
+  if ! ldconfig -p | grep -q 'libvulkan\.so\.1'; then
+    for f in "$DIR"/debs/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+  fi
+  if [ -z "${VK_ICD_FILENAMES:-}${VK_DRIVER_FILES:-}" ]; then
+    for icd in /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json \
+               /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json; do
+      if [ -f "$icd" ]; then export VK_DRIVER_FILES="$icd"; break; fi
+    done
+  fi
+  backend="${DEVICE_BENCH_BACKEND:-gpu}"
+}
+
+# `pocketlm ARGS` (or `PROG=… step ARGS` for another build) with a heading and its exit status.
+step() {
+  echo
+  echo "== ${PROG:-pocketlm} $*"
+  timeout "${DEVICE_BENCH_STEP_TIMEOUT:-300}" "${PROG_BIN:-$BIN}" "$@"
+  echo "(exit $?)"
+}
+
 case "${1:-}" in
 prepare)
   set -e
@@ -135,25 +165,7 @@ prepare)
     "target/device) and run scripts/device-bench.sh run"
   ;;
 run)
-  [ -x "$BIN" ] || { echo "no $BIN: run scripts/device-bench.sh prepare first" >&2; exit 1; }
-  mkdir -p "$OUT"
-  if ! ldconfig -p | grep -q 'libvulkan\.so\.1'; then
-    for f in "$DIR"/debs/*.deb; do dpkg -x "$f" /; done
-    ldconfig
-  fi
-  if [ -z "${VK_ICD_FILENAMES:-}${VK_DRIVER_FILES:-}" ]; then
-    for icd in /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json \
-               /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json; do
-      if [ -f "$icd" ]; then export VK_DRIVER_FILES="$icd"; break; fi
-    done
-  fi
-  backend="${DEVICE_BENCH_BACKEND:-gpu}"
-  step() {
-    echo
-    echo "== pocketlm $*"
-    timeout "${DEVICE_BENCH_STEP_TIMEOUT:-300}" "$BIN" "$@"
-    echo "(exit $?)"
-  }
+  device_setup
   {
     # llama.cpp builds on the CPU while PocketLM's benchmarks use the GPU.
     build=""
@@ -188,12 +200,41 @@ run)
     llama_bench "$build"
   } 2>&1 | tee "$OUT/device-bench.txt"
   ;;
+compare)
+  device_setup
+  base="$DIR/pocketlm-base"
+  [ -x "$base" ] || { echo "no $base: copy a release build of the base there" >&2; exit 1; }
+  formats="${DEVICE_BENCH_FORMATS:-f16,q8_0,q4_0,q4_1,q4_k,q6_k}"
+  {
+    date -u
+    rebuild_models
+    for rows in ${DEVICE_BENCH_ROWS:-1 8 16}; do
+      for b in base new; do
+        if [ $b = base ]; then PROG_BIN=$base; else PROG_BIN=$BIN; fi
+        PROG="pocketlm ($b)" PROG_BIN=$PROG_BIN step kernel-bench --size "$size" --rows "$rows" \
+          --formats "$formats"
+      done
+    done
+    for round in 1 2; do
+      for m in "$MODELS"/*.gguf; do
+        case "$m" in *MiniLM*) continue ;; esac
+        for b in base new; do
+          if [ $b = base ]; then PROG_BIN=$base; else PROG_BIN=$BIN; fi
+          extra=()
+          [ $round = 1 ] && extra=(--per-kernel)
+          PROG="pocketlm ($b, round $round)" PROG_BIN=$PROG_BIN step --backend "$backend" bench \
+            "$m" --prompt-tokens "$prompt" --gen-tokens "$gen" "${extra[@]}"
+        done
+      done
+    done
+  } 2>&1 | tee "$OUT/device-compare.txt"
+  ;;
 llama)
   mkdir -p "$OUT"
   llama_bench 2>&1 | tee "$OUT/llama-bench.txt"
   ;;
 *)
-  echo "usage: scripts/device-bench.sh prepare|run|llama" >&2
+  echo "usage: scripts/device-bench.sh prepare|run|compare|llama" >&2
   exit 2
   ;;
 esac
