@@ -3,7 +3,9 @@
 // exactly once per MT activation rows and x once per workgroup: each workgroup computes ROWS
 // consecutive outputs of MT consecutive activation rows; every invocation walks k with stride WG,
 // decodes its ROWS weights once per step and applies them to all MT rows, keeping MT · ROWS
-// partial sums, then one workgroup_reduce.
+// partial sums, then one workgroup_reduce. The sums live in vectors named by literals, not in
+// arrays indexed by loop variables: one row (MT = 1, the decode step) in the lo/hi code below,
+// several in the several_* functions that src/kernels/linear.rs generates for each MT and ROWS.
 // With SWIGLU a workgroup's ROWS rows of W are the gate rows of ROWS / 2 output columns, then
 // their up rows.
 // With ROPE (qkv_rope.wgsl) they are the rows of ROWS / 4 quads (MT = 1).
@@ -86,12 +88,22 @@ fn store_rows(li: u32, m0: u32, n0: u32) {
 // variable in the loop over k, which a driver may keep in local memory instead of registers.
 // The multiply-adds are the general path's, in its order, so the results are the same bits.
 
+// x[m, k0 .. k0 + 4] through x_in.
+fn x_in4(m: u32, k0: u32) -> vec4<f32> {
+    return vec4<f32>(x_in(m, k0), x_in(m, k0 + 1u), x_in(m, k0 + 2u), x_in(m, k0 + 3u));
+}
+
+// s + the squares of x's elements, one fma at a time from x.x.
+fn sq4(x: vec4<f32>, s: f32) -> f32 {
+    return fma(x.w, x.w, fma(x.z, x.z, fma(x.y, x.y, fma(x.x, x.x, s))));
+}
+
 // x[m, k0 .. k0 + 4] through x_in; with NORM, their squares added to *ss in k order, and the
 // values times the norm weight.
 fn load_x4(m: u32, k0: u32, ss: ptr<function, f32>) -> vec4<f32> {
-    let x = vec4<f32>(x_in(m, k0), x_in(m, k0 + 1u), x_in(m, k0 + 2u), x_in(m, k0 + 3u));
+    let x = x_in4(m, k0);
     if (NORM == 1u) {
-        *ss = fma(x.w, x.w, fma(x.z, x.z, fma(x.y, x.y, fma(x.x, x.x, *ss))));
+        *ss = sq4(x, *ss);
         return x * norm_g4(k0);
     }
     return x;
@@ -192,18 +204,12 @@ fn matvec_f32(
         }
         put_sums(lo, hi, ss);
     } else if (m0 < p.m) {
+        // Several activation rows (the generated several_* functions, src/kernels/linear.rs):
+        // each weight loaded once for all of them.
         for (var k = li; k < p.k; k += WG) {
-            var wv: array<f32, ROWS>;
-            for (var r = 0u; r < ROWS; r++) {
-                wv[r] = bitcast<f32>(w[w_row(n0, r) * p.w_stride + k]);
-            }
-            for (var t = 0u; t < MT; t++) {
-                let xv = load_x(m0, t, k);
-                for (var r = 0u; r < ROWS; r++) {
-                    red_in[t * ROWS + r] = fma(wv[r], xv, red_in[t * ROWS + r]);
-                }
-            }
+            several_f32(n0, m0, k);
         }
+        several_put();
     }
     store_rows(li, m0, n0);
 }
@@ -238,18 +244,9 @@ fn matvec_half(
             put_sums(lo, hi, ss);
         } else {
             for (var j = li; j < pairs; j += WG) {
-                var wv: array<vec2<f32>, ROWS>;
-                for (var r = 0u; r < ROWS; r++) {
-                    wv[r] = unpack_half2(w[w_row(n0, r) * row_words + j]);
-                }
-                for (var t = 0u; t < MT; t++) {
-                    let xv = vec2<f32>(load_x(m0, t, 2u * j), load_x(m0, t, 2u * j + 1u));
-                    for (var r = 0u; r < ROWS; r++) {
-                        let i = t * ROWS + r;
-                        red_in[i] = fma(wv[r].x, xv.x, fma(wv[r].y, xv.y, red_in[i]));
-                    }
-                }
+                several_half(n0, m0, row_words, j);
             }
+            several_put();
         }
         // An odd k leaves one column, whose pair partner is padding.
         if ((p.k & 1u) == 1u && li == WG - 1u) {
@@ -302,27 +299,12 @@ fn matvec_quant(
             }
             put_sums(lo, hi, ss);
         }
-        for (var gi = li; MT > 1u && gi < p.k / 8u; gi += WG) {
-            let bi = gi / groups_per_block;
-            let gg = gi % groups_per_block;
+        if (MT > 1u) {
             // Several activation rows: each row's weights decoded once for all of them.
-            var wv: array<array<f32, 8>, ROWS>;
-            for (var r = 0u; r < ROWS; r++) {
-                wv[r] = decode8(w_row(n0, r) * nb + bi, gg, p.scale_base);
+            for (var gi = li; gi < p.k / 8u; gi += WG) {
+                several_quant(n0, m0, nb, gi / groups_per_block, gi % groups_per_block, 8u * gi);
             }
-            for (var t = 0u; t < MT; t++) {
-                var xv: array<f32, 8>;
-                for (var i = 0u; i < 8u; i++) {
-                    xv[i] = load_x(m0, t, 8u * gi + i);
-                }
-                for (var r = 0u; r < ROWS; r++) {
-                    var s = red_in[t * ROWS + r];
-                    for (var i = 0u; i < 8u; i++) {
-                        s = fma(wv[r][i], xv[i], s);
-                    }
-                    red_in[t * ROWS + r] = s;
-                }
-            }
+            several_put();
         }
     }
     store_rows(li, m0, n0);

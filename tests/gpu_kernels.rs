@@ -445,6 +445,7 @@ fn both_linear_kernel_families_match_reference() {
             let shapes = [
                 (LinearKernel::Matvec, 1, 37),
                 (LinearKernel::Matvec, 3, 70),
+                (LinearKernel::Matvec, 6, 70),
                 (LinearKernel::Matvec, 11, 70),
                 (LinearKernel::Matmul, 70, 65),
             ]

@@ -187,6 +187,143 @@ fn matvec_mt(m: u32, rows: u32, per_row_epilogue: bool) -> (u32, u32) {
     (mt, if mt <= 4 { 4 } else { 2 })
 }
 
+/// The several-row path of matvec.wgsl (`MT` > 1 activation rows) for `mt` rows of `rows` (2 to
+/// 4) W rows each: one private `vecN` of sums and one Σx² per activation row, and the per-step
+/// functions with every activation row and W row named by a literal. Generated because WGSL has
+/// no unrolling, and loops over arrays of sums (what the path had) leave them in local memory on
+/// a driver that does not unroll them (see matvec.wgsl). For `mt` = 1 the functions are stubs,
+/// which the one-row path never calls.
+fn several_rows_source(mt: u32, rows: u32) -> String {
+    use std::fmt::Write;
+    const LANES: [&str; 4] = ["x", "y", "z", "w"];
+    if mt <= 1 {
+        return "fn several_quant(n0: u32, m0: u32, nb: u32, bi: u32, gg: u32, k0: u32) {}\n\
+                fn several_half(n0: u32, m0: u32, row_words: u32, j: u32) {}\n\
+                fn several_f32(n0: u32, m0: u32, k: u32) {}\n\
+                fn several_put() {}\n"
+            .to_string();
+    }
+    debug_assert!((2..=4).contains(&rows), "{rows} W rows per workgroup");
+    let vec = format!("vec{rows}<f32>");
+    let rs = 0..rows as usize;
+    let list = |f: &dyn Fn(usize) -> String| rs.clone().map(f).collect::<Vec<_>>().join(", ");
+    let mut s = String::new();
+    for t in 0..mt {
+        let _ = writeln!(
+            s,
+            "var<private> sev_acc{t}: {vec};\nvar<private> sev_ss{t}: f32;"
+        );
+    }
+    // Block formats: a group of 8 weights of each row, then each activation row's 8 x values.
+    s.push_str("fn several_quant(n0: u32, m0: u32, nb: u32, bi: u32, gg: u32, k0: u32) {\n");
+    for r in rs.clone() {
+        let _ = writeln!(
+            s,
+            "    let w{r} = decode8(w_row(n0, {r}u) * nb + bi, gg, p.scale_base);"
+        );
+    }
+    for t in 0..mt {
+        let dots = list(&|r| format!("dot8(w{r}, xa, xb, sev_acc{t}.{})", LANES[r]));
+        let _ = write!(
+            s,
+            "    {{\n        let m = act_row(m0, {t}u);\n\
+             \x20       var xa = x_in4(m, k0);\n        var xb = x_in4(m, k0 + 4u);\n\
+             \x20       if (NORM == 1u) {{\n\
+             \x20           sev_ss{t} = sq4(xb, sq4(xa, sev_ss{t}));\n\
+             \x20           xa = xa * norm_g4(k0);\n            xb = xb * norm_g4(k0 + 4u);\n\
+             \x20       }}\n        sev_acc{t} = {vec}({dots});\n    }}\n"
+        );
+    }
+    s.push_str("}\n");
+    // Half floats: a word (two weights) of each row, then each activation row's two x values.
+    s.push_str("fn several_half(n0: u32, m0: u32, row_words: u32, j: u32) {\n");
+    for r in rs.clone() {
+        let _ = writeln!(
+            s,
+            "    let w{r} = unpack_half2(w[w_row(n0, {r}u) * row_words + j]);"
+        );
+    }
+    let _ = writeln!(s, "    let wx = {vec}({});", list(&|r| format!("w{r}.x")));
+    let _ = writeln!(s, "    let wy = {vec}({});", list(&|r| format!("w{r}.y")));
+    for t in 0..mt {
+        let _ = write!(
+            s,
+            "    {{\n        let m = act_row(m0, {t}u);\n\
+             \x20       var x0 = x_in(m, 2u * j);\n        var x1 = x_in(m, 2u * j + 1u);\n\
+             \x20       if (NORM == 1u) {{\n\
+             \x20           sev_ss{t} = fma(x1, x1, fma(x0, x0, sev_ss{t}));\n\
+             \x20           x0 = x0 * norm_g(2u * j);\n            x1 = x1 * norm_g(2u * j + 1u);\n\
+             \x20       }}\n\
+             \x20       sev_acc{t} = fma(wx, {vec}(x0), fma(wy, {vec}(x1), sev_acc{t}));\n    }}\n"
+        );
+    }
+    s.push_str("}\n");
+    // f32: weight k of each row, then each activation row's x.
+    s.push_str("fn several_f32(n0: u32, m0: u32, k: u32) {\n");
+    let _ = writeln!(
+        s,
+        "    let wv = {vec}({});",
+        list(&|r| format!("bitcast<f32>(w[w_row(n0, {r}u) * p.w_stride + k])"))
+    );
+    for t in 0..mt {
+        let _ = write!(
+            s,
+            "    {{\n        var xv = x_in(act_row(m0, {t}u), k);\n\
+             \x20       if (NORM == 1u) {{\n\
+             \x20           sev_ss{t} = fma(xv, xv, sev_ss{t});\n            xv = xv * norm_g(k);\n\
+             \x20       }}\n        sev_acc{t} = fma(wv, {vec}(xv), sev_acc{t});\n    }}\n"
+        );
+    }
+    s.push_str("}\n");
+    // The sums into red_in for workgroup_reduce: activation row t's W row r at t · ROWS + r, its
+    // Σx² at MT · ROWS + t (clamped where NORM = 0 leaves the branch dead).
+    s.push_str("fn several_put() {\n");
+    for t in 0..mt {
+        for r in rs.clone() {
+            let _ = writeln!(
+                s,
+                "    red_in[{}] = sev_acc{t}.{};",
+                t * rows + r as u32,
+                LANES[r]
+            );
+        }
+    }
+    s.push_str("    if (NORM == 1u) {\n");
+    for t in 0..mt {
+        let _ = writeln!(
+            s,
+            "        red_in[min({}u, RED_N - 1u)] = sev_ss{t};",
+            mt * rows + t
+        );
+    }
+    s.push_str("    }\n}\n");
+    s
+}
+
+/// [`several_rows_source`] for the shapes [`matvec_mt`] gives, generated once.
+fn several_rows_snippet(mt: u32, rows: u32) -> &'static str {
+    use std::sync::OnceLock;
+    static SNIPPETS: OnceLock<Vec<((u32, u32), String)>> = OnceLock::new();
+    let all = SNIPPETS.get_or_init(|| {
+        let mut shapes = vec![(1, 0)];
+        let mut mt = 2;
+        while mt <= SMALL_M_MAX_ROWS as u32 {
+            shapes.push(matvec_mt(mt, 4, false));
+            mt *= 2;
+        }
+        shapes
+            .into_iter()
+            .map(|(mt, rows)| ((mt, rows), several_rows_source(mt, rows)))
+            .collect()
+    });
+    let key = if mt <= 1 { (1, 0) } else { (mt, rows) };
+    all.iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, s)| s.as_str())
+        // (matvec_mt gives no other shape; one would be generated once per call and kept.)
+        .unwrap_or_else(|| Box::leak(several_rows_source(mt, rows).into_boxed_str()))
+}
+
 /// The largest power-of-two workgroup of at most `wg` invocations whose reduction scratch
 /// (`red_n` values each) fits in `bytes` of workgroup memory.
 fn reduction_wg(wg: u32, red_n: u32, bytes: u32) -> u32 {
@@ -455,7 +592,8 @@ fn spec(
         };
         let base = reduce_spec_wg(ctx, red_n, wg)
             .with("ROWS", rows)
-            .with("MT", mt);
+            .with("MT", mt)
+            .snippet(several_rows_snippet(mt, rows));
         match opts.combine {
             Some((a, _)) => base
                 .with("C_HEADS", a.n_heads as u32)
@@ -1107,4 +1245,29 @@ pub async fn concat_rows(ctx: &GpuContext, name: &str, parts: &[&GpuTensor]) -> 
     }
     ctx.queue.submit([encoder.finish()]);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each shape's generated several-row code stores every sum of its MT activation rows × ROWS
+    /// W rows exactly once, at t · ROWS + r, and each row's Σx² after them.
+    #[test]
+    fn several_row_code_puts_every_sum_once() {
+        for m in 2..=SMALL_M_MAX_ROWS as u32 {
+            let (mt, rows) = matvec_mt(m, 4, false);
+            let src = several_rows_snippet(mt, rows);
+            for t in 0..mt {
+                for (r, lane) in ["x", "y", "z", "w"].iter().enumerate().take(rows as usize) {
+                    let put = format!("red_in[{}] = sev_acc{t}.{lane};", t * rows + r as u32);
+                    assert_eq!(src.matches(&put).count(), 1, "{mt}x{rows}: {put}\n{src}");
+                }
+                let ss = format!("red_in[min({}u, RED_N - 1u)] = sev_ss{t};", mt * rows + t);
+                assert_eq!(src.matches(&ss).count(), 1, "{mt}x{rows}: {ss}");
+            }
+            assert_eq!(src.matches("red_in[").count() as u32, mt * (rows + 1));
+        }
+        assert!(!several_rows_snippet(1, 4).contains("red_in"));
+    }
 }
