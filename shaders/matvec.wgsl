@@ -27,9 +27,8 @@ fn w_row(n0: u32, r: u32) -> u32 {
         // Columns past the end repeat the last one: computed, never stored.
         return min(n0 + r % COLS, p.n - 1u) + p.n * (r / COLS);
     }
-    // Rows past the end repeat the last one (computed, never stored), so that every loop over
-    // a workgroup's rows runs ROWS times: a count known when the pipeline is compiled, so that
-    // the driver can unroll the loops and keep the weights and partial sums in registers.
+    // Rows past the end repeat the last one (computed, never stored): every workgroup computes
+    // ROWS rows, a count known when the pipeline is compiled, whatever n is.
     return min(n0 + r, p.n - 1u);
 }
 
