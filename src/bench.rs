@@ -147,14 +147,44 @@ pub struct DispatchTime {
     pub label: &'static str,
     pub count: usize,
     pub total: Duration,
-    /// By grid (the shapes of one kernel: a model's projections, its LM head), largest total
-    /// first: the grid, how many dispatches have it, and the time of one.
-    pub shapes: Vec<([u32; 3], usize, Duration)>,
+    /// By shape (one kernel's grids and weights: a model's projections, its LM head), largest
+    /// total first.
+    pub shapes: Vec<ShapeTime>,
+}
+
+/// The dispatches of one kernel with one grid and one weight size.
+#[derive(Clone, Debug)]
+pub struct ShapeTime {
+    pub grid: [u32; 3],
+    /// [`Dispatch::weight_bytes`] of each.
+    pub weight_bytes: u64,
+    pub count: usize,
+    /// The time of one.
+    pub each: Duration,
+}
+
+impl ShapeTime {
+    /// Weight bytes read per second, in GB/s (0 for kernels that read no weights).
+    pub fn gb_per_s(&self) -> f64 {
+        self.weight_bytes as f64 / self.each.as_secs_f64() / 1e9
+    }
+}
+
+/// The copy kernel's bandwidth on this device (bytes read plus written per second, GB/s) over
+/// two 64 MiB buffers: what [`ShapeTime::gb_per_s`] compares with.
+pub async fn copy_gb_per_s(ctx: &GpuContext, calls: usize) -> Result<f64> {
+    let n = 16 << 20;
+    let src = ctx.zeros("copy_src", &[n], DType::F32)?;
+    let dst = ctx.zeros("copy_dst", &[n], DType::F32)?;
+    let probe = ctx.zeros("probe", &[4], DType::F32)?;
+    let d = copy(ctx, &src, &dst).await?;
+    let per_call = time_calls(ctx, &[d], &probe, calls).await?;
+    Ok(2.0 * (n * 4) as f64 / per_call.as_secs_f64() / 1e9)
 }
 
 /// Times each dispatch of a graph on its own (`calls` copies per command buffer; dispatches of
-/// one label and grid, the same kernel shape in every layer, are timed once) and sums them by
-/// label, largest first. Where the time of a step goes, for kernel work.
+/// one label, grid and weight size, the same kernel shape in every layer, are timed once) and
+/// sums them by label, largest first. Where the time of a step goes, for kernel work.
 pub async fn profile_dispatches(
     ctx: &GpuContext,
     dispatches: &[Dispatch],
@@ -162,10 +192,10 @@ pub async fn profile_dispatches(
 ) -> Result<Vec<DispatchTime>> {
     use std::collections::HashMap;
     let probe = ctx.zeros("probe", &[4], DType::F32)?;
-    let mut timed: HashMap<(&'static str, [u32; 3]), Duration> = HashMap::new();
+    let mut timed: HashMap<(&'static str, [u32; 3], u64), Duration> = HashMap::new();
     let mut by_label: Vec<DispatchTime> = Vec::new();
     for d in dispatches {
-        let key = (d.label(), d.workgroups());
+        let key = (d.label(), d.workgroups(), d.weight_bytes());
         let t = match timed.get(&key) {
             Some(&t) => t,
             None => {
@@ -188,14 +218,21 @@ pub async fn profile_dispatches(
         };
         r.count += 1;
         r.total += t;
-        match r.shapes.iter_mut().find(|s| s.0 == d.workgroups()) {
-            Some(s) => s.1 += 1,
-            None => r.shapes.push((d.workgroups(), 1, t)),
+        let same =
+            |s: &&mut ShapeTime| s.grid == d.workgroups() && s.weight_bytes == d.weight_bytes();
+        match r.shapes.iter_mut().find(same) {
+            Some(s) => s.count += 1,
+            None => r.shapes.push(ShapeTime {
+                grid: d.workgroups(),
+                weight_bytes: d.weight_bytes(),
+                count: 1,
+                each: t,
+            }),
         }
     }
     for r in &mut by_label {
         r.shapes
-            .sort_by_key(|&(_, n, t)| std::cmp::Reverse(t * n as u32));
+            .sort_by_key(|s| std::cmp::Reverse(s.each * s.count as u32));
     }
     by_label.sort_by_key(|r| std::cmp::Reverse(r.total));
     Ok(by_label)

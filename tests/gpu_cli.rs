@@ -145,6 +145,7 @@ fn bench_reports_speed_work_per_token_and_memory() {
             "5",
             "--context",
             "64",
+            "--per-kernel",
         ],
         "",
     );
@@ -158,6 +159,20 @@ fn bench_reports_speed_work_per_token_and_memory() {
     ] {
         assert!(out.contains(row), "'{row}' missing:\n{out}");
     }
+    // --per-kernel: each shape of the linear layers with the weights it reads, as GB/s and as a
+    // fraction of the copy kernel's bandwidth.
+    let weights_read = out
+        .lines()
+        .skip_while(|l| !l.contains("each dispatch timed alone"))
+        .filter(|l| l.trim_start().starts_with("grid ") && l.contains(" MB "))
+        .count();
+    assert!(weights_read > 0, "{out}");
+    assert!(
+        out.lines()
+            .filter(|l| l.contains(" MB "))
+            .all(|l| l.contains(" GB/s") && l.ends_with("× copy")),
+        "{out}"
+    );
     let submits = out
         .lines()
         .find(|l| l.starts_with("submits per decoded token"))

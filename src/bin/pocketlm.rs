@@ -1196,9 +1196,11 @@ mod cli {
         if per_kernel {
             // The KV cache holds the benchmark's sequence, so attention sees a real length.
             let times = bench::profile_dispatches(ctx, &engine.decode_dispatches(), 5).await?;
+            let copy = bench::copy_gb_per_s(ctx, 5).await?;
             let sum: f64 = times.iter().map(|t| t.total.as_secs_f64()).sum();
             println!(
-                "\ndecode step, each dispatch timed alone (sum {:.1} ms):",
+                "\ndecode step, each dispatch timed alone (sum {:.1} ms; weights read as GB/s \
+                 and as a fraction of the copy kernel's {copy:.1} GB/s):",
                 sum * 1e3
             );
             for t in &times {
@@ -1210,15 +1212,25 @@ mod cli {
                     ms,
                     100.0 * ms / (sum * 1e3)
                 );
-                // Each grid of a kernel that has several: which shapes take the time.
-                if t.shapes.len() > 1 {
-                    for (grid, n, one) in &t.shapes {
-                        println!(
+                // Each shape of a kernel that has several or reads weights: which shapes take
+                // the time, and how close to the memory's speed.
+                if t.shapes.len() > 1 || t.shapes.iter().any(|s| s.weight_bytes > 0) {
+                    for s in &t.shapes {
+                        let mut line = format!(
                             "      grid {:<18} ×{:<4} {:>9.1} µs each",
-                            format!("{grid:?}"),
-                            n,
-                            one.as_secs_f64() * 1e6
+                            format!("{:?}", s.grid),
+                            s.count,
+                            s.each.as_secs_f64() * 1e6
                         );
+                        if s.weight_bytes > 0 {
+                            line += &format!(
+                                "  {:>8.2} MB {:>9.1} GB/s {:>6.3}× copy",
+                                s.weight_bytes as f64 / 1e6,
+                                s.gb_per_s(),
+                                s.gb_per_s() / copy
+                            );
+                        }
+                        println!("{line}");
                     }
                 }
             }

@@ -20,6 +20,8 @@ pub struct Dispatch {
     pub(crate) workgroups: [u32; 3],
     /// The parameter uniform the bind group holds.
     pub(crate) _uniform: std::sync::Arc<crate::gpu::Held>,
+    /// Bytes of weights the dispatch reads (see [`Dispatch::weight_bytes`]).
+    pub(crate) weight_bytes: u64,
 }
 
 impl Dispatch {
@@ -29,6 +31,19 @@ impl Dispatch {
 
     pub fn workgroups(&self) -> [u32; 3] {
         self.workgroups
+    }
+
+    /// Bytes of weights the dispatch reads: a linear layer's whole matrix, 0 for the kernels
+    /// that read no weights. What a decode step's matrix-vector kernels are bound by, so the
+    /// benchmarks turn their times into bandwidth.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    /// This dispatch, reading `bytes` of weights.
+    pub(crate) fn reading_weights(mut self, bytes: u64) -> Self {
+        self.weight_bytes = bytes;
+        self
     }
 }
 

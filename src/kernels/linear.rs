@@ -884,6 +884,7 @@ pub async fn linear_swiglu(
     linear_epilogue(ctx, w, x, out, opts, &epi).await
 }
 
+/// The dispatch of a linear layer, which reads all of `w`.
 async fn linear_epilogue(
     ctx: &GpuContext,
     w: &GpuTensor,
@@ -999,7 +1000,9 @@ async fn linear_epilogue(
         let wg = grid(ctx, name, groups)?;
         binds.push((WS, &w.buffer));
         let kernel = ROWS4.entry(rows_name, "linear_rows4");
-        return build(ctx, &kernel, &spec, &params, &binds, wg).await;
+        return build(ctx, &kernel, &spec, &params, &binds, wg)
+            .await
+            .map(|d| d.reading_weights(w.size_bytes()));
     }
     if cpu {
         const ROWS: Kernel = Kernel::new("matvec_rows", ROWS_SRC, "linear_rows_f32", WORDS);
@@ -1023,7 +1026,9 @@ async fn linear_epilogue(
         let groups = u64::from(params.blocks) * u64::from(params.m.div_ceil(mt));
         let wg = grid(ctx, name, groups)?;
         let kernel = ROWS.entry(rows_name, entry);
-        return build(ctx, &kernel, &spec, &params, &binds, wg).await;
+        return build(ctx, &kernel, &spec, &params, &binds, wg)
+            .await
+            .map(|d| d.reading_weights(w.size_bytes()));
     }
     // Units of work per row for the matvec entry points.
     let k = params.k as usize;
@@ -1056,7 +1061,9 @@ async fn linear_epilogue(
         params.blocks = units.div_ceil(mv_rows >> shift);
         let groups = u64::from(params.blocks) * u64::from(params.m.div_ceil(mt));
         let wg = grid(ctx, name, groups)?;
-        build(ctx, &MATVEC.entry(name, entry), &spec, &params, &binds, wg).await
+        build(ctx, &MATVEC.entry(name, entry), &spec, &params, &binds, wg)
+            .await
+            .map(|d| d.reading_weights(w.size_bytes()))
     } else {
         const MATMUL: Kernel = Kernel::new("matmul", MATMUL_SRC, "matmul", WORDS);
         params.blocks = params.n.div_ceil(TILE >> swiglu);
@@ -1077,7 +1084,9 @@ async fn linear_epilogue(
         } else {
             MATMUL
         };
-        build(ctx, &kernel, &spec, &params, &binds, wg).await
+        build(ctx, &kernel, &spec, &params, &binds, wg)
+            .await
+            .map(|d| d.reading_weights(w.size_bytes()))
     }
 }
 

@@ -149,6 +149,7 @@ pub(crate) async fn build<P: Uniform>(
         bind_group,
         workgroups,
         _uniform: crate::gpu::Held::new(uniform.size()),
+        weight_bytes: 0,
     })
 }
 
