@@ -110,17 +110,7 @@ pub async fn kernel_bench(
     let probe = ctx.zeros("probe", &[4], DType::F32)?;
 
     // Copy baseline on as many bytes as the f32 matrix has.
-    let bytes = (n * n * 4) as u64;
-    let src = ctx.zeros("copy_src", &[n * n], DType::F32)?;
-    let dst = ctx.zeros("copy_dst", &[n * n], DType::F32)?;
-    let d = copy(ctx, &src, &dst).await?;
-    let per_call = time_calls(ctx, &[d], &probe, calls).await?;
-    rows.push(BenchRow {
-        name: "copy (read + write)".into(),
-        bytes: 2 * bytes,
-        flops: 0,
-        per_call,
-    });
+    rows.push(copy_row(ctx, n * n, &probe, calls).await?);
 
     for &dtype in formats {
         let data = random_gguf_bytes(dtype, n * n, &mut rng);
@@ -173,13 +163,26 @@ impl ShapeTime {
 /// The copy kernel's bandwidth on this device (bytes read plus written per second, GB/s) over
 /// two 64 MiB buffers: what [`ShapeTime::gb_per_s`] compares with.
 pub async fn copy_gb_per_s(ctx: &GpuContext, calls: usize) -> Result<f64> {
-    let n = 16 << 20;
-    let src = ctx.zeros("copy_src", &[n], DType::F32)?;
-    let dst = ctx.zeros("copy_dst", &[n], DType::F32)?;
     let probe = ctx.zeros("probe", &[4], DType::F32)?;
+    Ok(copy_row(ctx, 16 << 20, &probe, calls).await?.gb_per_s())
+}
+
+/// The copy kernel timed on `elements` f32 values (`calls` per submit, waiting on `probe`).
+async fn copy_row(
+    ctx: &GpuContext,
+    elements: usize,
+    probe: &GpuTensor,
+    calls: usize,
+) -> Result<BenchRow> {
+    let src = ctx.zeros("copy_src", &[elements], DType::F32)?;
+    let dst = ctx.zeros("copy_dst", &[elements], DType::F32)?;
     let d = copy(ctx, &src, &dst).await?;
-    let per_call = time_calls(ctx, &[d], &probe, calls).await?;
-    Ok(2.0 * (n * 4) as f64 / per_call.as_secs_f64() / 1e9)
+    Ok(BenchRow {
+        name: "copy (read + write)".into(),
+        bytes: 2 * (elements * 4) as u64,
+        flops: 0,
+        per_call: time_calls(ctx, &[d], probe, calls).await?,
+    })
 }
 
 /// Times each dispatch of a graph on its own (`calls` copies per command buffer; dispatches of
@@ -190,20 +193,9 @@ pub async fn profile_dispatches(
     dispatches: &[Dispatch],
     calls: usize,
 ) -> Result<Vec<DispatchTime>> {
-    use std::collections::HashMap;
     let probe = ctx.zeros("probe", &[4], DType::F32)?;
-    let mut timed: HashMap<(&'static str, [u32; 3], u64), Duration> = HashMap::new();
     let mut by_label: Vec<DispatchTime> = Vec::new();
     for d in dispatches {
-        let key = (d.label(), d.workgroups(), d.weight_bytes());
-        let t = match timed.get(&key) {
-            Some(&t) => t,
-            None => {
-                let t = time_calls(ctx, std::slice::from_ref(d), &probe, calls).await?;
-                timed.insert(key, t);
-                t
-            }
-        };
         let r = match by_label.iter_mut().position(|r| r.label == d.label()) {
             Some(i) => &mut by_label[i],
             None => {
@@ -216,19 +208,26 @@ pub async fn profile_dispatches(
                 by_label.last_mut().expect("just pushed")
             }
         };
-        r.count += 1;
-        r.total += t;
         let same =
             |s: &&mut ShapeTime| s.grid == d.workgroups() && s.weight_bytes == d.weight_bytes();
-        match r.shapes.iter_mut().find(same) {
-            Some(s) => s.count += 1,
-            None => r.shapes.push(ShapeTime {
-                grid: d.workgroups(),
-                weight_bytes: d.weight_bytes(),
-                count: 1,
-                each: t,
-            }),
-        }
+        let t = match r.shapes.iter_mut().find(same) {
+            Some(s) => {
+                s.count += 1;
+                s.each
+            }
+            None => {
+                let t = time_calls(ctx, std::slice::from_ref(d), &probe, calls).await?;
+                r.shapes.push(ShapeTime {
+                    grid: d.workgroups(),
+                    weight_bytes: d.weight_bytes(),
+                    count: 1,
+                    each: t,
+                });
+                t
+            }
+        };
+        r.count += 1;
+        r.total += t;
     }
     for r in &mut by_label {
         r.shapes

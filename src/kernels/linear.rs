@@ -300,28 +300,19 @@ fn several_rows_source(mt: u32, rows: u32) -> String {
     s
 }
 
-/// [`several_rows_source`] for the shapes [`matvec_mt`] gives, generated once.
+/// [`several_rows_source`], generated once per shape (the few [`matvec_mt`] gives) and kept.
 fn several_rows_snippet(mt: u32, rows: u32) -> &'static str {
-    use std::sync::OnceLock;
-    static SNIPPETS: OnceLock<Vec<((u32, u32), String)>> = OnceLock::new();
-    let all = SNIPPETS.get_or_init(|| {
-        let mut shapes = vec![(1, 0)];
-        let mut mt = 2;
-        while mt <= SMALL_M_MAX_ROWS as u32 {
-            shapes.push(matvec_mt(mt, 4, false));
-            mt *= 2;
-        }
-        shapes
-            .into_iter()
-            .map(|(mt, rows)| ((mt, rows), several_rows_source(mt, rows)))
-            .collect()
-    });
+    use std::sync::{Mutex, PoisonError};
+    static SNIPPETS: Mutex<Vec<((u32, u32), &'static str)>> = Mutex::new(Vec::new());
+    // Every one-row shape shares the stubs.
     let key = if mt <= 1 { (1, 0) } else { (mt, rows) };
-    all.iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, s)| s.as_str())
-        // (matvec_mt gives no other shape; one would be generated once per call and kept.)
-        .unwrap_or_else(|| Box::leak(several_rows_source(mt, rows).into_boxed_str()))
+    let mut all = SNIPPETS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(&(_, src)) = all.iter().find(|(k, _)| *k == key) {
+        return src;
+    }
+    let src: &'static str = Box::leak(several_rows_source(key.0, key.1).into_boxed_str());
+    all.push((key, src));
+    src
 }
 
 /// The largest power-of-two workgroup of at most `wg` invocations whose reduction scratch
