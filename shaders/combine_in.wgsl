@@ -15,7 +15,7 @@ var<workgroup> comb_l: array<f32, C_HEADS>;
 var<private> comb_range: vec2<u32>;
 
 // Call from uniform control flow, before the first x_in.
-fn combine_prologue(li: u32, m: u32) {
+fn input_prologue(li: u32, m: u32, first: bool) {
     let pos = step.offset + m;
     var low = 0u;
     if (C_WINDOW > 0u && pos + 1u > C_WINDOW) {

@@ -11,7 +11,9 @@
 // With ROPE (qkv_rope.wgsl) they are the rows of ROWS / 4 quads (MT = 1).
 // With NORM the reduction carries MT more values, each row's Σx² (red_in[MT · ROWS + t]).
 // x is read through x_in(m, k): x[m, k], or with COMBINE split attention's partial results
-// combined as they are loaded (combine_in.wgsl, MT = 1), after combine_prologue.
+// combined as they are loaded (combine_in.wgsl, MT = 1), or with RESIDUAL the residual stream
+// with a post-norm added as it is loaded (residual_in.wgsl, MT = 1); after input_prologue,
+// which is told whether the workgroup has the first output columns of its row.
 // Prelude: WG (power of two), ROWS, MT, RED_N (= MT · (ROWS + NORM)), and linear_common.wgsl's.
 
 // Output columns (quads with ROPE) per workgroup.
@@ -189,7 +191,7 @@ fn matvec_f32(
     let m0 = (g / p.blocks) * MT;
     let n0 = (g % p.blocks) * COLS;
     clear_sums();
-    combine_prologue(li, m0);
+    input_prologue(li, m0, n0 == 0u);
     if (m0 < p.m && MT == 1u) {
         var lo = vec4<f32>(0.0);
         var hi = vec4<f32>(0.0);
@@ -224,7 +226,7 @@ fn matvec_half(
     let m0 = (g / p.blocks) * MT;
     let n0 = (g % p.blocks) * COLS;
     clear_sums();
-    combine_prologue(li, m0);
+    input_prologue(li, m0, n0 == 0u);
     if (m0 < p.m) {
         let row_words = p.w_stride / 2u;
         let pairs = p.k / 2u;
@@ -276,7 +278,7 @@ fn matvec_quant(
     let m0 = (g / p.blocks) * MT;
     let n0 = (g % p.blocks) * COLS;
     clear_sums();
-    combine_prologue(li, m0);
+    input_prologue(li, m0, n0 == 0u);
     if (m0 < p.m) {
         let nb = p.k / QK;
         // (QK < 8 only for float formats, which never reach this entry point.)

@@ -15,18 +15,10 @@ fn k_rotated(src: u32, d: u32, pos: u32) -> f32 {
     if (d >= 2u * p.half) {
         return k_in[src + d];
     }
-    var i: u32;
-    var second: bool;
-    if (p.neox == 1u) {
-        second = d >= p.half;
-        i = select(d, d - p.half, second);
-    } else {
-        second = (d & 1u) == 1u;
-        i = d / 2u;
-    }
-    let ab = src + pair_offsets(i);
-    let r = rotate(vec2<f32>(k_in[ab.x], k_in[ab.y]), table[pos * p.half + i]);
-    return select(r.x, r.y, second);
+    let is = pair_of(d);
+    let ab = src + pair_offsets(is.x);
+    let r = rotate(vec2<f32>(k_in[ab.x], k_in[ab.y]), table[pos * p.half + is.x]);
+    return select(r.x, r.y, is.y == 1u);
 }
 
 @compute @workgroup_size(WG)

@@ -113,13 +113,13 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
 
     /// RoPE + KV-cache write in one dispatch: both layouts, partial rotation, odd head sizes,
-    /// f16 and f32 caches.
+    /// f16 and f32 caches, with and without the per-head q/k norms before.
     #[test]
     fn rope_kv_write_matches_reference(tokens in 1usize..=24, heads in 1usize..=8, k_heads in 1usize..=3,
                                        hd in head_dim(), rotary_frac in 0.0f64..=1.0, full in any::<bool>(),
                                        layout in layout(), theta in prop_oneof![Just(10_000.0f32), Just(1e6f32)],
                                        llama3 in any::<bool>(), offset in 0usize..=300,
-                                       f16 in any::<bool>(), seed in any::<u64>()) {
+                                       f16 in any::<bool>(), norm in any::<bool>(), seed in any::<u64>()) {
         prop_assume!(hd >= 2);
         let half = hd / 2;
         let rotary_dim = if full { 2 * half } else { 2 * (1 + ((half - 1) as f64 * rotary_frac) as usize) };
@@ -131,7 +131,7 @@ proptest! {
             llama3: llama3.then_some(Llama3Scaling { factor: 32.0, ..Llama3Scaling::LLAMA_3_1 }),
         };
         let cache = if f16 { DType::F16 } else { DType::F32 };
-        rope_kv_case(RopeKvCase { tokens, heads, k_heads, offset, config, cache }, seed);
+        rope_kv_case(RopeKvCase { tokens, heads, k_heads, offset, config, cache, norm }, seed);
     }
 }
 
@@ -167,10 +167,46 @@ fn rope_kv_write_layouts_partial_and_caches() {
                             offset,
                             config,
                             cache,
+                            norm: false,
                         },
                         (i * 100 + j * 10) as u64 + offset as u64,
                     );
                 }
+            }
+        }
+    }
+}
+
+/// The per-head q/k norms, RoPE and the cache write in one dispatch, on the shapes of the models
+/// that have them: Gemma 3 270M (4 heads and 1 kv head of 256) and Qwen3 0.6B (16/8 of 128),
+/// NeoX pairs, and partial interleaved rotation of an odd head; a decode step, a far position
+/// and a prefill step.
+#[test]
+fn qk_norm_rope_kv_write_model_shapes() {
+    let neox = |hd| RopeConfig::new(hd, 1_000_000.0, RopeLayout::NeoX);
+    let odd = RopeConfig {
+        head_dim: 33,
+        rotary_dim: 20,
+        ..RopeConfig::new(64, 10_000.0, RopeLayout::Interleaved)
+    };
+    for (i, (heads, k_heads, config)) in [(4, 1, neox(256)), (16, 8, neox(128)), (3, 2, odd)]
+        .into_iter()
+        .enumerate()
+    {
+        for cache in [DType::F16, DType::F32] {
+            for (tokens, offset) in [(1, 0), (1, 511), (17, 3)] {
+                rope_kv_case(
+                    RopeKvCase {
+                        tokens,
+                        heads,
+                        k_heads,
+                        offset,
+                        config,
+                        cache,
+                        norm: true,
+                    },
+                    (i * 10) as u64 + offset as u64,
+                );
             }
         }
     }

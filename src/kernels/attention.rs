@@ -24,6 +24,7 @@ use crate::kernels::{dim, expect_distinct, expect_dtype, grid, mismatch, WG};
 
 const KV_WRITE_SRC: &str = include_str!("../../shaders/kv_write.wgsl");
 const ROPE_KV_WRITE_SRC: &str = include_str!("../../shaders/rope_kv_write.wgsl");
+const QK_NORM_ROPE_KV_SRC: &str = include_str!("../../shaders/qk_norm_rope_kv.wgsl");
 /// `to_word`: how a cache row's words are stored, shared by both cache writes.
 pub(crate) const KV_STORE: &str = include_str!("../../shaders/kv_store.wgsl");
 const ATTENTION_SRC: &str = include_str!("../../shaders/attention.wgsl");
@@ -511,15 +512,76 @@ pub async fn rope_kv_write(
     cache: &KvCache,
     layer: usize,
 ) -> Result<Dispatch> {
-    const NAME: &str = "rope_kv_write";
-    check_table(NAME, table, step)?;
-    let heads = check_target(NAME, table, step, q)?;
-    cache.check_layer(NAME, layer, step)?;
-    kv_shape_check(NAME, cache, step, k)?;
-    kv_shape_check(NAME, cache, step, v)?;
+    rope_kv_write_normed(ctx, table, step, (q, k, v), None, cache, layer).await
+}
+
+/// The per-head RMSNorms of q and k ([`crate::kernels::rmsnorm`] over rows of head_dim, with
+/// weights `q_norm` and `k_norm` of [head_dim], and `eps`) that Qwen3 and Gemma 3 apply before
+/// RoPE.
+#[derive(Clone, Copy, Debug)]
+pub struct QkNorm<'a> {
+    pub q_norm: &'a GpuTensor,
+    pub k_norm: &'a GpuTensor,
+    pub eps: f32,
+}
+
+/// [`rope_kv_write`] of q and k after their per-head RMSNorms, in one dispatch (one workgroup
+/// per token and head): the results of two [`crate::kernels::rmsnorm`] dispatches (into other
+/// buffers) and [`rope_kv_write`] on their outputs, with q normed and rotated in place.
+#[allow(clippy::too_many_arguments)]
+pub async fn qk_norm_rope_kv_write(
+    ctx: &GpuContext,
+    table: &RopeTable,
+    step: &StepState,
+    q: &GpuTensor,
+    k: &GpuTensor,
+    v: &GpuTensor,
+    norm: QkNorm<'_>,
+    cache: &KvCache,
+    layer: usize,
+) -> Result<Dispatch> {
+    rope_kv_write_normed(ctx, table, step, (q, k, v), Some(norm), cache, layer).await
+}
+
+crate::uniform! {
+    struct QkNormRopeKvParams {
+        heads: u32,
+        kv_heads: u32,
+        head_dim: u32,
+        half: u32,
+        neox: u32,
+        row_words: u32,
+        slots: u32,
+        eps: f32,
+    }
+}
+
+/// The norms' weights, [head_dim] each.
+const Q_NORM: Slot = Slot::read("q_norm", "f32");
+const K_NORM: Slot = Slot::read("k_norm", "f32");
+
+async fn rope_kv_write_normed(
+    ctx: &GpuContext,
+    table: &RopeTable,
+    step: &StepState,
+    (q, k, v): (&GpuTensor, &GpuTensor, &GpuTensor),
+    norm: Option<QkNorm<'_>>,
+    cache: &KvCache,
+    layer: usize,
+) -> Result<Dispatch> {
+    let name = if norm.is_some() {
+        "qk_norm_rope_kv_write"
+    } else {
+        "rope_kv_write"
+    };
+    check_table(name, table, step)?;
+    let heads = check_target(name, table, step, q)?;
+    cache.check_layer(name, layer, step)?;
+    kv_shape_check(name, cache, step, k)?;
+    kv_shape_check(name, cache, step, v)?;
     if table.config().head_dim != cache.head_dim {
         return Err(mismatch(
-            NAME,
+            name,
             format!(
                 "the RoPE table rotates heads of {}, the KV cache holds heads of {}",
                 table.config().head_dim,
@@ -528,36 +590,17 @@ pub async fn rope_kv_write(
         ));
     }
     let (kc, vc) = &cache.layers[layer];
-    expect_distinct(NAME, q, &[k, v, kc, vc, table.table()])?;
+    expect_distinct(name, q, &[k, v, kc, vc, table.table()])?;
     let row_words = cache.row_words();
     let half = table.config().rotary_dim / 2;
-    let items = step
-        .max_tokens()
-        .checked_mul(heads * half + cache.n_kv_heads * row_words)
-        .ok_or_else(|| mismatch(NAME, "step rows overflow".into()))?;
-    dim(NAME, "items per step", items)?;
-    const KERNEL: Kernel = Kernel::new(
-        NAME,
-        ROPE_KV_WRITE_SRC,
-        NAME,
-        Interface::new::<RopeKvWriteParams>(&[STEP, TABLE, Q_ROTATE, K_IN, V_IN, K_CACHE, V_CACHE]),
-    );
-    let spec = Specialization::default()
-        .with("WG", WG)
-        .with("KV_F16", u32::from(cache.dtype == DType::F16))
-        .snippet(crate::kernels::rope::ROPE_PAIRS)
-        .snippet(crate::kernels::rope::ROPE_ROTATE)
-        .snippet(KV_STORE);
-    let params = RopeKvWriteParams {
-        heads: dim(NAME, "heads", heads)?,
-        kv_heads: dim(NAME, "kv heads", cache.n_kv_heads)?,
-        head_dim: dim(NAME, "head_dim", cache.head_dim)?,
-        half: dim(NAME, "rotary_dim / 2", half)?,
-        neox: u32::from(table.config().layout == RopeLayout::NeoX),
-        row_words: dim(NAME, "row words", row_words)?,
-        slots: dim(NAME, "slots", cache.slots(layer))?,
+    let kv_f16 = u32::from(cache.dtype == DType::F16);
+    let specialize = |base: Specialization| {
+        base.with("KV_F16", kv_f16)
+            .snippet(crate::kernels::rope::ROPE_PAIRS)
+            .snippet(crate::kernels::rope::ROPE_ROTATE)
+            .snippet(KV_STORE)
     };
-    let wg = grid(ctx, NAME, (items as u64).div_ceil(u64::from(WG)))?;
+    let head_dim = dim(name, "head_dim", cache.head_dim)?;
     let binds = [
         step.bind(),
         (TABLE, &table.table().buffer),
@@ -567,7 +610,84 @@ pub async fn rope_kv_write(
         (K_CACHE, &kc.buffer),
         (V_CACHE, &vc.buffer),
     ];
-    build(ctx, &KERNEL, &spec, &params, &binds, wg).await
+    let per_token = match norm {
+        // A workgroup per head of q and of k.
+        Some(_) => heads + cache.n_kv_heads,
+        // An invocation per pair of q and per word of the cache's k and v rows.
+        None => heads * half + cache.n_kv_heads * row_words,
+    };
+    let items = step
+        .max_tokens()
+        .checked_mul(per_token)
+        .ok_or_else(|| mismatch(name, "step rows overflow".into()))?;
+    dim(name, "items per step", items)?;
+    let Some(norm) = norm else {
+        const KERNEL: Kernel = Kernel::new(
+            "rope_kv_write",
+            ROPE_KV_WRITE_SRC,
+            "rope_kv_write",
+            Interface::new::<RopeKvWriteParams>(&[
+                STEP, TABLE, Q_ROTATE, K_IN, V_IN, K_CACHE, V_CACHE,
+            ]),
+        );
+        let params = RopeKvWriteParams {
+            heads: dim(name, "heads", heads)?,
+            kv_heads: dim(name, "kv heads", cache.n_kv_heads)?,
+            head_dim,
+            half: dim(name, "rotary_dim / 2", half)?,
+            neox: u32::from(table.config().layout == RopeLayout::NeoX),
+            row_words: dim(name, "row words", row_words)?,
+            slots: dim(name, "slots", cache.slots(layer))?,
+        };
+        let wg = grid(ctx, name, (items as u64).div_ceil(u64::from(WG)))?;
+        let spec = specialize(Specialization::default().with("WG", WG));
+        return build(ctx, &KERNEL, &spec, &params, &binds, wg).await;
+    };
+    for (what, g) in [("q_norm", norm.q_norm), ("k_norm", norm.k_norm)] {
+        expect_dtype(name, g, &[DType::F32], "f32 norm weights")?;
+        if g.shape() != [cache.head_dim] {
+            return Err(mismatch(
+                name,
+                format!(
+                    "{what} '{}' is {:?}, expected [{}] (a head)",
+                    g.name(),
+                    g.shape(),
+                    cache.head_dim
+                ),
+            ));
+        }
+    }
+    if !(norm.eps.is_finite() && norm.eps >= 0.0) {
+        return Err(mismatch(
+            name,
+            format!("eps must be finite and >= 0, got {}", norm.eps),
+        ));
+    }
+    const KERNEL: Kernel = Kernel::new(
+        "qk_norm_rope_kv_write",
+        QK_NORM_ROPE_KV_SRC,
+        "qk_norm_rope_kv_write",
+        Interface::new::<QkNormRopeKvParams>(&[
+            STEP, TABLE, Q_ROTATE, K_IN, V_IN, K_CACHE, V_CACHE, Q_NORM, K_NORM,
+        ]),
+    )
+    .reducing();
+    let params = QkNormRopeKvParams {
+        heads: dim(name, "heads", heads)?,
+        kv_heads: dim(name, "kv heads", cache.n_kv_heads)?,
+        head_dim,
+        half: dim(name, "rotary_dim / 2", half)?,
+        neox: u32::from(table.config().layout == RopeLayout::NeoX),
+        row_words: dim(name, "row words", row_words)?,
+        slots: dim(name, "slots", cache.slots(layer))?,
+        eps: norm.eps,
+    };
+    // rmsnorm's workgroup size and reduction: the same partial sums in the same order.
+    let spec = specialize(crate::kernels::reduce_spec(ctx, 1)).with("HEAD_DIM", head_dim);
+    let mut all = binds.to_vec();
+    all.extend([(Q_NORM, &norm.q_norm.buffer), (K_NORM, &norm.k_norm.buffer)]);
+    let wg = grid(ctx, name, items as u64)?;
+    build(ctx, &KERNEL, &spec, &params, &all, wg).await
 }
 
 /// The largest head_dim [`attention`] takes (Gemma's 256).
@@ -1182,7 +1302,10 @@ pub mod check {
     use crate::reference::attention::{AttentionShape, AttentionSplit, KvError};
     use crate::reference::Rng;
 
-    use super::{attention, kv_write, rope_kv_write, AttentionOptions, KvCache, StepState};
+    use super::{
+        attention, kv_write, qk_norm_rope_kv_write, rope_kv_write, AttentionOptions, KvCache,
+        QkNorm, StepState,
+    };
 
     pub use crate::selfcheck::Outcome;
 
@@ -1274,7 +1397,8 @@ pub mod check {
     /// RoPE fused with the cache write ([`rope_kv_write`]): a step of `tokens` tokens at `offset`
     /// rotates q and writes rotated k and plain v rows to layer 1 of a two-layer cache of `dtype`;
     /// the tensors hold one more token row, which the step does not cover: its q stays as it was
-    /// and its cache row stays zero.
+    /// and its cache row stays zero. With `norm`, q and k are RMSNormed per head first (random
+    /// weights, eps 1e-6), in the same dispatch ([`qk_norm_rope_kv_write`]).
     #[derive(Clone, Copy, Debug, PartialEq)]
     pub struct RopeKvCase {
         pub tokens: usize,
@@ -1283,6 +1407,7 @@ pub mod check {
         pub offset: usize,
         pub config: RopeConfig,
         pub cache: DType,
+        pub norm: bool,
     }
 
     impl fmt::Display for RopeKvCase {
@@ -1290,7 +1415,8 @@ pub mod check {
             let c = &self.config;
             write!(
                 f,
-                "rope_kv_write {:?} q[{}×{}×{}] + k/v[{}×{}] rotary {} at {}, {} cache",
+                "{}rope_kv_write {:?} q[{}×{}×{}] + k/v[{}×{}] rotary {} at {}, {} cache",
+                if self.norm { "qk_norm_" } else { "" },
                 c.layout,
                 self.tokens,
                 self.heads,
@@ -1304,8 +1430,9 @@ pub mod check {
         }
     }
 
-    /// Runs the case; outcomes: q against [`reference::rope`], the cache's k against the rotated
-    /// rows as stored ([`reference::kv_store`]), the cache's v against [`reference::kv_write`].
+    /// Runs the case; outcomes: q against [`reference::rope`] (of [`crate::reference::rmsnorm`]'s
+    /// rows with `norm`), the cache's k against the rotated rows as stored
+    /// ([`reference::kv_store`]), the cache's v against [`reference::kv_write`].
     pub async fn run_rope_kv_write(
         ctx: &GpuContext,
         case: &RopeKvCase,
@@ -1326,8 +1453,30 @@ pub mod check {
         let qt = ctx.upload_f32("q", &[rows, case.heads, hd], &q)?;
         let kt = ctx.upload_f32("k", &[rows, case.k_heads, hd], &k)?;
         let vt = ctx.upload_f32("v", &[rows, case.k_heads, hd], &v)?;
+        const EPS: f32 = 1e-6;
+        let norms = if case.norm {
+            let (gq, gk) = (rng.vec(hd, -1.5, 1.5), rng.vec(hd, -1.5, 1.5));
+            let up = (
+                ctx.upload_f32("q_norm", &[hd], &gq)?,
+                ctx.upload_f32("k_norm", &[hd], &gk)?,
+            );
+            Some(((gq, gk), up))
+        } else {
+            None
+        };
         step.set(ctx, case.offset, case.tokens)?;
-        let d = rope_kv_write(ctx, &table, &step, &qt, &kt, &vt, &cache, layer).await?;
+        let d = match &norms {
+            Some((_, (gq, gk))) => {
+                let norm = QkNorm {
+                    q_norm: gq,
+                    k_norm: gk,
+                    eps: EPS,
+                };
+                qk_norm_rope_kv_write(ctx, &table, &step, &qt, &kt, &vt, norm, &cache, layer)
+                    .await?
+            }
+            None => rope_kv_write(ctx, &table, &step, &qt, &kt, &vt, &cache, layer).await?,
+        };
         let (kc, vc) = cache.layer(layer).expect("layer 1 exists");
         let mut rec = ctx.recorder();
         rec.dispatch(&d);
@@ -1335,8 +1484,27 @@ pub mod check {
         let back = rec.submit_and_read().await?;
         let (gpu_q, gpu_k, gpu_v) = (back.f32(sq)?, back.f32(sk)?, back.f32(sv)?);
 
+        // RoPE of the step's rows of x [rows, heads, hd], normed first with `g` if given.
+        let rotated = |x: &[f32], heads: usize, g: Option<&Vec<f32>>| {
+            let x = &x[..case.tokens * heads * hd];
+            match g {
+                Some(g) => {
+                    let normed = crate::reference::rmsnorm(x, hd, g, EPS);
+                    let tol = normed
+                        .iter()
+                        .map(|&e| crate::reference::rmsnorm_tolerance(hd, e))
+                        .collect();
+                    reference::rope_inexact(normed, tol, case.tokens, heads, &c, case.offset)
+                }
+                None => reference::rope(x, case.tokens, heads, &c, case.offset),
+            }
+        };
+        let (gq, gk) = match &norms {
+            Some(((gq, gk), _)) => (Some(gq), Some(gk)),
+            None => (None, None),
+        };
         let mut outcomes = Vec::new();
-        let (mut want, mut tol) = reference::rope(&q, case.tokens, case.heads, &c, case.offset)?;
+        let (mut want, mut tol) = rotated(&q, case.heads, gq)?;
         let tail = &q[case.tokens * case.heads * hd..];
         want.extend(tail.iter().map(|&x| f64::from(x)));
         tol.extend(std::iter::repeat_n(0.0, tail.len()));
@@ -1345,7 +1513,7 @@ pub mod check {
         let f16 = case.cache == DType::F16;
         let row = case.k_heads * hd;
         let start = case.offset * row;
-        let (rk, rt) = reference::rope(&k, case.tokens, case.k_heads, &c, case.offset)?;
+        let (rk, rt) = rotated(&k, case.k_heads, gk)?;
         let mut want = vec![0.0; max_positions * row];
         let mut tol = vec![0.0; max_positions * row];
         for (i, (&e, &t)) in rk.iter().zip(&rt).enumerate() {

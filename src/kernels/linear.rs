@@ -19,9 +19,10 @@ const ROWS_SRC: &str = include_str!("../../shaders/linear_rows.wgsl");
 const ROWS4_SRC: &str = include_str!("../../shaders/linear_rows4.wgsl");
 const QKV_ROPE: &str = include_str!("../../shaders/qkv_rope.wgsl");
 const COMBINE_IN: &str = include_str!("../../shaders/combine_in.wgsl");
+const RESIDUAL_IN: &str = include_str!("../../shaders/residual_in.wgsl");
 /// The matvec kernels' input without combine_in.wgsl.
 const PLAIN_IN: &str = "fn x_in(m: u32, k: u32) -> f32 { return x[m * p.k + k]; }\n\
-                        fn combine_prologue(li: u32, m: u32) {}\n";
+                        fn input_prologue(li: u32, m: u32, first: bool) {}\n";
 /// The quad functions of qkv_rope.wgsl, as stubs for the kernels without the RoPE epilogue.
 const NO_QKV_ROPE: &str = "fn quad_col(j: u32, e: u32) -> u32 { return 0u; }\n\
                            fn finish_quad(m: u32, j: u32, r: vec4<f32>) {}\n";
@@ -49,6 +50,8 @@ crate::uniform! {
         /// Output column n is column y_col0 + n of y (0 unless W is a row range of a larger
         /// matrix: an LM head split over bindings).
         y_col0: u32,
+        /// RESIDUAL: the post-norm's eps.
+        res_eps: f32,
     }
 }
 
@@ -67,9 +70,15 @@ const Y: Slot = Slot::read_write("y", "f32");
 const Y1: Slot = Slot::read_write("y1", "f32");
 const Y2: Slot = Slot::read_write("y2", "f32");
 const BIAS: Slot = Slot::read("bias", "f32");
+/// [`Linear::residual`]: the block output, the post-norm's weight, and where the updated stream
+/// goes.
+const RES_H: Slot = Slot::read("res_h", "f32");
+const RES_G: Slot = Slot::read("res_g", "f32");
+const RES_OUT: Slot = Slot::read_write("res_out", "f32");
 /// The RoPE epilogue's cos/sin table, cache layer (k_cache, v_cache) and step uniform come last.
 const WORDS: Interface = Interface::new::<LinearParams>(&[
-    X, W, Y, BIAS, Y1, Y2, NORM_W, TABLE, K_CACHE, V_CACHE, STEP, PART_O, PART_ML_IN,
+    X, W, Y, BIAS, Y1, Y2, NORM_W, TABLE, K_CACHE, V_CACHE, STEP, PART_O, PART_ML_IN, RES_H, RES_G,
+    RES_OUT,
 ]);
 const VEC4: Interface = Interface::new::<LinearParams>(&[
     X4, W4, Y, BIAS, Y1, Y2, NORM_W4, WS, TABLE, K_CACHE, V_CACHE, STEP,
@@ -373,6 +382,22 @@ pub struct Linear<'a> {
     /// kernel loads them (combine_in.wgsl), and the attention's combine pass is not recorded.
     /// x only gives the shape. [`combine_fits`] says where.
     pub combine: Option<(&'a AttentionParts, &'a StepState)>,
+    /// x is the residual stream before a post-norm is added to it: the layer reads
+    /// `x + rmsnorm(h) · g` ([`crate::kernels::rmsnorm_add`]'s sum) as it loads x, and stores
+    /// that sum to `out` for the layers after it, without a dispatch of its own. Before the RMSNorm
+    /// prologue, if any. [`residual_fits`] says where.
+    pub residual: Option<Residual<'a>>,
+}
+
+/// A post-norm waiting to be added to the residual stream ([`Linear::residual`]): the block's
+/// output `h` (x's shape), the norm's weight `g` [in features] and `eps`, and `out` (x's shape,
+/// another buffer) for the updated stream.
+#[derive(Clone, Copy, Debug)]
+pub struct Residual<'a> {
+    pub h: &'a GpuTensor,
+    pub g: &'a GpuTensor,
+    pub eps: f32,
+    pub out: &'a GpuTensor,
 }
 
 /// Where [`linear_qkv_rope`] sends the keys and values: `layer` of `cache`, at the positions of
@@ -537,6 +562,42 @@ fn check(
         }
         eps = e;
     }
+    let mut res_eps = 0.0;
+    if let Some(r) = opts.residual {
+        for t in [r.h, r.g, r.out] {
+            expect_dtype(kernel, t, &[DType::F32], "f32 residual tensors")?;
+        }
+        if r.h.shape() != x.shape() || r.out.shape() != x.shape() || r.g.shape() != [k] {
+            return Err(mismatch(
+                kernel,
+                format!(
+                    "residual block output '{}' {:?} and updated stream '{}' {:?} must have the                      input's shape {:?}, norm weight '{}' {:?} its features [{k}]",
+                    r.h.name(),
+                    r.h.shape(),
+                    r.out.name(),
+                    r.out.shape(),
+                    x.shape(),
+                    r.g.name(),
+                    r.g.shape()
+                ),
+            ));
+        }
+        // Written while every workgroup reads x, h and g: no output may be one of them.
+        let mut read: Vec<&GpuTensor> = inputs.clone();
+        read.extend([r.h, r.g]);
+        for out in &outputs {
+            expect_distinct(kernel, out, &[r.h, r.g])?;
+        }
+        read.extend(outputs.iter().copied());
+        expect_distinct(kernel, r.out, &read)?;
+        if !(r.eps.is_finite() && r.eps >= 0.0) {
+            return Err(mismatch(
+                kernel,
+                format!("residual eps must be finite and >= 0, got {}", r.eps),
+            ));
+        }
+        res_eps = r.eps;
+    }
     // Block formats: the scales follow the quants of all n · k / QK blocks.
     let blocks = n * (k / w.dtype().block_size());
     Ok(LinearParams {
@@ -554,6 +615,7 @@ fn check(
         )?,
         eps,
         y_col0: dim(kernel, "column offset", opts.col_offset.unwrap_or(0))?,
+        res_eps,
     })
 }
 
@@ -585,15 +647,16 @@ fn spec(
             .with("ROWS", rows)
             .with("MT", mt)
             .snippet(several_rows_snippet(mt, rows));
-        match opts.combine {
-            Some((a, _)) => base
+        match (opts.combine, opts.residual) {
+            (_, Some(_)) => base.snippet(RESIDUAL_IN),
+            (Some((a, _)), None) => base
                 .with("C_HEADS", a.n_heads as u32)
                 .with("C_HD", a.head_dim as u32)
                 .with("C_CHUNKS", a.n_chunks as u32)
                 .with("C_CHUNK_LEN", a.chunk_len as u32)
                 .with("C_WINDOW", a.window)
                 .snippet(COMBINE_IN),
-            None => base.snippet(PLAIN_IN),
+            (None, None) => base.snippet(PLAIN_IN),
         }
     } else {
         Specialization::default()
@@ -739,6 +802,26 @@ pub fn combine_fits(ctx: &GpuContext, parts: &AttentionParts, rows: usize) -> bo
         && parts.causal
         && rows <= MATVEC_MAX_ROWS
         && weights + MATVEC_REDUCTION_BYTES <= caps.max_workgroup_storage_bytes as usize
+}
+
+/// Whether a linear layer on `rows` activation rows, writing `outputs` tensors (y and any split
+/// outputs), with a bias and an RMSNorm prologue when `bias`, `norm` say so, can add a post-norm
+/// to its input as it loads it ([`Linear::residual`]) on this device: the matrix-vector kernels
+/// made for GPUs (a CPU adapter's kernels load x once per output column), one activation row
+/// (a decode step: the sum is stored by one workgroup per row, which needs one row per
+/// workgroup), and its bindings within the device's storage-buffer limit (the baseline
+/// profile's 8 leave out a q, k, v projection split into three outputs).
+pub fn residual_fits(
+    ctx: &GpuContext,
+    rows: usize,
+    outputs: usize,
+    bias: bool,
+    norm: bool,
+) -> bool {
+    // x, W, the outputs, and the residual's h, g and out.
+    let storage = 2 + outputs + usize::from(bias) + usize::from(norm) + 3;
+    let caps = ctx.capabilities();
+    !caps.cpu && rows == 1 && storage <= caps.max_storage_buffers_per_stage as usize
 }
 
 /// Whether [`linear_qkv_rope`] runs on this device for the stacked q, k, v projection `w` on
@@ -917,6 +1000,26 @@ async fn linear_epilogue(
             ));
         }
     }
+    if opts.residual.is_some() {
+        let fits = residual_fits(
+            ctx,
+            x.rows(),
+            1 + epi.split.len(),
+            opts.bias.is_some(),
+            opts.norm.is_some(),
+        );
+        if !fits || !use_matvec || opts.combine.is_some() || epi.rope.is_some() {
+            return Err(mismatch(
+                name,
+                format!(
+                    "adding a post-norm to the input as it loads needs the matrix-vector kernels                      for GPUs, one activation row (got '{}' {:?}), no other input or RoPE                      epilogue, and its bindings within this device's {} storage buffers",
+                    x.name(),
+                    x.shape(),
+                    ctx.capabilities().max_storage_buffers_per_stage
+                ),
+            ));
+        }
+    }
     let mut params = check(name, w, x, y, opts, epi)?;
     let swiglu = u32::from(epi.swiglu);
     // Outputs per W row: halved by SwiGLU, quartered by the RoPE epilogue's quads.
@@ -937,6 +1040,13 @@ async fn linear_epilogue(
             step.bind(),
         ]),
         None => binds.push((x_slot, &x.buffer)),
+    }
+    if let Some(r) = opts.residual {
+        binds.extend([
+            (RES_H, &r.h.buffer),
+            (RES_G, &r.g.buffer),
+            (RES_OUT, &r.out.buffer),
+        ]);
     }
     binds.extend(opts.bias.map(|b| (BIAS, &b.buffer)));
     binds.extend(epi.split.iter().zip([Y1, Y2]).map(|(t, s)| (s, &t.buffer)));
@@ -1029,7 +1139,7 @@ async fn linear_epilogue(
         _ => k / 8,
     };
     let (mv_wg, mv_rows) = matvec_shape(items);
-    let per_row = opts.combine.is_some() || epi.rope.is_some();
+    let per_row = opts.combine.is_some() || opts.residual.is_some() || epi.rope.is_some();
     let (mt, mv_rows) = matvec_mt(params.m, mv_rows, per_row);
     let spec = spec(
         ctx,

@@ -12,15 +12,15 @@ mod sample;
 
 pub use activation::{gated, gelu, gelu_erf, swiglu, GateActivation};
 pub use attention::{
-    attention, kv_write, rope_kv_write, Attention, AttentionOptions, AttentionParts,
-    AttentionScratch, KvCache, StepState, ATTENTION_MAX_HEAD_DIM,
+    attention, kv_write, qk_norm_rope_kv_write, rope_kv_write, Attention, AttentionOptions,
+    AttentionParts, AttentionScratch, KvCache, QkNorm, StepState, ATTENTION_MAX_HEAD_DIM,
 };
 pub use elementwise::{add, add_in_place, softcap};
 pub use embed::{embed, embed_part, embed_scaled};
 pub use linear::{
     combine_fits, concat_rows, linear, linear_qkv_rope, linear_split, linear_swiglu, linear_with,
-    matmul, matvec, qkv_rope_fits, uses_f16_tiles, Linear, LinearKernel, RopeKv, MATMUL_TILE_ROWS,
-    MATVEC_MAX_ROWS, SMALL_M_MAX_ROWS,
+    matmul, matvec, qkv_rope_fits, residual_fits, uses_f16_tiles, Linear, LinearKernel, Residual,
+    RopeKv, MATMUL_TILE_ROWS, MATVEC_MAX_ROWS, SMALL_M_MAX_ROWS,
 };
 pub use norm::layernorm;
 pub use norm::{rmsnorm, rmsnorm_add};

@@ -21,15 +21,27 @@ pub fn rope(
     config: &RopeConfig,
     offset: usize,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
+    let n = tokens * heads * config.head_dim;
+    assert!(x.len() >= n);
+    let values = x[..n].iter().map(|&v| f64::from(v)).collect();
+    rope_inexact(values, vec![0.0; n], tokens, heads, config, offset)
+}
+
+/// [`rope`] of exact `values` that the GPU holds only within `tol` (each element's bound on the
+/// GPU's input, e.g. an RMSNorm's): a rotated element's bound grows by what the input's can move
+/// it, (|cos|·δa + |sin|·δb)(1 + γ₃); the elements past `rotary_dim` keep their input's bound.
+pub fn rope_inexact(
+    mut values: Vec<f64>,
+    mut tol: Vec<f64>,
+    tokens: usize,
+    heads: usize,
+    config: &RopeConfig,
+    offset: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
     let hd = config.head_dim;
     let half = config.rotary_dim / 2;
     let inv = rope_inv_freq(config)?;
-    assert!(x.len() >= tokens * heads * hd);
-    let mut values: Vec<f64> = x[..tokens * heads * hd]
-        .iter()
-        .map(|&v| f64::from(v))
-        .collect();
-    let mut tol = vec![0.0; values.len()];
+    assert!(values.len() == tokens * heads * hd && tol.len() == values.len());
     for t in 0..tokens {
         for h in 0..heads {
             let base = (t * heads + h) * hd;
@@ -41,12 +53,13 @@ pub fn rope(
                     RopeLayout::NeoX => (base + i, base + i + half),
                 };
                 let (a, b) = (values[ia], values[ib]);
+                let (da, db) = (tol[ia], tol[ib]);
                 values[ia] = a * c - b * s;
                 values[ib] = a * s + b * c;
-                let t_a = gamma(3) * ((a * c).abs() + (b * s).abs()) + 2.0 * SUBNORMAL;
-                let t_b = gamma(3) * ((a * s).abs() + (b * c).abs()) + 2.0 * SUBNORMAL;
-                tol[ia] = t_a;
-                tol[ib] = t_b;
+                let moved_a = (c.abs() * da + s.abs() * db) * (1.0 + gamma(3));
+                let moved_b = (s.abs() * da + c.abs() * db) * (1.0 + gamma(3));
+                tol[ia] = gamma(3) * ((a * c).abs() + (b * s).abs()) + 2.0 * SUBNORMAL + moved_a;
+                tol[ib] = gamma(3) * ((a * s).abs() + (b * c).abs()) + 2.0 * SUBNORMAL + moved_b;
             }
         }
     }
