@@ -490,6 +490,8 @@ crate::uniform! {
         row_words: u32,
         /// Positions the layer holds: position p is row p % slots.
         slots: u32,
+        /// The q/k norms' eps ([`qk_norm_rope_kv_write`]; 0 and unread without them).
+        eps: f32,
     }
 }
 
@@ -541,19 +543,6 @@ pub async fn qk_norm_rope_kv_write(
     layer: usize,
 ) -> Result<Dispatch> {
     rope_kv_write_normed(ctx, table, step, (q, k, v), Some(norm), cache, layer).await
-}
-
-crate::uniform! {
-    struct QkNormRopeKvParams {
-        heads: u32,
-        kv_heads: u32,
-        head_dim: u32,
-        half: u32,
-        neox: u32,
-        row_words: u32,
-        slots: u32,
-        eps: f32,
-    }
 }
 
 /// The norms' weights, [head_dim] each.
@@ -610,6 +599,16 @@ async fn rope_kv_write_normed(
         (K_CACHE, &kc.buffer),
         (V_CACHE, &vc.buffer),
     ];
+    let params = RopeKvWriteParams {
+        heads: dim(name, "heads", heads)?,
+        kv_heads: dim(name, "kv heads", cache.n_kv_heads)?,
+        head_dim,
+        half: dim(name, "rotary_dim / 2", half)?,
+        neox: u32::from(table.config().layout == RopeLayout::NeoX),
+        row_words: dim(name, "row words", row_words)?,
+        slots: dim(name, "slots", cache.slots(layer))?,
+        eps: 0.0,
+    };
     let per_token = match norm {
         // A workgroup per head of q and of k.
         Some(_) => heads + cache.n_kv_heads,
@@ -630,15 +629,6 @@ async fn rope_kv_write_normed(
                 STEP, TABLE, Q_ROTATE, K_IN, V_IN, K_CACHE, V_CACHE,
             ]),
         );
-        let params = RopeKvWriteParams {
-            heads: dim(name, "heads", heads)?,
-            kv_heads: dim(name, "kv heads", cache.n_kv_heads)?,
-            head_dim,
-            half: dim(name, "rotary_dim / 2", half)?,
-            neox: u32::from(table.config().layout == RopeLayout::NeoX),
-            row_words: dim(name, "row words", row_words)?,
-            slots: dim(name, "slots", cache.slots(layer))?,
-        };
         let wg = grid(ctx, name, (items as u64).div_ceil(u64::from(WG)))?;
         let spec = specialize(Specialization::default().with("WG", WG));
         return build(ctx, &KERNEL, &spec, &params, &binds, wg).await;
@@ -667,20 +657,14 @@ async fn rope_kv_write_normed(
         "qk_norm_rope_kv_write",
         QK_NORM_ROPE_KV_SRC,
         "qk_norm_rope_kv_write",
-        Interface::new::<QkNormRopeKvParams>(&[
+        Interface::new::<RopeKvWriteParams>(&[
             STEP, TABLE, Q_ROTATE, K_IN, V_IN, K_CACHE, V_CACHE, Q_NORM, K_NORM,
         ]),
     )
     .reducing();
-    let params = QkNormRopeKvParams {
-        heads: dim(name, "heads", heads)?,
-        kv_heads: dim(name, "kv heads", cache.n_kv_heads)?,
-        head_dim,
-        half: dim(name, "rotary_dim / 2", half)?,
-        neox: u32::from(table.config().layout == RopeLayout::NeoX),
-        row_words: dim(name, "row words", row_words)?,
-        slots: dim(name, "slots", cache.slots(layer))?,
+    let params = RopeKvWriteParams {
         eps: norm.eps,
+        ..params
     };
     // rmsnorm's workgroup size and reduction: the same partial sums in the same order.
     let spec = specialize(crate::kernels::reduce_spec(ctx, 1)).with("HEAD_DIM", head_dim);
