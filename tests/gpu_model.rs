@@ -449,6 +449,82 @@ fn a_llama_decode_step_runs_five_dispatches_per_layer() {
     }
 }
 
+/// Dispatches of a decode step by layer, counted by the device's GpuStats between models of one
+/// and two layers, and as `dispatches_per_layer` says:
+/// - the per-head q/k norms run in the dispatch of RoPE and the KV-cache write: Qwen3 runs a
+///   Llama's dispatches plus the cache write (6 per layer); OLMo 2, whose norms span all heads,
+///   keeps them apart;
+/// - on the kernels made for GPUs, post-norms (Gemma's, OLMo 2's) are added to the stream by the
+///   next projection as it loads its input: the attention block's by the MLP's gate/up, the
+///   MLP's by the next layer's q, k, v projection where its bindings fit the storage-buffer limit
+///   (Gemma's with the pre-norm's weight do not fit the baseline profile's 8), else by a
+///   dispatch, as the last layer's always is. Gemma 3 runs 6 per layer where both fold (the last
+///   7), 8 on the kernels for CPU adapters.
+#[test]
+fn decode_dispatches_per_layer_of_qk_and_post_norm_models() {
+    use std::sync::atomic::Ordering;
+    // Contexts of their own: the shared ones count the dispatches of the tests running beside.
+    let cpu_family = pollster::block_on(GpuContext::new(common::profile_request()))
+        .unwrap()
+        .with_cpu_kernels(true);
+    let gpu_family = pollster::block_on(GpuContext::new(common::profile_request()))
+        .unwrap()
+        .with_cpu_kernels(false);
+    for own in [&cpu_family, &gpu_family] {
+        let gpu = !own.capabilities().cpu;
+        // Per layer without the post-norm adds; whether the layers have a pre-norm (the q, k, v
+        // projection's prologue, one more binding) and post-norms, and whether the q, k, v
+        // projection rotates and writes the cache in its epilogue (Gemma 2: the MLP's post-norm
+        // is added by a dispatch before it).
+        for (name, base, pre_norm, post, rope_epilogue) in [
+            ("tiny-qwen3", 6, true, false, false),
+            ("tiny-olmo2", 8, false, true, false),
+            ("tiny-gemma3", 6, true, true, false),
+            ("tiny-gemma2", 5, true, true, true),
+        ] {
+            let post = usize::from(post);
+            // The MLP's post-norm in the next layer's q, k, v projection (three outputs).
+            let fits = pocketlm::kernels::residual_fits(own, 1, 3, false, pre_norm);
+            let into_qkv = usize::from(gpu && fits && !rope_epilogue);
+            // The attention block's post-norm folds into the MLP's gate/up on the GPU family.
+            let adds = 2 * post - post * usize::from(gpu);
+            let two = [base + adds - post * into_qkv, base + adds];
+            // The second layer adds the first's count (the last layer's is the same either way).
+            let added = two[0];
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/models")
+                .join(name);
+            let mut per_step = Vec::new();
+            for layers in [1, 2] {
+                let loaded =
+                    pollster::block_on(load_directory(own, &dir, 2, LoadOptions::default()))
+                        .unwrap();
+                let mut config =
+                    ModelConfig::from_hf_json(&loaded.companions["config.json"], name).unwrap();
+                config.layers = layers;
+                config.layer_specs.truncate(layers);
+                let model =
+                    pollster::block_on(Decoder::new(own, config, loaded.tensors, 64, DType::F32))
+                        .unwrap();
+                let want = if layers == 1 { &two[1..] } else { &two[..] };
+                let label = format!("{name}, {layers} layers, kernels for GPUs {gpu}");
+                assert_eq!(model.dispatches_per_layer(), want, "{label}");
+                let mut graph = pollster::block_on(model.graph(own, 1, 8)).unwrap();
+                pollster::block_on(model.forward(own, &mut graph, &[5], 0)).unwrap();
+                let before = own.stats.dispatches.load(Ordering::Relaxed);
+                pollster::block_on(model.forward(own, &mut graph, &[7], 1)).unwrap();
+                per_step.push(own.stats.dispatches.load(Ordering::Relaxed) - before);
+                model.destroy();
+            }
+            let diff = (per_step[1] - per_step[0]) as usize;
+            assert_eq!(
+                diff, added,
+                "{name}, kernels for GPUs {gpu}: per step {per_step:?}"
+            );
+        }
+    }
+}
+
 /// A prefill step that reads nothing back (a prompt's steps before its last) runs the layers
 /// only: not the LM head, the model's largest matrix (for a vocabulary of 262,144, as Gemma 3's,
 /// three quarters of the weights' bytes). Counted by the device's GpuStats: an 8-token step of

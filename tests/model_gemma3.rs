@@ -9,7 +9,10 @@
 
 mod common;
 
-use common::{assert_gemm_prefill_cases, assert_greedy_cases, ctx, real_model_engine};
+use common::{
+    assert_gemm_prefill_cases, assert_greedy_cases, ctx, gpu_kernels_ctx, real_model_engine,
+    real_model_engine_on,
+};
 
 /// Prompts and tokens compared (the fixture has 3 × 24): enough to cross the sliding windows'
 /// local/global pattern many times, few enough for the CPU drivers CI runs on.
@@ -50,5 +53,29 @@ fn gemma3_long_prompt_through_the_gemm_matches_transformers() {
         "gemma3/greedy.json",
         3,
         &[32, 33],
+    );
+}
+
+/// Decode steps on the kernels made for GPUs, which a hardware adapter runs (the CPU drivers here
+/// run the other family unless asked): the per-head q/k norms in the dispatch of RoPE and the
+/// cache write, and the sandwich post-norms added to the residual stream by the next projection
+/// as it loads its input. The first prompt, 4 tokens (a decode step of this model on the
+/// kernels for GPUs takes seconds on the CPU drivers here).
+#[test]
+fn gemma3_decode_on_the_kernels_for_gpus_matches_transformers() {
+    let gpu = gpu_kernels_ctx();
+    let mut engine = real_model_engine_on(
+        gpu,
+        "models/gemma-3-270m-q4_k_m.gguf",
+        "run scripts/fetch-gemma3.sh",
+        128,
+    );
+    assert_greedy_cases(
+        &mut engine,
+        gpu.into(),
+        "gemma3/greedy.json",
+        1,
+        Some(4),
+        Some(CLEAR_MARGIN),
     );
 }

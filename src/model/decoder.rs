@@ -8,7 +8,10 @@
 //! - q, k, v: one projection with the attention RMSNorm as its prologue and the biases in its
 //!   epilogue [1] (three when q, k and v are stored in different formats: a Q4_K_M file keeps some
 //!   `attn_v` in Q6_K);
-//! - q/k norm: RMSNorm over each head of q and of k (Qwen3, Gemma 3) [2];
+//! - q/k norm: RMSNorm over each head of q and of k (Qwen3, Gemma 3), in the dispatch of RoPE
+//!   and the KV-cache write where the layer rotates [0]
+//!   ([`kernels::qk_norm_rope_kv_write`]), else two of its own [2] (OLMo 2's norm spans all
+//!   heads);
 //! - RoPE (the layer's own, or none) fused into the KV-cache write [1]; in a decode step (up to
 //!   [`kernels::MATVEC_MAX_ROWS`] tokens) with nothing between the projection and RoPE (no q/k
 //!   norm, a single q, k, v matrix, the whole head rotating) the projection's epilogue rotates q
@@ -18,17 +21,25 @@
 //!   GPUs, where the output projection combines them as it loads its input
 //!   ([`kernels::Linear::combine`]);
 //! - the output projection, added to the residual stream in its epilogue [1]; with sandwich norms
-//!   (Gemma) it writes a scratch row that an RMSNorm adds to the stream [2];
+//!   (Gemma, OLMo 2) it writes a scratch row whose RMSNorm the next projection that reads the
+//!   stream adds as it loads its input, storing the sum to the stream's other buffer
+//!   ([`kernels::Linear::residual`]: a decode step on the kernels for GPUs) [1], else an RMSNorm
+//!   dispatch adds it to the stream [2];
 //! - gate and up in one projection with the MLP RMSNorm as prologue and the gated activation
 //!   (SiLU or GELU-tanh) as epilogue [1] (gate, up and the activation apart when their formats
 //!   differ [3]);
-//! - the down projection, added to the stream [1], or through a post-norm [2].
+//! - the down projection, added to the stream [1], or through a post-norm likewise [1] or [2]
+//!   (into the next layer's q, k, v projection where its bindings fit the device's storage-buffer
+//!   limit; the last layer's by a dispatch).
 //!
 //! Llama/Qwen2: 5 dispatches per layer (6 on a CPU adapter when attention splits the context);
-//! Qwen3 8; Gemma 2 7; Gemma 3 10 (+1 each likewise); Phi-3, which rotates half of each head, 6.
-//! The extra ones are reductions over a whole row (a head for q/k norm, the hidden state for
-//! post-norms) that cannot be folded into the neighbouring matvec without a second pass over its
-//! output. (On the baseline profile's 8 storage buffers a q, k, v projection with a bias in a
+//! Qwen3 6; Gemma 2 6 (7 on a CPU adapter, whose kernels add post-norms by dispatches, and its
+//! MLP's post-norm is added before the projection that rotates in its epilogue); Gemma 3 6 (8 on
+//! a CPU adapter; 7 on the baseline profile, whose 8 storage buffers leave out the fold into the q,
+//! k, v projection's three outputs) (+1 each when attention splits on a CPU adapter); OLMo 2 8;
+//! Phi-3, which rotates half of each head, 6. The extra ones are reductions over a whole row (a
+//! head for q/k norm, the hidden state for post-norms) that cannot be folded into the
+//! neighbouring matvec without a second pass over its output. (On the baseline profile's 8 storage buffers a q, k, v projection with a bias in a
 //! vec4 format on a CPU adapter keeps its RoPE dispatch: see [`kernels::qkv_rope_fits`].)
 
 use std::collections::HashMap;
@@ -64,6 +75,19 @@ impl Proj {
         }
     }
 
+    /// Whether every dispatch of the projection into `outputs` tensors (with an RMSNorm
+    /// prologue when `norm`) can add a post-norm to its input ([`kernels::residual_fits`]).
+    fn residual_fits(&self, ctx: &GpuContext, rows: usize, outputs: usize, norm: bool) -> bool {
+        match self {
+            Proj::Fused { bias, .. } => {
+                kernels::residual_fits(ctx, rows, outputs, bias.is_some(), norm)
+            }
+            Proj::Parts { biases, .. } => biases
+                .iter()
+                .all(|b| kernels::residual_fits(ctx, rows, 1, b.is_some(), norm)),
+        }
+    }
+
     /// The dispatches that write `x`'s projection into `outs` by column range (one output per
     /// part), with `opts` and the projection's own biases.
     pub(crate) async fn record(
@@ -96,6 +120,62 @@ impl Proj {
     }
 }
 
+/// The residual stream while a step's graph is recorded. A post-norm's output (`h`) waits in
+/// `pending` for the next projection that reads the stream, which adds it as it loads its input
+/// ([`Linear::residual`]) and stores the sum to the stream's other buffer where the kernel allows
+/// it (a decode step on the kernels for GPUs, within the storage-buffer limit), so the add needs
+/// no dispatch; elsewhere an [`kernels::rmsnorm_add`] dispatch adds it in place first.
+struct Stream<'a> {
+    /// The buffer holding the stream.
+    cur: &'a GpuTensor,
+    /// The other buffer, when post-norms can be folded.
+    alt: Option<&'a GpuTensor>,
+    /// The post-norm output and weight not yet added.
+    pending: Option<(&'a GpuTensor, &'a GpuTensor)>,
+    eps: f32,
+}
+
+impl<'a> Stream<'a> {
+    /// For a projection that reads the stream: the pending post-norm as its input's residual
+    /// when `fits` (and the stream then moves to the other buffer once the caller has recorded
+    /// the projection: [`Stream::advance`]); else the add as a dispatch of its own, in `d`.
+    async fn take(
+        &mut self,
+        ctx: &GpuContext,
+        d: &mut Vec<Dispatch>,
+        fits: bool,
+    ) -> Result<Option<kernels::Residual<'a>>> {
+        match (self.pending.take(), self.alt) {
+            (Some((h, g)), Some(alt)) if fits => Ok(Some(kernels::Residual {
+                h,
+                g,
+                eps: self.eps,
+                out: alt,
+            })),
+            (Some((h, g)), _) => {
+                d.push(kernels::rmsnorm_add(ctx, h, g, self.eps, self.cur).await?);
+                Ok(None)
+            }
+            (None, _) => Ok(None),
+        }
+    }
+
+    /// After the projections that read `residual` are recorded: the stream is where they stored it.
+    fn advance(&mut self, residual: Option<kernels::Residual<'a>>) {
+        if let (Some(r), Some(alt)) = (residual, self.alt) {
+            self.alt = Some(self.cur);
+            self.cur = alt;
+            debug_assert!(std::ptr::eq(r.out, alt));
+        }
+    }
+
+    /// The stream with every post-norm added (what the LM head and the final norm read).
+    async fn settle(&mut self, ctx: &GpuContext, d: &mut Vec<Dispatch>) -> Result<&'a GpuTensor> {
+        self.take(ctx, d, false).await?;
+        Ok(self.cur)
+    }
+}
+
 /// The weights of one layer on the GPU.
 struct Layer {
     spec: LayerSpec,
@@ -114,6 +194,14 @@ struct Layer {
     /// ([`kernels::linear_qkv_rope`]): the layer rotates (no q/k norm between), q, k and v are
     /// one matrix, and the kernel fits this device.
     fused_rope: bool,
+    /// The per-head q and k norms run in the RoPE and KV-cache write's dispatch
+    /// ([`kernels::qk_norm_rope_kv_write`]): the layer rotates, and each norm's weight is one
+    /// head (OLMo 2's span all heads).
+    normed_rope: bool,
+    /// Of the layer's post-norms, how many a decode step adds to the stream without a dispatch
+    /// of their own (in the next projection's input, [`Stream`]): the attention block's in the
+    /// MLP's gate/up, the MLP's in the next layer's q, k, v projection.
+    post_folds: usize,
 }
 
 impl Layer {
@@ -520,6 +608,8 @@ impl Decoder {
                 down: r.down,
                 post_ffn_norm: r.post_ffn_norm,
                 fused_rope: false,
+                normed_rope: false,
+                post_folds: 0,
             });
         }
         let embed = w.embed;
@@ -541,6 +631,25 @@ impl Decoder {
                 }
                 _ => false,
             };
+            l.normed_rope = match (table, &l.q_norm, &l.k_norm) {
+                (Some(_), Some(gq), Some(gk)) => {
+                    gq.shape() == [c.head_dim] && gk.shape() == [c.head_dim]
+                }
+                _ => false,
+            };
+        }
+        // What a decode step's graph folds ([`Stream::take`] with [`Proj::residual_fits`]).
+        let folds = |proj: &Proj, outputs: usize, norm: &Option<GpuTensor>| {
+            proj.residual_fits(ctx, 1, outputs, norm.is_some())
+        };
+        for i in 0..layers.len() {
+            let l = &layers[i];
+            let attn = l.post_attn_norm.is_some() && folds(&l.gate_up, 1, &l.ffn_norm);
+            let ffn = l.post_ffn_norm.is_some()
+                && layers
+                    .get(i + 1)
+                    .is_some_and(|n| !n.fused_rope && folds(&n.qkv, 3, &n.attn_norm));
+            layers[i].post_folds = usize::from(attn) + usize::from(ffn);
         }
         let output = output.unwrap_or_else(|| embed.clone());
         Ok(Decoder {
@@ -663,8 +772,12 @@ impl Decoder {
         let k3 = k.reshape(&[t, c.kv_heads, c.head_dim])?;
         let v3 = v.reshape(&[t, c.kv_heads, c.head_dim])?;
         let o3 = o.reshape(&[t, c.heads, c.head_dim])?;
-        // q and k after their per-head norm (Qwen3, Gemma 3).
-        let (qn, kn) = if c.qk_norm {
+        // q and k after their norm, where it is a dispatch of its own (OLMo 2's spans all heads).
+        let apart = self
+            .layers
+            .iter()
+            .any(|l| l.q_norm.is_some() && !l.normed_rope);
+        let (qn, kn) = if apart {
             (
                 Some(f32z("q normed", &[t, c.heads, c.head_dim])?),
                 Some(f32z("k normed", &[t, c.kv_heads, c.head_dim])?),
@@ -688,6 +801,16 @@ impl Decoder {
             )
         } else {
             (None, None)
+        };
+        // The stream's second buffer, for post-norms folded into the next projection.
+        let x_alt = (h.is_some() && kernels::residual_fits(ctx, t, 1, false, false))
+            .then(|| f32z("x'", &[t, c.hidden]))
+            .transpose()?;
+        let mut stream = Stream {
+            cur: &x,
+            alt: x_alt.as_ref(),
+            pending: None,
+            eps: c.rms_eps,
         };
 
         let embed_scale = c.embed_scale.unwrap_or(1.0);
@@ -722,10 +845,29 @@ impl Decoder {
                     layer: l,
                 };
                 let opts = Linear { bias, ..attn_in };
-                d.push(kernels::linear_qkv_rope(ctx, wqkv, &x, &q, &out, &opts).await?);
+                let x = stream.settle(ctx, &mut d).await?;
+                d.push(kernels::linear_qkv_rope(ctx, wqkv, x, &q, &out, &opts).await?);
+                &q3
+            } else if let (true, Some(table), Some(q_norm), Some(k_norm)) =
+                (w.normed_rope, table, &w.q_norm, &w.k_norm)
+            {
+                Self::project_stream(ctx, &mut d, &mut stream, &w.qkv, &[&q, &k, &v], attn_in)
+                    .await?;
+                let norm = kernels::QkNorm {
+                    q_norm,
+                    k_norm,
+                    eps: c.rms_eps,
+                };
+                d.push(
+                    kernels::qk_norm_rope_kv_write(
+                        ctx, table, &step, &q3, &k3, &v3, norm, &self.kv, l,
+                    )
+                    .await?,
+                );
                 &q3
             } else {
-                d.extend(w.qkv.record(ctx, &x, &[&q, &k, &v], &attn_in).await?);
+                Self::project_stream(ctx, &mut d, &mut stream, &w.qkv, &[&q, &k, &v], attn_in)
+                    .await?;
                 let (qr, kr) = match (&qn, &kn, &w.q_norm, &w.k_norm) {
                     (Some(qn), Some(kn), Some(gq), Some(gk)) => {
                         // Rows as long as the norm's weight: a head, or all of them (OLMo 2).
@@ -778,16 +920,8 @@ impl Decoder {
                     Linear::default()
                 }
             };
-            self.project_into_stream(
-                ctx,
-                &mut d,
-                &w.o,
-                (&o, o_in),
-                &x,
-                h.as_ref(),
-                w.post_attn_norm.as_ref(),
-            )
-            .await?;
+            let post = h.as_ref().zip(w.post_attn_norm.as_ref());
+            Self::project_into_stream(ctx, &mut d, &w.o, (&o, o_in), &mut stream, post).await?;
             let ffn_in = Linear {
                 norm: w.ffn_norm.as_ref().map(|n| (n, c.rms_eps)),
                 gate_act: c.activation,
@@ -795,26 +929,24 @@ impl Decoder {
             };
             match (&w.gate_up, &gate, &up) {
                 (Proj::Fused { w: gu, .. }, _, _) => {
-                    d.push(kernels::linear_swiglu(ctx, gu, &x, &a, &ffn_in).await?);
+                    let fits = w.gate_up.residual_fits(ctx, t, 1, ffn_in.norm.is_some());
+                    let residual = stream.take(ctx, &mut d, fits).await?;
+                    let opts = Linear { residual, ..ffn_in };
+                    d.push(kernels::linear_swiglu(ctx, gu, stream.cur, &a, &opts).await?);
+                    stream.advance(residual);
                 }
-                (Proj::Parts { ws, .. }, Some(g), Some(u)) => {
-                    d.push(kernels::linear_with(ctx, &ws[0], &x, g, &ffn_in).await?);
-                    d.push(kernels::linear_with(ctx, &ws[1], &x, u, &ffn_in).await?);
+                (parts @ Proj::Parts { .. }, Some(g), Some(u)) => {
+                    Self::project_stream(ctx, &mut d, &mut stream, parts, &[g, u], ffn_in).await?;
                     d.push(kernels::gated(ctx, g, u, &a, c.activation).await?);
                 }
                 _ => unreachable!("gate/up buffers exist when a layer keeps them apart"),
             }
-            self.project_into_stream(
-                ctx,
-                &mut d,
-                &w.down,
-                (&a, Linear::default()),
-                &x,
-                h.as_ref(),
-                w.post_ffn_norm.as_ref(),
-            )
-            .await?;
+            let post = h.as_ref().zip(w.post_ffn_norm.as_ref());
+            let down_in = (&a, Linear::default());
+            Self::project_into_stream(ctx, &mut d, &w.down, down_in, &mut stream, post).await?;
         }
+        // The stream with the last post-norm added: what the head and the final norm read.
+        let x = stream.settle(ctx, &mut d).await?;
         // The layers' dispatches end here; the LM head's follow.
         let body = d.len();
         // The final norm is the output projection's prologue.
@@ -827,7 +959,7 @@ impl Decoder {
         let (last, head_in) = if t > 1 && !all_logits {
             let last = ctx.zeros("last token", &[1], DType::I32)?;
             let row = f32z("last row", &[1, c.hidden])?;
-            d.push(kernels::embed(ctx, &x, &last, &row).await?);
+            d.push(kernels::embed(ctx, x, &last, &row).await?);
             (Some(last), row)
         } else {
             (None, x.clone())
@@ -864,7 +996,7 @@ impl Decoder {
         let biases = ctx.zeros("logit bias", &[MAX_LOGIT_BIAS, 2], DType::I32)?;
         let bias = kernels::bias_logits(ctx, &logits, &draw, &biases).await?;
         let normed = f32z("final hidden", &[t, c.hidden])?;
-        let final_norm = kernels::rmsnorm(ctx, &x, &self.out_norm, c.rms_eps, &normed).await?;
+        let final_norm = kernels::rmsnorm(ctx, x, &self.out_norm, c.rms_eps, &normed).await?;
         Ok(Graph {
             step,
             ids,
@@ -890,33 +1022,51 @@ impl Decoder {
         })
     }
 
-    /// `x += input · Wᵀ`, in the projection's epilogue; with a post-norm, `x += rmsnorm(input ·
-    /// Wᵀ)` through the scratch row `h`. `input` comes with how it is read (plain, or combining
-    /// split attention's chunks).
-    #[allow(clippy::too_many_arguments)]
-    async fn project_into_stream(
-        &self,
+    /// `x += input · Wᵀ`, in the projection's epilogue; with a post-norm `(h, g)`, `h = input ·
+    /// Wᵀ`, left pending in the stream (`x += rmsnorm(h) · g` comes with the next projection that
+    /// reads it, or a dispatch). `input` comes with how it is read (plain, or combining split
+    /// attention's chunks).
+    async fn project_into_stream<'a>(
         ctx: &GpuContext,
         d: &mut Vec<Dispatch>,
         w: &GpuTensor,
         (input, read): (&GpuTensor, Linear<'_>),
-        x: &GpuTensor,
-        h: Option<&GpuTensor>,
-        post_norm: Option<&GpuTensor>,
+        stream: &mut Stream<'a>,
+        post: Option<(&'a GpuTensor, &'a GpuTensor)>,
     ) -> Result<()> {
-        match (post_norm, h) {
-            (Some(g), Some(h)) => {
-                d.push(kernels::linear_with(ctx, w, input, h, &read).await?);
-                d.push(kernels::rmsnorm_add(ctx, h, g, self.config.rms_eps, x).await?);
-            }
-            _ => {
-                let residual = Linear {
-                    accumulate: true,
-                    ..read
-                };
-                d.push(kernels::linear_with(ctx, w, input, x, &residual).await?);
-            }
+        if let Some((h, g)) = post {
+            // h is free: the projections that read the last post-norm's h ran before this one.
+            let x = stream.settle(ctx, d).await?;
+            debug_assert!(!std::ptr::eq(x, h));
+            d.push(kernels::linear_with(ctx, w, input, h, &read).await?);
+            stream.pending = Some((h, g));
+        } else {
+            let residual = Linear {
+                accumulate: true,
+                ..read
+            };
+            let x = stream.settle(ctx, d).await?;
+            d.push(kernels::linear_with(ctx, w, input, x, &residual).await?);
         }
+        Ok(())
+    }
+
+    /// The projection `proj` of the stream into `outs`, with `opts` (the prologue): the pending
+    /// post-norm added as the input loads where every dispatch of it can, else first.
+    async fn project_stream<'a>(
+        ctx: &GpuContext,
+        d: &mut Vec<Dispatch>,
+        stream: &mut Stream<'a>,
+        proj: &Proj,
+        outs: &[&GpuTensor],
+        opts: Linear<'_>,
+    ) -> Result<()> {
+        let rows = stream.cur.rows();
+        let fits = proj.residual_fits(ctx, rows, outs.len(), opts.norm.is_some());
+        let residual = stream.take(ctx, d, fits).await?;
+        let opts = Linear { residual, ..opts };
+        d.extend(proj.record(ctx, stream.cur, outs, &opts).await?);
+        stream.advance(residual);
         Ok(())
     }
 
@@ -1317,8 +1467,16 @@ impl Decoder {
                     Proj::Fused { .. } => 1,
                     Proj::Parts { .. } => 3,
                 };
-                let qk = if l.q_norm.is_some() { 2 } else { 0 };
-                let post = if l.post_attn_norm.is_some() { 2 } else { 0 };
+                // Norms of their own, unless the RoPE and KV-cache write does them.
+                let qk = if l.q_norm.is_some() && !l.normed_rope {
+                    2
+                } else {
+                    0
+                };
+                // Post-norm adds that run as dispatches: the last layer's MLP's always does.
+                let post = usize::from(l.post_attn_norm.is_some())
+                    + usize::from(l.post_ffn_norm.is_some())
+                    - l.post_folds;
                 // rope/kv write (unless the projection does it), attention, o, down.
                 let write = usize::from(!l.fused_rope);
                 qkv + qk + write + 1 + 1 + mlp + 1 + post
