@@ -32,15 +32,17 @@
 //!   (into the next layer's q, k, v projection where its bindings fit the device's storage-buffer
 //!   limit; the last layer's by a dispatch).
 //!
-//! Llama/Qwen2: 5 dispatches per layer (6 on a CPU adapter when attention splits the context);
-//! Qwen3 6; Gemma 2 6 (7 on a CPU adapter, whose kernels add post-norms by dispatches, and its
-//! MLP's post-norm is added before the projection that rotates in its epilogue); Gemma 3 6 (8 on
-//! a CPU adapter; 7 on the baseline profile, whose 8 storage buffers leave out the fold into the q,
-//! k, v projection's three outputs) (+1 each when attention splits on a CPU adapter); OLMo 2 8;
-//! Phi-3, which rotates half of each head, 6. The extra ones are reductions over a whole row (a
-//! head for q/k norm, the hidden state for post-norms) that cannot be folded into the
-//! neighbouring matvec without a second pass over its output. (On the baseline profile's 8 storage buffers a q, k, v projection with a bias in a
-//! vec4 format on a CPU adapter keeps its RoPE dispatch: see [`kernels::qkv_rope_fits`].)
+//! Decode dispatches per layer on the kernels for GPUs (on those for CPU adapters, whose kernels
+//! add every post-norm by a dispatch): Llama/Qwen2 5; Qwen3 6; Gemma 2 6 (7; its MLP's post-norm
+//! is a dispatch, added before the next projection, which rotates in its epilogue); Gemma 3 6 (8;
+//! 7 on the baseline profile, whose 8 storage buffers leave out the fold into a q, k, v
+//! projection with three outputs); OLMo 2 8 (10); Phi-3, which rotates half of each head, 6. The
+//! last layer adds one for its MLP's post-norm; a CPU adapter one more when attention splits the
+//! context. Beyond Llama's 5: the RoPE and cache-write dispatch where a q/k norm sits between
+//! the projection and RoPE (it reduces over a head, which the projection's workgroups do not
+//! hold), and the post-norm adds no following projection takes. (On the baseline profile's
+//! 8 storage buffers a q, k, v projection with a bias in a vec4 format on a CPU adapter keeps its
+//! RoPE dispatch: see [`kernels::qkv_rope_fits`].)
 
 use std::collections::HashMap;
 
