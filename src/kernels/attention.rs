@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Interface, Kernel, Slot, Specialization};
 use crate::kernels::rope::{check_table, check_target, RopeLayout, RopeTable, TABLE};
 use crate::kernels::{build, Bind};
-use crate::kernels::{dim, expect_distinct, expect_dtype, grid, mismatch, WG};
+use crate::kernels::{check_eps, dim, expect_distinct, expect_dtype, grid, mismatch, WG};
 
 const KV_WRITE_SRC: &str = include_str!("../../shaders/kv_write.wgsl");
 const ROPE_KV_WRITE_SRC: &str = include_str!("../../shaders/rope_kv_write.wgsl");
@@ -647,12 +647,9 @@ async fn rope_kv_write_normed(
             ));
         }
     }
-    if !(norm.eps.is_finite() && norm.eps >= 0.0) {
-        return Err(mismatch(
-            name,
-            format!("eps must be finite and >= 0, got {}", norm.eps),
-        ));
-    }
+    check_eps(name, "eps", norm.eps)?;
+    // q is written while every workgroup reads the norms' weights.
+    expect_distinct(name, q, &[norm.q_norm, norm.k_norm])?;
     const KERNEL: Kernel = Kernel::new(
         "qk_norm_rope_kv_write",
         QK_NORM_ROPE_KV_SRC,

@@ -9,7 +9,9 @@ use crate::kernels::attention::{
     AttentionParts, KvCache, StepState, KV_STORE, K_CACHE, PART_ML_IN, PART_O, STEP, V_CACHE,
 };
 use crate::kernels::rope::{check_table, RopeConfig, RopeLayout, RopeTable, ROPE_ROTATE, TABLE};
-use crate::kernels::{build, dim, expect_distinct, expect_dtype, grid, mismatch, reduce_spec_wg};
+use crate::kernels::{
+    build, check_eps, dim, expect_distinct, expect_dtype, grid, mismatch, reduce_spec_wg,
+};
 
 const LINEAR_COMMON: &str = include_str!("../../shaders/linear_common.wgsl");
 const QUANT: &str = include_str!("../../shaders/quant.wgsl");
@@ -554,12 +556,7 @@ fn check(
                 ),
             ));
         }
-        if !(e.is_finite() && e >= 0.0) {
-            return Err(mismatch(
-                kernel,
-                format!("norm eps must be finite and >= 0, got {e}"),
-            ));
-        }
+        check_eps(kernel, "norm eps", e)?;
         eps = e;
     }
     let mut res_eps = 0.0;
@@ -571,7 +568,8 @@ fn check(
             return Err(mismatch(
                 kernel,
                 format!(
-                    "residual block output '{}' {:?} and updated stream '{}' {:?} must have the                      input's shape {:?}, norm weight '{}' {:?} its features [{k}]",
+                    "residual block output '{}' {:?} and updated stream '{}' {:?} must have the \
+                     input's shape {:?}, norm weight '{}' {:?} its features [{k}]",
                     r.h.name(),
                     r.h.shape(),
                     r.out.name(),
@@ -590,12 +588,7 @@ fn check(
         }
         read.extend(outputs.iter().copied());
         expect_distinct(kernel, r.out, &read)?;
-        if !(r.eps.is_finite() && r.eps >= 0.0) {
-            return Err(mismatch(
-                kernel,
-                format!("residual eps must be finite and >= 0, got {}", r.eps),
-            ));
-        }
+        check_eps(kernel, "residual eps", r.eps)?;
         res_eps = r.eps;
     }
     // Block formats: the scales follow the quants of all n · k / QK blocks.
@@ -1012,7 +1005,9 @@ async fn linear_epilogue(
             return Err(mismatch(
                 name,
                 format!(
-                    "adding a post-norm to the input as it loads needs the matrix-vector kernels                      for GPUs, one activation row (got '{}' {:?}), no other input or RoPE                      epilogue, and its bindings within this device's {} storage buffers",
+                    "adding a post-norm to the input as it loads needs the matrix-vector kernels \
+                     for GPUs, one activation row (got '{}' {:?}), no other input or RoPE \
+                     epilogue, and its bindings within this device's {} storage buffers",
                     x.name(),
                     x.shape(),
                     ctx.capabilities().max_storage_buffers_per_stage

@@ -196,6 +196,17 @@ pub(crate) fn mismatch(kernel: &'static str, detail: String) -> Error {
     Error::ShapeMismatch { kernel, detail }
 }
 
+/// A norm's eps (`what` names it in the message): finite and not negative.
+pub(crate) fn check_eps(kernel: &'static str, what: &str, eps: f32) -> Result<()> {
+    if eps.is_finite() && eps >= 0.0 {
+        return Ok(());
+    }
+    Err(mismatch(
+        kernel,
+        format!("{what} must be finite and >= 0, got {eps}"),
+    ))
+}
+
 /// A dimension as the `u32` the shaders index with.
 pub(crate) fn dim(kernel: &'static str, what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| mismatch(kernel, format!("{what} = {v} does not fit in 32 bits")))

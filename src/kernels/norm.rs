@@ -2,7 +2,9 @@
 
 use crate::error::Result;
 use crate::gpu::{DType, Dispatch, GpuContext, GpuTensor, Interface, Kernel, Slot};
-use crate::kernels::{build, dim, expect_distinct, expect_dtype, grid, mismatch, reduce_spec};
+use crate::kernels::{
+    build, check_eps, dim, expect_distinct, expect_dtype, grid, mismatch, reduce_spec,
+};
 
 const RMSNORM_SRC: &str = include_str!("../../shaders/rmsnorm.wgsl");
 
@@ -62,13 +64,7 @@ fn check(
             ),
         ));
     }
-    if !(eps.is_finite() && eps >= 0.0) {
-        return Err(mismatch(
-            name,
-            format!("eps must be finite and >= 0, got {eps}"),
-        ));
-    }
-    Ok(())
+    check_eps(name, "eps", eps)
 }
 
 /// RMSNorm over the last dimension: `y = x / sqrt(mean(x²) + eps) * weight`.
