@@ -19,13 +19,19 @@
 #                                      then, where nvcc and cmake are, llama.cpp built for CUDA
 #                                      and its llama-bench on the same files, prompt and tokens
 #   scripts/device-bench.sh llama      the llama.cpp part alone
+#   scripts/device-bench.sh sweep      there: `bench --quick` of each decoder model with the
+#                                      default attention chunking and with --attention-chunk
+#                                      of each of DEVICE_BENCH_CHUNKS (default 16 32 64 128),
+#                                      at the default prompt and at DEVICE_BENCH_LONG_PROMPT
+#                                      (default 1024) tokens: which chunking to make the default
 #   scripts/device-bench.sh compare    there, a change against its base in one run: the same
 #                                      kernel-bench rows and model benches with
 #                                      target/device/pocketlm-base (a release build of the base,
 #                                      copied there by hand) and with target/device/pocketlm,
 #                                      alternating, so that both share the GPU's state and clocks
 #
-# `run` writes everything it prints to $OUT/device-bench.txt (OUT defaults to target/device/out).
+# `run` writes everything it prints to $OUT/device-bench.txt (OUT defaults to target/device/out),
+# `sweep` to $OUT/device-sweep.txt, `compare` to $OUT/device-compare.txt.
 # Knobs: DEVICE_BENCH_SIZE (kernel-bench matrix, default 4096), DEVICE_BENCH_PROMPT and
 # DEVICE_BENCH_GEN (prompt and generated tokens, default 128 and 64), DEVICE_BENCH_BACKEND
 # (default gpu: the WebGPU backend even on a CPU adapter, so that the script can be tried on
@@ -229,12 +235,30 @@ compare)
     done
   } 2>&1 | tee "$OUT/device-compare.txt"
   ;;
+sweep)
+  device_setup
+  {
+    date -u
+    rebuild_models
+    for m in "$MODELS"/*.gguf; do
+      case "$m" in *MiniLM*) continue ;; esac
+      for p in "$prompt" "${DEVICE_BENCH_LONG_PROMPT:-1024}"; do
+        for c in default ${DEVICE_BENCH_CHUNKS:-16 32 64 128}; do
+          chunk=()
+          [ "$c" = default ] || chunk=(--attention-chunk "$c")
+          step --backend "$backend" "${chunk[@]}" bench "$m" --prompt-tokens "$p" \
+            --gen-tokens "$gen" --quick
+        done
+      done
+    done
+  } 2>&1 | tee "$OUT/device-sweep.txt"
+  ;;
 llama)
   mkdir -p "$OUT"
   llama_bench 2>&1 | tee "$OUT/llama-bench.txt"
   ;;
 *)
-  echo "usage: scripts/device-bench.sh prepare|run|compare|llama" >&2
+  echo "usage: scripts/device-bench.sh prepare|run|sweep|compare|llama" >&2
   exit 2
   ;;
 esac

@@ -537,6 +537,22 @@ impl Engine {
         }
     }
 
+    /// The dispatches of the built graph that runs prefill steps of `tokens` tokens (the one
+    /// for the longest sequence, where several are built), in order; none where no such graph
+    /// is built yet, or on the CPU backend (for profiling).
+    pub fn step_dispatches(&self, tokens: usize) -> Vec<crate::gpu::Dispatch> {
+        let Backend::Gpu { graphs, .. } = &self.backend else {
+            return Vec::new();
+        };
+        let n = graph_size(&self.sizes, tokens);
+        graphs
+            .iter()
+            .filter(|g| g.step.max_tokens() == n)
+            .max_by_key(|g| g.step.max_positions())
+            .map(|g| g.all_dispatches())
+            .unwrap_or_default()
+    }
+
     /// Forgets the KV cache's contents: the next prompt is prefilled from the start.
     pub fn reset(&mut self) {
         self.cached.clear();

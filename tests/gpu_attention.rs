@@ -1078,3 +1078,53 @@ fn a_sliding_windows_ring_attends_as_the_whole_cache() {
         expect_err(attend(&step, &both_ways), "shape_mismatch", "ring");
     }
 }
+
+/// `GpuContext::with_attention_chunk` (`pocketlm --attention-chunk`, a knob for tuning on a GPU)
+/// replaces the default chunking where a caller gives none: as given where the partial results
+/// fit, doubled until they do otherwise; a decode step with it stays within the reference's bound
+/// at the end of the context (where every chunk holds keys).
+#[test]
+fn the_contexts_attention_chunk_replaces_the_default() {
+    let base = ctx();
+    let tuned = |chunk| {
+        pollster::block_on(pocketlm::gpu::GpuContext::new(common::profile_request()))
+            .unwrap()
+            .with_cpu_kernels(base.capabilities().cpu)
+            .with_attention_chunk(Some(chunk))
+    };
+    let (nh, nkv, hd, max_ctx) = (9usize, 3usize, 64usize, 600usize);
+    let chunking = |ctx: &pocketlm::gpu::GpuContext, tokens: usize| {
+        let step = StepState::new(ctx, tokens, max_ctx).unwrap();
+        let cache = KvCache::new(ctx, 1, max_ctx, nkv, hd).unwrap();
+        let q = ctx.zeros("q", &[tokens, nh, hd], DType::F32).unwrap();
+        let out = ctx.zeros("out", &[tokens, nh, hd], DType::F32).unwrap();
+        let att = pollster::block_on(kernels::attention(
+            ctx,
+            &step,
+            &q,
+            &cache,
+            0,
+            &out,
+            &AttentionOptions::default(),
+        ))
+        .unwrap();
+        (att.chunk_len(), att.n_chunks())
+    };
+    // The default: chunks of at least 64 positions.
+    assert_eq!(chunking(base, 1), (64, 10));
+    let sixteen = tuned(16);
+    assert_eq!(sixteen.capabilities().attention_chunk, Some(16));
+    assert_eq!(chunking(&sixteen, 1), (16, 38));
+    assert!(sixteen
+        .report()
+        .to_string()
+        .contains("chunks of 16 positions"));
+    attention_case_on(
+        &sixteen,
+        AttentionCase::decode(nh, nkv, hd, max_ctx),
+        0xC4_0016,
+    );
+    // Chunks of 1 for a 64-token step: 600 chunks of partial results (576 rows of 64 floats
+    // each) would take 88 MB; doubled to 4 positions, 150 chunks take 22 MB, within 32 MiB.
+    assert_eq!(chunking(&tuned(1), 64), (4, 150));
+}

@@ -187,6 +187,22 @@ fn bench_reports_speed_work_per_token_and_memory() {
             .unwrap_or_else(|| panic!("'{name}' missing:\n{out}"))
     };
     assert!(row("host time per decoded token").contains(" ms "), "{out}");
+    assert!(row("host time of the prefill").contains(" ms "), "{out}");
+    // --per-kernel times each prefill step's graph too: one table per step the prefill ran.
+    let steps = row("prefill ");
+    let steps = &steps[steps.find("steps of [").unwrap() + 10..];
+    let steps: Vec<&str> = steps[..steps.find(']').unwrap()].split(", ").collect();
+    for n in &steps {
+        let title = format!("prefill step of {n} tokens, each dispatch timed alone");
+        assert!(out.contains(&title), "'{title}' missing:\n{out}");
+    }
+    let first_number = |l: &str| -> f64 {
+        l.split_whitespace()
+            .find_map(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no number in '{l}'"))
+    };
+    let prefill_dispatches = first_number(row("dispatches of the prefill"));
+    assert!(prefill_dispatches > 0.0, "{out}");
     let features = row("adapter features:");
     let gpu = row("GPU time per decoded token");
     if !features.contains("timestamp-query,") && !features.ends_with("timestamp-query") {
@@ -203,17 +219,25 @@ fn bench_reports_speed_work_per_token_and_memory() {
             .last()
             .and_then(|v| v.parse().ok())
             .unwrap();
-        let by_kind: f64 = out
-            .lines()
-            .skip_while(|l| !l.contains("per kind of dispatch"))
-            .skip(1)
-            .take_while(|l| l.starts_with("    "))
-            .map(|l| {
-                let n = l.split_whitespace().nth(1).unwrap();
-                n.trim_start_matches('×').parse::<f64>().unwrap()
-            })
-            .sum();
-        assert!((by_kind - dispatches).abs() < 0.5, "{out}");
+        // The dispatches by kind of the section whose heading contains `what`.
+        let by_kind = |what: &str| -> f64 {
+            out.lines()
+                .skip_while(|l| !(l.contains("per kind of dispatch") && l.contains(what)))
+                .skip(1)
+                .take_while(|l| l.starts_with("    "))
+                .map(|l| {
+                    let n = l.split_whitespace().nth(1).unwrap();
+                    n.trim_start_matches('×').parse::<f64>().unwrap()
+                })
+                .sum()
+        };
+        assert!((by_kind("(per step)") - dispatches).abs() < 0.5, "{out}");
+        // The prompt's own GPU time, over the same dispatches the measured prefill ran.
+        assert!(
+            row("GPU time of the prefill").contains("timestamp queries over the real graph"),
+            "{out}"
+        );
+        assert_eq!(by_kind("(the whole prompt)"), prefill_dispatches, "{out}");
     }
 }
 

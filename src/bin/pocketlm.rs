@@ -53,6 +53,11 @@ mod cli {
         /// times both tiles whatever this says.
         #[arg(long, global = true)]
         f16_tiles: bool,
+        /// Split attention over the context in chunks of this many positions on WebGPU,
+        /// instead of the default (at least 64, enough chunks to fill a GPU at full context).
+        /// For tuning on a GPU: `scripts/device-bench.sh sweep` compares several
+        #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1..))]
+        attention_chunk: Option<u32>,
         #[command(subcommand)]
         command: Command,
     }
@@ -156,9 +161,14 @@ mod cli {
             /// The KV cache's element type, f16 (default) or f32.
             #[arg(long, value_parser = ["f16", "f32"])]
             kv_dtype: Option<String>,
-            /// Also time each kind of dispatch of a decode step on its own.
+            /// Also time each kind of dispatch of a decode step, and of each prefill step, on
+            /// its own.
             #[arg(long)]
             per_kernel: bool,
+            /// Only the prefill and decode speeds and GPU times: none of the comparisons of
+            /// sampling settings, pipelining and constrained decoding (for sweeps of a setting).
+            #[arg(long)]
+            quick: bool,
         },
     }
 
@@ -704,7 +714,9 @@ mod cli {
             "cpu" => ctx.with_cpu_kernels(true),
             _ => ctx,
         };
-        Ok(ctx.with_f16_tiles(cli.f16_tiles))
+        Ok(ctx
+            .with_f16_tiles(cli.f16_tiles)
+            .with_attention_chunk(cli.attention_chunk))
     }
 
     /// `--backend`: `gpu` opens the adapter (or fails), `cpu` the CPU backend, and `auto` the
@@ -1075,6 +1087,7 @@ mod cli {
         model: &str,
         (prompt_tokens, gen_tokens, options): (usize, usize, &EngineOptions),
         per_kernel: bool,
+        quick: bool,
     ) -> pocketlm::Result<ExitCode> {
         if prompt_tokens == 0 || gen_tokens < 2 {
             eprintln!("error: --prompt-tokens must be at least 1 and --gen-tokens at least 2");
@@ -1106,6 +1119,7 @@ mod cli {
 
         let prompt = bench_prompt(&engine, prompt_tokens)?;
         let mut at_first = None;
+        let ((s0, d0, _), w0) = (ctx.stats.snapshot(), ctx.stats.waited());
         let stats = || {
             (
                 ctx.stats.snapshot(),
@@ -1136,6 +1150,18 @@ mod cli {
             prompt_tokens,
             g.prefill_ms,
             engine.prefill_steps(prompt_tokens)
+        );
+        println!(
+            "{:<28} {} in {} submits",
+            "dispatches of the prefill",
+            d1 - d0,
+            s1 - s0
+        );
+        println!(
+            "{:<28} {:.2} ms (encoding, submitting, sampling: the prefill's wall time less the \
+             waits for the GPU)",
+            "host time of the prefill",
+            g.prefill_ms - (w1 - w0).as_secs_f64() * 1e3
         );
         println!(
             "{:<28} {:.2} tokens/s ({:.1} ms per token over {} tokens)",
@@ -1190,52 +1216,65 @@ mod cli {
             mib(kv),
             engine.context()
         );
-        sampling_speeds(ctx, &mut engine, &prompt, gen_tokens).await?;
-        pipeline_speeds(ctx, &mut engine, &prompt, gen_tokens).await?;
-        constrained_speeds(ctx, &mut engine, &prompt, gen_tokens).await?;
+        if !quick {
+            sampling_speeds(ctx, &mut engine, &prompt, gen_tokens).await?;
+            pipeline_speeds(ctx, &mut engine, &prompt, gen_tokens).await?;
+            constrained_speeds(ctx, &mut engine, &prompt, gen_tokens).await?;
+        }
         if per_kernel {
             // The KV cache holds the benchmark's sequence, so attention sees a real length.
-            let times = bench::profile_dispatches(ctx, &engine.decode_dispatches(), 5).await?;
             let copy = bench::copy_gb_per_s(ctx, 5).await?;
-            let sum: f64 = times.iter().map(|t| t.total.as_secs_f64()).sum();
-            println!(
-                "\ndecode step, each dispatch timed alone (sum {:.1} ms; weights read as GB/s \
-                 and as a fraction of the copy kernel's {copy:.1} GB/s):",
-                sum * 1e3
-            );
-            for t in &times {
-                let ms = t.total.as_secs_f64() * 1e3;
-                println!(
-                    "  {:<24} ×{:<4} {:>9.2} ms {:>5.1}%",
-                    t.label,
-                    t.count,
-                    ms,
-                    100.0 * ms / (sum * 1e3)
-                );
-                // Each shape of a kernel that has several or reads weights: which shapes take
-                // the time, and how close to the memory's speed.
-                if t.shapes.len() > 1 || t.shapes.iter().any(|s| s.weight_bytes > 0) {
-                    for s in &t.shapes {
-                        let mut line = format!(
-                            "      grid {:<18} ×{:<4} {:>9.1} µs each",
-                            format!("{:?}", s.grid),
-                            s.count,
-                            s.each.as_secs_f64() * 1e6
-                        );
-                        if s.weight_bytes > 0 {
-                            line += &format!(
-                                "  {:>8.2} MB {:>9.1} GB/s {:>6.3}× copy",
-                                s.weight_bytes as f64 / 1e6,
-                                s.gb_per_s(),
-                                s.gb_per_s() / copy
-                            );
-                        }
-                        println!("{line}");
-                    }
-                }
+            let times = bench::profile_dispatches(ctx, &engine.decode_dispatches(), 5).await?;
+            print_profile("decode step", &times, copy);
+            // Each prefill step's graph, as the measured prefill ran it (built by the warm-up).
+            for n in engine.prefill_steps(prompt_tokens) {
+                let times = bench::profile_dispatches(ctx, &engine.step_dispatches(n), 5).await?;
+                print_profile(&format!("prefill step of {n} tokens"), &times, copy);
             }
         }
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// `--per-kernel`'s table for one step: each kind of dispatch timed alone, and its shapes
+    /// with the weights they read as GB/s and as a fraction of the copy kernel's `copy` GB/s.
+    fn print_profile(what: &str, times: &[bench::DispatchTime], copy: f64) {
+        let sum: f64 = times.iter().map(|t| t.total.as_secs_f64()).sum();
+        println!(
+            "\n{what}, each dispatch timed alone (sum {:.1} ms; weights read as GB/s and as a \
+             fraction of the copy kernel's {copy:.1} GB/s):",
+            sum * 1e3
+        );
+        for t in times {
+            let ms = t.total.as_secs_f64() * 1e3;
+            println!(
+                "  {:<24} ×{:<4} {:>9.2} ms {:>5.1}%",
+                t.label,
+                t.count,
+                ms,
+                100.0 * ms / (sum * 1e3)
+            );
+            // Each shape of a kernel that has several or reads weights: which shapes take the
+            // time, and how close to the memory's speed.
+            if t.shapes.len() > 1 || t.shapes.iter().any(|s| s.weight_bytes > 0) {
+                for s in &t.shapes {
+                    let mut line = format!(
+                        "      grid {:<18} ×{:<4} {:>9.1} µs each",
+                        format!("{:?}", s.grid),
+                        s.count,
+                        s.each.as_secs_f64() * 1e6
+                    );
+                    if s.weight_bytes > 0 {
+                        line += &format!(
+                            "  {:>8.2} MB {:>9.1} GB/s {:>6.3}× copy",
+                            s.weight_bytes as f64 / 1e6,
+                            s.gb_per_s(),
+                            s.gb_per_s() / copy
+                        );
+                    }
+                    println!("{line}");
+                }
+            }
+        }
     }
 
     /// GPU time per decoded token over the real graph: the same generation again with every
@@ -1272,29 +1311,58 @@ mod cli {
         let Some(t) = ctx.time_gpu(false).filter(|t| t.submits > 0) else {
             return Ok(());
         };
-        let per_step = |ns: f64| ns / t.submits as f64 / 1e6;
         println!(
             "{:<28} {:.3} ms (timestamp queries over the real graph, {} steps)",
             "GPU time per decoded token",
-            per_step(t.total_ns),
+            t.total_ns / t.submits as f64 / 1e6,
             t.submits
         );
-        if support == TimestampSupport::Dispatches {
-            let mut rows: Vec<_> = t.per_label.iter().collect();
-            rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
-            let sum: f64 = rows.iter().map(|r| r.1 .1).sum();
-            println!("  per kind of dispatch, in the graph (per step):");
-            for (label, (n, ns)) in rows {
-                println!(
-                    "    {:<24} ×{:<5} {:>9.3} ms {:>5.1}%",
-                    label,
-                    n / t.submits,
-                    per_step(*ns),
-                    100.0 * ns / sum.max(f64::MIN_POSITIVE)
-                );
-            }
+        print_per_label(&t, t.submits, "per step");
+
+        // The prompt alone: its steps (and the first token's sampling) timed the same way.
+        engine.reset();
+        let first_only = GenerateOptions {
+            max_tokens: Some(1),
+            ..options.clone()
+        };
+        ctx.time_gpu(true);
+        engine
+            .generate(ctx, prompt, &first_only, &mut |_| Flow::Continue)
+            .await?;
+        if let Some(t) = ctx.time_gpu(false).filter(|t| t.submits > 0) {
+            println!(
+                "{:<28} {:.3} ms (timestamp queries over the real graph, {} tokens in {} \
+                 submits)",
+                "GPU time of the prefill",
+                t.total_ns / 1e6,
+                prompt.len(),
+                t.submits
+            );
+            print_per_label(&t, 1, "the whole prompt");
         }
         Ok(())
+    }
+
+    /// The per-kind lines of a timed run where the device took timestamps between dispatches
+    /// (nothing otherwise): dispatches and milliseconds per `per` submits, and the share of each.
+    fn print_per_label(t: &pocketlm::gpu::GpuTimes, per: u64, what: &str) {
+        if t.per_label.is_empty() {
+            return;
+        }
+        let per = per.max(1);
+        let mut rows: Vec<_> = t.per_label.iter().collect();
+        rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+        let sum: f64 = rows.iter().map(|r| r.1 .1).sum();
+        println!("  per kind of dispatch, in the graph ({what}):");
+        for (label, (n, ns)) in rows {
+            println!(
+                "    {:<24} ×{:<5} {:>9.3} ms {:>5.1}%",
+                label,
+                n / per,
+                ns / per as f64 / 1e6,
+                100.0 * ns / sum.max(f64::MIN_POSITIVE)
+            );
+        }
     }
 
     /// `pocketlm bench --backend cpu`: prefill and greedy decode speed of the CPU backend, with
@@ -1596,6 +1664,7 @@ mod cli {
                     context,
                     kv_dtype: dtype,
                     per_kernel,
+                    quick,
                 } => {
                     let options = EngineOptions {
                         context,
@@ -1603,7 +1672,7 @@ mod cli {
                         ..Default::default()
                     };
                     let sizes = (prompt_tokens, gen_tokens, &options);
-                    return bench_model(&dev, &model, sizes, per_kernel).await;
+                    return bench_model(&dev, &model, sizes, per_kernel, quick).await;
                 }
                 Command::Embed {
                     model,

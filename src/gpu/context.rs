@@ -79,6 +79,9 @@ pub struct Capabilities {
     /// The prefill GEMM keeps its workgroup tiles in f16 (products and sums stay f32): only
     /// where the device has `shader-f16`, and only when asked ([`GpuContext::with_f16_tiles`]).
     pub f16_tiles: bool,
+    /// Context positions per chunk of attention's split over the context, in place of the
+    /// default chunking, where a caller gives none ([`GpuContext::with_attention_chunk`]).
+    pub attention_chunk: Option<u32>,
 }
 
 impl Capabilities {
@@ -101,6 +104,7 @@ impl Capabilities {
             max_buffer_bytes: limits.max_buffer_size,
             cpu: info.device_type == wgpu::DeviceType::Cpu,
             f16_tiles: false,
+            attention_chunk: None,
         }
     }
 }
@@ -169,6 +173,9 @@ impl fmt::Display for DeviceReport {
             (false, true) => "made for GPUs (prefill GEMM tiles: f16)",
         };
         writeln!(f, "kernels:   {kernels}")?;
+        if let Some(c) = c.attention_chunk {
+            writeln!(f, "attention: chunks of {c} positions (--attention-chunk)")?;
+        }
         write!(f, "adapter features: {}", self.adapter_features.join(", "))
     }
 }
@@ -450,6 +457,17 @@ impl GpuContext {
     /// [`Self::with_f16_tiles`] in place.
     pub fn set_f16_tiles(&mut self, on: bool) {
         self.caps.f16_tiles = on && self.caps.f16;
+    }
+
+    /// Splits attention over the context in chunks of `positions` (at least 1) in the graphs
+    /// built from now on, instead of the default (chunks of at least 64 positions, enough to
+    /// give a GPU about 256 workgroups at full context); `None` restores it. A tuning knob for
+    /// measuring on a GPU (`pocketlm --attention-chunk`): the chunking changes the order of
+    /// the softmax's sums, not what is computed. Chunks that would make the partial results
+    /// larger than 32 MiB are doubled until they fit, as the default's are.
+    pub fn with_attention_chunk(mut self, positions: Option<u32>) -> Self {
+        self.caps.attention_chunk = positions.map(|p| p.max(1));
+        self
     }
 
     /// Calls `notify` once when the device is lost (or destroyed), after recording the loss so

@@ -1102,19 +1102,20 @@ pub async fn attention(
         None => {
             let per_chunk = nkv * pl.head_blocks * pl.token_blocks;
             let want = TARGET_WORKGROUPS.div_ceil(per_chunk);
-            if want <= 1 {
-                max_ctx
-            } else {
-                let mut c = max_ctx
+            let mut c = match ctx.capabilities().attention_chunk {
+                // The context's tuning override, as given.
+                Some(c) => (c as usize).clamp(1, max_ctx),
+                None if want <= 1 => max_ctx,
+                None => max_ctx
                     .div_ceil(want)
                     .max(MIN_CHUNK)
                     .next_multiple_of(pl.tk)
-                    .min(max_ctx);
-                while c < max_ctx && part_bytes(max_ctx.div_ceil(c)) > SCRATCH_BUDGET {
-                    c = (c * 2).min(max_ctx);
-                }
-                c
+                    .min(max_ctx),
+            };
+            while c < max_ctx && part_bytes(max_ctx.div_ceil(c)) > SCRATCH_BUDGET {
+                c = (c * 2).min(max_ctx);
             }
+            c
         }
     };
     let n_chunks = max_ctx.div_ceil(chunk_len);
