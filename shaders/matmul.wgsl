@@ -22,6 +22,10 @@
 // (with the norm scale). Each x and each decoded weight is then rounded once to f16 (WGSL
 // rounds to either neighbour: at most 2^-10 relative for normal values), the only difference
 // from the f32 tiles.
+// The loops over an invocation's 4 rows, 4 columns and 8 loaded elements are unrolled (`// unroll`,
+// gpu::pipeline::unroll), so the accumulators, the decoded weights and the scales are only ever
+// indexed by constants: an array indexed at run time anywhere in a kernel, the epilogue
+// included, is one a driver may keep in memory instead of registers for the whole kernel.
 // Prelude: linear_common.wgsl's (and quant.wgsl for block formats), TF16, and the tiles'
 // snippet (MATMUL_TILES_F32 or MATMUL_TILES_F16 in src/kernels/linear.rs): `alias TT`, the
 // tiles `xs` and `ws` ([BK][TM / 4]: vec4 v of k-row kk holds rows 4v..4v+3) and
@@ -125,14 +129,14 @@ fn matmul(
         scratch_put(li, mx);
         workgroupBarrier();
         x_scale = pow2_scale(row_total(lr, false)).x;
-        for (var i = 0u; i < 4u; i++) {
+        for (var i = 0u; i < 4u; i++) { // unroll
             out_scale[i] = pow2_scale(row_total(4u * ty + i, false)).y;
         }
         if (NORM == 1u) {
             workgroupBarrier();
             scratch_put(li, sum_sq);
             workgroupBarrier();
-            for (var i = 0u; i < 4u; i++) {
+            for (var i = 0u; i < 4u; i++) { // unroll
                 out_scale[i] *= norm_scale(row_total(4u * ty + i, true));
             }
         }
@@ -140,7 +144,7 @@ fn matmul(
     let nb = p.k / QK;
     let gpb = max(QK / 8u, 1u);
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        for (var i = 0u; i < 8u; i++) {
+        for (var i = 0u; i < 8u; i++) { // unroll
             let gk = k0 + lk + i;
             var xv = 0.0;
             if (x_live && gk < p.k) {
@@ -160,11 +164,11 @@ fn matmul(
                 let gi = (k0 + lk) / 8u;
                 wv = decode8(w_row(n0, lr) * nb + gi / gpb, gi % gpb, p.scale_base);
             }
-            for (var i = 0u; i < 8u; i++) {
+            for (var i = 0u; i < 8u; i++) { // unroll
                 put_w(lk + i, lr, wv[i]);
             }
         } else {
-            for (var i = 0u; i < 8u; i++) {
+            for (var i = 0u; i < 8u; i++) { // unroll
                 let gk = k0 + lk + i;
                 var wv = 0.0;
                 if (w_live && gk < p.k) {
@@ -194,7 +198,7 @@ fn matmul(
             + scratch4(3u * (TM / 4u) + ty);
         scale = vec4<f32>(norm_scale(t.x), norm_scale(t.y), norm_scale(t.z), norm_scale(t.w));
     }
-    for (var i = 0u; i < 4u; i++) {
+    for (var i = 0u; i < 4u; i++) { // unroll
         let gm = m0 + 4u * ty + i;
         let v = acc[i] * scale[i];
         if (gm < p.m) {
@@ -207,7 +211,7 @@ fn matmul(
                     finish_swiglu(gm, gn + 1u, v.y, v.w);
                 }
             } else {
-                for (var j = 0u; j < 4u; j++) {
+                for (var j = 0u; j < 4u; j++) { // unroll
                     let gn = n0 + 4u * tx + j;
                     if (gn < p.n) {
                         finish(gm, gn, v[j]);

@@ -40,25 +40,27 @@ fn act_row(m0: u32, t: u32) -> u32 {
     return min(m0 + t, p.m - 1u);
 }
 
-// x[m0 + t, k] through x_in; with NORM, adds x² to local row t's sum of squares and returns x
-// times the norm weight of column k.
-fn load_x(m0: u32, t: u32, k: u32) -> f32 {
-    let x = x_in(act_row(m0, t), k);
-    if (NORM == 1u) {
-        red_in[MT * ROWS + t] = fma(x, x, red_in[MT * ROWS + t]);
-        return x * norm_g(k);
-    }
-    return x;
-}
-
 fn clear_sums() {
-    for (var r = 0u; r < RED_N; r++) {
+    for (var r = 0u; r < RED_N; r++) { // unroll
         red_in[r] = 0.0;
     }
 }
 
+// total[i], picked with constant indices: an array indexed at run time anywhere in a kernel is
+// one a driver may keep in memory instead of registers (see the note below), so the sums and
+// totals here are only ever indexed by constants.
+fn red_at(total: array<f32, RED_N>, i: u32) -> f32 {
+    var v = 0.0;
+    for (var j = 0u; j < RED_N; j++) { // unroll
+        if (j == i) {
+            v = total[j];
+        }
+    }
+    return v;
+}
+
 fn store_rows(li: u32, m0: u32, n0: u32) {
-    var total = workgroup_reduce(li);
+    let total = workgroup_reduce(li);
     // Invocation li stores output column c of local row t.
     for (var o = li; o < MT * COLS; o += WG) {
         let t = o / COLS;
@@ -66,19 +68,20 @@ fn store_rows(li: u32, m0: u32, n0: u32) {
         let m = m0 + t;
         var s = 1.0;
         if (NORM == 1u) {
-            s = norm_scale(total[MT * ROWS + t]);
+            s = norm_scale(red_at(total, MT * ROWS + t));
         }
         let r = t * ROWS;
         if (ROPE == 1u) {
             if (m < p.m && n0 + c < p.n / 4u) {
                 let q = r + 4u * c;
-                finish_quad(m, n0 + c, vec4<f32>(total[q], total[q + 1u], total[q + 2u], total[q + 3u]) * s);
+                let quad = vec4<f32>(red_at(total, q), red_at(total, q + 1u), red_at(total, q + 2u), red_at(total, q + 3u));
+                finish_quad(m, n0 + c, quad * s);
             }
         } else if (m < p.m && n0 + c < p.n) {
             if (SWIGLU == 1u) {
-                finish_swiglu(m, n0 + c, total[r + c] * s, total[r + c + COLS] * s);
+                finish_swiglu(m, n0 + c, red_at(total, r + c) * s, red_at(total, r + c + COLS) * s);
             } else {
-                finish(m, n0 + c, total[r + c] * s);
+                finish(m, n0 + c, red_at(total, r + c) * s);
             }
         }
     }
@@ -249,15 +252,23 @@ fn matvec_half(
             }
             several_put();
         }
-        // An odd k leaves one column, whose pair partner is padding.
+        // An odd k leaves one column, whose pair partner is padding: x[m0 + t, k - 1] through
+        // x_in (with NORM, its square added to local row t's sum of squares, and times the norm
+        // weight) times each row's last weight. (Indices clamped where a branch is dead, so that
+        // every constant index is in bounds.)
         if ((p.k & 1u) == 1u && li == WG - 1u) {
             var wl: array<f32, ROWS>;
-            for (var r = 0u; r < ROWS; r++) {
+            for (var r = 0u; r < ROWS; r++) { // unroll
                 wl[r] = unpack_half2(w[w_row(n0, r) * row_words + pairs]).x;
             }
-            for (var t = 0u; t < MT; t++) {
-                let xv = load_x(m0, t, p.k - 1u);
-                for (var r = 0u; r < ROWS; r++) {
+            for (var t = 0u; t < MT; t++) { // unroll
+                var xv = x_in(act_row(m0, t), p.k - 1u);
+                if (NORM == 1u) {
+                    let ss = min(MT * ROWS + t, RED_N - 1u);
+                    red_in[ss] = fma(xv, xv, red_in[ss]);
+                    xv *= norm_g(p.k - 1u);
+                }
+                for (var r = 0u; r < ROWS; r++) { // unroll
                     red_in[t * ROWS + r] = fma(wl[r], xv, red_in[t * ROWS + r]);
                 }
             }

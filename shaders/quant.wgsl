@@ -188,7 +188,7 @@ fn decode8_q6_k(b: u32, g: u32, sb: u32) -> array<f32, 8> {
     let hi_shift = 2u * t;
     let ds = vec4<f32>(d * sc);
     var out: array<f32, 8>;
-    for (var i = 0u; i < 2u; i++) {
+    for (var i = 0u; i < 2u; i++) { // unroll
         let lo = (vec4<u32>(w[ql + i]) >> vec4<u32>(lo_shift, lo_shift + 8u, lo_shift + 16u, lo_shift + 24u)) & vec4<u32>(15u);
         let hi = (vec4<u32>(w[qh + i]) >> vec4<u32>(hi_shift, hi_shift + 8u, hi_shift + 16u, hi_shift + 24u)) & vec4<u32>(3u);
         let v = ds * (vec4<f32>(lo | (hi << vec4<u32>(4u))) - 32.0);

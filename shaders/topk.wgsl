@@ -21,7 +21,7 @@
 //
 // Bindings: `src` is the level's input: the logits themselves on the first level (bound twice,
 // both read-only), then the previous level's pairs. Prelude: WG (power of two), K (power of two,
-// 1..=64), TILE (power of two ≥ 2·K), the bindings of `TOPK` (src/kernels/sample.rs),
+// 1..=64), TILE (power of two ≥ 2·K), KEEP (ceil(TILE / (2·WG))), the bindings of `TOPK` (src/kernels/sample.rs),
 // order_key.wgsl, and
 // `sample_key(row, e, bits)`, the key of a logit on the first level: its order_key, or with
 // gumbel.wgsl the key of a Gumbel-perturbed logit (argmax only: a draw on the GPU).
@@ -93,20 +93,23 @@ fn sort_runs(li: u32) {
 // `count` slots of sorted runs (alternating directions) become count / 2 such slots holding the
 // best K of each pair of runs.
 fn halve(li: u32, count: u32) {
-    var keep: array<vec2<u32>, (TILE + 2u * WG - 1u) / (2u * WG)>;
-    var n = 0u;
-    for (var t = li; t < count / 2u; t += WG) {
-        let a = 2u * K * (t / K) + t % K;
-        let b = a + K;
-        keep[n] = select(vec2<u32>(sk[b], si[b]), vec2<u32>(sk[a], si[a]), better(sk[a], si[a], sk[b], si[b]));
-        n++;
+    // Slot li + n · WG of the result is keep[n] (n named by a literal: the loops unroll).
+    var keep: array<vec2<u32>, KEEP>;
+    for (var n = 0u; n < KEEP; n++) { // unroll
+        let t = li + n * WG;
+        if (t < count / 2u) {
+            let a = 2u * K * (t / K) + t % K;
+            let b = a + K;
+            keep[n] = select(vec2<u32>(sk[b], si[b]), vec2<u32>(sk[a], si[a]), better(sk[a], si[a], sk[b], si[b]));
+        }
     }
     workgroupBarrier();
-    n = 0u;
-    for (var t = li; t < count / 2u; t += WG) {
-        sk[t] = keep[n].x;
-        si[t] = keep[n].y;
-        n++;
+    for (var n = 0u; n < KEEP; n++) { // unroll
+        let t = li + n * WG;
+        if (t < count / 2u) {
+            sk[t] = keep[n].x;
+            si[t] = keep[n].y;
+        }
     }
     workgroupBarrier();
     for (var stride = K >> 1u; stride > 0u; stride >>= 1u) {

@@ -122,6 +122,19 @@ fn every_architecture_on_the_gpu_kernel_family() {
         decode_matches_prefill_on(gpu, &label, &hf.model, &hf.ids, &hf.want, hf.vocab);
         hf.model.destroy();
     }
+    // And every kernel for GPUs compiled so far (the linear kernels of every weight format
+    // too: the self-check's cases) keeps its arrays out of memory.
+    pollster::block_on(pocketlm::selfcheck::run_standard(gpu)).unwrap();
+    let found: Vec<String> = gpu
+        .compiled_sources()
+        .iter()
+        .flat_map(|(name, entry, src)| common::run_time_indexed_arrays(name, entry, src))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "arrays indexed at run time:\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]

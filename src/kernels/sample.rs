@@ -334,6 +334,8 @@ async fn select(
         .with("WG", WG)
         .with("K", kp as u32)
         .with("TILE", TILE as u32)
+        // Slots of half a tile per invocation (topk.wgsl's `halve`).
+        .with("KEEP", (TILE as u32).div_ceil(2 * WG))
         .snippet(ORDER_KEY)
         .snippet(if draw.is_some() { GUMBEL } else { PLAIN_KEY });
     let last = levels.len() - 1;

@@ -884,3 +884,114 @@ pub fn check_tiny_embedder(
         },
     );
 }
+
+/// Where a compiled kernel indexes an array in function or private memory with a value known
+/// only at run time (in its entry point or a function the entry point calls): `kernel: function:
+/// what` per place. Drivers keep such an array in memory instead of registers (on an NVIDIA
+/// H200, the decode matvec's sums in one took it from 31 to 62 µs on a 4096 × 4096 Q4_0
+/// matrix, the sums in vectors named by literals being the fix), so the kernels made for GPUs
+/// index arrays of their own only with constants (loops marked `// unroll`, see
+/// `pocketlm::gpu::unroll`), or select from them with constants.
+pub fn run_time_indexed_arrays(name: &str, entry: &str, source: &str) -> Vec<String> {
+    use wgpu::naga::{self, AddressSpace, Expression, TypeInner};
+    let module = naga::front::wgsl::parse_str(source)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    // Whether an expression's value is known when the shader is compiled: literals, constants,
+    // and arithmetic on them (an unrolled loop's `let i = 2u;` is its literal: `i * ROWS + r`
+    // is such arithmetic, which every compiler folds).
+    fn known(f: &naga::Function, h: naga::Handle<Expression>) -> bool {
+        match f.expressions[h] {
+            Expression::Literal(_) | Expression::Constant(_) | Expression::ZeroValue(_) => true,
+            Expression::Binary { left, right, .. } => known(f, left) && known(f, right),
+            Expression::Unary { expr, .. } | Expression::As { expr, .. } => known(f, expr),
+            Expression::Math {
+                arg,
+                arg1,
+                arg2,
+                arg3,
+                ..
+            } => {
+                known(f, arg)
+                    && [arg1, arg2, arg3]
+                        .into_iter()
+                        .flatten()
+                        .all(|a| known(f, a))
+            }
+            Expression::Select {
+                condition,
+                accept,
+                reject,
+            } => known(f, condition) && known(f, accept) && known(f, reject),
+            _ => false,
+        }
+    }
+    let mut found = Vec::new();
+    let mut check = |fname: &str, f: &naga::Function, fi: &naga::valid::FunctionInfo| {
+        for (_, e) in f.expressions.iter() {
+            let Expression::Access { base, index } = *e else {
+                continue;
+            };
+            if known(f, index) {
+                continue;
+            }
+            let what = match *fi[base].ty.inner_with(&module.types) {
+                TypeInner::Pointer { base, space } => match (&module.types[base].inner, space) {
+                    (TypeInner::Array { .. }, AddressSpace::Function) => "a function-memory array",
+                    (TypeInner::Array { .. }, AddressSpace::Private) => "a private array",
+                    _ => continue,
+                },
+                // Indexed as a value, an array is copied to function memory first.
+                TypeInner::Array { .. } => "an array value",
+                _ => continue,
+            };
+            found.push(format!("{name}: {fname}: {what}"));
+        }
+    };
+    fn calls(block: &wgpu::naga::Block, out: &mut Vec<wgpu::naga::Handle<wgpu::naga::Function>>) {
+        use wgpu::naga::Statement as S;
+        for st in block.iter() {
+            match st {
+                S::Call { function, .. } => out.push(*function),
+                S::Block(b) => calls(b, out),
+                S::If { accept, reject, .. } => {
+                    calls(accept, out);
+                    calls(reject, out);
+                }
+                S::Switch { cases, .. } => cases.iter().for_each(|c| calls(&c.body, out)),
+                S::Loop {
+                    body, continuing, ..
+                } => {
+                    calls(body, out);
+                    calls(continuing, out);
+                }
+                _ => {}
+            }
+        }
+    }
+    let (i, ep) = module
+        .entry_points
+        .iter()
+        .enumerate()
+        .find(|(_, ep)| ep.name == entry)
+        .unwrap_or_else(|| panic!("{name}: no entry point {entry}"));
+    check(&ep.name, &ep.function, info.get_entry_point(i));
+    let mut todo = Vec::new();
+    calls(&ep.function.body, &mut todo);
+    let mut seen = std::collections::HashSet::new();
+    while let Some(h) = todo.pop() {
+        if seen.insert(h) {
+            let f = &module.functions[h];
+            check(f.name.as_deref().unwrap_or("?"), f, &info[h]);
+            calls(&f.body, &mut todo);
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
