@@ -122,19 +122,9 @@ fn every_architecture_on_the_gpu_kernel_family() {
         decode_matches_prefill_on(gpu, &label, &hf.model, &hf.ids, &hf.want, hf.vocab);
         hf.model.destroy();
     }
-    // And every kernel for GPUs compiled so far (the linear kernels of every weight format
-    // too: the self-check's cases) keeps its arrays out of memory.
-    pollster::block_on(pocketlm::selfcheck::run_standard(gpu)).unwrap();
-    let found: Vec<String> = gpu
-        .compiled_sources()
-        .iter()
-        .flat_map(|(name, entry, src)| common::run_time_indexed_arrays(name, entry, src))
-        .collect();
-    assert!(
-        found.is_empty(),
-        "arrays indexed at run time:\n{}",
-        found.join("\n")
-    );
+    // And every kernel for GPUs that these graphs compiled keeps its arrays out of memory
+    // (tests/gpu_kernels.rs checks the linear kernels of every weight format).
+    common::assert_no_run_time_indexed_arrays(gpu);
 }
 
 #[test]

@@ -885,6 +885,21 @@ pub fn check_tiny_embedder(
     );
 }
 
+/// Fails listing every place where a kernel compiled on `ctx` so far indexes an array in
+/// function or private memory at run time (see [`run_time_indexed_arrays`]).
+pub fn assert_no_run_time_indexed_arrays(ctx: &GpuContext) {
+    let found: Vec<String> = ctx
+        .compiled_sources()
+        .iter()
+        .flat_map(|(name, entry, src)| run_time_indexed_arrays(name, entry, src))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "arrays indexed at run time:\n{}",
+        found.join("\n")
+    );
+}
+
 /// Where a compiled kernel indexes an array in function or private memory with a value known
 /// only at run time (in its entry point or a function the entry point calls): `kernel: function:
 /// what` per place. Drivers keep such an array in memory instead of registers (on an NVIDIA
