@@ -21,10 +21,10 @@
 //
 // Bindings: `src` is the level's input: the logits themselves on the first level (bound twice,
 // both read-only), then the previous level's pairs. Prelude: WG (power of two), K (power of two,
-// 1..=64), TILE (power of two ≥ 2·K), KEEP (ceil(TILE / (2·WG))), the bindings of `TOPK` (src/kernels/sample.rs),
-// order_key.wgsl, and
-// `sample_key(row, e, bits)`, the key of a logit on the first level: its order_key, or with
-// gumbel.wgsl the key of a Gumbel-perturbed logit (argmax only: a draw on the GPU).
+// 1..=64), TILE (power of two ≥ 2·K), KEEP (ceil(TILE / (2·WG))), the bindings of `TOPK`
+// (src/kernels/sample.rs), order_key.wgsl, and `sample_key(row, e, bits)`, the key of a logit
+// on the first level: its order_key, or with gumbel.wgsl the key of a Gumbel-perturbed logit
+// (argmax only: a draw on the GPU).
 
 // Index of padding: with key 0 it loses to every real element (the smallest real key, −inf's,
 // is 0x007fffff).
