@@ -55,7 +55,7 @@ mod cli {
         f16_tiles: bool,
         /// Split attention over the context in chunks of this many positions on WebGPU,
         /// instead of the default (at least 64, enough chunks to fill a GPU at full context).
-        /// For tuning on a GPU: `scripts/device-bench.sh sweep` compares several
+        /// For tuning on a GPU: `scripts/device-bench.sh sweep` compares several.
         #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1..))]
         attention_chunk: Option<u32>,
         #[command(subcommand)]
@@ -1226,8 +1226,11 @@ mod cli {
             let copy = bench::copy_gb_per_s(ctx, 5).await?;
             let times = bench::profile_dispatches(ctx, &engine.decode_dispatches(), 5).await?;
             print_profile("decode step", &times, copy);
-            // Each prefill step's graph, as the measured prefill ran it (built by the warm-up).
-            for n in engine.prefill_steps(prompt_tokens) {
+            // Each prefill step's graph, as the measured prefill ran it (built by the warm-up),
+            // once for steps of the same size.
+            let mut steps = engine.prefill_steps(prompt_tokens);
+            steps.dedup();
+            for n in steps {
                 let times = bench::profile_dispatches(ctx, &engine.step_dispatches(n), 5).await?;
                 print_profile(&format!("prefill step of {n} tokens"), &times, copy);
             }
