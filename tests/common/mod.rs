@@ -902,11 +902,11 @@ pub fn assert_no_run_time_indexed_arrays(ctx: &GpuContext) {
 
 /// Where a compiled kernel indexes an array in function or private memory with a value known
 /// only at run time (in its entry point or a function the entry point calls): `kernel: function:
-/// what` per place. Drivers keep such an array in memory instead of registers (on an NVIDIA
-/// H200, the decode matvec's sums in one took it from 31 to 62 µs on a 4096 × 4096 Q4_0
-/// matrix, the sums in vectors named by literals being the fix), so the kernels made for GPUs
-/// index arrays of their own only with constants (loops marked `// unroll`, see
-/// `pocketlm::gpu::unroll`), or select from them with constants.
+/// what` per place. Drivers may keep such an array in memory instead of registers (on an NVIDIA
+/// H200 a 4096 × 4096 Q4_0 decode matvec took 62 µs with its sums in one and 31 µs with them in
+/// vectors named by literals), so the kernels made for GPUs index arrays of their own only with
+/// constants (loops marked `// unroll`, see `pocketlm::gpu::unroll`), or select from them with
+/// constants.
 pub fn run_time_indexed_arrays(name: &str, entry: &str, source: &str) -> Vec<String> {
     use wgpu::naga::{self, AddressSpace, Expression, TypeInner};
     let module = naga::front::wgsl::parse_str(source)
