@@ -129,8 +129,8 @@ pub fn kernel_source(kernel: &Kernel, spec: &Specialization) -> String {
 /// drivers address lane by lane (SwiftShader gathers and scatters every access, a vec4 as four
 /// gathers), while a constant index is one plain access, or a register; a GPU's driver may keep
 /// an array indexed at run time anywhere in a kernel in memory for the whole kernel (the decode
-/// matvec on an NVIDIA H200 ran 1.2-2.1x as fast without). The linear kernels made for CPU adapters
-/// keep their per-invocation accumulators in such arrays, sized by constants of the
+/// matvec on an NVIDIA H200 ran 1.2-2.1x as fast without). The linear kernels made for CPU
+/// adapters keep their per-invocation accumulators in such arrays, sized by constants of the
 /// specialization; the GEMM's epilogue, the reductions and top-k's halving loop over them. With
 /// the index a `let` of a literal, naga folds it into a constant (arithmetic on it stays an
 /// expression of constants, which a driver's compiler folds).
@@ -290,9 +290,7 @@ impl GpuContext {
         self.pipelines.lock().insert(key, pipeline.clone());
         Ok(pipeline)
     }
-}
 
-impl GpuContext {
     /// Every kernel compiled on this context so far: its name, its entry point and the WGSL
     /// module it was compiled from (for checks of what the device was given), sorted.
     pub fn compiled_sources(&self) -> Vec<(&'static str, &'static str, String)> {
