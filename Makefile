@@ -120,7 +120,9 @@ test-unit:
 # take minutes there, several times lavapipe's time; they run on lavapipe's baseline profile,
 # which is what decides the kernels (no f16, no subgroups, WebGPU's default limits). SwiftShader
 # takes the sparse grid (POCKETLM_TEST_GRID, tests/common/mod.rs): every weight format and every
-# kernel shape compiled and checked, not every pair of them, which lavapipe covers.
+# kernel shape compiled and checked, not every pair of them, which lavapipe covers. Its own profile
+# (subgroups of 4, where lavapipe's are 8) runs the CPU-adapter linear kernels' tests once more:
+# they load x through subgroup broadcasts shaped by the subgroup size.
 SWIFTSHADER_TEST_NAMES := gpu_attention gpu_kernels gpu_load gpu_ops gpu_quant
 GPU_TEST_NAMES := $(basename $(notdir $(wildcard tests/gpu_*.rs)))
 SWIFTSHADER_TESTS := $(addprefix --test ,$(SWIFTSHADER_TEST_NAMES))
@@ -141,6 +143,11 @@ test-gpu-baseline:
 	$(GPU_ENV) VK_ICD_FILENAMES=$$(scripts/vulkan-icd.sh swiftshader) \
 	  POCKETLM_TEST_PROFILE=baseline POCKETLM_TEST_ADAPTER=swiftshader POCKETLM_TEST_GRID=sparse \
 	  cargo test $(SWIFTSHADER_TESTS) -- --nocapture
+	@echo "== the linear kernels for CPU adapters on SwiftShader's own profile (subgroups of 4) =="
+	$(GPU_ENV) VK_ICD_FILENAMES=$$(scripts/vulkan-icd.sh swiftshader) \
+	  POCKETLM_TEST_PROFILE=auto POCKETLM_TEST_ADAPTER=swiftshader POCKETLM_TEST_GRID=sparse \
+	  cargo test --test gpu_kernels -- --nocapture cpu_kernels_broadcast_x_to_the_same_bits \
+	  both_linear_kernel_families_match_reference rmsnorm_prologue_in_every_format_and_family
 
 ## make test-model: real models generate exactly what transformers generates (greedy), through
 ## the engine, on both device profiles: the default model (SmolLM2, 3 prompts × 32 tokens) and

@@ -11,8 +11,13 @@
 // ROPE, NR = 4, the four rows of one quad of qkv_rope.wgsl).
 // Element values are exactly quant.wgsl's (ggml's). With NORM each invocation sums x² of its MT
 // rows as it loads them and loads x times the norm weight (linear_common.wgsl).
+// Where every subgroup has SG invocations (SG > 0), x is loaded through subgroup broadcasts:
+// each invocation loads SV / SG of a step's x vec4s and gets the others from its subgroup
+// (lavapipe and SwiftShader load storage lane by lane, an x vec4 that every lane loads costing
+// as much as a weight vec4: 1.3-1.5x the matvec's speed on lavapipe, 1.1x on SwiftShader).
 // Prelude: WG, MT, NR, COLS (output columns or quads per invocation: NR >> (SWIGLU + 2 ROPE)),
 // SUB (32-element sub-blocks per step: 1, or 4 for the K-quants), SV (x vec4s per step: 8 SUB),
+// SG (the subgroup size, or 0: no broadcasts), SGL (SG, at least 1), XL (SV / SGL),
 // and linear_common.wgsl's, with the `VEC4` bindings: x: array<vec4<f32>>,
 // w: array<vec4<u32>>, and ws: the same W as array<u32>. Loops over constant bounds are unrolled
 // (`// unroll`, gpu::pipeline::unroll), as in linear_rows.wgsl.
@@ -335,14 +340,22 @@ fn linear_rows4(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
+    rows4(li, wid, nwg, 0u);
+}
+
+// The kernel's body. sl: the invocation's index in its subgroup where x is loaded through
+// subgroup broadcasts (SG > 0: the entry point linear_rows4_subgroup.wgsl adds), else 0.
+fn rows4(li: u32, wid: vec3<u32>, nwg: vec3<u32>, sl: u32) {
     let g = linear_workgroup(wid, nwg);
-    let c0 = ((g % p.blocks) * WG + li) * COLS;
     let m0 = (g / p.blocks) * MT;
-    // Output columns, or quads.
-    let units = p.n >> (2u * ROPE);
-    if (c0 >= units || m0 >= p.m) {
+    if (m0 >= p.m) {
         return;
     }
+    // Output columns, or quads. Invocations past the last compute the last one's (a subgroup's
+    // broadcasts need all of its invocations) and store nothing.
+    let units = p.n >> (2u * ROPE);
+    let live = ((g % p.blocks) * WG + li) * COLS < units;
+    let c0 = min(((g % p.blocks) * WG + li) * COLS, units - 1u);
     // Steps of SUB sub-blocks of 32 per row.
     let nb = p.k / (32u * SUB);
     let k4 = p.k / 4u;
@@ -364,13 +377,36 @@ fn linear_rows4(
     for (var b = 0u; b < nb; b++) {
         var xs: array<vec4<f32>, SV * MT>;
         for (var t = 0u; t < MT; t++) { // unroll
-            for (var j = 0u; j < SV; j++) { // unroll
-                var v = x[xrow[t] + SV * b + j];
-                if (NORM == 1u) {
-                    sum_sq[t] = fma(v, v, sum_sq[t]);
-                    v = v * norm_g4v(SV * b + j);
+            if (SG > 0u) {
+                // The step's SV vec4s of x (and of the norm weight), SV / SG per invocation:
+                // invocation sl of its subgroup loads vec4s sl, sl + SG, …, and each reaches
+                // every invocation by a broadcast (CPU drivers load storage lane by lane, so
+                // loading each vec4 in every lane costs SG times the loads).
+                var xl: array<vec4<f32>, XL>;
+                var gl: array<vec4<f32>, XL>;
+                for (var i = 0u; i < XL; i++) { // unroll
+                    xl[i] = x[xrow[t] + SV * b + SG * i + sl];
+                    if (NORM == 1u) {
+                        gl[i] = norm_g4v(SV * b + SG * i + sl);
+                    }
                 }
-                xs[t * SV + j] = v;
+                for (var j = 0u; j < SV; j++) { // unroll
+                    var v = lane_vec4(xl[j / SGL], j % SGL);
+                    if (NORM == 1u) {
+                        sum_sq[t] = fma(v, v, sum_sq[t]);
+                        v = v * lane_vec4(gl[j / SGL], j % SGL);
+                    }
+                    xs[t * SV + j] = v;
+                }
+            } else {
+                for (var j = 0u; j < SV; j++) { // unroll
+                    var v = x[xrow[t] + SV * b + j];
+                    if (NORM == 1u) {
+                        sum_sq[t] = fma(v, v, sum_sq[t]);
+                        v = v * norm_g4v(SV * b + j);
+                    }
+                    xs[t * SV + j] = v;
+                }
             }
         }
         for (var i = 0u; i < NR; i++) { // unroll
@@ -396,7 +432,7 @@ fn linear_rows4(
         }
     }
     for (var t = 0u; t < MT; t++) { // unroll
-        if (m0 + t < p.m) {
+        if (live && m0 + t < p.m) {
             var s = 1.0;
             if (NORM == 1u) {
                 let q = sum_sq[t];

@@ -1626,6 +1626,69 @@ fn rmsnorm_prologue_in_every_format_and_family() {
     }
 }
 
+/// The linear kernels for CPU adapters load x through subgroup broadcasts where every subgroup
+/// has the same size (lavapipe's full profile here), and that gives the same bits as loading
+/// it in every invocation: against a baseline context on the same adapter (no subgroups), in
+/// the 32-element and K-quant formats, one row and several, with the RMSNorm prologue, and
+/// output columns that leave invocations of the last workgroup without a column of their own.
+#[test]
+fn cpu_kernels_broadcast_x_to_the_same_bits() {
+    let ctx = common::cpu_kernels_ctx();
+    let c = ctx.capabilities().clone();
+    let plain = pollster::block_on(GpuContext::new(ProfileRequest::Baseline))
+        .unwrap()
+        .with_cpu_kernels(true);
+    assert!(!plain.capabilities().subgroups);
+    let mut rng = Rng::new(31);
+    let cases = [
+        (DType::Q4_0, 1),
+        (DType::Q4_0, 5),
+        (DType::Q8_0, 2),
+        (DType::Q4_K, 1),
+        (DType::Q6_K, 3),
+        (DType::F16, 1),
+        (DType::F32, 4),
+    ];
+    for (dtype, m) in cases {
+        let (n, k) = (67, 2 * dtype.block_size().max(128));
+        let bytes = pocketlm::quant::random_gguf_bytes(dtype, n * k, &mut rng);
+        let (x, g) = norm_inputs(&mut rng, m, k);
+        let run = |ctx: &GpuContext| {
+            let wt = ctx.upload_gguf("w", &[n, k], dtype, &bytes).unwrap();
+            let xt = ctx.upload_f32("x", &[m, k], &x).unwrap();
+            let gt = ctx.upload_f32("g", &[k], &g).unwrap();
+            let yt = ctx.zeros("y", &[m, n], DType::F32).unwrap();
+            let opts = kernels::Linear {
+                norm: Some((&gt, 1e-5)),
+                ..Default::default()
+            };
+            let d = pollster::block_on(kernels::linear_with(ctx, &wt, &xt, &yt, &opts)).unwrap();
+            read_all(ctx, &d, &[&yt]).remove(0)
+        };
+        let (got, want) = (run(ctx), run(&plain));
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want), "{dtype} on {m} row(s)");
+    }
+    // Which entry point ran: the broadcasts wherever the subgroup size is fixed.
+    let broadcast = c.subgroups && c.subgroup_min_size == c.subgroup_max_size;
+    let entries: Vec<_> = ctx
+        .compiled_sources()
+        .into_iter()
+        .map(|(_, entry, _)| entry)
+        .filter(|e| e.starts_with("linear_rows4"))
+        .collect();
+    assert!(!entries.is_empty());
+    assert!(
+        entries
+            .iter()
+            .all(|&e| (e == "linear_rows4_subgroup") == broadcast),
+        "subgroups {} of {}..={} invocations: {entries:?}",
+        c.subgroups,
+        c.subgroup_min_size,
+        c.subgroup_max_size
+    );
+}
+
 /// The prologue composes with the other epilogues: a fused QKV projection (three outputs) and
 /// gate/up + SwiGLU, on both kernel families, against the normalised references.
 #[test]

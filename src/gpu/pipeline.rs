@@ -65,7 +65,8 @@ impl Kernel {
 pub struct Specialization {
     /// `const NAME: u32 = VALUE;` lines.
     pub consts: Vec<(&'static str, u32)>,
-    /// Reduce through subgroup operations instead of workgroup memory.
+    /// The kernel may use subgroup operations (the device has them): a reducing kernel reduces
+    /// through them instead of workgroup memory.
     pub subgroups: bool,
     /// The kernel uses the `f16` type.
     pub f16: bool,
@@ -98,7 +99,7 @@ pub fn kernel_source(kernel: &Kernel, spec: &Specialization) -> String {
     }
     // Tint (Chrome) requires the directive for subgroup builtins; naga rejects it and instead
     // relies on the device feature.
-    if spec.subgroups && kernel.uses_reduce && cfg!(target_arch = "wasm32") {
+    if spec.subgroups && cfg!(target_arch = "wasm32") {
         s.push_str("enable subgroups;\n");
     }
     for (name, value) in &spec.consts {

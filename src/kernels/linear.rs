@@ -146,6 +146,10 @@ fn matvec_shape(items: usize) -> (u32, u32) {
     let rows = if wg >= 128 { 4 } else { 8 };
     (wg, rows)
 }
+/// `lane_vec4` for `linear_rows4.wgsl` without subgroup broadcasts (never called there), and the
+/// entry point and `lane_vec4` that load x through them.
+const ROWS4_LANES: &str = "fn lane_vec4(v: vec4<f32>, lane: u32) -> vec4<f32> { return v; }\n";
+const ROWS4_SUBGROUP_SRC: &str = include_str!("../../shaders/linear_rows4_subgroup.wgsl");
 /// Output tile edge of the matmul kernel.
 const TILE: u32 = 64;
 
@@ -1084,18 +1088,41 @@ async fn linear_epilogue(
         };
         // Output columns (or quads) per invocation.
         let cols = ROWS4_NR >> shift;
-        let spec = spec(ctx, None, w, opts, epi, true)
+        let sv = 8 * sub;
+        let caps = ctx.capabilities();
+        // x through subgroup broadcasts: where every subgroup has the same size, at most a
+        // step's x vec4s (and a power of two, as every WebGPU subgroup size is).
+        let sg = Some(caps.subgroup_min_size)
+            .filter(|&s| {
+                caps.subgroups && s == caps.subgroup_max_size && s.is_power_of_two() && s <= sv
+            })
+            .unwrap_or(0);
+        let mut spec = spec(ctx, None, w, opts, epi, true)
+            .with("SG", sg)
+            .with("SGL", sg.max(1))
+            .with("XL", sv / sg.max(1))
+            .snippet(if sg > 0 {
+                ROWS4_SUBGROUP_SRC
+            } else {
+                ROWS4_LANES
+            })
             .with("WG", ROWS_WG)
             .with("MT", mt)
             .with("NR", ROWS4_NR)
             .with("COLS", cols)
             .with("SUB", sub)
-            .with("SV", 8 * sub);
+            .with("SV", sv);
         params.blocks = units.div_ceil(ROWS_WG * cols);
         let groups = u64::from(params.blocks) * u64::from(params.m.div_ceil(mt));
         let wg = grid(ctx, name, groups)?;
         binds.push((WS, &w.buffer));
-        let kernel = ROWS4.entry(rows_name, "linear_rows4");
+        spec.subgroups = sg > 0;
+        let entry = if sg > 0 {
+            "linear_rows4_subgroup"
+        } else {
+            "linear_rows4"
+        };
+        let kernel = ROWS4.entry(rows_name, entry);
         return build(ctx, &kernel, &spec, &params, &binds, wg)
             .await
             .map(|d| d.reading_weights(w.size_bytes()));
