@@ -480,6 +480,13 @@ fn attention_edge_shapes() {
             packed: 4,
             ..base
         },
+        // Rows of 6 elements: not whole vec4s.
+        AttentionCase {
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 6,
+            ..base
+        },
     ];
     for (i, c) in cases.into_iter().enumerate() {
         attention_case(c, 0xED6E + i as u64);
@@ -489,6 +496,19 @@ fn attention_edge_shapes() {
             attention_case_on(gpu_kernels_ctx(), c, 0xED6E + i as u64);
         }
     }
+    // CPU adapters run rows of whole vec4s through the row kernel (attention_rows.wgsl), the
+    // others (head_dim 6) through the tiled one, which GPUs run for every shape.
+    let entries: Vec<&str> = ctx()
+        .compiled_sources()
+        .into_iter()
+        .filter(|(name, ..)| *name == "attention")
+        .map(|(_, entry, _)| entry)
+        .collect();
+    let cpu = ctx().capabilities().cpu;
+    assert!(
+        entries.contains(&"attention") && entries.contains(&"attention_rows") == cpu,
+        "cpu adapter {cpu}: {entries:?}"
+    );
 }
 
 /// Both layouts, partial rotation, Llama-3 scaling, and positions far into a long context.

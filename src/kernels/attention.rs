@@ -28,6 +28,8 @@ const QK_NORM_ROPE_KV_SRC: &str = include_str!("../../shaders/qk_norm_rope_kv.wg
 /// `to_word`: how a cache row's words are stored, shared by both cache writes.
 pub(crate) const KV_STORE: &str = include_str!("../../shaders/kv_store.wgsl");
 const ATTENTION_SRC: &str = include_str!("../../shaders/attention.wgsl");
+const ATTENTION_ROWS_SRC: &str = include_str!("../../shaders/attention_rows.wgsl");
+const ATTENTION_COMMON: &str = include_str!("../../shaders/attention_common.wgsl");
 const COMBINE_SRC: &str = include_str!("../../shaders/attention_combine.wgsl");
 
 crate::uniform! {
@@ -852,6 +854,30 @@ fn workgroup_budget(bytes: u32) -> usize {
     (bytes as usize / 4).saturating_sub(24)
 }
 
+/// Query rows of a workgroup of the CPU adapters' row kernel (attention_rows.wgsl), one per
+/// invocation.
+const LANE_ROWS: usize = 64;
+
+/// The row kernel's cut: up to [`LANE_ROWS`] rows of one kv head's group a workgroup (its heads
+/// of as many tokens as fit), in workgroups of at least 8 invocations (lavapipe's SIMD width);
+/// one key at a time.
+fn rows_plan(group: usize, max_tokens: usize) -> Plan {
+    let head_blocks = group.div_ceil(LANE_ROWS);
+    let gb = group.div_ceil(head_blocks);
+    let tq = (LANE_ROWS / gb).clamp(1, max_tokens);
+    let r = gb * tq;
+    Plan {
+        gb,
+        tq,
+        r,
+        wg: r.next_power_of_two().max(8) as u32,
+        tk: 1,
+        p: 1,
+        head_blocks,
+        token_blocks: max_tokens.div_ceil(tq),
+    }
+}
+
 fn plan(budget: usize, group: usize, hd: usize, max_tokens: usize, cpu: bool) -> Plan {
     let head_blocks = group.div_ceil(ROWS);
     let gb = group.div_ceil(head_blocks);
@@ -938,6 +964,15 @@ const ATTENTION: Kernel = Kernel::new(
     ATTENTION_SRC,
     "attention",
     Interface::new::<AttentionParams>(&[STEP, Q, K_ATTEND, V_ATTEND, OUT, PART_ML, SEGMENTS]),
+);
+/// The row kernel reads the cache as vec4s of words.
+const K_ROWS: Slot = Slot::read("k_cache", "vec4<u32>");
+const V_ROWS: Slot = Slot::read("v_cache", "vec4<u32>");
+const ATTENTION_ROWS: Kernel = Kernel::new(
+    "attention",
+    ATTENTION_ROWS_SRC,
+    "attention_rows",
+    Interface::new::<AttentionParams>(&[STEP, Q, K_ROWS, V_ROWS, OUT, PART_ML, SEGMENTS]),
 );
 /// The combine pass reads the partial outputs and (m, l) pairs and writes the output.
 pub(crate) const PART_O: Slot = Slot::read("part_o", "f32");
@@ -1091,7 +1126,14 @@ pub async fn attention(
     let max_tokens = step.max_tokens();
     let max_ctx = step.max_positions();
     let budget = workgroup_budget(ctx.capabilities().max_workgroup_storage_bytes);
-    let pl = plan(budget, group, hd, max_tokens, ctx.capabilities().cpu);
+    let cpu = ctx.capabilities().cpu;
+    // CPU adapters take the row kernel where rows are whole vec4s of elements and of words.
+    let rows_kernel = cpu && hd.is_multiple_of(4) && cache.row_words().is_multiple_of(4);
+    let pl = if rows_kernel {
+        rows_plan(group, max_tokens)
+    } else {
+        plan(budget, group, hd, max_tokens, cpu)
+    };
     let wg = pl.wg;
     let rows = max_tokens * n_heads;
     let part_bytes = |chunks: usize| (rows * chunks * hd) as u64 * 4;
@@ -1178,7 +1220,15 @@ pub async fn attention(
         )
         .with("OUTS", outs as u32)
         .with("KV_F16", u32::from(f16))
-        .with("SINGLE", u32::from(single));
+        .with("SINGLE", u32::from(single))
+        .with("HD4", hd as u32 / 4)
+        .with("RW4", hw as u32 / 4)
+        .snippet(ATTENTION_COMMON);
+    let (kernel, k_slot, v_slot) = if rows_kernel {
+        (&ATTENTION_ROWS, K_ROWS, V_ROWS)
+    } else {
+        (&ATTENTION, K_ATTEND, V_ATTEND)
+    };
     let params = AttentionParams {
         n_heads: dim(NAME, "heads", n_heads)?,
         kv_heads: dim(NAME, "kv heads", nkv)?,
@@ -1214,8 +1264,8 @@ pub async fn attention(
     let inputs = [
         step.bind(),
         (Q, &q.buffer),
-        (K_ATTEND, &kc.buffer),
-        (V_ATTEND, &vc.buffer),
+        (k_slot, &kc.buffer),
+        (v_slot, &vc.buffer),
         (SEGMENTS, segments),
     ];
     let mut dispatches = Vec::with_capacity(2);
@@ -1225,12 +1275,12 @@ pub async fn attention(
             let dummy = ctx.zeros("attention unused", &[1, 2], DType::F32)?;
             let mut binds = inputs.to_vec();
             binds.extend([(OUT, &out.buffer), (PART_ML, &dummy.buffer)]);
-            dispatches.push(build(ctx, &ATTENTION, &spec, &params, &binds, wg).await?);
+            dispatches.push(build(ctx, kernel, &spec, &params, &binds, wg).await?);
         }
         Some(s) => {
             let mut binds = inputs.to_vec();
             binds.extend([(OUT, &s.part_o.buffer), (PART_ML, &s.part_ml.buffer)]);
-            dispatches.push(build(ctx, &ATTENTION, &spec, &params, &binds, wg).await?);
+            dispatches.push(build(ctx, kernel, &spec, &params, &binds, wg).await?);
             let cspec = Specialization::default().with("WG", WG);
             let cparams = CombineParams {
                 n_heads: n_heads as u32,
