@@ -68,14 +68,11 @@ fn attention(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    var g = linear_workgroup(wid, nwg);
-    let tb = g % p.token_blocks;
-    g = g / p.token_blocks;
-    let hb = g % p.head_blocks;
-    g = g / p.head_blocks;
-    let kh = g % p.kv_heads;
-    let chunk = g / p.kv_heads;
-    let t0 = tb * TQ;
+    let cell = attention_cell(wid, nwg);
+    let hb = cell.hb;
+    let kh = cell.kh;
+    let chunk = cell.chunk;
+    let t0 = cell.t0;
     if (chunk >= p.n_chunks || t0 >= step.n_tokens) {
         return;
     }

@@ -1,5 +1,23 @@
 // What attention.wgsl and attention_rows.wgsl share: which cache positions a query row sees.
-// Prelude: GB, and the bindings of the attention kernels (p, step, segments).
+// Prelude: GB, TQ, and the bindings of the attention kernels (p, step, segments).
+
+// A workgroup's share: its block of GB heads (hb) of kv head kh's group, of TQ tokens from t0,
+// in one chunk of the context.
+struct AttentionCell {
+    hb: u32,
+    kh: u32,
+    chunk: u32,
+    t0: u32,
+}
+
+fn attention_cell(wid: vec3<u32>, nwg: vec3<u32>) -> AttentionCell {
+    var g = linear_workgroup(wid, nwg);
+    let tb = g % p.token_blocks;
+    g = g / p.token_blocks;
+    let hb = g % p.head_blocks;
+    g = g / p.head_blocks;
+    return AttentionCell(hb, g % p.kv_heads, g / p.kv_heads, tb * TQ);
+}
 
 // Stands for -infinity (WGSL has no infinite literals); far below any finite score.
 const NEG: f32 = -1.0e30;
