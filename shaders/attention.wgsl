@@ -69,13 +69,13 @@ fn attention(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let cell = attention_cell(wid, nwg);
+    if (!cell.live) {
+        return;
+    }
     let hb = cell.hb;
     let kh = cell.kh;
     let chunk = cell.chunk;
     let t0 = cell.t0;
-    if (chunk >= p.n_chunks || t0 >= step.n_tokens) {
-        return;
-    }
     // Keys below `hi` are visible to some row of this workgroup.
     let hi = visible_end(min(t0 + TQ, step.n_tokens) - 1u);
     let first = chunk * p.chunk_len;

@@ -2,12 +2,14 @@
 // Prelude: GB, TQ, and the bindings of the attention kernels (p, step, segments).
 
 // A workgroup's share: its block of GB heads (hb) of kv head kh's group, of TQ tokens from t0,
-// in one chunk of the context.
+// in one chunk of the context; not live when the chunk or the tokens lie past the step's (the
+// grid is sized for the largest).
 struct AttentionCell {
     hb: u32,
     kh: u32,
     chunk: u32,
     t0: u32,
+    live: bool,
 }
 
 fn attention_cell(wid: vec3<u32>, nwg: vec3<u32>) -> AttentionCell {
@@ -16,7 +18,9 @@ fn attention_cell(wid: vec3<u32>, nwg: vec3<u32>) -> AttentionCell {
     g = g / p.token_blocks;
     let hb = g % p.head_blocks;
     g = g / p.head_blocks;
-    return AttentionCell(hb, g % p.kv_heads, g / p.kv_heads, tb * TQ);
+    let chunk = g / p.kv_heads;
+    let t0 = tb * TQ;
+    return AttentionCell(hb, g % p.kv_heads, chunk, t0, chunk < p.n_chunks && t0 < step.n_tokens);
 }
 
 // Stands for -infinity (WGSL has no infinite literals); far below any finite score.

@@ -41,26 +41,22 @@ fn attention_rows(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let cell = attention_cell(wid, nwg);
-    let hb = cell.hb;
-    let kh = cell.kh;
-    let chunk = cell.chunk;
-    let t0 = cell.t0;
-    if (chunk >= p.n_chunks || t0 >= step.n_tokens || li >= R) {
+    if (!cell.live || li >= R) {
         return;
     }
-    let lim = row_limit(li, t0, hb);
+    let lim = row_limit(li, cell.t0, cell.hb);
     if (lim == 0u) {
         return;
     }
-    let first = chunk * p.chunk_len;
-    let c0 = max(first, row_low(li, t0));
+    let first = cell.chunk * p.chunk_len;
+    let c0 = max(first, row_low(li, cell.t0));
     let c1 = min(first + p.chunk_len, lim);
     // No key of this chunk is visible to the row: attention_combine reads no result of it.
     if (c0 >= c1) {
         return;
     }
-    let t = t0 + li / GB;
-    let row = t * p.n_heads + kh * p.group + hb * GB + li % GB;
+    let t = cell.t0 + li / GB;
+    let row = t * p.n_heads + cell.kh * p.group + cell.hb * GB + li % GB;
 
     var qv: array<vec4<f32>, HD4>;
     var acc: array<vec4<f32>, HD4>;
@@ -72,7 +68,7 @@ fn attention_rows(
     var l = 0.0;
     for (var k = c0; k < c1; k++) {
         // Position k is row k % p.slots of the cache (a ring when the layer holds fewer).
-        let base = ((k % p.slots) * p.kv_heads + kh) * RW4;
+        let base = ((k % p.slots) * p.kv_heads + cell.kh) * RW4;
         var sv = vec4<f32>(0.0);
         for (var i = 0u; i < HD4; i++) { // unroll
             sv = fma(qv[i], kv_elems(false, base, i), sv);
@@ -97,7 +93,7 @@ fn attention_rows(
             out[at + 2u] = a.z / l;
             out[at + 3u] = a.w / l;
         } else {
-            let at = (row * p.n_chunks + chunk) * HD + 4u * i;
+            let at = (row * p.n_chunks + cell.chunk) * HD + 4u * i;
             out[at] = a.x;
             out[at + 1u] = a.y;
             out[at + 2u] = a.z;
@@ -105,6 +101,6 @@ fn attention_rows(
         }
     }
     if (SINGLE == 0u) {
-        part_ml[row * p.n_chunks + chunk] = vec2<f32>(m, l);
+        part_ml[row * p.n_chunks + cell.chunk] = vec2<f32>(m, l);
     }
 }

@@ -354,8 +354,9 @@ fn rows4(li: u32, wid: vec3<u32>, nwg: vec3<u32>, sl: u32) {
     // Output columns, or quads. Invocations past the last compute the last one's (a subgroup's
     // broadcasts need all of its invocations) and store nothing.
     let units = p.n >> (2u * ROPE);
-    let live = ((g % p.blocks) * WG + li) * COLS < units;
-    let c0 = min(((g % p.blocks) * WG + li) * COLS, units - 1u);
+    let c = ((g % p.blocks) * WG + li) * COLS;
+    let live = c < units;
+    let c0 = min(c, units - 1u);
     // Steps of SUB sub-blocks of 32 per row.
     let nb = p.k / (32u * SUB);
     let k4 = p.k / 4u;
@@ -377,36 +378,35 @@ fn rows4(li: u32, wid: vec3<u32>, nwg: vec3<u32>, sl: u32) {
     for (var b = 0u; b < nb; b++) {
         var xs: array<vec4<f32>, SV * MT>;
         for (var t = 0u; t < MT; t++) { // unroll
+            // With SG > 0, the step's SV vec4s of x (and of the norm weight), SV / SG per
+            // invocation: invocation sl of its subgroup loads vec4s sl, sl + SG, …, and each
+            // reaches every invocation by a broadcast (CPU drivers load storage lane by lane, so
+            // loading each vec4 in every lane costs SG times the loads).
+            var xl: array<vec4<f32>, XL>;
+            var gl: array<vec4<f32>, XL>;
             if (SG > 0u) {
-                // The step's SV vec4s of x (and of the norm weight), SV / SG per invocation:
-                // invocation sl of its subgroup loads vec4s sl, sl + SG, …, and each reaches
-                // every invocation by a broadcast (CPU drivers load storage lane by lane, so
-                // loading each vec4 in every lane costs SG times the loads).
-                var xl: array<vec4<f32>, XL>;
-                var gl: array<vec4<f32>, XL>;
                 for (var i = 0u; i < XL; i++) { // unroll
                     xl[i] = x[xrow[t] + SV * b + SG * i + sl];
                     if (NORM == 1u) {
                         gl[i] = norm_g4v(SV * b + SG * i + sl);
                     }
                 }
-                for (var j = 0u; j < SV; j++) { // unroll
-                    var v = lane_vec4(xl[j / SGL], j % SGL);
-                    if (NORM == 1u) {
-                        sum_sq[t] = fma(v, v, sum_sq[t]);
-                        v = v * lane_vec4(gl[j / SGL], j % SGL);
-                    }
-                    xs[t * SV + j] = v;
+            }
+            for (var j = 0u; j < SV; j++) { // unroll
+                var v: vec4<f32>;
+                var gn: vec4<f32>;
+                if (SG > 0u) {
+                    v = lane_vec4(xl[j / SGL], j % SGL);
+                    gn = lane_vec4(gl[j / SGL], j % SGL);
+                } else {
+                    v = x[xrow[t] + SV * b + j];
+                    gn = norm_g4v(SV * b + j);
                 }
-            } else {
-                for (var j = 0u; j < SV; j++) { // unroll
-                    var v = x[xrow[t] + SV * b + j];
-                    if (NORM == 1u) {
-                        sum_sq[t] = fma(v, v, sum_sq[t]);
-                        v = v * norm_g4v(SV * b + j);
-                    }
-                    xs[t * SV + j] = v;
+                if (NORM == 1u) {
+                    sum_sq[t] = fma(v, v, sum_sq[t]);
+                    v = v * gn;
                 }
+                xs[t * SV + j] = v;
             }
         }
         for (var i = 0u; i < NR; i++) { // unroll

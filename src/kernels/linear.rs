@@ -1097,15 +1097,16 @@ async fn linear_epilogue(
                 caps.subgroups && s == caps.subgroup_max_size && s.is_power_of_two() && s <= sv
             })
             .unwrap_or(0);
+        let (lanes, entry) = if sg > 0 {
+            (ROWS4_SUBGROUP_SRC, "linear_rows4_subgroup")
+        } else {
+            (ROWS4_LANES, "linear_rows4")
+        };
         let mut spec = spec(ctx, None, w, opts, epi, true)
             .with("SG", sg)
             .with("SGL", sg.max(1))
             .with("XL", sv / sg.max(1))
-            .snippet(if sg > 0 {
-                ROWS4_SUBGROUP_SRC
-            } else {
-                ROWS4_LANES
-            })
+            .snippet(lanes)
             .with("WG", ROWS_WG)
             .with("MT", mt)
             .with("NR", ROWS4_NR)
@@ -1117,11 +1118,6 @@ async fn linear_epilogue(
         let wg = grid(ctx, name, groups)?;
         binds.push((WS, &w.buffer));
         spec.subgroups = sg > 0;
-        let entry = if sg > 0 {
-            "linear_rows4_subgroup"
-        } else {
-            "linear_rows4"
-        };
         let kernel = ROWS4.entry(rows_name, entry);
         return build(ctx, &kernel, &spec, &params, &binds, wg)
             .await
